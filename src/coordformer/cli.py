@@ -1,0 +1,239 @@
+"""Command-line interface: parse arguments, build configs, call one library function each.
+
+Errors that users can fix are printed as one line (``error: ...``) with exit status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import CoordformerError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="coordformer: structure-aware protein Transformers via linear coordinate embeddings.")
+_DEBUG = {"on": False}
+
+
+class SplitMode(str, Enum):
+    random = "random"
+    identity = "identity"
+
+
+class CoordMode(str, Enum):
+    ca = "ca"
+    backbone = "backbone"
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    _DEBUG["on"] = debug
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _command_line() -> str:
+    return "coordformer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@app.command()
+def prepare(
+    sources: List[Path] = typer.Argument(..., help="PDB/mmCIF files (.gz ok), folders (recursive) or chain_set JSONL files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the prepared dataset."),
+    split: SplitMode = typer.Option(SplitMode.random, help="random: seeded hash of chain id; identity: MMseqs2 clusters never cross splits."),
+    identity: float = typer.Option(0.3, min=0.0, max=1.0, help="Sequence identity for --split identity."),
+    valid_fraction: float = typer.Option(0.05, min=0.0, max=0.9),
+    test_fraction: float = typer.Option(0.05, min=0.0, max=0.9),
+    exclude: List[Path] = typer.Option([], help="File(s) of chain ids (12AS-A or 12AS.A) kept out of train (put in test)."),
+    min_length: int = typer.Option(20, min=1),
+    max_length: int = typer.Option(100_000, min=1),
+    max_missing_ca: float = typer.Option(0.5, min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
+    workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Turn structure files into a memory-mapped dataset with train/valid/test splits."""
+    from .config import PrepareConfig
+    from .data.prepare import prepare as run_prepare
+
+    for f in exclude:
+        if not f.is_file():
+            raise UsageError(f"--exclude file {f} does not exist")
+    cfg = PrepareConfig(min_length=min_length, max_length=max_length, max_missing_ca=max_missing_ca, split=split.value,
+                        split_identity=identity, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
+                        exclude_files=tuple(str(f) for f in exclude))
+    summary = run_prepare([str(s) for s in sources], out, cfg, workers=workers, progress=not quiet, overwrite=overwrite)
+    typer.echo(summary.format())
+
+
+@app.command()
+def pretrain(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `coordformer prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
+    coords: bool = typer.Option(True, "--coords/--no-coords", help="Feed coordinates (the structure model) or not (sequence-only)."),
+    size: str = typer.Option("small-3m", "--preset", help="Model size preset: tiny-0.1m, small-3m, base-13m, paper-43m."),
+    coord_mode: CoordMode = typer.Option(CoordMode.ca, help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
+    norm_feature: bool = typer.Option(False, "--norm-feature", help="Also feed |x|^2 of CA as an input feature."),
+    gaussian_heads: int = typer.Option(0, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D distance (needs --norm-feature)."),
+    max_steps: int = typer.Option(100_000, min=1),
+    max_minutes: Optional[float] = typer.Option(None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."),
+    lr: float = typer.Option(1e-3, min=0.0),
+    warmup_steps: int = typer.Option(500, min=0),
+    schedule: str = typer.Option("cosine", help="cosine | constant | noam"),
+    tokens_per_batch: int = typer.Option(8192, min=16, help="Token budget per batch (padded size)."),
+    crop_length: int = typer.Option(512, min=8, help="Chains longer than this are randomly cropped to a window."),
+    dropout: float = typer.Option(0.0, min=0.0, max=0.9),
+    seed: int = typer.Option(0),
+    val_every: int = typer.Option(500, min=1, help="Validate every N steps."),
+    accelerator: str = typer.Option("auto", help="auto | cpu | gpu | mps"),
+    devices: str = typer.Option("auto", help="Number of devices (or 'auto'); >1 uses DDP."),
+    num_nodes: int = typer.Option(1, min=1),
+    strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | fsdp | ..."),
+    precision: str = typer.Option("auto", help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."),
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."),
+    quiet: bool = typer.Option(False),
+):
+    """Masked-language-model pretraining (BERT masking 15%, 80/10/10)."""
+    from .config import TrainConfig, preset
+    from .train.run import pretrain as run_pretrain
+
+    if schedule not in ("cosine", "constant", "noam"):
+        raise UsageError(f"--schedule must be cosine, constant or noam, not {schedule!r}")
+    mc = preset(size, use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
+                gaussian_init_heads=gaussian_heads, dropout=dropout)
+    tc = TrainConfig(seed=seed, crop_length=crop_length, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
+                     schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
+                     precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                     num_workers=workers, compile=compile, threads=threads)
+    summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def evaluate(
+    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Checkpoint path, run folder or shipped model name; repeat to compare."),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
+    split: str = typer.Option("test"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics JSON here."),
+    report: Optional[Path] = typer.Option(None, help="Write a Markdown report (and a PNG figure beside it)."),
+    seed: int = typer.Option(12345, help="Masking seed; identical masks for every model."),
+    max_chains: Optional[int] = typer.Option(None, min=1),
+    crop_length: int = typer.Option(1024, min=8),
+    device: str = typer.Option("cpu"),
+    quiet: bool = typer.Option(False),
+):
+    """Perplexity and sequence recovery on masked residues of a dataset split."""
+    from .data.store import PreparedDataset
+    from .eval.mlm import evaluate_mlm
+    from .eval.report import comparison_rows, markdown_report, markdown_table
+    from .model.checkpoints import load_model
+
+    ds = PreparedDataset(data)
+    results = {}
+    for ck in checkpoint:
+        model, meta = load_model(ck)
+        label = Path(ck).stem if Path(ck).exists() and Path(ck).is_file() else Path(ck).name
+        while label in results:
+            label += "'"
+        results[label] = {**evaluate_mlm(model, ds, split, seed=seed, crop_length=crop_length, max_chains=max_chains,
+                                         device=device, progress=not quiet), "checkpoint": meta["path"]}
+    header, rows = comparison_rows(results)
+    typer.echo(markdown_table(header, rows))
+    payload = results[next(iter(results))] if len(results) == 1 else {"models": results}
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2))
+    if report:
+        from .analysis.plots import per_residue_recovery_figure
+
+        fig = report.with_suffix(".png")
+        per_residue_recovery_figure(results, fig, title=f"{data.name} / {split}")
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(markdown_report(results, fig.name, f"{data} split {split}", _command_line()))
+        typer.echo(f"report: {report}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the report, figure and JSON."),
+    train_minutes: float = typer.Option(0.0, min=0.0, help="Also pretrain both models from scratch on the bundled data for N minutes each."),
+    max_chains: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many bundled chains."),
+    quiet: bool = typer.Option(False),
+):
+    """Evaluate the shipped coords and no-coords models on bundled held-out chains; print a table."""
+    from .demo import run_demo
+
+    run_demo(out, train_minutes=train_minutes, max_chains=max_chains, progress=not quiet, echo=typer.echo)
+
+
+@app.command()
+def models():
+    """List the shipped pretrained models."""
+    from .model.checkpoints import model_card, shipped_models
+
+    ship = shipped_models()
+    if not ship:
+        typer.echo("no shipped models installed")
+    for name, path in ship.items():
+        card = model_card(name)
+        typer.echo(f"{name}\t{path.stat().st_size / 1e6:.1f} MB\t{card.get('description', '')}")
+
+
+@app.command()
+def export(
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c"),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file (.pt) to write."),
+    half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size)."),
+):
+    """Write an inference-only model file from a training checkpoint."""
+    from .model.checkpoints import export_model, load_model
+
+    model, meta = load_model(checkpoint)
+    export_model(model, out, meta=meta, half=half)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one-line errors for user-fixable problems, tracebacks only with --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns errors into messages
+        # Typer vendors click privately; recognise its exceptions by shape, not by import.
+        name = type(e).__name__
+        if name == "Exit":
+            return int(getattr(e, "exit_code", 0))
+        if name == "Abort":
+            return 1
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click usage errors: one line + hint
+            e.show()
+            return int(e.exit_code)
+        if debug:
+            raise
+        known = isinstance(e, (CoordformerError, FileNotFoundError, PermissionError)) or type(e).__name__ in (
+            "DatasetFormatError", "StructureReadError", "PrepareError")
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        typer.echo(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

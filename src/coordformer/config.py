@@ -1,0 +1,168 @@
+"""Typed, frozen configuration records. Every checkpoint and output folder carries the ones used.
+
+Each record converts to/from plain dicts (JSON/YAML friendly); unknown keys are rejected so a
+config written by another version fails loudly instead of being half-read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import UsageError
+
+T = TypeVar("T")
+
+
+class ConfigError(UsageError, ValueError):
+    """A configuration value is invalid; the message says which and what to do."""
+
+
+def _from_dict(cls: type[T], d: dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)} (written by a different coordformer version?)")
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in d:
+            v = d[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        return _from_dict(cls, d)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2)
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        text = Path(path).read_text()
+        return cls.from_dict(yaml.safe_load(text))
+
+
+#: Coordinate input modes: what per-residue features the linear coordinate embedding sees.
+#: "ca": (x, y, z)/16 of CA + missing flag -> 4 features (the paper).
+#: "backbone": (x, y, z)/16 of N, CA, C, O + one missing flag per atom -> 16 features.
+COORD_MODES = ("ca", "backbone")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Record):
+    """Architecture of a CoordFormer. Sizes follow the usual names (d_model, n_layers, ...)."""
+
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    d_ff: int = 1024
+    dropout: float = 0.0
+    max_len: int = 4096  # longest position the sinusoidal table covers
+    use_coords: bool = True
+    coord_mode: str = "ca"
+    coord_norm_feature: bool = False  # also feed |x|^2 (scaled) as an input feature
+    coord_scale: float = 16.0  # Angstrom per unit of coordinate input
+    gaussian_init_heads: int = 0  # first-layer heads initialised to attend by 3D distance
+    gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
+    vocab_size: int = 25
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.coord_mode not in COORD_MODES:
+            raise ConfigError(f"coord_mode must be one of {COORD_MODES}, got {self.coord_mode!r}")
+        if not 0 <= self.gaussian_init_heads <= self.n_heads:
+            raise ConfigError(f"gaussian_init_heads must be in 0..n_heads ({self.n_heads})")
+        if self.gaussian_init_heads:
+            if self.d_model // self.n_heads < 4:
+                raise ConfigError("gaussian_init_heads needs a head dimension of at least 4 (n + 1 for 3D)")
+            if not (self.use_coords and self.coord_norm_feature):
+                raise ConfigError("gaussian_init_heads needs use_coords=True and coord_norm_feature=True (|x|^2 input)")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_coord_features(self) -> int:
+        n_atoms = 4 if self.coord_mode == "backbone" else 1
+        return n_atoms * 4 + (1 if self.coord_norm_feature else 0)
+
+
+#: Size presets, named by approximate parameter count. "paper-85m" is the paper's 6 x 768 x 12.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny-0.1m": dict(d_model=64, n_layers=2, n_heads=4, d_ff=128),
+    "small-3m": dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024),
+    "base-13m": dict(d_model=512, n_layers=4, n_heads=8, d_ff=2048),
+    "paper-43m": dict(d_model=768, n_layers=6, n_heads=12, d_ff=3072),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown size preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class PrepareConfig(_Record):
+    """How structure files become a prepared dataset (recorded in the dataset's manifest)."""
+
+    min_length: int = 20
+    max_length: int = 100_000
+    max_missing_ca: float = 0.5  # drop chains with a larger fraction of residues lacking CA
+    split: str = "random"  # "random" | "identity"
+    split_identity: float = 0.3  # MMseqs2 --min-seq-id for split="identity"
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    seed: int = 0
+    exclude_files: tuple[str, ...] = ()  # chain ids that must never reach train
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Record):
+    """Masked-language-model pretraining run settings."""
+
+    seed: int = 0
+    mask_prob: float = 0.15
+    mask_token_frac: float = 0.8
+    random_token_frac: float = 0.1
+    crop_length: int = 512
+    tokens_per_batch: int = 8192
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # "cosine" | "constant" | "noam"
+    max_steps: int = 100_000
+    max_minutes: float | None = None
+    grad_clip: float = 1.0
+    rotate: bool = True
+    val_every_steps: int = 500
+    val_max_chains: int = 512
+    precision: str = "auto"  # "auto" -> bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_workers: int = 0
+    compile: bool = False
+    log_every_steps: int = 25
+    threads: int | None = None  # torch CPU threads; None = torch default

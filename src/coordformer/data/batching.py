@@ -1,0 +1,169 @@
+"""From a prepared dataset to model batches.
+
+A batch plan (which chains go together) is a pure function of (seed, epoch); every random choice
+made for a batch (crop window, rotation, masking) comes from a generator seeded by (seed, epoch,
+batch index). Batches are therefore identical whatever the number of DataLoader workers or
+processes, and training can resume mid-epoch at exactly the batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..constants import ascii_to_token_table
+from ..geometry import centre, random_rotation
+from .masking import bert_mask
+
+_ASCII_TO_TOKEN = np.asarray(ascii_to_token_table(), dtype=np.int64)
+
+
+def seed_for(*parts: int | str) -> int:
+    """A 63-bit seed derived from any tuple of ints/strings (stable across runs and platforms)."""
+    h = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def token_budget_batches(
+    lengths: np.ndarray, tokens_per_batch: int, rng: np.random.Generator | None, pool_batches: int = 50
+) -> list[np.ndarray]:
+    """Group chain indices into batches whose padded size (n * max length) fits a token budget.
+
+    With ``rng``, chains are shuffled, then sorted by length inside pools of ~``pool_batches``
+    batches (length bucketing: little padding, still random), and the batch order is shuffled.
+    Without ``rng`` the order is by length (deterministic evaluation).
+
+    Args:
+        lengths: [N] effective (cropped) lengths of the chains, in residues.
+    Returns: list of index arrays into ``lengths``.
+    """
+    n = len(lengths)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    if rng is not None:
+        mean_len = max(float(np.mean(lengths)), 1.0)
+        pool = max(int(pool_batches * tokens_per_batch / mean_len), 1)
+        chunks = [order[i : i + pool] for i in range(0, n, pool)]
+        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks]) if chunks else order
+    else:
+        order = order[np.argsort(lengths[order], kind="stable")]
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        m = max(cur_max, int(lengths[i]))
+        if cur and m * (len(cur) + 1) > tokens_per_batch:
+            batches.append(np.asarray(cur))
+            cur, m = [], int(lengths[i])
+        cur.append(i)
+        cur_max = m
+    if cur:
+        batches.append(np.asarray(cur))
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    crop_length: int = 512
+    tokens_per_batch: int = 8192
+    mask_prob: float = 0.15
+    mask_token_frac: float = 0.8
+    random_token_frac: float = 0.1
+    rotate: bool = True
+    random_crop: bool = True
+
+
+class MaskedBatches(torch.utils.data.Dataset):
+    """A map-style dataset whose items are whole collated batches.
+
+    Item k is batch (k mod B) of epoch (start_epoch + k div B), B batches per epoch, sharded over
+    ``world_size`` ranks. Use with ``DataLoader(batch_size=None)``.
+
+    Each item: dict with
+        tokens  [b, l] long (corrupted input), targets [b, l] long (-100 = no loss),
+        clean   [b, l] long (uncorrupted tokens), coords [b, l, 4, 3] float32 Angstrom (centred,
+        rotated; NaN missing), padding_mask [b, l] bool, index [b] long (chain indices).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        indices: np.ndarray,
+        settings: BatchSettings,
+        seed: int,
+        train: bool = True,
+        epochs: int = 1,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.ds = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.s = settings
+        self.seed = seed
+        self.train = train
+        self.rank, self.world = rank, world_size
+        self.lengths = np.minimum(dataset.lengths[self.indices], settings.crop_length)
+        self._plans: dict[int, list[np.ndarray]] = {}
+        n0 = len(self._plan(0))
+        self.batches_per_epoch = n0 // world_size if world_size > 1 else n0
+        if self.batches_per_epoch == 0:
+            raise ValueError("not enough chains for one batch per process")
+        self.epochs = epochs
+        self.start_batch = start_batch
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        if epoch not in self._plans:
+            rng = np.random.default_rng(seed_for(self.seed, "plan", epoch)) if self.train else None
+            self._plans = {epoch: token_budget_batches(self.lengths, self.s.tokens_per_batch, rng)}
+        return self._plans[epoch]
+
+    def __len__(self) -> int:
+        return self.epochs * self.batches_per_epoch - self.start_batch
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        k = k + self.start_batch
+        epoch, b = divmod(k, self.batches_per_epoch)
+        global_b = b * self.world + self.rank
+        members = self._plan(epoch)[global_b]
+        gen = torch.Generator().manual_seed(seed_for(self.seed, "batch", epoch, global_b))
+        return self.collate(self.indices[members], gen)
+
+    def collate(self, chain_indices: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        s = self.s
+        seqs, xyzs = [], []
+        for ci in chain_indices:
+            seq = self.ds.seq_bytes(int(ci))
+            xyz = self.ds.coords(int(ci))
+            n = len(seq)
+            if n > s.crop_length:
+                if s.random_crop:
+                    start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen))
+                else:
+                    start = 0
+                seq, xyz = seq[start : start + s.crop_length], xyz[start : start + s.crop_length]
+            seqs.append(np.asarray(seq))
+            xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
+        b, l = len(seqs), max(len(q) for q in seqs)
+        tokens = torch.zeros(b, l, dtype=torch.long)
+        coords = torch.full((b, l, 4, 3), float("nan"))
+        for i, (q, x) in enumerate(zip(seqs, xyzs)):
+            tokens[i, : len(q)] = torch.from_numpy(_ASCII_TO_TOKEN[q])
+            coords[i, : len(q)] = torch.from_numpy(x)
+        pad = tokens != 0
+        present = ~torch.isnan(coords[:, :, 1]).any(-1) & pad
+        coords = centre(coords, present)
+        if s.rotate:
+            rot = random_rotation(b, gen)
+            coords = torch.einsum("blac,bdc->blad", coords, rot)
+        inputs, targets = bert_mask(tokens, gen, s.mask_prob, s.mask_token_frac, s.random_token_frac)
+        return {
+            "tokens": inputs,
+            "targets": targets,
+            "clean": tokens,
+            "coords": coords,
+            "padding_mask": pad,
+            "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
+        }

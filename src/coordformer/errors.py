@@ -1,0 +1,9 @@
+"""Exception types whose messages are shown to users as one line (no traceback) by the CLI."""
+
+
+class CoordformerError(Exception):
+    """Base class: the message is complete and actionable on its own."""
+
+
+class UsageError(CoordformerError):
+    """A bad argument, a missing file, or a combination that cannot work; the message says what to do."""

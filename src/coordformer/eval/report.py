@@ -1,0 +1,63 @@
+"""Side-by-side tables and Markdown reports for masked-LM evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..constants import AMINO_ACIDS
+
+
+def gains(results: dict[str, dict], a: str, b: str) -> list[tuple[str, float, float, float]]:
+    """Per-residue recovery of model a vs b, sorted by gain (a - b), largest first."""
+    pa, pb = results[a]["per_residue_recovery"], results[b]["per_residue_recovery"]
+    rows = [(aa, pa[aa], pb[aa], pa[aa] - pb[aa]) for aa in AMINO_ACIDS if pa.get(aa) is not None and pb.get(aa) is not None]
+    return sorted(rows, key=lambda r: -r[3])
+
+
+def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: overall perplexity/recovery per model, then the residues that gain most
+    (first model vs second) when there are at least two models."""
+    labels = list(results)
+    header = ["", *labels]
+    rows = [
+        ["perplexity", *[f"{results[m]['perplexity']:.2f}" for m in labels]],
+        ["recovery", *[f"{results[m]['recovery']:.1%}" for m in labels]],
+        ["masked residues", *[str(results[m]["n_masked"]) for m in labels]],
+    ]
+    if len(labels) >= 2:
+        for aa, _, _, _ in gains(results, labels[0], labels[1])[:top]:
+            rows.append([f"recovery {aa}", *[f"{results[m]['per_residue_recovery'][aa]:.1%}" for m in labels]])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown_report(results: dict[str, dict], figure: str | None, data_desc: str, command: str) -> str:
+    header, rows = comparison_rows(results)
+    labels = list(results)
+    parts = [
+        "# coordformer masked-LM evaluation",
+        "",
+        f"Data: {data_desc}",
+        "",
+        f"Command: `{command}`",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+    if len(labels) >= 2:
+        parts += [f"## Per-residue recovery, {labels[0]} minus {labels[1]}", "",
+                  markdown_table(["residue", labels[0], labels[1], "difference", "n"],
+                                 [[aa, f"{x:.1%}", f"{y:.1%}", f"{d:+.1%}", str(results[labels[0]]["per_residue_count"][aa])]
+                                  for aa, x, y, d in gains(results, labels[0], labels[1])]), ""]
+    if figure:
+        parts += [f"![per-residue recovery]({figure})", ""]
+    s = results[labels[0]]["settings"]
+    parts += [f"Masking: {s['mask_prob']:.0%} of residues per chain, all replaced by <mask>, seed {s['seed']}; "
+              f"chains cropped to their first {s['crop_length']} residues. Perplexity = exp(mean cross-entropy) "
+              "on masked residues; recovery = argmax over the 20 amino acids.", ""]
+    return "\n".join(parts)

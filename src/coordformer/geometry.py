@@ -1,0 +1,49 @@
+"""Pure geometric helpers on torch tensors. Coordinates are in Angstrom unless stated.
+
+Imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_rotation(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Uniformly distributed proper rotations (Haar measure on SO(3)).
+
+    Uses QR of a Gaussian matrix with the sign correction of Mezzadri (2007), which is what makes
+    the distribution uniform; a plain QR is biased.
+
+    Returns: [n, 3, 3] rotation matrices (det = +1).
+    """
+    g = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    d = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    d[d == 0] = 1.0
+    q = q * d.unsqueeze(-2)
+    # Flip one column where the determinant is -1 so we get rotations, not reflections.
+    det = torch.linalg.det(q)
+    q[..., :, 0] *= det.sign().unsqueeze(-1)
+    return q.to(dtype)
+
+
+def centre(coords: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Subtract the mean of the present reference points from every atom.
+
+    Args:
+        coords: [..., L, A, 3] Angstrom (NaN allowed where missing).
+        present: [..., L] bool, True where the reference atom (usually CA) exists.
+    Returns:
+        [..., L, A, 3] centred coordinates (NaN preserved).
+    """
+    ref = coords[..., 1, :] if coords.shape[-2] > 1 else coords[..., 0, :]
+    w = present.to(coords.dtype).unsqueeze(-1)
+    n = w.sum(dim=-2, keepdim=True).clamp(min=1.0)
+    mean = (torch.nan_to_num(ref) * w).sum(dim=-2, keepdim=True) / n  # [..., 1, 3]
+    return coords - mean.unsqueeze(-2)
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance matrix. x: [..., L, 3] -> [..., L, L] (same unit as x)."""
+    # The matmul shortcut loses precision for near-identical points (self-distances ~1e-3 A).
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")

@@ -1,0 +1,497 @@
+"""Read protein chains (backbone N, CA, C, O) from PDB and mmCIF files with gemmi.
+
+Everything that can go wrong with an input file is reported as :class:`StructureReadError`
+(naming the file and the reason); no other exception type escapes :func:`read_structure`.
+
+This module must not import torch: it runs in data-preparation worker processes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO, Sequence
+
+import gemmi
+import numpy as np
+
+from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS
+
+__all__ = [
+    "Chain",
+    "StructureReadError",
+    "STRUCTURE_SUFFIXES",
+    "read_structure",
+    "is_structure_file",
+    "normalize_chain_id",
+    "read_id_list",
+]
+
+#: File name endings read by :func:`read_structure` (also used when expanding folders).
+STRUCTURE_SUFFIXES = (
+    ".pdb",
+    ".ent",
+    ".cif",
+    ".mmcif",
+    ".pdb.gz",
+    ".ent.gz",
+    ".cif.gz",
+    ".mmcif.gz",
+)
+_PDB_SUFFIXES = (".pdb", ".ent")
+_CIF_SUFFIXES = (".cif", ".mmcif")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_N_ATOMS = len(BACKBONE_ATOMS)
+_PROTEIN_TYPES = (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD)
+#: HEADER id codes that are placeholders rather than real PDB ids (ASTRAL writes 0000).
+_PLACEHOLDER_IDS = {"", "0000", "XXXX", "NONE", "NULL"}
+_PDB_ID_RE = re.compile(r"^[0-9][A-Za-z0-9]{3}$")
+_PDB_CHAIN_RE = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_:](\S+)$")
+
+# One 8-column PDB coordinate field: digits, spaces, '.', sign, with at least one digit.
+_PDB_FIELD = rb"(?= {0,7}[-+]?[\d.]{0,7}\d)[ \d.+-]{8}"
+#: An ATOM/HETATM record whose x, y, z (columns 31-54) are not three numbers, or whose
+#: occupancy / B-factor columns (55-66, optional) contain anything but a number. Searched
+#: over b"\n" + data; gemmi itself silently reads such fields as 0.
+_BAD_PDB_ATOM_RE = re.compile(
+    rb"\n(?:ATOM  |HETATM).{24}(?!"
+    + _PDB_FIELD * 3
+    + rb"(?:[ \d.+-]{12}|[ \d.+-]{0,11}\r?(?:\n|$)))"
+)
+_PDB_RECORD_RE = re.compile(
+    rb"(?:^|\n)(?:ATOM  |HETATM|HEADER|MODEL |CRYST1|SEQRES|COMPND|TITLE |REMARK)"
+)
+_CIF_START_RE = re.compile(rb"(?:[ \t\r\n]+|#[^\n]*(?:\n|$))*data_", re.IGNORECASE)
+
+
+class StructureReadError(Exception):
+    """The one exception type for unreadable or unusable input (structure or chain_set)."""
+
+    def __init__(self, source: str, reason: str):
+        self.source = str(source)
+        self.reason = str(reason)
+        super().__init__(f"{self.source}: {self.reason}")
+
+    def __reduce__(self):  # keep picklable across multiprocessing workers
+        return (type(self), (self.source, self.reason))
+
+
+@dataclass(eq=False)
+class Chain:
+    """One protein chain: sequence plus backbone coordinates (NaN where an atom is missing)."""
+
+    id: str
+    sequence: str
+    coords: np.ndarray
+    source: str
+    b_factors: np.ndarray | None = None
+    residue_ids: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.coords = np.asarray(self.coords, dtype=np.float32)
+        n = len(self.sequence)
+        if self.coords.shape != (n, _N_ATOMS, 3):
+            raise ValueError(
+                f"{self.id}: coords shape {self.coords.shape} does not match "
+                f"sequence length {n} (expected ({n}, {_N_ATOMS}, 3))"
+            )
+        if self.b_factors is not None:
+            self.b_factors = np.asarray(self.b_factors, dtype=np.float32)
+            if self.b_factors.shape != (n,):
+                raise ValueError(f"{self.id}: b_factors shape {self.b_factors.shape} != ({n},)")
+        if self.residue_ids is not None and len(self.residue_ids) != n:
+            raise ValueError(f"{self.id}: {len(self.residue_ids)} residue_ids for {n} residues")
+
+    @property
+    def atom_mask(self) -> np.ndarray:
+        """[L, 4] bool, True where the atom is present (its coordinates are not NaN)."""
+        return ~np.isnan(self.coords).any(axis=-1)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __repr__(self) -> str:
+        return f"Chain(id={self.id!r}, length={len(self)}, source={self.source!r})"
+
+
+# --------------------------------------------------------------------------- file access
+
+
+def _strip_gz(name: str) -> str:
+    name = name.lower()
+    return name[:-3] if name.endswith(".gz") else name
+
+
+def is_structure_file(path: str | Path) -> bool:
+    """True if the file name ends with one of :data:`STRUCTURE_SUFFIXES` (case-insensitive)."""
+    return Path(path).name.lower().endswith(STRUCTURE_SUFFIXES)
+
+
+def _open_binary(path: str | Path) -> BinaryIO:
+    """Open a file for binary reading, transparently gunzipping it if it starts with the
+    gzip magic bytes (whatever its name). Raises StructureReadError if it cannot be opened."""
+    src = str(path)
+    try:
+        raw = open(path, "rb")
+        try:
+            magic = raw.read(2)
+            if magic == _GZIP_MAGIC:
+                raw.close()
+                return gzip.open(path, "rb")
+            raw.seek(0)
+        except BaseException:
+            raw.close()
+            raise
+    except OSError as e:
+        raise StructureReadError(src, f"cannot open file: {e.strerror or e}") from None
+    return raw
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    """Whole (decompressed) content of a file; errors become StructureReadError."""
+    src = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise StructureReadError(src, f"cannot read file: {e.strerror or e}") from None
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise StructureReadError(src, f"corrupt or truncated gzip data ({e})") from None
+    return data
+
+
+def _detect_format(name: str, data: bytes) -> str | None:
+    """'pdb' or 'cif' from the file name, overridden by unambiguous content; None if unknown."""
+    base = _strip_gz(name)
+    by_suffix = "pdb" if base.endswith(_PDB_SUFFIXES) else "cif" if base.endswith(_CIF_SUFFIXES) else None
+    if _CIF_START_RE.match(data):
+        return "cif"
+    if by_suffix == "pdb":
+        return "pdb"
+    looks_pdb = _PDB_RECORD_RE.search(data, 0, 200_000) is not None
+    if looks_pdb:  # also for a .cif name with PDB content
+        return "pdb"
+    return by_suffix
+
+
+def _file_stem(path: str | Path) -> str:
+    name = Path(path).name
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        name, lower = name[:-3], lower[:-3]
+    for suffix in (".pdb", ".ent", ".cif", ".mmcif"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _normalize_entry(entry: str) -> str:
+    return entry.upper() if _PDB_ID_RE.match(entry) else entry
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_pdb(src: str, data: bytes) -> gemmi.Structure:
+    bad = _BAD_PDB_ATOM_RE.search(b"\n" + data)
+    if bad is not None:
+        lineno = data.count(b"\n", 0, bad.start()) + 1
+        line = bad.group(0)[1:].decode("ascii", "replace").rstrip()
+        raise StructureReadError(
+            src, f"line {lineno}: truncated or non-numeric coordinate fields in {line[:66]!r}"
+        )
+    try:
+        return gemmi.read_pdb_string(data)
+    except Exception as e:  # gemmi raises RuntimeError/ValueError with a line number
+        raise StructureReadError(src, f"PDB parse error: {_short(e)}") from None
+
+
+def _parse_cif(src: str, data: bytes) -> tuple[gemmi.Structure, str]:
+    try:
+        doc = gemmi.cif.read_string(data)
+    except Exception as e:
+        raise StructureReadError(src, f"mmCIF parse error: {_short(e)}") from None
+    block = None
+    for b in doc:
+        if b.find_values("_atom_site.Cartn_x"):
+            block = b
+            break
+    if block is None:
+        raise StructureReadError(src, "mmCIF has no _atom_site coordinates")
+    try:
+        st = gemmi.make_structure_from_block(block)
+    except Exception as e:
+        raise StructureReadError(src, f"mmCIF structure error: {_short(e)}") from None
+    return st, block.name
+
+
+def _short(e: BaseException, n: int = 300) -> str:
+    msg = " ".join(str(e).split())
+    return msg if len(msg) <= n else msg[: n - 3] + "..."
+
+
+@lru_cache(maxsize=4096)
+def _tabulated_letter(name: str) -> str:
+    """One-letter code (20-letter alphabet or X) from gemmi's residue table; '' if not an amino acid.
+
+    Modified residues give their parent (gemmi writes them lower-case: MSE->m, SEP->s);
+    selenocysteine and pyrrolysine map to their parents C and K; UNK/ASX/GLX give X.
+    """
+    t = gemmi.find_tabulated_residue(name)
+    if t is None or not t.is_amino_acid():
+        return ""
+    code = t.one_letter_code.strip().upper()
+    if not code:
+        return ""
+    if code in AMINO_ACIDS:
+        return code
+    return {"U": "C", "O": "K"}.get(code, "X")
+
+
+def _residue_letter(name: str, parents: dict[str, str]) -> str:
+    letter = _tabulated_letter(name)
+    if letter:
+        return letter
+    parent = parents.get(name)
+    if parent:
+        return _tabulated_letter(parent) or "X"
+    return "X"
+
+
+def _max_occupancy(res: gemmi.Residue) -> float:
+    best = 0.0
+    for a in res:
+        occ = a.occ
+        if occ != occ:  # junk occupancy: reported when the atoms are read
+            occ = 1.0
+        if occ > best:
+            best = occ
+    return best
+
+
+def _pick_microheterogeneity(span: gemmi.ResidueSpan) -> list[gemmi.Residue]:
+    """Residues of a polymer span; of point-mutation alternatives (same author number and
+    insertion code), keep the one with the highest occupancy (the first one on ties)."""
+    out: list[gemmi.Residue] = []
+    keys: list[tuple[int, str]] = []
+    for res in span:
+        sid = res.seqid
+        key = (sid.num, sid.icode)
+        if keys and keys[-1] == key:
+            if _max_occupancy(res) > _max_occupancy(out[-1]):
+                out[-1] = res
+            continue
+        out.append(res)
+        keys.append(key)
+    return out
+
+
+def _best_conformer(res: gemmi.Residue, name: str) -> tuple[gemmi.Atom | None, float]:
+    """Of the atoms called ``name`` (alternate locations), the one with the highest occupancy
+    (the first on ties); zero-occupancy atoms count as missing. Returns (atom or None, occ);
+    an atom with a non-numeric (NaN) occupancy is returned at once for the caller to report."""
+    best, best_occ = None, 0.0
+    for atom in res:
+        if atom.name != name:
+            continue
+        occ = atom.occ
+        if occ != occ:
+            return atom, occ
+        if occ > best_occ:
+            best, best_occ = atom, occ
+    return best, best_occ
+
+
+def _chain_from_span(
+    src: str, chain_id: str, span: gemmi.ResidueSpan, parents: dict[str, str]
+) -> Chain:
+    residues = _pick_microheterogeneity(span)
+    n = len(residues)
+    nan = float("nan")
+    flat = [nan] * (n * _N_ATOMS * 3)
+    bfac = [nan] * n
+    letters = []
+    ids = []
+    for i, res in enumerate(residues):
+        letters.append(_residue_letter(res.name, parents))
+        sid = res.seqid
+        ids.append(f"{sid.num}{sid.icode}" if sid.icode != " " else str(sid.num))
+        for k, name in enumerate(BACKBONE_ATOMS):
+            atom = res.find_atom(name, "*")  # first atom of that name, any altloc
+            if atom is None:
+                continue
+            if atom.altloc != "\0":  # alternate locations: pick by occupancy
+                atom, occ = _best_conformer(res, name)
+                if atom is None:
+                    continue
+            else:
+                occ = atom.occ
+            if occ != occ:  # gemmi reads '?' as 1.0 but junk as NaN
+                raise StructureReadError(
+                    src, f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: non-numeric occupancy"
+                )
+            if not occ > 0.0:  # zero occupancy = missing
+                continue
+            pos = atom.pos
+            x, y, z = pos.x, pos.y, pos.z
+            if x != x or y != y or z != z:
+                raise StructureReadError(
+                    src,
+                    f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: "
+                    "missing or non-numeric coordinate",
+                )
+            j = (i * _N_ATOMS + k) * 3
+            flat[j] = x
+            flat[j + 1] = y
+            flat[j + 2] = z
+            if k == 1:
+                bfac[i] = atom.b_iso
+    coords = np.array(flat, dtype=np.float32).reshape(n, _N_ATOMS, 3)
+    return Chain(
+        id=chain_id,
+        sequence="".join(letters),
+        coords=coords,
+        source=src,
+        b_factors=np.array(bfac, dtype=np.float32),
+        residue_ids=ids,
+    )
+
+
+def read_structure(path: str | Path, chains: Sequence[str] | None = None) -> list[Chain]:
+    """Protein chains of the first model of a PDB or mmCIF file (plain or gzipped).
+
+    Per protein polymer chain (in file order): one-letter sequence (modified residues as
+    their parent, unknown as X) and N, CA, C, O coordinates, [L, 4, 3] float32, NaN where
+    an atom is missing or has zero occupancy. Alternate locations: per atom the conformer
+    with the highest occupancy (the first on ties); point-mutation alternatives: the residue
+    with the highest occupancy. Waters, ligands and nucleic-acid chains are skipped.
+
+    ``chains`` selects author chain ids (case-sensitive); requested chains that are absent
+    are ignored, but an error is raised if none of them is a protein chain of the file.
+
+    Raises StructureReadError (and no other exception) for unreadable or unusable input.
+    """
+    src = str(path)
+    if isinstance(chains, str):
+        chains = [chains]
+    try:
+        return _read_structure(src, path, chains)
+    except StructureReadError:
+        raise
+    except MemoryError:
+        raise StructureReadError(src, "out of memory while reading") from None
+    except Exception as e:  # never let anything else escape (gemmi / numpy surprises)
+        raise StructureReadError(src, f"unexpected {type(e).__name__}: {_short(e)}") from None
+
+
+def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None) -> list[Chain]:
+    data = _read_bytes(path)
+    if not data or data.isspace():
+        raise StructureReadError(src, "empty file")
+    if b"\x00" in data:
+        raise StructureReadError(src, "binary data, not a PDB or mmCIF text file")
+    fmt = _detect_format(Path(src).name, data)
+    if fmt is None:
+        raise StructureReadError(src, "unrecognised format (neither PDB nor mmCIF)")
+    if fmt == "cif":
+        st, entry = _parse_cif(src, data)
+    else:
+        st = _parse_pdb(src, data)
+        entry = st.info["_entry.id"].strip() if "_entry.id" in st.info else ""
+        if entry.upper() in _PLACEHOLDER_IDS:
+            entry = ""
+    entry = _normalize_entry(entry or _file_stem(src))
+
+    if len(st) == 0:
+        raise StructureReadError(src, "no models / no atoms found")
+    while len(st) > 1:  # first model only; dropping the rest saves work below
+        del st[len(st) - 1]
+    if st[0].count_atom_sites() == 0:
+        raise StructureReadError(src, f"no atoms found (empty or not a {fmt.upper()} file?)")
+    st.merge_chain_parts()
+    st.setup_entities()
+
+    parents: dict[str, str] = {}
+    for mod in st.mod_residues:
+        if mod.parent_comp_id and mod.parent_comp_id not in ("?", "."):
+            parents.setdefault(mod.res_id.name, mod.parent_comp_id)
+
+    wanted = set(chains) if chains is not None else None
+    out: list[Chain] = []
+    protein_names: list[str] = []
+    for ch in st[0]:
+        span = ch.get_polymer()
+        if len(span) == 0 or span.check_polymer_type() not in _PROTEIN_TYPES:
+            continue
+        protein_names.append(ch.name)
+        if wanted is not None and ch.name not in wanted:
+            continue
+        out.append(_chain_from_span(src, f"{entry}.{ch.name}", span, parents))
+    if not protein_names:
+        raise StructureReadError(src, "no protein chain")
+    if not out:
+        raise StructureReadError(
+            src,
+            f"none of the requested chains {sorted(wanted or ())} is a protein chain "
+            f"(protein chains: {', '.join(protein_names)})",
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- chain ids
+
+
+def normalize_chain_id(s: str) -> str:
+    """Canonical chain id ``ENTRY.CHAIN``: '12as-A', '12AS_A', '12as.A' -> '12AS.A'.
+
+    The entry is upper-cased when it is a 4-character PDB id; the chain id keeps its case.
+    An id with a '.' is split at the last '.'; without one, only PDB ids followed by '-',
+    '_' or ':' and a chain are recognised. Anything else is returned stripped but unchanged.
+    """
+    s = s.strip()
+    if "." in s:
+        entry, chain = s.rsplit(".", 1)
+    else:
+        m = _PDB_CHAIN_RE.match(s)
+        if m is None:
+            return _normalize_entry(s)
+        entry, chain = m.groups()
+    entry = _normalize_entry(entry.strip())
+    chain = chain.strip()
+    return f"{entry}.{chain}" if chain else entry
+
+
+_ID_SPLIT_RE = re.compile(r"[\s,]+")
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Chain ids from a text file (plain or gzipped): the first whitespace- or comma-separated
+    field of each line, normalised with :func:`normalize_chain_id`. Blank lines and '#'
+    comments are ignored; duplicates are dropped (first occurrence kept).
+
+    Raises StructureReadError if the file cannot be read.
+    """
+    src = str(path)
+    try:
+        text = _read_bytes(path).decode("utf-8", "replace")
+    except StructureReadError:
+        raise
+    except Exception as e:
+        raise StructureReadError(src, f"cannot read id list: {_short(e)}") from None
+    seen: dict[str, None] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        field = _ID_SPLIT_RE.split(line, 1)[0]
+        if field:
+            seen.setdefault(normalize_chain_id(field), None)
+    return list(seen)

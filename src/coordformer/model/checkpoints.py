@@ -1,0 +1,101 @@
+"""Loading and exporting models: Lightning checkpoints, exported model files, shipped models by name.
+
+An exported model file is a ``torch.save`` dict::
+
+    {"format": "coordformer-model", "format_version": 1, "model_config": {...},
+     "state_dict": {...}, "meta": {...}}
+
+Shipped models live in ``coordformer/resources/models/<name>.pt`` with ``<name>.json`` (command,
+data, training summary) beside them and are loaded by name, offline.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import UsageError
+from .core import CoordFormer
+
+MODEL_FORMAT = "coordformer-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(resources.files("coordformer") / "resources" / "models"))
+
+
+def shipped_models() -> dict[str, Path]:
+    d = shipped_models_dir()
+    return {p.stem: p for p in sorted(d.glob("*.pt"))} if d.is_dir() else {}
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A shipped model name (e.g. ``small-coords``) or a path to a .ckpt / .pt file or run folder."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        for cand in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt", p / "model.pt"):
+            if cand.exists():
+                return cand
+        raise UsageError(f"{p}: no checkpoints/best.ckpt, checkpoints/last.ckpt or model.pt inside")
+    if p.exists():
+        return p
+    ship = shipped_models()
+    if str(name_or_path) in ship:
+        return ship[str(name_or_path)]
+    names = ", ".join(ship) or "none installed"
+    raise UsageError(f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})")
+
+
+def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
+    """Load a model for inference. Returns (model in eval mode, float32; meta dict)."""
+    path = resolve_checkpoint(name_or_path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # corrupted / not a torch file
+        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: not a coordformer checkpoint")
+    if obj.get("format") == MODEL_FORMAT:
+        if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
+            raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer supports; upgrade")
+        cfg, state, meta = obj["model_config"], obj["state_dict"], obj.get("meta", {})
+    elif "coordformer" in obj and "state_dict" in obj:  # Lightning checkpoint from `pretrain`
+        cfg = obj["coordformer"]["model_config"]
+        state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+        meta = {"global_step": obj.get("global_step"), "train_seconds": obj["coordformer"].get("train_seconds")}
+    else:
+        raise UsageError(f"{path}: not a coordformer checkpoint (no model config inside)")
+    config = ModelConfig.from_dict(cfg)
+    model = CoordFormer(config)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise UsageError(f"{path}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    meta = {**meta, "path": str(path), "name": str(name_or_path)}
+    return model, meta
+
+
+def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None, half: bool = True) -> Path:
+    """Write an inference-only model file (optionally float16 weights: half the size)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "model_config": model.config.to_dict(),
+         "state_dict": state, "meta": meta or {}},
+        tmp,
+    )
+    tmp.replace(path)
+    return path
+
+
+def model_card(name: str) -> dict:
+    """The JSON record shipped beside a named model (command, data, training log summary)."""
+    p = shipped_models_dir() / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else {}

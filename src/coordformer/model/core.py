@@ -1,0 +1,246 @@
+"""CoordFormer: a plain pre-LayerNorm Transformer encoder whose input is token embedding +
+sinusoidal position + a linear embedding of 3D coordinates.
+
+One class with switches (``use_coords``, ``coord_mode``); attention maps and hidden states are
+returned on request. Attention runs on ``torch.nn.functional.scaled_dot_product_attention`` so
+fused (flash / memory-efficient) kernels are used where available; the explicit softmax path is
+taken only when attention maps are asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..constants import CA_INDEX
+
+#: Channels reserved for the coordinate features when first-layer Gaussian heads are initialised:
+#: x, y, z, |x|^2, missing flag, each written as +f and -f (see ``_init_gaussian_heads``).
+_N_RESERVED = 10
+
+
+def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
+    """Vaswani et al. position table. Returns [max_len, dim] float32."""
+    pos = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return table.float()
+
+
+def coordinate_features(coords: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Per-residue input features for the linear coordinate embedding.
+
+    Args:
+        coords: [B, L, 4, 3] Angstrom (N, CA, C, O), already centred (and rotated when training);
+            NaN where an atom is missing or at padding.
+    Returns:
+        [B, L, F] float: for each used atom (x, y, z) / coord_scale with 0 where missing, then a
+        missing flag per atom; optionally |x_CA / coord_scale|^2 last. F = config.n_coord_features.
+    """
+    atoms = coords if config.coord_mode == "backbone" else coords[:, :, CA_INDEX : CA_INDEX + 1]
+    missing = torch.isnan(atoms).any(dim=-1)  # [B, L, A]
+    xyz = torch.where(missing.unsqueeze(-1), torch.zeros_like(atoms), atoms) / config.coord_scale
+    feats = [xyz.flatten(2), missing.to(xyz.dtype)]
+    if config.coord_norm_feature:
+        ca = xyz[:, :, 1] if config.coord_mode == "backbone" else xyz[:, :, 0]
+        feats.append((ca * ca).sum(-1, keepdim=True))
+    return torch.cat(feats, dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.d_head = config.n_heads, config.d_head
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, need_attention: bool = False):
+        """x: [B, L, D]; key_mask: [B, L] bool (True = real token). Returns ([B, L, D], [B, H, L, L] | None)."""
+        b, l, _ = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if need_attention:
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            attn = logits.softmax(dim=-1)
+            y = attn @ v
+        else:
+            attn = None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        return self.out(y.transpose(1, 2).reshape(b, l, -1)), attn
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then x + FF(LN(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(config.d_model, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, config.d_model)
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, key_mask, need_attention=False):
+        h, attn = self.attn(self.ln1(x), key_mask, need_attention)
+        x = x + self.drop(h)
+        x = x + self.drop(self.ff(self.ln2(x)))
+        return x, attn
+
+
+@dataclass
+class CoordFormerOutput:
+    """logits: [B, L, V]; hidden: final hidden states [B, L, D] (after the last LayerNorm);
+    representations: {layer: [B, L, D]} for requested layers (0 = embeddings);
+    attentions: list of [B, H, L, L] per layer when requested, else None."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    representations: dict[int, torch.Tensor] = field(default_factory=dict)
+    attentions: list[torch.Tensor] | None = None
+
+
+class CoordFormer(nn.Module):
+    """Token + position (+ linear coordinate) embedding -> pre-LN Transformer encoder -> MLM head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        reserved = _N_RESERVED if config.gaussian_init_heads else 0
+        self.tokens = nn.Embedding(config.vocab_size, d)
+        table = torch.zeros(config.max_len, d)
+        table[:, : d - reserved] = sinusoidal_table(config.max_len, d - reserved)
+        self.register_buffer("positions", table, persistent=False)
+        self.coord_embed = nn.Linear(config.n_coord_features, d) if config.use_coords else None
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
+        self.final_ln = nn.LayerNorm(d)
+        self.lm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size))
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.out.weight") or name.endswith("ff.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.gaussian_init_heads:
+            self._init_gaussian_heads()
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=1.0)
+
+    @torch.no_grad()
+    def _init_gaussian_heads(self, coord_amplitude: float = 0.5, missing_penalty: float = 30.0) -> None:
+        """Make the first ``gaussian_init_heads`` heads of layer 0 attend by a Gaussian of 3D distance.
+
+        The coordinate embedding writes a*f and -a*f, for f = (x, y, z, |x|^2, missing), into the last
+        ten channels, which token and position embeddings leave empty. Reading the difference of each
+        pair after the first LayerNorm cancels its mean subtraction exactly and leaves 2*a*f/s, with
+        s the LayerNorm scale, nearly token-independent because token and position embeddings
+        dominate the norm. Queries [x_i, 1] and keys [x_j, -|x_j|^2/2] (scaled) then give logits
+        x_i.x_j/sigma^2 - |x_j|^2/(2 sigma^2), which equal -|x_i - x_j|^2/(2 sigma^2) up to a
+        per-query constant that softmax ignores: head dimension n + 1 suffices. Keys with missing
+        coordinates get a large negative logit.
+        """
+        c = self.config
+        d, dh = c.d_model, c.d_head
+        r = d - _N_RESERVED
+        self.tokens.weight[:, r:] = 0.0
+        # Feature layout (coordinate_features): xyz of each atom, one missing flag per atom, |x|^2.
+        n_atoms = 4 if c.coord_mode == "backbone" else 1
+        ca = 3 if c.coord_mode == "backbone" else 0
+        miss = 3 * n_atoms + (1 if c.coord_mode == "backbone" else 0)
+        sources = [ca, ca + 1, ca + 2, c.n_coord_features - 1, miss]
+        w = torch.zeros_like(self.coord_embed.weight)
+        for k, f in enumerate(sources):
+            w[r + k, f] = coord_amplitude
+            w[r + 5 + k, f] = -coord_amplitude
+        self.coord_embed.weight.copy_(w)
+        self.coord_embed.bias.zero_()
+        # LayerNorm scale of a typical residue (its std over channels); token + position dominate.
+        emb = self.tokens.weight[5:].unsqueeze(0) + self.positions[:512].unsqueeze(1)
+        s = emb.std(dim=-1, unbiased=False).pow(2).mean().sqrt().item()
+        a2 = 2 * coord_amplitude  # a difference of a pair reads 2a f / s
+        qkv = self.layers[0].attn.qkv
+
+        def read(row: int, k: int, value: float) -> None:
+            qkv.weight[row, r + k] = value
+            qkv.weight[row, r + 5 + k] = -value
+
+        for h in range(c.gaussian_init_heads):
+            sigma = c.gaussian_init_sigmas[h % len(c.gaussian_init_sigmas)] / c.coord_scale
+            qo, ko = h * dh, d + h * dh
+            for o in (qo, ko):
+                qkv.weight[o : o + dh] = 0.0
+                qkv.bias[o : o + dh] = 0.0
+            # SDPA divides logits by sqrt(dh); q.k must give x_i.x_j / sigma^2.
+            g = s * dh**0.25 / (a2 * sigma)
+            for k in range(3):
+                read(qo + k, k, g)
+                read(ko + k, k, g)
+            qkv.bias[qo + 3] = 1.0
+            read(ko + 3, 3, -math.sqrt(dh) * s / (2 * sigma**2 * a2))
+            read(ko + 3, 4, -math.sqrt(dh) * s * missing_penalty / a2)
+
+    def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+        """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None. Returns [B, L, D]."""
+        l = tokens.shape[1]
+        if l > self.config.max_len:
+            raise ValueError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; crop it")
+        x = self.tokens(tokens) + self.positions[:l].to(self.tokens.weight.dtype)
+        if self.coord_embed is not None:
+            if coords is None:
+                # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
+                coords = torch.full((*tokens.shape, 4, 3), float("nan"), device=tokens.device)
+            feats = coordinate_features(coords.to(x.dtype), self.config)
+            x = x + self.coord_embed(feats)
+        return x
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        need_attention: bool = False,
+        repr_layers: tuple[int, ...] = (),
+    ) -> CoordFormerOutput:
+        """
+        Args:
+            tokens: [B, L] token ids (constants.VOCAB).
+            coords: [B, L, 4, 3] backbone coordinates in Angstrom (N, CA, C, O), centred; NaN where
+                missing. Ignored when ``config.use_coords`` is False.
+            padding_mask: [B, L] bool, True for real residues. Defaults to tokens != PAD.
+            need_attention: also return per-layer attention maps [B, H, L, L] (slower path).
+            repr_layers: layer indices whose hidden states to return (0 = embedding output).
+        """
+        if padding_mask is None:
+            padding_mask = tokens != 0
+        x = self.embed(tokens, coords)
+        reps = {0: x} if 0 in repr_layers else {}
+        attns = [] if need_attention else None
+        for i, layer in enumerate(self.layers, start=1):
+            x, a = layer(x, padding_mask, need_attention)
+            if need_attention:
+                attns.append(a)
+            if i in repr_layers:
+                reps[i] = x
+        h = self.final_ln(x)
+        return CoordFormerOutput(logits=self.lm_head(h), hidden=h, representations=reps, attentions=attns)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,128 @@
+"""Masked-language-model pretraining as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig, TrainConfig
+from ..model import CoordFormer
+
+
+def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine / constant / inverse-sqrt (Noam).
+
+    With a wall-clock budget the cosine follows whichever is further along, steps or time, so a
+    run stopped by ``max_minutes`` still ends at a low learning rate.
+    """
+    warm = max(cfg.warmup_steps, 1)
+    if cfg.schedule == "noam":
+        return min((step + 1) / warm, math.sqrt(warm / (step + 1)))
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = max((step - warm) / max(cfg.max_steps - warm, 1), time_fraction)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean cross-entropy over positions with a target. Returns (loss, n_correct, n_targets)."""
+    sel = targets != -100
+    n = int(sel.sum())
+    lg = logits[sel].float()
+    tg = targets[sel]
+    loss = F.cross_entropy(lg, tg) if n else logits.sum() * 0.0
+    correct = (lg.argmax(-1) == tg).sum()
+    return loss, correct, n
+
+
+class MaskedLMModule(L.LightningModule):
+    def __init__(self, model_config: dict, train_config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = ModelConfig.from_dict(model_config)
+        self.train_config = TrainConfig.from_dict(train_config)
+        self.model = CoordFormer(self.model_config)
+        self._t_last = None
+        self._tokens_since = 0
+        self._sec_at_log = 0.0
+        self.train_seconds = 0.0  # wall clock spent in training steps, saved with checkpoints
+
+    def forward(self, batch, need_attention=False):
+        coords = batch["coords"] if self.model_config.use_coords else None
+        return self.model(batch["tokens"], coords, batch["padding_mask"], need_attention=need_attention)
+
+    def _time_fraction(self) -> float:
+        mm = self.train_config.max_minutes
+        return self.train_seconds / (mm * 60.0) if mm else 0.0
+
+    def training_step(self, batch, batch_idx):
+        now = time.perf_counter()
+        if self._t_last is not None:
+            self.train_seconds += now - self._t_last
+        self._t_last = now
+        out = self(batch)
+        loss, correct, n = masked_lm_loss(out.logits, batch["targets"])
+        ntok = int(batch["padding_mask"].sum())
+        self._tokens_since += ntok
+        bs = batch["tokens"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        if self.global_step % max(self.train_config.log_every_steps, 1) == 0 and self.train_seconds > 0:
+            rate = self._tokens_since / max(self.train_seconds - self._sec_at_log, 1e-9)
+            self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bs)
+            self._tokens_since = 0
+            self._sec_at_log = self.train_seconds
+        self.log("train/minutes", self.train_seconds / 60.0, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        f = lr_factor(self.global_step, self.train_config, self._time_fraction())
+        for g in self.optimizers().param_groups:
+            g["lr"] = self.train_config.lr * f
+        mm = self.train_config.max_minutes
+        if mm and self.train_seconds >= mm * 60.0:
+            self.trainer.should_stop = True
+
+    def on_validation_start(self):
+        self._t_last = None  # validation time is not training time
+
+    def validation_step(self, batch, batch_idx):
+        out = self(batch)
+        loss, correct, n = masked_lm_loss(out.logits, batch["targets"])
+        bs = batch["tokens"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=max(n, 1), sync_dist=True)
+        self.log("val/acc", correct.float() / max(n, 1), batch_size=max(n, 1), sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        m = self.trainer.callback_metrics
+        if "val/loss" in m:
+            self.log("val/perplexity", torch.exp(m["val/loss"]), prog_bar=True)
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (no_decay if p.ndim < 2 or "tokens" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr * lr_factor(0, cfg),
+            betas=tuple(cfg.betas),
+        )
+        return opt
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["coordformer"] = {
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "train_seconds": self.train_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        self.train_seconds = checkpoint.get("coordformer", {}).get("train_seconds", 0.0)

@@ -1,0 +1,201 @@
+"""``coordformer pretrain``: masked-LM pretraining on a prepared dataset with Lightning."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from ..config import ConfigError, ModelConfig, TrainConfig
+from ..data.batching import BatchSettings, MaskedBatches
+from ..data.store import PreparedDataset
+from ..errors import UsageError
+from .mlm import MaskedLMModule
+
+log = logging.getLogger(__name__)
+
+
+def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
+    return BatchSettings(
+        crop_length=cfg.crop_length,
+        tokens_per_batch=cfg.tokens_per_batch,
+        mask_prob=cfg.mask_prob,
+        mask_token_frac=cfg.mask_token_frac,
+        random_token_frac=cfg.random_token_frac,
+        rotate=cfg.rotate if train else True,
+        random_crop=train,
+    )
+
+
+class _DataModule(L.LightningDataModule):
+    """Builds loaders lazily so the resumed global step is known when the train loader is made."""
+
+    def __init__(self, data: PreparedDataset, cfg: TrainConfig, module: MaskedLMModule):
+        super().__init__()
+        self.data, self.cfg, self.module = data, cfg, module
+
+    def train_dataloader(self):
+        tr = self.trainer
+        idx = self.data.split_indices("train")
+        if len(idx) == 0:
+            raise UsageError(f"{self.data.path}: the train split is empty")
+        ds = MaskedBatches(
+            self.data, idx, batch_settings(self.cfg, True), seed=self.cfg.seed, train=True,
+            epochs=10_000, start_batch=tr.global_step, rank=tr.global_rank, world_size=tr.world_size,
+        )
+        return self._loader(ds)
+
+    def val_dataloader(self):
+        idx = self.data.split_indices("valid")
+        if len(idx) == 0:
+            return []
+        idx = idx[: self.cfg.val_max_chains]
+        ds = MaskedBatches(self.data, idx, batch_settings(self.cfg, False), seed=self.cfg.seed + 1, train=False)
+        return self._loader(ds)
+
+    def _loader(self, ds):
+        w = self.cfg.num_workers
+        return torch.utils.data.DataLoader(
+            ds, batch_size=None, shuffle=False, num_workers=w, pin_memory=torch.cuda.is_available(),
+            persistent_workers=w > 0,
+        )
+
+
+class _ConfigWriter(Callback):
+    """Keeps config.json and the latest checkpoint name in the run folder (for humans and tools)."""
+
+    def __init__(self, out: Path, payload: dict):
+        self.out, self.payload = out, payload
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            (self.out / "config.json").write_text(json.dumps(self.payload, indent=2))
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def pretrain(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    resume: bool = True,
+    progress: bool = True,
+    extra_meta: dict | None = None,
+) -> dict:
+    """Pretrain a CoordFormer with masked-LM on ``data_dir``'s train split; validate on its valid split.
+
+    Writes to ``out_dir``: checkpoints/last.ckpt and best.ckpt (each carries both configs),
+    config.json, logs/version_N/metrics.csv (one per start; TensorBoard under tensorboard/ when
+    installed), summary.json. Re-running with the same ``out_dir``
+    resumes from checkpoints/last.ckpt (same data order given the seed). Returns the summary dict.
+    """
+    data = PreparedDataset(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    cfg = train_config
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError("--accelerator gpu was given but no CUDA GPU is visible; use --accelerator cpu")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = None
+    if last.exists():
+        if not resume:
+            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+        saved = torch.load(last, map_location="cpu", weights_only=False).get("coordformer", {})
+        if saved.get("model_config") != model_config.to_dict():
+            raise UsageError(f"{last} was trained with a different model config; use a new --out to start afresh")
+        ckpt_path = str(last)
+    module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
+    payload = {
+        "model_config": model_config.to_dict(),
+        "train_config": cfg.to_dict(),
+        "data": {"path": str(Path(data_dir).resolve()), "manifest": data.manifest},
+        "n_parameters": module.model.num_parameters(),
+        **(extra_meta or {}),
+    }
+    val_batches = None if len(data.split_indices("valid")) else 0
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
+        if val_batches is None
+        else ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True),
+        _ConfigWriter(out, payload),
+    ]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    # One version folder per (re)start so a resumed run never overwrites earlier log segments.
+    loggers = [CSVLogger(out, name="logs")]
+    if cfg_tensorboard_available():
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(out, name="tensorboard"))
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=_parse_devices(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        val_check_interval=cfg.val_every_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=val_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.grad_clip or None,
+        log_every_n_steps=cfg.log_every_steps,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # MaskedBatches shards itself, deterministically
+        deterministic=False,
+    )
+    if cfg.compile:
+        module.model = torch.compile(module.model)
+    trainer.fit(module, datamodule=_DataModule(data, cfg, module), ckpt_path=ckpt_path)
+    # A final validation so the summary reports the model as it ended.
+    metrics = {}
+    if val_batches is None:
+        res = trainer.validate(module, datamodule=_DataModule(data, cfg, module), verbose=False)
+        metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
+    trainer.save_checkpoint(last)
+    summary = {
+        "global_step": trainer.global_step,
+        "train_minutes": module.train_seconds / 60.0,
+        "final_val": metrics,
+        "checkpoint": str(last),
+    }
+    if trainer.is_global_zero:
+        (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
+    return summary
+
+
+def cfg_tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _parse_devices(devices: str):
+    if devices == "auto":
+        return "auto"
+    try:
+        return int(devices)
+    except ValueError:
+        return devices

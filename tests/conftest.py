@@ -1,0 +1,49 @@
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def synthetic_chains(n: int, seed: int = 0, min_len: int = 30, max_len: int = 120):
+    """Random-walk CA traces (3.8 A steps) with plausible N/C/O offsets; returns chain_set records."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        length = int(rng.integers(min_len, max_len))
+        steps = rng.normal(size=(length, 3))
+        steps = 3.8 * steps / np.linalg.norm(steps, axis=1, keepdims=True)
+        ca = np.cumsum(steps, 0) + rng.normal(scale=20, size=3)
+        seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), length))
+        coords = {a: (ca + off).round(2).tolist() for a, off in
+                  zip(("N", "CA", "C", "O"), ([-1.2, 0.5, 0.3], [0, 0, 0], [1.3, 0.4, -0.2], [2.0, 1.2, 0.1]))}
+        recs.append({"name": f"S{i:03d}.A", "seq": seq, "coords": coords})
+    return recs
+
+
+def write_jsonl(records, path: Path) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+@pytest.fixture
+def synthetic_jsonl(tmp_path) -> Path:
+    return write_jsonl(synthetic_chains(60), tmp_path / "synthetic.jsonl")
+
+
+@pytest.fixture
+def prepared(tmp_path, synthetic_jsonl):
+    """A small prepared dataset built through the real `prepare`."""
+    from coordformer.config import PrepareConfig
+    from coordformer.data.prepare import prepare
+    from coordformer.data.store import PreparedDataset
+
+    out = tmp_path / "ds"
+    prepare([str(synthetic_jsonl)], out, PrepareConfig(min_length=10, valid_fraction=0.15, test_fraction=0.15), workers=1, progress=False)
+    return PreparedDataset(out)

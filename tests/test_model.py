@@ -1,0 +1,206 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from coordformer.config import ConfigError, ModelConfig, TrainConfig, preset
+from coordformer.constants import AA_OFFSET, MASK, PAD, UNK
+from coordformer.data.batching import BatchSettings, MaskedBatches, token_budget_batches
+from coordformer.data.masking import bert_mask
+from coordformer.geometry import centre, pairwise_distances, random_rotation
+from coordformer.model import CoordFormer, coordinate_features
+from coordformer.model.checkpoints import export_model, load_model
+from coordformer.train.mlm import lr_factor
+
+TINY = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128)
+
+
+def _random_structure(length=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.randn(length, 3, generator=g)
+    ca = torch.cumsum(3.8 * steps / steps.norm(dim=1, keepdim=True), 0)
+    coords = torch.stack([ca + 1.0, ca, ca - 1.0, ca + 2.0], dim=1)  # [L, 4, 3]
+    tokens = torch.randint(AA_OFFSET, AA_OFFSET + 20, (length,), generator=g)
+    return tokens, coords
+
+
+def test_random_rotation_is_proper_and_preserves_distances():
+    g = torch.Generator().manual_seed(1)
+    r = random_rotation(64, g)
+    eye = torch.eye(3).expand(64, 3, 3)
+    assert torch.allclose(r @ r.transpose(1, 2), eye, atol=1e-5)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(64), atol=1e-5)
+    x = torch.randn(30, 3) * 10
+    d0 = pairwise_distances(x)
+    d1 = pairwise_distances(x @ r[0].T)
+    assert torch.allclose(d0, d1, atol=1e-3)
+
+
+def test_random_rotation_is_uniform_on_average():
+    # Haar-uniform rotations average to the zero matrix; a biased sampler (plain QR) does not.
+    r = random_rotation(20000, torch.Generator().manual_seed(0))
+    assert r.mean(0).abs().max() < 0.03
+
+
+def test_centre_uses_present_ca_only():
+    _, coords = _random_structure(20)
+    coords[5, 1] = float("nan")
+    present = ~torch.isnan(coords[:, 1]).any(-1)
+    c = centre(coords, present)
+    assert torch.allclose(torch.nanmean(c[present][:, 1], 0), torch.zeros(3), atol=1e-4)
+    assert torch.isnan(c[5, 1]).all()
+
+
+def test_bert_mask_statistics_and_exclusions():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(AA_OFFSET, AA_OFFSET + 20, (400, 200), generator=g)
+    tokens[:, 150:] = PAD
+    tokens[:, 0] = UNK
+    inp, tgt = bert_mask(tokens, torch.Generator().manual_seed(1))
+    sel = tgt != -100
+    assert not sel[:, 150:].any() and not sel[:, 0].any()
+    assert sel.sum(1).eq(round(149 * 0.15)).all()
+    frac_mask = (inp[sel] == MASK).float().mean().item()
+    unchanged = (inp[sel] == tokens[sel]).float().mean().item()
+    assert abs(frac_mask - 0.8) < 0.02
+    # 10% kept + ~1/20 of the 10% random that happen to draw the same residue
+    assert abs(unchanged - (0.1 + 0.1 / 20)) < 0.02
+    assert torch.equal(tgt[sel], tokens[sel])
+    inp2, tgt2 = bert_mask(tokens, torch.Generator().manual_seed(1))
+    assert torch.equal(inp, inp2) and torch.equal(tgt, tgt2)
+
+
+def test_token_budget_batches_cover_everything_once():
+    lengths = np.random.default_rng(0).integers(10, 300, size=500)
+    batches = token_budget_batches(lengths, 2048, np.random.default_rng(0))
+    allidx = np.concatenate(batches)
+    assert sorted(allidx.tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) == 1 or lengths[b].max() * len(b) <= 2048
+    # bucketing keeps padding waste low
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    assert lengths.sum() / padded > 0.8
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return CoordFormer(ModelConfig(**{**TINY, **kw})).eval()
+
+
+def test_padding_does_not_change_outputs():
+    m = _model()
+    tok, xyz = _random_structure(30)
+    out1 = m(tok[None], xyz[None]).logits[0]
+    tok_p = torch.cat([tok, torch.zeros(10, dtype=torch.long)])
+    xyz_p = torch.cat([xyz, torch.full((10, 4, 3), float("nan"))])
+    other_tok, other_xyz = _random_structure(40, seed=3)
+    out2 = m(torch.stack([tok_p, other_tok]), torch.stack([xyz_p, other_xyz])).logits[0, :30]
+    assert torch.allclose(out1, out2, atol=1e-5)
+
+
+def test_coords_switch_removes_coordinate_information():
+    tok, xyz = _random_structure(30)
+    moved = xyz + torch.randn_like(xyz) * 5
+    with_c = _model(use_coords=True)
+    assert not torch.allclose(with_c(tok[None], xyz[None]).logits, with_c(tok[None], moved[None]).logits, atol=1e-4)
+    no_c = _model(use_coords=False)
+    assert no_c.coord_embed is None
+    assert torch.equal(no_c(tok[None], xyz[None]).logits, no_c(tok[None], moved[None]).logits)
+    assert not any("coord" in n for n, _ in no_c.named_parameters())
+
+
+def test_attention_path_matches_fused_path_and_rows_sum_to_one():
+    m = _model()
+    tok, xyz = _random_structure(25)
+    a = m(tok[None], xyz[None], need_attention=True)
+    b = m(tok[None], xyz[None])
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert len(a.attentions) == 2 and a.attentions[0].shape == (1, 4, 25, 25)
+    assert torch.allclose(a.attentions[1].sum(-1), torch.ones(1, 4, 25), atol=1e-5)
+
+
+def test_coordinate_features_layout():
+    tok, xyz = _random_structure(10)
+    xyz[3] = float("nan")
+    f = coordinate_features(xyz[None], ModelConfig(**TINY))
+    assert f.shape == (1, 10, 4)
+    assert f[0, 3].tolist() == [0, 0, 0, 1]
+    assert torch.allclose(f[0, 0, :3], xyz[0, 1] / 16.0)
+    fb = coordinate_features(xyz[None], ModelConfig(**TINY, coord_mode="backbone", coord_norm_feature=True))
+    assert fb.shape == (1, 10, 17)
+    assert torch.allclose(fb[0, 0, -1], (xyz[0, 1] / 16.0).pow(2).sum())
+
+
+@pytest.mark.parametrize("mode", ["ca", "backbone"])
+def test_gaussian_init_heads_attend_by_distance(mode):
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=128, n_layers=1, n_heads=4, d_ff=256, coord_norm_feature=True, gaussian_init_heads=2,
+                      gaussian_init_sigmas=(6.0, 10.0), coord_mode=mode)
+    m = CoordFormer(cfg).eval()
+    tok, xyz = _random_structure(120, seed=5)
+    xyz = xyz - xyz[:, 1].mean(0)
+    xyz[40:45] = float("nan")
+    att = m(tok[None], xyz[None], need_attention=True).attentions[0][0]
+    d = torch.cdist(xyz[:, 1], xyz[:, 1])
+    d[:, 40:45] = float("inf")
+    for h, sigma in enumerate((6.0, 10.0)):
+        target = torch.softmax(-d.nan_to_num(float("inf")) ** 2 / (2 * sigma**2), -1)
+        rows = [i for i in range(120) if not 40 <= i < 45]
+        l1 = (att[h][rows] - target[rows]).abs().sum(-1).mean()
+        assert l1 < 0.3, (h, l1)
+        assert att[h][:, 40:45].max() < 1e-6  # keys without coordinates are ignored
+    # An ordinary head is not distance-shaped.
+    target = torch.softmax(-d.nan_to_num(float("inf")) ** 2 / (2 * 6.0**2), -1)
+    assert (att[3][rows] - target[rows]).abs().sum(-1).mean() > 1.0
+
+
+def test_config_validation_messages():
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig(d_model=100, n_heads=8)
+    with pytest.raises(ConfigError, match="norm"):
+        ModelConfig(gaussian_init_heads=2)
+    with pytest.raises(ConfigError, match="preset"):
+        preset("huge")
+    assert ModelConfig.from_dict(preset("paper-43m").to_dict()) == preset("paper-43m")
+
+
+def test_lr_schedule_warmup_cosine_and_time_budget():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_factor(200, cfg) == pytest.approx(0.05)
+    assert lr_factor(20, cfg, time_fraction=1.0) == pytest.approx(0.05)
+
+
+def test_masked_batches_deterministic_resumable_and_sharded(prepared):
+    idx = prepared.split_indices("train")
+    s = BatchSettings(crop_length=50, tokens_per_batch=400)
+    a = MaskedBatches(prepared, idx, s, seed=7, epochs=2)
+    b = MaskedBatches(prepared, idx, s, seed=7, epochs=2, start_batch=3)
+    for k in range(3):
+        x, y = a[k + 3], b[k]
+        assert all(torch.equal(x[key], y[key]) for key in ("tokens", "targets", "index"))
+        assert torch.allclose(x["coords"].nan_to_num(), y["coords"].nan_to_num())
+    assert a[0]["tokens"].shape[1] <= 50
+    r0 = MaskedBatches(prepared, idx, s, seed=7, rank=0, world_size=2)
+    r1 = MaskedBatches(prepared, idx, s, seed=7, rank=1, world_size=2)
+    i0 = torch.cat([r0[k]["index"] for k in range(len(r0))])
+    i1 = torch.cat([r1[k]["index"] for k in range(len(r1))])
+    assert not set(i0.tolist()) & set(i1.tolist())
+    # Coordinates arrive centred: the mean present CA is at the origin.
+    bt = a[0]
+    ca = bt["coords"][0, :, 1]
+    ok = ~torch.isnan(ca).any(-1)
+    assert torch.allclose(ca[ok].mean(0), torch.zeros(3), atol=1e-3)
+
+
+def test_export_and_load_half_precision(tmp_path):
+    m = _model()
+    path = export_model(m, tmp_path / "m.pt", meta={"note": "x"})
+    m2, meta = load_model(path)
+    tok, xyz = _random_structure(20)
+    assert meta["note"] == "x"
+    assert m2.config == m.config
+    assert torch.allclose(m(tok[None], xyz[None]).logits, m2(tok[None], xyz[None]).logits, atol=5e-2)
