@@ -30,6 +30,8 @@ ARMS = {
     "ca-norm-gauss": ["--norm-feature", "--gaussian-heads", "4"],
     "bb-norm": ["--coord-mode", "backbone", "--norm-feature"],
     "bb-norm-gauss": ["--coord-mode", "backbone", "--norm-feature", "--gaussian-heads", "4"],
+    "ca-norm-gaussvo": ["--norm-feature", "--gaussian-heads", "4", "--gaussian-values"],
+    "bb-norm-gaussvo": ["--coord-mode", "backbone", "--norm-feature", "--gaussian-heads", "4", "--gaussian-values"],
 }
 
 
@@ -45,6 +47,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--eval-max-chains", type=int, default=None)
     ap.add_argument("--extra", default="", help="extra pretrain arguments for every arm")
@@ -63,7 +66,7 @@ def main() -> int:
         cmd = [*exe, "pretrain", "--data", str(args.data), "--out", str(run), "--preset", args.preset,
                "--max-minutes", str(args.minutes), "--threads", str(args.threads), "--seed", str(args.seed),
                "--lr", str(args.lr), "--tokens-per-batch", str(args.tokens_per_batch), "--warmup-steps", str(args.warmup),
-               "--val-every", "250", "--quiet", *ARMS[arm], *args.extra.split()]
+               "--val-every", str(args.val_every), "--val-max-chains", "256", "--quiet", *ARMS[arm], *args.extra.split()]
         cmds[arm] = " ".join(cmd[2:]).replace("coordformer.cli", "coordformer")
         run.mkdir(parents=True, exist_ok=True)
         procs[arm] = subprocess.Popen(cmd, env=env, stdout=open(run / "stdout.log", "w"), stderr=subprocess.STDOUT)

@@ -83,6 +83,7 @@ def pretrain(
     coord_mode: CoordMode = typer.Option(CoordMode.ca, help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
     norm_feature: bool = typer.Option(False, "--norm-feature", help="Also feed |x|^2 of CA as an input feature."),
     gaussian_heads: int = typer.Option(0, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D distance (needs --norm-feature)."),
+    gaussian_values: bool = typer.Option(False, "--gaussian-values", help="Also give those heads unit-scale value/output projections."),
     max_steps: int = typer.Option(100_000, min=1),
     max_minutes: Optional[float] = typer.Option(None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."),
     lr: float = typer.Option(1e-3, min=0.0),
@@ -93,6 +94,7 @@ def pretrain(
     dropout: float = typer.Option(0.0, min=0.0, max=0.9),
     seed: int = typer.Option(0),
     val_every: int = typer.Option(500, min=1, help="Validate every N steps."),
+    val_max_chains: int = typer.Option(512, min=1, help="Validate on at most this many chains of the valid split."),
     accelerator: str = typer.Option("auto", help="auto | cpu | gpu | mps"),
     devices: str = typer.Option("auto", help="Number of devices (or 'auto'); >1 uses DDP."),
     num_nodes: int = typer.Option(1, min=1),
@@ -111,9 +113,11 @@ def pretrain(
     if schedule not in ("cosine", "constant", "noam"):
         raise UsageError(f"--schedule must be cosine, constant or noam, not {schedule!r}")
     mc = preset(size, use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
-                gaussian_init_heads=gaussian_heads, dropout=dropout)
+                gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values,
+                dropout=dropout)
     tc = TrainConfig(seed=seed, crop_length=crop_length, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
+                     val_max_chains=val_max_chains,
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                      num_workers=workers, compile=compile, threads=threads)
     summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})

@@ -80,6 +80,7 @@ class ModelConfig(_Record):
     coord_scale: float = 16.0  # Angstrom per unit of coordinate input
     gaussian_init_heads: int = 0  # first-layer heads initialised to attend by 3D distance
     gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
+    gaussian_init_values: bool = False  # also give those heads unit-scale value/output projections
     vocab_size: int = 25
     tie_embeddings: bool = False
 

@@ -58,7 +58,7 @@ def run_demo(
     # Everything in the bundle is held out from the shipped models, so all of it is "test".
     cfg = PrepareConfig(min_length=1, split="random", valid_fraction=0.0, test_fraction=1.0, seed=seed)
     summary = prepare([str(src)], data_dir, cfg, workers=1, progress=progress, overwrite=True)
-    echo(f"prepared {summary.n_chains} bundled held-out chains ({summary.n_residues} residues) from {src.name}")
+    echo(f"prepared {summary.chains_kept} bundled held-out chains ({summary.n_residues} residues) from {src.name}")
     ds = PreparedDataset(data_dir)
     results: dict[str, dict] = {}
     for name in MODELS:
@@ -86,7 +86,7 @@ def run_demo(
                                       title="bundled held-out PDB chains, 15% masked")
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     cmd = "coordformer demo" + (f" --train-minutes {train_minutes:g}" if train_minutes else "")
-    (out / "report.md").write_text(markdown_report(results, fig.name, f"{summary.n_chains} bundled held-out chains", cmd))
+    (out / "report.md").write_text(markdown_report(results, fig.name, f"{summary.chains_kept} bundled held-out chains", cmd))
     echo("")
     echo(table)
     echo("")

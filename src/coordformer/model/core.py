@@ -196,6 +196,15 @@ class CoordFormer(nn.Module):
             qkv.bias[qo + 3] = 1.0
             read(ko + 3, 3, -math.sqrt(dh) * s / (2 * sigma**2 * a2))
             read(ko + 3, 4, -math.sqrt(dh) * s * missing_penalty / a2)
+            if c.gaussian_init_values:
+                # Default init scales residual writes down (std 0.02/sqrt(2 n_layers)), so what these
+                # heads gather from spatial neighbours would barely reach the stream at first. Unit-scale
+                # V (on LayerNorm output, ~unit per channel) and O make the neighbourhood summary as
+                # large as a token embedding from step one.
+                vo = 2 * d + h * dh
+                nn.init.normal_(qkv.weight[vo : vo + dh], std=1.0 / math.sqrt(d))
+                out_w = self.layers[0].attn.out.weight
+                nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
 
     def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None. Returns [B, L, D]."""

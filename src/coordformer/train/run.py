@@ -22,6 +22,19 @@ from .mlm import MaskedLMModule
 log = logging.getLogger(__name__)
 
 
+def _quiet_lightning() -> None:
+    """Lightning prints advertising tips and deprecation chatter that hide our progress output."""
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*weights_only.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
 def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
     return BatchSettings(
         crop_length=cfg.crop_length,
@@ -101,6 +114,7 @@ def pretrain(
     installed), summary.json. Re-running with the same ``out_dir``
     resumes from checkpoints/last.ckpt (same data order given the seed). Returns the summary dict.
     """
+    _quiet_lightning()
     data = PreparedDataset(data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,900 @@
+"""Turn structure files / chain_set JSONL files into a prepared, memory-mappable dataset.
+
+The run is split into *work units*: one per structure file, and one per line range
+(``chunk_lines`` records) of every chain_set JSONL file. Units run in parallel; each finished unit
+writes its chains (and its skip log) atomically to ``DIR/.work/parts/<unit-hash>.npz``. An
+interrupted run (even SIGKILL) therefore resumes when re-run with the same arguments: finished
+units are not redone. Consolidation then writes the arrays (``store`` module) under temporary
+names, ``os.replace``-s them into place, writes ``manifest.json`` last and removes ``.work``.
+
+Chain order in the dataset is the order of the units (sources sorted by path, JSONL chunks by line)
+and then the order within a unit, so it does not depend on ``workers`` or scheduling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CoordformerError
+from ..config import ConfigError, PrepareConfig
+from ..constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION
+from . import splits as _splits
+from . import store
+
+#: Records per work unit for chain_set JSONL files.
+DEFAULT_CHUNK_LINES = 500
+#: A gzipped chain_set file is split into at most this many units: a unit has to decompress
+#: the file from its start up to its own lines, so many small units would cost O(n^2).
+GZIP_MAX_UNITS = 16
+#: Coordinates larger than this (Angstrom, absolute) are treated as corrupt.
+MAX_ABS_COORD = 1e4
+
+# Filter categories: keys of manifest["counts"]["chains_filtered"] and the first words of the
+# reason column of skipped.tsv.
+TOO_SHORT = "too short"
+TOO_LONG = "too long"
+MISSING_CA = "missing CA"
+BAD_COORDS = "bad coordinates"
+NO_ID = "missing id"
+DUPLICATE = "duplicate id"
+
+_PART_SUFFIX = ".npz"
+
+
+class PrepareError(CoordformerError, RuntimeError):
+    """prepare() cannot run as asked (existing dataset, mismatched interrupted run, no inputs)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# summary
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareSummary:
+    out_dir: str
+    n_sources: int = 0
+    n_units: int = 0
+    units_resumed: int = 0
+    chains_read: int = 0
+    chains_kept: int = 0
+    n_residues: int = 0
+    inputs_skipped: int = 0
+    chains_filtered: dict[str, int] = field(default_factory=dict)
+    excluded_ids_found: int = 0
+    excluded_ids_listed: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    n_clusters: int | None = None
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def n_skipped(self) -> int:
+        """Rows of skipped.tsv: skipped inputs plus filtered chains."""
+        return self.inputs_skipped + sum(self.chains_filtered.values())
+
+    def format(self) -> str:
+        filt = ", ".join(f"{k}: {v}" for k, v in sorted(self.chains_filtered.items())) or "none"
+        spl = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        lines = [
+            f"prepared dataset: {self.out_dir}",
+            f"  sources: {self.n_sources} ({self.n_units} work units, {self.units_resumed} resumed from an interrupted run)",
+            f"  chains read: {self.chains_read}; kept: {self.chains_kept} ({self.n_residues} residues)",
+            f"  inputs skipped (unreadable files/records): {self.inputs_skipped}",
+            f"  chains filtered: {filt}",
+            f"  splits: {spl}" + (f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""),
+            f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed",
+            f"  elapsed: {self.elapsed_s:.1f} s",
+        ]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-unit work (runs in worker processes)
+# ----------------------------------------------------------------------------------------------
+
+
+def _unit_key(kind: str, path: str, start: int = 0, stop: int = 0) -> str:
+    return hashlib.sha256(json.dumps([kind, path, start, stop]).encode()).hexdigest()[:24]
+
+
+_TO_END = 2**62  # "stop" of a chain_set unit whose line count is unknown
+
+
+def _unit_label(unit: dict) -> str:
+    if unit["kind"] == "chain_set":
+        stop = "end" if unit["stop"] >= _TO_END else unit["stop"]
+        return f"{unit['path']}:lines {unit['start'] + 1}-{stop}"
+    return unit["path"]
+
+
+_ASCII_TABLE = np.frombuffer(
+    bytes(ord(chr(b).upper()) if chr(b).upper() in AMINO_ACIDS else ord("X") for b in range(256)), dtype=np.uint8
+)
+
+
+def _seq_to_bytes(seq: str) -> np.ndarray:
+    """The 20 standard one-letter codes (upper-cased); anything else becomes X."""
+    raw = np.frombuffer(seq.encode("ascii", errors="replace"), dtype=np.uint8)
+    return _ASCII_TABLE[raw]
+
+
+def check_chain(chain: Any, filters: dict[str, Any]) -> tuple[str, str] | tuple[np.ndarray, np.ndarray]:
+    """Validate/filter one chain: ``(category, detail)`` if rejected, else ``(seq uint8, coords float32)``."""
+    seq = chain.sequence if isinstance(chain.sequence, str) else str(chain.sequence or "")
+    n = len(seq)
+    try:
+        raw = np.asarray(chain.coords, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        return BAD_COORDS, f"coordinates are not numeric ({e})"
+    shape = (n, len(BACKBONE_ATOMS), 3)
+    if raw.shape != shape:
+        return BAD_COORDS, f"coordinate array shape {raw.shape} does not match sequence length ({shape})"
+    if n < filters["min_length"]:
+        return TOO_SHORT, f"{n} residues < min_length {filters['min_length']}"
+    if n > filters["max_length"]:
+        return TOO_LONG, f"{n} residues > max_length {filters['max_length']}"
+    nan = np.isnan(raw)
+    if np.isinf(raw).any():
+        return BAD_COORDS, "non-finite (infinite) coordinate values"
+    with np.errstate(invalid="ignore"):
+        big = np.abs(np.where(nan, 0.0, raw)).max(initial=0.0)
+    if big > MAX_ABS_COORD:
+        return BAD_COORDS, f"absurd coordinate |x| = {big:.3g} A > {MAX_ABS_COORD:g} A"
+    atom_missing = nan.any(axis=-1)  # [L, 4]
+    frac = float(atom_missing[:, CA_INDEX].mean()) if n else 1.0
+    if frac > filters["max_missing_ca"]:
+        return MISSING_CA, f"{frac:.0%} of residues lack CA > max_missing_ca {filters['max_missing_ca']:.0%}"
+    coords = raw.astype(np.float32)
+    coords[atom_missing] = np.nan  # an atom with any NaN component is missing as a whole
+    return _seq_to_bytes(seq), coords
+
+
+def _read_unit_chains(unit: dict, skipped: list[list[str]]) -> list[Any]:
+    """Read a unit's chains; unreadable files/records are appended to ``skipped`` as input rows."""
+    from ..io import StructureReadError, iter_chain_set_lines, read_structure
+
+    path = unit["path"]
+    if unit["kind"] == "file":
+        try:
+            chains = list(read_structure(path))
+        except StructureReadError as e:
+            skipped.append(["input", str(getattr(e, "source", None) or path), str(getattr(e, "reason", None) or e)])
+            return []
+        except Exception as e:  # noqa: BLE001 - bad input must never stop the run
+            skipped.append(["input", path, f"unexpected error: {type(e).__name__}: {e}"])
+            return []
+        if not chains:
+            skipped.append(["input", path, "no protein chains found"])
+        return chains
+
+    def read_range(start: int, stop: int, out_chains: list, out_skipped: list) -> None:
+        for item in iter_chain_set_lines(path, start, stop):
+            if isinstance(item, StructureReadError):
+                out_skipped.append(["input", str(getattr(item, "source", None) or path), str(getattr(item, "reason", None) or item)])
+            elif isinstance(item, BaseException):
+                out_skipped.append(["input", path, f"unexpected error: {type(item).__name__}: {item}"])
+            else:
+                out_chains.append(item)
+
+    chains: list[Any] = []
+    local_skipped: list[list[str]] = []
+    try:
+        read_range(unit["start"], unit["stop"], chains, local_skipped)
+    except StructureReadError as e:  # the file itself cannot be read (any more)
+        skipped.append(["input", _unit_label(unit), str(getattr(e, "reason", None) or e)])
+        return []
+    except Exception:  # noqa: BLE001 - reader broke mid-chunk: redo it record by record
+        chains, local_skipped = [], []
+        for line in range(unit["start"], min(unit["stop"], unit["start"] + 100_000)):
+            c1: list[Any] = []
+            s1: list[list[str]] = []
+            try:
+                read_range(line, line + 1, c1, s1)
+            except Exception as e:  # noqa: BLE001
+                if isinstance(e, StructureReadError):
+                    local_skipped.append(["input", f"{path}:{line + 1}", str(getattr(e, "reason", None) or e)])
+                    continue
+                local_skipped.append(["input", f"{path}:{line + 1}", f"unexpected error: {type(e).__name__}: {e}"])
+            chains.extend(c1)
+            local_skipped.extend(s1)
+    skipped.extend(local_skipped)
+    return chains
+
+
+def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
+    """Read and filter one unit; returns arrays plus a JSON-able ``meta`` dict."""
+    skipped: list[list[str]] = []  # [kind ("input" | filter category), input, reason]
+    chains = _read_unit_chains(unit, skipped)
+    seqs, coords, lengths, ids, sources = [], [], [], [], []
+    for chain in chains:
+        try:
+            cid = "_".join(str(chain.id or "").split())
+            src = str(getattr(chain, "source", None) or unit["path"])
+            label = f"{cid or '?'} [{src}]"
+            if not cid:
+                skipped.append([NO_ID, label, f"{NO_ID}: chain has no id"])
+                continue
+            res = check_chain(chain, filters)
+            if isinstance(res[0], str):
+                skipped.append([res[0], label, f"{res[0]}: {res[1]}"])
+                continue
+        except Exception as e:  # noqa: BLE001
+            skipped.append([BAD_COORDS, f"? [{unit['path']}]", f"{BAD_COORDS}: unexpected error: {type(e).__name__}: {e}"])
+            continue
+        s, c = res
+        seqs.append(s)
+        coords.append(c)
+        lengths.append(len(s))
+        ids.append(cid)
+        sources.append(src)
+    meta = {
+        "key": unit["key"],
+        "label": _unit_label(unit),
+        "ids": ids,
+        "sources": sources,
+        "lengths": lengths,
+        "skipped": skipped,
+        "chains_read": len(chains),
+    }
+    return {
+        "seq": np.concatenate(seqs) if seqs else np.zeros(0, np.uint8),
+        "coords": np.concatenate(coords) if coords else np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
+        "lengths": np.asarray(lengths, dtype=np.int64),
+        "meta": meta,
+    }
+
+
+def _write_part(parts_dir: Path, key: str, result: dict[str, Any]) -> None:
+    final = parts_dir / f"{key}{_PART_SUFFIX}"
+    tmp = parts_dir / f".{key}.tmp.{os.getpid()}"
+    meta = np.frombuffer(json.dumps(result["meta"]).encode(), dtype=np.uint8)
+    with open(tmp, "wb") as f:
+        np.savez(f, seq=result["seq"], coords=result["coords"], lengths=result["lengths"], meta=meta)
+    os.replace(tmp, final)
+
+
+def _read_part_meta(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        n = int(z["lengths"].shape[0])
+    if not (len(meta["ids"]) == len(meta["lengths"]) == n):
+        raise ValueError("part is inconsistent")
+    return meta
+
+
+def _stats(meta: dict[str, Any]) -> tuple[int, int]:
+    return len(meta["ids"]), len(meta["skipped"])
+
+
+def _run_unit(unit: dict, filters: dict[str, Any], parts_dir: str) -> dict[str, Any]:
+    """Process one unit and write its part file; returns the part's meta (small)."""
+    try:
+        result = process_unit(unit, filters)
+    except Exception as e:  # noqa: BLE001 - a bug or surprise on one input must not stop the run
+        result = _empty_result(unit, f"unexpected error: {type(e).__name__}: {e}")
+    _write_part(Path(parts_dir), unit["key"], result)
+    return result["meta"]
+
+
+def _empty_result(unit: dict, reason: str) -> dict[str, Any]:
+    """A unit's result when the whole unit failed: no chains, one skipped-input row."""
+    meta = {
+        "key": unit["key"],
+        "label": _unit_label(unit),
+        "ids": [],
+        "sources": [],
+        "lengths": [],
+        "skipped": [["input", _unit_label(unit), reason]],
+        "chains_read": 0,
+    }
+    return {
+        "seq": np.zeros(0, np.uint8),
+        "coords": np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
+        "lengths": np.zeros(0, np.int64),
+        "meta": meta,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# planning / resume state
+# ----------------------------------------------------------------------------------------------
+
+
+def _plan_units(sources: Sequence[Path], chunk_lines: int) -> tuple[list[dict], list[list]]:
+    """Work units (sorted by source path, then line) and the sources' fingerprint."""
+    from ..io import count_lines, is_chain_set
+
+    units: list[dict] = []
+    fp_sources: list[list] = []
+    for src in sorted({Path(s).resolve() for s in sources}, key=str):
+        p = str(src)
+        try:
+            st = src.stat()
+            fp_sources.append([p, st.st_size, st.st_mtime_ns])
+        except OSError:
+            fp_sources.append([p, None, None])
+        chain_set = False
+        try:
+            chain_set = bool(is_chain_set(src))
+        except Exception:  # noqa: BLE001 - leave it to the unit to report
+            chain_set = False
+        if chain_set:
+            try:
+                n = int(count_lines(src))
+            except Exception:  # noqa: BLE001 - e.g. a truncated gzip: one unit salvages what reads
+                units.append({"kind": "chain_set", "path": p, "start": 0, "stop": _TO_END, "key": _unit_key("chain_set", p, 0, _TO_END)})
+                continue
+            step = chunk_lines
+            if _is_gzip(src):
+                step = max(chunk_lines, -(-n // GZIP_MAX_UNITS))
+            for start in range(0, n, step):
+                stop = min(start + step, n)
+                units.append({"kind": "chain_set", "path": p, "start": start, "stop": stop, "key": _unit_key("chain_set", p, start, stop)})
+        else:
+            units.append({"kind": "file", "path": p, "start": 0, "stop": 0, "key": _unit_key("file", p)})
+    return units, fp_sources
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def _describe_mismatch(old: dict, new: dict) -> str:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "sources":
+            o = {s[0]: s[1:] for s in old.get(k) or []}
+            n = {s[0]: s[1:] for s in new.get(k) or []}
+            added, removed = set(n) - set(o), set(o) - set(n)
+            changed = {p for p in set(o) & set(n) if o[p] != n[p]}
+            parts = []
+            if added:
+                parts.append(f"{len(added)} added (e.g. {sorted(added)[0]})")
+            if removed:
+                parts.append(f"{len(removed)} removed (e.g. {sorted(removed)[0]})")
+            if changed:
+                parts.append(f"{len(changed)} modified since (e.g. {sorted(changed)[0]})")
+            diffs.append("sources: " + ", ".join(parts))
+        elif k == "filters":
+            o, n = old.get(k) or {}, new.get(k) or {}
+            diffs.extend(f"{f}: {o.get(f)!r} -> {n.get(f)!r}" for f in sorted(set(o) | set(n)) if o.get(f) != n.get(f))
+        else:
+            diffs.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    return "; ".join(diffs)
+
+
+class _Lock:
+    """Exclusive, non-blocking lock on DIR/.prepare.lock (released automatically if killed)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise PrepareError(f"another `prepare` is writing to {self.path.parent} right now (lock {self.path} is held)") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+class _Log:
+    def __init__(self, log):
+        self.user = log
+        self.lines: list[str] = []
+
+    def __call__(self, msg: str, level: int = logging.INFO) -> None:
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        self.lines.append(f"[{stamp}] {msg}")
+        if self.user is None:
+            if level >= logging.WARNING:
+                print(msg, file=sys.stderr)
+            return
+        if isinstance(self.user, logging.Logger):
+            self.user.log(level, msg)
+        elif hasattr(self.user, "info") and not callable(self.user):
+            (self.user.warning if level >= logging.WARNING else self.user.info)(msg)
+        else:
+            self.user(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# progress
+# ----------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, done: int, kept: int, skipped: int):
+        self.kept, self.skipped, self.done0 = kept, skipped, done
+        self.t0 = time.monotonic()
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]preparing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("units"),
+                TextColumn("kept [green]{task.fields[kept]}[/] skipped [yellow]{task.fields[skipped]}[/]"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("prepare", total=total, completed=done, kept=kept, skipped=skipped, rate="")
+
+    def advance(self, meta: dict[str, Any]) -> None:
+        k, s = _stats(meta)
+        self.kept += k
+        self.skipped += s
+        if self.bar is not None:
+            t = self.bar.tasks[0]
+            n_new = t.completed + 1 - self.done0
+            rate = n_new / max(time.monotonic() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=1, kept=self.kept, skipped=self.skipped, rate=f"{rate:.1f} units/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# running units
+# ----------------------------------------------------------------------------------------------
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but not yet reaped process is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _worker_init(main_pid: int) -> None:
+    """Pool worker start-up: exit when the main process is gone (e.g. SIGKILLed), instead of
+    waiting forever for work that will never come."""
+    import threading
+
+    def watch() -> None:
+        while _process_alive(main_pid):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="coordformer-parent-watch", daemon=True).start()
+
+
+def _mp_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _run_parallel(pending: list[dict], filters: dict, parts_dir: Path, workers: int, on_done: Callable[[dict], None], log: _Log) -> None:
+    """Run units in a process pool with a bounded number in flight. If a worker process dies
+    (segfault, OOM kill), the units in flight are retried one at a time in isolated processes; a unit
+    that kills its process again is recorded as skipped."""
+    ctx = _mp_context()
+    queue = list(reversed(pending))
+    max_in_flight = 2 * workers
+    suspects: list[dict] = []
+    n_ok = [0]  # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot run")
+
+    def done_ok(meta: dict) -> None:
+        n_ok[0] += 1
+        on_done(meta)
+
+    while queue:
+        broken = False
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+            in_flight: dict[Any, dict] = {}
+            try:
+                while queue or in_flight:
+                    while queue and len(in_flight) < max_in_flight and not broken:
+                        u = queue.pop()
+                        try:
+                            in_flight[pool.submit(_run_unit, u, filters, str(parts_dir))] = u
+                        except BrokenProcessPool:
+                            queue.append(u)
+                            broken = True
+                    if not in_flight:
+                        break
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        u = in_flight.pop(fut)
+                        try:
+                            meta = fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            suspects.append(u)
+                        else:
+                            done_ok(meta)
+                    if broken:
+                        # collect everything else in flight; those finished stay finished
+                        for fut, u in list(in_flight.items()):
+                            try:
+                                meta = fut.result()
+                            except BrokenProcessPool:
+                                suspects.append(u)
+                            else:
+                                done_ok(meta)
+                        in_flight.clear()
+                        break
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        if broken:
+            log(f"a worker process died; retrying {len(suspects)} unit(s) one at a time", logging.WARNING)
+            for u in suspects:
+                with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)) as solo:
+                    try:
+                        meta = solo.submit(_run_unit, u, filters, str(parts_dir)).result()
+                        n_ok[0] += 1
+                    except BrokenProcessPool:
+                        if n_ok[0] == 0:
+                            raise PrepareError(
+                                "worker processes die before finishing any input; run with workers=1 to see why "
+                                "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` guard)"
+                            ) from None
+                        result = _empty_result(u, "worker process crashed while reading this input (killed by a signal or out of memory)")
+                        _write_part(parts_dir, u["key"], result)
+                        meta = result["meta"]
+                        log(f"{_unit_label(u)}: worker crashed on this input twice; skipped", logging.WARNING)
+                on_done(meta)
+            suspects = []
+
+
+# ----------------------------------------------------------------------------------------------
+# consolidation
+# ----------------------------------------------------------------------------------------------
+
+
+def _consolidate(
+    out: Path,
+    units: list[dict],
+    metas: dict[str, dict],
+    bad_paths: list[tuple[str, str]],
+    config: PrepareConfig,
+    excluded: set[str],
+    workers: int,
+    summary: PrepareSummary,
+    log: _Log,
+    t0: float,
+) -> None:
+    from ..io import normalize_chain_id
+
+    def norm(c: str) -> str:
+        try:
+            return normalize_chain_id(c)
+        except Exception:  # noqa: BLE001
+            return c
+
+    parts_dir = out / store.WORK_DIR / "parts"
+    skipped_rows: list[tuple[str, str]] = [(str(p), str(r)) for p, r in bad_paths]
+    filtered: dict[str, int] = {}
+    inputs_skipped = len(bad_paths)
+    chains_read = 0
+    seen: dict[str, str] = {}
+    ids: list[str] = []
+    sources: list[str] = []
+    lengths_list: list[np.ndarray] = []
+    keep_masks: list[np.ndarray] = []
+    for u in units:
+        meta = metas[u["key"]]
+        chains_read += int(meta["chains_read"])
+        for kind, inp, reason in meta["skipped"]:
+            skipped_rows.append((inp, reason))
+            if kind == "input":
+                inputs_skipped += 1
+            else:
+                filtered[kind] = filtered.get(kind, 0) + 1
+        keep = np.ones(len(meta["ids"]), dtype=bool)
+        for j, (cid, src) in enumerate(zip(meta["ids"], meta["sources"])):
+            key = norm(cid)
+            if key in seen:
+                keep[j] = False
+                filtered[DUPLICATE] = filtered.get(DUPLICATE, 0) + 1
+                skipped_rows.append((f"{cid} [{src}]", f"{DUPLICATE}: {cid} already read from {seen[key]} (kept the first)"))
+                continue
+            seen[key] = src
+            ids.append(cid)
+            sources.append(src)
+        keep_masks.append(keep)
+        lengths_list.append(np.asarray(meta["lengths"], dtype=np.int64)[keep])
+    del seen
+
+    lengths = np.concatenate(lengths_list) if lengths_list else np.zeros(0, np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    n_res = int(offsets[-1])
+    assert len(lengths) == len(ids)
+
+    # arrays -> temporary names, then os.replace into place
+    tmp = {name: out / f".{name}.tmp" for name in store.ARRAY_FILES}
+    seq_mm = np.lib.format.open_memmap(tmp[store.SEQ_FILE], mode="w+", dtype=np.uint8, shape=(n_res,))
+    crd_mm = np.lib.format.open_memmap(tmp[store.COORDS_FILE], mode="w+", dtype=np.float32, shape=(n_res, len(BACKBONE_ATOMS), 3))
+    pos = 0
+    for u, keep in zip(units, keep_masks):
+        if not keep.any():
+            continue
+        with np.load(parts_dir / f"{u['key']}{_PART_SUFFIX}") as z:
+            lens = z["lengths"]
+            res_keep = np.repeat(keep, lens)
+            n = int(res_keep.sum())
+            seq_mm[pos : pos + n] = z["seq"][res_keep]
+            crd_mm[pos : pos + n] = z["coords"][res_keep]
+        pos += n
+    assert pos == n_res
+    seq_mm.flush()
+    crd_mm.flush()
+    with open(tmp[store.OFFSETS_FILE], "wb") as f:  # a file object: np.save adds no ".npy"
+        np.save(f, offsets)
+
+    # splits
+    if config.split == "identity":
+        seqs = [bytes(seq_mm[offsets[i] : offsets[i + 1]]).decode("ascii") for i in range(len(ids))]
+        codes, n_clusters, clusters = _splits.identity_split(ids, seqs, config, threads=workers, log=log, tmp_root=out / store.WORK_DIR)
+        summary.n_clusters = n_clusters
+        log(f"MMseqs2 found {n_clusters} clusters at {config.split_identity:.0%} identity among {len(ids)} chains")
+    else:
+        codes, clusters = _splits.random_split(ids, config), None
+    del seq_mm, crd_mm
+    n_found = _splits.apply_exclusions(ids, codes, excluded, norm, clusters)
+    split_counts = {name: int((codes == k).sum()) for k, name in enumerate(_splits.SPLIT_NAMES)}
+
+    for name in store.ARRAY_FILES:
+        os.replace(tmp[name], out / name)
+    store.write_tsv(out / store.CHAINS_FILE, store.CHAINS_HEADER, zip(ids, lengths.tolist(), sources))
+    (out / store.SPLITS_DIR).mkdir(exist_ok=True)
+    for k, name in enumerate(_splits.SPLIT_NAMES):
+        store.write_id_list(out / store.SPLITS_DIR / f"{name}.txt", (c for c, s in zip(ids, codes) if s == k))
+    store.write_tsv(out / store.SKIPPED_FILE, store.SKIPPED_HEADER, skipped_rows)
+
+    summary.chains_read = chains_read
+    summary.chains_kept = len(ids)
+    summary.n_residues = n_res
+    summary.inputs_skipped = inputs_skipped
+    summary.chains_filtered = dict(sorted(filtered.items()))
+    summary.excluded_ids_found = n_found
+    summary.excluded_ids_listed = len(excluded)
+    summary.splits = split_counts
+    if excluded and n_found < len(excluded):
+        log(f"{len(excluded) - n_found} of {len(excluded)} excluded ids are not in the dataset (nothing to exclude for them)")
+    if not ids:
+        log("WARNING: no chain passed; the dataset is empty (see skipped.tsv)", logging.WARNING)
+
+    manifest = {
+        "format_version": DATASET_FORMAT_VERSION,
+        "coordformer_version": __version__,
+        "config": config.to_dict(),
+        "n_chains": len(ids),
+        "n_residues": n_res,
+        "atoms": list(BACKBONE_ATOMS),
+        "counts": {
+            "sources": summary.n_sources,
+            "units": summary.n_units,
+            "chains_read": chains_read,
+            "chains_kept": len(ids),
+            "inputs_skipped": inputs_skipped,
+            "chains_filtered": summary.chains_filtered,
+            "excluded_ids_found": n_found,
+        },
+        "splits": split_counts,
+        "n_clusters": summary.n_clusters,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    summary.elapsed_s = time.monotonic() - t0
+    log(summary.format())
+    store.atomic_write_text(out / store.LOG_FILE, "\n".join(log.lines) + "\n")
+    _before_manifest(out)
+    store.write_manifest(out, manifest)
+    shutil.rmtree(out / store.WORK_DIR, ignore_errors=True)
+
+
+def _before_manifest(out: Path) -> None:
+    """Hook point between writing the data files and the manifest (tests simulate a kill here)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_config(config: PrepareConfig) -> None:
+    _splits.check_split_config(config)
+    if config.min_length < 0 or config.max_length < config.min_length:
+        raise ConfigError(f"need 0 <= min_length <= max_length, got {config.min_length}, {config.max_length}")
+    if not 0 <= config.max_missing_ca <= 1:
+        raise ConfigError(f"max_missing_ca must be in [0, 1], got {config.max_missing_ca}")
+
+
+def _remove_dataset(out: Path) -> None:
+    for name in store.DATASET_ENTRIES:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    shutil.rmtree(out / store.WORK_DIR, ignore_errors=True)
+    for p in out.glob(".*.tmp*"):
+        p.unlink(missing_ok=True)
+
+
+def prepare(
+    sources: Iterable[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: PrepareConfig | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] | logging.Logger | None = None,
+    overwrite: bool = False,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+) -> PrepareSummary:
+    """Prepare a dataset in ``out_dir`` from structure files, folders and chain_set JSONL files.
+
+    Re-running with the same arguments after an interruption resumes; ``overwrite=True`` discards
+    an existing dataset or interrupted run in ``out_dir`` and starts over. Unreadable inputs and
+    filtered chains are listed in ``skipped.tsv``; they never stop the run.
+    """
+    from ..io import find_sources, read_id_list
+
+    t0 = time.monotonic()
+    config = config or PrepareConfig()
+    _check_config(config)
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    sources = [Path(s) for s in sources]
+    workers = max(1, int(workers or 1))
+    if chunk_lines < 1:
+        raise ValueError("chunk_lines must be >= 1")
+    out = Path(out_dir)
+    logger = _Log(log)
+
+    # fail fast on things that would only break at the end
+    excluded: set[str] = set()
+    for f in config.exclude_files:
+        if not Path(f).is_file():
+            raise PrepareError(f"exclude file {f} does not exist")
+        try:
+            excluded.update(read_id_list(f))
+        except Exception as e:  # noqa: BLE001 - StructureReadError
+            raise PrepareError(f"cannot read exclude file {f}: {getattr(e, 'reason', e)}") from None
+    if config.split == "identity" and not _splits.mmseqs_available():
+        raise PrepareError(
+            "split='identity' needs MMseqs2 (`mmseqs` not found on PATH): install it "
+            "(`apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) or use `--split random`"
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _Lock(out / ".prepare.lock"):
+        if store.is_finished_dataset(out):
+            if not overwrite:
+                raise PrepareError(f"{out} already holds a prepared dataset; choose another folder or pass --overwrite to replace it")
+            logger(f"overwrite: removing the existing dataset in {out}")
+            _remove_dataset(out)
+        elif overwrite:
+            _remove_dataset(out)
+
+        srcs, bad_paths = find_sources(sources)
+        srcs = list(srcs)
+        bad_paths = [(str(p), str(r)) for p, r in bad_paths]
+        if not srcs:
+            detail = "; ".join(f"{p}: {r}" for p, r in bad_paths[:5])
+            raise PrepareError(f"no structure files found in {', '.join(map(str, sources))}" + (f" ({detail})" if detail else ""))
+        units, fp_sources = _plan_units(srcs, chunk_lines)
+        fingerprint = {
+            "format_version": DATASET_FORMAT_VERSION,
+            "filters": {"min_length": config.min_length, "max_length": config.max_length, "max_missing_ca": config.max_missing_ca},
+            "chunk_lines": chunk_lines,
+            "sources": fp_sources,
+            "bad_paths": sorted(map(list, bad_paths)),
+        }
+        fingerprint = json.loads(json.dumps(fingerprint))
+
+        work = out / store.WORK_DIR
+        parts_dir = work / "parts"
+        state_path = work / "state.json"
+        if state_path.exists():
+            try:
+                old = json.loads(state_path.read_text())
+            except ValueError:
+                old = None
+            if old != fingerprint:
+                why = _describe_mismatch(old or {}, fingerprint) if old else "unreadable state.json"
+                raise PrepareError(
+                    f"{out} holds an interrupted prepare run with different inputs or filters ({why}); "
+                    "re-run with the original sources and settings to resume it, or pass --overwrite to start over"
+                )
+        elif work.exists():
+            shutil.rmtree(work)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        if not state_path.exists():
+            store.atomic_write_text(state_path, json.dumps(fingerprint))
+        for p in parts_dir.glob(".*.tmp.*"):
+            p.unlink(missing_ok=True)
+
+        # resume: parts already written by an interrupted run
+        metas: dict[str, dict] = {}
+        for u in units:
+            p = parts_dir / f"{u['key']}{_PART_SUFFIX}"
+            if p.exists():
+                try:
+                    metas[u["key"]] = _read_part_meta(p)
+                except Exception:  # noqa: BLE001 - corrupt part: redo the unit
+                    p.unlink(missing_ok=True)
+        pending = [u for u in units if u["key"] not in metas]
+        summary = PrepareSummary(out_dir=str(out), n_sources=len(srcs), n_units=len(units), units_resumed=len(metas))
+        n_cs = len({u["path"] for u in units if u["kind"] == "chain_set"})
+        logger(
+            f"prepare {out}: {len(srcs)} sources ({n_cs} chain_set files), {len(bad_paths)} bad paths, "
+            f"{len(units)} work units, workers={workers}"
+        )
+        if metas:
+            logger(f"resuming an interrupted run: {len(metas)} of {len(units)} units already done")
+
+        kept0 = sum(_stats(m)[0] for m in metas.values())
+        skip0 = sum(_stats(m)[1] for m in metas.values())
+        bar = _Progress(progress, len(units), len(metas), kept0, skip0)
+        filters = fingerprint["filters"]
+
+        def on_done(meta: dict) -> None:
+            metas[meta["key"]] = meta
+            bar.advance(meta)
+
+        try:
+            if workers == 1 or len(pending) <= 1:
+                for u in pending:
+                    on_done(_run_unit(u, filters, str(parts_dir)))
+            else:
+                _run_parallel(pending, filters, parts_dir, workers, on_done, logger)
+        finally:
+            bar.close()
+        _consolidate(out, units, metas, bad_paths, config, excluded, workers, summary, logger, t0)
+    return summary

@@ -1,0 +1,163 @@
+"""Train/valid/test split assignment.
+
+* ``random``: each chain goes to a split by a seeded hash of its id (sha256 of ``f"{seed}:{id}"``),
+  so the assignment of an id never depends on which other chains are in the dataset.
+* ``identity``: sequences are clustered with MMseqs2 at ``split_identity``; whole clusters are
+  assigned by the seeded hash of the cluster representative's id, so a cluster never crosses splits.
+
+Chains named in exclusion lists are forced into ``test`` (they must never reach train).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import CoordformerError
+from ..config import ConfigError, PrepareConfig
+
+SPLIT_NAMES = ("train", "valid", "test")
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_METHODS = ("random", "identity")
+
+
+class SplitError(CoordformerError, RuntimeError):
+    """Split assignment failed (e.g. MMseqs2 missing or failing); the message says what to do."""
+
+
+def hash_unit(seed: int, key: str) -> float:
+    """Stable pseudo-random number in [0, 1) from sha256 of ``f"{seed}:{key}"``."""
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def split_of_key(seed: int, key: str, valid_fraction: float, test_fraction: float) -> int:
+    u = hash_unit(seed, key)
+    if u < test_fraction:
+        return TEST
+    if u < test_fraction + valid_fraction:
+        return VALID
+    return TRAIN
+
+
+def check_split_config(config: PrepareConfig) -> None:
+    if config.split not in SPLIT_METHODS:
+        raise ConfigError(f"split must be one of {SPLIT_METHODS}, got {config.split!r}")
+    v, t = config.valid_fraction, config.test_fraction
+    if not (0 <= v <= 1 and 0 <= t <= 1 and v + t <= 1):
+        raise ConfigError(f"valid_fraction ({v}) and test_fraction ({t}) must be in [0, 1] and sum to at most 1")
+    if config.split == "identity" and not 0 < config.split_identity <= 1:
+        raise ConfigError(f"split_identity must be in (0, 1], got {config.split_identity}")
+
+
+def random_split(ids: Sequence[str], config: PrepareConfig) -> np.ndarray:
+    """int8 split code (0 train, 1 valid, 2 test) per chain, by seeded hash of the chain id."""
+    return np.fromiter(
+        (split_of_key(config.seed, i, config.valid_fraction, config.test_fraction) for i in ids),
+        dtype=np.int8,
+        count=len(ids),
+    )
+
+
+def mmseqs_available(executable: str = "mmseqs") -> bool:
+    return shutil.which(executable) is not None
+
+
+def mmseqs_cluster(
+    sequences: Sequence[str],
+    min_seq_id: float,
+    coverage: float = 0.8,
+    cov_mode: int = 0,
+    threads: int = 1,
+    executable: str = "mmseqs",
+    tmp_root: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Cluster sequences with ``mmseqs easy-cluster``; returns, per sequence, the index of its
+    cluster representative (int64)."""
+    n = len(sequences)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    exe = shutil.which(executable)
+    if exe is None:
+        raise SplitError(
+            f"split='identity' needs MMseqs2, but `{executable}` is not on PATH; install it "
+            "(e.g. `apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) or use `--split random`"
+        )
+    with tempfile.TemporaryDirectory(prefix="coordformer-mmseqs-", dir=tmp_root) as tmp:
+        tmp = Path(tmp)
+        fasta = tmp / "in.fasta"
+        with open(fasta, "w") as f:
+            for i, s in enumerate(sequences):
+                f.write(f">{i}\n{s or 'X'}\n")
+        cmd = [
+            exe, "easy-cluster", str(fasta), str(tmp / "res"), str(tmp / "work"),
+            "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
+            "--threads", str(max(1, int(threads))), "-v", "1",
+        ]
+        if log:
+            log("running " + " ".join(cmd[1:2]) + f" on {n} sequences (--min-seq-id {min_seq_id}, -c {coverage})")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            raise SplitError(f"could not run {exe}: {e}") from e
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
+            raise SplitError(f"mmseqs easy-cluster failed (exit {proc.returncode}): {tail}")
+        rep = np.arange(n, dtype=np.int64)  # unlisted sequences are their own cluster
+        with open(tmp / "res_cluster.tsv") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2:
+                    rep[int(parts[1])] = int(parts[0])
+    return rep
+
+
+def identity_split(
+    ids: Sequence[str],
+    sequences: Sequence[str],
+    config: PrepareConfig,
+    threads: int = 1,
+    log: Callable[[str], None] | None = None,
+    tmp_root: str | Path | None = None,
+) -> tuple[np.ndarray, int]:
+    """Split codes per chain with whole MMseqs2 clusters per split.
+
+    Returns (codes, n_clusters, representative index per chain)."""
+    rep = mmseqs_cluster(sequences, config.split_identity, threads=threads, log=log, tmp_root=tmp_root)
+    codes = np.empty(len(ids), dtype=np.int8)
+    cache: dict[int, int] = {}
+    for i, r in enumerate(rep.tolist()):
+        if r not in cache:
+            cache[r] = split_of_key(config.seed, ids[r], config.valid_fraction, config.test_fraction)
+        codes[i] = cache[r]
+    return codes, len(cache), rep
+
+
+def apply_exclusions(
+    ids: Sequence[str],
+    codes: np.ndarray,
+    excluded: Iterable[str],
+    normalize: Callable[[str], str],
+    clusters: np.ndarray | None = None,
+) -> int:
+    """Force chains whose (normalised) id is in ``excluded`` into test, in place; returns how many.
+
+    With ``clusters`` (representative index per chain, from an identity split) the excluded
+    chains' whole clusters move to test as well, so no homologue of an excluded chain (at the
+    clustering identity) stays in train.
+    """
+    excluded = set(excluded)
+    if not excluded:
+        return 0
+    hit = np.array([normalize(c) in excluded or c in excluded for c in ids], dtype=bool)
+    codes[hit] = TEST
+    if clusters is not None and hit.any():
+        codes[np.isin(clusters, np.unique(clusters[hit]))] = TEST
+    return int(hit.sum())

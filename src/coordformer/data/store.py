@@ -1,0 +1,248 @@
+"""On-disk layout of a prepared dataset, its writer helpers and the memory-mapped reader.
+
+Layout of a prepared dataset folder (format version ``constants.DATASET_FORMAT_VERSION``)::
+
+    manifest.json   format_version, coordformer_version, config, counts, splits, created, ...
+    seq.npy         uint8   [N_res]          ASCII one-letter codes
+    coords.npy      float32 [N_res, 4, 3]    Angstrom, N/CA/C/O, NaN = missing
+    offsets.npy     int64   [n_chains + 1]   chain i = rows offsets[i]:offsets[i+1]
+    chains.tsv      "id<TAB>length<TAB>source", one row per chain, in index order
+    splits/{train,valid,test}.txt             chain ids, one per line
+    skipped.tsv     "input<TAB>reason", every skipped input / record / filtered chain
+    prepare.log     human-readable summary of the run
+
+``manifest.json`` is written last, so a folder holding one is a finished dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import CoordformerError
+from ..config import ConfigError, PrepareConfig
+from ..constants import BACKBONE_ATOMS, DATASET_FORMAT_VERSION
+
+MANIFEST = "manifest.json"
+SEQ_FILE = "seq.npy"
+COORDS_FILE = "coords.npy"
+OFFSETS_FILE = "offsets.npy"
+CHAINS_FILE = "chains.tsv"
+SKIPPED_FILE = "skipped.tsv"
+LOG_FILE = "prepare.log"
+SPLITS_DIR = "splits"
+WORK_DIR = ".work"
+SPLIT_NAMES = ("train", "valid", "test")
+CHAINS_HEADER = ("id", "length", "source")
+SKIPPED_HEADER = ("input", "reason")
+ARRAY_FILES = (SEQ_FILE, COORDS_FILE, OFFSETS_FILE)
+#: Every file/folder a finished dataset consists of (what ``overwrite`` removes).
+DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR)
+
+
+class DatasetFormatError(CoordformerError):
+    """A folder is not a readable prepared dataset (missing files, wrong format version, corrupt)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# writer helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def tsv_field(value: Any) -> str:
+    """A value made safe for one TSV cell (tabs and line breaks become spaces)."""
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_tsv(path: str | Path, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a TSV (header + rows) atomically."""
+    lines = ["\t".join(header)]
+    lines.extend("\t".join(tsv_field(v) for v in row) for row in rows)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_tsv(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return [], []
+    return lines[0].split("\t"), [ln.split("\t") for ln in lines[1:] if ln]
+
+
+def write_id_list(path: str | Path, ids: Iterable[str]) -> None:
+    ids = list(ids)
+    atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically; call it last, it marks the dataset as finished."""
+    atomic_write_text(Path(directory) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def is_finished_dataset(directory: str | Path) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# reader
+# ----------------------------------------------------------------------------------------------
+
+
+class PreparedDataset:
+    """Read-only, memory-mapped view of a prepared dataset folder.
+
+    Arrays are memory-mapped, so opening is cheap and per-chain access returns views; the only
+    per-chain Python objects are the id list (and a lazily built id -> index dict).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        d = self.path
+        if not d.is_dir():
+            raise DatasetFormatError(f"{d}: not a folder (expected a dataset made by `coordformer prepare`)")
+        mpath = d / MANIFEST
+        if not mpath.is_file():
+            hint = " (an unfinished run? re-run prepare with the same arguments to finish it)" if (d / WORK_DIR).exists() else ""
+            raise DatasetFormatError(f"{d}: no {MANIFEST}; not a finished prepared dataset{hint}")
+        try:
+            self.manifest: dict[str, Any] = json.loads(mpath.read_text())
+        except (OSError, ValueError) as e:
+            raise DatasetFormatError(f"{mpath}: unreadable manifest ({e})") from e
+        version = self.manifest.get("format_version")
+        if version != DATASET_FORMAT_VERSION:
+            raise DatasetFormatError(
+                f"{d}: dataset format version {version!r}, but this coordformer reads version "
+                f"{DATASET_FORMAT_VERSION}; re-run `coordformer prepare` with this version "
+                f"(dataset written by coordformer {self.manifest.get('coordformer_version', '?')})"
+            )
+        missing = [n for n in (*ARRAY_FILES, CHAINS_FILE) if not (d / n).is_file()]
+        if missing:
+            raise DatasetFormatError(f"{d}: missing dataset file(s) {', '.join(missing)}")
+        try:
+            self.config = PrepareConfig.from_dict(self.manifest.get("config", {}))
+        except (ConfigError, TypeError) as e:
+            raise DatasetFormatError(f"{d}: manifest config unreadable: {e}") from e
+        try:
+            self._seq = np.load(d / SEQ_FILE, mmap_mode="r")
+            self._coords = np.load(d / COORDS_FILE, mmap_mode="r")
+            self._offsets = np.load(d / OFFSETS_FILE, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise DatasetFormatError(f"{d}: unreadable array file ({e})") from e
+        header, rows = read_tsv(d / CHAINS_FILE)
+        if tuple(header) != CHAINS_HEADER:
+            raise DatasetFormatError(f"{d / CHAINS_FILE}: header {header}, expected {list(CHAINS_HEADER)}")
+        self.ids: list[str] = [r[0] for r in rows]
+        self._sources = None
+        n = len(self.ids)
+        off = np.asarray(self._offsets, dtype=np.int64)
+        n_res = off[-1] if len(off) else -1
+        if (
+            self._offsets.shape != (n + 1,)
+            or self._seq.dtype != np.uint8
+            or self._seq.shape != (n_res,)
+            or self._coords.shape != (n_res, len(BACKBONE_ATOMS), 3)
+            or self._coords.dtype != np.float32
+            or off[0] != 0
+        ):
+            raise DatasetFormatError(
+                f"{d}: inconsistent arrays (chains.tsv has {n} chains, offsets {self._offsets.shape}, "
+                f"seq {self._seq.shape} {self._seq.dtype}, coords {self._coords.shape} {self._coords.dtype})"
+            )
+        self.lengths: np.ndarray = np.diff(off).astype(np.int64)
+        if (self.lengths < 0).any():
+            raise DatasetFormatError(f"{d}: offsets are not increasing")
+        self._index: dict[str, int] | None = None
+        self._splits: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.path)!r}, chains={len(self)}, residues={int(self.lengths.sum())})"
+
+    @property
+    def n_residues(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._offsets
+
+    def _span(self, i: int) -> slice:
+        n = len(self.ids)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"chain index {i} out of range for dataset of {n} chains")
+        return slice(int(self._offsets[i]), int(self._offsets[i + 1]))
+
+    def seq_bytes(self, i: int) -> np.ndarray:
+        """uint8 [L] view of chain ``i``'s ASCII one-letter codes."""
+        return self._seq[self._span(i)]
+
+    def sequence(self, i: int) -> str:
+        return self.seq_bytes(i).tobytes().decode("ascii")
+
+    def coords(self, i: int) -> np.ndarray:
+        """float32 [L, 4, 3] view (Angstrom, N/CA/C/O, NaN missing) of chain ``i``."""
+        return self._coords[self._span(i)]
+
+    def source(self, i: int) -> str:
+        if self._sources is None:
+            _, rows = read_tsv(self.path / CHAINS_FILE)
+            self._sources = [r[2] if len(r) > 2 else "" for r in rows]
+        return self._sources[i]
+
+    def index_of(self, chain_id: str) -> int:
+        """Index of a chain id (exact, else after normalising spellings like ``12AS-A``)."""
+        if self._index is None:
+            self._index = {c: i for i, c in enumerate(self.ids)}
+        if chain_id in self._index:
+            return self._index[chain_id]
+        norm = _normalize(chain_id)
+        if norm in self._index:
+            return self._index[norm]
+        raise KeyError(f"chain id {chain_id!r} not in dataset {self.path}")
+
+    @property
+    def split_names(self) -> list[str]:
+        sd = self.path / SPLITS_DIR
+        return sorted(p.stem for p in sd.glob("*.txt")) if sd.is_dir() else []
+
+    def split_indices(self, name: str) -> np.ndarray:
+        """int64 indices (ascending, i.e. dataset order) of the chains in split ``name``."""
+        if name not in self._splits:
+            f = self.path / SPLITS_DIR / f"{name}.txt"
+            if not f.is_file():
+                raise KeyError(f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}")
+            ids = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+            try:
+                idx = [self.index_of(c) for c in ids]
+            except KeyError as e:
+                raise DatasetFormatError(f"{f}: {e.args[0]}") from None
+            self._splits[name] = np.sort(np.asarray(idx, dtype=np.int64))
+        return self._splits[name]
+
+
+def _normalize(chain_id: str) -> str:
+    try:
+        from ..io import normalize_chain_id
+    except ImportError:  # pragma: no cover - io module not available
+        return chain_id
+    try:
+        return normalize_chain_id(chain_id)
+    except Exception:
+        return chain_id

@@ -1,0 +1,91 @@
+"""End-to-end through the command-line entry point, on committed real fixtures plus synthetic chains."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordformer.cli import main
+
+DATA = Path(__file__).parent / "data"
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture
+def mixed_inputs(tmp_path, synthetic_jsonl):
+    """Real PDB/mmCIF fixtures, a synthetic chain_set, and two bad files in one folder."""
+    d = tmp_path / "inputs"
+    d.mkdir()
+    for name in ("1A8O.cif", "1orc.pdb", "1lzh.pdb.gz", "5i55.cif"):
+        shutil.copy(DATA / name, d / name)
+    shutil.copy(synthetic_jsonl, d / "synthetic.jsonl")
+    (d / "empty.pdb").write_text("")
+    (d / "junk.cif").write_bytes(b"\x00\x01binary junk\xff" * 10)
+    return d
+
+
+@pytest.mark.slow
+def test_prepare_pretrain_evaluate_end_to_end(tmp_path, mixed_inputs, capsys):
+    ds = tmp_path / "ds"
+    assert run("prepare", mixed_inputs, "--out", ds, "--workers", "1", "--min-length", "10",
+               "--valid-fraction", "0.2", "--test-fraction", "0.2", "--quiet") == 0
+    manifest = json.loads((ds / "manifest.json").read_text())
+    skipped = (ds / "skipped.tsv").read_text()
+    assert "empty.pdb" in skipped and "junk.cif" in skipped
+    assert manifest["counts"]["inputs_skipped"] == 2
+    ids = (ds / "chains.tsv").read_text()
+    assert "1ORC.A" in ids or "1orc.A" in ids.lower()
+    for coords in (True, False):
+        flag = "--coords" if coords else "--no-coords"
+        out = tmp_path / f"run_{coords}"
+        assert run("pretrain", "--data", ds, "--out", out, flag, "--preset", "tiny-0.1m", "--max-steps", "6",
+                   "--val-every", "3", "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet") == 0
+        assert (out / "checkpoints" / "last.ckpt").exists()
+        assert json.loads((out / "summary.json").read_text())["global_step"] == 6
+        ck = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ck["coordformer"]["model_config"]["use_coords"] is coords
+    js = tmp_path / "eval.json"
+    rep = tmp_path / "report.md"
+    assert run("evaluate", "-c", tmp_path / "run_True", "-c", tmp_path / "run_False", "--data", ds, "--split", "test",
+               "--json", js, "--report", rep, "--quiet") == 0
+    res = json.loads(js.read_text())["models"]
+    assert set(res) == {"run_True", "run_False"}
+    for r in res.values():
+        assert r["perplexity"] > 1 and 0 <= r["recovery"] <= 1 and r["n_masked"] > 0
+        assert set(r["per_residue_recovery"]) == set("ACDEFGHIKLMNPQRSTVWY")
+    # Identical masks for both models: same number of masked residues per amino acid.
+    assert res["run_True"]["per_residue_count"] == res["run_False"]["per_residue_count"]
+    assert rep.exists() and rep.with_suffix(".png").stat().st_size > 1000
+    assert "perplexity" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pretrain_resumes_from_last_checkpoint(tmp_path, prepared):
+    out = tmp_path / "run"
+    common = ["pretrain", "--data", prepared.path, "--out", out, "--preset", "tiny-0.1m", "--val-every", "4",
+              "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet"]
+    assert run(*common, "--max-steps", "4") == 0
+    assert run(*common, "--max-steps", "8") == 0
+    assert json.loads((out / "summary.json").read_text())["global_step"] == 8
+    logs = sorted((out / "logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2  # the first segment's log is kept, not overwritten
+    assert run(*common, "--max-steps", "8", "--no-resume") == 2  # refuses to clobber without --resume
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
+    assert run("evaluate", "-c", "no-such-model", "--data", prepared.path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "shipped model" in err and "\n" not in err
+    assert run("pretrain", "--data", tmp_path / "missing", "--out", tmp_path / "r") == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--preset", "enormous") == 2
+    assert "preset" in capsys.readouterr().err
+    assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--gaussian-heads", "2") == 2
+    assert "norm" in capsys.readouterr().err
+    assert run("prepare", tmp_path / "nothing-here", "--out", tmp_path / "ds2", "--quiet") == 2
+    assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--accelerator", "gpu") == 2 or torch.cuda.is_available()
