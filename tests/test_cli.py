@@ -89,3 +89,28 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
     assert "norm" in capsys.readouterr().err
     assert run("prepare", tmp_path / "nothing-here", "--out", tmp_path / "ds2", "--quiet") == 2
     assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--accelerator", "gpu") == 2 or torch.cuda.is_available()
+
+
+@pytest.mark.slow
+def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
+    """Stopping part-way and resuming gives the same weights as an uninterrupted run (CPU, same seed)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train.run import pretrain
+
+    class StopAt(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= 3:
+                trainer.should_stop = True
+
+    mc = preset("tiny-0.1m")
+    tc = TrainConfig(max_steps=7, val_every_steps=2, tokens_per_batch=1024, crop_length=64, warmup_steps=2)
+    pretrain(prepared.path, tmp_path / "a", mc, tc, progress=False)
+    s1 = pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[StopAt()])
+    assert s1["global_step"] == 3
+    s2 = pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False)
+    assert s2["global_step"] == 7
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6

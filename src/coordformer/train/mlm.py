@@ -82,10 +82,14 @@ class MaskedLMModule(L.LightningModule):
         self.log("train/minutes", self.train_seconds / 60.0, batch_size=bs)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def on_train_batch_start(self, batch, batch_idx):
+        # Set from the step (and time) every batch rather than trusting restored optimizer state, so
+        # a resumed run follows the schedule of its current config.
         f = lr_factor(self.global_step, self.train_config, self._time_fraction())
         for g in self.optimizers().param_groups:
             g["lr"] = self.train_config.lr * f
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
         mm = self.train_config.max_minutes
         if mm and self.train_seconds >= mm * 60.0:
             self.trainer.should_stop = True

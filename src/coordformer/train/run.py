@@ -33,6 +33,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*weights_only.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
+    # MaskedBatches resumes at the restored global step itself, so this Lightning warning is moot.
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
@@ -106,6 +109,7 @@ def pretrain(
     resume: bool = True,
     progress: bool = True,
     extra_meta: dict | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> dict:
     """Pretrain a CoordFormer with masked-LM on ``data_dir``'s train split; validate on its valid split.
 
@@ -142,6 +146,7 @@ def pretrain(
         "n_parameters": module.model.num_parameters(),
         **(extra_meta or {}),
     }
+    extra_callbacks = callbacks
     val_batches = None if len(data.split_indices("valid")) else 0
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
@@ -149,6 +154,7 @@ def pretrain(
         else ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True),
         _ConfigWriter(out, payload),
     ]
+    callbacks = [*callbacks, *(extra_callbacks or [])]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     # One version folder per (re)start so a resumed run never overwrites earlier log segments.
