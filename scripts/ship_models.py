@@ -34,6 +34,7 @@ def main() -> int:
     out = shipped_models_dir()
     out.mkdir(parents=True, exist_ok=True)
     evals = json.loads(args.eval.read_text()).get("models", {}) if args.eval else {}
+    cards = []
     for pair in args.pairs:
         name, run = pair.split("=", 1)
         run = Path(run)
@@ -64,7 +65,31 @@ def main() -> int:
         if size >= 8:
             print(f"{name} is over 8 MB", file=sys.stderr)
             return 1
+        cards.append(card)
+    (out / "README.md").write_text(readme(cards, " ".join(sys.argv)))
     return 0
+
+
+def readme(cards: list[dict], ship_command: str) -> str:
+    lines = ["# Shipped models", "",
+             "Made by `coordformer pretrain` on this project's machine; packaged with",
+             f"`python {ship_command}`.", ""]
+    for c in cards:
+        t, d, ev = c["training"], c["data"], c.get("heldout_eval") or {}
+        lines += [f"## {c['name']}", "", c["description"], "",
+                  f"- Parameters: {c['n_parameters']:,} (stored as float16)",
+                  f"- Command: `{c['command']}`",
+                  f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
+                  f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "
+                  f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); trained on train only",
+                  f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time; "
+                  f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}",
+                  f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`"]
+        if ev:
+            lines.append(f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
+                         f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -204,3 +204,47 @@ def test_export_and_load_half_precision(tmp_path):
     assert meta["note"] == "x"
     assert m2.config == m.config
     assert torch.allclose(m(tok[None], xyz[None]).logits, m2(tok[None], xyz[None]).logits, atol=5e-2)
+
+
+class _FakeDataset:
+    """Just enough of PreparedDataset for MaskedBatches: many chains, so packing varies per epoch."""
+
+    def __init__(self, n=400, seed=0):
+        rng = np.random.default_rng(seed)
+        self.lengths = rng.integers(20, 200, size=n)
+        self._seqs = [rng.choice(np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", np.uint8), size=l) for l in self.lengths]
+        self._xyz = [rng.normal(scale=10, size=(l, 4, 3)).astype(np.float32) for l in self.lengths]
+
+    def seq_bytes(self, i):
+        return self._seqs[i]
+
+    def coords(self, i):
+        return self._xyz[i]
+
+
+def test_epoch_boundaries_survive_varying_batch_counts():
+    ds = _FakeDataset()
+    mb = MaskedBatches(ds, np.arange(len(ds.lengths)), BatchSettings(crop_length=150, tokens_per_batch=600), seed=3, epochs=6)
+    counts = {len(mb._plan(e)) for e in range(6)}
+    assert len(counts) > 1, "test needs epochs that pack into different batch counts"
+    for k in range(len(mb)):  # every item of every epoch is reachable (this raised IndexError before)
+        assert mb[k]["tokens"].shape[0] >= 1
+
+
+def test_eval_masks_do_not_depend_on_batch_composition():
+    ds = _FakeDataset(n=60)
+    idx = np.arange(60)
+
+    def masks(m):
+        out = {}
+        for k in range(len(m)):
+            b = m[k]
+            for i, ci in enumerate(b["index"].tolist()):
+                out[ci] = (b["targets"][i] != -100).nonzero().flatten().tolist()
+        return out
+
+    small = masks(MaskedBatches(ds, idx, BatchSettings(tokens_per_batch=500, random_crop=False), seed=9, train=False))
+    big = masks(MaskedBatches(ds, idx[:25], BatchSettings(tokens_per_batch=50_000, random_crop=False), seed=9, train=False))
+    assert all(small[c] == big[c] for c in big)
+    other = masks(MaskedBatches(ds, idx[:25], BatchSettings(tokens_per_batch=500, random_crop=False), seed=10, train=False))
+    assert any(other[c] != big[c] for c in big)

@@ -1,9 +1,10 @@
 """From a prepared dataset to model batches.
 
 A batch plan (which chains go together) is a pure function of (seed, epoch); every random choice
-made for a batch (crop window, rotation, masking) comes from a generator seeded by (seed, epoch,
-batch index). Batches are therefore identical whatever the number of DataLoader workers or
-processes, and training can resume mid-epoch at exactly the batch it stopped at.
+made for a chain (crop window, rotation, masking) comes from a generator seeded by (seed, epoch,
+chain index). Batches are therefore identical whatever the number of DataLoader workers or
+processes, training can resume mid-epoch at exactly the batch it stopped at, and evaluation masks
+do not depend on batch composition.
 """
 
 from __future__ import annotations
@@ -126,39 +127,47 @@ class MaskedBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         k = k + self.start_batch
         epoch, b = divmod(k, self.batches_per_epoch)
-        global_b = b * self.world + self.rank
-        members = self._plan(epoch)[global_b]
-        gen = torch.Generator().manual_seed(seed_for(self.seed, "batch", epoch, global_b))
-        return self.collate(self.indices[members], gen)
+        plan = self._plan(epoch)
+        # Every epoch has exactly batches_per_epoch batches per rank, so item k always maps to the same
+        # batch. A reshuffled epoch may pack into a batch or two more or fewer than epoch 0: surplus
+        # batches are skipped and a short plan wraps around (a fraction of a percent of an epoch).
+        members = plan[(b * self.world + self.rank) % len(plan)]
+        return self.collate(self.indices[members], epoch)
 
-    def collate(self, chain_indices: np.ndarray, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def collate(self, chain_indices: np.ndarray, epoch: int = 0) -> dict[str, torch.Tensor]:
+        """Crop, centre, rotate and mask each chain with its own generator, seeded by (seed, epoch,
+        chain index): a chain's crop, rotation and mask do not depend on which chains share its batch,
+        so evaluations with the same seed and crop see identical masks whatever the batching."""
         s = self.s
+        b = len(chain_indices)
+        gens = [torch.Generator().manual_seed(seed_for(self.seed, "chain", epoch, int(ci))) for ci in chain_indices]
         seqs, xyzs = [], []
-        for ci in chain_indices:
+        for ci, gen in zip(chain_indices, gens):
             seq = self.ds.seq_bytes(int(ci))
             xyz = self.ds.coords(int(ci))
             n = len(seq)
             if n > s.crop_length:
-                if s.random_crop:
-                    start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen))
-                else:
-                    start = 0
+                start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
                 seq, xyz = seq[start : start + s.crop_length], xyz[start : start + s.crop_length]
             seqs.append(np.asarray(seq))
             xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
-        b, l = len(seqs), max(len(q) for q in seqs)
+        l = max(len(q) for q in seqs)
         tokens = torch.zeros(b, l, dtype=torch.long)
         coords = torch.full((b, l, 4, 3), float("nan"))
-        for i, (q, x) in enumerate(zip(seqs, xyzs)):
-            tokens[i, : len(q)] = torch.from_numpy(_ASCII_TO_TOKEN[q])
-            coords[i, : len(q)] = torch.from_numpy(x)
+        inputs = torch.zeros(b, l, dtype=torch.long)
+        targets = torch.full((b, l), -100, dtype=torch.long)
+        rots = []
+        for i, (q, x, gen) in enumerate(zip(seqs, xyzs, gens)):
+            n = len(q)
+            tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[q])
+            coords[i, :n] = torch.from_numpy(x)
+            rots.append(random_rotation(1, gen)[0] if s.rotate else torch.eye(3))
+            inp, tgt = bert_mask(tokens[i : i + 1, :n], gen, s.mask_prob, s.mask_token_frac, s.random_token_frac)
+            inputs[i, :n], targets[i, :n] = inp[0], tgt[0]
         pad = tokens != 0
         present = ~torch.isnan(coords[:, :, 1]).any(-1) & pad
         coords = centre(coords, present)
-        if s.rotate:
-            rot = random_rotation(b, gen)
-            coords = torch.einsum("blac,bdc->blad", coords, rot)
-        inputs, targets = bert_mask(tokens, gen, s.mask_prob, s.mask_token_frac, s.random_token_frac)
+        coords = torch.einsum("blac,bdc->blad", coords, torch.stack(rots))
         return {
             "tokens": inputs,
             "targets": targets,
