@@ -114,3 +114,14 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(tmp_path, prepared, capsys):
+    out = tmp_path / "run"
+    common = ["pretrain", "--data", prepared.path, "--out", out, "--preset", "tiny-0.1m", "--val-every", "100",
+              "--warmup-steps", "2", "--crop-length", "256", "--quiet", "--max-steps", "3"]
+    assert run(*common, "--tokens-per-batch", "1024") == 0
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert run(*common, "--tokens-per-batch", "2048") == 2
+    assert "tokens_per_batch" in capsys.readouterr().err

@@ -564,3 +564,16 @@ def test_find_sources_recursion(tmp_path):
     assert again == sources[:4]  # deterministic
     _, problems = find_sources([root / "empty"])
     assert problems and "no structure" in problems[0][1]
+
+
+def test_pdb_archive_file_names_give_the_entry_id(tmp_path):
+    import shutil
+
+    from coordformer.io import read_structure
+
+    target = tmp_path / "pdb1abc.ent"
+    src = DATA / "1orc.pdb"
+    # Drop the HEADER so the id must come from the file name, as for many archive mirrors.
+    target.write_text("".join(l for l in src.read_text().splitlines(keepends=True) if not l.startswith("HEADER")))
+    chains = read_structure(target)
+    assert chains[0].id.startswith("1ABC.")

@@ -248,3 +248,25 @@ def test_eval_masks_do_not_depend_on_batch_composition():
     assert all(small[c] == big[c] for c in big)
     other = masks(MaskedBatches(ds, idx[:25], BatchSettings(tokens_per_batch=500, random_crop=False), seed=10, train=False))
     assert any(other[c] != big[c] for c in big)
+
+
+def test_model_is_invariant_to_translation_and_rotation_of_distances():
+    m = _model()
+    tok, xyz = _random_structure(30)
+    shifted = xyz + torch.tensor([100.0, -50.0, 7.0])
+    a = m(tok[None], xyz[None]).logits
+    assert torch.allclose(a, m(tok[None], shifted[None]).logits, atol=1e-4)  # centred inside the model
+    with_missing = xyz.clone()
+    with_missing[3] = float("nan")
+    assert torch.isfinite(m(tok[None], with_missing[None]).logits).all()
+
+
+def test_configs_from_older_versions_and_invalid_train_configs():
+    d = ModelConfig(**TINY).to_dict()
+    assert ModelConfig.from_dict({**d, "tie_embeddings": False}) == ModelConfig(**TINY)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ModelConfig.from_dict({**d, "wat": 1})
+    with pytest.raises(ConfigError, match="crop_length"):
+        TrainConfig(crop_length=1024, tokens_per_batch=512)
+    with pytest.raises(ConfigError, match="mask_prob"):
+        TrainConfig(mask_prob=0.0)

@@ -95,6 +95,7 @@ def pretrain(
     seed: int = typer.Option(0),
     val_every: int = typer.Option(500, min=1, help="Validate every N steps."),
     val_max_chains: int = typer.Option(512, min=1, help="Validate on at most this many chains of the valid split."),
+    checkpoint_every: int = typer.Option(500, min=1, help="Write checkpoints/last.ckpt every N steps."),
     accelerator: str = typer.Option("auto", help="auto | cpu | gpu | mps"),
     devices: str = typer.Option("auto", help="Number of devices (or 'auto'); >1 uses DDP."),
     num_nodes: int = typer.Option(1, min=1),
@@ -117,7 +118,7 @@ def pretrain(
                 dropout=dropout)
     tc = TrainConfig(seed=seed, crop_length=crop_length, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
-                     val_max_chains=val_max_chains,
+                     val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                      num_workers=workers, compile=compile, threads=threads)
     summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})
@@ -147,7 +148,7 @@ def evaluate(
     results = {}
     for ck in checkpoint:
         model, meta = load_model(ck)
-        label = Path(ck).stem if Path(ck).exists() and Path(ck).is_file() else Path(ck).name
+        label = _checkpoint_label(ck)
         while label in results:
             label += "'"
         results[label] = {**evaluate_mlm(model, ds, split, seed=seed, crop_length=crop_length, max_chains=max_chains,
@@ -155,6 +156,8 @@ def evaluate(
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))
     payload = results[next(iter(results))] if len(results) == 1 else {"models": results}
+    if report is None and json_out and len(results) > 1:
+        report = json_out.with_suffix(".md")  # a comparison always gets its summary and figure
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2))
@@ -166,6 +169,16 @@ def evaluate(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown_report(results, fig.name, f"{data} split {split}", _command_line()))
         typer.echo(f"report: {report}")
+
+
+def _checkpoint_label(ck: str) -> str:
+    """Run-folder name for run/checkpoints/{last,best}.ckpt, file stem for other files, else as given."""
+    p = Path(ck)
+    if p.is_file():
+        if p.stem in ("last", "best") and p.parent.name == "checkpoints":
+            return p.parent.parent.name
+        return p.stem
+    return p.name
 
 
 @app.command()
@@ -231,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.exit_code)
         if debug:
             raise
-        known = isinstance(e, (CoordformerError, FileNotFoundError, PermissionError)) or type(e).__name__ in (
-            "DatasetFormatError", "StructureReadError", "PrepareError")
+        known = isinstance(e, (CoordformerError, FileNotFoundError, PermissionError))
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         typer.echo(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
         return 2

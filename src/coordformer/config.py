@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .constants import VOCAB_SIZE
 from .errors import UsageError
 
 T = TypeVar("T")
@@ -25,6 +26,8 @@ class ConfigError(UsageError, ValueError):
 
 def _from_dict(cls: type[T], d: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # Keys that earlier development versions wrote and that no longer mean anything.
+    d = {k: v for k, v in d.items() if k not in getattr(cls, "_obsolete_keys", ())}
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)} (written by a different coordformer version?)")
@@ -68,6 +71,8 @@ COORD_MODES = ("ca", "backbone")
 class ModelConfig(_Record):
     """Architecture of a CoordFormer. Sizes follow the usual names (d_model, n_layers, ...)."""
 
+    _obsolete_keys = ("tie_embeddings",)  # never implemented; dropped before the first release
+
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 8
@@ -81,8 +86,7 @@ class ModelConfig(_Record):
     gaussian_init_heads: int = 0  # first-layer heads initialised to attend by 3D distance
     gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
     gaussian_init_values: bool = False  # also give those heads unit-scale value/output projections
-    vocab_size: int = 25
-    tie_embeddings: bool = False
+    vocab_size: int = VOCAB_SIZE
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -107,7 +111,7 @@ class ModelConfig(_Record):
         return n_atoms * 4 + (1 if self.coord_norm_feature else 0)
 
 
-#: Size presets, named by approximate parameter count. "paper-85m" is the paper's 6 x 768 x 12.
+#: Size presets, named by approximate parameter count. "paper-43m" is the paper's 6 x 768 x 12.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny-0.1m": dict(d_model=64, n_layers=2, n_heads=4, d_ff=128),
     "small-3m": dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024),
@@ -167,3 +171,16 @@ class TrainConfig(_Record):
     compile: bool = False
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
+    checkpoint_every_steps: int = 500
+
+    def __post_init__(self):
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if min(self.mask_token_frac, self.random_token_frac) < 0 or self.mask_token_frac + self.random_token_frac > 1:
+            raise ConfigError("mask_token_frac and random_token_frac must be >= 0 and sum to at most 1")
+        if self.crop_length > self.tokens_per_batch:
+            raise ConfigError(f"crop_length ({self.crop_length}) must not exceed tokens_per_batch ({self.tokens_per_batch})")
+        if self.schedule not in ("cosine", "constant", "noam"):
+            raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
+        if self.max_steps < 1 or self.checkpoint_every_steps < 1 or self.val_every_steps < 1:
+            raise ConfigError("max_steps, checkpoint_every_steps and val_every_steps must be >= 1")

@@ -44,6 +44,13 @@ ARRAY_FILES = (SEQ_FILE, COORDS_FILE, OFFSETS_FILE)
 DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR)
 
 
+class UnknownSplitError(CoordformerError, KeyError):
+    """A split name the dataset does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 class DatasetFormatError(CoordformerError):
     """A folder is not a readable prepared dataset (missing files, wrong format version, corrupt)."""
 
@@ -227,7 +234,7 @@ class PreparedDataset:
         if name not in self._splits:
             f = self.path / SPLITS_DIR / f"{name}.txt"
             if not f.is_file():
-                raise KeyError(f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}")
+                raise UnknownSplitError(f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}")
             ids = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
             try:
                 idx = [self.index_of(c) for c in ids]

@@ -36,19 +36,16 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def markdown_report(results: dict[str, dict], figure: str | None, data_desc: str, command: str) -> str:
+def markdown_report(results: dict[str, dict], figure: str | None, data_desc: str, command: str | None,
+                    title: str | None = "# coordformer masked-LM evaluation") -> str:
+    """A Markdown section: (title, data, command,) the comparison table, per-residue gains, figure."""
     header, rows = comparison_rows(results)
     labels = list(results)
-    parts = [
-        "# coordformer masked-LM evaluation",
-        "",
-        f"Data: {data_desc}",
-        "",
-        f"Command: `{command}`",
-        "",
-        markdown_table(header, rows),
-        "",
-    ]
+    parts = [title, ""] if title else []
+    parts += [f"Data: {data_desc}", ""]
+    if command:
+        parts += [f"Command: `{command}`", ""]
+    parts += [markdown_table(header, rows), ""]
     if len(labels) >= 2:
         parts += [f"## Per-residue recovery, {labels[0]} minus {labels[1]}", "",
                   markdown_table(["residue", labels[0], labels[1], "difference", "n"],

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import BinaryIO, Sequence
 
 import gemmi
+
+from coordformer.errors import CoordformerError
 import numpy as np
 
 from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS
@@ -69,7 +71,7 @@ _PDB_RECORD_RE = re.compile(
 _CIF_START_RE = re.compile(rb"(?:[ \t\r\n]+|#[^\n]*(?:\n|$))*data_", re.IGNORECASE)
 
 
-class StructureReadError(Exception):
+class StructureReadError(CoordformerError):
     """The one exception type for unreadable or unusable input (structure or chain_set)."""
 
     def __init__(self, source: str, reason: str):
@@ -189,7 +191,11 @@ def _file_stem(path: str | Path) -> str:
         name, lower = name[:-3], lower[:-3]
     for suffix in (".pdb", ".ent", ".cif", ".mmcif"):
         if lower.endswith(suffix):
-            return name[: -len(suffix)]
+            name = name[: -len(suffix)]
+            break
+    # The PDB archive names files pdb1abc.ent.gz; the entry is 1abc (so --exclude 1ABC-A matches).
+    if len(name) == 7 and name[:3].lower() == "pdb" and _PDB_ID_RE.match(name[3:]):
+        return name[3:]
     return name
 
 

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..constants import CA_INDEX
+from ..constants import AA_OFFSET, CA_INDEX
+from ..errors import UsageError
+from ..geometry import centre
 
 #: Channels reserved for the coordinate features when first-layer Gaussian heads are initialised:
 #: x, y, z, |x|^2, missing flag, each written as +f and -f (see ``_init_gaussian_heads``).
@@ -173,7 +175,7 @@ class CoordFormer(nn.Module):
         self.coord_embed.weight.copy_(w)
         self.coord_embed.bias.zero_()
         # LayerNorm scale of a typical residue (its std over channels); token + position dominate.
-        emb = self.tokens.weight[5:].unsqueeze(0) + self.positions[:512].unsqueeze(1)
+        emb = self.tokens.weight[AA_OFFSET:].unsqueeze(0) + self.positions[:512].unsqueeze(1)
         s = emb.std(dim=-1, unbiased=False).pow(2).mean().sqrt().item()
         a2 = 2 * coord_amplitude  # a difference of a pair reads 2a f / s
         qkv = self.layers[0].attn.qkv
@@ -206,17 +208,24 @@ class CoordFormer(nn.Module):
                 out_w = self.layers[0].attn.out.weight
                 nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
 
-    def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
-        """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None. Returns [B, L, D]."""
+    def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
+        (True = real). Coordinates are centred on the mean present CA here, so callers may pass
+        them in any frame (the batching pipeline already centres; centring twice is harmless).
+        Returns [B, L, D]."""
         l = tokens.shape[1]
         if l > self.config.max_len:
-            raise ValueError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; crop it")
+            raise UsageError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; use a smaller --crop-length")
         x = self.tokens(tokens) + self.positions[:l].to(self.tokens.weight.dtype)
         if self.coord_embed is not None:
             if coords is None:
                 # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
                 coords = torch.full((*tokens.shape, 4, 3), float("nan"), device=tokens.device)
-            feats = coordinate_features(coords.to(x.dtype), self.config)
+            coords = coords.to(x.dtype)
+            present = ~torch.isnan(coords[:, :, CA_INDEX]).any(-1)
+            if padding_mask is not None:
+                present = present & padding_mask
+            feats = coordinate_features(centre(coords, present), self.config)
             x = x + self.coord_embed(feats)
         return x
 
@@ -231,15 +240,15 @@ class CoordFormer(nn.Module):
         """
         Args:
             tokens: [B, L] token ids (constants.VOCAB).
-            coords: [B, L, 4, 3] backbone coordinates in Angstrom (N, CA, C, O), centred; NaN where
-                missing. Ignored when ``config.use_coords`` is False.
+            coords: [B, L, 4, 3] backbone coordinates in Angstrom (N, CA, C, O), any frame (centred
+                here); NaN where missing. Ignored when ``config.use_coords`` is False.
             padding_mask: [B, L] bool, True for real residues. Defaults to tokens != PAD.
             need_attention: also return per-layer attention maps [B, H, L, L] (slower path).
             repr_layers: layer indices whose hidden states to return (0 = embedding output).
         """
         if padding_mask is None:
             padding_mask = tokens != 0
-        x = self.embed(tokens, coords)
+        x = self.embed(tokens, coords, padding_mask)
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         for i, layer in enumerate(self.layers, start=1):

@@ -83,6 +83,10 @@ class MaskedLMModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
+        if self.trainer.world_size > 1:
+            # Each rank times itself; rank 0's clock decides so every replica uses the same learning
+            # rate (DDP averages gradients, not parameters) and all stop on the same step.
+            self.train_seconds = float(self.trainer.strategy.broadcast(self.train_seconds, 0))
         # Set from the step (and time) every batch rather than trusting restored optimizer state, so
         # a resumed run follows the schedule of its current config.
         f = lr_factor(self.global_step, self.train_config, self._time_fraction())
@@ -91,8 +95,10 @@ class MaskedLMModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         mm = self.train_config.max_minutes
-        if mm and self.train_seconds >= mm * 60.0:
-            self.trainer.should_stop = True
+        if mm:
+            over = self.train_seconds >= mm * 60.0
+            # Lightning does not synchronise should_stop across ranks; a rank leaving alone would hang.
+            self.trainer.should_stop = bool(self.trainer.strategy.reduce_boolean_decision(over, all=False))
 
     def on_validation_start(self):
         self._t_last = None  # validation time is not training time
@@ -126,7 +132,11 @@ class MaskedLMModule(L.LightningModule):
             "model_config": self.model_config.to_dict(),
             "train_config": self.train_config.to_dict(),
             "train_seconds": self.train_seconds,
+            "torch_rng_state": torch.get_rng_state(),  # dropout draws from the global generator
         }
 
     def on_load_checkpoint(self, checkpoint):
-        self.train_seconds = checkpoint.get("coordformer", {}).get("train_seconds", 0.0)
+        saved = checkpoint.get("coordformer", {})
+        self.train_seconds = saved.get("train_seconds", 0.0)
+        if "torch_rng_state" in saved:
+            torch.set_rng_state(saved["torch_rng_state"])

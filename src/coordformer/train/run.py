@@ -38,6 +38,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
+#: Settings that determine which residues the model sees in which order; a resume must keep them.
+DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "mask_prob", "mask_token_frac", "random_token_frac", "rotate")
+
+
 def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
     return BatchSettings(
         crop_length=cfg.crop_length,
@@ -98,7 +102,9 @@ class _ConfigWriter(Callback):
 def resolve_precision(cfg: TrainConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
 
 
 def pretrain(
@@ -137,6 +143,11 @@ def pretrain(
         saved = torch.load(last, map_location="cpu", weights_only=False).get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
             raise UsageError(f"{last} was trained with a different model config; use a new --out to start afresh")
+        old = saved.get("train_config", {})
+        changed = [k for k in DATA_STREAM_FIELDS if k in old and old[k] != cfg.to_dict()[k]]
+        if changed:
+            raise UsageError(f"{last} was trained with different {', '.join(changed)}; resuming would change the data "
+                             "stream. Use the original values or a new --out")
         ckpt_path = str(last)
     module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
     payload = {
@@ -149,11 +160,13 @@ def pretrain(
     extra_callbacks = callbacks
     val_batches = None if len(data.split_indices("valid")) else 0
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
-        if val_batches is None
-        else ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True),
+        # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses little.
+        ModelCheckpoint(dirpath=ckpt_dir, filename="periodic", every_n_train_steps=cfg.checkpoint_every_steps,
+                        save_top_k=0, save_last=True),
         _ConfigWriter(out, payload),
     ]
+    if val_batches is None:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min"))
     callbacks = [*callbacks, *(extra_callbacks or [])]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
