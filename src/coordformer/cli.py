@@ -135,6 +135,7 @@ def evaluate(
     seed: int = typer.Option(12345, help="Masking seed; identical masks for every model."),
     max_chains: Optional[int] = typer.Option(None, min=1),
     crop_length: int = typer.Option(1024, min=8),
+    masking: str = typer.Option("mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."),
     device: str = typer.Option("cpu"),
     quiet: bool = typer.Option(False),
 ):
@@ -152,7 +153,7 @@ def evaluate(
         while label in results:
             label += "'"
         results[label] = {**evaluate_mlm(model, ds, split, seed=seed, crop_length=crop_length, max_chains=max_chains,
-                                         device=device, progress=not quiet), "checkpoint": meta["path"]}
+                                         device=device, progress=not quiet, masking=masking), "checkpoint": meta["path"]}
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))
     payload = results[next(iter(results))] if len(results) == 1 else {"models": results}

@@ -54,7 +54,7 @@ def markdown_report(results: dict[str, dict], figure: str | None, data_desc: str
     if figure:
         parts += [f"![per-residue recovery]({figure})", ""]
     s = results[labels[0]]["settings"]
-    parts += [f"Masking: {s['mask_prob']:.0%} of residues per chain, all replaced by <mask>, seed {s['seed']}; "
+    parts += [f"Masking: {s['mask_prob']:.0%} of residues per chain ({s['masking']}), seed {s['seed']}; "
               f"chains cropped to their first {s['crop_length']} residues. Perplexity = exp(mean cross-entropy) "
               "on masked residues; recovery = argmax over the 20 amino acids.", ""]
     return "\n".join(parts)
