@@ -608,13 +608,7 @@ def _consolidate(
     log: _Log,
     t0: float,
 ) -> None:
-    from ..io import normalize_chain_id
-
-    def norm(c: str) -> str:
-        try:
-            return normalize_chain_id(c)
-        except Exception:  # noqa: BLE001
-            return c
+    from ..io import normalize_chain_id as norm
 
     parts_dir = out / store.WORK_DIR / "parts"
     skipped_rows: list[tuple[str, str]] = [(str(p), str(r)) for p, r in bad_paths]

@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import CoordformerError
 from ..config import ConfigError, PrepareConfig
+from .store import SPLIT_NAMES
 
-SPLIT_NAMES = ("train", "valid", "test")
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_METHODS = ("random", "identity")
 

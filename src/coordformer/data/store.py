@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import CoordformerError
 from ..config import ConfigError, PrepareConfig
 from ..constants import BACKBONE_ATOMS, DATASET_FORMAT_VERSION
+from ..io import normalize_chain_id
 
 MANIFEST = "manifest.json"
 SEQ_FILE = "seq.npy"
@@ -219,7 +220,7 @@ class PreparedDataset:
             self._index = {c: i for i, c in enumerate(self.ids)}
         if chain_id in self._index:
             return self._index[chain_id]
-        norm = _normalize(chain_id)
+        norm = normalize_chain_id(chain_id)
         if norm in self._index:
             return self._index[norm]
         raise KeyError(f"chain id {chain_id!r} not in dataset {self.path}")
@@ -242,14 +243,3 @@ class PreparedDataset:
                 raise DatasetFormatError(f"{f}: {e.args[0]}") from None
             self._splits[name] = np.sort(np.asarray(idx, dtype=np.int64))
         return self._splits[name]
-
-
-def _normalize(chain_id: str) -> str:
-    try:
-        from ..io import normalize_chain_id
-    except ImportError:  # pragma: no cover - io module not available
-        return chain_id
-    try:
-        return normalize_chain_id(chain_id)
-    except Exception:
-        return chain_id
