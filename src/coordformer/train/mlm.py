@@ -79,7 +79,8 @@ class MaskedLMModule(L.LightningModule):
             self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bs)
             self._tokens_since = 0
             self._sec_at_log = self.train_seconds
-        self.log("train/minutes", self.train_seconds / 60.0, batch_size=bs)
+        # With a time budget the step-based ETA means little; show the training minutes spent instead.
+        self.log("train/minutes", self.train_seconds / 60.0, batch_size=bs, prog_bar=bool(self.train_config.max_minutes))
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
