@@ -145,6 +145,7 @@ def evaluate(
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import load_model
 
+    _check_device(device)
     ds = PreparedDataset(data)
     results = {}
     for ck in checkpoint:
@@ -170,6 +171,15 @@ def evaluate(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown_report(results, fig.name, f"{data} split {split}", _command_line()))
         typer.echo(f"report: {report}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was given but no CUDA GPU is visible; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was given but Apple MPS is not available; use --device cpu")
 
 
 def _checkpoint_label(ck: str) -> str:
