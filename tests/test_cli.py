@@ -128,3 +128,21 @@ def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(tmp_pat
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert run(*common, "--tokens-per-batch", "2048") == 2
     assert "tokens_per_batch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_time_budget_stops_all_ranks_together(tmp_path, prepared):
+    """Two gloo processes: the budget is rank 0's clock, so both ranks stop on the same step (no hang)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "coordformer.cli", "pretrain", "--data", str(prepared.path), "--out", str(out),
+           "--preset", "tiny-0.1m", "--max-minutes", "0.1", "--val-every", "1000", "--warmup-steps", "2",
+           "--tokens-per-batch", "512", "--crop-length", "64", "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp", "--threads", "1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('"global_step"') == 1  # only rank 0 reports
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] > 0 and summary["train_minutes"] >= 0.1

@@ -122,7 +122,8 @@ def pretrain(
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                      num_workers=workers, compile=compile, threads=threads)
     summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})
-    typer.echo(json.dumps(summary, indent=2))
+    if summary.pop("is_global_zero", True):  # one summary, not one per DDP process
+        typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()

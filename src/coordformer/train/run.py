@@ -207,6 +207,7 @@ def pretrain(
         metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
     trainer.save_checkpoint(last)
     summary = {
+        "is_global_zero": trainer.is_global_zero,
         "global_step": trainer.global_step,
         "train_minutes": module.train_seconds / 60.0,
         "final_val": metrics,
