@@ -146,3 +146,24 @@ def test_ddp_on_cpu_with_time_budget_stops_all_ranks_together(tmp_path, prepared
     assert proc.stdout.count('"global_step"') == 1  # only rank 0 reports
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] > 0 and summary["train_minutes"] >= 0.1
+
+
+@pytest.mark.slow
+def test_export_writes_a_half_precision_model_that_evaluates(tmp_path, prepared, capsys):
+    run_dir = tmp_path / "run"
+    assert run("pretrain", "--data", prepared.path, "--out", run_dir, "--preset", "tiny-0.1m", "--max-steps", "2",
+               "--warmup-steps", "1", "--tokens-per-batch", "1024", "--crop-length", "256", "--quiet") == 0
+    pt = tmp_path / "model.pt"
+    assert run("export", "-c", run_dir, "--out", pt) == 0
+    obj = torch.load(pt, weights_only=False)
+    assert obj["format"] == "coordformer-model"
+    assert all(v.dtype == torch.float16 for v in obj["state_dict"].values() if v.is_floating_point())
+    js = tmp_path / "e.json"
+    assert run("evaluate", "-c", pt, "--data", prepared.path, "--json", js, "--quiet") == 0
+    assert json.loads(js.read_text())["n_masked"] > 0
+
+
+def test_models_lists_shipped_models(capsys):
+    assert run("models") == 0
+    out = capsys.readouterr().out
+    assert "small-coords" in out and "small-nocoords" in out
