@@ -1,0 +1,1 @@
+"""Synthetic point-cloud experiments and the analytic Gaussian-attention construction."""

@@ -1,0 +1,72 @@
+"""The hand-built Gaussian-attention weights (issue: theory demonstrated)."""
+
+import pytest
+import torch
+
+from coordformer.sim.construct import (
+    ApproxSquareFFN,
+    best_fit_attention,
+    features,
+    gaussian_kernel,
+    normalised_head,
+    one_layer_attention,
+    square_ffn_exact,
+    unnormalised_head,
+)
+
+
+def _clouds(n, count=50, points=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(count, points, n, generator=g, dtype=torch.float64) * 2 - 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("sigma", [0.15, 0.5, 2.0])
+def test_head_dim_n_plus_1_gives_the_normalised_gaussian_exactly(n, sigma):
+    x = _clouds(n)
+    head = normalised_head(n, sigma)
+    assert head.d_head == n + 1
+    err = (one_layer_attention(x, head) - gaussian_kernel(x, sigma, normalised=True)).abs().max()
+    assert err < 1e-5 and err < 1e-12  # float64: exact up to rounding
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_head_dim_n_plus_2_gives_exact_logits_and_the_unnormalised_kernel(n):
+    x, sigma = _clouds(n), 0.4
+    head = unnormalised_head(n, sigma)
+    assert head.d_head == n + 2
+    d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).pow(2).sum(-1)
+    logits = head.logits(features(x, square_ffn_exact(x)))
+    assert (logits + d2 / (2 * sigma**2)).abs().max() < 1e-12
+    assert (logits.exp() - gaussian_kernel(x, sigma, normalised=False)).abs().max() < 1e-12
+
+
+def test_normalised_head_is_not_an_unnormalised_kernel():
+    # The n + 1 head's raw logits carry the per-query term |x_i|^2/(2 sigma^2): only softmax removes it.
+    x, sigma = _clouds(3), 0.5
+    logits = normalised_head(3, sigma).logits(features(x))
+    assert (logits.exp() - gaussian_kernel(x, sigma, normalised=False)).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_head_dim_n_cannot_reach_the_kernel_but_n_plus_1_can_be_learned():
+    _, err_n = best_fit_attention(2, 2, sigma=0.5, steps=800, restarts=1)
+    _, err_n1 = best_fit_attention(2, 3, sigma=0.5, steps=800, restarts=1)
+    assert err_n > 0.01  # measurably wrong
+    assert err_n1 < err_n / 100
+
+
+def test_standard_ffn_approximates_the_square_better_with_width():
+    x = _clouds(3, count=400).reshape(-1, 3)
+    truth = (x * x).sum(-1)
+    assert (square_ffn_exact(x) - truth).abs().max() < 1e-12
+    for act in ("relu", "gelu"):
+        errs = [(ApproxSquareFFN.fit(act, w, 3)(x) - truth).abs().max().item() for w in (12, 48, 192)]
+        assert errs[0] > errs[1] > errs[2]
+        assert errs[2] < 1e-3
+    # and the attention built on the approximate square converges to the exact Gaussian
+    head = normalised_head(3, 0.5)
+    target = gaussian_kernel(x.reshape(400, 6, 3), 0.5, True)
+    approx = [(one_layer_attention(x.reshape(400, 6, 3), head, ApproxSquareFFN.fit("relu", w, 3)) - target).abs().max()
+              for w in (12, 192)]
+    assert approx[1] < approx[0] / 10
