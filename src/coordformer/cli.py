@@ -207,6 +207,21 @@ def demo(
 
 
 @app.command()
+def construct(
+    out: Path = typer.Option(Path("construction_out"), "--out", "-o"),
+    sigma: float = typer.Option(0.5, min=1e-3, help="Kernel width in coordinate units."),
+    seed: int = typer.Option(0),
+):
+    """Hand-built Gaussian-attention weights: measure n, n+1, n+2 head dims and FFN |x|^2 (CSV + PNG)."""
+    from .sim.construct import construction_report
+
+    res = construction_report(out, sigma=sigma, seed=seed)
+    for r in res["attention"]:
+        typer.echo(f"n={r['n']} d_head={r['d_head']} {r['method']:>16}: mean |error| {r['mean_abs_error']:.2e}")
+    typer.echo(f"wrote {out / 'construction.png'}, construction_attention.csv, construction_ffn.csv")
+
+
+@app.command()
 def models():
     """List the shipped pretrained models."""
     from .model.checkpoints import model_card, shipped_models
