@@ -50,7 +50,7 @@ def main() -> int:
             "command": summary.get("command"),
             "data": {k: summary["data"]["manifest"].get(k) for k in ("n_chains", "n_residues", "splits", "config", "counts", "created")},
             "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"], "final_val": summary["final_val"]},
-            "heldout_eval": {k: v for k, v in evals.get(run.name, {}).items() if k != "checkpoint"},
+            "heldout_eval": {k: v for k, v in evals.get(run.name, {}).items() if k not in ("checkpoint", "per_chain")},
             "train_log": f"{name}.train_log.csv",
         }
         export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]})
