@@ -21,7 +21,8 @@ from pathlib import Path
 from coordformer.model.checkpoints import export_model, load_model, shipped_models_dir
 
 DESCRIPTIONS = {
-    "small-coords": "small-3m masked-LM with linear CA-coordinate embedding (structure model)",
+    "small-coords": ("small-3m masked-LM with a linear embedding of CA coordinates and |x|^2, four first-layer "
+                     "heads initialised as Gaussians of 3D distance (structure model)"),
     "small-nocoords": "small-3m masked-LM, sequence only (same size, data and budget)",
 }
 
