@@ -104,7 +104,8 @@ def run_demo(
         echo("")
         echo(title + ":")
         echo(table)
-        report.append(markdown_report(res, fig.name, title, None, title=f"## {title}"))
+        desc = "the bundled held-out chains (coordformer/resources/demo, provenance in PROVENANCE.md there)"
+        report.append(markdown_report(res, fig.name, desc, None, title=f"## {title}"))
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     (out / "report.md").write_text("\n".join(report))
     echo("")

@@ -49,7 +49,7 @@ def markdown_report(results: dict[str, dict], figure: str | None, data_desc: str
     if len(labels) >= 2:
         parts += [f"## Per-residue recovery, {labels[0]} minus {labels[1]}", "",
                   markdown_table(["residue", labels[0], labels[1], "difference", "n"],
-                                 [[aa, f"{x:.1%}", f"{y:.1%}", f"{d:+.1%}", str(results[labels[0]]["per_residue_count"][aa])]
+                                 [[aa, f"{x:.1%}", f"{y:.1%}", f"{d * 100:+.1f} pt", str(results[labels[0]]["per_residue_count"][aa])]
                                   for aa, x, y, d in gains(results, labels[0], labels[1])]), ""]
     if figure:
         parts += [f"![per-residue recovery]({figure})", ""]
