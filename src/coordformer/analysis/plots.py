@@ -13,6 +13,15 @@ import numpy as np  # noqa: E402
 from ..constants import AMINO_ACIDS  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def per_residue_recovery_figure(results: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """Grouped bars of per-amino-acid recovery, one group per residue, one bar per model.
 
@@ -33,12 +42,7 @@ def per_residue_recovery_figure(results: dict[str, dict], path: str | Path, titl
     ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def construction_figure(attn_rows: list[dict], ffn_rows: list[dict], path: str | Path) -> Path:
@@ -62,9 +66,4 @@ def construction_figure(attn_rows: list[dict], ffn_rows: list[dict], path: str |
     a2.set_xlabel("feed-forward width (n = 3)")
     a2.set_ylabel("max |FFN(x) - |x|^2|, x in [-1, 1]^3")
     a2.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
