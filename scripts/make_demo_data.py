@@ -50,7 +50,6 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / "heldout_chains.jsonl.gz"
     write_chain_set(chains, out, decimals=2)
-    src_files = ds.manifest.get("sources") or []
     n_res = int(sum(len(c) for c in chains))
     prov = f"""# Bundled demo data: held-out PDB chains
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import CoordformerError
 from ..config import ConfigError, PrepareConfig
-from .store import SPLIT_NAMES
+from .store import SPLIT_NAMES  # noqa: F401 - re-exported for prepare
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_METHODS = ("random", "identity")

@@ -7,7 +7,6 @@ with the same seed, crop and token budget see exactly the same masked positions.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch

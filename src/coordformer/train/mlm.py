@@ -107,7 +107,6 @@ class MaskedLMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self(batch)
         loss, correct, n = masked_lm_loss(out.logits, batch["targets"])
-        bs = batch["tokens"].shape[0]
         self.log("val/loss", loss, prog_bar=True, batch_size=max(n, 1), sync_dist=True)
         self.log("val/acc", correct.float() / max(n, 1), batch_size=max(n, 1), sync_dist=True)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from ..config import ConfigError, ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches
 from ..data.store import PreparedDataset
 from ..errors import UsageError
@@ -57,9 +55,9 @@ def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
 class _DataModule(L.LightningDataModule):
     """Builds loaders lazily so the resumed global step is known when the train loader is made."""
 
-    def __init__(self, data: PreparedDataset, cfg: TrainConfig, module: MaskedLMModule):
+    def __init__(self, data: PreparedDataset, cfg: TrainConfig):
         super().__init__()
-        self.data, self.cfg, self.module = data, cfg, module
+        self.data, self.cfg = data, cfg
 
     def train_dataloader(self):
         tr = self.trainer
@@ -199,11 +197,11 @@ def pretrain(
     )
     if cfg.compile:
         module.model = torch.compile(module.model)
-    trainer.fit(module, datamodule=_DataModule(data, cfg, module), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=_DataModule(data, cfg), ckpt_path=ckpt_path)
     # A final validation so the summary reports the model as it ended.
     metrics = {}
     if val_batches is None:
-        res = trainer.validate(module, datamodule=_DataModule(data, cfg, module), verbose=False)
+        res = trainer.validate(module, datamodule=_DataModule(data, cfg), verbose=False)
         metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
     trainer.save_checkpoint(last)
     summary = {
