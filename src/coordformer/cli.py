@@ -222,6 +222,35 @@ def construct(
 
 
 @app.command()
+def simulate(
+    out: Path = typer.Option(Path("simulate_out"), "--out", "-o", help="Output folder (re-running it resumes)."),
+    quick: bool = typer.Option(False, "--quick", help="Shorthand for --preset quick (under 10 minutes on 2 CPU cores)."),
+    preset: str = typer.Option("standard", help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the paper's sizes; GPU)."),
+    study: List[str] = typer.Option([], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."),
+    workers: int = typer.Option(2, min=1, help="Parallel worker processes (one CPU thread each)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    seed: int = typer.Option(0, help="Added to every model and data seed."),
+    quiet: bool = typer.Option(False),
+):
+    """Synthetic point clouds: exponent, head-dimension, width and augmentation studies (CSV + PNG + summary)."""
+    from .sim.studies import PRESETS, STUDIES
+    from .sim.studies import simulate as run_simulate
+
+    name = "quick" if quick else preset
+    if name not in PRESETS:
+        raise UsageError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    bad = [s for s in study if s not in STUDIES]
+    if bad:
+        raise UsageError(f"unknown --study {bad[0]!r}; choose from {', '.join(STUDIES)}")
+    _check_device(device)
+    summary = run_simulate(out, preset=name, studies=tuple(study) or STUDIES, workers=workers, device=device,
+                           seed=seed, echo=typer.echo, progress=not quiet)
+    for line in summary:
+        typer.echo(f"{line['study']}: {line['finding']} [paper: {line['paper']}; reproduced: {line['reproduced']}]")
+    typer.echo(f"wrote {out / 'summary.md'} and a CSV + PNG per study")
+
+
+@app.command()
 def models():
     """List the shipped pretrained models."""
     from .model.checkpoints import model_card, shipped_models

@@ -184,3 +184,63 @@ class TrainConfig(_Record):
             raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
         if self.max_steps < 1 or self.checkpoint_every_steps < 1 or self.val_every_steps < 1:
             raise ConfigError("max_steps, checkpoint_every_steps and val_every_steps must be >= 1")
+
+
+#: Output of the synthetic model's final head: "row" = exp(logit - max over keys) per query (what the
+#: paper computes; unchanged by a per-query constant, like softmax); "raw" = exp(logit) (unnormalised).
+SIM_OUTPUTS = ("row", "raw")
+#: Optimisation regimes: "paper" = Adam(0.9, 0.98) with the Noam schedule (factor, warmup, d_model);
+#: "modern" = AdamW with a one-cycle schedule peaking at ``lr``.
+SIM_REGIMES = ("paper", "modern")
+
+
+@dataclass(frozen=True)
+class SimConfig(_Record):
+    """One synthetic point-cloud run (``coordformer simulate``): data, model and optimisation.
+
+    Coordinates are uniform in [0, box]^n_dims; the target for points i, j is
+    exp(-(d_ij / length_scale)^exponent). The model reads (x - mean) / input_scale.
+    """
+
+    # data
+    n_dims: int = 3
+    n_points: int = 5
+    n_train: int = 8000
+    n_valid: int = 1000
+    n_test: int = 1000
+    box: float = 200.0
+    length_scale: float = 200.0
+    exponent: float = 2.0
+    input_scale: float = 16.0
+    augment: bool = True  # fresh uniform random rotation of every training structure at every step
+    # model: linear coordinate embedding -> pre-LN encoder -> LayerNorm -> one attention head
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 8  # encoder heads
+    d_ff: int = 256
+    d_out: int = 4  # per-head dimension (q, k) of the attention head that produces the output
+    output: str = "row"
+    output_norm: bool = True  # LayerNorm before the output head's q/k projections
+    # optimisation
+    regime: str = "modern"
+    batch_size: int = 64
+    steps: int = 4000
+    lr: float = 2e-3  # modern: one-cycle peak
+    weight_decay: float = 0.01  # modern only
+    noam_factor: float = 0.4  # paper only
+    warmup: int = 4000  # paper only (Noam warmup steps)
+    eval_every: int = 250
+    seed: int = 0  # model init, batch order and rotations
+    data_seed: int = 0  # point clouds (shared across model seeds unless changed)
+
+    def __post_init__(self):
+        if self.output not in SIM_OUTPUTS:
+            raise ConfigError(f"output must be one of {SIM_OUTPUTS}, got {self.output!r}")
+        if self.regime not in SIM_REGIMES:
+            raise ConfigError(f"regime must be one of {SIM_REGIMES}, got {self.regime!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if min(self.n_dims, self.n_points, self.n_train, self.n_valid, self.n_test, self.d_out, self.steps, self.batch_size) < 1:
+            raise ConfigError("n_dims, n_points, n_train, n_valid, n_test, d_out, steps and batch_size must be >= 1")
+        if self.n_points < 2:
+            raise ConfigError("n_points must be at least 2")

@@ -8,15 +8,15 @@ from __future__ import annotations
 import torch
 
 
-def random_rotation(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
-    """Uniformly distributed proper rotations (Haar measure on SO(3)).
+def random_rotation(n: int, generator: torch.Generator | None = None, dtype=torch.float32, dim: int = 3) -> torch.Tensor:
+    """Uniformly distributed proper rotations (Haar measure on SO(dim)).
 
     Uses QR of a Gaussian matrix with the sign correction of Mezzadri (2007), which is what makes
-    the distribution uniform; a plain QR is biased.
+    the distribution uniform; a plain QR is biased. SO(1) is just {1}.
 
-    Returns: [n, 3, 3] rotation matrices (det = +1).
+    Returns: [n, dim, dim] rotation matrices (det = +1).
     """
-    g = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
+    g = torch.randn(n, dim, dim, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
     d = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     d[d == 0] = 1.0

@@ -67,3 +67,82 @@ def construction_figure(attn_rows: list[dict], ffn_rows: list[dict], path: str |
     a2.set_ylabel("max |FFN(x) - |x|^2|, x in [-1, 1]^3")
     a2.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _median_band(rows: list[dict], x: str, y: str = "test_l1"):
+    """Sorted xs with median, min and max of y over the rows sharing each x (non-finite dropped)."""
+    by: dict = {}
+    for r in rows:
+        if np.isfinite(r[y]):
+            by.setdefault(r[x], []).append(r[y])
+    xs = sorted(by)
+    return (np.array(xs, dtype=float), np.array([np.median(by[v]) for v in xs]),
+            np.array([min(by[v]) for v in xs]), np.array([max(by[v]) for v in xs]))
+
+
+def exponent_figure(rows: list[dict], path: str | Path) -> Path:
+    """Test L1 (median and range over seeds) against the target exponent p."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs, med, lo, hi = _median_band(rows, "exponent")
+    ax.plot(xs, med, "o-", color="C0")
+    ax.fill_between(xs, lo, hi, color="C0", alpha=0.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("exponent p of the target exp(-(d/200)^p)")
+    ax.set_ylabel("test L1 (best validation weights)")
+    ax.set_title("Which distance kernel is learnt best?")
+    return _save(fig, path)
+
+
+def headdim_figure(rows: list[dict], path: str | Path) -> Path:
+    """One panel per (regime, output): test L1 against the output head's per-head dimension,
+    one line per spatial dimension n (median over seeds, band = range); dotted lines mark the
+    theoretical requirement (n + 1 for per-query-normalised output, n + 2 for raw)."""
+    panels = sorted({(r["regime"], r["output"]) for r in rows}, key=lambda t: (t[1] != "row", t[0]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, (regime, output) in zip(axes[0], panels):
+        sub = [r for r in rows if r["regime"] == regime and r["output"] == output]
+        for i, n in enumerate(sorted({r["n"] for r in sub})):
+            xs, med, lo, hi = _median_band([r for r in sub if r["n"] == n], "d_out")
+            ax.plot(xs, med, "o-", color=f"C{i}", label=f"n = {n}")
+            ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
+            need = n + (1 if output == "row" else 2)
+            ax.axvline(need, color=f"C{i}", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("per-head dimension of the output attention")
+        ax.set_title(f"{regime} optimisation, {'exp(l - max_j l)' if output == 'row' else 'exp(l) (raw)'}", fontsize=9)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("test L1 (best validation weights)")
+    return _save(fig, path)
+
+
+def width_figure(rows: list[dict], path: str | Path) -> Path:
+    """The paper's sweep: x = d_model / 8 with one head (output head dim 8x); one line per n."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, n in enumerate(sorted({r["n"] for r in rows})):
+        xs, med, lo, hi = _median_band([r for r in rows if r["n"] == n], "x")
+        ax.plot(xs, med, "o-", color=f"C{i}", label=f"n = {n}")
+        ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
+    ax.set_yscale("log")
+    ax.set_xlabel("x = d_model / 8 (one head; output q/k dimension = 8x)")
+    ax.set_ylabel("test L1 (best validation weights)")
+    ax.legend(fontsize=8)
+    ax.set_title("The paper's 'embedding dimension' sweep", fontsize=10)
+    return _save(fig, path)
+
+
+def augment_figure(rows: list[dict], path: str | Path) -> Path:
+    """Learning curves (train L1 in the canonical frame, validation L1) with and without rotations."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in rows:
+        c = r["curve"]
+        color = "C1" if r["augment"] else "C0"
+        name = "rotations" if r["augment"] else "no rotations"
+        first = r["seed"] == min(q["seed"] for q in rows)
+        ax.plot(c["step"], c["train_l1"], "--", color=color, alpha=0.8, label=f"{name}: train" if first else None)
+        ax.plot(c["step"], c["valid_l1"], "-", color=color, alpha=0.8, label=f"{name}: validation" if first else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1")
+    ax.legend(fontsize=8)
+    ax.set_title("100 training structures: rotation augmentation", fontsize=10)
+    return _save(fig, path)
