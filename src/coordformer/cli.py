@@ -250,6 +250,40 @@ def simulate(
     typer.echo(f"wrote {out / 'summary.md'} and a CSV + PNG per study")
 
 
+@app.command("analyze-attention")
+def analyze_attention(
+    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name; give two to compare (e.g. coords, then no-coords)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (coordformer prepare)."),
+    out: Path = typer.Option(Path("attention_out"), "--out", "-o"),
+    split: str = typer.Option("test"),
+    max_chains: int = typer.Option(200, min=1, help="Analyse at most this many chains of the split."),
+    max_distance: float = typer.Option(32.0, min=2.0, help="Distance cut-off (Angstrom)."),
+    bin_width: float = typer.Option(1.0, min=0.05, help="Distance bin width (Angstrom)."),
+    max_separation: int = typer.Option(32, min=1, help="Sequence separations up to +/- this many residues."),
+    crop_length: int = typer.Option(512, min=2, help="Use the first N residues of each chain."),
+    tokens_per_batch: int = typer.Option(4096, min=2, help="Bounds memory: attention maps are [H, L, L] per chain."),
+    ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="Also zero the coordinate input and the positional encoding."),
+    device: str = typer.Option("cpu"),
+    quiet: bool = typer.Option(False),
+):
+    """Attention vs 3D distance and sequence separation per layer and head, Gaussian fits, ablations, report."""
+    from .analysis.attention import ABLATIONS, AttentionAnalysisConfig
+    from .analysis.attention import analyze_attention as run
+
+    _check_device(device)
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
+    cfg = AttentionAnalysisConfig(split=split, max_chains=max_chains, max_distance=max_distance, bin_width=bin_width,
+                                  max_separation=max_separation, crop_length=crop_length,
+                                  tokens_per_batch=max(tokens_per_batch, crop_length))
+    res = run(checkpoint, str(data), str(out), cfg, ablations=tuple(ABLATIONS) if ablations else ("none",),
+              device=device, progress=not quiet, echo=typer.echo, command=_command_line())
+    for label, hs in res["heads"].items():
+        local = [f"L{h['layer']}H{h['head']} ({h['sigma_3d_only']:.1f} A)" for h in hs if h.get("local_3d")]
+        typer.echo(f"{label}: {len(local)} 3D-local heads" + (": " + ", ".join(local) if local else ""))
+    typer.echo(f"wrote {out / 'report.md'}, fits.csv, heads.csv, binned.csv and figures")
+
+
 @app.command()
 def models():
     """List the shipped pretrained models."""

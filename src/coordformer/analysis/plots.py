@@ -146,3 +146,79 @@ def augment_figure(rows: list[dict], path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("100 training structures: rotation augmentation", fontsize=10)
     return _save(fig, path)
+
+
+def attention_layer_figure(stats, fits: list[dict], layer: int, path: str | Path, title: str = "") -> Path:
+    """One layer: per head, attention against CA-CA distance (top) and sequence separation (bottom):
+    10-90 and 25-75 percentile bands, median, mean and the fitted Gaussian (from ``fit_all`` rows,
+    quantity "attention"). ``layer`` counts from 1."""
+    n_heads = stats.sum_dist.shape[1]
+    fig, axes = plt.subplots(2, n_heads, figsize=(2.3 * n_heads, 4.8), squeeze=False)
+    for row, kind in enumerate(("distance", "separation")):
+        xs = stats.bin_positions(kind)
+        mean = stats.mean(kind)[layer - 1]
+        p10, p25, p50, p75, p90 = stats.percentiles(kind)[:, layer - 1]
+        for h in range(n_heads):
+            ax = axes[row][h]
+            ax.fill_between(xs, p10[h], p90[h], color="C0", alpha=0.15, lw=0)
+            ax.fill_between(xs, p25[h], p75[h], color="C0", alpha=0.3, lw=0)
+            ax.plot(xs, p50[h], color="C0", lw=0.8)
+            ax.plot(xs, mean[h], "k.", ms=3)
+            fit = next((f for f in fits if f["layer"] == layer and f["head"] == h and f["kind"] == kind
+                        and f.get("quantity", "attention") == "attention"), None)
+            shown = np.concatenate([p10[h], mean[h]])
+            shown = shown[np.isfinite(shown) & (shown > 0)]
+            if fit and np.isfinite(fit["sigma"]):
+                grid = np.linspace(xs.min(), xs.max(), 200)
+                curve = fit["amplitude"] * np.exp(-((grid - fit["mean"]) ** 2) / (2 * fit["sigma"] ** 2))
+                ax.plot(grid, curve, "C3", lw=1)
+                unit = "Å" if kind == "distance" else "res"
+                ax.set_title(f"h{h}: σ={fit['sigma']:.1f} {unit}, R²={fit['r2']:.2f}", fontsize=7)
+            ax.set_yscale("log")
+            if len(shown):  # keep the axis on the data; a narrow fitted Gaussian falls off it
+                ax.set_ylim(shown.min() / 3, max(np.nanmax(p90[h]), shown.max()) * 3)
+            ax.tick_params(labelsize=6)
+            if row == 1:
+                ax.set_xlabel("sequence separation j - i" if h == 0 else "", fontsize=7)
+            else:
+                ax.set_xlabel("CA-CA distance (Å)" if h == 0 else "", fontsize=7)
+        axes[row][0].set_ylabel("attention", fontsize=8)
+    fig.suptitle(title or f"layer {layer}", fontsize=9)
+    return _save(fig, path)
+
+
+def attention_summary_figure(fits_by_model: dict[str, list[dict]], path: str | Path, min_r2: float = 0.8) -> Path:
+    """Fitted sigma and amplitude per layer, 3D distance vs sequence separation, one colour per model.
+    Only heads whose fit reaches R² >= min_r2 are drawn (others are not Gaussian-like)."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+    for i, (label, fits) in enumerate(fits_by_model.items()):
+        for col, kind in enumerate(("distance", "separation")):
+            sub = [f for f in fits if f["kind"] == kind and f.get("quantity", "attention") == "attention"
+                   and np.isfinite(f["r2"]) and f["r2"] >= min_r2]
+            jitter = (i - (len(fits_by_model) - 1) / 2) * 0.12
+            axes[0][col].scatter([f["layer"] + jitter for f in sub], [f["sigma"] for f in sub], s=14, color=f"C{i}",
+                                 label=label if col == 0 else None)
+            axes[1][col].scatter([f["layer"] + jitter for f in sub], [f["amplitude"] for f in sub], s=14, color=f"C{i}")
+    axes[0][0].set_ylabel("σ (Å)")
+    axes[0][1].set_ylabel("σ (residues)")
+    axes[0][0].set_title(f"3D distance (heads with R² ≥ {min_r2})", fontsize=9)
+    axes[0][1].set_title(f"sequence separation (heads with R² ≥ {min_r2})", fontsize=9)
+    for ax in axes[0]:
+        ax.set_yscale("log")
+    for ax in axes[1]:
+        ax.set_ylabel("amplitude")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def recovery_difference_figure(diff: dict[str, float], path: str | Path, title: str) -> Path:
+    """Bars of per-amino-acid recovery difference (percentage points), sorted."""
+    items = sorted(((a, v) for a, v in diff.items() if v is not None), key=lambda t: -t[1])
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar([a for a, _ in items], [100 * v for _, v in items], color=["C2" if v >= 0 else "C3" for _, v in items])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("recovery difference (pt)")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -208,15 +208,24 @@ class CoordFormer(nn.Module):
                 out_w = self.layers[0].attn.out.weight
                 nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
 
-    def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None,
+              ablate: tuple[str, ...] = ()) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
         them in any frame (the batching pipeline already centres; centring twice is harmless).
+        ``ablate`` (analysis only) may hold "coords" (coordinate features set to zero: every residue
+        at the origin, none flagged missing, so only the sequence signal is left) and/or
+        "positions" (sinusoidal positions set to zero: only the 3D signal is left).
         Returns [B, L, D]."""
+        unknown = set(ablate) - {"coords", "positions"}
+        if unknown:
+            raise UsageError(f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'")
         l = tokens.shape[1]
         if l > self.config.max_len:
             raise UsageError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; use a smaller --crop-length")
-        x = self.tokens(tokens) + self.positions[:l].to(self.tokens.weight.dtype)
+        x = self.tokens(tokens)
+        if "positions" not in ablate:
+            x = x + self.positions[:l].to(self.tokens.weight.dtype)
         if self.coord_embed is not None:
             if coords is None:
                 # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
@@ -226,6 +235,8 @@ class CoordFormer(nn.Module):
             if padding_mask is not None:
                 present = present & padding_mask
             feats = coordinate_features(centre(coords, present), self.config)
+            if "coords" in ablate:
+                feats = torch.zeros_like(feats)
             x = x + self.coord_embed(feats)
         return x
 
@@ -236,6 +247,7 @@ class CoordFormer(nn.Module):
         padding_mask: torch.Tensor | None = None,
         need_attention: bool = False,
         repr_layers: tuple[int, ...] = (),
+        ablate: tuple[str, ...] = (),
     ) -> CoordFormerOutput:
         """
         Args:
@@ -245,10 +257,11 @@ class CoordFormer(nn.Module):
             padding_mask: [B, L] bool, True for real residues. Defaults to tokens != PAD.
             need_attention: also return per-layer attention maps [B, H, L, L] (slower path).
             repr_layers: layer indices whose hidden states to return (0 = embedding output).
+            ablate: inputs to zero for attention analysis, see ``embed``.
         """
         if padding_mask is None:
             padding_mask = tokens != 0
-        x = self.embed(tokens, coords, padding_mask)
+        x = self.embed(tokens, coords, padding_mask, ablate)
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         for i, layer in enumerate(self.layers, start=1):

@@ -1,0 +1,168 @@
+"""analyze-attention: streaming attention statistics, Gaussian fits, ablations and the report."""
+
+import csv
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_jsonl
+
+from coordformer.analysis.attention import (
+    AttentionAnalysisConfig,
+    AttentionStats,
+    classify_heads,
+    collect_attention,
+    fit_all,
+    fit_gaussian,
+)
+from coordformer.cli import main
+from coordformer.config import ModelConfig, PrepareConfig
+from coordformer.data.prepare import prepare
+from coordformer.data.store import PreparedDataset
+from coordformer.errors import UsageError
+from coordformer.model import CoordFormer
+from coordformer.sim.construct import features, normalised_head
+
+
+class ConstructedGaussianHeads(torch.nn.Module):
+    """One layer whose heads are the exact construction of ``sim.construct`` (head dim n + 1 = 4):
+    softmax attention equal to the normalised Gaussian kernel of CA distance, sigma in Angstrom."""
+
+    def __init__(self, sigmas):
+        super().__init__()
+        self.heads = [normalised_head(3, s) for s in sigmas]
+
+    def forward(self, tokens, coords, padding_mask=None, need_attention=False, ablate=()):
+        ca = coords[:, :, 1].double()
+        ok = ~torch.isnan(ca).any(-1) & padding_mask
+        f = features(torch.nan_to_num(ca))
+        maps = [h.logits(f).masked_fill(~ok[:, None, :], float("-inf")).softmax(-1).nan_to_num() for h in self.heads]
+        return types.SimpleNamespace(attentions=[torch.stack(maps, 1).float()])
+
+
+def _dataset(tmp_path, records, name="ds"):
+    src = write_jsonl(records, tmp_path / f"{name}.jsonl")
+    prepare([str(src)], tmp_path / name, PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=1.0),
+            workers=1, progress=False)
+    return PreparedDataset(tmp_path / name)
+
+
+def _ring(i, length=60, radius=40.0):
+    """CA atoms evenly on a circle: every residue sees the same distances, so the softmax
+    normaliser is the same for every query and the mean weight is exactly proportional to the kernel."""
+    t = np.arange(length) * 2 * np.pi / length
+    ca = np.stack([radius * np.cos(t), radius * np.sin(t), np.zeros(length)], 1) + i
+    coords = {a: (ca + off).round(3).tolist() for a, off in zip(("N", "CA", "C", "O"), (-1.0, 0.0, 1.0, 2.0))}
+    return {"name": f"R{i:03d}.A", "seq": "ACDEFGHIKL" * (length // 10), "coords": coords}
+
+
+@pytest.mark.parametrize("sigma", [4.0, 6.0, 10.0])
+def test_fit_recovers_the_sigma_of_constructed_gaussian_heads(tmp_path, synthetic_jsonl, sigma):
+    model = ConstructedGaussianHeads([sigma])
+    cfg = AttentionAnalysisConfig(max_chains=None, max_distance=40.0)
+    # real-like random-walk chains: the query-normalised quantity is exactly the kernel
+    walk = _dataset(tmp_path, [json.loads(x) for x in open(synthetic_jsonl)], "walk")
+    rel = [r for r in fit_all(collect_attention(model, walk, cfg, progress=False)) if r["kind"] == "distance"]
+    assert next(r for r in rel if r["quantity"] == "relative")["sigma"] == pytest.approx(sigma, rel=0.05)
+    # the plain mean weight carries the per-query normaliser; on a ring it is constant
+    ring = _dataset(tmp_path, [_ring(i) for i in range(8)], "ring")
+    fits = fit_all(collect_attention(model, ring, cfg, progress=False))
+    d = next(r for r in fits if r["kind"] == "distance" and r["quantity"] == "attention")
+    assert d["sigma"] == pytest.approx(sigma, rel=0.05) and d["r2"] > 0.99
+
+
+def test_fit_gaussian_on_known_curves():
+    x = np.arange(0.5, 32, 1.0)
+    f = fit_gaussian(x, 0.3 * np.exp(-(x**2) / (2 * 5.0**2)), zero_mean=True)
+    assert f["sigma"] == pytest.approx(5.0, rel=1e-4) and f["amplitude"] == pytest.approx(0.3, rel=1e-4)
+    assert f["r2"] == pytest.approx(1.0) and f["mean"] == 0.0
+    s = np.arange(-20, 21, dtype=float)
+    g = fit_gaussian(s, 0.1 * np.exp(-((s - 1.0) ** 2) / (2 * 2.0**2)), zero_mean=False)
+    assert g["mean"] == pytest.approx(1.0, abs=1e-3) and g["sigma"] == pytest.approx(2.0, rel=1e-3)
+    flat = fit_gaussian(x, np.full_like(x, 0.01) + 0.001 * np.sin(x), zero_mean=True)
+    assert flat["r2"] < 0.5  # a flat head is not called Gaussian
+    assert math.isnan(fit_gaussian(x[:2], x[:2], zero_mean=True)["sigma"])
+
+
+def test_streaming_statistics_do_not_depend_on_batching_and_have_fixed_size(prepared):
+    torch.manual_seed(0)
+    model = CoordFormer(ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64))
+    small = collect_attention(model, prepared, AttentionAnalysisConfig(split="train", tokens_per_batch=512, crop_length=128), progress=False)
+    big = collect_attention(model, prepared, AttentionAnalysisConfig(split="train", tokens_per_batch=8192, crop_length=128), progress=False)
+    assert torch.allclose(small.sum_dist, big.sum_dist, rtol=1e-4, atol=1e-8)
+    assert torch.equal(small.count_sep, big.count_sep) and torch.equal(small.hist_dist, big.hist_dist)
+    few = collect_attention(model, prepared, AttentionAnalysisConfig(split="train", max_chains=3, crop_length=128), progress=False)
+    assert few.n_chains == 3 and few.hist_dist.shape == big.hist_dist.shape  # memory set by bins only
+    # every pair within the cut-off is counted once per head: weights of a query sum to at most 1
+    pairs = int(big.count_sep.sum())
+    assert 0 < big.sum_sep[0, 0].sum() <= pairs
+    q = big.percentiles("distance")
+    assert np.all(np.isnan(q[:, :, :, 1]) == (big.count_dist[1] == 0).item())  # empty 1-2 A bin -> NaN
+
+
+def test_ablations_zero_exactly_one_signal(prepared):
+    torch.manual_seed(0)
+    model = CoordFormer(ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64)).eval()
+    tokens = torch.randint(4, 24, (2, 10))
+    coords = torch.randn(2, 10, 4, 3) * 10
+    full = model.embed(tokens, coords)
+    no_pos = model.embed(tokens, coords, ablate=("positions",))
+    assert torch.allclose(full - no_pos, model.positions[:10].expand(2, -1, -1), atol=1e-5)
+    no_xyz = model.embed(tokens, coords, ablate=("coords",))
+    assert torch.allclose(no_xyz, model.tokens(tokens) + model.positions[:10] + model.coord_embed.bias, atol=1e-5)
+    assert torch.allclose(model.embed(tokens, coords * 0 + 5.0, ablate=("coords",)), no_xyz, atol=1e-5)
+    with pytest.raises(UsageError, match="ablation"):
+        model.embed(tokens, coords, ablate=("tokens",))
+
+
+def test_heads_are_classified_from_the_ablation_fits():
+    def row(kind, ab, sigma, r2, mean=0.0):
+        return {"layer": 1, "head": 0, "kind": kind, "ablation": ab, "quantity": "attention", "sigma": sigma, "r2": r2,
+                "mean": mean, "amplitude": 0.1}
+    fits = [row("distance", "none", 6, 0.99), row("separation", "none", 3, 0.9),
+            row("distance", "no-positions", 5, 0.95), row("separation", "no-positions", 50, 0.2),
+            row("distance", "no-coords", 30, 0.5), row("separation", "no-coords", 9, 0.7)]
+    (h,) = classify_heads(fits)
+    assert h["local_3d"] and not h["local_seq"] and h["sigma_3d_only"] == 5
+
+
+@pytest.mark.slow
+def test_analyze_attention_end_to_end_on_tiny_trained_models(tmp_path, prepared, capsys):
+    runs = {}
+    for flag in ("--coords", "--no-coords"):
+        out = tmp_path / flag.strip("-")
+        args = ["pretrain", "--data", str(prepared.path), "--out", str(out), "--preset", "tiny-0.1m", "--max-steps", "6",
+                "--val-every", "6", "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet", flag]
+        assert main(args) == 0
+        runs[flag] = out
+    out = tmp_path / "attn"
+    assert main(["analyze-attention", "-c", str(runs["--coords"]), "-c", str(runs["--no-coords"]), "--data", str(prepared.path),
+                 "--split", "train", "--max-chains", "12", "--max-distance", "20", "--out", str(out), "--quiet"]) == 0
+    fits = list(csv.DictReader(open(out / "fits.csv")))
+    # 2 models x 3 ablations x 2 quantities x 2 kinds x 2 layers x 4 heads
+    assert len(fits) == 2 * 3 * 2 * 2 * 2 * 4
+    assert {f["ablation"] for f in fits} == {"none", "no-coords", "no-positions"}
+    labels = json.loads((out / "analysis.json").read_text())["labels"]
+    for label in labels:
+        for layer in (1, 2):
+            assert (out / f"{label}_layer{layer}.png").stat().st_size > 5000
+    assert (out / "summary.png").exists() and (out / "recovery.png").exists()
+    report = (out / "report.md").read_text()
+    assert all(f"## {label}" in report for label in labels) and "Recovery:" in report
+    assert "3D-local heads" in capsys.readouterr().out
+
+
+def test_analyze_attention_bad_arguments(tmp_path, capsys):
+    assert main(["analyze-attention", "-c", "small-coords", "--data", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data") and err.count("\n") == 1
+
+
+def test_config_validation():
+    with pytest.raises(UsageError):
+        AttentionAnalysisConfig(bin_width=0)
+    stats = AttentionStats(2, 3, AttentionAnalysisConfig(max_distance=10, bin_width=2.5))
+    assert stats.sum_dist.shape == (2, 3, 4)
