@@ -186,3 +186,21 @@ def test_cli_simulate_rejects_bad_arguments_in_one_line(capsys):
     assert err.startswith("error: unknown --preset 'huge'") and "\n" not in err
     assert main(["simulate", "--study", "exponents"]) == 2
     assert "choose from exponent, headdim, width, augment" in capsys.readouterr().err
+
+
+def test_a_failing_stack_is_reported_and_the_others_are_kept(tmp_path, tiny_preset, monkeypatch):
+    from coordformer.errors import CoordformerError
+
+    real = studies._run_job
+
+    def flaky(job, device):
+        if job.study == "augment":
+            raise RuntimeError("boom")
+        return real(job, device)
+
+    monkeypatch.setattr(studies, "_run_job", flaky)
+    messages = []
+    with pytest.raises(CoordformerError, match="1 of 2 stacks failed"):
+        simulate(tmp_path, preset="tiny", studies=("exponent", "augment"), workers=1, progress=False, echo=messages.append)
+    assert any("failed: RuntimeError: boom" in m for m in messages)
+    assert len(list((tmp_path / "runs" / "exponent").glob("*.json"))) == 1

@@ -317,12 +317,15 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
         models.append(model.float())
     all_fits, binned, heads, stats_none = [], [], {}, {}
     for label, model in zip(labels, models):
-        fits = []
+        fits, done = [], {}
         for ab in ablations:
-            if ab == "no-coords" and not model.config.use_coords:
-                echo(f"{label}: no coordinate input to zero; 'no-coords' is the same as 'none'")
-            echo(f"{label}: attention pass, ablation {ab}")
-            st = collect_attention(model, data, cfg, ablate=ABLATIONS[ab], device=device, progress=progress)
+            if ab == "no-coords" and not model.config.use_coords and "none" in done:
+                echo(f"{label}: no coordinate input to zero; 'no-coords' reuses the 'none' pass")
+                st = done["none"]
+            else:
+                echo(f"{label}: attention pass, ablation {ab}")
+                st = collect_attention(model, data, cfg, ablate=ABLATIONS[ab], device=device, progress=progress)
+            done[ab] = st
             rows = [{"model": label, "ablation": ab, **r} for r in fit_all(st)]
             fits += rows
             for quantity in ("attention", "relative"):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import SimConfig
-from ..errors import UsageError
+from ..errors import CoordformerError, UsageError
 
 STUDIES = ("exponent", "headdim", "width", "augment")
 
@@ -204,16 +204,28 @@ def run_jobs(jobs: list[Job], out: Path, workers: int, device: str = "cpu",
 
             # Biggest stacks first so the last minutes are not one long job on one core.
             todo.sort(key=lambda j: -j.cost)
+            failed = []
             if workers <= 1 or len(todo) == 1:
                 for job in todo:
-                    finish(job, _run_job(job, device))
+                    try:
+                        finish(job, _run_job(job, device))
+                    except Exception as e:  # noqa: BLE001 - keep the other stacks going
+                        failed.append((job, e))
             else:
                 import multiprocessing as mp
 
                 with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                     futures = {pool.submit(_run_job, job, device): job for job in todo}
                     for fut in as_completed(futures):
-                        finish(futures[fut], fut.result())
+                        try:
+                            finish(futures[fut], fut.result())
+                        except Exception as e:  # noqa: BLE001 - keep the other stacks going
+                            failed.append((futures[fut], e))
+            for job, e in failed:
+                echo(f"stack {job.key} ({job.study}, {len(job.configs)} models) failed: {type(e).__name__}: {e}")
+            if failed:
+                raise CoordformerError(f"{len(failed)} of {len(todo)} stacks failed (see above); the others are saved "
+                                       f"in {out / 'runs'} and a re-run resumes")
     rows: dict[str, list[dict]] = {}
     for job in jobs:
         rec = json.loads(_job_path(out, job).read_text())
