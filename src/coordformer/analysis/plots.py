@@ -205,10 +205,12 @@ def attention_summary_figure(fits_by_model: dict[str, list[dict]], path: str | P
     axes[0][1].set_title(f"sequence separation (heads with R² ≥ {min_r2})", fontsize=9)
     for ax in axes[0]:
         ax.set_yscale("log")
+    layers = sorted({f["layer"] for fits in fits_by_model.values() for f in fits}) or [1]
     for ax in axes[1]:
         ax.set_ylabel("amplitude")
         ax.set_yscale("log")
         ax.set_xlabel("layer")
+        ax.set_xticks(layers)
     axes[0][0].legend(fontsize=8)
     return _save(fig, path)
 

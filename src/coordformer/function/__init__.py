@@ -1,0 +1,1 @@
+"""Protein function prediction: DeepFRI labels, metrics, embeddings and fine-tuning."""
