@@ -285,6 +285,33 @@ def analyze_attention(
 
 
 @app.command()
+def embed(
+    inputs: List[str] = typer.Argument(..., help="PDB/mmCIF files, folders, chain_set JSONL files, or one prepared dataset folder."),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file: .h5 (HDF5, streamed) or .npz (mean-pooled only)."),
+    layer: Optional[int] = typer.Option(None, help="Layer whose states to use (0 = embeddings); default: final, after the last LayerNorm."),
+    per_residue: bool = typer.Option(False, "--per-residue", help="Also store per-residue embeddings (HDF5 only, float16)."),
+    max_length: int = typer.Option(2048, min=1, help="Embed the first N residues of longer chains."),
+    tokens_per_batch: int = typer.Option(8192, min=1),
+    split: Optional[str] = typer.Option(None, help="For a prepared dataset: embed one split only."),
+    no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."),
+    device: str = typer.Option("cpu"),
+    workers: int = typer.Option(1, min=1, help="Processes for reading structure files."),
+    quiet: bool = typer.Option(False),
+):
+    """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
+    from .function.embed import EmbedConfig
+    from .function.embed import embed as run
+
+    _check_device(device)
+    cfg = EmbedConfig(layer=layer, per_residue=per_residue, max_length=max_length, tokens_per_batch=tokens_per_batch,
+                      use_coords=False if no_coords else None, split=split)
+    res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
+              command=_command_line())
+    typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({res['cropped']} cropped to {max_length})" if res["cropped"] else ""))
+
+
+@app.command()
 def models():
     """List the shipped pretrained models."""
     from .model.checkpoints import model_card, shipped_models

@@ -1,0 +1,175 @@
+"""Per-chain (mean-pooled) and per-residue embeddings from any layer, written to HDF5 or .npz.
+
+Inputs are anything ``coordformer prepare`` reads (structure files, folders, chain_set JSONL) or
+a prepared dataset folder. Raw inputs go through ``prepare`` into a temporary dataset first, so
+unreadable files are skipped and logged exactly as there (copied to ``<out>.skipped.tsv``).
+
+Output (readable with h5py / numpy alone):
+
+* HDF5 (``.h5``/``.hdf5``): ``ids`` [N] strings, ``lengths`` [N], ``mean`` [N, D] float32 and, with
+  ``per_residue``, ``residues/<chain id>`` [L, D] float16; the settings in the file's attributes.
+  Rows are appended batch by batch, so memory stays bounded by one batch.
+* ``.npz``: ``ids``, ``lengths``, ``mean`` (mean-pooled only; the whole array is kept in memory).
+
+Coordinates are centred but not rotated, so an embedding is a deterministic function of the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import _Record
+from ..data.batching import BatchSettings, MaskedBatches, token_budget_batches
+from ..data.store import PreparedDataset, is_finished_dataset
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class EmbedConfig(_Record):
+    """Settings of one ``coordformer embed`` run (stored in the output file's attributes)."""
+
+    layer: int | None = None  # None = final layer after the final LayerNorm; k = residual stream after layer k
+    per_residue: bool = False
+    max_length: int = 2048  # residues kept per chain (the first max_length); longer chains are counted as cropped
+    tokens_per_batch: int = 8192
+    use_coords: bool | None = None  # None = as the model was trained
+    split: str | None = None  # for a prepared dataset: one split only
+
+
+def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool, echo) -> tuple[PreparedDataset, dict]:
+    if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
+        return PreparedDataset(inputs[0]), {"prepared": inputs[0]}
+    from ..config import PrepareConfig
+    from ..data.prepare import prepare
+
+    # Everything to "train" and no length filter: embedding wants every readable chain.
+    cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0)
+    summary = prepare(inputs, workdir / "prepared", cfg, workers=workers, progress=progress)
+    echo(summary.format())
+    return PreparedDataset(workdir / "prepared"), {"prepare": summary.to_dict()}
+
+
+@torch.no_grad()
+def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig = EmbedConfig(), device: str = "cpu",
+          workers: int = 1, progress: bool = True, echo=print, command: str = "") -> dict:
+    """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..model.checkpoints import load_model
+
+    out = Path(out)
+    fmt = "npz" if out.suffix == ".npz" else "h5" if out.suffix in (".h5", ".hdf5") else None
+    if fmt is None:
+        raise UsageError(f"--out {out}: use a .h5/.hdf5 (HDF5) or .npz file name")
+    if fmt == "npz" and cfg.per_residue:
+        raise UsageError("per-residue embeddings need an HDF5 output (.h5); .npz holds mean-pooled ones only")
+    model, _ = load_model(checkpoint, map_location=device)
+    model = model.float().eval()
+    n_layers = model.config.n_layers
+    if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
+        raise UsageError(f"--layer {cfg.layer}: this model has layers 0..{n_layers} (0 = embeddings)")
+    if cfg.max_length > model.config.max_len:
+        raise UsageError(f"--max-length {cfg.max_length} exceeds the model's max_len {model.config.max_len}")
+    use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix="coordformer-embed-"))
+    try:
+        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo)
+        if (tmp_dir / "prepared" / "skipped.tsv").exists():
+            shutil.copy(tmp_dir / "prepared" / "skipped.tsv", out.with_name(out.name + ".skipped.tsv"))
+        idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
+        if len(idx) == 0:
+            raise UsageError("no readable chains in the inputs (see the skipped list)")
+        lengths = np.minimum(data.lengths[idx], cfg.max_length)
+        settings = BatchSettings(crop_length=cfg.max_length, tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
+                                 mask_prob=0.15, rotate=False, random_crop=False)
+        batches = MaskedBatches(data, idx, settings, seed=0, train=False)
+        plan = token_budget_batches(lengths, settings.tokens_per_batch, None)
+        attrs = {"checkpoint": str(checkpoint), "config": json.dumps(cfg.to_dict()), "model_config": json.dumps(model.config.to_dict()),
+                 "layer": "final (after final LayerNorm)" if cfg.layer is None else f"residual stream after layer {cfg.layer}",
+                 "use_coords": use_coords, "command": command}
+        tmp_out = out.with_name(out.name + ".tmp")
+        writer = _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue) if fmt == "h5" else _NpzWriter()
+        cropped = 0
+        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress) as bar:
+            task = bar.add_task("embed", total=len(idx))
+            for members in plan:
+                chain_idx = idx[members]
+                b = batches.collate(chain_idx)
+                mask = b["padding_mask"].to(device)
+                res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
+                            repr_layers=() if cfg.layer is None else (cfg.layer,))
+                h = res.hidden if cfg.layer is None else res.representations[cfg.layer]
+                m = mask.unsqueeze(-1).to(h.dtype)
+                mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu().numpy().astype(np.float32)
+                for r, ci in enumerate(chain_idx):
+                    n = int(mask[r].sum())
+                    cropped += int(data.lengths[ci] > n)
+                    writer.add(data.ids[ci], n, mean[r], h[r, :n].cpu().numpy() if cfg.per_residue else None)
+                bar.advance(task, len(members))
+        writer.close(tmp_out)
+        os.replace(tmp_out, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    summary = {"out": str(out), "chains": int(len(idx)), "cropped": cropped, "dim": model.config.d_model, **provenance}
+    return summary
+
+
+class _H5Writer:
+    def __init__(self, path: Path, dim: int, attrs: dict, per_residue: bool):
+        import h5py
+
+        self.f = h5py.File(path, "w")
+        for k, v in attrs.items():
+            self.f.attrs[k] = v
+        self.ids = self.f.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
+        self.lengths = self.f.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True)
+        self.mean = self.f.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))
+        self.res = self.f.create_group("residues") if per_residue else None
+        self.n = 0
+
+    def add(self, chain_id: str, length: int, mean: np.ndarray, residues: np.ndarray | None) -> None:
+        k = self.n
+        for ds in (self.ids, self.lengths, self.mean):
+            ds.resize(k + 1, axis=0)
+        self.ids[k], self.lengths[k], self.mean[k] = chain_id, length, mean
+        if self.res is not None and residues is not None:
+            self.res.create_dataset(chain_id, data=residues.astype(np.float16), compression="gzip")
+        self.n += 1
+
+    def close(self, path: Path) -> None:
+        self.f.close()
+
+
+class _NpzWriter:
+    def __init__(self):
+        self.ids, self.lengths, self.means = [], [], []
+
+    def add(self, chain_id: str, length: int, mean: np.ndarray, residues) -> None:
+        self.ids.append(chain_id)
+        self.lengths.append(length)
+        self.means.append(mean)
+
+    def close(self, path: Path) -> None:
+        with open(path, "wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(fh, ids=np.array(self.ids), lengths=np.array(self.lengths, dtype=np.int64), mean=np.stack(self.means))
+
+
+def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(chain ids, mean-pooled embeddings [N, D] float32) from an ``embed`` output file."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        z = np.load(path)
+        return [str(x) for x in z["ids"]], z["mean"].astype(np.float32)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in f["ids"][:]], f["mean"][:].astype(np.float32)
