@@ -88,11 +88,6 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
         idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
         if len(idx) == 0:
             raise UsageError("no readable chains in the inputs (see the skipped list)")
-        lengths = np.minimum(data.lengths[idx], cfg.max_length)
-        settings = BatchSettings(crop_length=cfg.max_length, tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
-                                 mask_prob=0.15, rotate=False, random_crop=False)
-        batches = MaskedBatches(data, idx, settings, seed=0, train=False)
-        plan = token_budget_batches(lengths, settings.tokens_per_batch, None)
         attrs = {"checkpoint": str(checkpoint), "config": json.dumps(cfg.to_dict()), "model_config": json.dumps(model.config.to_dict()),
                  "layer": "final (after final LayerNorm)" if cfg.layer is None else f"residual stream after layer {cfg.layer}",
                  "use_coords": use_coords, "command": command}
@@ -101,26 +96,41 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
         cropped = 0
         with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress) as bar:
             task = bar.add_task("embed", total=len(idx))
-            for members in plan:
-                chain_idx = idx[members]
-                b = batches.collate(chain_idx)
-                mask = b["padding_mask"].to(device)
-                res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                            repr_layers=() if cfg.layer is None else (cfg.layer,))
-                h = res.hidden if cfg.layer is None else res.representations[cfg.layer]
-                m = mask.unsqueeze(-1).to(h.dtype)
-                mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu().numpy().astype(np.float32)
+            for chain_idx, lengths, mean, hidden in iter_pooled(model, data, idx, cfg.layer, use_coords, cfg.max_length,
+                                                                cfg.tokens_per_batch, device):
                 for r, ci in enumerate(chain_idx):
-                    n = int(mask[r].sum())
+                    n = int(lengths[r])
                     cropped += int(data.lengths[ci] > n)
-                    writer.add(data.ids[ci], n, mean[r], h[r, :n].cpu().numpy() if cfg.per_residue else None)
-                bar.advance(task, len(members))
+                    writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None)
+                bar.advance(task, len(chain_idx))
         writer.close(tmp_out)
         os.replace(tmp_out, out)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     summary = {"out": str(out), "chains": int(len(idx)), "cropped": cropped, "dim": model.config.d_model, **provenance}
     return summary
+
+
+def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None, use_coords: bool, max_length: int,
+                tokens_per_batch: int, device: str = "cpu", grad: bool = False):
+    """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
+    for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
+    residues of each chain; clean, centred, unrotated inputs)."""
+    lengths = np.minimum(data.lengths[idx], max_length)
+    settings = BatchSettings(crop_length=max_length, tokens_per_batch=max(tokens_per_batch, max_length),
+                             mask_prob=0.15, rotate=False, random_crop=False)
+    batches = MaskedBatches(data, idx, settings, seed=0, train=False)
+    for members in token_budget_batches(lengths, settings.tokens_per_batch, None):
+        chain_idx = idx[members]
+        b = batches.collate(chain_idx)
+        mask = b["padding_mask"].to(device)
+        with torch.set_grad_enabled(grad):
+            res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
+                        repr_layers=() if layer is None else (layer,))
+        h = res.hidden if layer is None else res.representations[layer]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
+        yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
 
 
 class _H5Writer:

@@ -18,7 +18,7 @@ normalised to the project convention ``PDBID.CHAIN`` so that they match the name
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 

@@ -3,7 +3,7 @@
 Every metric takes ``y_true`` [N, C] (0/1 or bool; N proteins, C classes) and ``y_score`` [N, C] (scores in [0, 1],
 e.g. sigmoid outputs) and returns a Python float, NaN when it is undefined (no positive label at all). A threshold
 ``t`` predicts every (protein, class) pair with ``score >= t``; tied scores are always predicted together, so the
-results do not depend on the order of proteins or classes.
+results do not depend on the order of proteins or classes (up to floating-point rounding).
 """
 
 from __future__ import annotations
