@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA
+
 from coordformer.cli import main
 from coordformer.function.embed import EmbedConfig, embed, read_embeddings
 from coordformer.model.checkpoints import load_model

@@ -311,6 +311,69 @@ def embed(
     typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({res['cropped']} cropped to {max_length})" if res["cropped"] else ""))
 
 
+class FunctionTask(str, Enum):
+    ec = "ec"
+    go_mf = "go-mf"
+    go_bp = "go-bp"
+    go_cc = "go-cc"
+
+
+class FunctionHead(str, Enum):
+    linear = "linear"
+    mlp = "mlp"
+
+
+@app.command()
+def finetune(
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Pretrained checkpoint, exported model or shipped name."),
+    task: FunctionTask = typer.Option(FunctionTask.ec, help="ec, go-mf, go-bp or go-cc."),
+    labels: Path = typer.Option(..., help="Folder with the DeepFRI nrPDB annot/train/valid/test files."),
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset holding the structures (chain ids as in the label files)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
+    head: FunctionHead = typer.Option(FunctionHead.mlp, help="mlp: residual MLP on frozen pooled embeddings; linear: fine-tune the whole encoder with a linear head."),
+    random_init: bool = typer.Option(False, "--random-init", help="Use the checkpoint's architecture with fresh weights (no-pretraining baseline)."),
+    no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates from a coordinate model."),
+    max_epochs: int = typer.Option(100, min=1),
+    patience: int = typer.Option(10, min=1, help="Stop after this many epochs without a better validation Fmax."),
+    lr: float = typer.Option(1e-3, help="Head learning rate (the encoder gets lr x --encoder-lr-scale)."),
+    encoder_lr_scale: float = typer.Option(0.1),
+    batch_size: int = typer.Option(64, min=1, help="mlp head: chains per batch."),
+    tokens_per_batch: int = typer.Option(8192, min=1, help="linear head: padded tokens per batch."),
+    max_length: int = typer.Option(1024, min=1),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    quiet: bool = typer.Option(False),
+):
+    """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early stopping on validation Fmax."""
+    from .function.finetune import FinetuneConfig
+    from .function.finetune import finetune as run
+
+    _check_device(device)
+    cfg = FinetuneConfig(task=task.value, head=head.value, random_init=random_init, use_coords=False if no_coords else None,
+                         max_epochs=max_epochs, patience=patience, lr=lr, encoder_lr_scale=encoder_lr_scale,
+                         batch_size=batch_size, tokens_per_batch=tokens_per_batch, max_length=max_length, seed=seed)
+    m = run(checkpoint, labels, data, out, cfg, device=device, progress=not quiet, echo=typer.echo, command=_command_line())
+    t = m["test"]
+    typer.echo(f"test: Fmax {t['fmax']:.3f}, micro-AUPR {t['micro_aupr']:.3f}, flattened max-F1 {t['flattened_max_f1']:.3f} "
+               f"({t['n']} chains); wrote {out / 'metrics.json'}")
+
+
+@app.command("evaluate-function")
+def evaluate_function(
+    runs: List[Path] = typer.Argument(..., help="finetune run folders (or predictions_*.npz files)."),
+    split: str = typer.Option("test", help="valid or test predictions of a run folder."),
+    identity: Optional[Path] = typer.Option(None, help="DeepFRI *_test.csv for a breakdown by sequence identity to train."),
+    report: Optional[Path] = typer.Option(None, help="Also write a Markdown table here."),
+):
+    """Fmax, micro-AUPR and flattened max-F1 of saved predictions, side by side (and by identity bin)."""
+    from .function.finetune import evaluate_predictions
+
+    text = evaluate_predictions(runs, split=split, identity=identity)
+    typer.echo(text)
+    if report:
+        report.write_text(text + "\n")
+
+
 @app.command()
 def models():
     """List the shipped pretrained models."""

@@ -1,0 +1,307 @@
+"""``coordformer finetune``: function prediction (EC / GO) on top of a pretrained encoder.
+
+Two heads, as in the paper:
+
+* ``linear``: fine-tune the whole encoder with one linear layer on the mean-pooled final states;
+  training inputs are randomly rotated each time, as in pretraining.
+* ``mlp``: a residual MLP on frozen mean-pooled embeddings (computed once, unrotated).
+
+Multi-label binary cross-entropy; validation Fmax after every epoch; early stopping on it; the
+checkpoint with the best validation Fmax is kept and used for the test predictions. Baselines come
+from the same code: a no-coords pretrained checkpoint, or ``random_init`` (the checkpoint's
+architecture with fresh weights, i.e. no pretraining).
+
+Outputs in the run folder: config.json (FinetuneConfig + model config + data report + command),
+checkpoints/best.ckpt, predictions_{valid,test}.npz (ids, y_true, y_score, classes), metrics.json
+(Fmax, micro-AUPR, flattened max-F1 on valid and test; test broken down by identity bin) and the
+Lightning CSV log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import _Record
+from ..data.batching import BatchSettings, MaskedBatches, token_budget_batches
+from ..data.store import PreparedDataset
+from ..errors import UsageError
+from .labels import TASKS, function_dataset, read_annotations, read_identity_bins, read_split
+from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
+
+HEADS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_Record):
+    task: str = "ec"
+    head: str = "mlp"
+    random_init: bool = False
+    use_coords: bool | None = None  # None = as the checkpoint was trained
+    max_epochs: int = 100
+    patience: int = 10  # epochs without a better validation Fmax before stopping
+    lr: float = 1e-3  # head (and, for "linear", encoder lr = lr * encoder_lr_scale)
+    encoder_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    batch_size: int = 64  # mlp: chains per batch
+    tokens_per_batch: int = 8192  # linear: padded tokens per batch
+    max_length: int = 1024
+    hidden: int = 512  # mlp width
+    blocks: int = 2  # residual MLP blocks
+    dropout: float = 0.2
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise UsageError(f"--task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.head not in HEADS:
+            raise UsageError(f"--head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        if self.max_epochs < 1 or self.patience < 1:
+            raise UsageError("max_epochs and patience must be >= 1")
+
+
+def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
+    """Locate annot/train/valid/test(/identity csv) files of a DeepFRI benchmark folder for ``task``."""
+    d = Path(labels_dir)
+    prefix = "nrPDB-EC_" if task == "ec" else "nrPDB-GO_"
+    found = {}
+    for key, pattern in (("annot", "*_annot.tsv"), ("train", "*_train.txt"), ("valid", "*_valid.txt"),
+                         ("test", "*_test.txt"), ("identity", "*_test.csv")):
+        hits = sorted(d.glob(prefix + pattern))
+        if hits:
+            found[key] = hits[0]
+    missing = [k for k in ("annot", "train", "valid", "test") if k not in found]
+    if missing:
+        raise UsageError(f"--labels {d}: no {prefix}{'/'.join(missing)} file(s) for task {task}; "
+                         "point it at a folder with the DeepFRI nrPDB files")
+    return found
+
+
+class ResidualMLP(nn.Module):
+    """x [B, D] -> logits [B, C]: Linear(D, hidden), then ``blocks`` x (x + Linear(GELU(LN(x)))), LN, Linear."""
+
+    def __init__(self, d_in: int, n_classes: int, hidden: int, blocks: int, dropout: float):
+        super().__init__()
+        self.inp = nn.Linear(d_in, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout)) for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.out(h)
+
+
+class FunctionModule(L.LightningModule):
+    """BCE multi-label classifier. With ``encoder`` the batch is a structure batch (tokens, coords,
+    padding_mask, labels) and the encoder is trained too; without, the batch is (features, labels)."""
+
+    def __init__(self, cfg: FinetuneConfig, n_classes: int, d_in: int, encoder: nn.Module | None = None,
+                 use_coords: bool = True):
+        super().__init__()
+        self.cfg, self.encoder, self.use_coords = cfg, encoder, use_coords
+        self.head = nn.Linear(d_in, n_classes) if encoder is not None else ResidualMLP(
+            d_in, n_classes, cfg.hidden, cfg.blocks, cfg.dropout)
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.best_fmax = -1.0
+
+    def forward(self, batch) -> torch.Tensor:
+        if self.encoder is None:
+            return self.head(batch["features"])
+        mask = batch["padding_mask"]
+        out = self.encoder(batch["tokens"], batch["coords"] if self.use_coords else None, mask)
+        m = mask.unsqueeze(-1).to(out.hidden.dtype)
+        return self.head((out.hidden * m).sum(1) / m.sum(1).clamp_min(1))
+
+    def training_step(self, batch, _):
+        loss = nn.functional.binary_cross_entropy_with_logits(self(batch).float(), batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch, _):
+        self._val.append((torch.sigmoid(self(batch).float()).cpu(), batch["labels"].cpu()))
+
+    def on_validation_epoch_end(self):
+        scores = torch.cat([s for s, _ in self._val]).numpy()
+        labels = torch.cat([y for _, y in self._val]).numpy()
+        self._val.clear()
+        f, _ = fmax(labels, scores)
+        f = 0.0 if not math.isfinite(f) else f
+        self.best_fmax = max(self.best_fmax, f)
+        self.log("valid_fmax", f, prog_bar=True)
+
+    def configure_optimizers(self):
+        groups = [{"params": self.head.parameters(), "lr": self.cfg.lr}]
+        if self.encoder is not None:
+            groups.append({"params": self.encoder.parameters(), "lr": self.cfg.lr * self.cfg.encoder_lr_scale})
+        return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
+
+
+class _StructureBatches(torch.utils.data.Dataset):
+    """Token-budget batches of chains with their label rows; reshuffled (and re-rotated) per epoch
+    when training."""
+
+    def __init__(self, data: PreparedDataset, idx: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, train: bool):
+        self.data, self.idx, self.y, self.cfg, self.train = data, idx, torch.from_numpy(y), cfg, train
+        settings = BatchSettings(crop_length=cfg.max_length, tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
+                                 mask_prob=0.15, rotate=train, random_crop=train)
+        self.batches = MaskedBatches(data, idx, settings, seed=cfg.seed, train=train)
+        self.lengths = np.minimum(data.lengths[idx], cfg.max_length)
+        self.epoch = 0
+        self._plan = token_budget_batches(self.lengths, settings.tokens_per_batch, None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.train:
+            rng = np.random.default_rng([self.cfg.seed, epoch])
+            self._plan = token_budget_batches(self.lengths, self.batches.s.tokens_per_batch, rng)
+
+    def __len__(self):
+        return len(self._plan)
+
+    def __getitem__(self, k):
+        members = self._plan[k]
+        b = self.batches.collate(self.idx[members], self.epoch)
+        return {"tokens": b["clean"], "coords": b["coords"], "padding_mask": b["padding_mask"], "labels": self.y[members],
+                "rows": torch.from_numpy(np.asarray(members))}
+
+
+class _EpochSetter(L.Callback):
+    def __init__(self, ds: _StructureBatches):
+        self.ds = ds
+
+    def on_train_epoch_start(self, trainer, module):
+        self.ds.set_epoch(trainer.current_epoch)
+
+
+def _feature_loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    ds = [{"features": torch.from_numpy(x[i]), "labels": torch.from_numpy(y[i]), "rows": torch.tensor(i)} for i in range(len(x))]
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig,
+             device: str = "cpu", progress: bool = True, echo=print, command: str = "") -> dict:
+    """Train a function head; returns metrics (also written to ``out_dir``/metrics.json)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ..model import CoordFormer
+    from ..model.checkpoints import load_model
+    from ..train.run import _quiet_lightning
+    from .embed import iter_pooled
+
+    _quiet_lightning()
+    out = Path(out_dir)
+    if (out / "metrics.json").exists():
+        raise UsageError(f"{out} already holds a finished fine-tuning run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, verbose=False)
+    files = deepfri_files(labels_dir, cfg.task)
+    labels = read_annotations(files["annot"], cfg.task)
+    data = PreparedDataset(data_dir)
+    available = set(data.ids)
+    splits, report = {}, {}
+    for name in ("train", "valid", "test"):
+        ids, y, rep = function_dataset(labels, read_split(files[name]), available)
+        if not ids:
+            raise UsageError(f"no {name} chain of {files[name].name} has both labels and a structure in {data_dir}")
+        splits[name] = (ids, np.array([data.index_of(i) for i in ids]), y)
+        report[name] = rep
+        echo(f"{name}: {rep['kept']} chains kept of {rep['in_split']} ({rep['without_structure']} without structure, "
+             f"{rep['without_labels']} without labels)")
+    model, meta = load_model(checkpoint, map_location="cpu")
+    model = model.float()
+    if cfg.random_init:
+        torch.manual_seed(cfg.seed)
+        model = CoordFormer(model.config)  # same architecture, no pretraining
+    use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
+    n_classes = labels.n_classes
+    callbacks = [EarlyStopping("valid_fmax", mode="max", patience=cfg.patience),
+                 ModelCheckpoint(out / "checkpoints", filename="best", monitor="valid_fmax", mode="max", save_top_k=1)]
+    if cfg.head == "mlp":
+        model = model.to(device).eval()
+        feats = {}
+        for name, (ids, idx, y) in splits.items():
+            x = np.zeros((len(idx), model.config.d_model), dtype=np.float32)
+            pos = {ci: k for k, ci in enumerate(idx)}
+            for chain_idx, _, mean, _ in iter_pooled(model, data, idx, None, use_coords, cfg.max_length,
+                                                     cfg.tokens_per_batch, device):
+                for r, ci in enumerate(chain_idx):
+                    x[pos[ci]] = mean[r]
+            feats[name] = x
+        module = FunctionModule(cfg, n_classes, model.config.d_model)
+        loaders = {n: _feature_loader(feats[n], splits[n][2], cfg.batch_size, n == "train", cfg.seed) for n in splits}
+    else:
+        model.train()  # load_model hands back an inference-mode model
+        module = FunctionModule(cfg, n_classes, model.config.d_model, encoder=model, use_coords=use_coords)
+        sets = {n: _StructureBatches(data, splits[n][1], splits[n][2], cfg, train=n == "train") for n in splits}
+        callbacks.append(_EpochSetter(sets["train"]))
+        loaders = {n: torch.utils.data.DataLoader(sets[n], batch_size=None, shuffle=False) for n in sets}
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+                        precision=precision, callbacks=callbacks, logger=CSVLogger(out, name="logs"),
+                        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                        log_every_n_steps=1)
+    trainer.fit(module, loaders["train"], loaders["valid"])
+    best = callbacks[1].best_model_path
+    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    module = module.to(device).eval()
+    metrics = {"epochs_run": trainer.current_epoch, "best_checkpoint": str(best)}
+    identity = read_identity_bins(files["identity"]) if "identity" in files else None
+    for name in ("valid", "test"):
+        ids, _, y = splits[name]
+        s = np.zeros_like(y)
+        with torch.no_grad():
+            for batch in loaders[name]:  # structure batches come length-sorted: put rows back in split order
+                batch = {k: v.to(device) for k, v in batch.items()}
+                s[batch["rows"].cpu().numpy()] = torch.sigmoid(module(batch).float()).cpu().numpy()
+        np.savez(out / f"predictions_{name}.npz", ids=np.array(ids), y_true=y, y_score=s, classes=np.array(labels.classes))
+        f, t = fmax(y, s)
+        metrics[name] = {"n": len(ids), "fmax": f, "fmax_threshold": t, "micro_aupr": micro_aupr(y, s),
+                         "flattened_max_f1": flattened_max_f1(y, s)}
+        if name == "test" and identity:
+            metrics["test_by_identity"] = breakdown_by_identity(ids, y, s, identity)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "config.json").write_text(json.dumps({
+        "finetune": cfg.to_dict(), "checkpoint": str(checkpoint), "model": model.config.to_dict(), "use_coords": use_coords,
+        "labels": {k: str(v) for k, v in files.items()}, "data": str(data_dir), "data_report": report,
+        "n_classes": n_classes, "command": command}, indent=2))
+    return metrics
+
+
+def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: str | Path | None = None) -> str:
+    """A Markdown table of the metrics of saved predictions (run folders or .npz files), one row per run;
+    with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin."""
+    bins = read_identity_bins(identity) if identity else None
+    rows = []
+    for r in runs:
+        p = Path(r)
+        f = p / f"predictions_{split}.npz" if p.is_dir() else p
+        if not f.exists():
+            raise UsageError(f"{f}: no predictions file (run `coordformer finetune` first)")
+        z = np.load(f)
+        ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
+        fm, _ = fmax(y, s)
+        row = [p.name if p.is_dir() else p.stem, str(len(ids)), f"{fm:.3f}", f"{micro_aupr(y, s):.3f}", f"{flattened_max_f1(y, s):.3f}"]
+        if bins:
+            for b, m in breakdown_by_identity(ids, y, s, bins).items():
+                row.append(f"{m['fmax']:.3f} / {m['aupr']:.3f} (n={m['n']})")
+        rows.append(row)
+    head = ["run", "chains", "Fmax", "micro-AUPR", "flattened max-F1"]
+    if bins:
+        head += [f"{b} Fmax / AUPR" for b in next(iter(bins.values()))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
