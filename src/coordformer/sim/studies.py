@@ -143,10 +143,11 @@ def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0
                     jobs.append(Job("headdim", tuple(cs), tuple(ls)))
     if "width" in studies:
         for n in preset.width_dims:
-            for s in preset.width_seeds:
-                for x in preset.width_xs:
-                    c = cfg(**preset.width_overrides, n_dims=n, d_model=8 * x, n_heads=1, d_out=8 * x, seed=s)
-                    jobs.append(Job("width", (c,), ({"n": n, "x": x, "d_model": 8 * x, "d_out": 8 * x, "seed": s},)))
+            for x in preset.width_xs:  # seeds share a width, so they share a stack
+                cs = tuple(cfg(**preset.width_overrides, n_dims=n, d_model=8 * x, n_heads=1, d_out=8 * x, seed=s)
+                           for s in preset.width_seeds)
+                jobs.append(Job("width", cs, tuple({"n": n, "x": x, "d_model": 8 * x, "d_out": 8 * x, "seed": s}
+                                                  for s in preset.width_seeds)))
     if "augment" in studies:
         for s in preset.augment_seeds:
             cs = tuple(cfg(**preset.augment_overrides, n_dims=3, n_train=preset.augment_n_train, augment=a, seed=s)
