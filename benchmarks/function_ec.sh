@@ -21,5 +21,5 @@ $CF finetune -c small-coords   --out "$OUT/$HEAD-coords"   "${common[@]}"
 $CF finetune -c small-nocoords --out "$OUT/$HEAD-nocoords" "${common[@]}"
 $CF finetune -c small-coords --random-init --out "$OUT/$HEAD-random" "${common[@]}"
 $CF evaluate-function "$OUT/$HEAD-coords" "$OUT/$HEAD-nocoords" "$OUT/$HEAD-random" \
-    --identity "$LABELS"/nrPDB-EC_*_test.csv --report "$OUT/${HEAD}_test.md"
+    --identity "$LABELS"/nrPDB-EC_*_test.csv --bootstrap 1000 --report "$OUT/${HEAD}_test.md"
 cat "$OUT/${HEAD}_test.md"

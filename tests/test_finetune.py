@@ -79,6 +79,9 @@ def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_ch
                  str(next(labels.glob("*_test.csv")))]) == 0
     table = capsys.readouterr().out
     assert "| mlp |" in table and "| lin |" in table and "<30% Fmax / AUPR" in table
+    assert main(["evaluate-function", str(tmp_path / "mlp"), str(tmp_path / "lin"), "--bootstrap", "50"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("| lin |") and " to " in last  # difference from the first run with an interval
     # a finished run is not overwritten
     assert main([*common, "--out", str(tmp_path / "mlp")]) == 2
 

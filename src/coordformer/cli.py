@@ -364,11 +364,13 @@ def evaluate_function(
     split: str = typer.Option("test", help="valid or test predictions of a run folder."),
     identity: Optional[Path] = typer.Option(None, help="DeepFRI *_test.csv for a breakdown by sequence identity to train."),
     report: Optional[Path] = typer.Option(None, help="Also write a Markdown table here."),
+    bootstrap: int = typer.Option(0, min=0, help="Resamples for a 95% interval of each run's Fmax minus the first run's."),
+    seed: int = typer.Option(0),
 ):
     """Fmax, micro-AUPR and flattened max-F1 of saved predictions, side by side (and by identity bin)."""
     from .function.finetune import evaluate_predictions
 
-    text = evaluate_predictions(runs, split=split, identity=identity)
+    text = evaluate_predictions(runs, split=split, identity=identity, bootstrap=bootstrap, seed=seed)
     typer.echo(text)
     if report:
         report.write_text(text + "\n")

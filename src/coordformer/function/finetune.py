@@ -281,11 +281,14 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
     return metrics
 
 
-def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: str | Path | None = None) -> str:
+def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: str | Path | None = None,
+                         bootstrap: int = 0, seed: int = 0) -> str:
     """A Markdown table of the metrics of saved predictions (run folders or .npz files), one row per run;
-    with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin."""
+    with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin; with
+    ``bootstrap`` > 0 the Fmax difference of each run from the first, with a 95% interval from
+    resampling proteins (the same resamples for both runs; the runs must cover the same chains)."""
     bins = read_identity_bins(identity) if identity else None
-    rows = []
+    rows, loaded = [], []
     for r in runs:
         p = Path(r)
         f = p / f"predictions_{split}.npz" if p.is_dir() else p
@@ -294,6 +297,7 @@ def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: 
         z = np.load(f)
         ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
         fm, _ = fmax(y, s)
+        loaded.append((ids, y, s))
         row = [p.name if p.is_dir() else p.stem, str(len(ids)), f"{fm:.3f}", f"{micro_aupr(y, s):.3f}", f"{flattened_max_f1(y, s):.3f}"]
         if bins:
             for b, m in breakdown_by_identity(ids, y, s, bins).items():
@@ -302,6 +306,19 @@ def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: 
     head = ["run", "chains", "Fmax", "micro-AUPR", "flattened max-F1"]
     if bins:
         head += [f"{b} Fmax / AUPR" for b in next(iter(bins.values()))]
+    if bootstrap and len(loaded) > 1:
+        head.append(f"Fmax - first run (95% CI, {bootstrap} protein resamples)")
+        ids0, y0, s0 = loaded[0]
+        rng = np.random.default_rng(seed)
+        draws = [rng.integers(0, len(ids0), len(ids0)) for _ in range(bootstrap)]
+        rows[0].append("")
+        for row, (ids, y, s) in zip(rows[1:], loaded[1:]):
+            if ids != ids0:
+                raise UsageError("--bootstrap needs runs with the same chains in the same order")
+            d = [fmax(y[i], s[i])[0] - fmax(y0[i], s0[i])[0] for i in draws]
+            point = fmax(y, s)[0] - fmax(y0, s0)[0]
+            lo, hi = np.nanpercentile(d, [2.5, 97.5])
+            row.append(f"{point:+.3f} ({lo:+.3f} to {hi:+.3f})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
