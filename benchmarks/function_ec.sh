@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # EC function-prediction benchmark (issue 5): coords-pretrained vs no-coords-pretrained vs
 # non-pretrained encoders of equal size, on the DeepFRI EC split restricted to chains that have
-# coordinates in ../shared/data/pdb_chains. Results: docs/RESULTS.md.
+# coordinates in ../shared/data/pdb_chains. Non-pretrained arms: the same two architectures with
+# fresh weights (--random-init). Results: docs/RESULTS.md.
 #
 #   benchmarks/function_ec.sh DATA OUT [HEAD] [extra finetune options...]
 #
@@ -20,6 +21,7 @@ common=(--task ec --labels "$LABELS" --data "$DATA" --head "$HEAD" --seed 0 --qu
 $CF finetune -c small-coords   --out "$OUT/$HEAD-coords"   "${common[@]}"
 $CF finetune -c small-nocoords --out "$OUT/$HEAD-nocoords" "${common[@]}"
 $CF finetune -c small-coords --random-init --out "$OUT/$HEAD-random" "${common[@]}"
-$CF evaluate-function "$OUT/$HEAD-coords" "$OUT/$HEAD-nocoords" "$OUT/$HEAD-random" \
+$CF finetune -c small-nocoords --random-init --out "$OUT/$HEAD-random-nocoords" "${common[@]}"
+$CF evaluate-function "$OUT/$HEAD-coords" "$OUT/$HEAD-nocoords" "$OUT/$HEAD-random" "$OUT/$HEAD-random-nocoords" \
     --identity "$LABELS"/nrPDB-EC_*_test.csv --bootstrap 1000 --report "$OUT/${HEAD}_test.md"
 cat "$OUT/${HEAD}_test.md"
