@@ -116,6 +116,7 @@ def test_drop_dimension():
         for h, v3 in ((2, 0.05), (3, 0.001), (4, 0.001)) for s, v in ((0, v3), (1, v3 * 2), (2, math.inf))
     ])
     assert recs[0]["drop_at"] == 3 and recs[0]["theory"] == 3 and recs[0]["seeds"] == 3
+    assert recs[0]["floor_at"] == 3
 
 
 def test_quick_preset_covers_the_three_effects():

@@ -261,7 +261,7 @@ def floor_dimension(loss_by_dim: dict[int, float], tolerance: float = 1.5) -> in
     return min(d for d, v in finite.items() if v <= tolerance * low)
 
 
-def summarise_headdim(rows: list[dict], n_points: int = 5) -> list[dict]:
+def summarise_headdim(rows: list[dict]) -> list[dict]:
     """One record per (regime, output, n): median test L1 per head dim over seeds, and the drop."""
     groups: dict[tuple, dict[int, list[float]]] = {}
     for r in rows:
@@ -270,7 +270,9 @@ def summarise_headdim(rows: list[dict], n_points: int = 5) -> list[dict]:
     for (regime, output, n), by_dim in sorted(groups.items()):
         med = {h: _median(v) for h, v in by_dim.items()}
         out.append({"regime": regime, "output": output, "n": n, "drop_at": drop_dimension(med), "floor_at": floor_dimension(med),
-                    "theory": min(n + (1 if output == "row" else 2), n_points),
+                    # The per-point construction (docs/theory.md). With k points a head of dim >= k could in
+                    # principle fit any k x k logits from cloud-dependent q/k; training does not find that.
+                    "theory": n + (1 if output == "row" else 2),
                     "median_test_l1": med, "seeds": max(len(v) for v in by_dim.values())})
     return out
 
@@ -325,7 +327,7 @@ def write_outputs(rows: dict[str, list[dict]], out: Path, preset: SimPreset) -> 
                         "paper": "minimum at p = 2", "reproduced": "yes" if best == 2.0 else "no"})
     if "headdim" in rows:
         _write_csv(out / "headdim.csv", rows["headdim"])
-        recs = summarise_headdim(rows["headdim"], SimConfig(**preset.base).n_points)
+        recs = summarise_headdim(rows["headdim"])
         plots.headdim_figure(rows["headdim"], out / "headdim.png")
         for r in recs:
             curve = ", ".join(f"{h}: {v:.4f}" for h, v in sorted(r["median_test_l1"].items()))
@@ -382,11 +384,13 @@ def simulate(out: str | Path, preset: str = "quick", studies: tuple[str, ...] = 
     out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(p, tuple(studies), seed_offset=seed)
     t0 = time.perf_counter()
+    reused = sum(_job_path(out, j).exists() for j in jobs)
     rows = run_jobs(jobs, out, workers=workers, device=device, echo=echo, progress=progress)
     summary = write_outputs(rows, out, p)
     (out / "simulate.json").write_text(json.dumps({
         "preset": p.name, "studies": list(studies), "seed": seed, "workers": workers, "device": device,
         "base_config": SimConfig(**p.base).to_dict(), "preset_settings": _preset_dict(p),
+        "stacks": len(jobs), "stacks_reused": reused,  # seconds below cover only the stacks run this time
         "seconds": time.perf_counter() - t0}, indent=2))
     return summary
 
