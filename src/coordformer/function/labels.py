@@ -89,6 +89,18 @@ def _error(path: str | Path, lineno: int, msg: str) -> FunctionDataError:
     return FunctionDataError(f"{path}, line {lineno}: {msg}")
 
 
+def _new_chain_id(path: str | Path, lineno: int, raw: str, first_seen: dict[str, int]) -> str:
+    """Normalised id of a chain listed on ``lineno``; an error if malformed or listed before (recorded in ``first_seen``)."""
+    try:
+        cid = normalise_chain_id(raw)
+    except ValueError as e:
+        raise _error(path, lineno, str(e)) from None
+    if cid in first_seen:
+        raise _error(path, lineno, f"chain {cid} already listed on line {first_seen[cid]}")
+    first_seen[cid] = lineno
+    return cid
+
+
 def _read_lines(path: str | Path) -> list[str]:
     try:
         return Path(path).read_text(encoding="utf-8").splitlines()
@@ -164,13 +176,7 @@ def read_annotations(path: str | Path, task: str) -> LabelSet:
         fields = _tab_fields(line)
         if len(fields) > len(columns):
             raise _error(path, lineno, f"{len(fields)} tab-separated fields but the header has {len(columns)} columns")
-        try:
-            cid = normalise_chain_id(fields[0])
-        except ValueError as e:
-            raise _error(path, lineno, str(e)) from None
-        if cid in first_seen:
-            raise _error(path, lineno, f"chain {cid} already listed on line {first_seen[cid]}")
-        first_seen[cid] = lineno
+        cid = _new_chain_id(path, lineno, fields[0], first_seen)
         # Trailing empty columns may be missing altogether (editors strip trailing tabs).
         cell = fields[col] if col < len(fields) else ""
         found: set[int] = set()
@@ -199,13 +205,7 @@ def read_split(path: str | Path) -> list[str]:
             continue
         if len(s.split()) != 1:
             raise _error(path, lineno, f"expected one chain id per line, got {s[:60]!r}")
-        try:
-            cid = normalise_chain_id(s)
-        except ValueError as e:
-            raise _error(path, lineno, str(e)) from None
-        if cid in first_seen:
-            raise _error(path, lineno, f"chain {cid} already listed on line {first_seen[cid]}")
-        first_seen[cid] = lineno
+        cid = _new_chain_id(path, lineno, s, first_seen)
         ids.append(cid)
     return ids
 
@@ -230,13 +230,7 @@ def read_identity_bins(path: str | Path) -> dict[str, dict[str, bool]]:
         bad = [f for f in fields[1:] if f not in ("0", "1")]
         if bad:
             raise _error(path, lineno, f"identity flags must be 0 or 1, got {bad[0]!r}")
-        try:
-            cid = normalise_chain_id(fields[0])
-        except ValueError as e:
-            raise _error(path, lineno, str(e)) from None
-        if cid in first_seen:
-            raise _error(path, lineno, f"chain {cid} already listed on line {first_seen[cid]}")
-        first_seen[cid] = lineno
+        cid = _new_chain_id(path, lineno, fields[0], first_seen)
         out[cid] = {b: f == "1" for b, f in zip(bins, fields[1:])}
     return out
 
