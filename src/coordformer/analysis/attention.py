@@ -26,7 +26,7 @@ import torch
 
 from ..config import _Record
 from ..constants import CA_INDEX
-from ..data.batching import token_budget_batches
+from ..data.batching import clean_batches
 from ..data.store import PreparedDataset
 from ..errors import UsageError
 
@@ -159,32 +159,24 @@ def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig
     with the same ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..data.batching import BatchSettings, MaskedBatches
-
     idx = data.split_indices(cfg.split)
     if cfg.max_chains:
         idx = idx[: cfg.max_chains]
     if len(idx) == 0:
         raise UsageError(f"{data.path}: split {cfg.split!r} is empty")
-    settings = BatchSettings(crop_length=cfg.crop_length, tokens_per_batch=cfg.tokens_per_batch, mask_prob=0.15,
-                             rotate=True, random_crop=False)
-    batches = MaskedBatches(data, idx, settings, seed=0, train=False)
-    lengths = np.minimum(data.lengths[idx], cfg.crop_length)
-    plan = token_budget_batches(lengths, cfg.tokens_per_batch, None)
     model = model.to(device).eval()
     stats = None
     with Progress(TextColumn("attention"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=not progress) as bar:
         task = bar.add_task("attention", total=len(idx))
-        for members in plan:
-            b = batches.collate(idx[members])
+        for chain_idx, b in clean_batches(data, idx, cfg.crop_length, cfg.tokens_per_batch, rotate=True):
             tokens = b["clean"].to(device)
             coords = b["coords"].to(device)
             out = model(tokens, coords, b["padding_mask"].to(device), need_attention=True, ablate=ablate)
             if stats is None:
                 stats = AttentionStats(len(out.attentions), out.attentions[0].shape[1], cfg)
             stats.add(out.attentions, b["coords"][:, :, CA_INDEX], b["padding_mask"])
-            bar.advance(task, len(members))
+            bar.advance(task, len(chain_idx))
     return stats
 
 

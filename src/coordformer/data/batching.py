@@ -176,3 +176,15 @@ class MaskedBatches(torch.utils.data.Dataset):
             "padding_mask": pad,
             "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         }
+
+
+def clean_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: int, rotate: bool = False, seed: int = 0):
+    """Yield (chain indices [B], collated batch) over ``idx`` in length-sorted token-budget batches of
+    clean (unmasked: use ``batch["clean"]``), centred chains cropped to their first ``crop_length``
+    residues; rotated with per-chain seeded generators when ``rotate``. For inference passes
+    (embedding, attention analysis) that need every chain exactly once."""
+    settings = BatchSettings(crop_length=crop_length, tokens_per_batch=max(tokens_per_batch, crop_length),
+                             mask_prob=0.15, rotate=rotate, random_crop=False)
+    batches = MaskedBatches(data, idx, settings, seed=seed, train=False)
+    for members in token_budget_batches(np.minimum(data.lengths[idx], crop_length), settings.tokens_per_batch, None):
+        yield idx[members], batches.collate(idx[members])

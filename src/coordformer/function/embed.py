@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import _Record
-from ..data.batching import BatchSettings, MaskedBatches, token_budget_batches
+from ..data.batching import clean_batches
 from ..data.store import PreparedDataset, is_finished_dataset
 from ..errors import UsageError
 
@@ -112,19 +112,13 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
 
 
 def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None, use_coords: bool, max_length: int,
-                tokens_per_batch: int, device: str = "cpu", grad: bool = False):
+                tokens_per_batch: int, device: str = "cpu"):
     """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
     for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
     residues of each chain; clean, centred, unrotated inputs)."""
-    lengths = np.minimum(data.lengths[idx], max_length)
-    settings = BatchSettings(crop_length=max_length, tokens_per_batch=max(tokens_per_batch, max_length),
-                             mask_prob=0.15, rotate=False, random_crop=False)
-    batches = MaskedBatches(data, idx, settings, seed=0, train=False)
-    for members in token_budget_batches(lengths, settings.tokens_per_batch, None):
-        chain_idx = idx[members]
-        b = batches.collate(chain_idx)
+    for chain_idx, b in clean_batches(data, idx, max_length, tokens_per_batch):
         mask = b["padding_mask"].to(device)
-        with torch.set_grad_enabled(grad):
+        with torch.no_grad():
             res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
                         repr_layers=() if layer is None else (layer,))
         h = res.hidden if layer is None else res.representations[layer]
