@@ -1,0 +1,72 @@
+"""Does the data path keep up? Collation tokens/s of the training batch pipeline vs the tokens/s a
+training step consumes, measured side by side in one run on the same batches.
+
+    python benchmarks/data_path.py --data work/pdb_chains_x --preset small-3m --batches 20
+
+The pipeline part is what a DataLoader worker does per batch: read memory-mapped chains, crop,
+centre, rotate, BERT-mask, pad (``MaskedBatches.__getitem__``). The model part is one training step
+(forward, backward, AdamW) on those batches. Prints both rates and their ratio (goal: >= 10x per
+worker process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--preset", default="small-3m")
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--crop", type=int, default=512)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from coordformer.config import preset
+    from coordformer.data.batching import BatchSettings, MaskedBatches
+    from coordformer.data.store import PreparedDataset
+    from coordformer.model import CoordFormer
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    data = PreparedDataset(a.data)
+    idx = data.split_indices("train")
+    ds = MaskedBatches(data, idx, BatchSettings(crop_length=a.crop, tokens_per_batch=a.tokens), seed=0, train=True)
+    n = min(a.batches, len(ds))
+    t0 = time.perf_counter()
+    batches = [ds[k] for k in range(n)]
+    t_data = time.perf_counter() - t0
+    tokens = sum(int(b["padding_mask"].sum()) for b in batches)
+
+    torch.manual_seed(0)
+    model = CoordFormer(preset(a.preset))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(b):
+        out = model(b["tokens"], b["coords"], b["padding_mask"])
+        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), b["targets"].flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    for b in batches:
+        step(b)
+    t_model = time.perf_counter() - t0
+    data_rate, model_rate = tokens / t_data, tokens / t_model
+    print(f"{n} batches, {tokens} real tokens (crop {a.crop}, budget {a.tokens})")
+    print(f"data pipeline (1 process): {data_rate:10.0f} tokens/s")
+    print(f"training step ({a.preset}): {model_rate:10.0f} tokens/s")
+    print(f"ratio pipeline / model: {data_rate / model_rate:.1f}x (goal >= 10x per worker)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
