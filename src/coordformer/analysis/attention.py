@@ -332,7 +332,7 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
             if ab == "none":
                 stats_none[label] = st
                 for layer in range(1, st.sum_dist.shape[0] + 1):
-                    plots.attention_layer_figure(st, [r for r in rows], layer, out / f"{label}_layer{layer}.png",
+                    plots.attention_layer_figure(st, rows, layer, out / f"{label}_layer{layer}.png",
                                                  title=f"{label}, layer {layer} ({st.n_chains} chains, split {cfg.split})")
         all_fits += fits
         heads[label] = classify_heads(fits)

@@ -80,6 +80,16 @@ def _median_band(rows: list[dict], x: str, y: str = "test_l1"):
             np.array([min(by[v]) for v in xs]), np.array([max(by[v]) for v in xs]))
 
 
+def _lines_per_n(ax, rows: list[dict], x: str) -> list[int]:
+    """One median line with a min-max band of test L1 against ``x`` per spatial dimension n; returns the ns."""
+    ns = sorted({r["n"] for r in rows})
+    for i, n in enumerate(ns):
+        xs, med, lo, hi = _median_band([r for r in rows if r["n"] == n], x)
+        ax.plot(xs, med, "o-", color=f"C{i}", label=f"n = {n}")
+        ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
+    return ns
+
+
 def exponent_figure(rows: list[dict], path: str | Path) -> Path:
     """Test L1 (median and range over seeds) against the target exponent p."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -101,12 +111,8 @@ def headdim_figure(rows: list[dict], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
     for ax, (regime, output) in zip(axes[0], panels):
         sub = [r for r in rows if r["regime"] == regime and r["output"] == output]
-        for i, n in enumerate(sorted({r["n"] for r in sub})):
-            xs, med, lo, hi = _median_band([r for r in sub if r["n"] == n], "d_out")
-            ax.plot(xs, med, "o-", color=f"C{i}", label=f"n = {n}")
-            ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
-            need = n + (1 if output == "row" else 2)
-            ax.axvline(need, color=f"C{i}", ls=":", lw=1)
+        for i, n in enumerate(_lines_per_n(ax, sub, "d_out")):
+            ax.axvline(n + (1 if output == "row" else 2), color=f"C{i}", ls=":", lw=1)
         ax.set_yscale("log")
         ax.set_xlabel("per-head dimension of the output attention")
         ax.set_title(f"{regime} optimisation, {'exp(l - max_j l)' if output == 'row' else 'exp(l) (raw)'}", fontsize=9)
@@ -118,10 +124,7 @@ def headdim_figure(rows: list[dict], path: str | Path) -> Path:
 def width_figure(rows: list[dict], path: str | Path) -> Path:
     """The paper's sweep: x = d_model / 8 with one head (output head dim 8x); one line per n."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, n in enumerate(sorted({r["n"] for r in rows})):
-        xs, med, lo, hi = _median_band([r for r in rows if r["n"] == n], "x")
-        ax.plot(xs, med, "o-", color=f"C{i}", label=f"n = {n}")
-        ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
+    _lines_per_n(ax, rows, "x")
     ax.set_yscale("log")
     ax.set_xlabel("x = d_model / 8 (one head; output q/k dimension = 8x)")
     ax.set_ylabel("test L1 (best validation weights)")

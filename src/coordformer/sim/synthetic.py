@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, SimConfig
-from ..geometry import random_rotation
+from ..geometry import pairwise_distances, random_rotation
 from ..model.core import EncoderLayer
 
 
@@ -45,8 +45,7 @@ class PointClouds:
 
 def distance_targets(coords: torch.Tensor, length_scale: float, exponent: float) -> torch.Tensor:
     """exp(-(d_ij / length_scale)^exponent). coords: [..., k, n] -> [..., k, k] float32."""
-    x = coords.double()
-    d = (x.unsqueeze(-2) - x.unsqueeze(-3)).pow(2).sum(-1).sqrt()
+    d = pairwise_distances(coords.double())
     return torch.exp(-(d / length_scale) ** exponent).float()
 
 
@@ -163,7 +162,7 @@ def _stacked_l1(fn, params, buffers, coords: torch.Tensor, targets: torch.Tensor
     return total / targets[0].numel()
 
 
-def train_stack(cfgs: list[SimConfig], curve: bool = False, progress=None, device: str = "cpu") -> list[dict]:
+def train_stack(cfgs: list[SimConfig], curve: bool = False, device: str = "cpu") -> list[dict]:
     """Train len(cfgs) independent models together, one per config; returns one result per config.
 
     The models are stacked with ``torch.func.stack_module_state`` and run under ``vmap``; their
@@ -176,8 +175,7 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, progress=None, devic
     Each result reports ``test_l1`` and ``train_l1`` of the weights with the best validation L1
     (checked every ``eval_every`` steps and at the end), so models are chosen on validation and
     measured on held-out test structures. With ``curve=True`` a result also holds its learning
-    curve (step, train L1 in the canonical frame, validation L1). ``progress(step)`` is called
-    after every step when given. Random numbers are drawn on the CPU, so results do not depend on
+    curve (step, train L1 in the canonical frame, validation L1). Random numbers are drawn on the CPU, so results do not depend on
     the device beyond floating-point differences.
     """
     from torch.func import functional_call, stack_module_state
@@ -216,11 +214,11 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, progress=None, devic
     diverged = torch.zeros(m, dtype=torch.bool, device=device)
     history = [{"step": [], "train_l1": [], "valid_l1": []} for _ in cfgs]
     eye = torch.eye(base_cfg.n_dims)
+    models_dim = torch.arange(m, device=device)[:, None]
     t0 = time.perf_counter()
     for step in range(1, base_cfg.steps + 1):
         idx = torch.stack([torch.randint(n_train, (base_cfg.batch_size,), generator=g) for g in gens]).to(device)
-        x = torch.gather(splits["train"][0], 1, idx[:, :, None, None].expand(-1, -1, *splits["train"][0].shape[2:]))
-        y = torch.gather(splits["train"][1], 1, idx[:, :, None, None].expand(-1, -1, *splits["train"][1].shape[2:]))
+        x, y = (t[models_dim, idx] for t in splits["train"])  # [M, B, k, n], [M, B, k, k]
         rots = torch.stack([random_rotation(base_cfg.batch_size, g, dim=base_cfg.n_dims) if a
                             else eye.expand(base_cfg.batch_size, -1, -1) for g, a in zip(gens, augment)]).to(device)
         x = x @ rots.transpose(-1, -2)
@@ -247,8 +245,6 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, progress=None, devic
                 for k, p in params.items():
                     sel = better.view(-1, *([1] * (p.dim() - 1)))
                     best_params[k] = torch.where(sel, p.detach(), best_params[k])
-        if progress is not None:
-            progress(step)
     seconds = time.perf_counter() - t0
     test = _stacked_l1(fn, best_params, buffers, *splits["test"])
     train = _stacked_l1(fn, best_params, buffers, *splits["train"])
