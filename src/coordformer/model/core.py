@@ -262,10 +262,13 @@ class CoordFormer(nn.Module):
         if padding_mask is None:
             padding_mask = tokens != 0
         x = self.embed(tokens, coords, padding_mask, ablate)
+        # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash takes
+        # no arbitrary mask); one host sync per forward buys that.
+        key_mask = None if bool(padding_mask.all()) else padding_mask
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         for i, layer in enumerate(self.layers, start=1):
-            x, a = layer(x, padding_mask, need_attention)
+            x, a = layer(x, key_mask, need_attention)
             if need_attention:
                 attns.append(a)
             if i in repr_layers:

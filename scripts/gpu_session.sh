@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# What one lent GPU session ran (docs/RESULTS.md, "GPU runs"), stage by stage, from the repo root of
+# a machine whose python3 has torch + lightning (the device tool's image); the data travel as
+# work/gpu/pdb_chains_ca.tar (scripts/transport_dataset.py) and gemmi as a wheel in .whl/.
+#
+#   scripts/gpu_session.sh setup     install the wheel, unpack the dataset, print the machine
+#   scripts/gpu_session.sh smoke     50 pretraining steps on the GPU
+#   scripts/gpu_session.sh bench     SDPA kernel check, throughput vs length, data path -> $OUT
+#   scripts/gpu_session.sh train M   start the three small-3m pretrainings (M minutes each), detached
+#   scripts/gpu_session.sh watch S   print progress every 30 s for S seconds (or until all finish)
+#   scripts/gpu_session.sh collect   stop what still runs, export best/last weights + logs -> $OUT
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
+DATA=${DATA:-/tmp/data/pdb_chains_x}
+RUNS=${RUNS:-/tmp/runs}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" "$RUNS"
+cf() { python3 -m coordformer "$@"; }
+
+# name and flags of each shipped-model candidate (identical size, data, schedule and budget)
+RUN_NAMES=(coords coords-gauss nocoords)
+declare -A RUN_FLAGS=(
+  [coords]=""
+  [coords-gauss]="--norm-feature --gaussian-heads 4 --gaussian-values"
+  [nocoords]="--no-coords"
+)
+COMMON="--preset small-3m --lr 2e-3 --warmup-steps 1000 --tokens-per-batch 16384 --val-every 1000 \
+--val-max-chains 542 --checkpoint-every 1000 --workers ${WORKERS:-4} --threads 1 --seed 0 --quiet"
+
+case ${1:-} in
+setup)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  python3 scripts/transport_dataset.py unpack work/gpu/pdb_chains_ca.tar $DATA || exit 1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, lightning, gemmi; print('torch', torch.__version__, 'lightning', lightning.__version__, \
+'gemmi', gemmi.__version__, torch.cuda.get_device_name(0))"
+  ;;
+smoke)
+  # 50 GPU steps end to end (bf16, workers, validation, checkpoint) before anything long starts
+  cf pretrain --data $DATA --out /tmp/smoke --preset small-3m --max-steps 50 --val-every 25 --val-max-chains 64 \
+    --tokens-per-batch 16384 --workers 2 --quiet 2>&1 | tail -12
+  ;;
+bench)
+  mkdir -p "$OUT/perf"
+  for p in small-3m paper-43m; do
+    python3 benchmarks/sdpa_backend.py --device cuda --preset $p --json "$OUT/perf/sdpa_$p.json"
+  done 2>&1 | grep -v "^USDT" | tee "$OUT/perf/sdpa.log"
+  python3 benchmarks/data_path.py --data $DATA --preset small-3m --tokens 16384 --batches 40 --device cuda \
+    --workers 1 4 8 2>&1 | tee "$OUT/perf/data_path_cuda.log"
+  timeout 330 python3 benchmarks/throughput.py --preset paper-43m --lengths 128 256 512 1024 2048 --tokens 16384 \
+    --steps 10 --warmup 3 --rounds 2 --device cuda --json "$OUT/perf/throughput_cuda_paper43m.json" \
+    2>&1 | tee "$OUT/perf/throughput_cuda_paper43m.log"
+  ;;
+train)
+  minutes=${2:?minutes}
+  for n in "${RUN_NAMES[@]}"; do
+    # setsid: the runs outlive this command (the device tool ends a command's own process group)
+    setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n ${RUN_FLAGS[$n]} $COMMON \
+      --max-minutes "$minutes" > $RUNS/$n.log 2>&1 < /dev/null &
+  done
+  sleep 5; ls $RUNS
+  ;;
+watch)
+  end=$((SECONDS + ${2:?seconds}))
+  while :; do
+    done_=0
+    for n in "${RUN_NAMES[@]}"; do
+      [ -f $RUNS/$n/summary.json ] && done_=$((done_ + 1))
+      m=$(ls $RUNS/$n/logs/version_*/metrics.csv 2>/dev/null | tail -1)
+      # latest value of each logged column: step, train loss, tokens/s, validation perplexity
+      [ -n "$m" ] && python3 -c "import csv,sys; last={}
+for r in csv.DictReader(open(sys.argv[1])): last.update({k: v for k, v in r.items() if v})
+print(sys.argv[2] + ': ' + ', '.join(f'{k}={float(v):.4g}' for k, v in last.items()))" "$m" $n
+      grep -iE "error|Traceback" $RUNS/$n.log | tail -2
+    done
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    [ $done_ -eq ${#RUN_NAMES[@]} ] && { echo "all finished"; break; }
+    [ $SECONDS -ge $end ] && break
+    sleep 30
+  done
+  ;;
+collect)
+  # runs still going get SIGTERM (Lightning saves nothing on it; the periodic last.ckpt stands)
+  pkill -TERM -f "coordformer pretrain" && sleep 10
+  for n in "${RUN_NAMES[@]}"; do
+    d=$RUNS/$n
+    mkdir -p $d/export
+    for c in best last; do
+      [ -f $d/checkpoints/$c.ckpt ] && cf export --checkpoint $d/checkpoints/$c.ckpt --out $d/export/$c.pt
+    done
+    tar -C $RUNS -cf "$OUT/run_$n.tar" --exclude=checkpoints $n $n.log
+  done
+  ls -la "$OUT"
+  ;;
+*)
+  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect" >&2; exit 2 ;;
+esac
