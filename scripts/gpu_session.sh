@@ -47,7 +47,7 @@ bench)
   done 2>&1 | grep -v "^USDT" | tee "$OUT/perf/sdpa.log"
   python3 benchmarks/data_path.py --data $DATA --preset small-3m --tokens 16384 --batches 40 --device cuda \
     --workers 1 4 8 2>&1 | tee "$OUT/perf/data_path_cuda.log"
-  timeout 330 python3 benchmarks/throughput.py --preset paper-43m --lengths 128 256 512 1024 2048 --tokens 16384 \
+  timeout 270 python3 benchmarks/throughput.py --preset paper-43m --lengths 128 256 512 1024 2048 --tokens 16384 \
     --steps 10 --warmup 3 --rounds 2 --device cuda --json "$OUT/perf/throughput_cuda_paper43m.json" \
     2>&1 | tee "$OUT/perf/throughput_cuda_paper43m.log"
   ;;
