@@ -1,6 +1,7 @@
 """End-to-end through the command-line entry point, on committed real fixtures plus synthetic chains."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,39 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+class _PoisonGrads:
+    """Lightning callback factory: NaN into one gradient on the listed steps (before the module's check)."""
+
+    def __new__(cls, steps):
+        from lightning.pytorch.callbacks import Callback
+
+        class Poison(Callback):
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                if steps == "all" or trainer.global_step in steps:
+                    next(p for p in pl_module.parameters() if p.grad is not None).grad[0] = float("nan")
+
+        return Poison()
+
+
+def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(tmp_path, prepared, monkeypatch):
+    from coordformer.config import TrainConfig, preset
+    from coordformer.errors import TrainingDivergedError
+    from coordformer.train import mlm
+    from coordformer.train.run import pretrain
+
+    mc = preset("tiny-0.1m")
+    tc = TrainConfig(max_steps=5, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2)
+    s = pretrain(prepared.path, tmp_path / "a", mc, tc, progress=False, callbacks=[_PoisonGrads({1, 3})])
+    assert s["global_step"] == 5 and s["skipped_steps"] == 2
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert s["final_val"] and all(math.isfinite(v) for v in s["final_val"].values())
+
+    monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
+    with pytest.raises(TrainingDivergedError, match="3 steps in a row"):
+        pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[_PoisonGrads("all")])
 
 
 @pytest.mark.slow

@@ -270,3 +270,16 @@ def test_configs_from_older_versions_and_invalid_train_configs():
         TrainConfig(crop_length=1024, tokens_per_batch=512)
     with pytest.raises(ConfigError, match="mask_prob"):
         TrainConfig(mask_prob=0.0)
+
+
+def test_coordinate_embedding_stays_float32_under_bf16_autocast():
+    """bf16 would round coordinates to ~0.25 A; the embedding must be the float32 one, bit for bit."""
+    torch.manual_seed(0)
+    model = CoordFormer(ModelConfig(**TINY, coord_norm_feature=True))
+    tokens = torch.randint(5, 25, (2, 12))
+    coords = torch.randn(2, 12, 4, 3) * 30.0
+    ref = model.embed(tokens, coords, tokens != 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.embed(tokens, coords, tokens != 0)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, ref)

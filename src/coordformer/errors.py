@@ -7,3 +7,7 @@ class CoordformerError(Exception):
 
 class UsageError(CoordformerError):
     """A bad argument, a missing file, or a combination that cannot work; the message says what to do."""
+
+
+class TrainingDivergedError(CoordformerError):
+    """Training produced non-finite gradients step after step; the last good checkpoint stands."""

@@ -41,12 +41,16 @@ def coordinate_features(coords: torch.Tensor, config: ModelConfig) -> torch.Tens
 
     Args:
         coords: [B, L, 4, 3] Angstrom (N, CA, C, O), already centred (and rotated when training);
-            NaN where an atom is missing or at padding.
+            NaN where an atom is missing or at padding. In "ca" mode [B, L, 1, 3] (CA only) is
+            accepted too.
     Returns:
         [B, L, F] float: for each used atom (x, y, z) / coord_scale with 0 where missing, then a
         missing flag per atom; optionally |x_CA / coord_scale|^2 last. F = config.n_coord_features.
     """
-    atoms = coords if config.coord_mode == "backbone" else coords[:, :, CA_INDEX : CA_INDEX + 1]
+    if config.coord_mode == "backbone" or coords.shape[2] == 1:
+        atoms = coords  # backbone: [B, L, 4, 3]; ca: CA already selected, [B, L, 1, 3]
+    else:
+        atoms = coords[:, :, CA_INDEX : CA_INDEX + 1]
     missing = torch.isnan(atoms).any(dim=-1)  # [B, L, A]
     xyz = torch.where(missing.unsqueeze(-1), torch.zeros_like(atoms), atoms) / config.coord_scale
     feats = [xyz.flatten(2), missing.to(xyz.dtype)]
@@ -230,14 +234,21 @@ class CoordFormer(nn.Module):
             if coords is None:
                 # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
                 coords = torch.full((*tokens.shape, 4, 3), float("nan"), device=tokens.device)
-            coords = coords.to(x.dtype)
-            present = ~torch.isnan(coords[:, :, CA_INDEX]).any(-1)
-            if padding_mask is not None:
-                present = present & padding_mask
-            feats = coordinate_features(centre(coords, present), self.config)
-            if "coords" in ablate:
-                feats = torch.zeros_like(feats)
-            x = x + self.coord_embed(feats)
+            if self.config.coord_mode != "backbone":  # only CA is read: centre 1 atom, not 4
+                coords = coords[:, :, CA_INDEX : CA_INDEX + 1]
+            # float32 even under bf16 autocast: bf16 keeps ~3 significant digits, which would round
+            # coordinates to ~0.25 A and |x|^2 far worse; the K = 4..17 product is cheap.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                coords = coords.float()
+                ref = coords[:, :, 1] if coords.shape[2] > 1 else coords[:, :, 0]
+                present = ~torch.isnan(ref).any(-1)
+                if padding_mask is not None:
+                    present = present & padding_mask
+                feats = coordinate_features(centre(coords, present), self.config)
+                if "coords" in ablate:
+                    feats = torch.zeros_like(feats)
+                # (a model cast to half stays half: features follow the weights' dtype)
+                x = x + self.coord_embed(feats.to(self.coord_embed.weight.dtype)).to(x.dtype)
         return x
 
     def forward(

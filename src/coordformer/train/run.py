@@ -208,6 +208,7 @@ def pretrain(
         "is_global_zero": trainer.is_global_zero,
         "global_step": trainer.global_step,
         "train_minutes": module.train_seconds / 60.0,
+        "skipped_steps": module.skipped_steps,
         "final_val": metrics,
         "checkpoint": str(last),
     }
