@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Package trained runs as the shipped models: half-precision weights + a record of how they were made.
 
-For each NAME=RUN_DIR pair: exports RUN_DIR's last checkpoint to
+For each NAME=RUN_DIR pair: exports RUN_DIR's last checkpoint (checkpoints/last.ckpt, or
+export/last.pt for a run brought back from another machine by scripts/gpu_session.sh) to
 src/coordformer/resources/models/NAME.pt (float16), writes NAME.json (description, the exact
-`coordformer pretrain` command, the data manifest, training summary, held-out metrics if given)
-and copies the training log to NAME.train_log.csv.
+`coordformer pretrain` command, the data manifest, training summary, where it ran, held-out
+metrics if given) and copies the training log to NAME.train_log.csv.
 
-    python scripts/ship_models.py small-coords=work/ship/coords small-nocoords=work/ship/nocoords \
-        --eval work/ship/eval_test.json --description-from work/ship
+    python scripts/ship_models.py small-coords=work/gpu_runs/coords small-nocoords=work/gpu_runs/nocoords \
+        --eval work/ship/eval_test.json --eval-key small-coords=small-coords \
+        --trained-on "one NVIDIA H100 80GB, 2026-11-22, three runs sharing it"
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ from pathlib import Path
 from coordformer.model.checkpoints import export_model, load_model, shipped_models_dir
 
 DESCRIPTIONS = {
-    "small-coords": ("small-3m masked-LM with a linear embedding of CA coordinates and |x|^2, four first-layer "
-                     "heads initialised as Gaussians of 3D distance (structure model)"),
-    "small-nocoords": "small-3m masked-LM, sequence only (same size, data and budget)",
+    "small-coords": ("small-3m masked-LM with the paper's linear embedding of CA coordinates ((x, y, z) / 16 A "
+                     "and a missing flag) added to token + position embeddings (structure model)"),
+    "small-nocoords": "small-3m masked-LM, sequence only (same size, data, schedule and budget)",
 }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pairs", nargs="+", help="NAME=RUN_DIR")
-    ap.add_argument("--eval", type=Path, help="`coordformer evaluate --json` output with both models, keyed by run folder name")
+    ap.add_argument("--eval", type=Path, help="`coordformer evaluate --json` output with both models")
+    ap.add_argument("--eval-key", action="append", default=[], metavar="NAME=KEY",
+                    help="which model of the --eval JSON is NAME (default: the run folder's name)")
+    ap.add_argument("--trained-on", default=None, help="machine and date the runs trained on, for the record")
     args = ap.parse_args()
+    eval_keys = dict(pair.split("=", 1) for pair in args.eval_key)
     out = shipped_models_dir()
     out.mkdir(parents=True, exist_ok=True)
     evals = json.loads(args.eval.read_text()).get("models", {}) if args.eval else {}
@@ -38,7 +44,8 @@ def main() -> int:
     for pair in args.pairs:
         name, run = pair.split("=", 1)
         run = Path(run)
-        model, meta = load_model(run / "checkpoints" / "last.ckpt")
+        ckpt = run / "checkpoints" / "last.ckpt"
+        model, meta = load_model(ckpt if ckpt.exists() else run / "export" / "last.pt")
         summary = json.loads((run / "summary.json").read_text())
         logs = sorted((run / "logs").glob("version_*/metrics.csv"))
         card = {
@@ -48,9 +55,12 @@ def main() -> int:
             "model_config": model.config.to_dict(),
             "train_config": summary["train_config"],
             "command": summary.get("command"),
-            "data": {k: summary["data"]["manifest"].get(k) for k in ("n_chains", "n_residues", "splits", "config", "counts", "created")},
-            "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"], "final_val": summary["final_val"]},
-            "heldout_eval": {k: v for k, v in evals.get(run.name, {}).items() if k not in ("checkpoint", "per_chain")},
+            "data": {k: summary["data"]["manifest"].get(k) for k in ("n_chains", "n_residues", "splits", "config", "counts", "created", "transport")},
+            "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"],
+                         "final_val": summary["final_val"], "skipped_steps": summary.get("skipped_steps", 0)},
+            "trained_on": args.trained_on,
+            "heldout_eval": {k: v for k, v in evals.get(eval_keys.get(name, run.name), {}).items()
+                             if k not in ("checkpoint", "per_chain")},
             "train_log": f"{name}.train_log.csv",
         }
         export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]})
@@ -72,7 +82,7 @@ def main() -> int:
 
 def readme(cards: list[dict], ship_command: str) -> str:
     lines = ["# Shipped models", "",
-             "Made by `coordformer pretrain` on this project's machine; packaged with",
+             "Made by `coordformer pretrain`; packaged with",
              f"`python {ship_command}`.", ""]
     for c in cards:
         t, d, ev = c["training"], c["data"], c.get("heldout_eval") or {}
@@ -81,8 +91,11 @@ def readme(cards: list[dict], ship_command: str) -> str:
                   f"- Command: `{c['command']}`",
                   f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
                   f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "
-                  f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); trained on train only",
-                  f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time; "
+                  f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); trained on train only"
+                  + ("; carried to the training machine CA-only and bit-exact by scripts/transport_dataset.py"
+                     if d.get("transport") else ""),
+                  f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time"
+                  f"{' on ' + c['trained_on'] if c.get('trained_on') else ''}; "
                   f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}",
                   f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`"]
         if ev:

@@ -102,6 +102,7 @@ def pretrain(
     strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | fsdp | ..."),
     precision: str = typer.Option("auto", help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."),
     workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
+    accumulate: int = typer.Option(1, min=1, help="Micro-batches per optimizer step (a larger global batch on fewer GPUs)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."),
@@ -120,7 +121,7 @@ def pretrain(
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
                      val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                     num_workers=workers, compile=compile, threads=threads)
+                     num_workers=workers, compile=compile, threads=threads, accumulate_grad_batches=accumulate)
     summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})
     if summary.pop("is_global_zero", True):  # one summary, not one per DDP process
         typer.echo(json.dumps(summary, indent=2))

@@ -172,8 +172,12 @@ class TrainConfig(_Record):
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500
+    #: micro-batches per optimizer step (global batch = tokens_per_batch x this x processes)
+    accumulate_grad_batches: int = 1
 
     def __post_init__(self):
+        if self.accumulate_grad_batches < 1:
+            raise ConfigError(f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if min(self.mask_token_frac, self.random_token_frac) < 0 or self.mask_token_frac + self.random_token_frac > 1:

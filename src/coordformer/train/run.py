@@ -37,7 +37,8 @@ def _quiet_lightning() -> None:
 
 
 #: Settings that determine which residues the model sees in which order; a resume must keep them.
-DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "mask_prob", "mask_token_frac", "random_token_frac", "rotate")
+DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "mask_prob", "mask_token_frac", "random_token_frac", "rotate",
+                      "accumulate_grad_batches")
 
 
 def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
@@ -66,7 +67,8 @@ class _DataModule(L.LightningDataModule):
             raise UsageError(f"{self.data.path}: the train split is empty")
         ds = MaskedBatches(
             self.data, idx, batch_settings(self.cfg, True), seed=self.cfg.seed, train=True,
-            epochs=10_000, start_batch=tr.global_step, rank=tr.global_rank, world_size=tr.world_size,
+            epochs=10_000, start_batch=tr.global_step * self.cfg.accumulate_grad_batches,
+            rank=tr.global_rank, world_size=tr.world_size,
         )
         return self._loader(ds)
 
@@ -187,6 +189,7 @@ def pretrain(
         limit_val_batches=val_batches,
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.grad_clip or None,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
         log_every_n_steps=cfg.log_every_steps,
         callbacks=callbacks,
         logger=loggers,
