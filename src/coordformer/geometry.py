@@ -11,17 +11,23 @@ import torch
 def random_rotation(n: int, generator: torch.Generator | None = None, dtype=torch.float32, dim: int = 3) -> torch.Tensor:
     """Uniformly distributed proper rotations (Haar measure on SO(dim)).
 
-    Uses QR of a Gaussian matrix with the sign correction of Mezzadri (2007), which is what makes
-    the distribution uniform; a plain QR is biased. SO(1) is just {1}.
-
-    Returns: [n, dim, dim] rotation matrices (det = +1).
+    Returns: [n, dim, dim] rotation matrices (det = +1), from ``rotation_from_gaussian`` of an
+    [n, dim, dim] float64 standard normal draw.
     """
-    g = torch.randn(n, dim, dim, generator=generator, dtype=torch.float64)
+    return rotation_from_gaussian(torch.randn(n, dim, dim, generator=generator, dtype=torch.float64), dtype)
+
+
+def rotation_from_gaussian(g: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """[n, dim, dim] float64 standard normal matrices -> [n, dim, dim] uniform proper rotations.
+
+    QR with the sign correction of Mezzadri (2007), which is what makes the distribution uniform (a
+    plain QR is biased), then one column flipped where det = -1. Split from the draw so a batch of
+    per-chain draws (each from its own generator) is factorised in one batched call.
+    """
     q, r = torch.linalg.qr(g)
     d = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     d[d == 0] = 1.0
     q = q * d.unsqueeze(-2)
-    # Flip one column where the determinant is -1 so we get rotations, not reflections.
     det = torch.linalg.det(q)
     q[..., :, 0] *= det.sign().unsqueeze(-1)
     return q.to(dtype)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..constants import ascii_to_token_table
-from ..geometry import centre, random_rotation
-from .masking import bert_mask
+from ..constants import AA_OFFSET, AMINO_ACIDS, ascii_to_token_table
+from ..geometry import centre, rotation_from_gaussian
+from .masking import bert_mask_from_draws
 
 _ASCII_TO_TOKEN = np.asarray(ascii_to_token_table(), dtype=np.int64)
 
@@ -154,20 +154,28 @@ class MaskedBatches(torch.utils.data.Dataset):
         l = max(len(q) for q in seqs)
         tokens = torch.zeros(b, l, dtype=torch.long)
         coords = torch.full((b, l, 4, 3), float("nan"))
-        inputs = torch.zeros(b, l, dtype=torch.long)
-        targets = torch.full((b, l), -100, dtype=torch.long)
-        rots = []
+        # Each chain's generator draws, in order, its rotation's Gaussian and its masking randoms
+        # (the stream of random_rotation + bert_mask on that chain alone); the QR and the masking
+        # then run once, batched, instead of once per chain (short chains made that the hot spot).
+        gauss = torch.zeros(b, 3, 3, dtype=torch.float64)
+        scores, action = torch.ones(b, l), torch.ones(b, l)
+        random_aa = torch.zeros(b, l, dtype=torch.long)
         for i, (q, x, gen) in enumerate(zip(seqs, xyzs, gens)):
             n = len(q)
             tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[q])
             coords[i, :n] = torch.from_numpy(x)
-            rots.append(random_rotation(1, gen)[0] if s.rotate else torch.eye(3))
-            inp, tgt = bert_mask(tokens[i : i + 1, :n], gen, s.mask_prob, s.mask_token_frac, s.random_token_frac)
-            inputs[i, :n], targets[i, :n] = inp[0], tgt[0]
+            if s.rotate:
+                gauss[i] = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+            scores[i, :n] = torch.rand(n, generator=gen)
+            action[i, :n] = torch.rand(n, generator=gen)
+            random_aa[i, :n] = torch.randint(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (n,), generator=gen)
+        inputs, targets = bert_mask_from_draws(tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac,
+                                               s.random_token_frac)
         pad = tokens != 0
         present = ~torch.isnan(coords[:, :, 1]).any(-1) & pad
         coords = centre(coords, present)
-        coords = torch.einsum("blac,bdc->blad", coords, torch.stack(rots))
+        if s.rotate:
+            coords = torch.einsum("blac,bdc->blad", coords, rotation_from_gaussian(gauss))
         return {
             "tokens": inputs,
             "targets": targets,
