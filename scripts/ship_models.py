@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def main() -> int:
             print(f"{name} is over 8 MB", file=sys.stderr)
             return 1
         cards.append(card)
-    (out / "README.md").write_text(readme(cards, " ".join(sys.argv)))
+    (out / "README.md").write_text(readme(cards, shlex.join(sys.argv)))
     return 0
 
 
