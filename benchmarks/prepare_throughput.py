@@ -1,0 +1,99 @@
+"""`prepare` throughput on gzipped mmCIF files, in structures/s, for 1..N worker processes.
+
+    python benchmarks/prepare_throughput.py --structures 400 --workers 1 2
+
+There is no mmCIF corpus offline, so the inputs are written first: the bundled held-out chains
+(real PDB backbones, src/coordformer/resources/demo) as one .cif.gz per chain (N, CA, C, O atoms,
+written by gemmi as a deposited file would be). Then `coordformer prepare` (random split) reads the
+folder with each worker count into a fresh output folder; the time covers finding, parsing,
+filtering, writing the memory-mapped arrays and the splits. Real deposited files carry side chains,
+waters and ligands as well, so they parse slower per residue than these backbone-only files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def write_cif_gz(chains, folder: Path) -> int:
+    """One backbone-only .cif.gz per chain; returns the number of residues written."""
+    import gemmi
+    import numpy as np
+
+    from coordformer.constants import BACKBONE_ATOMS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n_res = 0
+    for k, ch in enumerate(chains):
+        st = gemmi.Structure()
+        st.name = f"X{k:04d}"
+        model = gemmi.Model(1)
+        chain = gemmi.Chain("A")
+        for i, aa in enumerate(ch.sequence):
+            res = gemmi.Residue()
+            res.name = gemmi.expand_one_letter(aa, gemmi.ResidueKind.AA) or "UNK"
+            res.seqid = gemmi.SeqId(i + 1, " ")
+            res.entity_type = gemmi.EntityType.Polymer
+            for a, name in enumerate(BACKBONE_ATOMS):
+                xyz = ch.coords[i, a]
+                if np.isnan(xyz).any():
+                    continue
+                atom = gemmi.Atom()
+                atom.name = name
+                atom.element = gemmi.Element(name[0])
+                atom.pos = gemmi.Position(*map(float, xyz))
+                atom.occ = 1.0
+                res.add_atom(atom)
+            chain.add_residue(res)
+        model.add_chain(chain)
+        st.add_model(model)
+        st.setup_entities()
+        text = st.make_mmcif_document().as_string()
+        with gzip.open(folder / f"{st.name}.cif.gz", "wt") as fh:
+            fh.write(text)
+        n_res += len(ch.sequence)
+    return n_res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--structures", type=int, default=400)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+
+    from coordformer.config import PrepareConfig
+    from coordformer.data.prepare import prepare
+    from coordformer.demo import bundled_chains
+    from coordformer.io import iter_chain_set
+
+    chains = [c for c in iter_chain_set(bundled_chains()) if not isinstance(c, Exception)][: a.structures]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "cif"
+        n_res = write_cif_gz(chains, src)
+        size = sum(p.stat().st_size for p in src.iterdir())
+        print(f"wrote {len(chains)} .cif.gz files ({n_res:,} residues, {size / 1e6:.1f} MB) to {src}")
+        for w in a.workers:
+            out = Path(tmp) / f"out{w}"
+            t0 = time.perf_counter()
+            summary = prepare([src], out, PrepareConfig(split="random"), workers=w, progress=False, log=lambda s: None)
+            dt = time.perf_counter() - t0
+            kept = summary.chains_kept
+            rows.append({"workers": w, "files": len(chains), "chains_kept": kept, "seconds": round(dt, 2),
+                         "structures_per_s": round(len(chains) / dt, 1), "residues_per_s": round(n_res / dt)})
+            print(f"{w} worker(s): {len(chains)} files in {dt:.1f} s = {len(chains) / dt:.1f} structures/s, "
+                  f"{n_res / dt:,.0f} residues/s ({kept} chains kept)")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
