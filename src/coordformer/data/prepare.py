@@ -37,14 +37,13 @@ from ..config import ConfigError, PrepareConfig
 from ..constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION
 from . import splits as _splits
 from . import store
+from .sanitize import sanitize_coords
 
 #: Records per work unit for chain_set JSONL files.
 DEFAULT_CHUNK_LINES = 500
 #: A gzipped chain_set file is split into at most this many units: a unit has to decompress
 #: the file from its start up to its own lines, so many small units would cost O(n^2).
 GZIP_MAX_UNITS = 16
-#: Coordinates larger than this (Angstrom, absolute) are treated as corrupt.
-MAX_ABS_COORD = 1e4
 
 # Filter categories: keys of manifest["counts"]["chains_filtered"] and the first words of the
 # reason column of skipped.tsv.
@@ -139,7 +138,11 @@ def _seq_to_bytes(seq: str) -> np.ndarray:
 
 
 def check_chain(chain: Any, filters: dict[str, Any]) -> tuple[str, str] | tuple[np.ndarray, np.ndarray]:
-    """Validate/filter one chain: ``(category, detail)`` if rejected, else ``(seq uint8, coords float32)``."""
+    """Validate/filter one chain: ``(category, detail)`` if rejected, else ``(seq uint8 [L], coords float32 [L, 4, 3])``.
+
+    Coordinates go through ``sanitize_coords`` (non-finite atoms become missing; a chain beyond
+    ``MAX_ABS_COORD`` is rejected as ``BAD_COORDS``) before the max-missing-CA filter.
+    """
     seq = chain.sequence if isinstance(chain.sequence, str) else str(chain.sequence or "")
     n = len(seq)
     try:
@@ -153,19 +156,13 @@ def check_chain(chain: Any, filters: dict[str, Any]) -> tuple[str, str] | tuple[
         return TOO_SHORT, f"{n} residues < min_length {filters['min_length']}"
     if n > filters["max_length"]:
         return TOO_LONG, f"{n} residues > max_length {filters['max_length']}"
-    nan = np.isnan(raw)
-    if np.isinf(raw).any():
-        return BAD_COORDS, "non-finite (infinite) coordinate values"
-    with np.errstate(invalid="ignore"):
-        big = np.abs(np.where(nan, 0.0, raw)).max(initial=0.0)
-    if big > MAX_ABS_COORD:
-        return BAD_COORDS, f"absurd coordinate |x| = {big:.3g} A > {MAX_ABS_COORD:g} A"
-    atom_missing = nan.any(axis=-1)  # [L, 4]
-    frac = float(atom_missing[:, CA_INDEX].mean()) if n else 1.0
+    coords, why = sanitize_coords(raw)
+    if why:
+        return BAD_COORDS, why
+    # after sanitising: atoms made missing for non-finite values count against max_missing_ca too
+    frac = float(np.isnan(coords[:, CA_INDEX, 0]).mean()) if n else 1.0
     if frac > filters["max_missing_ca"]:
         return MISSING_CA, f"{frac:.0%} of residues lack CA > max_missing_ca {filters['max_missing_ca']:.0%}"
-    coords = raw.astype(np.float32)
-    coords[atom_missing] = np.nan  # an atom with any NaN component is missing as a whole
     return _seq_to_bytes(seq), coords
 
 
