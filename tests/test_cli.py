@@ -228,3 +228,20 @@ def test_models_lists_shipped_models(capsys):
     assert run("models") == 0
     out = capsys.readouterr().out
     assert "small-coords" in out and "small-nocoords" in out
+
+
+def test_device_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
+    import torch
+
+    from coordformer.cli import _device
+    from coordformer.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert _device("auto") == "cpu"
+    with pytest.raises(UsageError, match="no CUDA GPU"):
+        _device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert _device("auto") == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _device("auto") == "cuda" and _device("cuda:1") == "cuda:1"

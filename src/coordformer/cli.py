@@ -138,7 +138,7 @@ def evaluate(
     max_chains: Optional[int] = typer.Option(None, min=1),
     crop_length: int = typer.Option(1024, min=8),
     masking: str = typer.Option("mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False),
 ):
     """Perplexity and sequence recovery on masked residues of a dataset split."""
@@ -147,7 +147,7 @@ def evaluate(
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import load_model
 
-    _check_device(device)
+    device = _device(device)
     ds = PreparedDataset(data)
     results = {}
     for ck in checkpoint:
@@ -175,13 +175,19 @@ def evaluate(
         typer.echo(f"report: {report}")
 
 
-def _check_device(device: str) -> None:
+def _device(device: str) -> str:
+    """The torch device for --device: "auto" picks CUDA, then Apple MPS, then CPU; an explicit
+    device that is not there is a one-line error."""
     import torch
 
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} was given but no CUDA GPU is visible; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps was given but Apple MPS is not available; use --device cpu")
+        raise UsageError(f"--device {device} was given but no CUDA GPU is visible; use --device cpu (or auto)")
+    if device == "mps" and not mps:
+        raise UsageError("--device mps was given but Apple MPS is not available; use --device cpu (or auto)")
+    return device
 
 
 def _checkpoint_label(ck: str) -> str:
@@ -229,7 +235,7 @@ def simulate(
     preset: str = typer.Option("standard", help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the paper's sizes; GPU)."),
     study: List[str] = typer.Option([], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes (one CPU thread each)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA if there is one)."),
     seed: int = typer.Option(0, help="Added to every model and data seed."),
     quiet: bool = typer.Option(False),
 ):
@@ -243,7 +249,7 @@ def simulate(
     bad = [s for s in study if s not in STUDIES]
     if bad:
         raise UsageError(f"unknown --study {bad[0]!r}; choose from {', '.join(STUDIES)}")
-    _check_device(device)
+    device = _device(device)
     summary = run_simulate(out, preset=name, studies=tuple(study) or STUDIES, workers=workers, device=device,
                            seed=seed, echo=typer.echo, progress=not quiet)
     for line in summary:
@@ -264,14 +270,14 @@ def analyze_attention(
     crop_length: int = typer.Option(512, min=2, help="Use the first N residues of each chain."),
     tokens_per_batch: int = typer.Option(4096, min=2, help="Bounds memory: attention maps are [H, L, L] per chain."),
     ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="Also zero the coordinate input and the positional encoding."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False),
 ):
     """Attention vs 3D distance and sequence separation per layer and head, Gaussian fits, ablations, report."""
     from .analysis.attention import ABLATIONS, AttentionAnalysisConfig
     from .analysis.attention import analyze_attention as run
 
-    _check_device(device)
+    device = _device(device)
     if not data.is_dir():
         raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
     cfg = AttentionAnalysisConfig(split=split, max_chains=max_chains, max_distance=max_distance, bin_width=bin_width,
@@ -296,7 +302,7 @@ def embed(
     tokens_per_batch: int = typer.Option(8192, min=1),
     split: Optional[str] = typer.Option(None, help="For a prepared dataset: embed one split only."),
     no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     workers: int = typer.Option(1, min=1, help="Processes for reading structure files."),
     quiet: bool = typer.Option(False),
 ):
@@ -304,7 +310,7 @@ def embed(
     from .function.embed import EmbedConfig
     from .function.embed import embed as run
 
-    _check_device(device)
+    device = _device(device)
     cfg = EmbedConfig(layer=layer, per_residue=per_residue, max_length=max_length, tokens_per_batch=tokens_per_batch,
                       use_coords=False if no_coords else None, split=split)
     res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
@@ -342,14 +348,14 @@ def finetune(
     tokens_per_batch: int = typer.Option(8192, min=1, help="linear head: padded tokens per batch."),
     max_length: int = typer.Option(1024, min=1),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False),
 ):
     """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early stopping on validation Fmax."""
     from .function.finetune import FinetuneConfig
     from .function.finetune import finetune as run
 
-    _check_device(device)
+    device = _device(device)
     cfg = FinetuneConfig(task=task.value, head=head.value, random_init=random_init, use_coords=False if no_coords else None,
                          max_epochs=max_epochs, patience=patience, lr=lr, encoder_lr_scale=encoder_lr_scale,
                          batch_size=batch_size, tokens_per_batch=tokens_per_batch, max_length=max_length, seed=seed)

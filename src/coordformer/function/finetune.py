@@ -248,8 +248,9 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
         sets = {n: _StructureBatches(data, splits[n][1], splits[n][2], cfg, train=n == "train") for n in splits}
         callbacks.append(_EpochSetter(sets["train"]))
         loaders = {n: torch.utils.data.DataLoader(sets[n], batch_size=None, shuffle=False) for n in sets}
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if torch.cuda.is_available() else "32-true")
-    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if device.startswith("cuda") else "32-true")
+    accelerator = "gpu" if device.startswith("cuda") else "mps" if device == "mps" else "cpu"
+    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator=accelerator, devices=1,
                         precision=precision, callbacks=callbacks, logger=CSVLogger(out, name="logs"),
                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                         log_every_n_steps=1)
