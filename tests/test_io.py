@@ -269,6 +269,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     files["nonnumeric.cif"] = cif.replace(first, first.replace(" 19.594 ", " abc "), 1).encode()
     assert " 1.00 18.03 " in first
     files["nonnumeric_occ.cif"] = cif.replace(first, first.replace(" 1.00 18.03 ", " x 18.03 "), 1).encode()
+    # found by tests/test_fuzz.py: a valid mmCIF number beyond float32 became inf in the coords
+    files["overflow.cif"] = cif.replace(first, first.replace(" 19.594 ", " 1e40 "), 1).encode()
     files["hetatm_only.pdb"] = (DATA / "ions.pdb").read_bytes()
     files["water_only.pdb"] = "".join(
         l for l in pdb.splitlines(True) if l.startswith("HETATM") and "HOH" in l
@@ -303,6 +305,7 @@ BAD_REASONS = {
     "nonnumeric.pdb": "non-numeric",
     "nonnumeric.cif": "non-numeric",
     "nonnumeric_occ.cif": "non-numeric occupancy",
+    "overflow.cif": "out of range",
     "hetatm_only.pdb": "no protein chain",
     "water_only.pdb": "no protein chain",
     "dna_only.pdb": "no protein chain",
@@ -447,6 +450,22 @@ def test_chain_set_bad_lines_yield_errors_and_continue(tmp_path):
     assert np.isnan(with_nulls.coords[0, 0]).all() and np.isnan(with_nulls.coords[1, 3]).all()
     assert with_nulls.atom_mask.sum() == 4 * n - 2
     assert np.isnan(with_nan.coords[2, 2]).all() and with_nan.atom_mask.sum() == 4 * n - 1
+
+
+def test_chain_set_regressions_found_by_fuzzing(tmp_path):
+    rec = json.loads((DATA / "chain_set_small.jsonl").read_text().splitlines()[0])
+    n = len(rec["seq"])
+    nested = [[rec["coords"][atom][i] for atom in ("N", "CA", "C", "O")] for i in range(n)]
+    nested[2][1] = [1e300, 0.0, 0.0]  # finite in JSON, inf as float32
+    overflow = dict(rec, coords=nested)
+    # str.upper() turns 'ß' into 'SS', which made the sequence longer than the coordinates
+    unicode_seq = dict(rec, seq="ß\u0131" + rec["seq"][2:])
+    path = tmp_path / "fuzzed.jsonl"
+    path.write_text(json.dumps(overflow) + "\n" + json.dumps(unicode_seq) + "\n")
+    err, chain = iter_chain_set(path)
+    assert isinstance(err, StructureReadError) and "infinite or too large" in err.reason
+    assert isinstance(chain, Chain) and chain.sequence == "XX" + rec["seq"][2:]
+    assert chain.coords.shape == (n, 4, 3)
 
 
 def test_chain_set_line_ranges_and_count(tmp_path):

@@ -56,7 +56,9 @@ _DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error)
 
 def _clean_sequence(seq: str) -> str:
     """Upper-case; the 20 standard letters are kept, U->C, O->K, anything else -> X."""
-    seq = seq.upper()
+    # non-ASCII letters go straight to X: str.upper() can lengthen them ('ß' -> 'SS'), and then
+    # the sequence no longer matches the coordinates
+    seq = seq.upper() if seq.isascii() else "".join(c.upper() if c.isascii() else "X" for c in seq)
     if all(c in AMINO_ACIDS for c in seq):
         return seq
     return "".join(c if c in AMINO_ACIDS else {"U": "C", "O": "K"}.get(c, "X") for c in seq)
@@ -67,6 +69,11 @@ def _clean_sequence(seq: str) -> str:
 
 def _atom_array(value, n: int, atom: str) -> np.ndarray:
     """[n, 3] float32 from a JSON list of [x, y, z] rows (rows or values may be null/NaN)."""
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which is rejected below
+        return _atom_array_unchecked(value, n, atom)
+
+
+def _atom_array_unchecked(value, n: int, atom: str) -> np.ndarray:
     if value is None:
         return np.full((n, 3), np.nan, dtype=np.float32)
     if not isinstance(value, list):
@@ -116,13 +123,16 @@ def _record_to_chain(rec, source: str) -> Chain:
         if len(coords) != n:
             raise ValueError(f"length mismatch: seq has {n} residues but coords has {len(coords)}")
         try:
-            xyz = np.array(
-                [[[math.nan] * 3 if a is None else a for a in r] for r in coords], dtype=np.float32
-            )
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf, rejected below
+                xyz = np.array(
+                    [[[math.nan] * 3 if a is None else a for a in r] for r in coords], dtype=np.float32
+                )
         except (ValueError, TypeError):
             raise ValueError("'coords' list is not an [L, 4, 3] array of numbers") from None
         if xyz.shape != (n, _N_ATOMS, 3):
             raise ValueError(f"'coords' has shape {xyz.shape}, expected ({n}, {_N_ATOMS}, 3)")
+        if np.isinf(xyz).any():
+            raise ValueError("'coords' has an infinite or too large value")
     else:
         raise ValueError("missing or invalid 'coords'")
 

@@ -49,6 +49,7 @@ _CIF_SUFFIXES = (".cif", ".mmcif")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _N_ATOMS = len(BACKBONE_ATOMS)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PROTEIN_TYPES = (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD)
 #: HEADER id codes that are placeholders rather than real PDB ids (ASTRAL writes 0000).
 _PLACEHOLDER_IDS = {"", "0000", "XXXX", "NONE", "NULL"}
@@ -353,6 +354,13 @@ def _chain_from_span(
                     src,
                     f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: "
                     "missing or non-numeric coordinate",
+                )
+            if abs(x) > _FLOAT32_MAX or abs(y) > _FLOAT32_MAX or abs(z) > _FLOAT32_MAX:
+                # mmCIF numbers like 1e40 parse fine but would become inf in the float32 array
+                raise StructureReadError(
+                    src,
+                    f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: "
+                    f"coordinate out of range ({x:g}, {y:g}, {z:g})",
                 )
             j = (i * _N_ATOMS + k) * 3
             flat[j] = x
