@@ -586,7 +586,6 @@ def test_find_sources_recursion(tmp_path):
 
 
 def test_pdb_archive_file_names_give_the_entry_id(tmp_path):
-    import shutil
 
     from coordformer.io import read_structure
 

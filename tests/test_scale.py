@@ -24,13 +24,13 @@ def test_200k_chain_dataset_iterates_in_flat_memory(tmp_path):
 def test_gemmi_written_cif_gz_round_trips_through_prepare(tmp_path):
     """The prepare-throughput benchmark's inputs: backbone .cif.gz written by gemmi read back exactly."""
     import numpy as np
+    from prepare_throughput import write_cif_gz
 
     from coordformer.config import PrepareConfig
     from coordformer.data.prepare import prepare
     from coordformer.data.store import PreparedDataset
     from coordformer.demo import bundled_chains
     from coordformer.io import iter_chain_set
-    from prepare_throughput import write_cif_gz
 
     chains = [c for c, _ in zip(iter_chain_set(bundled_chains()), range(5))]
     write_cif_gz(chains, tmp_path / "cif")

@@ -32,9 +32,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .. import __version__
-from ..errors import CoordformerError
 from ..config import ConfigError, PrepareConfig
 from ..constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION
+from ..errors import CoordformerError
 from . import splits as _splits
 from . import store
 from .sanitize import sanitize_coords

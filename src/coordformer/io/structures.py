@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import BinaryIO, Sequence
 
 import gemmi
-
-from coordformer.errors import CoordformerError
 import numpy as np
 
 from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS
+from coordformer.errors import CoordformerError
 
 __all__ = [
     "Chain",
