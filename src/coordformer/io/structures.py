@@ -283,15 +283,21 @@ def _max_occupancy(res: gemmi.Residue) -> float:
     return best
 
 
+def _has_altloc(res: gemmi.Residue) -> bool:
+    return any(a.altloc != "\0" for a in res)
+
+
 def _pick_microheterogeneity(span: gemmi.ResidueSpan) -> list[gemmi.Residue]:
-    """Residues of a polymer span; of point-mutation alternatives (same author number and
-    insertion code), keep the one with the highest occupancy (the first one on ties)."""
+    """Residues of a polymer span; of point-mutation alternatives (consecutive residues with
+    the same author number and insertion code, at least one of them with alternate-location
+    atoms), keep the one with the highest occupancy (the first one on ties). Consecutive
+    residues that merely share a number (no altlocs: a numbering error) are all kept."""
     out: list[gemmi.Residue] = []
     keys: list[tuple[int, str]] = []
     for res in span:
         sid = res.seqid
         key = (sid.num, sid.icode)
-        if keys and keys[-1] == key:
+        if keys and keys[-1] == key and (_has_altloc(res) or _has_altloc(out[-1])):
             if _max_occupancy(res) > _max_occupancy(out[-1]):
                 out[-1] = res
             continue
@@ -411,6 +417,8 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None) ->
         raise StructureReadError(src, "empty file")
     if b"\x00" in data:
         raise StructureReadError(src, "binary data, not a PDB or mmCIF text file")
+    if b"\r" in data:  # gemmi ends PDB records and CIF comments at LF only: a CR-only file
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # read as one line
     fmt = _detect_format(Path(src).name, data)
     if fmt is None:
         raise StructureReadError(src, "unrecognised format (neither PDB nor mmCIF)")
