@@ -154,6 +154,89 @@ def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(tm
 
 
 @pytest.mark.slow
+def test_pretrain_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, prepared):
+    """SIGKILL part-way (no chance to clean up), re-run the same command: it resumes from the last
+    periodic checkpoint (Lightning writes it via a temporary file and a rename, so a kill never
+    leaves half a file) and ends with the weights of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cmd(out):
+        return [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(out),
+                "--preset", "tiny-0.1m", "--max-steps", "100", "--val-every", "1000", "--checkpoint-every", "2",
+                "--warmup-steps", "2", "--tokens-per-batch", "512", "--crop-length", "64", "--threads", "1", "--quiet"]
+
+    assert subprocess.run(cmd(tmp_path / "whole"), capture_output=True, timeout=600).returncode == 0
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 30:  # after a log flush at 25
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(last, weights_only=False)["global_step"]
+    assert 30 <= killed_at < 100
+    assert subprocess.run(cmd(tmp_path / "killed"), capture_output=True, timeout=600).returncode == 0
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(last, weights_only=False)
+    assert a["global_step"] == b["global_step"] == 100
+    assert max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"]) < 1e-6
+    # the loss log survives the kill and the resumed segment continues it (flushed each time it logs)
+    import csv
+
+    logs = sorted((tmp_path / "killed" / "logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    steps = [[int(r["step"]) for r in csv.DictReader(open(f)) if r.get("train/loss")] for f in logs]
+    assert steps[0] and max(steps[0]) < killed_at <= min(steps[1])
+
+
+def test_same_seed_and_config_give_identical_losses(tmp_path, prepared):
+    import csv
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(max_steps=4, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2,
+                     log_every_steps=1)
+    losses = []
+    for name in ("a", "b"):
+        pretrain(prepared.path, tmp_path / name, preset("tiny-0.1m"), tc, progress=False)
+        rows = csv.DictReader(open(next((tmp_path / name / "logs").glob("version_*/metrics.csv"))))
+        losses.append([r["train/loss"] for r in rows if r.get("train/loss")])
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_misuse_gives_one_line_errors(tmp_path, capsys, prepared):
+    """Wrong kind of checkpoint, corrupt checkpoint, dataset of another format version, bad values."""
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    (ft / "config.json").write_text(json.dumps({"finetune": {"task": "ec"}}))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    old = tmp_path / "old_ds"
+    shutil.copytree(prepared.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    cases = [
+        (("evaluate", "-c", ft, "--data", prepared.path), "finetune` run"),
+        (("evaluate", "-c", broken, "--data", prepared.path), "truncated or not a checkpoint"),
+        (("evaluate", "-c", "small-coords", "--data", old), "format version 99"),
+        (("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--lr", "-1"), "--lr"),
+        (("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--no-such-flag"), "No such option"),
+        (("evaluate", "-c", "small-coords", "--data", prepared.path, "--split", "nosuch"), "unknown split"),
+    ]
+    for args, expected in cases:
+        assert run(*args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err and expected in err, (args, err)
+        assert "Traceback" not in err
+
+
+@pytest.mark.slow
 def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(tmp_path, prepared, capsys):
     out = tmp_path / "run"
     common = ["pretrain", "--data", prepared.path, "--out", out, "--preset", "tiny-0.1m", "--val-every", "100",

@@ -428,8 +428,10 @@ def main(argv: list[str] | None = None) -> int:
             return int(getattr(e, "exit_code", 0))
         if name == "Abort":
             return 1
-        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click usage errors: one line + hint
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click usage errors, as one line
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message().strip().splitlines()[0]}{hint}", err=True)
             return int(e.exit_code)
         if debug:
             raise

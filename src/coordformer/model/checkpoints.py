@@ -37,6 +37,9 @@ def shipped_models() -> dict[str, Path]:
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
     """A shipped model name (e.g. ``small-coords``) or a path to a .ckpt / .pt file or run folder."""
     p = Path(name_or_path)
+    if p.is_dir() and _is_finetune_run(p):
+        raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a pretrained "
+                         "model; give the checkpoint it was fine-tuned from, or use `coordformer evaluate-function` on it")
     if p.is_dir():
         for cand in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt", p / "model.pt"):
             if cand.exists():
@@ -51,13 +54,22 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     raise UsageError(f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})")
 
 
+def _is_finetune_run(folder: Path) -> bool:
+    try:
+        return "finetune" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
     """Load a model for inference. Returns (model in eval mode, float32; meta dict)."""
     path = resolve_checkpoint(name_or_path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # corrupted / not a torch file
-        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint ({type(e).__name__}: {e})") from None
+        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""  # torch's own texts run to paragraphs
+        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or not a "
+                         f"checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: not a coordformer checkpoint")
     if obj.get("format") == MODEL_FORMAT:

@@ -171,7 +171,8 @@ def pretrain(
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     # One version folder per (re)start so a resumed run never overwrites earlier log segments.
-    loggers = [CSVLogger(out, name="logs")]
+    # flushed each time it logs (Lightning flushes every 100 steps by default), so a killed run keeps its log
+    loggers = [CSVLogger(out, name="logs", flush_logs_every_n_steps=max(cfg.log_every_steps, 1))]
     if cfg_tensorboard_available():
         from lightning.pytorch.loggers import TensorBoardLogger
 
