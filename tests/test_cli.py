@@ -245,6 +245,8 @@ def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(tmp_pat
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert run(*common, "--tokens-per-batch", "2048") == 2
     assert "tokens_per_batch" in capsys.readouterr().err
+    assert run(*common, "--tokens-per-batch", "1024", "--no-coords") == 2  # a checkpoint of another model config
+    assert "different model config" in capsys.readouterr().err
 
 
 @pytest.mark.slow
