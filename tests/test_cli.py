@@ -234,6 +234,8 @@ def test_misuse_gives_one_line_errors(tmp_path, capsys, prepared):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err and expected in err, (args, err)
         assert "Traceback" not in err
+    with pytest.raises(Exception, match="truncated or not a checkpoint"):  # --debug, anywhere: the real exception
+        run("evaluate", "-c", broken, "--data", prepared.path, "--debug")
 
 
 @pytest.mark.slow

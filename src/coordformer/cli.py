@@ -414,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors for user-fixable problems, tracebacks only with --debug."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if debug:  # a global option, accepted anywhere on the line (people add it at the end)
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
         app(args=args, standalone_mode=False)
     except SystemExit as e:
