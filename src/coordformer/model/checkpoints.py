@@ -5,6 +5,9 @@ An exported model file is a ``torch.save`` dict::
     {"format": "coordformer-model", "format_version": 1, "model_config": {...},
      "state_dict": {...}, "meta": {...}}
 
+A Hugging Face-style folder (config.json + model.safetensors, see ``hub``) is accepted wherever
+a checkpoint is.
+
 Shipped models live in ``coordformer/resources/models/<name>.pt`` with ``<name>.json`` (command,
 data, training summary) beside them and are loaded by name, offline.
 """
@@ -20,6 +23,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import UsageError
 from .core import CoordFormer
+from .hub import is_pretrained_folder, load_pretrained
 
 MODEL_FORMAT = "coordformer-model"
 MODEL_FORMAT_VERSION = 1
@@ -35,8 +39,11 @@ def shipped_models() -> dict[str, Path]:
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A shipped model name (e.g. ``small-coords``) or a path to a .ckpt / .pt file or run folder."""
+    """A shipped model name (e.g. ``small-coords``) or a path to a .ckpt / .pt file, run folder or
+    Hugging Face-style folder (returned as is)."""
     p = Path(name_or_path)
+    if is_pretrained_folder(p):
+        return p
     if p.is_dir() and _is_finetune_run(p):
         raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a pretrained "
                          "model; give the checkpoint it was fine-tuned from, or use `coordformer evaluate-function` on it")
@@ -64,6 +71,9 @@ def _is_finetune_run(folder: Path) -> bool:
 def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
     """Load a model for inference. Returns (model in eval mode, float32; meta dict)."""
     path = resolve_checkpoint(name_or_path)
+    if path.is_dir():
+        model, meta = load_pretrained(path, map_location)
+        return model, {**meta, "name": str(name_or_path)}
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # corrupted / not a torch file

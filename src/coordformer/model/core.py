@@ -289,3 +289,16 @@ class CoordFormer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, folder, meta: dict | None = None, half: bool = False):
+        """Write a Hugging Face-style folder (config.json, model.safetensors, README.md); see ``hub``."""
+        from .hub import save_pretrained  # hub imports this module
+
+        return save_pretrained(self, folder, meta=meta, half=half)
+
+    @classmethod
+    def from_pretrained(cls, folder, map_location: str | torch.device = "cpu") -> CoordFormer:
+        """Load a folder written by ``save_pretrained`` (local, offline); eval mode, float32."""
+        from .hub import from_pretrained
+
+        return from_pretrained(folder, map_location)

@@ -1,0 +1,213 @@
+"""Hugging Face Hub-style model folders: ``config.json`` + ``model.safetensors`` + ``README.md``.
+
+The layout follows the Hub convention, so a folder can be uploaded as a model repository and a
+downloaded snapshot loads offline from disk. It loads with coordformer
+(``CoordFormer.from_pretrained(folder)``, or ``-c FOLDER`` on any command), not with
+``transformers.AutoModel``: transformers is not a dependency and the architecture is not
+registered there.
+
+``config.json`` holds the ModelConfig fields at top level, as Hugging Face configs do, plus::
+
+    {"model_type": "coordformer", "architectures": ["CoordFormer"], "format": "coordformer-hf",
+     "format_version": 1, "coordformer_version": "...", "torch_dtype": "float32" | "float16",
+     "coordformer_meta": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import UsageError
+from .core import CoordFormer
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+MODEL_TYPE = "coordformer"
+HF_FORMAT = "coordformer-hf"
+HF_FORMAT_VERSION = 1
+
+# Keys of config.json that are not ModelConfig fields. Hub tooling adds the generic ones
+# (transformers_version, _name_or_path) when a folder passes through it; anything else unknown is
+# handed to ModelConfig.from_dict so that a field added by a newer coordformer fails loudly.
+_WRAPPER_KEYS = {"model_type", "architectures", "format", "format_version", "coordformer_version", "torch_dtype",
+                 "coordformer_meta", "transformers_version", "_name_or_path"}
+# Local to the machine that exported the folder: meaningless (and leaky) once shared.
+_LOCAL_META_KEYS = {"path"}
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    """A folder that is meant to be one of these: it has model.safetensors, or a config.json naming
+    model_type (so a half-copied folder still reaches from_pretrained and its precise message)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if (p / WEIGHTS_NAME).exists():
+        return True
+    try:
+        return "model_type" in json.loads((p / CONFIG_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _jsonable(meta: dict) -> dict:
+    # Round-trip through JSON so a Path or numpy scalar in meta cannot break writing config.json.
+    return json.loads(json.dumps({k: v for k, v in meta.items() if k not in _LOCAL_META_KEYS}, default=str))
+
+
+def _untied_state(model: CoordFormer, half: bool) -> dict[str, torch.Tensor]:
+    """State dict safe for safetensors, which refuses tensors sharing storage.
+
+    CoordFormer ties no weights today (the token embedding and the LM head's output layer are
+    separate parameters; the position table is a non-persistent buffer), but a tie would make
+    ``save_file`` fail. Later aliases of a storage are cloned: the file then holds one copy per
+    name, and loading copies equal values into every name, which preserves a tie in the model
+    being loaded into.
+    """
+    seen: set[tuple[str, int]] = set()
+    state = {}
+    for name, v in model.state_dict().items():
+        v = v.detach()
+        if half and v.is_floating_point():
+            v = v.half()
+        key = (str(v.device), v.untyped_storage().data_ptr())
+        if key in seen:
+            v = v.clone()
+        seen.add(key)
+        state[name] = v.contiguous().cpu()
+    return state
+
+
+def _model_card(config: dict, meta: dict) -> str:
+    title = Path(str(meta["name"])).name if meta.get("name") else "CoordFormer model"  # a run folder's name, not its path
+    lines = [
+        "---",
+        "library_name: coordformer",
+        "tags: [protein, masked-language-model, structure, coordformer]",
+        "---",
+        "",
+        f"# {title}",
+        "",
+    ]
+    if meta.get("description"):
+        lines += [str(meta["description"]), ""]
+    dims = ", ".join(f"{k}={config[k]}" for k in ("d_model", "n_layers", "n_heads", "d_ff", "use_coords", "coord_mode"))
+    lines += [
+        f"CoordFormer masked-language model ({dims}), weights stored as {config['torch_dtype']}.",
+        "",
+        "Load it offline from this folder with coordformer (not `transformers.AutoModel`):",
+        "",
+        "```python",
+        "from coordformer.model import CoordFormer",
+        "model = CoordFormer.from_pretrained(\"path/to/this/folder\")",
+        "```",
+        "",
+        "or give the folder to any command: `coordformer evaluate -c path/to/this/folder --data DATA`.",
+        "",
+    ]
+    if meta.get("command"):
+        lines += ["Trained with:", "", "```", str(meta["command"]), "```", ""]
+    return "\n".join(lines)
+
+
+def save_pretrained(model: CoordFormer, folder: str | Path, meta: dict | None = None, half: bool = False) -> Path:
+    """Write ``folder/{config.json, model.safetensors, README.md}``; ``half`` stores float16 weights.
+
+    Files are written under temporary names and renamed, so an interrupted save never leaves a
+    config beside weights it does not describe. Returns the folder.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; give a folder to write the model into")
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = _jsonable(meta or {})
+    config = {
+        "model_type": MODEL_TYPE,
+        "architectures": ["CoordFormer"],
+        "format": HF_FORMAT,
+        "format_version": HF_FORMAT_VERSION,
+        "coordformer_version": __version__,
+        "torch_dtype": "float16" if half else "float32",
+        **model.config.to_dict(),
+        "coordformer_meta": meta,
+    }
+    state = _untied_state(model, half)
+    tmp_w, tmp_c, tmp_r = (folder / f".{n}.tmp" for n in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))
+    save_file(state, str(tmp_w), metadata={"format": "pt"})  # "pt": what Hub tooling expects from torch writers
+    tmp_c.write_text(json.dumps(config, indent=2) + "\n")
+    tmp_r.write_text(_model_card(config, meta))
+    tmp_w.replace(folder / WEIGHTS_NAME)
+    tmp_c.replace(folder / CONFIG_NAME)
+    tmp_r.replace(folder / CARD_NAME)
+    return folder
+
+
+def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, full config.json dict) of a pretrained folder; UsageError if it is not one this
+    version can read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).exists()]
+    if missing:
+        raise UsageError(f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} and "
+                         f"{WEIGHTS_NAME} (write one with `coordformer export --format hf`)")
+    try:
+        cfg = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{folder / CONFIG_NAME}: not readable JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{folder / CONFIG_NAME}: not a model config (a JSON object is expected)")
+    if cfg.get("model_type") != MODEL_TYPE:
+        raise UsageError(f"{folder}: model_type is {cfg.get('model_type')!r}, not {MODEL_TYPE!r}; "
+                         "this folder holds another library's model")
+    version = cfg.get("format_version", HF_FORMAT_VERSION)
+    if not isinstance(version, int) or version > HF_FORMAT_VERSION:
+        raise UsageError(f"{folder}: model format v{version} is newer than this coordformer "
+                         f"({__version__}, reads v{HF_FORMAT_VERSION}); upgrade")
+    fields = {k: v for k, v in cfg.items() if k not in _WRAPPER_KEYS}
+    return ModelConfig.from_dict(fields), cfg
+
+
+def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
+    """Load a pretrained folder. Returns (model in eval mode, float32; meta dict)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config, cfg = read_config(folder)
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise UsageError(f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})") from None
+    model = CoordFormer(config)
+    # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
+    expected = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+              if k in expected and v.shape != expected[k].shape]
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected or shapes:
+        raise UsageError(f"{folder}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                         f"shapes {shapes[:2]})")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.to(map_location).eval()
+    stored = cfg.get("coordformer_meta")
+    meta = {**(stored if isinstance(stored, dict) else {}), "path": str(folder), "format": HF_FORMAT,
+            "torch_dtype": cfg.get("torch_dtype", "float32")}
+    return model, meta
+
+
+def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> CoordFormer:
+    """Load a pretrained folder (local, offline). Returns the model in eval mode, float32."""
+    return load_pretrained(folder, map_location)[0]
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "is_pretrained_folder", "save_pretrained", "load_pretrained",
+           "from_pretrained", "read_config"]

@@ -1,0 +1,179 @@
+"""Hugging Face-style folders (config.json + model.safetensors): parity with the native model, loading
+through load_model and the CLI, shared weights, and the refusals."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from coordformer.cli import main
+from coordformer.config import ModelConfig
+from coordformer.constants import PAD, token_of
+from coordformer.demo import bundled_chains
+from coordformer.errors import UsageError
+from coordformer.io import iter_chain_set
+from coordformer.model import CoordFormer
+from coordformer.model.checkpoints import load_model, resolve_checkpoint
+from coordformer.model.hub import from_pretrained, save_pretrained
+
+#: Max |logit difference| allowed for float16 weights. Measured: 0.0075 on small-coords with its
+#: weights brought to float32 precision (logits up to ~30 on these chains), so ~7x margin.
+HALF_LOGIT_ATOL = 0.05
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def native():
+    return load_model("small-coords")[0]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Four real chains from the bundled held-out set, padded: tokens [4, L], coords [4, L, 4, 3]."""
+    chains = [c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")][:4]
+    assert len(chains) == 4
+    length = max(len(c.sequence) for c in chains)
+    tokens = torch.full((4, length), PAD, dtype=torch.long)
+    coords = torch.full((4, length, 4, 3), float("nan"))
+    for i, c in enumerate(chains):
+        tokens[i, : len(c.sequence)] = torch.tensor([token_of(a) for a in c.sequence])
+        coords[i, : len(c.sequence)] = torch.from_numpy(c.coords)
+    return tokens, coords
+
+
+@pytest.fixture(scope="module")
+def hf_folder(native, tmp_path_factory):
+    return save_pretrained(native, tmp_path_factory.mktemp("hf") / "small-coords", meta={"name": "small-coords"})
+
+
+@torch.no_grad()
+def test_float32_folder_gives_identical_logits(native, batch, hf_folder):
+    loaded = CoordFormer.from_pretrained(hf_folder)
+    assert loaded.config == native.config and not loaded.training
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for a, b in zip(native.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(native(*batch).logits, loaded(*batch).logits)
+
+
+@torch.no_grad()
+def test_half_folder_agrees_within_tolerance(native, batch, tmp_path):
+    folder = native.save_pretrained(tmp_path / "half", half=True)
+    assert {v.dtype for v in load_file(folder / "model.safetensors").values()} == {torch.float16}
+    assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float16"
+    diff = (native(*batch).logits - from_pretrained(folder)(*batch).logits).abs().max().item()
+    assert diff < HALF_LOGIT_ATOL
+
+
+@torch.no_grad()
+def test_half_of_float32_weights_agrees_within_tolerance(native, batch, tmp_path):
+    # small-coords ships float16 weights, so the test above rounds nothing: give its weights bits
+    # below float16 precision (relative 1e-4) so that saving in half really rounds them.
+    torch.manual_seed(1)
+    model = CoordFormer(native.config).eval()
+    model.load_state_dict(native.state_dict())
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * p.abs() * 1e-4)
+    loaded = from_pretrained(save_pretrained(model, tmp_path / "m", half=True))
+    diff = (model(*batch).logits - loaded(*batch).logits).abs().max().item()
+    assert 0 < diff < HALF_LOGIT_ATOL
+
+
+def test_config_json_is_hub_style_and_folder_has_a_card(hf_folder):
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    assert cfg["model_type"] == "coordformer" and cfg["architectures"] == ["CoordFormer"]
+    assert cfg["d_model"] == 256 and cfg["use_coords"] is True and cfg["format_version"] == 1
+    assert cfg["coordformer_meta"] == {"name": "small-coords"}
+    assert "CoordFormer.from_pretrained" in (hf_folder / "README.md").read_text()
+    assert not list(hf_folder.glob(".*.tmp"))
+
+
+@torch.no_grad()
+def test_tied_weights_are_saved_and_stay_tied(batch, tmp_path):
+    # safetensors refuses tensors sharing storage; tie the token embedding to the LM head's output
+    # layer (both [vocab, d_model]) as a future config might, and check the save still works.
+    model = CoordFormer(ModelConfig(d_model=64, n_layers=1, n_heads=4, d_ff=128)).eval()
+    model.lm_head[3].weight = model.tokens.weight
+    folder = save_pretrained(model, tmp_path / "tied")
+    tied = CoordFormer(model.config).eval()
+    tied.lm_head[3].weight = tied.tokens.weight
+    tied.load_state_dict(load_file(folder / "model.safetensors"))
+    assert tied.lm_head[3].weight is tied.tokens.weight
+    assert torch.equal(model(*batch).logits, tied(*batch).logits)
+
+
+def test_folder_loads_through_load_model_and_cli(hf_folder, prepared, tmp_path, capsys):
+    model, meta = load_model(hf_folder)
+    assert meta["name"] == str(hf_folder) and meta["format"] == "coordformer-hf"
+    js = tmp_path / "e.json"
+    assert run("evaluate", "-c", hf_folder, "--data", prepared.path, "--json", js, "--quiet", "--device", "cpu") == 0
+    assert json.loads(js.read_text())["n_masked"] > 0
+
+
+def test_cli_exports_hf_folder_with_provenance_and_pt_default_unchanged(tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert run("export", "-c", "small-nocoords", "--out", out, "--format", "hf", "--full") == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["use_coords"] is False and cfg["torch_dtype"] == "float32"
+    assert cfg["coordformer_meta"]["command"].startswith("coordformer pretrain")
+    assert "path" not in cfg["coordformer_meta"]  # the exporting machine's paths stay local
+    assert "coordformer pretrain" in (out / "README.md").read_text()
+    pt = tmp_path / "m.pt"
+    assert run("export", "-c", out, "--out", pt) == 0
+    assert torch.load(pt, weights_only=False)["format"] == "coordformer-model"
+    assert run("export", "-c", out, "--out", tmp_path / "x", "--format", "onnx") == 2
+    assert "onnx" in capsys.readouterr().err
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_refusals_are_usage_errors(hf_folder, tmp_path):
+    with pytest.raises(UsageError, match="not a folder"):
+        from_pretrained(tmp_path / "absent")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no config.json or model.safetensors"):
+        from_pretrained(empty)
+    no_weights = _copy(hf_folder, tmp_path / "no_weights")
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(UsageError, match="no model.safetensors"):
+        load_model(no_weights)  # reaches from_pretrained's message, not "no checkpoints/best.ckpt"
+
+    def edited(name, **changes):
+        d = _copy(hf_folder, tmp_path / name)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+        return d
+
+    with pytest.raises(UsageError, match="newer than this coordformer"):
+        from_pretrained(edited("newer", format_version=99))
+    with pytest.raises(UsageError, match="model_type is 'bert'"):
+        from_pretrained(edited("bert", model_type="bert"))
+    with pytest.raises(UsageError, match="unknown keys"):
+        from_pretrained(edited("future_field", rotary=True))
+    with pytest.raises(UsageError, match="do not match its config"):
+        from_pretrained(edited("wrong_size", d_model=128))
+    truncated = _copy(hf_folder, tmp_path / "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="truncated"):
+        from_pretrained(truncated)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        save_pretrained(CoordFormer(ModelConfig(d_model=64, n_layers=1, n_heads=4, d_ff=128)), a_file)
+
+
+def test_resolve_checkpoint_returns_the_folder_itself(hf_folder):
+    # run folders also carry a config.json; only model_type / model.safetensors mark a Hub folder.
+    assert resolve_checkpoint(hf_folder) == hf_folder
