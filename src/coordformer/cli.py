@@ -45,7 +45,7 @@ def _command_line() -> str:
 
 @app.command()
 def prepare(
-    sources: List[Path] = typer.Argument(..., help="PDB/mmCIF files (.gz ok), folders (recursive) or chain_set JSONL files."),
+    sources: List[Path] = typer.Argument(..., help="PDB/mmCIF files (.gz ok), folders (recursive), chain_set JSONL or FASTA files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the prepared dataset."),
     split: SplitMode = typer.Option(SplitMode.random, help="random: seeded hash of chain id; identity: MMseqs2 clusters never cross splits."),
     identity: float = typer.Option(0.3, min=0.0, max=1.0, help="Sequence identity for --split identity."),
@@ -293,7 +293,7 @@ def analyze_attention(
 
 @app.command()
 def embed(
-    inputs: List[str] = typer.Argument(..., help="PDB/mmCIF files, folders, chain_set JSONL files, or one prepared dataset folder."),
+    inputs: List[str] = typer.Argument(..., help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder."),
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .h5 (HDF5, streamed) or .npz (mean-pooled only)."),
     layer: Optional[int] = typer.Option(None, help="Layer whose states to use (0 = embeddings); default: final, after the last LayerNorm."),
@@ -396,16 +396,44 @@ def models():
         typer.echo(f"{name}\t{path.stat().st_size / 1e6:.1f} MB\t{card.get('description', '')}")
 
 
+class ExportFormat(str, Enum):
+    pt = "pt"
+    hf = "hf"
+
+
+def _provenance(checkpoint: str) -> dict:
+    """Description and training command of a shipped model or run folder, for a shared model card."""
+    from .model.checkpoints import model_card, shipped_models
+
+    if checkpoint in shipped_models() and not Path(checkpoint).exists():
+        card = model_card(checkpoint)
+    else:
+        try:
+            card = json.loads((Path(checkpoint) / "config.json").read_text())
+        except (OSError, ValueError):
+            card = {}
+    return {k: card[k] for k in ("description", "command", "trained_on") if isinstance(card, dict) and k in card}
+
+
 @app.command()
 def export(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c"),
-    out: Path = typer.Option(..., "--out", "-o", help="Model file (.pt) to write."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file (.pt) to write, or folder for --format hf."),
     half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size)."),
+    fmt: ExportFormat = typer.Option(ExportFormat.pt, "--format", help="pt: one torch file; hf: Hugging Face-style "
+                                     "folder (config.json + model.safetensors + README.md) for sharing on a model hub."),
 ):
-    """Write an inference-only model file from a training checkpoint."""
+    """Write an inference-only model file (or Hub-style folder) from a training checkpoint."""
     from .model.checkpoints import export_model, load_model
 
     model, meta = load_model(checkpoint)
+    if fmt == ExportFormat.hf:
+        from .model.hub import WEIGHTS_NAME, save_pretrained
+
+        meta = {**_provenance(checkpoint), **{k: v for k, v in meta.items() if k not in ("format", "torch_dtype")}}
+        save_pretrained(model, out, meta=meta, half=half)
+        typer.echo(f"wrote {out}/ (config.json, {WEIGHTS_NAME} {(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)")
+        return
     export_model(model, out, meta=meta, half=half)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 

@@ -1,6 +1,6 @@
-"""Turn structure files / chain_set JSONL files into a prepared, memory-mappable dataset.
+"""Turn structure files / chain_set JSONL files / FASTA files into a prepared, memory-mappable dataset.
 
-The run is split into *work units*: one per structure file, and one per line range
+The run is split into *work units*: one per structure or FASTA file, and one per line range
 (``chunk_lines`` records) of every chain_set JSONL file. Units run in parallel; each finished unit
 writes its chains (and its skip log) atomically to ``DIR/.work/parts/<unit-hash>.npz``. An
 interrupted run (even SIGKILL) therefore resumes when re-run with the same arguments: finished
@@ -9,6 +9,11 @@ names, ``os.replace``-s them into place, writes ``manifest.json`` last and remov
 
 Chain order in the dataset is the order of the units (sources sorted by path, JSONL chunks by line)
 and then the order within a unit, so it does not depend on ``workers`` or scheduling.
+
+FASTA records are sequence-only chains (every coordinate NaN). The ``max_missing_ca`` filter does
+not apply to them: it exists to drop structures whose coordinates are mostly unresolved, while a
+FASTA input is sequence-only by the user's choice. Structure and chain_set inputs keep the filter
+(a chain_set record with every coordinate null is filtered like a structure with none resolved).
 """
 
 from __future__ import annotations
@@ -166,28 +171,40 @@ def check_chain(chain: Any, filters: dict[str, Any]) -> tuple[str, str] | tuple[
     return _seq_to_bytes(seq), coords
 
 
+def _input_row(error: BaseException, path: str) -> list[str]:
+    """A skip-log row for an unreadable input: the error's own source (file or file:line) and reason."""
+    return ["input", str(getattr(error, "source", None) or path), str(getattr(error, "reason", None) or error)]
+
+
 def _read_unit_chains(unit: dict, skipped: list[list[str]]) -> list[Any]:
     """Read a unit's chains; unreadable files/records are appended to ``skipped`` as input rows."""
-    from ..io import StructureReadError, iter_chain_set_lines, read_structure
+    from ..io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
 
     path = unit["path"]
-    if unit["kind"] == "file":
+    if unit["kind"] in ("file", "fasta"):  # one whole file; a FASTA file may also yield bad records
+        reader = read_structure if unit["kind"] == "file" else iter_fasta
         try:
-            chains = list(read_structure(path))
+            items = list(reader(path))
         except StructureReadError as e:
-            skipped.append(["input", str(getattr(e, "source", None) or path), str(getattr(e, "reason", None) or e)])
+            skipped.append(_input_row(e, path))
             return []
         except Exception as e:  # noqa: BLE001 - bad input must never stop the run
             skipped.append(["input", path, f"unexpected error: {type(e).__name__}: {e}"])
             return []
-        if not chains:
+        chains = []
+        for item in items:
+            if isinstance(item, BaseException):
+                skipped.append(_input_row(item, path))
+            else:
+                chains.append(item)
+        if not chains and unit["kind"] == "file":
             skipped.append(["input", path, "no protein chains found"])
         return chains
 
     def read_range(start: int, stop: int, out_chains: list, out_skipped: list) -> None:
         for item in iter_chain_set_lines(path, start, stop):
             if isinstance(item, StructureReadError):
-                out_skipped.append(["input", str(getattr(item, "source", None) or path), str(getattr(item, "reason", None) or item)])
+                out_skipped.append(_input_row(item, path))
             elif isinstance(item, BaseException):
                 out_skipped.append(["input", path, f"unexpected error: {type(item).__name__}: {item}"])
             else:
@@ -222,6 +239,8 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
     """Read and filter one unit; returns arrays plus a JSON-able ``meta`` dict."""
     skipped: list[list[str]] = []  # [kind ("input" | filter category), input, reason]
     chains = _read_unit_chains(unit, skipped)
+    if unit["kind"] == "fasta":  # sequence-only by choice: see the module docstring
+        filters = {**filters, "max_missing_ca": 1.0}
     seqs, coords, lengths, ids, sources = [], [], [], [], []
     for chain in chains:
         try:
@@ -319,7 +338,7 @@ def _empty_result(unit: dict, reason: str) -> dict[str, Any]:
 
 def _plan_units(sources: Sequence[Path], chunk_lines: int) -> tuple[list[dict], list[list]]:
     """Work units (sorted by source path, then line) and the sources' fingerprint."""
-    from ..io import count_lines, is_chain_set
+    from ..io import count_lines, is_chain_set, is_fasta
 
     units: list[dict] = []
     fp_sources: list[list] = []
@@ -330,6 +349,9 @@ def _plan_units(sources: Sequence[Path], chunk_lines: int) -> tuple[list[dict], 
             fp_sources.append([p, st.st_size, st.st_mtime_ns])
         except OSError:
             fp_sources.append([p, None, None])
+        if is_fasta(src):
+            units.append({"kind": "fasta", "path": p, "start": 0, "stop": 0, "key": _unit_key("fasta", p)})
+            continue
         chain_set = False
         try:
             chain_set = bool(is_chain_set(src))
@@ -768,7 +790,10 @@ def prepare(
     overwrite: bool = False,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
 ) -> PrepareSummary:
-    """Prepare a dataset in ``out_dir`` from structure files, folders and chain_set JSONL files.
+    """Prepare a dataset in ``out_dir`` from structure files, folders, chain_set JSONL and FASTA files.
+
+    FASTA records become chains with every coordinate missing (NaN) and are exempt from
+    ``config.max_missing_ca``; structure and chain_set inputs are filtered by it.
 
     Re-running with the same arguments after an interruption resumes; ``overwrite=True`` discards
     an existing dataset or interrupted run in ``out_dir`` and starts over. Unreadable inputs and

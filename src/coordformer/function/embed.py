@@ -1,7 +1,7 @@
 """Per-chain (mean-pooled) and per-residue embeddings from any layer, written to HDF5 or .npz.
 
-Inputs are anything ``coordformer prepare`` reads (structure files, folders, chain_set JSONL) or
-a prepared dataset folder. Raw inputs go through ``prepare`` into a temporary dataset first, so
+Inputs are anything ``coordformer prepare`` reads (structure files, folders, chain_set JSONL, FASTA:
+sequence-only chains, every residue flagged missing) or a prepared dataset folder. Raw inputs go through ``prepare`` into a temporary dataset first, so
 unreadable files are skipped and logged exactly as there (copied to ``<out>.skipped.tsv``).
 
 Output (readable with h5py / numpy alone):

@@ -409,15 +409,18 @@ def _is_hidden(rel: Path) -> bool:
 
 
 def find_sources(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files and folders into structure files and chain_set files.
+    """Expand files and folders into structure files, chain_set files and FASTA files.
 
     Folders are searched recursively in sorted (deterministic) order for files with a
-    structure suffix (:data:`STRUCTURE_SUFFIXES`) or chain_set files; hidden files and
-    folders are skipped. A file given explicitly is accepted if it has a structure suffix,
-    is a chain_set file, or looks like PDB / mmCIF text. Returns ``(sources, problems)``:
+    structure suffix (:data:`STRUCTURE_SUFFIXES`), chain_set files and files with a FASTA
+    suffix (:data:`~coordformer.io.fasta.FASTA_SUFFIXES`); hidden files and folders are
+    skipped. A file given explicitly is accepted if it has a structure or FASTA suffix, is a
+    chain_set file, or looks like PDB / mmCIF text. Returns ``(sources, problems)``:
     problems lists ``(path, reason)`` for missing paths, unrecognised explicit files and
     folders without any usable file. Duplicates are dropped (first occurrence kept).
     """
+    from coordformer.io.fasta import is_fasta  # fasta imports this module
+
     sources: list[Path] = []
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -436,17 +439,17 @@ def find_sources(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[st
                 rel = q.relative_to(p)
                 if _is_hidden(rel) or not q.is_file():
                     continue
-                if is_structure_file(q) or is_chain_set(q):
+                if is_structure_file(q) or is_fasta(q) or is_chain_set(q):
                     found.append((rel.parts, q))
             if not found:
-                problems.append((str(given), "folder contains no structure or chain_set files"))
+                problems.append((str(given), "folder contains no structure, chain_set or FASTA files"))
             for _, q in sorted(found):
                 add(q)
         elif p.is_file():
-            if is_structure_file(p) or is_chain_set(p) or _sniff_structure(p):
+            if is_structure_file(p) or is_fasta(p) or is_chain_set(p) or _sniff_structure(p):
                 add(p)
             else:
-                problems.append((str(given), "not a PDB/mmCIF structure or chain_set JSONL file"))
+                problems.append((str(given), "not a PDB/mmCIF structure, chain_set JSONL or FASTA file"))
         elif p.exists():
             problems.append((str(given), "not a regular file or folder"))
         else:
