@@ -43,6 +43,10 @@ def _command_line() -> str:
     return "coordformer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+_PLDDT_HELP = ("Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are scaled) "
+               "is below this become missing coordinates. Default: off.")
+
+
 @app.command()
 def prepare(
     sources: List[Path] = typer.Argument(..., help="PDB/mmCIF files (.gz ok), folders (recursive), chain_set JSONL or FASTA files."),
@@ -55,6 +59,7 @@ def prepare(
     min_length: int = typer.Option(20, min=1),
     max_length: int = typer.Option(100_000, min=1),
     max_missing_ca: float = typer.Option(0.5, min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
+    plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
@@ -69,7 +74,7 @@ def prepare(
             raise UsageError(f"--exclude file {f} does not exist")
     cfg = PrepareConfig(min_length=min_length, max_length=max_length, max_missing_ca=max_missing_ca, split=split.value,
                         split_identity=identity, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
-                        exclude_files=tuple(str(f) for f in exclude))
+                        exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min)
     summary = run_prepare([str(s) for s in sources], out, cfg, workers=workers, progress=not quiet, overwrite=overwrite)
     typer.echo(summary.format())
 
@@ -136,7 +141,9 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, help="Write a Markdown report (and a PNG figure beside it)."),
     seed: int = typer.Option(12345, help="Masking seed; identical masks for every model."),
     max_chains: Optional[int] = typer.Option(None, min=1),
-    crop_length: int = typer.Option(1024, min=8),
+    crop_length: int = typer.Option(1024, min=8, help="Chains longer than this are evaluated on their first N residues (or in windows of N with --windows)."),
+    windows: bool = typer.Option(False, "--windows", help="Evaluate long chains over their whole length in overlapping windows of --crop-length."),
+    overlap: int = typer.Option(256, min=0, help="With --windows: least overlap between consecutive windows."),
     masking: str = typer.Option("mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False),
@@ -156,7 +163,8 @@ def evaluate(
         while label in results:
             label += "'"
         results[label] = {**evaluate_mlm(model, ds, split, seed=seed, crop_length=crop_length, max_chains=max_chains,
-                                         device=device, progress=not quiet, masking=masking), "checkpoint": meta["path"]}
+                                         device=device, progress=not quiet, masking=masking, windows=windows, overlap=overlap),
+                          "checkpoint": meta["path"]}
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))
     payload = results[next(iter(results))] if len(results) == 1 else {"models": results}
@@ -298,12 +306,15 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .h5 (HDF5, streamed) or .npz (mean-pooled only)."),
     layer: Optional[int] = typer.Option(None, help="Layer whose states to use (0 = embeddings); default: final, after the last LayerNorm."),
     per_residue: bool = typer.Option(False, "--per-residue", help="Also store per-residue embeddings (HDF5 only, float16)."),
-    max_length: int = typer.Option(2048, min=1, help="Embed the first N residues of longer chains."),
+    window: Optional[int] = typer.Option(None, min=8, help="Residues per model pass (default: 1024 or the model's max_len if smaller); longer chains are embedded in overlapping windows stitched back to full length."),
+    overlap: int = typer.Option(256, min=0, help="Least overlap between consecutive windows; each residue is taken from the window it is most central in."),
+    max_length: Optional[int] = typer.Option(None, min=1, help="Embed only the first N residues of longer chains (default: whole chains)."),
     tokens_per_batch: int = typer.Option(8192, min=1),
     split: Optional[str] = typer.Option(None, help="For a prepared dataset: embed one split only."),
     no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     workers: int = typer.Option(1, min=1, help="Processes for reading structure files."),
+    plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     quiet: bool = typer.Option(False),
 ):
     """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
@@ -311,11 +322,14 @@ def embed(
     from .function.embed import embed as run
 
     device = _device(device)
-    cfg = EmbedConfig(layer=layer, per_residue=per_residue, max_length=max_length, tokens_per_batch=tokens_per_batch,
-                      use_coords=False if no_coords else None, split=split)
+    cfg = EmbedConfig(layer=layer, per_residue=per_residue, window=window, overlap=overlap, max_length=max_length,
+                      tokens_per_batch=tokens_per_batch,
+                      use_coords=False if no_coords else None, split=split, plddt_min=plddt_min)
     res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
               command=_command_line())
-    typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({res['cropped']} cropped to {max_length})" if res["cropped"] else ""))
+    notes = ([f"{res['windowed']} longer than {res['window']} in overlapping windows"] if res["windowed"] else []) + \
+        ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else [])
+    typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 class FunctionTask(str, Enum):

@@ -139,6 +139,9 @@ class PrepareConfig(_Record):
     test_fraction: float = 0.05
     seed: int = 0
     exclude_files: tuple[str, ...] = ()  # chain ids that must never reach train
+    #: Predicted models (AlphaFold, ESMFold): residues whose B-factor column (= pLDDT) is below this
+    #: become missing (all four atoms NaN) before the max_missing_ca filter. None = off.
+    plddt_min: float | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 
 from ..config import _Record
 from ..constants import CA_INDEX
-from ..data.batching import clean_batches
+from ..data.batching import check_fits, clean_batches
 from ..data.store import PreparedDataset
 from ..errors import UsageError
 
@@ -164,6 +164,8 @@ def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig
         idx = idx[: cfg.max_chains]
     if len(idx) == 0:
         raise UsageError(f"{data.path}: split {cfg.split!r} is empty")
+    if hasattr(model, "config"):
+        check_fits(data, idx, cfg.crop_length, model.config.max_len)
     model = model.to(device).eval()
     stats = None
     with Progress(TextColumn("attention"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

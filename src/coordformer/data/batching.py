@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..constants import AA_OFFSET, AMINO_ACIDS, ascii_to_token_table
+from ..errors import UsageError
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
 
@@ -184,6 +185,18 @@ class MaskedBatches(torch.utils.data.Dataset):
             "padding_mask": pad,
             "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         }
+
+
+def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: str = "--crop-length") -> None:
+    """Raise a one-line UsageError before any model call if a chain of ``idx``, cropped to
+    ``crop_length`` residues, is still longer than the model's ``max_len`` (the model would fail
+    mid-run on that batch); the message names the longest such chain and ``option``."""
+    eff = np.minimum(data.lengths[idx], crop_length)
+    if len(idx) == 0 or int(eff.max()) <= max_len:
+        return
+    ci = int(idx[int(np.argmax(eff))])
+    raise UsageError(f"chain {data.ids[ci]} has {int(data.lengths[ci])} residues, more than the model's max_len {max_len}: "
+                     f"use {option} {max_len} or less")
 
 
 def clean_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: int, rotate: bool = False, seed: int = 0):

@@ -146,7 +146,10 @@ def check_chain(chain: Any, filters: dict[str, Any]) -> tuple[str, str] | tuple[
     """Validate/filter one chain: ``(category, detail)`` if rejected, else ``(seq uint8 [L], coords float32 [L, 4, 3])``.
 
     Coordinates go through ``sanitize_coords`` (non-finite atoms become missing; a chain beyond
-    ``MAX_ABS_COORD`` is rejected as ``BAD_COORDS``) before the max-missing-CA filter.
+    ``MAX_ABS_COORD`` is rejected as ``BAD_COORDS``) before the max-missing-CA filter. With
+    ``filters["plddt_min"]`` set, residues whose ``chain.b_factors`` value (pLDDT, see
+    :func:`low_plddt`) is below it become missing too, also before that filter; chains without
+    B-factors (FASTA, chain_set records without ``b_factors``) are left as they are.
     """
     seq = chain.sequence if isinstance(chain.sequence, str) else str(chain.sequence or "")
     n = len(seq)
@@ -164,11 +167,42 @@ def check_chain(chain: Any, filters: dict[str, Any]) -> tuple[str, str] | tuple[
     coords, why = sanitize_coords(raw)
     if why:
         return BAD_COORDS, why
-    # after sanitising: atoms made missing for non-finite values count against max_missing_ca too
+    note = ""
+    if filters.get("plddt_min") is not None:
+        b = getattr(chain, "b_factors", None)
+        if b is not None:
+            try:
+                b = np.asarray(b, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                return BAD_COORDS, f"b_factors are not numeric ({e})"
+            if b.shape != (n,):
+                return BAD_COORDS, f"b_factors shape {b.shape} does not match sequence length ({n},)"
+            low = low_plddt(b, filters["plddt_min"])
+            if low.any():
+                coords[low] = np.nan
+                note = f" ({int(low.sum())} residues below plddt_min {filters['plddt_min']:g})"
+    # after sanitising and pLDDT masking: atoms made missing either way count against max_missing_ca too
     frac = float(np.isnan(coords[:, CA_INDEX, 0]).mean()) if n else 1.0
     if frac > filters["max_missing_ca"]:
-        return MISSING_CA, f"{frac:.0%} of residues lack CA > max_missing_ca {filters['max_missing_ca']:.0%}"
+        return MISSING_CA, f"{frac:.0%} of residues lack CA > max_missing_ca {filters['max_missing_ca']:.0%}{note}"
     return _seq_to_bytes(seq), coords
+
+
+def low_plddt(b_factors: np.ndarray, plddt_min: float) -> np.ndarray:
+    """[L] bool: residues whose B-factor, read as pLDDT, is below ``plddt_min`` (0..100).
+
+    AlphaFold DB files store pLDDT as 0-100, but some ESMFold outputs store 0-1: a chain whose
+    finite B-factors all lie in [0, 1] is read as 0-1 and scaled by 100 when ``plddt_min > 1``
+    (with ``plddt_min <= 1`` the values are compared as they are). Residues with no B-factor
+    (NaN: no CA in the file) are never flagged.
+    """
+    b = np.asarray(b_factors, dtype=np.float64)
+    finite = np.isfinite(b)
+    if plddt_min > 1 and finite.any() and b[finite].min() >= 0 and b[finite].max() <= 1:
+        b = b * 100.0
+    # B-factors arrive as float32 (0.7 -> 0.69999999): rounding back to the file's few decimals keeps a
+    # value written exactly at the threshold from counting as below it
+    return finite & (np.round(b, 4) < plddt_min)
 
 
 def _input_row(error: BaseException, path: str) -> list[str]:
@@ -766,6 +800,8 @@ def _check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"need 0 <= min_length <= max_length, got {config.min_length}, {config.max_length}")
     if not 0 <= config.max_missing_ca <= 1:
         raise ConfigError(f"max_missing_ca must be in [0, 1], got {config.max_missing_ca}")
+    if config.plddt_min is not None and not 0 <= config.plddt_min <= 100:
+        raise ConfigError(f"plddt_min must be in [0, 100] (pLDDT), got {config.plddt_min}")
 
 
 def _remove_dataset(out: Path) -> None:
@@ -847,7 +883,9 @@ def prepare(
         units, fp_sources = _plan_units(srcs, chunk_lines)
         fingerprint = {
             "format_version": DATASET_FORMAT_VERSION,
-            "filters": {"min_length": config.min_length, "max_length": config.max_length, "max_missing_ca": config.max_missing_ca},
+            "filters": {"min_length": config.min_length, "max_length": config.max_length, "max_missing_ca": config.max_missing_ca,
+                        # only when set, so a run interrupted before the option existed still resumes
+                        **({"plddt_min": config.plddt_min} if config.plddt_min is not None else {})},
             "chunk_lines": chunk_lines,
             "sources": fp_sources,
             "bad_paths": sorted(map(list, bad_paths)),

@@ -13,8 +13,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..constants import AA_OFFSET, AMINO_ACIDS
-from ..data.batching import BatchSettings, MaskedBatches
+from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
+from ..data.windows import windowed_forward
 from ..errors import UsageError
 from ..model import CoordFormer
 
@@ -33,13 +34,19 @@ def evaluate_mlm(
     use_coords: bool | None = None,
     progress: bool = True,
     masking: str = "mask",
+    windows: bool = False,
+    overlap: int = 256,
 ) -> dict:
     """Evaluate on ``split``: 15% of each chain's residues are selected and, with ``masking="mask"``
     (default), all replaced by <mask>; ``masking="bert"`` corrupts them as in training (80% <mask>,
     10% random, 10% unchanged), which gives lower perplexities because a tenth of the targets are
     visible: that is how validation during pretraining (and many published figures) are computed.
 
-    Chains longer than ``crop_length`` are evaluated on their first ``crop_length`` residues.
+    Chains longer than ``crop_length`` are evaluated on their first ``crop_length`` residues, or with
+    ``windows`` over their whole length: masks are drawn over the whole chain, the chain is run in
+    windows of ``crop_length`` overlapping by at least ``overlap`` (``coordformer.data.windows``), and
+    each masked residue is scored in the window it is most central in. Chains that fit get the same
+    masks either way.
     Returns a JSON-ready dict with
     ``perplexity``, ``recovery``, ``per_residue_recovery`` ({aa: fraction}),
     ``per_residue_count``, ``n_masked``, ``n_chains``, ``loss`` (mean nats), and ``per_chain``
@@ -54,9 +61,16 @@ def evaluate_mlm(
         raise UsageError(f"{data.path}: split {split!r} is empty")
     if masking not in ("mask", "bert"):
         raise UsageError(f"masking must be 'mask' or 'bert', not {masking!r}")
+    if windows and crop_length > model.config.max_len:
+        raise UsageError(f"--crop-length {crop_length} (the window) exceeds the model's max_len {model.config.max_len}")
+    if not windows:
+        check_fits(data, idx, crop_length, model.config.max_len, "--windows, or --crop-length")
+    if windows and not 0 <= overlap < crop_length:
+        raise UsageError(f"--overlap {overlap}: need 0 <= overlap < --crop-length ({crop_length})")
     fracs = (1.0, 0.0) if masking == "mask" else (0.8, 0.1)
     settings = BatchSettings(
-        crop_length=crop_length, tokens_per_batch=tokens_per_batch, mask_prob=mask_prob,
+        # windows: no crop (masks drawn over whole chains); the windowing happens at the model call
+        crop_length=int(data.lengths[idx].max()) if windows else crop_length, tokens_per_batch=tokens_per_batch, mask_prob=mask_prob,
         mask_token_frac=fracs[0], random_token_frac=fracs[1], rotate=True, random_crop=False,
     )
     batches = MaskedBatches(data, idx, settings, seed=seed, train=False)
@@ -72,9 +86,14 @@ def evaluate_mlm(
         for i in range(len(batches)):
             b = batches[i]
             coords = b["coords"].to(device) if feed_coords else None
-            out = model(b["tokens"].to(device), coords, b["padding_mask"].to(device))
+            mask = b["padding_mask"].to(device)
+            if mask.shape[1] > crop_length:
+                full = windowed_forward(lambda t, c, m: model(t, c, m).logits, b["tokens"].to(device), coords, mask,
+                                        crop_length, overlap, tokens_per_batch)
+            else:
+                full = model(b["tokens"].to(device), coords, mask).logits
             sel = b["targets"] != -100
-            logits = out.logits[sel.to(device)].float().cpu()
+            logits = full[sel.to(device)].float().cpu()
             tgt = b["targets"][sel]
             tok_nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="none")
             nll += float(tok_nll.sum())
@@ -100,6 +119,7 @@ def evaluate_mlm(
         "per_residue_recovery": per,
         "per_residue_count": {a: int(count[i]) for i, a in enumerate(AMINO_ACIDS)},
         "per_chain": per_chain,
-        "settings": {"seed": seed, "mask_prob": mask_prob, "crop_length": crop_length, "masking": "all <mask>" if masking == "mask" else "bert 80/10/10",
+        "settings": {"seed": seed, "mask_prob": mask_prob, "crop_length": crop_length,
+                     "windows": {"overlap": overlap} if windows else None, "masking": "all <mask>" if masking == "mask" else "bert 80/10/10",
                      "tokens_per_batch": tokens_per_batch, "max_chains": max_chains, "use_coords": feed_coords},
     }

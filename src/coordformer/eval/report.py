@@ -54,6 +54,8 @@ def markdown_report(results: dict[str, dict], figure: str | None, data_desc: str
         parts += [f"![per-residue recovery]({figure})", ""]
     s = results[labels[0]]["settings"]
     parts += [f"Masking: {s['mask_prob']:.0%} of residues per chain ({s['masking']}), seed {s['seed']}; "
-              f"chains cropped to their first {s['crop_length']} residues. Perplexity = exp(mean cross-entropy) "
+              + (f"whole chains in windows of {s['crop_length']} overlapping by at least {s['windows']['overlap']}, each masked residue "
+                 "scored in the window it is most central in. " if s.get("windows") else
+                 f"chains cropped to their first {s['crop_length']} residues. ") + "Perplexity = exp(mean cross-entropy) "
               "on masked residues; recovery = argmax over the 20 amino acids.", ""]
     return "\n".join(parts)

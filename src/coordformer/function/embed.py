@@ -12,6 +12,8 @@ Output (readable with h5py / numpy alone):
 * ``.npz``: ``ids``, ``lengths``, ``mean`` (mean-pooled only; the whole array is kept in memory).
 
 Coordinates are centred but not rotated, so an embedding is a deterministic function of the input.
+Chains longer than the window are embedded in overlapping windows stitched back to full length
+(``coordformer.data.windows``: each residue from the window it is most central in).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config import _Record
-from ..data.batching import clean_batches
+from ..data.batching import check_fits, clean_batches
 from ..data.store import PreparedDataset, is_finished_dataset
 from ..errors import UsageError
 
@@ -38,20 +40,26 @@ class EmbedConfig(_Record):
 
     layer: int | None = None  # None = final layer after the final LayerNorm; k = residual stream after layer k
     per_residue: bool = False
-    max_length: int = 2048  # residues kept per chain (the first max_length); longer chains are counted as cropped
+    window: int | None = None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    overlap: int = 256  # least overlap between consecutive windows (each residue is taken from the window it is most central in)
+    max_length: int | None = None  # None = whole chains; N = embed only the first N residues (counted as cropped)
     tokens_per_batch: int = 8192
     use_coords: bool | None = None  # None = as the model was trained
     split: str | None = None  # for a prepared dataset: one split only
+    plddt_min: float | None = None  # raw inputs only: passed to prepare (PrepareConfig.plddt_min)
 
 
-def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool, echo) -> tuple[PreparedDataset, dict]:
+def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool, echo,
+                 plddt_min: float | None = None) -> tuple[PreparedDataset, dict]:
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
+        if plddt_min is not None:  # a prepared dataset keeps no B-factors to apply it to
+            raise UsageError("--plddt-min applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
         return PreparedDataset(inputs[0]), {"prepared": inputs[0]}
     from ..config import PrepareConfig
     from ..data.prepare import prepare
 
     # Everything to "train" and no length filter: embedding wants every readable chain.
-    cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0)
+    cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, plddt_min=plddt_min)
     summary = prepare(inputs, workdir / "prepared", cfg, workers=workers, progress=progress)
     echo(summary.format())
     return PreparedDataset(workdir / "prepared"), {"prepare": summary.to_dict()}
@@ -76,13 +84,16 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     n_layers = model.config.n_layers
     if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
         raise UsageError(f"--layer {cfg.layer}: this model has layers 0..{n_layers} (0 = embeddings)")
-    if cfg.max_length > model.config.max_len:
-        raise UsageError(f"--max-length {cfg.max_length} exceeds the model's max_len {model.config.max_len}")
+    window = cfg.window or min(1024, model.config.max_len)
+    if window > model.config.max_len:
+        raise UsageError(f"--window {window} exceeds the model's max_len {model.config.max_len}")
+    if not 0 <= cfg.overlap < window:
+        raise UsageError(f"--overlap {cfg.overlap}: need 0 <= overlap < window ({window})")
     use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix="coordformer-embed-"))
     try:
-        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo)
+        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min)
         if (tmp_dir / "prepared" / "skipped.tsv").exists():
             shutil.copy(tmp_dir / "prepared" / "skipped.tsv", out.with_name(out.name + ".skipped.tsv"))
         idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
@@ -93,21 +104,22 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
                  "use_coords": use_coords, "command": command}
         tmp_out = out.with_name(out.name + ".tmp")
         writer = _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue) if fmt == "h5" else _NpzWriter()
-        cropped = 0
+        cropped = windowed = 0
         with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress) as bar:
             task = bar.add_task("embed", total=len(idx))
-            for chain_idx, lengths, mean, hidden in iter_pooled(model, data, idx, cfg.layer, use_coords, cfg.max_length,
-                                                                cfg.tokens_per_batch, device):
+            for chain_idx, lengths, mean, hidden in iter_windowed(model, data, idx, cfg.layer, use_coords, window, cfg.overlap,
+                                                                  cfg.tokens_per_batch, device, cfg.max_length):
                 for r, ci in enumerate(chain_idx):
                     n = int(lengths[r])
                     cropped += int(data.lengths[ci] > n)
+                    windowed += int(n > window)
                     writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None)
                 bar.advance(task, len(chain_idx))
         writer.close(tmp_out)
         os.replace(tmp_out, out)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    summary = {"out": str(out), "chains": int(len(idx)), "cropped": cropped, "dim": model.config.d_model, **provenance}
+    summary = {"out": str(out), "chains": int(len(idx)), "cropped": cropped, "windowed": windowed, "window": window, "dim": model.config.d_model, **provenance}
     return summary
 
 
@@ -116,12 +128,42 @@ def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None
     """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
     for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
     residues of each chain; clean, centred, unrotated inputs)."""
+    check_fits(data, idx, max_length, model.config.max_len, "--max-length")
     for chain_idx, b in clean_batches(data, idx, max_length, tokens_per_batch):
         mask = b["padding_mask"].to(device)
         with torch.no_grad():
             res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
                         repr_layers=() if layer is None else (layer,))
         h = res.hidden if layer is None else res.representations[layer]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
+        yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
+
+
+def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | None, use_coords: bool, window: int,
+                  overlap: int, tokens_per_batch: int, device: str = "cpu", max_length: int | None = None):
+    """As :func:`iter_pooled` (same tuples, same order: by length), over whole chains (or their first
+    ``max_length`` residues): chains of at most ``window`` residues go through :func:`iter_pooled`
+    unchanged; longer ones through overlapping windows (``coordformer.data.windows``), each residue's
+    hidden state from the window it is most central in, and the mean over all their residues."""
+    from ..data.windows import windowed_forward
+
+    lengths = data.lengths[idx] if max_length is None else np.minimum(data.lengths[idx], max_length)
+    fits = lengths <= window
+    if fits.any():
+        yield from iter_pooled(model, data, idx[fits], layer, use_coords, window, tokens_per_batch, device)
+    if fits.all():
+        return
+
+    def run(tokens, coords, mask):
+        res = model(tokens, coords, mask, repr_layers=() if layer is None else (layer,))
+        return res.hidden if layer is None else res.representations[layer]
+
+    for chain_idx, b in clean_batches(data, idx[~fits], int(lengths[~fits].max()), tokens_per_batch):
+        mask = b["padding_mask"].to(device)
+        with torch.no_grad():
+            h = windowed_forward(run, b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
+                                 window, overlap, max(tokens_per_batch, window))
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
         yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()

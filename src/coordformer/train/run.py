@@ -7,12 +7,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from ..config import ModelConfig, TrainConfig
-from ..data.batching import BatchSettings, MaskedBatches
+from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
 from ..errors import UsageError
 from .mlm import MaskedLMModule
@@ -126,6 +127,7 @@ def pretrain(
     """
     _quiet_lightning()
     data = PreparedDataset(data_dir)
+    check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
