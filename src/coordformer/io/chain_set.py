@@ -142,9 +142,11 @@ def _record_to_chain(rec, source: str) -> Chain:
         if not isinstance(b, list) or len(b) != n:
             raise ValueError("'b_factors' is not a list of one value per residue")
         try:
-            b_factors = np.array([math.nan if v is None else v for v in b], dtype=np.float32)
+            with np.errstate(over="ignore"):  # beyond float32: no usable value, made NaN below
+                b_factors = np.array([math.nan if v is None else v for v in b], dtype=np.float32)
         except (ValueError, TypeError):
             raise ValueError("'b_factors' has non-numeric values") from None
+        b_factors[~np.isfinite(b_factors)] = np.nan  # an infinite B-factor (or pLDDT) means none
     residue_ids = None
     if rec.get("residue_ids") is not None:
         r = rec["residue_ids"]
