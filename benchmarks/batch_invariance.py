@@ -14,20 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import torch
-
-
-def padded(chains, table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """tokens [B, L], coords [B, L, 4, 3] (NaN padding), mask [B, L] for a list of Chain."""
-    length = max(len(c.sequence) for c in chains)
-    tokens = torch.zeros(len(chains), length, dtype=torch.long)
-    coords = torch.full((len(chains), length, 4, 3), float("nan"))
-    for i, c in enumerate(chains):
-        n = len(c.sequence)
-        tokens[i, :n] = torch.from_numpy(table[np.frombuffer(c.sequence.encode(), dtype=np.uint8)])
-        coords[i, :n] = torch.from_numpy(c.coords)
-    return tokens, coords, tokens != 0
 
 
 def main(argv=None) -> int:
@@ -37,21 +24,20 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
 
-    from coordformer.constants import ascii_to_token_table
+    from coordformer.data.batching import chains_to_batch
     from coordformer.demo import bundled_chains
     from coordformer.io import iter_chain_set
     from coordformer.model.checkpoints import load_model
 
-    table = np.asarray(ascii_to_token_table(), dtype=np.int64)
     model, _ = load_model(a.model)
     model = model.to(a.device)
     chains = [c for c, _ in zip(iter_chain_set(bundled_chains()), range(a.chains))]
-    together = [t.to(a.device) for t in padded(chains, table)]
+    together = [t.to(a.device) for t in chains_to_batch(chains)]
     for bf16 in (False, True):
         logit_diff = prob_diff = 0.0
         agree = 1.0
         for i, c in enumerate(chains):
-            alone = [t.to(a.device) for t in padded([c], table)]
+            alone = [t.to(a.device) for t in chains_to_batch([c])]
             with torch.no_grad(), torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 x = model(*alone).logits.float()[0]
                 y = model(*together).logits.float()[i, : len(c.sequence)]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from coordformer.cli import main
 from coordformer.config import ModelConfig
-from coordformer.constants import PAD, token_of
+from coordformer.data.batching import chains_to_batch
 from coordformer.demo import bundled_chains
 from coordformer.errors import UsageError
 from coordformer.io import iter_chain_set
@@ -37,12 +37,7 @@ def batch():
     """Four real chains from the bundled held-out set, padded: tokens [4, L], coords [4, L, 4, 3]."""
     chains = [c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")][:4]
     assert len(chains) == 4
-    length = max(len(c.sequence) for c in chains)
-    tokens = torch.full((4, length), PAD, dtype=torch.long)
-    coords = torch.full((4, length, 4, 3), float("nan"))
-    for i, c in enumerate(chains):
-        tokens[i, : len(c.sequence)] = torch.tensor([token_of(a) for a in c.sequence])
-        coords[i, : len(c.sequence)] = torch.from_numpy(c.coords)
+    tokens, coords, _ = chains_to_batch(chains)
     return tokens, coords
 
 

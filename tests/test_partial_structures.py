@@ -10,7 +10,7 @@ import torch
 from conftest import DATA
 
 from coordformer.config import PrepareConfig
-from coordformer.constants import token_of
+from coordformer.data.batching import chains_to_batch
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.function.embed import EmbedConfig, embed, read_embeddings
@@ -43,9 +43,7 @@ def chain():
 @torch.no_grad()
 def _run(model, c: Chain):
     """(logits [L, V], hidden [L, D]) of one chain, coordinates as stored (NaN = missing)."""
-    tokens = torch.tensor([[token_of(a) for a in c.sequence]])
-    coords = torch.from_numpy(np.array(c.coords, dtype=np.float32))[None]
-    out = model(tokens, coords, torch.ones_like(tokens, dtype=torch.bool))
+    out = model(*chains_to_batch([c]))
     return out.logits[0], out.hidden[0]
 
 

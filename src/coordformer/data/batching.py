@@ -199,6 +199,23 @@ def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: st
                      f"use {option} {max_len} or less")
 
 
+def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad ``Chain`` objects (as the readers return them) into one model input, as stored: no crop,
+    centring or rotation (the model centres on present CAs itself).
+
+    Returns tokens [B, L] long (PAD after each chain), coords [B, L, 4, 3] float32 Angstrom (NaN
+    missing or padding) and padding_mask [B, L] bool (True = residue), L = the longest chain.
+    """
+    length = max(len(c.sequence) for c in chains)
+    tokens = torch.zeros(len(chains), length, dtype=torch.long)
+    coords = torch.full((len(chains), length, 4, 3), float("nan"))
+    for i, c in enumerate(chains):
+        n = len(c.sequence)
+        tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8)])
+        coords[i, :n] = torch.from_numpy(np.asarray(c.coords, dtype=np.float32))
+    return tokens, coords, tokens != 0
+
+
 def clean_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: int, rotate: bool = False, seed: int = 0):
     """Yield (chain indices [B], collated batch) over ``idx`` in length-sorted token-budget batches of
     clean (unmasked: use ``batch["clean"]``), centred chains cropped to their first ``crop_length``
