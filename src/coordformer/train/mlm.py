@@ -105,7 +105,11 @@ class MaskedLMModule(L.LightningModule):
         if mm:
             over = self.train_seconds >= mm * 60.0
             # Lightning does not synchronise should_stop across ranks; a rank leaving alone would hang.
-            self.trainer.should_stop = bool(self.trainer.strategy.reduce_boolean_decision(over, all=False))
+            # Rank 0's clock decides (as for the learning rate): another rank's copy has its own step
+            # time added since the last broadcast and could stop the run just before the budget.
+            if self.trainer.world_size > 1:
+                over = bool(self.trainer.strategy.broadcast(over, 0))
+            self.trainer.should_stop = over
 
     def on_before_optimizer_step(self, optimizer):
         """Skip the update when any gradient is NaN/Inf (one rare bad step must not poison the weights).
