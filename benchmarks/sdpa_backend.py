@@ -17,8 +17,6 @@ import argparse
 import json
 import sys
 
-FUSED = ("flash", "efficient", "cudnn")
-
 
 def attention_ops(model, batch, device: str) -> list[str]:
     """Names of the aten SDPA ops a forward + backward of ``model`` on ``batch`` ran."""

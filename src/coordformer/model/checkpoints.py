@@ -23,7 +23,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import UsageError
 from .core import CoordFormer
-from .hub import is_pretrained_folder, load_pretrained
+from .hub import is_pretrained_folder, load_pretrained, model_from_state
 
 MODEL_FORMAT = "coordformer-model"
 MODEL_FORMAT_VERSION = 1
@@ -92,12 +92,7 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
         meta = {"global_step": obj.get("global_step"), "train_seconds": obj["coordformer"].get("train_seconds")}
     else:
         raise UsageError(f"{path}: not a coordformer checkpoint (no model config inside)")
-    config = ModelConfig.from_dict(cfg)
-    model = CoordFormer(config)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    if missing or unexpected:
-        raise UsageError(f"{path}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.eval()
+    model = model_from_state(ModelConfig.from_dict(cfg), state, path)
     meta = {**meta, "path": str(path), "name": str(name_or_path)}
     return model, meta
 

@@ -176,6 +176,22 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     return ModelConfig.from_dict(fields), cfg
 
 
+def model_from_state(config: ModelConfig, state: dict, source) -> CoordFormer:
+    """A float32 CoordFormer in eval mode from its config and weights (any float dtype); a one-line
+    UsageError naming ``source`` when the weights do not fit the config."""
+    model = CoordFormer(config)
+    # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
+    expected = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+              if k in expected and v.shape != expected[k].shape]
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected or shapes:
+        raise UsageError(f"{source}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                         f"shapes {shapes[:2]})")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
 def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
     """Load a pretrained folder. Returns (model in eval mode, float32; meta dict)."""
     from safetensors import SafetensorError
@@ -187,17 +203,7 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise UsageError(f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})") from None
-    model = CoordFormer(config)
-    # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
-    expected = model.state_dict()
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
-              if k in expected and v.shape != expected[k].shape]
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected or shapes:
-        raise UsageError(f"{folder}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                         f"shapes {shapes[:2]})")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    model.to(map_location).eval()
+    model = model_from_state(config, state, folder).to(map_location)
     stored = cfg.get("coordformer_meta")
     meta = {**(stored if isinstance(stored, dict) else {}), "path": str(folder), "format": HF_FORMAT,
             "torch_dtype": cfg.get("torch_dtype", "float32")}
