@@ -59,6 +59,10 @@ def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_ch
     assert main([*common, "--head", "mlp", "--max-epochs", "30", "--patience", "30", "--out", str(tmp_path / "mlp")]) == 0
     assert main([*common, "--head", "linear", "--max-epochs", "2", "--tokens-per-batch", "2048",
                  "--out", str(tmp_path / "lin")]) == 0
+    lin = json.loads((tmp_path / "lin" / "metrics.json").read_text())
+    # LP-FT: the linear layer was first fitted on frozen embeddings (its own log and checkpoint)
+    assert 1 <= lin["probe"]["epochs_run"] <= 50 and 0 <= lin["probe"]["best_valid_fmax"] <= 1
+    assert (tmp_path / "lin" / "checkpoints" / "probe.ckpt").exists() and (tmp_path / "lin" / "logs_probe").is_dir()
     for run in ("mlp", "lin"):
         m = json.loads((tmp_path / run / "metrics.json").read_text())
         assert m["test"]["n"] == len(ids["test"]) and 0 <= m["test"]["fmax"] <= 1 and 0 <= m["test"]["micro_aupr"] <= 1
@@ -103,3 +107,37 @@ def test_finetune_bad_label_folder_is_one_line(tmp_path, prepared, capsys):
                  "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "no nrPDB-EC_annot/train/valid/test file(s)" in err and err.count("\n") == 1
+
+
+def test_output_bias_starts_at_class_log_odds():
+    import torch
+
+    from coordformer.function.finetune import FinetuneConfig, FunctionModule
+
+    y = np.zeros((99, 3), dtype=np.float32)
+    y[:9, 0] = 1  # 9 of 99 chains have class 0, 49 class 1, none class 2
+    y[:49, 1] = 1
+    for head in ("linear", "mlp"):
+        m = FunctionModule(FinetuneConfig(head=head), n_classes=3, d_in=8)
+        m.init_output_bias(y)
+        p = torch.sigmoid(m(({"features": torch.zeros(1, 8)}))[0]) if head == "linear" else None
+        last = m.head if head == "linear" else m.head.out[-1]
+        prior = torch.sigmoid(last.bias.detach()).numpy()
+        # (count + 0.5) / (n + 1): close to the frequency, finite for a class without positives
+        np.testing.assert_allclose(prior, [9.5 / 100, 49.5 / 100, 0.5 / 100], rtol=1e-5)
+        if p is not None:  # zero features: the linear head predicts exactly the prior
+            np.testing.assert_allclose(p.detach().numpy(), prior, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_linear_head_without_probe_and_with_zero_bias(tmp_path, prepared, tiny_checkpoint):
+    labels = tmp_path / "deepfri"
+    _write_deepfri(labels, prepared)
+    out = tmp_path / "lin0"
+    assert main(["finetune", "-c", str(tiny_checkpoint), "--labels", str(labels), "--data", str(prepared.path), "--head", "linear",
+                 "--probe-epochs", "0", "--zero-bias", "--max-epochs", "1", "--tokens-per-batch", "2048", "--out", str(out),
+                 "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "probe" not in m and not (out / "checkpoints" / "probe.ckpt").exists()
+    cfg = json.loads((out / "config.json").read_text())["finetune"]
+    assert cfg["probe_epochs"] == 0 and cfg["prior_bias"] is False
