@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,tensorboard,hf]"
 	touch $@
 
 venv: $(BIN)/.installed

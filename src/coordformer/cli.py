@@ -363,6 +363,7 @@ def finetune(
     max_length: int = typer.Option(1024, min=1),
     probe_epochs: int = typer.Option(50, min=0, help="linear head: first fit the linear layer on frozen embeddings for up to this many "
                                      "epochs (early-stopped), then fine-tune the encoder (LP-FT); 0 = start from a fresh head."),
+    probe_patience: int = typer.Option(10, min=1, help="linear head: early-stopping patience of the probe stage."),
     prior_bias: bool = typer.Option(True, "--prior-bias/--zero-bias",
                                     help="Start the output bias at each class's training log-odds (default) or at 0."),
     seed: int = typer.Option(0),
@@ -377,7 +378,8 @@ def finetune(
     cfg = FinetuneConfig(task=task.value, head=head.value, random_init=random_init, use_coords=False if no_coords else None,
                          max_epochs=max_epochs, patience=patience, lr=lr, encoder_lr_scale=encoder_lr_scale,
                          batch_size=batch_size, tokens_per_batch=tokens_per_batch, max_length=max_length, seed=seed,
-                         prior_bias=prior_bias, probe_epochs=probe_epochs)
+                         prior_bias=prior_bias, probe_epochs=probe_epochs,
+                         probe_patience=probe_patience)
     m = run(checkpoint, labels, data, out, cfg, device=device, progress=not quiet, echo=typer.echo, command=_command_line())
     t = m["test"]
     typer.echo(f"test: Fmax {t['fmax']:.3f}, micro-AUPR {t['micro_aupr']:.3f}, flattened max-F1 {t['flattened_max_f1']:.3f} "

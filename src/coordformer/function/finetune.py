@@ -68,6 +68,7 @@ class FinetuneConfig(_Record):
     # linear head: epochs of fitting the linear layer alone on frozen embeddings before the encoder
     # is unfrozen (0 = fine-tune from a fresh head); early-stopped on validation Fmax like the rest.
     probe_epochs: int = 50
+    probe_patience: int = 10  # probe epochs take seconds and its validation Fmax is noisy: be patient
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -76,8 +77,8 @@ class FinetuneConfig(_Record):
             raise UsageError(f"--head must be one of {', '.join(HEADS)}, not {self.head!r}")
         if self.max_epochs < 1 or self.patience < 1:
             raise UsageError("max_epochs and patience must be >= 1")
-        if self.probe_epochs < 0:
-            raise UsageError("probe_epochs must be >= 0")
+        if self.probe_epochs < 0 or self.probe_patience < 1:
+            raise UsageError("probe_epochs must be >= 0 and probe_patience >= 1")
 
 
 def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
@@ -252,10 +253,10 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
     accelerator = "gpu" if device.startswith("cuda") else "mps" if device == "mps" else "cpu"
     train_y = splits["train"][2]
 
-    def fit(module: FunctionModule, loaders: dict, max_epochs: int, name: str, extra=()) -> tuple[int, str]:
+    def fit(module: FunctionModule, loaders: dict, max_epochs: int, name: str, patience: int, extra=()) -> tuple[int, str]:
         """Train with early stopping on validation Fmax; leaves ``module`` holding its best epoch's
         weights. Returns (epochs run, path of checkpoints/<name>.ckpt)."""
-        callbacks = [EarlyStopping("valid_fmax", mode="max", patience=cfg.patience),
+        callbacks = [EarlyStopping("valid_fmax", mode="max", patience=patience),
                      ModelCheckpoint(out / "checkpoints", filename=name, monitor="valid_fmax", mode="max", save_top_k=1),
                      *extra]
         trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1,
@@ -288,14 +289,14 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
         module = FunctionModule(cfg, n_classes, d_model)
         if cfg.prior_bias:
             module.init_output_bias(train_y)
-        run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best")
+        run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best", cfg.patience)
     else:
         probe = None
         if cfg.probe_epochs:
             probe = FunctionModule(cfg, n_classes, d_model)  # linear layer on frozen features
             if cfg.prior_bias:
                 probe.init_output_bias(train_y)
-            epochs, _ = fit(probe, frozen_features(), cfg.probe_epochs, "probe")
+            epochs, _ = fit(probe, frozen_features(), cfg.probe_epochs, "probe", cfg.probe_patience)
             run_info["probe"] = {"epochs_run": epochs, "best_valid_fmax": probe.best_fmax}
             echo(f"linear probe: best validation Fmax {probe.best_fmax:.3f} after {epochs} epochs; now fine-tuning the encoder")
         model.to("cpu").train()  # load_model hands back an inference-mode model
@@ -306,7 +307,7 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
             module.init_output_bias(train_y)
         sets = {n: _StructureBatches(data, splits[n][1], splits[n][2], cfg, train=n == "train") for n in splits}
         loaders = {n: torch.utils.data.DataLoader(sets[n], batch_size=None, shuffle=False) for n in sets}
-        run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best", extra=(_EpochSetter(sets["train"]),))
+        run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best", cfg.patience, extra=(_EpochSetter(sets["train"]),))
     module = module.to(device).eval()
     metrics = {**run_info, "best_checkpoint": str(best)}
     identity = read_identity_bins(files["identity"]) if "identity" in files else None

@@ -36,6 +36,16 @@ def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
+def position_table(config: ModelConfig) -> torch.Tensor:
+    """The model's fixed position embeddings [max_len, d_model] float32: sinusoidal, with the last
+    channels left empty when first-layer Gaussian heads reserve them for coordinate features."""
+    d = config.d_model
+    reserved = _N_RESERVED if config.gaussian_init_heads else 0
+    table = torch.zeros(config.max_len, d)
+    table[:, : d - reserved] = sinusoidal_table(config.max_len, d - reserved)
+    return table
+
+
 def coordinate_features(coords: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """Per-residue input features for the linear coordinate embedding.
 
@@ -126,11 +136,8 @@ class CoordFormer(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
-        reserved = _N_RESERVED if config.gaussian_init_heads else 0
         self.tokens = nn.Embedding(config.vocab_size, d)
-        table = torch.zeros(config.max_len, d)
-        table[:, : d - reserved] = sinusoidal_table(config.max_len, d - reserved)
-        self.register_buffer("positions", table, persistent=False)
+        self.register_buffer("positions", position_table(config), persistent=False)
         self.coord_embed = nn.Linear(config.n_coord_features, d) if config.use_coords else None
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
         self.final_ln = nn.LayerNorm(d)
@@ -213,13 +220,16 @@ class CoordFormer(nn.Module):
                 nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
 
     def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None,
-              ablate: tuple[str, ...] = ()) -> torch.Tensor:
+              ablate: tuple[str, ...] = (), positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
         them in any frame (the batching pipeline already centres; centring twice is harmless).
         ``ablate`` (analysis only) may hold "coords" (coordinate features set to zero: every residue
         at the origin, none flagged missing, so only the sequence signal is left) and/or
         "positions" (sinusoidal positions set to zero: only the 3D signal is left).
+        ``positions``: [B, L] long residue indices for the sinusoidal table (default 0..L-1). Jumps
+        in them mark chain breaks: unresolved residues that are not in the input, the gap between
+        the chains of a complex, or residues left out by a 3D crop.
         Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
@@ -229,7 +239,14 @@ class CoordFormer(nn.Module):
             raise UsageError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; use a smaller --crop-length")
         x = self.tokens(tokens)
         if "positions" not in ablate:
-            x = x + self.positions[:l].to(self.tokens.weight.dtype)
+            if positions is None:
+                x = x + self.positions[:l].to(self.tokens.weight.dtype)
+            else:
+                top = int(positions.max()) if positions.numel() else 0
+                if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
+                    raise UsageError(f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
+                                     f"got up to {top}: use a smaller --chain-gap or crop")
+                x = x + self.positions[positions].to(self.tokens.weight.dtype)
         if self.coord_embed is not None:
             if coords is None:
                 # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
@@ -259,6 +276,7 @@ class CoordFormer(nn.Module):
         need_attention: bool = False,
         repr_layers: tuple[int, ...] = (),
         ablate: tuple[str, ...] = (),
+        positions: torch.Tensor | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -269,10 +287,11 @@ class CoordFormer(nn.Module):
             need_attention: also return per-layer attention maps [B, H, L, L] (slower path).
             repr_layers: layer indices whose hidden states to return (0 = embedding output).
             ablate: inputs to zero for attention analysis, see ``embed``.
+            positions: [B, L] long residue indices (default 0..L-1), see ``embed``.
         """
         if padding_mask is None:
             padding_mask = tokens != 0
-        x = self.embed(tokens, coords, padding_mask, ablate)
+        x = self.embed(tokens, coords, padding_mask, ablate, positions)
         # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash takes
         # no arbitrary mask); one host sync per forward buys that.
         key_mask = None if bool(padding_mask.all()) else padding_mask

@@ -2,9 +2,10 @@
 
 The layout follows the Hub convention, so a folder can be uploaded as a model repository and a
 downloaded snapshot loads offline from disk. It loads with coordformer
-(``CoordFormer.from_pretrained(folder)``, or ``-c FOLDER`` on any command), not with
-``transformers.AutoModel``: transformers is not a dependency and the architecture is not
-registered there.
+(``CoordFormer.from_pretrained(folder)``, or ``-c FOLDER`` on any command) and, where transformers
+is installed, with ``transformers.AutoModel`` / ``AutoModelForMaskedLM`` after
+``import coordformer.model.hf_model`` (see there). Folders that transformers saves (weights under a
+``coordformer.`` prefix, its own config keys) load back here.
 
 ``config.json`` holds the ModelConfig fields at top level, as Hugging Face configs do, plus::
 
@@ -36,7 +37,13 @@ HF_FORMAT_VERSION = 1
 # (transformers_version, _name_or_path) when a folder passes through it; anything else unknown is
 # handed to ModelConfig.from_dict so that a field added by a newer coordformer fails loudly.
 _WRAPPER_KEYS = {"model_type", "architectures", "format", "format_version", "coordformer_version", "torch_dtype",
-                 "coordformer_meta", "transformers_version", "_name_or_path"}
+                 "coordformer_meta", "transformers_version", "_name_or_path",
+                 # generic PretrainedConfig settings transformers writes when they differ from its defaults
+                 "dtype", "output_attentions", "output_hidden_states", "return_dict", "use_cache", "id2label",
+                 "label2id", "problem_type", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
+                 "is_encoder_decoder", "chunk_size_feed_forward", "tokenizer_class", "auto_map"}
+#: Prefix of the weights in folders saved by the transformers wrapper (``hf_model``).
+HF_WRAPPER_PREFIX = "coordformer."
 # Local to the machine that exported the folder: meaningless (and leaky) once shared.
 _LOCAL_META_KEYS = {"path"}
 
@@ -100,11 +107,19 @@ def _model_card(config: dict, meta: dict) -> str:
     lines += [
         f"CoordFormer masked-language model ({dims}), weights stored as {config['torch_dtype']}.",
         "",
-        "Load it offline from this folder with coordformer (not `transformers.AutoModel`):",
+        "Load it offline from this folder with coordformer:",
         "",
         "```python",
         "from coordformer.model import CoordFormer",
         "model = CoordFormer.from_pretrained(\"path/to/this/folder\")",
+        "```",
+        "",
+        "or with transformers (`pip install 'coordformer[hf]'`):",
+        "",
+        "```python",
+        "import coordformer.model.hf_model  # registers the coordformer model type",
+        "from transformers import AutoModelForMaskedLM",
+        "model = AutoModelForMaskedLM.from_pretrained(\"path/to/this/folder\")",
         "```",
         "",
         "or give the folder to any command: `coordformer evaluate -c path/to/this/folder --data DATA`.",
@@ -203,6 +218,8 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise UsageError(f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})") from None
+    if state and all(k.startswith(HF_WRAPPER_PREFIX) for k in state):
+        state = {k[len(HF_WRAPPER_PREFIX):]: v for k, v in state.items()}
     model = model_from_state(config, state, folder).to(map_location)
     stored = cfg.get("coordformer_meta")
     meta = {**(stored if isinstance(stored, dict) else {}), "path": str(folder), "format": HF_FORMAT,
