@@ -43,6 +43,18 @@ def _command_line() -> str:
     return "coordformer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+_CHAINS_HELP = "Author chain ids to keep, comma-separated (e.g. A,B); default: every protein chain."
+
+
+def _chain_list(value: Optional[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    chains = tuple(c.strip() for c in value.split(",") if c.strip())
+    if not chains:
+        raise UsageError(f"--chains {value!r}: give author chain ids separated by commas, e.g. --chains A,B")
+    return chains
+
+
 _PLDDT_HELP = ("Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are scaled) "
                "is below this become missing coordinates. Default: off.")
 
@@ -60,6 +72,7 @@ def prepare(
     max_length: int = typer.Option(100_000, min=1),
     max_missing_ca: float = typer.Option(0.5, min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
+    chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
@@ -74,7 +87,7 @@ def prepare(
             raise UsageError(f"--exclude file {f} does not exist")
     cfg = PrepareConfig(min_length=min_length, max_length=max_length, max_missing_ca=max_missing_ca, split=split.value,
                         split_identity=identity, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
-                        exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min)
+                        exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min, chains=_chain_list(chains))
     summary = run_prepare([str(s) for s in sources], out, cfg, workers=workers, progress=not quiet, overwrite=overwrite)
     typer.echo(summary.format())
 
@@ -315,6 +328,10 @@ def embed(
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     workers: int = typer.Option(1, min=1, help="Processes for reading structure files."),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
+    chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
+    complexes: bool = typer.Option(False, "--complexes", help="Embed the chains of each file together (one frame, a position gap "
+                                   "between chains); adds one mean-pooled row per complex."),
+    chain_gap: int = typer.Option(64, min=0, help="With --complexes: residue positions between consecutive chains."),
     quiet: bool = typer.Option(False),
 ):
     """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
@@ -324,11 +341,15 @@ def embed(
     device = _device(device)
     cfg = EmbedConfig(layer=layer, per_residue=per_residue, window=window, overlap=overlap, max_length=max_length,
                       tokens_per_batch=tokens_per_batch,
-                      use_coords=False if no_coords else None, split=split, plddt_min=plddt_min)
+                      use_coords=False if no_coords else None, split=split, plddt_min=plddt_min,
+                      chains=_chain_list(chains), complexes=complexes, chain_gap=chain_gap)
     res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
               command=_command_line())
     notes = ([f"{res['windowed']} longer than {res['window']} in overlapping windows"] if res["windowed"] else []) + \
         ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else [])
+    if complexes:
+        notes.append(f"{res['complexes']} complexes" + (f", {res['complexes_skipped']} too long, skipped (see {out}.skipped.tsv)"
+                                                       if res["complexes_skipped"] else ""))
     typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 

@@ -142,6 +142,9 @@ class PrepareConfig(_Record):
     #: Predicted models (AlphaFold, ESMFold): residues whose B-factor column (= pLDDT) is below this
     #: become missing (all four atoms NaN) before the max_missing_ca filter. None = off.
     plddt_min: float | None = None
+    #: Author chain ids to keep (e.g. ("A", "B")); empty = every protein chain. A structure file
+    #: with none of them is skipped and logged; other inputs' chains are kept by their id's suffix.
+    chains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -210,15 +210,23 @@ def _input_row(error: BaseException, path: str) -> list[str]:
     return ["input", str(getattr(error, "source", None) or path), str(getattr(error, "reason", None) or error)]
 
 
-def _read_unit_chains(unit: dict, skipped: list[list[str]]) -> list[Any]:
-    """Read a unit's chains; unreadable files/records are appended to ``skipped`` as input rows."""
+def selected_chain(chain_id: str, chains: Sequence[str]) -> bool:
+    """Whether a chain id ``ENTRY.CHAIN`` (or a bare id) names one of the author chain ids ``chains``."""
+    return str(chain_id).rsplit(".", 1)[-1] in chains
+
+
+def _read_unit_chains(unit: dict, skipped: list[list[str]], wanted: Sequence[str] = ()) -> list[Any]:
+    """Read a unit's chains (only the author chain ids ``wanted`` when given); unreadable files and
+    records, and structure files without any of ``wanted``, are appended to ``skipped`` as input rows."""
     from ..io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
 
+    if wanted and unit["kind"] != "file":
+        return [c for c in _read_unit_chains(unit, skipped) if selected_chain(getattr(c, "id", ""), wanted)]
     path = unit["path"]
     if unit["kind"] in ("file", "fasta"):  # one whole file; a FASTA file may also yield bad records
         reader = read_structure if unit["kind"] == "file" else iter_fasta
         try:
-            items = list(reader(path))
+            items = list(reader(path, chains=list(wanted)) if wanted else reader(path))
         except StructureReadError as e:
             skipped.append(_input_row(e, path))
             return []
@@ -272,7 +280,7 @@ def _read_unit_chains(unit: dict, skipped: list[list[str]]) -> list[Any]:
 def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
     """Read and filter one unit; returns arrays plus a JSON-able ``meta`` dict."""
     skipped: list[list[str]] = []  # [kind ("input" | filter category), input, reason]
-    chains = _read_unit_chains(unit, skipped)
+    chains = _read_unit_chains(unit, skipped, filters.get("chains", ()))
     if unit["kind"] == "fasta":  # sequence-only by choice: see the module docstring
         filters = {**filters, "max_missing_ca": 1.0}
     seqs, coords, lengths, ids, sources = [], [], [], [], []
@@ -885,7 +893,8 @@ def prepare(
             "format_version": DATASET_FORMAT_VERSION,
             "filters": {"min_length": config.min_length, "max_length": config.max_length, "max_missing_ca": config.max_missing_ca,
                         # only when set, so a run interrupted before the option existed still resumes
-                        **({"plddt_min": config.plddt_min} if config.plddt_min is not None else {})},
+                        **({"plddt_min": config.plddt_min} if config.plddt_min is not None else {}),
+                        **({"chains": list(config.chains)} if config.chains else {})},
             "chunk_lines": chunk_lines,
             "sources": fp_sources,
             "bad_paths": sorted(map(list, bad_paths)),

@@ -11,6 +11,14 @@ Output (readable with h5py / numpy alone):
   Rows are appended batch by batch, so memory stays bounded by one batch.
 * ``.npz``: ``ids``, ``lengths``, ``mean`` (mean-pooled only; the whole array is kept in memory).
 
+With ``complexes`` the chains of each input file go through the model together
+(``coordformer.data.complexes``: one shared frame, a ``chain_gap`` jump in residue positions between
+chains). The per-chain rows above then hold each chain embedded in its complex, and a second table
+holds one row per complex, pooled over all its residues: HDF5 ``complexes/{ids, chains, lengths,
+mean}`` (``chains`` = the member chain ids joined by ",", in pass order), ``.npz`` ``complex_ids``,
+``complex_chains``, ``complex_lengths``, ``complex_mean``. Complexes longer than the window are
+skipped and listed in ``<out>.skipped.tsv`` (select fewer chains with ``chains``).
+
 Coordinates are centred but not rotated, so an embedding is a deterministic function of the input.
 Chains longer than the window are embedded in overlapping windows stitched back to full length
 (``coordformer.data.windows``: each residue from the window it is most central in).
@@ -29,7 +37,8 @@ import numpy as np
 import torch
 
 from ..config import _Record
-from ..data.batching import check_fits, clean_batches
+from ..data.batching import check_fits, clean_batches, token_budget_batches
+from ..data.complexes import DEFAULT_CHAIN_GAP, complex_batch, complex_span, group_complexes
 from ..data.store import PreparedDataset, is_finished_dataset
 from ..errors import UsageError
 
@@ -47,10 +56,13 @@ class EmbedConfig(_Record):
     use_coords: bool | None = None  # None = as the model was trained
     split: str | None = None  # for a prepared dataset: one split only
     plddt_min: float | None = None  # raw inputs only: passed to prepare (PrepareConfig.plddt_min)
+    chains: tuple[str, ...] = ()  # author chain ids to keep (empty = all)
+    complexes: bool = False  # embed the chains of each file together (see the module docstring)
+    chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
 
 
 def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool, echo,
-                 plddt_min: float | None = None) -> tuple[PreparedDataset, dict]:
+                 plddt_min: float | None = None, chains: tuple[str, ...] = ()) -> tuple[PreparedDataset, dict]:
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
         if plddt_min is not None:  # a prepared dataset keeps no B-factors to apply it to
             raise UsageError("--plddt-min applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
@@ -59,7 +71,8 @@ def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool,
     from ..data.prepare import prepare
 
     # Everything to "train" and no length filter: embedding wants every readable chain.
-    cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, plddt_min=plddt_min)
+    cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, plddt_min=plddt_min,
+                        chains=tuple(chains))
     summary = prepare(inputs, workdir / "prepared", cfg, workers=workers, progress=progress)
     echo(summary.format())
     return PreparedDataset(workdir / "prepared"), {"prepare": summary.to_dict()}
@@ -93,18 +106,28 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix="coordformer-embed-"))
     try:
-        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min)
+        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min, cfg.chains)
+        skipped_path = out.with_name(out.name + ".skipped.tsv")
         if (tmp_dir / "prepared" / "skipped.tsv").exists():
-            shutil.copy(tmp_dir / "prepared" / "skipped.tsv", out.with_name(out.name + ".skipped.tsv"))
+            shutil.copy(tmp_dir / "prepared" / "skipped.tsv", skipped_path)
         idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
+        if cfg.chains:  # a prepared dataset was not filtered when it was made
+            from ..data.prepare import selected_chain
+
+            idx = np.array([i for i in idx if selected_chain(data.ids[i], cfg.chains)], dtype=np.int64)
         if len(idx) == 0:
-            raise UsageError("no readable chains in the inputs (see the skipped list)")
+            raise UsageError("no readable chains in the inputs (see the skipped list)" +
+                             (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else ""))
         attrs = {"checkpoint": str(checkpoint), "config": json.dumps(cfg.to_dict()), "model_config": json.dumps(model.config.to_dict()),
                  "layer": "final (after final LayerNorm)" if cfg.layer is None else f"residual stream after layer {cfg.layer}",
                  "use_coords": use_coords, "command": command}
         tmp_out = out.with_name(out.name + ".tmp")
         writer = _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue) if fmt == "h5" else _NpzWriter()
         cropped = windowed = 0
+        complex_summary = {}
+        if cfg.complexes:
+            complex_summary = _embed_complexes(model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress)
+            idx = np.array([], dtype=np.int64)  # every chain was written with its complex
         with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress) as bar:
             task = bar.add_task("embed", total=len(idx))
             for chain_idx, lengths, mean, hidden in iter_windowed(model, data, idx, cfg.layer, use_coords, window, cfg.overlap,
@@ -119,8 +142,56 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
         os.replace(tmp_out, out)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    summary = {"out": str(out), "chains": int(len(idx)), "cropped": cropped, "windowed": windowed, "window": window, "dim": model.config.d_model, **provenance}
+    n_chains = complex_summary.get("chains", int(len(idx)))
+    summary = {"out": str(out), "chains": n_chains, "cropped": cropped, "windowed": windowed, "window": window,
+               "dim": model.config.d_model, **complex_summary, **provenance}
     return summary
+
+
+def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedConfig, window: int, use_coords: bool,
+                     device: str, writer, skipped_path: Path, progress: bool) -> dict:
+    """Embed the chains of ``idx`` grouped into complexes (token-budget batches of whole complexes);
+    writes per-chain and per-complex rows; complexes whose position span exceeds ``window`` are
+    skipped and appended to ``skipped_path``. Returns counts."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if cfg.max_length is not None:
+        raise UsageError("--max-length crops single chains; with --complexes select chains with --chains instead")
+    groups = group_complexes(data, idx)
+    spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])
+    fits = spans <= window
+    if (~fits).any():
+        new = not skipped_path.exists()
+        with open(skipped_path, "a", encoding="utf-8") as f:
+            if new:
+                f.write("input\treason\n")
+            for (name, members), span in zip(groups, spans):
+                if span > window:
+                    f.write(f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, gap {cfg.chain_gap}) > "
+                            f"window {window}: select fewer chains with --chains or raise --window\n")
+    kept = [g for g, ok in zip(groups, fits) if ok]
+    sizes = np.array([int(data.lengths[m].sum()) for _, m in kept], dtype=np.int64)
+    n_chains = 0
+    with Progress(TextColumn("embedding complexes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("embed", total=len(kept))
+        for batch_rows in token_budget_batches(sizes, max(cfg.tokens_per_batch, window), None):
+            b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
+            mask = b["padding_mask"].to(device)
+            res = model(b["tokens"].to(device), b["coords"].to(device) if use_coords else None, mask,
+                        repr_layers=() if cfg.layer is None else (cfg.layer,), positions=b["positions"].to(device))
+            h = (res.hidden if cfg.layer is None else res.representations[cfg.layer]).float().cpu()
+            for r, row in enumerate(batch_rows):
+                name, members = kept[row]
+                chain_of = b["chain"][r]
+                for k, ci in enumerate(members):
+                    hk = h[r][chain_of == k]
+                    writer.add(data.ids[ci], len(hk), hk.mean(0).numpy(), hk.numpy() if cfg.per_residue else None)
+                hr = h[r][b["padding_mask"][r]]
+                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), len(hr), hr.mean(0).numpy())
+                n_chains += len(members)
+            bar.advance(task, len(batch_rows))
+    return {"chains": n_chains, "complexes": len(kept), "complexes_skipped": int((~fits).sum()), "chain_gap": cfg.chain_gap}
 
 
 def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None, use_coords: bool, max_length: int,
@@ -181,6 +252,7 @@ class _H5Writer:
         self.mean = self.f.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))
         self.res = self.f.create_group("residues") if per_residue else None
         self.n = 0
+        self.cx = None
 
     def add(self, chain_id: str, length: int, mean: np.ndarray, residues: np.ndarray | None) -> None:
         k = self.n
@@ -191,6 +263,21 @@ class _H5Writer:
             self.res.create_dataset(chain_id, data=residues.astype(np.float16), compression="gzip")
         self.n += 1
 
+    def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
+        import h5py
+
+        if self.cx is None:
+            g = self.f.create_group("complexes")
+            dim = self.mean.shape[1]
+            self.cx = [g.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
+                       g.create_dataset("chains", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
+                       g.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True),
+                       g.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))]
+        k = self.cx[0].shape[0]
+        for ds, v in zip(self.cx, (complex_id, members, length, mean)):
+            ds.resize(k + 1, axis=0)
+            ds[k] = v
+
     def close(self, path: Path) -> None:
         self.f.close()
 
@@ -198,15 +285,25 @@ class _H5Writer:
 class _NpzWriter:
     def __init__(self):
         self.ids, self.lengths, self.means = [], [], []
+        self.complexes: list[tuple] = []
 
     def add(self, chain_id: str, length: int, mean: np.ndarray, residues) -> None:
         self.ids.append(chain_id)
         self.lengths.append(length)
         self.means.append(mean)
 
+    def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
+        self.complexes.append((complex_id, members, length, mean))
+
     def close(self, path: Path) -> None:
+        extra = {}
+        if self.complexes:
+            ids, members, lengths, means = zip(*self.complexes)
+            extra = {"complex_ids": np.array(ids), "complex_chains": np.array(members),
+                     "complex_lengths": np.array(lengths, dtype=np.int64), "complex_mean": np.stack(means)}
         with open(path, "wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
-            np.savez(fh, ids=np.array(self.ids), lengths=np.array(self.lengths, dtype=np.int64), mean=np.stack(self.means))
+            np.savez(fh, ids=np.array(self.ids), lengths=np.array(self.lengths, dtype=np.int64), mean=np.stack(self.means),
+                     **extra)
 
 
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
