@@ -28,6 +28,11 @@ class SplitMode(str, Enum):
     identity = "identity"
 
 
+class CropMode(str, Enum):
+    sequence = "sequence"
+    spatial = "spatial"
+
+
 class CoordMode(str, Enum):
     ca = "ca"
     backbone = "backbone"
@@ -109,6 +114,8 @@ def pretrain(
     schedule: str = typer.Option("cosine", help="cosine | constant | noam"),
     tokens_per_batch: int = typer.Option(8192, min=16, help="Token budget per batch (padded size)."),
     crop_length: int = typer.Option(512, min=8, help="Chains longer than this are randomly cropped to a window."),
+    crop: CropMode = typer.Option(CropMode.sequence, help="sequence: a random contiguous window; spatial: the crop-length "
+                                  "residues nearest (CA-CA) a random centre residue, gaps kept in the positions."),
     dropout: float = typer.Option(0.0, min=0.0, max=0.9),
     seed: int = typer.Option(0),
     val_every: int = typer.Option(500, min=1, help="Validate every N steps."),
@@ -135,7 +142,7 @@ def pretrain(
     mc = preset(size, use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
                 gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values,
                 dropout=dropout)
-    tc = TrainConfig(seed=seed, crop_length=crop_length, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
+    tc = TrainConfig(seed=seed, crop_length=crop_length, crop_mode=crop.value, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
                      val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,

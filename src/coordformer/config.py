@@ -156,6 +156,7 @@ class TrainConfig(_Record):
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
     crop_length: int = 512
+    crop_mode: str = "sequence"  # chains longer than crop_length: "sequence" window or "spatial" 3D neighbourhood
     tokens_per_batch: int = 8192
     lr: float = 1e-3
     weight_decay: float = 0.01

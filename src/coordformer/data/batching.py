@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..constants import AA_OFFSET, AMINO_ACIDS, ascii_to_token_table
+from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, ascii_to_token_table
 from ..errors import UsageError
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
@@ -75,6 +75,42 @@ class BatchSettings:
     random_token_frac: float = 0.1
     rotate: bool = True
     random_crop: bool = True
+    crop_mode: str = "sequence"  # "sequence" | "spatial", see spatial_crop
+    max_position: int = 4096  # the model's max_len: spatial-crop positions must stay below it
+
+    def __post_init__(self):
+        if self.crop_mode not in CROP_MODES:
+            raise UsageError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
+
+
+#: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood.
+CROP_MODES = ("sequence", "spatial")
+#: Longest jump in positions between consecutive residues of a spatial crop. Far-apart segments
+#: are far apart either way; the cap keeps a crop of a very long chain inside the position table.
+MAX_CROP_JUMP = 64
+
+
+def crop_positions(kept: np.ndarray, max_position: int) -> np.ndarray:
+    """Positions [k] for the ascending residue indices ``kept`` of a crop: 0 for the first, then the
+    true sequence steps, each jump capped at MAX_CROP_JUMP; consecutive 0..k-1 if even that would
+    reach ``max_position``."""
+    if len(kept) == 0:
+        return kept
+    steps = np.minimum(np.diff(kept), MAX_CROP_JUMP)
+    pos = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+    return pos if pos[-1] < max_position else np.arange(len(kept), dtype=np.int64)
+
+
+def spatial_crop(ca: np.ndarray, k: int, centre: int) -> np.ndarray:
+    """Indices [k] (ascending) of the ``k`` residues whose CA lies nearest the CA of residue
+    ``centre`` (AlphaFold-style spatial crop). ca: [L, 3] Angstrom, NaN where missing; residues
+    without a CA come last (by sequence distance to the centre), so they fill a crop only when
+    fewer than ``k`` residues have one. Ties keep sequence order."""
+    d = np.linalg.norm(ca - ca[centre], axis=-1)
+    missing = np.isnan(d)
+    key = np.where(missing, np.inf, d)
+    order = np.lexsort((np.abs(np.arange(len(ca)) - centre), key))  # distance first, then sequence distance
+    return np.sort(order[:k])
 
 
 class MaskedBatches(torch.utils.data.Dataset):
@@ -86,7 +122,10 @@ class MaskedBatches(torch.utils.data.Dataset):
     Each item: dict with
         tokens  [b, l] long (corrupted input), targets [b, l] long (-100 = no loss),
         clean   [b, l] long (uncorrupted tokens), coords [b, l, 4, 3] float32 Angstrom (centred,
-        rotated; NaN missing), padding_mask [b, l] bool, index [b] long (chain indices).
+        rotated; NaN missing), padding_mask [b, l] bool, index [b] long (chain indices); with
+        ``crop_mode="spatial"`` also positions [b, l] long (each kept residue's index in its chain
+        minus the first kept one's, see ``crop_positions``: the model sees where the crop skipped
+        residues).
     """
 
     def __init__(
@@ -142,16 +181,24 @@ class MaskedBatches(torch.utils.data.Dataset):
         s = self.s
         b = len(chain_indices)
         gens = [torch.Generator().manual_seed(seed_for(self.seed, "chain", epoch, int(ci))) for ci in chain_indices]
-        seqs, xyzs = [], []
+        seqs, xyzs, kept = [], [], []
+        spatial = s.crop_mode == "spatial"
         for ci, gen in zip(chain_indices, gens):
             seq = self.ds.seq_bytes(int(ci))
             xyz = self.ds.coords(int(ci))
             n = len(seq)
-            if n > s.crop_length:
+            at = np.arange(n)
+            if n > s.crop_length and spatial and not np.isnan(xyz[:, CA_INDEX, 0]).all():
+                with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0]))
+                pick = int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop else len(with_ca) // 2
+                at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
+                seq, xyz = seq[at], xyz[at]
+            elif n > s.crop_length:
                 start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
-                seq, xyz = seq[start : start + s.crop_length], xyz[start : start + s.crop_length]
+                seq, xyz, at = seq[start : start + s.crop_length], xyz[start : start + s.crop_length], at[:s.crop_length]
             seqs.append(np.asarray(seq))
             xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
+            kept.append(crop_positions(at, s.max_position))
         l = max(len(q) for q in seqs)
         tokens = torch.zeros(b, l, dtype=torch.long)
         coords = torch.full((b, l, 4, 3), float("nan"))
@@ -177,7 +224,7 @@ class MaskedBatches(torch.utils.data.Dataset):
         coords = centre(coords, present)
         if s.rotate:
             coords = torch.einsum("blac,bdc->blad", coords, rotation_from_gaussian(gauss))
-        return {
+        out = {
             "tokens": inputs,
             "targets": targets,
             "clean": tokens,
@@ -185,6 +232,12 @@ class MaskedBatches(torch.utils.data.Dataset):
             "padding_mask": pad,
             "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         }
+        if spatial:
+            positions = torch.zeros(b, l, dtype=torch.long)
+            for i, at in enumerate(kept):
+                positions[i, : len(at)] = torch.from_numpy(at)
+            out["positions"] = positions
+        return out
 
 
 def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: str = "--crop-length") -> None:

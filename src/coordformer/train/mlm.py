@@ -61,7 +61,8 @@ class MaskedLMModule(L.LightningModule):
 
     def forward(self, batch, need_attention=False):
         coords = batch["coords"] if self.model_config.use_coords else None
-        return self.model(batch["tokens"], coords, batch["padding_mask"], need_attention=need_attention)
+        return self.model(batch["tokens"], coords, batch["padding_mask"], need_attention=need_attention,
+                          positions=batch.get("positions"))
 
     def _time_fraction(self) -> float:
         mm = self.train_config.max_minutes

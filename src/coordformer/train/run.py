@@ -38,7 +38,7 @@ def _quiet_lightning() -> None:
 
 
 #: Settings that determine which residues the model sees in which order; a resume must keep them.
-DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "mask_prob", "mask_token_frac", "random_token_frac", "rotate",
+DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "crop_mode", "mask_prob", "mask_token_frac", "random_token_frac", "rotate",
                       "accumulate_grad_batches")
 
 
@@ -51,6 +51,7 @@ def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
         random_token_frac=cfg.random_token_frac,
         rotate=cfg.rotate if train else True,
         random_crop=train,
+        crop_mode=cfg.crop_mode,
     )
 
 
