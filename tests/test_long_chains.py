@@ -70,7 +70,7 @@ def test_stitched_output_is_full_length_and_equals_each_window_run_alone():
     tokens[1, :100], coords[1, :100] = t2, c2
     mask = tokens != 0
 
-    def run(t, c, m):
+    def run(t, c, m, p):
         return model(t, c, m).hidden
 
     out = windowed_forward(run, tokens, coords, mask, 512, 128, 2048)

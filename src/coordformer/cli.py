@@ -78,6 +78,8 @@ def prepare(
     max_missing_ca: float = typer.Option(0.5, min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
+    store_plddt: bool = typer.Option(False, "--store-plddt", help="Keep each residue's pLDDT (B-factor column) for models "
+                                     "trained with --plddt-feature (predicted models only)."),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
@@ -92,7 +94,8 @@ def prepare(
             raise UsageError(f"--exclude file {f} does not exist")
     cfg = PrepareConfig(min_length=min_length, max_length=max_length, max_missing_ca=max_missing_ca, split=split.value,
                         split_identity=identity, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
-                        exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min, chains=_chain_list(chains))
+                        exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min, chains=_chain_list(chains),
+                        store_plddt=store_plddt)
     summary = run_prepare([str(s) for s in sources], out, cfg, workers=workers, progress=not quiet, overwrite=overwrite)
     typer.echo(summary.format())
 
@@ -107,6 +110,8 @@ def pretrain(
     norm_feature: bool = typer.Option(False, "--norm-feature", help="Also feed |x|^2 of CA as an input feature."),
     gaussian_heads: int = typer.Option(0, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D distance (needs --norm-feature)."),
     gaussian_values: bool = typer.Option(False, "--gaussian-values", help="Also give those heads unit-scale value/output projections."),
+    plddt_feature: bool = typer.Option(False, "--plddt-feature", help="Also feed (100 - pLDDT)/100 per residue (from a dataset "
+                                       "prepared with --store-plddt; 0 where unknown) through the coordinate embedding."),
     max_steps: int = typer.Option(100_000, min=1),
     max_minutes: Optional[float] = typer.Option(None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."),
     lr: float = typer.Option(1e-3, min=0.0),
@@ -140,7 +145,7 @@ def pretrain(
     if schedule not in ("cosine", "constant", "noam"):
         raise UsageError(f"--schedule must be cosine, constant or noam, not {schedule!r}")
     mc = preset(size, use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
-                gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values,
+                gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values, plddt_feature=plddt_feature,
                 dropout=dropout)
     tc = TrainConfig(seed=seed, crop_length=crop_length, crop_mode=crop.value, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,

@@ -82,6 +82,7 @@ class ModelConfig(_Record):
     use_coords: bool = True
     coord_mode: str = "ca"
     coord_norm_feature: bool = False  # also feed |x|^2 (scaled) as an input feature
+    plddt_feature: bool = False  # also feed (100 - pLDDT) / 100 per residue (0 where unknown), see coordinate_features
     coord_scale: float = 16.0  # Angstrom per unit of coordinate input
     gaussian_init_heads: int = 0  # first-layer heads initialised to attend by 3D distance
     gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
@@ -93,6 +94,8 @@ class ModelConfig(_Record):
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.coord_mode not in COORD_MODES:
             raise ConfigError(f"coord_mode must be one of {COORD_MODES}, got {self.coord_mode!r}")
+        if self.plddt_feature and not self.use_coords:
+            raise ConfigError("plddt_feature goes through the coordinate embedding: it needs use_coords=True")
         if not 0 <= self.gaussian_init_heads <= self.n_heads:
             raise ConfigError(f"gaussian_init_heads must be in 0..n_heads ({self.n_heads})")
         if self.gaussian_init_heads:
@@ -108,7 +111,7 @@ class ModelConfig(_Record):
     @property
     def n_coord_features(self) -> int:
         n_atoms = 4 if self.coord_mode == "backbone" else 1
-        return n_atoms * 4 + (1 if self.coord_norm_feature else 0)
+        return n_atoms * 4 + int(self.plddt_feature) + int(self.coord_norm_feature)
 
 
 #: Size presets, named by approximate parameter count. "paper-43m" is the paper's 6 x 768 x 12.
@@ -145,6 +148,9 @@ class PrepareConfig(_Record):
     #: Author chain ids to keep (e.g. ("A", "B")); empty = every protein chain. A structure file
     #: with none of them is skipped and logged; other inputs' chains are kept by their id's suffix.
     chains: tuple[str, ...] = ()
+    #: Keep each residue's pLDDT (the CA B-factor, 0-1 files scaled to 0-100) in plddt.npy, for models
+    #: with ``plddt_feature``. Only meaningful for predicted models; experimental B-factors are not pLDDT.
+    store_plddt: bool = False
 
 
 @dataclass(frozen=True)

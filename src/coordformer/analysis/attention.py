@@ -174,7 +174,8 @@ def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig
         for chain_idx, b in clean_batches(data, idx, cfg.crop_length, cfg.tokens_per_batch, rotate=True):
             tokens = b["clean"].to(device)
             coords = b["coords"].to(device)
-            out = model(tokens, coords, b["padding_mask"].to(device), need_attention=True, ablate=ablate)
+            extra = {"plddt": b["plddt"].to(device)} if "plddt" in b else {}  # only models that read it get it
+            out = model(tokens, coords, b["padding_mask"].to(device), need_attention=True, ablate=ablate, **extra)
             if stats is None:
                 stats = AttentionStats(len(out.attentions), out.attentions[0].shape[1], cfg)
             stats.add(out.attentions, b["coords"][:, :, CA_INDEX], b["padding_mask"])

@@ -122,7 +122,8 @@ class MaskedBatches(torch.utils.data.Dataset):
     Each item: dict with
         tokens  [b, l] long (corrupted input), targets [b, l] long (-100 = no loss),
         clean   [b, l] long (uncorrupted tokens), coords [b, l, 4, 3] float32 Angstrom (centred,
-        rotated; NaN missing), padding_mask [b, l] bool, index [b] long (chain indices); with
+        rotated; NaN missing), padding_mask [b, l] bool, index [b] long (chain indices); when the
+        dataset stores pLDDT also plddt [b, l] float32 (0-100, NaN unknown/padding); with
         ``crop_mode="spatial"`` also positions [b, l] long (each kept residue's index in its chain
         minus the first kept one's, see ``crop_positions``: the model sees where the crop skipped
         residues).
@@ -181,8 +182,9 @@ class MaskedBatches(torch.utils.data.Dataset):
         s = self.s
         b = len(chain_indices)
         gens = [torch.Generator().manual_seed(seed_for(self.seed, "chain", epoch, int(ci))) for ci in chain_indices]
-        seqs, xyzs, kept = [], [], []
+        seqs, xyzs, kept, plddts = [], [], [], []
         spatial = s.crop_mode == "spatial"
+        with_plddt = getattr(self.ds, "has_plddt", False)
         for ci, gen in zip(chain_indices, gens):
             seq = self.ds.seq_bytes(int(ci))
             xyz = self.ds.coords(int(ci))
@@ -195,10 +197,13 @@ class MaskedBatches(torch.utils.data.Dataset):
                 seq, xyz = seq[at], xyz[at]
             elif n > s.crop_length:
                 start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
-                seq, xyz, at = seq[start : start + s.crop_length], xyz[start : start + s.crop_length], at[:s.crop_length]
+                seq, xyz, at = seq[start : start + s.crop_length], xyz[start : start + s.crop_length], at[start : start + s.crop_length]
             seqs.append(np.asarray(seq))
             xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
-            kept.append(crop_positions(at, s.max_position))
+            if with_plddt:
+                plddts.append(np.array(self.ds.plddt(int(ci))[at], dtype=np.float32))
+            if spatial:
+                kept.append(crop_positions(at, s.max_position))
         l = max(len(q) for q in seqs)
         tokens = torch.zeros(b, l, dtype=torch.long)
         coords = torch.full((b, l, 4, 3), float("nan"))
@@ -232,6 +237,11 @@ class MaskedBatches(torch.utils.data.Dataset):
             "padding_mask": pad,
             "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         }
+        if with_plddt:
+            plddt = torch.full((b, l), float("nan"))
+            for i, p in enumerate(plddts):
+                plddt[i, : len(p)] = torch.from_numpy(p)
+            out["plddt"] = plddt
         if spatial:
             positions = torch.zeros(b, l, dtype=torch.long)
             for i, at in enumerate(kept):

@@ -61,7 +61,8 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> dict[str, torc
     Returns tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN missing/padding),
     padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts ``gap`` after
     chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the complex,
-    -1 at padding). L = the most residues of any complex in the batch.
+    -1 at padding); with a dataset that stores pLDDT also plddt [B, L] (NaN unknown/padding).
+    L = the most residues of any complex in the batch.
     """
     sizes = [int(data.lengths[m].sum()) for m in complexes]
     b, length = len(complexes), max(sizes)
@@ -69,6 +70,7 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> dict[str, torc
     coords = torch.full((b, length, 4, 3), float("nan"))
     positions = torch.zeros(b, length, dtype=torch.long)
     chain = torch.full((b, length), -1, dtype=torch.long)
+    plddt = torch.full((b, length), float("nan")) if getattr(data, "has_plddt", False) else None
     for r, members in enumerate(complexes):
         at, pos = 0, 0
         for k, ci in enumerate(members):
@@ -77,5 +79,10 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> dict[str, torc
             coords[r, at : at + n] = torch.from_numpy(np.array(data.coords(int(ci)), dtype=np.float32))  # a copy: the store is read-only
             positions[r, at : at + n] = torch.arange(pos, pos + n)
             chain[r, at : at + n] = k
+            if plddt is not None:
+                plddt[r, at : at + n] = torch.from_numpy(np.array(data.plddt(int(ci)), dtype=np.float32))
             at, pos = at + n, pos + n + gap
-    return {"tokens": tokens, "coords": coords, "padding_mask": chain >= 0, "positions": positions, "chain": chain}
+    out = {"tokens": tokens, "coords": coords, "padding_mask": chain >= 0, "positions": positions, "chain": chain}
+    if plddt is not None:
+        out["plddt"] = plddt
+    return out

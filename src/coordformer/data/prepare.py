@@ -205,6 +205,24 @@ def low_plddt(b_factors: np.ndarray, plddt_min: float) -> np.ndarray:
     return finite & (np.round(b, 4) < plddt_min)
 
 
+def plddt_values(chain: Any) -> np.ndarray:
+    """float32 [L] pLDDT (0-100) of a chain from its B-factors (0-1 files scaled as in
+    :func:`low_plddt`); NaN where unknown, all NaN for chains without usable B-factors."""
+    n = len(chain.sequence)
+    b = getattr(chain, "b_factors", None)
+    try:
+        b = np.asarray(b, dtype=np.float64) if b is not None else None
+    except (TypeError, ValueError):
+        b = None
+    if b is None or b.shape != (n,):
+        return np.full(n, np.nan, dtype=np.float32)
+    b = np.where(np.isfinite(b), b, np.nan)
+    finite = np.isfinite(b)
+    if finite.any() and b[finite].min() >= 0 and b[finite].max() <= 1:
+        b = b * 100.0
+    return b.astype(np.float32)
+
+
 def _input_row(error: BaseException, path: str) -> list[str]:
     """A skip-log row for an unreadable input: the error's own source (file or file:line) and reason."""
     return ["input", str(getattr(error, "source", None) or path), str(getattr(error, "reason", None) or error)]
@@ -283,7 +301,7 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
     chains = _read_unit_chains(unit, skipped, filters.get("chains", ()))
     if unit["kind"] == "fasta":  # sequence-only by choice: see the module docstring
         filters = {**filters, "max_missing_ca": 1.0}
-    seqs, coords, lengths, ids, sources = [], [], [], [], []
+    seqs, coords, lengths, ids, sources, plddts = [], [], [], [], [], []
     for chain in chains:
         try:
             cid = "_".join(str(chain.id or "").split())
@@ -302,6 +320,8 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         s, c = res
         seqs.append(s)
         coords.append(c)
+        if filters.get("store_plddt"):
+            plddts.append(plddt_values(chain))
         lengths.append(len(s))
         ids.append(cid)
         sources.append(src)
@@ -318,6 +338,7 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         "seq": np.concatenate(seqs) if seqs else np.zeros(0, np.uint8),
         "coords": np.concatenate(coords) if coords else np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
         "lengths": np.asarray(lengths, dtype=np.int64),
+        "plddt": np.concatenate(plddts) if plddts else np.zeros(0, np.float32),
         "meta": meta,
     }
 
@@ -327,7 +348,8 @@ def _write_part(parts_dir: Path, key: str, result: dict[str, Any]) -> None:
     tmp = parts_dir / f".{key}.tmp.{os.getpid()}"
     meta = np.frombuffer(json.dumps(result["meta"]).encode(), dtype=np.uint8)
     with open(tmp, "wb") as f:
-        np.savez(f, seq=result["seq"], coords=result["coords"], lengths=result["lengths"], meta=meta)
+        np.savez(f, seq=result["seq"], coords=result["coords"], lengths=result["lengths"], meta=meta,
+                 **({"plddt": result["plddt"]} if len(result.get("plddt", ())) else {}))
     os.replace(tmp, final)
 
 
@@ -715,6 +737,9 @@ def _consolidate(
     tmp = {name: out / f".{name}.tmp" for name in store.ARRAY_FILES}
     seq_mm = np.lib.format.open_memmap(tmp[store.SEQ_FILE], mode="w+", dtype=np.uint8, shape=(n_res,))
     crd_mm = np.lib.format.open_memmap(tmp[store.COORDS_FILE], mode="w+", dtype=np.float32, shape=(n_res, len(BACKBONE_ATOMS), 3))
+    if config.store_plddt:
+        tmp[store.PLDDT_FILE] = out / f".{store.PLDDT_FILE}.tmp"
+        pl_mm = np.lib.format.open_memmap(tmp[store.PLDDT_FILE], mode="w+", dtype=np.float32, shape=(n_res,))
     pos = 0
     for u, keep in zip(units, keep_masks):
         if not keep.any():
@@ -725,10 +750,15 @@ def _consolidate(
             n = int(res_keep.sum())
             seq_mm[pos : pos + n] = z["seq"][res_keep]
             crd_mm[pos : pos + n] = z["coords"][res_keep]
+            if config.store_plddt:
+                pl_mm[pos : pos + n] = z["plddt"][res_keep] if "plddt" in z.files else np.nan
         pos += n
     assert pos == n_res
     seq_mm.flush()
     crd_mm.flush()
+    if config.store_plddt:
+        pl_mm.flush()
+        del pl_mm
     with open(tmp[store.OFFSETS_FILE], "wb") as f:  # a file object: np.save adds no ".npy"
         np.save(f, offsets)
 
@@ -744,7 +774,7 @@ def _consolidate(
     n_found = _splits.apply_exclusions(ids, codes, excluded, norm, clusters)
     split_counts = {name: int((codes == k).sum()) for k, name in enumerate(_splits.SPLIT_NAMES)}
 
-    for name in store.ARRAY_FILES:
+    for name in tmp:
         os.replace(tmp[name], out / name)
     store.write_tsv(out / store.CHAINS_FILE, store.CHAINS_HEADER, zip(ids, lengths.tolist(), sources))
     (out / store.SPLITS_DIR).mkdir(exist_ok=True)
@@ -894,7 +924,8 @@ def prepare(
             "filters": {"min_length": config.min_length, "max_length": config.max_length, "max_missing_ca": config.max_missing_ca,
                         # only when set, so a run interrupted before the option existed still resumes
                         **({"plddt_min": config.plddt_min} if config.plddt_min is not None else {}),
-                        **({"chains": list(config.chains)} if config.chains else {})},
+                        **({"chains": list(config.chains)} if config.chains else {}),
+                        **({"store_plddt": True} if config.store_plddt else {})},
             "chunk_lines": chunk_lines,
             "sources": fp_sources,
             "bad_paths": sorted(map(list, bad_paths)),

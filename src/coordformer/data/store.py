@@ -6,6 +6,7 @@ Layout of a prepared dataset folder (format version ``constants.DATASET_FORMAT_V
     seq.npy         uint8   [N_res]          ASCII one-letter codes
     coords.npy      float32 [N_res, 4, 3]    Angstrom, N/CA/C/O, NaN = missing
     offsets.npy     int64   [n_chains + 1]   chain i = rows offsets[i]:offsets[i+1]
+    plddt.npy       float32 [N_res]          optional (prepare --store-plddt): pLDDT 0-100, NaN unknown
     chains.tsv      "id<TAB>length<TAB>source", one row per chain, in index order
     splits/{train,valid,test}.txt             chain ids, one per line
     skipped.tsv     "input<TAB>reason", every skipped input / record / filtered chain
@@ -40,9 +41,10 @@ WORK_DIR = ".work"
 SPLIT_NAMES = ("train", "valid", "test")
 CHAINS_HEADER = ("id", "length", "source")
 SKIPPED_HEADER = ("input", "reason")
+PLDDT_FILE = "plddt.npy"
 ARRAY_FILES = (SEQ_FILE, COORDS_FILE, OFFSETS_FILE)
 #: Every file/folder a finished dataset consists of (what ``overwrite`` removes).
-DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR)
+DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, PLDDT_FILE, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR)
 
 
 class UnknownSplitError(CoordformerError, KeyError):
@@ -147,6 +149,7 @@ class PreparedDataset:
             self._seq = np.load(d / SEQ_FILE, mmap_mode="r")
             self._coords = np.load(d / COORDS_FILE, mmap_mode="r")
             self._offsets = np.load(d / OFFSETS_FILE, mmap_mode="r")
+            self._plddt = np.load(d / PLDDT_FILE, mmap_mode="r") if (d / PLDDT_FILE).is_file() else None
         except (OSError, ValueError) as e:
             raise DatasetFormatError(f"{d}: unreadable array file ({e})") from e
         header, rows = read_tsv(d / CHAINS_FILE)
@@ -169,6 +172,8 @@ class PreparedDataset:
                 f"{d}: inconsistent arrays (chains.tsv has {n} chains, offsets {self._offsets.shape}, "
                 f"seq {self._seq.shape} {self._seq.dtype}, coords {self._coords.shape} {self._coords.dtype})"
             )
+        if self._plddt is not None and self._plddt.shape != (n_res,):
+            raise DatasetFormatError(f"{d}: {PLDDT_FILE} has shape {self._plddt.shape}, expected ({n_res},)")
         self.lengths: np.ndarray = np.diff(off).astype(np.int64)
         if (self.lengths < 0).any():
             raise DatasetFormatError(f"{d}: offsets are not increasing")
@@ -207,6 +212,15 @@ class PreparedDataset:
     def coords(self, i: int) -> np.ndarray:
         """float32 [L, 4, 3] view (Angstrom, N/CA/C/O, NaN missing) of chain ``i``."""
         return self._coords[self._span(i)]
+
+    @property
+    def has_plddt(self) -> bool:
+        """Whether per-residue pLDDT was stored (``prepare --store-plddt``)."""
+        return self._plddt is not None
+
+    def plddt(self, i: int) -> np.ndarray | None:
+        """float32 [L] view of chain ``i``'s pLDDT (0-100, NaN unknown), or None if not stored."""
+        return None if self._plddt is None else self._plddt[self._span(i)]
 
     def source(self, i: int) -> str:
         if self._sources is None:

@@ -63,8 +63,8 @@ def plan_windows(length: int, window: int, overlap: int) -> WindowPlan:
 
 
 def windowed_forward(run, tokens: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor, window: int, overlap: int,
-                     tokens_per_pass: int) -> torch.Tensor:
-    """Run ``run(tokens, coords, mask) -> [b, l, ...]`` over a batch whose chains may exceed ``window``.
+                     tokens_per_pass: int, plddt: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``run(tokens, coords, mask, plddt) -> [b, l, ...]`` over a batch whose chains may exceed ``window``.
 
     Every chain is cut into the windows of :func:`plan_windows` (a chain that fits is one window: its
     output is that of running it alone), windows go through ``run`` in passes of at most
@@ -74,7 +74,8 @@ def windowed_forward(run, tokens: torch.Tensor, coords: torch.Tensor | None, mas
 
     Args:
         tokens: [B, L] long (0 = padding); coords: [B, L, 4, 3] Angstrom (NaN = missing) or None;
-            mask: [B, L] bool, True = residue (a prefix of each row).
+            mask: [B, L] bool, True = residue (a prefix of each row); plddt: [B, L] or None (cut
+            into the same windows).
     Returns: [B, L, ...] on ``run``'s device, zeros at padding.
     """
     dev = tokens.device
@@ -94,7 +95,8 @@ def windowed_forward(run, tokens: torch.Tensor, coords: torch.Tensor | None, mas
         sub_coords = None
         if coords is not None:
             sub_coords = torch.where(keep[:, :, None, None], coords[rows, pos], float("nan"))
-        res = run(tokens[rows, pos] * keep, sub_coords, keep.to(mask.device))
+        sub_plddt = None if plddt is None else torch.where(keep, plddt[rows, pos], float("nan"))
+        res = run(tokens[rows, pos] * keep, sub_coords, keep.to(mask.device), sub_plddt)
         if full is None:
             full = res.new_zeros((mask.shape[0], mask.shape[1], *res.shape[2:]))
         for j, (r, s, _, lo, hi) in enumerate(chunk):

@@ -87,11 +87,12 @@ def evaluate_mlm(
             b = batches[i]
             coords = b["coords"].to(device) if feed_coords else None
             mask = b["padding_mask"].to(device)
+            plddt = b["plddt"].to(device) if "plddt" in b else None
             if mask.shape[1] > crop_length:
-                full = windowed_forward(lambda t, c, m: model(t, c, m).logits, b["tokens"].to(device), coords, mask,
-                                        crop_length, overlap, tokens_per_batch)
+                full = windowed_forward(lambda t, c, m, p: model(t, c, m, plddt=p).logits, b["tokens"].to(device), coords, mask,
+                                        crop_length, overlap, tokens_per_batch, plddt)
             else:
-                full = model(b["tokens"].to(device), coords, mask).logits
+                full = model(b["tokens"].to(device), coords, mask, plddt=plddt).logits
             sel = b["targets"] != -100
             logits = full[sel.to(device)].float().cpu()
             tgt = b["targets"][sel]

@@ -62,7 +62,8 @@ class EmbedConfig(_Record):
 
 
 def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool, echo,
-                 plddt_min: float | None = None, chains: tuple[str, ...] = ()) -> tuple[PreparedDataset, dict]:
+                 plddt_min: float | None = None, chains: tuple[str, ...] = (),
+                 store_plddt: bool = False) -> tuple[PreparedDataset, dict]:
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
         if plddt_min is not None:  # a prepared dataset keeps no B-factors to apply it to
             raise UsageError("--plddt-min applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
@@ -72,7 +73,7 @@ def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool,
 
     # Everything to "train" and no length filter: embedding wants every readable chain.
     cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, plddt_min=plddt_min,
-                        chains=tuple(chains))
+                        chains=tuple(chains), store_plddt=store_plddt)
     summary = prepare(inputs, workdir / "prepared", cfg, workers=workers, progress=progress)
     echo(summary.format())
     return PreparedDataset(workdir / "prepared"), {"prepare": summary.to_dict()}
@@ -106,7 +107,8 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix="coordformer-embed-"))
     try:
-        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min, cfg.chains)
+        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min, cfg.chains,
+                                        store_plddt=model.config.plddt_feature)
         skipped_path = out.with_name(out.name + ".skipped.tsv")
         if (tmp_dir / "prepared" / "skipped.tsv").exists():
             shutil.copy(tmp_dir / "prepared" / "skipped.tsv", skipped_path)
@@ -179,7 +181,8 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
             b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
             mask = b["padding_mask"].to(device)
             res = model(b["tokens"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                        repr_layers=() if cfg.layer is None else (cfg.layer,), positions=b["positions"].to(device))
+                        repr_layers=() if cfg.layer is None else (cfg.layer,), positions=b["positions"].to(device),
+                        plddt=b["plddt"].to(device) if "plddt" in b else None)
             h = (res.hidden if cfg.layer is None else res.representations[cfg.layer]).float().cpu()
             for r, row in enumerate(batch_rows):
                 name, members = kept[row]
@@ -204,7 +207,7 @@ def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None
         mask = b["padding_mask"].to(device)
         with torch.no_grad():
             res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                        repr_layers=() if layer is None else (layer,))
+                        repr_layers=() if layer is None else (layer,), plddt=b["plddt"].to(device) if "plddt" in b else None)
         h = res.hidden if layer is None else res.representations[layer]
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
@@ -226,15 +229,16 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
     if fits.all():
         return
 
-    def run(tokens, coords, mask):
-        res = model(tokens, coords, mask, repr_layers=() if layer is None else (layer,))
+    def run(tokens, coords, mask, plddt):
+        res = model(tokens, coords, mask, repr_layers=() if layer is None else (layer,), plddt=plddt)
         return res.hidden if layer is None else res.representations[layer]
 
     for chain_idx, b in clean_batches(data, idx[~fits], int(lengths[~fits].max()), tokens_per_batch):
         mask = b["padding_mask"].to(device)
         with torch.no_grad():
             h = windowed_forward(run, b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                                 window, overlap, max(tokens_per_batch, window))
+                                 window, overlap, max(tokens_per_batch, window),
+                                 b["plddt"].to(device) if "plddt" in b else None)
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
         yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()

@@ -140,7 +140,7 @@ class FunctionModule(L.LightningModule):
         if self.encoder is None:
             return self.head(batch["features"])
         mask = batch["padding_mask"]
-        out = self.encoder(batch["tokens"], batch["coords"] if self.use_coords else None, mask)
+        out = self.encoder(batch["tokens"], batch["coords"] if self.use_coords else None, mask, plddt=batch.get("plddt"))
         m = mask.unsqueeze(-1).to(out.hidden.dtype)
         return self.head((out.hidden * m).sum(1) / m.sum(1).clamp_min(1))
 
@@ -193,8 +193,11 @@ class _StructureBatches(torch.utils.data.Dataset):
     def __getitem__(self, k):
         members = self._plan[k]
         b = self.batches.collate(self.idx[members], self.epoch)
-        return {"tokens": b["clean"], "coords": b["coords"], "padding_mask": b["padding_mask"], "labels": self.y[members],
-                "rows": torch.from_numpy(np.asarray(members))}
+        out = {"tokens": b["clean"], "coords": b["coords"], "padding_mask": b["padding_mask"], "labels": self.y[members],
+               "rows": torch.from_numpy(np.asarray(members))}
+        if "plddt" in b:
+            out["plddt"] = b["plddt"]
+        return out
 
 
 class _EpochSetter(L.Callback):

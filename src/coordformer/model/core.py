@@ -46,16 +46,28 @@ def position_table(config: ModelConfig) -> torch.Tensor:
     return table
 
 
-def coordinate_features(coords: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+def plddt_uncertainty(plddt: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """[B, L, 1] feature (100 - pLDDT) / 100 clipped to [0, 1]; 0 where pLDDT is unknown (NaN, or
+    ``plddt`` None): an experimental structure counts as certain. ``like``: [B, L, ...] for shape,
+    dtype and device."""
+    if plddt is None:
+        return like.new_zeros((*like.shape[:2], 1))
+    u = ((100.0 - plddt.to(like.dtype)) / 100.0).clamp(0.0, 1.0)
+    return torch.nan_to_num(u, nan=0.0).unsqueeze(-1)
+
+
+def coordinate_features(coords: torch.Tensor, config: ModelConfig, plddt: torch.Tensor | None = None) -> torch.Tensor:
     """Per-residue input features for the linear coordinate embedding.
 
     Args:
         coords: [B, L, 4, 3] Angstrom (N, CA, C, O), already centred (and rotated when training);
             NaN where an atom is missing or at padding. In "ca" mode [B, L, 1, 3] (CA only) is
             accepted too.
+        plddt: [B, L] pLDDT (0-100, NaN unknown) or None; read only with ``config.plddt_feature``.
     Returns:
         [B, L, F] float: for each used atom (x, y, z) / coord_scale with 0 where missing, then a
-        missing flag per atom; optionally |x_CA / coord_scale|^2 last. F = config.n_coord_features.
+        missing flag per atom; with ``plddt_feature`` (100 - pLDDT) / 100 (0 where unknown);
+        optionally |x_CA / coord_scale|^2 last. F = config.n_coord_features.
     """
     if config.coord_mode == "backbone" or coords.shape[2] == 1:
         atoms = coords  # backbone: [B, L, 4, 3]; ca: CA already selected, [B, L, 1, 3]
@@ -64,6 +76,8 @@ def coordinate_features(coords: torch.Tensor, config: ModelConfig) -> torch.Tens
     missing = torch.isnan(atoms).any(dim=-1)  # [B, L, A]
     xyz = torch.where(missing.unsqueeze(-1), torch.zeros_like(atoms), atoms) / config.coord_scale
     feats = [xyz.flatten(2), missing.to(xyz.dtype)]
+    if config.plddt_feature:
+        feats.append(plddt_uncertainty(plddt, xyz))
     if config.coord_norm_feature:
         ca = xyz[:, :, 1] if config.coord_mode == "backbone" else xyz[:, :, 0]
         feats.append((ca * ca).sum(-1, keepdim=True))
@@ -220,7 +234,8 @@ class CoordFormer(nn.Module):
                 nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
 
     def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None,
-              ablate: tuple[str, ...] = (), positions: torch.Tensor | None = None) -> torch.Tensor:
+              ablate: tuple[str, ...] = (), positions: torch.Tensor | None = None,
+              plddt: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
         them in any frame (the batching pipeline already centres; centring twice is harmless).
@@ -229,7 +244,8 @@ class CoordFormer(nn.Module):
         "positions" (sinusoidal positions set to zero: only the 3D signal is left).
         ``positions``: [B, L] long residue indices for the sinusoidal table (default 0..L-1). Jumps
         in them mark chain breaks: unresolved residues that are not in the input, the gap between
-        the chains of a complex, or residues left out by a 3D crop.
+        the chains of a complex, or residues left out by a 3D crop. ``plddt``: [B, L] (0-100, NaN
+        unknown), read by models with ``config.plddt_feature`` and ignored by others.
         Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
@@ -261,7 +277,8 @@ class CoordFormer(nn.Module):
                 present = ~torch.isnan(ref).any(-1)
                 if padding_mask is not None:
                     present = present & padding_mask
-                feats = coordinate_features(centre(coords, present), self.config)
+                feats = coordinate_features(centre(coords, present), self.config,
+                                            None if plddt is None else plddt.float())
                 if "coords" in ablate:
                     feats = torch.zeros_like(feats)
                 # (a model cast to half stays half: features follow the weights' dtype)
@@ -277,6 +294,7 @@ class CoordFormer(nn.Module):
         repr_layers: tuple[int, ...] = (),
         ablate: tuple[str, ...] = (),
         positions: torch.Tensor | None = None,
+        plddt: torch.Tensor | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -288,10 +306,11 @@ class CoordFormer(nn.Module):
             repr_layers: layer indices whose hidden states to return (0 = embedding output).
             ablate: inputs to zero for attention analysis, see ``embed``.
             positions: [B, L] long residue indices (default 0..L-1), see ``embed``.
+            plddt: [B, L] pLDDT 0-100 (NaN unknown) for models with ``config.plddt_feature``.
         """
         if padding_mask is None:
             padding_mask = tokens != 0
-        x = self.embed(tokens, coords, padding_mask, ablate, positions)
+        x = self.embed(tokens, coords, padding_mask, ablate, positions, plddt)
         # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash takes
         # no arbitrary mask); one host sync per forward buys that.
         key_mask = None if bool(padding_mask.all()) else padding_mask

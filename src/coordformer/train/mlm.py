@@ -62,7 +62,7 @@ class MaskedLMModule(L.LightningModule):
     def forward(self, batch, need_attention=False):
         coords = batch["coords"] if self.model_config.use_coords else None
         return self.model(batch["tokens"], coords, batch["padding_mask"], need_attention=need_attention,
-                          positions=batch.get("positions"))
+                          positions=batch.get("positions"), plddt=batch.get("plddt"))
 
     def _time_fraction(self) -> float:
         mm = self.train_config.max_minutes

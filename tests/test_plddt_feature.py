@@ -1,0 +1,108 @@
+"""pLDDT as a model input: stored by prepare --store-plddt, carried through crops and batches, fed
+as (100 - pLDDT)/100 by models with plddt_feature, read automatically by embed."""
+
+import json
+from pathlib import Path
+
+import gemmi
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from coordformer.cli import main
+from coordformer.config import ConfigError, ModelConfig, PrepareConfig
+from coordformer.constants import CA_INDEX
+from coordformer.data.batching import BatchSettings, MaskedBatches
+from coordformer.data.prepare import prepare
+from coordformer.data.store import PreparedDataset
+from coordformer.model import CoordFormer, coordinate_features
+
+DATA = Path(__file__).parent / "data"
+
+
+def _predicted_model(path: Path, plddt_of_residue) -> Path:
+    """1ORC rewritten as a 'predicted model': every atom's B-factor = its residue's pLDDT."""
+    st = gemmi.read_structure(str(DATA / "1orc.pdb"))
+    for i, res in enumerate(st[0]["A"]):
+        for atom in res:
+            atom.b_iso = plddt_of_residue(i)
+    st.write_pdb(str(path))
+    return path
+
+
+@pytest.fixture
+def af_dir(tmp_path):
+    d = tmp_path / "af"
+    d.mkdir()
+    _predicted_model(d / "1orc_af.pdb", lambda i: 30.0 + i)  # pLDDT 30 ... 93 along the chain
+    return d
+
+
+def test_prepare_stores_plddt_only_when_asked(tmp_path, af_dir):
+    cfg = PrepareConfig(min_length=1, valid_fraction=0, test_fraction=0)
+    prepare([str(af_dir)], tmp_path / "with", cfg.replace(store_plddt=True), workers=1, progress=False)
+    prepare([str(af_dir)], tmp_path / "without", cfg, workers=1, progress=False)
+    ds = PreparedDataset(tmp_path / "with")
+    assert ds.has_plddt and not PreparedDataset(tmp_path / "without").has_plddt
+    assert not (tmp_path / "without" / "plddt.npy").exists()
+    np.testing.assert_allclose(ds.plddt(0), 30.0 + np.arange(len(ds.plddt(0))), atol=1e-3)
+    # crops carry the matching pLDDT: 30 + residue index, for sequence and spatial crops alike
+    for mode in ("sequence", "spatial"):
+        s = BatchSettings(crop_length=25, tokens_per_batch=100, crop_mode=mode, rotate=False)
+        b = MaskedBatches(ds, np.array([0]), s, seed=1).collate(np.array([0]))
+        kept = (b["plddt"][0] - 30.0).round().long()
+        full = ds.coords(0)[:, CA_INDEX]
+        ca = b["coords"][0, :, CA_INDEX].numpy()
+        # the CA-CA distances of the batch equal those of the residues the pLDDT points at
+        d_batch = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
+        d_full = np.linalg.norm(full[kept][:, None] - full[kept][None], axis=-1)
+        np.testing.assert_allclose(d_batch, d_full, atol=1e-3)
+
+
+def test_feature_values_and_model_switch():
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, plddt_feature=True)
+    assert cfg.n_coord_features == 5
+    coords = torch.zeros(1, 3, 4, 3)
+    f = coordinate_features(coords, cfg, torch.tensor([[70.0, float("nan"), 120.0]]))
+    assert f[0, :, 4].tolist() == pytest.approx([0.3, 0.0, 0.0])
+    with pytest.raises(ConfigError, match="use_coords"):
+        ModelConfig(use_coords=False, plddt_feature=True)
+    torch.manual_seed(0)
+    model = CoordFormer(cfg).eval()
+    tokens = torch.randint(4, 24, (2, 10))
+    xyz = torch.randn(2, 10, 4, 3) * 8
+    with torch.no_grad():
+        none = model(tokens, xyz).logits
+        unknown = model(tokens, xyz, plddt=torch.full((2, 10), float("nan"))).logits
+        confident = model(tokens, xyz, plddt=torch.full((2, 10), 100.0)).logits
+        low = model(tokens, xyz, plddt=torch.full((2, 10), 20.0)).logits
+    assert torch.equal(none, unknown) and torch.equal(none, confident)  # unknown = certain = feature 0
+    assert (none - low).abs().max() > 1e-4
+    # a model without the switch ignores pLDDT
+    plain = CoordFormer(ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64)).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(tokens, xyz).logits, plain(tokens, xyz, plddt=torch.full((2, 10), 20.0)).logits)
+
+
+@pytest.mark.slow
+def test_pretrain_with_plddt_feature_and_embed_reads_it(tmp_path, af_dir):
+    ds = tmp_path / "ds"
+    assert main(["prepare", str(af_dir), "-o", str(ds), "--store-plddt", "--min-length", "10", "--valid-fraction", "0",
+                 "--test-fraction", "0", "--quiet"]) == 0
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(ds), "--out", str(run), "--preset", "tiny-0.1m", "--plddt-feature", "--max-steps", "3",
+                 "--warmup-steps", "1", "--tokens-per-batch", "256", "--crop-length", "64", "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["model_config"]["plddt_feature"] is True
+    # embed prepares raw inputs with pLDDT for such a model: the same structure with other pLDDT
+    # values embeds differently
+    other = tmp_path / "other"
+    other.mkdir()
+    _predicted_model(other / "1orc_af.pdb", lambda i: 95.0)
+    means = []
+    for d in (af_dir, other):
+        out = tmp_path / f"{d.name}.h5"
+        assert main(["embed", str(d), "-c", str(run / "checkpoints" / "last.ckpt"), "-o", str(out), "--quiet"]) == 0
+        with h5py.File(out, "r") as f:
+            means.append(f["mean"][0])
+    assert np.abs(means[0] - means[1]).max() > 1e-4
