@@ -16,7 +16,8 @@ any folder loads into either, and a folder saved from them loads back into coord
 (``-c FOLDER`` or ``CoordFormer.from_pretrained``). Inputs are coordformer's: token ids
 (``coordformer.constants.VOCAB``; ``coordformer.data.batching.chains_to_batch`` builds them from
 chains), ``coords`` [B, L, 4, 3] in Angstrom with NaN where missing, ``attention_mask`` [B, L]
-(1 = residue) and optional ``position_ids`` [B, L] (residue indices, see ``CoordFormer.embed``).
+(1 = residue), optional ``position_ids`` [B, L] (residue indices, see ``CoordFormer.embed``) and
+``plddt`` [B, L] (for models trained with ``plddt_feature``).
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ class CoordFormerPreTrainedModel(PreTrainedModel):
         if isinstance(module, CoordFormer):
             module.positions.copy_(position_table(module.config).to(module.positions.device))
 
-    def _encode(self, input_ids, coords, attention_mask, position_ids, output_attentions, output_hidden_states):
+    def _encode(self, input_ids, coords, attention_mask, position_ids, output_attentions, output_hidden_states, plddt=None):
         n = self.coordformer.config.n_layers
         out = self.coordformer(input_ids, coords, None if attention_mask is None else attention_mask.bool(),
                                need_attention=bool(output_attentions),
-                               repr_layers=tuple(range(n + 1)) if output_hidden_states else (), positions=position_ids)
+                               repr_layers=tuple(range(n + 1)) if output_hidden_states else (), positions=position_ids,
+                               plddt=plddt)
         hidden = tuple(out.representations[i] for i in range(n + 1)) if output_hidden_states else None
         attentions = tuple(out.attentions) if output_attentions else None
         return out, hidden, attentions
@@ -90,9 +92,10 @@ class CoordFormerModel(CoordFormerPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, coords: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs) -> BaseModelOutput:
+                output_hidden_states: bool | None = None, return_dict: bool | None = None, plddt: torch.Tensor | None = None,
+                **kwargs) -> BaseModelOutput:
         out, hidden, attentions = self._encode(input_ids, coords, attention_mask, position_ids, output_attentions,
-                                               output_hidden_states)
+                                               output_hidden_states, plddt)
         return BaseModelOutput(last_hidden_state=out.hidden, hidden_states=hidden, attentions=attentions)
 
 
@@ -103,9 +106,9 @@ class CoordFormerForMaskedLM(CoordFormerPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, coords: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs) -> MaskedLMOutput:
+                return_dict: bool | None = None, plddt: torch.Tensor | None = None, **kwargs) -> MaskedLMOutput:
         out, hidden, attentions = self._encode(input_ids, coords, attention_mask, position_ids, output_attentions,
-                                               output_hidden_states)
+                                               output_hidden_states, plddt)
         loss = None
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
