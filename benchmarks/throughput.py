@@ -10,6 +10,10 @@ Arms (same width and depth, same MLM head and AdamW step):
   pairbias  the benchmark's Graphormer/Uni-Mol-style baseline: Gaussian radial-basis features of all
             pairwise CA distances [B, L, L, K] projected to an additive per-layer, per-head bias
             [B, H, L, L] on every attention logit (so SDPA must take a dense float mask).
+  coords-ckpt, pairbias-ckpt (opt-in, --arms)  the same with activation checkpointing of every
+            layer (coordformer's --activation-checkpointing; for the baseline the same
+            torch.utils.checkpoint per layer, its bias computed once as before), so memory is
+            compared with and without it on both sides.
 
 Every (arm, length) is measured in its own subprocess (clean peak-memory figures: CUDA
 max_memory_allocated on GPU, peak RSS growth on CPU), arms interleaved round by round so drift in
@@ -29,10 +33,12 @@ import sys
 import time
 
 ARMS = ("nocoords", "coords", "pairbias")
+CKPT_ARMS = ("coords-ckpt", "pairbias-ckpt")
 
 
 def _build(arm: str, preset: str, max_len: int):
     import torch
+    import torch.utils.checkpoint
     from torch import nn
 
     from coordformer.config import preset as model_preset
@@ -41,8 +47,11 @@ def _build(arm: str, preset: str, max_len: int):
     cfg = model_preset(preset, max_len=max(max_len, 64))
     if arm == "nocoords":
         return CoordFormer(cfg.replace(use_coords=False))
-    if arm == "coords":
-        return CoordFormer(cfg)
+    if arm in ("coords", "coords-ckpt"):
+        model = CoordFormer(cfg)
+        model.gradient_checkpointing = arm == "coords-ckpt"
+        return model
+    checkpointed = arm == "pairbias-ckpt"
 
     class BiasedSelfAttention(SelfAttention):
         """SelfAttention whose mask argument is an additive float bias [B, H, L, L]."""
@@ -74,7 +83,11 @@ def _build(arm: str, preset: str, max_len: int):
             bias = bias.masked_fill(~ok[:, None, None, :], float("-inf"))
             x = self.base.embed(tokens, None, padding_mask)
             for i, layer in enumerate(self.base.layers):
-                x, _ = layer(x, bias[:, i * self.h : (i + 1) * self.h])
+                b_i = bias[:, i * self.h : (i + 1) * self.h]
+                if checkpointed:
+                    x, _ = torch.utils.checkpoint.checkpoint(layer, x, b_i, use_reentrant=False)
+                else:
+                    x, _ = layer(x, b_i)
             return self.base.lm_head(self.base.final_ln(x))
 
     return PairBiasFormer()
@@ -139,7 +152,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + CKPT_ARMS)
     ap.add_argument("--json", default=None)
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -161,7 +174,7 @@ def main(argv=None):
                     continue
                 m = json.loads(p.stdout.strip().splitlines()[-1])
                 results.setdefault((arm, length), []).append(m)
-                print(f"round {r + 1} {arm:>8} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, peak {m['peak_mb']:8.1f} MB", flush=True)
+                print(f"round {r + 1} {arm:>13} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, peak {m['peak_mb']:8.1f} MB", flush=True)
 
     def med(arm, length, key):
         xs = [m[key] for m in results.get((arm, length), []) if m]
@@ -178,9 +191,20 @@ def main(argv=None):
         row["coords_over_nocoords"] = row.get("coords_tokens_per_s", math.nan) / row.get("nocoords_tokens_per_s", math.nan)
         row["coords_over_pairbias"] = row.get("coords_tokens_per_s", math.nan) / row.get("pairbias_tokens_per_s", math.nan)
         row["pairbias_over_coords_memory"] = row.get("pairbias_peak_mb", math.nan) / max(row.get("coords_peak_mb", math.nan), 1e-9)
+        if "coords-ckpt" in a.arms:  # each side with checkpointing, and the baseline as published (without)
+            ck = max(row.get("coords-ckpt_peak_mb", math.nan), 1e-9)
+            row["pairbias_ckpt_over_coords_ckpt_memory"] = row.get("pairbias-ckpt_peak_mb", math.nan) / ck
+            row["pairbias_over_coords_ckpt_memory"] = row.get("pairbias_peak_mb", math.nan) / ck
+            row["coords_ckpt_over_coords_tok_s"] = row.get("coords-ckpt_tokens_per_s", math.nan) / row.get("coords_tokens_per_s", math.nan)
         rows.append(row)
         print(f"{length:>5} " + " ".join(f"{row[f'{arm}_tokens_per_s']:>15.0f} {row[f'{arm}_peak_mb']:>12.1f}" for arm in a.arms)
               + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}   {row['pairbias_over_coords_memory']:>22.2f}")
+    if "coords-ckpt" in a.arms:
+        print("\nwith activation checkpointing:   pairbias-ckpt/coords-ckpt memory   pairbias/coords-ckpt memory   "
+              "coords-ckpt/coords tok/s")
+        for row in rows:
+            print(f"{row['length']:>5} {row['pairbias_ckpt_over_coords_ckpt_memory']:>45.2f} "
+                  f"{row['pairbias_over_coords_ckpt_memory']:>29.2f} {row['coords_ckpt_over_coords_tok_s']:>26.3f}")
     if a.json:
         import platform
 

@@ -282,3 +282,24 @@ def test_coordinate_embedding_stays_float32_under_bf16_autocast():
         got = model.embed(tokens, coords, tokens != 0)
     assert got.dtype == torch.float32
     assert torch.equal(got, ref)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    cfg = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, dropout=0.0)
+    torch.manual_seed(0)
+    plain = CoordFormer(cfg).train()
+    ckpt = CoordFormer(cfg).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.gradient_checkpointing = True
+    tokens = torch.randint(4, 24, (2, 12))
+    coords = torch.randn(2, 12, 4, 3) * 8
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 9:] = False
+    for m in (plain, ckpt):
+        m(tokens, coords, mask).logits.square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
+    # checkpointing is a training-time device only: eval and attention maps take the plain path
+    ckpt.eval()
+    with torch.no_grad():
+        assert torch.equal(ckpt(tokens, coords, mask).logits, plain.eval()(tokens, coords, mask).logits)

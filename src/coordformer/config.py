@@ -182,6 +182,7 @@ class TrainConfig(_Record):
     strategy: str = "auto"
     num_workers: int = 0
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500

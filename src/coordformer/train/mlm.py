@@ -52,6 +52,7 @@ class MaskedLMModule(L.LightningModule):
         self.model_config = ModelConfig.from_dict(model_config)
         self.train_config = TrainConfig.from_dict(train_config)
         self.model = CoordFormer(self.model_config)
+        self.model.gradient_checkpointing = self.train_config.activation_checkpointing
         self._t_last = None
         self._tokens_since = 0
         self._sec_at_log = 0.0
