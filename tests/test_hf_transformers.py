@@ -83,3 +83,14 @@ def test_config_values_are_validated():
     assert cfg.to_model_config().d_head == 16
     model = hf.CoordFormerForMaskedLM(cfg)  # fresh weights, as coordformer initialises them
     assert model.coordformer.num_parameters() == CoordFormer(cfg.to_model_config()).num_parameters()
+
+
+def test_activation_checkpointing_enable_reaches_the_model(folder, batch):
+    tokens, coords, mask = batch
+    mlm = AutoModelForMaskedLM.from_pretrained(folder)
+    enable = getattr(mlm, "activation_checkpointing_enable", None) or mlm.gradient_checkpointing_enable  # renamed in 5.x
+    enable()
+    assert mlm.coordformer.gradient_checkpointing
+    mlm.train()
+    mlm(tokens, coords, mask).logits.square().mean().backward()
+    assert all(p.grad is not None for p in mlm.coordformer.layers.parameters())
