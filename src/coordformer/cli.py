@@ -135,6 +135,10 @@ def pretrain(
     accumulate: int = typer.Option(1, min=1, help="Micro-batches per optimizer step (a larger global batch on fewer GPUs)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    drop_chain_coords: float = typer.Option(0.0, min=0.0, max=1.0, help="Structure dropout: probability that a training chain "
+                                            "is fed with no coordinates (teaches the model sequence-only inputs)."),
+    drop_span_coords: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability that one contiguous 5-30% stretch of a "
+                                           "training chain is fed without coordinates (teaches unresolved loops)."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing",
                                                   help="Recompute layer activations in the backward pass: activation memory "
                                                   "stops growing with depth, for ~1/3 more compute (long chains, big models)."),
@@ -155,7 +159,8 @@ def pretrain(
                      val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                      num_workers=workers, compile=compile, threads=threads, accumulate_grad_batches=accumulate,
-                     activation_checkpointing=activation_checkpointing)
+                     activation_checkpointing=activation_checkpointing, drop_chain_coords=drop_chain_coords,
+                     drop_span_coords=drop_span_coords)
     summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})
     if summary.pop("is_global_zero", True):  # one summary, not one per DDP process
         typer.echo(json.dumps(summary, indent=2))

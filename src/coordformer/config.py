@@ -183,6 +183,8 @@ class TrainConfig(_Record):
     num_workers: int = 0
     compile: bool = False
     activation_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
+    drop_chain_coords: float = 0.0  # structure dropout: P(a training chain is fed with no coordinates)
+    drop_span_coords: float = 0.0  # P(one contiguous 5-30% stretch of a training chain is fed without coordinates)
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500

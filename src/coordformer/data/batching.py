@@ -77,11 +77,22 @@ class BatchSettings:
     random_crop: bool = True
     crop_mode: str = "sequence"  # "sequence" | "spatial", see spatial_crop
     max_position: int = 4096  # the model's max_len: spatial-crop positions must stay below it
+    # Structure dropout (training): the probability that a chain is fed with no coordinates at all
+    # (as a FASTA input is), and that one contiguous stretch of SPAN_DROP_FRACTION of its residues
+    # is fed without them (as an unresolved loop is). Without it the missing flag never occurs in
+    # fully resolved training data, and its embedding is never learnt.
+    drop_chain_coords: float = 0.0
+    drop_span_coords: float = 0.0
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
             raise UsageError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
+        if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
+            raise UsageError("coordinate dropout probabilities must lie in [0, 1]")
 
+
+#: Length of a dropped stretch (drop_span_coords), as a fraction of the chain: uniform in this range.
+SPAN_DROP_FRACTION = (0.05, 0.3)
 
 #: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood.
 CROP_MODES = ("sequence", "spatial")
@@ -222,6 +233,15 @@ class MaskedBatches(torch.utils.data.Dataset):
             scores[i, :n] = torch.rand(n, generator=gen)
             action[i, :n] = torch.rand(n, generator=gen)
             random_aa[i, :n] = torch.randint(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (n,), generator=gen)
+            if s.drop_chain_coords or s.drop_span_coords:  # drawn last, so other draws are as without it
+                drop_all, drop_span, frac, where = torch.rand(4, generator=gen).tolist()
+                if drop_all < s.drop_chain_coords:
+                    coords[i, :n] = float("nan")
+                elif drop_span < s.drop_span_coords and n > 1:
+                    lo, hi = SPAN_DROP_FRACTION
+                    k = max(1, round(n * (lo + (hi - lo) * frac)))
+                    start = min(int(where * (n - k + 1)), n - k)
+                    coords[i, start : start + k] = float("nan")
         inputs, targets = bert_mask_from_draws(tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac,
                                                s.random_token_frac)
         pad = tokens != 0

@@ -38,7 +38,7 @@ def _quiet_lightning() -> None:
 
 
 #: Settings that determine which residues the model sees in which order; a resume must keep them.
-DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "crop_mode", "mask_prob", "mask_token_frac", "random_token_frac", "rotate",
+DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "crop_mode", "drop_chain_coords", "drop_span_coords", "mask_prob", "mask_token_frac", "random_token_frac", "rotate",
                       "accumulate_grad_batches")
 
 
@@ -52,6 +52,8 @@ def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
         rotate=cfg.rotate if train else True,
         random_crop=train,
         crop_mode=cfg.crop_mode,
+        drop_chain_coords=cfg.drop_chain_coords if train else 0.0,
+        drop_span_coords=cfg.drop_span_coords if train else 0.0,
     )
 
 
