@@ -193,7 +193,7 @@ class MaskedBatches(torch.utils.data.Dataset):
         s = self.s
         b = len(chain_indices)
         gens = [torch.Generator().manual_seed(seed_for(self.seed, "chain", epoch, int(ci))) for ci in chain_indices]
-        seqs, xyzs, kept, plddts = [], [], [], []
+        seqs, xyzs, crop_pos, plddts = [], [], [], []
         spatial = s.crop_mode == "spatial"
         with_plddt = getattr(self.ds, "has_plddt", False)
         for ci, gen in zip(chain_indices, gens):
@@ -201,8 +201,8 @@ class MaskedBatches(torch.utils.data.Dataset):
             xyz = self.ds.coords(int(ci))
             n = len(seq)
             at = np.arange(n)
-            if n > s.crop_length and spatial and not np.isnan(xyz[:, CA_INDEX, 0]).all():
-                with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0]))
+            with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0])) if spatial and n > s.crop_length else None
+            if with_ca is not None and len(with_ca):
                 pick = int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop else len(with_ca) // 2
                 at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
                 seq, xyz = seq[at], xyz[at]
@@ -214,7 +214,7 @@ class MaskedBatches(torch.utils.data.Dataset):
             if with_plddt:
                 plddts.append(np.array(self.ds.plddt(int(ci))[at], dtype=np.float32))
             if spatial:
-                kept.append(crop_positions(at, s.max_position))
+                crop_pos.append(crop_positions(at, s.max_position))
         l = max(len(q) for q in seqs)
         tokens = torch.zeros(b, l, dtype=torch.long)
         coords = torch.full((b, l, 4, 3), float("nan"))
@@ -258,16 +258,18 @@ class MaskedBatches(torch.utils.data.Dataset):
             "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         }
         if with_plddt:
-            plddt = torch.full((b, l), float("nan"))
-            for i, p in enumerate(plddts):
-                plddt[i, : len(p)] = torch.from_numpy(p)
-            out["plddt"] = plddt
+            out["plddt"] = _pad_rows(plddts, l, float("nan"), torch.float32)
         if spatial:
-            positions = torch.zeros(b, l, dtype=torch.long)
-            for i, at in enumerate(kept):
-                positions[i, : len(at)] = torch.from_numpy(at)
-            out["positions"] = positions
+            out["positions"] = _pad_rows(crop_pos, l, 0, torch.long)
         return out
+
+
+def _pad_rows(rows: list[np.ndarray], length: int, fill, dtype) -> torch.Tensor:
+    """[len(rows), length] tensor holding each 1-D array left-aligned, ``fill`` after it."""
+    out = torch.full((len(rows), length), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.from_numpy(r)
+    return out
 
 
 def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: str = "--crop-length") -> None:
