@@ -9,6 +9,11 @@
 #   scripts/gpu_session.sh train M   start the three small-3m pretrainings (M minutes each), detached
 #   scripts/gpu_session.sh watch S   print progress every 30 s for S seconds (or until all finish)
 #   scripts/gpu_session.sh collect   stop what still runs, export best/last weights + logs -> $OUT
+#   scripts/gpu_session.sh open6     issue 6 leftovers: memory with activation checkpointing on both
+#                                    sides, coords/nocoords at L = 1024/2048, torch.compile and FSDP runs
+#   scripts/gpu_session.sh ec E      start the four whole-encoder EC fine-tunes (up to E epochs), detached;
+#                                    labels from $LABELS (copy ../shared/data/deepfri to work/gpu/deepfri
+#                                    and carry it); `collect-ec` brings back metrics and predictions
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 DATA=${DATA:-/tmp/data/pdb_chains_x}
@@ -79,6 +84,33 @@ print(sys.argv[2] + ': ' + ', '.join(f'{k}={float(v):.4g}' for k, v in last.item
     sleep 30
   done
   ;;
+open6)
+  mkdir -p "$OUT/perf"
+  timeout 300 python3 benchmarks/throughput.py --preset paper-43m --lengths 1024 2048 --tokens 16384 --steps 5 \
+    --warmup 2 --rounds 2 --device cuda --arms nocoords coords pairbias coords-ckpt pairbias-ckpt \
+    --json "$OUT/perf/throughput_ckpt_paper43m.json" 2>&1 | tee "$OUT/perf/throughput_ckpt_paper43m.log"
+  for mode in compile fsdp; do
+    flags=$([ $mode = compile ] && echo "--compile" || echo "--strategy fsdp --devices 1")
+    timeout 240 python3 -m coordformer pretrain --data $DATA --out /tmp/$mode --preset paper-43m $flags --max-steps 200 \
+      --val-every 200 --val-max-chains 64 --tokens-per-batch 16384 --workers 4 --quiet 2>&1 | tail -15 | tee "$OUT/perf/$mode.log"
+  done
+  ;;
+ec)
+  epochs=${2:?epochs}
+  LABELS=${LABELS:-work/gpu/deepfri}
+  mkdir -p $RUNS/ec
+  for arm in coords nocoords random random-nocoords; do
+    ck=small-${arm#random-}; [ $arm = random ] && ck=small-coords
+    init=$([[ $arm == random* ]] && echo "--random-init")
+    setsid nohup python3 -m coordformer finetune -c $ck $init --task ec --labels $LABELS --data $DATA --head linear \
+      --max-length 512 --max-epochs "$epochs" --patience 5 --seed 0 --device cuda --quiet --out $RUNS/ec/linear-$arm \
+      > $RUNS/ec/linear-$arm.log 2>&1 < /dev/null &
+  done
+  sleep 5; ls $RUNS/ec
+  ;;
+collect-ec)
+  tar -C $RUNS -cf "$OUT/ec.tar" --exclude=checkpoints ec && ls -la "$OUT"
+  ;;
 collect)
   # runs still going get SIGTERM (Lightning saves nothing on it; the periodic last.ckpt stands)
   pkill -TERM -f "coordformer pretrain" && sleep 10
@@ -93,5 +125,5 @@ collect)
   ls -la "$OUT"
   ;;
 *)
-  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect" >&2; exit 2 ;;
+  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|ec EPOCHS|collect-ec" >&2; exit 2 ;;
 esac
