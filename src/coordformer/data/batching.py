@@ -264,6 +264,11 @@ class MaskedBatches(torch.utils.data.Dataset):
         return out
 
 
+def batch_plddt(batch: dict, device) -> torch.Tensor | None:
+    """The batch's pLDDT [B, L] on ``device``, or None when its dataset stores none."""
+    return batch["plddt"].to(device) if "plddt" in batch else None
+
+
 def _pad_rows(rows: list[np.ndarray], length: int, fill, dtype) -> torch.Tensor:
     """[len(rows), length] tensor holding each 1-D array left-aligned, ``fill`` after it."""
     out = torch.full((len(rows), length), fill, dtype=dtype)

@@ -198,8 +198,8 @@ def low_plddt(b_factors: np.ndarray, plddt_min: float) -> np.ndarray:
     """
     b = np.asarray(b_factors, dtype=np.float64)
     finite = np.isfinite(b)
-    if plddt_min > 1 and finite.any() and b[finite].min() >= 0 and b[finite].max() <= 1:
-        b = b * 100.0
+    if plddt_min > 1:
+        b = _plddt_percent(b)
     # B-factors arrive as float32 (0.7 -> 0.69999999): rounding back to the file's few decimals keeps a
     # value written exactly at the threshold from counting as below it
     return finite & (np.round(b, 4) < plddt_min)
@@ -216,11 +216,16 @@ def plddt_values(chain: Any) -> np.ndarray:
         b = None
     if b is None or b.shape != (n,):
         return np.full(n, np.nan, dtype=np.float32)
-    b = np.where(np.isfinite(b), b, np.nan)
+    return _plddt_percent(np.where(np.isfinite(b), b, np.nan)).astype(np.float32)
+
+
+def _plddt_percent(b: np.ndarray) -> np.ndarray:
+    """B-factors read as pLDDT on the 0-100 scale: a chain whose finite values all lie in [0, 1]
+    (some ESMFold outputs) is scaled by 100, any other is returned as it is."""
     finite = np.isfinite(b)
     if finite.any() and b[finite].min() >= 0 and b[finite].max() <= 1:
-        b = b * 100.0
-    return b.astype(np.float32)
+        return b * 100.0
+    return b
 
 
 def _input_row(error: BaseException, path: str) -> list[str]:

@@ -13,7 +13,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..constants import AA_OFFSET, AMINO_ACIDS
-from ..data.batching import BatchSettings, MaskedBatches, check_fits
+from ..data.batching import BatchSettings, MaskedBatches, batch_plddt, check_fits
 from ..data.store import PreparedDataset
 from ..data.windows import windowed_forward
 from ..errors import UsageError
@@ -87,7 +87,7 @@ def evaluate_mlm(
             b = batches[i]
             coords = b["coords"].to(device) if feed_coords else None
             mask = b["padding_mask"].to(device)
-            plddt = b["plddt"].to(device) if "plddt" in b else None
+            plddt = batch_plddt(b, device)
             if mask.shape[1] > crop_length:
                 full = windowed_forward(lambda t, c, m, p: model(t, c, m, plddt=p).logits, b["tokens"].to(device), coords, mask,
                                         crop_length, overlap, tokens_per_batch, plddt)

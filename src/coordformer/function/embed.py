@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..config import _Record
-from ..data.batching import check_fits, clean_batches, token_budget_batches
+from ..data.batching import batch_plddt, check_fits, clean_batches, token_budget_batches
 from ..data.complexes import DEFAULT_CHAIN_GAP, complex_batch, complex_span, group_complexes
 from ..data.store import PreparedDataset, is_finished_dataset
 from ..errors import UsageError
@@ -182,7 +182,7 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
             mask = b["padding_mask"].to(device)
             res = model(b["tokens"].to(device), b["coords"].to(device) if use_coords else None, mask,
                         repr_layers=() if cfg.layer is None else (cfg.layer,), positions=b["positions"].to(device),
-                        plddt=b["plddt"].to(device) if "plddt" in b else None)
+                        plddt=batch_plddt(b, device))
             h = (res.hidden if cfg.layer is None else res.representations[cfg.layer]).float().cpu()
             for r, row in enumerate(batch_rows):
                 name, members = kept[row]
@@ -207,7 +207,7 @@ def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None
         mask = b["padding_mask"].to(device)
         with torch.no_grad():
             res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                        repr_layers=() if layer is None else (layer,), plddt=b["plddt"].to(device) if "plddt" in b else None)
+                        repr_layers=() if layer is None else (layer,), plddt=batch_plddt(b, device))
         h = res.hidden if layer is None else res.representations[layer]
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
@@ -238,7 +238,7 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
         with torch.no_grad():
             h = windowed_forward(run, b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
                                  window, overlap, max(tokens_per_batch, window),
-                                 b["plddt"].to(device) if "plddt" in b else None)
+                                 batch_plddt(b, device))
         m = mask.unsqueeze(-1).to(h.dtype)
         mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
         yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
