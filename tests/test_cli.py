@@ -297,6 +297,32 @@ def test_ddp_gradients_match_single_process_on_the_same_global_batch(tmp_path, p
 
 
 @pytest.mark.slow
+def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_path, prepared):
+    """`--compile` compiles the model in place: the same seed gives the same weights as eager training (to
+    kernel rounding), and the checkpoint has plain keys, so it resumes without --compile and loads for
+    inference. (torch.compile(model) would prefix every key with `_orig_mod.` and break both.)"""
+    common = ["--data", str(prepared.path), "--preset", "tiny-0.1m", "--val-every", "1000", "--warmup-steps", "1",
+              "--tokens-per-batch", "256", "--crop-length", "64", "--accelerator", "cpu", "--threads", "1", "--quiet"]
+    assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "compiled", "--compile") == 0
+    assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "eager") == 0
+
+    def weights(name):
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    a, b = weights("compiled"), weights("eager")
+    assert sorted(a) == sorted(b) and not any("_orig_mod" in k for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    # the compiled run goes on without --compile, then loads as a plain model
+    assert run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "compiled") == 0
+    c = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert c["global_step"] == 3
+    from coordformer.model.checkpoints import load_model
+
+    model, _ = load_model(tmp_path / "compiled")
+    assert model.num_parameters() > 0
+
+
+@pytest.mark.slow
 def test_export_writes_a_half_precision_model_that_evaluates(tmp_path, prepared, capsys):
     run_dir = tmp_path / "run"
     assert run("pretrain", "--data", prepared.path, "--out", run_dir, "--preset", "tiny-0.1m", "--max-steps", "2",

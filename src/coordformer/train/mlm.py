@@ -175,6 +175,11 @@ class MaskedLMModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint):
+        # Runs from before `--compile` compiled in place saved torch.compile's wrapper prefix; drop it so
+        # such a run resumes with or without --compile.
+        state = checkpoint.get("state_dict", {})
+        if any("._orig_mod." in k for k in state):
+            checkpoint["state_dict"] = {k.replace("._orig_mod.", "."): v for k, v in state.items()}
         saved = checkpoint.get("coordformer", {})
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.skipped_steps = saved.get("skipped_steps", 0)

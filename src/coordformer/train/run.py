@@ -205,7 +205,9 @@ def pretrain(
         deterministic=False,
     )
     if cfg.compile:
-        module.model = torch.compile(module.model)
+        # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain keys, so
+        # a checkpoint resumes, exports and loads the same with or without --compile.
+        module.model.compile()
     trainer.fit(module, datamodule=_DataModule(data, cfg), ckpt_path=ckpt_path)
     # A final validation so the summary reports the model as it ended.
     metrics = {}
