@@ -14,6 +14,8 @@ Arms (same width and depth, same MLM head and AdamW step):
             layer (coordformer's --activation-checkpointing; for the baseline the same
             torch.utils.checkpoint per layer, its bias computed once as before), so memory is
             compared with and without it on both sides.
+  coords-compile (opt-in, --arms)  coords compiled in place with torch.compile (pretrain --compile);
+            compilation happens in the warm-up steps, which are not timed.
 
 Every (arm, length) is measured in its own subprocess (clean peak-memory figures: CUDA
 max_memory_allocated on GPU, peak RSS growth on CPU), arms interleaved round by round so drift in
@@ -34,6 +36,7 @@ import time
 
 ARMS = ("nocoords", "coords", "pairbias")
 CKPT_ARMS = ("coords-ckpt", "pairbias-ckpt")
+EXTRA_ARMS = (*CKPT_ARMS, "coords-compile")
 
 
 def _build(arm: str, preset: str, max_len: int):
@@ -47,9 +50,11 @@ def _build(arm: str, preset: str, max_len: int):
     cfg = model_preset(preset, max_len=max(max_len, 64))
     if arm == "nocoords":
         return CoordFormer(cfg.replace(use_coords=False))
-    if arm in ("coords", "coords-ckpt"):
+    if arm in ("coords", "coords-ckpt", "coords-compile"):
         model = CoordFormer(cfg)
         model.gradient_checkpointing = arm == "coords-ckpt"
+        if arm == "coords-compile":
+            model.compile()
         return model
     checkpointed = arm == "pairbias-ckpt"
 
@@ -152,7 +157,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + CKPT_ARMS)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + EXTRA_ARMS)
     ap.add_argument("--json", default=None)
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -196,6 +201,9 @@ def main(argv=None):
             row["pairbias_ckpt_over_coords_ckpt_memory"] = row.get("pairbias-ckpt_peak_mb", math.nan) / ck
             row["pairbias_over_coords_ckpt_memory"] = row.get("pairbias_peak_mb", math.nan) / ck
             row["coords_ckpt_over_coords_tok_s"] = row.get("coords-ckpt_tokens_per_s", math.nan) / row.get("coords_tokens_per_s", math.nan)
+        if "coords-compile" in a.arms:
+            row["coords_compile_over_coords_tok_s"] = (row.get("coords-compile_tokens_per_s", math.nan)
+                                                       / row.get("coords_tokens_per_s", math.nan))
         rows.append(row)
         print(f"{length:>5} " + " ".join(f"{row[f'{arm}_tokens_per_s']:>15.0f} {row[f'{arm}_peak_mb']:>12.1f}" for arm in a.arms)
               + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}   {row['pairbias_over_coords_memory']:>22.2f}")
@@ -205,6 +213,10 @@ def main(argv=None):
         for row in rows:
             print(f"{row['length']:>5} {row['pairbias_ckpt_over_coords_ckpt_memory']:>45.2f} "
                   f"{row['pairbias_over_coords_ckpt_memory']:>29.2f} {row['coords_ckpt_over_coords_tok_s']:>26.3f}")
+    if "coords-compile" in a.arms:
+        print("\ntorch.compile:   coords-compile/coords tok/s")
+        for row in rows:
+            print(f"{row['length']:>5} {row['coords_compile_over_coords_tok_s']:>32.3f}")
     if a.json:
         import platform
 

@@ -151,7 +151,8 @@ class MaskedLMModule(L.LightningModule):
     def on_validation_epoch_end(self):
         m = self.trainer.callback_metrics
         if "val/loss" in m:
-            self.log("val/perplexity", torch.exp(m["val/loss"]), prog_bar=True)
+            # identical on every rank (val/loss is already synced); sync_dist only keeps Lightning from warning
+            self.log("val/perplexity", torch.exp(m["val/loss"]), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         cfg = self.train_config
