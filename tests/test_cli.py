@@ -451,6 +451,30 @@ def test_export_writes_a_half_precision_model_that_evaluates(tmp_path, prepared,
     assert json.loads(js.read_text())["n_masked"] > 0
 
 
+def test_pretrain_init_continues_from_given_weights_with_their_architecture(tmp_path, prepared, capsys):
+    """--init: the run starts from another model's weights (here a 1-step tiny run, read from its run
+    folder), takes its architecture, records where it came from, and refuses architecture options."""
+    common = ["--data", prepared.path, "--warmup-steps", "1", "--tokens-per-batch", "512", "--crop-length", "64",
+              "--val-every", "1000", "--threads", "1", "--quiet"]
+    assert run("pretrain", *common, "--out", tmp_path / "base", "--preset", "tiny-0.1m", "--max-steps", "1") == 0
+    base = torch.load(tmp_path / "base" / "checkpoints" / "last.ckpt", weights_only=False)
+    # lr 0: the continued run must hold exactly the weights it was given
+    assert run("pretrain", *common, "--out", tmp_path / "cont", "--init", tmp_path / "base", "--max-steps", "2", "--lr", "0") == 0
+    cont = torch.load(tmp_path / "cont" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert cont["coordformer"]["model_config"] == base["coordformer"]["model_config"]
+    assert cont["coordformer"]["train_config"]["init"] == str(tmp_path / "base")
+    assert all(torch.equal(cont["state_dict"][k], v) for k, v in base["state_dict"].items())
+    # with learning it moves away from them (so the check above could fail)
+    assert run("pretrain", *common, "--out", tmp_path / "moved", "--init", tmp_path / "base", "--max-steps", "2") == 0
+    moved = torch.load(tmp_path / "moved" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not all(torch.equal(moved["state_dict"][k], v) for k, v in base["state_dict"].items())
+    capsys.readouterr()
+    assert run("pretrain", *common, "--out", tmp_path / "bad", "--init", tmp_path / "base", "--preset", "small-3m",
+               "--no-coords") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--preset, --no-coords set the architecture" in err
+
+
 def test_models_lists_shipped_models(capsys):
     assert run("models") == 0
     out = capsys.readouterr().out

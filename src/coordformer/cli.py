@@ -105,7 +105,10 @@ def pretrain(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `coordformer prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
     coords: bool = typer.Option(True, "--coords/--no-coords", help="Feed coordinates (the structure model) or not (sequence-only)."),
-    size: str = typer.Option("small-3m", "--preset", help="Model size preset: tiny-0.1m, small-3m, base-13m, paper-43m."),
+    size: Optional[str] = typer.Option(None, "--preset", help="Model size preset: tiny-0.1m, small-3m (default), base-13m, paper-43m."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from these weights (a shipped model name, checkpoint or run "
+                                       "folder) instead of random ones: continued pretraining. The model's architecture "
+                                       "comes with them; the optimizer and schedule start afresh."),
     coord_mode: CoordMode = typer.Option(CoordMode.ca, help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
     norm_feature: bool = typer.Option(False, "--norm-feature", help="Also feed |x|^2 of CA as an input feature."),
     gaussian_heads: int = typer.Option(0, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D distance (needs --norm-feature)."),
@@ -151,17 +154,33 @@ def pretrain(
 
     if schedule not in ("cosine", "constant", "noam"):
         raise UsageError(f"--schedule must be cosine, constant or noam, not {schedule!r}")
-    mc = preset(size, use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
-                gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values, plddt_feature=plddt_feature,
-                dropout=dropout)
+    init_state = None
+    if init is not None:
+        from .model.checkpoints import load_model
+
+        architecture = {"--preset": size is not None, "--no-coords": not coords, "--coord-mode": coord_mode != CoordMode.ca,
+                        "--norm-feature": norm_feature, "--gaussian-heads": gaussian_heads > 0,
+                        "--gaussian-values": gaussian_values, "--plddt-feature": plddt_feature}
+        given = [k for k, v in architecture.items() if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} set the architecture, which --init takes from {init}; drop "
+                             f"{'it' if len(given) == 1 else 'them'}")
+        init_model, _ = load_model(init)
+        mc = init_model.config.replace(dropout=dropout)
+        init_state = init_model.state_dict()
+    else:
+        mc = preset(size or "small-3m", use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
+                    gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values, plddt_feature=plddt_feature,
+                    dropout=dropout)
     tc = TrainConfig(seed=seed, crop_length=crop_length, crop_mode=crop.value, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
                      val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
                      precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                      num_workers=workers, compile=compile, threads=threads, accumulate_grad_batches=accumulate,
                      activation_checkpointing=activation_checkpointing, drop_chain_coords=drop_chain_coords,
-                     drop_span_coords=drop_span_coords)
-    summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()})
+                     drop_span_coords=drop_span_coords, init=init)
+    summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()},
+                           init_state=init_state)
     if summary.pop("is_global_zero", True):  # one summary, not one per DDP process
         typer.echo(json.dumps(summary, indent=2))
 

@@ -190,6 +190,8 @@ class TrainConfig(_Record):
     checkpoint_every_steps: int = 500
     #: micro-batches per optimizer step (global batch = tokens_per_batch x this x processes)
     accumulate_grad_batches: int = 1
+    #: weights the run started from (pretrain --init: a shipped model name or a checkpoint), None = random
+    init: str | None = None
 
     def __post_init__(self):
         if self.accumulate_grad_batches < 1:

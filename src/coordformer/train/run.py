@@ -176,6 +176,7 @@ def pretrain(
     progress: bool = True,
     extra_meta: dict | None = None,
     callbacks: list[Callback] | None = None,
+    init_state: dict | None = None,
 ) -> dict:
     """Pretrain a CoordFormer with masked-LM on ``data_dir``'s train split; validate on its valid split.
 
@@ -183,6 +184,8 @@ def pretrain(
     config.json, logs/version_N/metrics.csv (one per start; TensorBoard under tensorboard/ when
     installed), summary.json. Re-running with the same ``out_dir``
     resumes from checkpoints/last.ckpt (same data order given the seed). Returns the summary dict.
+    ``init_state``: a CoordFormer state dict for ``model_config`` to start from (continued
+    pretraining); ignored when resuming, since the checkpoint holds the weights then.
     """
     _quiet_lightning()
     data = PreparedDataset(data_dir)
@@ -211,6 +214,8 @@ def pretrain(
                              "stream. Use the original values or a new --out")
         ckpt_path = str(last)
     module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
+    if init_state is not None and ckpt_path is None:
+        module.model.load_state_dict(init_state)
     payload = {
         "model_config": model_config.to_dict(),
         "train_config": cfg.to_dict(),
