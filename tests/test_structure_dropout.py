@@ -66,3 +66,35 @@ def test_pretrain_records_it_and_only_dropout_trains_the_missing_flag(tmp_path, 
         logits[b["padding_mask"]].square().mean().backward()  # real residues only, as the MLM loss
         grads.append(model.coord_embed.weight.grad[:, 3].abs().max().item())
     assert grads[0] == 0.0 and grads[1] > 0.0
+
+
+def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residues(prepared, tmp_path, capsys):
+    """evaluate --hide-coords: the masked residues are those of the plain evaluation; `hidden` scores
+    the ones fed without coordinates (all of them with "all", some with "span", none with "none");
+    a sequence-only model is unaffected, a structure model is not."""
+    from coordformer.config import preset
+    from coordformer.eval.mlm import evaluate_mlm
+    from coordformer.model import CoordFormer
+
+    torch.manual_seed(0)
+    cfg = preset("tiny-0.1m")
+    structure, sequence = CoordFormer(cfg).eval(), CoordFormer(cfg.replace(use_coords=False)).eval()
+    res = {(name, h): evaluate_mlm(m, prepared, "test", crop_length=512, progress=False, hide_coords=h)
+           for name, m in (("structure", structure), ("sequence", sequence)) for h in ("none", "all", "span")}
+    n = res["structure", "none"]["n_masked"]
+    assert n > 0 and all(r["n_masked"] == n for r in res.values())
+    assert res["structure", "none"]["hidden"] is None
+    assert res["structure", "all"]["hidden"]["n_masked"] == n
+    assert 0 < res["structure", "span"]["hidden"]["n_masked"] < n
+    assert res["sequence", "all"]["perplexity"] == pytest.approx(res["sequence", "none"]["perplexity"], rel=1e-6)
+    assert res["structure", "all"]["perplexity"] != pytest.approx(res["structure", "none"]["perplexity"], rel=1e-4)
+    assert res["structure", "all"]["hidden"]["perplexity"] == pytest.approx(res["structure", "all"]["perplexity"], rel=1e-6)
+    with pytest.raises(UsageError, match="hide_coords"):
+        evaluate_mlm(structure, prepared, "test", progress=False, hide_coords="some")
+
+    from coordformer.model.checkpoints import export_model
+
+    export_model(structure, tmp_path / "s.pt")
+    assert main(["evaluate", "-c", str(tmp_path / "s.pt"), "--data", str(prepared.path), "--hide-coords", "span",
+                 "--crop-length", "512", "--quiet", "--device", "cpu"]) == 0
+    assert "perplexity, no coords" in capsys.readouterr().out

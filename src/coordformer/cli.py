@@ -198,6 +198,8 @@ def evaluate(
     windows: bool = typer.Option(False, "--windows", help="Evaluate long chains over their whole length in overlapping windows of --crop-length."),
     overlap: int = typer.Option(256, min=0, help="With --windows: least overlap between consecutive windows."),
     masking: str = typer.Option("mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."),
+    hide_coords: str = typer.Option("none", help="none; all: no chain gets coordinates (as FASTA); span: one 5-30% "
+                                    "stretch per chain gets none (as an unresolved loop). Same masked residues in each case."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False),
 ):
@@ -216,7 +218,8 @@ def evaluate(
         while label in results:
             label += "'"
         results[label] = {**evaluate_mlm(model, ds, split, seed=seed, crop_length=crop_length, max_chains=max_chains,
-                                         device=device, progress=not quiet, masking=masking, windows=windows, overlap=overlap),
+                                         device=device, progress=not quiet, masking=masking, windows=windows, overlap=overlap,
+                                         hide_coords=hide_coords),
                           "checkpoint": meta["path"]}
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))

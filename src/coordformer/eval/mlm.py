@@ -20,6 +20,10 @@ from ..errors import UsageError
 from ..model import CoordFormer
 
 
+#: evaluate_mlm(hide_coords=...): which coordinates the model is not given
+HIDE_COORDS = ("none", "all", "span")
+
+
 @torch.no_grad()
 def evaluate_mlm(
     model: CoordFormer,
@@ -36,6 +40,7 @@ def evaluate_mlm(
     masking: str = "mask",
     windows: bool = False,
     overlap: int = 256,
+    hide_coords: str = "none",
 ) -> dict:
     """Evaluate on ``split``: 15% of each chain's residues are selected and, with ``masking="mask"``
     (default), all replaced by <mask>; ``masking="bert"`` corrupts them as in training (80% <mask>,
@@ -47,6 +52,12 @@ def evaluate_mlm(
     windows of ``crop_length`` overlapping by at least ``overlap`` (``coordformer.data.windows``), and
     each masked residue is scored in the window it is most central in. Chains that fit get the same
     masks either way.
+
+    ``hide_coords`` tests inputs with missing structure: ``"all"`` feeds every chain without
+    coordinates (as a FASTA input), ``"span"`` hides one contiguous 5-30% stretch per chain (as an
+    unresolved loop; the stretch is drawn per chain from the seed, the same for every model). The
+    masked residues are the same as with ``"none"``, so the three conditions pair up; the result then
+    also has ``hidden``: perplexity and recovery over the masked residues that had no coordinates.
     Returns a JSON-ready dict with
     ``perplexity``, ``recovery``, ``per_residue_recovery`` ({aa: fraction}),
     ``per_residue_count``, ``n_masked``, ``n_chains``, ``loss`` (mean nats), and ``per_chain``
@@ -67,8 +78,11 @@ def evaluate_mlm(
         check_fits(data, idx, crop_length, model.config.max_len, "--windows, or --crop-length")
     if windows and not 0 <= overlap < crop_length:
         raise UsageError(f"--overlap {overlap}: need 0 <= overlap < --crop-length ({crop_length})")
+    if hide_coords not in HIDE_COORDS:
+        raise UsageError(f"hide_coords must be one of {', '.join(HIDE_COORDS)}, not {hide_coords!r}")
     fracs = (1.0, 0.0) if masking == "mask" else (0.8, 0.1)
     settings = BatchSettings(
+        drop_chain_coords=float(hide_coords == "all"), drop_span_coords=float(hide_coords == "span"),
         # windows: no crop (masks drawn over whole chains); the windowing happens at the model call
         crop_length=int(data.lengths[idx].max()) if windows else crop_length, tokens_per_batch=tokens_per_batch, mask_prob=mask_prob,
         mask_token_frac=fracs[0], random_token_frac=fracs[1], rotate=True, random_crop=False,
@@ -77,6 +91,7 @@ def evaluate_mlm(
     model = model.to(device).eval()
     feed_coords = model.config.use_coords if use_coords is None else use_coords
     nll, n = 0.0, 0
+    hid_nll, hid_n, hid_correct = 0.0, 0, 0
     per_chain: dict[str, list] = {}  # id -> [n_masked, nll_sum, n_correct], for paired statistics
     correct = np.zeros(20, dtype=np.int64)
     count = np.zeros(20, dtype=np.int64)
@@ -100,6 +115,10 @@ def evaluate_mlm(
             nll += float(tok_nll.sum())
             n += len(tgt)
             pred = logits[:, aa].argmax(-1) + AA_OFFSET
+            hid = torch.isnan(b["coords"][:, :, 1]).any(-1)[sel]  # masked residues fed without coordinates
+            hid_nll += float(tok_nll[hid].sum())
+            hid_n += int(hid.sum())
+            hid_correct += int((pred == tgt)[hid].sum())
             row = sel.nonzero()[:, 0]  # which chain of the batch each masked residue belongs to
             hit = (pred == tgt).float()
             for r, ci in enumerate(b["index"].tolist()):
@@ -120,7 +139,9 @@ def evaluate_mlm(
         "per_residue_recovery": per,
         "per_residue_count": {a: int(count[i]) for i, a in enumerate(AMINO_ACIDS)},
         "per_chain": per_chain,
-        "settings": {"seed": seed, "mask_prob": mask_prob, "crop_length": crop_length,
+        "hidden": ({"n_masked": hid_n, "loss": hid_nll / hid_n, "perplexity": math.exp(hid_nll / hid_n),
+                    "recovery": hid_correct / hid_n} if hid_n else None),
+        "settings": {"hide_coords": hide_coords, "seed": seed, "mask_prob": mask_prob, "crop_length": crop_length,
                      "windows": {"overlap": overlap} if windows else None, "masking": "all <mask>" if masking == "mask" else "bert 80/10/10",
                      "tokens_per_batch": tokens_per_batch, "max_chains": max_chains, "use_coords": feed_coords},
     }

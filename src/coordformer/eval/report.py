@@ -23,6 +23,12 @@ def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], 
         ["recovery", *[f"{results[m]['recovery']:.1%}" for m in labels]],
         ["masked residues", *[str(results[m]["n_masked"]) for m in labels]],
     ]
+    if all(results[m].get("hidden") for m in labels):  # evaluate --hide-coords: the residues fed without coordinates
+        rows += [
+            ["perplexity, no coords", *[f"{results[m]['hidden']['perplexity']:.2f}" for m in labels]],
+            ["recovery, no coords", *[f"{results[m]['hidden']['recovery']:.1%}" for m in labels]],
+            ["masked residues, no coords", *[str(results[m]["hidden"]["n_masked"]) for m in labels]],
+        ]
     if len(labels) >= 2:
         for aa, _, _, _ in gains(results, labels[0], labels[1])[:top]:
             rows.append([f"recovery {aa}", *[f"{results[m]['per_residue_recovery'][aa]:.1%}" for m in labels]])
