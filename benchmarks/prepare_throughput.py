@@ -8,6 +8,12 @@ written by gemmi as a deposited file would be). Then `coordformer prepare` (rand
 folder with each worker count into a fresh output folder; the time covers finding, parsing,
 filtering, writing the memory-mapped arrays and the splits. Real deposited files carry side chains,
 waters and ligands as well, so they parse slower per residue than these backbone-only files.
+
+    python benchmarks/prepare_throughput.py --deposited --structures 400 --workers 1 2
+
+reads whole deposited entries instead: the mmCIF files of tests/data (PDB 1A8O, 3JQH, 5I55, as
+distributed by the PDB, with side chains, alternate locations, waters and ligands), copied round-robin
+under new entry ids (gemmi, every other line untouched) and gzipped.
 """
 
 from __future__ import annotations
@@ -61,11 +67,46 @@ def write_cif_gz(chains, folder: Path) -> int:
     return n_res
 
 
+DEPOSITED = ("1A8O.cif", "3JQH.cif", "5i55.cif")
+
+
+def _entry_id(k: int) -> str:
+    """A distinct PDB-style id (digit + 3 alphanumerics) per copy."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "9" + "".join(digits[(k // 36**i) % 36] for i in (2, 1, 0))
+
+
+def write_deposited_gz(n: int, folder: Path) -> tuple[int, int]:
+    """n gzipped copies of the deposited mmCIF files in tests/data, each under its own entry id;
+    returns (files, residues of the protein chains, as prepare counts them in one copy each)."""
+    import gemmi
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = Path(__file__).resolve().parent.parent / "tests" / "data"
+    n_res = 0
+    per_file = {}
+    for name in DEPOSITED:
+        st = gemmi.read_structure(str(data / name))
+        per_file[name] = sum(len(ch.get_polymer()) for ch in st[0])
+    for k in range(n):
+        name = DEPOSITED[k % len(DEPOSITED)]
+        doc = gemmi.cif.read(str(data / name))
+        block = doc.sole_block()
+        new = _entry_id(k)
+        block.name = new
+        block.set_pair("_entry.id", new)
+        with gzip.open(folder / f"{new}.cif.gz", "wt") as fh:
+            fh.write(doc.as_string())
+        n_res += per_file[name]
+    return n, n_res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--structures", type=int, default=400)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--deposited", action="store_true", help="whole deposited entries (tests/data mmCIF files), not backbone-only files")
     a = ap.parse_args(argv)
 
     from coordformer.config import PrepareConfig
@@ -73,22 +114,25 @@ def main(argv=None) -> int:
     from coordformer.demo import bundled_chains
     from coordformer.io import iter_chain_set
 
-    chains = [c for c in iter_chain_set(bundled_chains()) if not isinstance(c, Exception)][: a.structures]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "cif"
-        n_res = write_cif_gz(chains, src)
+        if a.deposited:
+            n_files, n_res = write_deposited_gz(a.structures, src)
+        else:
+            chains = [c for c in iter_chain_set(bundled_chains()) if not isinstance(c, Exception)][: a.structures]
+            n_files, n_res = len(chains), write_cif_gz(chains, src)
         size = sum(p.stat().st_size for p in src.iterdir())
-        print(f"wrote {len(chains)} .cif.gz files ({n_res:,} residues, {size / 1e6:.1f} MB) to {src}")
+        print(f"wrote {n_files} .cif.gz files ({n_res:,} protein residues, {size / 1e6:.1f} MB) to {src}")
         for w in a.workers:
             out = Path(tmp) / f"out{w}"
             t0 = time.perf_counter()
             summary = prepare([src], out, PrepareConfig(split="random"), workers=w, progress=False, log=lambda s: None)
             dt = time.perf_counter() - t0
             kept = summary.chains_kept
-            rows.append({"workers": w, "files": len(chains), "chains_kept": kept, "seconds": round(dt, 2),
-                         "structures_per_s": round(len(chains) / dt, 1), "residues_per_s": round(n_res / dt)})
-            print(f"{w} worker(s): {len(chains)} files in {dt:.1f} s = {len(chains) / dt:.1f} structures/s, "
+            rows.append({"workers": w, "files": n_files, "deposited": a.deposited, "chains_kept": kept, "seconds": round(dt, 2),
+                         "structures_per_s": round(n_files / dt, 1), "residues_per_s": round(n_res / dt)})
+            print(f"{w} worker(s): {n_files} files in {dt:.1f} s = {n_files / dt:.1f} structures/s, "
                   f"{n_res / dt:,.0f} residues/s ({kept} chains kept)")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2))

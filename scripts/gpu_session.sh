@@ -11,6 +11,9 @@
 #   scripts/gpu_session.sh collect   stop what still runs, export best/last weights + logs -> $OUT
 #   scripts/gpu_session.sh open6     issue 6 leftovers: memory with activation checkpointing on both
 #                                    sides, coords/nocoords at L = 1024/2048, torch.compile and FSDP runs
+#   scripts/gpu_session.sh sd M      start small-3m with coordinates and structure dropout from scratch (M
+#                                    minutes), detached: the GPU counterpart of the shipped small-coords-sd,
+#                                    which continued small-coords on a CPU; `collect` brings it back too
 #   scripts/gpu_session.sh ec E      start the four whole-encoder EC fine-tunes (up to E epochs), detached;
 #                                    labels from $LABELS (copy ../shared/data/deepfri to work/gpu/deepfri
 #                                    and carry it); `collect-ec` brings back metrics and predictions
@@ -95,6 +98,12 @@ open6)
       --val-every 200 --val-max-chains 64 --tokens-per-batch 16384 --workers 4 --quiet 2>&1 | tail -15 | tee "$OUT/perf/$mode.log"
   done
   ;;
+sd)
+  minutes=${2:?minutes}
+  setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/coords-sd --drop-chain-coords 0.15 \
+    --drop-span-coords 0.3 $COMMON --max-minutes "$minutes" > $RUNS/coords-sd.log 2>&1 < /dev/null &
+  sleep 5; ls $RUNS
+  ;;
 ec)
   epochs=${2:?epochs}
   LABELS=${LABELS:-work/gpu/deepfri}
@@ -114,8 +123,9 @@ collect-ec)
 collect)
   # runs still going get SIGTERM (Lightning saves nothing on it; the periodic last.ckpt stands)
   pkill -TERM -f "coordformer pretrain" && sleep 10
-  for n in "${RUN_NAMES[@]}"; do
+  for n in "${RUN_NAMES[@]}" coords-sd; do
     d=$RUNS/$n
+    [ -d $d ] || continue
     mkdir -p $d/export
     for c in best last; do
       [ -f $d/checkpoints/$c.ckpt ] && cf export --checkpoint $d/checkpoints/$c.ckpt --out $d/export/$c.pt
@@ -125,5 +135,5 @@ collect)
   ls -la "$OUT"
   ;;
 *)
-  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|ec EPOCHS|collect-ec" >&2; exit 2 ;;
+  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|sd MINUTES|ec EPOCHS|collect-ec" >&2; exit 2 ;;
 esac

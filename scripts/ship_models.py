@@ -26,13 +26,19 @@ DESCRIPTIONS = {
     "small-coords": ("small-3m masked-LM with the paper's linear embedding of CA coordinates ((x, y, z) / 16 A "
                      "and a missing flag) added to token + position embeddings (structure model)"),
     "small-nocoords": "small-3m masked-LM, sequence only (same size, data, schedule and budget)",
+    "small-coords-sd": ("small-coords continued with structure dropout (sd): some training chains fed without "
+                        "coordinates, some with one stretch without them, so that the missing flag is learnt; for "
+                        "inputs with missing or no structure"),
 }
+#: order of the models in the README (others follow by name)
+ORDER = ("small-coords", "small-nocoords", "small-coords-sd")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pairs", nargs="+", help="NAME=RUN_DIR")
-    ap.add_argument("--eval", type=Path, help="`coordformer evaluate --json` output with both models")
+    ap.add_argument("--eval", type=Path, action="append", default=[],
+                    help="`coordformer evaluate --json` output with several models; repeat for runs with --hide-coords")
     ap.add_argument("--eval-key", action="append", default=[], metavar="NAME=KEY",
                     help="which model of the --eval JSON is NAME (default: the run folder's name)")
     ap.add_argument("--trained-on", default=None, help="machine and date the runs trained on, for the record")
@@ -40,7 +46,12 @@ def main() -> int:
     eval_keys = dict(pair.split("=", 1) for pair in args.eval_key)
     out = shipped_models_dir()
     out.mkdir(parents=True, exist_ok=True)
-    evals = json.loads(args.eval.read_text()).get("models", {}) if args.eval else {}
+    # hide_coords condition -> {model key: metrics}
+    evals: dict[str, dict] = {}
+    for path in args.eval:
+        models = json.loads(path.read_text()).get("models", {})
+        cond = next(iter(models.values()), {}).get("settings", {}).get("hide_coords", "none")
+        evals[cond] = models
     cards = []
     for pair in args.pairs:
         name, run = pair.split("=", 1)
@@ -60,9 +71,11 @@ def main() -> int:
             "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"],
                          "final_val": summary["final_val"], "skipped_steps": summary.get("skipped_steps", 0)},
             "trained_on": args.trained_on,
-            "heldout_eval": {k: v for k, v in evals.get(eval_keys.get(name, run.name), {}).items()
-                             if k not in ("checkpoint", "per_chain")},
+            **{("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"):
+               {k: v for k, v in models.get(eval_keys.get(name, run.name), {}).items() if k not in ("checkpoint", "per_chain")}
+               for cond, models in evals.items()},
             "train_log": f"{name}.train_log.csv",
+            "ship_command": f"python {shlex.join(sys.argv)}",
         }
         export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]})
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
@@ -77,14 +90,17 @@ def main() -> int:
             print(f"{name} is over 8 MB", file=sys.stderr)
             return 1
         cards.append(card)
-    (out / "README.md").write_text(readme(cards, shlex.join(sys.argv)))
+    # the README covers every shipped model, including those packaged by an earlier run of this script
+    shipped = {c["name"]: c for c in (json.loads(p.read_text()) for p in out.glob("*.json"))}
+    shipped.update({c["name"]: c for c in cards})
+    rank = {n: i for i, n in enumerate(ORDER)}
+    (out / "README.md").write_text(readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"]))))
     return 0
 
 
-def readme(cards: list[dict], ship_command: str) -> str:
+def readme(cards: list[dict]) -> str:
     lines = ["# Shipped models", "",
-             "Made by `coordformer pretrain`; packaged with",
-             f"`python {ship_command}`.", ""]
+             "Made by `coordformer pretrain`; packaged by `scripts/ship_models.py` (the command is given per model).", ""]
     for c in cards:
         t, d, ev = c["training"], c["data"], c.get("heldout_eval") or {}
         lines += [f"## {c['name']}", "", c["description"], "",
@@ -98,10 +114,18 @@ def readme(cards: list[dict], ship_command: str) -> str:
                   f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time"
                   f"{' on ' + c['trained_on'] if c.get('trained_on') else ''}; "
                   f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}",
-                  f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`"]
+                  f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`",
+                  f"- Packaged with: `{c['ship_command']}`"]
         if ev:
             lines.append(f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
                          f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)")
+        for cond, what in (("span", "one 5-30% stretch per chain"), ("all", "every chain")):
+            h = c.get(f"heldout_eval_hide_{cond}") or {}
+            if h.get("hidden"):
+                lines.append(f"- Same masks, coordinates withheld from {what} (`evaluate --hide-coords {cond}`): "
+                             f"perplexity {h['perplexity']:.2f}, recovery {h['recovery']:.1%}; on the "
+                             f"{h['hidden']['n_masked']:,} masked residues without coordinates {h['hidden']['perplexity']:.2f}, "
+                             f"{h['hidden']['recovery']:.1%}")
         lines.append("")
     return "\n".join(lines)
 
