@@ -253,6 +253,54 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
     assert (run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
+def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_path, prepared):
+    """Two SLURM tasks (gloo); the signal reaches rank 0 only. Rank 0's flag is broadcast, so both
+    ranks checkpoint at the same step and stop: the job ends (no rank left waiting for the other) and
+    the stand-in `scontrol` is called once."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
+    envs = [{**base, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "cf", "SLURM_JOB_ID": "4244",
+             "MASTER_PORT": str(port), "SLURM_PROCID": str(r), "SLURM_LOCALID": "0", "SLURM_NODEID": str(r),
+             "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}"} for r in (0, 1)]
+    run_dir = tmp_path / "job"
+    cmd = [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(run_dir),
+           "--preset", "tiny-0.1m", "--max-steps", "400", "--val-every", "1000", "--checkpoint-every", "100000",
+           "--warmup-steps", "2", "--tokens-per-batch", "256", "--crop-length", "64", "--threads", "1",
+           "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2", "--strategy", "ddp", "--quiet"]
+    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for e in envs]
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and procs[0].poll() is None:
+            logs = list((run_dir / "logs").glob("version_0/metrics.csv"))
+            if logs and "25," in logs[0].read_text():
+                procs[0].send_signal(signal.SIGUSR1)
+                break
+            time.sleep(0.05)
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-1500:] for o in outs)
+    assert calls.read_text().split() == ["requeue", "4244"]
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 25 <= step < 400
+
+
 def test_same_seed_and_config_give_identical_losses(tmp_path, prepared):
     import csv
 
