@@ -7,8 +7,9 @@ none given (a FASTA input); `coordformer evaluate --hide-coords` for each condit
 
 Prints, per condition and model, perplexity and recovery over all masked residues and over those fed
 without coordinates, and paired-bootstrap intervals (over chains) of each model against the last one
-given (the reference, e.g. the sequence-only model). A sequence-only model reads no coordinates, so
-its "all" result is its "none" result, reused rather than recomputed.
+given (the reference, e.g. the sequence-only model). A sequence-only model reads no coordinates: its
+overall figures are the same in every condition, and its figures on the withheld residues are the
+reference for the structure models there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-chains", type=int, default=None)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
 
@@ -47,12 +49,8 @@ def main(argv=None) -> int:
         model, _ = load_model(ck)
         for cond in CONDITIONS:
             t0 = time.perf_counter()
-            if cond == "all" and not model.config.use_coords:
-                r = dict(results["none"][ck])
-                r["hidden"] = {k: r[k] for k in ("n_masked", "loss", "perplexity", "recovery")}
-                r["settings"] = {**r["settings"], "hide_coords": "all"}
-            else:
-                r = evaluate_mlm(model, data, a.split, max_chains=a.max_chains, hide_coords=cond, progress=False)
+            r = evaluate_mlm(model, data, a.split, max_chains=a.max_chains, hide_coords=cond, progress=False,
+                             device=a.device)
             results[cond][ck] = r
             h = r["hidden"]
             print(f"{ck:>20} {cond:>5}: perplexity {r['perplexity']:6.2f}, recovery {r['recovery']:6.1%}"

@@ -12,8 +12,9 @@
 #   scripts/gpu_session.sh open6     issue 6 leftovers: memory with activation checkpointing on both
 #                                    sides, coords/nocoords at L = 1024/2048, torch.compile and FSDP runs
 #   scripts/gpu_session.sh sd M      start small-3m with coordinates and structure dropout from scratch (M
-#                                    minutes), detached: the GPU counterpart of the shipped small-coords-sd,
-#                                    which continued small-coords on a CPU; `collect` brings it back too
+#                                    minutes), detached; `collect` brings it back too. A from-scratch
+#                                    counterpart of continuing small-coords with structure dropout on a CPU
+#                                    (docs/RESULTS.md); shipping it needs its own description in ship_models.py
 #   scripts/gpu_session.sh ec E      start the four whole-encoder EC fine-tunes (up to E epochs), detached;
 #                                    labels from $LABELS (copy ../shared/data/deepfri to work/gpu/deepfri
 #                                    and carry it); `collect-ec` brings back metrics and predictions

@@ -51,7 +51,9 @@ def main() -> int:
     for path in args.eval:
         models = json.loads(path.read_text()).get("models", {})
         cond = next(iter(models.values()), {}).get("settings", {}).get("hide_coords", "none")
-        evals[cond] = models
+        for key in set(models) & set(evals.get(cond, {})):
+            print(f"{path}: {key} ({cond}) is also in an earlier --eval file; using this one", file=sys.stderr)
+        evals.setdefault(cond, {}).update(models)
     cards = []
     for pair in args.pairs:
         name, run = pair.split("=", 1)

@@ -281,7 +281,8 @@ def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_pa
     cmd = [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(run_dir),
            "--preset", "tiny-0.1m", "--max-steps", "400", "--val-every", "1000", "--checkpoint-every", "100000",
            "--warmup-steps", "2", "--tokens-per-batch", "256", "--crop-length", "64", "--threads", "1",
-           "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2", "--strategy", "ddp", "--quiet"]
+           "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2", "--strategy", "ddp", "--quiet",
+           "--max-minutes", "30"]  # a time budget must not undo the stop (its hook runs after the callback's)
     procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for e in envs]
     try:
         deadline = time.time() + 300
@@ -299,6 +300,11 @@ def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_pa
     assert calls.read_text().split() == ["requeue", "4244"]
     step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 25 <= step < 400
+    import csv
+
+    logged = [int(r["step"]) for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv")) if r.get("train/loss")]
+    assert max(logged) < step  # it stopped there: no training after the checkpoint
+    assert not any(r.get("val/loss") for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv")))
 
 
 def test_same_seed_and_config_give_identical_losses(tmp_path, prepared):
@@ -465,7 +471,11 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
     inference. (torch.compile(model) would prefix every key with `_orig_mod.` and break both.)"""
     common = ["--data", str(prepared.path), "--preset", "tiny-0.1m", "--val-every", "1000", "--warmup-steps", "1",
               "--tokens-per-batch", "256", "--crop-length", "64", "--accelerator", "cpu", "--threads", "1", "--quiet"]
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "compiled", "--compile") == 0
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile
     assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "eager") == 0
 
     def weights(name):
@@ -474,10 +484,12 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
     a, b = weights("compiled"), weights("eager")
     assert sorted(a) == sorted(b) and not any("_orig_mod" in k for k in a)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
-    # the compiled run goes on without --compile, then loads as a plain model
+    # the compiled run goes on without --compile, the eager one with it, then load as plain models
     assert run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "compiled") == 0
     c = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=False)
     assert c["global_step"] == 3
+    assert run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "eager", "--compile") == 0
+    assert torch.load(tmp_path / "eager" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     from coordformer.model.checkpoints import load_model
 
     model, _ = load_model(tmp_path / "compiled")

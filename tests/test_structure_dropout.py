@@ -98,3 +98,31 @@ def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residue
     assert main(["evaluate", "-c", str(tmp_path / "s.pt"), "--data", str(prepared.path), "--hide-coords", "span",
                  "--crop-length", "512", "--quiet", "--device", "cpu"]) == 0
     assert "perplexity, no coords" in capsys.readouterr().out
+
+
+def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(prepared):
+    """The batch's `withheld` mask (what evaluate --hide-coords scores as "without coordinates") is
+    exactly the residues that had a CA and lost it to dropout; residues already without one are not in it."""
+
+    class OneHole:
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __getattr__(self, name):
+            return getattr(self.ds, name)
+
+        def coords(self, i):
+            xyz = np.array(self.ds.coords(i))
+            xyz[3] = np.nan  # residue 3 of every chain is unresolved
+            return xyz
+
+    ds = OneHole(prepared)
+    idx = prepared.split_indices("train")[:12]
+    plain = MaskedBatches(ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096), seed=5).collate(idx)
+    assert "withheld" not in plain
+    for kw in ({"drop_chain_coords": 1.0}, {"drop_span_coords": 1.0}):
+        b = MaskedBatches(ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096, **kw), seed=5).collate(idx)
+        had = ~torch.isnan(plain["coords"][:, :, CA_INDEX]).any(-1) & plain["padding_mask"]
+        lost = torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1) & had
+        assert torch.equal(b["withheld"], lost) and lost.any()
+        assert not b["withheld"][:, 3].any()

@@ -224,6 +224,8 @@ class MaskedBatches(torch.utils.data.Dataset):
         gauss = torch.zeros(b, 3, 3, dtype=torch.float64)
         scores, action = torch.ones(b, l), torch.ones(b, l)
         random_aa = torch.zeros(b, l, dtype=torch.long)
+        dropping = bool(s.drop_chain_coords or s.drop_span_coords)
+        withheld = torch.zeros(b, l, dtype=torch.bool) if dropping else None  # had coordinates, dropped here
         for i, (q, x, gen) in enumerate(zip(seqs, xyzs, gens)):
             n = len(q)
             tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[q])
@@ -233,15 +235,19 @@ class MaskedBatches(torch.utils.data.Dataset):
             scores[i, :n] = torch.rand(n, generator=gen)
             action[i, :n] = torch.rand(n, generator=gen)
             random_aa[i, :n] = torch.randint(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (n,), generator=gen)
-            if s.drop_chain_coords or s.drop_span_coords:  # drawn last, so other draws are as without it
+            if dropping:  # drawn last, so other draws are as without it
                 drop_all, drop_span, frac, where = torch.rand(4, generator=gen).tolist()
+                span = None
                 if drop_all < s.drop_chain_coords:
-                    coords[i, :n] = float("nan")
+                    span = slice(0, n)
                 elif drop_span < s.drop_span_coords and n > 1:
                     lo, hi = SPAN_DROP_FRACTION
                     k = max(1, round(n * (lo + (hi - lo) * frac)))
                     start = min(int(where * (n - k + 1)), n - k)
-                    coords[i, start : start + k] = float("nan")
+                    span = slice(start, start + k)
+                if span is not None:
+                    withheld[i, span] = ~torch.isnan(coords[i, span, CA_INDEX]).any(-1)
+                    coords[i, span] = float("nan")
         inputs, targets = bert_mask_from_draws(tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac,
                                                s.random_token_frac)
         pad = tokens != 0
@@ -257,6 +263,8 @@ class MaskedBatches(torch.utils.data.Dataset):
             "padding_mask": pad,
             "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         }
+        if withheld is not None:
+            out["withheld"] = withheld
         if with_plddt:
             out["plddt"] = _pad_rows(plddts, l, float("nan"), torch.float32)
         if spatial:

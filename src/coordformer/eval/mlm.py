@@ -57,7 +57,8 @@ def evaluate_mlm(
     coordinates (as a FASTA input), ``"span"`` hides one contiguous 5-30% stretch per chain (as an
     unresolved loop; the stretch is drawn per chain from the seed, the same for every model). The
     masked residues are the same as with ``"none"``, so the three conditions pair up; the result then
-    also has ``hidden``: perplexity and recovery over the masked residues that had no coordinates.
+    also has ``hidden``: perplexity and recovery over the masked residues whose coordinates were
+    withheld (residues the structure itself lacks are not counted there).
     Returns a JSON-ready dict with
     ``perplexity``, ``recovery``, ``per_residue_recovery`` ({aa: fraction}),
     ``per_residue_count``, ``n_masked``, ``n_chains``, ``loss`` (mean nats), and ``per_chain``
@@ -115,7 +116,8 @@ def evaluate_mlm(
             nll += float(tok_nll.sum())
             n += len(tgt)
             pred = logits[:, aa].argmax(-1) + AA_OFFSET
-            hid = torch.isnan(b["coords"][:, :, 1]).any(-1)[sel]  # masked residues fed without coordinates
+            # masked residues whose coordinates were withheld (not those the structure itself lacks)
+            hid = b["withheld"][sel] if "withheld" in b else torch.zeros(len(tgt), dtype=torch.bool)
             hid_nll += float(tok_nll[hid].sum())
             hid_n += int(hid.sum())
             hid_correct += int((pred == tgt)[hid].sum())

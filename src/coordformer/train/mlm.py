@@ -111,7 +111,8 @@ class MaskedLMModule(L.LightningModule):
             # time added since the last broadcast and could stop the run just before the budget.
             if self.trainer.world_size > 1:
                 over = bool(self.trainer.strategy.broadcast(over, 0))
-            self.trainer.should_stop = over
+            # `or`: a callback (the SLURM requeue, which runs before this hook) may have asked to stop
+            self.trainer.should_stop = self.trainer.should_stop or over
 
     def on_before_optimizer_step(self, optimizer):
         """Skip the update when any gradient is NaN/Inf (one rare bad step must not poison the weights).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -118,15 +119,30 @@ class _SlurmRequeue(Callback):
         self.last = last
         self.requested = False
         self.requeued_at: int | None = None
+        self.requeue_ok = False
         self._step_seen = -1
+        self._previous = None
 
     def install(self) -> None:
+        """Take over SIGUSR1 (from the main thread: only it can set signal handlers)."""
         import signal
 
-        signal.signal(signal.SIGUSR1, self._on_signal)
+        self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def uninstall(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
 
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
+
+    def on_train_start(self, trainer, pl_module):
+        # the step the run (re)starts at is not a boundary reached by training: with gradient
+        # accumulation, a checkpoint after the first micro-batch would not resume exactly
+        self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self._step_seen:  # mid gradient accumulation: not a step boundary
@@ -140,11 +156,14 @@ class _SlurmRequeue(Callback):
         trainer.save_checkpoint(self.last)
         self.requeued_at = trainer.global_step
         trainer.should_stop = True
+        # Lightning validates when asked to stop; not now: the job has seconds left, and best.ckpt
+        # must not get ahead of the state saved in last.ckpt
+        trainer.limit_val_batches = 0
         if trainer.is_global_zero:
-            _scontrol_requeue()
+            self.requeue_ok = _scontrol_requeue()
 
 
-def _scontrol_requeue() -> None:
+def _scontrol_requeue() -> bool:
     import os
     import subprocess
 
@@ -157,6 +176,7 @@ def _scontrol_requeue() -> None:
         rc = f"{type(e).__name__}: {e}"
     if rc != 0:
         log.warning("scontrol requeue %s failed (%s); resubmit the same command to continue from last.ckpt", job, rc)
+    return rc == 0
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -245,13 +265,17 @@ def pretrain(
         loggers.append(TensorBoardLogger(out, name="tensorboard"))
     plugins = []
     requeue = None
-    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    if SLURMEnvironment.detect():
+    # torchrun inside a SLURM job: Lightning then (rightly) takes ranks from torchrun, so leave it be
+    if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
         # our handler instead of Lightning's (see _SlurmRequeue)
         plugins.append(SLURMEnvironment(auto_requeue=False))
-        requeue = _SlurmRequeue(last)
-        callbacks.append(requeue)
+        if threading.current_thread() is threading.main_thread():
+            requeue = _SlurmRequeue(last)
+            callbacks.append(requeue)
+        else:
+            log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
     trainer = L.Trainer(
         default_root_dir=str(out),
         plugins=plugins or None,
@@ -276,17 +300,21 @@ def pretrain(
         use_distributed_sampler=False,  # MaskedBatches shards itself, deterministically
         deterministic=False,
     )
-    if requeue is not None:
-        requeue.install()
     if cfg.compile:
         # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain keys, so
         # a checkpoint resumes, exports and loads the same with or without --compile.
         module.model.compile()
-    trainer.fit(module, datamodule=_DataModule(data, cfg), ckpt_path=ckpt_path)
+    if requeue is not None:
+        requeue.install()
+    try:
+        trainer.fit(module, datamodule=_DataModule(data, cfg), ckpt_path=ckpt_path)
+    finally:
+        if requeue is not None:
+            requeue.uninstall()
     if requeue is not None and requeue.requeued_at is not None:
         # not finished: the requeued job (the same command) resumes from last.ckpt
         return {"is_global_zero": trainer.is_global_zero, "global_step": trainer.global_step,
-                "requeued": True, "checkpoint": str(last)}
+                "stopped_for_requeue": True, "requeued": requeue.requeue_ok, "checkpoint": str(last)}
     # A final validation so the summary reports the model as it ended.
     metrics = {}
     if val_batches is None:
