@@ -19,7 +19,6 @@ from ..data.windows import windowed_forward
 from ..errors import UsageError
 from ..model import CoordFormer
 
-
 #: evaluate_mlm(hide_coords=...): which coordinates the model is not given
 HIDE_COORDS = ("none", "all", "span")
 
