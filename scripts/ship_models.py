@@ -10,6 +10,10 @@ metrics if given) and copies the training log to NAME.train_log.csv.
     python scripts/ship_models.py small-coords=work/gpu_runs/coords small-nocoords=work/gpu_runs/nocoords \
         --eval work/ship/eval_test.json --eval-key small-coords=small-coords \
         --trained-on "one NVIDIA H100 80GB, 2026-11-22, three runs sharing it"
+
+The README of the models folder is rewritten from every shipped model's card. `--annotate NAME` adds
+the `--hide-coords` evaluations of the --eval files to an already shipped model's card, leaving its
+weights alone.
 """
 
 from __future__ import annotations
@@ -36,13 +40,18 @@ ORDER = ("small-coords", "small-nocoords", "small-coords-sd")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("pairs", nargs="+", help="NAME=RUN_DIR")
+    ap.add_argument("pairs", nargs="*", help="NAME=RUN_DIR")
+    ap.add_argument("--annotate", action="append", default=[], metavar="NAME",
+                    help="an already shipped model: add the --hide-coords evaluations of the --eval files to its card "
+                         "(weights and the rest of the card untouched)")
     ap.add_argument("--eval", type=Path, action="append", default=[],
                     help="`coordformer evaluate --json` output with several models; repeat for runs with --hide-coords")
     ap.add_argument("--eval-key", action="append", default=[], metavar="NAME=KEY",
                     help="which model of the --eval JSON is NAME (default: the run folder's name)")
     ap.add_argument("--trained-on", default=None, help="machine and date the runs trained on, for the record")
     args = ap.parse_args()
+    if not args.pairs and not args.annotate:
+        ap.error("give NAME=RUN_DIR pairs to ship, or --annotate NAME")
     eval_keys = dict(pair.split("=", 1) for pair in args.eval_key)
     out = shipped_models_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +64,14 @@ def main() -> int:
             print(f"{path}: {key} ({cond}) is also in an earlier --eval file; using this one", file=sys.stderr)
         evals.setdefault(cond, {}).update(models)
     cards = []
+    for name in args.annotate:
+        card = json.loads((out / f"{name}.json").read_text())
+        for cond, models in evals.items():
+            if cond != "none" and eval_keys.get(name, name) in models:
+                card[f"heldout_eval_hide_{cond}"] = {k: v for k, v in models[eval_keys.get(name, name)].items()
+                                                     if k not in ("checkpoint", "per_chain")}
+        card.setdefault("annotated_with", []).append(f"python {shlex.join(sys.argv)}")
+        (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     for pair in args.pairs:
         name, run = pair.split("=", 1)
         run = Path(run)
