@@ -50,6 +50,27 @@ def test_shipped_coords_model_uses_coordinates():
     assert (a - b).abs().max() > 1e-2
 
 
+def test_shipped_structure_dropout_model_handles_missing_coordinates(tmp_path):
+    """small-coords-sd is small-coords continued with structure dropout: same architecture, its card
+    says so, and on bundled held-out chains fed without coordinates it is far better than small-coords
+    (which never learnt the missing flag) and close to the sequence-only model."""
+    from coordformer.config import PrepareConfig
+    from coordformer.data.prepare import prepare
+    from coordformer.data.store import PreparedDataset
+    from coordformer.eval.mlm import evaluate_mlm
+
+    sd, _ = load_model("small-coords-sd")
+    base, _ = load_model("small-coords")
+    assert sd.config == base.config and shipped_models()["small-coords-sd"].stat().st_size < 8e6
+    card = model_card("small-coords-sd")
+    assert card["train_config"]["init"] == "small-coords" and card["train_config"]["drop_chain_coords"] > 0
+    prepare([bundled_chains()], tmp_path / "ds", PrepareConfig(split="random", test_fraction=0.1), workers=1, progress=False)
+    ds = PreparedDataset(tmp_path / "ds")
+    ppl = {name: evaluate_mlm(m, ds, "test", hide_coords="all", progress=False)["perplexity"]
+           for name, m in (("sd", sd), ("base", base), ("seq", load_model("small-nocoords")[0]))}
+    assert ppl["sd"] < 0.5 * ppl["base"] and ppl["sd"] < 1.15 * ppl["seq"], ppl
+
+
 @pytest.mark.slow
 def test_demo_runs_and_writes_report(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--max-chains", "40", "--quiet"]) == 0
