@@ -194,8 +194,39 @@ def test_pretrain_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, prep
     assert steps[0] and max(steps[0]) < killed_at <= min(steps[1])
 
 
-SLURM_ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "cf", "SLURM_JOB_ID": "4242",
-                  "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch_env(**extra) -> dict:
+    """This process's environment without any SLURM / torch.distributed variables, plus ``extra``."""
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
+    return {**base, **extra}
+
+
+def _slurm_task_env(rank: int, ntasks: int, job_id: str, **extra) -> dict:
+    """The environment `srun` gives task ``rank`` of ``ntasks`` (one task per node, all on localhost).
+    With several tasks pass MASTER_PORT: otherwise Lightning derives it from the job id, which could be
+    taken here."""
+    return _launch_env(SLURM_NTASKS=str(ntasks), SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="cf", SLURM_JOB_ID=job_id,
+                       SLURM_PROCID=str(rank), SLURM_LOCALID="0", SLURM_NODEID=str(rank), SLURM_NODELIST="localhost",
+                       **extra)
+
+
+def _fake_scontrol(tmp_path):
+    """A stand-in `scontrol` that appends its arguments to a file: (PATH entry to prepend, that file)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return bin_dir, calls
 
 
 @pytest.mark.slow
@@ -211,12 +242,8 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
     import sys
     import time
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, **SLURM_ONE_TASK, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    bin_dir, calls = _fake_scontrol(tmp_path)
+    env = _slurm_task_env(0, 1, "4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
 
     def cmd(out):
         return [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(out),
@@ -260,23 +287,13 @@ def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_pa
     the stand-in `scontrol` is called once."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
-    envs = [{**base, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "cf", "SLURM_JOB_ID": "4244",
-             "MASTER_PORT": str(port), "SLURM_PROCID": str(r), "SLURM_LOCALID": "0", "SLURM_NODEID": str(r),
-             "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}"} for r in (0, 1)]
+    bin_dir, calls = _fake_scontrol(tmp_path)
+    port = str(_free_port())
+    envs = [_slurm_task_env(r, 2, "4244", MASTER_PORT=port, PATH=f"{bin_dir}:{os.environ['PATH']}") for r in (0, 1)]
     run_dir = tmp_path / "job"
     cmd = [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(run_dir),
            "--preset", "tiny-0.1m", "--max-steps", "400", "--val-every", "1000", "--checkpoint-every", "100000",
@@ -415,20 +432,13 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
     `torchrun --nnodes 2 --node-rank r` launches, and two processes with the environment `srun` gives
     its tasks. Each must form one 2-process job and end with the weights of `--devices 2 --strategy ddp`
     launched by Lightning itself."""
-    import os
-    import socket
     import subprocess
     import sys
-
-    def free_port():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
 
     args = ["pretrain", "--data", str(prepared.path), "--preset", "tiny-0.1m", "--max-steps", "3", "--val-every", "1000",
             "--warmup-steps", "1", "--tokens-per-batch", "128", "--crop-length", "64", "--accelerator", "cpu",
             "--threads", "1", "--quiet", "--lr", "3e-3", "--strategy", "ddp"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
+    base = _launch_env()
 
     def launch(cmds_envs):
         procs = [subprocess.Popen(c, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c, e in cmds_envs]
@@ -440,17 +450,12 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
         assert all(p.returncode == 0 for p in procs), "\n".join(o[-1500:] for o in outs)
 
     launch([([sys.executable, "-m", "coordformer", *args, "--out", str(tmp_path / "lightning"), "--devices", "2"], base)])
-    port = free_port()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                "--master-addr", "127.0.0.1", "--master-port", str(port)]
+                "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     launch([([*torchrun, "--node-rank", str(r), "-m", "coordformer", *args, "--out", str(tmp_path / "torchrun"),
               "--devices", "1", "--num-nodes", "2"], base) for r in (0, 1)])
-    # MASTER_PORT: otherwise Lightning derives the port from the job id, which could be taken here
-    port = free_port()
-    slurm = [{**base, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "cf", "SLURM_JOB_ID": "4243",
-              "MASTER_PORT": str(port),
-              "SLURM_PROCID": str(r), "SLURM_LOCALID": "0", "SLURM_NODEID": str(r), "SLURM_NODELIST": "localhost"}
-             for r in (0, 1)]
+    port = str(_free_port())
+    slurm = [_slurm_task_env(r, 2, "4243", MASTER_PORT=port) for r in (0, 1)]
     launch([([sys.executable, "-m", "coordformer", *args, "--out", str(tmp_path / "slurm"), "--devices", "1",
               "--num-nodes", "2"], e) for e in slurm])
 

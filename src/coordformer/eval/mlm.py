@@ -115,13 +115,13 @@ def evaluate_mlm(
             nll += float(tok_nll.sum())
             n += len(tgt)
             pred = logits[:, aa].argmax(-1) + AA_OFFSET
+            hit = (pred == tgt).float()
             # masked residues whose coordinates were withheld (not those the structure itself lacks)
             hid = b["withheld"][sel] if "withheld" in b else torch.zeros(len(tgt), dtype=torch.bool)
             hid_nll += float(tok_nll[hid].sum())
             hid_n += int(hid.sum())
-            hid_correct += int((pred == tgt)[hid].sum())
+            hid_correct += int(hit[hid].sum())
             row = sel.nonzero()[:, 0]  # which chain of the batch each masked residue belongs to
-            hit = (pred == tgt).float()
             for r, ci in enumerate(b["index"].tolist()):
                 m = row == r
                 per_chain[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
