@@ -66,10 +66,7 @@ def main() -> int:
     cards = []
     for name in args.annotate:
         card = json.loads((out / f"{name}.json").read_text())
-        for cond, models in evals.items():
-            if cond != "none" and eval_keys.get(name, name) in models:
-                card[f"heldout_eval_hide_{cond}"] = {k: v for k, v in models[eval_keys.get(name, name)].items()
-                                                     if k not in ("checkpoint", "per_chain")}
+        card.update({k: v for k, v in eval_fields(evals, eval_keys.get(name, name)).items() if k != "heldout_eval"})
         card.setdefault("annotated_with", []).append(f"python {shlex.join(sys.argv)}")
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     for pair in args.pairs:
@@ -90,9 +87,7 @@ def main() -> int:
             "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"],
                          "final_val": summary["final_val"], "skipped_steps": summary.get("skipped_steps", 0)},
             "trained_on": args.trained_on,
-            **{("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"):
-               {k: v for k, v in models.get(eval_keys.get(name, run.name), {}).items() if k not in ("checkpoint", "per_chain")}
-               for cond, models in evals.items()},
+            **eval_fields(evals, eval_keys.get(name, run.name)),
             "train_log": f"{name}.train_log.csv",
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
@@ -115,6 +110,14 @@ def main() -> int:
     rank = {n: i for i, n in enumerate(ORDER)}
     (out / "README.md").write_text(readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"]))))
     return 0
+
+
+def eval_fields(evals: dict[str, dict], key: str) -> dict:
+    """Card fields for model ``key`` of the --eval files: ``heldout_eval`` (plain evaluation) and
+    ``heldout_eval_hide_<condition>`` (evaluate --hide-coords), without the per-chain tables."""
+    return {("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"):
+            {k: v for k, v in models[key].items() if k not in ("checkpoint", "per_chain")}
+            for cond, models in evals.items() if key in models}
 
 
 def readme(cards: list[dict]) -> str:
