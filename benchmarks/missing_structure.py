@@ -36,6 +36,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from coordformer.cli import _checkpoint_label  # the model names `coordformer evaluate --json` uses
     from coordformer.data.store import PreparedDataset
     from coordformer.eval.mlm import evaluate_mlm
     from coordformer.eval.stats import paired_bootstrap
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         # per-condition files in the `coordformer evaluate --json` layout, for scripts/ship_models.py --eval
         for cond, rs in results.items():
             out = a.json.with_name(f"{a.json.stem}_{cond}.json")
-            out.write_text(json.dumps({"models": {Path(ck).name: r for ck, r in rs.items()}}, indent=2))
+            out.write_text(json.dumps({"models": {_checkpoint_label(ck): r for ck, r in rs.items()}}, indent=2))
     return 0
 
 

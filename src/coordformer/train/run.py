@@ -277,7 +277,6 @@ def pretrain(
         else:
             log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
     trainer = L.Trainer(
-        default_root_dir=str(out),
         plugins=plugins or None,
         accelerator=cfg.accelerator,
         devices=_parse_devices(cfg.devices),
