@@ -89,6 +89,15 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
     assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--gaussian-heads", "2") == 2
     assert "norm" in capsys.readouterr().err
     assert run("prepare", tmp_path / "nothing-here", "--out", tmp_path / "ds2", "--quiet") == 2
+    capsys.readouterr()
+    assert run("embed", prepared.path, "-c", "small-coords-sd", "--out", tmp_path / "e.h5", "--seqres", "gaps") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--seqres applies to structure inputs" in err and "\n" not in err
+    assert run("prepare", DATA / "1orc.pdb", "--out", tmp_path / "ds3", "--seqres", "some") == 2
+    assert "--seqres" in capsys.readouterr().err
+    assert run("prepare", DATA / "1orc.pdb", "--out", tmp_path / "ds3", "--seqres", "all", "--quiet",
+               "--min-length", "1", "--valid-fraction", "0", "--test-fraction", "0") == 0
+    assert "seqres (all): 7 unobserved residues put back in 1 chains" in capsys.readouterr().out
     if not torch.cuda.is_available():
         assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--accelerator", "gpu") == 2
         assert run("evaluate", "-c", "x", "--data", prepared.path, "--device", "cuda") == 2

@@ -192,3 +192,137 @@ def test_evaluate_runs_on_a_dataset_prepared_from_fasta(tmp_path, model):
     assert len(ds) == 12
     m = evaluate_mlm(model, ds, "train", progress=False)
     assert np.isfinite(m["perplexity"]) and 0 <= m["recovery"] <= 1
+
+
+# ------------------------------------------------------------------------------------------ (e)
+# Residues absent from the file altogether (unresolved loops / termini): put back from the
+# deposited sequence (PDB SEQRES, mmCIF entity_poly_seq) with read_structure(seqres=...).
+
+
+def _pdb_without_residues(src, dst, ids: set[str]) -> None:
+    """Copy a PDB file, dropping every atom record of the residues ``ids`` (SEQRES stays)."""
+    lines = [line for line in src.read_text().splitlines(keepends=True)
+             if not (line.startswith(("ATOM  ", "HETATM", "ANISOU")) and line[22:27].strip() in ids)]
+    dst.write_text("".join(lines))
+
+
+def _cif_without_residues(src, dst, label_seq_ids: set[str]) -> None:
+    """Copy an mmCIF file, dropping the _atom_site rows of polymer residues with these label_seq_id."""
+    lines, cols, in_loop = [], [], False
+    for line in src.read_text().splitlines(keepends=True):
+        if line.startswith("_atom_site."):
+            cols.append(line.split()[0])
+            in_loop = True
+        elif in_loop and line.startswith(("ATOM", "HETATM")):
+            if line.split()[cols.index("_atom_site.label_seq_id")] in label_seq_ids:
+                continue
+        elif in_loop and cols and not line.startswith(("ATOM", "HETATM")):
+            in_loop = False
+        lines.append(line)
+    dst.write_text("".join(lines))
+
+
+def test_seqres_puts_back_a_loop_missing_from_a_pdb_file(tmp_path, model, chain):
+    """1ORC.A with residues 16-23 deleted from the file: seqres="gaps" restores the full chain,
+    with exactly those residues missing, and the model sees what it sees for the loop masked in memory."""
+    _pdb_without_residues(DATA / "1orc.pdb", tmp_path / "cut.pdb", set(chain.residue_ids[LOOP]))
+    cut = read_structure(tmp_path / "cut.pdb")[0]
+    assert len(cut) == len(chain) - 8 and cut.observed is None
+    gaps = read_structure(tmp_path / "cut.pdb", seqres="gaps")[0]
+    assert gaps.sequence == chain.sequence
+    expected = np.ones(len(chain), bool)
+    expected[LOOP] = False
+    assert np.array_equal(gaps.observed, expected)
+    assert np.isnan(gaps.coords[LOOP]).all() and np.array_equal(gaps.coords[expected], chain.coords[expected], equal_nan=True)
+    assert gaps.residue_ids[LOOP] == [""] * 8 and gaps.residue_ids[:3] == ["3", "4", "5"]
+    assert np.isnan(gaps.b_factors[LOOP]).all() and np.array_equal(gaps.b_factors[expected], chain.b_factors[expected])
+
+    ref_logits, ref_hidden = _run(model, _masked(chain, LOOP))
+    logits, hidden = _run(model, gaps)
+    assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(hidden, ref_hidden, atol=1e-5)
+
+
+def test_seqres_all_adds_the_unmodelled_termini(chain):
+    """1ORC's SEQRES has 71 residues; the file models 3-61 (with the 56A-E insertion): "gaps" changes
+    nothing, "all" adds ME at the N terminus and KKTTA at the C terminus."""
+    gaps = read_structure(DATA / "1orc.pdb", seqres="gaps")[0]
+    assert gaps.sequence == chain.sequence and gaps.observed.all()
+    full = read_structure(DATA / "1orc.pdb", seqres="all")[0]
+    assert full.sequence == "ME" + chain.sequence + "KKTTA"
+    assert np.array_equal(np.flatnonzero(~full.observed), [0, 1, 66, 67, 68, 69, 70])
+    assert np.isnan(full.coords[~full.observed]).all() and not np.isnan(full.coords[full.observed][:, 1]).any()
+
+
+def test_seqres_from_mmcif_entity_sequence(tmp_path):
+    """mmCIF: label_seq_id places residues in entity_poly_seq; 1A8O with label_seq 33-38 deleted
+    (author 183-188, selenomethionine MSE 185 among them)."""
+    whole = read_structure(DATA / "1A8O.cif")[0]
+    _cif_without_residues(DATA / "1A8O.cif", tmp_path / "cut.cif", {str(k) for k in range(33, 39)})
+    assert len(read_structure(tmp_path / "cut.cif")[0]) == len(whole) - 6
+    gaps = read_structure(tmp_path / "cut.cif", seqres="gaps")[0]
+    assert whole.sequence[34] == "M"
+    assert gaps.sequence == whole.sequence  # the inserted MSE is read as M too
+    assert np.array_equal(np.flatnonzero(~gaps.observed), np.arange(32, 38))
+    keep = gaps.observed
+    assert np.array_equal(gaps.coords[keep], whole.coords[keep], equal_nan=True)
+    # the PDB-format file of the same entry, cut the same way, agrees (gemmi aligns it to SEQRES)
+    pdb_whole = read_structure(DATA / "1A8O.pdb")[0]
+    _pdb_without_residues(DATA / "1A8O.pdb", tmp_path / "cut.pdb", set(pdb_whole.residue_ids[32:38]))
+    pdb_gaps = read_structure(tmp_path / "cut.pdb", seqres="gaps")[0]
+    assert pdb_gaps.sequence == gaps.sequence and np.array_equal(pdb_gaps.observed, gaps.observed)
+
+
+def test_seqres_microheterogeneity_keeps_the_modelled_residue():
+    """3JQH: entity position 4 is PRO,SER (the file models PRO at 0.83); "all" puts back the 144
+    residues the test file lacks but keeps the modelled choice at each modelled position."""
+    modelled = read_structure(DATA / "3JQH.cif")[0]
+    full = read_structure(DATA / "3JQH.cif", seqres="all")[0]
+    assert len(full) == 167 and int(full.observed.sum()) == len(modelled)
+    assert "".join(np.array(list(full.sequence))[full.observed]) == modelled.sequence
+    assert full.sequence[:4] == "GELP"
+
+
+def test_seqres_without_a_deposited_sequence_keeps_the_chain_as_modelled(tmp_path):
+    """4hhh_frag.pdb has no SEQRES: the chains come back as modelled, flagged observed=None, and
+    prepare counts them in its summary instead of failing."""
+    for c in read_structure(DATA / "4hhh_frag.pdb", seqres="all"):
+        assert c.observed is None and c.sequence in ("GTCEEM", "AGTCEEM")
+    with pytest.raises(ValueError, match="seqres must be one of"):
+        read_structure(DATA / "1orc.pdb", seqres="yes")
+
+
+def test_prepare_and_embed_with_seqres(tmp_path, chain):
+    from coordformer.function.embed import read_embeddings
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _pdb_without_residues(DATA / "1orc.pdb", src / "cut.pdb", set(chain.residue_ids[LOOP]))
+    shutil.copy(DATA / "4hhh_frag.pdb", src)
+    cfg = dict(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0)
+    s = prepare([str(src)], tmp_path / "off", PrepareConfig(**cfg), progress=False)
+    assert s.n_residues == len(chain) - 8 + 13 and "seqres" not in s.format()
+    s = prepare([str(src)], tmp_path / "gaps", PrepareConfig(**cfg, seqres="gaps"), progress=False)
+    assert s.n_residues == len(chain) + 13
+    assert (s.seqres_residues_inserted, s.seqres_chains_filled, len(s.seqres_unavailable)) == (8, 1, 2)
+    assert "8 unobserved residues put back in 1 chains; 2 chains without a usable deposited sequence" in s.format()
+    ds = PreparedDataset(tmp_path / "gaps")
+    i = ds.index_of("1ORC.A")
+    assert ds.sequence(i) == chain.sequence and np.isnan(ds.coords(i)[LOOP]).all()
+    assert ds.manifest["config"]["seqres"] == "gaps" and ds.manifest["counts"]["seqres_residues_inserted"] == 8
+    # an interrupted run cannot be resumed with another seqres mode
+    from coordformer.data.prepare import PrepareError
+
+    (tmp_path / "gaps2" / ".work").mkdir(parents=True)
+    (tmp_path / "gaps2" / ".work" / "state.json").write_text("{}")
+    with pytest.raises(PrepareError):
+        prepare([str(src)], tmp_path / "gaps2", PrepareConfig(**cfg, seqres="all"), progress=False)
+
+    out = tmp_path / "e.h5"
+    embed("small-coords-sd", [str(src / "cut.pdb")], out, EmbedConfig(per_residue=True, seqres="gaps"),
+          progress=False, echo=lambda s: None)
+    import h5py
+
+    with h5py.File(out) as f:
+        assert f["residues/1ORC.A"].shape[0] == len(chain)
+    ids, _ = read_embeddings(out)
+    assert ids == ["1ORC.A"]

@@ -230,10 +230,10 @@ def test_unexpected_reader_exception_is_skipped(tmp_path, monkeypatch):
     b = write_pdb(tmp_path / "b1bbb.pdb", {"A": (random_seq(30, rng), backbone(30, rng))})
     real = cio.read_structure
 
-    def flaky(path, chains=None):
+    def flaky(path, chains=None, **kw):
         if Path(path).name == "b1bbb.pdb":
             raise RuntimeError("boom")
-        return real(path, chains)
+        return real(path, chains, **kw)
 
     monkeypatch.setattr(cio, "read_structure", flaky)
     s = prepare([tmp_path], tmp_path / "ds", PrepareConfig(min_length=10), **QUIET)

@@ -28,6 +28,12 @@ class SplitMode(str, Enum):
     identity = "identity"
 
 
+class SeqresMode(str, Enum):
+    off = "off"
+    gaps = "gaps"
+    all = "all"
+
+
 class CropMode(str, Enum):
     sequence = "sequence"
     spatial = "spatial"
@@ -49,6 +55,9 @@ def _command_line() -> str:
 
 
 _CHAINS_HELP = "Author chain ids to keep, comma-separated (e.g. A,B); default: every protein chain."
+_SEQRES_HELP = ("Residues of the deposited sequence (SEQRES / entity_poly_seq) the file has no coordinates for: off = left out; "
+                "gaps = put back inside the chain (unresolved loops) as missing-coordinate residues; all = termini too. "
+                "Pair with a model trained with structure dropout (small-coords-sd).")
 
 
 def _chain_list(value: Optional[str]) -> tuple[str, ...]:
@@ -80,6 +89,7 @@ def prepare(
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
     store_plddt: bool = typer.Option(False, "--store-plddt", help="Keep each residue's pLDDT (B-factor column) for models "
                                      "trained with --plddt-feature (predicted models only)."),
+    seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP + " Inserted residues count as lacking CA for --max-missing-ca."),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
@@ -95,7 +105,7 @@ def prepare(
     cfg = PrepareConfig(min_length=min_length, max_length=max_length, max_missing_ca=max_missing_ca, split=split.value,
                         split_identity=identity, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
                         exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min, chains=_chain_list(chains),
-                        store_plddt=store_plddt)
+                        store_plddt=store_plddt, seqres=seqres.value)
     summary = run_prepare([str(s) for s in sources], out, cfg, workers=workers, progress=not quiet, overwrite=overwrite)
     typer.echo(summary.format())
 
@@ -199,7 +209,8 @@ def evaluate(
     overlap: int = typer.Option(256, min=0, help="With --windows: least overlap between consecutive windows."),
     masking: str = typer.Option("mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."),
     hide_coords: str = typer.Option("none", help="none; all: no chain gets coordinates (as FASTA); span: one 5-30% "
-                                    "stretch per chain gets none (as an unresolved loop). Same masked residues in each case."),
+                                    "stretch per chain gets none (an unresolved loop put back with --seqres); cut: that "
+                                    "stretch is deleted (a loop the file omits). Same masked residues in each case."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False),
 ):
@@ -375,6 +386,7 @@ def embed(
     complexes: bool = typer.Option(False, "--complexes", help="Embed the chains of each file together (one frame, a position gap "
                                    "between chains); adds one mean-pooled row per complex."),
     chain_gap: int = typer.Option(64, min=0, help="With --complexes: residue positions between consecutive chains."),
+    seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP),
     quiet: bool = typer.Option(False),
 ):
     """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
@@ -385,7 +397,7 @@ def embed(
     cfg = EmbedConfig(layer=layer, per_residue=per_residue, window=window, overlap=overlap, max_length=max_length,
                       tokens_per_batch=tokens_per_batch,
                       use_coords=False if no_coords else None, split=split, plddt_min=plddt_min,
-                      chains=_chain_list(chains), complexes=complexes, chain_gap=chain_gap)
+                      chains=_chain_list(chains), complexes=complexes, chain_gap=chain_gap, seqres=seqres.value)
     res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
               command=_command_line())
     notes = ([f"{res['windowed']} longer than {res['window']} in overlapping windows"] if res["windowed"] else []) + \

@@ -151,6 +151,11 @@ class PrepareConfig(_Record):
     #: Keep each residue's pLDDT (the CA B-factor, 0-1 files scaled to 0-100) in plddt.npy, for models
     #: with ``plddt_feature``. Only meaningful for predicted models; experimental B-factors are not pLDDT.
     store_plddt: bool = False
+    #: Residues of the deposited sequence (mmCIF entity_poly_seq / PDB SEQRES) that a structure file
+    #: has no coordinates for: "off" = left out (the chain is what was modelled); "gaps" = put back
+    #: between the first and last modelled residue as missing-coordinate residues; "all" = termini too.
+    #: They count as lacking CA for max_missing_ca.
+    seqres: str = "off"
 
 
 @dataclass(frozen=True)

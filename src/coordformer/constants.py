@@ -36,3 +36,8 @@ def token_of(letter: str) -> int:
 def ascii_to_token_table() -> list[int]:
     """A 256-entry lookup table from ASCII byte to token id (for vectorised conversion)."""
     return [token_of(chr(b)) for b in range(256)]
+
+#: How residues of the deposited sequence that a structure file has no coordinates for are treated
+#: (``read_structure(seqres=...)``, ``PrepareConfig.seqres``, ``--seqres``): left out, put back
+#: between the first and last modelled residue, or put back everywhere (termini too).
+SEQRES_MODES = ("off", "gaps", "all")

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import ConfigError, PrepareConfig
-from ..constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION
+from ..constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION, SEQRES_MODES
 from ..errors import CoordformerError
 from . import splits as _splits
 from . import store
@@ -86,6 +86,12 @@ class PrepareSummary:
     excluded_ids_listed: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     n_clusters: int | None = None
+    #: With PrepareConfig.seqres: unobserved residues put back, chains that got any, and kept
+    #: structure-file chains left as modelled for want of a usable deposited sequence.
+    seqres_residues_inserted: int = 0
+    seqres_chains_filled: int = 0
+    seqres_unavailable: list[str] = field(default_factory=list)
+    seqres_mode: str = "off"
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +113,14 @@ class PrepareSummary:
             f"  chains filtered: {filt}",
             f"  splits: {spl}" + (f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""),
             f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed",
+        ]
+        if self.seqres_mode != "off":
+            n_un = len(self.seqres_unavailable)
+            eg = f" (e.g. {', '.join(self.seqres_unavailable[:3])})" if n_un else ""
+            lines.append(f"  seqres ({self.seqres_mode}): {self.seqres_residues_inserted} unobserved residues put back in "
+                         f"{self.seqres_chains_filled} chains; {n_un} chains without a usable deposited sequence, "
+                         f"kept as modelled{eg}")
+        lines += [
             f"  elapsed: {self.elapsed_s:.1f} s",
         ]
         return "\n".join(lines)
@@ -238,18 +252,21 @@ def selected_chain(chain_id: str, chains: Sequence[str]) -> bool:
     return str(chain_id).rsplit(".", 1)[-1] in chains
 
 
-def _read_unit_chains(unit: dict, skipped: list[list[str]], wanted: Sequence[str] = ()) -> list[Any]:
-    """Read a unit's chains (only the author chain ids ``wanted`` when given); unreadable files and
-    records, and structure files without any of ``wanted``, are appended to ``skipped`` as input rows."""
+def _read_unit_chains(unit: dict, skipped: list[list[str]], wanted: Sequence[str] = (), seqres: str = "off") -> list[Any]:
+    """Read a unit's chains (only the author chain ids ``wanted`` when given; structure files with
+    ``read_structure``'s ``seqres`` mode); unreadable files and records, and structure files without
+    any of ``wanted``, are appended to ``skipped`` as input rows."""
     from ..io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
 
     if wanted and unit["kind"] != "file":
         return [c for c in _read_unit_chains(unit, skipped) if selected_chain(getattr(c, "id", ""), wanted)]
     path = unit["path"]
     if unit["kind"] in ("file", "fasta"):  # one whole file; a FASTA file may also yield bad records
-        reader = read_structure if unit["kind"] == "file" else iter_fasta
         try:
-            items = list(reader(path, chains=list(wanted)) if wanted else reader(path))
+            if unit["kind"] == "file":
+                items = read_structure(path, chains=list(wanted) or None, seqres=seqres)
+            else:
+                items = list(iter_fasta(path))
         except StructureReadError as e:
             skipped.append(_input_row(e, path))
             return []
@@ -303,10 +320,12 @@ def _read_unit_chains(unit: dict, skipped: list[list[str]], wanted: Sequence[str
 def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
     """Read and filter one unit; returns arrays plus a JSON-able ``meta`` dict."""
     skipped: list[list[str]] = []  # [kind ("input" | filter category), input, reason]
-    chains = _read_unit_chains(unit, skipped, filters.get("chains", ()))
+    seqres = filters.get("seqres", "off")
+    chains = _read_unit_chains(unit, skipped, filters.get("chains", ()), seqres)
     if unit["kind"] == "fasta":  # sequence-only by choice: see the module docstring
         filters = {**filters, "max_missing_ca": 1.0}
     seqs, coords, lengths, ids, sources, plddts = [], [], [], [], [], []
+    inserted: list[int] = []  # per kept chain: unobserved residues put back; -1 = no usable deposited sequence
     for chain in chains:
         try:
             cid = "_".join(str(chain.id or "").split())
@@ -330,6 +349,10 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         lengths.append(len(s))
         ids.append(cid)
         sources.append(src)
+        if seqres != "off":
+            observed = getattr(chain, "observed", None)
+            # FASTA / chain_set inputs are whole sequences already: nothing to put back
+            inserted.append(int((~observed).sum()) if observed is not None else -1 if unit["kind"] == "file" else 0)
     meta = {
         "key": unit["key"],
         "label": _unit_label(unit),
@@ -339,6 +362,8 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         "skipped": skipped,
         "chains_read": len(chains),
     }
+    if seqres != "off":
+        meta["seqres_inserted"] = inserted
     return {
         "seq": np.concatenate(seqs) if seqs else np.zeros(0, np.uint8),
         "coords": np.concatenate(coords) if coords else np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
@@ -728,6 +753,13 @@ def _consolidate(
             seen[key] = src
             ids.append(cid)
             sources.append(src)
+            if "seqres_inserted" in meta:
+                n_in = meta["seqres_inserted"][j]
+                if n_in < 0:
+                    summary.seqres_unavailable.append(f"{cid} [{src}]")
+                else:
+                    summary.seqres_residues_inserted += n_in
+                    summary.seqres_chains_filled += n_in > 0
         keep_masks.append(keep)
         lengths_list.append(np.asarray(meta["lengths"], dtype=np.int64)[keep])
     del seen
@@ -788,6 +820,7 @@ def _consolidate(
     store.write_tsv(out / store.SKIPPED_FILE, store.SKIPPED_HEADER, skipped_rows)
 
     summary.chains_read = chains_read
+    summary.seqres_mode = config.seqres
     summary.chains_kept = len(ids)
     summary.n_residues = n_res
     summary.inputs_skipped = inputs_skipped
@@ -815,6 +848,9 @@ def _consolidate(
             "inputs_skipped": inputs_skipped,
             "chains_filtered": summary.chains_filtered,
             "excluded_ids_found": n_found,
+            **({"seqres_residues_inserted": summary.seqres_residues_inserted,
+                "seqres_chains_filled": summary.seqres_chains_filled,
+                "seqres_unavailable": len(summary.seqres_unavailable)} if config.seqres != "off" else {}),
         },
         "splits": split_counts,
         "n_clusters": summary.n_clusters,
@@ -845,6 +881,8 @@ def _check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"max_missing_ca must be in [0, 1], got {config.max_missing_ca}")
     if config.plddt_min is not None and not 0 <= config.plddt_min <= 100:
         raise ConfigError(f"plddt_min must be in [0, 100] (pLDDT), got {config.plddt_min}")
+    if config.seqres not in SEQRES_MODES:
+        raise ConfigError(f"seqres must be one of {', '.join(SEQRES_MODES)}, got {config.seqres!r}")
 
 
 def _remove_dataset(out: Path) -> None:
@@ -930,7 +968,8 @@ def prepare(
                         # only when set, so a run interrupted before the option existed still resumes
                         **({"plddt_min": config.plddt_min} if config.plddt_min is not None else {}),
                         **({"chains": list(config.chains)} if config.chains else {}),
-                        **({"store_plddt": True} if config.store_plddt else {})},
+                        **({"store_plddt": True} if config.store_plddt else {}),
+                        **({"seqres": config.seqres} if config.seqres != "off" else {})},
             "chunk_lines": chunk_lines,
             "sources": fp_sources,
             "bad_paths": sorted(map(list, bad_paths)),

@@ -59,21 +59,24 @@ class EmbedConfig(_Record):
     chains: tuple[str, ...] = ()  # author chain ids to keep (empty = all)
     complexes: bool = False  # embed the chains of each file together (see the module docstring)
     chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
+    seqres: str = "off"  # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
 
 
 def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool, echo,
                  plddt_min: float | None = None, chains: tuple[str, ...] = (),
-                 store_plddt: bool = False) -> tuple[PreparedDataset, dict]:
+                 store_plddt: bool = False, seqres: str = "off") -> tuple[PreparedDataset, dict]:
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
         if plddt_min is not None:  # a prepared dataset keeps no B-factors to apply it to
             raise UsageError("--plddt-min applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
+        if seqres != "off":  # the dataset holds the chains as they were prepared
+            raise UsageError("--seqres applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
         return PreparedDataset(inputs[0]), {"prepared": inputs[0]}
     from ..config import PrepareConfig
     from ..data.prepare import prepare
 
     # Everything to "train" and no length filter: embedding wants every readable chain.
     cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, plddt_min=plddt_min,
-                        chains=tuple(chains), store_plddt=store_plddt)
+                        chains=tuple(chains), store_plddt=store_plddt, seqres=seqres)
     summary = prepare(inputs, workdir / "prepared", cfg, workers=workers, progress=progress)
     echo(summary.format())
     return PreparedDataset(workdir / "prepared"), {"prepare": summary.to_dict()}
@@ -108,7 +111,7 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     tmp_dir = Path(tempfile.mkdtemp(prefix="coordformer-embed-"))
     try:
         data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min, cfg.chains,
-                                        store_plddt=model.config.plddt_feature)
+                                        store_plddt=model.config.plddt_feature, seqres=cfg.seqres)
         skipped_path = out.with_name(out.name + ".skipped.tsv")
         if (tmp_dir / "prepared" / "skipped.tsv").exists():
             shutil.copy(tmp_dir / "prepared" / "skipped.tsv", skipped_path)

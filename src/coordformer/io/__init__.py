@@ -15,6 +15,7 @@ from coordformer.io.chain_set import (
 )
 from coordformer.io.fasta import FASTA_SUFFIXES, is_fasta, iter_fasta, read_fasta
 from coordformer.io.structures import (
+    SEQRES_MODES,
     STRUCTURE_SUFFIXES,
     Chain,
     StructureReadError,
@@ -27,6 +28,7 @@ from coordformer.io.structures import (
 __all__ = [
     "CHAIN_SET_SUFFIXES",
     "FASTA_SUFFIXES",
+    "SEQRES_MODES",
     "STRUCTURE_SUFFIXES",
     "Chain",
     "StructureReadError",

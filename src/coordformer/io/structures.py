@@ -19,7 +19,7 @@ from typing import BinaryIO, Sequence
 import gemmi
 import numpy as np
 
-from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS
+from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS, SEQRES_MODES
 from coordformer.errors import CoordformerError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "StructureReadError",
     "STRUCTURE_SUFFIXES",
     "read_structure",
+    "SEQRES_MODES",
     "is_structure_file",
     "normalize_chain_id",
     "read_id_list",
@@ -93,6 +94,10 @@ class Chain:
     source: str
     b_factors: np.ndarray | None = None
     residue_ids: list[str] | None = None
+    #: [L] bool, False for residues of the deposited sequence (SEQRES / entity_poly_seq) that the
+    #: file has no coordinates for (inserted by ``read_structure(seqres=...)``); None = not known
+    #: (every residue came from the coordinates).
+    observed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.coords = np.asarray(self.coords, dtype=np.float32)
@@ -108,6 +113,10 @@ class Chain:
                 raise ValueError(f"{self.id}: b_factors shape {self.b_factors.shape} != ({n},)")
         if self.residue_ids is not None and len(self.residue_ids) != n:
             raise ValueError(f"{self.id}: {len(self.residue_ids)} residue_ids for {n} residues")
+        if self.observed is not None:
+            self.observed = np.asarray(self.observed, dtype=bool)
+            if self.observed.shape != (n,):
+                raise ValueError(f"{self.id}: observed shape {self.observed.shape} != ({n},)")
 
     @property
     def atom_mask(self) -> np.ndarray:
@@ -323,9 +332,8 @@ def _best_conformer(res: gemmi.Residue, name: str) -> tuple[gemmi.Atom | None, f
 
 
 def _chain_from_span(
-    src: str, chain_id: str, span: gemmi.ResidueSpan, parents: dict[str, str]
+    src: str, chain_id: str, residues: list[gemmi.Residue], parents: dict[str, str]
 ) -> Chain:
-    residues = _pick_microheterogeneity(span)
     n = len(residues)
     nan = float("nan")
     flat = [nan] * (n * _N_ATOMS * 3)
@@ -384,7 +392,52 @@ def _chain_from_span(
     )
 
 
-def read_structure(path: str | Path, chains: Sequence[str] | None = None) -> list[Chain]:
+def _seqres_positions(residues: list[gemmi.Residue], full_len: int) -> np.ndarray | None:
+    """0-based positions of ``residues`` in their entity's full sequence (gemmi's label_seq), or
+    None when they cannot be placed: a residue without label_seq, out of range, or not strictly
+    after the previous one (two residues claiming one sequence position)."""
+    pos = np.empty(len(residues), dtype=np.int64)
+    prev = 0
+    for i, res in enumerate(residues):
+        k = res.label_seq
+        if k is None or not prev < k <= full_len:
+            return None
+        pos[i] = k - 1
+        prev = k
+    return pos
+
+
+def _insert_unobserved(chain: Chain, residues: list[gemmi.Residue], full_sequence: Sequence[str],
+                       parents: dict[str, str], mode: str) -> Chain | None:
+    """``chain`` lengthened to its deposited sequence: the residues the file has no coordinates for
+    are put back in place, with NaN coordinates and B-factors, residue id "" and ``observed`` False.
+    ``mode`` "gaps": only between the first and last observed residue; "all": the whole sequence,
+    termini included. None when the observed residues cannot be placed in the sequence."""
+    pos = _seqres_positions(residues, len(full_sequence))
+    if pos is None:
+        return None
+    first, last = (0, len(full_sequence) - 1) if mode == "all" else (int(pos[0]), int(pos[-1]))
+    n = last - first + 1
+    # an entry like "PRO,SER" is point-mutation microheterogeneity: the first is the main one
+    letters = [_residue_letter(full_sequence[k].split(",")[0], parents) for k in range(first, last + 1)]
+    idx = pos - first
+    for i, j in enumerate(idx.tolist()):
+        letters[j] = chain.sequence[i]  # the residue actually modelled wins over the deposited one
+    coords = np.full((n, _N_ATOMS, 3), np.nan, dtype=np.float32)
+    coords[idx] = chain.coords
+    bfac = np.full(n, np.nan, dtype=np.float32)
+    if chain.b_factors is not None:
+        bfac[idx] = chain.b_factors
+    ids = [""] * n
+    for i, j in enumerate(idx.tolist()):
+        ids[j] = chain.residue_ids[i] if chain.residue_ids is not None else ""
+    observed = np.zeros(n, dtype=bool)
+    observed[idx] = True
+    return Chain(id=chain.id, sequence="".join(letters), coords=coords, source=chain.source, b_factors=bfac,
+                 residue_ids=ids, observed=observed)
+
+
+def read_structure(path: str | Path, chains: Sequence[str] | None = None, seqres: str = "off") -> list[Chain]:
     """Protein chains of the first model of a PDB or mmCIF file (plain or gzipped).
 
     Per protein polymer chain (in file order): one-letter sequence (modified residues as
@@ -396,13 +449,23 @@ def read_structure(path: str | Path, chains: Sequence[str] | None = None) -> lis
     ``chains`` selects author chain ids (case-sensitive); requested chains that are absent
     are ignored, but an error is raised if none of them is a protein chain of the file.
 
+    ``seqres``: "off" (default) gives the residues that have coordinates in the file. "gaps"
+    puts back the residues of the deposited sequence (mmCIF ``entity_poly_seq``, PDB
+    ``SEQRES``) that the file lacks between its first and last modelled residue (unresolved
+    loops); "all" also those at the termini. Inserted residues have NaN coordinates and
+    ``Chain.observed`` False, so a coordinate model sees them as missing-coordinate residues.
+    A chain whose file has no deposited sequence, or whose residues cannot be placed in it,
+    is returned as modelled, with ``observed`` None.
+
     Raises StructureReadError (and no other exception) for unreadable or unusable input.
     """
     src = str(path)
     if isinstance(chains, str):
         chains = [chains]
+    if seqres not in SEQRES_MODES:
+        raise ValueError(f"seqres must be one of {', '.join(SEQRES_MODES)}, not {seqres!r}")
     try:
-        return _read_structure(src, path, chains)
+        return _read_structure(src, path, chains, seqres)
     except StructureReadError:
         raise
     except MemoryError:
@@ -411,7 +474,7 @@ def read_structure(path: str | Path, chains: Sequence[str] | None = None) -> lis
         raise StructureReadError(src, f"unexpected {type(e).__name__}: {_short(e)}") from None
 
 
-def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None) -> list[Chain]:
+def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, seqres: str = "off") -> list[Chain]:
     data = _read_bytes(path)
     if not data or data.isspace():
         raise StructureReadError(src, "empty file")
@@ -439,6 +502,9 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None) ->
         raise StructureReadError(src, f"no atoms found (empty or not a {fmt.upper()} file?)")
     st.merge_chain_parts()
     st.setup_entities()
+    if seqres != "off":
+        # mmCIF files carry label_seq_id already; for PDB files gemmi aligns each chain to SEQRES
+        st.assign_label_seq_id(False)
 
     parents: dict[str, str] = {}
     for mod in st.mod_residues:
@@ -455,7 +521,13 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None) ->
         protein_names.append(ch.name)
         if wanted is not None and ch.name not in wanted:
             continue
-        out.append(_chain_from_span(src, f"{entry}.{ch.name}", span, parents))
+        residues = _pick_microheterogeneity(span)
+        chain = _chain_from_span(src, f"{entry}.{ch.name}", residues, parents)
+        if seqres != "off":
+            entity = st.get_entity_of(span)
+            full = list(entity.full_sequence) if entity is not None else []
+            chain = (_insert_unobserved(chain, residues, full, parents, seqres) if full else None) or chain
+        out.append(chain)
     if not protein_names:
         raise StructureReadError(src, "no protein chain")
     if not out:
