@@ -126,3 +126,63 @@ def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(pr
         lost = torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1) & had
         assert torch.equal(b["withheld"], lost) and lost.any()
         assert not b["withheld"][:, 3].any()
+
+
+def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
+    """span_action "cut": the drawn stretch is removed after masking, so each row is the hidden-stretch
+    row with those residues gone (tokens, targets, coordinates in the same frame); "mark" only reports
+    the stretch. Every row keeps its chain's other residues in order."""
+    hide, idx = _batch(prepared, drop_span_coords=1.0)
+    cut, _ = _batch(prepared, drop_span_coords=1.0, span_action="cut")
+    mark, _ = _batch(prepared, drop_span_coords=1.0, span_action="mark")
+    plain, _ = _batch(prepared)
+    for k in plain:  # "mark" feeds exactly the plain batch
+        assert torch.equal(torch.nan_to_num(mark[k]), torch.nan_to_num(plain[k])), k
+    assert torch.equal(mark["stretch"], hide["stretch"]) and not mark["withheld"].any()
+    assert not cut["stretch"].any() and not cut["withheld"].any()
+    for row in range(len(idx)):
+        keep = hide["padding_mask"][row] & ~hide["stretch"][row]
+        n = int(keep.sum())
+        assert 0 < n < int(hide["padding_mask"][row].sum())
+        assert int(cut["padding_mask"][row].sum()) == n
+        for k in ("tokens", "targets", "clean"):
+            assert torch.equal(cut[k][row, :n], hide[k][row][keep]), k
+        assert torch.equal(torch.nan_to_num(cut["coords"][row, :n]), torch.nan_to_num(hide["coords"][row][keep]))
+        assert (cut["targets"][row, n:] == -100).all() and not cut["padding_mask"][row, n:].any()
+    with pytest.raises(UsageError, match="span action"):
+        BatchSettings(span_action="drop")
+    with pytest.raises(UsageError, match="cut whole chains"):
+        BatchSettings(span_action="cut", drop_chain_coords=0.5)
+
+
+def test_evaluate_scores_the_same_residues_outside_the_stretch_in_every_condition(prepared, capsys, tmp_path):
+    """hide_coords none / span / cut score the same masked residues outside the stretch (`outside`);
+    "none" also scores the stretch with its coordinates given (`stretch`), which "span" withholds. A
+    sequence-only model sees identical inputs outside the stretch in none and span, but not in cut,
+    where the stretch's residues are gone and its neighbours close up."""
+    from coordformer.config import preset
+    from coordformer.eval.mlm import evaluate_mlm
+    from coordformer.model import CoordFormer
+
+    torch.manual_seed(0)
+    cfg = preset("tiny-0.1m")
+    structure, sequence = CoordFormer(cfg).eval(), CoordFormer(cfg.replace(use_coords=False)).eval()
+    res = {(name, h): evaluate_mlm(m, prepared, "test", crop_length=512, progress=False, hide_coords=h)
+           for name, m in (("structure", structure), ("sequence", sequence)) for h in ("none", "span", "cut")}
+    none, span, cut = (res["structure", h] for h in ("none", "span", "cut"))
+    out_n = none["outside"]["n_masked"]
+    assert 0 < out_n < none["n_masked"] and span["outside"]["n_masked"] == out_n == cut["n_masked"]
+    assert none["stretch"]["n_masked"] + out_n == none["n_masked"]  # every residue of these chains has a CA
+    assert span["stretch"]["n_masked"] == span["hidden"]["n_masked"] == none["stretch"]["n_masked"]
+    assert none["hidden"] is None and cut["hidden"] is None and cut["stretch"] is None
+    assert cut["outside"]["perplexity"] == pytest.approx(cut["perplexity"], rel=1e-9)
+    seq = {h: res["sequence", h]["outside"]["perplexity"] for h in ("none", "span", "cut")}
+    assert seq["span"] == pytest.approx(seq["none"], rel=1e-6) and seq["cut"] != pytest.approx(seq["none"], rel=1e-4)
+    assert none["outside"]["perplexity"] != pytest.approx(span["outside"]["perplexity"], rel=1e-6)
+
+    from coordformer.model.checkpoints import export_model
+
+    export_model(structure, tmp_path / "s.pt")
+    assert main(["evaluate", "-c", str(tmp_path / "s.pt"), "--data", str(prepared.path), "--hide-coords", "cut",
+                 "--crop-length", "512", "--quiet", "--device", "cpu"]) == 0
+    assert "perplexity, outside the stretch" in capsys.readouterr().out

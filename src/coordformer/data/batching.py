@@ -83,16 +83,26 @@ class BatchSettings:
     # fully resolved training data, and its embedding is never learnt.
     drop_chain_coords: float = 0.0
     drop_span_coords: float = 0.0
+    #: What happens to a drawn stretch (evaluation conditions; training uses "hide"): "hide" its
+    #: coordinates; "cut" the residues out after masking (as a loop a file omits, positions closing
+    #: up); "mark" nothing, only report it (the same stretch with its coordinates given).
+    span_action: str = "hide"
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
             raise UsageError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
         if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
             raise UsageError("coordinate dropout probabilities must lie in [0, 1]")
+        if self.span_action not in SPAN_ACTIONS:
+            raise UsageError(f"span action must be one of {', '.join(SPAN_ACTIONS)}, not {self.span_action!r}")
+        if self.span_action == "cut" and self.drop_chain_coords:
+            raise UsageError("span action 'cut' with drop_chain_coords would cut whole chains out")
 
 
 #: Length of a dropped stretch (drop_span_coords), as a fraction of the chain: uniform in this range.
 SPAN_DROP_FRACTION = (0.05, 0.3)
+#: BatchSettings.span_action values.
+SPAN_ACTIONS = ("hide", "cut", "mark")
 
 #: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood.
 CROP_MODES = ("sequence", "spatial")
@@ -226,6 +236,7 @@ class MaskedBatches(torch.utils.data.Dataset):
         random_aa = torch.zeros(b, l, dtype=torch.long)
         dropping = bool(s.drop_chain_coords or s.drop_span_coords)
         withheld = torch.zeros(b, l, dtype=torch.bool) if dropping else None  # had coordinates, dropped here
+        stretch = torch.zeros(b, l, dtype=torch.bool) if dropping else None  # the drawn stretch (or whole chain)
         for i, (q, x, gen) in enumerate(zip(seqs, xyzs, gens)):
             n = len(q)
             tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[q])
@@ -246,8 +257,10 @@ class MaskedBatches(torch.utils.data.Dataset):
                     start = min(int(where * (n - k + 1)), n - k)
                     span = slice(start, start + k)
                 if span is not None:
-                    withheld[i, span] = ~torch.isnan(coords[i, span, CA_INDEX]).any(-1)
-                    coords[i, span] = float("nan")
+                    stretch[i, span] = True
+                    if s.span_action != "mark":  # "cut" hides too, so the centre is that of the residues kept
+                        withheld[i, span] = ~torch.isnan(coords[i, span, CA_INDEX]).any(-1)
+                        coords[i, span] = float("nan")
         inputs, targets = bert_mask_from_draws(tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac,
                                                s.random_token_frac)
         pad = tokens != 0
@@ -265,11 +278,35 @@ class MaskedBatches(torch.utils.data.Dataset):
         }
         if withheld is not None:
             out["withheld"] = withheld
+            out["stretch"] = stretch
         if with_plddt:
             out["plddt"] = _pad_rows(plddts, l, float("nan"), torch.float32)
         if spatial:
             out["positions"] = _pad_rows(crop_pos, l, 0, torch.long)
+        if stretch is not None and s.span_action == "cut":
+            out = _cut(out, stretch)
         return out
+
+
+def _cut(batch: dict, drop: torch.Tensor) -> dict:
+    """``batch`` with the residues ``drop`` [B, L] removed from each row (the rest closing up, left-
+    aligned, re-padded to the new longest row; ``stretch`` and ``withheld`` end all False). The kept
+    coordinates are unchanged: the dropped ones were hidden before centring, so the frame is already
+    that of the residues kept, as for a file that omits them."""
+    keep = batch["padding_mask"] & ~drop
+    n = keep.sum(1)
+    width = max(int(n.max()), 1) if len(n) else 1
+    dest = torch.arange(width)[None, :] < n[:, None]  # [B, width] where the kept residues land
+    out = {}
+    for k, v in batch.items():
+        if k == "index":
+            out[k] = v
+            continue
+        fill = {"targets": -100, "coords": float("nan"), "plddt": float("nan")}.get(k, 0)
+        new = torch.full((v.shape[0], width, *v.shape[2:]), fill, dtype=v.dtype)
+        new[dest] = v[keep]
+        out[k] = new
+    return out
 
 
 def batch_plddt(batch: dict, device) -> torch.Tensor | None:

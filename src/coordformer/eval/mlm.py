@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..constants import AA_OFFSET, AMINO_ACIDS
+from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX
 from ..data.batching import BatchSettings, MaskedBatches, batch_plddt, check_fits
 from ..data.store import PreparedDataset
 from ..data.windows import windowed_forward
@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..model import CoordFormer
 
 #: evaluate_mlm(hide_coords=...): which coordinates the model is not given
-HIDE_COORDS = ("none", "all", "span")
+HIDE_COORDS = ("none", "all", "span", "cut")
 
 
 @torch.no_grad()
@@ -54,10 +54,15 @@ def evaluate_mlm(
 
     ``hide_coords`` tests inputs with missing structure: ``"all"`` feeds every chain without
     coordinates (as a FASTA input), ``"span"`` hides one contiguous 5-30% stretch per chain (as an
-    unresolved loop; the stretch is drawn per chain from the seed, the same for every model). The
-    masked residues are the same as with ``"none"``, so the three conditions pair up; the result then
-    also has ``hidden``: perplexity and recovery over the masked residues whose coordinates were
-    withheld (residues the structure itself lacks are not counted there).
+    unresolved loop put back from the deposited sequence, ``--seqres gaps``; the stretch is drawn per
+    chain from the seed, the same for every model), ``"cut"`` deletes that stretch after masking (as a
+    loop the file omits, read as modelled: its neighbours close up). The masked residues are the same
+    as with ``"none"`` (less the cut ones), so the conditions pair up. Each result also scores subsets,
+    each {n_masked, loss, perplexity, recovery} or None when empty: ``hidden``, the masked residues
+    whose coordinates were withheld (residues the structure itself lacks are not counted there);
+    ``stretch``, the masked residues of the stretch that have coordinates in the data ("none": given,
+    "span": withheld); ``outside``, the masked residues outside the stretch ("none", "span", "cut"),
+    also per chain in ``per_chain_outside`` (laid out as ``per_chain``) to pair the conditions.
     Returns a JSON-ready dict with
     ``perplexity``, ``recovery``, ``per_residue_recovery`` ({aa: fraction}),
     ``per_residue_count``, ``n_masked``, ``n_chains``, ``loss`` (mean nats), and ``per_chain``
@@ -82,7 +87,9 @@ def evaluate_mlm(
         raise UsageError(f"hide_coords must be one of {', '.join(HIDE_COORDS)}, not {hide_coords!r}")
     fracs = (1.0, 0.0) if masking == "mask" else (0.8, 0.1)
     settings = BatchSettings(
-        drop_chain_coords=float(hide_coords == "all"), drop_span_coords=float(hide_coords == "span"),
+        # "none" draws the stretch too (after every other draw, so nothing else changes) to score it
+        drop_chain_coords=float(hide_coords == "all"), drop_span_coords=float(hide_coords != "all"),
+        span_action={"none": "mark", "cut": "cut"}.get(hide_coords, "hide"),
         # windows: no crop (masks drawn over whole chains); the windowing happens at the model call
         crop_length=int(data.lengths[idx].max()) if windows else crop_length, tokens_per_batch=tokens_per_batch, mask_prob=mask_prob,
         mask_token_frac=fracs[0], random_token_frac=fracs[1], rotate=True, random_crop=False,
@@ -91,8 +98,9 @@ def evaluate_mlm(
     model = model.to(device).eval()
     feed_coords = model.config.use_coords if use_coords is None else use_coords
     nll, n = 0.0, 0
-    hid_nll, hid_n, hid_correct = 0.0, 0, 0
+    subsets = {k: [0.0, 0, 0] for k in ("hidden", "stretch", "outside")}  # summed nats, n_masked, n_correct
     per_chain: dict[str, list] = {}  # id -> [n_masked, nll_sum, n_correct], for paired statistics
+    per_chain_outside: dict[str, list] = {}  # the same over the masked residues outside the stretch
     correct = np.zeros(20, dtype=np.int64)
     count = np.zeros(20, dtype=np.int64)
     aa = slice(AA_OFFSET, AA_OFFSET + 20)
@@ -116,15 +124,27 @@ def evaluate_mlm(
             n += len(tgt)
             pred = logits[:, aa].argmax(-1) + AA_OFFSET
             hit = (pred == tgt).float()
-            # masked residues whose coordinates were withheld (not those the structure itself lacks)
-            hid = b["withheld"][sel] if "withheld" in b else torch.zeros(len(tgt), dtype=torch.bool)
-            hid_nll += float(tok_nll[hid].sum())
-            hid_n += int(hid.sum())
-            hid_correct += int(hit[hid].sum())
+            if "stretch" in b:
+                # withheld: had coordinates, dropped here (not those the structure itself lacks)
+                has_ca = ~torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1)
+                parts = {"hidden": b["withheld"], "stretch": b["stretch"] & (b["withheld"] | has_ca),
+                         "outside": ~b["stretch"]}
+                for k, m in parts.items():
+                    m = m[sel]
+                    acc = subsets[k]
+                    acc[0] += float(tok_nll[m].sum())
+                    acc[1] += int(m.sum())
+                    acc[2] += int(hit[m].sum())
+                outside = parts["outside"][sel]
+            else:
+                outside = None
             row = sel.nonzero()[:, 0]  # which chain of the batch each masked residue belongs to
             for r, ci in enumerate(b["index"].tolist()):
                 m = row == r
                 per_chain[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
+                if outside is not None:
+                    m = m & outside
+                    per_chain_outside[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
             t = (tgt - AA_OFFSET).numpy()
             np.add.at(count, t, 1)
             np.add.at(correct, t, (pred == tgt).numpy().astype(np.int64))
@@ -140,8 +160,9 @@ def evaluate_mlm(
         "per_residue_recovery": per,
         "per_residue_count": {a: int(count[i]) for i, a in enumerate(AMINO_ACIDS)},
         "per_chain": per_chain,
-        "hidden": ({"n_masked": hid_n, "loss": hid_nll / hid_n, "perplexity": math.exp(hid_nll / hid_n),
-                    "recovery": hid_correct / hid_n} if hid_n else None),
+        "per_chain_outside": per_chain_outside or None,
+        **{k: ({"n_masked": c, "loss": s / c, "perplexity": math.exp(s / c), "recovery": r / c} if c else None)
+           for k, (s, c, r) in subsets.items()},
         "settings": {"hide_coords": hide_coords, "seed": seed, "mask_prob": mask_prob, "crop_length": crop_length,
                      "windows": {"overlap": overlap} if windows else None, "masking": "all <mask>" if masking == "mask" else "bert 80/10/10",
                      "tokens_per_batch": tokens_per_batch, "max_chains": max_chains, "use_coords": feed_coords},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..constants import AMINO_ACIDS
 
 
@@ -28,6 +27,12 @@ def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], 
             ["perplexity, no coords", *[f"{results[m]['hidden']['perplexity']:.2f}" for m in labels]],
             ["recovery, no coords", *[f"{results[m]['hidden']['recovery']:.1%}" for m in labels]],
             ["masked residues, no coords", *[str(results[m]["hidden"]["n_masked"]) for m in labels]],
+        ]
+    hidden_mode = {results[m].get("settings", {}).get("hide_coords", "none") for m in labels}
+    if hidden_mode <= {"span", "cut"} and all(results[m].get("outside") for m in labels):
+        rows += [  # the same residues in --hide-coords none / span / cut: what the stretch's fate does to the rest
+            ["perplexity, outside the stretch", *[f"{results[m]['outside']['perplexity']:.2f}" for m in labels]],
+            ["recovery, outside the stretch", *[f"{results[m]['outside']['recovery']:.1%}" for m in labels]],
         ]
     if len(labels) >= 2:
         for aa, _, _, _ in gains(results, labels[0], labels[1])[:top]:
