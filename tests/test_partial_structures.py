@@ -291,6 +291,18 @@ def test_seqres_without_a_deposited_sequence_keeps_the_chain_as_modelled(tmp_pat
         read_structure(DATA / "1orc.pdb", seqres="yes")
 
 
+def test_seqres_failure_keeps_the_modelled_chain(monkeypatch, chain):
+    """Whatever goes wrong while putting residues back, the file still gives its modelled chain."""
+    from coordformer.io import structures
+
+    def broken(*a, **k):
+        raise IndexError("odd deposited sequence")
+
+    monkeypatch.setattr(structures, "_insert_unobserved", broken)
+    (c,) = read_structure(DATA / "1orc.pdb", seqres="all")
+    assert c.observed is None and c.sequence == chain.sequence
+
+
 def test_prepare_and_embed_with_seqres(tmp_path, chain):
     from coordformer.function.embed import read_embeddings
 

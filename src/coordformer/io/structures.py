@@ -524,9 +524,12 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
         residues = _pick_microheterogeneity(span)
         chain = _chain_from_span(src, f"{entry}.{ch.name}", residues, parents)
         if seqres != "off":
-            entity = st.get_entity_of(span)
-            full = list(entity.full_sequence) if entity is not None else []
-            chain = (_insert_unobserved(chain, residues, full, parents, seqres) if full else None) or chain
+            try:
+                entity = st.get_entity_of(span)
+                full = list(entity.full_sequence) if entity is not None else []
+                chain = (_insert_unobserved(chain, residues, full, parents, seqres) if full else None) or chain
+            except Exception:  # noqa: BLE001 - an odd deposited sequence must not lose the modelled chain
+                pass  # kept as modelled (observed None), counted as without a usable deposited sequence
         out.append(chain)
     if not protein_names:
         raise StructureReadError(src, "no protein chain")
