@@ -66,7 +66,9 @@ def main() -> int:
     cards = []
     for name in args.annotate:
         card = json.loads((out / f"{name}.json").read_text())
-        card.update({k: v for k, v in eval_fields(evals, eval_keys.get(name, name)).items() if k != "heldout_eval"})
+        # the card's own held-out evaluation stays; a plain (--hide-coords none) one given here is kept beside it
+        card.update({("heldout_eval_hide_none" if k == "heldout_eval" else k): v
+                     for k, v in eval_fields(evals, eval_keys.get(name, name)).items()})
         card.setdefault("annotated_with", []).append(f"python {shlex.join(sys.argv)}")
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     for pair in args.pairs:
@@ -116,7 +118,7 @@ def eval_fields(evals: dict[str, dict], key: str) -> dict:
     """Card fields for model ``key`` of the --eval files: ``heldout_eval`` (plain evaluation) and
     ``heldout_eval_hide_<condition>`` (evaluate --hide-coords), without the per-chain tables."""
     return {("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"):
-            {k: v for k, v in models[key].items() if k not in ("checkpoint", "per_chain")}
+            {k: v for k, v in models[key].items() if k != "checkpoint" and not k.startswith("per_chain")}
             for cond, models in evals.items() if key in models}
 
 
@@ -148,6 +150,14 @@ def readme(cards: list[dict]) -> str:
                              f"perplexity {h['perplexity']:.2f}, recovery {h['recovery']:.1%}; on the "
                              f"{h['hidden']['n_masked']:,} masked residues without coordinates {h['hidden']['perplexity']:.2f}, "
                              f"{h['hidden']['recovery']:.1%}")
+        cut = (c.get("heldout_eval_hide_cut") or {}).get("outside")
+        span = (c.get("heldout_eval_hide_span") or {}).get("outside")
+        given = (c.get("heldout_eval_hide_none") or ev).get("outside")
+        if cut and span and given:
+            lines.append(f"- Same masks, that stretch deleted instead (`evaluate --hide-coords cut`, a loop the file omits): on "
+                         f"the {cut['n_masked']:,} masked residues outside it perplexity {cut['perplexity']:.2f}, against "
+                         f"{span['perplexity']:.2f} with the stretch present without coordinates and {given['perplexity']:.2f} "
+                         "with its coordinates")
         lines.append("")
     return "\n".join(lines)
 
