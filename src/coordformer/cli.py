@@ -111,6 +111,38 @@ def prepare(
 
 
 @app.command()
+def fetch(
+    ids: List[str] = typer.Argument(None, help="PDB ids (1abc; 1abc_A fetches the whole entry) and UniProt accessions / "
+                                    "AlphaFold DB ids (P69905, AF-P69905-F1)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (then: coordformer prepare FOLDER)."),
+    ids_file: Optional[Path] = typer.Option(None, "--ids", help="File of ids, one per line or separated by spaces/commas (# comments)."),
+    pdb_url: str = typer.Option(None, help="PDB file URL template with {id} (upper case) or {id_lower}; default RCSB "
+                                "(https://files.rcsb.org/download/{id}.cif.gz). A mirror, e.g. PDBe, goes here."),
+    afdb_api: str = typer.Option(None, help="AlphaFold DB prediction API template with {accession}; default "
+                                 "https://alphafold.ebi.ac.uk/api/prediction/{accession}."),
+    workers: int = typer.Option(4, min=1, help="Parallel downloads."),
+    timeout: float = typer.Option(60.0, min=1.0, help="Seconds per request."),
+    retries: int = typer.Option(3, min=0, help="Retries after a network error, HTTP 429 or 5xx (not after 404)."),
+    quiet: bool = typer.Option(False),
+):
+    """Download PDB entries (mmCIF) and AlphaFold DB models; needs a network, unlike every other command."""
+    from .io.fetch import AFDB_API, PDB_URL
+    from .io.fetch import fetch as run
+
+    tokens = list(ids or [])
+    if ids_file is not None:
+        if not ids_file.is_file():
+            raise UsageError(f"--ids {ids_file}: no such file")
+        for line in ids_file.read_text().splitlines():
+            tokens += line.split("#", 1)[0].replace(",", " ").split()
+    summary = run(tokens, out, pdb_url=pdb_url or PDB_URL, afdb_api=afdb_api or AFDB_API, workers=workers,
+                  timeout=timeout, retries=retries, progress=not quiet)
+    typer.echo(summary.format())
+    if summary.failed and not (summary.downloaded or summary.present):
+        raise typer.Exit(1)
+
+
+@app.command()
 def pretrain(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `coordformer prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
@@ -542,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     if debug:  # a global option, accepted anywhere on the line (people add it at the end)
         args = ["--debug", *(a for a in args if a != "--debug")]
     try:
-        app(args=args, standalone_mode=False)
+        rc = app(args=args, standalone_mode=False)
+        if isinstance(rc, int) and not isinstance(rc, bool):  # click hands back typer.Exit's code here
+            return rc
     except SystemExit as e:
         return int(e.code or 0)
     except KeyboardInterrupt:
