@@ -23,6 +23,7 @@ class _Server:
     def __init__(self):
         self.requests: list[str] = []
         self.flaky: set[str] = set()
+        self.truncate: set[str] = set()  # paths whose next reply stops after 100 bytes
         files = {
             "/download/1A8O.cif.gz": gzip.compress((DATA / "1A8O.cif").read_bytes()),
             "/download/5I55.cif.gz": gzip.compress((DATA / "5i55.cif").read_bytes()),
@@ -42,6 +43,15 @@ class _Server:
                     return self._send(200, body.encode())
                 if self.path == "/api/prediction/Q9XYZ1":
                     return self._send(200, b"[]")
+                if self.path in files and self.path in server.truncate:
+                    server.truncate.discard(self.path)
+                    body = files[self.path]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:100])  # connection closes: the client sees IncompleteRead
+                    self.close_connection = True
+                    return
                 if self.path in files:
                     return self._send(200, files[self.path])
                 self._send(404, b"not found")
@@ -86,6 +96,7 @@ def test_parse_fetch_id():
 def test_fetch_downloads_checks_logs_and_resumes(server, tmp_path):
     out = tmp_path / "structures"
     server.flaky.add("/download/5I55.cif.gz")  # one 503 first: retried
+    server.truncate.add("/download/1A8O.cif.gz")  # one transfer cut off part-way: retried
     ids = ["1a8o", "5I55_A", "P69905", "9zzz", "2bad", "Q9XYZ1", "1A8O.A"]
     s = fetch(ids, out, **server.urls(), backoff=0.01, progress=False)
     assert s.requested == 6 and s.downloaded == 3 and s.present == 0
@@ -94,7 +105,7 @@ def test_fetch_downloads_checks_logs_and_resumes(server, tmp_path):
     assert "not found (HTTP 404)" in reasons["9zzz"]
     assert "not a usable structure" in reasons["2bad"]
     assert "without a model file" in reasons["Q9XYZ1"]
-    assert server.requests.count("/download/5I55.cif.gz") == 2
+    assert server.requests.count("/download/5I55.cif.gz") == 2 and server.requests.count("/download/1A8O.cif.gz") == 2
     assert server.requests.count("/download/9ZZZ.cif.gz") == 1  # a 404 is not retried
     rows = (out / FAILED_FILE).read_text().splitlines()
     assert rows[0] == "id\treason" and len(rows) == 4

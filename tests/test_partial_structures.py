@@ -253,6 +253,21 @@ def test_seqres_all_adds_the_unmodelled_termini(chain):
     assert np.isnan(full.coords[~full.observed]).all() and not np.isnan(full.coords[full.observed][:, 1]).any()
 
 
+def test_seqres_all_stops_at_terminal_caps(tmp_path, chain):
+    """Entity sequences list caps (ACE, NH2) as residues; "all" adds the unmodelled amino acids of the
+    termini, not the caps (they would become X)."""
+    lines = (DATA / "1orc.pdb").read_text().splitlines(keepends=True)
+    names = [n for ln in lines if ln.startswith("SEQRES") for n in ln[19:].split()]
+    names = ["ACE", *names, "NH2"]
+    seqres = [f"SEQRES {i // 13 + 1:3d} A {len(names):4d}  " + " ".join(names[i:i + 13]).ljust(51) + "\n"
+              for i in range(0, len(names), 13)]
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("SEQRES"))
+    rest = [ln for ln in lines if not ln.startswith("SEQRES")]
+    (tmp_path / "capped.pdb").write_text("".join(rest[:first] + seqres + rest[first:]))
+    full = read_structure(tmp_path / "capped.pdb", seqres="all")[0]
+    assert full.sequence == "ME" + chain.sequence + "KKTTA"
+
+
 def test_seqres_from_mmcif_entity_sequence(tmp_path):
     """mmCIF: label_seq_id places residues in entity_poly_seq; 1A8O with label_seq 33-38 deleted
     (author 183-188, selenomethionine MSE 185 among them)."""

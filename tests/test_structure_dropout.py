@@ -153,6 +153,8 @@ def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
         BatchSettings(span_action="drop")
     with pytest.raises(UsageError, match="cut whole chains"):
         BatchSettings(span_action="cut", drop_chain_coords=0.5)
+    with pytest.raises(UsageError, match="sequence crops"):
+        BatchSettings(span_action="cut", crop_mode="spatial")
 
 
 def test_evaluate_scores_the_same_residues_outside_the_stretch_in_every_condition(prepared, capsys, tmp_path):

@@ -97,6 +97,8 @@ class BatchSettings:
             raise UsageError(f"span action must be one of {', '.join(SPAN_ACTIONS)}, not {self.span_action!r}")
         if self.span_action == "cut" and self.drop_chain_coords:
             raise UsageError("span action 'cut' with drop_chain_coords would cut whole chains out")
+        if self.span_action == "cut" and self.crop_mode == "spatial":  # explicit positions would not close up
+            raise UsageError("span action 'cut' works with sequence crops only")
 
 
 #: Length of a dropped stretch (drop_span_coords), as a fraction of the chain: uniform in this range.

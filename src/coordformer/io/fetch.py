@@ -14,6 +14,7 @@ This module must not import torch.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -94,13 +95,15 @@ def _get(url: str, timeout: float) -> bytes:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read()
     except urllib.error.HTTPError as e:
-        # 404/410: the entry does not exist (or is obsolete); 429 and 5xx are worth another try
-        retry = e.code == 429 or e.code >= 500
+        # 404/410: the entry does not exist (or is obsolete); 408, 429 and 5xx are worth another try
+        retry = e.code in (408, 429) or e.code >= 500
         what = "not found" if e.code in (404, 410) else "refused" if e.code < 500 else "server error"
         raise _FetchError(f"{what} (HTTP {e.code}) at {url}", retry=retry) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise _FetchError(f"cannot reach {url}: {reason}", retry=True) from None
+    except http.client.HTTPException as e:  # a transfer cut off part-way (IncompleteRead), a garbled reply
+        raise _FetchError(f"broken reply from {url}: {type(e).__name__}", retry=True) from None
 
 
 def _with_retries(fn, retries: int, backoff: float):
@@ -120,9 +123,11 @@ def _url(template: str, **kw) -> str:
 def _existing(out: Path, kind: str, key: str) -> Path | None:
     if kind == "pdb":
         hits = [p for p in (out / f"{key}.cif.gz", out / f"{key}.cif") if p.is_file()]
-    else:
-        hits = sorted(out.glob(f"AF-{key}-F1*.cif*"))
-    return hits[0] if hits else None
+        return hits[0] if hits else None
+    hits = list(out.glob(f"AF-{key}-F1*.cif*"))
+    # several model versions from earlier runs: the newest (v10 after v9, not by name)
+    return max(hits, key=lambda p: (int(m.group(1)) if (m := re.search(r"model_v(\d+)", p.name)) else -1, p.name),
+               default=None)
 
 
 def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, timeout: float, retries: int,
@@ -188,7 +193,8 @@ def fetch(ids: Iterable[str], out_dir: str | os.PathLike, pdb_url: str = PDB_URL
                   TextColumn("failed [yellow]{task.fields[failed]}[/]"), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), disable=not progress) as bar:
         task = bar.add_task("fetch", total=len(parsed), failed=0)
-        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
+        try:
             futures = {pool.submit(_fetch_one, kind, key, out, pdb_url, afdb_api, timeout, retries, backoff): token
                        for (kind, key), token in parsed.items()}
             for fut in as_completed(futures):
@@ -203,11 +209,17 @@ def fetch(ids: Iterable[str], out_dir: str | os.PathLike, pdb_url: str = PDB_URL
                 except Exception as e:  # noqa: BLE001 - one odd id never stops the others
                     summary.failed.append((token, f"unexpected {type(e).__name__}: {e}"))
                 bar.update(task, advance=1, failed=len(summary.failed))
+        except BaseException:
+            # Ctrl-C: drop the queued ids instead of downloading them all first (what `with` would do);
+            # files already written are complete, so a re-run resumes from them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     summary.files.sort()
     summary.failed.sort()
     failed_path = out / FAILED_FILE
     if summary.failed:
-        tmp = failed_path.with_name(f".{FAILED_FILE}.tmp")
+        tmp = failed_path.with_name(f".{FAILED_FILE}.{os.getpid()}.tmp")
         tmp.write_text("id\treason\n" + "".join(f"{i}\t{' '.join(r.split())}\n" for i, r in summary.failed))
         os.replace(tmp, failed_path)
     else:

@@ -411,12 +411,23 @@ def _insert_unobserved(chain: Chain, residues: list[gemmi.Residue], full_sequenc
                        parents: dict[str, str], mode: str) -> Chain | None:
     """``chain`` lengthened to its deposited sequence: the residues the file has no coordinates for
     are put back in place, with NaN coordinates and B-factors, residue id "" and ``observed`` False.
-    ``mode`` "gaps": only between the first and last observed residue; "all": the whole sequence,
-    termini included. None when the observed residues cannot be placed in the sequence."""
+    ``mode`` "gaps": only between the first and last observed residue; "all": the termini too, up to
+    the first non-amino-acid entry (a cap such as ACE or NH2). None when the observed residues cannot
+    be placed in the sequence."""
     pos = _seqres_positions(residues, len(full_sequence))
     if pos is None:
         return None
-    first, last = (0, len(full_sequence) - 1) if mode == "all" else (int(pos[0]), int(pos[-1]))
+    first, last = int(pos[0]), int(pos[-1])
+    if mode == "all":
+        # unmodelled termini, but not terminal caps (ACE, NH2, ...), which entity sequences list too
+        def amino(k: int) -> bool:
+            name = full_sequence[k].split(",")[0]
+            return bool(_tabulated_letter(name) or parents.get(name))
+
+        while first > 0 and amino(first - 1):
+            first -= 1
+        while last < len(full_sequence) - 1 and amino(last + 1):
+            last += 1
     n = last - first + 1
     # an entry like "PRO,SER" is point-mutation microheterogeneity: the first is the main one
     letters = [_residue_letter(full_sequence[k].split(",")[0], parents) for k in range(first, last + 1)]
