@@ -351,5 +351,9 @@ def test_prepare_and_embed_with_seqres(tmp_path, chain):
 
     with h5py.File(out) as f:
         assert f["residues/1ORC.A"].shape[0] == len(chain)
+        assert f["sequences"][0].decode() == chain.sequence
+        has_ca = np.ones(len(chain), bool)
+        has_ca[LOOP] = False  # the put-back loop was embedded without coordinates
+        assert np.array_equal(f["residue_has_ca/1ORC.A"][()], has_ca)
     ids, _ = read_embeddings(out)
     assert ids == ["1ORC.A"]

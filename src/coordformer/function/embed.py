@@ -6,10 +6,13 @@ unreadable files are skipped and logged exactly as there (copied to ``<out>.skip
 
 Output (readable with h5py / numpy alone):
 
-* HDF5 (``.h5``/``.hdf5``): ``ids`` [N] strings, ``lengths`` [N], ``mean`` [N, D] float32 and, with
-  ``per_residue``, ``residues/<chain id>`` [L, D] float16; the settings in the file's attributes.
-  Rows are appended batch by batch, so memory stays bounded by one batch.
-* ``.npz``: ``ids``, ``lengths``, ``mean`` (mean-pooled only; the whole array is kept in memory).
+* HDF5 (``.h5``/``.hdf5``): ``ids`` [N] strings, ``lengths`` [N], ``mean`` [N, D] float32,
+  ``sequences`` [N] strings (the residues embedded, one letter per row) and, with ``per_residue``,
+  ``residues/<chain id>`` [L, D] float16 plus ``residue_has_ca/<chain id>`` [L] bool (False: embedded
+  without coordinates); the settings in the file's attributes. Rows are appended batch by batch, so
+  memory stays bounded by one batch.
+* ``.npz``: ``ids``, ``lengths``, ``mean``, ``sequences`` (mean-pooled only; the whole array is kept
+  in memory).
 
 With ``complexes`` the chains of each input file go through the model together
 (``coordformer.data.complexes``: one shared frame, a ``chain_gap`` jump in residue positions between
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 
 from ..config import _Record
+from ..constants import CA_INDEX
 from ..data.batching import batch_plddt, check_fits, clean_batches, token_budget_batches
 from ..data.complexes import DEFAULT_CHAIN_GAP, complex_batch, complex_span, group_complexes
 from ..data.store import PreparedDataset, is_finished_dataset
@@ -141,7 +145,8 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
                     n = int(lengths[r])
                     cropped += int(data.lengths[ci] > n)
                     windowed += int(n > window)
-                    writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None)
+                    writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None,
+                               *_residue_info(data, ci, n))
                 bar.advance(task, len(chain_idx))
         writer.close(tmp_out)
         os.replace(tmp_out, out)
@@ -192,7 +197,8 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
                 chain_of = b["chain"][r]
                 for k, ci in enumerate(members):
                     hk = h[r][chain_of == k]
-                    writer.add(data.ids[ci], len(hk), hk.mean(0).numpy(), hk.numpy() if cfg.per_residue else None)
+                    writer.add(data.ids[ci], len(hk), hk.mean(0).numpy(), hk.numpy() if cfg.per_residue else None,
+                               *_residue_info(data, ci, len(hk)))
                 hr = h[r][b["padding_mask"][r]]
                 writer.add_complex(name, ",".join(data.ids[ci] for ci in members), len(hr), hr.mean(0).numpy())
                 n_chains += len(members)
@@ -247,6 +253,13 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
         yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
 
 
+def _residue_info(data: PreparedDataset, ci: int, n: int) -> tuple[str, np.ndarray]:
+    """The sequence embedded for chain ``ci`` (its first ``n`` residues) and which of them had a CA
+    in the input ([n] bool): rows without one were embedded from sequence alone (unresolved, put back
+    by --seqres, below --plddt-min, FASTA)."""
+    return data.sequence(ci)[:n], ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1)
+
+
 class _H5Writer:
     def __init__(self, path: Path, dim: int, attrs: dict, per_residue: bool):
         import h5py
@@ -257,17 +270,22 @@ class _H5Writer:
         self.ids = self.f.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
         self.lengths = self.f.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True)
         self.mean = self.f.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))
+        self.seqs = self.f.create_dataset("sequences", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
         self.res = self.f.create_group("residues") if per_residue else None
+        self.has_ca = self.f.create_group("residue_has_ca") if per_residue else None
         self.n = 0
         self.cx = None
 
-    def add(self, chain_id: str, length: int, mean: np.ndarray, residues: np.ndarray | None) -> None:
+    def add(self, chain_id: str, length: int, mean: np.ndarray, residues: np.ndarray | None, sequence: str = "",
+            has_ca: np.ndarray | None = None) -> None:
         k = self.n
-        for ds in (self.ids, self.lengths, self.mean):
+        for ds in (self.ids, self.lengths, self.mean, self.seqs):
             ds.resize(k + 1, axis=0)
-        self.ids[k], self.lengths[k], self.mean[k] = chain_id, length, mean
+        self.ids[k], self.lengths[k], self.mean[k], self.seqs[k] = chain_id, length, mean, sequence
         if self.res is not None and residues is not None:
             self.res.create_dataset(chain_id, data=residues.astype(np.float16), compression="gzip")
+            if has_ca is not None:
+                self.has_ca.create_dataset(chain_id, data=np.asarray(has_ca, dtype=bool), compression="gzip")
         self.n += 1
 
     def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
@@ -291,13 +309,14 @@ class _H5Writer:
 
 class _NpzWriter:
     def __init__(self):
-        self.ids, self.lengths, self.means = [], [], []
+        self.ids, self.lengths, self.means, self.seqs = [], [], [], []
         self.complexes: list[tuple] = []
 
-    def add(self, chain_id: str, length: int, mean: np.ndarray, residues) -> None:
+    def add(self, chain_id: str, length: int, mean: np.ndarray, residues, sequence: str = "", has_ca=None) -> None:
         self.ids.append(chain_id)
         self.lengths.append(length)
         self.means.append(mean)
+        self.seqs.append(sequence)
 
     def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
         self.complexes.append((complex_id, members, length, mean))
@@ -310,7 +329,7 @@ class _NpzWriter:
                      "complex_lengths": np.array(lengths, dtype=np.int64), "complex_mean": np.stack(means)}
         with open(path, "wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
             np.savez(fh, ids=np.array(self.ids), lengths=np.array(self.lengths, dtype=np.int64), mean=np.stack(self.means),
-                     **extra)
+                     sequences=np.array(self.seqs), **extra)
 
 
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
