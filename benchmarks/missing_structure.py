@@ -87,15 +87,14 @@ def main(argv=None) -> int:
     print("\n| model | outside the stretch: perplexity none / span / cut | span / none (95% CI) | cut / none (95% CI) "
           "| span / cut (95% CI) | recovery span - cut, points (95% CI) |")
     print("|---|---|---|---|---|---|")
+    def ci(p):
+        return f"{p['perplexity_ratio']:.4f} ({p['perplexity_ratio_ci95'][0]:.4f}-{p['perplexity_ratio_ci95'][1]:.4f})"
+
     outside = []
     for ck in a.checkpoint:
         o = {c: {"per_chain": results[c][ck]["per_chain_outside"]} for c in ("none", "span", "cut")}
         pairs = {f"{x}/{y}": paired_bootstrap(o[x], o[y]) for x, y in (("span", "none"), ("cut", "none"), ("span", "cut"))}
         outside.append({"model": ck, **{c: results[c][ck]["outside"] for c in ("none", "span", "cut")}, "paired": pairs})
-
-        def ci(p):
-            return f"{p['perplexity_ratio']:.4f} ({p['perplexity_ratio_ci95'][0]:.4f}-{p['perplexity_ratio_ci95'][1]:.4f})"
-
         sc = pairs["span/cut"]
         print(f"| {ck} | " + " / ".join(f"{results[c][ck]['outside']['perplexity']:.2f}" for c in ("none", "span", "cut"))
               + f" | {ci(pairs['span/none'])} | {ci(pairs['cut/none'])} | {ci(sc)} | {sc['recovery_diff_pt']:+.2f} "

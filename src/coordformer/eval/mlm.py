@@ -124,27 +124,23 @@ def evaluate_mlm(
             n += len(tgt)
             pred = logits[:, aa].argmax(-1) + AA_OFFSET
             hit = (pred == tgt).float()
-            if "stretch" in b:
-                # withheld: had coordinates, dropped here (not those the structure itself lacks)
-                has_ca = ~torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1)
-                parts = {"hidden": b["withheld"], "stretch": b["stretch"] & (b["withheld"] | has_ca),
-                         "outside": ~b["stretch"]}
-                for k, m in parts.items():
-                    m = m[sel]
-                    acc = subsets[k]
-                    acc[0] += float(tok_nll[m].sum())
-                    acc[1] += int(m.sum())
-                    acc[2] += int(hit[m].sum())
-                outside = parts["outside"][sel]
-            else:
-                outside = None
+            # every condition draws a stretch (settings above), so the batch always reports it;
+            # withheld: had coordinates, dropped here (not those the structure itself lacks)
+            has_ca = ~torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1)
+            parts = {"hidden": b["withheld"], "stretch": b["stretch"] & (b["withheld"] | has_ca), "outside": ~b["stretch"]}
+            for k, m in parts.items():
+                m = m[sel]
+                acc = subsets[k]
+                acc[0] += float(tok_nll[m].sum())
+                acc[1] += int(m.sum())
+                acc[2] += int(hit[m].sum())
+            outside = parts["outside"][sel]
             row = sel.nonzero()[:, 0]  # which chain of the batch each masked residue belongs to
             for r, ci in enumerate(b["index"].tolist()):
                 m = row == r
                 per_chain[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
-                if outside is not None:
-                    m = m & outside
-                    per_chain_outside[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
+                m = m & outside
+                per_chain_outside[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
             t = (tgt - AA_OFFSET).numpy()
             np.add.at(count, t, 1)
             np.add.at(correct, t, (pred == tgt).numpy().astype(np.int64))
@@ -160,7 +156,7 @@ def evaluate_mlm(
         "per_residue_recovery": per,
         "per_residue_count": {a: int(count[i]) for i, a in enumerate(AMINO_ACIDS)},
         "per_chain": per_chain,
-        "per_chain_outside": per_chain_outside or None,
+        "per_chain_outside": per_chain_outside,
         **{k: ({"n_masked": c, "loss": s / c, "perplexity": math.exp(s / c), "recovery": r / c} if c else None)
            for k, (s, c, r) in subsets.items()},
         "settings": {"hide_coords": hide_coords, "seed": seed, "mask_prob": mask_prob, "crop_length": crop_length,
