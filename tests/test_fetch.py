@@ -28,6 +28,7 @@ class _Server:
             "/download/1A8O.cif.gz": gzip.compress((DATA / "1A8O.cif").read_bytes()),
             "/download/5I55.cif.gz": gzip.compress((DATA / "5i55.cif").read_bytes()),
             "/download/2BAD.cif.gz": gzip.compress(b"<html>maintenance</html>\n"),
+            "/pdb/1orc.pdb": (DATA / "1orc.pdb").read_bytes(),  # a mirror serving PDB format
             "/files/AF-P69905-F1-model_v9.cif": (DATA / "3JQH.cif").read_bytes(),
         }
         server = self
@@ -117,6 +118,10 @@ def test_fetch_downloads_checks_logs_and_resumes(server, tmp_path):
     s2 = fetch(["1a8o", "5i55", "AF-P69905-F1"], out, **server.urls(), progress=False)
     assert (s2.downloaded, s2.present, s2.failed) == (0, 3, []) and len(server.requests) == n
     assert not (out / FAILED_FILE).exists()  # this run had no failures
+    # a mirror's template ({id_lower}, PDB format): the file keeps its own ending and reads as PDB
+    s3 = fetch(["1ORC"], out, pdb_url=server.base + "/pdb/{id_lower}.pdb", progress=False)
+    assert s3.downloaded == 1 and s3.files[0].endswith("1ORC.pdb")
+    assert read_structure(s3.files[0])[0].sequence == read_structure(DATA / "1orc.pdb")[0].sequence
 
 
 def test_fetch_cli_then_prepare(server, tmp_path, capsys):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from coordformer.errors import UsageError
+from coordformer.io.structures import STRUCTURE_SUFFIXES
 
 __all__ = ["PDB_URL", "AFDB_API", "FetchSummary", "parse_fetch_id", "fetch", "FAILED_FILE"]
 
@@ -39,6 +40,8 @@ PDB_URL = "https://files.rcsb.org/download/{id}.cif.gz"
 #: version (v4, v6, ...) need not be known here.
 AFDB_API = "https://alphafold.ebi.ac.uk/api/prediction/{accession}"
 FAILED_FILE = "fetch_failed.tsv"
+#: File endings a PDB download may keep, longest first so ".cif.gz" wins over ".gz"-less matches.
+_SUFFIXES = tuple(sorted(STRUCTURE_SUFFIXES, key=len, reverse=True))
 
 _PDB_ID = re.compile(r"^([0-9][A-Za-z0-9]{3})(?:[._:-][A-Za-z0-9]{1,4})?$")  # 1abc, 1ABC.A, 1abc_A
 _AF_ID = re.compile(r"^AF-([A-Z0-9]{6,10})-F1(?:-model_v\d+)?$", re.IGNORECASE)
@@ -122,7 +125,7 @@ def _url(template: str, **kw) -> str:
 
 def _existing(out: Path, kind: str, key: str) -> Path | None:
     if kind == "pdb":
-        hits = [p for p in (out / f"{key}.cif.gz", out / f"{key}.cif") if p.is_file()]
+        hits = [out / f"{key}{suffix}" for suffix in _SUFFIXES if (out / f"{key}{suffix}").is_file()]
         return hits[0] if hits else None
     hits = list(out.glob(f"AF-{key}-F1*.cif*"))
     # several model versions from earlier runs: the newest (v10 after v9, not by name)
@@ -140,7 +143,9 @@ def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, time
         return found, False
     if kind == "pdb":
         url = _url(pdb_url, id=key)
-        name = f"{key}.cif.gz" if url.endswith(".gz") else f"{key}.cif"
+        path = urllib.parse.urlparse(url).path.lower()
+        # a mirror may serve PDB format: keep the file's own ending, which read_structure goes by
+        name = key + next((suffix for suffix in _SUFFIXES if path.endswith(suffix)), ".cif")
     else:
         api = _url(afdb_api, accession=key)
         raw = _with_retries(lambda: _get(api, timeout), retries, backoff)
