@@ -14,6 +14,11 @@ waters and ligands as well, so they parse slower per residue than these backbone
 reads whole deposited entries instead: the mmCIF files of tests/data (PDB 1A8O, 3JQH, 5I55, as
 distributed by the PDB, with side chains, alternate locations, waters and ligands), copied round-robin
 under new entry ids (gemmi, every other line untouched) and gzipped.
+
+    python benchmarks/prepare_throughput.py --deposited --structures 400 --workers 1 --seqres off gaps
+
+times each `--seqres` mode side by side (same files, same run) and prints its throughput relative
+to the first mode given.
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--deposited", action="store_true", help="whole deposited entries (tests/data mmCIF files), not backbone-only files")
+    ap.add_argument("--seqres", nargs="+", default=["off"], choices=["off", "gaps", "all"],
+                    help="prepare --seqres modes to time side by side (default: off)")
     a = ap.parse_args(argv)
 
     from coordformer.config import PrepareConfig
@@ -125,15 +132,21 @@ def main(argv=None) -> int:
         size = sum(p.stat().st_size for p in src.iterdir())
         print(f"wrote {n_files} .cif.gz files ({n_res:,} protein residues, {size / 1e6:.1f} MB) to {src}")
         for w in a.workers:
-            out = Path(tmp) / f"out{w}"
-            t0 = time.perf_counter()
-            summary = prepare([src], out, PrepareConfig(split="random"), workers=w, progress=False, log=lambda s: None)
-            dt = time.perf_counter() - t0
-            kept = summary.chains_kept
-            rows.append({"workers": w, "files": n_files, "deposited": a.deposited, "chains_kept": kept, "seconds": round(dt, 2),
-                         "structures_per_s": round(n_files / dt, 1), "residues_per_s": round(n_res / dt)})
-            print(f"{w} worker(s): {n_files} files in {dt:.1f} s = {n_files / dt:.1f} structures/s, "
-                  f"{n_res / dt:,.0f} residues/s ({kept} chains kept)")
+            first = None
+            for k, mode in enumerate(a.seqres):  # a mode may repeat (e.g. off ... off, to see the noise)
+                out = Path(tmp) / f"out{w}-{k}-{mode}"
+                t0 = time.perf_counter()
+                summary = prepare([src], out, PrepareConfig(split="random", seqres=mode), workers=w, progress=False,
+                                  log=lambda s: None)
+                dt = time.perf_counter() - t0
+                first = first or dt
+                kept = summary.chains_kept
+                rows.append({"workers": w, "seqres": mode, "files": n_files, "deposited": a.deposited, "chains_kept": kept,
+                             "residues_kept": summary.n_residues, "seconds": round(dt, 2),
+                             "structures_per_s": round(n_files / dt, 1), "residues_per_s": round(n_res / dt)})
+                print(f"{w} worker(s), seqres {mode}: {n_files} files in {dt:.1f} s = {n_files / dt:.1f} structures/s, "
+                      f"{n_res / dt:,.0f} residues/s ({kept} chains, {summary.n_residues:,} residues kept)"
+                      + (f"; throughput {first / dt:.2f}x that of the first ({a.seqres[0]})" if k else ""))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2))
     return 0
