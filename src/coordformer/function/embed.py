@@ -146,7 +146,7 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
                     cropped += int(data.lengths[ci] > n)
                     windowed += int(n > window)
                     writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None,
-                               *_residue_info(data, ci, n))
+                               *_residue_info(data, ci, n, cfg.per_residue))
                 bar.advance(task, len(chain_idx))
         writer.close(tmp_out)
         os.replace(tmp_out, out)
@@ -198,7 +198,7 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
                 for k, ci in enumerate(members):
                     hk = h[r][chain_of == k]
                     writer.add(data.ids[ci], len(hk), hk.mean(0).numpy(), hk.numpy() if cfg.per_residue else None,
-                               *_residue_info(data, ci, len(hk)))
+                               *_residue_info(data, ci, len(hk), cfg.per_residue))
                 hr = h[r][b["padding_mask"][r]]
                 writer.add_complex(name, ",".join(data.ids[ci] for ci in members), len(hr), hr.mean(0).numpy())
                 n_chains += len(members)
@@ -253,11 +253,13 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
         yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
 
 
-def _residue_info(data: PreparedDataset, ci: int, n: int) -> tuple[str, np.ndarray]:
-    """The sequence embedded for chain ``ci`` (its first ``n`` residues) and which of them had a CA
-    in the input ([n] bool): rows without one were embedded from sequence alone (unresolved, put back
-    by --seqres, below --plddt-min, FASTA)."""
-    return data.sequence(ci)[:n], ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1)
+def _residue_info(data: PreparedDataset, ci: int, n: int, per_residue: bool) -> tuple[str, np.ndarray | None]:
+    """The sequence embedded for chain ``ci`` (its first ``n`` residues) and, for per-residue output
+    only (else None: no coordinate read for mean-only runs), which of them had a CA in the input
+    ([n] bool): rows without one were embedded from sequence alone (unresolved, put back by --seqres,
+    below --plddt-min, FASTA)."""
+    has_ca = ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1) if per_residue else None
+    return data.sequence(ci)[:n], has_ca
 
 
 class _H5Writer:
