@@ -15,6 +15,11 @@
 #                                    minutes), detached; `collect` brings it back too. A from-scratch
 #                                    counterpart of continuing small-coords with structure dropout on a CPU
 #                                    (docs/RESULTS.md); shipping it needs its own description in ship_models.py
+#   scripts/gpu_session.sh issue16 M the whole issue-16 lease in one command: the paper-size model (paper-33m,
+#                                    fast recipe) and its no-coordinates twin trained side by side for M minutes,
+#                                    then every evaluation, the attention analysis, the non-finite-step replay
+#                                    and an int8 export of the coordinates model -> $OUT (PRESET=tiny-0.1m and
+#                                    DEVICE=cpu rehearse it on a CPU)
 #   scripts/gpu_session.sh ec E      start the four whole-encoder EC fine-tunes (up to E epochs), detached;
 #                                    labels from $LABELS (copy ../shared/data/deepfri to work/gpu/deepfri
 #                                    and carry it); `collect-ec` brings back metrics and predictions
@@ -27,7 +32,7 @@ mkdir -p "$OUT" "$RUNS"
 cf() { python3 -m coordformer "$@"; }
 
 # name and flags of each shipped-model candidate (identical size, data, schedule and budget)
-RUN_NAMES=(coords coords-gauss nocoords)
+read -ra RUN_NAMES <<< "${RUN_LIST:-coords coords-gauss nocoords}"
 declare -A RUN_FLAGS=(
   [coords]=""
   [coords-gauss]="--norm-feature --gaussian-heads 4 --gaussian-values"
@@ -105,6 +110,39 @@ sd)
     --drop-span-coords 0.3 $COMMON --max-minutes "$minutes" > $RUNS/coords-sd.log 2>&1 < /dev/null &
   sleep 5; ls $RUNS
   ;;
+issue16)
+  minutes=${2:?minutes}
+  P=${PRESET:-paper-33m}; DEV=${DEVICE:-cuda}; W=${WORKERS:-4}
+  [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { $0 setup || exit 1; }
+  C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
+--val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
+  [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
+  for n in paper-coords paper-nocoords; do
+    flags=$([ $n = paper-nocoords ] && echo "--no-coords" || echo "--recipe fast")
+    setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n $flags $C16 > $RUNS/$n.log 2>&1 < /dev/null &
+  done
+  sleep 20; RUN_LIST="paper-coords paper-nocoords" $0 watch $((${minutes%.*} * 60 + 150)) | tail -4   # both finish (final validation included)
+  E=$RUNS/eval; mkdir -p $E
+  cf export -c $RUNS/paper-coords/checkpoints/last.ckpt --out $E/paper-coords.int8.pt --int8
+  cf export -c $RUNS/paper-coords/checkpoints/last.ckpt --out $E/paper-coords.fp16.pt
+  ev() { cf evaluate -c $RUNS/paper-coords/checkpoints/last.ckpt -c $RUNS/paper-nocoords/checkpoints/last.ckpt --data $DATA --device $DEV --quiet "$@"; }
+  # every evaluation at once: each is small next to the GPU, and they are mostly data work
+  ev --split test --json $E/test_mask.json -c $E/paper-coords.int8.pt -c $E/paper-coords.fp16.pt > $E/test_mask.log 2>&1 &
+  ev --split test --masking bert --json $E/test_bert.json > $E/test_bert.log 2>&1 &
+  ev --split valid --json $E/valid_mask.json > $E/valid_mask.log 2>&1 &
+  ev --split valid --masking bert --json $E/valid_bert.json > $E/valid_bert.log 2>&1 &
+  cf analyze-attention -c $RUNS/paper-coords/checkpoints/last.ckpt -c $RUNS/paper-nocoords/checkpoints/last.ckpt --data $DATA --out $E/attention --max-chains 200 \
+    --device $DEV --quiet > $E/attention.log 2>&1 &
+  python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $RUNS/paper-coords/checkpoints/last.ckpt --batches ${REPLAY_BATCHES:-100} \
+    --tokens ${TOKENS:-16384} --device $DEV --json $E/replay.json > $E/replay.log 2>&1 &
+  wait
+  tail -n 3 $E/*.log
+  for n in paper-coords paper-nocoords; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
+    cp $RUNS/$n/logs/version_0/metrics.csv $E/$n.metrics.csv; done
+  tar -C $RUNS -czf "$OUT/issue16.tar.gz" --exclude='*.pt' eval
+  split -b 15m -d $E/paper-coords.int8.pt "$OUT/paper-coords.int8.pt.part"
+  ls -la "$OUT"
+  ;;
 ec)
   epochs=${2:?epochs}
   LABELS=${LABELS:-work/gpu/deepfri}
@@ -136,5 +174,5 @@ collect)
   ls -la "$OUT"
   ;;
 *)
-  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|sd MINUTES|ec EPOCHS|collect-ec" >&2; exit 2 ;;
+  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|sd MINUTES|issue16 MINUTES|ec EPOCHS|collect-ec" >&2; exit 2 ;;
 esac

@@ -161,7 +161,23 @@ def test_config_validation_messages():
         ModelConfig(gaussian_init_heads=2)
     with pytest.raises(ConfigError, match="preset"):
         preset("huge")
-    assert ModelConfig.from_dict(preset("paper-43m").to_dict()) == preset("paper-43m")
+    assert ModelConfig.from_dict(preset("paper-33m").to_dict()) == preset("paper-33m")
+    with pytest.raises(ConfigError, match="renamed large-43m"):
+        preset("paper-43m")
+
+
+def test_paper_preset_is_the_papers_model_and_recipes_set_the_coordinate_switches():
+    # nn.TransformerEncoderLayer(768, 12) as the paper builds it: dim_feedforward left at 2048
+    ref = torch.nn.TransformerEncoderLayer(768, 12)
+    c = preset("paper-33m")
+    assert (c.d_model, c.n_layers, c.n_heads, c.d_ff) == (768, 6, 12, ref.linear1.out_features)
+    assert 33e6 < CoordFormer(c).num_parameters() < 34e6
+    fast, paper = preset("paper-33m", recipe="fast"), preset("paper-33m", recipe="paper")
+    assert (fast.coord_norm_feature, fast.gaussian_init_heads, fast.gaussian_init_values) == (True, 4, True)
+    assert (paper.coord_norm_feature, paper.gaussian_init_heads, paper.gaussian_init_values) == (False, 0, False)
+    assert preset("tiny-0.1m", recipe="fast").gaussian_init_heads == 2  # half of 4 heads at most
+    assert preset("small-3m", recipe="fast", use_coords=False).gaussian_init_heads == 0  # no coordinates, no recipe
+    assert preset("small-3m", recipe="fast", gaussian_init_heads=1).gaussian_init_heads == 1  # explicit wins
 
 
 def test_lr_schedule_warmup_cosine_and_time_budget():
@@ -203,6 +219,29 @@ def test_export_and_load_half_precision(tmp_path):
     assert meta["note"] == "x"
     assert m2.config == m.config
     assert torch.allclose(m(tok[None], xyz[None]).logits, m2(tok[None], xyz[None]).logits, atol=5e-2)
+
+
+def test_int8_export_quarters_the_file_and_stays_close(tmp_path):
+    from coordformer.model.checkpoints import INT8_MIN_NUMEL, dequantize_int8, quantize_int8
+
+    w = torch.randn(6, 50) * torch.tensor([0.01, 0.1, 1, 10, 100, 1000])[:, None]  # rows of very different range
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (6,)
+    # per-row: every row's error is within half a step of its own scale
+    assert ((dequantize_int8(q, scale) - w).abs() <= scale[:, None] / 2 + 1e-6).all()
+    m = CoordFormer(preset("small-3m", recipe="fast")).eval()
+    half = export_model(m, tmp_path / "h.pt")
+    small = export_model(m, tmp_path / "q.pt", int8=True)
+    obj = torch.load(small, weights_only=False)
+    assert obj["format_version"] == 2 and obj["int8"]
+    assert all(v["q"].dtype == torch.int8 and v["q"].numel() >= INT8_MIN_NUMEL for v in obj["int8"].values())
+    assert small.stat().st_size < 0.6 * half.stat().st_size
+    m2, _ = load_model(small)
+    assert m2.config == m.config and all(p.dtype == torch.float32 for p in m2.parameters())
+    tok, xyz = _random_structure(40)
+    a, b = m(tok[None], xyz[None]).logits.log_softmax(-1), m2(tok[None], xyz[None]).logits.log_softmax(-1)
+    assert (a - b).abs().max() < 0.05
+    assert not torch.equal(a, b)  # it is quantised
 
 
 class _FakeDataset:

@@ -16,7 +16,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import CoordformerError, UsageError
+from . import interrupts
+from .errors import CoordformerError, TrainingInterrupted, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="coordformer: structure-aware protein Transformers via linear coordinate embeddings.")
@@ -42,6 +43,11 @@ class CropMode(str, Enum):
 class CoordMode(str, Enum):
     ca = "ca"
     backbone = "backbone"
+
+
+class Recipe(str, Enum):
+    fast = "fast"
+    paper = "paper"
 
 
 @app.callback()
@@ -147,14 +153,21 @@ def pretrain(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `coordformer prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
     coords: bool = typer.Option(True, "--coords/--no-coords", help="Feed coordinates (the structure model) or not (sequence-only)."),
-    size: Optional[str] = typer.Option(None, "--preset", help="Model size preset: tiny-0.1m, small-3m (default), base-13m, paper-43m."),
+    size: Optional[str] = typer.Option(None, "--preset", help="Model size preset: tiny-0.1m, small-3m (default), base-13m, "
+                                       "paper-33m (the paper's 6 x 768 x 12, d_ff 2048), large-43m (d_ff 3072)."),
+    recipe: Optional[Recipe] = typer.Option(None, help="Structure model recipe: fast (default: |x|^2 feature and Gaussian-"
+                                            "initialised first-layer heads, coordinates help from the first hundreds of "
+                                            "steps) or paper (the paper's plain linear embedding). Ignored with --no-coords."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from these weights (a shipped model name, checkpoint or run "
                                        "folder) instead of random ones: continued pretraining. The model's architecture "
                                        "comes with them; the optimizer and schedule start afresh."),
     coord_mode: CoordMode = typer.Option(CoordMode.ca, help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
-    norm_feature: bool = typer.Option(False, "--norm-feature", help="Also feed |x|^2 of CA as an input feature."),
-    gaussian_heads: int = typer.Option(0, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D distance (needs --norm-feature)."),
-    gaussian_values: bool = typer.Option(False, "--gaussian-values", help="Also give those heads unit-scale value/output projections."),
+    norm_feature: Optional[bool] = typer.Option(None, "--norm-feature/--no-norm-feature", help="Also feed |x|^2 of CA as an "
+                                                "input feature (default: as the recipe says)."),
+    gaussian_heads: Optional[int] = typer.Option(None, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D "
+                                                 "distance (needs the |x|^2 feature; default: as the recipe says)."),
+    gaussian_values: Optional[bool] = typer.Option(None, "--gaussian-values/--no-gaussian-values", help="Give those heads "
+                                                   "unit-scale value/output projections (default: as the recipe says)."),
     plddt_feature: bool = typer.Option(False, "--plddt-feature", help="Also feed (100 - pLDDT)/100 per residue (from a dataset "
                                        "prepared with --store-plddt; 0 where unknown) through the coordinate embedding."),
     max_steps: int = typer.Option(100_000, min=1),
@@ -191,7 +204,7 @@ def pretrain(
     quiet: bool = typer.Option(False),
 ):
     """Masked-language-model pretraining (BERT masking 15%, 80/10/10)."""
-    from .config import TrainConfig, preset
+    from .config import DEFAULT_RECIPE, TrainConfig, preset
     from .train.run import pretrain as run_pretrain
 
     if schedule not in ("cosine", "constant", "noam"):
@@ -200,9 +213,10 @@ def pretrain(
     if init is not None:
         from .model.checkpoints import load_model
 
-        architecture = {"--preset": size is not None, "--no-coords": not coords, "--coord-mode": coord_mode != CoordMode.ca,
-                        "--norm-feature": norm_feature, "--gaussian-heads": gaussian_heads > 0,
-                        "--gaussian-values": gaussian_values, "--plddt-feature": plddt_feature}
+        architecture = {"--preset": size is not None, "--recipe": recipe is not None, "--no-coords": not coords,
+                        "--coord-mode": coord_mode != CoordMode.ca, "--norm-feature": norm_feature is not None,
+                        "--gaussian-heads": gaussian_heads is not None, "--gaussian-values": gaussian_values is not None,
+                        "--plddt-feature": plddt_feature}
         given = [k for k, v in architecture.items() if v]
         if given:
             raise UsageError(f"{', '.join(given)} set the architecture, which --init takes from {init}; drop "
@@ -211,9 +225,10 @@ def pretrain(
         mc = init_model.config.replace(dropout=dropout)
         init_state = init_model.state_dict()
     else:
-        mc = preset(size or "small-3m", use_coords=coords, coord_mode=coord_mode.value, coord_norm_feature=norm_feature,
-                    gaussian_init_heads=gaussian_heads, gaussian_init_values=gaussian_values, plddt_feature=plddt_feature,
-                    dropout=dropout)
+        explicit = {k: v for k, v in (("coord_norm_feature", norm_feature), ("gaussian_init_heads", gaussian_heads),
+                                      ("gaussian_init_values", gaussian_values)) if v is not None}
+        mc = preset(size or "small-3m", recipe=(recipe.value if recipe else DEFAULT_RECIPE) if coords else None,
+                    use_coords=coords, coord_mode=coord_mode.value, plddt_feature=plddt_feature, dropout=dropout, **explicit)
     tc = TrainConfig(seed=seed, crop_length=crop_length, crop_mode=crop.value, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
                      val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
@@ -549,6 +564,8 @@ def export(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c"),
     out: Path = typer.Option(..., "--out", "-o", help="Model file (.pt) to write, or folder for --format hf."),
     half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size)."),
+    int8: bool = typer.Option(False, "--int8", help="Store the large matrices as int8 with a scale per row, the rest "
+                              "float16 (a quarter of float32; check its cost with `coordformer evaluate`). pt only."),
     fmt: ExportFormat = typer.Option(ExportFormat.pt, "--format", help="pt: one torch file; hf: Hugging Face-style "
                                      "folder (config.json + model.safetensors + README.md) for sharing on a model hub."),
 ):
@@ -556,6 +573,8 @@ def export(
     from .model.checkpoints import export_model, load_model
 
     model, meta = load_model(checkpoint)
+    if int8 and fmt == ExportFormat.hf:
+        raise UsageError("--int8 writes a .pt model file; use --format pt, or --half for a Hub-style folder")
     if fmt == ExportFormat.hf:
         from .model.hub import WEIGHTS_NAME, save_pretrained
 
@@ -563,8 +582,18 @@ def export(
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(f"wrote {out}/ (config.json, {WEIGHTS_NAME} {(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)")
         return
-    export_model(model, out, meta=meta, half=half)
+    export_model(model, out, meta=meta, half=half, int8=int8)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def _resume_hint(args: list[str], e: TrainingInterrupted) -> str:
+    """The command that continues an interrupted `pretrain` / `finetune`: the same one (without
+    --no-resume, which would refuse the run folder)."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command not in ("pretrain", "finetune"):
+        return ""
+    line = "coordformer " + " ".join(shlex.quote(a) for a in args if a != "--no-resume")
+    return f"; {'resume' if e.resumable else 'start again'} with: {line}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,14 +602,21 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:  # a global option, accepted anywhere on the line (people add it at the end)
         args = ["--debug", *(a for a in args if a != "--debug")]
+    previous_sigint = interrupts.install()  # Ctrl-C while importing torch & co: one line, no traceback
     try:
         rc = app(args=args, standalone_mode=False)
+        if rc == 130:  # typer turns a KeyboardInterrupt into exit status 130, silently
+            typer.echo(interrupts.MESSAGE, err=True)
         if isinstance(rc, int) and not isinstance(rc, bool):  # click hands back typer.Exit's code here
             return rc
+    except TrainingInterrupted as e:  # pretrain / finetune saved what there was to save, and say where
+        if e.report:
+            typer.echo(f"{e}{_resume_hint(args, e)}", err=True)
+        return e.exit_code
     except SystemExit as e:
         return int(e.code or 0)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo(interrupts.MESSAGE, err=True)
         return 130
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into messages
         # Typer vendors click privately; recognise its exceptions by shape, not by import.
@@ -600,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         typer.echo(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
         return 2
+    finally:
+        interrupts.restore(previous_sigint)
     return 0
 
 

@@ -114,19 +114,49 @@ class ModelConfig(_Record):
         return n_atoms * 4 + int(self.plddt_feature) + int(self.coord_norm_feature)
 
 
-#: Size presets, named by approximate parameter count. "paper-43m" is the paper's 6 x 768 x 12.
+#: Size presets, named by approximate parameter count. "paper-33m" is the paper's model: 6 layers x
+#: 768 x 12 heads with nn.TransformerEncoderLayer's default d_ff of 2048 (33.2 M parameters).
+#: "large-43m" is the same with d_ff 3072 (it was called "paper-43m" before it was found not to be).
 PRESETS: dict[str, dict[str, int]] = {
     "tiny-0.1m": dict(d_model=64, n_layers=2, n_heads=4, d_ff=128),
     "small-3m": dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024),
     "base-13m": dict(d_model=512, n_layers=4, n_heads=8, d_ff=2048),
-    "paper-43m": dict(d_model=768, n_layers=6, n_heads=12, d_ff=3072),
+    "paper-33m": dict(d_model=768, n_layers=6, n_heads=12, d_ff=2048),
+    "large-43m": dict(d_model=768, n_layers=6, n_heads=12, d_ff=3072),
 }
+_RENAMED_PRESETS = {"paper-43m": "large-43m (d_ff 3072; the paper's model is paper-33m)"}
+
+#: How a structure model is initialised and fed (``pretrain --recipe``). "paper": the paper's linear
+#: embedding of CA (x, y, z) / 16 A and a missing flag, default initialisation. "fast": also |x|^2
+#: as a feature, and the first ``min(4, n_heads // 2)`` heads of layer 1 initialised to attend by a
+#: Gaussian of 3D distance with unit-scale values (``CoordFormer._init_gaussian_heads``): coordinates
+#: help from the first hundreds of steps (docs/RESULTS.md, "Structure learning at the paper's size").
+RECIPES = ("fast", "paper")
+#: What ``pretrain`` uses for a structure model when no --recipe is given.
+DEFAULT_RECIPE = "fast"
 
 
-def preset(name: str, **overrides) -> ModelConfig:
+def recipe_settings(recipe: str, n_heads: int) -> dict:
+    """ModelConfig fields a recipe sets for a structure model with ``n_heads`` heads."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if recipe == "paper":
+        return dict(coord_norm_feature=False, gaussian_init_heads=0, gaussian_init_values=False)
+    return dict(coord_norm_feature=True, gaussian_init_heads=max(min(4, n_heads // 2), 1), gaussian_init_values=True)
+
+
+def preset(name: str, recipe: str | None = None, **overrides) -> ModelConfig:
+    """The ModelConfig of a size preset. ``recipe`` ("fast" or "paper", see RECIPES) sets the
+    coordinate switches of a structure model (ignored with use_coords=False); None leaves them at
+    ModelConfig's defaults. ``overrides`` win over both."""
+    if name in _RENAMED_PRESETS:
+        raise ConfigError(f"size preset {name!r} was renamed {_RENAMED_PRESETS[name]}")
     if name not in PRESETS:
         raise ConfigError(f"unknown size preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    fields = dict(PRESETS[name])
+    if recipe is not None and overrides.get("use_coords", True):
+        fields.update(recipe_settings(recipe, fields["n_heads"]))
+    return ModelConfig(**{**fields, **overrides})
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,26 @@ from .core import CoordFormer
 from .hub import is_pretrained_folder, load_pretrained, model_from_state
 
 MODEL_FORMAT = "coordformer-model"
-MODEL_FORMAT_VERSION = 1
+#: 1: float32 or float16 weights; 2: also int8 matrices (``"int8": {name: {"q", "scale"}}``), written
+#: only by ``export_model(int8=True)`` so that float files stay readable by older versions.
+MODEL_FORMAT_VERSION = 2
+#: Matrices with at least this many entries are stored as int8 by ``export_model(int8=True)``; smaller
+#: tensors (biases, LayerNorms, the coordinate embedding, the 25-token output layer) stay float16.
+INT8_MIN_NUMEL = 65_536
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: w [R, C] float -> (q [R, C] int8, scale [R] float32), w ~ q * scale[:, None].
+    Each output row keeps its own range, so one large row does not cost the others their precision."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``quantize_int8``: [R, C] float32."""
+    return q.float() * scale.float()[:, None]
 
 
 def shipped_models_dir() -> Path:
@@ -85,7 +104,9 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     if obj.get("format") == MODEL_FORMAT:
         if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
             raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer supports; upgrade")
-        cfg, state, meta = obj["model_config"], obj["state_dict"], obj.get("meta", {})
+        cfg, state, meta = obj["model_config"], dict(obj["state_dict"]), obj.get("meta", {})
+        for name, packed in obj.get("int8", {}).items():
+            state[name] = dequantize_int8(packed["q"], packed["scale"])
     elif "coordformer" in obj and "state_dict" in obj:  # Lightning checkpoint from `pretrain`
         cfg = obj["coordformer"]["model_config"]
         state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
@@ -97,17 +118,26 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     return model, meta
 
 
-def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None, half: bool = True) -> Path:
-    """Write an inference-only model file (optionally float16 weights: half the size)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None, half: bool = True,
+                 int8: bool = False) -> Path:
+    """Write an inference-only model file: float32, float16 (``half``: half the size) or, with
+    ``int8``, matrices of at least INT8_MIN_NUMEL entries as per-row int8 (``quantize_int8``) and the
+    rest float16 (about a quarter of float32). ``load_model`` returns float32 weights for all three."""
+    state, packed = {}, {}
+    for k, v in model.state_dict().items():
+        if int8 and v.is_floating_point() and v.ndim == 2 and v.numel() >= INT8_MIN_NUMEL:
+            q, scale = quantize_int8(v)
+            packed[k] = {"q": q, "scale": scale}
+        else:
+            state[k] = v.half() if (half or int8) and v.is_floating_point() else v
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "model_config": model.config.to_dict(),
-         "state_dict": state, "meta": meta or {}},
-        tmp,
-    )
+    obj = {"format": MODEL_FORMAT, "format_version": 2 if packed else 1, "model_config": model.config.to_dict(),
+           "state_dict": state, "meta": meta or {}}
+    if packed:
+        obj["int8"] = packed
+    torch.save(obj, tmp)
     tmp.replace(path)
     return path
 

@@ -16,11 +16,21 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
 from ..constants import AA_OFFSET, CA_INDEX
 from ..errors import UsageError
 from ..geometry import centre
+
+#: SDPA kernels allowed when a padding mask is passed. cuDNN's fused attention is left out: its
+#: backward returns NaN in dQ when an explicit mask is given, L % 128 == 64 and some query row's
+#: log-sum-exp is below ln(FLT_MAX) ~ -88.7 (pytorch/pytorch#196678; H100/H200 from torch 2.11). Padding
+#: query rows are never scored, so nothing keeps their logits from drifting that low; one such row in
+#: one batch of the right length NaNs the whole step. That was the Gaussian-recipe divergence at step
+#: 10,600 and the skipped steps at paper size (docs/RESULTS.md, "Non-finite steps"). Flash takes no
+#: mask, so on CUDA the memory-efficient kernel runs; unmasked batches keep the default choice.
+MASKED_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 #: Channels reserved for the coordinate features when first-layer Gaussian heads are initialised:
 #: x, y, z, |x|^2, missing flag, each written as +f and -f (see ``_init_gaussian_heads``).
@@ -85,6 +95,17 @@ def coordinate_features(coords: torch.Tensor, config: ModelConfig, plddt: torch.
     return torch.cat(feats, dim=-1)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """Fused softmax(q k^T / sqrt(d)) v. q, k, v: [B, H, L, d]; mask: [B, 1, 1, L] bool (True = key
+    attended) or None. Returns [B, H, L, d]. With a mask, cuDNN's kernel is excluded (see
+    ``MASKED_SDPA_BACKENDS``)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    with sdpa_kernel(list(MASKED_SDPA_BACKENDS)):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -106,9 +127,7 @@ class SelfAttention(nn.Module):
             y = attn @ v
         else:
             attn = None
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, l, -1)), attn
 
 
