@@ -14,8 +14,9 @@ Reader behaviour these expectations rely on (coordformer.io.structures.read_stru
 * a chain of linked standard amino acids written entirely as HETATM records is still a protein
   polymer (gemmi classifies the chain by its residues, not by the record name); a lone HETATM
   amino acid, waters, ions and ligands are not protein chains;
-* chain ids are case-sensitive ('A' and 'a' are different chains); entry = HEADER id, mmCIF
-  block name, or else the file stem;
+* chain ids are case-sensitive ('A' and 'a' are different chains); entry = HEADER id or mmCIF
+  block name when that is a PDB / AlphaFold DB id, else the file stem (a made-up name such as
+  HEADER 'ZERO' or data_odd is ignored);
 * files in folders are picked by suffix; other files (README.txt) and hidden files are ignored,
   not logged.
 """
@@ -120,18 +121,19 @@ GOOD: dict[str, dict[str, tuple[int, str | None]]] = {
     # 1A8O (MSE as HETATM in the chain) with CRLF line endings
     "crlf_1a8o.pdb": {"1A8O.A": (70, None)},
     # synthetic cases
-    "zero_occ.pdb": {"ZERO.A": (6, "AGSTVL")},
+    "zero_occ.pdb": {"zero_occ.A": (6, "AGSTVL")},  # HEADER id 'ZERO' is not a PDB id: the file stem
     "gap.pdb": {"gap.A": (10, "AGSTVAGSTV")},
     "dup_numbers.pdb": {"dup_numbers.A": (6, "AGSTVL")},
     "nonstd.pdb": {"nonstd.A": (8, "AXASXCKM")},
     "hetatm_peptide.pdb": {"hetatm_peptide.A": (6, "AGSTVL")},
-    "hetatm_peptide.cif": {"hetpep_cif.A": (6, "AGSTVL")},
+    "hetatm_peptide.cif": {"9HPC.A": (6, "AGSTVL")},  # block name data_9hpc (a PDB id)
     "waters_in_chain.pdb": {"waters_in_chain.A": (6, "AGSTVL")},
     "lower_ids.pdb": {"lower_ids.A": (6, "AGSTVL"), "lower_ids.a": (5, "GSTVL")},
-    "odd_ids.cif": {"odd.A": (6, "AGSTVL"), "odd.a": (5, "AGSTV"), "odd.AA": (7, "AGSTVLA"), "odd.x1": (8, "AGSTVLAG")},
+    "odd_ids.cif": {"odd_ids.A": (6, "AGSTVL"), "odd_ids.a": (5, "AGSTV"), "odd_ids.AA": (7, "AGSTVLA"),
+                    "odd_ids.x1": (8, "AGSTVLAG")},  # block name data_odd is not a PDB id: the file stem
     "crlf.pdb": {"crlf.A": (6, "AGSTVL")},
     "cr_only.pdb": {"cr_only.A": (6, "AGSTVL")},
-    "crlf.cif": {"crlf_cif.B": (6, "AGSTVL")},
+    "crlf.cif": {"crlf.B": (6, "AGSTVL")},  # block data_crlf_cif ignored; crlf.pdb has chain A, so no clash
     "mixed.pdb": {"mixed.A": (6, "AGSTVL")},  # chain B is too short: filtered, see FILTERED
     # sub-folders (recursion), including a chain_set JSONL file
     "sub/set.jsonl": {"1A2X.B": (31, None), "1AIE.A": (31, None), "1AJJ.A": (37, None)},
@@ -189,7 +191,7 @@ def build_corpus(root: Path) -> Path:
     files["dup_numbers.pdb"] = pdb_text(pdb_chain("A", SIX, nums=[1, 2, 3, 3, 4, 5]))
     files["nonstd.pdb"] = pdb_text(pdb_chain("A", ["ALA", "UNK", "DAL", "SEP", "ZZZ", "SEC", "PYL", "MSE"]))
     files["hetatm_peptide.pdb"] = pdb_text(pdb_chain("A", SIX, het=True))
-    files["hetatm_peptide.cif"] = cif_text("hetpep_cif", [("A", SIX)], het=True)
+    files["hetatm_peptide.cif"] = cif_text("9hpc", [("A", SIX)], het=True)
     waters = [atom_line(900 + i, "O", "HOH", "A", 101 + i, (0.0, 5.0 * i, 9.0), het=True) for i in range(3)]
     heme = [
         atom_line(950, "FE", "HEM", "C", 1, (9.0, 9.0, 9.0), het=True),
@@ -289,7 +291,7 @@ def test_nasty_corpus_prepares_in_one_run(tmp_path):
         assert np.isnan(x[:, [0, 2, 3]]).all()
 
     # -- zero occupancy: residue 3 fully missing, residue 4 lacks only its CA; written coords kept
-    x = ds.coords(ds.ids.index("ZERO.A"))
+    x = ds.coords(ds.ids.index("zero_occ.A"))
     assert np.isnan(x[2]).all()
     assert np.isnan(x[3, 1]).all() and np.isfinite(x[3, [0, 2, 3]]).all()
     np.testing.assert_allclose(x[0, 1], xyz_of(0, 1), atol=1e-3)
@@ -397,7 +399,8 @@ def test_duplicate_numbers_lowercase_ids_and_line_endings(tmp_path):
     np.testing.assert_allclose(chains[1].coords[0, 1], xyz_of(0, 1, 40.0), atol=1e-3)
     assert [x.id for x in read_structure(tmp_path / "ids.pdb", chains=["a"])] == ["ids.a"]
     chains = read_structure(_write(tmp_path / "ids.cif", cif_text("ids2", [("A", SIX), ("a", SIX), ("aA", SIX), ("1", SIX)])))
-    assert [x.id for x in chains] == ["ids2.A", "ids2.a", "ids2.aA", "ids2.1"]
+    assert [x.id for x in chains] == ["ids.A", "ids.a", "ids.aA", "ids.1"]  # data_ids2 is not a PDB id: file stem
+    assert chains[0].ignored_entry == "ids2"
 
     # CRLF (and CR-only) line endings give exactly the chain of the LF file
     for src, name in ((DATA / "1A8O.pdb", "1a8o"), (DATA / "4hhh_frag.pdb", "4hhh"), (DATA / "1A8O.cif", "1a8o_cif")):

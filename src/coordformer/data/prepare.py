@@ -10,6 +10,14 @@ names, ``os.replace``-s them into place, writes ``manifest.json`` last and remov
 Chain order in the dataset is the order of the units (sources sorted by path, JSONL chunks by line)
 and then the order within a unit, so it does not depend on ``workers`` or scheduling.
 
+Chain ids are unique per input file. A structure file's chains are ``ENTRY.CHAIN``, ENTRY being the
+file's PDB / AlphaFold DB id or else its file name (``read_structure``: generic block names such as
+``data_model`` are ignored). When the same id comes from two files, consolidation compares the
+chains: the same sequence and coordinates is a real duplicate (the later copy is dropped, and
+``skipped.tsv`` names both files); a different chain means the entry id was not specific (decoys or
+models sharing a HEADER), and every structure file involved is renamed after its file name (then
+``FOLDER_STEM``, then a numbered suffix, until the ids differ). Both cases are counted and logged.
+
 FASTA records are sequence-only chains (every coordinate NaN). The ``max_missing_ca`` filter does
 not apply to them: it exists to drop structures whose coordinates are mostly unresolved, while a
 FASTA input is sequence-only by the user's choice. Structure and chain_set inputs keep the filter
@@ -60,6 +68,8 @@ NO_ID = "missing id"
 DUPLICATE = "duplicate id"
 
 _PART_SUFFIX = ".npz"
+#: Near misses of --exclude ids logged one per line (the rest: exclude_unmatched.txt).
+_MAX_LOGGED = 20
 
 
 class PrepareError(CoordformerError, RuntimeError):
@@ -84,6 +94,15 @@ class PrepareSummary:
     chains_filtered: dict[str, int] = field(default_factory=dict)
     excluded_ids_found: int = 0
     excluded_ids_listed: int = 0
+    #: listed ids matching no chain exactly (all in exclude_unmatched.txt), and of those the near
+    #: misses excluded in their place, as "LISTED -> CHAIN (how)"
+    excluded_ids_unmatched: int = 0
+    excluded_near_misses: list[str] = field(default_factory=list)
+    #: structure files whose own entry name (mmCIF block name / HEADER id) is not an archive id, so
+    #: their chains are named after the file; and files renamed because another file used their
+    #: entry id for a different chain
+    files_generic_entry: int = 0
+    files_renamed: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     n_clusters: int | None = None
     #: With PrepareConfig.seqres: unobserved residues put back, chains that got any, and kept
@@ -112,8 +131,13 @@ class PrepareSummary:
             f"  inputs skipped (unreadable files/records): {self.inputs_skipped}",
             f"  chains filtered: {filt}",
             f"  splits: {spl}" + (f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""),
-            f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed",
+            f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed"
+            + (f"; {self.excluded_ids_unmatched} match no chain exactly (see {store.EXCLUDE_UNMATCHED_FILE}), "
+               f"{len(self.excluded_near_misses)} of them excluded as near misses" if self.excluded_ids_unmatched else ""),
         ]
+        if self.files_generic_entry or self.files_renamed:
+            lines.append(f"  ids from file names: {self.files_generic_entry} files with a generic block name / HEADER id, "
+                         f"{self.files_renamed} files whose entry id another file uses for a different chain")
         if self.seqres_mode != "off":
             n_un = len(self.seqres_unavailable)
             eg = f" (e.g. {', '.join(self.seqres_unavailable[:3])})" if n_un else ""
@@ -324,7 +348,7 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
     chains = _read_unit_chains(unit, skipped, filters.get("chains", ()), seqres)
     if unit["kind"] == "fasta":  # sequence-only by choice: see the module docstring
         filters = {**filters, "max_missing_ca": 1.0}
-    seqs, coords, lengths, ids, sources, plddts = [], [], [], [], [], []
+    seqs, coords, lengths, ids, sources, plddts, digests = [], [], [], [], [], [], []
     inserted: list[int] = []  # per kept chain: unobserved residues put back; -1 = no usable deposited sequence
     for chain in chains:
         try:
@@ -349,6 +373,7 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         lengths.append(len(s))
         ids.append(cid)
         sources.append(src)
+        digests.append(_chain_digest(s, c))
         if seqres != "off":
             observed = getattr(chain, "observed", None)
             # FASTA / chain_set inputs are whole sequences already: nothing to put back
@@ -361,7 +386,10 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         "lengths": lengths,
         "skipped": skipped,
         "chains_read": len(chains),
+        "digests": digests,
     }
+    if unit["kind"] == "file":
+        meta["ignored_entry"] = next((c.ignored_entry for c in chains if getattr(c, "ignored_entry", None)), None)
     if seqres != "off":
         meta["seqres_inserted"] = inserted
     return {
@@ -371,6 +399,16 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         "plddt": np.concatenate(plddts) if plddts else np.zeros(0, np.float32),
         "meta": meta,
     }
+
+
+def _chain_digest(seq: np.ndarray, coords: np.ndarray) -> str:
+    """Fingerprint of a kept chain (sequence and coordinates as stored): equal for the same chain
+    read from two files (PDB and mmCIF of one entry), different for decoys of one protein."""
+    c = np.array(coords, dtype=np.float32) + np.float32(0.0)  # a copy; -0.0 becomes 0.0
+    c[np.isnan(c)] = np.nan  # one NaN bit pattern
+    h = hashlib.blake2b(np.ascontiguousarray(seq).tobytes(), digest_size=12)
+    h.update(c.tobytes())
+    return h.hexdigest()
 
 
 def _write_part(parts_dir: Path, key: str, result: dict[str, Any]) -> None:
@@ -709,13 +747,112 @@ def _run_parallel(pending: list[dict], filters: dict, parts_dir: Path, workers: 
 # ----------------------------------------------------------------------------------------------
 
 
+def _entry_names(path: str) -> list[str]:
+    """Entry names for the chains of structure file ``path``, tried in order when its entry id is
+    not unique: the file name without endings, then FOLDER_STEM (the numbered fallback is added by
+    the caller)."""
+    from ..io.structures import _file_stem, _normalize_entry
+
+    p = Path(path)
+    stem = _normalize_entry("_".join(_file_stem(p).split()))
+    names = [stem]
+    if p.parent.name:
+        names.append("_".join(f"{p.parent.name}_{stem}".split()))
+    return names
+
+
+def _unique_structure_ids(units: list[dict], metas: dict[str, dict], norm: Callable[[str], str]
+                          ) -> tuple[dict[int, list[str]], dict[tuple[int, int], str], list[tuple[str, str, str]]]:
+    """Chain ids unique per input file, and the real duplicates.
+
+    A chain with the same (normalised) id and the same :func:`_chain_digest` as an earlier one is a
+    real duplicate (the same chain in two files): it is returned in ``copies`` with the first
+    one's source, to be dropped. Where chains with one id differ, every structure file of the clash
+    moves to its next entry name (:func:`_entry_names`, then NAME_2, NAME_3 ...) until no clash is
+    left; chain_set / FASTA records keep their ids (the caller drops later ones as before).
+
+    Returns ({unit index: new ids} for renamed files, copies {(unit index, chain index): first
+    source}, [(path, old entry, new entry)] per renamed file).
+    """
+    cur: dict[int, list[str]] = {}
+    dig: dict[int, list] = {}
+    groups: dict[str, list[tuple[int, int]]] = {}
+    first_copy: dict[tuple[str, str], str] = {}
+    copies: dict[tuple[int, int], str] = {}
+    for i, u in enumerate(units):
+        meta = metas[u["key"]]
+        cur[i] = list(meta["ids"])
+        dig[i] = list(meta.get("digests") or [None] * len(meta["ids"]))  # parts of older runs: unknown
+        for j, cid in enumerate(cur[i]):
+            key = norm(cid)
+            if dig[i][j] is not None:
+                if (key, dig[i][j]) in first_copy:
+                    copies[(i, j)] = first_copy[(key, dig[i][j])]
+                    continue
+                first_copy[(key, dig[i][j])] = meta["sources"][j]
+            groups.setdefault(key, []).append((i, j))
+    files = {i for i, u in enumerate(units) if u["kind"] == "file" and cur[i]}
+    tried: dict[int, int] = {}  # file -> how many of its _entry_names it has used
+    final: set[int] = set()  # files on a numbered name, unique by construction
+    first_entry: dict[int, str] = {}
+    queue = [k for k, g in groups.items() if len(g) > 1]
+    while queue:
+        key = queue.pop()
+        members = groups.get(key, ())
+        if len(members) < 2 or len({dig[i][j] for i, j in members} - {None}) < 2:
+            continue  # unique, or unknown (parts from an older version)
+        owners = {i for i, _ in members}
+        movers = sorted(i for i in owners if i in files and i not in final)
+        stayed = False
+        for n, i in enumerate(movers):
+            old = cur[i][0].rpartition(".")[0]
+            names = _entry_names(units[i]["path"])
+            t = tried.get(i, 0)
+            tried[i] = t + 1
+            if t < len(names):
+                new = names[t]
+                if new == old:  # already on this name (e.g. the file holding the real 1ABC): others move
+                    stayed = True
+                    continue
+            elif n == 0 and owners <= set(movers):  # names exhausted; the first file keeps the name
+                final.add(i)
+                stayed = True
+                continue
+            else:  # names exhausted: the last one with the first free number
+                chains = [cid.rpartition(".")[2] for cid in cur[i]]
+                k = 2
+                while any(groups.get(norm(f"{names[-1]}_{k}.{c}")) for c in chains):
+                    k += 1
+                new = f"{names[-1]}_{k}"
+                final.add(i)
+            first_entry.setdefault(i, old)
+            live = [j for j in range(len(cur[i])) if (i, j) not in copies]
+            for j in live:
+                groups[norm(cur[i][j])].remove((i, j))
+            cur[i] = [f"{new}.{cid.rpartition('.')[2]}" for cid in cur[i]]
+            for j in live:
+                k2 = norm(cur[i][j])
+                groups.setdefault(k2, []).append((i, j))
+                queue.append(k2)
+        if stayed:
+            queue.append(key)  # the clash may remain between files that did not move this round
+    renamed = {i: cur[i] for i in first_entry if cur[i] != list(metas[units[i]["key"]]["ids"])}
+    log = [(units[i]["path"], first_entry[i], cur[i][0].rpartition(".")[0]) for i in sorted(renamed)]
+    return renamed, copies, log
+
+
+def _examples(items: Sequence[str], n: int = 10) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" ... ({len(items) - n} more)" if len(items) > n else "")
+
+
 def _consolidate(
     out: Path,
     units: list[dict],
     metas: dict[str, dict],
     bad_paths: list[tuple[str, str]],
     config: PrepareConfig,
-    excluded: set[str],
+    excluded: list[str],
     workers: int,
     summary: PrepareSummary,
     log: _Log,
@@ -728,13 +865,25 @@ def _consolidate(
     filtered: dict[str, int] = {}
     inputs_skipped = len(bad_paths)
     chains_read = 0
-    seen: dict[str, str] = {}
+    renamed, copies, renames = _unique_structure_ids(units, metas, norm)
+    generic = [(u["path"], metas[u["key"]]["ignored_entry"]) for u in units
+               if u["kind"] == "file" and metas[u["key"]].get("ignored_entry") and metas[u["key"]]["ids"]]
+    if generic:
+        log(f"ids: {len(generic)} structure files name themselves with a generic or non-archive entry name (mmCIF "
+            f"block name / PDB HEADER id, not a PDB or AlphaFold DB id); their chains are named after the file instead: "
+            + _examples([f"{Path(p).name} ({name!r})" for p, name in generic]))
+    if renames:
+        log(f"ids: {len(renames)} structure files use an entry id that another input file uses for a different chain "
+            f"(decoys or models sharing a HEADER / block name, or files of the same name); renamed after the file: "
+            + _examples([f"{Path(p).name}: {old} -> {new}" for p, old, new in renames]), logging.WARNING)
+    seen: dict[str, tuple[str, Any]] = {}
     ids: list[str] = []
     sources: list[str] = []
     lengths_list: list[np.ndarray] = []
     keep_masks: list[np.ndarray] = []
-    for u in units:
+    for ui, u in enumerate(units):
         meta = metas[u["key"]]
+        digests = meta.get("digests") or [None] * len(meta["ids"])
         chains_read += int(meta["chains_read"])
         for kind, inp, reason in meta["skipped"]:
             skipped_rows.append((inp, reason))
@@ -743,14 +892,24 @@ def _consolidate(
             else:
                 filtered[kind] = filtered.get(kind, 0) + 1
         keep = np.ones(len(meta["ids"]), dtype=bool)
-        for j, (cid, src) in enumerate(zip(meta["ids"], meta["sources"])):
+        for j, (cid, src) in enumerate(zip(renamed.get(ui, meta["ids"]), meta["sources"])):
             key = norm(cid)
+            if (ui, j) in copies:  # the same chain as one read before (see _unique_structure_ids)
+                keep[j] = False
+                filtered[DUPLICATE] = filtered.get(DUPLICATE, 0) + 1
+                old = meta["ids"][j]
+                skipped_rows.append((f"{old} [{src}]", f"{DUPLICATE}: {old} already read from {copies[(ui, j)]} "
+                                                       "(the same sequence and coordinates; kept the first)"))
+                continue
             if key in seen:
                 keep[j] = False
                 filtered[DUPLICATE] = filtered.get(DUPLICATE, 0) + 1
-                skipped_rows.append((f"{cid} [{src}]", f"{DUPLICATE}: {cid} already read from {seen[key]} (kept the first)"))
+                first_src, first_digest = seen[key]
+                same = None if first_digest is None or digests[j] is None else first_digest == digests[j]
+                what = {True: "the same sequence and coordinates", False: "a different chain", None: "not compared"}[same]
+                skipped_rows.append((f"{cid} [{src}]", f"{DUPLICATE}: {cid} already read from {first_src} ({what}; kept the first)"))
                 continue
-            seen[key] = src
+            seen[key] = (src, digests[j])
             ids.append(cid)
             sources.append(src)
             if "seqres_inserted" in meta:
@@ -808,7 +967,8 @@ def _consolidate(
     else:
         codes, clusters = _splits.random_split(ids, config), None
     del seq_mm, crd_mm
-    n_found = _splits.apply_exclusions(ids, codes, excluded, norm, clusters)
+    match = _splits.apply_exclusions(ids, codes, excluded, norm, clusters)
+    n_found = match.n_found
     split_counts = {name: int((codes == k).sum()) for k, name in enumerate(_splits.SPLIT_NAMES)}
 
     for name in tmp:
@@ -818,6 +978,12 @@ def _consolidate(
     for k, name in enumerate(_splits.SPLIT_NAMES):
         store.write_id_list(out / store.SPLITS_DIR / f"{name}.txt", (c for c, s in zip(ids, codes) if s == k))
     store.write_tsv(out / store.SKIPPED_FILE, store.SKIPPED_HEADER, skipped_rows)
+    unmatched = match.unmatched
+    if unmatched:  # an id list (read_id_list reads it back), each id with what became of it
+        notes = {e: f"excluded {c} instead ({how})" for e, c, how in match.near}
+        notes.update({e: f"ambiguous, nothing excluded: {', '.join(cs)}" for e, cs in match.ambiguous})
+        store.atomic_write_text(out / store.EXCLUDE_UNMATCHED_FILE, "".join(
+            f"{e}\t# {notes.get(e, 'not in the dataset')}\n" for e in unmatched))
 
     summary.chains_read = chains_read
     summary.seqres_mode = config.seqres
@@ -827,9 +993,24 @@ def _consolidate(
     summary.chains_filtered = dict(sorted(filtered.items()))
     summary.excluded_ids_found = n_found
     summary.excluded_ids_listed = len(excluded)
+    summary.excluded_ids_unmatched = len(unmatched)
+    summary.excluded_near_misses = [f"{e} -> {c} ({how})" for e, c, how in match.near]
+    summary.files_generic_entry = len(generic)
+    summary.files_renamed = len(renames)
     summary.splits = split_counts
-    if excluded and n_found < len(excluded):
-        log(f"{len(excluded) - n_found} of {len(excluded)} excluded ids are not in the dataset (nothing to exclude for them)")
+    if unmatched:
+        log(f"exclude: {len(unmatched)} of {len(excluded)} listed ids match no chain exactly; all are in "
+            f"{out / store.EXCLUDE_UNMATCHED_FILE} with what became of each", logging.WARNING)
+        for e, c, how in match.near[:_MAX_LOGGED]:
+            log(f"exclude: {e} matches no chain exactly; excluded {c} instead ({how}, the only near match)", logging.WARNING)
+        for e, cs in match.ambiguous[:_MAX_LOGGED]:
+            log(f"exclude: {e} matches no chain exactly and several loosely ({', '.join(cs)}); none excluded", logging.WARNING)
+        n_more = max(0, len(match.near) - _MAX_LOGGED) + max(0, len(match.ambiguous) - _MAX_LOGGED)
+        if n_more:
+            log(f"exclude: {n_more} more near misses (see {store.EXCLUDE_UNMATCHED_FILE})", logging.WARNING)
+        if match.missing:
+            log(f"exclude: {len(match.missing)} listed ids are not in the dataset (nothing to exclude for them): "
+                + _examples(match.missing, 20))
     if not ids:
         log("WARNING: no chain passed; the dataset is empty (see skipped.tsv)", logging.WARNING)
 
@@ -848,6 +1029,10 @@ def _consolidate(
             "inputs_skipped": inputs_skipped,
             "chains_filtered": summary.chains_filtered,
             "excluded_ids_found": n_found,
+            "excluded_ids_unmatched": len(unmatched),
+            "excluded_near_misses": len(match.near),
+            "files_generic_entry": len(generic),
+            "files_renamed": len(renames),
             **({"seqres_residues_inserted": summary.seqres_residues_inserted,
                 "seqres_chains_filled": summary.seqres_chains_filled,
                 "seqres_unavailable": len(summary.seqres_unavailable)} if config.seqres != "off" else {}),
@@ -931,12 +1116,12 @@ def prepare(
     logger = _Log(log)
 
     # fail fast on things that would only break at the end
-    excluded: set[str] = set()
+    excluded: dict[str, None] = {}  # in list order (a set would make the report's order vary between runs)
     for f in config.exclude_files:
         if not Path(f).is_file():
             raise PrepareError(f"exclude file {f} does not exist")
         try:
-            excluded.update(read_id_list(f))
+            excluded.update(dict.fromkeys(read_id_list(f)))
         except Exception as e:  # noqa: BLE001 - StructureReadError
             raise PrepareError(f"cannot read exclude file {f}: {getattr(e, 'reason', e)}") from None
     if config.split == "identity" and not _splits.mmseqs_available():
@@ -1034,5 +1219,5 @@ def prepare(
                 _run_parallel(pending, filters, parts_dir, workers, on_done, logger)
         finally:
             bar.close()
-        _consolidate(out, units, metas, bad_paths, config, excluded, workers, summary, logger, t0)
+        _consolidate(out, units, metas, bad_paths, config, list(excluded), workers, summary, logger, t0)
     return summary

@@ -5,15 +5,21 @@
 * ``identity``: sequences are clustered with MMseqs2 at ``split_identity``; whole clusters are
   assigned by the seeded hash of the cluster representative's id, so a cluster never crosses splits.
 
-Chains named in exclusion lists are forced into ``test`` (they must never reach train).
+Chains named in exclusion lists are forced into ``test`` (they must never reach train). Ids are
+matched exactly first (after ``normalize_chain_id``: chain ids are case-sensitive, as in the PDB); a
+listed id that matches no chain exactly but exactly one chain when case and the separators ``_ - . :``
+are ignored (``1zfd_n`` vs ``1ZFD.N``) excludes that chain too: missing a leak is worse than sending
+one chain too many to test. The caller logs such near misses by name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -140,24 +146,93 @@ def identity_split(
     return codes, len(cache), rep
 
 
+_SEPARATORS = re.compile(r"[-_.:]")
+
+
+def loose_id(chain_id: str) -> str:
+    """A chain id with case and the separators ``_ - . :`` ignored (for near-miss matching only)."""
+    return _SEPARATORS.sub(".", chain_id.strip().casefold())
+
+
+def _difference(listed: str, chain_id: str) -> str:
+    if listed.casefold() == chain_id.casefold():
+        return "differs in case"
+    if _SEPARATORS.sub(".", listed) == _SEPARATORS.sub(".", chain_id):
+        return "differs in separator"
+    return "differs in case and separator"
+
+
+@dataclass
+class ExclusionMatch:
+    """How the ids of exclusion lists matched a dataset's chains (see :func:`apply_exclusions`)."""
+
+    #: [N] bool: chains forced into test by the lists (exact and near matches; not their clusters)
+    hit: np.ndarray
+    #: listed ids matching no chain exactly but exactly one loosely: (listed, chain id excluded, how)
+    near: list[tuple[str, str, str]] = field(default_factory=list)
+    #: listed ids matching no chain exactly and several loosely: (listed, [chain ids]); none excluded
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: listed ids matching no chain at all
+    missing: list[str] = field(default_factory=list)
+    #: listed ids matching no chain exactly (near misses, ambiguous and missing ones), in list order
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def n_found(self) -> int:
+        """Chains forced into test by the lists (before whole clusters follow them)."""
+        return int(self.hit.sum())
+
+
+def match_exclusions(ids: Sequence[str], excluded: Iterable[str], normalize: Callable[[str], str]) -> ExclusionMatch:
+    """Which chains the listed ids ``excluded`` (already normalised; pass them in list order, not as a
+    set, for a reproducible report) name: exactly (``normalize(id)``
+    or the id itself is listed), else, for an id matching nothing exactly, the one chain whose
+    :func:`loose_id` is the same (several: ambiguous, none excluded)."""
+    listed = list(dict.fromkeys(excluded))
+    wanted = set(listed)
+    hit = np.zeros(len(ids), dtype=bool)
+    matched: set[str] = set()
+    for i, c in enumerate(ids):
+        n = normalize(c)
+        for key in (n, c):
+            if key in wanted:
+                hit[i] = True
+                matched.add(key)
+    rest = [e for e in listed if e not in matched]
+    out = ExclusionMatch(hit=hit, unmatched=rest)
+    if not rest:
+        return out
+    loose: dict[str, list[int]] = {}
+    for i, c in enumerate(ids):
+        loose.setdefault(loose_id(c), []).append(i)
+    for e in rest:
+        cands = loose.get(loose_id(e), [])
+        if len(cands) == 1:
+            hit[cands[0]] = True
+            out.near.append((e, ids[cands[0]], _difference(e, ids[cands[0]])))
+        elif cands:
+            out.ambiguous.append((e, [ids[i] for i in cands]))
+        else:
+            out.missing.append(e)
+    return out
+
+
 def apply_exclusions(
     ids: Sequence[str],
     codes: np.ndarray,
     excluded: Iterable[str],
     normalize: Callable[[str], str],
     clusters: np.ndarray | None = None,
-) -> int:
-    """Force chains whose (normalised) id is in ``excluded`` into test, in place; returns how many.
+) -> ExclusionMatch:
+    """Force chains named in ``excluded`` into test, in place (matching: :func:`match_exclusions`);
+    returns the match (``.n_found`` chains forced, near misses, unmatched ids).
 
     With ``clusters`` (representative index per chain, from an identity split) the excluded
     chains' whole clusters move to test as well, so no homologue of an excluded chain (at the
     clustering identity) stays in train.
     """
-    excluded = set(excluded)
-    if not excluded:
-        return 0
-    hit = np.array([normalize(c) in excluded or c in excluded for c in ids], dtype=bool)
-    codes[hit] = TEST
-    if clusters is not None and hit.any():
-        codes[np.isin(clusters, np.unique(clusters[hit]))] = TEST
-    return int(hit.sum())
+    m = match_exclusions(ids, excluded, normalize)
+    codes[m.hit] = TEST
+    if clusters is not None and m.hit.any():
+        codes[np.isin(clusters, np.unique(clusters[m.hit]))] = TEST
+    return m

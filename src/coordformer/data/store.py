@@ -36,6 +36,8 @@ OFFSETS_FILE = "offsets.npy"
 CHAINS_FILE = "chains.tsv"
 SKIPPED_FILE = "skipped.tsv"
 LOG_FILE = "prepare.log"
+#: Ids of the --exclude lists that match no chain exactly (written only when there are any).
+EXCLUDE_UNMATCHED_FILE = "exclude_unmatched.txt"
 SPLITS_DIR = "splits"
 WORK_DIR = ".work"
 SPLIT_NAMES = ("train", "valid", "test")
@@ -44,7 +46,8 @@ SKIPPED_HEADER = ("input", "reason")
 PLDDT_FILE = "plddt.npy"
 ARRAY_FILES = (SEQ_FILE, COORDS_FILE, OFFSETS_FILE)
 #: Every file/folder a finished dataset consists of (what ``overwrite`` removes).
-DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, PLDDT_FILE, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR)
+DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, PLDDT_FILE, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR,
+                   EXCLUDE_UNMATCHED_FILE)
 
 
 class UnknownSplitError(CoordformerError, KeyError):
@@ -85,7 +88,7 @@ def write_tsv(path: str | Path, header: Iterable[str], rows: Iterable[Iterable[A
 
 
 def read_tsv(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a file saved by a Windows editor starts with a BOM
         lines = f.read().splitlines()
     if not lines:
         return [], []
@@ -128,7 +131,7 @@ class PreparedDataset:
             hint = " (an unfinished run? re-run prepare with the same arguments to finish it)" if (d / WORK_DIR).exists() else ""
             raise DatasetFormatError(f"{d}: no {MANIFEST}; not a finished prepared dataset{hint}")
         try:
-            self.manifest: dict[str, Any] = json.loads(mpath.read_text())
+            self.manifest: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as e:
             raise DatasetFormatError(f"{mpath}: unreadable manifest ({e})") from e
         version = self.manifest.get("format_version")
@@ -250,7 +253,7 @@ class PreparedDataset:
             f = self.path / SPLITS_DIR / f"{name}.txt"
             if not f.is_file():
                 raise UnknownSplitError(f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}")
-            ids = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+            ids = [ln.strip() for ln in f.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
             try:
                 idx = [self.index_of(c) for c in ids]
             except KeyError as e:

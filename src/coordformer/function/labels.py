@@ -103,7 +103,7 @@ def _new_chain_id(path: str | Path, lineno: int, raw: str, first_seen: dict[str,
 
 def _read_lines(path: str | Path) -> list[str]:
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        return Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark would hide the first id
     except FileNotFoundError:
         raise FunctionDataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:

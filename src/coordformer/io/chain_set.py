@@ -33,6 +33,7 @@ from coordformer.io.structures import (
     _detect_format,
     _open_binary,
     _short,
+    _strip_bom,
     is_structure_file,
     normalize_chain_id,
 )
@@ -208,9 +209,21 @@ def _gunzip_blocks(raw) -> Iterator[bytes]:
 
 
 def _lines(path: str | Path) -> Iterator[bytes]:
-    """Lines (with their newline) of a plain or gzipped file. Opening errors raise
-    StructureReadError; a truncated / corrupt gzip stream yields every complete line
-    that precedes the damage, then raises _CorruptData (the partial line is dropped)."""
+    """Lines (with their newline) of a plain or gzipped file, the first without a UTF-8 byte-order
+    mark. Opening errors raise StructureReadError; a truncated / corrupt gzip stream yields every
+    complete line that precedes the damage, then raises _CorruptData (the partial line is dropped)."""
+    lines = _raw_lines(path)
+    try:
+        first = next(lines, None)
+        if first is None:
+            return
+        yield _strip_bom(first)
+        yield from lines
+    finally:
+        lines.close()
+
+
+def _raw_lines(path: str | Path) -> Iterator[bytes]:
     src = str(path)
     try:
         raw = open(path, "rb")
@@ -403,6 +416,7 @@ def _sniff_structure(path: Path) -> bool:
             head = fh.read(1 << 16)
     except (StructureReadError, *_DECOMPRESS_ERRORS):
         return False
+    head = _strip_bom(head)
     return b"\x00" not in head and _detect_format(path.name, head) is not None
 
 

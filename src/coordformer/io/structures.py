@@ -28,6 +28,7 @@ __all__ = [
     "STRUCTURE_SUFFIXES",
     "read_structure",
     "SEQRES_MODES",
+    "is_archive_id",
     "is_structure_file",
     "normalize_chain_id",
     "read_id_list",
@@ -54,6 +55,15 @@ _PROTEIN_TYPES = (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD)
 #: HEADER id codes that are placeholders rather than real PDB ids (ASTRAL writes 0000).
 _PLACEHOLDER_IDS = {"", "0000", "XXXX", "NONE", "NULL"}
 _PDB_ID_RE = re.compile(r"^[0-9][A-Za-z0-9]{3}$")
+#: Entry names a file may give itself (PDB HEADER id code, mmCIF data block name) that identify one
+#: structure: a PDB id (1ABC), an extended PDB id (pdb_00001abc), an AlphaFold DB id (AF-P69905-F1,
+#: optionally -model_v4). Anything else (data_model, data_s, a decoy's made-up HEADER) is not trusted.
+_ARCHIVE_ID_RE = re.compile(
+    r"^(?:[0-9][A-Za-z0-9]{3}|pdb_[0-9]{5}[A-Za-z0-9]{3}|AF-[A-Za-z0-9]{6,10}-F[0-9]+(?:-model_v[0-9]+)?)$",
+    re.IGNORECASE,
+)
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _PDB_CHAIN_RE = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_:](\S+)$")
 
 # One 8-column PDB coordinate field: digits, spaces, '.', sign, with at least one digit.
@@ -98,6 +108,10 @@ class Chain:
     #: file has no coordinates for (inserted by ``read_structure(seqres=...)``); None = not known
     #: (every residue came from the coordinates).
     observed: np.ndarray | None = None
+    #: The entry name the file gives itself (mmCIF data block name, PDB HEADER id code) when ``id``
+    #: does not use it because it is not an archive id (:func:`is_archive_id`): the entry part of
+    #: ``id`` is then the file name. None when the file's own name was used, or it had none.
+    ignored_entry: str | None = None
 
     def __post_init__(self) -> None:
         self.coords = np.asarray(self.coords, dtype=np.float32)
@@ -163,8 +177,15 @@ def _open_binary(path: str | Path) -> BinaryIO:
     return raw
 
 
+def _strip_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark (Windows editors write one; it would hide
+    the first record or id)."""
+    return data[3:] if data.startswith(_UTF8_BOM) else data
+
+
 def _read_bytes(path: str | Path) -> bytes:
-    """Whole (decompressed) content of a file; errors become StructureReadError."""
+    """Whole (decompressed) content of a file, without a leading UTF-8 byte-order mark (every text
+    reader here goes through this or :func:`_strip_bom`); errors become StructureReadError."""
     src = str(path)
     try:
         with open(path, "rb") as fh:
@@ -176,7 +197,7 @@ def _read_bytes(path: str | Path) -> bytes:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
             raise StructureReadError(src, f"corrupt or truncated gzip data ({e})") from None
-    return data
+    return _strip_bom(data)
 
 
 def _detect_format(name: str, data: bytes) -> str | None:
@@ -210,6 +231,17 @@ def _file_stem(path: str | Path) -> str:
 
 def _normalize_entry(entry: str) -> str:
     return entry.upper() if _PDB_ID_RE.match(entry) else entry
+
+
+def is_archive_id(name: str) -> bool:
+    """Whether an entry name a file gives itself (mmCIF ``data_`` block name, PDB HEADER id code)
+    identifies one structure, so chains can be named after it: a PDB id (a digit and three letters
+    or digits, not the placeholder 0000), an extended PDB id (``pdb_00001abc``) or an AlphaFold DB
+    id (``AF-P69905-F1``, optionally ``-model_v4``). Structure predictors and modelling tools write
+    the same name into every file (``data_model``, ``data_s``, a shared HEADER), so any other name
+    is ignored and the file name used instead (see :func:`read_structure`)."""
+    name = name.strip()
+    return bool(_ARCHIVE_ID_RE.match(name)) and name.upper() not in _PLACEHOLDER_IDS
 
 
 # --------------------------------------------------------------------------- parsing
@@ -457,6 +489,11 @@ def read_structure(path: str | Path, chains: Sequence[str] | None = None, seqres
     with the highest occupancy (the first on ties); point-mutation alternatives: the residue
     with the highest occupancy. Waters, ligands and nucleic-acid chains are skipped.
 
+    Chain ids are ``ENTRY.CHAIN`` (author chain id). ENTRY is the file's own entry name (PDB
+    HEADER id code, mmCIF data block name) when it is an archive id (:func:`is_archive_id`: a PDB,
+    extended PDB or AlphaFold DB id), else the file name without its endings (``pdb1abc.ent.gz``
+    -> 1abc); an ignored name is kept in ``Chain.ignored_entry``. PDB ids are upper-cased.
+
     ``chains`` selects author chain ids (case-sensitive); requested chains that are absent
     are ignored, but an error is raised if none of them is a protein chain of the file.
 
@@ -497,13 +534,18 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
     if fmt is None:
         raise StructureReadError(src, "unrecognised format (neither PDB nor mmCIF)")
     if fmt == "cif":
-        st, entry = _parse_cif(src, data)
+        st, named = _parse_cif(src, data)
     else:
         st = _parse_pdb(src, data)
-        entry = st.info["_entry.id"].strip() if "_entry.id" in st.info else ""
-        if entry.upper() in _PLACEHOLDER_IDS:
-            entry = ""
-    entry = _normalize_entry(entry or _file_stem(src))
+        named = st.info["_entry.id"] if "_entry.id" in st.info else ""
+    named = named.strip()
+    ignored = None
+    if is_archive_id(named):
+        entry = _normalize_entry(named)
+    else:  # a generic or made-up name (data_model): the file name tells files apart
+        entry = _normalize_entry(_file_stem(src))
+        if named and named.upper() not in _PLACEHOLDER_IDS and named.lower() != entry.lower():
+            ignored = named
 
     if len(st) == 0:
         raise StructureReadError(src, "no models / no atoms found")
@@ -541,6 +583,7 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
                 chain = (_insert_unobserved(chain, residues, full, parents, seqres) if full else None) or chain
             except Exception:  # noqa: BLE001 - an odd deposited sequence must not lose the modelled chain
                 pass  # kept as modelled (observed None), counted as without a usable deposited sequence
+        chain.ignored_entry = ignored
         out.append(chain)
     if not protein_names:
         raise StructureReadError(src, "no protein chain")
@@ -584,11 +627,15 @@ def read_id_list(path: str | Path) -> list[str]:
     field of each line, normalised with :func:`normalize_chain_id`. Blank lines and '#'
     comments are ignored; duplicates are dropped (first occurrence kept).
 
+    A UTF-8 byte-order mark is dropped and a UTF-16 file (with its byte-order mark, as Windows
+    tools save "Unicode text") is decoded as such, so neither hides the first id.
+
     Raises StructureReadError if the file cannot be read.
     """
     src = str(path)
     try:
-        text = _read_bytes(path).decode("utf-8", "replace")
+        data = _read_bytes(path)
+        text = data.decode("utf-16") if data.startswith(_UTF16_BOMS) else data.decode("utf-8", "replace")
     except StructureReadError:
         raise
     except Exception as e:
