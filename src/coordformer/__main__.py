@@ -2,6 +2,10 @@
 
 import sys
 
-from .cli import main
+from .interrupts import install
+
+install()  # before the imports below: Ctrl-C during them exits with one line, not a traceback
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

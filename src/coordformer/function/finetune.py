@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from torch import nn
 from ..config import _Record
 from ..data.batching import BatchSettings, MaskedBatches, token_budget_batches
 from ..data.store import PreparedDataset
-from ..errors import UsageError
+from ..errors import TrainingInterrupted, UsageError
 from .labels import TASKS, function_dataset, read_annotations, read_identity_bins, read_split
 from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
 
@@ -216,13 +217,41 @@ def _feature_loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
 
 def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig,
              device: str = "cpu", progress: bool = True, echo=print, command: str = "") -> dict:
-    """Train a function head; returns metrics (also written to ``out_dir``/metrics.json)."""
+    """Train a function head; returns metrics (also written to ``out_dir``/metrics.json).
+
+    Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: checkpoints/last.ckpt is written at
+    the next step boundary and ``TrainingInterrupted`` is raised (outside training steps: at once).
+    The same call then resumes: stages that finished (the linear probe, a head) are kept, the
+    interrupted one continues from last.ckpt (its epoch's batches are drawn afresh, so not bit for
+    bit the uninterrupted run).
+    """
+    from ..train.run import _Interrupted, _StopOnSignal, _signal_name
+
+    stop = None
+    if threading.current_thread() is threading.main_thread():
+        stop = _StopOnSignal(Path(out_dir) / "checkpoints" / "last.ckpt")
+        stop.install()
+    try:
+        return _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg, device, progress, echo, command, stop)
+    except _Interrupted as e:  # outside a training step: nothing new to save
+        raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)} outside a training step: nothing new to save",
+                                  e.signum, resumable=(Path(out_dir) / "checkpoints" / _RESUME).exists()) from None
+    finally:
+        if stop is not None:
+            stop.uninstall()
+
+
+#: In checkpoints/ while a run is unfinished: its settings, the stage running, the stages finished.
+_RESUME = "resume.json"
+
+
+def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, device, progress, echo, command, stop) -> dict:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from ..model import CoordFormer
     from ..model.checkpoints import load_model
-    from ..train.run import _quiet_lightning
+    from ..train.run import _Interrupted, _quiet_lightning, _signal_name
     from .embed import iter_pooled
 
     _quiet_lightning()
@@ -230,6 +259,19 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
     if (out / "metrics.json").exists():
         raise UsageError(f"{out} already holds a finished fine-tuning run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    last, state_file = out / "checkpoints" / "last.ckpt", out / "checkpoints" / _RESUME
+    state = {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "running": None, "finished": {}}
+    if state_file.exists():  # an interrupted run: same settings, then go on from where it stopped
+        old = json.loads(state_file.read_text())
+        changed = [k for k, v in state["config"].items() if old.get("config", {}).get(k) != v]
+        changed += ["checkpoint"] if old.get("checkpoint") != state["checkpoint"] else []
+        if changed:
+            raise UsageError(f"{out} holds an interrupted fine-tuning run with different {', '.join(changed)}; "
+                             "re-run its own command to resume it, or choose another --out")
+        state = old
+        echo(f"resuming the interrupted run in {out}: " + ", ".join(
+            [f"{n} finished" for n in state["finished"]] +
+            ([f"{state['running']} from {last}"] if state["running"] and last.exists() else [])))
     L.seed_everything(cfg.seed, verbose=False)
     files = deepfri_files(labels_dir, cfg.task)
     labels = read_annotations(files["annot"], cfg.task)
@@ -256,20 +298,49 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
     accelerator = "gpu" if device.startswith("cuda") else "mps" if device == "mps" else "cpu"
     train_y = splits["train"][2]
 
+    def save_state(**changes) -> None:
+        state.update(changes)
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=2))
+
     def fit(module: FunctionModule, loaders: dict, max_epochs: int, name: str, patience: int, extra=()) -> tuple[int, str]:
         """Train with early stopping on validation Fmax; leaves ``module`` holding its best epoch's
         weights. Returns (epochs run, path of checkpoints/<name>.ckpt)."""
+        if name in state["finished"]:  # finished before the run was interrupted
+            done = state["finished"][name]
+            module.load_state_dict(torch.load(done["best"], map_location="cpu", weights_only=False)["state_dict"])
+            module.best_fmax = done["best_fmax"]
+            return done["epochs_run"], done["best"]
+        ckpt_path = str(last) if state["running"] == name and last.exists() else None
+        save_state(running=name)
         callbacks = [EarlyStopping("valid_fmax", mode="max", patience=patience),
                      ModelCheckpoint(out / "checkpoints", filename=name, monitor="valid_fmax", mode="max", save_top_k=1),
-                     *extra]
+                     *extra, *([stop] if stop is not None else [])]
         trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1,
                             precision=precision, callbacks=callbacks,
                             logger=CSVLogger(out, name="logs" if name == "best" else f"logs_{name}"),
                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                             log_every_n_steps=1)
-        trainer.fit(module, loaders["train"], loaders["valid"])
+        try:
+            trainer.fit(module, loaders["train"], loaders["valid"], ckpt_path=ckpt_path)
+        except _Interrupted:
+            if stop.stopped_at is None:  # setting up, or a second Ctrl-C part-way through a step
+                raise
+        if stop is not None:
+            stop.wrap_up()
+            if stop.stopped_at is not None:
+                raise TrainingInterrupted(f"stopped by {_signal_name(stop.stopped_by)}: saved {last} at step "
+                                          f"{stop.stopped_at} ({name} stage)", stop.stopped_by, step=stop.stopped_at,
+                                          checkpoint=str(last), resumable=True)
         best_path = callbacks[1].best_model_path
         module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
+        if ckpt_path is not None and callbacks[1].best_model_score is not None:  # validations before the resume count
+            module.best_fmax = max(module.best_fmax, float(callbacks[1].best_model_score))
+        save_state(running=None, finished={**state["finished"], name: {
+            "epochs_run": trainer.current_epoch, "best": best_path, "best_fmax": module.best_fmax}})
+        last.unlink(missing_ok=True)  # this stage's resume point, spent
+        if stop is not None and stop.received:  # came during the stage's last step; the stage is kept
+            raise _Interrupted(stop.received)
         return trainer.current_epoch, best_path
 
     def frozen_features() -> dict:
@@ -332,6 +403,7 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
         "finetune": cfg.to_dict(), "checkpoint": str(checkpoint), "model": model.config.to_dict(), "use_coords": use_coords,
         "labels": {k: str(v) for k, v in files.items()}, "data": str(data_dir), "data_report": report,
         "n_classes": n_classes, "command": command}, indent=2))
+    state_file.unlink(missing_ok=True)  # finished: nothing to resume
     return metrics
 
 

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
-from ..errors import UsageError
+from ..errors import TrainingInterrupted, UsageError
 from .mlm import MaskedLMModule
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def _quiet_lightning() -> None:
     import warnings
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.checkpoint_connector",
+                 "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": we say what we did
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*weights_only.*")
@@ -104,63 +105,126 @@ class _ConfigWriter(Callback):
             (self.out / "config.json").write_text(json.dumps(self.payload, indent=2))
 
 
-class _SlurmRequeue(Callback):
-    """SLURM's warning signal (``#SBATCH --signal=SIGUSR1@90``): checkpoint at the next optimizer-step
-    boundary, ``scontrol requeue`` the job, stop.
+class _Interrupted(BaseException):
+    """Raised from the signal handler where stopping at once loses nothing (setting up, wrapping up)
+    or on a second Ctrl-C. Lightning re-raises it as it is (a KeyboardInterrupt it would turn into
+    exit status 1)."""
 
-    Lightning's own handler saves from inside the signal handler, wherever the step happens to be (e.g.
-    after the weights moved but before the step counter did), so a run resumed from it is not the run that
-    would have been (measured: weights 6e-3 off after 150 steps). Here the handler only sets a flag;
-    rank 0's flag is broadcast so every rank saves at the same step, and ``last.ckpt`` is written so the
-    requeued job resumes from it like any other restart, exactly.
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignal(Callback):
+    """Ctrl-C (SIGINT), SIGTERM (pre-emption, ``kill``, ``scancel``) and, under SLURM, the warning
+    signal SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``): checkpoint at the next optimizer-step boundary
+    and stop; after SIGUSR1 also ``scontrol requeue`` the job.
+
+    Lightning's own handlers act inside the step: its SLURM handler saves from inside the signal
+    handler, wherever the step happens to be (e.g. after the weights moved but before the step counter
+    did), so a run resumed from it is not the run that would have been (measured: weights 6e-3 off
+    after 150 steps); its SIGTERM handler raises SystemExit at the next batch, saving nothing, with
+    exit status 0; Ctrl-C ends in exit status 1, saving nothing. Here, during training, the handler
+    only sets a flag; rank 0's flag is broadcast so every rank saves at the same step, and ``last.ckpt``
+    is written so a re-run resumes from it like any other restart, exactly.
+
+    Outside the training loop (loading, setting up; the final validation) SIGINT and SIGTERM raise
+    ``_Interrupted`` at once: nothing done there is lost that a re-run does not redo. A second Ctrl-C
+    before the step ends does the same.
     """
 
-    def __init__(self, last: Path):
-        self.last = last
-        self.requested = False
-        self.requeued_at: int | None = None
-        self.requeue_ok = False
-        self._step_seen = -1
-        self._previous = None
-
-    def install(self) -> None:
-        """Take over SIGUSR1 (from the main thread: only it can set signal handlers)."""
+    def __init__(self, last: Path, requeue: bool = False):
         import signal
 
-        self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+        self.last = last
+        self.signals = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR1,) if requeue else ())
+        self.received = 0  # the first signal number this process got (0: none)
+        self.stopped_by = 0  # the one acted on (rank 0's)
+        self.stopped_at: int | None = None  # the step last.ckpt was written at
+        self.requeue_ok = False
+        self.started = False  # the training loop began (on_train_start)
+        self.wrapped_up = False  # fit returned
+        self._saving = False
+        self._step_seen = -1
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        """Take over the signals (from the main thread: only it can set signal handlers); one this
+        process was started with ignored (Ctrl-C for a background job of a script) stays ignored."""
+        import signal
+
+        for s in self.signals:
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                self._previous[s] = signal.signal(s, self._on_signal)
 
     def uninstall(self) -> None:
         import signal
 
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-            self._previous = None
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def wrap_up(self) -> None:
+        """Training is over (fit returned): from now on SIGINT/SIGTERM stop at once."""
+        self.wrapped_up = True
 
     def _on_signal(self, signum, frame) -> None:
-        self.requested = True
+        import signal
+
+        if signum == signal.SIGUSR1 or self._saving:
+            self.received = self.received or signum
+            return
+        if not self.started or self.wrapped_up or (self.received and signum == signal.SIGINT):
+            raise _Interrupted(signum)
+        self.received = self.received or signum
 
     def on_train_start(self, trainer, pl_module):
+        import signal
+
+        # Lightning's fit put its own SIGTERM handler in place after install() (and puts ours back
+        # when it ends)
+        if signal.SIGTERM in self._previous and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+        self.started, self.wrapped_up = True, False
         # the step the run (re)starts at is not a boundary reached by training: with gradient
         # accumulation, a checkpoint after the first micro-batch would not resume exactly
         self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import signal
+
         if trainer.global_step == self._step_seen:  # mid gradient accumulation: not a step boundary
             return
         self._step_seen = trainer.global_step
-        requested = self.requested
+        received = self.received
         if trainer.world_size > 1:
-            requested = bool(trainer.strategy.broadcast(requested, 0))
-        if not requested or self.requeued_at is not None:
+            received = int(trainer.strategy.broadcast(received, 0))
+        if not received or self.stopped_at is not None:
             return
-        trainer.save_checkpoint(self.last)
-        self.requeued_at = trainer.global_step
+        self.save(trainer)
+        self.stopped_by, self.stopped_at = received, trainer.global_step
         trainer.should_stop = True
-        # Lightning validates when asked to stop; not now: the job has seconds left, and best.ckpt
-        # must not get ahead of the state saved in last.ckpt
+        # Lightning validates when asked to stop; not now: time may be short (pre-emption, a
+        # requeue), and best.ckpt must not get ahead of the state saved in last.ckpt
         trainer.limit_val_batches = 0
-        if trainer.is_global_zero:
+        if received == signal.SIGUSR1 and trainer.is_global_zero:
             self.requeue_ok = _scontrol_requeue()
+
+    def save(self, trainer) -> None:
+        self._saving = True  # a signal now waits for the checkpoint to be written
+        try:
+            trainer.save_checkpoint(self.last)
+        finally:
+            self._saving = False
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _scontrol_requeue() -> bool:
@@ -206,7 +270,39 @@ def pretrain(
     resumes from checkpoints/last.ckpt (same data order given the seed). Returns the summary dict.
     ``init_state``: a CoordFormer state dict for ``model_config`` to start from (continued
     pretraining); ignored when resuming, since the checkpoint holds the weights then.
+
+    Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: last.ckpt is written at the next
+    optimizer-step boundary, summary.json says ``interrupted`` (signal and step), and
+    ``TrainingInterrupted`` is raised (before training starts: at once, nothing to save). Under
+    SLURM, SIGUSR1 checkpoints, requeues the job and returns ``stopped_for_requeue``.
     """
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # torchrun inside a SLURM job: Lightning then (rightly) takes ranks from torchrun, so leave it be
+    slurm = SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+    last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    stop = None
+    if threading.current_thread() is threading.main_thread():
+        stop = _StopOnSignal(last, requeue=slurm)
+        stop.install()
+    elif slurm:
+        log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
+    try:
+        return _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks,
+                         init_state, stop, slurm)
+    except _Interrupted as e:  # came while loading the data or setting up: nothing to save
+        raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)} before training started: nothing to save",
+                                  e.signum, resumable=last.exists(), report=getattr(rank_zero_only, "rank", 0) == 0) from None
+    finally:
+        if stop is not None:
+            stop.uninstall()
+
+
+def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks, init_state,
+              stop: _StopOnSignal | None, slurm: bool) -> dict:
+    import signal
+
     _quiet_lightning()
     data = PreparedDataset(data_dir)
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
@@ -247,8 +343,10 @@ def pretrain(
     val_batches = None if len(data.split_indices("valid")) else 0
     callbacks = [
         # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses little.
+        # No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal, the segment before
+        # a resume) instead of adding last-v1.ckpt, last-v2.ckpt, ... beside it at the end of training.
         ModelCheckpoint(dirpath=ckpt_dir, filename="periodic", every_n_train_steps=cfg.checkpoint_every_steps,
-                        save_top_k=0, save_last=True),
+                        save_top_k=0, save_last=True, enable_version_counter=False),
         _ConfigWriter(out, payload),
     ]
     if val_batches is None:
@@ -264,18 +362,13 @@ def pretrain(
 
         loggers.append(TensorBoardLogger(out, name="tensorboard"))
     plugins = []
-    requeue = None
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    if slurm:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    # torchrun inside a SLURM job: Lightning then (rightly) takes ranks from torchrun, so leave it be
-    if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
-        # our handler instead of Lightning's (see _SlurmRequeue)
+        # our handler instead of Lightning's (see _StopOnSignal)
         plugins.append(SLURMEnvironment(auto_requeue=False))
-        if threading.current_thread() is threading.main_thread():
-            requeue = _SlurmRequeue(last)
-            callbacks.append(requeue)
-        else:
-            log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
+    if stop is not None:
+        callbacks.append(stop)
     trainer = L.Trainer(
         plugins=plugins or None,
         accelerator=cfg.accelerator,
@@ -303,23 +396,47 @@ def pretrain(
         # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain keys, so
         # a checkpoint resumes, exports and loads the same with or without --compile.
         module.model.compile()
-    if requeue is not None:
-        requeue.install()
+    metrics = {}
     try:
         trainer.fit(module, datamodule=_DataModule(data, cfg), ckpt_path=ckpt_path)
-    finally:
-        if requeue is not None:
-            requeue.uninstall()
-    if requeue is not None and requeue.requeued_at is not None:
-        # not finished: the requeued job (the same command) resumes from last.ckpt
-        return {"is_global_zero": trainer.is_global_zero, "global_step": trainer.global_step,
-                "stopped_for_requeue": True, "requeued": requeue.requeue_ok, "checkpoint": str(last)}
-    # A final validation so the summary reports the model as it ended.
-    metrics = {}
-    if val_batches is None:
-        res = trainer.validate(module, datamodule=_DataModule(data, cfg), verbose=False)
-        metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
-    trainer.save_checkpoint(last)
+        if stop is not None:
+            stop.wrap_up()
+            if stop.stopped_by == signal.SIGUSR1:
+                # not finished: the requeued job (the same command) resumes from last.ckpt
+                return {"is_global_zero": trainer.is_global_zero, "global_step": trainer.global_step,
+                        "stopped_for_requeue": True, "requeued": stop.requeue_ok, "checkpoint": str(last)}
+            received = stop.received if stop.received != signal.SIGUSR1 else 0
+            if trainer.world_size > 1:
+                received = int(trainer.strategy.broadcast(received, 0))
+            if received and stop.stopped_at is None:  # came during the last step: training is complete
+                stop.save(trainer)
+                stop.stopped_by, stop.stopped_at = received, trainer.global_step
+        if stop is None or stop.stopped_at is None:
+            # A final validation so the summary reports the model as it ended.
+            if val_batches is None:
+                res = trainer.validate(module, datamodule=_DataModule(data, cfg), verbose=False)
+                metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
+            trainer.save_checkpoint(last)
+    except _Interrupted as e:
+        if stop.stopped_at is None and not stop.wrapped_up:  # setting up, or a second Ctrl-C part-way through a step
+            what = (f"a second {_signal_name(e.signum)} part-way through a step: nothing saved"
+                    + (" since the last periodic checkpoint" if last.exists() else "")) if stop.started else \
+                f"{_signal_name(e.signum)} before training started: nothing to save"
+            raise TrainingInterrupted(f"stopped by {what}", e.signum, resumable=last.exists(),
+                                      report=trainer.is_global_zero) from None
+        if stop.stopped_at is None:  # the final validation: training is complete
+            stop.save(trainer)
+            stop.stopped_by, stop.stopped_at = e.signum, trainer.global_step
+    if stop is not None and stop.stopped_at is not None:
+        name = _signal_name(stop.stopped_by)
+        summary = {"global_step": stop.stopped_at, "interrupted": {"signal": name, "step": stop.stopped_at},
+                   "train_minutes": module.train_seconds / 60.0, "skipped_steps": module.skipped_steps,
+                   "checkpoint": str(last)}
+        if trainer.is_global_zero:
+            (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
+        raise TrainingInterrupted(f"stopped by {name}: saved {last} at step {stop.stopped_at}", stop.stopped_by,
+                                  step=stop.stopped_at, checkpoint=str(last), resumable=True,
+                                  report=trainer.is_global_zero)
     summary = {
         "is_global_zero": trainer.is_global_zero,
         "global_step": trainer.global_step,
