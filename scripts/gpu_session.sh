@@ -111,37 +111,56 @@ sd)
   sleep 5; ls $RUNS
   ;;
 issue16)
-  minutes=${2:?minutes}
+  # Budget: the whole stage ends within DEADLINE seconds of its start (default 570, under a 600 s call),
+  # training included, so results always come back; what finished is copied to $OUT as it finishes.
+  minutes=${2:?minutes}; t0=$SECONDS; deadline=${DEADLINE:-570}
   P=${PRESET:-paper-33m}; DEV=${DEVICE:-cuda}; W=${WORKERS:-4}
-  [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { $0 setup || exit 1; }
+  # preflight: the package imports and the data are there, before any device time goes to training
+  python3 -c "import coordformer.cli, coordformer.train.run, coordformer.eval.mlm, coordformer.analysis.attention" \
+    || { echo "preflight: coordformer does not import; nothing started"; exit 3; }
+  [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && [ ! -d $DATA ] && { $0 setup || exit 1; }
+  [ -f $DATA/manifest.json ] || { echo "preflight: no dataset at $DATA"; exit 3; }
   C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
+  pids=""
   for n in paper-coords paper-nocoords; do
     flags=$([ $n = paper-nocoords ] && echo "--no-coords" || echo "--recipe fast")
     setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n $flags $C16 > $RUNS/$n.log 2>&1 < /dev/null &
+    pids="$pids $!"
   done
-  sleep 20; RUN_LIST="paper-coords paper-nocoords" $0 watch $((${minutes%.*} * 60 + 150)) | tail -4   # both finish (final validation included)
   E=$RUNS/eval; mkdir -p $E
-  cf export -c $RUNS/paper-coords/checkpoints/last.ckpt --out $E/paper-coords.int8.pt --int8
-  cf export -c $RUNS/paper-coords/checkpoints/last.ckpt --out $E/paper-coords.fp16.pt
-  ev() { cf evaluate -c $RUNS/paper-coords/checkpoints/last.ckpt -c $RUNS/paper-nocoords/checkpoints/last.ckpt --data $DATA --device $DEV --quiet "$@"; }
+  # evaluation needs EVAL_LIMIT seconds; whatever still trains then gets SIGTERM (last.ckpt at a step boundary)
+  EL=${EVAL_LIMIT:-120}
+  while [ $((SECONDS - t0)) -lt $((deadline - EL - 40)) ]; do
+    [ -f $RUNS/paper-coords/summary.json ] && [ -f $RUNS/paper-nocoords/summary.json ] && break
+    sleep 10
+  done
+  for p in $pids; do kill -TERM $p 2>/dev/null && sleep 15 && break; done  # only this stage's runs
+  tail -n 2 $RUNS/paper-*.log
+  for n in paper-coords paper-nocoords; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
+    cp $RUNS/$n/logs/version_0/metrics.csv $E/$n.metrics.csv; done
+  tar -C $RUNS -czf "$OUT/issue16_train.tar.gz" eval   # the training record comes back even if evaluation fails
+  CK=$RUNS/paper-coords/checkpoints/last.ckpt; NK=$RUNS/paper-nocoords/checkpoints/last.ckpt
+  cf export -c $CK --out $E/paper-coords.int8.pt --int8
+  cf export -c $CK --out $E/paper-coords.fp16.pt
+  split -b 15m -d $E/paper-coords.int8.pt "$OUT/paper-coords.int8.pt.part"
+  left=$((deadline - (SECONDS - t0) - 15)); [ $left -lt 20 ] && left=20
+  T="timeout $left python3 -m coordformer"  # a slow evaluation must not cost the lease its results
+  ev() { $T evaluate -c $CK -c $NK --data $DATA --device $DEV --quiet "$@"; }
   # every evaluation at once: each is small next to the GPU, and they are mostly data work
   ev --split test --json $E/test_mask.json -c $E/paper-coords.int8.pt -c $E/paper-coords.fp16.pt > $E/test_mask.log 2>&1 &
   ev --split test --masking bert --json $E/test_bert.json > $E/test_bert.log 2>&1 &
   ev --split valid --json $E/valid_mask.json > $E/valid_mask.log 2>&1 &
   ev --split valid --masking bert --json $E/valid_bert.json > $E/valid_bert.log 2>&1 &
-  cf analyze-attention -c $RUNS/paper-coords/checkpoints/last.ckpt -c $RUNS/paper-nocoords/checkpoints/last.ckpt --data $DATA --out $E/attention --max-chains 200 \
-    --device $DEV --quiet > $E/attention.log 2>&1 &
-  python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $RUNS/paper-coords/checkpoints/last.ckpt --batches ${REPLAY_BATCHES:-100} \
+  $T analyze-attention -c $CK -c $NK --data $DATA --out $E/attention --max-chains 200 --device $DEV --quiet \
+    > $E/attention.log 2>&1 &
+  timeout $left python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $CK --batches ${REPLAY_BATCHES:-100} \
     --tokens ${TOKENS:-16384} --device $DEV --json $E/replay.json > $E/replay.log 2>&1 &
   wait
   tail -n 3 $E/*.log
-  for n in paper-coords paper-nocoords; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
-    cp $RUNS/$n/logs/version_0/metrics.csv $E/$n.metrics.csv; done
   tar -C $RUNS -czf "$OUT/issue16.tar.gz" --exclude='*.pt' eval
-  split -b 15m -d $E/paper-coords.int8.pt "$OUT/paper-coords.int8.pt.part"
-  ls -la "$OUT"
+  ls -la "$OUT"; echo "stage took $((SECONDS - t0)) s"
   ;;
 ec)
   epochs=${2:?epochs}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build the folder a device call carries (work/gpu16: the committed code of HEAD, the CA dataset and the
+# gemmi wheel) and rehearse the issue16 stage from inside it on this CPU, so that a lease never meets
+# code that differs from what was tested (uncommitted edits in the working tree do not travel here).
+#
+#   scripts/gpu_snapshot.sh            build + rehearse (tiny preset, ~3 min on 2 cores)
+#   then:  run(command="cd work/gpu16 && bash scripts/gpu_session.sh issue16 6", carry=["work/gpu16"], timeout_s=600)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=work/gpu16
+[ -f work/gpu/pdb_chains_ca.tar ] || { echo "pack the dataset first: scripts/transport_dataset.py pack work/pdb_chains_x work/gpu/pdb_chains_ca.tar"; exit 2; }
+ls .whl/gemmi-*cp312*.whl >/dev/null || { echo "download the device's gemmi wheel into .whl/ (pip download gemmi --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .whl)"; exit 2; }
+rm -rf $S; mkdir -p $S/work/gpu $S/.whl
+git archive HEAD src benchmarks scripts pyproject.toml | tar -x -C $S
+rm -rf $S/src/coordformer/resources/models/*.pt $S/src/coordformer/resources/demo   # not needed there; keeps the upload small
+cp work/gpu/pdb_chains_ca.tar $S/work/gpu/; cp .whl/gemmi-*cp312*.whl $S/.whl/
+echo "snapshot of $(git rev-parse --short HEAD): $(du -sh $S | cut -f1)"
+[ "${REHEARSE:-1}" = 1 ] || exit 0
+R=$(mktemp -d)
+( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu WORKERS=1 TOKENS=4096 REPLAY_BATCHES=3 \
+  DEADLINE=240 EVAL_LIMIT=120 DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs OUT=$R/out bash scripts/gpu_session.sh issue16 0.5 ) > $R/log 2>&1
+tail -5 $R/log
+for f in issue16_train.tar.gz issue16.tar.gz paper-coords.int8.pt.part00; do [ -s $R/out/$f ] || { echo "rehearsal FAILED: no $f (log: $R/log)"; exit 1; }; done
+tar -tzf $R/out/issue16.tar.gz | grep -q test_mask.json || { echo "rehearsal FAILED: no test evaluation (log: $R/log)"; exit 1; }
+echo "rehearsal passed ($R)"
