@@ -136,7 +136,8 @@ issue16)
     [ -f $RUNS/paper-coords/summary.json ] && [ -f $RUNS/paper-nocoords/summary.json ] && break
     sleep 10
   done
-  for p in $pids; do kill -TERM $p 2>/dev/null && sleep 15 && break; done  # only this stage's runs
+  # only this stage's runs; SIGTERM makes pretrain write last.ckpt at the next step boundary and exit
+  kill -TERM $pids 2>/dev/null && sleep 15
   tail -n 2 $RUNS/paper-*.log
   for n in paper-coords paper-nocoords; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
     cp $RUNS/$n/logs/version_0/metrics.csv $E/$n.metrics.csv; done
