@@ -109,6 +109,27 @@ def test_sigterm_and_sigint_stop_pretrain_at_a_step_boundary_and_the_printed_com
             assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_process_group_with_dataloader_workers_still_saves(tmp_path, prepared):
+    """A terminal sends Ctrl-C to every process of the job, DataLoader workers too. A worker used to
+    die of it and end the run (`DataLoader worker ... exited unexpectedly`, exit 2) before anything
+    was saved; workers now leave it to the main process."""
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        run_dir = tmp_path / signal.Signals(signum).name
+        proc = _start([*_pretrain_args(prepared.path, run_dir), "--workers", "2"], start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if _logged_steps(run_dir / "logs" / "version_0" / "metrics.csv"):
+                os.killpg(proc.pid, signum)
+                break
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, err[-3000:]
+        step = _step(run_dir / "checkpoints" / "last.ckpt")
+        assert err.startswith(f"stopped by {signal.Signals(signum).name}: saved ") and f"at step {step};" in err, err
+        _resume_command(err)  # one line, no traceback
+
+
 def test_ctrl_c_while_starting_up_is_one_line_not_a_traceback(tmp_path, prepared):
     """The first seconds go to importing torch and Lightning. Ctrl-C there gave a raw traceback, or
     an unrelated error from a half-imported numpy (RecursionError, AttributeError), exit 1 or 2."""

@@ -90,8 +90,24 @@ class _DataModule(L.LightningDataModule):
         w = self.cfg.num_workers
         return torch.utils.data.DataLoader(
             ds, batch_size=None, shuffle=False, num_workers=w, pin_memory=torch.cuda.is_available(),
-            persistent_workers=w > 0,
+            persistent_workers=w > 0, worker_init_fn=_worker_init if w > 0 else None,
         )
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which checkpoints at the next
+    step (_StopOnSignal). A terminal sends Ctrl-C to every process of the job: a worker that died of
+    it ended the run ("DataLoader worker exited unexpectedly") before anything was saved. Then
+    Lightning's worker seeding, which a worker_init_fn of our own replaces."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class _ConfigWriter(Callback):
