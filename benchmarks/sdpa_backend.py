@@ -1,6 +1,6 @@
 """Which scaled_dot_product_attention kernel does a CoordFormer training step actually run?
 
-    python benchmarks/sdpa_backend.py --device cuda --preset paper-43m --json work/perf/sdpa_cuda.json
+    python benchmarks/sdpa_backend.py --device cuda --preset large-43m --json work/perf/sdpa_cuda.json
 
 Profiles one forward + backward (bf16 autocast on CUDA) of the coords model for a batch without
 padding and one with padding, and reports the aten SDPA ops that ran: on GPU the flash kernel

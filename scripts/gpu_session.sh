@@ -56,14 +56,14 @@ smoke)
   ;;
 bench)
   mkdir -p "$OUT/perf"
-  for p in small-3m paper-43m; do
+  for p in small-3m large-43m; do
     python3 benchmarks/sdpa_backend.py --device cuda --preset $p --json "$OUT/perf/sdpa_$p.json"
   done 2>&1 | grep -v "^USDT" | tee "$OUT/perf/sdpa.log"
   python3 benchmarks/data_path.py --data $DATA --preset small-3m --tokens 16384 --batches 40 --device cuda \
     --workers 1 4 8 2>&1 | tee "$OUT/perf/data_path_cuda.log"
-  timeout 270 python3 benchmarks/throughput.py --preset paper-43m --lengths 128 256 512 1024 2048 --tokens 16384 \
-    --steps 10 --warmup 3 --rounds 2 --device cuda --json "$OUT/perf/throughput_cuda_paper43m.json" \
-    2>&1 | tee "$OUT/perf/throughput_cuda_paper43m.log"
+  timeout 270 python3 benchmarks/throughput.py --preset large-43m --lengths 128 256 512 1024 2048 --tokens 16384 \
+    --steps 10 --warmup 3 --rounds 2 --device cuda --json "$OUT/perf/throughput_cuda_large43m.json" \
+    2>&1 | tee "$OUT/perf/throughput_cuda_large43m.log"
   ;;
 train)
   minutes=${2:?minutes}
@@ -95,12 +95,12 @@ print(sys.argv[2] + ': ' + ', '.join(f'{k}={float(v):.4g}' for k, v in last.item
   ;;
 open6)
   mkdir -p "$OUT/perf"
-  timeout 300 python3 benchmarks/throughput.py --preset paper-43m --lengths 1024 2048 --tokens 16384 --steps 5 \
+  timeout 300 python3 benchmarks/throughput.py --preset large-43m --lengths 1024 2048 --tokens 16384 --steps 5 \
     --warmup 2 --rounds 2 --device cuda --arms nocoords coords pairbias coords-ckpt pairbias-ckpt \
-    --json "$OUT/perf/throughput_ckpt_paper43m.json" 2>&1 | tee "$OUT/perf/throughput_ckpt_paper43m.log"
+    --json "$OUT/perf/throughput_ckpt_large43m.json" 2>&1 | tee "$OUT/perf/throughput_ckpt_large43m.log"
   for mode in compile fsdp; do
     flags=$([ $mode = compile ] && echo "--compile" || echo "--strategy fsdp --devices 1")
-    timeout 240 python3 -m coordformer pretrain --data $DATA --out /tmp/$mode --preset paper-43m $flags --max-steps 200 \
+    timeout 240 python3 -m coordformer pretrain --data $DATA --out /tmp/$mode --preset large-43m $flags --max-steps 200 \
       --val-every 200 --val-max-chains 64 --tokens-per-batch 16384 --workers 4 --quiet 2>&1 | tail -15 | tee "$OUT/perf/$mode.log"
   done
   ;;
@@ -148,7 +148,7 @@ issue16)
   split -b 15m -d $E/paper-coords.int8.pt "$OUT/paper-coords.int8.pt.part"
   left=$((deadline - (SECONDS - t0) - 15)); [ $left -lt 20 ] && left=20
   T="timeout $left python3 -m coordformer"  # a slow evaluation must not cost the lease its results
-  ev() { $T evaluate -c $CK -c $NK --data $DATA --device $DEV --quiet "$@"; }
+  ev() { $T evaluate -c $CK -c $NK --data $DATA --device $DEV --quiet ${EVAL_MAX_CHAINS:+--max-chains $EVAL_MAX_CHAINS} "$@"; }
   # every evaluation at once: each is small next to the GPU, and they are mostly data work
   ev --split test --json $E/test_mask.json -c $E/paper-coords.int8.pt -c $E/paper-coords.fp16.pt > $E/test_mask.log 2>&1 &
   ev --split test --masking bert --json $E/test_bert.json > $E/test_bert.log 2>&1 &
