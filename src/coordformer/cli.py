@@ -455,6 +455,89 @@ def embed(
     typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
+class ScoreMode(str, Enum):
+    exact = "exact"
+    fast = "fast"
+
+
+class MultiMode(str, Enum):
+    additive = "additive"
+    joint = "joint"
+
+
+class Numbering(str, Enum):
+    auto = "auto"
+    author = "author"
+    index = "index"
+
+
+@app.command()
+def score(
+    inputs: List[str] = typer.Argument(..., help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder."),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output table: tab-separated, or comma-separated for a .csv name."),
+    mutations: Optional[Path] = typer.Option(None, "--mutations", help="CSV (or .tsv) of mutants, e.g. a ProteinGym DMS file; "
+                                             "rows that cannot be scored are skipped and listed in OUT.skipped.tsv."),
+    mutant: List[str] = typer.Option([], "--mutant", "-m", help="A mutant to score (repeatable): A23G, A23G:K45R, A:A23G. "
+                                     "A bad one is an error."),
+    mutant_column: str = typer.Option("mutant", help="Column of --mutations holding the mutants."),
+    mode: ScoreMode = typer.Option(ScoreMode.exact, help="exact: one masked position per forward pass; fast: several per "
+                                   "pass, each pair at least --min-sep residues and --min-dist A (CA-CA) apart."),
+    min_sep: int = typer.Option(8, min=1, help="fast: least sequence separation of positions masked together."),
+    min_dist: float = typer.Option(12.0, min=0.0, help="fast: least CA-CA distance (A) of positions masked together; 0 = off."),
+    multi: MultiMode = typer.Option(MultiMode.additive, help="Multi-mutants: additive = sum of single-position masked "
+                                    "marginals; joint = the mutated positions of a chain masked together in one pass."),
+    numbering: Numbering = typer.Option(Numbering.auto, help="Mutant positions: author = residue numbers of the structure "
+                                        "file (insertion code after the number); index = 1-based index in the chain's "
+                                        "sequence as read (ProteinGym); auto = author where the input has them, else index."),
+    chain: Optional[str] = typer.Option(None, "--chain", help="Chain of mutants written without one (author id A or full id "
+                                        "1ABC.A); needed when several chains are scored."),
+    chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
+    per_aa: bool = typer.Option(False, "--per-aa", help="Per-residue table: also log p of each of the 20 amino acids."),
+    plot: Optional[Path] = typer.Option(None, help="Write a per-position PNG (log p(native) and entropy, or substitution scores)."),
+    no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."),
+    plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
+    seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP),
+    split: Optional[str] = typer.Option(None, help="For a prepared dataset: score one split only."),
+    window: Optional[int] = typer.Option(None, min=8, help="Residues per model pass (default: 1024 or the model's max_len); "
+                                         "longer chains are scored in overlapping windows."),
+    overlap: int = typer.Option(256, min=0, help="Least overlap between windows; each position is scored where it is most central."),
+    tokens_per_batch: int = typer.Option(8192, min=1),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    quiet: bool = typer.Option(False),
+):
+    """Log-likelihoods of the native sequence given its structure (masked marginals, pseudo-perplexity), or mutant scores."""
+    from .score.marginals import ScoreConfig
+    from .score.run import run_score
+
+    device = _device(device)
+    cfg = ScoreConfig(mode=mode.value, min_sep=min_sep, min_dist=min_dist, window=window, overlap=overlap,
+                      tokens_per_batch=tokens_per_batch, use_coords=False if no_coords else None)
+    res = run_score(checkpoint, inputs, out, cfg, mutations=mutations, mutants=mutant, mutant_column=mutant_column,
+                    multi=multi.value, numbering=numbering.value, chain=chain, chains=_chain_list(chains),
+                    plddt_min=plddt_min, seqres=seqres.value, split=split, per_aa=per_aa, plot=plot, device=device,
+                    progress=not quiet, echo=typer.echo, warn=lambda m: typer.echo(m, err=True))
+    extra = f"; {res['inputs_skipped']} inputs unreadable (see {out}.skipped.tsv)" if res["inputs_skipped"] else ""
+    if "residues" in res:
+        for cid, n, ppl in res["per_chain"][:10]:
+            typer.echo(f"{cid}\t{n} residues\tpseudo-perplexity {ppl:.3f}")
+        if len(res["per_chain"]) > 10:
+            typer.echo(f"... {len(res['per_chain']) - 10} more chains in {res['chains_file']}")
+        ppl = res["pseudo_perplexity"]
+        typer.echo(f"wrote {res['residues']} residues of {res['chains']} chains to {out} ({res['mode']}, {res['passes']} passes; "
+                   f"overall pseudo-perplexity {ppl:.3f})" + extra if ppl is not None else f"wrote {out}" + extra)
+    else:
+        line = f"scored {res['scored']} of {res['mutants']} mutants ({res['multi']}, {res['mode']}, {res['passes']} passes) to {out}"
+        if res["skipped"]:
+            row, m, why = res["first_skipped"]
+            line += f"; skipped {res['skipped']} (see {out}.skipped.tsv; first: row {row + 1} {m}: {why})"
+        typer.echo(line + extra)
+        if res.get("spearman_dms") is not None:
+            typer.echo(f"Spearman rho with DMS_score: {res['spearman_dms']:.3f} (n = {res['spearman_n']})")
+    if res.get("plot"):
+        typer.echo(f"plot: {res['plot']}")
+
+
 class FunctionTask(str, Enum):
     ec = "ec"
     go_mf = "go-mf"

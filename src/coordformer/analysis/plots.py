@@ -227,3 +227,59 @@ def recovery_difference_figure(diff: dict[str, float], path: str | Path, title: 
     ax.set_ylabel("recovery difference (pt)")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def per_position_score_figure(chains: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "",
+                              max_chains: int = 12) -> Path:
+    """``coordformer score``: per chain (one panel each, the first ``max_chains``), log p(native) with
+    the residue masked and the entropy of that masked marginal, against the 1-based residue index.
+
+    chains: [(chain id, log p(native) [L], entropy [L])]."""
+    shown = chains[:max_chains]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 2.4 * len(shown) + 0.4), squeeze=False)
+    for ax, (cid, lp, ent) in zip(axes[:, 0], shown):
+        x = np.arange(1, len(lp) + 1)
+        ax.plot(x, lp, lw=0.9, color="tab:blue", label="log p(native | masked)")
+        ax.plot(x, -np.asarray(ent), lw=0.8, color="tab:orange", alpha=0.7, label="- entropy (nats)")
+        ax.axhline(-np.log(20), color="grey", lw=0.6, ls="--", label="uniform over 20")
+        ax.set_xlim(0.5, len(lp) + 0.5)
+        ok = np.isfinite(lp)
+        ppl = float(np.exp(-np.mean(lp[ok]))) if ok.any() else float("nan")
+        ax.set_title(f"{cid}: pseudo-perplexity {ppl:.2f}", fontsize=9, loc="left")
+        ax.set_ylabel("nats")
+    axes[0, 0].legend(fontsize=7, loc="lower right", ncol=3)
+    axes[-1, 0].set_xlabel("residue (1-based index)")
+    if len(chains) > len(shown):
+        axes[-1, 0].annotate(f"{len(chains) - len(shown)} more chains not shown", (0.99, 0.02), xycoords="axes fraction",
+                             ha="right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def mutation_score_figure(points: list[tuple[str, int, float]], path: str | Path, title: str = "",
+                          max_chains: int = 6) -> Path:
+    """``coordformer score --mutations``: single-substitution scores against the 1-based residue
+    index, one panel per chain (the first ``max_chains``), with the per-position mean.
+
+    points: [(chain id, index, score)]."""
+    by: dict[str, list[tuple[int, float]]] = {}
+    for cid, i, s in points:
+        by.setdefault(cid, []).append((i, s))
+    names = list(by)[:max_chains] or ["(no single substitutions scored)"]
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.6 * len(names) + 0.4), squeeze=False)
+    for ax, cid in zip(axes[:, 0], names):
+        pts = np.asarray(by.get(cid, []), dtype=np.float64).reshape(-1, 2)
+        if len(pts):
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.35, color="tab:blue", label="substitution")
+            pos = np.unique(pts[:, 0])
+            mean = np.array([pts[pts[:, 0] == p, 1].mean() for p in pos])
+            ax.plot(pos, mean, lw=0.9, color="tab:red", label="mean per position")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title(cid, fontsize=9, loc="left")
+        ax.set_ylabel("log p(mut) - log p(wt)")
+    axes[-1, 0].set_xlabel("residue (1-based index)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

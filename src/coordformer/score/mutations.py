@@ -1,0 +1,368 @@
+"""Substitution scoring with masked marginals (the ProteinGym zero-shot convention).
+
+A mutant is written ``A23G`` (wild type, position, new residue), several joined by ``:``
+(``A23G:K45R``), optionally chain-qualified: ``A:A23G`` (a chain prefix applies to the substitutions
+after it until the next prefix, so ``A:A23G:B:K45R`` mutates two chains and ``A:A23G:K45R`` two
+residues of chain A). A chain is named by its author chain id (``A``) or its full id (``1ORC.A``).
+``WT`` (or ``_wt``, any case) is the wild type itself and scores 0.
+
+**Numbering.** ``numbering="index"``: positions are 1-based indices into the chain's sequence as
+read (the first residue read is 1; ProteinGym's convention, whose mutant positions count from the
+first residue of its target sequence). ``"author"``: positions are the structure file's author
+residue numbers (``_atom_site.auth_seq_id`` / PDB columns 23-26), with an insertion code after the
+number where there is one (``G100AK`` mutates the G at author number 100A to K). Only structure-file
+chains carry author numbers. ``"auto"`` (default): author numbers where the chain has them, else
+1-based indices.
+
+**Score.** The wild-type structure and sequence are the input. For one substitution at position i,
+score = log p(mut | x with i masked) - log p(wt | x with i masked): the masked marginal. For a
+multi-mutant, ``multi="additive"`` (default) sums the single-substitution scores, each from a pass
+with only its own position masked; ``multi="joint"`` masks all mutated positions of a chain together
+in one pass and sums log p(mut_i) - log p(wt_i) over them (the mutated positions then do not see
+each other's wild type). Mutations in different chains are summed either way (chains are scored as
+separate inputs).
+
+Errors are :class:`MutationError` (a ``UsageError``), with the mutant, the reason, and where known
+the chain and position. :func:`score_mutations` collects them for a batch (skipped, with the reason)
+and scores the rest, or raises the first with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..constants import AMINO_ACIDS
+from ..errors import UsageError
+from ..io.structures import normalize_chain_id
+from .marginals import Pass, ScoreConfig, aa_index, joint_window, masked_marginals, model_inputs, run_passes
+
+#: numbering= values.
+NUMBERINGS = ("auto", "author", "index")
+#: multi= values.
+MULTI_MODES = ("additive", "joint")
+
+_SUB_RE = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z]?)([A-Za-z])$")
+_CHAIN_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
+_WILD_TYPE = ("wt", "_wt", "wildtype", "wild-type", "wild_type")
+
+
+class MutationError(UsageError):
+    """A mutant that cannot be scored. ``mutant``: the text as given; ``reason``: why, one line;
+    ``chain``: the chain id when known; ``position``: the position as written when known."""
+
+    def __init__(self, mutant: str, reason: str, chain: str | None = None, position: str | None = None):
+        self.mutant, self.reason, self.chain, self.position = str(mutant), str(reason), chain, position
+        super().__init__(f"mutation {self.mutant!r}: {self.reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.mutant, self.reason, self.chain, self.position))
+
+
+@dataclass(frozen=True)
+class Substitution:
+    """One substitution as written: ``wt``/``mut`` one-letter codes (upper case), ``number`` the
+    position as an int, ``icode`` an insertion code ("" if none), ``chain`` the qualifier or None."""
+
+    wt: str
+    number: int
+    icode: str
+    mut: str
+    chain: str | None = None
+
+    @property
+    def position(self) -> str:
+        return f"{self.number}{self.icode}"
+
+    def __str__(self) -> str:
+        return (f"{self.chain}:" if self.chain else "") + f"{self.wt}{self.position}{self.mut}"
+
+
+def parse_mutant(text: str) -> list[Substitution]:
+    """The substitutions of one mutant string (``A23G``, ``A23G:K45R``, ``A:A23G``); [] for the wild
+    type (``WT``). Raises MutationError for anything else."""
+    raw = str(text).strip()
+    if raw.lower() in _WILD_TYPE:
+        return []
+    if not raw:
+        raise MutationError(raw, "empty mutant")
+    subs: list[Substitution] = []
+    chain = None
+    pending_chain = False
+    for tok in raw.split(":"):
+        tok = tok.strip()
+        m = _SUB_RE.match(tok)
+        if m:
+            wt, num, icode, mut = m.groups()
+            wt, mut = wt.upper(), mut.upper()
+            if wt not in AMINO_ACIDS:
+                raise MutationError(raw, f"wild type {wt!r} in {tok} is not one of the 20 amino acids", chain, f"{num}{icode}")
+            if mut not in AMINO_ACIDS:
+                raise MutationError(raw, f"{mut!r} in {tok} is not one of the 20 amino acids ({AMINO_ACIDS})", chain,
+                                    f"{num}{icode}")
+            subs.append(Substitution(wt, int(num), icode, mut, chain))
+            pending_chain = False
+        elif tok and _CHAIN_RE.match(tok) and not pending_chain:
+            chain, pending_chain = tok, True
+        else:
+            raise MutationError(raw, f"{tok!r} is not a substitution like A23G (forms: A23G, A23G:K45R, A:A23G)")
+    if pending_chain:
+        raise MutationError(raw, f"chain prefix {chain!r} is not followed by a substitution (forms: A23G, A23G:K45R, A:A23G)")
+    return subs
+
+
+@dataclass(frozen=True)
+class ResolvedSubstitution:
+    """A substitution placed in the scored chains: ``chain`` index into the chain list, ``index``
+    0-based residue index, ``wt``/``mut`` columns in AMINO_ACIDS."""
+
+    chain: int
+    index: int
+    wt: int
+    mut: int
+
+
+def author_chain(chain_id: str) -> str:
+    """The author chain part of an ``ENTRY.CHAIN`` id."""
+    return str(chain_id).rsplit(".", 1)[-1]
+
+
+class ChainIndex:
+    """Looks up chains by qualifier and positions by numbering, for mutants against ``chains``."""
+
+    def __init__(self, chains, numbering: str = "auto", default_chain: str | None = None):
+        if numbering not in NUMBERINGS:
+            raise UsageError(f"numbering must be one of {', '.join(NUMBERINGS)}, not {numbering!r}")
+        self.chains = list(chains)
+        self.numbering = numbering
+        self._author: list[dict[str, int] | None] = []
+        for c in self.chains:
+            ids = getattr(c, "residue_ids", None)
+            if ids is None:
+                self._author.append(None)
+                continue
+            table: dict[str, int] = {}
+            for i, rid in enumerate(ids):
+                if rid and rid not in table:  # "" = put back from SEQRES: no author number
+                    table[rid] = i
+            self._author.append(table)
+        self.default = None
+        if default_chain is not None:
+            k = self.find(default_chain)
+            if k is None:
+                raise UsageError(f"--chain {default_chain!r} is not among the scored chains ({self.names()})")
+            self.default = k
+
+    def names(self, n: int = 8) -> str:
+        ids = [c.id for c in self.chains]
+        return ", ".join(ids[:n]) + (f", ... ({len(ids)} chains)" if len(ids) > n else "")
+
+    def find(self, q: str) -> int | None:
+        """Index of the chain named ``q`` (full id, normalised id, or author chain id); None if there
+        is none, -1 if several chains have that author chain id (several input files)."""
+        for k, c in enumerate(self.chains):
+            if c.id == q:
+                return k
+        norm = normalize_chain_id(q)
+        for k, c in enumerate(self.chains):
+            if c.id == norm:
+                return k
+        hits = [k for k, c in enumerate(self.chains) if author_chain(c.id) == q]
+        return hits[0] if len(hits) == 1 else (-1 if hits else None)
+
+    def chain_for(self, mutant: str, sub: Substitution) -> int:
+        if sub.chain is None:
+            if self.default is not None:
+                return self.default
+            if len(self.chains) == 1:
+                return 0
+            raise MutationError(mutant, f"{sub} names no chain and {len(self.chains)} chains are scored ({self.names()}); "
+                                "qualify it (A:A23G) or give a default chain (--chain)", None, sub.position)
+        k = self.find(sub.chain)
+        if k is None:
+            raise MutationError(mutant, f"chain {sub.chain!r} is not among the scored chains ({self.names()})", sub.chain,
+                                sub.position)
+        if k == -1:
+            raise MutationError(mutant, f"chain {sub.chain!r} is ambiguous: several inputs have it; use the full id "
+                                "(ENTRY.CHAIN)", sub.chain, sub.position)
+        return k
+
+    def uses_author(self, k: int) -> bool:
+        return self.numbering == "author" or (self.numbering == "auto" and self._author[k] is not None)
+
+    def describe(self, k: int) -> str:
+        c = self.chains[k]
+        if self.uses_author(k):
+            ids = [r for r in c.residue_ids if r]
+            return f"author numbers {ids[0]}-{ids[-1]}" if ids else "no author numbers"
+        return f"1-based index 1-{len(c.sequence)}"
+
+    def index_of(self, mutant: str, k: int, sub: Substitution) -> int:
+        c = self.chains[k]
+        if self.uses_author(k):
+            table = self._author[k]
+            if table is None:
+                raise MutationError(mutant, f"chain {c.id} has no author residue numbers (FASTA, chain_set or prepared "
+                                    "input); use 1-based indices (--numbering index)", c.id, sub.position)
+            i = table.get(sub.position)
+            if i is None:
+                raise MutationError(mutant, f"position {sub.position} is not in chain {c.id} ({self.describe(k)})", c.id,
+                                    sub.position)
+            return i
+        if sub.icode:
+            raise MutationError(mutant, f"position {sub.position} has an insertion code, which 1-based indices do not "
+                                "have; use --numbering author", c.id, sub.position)
+        if not 1 <= sub.number <= len(c.sequence):
+            raise MutationError(mutant, f"position {sub.number} is outside chain {c.id} ({self.describe(k)})", c.id,
+                                sub.position)
+        return sub.number - 1
+
+    def resolve(self, mutant: str) -> list[ResolvedSubstitution]:
+        """Parse and place ``mutant``; raises MutationError (wrong wild type, position outside the
+        chain, unknown chain, a position mutated twice, bad syntax)."""
+        out = []
+        seen: set[tuple[int, int]] = set()
+        for sub in parse_mutant(mutant):
+            k = self.chain_for(mutant, sub)
+            i = self.index_of(mutant, k, sub)
+            c = self.chains[k]
+            have = c.sequence[i]
+            if have != sub.wt:
+                where = f"author number {sub.position} (index {i + 1})" if self.uses_author(k) else f"index {i + 1}"
+                raise MutationError(mutant, f"wild type mismatch: chain {c.id} has {have} at {where}, not {sub.wt}", c.id,
+                                    sub.position)
+            if (k, i) in seen:
+                raise MutationError(mutant, f"position {sub.position} of chain {c.id} is mutated twice", c.id, sub.position)
+            seen.add((k, i))
+            out.append(ResolvedSubstitution(k, i, AMINO_ACIDS.index(sub.wt), AMINO_ACIDS.index(sub.mut)))
+        return out
+
+
+@dataclass
+class MutationScore:
+    """Score of one mutant: ``row`` its index in the input list; ``substitutions`` as placed;
+    ``terms`` log p(mut) - log p(wt) per substitution (same order); ``score`` their sum."""
+
+    row: int
+    mutant: str
+    substitutions: list[ResolvedSubstitution]
+    terms: list[float]
+    score: float
+
+
+@dataclass
+class MutationResults:
+    """``scored`` in input order; ``skipped``: (row, mutant, reason) for mutants that could not be
+    scored; ``n_passes``: forward passes run."""
+
+    scored: list[MutationScore] = field(default_factory=list)
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
+    n_passes: int = 0
+
+
+def score_mutations(model, chains, mutants: Sequence[str], cfg: ScoreConfig = ScoreConfig(), multi: str = "additive",
+                    numbering: str = "auto", default_chain: str | None = None, strict: bool = False,
+                    device: str | torch.device = "cpu", progress: bool = False) -> MutationResults:
+    """Score ``mutants`` (strings, see the module docstring) against the wild-type ``chains``
+    (``Chain`` objects: sequence, structure, author numbers). Bad mutants are skipped with their
+    reason (or, with ``strict``, the first raises MutationError); the others are scored.
+
+    Additive single-position marginals are computed once per distinct (chain, position), with
+    ``cfg.mode`` ("fast" groups far-apart positions, see ``masking_plan``); joint passes once per
+    distinct set of positions masked together.
+    """
+    if multi not in MULTI_MODES:
+        raise UsageError(f"multi must be one of {', '.join(MULTI_MODES)}, not {multi!r}")
+    index = ChainIndex(chains, numbering, default_chain)
+    res = MutationResults()
+    placed: list[tuple[int, str, list[ResolvedSubstitution]]] = []
+    for row, m in enumerate(mutants):
+        try:
+            placed.append((row, str(m), index.resolve(str(m))))
+        except MutationError as e:
+            if strict:
+                raise
+            res.skipped.append((row, str(m), e.reason))
+
+    def groups_of(subs: list[ResolvedSubstitution]) -> dict[int, list[ResolvedSubstitution]]:
+        by: dict[int, list[ResolvedSubstitution]] = {}
+        for s in subs:
+            by.setdefault(s.chain, []).append(s)
+        return by
+
+    # which positions need a single-position marginal, which sets a joint pass
+    single: list[set[int]] = [set() for _ in chains]
+    joint: dict[tuple[int, tuple[int, ...]], int | None] = {}
+    window = cfg.window_for(model.config.max_len)
+    for row, m, subs in placed:
+        for k, ss in groups_of(subs).items():
+            if multi == "joint" and len(ss) > 1:
+                key = (k, tuple(sorted(s.index for s in ss)))
+                joint[key] = None
+            else:
+                single[k].update(s.index for s in ss)
+    # joint passes that fit no window: those mutants are skipped
+    joint_passes: list[Pass] = []
+    bad_joint: set[tuple[int, tuple[int, ...]]] = set()
+    for key in joint:
+        k, pos = key
+        arr = np.asarray(pos, dtype=np.int64)
+        start = joint_window(len(chains[k].sequence), arr, window, cfg.overlap)
+        if start is None:
+            bad_joint.add(key)
+            continue
+        joint[key] = len(joint_passes)
+        joint_passes.append(Pass(k, start, min(window, len(chains[k].sequence)), arr))
+    marg = None
+    if any(single):
+        need = [sorted(s) if s else [] for s in single]
+        marg = masked_marginals(model, chains, cfg, positions=need, device=device, progress=progress)
+        res.n_passes += sum(m.n_passes for m in marg)
+    joint_lp: list[np.ndarray] = []
+    if joint_passes:
+        toks, cos, pls = model_inputs(model, chains, cfg.use_coords)
+        joint_lp = run_passes(model, toks, cos, pls, joint_passes, cfg.tokens_per_batch, device)
+        res.n_passes += len(joint_passes)
+    for row, m, subs in placed:
+        terms: dict[tuple[int, int], float] = {}
+        failed = None
+        for k, ss in groups_of(subs).items():
+            if multi == "joint" and len(ss) > 1:
+                key = (k, tuple(sorted(s.index for s in ss)))
+                if key in bad_joint:
+                    failed = (f"positions {', '.join(str(i + 1) for i in key[1])} of chain {chains[k].id} do not fit in one "
+                              f"window of {window} residues; score them with multi='additive'")
+                    break
+                lp = joint_lp[joint[key]]
+                where = {i: r for r, i in enumerate(key[1])}
+                for s in ss:
+                    terms[(k, s.index)] = float(lp[where[s.index], s.mut]) - float(lp[where[s.index], s.wt])
+            else:
+                for s in ss:
+                    lp = marg[k].log_probs[s.index]
+                    terms[(k, s.index)] = float(lp[s.mut]) - float(lp[s.wt])
+        if failed:
+            if strict:
+                raise MutationError(m, failed)
+            res.skipped.append((row, m, failed))
+            continue
+        t = [terms[(s.chain, s.index)] for s in subs]
+        res.scored.append(MutationScore(row, m, subs, t, float(sum(t))))
+    res.scored.sort(key=lambda r: r.row)
+    res.skipped.sort(key=lambda r: r[0])
+    return res
+
+
+def substitution_matrix(scores) -> np.ndarray:
+    """[L, 20] float64 single-substitution scores log p(aa) - log p(wt) from one chain's
+    ``ChainScores`` (a full deep-mutational scan from L passes; NaN rows where the native residue is X)."""
+    lp = scores.log_probs.astype(np.float64)
+    wt = aa_index(scores.sequence)
+    out = np.full(lp.shape, np.nan)
+    ok = wt >= 0
+    out[ok] = lp[ok] - lp[np.flatnonzero(ok), wt[ok]][:, None]
+    return out

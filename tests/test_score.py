@@ -1,0 +1,304 @@
+"""`coordformer score`: masked marginals, pseudo-perplexity and substitution scores, checked against
+direct forward passes of a tiny model, plus invariants, error handling and the CLI end to end."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA, synthetic_chains
+
+from coordformer.cli import main
+from coordformer.config import preset
+from coordformer.constants import AA_OFFSET, AMINO_ACIDS, MASK
+from coordformer.io import Chain, read_structure
+from coordformer.model import CoordFormer
+from coordformer.model.checkpoints import load_model
+from coordformer.score import (
+    MutationError,
+    ScoreConfig,
+    learnt_missing_flag,
+    masked_marginals,
+    masking_plan,
+    parse_mutant,
+    score_mutations,
+    substitution_matrix,
+)
+from coordformer.score.marginals import chain_tokens
+from coordformer.score.structure import ca_neighbour_counts, secondary_structure
+
+AA = {a: i for i, a in enumerate(AMINO_ACIDS)}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CoordFormer(preset("tiny-0.1m")).eval()
+
+
+def _chains(n=3, seed=0, min_len=30, max_len=70):
+    out = []
+    for r in synthetic_chains(n, seed=seed, min_len=min_len, max_len=max_len):
+        coords = np.stack([np.asarray(r["coords"][a], dtype=np.float32) for a in ("N", "CA", "C", "O")], axis=1)
+        out.append(Chain(id=r["name"], sequence=r["seq"], coords=coords, source="synthetic"))
+    return out
+
+
+@torch.no_grad()
+def _direct(model, chain, masked, start=0, span=None):
+    """log p over the 20 amino acids at ``masked`` (0-based chain indices), all masked in one pass
+    over residues start:start+span, computed here from the model's forward alone."""
+    span = len(chain.sequence) if span is None else span
+    tok = torch.from_numpy(chain_tokens(chain.sequence)[start : start + span].copy())
+    for i in masked:
+        tok[i - start] = MASK
+    coords = torch.from_numpy(chain.coords[start : start + span].copy())
+    logits = model(tok[None], coords[None]).logits[0]
+    return torch.log_softmax(logits[[i - start for i in masked]][:, AA_OFFSET : AA_OFFSET + 20], -1).numpy()
+
+
+def test_masked_marginals_match_a_direct_forward_pass(tiny):
+    chains = _chains(2)
+    scores = masked_marginals(tiny, chains)
+    for c, s in zip(chains, scores):
+        assert s.log_probs.shape == (len(c.sequence), 20)
+        for i in (0, 7, len(c.sequence) - 1):
+            np.testing.assert_allclose(s.log_probs[i], _direct(tiny, c, [i])[0], atol=1e-5)
+        lp_wt = np.array([_direct(tiny, c, [i])[0][AA[c.sequence[i]]] for i in range(len(c.sequence))])
+        np.testing.assert_allclose(s.log_p_wt, lp_wt, atol=1e-5)
+        assert s.pseudo_perplexity == pytest.approx(float(np.exp(-lp_wt.mean())), rel=1e-5)
+        p = np.exp(s.log_probs.astype(np.float64))
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(s.entropy, -(p * np.log(p)).sum(1), atol=1e-5)
+        assert s.n_passes == len(c.sequence)
+
+
+def test_mutation_scores_by_hand(tiny):
+    [c] = _chains(1)
+    seq = c.sequence
+    m1, m2 = f"{seq[4]}5A", f"{seq[20]}21W"
+    lp4, lp20 = _direct(tiny, c, [4])[0], _direct(tiny, c, [20])[0]
+    s1 = lp4[AA["A"]] - lp4[AA[seq[4]]]
+    s2 = lp20[AA["W"]] - lp20[AA[seq[20]]]
+    res = score_mutations(tiny, [c], [m1, m2, f"{m1}:{m2}"], strict=True)
+    assert [r.score for r in res.scored] == pytest.approx([s1, s2, s1 + s2], abs=1e-5)
+    # joint: both positions masked in the same pass
+    both = _direct(tiny, c, [4, 20])
+    joint = both[0][AA["A"]] - both[0][AA[seq[4]]] + both[1][AA["W"]] - both[1][AA[seq[20]]]
+    res = score_mutations(tiny, [c], [f"{m1}:{m2}", m1], multi="joint", strict=True)
+    assert res.scored[0].score == pytest.approx(joint, abs=1e-5)
+    assert res.scored[1].score == pytest.approx(s1, abs=1e-5)  # a single mutant is the same in both modes
+    assert abs(joint - (s1 + s2)) > 1e-7  # the modes really differ
+
+
+def test_invariants_wild_type_zero_and_additivity(tiny):
+    chains = _chains(2)
+    a, b = chains
+    wt_self = [f"{a.sequence[i]}{i + 1}{a.sequence[i]}" for i in (0, 9, 30)]
+    res = score_mutations(tiny, [a], wt_self + ["WT"], strict=True)
+    assert [r.score for r in res.scored] == [0.0, 0.0, 0.0, 0.0]
+    singles = [f"{a.sequence[i]}{i + 1}{'G' if a.sequence[i] != 'G' else 'P'}" for i in (2, 11, 25)]
+    res = score_mutations(tiny, [a], singles + [":".join(singles)], strict=True)
+    assert res.scored[3].score == pytest.approx(sum(r.score for r in res.scored[:3]), abs=1e-6)
+    assert res.scored[3].terms == pytest.approx([r.score for r in res.scored[:3]], abs=1e-7)
+    # the full substitution matrix agrees with the mutant scores
+    [s] = masked_marginals(tiny, [a])
+    mat = substitution_matrix(s)
+    assert mat[11, AA[singles[1][-1]]] == pytest.approx(res.scored[1].score, abs=1e-6)
+    assert np.allclose(mat[np.arange(len(a.sequence)), [AA[x] for x in a.sequence]], 0)
+    # two chains: qualified mutants, summed across chains
+    res = score_mutations(tiny, chains, [f"S000.A:{singles[0]}", f"{b.id}:{b.sequence[3]}4C",
+                                         f"A:{singles[0]}:S001.A:{b.sequence[3]}4C"])
+    assert res.skipped == [(2, f"A:{singles[0]}:S001.A:{b.sequence[3]}4C",
+                            "chain 'A' is ambiguous: several inputs have it; use the full id (ENTRY.CHAIN)")]
+    res2 = score_mutations(tiny, chains, [f"S000.A:{singles[0]}:S001.A:{b.sequence[3]}4C"], strict=True)
+    assert res2.scored[0].score == pytest.approx(res.scored[0].score + res.scored[1].score, abs=1e-6)
+
+
+def test_batch_invariance(tiny):
+    chains = _chains(5, seed=3, min_len=20, max_len=90)
+    together = masked_marginals(tiny, chains, ScoreConfig(tokens_per_batch=4000))
+    for k in (0, 3):
+        [alone] = masked_marginals(tiny, [chains[k]])
+        np.testing.assert_allclose(alone.log_probs, together[k].log_probs, atol=2e-5)
+    # and mutation scores do not depend on the other chains scored with them
+    m = f"{chains[3].sequence[5]}6A"
+    alone = score_mutations(tiny, [chains[3]], [m], strict=True).scored[0].score
+    mixed = score_mutations(tiny, chains, [f"{chains[3].id}:{m}", f"{chains[0].id}:{chains[0].sequence[0]}1A"],
+                            strict=True).scored[0].score
+    assert mixed == pytest.approx(alone, abs=2e-5)
+
+
+def test_fast_mode_plan_and_exact_agreement(tiny):
+    chains = _chains(2, seed=5, min_len=60, max_len=80)
+    exact = masked_marginals(tiny, chains)
+    one_each = masked_marginals(tiny, chains, ScoreConfig(mode="fast", min_sep=10_000))
+    for e, f in zip(exact, one_each):
+        assert f.n_passes == e.n_passes == len(e.sequence)
+        assert np.array_equal(e.log_probs, f.log_probs)  # same passes, same batches: identical
+    fast = masked_marginals(tiny, chains, ScoreConfig(mode="fast", min_sep=8, min_dist=12.0))
+    for c, e, f in zip(chains, exact, fast):
+        assert f.n_passes < e.n_passes / 2
+        assert np.isfinite(f.log_probs).all()
+        assert np.corrcoef(e.log_p_wt, f.log_p_wt)[0, 1] > 0.9
+    # the rule: every position once; pairs in a pass >= min_sep apart and >= min_dist A apart (CA)
+    c = chains[0]
+    ca = c.coords[:, 1].copy()
+    ca[10] = np.nan  # a residue without CA is judged by separation alone
+    groups = masking_plan(np.arange(len(c.sequence)), ca, "fast", 8, 12.0)
+    flat = np.sort(np.concatenate(groups))
+    assert np.array_equal(flat, np.arange(len(c.sequence)))
+    for g in groups:
+        for x in range(len(g)):
+            for y in range(x + 1, len(g)):
+                assert abs(g[x] - g[y]) >= 8
+                d = np.linalg.norm(ca[g[x]] - ca[g[y]])
+                assert not d < 12.0
+    assert [g.tolist() for g in masking_plan([5, 3, 3], None, "exact")] == [[3], [5]]
+    assert [g.tolist() for g in masking_plan(range(20), None, "fast", 8, 12.0)] == [[0, 8, 16], [1, 9, 17], [2, 10, 18],
+                                                                                  [3, 11, 19], [4, 12], [5, 13], [6, 14],
+                                                                                  [7, 15]]
+
+
+def test_long_chains_are_scored_in_the_window_they_are_most_central_in(tiny):
+    [c] = _chains(1, seed=7, min_len=100, max_len=101)
+    cfg = ScoreConfig(window=40, overlap=16)
+    [s] = masked_marginals(tiny, [c], cfg)
+    from coordformer.data.windows import plan_windows
+
+    plan = plan_windows(len(c.sequence), 40, 16)
+    owner = plan.owner()
+    for i in (0, 30, 55, len(c.sequence) - 1):
+        start = int(plan.starts[owner[i]])
+        np.testing.assert_allclose(s.log_probs[i], _direct(tiny, c, [i], start, 40)[0], atol=1e-5)
+    # joint masking needs one window holding every mutated position
+    far = f"{c.sequence[0]}1A:{c.sequence[95]}96A"
+    res = score_mutations(tiny, [c], [far, f"{c.sequence[30]}31A:{c.sequence[40]}41A"], cfg, multi="joint")
+    assert len(res.scored) == 1 and res.skipped[0][0] == 0 and "one window" in res.skipped[0][2]
+
+
+def test_parse_mutants():
+    assert [str(s) for s in parse_mutant("A23G")] == ["A23G"]
+    assert [str(s) for s in parse_mutant("A23G:K45R")] == ["A23G", "K45R"]
+    assert [str(s) for s in parse_mutant("A:A23G:K45R")] == ["A:A23G", "A:K45R"]
+    assert [str(s) for s in parse_mutant("A:A23G:B:K45R")] == ["A:A23G", "B:K45R"]
+    s = parse_mutant("G100AK")[0]
+    assert (s.wt, s.number, s.icode, s.mut) == ("G", 100, "A", "K")
+    assert parse_mutant("g-3a")[0].position == "-3"
+    assert parse_mutant(" wt ") == []
+    for bad in ("A23", "23G", "A23G:", "A:", "A23G;K45R", "", "A23B", "B23A", "A:B:A23G"):
+        with pytest.raises(MutationError) as e:
+            parse_mutant(bad)
+        assert e.value.mutant == bad.strip() and e.value.reason
+
+
+def test_numbering_and_errors_on_a_real_structure(tiny):
+    chains = read_structure(DATA / "1orc.pdb")
+    c = chains[0]
+    assert c.residue_ids[:3] == ["3", "4", "5"] and c.sequence[3] == "T"
+    auto = score_mutations(tiny, chains, ["T6A"], strict=True).scored[0]
+    idx = score_mutations(tiny, chains, ["T4A"], numbering="index", strict=True).scored[0]
+    assert auto.substitutions == idx.substitutions and auto.substitutions[0].index == 3
+    assert auto.score == idx.score
+    cases = {
+        "A6G": "wild type mismatch: chain 1ORC.A has T at author number 6 (index 4), not A",
+        "T99A": "position 99 is not in chain 1ORC.A (author numbers 3-61)",
+        "Z:T6A": "chain 'Z' is not among the scored chains (1ORC.A)",
+        "T6A:T6G": "position 6 of chain 1ORC.A is mutated twice",
+    }
+    for m, why in cases.items():
+        with pytest.raises(MutationError) as e:
+            score_mutations(tiny, chains, [m], strict=True)
+        assert e.value.reason == why and e.value.mutant == m
+        assert str(e.value) == f"mutation {m!r}: {why}"
+    with pytest.raises(MutationError, match="outside chain 1ORC.A"):
+        score_mutations(tiny, chains, ["T99A"], numbering="index", strict=True)
+    fasta_like = Chain(id="X.A", sequence=c.sequence, coords=c.coords, source="x")
+    with pytest.raises(MutationError, match="no author residue numbers"):
+        score_mutations(tiny, [fasta_like], ["T4A"], numbering="author", strict=True)
+    # a batch: bad mutants skipped with reasons, the others scored
+    res = score_mutations(tiny, chains, ["T6A", "A6G", "T99A", "Z:T6A", "I5V:L7A", "nonsense"])
+    assert [r.mutant for r in res.scored] == ["T6A", "I5V:L7A"]
+    assert [(r, m) for r, m, _ in res.skipped] == [(1, "A6G"), (2, "T99A"), (3, "Z:T6A"), (5, "nonsense")]
+
+
+def test_missing_flag_knowledge_from_model_cards():
+    assert learnt_missing_flag("small-coords") is False
+    assert learnt_missing_flag("small-coords-sd") is True
+    assert learnt_missing_flag("no/such/run") is None
+
+
+def test_structure_descriptors():
+    [c] = read_structure(DATA / "1orc.pdb")
+    ss = secondary_structure(c.coords, c.sequence)
+    assert len(ss) == len(c.sequence) and set(ss) <= {"H", "E", "-"}
+    # Cro repressor: three helices (about residues 7-36) and a three-stranded sheet (39-61)
+    assert ss.count("H") >= 20 and ss.count("E") >= 12
+    assert "HHHHHHH" in ss[5:20] and "EEEE" in ss[35:]
+    n = ca_neighbour_counts(c.coords)
+    ca = c.coords[:, 1]
+    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
+    assert np.array_equal(n, (d < 10).sum(1) - 1)
+
+
+def _read(path, delim="\t"):
+    with open(path, newline="") as f:
+        return list(csv.reader(f, delimiter=delim))
+
+
+def test_cli_end_to_end_with_the_shipped_model(tmp_path, capsys):
+    pdb = DATA / "1orc.pdb"
+    out = tmp_path / "res.tsv"
+    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(out), "--plot", str(tmp_path / "res.png"),
+                 "--per-aa", "--quiet"]) == 0
+    rows = _read(out)
+    assert rows[0][:7] == ["chain", "index", "residue", "wt", "has_ca", "logp_wt", "entropy"] and len(rows[0]) == 27
+    assert len(rows) == 65 and rows[1][:5] == ["1ORC.A", "1", "3", "Q", "1"]
+    lp = np.array([float(r[5]) for r in rows[1:]])
+    per_aa = np.array([[float(x) for x in r[7:]] for r in rows[1:]])
+    assert np.allclose(np.exp(per_aa).sum(1), 1, atol=1e-3)
+    chains = _read(str(out) + ".chains.tsv")
+    assert float(chains[1][4]) == pytest.approx(np.exp(-lp.mean()), rel=1e-4)
+    assert float(chains[1][4]) < 15  # a real structure model on a real protein: far better than 20
+    assert (tmp_path / "res.png").stat().st_size > 1000
+    assert "pseudo-perplexity" in capsys.readouterr().out
+
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant,DMS_score\nT6A,0.1\nA6G,2\nT6T,0.3\nT99A,1\nQ3A:R4G,-1\nI5V,0.5\nL7A,-0.2\n")
+    mout = tmp_path / "mut.csv"
+    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(mout), "--mutations", str(table), "--quiet",
+                 "--plot", str(tmp_path / "mut.png")]) == 0
+    text = capsys.readouterr().out
+    assert "scored 5 of 7 mutants" in text and "skipped 2" in text and "Spearman" in text
+    rows = _read(mout, ",")
+    assert rows[0] == ["mutant", "DMS_score", "coordformer_score", "coordformer_sites"]
+    got = {r[0]: float(r[2]) for r in rows[1:]}
+    assert set(got) == {"T6A", "T6T", "Q3A:R4G", "I5V", "L7A"} and got["T6T"] == 0
+    assert [r[3] for r in rows[1:] if r[0] == "Q3A:R4G"] == ["1ORC.A/1;1ORC.A/2"]
+    skipped = _read(str(mout) + ".skipped.tsv")
+    assert skipped[0] == ["kind", "row", "item", "reason"]
+    assert [r[:3] for r in skipped[1:]] == [["mutant", "2", "A6G"], ["mutant", "4", "T99A"]]
+    assert "wild type mismatch" in skipped[1][3] and "not in chain" in skipped[2][3]
+    # a single-mutant score is the difference of two masked-marginal log-probabilities
+    [s] = masked_marginals(load_model("small-coords")[0], read_structure(pdb), positions=[[3]])
+    assert got["T6A"] == pytest.approx(float(s.log_probs[3, AA["A"]] - s.log_probs[3, AA["T"]]), abs=1e-4)
+
+    # strict single mutants: one line naming the mutation, exit 2
+    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(tmp_path / "x.tsv"), "-m", "A6G", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: mutation 'A6G': wild type mismatch: chain 1ORC.A has T at author number 6 (index 4), not A"
+    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(tmp_path / "x.tsv"), "-m", "T4A", "--numbering",
+                 "index", "--quiet"]) == 0
+    assert _read(tmp_path / "x.tsv")[1][0] == "T4A"
+
+
+def test_cli_fasta_warns_for_a_model_without_the_missing_flag(tmp_path, capsys):
+    [c] = read_structure(DATA / "1orc.pdb")
+    fa = tmp_path / "cro.fasta"
+    fa.write_text(f">cro\n{c.sequence}\n")
+    assert main(["score", str(fa), "-c", "small-coords", "-o", str(tmp_path / "a.tsv"), "--quiet"]) == 0
+    assert "never learnt the missing flag" in capsys.readouterr().err
+    assert main(["score", str(fa), "-c", "small-coords-sd", "-o", str(tmp_path / "b.tsv"), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    rows = _read(tmp_path / "b.tsv")
+    assert rows[1][2] == "" and rows[1][4] == "0"  # no author numbers, no CA given
