@@ -145,6 +145,9 @@ issue16)
   CK=$RUNS/paper-coords/checkpoints/last.ckpt; NK=$RUNS/paper-nocoords/checkpoints/last.ckpt
   cf export -c $CK --out $E/paper-coords.int8.pt --int8
   cf export -c $CK --out $E/paper-coords.fp16.pt
+  # analyze-attention labels models by file name: two last.ckpt would collide
+  mkdir -p $E/models; cp $E/paper-coords.fp16.pt $E/models/paper-coords.pt
+  cf export -c $NK --out $E/models/paper-nocoords.pt
   split -b 15m -d $E/paper-coords.int8.pt "$OUT/paper-coords.int8.pt.part"
   left=$((deadline - (SECONDS - t0) - 15)); [ $left -lt 20 ] && left=20
   T="timeout $left python3 -m coordformer"  # a slow evaluation must not cost the lease its results
@@ -154,7 +157,8 @@ issue16)
   ev --split test --masking bert --json $E/test_bert.json > $E/test_bert.log 2>&1 &
   ev --split valid --json $E/valid_mask.json > $E/valid_mask.log 2>&1 &
   ev --split valid --masking bert --json $E/valid_bert.json > $E/valid_bert.log 2>&1 &
-  $T analyze-attention -c $CK -c $NK --data $DATA --out $E/attention --max-chains 200 --device $DEV --quiet \
+  $T analyze-attention -c $E/models/paper-coords.pt -c $E/models/paper-nocoords.pt --data $DATA --out $E/attention \
+    --max-chains ${ATT_CHAINS:-200} --device $DEV --quiet \
     > $E/attention.log 2>&1 &
   timeout $left python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $CK --batches ${REPLAY_BATCHES:-100} \
     --tokens ${TOKENS:-16384} --device $DEV --json $E/replay.json > $E/replay.log 2>&1 &

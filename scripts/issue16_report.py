@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Turn what `scripts/gpu_session.sh issue16` brought back into the Markdown tables of docs/RESULTS.md.
+
+    tar -xzf issue16.tar.gz -C work/issue16      # gives work/issue16/eval/
+    python scripts/issue16_report.py work/issue16/eval > work/issue16/report.md
+
+Reads the two runs' summary.json and metrics.csv, the four evaluations (test/valid x all-mask/BERT),
+the int8/float16 exports' test scores, analyze-attention's heads.csv and the non-finite replay. Prints
+only what it finds; a part that is missing is named as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+RUNS = ("paper-coords", "paper-nocoords")
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def training(e: Path) -> list[str]:
+    out = ["| run | steps | training minutes | skipped steps | median tokens/s | validation perplexity at 500 / 1k / 2k / 4k / end |",
+           "|---|---|---|---|---|---|"]
+    for n in RUNS:
+        s = _json(e / f"{n}.summary.json")
+        rows = list(csv.DictReader(open(e / f"{n}.metrics.csv"))) if (e / f"{n}.metrics.csv").exists() else []
+        if s is None and not rows:
+            out.append(f"| {n} | missing | | | | |")
+            continue
+        val = {int(r["step"]) + 1: float(r["val/perplexity"]) for r in rows if r.get("val/perplexity")}
+        rates = sorted(float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s"))
+        at = " / ".join(f"{val[k]:.2f}" if k in val else "-" for k in (500, 1000, 2000, 4000))
+        end = (s or {}).get("final_val", {}).get("val/perplexity")
+        out.append(f"| {n} | {(s or {}).get('global_step', '-')} | {(s or {}).get('train_minutes', float('nan')):.1f} | "
+                   f"{(s or {}).get('skipped_steps', '-')} | {rates[len(rates) // 2]:,.0f} | {at} / "
+                   f"{end:.2f} |" if rates and end else f"| {n} | {(s or {}).get('global_step', '-')} | | | | {at} |")
+    return out
+
+
+def evaluations(e: Path) -> list[str]:
+    out = ["| split, masking | coords perplexity / recovery | no-coords perplexity / recovery | perplexity ratio | masked residues |",
+           "|---|---|---|---|---|"]
+    for split in ("test", "valid"):
+        for masking in ("mask", "bert"):
+            d = _json(e / f"{split}_{masking}.json")
+            if d is None:
+                out.append(f"| {split}, {masking} | missing | | | |")
+                continue
+            m = d["models"]
+            c, n = m.get("paper-coords"), m.get("paper-nocoords")
+            if not (c and n):
+                out.append(f"| {split}, {masking} | models {sorted(m)} | | | |")
+                continue
+            out.append(f"| {split}, {'all <mask>' if masking == 'mask' else 'BERT 80/10/10'} | {c['perplexity']:.2f} / "
+                       f"{100 * c['recovery']:.1f}% | {n['perplexity']:.2f} / {100 * n['recovery']:.1f}% | "
+                       f"{c['perplexity'] / n['perplexity']:.3f} | {c['n_masked']:,} |")
+    return out
+
+
+def per_aa(e: Path) -> list[str]:
+    d = _json(e / "test_mask.json")
+    if d is None or "paper-coords" not in d["models"]:
+        return ["(test evaluation missing)"]
+    c, n = d["models"]["paper-coords"], d["models"]["paper-nocoords"]
+    aas = sorted(c["per_residue_recovery"], key=lambda a: c["per_residue_recovery"][a] - n["per_residue_recovery"][a],
+                 reverse=True)
+    out = ["| residue | coords | no coords | difference (pt) |", "|---|---|---|---|"]
+    for a in aas:
+        x, y = c["per_residue_recovery"][a], n["per_residue_recovery"][a]
+        bold = "**" if a in "GP" else ""
+        out.append(f"| {bold}{a}{bold} | {100 * x:.1f}% | {100 * y:.1f}% | {100 * (x - y):+.1f} |")
+    return out
+
+
+def quantisation(e: Path) -> list[str]:
+    d = _json(e / "test_mask.json")
+    if d is None:
+        return ["(test evaluation missing)"]
+    m = d["models"]
+    ref = m.get("paper-coords")
+    out = ["| weights | test perplexity | relative to the checkpoint |", "|---|---|---|"]
+    for k in ("paper-coords", "paper-coords.fp16", "paper-coords.int8"):
+        if k in m:
+            out.append(f"| {k} | {m[k]['perplexity']:.4f} | {100 * (m[k]['perplexity'] / ref['perplexity'] - 1):+.3f}% |")
+    return out
+
+
+def attention(e: Path) -> list[str]:
+    p = e / "attention" / "heads.csv"
+    if not p.exists():
+        return ["(analyze-attention output missing)"]
+    rows = list(csv.DictReader(open(p)))
+    out = ["| model | layer | 3D-local heads | their sigma (A) |", "|---|---|---|---|"]
+    sig_key = next((k for k in rows[0] if "sigma" in k and "3d" in k.lower()), None) if rows else None
+    for model in sorted({r["model"] for r in rows}):
+        for layer in sorted({int(r["layer"]) for r in rows if r["model"] == model}):
+            hs = [r for r in rows if r["model"] == model and int(r["layer"]) == layer and r.get("local_3d") == "True"]
+            sig = ", ".join(f"{float(r[sig_key]):.1f}" for r in hs if sig_key and r.get(sig_key) not in ("", None))
+            out.append(f"| {model} | {layer} | {len(hs)} | {sig} |")
+    return out
+
+
+def replay(e: Path) -> list[str]:
+    d = _json(e / "replay.json")
+    if d is None:
+        return ["(replay missing)"]
+    out = [f"device {d.get('device')}, torch {d.get('torch')}, model {d.get('model')}"]
+    for length, r in (d.get("kernel") or {}).items():
+        out.append(f"- kernel, L = {length}: non-finite dQ entries, default kernels {r['default']['nonfinite_dq']}, "
+                   f"coordformer.attention {r['coordformer']['nonfinite_dq']}")
+    s = d.get("scan", {})
+    if s:
+        for i, (rm, pm, rb, pb) in enumerate(zip(s["real_min"], s["pad_min"], s["real_below"], s["pad_below"]), 1):
+            out.append(f"- layer {i}: lowest log-sum-exp, real rows {rm:.1f} ({rb} below -88.7), padding rows "
+                       f"{pm if math.isfinite(pm) else float('nan'):.1f} ({pb} below)")
+        out.append(f"- {s['batches_len_mod128_eq64']} of {s['batches']} batches have L % 128 == 64; "
+                   f"{s['batches_that_trip_cudnn']} of those have a row below -88.7")
+    for name, r in (d.get("steps") or {}).items():
+        out.append(f"- steps padded to L % 128 == 64, {name} kernels: {r['nonfinite_steps']} of {r['steps']} non-finite")
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    e = Path(sys.argv[1])
+    for title, part in (("Training", training), ("Held-out evaluation", evaluations), ("Per residue (test, all-mask)", per_aa),
+                        ("Weights", quantisation), ("Attention", attention), ("Non-finite replay", replay)):
+        print(f"### {title}\n")
+        try:
+            print("\n".join(part(e)))
+        except (KeyError, ValueError, IndexError) as err:
+            print(f"(could not read: {type(err).__name__}: {err})")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
