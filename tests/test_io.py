@@ -577,8 +577,13 @@ def test_find_sources_recursion(tmp_path):
         root / "z.CIF",
         sniffable,
     ]
-    assert [p for p, _ in problems] == [str(tmp_path / "nope"), str(readme)]
-    assert "no such file" in problems[0][1]
+    # every entry not read is named with its reason (hidden ones are listed, not searched)
+    assert [p for p, _ in problems] == [str(root / ".hidden"), str(root / "meta.json"), str(root / "notes.txt"),
+                                        str(tmp_path / "nope"), str(readme)]
+    reasons = dict(problems)
+    assert "hidden" in reasons[str(root / ".hidden")]
+    assert "not chain_set" in reasons[str(root / "meta.json")]
+    assert "no such file" in reasons[str(tmp_path / "nope")]
     again, _ = find_sources([root])
     assert again == sources[:4]  # deterministic
     _, problems = find_sources([root / "empty"])

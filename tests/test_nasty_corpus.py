@@ -162,7 +162,8 @@ BAD = {
     "sub/bad_coords.pdb": "non-numeric",
 }
 
-IGNORED = ["README.txt", ".hidden.pdb", "sub/notes.md"]  # not sources: neither read nor logged
+#: not sources: not read, but each named in skipped.tsv with the reason (issue 20, item 8)
+IGNORED = {"README.txt": "neither PDB nor mmCIF", ".hidden.pdb": "hidden", "sub/notes.md": "neither PDB nor mmCIF"}
 
 
 def build_corpus(root: Path) -> Path:
@@ -328,16 +329,17 @@ def test_nasty_corpus_prepares_in_one_run(tmp_path):
         assert hits[0][1].startswith(f"{category}:"), hits
     for rel, cids in FILTERED_FILES.items():
         assert any(inp == f"{cids[0]} [{res[rel]}]" for inp in by_input), rel
-    assert len(rows) == len(BAD) + len(FILTERED)
-    for rel in IGNORED:
-        assert not any(rel.split("/")[-1] in inp for inp in by_input), rel
+    assert len(rows) == len(BAD) + len(FILTERED) + len(IGNORED)
+    for rel, why in IGNORED.items():
+        (reason,) = by_input[str(corpus / rel)]
+        assert why in reason, (rel, reason)
         assert not any(ds.source(i).endswith(rel.split("/")[-1]) for i in range(len(ds)))
 
     # -- counts add up (summary, manifest, chains.tsv, splits)
     n_sources = len(GOOD) + len(BAD) + len(FILTERED_FILES)
     assert summary.n_sources == n_sources
     assert summary.n_units == n_sources  # one unit per file; the 3-record JSONL is one chunk
-    assert summary.inputs_skipped == len(BAD)
+    assert summary.inputs_skipped == len(BAD) + len(IGNORED)
     assert summary.chains_filtered == {TOO_SHORT: 1, MISSING_CA: 1, DUPLICATE: 1}
     assert summary.chains_kept == len(expected) == len(ds)
     assert summary.chains_read == summary.chains_kept + sum(summary.chains_filtered.values())

@@ -111,6 +111,9 @@ class PrepareSummary:
     seqres_chains_filled: int = 0
     seqres_unavailable: list[str] = field(default_factory=list)
     seqres_mode: str = "off"
+    #: kept chains whose every present coordinate is exactly 0 (a placeholder, not a structure)
+    chains_zero_coords: int = 0
+    zero_coords_examples: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +147,10 @@ class PrepareSummary:
             lines.append(f"  seqres ({self.seqres_mode}): {self.seqres_residues_inserted} unobserved residues put back in "
                          f"{self.seqres_chains_filled} chains; {n_un} chains without a usable deposited sequence, "
                          f"kept as modelled{eg}")
+        if self.chains_zero_coords:
+            lines.append(f"  WARNING: {self.chains_zero_coords} kept chains have every coordinate at (0, 0, 0), a placeholder "
+                         f"rather than a structure (e.g. {', '.join(self.zero_coords_examples[:3])}); a coordinate model "
+                         "sees them as one point")
         lines += [
             f"  elapsed: {self.elapsed_s:.1f} s",
         ]
@@ -350,6 +357,7 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         filters = {**filters, "max_missing_ca": 1.0}
     seqs, coords, lengths, ids, sources, plddts, digests = [], [], [], [], [], [], []
     inserted: list[int] = []  # per kept chain: unobserved residues put back; -1 = no usable deposited sequence
+    zero: list[int] = []  # indices (among kept chains) of chains whose every present coordinate is 0
     for chain in chains:
         try:
             cid = "_".join(str(chain.id or "").split())
@@ -366,6 +374,9 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
             skipped.append([BAD_COORDS, f"? [{unit['path']}]", f"{BAD_COORDS}: unexpected error: {type(e).__name__}: {e}"])
             continue
         s, c = res
+        present = ~np.isnan(c)
+        if present.any() and not c[present].any():
+            zero.append(len(ids))
         seqs.append(s)
         coords.append(c)
         if filters.get("store_plddt"):
@@ -388,6 +399,8 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
         "chains_read": len(chains),
         "digests": digests,
     }
+    if zero:
+        meta["zero_coords"] = zero
     if unit["kind"] == "file":
         meta["ignored_entry"] = next((c.ignored_entry for c in chains if getattr(c, "ignored_entry", None)), None)
     if seqres != "off":
@@ -892,6 +905,7 @@ def _consolidate(
             else:
                 filtered[kind] = filtered.get(kind, 0) + 1
         keep = np.ones(len(meta["ids"]), dtype=bool)
+        zero_coords = set(meta.get("zero_coords", ()))
         for j, (cid, src) in enumerate(zip(renamed.get(ui, meta["ids"]), meta["sources"])):
             key = norm(cid)
             if (ui, j) in copies:  # the same chain as one read before (see _unique_structure_ids)
@@ -910,6 +924,10 @@ def _consolidate(
                 skipped_rows.append((f"{cid} [{src}]", f"{DUPLICATE}: {cid} already read from {first_src} ({what}; kept the first)"))
                 continue
             seen[key] = (src, digests[j])
+            if j in zero_coords:
+                summary.chains_zero_coords += 1
+                if len(summary.zero_coords_examples) < 10:
+                    summary.zero_coords_examples.append(f"{cid} [{src}]")
             ids.append(cid)
             sources.append(src)
             if "seqres_inserted" in meta:
@@ -1033,6 +1051,7 @@ def _consolidate(
             "excluded_near_misses": len(match.near),
             "files_generic_entry": len(generic),
             "files_renamed": len(renames),
+            "chains_zero_coords": summary.chains_zero_coords,
             **({"seqres_residues_inserted": summary.seqres_residues_inserted,
                 "seqres_chains_filled": summary.seqres_chains_filled,
                 "seqres_unavailable": len(summary.seqres_unavailable)} if config.seqres != "off" else {}),
@@ -1140,7 +1159,7 @@ def prepare(
         elif overwrite:
             _remove_dataset(out)
 
-        srcs, bad_paths = find_sources(sources)
+        srcs, bad_paths = find_sources(sources, skip=[out])
         srcs = list(srcs)
         bad_paths = [(str(p), str(r)) for p, r in bad_paths]
         if not srcs:

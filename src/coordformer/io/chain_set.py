@@ -408,35 +408,161 @@ def write_chain_set(chains: Iterable[Chain], path: str | Path, decimals: int = 3
 # --------------------------------------------------------------------------- discovery
 
 
-def _sniff_structure(path: Path) -> bool:
-    """Content check for an explicitly given file whose name has no known suffix."""
+#: Name endings of archives and compressions that are not read (only gzip is), with what they are.
+_ARCHIVE_SUFFIXES = (
+    (".tar.gz", "a tar archive"), (".tgz", "a tar archive"), (".tar.bz2", "a tar archive"),
+    (".tar.xz", "a tar archive"), (".tar", "a tar archive"), (".zip", "a zip archive"), (".7z", "a 7-Zip archive"),
+    (".rar", "a RAR archive"), (".bz2", "a bzip2-compressed file"), (".xz", "an xz-compressed file"),
+    (".zst", "a zstd-compressed file"), (".lz4", "an lz4-compressed file"), (".z", "a compress (.Z) file"),
+)
+#: Leading bytes of the same, for files whose name does not say.
+_ARCHIVE_MAGIC = (
+    (b"PK\x03\x04", "a zip archive"), (b"BZh", "a bzip2-compressed file"), (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"Rar!", "a RAR archive"), (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
+)
+_NOT_READ = "not read: only plain and gzip-compressed files are; unpack it first"
+
+
+def _sniff(path: Path) -> str | None:
+    """Content check for a file whose name has no known ending: None if it reads as PDB / mmCIF
+    text (plain or gzipped), else why it is not read."""
+    try:
+        with open(path, "rb") as raw:
+            magic = raw.read(8)
+    except OSError as e:
+        return f"cannot open file: {e.strerror or e}"
+    for head, what in _ARCHIVE_MAGIC:
+        if magic.startswith(head):
+            return f"{what}, {_NOT_READ}"
     try:
         fh = _open_binary(path)
         with fh:
             head = fh.read(1 << 16)
-    except (StructureReadError, *_DECOMPRESS_ERRORS):
-        return False
+    except StructureReadError as e:
+        return e.reason
+    except _DECOMPRESS_ERRORS as e:
+        return f"corrupt or truncated gzip data ({e})"
     head = _strip_bom(head)
-    return b"\x00" not in head and _detect_format(path.name, head) is not None
+    if not head.strip():
+        return "empty file"
+    if head[:262].find(b"ustar", 257) >= 0:
+        return f"a tar archive, {_NOT_READ}"
+    if b"\x00" in head:
+        return "binary data, not a PDB/mmCIF structure, chain_set JSONL or FASTA file"
+    if _detect_format(path.name, head) is None:
+        return ("not a PDB/mmCIF structure, chain_set JSONL or FASTA file (its name has no known ending and its "
+                "content is neither PDB nor mmCIF)")
+    return None
 
 
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
+def _sniff_structure(path: Path) -> bool:
+    """Content check for an explicitly given file whose name has no known suffix."""
+    return _sniff(path) is None
 
 
-def find_sources(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+def _classify(path: Path) -> str | None:
+    """None if ``path`` (a regular file) is read as a source, else why not."""
+    from coordformer.io.fasta import is_fasta  # fasta imports this module
+
+    if is_structure_file(path) or is_fasta(path) or is_chain_set(path):
+        return None
+    name = path.name.lower()
+    for suffix, what in _ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return f"{what}, {_NOT_READ}"
+    why = _sniff(path)
+    if why is not None and name.endswith(CHAIN_SET_SUFFIXES) and not why.startswith(("cannot", "empty", "corrupt")):
+        return "a JSON file that is not chain_set JSONL (its first record has no 'seq' and 'coords')"
+    return why
+
+
+def _broken_link(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"broken symbolic link: its target {target} does not exist (or the link points to itself)"
+
+
+def _walk(root: Path, found: list, problems: list[tuple[str, str]], visited: set[str], quiet: set[str]) -> None:
+    """Search ``root`` recursively (sorted): readable sources into ``found`` as (relative parts,
+    path); every entry that is not read into ``problems`` with the reason. Folders behind symbolic
+    links are searched after the real ones and each folder once (``visited`` holds real paths), so a
+    link back up the tree ends. Hidden entries (name starting with '.') are listed, not searched;
+    folders in ``quiet`` (real paths) are passed over without a word."""
+    linked: list[Path] = []
+    queue: list[Path] = [root]
+    while queue or linked:
+        if queue:
+            folder = queue.pop()
+        else:
+            folder = linked.pop(0)
+            real = os.path.realpath(folder)
+            if real in quiet:
+                continue
+            if real in visited:
+                problems.append((str(folder), f"symbolic link to a folder searched already ({real}): not searched again"))
+                continue
+            visited.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problems.append((str(folder), f"cannot read folder: {e.strerror or e}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            q = Path(entry.path)
+            if entry.name.startswith("."):
+                problems.append((str(q), "hidden (name starts with '.'): not searched"))
+                continue
+            try:
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir()  # follows links
+                is_file = entry.is_file()
+            except OSError as e:
+                problems.append((str(q), f"cannot read: {e.strerror or e}"))
+                continue
+            if is_dir and is_link:
+                linked.append(q)
+            elif is_dir:
+                real = os.path.realpath(q)
+                if real in quiet:
+                    continue
+                if real in visited:
+                    problems.append((str(q), f"folder searched already ({real}): not searched again"))
+                    continue
+                visited.add(real)
+                subfolders.append(q)
+            elif is_file:
+                why = _classify(q)
+                if why is None:
+                    found.append((q.relative_to(root).parts, q))
+                else:
+                    problems.append((str(q), why))
+            elif is_link:
+                problems.append((str(q), _broken_link(q)))
+            else:
+                problems.append((str(q), "not a regular file or folder (a pipe, socket or device)"))
+        queue.extend(reversed(subfolders))
+
+
+def find_sources(paths: Sequence[str | Path], skip: Sequence[str | Path] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files and folders into structure files, chain_set files and FASTA files.
 
     Folders are searched recursively in sorted (deterministic) order for files with a
     structure suffix (:data:`STRUCTURE_SUFFIXES`), chain_set files and files with a FASTA
-    suffix (:data:`~coordformer.io.fasta.FASTA_SUFFIXES`); hidden files and folders are
-    skipped. A file given explicitly is accepted if it has a structure or FASTA suffix, is a
-    chain_set file, or looks like PDB / mmCIF text. Returns ``(sources, problems)``:
-    problems lists ``(path, reason)`` for missing paths, unrecognised explicit files and
-    folders without any usable file. Duplicates are dropped (first occurrence kept).
+    suffix (:data:`~coordformer.io.fasta.FASTA_SUFFIXES`), and for files with any other name
+    (a CATH ``dompdb`` folder of extension-less files, ``model_1``) whose content is PDB or mmCIF
+    text (plain or gzipped). Folders behind symbolic links are followed, each folder once.
+    Everything else is named in the returned problems with the reason it is not read: hidden
+    files and folders (not searched), broken symbolic links, folders that cannot be read,
+    archives and other compressions than gzip (``.zip``, ``.tar.gz``, ``.bz2``, ...), and files
+    of no recognised format. A file given explicitly is accepted on the same terms. Returns
+    ``(sources, problems)``: problems lists ``(path, reason)``, also for missing paths and folders
+    without any usable file. Duplicates are dropped (first occurrence kept). Folders in ``skip``
+    (``prepare``'s output folder, which may sit inside a source folder) are passed over silently.
     """
-    from coordformer.io.fasta import is_fasta  # fasta imports this module
-
     sources: list[Path] = []
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -450,22 +576,20 @@ def find_sources(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[st
     for given in paths:
         p = Path(given)
         if p.is_dir():
-            found = []
-            for q in p.rglob("*"):
-                rel = q.relative_to(p)
-                if _is_hidden(rel) or not q.is_file():
-                    continue
-                if is_structure_file(q) or is_fasta(q) or is_chain_set(q):
-                    found.append((rel.parts, q))
+            found: list = []
+            _walk(p, found, problems, {os.path.realpath(p)}, {os.path.realpath(d) for d in skip})
             if not found:
                 problems.append((str(given), "folder contains no structure, chain_set or FASTA files"))
             for _, q in sorted(found):
                 add(q)
         elif p.is_file():
-            if is_structure_file(p) or is_fasta(p) or is_chain_set(p) or _sniff_structure(p):
+            why = _classify(p)
+            if why is None:
                 add(p)
             else:
-                problems.append((str(given), "not a PDB/mmCIF structure, chain_set JSONL or FASTA file"))
+                problems.append((str(given), why))
+        elif p.is_symlink():
+            problems.append((str(given), _broken_link(p)))
         elif p.exists():
             problems.append((str(given), "not a regular file or folder"))
         else:
