@@ -166,3 +166,30 @@ def test_config_validation():
         AttentionAnalysisConfig(bin_width=0)
     stats = AttentionStats(2, 3, AttentionAnalysisConfig(max_distance=10, bin_width=2.5))
     assert stats.sum_dist.shape == (2, 3, 4)
+
+
+def test_a_model_without_3d_local_heads_is_reported_not_a_crash(tmp_path, prepared, capsys):
+    """An untrained model (no head attends by distance) and data without coordinates (no distances
+    at all): the report says "no 3D-local heads" and every figure is still written."""
+    from conftest import synthetic_chains
+
+    from coordformer.config import preset
+    from coordformer.model.checkpoints import export_model
+
+    torch.manual_seed(0)
+    model = export_model(CoordFormer(preset("tiny-0.1m")), tmp_path / "untrained.pt")
+    fasta = tmp_path / "seqs.fasta"
+    fasta.write_text("".join(f">{r['name']}\n{r['seq']}\n" for r in synthetic_chains(6)))
+    prepare([str(fasta)], tmp_path / "seqonly", PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=1.0),
+            workers=1, progress=False)
+    cases = ((prepared.path, (), "no head's attention falls off with 3D distance"),
+             (tmp_path / "seqonly", ("--no-ablations",), "no coordinates"))
+    for i, (data, extra, why) in enumerate(cases):
+        out = tmp_path / f"attn{i}"
+        assert main(["analyze-attention", "-c", str(model), "--data", str(data), "--max-chains", "6", "--out", str(out),
+                     "--quiet", *extra]) == 0
+        report = (out / "report.md").read_text()
+        assert "**No 3D-local heads**" in report and why in report, report
+        for name in ("untrained_layer1.png", "untrained_layer2.png", "summary.png"):
+            assert (out / name).stat().st_size > 5000, name
+        assert "untrained: no 3D-local heads" in capsys.readouterr().out

@@ -409,7 +409,7 @@ def analyze_attention(
               device=device, progress=not quiet, echo=typer.echo, command=_command_line())
     for label, hs in res["heads"].items():
         local = [f"L{h['layer']}H{h['head']} ({h['sigma_3d_only']:.1f} A)" for h in hs if h.get("local_3d")]
-        typer.echo(f"{label}: {len(local)} 3D-local heads" + (": " + ", ".join(local) if local else ""))
+        typer.echo(f"{label}: {len(local)} 3D-local heads: " + ", ".join(local) if local else f"{label}: no 3D-local heads")
     typer.echo(f"wrote {out / 'report.md'}, fits.csv, heads.csv, binned.csv and figures")
 
 

@@ -361,14 +361,15 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
                     "n_masked": res[0]["n_masked"]}
         plots.recovery_difference_figure(diff, out / "recovery.png",
                                          f"per-residue recovery, {labels[0]} minus {labels[1]} ({res[0]['n_masked']} masked residues)")
-    _write_report(out / "report.md", labels, heads, recovery, cfg, data, command, ablations)
+    pairs_3d = {m: int(st.count_dist.sum()) for m, st in stats_none.items()}
+    _write_report(out / "report.md", labels, heads, recovery, cfg, data, command, ablations, pairs_3d)
     (out / "analysis.json").write_text(json.dumps({"config": cfg.to_dict(), "checkpoints": list(map(str, checkpoints)),
                                                    "labels": labels, "data": str(data_dir), "ablations": list(ablations),
                                                    "command": command, "recovery": recovery}, indent=2))
     return {"fits": all_fits, "heads": heads, "recovery": recovery}
 
 
-def _write_report(path, labels, heads, recovery, cfg, data, command, ablations) -> None:
+def _write_report(path, labels, heads, recovery, cfg, data, command, ablations, pairs_3d=None) -> None:
     n_chains = min(len(data.split_indices(cfg.split)), cfg.max_chains or 10**9)
     lines = ["# Attention versus distance", "",
              f"Data: `{data.path}`, split `{cfg.split}`, {n_chains} chains (first {cfg.crop_length} residues each), "
@@ -384,8 +385,15 @@ def _write_report(path, labels, heads, recovery, cfg, data, command, ablations) 
         hs = heads[label]
         n3 = sum(h.get("local_3d", False) for h in hs)
         ns = sum(h.get("local_seq", False) for h in hs)
-        lines += [f"## {label}", "", f"{n3} of {len(hs)} heads 3D-local, {ns} sequence-local.", "",
-                  "| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
+        lines += [f"## {label}", "", f"{n3} of {len(hs)} heads 3D-local, {ns} sequence-local.", ""]
+        if not n3:  # a result, not a failure: say why it may be so
+            why = ("the data hold no CA-CA distances within the cut-off (no coordinates)"
+                   if pairs_3d is not None and not pairs_3d.get(label) else
+                   "the 3D-only ablation (no-positions) was not run" if "no-positions" not in ablations else
+                   "no head's attention falls off with 3D distance like a Gaussian (an untrained or weakly trained "
+                   "model, a sequence-only model, or too few chains)")
+            lines += [f"**No 3D-local heads**: {why}.", ""]
+        lines += ["| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for h in hs:
             lines.append(f"| {h['layer']} | {h['head']} | {_fmt(h['sigma_3d'])} | {_fmt(h['r2_3d'], 2)} | "

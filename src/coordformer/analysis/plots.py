@@ -177,9 +177,12 @@ def attention_layer_figure(stats, fits: list[dict], layer: int, path: str | Path
                 ax.plot(grid, curve, "C3", lw=1)
                 unit = "Å" if kind == "distance" else "res"
                 ax.set_title(f"h{h}: σ={fit['sigma']:.1f} {unit}, R²={fit['r2']:.2f}", fontsize=7)
-            ax.set_yscale("log")
             if len(shown):  # keep the axis on the data; a narrow fitted Gaussian falls off it
+                ax.set_yscale("log")
                 ax.set_ylim(shown.min() / 3, max(np.nanmax(p90[h]), shown.max()) * 3)
+            else:  # nothing to draw (no coordinates: no distances); a log axis of nothing cannot be drawn
+                _note(ax, "no pairs" + (" with coordinates" if kind == "distance" else ""))
+                ax.set_xticks([])
             ax.tick_params(labelsize=6)
             if row == 1:
                 ax.set_xlabel("sequence separation j - i" if h == 0 else "", fontsize=7)
@@ -200,22 +203,35 @@ def attention_summary_figure(fits_by_model: dict[str, list[dict]], path: str | P
                    and np.isfinite(f["r2"]) and f["r2"] >= min_r2]
             jitter = (i - (len(fits_by_model) - 1) / 2) * 0.12
             axes[0][col].scatter([f["layer"] + jitter for f in sub], [f["sigma"] for f in sub], s=14, color=f"C{i}",
-                                 label=label if col == 0 else None)
+                                 label=label)
             axes[1][col].scatter([f["layer"] + jitter for f in sub], [f["amplitude"] for f in sub], s=14, color=f"C{i}")
     axes[0][0].set_ylabel("σ (Å)")
     axes[0][1].set_ylabel("σ (residues)")
     axes[0][0].set_title(f"3D distance (heads with R² ≥ {min_r2})", fontsize=9)
     axes[0][1].set_title(f"sequence separation (heads with R² ≥ {min_r2})", fontsize=9)
-    for ax in axes[0]:
-        ax.set_yscale("log")
     layers = sorted({f["layer"] for fits in fits_by_model.values() for f in fits}) or [1]
     for ax in axes[1]:
         ax.set_ylabel("amplitude")
-        ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_xticks(layers)
-    axes[0][0].legend(fontsize=8)
+    for ax in axes.flat:
+        if _has_positive(ax):
+            ax.set_yscale("log")
+        else:  # no Gaussian-like head (an untrained model; no coordinates): say so, not a log axis of nothing
+            _note(ax, f"no head with R² ≥ {min_r2}")
+    shown = [ax for ax in axes[0] if _has_positive(ax)]
+    if shown:
+        shown[0].legend(fontsize=8)
     return _save(fig, path)
+
+
+def _has_positive(ax) -> bool:
+    return any(np.any(np.asarray(c.get_offsets())[:, 1] > 0) for c in ax.collections if len(c.get_offsets()))
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")
+    ax.set_yticks([])
 
 
 def recovery_difference_figure(diff: dict[str, float], path: str | Path, title: str) -> Path:
