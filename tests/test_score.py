@@ -302,3 +302,25 @@ def test_cli_fasta_warns_for_a_model_without_the_missing_flag(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
     rows = _read(tmp_path / "b.tsv")
     assert rows[1][2] == "" and rows[1][4] == "0"  # no author numbers, no CA given
+
+
+def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsys):
+    chains = read_structure(DATA / "1orc.pdb")
+    base = score_mutations(tiny, chains, ["T4A"], numbering="index", strict=True).scored[0]
+    shifted = score_mutations(tiny, chains, ["T14A"], numbering="index", offset=10, strict=True).scored[0]
+    assert shifted.substitutions == base.substitutions and shifted.score == base.score
+    with pytest.raises(MutationError, match=r"index 4 \(position 14 - offset 10\), not A"):
+        score_mutations(tiny, chains, ["A14G"], numbering="index", offset=10, strict=True)
+    with pytest.raises(MutationError, match="mutant positions 11-74 with offset 10"):
+        score_mutations(tiny, chains, ["T4A"], numbering="index", offset=10, strict=True)
+    table = tmp_path / "all_bad.csv"
+    table.write_text("mutant\nA6G\nT99A\n")
+    out = tmp_path / "o.tsv"
+    assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "--mutations", str(table),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: none of the 2 mutants could be scored (first: row 1 A6G: wild type mismatch")
+    assert len(_read(str(out) + ".skipped.tsv")) == 3
+    assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "-m", "T4A", "--offset", "1",
+                 "--quiet"]) == 2
+    assert "--offset applies to 1-based index numbering" in capsys.readouterr().err

@@ -490,6 +490,8 @@ def score(
     numbering: Numbering = typer.Option(Numbering.auto, help="Mutant positions: author = residue numbers of the structure "
                                         "file (insertion code after the number); index = 1-based index in the chain's "
                                         "sequence as read (ProteinGym); auto = author where the input has them, else index."),
+    offset: int = typer.Option(0, help="With --numbering index: mutant position p is residue p - OFFSET of the chain (a "
+                               "structure covering positions OFFSET+1... of the sequence the mutants are numbered on)."),
     chain: Optional[str] = typer.Option(None, "--chain", help="Chain of mutants written without one (author id A or full id "
                                         "1ABC.A); needed when several chains are scored."),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
@@ -514,7 +516,7 @@ def score(
     cfg = ScoreConfig(mode=mode.value, min_sep=min_sep, min_dist=min_dist, window=window, overlap=overlap,
                       tokens_per_batch=tokens_per_batch, use_coords=False if no_coords else None)
     res = run_score(checkpoint, inputs, out, cfg, mutations=mutations, mutants=mutant, mutant_column=mutant_column,
-                    multi=multi.value, numbering=numbering.value, chain=chain, chains=_chain_list(chains),
+                    multi=multi.value, numbering=numbering.value, offset=offset, chain=chain, chains=_chain_list(chains),
                     plddt_min=plddt_min, seqres=seqres.value, split=split, per_aa=per_aa, plot=plot, device=device,
                     progress=not quiet, echo=typer.echo, warn=lambda m: typer.echo(m, err=True))
     extra = f"; {res['inputs_skipped']} inputs unreadable (see {out}.skipped.tsv)" if res["inputs_skipped"] else ""

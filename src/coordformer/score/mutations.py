@@ -12,7 +12,10 @@ first residue of its target sequence). ``"author"``: positions are the structure
 residue numbers (``_atom_site.auth_seq_id`` / PDB columns 23-26), with an insertion code after the
 number where there is one (``G100AK`` mutates the G at author number 100A to K). Only structure-file
 chains carry author numbers. ``"auto"`` (default): author numbers where the chain has them, else
-1-based indices.
+1-based indices. With index numbering, ``offset`` K makes mutant position p name residue p - K:
+for a structure that covers the mutants' sequence from position K + 1 on (ProteinGym's
+``pdb_range``). A wild-type letter that does not match is reported per mutant, which catches a
+wrong numbering.
 
 **Score.** The wild-type structure and sequence are the input. For one substitution at position i,
 score = log p(mut | x with i masked) - log p(wt | x with i masked): the masked marginal. For a
@@ -134,11 +137,12 @@ def author_chain(chain_id: str) -> str:
 class ChainIndex:
     """Looks up chains by qualifier and positions by numbering, for mutants against ``chains``."""
 
-    def __init__(self, chains, numbering: str = "auto", default_chain: str | None = None):
+    def __init__(self, chains, numbering: str = "auto", default_chain: str | None = None, offset: int = 0):
         if numbering not in NUMBERINGS:
             raise UsageError(f"numbering must be one of {', '.join(NUMBERINGS)}, not {numbering!r}")
         self.chains = list(chains)
         self.numbering = numbering
+        self.offset = int(offset)
         self._author: list[dict[str, int] | None] = []
         for c in self.chains:
             ids = getattr(c, "residue_ids", None)
@@ -199,6 +203,9 @@ class ChainIndex:
         if self.uses_author(k):
             ids = [r for r in c.residue_ids if r]
             return f"author numbers {ids[0]}-{ids[-1]}" if ids else "no author numbers"
+        if self.offset:
+            return f"1-based index 1-{len(c.sequence)}, so mutant positions {1 + self.offset}-{len(c.sequence) + self.offset} " \
+                   f"with offset {self.offset}"
         return f"1-based index 1-{len(c.sequence)}"
 
     def index_of(self, mutant: str, k: int, sub: Substitution) -> int:
@@ -216,10 +223,11 @@ class ChainIndex:
         if sub.icode:
             raise MutationError(mutant, f"position {sub.position} has an insertion code, which 1-based indices do not "
                                 "have; use --numbering author", c.id, sub.position)
-        if not 1 <= sub.number <= len(c.sequence):
+        i = sub.number - self.offset
+        if not 1 <= i <= len(c.sequence):
             raise MutationError(mutant, f"position {sub.number} is outside chain {c.id} ({self.describe(k)})", c.id,
                                 sub.position)
-        return sub.number - 1
+        return i - 1
 
     def resolve(self, mutant: str) -> list[ResolvedSubstitution]:
         """Parse and place ``mutant``; raises MutationError (wrong wild type, position outside the
@@ -232,7 +240,8 @@ class ChainIndex:
             c = self.chains[k]
             have = c.sequence[i]
             if have != sub.wt:
-                where = f"author number {sub.position} (index {i + 1})" if self.uses_author(k) else f"index {i + 1}"
+                where = (f"author number {sub.position} (index {i + 1})" if self.uses_author(k) else
+                         f"index {i + 1}" + (f" (position {sub.number} - offset {self.offset})" if self.offset else ""))
                 raise MutationError(mutant, f"wild type mismatch: chain {c.id} has {have} at {where}, not {sub.wt}", c.id,
                                     sub.position)
             if (k, i) in seen:
@@ -266,18 +275,20 @@ class MutationResults:
 
 def score_mutations(model, chains, mutants: Sequence[str], cfg: ScoreConfig = ScoreConfig(), multi: str = "additive",
                     numbering: str = "auto", default_chain: str | None = None, strict: bool = False,
-                    device: str | torch.device = "cpu", progress: bool = False) -> MutationResults:
+                    device: str | torch.device = "cpu", progress: bool = False, offset: int = 0) -> MutationResults:
     """Score ``mutants`` (strings, see the module docstring) against the wild-type ``chains``
     (``Chain`` objects: sequence, structure, author numbers). Bad mutants are skipped with their
     reason (or, with ``strict``, the first raises MutationError); the others are scored.
 
     Additive single-position marginals are computed once per distinct (chain, position), with
     ``cfg.mode`` ("fast" groups far-apart positions, see ``masking_plan``); joint passes once per
-    distinct set of positions masked together.
+    distinct set of positions masked together. ``offset`` (index numbering only): a mutant position
+    p names residue p - offset of the chain (1-based), for a structure that starts at position
+    offset + 1 of the sequence the mutants are numbered on (ProteinGym's ``pdb_range``).
     """
     if multi not in MULTI_MODES:
         raise UsageError(f"multi must be one of {', '.join(MULTI_MODES)}, not {multi!r}")
-    index = ChainIndex(chains, numbering, default_chain)
+    index = ChainIndex(chains, numbering, default_chain, offset)
     res = MutationResults()
     placed: list[tuple[int, str, list[ResolvedSubstitution]]] = []
     for row, m in enumerate(mutants):

@@ -82,7 +82,8 @@ def _spearman(a: list[float], b: list[float]) -> float | None:
 
 def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: ScoreConfig = ScoreConfig(),
               mutations: str | Path | None = None, mutants: Sequence[str] = (), mutant_column: str = "mutant",
-              multi: str = "additive", numbering: str = "auto", chain: str | None = None, chains: Sequence[str] = (),
+              multi: str = "additive", numbering: str = "auto", offset: int = 0, chain: str | None = None,
+              chains: Sequence[str] = (),
               plddt_min: float | None = None, seqres: str = "off", split: str | None = None, per_aa: bool = False,
               plot: str | Path | None = None, device: str = "cpu", progress: bool = True,
               echo: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict:
@@ -90,7 +91,8 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
 
     With neither ``mutations`` (a table file) nor ``mutants`` (strings), per-residue masked
     marginals of every chain. ``mutants`` are strict: the first bad one raises MutationError (one
-    line in the CLI). A ``mutations`` table is a batch: bad rows are skipped and listed.
+    line in the CLI). A ``mutations`` table is a batch: bad rows are skipped and listed; when no row
+    at all can be scored the tables are still written and a UsageError names the first reason.
     """
     from ..model.checkpoints import load_model
 
@@ -102,6 +104,8 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
         raise UsageError(f"--multi must be one of {', '.join(MULTI_MODES)}")
     if numbering not in NUMBERINGS:
         raise UsageError(f"--numbering must be one of {', '.join(NUMBERINGS)}")
+    if offset and numbering != "index":
+        raise UsageError("--offset applies to 1-based index numbering; add --numbering index")
     table = read_mutant_table(mutations, mutant_column) if mutations is not None else None
     model, _ = load_model(checkpoint, map_location=device)
     model = model.float().eval()
@@ -159,7 +163,7 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
         if name in header:
             raise UsageError(f"--mutations already has a column {name!r}; rename it or score a copy without it")
     res = score_mutations(model, chain_list, texts, cfg, multi=multi, numbering=numbering, default_chain=chain,
-                          strict=table is None, device=device, progress=progress)
+                          strict=table is None, device=device, progress=progress, offset=offset)
     rows = []
     for r in res.scored:
         sites = ";".join(f"{chain_list[s.chain].id}/{s.index + 1}" for s in r.substitutions)
@@ -169,6 +173,14 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     summary.update(mutants=len(texts), scored=len(res.scored), skipped=len(res.skipped), passes=res.n_passes,
                    multi=multi, numbering=numbering, skipped_file=str(skipped_path) if res.skipped or skipped_inputs else None,
                    first_skipped=res.skipped[0] if res.skipped else None)
+    mismatched = sum(1 for _, _, why in res.skipped if why.startswith("wild type mismatch"))
+    if texts and not res.scored:
+        row, m, why = res.skipped[0]
+        raise UsageError(f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); check "
+                         f"--numbering, --offset and --chain; all are listed in {skipped_path}")
+    if mismatched > len(texts) / 2:
+        warn(f"warning: {mismatched} of {len(texts)} mutants have a wild-type mismatch: are the positions numbered as "
+             f"--numbering {numbering} assumes (author numbers vs 1-based index, --offset)?")
     if table is not None and "DMS_score" in header:
         k = header.index("DMS_score")
         a, b = [], []
