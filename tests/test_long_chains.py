@@ -149,3 +149,33 @@ def test_evaluate_refuses_too_long_chains_up_front_and_windows_them_on_request(l
             assert abs(win["per_chain"][cid][1] - nll) < 1e-3
     assert cropped["per_chain"]["LONG.A"][0] < 0.25 * 512
     assert 0.1 * LONG < win["per_chain"]["LONG.A"][0] < 0.2 * LONG  # masked over the whole chain
+
+
+@pytest.mark.parametrize("n", [40, 300])
+def test_max_length_embeds_exactly_the_first_n_residues_windowed_or_not(tmp_path, long_jsonl, n):
+    """--max-length N below the window (chains that fit and chains longer than the window) and above
+    it (the windowed path): every chain longer than N is stored with N rows, equal to embedding the
+    chain truncated to N residues; shorter chains are untouched."""
+    import json
+
+    ckpt = export_model(_tiny(), tmp_path / "tiny.pt", half=False)
+    records = [json.loads(line) for line in open(long_jsonl)]
+    cut = write_jsonl([{**r, "seq": r["seq"][:n], "coords": {a: xyz[:n] for a, xyz in r["coords"].items()}} for r in records],
+                      tmp_path / "cut.jsonl")
+    cfg = dict(per_residue=True, window=256, overlap=64)
+    res = embed(str(ckpt), [str(long_jsonl)], tmp_path / "max.h5", EmbedConfig(max_length=n, **cfg), progress=False,
+                echo=lambda s: None)
+    embed(str(ckpt), [str(cut)], tmp_path / "cut.h5", EmbedConfig(**cfg), progress=False, echo=lambda s: None)
+    longer = sum(len(r["seq"]) > n for r in records)
+    assert longer and res["cropped"] == longer and res["windowed"] == int(n > 256)
+    with h5py.File(tmp_path / "max.h5") as f, h5py.File(tmp_path / "cut.h5") as g:
+        ids = [x.decode() for x in f["ids"][:]]
+        assert sorted(ids) == sorted(x.decode() for x in g["ids"][:])
+        j = {x.decode(): k for k, x in enumerate(g["ids"][:])}
+        for i, cid in enumerate(ids):
+            full = len(next(r["seq"] for r in records if r["name"] == cid))
+            per = f["residues"][cid][:]
+            assert per.shape[0] == f["lengths"][i] == min(full, n), cid
+            assert f["sequences"][i].decode() == g["sequences"][j[cid]].decode()
+            assert np.allclose(per.astype(np.float32), g["residues"][cid][:].astype(np.float32), atol=5e-3), cid
+            assert np.allclose(f["mean"][i], g["mean"][j[cid]], atol=1e-4), cid

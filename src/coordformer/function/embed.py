@@ -233,8 +233,9 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
 
     lengths = data.lengths[idx] if max_length is None else np.minimum(data.lengths[idx], max_length)
     fits = lengths <= window
-    if fits.any():
-        yield from iter_pooled(model, data, idx[fits], layer, use_coords, window, tokens_per_batch, device)
+    if fits.any():  # cropped to max_length where that is shorter than the window (not to the window)
+        crop = window if max_length is None else min(window, max_length)
+        yield from iter_pooled(model, data, idx[fits], layer, use_coords, crop, tokens_per_batch, device)
     if fits.all():
         return
 
