@@ -24,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from coordformer.model.checkpoints import export_model, load_model, shipped_models_dir
+from coordformer.model.checkpoints import export_model, load_model, missing_flag_learnt, shipped_models_dir
 
 DESCRIPTIONS = {
     "small-coords": ("small-3m masked-LM with the paper's linear embedding of CA coordinates ((x, y, z) / 16 A "
@@ -34,6 +34,8 @@ DESCRIPTIONS = {
                         "coordinates, some with one stretch without them, so that the missing flag is learnt; for "
                         "inputs with missing or no structure"),
 }
+#: shipped model for inputs without coordinates, named by the warning of models that never learnt them
+WITHOUT_COORDS_USE = "small-coords-sd"
 #: order of the models in the README (others follow by name)
 ORDER = ("small-coords", "small-nocoords", "small-coords-sd")
 
@@ -93,6 +95,7 @@ def main() -> int:
             "train_log": f"{name}.train_log.csv",
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
+        card.update(missing_flag_fields(card))
         export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]})
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
         if logs:
@@ -112,6 +115,23 @@ def main() -> int:
     rank = {n: i for i, n in enumerate(ORDER)}
     (out / "README.md").write_text(readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"]))))
     return 0
+
+
+def missing_flag_fields(card: dict) -> dict:
+    """``learnt_missing_flag`` (True / False / None: not applicable) with a note, from the training
+    config's structure dropout; models that did not learn it name the model to use instead (their
+    commands warn when most residues lack coordinates)."""
+    learnt = missing_flag_learnt({k: v for k, v in card.items() if k != "learnt_missing_flag"})
+    tc = card.get("train_config") or {}
+    if learnt is None:
+        return {"learnt_missing_flag": None, "missing_flag_note": "not applicable: a sequence-only model, which reads no coordinates"}
+    if learnt:
+        return {"learnt_missing_flag": True, "missing_flag_note": (
+            f"trained with structure dropout (--drop-chain-coords {tc.get('drop_chain_coords', 0)} --drop-span-coords "
+            f"{tc.get('drop_span_coords', 0)}): learnt chains and stretches without coordinates")}
+    return {"learnt_missing_flag": False, "without_coords_use": WITHOUT_COORDS_USE, "missing_flag_note": (
+        "trained without structure dropout: if its training chains had a CA for every residue, the missing-coordinate "
+        f"flag never occurred in training, so inputs without coordinates get poor outputs; use {WITHOUT_COORDS_USE}")}
 
 
 def eval_fields(evals: dict[str, dict], key: str) -> dict:
@@ -140,6 +160,8 @@ def readme(cards: list[dict]) -> str:
                   f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}",
                   f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`",
                   f"- Packaged with: `{c['ship_command']}`"]
+        if "missing_flag_note" in c:
+            lines.append(f"- Missing coordinates: {c['missing_flag_note']}")
         if ev:
             lines.append(f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
                          f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)")

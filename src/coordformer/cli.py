@@ -265,13 +265,18 @@ def evaluate(
     from .data.store import PreparedDataset
     from .eval.mlm import evaluate_mlm
     from .eval.report import comparison_rows, markdown_report, markdown_table
-    from .model.checkpoints import load_model
+    from .model.checkpoints import SPAN_SHARE, load_model, missing_coords_warning
 
     device = _device(device)
     ds = PreparedDataset(data)
     results = {}
     for ck in checkpoint:
         model, meta = load_model(ck)
+        warning = missing_coords_warning(model, meta, ds, ds.split_indices(split)[:max_chains],
+                                         fraction=1.0 if hide_coords == "all" else None,
+                                         hidden=SPAN_SHARE if hide_coords == "span" else 0.0)
+        if warning:  # the model never learnt the missing flag, and most residues come without coordinates
+            typer.echo(warning, err=True)
         label = _checkpoint_label(ck)
         while label in results:
             label += "'"

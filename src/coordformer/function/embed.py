@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,19 +89,22 @@ def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool,
 
 @torch.no_grad()
 def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig = EmbedConfig(), device: str = "cpu",
-          workers: int = 1, progress: bool = True, echo=print, command: str = "") -> dict:
-    """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict."""
+          workers: int = 1, progress: bool = True, echo=print, command: str = "", warn=None) -> dict:
+    """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn`` (default:
+    print to stderr) gets a one-line warning when the model never learnt inputs without coordinates
+    and most residues have none."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..model.checkpoints import load_model
+    from ..model.checkpoints import load_model, missing_coords_warning
 
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     fmt = "npz" if out.suffix == ".npz" else "h5" if out.suffix in (".h5", ".hdf5") else None
     if fmt is None:
         raise UsageError(f"--out {out}: use a .h5/.hdf5 (HDF5) or .npz file name")
     if fmt == "npz" and cfg.per_residue:
         raise UsageError("per-residue embeddings need an HDF5 output (.h5); .npz holds mean-pooled ones only")
-    model, _ = load_model(checkpoint, map_location=device)
+    model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
     n_layers = model.config.n_layers
     if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
@@ -127,6 +131,9 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
         if len(idx) == 0:
             raise UsageError("no readable chains in the inputs (see the skipped list)" +
                              (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else ""))
+        warning = missing_coords_warning(model, meta, data, idx, fraction=None if use_coords else 1.0)
+        if warning:  # a model that never learnt the missing flag, on mostly coordinate-less inputs
+            warn(warning)
         attrs = {"checkpoint": str(checkpoint), "config": json.dumps(cfg.to_dict()), "model_config": json.dumps(model.config.to_dict()),
                  "layer": "final (after final LayerNorm)" if cfg.layer is None else f"residual stream after layer {cfg.layer}",
                  "use_coords": use_coords, "command": command}

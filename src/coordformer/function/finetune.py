@@ -250,7 +250,7 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
     from lightning.pytorch.loggers import CSVLogger
 
     from ..model import CoordFormer
-    from ..model.checkpoints import load_model
+    from ..model.checkpoints import load_model, missing_coords_warning
     from ..train.run import _Interrupted, _quiet_lightning, _signal_name
     from .embed import iter_pooled
 
@@ -292,6 +292,11 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         torch.manual_seed(cfg.seed)
         model = CoordFormer(model.config)  # same architecture, no pretraining
     use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
+    if not cfg.random_init:  # a model that never learnt the missing flag, on mostly coordinate-less chains
+        warning = missing_coords_warning(model, meta, data, np.concatenate([s[1] for s in splits.values()]),
+                                         fraction=None if use_coords else 1.0)
+        if warning:
+            echo(warning)
     n_classes = labels.n_classes
     d_model = model.config.d_model
     precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if device.startswith("cuda") else "32-true")

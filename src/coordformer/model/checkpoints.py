@@ -88,7 +88,11 @@ def _is_finetune_run(folder: Path) -> bool:
 
 
 def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
-    """Load a model for inference. Returns (model in eval mode, float32; meta dict)."""
+    """Load a model for inference. Returns (model in eval mode, float32; meta dict).
+
+    ``meta["learnt_missing_flag"]``: whether the model learnt inputs without coordinates (see
+    :func:`missing_flag_learnt`; None where not applicable or unknown), read from a shipped model's
+    card, kept in exported files, or True for a training checkpoint run with structure dropout."""
     path = resolve_checkpoint(name_or_path)
     if path.is_dir():
         model, meta = load_pretrained(path, map_location)
@@ -111,9 +115,16 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
         cfg = obj["coordformer"]["model_config"]
         state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
         meta = {"global_step": obj.get("global_step"), "train_seconds": obj["coordformer"].get("train_seconds")}
+        # structure dropout teaches the flag; without it, whether the data had gaps is not known here
+        if missing_flag_learnt({"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}):
+            meta["learnt_missing_flag"] = True
     else:
         raise UsageError(f"{path}: not a coordformer checkpoint (no model config inside)")
     model = model_from_state(ModelConfig.from_dict(cfg), state, path)
+    if path.parent == shipped_models_dir() and path.suffix == ".pt":
+        card = model_card(path.stem)
+        meta = {**meta, "learnt_missing_flag": missing_flag_learnt(card),
+                **({"without_coords_use": card["without_coords_use"]} if card.get("without_coords_use") else {})}
     meta = {**meta, "path": str(path), "name": str(name_or_path)}
     return model, meta
 
@@ -146,3 +157,71 @@ def model_card(name: str) -> dict:
     """The JSON record shipped beside a named model (command, data, training log summary)."""
     p = shipped_models_dir() / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+#: Share of a model's input residues without coordinates above which a model that never learnt the
+#: missing flag gets a warning (see :func:`missing_coords_warning`).
+MISSING_WARN_FRACTION = 0.5
+
+
+def missing_flag_learnt(card: dict) -> bool | None:
+    """Whether a model (its shipped card, or any dict with ``model_config`` / ``train_config``)
+    learnt the missing-coordinate flag: the card's ``learnt_missing_flag`` where it has one, else
+    from its training config: True when trained with structure dropout (``drop_chain_coords`` or
+    ``drop_span_coords`` above 0), False when not. None for a sequence-only model (not
+    applicable) or when there is no training config to tell."""
+    if not isinstance(card, dict):
+        return None
+    if not (card.get("model_config") or {}).get("use_coords", True):
+        return None
+    if "learnt_missing_flag" in card:
+        return card["learnt_missing_flag"]
+    tc = card.get("train_config")
+    if not isinstance(tc, dict):
+        return None
+    return bool((tc.get("drop_chain_coords") or 0) > 0 or (tc.get("drop_span_coords") or 0) > 0)
+
+
+def missing_ca_fraction(data, idx=None, max_chains: int = 5000) -> float:
+    """Fraction of the residues of dataset chains ``idx`` (default: all) without a CA coordinate;
+    over at most ``max_chains`` chains spread evenly over ``idx``."""
+    import numpy as np
+
+    from ..constants import CA_INDEX
+
+    idx = np.arange(len(data)) if idx is None else np.asarray(idx)
+    if len(idx) > max_chains:
+        idx = idx[np.linspace(0, len(idx) - 1, max_chains).round().astype(np.int64)]
+    missing = total = 0
+    for i in idx:
+        ca = np.asarray(data.coords(int(i))[:, CA_INDEX, 0])
+        missing += int(np.isnan(ca).sum())
+        total += len(ca)
+    return missing / total if total else 0.0
+
+
+#: Mean share of a chain hidden by ``evaluate --hide-coords span`` (one stretch of 5-30%).
+SPAN_SHARE = 0.175
+
+
+def missing_coords_warning(model: CoordFormer, meta: dict, data=None, idx=None, fraction: float | None = None,
+                           hidden: float = 0.0) -> str | None:
+    """One line when ``model`` reads coordinates but never learnt the missing flag (its card, or
+    ``meta["learnt_missing_flag"]`` from :func:`load_model`, says so) and more than
+    MISSING_WARN_FRACTION of its input residues come without coordinates; else None.
+
+    ``fraction``: that share, if known (1.0 when coordinates are withheld altogether); else it is
+    measured on dataset ``data`` (chains ``idx``), with a further share ``hidden`` of the residues
+    that have coordinates withheld. Nothing is read for models that learnt the flag."""
+    if not model.config.use_coords or meta.get("learnt_missing_flag") is not False:
+        return None
+    if fraction is None:
+        missing = missing_ca_fraction(data, idx)
+        fraction = missing + (1.0 - missing) * hidden
+    if fraction <= MISSING_WARN_FRACTION:
+        return None
+    name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
+    instead = meta.get("without_coords_use") or "small-coords-sd"
+    return (f"warning: {fraction:.0%} of the residues have no coordinates, and {name} never learnt inputs without "
+            f"them (trained without structure dropout), so its outputs there are unreliable; use -c {instead} for such "
+            "inputs")
