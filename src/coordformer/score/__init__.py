@@ -8,9 +8,9 @@ and burial / secondary-structure descriptors for reading the scores (``structure
     from coordformer.score import ScoreConfig, masked_marginals, score_mutations
 
     model, _ = load_model("small-coords")
-    chains = read_structure("1orc.pdb")
+    chains = read_structure("tests/data/1orc.pdb")       # Cro repressor, author numbers 3-61
     [s] = masked_marginals(model, chains)               # s.log_p_wt, s.entropy, s.pseudo_perplexity
-    res = score_mutations(model, chains, ["E2A", "K5R:Q16A"])
+    res = score_mutations(model, chains, ["T6A", "I5V:L7A"])  # res.scored, res.skipped
 """
 
 from .inputs import learnt_missing_flag, missing_structure_warning, read_chains
