@@ -364,7 +364,8 @@ class CoordFormer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, map_location: str | torch.device = "cpu") -> CoordFormer:
-        """Load a folder written by ``save_pretrained`` (local, offline); eval mode, float32."""
+        """Load a folder written by ``save_pretrained`` (local, offline) or a shipped model by name
+        (``CoordFormer.from_pretrained("small-coords")``); eval mode, float32."""
         from .hub import from_pretrained
 
         return from_pretrained(folder, map_location)

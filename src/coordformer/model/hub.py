@@ -169,7 +169,10 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     version can read."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+        from .checkpoints import shipped_models  # checkpoints imports this module
+
+        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
+                         f"or a shipped model name: {', '.join(shipped_models()) or 'none installed'})")
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).exists()]
     if missing:
         raise UsageError(f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} and "
@@ -228,7 +231,13 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
 
 
 def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> CoordFormer:
-    """Load a pretrained folder (local, offline). Returns the model in eval mode, float32."""
+    """Load a pretrained folder (local, offline) or a shipped model by name (``"small-coords"``, see
+    ``coordformer models``). Returns the model in eval mode, float32."""
+    if not Path(folder).exists():
+        from .checkpoints import load_model, shipped_models  # checkpoints imports this module
+
+        if str(folder) in shipped_models():
+            return load_model(str(folder), map_location)[0]
     return load_pretrained(folder, map_location)[0]
 
 
