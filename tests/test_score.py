@@ -17,9 +17,9 @@ from coordformer.model.checkpoints import load_model
 from coordformer.score import (
     MutationError,
     ScoreConfig,
-    learnt_missing_flag,
     masked_marginals,
     masking_plan,
+    missing_structure_warning,
     parse_mutant,
     score_mutations,
     substitution_matrix,
@@ -222,10 +222,17 @@ def test_numbering_and_errors_on_a_real_structure(tiny):
     assert [(r, m) for r, m, _ in res.skipped] == [(1, "A6G"), (2, "T99A"), (3, "Z:T6A"), (5, "nonsense")]
 
 
-def test_missing_flag_knowledge_from_model_cards():
-    assert learnt_missing_flag("small-coords") is False
-    assert learnt_missing_flag("small-coords-sd") is True
-    assert learnt_missing_flag("no/such/run") is None
+def test_missing_structure_warning_follows_the_models_record(tiny):
+    [c] = _chains(1)
+    gap = Chain(id=c.id, sequence=c.sequence, coords=c.coords.copy(), source="x")
+    gap.coords[5:9] = np.nan
+    never = {"learnt_missing_flag": False, "name": "small-coords"}
+    note = missing_structure_warning(never, tiny, [gap])
+    assert note.startswith(f"4 of {len(c.sequence)} residues have no coordinates") and "-c small-coords-sd" in note
+    assert missing_structure_warning(never, tiny, [c]) is None  # full coordinates
+    assert missing_structure_warning(never, tiny, [gap], use_coords=False) is None  # coordinates withheld anyway
+    assert missing_structure_warning({"learnt_missing_flag": True}, tiny, [gap]) is None
+    assert missing_structure_warning({}, tiny, [gap]) is None  # unknown: no claim
 
 
 def test_structure_descriptors():

@@ -13,7 +13,7 @@ and burial / secondary-structure descriptors for reading the scores (``structure
     res = score_mutations(model, chains, ["T6A", "I5V:L7A"])  # res.scored, res.skipped
 """
 
-from .inputs import learnt_missing_flag, missing_structure_warning, read_chains
+from .inputs import missing_structure_warning, read_chains
 from .marginals import SCORE_MODES, ChainScores, ScoreConfig, masked_marginals, masking_plan
 from .mutations import (
     MULTI_MODES,
@@ -37,7 +37,6 @@ __all__ = [
     "MutationScore",
     "ScoreConfig",
     "Substitution",
-    "learnt_missing_flag",
     "masked_marginals",
     "masking_plan",
     "missing_structure_warning",

@@ -9,7 +9,6 @@ and ``plddt_min`` makes low-confidence residues of predicted models missing, as 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -95,43 +94,21 @@ def _unique(chains: list) -> list:
     return chains
 
 
-def training_config(checkpoint: str | Path) -> dict | None:
-    """The training settings of a shipped model (its card) or of a ``pretrain`` run (``config.json``
-    of the run folder, also for a checkpoint inside it); None when they cannot be found."""
-    from ..model.checkpoints import model_card, shipped_models
-
-    p = Path(str(checkpoint))
-    if not p.exists() and str(checkpoint) in shipped_models():
-        return model_card(str(checkpoint)).get("train_config")
-    for cand in (p / "config.json", p.parent.parent / "config.json" if p.parent.name == "checkpoints" else None):
-        if cand is not None and cand.is_file():
-            try:
-                return json.loads(cand.read_text()).get("train_config")
-            except (OSError, ValueError, AttributeError):
-                return None
-    return None
-
-
-def learnt_missing_flag(checkpoint: str | Path) -> bool | None:
-    """Whether the model was trained with structure dropout (``--drop-chain-coords`` or
-    ``--drop-span-coords`` above 0), which is what teaches it the missing-coordinate flag; None when
-    its training settings are unknown."""
-    tc = training_config(checkpoint)
-    if tc is None:
-        return None
-    return bool(tc.get("drop_chain_coords") or tc.get("drop_span_coords"))
-
-
-def missing_structure_warning(checkpoint: str | Path, model, chains, use_coords: bool | None = None) -> str | None:
-    """A one-line warning when a structure model that never learnt the missing flag (per its card or
-    run config) is asked to score chains with residues lacking coordinates (FASTA, unresolved
-    residues, --seqres, --plddt-min); else None."""
-    if not model.config.use_coords or use_coords is False:
+def missing_structure_warning(meta: dict, model, chains, use_coords: bool | None = None) -> str | None:
+    """A one-line warning when a structure model that never learnt the missing flag
+    (``meta["learnt_missing_flag"]`` False, from ``load_model``: the shipped card, or an exported
+    file's record) is asked to score chains with residues lacking coordinates (FASTA, unresolved
+    residues, --seqres, --plddt-min); else None. Any such residue counts, not only a majority (as
+    for ``embed``): its own scores are the ones that suffer."""
+    if not model.config.use_coords or use_coords is False or meta.get("learnt_missing_flag") is not False:
         return None
     n_missing = sum(int(np.isnan(np.asarray(c.coords)[:, CA_INDEX]).any(-1).sum()) for c in chains)
-    if n_missing == 0 or learnt_missing_flag(checkpoint) is not False:
+    if n_missing == 0:
         return None
     n_total = sum(len(c.sequence) for c in chains)
+    name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
+    instead = meta.get("without_coords_use") or "small-coords-sd"
     return (f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or --plddt-min), but "
-            f"{checkpoint} was trained without structure dropout and never learnt the missing flag (small-coords given no "
-            "coordinates scores perplexity 71 against 17 for small-nocoords); use -c small-coords-sd for such inputs")
+            f"{name} was trained without structure dropout and never learnt the missing flag, so scores there are "
+            f"unreliable (small-coords given no coordinates: perplexity 71 against 17 for small-nocoords); use -c "
+            f"{instead} for such inputs")

@@ -107,7 +107,7 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     if offset and numbering != "index":
         raise UsageError("--offset applies to 1-based index numbering; add --numbering index")
     table = read_mutant_table(mutations, mutant_column) if mutations is not None else None
-    model, _ = load_model(checkpoint, map_location=device)
+    model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
     cfg.window_for(model.config.max_len)  # bad --window / --overlap fail before reading anything
     chain_list, skipped_inputs = read_chains(inputs, chains, plddt_min, seqres, split)
@@ -115,7 +115,7 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
         why = "; ".join(f"{s}: {r}" for s, r in skipped_inputs[:3])
         raise UsageError("no readable chains in the inputs" + (f" ({why})" if why else "") +
                          (f"; none is one of --chains {','.join(chains)}" if chains else ""))
-    note = missing_structure_warning(checkpoint, model, chain_list, cfg.use_coords)
+    note = missing_structure_warning(meta, model, chain_list, cfg.use_coords)
     if note:
         warn(f"warning: {note}")
     skipped_path = out.with_name(out.name + ".skipped.tsv")
