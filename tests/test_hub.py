@@ -172,3 +172,15 @@ def test_refusals_are_usage_errors(hf_folder, tmp_path):
 def test_resolve_checkpoint_returns_the_folder_itself(hf_folder):
     # run folders also carry a config.json; only model_type / model.safetensors mark a Hub folder.
     assert resolve_checkpoint(hf_folder) == hf_folder
+
+
+def test_exported_weights_get_the_umask_permissions(native, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        folder = save_pretrained(native, tmp_path / "m", half=True)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}  # was 0600 for the weights

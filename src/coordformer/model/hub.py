@@ -158,6 +158,8 @@ def save_pretrained(model: CoordFormer, folder: str | Path, meta: dict | None = 
     save_file(state, str(tmp_w), metadata={"format": "pt"})  # "pt": what Hub tooling expects from torch writers
     tmp_c.write_text(json.dumps(config, indent=2) + "\n")
     tmp_r.write_text(_model_card(config, meta))
+    # safetensors creates its file 0600; give it the permissions of the files beside it (the umask's)
+    tmp_w.chmod(tmp_c.stat().st_mode & 0o777)
     tmp_w.replace(folder / WEIGHTS_NAME)
     tmp_c.replace(folder / CONFIG_NAME)
     tmp_r.replace(folder / CARD_NAME)
