@@ -331,3 +331,23 @@ def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsy
     assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "-m", "T4A", "--offset", "1",
                  "--quiet"]) == 2
     assert "--offset applies to 1-based index numbering" in capsys.readouterr().err
+
+
+def test_readme_python_example_runs_as_written(monkeypatch):
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    m = re.search(r"<!-- python-score -->\s*```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    assert m, "README.md has no python block after <!-- python-score -->"
+    monkeypatch.chdir(repo)
+    ns, buf = {"__name__": "__readme__"}, io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(m.group(1), "README.md", "exec"), ns)
+    lines = buf.getvalue().splitlines()
+    assert re.fullmatch(r"1ORC\.A: pseudo-perplexity \d+\.\d\d", lines[0]), lines
+    assert re.fullmatch(r"T6A -?\d+\.\d+", lines[1]) and re.fullmatch(r"I5V:L7A -?\d+\.\d+", lines[2])
+    assert lines[3] == "skipped Q99A position 99 is not in chain 1ORC.A (author numbers 3-61)"
+    assert ns["dms"].shape == (64, 20)
