@@ -143,7 +143,15 @@ def measure(arm: str, preset: str, length: int, tokens: int, steps: int, warmup:
     dt = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if use_amp
             else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0, 0) * 1024)
+    flops = None
+    if arm != "pairbias" and not arm.startswith("pairbias"):
+        from coordformer.model.flops import training_flops
+
+        core_model = getattr(model, "_orig_mod", model)
+        # checkpointing recomputes the forward: that is extra work, not model FLOPs
+        flops = training_flops(core_model.config, [length] * batch) * steps / dt
     return {"arm": arm, "length": length, "batch": batch, "tokens_per_s": batch * length * steps / dt,
+            "model_flops_per_s": flops,
             "peak_mb": peak / 2**20, "peak_kind": "cuda max_memory_allocated" if use_amp else "CPU peak RSS growth during warm-up + timed steps"}
 
 
@@ -185,6 +193,11 @@ def main(argv=None):
         xs = [m[key] for m in results.get((arm, length), []) if m]
         return statistics.median(xs) if xs else math.nan
 
+    from coordformer.model.flops import measured_matmul_rate
+
+    peak = measured_matmul_rate(a.device)
+    print(f"\nmeasured matrix-product rate on {a.device}: {peak / 1e12:.3f} TFLOP/s "
+          f"({'bf16' if a.device.startswith('cuda') else 'float32'}): the MFU denominator")
     rows = []
     print(f"\n{'L':>5} " + " ".join(f"{arm + ' tok/s':>15} {arm + ' MB':>12}" for arm in a.arms)
           + "   coords/nocoords tok/s   coords/pairbias tok/s   pairbias/coords memory")
@@ -193,6 +206,9 @@ def main(argv=None):
         for arm in a.arms:
             row[f"{arm}_tokens_per_s"] = med(arm, length, "tokens_per_s")
             row[f"{arm}_peak_mb"] = med(arm, length, "peak_mb")
+        for arm in a.arms:
+            if not arm.startswith("pairbias"):
+                row[f"{arm}_mfu"] = med(arm, length, "model_flops_per_s") / peak
         row["coords_over_nocoords"] = row.get("coords_tokens_per_s", math.nan) / row.get("nocoords_tokens_per_s", math.nan)
         row["coords_over_pairbias"] = row.get("coords_tokens_per_s", math.nan) / row.get("pairbias_tokens_per_s", math.nan)
         row["pairbias_over_coords_memory"] = row.get("pairbias_peak_mb", math.nan) / max(row.get("coords_peak_mb", math.nan), 1e-9)
@@ -207,6 +223,10 @@ def main(argv=None):
         rows.append(row)
         print(f"{length:>5} " + " ".join(f"{row[f'{arm}_tokens_per_s']:>15.0f} {row[f'{arm}_peak_mb']:>12.1f}" for arm in a.arms)
               + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}   {row['pairbias_over_coords_memory']:>22.2f}")
+    print("\nmodel FLOPs utilisation (PaLM-style count, coordformer.model.flops) against the measured rate:")
+    for row in rows:
+        print(f"{row['length']:>5} " + "  ".join(f"{arm} {100 * row[f'{arm}_mfu']:.1f}%" for arm in a.arms
+                                              if f"{arm}_mfu" in row))
     if "coords-ckpt" in a.arms:
         print("\nwith activation checkpointing:   pairbias-ckpt/coords-ckpt memory   pairbias/coords-ckpt memory   "
               "coords-ckpt/coords tok/s")
@@ -222,7 +242,7 @@ def main(argv=None):
 
         import torch
 
-        meta = {"preset": a.preset, "tokens": a.tokens, "steps": a.steps, "rounds": a.rounds, "device": a.device,
+        meta = {"preset": a.preset, "tokens": a.tokens, "matmul_flops_per_s": peak, "steps": a.steps, "rounds": a.rounds, "device": a.device,
                 "torch": torch.__version__, "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
                 "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") and torch.cuda.is_available() else None}
         with open(a.json, "w") as fh:

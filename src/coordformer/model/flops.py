@@ -1,0 +1,60 @@
+"""Model FLOPs and utilisation (MFU): what a training step of a CoordFormer costs in matrix arithmetic,
+counted the way PaLM's appendix B does (Chowdhery et al. 2022): 6 FLOPs per matrix parameter per
+token for forward + backward, plus the attention products.
+
+Per token of a sequence of length L, per layer, the forward pass multiplies q k^T (L x d_model
+multiply-adds) and attn v (the same): 4 L d_model FLOPs; backward doubles it, so training costs
+12 L d_model per layer per token, non-causal. The token-embedding lookup costs no FLOPs; LayerNorm,
+GELU and softmax are left out (they are not matrix work), as usual for MFU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..config import ModelConfig
+
+
+def matrix_params(config: ModelConfig) -> int:
+    """Weights that multiply activations per token: the encoder's q/k/v/out and feed-forward
+    matrices, the coordinate embedding, and the MLM head (its d x d transform and d x vocab output)."""
+    d = config.d_model
+    per_layer = 4 * d * d + 2 * d * config.d_ff
+    coords = config.n_coord_features * d if config.use_coords else 0
+    return config.n_layers * per_layer + coords + d * d + d * config.vocab_size
+
+
+def training_flops(config: ModelConfig, lengths) -> float:
+    """FLOPs of one forward + backward over sequences of the given lengths (residues, no padding):
+    sum over sequences of 6 N n + 12 n_layers d_model n^2."""
+    n = np.asarray(lengths, dtype=np.float64)
+    return float(6.0 * matrix_params(config) * n.sum() + 12.0 * config.n_layers * config.d_model * (n * n).sum())
+
+
+def flops_per_token(config: ModelConfig, length: int) -> float:
+    """Training FLOPs per token for sequences of ``length`` residues."""
+    return training_flops(config, [length]) / max(length, 1)
+
+
+def measured_matmul_rate(device: str = "cpu", dtype=None, n: int = 4096, repeats: int = 10) -> float:
+    """FLOP/s of an n x n x n matrix product on ``device`` (bf16 on CUDA by default, float32 on CPU):
+    the denominator of a utilisation that this machine can actually reach, measured not quoted."""
+    import torch
+
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if not device.startswith("cuda"):
+        n = min(n, 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2.0 * n**3 * repeats / (time.perf_counter() - t0)
