@@ -33,6 +33,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -68,6 +69,8 @@ NO_ID = "missing id"
 DUPLICATE = "duplicate id"
 
 _PART_SUFFIX = ".npz"
+#: The protein chains read_structure names when none of the requested ones is there.
+_PROTEIN_CHAINS_RE = re.compile(r"\(protein chains: ([^)]*)\)")
 #: Near misses of --exclude ids logged one per line (the rest: exclude_unmatched.txt).
 _MAX_LOGGED = 20
 
@@ -114,6 +117,10 @@ class PrepareSummary:
     #: kept chains whose every present coordinate is exactly 0 (a placeholder, not a structure)
     chains_zero_coords: int = 0
     zero_coords_examples: list[str] = field(default_factory=list)
+    #: with PrepareConfig.chains: the requested author chain ids that no input has
+    chains_not_found: list[str] = field(default_factory=list)
+    #: splits that came out empty although their fraction is above 0
+    empty_splits: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +154,15 @@ class PrepareSummary:
             lines.append(f"  seqres ({self.seqres_mode}): {self.seqres_residues_inserted} unobserved residues put back in "
                          f"{self.seqres_chains_filled} chains; {n_un} chains without a usable deposited sequence, "
                          f"kept as modelled{eg}")
+        if self.chains_not_found:
+            lines.append(f"  WARNING: --chains {', '.join(self.chains_not_found)}: no input has a protein chain with "
+                         f"{'this author id' if len(self.chains_not_found) == 1 else 'these author ids'}")
+        if not self.chains_kept:
+            lines.append("  WARNING: no chain passed, so the dataset is empty (skipped.tsv says why each input was dropped)")
+        elif self.empty_splits:
+            lines.append(f"  WARNING: the {' and '.join(self.empty_splits)} split{'s are' if len(self.empty_splits) > 1 else ' is'} "
+                         f"empty: {self.chains_kept} chains are too few for the fractions asked; commands that use "
+                         f"{'them' if len(self.empty_splits) > 1 else 'it'} (pretrain validation, evaluate --split) get no chains")
         if self.chains_zero_coords:
             lines.append(f"  WARNING: {self.chains_zero_coords} kept chains have every coordinate at (0, 0, 0), a placeholder "
                          f"rather than a structure (e.g. {', '.join(self.zero_coords_examples[:3])}); a coordinate model "
@@ -401,6 +417,8 @@ def process_unit(unit: dict, filters: dict[str, Any]) -> dict[str, Any]:
     }
     if zero:
         meta["zero_coords"] = zero
+    if filters.get("chains"):  # which requested author chain ids this unit has (before the length filters)
+        meta["chains_found"] = sorted({str(getattr(c, "id", "")).rsplit(".", 1)[-1] for c in chains})
     if unit["kind"] == "file":
         meta["ignored_entry"] = next((c.ignored_entry for c in chains if getattr(c, "ignored_entry", None)), None)
     if seqres != "off":
@@ -940,6 +958,16 @@ def _consolidate(
         keep_masks.append(keep)
         lengths_list.append(np.asarray(meta["lengths"], dtype=np.int64)[keep])
     del seen
+    if config.chains and all("chains_found" in metas[u["key"]] for u in units):
+        found = {c for u in units for c in metas[u["key"]]["chains_found"]}
+        summary.chains_not_found = [c for c in config.chains if c not in found]
+        if not found:  # nothing to prepare: say which chains the inputs have, and leave no dataset behind
+            store.write_tsv(out / store.SKIPPED_FILE, store.SKIPPED_HEADER, skipped_rows)
+            have = sorted({c for _, r in skipped_rows for m in [_PROTEIN_CHAINS_RE.search(r)] if m for c in m.group(1).split(", ")})
+            shutil.rmtree(out / store.WORK_DIR, ignore_errors=True)
+            raise PrepareError(f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
+                               + (f" (their chains: {_examples(have, 20)})" if have else "")
+                               + "; nothing was prepared (skipped.tsv names each input's chains)")
 
     lengths = np.concatenate(lengths_list) if lengths_list else np.zeros(0, np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -988,6 +1016,8 @@ def _consolidate(
     match = _splits.apply_exclusions(ids, codes, excluded, norm, clusters)
     n_found = match.n_found
     split_counts = {name: int((codes == k).sum()) for k, name in enumerate(_splits.SPLIT_NAMES)}
+    summary.empty_splits = [name for name, frac in (("valid", config.valid_fraction), ("test", config.test_fraction))
+                            if frac > 0 and ids and not split_counts[name]]
 
     for name in tmp:
         os.replace(tmp[name], out / name)
@@ -1029,8 +1059,6 @@ def _consolidate(
         if match.missing:
             log(f"exclude: {len(match.missing)} listed ids are not in the dataset (nothing to exclude for them): "
                 + _examples(match.missing, 20))
-    if not ids:
-        log("WARNING: no chain passed; the dataset is empty (see skipped.tsv)", logging.WARNING)
 
     manifest = {
         "format_version": DATASET_FORMAT_VERSION,
@@ -1052,6 +1080,8 @@ def _consolidate(
             "files_generic_entry": len(generic),
             "files_renamed": len(renames),
             "chains_zero_coords": summary.chains_zero_coords,
+            **({"chains_not_found": summary.chains_not_found} if config.chains else {}),
+            "empty_splits": summary.empty_splits,
             **({"seqres_residues_inserted": summary.seqres_residues_inserted,
                 "seqres_chains_filled": summary.seqres_chains_filled,
                 "seqres_unavailable": len(summary.seqres_unavailable)} if config.seqres != "off" else {}),

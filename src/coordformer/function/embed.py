@@ -118,11 +118,13 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix="coordformer-embed-"))
     try:
-        data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min, cfg.chains,
-                                        store_plddt=model.config.plddt_feature, seqres=cfg.seqres)
         skipped_path = out.with_name(out.name + ".skipped.tsv")
-        if (tmp_dir / "prepared" / "skipped.tsv").exists():
-            shutil.copy(tmp_dir / "prepared" / "skipped.tsv", skipped_path)
+        try:
+            data, provenance = _open_inputs(inputs, tmp_dir, workers, progress, echo, cfg.plddt_min, cfg.chains,
+                                            store_plddt=model.config.plddt_feature, seqres=cfg.seqres)
+        finally:  # also when nothing could be prepared (e.g. --chains matched nothing): it says why
+            if (tmp_dir / "prepared" / "skipped.tsv").exists():
+                shutil.copy(tmp_dir / "prepared" / "skipped.tsv", skipped_path)
         idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
         if cfg.chains:  # a prepared dataset was not filtered when it was made
             from ..data.prepare import selected_chain
