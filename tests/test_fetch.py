@@ -134,14 +134,24 @@ def test_fetch_cli_then_prepare(server, tmp_path, capsys):
     assert "3 downloaded, 0 already there, 1 failed, of 4 ids" in text and "9zzz" in text
     assert main(["prepare", str(out), "--out", str(tmp_path / "ds"), "--quiet", "--min-length", "1"]) == 0
     assert "chains read: 3; kept: 3" in capsys.readouterr().out
-    # misuse: one line, before any request
+    # a malformed id is skipped and listed with the failures; the others go on (it stopped the run)
+    assert main(["fetch", "1a8o", "not-an-id", "--out", str(out), "--quiet",
+                 "--pdb-url", urls["pdb_url"], "--afdb-api", urls["afdb_api"]]) == 0
+    assert "0 downloaded, 1 already there, 1 failed, of 2 ids" in capsys.readouterr().out
+    assert (out / FAILED_FILE).read_text().splitlines()[1].startswith("not-an-id\tmalformed id: neither a PDB id")
+    # misuse (no well-formed id at all): one line, before any request
     n = len(server.requests)
-    assert main(["fetch", "1a8o", "not-an-id", "--out", str(out)]) == 2
+    assert main(["fetch", "not-an-id", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not-an-id" in err and "\n" not in err and len(server.requests) == n
     assert main(["fetch", "--out", str(out)]) == 2
     assert "no ids" in capsys.readouterr().err
     assert main(["fetch", "1a8o", "--out", str(out), "--pdb-url", "http://127.0.0.1/x.cif"]) == 2
     assert "lacks {id}" in capsys.readouterr().err
+    # an --ids file with a byte-order mark (UTF-8, or UTF-16 from Windows tools): the first id stays an id
+    for name, data in (("bom8.txt", "\ufeff5i55\n".encode("utf-8")), ("bom16.txt", "\ufeff5i55\r\n".encode("utf-16-le"))):
+        (tmp_path / name).write_bytes(data)
+        assert main(["fetch", "--ids", str(tmp_path / name), "--out", str(out), "--quiet", "--pdb-url", urls["pdb_url"]]) == 0
+        assert "1 already there, 0 failed, of 1 ids" in capsys.readouterr().out
     # nothing fetched at all: exit status 1
     assert main(["fetch", "8zzz", "--out", str(tmp_path / "o2"), "--quiet", "--pdb-url", urls["pdb_url"]]) == 1

@@ -132,15 +132,14 @@ def fetch(
     quiet: bool = typer.Option(False),
 ):
     """Download PDB entries (mmCIF) and AlphaFold DB models; needs a network, unlike every other command."""
-    from .io.fetch import AFDB_API, PDB_URL
+    from .io.fetch import AFDB_API, PDB_URL, read_id_tokens
     from .io.fetch import fetch as run
 
     tokens = list(ids or [])
     if ids_file is not None:
         if not ids_file.is_file():
             raise UsageError(f"--ids {ids_file}: no such file")
-        for line in ids_file.read_text().splitlines():
-            tokens += line.split("#", 1)[0].replace(",", " ").split()
+        tokens += read_id_tokens(ids_file)
     summary = run(tokens, out, pdb_url=pdb_url or PDB_URL, afdb_api=afdb_api or AFDB_API, workers=workers,
                   timeout=timeout, retries=retries, progress=not quiet)
     typer.echo(summary.format())

@@ -50,6 +50,9 @@ _UNIPROT = re.compile(r"^(?:[OPQ][0-9][A-Z0-9]{3}[0-9]|[A-NR-Z][0-9](?:[A-Z][A-Z
 _USER_AGENT = "coordformer (https://github.com/; structure download)"
 
 
+_ID_FORMS = "neither a PDB id (1abc) nor a UniProt accession / AlphaFold DB id (P69905, AF-P69905-F1)"
+
+
 def parse_fetch_id(token: str) -> tuple[str, str]:
     """("pdb", "1ABC") for a PDB id (a chain suffix such as 1abc_A is dropped: the whole entry is
     fetched, choose chains later with --chains); ("afdb", "P12345") for a UniProt accession or an
@@ -63,8 +66,22 @@ def parse_fetch_id(token: str) -> tuple[str, str]:
         return "pdb", m.group(1).upper()
     if _UNIPROT.match(t):
         return "afdb", t.upper()
-    raise UsageError(f"{token!r} is neither a PDB id (1abc) nor a UniProt accession / AlphaFold DB id (P69905, "
-                     "AF-P69905-F1)")
+    raise UsageError(f"{token!r} is {_ID_FORMS}")
+
+
+def read_id_tokens(path: str | os.PathLike) -> list[str]:
+    """The ids of an ``--ids`` file: one per line or separated by spaces / commas, ``#`` comments.
+    A byte-order mark (UTF-8, or UTF-16 as Windows tools save "Unicode text") is dropped, so it
+    cannot glue itself to the first id. Raises UsageError if the file cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"--ids {path}: cannot read it ({e.strerror or e})") from None
+    text = data.decode("utf-16") if data.startswith((b"\xff\xfe", b"\xfe\xff")) else data.decode("utf-8-sig", "replace")
+    tokens: list[str] = []
+    for line in text.splitlines():
+        tokens += line.split("#", 1)[0].replace(",", " ").split()
+    return tokens
 
 
 @dataclass
@@ -178,26 +195,33 @@ def fetch(ids: Iterable[str], out_dir: str | os.PathLike, pdb_url: str = PDB_URL
           workers: int = 4, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
           progress: bool = True) -> FetchSummary:
     """Download every id of ``ids`` (PDB ids, UniProt accessions, AlphaFold DB ids; see
-    :func:`parse_fetch_id`) into ``out_dir``; returns a summary. All ids are checked before anything is
-    fetched (a bad one raises UsageError); duplicates are fetched once."""
+    :func:`parse_fetch_id`) into ``out_dir``; returns a summary. A malformed id is not fetched but
+    listed with the reason among the failures (``fetch_failed.tsv``), like an id that fails to
+    download; only when no id is well-formed is it a UsageError. Duplicates are fetched once."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     t0 = time.monotonic()
     parsed: dict[tuple[str, str], str] = {}
+    malformed: dict[str, str] = {}
+    first_error: UsageError | None = None
     for token in ids:
-        parsed.setdefault(parse_fetch_id(token), token)
+        try:
+            parsed.setdefault(parse_fetch_id(token), token)
+        except UsageError as e:  # skipped and listed with the failures; the others go on
+            first_error = first_error or e
+            malformed.setdefault(token, f"malformed id: {_ID_FORMS}")
     if not parsed:
-        raise UsageError("no ids to fetch: give PDB ids or UniProt accessions, or --ids FILE")
+        raise first_error or UsageError("no ids to fetch: give PDB ids or UniProt accessions, or --ids FILE")
     for template, needed in ((pdb_url, "{id"), (afdb_api, "{accession")):
         if needed not in template:
             raise UsageError(f"URL template {template!r} lacks {needed}}}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = FetchSummary(out_dir=str(out), requested=len(parsed))
+    summary = FetchSummary(out_dir=str(out), requested=len(parsed) + len(malformed), failed=list(malformed.items()))
     with Progress(TextColumn("[bold]fetching"), BarColumn(), MofNCompleteColumn(), TextColumn("ids"),
                   TextColumn("failed [yellow]{task.fields[failed]}[/]"), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), disable=not progress) as bar:
-        task = bar.add_task("fetch", total=len(parsed), failed=0)
+        task = bar.add_task("fetch", total=len(parsed), failed=len(summary.failed))
         pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
         try:
             futures = {pool.submit(_fetch_one, kind, key, out, pdb_url, afdb_api, timeout, retries, backoff): token
