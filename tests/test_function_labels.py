@@ -188,6 +188,17 @@ def test_function_dataset(tmp_path):
     assert ids == [] and y.shape == (0, 3) and report["kept"] == 0
 
 
+def test_missing_structure_hint_names_per_chain_file_ids(tmp_path):
+    from coordformer.function.labels import missing_structure_hint
+
+    ls = read_annotations(write(tmp_path, "a.tsv", EC_ANNOT), "ec")
+    split = ["6UE0-AAA", "12AS-A", "1ABC-aL"]
+    assert missing_structure_hint(ls, split, ["6UE0.AAA", "12AS.A", "1ABC.aL"]) is None
+    hint = missing_structure_hint(ls, split, ["6UE0.AAA", "12AS-A.A"])  # 12as-A.pdb read by an earlier version
+    assert hint.startswith("2 labelled chains have no structure in the dataset (e.g. 12AS.A, 1ABC.aL)")
+    assert "1 of them are there under ids made from per-chain file names (12AS-A.A for 12AS.A)" in hint
+
+
 def test_label_set_is_a_plain_dataclass():
     ls = LabelSet("ec", ("a", "b"), {"1ABC.A": np.array([1])})
     assert ls.n_unknown == 0 and ls.n_unlabelled == 0

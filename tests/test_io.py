@@ -590,6 +590,19 @@ def test_find_sources_recursion(tmp_path):
     assert problems and "no structure" in problems[0][1]
 
 
+def test_per_chain_file_names_give_the_entry_and_chain(tmp_path):
+    """1PAA-K.pdb (one file per chain, no HEADER, as split by chain) gives 1PAA.K, the id label files
+    use, not 1PAA-K.K (issue 20); only when the file holds that chain."""
+    from coordformer.io import read_structure
+
+    text = "".join(l for l in (DATA / "1orc.pdb").read_text().splitlines(keepends=True) if not l.startswith("HEADER"))
+    for name, expected in (("1PAA-A.pdb", "1PAA.A"), ("1paa_A.pdb.gz", "1PAA.A"), ("1paa.A.ent", "1PAA.A"),
+                           ("1PAA-K.pdb", "1PAA-K.A"), ("model-A.pdb", "model-A.A")):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        assert [c.id for c in read_structure(path)] == [expected], name
+
+
 def test_pdb_archive_file_names_give_the_entry_id(tmp_path):
 
     from coordformer.io import read_structure

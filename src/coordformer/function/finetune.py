@@ -37,7 +37,7 @@ from ..config import _Record
 from ..data.batching import BatchSettings, MaskedBatches, token_budget_batches
 from ..data.store import PreparedDataset
 from ..errors import TrainingInterrupted, UsageError
-from .labels import TASKS, function_dataset, read_annotations, read_identity_bins, read_split
+from .labels import TASKS, function_dataset, missing_structure_hint, read_annotations, read_identity_bins, read_split
 from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
 
 HEADS = ("linear", "mlp")
@@ -279,13 +279,16 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
     available = set(data.ids)
     splits, report = {}, {}
     for name in ("train", "valid", "test"):
-        ids, y, rep = function_dataset(labels, read_split(files[name]), available)
+        split_ids = read_split(files[name])
+        ids, y, rep = function_dataset(labels, split_ids, available)
+        hint = missing_structure_hint(labels, split_ids, data.ids) if rep["without_structure"] else None
         if not ids:
-            raise UsageError(f"no {name} chain of {files[name].name} has both labels and a structure in {data_dir}")
+            raise UsageError(f"no {name} chain of {files[name].name} has both labels and a structure in {data_dir}"
+                             + (f": {hint}" if hint else ""))
         splits[name] = (ids, np.array([data.index_of(i) for i in ids]), y)
         report[name] = rep
         echo(f"{name}: {rep['kept']} chains kept of {rep['in_split']} ({rep['without_structure']} without structure, "
-             f"{rep['without_labels']} without labels)")
+             f"{rep['without_labels']} without labels)" + (f"; {hint}" if hint else ""))
     model, meta = load_model(checkpoint, map_location="cpu")
     model = model.float()
     if cfg.random_init:

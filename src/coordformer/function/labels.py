@@ -18,6 +18,7 @@ normalised to the project convention ``PDBID.CHAIN`` so that they match the name
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -262,3 +263,29 @@ def function_dataset(
             ids.append(cid)
     report = {"in_split": len(seen), "without_labels": no_labels, "without_structure": no_structure, "kept": len(ids)}
     return ids, labels.dense(ids), report
+
+
+#: A chain id made from a per-chain file name by an earlier version: 1PAA-K.pdb -> 1PAA-K.K.
+_PER_CHAIN_FILE_ID = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_]([A-Za-z0-9]{1,4})\.\2$")
+
+
+def missing_structure_hint(labels: LabelSet, split_ids: Iterable[str], available_ids: Iterable[str]) -> str | None:
+    """Why labelled chains of a split found no structure: how many, examples, and whether the dataset
+    holds them under ids made from per-chain file names (``1PAA-K.K`` for 1PAA.K, written by versions
+    before ``read_structure`` recognised such names). None when every labelled chain has one."""
+    available_ids = list(available_ids)
+    available = {_canonical(s) for s in available_ids}
+    missing = [c for c in dict.fromkeys(_canonical(s) for s in split_ids) if c in labels.labels and c not in available]
+    if not missing:
+        return None
+    per_chain = {}
+    for a in available_ids:
+        m = _PER_CHAIN_FILE_ID.match(a)
+        if m:
+            per_chain.setdefault(f"{m.group(1).upper()}.{m.group(2)}", a)
+    text = f"{len(missing)} labelled chains have no structure in the dataset (e.g. {', '.join(missing[:3])})"
+    renamed = [c for c in missing if c in per_chain]
+    if renamed:
+        text += (f"; {len(renamed)} of them are there under ids made from per-chain file names ({per_chain[renamed[0]]} "
+                 f"for {renamed[0]}): prepare the structures again, which now names them {renamed[0]}")
+    return text

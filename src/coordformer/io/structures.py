@@ -65,6 +65,8 @@ _ARCHIVE_ID_RE = re.compile(
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _PDB_CHAIN_RE = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_:](\S+)$")
+#: A per-chain file name (1PAA-K.pdb, 1paa_K.cif, 1PAA.K.pdb): PDB id, separator, author chain id.
+_STEM_CHAIN_RE = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_.:]([A-Za-z0-9]{1,4})$")
 
 # One 8-column PDB coordinate field: digits, spaces, '.', sign, with at least one digit.
 _PDB_FIELD = rb"(?= {0,7}[-+]?[\d.]{0,7}\d)[ \d.+-]{8}"
@@ -543,7 +545,11 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
     if is_archive_id(named):
         entry = _normalize_entry(named)
     else:  # a generic or made-up name (data_model): the file name tells files apart
-        entry = _normalize_entry(_file_stem(src))
+        stem = _file_stem(src)
+        entry = _normalize_entry(stem)
+        per_chain = _STEM_CHAIN_RE.match(stem)
+        if per_chain and len(st) and any(ch.name == per_chain.group(2) for ch in st[0]):
+            entry = per_chain.group(1).upper()  # 1PAA-K.pdb holding chain K: 1PAA.K, as label files name it
         if named and named.upper() not in _PLACEHOLDER_IDS and named.lower() != entry.lower():
             ignored = named
 
