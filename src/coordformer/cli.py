@@ -19,7 +19,9 @@ import typer
 from . import interrupts
 from .errors import CoordformerError, TrainingInterrupted, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: click's plain help, which keeps whole option names and wraps at 80 columns (the
+# rich panels cut names short there and showed a <bool> column for every flag)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="coordformer: structure-aware protein Transformers via linear coordinate embeddings.")
 _DEBUG = {"on": False}
 
@@ -50,8 +52,18 @@ class Recipe(str, Enum):
     paper = "paper"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"coordformer {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the version and exit.")):
     _DEBUG["on"] = debug
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

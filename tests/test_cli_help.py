@@ -1,0 +1,25 @@
+"""CLI help reads at 80 columns: whole option names, no <bool> column for flags; --version (issue 20)."""
+
+import typer
+
+from coordformer import __version__
+from coordformer.cli import app, main
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"coordformer {__version__}"
+
+
+def test_help_shows_whole_option_names_at_80_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert main([name, "--help"]) == 0, name
+        text = capsys.readouterr().out
+        assert "<bool>" not in text and "…" not in text, name
+        assert max(map(len, text.splitlines())) <= 80, name
+        for param in command.params:
+            for opt in (*param.opts, *param.secondary_opts):
+                if opt.startswith("--"):
+                    assert opt in text, (name, opt)
