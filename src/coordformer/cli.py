@@ -212,6 +212,8 @@ def pretrain(
                                                   help="Recompute layer activations in the backward pass: activation memory "
                                                   "stops growing with depth, for ~1/3 more compute (long chains, big models)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."),
+    allow_new_data: bool = typer.Option(False, "--allow-new-data", help="Let a resumed run continue on another dataset "
+                                        "than it was trained on (refused otherwise); config.json keeps the earlier ones."),
     quiet: bool = typer.Option(False),
 ):
     """Masked-language-model pretraining (BERT masking 15%, 80/10/10)."""
@@ -248,7 +250,7 @@ def pretrain(
                      activation_checkpointing=activation_checkpointing, drop_chain_coords=drop_chain_coords,
                      drop_span_coords=drop_span_coords, init=init)
     summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()},
-                           init_state=init_state)
+                           init_state=init_state, allow_new_data=allow_new_data)
     if summary.pop("is_global_zero", True):  # one summary, not one per DDP process
         typer.echo(json.dumps(summary, indent=2))
 

@@ -105,6 +105,20 @@ def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(Path(directory) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
+#: Manifest fields that say when and by which version a dataset was written, not what it holds.
+_NOT_CONTENT = ("created", "coordformer_version")
+
+
+def manifest_fingerprint(manifest: dict[str, Any]) -> str:
+    """A short hash of what a dataset holds: its manifest (settings, counts, split sizes) without the
+    creation time and writer version, so the same inputs prepared again, or the folder moved, give
+    the same fingerprint. ``pretrain`` refuses to resume a run on a dataset with another one."""
+    import hashlib
+
+    content = {k: v for k, v in manifest.items() if k not in _NOT_CONTENT}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def is_finished_dataset(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
@@ -188,6 +202,11 @@ class PreparedDataset:
 
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.path)!r}, chains={len(self)}, residues={int(self.lengths.sum())})"
+
+    @property
+    def fingerprint(self) -> str:
+        """See :func:`manifest_fingerprint`."""
+        return manifest_fingerprint(self.manifest)
 
     @property
     def n_residues(self) -> int:

@@ -59,6 +59,7 @@ class MaskedLMModule(L.LightningModule):
         self.train_seconds = 0.0  # wall clock spent in training steps, saved with checkpoints
         self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, saved with checkpoints
         self._skips_in_a_row = 0
+        self.data_fingerprint: str | None = None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
 
     def forward(self, batch, need_attention=False):
         coords = batch["coords"] if self.model_config.use_coords else None
@@ -174,6 +175,7 @@ class MaskedLMModule(L.LightningModule):
             "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps,
             "torch_rng_state": torch.get_rng_state(),  # dropout draws from the global generator
+            **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
         }
 
     def on_load_checkpoint(self, checkpoint):

@@ -277,6 +277,7 @@ def pretrain(
     extra_meta: dict | None = None,
     callbacks: list[Callback] | None = None,
     init_state: dict | None = None,
+    allow_new_data: bool = False,
 ) -> dict:
     """Pretrain a CoordFormer with masked-LM on ``data_dir``'s train split; validate on its valid split.
 
@@ -286,6 +287,11 @@ def pretrain(
     resumes from checkpoints/last.ckpt (same data order given the seed). Returns the summary dict.
     ``init_state``: a CoordFormer state dict for ``model_config`` to start from (continued
     pretraining); ignored when resuming, since the checkpoint holds the weights then.
+
+    A resume says so (one line on stderr: ``resuming OUT from step N``) and is refused when the
+    dataset differs from the one the run was trained on (``PreparedDataset.fingerprint``; the same
+    data moved or prepared again is the same), unless ``allow_new_data``: config.json then lists the
+    earlier datasets under ``data.previous``.
 
     Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: last.ckpt is written at the next
     optimizer-step boundary, summary.json says ``interrupted`` (signal and step), and
@@ -306,7 +312,7 @@ def pretrain(
         log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
     try:
         return _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks,
-                         init_state, stop, slurm)
+                         init_state, stop, slurm, allow_new_data)
     except _Interrupted as e:  # came while loading the data or setting up: nothing to save
         raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)} before training started: nothing to save",
                                   e.signum, resumable=last.exists(), report=getattr(rank_zero_only, "rank", 0) == 0) from None
@@ -316,8 +322,11 @@ def pretrain(
 
 
 def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks, init_state,
-              stop: _StopOnSignal | None, slurm: bool) -> dict:
+              stop: _StopOnSignal | None, slurm: bool, allow_new_data: bool = False) -> dict:
     import signal
+    import sys
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     _quiet_lightning()
     data = PreparedDataset(data_dir)
@@ -333,10 +342,12 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         raise UsageError("--accelerator gpu was given but no CUDA GPU is visible; use --accelerator cpu")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = None
+    data_record = {"path": str(Path(data_dir).resolve()), "fingerprint": data.fingerprint, "manifest": data.manifest}
     if last.exists():
         if not resume:
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
-        saved = torch.load(last, map_location="cpu", weights_only=False).get("coordformer", {})
+        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        saved = ckpt.get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
             raise UsageError(f"{last} was trained with a different model config; use a new --out to start afresh")
         old = saved.get("train_config", {})
@@ -344,14 +355,25 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         if changed:
             raise UsageError(f"{last} was trained with different {', '.join(changed)}; resuming would change the data "
                              "stream. Use the original values or a new --out")
+        before = _previous_data(out, saved)
+        if before and before.get("fingerprint") != data.fingerprint:
+            if not allow_new_data:
+                raise UsageError(f"{out} was trained on {before.get('path', 'another dataset')} (dataset fingerprint "
+                                 f"{before['fingerprint']}); --data {data_dir} is another dataset (fingerprint "
+                                 f"{data.fingerprint}): pass --allow-new-data to continue on it, or choose a new --out")
+            data_record["previous"] = [*before.pop("previous", []), before]
         ckpt_path = str(last)
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            print(f"resuming {out} from step {ckpt.get('global_step', '?')}", file=sys.stderr, flush=True)
+        del ckpt
     module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
+    module.data_fingerprint = data.fingerprint
     if init_state is not None and ckpt_path is None:
         module.model.load_state_dict(init_state)
     payload = {
         "model_config": model_config.to_dict(),
         "train_config": cfg.to_dict(),
-        "data": {"path": str(Path(data_dir).resolve()), "manifest": data.manifest},
+        "data": data_record,
         "n_parameters": module.model.num_parameters(),
         **(extra_meta or {}),
     }
@@ -464,6 +486,25 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
     return summary
+
+
+def _previous_data(out: Path, saved: dict) -> dict | None:
+    """The dataset a run was trained on: {"fingerprint", "path", "previous": [...]} from config.json (or
+    only the fingerprint, from the checkpoint, when config.json is missing); None when unknown."""
+    from ..data.store import manifest_fingerprint
+
+    record = {}
+    try:
+        record = dict(json.loads((out / "config.json").read_text()).get("data") or {})
+    except (OSError, ValueError):
+        pass
+    if "fingerprint" not in record and isinstance(record.get("manifest"), dict):  # a run from before fingerprints
+        record["fingerprint"] = manifest_fingerprint(record["manifest"])
+    fp = saved.get("data_fingerprint") or record.get("fingerprint")
+    if not fp:
+        return None
+    record.pop("manifest", None)
+    return {**record, "fingerprint": fp}
 
 
 def cfg_tensorboard_available() -> bool:
