@@ -1,16 +1,22 @@
-"""pretrain resumes: refused on another dataset unless --allow-new-data, always announced (issue 20, item 3)."""
+"""pretrain resumes: refused on another dataset unless --allow-new-data, always announced; best.ckpt
+takes the final validation into account and the summary says which step it holds (issue 20, items 3, 7)."""
 
+import csv
 import json
 import shutil
+import types
 
 import pytest
 import torch
 from conftest import synthetic_chains, write_jsonl
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
+from coordformer.model.checkpoints import resolve_checkpoint
+from coordformer.train.run import _BestCheckpoint
 
 
 def run(*args) -> int:
@@ -55,3 +61,51 @@ def test_resume_refuses_another_dataset_unless_allowed_and_always_says_where_it_
     assert run(*_common(out, 5), "--data", other, "--val-every", "100") == 0  # now the run's dataset
 
 
+def _val_losses(out):
+    rows = []
+    for log in sorted((out / "logs").glob("version_*/metrics.csv")):
+        rows += [float(r["val/loss"]) for r in csv.DictReader(open(log)) if r.get("val/loss")]
+    return rows
+
+
+@pytest.mark.slow
+def test_best_checkpoint_takes_the_final_validation_and_the_summary_names_its_step(tmp_path, prepared):
+    out = tmp_path / "run"
+    # 5 steps, validation every 2: in the loop at 2 and 4, the final one at 5
+    assert run(*_common(out, 5), "--data", prepared.path, "--val-every", "2") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    losses = _val_losses(out)  # 2, 4, then the final validation
+    assert len(losses) == 3 and losses[-1] == pytest.approx(summary["final_val"]["val/loss"])
+    assert losses[-1] < min(losses[:-1]), "test set-up: the model should still improve at step 5"
+    best = resolve_checkpoint(out)  # what `evaluate -c RUN` loads
+    assert best.name == "best.ckpt" and torch.load(best, weights_only=False)["global_step"] == 5
+    assert summary["best_checkpoint"]["step"] == 5
+    assert summary["best_checkpoint"]["val_loss"] == pytest.approx(losses[-1])
+
+    # resumed: in the loop at 6, the final one at 7
+    assert run(*_common(out, 7), "--data", prepared.path, "--val-every", "2") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    losses = _val_losses(out)  # 2, 4, 5 (final), 6, 7 (final)
+    assert len(losses) == 5
+    ckpt_step = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)["global_step"]
+    assert summary["best_checkpoint"]["step"] == ckpt_step
+    assert summary["best_checkpoint"]["val_loss"] == pytest.approx(min(losses))
+    assert losses[-1] < min(losses[:-1]), "test set-up: the model should still improve at step 7"
+    assert ckpt_step == 7
+
+
+def test_a_worse_final_validation_leaves_best_ckpt_alone(tmp_path):
+    best = _BestCheckpoint(tmp_path)
+    # the same key as a plain ModelCheckpoint: runs from before keep their best score on resume
+    assert best.state_key == ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min").state_key
+    best.best_model_score, best.best_model_path, best.best_step = torch.tensor(1.0), str(tmp_path / "best.ckpt"), 4
+    saved = []
+    trainer = types.SimpleNamespace(global_step=5, save_checkpoint=lambda path, *a: saved.append(path), is_global_zero=True,
+                                    loggers=[])
+    best.consider_final(trainer, 1.5)  # worse: kept
+    assert saved == [] and best.best_step == 4
+    best.consider_final(trainer, float("nan"))
+    assert saved == []
+    best.consider_final(trainer, 1.0)  # as good: the final model, the one summary.json describes
+    assert saved == [str(tmp_path / "best.ckpt")] and best.best_step == 5 and float(best.best_model_score) == 1.0
+    assert best.state_dict()["best_step"] == 5

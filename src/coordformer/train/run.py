@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -119,6 +120,57 @@ class _ConfigWriter(Callback):
     def on_fit_start(self, trainer, pl_module):
         if trainer.is_global_zero:
             (self.out / "config.json").write_text(json.dumps(self.payload, indent=2))
+
+
+class _BestCheckpoint(ModelCheckpoint):
+    """checkpoints/best.ckpt: the lowest val/loss so far, and the step it was saved at (``best_step``,
+    kept in the callback state so a resumed run knows it too). ``consider_final`` lets the final
+    validation (``trainer.validate`` after fit, where Lightning saves nothing) replace it."""
+
+    def __init__(self, dirpath: Path):
+        # no version counter: a best.ckpt this callback does not know of (state lost) is replaced, not
+        # joined by best-v1.ckpt, which resolve_checkpoint would never pick
+        super().__init__(dirpath=dirpath, filename="best", monitor="val/loss", mode="min", enable_version_counter=False)
+        self.best_step: int | None = None
+
+    @property
+    def state_key(self) -> str:  # ModelCheckpoint's own, so runs from before this class restore into it
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.best_step = state_dict.get("best_step")
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        if filepath == self.best_model_path:
+            self.best_step = trainer.global_step
+        super()._save_checkpoint(trainer, filepath)
+
+    def consider_final(self, trainer, val_loss: float) -> None:
+        """After the final validation (every rank, same value): save the final model as best.ckpt when
+        its val/loss is at most the best so far."""
+        if not math.isfinite(val_loss) or self.best_step == trainer.global_step:
+            return
+        if self.best_model_score is not None and val_loss > float(self.best_model_score):
+            return
+        path = self.best_model_path or str(Path(self.dirpath) / f"best{self.FILE_EXTENSION}")
+        score = torch.tensor(val_loss)
+        self.best_k_models, self.kth_best_model_path, self.kth_value = {path: score}, path, score
+        self.best_model_path, self.best_model_score, self.current_score = path, score, score
+        self._save_checkpoint(trainer, path)
+
+    def summary(self) -> dict | None:
+        """{"path", "step", "val_loss"} of best.ckpt, or None when there is none."""
+        if not self.best_model_path or not Path(self.best_model_path).exists():
+            return None
+        step = self.best_step
+        if step is None:  # saved by a run from before best_step was kept: read it from the file
+            step = torch.load(self.best_model_path, map_location="cpu", weights_only=False, mmap=True).get("global_step")
+        score = None if self.best_model_score is None else float(self.best_model_score)
+        return {"path": str(self.best_model_path), "step": step, "val_loss": score}
 
 
 class _Interrupted(BaseException):
@@ -293,6 +345,9 @@ def pretrain(
     data moved or prepared again is the same), unless ``allow_new_data``: config.json then lists the
     earlier datasets under ``data.previous``.
 
+    After the final validation, ``best.ckpt`` is replaced by the final model when that is at least
+    as good by val/loss; the summary's ``best_checkpoint`` says which step it holds.
+
     Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: last.ckpt is written at the next
     optimizer-step boundary, summary.json says ``interrupted`` (signal and step), and
     ``TrainingInterrupted`` is raised (before training starts: at once, nothing to save). Under
@@ -387,8 +442,9 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
                         save_top_k=0, save_last=True, enable_version_counter=False),
         _ConfigWriter(out, payload),
     ]
-    if val_batches is None:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min"))
+    best = _BestCheckpoint(ckpt_dir) if val_batches is None else None
+    if best is not None:
+        callbacks.append(best)
     callbacks = [*callbacks, *(extra_callbacks or [])]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -454,6 +510,8 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
             if val_batches is None:
                 res = trainer.validate(module, datamodule=_DataModule(data, cfg), verbose=False)
                 metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
+                if "val/loss" in metrics:  # Lightning saves nothing in validate(): the final model may be the best
+                    best.consider_final(trainer, metrics["val/loss"])
             trainer.save_checkpoint(last)
     except _Interrupted as e:
         if stop.stopped_at is None and not stop.wrapped_up:  # setting up, or a second Ctrl-C part-way through a step
@@ -469,7 +527,7 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         name = _signal_name(stop.stopped_by)
         summary = {"global_step": stop.stopped_at, "interrupted": {"signal": name, "step": stop.stopped_at},
                    "train_minutes": module.train_seconds / 60.0, "skipped_steps": module.skipped_steps,
-                   "checkpoint": str(last)}
+                   "checkpoint": str(last), **_best_summary(best)}
         if trainer.is_global_zero:
             (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
         raise TrainingInterrupted(f"stopped by {name}: saved {last} at step {stop.stopped_at}", stop.stopped_by,
@@ -482,10 +540,16 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         "skipped_steps": module.skipped_steps,
         "final_val": metrics,
         "checkpoint": str(last),
+        **_best_summary(best),
     }
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
     return summary
+
+
+def _best_summary(best: _BestCheckpoint | None) -> dict:
+    info = best.summary() if best is not None else None
+    return {"best_checkpoint": info} if info else {}
 
 
 def _previous_data(out: Path, saved: dict) -> dict | None:
