@@ -81,6 +81,10 @@ def test_demo_runs_and_writes_report(tmp_path, capsys):
     assert metrics["small-coords"]["per_residue_count"] == metrics["small-nocoords"]["per_residue_count"]
     assert (tmp_path / "report.md").read_text().count("|") > 10
     assert (tmp_path / "per_residue_recovery.png").stat().st_size > 1000
+    # --max-chains 40: the report and the printed title say 40 chains, not all that were prepared
+    assert metrics["small-coords"]["n_chains"] == 40
+    assert "Shipped models on 40 bundled held-out chains (the first 40 of" in out
+    assert "on 40 bundled held-out chains" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow

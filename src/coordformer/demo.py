@@ -65,7 +65,10 @@ def run_demo(
         model, _ = load_model(name)
         results[name] = evaluate_mlm(model, ds, "test", max_chains=max_chains, progress=progress)
 
-    sections = [(f"Shipped models on {summary.chains_kept} bundled held-out chains", dict(results))]
+    # the chains evaluated (--max-chains may take fewer than were prepared)
+    n_eval = results[MODELS[0]]["n_chains"]
+    sections = [(f"Shipped models on {n_eval} bundled held-out chains"
+                 + (f" (the first {n_eval} of {summary.chains_kept})" if n_eval < summary.chains_kept else ""), dict(results))]
     if train_minutes > 0:
         from .train.run import pretrain
 
@@ -86,16 +89,17 @@ def run_demo(
                              tokens_per_batch=2048, crop_length=512)
             pretrain(tdir / "dataset", run, mc, tc, resume=False, progress=progress)
             model, _ = load_model(run)
-            scratch[label] = evaluate_mlm(model, tds, "test", progress=progress)
+            scratch[label] = evaluate_mlm(model, tds, "test", max_chains=max_chains, progress=progress)
         for name in MODELS:
             model, _ = load_model(name)
-            scratch[name] = evaluate_mlm(model, tds, "test", progress=progress)
+            scratch[name] = evaluate_mlm(model, tds, "test", max_chains=max_chains, progress=progress)
         results.update({k: v for k, v in scratch.items() if k.startswith("scratch")})
-        n_test = len(tds.split_indices("test"))
+        n_test = scratch[MODELS[0]]["n_chains"]
         sections.append((f"Trained from scratch for {train_minutes:g} min each, on {n_test} bundled chains held out "
                          "from that training", scratch))
 
-    cmd = "coordformer demo" + (f" --train-minutes {train_minutes:g}" if train_minutes else "")
+    cmd = "coordformer demo" + (f" --train-minutes {train_minutes:g}" if train_minutes else "") + \
+        (f" --max-chains {max_chains}" if max_chains else "")
     report = [f"# coordformer demo\n\nCommand: `{cmd}`\n"]
     for k, (title, res) in enumerate(sections):
         header, rows = comparison_rows(res)
