@@ -66,6 +66,16 @@ def test_embed_npz_layers_and_errors(tmp_path, structures, capsys):
     assert main(["embed", str(structures), "-c", "small-coords", "-o", str(tmp_path / "x.txt")]) == 2
 
 
+def test_embed_quiet_prints_one_line(tmp_path, structures, capsys):
+    """--quiet: no summary of the temporary dataset, only the result line (which names unreadable inputs)."""
+    out = tmp_path / "q.h5"
+    assert main(["embed", str(structures), "-c", "small-coords", "-o", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines() == [captured.out.strip()], captured.out
+    assert captured.out.startswith("wrote ") and f"1 inputs unreadable, see {out}.skipped.tsv" in captured.out
+    assert "prepared dataset" not in captured.out + captured.err
+
+
 def test_embed_reads_a_prepared_dataset_split(tmp_path, prepared):
     out = tmp_path / "p.h5"
     res = embed("small-coords", [str(prepared.path)], out, EmbedConfig(split="test"), progress=False, echo=lambda s: None)

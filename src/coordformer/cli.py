@@ -466,7 +466,8 @@ def embed(
     res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
               command=_command_line())
     notes = ([f"{res['windowed']} longer than {res['window']} in overlapping windows"] if res["windowed"] else []) + \
-        ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else [])
+        ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else []) + \
+        ([f"{n} inputs unreadable, see {out}.skipped.tsv"] if (n := res.get("prepare", {}).get("inputs_skipped")) else [])
     if complexes:
         notes.append(f"{res['complexes']} complexes" + (f", {res['complexes_skipped']} too long, skipped (see {out}.skipped.tsv)"
                                                        if res["complexes_skipped"] else ""))

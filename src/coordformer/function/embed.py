@@ -83,7 +83,8 @@ def _open_inputs(inputs: list[str], workdir: Path, workers: int, progress: bool,
     cfg = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, plddt_min=plddt_min,
                         chains=tuple(chains), store_plddt=store_plddt, seqres=seqres)
     summary = prepare(inputs, workdir / "prepared", cfg, workers=workers, progress=progress)
-    echo(summary.format())
+    if progress:  # quiet: the caller's one line names the unreadable inputs (summary["prepare"]["inputs_skipped"])
+        echo(summary.format())
     return PreparedDataset(workdir / "prepared"), {"prepare": summary.to_dict()}
 
 
