@@ -83,3 +83,27 @@ def test_embed_reads_a_prepared_dataset_split(tmp_path, prepared):
     assert res["prepared"] == str(prepared.path)
     assert sorted(ids) == sorted(prepared.ids[i] for i in prepared.split_indices("test"))
     assert np.isfinite(mean).all()
+
+
+def test_hdf5_per_residue_keys_escape_slashes_and_keep_the_original_ids(tmp_path):
+    """Ids with '/' (Pfam-style FASTA names) would become nested groups: they are percent-encoded,
+    residue_keys lists each row's key beside ids, and unquote gives the id back."""
+    from urllib.parse import unquote
+
+    from coordformer.function.embed import residue_key
+
+    fasta = tmp_path / "seqs.fasta"
+    names = ["PF1/1-40", "PF1/41-80", "odd%2Fname", "plain"]
+    fasta.write_text("".join(f">{n}\n{'ACDEFGHIKLMNPQRSTVWY' * 2}\n" for n in names))
+    out = tmp_path / "e.h5"
+    assert main(["embed", str(fasta), "-c", "small-nocoords", "-o", str(out), "--per-residue", "--quiet"]) == 0
+    with h5py.File(out) as f:
+        ids = [x.decode() for x in f["ids"][:]]
+        keys = [x.decode() for x in f["residue_keys"][:]]
+        assert sorted(ids) == sorted(names)
+        assert all(isinstance(f["residues"][k], h5py.Dataset) for k in f["residues"])  # no nested groups
+        assert sorted(f["residues"]) == sorted(keys) == sorted(f["residue_has_ca"])
+        for i, (cid, key) in enumerate(zip(ids, keys)):
+            assert key == residue_key(cid) and unquote(key) == cid and "/" not in key
+            assert f["residues"][key].shape == (f["lengths"][i], 256)
+    assert residue_key("..") == "%2E%2E" and residue_key("a%b") == "a%25b"

@@ -8,8 +8,10 @@ Output (readable with h5py / numpy alone):
 
 * HDF5 (``.h5``/``.hdf5``): ``ids`` [N] strings, ``lengths`` [N], ``mean`` [N, D] float32,
   ``sequences`` [N] strings (the residues embedded, one letter per row) and, with ``per_residue``,
-  ``residues/<chain id>`` [L, D] float16 plus ``residue_has_ca/<chain id>`` [L] bool (False: embedded
-  without coordinates); the settings in the file's attributes. Rows are appended batch by batch, so
+  ``residues/<key>`` [L, D] float16 plus ``residue_has_ca/<key>`` [L] bool (False: embedded
+  without coordinates), where ``<key>`` is the chain id with ``%`` written ``%25`` and ``/`` written
+  ``%2F`` (:func:`residue_key`; a ``/`` would make nested groups) and ``residue_keys`` [N] gives each
+  row's key beside ``ids``; the settings in the file's attributes. Rows are appended batch by batch, so
   memory stays bounded by one batch.
 * ``.npz``: ``ids``, ``lengths``, ``mean``, ``sequences`` (mean-pooled only; the whole array is kept
   in memory).
@@ -273,6 +275,14 @@ def _residue_info(data: PreparedDataset, ci: int, n: int, per_residue: bool) -> 
     return data.sequence(ci)[:n], has_ca
 
 
+def residue_key(chain_id: str) -> str:
+    """The name of a chain's per-residue datasets in an HDF5 ``embed`` output: the id with ``%`` and
+    ``/`` percent-encoded (``%25``, ``%2F``), and ``.`` too for the ids ``.`` and ``..``, which HDF5
+    reads as paths. ``urllib.parse.unquote`` gives the id back."""
+    key = chain_id.replace("%", "%25").replace("/", "%2F")
+    return key.replace(".", "%2E") if key in (".", "..") else key
+
+
 class _H5Writer:
     def __init__(self, path: Path, dim: int, attrs: dict, per_residue: bool):
         import h5py
@@ -286,6 +296,8 @@ class _H5Writer:
         self.seqs = self.f.create_dataset("sequences", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
         self.res = self.f.create_group("residues") if per_residue else None
         self.has_ca = self.f.create_group("residue_has_ca") if per_residue else None
+        self.keys = self.f.create_dataset("residue_keys", (0,), maxshape=(None,), dtype=h5py.string_dtype(),
+                                          chunks=True) if per_residue else None
         self.n = 0
         self.cx = None
 
@@ -296,9 +308,12 @@ class _H5Writer:
             ds.resize(k + 1, axis=0)
         self.ids[k], self.lengths[k], self.mean[k], self.seqs[k] = chain_id, length, mean, sequence
         if self.res is not None and residues is not None:
-            self.res.create_dataset(chain_id, data=residues.astype(np.float16), compression="gzip")
+            key = residue_key(chain_id)
+            self.keys.resize(k + 1, axis=0)
+            self.keys[k] = key
+            self.res.create_dataset(key, data=residues.astype(np.float16), compression="gzip")
             if has_ca is not None:
-                self.has_ca.create_dataset(chain_id, data=np.asarray(has_ca, dtype=bool), compression="gzip")
+                self.has_ca.create_dataset(key, data=np.asarray(has_ca, dtype=bool), compression="gzip")
         self.n += 1
 
     def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
