@@ -42,3 +42,21 @@ def test_a_forward_backward_costs_about_what_the_count_says():
 
 def test_matmul_rate_is_positive_on_cpu():
     assert measured_matmul_rate("cpu", n=256, repeats=2) > 1e6
+
+
+def test_pretrain_reports_model_flops_and_utilisation(tmp_path, prepared):
+    import json
+
+    from coordformer.config import TrainConfig
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(max_steps=3, warmup_steps=1, tokens_per_batch=512, crop_length=64, val_every_steps=1000,
+                     accelerator="cpu", threads=1)
+    s = pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m", recipe="fast"), tc, progress=False)
+    assert s["model_tflops_per_s"] > 0 and s["matmul_tflops_per_s"] > 0 and 0 < s["mfu"] < 2
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    flops = ck["coordformer"]["model_flops"]
+    # three steps of at most 512 residues each, and at least one residue each
+    c = preset("tiny-0.1m", recipe="fast")
+    assert training_flops(c, [1, 1, 1]) < flops <= 3 * training_flops(c, [64] * 8)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["mfu"] == s["mfu"]

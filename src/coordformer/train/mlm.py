@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig, TrainConfig
 from ..errors import TrainingDivergedError
 from ..model import CoordFormer
+from ..model.flops import training_flops
 
 #: Non-finite steps in a row after which training stops with an error instead of skipping on.
 MAX_CONSECUTIVE_SKIPS = 50
@@ -58,6 +59,8 @@ class MaskedLMModule(L.LightningModule):
         self._sec_at_log = 0.0
         self.train_seconds = 0.0  # wall clock spent in training steps, saved with checkpoints
         self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, saved with checkpoints
+        self.model_flops = 0.0  # training FLOPs of the residues seen (coordformer.model.flops), saved with checkpoints
+        self._flops_since = 0.0
         self._skips_in_a_row = 0
         self.data_fingerprint: str | None = None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
 
@@ -77,8 +80,13 @@ class MaskedLMModule(L.LightningModule):
         self._t_last = now
         out = self(batch)
         loss, correct, n = masked_lm_loss(out.logits, batch["targets"])
-        ntok = int(batch["padding_mask"].sum())
+        lengths = batch["padding_mask"].sum(1).tolist()
+        ntok = int(sum(lengths))
         self._tokens_since += ntok
+        # useful work only: padding and recomputation (activation checkpointing) are not model FLOPs
+        flops = training_flops(self.model_config, lengths)
+        self.model_flops += flops
+        self._flops_since += flops
         bs = batch["tokens"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
@@ -86,7 +94,10 @@ class MaskedLMModule(L.LightningModule):
         if self.global_step % max(self.train_config.log_every_steps, 1) == 0 and self.train_seconds > 0:
             rate = self._tokens_since / max(self.train_seconds - self._sec_at_log, 1e-9)
             self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bs)
+            self.log("train/model_tflops", self._flops_since / max(self.train_seconds - self._sec_at_log, 1e-9) / 1e12,
+                     batch_size=bs)
             self._tokens_since = 0
+            self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
         # With a time budget the step-based ETA means little; show the training minutes spent instead.
         self.log("train/minutes", self.train_seconds / 60.0, batch_size=bs, prog_bar=bool(self.train_config.max_minutes))
@@ -174,6 +185,7 @@ class MaskedLMModule(L.LightningModule):
             "train_config": self.train_config.to_dict(),
             "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps,
+            "model_flops": self.model_flops,
             "torch_rng_state": torch.get_rng_state(),  # dropout draws from the global generator
             **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
         }
@@ -187,5 +199,6 @@ class MaskedLMModule(L.LightningModule):
         saved = checkpoint.get("coordformer", {})
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.skipped_steps = saved.get("skipped_steps", 0)
+        self.model_flops = saved.get("model_flops", 0.0)
         if "torch_rng_state" in saved:
             torch.set_rng_state(saved["torch_rng_state"])

@@ -451,7 +451,8 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
     # One version folder per (re)start so a resumed run never overwrites earlier log segments.
     # flushed each time it logs (Lightning flushes every 100 steps by default), so a killed run keeps its log
     loggers = [CSVLogger(out, name="logs", flush_logs_every_n_steps=max(cfg.log_every_steps, 1))]
-    if cfg_tensorboard_available():
+    tensorboard = cfg_tensorboard_available()
+    if tensorboard:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(out, name="tensorboard"))
@@ -538,9 +539,12 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         "global_step": trainer.global_step,
         "train_minutes": module.train_seconds / 60.0,
         "skipped_steps": module.skipped_steps,
+        **_utilisation(module, trainer),
         "final_val": metrics,
         "checkpoint": str(last),
         **_best_summary(best),
+        "tensorboard": str(out / "tensorboard") if tensorboard else
+        "off: the tensorboard package is not installed (pip install tensorboard); metrics are in logs/version_N/metrics.csv",
     }
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
@@ -569,6 +573,23 @@ def _previous_data(out: Path, saved: dict) -> dict | None:
         return None
     record.pop("manifest", None)
     return {**record, "fingerprint": fp}
+
+
+def _utilisation(module, trainer) -> dict:
+    """Model FLOPs per second of training time over the whole run (PaLM-style count of the residues
+    seen, ``coordformer.model.flops``; all processes together) and the utilisation against this
+    device's matrix-product rate, measured here after training (bf16 on CUDA, float32 on CPU)."""
+    from ..model.flops import measured_matmul_rate
+
+    if module.train_seconds <= 0:
+        return {}
+    rate = module.model_flops * trainer.world_size / module.train_seconds
+    device = str(module.device)
+    try:
+        peak = measured_matmul_rate(device) * trainer.world_size
+    except RuntimeError:  # an accelerator without the matmul dtype: report the rate alone
+        return {"model_tflops_per_s": rate / 1e12}
+    return {"model_tflops_per_s": rate / 1e12, "matmul_tflops_per_s": peak / 1e12, "mfu": rate / peak}
 
 
 def cfg_tensorboard_available() -> bool:
