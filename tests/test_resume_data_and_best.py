@@ -109,3 +109,15 @@ def test_a_worse_final_validation_leaves_best_ckpt_alone(tmp_path):
     best.consider_final(trainer, 1.0)  # as good: the final model, the one summary.json describes
     assert saved == [str(tmp_path / "best.ckpt")] and best.best_step == 5 and float(best.best_model_score) == 1.0
     assert best.state_dict()["best_step"] == 5
+
+
+def test_summary_says_tensorboard_logs_are_off_without_tensorboard(tmp_path, prepared, monkeypatch):
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train import run as run_module
+
+    tc = TrainConfig(max_steps=1, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=1)
+    monkeypatch.setattr(run_module, "cfg_tensorboard_available", lambda: False)
+    summary = run_module.pretrain(prepared.path, tmp_path / "off", preset("tiny-0.1m"), tc, progress=False)
+    assert summary["tensorboard"].startswith("off: the tensorboard package is not installed")
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["tensorboard"] == summary["tensorboard"]
