@@ -630,7 +630,9 @@ class _Progress:
         self.t0 = time.monotonic()
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            from ..progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
             self.bar = Progress(
                 TextColumn("[bold]preparing"),

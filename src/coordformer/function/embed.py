@@ -96,7 +96,9 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn`` (default:
     print to stderr) gets a one-line warning when the model never learnt inputs without coordinates
     and most residues have none."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from ..progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
     from ..model.checkpoints import load_model, missing_coords_warning
 
@@ -175,7 +177,9 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
     """Embed the chains of ``idx`` grouped into complexes (token-budget batches of whole complexes);
     writes per-chain and per-complex rows; complexes whose position span exceeds ``window`` are
     skipped and appended to ``skipped_path``. Returns counts."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from ..progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
     if cfg.max_length is not None:
         raise UsageError("--max-length crops single chains; with --complexes select chains with --chains instead")

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..config import ModelConfig, TrainConfig
@@ -19,6 +19,7 @@ from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
 from ..errors import TrainingInterrupted, UsageError
 from .mlm import MaskedLMModule
+from .progress import TrainProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +448,8 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         callbacks.append(best)
     callbacks = [*callbacks, *(extra_callbacks or [])]
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        # a bar of the time budget with --max-minutes; plain lines when the output is not a terminal
+        callbacks.append(TrainProgressBar(cfg.max_minutes))
     # One version folder per (re)start so a resumed run never overwrites earlier log segments.
     # flushed each time it logs (Lightning flushes every 100 steps by default), so a killed run keeps its log
     loggers = [CSVLogger(out, name="logs", flush_logs_every_n_steps=max(cfg.log_every_steps, 1))]

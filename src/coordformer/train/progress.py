@@ -1,0 +1,98 @@
+"""``pretrain``'s progress display.
+
+On a terminal, Lightning's tqdm bar, except that with a time budget (``--max-minutes``) it counts
+training minutes against the budget, so its ETA is the budget's and not that of ``--max-steps``
+(100,000 by default). When the output is not a terminal (a log file, a batch job) a redrawn bar
+leaves a carriage-return-separated copy of itself per refresh; there, one plain line every
+``PLAIN_EVERY_S`` seconds, one per validation and one at the end instead::
+
+    step 1200/100000, 4.1/60 min, train/loss 2.713, train/tokens_per_s 2.1e+04
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+#: Seconds between plain progress lines when the output is not a terminal.
+PLAIN_EVERY_S = 30.0
+
+_MINUTES_FORMAT = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]"
+
+
+def _fmt(v) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{v:.4g}"
+
+
+class TrainProgressBar(TQDMProgressBar):
+    def __init__(self, max_minutes: float | None = None, plain: bool | None = None, refresh_rate: int = 10):
+        super().__init__(refresh_rate=refresh_rate)
+        self.max_minutes = max_minutes
+        self.plain = (not sys.stdout.isatty()) if plain is None else plain
+        self._last_line = 0.0
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        if self.max_minutes:  # the bar itself counts them
+            items.pop("train/minutes", None)
+        return items
+
+    # plain: no tqdm output at all (the bars still exist, disabled, for Lightning's bookkeeping)
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True) if self.plain else super().init_sanity_tqdm()
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True) if self.plain else super().init_train_tqdm()
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True) if self.plain else super().init_validation_tqdm()
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if self.max_minutes and not self.plain:  # the bar measures the time budget
+            self.train_progress_bar.total = self.max_minutes
+            self.train_progress_bar.bar_format = _MINUTES_FORMAT
+            self.train_progress_bar.set_description(f"step {trainer.global_step}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.plain:
+            if time.monotonic() - self._last_line >= PLAIN_EVERY_S:
+                self._line(trainer, pl_module)
+            return
+        if not self.max_minutes:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable and (batch_idx + 1) % self.refresh_rate == 0:
+            bar.n = min(pl_module.train_seconds / 60.0, self.max_minutes)
+            bar.set_description(f"step {trainer.global_step}", refresh=False)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.plain and not trainer.sanity_checking:
+            metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("val/")}
+            if metrics:
+                what = "final validation" if trainer.state.fn == "validate" else "validation"  # after fit
+                print(f"{what} at step {trainer.global_step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()),
+                      flush=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.plain:
+            self._line(trainer, pl_module)
+
+    def _line(self, trainer, pl_module) -> None:
+        self._last_line = time.monotonic()
+        minutes = pl_module.train_seconds / 60.0
+        parts = [f"step {trainer.global_step}/{trainer.max_steps}",
+                 f"{minutes:.1f}/{self.max_minutes:g} min" if self.max_minutes else f"{minutes:.1f} min"]
+        parts += [f"{k} {_fmt(v)}" for k, v in self.get_metrics(trainer, pl_module).items()
+                  if k != "v_num" and not k.startswith("val/") and k != "train/minutes"]
+        print(", ".join(parts), flush=True)
