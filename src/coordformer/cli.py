@@ -181,6 +181,13 @@ def pretrain(
                                                    "unit-scale value/output projections (default: as the recipe says)."),
     plddt_feature: bool = typer.Option(False, "--plddt-feature", help="Also feed (100 - pLDDT)/100 per residue (from a dataset "
                                        "prepared with --store-plddt; 0 where unknown) through the coordinate embedding."),
+    condition_on: Optional[str] = typer.Option(None, "--condition-on", help="Condition on an ESM-2 language model (a local "
+                                               "folder, or a Hub name where there is network): its frozen last-layer "
+                                               "representation, through a linear connector, replaces the token and position "
+                                               "embedding (the paper's ESM hybrid; recipe paper). Its weights are not saved: "
+                                               "loading re-reads it (or $COORDFORMER_LM)."),
+    unfreeze_lm: bool = typer.Option(False, "--unfreeze-lm", help="With --condition-on: train the language model too (its "
+                                     "weights are then saved with the model)."),
     max_steps: int = typer.Option(100_000, min=1),
     max_minutes: Optional[float] = typer.Option(None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."),
     lr: float = typer.Option(1e-3, min=0.0),
@@ -229,7 +236,8 @@ def pretrain(
         architecture = {"--preset": size is not None, "--recipe": recipe is not None, "--no-coords": not coords,
                         "--coord-mode": coord_mode != CoordMode.ca, "--norm-feature": norm_feature is not None,
                         "--gaussian-heads": gaussian_heads is not None, "--gaussian-values": gaussian_values is not None,
-                        "--plddt-feature": plddt_feature}
+                        "--plddt-feature": plddt_feature, "--condition-on": condition_on is not None,
+                        "--unfreeze-lm": unfreeze_lm}
         given = [k for k, v in architecture.items() if v]
         if given:
             raise UsageError(f"{', '.join(given)} set the architecture, which --init takes from {init}; drop "
@@ -240,8 +248,16 @@ def pretrain(
     else:
         explicit = {k: v for k, v in (("coord_norm_feature", norm_feature), ("gaussian_init_heads", gaussian_heads),
                                       ("gaussian_init_values", gaussian_values)) if v is not None}
-        mc = preset(size or "small-3m", recipe=(recipe.value if recipe else DEFAULT_RECIPE) if coords else None,
+        if unfreeze_lm and condition_on is None:
+            raise UsageError("--unfreeze-lm needs --condition-on (the language model to train)")
+        # The Gaussian heads of the fast recipe need the token embedding, which conditioning replaces.
+        default_recipe = "paper" if condition_on is not None else DEFAULT_RECIPE
+        mc = preset(size or "small-3m", recipe=(recipe.value if recipe else default_recipe) if coords else None,
                     use_coords=coords, coord_mode=coord_mode.value, plddt_feature=plddt_feature, dropout=dropout, **explicit)
+        if condition_on is not None:
+            from .model.lm import conditioned_config
+
+            mc = conditioned_config(mc, condition_on, unfreeze=unfreeze_lm)
     tc = TrainConfig(seed=seed, crop_length=crop_length, crop_mode=crop.value, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
                      schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
                      val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,

@@ -88,8 +88,21 @@ class ModelConfig(_Record):
     gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
     gaussian_init_values: bool = False  # also give those heads unit-scale value/output projections
     vocab_size: int = VOCAB_SIZE
+    #: Language-model conditioning (coordformer.model.lm; the paper's ESM hybrid): a local folder or Hub
+    #: name of an ESM-2 model whose last hidden state, through a Linear(lm_dim, d_model) connector,
+    #: replaces the token embedding and the sinusoidal positions. None = a plain CoordFormer.
+    condition_on: str | None = None
+    lm_dim: int = 0  # the LM's hidden size (recorded when conditioned)
+    lm_fingerprint: str = ""  # sizes + hash of a few LM weights; loading refuses another LM
+    unfreeze_lm: bool = False  # train the LM too (its weights are then saved with the model)
 
     def __post_init__(self):
+        if self.condition_on is None:
+            if self.lm_dim or self.lm_fingerprint or self.unfreeze_lm:
+                raise ConfigError("lm_dim, lm_fingerprint and unfreeze_lm need condition_on (a language model)")
+        elif self.gaussian_init_heads:
+            raise ConfigError("gaussian_init_heads needs the token embedding, which language-model conditioning "
+                              "replaces; use the paper recipe (--recipe paper) with --condition-on")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.coord_mode not in COORD_MODES:

@@ -151,6 +151,25 @@ class EncoderLayer(nn.Module):
         return x, attn
 
 
+_LM_PREFIX = "lm.model."
+
+
+def _is_lm_key(name: str, prefix: str = "") -> bool:
+    return name.startswith(prefix + _LM_PREFIX)
+
+
+def _drop_frozen_lm_state(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict post hook: leave a frozen conditioning LM's weights out (see coordformer.model.lm)."""
+    for k in [k for k in state_dict if _is_lm_key(k, prefix)]:
+        del state_dict[k]
+
+
+def _ignore_missing_lm_state(module, incompatible_keys) -> None:
+    """load_state_dict post hook: a frozen LM's weights are not expected in the state loaded."""
+    keep = [k for k in incompatible_keys.missing_keys if not (k.startswith(_LM_PREFIX) or "." + _LM_PREFIX in k)]
+    incompatible_keys.missing_keys[:] = keep
+
+
 @dataclass
 class CoordFormerOutput:
     """logits: [B, L, V]; hidden: final hidden states [B, L, D] (after the last LayerNorm);
@@ -170,7 +189,11 @@ class CoordFormer(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
-        self.tokens = nn.Embedding(config.vocab_size, d)
+        conditioned = config.condition_on is not None
+        # Conditioned on a language model: its representation (through ``connector``) replaces the
+        # token embedding and the sinusoidal positions (ESM-2 has its own rotary positions).
+        self.tokens = None if conditioned else nn.Embedding(config.vocab_size, d)
+        self.connector = nn.Linear(config.lm_dim, d) if conditioned and config.lm_dim else None
         self.register_buffer("positions", position_table(config), persistent=False)
         self.coord_embed = nn.Linear(config.n_coord_features, d) if config.use_coords else None
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
@@ -182,6 +205,21 @@ class CoordFormer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
         if config.gaussian_init_heads:
             self._init_gaussian_heads()
+        # Attached after the initialisation above so that it keeps its pretrained weights.
+        self.lm = None
+        if conditioned:
+            from .lm import load_conditioner
+
+            self.lm, fp = load_conditioner(config)
+            if not config.lm_dim:  # a config written by hand: record the LM it got
+                self.config = config = config.replace(lm_dim=self.lm.hidden_size, lm_fingerprint=fp)
+                self.connector = nn.Linear(config.lm_dim, d)
+                self._init_weights(self.connector)
+            if not config.unfreeze_lm:
+                # A frozen LM is not part of the model's state: checkpoints and exports leave it out,
+                # loading re-reads it from config.condition_on (or $COORDFORMER_LM).
+                self.register_state_dict_post_hook(_drop_frozen_lm_state)
+                self.register_load_state_dict_post_hook(_ignore_missing_lm_state)
         # Activation checkpointing (training only): each layer's activations are recomputed in the
         # backward pass instead of stored, so activation memory no longer grows with depth, for
         # ~1/3 more compute. A run setting (TrainConfig.activation_checkpointing), not architecture.
@@ -257,6 +295,21 @@ class CoordFormer(nn.Module):
                 out_w = self.layers[0].attn.out.weight
                 nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
 
+    def _token_and_position(self, tokens, ablate, positions):
+        """Token embedding + sinusoidal positions (the unconditioned model's input), see ``embed``."""
+        l = tokens.shape[1]
+        x = self.tokens(tokens)
+        if "positions" not in ablate:
+            if positions is None:
+                x = x + self.positions[:l].to(self.tokens.weight.dtype)
+            else:
+                top = int(positions.max()) if positions.numel() else 0
+                if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
+                    raise UsageError(f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
+                                     f"got up to {top}: use a smaller --chain-gap or crop")
+                x = x + self.positions[positions].to(self.tokens.weight.dtype)
+        return x
+
     def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None,
               ablate: tuple[str, ...] = (), positions: torch.Tensor | None = None,
               plddt: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,7 +318,8 @@ class CoordFormer(nn.Module):
         them in any frame (the batching pipeline already centres; centring twice is harmless).
         ``ablate`` (analysis only) may hold "coords" (coordinate features set to zero: every residue
         at the origin, none flagged missing, so only the sequence signal is left) and/or
-        "positions" (sinusoidal positions set to zero: only the 3D signal is left).
+        "positions" (sinusoidal positions set to zero: only the 3D signal is left; for a model
+        conditioned on a language model, its representation is set to zero instead).
         ``positions``: [B, L] long residue indices for the sinusoidal table (default 0..L-1). Jumps
         in them mark chain breaks: unresolved residues that are not in the input, the gap between
         the chains of a complex, or residues left out by a 3D crop. ``plddt``: [B, L] (0-100, NaN
@@ -277,16 +331,17 @@ class CoordFormer(nn.Module):
         l = tokens.shape[1]
         if l > self.config.max_len:
             raise UsageError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; use a smaller --crop-length")
-        x = self.tokens(tokens)
-        if "positions" not in ablate:
-            if positions is None:
-                x = x + self.positions[:l].to(self.tokens.weight.dtype)
-            else:
-                top = int(positions.max()) if positions.numel() else 0
-                if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
-                    raise UsageError(f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
-                                     f"got up to {top}: use a smaller --chain-gap or crop")
-                x = x + self.positions[positions].to(self.tokens.weight.dtype)
+        if self.lm is not None:
+            # The LM representation carries sequence and position; ablating "positions" drops it
+            # (only the 3D signal is left). ``positions`` (chain breaks) is not read: the LM sees
+            # the residues as one contiguous sequence.
+            mask = tokens != 0 if padding_mask is None else padding_mask
+            h = self.lm(tokens, mask)
+            x = self.connector(h.to(self.connector.weight.dtype))
+            if "positions" in ablate:
+                x = torch.zeros_like(x)
+        else:
+            x = self._token_and_position(tokens, ablate, positions)
         if self.coord_embed is not None:
             if coords is None:
                 # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
@@ -354,7 +409,8 @@ class CoordFormer(nn.Module):
         return CoordFormerOutput(logits=self.lm_head(h), hidden=h, representations=reps, attentions=attns)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters of the model's own state (a frozen conditioning LM is not counted)."""
+        return sum(p.numel() for n, p in self.named_parameters() if not (_is_lm_key(n) and not self.config.unfreeze_lm))
 
     def save_pretrained(self, folder, meta: dict | None = None, half: bool = False):
         """Write a Hugging Face-style folder (config.json, model.safetensors, README.md); see ``hub``."""

@@ -53,6 +53,7 @@ class MaskedLMModule(L.LightningModule):
         self.model_config = ModelConfig.from_dict(model_config)
         self.train_config = TrainConfig.from_dict(train_config)
         self.model = CoordFormer(self.model_config)
+        self.model_config = self.model.config  # a conditioned model records its language model's size and fingerprint
         self.model.gradient_checkpointing = self.train_config.activation_checkpointing
         self._t_last = None
         self._tokens_since = 0
@@ -171,6 +172,8 @@ class MaskedLMModule(L.LightningModule):
         cfg = self.train_config
         decay, no_decay = [], []
         for name, p in self.named_parameters():
+            if not p.requires_grad:  # a frozen conditioning language model
+                continue
             (no_decay if p.ndim < 2 or "tokens" in name else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -1,0 +1,182 @@
+"""Language-model conditioning: an ESM-2 protein language model (``transformers.EsmModel``) whose
+last-layer representation is the input of a CoordFormer (``ModelConfig.condition_on``; the paper's
+``esm_hybrid_model.py``).
+
+The ESM-2 model is loaded from a local folder written by ``save_pretrained`` (a Hub snapshot:
+config.json, model.safetensors or pytorch_model.bin, vocab.txt) or from a Hub name such as
+``facebook/esm2_t6_8M_UR50D``, which needs network access or a filled Hugging Face cache. It is
+frozen (no gradients, eval mode, so no dropout) unless ``unfreeze_lm`` is set.
+
+Its weights are not part of a CoordFormer's saved state (checkpoints, exported files and folders
+hold only what coordformer trains; with ``unfreeze_lm`` they are kept, as they are trained). The
+model config records where the LM came from (``condition_on``), its hidden size (``lm_dim``) and a
+fingerprint (sizes and a hash of a few weight tensors, ``lm_fingerprint``). Loading such a model
+loads the LM again from ``condition_on``, or from the folder in the environment variable
+``COORDFORMER_LM`` where set (the model moved to a machine where the LM sits elsewhere), and
+refuses with a one-line error when it is missing or its fingerprint differs.
+
+Token alignment: coordformer tokens map to ESM tokens by letter (``<pad>``, ``<mask>``,
+``<cls>``, ``<eos>``, ``X`` and the 20 amino acids; a letter the ESM vocabulary lacks becomes its
+``<unk>``); every chain gets ``<cls>`` in front and ``<eos>`` after its last residue, with
+``<pad>`` and attention mask 0 beyond, and the representation is read back at the residues only.
+ESM-2 covers ``max_position_embeddings - 2`` residues (1024 for the released models); longer
+chains are refused with a message naming the limit (crop them, e.g. ``--crop-length 1024``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..constants import VOCAB
+from ..errors import UsageError
+
+#: Environment variable naming the ESM-2 folder (or Hub name) to load instead of the recorded one.
+LM_ENV = "COORDFORMER_LM"
+
+
+def lm_source(recorded: str) -> str:
+    """Where to load the LM from: ``$COORDFORMER_LM`` if set, else the recorded ``condition_on``."""
+    return os.environ.get(LM_ENV) or recorded
+
+
+def _looks_like_path(source: str) -> bool:
+    # Hub names are "name" or "org/name"; anything else with a slash, or starting like a path, is a path.
+    return source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def load_esm(source: str):
+    """(EsmModel float32 without pooler, EsmTokenizer) from a local folder or Hub name; a one-line
+    UsageError when that fails."""
+    try:
+        from transformers import EsmModel, EsmTokenizer
+    except ImportError:  # pragma: no cover - transformers is an optional dependency
+        raise UsageError("conditioning on a language model needs transformers: pip install 'coordformer[hf]'") from None
+    p = Path(source).expanduser()
+    if not p.exists() and _looks_like_path(source):
+        raise UsageError(f"language model {source!r}: no such folder (set {LM_ENV}=FOLDER to the ESM-2 folder the model "
+                         "was trained with)")
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"language model {source!r}: a folder with config.json, the weights and vocab.txt is expected")
+    from transformers.utils import logging as hf_logging
+
+    where = str(p) if p.is_dir() else source
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar on every model load
+    try:
+        tokenizer = EsmTokenizer.from_pretrained(where)
+        model = EsmModel.from_pretrained(where, add_pooling_layer=False, dtype=torch.float32)
+    except Exception as e:
+        hint = ("" if p.is_dir() else " A Hub name needs network access (or the Hugging Face cache): download it where "
+                "there is network, e.g. `hf download facebook/esm2_t6_8M_UR50D --local-dir esm2_t6`, and give the folder.")
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise UsageError(f"cannot load the ESM-2 language model {source!r} ({type(e).__name__}: {first}).{hint}") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    if getattr(model.config, "model_type", "") != "esm":
+        raise UsageError(f"language model {source!r} is a {model.config.model_type!r} model, not ESM (esm)")
+    return model, tokenizer
+
+
+def fingerprint(model) -> str:
+    """Sizes and a SHA-256 of the token embedding and final LayerNorm of an EsmModel: tells a
+    different model (or different weights of the same size) apart without hashing gigabytes."""
+    c = model.config
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        if "word_embeddings" in name or "emb_layer_norm_after" in name:
+            h.update(name.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return f"esm-h{c.hidden_size}-l{c.num_hidden_layers}-a{c.num_attention_heads}-v{c.vocab_size}-{h.hexdigest()[:16]}"
+
+
+def token_map(tokenizer) -> list[int]:
+    """ESM token id of each coordformer token id (constants.VOCAB)."""
+    vocab = tokenizer.get_vocab()
+    specials = {"<pad>": tokenizer.pad_token_id, "<mask>": tokenizer.mask_token_id, "<cls>": tokenizer.cls_token_id,
+                "<eos>": tokenizer.eos_token_id}
+    missing = [k for k, v in specials.items() if v is None]
+    if missing:
+        raise UsageError(f"the language model's tokenizer has no {', '.join(missing)} token; an ESM-2 tokenizer is expected")
+    unk = tokenizer.unk_token_id
+    out = []
+    for tok in VOCAB:
+        i = specials.get(tok, vocab.get(tok, unk))
+        if i is None:
+            raise UsageError(f"the language model's tokenizer has neither {tok!r} nor <unk>")
+        out.append(int(i))
+    return out
+
+
+class EsmConditioner(nn.Module):
+    """An ESM-2 model that maps coordformer tokens [B, L] to its last hidden state [B, L, H] at
+    each residue. Frozen unless ``trainable``: no gradients, and it stays in eval mode whatever
+    ``train()`` is called with."""
+
+    def __init__(self, model, tokenizer, trainable: bool = False):
+        super().__init__()
+        self.model = model
+        self.trainable = trainable
+        self.register_buffer("token_map", torch.tensor(token_map(tokenizer), dtype=torch.long), persistent=False)
+        self.cls_id, self.eos_id, self.pad_id = tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.max_residues = int(model.config.max_position_embeddings) - 2
+        self.hidden_size = int(model.config.hidden_size)
+        if not trainable:
+            model.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.model.train(mode and self.trainable)
+        return self
+
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, L] coordformer ids; padding_mask: [B, L] bool, True = residue (a prefix of
+        each row). Returns [B, L, H] (zeros at padding)."""
+        b, l = tokens.shape
+        lengths = padding_mask.sum(1)
+        if l and bool((padding_mask[:, 1:] & ~padding_mask[:, :-1]).any()):
+            raise UsageError("language-model conditioning needs the padding at the end of each row")
+        longest = int(lengths.max()) if b else 0
+        if longest > self.max_residues:
+            raise UsageError(f"a chain of {longest} residues exceeds the {self.max_residues} residues the conditioning "
+                             f"language model covers (max_position_embeddings {self.max_residues + 2}); crop chains to at "
+                             f"most {self.max_residues} (--crop-length)")
+        dev = tokens.device
+        ids = torch.full((b, l + 2), self.pad_id, dtype=torch.long, device=dev)
+        ids[:, 0] = self.cls_id
+        ids[:, 1 : l + 1] = torch.where(padding_mask, self.token_map[tokens], self.pad_id)
+        ids[torch.arange(b, device=dev), lengths + 1] = self.eos_id
+        attention = (torch.arange(l + 2, device=dev)[None, :] < (lengths + 2)[:, None]).long()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
+            h = self.model(input_ids=ids, attention_mask=attention).last_hidden_state
+        h = h[:, 1 : l + 1]
+        return h * padding_mask[..., None].to(h.dtype)
+
+
+def load_conditioner(config) -> tuple[EsmConditioner, str]:
+    """The EsmConditioner a ModelConfig with ``condition_on`` needs, checked against its recorded
+    ``lm_dim`` / ``lm_fingerprint`` (when set). Returns (conditioner, fingerprint)."""
+    source = lm_source(config.condition_on)
+    model, tokenizer = load_esm(source)
+    fp = fingerprint(model)
+    if config.lm_fingerprint and fp != config.lm_fingerprint:
+        raise UsageError(f"language model {source!r} (fingerprint {fp}) is not the one this model was trained with "
+                         f"({config.condition_on!r}, fingerprint {config.lm_fingerprint}); set {LM_ENV}=FOLDER to that one")
+    if config.lm_dim and model.config.hidden_size != config.lm_dim:
+        raise UsageError(f"language model {source!r} has hidden size {model.config.hidden_size}, the model expects "
+                         f"{config.lm_dim}; set {LM_ENV}=FOLDER to the ESM-2 model it was trained with")
+    return EsmConditioner(model, tokenizer, trainable=config.unfreeze_lm), fp
+
+
+def conditioned_config(config, condition_on: str, unfreeze: bool = False):
+    """``config`` conditioned on the ESM-2 model at ``condition_on``, with its hidden size and
+    fingerprint filled in (the LM is loaded once to read them)."""
+    model, _ = load_esm(condition_on)
+    return config.replace(condition_on=condition_on, lm_dim=int(model.config.hidden_size), lm_fingerprint=fingerprint(model),
+                          unfreeze_lm=unfreeze)

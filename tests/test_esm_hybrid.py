@@ -1,0 +1,220 @@
+"""Language-model conditioning (ModelConfig.condition_on, coordformer.model.lm): a tiny randomly
+initialised ESM-2 written to tmp_path stands in for a real one (nothing is downloaded)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from coordformer.config import ConfigError, ModelConfig, TrainConfig  # noqa: E402
+from coordformer.constants import VOCAB  # noqa: E402
+from coordformer.errors import UsageError  # noqa: E402
+from coordformer.model import CoordFormer  # noqa: E402
+from coordformer.model.lm import LM_ENV, conditioned_config  # noqa: E402
+
+#: The ESM-2 vocabulary, in its order.
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTDIPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+SMALL = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64)
+
+
+def tiny_esm(folder: Path, seed: int = 0, max_positions: int = 130) -> Path:
+    """Write a random ESM-2 (hidden 16, 2 layers, 2 heads) and its tokenizer to ``folder``. Dropout
+    is on (0.1) so that a frozen LM that were left in train mode would show it."""
+    from transformers import EsmConfig, EsmModel, EsmTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
+    EsmTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=32, max_position_embeddings=max_positions, position_embedding_type="rotary",
+                    token_dropout=True, pad_token_id=1, mask_token_id=ESM_VOCAB.index("<mask>"),
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, emb_layer_norm_before=False)
+    EsmModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def esm(tmp_path, monkeypatch) -> Path:
+    monkeypatch.delenv(LM_ENV, raising=False)
+    return tiny_esm(tmp_path / "esm")
+
+
+def _config(esm: Path, **kw) -> ModelConfig:
+    return conditioned_config(ModelConfig(**SMALL, **kw), str(esm))
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(5, 25, (3, 20), generator=g)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 14:] = False
+    mask[2, 5:] = False
+    tokens[~mask] = 0
+    tokens[0, 3] = 1  # <mask>
+    tokens[0, 4] = 4  # X
+    coords = torch.randn(3, 20, 4, 3, generator=g) * 10
+    return tokens, coords, mask
+
+
+def test_config_records_the_lm_and_defaults_are_unchanged(esm):
+    mc = _config(esm)
+    assert mc.condition_on == str(esm) and mc.lm_dim == 16 and mc.lm_fingerprint.startswith("esm-h16-l2-a2-v33-")
+    # a plain config, and one written before these fields existed, are what they were
+    plain = ModelConfig(**SMALL)
+    assert plain.condition_on is None and plain.lm_dim == 0 and not plain.unfreeze_lm
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("condition_on", "lm_dim", "lm_fingerprint", "unfreeze_lm")}
+    assert ModelConfig.from_dict(old) == plain
+    assert ModelConfig.from_dict(mc.to_dict()) == mc
+    with pytest.raises(ConfigError, match="recipe paper"):
+        mc.replace(coord_norm_feature=True, gaussian_init_heads=2)
+    with pytest.raises(ConfigError, match="need condition_on"):
+        ModelConfig(unfreeze_lm=True)
+    # the unconditioned model has no new parameters
+    assert "connector.weight" not in CoordFormer(plain).state_dict()
+
+
+def test_lm_is_frozen_in_eval_mode_and_left_out_of_the_state(esm):
+    model = CoordFormer(_config(esm))
+    assert model.tokens is None and model.connector.in_features == 16
+    assert all(not p.requires_grad for p in model.lm.parameters())
+    model.train()
+    assert model.training and not model.lm.model.training  # no dropout in the frozen LM
+    state = model.state_dict()
+    assert state and not any(k.startswith("lm.") for k in state)
+    n_own = sum(v.numel() for v in state.values())
+    assert model.num_parameters() == n_own
+    # strict loading of the state without the LM works
+    other = CoordFormer(_config(esm))
+    other.load_state_dict(state)
+    tokens, coords, mask = _batch()
+    model.eval()
+    torch.testing.assert_close(model(tokens, coords, mask).logits, other(tokens, coords, mask).logits)
+
+
+def test_residue_alignment_matches_esm_on_each_sequence(esm):
+    from transformers import EsmModel, EsmTokenizer
+
+    model = CoordFormer(_config(esm)).eval()
+    tokens, _, mask = _batch()
+    h = model.lm(tokens, mask)
+    ref_model = EsmModel.from_pretrained(esm, add_pooling_layer=False).eval()
+    tok = EsmTokenizer.from_pretrained(esm)
+    for b in range(tokens.shape[0]):
+        n = int(mask[b].sum())
+        letters = [VOCAB[int(t)] for t in tokens[b, :n]]
+        # the reference, built token by token: <cls> residues <eos>, no padding
+        ids = torch.tensor([[tok.cls_token_id, *[tok.convert_tokens_to_ids(t) for t in letters], tok.eos_token_id]])
+        if b == 0:
+            assert ids[0, 4] == tok.mask_token_id and ids[0, 5] == tok.convert_tokens_to_ids("X")
+        with torch.no_grad():
+            ref = ref_model(input_ids=ids).last_hidden_state[0, 1 : n + 1]
+        torch.testing.assert_close(h[b, :n], ref, atol=1e-5, rtol=1e-4)
+        assert torch.all(h[b, n:] == 0)
+
+
+def test_long_chains_are_refused_with_the_limit(esm):
+    model = CoordFormer(_config(esm)).eval()  # max_position_embeddings 130: 128 residues
+    tokens = torch.randint(5, 25, (1, 129))
+    with pytest.raises(UsageError, match="128 residues .*--crop-length"):
+        model(tokens)
+    assert model(tokens[:, :128]).logits.shape == (1, 128, len(VOCAB))
+
+
+def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
+    from coordformer.model.checkpoints import export_model, load_model
+
+    model = CoordFormer(_config(esm)).eval()
+    path = export_model(model, tmp_path / "m.pt", half=False)
+    saved = torch.load(path, weights_only=False)
+    assert not any(k.startswith("lm.") for k in saved["state_dict"])
+    assert path.stat().st_size < 200_000
+    loaded, _ = load_model(path)
+    tokens, coords, mask = _batch()
+    torch.testing.assert_close(loaded(tokens, coords, mask).logits, model(tokens, coords, mask).logits)
+    # the hub folder format too
+    folder = model.save_pretrained(tmp_path / "hf")
+    torch.testing.assert_close(CoordFormer.from_pretrained(folder)(tokens, coords, mask).logits,
+                               model(tokens, coords, mask).logits)
+    # LM moved: refused, then found through $COORDFORMER_LM
+    moved = tmp_path / "moved"
+    esm.rename(moved)
+    with pytest.raises(UsageError, match="no such folder.*COORDFORMER_LM"):
+        load_model(path)
+    monkeypatch.setenv(LM_ENV, str(moved))
+    assert load_model(path)[0].config.lm_fingerprint == model.config.lm_fingerprint
+    # another LM of the same size: refused by its fingerprint
+    monkeypatch.setenv(LM_ENV, str(tiny_esm(tmp_path / "other", seed=1)))
+    with pytest.raises(UsageError, match="not the one this model was trained with"):
+        load_model(path)
+
+
+def test_pretrain_reduces_the_loss_keeps_the_lm_and_checkpoints_without_it(esm, prepared, tmp_path):
+    from coordformer.model.checkpoints import load_model
+    from coordformer.train.run import pretrain
+
+    mc = _config(esm)
+    before = {k: v.clone() for k, v in CoordFormer(mc).lm.model.state_dict().items()}
+    tc = TrainConfig(max_steps=30, lr=3e-3, warmup_steps=1, schedule="constant", tokens_per_batch=1024,
+                     crop_length=100, val_every_steps=30, checkpoint_every_steps=30, accelerator="cpu",
+                     val_max_chains=8, log_every_steps=5)
+    out = tmp_path / "run"
+    summary = pretrain(prepared.path, out, mc, tc, progress=False)
+    assert summary
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["coordformer"]["model_config"]["lm_fingerprint"] == mc.lm_fingerprint
+    assert not any(".lm." in k for k in ckpt["state_dict"])
+    model, _ = load_model(out)
+    # the frozen LM is the one on disk, untouched by training
+    for k, v in model.lm.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # masked-LM loss on the training chains went down against the untrained model (same seed, same init)
+    from coordformer.eval.mlm import evaluate_mlm
+
+    torch.manual_seed(0)
+    fresh = CoordFormer(mc).eval()
+    kw = dict(split="train", crop_length=100, max_chains=20, progress=False)
+    loss_before = evaluate_mlm(fresh, prepared, **kw)["loss"]
+    loss_after = evaluate_mlm(model, prepared, **kw)["loss"]
+    assert loss_after < loss_before - 0.05, (loss_before, loss_after)
+
+
+def test_lm_gets_no_gradients_and_unfreeze_trains_it(esm):
+    tokens, coords, mask = _batch()
+    model = CoordFormer(_config(esm)).train()
+    model(tokens, coords, mask).logits.sum().backward()
+    assert all(p.grad is None for p in model.lm.parameters())
+    assert model.connector.weight.grad is not None
+    free = CoordFormer(conditioned_config(ModelConfig(**SMALL), str(esm), unfreeze=True)).train()
+    assert free.lm.model.training
+    free(tokens, coords, mask).logits.sum().backward()
+    assert free.lm.model.embeddings.word_embeddings.weight.grad is not None
+    assert any(k.startswith("lm.model.") for k in free.state_dict())  # trained, so saved
+
+
+def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp_path):
+    from typer.testing import CliRunner
+
+    from coordformer.cli import app
+
+    data = str(prepared.path)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(run), "--condition-on", str(esm),
+                                 "--preset", "tiny-0.1m", "--max-steps", "3", "--tokens-per-batch", "1024",
+                                 "--crop-length", "100", "--accelerator", "cpu", "--val-every", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["evaluate", "-c", str(run), "--data", data, "--max-chains", "4", "--device", "cpu",
+                                 "--crop-length", "128", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["embed", data, "-c", str(run), "--out", str(tmp_path / "e.npz"), "--window", "128",
+                                 "--overlap", "32", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, r.output
+    import numpy as np
+
+    with np.load(tmp_path / "e.npz") as z:
+        assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
+    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(tmp_path / "r2"), "--condition-on", str(esm),
+                                 "--recipe", "fast", "--max-steps", "1", "--quiet"])
+    assert isinstance(r.exception, ConfigError) and "recipe paper" in str(r.exception)
