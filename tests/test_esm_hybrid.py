@@ -218,3 +218,26 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
     r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(tmp_path / "r2"), "--condition-on", str(esm),
                                  "--recipe", "fast", "--max-steps", "1", "--quiet"])
     assert isinstance(r.exception, ConfigError) and "recipe paper" in str(r.exception)
+
+
+def test_finetune_and_analyze_attention_accept_a_conditioned_model(esm, prepared, tmp_path):
+    from test_finetune import _write_deepfri
+
+    from coordformer.cli import main
+
+    run = tmp_path / "pre"
+    assert main(["pretrain", "--data", str(prepared.path), "--out", str(run), "--condition-on", str(esm), "--preset",
+                 "tiny-0.1m", "--max-steps", "3", "--val-every", "3", "--tokens-per-batch", "1024", "--crop-length", "100",
+                 "--accelerator", "cpu", "--quiet"]) == 0
+    labels = tmp_path / "deepfri"
+    _write_deepfri(labels, prepared)
+    out = tmp_path / "ft"
+    assert main(["finetune", "-c", str(run), "--labels", str(labels), "--data", str(prepared.path), "--head", "linear",
+                 "--max-epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert (out / "metrics.json").exists()
+    ft = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    assert not any(".lm.model." in k for k in ft["state_dict"])
+    attn = tmp_path / "attn"
+    assert main(["analyze-attention", "-c", str(run), "--data", str(prepared.path), "--split", "train", "--max-chains", "6",
+                 "--max-distance", "20", "--out", str(attn), "--quiet"]) == 0
+    assert (attn / "fits.csv").exists()

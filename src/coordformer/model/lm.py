@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -128,6 +129,8 @@ class EsmConditioner(nn.Module):
         self.hidden_size = int(model.config.hidden_size)
         if not trainable:
             model.requires_grad_(False)
+            # Lightning warns about modules in eval mode when training starts; a frozen LM is meant to be.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         self.train(False)
 
     def train(self, mode: bool = True):
