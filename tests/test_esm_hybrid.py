@@ -205,6 +205,16 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
                                  "--preset", "tiny-0.1m", "--max-steps", "3", "--tokens-per-batch", "1024",
                                  "--crop-length", "100", "--accelerator", "cpu", "--val-every", "3", "--quiet"])
     assert r.exit_code == 0, r.output
+    # resumed (the config, LM fingerprint included, is the same), and continued with --init
+    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(run), "--condition-on", str(esm),
+                                 "--preset", "tiny-0.1m", "--max-steps", "4", "--tokens-per-batch", "1024",
+                                 "--crop-length", "100", "--accelerator", "cpu", "--val-every", "4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(tmp_path / "cont"), "--init", str(run),
+                                 "--max-steps", "2", "--tokens-per-batch", "1024", "--crop-length", "100",
+                                 "--accelerator", "cpu", "--val-every", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["evaluate", "-c", str(run), "--data", data, "--max-chains", "4", "--device", "cpu",
                                  "--crop-length", "128", "--quiet"])
     assert r.exit_code == 0, r.output

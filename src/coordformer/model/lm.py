@@ -127,6 +127,9 @@ class EsmConditioner(nn.Module):
         self.cls_id, self.eos_id, self.pad_id = tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
         self.max_residues = int(model.config.max_position_embeddings) - 2
         self.hidden_size = int(model.config.hidden_size)
+        head = getattr(model, "contact_head", None)
+        if head is not None:  # not on the path to last_hidden_state: unused parameters would upset DDP
+            head.requires_grad_(False)
         if not trainable:
             model.requires_grad_(False)
             # Lightning warns about modules in eval mode when training starts; a frozen LM is meant to be.
