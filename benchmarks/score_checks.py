@@ -18,7 +18,9 @@
 
 Chains: the bundled held-out demo chains by default (400 test-split chains neither model saw), or
 ``--data DIR --split test`` (a prepared dataset). Masked marginals are cached per model and mode in
-OUT/marginals_<model>_<mode>.npz, so a re-run only redoes the analysis.
+OUT/marginals_<model>_<mode>_n<chains>.npz (the agreement's exact and fast runs on the first N chains
+too), so a re-run only redoes the analysis, and ``--max-chains N --mode exact`` after ``--agreement N``
+reuses the exact marginals.
 """
 
 from __future__ import annotations
@@ -135,12 +137,12 @@ def main(argv=None) -> int:
         nb, ss, wt, cof = features(sub)
         report["agreement"] = {"chains": len(sub), "residues": int(len(wt)), "models": {}}
         for name in a.checkpoint:
-            ex, ex_s, ex_p = marginals(name, sub, ScoreConfig(mode="exact"), a.out, f"exact_first{len(sub)}")
+            ex, ex_s, ex_p = marginals(name, sub, ScoreConfig(mode="exact"), a.out, f"exact_n{len(sub)}")
             rows = {"exact": {"passes": ex_p, "seconds": round(ex_s, 1)}}
             for setting in a.agreement_settings.split(","):
                 sep, dist = setting.split(":")
                 cfg = ScoreConfig(mode="fast", min_sep=int(sep), min_dist=float(dist))
-                fa, fa_s, fa_p = marginals(name, sub, cfg, a.out, f"fast{sep}-{dist}_first{len(sub)}")
+                fa, fa_s, fa_p = marginals(name, sub, cfg, a.out, f"fast{sep}-{float(dist):g}_n{len(sub)}")
                 ok = wt >= 0
                 lw_e, lw_f = ex[np.flatnonzero(ok), wt[ok]], fa[np.flatnonzero(ok), wt[ok]]
                 se, sf = sub_scores(ex, wt), sub_scores(fa, wt)
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
             print(json.dumps({name: rows}, indent=1), flush=True)
 
     cfg = ScoreConfig(mode=a.mode, min_sep=a.min_sep, min_dist=a.min_dist)
-    tag = a.mode if a.mode == "exact" else f"fast{a.min_sep}-{a.min_dist:g}"
+    tag = (a.mode if a.mode == "exact" else f"fast{a.min_sep}-{a.min_dist:g}") + f"_n{len(chains)}"
     nb, ss, wt, cof = features(chains)
     ok = wt >= 0
     t1, t2 = np.nanpercentile(nb[ok], [100 / 3, 200 / 3])
