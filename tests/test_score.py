@@ -351,3 +351,27 @@ def test_readme_python_example_runs_as_written(monkeypatch):
     assert re.fullmatch(r"T6A -?\d+\.\d+", lines[1]) and re.fullmatch(r"I5V:L7A -?\d+\.\d+", lines[2])
     assert lines[3] == "skipped Q99A position 99 is not in chain 1ORC.A (author numbers 3-61)"
     assert ns["dms"].shape == (64, 20)
+
+
+def test_inputs_prepared_dataset_chain_set_and_unreadable_files(tiny, tmp_path, prepared, synthetic_jsonl):
+    from coordformer.score import read_chains
+
+    test_ids = [prepared.ids[i] for i in prepared.split_indices("test")]
+    chains, skipped = read_chains([str(prepared.path)], split="test")
+    assert [c.id for c in chains] == test_ids and skipped == []
+    assert all(c.residue_ids is None for c in chains)
+    k = prepared.index_of(chains[0].id)
+    assert chains[0].sequence == prepared.sequence(k) and np.array_equal(chains[0].coords, prepared.coords(k), equal_nan=True)
+    direct, _ = read_chains([str(synthetic_jsonl)])
+    same = next(c for c in direct if c.id == chains[0].id)
+    a, b = masked_marginals(tiny, [chains[0], same])
+    np.testing.assert_allclose(a.log_probs, b.log_probs, atol=2e-5)  # a chain scores the same from either input
+    bad = tmp_path / "broken.pdb"
+    bad.write_text("ATOM  garbage\n")
+    chains, skipped = read_chains([str(DATA / "1orc.pdb"), str(bad)])
+    assert [c.id for c in chains] == ["1ORC.A"] and skipped and skipped[0][0] == str(bad)
+    # two files giving the same chain id: the second is renamed, not lost
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "1orc.pdb").write_bytes((DATA / "1orc.pdb").read_bytes())
+    chains, _ = read_chains([str(DATA / "1orc.pdb"), str(tmp_path / "copy" / "1orc.pdb")])
+    assert [c.id for c in chains] == ["1ORC.A", "1ORC.A#2"]
