@@ -375,3 +375,19 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(tiny, tmp_path, 
     (tmp_path / "copy" / "1orc.pdb").write_bytes((DATA / "1orc.pdb").read_bytes())
     chains, _ = read_chains([str(DATA / "1orc.pdb"), str(tmp_path / "copy" / "1orc.pdb")])
     assert [c.id for c in chains] == ["1ORC.A", "1ORC.A#2"]
+
+
+def test_plddt_min_makes_low_confidence_residues_missing(tmp_path, capsys):
+    [raw] = read_structure(DATA / "1orc.pdb")
+    from coordformer.score import read_chains
+
+    cut = float(np.nanmedian(raw.b_factors))
+    [c], _ = read_chains([str(DATA / "1orc.pdb")], plddt_min=cut)
+    low = np.round(raw.b_factors, 4) < cut
+    assert low.any() and np.array_equal(np.isnan(c.coords[:, 1, 0]), low)
+    out = tmp_path / "p.tsv"
+    assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "--plddt-min", str(cut),
+                 "--quiet"]) == 0
+    assert f"{int(low.sum())} of 64 residues have no coordinates" in capsys.readouterr().err
+    has_ca = [r[4] for r in _read(out)[1:]]
+    assert has_ca == ["0" if x else "1" for x in low]
