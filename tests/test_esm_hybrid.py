@@ -225,6 +225,12 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
 
     with np.load(tmp_path / "e.npz") as z:
         assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
+    # score: per-residue masked marginals and a mutant, through the LM
+    r = CliRunner().invoke(app, ["score", data, "-c", str(run), "--out", str(tmp_path / "s.tsv"), "--window", "128",
+                                 "--overlap", "32", "--device", "cpu", "--quiet", "--mode", "fast"])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "s.tsv").read_text().splitlines()
+    assert len(rows) > 10 and all(np.isfinite(float(x.split("\t")[rows[0].split("\t").index("logp_wt")])) for x in rows[1:])
     r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(tmp_path / "r2"), "--condition-on", str(esm),
                                  "--recipe", "fast", "--max-steps", "1", "--quiet"])
     assert isinstance(r.exception, ConfigError) and "recipe paper" in str(r.exception)
