@@ -215,7 +215,9 @@ def test_embed_direct_input_skips_and_reports_out_of_range_chains(bad_jsonl, tmp
     _inf_passing_reader(monkeypatch)
     out = tmp_path / "e.npz"
     said = []
-    res = embed("small-coords", [str(bad_jsonl)], out, EmbedConfig(), progress=False, echo=said.append)
+    # progress=True: the summary of the inputs (with its skip counts) is echoed only then; quiet runs name
+    # the skipped list in the CLI's result line instead
+    res = embed("small-coords", [str(bad_jsonl)], out, EmbedConfig(), progress=True, echo=said.append)
     ids, mean = read_embeddings(out)
     # embed keeps chains however many CAs are missing (max_missing_ca=1), so INFCA/ALLNANCA stay
     assert set(ids) == {f"S{i:03d}.A" for i in range(GOOD)} | (set(SPECIALS) - OUT_OF_RANGE_IDS)
