@@ -3,7 +3,7 @@
 
 For each NAME=RUN_DIR pair: exports RUN_DIR's last checkpoint (checkpoints/last.ckpt, or
 export/last.pt for a run brought back from another machine by scripts/gpu_session.sh) to
-src/coordformer/resources/models/NAME.pt (float16), writes NAME.json (description, the exact
+src/coordformer/resources/models/NAME.pt (float16; int8 for the names in INT8), writes NAME.json (description, the exact
 `coordformer pretrain` command, the data manifest, training summary, where it ran, held-out
 metrics if given) and copies the training log to NAME.train_log.csv.
 
@@ -30,6 +30,9 @@ DESCRIPTIONS = {
     "small-coords": ("small-3m masked-LM with the paper's linear embedding of CA coordinates ((x, y, z) / 16 A "
                      "and a missing flag) added to token + position embeddings (structure model)"),
     "small-nocoords": "small-3m masked-LM, sequence only (same size, data, schedule and budget)",
+    "paper-coords": ("paper-33m masked-LM (the paper's 6 x 768 x 12, d_ff 2048) with the fast recipe: CA coordinates "
+                     "and |x|^2 through the linear embedding, four Gaussian-initialised first-layer heads (structure model; "
+                     "weights int8 per row, the rest float16)"),
     "small-coords-sd": ("small-coords continued with structure dropout (sd): some training chains fed without "
                         "coordinates, some with one stretch without them, so that the missing flag is learnt; for "
                         "inputs with missing or no structure"),
@@ -37,7 +40,9 @@ DESCRIPTIONS = {
 #: shipped model for inputs without coordinates, named by the warning of models that never learnt them
 WITHOUT_COORDS_USE = "small-coords-sd"
 #: order of the models in the README (others follow by name)
-ORDER = ("small-coords", "small-nocoords", "small-coords-sd")
+ORDER = ("small-coords", "small-nocoords", "small-coords-sd", "paper-coords")
+#: shipped as int8 (export_model(int8=True)): float16 would exceed the 48 MB a shipped file may take
+INT8 = ("paper-coords",)
 
 
 def main() -> int:
@@ -84,6 +89,7 @@ def main() -> int:
             "name": name,
             "description": DESCRIPTIONS.get(name, ""),
             "n_parameters": model.num_parameters(),
+            "weights": "int8 per output row (matrices of 65,536+ entries), the rest float16" if name in INT8 else "float16",
             "model_config": model.config.to_dict(),
             "train_config": summary["train_config"],
             "command": summary.get("command"),
@@ -96,7 +102,8 @@ def main() -> int:
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
         card.update(missing_flag_fields(card))
-        export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]})
+        export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]},
+                     int8=name in INT8)
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
         if logs:
             with open(out / f"{name}.train_log.csv", "w") as f:
@@ -148,7 +155,7 @@ def readme(cards: list[dict]) -> str:
     for c in cards:
         t, d, ev = c["training"], c["data"], c.get("heldout_eval") or {}
         lines += [f"## {c['name']}", "", c["description"], "",
-                  f"- Parameters: {c['n_parameters']:,} (stored as float16)",
+                  f"- Parameters: {c['n_parameters']:,} (stored as {c.get('weights', 'float16')})",
                   f"- Command: `{c['command']}`",
                   f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
                   f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "

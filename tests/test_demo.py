@@ -93,3 +93,24 @@ def test_demo_trains_from_scratch_when_asked(tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"scratch-coords", "scratch-nocoords"} <= set(metrics)
     assert (tmp_path / "train_from_scratch" / "scratch-coords" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shipped(tmp_path, capsys, monkeypatch):
+    """A `paper-coords` file among the shipped models (here a tiny stand-in, int8 as it will ship) is
+    evaluated on the same masks and shown in the same table; without it the demo is unchanged."""
+    import coordformer.model.checkpoints as ck
+    from coordformer.config import preset
+    from coordformer.model.core import CoordFormer
+
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    for name in MODELS:
+        (shipped / f"{name}.pt").symlink_to(ck.shipped_models()[name])
+    ck.export_model(CoordFormer(preset("tiny-0.1m", recipe="fast")), shipped / "paper-coords.pt", int8=True)
+    monkeypatch.setattr(ck, "shipped_models_dir", lambda: shipped)
+    assert main(["demo", "--out", str(tmp_path / "out"), "--max-chains", "10", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics) == {*MODELS, "paper-coords"}
+    assert metrics["paper-coords"]["per_residue_count"] == metrics["small-coords"]["per_residue_count"]
+    assert "paper-coords" in capsys.readouterr().out

@@ -16,6 +16,8 @@ from typing import Callable
 from .errors import UsageError
 
 MODELS = ("small-coords", "small-nocoords")
+#: Shown beside MODELS when installed: the paper-size structure model once a GPU session has shipped it.
+OPTIONAL_MODELS = ("paper-coords",)
 
 
 def bundled_chains() -> Path:
@@ -40,7 +42,7 @@ def run_demo(
     Returns {label: metrics}.
     """
     from .analysis.plots import per_residue_recovery_figure
-    from .config import PrepareConfig, TrainConfig, preset
+    from .config import DEFAULT_RECIPE, PrepareConfig, TrainConfig, preset
     from .data.prepare import prepare
     from .data.store import PreparedDataset
     from .eval.mlm import evaluate_mlm
@@ -61,7 +63,8 @@ def run_demo(
     echo(f"prepared {summary.chains_kept} bundled held-out chains ({summary.n_residues} residues) from {src.name}")
     ds = PreparedDataset(data_dir)
     results: dict[str, dict] = {}
-    for name in MODELS:
+    shown = (*MODELS, *(m for m in OPTIONAL_MODELS if m in shipped_models()))
+    for name in shown:
         model, _ = load_model(name)
         results[name] = evaluate_mlm(model, ds, "test", max_chains=max_chains, progress=progress)
 
@@ -83,8 +86,7 @@ def run_demo(
             run = tdir / label
             if run.exists():
                 shutil.rmtree(run)  # a fresh run each time: --train-minutes may have changed
-            mc = preset("small-3m", use_coords=use, coord_norm_feature=use, gaussian_init_heads=4 if use else 0,
-                        gaussian_init_values=use)
+            mc = preset("small-3m", recipe=DEFAULT_RECIPE, use_coords=use)  # what `pretrain` builds
             tc = TrainConfig(seed=seed, max_minutes=train_minutes, warmup_steps=50, val_every_steps=200,
                              tokens_per_batch=2048, crop_length=512)
             pretrain(tdir / "dataset", run, mc, tc, resume=False, progress=progress)
