@@ -47,3 +47,21 @@ def prepared(tmp_path, synthetic_jsonl):
     out = tmp_path / "ds"
     prepare([str(synthetic_jsonl)], out, PrepareConfig(min_length=10, valid_fraction=0.15, test_fraction=0.15), workers=1, progress=False)
     return PreparedDataset(out)
+
+
+@pytest.fixture(autouse=True)
+def _signal_dispositions_restored(request):
+    """Every test leaves SIGINT/SIGTERM as it found them. A disposition left behind (SIG_IGN above
+    all: children inherit it, and `pretrain` keeps an ignored signal ignored, as for a background job)
+    changes what later tests see; it is put back here and the test named in the log."""
+    import signal
+    import warnings
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in before.items():
+        if signal.getsignal(s) is not handler:
+            warnings.warn(f"{request.node.nodeid} left {signal.Signals(s).name} changed; restored")
+            with open("/tmp/coordformer_signal_leaks.txt", "a") as fh:
+                fh.write(f"{request.node.nodeid} {signal.Signals(s).name} {signal.getsignal(s)}\n")
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

@@ -188,9 +188,18 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        f"{__file__}::test_signals_outside_training_steps_in_process"],
+    inherited = {"SIGINT": str(signal.getsignal(signal.SIGINT)), "blocked": sorted(map(int, signal.pthread_sigmask(
+        signal.SIG_BLOCK, [])))}
+
+    def default_signals():  # in the child before exec: the signal state a shell gives a new command
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-l", "-p", "no:cacheprovider",
+                        f"{__file__}::test_signals_outside_training_steps_in_process"], preexec_fn=default_signals,
                        env={**os.environ, "COORDFORMER_SIGNAL_TEST": "1"}, capture_output=True, text=True, timeout=600)
+    Path("/tmp/coordformer_inner_signal_test.txt").write_text(json.dumps(inherited) + "\n" + r.stdout[-4000:])
     assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
