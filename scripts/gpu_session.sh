@@ -115,10 +115,13 @@ issue16)
   # training included, so results always come back; what finished is copied to $OUT as it finishes.
   minutes=${2:?minutes}; t0=$SECONDS; deadline=${DEADLINE:-570}
   P=${PRESET:-paper-33m}; DEV=${DEVICE:-cuda}; W=${WORKERS:-4}
+  # setup comes first on a fresh machine: coordformer imports gemmi, which only the carried wheel provides there
+  if [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { [ ! -d $DATA ] || ! python3 -c "import gemmi" 2>/dev/null; }; then
+    $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
+  fi
   # preflight: the package imports and the data are there, before any device time goes to training
   python3 -c "import coordformer.cli, coordformer.train.run, coordformer.eval.mlm, coordformer.analysis.attention" \
     || { echo "preflight: coordformer does not import; nothing started"; exit 3; }
-  [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && [ ! -d $DATA ] && { $0 setup || exit 1; }
   [ -f $DATA/manifest.json ] || { echo "preflight: no dataset at $DATA"; exit 3; }
   C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
