@@ -19,6 +19,7 @@ weights alone.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shlex
 import sys
@@ -43,6 +44,22 @@ WITHOUT_COORDS_USE = "small-coords-sd"
 ORDER = ("small-coords", "small-nocoords", "small-coords-sd", "paper-coords")
 #: shipped as int8 (export_model(int8=True)): float16 would exceed the 48 MB a shipped file may take
 INT8 = ("paper-coords",)
+#: the most a shipped weights file may take (MB)
+MAX_MB = 48
+
+
+def final_val(summary: dict, logs: list[Path]) -> dict:
+    """The run's final validation metrics; for a run stopped before its end (SIGTERM at a deadline: no
+    final validation) the last periodic one from its metrics.csv, with its step."""
+    if summary.get("final_val"):
+        return summary["final_val"]
+    last: dict = {}
+    for log in logs:
+        for row in csv.DictReader(open(log)):
+            if row.get("val/perplexity"):
+                last = {k: float(row[k]) for k in ("val/loss", "val/perplexity", "val/acc") if row.get(k)}
+                last["step"] = int(row["step"]) + 1
+    return last
 
 
 def main() -> int:
@@ -85,6 +102,7 @@ def main() -> int:
         model, meta = load_model(ckpt if ckpt.exists() else run / "export" / "last.pt")
         summary = json.loads((run / "summary.json").read_text())
         logs = sorted((run / "logs").glob("version_*/metrics.csv"))
+        key = eval_keys.get(name, run.name)
         card = {
             "name": name,
             "description": DESCRIPTIONS.get(name, ""),
@@ -95,9 +113,13 @@ def main() -> int:
             "command": summary.get("command"),
             "data": {k: summary["data"]["manifest"].get(k) for k in ("n_chains", "n_residues", "splits", "config", "counts", "created", "transport")},
             "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"],
-                         "final_val": summary["final_val"], "skipped_steps": summary.get("skipped_steps", 0)},
+                         "final_val": final_val(summary, logs), "skipped_steps": summary.get("skipped_steps", 0),
+                         **({"interrupted": summary["interrupted"]} if summary.get("interrupted") else {})},
             "trained_on": args.trained_on,
-            **eval_fields(evals, eval_keys.get(name, run.name)),
+            **eval_fields(evals, key),
+            # the same evaluation of the unquantised checkpoint, when the --eval file has it too: the int8 cost
+            **({"heldout_eval_unquantised": eval_fields(evals, run.name)["heldout_eval"]}
+               if name in INT8 and key != run.name and "heldout_eval" in eval_fields(evals, run.name) else {}),
             "train_log": f"{name}.train_log.csv",
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
@@ -112,8 +134,8 @@ def main() -> int:
                     f.writelines(lines if i == 0 else lines[1:])
         size = (out / f"{name}.pt").stat().st_size / 1e6
         print(f"{name}: {size:.1f} MB, step {summary['global_step']}, {summary['train_minutes']:.1f} min")
-        if size >= 8:
-            print(f"{name} is over 8 MB", file=sys.stderr)
+        if size >= MAX_MB:
+            print(f"{name} is {size:.1f} MB, over the {MAX_MB} MB a shipped file may take", file=sys.stderr)
             return 1
         cards.append(card)
     # the README covers every shipped model, including those packaged by an earlier run of this script
@@ -164,7 +186,9 @@ def readme(cards: list[dict]) -> str:
                      if d.get("transport") else ""),
                   f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time"
                   f"{' on ' + c['trained_on'] if c.get('trained_on') else ''}; "
-                  f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}",
+                  f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}"
+                  + (f" (the run was stopped by {t['interrupted']['signal']} at step {t['interrupted']['step']}: the last "
+                     "periodic validation)" if t.get("interrupted") and "step" in t["final_val"] else ""),
                   f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`",
                   f"- Packaged with: `{c['ship_command']}`"]
         if "missing_flag_note" in c:
@@ -172,6 +196,10 @@ def readme(cards: list[dict]) -> str:
         if ev:
             lines.append(f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
                          f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)")
+        if c.get("heldout_eval_unquantised"):
+            u = c["heldout_eval_unquantised"]
+            lines.append(f"- Cost of the int8 weights, same masks: the unquantised checkpoint has perplexity {u['perplexity']:.2f}, "
+                         f"recovery {u['recovery']:.1%}")
         for cond, what in (("span", "one 5-30% stretch per chain"), ("all", "every chain")):
             h = c.get(f"heldout_eval_hide_{cond}") or {}
             if h.get("hidden"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coordformer.cli import main
-from coordformer.demo import MODELS, bundled_chains
+from coordformer.demo import MODELS, OPTIONAL_MODELS, bundled_chains
 from coordformer.io import iter_chain_set
 from coordformer.model.checkpoints import load_model, model_card, shipped_models
 
@@ -26,6 +26,36 @@ def test_shipped_models_load_by_name_offline():
         assert card["command"].startswith("coordformer pretrain")
         assert card["data"]["config"]["exclude_files"], "DeepFRI valid/test chains must have been excluded"
         assert card["training"]["global_step"] > 0
+
+
+def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_record():
+    """paper-coords: the paper's 6 x 768 x 12 (d_ff 2048) with the fast recipe, int8 under the 48 MB a
+    shipped file may take, its card recording the int8 cost and the deadline stop, and it reads coordinates."""
+    from coordformer.config import preset
+
+    ship = shipped_models()
+    if "paper-coords" not in ship:
+        pytest.skip("paper-coords not shipped in this checkout")
+    assert ship["paper-coords"].stat().st_size < 48e6
+    model, _ = load_model("paper-coords")
+    assert model.config == preset("paper-33m", recipe="fast")
+    card = model_card("paper-coords")
+    assert card["weights"].startswith("int8") and card["training"]["skipped_steps"] == 0
+    assert card["data"]["config"]["exclude_files"] and card["command"].startswith("coordformer pretrain")
+    # the card's test figures are the int8 weights'; the unquantised checkpoint's sit beside them
+    q, u = card["heldout_eval"], card["heldout_eval_unquantised"]
+    assert q["n_masked"] == u["n_masked"] and q["perplexity"] >= u["perplexity"]
+    assert "step" in card["training"]["final_val"] and card["training"]["interrupted"]["signal"] == "SIGTERM"
+    rec = next(iter(iter_chain_set(bundled_chains())))
+    from coordformer.constants import token_of
+
+    tok = torch.tensor([[token_of(a) for a in rec.sequence]])
+    xyz = torch.from_numpy(rec.coords)[None]
+    xyz = xyz - torch.nanmean(xyz[:, :, 1], dim=1)[:, None, None]
+    with torch.no_grad():
+        a = model(tok, xyz).logits
+        b = model(tok, xyz[:, torch.randperm(xyz.shape[1], generator=torch.Generator().manual_seed(0))]).logits
+    assert (a - b).abs().max() > 1e-2
 
 
 def test_bundled_chains_are_real_and_readable():
@@ -77,7 +107,7 @@ def test_demo_runs_and_writes_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "small-coords" in out and "small-nocoords" in out and "perplexity" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == set(MODELS)
+    assert set(metrics) == {*MODELS, *(m for m in OPTIONAL_MODELS if m in shipped_models())}
     assert metrics["small-coords"]["per_residue_count"] == metrics["small-nocoords"]["per_residue_count"]
     assert (tmp_path / "report.md").read_text().count("|") > 10
     assert (tmp_path / "per_residue_recovery.png").stat().st_size > 1000
