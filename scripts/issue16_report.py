@@ -36,10 +36,13 @@ def training(e: Path) -> list[str]:
         val = {int(r["step"]) + 1: float(r["val/perplexity"]) for r in rows if r.get("val/perplexity")}
         rates = sorted(float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s"))
         at = " / ".join(f"{val[k]:.2f}" if k in val else "-" for k in (500, 1000, 2000, 4000))
+        # a run stopped by the stage's deadline (SIGTERM) has no final validation: its last periodic one stands
         end = (s or {}).get("final_val", {}).get("val/perplexity")
-        out.append(f"| {n} | {(s or {}).get('global_step', '-')} | {(s or {}).get('train_minutes', float('nan')):.1f} | "
-                   f"{(s or {}).get('skipped_steps', '-')} | {rates[len(rates) // 2]:,.0f} | {at} / "
-                   f"{end:.2f} |" if rates and end else f"| {n} | {(s or {}).get('global_step', '-')} | | | | {at} |")
+        end_txt = f"{end:.2f}" if end else (f"{val[max(val)]:.2f} (step {max(val)})" if val else "-")
+        minutes = (s or {}).get("train_minutes")
+        median = f"{rates[len(rates) // 2]:,.0f}" if rates else "-"
+        out.append(f"| {n} | {(s or {}).get('global_step', '-')} | {f'{minutes:.1f}' if minutes else '-'} | "
+                   f"{(s or {}).get('skipped_steps', '-')} | {median} | {at} / {end_txt} |")
     return out
 
 
