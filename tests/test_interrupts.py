@@ -91,6 +91,7 @@ def test_sigterm_and_sigint_stop_pretrain_at_a_step_boundary_and_the_printed_com
         assert command[:1] == ["pretrain"] and str(run_dir) in command
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["interrupted"] == {"signal": name, "step": step} and summary["global_step"] == step
+        assert summary["model_tflops_per_s"] > 0 and "mfu" not in summary
         assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt beside it
 
         # the printed command, run as printed, continues from that step and finishes

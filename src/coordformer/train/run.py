@@ -530,6 +530,8 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         name = _signal_name(stop.stopped_by)
         summary = {"global_step": stop.stopped_at, "interrupted": {"signal": name, "step": stop.stopped_at},
                    "train_minutes": module.train_seconds / 60.0, "skipped_steps": module.skipped_steps,
+                   # the rate alone: measuring the device's matrix rate would delay a stop that may be on a deadline
+                   **_utilisation(module, trainer, measure_peak=False),
                    "checkpoint": str(last), **_best_summary(best)}
         if trainer.is_global_zero:
             (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
@@ -577,15 +579,18 @@ def _previous_data(out: Path, saved: dict) -> dict | None:
     return {**record, "fingerprint": fp}
 
 
-def _utilisation(module, trainer) -> dict:
+def _utilisation(module, trainer, measure_peak: bool = True) -> dict:
     """Model FLOPs per second of training time over the whole run (PaLM-style count of the residues
-    seen, ``coordformer.model.flops``; all processes together) and the utilisation against this
-    device's matrix-product rate, measured here after training (bf16 on CUDA, float32 on CPU)."""
+    seen, ``coordformer.model.flops``; all processes together) and, with ``measure_peak``, the
+    utilisation against this device's matrix-product rate, measured here after training (bf16 on
+    CUDA, float32 on CPU)."""
     from ..model.flops import measured_matmul_rate
 
     if module.train_seconds <= 0:
         return {}
     rate = module.model_flops * trainer.world_size / module.train_seconds
+    if not measure_peak:
+        return {"model_tflops_per_s": rate / 1e12}
     device = str(module.device)
     try:
         peak = measured_matmul_rate(device) * trainer.world_size
