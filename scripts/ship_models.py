@@ -3,7 +3,8 @@
 
 For each NAME=RUN_DIR pair: exports RUN_DIR's last checkpoint (checkpoints/last.ckpt, or
 export/last.pt for a run brought back from another machine by scripts/gpu_session.sh) to
-src/coordformer/resources/models/NAME.pt (float16; int8 for the names in INT8), writes NAME.json (description, the exact
+src/coordformer/resources/models/NAME.pt (float16, split into NAME.pt.shardN files where one file would exceed MAX_MB;
+int8 for the names given with --int8, only when the --eval files show its cost under MAX_INT8_COST), writes NAME.json (description, the exact
 `coordformer pretrain` command, the data manifest, training summary, where it ran, held-out
 metrics if given) and copies the training log to NAME.train_log.csv.
 
@@ -42,10 +43,10 @@ DESCRIPTIONS = {
 WITHOUT_COORDS_USE = "small-coords-sd"
 #: order of the models in the README (others follow by name)
 ORDER = ("small-coords", "small-nocoords", "small-coords-sd", "paper-coords")
-#: shipped as int8 (export_model(int8=True)): float16 would exceed the 48 MB a shipped file may take
-INT8 = ("paper-coords",)
-#: the most a shipped weights file may take (MB)
+#: the most a shipped weights file may take (MB); larger float16 models ship in shards
 MAX_MB = 48
+#: the largest relative test-perplexity cost of int8 weights (measured: --eval with both models) that may ship
+MAX_INT8_COST = 0.005
 
 
 def final_val(summary: dict, logs: list[Path]) -> dict:
@@ -72,6 +73,8 @@ def main() -> int:
                     help="`coordformer evaluate --json` output with several models; repeat for runs with --hide-coords")
     ap.add_argument("--eval-key", action="append", default=[], metavar="NAME=KEY",
                     help="which model of the --eval JSON is NAME (default: the run folder's name)")
+    ap.add_argument("--int8", action="append", default=[], metavar="NAME",
+                    help=f"ship NAME with int8 matrices; refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}")
     ap.add_argument("--trained-on", default=None, help="machine and date the runs trained on, for the record")
     args = ap.parse_args()
     if not args.pairs and not args.annotate:
@@ -107,7 +110,7 @@ def main() -> int:
             "name": name,
             "description": DESCRIPTIONS.get(name, ""),
             "n_parameters": model.num_parameters(),
-            "weights": "int8 per output row (matrices of 65,536+ entries), the rest float16" if name in INT8 else "float16",
+            "weights": "int8 per output row (matrices of 65,536+ entries), the rest float16" if name in args.int8 else "float16",
             "model_config": model.config.to_dict(),
             "train_config": summary["train_config"],
             "command": summary.get("command"),
@@ -119,21 +122,31 @@ def main() -> int:
             **eval_fields(evals, key),
             # the same evaluation of the unquantised checkpoint, when the --eval file has it too: the int8 cost
             **({"heldout_eval_unquantised": eval_fields(evals, run.name)["heldout_eval"]}
-               if name in INT8 and key != run.name and "heldout_eval" in eval_fields(evals, run.name) else {}),
+               if name in args.int8 and key != run.name and "heldout_eval" in eval_fields(evals, run.name) else {}),
             "train_log": f"{name}.train_log.csv",
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
         card.update(missing_flag_fields(card))
+        if name in args.int8:
+            cost = int8_cost(card)
+            if cost is None or cost > MAX_INT8_COST:
+                print(f"{name}: int8 costs {'an unmeasured amount' if cost is None else f'{cost:.2%}'} of test perplexity "
+                      f"(give --eval with the int8 and the unquantised model, --eval-key {name}=INT8KEY; at most "
+                      f"{MAX_INT8_COST:.1%} ships); ship it in float16 instead (no --int8)", file=sys.stderr)
+                return 1
         export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]},
-                     int8=name in INT8)
+                     int8=name in args.int8, max_file_bytes=int(MAX_MB * 1e6))
+        files = [out / f"{name}.pt", *sorted(out.glob(f"{name}.pt.shard*"))]
+        card["files"] = [f.name for f in files]
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
         if logs:
             with open(out / f"{name}.train_log.csv", "w") as f:
                 for i, log in enumerate(logs):
                     lines = log.read_text().splitlines(keepends=True)
                     f.writelines(lines if i == 0 else lines[1:])
-        size = (out / f"{name}.pt").stat().st_size / 1e6
-        print(f"{name}: {size:.1f} MB, step {summary['global_step']}, {summary['train_minutes']:.1f} min")
+        size = max(f.stat().st_size for f in files) / 1e6
+        print(f"{name}: {len(files)} file(s), largest {size:.1f} MB, step {summary['global_step']}, "
+              f"{summary['train_minutes']:.1f} min")
         if size >= MAX_MB:
             print(f"{name} is {size:.1f} MB, over the {MAX_MB} MB a shipped file may take", file=sys.stderr)
             return 1
@@ -144,6 +157,13 @@ def main() -> int:
     rank = {n: i for i, n in enumerate(ORDER)}
     (out / "README.md").write_text(readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"]))))
     return 0
+
+
+def int8_cost(card: dict) -> float | None:
+    """Relative test-perplexity cost of the int8 weights (card's ``heldout_eval``) over the
+    unquantised checkpoint (``heldout_eval_unquantised``); None when not measured."""
+    q, u = card.get("heldout_eval"), card.get("heldout_eval_unquantised")
+    return q["perplexity"] / u["perplexity"] - 1 if q and u else None
 
 
 def missing_flag_fields(card: dict) -> dict:
@@ -177,7 +197,8 @@ def readme(cards: list[dict]) -> str:
     for c in cards:
         t, d, ev = c["training"], c["data"], c.get("heldout_eval") or {}
         lines += [f"## {c['name']}", "", c["description"], "",
-                  f"- Parameters: {c['n_parameters']:,} (stored as {c.get('weights', 'float16')})",
+                  f"- Parameters: {c['n_parameters']:,} (stored as {c.get('weights', 'float16')}"
+                  + (f", in {len(c['files'])} files: {', '.join(c['files'])}" if len(c.get("files", [])) > 1 else "") + ")",
                   f"- Command: `{c['command']}`",
                   f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
                   f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "

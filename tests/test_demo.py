@@ -29,23 +29,25 @@ def test_shipped_models_load_by_name_offline():
 
 
 def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_record():
-    """paper-coords: the paper's 6 x 768 x 12 (d_ff 2048) with the fast recipe, int8 under the 48 MB a
-    shipped file may take, its card recording the int8 cost and the deadline stop, and it reads coordinates."""
+    """paper-coords: the paper's 6 x 768 x 12 (d_ff 2048) with the fast recipe; every file under the
+    48 MB a shipped file may take (float16 shards, or int8 whose measured cost is under 0.5%); it beats
+    small-coords on the same test masks, and it reads coordinates."""
     from coordformer.config import preset
 
     ship = shipped_models()
     if "paper-coords" not in ship:
-        pytest.skip("paper-coords not shipped in this checkout")
-    assert ship["paper-coords"].stat().st_size < 48e6
+        pytest.skip("paper-coords not shipped in this checkout: no GPU lease has produced weights that pass the bar")
+    card = model_card("paper-coords")
+    assert all((ship["paper-coords"].parent / f).stat().st_size < 48e6 for f in card["files"])
     model, _ = load_model("paper-coords")
     assert model.config == preset("paper-33m", recipe="fast")
-    card = model_card("paper-coords")
-    assert card["weights"].startswith("int8") and card["training"]["skipped_steps"] == 0
+    assert card["training"]["skipped_steps"] == 0
     assert card["data"]["config"]["exclude_files"] and card["command"].startswith("coordformer pretrain")
-    # the card's test figures are the int8 weights'; the unquantised checkpoint's sit beside them
-    q, u = card["heldout_eval"], card["heldout_eval_unquantised"]
-    assert q["n_masked"] == u["n_masked"] and q["perplexity"] >= u["perplexity"]
-    assert "step" in card["training"]["final_val"] and card["training"]["interrupted"]["signal"] == "SIGTERM"
+    if card["weights"].startswith("int8"):
+        assert card["heldout_eval"]["perplexity"] <= 1.005 * card["heldout_eval_unquantised"]["perplexity"]
+    small = model_card("small-coords")["heldout_eval"]
+    assert card["heldout_eval"]["n_masked"] == small["n_masked"]
+    assert card["heldout_eval"]["perplexity"] < small["perplexity"]
     rec = next(iter(iter_chain_set(bundled_chains())))
     from coordformer.constants import token_of
 

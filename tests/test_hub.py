@@ -125,6 +125,18 @@ def test_cli_exports_hf_folder_with_provenance_and_pt_default_unchanged(tmp_path
     assert "onnx" in capsys.readouterr().err
 
 
+def test_cli_export_max_file_mb_shards_and_the_result_loads(tmp_path, capsys):
+    pt = tmp_path / "s.pt"
+    assert run("export", "-c", "small-nocoords", "--out", pt, "--max-file-mb", "3") == 0
+    assert "shard(s) beside it" in capsys.readouterr().out
+    assert all(f.stat().st_size <= 3e6 for f in tmp_path.iterdir()) and (tmp_path / "s.pt.shard1").exists()
+    a, b = load_model("small-nocoords")[0], load_model(pt)[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert run("export", "-c", "small-nocoords", "--out", tmp_path / "h", "--format", "hf", "--max-file-mb", "3") == 2
+    assert run("export", "-c", "small-nocoords", "--out", pt, "--max-file-mb", "0.5") == 2
+    assert "--max-file-mb must be above 1" in capsys.readouterr().err
+
+
 def _copy(src, dst):
     dst.mkdir()
     for f in src.iterdir():

@@ -244,6 +244,41 @@ def test_int8_export_quarters_the_file_and_stays_close(tmp_path):
     assert not torch.equal(a, b)  # it is quantised
 
 
+def test_sharded_export_keeps_every_file_under_the_limit_and_loads_the_same_weights(tmp_path):
+    """A model larger than a file-size limit ships in float16 split over shards (no quantisation
+    cost): every file under the limit, the same weights as one file, errors naming what is missing."""
+    from coordformer.errors import UsageError
+    from coordformer.model.checkpoints import export_model, load_model
+
+    m = CoordFormer(preset("small-3m", recipe="fast")).eval()
+    whole = export_model(m, tmp_path / "whole" / "m.pt")
+    limit = 2_500_000
+    main = export_model(m, tmp_path / "sharded" / "m.pt", meta={"global_step": 7}, max_file_bytes=limit)
+    files = sorted((tmp_path / "sharded").iterdir())
+    assert [f.name for f in files] == ["m.pt", *(f"m.pt.shard{i}" for i in range(1, len(files)))] and len(files) >= 3
+    assert all(f.stat().st_size <= limit for f in files)
+    a, meta = load_model(whole)
+    b, meta_b = load_model(main)
+    assert meta_b["global_step"] == 7 and torch.load(main, weights_only=False)["format_version"] == 3
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # int8 entries shard too
+    q = export_model(m, tmp_path / "q" / "m.pt", int8=True, max_file_bytes=1_500_000)
+    assert len(list((tmp_path / "q").iterdir())) >= 2
+    assert all(torch.equal(x, y) for x, y in zip(load_model(export_model(m, tmp_path / "q1.pt", int8=True))[0].state_dict().values(),
+                                                 load_model(q)[0].state_dict().values()))
+    # re-exporting with fewer shards removes the stale ones
+    export_model(m, tmp_path / "sharded" / "m.pt")
+    assert [f.name for f in (tmp_path / "sharded").iterdir()] == ["m.pt"]
+    export_model(m, main, max_file_bytes=limit)
+    (tmp_path / "sharded" / "m.pt.shard2").unlink()
+    with pytest.raises(UsageError, match="m.pt.shard2, which is not beside it"):
+        load_model(main)
+    with pytest.raises(UsageError, match="one shard of the model file m.pt"):
+        load_model(tmp_path / "sharded" / "m.pt.shard1")
+    with pytest.raises(ValueError, match="more than a"):
+        export_model(m, tmp_path / "tiny.pt", max_file_bytes=1_100_000)
+
+
 class _FakeDataset:
     """Just enough of PreparedDataset for MaskedBatches: many chains, so packing varies per epoch."""
 

@@ -688,13 +688,18 @@ def export(
                               "float16 (a quarter of float32; check its cost with `coordformer evaluate`). pt only."),
     fmt: ExportFormat = typer.Option(ExportFormat.pt, "--format", help="pt: one torch file; hf: Hugging Face-style "
                                      "folder (config.json + model.safetensors + README.md) for sharing on a model hub."),
+    max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="No file over this many MB: the weights "
+                                                "that do not fit go to OUT.shard1, OUT.shard2, ... beside it (keep them "
+                                                "together; load OUT). pt only."),
 ):
     """Write an inference-only model file (or Hub-style folder) from a training checkpoint."""
     from .model.checkpoints import export_model, load_model
 
+    if max_file_mb is not None and max_file_mb <= 1:
+        raise UsageError(f"--max-file-mb must be above 1 (got {max_file_mb})")
     model, meta = load_model(checkpoint)
-    if int8 and fmt == ExportFormat.hf:
-        raise UsageError("--int8 writes a .pt model file; use --format pt, or --half for a Hub-style folder")
+    if (int8 or max_file_mb) and fmt == ExportFormat.hf:
+        raise UsageError("--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a Hub-style folder")
     if fmt == ExportFormat.hf:
         from .model.hub import WEIGHTS_NAME, save_pretrained
 
@@ -702,8 +707,11 @@ def export(
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(f"wrote {out}/ (config.json, {WEIGHTS_NAME} {(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)")
         return
-    export_model(model, out, meta=meta, half=half, int8=int8)
-    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    export_model(model, out, meta=meta, half=half, int8=int8,
+                 max_file_bytes=int(max_file_mb * 1e6) if max_file_mb else None)
+    shards = sorted(out.parent.glob(f"{out.name}.shard*"))
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"
+               + (f" and {len(shards)} shard(s) beside it ({sum(f.stat().st_size for f in shards) / 1e6:.1f} MB)" if shards else ""))
 
 
 def _resume_hint(args: list[str], e: TrainingInterrupted) -> str:

@@ -27,8 +27,9 @@ from .hub import is_pretrained_folder, load_pretrained, model_from_state
 
 MODEL_FORMAT = "coordformer-model"
 #: 1: float32 or float16 weights; 2: also int8 matrices (``"int8": {name: {"q", "scale"}}``), written
-#: only by ``export_model(int8=True)`` so that float files stay readable by older versions.
-MODEL_FORMAT_VERSION = 2
+#: only by ``export_model(int8=True)`` so that float files stay readable by older versions; 3: weights
+#: split over the main file and ``"shards"`` beside it (``export_model(max_file_bytes=...)``).
+MODEL_FORMAT_VERSION = 3
 #: Matrices with at least this many entries are stored as int8 by ``export_model(int8=True)``; smaller
 #: tensors (biases, LayerNorms, the coordinate embedding, the 25-token output layer) stay float16.
 INT8_MIN_NUMEL = 65_536
@@ -108,8 +109,19 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     if obj.get("format") == MODEL_FORMAT:
         if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
             raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer supports; upgrade")
+        if "shard_of" in obj:
+            raise UsageError(f"{path}: one shard of the model file {obj['shard_of']}; load that file instead")
         cfg, state, meta = obj["model_config"], dict(obj["state_dict"]), obj.get("meta", {})
-        for name, packed in obj.get("int8", {}).items():
+        int8_state = dict(obj.get("int8", {}))
+        for name in obj.get("shards", []):
+            shard = path.with_name(name)
+            if not shard.exists():
+                raise UsageError(f"{path}: its weights continue in {name}, which is not beside it; copy every "
+                                 f"{path.name}.shard* file with it")
+            part = torch.load(shard, map_location=map_location, weights_only=False)
+            state.update(part["state_dict"])
+            int8_state.update(part.get("int8", {}))
+        for name, packed in int8_state.items():
             state[name] = dequantize_int8(packed["q"], packed["scale"])
     elif "coordformer" in obj and "state_dict" in obj:  # Lightning checkpoint from `pretrain`
         cfg = obj["coordformer"]["model_config"]
@@ -129,11 +141,19 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     return model, meta
 
 
+#: room left in each file of a sharded export for torch.save's own records (names, pickling)
+_SHARD_OVERHEAD = 1_000_000
+
+
 def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None, half: bool = True,
-                 int8: bool = False) -> Path:
+                 int8: bool = False, max_file_bytes: int | None = None) -> Path:
     """Write an inference-only model file: float32, float16 (``half``: half the size) or, with
     ``int8``, matrices of at least INT8_MIN_NUMEL entries as per-row int8 (``quantize_int8``) and the
-    rest float16 (about a quarter of float32). ``load_model`` returns float32 weights for all three."""
+    rest float16 (about a quarter of float32). ``load_model`` returns float32 weights for all three.
+
+    ``max_file_bytes``: no file over this size; the weights that do not fit go to
+    ``<path>.shard1``, ``<path>.shard2``, ... beside it (named in the main file, loaded with it), so
+    a model larger than a size limit ships without quantisation. Returns ``path``."""
     state, packed = {}, {}
     for k, v in model.state_dict().items():
         if int8 and v.is_floating_point() and v.ndim == 2 and v.numel() >= INT8_MIN_NUMEL:
@@ -143,14 +163,53 @@ def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None,
             state[k] = v.half() if (half or int8) and v.is_floating_point() else v
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    obj = {"format": MODEL_FORMAT, "format_version": 2 if packed else 1, "model_config": model.config.to_dict(),
-           "state_dict": state, "meta": meta or {}}
-    if packed:
-        obj["int8"] = packed
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    parts = _shard({**{("state_dict", k): v for k, v in state.items()}, **{("int8", k): v for k, v in packed.items()}},
+                   max_file_bytes)
+    names = [f"{path.name}.shard{i}" for i in range(1, len(parts))]
+    version = 3 if names else 2 if packed else 1
+    for i, part in enumerate(parts):
+        obj = {"format": MODEL_FORMAT, "format_version": version,
+               "state_dict": {k: v for (kind, k), v in part.items() if kind == "state_dict"}}
+        int8_part = {k: v for (kind, k), v in part.items() if kind == "int8"}
+        if int8_part:
+            obj["int8"] = int8_part
+        if i == 0:
+            obj.update({"model_config": model.config.to_dict(), "meta": meta or {}})
+            if names:
+                obj["shards"] = names
+        else:
+            obj["shard_of"] = path.name
+        target = path if i == 0 else path.with_name(names[i - 1])
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save(obj, tmp)
+        tmp.replace(target)
+    for stale in path.parent.glob(f"{path.name}.shard*"):  # from an earlier export with more shards
+        if stale.name not in names:
+            stale.unlink()
     return path
+
+
+def _nbytes(v) -> int:
+    return sum(_nbytes(x) for x in v.values()) if isinstance(v, dict) else v.numel() * v.element_size()
+
+
+def _shard(entries: dict, max_file_bytes: int | None) -> list[dict]:
+    """Split {key: tensor or {"q", "scale"}} into consecutive groups of at most ``max_file_bytes``
+    (less ``_SHARD_OVERHEAD``) each; one group when no limit is given."""
+    if max_file_bytes is None:
+        return [entries]
+    budget = max_file_bytes - _SHARD_OVERHEAD
+    parts, size = [{}], 0
+    for key, v in entries.items():
+        n = _nbytes(v)
+        if n > budget:
+            raise ValueError(f"tensor {key[1]} takes {n:,} bytes, more than a {max_file_bytes:,}-byte file can hold")
+        if size + n > budget and parts[-1]:
+            parts.append({})
+            size = 0
+        parts[-1][key] = v
+        size += n
+    return parts
 
 
 def model_card(name: str) -> dict:
