@@ -171,15 +171,20 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     result = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
               "model": args.checkpoint or f"fresh {args.preset} ({args.recipe} recipe)"}
+    def save():  # after every part: a run stopped by a deadline keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+
     if cuda:
         result["kernel"] = kernel_part(args.device)
+        save()
     data = PreparedDataset(args.data)
     result["scan"] = scan_part(model, data, args.batches, args.tokens, args.device,
                                torch.bfloat16 if cuda else torch.float32)
+    save()
     if cuda:
         result["steps"] = steps_part(model, data, args.batches, args.tokens, args.device)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        save()
 
 
 if __name__ == "__main__":
