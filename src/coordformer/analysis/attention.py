@@ -26,7 +26,7 @@ import torch
 
 from ..config import _Record
 from ..constants import CA_INDEX
-from ..data.batching import check_fits, clean_batches
+from ..data.batching import check_fits, unmasked_batches
 from ..data.store import PreparedDataset
 from ..errors import UsageError
 
@@ -156,7 +156,8 @@ def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig
                       device: str = "cpu", progress: bool = True) -> AttentionStats:
     """One pass over ``cfg.split`` (first ``cfg.max_chains`` chains, each cropped to its first
     ``cfg.crop_length`` residues) with clean, unmasked inputs. ``model`` is a CoordFormer or anything
-    with the same ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)``."""
+    with the same ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions
+    and plddt are passed only where the batch holds them, see ``Batch.inputs``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     idx = data.split_indices(cfg.split)
@@ -171,15 +172,12 @@ def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig
     with Progress(TextColumn("attention"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=not progress) as bar:
         task = bar.add_task("attention", total=len(idx))
-        for chain_idx, b in clean_batches(data, idx, cfg.crop_length, cfg.tokens_per_batch, rotate=True):
-            tokens = b["clean"].to(device)
-            coords = b["coords"].to(device)
-            extra = {"plddt": b["plddt"].to(device)} if "plddt" in b else {}  # only models that read it get it
-            out = model(tokens, coords, b["padding_mask"].to(device), need_attention=True, ablate=ablate, **extra)
+        for b in unmasked_batches(data, idx, cfg.crop_length, cfg.tokens_per_batch, rotate=True):
+            out = model(**b.to(device).inputs(), need_attention=True, ablate=ablate)
             if stats is None:
                 stats = AttentionStats(len(out.attentions), out.attentions[0].shape[1], cfg)
-            stats.add(out.attentions, b["coords"][:, :, CA_INDEX], b["padding_mask"])
-            bar.advance(task, len(chain_idx))
+            stats.add(out.attentions, b.coords[:, :, CA_INDEX], b.padding_mask)
+            bar.advance(task, len(b))
     return stats
 
 

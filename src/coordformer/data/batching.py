@@ -5,17 +5,25 @@ made for a chain (crop window, rotation, masking) comes from a generator seeded 
 chain index). Batches are therefore identical whatever the number of DataLoader workers or
 processes, training can resume mid-epoch at exactly the batch it stopped at, and evaluation masks
 do not depend on batch composition.
+
+Batching is a plan (``token_budget_batches``, ``inference_plan``: which chains go together under a
+token budget) plus a builder (``collate_chains``) that crops, centres, rotates and, for the
+masked-LM loss only, masks them into a :class:`coordformer.batch.Batch`. Inference passes
+(``unmasked_batches``) skip the masking step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, ascii_to_token_table
+from ..batch import Batch
+from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_table
 from ..errors import UsageError
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
@@ -83,28 +91,37 @@ class BatchSettings:
     # fully resolved training data, and its embedding is never learnt.
     drop_chain_coords: float = 0.0
     drop_span_coords: float = 0.0
-    #: What happens to a drawn stretch (evaluation conditions; training uses "hide"): "hide" its
-    #: coordinates; "cut" the residues out after masking (as a loop a file omits, positions closing
-    #: up); "mark" nothing, only report it (the same stretch with its coordinates given).
-    span_action: str = "hide"
+    #: Evaluation condition (None when training: structure dropout by the probabilities above).
+    #: Every chain gets one stretch drawn exactly as structure dropout draws it, so each condition
+    #: sees the same stretch and the same masks: "none" only reports it (``Batch.stretch``, the
+    #: coordinates given); "span" withholds its coordinates (an unresolved loop put back); "cut"
+    #: removes its residues after masking (a loop the file omits, positions closing up); "chain"
+    #: withholds the coordinates of the whole chain (a FASTA input).
+    withhold: str | None = None
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
             raise UsageError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
         if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
             raise UsageError("coordinate dropout probabilities must lie in [0, 1]")
-        if self.span_action not in SPAN_ACTIONS:
-            raise UsageError(f"span action must be one of {', '.join(SPAN_ACTIONS)}, not {self.span_action!r}")
-        if self.span_action == "cut" and self.drop_chain_coords:
-            raise UsageError("span action 'cut' with drop_chain_coords would cut whole chains out")
-        if self.span_action == "cut" and self.crop_mode == "spatial":  # explicit positions would not close up
-            raise UsageError("span action 'cut' works with sequence crops only")
+        if self.withhold is not None and self.withhold not in WITHHOLD:
+            raise UsageError(f"withhold must be one of {', '.join(WITHHOLD)}, not {self.withhold!r}")
+        if self.withhold is not None and (self.drop_chain_coords or self.drop_span_coords):
+            raise UsageError("an evaluation condition (withhold) replaces structure dropout: leave drop_*_coords at 0")
+        if self.withhold == "cut" and self.crop_mode == "spatial":  # explicit positions would not close up
+            raise UsageError("withhold 'cut' works with sequence crops only")
+
+    @property
+    def draws_stretch(self) -> bool:
+        """Whether each chain draws a stretch to withhold (structure dropout or an evaluation condition)."""
+        return bool(self.drop_chain_coords or self.drop_span_coords) or self.withhold is not None
 
 
 #: Length of a dropped stretch (drop_span_coords), as a fraction of the chain: uniform in this range.
 SPAN_DROP_FRACTION = (0.05, 0.3)
-#: BatchSettings.span_action values.
-SPAN_ACTIONS = ("hide", "cut", "mark")
+#: BatchSettings.withhold values (evaluation conditions; ``coordformer evaluate --hide-coords`` calls
+#: "chain" "all").
+WITHHOLD = ("none", "chain", "span", "cut")
 
 #: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood.
 CROP_MODES = ("sequence", "spatial")
@@ -137,19 +154,14 @@ def spatial_crop(ca: np.ndarray, k: int, centre: int) -> np.ndarray:
 
 
 class MaskedBatches(torch.utils.data.Dataset):
-    """A map-style dataset whose items are whole collated batches.
+    """A map-style dataset whose items are whole collated masked-LM batches (:class:`Batch`).
 
     Item k is batch (k mod B) of epoch (start_epoch + k div B), B batches per epoch, sharded over
     ``world_size`` ranks. Use with ``DataLoader(batch_size=None)``.
 
-    Each item: dict with
-        tokens  [b, l] long (corrupted input), targets [b, l] long (-100 = no loss),
-        clean   [b, l] long (uncorrupted tokens), coords [b, l, 4, 3] float32 Angstrom (centred,
-        rotated; NaN missing), padding_mask [b, l] bool, index [b] long (chain indices); when the
-        dataset stores pLDDT also plddt [b, l] float32 (0-100, NaN unknown/padding); with
-        ``crop_mode="spatial"`` also positions [b, l] long (each kept residue's index in its chain
-        minus the first kept one's, see ``crop_positions``: the model sees where the crop skipped
-        residues).
+    Each item (see :func:`collate_chains`) holds tokens (corrupted input), targets, clean, coords
+    (centred, rotated), padding_mask and index; plddt when the dataset stores pLDDT; positions with
+    ``crop_mode="spatial"``; withheld and stretch with structure dropout or an evaluation condition.
     """
 
     def __init__(
@@ -188,7 +200,7 @@ class MaskedBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.epochs * self.batches_per_epoch - self.start_batch
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, k: int) -> Batch:
         k = k + self.start_batch
         epoch, b = divmod(k, self.batches_per_epoch)
         plan = self._plan(epoch)
@@ -198,122 +210,149 @@ class MaskedBatches(torch.utils.data.Dataset):
         members = plan[(b * self.world + self.rank) % len(plan)]
         return self.collate(self.indices[members], epoch)
 
-    def collate(self, chain_indices: np.ndarray, epoch: int = 0) -> dict[str, torch.Tensor]:
-        """Crop, centre, rotate and mask each chain with its own generator, seeded by (seed, epoch,
-        chain index): a chain's crop, rotation and mask do not depend on which chains share its batch,
-        so evaluations with the same seed and crop see identical masks whatever the batching."""
-        s = self.s
-        b = len(chain_indices)
-        gens = [torch.Generator().manual_seed(seed_for(self.seed, "chain", epoch, int(ci))) for ci in chain_indices]
-        seqs, xyzs, crop_pos, plddts = [], [], [], []
-        spatial = s.crop_mode == "spatial"
-        with_plddt = getattr(self.ds, "has_plddt", False)
-        for ci, gen in zip(chain_indices, gens):
-            seq = self.ds.seq_bytes(int(ci))
-            xyz = self.ds.coords(int(ci))
-            n = len(seq)
-            at = np.arange(n)
-            with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0])) if spatial and n > s.crop_length else None
-            if with_ca is not None and len(with_ca):
-                pick = int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop else len(with_ca) // 2
-                at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
-                seq, xyz = seq[at], xyz[at]
-            elif n > s.crop_length:
-                start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
-                seq, xyz, at = seq[start : start + s.crop_length], xyz[start : start + s.crop_length], at[start : start + s.crop_length]
-            seqs.append(np.asarray(seq))
-            xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
-            if with_plddt:
-                plddts.append(np.array(self.ds.plddt(int(ci))[at], dtype=np.float32))
-            if spatial:
-                crop_pos.append(crop_positions(at, s.max_position))
-        l = max(len(q) for q in seqs)
-        tokens = torch.zeros(b, l, dtype=torch.long)
-        coords = torch.full((b, l, 4, 3), float("nan"))
-        # Each chain's generator draws, in order, its rotation's Gaussian and its masking randoms
-        # (the stream of random_rotation + bert_mask on that chain alone); the QR and the masking
-        # then run once, batched, instead of once per chain (short chains made that the hot spot).
-        gauss = torch.zeros(b, 3, 3, dtype=torch.float64)
+    def collate(self, chain_indices: np.ndarray, epoch: int = 0) -> Batch:
+        """The masked batch of ``chain_indices`` (see :func:`collate_chains`)."""
+        return collate_chains(self.ds, chain_indices, self.s, self.seed, epoch, masked=True)
+
+
+def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, seed: int, epoch: int = 0,
+                   masked: bool = True) -> Batch:
+    """Crop, centre and rotate the chains ``chain_indices`` of ``dataset`` into one :class:`Batch`;
+    with ``masked``, corrupt them for the masked-LM loss; withhold coordinates as ``settings`` say.
+
+    Each chain has its own generator, seeded by (seed, epoch, chain index), which draws in this order:
+    its crop, its rotation, its masking, its stretch to withhold. A chain's crop, rotation and mask
+    therefore do not depend on which chains share its batch (evaluations with the same seed and crop
+    see identical masks whatever the batching), and an unmasked batch (``masked`` False: tokens are
+    the clean ones, no targets) crops and rotates exactly as the masked one.
+
+    Returns tokens [b, l] long (corrupted when ``masked``), targets [b, l] long (-100 = no loss;
+    None unless ``masked``), clean [b, l] long (None unless ``masked``), coords [b, l, 4, 3] float32
+    Angstrom (centred on the present CAs, rotated with ``settings.rotate``; NaN missing, withheld or
+    padding), padding_mask [b, l] bool, index [b] long (the chain indices); plddt [b, l] float32
+    (0-100, NaN unknown or padding) when the dataset stores pLDDT; positions [b, l] long with
+    ``crop_mode="spatial"`` (each kept residue's index in its chain minus the first kept one's, see
+    ``crop_positions``); withheld and stretch [b, l] bool when ``settings.draws_stretch``.
+    """
+    s = settings
+    b = len(chain_indices)
+    gens = [torch.Generator().manual_seed(seed_for(seed, "chain", epoch, int(ci))) for ci in chain_indices]
+    seqs, xyzs, crop_pos, plddts = [], [], [], []
+    spatial = s.crop_mode == "spatial"
+    with_plddt = getattr(dataset, "has_plddt", False)
+    for ci, gen in zip(chain_indices, gens):  # draw 1: the crop
+        seq = dataset.seq_bytes(int(ci))
+        xyz = dataset.coords(int(ci))
+        n = len(seq)
+        at = np.arange(n)
+        with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0])) if spatial and n > s.crop_length else None
+        if with_ca is not None and len(with_ca):
+            pick = int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop else len(with_ca) // 2
+            at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
+            seq, xyz = seq[at], xyz[at]
+        elif n > s.crop_length:
+            start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
+            seq, xyz, at = seq[start : start + s.crop_length], xyz[start : start + s.crop_length], at[start : start + s.crop_length]
+        seqs.append(np.asarray(seq))
+        xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
+        if with_plddt:
+            plddts.append(np.array(dataset.plddt(int(ci))[at], dtype=np.float32))
+        if spatial:
+            crop_pos.append(crop_positions(at, s.max_position))
+    l = max(len(q) for q in seqs)
+    tokens = torch.full((b, l), PAD, dtype=torch.long)
+    coords = torch.full((b, l, 4, 3), float("nan"))
+    for i, (q, x) in enumerate(zip(seqs, xyzs)):
+        tokens[i, : len(q)] = torch.from_numpy(_ASCII_TO_TOKEN[q])
+        coords[i, : len(q)] = torch.from_numpy(x)
+    lengths = [len(q) for q in seqs]
+    # Each chain's generator draws its rotation's Gaussian and its masking randoms (the stream of
+    # random_rotation + bert_mask on that chain alone); the QR and the masking then run once,
+    # batched, instead of once per chain (short chains made that the hot spot).
+    gauss = torch.zeros(b, 3, 3, dtype=torch.float64)
+    if s.rotate:  # draw 2: the rotation
+        for i, gen in enumerate(gens):
+            gauss[i] = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    inputs, targets = tokens, None
+    if masked:  # draw 3: the masking
         scores, action = torch.ones(b, l), torch.ones(b, l)
         random_aa = torch.zeros(b, l, dtype=torch.long)
-        dropping = bool(s.drop_chain_coords or s.drop_span_coords)
-        withheld = torch.zeros(b, l, dtype=torch.bool) if dropping else None  # had coordinates, dropped here
-        stretch = torch.zeros(b, l, dtype=torch.bool) if dropping else None  # the drawn stretch (or whole chain)
-        for i, (q, x, gen) in enumerate(zip(seqs, xyzs, gens)):
-            n = len(q)
-            tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[q])
-            coords[i, :n] = torch.from_numpy(x)
-            if s.rotate:
-                gauss[i] = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+        for i, (n, gen) in enumerate(zip(lengths, gens)):
             scores[i, :n] = torch.rand(n, generator=gen)
             action[i, :n] = torch.rand(n, generator=gen)
             random_aa[i, :n] = torch.randint(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (n,), generator=gen)
-            if dropping:  # drawn last, so other draws are as without it
-                drop_all, drop_span, frac, where = torch.rand(4, generator=gen).tolist()
-                span = None
-                if drop_all < s.drop_chain_coords:
-                    span = slice(0, n)
-                elif drop_span < s.drop_span_coords and n > 1:
-                    lo, hi = SPAN_DROP_FRACTION
-                    k = max(1, round(n * (lo + (hi - lo) * frac)))
-                    start = min(int(where * (n - k + 1)), n - k)
-                    span = slice(start, start + k)
-                if span is not None:
-                    stretch[i, span] = True
-                    if s.span_action != "mark":  # "cut" hides too, so the centre is that of the residues kept
-                        withheld[i, span] = ~torch.isnan(coords[i, span, CA_INDEX]).any(-1)
-                        coords[i, span] = float("nan")
         inputs, targets = bert_mask_from_draws(tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac,
                                                s.random_token_frac)
-        pad = tokens != 0
-        present = ~torch.isnan(coords[:, :, 1]).any(-1) & pad
-        coords = centre(coords, present)
-        if s.rotate:
-            coords = torch.einsum("blac,bdc->blad", coords, rotation_from_gaussian(gauss))
-        out = {
-            "tokens": inputs,
-            "targets": targets,
-            "clean": tokens,
-            "coords": coords,
-            "padding_mask": pad,
-            "index": torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
-        }
-        if withheld is not None:
-            out["withheld"] = withheld
-            out["stretch"] = stretch
-        if with_plddt:
-            out["plddt"] = _pad_rows(plddts, l, float("nan"), torch.float32)
-        if spatial:
-            out["positions"] = _pad_rows(crop_pos, l, 0, torch.long)
-        if stretch is not None and s.span_action == "cut":
-            out = _cut(out, stretch)
-        return out
+    withheld = stretch = None
+    if s.draws_stretch:  # draw 4, last, so every other draw is as without it
+        withheld, stretch = _withhold(coords, lengths, gens, s)
+    pad = tokens != PAD
+    present = ~torch.isnan(coords[:, :, 1]).any(-1) & pad
+    coords = centre(coords, present)
+    if s.rotate:
+        coords = torch.einsum("blac,bdc->blad", coords, rotation_from_gaussian(gauss))
+    out = Batch(
+        tokens=inputs, coords=coords, padding_mask=pad,
+        positions=_pad_rows(crop_pos, l, 0, torch.long) if spatial else None,
+        plddt=_pad_rows(plddts, l, float("nan"), torch.float32) if with_plddt else None,
+        targets=targets, clean=tokens if masked else None,
+        index=torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
+        withheld=withheld, stretch=stretch,
+    )
+    if s.withhold == "cut":
+        out = _cut(out, stretch)
+    return out
 
 
-def _cut(batch: dict, drop: torch.Tensor) -> dict:
+def _withhold(coords: torch.Tensor, lengths: list[int], gens: list[torch.Generator],
+              s: BatchSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw each chain's stretch (or whole chain) and set the coordinates withheld there to NaN in
+    ``coords`` [b, l, 4, 3] (in place). Returns (withheld, stretch), [b, l] bool each: the residues
+    that had coordinates and lost them here, and the drawn stretch."""
+    b, l = coords.shape[:2]
+    withheld = torch.zeros(b, l, dtype=torch.bool)
+    stretch = torch.zeros(b, l, dtype=torch.bool)
+    training = s.withhold is None
+    for i, (n, gen) in enumerate(zip(lengths, gens)):
+        drop_all, drop_span, frac, where = torch.rand(4, generator=gen).tolist()
+        span = None
+        if s.withhold == "chain" or (training and drop_all < s.drop_chain_coords):
+            span = slice(0, n)
+        elif (not training or drop_span < s.drop_span_coords) and n > 1:
+            lo, hi = SPAN_DROP_FRACTION
+            k = max(1, round(n * (lo + (hi - lo) * frac)))
+            start = min(int(where * (n - k + 1)), n - k)
+            span = slice(start, start + k)
+        if span is not None:
+            stretch[i, span] = True
+            if s.withhold != "none":  # "cut" hides too, so the centre is that of the residues kept
+                withheld[i, span] = ~torch.isnan(coords[i, span, CA_INDEX]).any(-1)
+                coords[i, span] = float("nan")
+    return withheld, stretch
+
+
+#: What a row is padded with, per Batch field (others: 0 / False).
+_FILL = {"tokens": PAD, "clean": PAD, "targets": -100, "coords": float("nan"), "plddt": float("nan"), "chain": -1}
+
+
+def _cut(batch: Batch, drop: torch.Tensor) -> Batch:
     """``batch`` with the residues ``drop`` [B, L] removed from each row (the rest closing up, left-
     aligned, re-padded to the new longest row; ``stretch`` and ``withheld`` end all False). The kept
     coordinates are unchanged: the dropped ones were hidden before centring, so the frame is already
     that of the residues kept, as for a file that omits them."""
-    keep = batch["padding_mask"] & ~drop
+    keep = batch.padding_mask & ~drop
     n = keep.sum(1)
     width = max(int(n.max()), 1) if len(n) else 1
     dest = torch.arange(width)[None, :] < n[:, None]  # [B, width] where the kept residues land
-    out = {}
-    for k, v in batch.items():
-        if k == "index":
-            out[k] = v
+    changes = {}
+    for f in dataclasses.fields(batch):
+        v = getattr(batch, f.name)
+        if v is None or f.name == "index":
             continue
-        fill = {"targets": -100, "coords": float("nan"), "plddt": float("nan")}.get(k, 0)
-        new = torch.full((v.shape[0], width, *v.shape[2:]), fill, dtype=v.dtype)
+        new = torch.full((v.shape[0], width, *v.shape[2:]), _FILL.get(f.name, 0), dtype=v.dtype)
         new[dest] = v[keep]
-        out[k] = new
-    return out
-
-
-def batch_plddt(batch: dict, device) -> torch.Tensor | None:
-    """The batch's pLDDT [B, L] on ``device``, or None when its dataset stores none."""
-    return batch["plddt"].to(device) if "plddt" in batch else None
+        changes[f.name] = new
+    return batch.replace(**changes)
 
 
 def _pad_rows(rows: list[np.ndarray], length: int, fill, dtype) -> torch.Tensor:
@@ -342,24 +381,33 @@ def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
     Returns tokens [B, L] long (PAD after each chain), coords [B, L, 4, 3] float32 Angstrom (NaN
     missing or padding) and padding_mask [B, L] bool (True = residue), L = the longest chain.
+    ``Batch(*chains_to_batch(chains))`` makes it a :class:`Batch`.
     """
     length = max(len(c.sequence) for c in chains)
-    tokens = torch.zeros(len(chains), length, dtype=torch.long)
+    tokens = torch.full((len(chains), length), PAD, dtype=torch.long)
     coords = torch.full((len(chains), length, 4, 3), float("nan"))
     for i, c in enumerate(chains):
         n = len(c.sequence)
         tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8)])
         coords[i, :n] = torch.from_numpy(np.asarray(c.coords, dtype=np.float32))
-    return tokens, coords, tokens != 0
+    return tokens, coords, tokens != PAD
 
 
-def clean_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: int, rotate: bool = False, seed: int = 0):
-    """Yield (chain indices [B], collated batch) over ``idx`` in length-sorted token-budget batches of
-    clean (unmasked: use ``batch["clean"]``), centred chains cropped to their first ``crop_length``
-    residues; rotated with per-chain seeded generators when ``rotate``. For inference passes
-    (embedding, attention analysis) that need every chain exactly once."""
-    settings = BatchSettings(crop_length=crop_length, tokens_per_batch=max(tokens_per_batch, crop_length),
-                             mask_prob=0.15, rotate=rotate, random_crop=False)
-    batches = MaskedBatches(data, idx, settings, seed=seed, train=False)
-    for members in token_budget_batches(np.minimum(data.lengths[idx], crop_length), settings.tokens_per_batch, None):
-        yield idx[members], batches.collate(idx[members])
+def inference_plan(lengths: np.ndarray, crop_length: int, tokens_per_batch: int) -> list[np.ndarray]:
+    """Which chains go together for an inference pass: index arrays into ``lengths`` [N] (residues),
+    length-sorted token-budget batches of the chains cropped to ``crop_length``; the budget is at
+    least one crop, so every chain fits a batch."""
+    return token_budget_batches(np.minimum(lengths, crop_length), max(tokens_per_batch, crop_length), None)
+
+
+def unmasked_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: int, rotate: bool = False,
+                     seed: int = 0) -> Iterator[Batch]:
+    """Every chain of ``idx`` exactly once, in the batches of :func:`inference_plan`: clean (unmasked)
+    tokens, centred coordinates, each chain cropped to its first ``crop_length`` residues; rotated
+    with per-chain seeded generators when ``rotate``. ``Batch.index`` gives each row's chain index.
+    For inference passes (embedding, attention analysis)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    settings = BatchSettings(crop_length=crop_length, tokens_per_batch=max(tokens_per_batch, crop_length), rotate=rotate,
+                             random_crop=False)
+    for members in inference_plan(data.lengths[idx], crop_length, tokens_per_batch):
+        yield collate_chains(data, idx[members], settings, seed, masked=False)

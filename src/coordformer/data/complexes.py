@@ -20,6 +20,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..batch import Batch
+from ..constants import PAD
 from .batching import _ASCII_TO_TOKEN
 
 #: Default gap, in residue positions, between consecutive chains of a complex. Sequence-local
@@ -55,10 +57,10 @@ def complex_span(lengths: np.ndarray, gap: int) -> int:
     return int(np.sum(lengths) + gap * (len(lengths) - 1))
 
 
-def complex_batch(data, complexes: list[np.ndarray], gap: int) -> dict[str, torch.Tensor]:
+def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
     """One padded model input holding whole complexes (no crop, no rotation; the model centres).
 
-    Returns tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN missing/padding),
+    Returns a :class:`Batch` with tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN missing/padding),
     padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts ``gap`` after
     chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the complex,
     -1 at padding); with a dataset that stores pLDDT also plddt [B, L] (NaN unknown/padding).
@@ -66,7 +68,7 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> dict[str, torc
     """
     sizes = [int(data.lengths[m].sum()) for m in complexes]
     b, length = len(complexes), max(sizes)
-    tokens = torch.zeros(b, length, dtype=torch.long)
+    tokens = torch.full((b, length), PAD, dtype=torch.long)
     coords = torch.full((b, length, 4, 3), float("nan"))
     positions = torch.zeros(b, length, dtype=torch.long)
     chain = torch.full((b, length), -1, dtype=torch.long)
@@ -82,7 +84,4 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> dict[str, torc
             if plddt is not None:
                 plddt[r, at : at + n] = torch.from_numpy(np.array(data.plddt(int(ci)), dtype=np.float32))
             at, pos = at + n, pos + n + gap
-    out = {"tokens": tokens, "coords": coords, "padding_mask": chain >= 0, "positions": positions, "chain": chain}
-    if plddt is not None:
-        out["plddt"] = plddt
-    return out
+    return Batch(tokens=tokens, coords=coords, padding_mask=chain >= 0, positions=positions, plddt=plddt, chain=chain)

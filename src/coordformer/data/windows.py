@@ -11,10 +11,14 @@ edge, which see one-sided context, are never used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..batch import Batch
+from ..constants import PAD
 
 
 @dataclass(frozen=True)
@@ -62,22 +66,27 @@ def plan_windows(length: int, window: int, overlap: int) -> WindowPlan:
     return WindowPlan(length, window, starts, lo, hi)
 
 
-def windowed_forward(run, tokens: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor, window: int, overlap: int,
-                     tokens_per_pass: int, plddt: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``run(tokens, coords, mask, plddt) -> [b, l, ...]`` over a batch whose chains may exceed ``window``.
+def windowed_forward(run: Callable[[Batch], torch.Tensor], batch: Batch, window: int, overlap: int,
+                     tokens_per_pass: int) -> torch.Tensor:
+    """Run ``run(window_batch) -> [b, l, ...]`` over ``batch``, whose chains may exceed ``window``.
 
     Every chain is cut into the windows of :func:`plan_windows` (a chain that fits is one window: its
     output is that of running it alone), windows go through ``run`` in passes of at most
-    ``tokens_per_pass`` padded tokens, and each window's share (``lo:hi`` of its plan) is written
-    into the full-length output, so only one pass's window outputs are held at a time. The model
-    centres coordinates on each window's present CAs itself, so windows need no re-centring here.
+    ``tokens_per_pass`` padded tokens, each pass as one :class:`Batch` of windows (tokens,
+    padding_mask, and coords / plddt where ``batch`` has them, cut to the same windows), and each
+    window's share (``lo:hi`` of its plan) is written into the full-length output, so only one
+    pass's window outputs are held at a time. The model centres coordinates on each window's present
+    CAs itself, so windows need no re-centring here; each window's positions are 0..w-1, so a batch
+    with explicit ``positions`` is refused.
 
     Args:
-        tokens: [B, L] long (0 = padding); coords: [B, L, 4, 3] Angstrom (NaN = missing) or None;
-            mask: [B, L] bool, True = residue (a prefix of each row); plddt: [B, L] or None (cut
-            into the same windows).
+        batch: tokens [B, L] long, coords [B, L, 4, 3] Angstrom (NaN = missing) or None, padding_mask
+            [B, L] bool (a prefix of each row), plddt [B, L] or None.
     Returns: [B, L, ...] on ``run``'s device, zeros at padding.
     """
+    if batch.positions is not None:
+        raise ValueError("windowed_forward: batches with explicit positions (spatial crops, complexes) are not windowed")
+    tokens, coords, mask, plddt = batch.tokens, batch.coords, batch.padding_mask, batch.plddt
     dev = tokens.device
     lengths = mask.sum(1).tolist()
     plans = [plan_windows(int(n), window, overlap) for n in lengths]
@@ -92,11 +101,13 @@ def windowed_forward(run, tokens: torch.Tensor, coords: torch.Tensor | None, mas
         rows = torch.tensor([c[0] for c in chunk], device=dev).unsqueeze(1)
         keep = torch.arange(w, device=dev) < torch.tensor([c[2] for c in chunk], device=dev).unsqueeze(1)
         pos = torch.where(keep, torch.tensor([c[1] for c in chunk], device=dev).unsqueeze(1) + torch.arange(w, device=dev), 0)
-        sub_coords = None
-        if coords is not None:
-            sub_coords = torch.where(keep[:, :, None, None], coords[rows, pos], float("nan"))
-        sub_plddt = None if plddt is None else torch.where(keep, plddt[rows, pos], float("nan"))
-        res = run(tokens[rows, pos] * keep, sub_coords, keep.to(mask.device), sub_plddt)
+        sub = Batch(
+            tokens=torch.where(keep, tokens[rows, pos], PAD),
+            coords=None if coords is None else torch.where(keep[:, :, None, None], coords[rows, pos], float("nan")),
+            padding_mask=keep.to(mask.device),
+            plddt=None if plddt is None else torch.where(keep, plddt[rows, pos], float("nan")),
+        )
+        res = run(sub)
         if full is None:
             full = res.new_zeros((mask.shape[0], mask.shape[1], *res.shape[2:]))
         for j, (r, s, _, lo, hi) in enumerate(chunk):

@@ -13,14 +13,16 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX
-from ..data.batching import BatchSettings, MaskedBatches, batch_plddt, check_fits
+from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
 from ..data.windows import windowed_forward
 from ..errors import UsageError
 from ..model import CoordFormer
 
-#: evaluate_mlm(hide_coords=...): which coordinates the model is not given
-HIDE_COORDS = ("none", "all", "span", "cut")
+#: evaluate_mlm(hide_coords=...) (and ``--hide-coords``): which coordinates the model is not given,
+#: as the evaluation condition ``BatchSettings.withhold`` it sets.
+WITHHOLD_OF_HIDE_COORDS = {"none": "none", "all": "chain", "span": "span", "cut": "cut"}
+HIDE_COORDS = tuple(WITHHOLD_OF_HIDE_COORDS)
 
 
 @torch.no_grad()
@@ -88,8 +90,7 @@ def evaluate_mlm(
     fracs = (1.0, 0.0) if masking == "mask" else (0.8, 0.1)
     settings = BatchSettings(
         # "none" draws the stretch too (after every other draw, so nothing else changes) to score it
-        drop_chain_coords=float(hide_coords == "all"), drop_span_coords=float(hide_coords != "all"),
-        span_action={"none": "mark", "cut": "cut"}.get(hide_coords, "hide"),
+        withhold=WITHHOLD_OF_HIDE_COORDS[hide_coords],
         # windows: no crop (masks drawn over whole chains); the windowing happens at the model call
         crop_length=int(data.lengths[idx].max()) if windows else crop_length, tokens_per_batch=tokens_per_batch, mask_prob=mask_prob,
         mask_token_frac=fracs[0], random_token_frac=fracs[1], rotate=True, random_crop=False,
@@ -108,17 +109,15 @@ def evaluate_mlm(
         task = bar.add_task("eval", total=len(batches))
         for i in range(len(batches)):
             b = batches[i]
-            coords = b["coords"].to(device) if feed_coords else None
-            mask = b["padding_mask"].to(device)
-            plddt = batch_plddt(b, device)
-            if mask.shape[1] > crop_length:
-                full = windowed_forward(lambda t, c, m, p: model(t, c, m, plddt=p).logits, b["tokens"].to(device), coords, mask,
-                                        crop_length, overlap, tokens_per_batch, plddt)
+            on = b.to(device)
+            if on.tokens.shape[1] > crop_length:
+                full = windowed_forward(lambda w: model(**w.inputs(feed_coords)).logits, on, crop_length, overlap,
+                                        tokens_per_batch)
             else:
-                full = model(b["tokens"].to(device), coords, mask, plddt=plddt).logits
-            sel = b["targets"] != -100
+                full = model(**on.inputs(feed_coords)).logits
+            sel = b.targets != -100
             logits = full[sel.to(device)].float().cpu()
-            tgt = b["targets"][sel]
+            tgt = b.targets[sel]
             tok_nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="none")
             nll += float(tok_nll.sum())
             n += len(tgt)
@@ -126,8 +125,8 @@ def evaluate_mlm(
             hit = (pred == tgt).float()
             # every condition draws a stretch (settings above), so the batch always reports it;
             # withheld: had coordinates, dropped here (not those the structure itself lacks)
-            has_ca = ~torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1)
-            parts = {"hidden": b["withheld"], "stretch": b["stretch"] & (b["withheld"] | has_ca), "outside": ~b["stretch"]}
+            has_ca = ~torch.isnan(b.coords[:, :, CA_INDEX]).any(-1)
+            parts = {"hidden": b.withheld, "stretch": b.stretch & (b.withheld | has_ca), "outside": ~b.stretch}
             for k, m in parts.items():
                 m = m[sel]
                 acc = subsets[k]
@@ -136,7 +135,7 @@ def evaluate_mlm(
                 acc[2] += int(hit[m].sum())
             outside = parts["outside"][sel]
             row = sel.nonzero()[:, 0]  # which chain of the batch each masked residue belongs to
-            for r, ci in enumerate(b["index"].tolist()):
+            for r, ci in enumerate(b.index.tolist()):
                 m = row == r
                 per_chain[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
                 m = m & outside

@@ -44,10 +44,11 @@ import torch
 
 from ..config import _Record
 from ..constants import CA_INDEX
-from ..data.batching import batch_plddt, check_fits, clean_batches, token_budget_batches
+from ..data.batching import check_fits, token_budget_batches, unmasked_batches
 from ..data.complexes import DEFAULT_CHAIN_GAP, complex_batch, complex_span, group_complexes
 from ..data.store import PreparedDataset, is_finished_dataset
 from ..errors import UsageError
+from ..model.encode import encode, masked_mean
 
 
 @dataclass(frozen=True)
@@ -203,20 +204,17 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
         task = bar.add_task("embed", total=len(kept))
         for batch_rows in token_budget_batches(sizes, max(cfg.tokens_per_batch, window), None):
             b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
-            mask = b["padding_mask"].to(device)
-            res = model(b["tokens"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                        repr_layers=() if cfg.layer is None else (cfg.layer,), positions=b["positions"].to(device),
-                        plddt=batch_plddt(b, device))
-            h = (res.hidden if cfg.layer is None else res.representations[cfg.layer]).float().cpu()
+            h, pooled = encode(model, b.to(device), cfg.layer, use_coords)
+            h, pooled = h.float().cpu(), pooled.float().cpu()
             for r, row in enumerate(batch_rows):
                 name, members = kept[row]
-                chain_of = b["chain"][r]
+                chain_of = b.chain[r]
                 for k, ci in enumerate(members):
                     hk = h[r][chain_of == k]
-                    writer.add(data.ids[ci], len(hk), hk.mean(0).numpy(), hk.numpy() if cfg.per_residue else None,
+                    mean = masked_mean(h[r : r + 1], (chain_of == k)[None])[0]  # over chain k's residues only
+                    writer.add(data.ids[ci], len(hk), mean.numpy(), hk.numpy() if cfg.per_residue else None,
                                *_residue_info(data, ci, len(hk), cfg.per_residue))
-                hr = h[r][b["padding_mask"][r]]
-                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), len(hr), hr.mean(0).numpy())
+                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), int(b.lengths[r]), pooled[r].numpy())
                 n_chains += len(members)
             bar.advance(task, len(batch_rows))
     return {"chains": n_chains, "complexes": len(kept), "complexes_skipped": int((~fits).sum()), "chain_gap": cfg.chain_gap}
@@ -228,15 +226,10 @@ def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None
     for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
     residues of each chain; clean, centred, unrotated inputs)."""
     check_fits(data, idx, max_length, model.config.max_len, "--max-length")
-    for chain_idx, b in clean_batches(data, idx, max_length, tokens_per_batch):
-        mask = b["padding_mask"].to(device)
+    for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
         with torch.no_grad():
-            res = model(b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                        repr_layers=() if layer is None else (layer,), plddt=batch_plddt(b, device))
-        h = res.hidden if layer is None else res.representations[layer]
-        m = mask.unsqueeze(-1).to(h.dtype)
-        mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
-        yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
+            h, mean = encode(model, b.to(device), layer, use_coords)
+        yield b.index.numpy(), b.lengths.numpy(), mean.detach().cpu().numpy().astype(np.float32), h.detach().cpu()
 
 
 def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | None, use_coords: bool, window: int,
@@ -254,20 +247,13 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
         yield from iter_pooled(model, data, idx[fits], layer, use_coords, crop, tokens_per_batch, device)
     if fits.all():
         return
-
-    def run(tokens, coords, mask, plddt):
-        res = model(tokens, coords, mask, repr_layers=() if layer is None else (layer,), plddt=plddt)
-        return res.hidden if layer is None else res.representations[layer]
-
-    for chain_idx, b in clean_batches(data, idx[~fits], int(lengths[~fits].max()), tokens_per_batch):
-        mask = b["padding_mask"].to(device)
+    for b in unmasked_batches(data, idx[~fits], int(lengths[~fits].max()), tokens_per_batch):
+        on = b.to(device)
         with torch.no_grad():
-            h = windowed_forward(run, b["clean"].to(device), b["coords"].to(device) if use_coords else None, mask,
-                                 window, overlap, max(tokens_per_batch, window),
-                                 batch_plddt(b, device))
-        m = mask.unsqueeze(-1).to(h.dtype)
-        mean = ((h * m).sum(1) / m.sum(1).clamp_min(1)).detach().cpu().numpy().astype(np.float32)
-        yield chain_idx, mask.sum(1).cpu().numpy(), mean, h.detach().cpu()
+            h = windowed_forward(lambda w: encode(model, w, layer, use_coords)[0], on, window, overlap,
+                                 max(tokens_per_batch, window))
+        mean = masked_mean(h, on.padding_mask)
+        yield b.index.numpy(), b.lengths.numpy(), mean.detach().cpu().numpy().astype(np.float32), h.detach().cpu()
 
 
 def _residue_info(data: PreparedDataset, ci: int, n: int, per_residue: bool) -> tuple[str, np.ndarray | None]:

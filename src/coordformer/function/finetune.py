@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from ..config import _Record
-from ..data.batching import BatchSettings, MaskedBatches, token_budget_batches
+from ..data.batching import BatchSettings, collate_chains, token_budget_batches
 from ..data.store import PreparedDataset
 from ..errors import TrainingInterrupted, UsageError
+from ..model.encode import encode
 from .labels import TASKS, function_dataset, missing_structure_hint, read_annotations, read_identity_bins, read_split
 from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
 
@@ -117,8 +118,9 @@ class ResidualMLP(nn.Module):
 
 
 class FunctionModule(L.LightningModule):
-    """BCE multi-label classifier. With ``encoder`` the batch is a structure batch (tokens, coords,
-    padding_mask, labels) and the encoder is trained too; without, the batch is (features, labels)."""
+    """BCE multi-label classifier. With ``encoder`` the batch is a structure batch ({"batch": a
+    ``Batch``, "labels", "rows"}) and the encoder is trained too; without, it is {"features", "labels",
+    "rows"}."""
 
     def __init__(self, cfg: FinetuneConfig, n_classes: int, d_in: int, encoder: nn.Module | None = None,
                  use_coords: bool = True):
@@ -140,10 +142,8 @@ class FunctionModule(L.LightningModule):
     def forward(self, batch) -> torch.Tensor:
         if self.encoder is None:
             return self.head(batch["features"])
-        mask = batch["padding_mask"]
-        out = self.encoder(batch["tokens"], batch["coords"] if self.use_coords else None, mask, plddt=batch.get("plddt"))
-        m = mask.unsqueeze(-1).to(out.hidden.dtype)
-        return self.head((out.hidden * m).sum(1) / m.sum(1).clamp_min(1))
+        _, pooled = encode(self.encoder, batch["batch"], None, self.use_coords)
+        return self.head(pooled)
 
     def training_step(self, batch, _):
         loss = nn.functional.binary_cross_entropy_with_logits(self(batch).float(), batch["labels"])
@@ -170,35 +170,31 @@ class FunctionModule(L.LightningModule):
 
 
 class _StructureBatches(torch.utils.data.Dataset):
-    """Token-budget batches of chains with their label rows; reshuffled (and re-rotated) per epoch
-    when training."""
+    """Token-budget batches of unmasked chains with their label rows; reshuffled (and re-cropped,
+    re-rotated) per epoch when training. Items: {"batch": Batch, "labels": [B, C] float, "rows": [B]
+    long (positions in the split)}."""
 
     def __init__(self, data: PreparedDataset, idx: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, train: bool):
         self.data, self.idx, self.y, self.cfg, self.train = data, idx, torch.from_numpy(y), cfg, train
-        settings = BatchSettings(crop_length=cfg.max_length, tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
-                                 mask_prob=0.15, rotate=train, random_crop=train)
-        self.batches = MaskedBatches(data, idx, settings, seed=cfg.seed, train=train)
+        self.settings = BatchSettings(crop_length=cfg.max_length, tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
+                                      rotate=train, random_crop=train)
         self.lengths = np.minimum(data.lengths[idx], cfg.max_length)
         self.epoch = 0
-        self._plan = token_budget_batches(self.lengths, settings.tokens_per_batch, None)
+        self._plan = token_budget_batches(self.lengths, self.settings.tokens_per_batch, None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if self.train:
             rng = np.random.default_rng([self.cfg.seed, epoch])
-            self._plan = token_budget_batches(self.lengths, self.batches.s.tokens_per_batch, rng)
+            self._plan = token_budget_batches(self.lengths, self.settings.tokens_per_batch, rng)
 
     def __len__(self):
         return len(self._plan)
 
     def __getitem__(self, k):
         members = self._plan[k]
-        b = self.batches.collate(self.idx[members], self.epoch)
-        out = {"tokens": b["clean"], "coords": b["coords"], "padding_mask": b["padding_mask"], "labels": self.y[members],
-               "rows": torch.from_numpy(np.asarray(members))}
-        if "plddt" in b:
-            out["plddt"] = b["plddt"]
-        return out
+        b = collate_chains(self.data, self.idx[members], self.settings, self.cfg.seed, self.epoch, masked=False)
+        return {"batch": b, "labels": self.y[members], "rows": torch.from_numpy(np.asarray(members))}
 
 
 class _EpochSetter(L.Callback):

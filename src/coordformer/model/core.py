@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
-from ..constants import AA_OFFSET, CA_INDEX
+from ..constants import AA_OFFSET, CA_INDEX, PAD
 from ..errors import UsageError
 from ..geometry import centre
 
@@ -335,7 +335,7 @@ class CoordFormer(nn.Module):
             # The LM representation carries sequence and position; ablating "positions" drops it
             # (only the 3D signal is left). ``positions`` (chain breaks) is not read: the LM sees
             # the residues as one contiguous sequence.
-            mask = tokens != 0 if padding_mask is None else padding_mask
+            mask = tokens != PAD if padding_mask is None else padding_mask
             h = self.lm(tokens, mask)
             x = self.connector(h.to(self.connector.weight.dtype))
             if "positions" in ablate:
@@ -386,9 +386,11 @@ class CoordFormer(nn.Module):
             ablate: inputs to zero for attention analysis, see ``embed``.
             positions: [B, L] long residue indices (default 0..L-1), see ``embed``.
             plddt: [B, L] pLDDT 0-100 (NaN unknown) for models with ``config.plddt_feature``.
+
+        A :class:`coordformer.batch.Batch` gives these inputs as ``model(**batch.inputs(use_coords))``.
         """
         if padding_mask is None:
-            padding_mask = tokens != 0
+            padding_mask = tokens != PAD
         x = self.embed(tokens, coords, padding_mask, ablate, positions, plddt)
         # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash takes
         # no arbitrary mask); one host sync per forward buys that.

@@ -26,6 +26,7 @@ import dataclasses
 
 import torch
 
+from ..batch import Batch
 from ..config import ModelConfig
 from ..errors import UsageError
 from .core import CoordFormer, position_table
@@ -79,10 +80,11 @@ class CoordFormerPreTrainedModel(PreTrainedModel):
 
     def _encode(self, input_ids, coords, attention_mask, position_ids, output_attentions, output_hidden_states, plddt=None):
         n = self.coordformer.config.n_layers
-        out = self.coordformer(input_ids, coords, None if attention_mask is None else attention_mask.bool(),
-                               need_attention=bool(output_attentions),
-                               repr_layers=tuple(range(n + 1)) if output_hidden_states else (), positions=position_ids,
-                               plddt=plddt)
+        optional = {"positions": position_ids, "plddt": plddt}
+        batch = (Batch.from_tokens(input_ids, coords, **optional) if attention_mask is None
+                 else Batch(input_ids, coords, attention_mask.bool(), **optional))
+        out = self.coordformer(**batch.inputs(), need_attention=bool(output_attentions),
+                               repr_layers=tuple(range(n + 1)) if output_hidden_states else ())
         hidden = tuple(out.representations[i] for i in range(n + 1)) if output_hidden_states else None
         attentions = tuple(out.attentions) if output_attentions else None
         return out, hidden, attentions

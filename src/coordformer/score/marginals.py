@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..batch import Batch
 from ..config import _Record
-from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, ascii_to_token_table
+from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD, ascii_to_token_table
 from ..data.windows import plan_windows
 from ..errors import UsageError
 
@@ -176,7 +177,7 @@ def run_passes(model, tokens: list[np.ndarray], coords: list[np.ndarray | None],
     read_plddt = bool(getattr(model.config, "plddt_feature", False))
     for members in token_budget_batches(spans, max(tokens_per_batch, int(spans.max())), None):
         b, w = len(members), int(spans[members].max())
-        tok = torch.zeros(b, w, dtype=torch.long)
+        tok = torch.full((b, w), PAD, dtype=torch.long)
         any_coords = any(coords[passes[i].chain] is not None for i in members)
         co = torch.full((b, w, 4, 3), float("nan")) if any_coords else None
         pl = torch.full((b, w), float("nan")) if read_plddt else None
@@ -190,9 +191,7 @@ def run_passes(model, tokens: list[np.ndarray], coords: list[np.ndarray | None],
                 co[r, :n] = torch.from_numpy(np.ascontiguousarray(coords[p.chain][s : s + n], dtype=np.float32))
             if pl is not None and plddt[p.chain] is not None:
                 pl[r, :n] = torch.from_numpy(np.asarray(plddt[p.chain][s : s + n], dtype=np.float32))
-        mask = tok != 0
-        out = model(tok.to(device), None if co is None else co.to(device), mask.to(device),
-                    plddt=None if pl is None else pl.to(device))
+        out = model(**Batch.from_tokens(tok, co, plddt=pl).to(device).inputs())
         logits = out.logits.float()
         for r, i in enumerate(members):
             p = passes[i]

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from ..batch import Batch
 from ..config import ModelConfig, TrainConfig
 from ..errors import TrainingDivergedError
 from ..model import CoordFormer
@@ -65,10 +66,8 @@ class MaskedLMModule(L.LightningModule):
         self._skips_in_a_row = 0
         self.data_fingerprint: str | None = None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
 
-    def forward(self, batch, need_attention=False):
-        coords = batch["coords"] if self.model_config.use_coords else None
-        return self.model(batch["tokens"], coords, batch["padding_mask"], need_attention=need_attention,
-                          positions=batch.get("positions"), plddt=batch.get("plddt"))
+    def forward(self, batch: Batch, need_attention=False):
+        return self.model(**batch.inputs(self.model_config.use_coords), need_attention=need_attention)
 
     def _time_fraction(self) -> float:
         mm = self.train_config.max_minutes
@@ -80,15 +79,15 @@ class MaskedLMModule(L.LightningModule):
             self.train_seconds += now - self._t_last
         self._t_last = now
         out = self(batch)
-        loss, correct, n = masked_lm_loss(out.logits, batch["targets"])
-        lengths = batch["padding_mask"].sum(1).tolist()
+        loss, correct, n = masked_lm_loss(out.logits, batch.targets)
+        lengths = batch.lengths.tolist()
         ntok = int(sum(lengths))
         self._tokens_since += ntok
         # useful work only: padding and recomputation (activation checkpointing) are not model FLOPs
         flops = training_flops(self.model_config, lengths)
         self.model_flops += flops
         self._flops_since += flops
-        bs = batch["tokens"].shape[0]
+        bs = len(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
@@ -158,7 +157,7 @@ class MaskedLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self(batch)
-        loss, correct, n = masked_lm_loss(out.logits, batch["targets"])
+        loss, correct, n = masked_lm_loss(out.logits, batch.targets)
         self.log("val/loss", loss, prog_bar=True, batch_size=max(n, 1), sync_dist=True)
         self.log("val/acc", correct.float() / max(n, 1), batch_size=max(n, 1), sync_dist=True)
 

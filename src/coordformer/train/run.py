@@ -89,6 +89,8 @@ class _DataModule(L.LightningDataModule):
         return self._loader(ds)
 
     def _loader(self, ds):
+        # Items are ``Batch``es: the loader pins them with Batch.pin_memory and Lightning moves them
+        # to the device with Batch.to (move_data_to_device takes any object with a ``to``).
         w = self.cfg.num_workers
         return torch.utils.data.DataLoader(
             ds, batch_size=None, shuffle=False, num_workers=w, pin_memory=torch.cuda.is_available(),

@@ -1,0 +1,29 @@
+"""Hidden states and mean-pooled embeddings of a :class:`~coordformer.batch.Batch`: the one forward
+pass that embedding, fine-tuning and analysis share (``model`` must not import ``data``, so this
+lives here and takes a batch whatever built it)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..batch import Batch
+
+
+def masked_mean(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """[B, D]: the mean of ``hidden`` [B, L, D] over the real residues of ``padding_mask`` [B, L]
+    (True = residue); 0 for a row without any."""
+    m = padding_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def encode(model, batch: Batch, layer: int | None = None, use_coords: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` (a CoordFormer) on ``batch`` (already on the model's device).
+
+    Returns (hidden [B, L, D], pooled [B, D]): ``hidden`` the final states after the last LayerNorm
+    (``layer`` None) or the residual stream after layer ``layer`` (0 = the embeddings); ``pooled``
+    their mean over each row's real residues. ``use_coords`` False feeds no coordinates (every
+    residue flagged missing).
+    """
+    out = model(**batch.inputs(use_coords), repr_layers=() if layer is None else (layer,))
+    hidden = out.hidden if layer is None else out.representations[layer]
+    return hidden, masked_mean(hidden, batch.padding_mask)
