@@ -337,10 +337,14 @@ def test_structure_suffixes():
     assert {s + ".gz" for s in (".pdb", ".ent", ".cif", ".mmcif")} <= set(STRUCTURE_SUFFIXES)
 
 
+IO_SRC = Path(__file__).parents[1] / "src" / "coordformer" / "io"
+
+
 def test_io_modules_do_not_import_torch():
-    for name in ("structures.py", "chain_set.py", "__init__.py"):
-        src = Path(__file__).parents[1] / "src" / "coordformer" / "io" / name
-        tree = ast.parse(src.read_text())
+    names = sorted(p.name for p in IO_SRC.glob("*.py"))
+    assert {"__init__.py", "chains.py", "files.py", "sources.py", "structures.py", "chain_set.py", "fasta.py"} <= set(names)
+    for name in names:
+        tree = ast.parse((IO_SRC / name).read_text())
         imported = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -348,6 +352,55 @@ def test_io_modules_do_not_import_torch():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert "torch" not in imported and "lightning" not in imported, name
+
+
+def _io_imports(name: str) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every ``from coordformer.X import ...`` in io/``name``."""
+    out = []
+    for node in ast.walk(ast.parse((IO_SRC / name).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("coordformer"):
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            out.append(("coordformer.io." + (node.module or ""), [a.name for a in node.names]))
+    return out
+
+
+def test_io_modules_form_layers_without_cycles_or_private_imports():
+    """chains <- files <- sources <- the three readers (peers) <- __init__ / fetch; nothing private
+    crosses a module boundary, and the alphabet is the only source of letter rules."""
+    graph = {}
+    for p in IO_SRC.glob("*.py"):
+        deps = set()
+        for module, names in _io_imports(p.name):
+            assert not [n for n in names if n.startswith("_")], (p.name, module, names)
+            if module.startswith("coordformer.io."):
+                deps.add(module.rsplit(".", 1)[1])
+        graph[p.stem] = deps
+    readers = {"structures", "chain_set", "fasta"}
+    for r in readers:
+        assert not graph[r] & (readers - {r}), (r, graph[r])
+    assert graph["chains"] == set()
+    assert graph["files"] <= {"chains"} and graph["sources"] <= {"chains", "files"}
+
+    def visit(node, path):
+        assert node not in path, f"import cycle: {' -> '.join(path + [node])}"
+        for dep in graph.get(node, ()):
+            visit(dep, path + [node])
+
+    for node in graph:
+        visit(node, [])
+    # outside io, nothing imports a private io name either; data.prepare's two are kept as aliases in
+    # io.structures until it imports the public coordformer.io.file_stem / normalize_entry
+    tolerated = {"_file_stem", "_normalize_entry"}
+    for p in IO_SRC.parent.rglob("*.py"):
+        if p.parent == IO_SRC:
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "io" in node.module.split("."):
+                private = {a.name for a in node.names if a.name.startswith("_")}
+                if "prepare" in p.parts or p.stem == "prepare":
+                    private -= tolerated
+                assert not private, (p, node.module, private)
 
 
 # --------------------------------------------------------------------------- chain_set

@@ -15,21 +15,14 @@ from typing import Iterator
 
 import numpy as np
 
+from coordformer.alphabet import normalize_sequence
 from coordformer.constants import BACKBONE_ATOMS
-from coordformer.io.chain_set import _clean_sequence
-from coordformer.io.structures import Chain, StructureReadError, _read_bytes, _short, normalize_chain_id
+from coordformer.io.chains import Chain, StructureReadError, normalize_chain_id, short_reason
+from coordformer.io.files import FASTA_SUFFIXES, is_fasta, read_bytes
 
 __all__ = ["FASTA_SUFFIXES", "is_fasta", "iter_fasta", "read_fasta"]
 
-#: File name endings recognised as FASTA (case-insensitive).
-FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fasta.gz", ".fa.gz", ".faa.gz")
-
 _N_ATOMS = len(BACKBONE_ATOMS)
-
-
-def is_fasta(path: str | Path) -> bool:
-    """True if the file name ends with one of :data:`FASTA_SUFFIXES` (the content is not read)."""
-    return Path(path).name.lower().endswith(FASTA_SUFFIXES)
 
 
 def _record(src: str, lineno: int, header: str, parts: list[str]) -> Chain | StructureReadError:
@@ -42,9 +35,9 @@ def _record(src: str, lineno: int, header: str, parts: list[str]) -> Chain | Str
     if seq.endswith("*"):
         seq = seq[:-1]
     if not seq:
-        return StructureReadError(where, f"FASTA record {_short(words[0], 80)!r} has an empty sequence")
+        return StructureReadError(where, f"FASTA record {short_reason(words[0], 80)!r} has an empty sequence")
     try:
-        seq = _clean_sequence(seq)
+        seq = normalize_sequence(seq)
         return Chain(
             id=normalize_chain_id(words[0]),
             sequence=seq,
@@ -52,22 +45,22 @@ def _record(src: str, lineno: int, header: str, parts: list[str]) -> Chain | Str
             source=where,
         )
     except Exception as e:  # never let anything escape the iterator
-        return StructureReadError(where, f"unexpected {type(e).__name__}: {_short(e)}")
+        return StructureReadError(where, f"unexpected {type(e).__name__}: {short_reason(e)}")
 
 
 def iter_fasta(path: str | Path) -> Iterator[Chain | StructureReadError]:
     """Chains of a FASTA file, one per ``>`` record, in file order.
 
     The id is the header's first word, normalised with :func:`normalize_chain_id` ('1abc_A' ->
-    '1ABC.A'); the sequence is cleaned like chain_set sequences (upper-cased, U->C, O->K,
-    anything else X; whitespace dropped). Each chain's coords are [L, 4, 3] float32, all NaN,
-    and its source is ``path:line`` of the header. A record without id or sequence yields a
+    '1ABC.A'); the sequence is cleaned like chain_set sequences
+    (:func:`coordformer.alphabet.normalize_sequence`: upper-cased, U->C, O->K, anything else X;
+    whitespace dropped). Each chain's coords are [L, 4, 3] float32, all NaN, and its source is ``path:line`` of the header. A record without id or sequence yields a
     ``StructureReadError("path:line", reason)`` and iteration continues. A file that cannot be
     read, is empty, binary or does not start with a ``>`` header raises StructureReadError at
     call time. The whole (decompressed) file is read into memory.
     """
     src = str(path)
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if not data.strip():
         raise StructureReadError(src, "empty file")
     if b"\x00" in data:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from coordformer.errors import UsageError
-from coordformer.io.structures import STRUCTURE_SUFFIXES
+from coordformer.io.files import STRUCTURE_SUFFIXES
 
 __all__ = ["PDB_URL", "AFDB_API", "FetchSummary", "parse_fetch_id", "fetch", "FAILED_FILE"]
 
@@ -153,7 +153,8 @@ def _existing(out: Path, kind: str, key: str) -> Path | None:
 def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, timeout: float, retries: int,
                backoff: float) -> tuple[Path, bool]:
     """(file, downloaded?) for one id; raises _FetchError with the reason."""
-    from coordformer.io.structures import StructureReadError, read_structure
+    from coordformer.io.chains import StructureReadError
+    from coordformer.io.structures import read_structure
 
     found = _existing(out, kind, key)
     if found is not None:

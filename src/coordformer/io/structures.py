@@ -8,19 +8,27 @@ This module must not import torch: it runs in data-preparation worker processes.
 
 from __future__ import annotations
 
-import gzip
 import re
-import zlib
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import Sequence
 
 import gemmi
 import numpy as np
 
-from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS, SEQRES_MODES
-from coordformer.errors import CoordformerError
+from coordformer.alphabet import UNKNOWN_LETTER, normalize_letter
+from coordformer.constants import BACKBONE_ATOMS, SEQRES_MODES
+from coordformer.io.chains import (
+    Chain,
+    StructureReadError,
+    is_archive_id,
+    is_placeholder_id,
+    normalize_chain_id,
+    normalize_entry,
+    short_reason,
+)
+from coordformer.io.files import STRUCTURE_SUFFIXES, detect_format, file_stem, is_structure_file, read_bytes
+from coordformer.io.sources import read_id_list  # noqa: F401 - importable from here before the io split
 
 __all__ = [
     "Chain",
@@ -34,37 +42,13 @@ __all__ = [
     "read_id_list",
 ]
 
-#: File name endings read by :func:`read_structure` (also used when expanding folders).
-STRUCTURE_SUFFIXES = (
-    ".pdb",
-    ".ent",
-    ".cif",
-    ".mmcif",
-    ".pdb.gz",
-    ".ent.gz",
-    ".cif.gz",
-    ".mmcif.gz",
-)
-_PDB_SUFFIXES = (".pdb", ".ent")
-_CIF_SUFFIXES = (".cif", ".mmcif")
+# Names data/prepare.py imported from here before the io split; the public ones are
+# coordformer.io.file_stem and coordformer.io.normalize_entry.
+_file_stem, _normalize_entry = file_stem, normalize_entry
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _N_ATOMS = len(BACKBONE_ATOMS)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PROTEIN_TYPES = (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD)
-#: HEADER id codes that are placeholders rather than real PDB ids (ASTRAL writes 0000).
-_PLACEHOLDER_IDS = {"", "0000", "XXXX", "NONE", "NULL"}
-_PDB_ID_RE = re.compile(r"^[0-9][A-Za-z0-9]{3}$")
-#: Entry names a file may give itself (PDB HEADER id code, mmCIF data block name) that identify one
-#: structure: a PDB id (1ABC), an extended PDB id (pdb_00001abc), an AlphaFold DB id (AF-P69905-F1,
-#: optionally -model_v4). Anything else (data_model, data_s, a decoy's made-up HEADER) is not trusted.
-_ARCHIVE_ID_RE = re.compile(
-    r"^(?:[0-9][A-Za-z0-9]{3}|pdb_[0-9]{5}[A-Za-z0-9]{3}|AF-[A-Za-z0-9]{6,10}-F[0-9]+(?:-model_v[0-9]+)?)$",
-    re.IGNORECASE,
-)
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-_PDB_CHAIN_RE = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_:](\S+)$")
 #: A per-chain file name (1PAA-K.pdb, 1paa_K.cif, 1PAA.K.pdb): PDB id, separator, author chain id.
 _STEM_CHAIN_RE = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_.:]([A-Za-z0-9]{1,4})$")
 
@@ -78,173 +62,6 @@ _BAD_PDB_ATOM_RE = re.compile(
     + _PDB_FIELD * 3
     + rb"(?:[ \d.+-]{12}|[ \d.+-]{0,11}\r?(?:\n|$)))"
 )
-_PDB_RECORD_RE = re.compile(
-    rb"(?:^|\n)(?:ATOM  |HETATM|HEADER|MODEL |CRYST1|SEQRES|COMPND|TITLE |REMARK)"
-)
-_CIF_START_RE = re.compile(rb"(?:[ \t\r\n]+|#[^\n]*(?:\n|$))*data_", re.IGNORECASE)
-
-
-class StructureReadError(CoordformerError):
-    """The one exception type for unreadable or unusable input (structure or chain_set)."""
-
-    def __init__(self, source: str, reason: str):
-        self.source = str(source)
-        self.reason = str(reason)
-        super().__init__(f"{self.source}: {self.reason}")
-
-    def __reduce__(self):  # keep picklable across multiprocessing workers
-        return (type(self), (self.source, self.reason))
-
-
-@dataclass(eq=False)
-class Chain:
-    """One protein chain: sequence plus backbone coordinates (NaN where an atom is missing)."""
-
-    id: str
-    sequence: str
-    coords: np.ndarray
-    source: str
-    b_factors: np.ndarray | None = None
-    residue_ids: list[str] | None = None
-    #: [L] bool, False for residues of the deposited sequence (SEQRES / entity_poly_seq) that the
-    #: file has no coordinates for (inserted by ``read_structure(seqres=...)``); None = not known
-    #: (every residue came from the coordinates).
-    observed: np.ndarray | None = None
-    #: The entry name the file gives itself (mmCIF data block name, PDB HEADER id code) when ``id``
-    #: does not use it because it is not an archive id (:func:`is_archive_id`): the entry part of
-    #: ``id`` is then the file name. None when the file's own name was used, or it had none.
-    ignored_entry: str | None = None
-
-    def __post_init__(self) -> None:
-        self.coords = np.asarray(self.coords, dtype=np.float32)
-        n = len(self.sequence)
-        if self.coords.shape != (n, _N_ATOMS, 3):
-            raise ValueError(
-                f"{self.id}: coords shape {self.coords.shape} does not match "
-                f"sequence length {n} (expected ({n}, {_N_ATOMS}, 3))"
-            )
-        if self.b_factors is not None:
-            self.b_factors = np.asarray(self.b_factors, dtype=np.float32)
-            if self.b_factors.shape != (n,):
-                raise ValueError(f"{self.id}: b_factors shape {self.b_factors.shape} != ({n},)")
-        if self.residue_ids is not None and len(self.residue_ids) != n:
-            raise ValueError(f"{self.id}: {len(self.residue_ids)} residue_ids for {n} residues")
-        if self.observed is not None:
-            self.observed = np.asarray(self.observed, dtype=bool)
-            if self.observed.shape != (n,):
-                raise ValueError(f"{self.id}: observed shape {self.observed.shape} != ({n},)")
-
-    @property
-    def atom_mask(self) -> np.ndarray:
-        """[L, 4] bool, True where the atom is present (its coordinates are not NaN)."""
-        return ~np.isnan(self.coords).any(axis=-1)
-
-    def __len__(self) -> int:
-        return len(self.sequence)
-
-    def __repr__(self) -> str:
-        return f"Chain(id={self.id!r}, length={len(self)}, source={self.source!r})"
-
-
-# --------------------------------------------------------------------------- file access
-
-
-def _strip_gz(name: str) -> str:
-    name = name.lower()
-    return name[:-3] if name.endswith(".gz") else name
-
-
-def is_structure_file(path: str | Path) -> bool:
-    """True if the file name ends with one of :data:`STRUCTURE_SUFFIXES` (case-insensitive)."""
-    return Path(path).name.lower().endswith(STRUCTURE_SUFFIXES)
-
-
-def _open_binary(path: str | Path) -> BinaryIO:
-    """Open a file for binary reading, transparently gunzipping it if it starts with the
-    gzip magic bytes (whatever its name). Raises StructureReadError if it cannot be opened."""
-    src = str(path)
-    try:
-        raw = open(path, "rb")
-        try:
-            magic = raw.read(2)
-            if magic == _GZIP_MAGIC:
-                raw.close()
-                return gzip.open(path, "rb")
-            raw.seek(0)
-        except BaseException:
-            raw.close()
-            raise
-    except OSError as e:
-        raise StructureReadError(src, f"cannot open file: {e.strerror or e}") from None
-    return raw
-
-
-def _strip_bom(data: bytes) -> bytes:
-    """``data`` without a leading UTF-8 byte-order mark (Windows editors write one; it would hide
-    the first record or id)."""
-    return data[3:] if data.startswith(_UTF8_BOM) else data
-
-
-def _read_bytes(path: str | Path) -> bytes:
-    """Whole (decompressed) content of a file, without a leading UTF-8 byte-order mark (every text
-    reader here goes through this or :func:`_strip_bom`); errors become StructureReadError."""
-    src = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        raise StructureReadError(src, f"cannot read file: {e.strerror or e}") from None
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise StructureReadError(src, f"corrupt or truncated gzip data ({e})") from None
-    return _strip_bom(data)
-
-
-def _detect_format(name: str, data: bytes) -> str | None:
-    """'pdb' or 'cif' from the file name, overridden by unambiguous content; None if unknown."""
-    base = _strip_gz(name)
-    by_suffix = "pdb" if base.endswith(_PDB_SUFFIXES) else "cif" if base.endswith(_CIF_SUFFIXES) else None
-    if _CIF_START_RE.match(data):
-        return "cif"
-    if by_suffix == "pdb":
-        return "pdb"
-    looks_pdb = _PDB_RECORD_RE.search(data, 0, 200_000) is not None
-    if looks_pdb:  # also for a .cif name with PDB content
-        return "pdb"
-    return by_suffix
-
-
-def _file_stem(path: str | Path) -> str:
-    name = Path(path).name
-    lower = name.lower()
-    if lower.endswith(".gz"):
-        name, lower = name[:-3], lower[:-3]
-    for suffix in (".pdb", ".ent", ".cif", ".mmcif"):
-        if lower.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    # The PDB archive names files pdb1abc.ent.gz; the entry is 1abc (so --exclude 1ABC-A matches).
-    if len(name) == 7 and name[:3].lower() == "pdb" and _PDB_ID_RE.match(name[3:]):
-        return name[3:]
-    return name
-
-
-def _normalize_entry(entry: str) -> str:
-    return entry.upper() if _PDB_ID_RE.match(entry) else entry
-
-
-def is_archive_id(name: str) -> bool:
-    """Whether an entry name a file gives itself (mmCIF ``data_`` block name, PDB HEADER id code)
-    identifies one structure, so chains can be named after it: a PDB id (a digit and three letters
-    or digits, not the placeholder 0000), an extended PDB id (``pdb_00001abc``) or an AlphaFold DB
-    id (``AF-P69905-F1``, optionally ``-model_v4``). Structure predictors and modelling tools write
-    the same name into every file (``data_model``, ``data_s``, a shared HEADER), so any other name
-    is ignored and the file name used instead (see :func:`read_structure`)."""
-    name = name.strip()
-    return bool(_ARCHIVE_ID_RE.match(name)) and name.upper() not in _PLACEHOLDER_IDS
-
 
 # --------------------------------------------------------------------------- parsing
 
@@ -260,14 +77,14 @@ def _parse_pdb(src: str, data: bytes) -> gemmi.Structure:
     try:
         return gemmi.read_pdb_string(data)
     except Exception as e:  # gemmi raises RuntimeError/ValueError with a line number
-        raise StructureReadError(src, f"PDB parse error: {_short(e)}") from None
+        raise StructureReadError(src, f"PDB parse error: {short_reason(e)}") from None
 
 
 def _parse_cif(src: str, data: bytes) -> tuple[gemmi.Structure, str]:
     try:
         doc = gemmi.cif.read_string(data)
     except Exception as e:
-        raise StructureReadError(src, f"mmCIF parse error: {_short(e)}") from None
+        raise StructureReadError(src, f"mmCIF parse error: {short_reason(e)}") from None
     block = None
     for b in doc:
         if b.find_values("_atom_site.Cartn_x"):
@@ -278,13 +95,8 @@ def _parse_cif(src: str, data: bytes) -> tuple[gemmi.Structure, str]:
     try:
         st = gemmi.make_structure_from_block(block)
     except Exception as e:
-        raise StructureReadError(src, f"mmCIF structure error: {_short(e)}") from None
+        raise StructureReadError(src, f"mmCIF structure error: {short_reason(e)}") from None
     return st, block.name
-
-
-def _short(e: BaseException, n: int = 300) -> str:
-    msg = " ".join(str(e).split())
-    return msg if len(msg) <= n else msg[: n - 3] + "..."
 
 
 @lru_cache(maxsize=4096)
@@ -297,12 +109,8 @@ def _tabulated_letter(name: str) -> str:
     t = gemmi.find_tabulated_residue(name)
     if t is None or not t.is_amino_acid():
         return ""
-    code = t.one_letter_code.strip().upper()
-    if not code:
-        return ""
-    if code in AMINO_ACIDS:
-        return code
-    return {"U": "C", "O": "K"}.get(code, "X")
+    code = t.one_letter_code.strip()
+    return normalize_letter(code) if code else ""
 
 
 def _residue_letter(name: str, parents: dict[str, str]) -> str:
@@ -311,8 +119,8 @@ def _residue_letter(name: str, parents: dict[str, str]) -> str:
         return letter
     parent = parents.get(name)
     if parent:
-        return _tabulated_letter(parent) or "X"
-    return "X"
+        return _tabulated_letter(parent) or UNKNOWN_LETTER
+    return UNKNOWN_LETTER
 
 
 def _max_occupancy(res: gemmi.Residue) -> float:
@@ -521,18 +329,18 @@ def read_structure(path: str | Path, chains: Sequence[str] | None = None, seqres
     except MemoryError:
         raise StructureReadError(src, "out of memory while reading") from None
     except Exception as e:  # never let anything else escape (gemmi / numpy surprises)
-        raise StructureReadError(src, f"unexpected {type(e).__name__}: {_short(e)}") from None
+        raise StructureReadError(src, f"unexpected {type(e).__name__}: {short_reason(e)}") from None
 
 
 def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, seqres: str = "off") -> list[Chain]:
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if not data or data.isspace():
         raise StructureReadError(src, "empty file")
     if b"\x00" in data:
         raise StructureReadError(src, "binary data, not a PDB or mmCIF text file")
     if b"\r" in data:  # gemmi ends PDB records and CIF comments at LF only: a CR-only file
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # read as one line
-    fmt = _detect_format(Path(src).name, data)
+    fmt = detect_format(Path(src).name, data)
     if fmt is None:
         raise StructureReadError(src, "unrecognised format (neither PDB nor mmCIF)")
     if fmt == "cif":
@@ -543,14 +351,14 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
     named = named.strip()
     ignored = None
     if is_archive_id(named):
-        entry = _normalize_entry(named)
+        entry = normalize_entry(named)
     else:  # a generic or made-up name (data_model): the file name tells files apart
-        stem = _file_stem(src)
-        entry = _normalize_entry(stem)
+        stem = file_stem(src)
+        entry = normalize_entry(stem)
         per_chain = _STEM_CHAIN_RE.match(stem)
         if per_chain and len(st) and any(ch.name == per_chain.group(2) for ch in st[0]):
             entry = per_chain.group(1).upper()  # 1PAA-K.pdb holding chain K: 1PAA.K, as label files name it
-        if named and named.upper() not in _PLACEHOLDER_IDS and named.lower() != entry.lower():
+        if named and not is_placeholder_id(named) and named.lower() != entry.lower():
             ignored = named
 
     if len(st) == 0:
@@ -600,58 +408,3 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
             f"(protein chains: {', '.join(protein_names)})",
         )
     return out
-
-
-# --------------------------------------------------------------------------- chain ids
-
-
-def normalize_chain_id(s: str) -> str:
-    """Canonical chain id ``ENTRY.CHAIN``: '12as-A', '12AS_A', '12as.A' -> '12AS.A'.
-
-    The entry is upper-cased when it is a 4-character PDB id; the chain id keeps its case.
-    An id with a '.' is split at the last '.'; without one, only PDB ids followed by '-',
-    '_' or ':' and a chain are recognised. Anything else is returned stripped but unchanged.
-    """
-    s = s.strip()
-    if "." in s:
-        entry, chain = s.rsplit(".", 1)
-    else:
-        m = _PDB_CHAIN_RE.match(s)
-        if m is None:
-            return _normalize_entry(s)
-        entry, chain = m.groups()
-    entry = _normalize_entry(entry.strip())
-    chain = chain.strip()
-    return f"{entry}.{chain}" if chain else entry
-
-
-_ID_SPLIT_RE = re.compile(r"[\s,]+")
-
-
-def read_id_list(path: str | Path) -> list[str]:
-    """Chain ids from a text file (plain or gzipped): the first whitespace- or comma-separated
-    field of each line, normalised with :func:`normalize_chain_id`. Blank lines and '#'
-    comments are ignored; duplicates are dropped (first occurrence kept).
-
-    A UTF-8 byte-order mark is dropped and a UTF-16 file (with its byte-order mark, as Windows
-    tools save "Unicode text") is decoded as such, so neither hides the first id.
-
-    Raises StructureReadError if the file cannot be read.
-    """
-    src = str(path)
-    try:
-        data = _read_bytes(path)
-        text = data.decode("utf-16") if data.startswith(_UTF16_BOMS) else data.decode("utf-8", "replace")
-    except StructureReadError:
-        raise
-    except Exception as e:
-        raise StructureReadError(src, f"cannot read id list: {_short(e)}") from None
-    seen: dict[str, None] = {}
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        field = _ID_SPLIT_RE.split(line, 1)[0]
-        if field:
-            seen.setdefault(normalize_chain_id(field), None)
-    return list(seen)
