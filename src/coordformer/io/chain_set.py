@@ -27,7 +27,13 @@ import numpy as np
 from coordformer.alphabet import normalize_sequence
 from coordformer.constants import BACKBONE_ATOMS
 from coordformer.io.chains import Chain, StructureReadError, normalize_chain_id, short_reason
-from coordformer.io.files import CHAIN_SET_SUFFIXES, CorruptData, count_lines, is_chain_set, text_lines
+from coordformer.io.files import (
+    CHAIN_SET_SUFFIXES,
+    CorruptData,
+    count_lines,
+    is_chain_set,
+    text_lines,
+)
 from coordformer.io.sources import find_sources  # noqa: F401 - importable from here before the io split
 
 __all__ = [

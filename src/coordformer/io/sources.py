@@ -25,7 +25,8 @@ def _broken_link(path: Path) -> str:
     return f"broken symbolic link: its target {target} does not exist (or the link points to itself)"
 
 
-def _enter(folder: Path, linked: bool, problems: list[tuple[str, str]], visited: set[str], quiet: set[str]) -> bool:
+def _enter(folder: Path, linked: bool, problems: list[tuple[str, str]], visited: set[str],
+           quiet: set[str]) -> bool:
     """Whether to search ``folder``: not when its real path is in ``quiet`` (passed over without a
     word) or in ``visited`` (searched already, said in ``problems``); else it is marked visited."""
     real = os.path.realpath(folder)

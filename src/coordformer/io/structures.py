@@ -27,7 +27,13 @@ from coordformer.io.chains import (
     normalize_entry,
     short_reason,
 )
-from coordformer.io.files import STRUCTURE_SUFFIXES, detect_format, file_stem, is_structure_file, read_bytes
+from coordformer.io.files import (
+    STRUCTURE_SUFFIXES,
+    detect_format,
+    file_stem,
+    is_structure_file,
+    read_bytes,
+)
 from coordformer.io.sources import read_id_list  # noqa: F401 - importable from here before the io split
 
 __all__ = [
