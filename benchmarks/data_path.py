@@ -45,18 +45,18 @@ def main(argv=None):
     t0 = time.perf_counter()
     batches = [ds[k] for k in range(n)]
     t_data = time.perf_counter() - t0
-    tokens = sum(int(b["padding_mask"].sum()) for b in batches)
+    tokens = sum(int(b.padding_mask.sum()) for b in batches)
 
     cuda = a.device.startswith("cuda")
     torch.manual_seed(0)
     model = CoordFormer(preset(a.preset)).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = [{k: v.to(a.device) for k, v in b.items()} for b in batches]
+    batches = [b.to(a.device) for b in batches]
 
     def step(b):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out = model(b["tokens"], b["coords"], b["padding_mask"])
-            loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), b["targets"].flatten(),
+            out = model(b.tokens, b.coords, b.padding_mask)
+            loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), b.targets.flatten(),
                                                      ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -84,7 +84,7 @@ def main(argv=None):
             next(it)
         t0, got = time.perf_counter(), 0
         for _ in range(n):
-            got += int(next(it)["padding_mask"].sum())
+            got += int(next(it).padding_mask.sum())
         rate = got / (time.perf_counter() - t0)
         print(f"DataLoader, {w:2d} workers: {rate:10.0f} tokens/s = {rate / model_rate:.1f}x the model")
         del it, loader

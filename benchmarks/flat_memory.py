@@ -90,7 +90,7 @@ def stream_once(path: Path, tokens_per_batch: int = 16384, crop: int = 512, samp
     marks = set(np.linspace(0, n - 1, samples).round().astype(int).tolist())
     trace, tokens, t0 = [], 0, time.perf_counter()
     for k in range(n):
-        tokens += int(ds[k]["padding_mask"].sum())
+        tokens += int(ds[k].padding_mask.sum())
         if k in marks:
             trace.append({"batch": k + 1, "rss_anon_mb": round(rss_anon_mb(), 1)})
     dt = time.perf_counter() - t0

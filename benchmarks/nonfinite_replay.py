@@ -84,10 +84,10 @@ def scan_part(model, data, n_batches, tokens, device, autocast_dtype) -> dict:
     n_mod64 = n_trip = 0
     try:
         for batch in _batches(data, n_batches, tokens, 0):
-            pm = batch["padding_mask"].to(device)
+            pm = batch.padding_mask.to(device)
             with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype,
                                                  enabled=autocast_dtype != torch.float32):
-                model(batch["tokens"].to(device), batch["coords"].to(device), pm)
+                model(batch.tokens.to(device), batch.coords.to(device), pm)
             trip = False
             for i, layer in enumerate(model.layers):
                 x = caught[i]
@@ -132,11 +132,11 @@ def steps_part(model, data, n_batches, tokens, device) -> dict:
         bad = 0
         try:
             for batch in _batches(data, n_batches, tokens, 0):
-                b, length = batch["tokens"].shape
+                b, length = batch.tokens.shape
                 extra = (64 - length % 128) % 128 or 0
-                tok = F.pad(batch["tokens"], (0, extra)).to(device)
-                co = F.pad(batch["coords"], (0, 0, 0, 0, 0, extra), value=float("nan")).to(device)
-                tg = F.pad(batch["targets"], (0, extra), value=-100).to(device)
+                tok = F.pad(batch.tokens, (0, extra)).to(device)
+                co = F.pad(batch.coords, (0, 0, 0, 0, 0, extra), value=float("nan")).to(device)
+                tg = F.pad(batch.targets, (0, extra), value=-100).to(device)
                 model.zero_grad(set_to_none=True)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                     out = model(tok, co, tok != 0)

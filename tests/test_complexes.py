@@ -93,19 +93,19 @@ def test_positions_jump_by_the_gap_between_chains(tmp_path, inputs):
     assert [data.ids[i] for i in groups["1LZH"]] == ["1LZH.A", "1LZH.B"] and len(groups["1ORC"]) == 1
     assert complex_span(data.lengths[groups["1LZH"]], 10) == 129 + 10 + 129
     b = complex_batch(data, [groups["1LZH"], groups["1ORC"]], gap=10)
-    assert b["tokens"].shape == (2, 258) and b["padding_mask"][1].sum() == 64
-    pos, chain = b["positions"][0], b["chain"][0]
+    assert b.tokens.shape == (2, 258) and b.padding_mask[1].sum() == 64
+    pos, chain = b.positions[0], b.chain[0]
     assert pos[128] == 128 and pos[129] == 139 and pos[-1] == 139 + 128  # 10 positions skipped at the break
-    assert (chain[:129] == 0).all() and (chain[129:] == 1).all() and (b["chain"][1, 64:] == -1).all()
+    assert (chain[:129] == 0).all() and (chain[129:] == 1).all() and (b.chain[1, 64:] == -1).all()
     # gap 0 is plain concatenation: the model then sees exactly its default positions 0..L-1
     model = load_model("small-coords")[0]
     b0 = complex_batch(data, [groups["1LZH"]], gap=0)
     with torch.no_grad():
-        default = model(b0["tokens"], b0["coords"], b0["padding_mask"]).logits
-        explicit = model(b0["tokens"], b0["coords"], b0["padding_mask"], positions=b0["positions"]).logits
+        default = model(b0.tokens, b0.coords, b0.padding_mask).logits
+        explicit = model(**b0.inputs()).logits
     assert torch.equal(default, explicit)
     with pytest.raises(UsageError, match="max_len"):
-        model(b0["tokens"], b0["coords"], positions=b0["positions"] + model.config.max_len)
+        model(b0.tokens, b0.coords, positions=b0.positions + model.config.max_len)
 
 
 def test_chain_selection_and_too_long_complexes(tmp_path, inputs, capsys):

@@ -7,7 +7,8 @@ import torch
 from conftest import synthetic_chains, write_jsonl
 
 from coordformer.config import ModelConfig, PrepareConfig
-from coordformer.data.batching import clean_batches
+from coordformer.batch import Batch
+from coordformer.data.batching import unmasked_batches
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.data.windows import plan_windows, windowed_forward
@@ -68,12 +69,10 @@ def test_stitched_output_is_full_length_and_equals_each_window_run_alone():
     coords = torch.full((2, LONG, 4, 3), float("nan"))
     tokens[0], coords[0] = t1, c1
     tokens[1, :100], coords[1, :100] = t2, c2
-    mask = tokens != 0
+    def run(w):
+        return model(**w.inputs()).hidden
 
-    def run(t, c, m, p):
-        return model(t, c, m).hidden
-
-    out = windowed_forward(run, tokens, coords, mask, 512, 128, 2048)
+    out = windowed_forward(run, Batch.from_tokens(tokens, coords), 512, 128, 2048)
     assert out.shape == (2, LONG, 32) and (out[1, 100:] == 0).all()
     plan = plan_windows(LONG, 512, 128)
     for s, lo, hi in zip(plan.starts, plan.lo, plan.hi):
@@ -130,9 +129,9 @@ def test_embed_writes_full_length_per_residue_embeddings_for_a_long_chain(tmp_pa
             workers=1, progress=False)
     pds = PreparedDataset(tmp_path / "p")
     ci = pds.ids.index("LONG.A")
-    _, b = next(clean_batches(pds, np.array([ci]), 512, 4096))
+    b = next(unmasked_batches(pds, np.array([ci]), 512, 4096))
     with torch.no_grad():
-        alone = model(b["clean"], b["coords"], b["padding_mask"]).hidden[0, : plan.hi[0]].numpy()
+        alone = model(**b.inputs()).hidden[0, : plan.hi[0]].numpy()
     assert np.allclose(first, alone, atol=1e-2)
 
 

@@ -196,17 +196,17 @@ def test_masked_batches_deterministic_resumable_and_sharded(prepared):
     b = MaskedBatches(prepared, idx, s, seed=7, epochs=2, start_batch=3)
     for k in range(3):
         x, y = a[k + 3], b[k]
-        assert all(torch.equal(x[key], y[key]) for key in ("tokens", "targets", "index"))
-        assert torch.allclose(x["coords"].nan_to_num(), y["coords"].nan_to_num())
-    assert a[0]["tokens"].shape[1] <= 50
+        assert all(torch.equal(getattr(x, key), getattr(y, key)) for key in ("tokens", "targets", "index"))
+        assert torch.allclose(x.coords.nan_to_num(), y.coords.nan_to_num())
+    assert a[0].tokens.shape[1] <= 50
     r0 = MaskedBatches(prepared, idx, s, seed=7, rank=0, world_size=2)
     r1 = MaskedBatches(prepared, idx, s, seed=7, rank=1, world_size=2)
-    i0 = torch.cat([r0[k]["index"] for k in range(len(r0))])
-    i1 = torch.cat([r1[k]["index"] for k in range(len(r1))])
+    i0 = torch.cat([r0[k].index for k in range(len(r0))])
+    i1 = torch.cat([r1[k].index for k in range(len(r1))])
     assert not set(i0.tolist()) & set(i1.tolist())
     # Coordinates arrive centred: the mean present CA is at the origin.
     bt = a[0]
-    ca = bt["coords"][0, :, 1]
+    ca = bt.coords[0, :, 1]
     ok = ~torch.isnan(ca).any(-1)
     assert torch.allclose(ca[ok].mean(0), torch.zeros(3), atol=1e-3)
 
@@ -301,7 +301,7 @@ def test_epoch_boundaries_survive_varying_batch_counts():
     counts = {len(mb._plan(e)) for e in range(6)}
     assert len(counts) > 1, "test needs epochs that pack into different batch counts"
     for k in range(len(mb)):  # every item of every epoch is reachable (this raised IndexError before)
-        assert mb[k]["tokens"].shape[0] >= 1
+        assert mb[k].tokens.shape[0] >= 1
 
 
 def test_eval_masks_do_not_depend_on_batch_composition():
@@ -312,8 +312,8 @@ def test_eval_masks_do_not_depend_on_batch_composition():
         out = {}
         for k in range(len(m)):
             b = m[k]
-            for i, ci in enumerate(b["index"].tolist()):
-                out[ci] = (b["targets"][i] != -100).nonzero().flatten().tolist()
+            for i, ci in enumerate(b.index.tolist()):
+                out[ci] = (b.targets[i] != -100).nonzero().flatten().tolist()
         return out
 
     small = masks(MaskedBatches(ds, idx, BatchSettings(tokens_per_batch=500, random_crop=False), seed=9, train=False))

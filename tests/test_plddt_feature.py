@@ -51,9 +51,9 @@ def test_prepare_stores_plddt_only_when_asked(tmp_path, af_dir):
     for mode in ("sequence", "spatial"):
         s = BatchSettings(crop_length=25, tokens_per_batch=100, crop_mode=mode, rotate=False)
         b = MaskedBatches(ds, np.array([0]), s, seed=1).collate(np.array([0]))
-        kept = (b["plddt"][0] - 30.0).round().long()
+        kept = (b.plddt[0] - 30.0).round().long()
         full = ds.coords(0)[:, CA_INDEX]
-        ca = b["coords"][0, :, CA_INDEX].numpy()
+        ca = b.coords[0, :, CA_INDEX].numpy()
         # the CA-CA distances of the batch equal those of the residues the pLDDT points at
         d_batch = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
         d_full = np.linalg.norm(full[kept][:, None] - full[kept][None], axis=-1)

@@ -52,19 +52,19 @@ def test_batches_hold_3d_neighbourhoods_with_positions(lysozyme):
     s = BatchSettings(crop_length=40, tokens_per_batch=400, crop_mode="spatial", rotate=False)
     batch = MaskedBatches(lysozyme, idx, s, seed=3).collate(idx)
     again = MaskedBatches(lysozyme, idx, s, seed=3).collate(idx)
-    assert torch.equal(batch["positions"], again["positions"]) and torch.equal(batch["clean"], again["clean"])
+    assert torch.equal(batch.positions, again.positions) and torch.equal(batch.clean, again.clean)
     cropped = 0
     for row, ci in enumerate(idx):
-        n = int(batch["padding_mask"][row].sum())
+        n = int(batch.padding_mask[row].sum())
         full = lysozyme.coords(int(ci))[:, CA_INDEX].astype(np.float64)
         assert n == min(40, len(full))
         if n == len(full):
-            assert batch["positions"][row, :n].tolist() == list(range(n))
+            assert batch.positions[row, :n].tolist() == list(range(n))
             continue
         cropped += 1
         # the crop is spatial_crop around one of the chain's residues: find it by the (translation-free)
         # CA distance matrix, then check tokens and positions against it
-        ca = batch["coords"][row, :n, CA_INDEX].double().numpy()
+        ca = batch.coords[row, :n, CA_INDEX].double().numpy()
         dm = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
         hits = []
         for c in np.flatnonzero(~np.isnan(full[:, 0])):
@@ -74,8 +74,8 @@ def test_batches_hold_3d_neighbourhoods_with_positions(lysozyme):
         assert hits, "the batch is not a 3D neighbourhood of any residue"
         kept = hits[0]
         seq = np.frombuffer(lysozyme.sequence(int(ci)).encode(), dtype=np.uint8)
-        assert np.array_equal(batch["clean"][row, :n].numpy(), _ASCII_TO_TOKEN[seq[kept]])
-        assert len(seq) > n and batch["positions"][row, :n].tolist() == crop_positions(kept, 4096).tolist()
+        assert np.array_equal(batch.clean[row, :n].numpy(), _ASCII_TO_TOKEN[seq[kept]])
+        assert len(seq) > n and batch.positions[row, :n].tolist() == crop_positions(kept, 4096).tolist()
         assert (np.diff(kept) > 1).any()  # a neighbourhood in a folded chain skips stretches
     assert cropped == 3  # both lysozyme chains (129) and 1ORC (64) exceed 40
 

@@ -1,6 +1,7 @@
 """Structure dropout in pretraining (--drop-chain-coords, --drop-span-coords): chains or contiguous
 stretches fed without coordinates, so the missing flag is learnt; off, batches are unchanged."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,22 +20,28 @@ def _batch(prepared, **kw):
     return MaskedBatches(prepared, idx, s, seed=5).collate(idx), idx
 
 
+def _fields(batch) -> dict:
+    """The tensors a Batch holds, by field name."""
+    return {f.name: v for f in dataclasses.fields(batch) if (v := getattr(batch, f.name)) is not None}
+
+
 def test_off_changes_nothing_and_chain_dropout_removes_all(prepared):
     base, idx = _batch(prepared)
     same, _ = _batch(prepared, drop_chain_coords=0.0, drop_span_coords=0.0)
-    for k in base:
-        assert torch.equal(torch.nan_to_num(base[k]), torch.nan_to_num(same[k])), k
+    assert _fields(base).keys() == _fields(same).keys()
+    for k, v in _fields(base).items():
+        assert torch.equal(torch.nan_to_num(v), torch.nan_to_num(getattr(same, k))), k
     gone, _ = _batch(prepared, drop_chain_coords=1.0)
-    assert torch.isnan(gone["coords"]).all()
+    assert torch.isnan(gone.coords).all()
     # the masking draws are the same as without dropout: only the coordinates differ
-    assert torch.equal(gone["tokens"], base["tokens"]) and torch.equal(gone["targets"], base["targets"])
+    assert torch.equal(gone.tokens, base.tokens) and torch.equal(gone.targets, base.targets)
 
 
 def test_span_dropout_removes_one_contiguous_stretch(prepared):
     b, idx = _batch(prepared, drop_span_coords=1.0)
     for row, ci in enumerate(idx):
         n = int(prepared.lengths[ci])
-        missing = torch.isnan(b["coords"][row, :n, CA_INDEX, 0]).numpy()
+        missing = torch.isnan(b.coords[row, :n, CA_INDEX, 0]).numpy()
         assert missing.any() and not missing.all()
         where = np.flatnonzero(missing)
         assert (np.diff(where) == 1).all()  # one stretch
@@ -62,8 +69,8 @@ def test_pretrain_records_it_and_only_dropout_trains_the_missing_flag(tmp_path, 
     for kw in ({}, {"drop_chain_coords": 0.3, "drop_span_coords": 0.5}):
         b, _ = _batch(prepared, **kw)
         model.zero_grad()
-        logits = model(b["tokens"], b["coords"], b["padding_mask"]).logits
-        logits[b["padding_mask"]].square().mean().backward()  # real residues only, as the MLM loss
+        logits = model(**b.inputs()).logits
+        logits[b.padding_mask].square().mean().backward()  # real residues only, as the MLM loss
         grads.append(model.coord_embed.weight.grad[:, 3].abs().max().item())
     assert grads[0] == 0.0 and grads[1] > 0.0
 
@@ -119,42 +126,49 @@ def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(pr
     ds = OneHole(prepared)
     idx = prepared.split_indices("train")[:12]
     plain = MaskedBatches(ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096), seed=5).collate(idx)
-    assert "withheld" not in plain
-    for kw in ({"drop_chain_coords": 1.0}, {"drop_span_coords": 1.0}):
+    assert plain.withheld is None and plain.stretch is None
+    for kw in ({"drop_chain_coords": 1.0}, {"drop_span_coords": 1.0}, {"withhold": "chain"}, {"withhold": "span"}):
         b = MaskedBatches(ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096, **kw), seed=5).collate(idx)
-        had = ~torch.isnan(plain["coords"][:, :, CA_INDEX]).any(-1) & plain["padding_mask"]
-        lost = torch.isnan(b["coords"][:, :, CA_INDEX]).any(-1) & had
-        assert torch.equal(b["withheld"], lost) and lost.any()
-        assert not b["withheld"][:, 3].any()
+        had = ~torch.isnan(plain.coords[:, :, CA_INDEX]).any(-1) & plain.padding_mask
+        lost = torch.isnan(b.coords[:, :, CA_INDEX]).any(-1) & had
+        assert torch.equal(b.withheld, lost) and lost.any()
+        assert not b.withheld[:, 3].any()
 
 
 def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
-    """span_action "cut": the drawn stretch is removed after masking, so each row is the hidden-stretch
-    row with those residues gone (tokens, targets, coordinates in the same frame); "mark" only reports
-    the stretch. Every row keeps its chain's other residues in order."""
-    hide, idx = _batch(prepared, drop_span_coords=1.0)
-    cut, _ = _batch(prepared, drop_span_coords=1.0, span_action="cut")
-    mark, _ = _batch(prepared, drop_span_coords=1.0, span_action="mark")
+    """withhold "cut": the drawn stretch is removed after masking, so each row is the hidden-stretch
+    row ("span") with those residues gone (tokens, targets, coordinates in the same frame); "none" only
+    reports the stretch. Every row keeps its chain's other residues in order. The evaluation
+    conditions draw exactly what structure dropout at probability 1 draws (the masks stay those that
+    were pinned when conditions were set as dropout probabilities)."""
+    hide, idx = _batch(prepared, withhold="span")
+    cut, _ = _batch(prepared, withhold="cut")
+    mark, _ = _batch(prepared, withhold="none")
     plain, _ = _batch(prepared)
-    for k in plain:  # "mark" feeds exactly the plain batch
-        assert torch.equal(torch.nan_to_num(mark[k]), torch.nan_to_num(plain[k])), k
-    assert torch.equal(mark["stretch"], hide["stretch"]) and not mark["withheld"].any()
-    assert not cut["stretch"].any() and not cut["withheld"].any()
+    for k, v in _fields(plain).items():  # "none" feeds exactly the plain batch
+        assert torch.equal(torch.nan_to_num(getattr(mark, k)), torch.nan_to_num(v)), k
+    assert torch.equal(mark.stretch, hide.stretch) and not mark.withheld.any()
+    assert not cut.stretch.any() and not cut.withheld.any()
+    for kw, cond in (({"drop_span_coords": 1.0}, hide), ({"drop_chain_coords": 1.0}, _batch(prepared, withhold="chain")[0])):
+        dropout, _ = _batch(prepared, **kw)
+        assert _fields(dropout).keys() == _fields(cond).keys()
+        for k, v in _fields(dropout).items():
+            assert torch.equal(torch.nan_to_num(v), torch.nan_to_num(getattr(cond, k))), (kw, k)
     for row in range(len(idx)):
-        keep = hide["padding_mask"][row] & ~hide["stretch"][row]
+        keep = hide.padding_mask[row] & ~hide.stretch[row]
         n = int(keep.sum())
-        assert 0 < n < int(hide["padding_mask"][row].sum())
-        assert int(cut["padding_mask"][row].sum()) == n
+        assert 0 < n < int(hide.padding_mask[row].sum())
+        assert int(cut.padding_mask[row].sum()) == n
         for k in ("tokens", "targets", "clean"):
-            assert torch.equal(cut[k][row, :n], hide[k][row][keep]), k
-        assert torch.equal(torch.nan_to_num(cut["coords"][row, :n]), torch.nan_to_num(hide["coords"][row][keep]))
-        assert (cut["targets"][row, n:] == -100).all() and not cut["padding_mask"][row, n:].any()
-    with pytest.raises(UsageError, match="span action"):
-        BatchSettings(span_action="drop")
-    with pytest.raises(UsageError, match="cut whole chains"):
-        BatchSettings(span_action="cut", drop_chain_coords=0.5)
+            assert torch.equal(getattr(cut, k)[row, :n], getattr(hide, k)[row][keep]), k
+        assert torch.equal(torch.nan_to_num(cut.coords[row, :n]), torch.nan_to_num(hide.coords[row][keep]))
+        assert (cut.targets[row, n:] == -100).all() and not cut.padding_mask[row, n:].any()
+    with pytest.raises(UsageError, match="withhold must be one of"):
+        BatchSettings(withhold="drop")
+    with pytest.raises(UsageError, match="replaces structure dropout"):
+        BatchSettings(withhold="cut", drop_chain_coords=0.5)
     with pytest.raises(UsageError, match="sequence crops"):
-        BatchSettings(span_action="cut", crop_mode="spatial")
+        BatchSettings(withhold="cut", crop_mode="spatial")
 
 
 def test_evaluate_scores_the_same_residues_outside_the_stretch_in_every_condition(prepared, capsys, tmp_path):
