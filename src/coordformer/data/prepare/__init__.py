@@ -45,13 +45,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .. import __version__
-from ..config import ConfigError, PrepareConfig
-from ..constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION, SEQRES_MODES
-from ..errors import CoordformerError
-from . import splits as _splits
-from . import store
-from .sanitize import sanitize_coords
+from ... import __version__
+from ...config import ConfigError, PrepareConfig
+from ...constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX, DATASET_FORMAT_VERSION, SEQRES_MODES
+from ...errors import CoordformerError
+from .. import splits as _splits
+from .. import store
+from ..sanitize import sanitize_coords
 
 #: Records per work unit for chain_set JSONL files.
 DEFAULT_CHUNK_LINES = 500
@@ -303,7 +303,7 @@ def _read_unit_chains(unit: dict, skipped: list[list[str]], wanted: Sequence[str
     """Read a unit's chains (only the author chain ids ``wanted`` when given; structure files with
     ``read_structure``'s ``seqres`` mode); unreadable files and records, and structure files without
     any of ``wanted``, are appended to ``skipped`` as input rows."""
-    from ..io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
+    from ...io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
 
     if wanted and unit["kind"] != "file":
         return [c for c in _read_unit_chains(unit, skipped) if selected_chain(getattr(c, "id", ""), wanted)]
@@ -501,7 +501,7 @@ def _empty_result(unit: dict, reason: str) -> dict[str, Any]:
 
 def _plan_units(sources: Sequence[Path], chunk_lines: int) -> tuple[list[dict], list[list]]:
     """Work units (sorted by source path, then line) and the sources' fingerprint."""
-    from ..io import count_lines, is_chain_set, is_fasta
+    from ...io import count_lines, is_chain_set, is_fasta
 
     units: list[dict] = []
     fp_sources: list[list] = []
@@ -632,7 +632,7 @@ class _Progress:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            from ..progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
+            from ...progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
             self.bar = Progress(
                 TextColumn("[bold]preparing"),
@@ -784,7 +784,7 @@ def _entry_names(path: str) -> list[str]:
     """Entry names for the chains of structure file ``path``, tried in order when its entry id is
     not unique: the file name without endings, then FOLDER_STEM (the numbered fallback is added by
     the caller)."""
-    from ..io.structures import _file_stem, _normalize_entry
+    from ...io.structures import _file_stem, _normalize_entry
 
     p = Path(path)
     stem = _normalize_entry("_".join(_file_stem(p).split()))
@@ -891,7 +891,7 @@ def _consolidate(
     log: _Log,
     t0: float,
 ) -> None:
-    from ..io import normalize_chain_id as norm
+    from ...io import normalize_chain_id as norm
 
     parts_dir = out / store.WORK_DIR / "parts"
     skipped_rows: list[tuple[str, str]] = [(str(p), str(r)) for p, r in bad_paths]
@@ -1152,7 +1152,7 @@ def prepare(
     an existing dataset or interrupted run in ``out_dir`` and starts over. Unreadable inputs and
     filtered chains are listed in ``skipped.tsv``; they never stop the run.
     """
-    from ..io import find_sources, read_id_list
+    from ...io import find_sources, read_id_list
 
     t0 = time.monotonic()
     config = config or PrepareConfig()
