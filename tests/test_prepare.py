@@ -407,26 +407,27 @@ KILL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from coordformer.config import PrepareConfig
     from coordformer.data import prepare as P
+    from coordformer.data.prepare import consolidate as C, pipeline as PL
     where, n_units, src, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if where == "units":
-        real, done = P._run_unit, [0]
+        real, done = PL.run_unit, [0]
         def hooked(*a, **k):
             r = real(*a, **k)
             done[0] += 1
             if done[0] >= n_units:
                 os.kill(os.getpid(), signal.SIGKILL)
             return r
-        P._run_unit = hooked
+        PL.run_unit = hooked
     elif where == "parallel":  # kill the parent while worker processes are busy
-        real_adv, done = P._Progress.advance, [0]
+        real_adv, done = PL._Progress.advance, [0]
         def advance(self, meta):
             real_adv(self, meta)
             done[0] += 1
             if done[0] >= n_units:
                 os.kill(os.getpid(), signal.SIGKILL)
-        P._Progress.advance = advance
+        PL._Progress.advance = advance
     else:
-        P._before_manifest = lambda out: os.kill(os.getpid(), signal.SIGKILL)
+        C._before_manifest = lambda out: os.kill(os.getpid(), signal.SIGKILL)
     workers = 2 if where == "parallel" else 1
     if __name__ == "__main__":
         P.prepare([src], out, PrepareConfig(min_length=10, valid_fraction=0.2, test_fraction=0.2), workers=workers, progress=False, chunk_lines=5)

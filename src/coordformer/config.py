@@ -200,6 +200,26 @@ class PrepareConfig(_Record):
     #: They count as lacking CA for max_missing_ca.
     seqres: str = "off"
 
+    #: Fields applied only when the dataset is assembled (always redone), so an interrupted prepare
+    #: run resumes when they change; every other field is in :meth:`unit_fingerprint`.
+    CONSOLIDATION_FIELDS = ("split", "split_identity", "valid_fraction", "test_fraction", "seed", "exclude_files")
+
+    def unit_fingerprint(self) -> dict[str, Any]:
+        """The fields a prepare work unit's output depends on (JSON-able): an interrupted run resumes
+        only when they are unchanged. Options are left out at their default, so that a run
+        interrupted before an option existed still resumes (and its state file still matches)."""
+        d: dict[str, Any] = {"min_length": self.min_length, "max_length": self.max_length,
+                             "max_missing_ca": self.max_missing_ca}
+        if self.plddt_min is not None:
+            d["plddt_min"] = self.plddt_min
+        if self.chains:
+            d["chains"] = list(self.chains)
+        if self.store_plddt:
+            d["store_plddt"] = True
+        if self.seqres != "off":
+            d["seqres"] = self.seqres
+        return d
+
 
 @dataclass(frozen=True)
 class TrainConfig(_Record):

@@ -1,0 +1,141 @@
+"""A crash-tolerant process pool for work units.
+
+A worker that dies (segfault, OOM kill) takes only its units with it: those are retried one at a
+time in isolated processes, and a unit that kills its process again is recorded as skipped. Workers
+exit on their own when the main process is gone, so a killed run leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Callable
+
+from ...config import PrepareConfig
+from .errors import PrepareError
+from .units import PartMeta, WorkUnit, empty_result, run_unit, write_part
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but not yet reaped process is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _worker_init(main_pid: int) -> None:
+    """Pool worker start-up: exit when the main process is gone (e.g. SIGKILLed), instead of
+    waiting forever for work that will never come."""
+    import threading
+
+    def watch() -> None:
+        while _process_alive(main_pid):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="coordformer-parent-watch", daemon=True).start()
+
+
+def _mp_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _pool(ctx, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+
+
+def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path, workers: int,
+                 on_done: Callable[[PartMeta], None], log: Callable[..., None]) -> None:
+    """Run ``pending`` units (each writes its part) in ``workers`` processes, with a bounded number
+    in flight; ``on_done`` gets each finished unit's meta in the main process. If a worker process
+    dies, the units in flight are retried one at a time in isolated processes; a unit that kills
+    its process again is recorded as skipped. Raises PrepareError when workers die before finishing
+    any unit (they cannot run at all, e.g. a script without a ``__main__`` guard)."""
+    ctx = _mp_context()
+    queue = list(reversed(pending))
+    max_in_flight = 2 * workers
+    suspects: list[WorkUnit] = []
+    n_ok = [0]  # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot run")
+
+    def done_ok(meta: PartMeta) -> None:
+        n_ok[0] += 1
+        on_done(meta)
+
+    while queue:
+        broken = False
+        with _pool(ctx, workers) as pool:
+            in_flight: dict[Any, WorkUnit] = {}
+            try:
+                while queue or in_flight:
+                    while queue and len(in_flight) < max_in_flight and not broken:
+                        u = queue.pop()
+                        try:
+                            in_flight[pool.submit(run_unit, u, config, str(parts_dir))] = u
+                        except BrokenProcessPool:
+                            queue.append(u)
+                            broken = True
+                    if not in_flight:
+                        break
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        u = in_flight.pop(fut)
+                        try:
+                            meta = fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            suspects.append(u)
+                        else:
+                            done_ok(meta)
+                    if broken:
+                        # collect everything else in flight; those finished stay finished
+                        for fut, u in list(in_flight.items()):
+                            try:
+                                meta = fut.result()
+                            except BrokenProcessPool:
+                                suspects.append(u)
+                            else:
+                                done_ok(meta)
+                        in_flight.clear()
+                        break
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        if broken:
+            log(f"a worker process died; retrying {len(suspects)} unit(s) one at a time", logging.WARNING)
+            for u in suspects:
+                on_done(_retry_alone(ctx, u, config, parts_dir, n_ok, log))
+            suspects = []
+
+
+def _retry_alone(ctx, unit: WorkUnit, config: PrepareConfig, parts_dir: Path, n_ok: list[int],
+                 log: Callable[..., None]) -> PartMeta:
+    """Run one suspect unit in a process of its own; a second crash records it as skipped."""
+    with _pool(ctx, 1) as solo:
+        try:
+            meta = solo.submit(run_unit, unit, config, str(parts_dir)).result()
+            n_ok[0] += 1
+            return meta
+        except BrokenProcessPool:
+            if n_ok[0] == 0:
+                raise PrepareError(
+                    "worker processes die before finishing any input; run with workers=1 to see why "
+                    "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` guard)"
+                ) from None
+            result = empty_result(unit, "worker process crashed while reading this input (killed by a signal or out of memory)")
+            write_part(parts_dir, unit.key, result)
+            log(f"{unit.label}: worker crashed on this input twice; skipped", logging.WARNING)
+            return result.meta

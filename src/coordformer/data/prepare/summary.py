@@ -1,0 +1,125 @@
+"""What a prepare run did: counts for the log, the manifest and the command's output."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import store
+
+
+@dataclass
+class PrepareSummary:
+    out_dir: str
+    n_sources: int = 0
+    n_units: int = 0
+    units_resumed: int = 0
+    chains_read: int = 0
+    chains_kept: int = 0
+    n_residues: int = 0
+    inputs_skipped: int = 0
+    chains_filtered: dict[str, int] = field(default_factory=dict)
+    excluded_ids_found: int = 0
+    excluded_ids_listed: int = 0
+    #: listed ids matching no chain exactly (all in exclude_unmatched.txt), and of those the near
+    #: misses excluded in their place, as "LISTED -> CHAIN (how)"
+    excluded_ids_unmatched: int = 0
+    excluded_near_misses: list[str] = field(default_factory=list)
+    #: structure files whose own entry name (mmCIF block name / HEADER id) is not an archive id, so
+    #: their chains are named after the file; and files renamed because another file used their
+    #: entry id for a different chain
+    files_generic_entry: int = 0
+    files_renamed: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    n_clusters: int | None = None
+    #: With PrepareConfig.seqres: unobserved residues put back, chains that got any, and kept
+    #: structure-file chains left as modelled for want of a usable deposited sequence.
+    seqres_residues_inserted: int = 0
+    seqres_chains_filled: int = 0
+    seqres_unavailable: list[str] = field(default_factory=list)
+    seqres_mode: str = "off"
+    #: kept chains whose every present coordinate is exactly 0 (a placeholder, not a structure)
+    chains_zero_coords: int = 0
+    zero_coords_examples: list[str] = field(default_factory=list)
+    #: with PrepareConfig.chains: the requested author chain ids that no input has
+    chains_not_found: list[str] = field(default_factory=list)
+    #: splits that came out empty although their fraction is above 0
+    empty_splits: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def n_skipped(self) -> int:
+        """Rows of skipped.tsv: skipped inputs plus filtered chains."""
+        return self.inputs_skipped + sum(self.chains_filtered.values())
+
+    def format(self) -> str:
+        filt = ", ".join(f"{k}: {v}" for k, v in sorted(self.chains_filtered.items())) or "none"
+        spl = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        lines = [
+            f"prepared dataset: {self.out_dir}",
+            f"  sources: {self.n_sources} ({self.n_units} work units, {self.units_resumed} resumed from an interrupted run)",
+            f"  chains read: {self.chains_read}; kept: {self.chains_kept} ({self.n_residues} residues)",
+            f"  inputs skipped (unreadable files/records): {self.inputs_skipped}",
+            f"  chains filtered: {filt}",
+            f"  splits: {spl}" + (f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""),
+            f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed"
+            + (f"; {self.excluded_ids_unmatched} match no chain exactly (see {store.EXCLUDE_UNMATCHED_FILE}), "
+               f"{len(self.excluded_near_misses)} of them excluded as near misses" if self.excluded_ids_unmatched else ""),
+        ]
+        if self.files_generic_entry or self.files_renamed:
+            lines.append(f"  ids from file names: {self.files_generic_entry} files with a generic block name / HEADER id, "
+                         f"{self.files_renamed} files whose entry id another file uses for a different chain")
+        if self.seqres_mode != "off":
+            n_un = len(self.seqres_unavailable)
+            eg = f" (e.g. {', '.join(self.seqres_unavailable[:3])})" if n_un else ""
+            lines.append(f"  seqres ({self.seqres_mode}): {self.seqres_residues_inserted} unobserved residues put back in "
+                         f"{self.seqres_chains_filled} chains; {n_un} chains without a usable deposited sequence, "
+                         f"kept as modelled{eg}")
+        if self.chains_not_found:
+            lines.append(f"  WARNING: --chains {', '.join(self.chains_not_found)}: no input has a protein chain with "
+                         f"{'this author id' if len(self.chains_not_found) == 1 else 'these author ids'}")
+        if not self.chains_kept:
+            lines.append("  WARNING: no chain passed, so the dataset is empty (skipped.tsv says why each input was dropped)")
+        elif self.empty_splits:
+            lines.append(f"  WARNING: the {' and '.join(self.empty_splits)} split{'s are' if len(self.empty_splits) > 1 else ' is'} "
+                         f"empty: {self.chains_kept} chains are too few for the fractions asked; commands that use "
+                         f"{'them' if len(self.empty_splits) > 1 else 'it'} (pretrain validation, evaluate --split) get no chains")
+        if self.chains_zero_coords:
+            lines.append(f"  WARNING: {self.chains_zero_coords} kept chains have every coordinate at (0, 0, 0), a placeholder "
+                         f"rather than a structure (e.g. {', '.join(self.zero_coords_examples[:3])}); a coordinate model "
+                         "sees them as one point")
+        lines += [
+            f"  elapsed: {self.elapsed_s:.1f} s",
+        ]
+        return "\n".join(lines)
+
+
+class RunLog:
+    """Where a run's messages go: every line, time-stamped, is kept for prepare.log and also passed
+    to the caller's ``log`` (a callable, a ``logging.Logger`` or an object with info/warning);
+    without one, warnings go to stderr."""
+
+    def __init__(self, log: Callable[[str], None] | logging.Logger | Any | None):
+        self.user = log
+        self.lines: list[str] = []
+
+    def __call__(self, msg: str, level: int = logging.INFO) -> None:
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        self.lines.append(f"[{stamp}] {msg}")
+        if self.user is None:
+            if level >= logging.WARNING:
+                print(msg, file=sys.stderr)
+            return
+        if isinstance(self.user, logging.Logger):
+            self.user.log(level, msg)
+        elif hasattr(self.user, "info") and not callable(self.user):
+            (self.user.warning if level >= logging.WARNING else self.user.info)(msg)
+        else:
+            self.user(msg)
