@@ -14,8 +14,14 @@ import torch
 from coordformer.batch import Batch
 from coordformer.config import preset
 from coordformer.constants import PAD
-from coordformer.data.batching import (BatchSettings, MaskedBatches, collate_chains, inference_plan, token_budget_batches,
-                                       unmasked_batches)
+from coordformer.data.batching import (
+    BatchSettings,
+    MaskedBatches,
+    collate_chains,
+    inference_plan,
+    token_budget_batches,
+    unmasked_batches,
+)
 from coordformer.data.complexes import complex_batch
 from coordformer.data.windows import windowed_forward
 from coordformer.model import CoordFormer
@@ -72,7 +78,8 @@ def test_encode_pools_as_the_hand_written_masked_mean():
     b = _toy()
     for layer in (None, 0, 1):
         hidden, pooled = encode(model, b, layer)
-        out = model(b.tokens, b.coords, b.padding_mask, repr_layers=() if layer is None else (layer,), plddt=b.plddt)
+        reps = () if layer is None else (layer,)
+        out = model(b.tokens, b.coords, b.padding_mask, repr_layers=reps, plddt=b.plddt)
         h = out.hidden if layer is None else out.representations[layer]
         assert torch.equal(hidden, h)
         m = b.padding_mask.unsqueeze(-1).to(h.dtype)  # the pooling embed.py and finetune.py wrote out before
@@ -80,7 +87,8 @@ def test_encode_pools_as_the_hand_written_masked_mean():
         assert torch.allclose(pooled[1], h[1, :2].mean(0), atol=1e-6)
     no_coords, _ = encode(model, b, use_coords=False)
     assert torch.equal(no_coords, model(b.tokens, None, b.padding_mask, plddt=b.plddt).hidden)
-    assert torch.equal(masked_mean(torch.ones(1, 3, 2), torch.zeros(1, 3, dtype=torch.bool)), torch.zeros(1, 2))
+    empty = torch.zeros(1, 3, dtype=torch.bool)
+    assert torch.equal(masked_mean(torch.ones(1, 3, 2), empty), torch.zeros(1, 2))
 
 
 def test_every_batcher_returns_a_batch(prepared):
@@ -89,9 +97,9 @@ def test_every_batcher_returns_a_batch(prepared):
     masked = MaskedBatches(prepared, idx, s, seed=3)[0]
     assert isinstance(masked, Batch) and masked.targets is not None and masked.clean is not None
     assert masked.withheld is None and masked.positions is None
-    spatial = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, crop_mode="spatial"), seed=3).collate(idx)
+    spatial = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, crop_mode="spatial"), seed=3)[0]
     assert isinstance(spatial, Batch) and spatial.positions is not None
-    evaluation = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, withhold="span"), seed=3).collate(idx)
+    evaluation = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, withhold="span"), seed=3)[0]
     assert evaluation.withheld is not None and evaluation.stretch is not None
     plain = list(unmasked_batches(prepared, idx, 40, 400))
     assert all(isinstance(b, Batch) and b.targets is None and b.clean is None for b in plain)
@@ -101,8 +109,10 @@ def test_every_batcher_returns_a_batch(prepared):
     assert isinstance(cx, Batch) and cx.chain is not None and cx.positions is not None
     from coordformer.function.finetune import FinetuneConfig, _StructureBatches
 
-    labelled = _StructureBatches(prepared, idx, np.zeros((len(idx), 2), np.float32), FinetuneConfig(max_length=40), True)[0]
-    assert isinstance(labelled["batch"], Batch) and labelled["batch"].targets is None and len(labelled["rows"])
+    labels = np.zeros((len(idx), 2), np.float32)
+    labelled = _StructureBatches(prepared, idx, labels, FinetuneConfig(max_length=40), True)[0]
+    assert isinstance(labelled["batch"], Batch) and labelled["batch"].targets is None
+    assert len(labelled["rows"]) == len(labelled["batch"])
     seen = []
     windowed_forward(lambda w: seen.append(w) or w.tokens[..., None].float(), plain[-1], 16, 4, 64)
     assert seen and all(isinstance(w, Batch) and w.coords is not None for w in seen)
@@ -124,7 +134,8 @@ def test_unmasked_batches_crop_and_rotate_as_the_masked_ones(prepared):
     assert torch.equal(a.tokens, m.clean) and torch.equal(a.coords.nan_to_num(), m.coords.nan_to_num())
     lengths = prepared.lengths[idx]
     plan = inference_plan(lengths, 30, 10)  # the budget is at least one crop
-    assert [p.tolist() for p in plan] == [p.tolist() for p in token_budget_batches(np.minimum(lengths, 30), 30, None)]
+    want = token_budget_batches(np.minimum(lengths, 30), 30, None)
+    assert [p.tolist() for p in plan] == [p.tolist() for p in want]
 
 
 def test_lightning_moves_a_batch_and_a_dict_holding_one():
@@ -134,7 +145,7 @@ def test_lightning_moves_a_batch_and_a_dict_holding_one():
 
     b = _toy()
     moved = move_data_to_device(b, torch.device("meta"))
-    assert isinstance(moved, Batch) and moved.tokens.device.type == "meta" and moved.plddt.device.type == "meta"
+    assert isinstance(moved, Batch) and moved.tokens.device.type == moved.plddt.device.type == "meta"
     nested = move_data_to_device({"batch": b, "labels": torch.ones(2, 3)}, torch.device("meta"))
     assert isinstance(nested["batch"], Batch) and nested["batch"].coords.device.type == "meta"
     module = MaskedLMModule(preset("tiny-0.1m").to_dict(), {})
@@ -147,7 +158,8 @@ def test_dataloader_workers_hand_over_batches(prepared):
     ds = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, tokens_per_batch=400), seed=1)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
     got = next(iter(loader))
-    assert isinstance(got, Batch) and torch.equal(got.tokens, ds[0].tokens) and torch.equal(got.targets, ds[0].targets)
+    assert isinstance(got, Batch)
+    assert torch.equal(got.tokens, ds[0].tokens) and torch.equal(got.targets, ds[0].targets)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning needs CUDA")
@@ -169,6 +181,7 @@ def test_evaluation_conditions_keep_the_cli_values():
     from coordformer.eval.mlm import HIDE_COORDS, WITHHOLD_OF_HIDE_COORDS
 
     assert HIDE_COORDS == ("none", "all", "span", "cut")
-    assert WITHHOLD_OF_HIDE_COORDS["all"] == "chain" and set(WITHHOLD_OF_HIDE_COORDS.values()) == set(WITHHOLD)
+    assert WITHHOLD_OF_HIDE_COORDS["all"] == "chain"
+    assert set(WITHHOLD_OF_HIDE_COORDS.values()) == set(WITHHOLD)
     assert BatchSettings().withhold is None and not BatchSettings().draws_stretch
     assert BatchSettings(withhold="none").draws_stretch

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import synthetic_chains, write_jsonl
 
-from coordformer.config import ModelConfig, PrepareConfig
 from coordformer.batch import Batch
+from coordformer.config import ModelConfig, PrepareConfig
 from coordformer.data.batching import unmasked_batches
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset

@@ -95,7 +95,8 @@ class Batch:
     def inputs(self, use_coords: bool = True) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless ``use_coords``),
         padding_mask, and positions / plddt where the batch holds them."""
-        out = {"tokens": self.tokens, "coords": self.coords if use_coords else None, "padding_mask": self.padding_mask}
+        out = {"tokens": self.tokens, "coords": self.coords if use_coords else None,
+               "padding_mask": self.padding_mask}
         for name in _OPTIONAL_INPUTS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)

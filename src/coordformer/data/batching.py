@@ -107,7 +107,8 @@ class BatchSettings:
         if self.withhold is not None and self.withhold not in WITHHOLD:
             raise UsageError(f"withhold must be one of {', '.join(WITHHOLD)}, not {self.withhold!r}")
         if self.withhold is not None and (self.drop_chain_coords or self.drop_span_coords):
-            raise UsageError("an evaluation condition (withhold) replaces structure dropout: leave drop_*_coords at 0")
+            raise UsageError("an evaluation condition (withhold) replaces structure dropout: "
+                             "leave drop_*_coords at 0")
         if self.withhold == "cut" and self.crop_mode == "spatial":  # explicit positions would not close up
             raise UsageError("withhold 'cut' works with sequence crops only")
 
@@ -247,12 +248,14 @@ def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, 
         at = np.arange(n)
         with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0])) if spatial and n > s.crop_length else None
         if with_ca is not None and len(with_ca):
-            pick = int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop else len(with_ca) // 2
+            pick = (int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop
+                    else len(with_ca) // 2)
             at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
             seq, xyz = seq[at], xyz[at]
         elif n > s.crop_length:
             start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
-            seq, xyz, at = seq[start : start + s.crop_length], xyz[start : start + s.crop_length], at[start : start + s.crop_length]
+            window = slice(start, start + s.crop_length)
+            seq, xyz, at = seq[window], xyz[window], at[window]
         seqs.append(np.asarray(seq))
         xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
         if with_plddt:
@@ -332,7 +335,8 @@ def _withhold(coords: torch.Tensor, lengths: list[int], gens: list[torch.Generat
 
 
 #: What a row is padded with, per Batch field (others: 0 / False).
-_FILL = {"tokens": PAD, "clean": PAD, "targets": -100, "coords": float("nan"), "plddt": float("nan"), "chain": -1}
+_FILL = {"tokens": PAD, "clean": PAD, "targets": -100, "coords": float("nan"), "plddt": float("nan"),
+         "chain": -1}
 
 
 def _cut(batch: Batch, drop: torch.Tensor) -> Batch:
@@ -407,7 +411,7 @@ def unmasked_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: 
     with per-chain seeded generators when ``rotate``. ``Batch.index`` gives each row's chain index.
     For inference passes (embedding, attention analysis)."""
     idx = np.asarray(idx, dtype=np.int64)
-    settings = BatchSettings(crop_length=crop_length, tokens_per_batch=max(tokens_per_batch, crop_length), rotate=rotate,
-                             random_crop=False)
+    settings = BatchSettings(crop_length=crop_length, tokens_per_batch=max(tokens_per_batch, crop_length),
+                             rotate=rotate, random_crop=False)
     for members in inference_plan(data.lengths[idx], crop_length, tokens_per_batch):
         yield collate_chains(data, idx[members], settings, seed, masked=False)

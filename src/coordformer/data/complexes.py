@@ -60,8 +60,8 @@ def complex_span(lengths: np.ndarray, gap: int) -> int:
 def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
     """One padded model input holding whole complexes (no crop, no rotation; the model centres).
 
-    Returns a :class:`Batch` with tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN missing/padding),
-    padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts ``gap`` after
+    Returns a :class:`Batch` with tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN
+    missing/padding), padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts ``gap`` after
     chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the complex,
     -1 at padding); with a dataset that stores pLDDT also plddt [B, L] (NaN unknown/padding).
     L = the most residues of any complex in the batch.
@@ -84,4 +84,5 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
             if plddt is not None:
                 plddt[r, at : at + n] = torch.from_numpy(np.array(data.plddt(int(ci)), dtype=np.float32))
             at, pos = at + n, pos + n + gap
-    return Batch(tokens=tokens, coords=coords, padding_mask=chain >= 0, positions=positions, plddt=plddt, chain=chain)
+    return Batch(tokens=tokens, coords=coords, padding_mask=chain >= 0, positions=positions, plddt=plddt,
+                 chain=chain)

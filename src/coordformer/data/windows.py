@@ -85,7 +85,8 @@ def windowed_forward(run: Callable[[Batch], torch.Tensor], batch: Batch, window:
     Returns: [B, L, ...] on ``run``'s device, zeros at padding.
     """
     if batch.positions is not None:
-        raise ValueError("windowed_forward: batches with explicit positions (spatial crops, complexes) are not windowed")
+        raise ValueError("windowed_forward: batches with explicit positions (spatial crops, complexes) "
+                         "are not windowed")
     tokens, coords, mask, plddt = batch.tokens, batch.coords, batch.padding_mask, batch.plddt
     dev = tokens.device
     lengths = mask.sum(1).tolist()
@@ -103,7 +104,8 @@ def windowed_forward(run: Callable[[Batch], torch.Tensor], batch: Batch, window:
         pos = torch.where(keep, torch.tensor([c[1] for c in chunk], device=dev).unsqueeze(1) + torch.arange(w, device=dev), 0)
         sub = Batch(
             tokens=torch.where(keep, tokens[rows, pos], PAD),
-            coords=None if coords is None else torch.where(keep[:, :, None, None], coords[rows, pos], float("nan")),
+            coords=(None if coords is None
+                    else torch.where(keep[:, :, None, None], coords[rows, pos], float("nan"))),
             padding_mask=keep.to(mask.device),
             plddt=None if plddt is None else torch.where(keep, plddt[rows, pos], float("nan")),
         )

@@ -111,8 +111,8 @@ def evaluate_mlm(
             b = batches[i]
             on = b.to(device)
             if on.tokens.shape[1] > crop_length:
-                full = windowed_forward(lambda w: model(**w.inputs(feed_coords)).logits, on, crop_length, overlap,
-                                        tokens_per_batch)
+                full = windowed_forward(lambda w: model(**w.inputs(feed_coords)).logits, on, crop_length,
+                                        overlap, tokens_per_batch)
             else:
                 full = model(**on.inputs(feed_coords)).logits
             sel = b.targets != -100
@@ -126,7 +126,8 @@ def evaluate_mlm(
             # every condition draws a stretch (settings above), so the batch always reports it;
             # withheld: had coordinates, dropped here (not those the structure itself lacks)
             has_ca = ~torch.isnan(b.coords[:, :, CA_INDEX]).any(-1)
-            parts = {"hidden": b.withheld, "stretch": b.stretch & (b.withheld | has_ca), "outside": ~b.stretch}
+            parts = {"hidden": b.withheld, "stretch": b.stretch & (b.withheld | has_ca),
+                     "outside": ~b.stretch}
             for k, m in parts.items():
                 m = m[sel]
                 acc = subsets[k]

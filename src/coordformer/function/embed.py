@@ -214,7 +214,8 @@ def _embed_complexes(model, data: PreparedDataset, idx: np.ndarray, cfg: EmbedCo
                     mean = masked_mean(h[r : r + 1], (chain_of == k)[None])[0]  # over chain k's residues only
                     writer.add(data.ids[ci], len(hk), mean.numpy(), hk.numpy() if cfg.per_residue else None,
                                *_residue_info(data, ci, len(hk), cfg.per_residue))
-                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), int(b.lengths[r]), pooled[r].numpy())
+                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), int(b.lengths[r]),
+                                   pooled[r].numpy())
                 n_chains += len(members)
             bar.advance(task, len(batch_rows))
     return {"chains": n_chains, "complexes": len(kept), "complexes_skipped": int((~fits).sum()), "chain_gap": cfg.chain_gap}
@@ -229,7 +230,7 @@ def iter_pooled(model, data: PreparedDataset, idx: np.ndarray, layer: int | None
     for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
         with torch.no_grad():
             h, mean = encode(model, b.to(device), layer, use_coords)
-        yield b.index.numpy(), b.lengths.numpy(), mean.detach().cpu().numpy().astype(np.float32), h.detach().cpu()
+        yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
 
 
 def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | None, use_coords: bool, window: int,
@@ -253,7 +254,7 @@ def iter_windowed(model, data: PreparedDataset, idx: np.ndarray, layer: int | No
             h = windowed_forward(lambda w: encode(model, w, layer, use_coords)[0], on, window, overlap,
                                  max(tokens_per_batch, window))
         mean = masked_mean(h, on.padding_mask)
-        yield b.index.numpy(), b.lengths.numpy(), mean.detach().cpu().numpy().astype(np.float32), h.detach().cpu()
+        yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
 
 
 def _residue_info(data: PreparedDataset, ci: int, n: int, per_residue: bool) -> tuple[str, np.ndarray | None]:

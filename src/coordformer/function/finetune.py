@@ -176,7 +176,8 @@ class _StructureBatches(torch.utils.data.Dataset):
 
     def __init__(self, data: PreparedDataset, idx: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, train: bool):
         self.data, self.idx, self.y, self.cfg, self.train = data, idx, torch.from_numpy(y), cfg, train
-        self.settings = BatchSettings(crop_length=cfg.max_length, tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
+        self.settings = BatchSettings(crop_length=cfg.max_length,
+                                      tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
                                       rotate=train, random_crop=train)
         self.lengths = np.minimum(data.lengths[idx], cfg.max_length)
         self.epoch = 0
@@ -193,7 +194,8 @@ class _StructureBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         members = self._plan[k]
-        b = collate_chains(self.data, self.idx[members], self.settings, self.cfg.seed, self.epoch, masked=False)
+        b = collate_chains(self.data, self.idx[members], self.settings, self.cfg.seed, self.epoch,
+                           masked=False)
         return {"batch": b, "labels": self.y[members], "rows": torch.from_numpy(np.asarray(members))}
 
 
