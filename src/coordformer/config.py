@@ -15,13 +15,9 @@ from typing import Any, TypeVar
 import yaml
 
 from .constants import VOCAB_SIZE
-from .errors import UsageError
+from .errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(UsageError, ValueError):
-    """A configuration value is invalid; the message says which and what to do."""
 
 
 def _from_dict(cls: type[T], d: dict[str, Any]) -> T:

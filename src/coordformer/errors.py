@@ -9,6 +9,48 @@ class UsageError(CoordformerError):
     """A bad argument, a missing file, or a combination that cannot work; the message says what to do."""
 
 
+class ConfigError(UsageError, ValueError):
+    """A configuration value, or a combination of values, that cannot work (the one configuration
+    error type: config records, presets, recipes and keyword arguments all raise it)."""
+
+
+class OptionError(ConfigError):
+    """A parameter whose value cannot work, named as the Python API names it.
+
+    ``option``: the keyword / config field (``"crop_length"``); ``value``: what was given; ``reason``:
+    why it cannot work, in terms that hold for the API and the CLI alike. ``str()`` reads
+    ``crop_length=2000: exceeds the model's max_len 1024``; the CLI prints the flag instead
+    (``--crop-length 2000: ...``, :meth:`flag_message`)."""
+
+    def __init__(self, option: str, value, reason: str):
+        self.option, self.value, self.reason = option, value, reason
+        super().__init__(f"{option}={value}: {reason}")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+    def flag_message(self) -> str:
+        return f"{self.flag} {self.value}: {self.reason}"
+
+
+class SequenceTooLong(CoordformerError, ValueError):
+    """A chain (or batch row) longer than the model can take: ``length`` residues against the model's
+    ``max_len``; ``chain_id`` when known, ``option`` the setting that bounds the length fed to the
+    model (``crop_length`` or ``window``) if the caller has one. The CLI adds the flag to change."""
+
+    def __init__(self, length: int, max_len: int, chain_id: str | None = None, option: str | None = "crop_length"):
+        self.length, self.max_len, self.chain_id, self.option = int(length), int(max_len), chain_id, option
+        what = f"chain {chain_id}" if chain_id else "sequence"
+        super().__init__(f"{what} of length {self.length} exceeds the model's max_len {self.max_len}"
+                         + (f"; lower {option}" if option else ""))
+
+    def flag_message(self) -> str:
+        what = f"chain {self.chain_id}" if self.chain_id else "sequence"
+        flag = f"; use a smaller --{self.option.replace('_', '-')}" if self.option else ""
+        return f"{what} of length {self.length} exceeds the model's max_len {self.max_len}{flag}"
+
+
 class TrainingDivergedError(CoordformerError):
     """Training produced non-finite gradients step after step; the last good checkpoint stands."""
 
