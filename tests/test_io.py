@@ -390,17 +390,13 @@ def test_io_modules_form_layers_without_cycles_or_private_imports():
 
     for node in graph:
         visit(node, [])
-    # outside io, nothing imports a private io name either; data.prepare's two are kept as aliases in
-    # io.structures until it imports the public coordformer.io.file_stem / normalize_entry
-    tolerated = {"_file_stem", "_normalize_entry"}
+    # outside io, nothing imports a private io name either
     for p in IO_SRC.parent.rglob("*.py"):
         if p.parent == IO_SRC:
             continue
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and "io" in node.module.split("."):
                 private = {a.name for a in node.names if a.name.startswith("_")}
-                if "prepare" in p.parts or p.stem == "prepare":
-                    private -= tolerated
                 assert not private, (p, node.module, private)
 
 

@@ -48,10 +48,6 @@ __all__ = [
     "read_id_list",
 ]
 
-# Names data/prepare.py imported from here before the io split; the public ones are
-# coordformer.io.file_stem and coordformer.io.normalize_entry.
-_file_stem, _normalize_entry = file_stem, normalize_entry
-
 _N_ATOMS = len(BACKBONE_ATOMS)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PROTEIN_TYPES = (gemmi.PolymerType.PeptideL, gemmi.PolymerType.PeptideD)

@@ -371,10 +371,10 @@ def _entry_names(path: str) -> list[str]:
     """Entry names for the chains of structure file ``path``, tried in order when its entry id is
     not unique: the file name without endings, then FOLDER_STEM (the numbered fallback is added by
     the caller)."""
-    from ...io.structures import _file_stem, _normalize_entry
+    from ...io import file_stem, normalize_entry
 
     p = Path(path)
-    stem = _normalize_entry("_".join(_file_stem(p).split()))
+    stem = normalize_entry("_".join(file_stem(p).split()))
     names = [stem]
     if p.parent.name:
         names.append("_".join(f"{p.parent.name}_{stem}".split()))

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from ...constants import AMINO_ACIDS, BACKBONE_ATOMS, CA_INDEX
+from ...alphabet import ascii_to_letter_table
+from ...constants import BACKBONE_ATOMS, CA_INDEX
 from ..sanitize import sanitize_coords
 
 # Filter categories: keys of manifest["counts"]["chains_filtered"] and the first words of the
@@ -169,9 +170,7 @@ def selected_chain(chain_id: str, chains: Sequence[str]) -> bool:
     return str(chain_id).rsplit(".", 1)[-1] in chains
 
 
-_ASCII_TABLE = np.frombuffer(
-    bytes(ord(chr(b).upper()) if chr(b).upper() in AMINO_ACIDS else ord("X") for b in range(256)), dtype=np.uint8
-)
+_ASCII_TABLE = np.frombuffer(ascii_to_letter_table(), dtype=np.uint8)
 
 
 def seq_to_bytes(seq: str) -> np.ndarray:
