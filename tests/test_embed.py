@@ -9,7 +9,7 @@ import torch
 from conftest import DATA
 
 from coordformer.cli import main
-from coordformer.function.embed import EmbedConfig, embed, read_embeddings
+from coordformer.embed import EmbedConfig, embed, read_embeddings
 from coordformer.model.checkpoints import load_model
 
 
@@ -90,7 +90,7 @@ def test_hdf5_per_residue_keys_escape_slashes_and_keep_the_original_ids(tmp_path
     residue_keys lists each row's key beside ids, and unquote gives the id back."""
     from urllib.parse import unquote
 
-    from coordformer.function.embed import residue_key
+    from coordformer.embed import residue_key
 
     fasta = tmp_path / "seqs.fasta"
     names = ["PF1/1-40", "PF1/41-80", "odd%2Fname", "plain"]
@@ -107,3 +107,71 @@ def test_hdf5_per_residue_keys_escape_slashes_and_keep_the_original_ids(tmp_path
             assert key == residue_key(cid) and unquote(key) == cid and "/" not in key
             assert f["residues"][key].shape == (f["lengths"][i], 256)
     assert residue_key("..") == "%2E%2E" and residue_key("a%b") == "a%25b"
+
+
+# ----------------------------------------------------------------------------------------------
+# raw inputs are read in memory, as prepare would store them
+# ----------------------------------------------------------------------------------------------
+
+
+def _embed_config():
+    from coordformer.config import PrepareConfig
+
+    return PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, store_plddt=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_read_in_memory_holds_what_prepare_stores(tmp_path, structures, workers):
+    from coordformer.data.memory import MemoryDataset
+    from coordformer.data.prepare import prepare, read_in_memory
+    from coordformer.data.store import PreparedDataset
+
+    shutil.copy(DATA / "1orc.pdb", structures / "copy_of_1orc.pdb")  # a real duplicate: dropped, logged
+    prepare([str(structures)], tmp_path / "ds", _embed_config(), progress=False)
+    disk = PreparedDataset(tmp_path / "ds")
+    mem, summary = read_in_memory([str(structures)], _embed_config(), workers=workers, progress=False,
+                                  skipped_path=tmp_path / "skipped.tsv")
+    assert isinstance(mem, MemoryDataset) and mem.ids == disk.ids and len(mem) == len(disk) > 3
+    assert np.array_equal(mem.lengths, disk.lengths) and mem.has_plddt and disk.has_plddt
+    for i in range(len(disk)):
+        assert mem.sequence(i) == disk.sequence(i) and mem.source(i) == disk.source(i)
+        assert np.array_equal(mem.coords(i), disk.coords(i), equal_nan=True)
+        assert np.array_equal(mem.plddt(i), disk.plddt(i), equal_nan=True)
+    assert (tmp_path / "skipped.tsv").read_text() == (tmp_path / "ds" / "skipped.tsv").read_text()
+    assert summary.inputs_skipped == 1 and summary.chains_filtered == {"duplicate id": 1}
+    assert summary.chains_kept == len(disk) and summary.in_memory
+    assert "in memory" in summary.format() and "splits" not in summary.format()
+    assert not mem.coords(0).flags.writeable  # read-only, as a dataset's memory maps are
+
+
+def test_embed_writes_no_dataset_and_workers_do_not_change_the_output(tmp_path, structures, monkeypatch):
+    import coordformer.data.prepare as P
+
+    def no_prepare(*a, **k):
+        raise AssertionError("embed wrote a prepared dataset")
+
+    monkeypatch.setattr(P, "prepare", no_prepare)
+    monkeypatch.setattr(P.pipeline, "prepare", no_prepare)
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    res = embed("small-coords", [str(structures)], one, EmbedConfig(), progress=False, echo=lambda s: None)
+    embed("small-coords", [str(structures)], two, EmbedConfig(), workers=2, progress=False, echo=lambda s: None)
+    assert res["prepare"]["inputs_skipped"] == 1 and res["prepare"]["chains_kept"] == res["chains"]
+    (ids1, m1), (ids2, m2) = read_embeddings(one), read_embeddings(two)
+    assert ids1 == ids2 and np.array_equal(m1, m2)
+    assert "junk.pdb" in (tmp_path / "two.npz.skipped.tsv").read_text()
+
+
+def test_embed_raw_input_errors_carry_the_option(tmp_path, structures):
+    from coordformer.data.prepare import PrepareError
+    from coordformer.errors import OptionError
+
+    with pytest.raises(OptionError) as err:  # raw inputs have no splits
+        embed("small-coords", [str(structures)], tmp_path / "s.npz", EmbedConfig(split="test"), progress=False)
+    assert err.value.option == "split" and err.value.flag_message().startswith("--split test: ")
+    with pytest.raises(OptionError) as err:
+        embed("small-coords", [str(structures)], tmp_path / "w.npz", EmbedConfig(window=8192), progress=False)
+    assert err.value.flag_message() == "--window 8192: exceeds the model's max_len 4096"
+    # --chains that match nothing: an error, and the skip log names each input's chains
+    with pytest.raises(PrepareError, match="matched no protein chain"):
+        embed("small-coords", [str(structures)], tmp_path / "c.npz", EmbedConfig(chains=("Q",)), progress=False)
+    assert "1LCD" in (tmp_path / "c.npz.skipped.tsv").read_text()

@@ -12,11 +12,12 @@ from coordformer.data.batching import unmasked_batches
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.data.windows import plan_windows, windowed_forward
-from coordformer.errors import UsageError
+from coordformer.errors import OptionError, SequenceTooLong, UsageError
 from coordformer.eval.mlm import evaluate_mlm
-from coordformer.function.embed import EmbedConfig, embed, iter_pooled, iter_windowed
+from coordformer.embed import EmbedConfig, embed, iter_pooled, iter_windowed
 from coordformer.model import CoordFormer
 from coordformer.model.checkpoints import export_model
+from coordformer.score.marginals import ScoreConfig
 
 LONG = 2500
 
@@ -137,8 +138,11 @@ def test_embed_writes_full_length_per_residue_embeddings_for_a_long_chain(tmp_pa
 
 def test_evaluate_refuses_too_long_chains_up_front_and_windows_them_on_request(long_ds):
     model = _tiny()
-    with pytest.raises(UsageError, match=r"LONG\.A has 2500 residues.*max_len 512.*--windows"):
+    with pytest.raises(SequenceTooLong, match=r"LONG\.A of length 2500 .*max_len 512.*`windows=True`") as e:
         evaluate_mlm(model, long_ds, "train", crop_length=1024, progress=False)
+    assert isinstance(e.value, UsageError)  # what callers caught before the error carried its data
+    assert (e.value.length, e.value.max_len, e.value.chain_id) == (LONG, 512, "LONG.A")
+    assert (e.value.option, e.value.alternative) == ("crop_length", "windows")
     cropped = evaluate_mlm(model, long_ds, "train", crop_length=512, progress=False)
     win = evaluate_mlm(model, long_ds, "train", crop_length=512, windows=True, overlap=128, progress=False)
     assert win["settings"]["windows"] == {"overlap": 128}
@@ -178,3 +182,29 @@ def test_max_length_embeds_exactly_the_first_n_residues_windowed_or_not(tmp_path
             assert f["sequences"][i].decode() == g["sequences"][j[cid]].decode()
             assert np.allclose(per.astype(np.float32), g["residues"][cid][:].astype(np.float32), atol=5e-3), cid
             assert np.allclose(f["mean"][i], g["mean"][j[cid]], atol=1e-4), cid
+
+
+def test_evaluate_cli_names_the_flags_of_a_too_long_chain_in_one_line(tmp_path, long_ds, capsys):
+    from coordformer.cli import main
+
+    ckpt = export_model(_tiny(), tmp_path / "tiny.pt", half=False)
+    args = ["evaluate", "-c", str(ckpt), "--data", str(long_ds.path), "--split", "train", "--device", "cpu", "--quiet"]
+    assert main([*args, "--crop-length", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: chain LONG.A of length 2500 exceeds the model's max_len 512; use --crop-length 512 or less, "
+                   "or --windows\n")
+    assert main([*args, "--crop-length", "600", "--windows"]) == 2
+    assert capsys.readouterr().err == "error: --crop-length 600: the window exceeds the model's max_len 512\n"
+
+
+def test_too_long_inputs_raise_errors_that_carry_the_numbers():
+    model = _tiny(max_len=64)
+    with pytest.raises(SequenceTooLong) as e:
+        model(torch.randint(4, 24, (2, 65)))
+    assert (e.value.length, e.value.max_len, e.value.option, e.value.chain_id) == (65, 64, "crop_length", None)
+    assert e.value.flag_message() == "sequence of length 65 exceeds the model's max_len 64; use --crop-length 64 or less"
+    with pytest.raises(OptionError) as e:
+        ScoreConfig(window=128).window_for(64)
+    assert (e.value.option, e.value.value) == ("window", 128)
+    assert str(e.value) == "window=128: exceeds the model's max_len 64"
+    assert e.value.flag_message() == "--window 128: exceeds the model's max_len 64"

@@ -210,7 +210,7 @@ def test_pretrain_and_evaluate_give_finite_losses(bad_prepared, tmp_path):
 
 
 def test_embed_direct_input_skips_and_reports_out_of_range_chains(bad_jsonl, tmp_path, monkeypatch):
-    from coordformer.function.embed import EmbedConfig, embed, read_embeddings
+    from coordformer.embed import EmbedConfig, embed, read_embeddings
 
     _inf_passing_reader(monkeypatch)
     out = tmp_path / "e.npz"

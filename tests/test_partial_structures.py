@@ -13,7 +13,7 @@ from coordformer.config import PrepareConfig
 from coordformer.data.batching import chains_to_batch
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
-from coordformer.function.embed import EmbedConfig, embed, read_embeddings
+from coordformer.embed import EmbedConfig, embed, read_embeddings
 from coordformer.io import (
     Chain,
     StructureReadError,
@@ -319,7 +319,7 @@ def test_seqres_failure_keeps_the_modelled_chain(monkeypatch, chain):
 
 
 def test_prepare_and_embed_with_seqres(tmp_path, chain):
-    from coordformer.function.embed import read_embeddings
+    from coordformer.embed import read_embeddings
 
     src = tmp_path / "in"
     src.mkdir()

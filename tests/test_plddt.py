@@ -10,7 +10,8 @@ from coordformer.cli import main
 from coordformer.config import ConfigError, PrepareConfig
 from coordformer.data.prepare import low_plddt, prepare
 from coordformer.data.store import PreparedDataset
-from coordformer.function.embed import EmbedConfig, embed, read_embeddings
+from coordformer.embed import EmbedConfig, embed, read_embeddings
+from coordformer.errors import OptionError
 from coordformer.io import read_structure
 
 N = 30
@@ -160,6 +161,7 @@ def test_embed_plddt_min(tmp_path, model_pdb):
     assert np.allclose(on, read_embeddings(tmp_path / "m.npz")[1], atol=1e-5)
     # a prepared dataset has no B-factors left to apply the threshold to
     prepare([str(model_pdb)], tmp_path / "ds", _cfg(), progress=False)
-    with pytest.raises(Exception, match="--plddt-min applies to structure inputs"):
+    with pytest.raises(OptionError, match="applies to structure inputs") as err:
         embed("small-coords", [str(tmp_path / "ds")], tmp_path / "x.npz", EmbedConfig(plddt_min=70), progress=False,
               echo=lambda s: None)
+    assert err.value.flag_message().startswith("--plddt-min 70: applies to structure inputs")  # what the CLI prints

@@ -44,7 +44,7 @@ def test_native_quick_start_runs_as_written(monkeypatch, tmp_path):
     assert ns["embedding"].shape == (ns["model"].config.d_model,)
     assert ns["log_probs"].shape == (20,) and torch.isfinite(ns["log_probs"]).all()
     # the embedding is what `coordformer embed` writes for the chain
-    from coordformer.function.embed import EmbedConfig, embed
+    from coordformer.embed import EmbedConfig, embed
 
     out = tmp_path / "e.npz"
     embed("small-coords", ["tests/data/1orc.pdb"], out, EmbedConfig(), progress=False, echo=lambda s: None)

@@ -150,7 +150,7 @@ def test_same_file_name_in_several_folders(tmp_path):
 
 
 def test_embed_keeps_three_proteins_named_data_model(tmp_path):
-    from coordformer.function.embed import EmbedConfig, embed, read_embeddings
+    from coordformer.embed import EmbedConfig, embed, read_embeddings
 
     src = tmp_path / "preds"
     src.mkdir()

@@ -3,7 +3,8 @@
 Modules, one job each: ``policy`` (which chains pass, as typed results; no files), ``units`` (work
 units and their part files), ``pool`` (the crash-tolerant process pool), ``resume`` (whether an
 interrupted run resumes), ``consolidate`` (dataset arrays, splits, skip log, manifest) and
-``pipeline`` (:func:`prepare`, which runs them).
+``pipeline`` (:func:`prepare`, which runs them, and :func:`read_in_memory`, the same read with the
+chains kept in memory instead of written as a dataset).
 
 The run is split into *work units*: one per structure or FASTA file, and one per line range
 (``chunk_lines`` records) of every chain_set JSONL file. Units run in parallel; each finished unit
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 # Submodules are reached as coordformer.data.prepare.<module>; no name below shadows one.
 from .errors import PrepareError
-from .pipeline import prepare
+from .pipeline import prepare, read_in_memory
 from .policy import (
     BAD_COORDS,
     DUPLICATE,
@@ -59,6 +60,6 @@ __all__ = [
     "BAD_COORDS", "DEFAULT_CHUNK_LINES", "DUPLICATE", "GZIP_MAX_UNITS", "MISSING_CA", "NO_ID", "TOO_LONG",
     "TOO_SHORT",
     "ChainPolicy", "Kept", "PartMeta", "PrepareError", "PrepareSummary", "Rejected", "WorkUnit",
-    "chain_id", "check_chain", "low_plddt", "plan_units", "plddt_values", "prepare", "process_unit",
+    "chain_id", "check_chain", "low_plddt", "plan_units", "plddt_values", "prepare", "process_unit", "read_in_memory",
     "resume_mismatch", "run_fingerprint", "selected_chain",
 ]

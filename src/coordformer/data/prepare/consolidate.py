@@ -88,7 +88,7 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
     """Write the dataset of ``run`` into ``run.out`` and fill in ``summary``."""
     from ...io import normalize_chain_id as norm
 
-    sel = select_chains(run, summary, log, norm)
+    sel = select_chains(run.units, run.metas, run.bad_paths, summary, log, norm)
     _check_chains_found(run, sel, summary)
     out, config = run.out, run.config
     tmp, offsets = write_arrays(run, sel)
@@ -146,18 +146,18 @@ def _before_manifest(out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def select_chains(run: FinishedRun, summary: PrepareSummary, log: RunLog,
-                  norm: Callable[[str], str]) -> Selection:
+def select_chains(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], bad_paths: Sequence[tuple[str, str]],
+                  summary: PrepareSummary, log: RunLog, norm: Callable[[str], str]) -> Selection:
     """Every unit's kept chains in unit order, less duplicates (ids made unique first); counts the
-    zero-coordinate and seqres chains into ``summary``."""
-    units = run.units
-    skipped_rows: list[tuple[str, str]] = [(str(p), str(r)) for p, r in run.bad_paths]
+    zero-coordinate and seqres chains into ``summary``. ``metas``: unit key -> its part's meta, for
+    every unit; ``bad_paths``: (path, reason) of inputs that could not be used at all."""
+    skipped_rows: list[tuple[str, str]] = [(str(p), str(r)) for p, r in bad_paths]
     filtered: dict[str, int] = {}
-    inputs_skipped = len(run.bad_paths)
+    inputs_skipped = len(bad_paths)
     chains_read = 0
-    renamed, copies, renames = unique_structure_ids(units, run.metas, norm)
-    generic = [(u.path, run.meta(u).ignored_entry) for u in units
-               if u.kind == "file" and run.meta(u).ignored_entry and run.meta(u).ids]
+    renamed, copies, renames = unique_structure_ids(units, metas, norm)
+    generic = [(u.path, metas[u.key].ignored_entry) for u in units
+               if u.kind == "file" and metas[u.key].ignored_entry and metas[u.key].ids]
     if generic:
         log(f"ids: {len(generic)} structure files name themselves with a generic or non-archive entry name (mmCIF "
             f"block name / PDB HEADER id, not a PDB or AlphaFold DB id); their chains are named after the file instead: "
@@ -172,7 +172,7 @@ def select_chains(run: FinishedRun, summary: PrepareSummary, log: RunLog,
     lengths_list: list[np.ndarray] = []
     keep_masks: list[np.ndarray] = []
     for ui, u in enumerate(units):
-        meta = run.meta(u)
+        meta = metas[u.key]
         digests = meta.digests or [None] * len(meta.ids)
         chains_read += meta.chains_read
         for kind, inp, reason in meta.skipped:
@@ -226,19 +226,27 @@ def select_chains(run: FinishedRun, summary: PrepareSummary, log: RunLog,
 def _check_chains_found(run: FinishedRun, sel: Selection, summary: PrepareSummary) -> None:
     """With --chains: note the requested ids no input has; when none has any, write skipped.tsv
     (it names each input's chains), leave no dataset behind and raise."""
-    config, units = run.config, run.units
-    if not (config.chains and all(run.meta(u).chains_found is not None for u in units)):
-        return
-    found = {c for u in units for c in run.meta(u).chains_found or ()}
+    error = check_chains_found(run.config, run.units, run.metas, sel, summary)
+    if error is not None:
+        store.write_tsv(run.out / store.SKIPPED_FILE, store.SKIPPED_HEADER, sel.skipped_rows)
+        shutil.rmtree(run.out / store.WORK_DIR, ignore_errors=True)
+        raise error
+
+
+def check_chains_found(config: PrepareConfig, units: Sequence[WorkUnit], metas: Mapping[str, PartMeta],
+                       sel: Selection, summary: PrepareSummary) -> PrepareError | None:
+    """With ``config.chains``: note in ``summary`` the requested ids no input has; when no input has
+    any, the error to raise (after writing the skip log, which names each input's chains)."""
+    if not (config.chains and all(metas[u.key].chains_found is not None for u in units)):
+        return None
+    found = {c for u in units for c in metas[u.key].chains_found or ()}
     summary.chains_not_found = [c for c in config.chains if c not in found]
     if found:
-        return
-    store.write_tsv(run.out / store.SKIPPED_FILE, store.SKIPPED_HEADER, sel.skipped_rows)
+        return None
     have = sorted({c for _, r in sel.skipped_rows for m in [_PROTEIN_CHAINS_RE.search(r)] if m for c in m.group(1).split(", ")})
-    shutil.rmtree(run.out / store.WORK_DIR, ignore_errors=True)
-    raise PrepareError(f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
-                       + (f" (their chains: {_examples(have, 20)})" if have else "")
-                       + "; nothing was prepared (skipped.tsv names each input's chains)")
+    return PrepareError(f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
+                        + (f" (their chains: {_examples(have, 20)})" if have else "")
+                        + "; nothing was prepared (skipped.tsv names each input's chains)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 The output folder is locked for the run; ``DIR/.work`` holds the run's fingerprint
 (``resume`` module) and the finished units' parts until the dataset is complete.
+
+:func:`read_in_memory` is its twin for commands that take structure files directly: the same
+units, chain policy, unique ids and skip log, with the chains kept in memory and no dataset written.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -14,16 +18,29 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from ...config import ConfigError, PrepareConfig
-from ...constants import SEQRES_MODES
+from ...constants import BACKBONE_ATOMS, SEQRES_MODES
 from .. import splits as _splits
 from .. import store
-from .consolidate import FinishedRun, consolidate
+from ..memory import MemoryDataset
+from .consolidate import FinishedRun, check_chains_found, consolidate, select_chains
 from .errors import PrepareError
-from .pool import run_parallel
+from .pool import map_units, run_parallel
 from .resume import resume_mismatch, run_fingerprint
 from .summary import PrepareSummary, RunLog
-from .units import DEFAULT_CHUNK_LINES, PartMeta, part_path, plan_units, read_part_meta, run_unit
+from .units import (
+    DEFAULT_CHUNK_LINES,
+    PartMeta,
+    UnitResult,
+    empty_result,
+    part_path,
+    plan_units,
+    read_part_meta,
+    run_unit,
+    safe_process_unit,
+)
 
 
 def prepare(
@@ -45,8 +62,6 @@ def prepare(
     an existing dataset or interrupted run in ``out_dir`` and starts over. Unreadable inputs and
     filtered chains are listed in ``skipped.tsv``; they never stop the run.
     """
-    from ...io import find_sources
-
     t0 = time.monotonic()
     config = config or PrepareConfig()
     _check_config(config)
@@ -77,12 +92,7 @@ def prepare(
         elif overwrite:
             _remove_dataset(out)
 
-        srcs, bad = find_sources(sources, skip=[out])
-        srcs = list(srcs)
-        bad_paths = [(str(p), str(r)) for p, r in bad]
-        if not srcs:
-            detail = "; ".join(f"{p}: {r}" for p, r in bad_paths[:5])
-            raise PrepareError(f"no structure files found in {', '.join(map(str, sources))}" + (f" ({detail})" if detail else ""))
+        srcs, bad_paths = _find_sources(sources, skip=[out])
         units, fp_sources = plan_units(srcs, chunk_lines)
         parts_dir = _open_work_dir(out, run_fingerprint(config, chunk_lines, fp_sources, bad_paths))
 
@@ -124,6 +134,104 @@ def prepare(
                           config=config, excluded=tuple(excluded), workers=workers, t0=t0)
         consolidate(run, summary, logger)
     return summary
+
+
+def read_in_memory(
+    sources: Iterable[str | os.PathLike] | str | os.PathLike,
+    config: PrepareConfig | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] | logging.Logger | None = None,
+    skipped_path: str | os.PathLike | None = None,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+) -> tuple[MemoryDataset, PrepareSummary]:
+    """The chains :func:`prepare` would store from ``sources``, in the same order and with the same
+    ids, held in memory: (dataset, summary of the read).
+
+    ``config``'s chain policy, ``chains``, ``seqres`` and ``store_plddt`` apply; it is for reading,
+    so it may not name ``exclude_files`` (splits and exclusions make training datasets; the
+    dataset returned has none). Unreadable inputs and filtered chains never stop the read: they are
+    counted in the summary and, with ``skipped_path``, listed there as in a dataset's skipped.tsv
+    (also when PrepareError says that ``config.chains`` matched no chain).
+    """
+    from ...io import normalize_chain_id as norm
+
+    t0 = time.monotonic()
+    config = config or PrepareConfig()
+    _check_config(config)
+    if config.exclude_files:
+        raise ConfigError("exclude_files applies to prepared datasets, not to chains read in memory")
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    workers = max(1, int(workers or 1))
+    logger = RunLog(log)
+    srcs, bad_paths = _find_sources([Path(s) for s in sources], skip=[])
+    units, _ = plan_units(srcs, chunk_lines)
+    summary = PrepareSummary(out_dir="", n_sources=len(srcs), n_units=len(units))
+    logger(f"read {len(srcs)} sources in memory: {len(units)} work units, workers={workers}")
+    results: dict[str, UnitResult] = {}
+    bar = _Progress(progress, len(units), 0, 0, 0)
+
+    def on_done(result: UnitResult) -> None:
+        results[result.meta.key] = result
+        bar.advance(result.meta)
+
+    try:
+        if workers == 1 or len(units) <= 1:
+            for u in units:
+                on_done(safe_process_unit(u, config))
+        else:
+            map_units(units, functools.partial(safe_process_unit, config=config), workers, on_done, empty_result,
+                      logger)
+    finally:
+        bar.close()
+    metas = {key: r.meta for key, r in results.items()}
+    sel = select_chains(units, metas, bad_paths, summary, logger, norm)
+    error = check_chains_found(config, units, metas, sel, summary)
+    if skipped_path is not None:
+        store.write_tsv(skipped_path, store.SKIPPED_HEADER, sel.skipped_rows)
+    if error is not None:
+        raise error
+    seqs, coords, plddts = [], [], []
+    for u, keep in zip(units, sel.keep_masks):
+        r = results[u.key]
+        res_keep = np.repeat(keep, r.lengths)
+        seqs.append(r.seq[res_keep])
+        coords.append(r.coords[res_keep])
+        # parts without pLDDT (no B-factors) read as unknown, as write_arrays stores them
+        plddts.append(r.plddt[res_keep] if len(r.plddt) else np.full(int(res_keep.sum()), np.nan, np.float32))
+    data = MemoryDataset(sel.ids, _concat(seqs, (0,), np.uint8),
+                         _concat(coords, (0, len(BACKBONE_ATOMS), 3), np.float32), sel.lengths, sel.sources,
+                         _concat(plddts, (0,), np.float32) if config.store_plddt else None)
+    summary.chains_read = sel.chains_read
+    summary.seqres_mode = config.seqres
+    summary.chains_kept = len(sel.ids)
+    summary.n_residues = data.n_residues
+    summary.inputs_skipped = sel.inputs_skipped
+    summary.chains_filtered = dict(sorted(sel.filtered.items()))
+    summary.files_generic_entry = sel.n_generic
+    summary.files_renamed = sel.n_renamed
+    summary.elapsed_s = time.monotonic() - t0
+    logger(summary.format())
+    return data, summary
+
+
+def _concat(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype)
+
+
+def _find_sources(sources: list[Path], skip: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The input files under ``sources`` and the (path, reason) of those that cannot be used;
+    PrepareError when there is no input file at all."""
+    from ...io import find_sources
+
+    srcs, bad = find_sources(sources, skip=skip)
+    srcs = list(srcs)
+    bad_paths = [(str(p), str(r)) for p, r in bad]
+    if not srcs:
+        detail = "; ".join(f"{p}: {r}" for p, r in bad_paths[:5])
+        raise PrepareError(f"no structure files found in {', '.join(map(str, sources))}" + (f" ({detail})" if detail else ""))
+    return srcs, bad_paths
 
 
 def _check_config(config: PrepareConfig) -> None:

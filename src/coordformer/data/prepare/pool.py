@@ -7,6 +7,7 @@ exit on their own when the main process is gone, so a killed run leaves no orpha
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -14,11 +15,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from ...config import PrepareConfig
 from .errors import PrepareError
 from .units import PartMeta, WorkUnit, empty_result, run_unit, write_part
+
+#: what a unit's task returns (a part's meta, or the unit's chains for an in-memory read)
+R = TypeVar("R")
 
 
 def _process_alive(pid: int) -> bool:
@@ -60,20 +64,38 @@ def _pool(ctx, workers: int) -> ProcessPoolExecutor:
 
 def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path, workers: int,
                  on_done: Callable[[PartMeta], None], log: Callable[..., None]) -> None:
-    """Run ``pending`` units (each writes its part) in ``workers`` processes, with a bounded number
-    in flight; ``on_done`` gets each finished unit's meta in the main process. If a worker process
-    dies, the units in flight are retried one at a time in isolated processes; a unit that kills
-    its process again is recorded as skipped. Raises PrepareError when workers die before finishing
-    any unit (they cannot run at all, e.g. a script without a ``__main__`` guard)."""
+    """Run ``pending`` units (each writes its part) in ``workers`` processes; ``on_done`` gets each
+    finished unit's meta in the main process. A unit that kills its process twice gets a part
+    recording it as skipped. See :func:`map_units`."""
+
+    def crashed(unit: WorkUnit, reason: str) -> PartMeta:
+        result = empty_result(unit, reason)
+        write_part(parts_dir, unit.key, result)
+        return result.meta
+
+    map_units(pending, functools.partial(run_unit, config=config, parts_dir=str(parts_dir)), workers, on_done,
+              crashed, log)
+
+
+def map_units(pending: list[WorkUnit], task: Callable[[WorkUnit], R], workers: int, on_done: Callable[[R], None],
+              crashed: Callable[[WorkUnit, str], R], log: Callable[..., None]) -> None:
+    """Run ``task(unit)`` for every unit of ``pending`` in ``workers`` processes, with a bounded
+    number in flight; ``on_done`` gets each result in the main process (in completion order).
+    ``task`` must pickle (a module-level function or a ``functools.partial`` of one).
+
+    If a worker process dies, the units in flight are retried one at a time in isolated processes;
+    a unit that kills its process again is handed to ``crashed(unit, reason)``, whose result goes to
+    ``on_done`` in its place. Raises PrepareError when workers die before finishing any unit (they
+    cannot run at all, e.g. a script without a ``__main__`` guard)."""
     ctx = _mp_context()
     queue = list(reversed(pending))
     max_in_flight = 2 * workers
     suspects: list[WorkUnit] = []
     n_ok = [0]  # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot run")
 
-    def done_ok(meta: PartMeta) -> None:
+    def done_ok(result: R) -> None:
         n_ok[0] += 1
-        on_done(meta)
+        on_done(result)
 
     while queue:
         broken = False
@@ -84,7 +106,7 @@ def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path
                     while queue and len(in_flight) < max_in_flight and not broken:
                         u = queue.pop()
                         try:
-                            in_flight[pool.submit(run_unit, u, config, str(parts_dir))] = u
+                            in_flight[pool.submit(task, u)] = u
                         except BrokenProcessPool:
                             queue.append(u)
                             broken = True
@@ -94,21 +116,21 @@ def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path
                     for fut in done:
                         u = in_flight.pop(fut)
                         try:
-                            meta = fut.result()
+                            result = fut.result()
                         except BrokenProcessPool:
                             broken = True
                             suspects.append(u)
                         else:
-                            done_ok(meta)
+                            done_ok(result)
                     if broken:
                         # collect everything else in flight; those finished stay finished
                         for fut, u in list(in_flight.items()):
                             try:
-                                meta = fut.result()
+                                result = fut.result()
                             except BrokenProcessPool:
                                 suspects.append(u)
                             else:
-                                done_ok(meta)
+                                done_ok(result)
                         in_flight.clear()
                         break
             except BaseException:
@@ -117,25 +139,23 @@ def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path
         if broken:
             log(f"a worker process died; retrying {len(suspects)} unit(s) one at a time", logging.WARNING)
             for u in suspects:
-                on_done(_retry_alone(ctx, u, config, parts_dir, n_ok, log))
+                on_done(_retry_alone(ctx, u, task, crashed, n_ok, log))
             suspects = []
 
 
-def _retry_alone(ctx, unit: WorkUnit, config: PrepareConfig, parts_dir: Path, n_ok: list[int],
-                 log: Callable[..., None]) -> PartMeta:
+def _retry_alone(ctx, unit: WorkUnit, task: Callable[[WorkUnit], R], crashed: Callable[[WorkUnit, str], R],
+                 n_ok: list[int], log: Callable[..., None]) -> R:
     """Run one suspect unit in a process of its own; a second crash records it as skipped."""
     with _pool(ctx, 1) as solo:
         try:
-            meta = solo.submit(run_unit, unit, config, str(parts_dir)).result()
+            result = solo.submit(task, unit).result()
             n_ok[0] += 1
-            return meta
+            return result
         except BrokenProcessPool:
             if n_ok[0] == 0:
                 raise PrepareError(
                     "worker processes die before finishing any input; run with workers=1 to see why "
                     "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` guard)"
                 ) from None
-            result = empty_result(unit, "worker process crashed while reading this input (killed by a signal or out of memory)")
-            write_part(parts_dir, unit.key, result)
             log(f"{unit.label}: worker crashed on this input twice; skipped", logging.WARNING)
-            return result.meta
+            return crashed(unit, "worker process crashed while reading this input (killed by a signal or out of memory)")

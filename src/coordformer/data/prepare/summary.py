@@ -51,6 +51,11 @@ class PrepareSummary:
     empty_splits: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
+    @property
+    def in_memory(self) -> bool:
+        """A read that kept its chains in memory (``read_in_memory``): no folder, splits or exclusions."""
+        return not self.out_dir
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -63,16 +68,19 @@ class PrepareSummary:
         filt = ", ".join(f"{k}: {v}" for k, v in sorted(self.chains_filtered.items())) or "none"
         spl = ", ".join(f"{k} {v}" for k, v in self.splits.items())
         lines = [
-            f"prepared dataset: {self.out_dir}",
+            f"prepared dataset: {self.out_dir}" if not self.in_memory else "inputs read in memory (no dataset written)",
             f"  sources: {self.n_sources} ({self.n_units} work units, {self.units_resumed} resumed from an interrupted run)",
             f"  chains read: {self.chains_read}; kept: {self.chains_kept} ({self.n_residues} residues)",
             f"  inputs skipped (unreadable files/records): {self.inputs_skipped}",
             f"  chains filtered: {filt}",
-            f"  splits: {spl}" + (f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""),
-            f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed"
-            + (f"; {self.excluded_ids_unmatched} match no chain exactly (see {store.EXCLUDE_UNMATCHED_FILE}), "
-               f"{len(self.excluded_near_misses)} of them excluded as near misses" if self.excluded_ids_unmatched else ""),
         ]
+        if not self.in_memory:  # splits and exclusions are made for datasets only
+            lines += [
+                f"  splits: {spl}" + (f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""),
+                f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed"
+                + (f"; {self.excluded_ids_unmatched} match no chain exactly (see {store.EXCLUDE_UNMATCHED_FILE}), "
+                   f"{len(self.excluded_near_misses)} of them excluded as near misses" if self.excluded_ids_unmatched else ""),
+            ]
         if self.files_generic_entry or self.files_renamed:
             lines.append(f"  ids from file names: {self.files_generic_entry} files with a generic block name / HEADER id, "
                          f"{self.files_renamed} files whose entry id another file uses for a different chain")
@@ -86,7 +94,8 @@ class PrepareSummary:
             lines.append(f"  WARNING: --chains {', '.join(self.chains_not_found)}: no input has a protein chain with "
                          f"{'this author id' if len(self.chains_not_found) == 1 else 'these author ids'}")
         if not self.chains_kept:
-            lines.append("  WARNING: no chain passed, so the dataset is empty (skipped.tsv says why each input was dropped)")
+            lines.append("  WARNING: no chain passed, so the dataset is empty (skipped.tsv says why each input was dropped)"
+                         if not self.in_memory else "  WARNING: no chain passed (the skip log says why each input was dropped)")
         elif self.empty_splits:
             lines.append(f"  WARNING: the {' and '.join(self.empty_splits)} split{'s are' if len(self.empty_splits) > 1 else ' is'} "
                          f"empty: {self.chains_kept} chains are too few for the fractions asked; commands that use "

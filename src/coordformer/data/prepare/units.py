@@ -330,12 +330,17 @@ def empty_result(unit: WorkUnit, reason: str) -> UnitResult:
                       lengths=np.zeros(0, np.int64), meta=meta)
 
 
+def safe_process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
+    """:func:`process_unit`, with an unexpected error recorded as the unit's skip-log row."""
+    try:
+        return process_unit(unit, config)
+    except Exception as e:  # noqa: BLE001 - a bug or surprise on one input must not stop the run
+        return empty_result(unit, f"unexpected error: {type(e).__name__}: {e}")
+
+
 def run_unit(unit: WorkUnit, config: PrepareConfig, parts_dir: str) -> PartMeta:
     """Process one unit and write its part file; returns the part's meta (small)."""
-    try:
-        result = process_unit(unit, config)
-    except Exception as e:  # noqa: BLE001 - a bug or surprise on one input must not stop the run
-        result = empty_result(unit, f"unexpected error: {type(e).__name__}: {e}")
+    result = safe_process_unit(unit, config)
     write_part(Path(parts_dir), unit.key, result)
     return result.meta
 

@@ -1,0 +1,375 @@
+"""Per-chain (mean-pooled) and per-residue embeddings from any layer, written to HDF5 or .npz.
+
+Inputs are anything ``coordformer prepare`` reads (structure files, folders, chain_set JSONL, FASTA:
+sequence-only chains, every residue flagged missing) or a prepared dataset folder. Raw inputs are
+read in memory by ``data.prepare.read_in_memory``: the same chain policy, chain ids and order as
+``prepare``, so unreadable files and filtered chains are skipped and logged exactly as there (in
+``<out>.skipped.tsv``), without writing a dataset.
+
+Output (readable with h5py / numpy alone):
+
+* HDF5 (``.h5``/``.hdf5``): ``ids`` [N] strings, ``lengths`` [N], ``mean`` [N, D] float32,
+  ``sequences`` [N] strings (the residues embedded, one letter per row) and, with ``per_residue``,
+  ``residues/<key>`` [L, D] float16 plus ``residue_has_ca/<key>`` [L] bool (False: embedded
+  without coordinates), where ``<key>`` is the chain id with ``%`` written ``%25`` and ``/`` written
+  ``%2F`` (:func:`residue_key`; a ``/`` would make nested groups) and ``residue_keys`` [N] gives each
+  row's key beside ``ids``; the settings in the file's attributes. Rows are appended batch by batch, so
+  memory stays bounded by one batch.
+* ``.npz``: ``ids``, ``lengths``, ``mean``, ``sequences`` (mean-pooled only; the whole array is kept
+  in memory).
+
+With ``complexes`` the chains of each input file go through the model together
+(``coordformer.data.complexes``: one shared frame, a ``chain_gap`` jump in residue positions between
+chains). The per-chain rows above then hold each chain embedded in its complex, and a second table
+holds one row per complex, pooled over all its residues: HDF5 ``complexes/{ids, chains, lengths,
+mean}`` (``chains`` = the member chain ids joined by ",", in pass order), ``.npz`` ``complex_ids``,
+``complex_chains``, ``complex_lengths``, ``complex_mean``. Complexes longer than the window are
+skipped and listed in ``<out>.skipped.tsv`` (select fewer chains with ``chains``).
+
+Coordinates are centred but not rotated, so an embedding is a deterministic function of the input.
+Chains longer than the window are embedded in overlapping windows stitched back to full length
+(``coordformer.data.windows``: each residue from the window it is most central in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from .config import Record
+from .constants import CA_INDEX
+from .data.batching import check_fits, token_budget_batches, unmasked_batches
+from .data.complexes import DEFAULT_CHAIN_GAP, complex_batch, complex_span, group_complexes
+from .data.memory import MemoryDataset
+from .data.store import PreparedDataset, is_finished_dataset
+from .errors import OptionError, UsageError
+from .model.encode import encode, masked_mean
+
+#: What embed batches from: a prepared dataset folder, or raw inputs read in memory.
+ChainData = Union[PreparedDataset, MemoryDataset]
+
+
+@dataclass(frozen=True)
+class EmbedConfig(Record):
+    """Settings of one ``coordformer embed`` run (stored in the output file's attributes)."""
+
+    layer: int | None = None  # None = final layer after the final LayerNorm; k = residual stream after layer k
+    per_residue: bool = False
+    window: int | None = None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    overlap: int = 256  # least overlap between consecutive windows (each residue is taken from the window it is most central in)
+    max_length: int | None = None  # None = whole chains; N = embed only the first N residues (counted as cropped)
+    tokens_per_batch: int = 8192
+    use_coords: bool | None = None  # None = as the model was trained
+    split: str | None = None  # for a prepared dataset: one split only
+    plddt_min: float | None = None  # raw inputs only: passed to prepare (PrepareConfig.plddt_min)
+    chains: tuple[str, ...] = ()  # author chain ids to keep (empty = all)
+    complexes: bool = False  # embed the chains of each file together (see the module docstring)
+    chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
+    seqres: str = "off"  # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
+
+
+def _is_prepared(inputs: list[str]) -> bool:
+    return len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0])
+
+
+def open_inputs(inputs: list[str], cfg: EmbedConfig, workers: int = 1, progress: bool = True, echo=print,
+                store_plddt: bool = False, skipped_path: str | Path | None = None) -> tuple[ChainData, dict]:
+    """The chains to embed and where they came from: one prepared dataset folder as it is
+    (``{"prepared": folder}``), else every readable chain of the inputs read in memory with
+    ``cfg``'s chain selection, ``seqres`` and ``plddt_min`` (``{"prepare": summary of the read}``;
+    unreadable inputs and filtered chains listed in ``skipped_path``). ``store_plddt``: keep the
+    per-residue pLDDT (for models that read it)."""
+    if _is_prepared(inputs):
+        if cfg.plddt_min is not None:  # a prepared dataset keeps no B-factors to apply it to
+            raise OptionError("plddt_min", cfg.plddt_min, "applies to structure inputs; pass it to "
+                              "`coordformer prepare` for a prepared dataset")
+        if cfg.seqres != "off":  # the dataset holds the chains as they were prepared
+            raise OptionError("seqres", cfg.seqres, "applies to structure inputs; pass it to "
+                              "`coordformer prepare` for a prepared dataset")
+        return PreparedDataset(inputs[0]), {"prepared": inputs[0]}
+    if cfg.split is not None:  # raw inputs have no splits
+        raise OptionError("split", cfg.split, "applies to a prepared dataset folder, not to structure inputs")
+    from .config import PrepareConfig
+    from .data.prepare import read_in_memory
+
+    # No length or missing-coordinate filter: embedding wants every readable chain.
+    prep = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0,
+                         plddt_min=cfg.plddt_min, chains=tuple(cfg.chains), store_plddt=store_plddt, seqres=cfg.seqres)
+    data, summary = read_in_memory(inputs, prep, workers=workers, progress=progress, skipped_path=skipped_path)
+    if progress:  # quiet: the caller's one line names the unreadable inputs (summary["prepare"]["inputs_skipped"])
+        echo(summary.format())
+    return data, {"prepare": summary.to_dict()}
+
+
+@torch.no_grad()
+def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig = EmbedConfig(), device: str = "cpu",
+          workers: int = 1, progress: bool = True, echo=print, command: str = "", warn=None) -> dict:
+    """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn`` (default:
+    print to stderr) gets a one-line warning when the model never learnt inputs without coordinates
+    and most residues have none."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from .model.checkpoints import load_model, missing_coords_warning
+    from .progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
+
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out)
+    fmt = "npz" if out.suffix == ".npz" else "h5" if out.suffix in (".h5", ".hdf5") else None
+    if fmt is None:
+        raise OptionError("out", out, "use a .h5/.hdf5 (HDF5) or .npz file name")
+    if fmt == "npz" and cfg.per_residue:
+        raise UsageError("per-residue embeddings need an HDF5 output (.h5); .npz holds mean-pooled ones only")
+    model, meta = load_model(checkpoint, map_location=device)
+    model = model.float().eval()
+    n_layers = model.config.n_layers
+    if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
+        raise OptionError("layer", cfg.layer, f"this model has layers 0..{n_layers} (0 = embeddings)")
+    window = cfg.window or min(1024, model.config.max_len)
+    if window > model.config.max_len:
+        raise OptionError("window", window, f"exceeds the model's max_len {model.config.max_len}")
+    if not 0 <= cfg.overlap < window:
+        raise OptionError("overlap", cfg.overlap, f"need 0 <= overlap < window ({window})")
+    use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
+    out.parent.mkdir(parents=True, exist_ok=True)
+    skipped_path = out.with_name(out.name + ".skipped.tsv")
+    data, provenance = open_inputs(inputs, cfg, workers, progress, echo, store_plddt=model.config.plddt_feature,
+                                   skipped_path=skipped_path)
+    idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
+    if cfg.chains:  # a prepared dataset was not filtered when it was made
+        from .data.prepare import selected_chain
+
+        idx = np.array([i for i in idx if selected_chain(data.ids[i], cfg.chains)], dtype=np.int64)
+    if len(idx) == 0:
+        raise UsageError("no readable chains in the inputs (see the skipped list)" +
+                         (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else ""))
+    warning = missing_coords_warning(model, meta, data, idx, fraction=None if use_coords else 1.0)
+    if warning:  # a model that never learnt the missing flag, on mostly coordinate-less inputs
+        warn(warning)
+    attrs = {"checkpoint": str(checkpoint), "config": json.dumps(cfg.to_dict()),
+             "model_config": json.dumps(model.config.to_dict()),
+             "layer": "final (after final LayerNorm)" if cfg.layer is None else f"residual stream after layer {cfg.layer}",
+             "use_coords": use_coords, "command": command}
+    tmp_out = out.with_name(out.name + ".tmp")
+    writer = _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue) if fmt == "h5" else _NpzWriter()
+    cropped = windowed = 0
+    complex_summary = {}
+    if cfg.complexes:
+        complex_summary = _embed_complexes(model, data, idx, cfg, window, use_coords, device, writer, skipped_path,
+                                           progress)
+        idx = np.array([], dtype=np.int64)  # every chain was written with its complex
+    with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("embed", total=len(idx))
+        for chain_idx, lengths, mean, hidden in iter_windowed(model, data, idx, cfg.layer, use_coords, window,
+                                                              cfg.overlap, cfg.tokens_per_batch, device, cfg.max_length):
+            for r, ci in enumerate(chain_idx):
+                n = int(lengths[r])
+                cropped += int(data.lengths[ci] > n)
+                windowed += int(n > window)
+                writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None,
+                           *_residue_info(data, ci, n, cfg.per_residue))
+            bar.advance(task, len(chain_idx))
+    writer.close(tmp_out)
+    os.replace(tmp_out, out)
+    n_chains = complex_summary.get("chains", int(len(idx)))
+    summary = {"out": str(out), "chains": n_chains, "cropped": cropped, "windowed": windowed, "window": window,
+               "dim": model.config.d_model, **complex_summary, **provenance}
+    return summary
+
+
+def _embed_complexes(model, data: ChainData, idx: np.ndarray, cfg: EmbedConfig, window: int, use_coords: bool,
+                     device: str, writer, skipped_path: Path, progress: bool) -> dict:
+    """Embed the chains of ``idx`` grouped into complexes (token-budget batches of whole complexes);
+    writes per-chain and per-complex rows; complexes whose position span exceeds ``window`` are
+    skipped and appended to ``skipped_path``. Returns counts."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from .progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
+
+    if cfg.max_length is not None:
+        raise OptionError("max_length", cfg.max_length, "crops single chains; with --complexes select chains with "
+                          "--chains instead")
+    groups = group_complexes(data, idx)
+    spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])
+    fits = spans <= window
+    if (~fits).any():
+        new = not skipped_path.exists()
+        with open(skipped_path, "a", encoding="utf-8") as f:
+            if new:
+                f.write("input\treason\n")
+            for (name, members), span in zip(groups, spans):
+                if span > window:
+                    f.write(f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, gap {cfg.chain_gap}) > "
+                            f"window {window}: select fewer chains with --chains or raise --window\n")
+    kept = [g for g, ok in zip(groups, fits) if ok]
+    sizes = np.array([int(data.lengths[m].sum()) for _, m in kept], dtype=np.int64)
+    n_chains = 0
+    with Progress(TextColumn("embedding complexes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("embed", total=len(kept))
+        for batch_rows in token_budget_batches(sizes, max(cfg.tokens_per_batch, window), None):
+            b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
+            h, pooled = encode(model, b.to(device), cfg.layer, use_coords)
+            h, pooled = h.float().cpu(), pooled.float().cpu()
+            for r, row in enumerate(batch_rows):
+                name, members = kept[row]
+                chain_of = b.chain[r]
+                for k, ci in enumerate(members):
+                    hk = h[r][chain_of == k]
+                    mean = masked_mean(h[r : r + 1], (chain_of == k)[None])[0]  # over chain k's residues only
+                    writer.add(data.ids[ci], len(hk), mean.numpy(), hk.numpy() if cfg.per_residue else None,
+                               *_residue_info(data, ci, len(hk), cfg.per_residue))
+                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), int(b.lengths[r]),
+                                   pooled[r].numpy())
+                n_chains += len(members)
+            bar.advance(task, len(batch_rows))
+    return {"chains": n_chains, "complexes": len(kept), "complexes_skipped": int((~fits).sum()), "chain_gap": cfg.chain_gap}
+
+
+def iter_pooled(model, data: ChainData, idx: np.ndarray, layer: int | None, use_coords: bool, max_length: int,
+                tokens_per_batch: int, device: str = "cpu"):
+    """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
+    for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
+    residues of each chain; clean, centred, unrotated inputs)."""
+    check_fits(data, idx, max_length, model.config.max_len, "--max-length")
+    for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
+        with torch.no_grad():
+            h, mean = encode(model, b.to(device), layer, use_coords)
+        yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
+
+
+def iter_windowed(model, data: ChainData, idx: np.ndarray, layer: int | None, use_coords: bool, window: int,
+                  overlap: int, tokens_per_batch: int, device: str = "cpu", max_length: int | None = None):
+    """As :func:`iter_pooled` (same tuples, same order: by length), over whole chains (or their first
+    ``max_length`` residues): chains of at most ``window`` residues go through :func:`iter_pooled`
+    unchanged; longer ones through overlapping windows (``coordformer.data.windows``), each residue's
+    hidden state from the window it is most central in, and the mean over all their residues."""
+    from .data.windows import windowed_forward
+
+    lengths = data.lengths[idx] if max_length is None else np.minimum(data.lengths[idx], max_length)
+    fits = lengths <= window
+    if fits.any():  # cropped to max_length where that is shorter than the window (not to the window)
+        crop = window if max_length is None else min(window, max_length)
+        yield from iter_pooled(model, data, idx[fits], layer, use_coords, crop, tokens_per_batch, device)
+    if fits.all():
+        return
+    for b in unmasked_batches(data, idx[~fits], int(lengths[~fits].max()), tokens_per_batch):
+        on = b.to(device)
+        with torch.no_grad():
+            h = windowed_forward(lambda w: encode(model, w, layer, use_coords)[0], on, window, overlap,
+                                 max(tokens_per_batch, window))
+        mean = masked_mean(h, on.padding_mask)
+        yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
+
+
+def _residue_info(data: ChainData, ci: int, n: int, per_residue: bool) -> tuple[str, np.ndarray | None]:
+    """The sequence embedded for chain ``ci`` (its first ``n`` residues) and, for per-residue output
+    only (else None: no coordinate read for mean-only runs), which of them had a CA in the input
+    ([n] bool): rows without one were embedded from sequence alone (unresolved, put back by --seqres,
+    below --plddt-min, FASTA)."""
+    has_ca = ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1) if per_residue else None
+    return data.sequence(ci)[:n], has_ca
+
+
+def residue_key(chain_id: str) -> str:
+    """The name of a chain's per-residue datasets in an HDF5 ``embed`` output: the id with ``%`` and
+    ``/`` percent-encoded (``%25``, ``%2F``), and ``.`` too for the ids ``.`` and ``..``, which HDF5
+    reads as paths. ``urllib.parse.unquote`` gives the id back."""
+    key = chain_id.replace("%", "%25").replace("/", "%2F")
+    return key.replace(".", "%2E") if key in (".", "..") else key
+
+
+class _H5Writer:
+    def __init__(self, path: Path, dim: int, attrs: dict, per_residue: bool):
+        import h5py
+
+        self.f = h5py.File(path, "w")
+        for k, v in attrs.items():
+            self.f.attrs[k] = v
+        self.ids = self.f.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
+        self.lengths = self.f.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True)
+        self.mean = self.f.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))
+        self.seqs = self.f.create_dataset("sequences", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
+        self.res = self.f.create_group("residues") if per_residue else None
+        self.has_ca = self.f.create_group("residue_has_ca") if per_residue else None
+        self.keys = self.f.create_dataset("residue_keys", (0,), maxshape=(None,), dtype=h5py.string_dtype(),
+                                          chunks=True) if per_residue else None
+        self.n = 0
+        self.cx = None
+
+    def add(self, chain_id: str, length: int, mean: np.ndarray, residues: np.ndarray | None, sequence: str = "",
+            has_ca: np.ndarray | None = None) -> None:
+        k = self.n
+        for ds in (self.ids, self.lengths, self.mean, self.seqs):
+            ds.resize(k + 1, axis=0)
+        self.ids[k], self.lengths[k], self.mean[k], self.seqs[k] = chain_id, length, mean, sequence
+        if self.res is not None and residues is not None:
+            key = residue_key(chain_id)
+            self.keys.resize(k + 1, axis=0)
+            self.keys[k] = key
+            self.res.create_dataset(key, data=residues.astype(np.float16), compression="gzip")
+            if has_ca is not None:
+                self.has_ca.create_dataset(key, data=np.asarray(has_ca, dtype=bool), compression="gzip")
+        self.n += 1
+
+    def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
+        import h5py
+
+        if self.cx is None:
+            g = self.f.create_group("complexes")
+            dim = self.mean.shape[1]
+            self.cx = [g.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
+                       g.create_dataset("chains", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
+                       g.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True),
+                       g.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))]
+        k = self.cx[0].shape[0]
+        for ds, v in zip(self.cx, (complex_id, members, length, mean)):
+            ds.resize(k + 1, axis=0)
+            ds[k] = v
+
+    def close(self, path: Path) -> None:
+        self.f.close()
+
+
+class _NpzWriter:
+    def __init__(self):
+        self.ids, self.lengths, self.means, self.seqs = [], [], [], []
+        self.complexes: list[tuple] = []
+
+    def add(self, chain_id: str, length: int, mean: np.ndarray, residues, sequence: str = "", has_ca=None) -> None:
+        self.ids.append(chain_id)
+        self.lengths.append(length)
+        self.means.append(mean)
+        self.seqs.append(sequence)
+
+    def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
+        self.complexes.append((complex_id, members, length, mean))
+
+    def close(self, path: Path) -> None:
+        extra = {}
+        if self.complexes:
+            ids, members, lengths, means = zip(*self.complexes)
+            extra = {"complex_ids": np.array(ids), "complex_chains": np.array(members),
+                     "complex_lengths": np.array(lengths, dtype=np.int64), "complex_mean": np.stack(means)}
+        with open(path, "wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(fh, ids=np.array(self.ids), lengths=np.array(self.lengths, dtype=np.int64), mean=np.stack(self.means),
+                     sequences=np.array(self.seqs), **extra)
+
+
+def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(chain ids, mean-pooled embeddings [N, D] float32) from an ``embed`` output file."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        z = np.load(path)
+        return [str(x) for x in z["ids"]], z["mean"].astype(np.float32)
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in f["ids"][:]], f["mean"][:].astype(np.float32)
