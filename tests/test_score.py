@@ -330,7 +330,7 @@ def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsy
     assert len(_read(str(out) + ".skipped.tsv")) == 3
     assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "-m", "T4A", "--offset", "1",
                  "--quiet"]) == 2
-    assert "--offset applies to 1-based index numbering" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: --offset 1: applies to 1-based index numbering; add --numbering index\n"
 
 
 def test_readme_python_example_runs_as_written(monkeypatch):

@@ -11,7 +11,8 @@ import torch
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.constants import CA_INDEX
-from coordformer.data.batching import _ASCII_TO_TOKEN, MAX_CROP_JUMP, BatchSettings, MaskedBatches, crop_positions, spatial_crop
+from coordformer.data.batching import (ASCII_TO_TOKEN, MAX_CROP_JUMP, BatchSettings, MaskedBatches, crop_positions,
+                                       spatial_crop)
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.errors import UsageError
@@ -36,7 +37,7 @@ def test_crop_positions_keep_gaps_capped():
     kept = np.array([5, 6, 7, 20, 21, 400, 401])
     assert crop_positions(kept, 4096).tolist() == [0, 1, 2, 15, 16, 16 + MAX_CROP_JUMP, 17 + MAX_CROP_JUMP]
     assert crop_positions(kept, 50).tolist() == list(range(7))  # would not fit: consecutive positions
-    with pytest.raises(UsageError, match="crop mode"):
+    with pytest.raises(UsageError, match="crop_mode must be one of"):
         BatchSettings(crop_mode="random")
 
 
@@ -74,7 +75,7 @@ def test_batches_hold_3d_neighbourhoods_with_positions(lysozyme):
         assert hits, "the batch is not a 3D neighbourhood of any residue"
         kept = hits[0]
         seq = np.frombuffer(lysozyme.sequence(int(ci)).encode(), dtype=np.uint8)
-        assert np.array_equal(batch.clean[row, :n].numpy(), _ASCII_TO_TOKEN[seq[kept]])
+        assert np.array_equal(batch.clean[row, :n].numpy(), ASCII_TO_TOKEN[seq[kept]])
         assert len(seq) > n and batch.positions[row, :n].tolist() == crop_positions(kept, 4096).tolist()
         assert (np.diff(kept) > 1).any()  # a neighbourhood in a folded chain skips stretches
     assert cropped == 3  # both lysozyme chains (129) and 1ORC (64) exceed 40

@@ -17,7 +17,23 @@ from typing import List, Optional
 import typer
 
 from . import interrupts
+from .config import ModelConfig, PrepareConfig, TrainConfig, default_of
 from .errors import CoordformerError, TrainingInterrupted, UsageError
+
+
+def _prep(name: str):
+    """PrepareConfig's default for ``name``: each default is written once, in the record."""
+    return default_of(PrepareConfig, name)
+
+
+def _train(name: str):
+    """TrainConfig's default for ``name``."""
+    return default_of(TrainConfig, name)
+
+
+def _model(name: str):
+    """ModelConfig's default for ``name``."""
+    return default_of(ModelConfig, name)
 
 # rich_markup_mode=None: click's plain help, which keeps whole option names and wraps at 80 columns (the
 # rich panels cut names short there and showed a <bool> column for every flag)
@@ -95,26 +111,25 @@ _PLDDT_HELP = ("Predicted models (AlphaFold, ESMFold): residues whose B-factor (
 def prepare(
     sources: List[Path] = typer.Argument(..., help="PDB/mmCIF files (.gz ok), folders (recursive), chain_set JSONL or FASTA files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the prepared dataset."),
-    split: SplitMode = typer.Option(SplitMode.random, help="random: seeded hash of chain id; identity: MMseqs2 clusters never cross splits."),
-    identity: float = typer.Option(0.3, min=0.0, max=1.0, help="Sequence identity for --split identity."),
-    valid_fraction: float = typer.Option(0.05, min=0.0, max=0.9),
-    test_fraction: float = typer.Option(0.05, min=0.0, max=0.9),
+    split: SplitMode = typer.Option(SplitMode(_prep("split")), help="random: seeded hash of chain id; identity: MMseqs2 clusters never cross splits."),
+    identity: float = typer.Option(_prep("split_identity"), min=0.0, max=1.0, help="Sequence identity for --split identity."),
+    valid_fraction: float = typer.Option(_prep("valid_fraction"), min=0.0, max=0.9),
+    test_fraction: float = typer.Option(_prep("test_fraction"), min=0.0, max=0.9),
     exclude: List[Path] = typer.Option([], help="File(s) of chain ids (12AS-A or 12AS.A) kept out of train (put in test)."),
-    min_length: int = typer.Option(20, min=1),
-    max_length: int = typer.Option(100_000, min=1),
-    max_missing_ca: float = typer.Option(0.5, min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
+    min_length: int = typer.Option(_prep("min_length"), min=1),
+    max_length: int = typer.Option(_prep("max_length"), min=1),
+    max_missing_ca: float = typer.Option(_prep("max_missing_ca"), min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
     store_plddt: bool = typer.Option(False, "--store-plddt", help="Keep each residue's pLDDT (B-factor column) for models "
                                      "trained with --plddt-feature (predicted models only)."),
-    seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP + " Inserted residues count as lacking CA for --max-missing-ca."),
+    seqres: SeqresMode = typer.Option(SeqresMode(_prep("seqres")), help=_SEQRES_HELP + " Inserted residues count as lacking CA for --max-missing-ca."),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(_prep("seed")),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Turn structure files into a memory-mapped dataset with train/valid/test splits."""
-    from .config import PrepareConfig
     from .data.prepare import prepare as run_prepare
 
     for f in exclude:
@@ -172,7 +187,7 @@ def pretrain(
     init: Optional[str] = typer.Option(None, "--init", help="Start from these weights (a shipped model name, checkpoint or run "
                                        "folder) instead of random ones: continued pretraining. The model's architecture "
                                        "comes with them; the optimizer and schedule start afresh."),
-    coord_mode: CoordMode = typer.Option(CoordMode.ca, help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
+    coord_mode: CoordMode = typer.Option(CoordMode(_model("coord_mode")), help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
     norm_feature: Optional[bool] = typer.Option(None, "--norm-feature/--no-norm-feature", help="Also feed |x|^2 of CA as an "
                                                 "input feature (default: as the recipe says)."),
     gaussian_heads: Optional[int] = typer.Option(None, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D "
@@ -188,32 +203,32 @@ def pretrain(
                                                "loading re-reads it (or $COORDFORMER_LM)."),
     unfreeze_lm: bool = typer.Option(False, "--unfreeze-lm", help="With --condition-on: train the language model too (its "
                                      "weights are then saved with the model)."),
-    max_steps: int = typer.Option(100_000, min=1),
+    max_steps: int = typer.Option(_train("max_steps"), min=1),
     max_minutes: Optional[float] = typer.Option(None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."),
-    lr: float = typer.Option(1e-3, min=0.0),
-    warmup_steps: int = typer.Option(500, min=0),
-    schedule: str = typer.Option("cosine", help="cosine | constant | noam"),
-    tokens_per_batch: int = typer.Option(8192, min=16, help="Token budget per batch (padded size)."),
-    crop_length: int = typer.Option(512, min=8, help="Chains longer than this are randomly cropped to a window."),
-    crop: CropMode = typer.Option(CropMode.sequence, help="sequence: a random contiguous window; spatial: the crop-length "
+    lr: float = typer.Option(_train("lr"), min=0.0),
+    warmup_steps: int = typer.Option(_train("warmup_steps"), min=0),
+    schedule: str = typer.Option(_train("schedule"), help="cosine | constant | noam"),
+    tokens_per_batch: int = typer.Option(_train("tokens_per_batch"), min=16, help="Token budget per batch (padded size)."),
+    crop_length: int = typer.Option(_train("crop_length"), min=8, help="Chains longer than this are randomly cropped to a window."),
+    crop: CropMode = typer.Option(CropMode(_train("crop_mode")), help="sequence: a random contiguous window; spatial: the crop-length "
                                   "residues nearest (CA-CA) a random centre residue, gaps kept in the positions."),
-    dropout: float = typer.Option(0.0, min=0.0, max=0.9),
-    seed: int = typer.Option(0),
-    val_every: int = typer.Option(500, min=1, help="Validate every N steps."),
-    val_max_chains: int = typer.Option(512, min=1, help="Validate on at most this many chains of the valid split."),
-    checkpoint_every: int = typer.Option(500, min=1, help="Write checkpoints/last.ckpt every N steps."),
-    accelerator: str = typer.Option("auto", help="auto | cpu | gpu | mps"),
-    devices: str = typer.Option("auto", help="Number of devices (or 'auto'); >1 uses DDP."),
-    num_nodes: int = typer.Option(1, min=1),
-    strategy: str = typer.Option("auto", help="Lightning strategy: auto | ddp | fsdp | ..."),
-    precision: str = typer.Option("auto", help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."),
-    workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
-    accumulate: int = typer.Option(1, min=1, help="Micro-batches per optimizer step (a larger global batch on fewer GPUs)."),
+    dropout: float = typer.Option(_model("dropout"), min=0.0, max=0.9),
+    seed: int = typer.Option(_train("seed")),
+    val_every: int = typer.Option(_train("val_every_steps"), min=1, help="Validate every N steps."),
+    val_max_chains: int = typer.Option(_train("val_max_chains"), min=1, help="Validate on at most this many chains of the valid split."),
+    checkpoint_every: int = typer.Option(_train("checkpoint_every_steps"), min=1, help="Write checkpoints/last.ckpt every N steps."),
+    accelerator: str = typer.Option(_train("accelerator"), help="auto | cpu | gpu | mps"),
+    devices: str = typer.Option(_train("devices"), help="Number of devices (or 'auto'); >1 uses DDP."),
+    num_nodes: int = typer.Option(_train("num_nodes"), min=1),
+    strategy: str = typer.Option(_train("strategy"), help="Lightning strategy: auto | ddp | fsdp | ..."),
+    precision: str = typer.Option(_train("precision"), help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."),
+    workers: int = typer.Option(_train("num_workers"), min=0, help="DataLoader worker processes."),
+    accumulate: int = typer.Option(_train("accumulate_grad_batches"), min=1, help="Micro-batches per optimizer step (a larger global batch on fewer GPUs)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    drop_chain_coords: float = typer.Option(0.0, min=0.0, max=1.0, help="Structure dropout: probability that a training chain "
+    drop_chain_coords: float = typer.Option(_train("drop_chain_coords"), min=0.0, max=1.0, help="Structure dropout: probability that a training chain "
                                             "is fed with no coordinates (teaches the model sequence-only inputs)."),
-    drop_span_coords: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability that one contiguous 5-30% stretch of a "
+    drop_span_coords: float = typer.Option(_train("drop_span_coords"), min=0.0, max=1.0, help="Probability that one contiguous 5-30% stretch of a "
                                            "training chain is fed without coordinates (teaches unresolved loops)."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing",
                                                   help="Recompute layer activations in the backward pass: activation memory "
@@ -224,7 +239,7 @@ def pretrain(
     quiet: bool = typer.Option(False),
 ):
     """Masked-language-model pretraining (BERT masking 15%, 80/10/10)."""
-    from .config import DEFAULT_RECIPE, TrainConfig, preset
+    from .config import DEFAULT_RECIPE, preset
     from .train.run import pretrain as run_pretrain
 
     if schedule not in ("cosine", "constant", "noam"):
@@ -234,7 +249,7 @@ def pretrain(
         from .model.checkpoints import load_model
 
         architecture = {"--preset": size is not None, "--recipe": recipe is not None, "--no-coords": not coords,
-                        "--coord-mode": coord_mode != CoordMode.ca, "--norm-feature": norm_feature is not None,
+                        "--coord-mode": coord_mode != CoordMode(_model("coord_mode")), "--norm-feature": norm_feature is not None,
                         "--gaussian-heads": gaussian_heads is not None, "--gaussian-values": gaussian_values is not None,
                         "--plddt-feature": plddt_feature, "--condition-on": condition_on is not None,
                         "--unfreeze-lm": unfreeze_lm}
@@ -471,8 +486,8 @@ def embed(
     quiet: bool = typer.Option(False),
 ):
     """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
-    from .function.embed import EmbedConfig
-    from .function.embed import embed as run
+    from .embed import EmbedConfig
+    from .embed import embed as run
 
     device = _device(device)
     cfg = EmbedConfig(layer=layer, per_residue=per_residue, window=window, overlap=overlap, max_length=max_length,
@@ -714,6 +729,29 @@ def export(
                + (f" and {len(shards)} shard(s) beside it ({sum(f.stat().st_size for f in shards) / 1e6:.1f} MB)" if shards else ""))
 
 
+#: Library parameter names whose flag is not the name with dashes (or that no command's parameter has).
+_API_FLAGS = {"out_dir": "--out", "data_dir": "--data", "labels_dir": "--labels", "crop_mode": "--crop",
+              "accumulate_grad_batches": "--accumulate", "val_every_steps": "--val-every",
+              "checkpoint_every_steps": "--checkpoint-every", "num_workers": "--workers", "mutants": "--mutant",
+              "default_chain": "--chain", "split_identity": "--identity", "exclude_files": "--exclude",
+              "gaussian_init_heads": "--gaussian-heads", "coord_norm_feature": "--norm-feature",
+              "gaussian_init_values": "--gaussian-values"}
+
+
+def _flags() -> dict[str, str]:
+    """Python name -> long flag of every command's options, and the library names of _API_FLAGS: what
+    an error's :meth:`~coordformer.errors.CoordformerError.flag_message` writes parameters as."""
+    import typer.main
+
+    flags: dict[str, str] = {}
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            long = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+            if long and param.name:
+                flags.setdefault(param.name, long[0])
+    return {**flags, **_API_FLAGS}
+
+
 def _resume_hint(args: list[str], e: TrainingInterrupted) -> str:
     """The command that continues an interrupted `pretrain` / `finetune`: the same one (without
     --no-resume, which would refuse the run folder)."""
@@ -761,7 +799,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         known = isinstance(e, (CoordformerError, FileNotFoundError, PermissionError))
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, CoordformerError):  # the library names parameters as Python does; here, as flags
+            msg = e.flag_message(_flags())
+        else:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         typer.echo(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
         return 2
     finally:

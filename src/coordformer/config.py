@@ -35,7 +35,27 @@ def _from_dict(cls: type[T], d: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-class _Record:
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls`` (so that the CLI's option defaults are
+    the records' own, written once)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise ConfigError(f"{cls.__name__}.{name} has no default")
+    raise ConfigError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The field names of the dataclass ``cls``, in order."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+class Record:
+    """Base of the configuration records: plain-dict / JSON / YAML conversion and ``replace``."""
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
@@ -64,7 +84,7 @@ COORD_MODES = ("ca", "backbone")
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Record):
+class ModelConfig(Record):
     """Architecture of a CoordFormer. Sizes follow the usual names (d_model, n_layers, ...)."""
 
     _obsolete_keys = ("tie_embeddings",)  # never implemented; dropped before the first release
@@ -98,7 +118,7 @@ class ModelConfig(_Record):
                 raise ConfigError("lm_dim, lm_fingerprint and unfreeze_lm need condition_on (a language model)")
         elif self.gaussian_init_heads:
             raise ConfigError("gaussian_init_heads needs the token embedding, which language-model conditioning "
-                              "replaces; use the paper recipe (--recipe paper) with --condition-on")
+                              "(`condition_on`) replaces; use the recipe paper (`recipe=paper`) with it")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.coord_mode not in COORD_MODES:
@@ -169,7 +189,7 @@ def preset(name: str, recipe: str | None = None, **overrides) -> ModelConfig:
 
 
 @dataclass(frozen=True)
-class PrepareConfig(_Record):
+class PrepareConfig(Record):
     """How structure files become a prepared dataset (recorded in the dataset's manifest)."""
 
     min_length: int = 20
@@ -217,17 +237,53 @@ class PrepareConfig(_Record):
         return d
 
 
-@dataclass(frozen=True)
-class TrainConfig(_Record):
-    """Masked-language-model pretraining run settings."""
+#: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood
+#: (``coordformer.data.batching.spatial_crop``).
+CROP_MODES = ("sequence", "spatial")
 
-    seed: int = 0
+
+@dataclass(frozen=True)
+class BatchConfig(Record):
+    """What the model is fed, chain by chain: the crop, the rotation, the masking and structure
+    dropout (``coordformer.data.batching``). Independent of the seed; with it (and the batch count per
+    optimizer step) these fix the training data stream, which a resumed run must keep."""
+
+    crop_length: int = 512  # residues; longer chains are cropped (crop_mode)
+    crop_mode: str = "sequence"  # chains longer than crop_length: "sequence" window or "spatial" 3D neighbourhood
+    tokens_per_batch: int = 8192  # padded tokens (rows x longest row) per batch
     mask_prob: float = 0.15
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
-    crop_length: int = 512
-    crop_mode: str = "sequence"  # chains longer than crop_length: "sequence" window or "spatial" 3D neighbourhood
-    tokens_per_batch: int = 8192
+    rotate: bool = True  # a fresh uniform random rotation per chain
+    drop_chain_coords: float = 0.0  # structure dropout: P(a training chain is fed with no coordinates)
+    drop_span_coords: float = 0.0  # P(one contiguous 5-30% stretch of a training chain is fed without coordinates)
+
+    def __post_init__(self):
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if min(self.mask_token_frac, self.random_token_frac) < 0 or self.mask_token_frac + self.random_token_frac > 1:
+            raise ConfigError("mask_token_frac and random_token_frac must be >= 0 and sum to at most 1")
+        if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
+            raise ConfigError("coordinate dropout probabilities (drop_chain_coords, drop_span_coords) must lie in [0, 1]")
+
+    @property
+    def batch(self) -> BatchConfig:
+        """These settings as a plain :class:`BatchConfig` (also on records that extend it)."""
+        return BatchConfig(**{name: getattr(self, name) for name in field_names(BatchConfig)})
+
+
+@dataclass(frozen=True)
+class TrainConfig(BatchConfig):
+    """Masked-language-model pretraining run settings: the data stream (:class:`BatchConfig`, whose
+    fields it has; ``cfg.batch`` is that part) plus optimisation, schedule and hardware.
+
+    ``to_dict()`` is flat (the batch fields beside the others), the layout every checkpoint,
+    config.json and summary.json has always stored; ``from_dict`` also reads the batch fields nested
+    under ``"batch"``."""
+
+    seed: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
@@ -236,10 +292,9 @@ class TrainConfig(_Record):
     max_steps: int = 100_000
     max_minutes: float | None = None
     grad_clip: float = 1.0
-    rotate: bool = True
     val_every_steps: int = 500
     val_max_chains: int = 512
-    precision: str = "auto"  # "auto" -> bf16-mixed on GPU, 32-true on CPU
+    precision: str = "auto"  # "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
@@ -247,8 +302,6 @@ class TrainConfig(_Record):
     num_workers: int = 0
     compile: bool = False
     activation_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
-    drop_chain_coords: float = 0.0  # structure dropout: P(a training chain is fed with no coordinates)
-    drop_span_coords: float = 0.0  # P(one contiguous 5-30% stretch of a training chain is fed without coordinates)
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500
@@ -257,19 +310,25 @@ class TrainConfig(_Record):
     #: weights the run started from (pretrain --init: a shipped model name or a checkpoint), None = random
     init: str | None = None
 
+    #: Settings that determine which residues the model sees in which order; a resume must keep them.
+    DATA_STREAM_FIELDS = ("seed", *field_names(BatchConfig), "accumulate_grad_batches")
+
     def __post_init__(self):
+        super().__post_init__()
         if self.accumulate_grad_batches < 1:
             raise ConfigError(f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        if min(self.mask_token_frac, self.random_token_frac) < 0 or self.mask_token_frac + self.random_token_frac > 1:
-            raise ConfigError("mask_token_frac and random_token_frac must be >= 0 and sum to at most 1")
         if self.crop_length > self.tokens_per_batch:
             raise ConfigError(f"crop_length ({self.crop_length}) must not exceed tokens_per_batch ({self.tokens_per_batch})")
         if self.schedule not in ("cosine", "constant", "noam"):
             raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
         if self.max_steps < 1 or self.checkpoint_every_steps < 1 or self.val_every_steps < 1:
             raise ConfigError("max_steps, checkpoint_every_steps and val_every_steps must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if isinstance(d.get("batch"), dict):  # a nested layout: the BatchConfig part under "batch"
+            d = {**{k: v for k, v in d.items() if k != "batch"}, **d["batch"]}
+        return _from_dict(cls, d)
 
 
 #: Output of the synthetic model's final head: "row" = exp(logit - max over keys) per query (what the
@@ -281,7 +340,7 @@ SIM_REGIMES = ("paper", "modern")
 
 
 @dataclass(frozen=True)
-class SimConfig(_Record):
+class SimConfig(Record):
     """One synthetic point-cloud run (``coordformer simulate``): data, model and optimisation.
 
     Coordinates are uniform in [0, box]^n_dims; the target for points i, j is

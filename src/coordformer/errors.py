@@ -1,8 +1,50 @@
-"""Exception types whose messages are shown to users as one line (no traceback) by the CLI."""
+"""Exception types whose messages are shown to users as one line (no traceback) by the CLI.
+
+Library code speaks to Python callers: it names parameters as the API does, in backticks
+(`` `crop_length` ``, `` `numbering='index'` ``), and never as command-line flags. The CLI prints
+:meth:`CoordformerError.flag_message` instead of ``str()``: the same message with each named
+parameter written as its flag (``--crop-length``, ``--numbering index``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+#: A parameter named in a message: `name` or `name=value` (backticks included).
+_NAMED = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+
+
+def flag_of(option: str, flags: Mapping[str, str] | None = None) -> str:
+    """The command-line flag of the API parameter ``option``: ``flags[option]`` where the CLI names
+    it otherwise (``out_dir`` -> ``--out``), else ``--`` and the name with dashes."""
+    return (flags or {}).get(option) or "--" + option.replace("_", "-")
+
+
+def with_flags(text: str, flags: Mapping[str, str] | None = None) -> str:
+    """``text`` with each backticked parameter that ``flags`` knows written as its flag: `name` ->
+    ``--name``, `name=value` -> ``--name value`` (quotes dropped; ``=True`` -> the flag alone).
+    Without ``flags`` every backticked lower-case name counts as a parameter."""
+
+    def one(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if flags is not None and name not in flags:
+            return m.group(0)
+        flag = flag_of(name, flags)
+        if value is None or value == "True":
+            return flag
+        return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+    return _NAMED.sub(one, text)
 
 
 class CoordformerError(Exception):
     """Base class: the message is complete and actionable on its own."""
+
+    def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
+        """The first line of the message as the CLI prints it: parameters as flags (see :func:`with_flags`)."""
+        text = str(self).splitlines()[0] if str(self) else type(self).__name__
+        return with_flags(text, flags)
 
 
 class UsageError(CoordformerError):
@@ -18,37 +60,51 @@ class OptionError(ConfigError):
     """A parameter whose value cannot work, named as the Python API names it.
 
     ``option``: the keyword / config field (``"crop_length"``); ``value``: what was given; ``reason``:
-    why it cannot work, in terms that hold for the API and the CLI alike. ``str()`` reads
-    ``crop_length=2000: exceeds the model's max_len 1024``; the CLI prints the flag instead
-    (``--crop-length 2000: ...``, :meth:`flag_message`)."""
+    why it cannot work, in terms that hold for the API and the CLI alike (other parameters in
+    backticks). ``str()`` reads ``crop_length=2000: exceeds the model's max_len 1024``; the CLI
+    prints the flag instead (``--crop-length 2000: ...``, :meth:`flag_message`)."""
 
     def __init__(self, option: str, value, reason: str):
         self.option, self.value, self.reason = option, value, reason
         super().__init__(f"{option}={value}: {reason}")
 
+    def __reduce__(self):
+        return (type(self), (self.option, self.value, self.reason))
+
     @property
     def flag(self) -> str:
-        return "--" + self.option.replace("_", "-")
+        return flag_of(self.option)
 
-    def flag_message(self) -> str:
-        return f"{self.flag} {self.value}: {self.reason}"
+    def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
+        if flags is not None and self.option not in flags:  # a parameter the command line does not have
+            return f"{self.option}={self.value}: {with_flags(self.reason, flags)}"
+        return f"{flag_of(self.option, flags)} {self.value}: {with_flags(self.reason, flags)}"
 
 
-class SequenceTooLong(CoordformerError, ValueError):
+class SequenceTooLong(UsageError, ValueError):
     """A chain (or batch row) longer than the model can take: ``length`` residues against the model's
     ``max_len``; ``chain_id`` when known, ``option`` the setting that bounds the length fed to the
-    model (``crop_length`` or ``window``) if the caller has one. The CLI adds the flag to change."""
+    model (``crop_length`` or ``window``) if the caller has one, ``alternative`` a switch that lifts
+    the bound instead (``windows``). The CLI names their flags (:meth:`flag_message`)."""
 
-    def __init__(self, length: int, max_len: int, chain_id: str | None = None, option: str | None = "crop_length"):
+    def __init__(self, length: int, max_len: int, chain_id: str | None = None, option: str | None = "crop_length",
+                 alternative: str | None = None):
         self.length, self.max_len, self.chain_id, self.option = int(length), int(max_len), chain_id, option
-        what = f"chain {chain_id}" if chain_id else "sequence"
-        super().__init__(f"{what} of length {self.length} exceeds the model's max_len {self.max_len}"
-                         + (f"; lower {option}" if option else ""))
+        self.alternative = alternative
+        fix = [f"lower `{option}` to {self.max_len} or less"] if option else []
+        fix += [f"set `{alternative}=True`"] if alternative else []
+        super().__init__(f"{self._what()} exceeds the model's max_len {self.max_len}" + ("; " + " or ".join(fix) if fix else ""))
 
-    def flag_message(self) -> str:
-        what = f"chain {self.chain_id}" if self.chain_id else "sequence"
-        flag = f"; use a smaller --{self.option.replace('_', '-')}" if self.option else ""
-        return f"{what} of length {self.length} exceeds the model's max_len {self.max_len}{flag}"
+    def __reduce__(self):
+        return (type(self), (self.length, self.max_len, self.chain_id, self.option, self.alternative))
+
+    def _what(self) -> str:
+        return f"chain {self.chain_id} of length {self.length}" if self.chain_id else f"sequence of length {self.length}"
+
+    def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
+        fix = [f"use {flag_of(self.option, flags)} {self.max_len} or less"] if self.option else []
+        fix += [flag_of(self.alternative, flags)] if self.alternative else []
+        return f"{self._what()} exceeds the model's max_len {self.max_len}" + ("; " + ", or ".join(fix) if fix else "")
 
 
 class TrainingDivergedError(CoordformerError):

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import _Record
+from ..config import Record
 from ..constants import CA_INDEX
 from ..data.batching import check_fits, unmasked_batches
 from ..data.store import PreparedDataset
-from ..errors import UsageError
+from ..errors import ConfigError, OptionError, UsageError
 
 #: log10 edges for the histogram of attention values (percentile bands); values below 1e-6 go to
 #: the first bin.
@@ -36,7 +36,7 @@ VALUE_EDGES = np.linspace(-6.0, 0.0, 61)
 
 
 @dataclass(frozen=True)
-class AttentionAnalysisConfig(_Record):
+class AttentionAnalysisConfig(Record):
     """Settings of one ``analyze-attention`` pass (saved beside its outputs)."""
 
     split: str = "test"
@@ -49,9 +49,9 @@ class AttentionAnalysisConfig(_Record):
 
     def __post_init__(self):
         if self.bin_width <= 0 or self.max_distance <= self.bin_width:
-            raise UsageError("need 0 < bin_width < max_distance")
+            raise ConfigError("need 0 < bin_width < max_distance")
         if self.max_separation < 1 or self.crop_length < 2 or self.tokens_per_batch < self.crop_length:
-            raise UsageError("need max_separation >= 1, crop_length >= 2 and tokens_per_batch >= crop_length")
+            raise ConfigError("need max_separation >= 1, crop_length >= 2 and tokens_per_batch >= crop_length")
 
     @property
     def n_distance_bins(self) -> int:
@@ -296,7 +296,7 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
 
     bad = [a for a in ablations if a not in ABLATIONS]
     if bad or "none" not in ablations:
-        raise UsageError(f"ablations must include 'none' and be among {', '.join(ABLATIONS)}")
+        raise OptionError("ablations", ablations, f"must include 'none' and be among {', '.join(ABLATIONS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = PreparedDataset(data_dir)

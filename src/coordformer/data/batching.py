@@ -23,12 +23,15 @@ import numpy as np
 import torch
 
 from ..batch import Batch
+from ..config import CROP_MODES, BatchConfig  # noqa: F401 - CROP_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_table
-from ..errors import UsageError
+from ..errors import ConfigError, SequenceTooLong
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
 
-_ASCII_TO_TOKEN = np.asarray(ascii_to_token_table(), dtype=np.int64)
+#: Token id of each ASCII byte ([256] int64, ``coordformer.alphabet.ascii_to_token_table``): a chain's
+#: sequence bytes index it to give its tokens.
+ASCII_TO_TOKEN = np.asarray(ascii_to_token_table(), dtype=np.int64)
 
 
 def seed_for(*parts: int | str) -> int:
@@ -75,23 +78,18 @@ def token_budget_batches(
 
 
 @dataclass(frozen=True)
-class BatchSettings:
-    crop_length: int = 512
-    tokens_per_batch: int = 8192
-    mask_prob: float = 0.15
-    mask_token_frac: float = 0.8
-    random_token_frac: float = 0.1
-    rotate: bool = True
+class BatchSettings(BatchConfig):
+    """A :class:`coordformer.config.BatchConfig` (crop, rotation, masking, structure dropout) plus how
+    this pass uses it: ``random_crop`` (training) or the first residues, the model's ``max_position``,
+    and an evaluation condition (``withhold``). ``BatchSettings.of(config, ...)`` builds one from a
+    config record."""
+
     random_crop: bool = True
-    crop_mode: str = "sequence"  # "sequence" | "spatial", see spatial_crop
     max_position: int = 4096  # the model's max_len: spatial-crop positions must stay below it
-    # Structure dropout (training): the probability that a chain is fed with no coordinates at all
-    # (as a FASTA input is), and that one contiguous stretch of SPAN_DROP_FRACTION of its residues
-    # is fed without them (as an unresolved loop is). Without it the missing flag never occurs in
-    # fully resolved training data, and its embedding is never learnt.
-    drop_chain_coords: float = 0.0
-    drop_span_coords: float = 0.0
-    #: Evaluation condition (None when training: structure dropout by the probabilities above).
+    # Structure dropout (BatchConfig.drop_*_coords) feeds a training chain without coordinates, as a
+    # FASTA input is, or one SPAN_DROP_FRACTION stretch of it, as an unresolved loop is: without it the
+    # missing flag never occurs in fully resolved training data, and its embedding is never learnt.
+    #: Evaluation condition (None when training: structure dropout by drop_*_coords).
     #: Every chain gets one stretch drawn exactly as structure dropout draws it, so each condition
     #: sees the same stretch and the same masks: "none" only reports it (``Batch.stretch``, the
     #: coordinates given); "span" withholds its coordinates (an unresolved loop put back); "cut"
@@ -100,17 +98,20 @@ class BatchSettings:
     withhold: str | None = None
 
     def __post_init__(self):
-        if self.crop_mode not in CROP_MODES:
-            raise UsageError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
-        if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
-            raise UsageError("coordinate dropout probabilities must lie in [0, 1]")
+        super().__post_init__()
         if self.withhold is not None and self.withhold not in WITHHOLD:
-            raise UsageError(f"withhold must be one of {', '.join(WITHHOLD)}, not {self.withhold!r}")
+            raise ConfigError(f"withhold must be one of {', '.join(WITHHOLD)}, not {self.withhold!r}")
         if self.withhold is not None and (self.drop_chain_coords or self.drop_span_coords):
-            raise UsageError("an evaluation condition (withhold) replaces structure dropout: "
-                             "leave drop_*_coords at 0")
+            raise ConfigError("an evaluation condition (withhold) replaces structure dropout: "
+                              "leave drop_*_coords at 0")
         if self.withhold == "cut" and self.crop_mode == "spatial":  # explicit positions would not close up
-            raise UsageError("withhold 'cut' works with sequence crops only")
+            raise ConfigError("withhold 'cut' works with sequence crops only")
+
+    @classmethod
+    def of(cls, config: BatchConfig, **use) -> BatchSettings:
+        """The settings of ``config`` (a BatchConfig, or a record extending it such as TrainConfig)
+        with ``use`` (this class's own fields, or BatchConfig fields to override) on top."""
+        return cls(**{**config.batch.to_dict(), **use})
 
     @property
     def draws_stretch(self) -> bool:
@@ -124,8 +125,8 @@ SPAN_DROP_FRACTION = (0.05, 0.3)
 #: "chain" "all").
 WITHHOLD = ("none", "chain", "span", "cut")
 
-#: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood.
-CROP_MODES = ("sequence", "spatial")
+#: How chains longer than the crop length are cut (defined with BatchConfig, re-exported here).
+CROP_MODES = CROP_MODES
 #: Longest jump in positions between consecutive residues of a spatial crop. Far-apart segments
 #: are far apart either way; the cap keeps a crop of a very long chain inside the position table.
 MAX_CROP_JUMP = 64
@@ -266,7 +267,7 @@ def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, 
     tokens = torch.full((b, l), PAD, dtype=torch.long)
     coords = torch.full((b, l, 4, 3), float("nan"))
     for i, (q, x) in enumerate(zip(seqs, xyzs)):
-        tokens[i, : len(q)] = torch.from_numpy(_ASCII_TO_TOKEN[q])
+        tokens[i, : len(q)] = torch.from_numpy(ASCII_TO_TOKEN[q])
         coords[i, : len(q)] = torch.from_numpy(x)
     lengths = [len(q) for q in seqs]
     # Each chain's generator draws its rotation's Gaussian and its masking randoms (the stream of
@@ -367,16 +368,19 @@ def _pad_rows(rows: list[np.ndarray], length: int, fill, dtype) -> torch.Tensor:
     return out
 
 
-def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: str = "--crop-length") -> None:
-    """Raise a one-line UsageError before any model call if a chain of ``idx``, cropped to
+def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: str | None = "crop_length",
+               alternative: str | None = None) -> None:
+    """Raise :class:`SequenceTooLong` before any model call if a chain of ``idx``, cropped to
     ``crop_length`` residues, is still longer than the model's ``max_len`` (the model would fail
-    mid-run on that batch); the message names the longest such chain and ``option``."""
+    mid-run on that batch). The error names the longest such chain, ``option`` (the parameter that
+    bounds the length, by its Python name; a leading ``--`` is dropped) and ``alternative``."""
     eff = np.minimum(data.lengths[idx], crop_length)
     if len(idx) == 0 or int(eff.max()) <= max_len:
         return
     ci = int(idx[int(np.argmax(eff))])
-    raise UsageError(f"chain {data.ids[ci]} has {int(data.lengths[ci])} residues, more than the model's max_len {max_len}: "
-                     f"use {option} {max_len} or less")
+    if option is not None:
+        option = option.lstrip("-").replace("-", "_")  # callers that still pass the flag
+    raise SequenceTooLong(int(data.lengths[ci]), max_len, data.ids[ci], option, alternative)
 
 
 def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -392,7 +396,7 @@ def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     coords = torch.full((len(chains), length, 4, 3), float("nan"))
     for i, c in enumerate(chains):
         n = len(c.sequence)
-        tokens[i, :n] = torch.from_numpy(_ASCII_TO_TOKEN[np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8)])
+        tokens[i, :n] = torch.from_numpy(ASCII_TO_TOKEN[np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8)])
         coords[i, :n] = torch.from_numpy(np.asarray(c.coords, dtype=np.float32))
     return tokens, coords, tokens != PAD
 

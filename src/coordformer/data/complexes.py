@@ -22,7 +22,7 @@ import torch
 
 from ..batch import Batch
 from ..constants import PAD
-from .batching import _ASCII_TO_TOKEN
+from .batching import ASCII_TO_TOKEN
 
 #: Default gap, in residue positions, between consecutive chains of a complex. Sequence-local
 #: attention in the shipped models decays within a few residues (analysis in docs/RESULTS.md), so
@@ -77,7 +77,7 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
         at, pos = 0, 0
         for k, ci in enumerate(members):
             n = int(data.lengths[ci])
-            tokens[r, at : at + n] = torch.from_numpy(_ASCII_TO_TOKEN[data.seq_bytes(int(ci))])
+            tokens[r, at : at + n] = torch.from_numpy(ASCII_TO_TOKEN[data.seq_bytes(int(ci))])
             coords[r, at : at + n] = torch.from_numpy(np.array(data.coords(int(ci)), dtype=np.float32))  # a copy: the store is read-only
             positions[r, at : at + n] = torch.arange(pos, pos + n)
             chain[r, at : at + n] = k

@@ -16,7 +16,7 @@ from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
 from ..data.windows import windowed_forward
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..model import CoordFormer
 
 #: evaluate_mlm(hide_coords=...) (and ``--hide-coords``): which coordinates the model is not given,
@@ -78,15 +78,15 @@ def evaluate_mlm(
     if len(idx) == 0:
         raise UsageError(f"{data.path}: split {split!r} is empty")
     if masking not in ("mask", "bert"):
-        raise UsageError(f"masking must be 'mask' or 'bert', not {masking!r}")
+        raise OptionError("masking", masking, "must be 'mask' or 'bert'")
     if windows and crop_length > model.config.max_len:
-        raise UsageError(f"--crop-length {crop_length} (the window) exceeds the model's max_len {model.config.max_len}")
+        raise OptionError("crop_length", crop_length, f"the window exceeds the model's max_len {model.config.max_len}")
     if not windows:
-        check_fits(data, idx, crop_length, model.config.max_len, "--windows, or --crop-length")
+        check_fits(data, idx, crop_length, model.config.max_len, "crop_length", alternative="windows")
     if windows and not 0 <= overlap < crop_length:
-        raise UsageError(f"--overlap {overlap}: need 0 <= overlap < --crop-length ({crop_length})")
+        raise OptionError("overlap", overlap, f"need 0 <= overlap < `crop_length` ({crop_length})")
     if hide_coords not in HIDE_COORDS:
-        raise UsageError(f"hide_coords must be one of {', '.join(HIDE_COORDS)}, not {hide_coords!r}")
+        raise OptionError("hide_coords", hide_coords, f"must be one of {', '.join(HIDE_COORDS)}")
     fracs = (1.0, 0.0) if masking == "mask" else (0.8, 0.1)
     settings = BatchSettings(
         # "none" draws the stretch too (after every other draw, so nothing else changes) to score it

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import _Record
+from ..config import Record
 from ..data.batching import BatchSettings, collate_chains, token_budget_batches
 from ..data.store import PreparedDataset
-from ..errors import TrainingInterrupted, UsageError
+from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.encode import encode
+from ..train.lifecycle import Interrupted, StopOnSignal, quiet_lightning, resolve_precision, signal_name
 from .labels import TASKS, function_dataset, missing_structure_hint, read_annotations, read_identity_bins, read_split
 from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
 
@@ -45,7 +46,7 @@ HEADS = ("linear", "mlp")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_Record):
+class FinetuneConfig(Record):
     task: str = "ec"
     head: str = "mlp"
     random_init: bool = False
@@ -74,13 +75,13 @@ class FinetuneConfig(_Record):
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise UsageError(f"--task must be one of {', '.join(TASKS)}, not {self.task!r}")
+            raise OptionError("task", self.task, f"must be one of {', '.join(TASKS)}")
         if self.head not in HEADS:
-            raise UsageError(f"--head must be one of {', '.join(HEADS)}, not {self.head!r}")
+            raise OptionError("head", self.head, f"must be one of {', '.join(HEADS)}")
         if self.max_epochs < 1 or self.patience < 1:
-            raise UsageError("max_epochs and patience must be >= 1")
+            raise ConfigError("max_epochs and patience must be >= 1")
         if self.probe_epochs < 0 or self.probe_patience < 1:
-            raise UsageError("probe_epochs must be >= 0 and probe_patience >= 1")
+            raise ConfigError("probe_epochs must be >= 0 and probe_patience >= 1")
 
 
 def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
@@ -95,8 +96,8 @@ def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
             found[key] = hits[0]
     missing = [k for k in ("annot", "train", "valid", "test") if k not in found]
     if missing:
-        raise UsageError(f"--labels {d}: no {prefix}{'/'.join(missing)} file(s) for task {task}; "
-                         "point it at a folder with the DeepFRI nrPDB files")
+        raise OptionError("labels_dir", d, f"no {prefix}{'/'.join(missing)} file(s) for task {task}; "
+                          "point it at a folder with the DeepFRI nrPDB files")
     return found
 
 
@@ -223,16 +224,14 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
     interrupted one continues from last.ckpt (its epoch's batches are drawn afresh, so not bit for
     bit the uninterrupted run).
     """
-    from ..train.run import _Interrupted, _StopOnSignal, _signal_name
-
     stop = None
     if threading.current_thread() is threading.main_thread():
-        stop = _StopOnSignal(Path(out_dir) / "checkpoints" / "last.ckpt")
+        stop = StopOnSignal(Path(out_dir) / "checkpoints" / "last.ckpt")
         stop.install()
     try:
         return _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg, device, progress, echo, command, stop)
-    except _Interrupted as e:  # outside a training step: nothing new to save
-        raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)} outside a training step: nothing new to save",
+    except Interrupted as e:  # outside a training step: nothing new to save
+        raise TrainingInterrupted(f"stopped by {signal_name(e.signum)} outside a training step: nothing new to save",
                                   e.signum, resumable=(Path(out_dir) / "checkpoints" / _RESUME).exists()) from None
     finally:
         if stop is not None:
@@ -249,13 +248,12 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
 
     from ..model import CoordFormer
     from ..model.checkpoints import load_model, missing_coords_warning
-    from ..train.run import _Interrupted, _quiet_lightning, _signal_name
     from .embed import iter_pooled
 
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(out_dir)
     if (out / "metrics.json").exists():
-        raise UsageError(f"{out} already holds a finished fine-tuning run; choose another --out")
+        raise OptionError("out_dir", out, "already holds a finished fine-tuning run; choose another `out_dir`")
     out.mkdir(parents=True, exist_ok=True)
     last, state_file = out / "checkpoints" / "last.ckpt", out / "checkpoints" / _RESUME
     state = {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "running": None, "finished": {}}
@@ -264,8 +262,8 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         changed = [k for k, v in state["config"].items() if old.get("config", {}).get(k) != v]
         changed += ["checkpoint"] if old.get("checkpoint") != state["checkpoint"] else []
         if changed:
-            raise UsageError(f"{out} holds an interrupted fine-tuning run with different {', '.join(changed)}; "
-                             "re-run its own command to resume it, or choose another --out")
+            raise OptionError("out_dir", out, f"holds an interrupted fine-tuning run with different {', '.join(changed)}; "
+                              "re-run its own command to resume it, or choose another `out_dir`")
         state = old
         echo(f"resuming the interrupted run in {out}: " + ", ".join(
             [f"{n} finished" for n in state["finished"]] +
@@ -300,7 +298,7 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
             echo(warning)
     n_classes = labels.n_classes
     d_model = model.config.d_model
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if device.startswith("cuda") else "32-true")
+    precision = resolve_precision(cfg.precision, str(device).startswith("cuda"))
     accelerator = "gpu" if device.startswith("cuda") else "mps" if device == "mps" else "cpu"
     train_y = splits["train"][2]
 
@@ -329,13 +327,13 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
                             log_every_n_steps=1)
         try:
             trainer.fit(module, loaders["train"], loaders["valid"], ckpt_path=ckpt_path)
-        except _Interrupted:
+        except Interrupted:
             if stop.stopped_at is None:  # setting up, or a second Ctrl-C part-way through a step
                 raise
         if stop is not None:
             stop.wrap_up()
             if stop.stopped_at is not None:
-                raise TrainingInterrupted(f"stopped by {_signal_name(stop.stopped_by)}: saved {last} at step "
+                raise TrainingInterrupted(f"stopped by {signal_name(stop.stopped_by)}: saved {last} at step "
                                           f"{stop.stopped_at} ({name} stage)", stop.stopped_by, step=stop.stopped_at,
                                           checkpoint=str(last), resumable=True)
         best_path = callbacks[1].best_model_path
@@ -346,7 +344,7 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
             "epochs_run": trainer.current_epoch, "best": best_path, "best_fmax": module.best_fmax}})
         last.unlink(missing_ok=True)  # this stage's resume point, spent
         if stop is not None and stop.received:  # came during the stage's last step; the stage is kept
-            raise _Interrupted(stop.received)
+            raise Interrupted(stop.received)
         return trainer.current_epoch, best_path
 
     def frozen_features() -> dict:
@@ -446,7 +444,7 @@ def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: 
         rows[0].append("")
         for row, (ids, y, s) in zip(rows[1:], loaded[1:]):
             if ids != ids0:
-                raise UsageError("--bootstrap needs runs with the same chains in the same order")
+                raise OptionError("bootstrap", bootstrap, "needs runs with the same chains in the same order")
             d = [fmax(y[i], s[i])[0] - fmax(y0[i], s0[i])[0] for i in draws]
             point = fmax(y, s)[0] - fmax(y0, s0)[0]
             lo, hi = np.nanpercentile(d, [2.5, 97.5])

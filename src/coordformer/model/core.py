@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
 from ..constants import AA_OFFSET, CA_INDEX, PAD
-from ..errors import UsageError
+from ..errors import OptionError, SequenceTooLong, UsageError
 from ..geometry import centre
 
 #: SDPA kernels allowed when a padding mask is passed. cuDNN's fused attention is left out: its
@@ -306,7 +306,7 @@ class CoordFormer(nn.Module):
                 top = int(positions.max()) if positions.numel() else 0
                 if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
                     raise UsageError(f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
-                                     f"got up to {top}: use a smaller --chain-gap or crop")
+                                     f"got up to {top}: use a smaller `chain_gap` or crop")
                 x = x + self.positions[positions].to(self.tokens.weight.dtype)
         return x
 
@@ -327,10 +327,10 @@ class CoordFormer(nn.Module):
         Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
-            raise UsageError(f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'")
+            raise OptionError("ablate", tuple(ablate), f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'")
         l = tokens.shape[1]
         if l > self.config.max_len:
-            raise UsageError(f"sequence length {l} exceeds the model's max_len {self.config.max_len}; use a smaller --crop-length")
+            raise SequenceTooLong(l, self.config.max_len)
         if self.lm is not None:
             # The LM representation carries sequence and position; ablating "positions" drops it
             # (only the 3D signal is left). ``positions`` (chain breaks) is not read: the LM sees
@@ -416,7 +416,7 @@ class CoordFormer(nn.Module):
 
     def save_pretrained(self, folder, meta: dict | None = None, half: bool = False):
         """Write a Hugging Face-style folder (config.json, model.safetensors, README.md); see ``hub``."""
-        from .hub import save_pretrained  # hub imports this module
+        from .hub import save_pretrained  # file formats only; hub never imports this module
 
         return save_pretrained(self, folder, meta=meta, half=half)
 
@@ -424,6 +424,6 @@ class CoordFormer(nn.Module):
     def from_pretrained(cls, folder, map_location: str | torch.device = "cpu") -> CoordFormer:
         """Load a folder written by ``save_pretrained`` (local, offline) or a shipped model by name
         (``CoordFormer.from_pretrained("small-coords")``); eval mode, float32."""
-        from .hub import from_pretrained
+        from .weights import read_pretrained  # reads files only; weights never imports this module
 
-        return from_pretrained(folder, map_location)
+        return read_pretrained(folder, map_location).build(cls)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..constants import CA_INDEX
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ def read_chains(inputs: Sequence[str | Path], chains: Sequence[str] = (), plddt_
     raw: list = []
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
         if plddt_min is not None:
-            raise UsageError("--plddt-min applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
+            raise OptionError("plddt_min", plddt_min, "applies to structure inputs; pass it to `coordformer prepare` for a "
+                              "prepared dataset")
         if seqres != "off":
-            raise UsageError("--seqres applies to structure inputs; pass it to `coordformer prepare` for a prepared dataset")
+            raise OptionError("seqres", seqres, "applies to structure inputs; pass it to `coordformer prepare` for a "
+                              "prepared dataset")
         data = PreparedDataset(inputs[0])
         idx = data.split_indices(split) if split else np.arange(len(data))
         for i in idx.tolist():
@@ -50,7 +52,7 @@ def read_chains(inputs: Sequence[str | Path], chains: Sequence[str] = (), plddt_
                              source=str(data.path), b_factors=None if pl is None else np.array(pl)))
         return _unique(raw), skipped
     if split:
-        raise UsageError("--split applies to a prepared dataset folder")
+        raise OptionError("split", split, "applies to a prepared dataset folder")
     sources, problems = find_sources([str(p) for p in inputs])
     skipped.extend(problems)
     for src in sources:

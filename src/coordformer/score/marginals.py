@@ -30,19 +30,19 @@ import numpy as np
 import torch
 
 from ..batch import Batch
-from ..config import _Record
-from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD, ascii_to_token_table
+from ..config import Record
+from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
+from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 
 #: ScoreConfig.mode values.
 SCORE_MODES = ("exact", "fast")
 _AA = slice(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS))
-_ASCII_TO_TOKEN = np.asarray(ascii_to_token_table(), dtype=np.int64)
 
 
 @dataclass(frozen=True)
-class ScoreConfig(_Record):
+class ScoreConfig(Record):
     """How masked marginals are computed (``coordformer score``)."""
 
     mode: str = "exact"  # "exact": one masked position per pass; "fast": several far-apart positions per pass
@@ -55,20 +55,20 @@ class ScoreConfig(_Record):
 
     def __post_init__(self):
         if self.mode not in SCORE_MODES:
-            raise UsageError(f"scoring mode must be one of {', '.join(SCORE_MODES)}, not {self.mode!r}")
+            raise OptionError("mode", self.mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}")
         if self.min_sep < 1:
-            raise UsageError(f"min_sep must be at least 1, got {self.min_sep}")
+            raise OptionError("min_sep", self.min_sep, "must be at least 1")
         if not self.min_dist >= 0:
-            raise UsageError(f"min_dist must be >= 0 Angstrom, got {self.min_dist}")
+            raise OptionError("min_dist", self.min_dist, "must be >= 0 Angstrom")
         if self.tokens_per_batch < 1:
-            raise UsageError(f"tokens_per_batch must be positive, got {self.tokens_per_batch}")
+            raise OptionError("tokens_per_batch", self.tokens_per_batch, "must be positive")
 
     def window_for(self, max_len: int) -> int:
         window = self.window or min(1024, max_len)
         if window > max_len:
-            raise UsageError(f"--window {window} exceeds the model's max_len {max_len}")
+            raise OptionError("window", window, f"exceeds the model's max_len {max_len}")
         if not 0 <= self.overlap < window:
-            raise UsageError(f"--overlap {self.overlap}: need 0 <= overlap < window ({window})")
+            raise OptionError("overlap", self.overlap, f"need 0 <= overlap < `window` ({window})")
         return window
 
 
@@ -86,7 +86,7 @@ def masking_plan(positions, ca: np.ndarray | None, mode: str = "exact", min_sep:
     if mode == "exact":
         return [pos[i : i + 1] for i in range(len(pos))]
     if mode != "fast":
-        raise UsageError(f"scoring mode must be one of {', '.join(SCORE_MODES)}, not {mode!r}")
+        raise OptionError("mode", mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}")
     use_dist = ca is not None and min_dist > 0
     groups: list[list[int]] = []
     for p in pos.tolist():
@@ -118,7 +118,7 @@ class Pass:
 
 def chain_tokens(sequence: str) -> np.ndarray:
     """int64 [L] token ids of a one-letter sequence (anything but the 20 amino acids -> X)."""
-    return _ASCII_TO_TOKEN[np.frombuffer(sequence.encode("ascii", errors="replace"), dtype=np.uint8)]
+    return ASCII_TO_TOKEN[np.frombuffer(sequence.encode("ascii", errors="replace"), dtype=np.uint8)]
 
 
 def aa_index(sequence: str) -> np.ndarray:

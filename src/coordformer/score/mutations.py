@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..constants import AMINO_ACIDS
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..io.structures import normalize_chain_id
 from .marginals import Pass, ScoreConfig, aa_index, joint_window, masked_marginals, model_inputs, run_passes
 
@@ -158,7 +158,7 @@ class ChainIndex:
         if default_chain is not None:
             k = self.find(default_chain)
             if k is None:
-                raise UsageError(f"--chain {default_chain!r} is not among the scored chains ({self.names()})")
+                raise OptionError("chain", default_chain, f"is not among the scored chains ({self.names()})")
             self.default = k
 
     def names(self, n: int = 8) -> str:
@@ -185,7 +185,7 @@ class ChainIndex:
             if len(self.chains) == 1:
                 return 0
             raise MutationError(mutant, f"{sub} names no chain and {len(self.chains)} chains are scored ({self.names()}); "
-                                "qualify it (A:A23G) or give a default chain (--chain)", None, sub.position)
+                                "qualify it (A:A23G) or give a default chain (`chain`)", None, sub.position)
         k = self.find(sub.chain)
         if k is None:
             raise MutationError(mutant, f"chain {sub.chain!r} is not among the scored chains ({self.names()})", sub.chain,
@@ -214,7 +214,7 @@ class ChainIndex:
             table = self._author[k]
             if table is None:
                 raise MutationError(mutant, f"chain {c.id} has no author residue numbers (FASTA, chain_set or prepared "
-                                    "input); use 1-based indices (--numbering index)", c.id, sub.position)
+                                    "input); use 1-based indices (`numbering=index`)", c.id, sub.position)
             i = table.get(sub.position)
             if i is None:
                 raise MutationError(mutant, f"position {sub.position} is not in chain {c.id} ({self.describe(k)})", c.id,
@@ -222,7 +222,7 @@ class ChainIndex:
             return i
         if sub.icode:
             raise MutationError(mutant, f"position {sub.position} has an insertion code, which 1-based indices do not "
-                                "have; use --numbering author", c.id, sub.position)
+                                "have; use `numbering=author`", c.id, sub.position)
         i = sub.number - self.offset
         if not 1 <= i <= len(c.sequence):
             raise MutationError(mutant, f"position {sub.number} is outside chain {c.id} ({self.describe(k)})", c.id,

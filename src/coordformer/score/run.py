@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..constants import AMINO_ACIDS
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from .inputs import missing_structure_warning, read_chains
 from .marginals import ScoreConfig, masked_marginals
 from .mutations import MULTI_MODES, NUMBERINGS, score_mutations
@@ -43,17 +43,17 @@ def read_mutant_table(path: str | Path, column: str = "mutant") -> tuple[list[st
     """(header, rows, index of ``column``) of a CSV (comma) or ``.tsv``/``.txt`` (tab) mutation file."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--mutations {path}: no such file")
+        raise OptionError("mutations", path, "no such file")
     delim = "\t" if path.suffix.lower() in (".tsv", ".txt", ".tab") else ","
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f, delimiter=delim)]
     rows = [r for r in rows if any(x.strip() for x in r)]
     if not rows:
-        raise UsageError(f"--mutations {path}: empty file")
+        raise OptionError("mutations", path, "empty file")
     header, body = rows[0], rows[1:]
     if column not in header:
-        raise UsageError(f"--mutations {path}: no column {column!r} (columns: {', '.join(header[:12])}); "
-                         "name the mutant column with --mutant-column")
+        raise OptionError("mutations", path, f"no column {column!r} (columns: {', '.join(header[:12])}); "
+                          "name the mutant column with `mutant_column`")
     return header, body, header.index(column)
 
 
@@ -99,22 +99,22 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     warn = warn or echo
     out = Path(out)
     if mutations is not None and mutants:
-        raise UsageError("give mutants either in a file (--mutations) or on the command line (--mutant), not both")
+        raise UsageError("give mutants either in a file (`mutations`) or as a list (`mutants`), not both")
     if multi not in MULTI_MODES:
-        raise UsageError(f"--multi must be one of {', '.join(MULTI_MODES)}")
+        raise OptionError("multi", multi, f"must be one of {', '.join(MULTI_MODES)}")
     if numbering not in NUMBERINGS:
-        raise UsageError(f"--numbering must be one of {', '.join(NUMBERINGS)}")
+        raise OptionError("numbering", numbering, f"must be one of {', '.join(NUMBERINGS)}")
     if offset and numbering != "index":
-        raise UsageError("--offset applies to 1-based index numbering; add --numbering index")
+        raise OptionError("offset", offset, "applies to 1-based index numbering; add `numbering=index`")
     table = read_mutant_table(mutations, mutant_column) if mutations is not None else None
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
-    cfg.window_for(model.config.max_len)  # bad --window / --overlap fail before reading anything
+    cfg.window_for(model.config.max_len)  # a bad window / overlap fails before reading anything
     chain_list, skipped_inputs = read_chains(inputs, chains, plddt_min, seqres, split)
     if not chain_list:
         why = "; ".join(f"{s}: {r}" for s, r in skipped_inputs[:3])
         raise UsageError("no readable chains in the inputs" + (f" ({why})" if why else "") +
-                         (f"; none is one of --chains {','.join(chains)}" if chains else ""))
+                         (f"; none is one of `chains` {','.join(chains)}" if chains else ""))
     note = missing_structure_warning(meta, model, chain_list, cfg.use_coords)
     if note:
         warn(f"warning: {note}")
@@ -161,7 +161,7 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
         texts = list(mutants)
     for name in (SCORE_COLUMN, SITES_COLUMN):
         if name in header:
-            raise UsageError(f"--mutations already has a column {name!r}; rename it or score a copy without it")
+            raise OptionError("mutations", mutations, f"already has a column {name!r}; rename it or score a copy without it")
     res = score_mutations(model, chain_list, texts, cfg, multi=multi, numbering=numbering, default_chain=chain,
                           strict=table is None, device=device, progress=progress, offset=offset)
     rows = []
@@ -177,7 +177,7 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     if texts and not res.scored:
         row, m, why = res.skipped[0]
         raise UsageError(f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); check "
-                         f"--numbering, --offset and --chain; all are listed in {skipped_path}")
+                         f"`numbering`, `offset` and `chain`; all are listed in {skipped_path}")
     if mismatched > len(texts) / 2:
         warn(f"warning: {mismatched} of {len(texts)} mutants have a wild-type mismatch: are the positions numbered as "
              f"--numbering {numbering} assumes (author numbers vs 1-based index, --offset)?")

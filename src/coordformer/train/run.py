@@ -17,48 +17,24 @@ from lightning.pytorch.loggers import CSVLogger
 from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
-from ..errors import TrainingInterrupted, UsageError
+from ..errors import OptionError, TrainingInterrupted, UsageError
+from .lifecycle import Interrupted, StopOnSignal, quiet_lightning, resolve_precision, signal_name
 from .mlm import MaskedLMModule
 from .progress import TrainProgressBar
 
 log = logging.getLogger(__name__)
 
 
-def _quiet_lightning() -> None:
-    """Lightning prints advertising tips and deprecation chatter that hide our progress output."""
-    import warnings
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.checkpoint_connector",
-                 "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": we say what we did
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*weights_only.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    # MaskedBatches resumes at the restored global step itself, so this Lightning warning is moot.
-    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-
-
 #: Settings that determine which residues the model sees in which order; a resume must keep them.
-DATA_STREAM_FIELDS = ("seed", "tokens_per_batch", "crop_length", "crop_mode", "drop_chain_coords", "drop_span_coords", "mask_prob", "mask_token_frac", "random_token_frac", "rotate",
-                      "accumulate_grad_batches")
+DATA_STREAM_FIELDS = TrainConfig.DATA_STREAM_FIELDS
 
 
 def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
-    return BatchSettings(
-        crop_length=cfg.crop_length,
-        tokens_per_batch=cfg.tokens_per_batch,
-        mask_prob=cfg.mask_prob,
-        mask_token_frac=cfg.mask_token_frac,
-        random_token_frac=cfg.random_token_frac,
-        rotate=cfg.rotate if train else True,
-        random_crop=train,
-        crop_mode=cfg.crop_mode,
-        drop_chain_coords=cfg.drop_chain_coords if train else 0.0,
-        drop_span_coords=cfg.drop_span_coords if train else 0.0,
-    )
+    """The run's batch settings for training (random crops, structure dropout) or validation (the
+    first residues, always rotated, every coordinate given)."""
+    if train:
+        return BatchSettings.of(cfg, random_crop=True)
+    return BatchSettings.of(cfg, random_crop=False, rotate=True, drop_chain_coords=0.0, drop_span_coords=0.0)
 
 
 class _DataModule(L.LightningDataModule):
@@ -100,7 +76,7 @@ class _DataModule(L.LightningDataModule):
 
 def _worker_init(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which checkpoints at the next
-    step (_StopOnSignal). A terminal sends Ctrl-C to every process of the job: a worker that died of
+    step (StopOnSignal). A terminal sends Ctrl-C to every process of the job: a worker that died of
     it ended the run ("DataLoader worker exited unexpectedly") before anything was saved. Then
     Lightning's worker seeding, which a worker_init_fn of our own replaces."""
     import os
@@ -176,152 +152,6 @@ class _BestCheckpoint(ModelCheckpoint):
         return {"path": str(self.best_model_path), "step": step, "val_loss": score}
 
 
-class _Interrupted(BaseException):
-    """Raised from the signal handler where stopping at once loses nothing (setting up, wrapping up)
-    or on a second Ctrl-C. Lightning re-raises it as it is (a KeyboardInterrupt it would turn into
-    exit status 1)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _StopOnSignal(Callback):
-    """Ctrl-C (SIGINT), SIGTERM (pre-emption, ``kill``, ``scancel``) and, under SLURM, the warning
-    signal SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``): checkpoint at the next optimizer-step boundary
-    and stop; after SIGUSR1 also ``scontrol requeue`` the job.
-
-    Lightning's own handlers act inside the step: its SLURM handler saves from inside the signal
-    handler, wherever the step happens to be (e.g. after the weights moved but before the step counter
-    did), so a run resumed from it is not the run that would have been (measured: weights 6e-3 off
-    after 150 steps); its SIGTERM handler raises SystemExit at the next batch, saving nothing, with
-    exit status 0; Ctrl-C ends in exit status 1, saving nothing. Here, during training, the handler
-    only sets a flag; rank 0's flag is broadcast so every rank saves at the same step, and ``last.ckpt``
-    is written so a re-run resumes from it like any other restart, exactly.
-
-    Outside the training loop (loading, setting up; the final validation) SIGINT and SIGTERM raise
-    ``_Interrupted`` at once: nothing done there is lost that a re-run does not redo. A second Ctrl-C
-    before the step ends does the same.
-    """
-
-    def __init__(self, last: Path, requeue: bool = False):
-        import signal
-
-        self.last = last
-        self.signals = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR1,) if requeue else ())
-        self.received = 0  # the first signal number this process got (0: none)
-        self.stopped_by = 0  # the one acted on (rank 0's)
-        self.stopped_at: int | None = None  # the step last.ckpt was written at
-        self.requeue_ok = False
-        self.started = False  # the training loop began (on_train_start)
-        self.wrapped_up = False  # fit returned
-        self._saving = False
-        self._step_seen = -1
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        """Take over the signals (from the main thread: only it can set signal handlers); one this
-        process was started with ignored (Ctrl-C for a background job of a script) stays ignored."""
-        import signal
-
-        for s in self.signals:
-            if signal.getsignal(s) is not signal.SIG_IGN:
-                self._previous[s] = signal.signal(s, self._on_signal)
-
-    def uninstall(self) -> None:
-        import signal
-
-        for s, handler in self._previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
-
-    def wrap_up(self) -> None:
-        """Training is over (fit returned): from now on SIGINT/SIGTERM stop at once."""
-        self.wrapped_up = True
-
-    def _on_signal(self, signum, frame) -> None:
-        import signal
-
-        if signum == signal.SIGUSR1 or self._saving:
-            self.received = self.received or signum
-            return
-        if not self.started or self.wrapped_up or (self.received and signum == signal.SIGINT):
-            raise _Interrupted(signum)
-        self.received = self.received or signum
-
-    def on_train_start(self, trainer, pl_module):
-        import signal
-
-        # Lightning's fit put its own SIGTERM handler in place after install() (and puts ours back
-        # when it ends)
-        if signal.SIGTERM in self._previous and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-        self.started, self.wrapped_up = True, False
-        # the step the run (re)starts at is not a boundary reached by training: with gradient
-        # accumulation, a checkpoint after the first micro-batch would not resume exactly
-        self._step_seen = trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        import signal
-
-        if trainer.global_step == self._step_seen:  # mid gradient accumulation: not a step boundary
-            return
-        self._step_seen = trainer.global_step
-        received = self.received
-        if trainer.world_size > 1:
-            received = int(trainer.strategy.broadcast(received, 0))
-        if not received or self.stopped_at is not None:
-            return
-        self.save(trainer)
-        self.stopped_by, self.stopped_at = received, trainer.global_step
-        trainer.should_stop = True
-        # Lightning validates when asked to stop; not now: time may be short (pre-emption, a
-        # requeue), and best.ckpt must not get ahead of the state saved in last.ckpt
-        trainer.limit_val_batches = 0
-        if received == signal.SIGUSR1 and trainer.is_global_zero:
-            self.requeue_ok = _scontrol_requeue()
-
-    def save(self, trainer) -> None:
-        self._saving = True  # a signal now waits for the checkpoint to be written
-        try:
-            trainer.save_checkpoint(self.last)
-        finally:
-            self._saving = False
-
-
-def _signal_name(signum: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _scontrol_requeue() -> bool:
-    import os
-    import subprocess
-
-    job = os.environ.get("SLURM_JOB_ID", "")
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    try:
-        rc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60).returncode
-    except (OSError, subprocess.SubprocessError) as e:
-        rc = f"{type(e).__name__}: {e}"
-    if rc != 0:
-        log.warning("scontrol requeue %s failed (%s); resubmit the same command to continue from last.ckpt", job, rc)
-    return rc == 0
-
-
-def resolve_precision(cfg: TrainConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 def pretrain(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -364,15 +194,15 @@ def pretrain(
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     stop = None
     if threading.current_thread() is threading.main_thread():
-        stop = _StopOnSignal(last, requeue=slurm)
+        stop = StopOnSignal(last, requeue=slurm)
         stop.install()
     elif slurm:
         log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
     try:
         return _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks,
                          init_state, stop, slurm, allow_new_data)
-    except _Interrupted as e:  # came while loading the data or setting up: nothing to save
-        raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)} before training started: nothing to save",
+    except Interrupted as e:  # came while loading the data or setting up: nothing to save
+        raise TrainingInterrupted(f"stopped by {signal_name(e.signum)} before training started: nothing to save",
                                   e.signum, resumable=last.exists(), report=getattr(rank_zero_only, "rank", 0) == 0) from None
     finally:
         if stop is not None:
@@ -380,13 +210,13 @@ def pretrain(
 
 
 def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks, init_state,
-              stop: _StopOnSignal | None, slurm: bool, allow_new_data: bool = False) -> dict:
+              stop: StopOnSignal | None, slurm: bool, allow_new_data: bool = False) -> dict:
     import signal
     import sys
 
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    _quiet_lightning()
+    quiet_lightning()
     data = PreparedDataset(data_dir)
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
@@ -397,28 +227,31 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UsageError("--accelerator gpu was given but no CUDA GPU is visible; use --accelerator cpu")
+        raise OptionError("accelerator", cfg.accelerator, "no CUDA GPU is visible; use `accelerator=cpu`")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = None
     data_record = {"path": str(Path(data_dir).resolve()), "fingerprint": data.fingerprint, "manifest": data.manifest}
     if last.exists():
         if not resume:
-            raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+            raise OptionError("out_dir", out, "already holds a run; pass `resume=True` to continue it or choose a new "
+                              "`out_dir`")
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
         saved = ckpt.get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
-            raise UsageError(f"{last} was trained with a different model config; use a new --out to start afresh")
+            raise OptionError("out_dir", out, f"{last} was trained with a different model config; use a new "
+                              "`out_dir` to start afresh")
         old = saved.get("train_config", {})
         changed = [k for k in DATA_STREAM_FIELDS if k in old and old[k] != cfg.to_dict()[k]]
         if changed:
-            raise UsageError(f"{last} was trained with different {', '.join(changed)}; resuming would change the data "
-                             "stream. Use the original values or a new --out")
+            raise OptionError("out_dir", out, f"{last} was trained with different {', '.join(f'`{k}`' for k in changed)}; "
+                              "resuming would change the data stream. Use the original values or a new `out_dir`")
         before = _previous_data(out, saved)
         if before and before.get("fingerprint") != data.fingerprint:
             if not allow_new_data:
-                raise UsageError(f"{out} was trained on {before.get('path', 'another dataset')} (dataset fingerprint "
-                                 f"{before['fingerprint']}); --data {data_dir} is another dataset (fingerprint "
-                                 f"{data.fingerprint}): pass --allow-new-data to continue on it, or choose a new --out")
+                raise OptionError("data_dir", data_dir, f"another dataset (fingerprint {data.fingerprint}) than {out} "
+                                  f"was trained on ({before.get('path', 'another dataset')}, dataset fingerprint "
+                                  f"{before['fingerprint']}): pass `allow_new_data=True` to continue on it, or "
+                                  "choose a new `out_dir`")
             data_record["previous"] = [*before.pop("previous", []), before]
         ckpt_path = str(last)
         if getattr(rank_zero_only, "rank", 0) == 0:
@@ -464,7 +297,7 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
     if slurm:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        # our handler instead of Lightning's (see _StopOnSignal)
+        # our handler instead of Lightning's (see StopOnSignal)
         plugins.append(SLURMEnvironment(auto_requeue=False))
     if stop is not None:
         callbacks.append(stop)
@@ -474,7 +307,7 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         devices=_parse_devices(cfg.devices),
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        precision=resolve_precision(cfg),
+        precision=resolve_precision(cfg.precision, _uses_cuda(cfg.accelerator)),
         max_steps=cfg.max_steps,
         max_epochs=-1,
         val_check_interval=cfg.val_every_steps,
@@ -518,18 +351,18 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
                 if "val/loss" in metrics:  # Lightning saves nothing in validate(): the final model may be the best
                     best.consider_final(trainer, metrics["val/loss"])
             trainer.save_checkpoint(last)
-    except _Interrupted as e:
+    except Interrupted as e:
         if stop.stopped_at is None and not stop.wrapped_up:  # setting up, or a second Ctrl-C part-way through a step
-            what = (f"a second {_signal_name(e.signum)} part-way through a step: nothing saved"
+            what = (f"a second {signal_name(e.signum)} part-way through a step: nothing saved"
                     + (" since the last periodic checkpoint" if last.exists() else "")) if stop.started else \
-                f"{_signal_name(e.signum)} before training started: nothing to save"
+                f"{signal_name(e.signum)} before training started: nothing to save"
             raise TrainingInterrupted(f"stopped by {what}", e.signum, resumable=last.exists(),
                                       report=trainer.is_global_zero) from None
         if stop.stopped_at is None:  # the final validation: training is complete
             stop.save(trainer)
             stop.stopped_by, stop.stopped_at = e.signum, trainer.global_step
     if stop is not None and stop.stopped_at is not None:
-        name = _signal_name(stop.stopped_by)
+        name = signal_name(stop.stopped_by)
         summary = {"global_step": stop.stopped_at, "interrupted": {"signal": name, "step": stop.stopped_at},
                    "train_minutes": module.train_seconds / 60.0, "skipped_steps": module.skipped_steps,
                    # the rate alone: measuring the device's matrix rate would delay a stop that may be on a deadline
@@ -599,6 +432,11 @@ def _utilisation(module, trainer, measure_peak: bool = True) -> dict:
     except RuntimeError:  # an accelerator without the matmul dtype: report the rate alone
         return {"model_tflops_per_s": rate / 1e12}
     return {"model_tflops_per_s": rate / 1e12, "matmul_tflops_per_s": peak / 1e12, "mfu": rate / peak}
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning will train on a CUDA GPU for ``accelerator`` ("auto" takes one when there is one)."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def cfg_tensorboard_available() -> bool:
