@@ -16,7 +16,7 @@ from coordformer.errors import UsageError
 from coordformer.io import iter_chain_set
 from coordformer.model import CoordFormer
 from coordformer.model.checkpoints import load_model, resolve_checkpoint
-from coordformer.model.hub import from_pretrained, save_pretrained
+from coordformer.model.hub import save_pretrained
 
 #: Max |logit difference| allowed for float16 weights. Measured: 0.0075 on small-coords with its
 #: weights brought to float32 precision (logits up to ~30 on these chains), so ~7x margin.
@@ -61,7 +61,7 @@ def test_half_folder_agrees_within_tolerance(native, batch, tmp_path):
     folder = native.save_pretrained(tmp_path / "half", half=True)
     assert {v.dtype for v in load_file(folder / "model.safetensors").values()} == {torch.float16}
     assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float16"
-    diff = (native(*batch).logits - from_pretrained(folder)(*batch).logits).abs().max().item()
+    diff = (native(*batch).logits - CoordFormer.from_pretrained(folder)(*batch).logits).abs().max().item()
     assert diff < HALF_LOGIT_ATOL
 
 
@@ -74,7 +74,7 @@ def test_half_of_float32_weights_agrees_within_tolerance(native, batch, tmp_path
     model.load_state_dict(native.state_dict())
     for p in model.parameters():
         p.add_(torch.randn_like(p) * p.abs() * 1e-4)
-    loaded = from_pretrained(save_pretrained(model, tmp_path / "m", half=True))
+    loaded = CoordFormer.from_pretrained(save_pretrained(model, tmp_path / "m", half=True))
     diff = (model(*batch).logits - loaded(*batch).logits).abs().max().item()
     assert 0 < diff < HALF_LOGIT_ATOL
 
@@ -146,11 +146,11 @@ def _copy(src, dst):
 
 def test_refusals_are_usage_errors(hf_folder, tmp_path):
     with pytest.raises(UsageError, match="not a folder"):
-        from_pretrained(tmp_path / "absent")
+        CoordFormer.from_pretrained(tmp_path / "absent")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match="no config.json or model.safetensors"):
-        from_pretrained(empty)
+        CoordFormer.from_pretrained(empty)
     no_weights = _copy(hf_folder, tmp_path / "no_weights")
     (no_weights / "model.safetensors").unlink()
     with pytest.raises(UsageError, match="no model.safetensors"):
@@ -163,18 +163,18 @@ def test_refusals_are_usage_errors(hf_folder, tmp_path):
         return d
 
     with pytest.raises(UsageError, match="newer than this coordformer"):
-        from_pretrained(edited("newer", format_version=99))
+        CoordFormer.from_pretrained(edited("newer", format_version=99))
     with pytest.raises(UsageError, match="model_type is 'bert'"):
-        from_pretrained(edited("bert", model_type="bert"))
+        CoordFormer.from_pretrained(edited("bert", model_type="bert"))
     with pytest.raises(UsageError, match="unknown keys"):
-        from_pretrained(edited("future_field", rotary=True))
+        CoordFormer.from_pretrained(edited("future_field", rotary=True))
     with pytest.raises(UsageError, match="do not match its config"):
-        from_pretrained(edited("wrong_size", d_model=128))
+        CoordFormer.from_pretrained(edited("wrong_size", d_model=128))
     truncated = _copy(hf_folder, tmp_path / "truncated")
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(UsageError, match="truncated"):
-        from_pretrained(truncated)
+        CoordFormer.from_pretrained(truncated)
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UsageError, match="is a file"):

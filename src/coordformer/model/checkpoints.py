@@ -1,35 +1,33 @@
 """Loading and exporting models: Lightning checkpoints, exported model files, shipped models by name.
 
-An exported model file is a ``torch.save`` dict::
-
-    {"format": "coordformer-model", "format_version": 1, "model_config": {...},
-     "state_dict": {...}, "meta": {...}}
-
-A Hugging Face-style folder (config.json + model.safetensors, see ``hub``) is accepted wherever
-a checkpoint is.
-
-Shipped models live in ``coordformer/resources/models/<name>.pt`` with ``<name>.json`` (command,
-data, training summary) beside them and are loaded by name, offline.
+Reading the files is ``weights``' job (:func:`weights.read_checkpoint`, which also resolves names
+and documents the exported file's layout); this module builds the ``CoordFormer`` from what it
+reads (:func:`load_model`), writes exported files (:func:`export_model`) and warns about inputs a
+model never learnt (:func:`missing_coords_warning`). A Hugging Face-style folder (config.json +
+model.safetensors, see ``hub``) is accepted wherever a checkpoint is.
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
-from ..errors import UsageError
 from .core import CoordFormer
-from .hub import is_pretrained_folder, load_pretrained, model_from_state
+from .weights import (  # noqa: F401 - read here before the weights module existed
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    ModelWeights,
+    dequantize_int8,
+    missing_flag_learnt,
+    model_card,
+    read_checkpoint,
+    resolve_checkpoint,
+    shipped_models,
+    shipped_models_dir,
+)
 
-MODEL_FORMAT = "coordformer-model"
-#: 1: float32 or float16 weights; 2: also int8 matrices (``"int8": {name: {"q", "scale"}}``), written
-#: only by ``export_model(int8=True)`` so that float files stay readable by older versions; 3: weights
-#: split over the main file and ``"shards"`` beside it (``export_model(max_file_bytes=...)``).
-MODEL_FORMAT_VERSION = 3
 #: Matrices with at least this many entries are stored as int8 by ``export_model(int8=True)``; smaller
 #: tensors (biases, LayerNorms, the coordinate embedding, the 25-token output layer) stay float16.
 INT8_MIN_NUMEL = 65_536
@@ -44,48 +42,10 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``quantize_int8``: [R, C] float32."""
-    return q.float() * scale.float()[:, None]
-
-
-def shipped_models_dir() -> Path:
-    return Path(str(resources.files("coordformer") / "resources" / "models"))
-
-
-def shipped_models() -> dict[str, Path]:
-    d = shipped_models_dir()
-    return {p.stem: p for p in sorted(d.glob("*.pt"))} if d.is_dir() else {}
-
-
-def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A shipped model name (e.g. ``small-coords``) or a path to a .ckpt / .pt file, run folder or
-    Hugging Face-style folder (returned as is)."""
-    p = Path(name_or_path)
-    if is_pretrained_folder(p):
-        return p
-    if p.is_dir() and _is_finetune_run(p):
-        raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a pretrained "
-                         "model; give the checkpoint it was fine-tuned from, or use `coordformer evaluate-function` on it")
-    if p.is_dir():
-        for cand in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt", p / "model.pt"):
-            if cand.exists():
-                return cand
-        raise UsageError(f"{p}: no checkpoints/best.ckpt, checkpoints/last.ckpt or model.pt inside")
-    if p.exists():
-        return p
-    ship = shipped_models()
-    if str(name_or_path) in ship:
-        return ship[str(name_or_path)]
-    names = ", ".join(ship) or "none installed"
-    raise UsageError(f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})")
-
-
-def _is_finetune_run(folder: Path) -> bool:
-    try:
-        return "finetune" in json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+def model_from_state(config: ModelConfig, state: dict, source) -> CoordFormer:
+    """A float32 CoordFormer in eval mode from its config and weights (any float dtype); a one-line
+    UsageError naming ``source`` when the weights do not fit the config."""
+    return ModelWeights(config, state, source=source).build(CoordFormer)
 
 
 def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
@@ -94,51 +54,8 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     ``meta["learnt_missing_flag"]``: whether the model learnt inputs without coordinates (see
     :func:`missing_flag_learnt`; None where not applicable or unknown), read from a shipped model's
     card, kept in exported files, or True for a training checkpoint run with structure dropout."""
-    path = resolve_checkpoint(name_or_path)
-    if path.is_dir():
-        model, meta = load_pretrained(path, map_location)
-        return model, {**meta, "name": str(name_or_path)}
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # corrupted / not a torch file
-        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""  # torch's own texts run to paragraphs
-        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or not a "
-                         f"checkpoint ({type(e).__name__}: {first})") from None
-    if not isinstance(obj, dict):
-        raise UsageError(f"{path}: not a coordformer checkpoint")
-    if obj.get("format") == MODEL_FORMAT:
-        if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
-            raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer supports; upgrade")
-        if "shard_of" in obj:
-            raise UsageError(f"{path}: one shard of the model file {obj['shard_of']}; load that file instead")
-        cfg, state, meta = obj["model_config"], dict(obj["state_dict"]), obj.get("meta", {})
-        int8_state = dict(obj.get("int8", {}))
-        for name in obj.get("shards", []):
-            shard = path.with_name(name)
-            if not shard.exists():
-                raise UsageError(f"{path}: its weights continue in {name}, which is not beside it; copy every "
-                                 f"{path.name}.shard* file with it")
-            part = torch.load(shard, map_location=map_location, weights_only=False)
-            state.update(part["state_dict"])
-            int8_state.update(part.get("int8", {}))
-        for name, packed in int8_state.items():
-            state[name] = dequantize_int8(packed["q"], packed["scale"])
-    elif "coordformer" in obj and "state_dict" in obj:  # Lightning checkpoint from `pretrain`
-        cfg = obj["coordformer"]["model_config"]
-        state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        meta = {"global_step": obj.get("global_step"), "train_seconds": obj["coordformer"].get("train_seconds")}
-        # structure dropout teaches the flag; without it, whether the data had gaps is not known here
-        if missing_flag_learnt({"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}):
-            meta["learnt_missing_flag"] = True
-    else:
-        raise UsageError(f"{path}: not a coordformer checkpoint (no model config inside)")
-    model = model_from_state(ModelConfig.from_dict(cfg), state, path)
-    if path.parent == shipped_models_dir() and path.suffix == ".pt":
-        card = model_card(path.stem)
-        meta = {**meta, "learnt_missing_flag": missing_flag_learnt(card),
-                **({"without_coords_use": card["without_coords_use"]} if card.get("without_coords_use") else {})}
-    meta = {**meta, "path": str(path), "name": str(name_or_path)}
-    return model, meta
+    weights = read_checkpoint(name_or_path, map_location)
+    return weights.build(CoordFormer), weights.meta
 
 
 #: room left in each file of a sharded export for torch.save's own records (names, pickling)
@@ -212,33 +129,9 @@ def _shard(entries: dict, max_file_bytes: int | None) -> list[dict]:
     return parts
 
 
-def model_card(name: str) -> dict:
-    """The JSON record shipped beside a named model (command, data, training log summary)."""
-    p = shipped_models_dir() / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
 #: Share of a model's input residues without coordinates above which a model that never learnt the
 #: missing flag gets a warning (see :func:`missing_coords_warning`).
 MISSING_WARN_FRACTION = 0.5
-
-
-def missing_flag_learnt(card: dict) -> bool | None:
-    """Whether a model (its shipped card, or any dict with ``model_config`` / ``train_config``)
-    learnt the missing-coordinate flag: the card's ``learnt_missing_flag`` where it has one, else
-    from its training config: True when trained with structure dropout (``drop_chain_coords`` or
-    ``drop_span_coords`` above 0), False when not. None for a sequence-only model (not
-    applicable) or when there is no training config to tell."""
-    if not isinstance(card, dict):
-        return None
-    if not (card.get("model_config") or {}).get("use_coords", True):
-        return None
-    if "learnt_missing_flag" in card:
-        return card["learnt_missing_flag"]
-    tc = card.get("train_config")
-    if not isinstance(tc, dict):
-        return None
-    return bool((tc.get("drop_chain_coords") or 0) > 0 or (tc.get("drop_span_coords") or 0) > 0)
 
 
 def missing_ca_fraction(data, idx=None, max_chains: int = 5000) -> float:

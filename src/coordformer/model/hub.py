@@ -1,7 +1,9 @@
 """Hugging Face Hub-style model folders: ``config.json`` + ``model.safetensors`` + ``README.md``.
 
 The layout follows the Hub convention, so a folder can be uploaded as a model repository and a
-downloaded snapshot loads offline from disk. It loads with coordformer
+downloaded snapshot loads offline from disk. This module only reads and writes the files (a
+config and a state dict); it never imports the model's class: ``weights.read_pretrained`` turns a
+folder into a buildable record, and ``CoordFormer.from_pretrained`` builds it. It loads with coordformer
 (``CoordFormer.from_pretrained(folder)``, or ``-c FOLDER`` on any command) and, where transformers
 is installed, with ``transformers.AutoModel`` / ``AutoModelForMaskedLM`` after
 ``import coordformer.model.hf_model`` (see there). Folders that transformers saves (weights under a
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from .. import __version__
 from ..config import ModelConfig
 from ..errors import UsageError
-from .core import CoordFormer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -67,7 +70,7 @@ def _jsonable(meta: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in meta.items() if k not in _LOCAL_META_KEYS}, default=str))
 
 
-def _untied_state(model: CoordFormer, half: bool) -> dict[str, torch.Tensor]:
+def _untied_state(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
     """State dict safe for safetensors, which refuses tensors sharing storage.
 
     CoordFormer ties no weights today (the token embedding and the LM head's output layer are
@@ -130,8 +133,9 @@ def _model_card(config: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def save_pretrained(model: CoordFormer, folder: str | Path, meta: dict | None = None, half: bool = False) -> Path:
-    """Write ``folder/{config.json, model.safetensors, README.md}``; ``half`` stores float16 weights.
+def save_pretrained(model: nn.Module, folder: str | Path, meta: dict | None = None, half: bool = False) -> Path:
+    """Write ``folder/{config.json, model.safetensors, README.md}`` for ``model`` (a CoordFormer: its
+    ``config`` and ``state_dict()``); ``half`` stores float16 weights.
 
     Files are written under temporary names and renamed, so an interrupted save never leaves a
     config beside weights it does not describe. Returns the folder.
@@ -171,10 +175,7 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     version can read."""
     folder = Path(folder)
     if not folder.is_dir():
-        from .checkpoints import shipped_models  # checkpoints imports this module
-
-        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                         f"or a shipped model name: {', '.join(shipped_models()) or 'none installed'})")
+        raise UsageError(f"{folder}: not a folder (a pretrained model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).exists()]
     if missing:
         raise UsageError(f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} and "
@@ -196,24 +197,10 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     return ModelConfig.from_dict(fields), cfg
 
 
-def model_from_state(config: ModelConfig, state: dict, source) -> CoordFormer:
-    """A float32 CoordFormer in eval mode from its config and weights (any float dtype); a one-line
-    UsageError naming ``source`` when the weights do not fit the config."""
-    model = CoordFormer(config)
-    # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
-    expected = model.state_dict()
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
-              if k in expected and v.shape != expected[k].shape]
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected or shapes:
-        raise UsageError(f"{source}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                         f"shapes {shapes[:2]})")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval()
-
-
-def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
-    """Load a pretrained folder. Returns (model in eval mode, float32; meta dict)."""
+def read_pretrained_state(folder: str | Path, map_location: str | torch.device = "cpu"
+                          ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """(ModelConfig, state dict as stored (float32 or float16 tensors on ``map_location``), meta
+    dict) of a pretrained folder; UsageError if it is not one this version can read."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -225,23 +212,11 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         raise UsageError(f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})") from None
     if state and all(k.startswith(HF_WRAPPER_PREFIX) for k in state):
         state = {k[len(HF_WRAPPER_PREFIX):]: v for k, v in state.items()}
-    model = model_from_state(config, state, folder).to(map_location)
     stored = cfg.get("coordformer_meta")
     meta = {**(stored if isinstance(stored, dict) else {}), "path": str(folder), "format": HF_FORMAT,
             "torch_dtype": cfg.get("torch_dtype", "float32")}
-    return model, meta
+    return config, state, meta
 
 
-def from_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> CoordFormer:
-    """Load a pretrained folder (local, offline) or a shipped model by name (``"small-coords"``, see
-    ``coordformer models``). Returns the model in eval mode, float32."""
-    if not Path(folder).exists():
-        from .checkpoints import load_model, shipped_models  # checkpoints imports this module
-
-        if str(folder) in shipped_models():
-            return load_model(str(folder), map_location)[0]
-    return load_pretrained(folder, map_location)[0]
-
-
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "is_pretrained_folder", "save_pretrained", "load_pretrained",
-           "from_pretrained", "read_config"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "is_pretrained_folder", "save_pretrained", "read_pretrained_state",
+           "read_config"]

@@ -1,0 +1,204 @@
+"""Reading a model's configuration and weights from any file it ships in, without building it.
+
+:func:`read_checkpoint` takes what ``load_model`` takes (a shipped model name, a Lightning
+``.ckpt``, an exported ``.pt`` file with its shards, a run folder or a Hugging Face-style folder);
+:func:`read_pretrained` what ``CoordFormer.from_pretrained`` takes (a Hugging Face-style folder or a
+shipped name). Both return a :class:`ModelWeights`, which builds the model given its class. This
+module never imports the model's class, so the class can load itself through it
+(``CoordFormer.from_pretrained``) without an import cycle; ``checkpoints.load_model`` builds a
+``CoordFormer`` from the same record.
+
+An exported model file is a ``torch.save`` dict::
+
+    {"format": "coordformer-model", "format_version": 1, "model_config": {...},
+     "state_dict": {...}, "meta": {...}}
+
+Shipped models live in ``coordformer/resources/models/<name>.pt`` with ``<name>.json`` (command,
+data, training summary) beside them and are loaded by name, offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import UsageError
+from . import hub
+
+MODEL_FORMAT = "coordformer-model"
+#: 1: float32 or float16 weights; 2: also int8 matrices (``"int8": {name: {"q", "scale"}}``), written
+#: only by ``export_model(int8=True)`` so that float files stay readable by older versions; 3: weights
+#: split over the main file and ``"shards"`` beside it (``export_model(max_file_bytes=...)``).
+MODEL_FORMAT_VERSION = 3
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """A model as read from its files: ``config``, ``state`` (parameter name -> tensor, any float
+    dtype), ``meta`` (what ``load_model`` returns beside the model) and ``source`` (the file or
+    folder, named in errors). ``device``: where :meth:`build` moves the model; None leaves it on
+    the CPU, where it is built."""
+
+    config: ModelConfig
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str | Path = ""
+    device: str | torch.device | None = None
+
+    def build(self, cls: type[M]) -> M:
+        """``cls(config)`` with these weights, float32, in eval mode; a one-line UsageError naming
+        the source when the weights do not fit the config."""
+        model = cls(self.config)
+        # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
+        expected = model.state_dict()
+        state = self.state
+        shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+                  if k in expected and v.shape != expected[k].shape]
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected or shapes:
+            raise UsageError(f"{self.source}: weights do not match its config (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}, shapes {shapes[:2]})")
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model = model.eval()
+        return model if self.device is None else model.to(self.device)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``checkpoints.quantize_int8``: [R, C] float32."""
+    return q.float() * scale.float()[:, None]
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(resources.files("coordformer") / "resources" / "models"))
+
+
+def shipped_models() -> dict[str, Path]:
+    d = shipped_models_dir()
+    return {p.stem: p for p in sorted(d.glob("*.pt"))} if d.is_dir() else {}
+
+
+def model_card(name: str) -> dict:
+    """The JSON record shipped beside a named model (command, data, training log summary)."""
+    p = shipped_models_dir() / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def missing_flag_learnt(card: dict) -> bool | None:
+    """Whether a model (its shipped card, or any dict with ``model_config`` / ``train_config``)
+    learnt the missing-coordinate flag: the card's ``learnt_missing_flag`` where it has one, else
+    from its training config: True when trained with structure dropout (``drop_chain_coords`` or
+    ``drop_span_coords`` above 0), False when not. None for a sequence-only model (not
+    applicable) or when there is no training config to tell."""
+    if not isinstance(card, dict):
+        return None
+    if not (card.get("model_config") or {}).get("use_coords", True):
+        return None
+    if "learnt_missing_flag" in card:
+        return card["learnt_missing_flag"]
+    tc = card.get("train_config")
+    if not isinstance(tc, dict):
+        return None
+    return bool((tc.get("drop_chain_coords") or 0) > 0 or (tc.get("drop_span_coords") or 0) > 0)
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A shipped model name (e.g. ``small-coords``) or a path to a .ckpt / .pt file, run folder or
+    Hugging Face-style folder (returned as is)."""
+    p = Path(name_or_path)
+    if hub.is_pretrained_folder(p):
+        return p
+    if p.is_dir() and _is_finetune_run(p):
+        raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a pretrained "
+                         "model; give the checkpoint it was fine-tuned from, or use `coordformer evaluate-function` on it")
+    if p.is_dir():
+        for cand in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt", p / "model.pt"):
+            if cand.exists():
+                return cand
+        raise UsageError(f"{p}: no checkpoints/best.ckpt, checkpoints/last.ckpt or model.pt inside")
+    if p.exists():
+        return p
+    ship = shipped_models()
+    if str(name_or_path) in ship:
+        return ship[str(name_or_path)]
+    names = ", ".join(ship) or "none installed"
+    raise UsageError(f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})")
+
+
+def _is_finetune_run(folder: Path) -> bool:
+    try:
+        return "finetune" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def read_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> ModelWeights:
+    """A Hugging Face-style folder (local, offline) or a shipped model by name; a folder's model is
+    built on ``map_location``."""
+    if not Path(folder).exists() and str(folder) in shipped_models():
+        return read_checkpoint(str(folder), map_location)
+    if not Path(folder).is_dir():
+        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with {hub.CONFIG_NAME} and "
+                         f"{hub.WEIGHTS_NAME}, or a shipped model name: {', '.join(shipped_models()) or 'none installed'})")
+    config, state, meta = hub.read_pretrained_state(folder, map_location)
+    return ModelWeights(config, state, meta, folder, device=map_location)
+
+
+def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> ModelWeights:
+    """Whatever ``load_model`` reads, not yet built. ``meta["learnt_missing_flag"]``: whether the
+    model learnt inputs without coordinates (see :func:`missing_flag_learnt`; None where not
+    applicable or unknown), read from a shipped model's card, kept in exported files, or True for
+    a training checkpoint run with structure dropout."""
+    path = resolve_checkpoint(name_or_path)
+    if path.is_dir():
+        w = read_pretrained(path, map_location)
+        return ModelWeights(w.config, w.state, {**w.meta, "name": str(name_or_path)}, w.source, w.device)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # corrupted / not a torch file
+        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""  # torch's own texts run to paragraphs
+        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or not a "
+                         f"checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: not a coordformer checkpoint")
+    if obj.get("format") == MODEL_FORMAT:
+        if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
+            raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer supports; upgrade")
+        if "shard_of" in obj:
+            raise UsageError(f"{path}: one shard of the model file {obj['shard_of']}; load that file instead")
+        cfg, state, meta = obj["model_config"], dict(obj["state_dict"]), obj.get("meta", {})
+        int8_state = dict(obj.get("int8", {}))
+        for name in obj.get("shards", []):
+            shard = path.with_name(name)
+            if not shard.exists():
+                raise UsageError(f"{path}: its weights continue in {name}, which is not beside it; copy every "
+                                 f"{path.name}.shard* file with it")
+            part = torch.load(shard, map_location=map_location, weights_only=False)
+            state.update(part["state_dict"])
+            int8_state.update(part.get("int8", {}))
+        for name, packed in int8_state.items():
+            state[name] = dequantize_int8(packed["q"], packed["scale"])
+    elif "coordformer" in obj and "state_dict" in obj:  # Lightning checkpoint from `pretrain`
+        cfg = obj["coordformer"]["model_config"]
+        state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items()
+                 if k.startswith("model.")}
+        meta = {"global_step": obj.get("global_step"), "train_seconds": obj["coordformer"].get("train_seconds")}
+        # structure dropout teaches the flag; without it, whether the data had gaps is not known here
+        if missing_flag_learnt({"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}):
+            meta["learnt_missing_flag"] = True
+    else:
+        raise UsageError(f"{path}: not a coordformer checkpoint (no model config inside)")
+    if path.parent == shipped_models_dir() and path.suffix == ".pt":
+        card = model_card(path.stem)
+        meta = {**meta, "learnt_missing_flag": missing_flag_learnt(card),
+                **({"without_coords_use": card["without_coords_use"]} if card.get("without_coords_use") else {})}
+    meta = {**meta, "path": str(path), "name": str(name_or_path)}
+    return ModelWeights(ModelConfig.from_dict(cfg), state, meta, path)
