@@ -154,7 +154,8 @@ def test_embed_writes_no_dataset_and_workers_do_not_change_the_output(tmp_path, 
     monkeypatch.setattr(P.pipeline, "prepare", no_prepare)
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     res = embed("small-coords", [str(structures)], one, EmbedConfig(), progress=False, echo=lambda s: None)
-    embed("small-coords", [str(structures)], two, EmbedConfig(), workers=2, progress=False, echo=lambda s: None)
+    embed("small-coords", [str(structures)], two, EmbedConfig(), workers=2, progress=False,
+          echo=lambda s: None)
     assert res["prepare"]["inputs_skipped"] == 1 and res["prepare"]["chains_kept"] == res["chains"]
     (ids1, m1), (ids2, m2) = read_embeddings(one), read_embeddings(two)
     assert ids1 == ids2 and np.array_equal(m1, m2)
@@ -166,12 +167,14 @@ def test_embed_raw_input_errors_carry_the_option(tmp_path, structures):
     from coordformer.errors import OptionError
 
     with pytest.raises(OptionError) as err:  # raw inputs have no splits
-        embed("small-coords", [str(structures)], tmp_path / "s.npz", EmbedConfig(split="test"), progress=False)
+        embed("small-coords", [str(structures)], tmp_path / "s.npz", EmbedConfig(split="test"),
+              progress=False)
     assert err.value.option == "split" and err.value.flag_message().startswith("--split test: ")
     with pytest.raises(OptionError) as err:
         embed("small-coords", [str(structures)], tmp_path / "w.npz", EmbedConfig(window=8192), progress=False)
     assert err.value.flag_message() == "--window 8192: exceeds the model's max_len 4096"
     # --chains that match nothing: an error, and the skip log names each input's chains
     with pytest.raises(PrepareError, match="matched no protein chain"):
-        embed("small-coords", [str(structures)], tmp_path / "c.npz", EmbedConfig(chains=("Q",)), progress=False)
+        embed("small-coords", [str(structures)], tmp_path / "c.npz", EmbedConfig(chains=("Q",)),
+              progress=False)
     assert "1LCD" in (tmp_path / "c.npz.skipped.tsv").read_text()

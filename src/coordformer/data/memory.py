@@ -38,9 +38,11 @@ class MemoryDataset:
         self._plddt = None if plddt is None else np.asarray(plddt, dtype=np.float32)
         self._sources = list(sources)
         if not (len(self.ids) == len(self.lengths) == len(self._sources)):
-            raise ValueError(f"{len(self.ids)} ids, {len(self.lengths)} lengths and {len(self._sources)} sources")
+            raise ValueError(f"{len(self.ids)} ids, {len(self.lengths)} lengths and "
+                             f"{len(self._sources)} sources")
         if self._seq.shape != (n_res,) or self._coords.shape != (n_res, len(BACKBONE_ATOMS), 3):
-            raise ValueError(f"seq {self._seq.shape} and coords {self._coords.shape} do not hold {n_res} residues")
+            raise ValueError(f"seq {self._seq.shape} and coords {self._coords.shape} do not hold "
+                             f"{n_res} residues")
         if self._plddt is not None and self._plddt.shape != (n_res,):
             raise ValueError(f"plddt {self._plddt.shape} does not hold {n_res} residues")
         for a in (self._seq, self._coords, self._plddt, self.lengths):
@@ -53,10 +55,9 @@ class MemoryDataset:
         """From per-chain arrays: ``seqs[i]`` uint8 [L_i], ``coords[i]`` float32 [L_i, 4, 3],
         ``plddt[i]`` float32 [L_i]."""
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        cat = (lambda xs, shape, dtype: np.concatenate(xs).astype(dtype, copy=False) if len(xs)
-               else np.zeros(shape, dtype))
-        return cls(ids, cat(seqs, (0,), np.uint8), cat(coords, (0, len(BACKBONE_ATOMS), 3), np.float32), lengths,
-                   sources, None if plddt is None else cat(plddt, (0,), np.float32))
+        xyz = _concat(coords, (0, len(BACKBONE_ATOMS), 3), np.float32)
+        pl = None if plddt is None else _concat(plddt, (0,), np.float32)
+        return cls(ids, _concat(seqs, (0,), np.uint8), xyz, lengths, sources, pl)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,3 +103,7 @@ class MemoryDataset:
 
     def source(self, i: int) -> str:
         return self._sources[i]
+
+
+def _concat(parts: Sequence[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if len(parts) else np.zeros(empty_shape, dtype)

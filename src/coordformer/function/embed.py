@@ -1,3 +1,3 @@
-"""Moved to coordformer.embed; removed once cli imports the new place."""
+"""Moved to coordformer.embed; removed once function/finetune.py imports the new place."""
 
 from ..embed import EmbedConfig, embed, iter_pooled, iter_windowed, read_embeddings, residue_key  # noqa: F401

@@ -117,8 +117,9 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     if hub.is_pretrained_folder(p):
         return p
     if p.is_dir() and _is_finetune_run(p):
-        raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a pretrained "
-                         "model; give the checkpoint it was fine-tuned from, or use `coordformer evaluate-function` on it")
+        raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a "
+                         "pretrained model; give the checkpoint it was fine-tuned from, or use "
+                         "`coordformer evaluate-function` on it")
     if p.is_dir():
         for cand in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt", p / "model.pt"):
             if cand.exists():
@@ -146,8 +147,9 @@ def read_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     if not Path(folder).exists() and str(folder) in shipped_models():
         return read_checkpoint(str(folder), map_location)
     if not Path(folder).is_dir():
-        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with {hub.CONFIG_NAME} and "
-                         f"{hub.WEIGHTS_NAME}, or a shipped model name: {', '.join(shipped_models()) or 'none installed'})")
+        names = ", ".join(shipped_models()) or "none installed"
+        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with "
+                         f"{hub.CONFIG_NAME} and {hub.WEIGHTS_NAME}, or a shipped model name: {names})")
     config, state, meta = hub.read_pretrained_state(folder, map_location)
     return ModelWeights(config, state, meta, folder, device=map_location)
 
@@ -164,14 +166,16 @@ def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device =
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # corrupted / not a torch file
-        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""  # torch's own texts run to paragraphs
-        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or not a "
-                         f"checkpoint ({type(e).__name__}: {first})") from None
+        # torch's own texts run to paragraphs
+        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""
+        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or "
+                         f"not a checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: not a coordformer checkpoint")
     if obj.get("format") == MODEL_FORMAT:
         if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
-            raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer supports; upgrade")
+            raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer "
+                             "supports; upgrade")
         if "shard_of" in obj:
             raise UsageError(f"{path}: one shard of the model file {obj['shard_of']}; load that file instead")
         cfg, state, meta = obj["model_config"], dict(obj["state_dict"]), obj.get("meta", {})
@@ -179,8 +183,8 @@ def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device =
         for name in obj.get("shards", []):
             shard = path.with_name(name)
             if not shard.exists():
-                raise UsageError(f"{path}: its weights continue in {name}, which is not beside it; copy every "
-                                 f"{path.name}.shard* file with it")
+                raise UsageError(f"{path}: its weights continue in {name}, which is not beside it; copy "
+                                 f"every {path.name}.shard* file with it")
             part = torch.load(shard, map_location=map_location, weights_only=False)
             state.update(part["state_dict"])
             int8_state.update(part.get("int8", {}))
@@ -190,7 +194,8 @@ def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device =
         cfg = obj["coordformer"]["model_config"]
         state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items()
                  if k.startswith("model.")}
-        meta = {"global_step": obj.get("global_step"), "train_seconds": obj["coordformer"].get("train_seconds")}
+        meta = {"global_step": obj.get("global_step"),
+                "train_seconds": obj["coordformer"].get("train_seconds")}
         # structure dropout teaches the flag; without it, whether the data had gaps is not known here
         if missing_flag_learnt({"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}):
             meta["learnt_missing_flag"] = True
@@ -199,6 +204,7 @@ def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device =
     if path.parent == shipped_models_dir() and path.suffix == ".pt":
         card = model_card(path.stem)
         meta = {**meta, "learnt_missing_flag": missing_flag_learnt(card),
-                **({"without_coords_use": card["without_coords_use"]} if card.get("without_coords_use") else {})}
+                **({"without_coords_use": card["without_coords_use"]} if card.get("without_coords_use")
+                   else {})}
     meta = {**meta, "path": str(path), "name": str(name_or_path)}
     return ModelWeights(ModelConfig.from_dict(cfg), state, meta, path)
