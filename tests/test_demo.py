@@ -132,6 +132,7 @@ def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shippe
     """A `paper-coords` file among the shipped models (here a tiny stand-in, int8 as it will ship) is
     evaluated on the same masks and shown in the same table; without it the demo is unchanged."""
     import coordformer.model.checkpoints as ck
+    import coordformer.model.weights as weights
     from coordformer.config import preset
     from coordformer.model.core import CoordFormer
 
@@ -140,7 +141,7 @@ def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shippe
     for name in MODELS:
         (shipped / f"{name}.pt").symlink_to(ck.shipped_models()[name])
     ck.export_model(CoordFormer(preset("tiny-0.1m", recipe="fast")), shipped / "paper-coords.pt", int8=True)
-    monkeypatch.setattr(ck, "shipped_models_dir", lambda: shipped)
+    monkeypatch.setattr(weights, "shipped_models_dir", lambda: shipped)  # where names are resolved
     assert main(["demo", "--out", str(tmp_path / "out"), "--max-chains", "10", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics) == {*MODELS, "paper-coords"}
