@@ -94,7 +94,7 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
     capsys.readouterr()
     assert run("embed", prepared.path, "-c", "small-coords-sd", "--out", tmp_path / "e.h5", "--seqres", "gaps") == 2
     err = capsys.readouterr().err.strip()
-    assert "--seqres applies to structure inputs" in err and "\n" not in err
+    assert "--seqres gaps: applies to structure inputs" in err and "\n" not in err
     assert run("prepare", DATA / "1orc.pdb", "--out", tmp_path / "ds3", "--seqres", "some") == 2
     assert "--seqres" in capsys.readouterr().err
     assert run("prepare", DATA / "1orc.pdb", "--out", tmp_path / "ds3", "--seqres", "all", "--quiet",
@@ -396,7 +396,8 @@ def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(tmp_pat
     assert run(*common, "--tokens-per-batch", "1024") == 0
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert run(*common, "--tokens-per-batch", "2048") == 2
-    assert "tokens_per_batch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: ") and "different --tokens-per-batch; resuming would change" in err
     assert run(*common, "--tokens-per-batch", "1024", "--no-coords") == 2  # a checkpoint of another model config
     assert "different model config" in capsys.readouterr().err
 

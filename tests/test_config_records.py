@@ -10,33 +10,51 @@ import torch
 import typer.main
 
 from coordformer.cli import _flags, app, main
-from coordformer.config import BatchConfig, ModelConfig, PrepareConfig, Record, TrainConfig, default_of, field_names
+from coordformer.config import (
+    BatchConfig,
+    ModelConfig,
+    PrepareConfig,
+    Record,
+    TrainConfig,
+    default_of,
+    field_names,
+)
 from coordformer.data.batching import BatchSettings
-from coordformer.errors import ConfigError, OptionError, SequenceTooLong, UsageError, flag_of, with_flags
+from coordformer.errors import (
+    ConfigError,
+    OptionError,
+    SequenceTooLong,
+    UsageError,
+    flag_of,
+    with_flags,
+)
 from coordformer.function.finetune import FinetuneConfig
 from coordformer.train import run as train_run
 from coordformer.train.lifecycle import resolve_precision
 
 #: TrainConfig.to_dict() as the runs before BatchConfig stored it (checkpoints, config.json, summary.json).
 OLD_FLAT = {"seed": 3, "mask_prob": 0.15, "mask_token_frac": 0.8, "random_token_frac": 0.1, "crop_length": 64,
-            "crop_mode": "spatial", "tokens_per_batch": 1024, "lr": 0.001, "weight_decay": 0.01, "betas": [0.9, 0.98],
-            "warmup_steps": 2, "schedule": "cosine", "max_steps": 7, "max_minutes": None, "grad_clip": 1.0,
-            "rotate": True, "val_every_steps": 2, "val_max_chains": 512, "precision": "auto", "accelerator": "auto",
-            "devices": "auto", "num_nodes": 1, "strategy": "auto", "num_workers": 0, "compile": False,
+            "crop_mode": "spatial", "tokens_per_batch": 1024, "lr": 0.001, "weight_decay": 0.01,
+            "betas": [0.9, 0.98], "warmup_steps": 2, "schedule": "cosine", "max_steps": 7,
+            "max_minutes": None, "grad_clip": 1.0, "rotate": True, "val_every_steps": 2,
+            "val_max_chains": 512, "precision": "auto", "accelerator": "auto", "devices": "auto",
+            "num_nodes": 1, "strategy": "auto", "num_workers": 0, "compile": False,
             "activation_checkpointing": False, "drop_chain_coords": 0.1, "drop_span_coords": 0.0,
-            "log_every_steps": 25, "threads": None, "checkpoint_every_steps": 500, "accumulate_grad_batches": 1,
-            "init": None}
+            "log_every_steps": 25, "threads": None, "checkpoint_every_steps": 500,
+            "accumulate_grad_batches": 1, "init": None}
 
 
 def test_train_config_is_batch_config_plus_the_rest_and_stays_flat_both_ways():
     tc = TrainConfig.from_dict(OLD_FLAT)  # an old run's record
-    assert tc.batch == BatchConfig(crop_length=64, crop_mode="spatial", tokens_per_batch=1024, drop_chain_coords=0.1)
+    assert tc.batch == BatchConfig(crop_length=64, crop_mode="spatial", tokens_per_batch=1024,
+                                   drop_chain_coords=0.1)
     assert isinstance(tc, BatchConfig) and tc.seed == 3 and tc.betas == (0.9, 0.98)
     d = tc.to_dict()
     assert set(d) == set(OLD_FLAT) and json.loads(json.dumps(d)) == {**OLD_FLAT, "betas": [0.9, 0.98]}
     assert TrainConfig.from_dict(d) == tc
     # a nested layout (the batch part under "batch") reads the same
-    nested = {**{k: v for k, v in d.items() if k not in field_names(BatchConfig)}, "batch": tc.batch.to_dict()}
+    rest = {k: v for k, v in d.items() if k not in field_names(BatchConfig)}
+    nested = {**rest, "batch": tc.batch.to_dict()}
     assert TrainConfig.from_dict(nested) == tc
     with pytest.raises(ConfigError, match="unknown keys"):
         TrainConfig.from_dict({**OLD_FLAT, "wat": 1})
@@ -44,13 +62,15 @@ def test_train_config_is_batch_config_plus_the_rest_and_stays_flat_both_ways():
 
 def test_batch_defaults_and_data_stream_fields_are_written_once():
     for name in field_names(BatchConfig):
-        assert default_of(TrainConfig, name) == default_of(BatchConfig, name) == default_of(BatchSettings, name)
+        default = default_of(BatchConfig, name)
+        assert default_of(TrainConfig, name) == default == default_of(BatchSettings, name)
     assert TrainConfig.DATA_STREAM_FIELDS == ("seed", *field_names(BatchConfig), "accumulate_grad_batches")
     assert train_run.DATA_STREAM_FIELDS == TrainConfig.DATA_STREAM_FIELDS
     tc = TrainConfig(crop_length=64, tokens_per_batch=512, rotate=False, drop_span_coords=0.5)
     train, valid = train_run.batch_settings(tc, True), train_run.batch_settings(tc, False)
     assert train == BatchSettings(**tc.batch.to_dict(), random_crop=True)
-    assert valid == BatchSettings(**{**tc.batch.to_dict(), "rotate": True, "drop_span_coords": 0.0}, random_crop=False)
+    unchanged = {**tc.batch.to_dict(), "rotate": True, "drop_span_coords": 0.0}
+    assert valid == BatchSettings(**unchanged, random_crop=False)
     assert BatchSettings.of(tc).batch == tc.batch
 
 
@@ -65,9 +85,10 @@ def test_record_validation_raises_config_errors():
         BatchSettings(withhold="chain", drop_chain_coords=0.5)
     with pytest.raises(OptionError) as e:
         FinetuneConfig(task="pfam")
-    assert (e.value.option, e.value.value) == ("task", "pfam") and e.value.flag_message().startswith("--task pfam: ")
+    assert (e.value.option, e.value.value) == ("task", "pfam")
+    assert e.value.flag_message().startswith("--task pfam: ")
     assert issubclass(OptionError, ConfigError) and issubclass(ConfigError, UsageError)
-    assert issubclass(Record, object) and issubclass(FinetuneConfig, Record)
+    assert issubclass(FinetuneConfig, Record)
 
 
 def _cli_defaults(command: str) -> dict:
@@ -76,13 +97,15 @@ def _cli_defaults(command: str) -> dict:
 
 
 @pytest.mark.parametrize("command,record,names", [
-    ("pretrain", TrainConfig, {"crop_length": "crop_length", "tokens_per_batch": "tokens_per_batch", "lr": "lr",
+    ("pretrain", TrainConfig, {"crop_length": "crop_length", "tokens_per_batch": "tokens_per_batch",
+                               "lr": "lr",
                                "max_steps": "max_steps", "warmup_steps": "warmup_steps", "seed": "seed",
                                "val_every": "val_every_steps", "checkpoint_every": "checkpoint_every_steps",
                                "precision": "precision", "accumulate": "accumulate_grad_batches",
                                "drop_chain_coords": "drop_chain_coords", "crop": "crop_mode"}),
     ("pretrain", ModelConfig, {"dropout": "dropout", "coord_mode": "coord_mode"}),
-    ("prepare", PrepareConfig, {"min_length": "min_length", "max_length": "max_length", "identity": "split_identity",
+    ("prepare", PrepareConfig, {"min_length": "min_length", "max_length": "max_length",
+                                "identity": "split_identity",
                                 "valid_fraction": "valid_fraction", "max_missing_ca": "max_missing_ca",
                                 "split": "split", "seqres": "seqres"}),
 ])
@@ -105,12 +128,14 @@ def test_one_precision_rule(monkeypatch):
 def test_errors_name_python_parameters_and_the_cli_their_flags():
     e = OptionError("out_dir", "runs/a", "already holds a run; pass `resume=True` or choose a new `out_dir`")
     assert str(e) == "out_dir=runs/a: already holds a run; pass `resume=True` or choose a new `out_dir`"
-    assert e.flag_message(_flags()) == "--out runs/a: already holds a run; pass --resume or choose a new --out"
-    assert with_flags("use `numbering='index'` and `mmseqs`", _flags()) == "use --numbering index and `mmseqs`"
+    flags = _flags()
+    assert e.flag_message(flags) == "--out runs/a: already holds a run; pass --resume or choose a new --out"
+    assert with_flags("use `numbering='index'` and `mmseqs`", flags) == "use --numbering index and `mmseqs`"
     assert flag_of("crop_length") == "--crop-length" and flag_of("crop_mode", _flags()) == "--crop"
     too_long = SequenceTooLong(700, 512, "1ABC.A", "window")
-    assert str(too_long) == "chain 1ABC.A of length 700 exceeds the model's max_len 512; lower `window` to 512 or less"
-    assert too_long.flag_message() == "chain 1ABC.A of length 700 exceeds the model's max_len 512; use --window 512 or less"
+    head = "chain 1ABC.A of length 700 exceeds the model's max_len 512"
+    assert str(too_long) == head + "; lower `window` to 512 or less"
+    assert too_long.flag_message() == head + "; use --window 512 or less"
     assert isinstance(too_long, UsageError) and isinstance(too_long, ValueError)
     # a parameter the command line does not have keeps its Python name
     assert OptionError("ablate", ("x",), "unknown").flag_message(_flags()) == "ablate=('x',): unknown"
@@ -124,4 +149,5 @@ def test_cli_prints_option_errors_as_one_flag_line(tmp_path, capsys):
     assert main([*base, "--mutations", str(tmp_path / "none.csv")]) == 2
     assert capsys.readouterr().err == f"error: --mutations {tmp_path / 'none.csv'}: no such file\n"
     assert main([*base, "--mutant", "A1G", "--offset", "3"]) == 2
-    assert capsys.readouterr().err == "error: --offset 3: applies to 1-based index numbering; add --numbering index\n"
+    err = capsys.readouterr().err
+    assert err == "error: --offset 3: applies to 1-based index numbering; add --numbering index\n"

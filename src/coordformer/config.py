@@ -249,24 +249,26 @@ class BatchConfig(Record):
     optimizer step) these fix the training data stream, which a resumed run must keep."""
 
     crop_length: int = 512  # residues; longer chains are cropped (crop_mode)
-    crop_mode: str = "sequence"  # chains longer than crop_length: "sequence" window or "spatial" 3D neighbourhood
+    crop_mode: str = "sequence"  # longer chains: a "sequence" window or a "spatial" 3D neighbourhood
     tokens_per_batch: int = 8192  # padded tokens (rows x longest row) per batch
     mask_prob: float = 0.15
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
     rotate: bool = True  # a fresh uniform random rotation per chain
     drop_chain_coords: float = 0.0  # structure dropout: P(a training chain is fed with no coordinates)
-    drop_span_coords: float = 0.0  # P(one contiguous 5-30% stretch of a training chain is fed without coordinates)
+    drop_span_coords: float = 0.0  # P(one 5-30% stretch of a training chain is fed without coordinates)
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
             raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        if min(self.mask_token_frac, self.random_token_frac) < 0 or self.mask_token_frac + self.random_token_frac > 1:
+        fracs = (self.mask_token_frac, self.random_token_frac)
+        if min(fracs) < 0 or sum(fracs) > 1:
             raise ConfigError("mask_token_frac and random_token_frac must be >= 0 and sum to at most 1")
         if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
-            raise ConfigError("coordinate dropout probabilities (drop_chain_coords, drop_span_coords) must lie in [0, 1]")
+            raise ConfigError("coordinate dropout probabilities (drop_chain_coords, drop_span_coords) "
+                              "must lie in [0, 1]")
 
     @property
     def batch(self) -> BatchConfig:

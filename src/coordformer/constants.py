@@ -25,9 +25,6 @@ from .alphabet import (  # noqa: F401 - re-exported
 BACKBONE_ATOMS = ("N", "CA", "C", "O")
 CA_INDEX = 1
 
-#: Coordinates are divided by this many Angstrom before the linear embedding (paper: 16 A).
-COORD_SCALE = 16.0
-
 #: Version of the on-disk prepared dataset layout; bump when readers must change.
 DATASET_FORMAT_VERSION = 1
 

@@ -42,7 +42,7 @@ class CoordformerError(Exception):
     """Base class: the message is complete and actionable on its own."""
 
     def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
-        """The first line of the message as the CLI prints it: parameters as flags (see :func:`with_flags`)."""
+        """The first line of the message as the CLI prints it: parameters as flags (:func:`with_flags`)."""
         text = str(self).splitlines()[0] if str(self) else type(self).__name__
         return with_flags(text, flags)
 
@@ -87,24 +87,27 @@ class SequenceTooLong(UsageError, ValueError):
     model (``crop_length`` or ``window``) if the caller has one, ``alternative`` a switch that lifts
     the bound instead (``windows``). The CLI names their flags (:meth:`flag_message`)."""
 
-    def __init__(self, length: int, max_len: int, chain_id: str | None = None, option: str | None = "crop_length",
-                 alternative: str | None = None):
+    def __init__(self, length: int, max_len: int, chain_id: str | None = None,
+                 option: str | None = "crop_length", alternative: str | None = None):
         self.length, self.max_len, self.chain_id, self.option = int(length), int(max_len), chain_id, option
         self.alternative = alternative
         fix = [f"lower `{option}` to {self.max_len} or less"] if option else []
         fix += [f"set `{alternative}=True`"] if alternative else []
-        super().__init__(f"{self._what()} exceeds the model's max_len {self.max_len}" + ("; " + " or ".join(fix) if fix else ""))
+        super().__init__(f"{self._what()} exceeds the model's max_len {self.max_len}"
+                         + ("; " + " or ".join(fix) if fix else ""))
 
     def __reduce__(self):
         return (type(self), (self.length, self.max_len, self.chain_id, self.option, self.alternative))
 
     def _what(self) -> str:
-        return f"chain {self.chain_id} of length {self.length}" if self.chain_id else f"sequence of length {self.length}"
+        what = f"chain {self.chain_id}" if self.chain_id else "sequence"
+        return f"{what} of length {self.length}"
 
     def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
         fix = [f"use {flag_of(self.option, flags)} {self.max_len} or less"] if self.option else []
         fix += [flag_of(self.alternative, flags)] if self.alternative else []
-        return f"{self._what()} exceeds the model's max_len {self.max_len}" + ("; " + ", or ".join(fix) if fix else "")
+        return (f"{self._what()} exceeds the model's max_len {self.max_len}"
+                + ("; " + ", or ".join(fix) if fix else ""))
 
 
 class TrainingDivergedError(CoordformerError):

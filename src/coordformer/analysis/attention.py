@@ -51,7 +51,8 @@ class AttentionAnalysisConfig(Record):
         if self.bin_width <= 0 or self.max_distance <= self.bin_width:
             raise ConfigError("need 0 < bin_width < max_distance")
         if self.max_separation < 1 or self.crop_length < 2 or self.tokens_per_batch < self.crop_length:
-            raise ConfigError("need max_separation >= 1, crop_length >= 2 and tokens_per_batch >= crop_length")
+            raise ConfigError("need max_separation >= 1, crop_length >= 2 and "
+                              "tokens_per_batch >= crop_length")
 
     @property
     def n_distance_bins(self) -> int:

@@ -80,7 +80,8 @@ def evaluate_mlm(
     if masking not in ("mask", "bert"):
         raise OptionError("masking", masking, "must be 'mask' or 'bert'")
     if windows and crop_length > model.config.max_len:
-        raise OptionError("crop_length", crop_length, f"the window exceeds the model's max_len {model.config.max_len}")
+        raise OptionError("crop_length", crop_length,
+                          f"the window exceeds the model's max_len {model.config.max_len}")
     if not windows:
         check_fits(data, idx, crop_length, model.config.max_len, "crop_length", alternative="windows")
     if windows and not 0 <= overlap < crop_length:

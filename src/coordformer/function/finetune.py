@@ -231,7 +231,8 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
     try:
         return _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg, device, progress, echo, command, stop)
     except Interrupted as e:  # outside a training step: nothing new to save
-        raise TrainingInterrupted(f"stopped by {signal_name(e.signum)} outside a training step: nothing new to save",
+        raise TrainingInterrupted(f"stopped by {signal_name(e.signum)} outside a training step: nothing new "
+                                  "to save",
                                   e.signum, resumable=(Path(out_dir) / "checkpoints" / _RESUME).exists()) from None
     finally:
         if stop is not None:
@@ -253,7 +254,8 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
     quiet_lightning()
     out = Path(out_dir)
     if (out / "metrics.json").exists():
-        raise OptionError("out_dir", out, "already holds a finished fine-tuning run; choose another `out_dir`")
+        raise OptionError("out_dir", out, "already holds a finished fine-tuning run; "
+                          "choose another `out_dir`")
     out.mkdir(parents=True, exist_ok=True)
     last, state_file = out / "checkpoints" / "last.ckpt", out / "checkpoints" / _RESUME
     state = {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "running": None, "finished": {}}
@@ -262,7 +264,8 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         changed = [k for k, v in state["config"].items() if old.get("config", {}).get(k) != v]
         changed += ["checkpoint"] if old.get("checkpoint") != state["checkpoint"] else []
         if changed:
-            raise OptionError("out_dir", out, f"holds an interrupted fine-tuning run with different {', '.join(changed)}; "
+            raise OptionError("out_dir", out, "holds an interrupted fine-tuning run with different "
+                              f"{', '.join(changed)}; "
                               "re-run its own command to resume it, or choose another `out_dir`")
         state = old
         echo(f"resuming the interrupted run in {out}: " + ", ".join(

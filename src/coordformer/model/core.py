@@ -327,7 +327,8 @@ class CoordFormer(nn.Module):
         Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
-            raise OptionError("ablate", tuple(ablate), f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'")
+            raise OptionError("ablate", tuple(ablate),
+                              f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'")
         l = tokens.shape[1]
         if l > self.config.max_len:
             raise SequenceTooLong(l, self.config.max_len)

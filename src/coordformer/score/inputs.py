@@ -37,11 +37,11 @@ def read_chains(inputs: Sequence[str | Path], chains: Sequence[str] = (), plddt_
     raw: list = []
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
         if plddt_min is not None:
-            raise OptionError("plddt_min", plddt_min, "applies to structure inputs; pass it to `coordformer prepare` for a "
-                              "prepared dataset")
+            raise OptionError("plddt_min", plddt_min, "applies to structure inputs; pass it to "
+                              "`coordformer prepare` for a prepared dataset")
         if seqres != "off":
-            raise OptionError("seqres", seqres, "applies to structure inputs; pass it to `coordformer prepare` for a "
-                              "prepared dataset")
+            raise OptionError("seqres", seqres, "applies to structure inputs; pass it to "
+                              "`coordformer prepare` for a prepared dataset")
         data = PreparedDataset(inputs[0])
         idx = data.split_indices(split) if split else np.arange(len(data))
         for i in idx.tolist():

@@ -161,7 +161,8 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
         texts = list(mutants)
     for name in (SCORE_COLUMN, SITES_COLUMN):
         if name in header:
-            raise OptionError("mutations", mutations, f"already has a column {name!r}; rename it or score a copy without it")
+            raise OptionError("mutations", mutations,
+                              f"already has a column {name!r}; rename it or score a copy without it")
     res = score_mutations(model, chain_list, texts, cfg, multi=multi, numbering=numbering, default_chain=chain,
                           strict=table is None, device=device, progress=progress, offset=offset)
     rows = []

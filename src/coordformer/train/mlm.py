@@ -149,7 +149,8 @@ class MaskedLMModule(L.LightningModule):
         if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
             raise TrainingDivergedError(
                 f"training diverged: {self._skips_in_a_row} steps in a row with non-finite gradients (step "
-                f"{self.global_step}); re-run from the last checkpoint with a lower `lr` or `precision=32-true`"
+                f"{self.global_step}); re-run from the last checkpoint with a lower `lr` or "
+                "`precision=32-true`"
             )
 
     def on_validation_start(self):

@@ -233,25 +233,27 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
     data_record = {"path": str(Path(data_dir).resolve()), "fingerprint": data.fingerprint, "manifest": data.manifest}
     if last.exists():
         if not resume:
-            raise OptionError("out_dir", out, "already holds a run; pass `resume=True` to continue it or choose a new "
-                              "`out_dir`")
+            raise OptionError("out_dir", out, "already holds a run; pass `resume=True` to continue it or "
+                              "choose a new `out_dir`")
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
         saved = ckpt.get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
-            raise OptionError("out_dir", out, f"{last} was trained with a different model config; use a new "
-                              "`out_dir` to start afresh")
+            raise OptionError("out_dir", out, f"{last.relative_to(out)} was trained with a different model "
+                              "config; use a new `out_dir` to start afresh")
         old = saved.get("train_config", {})
         changed = [k for k in DATA_STREAM_FIELDS if k in old and old[k] != cfg.to_dict()[k]]
         if changed:
-            raise OptionError("out_dir", out, f"{last} was trained with different {', '.join(f'`{k}`' for k in changed)}; "
-                              "resuming would change the data stream. Use the original values or a new `out_dir`")
+            raise OptionError("out_dir", out, f"{last.relative_to(out)} was trained with different "
+                              f"{', '.join(f'`{k}`' for k in changed)}; "
+                              "resuming would change the data stream. Use the original values or a new "
+                              "`out_dir`")
         before = _previous_data(out, saved)
         if before and before.get("fingerprint") != data.fingerprint:
             if not allow_new_data:
-                raise OptionError("data_dir", data_dir, f"another dataset (fingerprint {data.fingerprint}) than {out} "
-                                  f"was trained on ({before.get('path', 'another dataset')}, dataset fingerprint "
-                                  f"{before['fingerprint']}): pass `allow_new_data=True` to continue on it, or "
-                                  "choose a new `out_dir`")
+                raise OptionError("data_dir", data_dir, f"another dataset (fingerprint {data.fingerprint}) "
+                                  f"than {out} was trained on ({before.get('path', 'another dataset')}, "
+                                  f"dataset fingerprint {before['fingerprint']}): pass `allow_new_data=True` "
+                                  "to continue on it, or choose a new `out_dir`")
             data_record["previous"] = [*before.pop("previous", []), before]
         ckpt_path = str(last)
         if getattr(rank_zero_only, "rank", 0) == 0:
