@@ -249,7 +249,7 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
 
     from ..model import CoordFormer
     from ..model.checkpoints import load_model, missing_coords_warning
-    from .embed import iter_pooled
+    from ..embed import iter_pooled
 
     quiet_lightning()
     out = Path(out_dir)
