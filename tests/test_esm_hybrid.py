@@ -118,8 +118,9 @@ def test_residue_alignment_matches_esm_on_each_sequence(esm):
 def test_long_chains_are_refused_with_the_limit(esm):
     model = CoordFormer(_config(esm)).eval()  # max_position_embeddings 130: 128 residues
     tokens = torch.randint(5, 25, (1, 129))
-    with pytest.raises(UsageError, match="128 residues .*--crop-length"):
+    with pytest.raises(UsageError, match="128 residues .*`crop_length`") as e:
         model(tokens)
+    assert e.value.flag_message().endswith("at most 128 (--crop-length)")  # as the CLI prints it
     assert model(tokens[:, :128]).logits.shape == (1, 128, len(VOCAB))
 
 

@@ -194,8 +194,8 @@ def _embed_complexes(model, data: ChainData, idx: np.ndarray, cfg: EmbedConfig, 
     from .progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
     if cfg.max_length is not None:
-        raise OptionError("max_length", cfg.max_length, "crops single chains; with --complexes select chains with "
-                          "--chains instead")
+        raise OptionError("max_length", cfg.max_length, "crops single chains; with `complexes` select chains with "
+                          "`chains` instead")
     groups = group_complexes(data, idx)
     spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])
     fits = spans <= window
@@ -238,7 +238,7 @@ def iter_pooled(model, data: ChainData, idx: np.ndarray, layer: int | None, use_
     """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
     for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
     residues of each chain; clean, centred, unrotated inputs)."""
-    check_fits(data, idx, max_length, model.config.max_len, "--max-length")
+    check_fits(data, idx, max_length, model.config.max_len, "max_length")
     for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
         with torch.no_grad():
             h, mean = encode(model, b.to(device), layer, use_coords)

@@ -152,7 +152,7 @@ class EsmConditioner(nn.Module):
         if longest > self.max_residues:
             raise UsageError(f"a chain of {longest} residues exceeds the {self.max_residues} residues the conditioning "
                              f"language model covers (max_position_embeddings {self.max_residues + 2}); crop chains to at "
-                             f"most {self.max_residues} (--crop-length)")
+                             f"most {self.max_residues} (`crop_length`)")
         dev = tokens.device
         ids = torch.full((b, l + 2), self.pad_id, dtype=torch.long, device=dev)
         ids[:, 0] = self.cls_id
