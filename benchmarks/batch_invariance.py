@@ -18,7 +18,9 @@ import torch
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="small-coords")
     ap.add_argument("--chains", type=int, default=8)
     ap.add_argument("--device", default="cpu")
@@ -38,14 +40,19 @@ def main(argv=None) -> int:
         agree = 1.0
         for i, c in enumerate(chains):
             alone = [t.to(a.device) for t in chains_to_batch([c])]
-            with torch.no_grad(), torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            with (
+                torch.no_grad(),
+                torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16),
+            ):
                 x = model(*alone).logits.float()[0]
                 y = model(*together).logits.float()[i, : len(c.sequence)]
             logit_diff = max(logit_diff, (x - y).abs().max().item())
             prob_diff = max(prob_diff, (x.softmax(-1) - y.softmax(-1)).abs().max().item())
             agree = min(agree, (x.argmax(-1) == y.argmax(-1)).float().mean().item())
-        print(f"{'bf16 autocast' if bf16 else 'float32':>13}: max |logit diff| {logit_diff:.2e}, "
-              f"max |probability diff| {prob_diff:.2e}, argmax agreement >= {agree:.1%}")
+        print(
+            f"{'bf16 autocast' if bf16 else 'float32':>13}: max |logit diff| {logit_diff:.2e}, "
+            f"max |probability diff| {prob_diff:.2e}, argmax agreement >= {agree:.1%}"
+        )
     return 0
 
 

@@ -18,7 +18,9 @@ import time
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--preset", default="small-3m")
     ap.add_argument("--tokens", type=int, default=8192)
@@ -26,7 +28,13 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--workers", type=int, nargs="*", default=[], help="also time DataLoaders with these worker counts")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time DataLoaders with these worker counts",
+    )
     a = ap.parse_args(argv)
 
     import torch
@@ -40,7 +48,9 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     data = PreparedDataset(a.data)
     idx = data.split_indices("train")
-    ds = MaskedBatches(data, idx, BatchSettings(crop_length=a.crop, tokens_per_batch=a.tokens), seed=0, train=True)
+    ds = MaskedBatches(
+        data, idx, BatchSettings(crop_length=a.crop, tokens_per_batch=a.tokens), seed=0, train=True
+    )
     n = min(a.batches, len(ds))
     t0 = time.perf_counter()
     batches = [ds[k] for k in range(n)]
@@ -56,8 +66,9 @@ def main(argv=None):
     def step(b):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             out = model(b.tokens, b.coords, b.padding_mask)
-            loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), b.targets.flatten(),
-                                                     ignore_index=-100)
+            loss = torch.nn.functional.cross_entropy(
+                out.logits.float().flatten(0, 1), b.targets.flatten(), ignore_index=-100
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -73,12 +84,16 @@ def main(argv=None):
         torch.cuda.synchronize()
     t_model = time.perf_counter() - t0
     data_rate, model_rate = tokens / t_data, tokens / t_model
-    print(f"{n} batches, {tokens} real tokens (crop {a.crop}, budget {a.tokens}), device {a.device}")
+    print(
+        f"{n} batches, {tokens} real tokens (crop {a.crop}, budget {a.tokens}), device {a.device}"
+    )
     print(f"data pipeline (1 process): {data_rate:10.0f} tokens/s")
     print(f"training step ({a.preset}): {model_rate:10.0f} tokens/s")
     print(f"ratio pipeline / model: {data_rate / model_rate:.1f}x (goal >= 10x)")
     for w in a.workers:
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=w, pin_memory=cuda, persistent_workers=w > 0)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=None, num_workers=w, pin_memory=cuda, persistent_workers=w > 0
+        )
         it = iter(loader)
         for _ in range(min(2 * max(w, 1), len(ds) - n)):  # workers started and their queues filled
             next(it)
@@ -86,7 +101,9 @@ def main(argv=None):
         for _ in range(n):
             got += int(next(it).padding_mask.sum())
         rate = got / (time.perf_counter() - t0)
-        print(f"DataLoader, {w:2d} workers: {rate:10.0f} tokens/s = {rate / model_rate:.1f}x the model")
+        print(
+            f"DataLoader, {w:2d} workers: {rate:10.0f} tokens/s = {rate / model_rate:.1f}x the model"
+        )
         del it, loader
     return 0
 

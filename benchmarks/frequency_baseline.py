@@ -28,7 +28,9 @@ def residue_counts(ds: PreparedDataset, idx: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
     args = ap.parse_args()
@@ -36,8 +38,12 @@ def main() -> None:
     p = residue_counts(ds, ds.split_indices("train")).astype(float)
     q = residue_counts(ds, ds.split_indices(args.split)).astype(float)
     p, q = p / p.sum(), q / q.sum()
-    res = {"perplexity": float(np.exp(-(q * np.log(p)).sum())), "recovery": float(q[p.argmax()]),
-           "always_predicts": AMINO_ACIDS[int(p.argmax())], "split": args.split}
+    res = {
+        "perplexity": float(np.exp(-(q * np.log(p)).sum())),
+        "recovery": float(q[p.argmax()]),
+        "always_predicts": AMINO_ACIDS[int(p.argmax())],
+        "split": args.split,
+    }
     print(json.dumps(res, indent=2))
 
 

@@ -43,7 +43,14 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from coordformer.constants import AMINO_ACIDS, BACKBONE_ATOMS
-from coordformer.io import Chain, StructureReadError, count_lines, is_chain_set, iter_chain_set, read_structure
+from coordformer.io import (
+    Chain,
+    StructureReadError,
+    count_lines,
+    is_chain_set,
+    iter_chain_set,
+    read_structure,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 PDB_FIXTURES = ("1A8O.pdb", "1orc.pdb", "4hhh_frag.pdb", "1LCD.pdb", "ions.pdb", "1lzh.pdb.gz")
@@ -98,7 +105,9 @@ NUMBER_TOKENS = (
     b"nan", b"NaN", b"inf", b"-inf", b"Infinity", b"1e40", b"-1e39", b"3.5e38", b"1e400", b"1e308", b"99999999",
     b"-0", b"1e", b"--1", b"1.2.3", b"0x1F", b"?", b".", b"", b"null", b"abc",
 )  # fmt: skip
-junk_bytes = st.one_of(st.sampled_from(JUNK_TOKENS), st.binary(max_size=24), st.text(max_size=8).map(str.encode))
+junk_bytes = st.one_of(
+    st.sampled_from(JUNK_TOKENS), st.binary(max_size=24), st.text(max_size=8).map(str.encode)
+)
 
 
 def _flip(draw, pos, data: bytes) -> bytes:
@@ -185,7 +194,9 @@ def mutated_fixture(draw, fixtures: tuple[str, ...]) -> bytes:
 
 
 @st.composite
-def packaged(draw, content: st.SearchStrategy[bytes], suffixes: st.SearchStrategy[str]) -> tuple[bytes, str]:
+def packaged(
+    draw, content: st.SearchStrategy[bytes], suffixes: st.SearchStrategy[str]
+) -> tuple[bytes, str]:
     """(file bytes, file suffix): the content plain, gzipped or gzipped and truncated."""
     data, suffix = draw(content), draw(suffixes)
     mode = draw(st.sampled_from(("plain", "plain", "gzip", "truncated_gzip")))
@@ -199,11 +210,15 @@ def packaged(draw, content: st.SearchStrategy[bytes], suffixes: st.SearchStrateg
 
 def _native_suffix(native: str) -> st.SearchStrategy[str]:
     # mostly the native suffix; sometimes another so that content sniffing is exercised too
-    return st.one_of(st.just(native), st.just(native), st.just(native), st.sampled_from(STRUCTURE_NAME_SUFFIXES))
+    return st.one_of(
+        st.just(native), st.just(native), st.just(native), st.sampled_from(STRUCTURE_NAME_SUFFIXES)
+    )
 
 
 arbitrary_structure_bytes = st.tuples(
-    st.sampled_from((b"", b"", b"data_x\n", b"ATOM  ", b"HEADER    ", b"data_x\nloop_\n_atom_site.Cartn_x\n")),
+    st.sampled_from(
+        (b"", b"", b"data_x\n", b"ATOM  ", b"HEADER    ", b"data_x\nloop_\n_atom_site.Cartn_x\n")
+    ),
     st.one_of(st.binary(max_size=2048), st.text(max_size=512).map(str.encode)),
 ).map(b"".join)
 
@@ -214,11 +229,26 @@ finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 weird_number = st.one_of(
     st.floats(),
     st.integers(),
-    st.sampled_from((1e300, -1e300, 3.5e38, -1e39, float("nan"), float("inf"), -float("inf"), 10**400, -(10**40), True)),
+    st.sampled_from(
+        (
+            1e300,
+            -1e300,
+            3.5e38,
+            -1e39,
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+            10**400,
+            -(10**40),
+            True,
+        )
+    ),
 )
 json_junk = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 coord_value = st.one_of(finite32, finite32, st.none(), weird_number, json_junk)
@@ -233,7 +263,13 @@ coord_row = st.one_of(
 plain_row = st.one_of(
     st.lists(finite32, min_size=3, max_size=3),
     st.lists(finite32, min_size=3, max_size=3),
-    st.lists(st.one_of(finite32, st.none(), st.just(float("nan")), st.integers(-(10**6), 10**6), weird_number), min_size=3, max_size=3),
+    st.lists(
+        st.one_of(
+            finite32, st.none(), st.just(float("nan")), st.integers(-(10**6), 10**6), weird_number
+        ),
+        min_size=3,
+        max_size=3,
+    ),
     st.none(),
 )
 
@@ -242,7 +278,12 @@ plain_row = st.one_of(
 def chain_set_record(draw):
     """A chain_set record that looks valid but may have wrong types, lengths, values or keys."""
     n = draw(st.integers(1, 10))
-    seq = draw(st.one_of(st.text(alphabet=AMINO_ACIDS + "XUOBZxacgt", min_size=n, max_size=n), st.text(min_size=n, max_size=n)))
+    seq = draw(
+        st.one_of(
+            st.text(alphabet=AMINO_ACIDS + "XUOBZxacgt", min_size=n, max_size=n),
+            st.text(min_size=n, max_size=n),
+        )
+    )
     # most records are damaged in one place only, so that the damage reaches the deep checks
     clean = draw(st.booleans())
     row = plain_row if clean else coord_row
@@ -251,7 +292,11 @@ def chain_set_record(draw):
     if layout == "dict" or (clean and layout == "junk"):
         coords = {}
         for atom in BACKBONE_ATOMS + ("CB",):
-            kind = "rows" if clean else draw(st.sampled_from(("rows", "rows", "rows", "missing", "null", "junk")))
+            kind = (
+                "rows"
+                if clean
+                else draw(st.sampled_from(("rows", "rows", "rows", "missing", "null", "junk")))
+            )
             if kind == "rows":
                 coords[atom] = draw(st.lists(row, min_size=n_coords, max_size=n_coords))
             elif kind == "null":
@@ -270,7 +315,9 @@ def chain_set_record(draw):
     rec = {"name": name, "seq": seq, "coords": coords}
     b_value = st.one_of(finite32, st.none(), weird_number) if clean else coord_value
     if draw(st.booleans()):
-        rec["b_factors"] = draw(st.lists(b_value, min_size=n, max_size=n) if clean else st.lists(b_value) | json_junk)
+        rec["b_factors"] = draw(
+            st.lists(b_value, min_size=n, max_size=n) if clean else st.lists(b_value) | json_junk
+        )
     if draw(st.booleans()):
         ids = st.lists(st.text(max_size=4) | st.integers(), min_size=n, max_size=n)
         rec["residue_ids"] = draw(ids if clean else ids | json_junk)
@@ -305,9 +352,14 @@ def wellformed_record(draw) -> dict:
     value = st.one_of(finite32, st.none(), st.just(float("nan")), st.integers(-(10**6), 10**6))
     triple = st.lists(value, min_size=3, max_size=3)
     if draw(st.booleans()):
-        coords = {atom: draw(st.none() | st.lists(triple | st.none(), min_size=n, max_size=n)) for atom in BACKBONE_ATOMS}
+        coords = {
+            atom: draw(st.none() | st.lists(triple | st.none(), min_size=n, max_size=n))
+            for atom in BACKBONE_ATOMS
+        }
     else:
-        coords = draw(st.lists(st.lists(triple | st.none(), min_size=4, max_size=4), min_size=n, max_size=n))
+        coords = draw(
+            st.lists(st.lists(triple | st.none(), min_size=4, max_size=4), min_size=n, max_size=n)
+        )
     name = draw(st.text(min_size=1, max_size=12).filter(str.strip))
     return {"name": name, "seq": draw(st.text(min_size=n, max_size=n)), "coords": coords}
 
@@ -340,13 +392,23 @@ def check_chain(chain, where: str) -> None:
     if n < 1:
         bad("empty chain")
     if not set(chain.sequence) <= SEQUENCE_LETTERS:
-        bad(f"sequence letters outside the alphabet: {sorted(set(chain.sequence) - SEQUENCE_LETTERS)}")
+        bad(
+            f"sequence letters outside the alphabet: {sorted(set(chain.sequence) - SEQUENCE_LETTERS)}"
+        )
     coords = chain.coords
-    if not isinstance(coords, np.ndarray) or coords.dtype != np.float32 or coords.shape != (n, 4, 3):
-        bad(f"coords {type(coords).__name__} {getattr(coords, 'dtype', None)} {getattr(coords, 'shape', None)}")
+    if (
+        not isinstance(coords, np.ndarray)
+        or coords.dtype != np.float32
+        or coords.shape != (n, 4, 3)
+    ):
+        bad(
+            f"coords {type(coords).__name__} {getattr(coords, 'dtype', None)} {getattr(coords, 'shape', None)}"
+        )
     if np.isinf(coords).any():
         bad("infinite coordinate")
-    if chain.b_factors is not None and (chain.b_factors.dtype != np.float32 or chain.b_factors.shape != (n,)):
+    if chain.b_factors is not None and (
+        chain.b_factors.dtype != np.float32 or chain.b_factors.shape != (n,)
+    ):
         bad("b_factors not float32 [L]")
     if chain.residue_ids is not None and len(chain.residue_ids) != n:
         bad("residue_ids not one per residue")
@@ -354,7 +416,9 @@ def check_chain(chain, where: str) -> None:
 
 def _check_error(err: StructureReadError, source: str) -> None:
     if err.source != source or not err.reason:
-        raise InvariantViolation(f"StructureReadError source {err.source!r} (expected {source!r}), reason {err.reason!r}")
+        raise InvariantViolation(
+            f"StructureReadError source {err.source!r} (expected {source!r}), reason {err.reason!r}"
+        )
 
 
 def check_structure_file(path: Path) -> str:
@@ -442,14 +506,26 @@ def _wellformed_file(records: list[dict]) -> tuple[bytes, str]:
 
 
 TARGETS: dict[str, Target] = {
-    "pdb_mutated": Target(packaged(mutated_fixture(PDB_FIXTURES), _native_suffix(".pdb")), _packed, _structure_check),
-    "cif_mutated": Target(packaged(mutated_fixture(CIF_FIXTURES), _native_suffix(".cif")), _packed, _structure_check),
-    "structure_bytes": Target(
-        packaged(arbitrary_structure_bytes, st.sampled_from(STRUCTURE_NAME_SUFFIXES)), _packed, _structure_check
+    "pdb_mutated": Target(
+        packaged(mutated_fixture(PDB_FIXTURES), _native_suffix(".pdb")), _packed, _structure_check
     ),
-    "jsonl_mutated": Target(packaged(mutated_fixture(JSONL_FIXTURES), st.just(".jsonl")), _packed, _chain_set_check),
-    "jsonl_bytes": Target(packaged(st.binary(max_size=2048), st.just(".jsonl")), _packed, _chain_set_check),
-    "jsonl_records": Target(packaged(chain_set_file(), st.just(".jsonl")), _packed, _chain_set_check),
+    "cif_mutated": Target(
+        packaged(mutated_fixture(CIF_FIXTURES), _native_suffix(".cif")), _packed, _structure_check
+    ),
+    "structure_bytes": Target(
+        packaged(arbitrary_structure_bytes, st.sampled_from(STRUCTURE_NAME_SUFFIXES)),
+        _packed,
+        _structure_check,
+    ),
+    "jsonl_mutated": Target(
+        packaged(mutated_fixture(JSONL_FIXTURES), st.just(".jsonl")), _packed, _chain_set_check
+    ),
+    "jsonl_bytes": Target(
+        packaged(st.binary(max_size=2048), st.just(".jsonl")), _packed, _chain_set_check
+    ),
+    "jsonl_records": Target(
+        packaged(chain_set_file(), st.just(".jsonl")), _packed, _chain_set_check
+    ),
     "jsonl_valid_records": Target(
         st.lists(wellformed_record(), min_size=1, max_size=3),
         _wellformed_file,
@@ -468,10 +544,16 @@ def run_case(target: Target, case, workdir: Path) -> str:
 
 
 # hypothesis' health checks guard test suites against slow / huge data; neither matters here
-FUZZ_HEALTH_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+FUZZ_HEALTH_CHECKS = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.large_base_example,
+]
 
 
-def campaign(name: str, examples: int, seed: int, workdir: Path, crash_dir: Path, keep: int = 5) -> Counter:
+def campaign(
+    name: str, examples: int, seed: int, workdir: Path, crash_dir: Path, keep: int = 5
+) -> Counter:
     target = TARGETS[name]
     counts: Counter = Counter()
 
@@ -496,18 +578,27 @@ def campaign(name: str, examples: int, seed: int, workdir: Path, crash_dir: Path
                 saved = crash_dir / f"{name}-{counts['crash']}{suffix}"
                 saved.write_bytes(data)
                 with open(crash_dir / "tracebacks.txt", "a") as fh:
-                    fh.write(f"=== {name} #{counts['crash']}: input saved as {saved}\n{traceback.format_exc()}\n")
+                    fh.write(
+                        f"=== {name} #{counts['crash']}: input saved as {saved}\n{traceback.format_exc()}\n"
+                    )
 
     run()
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--examples", type=int, default=2000, help="inputs per target (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--targets", nargs="+", choices=sorted(TARGETS), default=list(TARGETS))
-    ap.add_argument("--crash-dir", type=Path, default=Path("fuzz_crashes"), help="tracebacks.txt and crashing inputs")
+    ap.add_argument(
+        "--crash-dir",
+        type=Path,
+        default=Path("fuzz_crashes"),
+        help="tracebacks.txt and crashing inputs",
+    )
     args = ap.parse_args(argv)
 
     faulthandler.enable()  # a segfault in gemmi at least shows which target was running
@@ -519,7 +610,10 @@ def main(argv: list[str] | None = None) -> int:
             c = campaign(name, args.examples, args.seed, Path(tmp), args.crash_dir)
             dt = time.perf_counter() - t0
             total_crashes += c["crash"]
-            print(f"{name:<22}{c['tried']:>8}{c['ok']:>8}{c['error']:>8}{c['crash']:>8}{dt:>9.1f}", flush=True)
+            print(
+                f"{name:<22}{c['tried']:>8}{c['ok']:>8}{c['error']:>8}{c['crash']:>8}{dt:>9.1f}",
+                flush=True,
+            )
     if total_crashes:
         print(f"{total_crashes} crashes; tracebacks in {args.crash_dir / 'tracebacks.txt'}")
     return 1 if total_crashes else 0

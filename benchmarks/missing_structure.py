@@ -28,8 +28,16 @@ CONDITIONS = ("none", "span", "cut", "all")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-c", "--checkpoint", action="append", required=True, help="model (name, .pt, .ckpt, run folder); repeat")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "-c",
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="model (name, .pt, .ckpt, run folder); repeat",
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-chains", type=int, default=None)
@@ -40,7 +48,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from coordformer.cli import _checkpoint_label  # the model names `coordformer evaluate --json` uses
+    from coordformer.cli import (
+        _checkpoint_label,
+    )  # the model names `coordformer evaluate --json` uses
     from coordformer.data.store import PreparedDataset
     from coordformer.eval.mlm import evaluate_mlm
     from coordformer.eval.stats import paired_bootstrap
@@ -54,18 +64,38 @@ def main(argv=None) -> int:
         model, _ = load_model(ck)
         for cond in CONDITIONS:
             t0 = time.perf_counter()
-            r = evaluate_mlm(model, data, a.split, max_chains=a.max_chains, hide_coords=cond, progress=False,
-                             device=a.device)
+            r = evaluate_mlm(
+                model,
+                data,
+                a.split,
+                max_chains=a.max_chains,
+                hide_coords=cond,
+                progress=False,
+                device=a.device,
+            )
             results[cond][ck] = r
             h, o = r["hidden"], r["outside"]
-            print(f"{ck:>20} {cond:>5}: perplexity {r['perplexity']:6.2f}, recovery {r['recovery']:6.1%}"
-                  + (f"; without coordinates ({h['n_masked']:,}) {h['perplexity']:6.2f}, {h['recovery']:6.1%}" if h else "")
-                  + (f"; outside the stretch ({o['n_masked']:,}) {o['perplexity']:6.2f}, {o['recovery']:6.1%}" if o else "")
-                  + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+            print(
+                f"{ck:>20} {cond:>5}: perplexity {r['perplexity']:6.2f}, recovery {r['recovery']:6.1%}"
+                + (
+                    f"; without coordinates ({h['n_masked']:,}) {h['perplexity']:6.2f}, {h['recovery']:6.1%}"
+                    if h
+                    else ""
+                )
+                + (
+                    f"; outside the stretch ({o['n_masked']:,}) {o['perplexity']:6.2f}, {o['recovery']:6.1%}"
+                    if o
+                    else ""
+                )
+                + f"  [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
 
     ref = a.checkpoint[-1]
-    print(f"\n| condition | model | perplexity | recovery | perplexity / {ref} (95% CI) | perplexity, residues without "
-          "coordinates | recovery, residues without coordinates | perplexity, outside the stretch | recovery, outside the stretch |")
+    print(
+        f"\n| condition | model | perplexity | recovery | perplexity / {ref} (95% CI) | perplexity, residues without "
+        "coordinates | recovery, residues without coordinates | perplexity, outside the stretch | recovery, outside the stretch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     summary = []
     for cond in CONDITIONS:
@@ -73,42 +103,89 @@ def main(argv=None) -> int:
             r = results[cond][ck]
             bs = paired_bootstrap(r, results[cond][ref]) if ck != ref else None
             h, o = r["hidden"] or {}, r["outside"] or {}
-            row = {"condition": cond, "model": ck, "perplexity": r["perplexity"], "recovery": r["recovery"],
-                   "n_masked": r["n_masked"], "hidden": h or None, "outside": o or None, "vs_reference": bs}
+            row = {
+                "condition": cond,
+                "model": ck,
+                "perplexity": r["perplexity"],
+                "recovery": r["recovery"],
+                "n_masked": r["n_masked"],
+                "hidden": h or None,
+                "outside": o or None,
+                "vs_reference": bs,
+            }
             summary.append(row)
-            ci = (f"{bs['perplexity_ratio']:.3f} ({bs['perplexity_ratio_ci95'][0]:.3f}-{bs['perplexity_ratio_ci95'][1]:.3f})"
-                  if bs else "")
-            print(f"| {cond} | {ck} | {r['perplexity']:.2f} | {r['recovery']:.1%} | {ci} | "
-                  + (f"{h['perplexity']:.2f} | {h['recovery']:.1%} |" if h else "| |")
-                  + (f" {o['perplexity']:.2f} | {o['recovery']:.1%} |" if o else " | |"))
+            ci = (
+                f"{bs['perplexity_ratio']:.3f} ({bs['perplexity_ratio_ci95'][0]:.3f}-{bs['perplexity_ratio_ci95'][1]:.3f})"
+                if bs
+                else ""
+            )
+            print(
+                f"| {cond} | {ck} | {r['perplexity']:.2f} | {r['recovery']:.1%} | {ci} | "
+                + (f"{h['perplexity']:.2f} | {h['recovery']:.1%} |" if h else "| |")
+                + (f" {o['perplexity']:.2f} | {o['recovery']:.1%} |" if o else " | |")
+            )
 
     # the residues outside the stretch, paired across conditions: does putting a loop back (span) help
     # the rest of the chain more than leaving it out (cut)? (--seqres gaps vs --seqres off)
-    print("\n| model | outside the stretch: perplexity none / span / cut | span / none (95% CI) | cut / none (95% CI) "
-          "| span / cut (95% CI) | recovery span - cut, points (95% CI) |")
+    print(
+        "\n| model | outside the stretch: perplexity none / span / cut | span / none (95% CI) | cut / none (95% CI) "
+        "| span / cut (95% CI) | recovery span - cut, points (95% CI) |"
+    )
     print("|---|---|---|---|---|---|")
+
     def ci(p):
         return f"{p['perplexity_ratio']:.4f} ({p['perplexity_ratio_ci95'][0]:.4f}-{p['perplexity_ratio_ci95'][1]:.4f})"
 
     outside = []
     for ck in a.checkpoint:
         o = {c: {"per_chain": results[c][ck]["per_chain_outside"]} for c in ("none", "span", "cut")}
-        pairs = {f"{x}/{y}": paired_bootstrap(o[x], o[y]) for x, y in (("span", "none"), ("cut", "none"), ("span", "cut"))}
-        outside.append({"model": ck, **{c: results[c][ck]["outside"] for c in ("none", "span", "cut")}, "paired": pairs})
+        pairs = {
+            f"{x}/{y}": paired_bootstrap(o[x], o[y])
+            for x, y in (("span", "none"), ("cut", "none"), ("span", "cut"))
+        }
+        outside.append(
+            {
+                "model": ck,
+                **{c: results[c][ck]["outside"] for c in ("none", "span", "cut")},
+                "paired": pairs,
+            }
+        )
         sc = pairs["span/cut"]
-        print(f"| {ck} | " + " / ".join(f"{results[c][ck]['outside']['perplexity']:.2f}" for c in ("none", "span", "cut"))
-              + f" | {ci(pairs['span/none'])} | {ci(pairs['cut/none'])} | {ci(sc)} | {sc['recovery_diff_pt']:+.2f} "
-              f"({sc['recovery_diff_pt_ci95'][0]:+.2f} to {sc['recovery_diff_pt_ci95'][1]:+.2f}) |")
+        print(
+            f"| {ck} | "
+            + " / ".join(
+                f"{results[c][ck]['outside']['perplexity']:.2f}" for c in ("none", "span", "cut")
+            )
+            + f" | {ci(pairs['span/none'])} | {ci(pairs['cut/none'])} | {ci(sc)} | {sc['recovery_diff_pt']:+.2f} "
+            f"({sc['recovery_diff_pt_ci95'][0]:+.2f} to {sc['recovery_diff_pt_ci95'][1]:+.2f}) |"
+        )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        slim = {c: {ck: {k: v for k, v in r.items() if not k.startswith("per_chain")} for ck, r in rs.items()}
-                for c, rs in results.items()}
-        a.json.write_text(json.dumps({"summary": summary, "outside": outside, "results": slim, "data": a.data,
-                                      "split": a.split}, indent=2))
+        slim = {
+            c: {
+                ck: {k: v for k, v in r.items() if not k.startswith("per_chain")}
+                for ck, r in rs.items()
+            }
+            for c, rs in results.items()
+        }
+        a.json.write_text(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "outside": outside,
+                    "results": slim,
+                    "data": a.data,
+                    "split": a.split,
+                },
+                indent=2,
+            )
+        )
         # per-condition files in the `coordformer evaluate --json` layout, for scripts/ship_models.py --eval
         for cond, rs in results.items():
             out = a.json.with_name(f"{a.json.stem}_{cond}.json")
-            out.write_text(json.dumps({"models": {_checkpoint_label(ck): r for ck, r in rs.items()}}, indent=2))
+            out.write_text(
+                json.dumps({"models": {_checkpoint_label(ck): r for ck, r in rs.items()}}, indent=2)
+            )
     return 0
 
 

@@ -46,24 +46,32 @@ def kernel_part(device: str) -> dict:
         v = torch.randn(2, 4, length, d, device=device, generator=g, dtype=torch.bfloat16)
         q[..., 0], k[..., 0] = 1.0, -120 * math.sqrt(d)
         mask = torch.ones(2, 1, 1, length, dtype=torch.bool, device=device)
-        mask[1, ..., length - 37:] = False  # the second row is padded
+        mask[1, ..., length - 37 :] = False  # the second row is padded
         dout = torch.randn(2, 4, length, d, device=device, generator=g, dtype=torch.bfloat16)
         res = {}
-        for name, fn in (("default", lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)),
-                         ("coordformer", lambda a, b, c: core.attention(a, b, c, mask))):
+        for name, fn in (
+            ("default", lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)),
+            ("coordformer", lambda a, b, c: core.attention(a, b, c, mask)),
+        ):
             a, b, c = (t.detach().clone().requires_grad_() for t in (q, k, v))
             fn(a, b, c).backward(dout)
-            res[name] = {"nonfinite_dq": int((~torch.isfinite(a.grad)).sum()),
-                         "nonfinite_dk": int((~torch.isfinite(b.grad)).sum())}
+            res[name] = {
+                "nonfinite_dq": int((~torch.isfinite(a.grad)).sum()),
+                "nonfinite_dk": int((~torch.isfinite(b.grad)).sum()),
+            }
         out[str(length)] = res
-        print(f"kernel L={length}: non-finite dQ default {res['default']['nonfinite_dq']}, "
-              f"coordformer.attention {res['coordformer']['nonfinite_dq']}")
+        print(
+            f"kernel L={length}: non-finite dQ default {res['default']['nonfinite_dq']}, "
+            f"coordformer.attention {res['coordformer']['nonfinite_dq']}"
+        )
     return out
 
 
 def _batches(data: PreparedDataset, n: int, tokens: int, seed: int):
     idx = data.split_indices("train")
-    ds = MaskedBatches(data, idx, BatchSettings(tokens_per_batch=tokens), seed=seed, train=True, epochs=100)
+    ds = MaskedBatches(
+        data, idx, BatchSettings(tokens_per_batch=tokens), seed=seed, train=True, epochs=100
+    )
     for i in range(min(n, len(ds))):
         yield ds[i]
 
@@ -75,18 +83,31 @@ def scan_part(model, data, n_batches, tokens, device, autocast_dtype) -> dict:
     def hook(i):
         def fn(mod, args):
             caught[i] = args[0].detach()
+
         return fn
 
-    handles = [layer.attn.register_forward_pre_hook(hook(i)) for i, layer in enumerate(model.layers)]
+    handles = [
+        layer.attn.register_forward_pre_hook(hook(i)) for i, layer in enumerate(model.layers)
+    ]
     n_layers = len(model.layers)
-    stats = {"real_min": [math.inf] * n_layers, "pad_min": [math.inf] * n_layers,
-             "real_below": [0] * n_layers, "pad_below": [0] * n_layers}
+    stats = {
+        "real_min": [math.inf] * n_layers,
+        "pad_min": [math.inf] * n_layers,
+        "real_below": [0] * n_layers,
+        "pad_below": [0] * n_layers,
+    }
     n_mod64 = n_trip = 0
     try:
         for batch in _batches(data, n_batches, tokens, 0):
             pm = batch.padding_mask.to(device)
-            with torch.no_grad(), torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype,
-                                                 enabled=autocast_dtype != torch.float32):
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device_type=device.split(":")[0],
+                    dtype=autocast_dtype,
+                    enabled=autocast_dtype != torch.float32,
+                ),
+            ):
                 model(batch.tokens.to(device), batch.coords.to(device), pm)
             trip = False
             for i, layer in enumerate(model.layers):
@@ -114,16 +135,21 @@ def scan_part(model, data, n_batches, tokens, device, autocast_dtype) -> dict:
             h.remove()
     stats.update(batches=n_batches, batches_len_mod128_eq64=n_mod64, batches_that_trip_cudnn=n_trip)
     for i in range(n_layers):
-        print(f"layer {i + 1}: min log-sum-exp real rows {stats['real_min'][i]:9.1f} ({stats['real_below'][i]} below "
-              f"-88.7), padding rows {stats['pad_min'][i]:9.1f} ({stats['pad_below'][i]} below)")
-    print(f"{n_mod64} of {n_batches} batches have L % 128 == 64; {n_trip} of those also have a row below -88.7")
+        print(
+            f"layer {i + 1}: min log-sum-exp real rows {stats['real_min'][i]:9.1f} ({stats['real_below'][i]} below "
+            f"-88.7), padding rows {stats['pad_min'][i]:9.1f} ({stats['pad_below'][i]} below)"
+        )
+    print(
+        f"{n_mod64} of {n_batches} batches have L % 128 == 64; {n_trip} of those also have a row below -88.7"
+    )
     return stats
 
 
 def steps_part(model, data, n_batches, tokens, device) -> dict:
     """Backward through the model on batches right-padded to L % 128 == 64, default kernels vs ours."""
     plain = lambda q, k, v, mask=None, dropout_p=0.0: F.scaled_dot_product_attention(  # noqa: E731
-        q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        q, k, v, attn_mask=mask, dropout_p=dropout_p
+    )
     ours = core.attention
     res = {}
     model.train()
@@ -140,13 +166,19 @@ def steps_part(model, data, n_batches, tokens, device) -> dict:
                 model.zero_grad(set_to_none=True)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                     out = model(tok, co, tok != 0)
-                F.cross_entropy(out.logits.float().flatten(0, 1), tg.flatten(), ignore_index=-100).backward()
-                norms = torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+                F.cross_entropy(
+                    out.logits.float().flatten(0, 1), tg.flatten(), ignore_index=-100
+                ).backward()
+                norms = torch.stack(
+                    [p.grad.norm() for p in model.parameters() if p.grad is not None]
+                )
                 bad += int(not bool(torch.isfinite(norms).all()))
         finally:
             core.attention = ours
         res[name] = {"steps": n_batches, "nonfinite_steps": bad}
-        print(f"steps ({name} kernels): {bad} of {n_batches} backward passes with a non-finite gradient")
+        print(
+            f"steps ({name} kernels): {bad} of {n_batches} backward passes with a non-finite gradient"
+        )
     model.eval()
     return res
 
@@ -169,8 +201,12 @@ def main() -> None:
         model = core.CoordFormer(preset(args.preset, recipe=args.recipe))
     model = model.to(args.device).eval()
     cuda = args.device.startswith("cuda")
-    result = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-              "model": args.checkpoint or f"fresh {args.preset} ({args.recipe} recipe)"}
+    result = {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "torch": torch.__version__,
+        "model": args.checkpoint or f"fresh {args.preset} ({args.recipe} recipe)",
+    }
+
     def save():  # after every part: a run stopped by a deadline keeps what it measured
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
@@ -179,8 +215,14 @@ def main() -> None:
         result["kernel"] = kernel_part(args.device)
         save()
     data = PreparedDataset(args.data)
-    result["scan"] = scan_part(model, data, args.batches, args.tokens, args.device,
-                               torch.bfloat16 if cuda else torch.float32)
+    result["scan"] = scan_part(
+        model,
+        data,
+        args.batches,
+        args.tokens,
+        args.device,
+        torch.bfloat16 if cuda else torch.float32,
+    )
     save()
     if cuda:
         result["steps"] = steps_part(model, data, args.batches, args.tokens, args.device)

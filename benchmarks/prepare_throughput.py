@@ -107,13 +107,24 @@ def write_deposited_gz(n: int, folder: Path) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--structures", type=int, default=400)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--deposited", action="store_true", help="whole deposited entries (tests/data mmCIF files), not backbone-only files")
-    ap.add_argument("--seqres", nargs="+", default=["off"], choices=["off", "gaps", "all"],
-                    help="prepare --seqres modes to time side by side (default: off)")
+    ap.add_argument(
+        "--deposited",
+        action="store_true",
+        help="whole deposited entries (tests/data mmCIF files), not backbone-only files",
+    )
+    ap.add_argument(
+        "--seqres",
+        nargs="+",
+        default=["off"],
+        choices=["off", "gaps", "all"],
+        help="prepare --seqres modes to time side by side (default: off)",
+    )
     a = ap.parse_args(argv)
 
     from coordformer.config import PrepareConfig
@@ -127,26 +138,54 @@ def main(argv=None) -> int:
         if a.deposited:
             n_files, n_res = write_deposited_gz(a.structures, src)
         else:
-            chains = [c for c in iter_chain_set(bundled_chains()) if not isinstance(c, Exception)][: a.structures]
+            chains = [c for c in iter_chain_set(bundled_chains()) if not isinstance(c, Exception)][
+                : a.structures
+            ]
             n_files, n_res = len(chains), write_cif_gz(chains, src)
         size = sum(p.stat().st_size for p in src.iterdir())
-        print(f"wrote {n_files} .cif.gz files ({n_res:,} protein residues, {size / 1e6:.1f} MB) to {src}")
+        print(
+            f"wrote {n_files} .cif.gz files ({n_res:,} protein residues, {size / 1e6:.1f} MB) to {src}"
+        )
         for w in a.workers:
             first = None
-            for k, mode in enumerate(a.seqres):  # a mode may repeat (e.g. off ... off, to see the noise)
+            for k, mode in enumerate(
+                a.seqres
+            ):  # a mode may repeat (e.g. off ... off, to see the noise)
                 out = Path(tmp) / f"out{w}-{k}-{mode}"
                 t0 = time.perf_counter()
-                summary = prepare([src], out, PrepareConfig(split="random", seqres=mode), workers=w, progress=False,
-                                  log=lambda s: None)
+                summary = prepare(
+                    [src],
+                    out,
+                    PrepareConfig(split="random", seqres=mode),
+                    workers=w,
+                    progress=False,
+                    log=lambda s: None,
+                )
                 dt = time.perf_counter() - t0
                 first = first or dt
                 kept = summary.chains_kept
-                rows.append({"workers": w, "seqres": mode, "files": n_files, "deposited": a.deposited, "chains_kept": kept,
-                             "residues_kept": summary.n_residues, "seconds": round(dt, 2),
-                             "structures_per_s": round(n_files / dt, 1), "residues_per_s": round(n_res / dt)})
-                print(f"{w} worker(s), seqres {mode}: {n_files} files in {dt:.1f} s = {n_files / dt:.1f} structures/s, "
-                      f"{n_res / dt:,.0f} residues/s ({kept} chains, {summary.n_residues:,} residues kept)"
-                      + (f"; throughput {first / dt:.2f}x that of the first ({a.seqres[0]})" if k else ""))
+                rows.append(
+                    {
+                        "workers": w,
+                        "seqres": mode,
+                        "files": n_files,
+                        "deposited": a.deposited,
+                        "chains_kept": kept,
+                        "residues_kept": summary.n_residues,
+                        "seconds": round(dt, 2),
+                        "structures_per_s": round(n_files / dt, 1),
+                        "residues_per_s": round(n_res / dt),
+                    }
+                )
+                print(
+                    f"{w} worker(s), seqres {mode}: {n_files} files in {dt:.1f} s = {n_files / dt:.1f} structures/s, "
+                    f"{n_res / dt:,.0f} residues/s ({kept} chains, {summary.n_residues:,} residues kept)"
+                    + (
+                        f"; throughput {first / dt:.2f}x that of the first ({a.seqres[0]})"
+                        if k
+                        else ""
+                    )
+                )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2))
     return 0

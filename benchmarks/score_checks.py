@@ -96,8 +96,14 @@ def sub_scores(lp, wt):
 def boot(values_by_group, chain_of, n_chains, stat, draws=2000, seed=0):
     """Point estimate and 95% interval of stat(per-chain sums, counts) under resampling chains."""
     rng = np.random.default_rng(seed)
-    sums = {g: np.bincount(chain_of[m], weights=v, minlength=n_chains) for g, (v, m) in values_by_group.items()}
-    cnts = {g: np.bincount(chain_of[m], minlength=n_chains).astype(float) for g, (v, m) in values_by_group.items()}
+    sums = {
+        g: np.bincount(chain_of[m], weights=v, minlength=n_chains)
+        for g, (v, m) in values_by_group.items()
+    }
+    cnts = {
+        g: np.bincount(chain_of[m], minlength=n_chains).astype(float)
+        for g, (v, m) in values_by_group.items()
+    }
     point = stat({g: sums[g].sum() for g in sums}, {g: cnts[g].sum() for g in cnts})
     w = rng.multinomial(n_chains, np.full(n_chains, 1 / n_chains), size=draws).astype(float)
     bs = stat({g: w @ sums[g] for g in sums}, {g: w @ cnts[g] for g in cnts})
@@ -106,18 +112,38 @@ def boot(values_by_group, chain_of, n_chains, stat, draws=2000, seed=0):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-c", "--checkpoint", action="append", required=True, help="model; repeat (the first is the structure model)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "-c",
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="model; repeat (the first is the structure model)",
+    )
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--data", default=None, help="prepared dataset (default: the bundled held-out demo chains)")
+    ap.add_argument(
+        "--data", default=None, help="prepared dataset (default: the bundled held-out demo chains)"
+    )
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-chains", type=int, default=None)
-    ap.add_argument("--mode", default="fast", choices=("exact", "fast"), help="masked marginals for the burial / Gly-Pro checks")
+    ap.add_argument(
+        "--mode",
+        default="fast",
+        choices=("exact", "fast"),
+        help="masked marginals for the burial / Gly-Pro checks",
+    )
     ap.add_argument("--min-sep", type=int, default=8)
     ap.add_argument("--min-dist", type=float, default=12.0)
-    ap.add_argument("--agreement", type=int, default=0, help="fast vs exact on the first N chains (0 = skip)")
-    ap.add_argument("--agreement-settings", default="8:12,8:0,16:16",
-                    help="fast settings to compare, MIN_SEP:MIN_DIST comma-separated")
+    ap.add_argument(
+        "--agreement", type=int, default=0, help="fast vs exact on the first N chains (0 = skip)"
+    )
+    ap.add_argument(
+        "--agreement-settings",
+        default="8:12,8:0,16:16",
+        help="fast settings to compare, MIN_SEP:MIN_DIST comma-separated",
+    )
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
 
@@ -137,24 +163,30 @@ def main(argv=None) -> int:
         nb, ss, wt, cof = features(sub)
         report["agreement"] = {"chains": len(sub), "residues": int(len(wt)), "models": {}}
         for name in a.checkpoint:
-            ex, ex_s, ex_p = marginals(name, sub, ScoreConfig(mode="exact"), a.out, f"exact_n{len(sub)}")
+            ex, ex_s, ex_p = marginals(
+                name, sub, ScoreConfig(mode="exact"), a.out, f"exact_n{len(sub)}"
+            )
             rows = {"exact": {"passes": ex_p, "seconds": round(ex_s, 1)}}
             for setting in a.agreement_settings.split(","):
                 sep, dist = setting.split(":")
                 cfg = ScoreConfig(mode="fast", min_sep=int(sep), min_dist=float(dist))
-                fa, fa_s, fa_p = marginals(name, sub, cfg, a.out, f"fast{sep}-{float(dist):g}_n{len(sub)}")
+                fa, fa_s, fa_p = marginals(
+                    name, sub, cfg, a.out, f"fast{sep}-{float(dist):g}_n{len(sub)}"
+                )
                 ok = wt >= 0
                 lw_e, lw_f = ex[np.flatnonzero(ok), wt[ok]], fa[np.flatnonzero(ok), wt[ok]]
                 se, sf = sub_scores(ex, wt), sub_scores(fa, wt)
                 m = np.isfinite(se)
                 rows[f"fast min_sep {sep} min_dist {dist}"] = {
-                    "passes": fa_p, "seconds": round(fa_s, 1),
+                    "passes": fa_p,
+                    "seconds": round(fa_s, 1),
                     "r_logp_wt": float(np.corrcoef(lw_e, lw_f)[0, 1]),
                     "mad_logp_wt": float(np.abs(lw_e - lw_f).mean()),
                     "mad_all20": float(np.abs(ex - fa).mean()),
                     "r_substitution": float(np.corrcoef(se[m], sf[m])[0, 1]),
                     "mad_substitution": float(np.abs(se[m] - sf[m]).mean()),
-                    "pppl_exact": float(np.exp(-lw_e.mean())), "pppl_fast": float(np.exp(-lw_f.mean())),
+                    "pppl_exact": float(np.exp(-lw_e.mean())),
+                    "pppl_fast": float(np.exp(-lw_f.mean())),
                 }
             report["agreement"]["models"][name] = rows
             print(json.dumps({name: rows}, indent=1), flush=True)
@@ -165,8 +197,12 @@ def main(argv=None) -> int:
     ok = wt >= 0
     t1, t2 = np.nanpercentile(nb[ok], [100 / 3, 200 / 3])
     buried, exposed = ok & (nb >= t2), ok & (nb <= t1)
-    report["burial_thresholds"] = {"exposed_max_neighbours": float(t1), "buried_min_neighbours": float(t2),
-                                   "n_buried": int(buried.sum()), "n_exposed": int(exposed.sum())}
+    report["burial_thresholds"] = {
+        "exposed_max_neighbours": float(t1),
+        "buried_min_neighbours": float(t2),
+        "n_buried": int(buried.sum()),
+        "n_exposed": int(exposed.sum()),
+    }
     report["ss_counts"] = {k: int(((ss == k) & ok).sum()) for k in "HE-"}
     per_model = {}
     n_chains = len(chains)
@@ -179,11 +215,19 @@ def main(argv=None) -> int:
         per_model[name] = {"mean_sub": mean_sub, "s": s}
         from scipy.stats import spearmanr
 
-        res = {"passes": passes, "seconds": round(sec, 1), "pseudo_perplexity": float(np.exp(-np.nanmean(lw)))}
+        res = {
+            "passes": passes,
+            "seconds": round(sec, 1),
+            "pseudo_perplexity": float(np.exp(-np.nanmean(lw))),
+        }
         res["mean_sub_buried"] = float(mean_sub[buried].mean())
         res["mean_sub_exposed"] = float(mean_sub[exposed].mean())
-        res["gap_buried_minus_exposed"] = boot({"b": (mean_sub[buried], buried), "e": (mean_sub[exposed], exposed)}, cof,
-                                               n_chains, lambda S, C: S["b"] / C["b"] - S["e"] / C["e"])
+        res["gap_buried_minus_exposed"] = boot(
+            {"b": (mean_sub[buried], buried), "e": (mean_sub[exposed], exposed)},
+            cof,
+            n_chains,
+            lambda S, C: S["b"] / C["b"] - S["e"] / C["e"],
+        )
         # within each native amino acid: mean over the 20 of (buried - exposed)
         groups = {}
         for k in range(20):
@@ -191,7 +235,9 @@ def main(argv=None) -> int:
             groups[f"e{k}"] = (mean_sub[exposed & (wt == k)], exposed & (wt == k))
 
         def within(S, C):
-            return np.nanmean([S[f"b{k}"] / C[f"b{k}"] - S[f"e{k}"] / C[f"e{k}"] for k in range(20)], axis=0)
+            return np.nanmean(
+                [S[f"b{k}"] / C[f"b{k}"] - S[f"e{k}"] / C[f"e{k}"] for k in range(20)], axis=0
+            )
 
         with np.errstate(invalid="ignore", divide="ignore"):
             res["gap_within_native_aa"] = boot(groups, cof, n_chains, within)
@@ -209,10 +255,18 @@ def main(argv=None) -> int:
                 gp[f"to_{target}_{lab}_rel"] = float(np.nanmean(rel[m]))
             struct = ok & (wt != col) & np.isin(ss, ["H", "E"])
             other = ok & (wt != col) & (ss == "-")
-            gp[f"to_{target}_structured_minus_other"] = boot({"s": (sc[struct], struct), "o": (sc[other], other)}, cof,
-                                                             n_chains, lambda S, C: S["s"] / C["s"] - S["o"] / C["o"])
-            gp[f"to_{target}_structured_minus_other_rel"] = boot({"s": (rel[struct], struct), "o": (rel[other], other)}, cof,
-                                                                 n_chains, lambda S, C: S["s"] / C["s"] - S["o"] / C["o"])
+            gp[f"to_{target}_structured_minus_other"] = boot(
+                {"s": (sc[struct], struct), "o": (sc[other], other)},
+                cof,
+                n_chains,
+                lambda S, C: S["s"] / C["s"] - S["o"] / C["o"],
+            )
+            gp[f"to_{target}_structured_minus_other_rel"] = boot(
+                {"s": (rel[struct], struct), "o": (rel[other], other)},
+                cof,
+                n_chains,
+                lambda S, C: S["s"] / C["s"] - S["o"] / C["o"],
+            )
         res["glypro"] = gp
         report.setdefault("models", {})[name] = res
         print(json.dumps({name: res}, indent=1), flush=True)
@@ -220,8 +274,14 @@ def main(argv=None) -> int:
     if len(a.checkpoint) >= 2:  # paired differences: structure model (first) minus the second
         m1, m2 = per_model[a.checkpoint[0]], per_model[a.checkpoint[1]]
         d = m1["mean_sub"] - m2["mean_sub"]
-        diff = {"gap_difference": boot({"b": (d[buried], buried), "e": (d[exposed], exposed)}, cof, n_chains,
-                                       lambda S, C: S["b"] / C["b"] - S["e"] / C["e"])}
+        diff = {
+            "gap_difference": boot(
+                {"b": (d[buried], buried), "e": (d[exposed], exposed)},
+                cof,
+                n_chains,
+                lambda S, C: S["b"] / C["b"] - S["e"] / C["e"],
+            )
+        }
         for target in "PG":
             col = AAS.index(target)
             dd = m1["s"][:, col] - m2["s"][:, col]
@@ -229,9 +289,17 @@ def main(argv=None) -> int:
             struct = ok & (wt != col) & np.isin(ss, ["H", "E"])
             other = ok & (wt != col) & (ss == "-")
             diff[f"to_{target}_structured_minus_other_difference"] = boot(
-                {"s": (dd[struct], struct), "o": (dd[other], other)}, cof, n_chains, lambda S, C: S["s"] / C["s"] - S["o"] / C["o"])
+                {"s": (dd[struct], struct), "o": (dd[other], other)},
+                cof,
+                n_chains,
+                lambda S, C: S["s"] / C["s"] - S["o"] / C["o"],
+            )
             diff[f"to_{target}_structured_minus_other_rel_difference"] = boot(
-                {"s": (rel[struct], struct), "o": (rel[other], other)}, cof, n_chains, lambda S, C: S["s"] / C["s"] - S["o"] / C["o"])
+                {"s": (rel[struct], struct), "o": (rel[other], other)},
+                cof,
+                n_chains,
+                lambda S, C: S["s"] / C["s"] - S["o"] / C["o"],
+            )
         report["difference_first_minus_second"] = diff
         print(json.dumps({"difference": diff}, indent=1), flush=True)
     (a.out / "score_checks.json").write_text(json.dumps(report, indent=2) + "\n")

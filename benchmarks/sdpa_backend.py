@@ -25,11 +25,15 @@ def attention_ops(model, batch, device: str) -> list[str]:
 
     tokens, coords, mask = batch
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        with torch.autocast(
+            device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")
+        ):
             out = model(tokens, coords, mask)
         out.logits.float().sum().backward()
     names = {e.key for e in prof.key_averages()}
-    return sorted(n for n in names if "scaled_dot_product" in n and n != "aten::scaled_dot_product_attention")
+    return sorted(
+        n for n in names if "scaled_dot_product" in n and n != "aten::scaled_dot_product_attention"
+    )
 
 
 def make_batch(batch: int, length: int, padded: bool, device: str, seed: int = 0):
@@ -42,13 +46,15 @@ def make_batch(batch: int, length: int, padded: bool, device: str, seed: int = 0
     coords = ca.unsqueeze(2).repeat(1, 1, 4, 1)
     mask = torch.ones(batch, length, dtype=torch.bool)
     if padded:  # the second half of the batch is shorter, as length bucketing leaves it
-        mask[batch // 2:, length * 3 // 4:] = False
+        mask[batch // 2 :, length * 3 // 4 :] = False
         tokens[~mask] = 0
     return tokens.to(device), coords.to(device), mask.to(device)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--preset", default="small-3m")
     ap.add_argument("--length", type=int, default=512)
@@ -72,17 +78,33 @@ def main(argv=None) -> int:
         batch = make_batch(a.batch, a.length, padded, a.device)
         ops = attention_ops(model, batch, a.device)
         try:
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+            with sdpa_kernel(
+                [
+                    SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.EFFICIENT_ATTENTION,
+                    SDPBackend.CUDNN_ATTENTION,
+                ]
+            ):
                 attention_ops(model, batch, a.device)
             fused_only = "ok"
         except RuntimeError as e:
             fused_only = f"failed: {str(e).splitlines()[0][:120]}"
         math = any("math" in op for op in ops)
-        rows.append({"padding": padded, "ops": ops, "math_fallback": math, "math_disabled_run": fused_only})
-        print(f"padding={'yes' if padded else 'no ':<3}  kernels: {', '.join(ops) or '-'}  "
-              f"math fallback: {'YES' if math else 'no'}  with math disabled: {fused_only}")
-    meta = {"device": a.device, "preset": a.preset, "length": a.length, "batch": a.batch, "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None}
+        rows.append(
+            {"padding": padded, "ops": ops, "math_fallback": math, "math_disabled_run": fused_only}
+        )
+        print(
+            f"padding={'yes' if padded else 'no ':<3}  kernels: {', '.join(ops) or '-'}  "
+            f"math fallback: {'YES' if math else 'no'}  with math disabled: {fused_only}"
+        )
+    meta = {
+        "device": a.device,
+        "preset": a.preset,
+        "length": a.length,
+        "batch": a.batch,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
+    }
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)

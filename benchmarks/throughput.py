@@ -98,7 +98,16 @@ def _build(arm: str, preset: str, max_len: int):
     return PairBiasFormer()
 
 
-def measure(arm: str, preset: str, length: int, tokens: int, steps: int, warmup: int, device: str, threads: int) -> dict:
+def measure(
+    arm: str,
+    preset: str,
+    length: int,
+    tokens: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    threads: int,
+) -> dict:
     """One (arm, length) point, run in a fresh process."""
     import torch
 
@@ -115,14 +124,18 @@ def measure(arm: str, preset: str, length: int, tokens: int, steps: int, warmup:
     ca = 3.8 * torch.cumsum(steps_xyz / steps_xyz.norm(dim=-1, keepdim=True), dim=1)
     coords = ca.unsqueeze(2).repeat(1, 1, 4, 1).to(device)
     mask = torch.ones(batch, length, dtype=torch.bool, device=device)
-    targets = torch.where(torch.rand(batch, length, generator=g).to(device) < 0.15, tok, torch.full_like(tok, -100))
+    targets = torch.where(
+        torch.rand(batch, length, generator=g).to(device) < 0.15, tok, torch.full_like(tok, -100)
+    )
     use_amp = device.startswith("cuda")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = model(tok, coords, mask)
             logits = out if torch.is_tensor(out) else out.logits
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -141,8 +154,11 @@ def measure(arm: str, preset: str, length: int, tokens: int, steps: int, warmup:
     if use_amp:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if use_amp
-            else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0, 0) * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if use_amp
+        else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0, 0) * 1024
+    )
     flops = None
     if arm != "pairbias" and not arm.startswith("pairbias"):
         from coordformer.model.flops import training_flops
@@ -150,16 +166,28 @@ def measure(arm: str, preset: str, length: int, tokens: int, steps: int, warmup:
         core_model = getattr(model, "_orig_mod", model)
         # checkpointing recomputes the forward: that is extra work, not model FLOPs
         flops = training_flops(core_model.config, [length] * batch) * steps / dt
-    return {"arm": arm, "length": length, "batch": batch, "tokens_per_s": batch * length * steps / dt,
-            "model_flops_per_s": flops,
-            "peak_mb": peak / 2**20, "peak_kind": "cuda max_memory_allocated" if use_amp else "CPU peak RSS growth during warm-up + timed steps"}
+    return {
+        "arm": arm,
+        "length": length,
+        "batch": batch,
+        "tokens_per_s": batch * length * steps / dt,
+        "model_flops_per_s": flops,
+        "peak_mb": peak / 2**20,
+        "peak_kind": "cuda max_memory_allocated"
+        if use_amp
+        else "CPU peak RSS growth during warm-up + timed steps",
+    }
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="small-3m")
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
-    ap.add_argument("--tokens", type=int, default=8192, help="tokens per batch (batch = tokens // length)")
+    ap.add_argument(
+        "--tokens", type=int, default=8192, help="tokens per batch (batch = tokens // length)"
+    )
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -171,14 +199,36 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a._one:  # child process: one measurement, printed as JSON
         arm, length = a._one.split(":")
-        print(json.dumps(measure(arm, a.preset, int(length), a.tokens, a.steps, a.warmup, a.device, a.threads)))
+        print(
+            json.dumps(
+                measure(
+                    arm, a.preset, int(length), a.tokens, a.steps, a.warmup, a.device, a.threads
+                )
+            )
+        )
         return 0
     results: dict = {}
     for r in range(a.rounds):
         for length in a.lengths:
             for arm in a.arms:
-                cmd = [sys.executable, __file__, "--_one", f"{arm}:{length}", "--preset", a.preset, "--tokens", str(a.tokens),
-                       "--steps", str(a.steps), "--warmup", str(a.warmup), "--device", a.device, "--threads", str(a.threads)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--_one",
+                    f"{arm}:{length}",
+                    "--preset",
+                    a.preset,
+                    "--tokens",
+                    str(a.tokens),
+                    "--steps",
+                    str(a.steps),
+                    "--warmup",
+                    str(a.warmup),
+                    "--device",
+                    a.device,
+                    "--threads",
+                    str(a.threads),
+                ]
                 p = subprocess.run(cmd, capture_output=True, text=True)
                 if p.returncode != 0:
                     last = (p.stderr.strip().splitlines() or ["?"])[-1]
@@ -187,7 +237,10 @@ def main(argv=None):
                     continue
                 m = json.loads(p.stdout.strip().splitlines()[-1])
                 results.setdefault((arm, length), []).append(m)
-                print(f"round {r + 1} {arm:>13} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, peak {m['peak_mb']:8.1f} MB", flush=True)
+                print(
+                    f"round {r + 1} {arm:>13} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, peak {m['peak_mb']:8.1f} MB",
+                    flush=True,
+                )
 
     def med(arm, length, key):
         xs = [m[key] for m in results.get((arm, length), []) if m]
@@ -196,11 +249,16 @@ def main(argv=None):
     from coordformer.model.flops import measured_matmul_rate
 
     peak = measured_matmul_rate(a.device)
-    print(f"\nmeasured matrix-product rate on {a.device}: {peak / 1e12:.3f} TFLOP/s "
-          f"({'bf16' if a.device.startswith('cuda') else 'float32'}): the MFU denominator")
+    print(
+        f"\nmeasured matrix-product rate on {a.device}: {peak / 1e12:.3f} TFLOP/s "
+        f"({'bf16' if a.device.startswith('cuda') else 'float32'}): the MFU denominator"
+    )
     rows = []
-    print(f"\n{'L':>5} " + " ".join(f"{arm + ' tok/s':>15} {arm + ' MB':>12}" for arm in a.arms)
-          + "   coords/nocoords tok/s   coords/pairbias tok/s   pairbias/coords memory")
+    print(
+        f"\n{'L':>5} "
+        + " ".join(f"{arm + ' tok/s':>15} {arm + ' MB':>12}" for arm in a.arms)
+        + "   coords/nocoords tok/s   coords/pairbias tok/s   pairbias/coords memory"
+    )
     for length in a.lengths:
         row = {"length": length}
         for arm in a.arms:
@@ -209,30 +267,59 @@ def main(argv=None):
         for arm in a.arms:
             if not arm.startswith("pairbias"):
                 row[f"{arm}_mfu"] = med(arm, length, "model_flops_per_s") / peak
-        row["coords_over_nocoords"] = row.get("coords_tokens_per_s", math.nan) / row.get("nocoords_tokens_per_s", math.nan)
-        row["coords_over_pairbias"] = row.get("coords_tokens_per_s", math.nan) / row.get("pairbias_tokens_per_s", math.nan)
-        row["pairbias_over_coords_memory"] = row.get("pairbias_peak_mb", math.nan) / max(row.get("coords_peak_mb", math.nan), 1e-9)
-        if "coords-ckpt" in a.arms:  # each side with checkpointing, and the baseline as published (without)
+        row["coords_over_nocoords"] = row.get("coords_tokens_per_s", math.nan) / row.get(
+            "nocoords_tokens_per_s", math.nan
+        )
+        row["coords_over_pairbias"] = row.get("coords_tokens_per_s", math.nan) / row.get(
+            "pairbias_tokens_per_s", math.nan
+        )
+        row["pairbias_over_coords_memory"] = row.get("pairbias_peak_mb", math.nan) / max(
+            row.get("coords_peak_mb", math.nan), 1e-9
+        )
+        if (
+            "coords-ckpt" in a.arms
+        ):  # each side with checkpointing, and the baseline as published (without)
             ck = max(row.get("coords-ckpt_peak_mb", math.nan), 1e-9)
-            row["pairbias_ckpt_over_coords_ckpt_memory"] = row.get("pairbias-ckpt_peak_mb", math.nan) / ck
+            row["pairbias_ckpt_over_coords_ckpt_memory"] = (
+                row.get("pairbias-ckpt_peak_mb", math.nan) / ck
+            )
             row["pairbias_over_coords_ckpt_memory"] = row.get("pairbias_peak_mb", math.nan) / ck
-            row["coords_ckpt_over_coords_tok_s"] = row.get("coords-ckpt_tokens_per_s", math.nan) / row.get("coords_tokens_per_s", math.nan)
+            row["coords_ckpt_over_coords_tok_s"] = row.get(
+                "coords-ckpt_tokens_per_s", math.nan
+            ) / row.get("coords_tokens_per_s", math.nan)
         if "coords-compile" in a.arms:
-            row["coords_compile_over_coords_tok_s"] = (row.get("coords-compile_tokens_per_s", math.nan)
-                                                       / row.get("coords_tokens_per_s", math.nan))
+            row["coords_compile_over_coords_tok_s"] = row.get(
+                "coords-compile_tokens_per_s", math.nan
+            ) / row.get("coords_tokens_per_s", math.nan)
         rows.append(row)
-        print(f"{length:>5} " + " ".join(f"{row[f'{arm}_tokens_per_s']:>15.0f} {row[f'{arm}_peak_mb']:>12.1f}" for arm in a.arms)
-              + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}   {row['pairbias_over_coords_memory']:>22.2f}")
-    print("\nmodel FLOPs utilisation (PaLM-style count, coordformer.model.flops) against the measured rate:")
+        print(
+            f"{length:>5} "
+            + " ".join(
+                f"{row[f'{arm}_tokens_per_s']:>15.0f} {row[f'{arm}_peak_mb']:>12.1f}"
+                for arm in a.arms
+            )
+            + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}   {row['pairbias_over_coords_memory']:>22.2f}"
+        )
+    print(
+        "\nmodel FLOPs utilisation (PaLM-style count, coordformer.model.flops) against the measured rate:"
+    )
     for row in rows:
-        print(f"{row['length']:>5} " + "  ".join(f"{arm} {100 * row[f'{arm}_mfu']:.1f}%" for arm in a.arms
-                                              if f"{arm}_mfu" in row))
+        print(
+            f"{row['length']:>5} "
+            + "  ".join(
+                f"{arm} {100 * row[f'{arm}_mfu']:.1f}%" for arm in a.arms if f"{arm}_mfu" in row
+            )
+        )
     if "coords-ckpt" in a.arms:
-        print("\nwith activation checkpointing:   pairbias-ckpt/coords-ckpt memory   pairbias/coords-ckpt memory   "
-              "coords-ckpt/coords tok/s")
+        print(
+            "\nwith activation checkpointing:   pairbias-ckpt/coords-ckpt memory   pairbias/coords-ckpt memory   "
+            "coords-ckpt/coords tok/s"
+        )
         for row in rows:
-            print(f"{row['length']:>5} {row['pairbias_ckpt_over_coords_ckpt_memory']:>45.2f} "
-                  f"{row['pairbias_over_coords_ckpt_memory']:>29.2f} {row['coords_ckpt_over_coords_tok_s']:>26.3f}")
+            print(
+                f"{row['length']:>5} {row['pairbias_ckpt_over_coords_ckpt_memory']:>45.2f} "
+                f"{row['pairbias_over_coords_ckpt_memory']:>29.2f} {row['coords_ckpt_over_coords_tok_s']:>26.3f}"
+            )
     if "coords-compile" in a.arms:
         print("\ntorch.compile:   coords-compile/coords tok/s")
         for row in rows:
@@ -242,9 +329,20 @@ def main(argv=None):
 
         import torch
 
-        meta = {"preset": a.preset, "tokens": a.tokens, "matmul_flops_per_s": peak, "steps": a.steps, "rounds": a.rounds, "device": a.device,
-                "torch": torch.__version__, "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-                "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") and torch.cuda.is_available() else None}
+        meta = {
+            "preset": a.preset,
+            "tokens": a.tokens,
+            "matmul_flops_per_s": peak,
+            "steps": a.steps,
+            "rounds": a.rounds,
+            "device": a.device,
+            "torch": torch.__version__,
+            "machine": platform.platform(),
+            "date": time.strftime("%Y-%m-%d"),
+            "gpu": torch.cuda.get_device_name(0)
+            if a.device.startswith("cuda") and torch.cuda.is_available()
+            else None,
+        }
         with open(a.json, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)
     return 0

@@ -25,30 +25,44 @@ def _json(path: Path):
 
 
 def training(e: Path) -> list[str]:
-    out = ["| run | steps | training minutes | skipped steps | median tokens/s | validation perplexity at 500 / 1k / 2k / 4k / end |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| run | steps | training minutes | skipped steps | median tokens/s | validation perplexity at 500 / 1k / 2k / 4k / end |",
+        "|---|---|---|---|---|---|",
+    ]
     for n in RUNS:
         s = _json(e / f"{n}.summary.json")
-        rows = list(csv.DictReader(open(e / f"{n}.metrics.csv"))) if (e / f"{n}.metrics.csv").exists() else []
+        rows = (
+            list(csv.DictReader(open(e / f"{n}.metrics.csv")))
+            if (e / f"{n}.metrics.csv").exists()
+            else []
+        )
         if s is None and not rows:
             out.append(f"| {n} | missing | | | | |")
             continue
-        val = {int(r["step"]) + 1: float(r["val/perplexity"]) for r in rows if r.get("val/perplexity")}
+        val = {
+            int(r["step"]) + 1: float(r["val/perplexity"]) for r in rows if r.get("val/perplexity")
+        }
         rates = sorted(float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s"))
         at = " / ".join(f"{val[k]:.2f}" if k in val else "-" for k in (500, 1000, 2000, 4000))
         # a run stopped by the stage's deadline (SIGTERM) has no final validation: its last periodic one stands
         end = (s or {}).get("final_val", {}).get("val/perplexity")
-        end_txt = f"{end:.2f}" if end else (f"{val[max(val)]:.2f} (step {max(val)})" if val else "-")
+        end_txt = (
+            f"{end:.2f}" if end else (f"{val[max(val)]:.2f} (step {max(val)})" if val else "-")
+        )
         minutes = (s or {}).get("train_minutes")
         median = f"{rates[len(rates) // 2]:,.0f}" if rates else "-"
-        out.append(f"| {n} | {(s or {}).get('global_step', '-')} | {f'{minutes:.1f}' if minutes else '-'} | "
-                   f"{(s or {}).get('skipped_steps', '-')} | {median} | {at} / {end_txt} |")
+        out.append(
+            f"| {n} | {(s or {}).get('global_step', '-')} | {f'{minutes:.1f}' if minutes else '-'} | "
+            f"{(s or {}).get('skipped_steps', '-')} | {median} | {at} / {end_txt} |"
+        )
     return out
 
 
 def evaluations(e: Path) -> list[str]:
-    out = ["| split, masking | coords perplexity / recovery | no-coords perplexity / recovery | perplexity ratio | masked residues |",
-           "|---|---|---|---|---|"]
+    out = [
+        "| split, masking | coords perplexity / recovery | no-coords perplexity / recovery | perplexity ratio | masked residues |",
+        "|---|---|---|---|---|",
+    ]
     for split in ("test", "valid"):
         for masking in ("mask", "bert"):
             d = _json(e / f"{split}_{masking}.json")
@@ -60,9 +74,11 @@ def evaluations(e: Path) -> list[str]:
             if not (c and n):
                 out.append(f"| {split}, {masking} | models {sorted(m)} | | | |")
                 continue
-            out.append(f"| {split}, {'all <mask>' if masking == 'mask' else 'BERT 80/10/10'} | {c['perplexity']:.2f} / "
-                       f"{100 * c['recovery']:.1f}% | {n['perplexity']:.2f} / {100 * n['recovery']:.1f}% | "
-                       f"{c['perplexity'] / n['perplexity']:.3f} | {c['n_masked']:,} |")
+            out.append(
+                f"| {split}, {'all <mask>' if masking == 'mask' else 'BERT 80/10/10'} | {c['perplexity']:.2f} / "
+                f"{100 * c['recovery']:.1f}% | {n['perplexity']:.2f} / {100 * n['recovery']:.1f}% | "
+                f"{c['perplexity'] / n['perplexity']:.3f} | {c['n_masked']:,} |"
+            )
     return out
 
 
@@ -71,8 +87,11 @@ def per_aa(e: Path) -> list[str]:
     if d is None or "paper-coords" not in d["models"]:
         return ["(test evaluation missing)"]
     c, n = d["models"]["paper-coords"], d["models"]["paper-nocoords"]
-    aas = sorted(c["per_residue_recovery"], key=lambda a: c["per_residue_recovery"][a] - n["per_residue_recovery"][a],
-                 reverse=True)
+    aas = sorted(
+        c["per_residue_recovery"],
+        key=lambda a: c["per_residue_recovery"][a] - n["per_residue_recovery"][a],
+        reverse=True,
+    )
     out = ["| residue | coords | no coords | difference (pt) |", "|---|---|---|---|"]
     for a in aas:
         x, y = c["per_residue_recovery"][a], n["per_residue_recovery"][a]
@@ -90,7 +109,9 @@ def quantisation(e: Path) -> list[str]:
     out = ["| weights | test perplexity | relative to the checkpoint |", "|---|---|---|"]
     for k in ("paper-coords", "paper-coords.fp16", "paper-coords.int8"):
         if k in m:
-            out.append(f"| {k} | {m[k]['perplexity']:.4f} | {100 * (m[k]['perplexity'] / ref['perplexity'] - 1):+.3f}% |")
+            out.append(
+                f"| {k} | {m[k]['perplexity']:.4f} | {100 * (m[k]['perplexity'] / ref['perplexity'] - 1):+.3f}% |"
+            )
     return out
 
 
@@ -100,11 +121,21 @@ def attention(e: Path) -> list[str]:
         return ["(analyze-attention output missing)"]
     rows = list(csv.DictReader(open(p)))
     out = ["| model | layer | 3D-local heads | their sigma (A) |", "|---|---|---|---|"]
-    sig_key = next((k for k in rows[0] if "sigma" in k and "3d" in k.lower()), None) if rows else None
+    sig_key = (
+        next((k for k in rows[0] if "sigma" in k and "3d" in k.lower()), None) if rows else None
+    )
     for model in sorted({r["model"] for r in rows}):
         for layer in sorted({int(r["layer"]) for r in rows if r["model"] == model}):
-            hs = [r for r in rows if r["model"] == model and int(r["layer"]) == layer and r.get("local_3d") == "True"]
-            sig = ", ".join(f"{float(r[sig_key]):.1f}" for r in hs if sig_key and r.get(sig_key) not in ("", None))
+            hs = [
+                r
+                for r in rows
+                if r["model"] == model and int(r["layer"]) == layer and r.get("local_3d") == "True"
+            ]
+            sig = ", ".join(
+                f"{float(r[sig_key]):.1f}"
+                for r in hs
+                if sig_key and r.get(sig_key) not in ("", None)
+            )
             out.append(f"| {model} | {layer} | {len(hs)} | {sig} |")
     return out
 
@@ -115,17 +146,27 @@ def replay(e: Path) -> list[str]:
         return ["(replay missing)"]
     out = [f"device {d.get('device')}, torch {d.get('torch')}, model {d.get('model')}"]
     for length, r in (d.get("kernel") or {}).items():
-        out.append(f"- kernel, L = {length}: non-finite dQ entries, default kernels {r['default']['nonfinite_dq']}, "
-                   f"coordformer.attention {r['coordformer']['nonfinite_dq']}")
+        out.append(
+            f"- kernel, L = {length}: non-finite dQ entries, default kernels {r['default']['nonfinite_dq']}, "
+            f"coordformer.attention {r['coordformer']['nonfinite_dq']}"
+        )
     s = d.get("scan", {})
     if s:
-        for i, (rm, pm, rb, pb) in enumerate(zip(s["real_min"], s["pad_min"], s["real_below"], s["pad_below"]), 1):
-            out.append(f"- layer {i}: lowest log-sum-exp, real rows {rm:.1f} ({rb} below -88.7), padding rows "
-                       f"{pm if math.isfinite(pm) else float('nan'):.1f} ({pb} below)")
-        out.append(f"- {s['batches_len_mod128_eq64']} of {s['batches']} batches have L % 128 == 64; "
-                   f"{s['batches_that_trip_cudnn']} of those have a row below -88.7")
+        for i, (rm, pm, rb, pb) in enumerate(
+            zip(s["real_min"], s["pad_min"], s["real_below"], s["pad_below"]), 1
+        ):
+            out.append(
+                f"- layer {i}: lowest log-sum-exp, real rows {rm:.1f} ({rb} below -88.7), padding rows "
+                f"{pm if math.isfinite(pm) else float('nan'):.1f} ({pb} below)"
+            )
+        out.append(
+            f"- {s['batches_len_mod128_eq64']} of {s['batches']} batches have L % 128 == 64; "
+            f"{s['batches_that_trip_cudnn']} of those have a row below -88.7"
+        )
     for name, r in (d.get("steps") or {}).items():
-        out.append(f"- steps padded to L % 128 == 64, {name} kernels: {r['nonfinite_steps']} of {r['steps']} non-finite")
+        out.append(
+            f"- steps padded to L % 128 == 64, {name} kernels: {r['nonfinite_steps']} of {r['steps']} non-finite"
+        )
     return out
 
 
@@ -134,8 +175,14 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     e = Path(sys.argv[1])
-    for title, part in (("Training", training), ("Held-out evaluation", evaluations), ("Per residue (test, all-mask)", per_aa),
-                        ("Weights", quantisation), ("Attention", attention), ("Non-finite replay", replay)):
+    for title, part in (
+        ("Training", training),
+        ("Held-out evaluation", evaluations),
+        ("Per residue (test, all-mask)", per_aa),
+        ("Weights", quantisation),
+        ("Attention", attention),
+        ("Non-finite replay", replay),
+    ):
         print(f"### {title}\n")
         try:
             print("\n".join(part(e)))

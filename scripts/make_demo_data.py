@@ -34,8 +34,15 @@ def sha256(path: Path) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="prepared dataset (identity split) the shipped models train on")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="prepared dataset (identity split) the shipped models train on",
+    )
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--min-length", type=int, default=50)
     ap.add_argument("--max-length", type=int, default=350)
@@ -46,7 +53,15 @@ def main() -> int:
     ok = test[(ds.lengths[test] >= args.min_length) & (ds.lengths[test] <= args.max_length)]
     rng = np.random.default_rng(args.seed)
     chosen = np.sort(rng.choice(ok, size=min(args.n, len(ok)), replace=False))
-    chains = [Chain(id=ds.ids[i], sequence=ds.sequence(i), coords=np.array(ds.coords(i)), source=ds.source(i)) for i in chosen]
+    chains = [
+        Chain(
+            id=ds.ids[i],
+            sequence=ds.sequence(i),
+            coords=np.array(ds.coords(i)),
+            source=ds.source(i),
+        )
+        for i in chosen
+    ]
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / "heldout_chains.jsonl.gz"
     write_chain_set(chains, out, decimals=2)
@@ -65,14 +80,16 @@ def main() -> int:
   cross splits; DeepFRI EC/GO valid+test chains are forced into test). The shipped models were trained
   on that dataset's train split only, so they have seen neither these chains nor their 30%-identity
   cluster members.
-- Dataset manifest at selection time: {ds.manifest.get('n_chains')} chains, splits {json.dumps(ds.manifest.get('splits'))},
-  created {ds.manifest.get('created')}.
+- Dataset manifest at selection time: {ds.manifest.get("n_chains")} chains, splits {json.dumps(ds.manifest.get("splits"))},
+  created {ds.manifest.get("created")}.
 - SHA-256 of this file: {sha256(out)}
 
-Chain ids: {', '.join(c.id for c in chains)}
+Chain ids: {", ".join(c.id for c in chains)}
 """
     (OUT / "PROVENANCE.md").write_text(prov)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(chains)} chains, {n_res} residues)")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(chains)} chains, {n_res} residues)"
+    )
     return 0
 
 

@@ -26,18 +26,29 @@ import shlex
 import sys
 from pathlib import Path
 
-from coordformer.model.checkpoints import export_model, load_model, missing_flag_learnt, shipped_models_dir
+from coordformer.model.checkpoints import (
+    export_model,
+    load_model,
+    missing_flag_learnt,
+    shipped_models_dir,
+)
 
 DESCRIPTIONS = {
-    "small-coords": ("small-3m masked-LM with the paper's linear embedding of CA coordinates ((x, y, z) / 16 A "
-                     "and a missing flag) added to token + position embeddings (structure model)"),
+    "small-coords": (
+        "small-3m masked-LM with the paper's linear embedding of CA coordinates ((x, y, z) / 16 A "
+        "and a missing flag) added to token + position embeddings (structure model)"
+    ),
     "small-nocoords": "small-3m masked-LM, sequence only (same size, data, schedule and budget)",
-    "paper-coords": ("paper-33m masked-LM (the paper's 6 x 768 x 12, d_ff 2048) with the fast recipe: CA coordinates "
-                     "and |x|^2 through the linear embedding, four Gaussian-initialised first-layer heads (structure model; "
-                     "weights int8 per row, the rest float16)"),
-    "small-coords-sd": ("small-coords continued with structure dropout (sd): some training chains fed without "
-                        "coordinates, some with one stretch without them, so that the missing flag is learnt; for "
-                        "inputs with missing or no structure"),
+    "paper-coords": (
+        "paper-33m masked-LM (the paper's 6 x 768 x 12, d_ff 2048) with the fast recipe: CA coordinates "
+        "and |x|^2 through the linear embedding, four Gaussian-initialised first-layer heads (structure model; "
+        "weights int8 per row, the rest float16)"
+    ),
+    "small-coords-sd": (
+        "small-coords continued with structure dropout (sd): some training chains fed without "
+        "coordinates, some with one stretch without them, so that the missing flag is learnt; for "
+        "inputs with missing or no structure"
+    ),
 }
 #: shipped model for inputs without coordinates, named by the warning of models that never learnt them
 WITHOUT_COORDS_USE = "small-coords-sd"
@@ -58,24 +69,52 @@ def final_val(summary: dict, logs: list[Path]) -> dict:
     for log in logs:
         for row in csv.DictReader(open(log)):
             if row.get("val/perplexity"):
-                last = {k: float(row[k]) for k in ("val/loss", "val/perplexity", "val/acc") if row.get(k)}
+                last = {
+                    k: float(row[k])
+                    for k in ("val/loss", "val/perplexity", "val/acc")
+                    if row.get(k)
+                }
                 last["step"] = int(row["step"]) + 1
     return last
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("pairs", nargs="*", help="NAME=RUN_DIR")
-    ap.add_argument("--annotate", action="append", default=[], metavar="NAME",
-                    help="an already shipped model: add the --hide-coords evaluations of the --eval files to its card "
-                         "(weights and the rest of the card untouched)")
-    ap.add_argument("--eval", type=Path, action="append", default=[],
-                    help="`coordformer evaluate --json` output with several models; repeat for runs with --hide-coords")
-    ap.add_argument("--eval-key", action="append", default=[], metavar="NAME=KEY",
-                    help="which model of the --eval JSON is NAME (default: the run folder's name)")
-    ap.add_argument("--int8", action="append", default=[], metavar="NAME",
-                    help=f"ship NAME with int8 matrices; refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}")
-    ap.add_argument("--trained-on", default=None, help="machine and date the runs trained on, for the record")
+    ap.add_argument(
+        "--annotate",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an already shipped model: add the --hide-coords evaluations of the --eval files to its card "
+        "(weights and the rest of the card untouched)",
+    )
+    ap.add_argument(
+        "--eval",
+        type=Path,
+        action="append",
+        default=[],
+        help="`coordformer evaluate --json` output with several models; repeat for runs with --hide-coords",
+    )
+    ap.add_argument(
+        "--eval-key",
+        action="append",
+        default=[],
+        metavar="NAME=KEY",
+        help="which model of the --eval JSON is NAME (default: the run folder's name)",
+    )
+    ap.add_argument(
+        "--int8",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"ship NAME with int8 matrices; refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}",
+    )
+    ap.add_argument(
+        "--trained-on", default=None, help="machine and date the runs trained on, for the record"
+    )
     args = ap.parse_args()
     if not args.pairs and not args.annotate:
         ap.error("give NAME=RUN_DIR pairs to ship, or --annotate NAME")
@@ -88,14 +127,21 @@ def main() -> int:
         models = json.loads(path.read_text()).get("models", {})
         cond = next(iter(models.values()), {}).get("settings", {}).get("hide_coords", "none")
         for key in set(models) & set(evals.get(cond, {})):
-            print(f"{path}: {key} ({cond}) is also in an earlier --eval file; using this one", file=sys.stderr)
+            print(
+                f"{path}: {key} ({cond}) is also in an earlier --eval file; using this one",
+                file=sys.stderr,
+            )
         evals.setdefault(cond, {}).update(models)
     cards = []
     for name in args.annotate:
         card = json.loads((out / f"{name}.json").read_text())
         # the card's own held-out evaluation stays; a plain (--hide-coords none) one given here is kept beside it
-        card.update({("heldout_eval_hide_none" if k == "heldout_eval" else k): v
-                     for k, v in eval_fields(evals, eval_keys.get(name, name)).items()})
+        card.update(
+            {
+                ("heldout_eval_hide_none" if k == "heldout_eval" else k): v
+                for k, v in eval_fields(evals, eval_keys.get(name, name)).items()
+            }
+        )
         card.setdefault("annotated_with", []).append(f"python {shlex.join(sys.argv)}")
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     for pair in args.pairs:
@@ -110,19 +156,41 @@ def main() -> int:
             "name": name,
             "description": DESCRIPTIONS.get(name, ""),
             "n_parameters": model.num_parameters(),
-            "weights": "int8 per output row (matrices of 65,536+ entries), the rest float16" if name in args.int8 else "float16",
+            "weights": "int8 per output row (matrices of 65,536+ entries), the rest float16"
+            if name in args.int8
+            else "float16",
             "model_config": model.config.to_dict(),
             "train_config": summary["train_config"],
             "command": summary.get("command"),
-            "data": {k: summary["data"]["manifest"].get(k) for k in ("n_chains", "n_residues", "splits", "config", "counts", "created", "transport")},
-            "training": {"global_step": summary["global_step"], "train_minutes": summary["train_minutes"],
-                         "final_val": final_val(summary, logs), "skipped_steps": summary.get("skipped_steps", 0),
-                         **({"interrupted": summary["interrupted"]} if summary.get("interrupted") else {})},
+            "data": {
+                k: summary["data"]["manifest"].get(k)
+                for k in (
+                    "n_chains",
+                    "n_residues",
+                    "splits",
+                    "config",
+                    "counts",
+                    "created",
+                    "transport",
+                )
+            },
+            "training": {
+                "global_step": summary["global_step"],
+                "train_minutes": summary["train_minutes"],
+                "final_val": final_val(summary, logs),
+                "skipped_steps": summary.get("skipped_steps", 0),
+                **({"interrupted": summary["interrupted"]} if summary.get("interrupted") else {}),
+            },
             "trained_on": args.trained_on,
             **eval_fields(evals, key),
             # the same evaluation of the unquantised checkpoint, when the --eval file has it too: the int8 cost
-            **({"heldout_eval_unquantised": eval_fields(evals, run.name)["heldout_eval"]}
-               if name in args.int8 and key != run.name and "heldout_eval" in eval_fields(evals, run.name) else {}),
+            **(
+                {"heldout_eval_unquantised": eval_fields(evals, run.name)["heldout_eval"]}
+                if name in args.int8
+                and key != run.name
+                and "heldout_eval" in eval_fields(evals, run.name)
+                else {}
+            ),
             "train_log": f"{name}.train_log.csv",
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
@@ -130,12 +198,20 @@ def main() -> int:
         if name in args.int8:
             cost = int8_cost(card)
             if cost is None or cost > MAX_INT8_COST:
-                print(f"{name}: int8 costs {'an unmeasured amount' if cost is None else f'{cost:.2%}'} of test perplexity "
-                      f"(give --eval with the int8 and the unquantised model, --eval-key {name}=INT8KEY; at most "
-                      f"{MAX_INT8_COST:.1%} ships); ship it in float16 instead (no --int8)", file=sys.stderr)
+                print(
+                    f"{name}: int8 costs {'an unmeasured amount' if cost is None else f'{cost:.2%}'} of test perplexity "
+                    f"(give --eval with the int8 and the unquantised model, --eval-key {name}=INT8KEY; at most "
+                    f"{MAX_INT8_COST:.1%} ships); ship it in float16 instead (no --int8)",
+                    file=sys.stderr,
+                )
                 return 1
-        export_model(model, out / f"{name}.pt", meta={"name": name, "global_step": summary["global_step"]},
-                     int8=name in args.int8, max_file_bytes=int(MAX_MB * 1e6))
+        export_model(
+            model,
+            out / f"{name}.pt",
+            meta={"name": name, "global_step": summary["global_step"]},
+            int8=name in args.int8,
+            max_file_bytes=int(MAX_MB * 1e6),
+        )
         files = [out / f"{name}.pt", *sorted(out.glob(f"{name}.pt.shard*"))]
         card["files"] = [f.name for f in files]
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
@@ -145,17 +221,24 @@ def main() -> int:
                     lines = log.read_text().splitlines(keepends=True)
                     f.writelines(lines if i == 0 else lines[1:])
         size = max(f.stat().st_size for f in files) / 1e6
-        print(f"{name}: {len(files)} file(s), largest {size:.1f} MB, step {summary['global_step']}, "
-              f"{summary['train_minutes']:.1f} min")
+        print(
+            f"{name}: {len(files)} file(s), largest {size:.1f} MB, step {summary['global_step']}, "
+            f"{summary['train_minutes']:.1f} min"
+        )
         if size >= MAX_MB:
-            print(f"{name} is {size:.1f} MB, over the {MAX_MB} MB a shipped file may take", file=sys.stderr)
+            print(
+                f"{name} is {size:.1f} MB, over the {MAX_MB} MB a shipped file may take",
+                file=sys.stderr,
+            )
             return 1
         cards.append(card)
     # the README covers every shipped model, including those packaged by an earlier run of this script
     shipped = {c["name"]: c for c in (json.loads(p.read_text()) for p in out.glob("*.json"))}
     shipped.update({c["name"]: c for c in cards})
     rank = {n: i for i, n in enumerate(ORDER)}
-    (out / "README.md").write_text(readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"]))))
+    (out / "README.md").write_text(
+        readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"])))
+    )
     return 0
 
 
@@ -173,69 +256,116 @@ def missing_flag_fields(card: dict) -> dict:
     learnt = missing_flag_learnt({k: v for k, v in card.items() if k != "learnt_missing_flag"})
     tc = card.get("train_config") or {}
     if learnt is None:
-        return {"learnt_missing_flag": None, "missing_flag_note": "not applicable: a sequence-only model, which reads no coordinates"}
+        return {
+            "learnt_missing_flag": None,
+            "missing_flag_note": "not applicable: a sequence-only model, which reads no coordinates",
+        }
     if learnt:
-        return {"learnt_missing_flag": True, "missing_flag_note": (
-            f"trained with structure dropout (--drop-chain-coords {tc.get('drop_chain_coords', 0)} --drop-span-coords "
-            f"{tc.get('drop_span_coords', 0)}): learnt chains and stretches without coordinates")}
-    return {"learnt_missing_flag": False, "without_coords_use": WITHOUT_COORDS_USE, "missing_flag_note": (
-        "trained without structure dropout: if its training chains had a CA for every residue, the missing-coordinate "
-        f"flag never occurred in training, so inputs without coordinates get poor outputs; use {WITHOUT_COORDS_USE}")}
+        return {
+            "learnt_missing_flag": True,
+            "missing_flag_note": (
+                f"trained with structure dropout (--drop-chain-coords {tc.get('drop_chain_coords', 0)} --drop-span-coords "
+                f"{tc.get('drop_span_coords', 0)}): learnt chains and stretches without coordinates"
+            ),
+        }
+    return {
+        "learnt_missing_flag": False,
+        "without_coords_use": WITHOUT_COORDS_USE,
+        "missing_flag_note": (
+            "trained without structure dropout: if its training chains had a CA for every residue, the missing-coordinate "
+            f"flag never occurred in training, so inputs without coordinates get poor outputs; use {WITHOUT_COORDS_USE}"
+        ),
+    }
 
 
 def eval_fields(evals: dict[str, dict], key: str) -> dict:
     """Card fields for model ``key`` of the --eval files: ``heldout_eval`` (plain evaluation) and
     ``heldout_eval_hide_<condition>`` (evaluate --hide-coords), without the per-chain tables."""
-    return {("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"):
-            {k: v for k, v in models[key].items() if k != "checkpoint" and not k.startswith("per_chain")}
-            for cond, models in evals.items() if key in models}
+    return {
+        ("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"): {
+            k: v
+            for k, v in models[key].items()
+            if k != "checkpoint" and not k.startswith("per_chain")
+        }
+        for cond, models in evals.items()
+        if key in models
+    }
 
 
 def readme(cards: list[dict]) -> str:
-    lines = ["# Shipped models", "",
-             "Made by `coordformer pretrain`; packaged by `scripts/ship_models.py` (the command is given per model).", ""]
+    lines = [
+        "# Shipped models",
+        "",
+        "Made by `coordformer pretrain`; packaged by `scripts/ship_models.py` (the command is given per model).",
+        "",
+    ]
     for c in cards:
         t, d, ev = c["training"], c["data"], c.get("heldout_eval") or {}
-        lines += [f"## {c['name']}", "", c["description"], "",
-                  f"- Parameters: {c['n_parameters']:,} (stored as {c.get('weights', 'float16')}"
-                  + (f", in {len(c['files'])} files: {', '.join(c['files'])}" if len(c.get("files", [])) > 1 else "") + ")",
-                  f"- Command: `{c['command']}`",
-                  f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
-                  f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "
-                  f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); trained on train only"
-                  + ("; carried to the training machine CA-only and bit-exact by scripts/transport_dataset.py"
-                     if d.get("transport") else ""),
-                  f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time"
-                  f"{' on ' + c['trained_on'] if c.get('trained_on') else ''}; "
-                  f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}"
-                  + (f" (the run was stopped by {t['interrupted']['signal']} at step {t['interrupted']['step']}: the last "
-                     "periodic validation)" if t.get("interrupted") and "step" in t["final_val"] else ""),
-                  f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`",
-                  f"- Packaged with: `{c['ship_command']}`"]
+        lines += [
+            f"## {c['name']}",
+            "",
+            c["description"],
+            "",
+            f"- Parameters: {c['n_parameters']:,} (stored as {c.get('weights', 'float16')}"
+            + (
+                f", in {len(c['files'])} files: {', '.join(c['files'])}"
+                if len(c.get("files", [])) > 1
+                else ""
+            )
+            + ")",
+            f"- Command: `{c['command']}`",
+            f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
+            f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "
+            f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); trained on train only"
+            + (
+                "; carried to the training machine CA-only and bit-exact by scripts/transport_dataset.py"
+                if d.get("transport")
+                else ""
+            ),
+            f"- Training: {t['global_step']} steps, {t['train_minutes']:.1f} min of training time"
+            f"{' on ' + c['trained_on'] if c.get('trained_on') else ''}; "
+            f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}"
+            + (
+                f" (the run was stopped by {t['interrupted']['signal']} at step {t['interrupted']['step']}: the last "
+                "periodic validation)"
+                if t.get("interrupted") and "step" in t["final_val"]
+                else ""
+            ),
+            f"- Training log: `{c['train_log']}`; full record: `{c['name']}.json`",
+            f"- Packaged with: `{c['ship_command']}`",
+        ]
         if "missing_flag_note" in c:
             lines.append(f"- Missing coordinates: {c['missing_flag_note']}")
         if ev:
-            lines.append(f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
-                         f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)")
+            lines.append(
+                f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
+                f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)"
+            )
         if c.get("heldout_eval_unquantised"):
             u = c["heldout_eval_unquantised"]
-            lines.append(f"- Cost of the int8 weights, same masks: the unquantised checkpoint has perplexity {u['perplexity']:.2f}, "
-                         f"recovery {u['recovery']:.1%}")
+            lines.append(
+                f"- Cost of the int8 weights, same masks: the unquantised checkpoint has perplexity {u['perplexity']:.2f}, "
+                f"recovery {u['recovery']:.1%}"
+            )
         for cond, what in (("span", "one 5-30% stretch per chain"), ("all", "every chain")):
             h = c.get(f"heldout_eval_hide_{cond}") or {}
             if h.get("hidden"):
-                lines.append(f"- Same masks, coordinates withheld from {what} (`evaluate --hide-coords {cond}`): "
-                             f"perplexity {h['perplexity']:.2f}, recovery {h['recovery']:.1%}; on the "
-                             f"{h['hidden']['n_masked']:,} masked residues without coordinates {h['hidden']['perplexity']:.2f}, "
-                             f"{h['hidden']['recovery']:.1%}")
+                lines.append(
+                    f"- Same masks, coordinates withheld from {what} (`evaluate --hide-coords {cond}`): "
+                    f"perplexity {h['perplexity']:.2f}, recovery {h['recovery']:.1%}; on the "
+                    f"{h['hidden']['n_masked']:,} masked residues without coordinates {h['hidden']['perplexity']:.2f}, "
+                    f"{h['hidden']['recovery']:.1%}"
+                )
         cut = (c.get("heldout_eval_hide_cut") or {}).get("outside")
         span = (c.get("heldout_eval_hide_span") or {}).get("outside")
         given = (c.get("heldout_eval_hide_none") or ev).get("outside")
         if cut and span and given:
-            lines.append(f"- Same masks, that stretch deleted instead (`evaluate --hide-coords cut`, a loop the file omits): on "
-                         f"the {cut['n_masked']:,} masked residues outside it perplexity {cut['perplexity']:.2f}, against "
-                         f"{span['perplexity']:.2f} with the stretch present without coordinates and {given['perplexity']:.2f} "
-                         "with its coordinates")
+            lines.append(
+                f"- Same masks, that stretch deleted instead (`evaluate --hide-coords cut`, a loop the file omits): on "
+                f"the {cut['n_masked']:,} masked residues outside it perplexity {cut['perplexity']:.2f}, against "
+                f"{span['perplexity']:.2f} with the stretch present without coordinates and {given['perplexity']:.2f} "
+                "with its coordinates"
+            )
         lines.append("")
     return "\n".join(lines)
 

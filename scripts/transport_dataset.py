@@ -42,7 +42,9 @@ def _encode(coords: np.ndarray, atom: int) -> tuple[bytes, str]:
     diff = np.diff(milli.astype(np.int64), axis=0, prepend=0)
     if np.abs(diff).max() >= 2**31:
         raise SystemExit("coordinate jump too large for int32")
-    return lzma.compress(diff.astype("<i4").tobytes(), preset=6), hashlib.sha256(x.tobytes()).hexdigest()
+    return lzma.compress(diff.astype("<i4").tobytes(), preset=6), hashlib.sha256(
+        x.tobytes()
+    ).hexdigest()
 
 
 def _decode_values(milli: np.ndarray) -> np.ndarray:
@@ -54,6 +56,7 @@ def pack(src: Path, archive: Path, atoms: list[str]) -> None:
     meta = {"n_residues": int(coords.shape[0]), "atoms": {}}
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w") as tar:
+
         def add(name: str, data: bytes):
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -81,7 +84,9 @@ def unpack(archive: Path, dst: Path) -> None:
     meta = json.loads(files.pop("transport.json"))
     coords = np.full((meta["n_residues"], 4, 3), np.nan, dtype=np.float32)
     for a, digest in meta["atoms"].items():
-        diff = np.frombuffer(lzma.decompress(files.pop(f"{a}.milli.xz")), dtype="<i4").reshape(-1, 3)
+        diff = np.frombuffer(lzma.decompress(files.pop(f"{a}.milli.xz")), dtype="<i4").reshape(
+            -1, 3
+        )
         x = _decode_values(np.cumsum(diff, axis=0, dtype=np.int64))
         if hashlib.sha256(x.tobytes()).hexdigest() != digest:
             raise SystemExit(f"{a}: checksum mismatch after unpacking")
@@ -90,14 +95,21 @@ def unpack(archive: Path, dst: Path) -> None:
     manifest = json.loads(files.pop("manifest.json"))
     for name, data in files.items():
         (dst / name).write_bytes(data)
-    manifest["transport"] = {"atoms_exact": sorted(meta["atoms"]), "other_atoms": "NaN (not transported)",
-                             "by": "scripts/transport_dataset.py"}
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the dataset finished
+    manifest["transport"] = {
+        "atoms_exact": sorted(meta["atoms"]),
+        "other_atoms": "NaN (not transported)",
+        "by": "scripts/transport_dataset.py",
+    }
+    (dst / "manifest.json").write_text(
+        json.dumps(manifest, indent=2)
+    )  # last: marks the dataset finished
     print(f"unpacked {meta['n_residues']:,} residues to {dst} (exact: {', '.join(meta['atoms'])})")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack")
     p.add_argument("src", type=Path)

@@ -18,8 +18,13 @@ def synthetic_chains(n: int, seed: int = 0, min_len: int = 30, max_len: int = 12
         steps = 3.8 * steps / np.linalg.norm(steps, axis=1, keepdims=True)
         ca = np.cumsum(steps, 0) + rng.normal(scale=20, size=3)
         seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), length))
-        coords = {a: (ca + off).round(2).tolist() for a, off in
-                  zip(("N", "CA", "C", "O"), ([-1.2, 0.5, 0.3], [0, 0, 0], [1.3, 0.4, -0.2], [2.0, 1.2, 0.1]))}
+        coords = {
+            a: (ca + off).round(2).tolist()
+            for a, off in zip(
+                ("N", "CA", "C", "O"),
+                ([-1.2, 0.5, 0.3], [0, 0, 0], [1.3, 0.4, -0.2], [2.0, 1.2, 0.1]),
+            )
+        }
         recs.append({"name": f"S{i:03d}.A", "seq": seq, "coords": coords})
     return recs
 
@@ -45,7 +50,13 @@ def prepared(tmp_path, synthetic_jsonl):
     from coordformer.data.store import PreparedDataset
 
     out = tmp_path / "ds"
-    prepare([str(synthetic_jsonl)], out, PrepareConfig(min_length=10, valid_fraction=0.15, test_fraction=0.15), workers=1, progress=False)
+    prepare(
+        [str(synthetic_jsonl)],
+        out,
+        PrepareConfig(min_length=10, valid_fraction=0.15, test_fraction=0.15),
+        workers=1,
+        progress=False,
+    )
     return PreparedDataset(out)
 
 

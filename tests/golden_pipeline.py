@@ -38,7 +38,6 @@ def _floats(a) -> list[float]:
 def run(work: Path) -> dict:
     sys.path.insert(0, str(HERE))
     from conftest import synthetic_chains, write_jsonl
-
     from coordformer.cli import main
 
     def cf(*args) -> None:
@@ -48,59 +47,162 @@ def run(work: Path) -> dict:
     out: dict = {}
     jsonl = write_jsonl(synthetic_chains(60, seed=3), work / "synthetic.jsonl")
     ds = work / "ds"
-    cf("prepare", jsonl, *(DATA / s for s in STRUCTURES), "--out", ds, "--split", "random", "--min-length", 10,
-       "--valid-fraction", 0.15, "--test-fraction", 0.15, "--workers", 1, "--quiet")
+    cf(
+        "prepare",
+        jsonl,
+        *(DATA / s for s in STRUCTURES),
+        "--out",
+        ds,
+        "--split",
+        "random",
+        "--min-length",
+        10,
+        "--valid-fraction",
+        0.15,
+        "--test-fraction",
+        0.15,
+        "--workers",
+        1,
+        "--quiet",
+    )
     manifest = json.loads((ds / "manifest.json").read_text())
     out["prepare"] = {
-        "counts": manifest.get("counts"), "n_chains": manifest.get("n_chains"), "n_residues": manifest.get("n_residues"),
+        "counts": manifest.get("counts"),
+        "n_chains": manifest.get("n_chains"),
+        "n_residues": manifest.get("n_residues"),
         "splits": manifest.get("splits"),
-        "files": {p.name: _sha(p) for p in sorted(ds.iterdir()) if p.is_file() and p.name != "manifest.json"
-                  and not p.name.endswith((".log", ".tsv"))},
+        "files": {
+            p.name: _sha(p)
+            for p in sorted(ds.iterdir())
+            if p.is_file() and p.name != "manifest.json" and not p.name.endswith((".log", ".tsv"))
+        },
     }
 
     run_dir = work / "run"
-    cf("pretrain", "--data", ds, "--out", run_dir, "--preset", "tiny-0.1m", "--max-steps", 12, "--val-every", 6,
-       "--tokens-per-batch", 2048, "--warmup-steps", 4, "--lr", "3e-3", "--seed", 0, "--accelerator", "cpu",
-       "--threads", 1, "--workers", 0, "--quiet")
+    cf(
+        "pretrain",
+        "--data",
+        ds,
+        "--out",
+        run_dir,
+        "--preset",
+        "tiny-0.1m",
+        "--max-steps",
+        12,
+        "--val-every",
+        6,
+        "--tokens-per-batch",
+        2048,
+        "--warmup-steps",
+        4,
+        "--lr",
+        "3e-3",
+        "--seed",
+        0,
+        "--accelerator",
+        "cpu",
+        "--threads",
+        1,
+        "--workers",
+        0,
+        "--quiet",
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    out["pretrain"] = {"global_step": summary["global_step"], "final_val": summary["final_val"],
-                       "weights": {k: _floats(v) for k, v in sorted(state.items()) if v.is_floating_point()}}
+    state = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )["state_dict"]
+    out["pretrain"] = {
+        "global_step": summary["global_step"],
+        "final_val": summary["final_val"],
+        "weights": {k: _floats(v) for k, v in sorted(state.items()) if v.is_floating_point()},
+    }
     ck = run_dir / "checkpoints" / "last.ckpt"
 
     out["evaluate"] = {}
-    for name, extra in (("valid", ()), ("test_bert", ("--split", "test", "--masking", "bert")),
-                        ("test_span", ("--split", "test", "--hide-coords", "span"))):
+    for name, extra in (
+        ("valid", ()),
+        ("test_bert", ("--split", "test", "--masking", "bert")),
+        ("test_span", ("--split", "test", "--hide-coords", "span")),
+    ):
         js = work / f"eval_{name}.json"
-        cf("evaluate", "-c", ck, "--data", ds, "--json", js, "--device", "cpu", "--quiet",
-           *(extra or ("--split", "valid")))
+        cf(
+            "evaluate",
+            "-c",
+            ck,
+            "--data",
+            ds,
+            "--json",
+            js,
+            "--device",
+            "cpu",
+            "--quiet",
+            *(extra or ("--split", "valid")),
+        )
         m = json.loads(js.read_text())
         m = m["models"][next(iter(m["models"]))] if "models" in m else m
-        out["evaluate"][name] = {k: m[k] for k in ("n_masked", "loss", "perplexity", "recovery") if k in m}
+        out["evaluate"][name] = {
+            k: m[k] for k in ("n_masked", "loss", "perplexity", "recovery") if k in m
+        }
 
     out["embed"] = {}
     structs = [DATA / s for s in STRUCTURES]
-    for name, extra in (("plain", ()), ("window", ("--window", 40, "--overlap", 10)),
-                        ("complexes", ("--complexes",)), ("nocoords", ("--no-coords",))):
+    for name, extra in (
+        ("plain", ()),
+        ("window", ("--window", 40, "--overlap", 10)),
+        ("complexes", ("--complexes",)),
+        ("nocoords", ("--no-coords",)),
+    ):
         npz = work / f"emb_{name}.npz"
-        cf("embed", "-c", ck, *structs, "--out", npz, "--device", "cpu", "--workers", 1, "--quiet", *extra)
+        cf(
+            "embed",
+            "-c",
+            ck,
+            *structs,
+            "--out",
+            npz,
+            "--device",
+            "cpu",
+            "--workers",
+            1,
+            "--quiet",
+            *extra,
+        )
         z = np.load(npz, allow_pickle=False)
-        out["embed"][name] = {k: _floats(z[k]) if z[k].dtype.kind == "f" else [str(x) for x in z[k].ravel()[:50]]
-                              for k in sorted(z.files)}
+        out["embed"][name] = {
+            k: _floats(z[k]) if z[k].dtype.kind == "f" else [str(x) for x in z[k].ravel()[:50]]
+            for k in sorted(z.files)
+        }
 
     out["score"] = {}
     for mode in ("exact", "fast"):
         tsv = work / f"score_{mode}.tsv"
-        cf("score", DATA / "1orc.pdb", "-c", ck, "-o", tsv, "--mode", mode, "--device", "cpu", "--quiet")
+        cf(
+            "score",
+            DATA / "1orc.pdb",
+            "-c",
+            ck,
+            "-o",
+            tsv,
+            "--mode",
+            mode,
+            "--device",
+            "cpu",
+            "--quiet",
+        )
         with open(tsv) as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         columns = list(rows[0]) if rows else []
         numeric = [c for c in columns if all(_is_float(r[c]) for r in rows)]
         out["score"][mode] = {
-            "n_rows": len(rows), "columns": columns,
+            "n_rows": len(rows),
+            "columns": columns,
             "values": {c: _floats([float(r[c]) for r in rows]) for c in numeric},
-            "text": {c: hashlib.sha256("\n".join(r[c] for r in rows).encode()).hexdigest()[:16]
-                     for c in columns if c not in numeric}}
+            "text": {
+                c: hashlib.sha256("\n".join(r[c] for r in rows).encode()).hexdigest()[:16]
+                for c in columns
+                if c not in numeric
+            },
+        }
     return out
 
 
@@ -116,14 +218,22 @@ def compare(got, want, path: str = "", rtol: float = 1e-4, atol: float = 1e-6) -
     """Differences between two run() results: exact for strings and ints, relative for floats."""
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(got) != set(want):
-            return [f"{path}: keys {sorted(got) if isinstance(got, dict) else got} != {sorted(want)}"]
+            return [
+                f"{path}: keys {sorted(got) if isinstance(got, dict) else got} != {sorted(want)}"
+            ]
         return [d for k in want for d in compare(got[k], want[k], f"{path}.{k}", rtol, atol)]
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
             return [f"{path}: {got} != {want}"]
-        return [d for i, (g, w) in enumerate(zip(got, want)) for d in compare(g, w, f"{path}[{i}]", rtol, atol)]
+        return [
+            d
+            for i, (g, w) in enumerate(zip(got, want))
+            for d in compare(g, w, f"{path}[{i}]", rtol, atol)
+        ]
     if isinstance(want, float) and isinstance(got, (int, float)):
-        return [] if abs(got - want) <= atol + rtol * abs(want) else [f"{path}: {got!r} != {want!r}"]
+        return (
+            [] if abs(got - want) <= atol + rtol * abs(want) else [f"{path}: {got!r} != {want!r}"]
+        )
     return [] if got == want else [f"{path}: {got!r} != {want!r}"]
 
 

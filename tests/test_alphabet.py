@@ -95,14 +95,34 @@ def test_byte_tables_are_the_ones_used_before_the_alphabet_module():
         old_tokens.append(AA_OFFSET + i if i >= 0 else UNK)
     assert ascii_to_token_table() == old_tokens
     # the table maps a byte to the token of the letter the letter table gives it
-    assert all(ascii_to_token_table()[b] == token_of(chr(ascii_to_letter_table()[b])) for b in range(256))
+    assert all(
+        ascii_to_token_table()[b] == token_of(chr(ascii_to_letter_table()[b])) for b in range(256)
+    )
 
 
 def test_constants_reexports_the_alphabet():
-    for name in ("AMINO_ACIDS", "PAD", "MASK", "CLS", "EOS", "UNK", "SPECIAL_TOKENS", "VOCAB", "VOCAB_SIZE",
-                 "AA_OFFSET", "token_of", "ascii_to_token_table"):
+    for name in (
+        "AMINO_ACIDS",
+        "PAD",
+        "MASK",
+        "CLS",
+        "EOS",
+        "UNK",
+        "SPECIAL_TOKENS",
+        "VOCAB",
+        "VOCAB_SIZE",
+        "AA_OFFSET",
+        "token_of",
+        "ascii_to_token_table",
+    ):
         assert getattr(constants, name) is getattr(alphabet, name), name
-    assert (constants.PAD, constants.MASK, constants.CLS, constants.EOS, constants.UNK) == (0, 1, 2, 3, 4)
+    assert (constants.PAD, constants.MASK, constants.CLS, constants.EOS, constants.UNK) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
     assert constants.VOCAB == ("<pad>", "<mask>", "<cls>", "<eos>", "X", *AMINO_ACIDS)
     assert constants.AA_OFFSET == 5 and constants.VOCAB_SIZE == 25
 

@@ -8,8 +8,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from coordformer.analysis.attention import (
     AttentionAnalysisConfig,
     AttentionStats,
@@ -39,14 +39,22 @@ class ConstructedGaussianHeads(torch.nn.Module):
         ca = coords[:, :, 1].double()
         ok = ~torch.isnan(ca).any(-1) & padding_mask
         f = features(torch.nan_to_num(ca))
-        maps = [h.logits(f).masked_fill(~ok[:, None, :], float("-inf")).softmax(-1).nan_to_num() for h in self.heads]
+        maps = [
+            h.logits(f).masked_fill(~ok[:, None, :], float("-inf")).softmax(-1).nan_to_num()
+            for h in self.heads
+        ]
         return types.SimpleNamespace(attentions=[torch.stack(maps, 1).float()])
 
 
 def _dataset(tmp_path, records, name="ds"):
     src = write_jsonl(records, tmp_path / f"{name}.jsonl")
-    prepare([str(src)], tmp_path / name, PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=1.0),
-            workers=1, progress=False)
+    prepare(
+        [str(src)],
+        tmp_path / name,
+        PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=1.0),
+        workers=1,
+        progress=False,
+    )
     return PreparedDataset(tmp_path / name)
 
 
@@ -55,7 +63,10 @@ def _ring(i, length=60, radius=40.0):
     normaliser is the same for every query and the mean weight is exactly proportional to the kernel."""
     t = np.arange(length) * 2 * np.pi / length
     ca = np.stack([radius * np.cos(t), radius * np.sin(t), np.zeros(length)], 1) + i
-    coords = {a: (ca + off).round(3).tolist() for a, off in zip(("N", "CA", "C", "O"), (-1.0, 0.0, 1.0, 2.0))}
+    coords = {
+        a: (ca + off).round(3).tolist()
+        for a, off in zip(("N", "CA", "C", "O"), (-1.0, 0.0, 1.0, 2.0))
+    }
     return {"name": f"R{i:03d}.A", "seq": "ACDEFGHIKL" * (length // 10), "coords": coords}
 
 
@@ -65,8 +76,14 @@ def test_fit_recovers_the_sigma_of_constructed_gaussian_heads(tmp_path, syntheti
     cfg = AttentionAnalysisConfig(max_chains=None, max_distance=40.0)
     # real-like random-walk chains: the query-normalised quantity is exactly the kernel
     walk = _dataset(tmp_path, [json.loads(x) for x in open(synthetic_jsonl)], "walk")
-    rel = [r for r in fit_all(collect_attention(model, walk, cfg, progress=False)) if r["kind"] == "distance"]
-    assert next(r for r in rel if r["quantity"] == "relative")["sigma"] == pytest.approx(sigma, rel=0.05)
+    rel = [
+        r
+        for r in fit_all(collect_attention(model, walk, cfg, progress=False))
+        if r["kind"] == "distance"
+    ]
+    assert next(r for r in rel if r["quantity"] == "relative")["sigma"] == pytest.approx(
+        sigma, rel=0.05
+    )
     # the plain mean weight carries the per-query normaliser; on a ring it is constant
     ring = _dataset(tmp_path, [_ring(i) for i in range(8)], "ring")
     fits = fit_all(collect_attention(model, ring, cfg, progress=False))
@@ -77,7 +94,9 @@ def test_fit_recovers_the_sigma_of_constructed_gaussian_heads(tmp_path, syntheti
 def test_fit_gaussian_on_known_curves():
     x = np.arange(0.5, 32, 1.0)
     f = fit_gaussian(x, 0.3 * np.exp(-(x**2) / (2 * 5.0**2)), zero_mean=True)
-    assert f["sigma"] == pytest.approx(5.0, rel=1e-4) and f["amplitude"] == pytest.approx(0.3, rel=1e-4)
+    assert f["sigma"] == pytest.approx(5.0, rel=1e-4) and f["amplitude"] == pytest.approx(
+        0.3, rel=1e-4
+    )
     assert f["r2"] == pytest.approx(1.0) and f["mean"] == 0.0
     s = np.arange(-20, 21, dtype=float)
     g = fit_gaussian(s, 0.1 * np.exp(-((s - 1.0) ** 2) / (2 * 2.0**2)), zero_mean=False)
@@ -90,17 +109,38 @@ def test_fit_gaussian_on_known_curves():
 def test_streaming_statistics_do_not_depend_on_batching_and_have_fixed_size(prepared):
     torch.manual_seed(0)
     model = CoordFormer(ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64))
-    small = collect_attention(model, prepared, AttentionAnalysisConfig(split="train", tokens_per_batch=512, crop_length=128), progress=False)
-    big = collect_attention(model, prepared, AttentionAnalysisConfig(split="train", tokens_per_batch=8192, crop_length=128), progress=False)
+    small = collect_attention(
+        model,
+        prepared,
+        AttentionAnalysisConfig(split="train", tokens_per_batch=512, crop_length=128),
+        progress=False,
+    )
+    big = collect_attention(
+        model,
+        prepared,
+        AttentionAnalysisConfig(split="train", tokens_per_batch=8192, crop_length=128),
+        progress=False,
+    )
     assert torch.allclose(small.sum_dist, big.sum_dist, rtol=1e-4, atol=1e-8)
-    assert torch.equal(small.count_sep, big.count_sep) and torch.equal(small.hist_dist, big.hist_dist)
-    few = collect_attention(model, prepared, AttentionAnalysisConfig(split="train", max_chains=3, crop_length=128), progress=False)
-    assert few.n_chains == 3 and few.hist_dist.shape == big.hist_dist.shape  # memory set by bins only
+    assert torch.equal(small.count_sep, big.count_sep) and torch.equal(
+        small.hist_dist, big.hist_dist
+    )
+    few = collect_attention(
+        model,
+        prepared,
+        AttentionAnalysisConfig(split="train", max_chains=3, crop_length=128),
+        progress=False,
+    )
+    assert (
+        few.n_chains == 3 and few.hist_dist.shape == big.hist_dist.shape
+    )  # memory set by bins only
     # every pair within the cut-off is counted once per head: weights of a query sum to at most 1
     pairs = int(big.count_sep.sum())
     assert 0 < big.sum_sep[0, 0].sum() <= pairs
     q = big.percentiles("distance")
-    assert np.all(np.isnan(q[:, :, :, 1]) == (big.count_dist[1] == 0).item())  # empty 1-2 A bin -> NaN
+    assert np.all(
+        np.isnan(q[:, :, :, 1]) == (big.count_dist[1] == 0).item()
+    )  # empty 1-2 A bin -> NaN
 
 
 def test_ablations_zero_exactly_one_signal(prepared):
@@ -112,19 +152,38 @@ def test_ablations_zero_exactly_one_signal(prepared):
     no_pos = model.embed(tokens, coords, ablate=("positions",))
     assert torch.allclose(full - no_pos, model.positions[:10].expand(2, -1, -1), atol=1e-5)
     no_xyz = model.embed(tokens, coords, ablate=("coords",))
-    assert torch.allclose(no_xyz, model.tokens(tokens) + model.positions[:10] + model.coord_embed.bias, atol=1e-5)
-    assert torch.allclose(model.embed(tokens, coords * 0 + 5.0, ablate=("coords",)), no_xyz, atol=1e-5)
+    assert torch.allclose(
+        no_xyz, model.tokens(tokens) + model.positions[:10] + model.coord_embed.bias, atol=1e-5
+    )
+    assert torch.allclose(
+        model.embed(tokens, coords * 0 + 5.0, ablate=("coords",)), no_xyz, atol=1e-5
+    )
     with pytest.raises(UsageError, match="ablation"):
         model.embed(tokens, coords, ablate=("tokens",))
 
 
 def test_heads_are_classified_from_the_ablation_fits():
     def row(kind, ab, sigma, r2, mean=0.0):
-        return {"layer": 1, "head": 0, "kind": kind, "ablation": ab, "quantity": "attention", "sigma": sigma, "r2": r2,
-                "mean": mean, "amplitude": 0.1}
-    fits = [row("distance", "none", 6, 0.99), row("separation", "none", 3, 0.9),
-            row("distance", "no-positions", 5, 0.95), row("separation", "no-positions", 50, 0.2),
-            row("distance", "no-coords", 30, 0.5), row("separation", "no-coords", 9, 0.7)]
+        return {
+            "layer": 1,
+            "head": 0,
+            "kind": kind,
+            "ablation": ab,
+            "quantity": "attention",
+            "sigma": sigma,
+            "r2": r2,
+            "mean": mean,
+            "amplitude": 0.1,
+        }
+
+    fits = [
+        row("distance", "none", 6, 0.99),
+        row("separation", "none", 3, 0.9),
+        row("distance", "no-positions", 5, 0.95),
+        row("separation", "no-positions", 50, 0.2),
+        row("distance", "no-coords", 30, 0.5),
+        row("separation", "no-coords", 9, 0.7),
+    ]
     (h,) = classify_heads(fits)
     assert h["local_3d"] and not h["local_seq"] and h["sigma_3d_only"] == 5
 
@@ -134,13 +193,51 @@ def test_analyze_attention_end_to_end_on_tiny_trained_models(tmp_path, prepared,
     runs = {}
     for flag in ("--coords", "--no-coords"):
         out = tmp_path / flag.strip("-")
-        args = ["pretrain", "--data", str(prepared.path), "--out", str(out), "--preset", "tiny-0.1m", "--max-steps", "6",
-                "--val-every", "6", "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet", flag]
+        args = [
+            "pretrain",
+            "--data",
+            str(prepared.path),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "6",
+            "--val-every",
+            "6",
+            "--warmup-steps",
+            "2",
+            "--tokens-per-batch",
+            "1024",
+            "--quiet",
+            flag,
+        ]
         assert main(args) == 0
         runs[flag] = out
     out = tmp_path / "attn"
-    assert main(["analyze-attention", "-c", str(runs["--coords"]), "-c", str(runs["--no-coords"]), "--data", str(prepared.path),
-                 "--split", "train", "--max-chains", "12", "--max-distance", "20", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze-attention",
+                "-c",
+                str(runs["--coords"]),
+                "-c",
+                str(runs["--no-coords"]),
+                "--data",
+                str(prepared.path),
+                "--split",
+                "train",
+                "--max-chains",
+                "12",
+                "--max-distance",
+                "20",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     fits = list(csv.DictReader(open(out / "fits.csv")))
     # 2 models x 3 ablations x 2 quantities x 2 kinds x 2 layers x 4 heads
     assert len(fits) == 2 * 3 * 2 * 2 * 2 * 4
@@ -172,7 +269,6 @@ def test_a_model_without_3d_local_heads_is_reported_not_a_crash(tmp_path, prepar
     """An untrained model (no head attends by distance) and data without coordinates (no distances
     at all): the report says "no 3D-local heads" and every figure is still written."""
     from conftest import synthetic_chains
-
     from coordformer.config import preset
     from coordformer.model.checkpoints import export_model
 
@@ -180,14 +276,37 @@ def test_a_model_without_3d_local_heads_is_reported_not_a_crash(tmp_path, prepar
     model = export_model(CoordFormer(preset("tiny-0.1m")), tmp_path / "untrained.pt")
     fasta = tmp_path / "seqs.fasta"
     fasta.write_text("".join(f">{r['name']}\n{r['seq']}\n" for r in synthetic_chains(6)))
-    prepare([str(fasta)], tmp_path / "seqonly", PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=1.0),
-            workers=1, progress=False)
-    cases = ((prepared.path, (), "no head's attention falls off with 3D distance"),
-             (tmp_path / "seqonly", ("--no-ablations",), "no coordinates"))
+    prepare(
+        [str(fasta)],
+        tmp_path / "seqonly",
+        PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=1.0),
+        workers=1,
+        progress=False,
+    )
+    cases = (
+        (prepared.path, (), "no head's attention falls off with 3D distance"),
+        (tmp_path / "seqonly", ("--no-ablations",), "no coordinates"),
+    )
     for i, (data, extra, why) in enumerate(cases):
         out = tmp_path / f"attn{i}"
-        assert main(["analyze-attention", "-c", str(model), "--data", str(data), "--max-chains", "6", "--out", str(out),
-                     "--quiet", *extra]) == 0
+        assert (
+            main(
+                [
+                    "analyze-attention",
+                    "-c",
+                    str(model),
+                    "--data",
+                    str(data),
+                    "--max-chains",
+                    "6",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         report = (out / "report.md").read_text()
         assert "**No 3D-local heads**" in report and why in report, report
         for name in ("untrained_layer1.png", "untrained_layer2.png", "summary.png"):

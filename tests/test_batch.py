@@ -37,8 +37,12 @@ def _toy(plddt=True) -> Batch:
     tokens = torch.tensor([[5, 6, 7, 8], [9, 10, PAD, PAD]])
     coords = torch.randn(2, 4, 4, 3, generator=torch.Generator().manual_seed(0)) * 5
     coords[1, 2:] = float("nan")
-    return Batch.from_tokens(tokens, coords, plddt=torch.full((2, 4), 70.0) if plddt else None,
-                             index=torch.tensor([3, 1]))
+    return Batch.from_tokens(
+        tokens,
+        coords,
+        plddt=torch.full((2, 4), 70.0) if plddt else None,
+        index=torch.tensor([3, 1]),
+    )
 
 
 def test_batch_is_frozen_and_moves_every_tensor():
@@ -48,7 +52,9 @@ def test_batch_is_frozen_and_moves_every_tensor():
     with pytest.raises(dataclasses.FrozenInstanceError):
         b.tokens = b.tokens
     meta = b.to("meta")
-    assert isinstance(meta, Batch) and b.tokens.device.type == "cpu"  # a new batch; the original stays
+    assert (
+        isinstance(meta, Batch) and b.tokens.device.type == "cpu"
+    )  # a new batch; the original stays
     for f in dataclasses.fields(Batch):
         v = getattr(meta, f.name)
         assert (v is None) == (getattr(b, f.name) is None), f.name
@@ -60,7 +66,9 @@ def test_batch_is_frozen_and_moves_every_tensor():
 def test_inputs_are_the_forward_keywords():
     b = _toy()
     params = inspect.signature(CoordFormer.forward).parameters
-    assert set(b.inputs()) == {"tokens", "coords", "padding_mask", "plddt"} and set(b.inputs()) <= set(params)
+    assert set(b.inputs()) == {"tokens", "coords", "padding_mask", "plddt"} and set(
+        b.inputs()
+    ) <= set(params)
     assert b.inputs(use_coords=False)["coords"] is None and b.inputs()["coords"] is b.coords
     bare = _toy(plddt=False)
     assert set(bare.inputs()) == {"tokens", "coords", "padding_mask"}  # only what the batch holds
@@ -82,7 +90,9 @@ def test_encode_pools_as_the_hand_written_masked_mean():
         out = model(b.tokens, b.coords, b.padding_mask, repr_layers=reps, plddt=b.plddt)
         h = out.hidden if layer is None else out.representations[layer]
         assert torch.equal(hidden, h)
-        m = b.padding_mask.unsqueeze(-1).to(h.dtype)  # the pooling embed.py and finetune.py wrote out before
+        m = b.padding_mask.unsqueeze(-1).to(
+            h.dtype
+        )  # the pooling embed.py and finetune.py wrote out before
         assert torch.equal(pooled, (h * m).sum(1) / m.sum(1).clamp_min(1))
         assert torch.allclose(pooled[1], h[1, :2].mean(0), atol=1e-6)
     no_coords, _ = encode(model, b, use_coords=False)
@@ -97,13 +107,19 @@ def test_every_batcher_returns_a_batch(prepared):
     masked = MaskedBatches(prepared, idx, s, seed=3)[0]
     assert isinstance(masked, Batch) and masked.targets is not None and masked.clean is not None
     assert masked.withheld is None and masked.positions is None
-    spatial = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, crop_mode="spatial"), seed=3)[0]
+    spatial = MaskedBatches(
+        prepared, idx, BatchSettings(crop_length=40, crop_mode="spatial"), seed=3
+    )[0]
     assert isinstance(spatial, Batch) and spatial.positions is not None
-    evaluation = MaskedBatches(prepared, idx, BatchSettings(crop_length=40, withhold="span"), seed=3)[0]
+    evaluation = MaskedBatches(
+        prepared, idx, BatchSettings(crop_length=40, withhold="span"), seed=3
+    )[0]
     assert evaluation.withheld is not None and evaluation.stretch is not None
     plain = list(unmasked_batches(prepared, idx, 40, 400))
     assert all(isinstance(b, Batch) and b.targets is None and b.clean is None for b in plain)
-    assert sorted(torch.cat([b.index for b in plain]).tolist()) == sorted(idx.tolist())  # every chain once
+    assert sorted(torch.cat([b.index for b in plain]).tolist()) == sorted(
+        idx.tolist()
+    )  # every chain once
     groups = [idx[:2], idx[2:3]]
     cx = complex_batch(prepared, groups, gap=5)
     assert isinstance(cx, Batch) and cx.chain is not None and cx.positions is not None
@@ -124,14 +140,20 @@ def test_unmasked_batches_crop_and_rotate_as_the_masked_ones(prepared):
     idx = prepared.split_indices("train")[:12]
     for rotate in (False, True):
         for b in unmasked_batches(prepared, idx, 30, 200, rotate=rotate, seed=4):
-            s = BatchSettings(crop_length=30, tokens_per_batch=200, rotate=rotate, random_crop=False)
+            s = BatchSettings(
+                crop_length=30, tokens_per_batch=200, rotate=rotate, random_crop=False
+            )
             ref = MaskedBatches(prepared, idx, s, seed=4, train=False).collate(b.index.numpy())
-            assert torch.equal(b.tokens, ref.clean) and torch.equal(b.padding_mask, ref.padding_mask)
+            assert torch.equal(b.tokens, ref.clean) and torch.equal(
+                b.padding_mask, ref.padding_mask
+            )
             assert torch.equal(b.coords.nan_to_num(), ref.coords.nan_to_num())
     s = BatchSettings(crop_length=30, rotate=True, random_crop=True)
     a = collate_chains(prepared, idx, s, seed=2, epoch=1, masked=False)
     m = collate_chains(prepared, idx, s, seed=2, epoch=1, masked=True)
-    assert torch.equal(a.tokens, m.clean) and torch.equal(a.coords.nan_to_num(), m.coords.nan_to_num())
+    assert torch.equal(a.tokens, m.clean) and torch.equal(
+        a.coords.nan_to_num(), m.coords.nan_to_num()
+    )
     lengths = prepared.lengths[idx]
     plan = inference_plan(lengths, 30, 10)  # the budget is at least one crop
     want = token_budget_batches(np.minimum(lengths, 30), 30, None)
@@ -145,7 +167,9 @@ def test_lightning_moves_a_batch_and_a_dict_holding_one():
 
     b = _toy()
     moved = move_data_to_device(b, torch.device("meta"))
-    assert isinstance(moved, Batch) and moved.tokens.device.type == moved.plddt.device.type == "meta"
+    assert (
+        isinstance(moved, Batch) and moved.tokens.device.type == moved.plddt.device.type == "meta"
+    )
     nested = move_data_to_device({"batch": b, "labels": torch.ones(2, 3)}, torch.device("meta"))
     assert isinstance(nested["batch"], Batch) and nested["batch"].coords.device.type == "meta"
     module = MaskedLMModule(preset("tiny-0.1m").to_dict(), {})
@@ -171,8 +195,10 @@ def test_pin_memory_pins_every_tensor():
 
 
 def test_model_and_batch_do_not_import_data():
-    code = ("import sys, coordformer.batch, coordformer.model.encode, coordformer.model; "
-            "bad = [m for m in sys.modules if m.startswith('coordformer.data')]; assert not bad, bad")
+    code = (
+        "import sys, coordformer.batch, coordformer.model.encode, coordformer.model; "
+        "bad = [m for m in sys.modules if m.startswith('coordformer.data')]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

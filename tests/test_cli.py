@@ -33,8 +33,24 @@ def mixed_inputs(tmp_path, synthetic_jsonl):
 @pytest.mark.slow
 def test_prepare_pretrain_evaluate_end_to_end(tmp_path, mixed_inputs, capsys):
     ds = tmp_path / "ds"
-    assert run("prepare", mixed_inputs, "--out", ds, "--workers", "1", "--min-length", "10",
-               "--valid-fraction", "0.2", "--test-fraction", "0.2", "--quiet") == 0
+    assert (
+        run(
+            "prepare",
+            mixed_inputs,
+            "--out",
+            ds,
+            "--workers",
+            "1",
+            "--min-length",
+            "10",
+            "--valid-fraction",
+            "0.2",
+            "--test-fraction",
+            "0.2",
+            "--quiet",
+        )
+        == 0
+    )
     manifest = json.loads((ds / "manifest.json").read_text())
     skipped = (ds / "skipped.tsv").read_text()
     assert "empty.pdb" in skipped and "junk.cif" in skipped
@@ -44,16 +60,53 @@ def test_prepare_pretrain_evaluate_end_to_end(tmp_path, mixed_inputs, capsys):
     for coords in (True, False):
         flag = "--coords" if coords else "--no-coords"
         out = tmp_path / f"run_{coords}"
-        assert run("pretrain", "--data", ds, "--out", out, flag, "--preset", "tiny-0.1m", "--max-steps", "6",
-                   "--val-every", "3", "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet") == 0
+        assert (
+            run(
+                "pretrain",
+                "--data",
+                ds,
+                "--out",
+                out,
+                flag,
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "6",
+                "--val-every",
+                "3",
+                "--warmup-steps",
+                "2",
+                "--tokens-per-batch",
+                "1024",
+                "--quiet",
+            )
+            == 0
+        )
         assert (out / "checkpoints" / "last.ckpt").exists()
         assert json.loads((out / "summary.json").read_text())["global_step"] == 6
         ck = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
         assert ck["coordformer"]["model_config"]["use_coords"] is coords
     js = tmp_path / "eval.json"
     rep = tmp_path / "report.md"
-    assert run("evaluate", "-c", tmp_path / "run_True", "-c", tmp_path / "run_False", "--data", ds, "--split", "test",
-               "--json", js, "--report", rep, "--quiet") == 0
+    assert (
+        run(
+            "evaluate",
+            "-c",
+            tmp_path / "run_True",
+            "-c",
+            tmp_path / "run_False",
+            "--data",
+            ds,
+            "--split",
+            "test",
+            "--json",
+            js,
+            "--report",
+            rep,
+            "--quiet",
+        )
+        == 0
+    )
     res = json.loads(js.read_text())["models"]
     assert set(res) == {"run_True", "run_False"}
     for r in res.values():
@@ -68,14 +121,30 @@ def test_prepare_pretrain_evaluate_end_to_end(tmp_path, mixed_inputs, capsys):
 @pytest.mark.slow
 def test_pretrain_resumes_from_last_checkpoint(tmp_path, prepared):
     out = tmp_path / "run"
-    common = ["pretrain", "--data", prepared.path, "--out", out, "--preset", "tiny-0.1m", "--val-every", "4",
-              "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet"]
+    common = [
+        "pretrain",
+        "--data",
+        prepared.path,
+        "--out",
+        out,
+        "--preset",
+        "tiny-0.1m",
+        "--val-every",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--tokens-per-batch",
+        "1024",
+        "--quiet",
+    ]
     assert run(*common, "--max-steps", "4") == 0
     assert run(*common, "--max-steps", "8") == 0
     assert json.loads((out / "summary.json").read_text())["global_step"] == 8
     logs = sorted((out / "logs").glob("version_*/metrics.csv"))
     assert len(logs) == 2  # the first segment's log is kept, not overwritten
-    assert run(*common, "--max-steps", "8", "--no-resume") == 2  # refuses to clobber without --resume
+    assert (
+        run(*common, "--max-steps", "8", "--no-resume") == 2
+    )  # refuses to clobber without --resume
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
@@ -84,24 +153,76 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
     assert err.startswith("error:") and "shipped model" in err and "\n" not in err
     assert run("pretrain", "--data", tmp_path / "missing", "--out", tmp_path / "r") == 2
     assert "not a folder" in capsys.readouterr().err
-    assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--preset", "enormous") == 2
+    assert (
+        run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--preset", "enormous")
+        == 2
+    )
     assert "preset" in capsys.readouterr().err
-    assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--recipe", "paper", "--gaussian-heads", "2") == 2
+    assert (
+        run(
+            "pretrain",
+            "--data",
+            prepared.path,
+            "--out",
+            tmp_path / "r",
+            "--recipe",
+            "paper",
+            "--gaussian-heads",
+            "2",
+        )
+        == 2
+    )
     assert "norm" in capsys.readouterr().err
-    assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--preset", "paper-43m") == 2
+    assert (
+        run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--preset", "paper-43m")
+        == 2
+    )
     assert "renamed large-43m" in capsys.readouterr().err
     assert run("prepare", tmp_path / "nothing-here", "--out", tmp_path / "ds2", "--quiet") == 2
     capsys.readouterr()
-    assert run("embed", prepared.path, "-c", "small-coords-sd", "--out", tmp_path / "e.h5", "--seqres", "gaps") == 2
+    assert (
+        run(
+            "embed",
+            prepared.path,
+            "-c",
+            "small-coords-sd",
+            "--out",
+            tmp_path / "e.h5",
+            "--seqres",
+            "gaps",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "--seqres gaps: applies to structure inputs" in err and "\n" not in err
     assert run("prepare", DATA / "1orc.pdb", "--out", tmp_path / "ds3", "--seqres", "some") == 2
     assert "--seqres" in capsys.readouterr().err
-    assert run("prepare", DATA / "1orc.pdb", "--out", tmp_path / "ds3", "--seqres", "all", "--quiet",
-               "--min-length", "1", "--valid-fraction", "0", "--test-fraction", "0") == 0
+    assert (
+        run(
+            "prepare",
+            DATA / "1orc.pdb",
+            "--out",
+            tmp_path / "ds3",
+            "--seqres",
+            "all",
+            "--quiet",
+            "--min-length",
+            "1",
+            "--valid-fraction",
+            "0",
+            "--test-fraction",
+            "0",
+        )
+        == 0
+    )
     assert "seqres (all): 7 unobserved residues put back in 1 chains" in capsys.readouterr().out
     if not torch.cuda.is_available():
-        assert run("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--accelerator", "gpu") == 2
+        assert (
+            run(
+                "pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--accelerator", "gpu"
+            )
+            == 2
+        )
         assert run("evaluate", "-c", "x", "--data", prepared.path, "--device", "cuda") == 2
         assert "no CUDA GPU" in capsys.readouterr().err
 
@@ -120,7 +241,9 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
                 trainer.should_stop = True
 
     mc = preset("tiny-0.1m")
-    tc = TrainConfig(max_steps=7, val_every_steps=2, tokens_per_batch=1024, crop_length=64, warmup_steps=2)
+    tc = TrainConfig(
+        max_steps=7, val_every_steps=2, tokens_per_batch=1024, crop_length=64, warmup_steps=2
+    )
     pretrain(prepared.path, tmp_path / "a", mc, tc, progress=False)
     s1 = pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[StopAt()])
     assert s1["global_step"] == 3
@@ -140,28 +263,40 @@ class _PoisonGrads:
         class Poison(Callback):
             def on_before_optimizer_step(self, trainer, pl_module, optimizer):
                 if steps == "all" or trainer.global_step in steps:
-                    next(p for p in pl_module.parameters() if p.grad is not None).grad[0] = float("nan")
+                    next(p for p in pl_module.parameters() if p.grad is not None).grad[0] = float(
+                        "nan"
+                    )
 
         return Poison()
 
 
-def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(tmp_path, prepared, monkeypatch):
+def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
+    tmp_path, prepared, monkeypatch
+):
     from coordformer.config import TrainConfig, preset
     from coordformer.errors import TrainingDivergedError
     from coordformer.train import mlm
     from coordformer.train.run import pretrain
 
     mc = preset("tiny-0.1m")
-    tc = TrainConfig(max_steps=5, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2)
-    s = pretrain(prepared.path, tmp_path / "a", mc, tc, progress=False, callbacks=[_PoisonGrads({1, 3})])
+    tc = TrainConfig(
+        max_steps=5, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2
+    )
+    s = pretrain(
+        prepared.path, tmp_path / "a", mc, tc, progress=False, callbacks=[_PoisonGrads({1, 3})]
+    )
     assert s["global_step"] == 5 and s["skipped_steps"] == 2
-    state = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)[
+        "state_dict"
+    ]
     assert all(torch.isfinite(v).all() for v in state.values())
     assert s["final_val"] and all(math.isfinite(v) for v in s["final_val"].values())
 
     monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
     with pytest.raises(TrainingDivergedError, match="3 steps in a row"):
-        pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[_PoisonGrads("all")])
+        pretrain(
+            prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[_PoisonGrads("all")]
+        )
 
 
 @pytest.mark.slow
@@ -175,27 +310,60 @@ def test_pretrain_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, prep
     import time
 
     def cmd(out):
-        return [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(out),
-                "--preset", "tiny-0.1m", "--max-steps", "100", "--val-every", "1000", "--checkpoint-every", "2",
-                "--warmup-steps", "2", "--tokens-per-batch", "512", "--crop-length", "64", "--threads", "1", "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            "coordformer",
+            "pretrain",
+            "--data",
+            str(prepared.path),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "100",
+            "--val-every",
+            "1000",
+            "--checkpoint-every",
+            "2",
+            "--warmup-steps",
+            "2",
+            "--tokens-per-batch",
+            "512",
+            "--crop-length",
+            "64",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
 
     assert subprocess.run(cmd(tmp_path / "whole"), capture_output=True, timeout=600).returncode == 0
-    proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 30:  # after a log flush at 25
+        if (
+            last.exists() and torch.load(last, weights_only=False)["global_step"] >= 30
+        ):  # after a log flush at 25
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = torch.load(last, weights_only=False)["global_step"]
     assert 30 <= killed_at < 100
-    assert subprocess.run(cmd(tmp_path / "killed"), capture_output=True, timeout=600).returncode == 0
+    assert (
+        subprocess.run(cmd(tmp_path / "killed"), capture_output=True, timeout=600).returncode == 0
+    )
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(last, weights_only=False)
     assert a["global_step"] == b["global_step"] == 100
-    assert max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"]) < 1e-6
+    assert (
+        max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
+        < 1e-6
+    )
     # the loss log survives the kill and the resumed segment continues it (flushed each time it logs)
     import csv
 
@@ -217,7 +385,11 @@ def _launch_env(**extra) -> dict:
     """This process's environment without any SLURM / torch.distributed variables, plus ``extra``."""
     import os
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))
+    }
     return {**base, **extra}
 
 
@@ -225,9 +397,17 @@ def _slurm_task_env(rank: int, ntasks: int, job_id: str, **extra) -> dict:
     """The environment `srun` gives task ``rank`` of ``ntasks`` (one task per node, all on localhost).
     With several tasks pass MASTER_PORT: otherwise Lightning derives it from the job id, which could be
     taken here."""
-    return _launch_env(SLURM_NTASKS=str(ntasks), SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="cf", SLURM_JOB_ID=job_id,
-                       SLURM_PROCID=str(rank), SLURM_LOCALID="0", SLURM_NODEID=str(rank), SLURM_NODELIST="localhost",
-                       **extra)
+    return _launch_env(
+        SLURM_NTASKS=str(ntasks),
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_NAME="cf",
+        SLURM_JOB_ID=job_id,
+        SLURM_PROCID=str(rank),
+        SLURM_LOCALID="0",
+        SLURM_NODEID=str(rank),
+        SLURM_NODELIST="localhost",
+        **extra,
+    )
 
 
 def _fake_scontrol(tmp_path):
@@ -246,13 +426,18 @@ def _first_log_rows(run_dir) -> bool:
     import csv
 
     try:
-        return any(r.get("train/loss") for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv")))
+        return any(
+            r.get("train/loss")
+            for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv"))
+        )
     except (OSError, ValueError):
         return False
 
 
 @pytest.mark.slow
-def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly(tmp_path, prepared):
+def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly(
+    tmp_path, prepared
+):
     """Under SLURM the warning signal (SIGUSR1, `#SBATCH --signal=SIGUSR1@90`) makes the run write
     last.ckpt at the next step boundary, call `scontrol requeue` (a stand-in here) and stop; the
     requeued job (the same command) continues from there and ends with the weights of an uninterrupted
@@ -268,14 +453,46 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
     env = _slurm_task_env(0, 1, "4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
 
     def cmd(out):
-        return [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(out),
-                "--preset", "tiny-0.1m", "--max-steps", "150", "--val-every", "1000", "--checkpoint-every", "100000",
-                "--warmup-steps", "2", "--tokens-per-batch", "512", "--crop-length", "64", "--threads", "1",
-                "--accelerator", "cpu", "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            "coordformer",
+            "pretrain",
+            "--data",
+            str(prepared.path),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "150",
+            "--val-every",
+            "1000",
+            "--checkpoint-every",
+            "100000",
+            "--warmup-steps",
+            "2",
+            "--tokens-per-batch",
+            "512",
+            "--crop-length",
+            "64",
+            "--threads",
+            "1",
+            "--accelerator",
+            "cpu",
+            "--quiet",
+        ]
 
-    assert subprocess.run(cmd(tmp_path / "whole"), capture_output=True, timeout=600, env=env).returncode == 0
+    assert (
+        subprocess.run(
+            cmd(tmp_path / "whole"), capture_output=True, timeout=600, env=env
+        ).returncode
+        == 0
+    )
     run_dir = tmp_path / "job"
-    proc = subprocess.Popen(cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(
+        cmd(run_dir), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if _first_log_rows(run_dir):  # past the first log flush (step 25)
@@ -287,14 +504,19 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
     assert '"requeued": true' in out
     assert calls.read_text().split() == ["requeue", "4242"]
     assert not (run_dir / "summary.json").exists()  # not finished
-    requeued_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    requeued_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)[
+        "global_step"
+    ]
     assert 25 <= requeued_at < 150
 
     assert subprocess.run(cmd(run_dir), capture_output=True, timeout=600, env=env).returncode == 0
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 150
-    assert max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"]) < 1e-6
+    assert (
+        max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
+        < 1e-6
+    )
     logs = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
     resumed_steps = [int(r["step"]) for r in csv.DictReader(open(logs[-1])) if r.get("train/loss")]
     assert min(resumed_steps) >= requeued_at  # started from the requeue checkpoint, not from step 0
@@ -314,14 +536,52 @@ def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_pa
 
     bin_dir, calls = _fake_scontrol(tmp_path)
     port = str(_free_port())
-    envs = [_slurm_task_env(r, 2, "4244", MASTER_PORT=port, PATH=f"{bin_dir}:{os.environ['PATH']}") for r in (0, 1)]
+    envs = [
+        _slurm_task_env(r, 2, "4244", MASTER_PORT=port, PATH=f"{bin_dir}:{os.environ['PATH']}")
+        for r in (0, 1)
+    ]
     run_dir = tmp_path / "job"
-    cmd = [sys.executable, "-m", "coordformer", "pretrain", "--data", str(prepared.path), "--out", str(run_dir),
-           "--preset", "tiny-0.1m", "--max-steps", "400", "--val-every", "1000", "--checkpoint-every", "100000",
-           "--warmup-steps", "2", "--tokens-per-batch", "256", "--crop-length", "64", "--threads", "1",
-           "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2", "--strategy", "ddp", "--quiet",
-           "--max-minutes", "30"]  # a time budget must not undo the stop (its hook runs after the callback's)
-    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for e in envs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordformer",
+        "pretrain",
+        "--data",
+        str(prepared.path),
+        "--out",
+        str(run_dir),
+        "--preset",
+        "tiny-0.1m",
+        "--max-steps",
+        "400",
+        "--val-every",
+        "1000",
+        "--checkpoint-every",
+        "100000",
+        "--warmup-steps",
+        "2",
+        "--tokens-per-batch",
+        "256",
+        "--crop-length",
+        "64",
+        "--threads",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "--num-nodes",
+        "2",
+        "--strategy",
+        "ddp",
+        "--quiet",
+        "--max-minutes",
+        "30",
+    ]  # a time budget must not undo the stop (its hook runs after the callback's)
+    procs = [
+        subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for e in envs
+    ]
     try:
         deadline = time.time() + 300
         while time.time() < deadline and procs[0].poll() is None:
@@ -339,9 +599,16 @@ def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_pa
     assert 25 <= step < 400
     import csv
 
-    logged = [int(r["step"]) for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv")) if r.get("train/loss")]
+    logged = [
+        int(r["step"])
+        for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv"))
+        if r.get("train/loss")
+    ]
     assert max(logged) < step  # it stopped there: no training after the checkpoint
-    assert not any(r.get("val/loss") for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv")))
+    assert not any(
+        r.get("val/loss")
+        for r in csv.DictReader(open(run_dir / "logs" / "version_0" / "metrics.csv"))
+    )
 
 
 def test_same_seed_and_config_give_identical_losses(tmp_path, prepared):
@@ -350,8 +617,14 @@ def test_same_seed_and_config_give_identical_losses(tmp_path, prepared):
     from coordformer.config import TrainConfig, preset
     from coordformer.train.run import pretrain
 
-    tc = TrainConfig(max_steps=4, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2,
-                     log_every_steps=1)
+    tc = TrainConfig(
+        max_steps=4,
+        val_every_steps=100,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        log_every_steps=1,
+    )
     losses = []
     for name in ("a", "b"):
         pretrain(prepared.path, tmp_path / name, preset("tiny-0.1m"), tc, progress=False)
@@ -376,29 +649,60 @@ def test_misuse_gives_one_line_errors(tmp_path, capsys, prepared):
         (("evaluate", "-c", broken, "--data", prepared.path), "truncated or not a checkpoint"),
         (("evaluate", "-c", "small-coords", "--data", old), "format version 99"),
         (("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--lr", "-1"), "--lr"),
-        (("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--no-such-flag"), "No such option"),
-        (("evaluate", "-c", "small-coords", "--data", prepared.path, "--split", "nosuch"), "unknown split"),
+        (
+            ("pretrain", "--data", prepared.path, "--out", tmp_path / "r", "--no-such-flag"),
+            "No such option",
+        ),
+        (
+            ("evaluate", "-c", "small-coords", "--data", prepared.path, "--split", "nosuch"),
+            "unknown split",
+        ),
     ]
     for args, expected in cases:
         assert run(*args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err and expected in err, (args, err)
         assert "Traceback" not in err
-    with pytest.raises(Exception, match="truncated or not a checkpoint"):  # --debug, anywhere: the real exception
+    with pytest.raises(
+        Exception, match="truncated or not a checkpoint"
+    ):  # --debug, anywhere: the real exception
         run("evaluate", "-c", broken, "--data", prepared.path, "--debug")
 
 
 @pytest.mark.slow
-def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(tmp_path, prepared, capsys):
+def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(
+    tmp_path, prepared, capsys
+):
     out = tmp_path / "run"
-    common = ["pretrain", "--data", prepared.path, "--out", out, "--preset", "tiny-0.1m", "--val-every", "100",
-              "--warmup-steps", "2", "--crop-length", "256", "--quiet", "--max-steps", "3"]
+    common = [
+        "pretrain",
+        "--data",
+        prepared.path,
+        "--out",
+        out,
+        "--preset",
+        "tiny-0.1m",
+        "--val-every",
+        "100",
+        "--warmup-steps",
+        "2",
+        "--crop-length",
+        "256",
+        "--quiet",
+        "--max-steps",
+        "3",
+    ]
     assert run(*common, "--tokens-per-batch", "1024") == 0
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert run(*common, "--tokens-per-batch", "2048") == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --out {out}: ") and "different --tokens-per-batch; resuming would change" in err
-    assert run(*common, "--tokens-per-batch", "1024", "--no-coords") == 2  # a checkpoint of another model config
+    assert (
+        err.startswith(f"error: --out {out}: ")
+        and "different --tokens-per-batch; resuming would change" in err
+    )
+    assert (
+        run(*common, "--tokens-per-batch", "1024", "--no-coords") == 2
+    )  # a checkpoint of another model config
     assert "different model config" in capsys.readouterr().err
 
 
@@ -409,15 +713,45 @@ def test_ddp_on_cpu_with_time_budget_stops_all_ranks_together(tmp_path, prepared
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "coordformer.cli", "pretrain", "--data", str(prepared.path), "--out", str(out),
-           "--preset", "tiny-0.1m", "--max-minutes", "0.1", "--val-every", "1000", "--warmup-steps", "2",
-           "--tokens-per-batch", "512", "--crop-length", "64", "--accelerator", "cpu", "--devices", "2",
-           "--strategy", "ddp", "--threads", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordformer.cli",
+        "pretrain",
+        "--data",
+        str(prepared.path),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny-0.1m",
+        "--max-minutes",
+        "0.1",
+        "--val-every",
+        "1000",
+        "--warmup-steps",
+        "2",
+        "--tokens-per-batch",
+        "512",
+        "--crop-length",
+        "64",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count('"global_step"') == 1, proc.stdout[-2000:]  # only rank 0 reports
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["global_step"] > 0 and summary["train_minutes"] >= 0.1, (summary["global_step"], summary["train_minutes"])
+    assert summary["global_step"] > 0 and summary["train_minutes"] >= 0.1, (
+        summary["global_step"],
+        summary["train_minutes"],
+    )
 
 
 @pytest.mark.slow
@@ -429,17 +763,60 @@ def test_ddp_gradients_match_single_process_on_the_same_global_batch(tmp_path, p
     import subprocess
     import sys
 
-    common = ["--data", str(prepared.path), "--preset", "tiny-0.1m", "--max-steps", "3", "--val-every", "1000",
-              "--warmup-steps", "1", "--tokens-per-batch", "128", "--crop-length", "64", "--accelerator", "cpu",
-              "--threads", "1", "--quiet", "--lr", "3e-3"]
-    ddp = subprocess.run([sys.executable, "-m", "coordformer.cli", "pretrain", *common, "--out", str(tmp_path / "ddp"),
-                          "--devices", "2", "--strategy", "ddp"], capture_output=True, text=True, timeout=600)
+    common = [
+        "--data",
+        str(prepared.path),
+        "--preset",
+        "tiny-0.1m",
+        "--max-steps",
+        "3",
+        "--val-every",
+        "1000",
+        "--warmup-steps",
+        "1",
+        "--tokens-per-batch",
+        "128",
+        "--crop-length",
+        "64",
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+        "--lr",
+        "3e-3",
+    ]
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordformer.cli",
+            "pretrain",
+            *common,
+            "--out",
+            str(tmp_path / "ddp"),
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    assert run("pretrain", *common, "--out", tmp_path / "one", "--devices", "1", "--accumulate", "2") == 0
-    assert run("pretrain", *common, "--out", tmp_path / "half", "--devices", "1") == 0  # one micro-batch a step
+    assert (
+        run("pretrain", *common, "--out", tmp_path / "one", "--devices", "1", "--accumulate", "2")
+        == 0
+    )
+    assert (
+        run("pretrain", *common, "--out", tmp_path / "half", "--devices", "1") == 0
+    )  # one micro-batch a step
 
     def weights(name):
-        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)[
+            "state_dict"
+        ]
 
     a, b, c = weights("ddp"), weights("one"), weights("half")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -456,16 +833,43 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
     import subprocess
     import sys
 
-    args = ["pretrain", "--data", str(prepared.path), "--preset", "tiny-0.1m", "--max-steps", "3", "--val-every", "1000",
-            "--warmup-steps", "1", "--tokens-per-batch", "128", "--crop-length", "64", "--accelerator", "cpu",
-            "--threads", "1", "--quiet", "--lr", "3e-3", "--strategy", "ddp",
-            # the paper recipe: the fast one's Gaussian logits (|x|^2 / sigma^2, hundreds) lift float32 rounding
-            # differences between launches to ~1e-4 in three steps, above this test's 1e-6
-            "--recipe", "paper"]
+    args = [
+        "pretrain",
+        "--data",
+        str(prepared.path),
+        "--preset",
+        "tiny-0.1m",
+        "--max-steps",
+        "3",
+        "--val-every",
+        "1000",
+        "--warmup-steps",
+        "1",
+        "--tokens-per-batch",
+        "128",
+        "--crop-length",
+        "64",
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+        "--lr",
+        "3e-3",
+        "--strategy",
+        "ddp",
+        # the paper recipe: the fast one's Gaussian logits (|x|^2 / sigma^2, hundreds) lift float32 rounding
+        # differences between launches to ~1e-4 in three steps, above this test's 1e-6
+        "--recipe",
+        "paper",
+    ]
     base = _launch_env()
 
     def launch(cmds_envs):
-        procs = [subprocess.Popen(c, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c, e in cmds_envs]
+        procs = [
+            subprocess.Popen(c, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for c, e in cmds_envs
+        ]
         try:
             outs = [p.communicate(timeout=300)[0] for p in procs]
         finally:  # a rank left waiting for its peer must not outlive the test
@@ -473,15 +877,80 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
                 p.kill()
         assert all(p.returncode == 0 for p in procs), "\n".join(o[-1500:] for o in outs)
 
-    launch([([sys.executable, "-m", "coordformer", *args, "--out", str(tmp_path / "lightning"), "--devices", "2"], base)])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-    launch([([*torchrun, "--node-rank", str(r), "-m", "coordformer", *args, "--out", str(tmp_path / "torchrun"),
-              "--devices", "1", "--num-nodes", "2"], base) for r in (0, 1)])
+    launch(
+        [
+            (
+                [
+                    sys.executable,
+                    "-m",
+                    "coordformer",
+                    *args,
+                    "--out",
+                    str(tmp_path / "lightning"),
+                    "--devices",
+                    "2",
+                ],
+                base,
+            )
+        ]
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+    ]
+    launch(
+        [
+            (
+                [
+                    *torchrun,
+                    "--node-rank",
+                    str(r),
+                    "-m",
+                    "coordformer",
+                    *args,
+                    "--out",
+                    str(tmp_path / "torchrun"),
+                    "--devices",
+                    "1",
+                    "--num-nodes",
+                    "2",
+                ],
+                base,
+            )
+            for r in (0, 1)
+        ]
+    )
     port = str(_free_port())
     slurm = [_slurm_task_env(r, 2, "4243", MASTER_PORT=port) for r in (0, 1)]
-    launch([([sys.executable, "-m", "coordformer", *args, "--out", str(tmp_path / "slurm"), "--devices", "1",
-              "--num-nodes", "2"], e) for e in slurm])
+    launch(
+        [
+            (
+                [
+                    sys.executable,
+                    "-m",
+                    "coordformer",
+                    *args,
+                    "--out",
+                    str(tmp_path / "slurm"),
+                    "--devices",
+                    "1",
+                    "--num-nodes",
+                    "2",
+                ],
+                e,
+            )
+            for e in slurm
+        ]
+    )
 
     def weights(name):
         return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
@@ -490,7 +959,13 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
     for name in ("torchrun", "slurm"):
         w = weights(name)
         assert w["global_step"] == ref["global_step"] == 3
-        assert max((w["state_dict"][k] - ref["state_dict"][k]).abs().max().item() for k in ref["state_dict"]) < 1e-6, name
+        assert (
+            max(
+                (w["state_dict"][k] - ref["state_dict"][k]).abs().max().item()
+                for k in ref["state_dict"]
+            )
+            < 1e-6
+        ), name
 
 
 @pytest.mark.slow
@@ -498,20 +973,43 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
     """`--compile` compiles the model in place: the same seed gives the same weights as eager training (to
     kernel rounding), and the checkpoint has plain keys, so it resumes without --compile and loads for
     inference. (torch.compile(model) would prefix every key with `_orig_mod.` and break both.)"""
-    common = ["--data", str(prepared.path), "--preset", "tiny-0.1m", "--val-every", "1000", "--warmup-steps", "1",
-              "--tokens-per-batch", "256", "--crop-length", "64", "--accelerator", "cpu", "--threads", "1", "--quiet",
-              # the paper recipe: the fast one's Gaussian heads compute logits of |x|^2 / sigma^2 (hundreds), which
-              # lifts float32 rounding between compiled and eager kernels to ~2e-4 after two steps
-              "--recipe", "paper"]
+    common = [
+        "--data",
+        str(prepared.path),
+        "--preset",
+        "tiny-0.1m",
+        "--val-every",
+        "1000",
+        "--warmup-steps",
+        "1",
+        "--tokens-per-batch",
+        "256",
+        "--crop-length",
+        "64",
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+        # the paper recipe: the fast one's Gaussian heads compute logits of |x|^2 / sigma^2 (hundreds), which
+        # lifts float32 rounding between compiled and eager kernels to ~2e-4 after two steps
+        "--recipe",
+        "paper",
+    ]
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "compiled", "--compile") == 0
+    assert (
+        run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "compiled", "--compile")
+        == 0
+    )
     assert counters["stats"]["unique_graphs"] > graphs  # it did compile
     assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "eager") == 0
 
     def weights(name):
-        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)[
+            "state_dict"
+        ]
 
     a, b = weights("compiled"), weights("eager")
     assert sorted(a) == sorted(b) and not any("_orig_mod" in k for k in a)
@@ -520,8 +1018,15 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
     assert run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "compiled") == 0
     c = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=False)
     assert c["global_step"] == 3
-    assert run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "eager", "--compile") == 0
-    assert torch.load(tmp_path / "eager" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert (
+        run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "eager", "--compile") == 0
+    )
+    assert (
+        torch.load(tmp_path / "eager" / "checkpoints" / "last.ckpt", weights_only=False)[
+            "global_step"
+        ]
+        == 3
+    )
     from coordformer.model.checkpoints import load_model
 
     model, _ = load_model(tmp_path / "compiled")
@@ -531,38 +1036,124 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
 @pytest.mark.slow
 def test_export_writes_a_half_precision_model_that_evaluates(tmp_path, prepared, capsys):
     run_dir = tmp_path / "run"
-    assert run("pretrain", "--data", prepared.path, "--out", run_dir, "--preset", "tiny-0.1m", "--max-steps", "2",
-               "--warmup-steps", "1", "--tokens-per-batch", "1024", "--crop-length", "256", "--quiet") == 0
+    assert (
+        run(
+            "pretrain",
+            "--data",
+            prepared.path,
+            "--out",
+            run_dir,
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--tokens-per-batch",
+            "1024",
+            "--crop-length",
+            "256",
+            "--quiet",
+        )
+        == 0
+    )
     pt = tmp_path / "model.pt"
     assert run("export", "-c", run_dir, "--out", pt) == 0
     obj = torch.load(pt, weights_only=False)
     assert obj["format"] == "coordformer-model"
-    assert all(v.dtype == torch.float16 for v in obj["state_dict"].values() if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float16 for v in obj["state_dict"].values() if v.is_floating_point()
+    )
     js = tmp_path / "e.json"
     assert run("evaluate", "-c", pt, "--data", prepared.path, "--json", js, "--quiet") == 0
     assert json.loads(js.read_text())["n_masked"] > 0
 
 
-def test_pretrain_init_continues_from_given_weights_with_their_architecture(tmp_path, prepared, capsys):
+def test_pretrain_init_continues_from_given_weights_with_their_architecture(
+    tmp_path, prepared, capsys
+):
     """--init: the run starts from another model's weights (here a 1-step tiny run, read from its run
     folder), takes its architecture, records where it came from, and refuses architecture options."""
-    common = ["--data", prepared.path, "--warmup-steps", "1", "--tokens-per-batch", "512", "--crop-length", "64",
-              "--val-every", "1000", "--threads", "1", "--quiet"]
-    assert run("pretrain", *common, "--out", tmp_path / "base", "--preset", "tiny-0.1m", "--max-steps", "1") == 0
+    common = [
+        "--data",
+        prepared.path,
+        "--warmup-steps",
+        "1",
+        "--tokens-per-batch",
+        "512",
+        "--crop-length",
+        "64",
+        "--val-every",
+        "1000",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    assert (
+        run(
+            "pretrain",
+            *common,
+            "--out",
+            tmp_path / "base",
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "1",
+        )
+        == 0
+    )
     base = torch.load(tmp_path / "base" / "checkpoints" / "last.ckpt", weights_only=False)
     # lr 0: the continued run must hold exactly the weights it was given
-    assert run("pretrain", *common, "--out", tmp_path / "cont", "--init", tmp_path / "base", "--max-steps", "2", "--lr", "0") == 0
+    assert (
+        run(
+            "pretrain",
+            *common,
+            "--out",
+            tmp_path / "cont",
+            "--init",
+            tmp_path / "base",
+            "--max-steps",
+            "2",
+            "--lr",
+            "0",
+        )
+        == 0
+    )
     cont = torch.load(tmp_path / "cont" / "checkpoints" / "last.ckpt", weights_only=False)
     assert cont["coordformer"]["model_config"] == base["coordformer"]["model_config"]
     assert cont["coordformer"]["train_config"]["init"] == str(tmp_path / "base")
     assert all(torch.equal(cont["state_dict"][k], v) for k, v in base["state_dict"].items())
     # with learning it moves away from them (so the check above could fail)
-    assert run("pretrain", *common, "--out", tmp_path / "moved", "--init", tmp_path / "base", "--max-steps", "2") == 0
+    assert (
+        run(
+            "pretrain",
+            *common,
+            "--out",
+            tmp_path / "moved",
+            "--init",
+            tmp_path / "base",
+            "--max-steps",
+            "2",
+        )
+        == 0
+    )
     moved = torch.load(tmp_path / "moved" / "checkpoints" / "last.ckpt", weights_only=False)
     assert not all(torch.equal(moved["state_dict"][k], v) for k, v in base["state_dict"].items())
     capsys.readouterr()
-    assert run("pretrain", *common, "--out", tmp_path / "bad", "--init", tmp_path / "base", "--preset", "small-3m",
-               "--no-coords") == 2
+    assert (
+        run(
+            "pretrain",
+            *common,
+            "--out",
+            tmp_path / "bad",
+            "--init",
+            tmp_path / "base",
+            "--preset",
+            "small-3m",
+            "--no-coords",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--preset, --no-coords set the architecture" in err
 

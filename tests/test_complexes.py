@@ -27,10 +27,20 @@ def _embed(*args) -> int:
 
 def _read(path):
     with h5py.File(path, "r") as f:
-        chains = {i.decode(): (int(n), m) for i, n, m in zip(f["ids"][:], f["lengths"][:], f["mean"][:])}
+        chains = {
+            i.decode(): (int(n), m) for i, n, m in zip(f["ids"][:], f["lengths"][:], f["mean"][:])
+        }
         cx = f.get("complexes")
-        complexes = {} if cx is None else {
-            i.decode(): (c.decode(), int(n), m) for i, c, n, m in zip(cx["ids"][:], cx["chains"][:], cx["lengths"][:], cx["mean"][:])}
+        complexes = (
+            {}
+            if cx is None
+            else {
+                i.decode(): (c.decode(), int(n), m)
+                for i, c, n, m in zip(
+                    cx["ids"][:], cx["chains"][:], cx["lengths"][:], cx["mean"][:]
+                )
+            }
+        )
         residues = {k: f["residues"][k][:] for k in f["residues"]} if "residues" in f else {}
     return chains, complexes, residues
 
@@ -50,11 +60,18 @@ def test_complexes_pool_per_chain_and_per_complex(tmp_path, inputs):
     assert _embed(inputs, "-o", out, "--complexes", "--per-residue") == 0
     chains, complexes, residues = _read(out)
     assert set(chains) == {"1LZH.A", "1LZH.B", "1ORC.A"}
-    assert complexes["1LZH"][:2] == ("1LZH.A,1LZH.B", 258) and complexes["1ORC"][:2] == ("1ORC.A", 64)
+    assert complexes["1LZH"][:2] == ("1LZH.A,1LZH.B", 258) and complexes["1ORC"][:2] == (
+        "1ORC.A",
+        64,
+    )
     # the complex row is the mean over all its residues = the length-weighted mean of its chains' rows
     a, b = chains["1LZH.A"], chains["1LZH.B"]
-    np.testing.assert_allclose(complexes["1LZH"][2], (a[0] * a[1] + b[0] * b[1]) / (a[0] + b[0]), atol=1e-5)
-    np.testing.assert_allclose(residues["1LZH.A"].astype(np.float32).mean(0), a[1], atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(
+        complexes["1LZH"][2], (a[0] * a[1] + b[0] * b[1]) / (a[0] + b[0]), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        residues["1LZH.A"].astype(np.float32).mean(0), a[1], atol=2e-3
+    )  # float16 storage
     # a one-chain complex is that chain embedded alone: complex mode changes nothing for it
     single = tmp_path / "single.h5"
     assert _embed(inputs, "-o", single) == 0
@@ -86,16 +103,25 @@ def test_chain_in_a_complex_sees_its_partners_coordinates(tmp_path):
 
 
 def test_positions_jump_by_the_gap_between_chains(tmp_path, inputs):
-    prepare([str(inputs)], tmp_path / "ds", PrepareConfig(min_length=1, valid_fraction=0, test_fraction=0), workers=1,
-            progress=False)
+    prepare(
+        [str(inputs)],
+        tmp_path / "ds",
+        PrepareConfig(min_length=1, valid_fraction=0, test_fraction=0),
+        workers=1,
+        progress=False,
+    )
     data = PreparedDataset(tmp_path / "ds")
     groups = dict(group_complexes(data, np.arange(len(data))))
-    assert [data.ids[i] for i in groups["1LZH"]] == ["1LZH.A", "1LZH.B"] and len(groups["1ORC"]) == 1
+    assert [data.ids[i] for i in groups["1LZH"]] == ["1LZH.A", "1LZH.B"] and len(
+        groups["1ORC"]
+    ) == 1
     assert complex_span(data.lengths[groups["1LZH"]], 10) == 129 + 10 + 129
     b = complex_batch(data, [groups["1LZH"], groups["1ORC"]], gap=10)
     assert b.tokens.shape == (2, 258) and b.padding_mask[1].sum() == 64
     pos, chain = b.positions[0], b.chain[0]
-    assert pos[128] == 128 and pos[129] == 139 and pos[-1] == 139 + 128  # 10 positions skipped at the break
+    assert (
+        pos[128] == 128 and pos[129] == 139 and pos[-1] == 139 + 128
+    )  # 10 positions skipped at the break
     assert (chain[:129] == 0).all() and (chain[129:] == 1).all() and (b.chain[1, 64:] == -1).all()
     # gap 0 is plain concatenation: the model then sees exactly its default positions 0..L-1
     model = load_model("small-coords")[0]
@@ -122,19 +148,69 @@ def test_chain_selection_and_too_long_complexes(tmp_path, inputs, capsys):
     assert "1 too long, skipped" in capsys.readouterr().out
     chains, complexes, _ = _read(out)
     assert set(complexes) == {"1ORC"} and set(chains) == {"1ORC.A"}
-    assert "1LZH\tcomplex spans 322 residue positions (2 chains, gap 64) > window 200" in (tmp_path / "w.h5.skipped.tsv").read_text()
+    assert (
+        "1LZH\tcomplex spans 322 residue positions (2 chains, gap 64) > window 200"
+        in (tmp_path / "w.h5.skipped.tsv").read_text()
+    )
     # prepare takes --chains too
-    assert main(["prepare", str(inputs), "-o", str(tmp_path / "ds"), "--chains", "A", "--valid-fraction", "0",
-                 "--test-fraction", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(inputs),
+                "-o",
+                str(tmp_path / "ds"),
+                "--chains",
+                "A",
+                "--valid-fraction",
+                "0",
+                "--test-fraction",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(PreparedDataset(tmp_path / "ds").ids) == ["1LZH.A", "1ORC.A"]
-    assert main(["embed", str(inputs), "-c", "small-coords", "-o", str(tmp_path / "x.h5"), "--chains", " , "]) == 2
-    assert main(["embed", str(inputs), "-c", "small-coords", "-o", str(tmp_path / "x.h5"), "--complexes",
-                 "--max-length", "50"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                str(inputs),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.h5"),
+                "--chains",
+                " , ",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "embed",
+                str(inputs),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.h5"),
+                "--complexes",
+                "--max-length",
+                "50",
+            ]
+        )
+        == 2
+    )
 
 
 def test_npz_output_has_the_complex_table(tmp_path, inputs):
     out = tmp_path / "cx.npz"
     assert _embed(inputs, "-o", out, "--complexes") == 0
     z = np.load(out)
-    assert sorted(z["complex_ids"].tolist()) == ["1LZH", "1ORC"] and z["complex_mean"].shape == (2, 256)
+    assert sorted(z["complex_ids"].tolist()) == ["1LZH", "1ORC"] and z["complex_mean"].shape == (
+        2,
+        256,
+    )
     assert sorted(z["ids"].tolist()) == ["1LZH.A", "1LZH.B", "1ORC.A"]

@@ -33,24 +33,54 @@ from coordformer.train import run as train_run
 from coordformer.train.lifecycle import resolve_precision
 
 #: TrainConfig.to_dict() as the runs before BatchConfig stored it (checkpoints, config.json, summary.json).
-OLD_FLAT = {"seed": 3, "mask_prob": 0.15, "mask_token_frac": 0.8, "random_token_frac": 0.1, "crop_length": 64,
-            "crop_mode": "spatial", "tokens_per_batch": 1024, "lr": 0.001, "weight_decay": 0.01,
-            "betas": [0.9, 0.98], "warmup_steps": 2, "schedule": "cosine", "max_steps": 7,
-            "max_minutes": None, "grad_clip": 1.0, "rotate": True, "val_every_steps": 2,
-            "val_max_chains": 512, "precision": "auto", "accelerator": "auto", "devices": "auto",
-            "num_nodes": 1, "strategy": "auto", "num_workers": 0, "compile": False,
-            "activation_checkpointing": False, "drop_chain_coords": 0.1, "drop_span_coords": 0.0,
-            "log_every_steps": 25, "threads": None, "checkpoint_every_steps": 500,
-            "accumulate_grad_batches": 1, "init": None}
+OLD_FLAT = {
+    "seed": 3,
+    "mask_prob": 0.15,
+    "mask_token_frac": 0.8,
+    "random_token_frac": 0.1,
+    "crop_length": 64,
+    "crop_mode": "spatial",
+    "tokens_per_batch": 1024,
+    "lr": 0.001,
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.98],
+    "warmup_steps": 2,
+    "schedule": "cosine",
+    "max_steps": 7,
+    "max_minutes": None,
+    "grad_clip": 1.0,
+    "rotate": True,
+    "val_every_steps": 2,
+    "val_max_chains": 512,
+    "precision": "auto",
+    "accelerator": "auto",
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",
+    "num_workers": 0,
+    "compile": False,
+    "activation_checkpointing": False,
+    "drop_chain_coords": 0.1,
+    "drop_span_coords": 0.0,
+    "log_every_steps": 25,
+    "threads": None,
+    "checkpoint_every_steps": 500,
+    "accumulate_grad_batches": 1,
+    "init": None,
+}
 
 
 def test_train_config_is_batch_config_plus_the_rest_and_stays_flat_both_ways():
     tc = TrainConfig.from_dict(OLD_FLAT)  # an old run's record
-    assert tc.batch == BatchConfig(crop_length=64, crop_mode="spatial", tokens_per_batch=1024,
-                                   drop_chain_coords=0.1)
+    assert tc.batch == BatchConfig(
+        crop_length=64, crop_mode="spatial", tokens_per_batch=1024, drop_chain_coords=0.1
+    )
     assert isinstance(tc, BatchConfig) and tc.seed == 3 and tc.betas == (0.9, 0.98)
     d = tc.to_dict()
-    assert set(d) == set(OLD_FLAT) and json.loads(json.dumps(d)) == {**OLD_FLAT, "betas": [0.9, 0.98]}
+    assert set(d) == set(OLD_FLAT) and json.loads(json.dumps(d)) == {
+        **OLD_FLAT,
+        "betas": [0.9, 0.98],
+    }
     assert TrainConfig.from_dict(d) == tc
     # a nested layout (the batch part under "batch") reads the same
     rest = {k: v for k, v in d.items() if k not in field_names(BatchConfig)}
@@ -64,7 +94,11 @@ def test_batch_defaults_and_data_stream_fields_are_written_once():
     for name in field_names(BatchConfig):
         default = default_of(BatchConfig, name)
         assert default_of(TrainConfig, name) == default == default_of(BatchSettings, name)
-    assert TrainConfig.DATA_STREAM_FIELDS == ("seed", *field_names(BatchConfig), "accumulate_grad_batches")
+    assert TrainConfig.DATA_STREAM_FIELDS == (
+        "seed",
+        *field_names(BatchConfig),
+        "accumulate_grad_batches",
+    )
     assert train_run.DATA_STREAM_FIELDS == TrainConfig.DATA_STREAM_FIELDS
     tc = TrainConfig(crop_length=64, tokens_per_batch=512, rotate=False, drop_span_coords=0.5)
     train, valid = train_run.batch_settings(tc, True), train_run.batch_settings(tc, False)
@@ -75,8 +109,12 @@ def test_batch_defaults_and_data_stream_fields_are_written_once():
 
 
 def test_record_validation_raises_config_errors():
-    for bad in (dict(crop_mode="random"), dict(mask_prob=1.0), dict(drop_chain_coords=2.0),
-                dict(mask_token_frac=0.9, random_token_frac=0.2)):
+    for bad in (
+        dict(crop_mode="random"),
+        dict(mask_prob=1.0),
+        dict(drop_chain_coords=2.0),
+        dict(mask_token_frac=0.9, random_token_frac=0.2),
+    ):
         with pytest.raises(ConfigError):
             BatchConfig(**bad)
         with pytest.raises(ConfigError):
@@ -96,19 +134,43 @@ def _cli_defaults(command: str) -> dict:
     return {p.name: p.default for p in group.commands[command].params}
 
 
-@pytest.mark.parametrize("command,record,names", [
-    ("pretrain", TrainConfig, {"crop_length": "crop_length", "tokens_per_batch": "tokens_per_batch",
-                               "lr": "lr",
-                               "max_steps": "max_steps", "warmup_steps": "warmup_steps", "seed": "seed",
-                               "val_every": "val_every_steps", "checkpoint_every": "checkpoint_every_steps",
-                               "precision": "precision", "accumulate": "accumulate_grad_batches",
-                               "drop_chain_coords": "drop_chain_coords", "crop": "crop_mode"}),
-    ("pretrain", ModelConfig, {"dropout": "dropout", "coord_mode": "coord_mode"}),
-    ("prepare", PrepareConfig, {"min_length": "min_length", "max_length": "max_length",
-                                "identity": "split_identity",
-                                "valid_fraction": "valid_fraction", "max_missing_ca": "max_missing_ca",
-                                "split": "split", "seqres": "seqres"}),
-])
+@pytest.mark.parametrize(
+    "command,record,names",
+    [
+        (
+            "pretrain",
+            TrainConfig,
+            {
+                "crop_length": "crop_length",
+                "tokens_per_batch": "tokens_per_batch",
+                "lr": "lr",
+                "max_steps": "max_steps",
+                "warmup_steps": "warmup_steps",
+                "seed": "seed",
+                "val_every": "val_every_steps",
+                "checkpoint_every": "checkpoint_every_steps",
+                "precision": "precision",
+                "accumulate": "accumulate_grad_batches",
+                "drop_chain_coords": "drop_chain_coords",
+                "crop": "crop_mode",
+            },
+        ),
+        ("pretrain", ModelConfig, {"dropout": "dropout", "coord_mode": "coord_mode"}),
+        (
+            "prepare",
+            PrepareConfig,
+            {
+                "min_length": "min_length",
+                "max_length": "max_length",
+                "identity": "split_identity",
+                "valid_fraction": "valid_fraction",
+                "max_missing_ca": "max_missing_ca",
+                "split": "split",
+                "seqres": "seqres",
+            },
+        ),
+    ],
+)
 def test_cli_defaults_are_the_records_defaults(command, record, names):
     defaults = _cli_defaults(command)
     for option, field in names.items():
@@ -126,11 +188,22 @@ def test_one_precision_rule(monkeypatch):
 
 
 def test_errors_name_python_parameters_and_the_cli_their_flags():
-    e = OptionError("out_dir", "runs/a", "already holds a run; pass `resume=True` or choose a new `out_dir`")
-    assert str(e) == "out_dir=runs/a: already holds a run; pass `resume=True` or choose a new `out_dir`"
+    e = OptionError(
+        "out_dir", "runs/a", "already holds a run; pass `resume=True` or choose a new `out_dir`"
+    )
+    assert (
+        str(e)
+        == "out_dir=runs/a: already holds a run; pass `resume=True` or choose a new `out_dir`"
+    )
     flags = _flags()
-    assert e.flag_message(flags) == "--out runs/a: already holds a run; pass --resume or choose a new --out"
-    assert with_flags("use `numbering='index'` and `mmseqs`", flags) == "use --numbering index and `mmseqs`"
+    assert (
+        e.flag_message(flags)
+        == "--out runs/a: already holds a run; pass --resume or choose a new --out"
+    )
+    assert (
+        with_flags("use `numbering='index'` and `mmseqs`", flags)
+        == "use --numbering index and `mmseqs`"
+    )
     assert flag_of("crop_length") == "--crop-length" and flag_of("crop_mode", _flags()) == "--crop"
     too_long = SequenceTooLong(700, 512, "1ABC.A", "window")
     head = "chain 1ABC.A of length 700 exceeds the model's max_len 512"
@@ -138,14 +211,25 @@ def test_errors_name_python_parameters_and_the_cli_their_flags():
     assert too_long.flag_message() == head + "; use --window 512 or less"
     assert isinstance(too_long, UsageError) and isinstance(too_long, ValueError)
     # a parameter the command line does not have keeps its Python name
-    assert OptionError("ablate", ("x",), "unknown").flag_message(_flags()) == "ablate=('x',): unknown"
+    assert (
+        OptionError("ablate", ("x",), "unknown").flag_message(_flags()) == "ablate=('x',): unknown"
+    )
     assert dataclasses.is_dataclass(BatchConfig)
 
 
 def test_cli_prints_option_errors_as_one_flag_line(tmp_path, capsys):
     pdb = tmp_path / "x.pdb"
     pdb.write_text("")
-    base = ["score", str(pdb), "-c", "small-coords", "--out", str(tmp_path / "o.tsv"), "--device", "cpu"]
+    base = [
+        "score",
+        str(pdb),
+        "-c",
+        "small-coords",
+        "--out",
+        str(tmp_path / "o.tsv"),
+        "--device",
+        "cpu",
+    ]
     assert main([*base, "--mutations", str(tmp_path / "none.csv")]) == 2
     assert capsys.readouterr().err == f"error: --mutations {tmp_path / 'none.csv'}: no such file\n"
     assert main([*base, "--mutant", "A1G", "--offset", "3"]) == 2

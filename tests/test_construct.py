@@ -61,12 +61,21 @@ def test_standard_ffn_approximates_the_square_better_with_width():
     truth = (x * x).sum(-1)
     assert (square_ffn_exact(x) - truth).abs().max() < 1e-12
     for act in ("relu", "gelu"):
-        errs = [(ApproxSquareFFN.fit(act, w, 3)(x) - truth).abs().max().item() for w in (12, 48, 192)]
+        errs = [
+            (ApproxSquareFFN.fit(act, w, 3)(x) - truth).abs().max().item() for w in (12, 48, 192)
+        ]
         assert errs[0] > errs[1] > errs[2]
         assert errs[2] < 1e-3
     # and the attention built on the approximate square converges to the exact Gaussian
     head = normalised_head(3, 0.5)
     target = gaussian_kernel(x.reshape(400, 6, 3), 0.5, True)
-    approx = [(one_layer_attention(x.reshape(400, 6, 3), head, ApproxSquareFFN.fit("relu", w, 3)) - target).abs().max()
-              for w in (12, 192)]
+    approx = [
+        (
+            one_layer_attention(x.reshape(400, 6, 3), head, ApproxSquareFFN.fit("relu", w, 3))
+            - target
+        )
+        .abs()
+        .max()
+        for w in (12, 192)
+    ]
     assert approx[1] < approx[0] / 10

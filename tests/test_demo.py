@@ -18,13 +18,22 @@ def test_shipped_models_load_by_name_offline():
     nocoords, _ = load_model("small-nocoords")
     assert coords.config.use_coords and not nocoords.config.use_coords
     # identical size apart from the coordinate embedding
-    assert coords.config.replace(use_coords=False, coord_norm_feature=False, gaussian_init_heads=0,
-                                 gaussian_init_values=False) == nocoords.config
+    assert (
+        coords.config.replace(
+            use_coords=False,
+            coord_norm_feature=False,
+            gaussian_init_heads=0,
+            gaussian_init_values=False,
+        )
+        == nocoords.config
+    )
     for name in MODELS:
         assert ship[name].stat().st_size < 8e6
         card = model_card(name)
         assert card["command"].startswith("coordformer pretrain")
-        assert card["data"]["config"]["exclude_files"], "DeepFRI valid/test chains must have been excluded"
+        assert card["data"]["config"]["exclude_files"], (
+            "DeepFRI valid/test chains must have been excluded"
+        )
         assert card["training"]["global_step"] > 0
 
 
@@ -36,15 +45,22 @@ def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_re
 
     ship = shipped_models()
     if "paper-coords" not in ship:
-        pytest.skip("paper-coords not shipped in this checkout: no GPU lease has produced weights that pass the bar")
+        pytest.skip(
+            "paper-coords not shipped in this checkout: no GPU lease has produced weights that pass the bar"
+        )
     card = model_card("paper-coords")
     assert all((ship["paper-coords"].parent / f).stat().st_size < 48e6 for f in card["files"])
     model, _ = load_model("paper-coords")
     assert model.config == preset("paper-33m", recipe="fast")
     assert card["training"]["skipped_steps"] == 0
-    assert card["data"]["config"]["exclude_files"] and card["command"].startswith("coordformer pretrain")
+    assert card["data"]["config"]["exclude_files"] and card["command"].startswith(
+        "coordformer pretrain"
+    )
     if card["weights"].startswith("int8"):
-        assert card["heldout_eval"]["perplexity"] <= 1.005 * card["heldout_eval_unquantised"]["perplexity"]
+        assert (
+            card["heldout_eval"]["perplexity"]
+            <= 1.005 * card["heldout_eval_unquantised"]["perplexity"]
+        )
     small = model_card("small-coords")["heldout_eval"]
     assert card["heldout_eval"]["n_masked"] == small["n_masked"]
     assert card["heldout_eval"]["perplexity"] < small["perplexity"]
@@ -56,7 +72,9 @@ def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_re
     xyz = xyz - torch.nanmean(xyz[:, :, 1], dim=1)[:, None, None]
     with torch.no_grad():
         a = model(tok, xyz).logits
-        b = model(tok, xyz[:, torch.randperm(xyz.shape[1], generator=torch.Generator().manual_seed(0))]).logits
+        b = model(
+            tok, xyz[:, torch.randperm(xyz.shape[1], generator=torch.Generator().manual_seed(0))]
+        ).logits
     assert (a - b).abs().max() > 1e-2
 
 
@@ -95,11 +113,22 @@ def test_shipped_structure_dropout_model_handles_missing_coordinates(tmp_path):
     base, _ = load_model("small-coords")
     assert sd.config == base.config and shipped_models()["small-coords-sd"].stat().st_size < 8e6
     card = model_card("small-coords-sd")
-    assert card["train_config"]["init"] == "small-coords" and card["train_config"]["drop_chain_coords"] > 0
-    prepare([bundled_chains()], tmp_path / "ds", PrepareConfig(split="random", test_fraction=0.1), workers=1, progress=False)
+    assert (
+        card["train_config"]["init"] == "small-coords"
+        and card["train_config"]["drop_chain_coords"] > 0
+    )
+    prepare(
+        [bundled_chains()],
+        tmp_path / "ds",
+        PrepareConfig(split="random", test_fraction=0.1),
+        workers=1,
+        progress=False,
+    )
     ds = PreparedDataset(tmp_path / "ds")
-    ppl = {name: evaluate_mlm(m, ds, "test", hide_coords="all", progress=False)["perplexity"]
-           for name, m in (("sd", sd), ("base", base), ("seq", load_model("small-nocoords")[0]))}
+    ppl = {
+        name: evaluate_mlm(m, ds, "test", hide_coords="all", progress=False)["perplexity"]
+        for name, m in (("sd", sd), ("base", base), ("seq", load_model("small-nocoords")[0]))
+    }
     assert ppl["sd"] < 0.5 * ppl["base"] and ppl["sd"] < 1.15 * ppl["seq"], ppl
 
 
@@ -110,7 +139,10 @@ def test_demo_runs_and_writes_report(tmp_path, capsys):
     assert "small-coords" in out and "small-nocoords" in out and "perplexity" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {*MODELS, *(m for m in OPTIONAL_MODELS if m in shipped_models())}
-    assert metrics["small-coords"]["per_residue_count"] == metrics["small-nocoords"]["per_residue_count"]
+    assert (
+        metrics["small-coords"]["per_residue_count"]
+        == metrics["small-nocoords"]["per_residue_count"]
+    )
     assert (tmp_path / "report.md").read_text().count("|") > 10
     assert (tmp_path / "per_residue_recovery.png").stat().st_size > 1000
     # --max-chains 40: the report and the printed title say 40 chains, not all that were prepared
@@ -121,14 +153,32 @@ def test_demo_runs_and_writes_report(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_trains_from_scratch_when_asked(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--max-chains", "20", "--train-minutes", "0.05", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(tmp_path),
+                "--max-chains",
+                "20",
+                "--train-minutes",
+                "0.05",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"scratch-coords", "scratch-nocoords"} <= set(metrics)
-    assert (tmp_path / "train_from_scratch" / "scratch-coords" / "checkpoints" / "last.ckpt").exists()
+    assert (
+        tmp_path / "train_from_scratch" / "scratch-coords" / "checkpoints" / "last.ckpt"
+    ).exists()
 
 
 @pytest.mark.slow
-def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shipped(tmp_path, capsys, monkeypatch):
+def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shipped(
+    tmp_path, capsys, monkeypatch
+):
     """A `paper-coords` file among the shipped models (here a tiny stand-in, int8 as it will ship) is
     evaluated on the same masks and shown in the same table; without it the demo is unchanged."""
     import coordformer.model.checkpoints as ck
@@ -140,10 +190,14 @@ def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shippe
     shipped.mkdir()
     for name in MODELS:
         (shipped / f"{name}.pt").symlink_to(ck.shipped_models()[name])
-    ck.export_model(CoordFormer(preset("tiny-0.1m", recipe="fast")), shipped / "paper-coords.pt", int8=True)
+    ck.export_model(
+        CoordFormer(preset("tiny-0.1m", recipe="fast")), shipped / "paper-coords.pt", int8=True
+    )
     monkeypatch.setattr(weights, "shipped_models_dir", lambda: shipped)  # where names are resolved
     assert main(["demo", "--out", str(tmp_path / "out"), "--max-chains", "10", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics) == {*MODELS, "paper-coords"}
-    assert metrics["paper-coords"]["per_residue_count"] == metrics["small-coords"]["per_residue_count"]
+    assert (
+        metrics["paper-coords"]["per_residue_count"] == metrics["small-coords"]["per_residue_count"]
+    )
     assert "paper-coords" in capsys.readouterr().out

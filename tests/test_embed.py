@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
 
+from conftest import DATA
 from coordformer.cli import main
 from coordformer.embed import EmbedConfig, embed, read_embeddings
 from coordformer.model.checkpoints import load_model
@@ -25,7 +25,14 @@ def structures(tmp_path):
 
 def test_embed_writes_hdf5_keyed_by_chain_and_matches_the_model(tmp_path, structures):
     out = tmp_path / "e.h5"
-    res = embed("small-nocoords", [str(structures)], out, EmbedConfig(per_residue=True), progress=False, echo=lambda s: None)
+    res = embed(
+        "small-nocoords",
+        [str(structures)],
+        out,
+        EmbedConfig(per_residue=True),
+        progress=False,
+        echo=lambda s: None,
+    )
     assert res["chains"] >= 3
     with h5py.File(out) as f:
         ids = [x.decode() for x in f["ids"][:]]
@@ -52,18 +59,64 @@ def test_embed_writes_hdf5_keyed_by_chain_and_matches_the_model(tmp_path, struct
 
 def test_embed_npz_layers_and_errors(tmp_path, structures, capsys):
     out = tmp_path / "e.npz"
-    assert main(["embed", str(structures), "-c", "small-coords", "-o", str(out), "--layer", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(structures),
+                "-c",
+                "small-coords",
+                "-o",
+                str(out),
+                "--layer",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ids, mean = read_embeddings(out)
     assert mean.shape == (len(ids), 256) and len(set(ids)) == len(ids)
     final = tmp_path / "f.npz"
     assert main(["embed", str(structures), "-c", "small-coords", "-o", str(final), "--quiet"]) == 0
-    assert not np.allclose(read_embeddings(final)[1], mean)  # a different layer gives different vectors
+    assert not np.allclose(
+        read_embeddings(final)[1], mean
+    )  # a different layer gives different vectors
     capsys.readouterr()
-    assert main(["embed", str(structures), "-c", "small-coords", "-o", str(tmp_path / "x.npz"), "--per-residue"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                str(structures),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.npz"),
+                "--per-residue",
+            ]
+        )
+        == 2
+    )
     assert "HDF5" in capsys.readouterr().err
-    assert main(["embed", str(structures), "-c", "small-coords", "-o", str(tmp_path / "x.h5"), "--layer", "9"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                str(structures),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.h5"),
+                "--layer",
+                "9",
+            ]
+        )
+        == 2
+    )
     assert "layers 0..4" in capsys.readouterr().err
-    assert main(["embed", str(structures), "-c", "small-coords", "-o", str(tmp_path / "x.txt")]) == 2
+    assert (
+        main(["embed", str(structures), "-c", "small-coords", "-o", str(tmp_path / "x.txt")]) == 2
+    )
 
 
 def test_embed_quiet_prints_one_line(tmp_path, structures, capsys):
@@ -72,13 +125,23 @@ def test_embed_quiet_prints_one_line(tmp_path, structures, capsys):
     assert main(["embed", str(structures), "-c", "small-coords", "-o", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines() == [captured.out.strip()], captured.out
-    assert captured.out.startswith("wrote ") and f"1 inputs unreadable, see {out}.skipped.tsv" in captured.out
+    assert (
+        captured.out.startswith("wrote ")
+        and f"1 inputs unreadable, see {out}.skipped.tsv" in captured.out
+    )
     assert "prepared dataset" not in captured.out + captured.err
 
 
 def test_embed_reads_a_prepared_dataset_split(tmp_path, prepared):
     out = tmp_path / "p.h5"
-    res = embed("small-coords", [str(prepared.path)], out, EmbedConfig(split="test"), progress=False, echo=lambda s: None)
+    res = embed(
+        "small-coords",
+        [str(prepared.path)],
+        out,
+        EmbedConfig(split="test"),
+        progress=False,
+        echo=lambda s: None,
+    )
     ids, mean = read_embeddings(out)
     assert res["prepared"] == str(prepared.path)
     assert sorted(ids) == sorted(prepared.ids[i] for i in prepared.split_indices("test"))
@@ -96,12 +159,28 @@ def test_hdf5_per_residue_keys_escape_slashes_and_keep_the_original_ids(tmp_path
     names = ["PF1/1-40", "PF1/41-80", "odd%2Fname", "plain"]
     fasta.write_text("".join(f">{n}\n{'ACDEFGHIKLMNPQRSTVWY' * 2}\n" for n in names))
     out = tmp_path / "e.h5"
-    assert main(["embed", str(fasta), "-c", "small-nocoords", "-o", str(out), "--per-residue", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(fasta),
+                "-c",
+                "small-nocoords",
+                "-o",
+                str(out),
+                "--per-residue",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with h5py.File(out) as f:
         ids = [x.decode() for x in f["ids"][:]]
         keys = [x.decode() for x in f["residue_keys"][:]]
         assert sorted(ids) == sorted(names)
-        assert all(isinstance(f["residues"][k], h5py.Dataset) for k in f["residues"])  # no nested groups
+        assert all(
+            isinstance(f["residues"][k], h5py.Dataset) for k in f["residues"]
+        )  # no nested groups
         assert sorted(f["residues"]) == sorted(keys) == sorted(f["residue_has_ca"])
         for i, (cid, key) in enumerate(zip(ids, keys)):
             assert key == residue_key(cid) and unquote(key) == cid and "/" not in key
@@ -117,7 +196,9 @@ def test_hdf5_per_residue_keys_escape_slashes_and_keep_the_original_ids(tmp_path
 def _embed_config():
     from coordformer.config import PrepareConfig
 
-    return PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, store_plddt=True)
+    return PrepareConfig(
+        min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0, store_plddt=True
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -126,11 +207,18 @@ def test_read_in_memory_holds_what_prepare_stores(tmp_path, structures, workers)
     from coordformer.data.prepare import prepare, read_in_memory
     from coordformer.data.store import PreparedDataset
 
-    shutil.copy(DATA / "1orc.pdb", structures / "copy_of_1orc.pdb")  # a real duplicate: dropped, logged
+    shutil.copy(
+        DATA / "1orc.pdb", structures / "copy_of_1orc.pdb"
+    )  # a real duplicate: dropped, logged
     prepare([str(structures)], tmp_path / "ds", _embed_config(), progress=False)
     disk = PreparedDataset(tmp_path / "ds")
-    mem, summary = read_in_memory([str(structures)], _embed_config(), workers=workers, progress=False,
-                                  skipped_path=tmp_path / "skipped.tsv")
+    mem, summary = read_in_memory(
+        [str(structures)],
+        _embed_config(),
+        workers=workers,
+        progress=False,
+        skipped_path=tmp_path / "skipped.tsv",
+    )
     assert isinstance(mem, MemoryDataset) and mem.ids == disk.ids and len(mem) == len(disk) > 3
     assert np.array_equal(mem.lengths, disk.lengths) and mem.has_plddt and disk.has_plddt
     for i in range(len(disk)):
@@ -144,7 +232,9 @@ def test_read_in_memory_holds_what_prepare_stores(tmp_path, structures, workers)
     assert not mem.coords(0).flags.writeable  # read-only, as a dataset's memory maps are
 
 
-def test_embed_writes_no_dataset_and_workers_do_not_change_the_output(tmp_path, structures, monkeypatch):
+def test_embed_writes_no_dataset_and_workers_do_not_change_the_output(
+    tmp_path, structures, monkeypatch
+):
     import coordformer.data.prepare as P
 
     def no_prepare(*a, **k):
@@ -153,9 +243,18 @@ def test_embed_writes_no_dataset_and_workers_do_not_change_the_output(tmp_path, 
     monkeypatch.setattr(P, "prepare", no_prepare)
     monkeypatch.setattr(P.pipeline, "prepare", no_prepare)
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
-    res = embed("small-coords", [str(structures)], one, EmbedConfig(), progress=False, echo=lambda s: None)
-    embed("small-coords", [str(structures)], two, EmbedConfig(), workers=2, progress=False,
-          echo=lambda s: None)
+    res = embed(
+        "small-coords", [str(structures)], one, EmbedConfig(), progress=False, echo=lambda s: None
+    )
+    embed(
+        "small-coords",
+        [str(structures)],
+        two,
+        EmbedConfig(),
+        workers=2,
+        progress=False,
+        echo=lambda s: None,
+    )
     assert res["prepare"]["inputs_skipped"] == 1 and res["prepare"]["chains_kept"] == res["chains"]
     (ids1, m1), (ids2, m2) = read_embeddings(one), read_embeddings(two)
     assert ids1 == ids2 and np.array_equal(m1, m2)
@@ -167,14 +266,30 @@ def test_embed_raw_input_errors_carry_the_option(tmp_path, structures):
     from coordformer.errors import OptionError
 
     with pytest.raises(OptionError) as err:  # raw inputs have no splits
-        embed("small-coords", [str(structures)], tmp_path / "s.npz", EmbedConfig(split="test"),
-              progress=False)
+        embed(
+            "small-coords",
+            [str(structures)],
+            tmp_path / "s.npz",
+            EmbedConfig(split="test"),
+            progress=False,
+        )
     assert err.value.option == "split" and err.value.flag_message().startswith("--split test: ")
     with pytest.raises(OptionError) as err:
-        embed("small-coords", [str(structures)], tmp_path / "w.npz", EmbedConfig(window=8192), progress=False)
+        embed(
+            "small-coords",
+            [str(structures)],
+            tmp_path / "w.npz",
+            EmbedConfig(window=8192),
+            progress=False,
+        )
     assert err.value.flag_message() == "--window 8192: exceeds the model's max_len 4096"
     # --chains that match nothing: an error, and the skip log names each input's chains
     with pytest.raises(PrepareError, match="matched no protein chain"):
-        embed("small-coords", [str(structures)], tmp_path / "c.npz", EmbedConfig(chains=("Q",)),
-              progress=False)
+        embed(
+            "small-coords",
+            [str(structures)],
+            tmp_path / "c.npz",
+            EmbedConfig(chains=("Q",)),
+            progress=False,
+        )
     assert "1LCD" in (tmp_path / "c.npz.skipped.tsv").read_text()

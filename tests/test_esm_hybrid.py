@@ -15,7 +15,15 @@ from coordformer.model import CoordFormer  # noqa: E402
 from coordformer.model.lm import LM_ENV, conditioned_config  # noqa: E402
 
 #: The ESM-2 vocabulary, in its order.
-ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTDIPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+ESM_VOCAB = [
+    "<cls>",
+    "<pad>",
+    "<eos>",
+    "<unk>",
+    *"LAGVSERTDIPKQNFYMHWCXBUZO.-",
+    "<null_1>",
+    "<mask>",
+]
 SMALL = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64)
 
 
@@ -28,10 +36,21 @@ def tiny_esm(folder: Path, seed: int = 0, max_positions: int = 130) -> Path:
     (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB) + "\n")
     EsmTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(seed)
-    cfg = EsmConfig(vocab_size=len(ESM_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=32, max_position_embeddings=max_positions, position_embedding_type="rotary",
-                    token_dropout=True, pad_token_id=1, mask_token_id=ESM_VOCAB.index("<mask>"),
-                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, emb_layer_norm_before=False)
+    cfg = EsmConfig(
+        vocab_size=len(ESM_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_positions,
+        position_embedding_type="rotary",
+        token_dropout=True,
+        pad_token_id=1,
+        mask_token_id=ESM_VOCAB.index("<mask>"),
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        emb_layer_norm_before=False,
+    )
     EsmModel(cfg, add_pooling_layer=False).save_pretrained(folder)
     return folder
 
@@ -61,11 +80,19 @@ def _batch(seed=0):
 
 def test_config_records_the_lm_and_defaults_are_unchanged(esm):
     mc = _config(esm)
-    assert mc.condition_on == str(esm) and mc.lm_dim == 16 and mc.lm_fingerprint.startswith("esm-h16-l2-a2-v33-")
+    assert (
+        mc.condition_on == str(esm)
+        and mc.lm_dim == 16
+        and mc.lm_fingerprint.startswith("esm-h16-l2-a2-v33-")
+    )
     # a plain config, and one written before these fields existed, are what they were
     plain = ModelConfig(**SMALL)
     assert plain.condition_on is None and plain.lm_dim == 0 and not plain.unfreeze_lm
-    old = {k: v for k, v in plain.to_dict().items() if k not in ("condition_on", "lm_dim", "lm_fingerprint", "unfreeze_lm")}
+    old = {
+        k: v
+        for k, v in plain.to_dict().items()
+        if k not in ("condition_on", "lm_dim", "lm_fingerprint", "unfreeze_lm")
+    }
     assert ModelConfig.from_dict(old) == plain
     assert ModelConfig.from_dict(mc.to_dict()) == mc
     with pytest.raises(ConfigError, match="recipe paper"):
@@ -91,7 +118,9 @@ def test_lm_is_frozen_in_eval_mode_and_left_out_of_the_state(esm):
     other.load_state_dict(state)
     tokens, coords, mask = _batch()
     model.eval()
-    torch.testing.assert_close(model(tokens, coords, mask).logits, other(tokens, coords, mask).logits)
+    torch.testing.assert_close(
+        model(tokens, coords, mask).logits, other(tokens, coords, mask).logits
+    )
 
 
 def test_residue_alignment_matches_esm_on_each_sequence(esm):
@@ -106,7 +135,9 @@ def test_residue_alignment_matches_esm_on_each_sequence(esm):
         n = int(mask[b].sum())
         letters = [VOCAB[int(t)] for t in tokens[b, :n]]
         # the reference, built token by token: <cls> residues <eos>, no padding
-        ids = torch.tensor([[tok.cls_token_id, *[tok.convert_tokens_to_ids(t) for t in letters], tok.eos_token_id]])
+        ids = torch.tensor(
+            [[tok.cls_token_id, *[tok.convert_tokens_to_ids(t) for t in letters], tok.eos_token_id]]
+        )
         if b == 0:
             assert ids[0, 4] == tok.mask_token_id and ids[0, 5] == tok.convert_tokens_to_ids("X")
         with torch.no_grad():
@@ -134,11 +165,15 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
     assert path.stat().st_size < 200_000
     loaded, _ = load_model(path)
     tokens, coords, mask = _batch()
-    torch.testing.assert_close(loaded(tokens, coords, mask).logits, model(tokens, coords, mask).logits)
+    torch.testing.assert_close(
+        loaded(tokens, coords, mask).logits, model(tokens, coords, mask).logits
+    )
     # the hub folder format too
     folder = model.save_pretrained(tmp_path / "hf")
-    torch.testing.assert_close(CoordFormer.from_pretrained(folder)(tokens, coords, mask).logits,
-                               model(tokens, coords, mask).logits)
+    torch.testing.assert_close(
+        CoordFormer.from_pretrained(folder)(tokens, coords, mask).logits,
+        model(tokens, coords, mask).logits,
+    )
     # LM moved: refused, then found through $COORDFORMER_LM
     moved = tmp_path / "moved"
     esm.rename(moved)
@@ -158,9 +193,19 @@ def test_pretrain_reduces_the_loss_keeps_the_lm_and_checkpoints_without_it(esm, 
 
     mc = _config(esm)
     before = {k: v.clone() for k, v in CoordFormer(mc).lm.model.state_dict().items()}
-    tc = TrainConfig(max_steps=30, lr=3e-3, warmup_steps=1, schedule="constant", tokens_per_batch=1024,
-                     crop_length=100, val_every_steps=30, checkpoint_every_steps=30, accelerator="cpu",
-                     val_max_chains=8, log_every_steps=5)
+    tc = TrainConfig(
+        max_steps=30,
+        lr=3e-3,
+        warmup_steps=1,
+        schedule="constant",
+        tokens_per_batch=1024,
+        crop_length=100,
+        val_every_steps=30,
+        checkpoint_every_steps=30,
+        accelerator="cpu",
+        val_max_chains=8,
+        log_every_steps=5,
+    )
     out = tmp_path / "run"
     summary = pretrain(prepared.path, out, mc, tc, progress=False)
     assert summary
@@ -202,59 +247,250 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
 
     data = str(prepared.path)
     run = tmp_path / "run"
-    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(run), "--condition-on", str(esm),
-                                 "--preset", "tiny-0.1m", "--max-steps", "3", "--tokens-per-batch", "1024",
-                                 "--crop-length", "100", "--accelerator", "cpu", "--val-every", "3", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            str(run),
+            "--condition-on",
+            str(esm),
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "3",
+            "--tokens-per-batch",
+            "1024",
+            "--crop-length",
+            "100",
+            "--accelerator",
+            "cpu",
+            "--val-every",
+            "3",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     # resumed (the config, LM fingerprint included, is the same), and continued with --init
-    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(run), "--condition-on", str(esm),
-                                 "--preset", "tiny-0.1m", "--max-steps", "4", "--tokens-per-batch", "1024",
-                                 "--crop-length", "100", "--accelerator", "cpu", "--val-every", "4", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            str(run),
+            "--condition-on",
+            str(esm),
+            "--preset",
+            "tiny-0.1m",
+            "--max-steps",
+            "4",
+            "--tokens-per-batch",
+            "1024",
+            "--crop-length",
+            "100",
+            "--accelerator",
+            "cpu",
+            "--val-every",
+            "4",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(tmp_path / "cont"), "--init", str(run),
-                                 "--max-steps", "2", "--tokens-per-batch", "1024", "--crop-length", "100",
-                                 "--accelerator", "cpu", "--val-every", "2", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "cont"),
+            "--init",
+            str(run),
+            "--max-steps",
+            "2",
+            "--tokens-per-batch",
+            "1024",
+            "--crop-length",
+            "100",
+            "--accelerator",
+            "cpu",
+            "--val-every",
+            "2",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["evaluate", "-c", str(run), "--data", data, "--max-chains", "4", "--device", "cpu",
-                                 "--crop-length", "128", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "-c",
+            str(run),
+            "--data",
+            data,
+            "--max-chains",
+            "4",
+            "--device",
+            "cpu",
+            "--crop-length",
+            "128",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["embed", data, "-c", str(run), "--out", str(tmp_path / "e.npz"), "--window", "128",
-                                 "--overlap", "32", "--device", "cpu", "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "embed",
+            data,
+            "-c",
+            str(run),
+            "--out",
+            str(tmp_path / "e.npz"),
+            "--window",
+            "128",
+            "--overlap",
+            "32",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     import numpy as np
 
     with np.load(tmp_path / "e.npz") as z:
         assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
     # score: per-residue masked marginals and a mutant, through the LM
-    r = CliRunner().invoke(app, ["score", data, "-c", str(run), "--out", str(tmp_path / "s.tsv"), "--window", "128",
-                                 "--overlap", "32", "--device", "cpu", "--quiet", "--mode", "fast"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "score",
+            data,
+            "-c",
+            str(run),
+            "--out",
+            str(tmp_path / "s.tsv"),
+            "--window",
+            "128",
+            "--overlap",
+            "32",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--mode",
+            "fast",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = (tmp_path / "s.tsv").read_text().splitlines()
-    assert len(rows) > 10 and all(np.isfinite(float(x.split("\t")[rows[0].split("\t").index("logp_wt")])) for x in rows[1:])
-    r = CliRunner().invoke(app, ["pretrain", "--data", data, "--out", str(tmp_path / "r2"), "--condition-on", str(esm),
-                                 "--recipe", "fast", "--max-steps", "1", "--quiet"])
+    assert len(rows) > 10 and all(
+        np.isfinite(float(x.split("\t")[rows[0].split("\t").index("logp_wt")])) for x in rows[1:]
+    )
+    r = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "r2"),
+            "--condition-on",
+            str(esm),
+            "--recipe",
+            "fast",
+            "--max-steps",
+            "1",
+            "--quiet",
+        ],
+    )
     assert isinstance(r.exception, ConfigError) and "recipe paper" in str(r.exception)
 
 
 def test_finetune_and_analyze_attention_accept_a_conditioned_model(esm, prepared, tmp_path):
+    from coordformer.cli import main
     from test_finetune import _write_deepfri
 
-    from coordformer.cli import main
-
     run = tmp_path / "pre"
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(run), "--condition-on", str(esm), "--preset",
-                 "tiny-0.1m", "--max-steps", "3", "--val-every", "3", "--tokens-per-batch", "1024", "--crop-length", "100",
-                 "--accelerator", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(run),
+                "--condition-on",
+                str(esm),
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "3",
+                "--val-every",
+                "3",
+                "--tokens-per-batch",
+                "1024",
+                "--crop-length",
+                "100",
+                "--accelerator",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     labels = tmp_path / "deepfri"
     _write_deepfri(labels, prepared)
     out = tmp_path / "ft"
-    assert main(["finetune", "-c", str(run), "--labels", str(labels), "--data", str(prepared.path), "--head", "linear",
-                 "--max-epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "-c",
+                str(run),
+                "--labels",
+                str(labels),
+                "--data",
+                str(prepared.path),
+                "--head",
+                "linear",
+                "--max-epochs",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (out / "metrics.json").exists()
     ft = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
     assert not any(".lm.model." in k for k in ft["state_dict"])
     attn = tmp_path / "attn"
-    assert main(["analyze-attention", "-c", str(run), "--data", str(prepared.path), "--split", "train", "--max-chains", "6",
-                 "--max-distance", "20", "--out", str(attn), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "analyze-attention",
+                "-c",
+                str(run),
+                "--data",
+                str(prepared.path),
+                "--split",
+                "train",
+                "--max-chains",
+                "6",
+                "--max-distance",
+                "20",
+                "--out",
+                str(attn),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (attn / "fits.csv").exists()

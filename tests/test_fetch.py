@@ -8,8 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import DATA
 
+from conftest import DATA
 from coordformer.cli import main
 from coordformer.errors import UsageError
 from coordformer.io import read_structure
@@ -40,7 +40,14 @@ class _Server:
                     server.flaky.discard(self.path)
                     return self._send(503, b"busy")
                 if self.path == "/api/prediction/P69905":
-                    body = json.dumps([{"entryId": "AF-P69905-F1", "cifUrl": f"{server.base}/files/AF-P69905-F1-model_v9.cif"}])
+                    body = json.dumps(
+                        [
+                            {
+                                "entryId": "AF-P69905-F1",
+                                "cifUrl": f"{server.base}/files/AF-P69905-F1-model_v9.cif",
+                            }
+                        ]
+                    )
                     return self._send(200, body.encode())
                 if self.path == "/api/prediction/Q9XYZ1":
                     return self._send(200, b"[]")
@@ -50,7 +57,9 @@ class _Server:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body[:100])  # connection closes: the client sees IncompleteRead
+                    self.wfile.write(
+                        body[:100]
+                    )  # connection closes: the client sees IncompleteRead
                     self.close_connection = True
                     return
                 if self.path in files:
@@ -72,7 +81,10 @@ class _Server:
         self.thread.start()
 
     def urls(self) -> dict:
-        return {"pdb_url": self.base + "/download/{id}.cif.gz", "afdb_api": self.base + "/api/prediction/{accession}"}
+        return {
+            "pdb_url": self.base + "/download/{id}.cif.gz",
+            "afdb_api": self.base + "/api/prediction/{accession}",
+        }
 
 
 @pytest.fixture
@@ -85,7 +97,10 @@ def server():
 
 def test_parse_fetch_id():
     assert parse_fetch_id("1a8o") == ("pdb", "1A8O")
-    assert parse_fetch_id("1A8O_A") == ("pdb", "1A8O") and parse_fetch_id("1a8o.B") == ("pdb", "1A8O")
+    assert parse_fetch_id("1A8O_A") == ("pdb", "1A8O") and parse_fetch_id("1a8o.B") == (
+        "pdb",
+        "1A8O",
+    )
     assert parse_fetch_id("P69905") == ("afdb", "P69905")
     assert parse_fetch_id("af-p69905-f1") == ("afdb", "P69905")
     assert parse_fetch_id("A0A023GPI8") == ("afdb", "A0A023GPI8")
@@ -101,18 +116,28 @@ def test_fetch_downloads_checks_logs_and_resumes(server, tmp_path):
     ids = ["1a8o", "5I55_A", "P69905", "9zzz", "2bad", "Q9XYZ1", "1A8O.A"]
     s = fetch(ids, out, **server.urls(), backoff=0.01, progress=False)
     assert s.requested == 6 and s.downloaded == 3 and s.present == 0
-    assert sorted(p.split("/")[-1] for p in s.files) == ["1A8O.cif.gz", "5I55.cif.gz", "AF-P69905-F1-model_v9.cif"]
+    assert sorted(p.split("/")[-1] for p in s.files) == [
+        "1A8O.cif.gz",
+        "5I55.cif.gz",
+        "AF-P69905-F1-model_v9.cif",
+    ]
     reasons = dict(s.failed)
     assert "not found (HTTP 404)" in reasons["9zzz"]
     assert "not a usable structure" in reasons["2bad"]
     assert "without a model file" in reasons["Q9XYZ1"]
-    assert server.requests.count("/download/5I55.cif.gz") == 2 and server.requests.count("/download/1A8O.cif.gz") == 2
+    assert (
+        server.requests.count("/download/5I55.cif.gz") == 2
+        and server.requests.count("/download/1A8O.cif.gz") == 2
+    )
     assert server.requests.count("/download/9ZZZ.cif.gz") == 1  # a 404 is not retried
     rows = (out / FAILED_FILE).read_text().splitlines()
     assert rows[0] == "id\treason" and len(rows) == 4
     assert not list(out.glob(".part*"))  # the rejected download left nothing behind
     # the files are what the servers hold, read as structures
-    assert read_structure(out / "1A8O.cif.gz")[0].sequence == read_structure(DATA / "1A8O.cif")[0].sequence
+    assert (
+        read_structure(out / "1A8O.cif.gz")[0].sequence
+        == read_structure(DATA / "1A8O.cif")[0].sequence
+    )
     # resume: nothing present is fetched again
     n = len(server.requests)
     s2 = fetch(["1a8o", "5i55", "AF-P69905-F1"], out, **server.urls(), progress=False)
@@ -128,30 +153,106 @@ def test_fetch_cli_then_prepare(server, tmp_path, capsys):
     out = tmp_path / "structures"
     (tmp_path / "ids.txt").write_text("# my set\n1A8O, P69905\n9zzz  # withdrawn\n")
     urls = server.urls()
-    assert main(["fetch", "--ids", str(tmp_path / "ids.txt"), "5i55", "--out", str(out), "--quiet",
-                 "--pdb-url", urls["pdb_url"], "--afdb-api", urls["afdb_api"], "--retries", "0"]) == 0
+    assert (
+        main(
+            [
+                "fetch",
+                "--ids",
+                str(tmp_path / "ids.txt"),
+                "5i55",
+                "--out",
+                str(out),
+                "--quiet",
+                "--pdb-url",
+                urls["pdb_url"],
+                "--afdb-api",
+                urls["afdb_api"],
+                "--retries",
+                "0",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "3 downloaded, 0 already there, 1 failed, of 4 ids" in text and "9zzz" in text
-    assert main(["prepare", str(out), "--out", str(tmp_path / "ds"), "--quiet", "--min-length", "1"]) == 0
+    assert (
+        main(["prepare", str(out), "--out", str(tmp_path / "ds"), "--quiet", "--min-length", "1"])
+        == 0
+    )
     assert "chains read: 3; kept: 3" in capsys.readouterr().out
     # a malformed id is skipped and listed with the failures; the others go on (it stopped the run)
-    assert main(["fetch", "1a8o", "not-an-id", "--out", str(out), "--quiet",
-                 "--pdb-url", urls["pdb_url"], "--afdb-api", urls["afdb_api"]]) == 0
+    assert (
+        main(
+            [
+                "fetch",
+                "1a8o",
+                "not-an-id",
+                "--out",
+                str(out),
+                "--quiet",
+                "--pdb-url",
+                urls["pdb_url"],
+                "--afdb-api",
+                urls["afdb_api"],
+            ]
+        )
+        == 0
+    )
     assert "0 downloaded, 1 already there, 1 failed, of 2 ids" in capsys.readouterr().out
-    assert (out / FAILED_FILE).read_text().splitlines()[1].startswith("not-an-id\tmalformed id: neither a PDB id")
+    assert (
+        (out / FAILED_FILE)
+        .read_text()
+        .splitlines()[1]
+        .startswith("not-an-id\tmalformed id: neither a PDB id")
+    )
     # misuse (no well-formed id at all): one line, before any request
     n = len(server.requests)
     assert main(["fetch", "not-an-id", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "not-an-id" in err and "\n" not in err and len(server.requests) == n
+    assert (
+        err.startswith("error:")
+        and "not-an-id" in err
+        and "\n" not in err
+        and len(server.requests) == n
+    )
     assert main(["fetch", "--out", str(out)]) == 2
     assert "no ids" in capsys.readouterr().err
     assert main(["fetch", "1a8o", "--out", str(out), "--pdb-url", "http://127.0.0.1/x.cif"]) == 2
     assert "lacks {id}" in capsys.readouterr().err
     # an --ids file with a byte-order mark (UTF-8, or UTF-16 from Windows tools): the first id stays an id
-    for name, data in (("bom8.txt", "\ufeff5i55\n".encode("utf-8")), ("bom16.txt", "\ufeff5i55\r\n".encode("utf-16-le"))):
+    for name, data in (
+        ("bom8.txt", "\ufeff5i55\n".encode("utf-8")),
+        ("bom16.txt", "\ufeff5i55\r\n".encode("utf-16-le")),
+    ):
         (tmp_path / name).write_bytes(data)
-        assert main(["fetch", "--ids", str(tmp_path / name), "--out", str(out), "--quiet", "--pdb-url", urls["pdb_url"]]) == 0
+        assert (
+            main(
+                [
+                    "fetch",
+                    "--ids",
+                    str(tmp_path / name),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "--pdb-url",
+                    urls["pdb_url"],
+                ]
+            )
+            == 0
+        )
         assert "1 already there, 0 failed, of 1 ids" in capsys.readouterr().out
     # nothing fetched at all: exit status 1
-    assert main(["fetch", "8zzz", "--out", str(tmp_path / "o2"), "--quiet", "--pdb-url", urls["pdb_url"]]) == 1
+    assert (
+        main(
+            [
+                "fetch",
+                "8zzz",
+                "--out",
+                str(tmp_path / "o2"),
+                "--quiet",
+                "--pdb-url",
+                urls["pdb_url"],
+            ]
+        )
+        == 1
+    )

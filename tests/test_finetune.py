@@ -15,15 +15,27 @@ def _write_deepfri(folder, prepared, go=False):
     """DeepFRI-format label and split files for the synthetic chains (dotted ids: S000.A)."""
     folder.mkdir()
     rng = np.random.default_rng(0)
-    ids = {s: [prepared.ids[i] for i in prepared.split_indices(s)] for s in ("train", "valid", "test")}
+    ids = {
+        s: [prepared.ids[i] for i in prepared.split_indices(s)] for s in ("train", "valid", "test")
+    }
     every = [c for s in ids.values() for c in s]
     dash = {c: c for c in every}  # synthetic names are not PDB ids, so keep the dotted form
     if go:
         lines = []
-        for onto, terms in (("molecular_function", GO_MF), ("biological_process", ["GO:0008152"]),
-                            ("cellular_component", ["GO:0005737"])):
-            lines += [f"### GO-terms ({onto})", "\t".join(terms), f"### GO-names ({onto})", "\t".join(f"n{t}" for t in terms)]
-        lines.append("### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\tGO-terms (cellular_component)")
+        for onto, terms in (
+            ("molecular_function", GO_MF),
+            ("biological_process", ["GO:0008152"]),
+            ("cellular_component", ["GO:0005737"]),
+        ):
+            lines += [
+                f"### GO-terms ({onto})",
+                "\t".join(terms),
+                f"### GO-names ({onto})",
+                "\t".join(f"n{t}" for t in terms),
+            ]
+        lines.append(
+            "### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\tGO-terms (cellular_component)"
+        )
         for c in every:
             mf = ",".join(t for t in GO_MF if rng.random() < 0.4) or GO_MF[0]
             lines.append(f"{dash[c]}\t{mf}\tGO:0008152\t")
@@ -38,7 +50,9 @@ def _write_deepfri(folder, prepared, go=False):
     (folder / f"{name}_annot.tsv").write_text("\n".join(lines) + "\n")
     for s, cs in ids.items():
         (folder / f"{name}_{s}.txt").write_text("\n".join(dash[c] for c in cs) + "\n")
-    rows = ["PDB-chain,<30%,<40%,<50%,<70%,<95%"] + [f"{dash[c]},{int(k % 2 == 0)},1,1,1,1" for k, c in enumerate(ids["test"])]
+    rows = ["PDB-chain,<30%,<40%,<50%,<70%,<95%"] + [
+        f"{dash[c]},{int(k % 2 == 0)},1,1,1,1" for k, c in enumerate(ids["test"])
+    ]
     (folder / f"{name}_test.csv").write_text("\n".join(rows) + "\n")
     return ids
 
@@ -46,8 +60,29 @@ def _write_deepfri(folder, prepared, go=False):
 @pytest.fixture
 def tiny_checkpoint(tmp_path, prepared):
     out = tmp_path / "pre"
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(out), "--preset", "tiny-0.1m", "--max-steps", "4",
-                 "--val-every", "4", "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "4",
+                "--val-every",
+                "4",
+                "--warmup-steps",
+                "2",
+                "--tokens-per-batch",
+                "1024",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -55,17 +90,61 @@ def tiny_checkpoint(tmp_path, prepared):
 def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_checkpoint, capsys):
     labels = tmp_path / "deepfri"
     ids = _write_deepfri(labels, prepared)
-    common = ["finetune", "-c", str(tiny_checkpoint), "--labels", str(labels), "--data", str(prepared.path), "--quiet"]
-    assert main([*common, "--head", "mlp", "--max-epochs", "30", "--patience", "30", "--out", str(tmp_path / "mlp")]) == 0
-    assert main([*common, "--head", "linear", "--max-epochs", "2", "--tokens-per-batch", "2048",
-                 "--out", str(tmp_path / "lin")]) == 0
+    common = [
+        "finetune",
+        "-c",
+        str(tiny_checkpoint),
+        "--labels",
+        str(labels),
+        "--data",
+        str(prepared.path),
+        "--quiet",
+    ]
+    assert (
+        main(
+            [
+                *common,
+                "--head",
+                "mlp",
+                "--max-epochs",
+                "30",
+                "--patience",
+                "30",
+                "--out",
+                str(tmp_path / "mlp"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                *common,
+                "--head",
+                "linear",
+                "--max-epochs",
+                "2",
+                "--tokens-per-batch",
+                "2048",
+                "--out",
+                str(tmp_path / "lin"),
+            ]
+        )
+        == 0
+    )
     lin = json.loads((tmp_path / "lin" / "metrics.json").read_text())
     # LP-FT: the linear layer was first fitted on frozen embeddings (its own log and checkpoint)
     assert 1 <= lin["probe"]["epochs_run"] <= 50 and 0 <= lin["probe"]["best_valid_fmax"] <= 1
-    assert (tmp_path / "lin" / "checkpoints" / "probe.ckpt").exists() and (tmp_path / "lin" / "logs_probe").is_dir()
+    assert (tmp_path / "lin" / "checkpoints" / "probe.ckpt").exists() and (
+        tmp_path / "lin" / "logs_probe"
+    ).is_dir()
     for run in ("mlp", "lin"):
         m = json.loads((tmp_path / run / "metrics.json").read_text())
-        assert m["test"]["n"] == len(ids["test"]) and 0 <= m["test"]["fmax"] <= 1 and 0 <= m["test"]["micro_aupr"] <= 1
+        assert (
+            m["test"]["n"] == len(ids["test"])
+            and 0 <= m["test"]["fmax"] <= 1
+            and 0 <= m["test"]["micro_aupr"] <= 1
+        )
         assert set(m["test_by_identity"]) == {"<30%", "<40%", "<50%", "<70%", "<95%"}
         z = np.load(tmp_path / run / "predictions_test.npz")
         # rows are in split order and carry the right labels
@@ -79,13 +158,30 @@ def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_ch
     # the MLP on frozen embeddings learns the length rule well above chance
     assert json.loads((tmp_path / "mlp" / "metrics.json").read_text())["valid"]["fmax"] > 0.5
     capsys.readouterr()
-    assert main(["evaluate-function", str(tmp_path / "mlp"), str(tmp_path / "lin"), "--identity",
-                 str(next(labels.glob("*_test.csv")))]) == 0
+    assert (
+        main(
+            [
+                "evaluate-function",
+                str(tmp_path / "mlp"),
+                str(tmp_path / "lin"),
+                "--identity",
+                str(next(labels.glob("*_test.csv"))),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| mlp |" in table and "| lin |" in table and "<30% Fmax / AUPR" in table
-    assert main(["evaluate-function", str(tmp_path / "mlp"), str(tmp_path / "lin"), "--bootstrap", "50"]) == 0
+    assert (
+        main(
+            ["evaluate-function", str(tmp_path / "mlp"), str(tmp_path / "lin"), "--bootstrap", "50"]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("| lin |") and " to " in last  # difference from the first run with an interval
+    assert (
+        last.startswith("| lin |") and " to " in last
+    )  # difference from the first run with an interval
     # a finished run is not overwritten
     assert main([*common, "--out", str(tmp_path / "mlp")]) == 2
 
@@ -95,16 +191,50 @@ def test_finetune_go_mf_with_random_init_baseline(tmp_path, prepared, tiny_check
     labels = tmp_path / "deepfri"
     _write_deepfri(labels, prepared, go=True)
     out = tmp_path / "go"
-    assert main(["finetune", "-c", str(tiny_checkpoint), "--task", "go-mf", "--labels", str(labels), "--data", str(prepared.path),
-                 "--random-init", "--max-epochs", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "-c",
+                str(tiny_checkpoint),
+                "--task",
+                "go-mf",
+                "--labels",
+                str(labels),
+                "--data",
+                str(prepared.path),
+                "--random-init",
+                "--max-epochs",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["n_classes"] == len(GO_MF) and cfg["finetune"]["random_init"] is True
     assert np.load(out / "predictions_test.npz")["y_score"].shape[1] == len(GO_MF)
 
 
 def test_finetune_bad_label_folder_is_one_line(tmp_path, prepared, capsys):
-    assert main(["finetune", "-c", "small-coords", "--labels", str(tmp_path), "--data", str(prepared.path),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "-c",
+                "small-coords",
+                "--labels",
+                str(tmp_path),
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no nrPDB-EC_annot/train/valid/test file(s)" in err and err.count("\n") == 1
 
@@ -134,9 +264,32 @@ def test_linear_head_without_probe_and_with_zero_bias(tmp_path, prepared, tiny_c
     labels = tmp_path / "deepfri"
     _write_deepfri(labels, prepared)
     out = tmp_path / "lin0"
-    assert main(["finetune", "-c", str(tiny_checkpoint), "--labels", str(labels), "--data", str(prepared.path), "--head", "linear",
-                 "--probe-epochs", "0", "--zero-bias", "--max-epochs", "1", "--tokens-per-batch", "2048", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "-c",
+                str(tiny_checkpoint),
+                "--labels",
+                str(labels),
+                "--data",
+                str(prepared.path),
+                "--head",
+                "linear",
+                "--probe-epochs",
+                "0",
+                "--zero-bias",
+                "--max-epochs",
+                "1",
+                "--tokens-per-batch",
+                "2048",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert "probe" not in m and not (out / "checkpoints" / "probe.ckpt").exists()
     cfg = json.loads((out / "config.json").read_text())["finetune"]

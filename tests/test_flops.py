@@ -5,7 +5,12 @@ import torch
 
 from coordformer.config import preset
 from coordformer.model.core import CoordFormer
-from coordformer.model.flops import flops_per_token, matrix_params, measured_matmul_rate, training_flops
+from coordformer.model.flops import (
+    flops_per_token,
+    matrix_params,
+    measured_matmul_rate,
+    training_flops,
+)
 
 
 def test_matrix_params_are_the_models_weight_matrices():
@@ -13,7 +18,11 @@ def test_matrix_params_are_the_models_weight_matrices():
         for recipe in ("fast", "paper"):
             c = preset(name, recipe=recipe)
             m = CoordFormer(c)
-            mats = sum(p.numel() for n, p in m.named_parameters() if p.ndim == 2 and not n.startswith("tokens"))
+            mats = sum(
+                p.numel()
+                for n, p in m.named_parameters()
+                if p.ndim == 2 and not n.startswith("tokens")
+            )
             assert matrix_params(c) == mats
 
 
@@ -22,7 +31,9 @@ def test_training_flops_count_matrices_and_attention_per_sequence():
     n = matrix_params(c)
     assert training_flops(c, [100]) == pytest.approx(6 * n * 100 + 12 * 6 * 768 * 100**2)
     # padding costs nothing here: two sequences are the sum of each, not a [2, 300] block
-    assert training_flops(c, [100, 300]) == pytest.approx(training_flops(c, [100]) + training_flops(c, [300]))
+    assert training_flops(c, [100, 300]) == pytest.approx(
+        training_flops(c, [100]) + training_flops(c, [300])
+    )
     # at L = 512 attention adds 12 * 6 * 768 * 512 / (6 N) ~ 14% to the paper model's matrix work
     assert flops_per_token(c, 512) / (6 * n) == pytest.approx(1 + 12 * 6 * 768 * 512 / (6 * n))
 
@@ -50,9 +61,18 @@ def test_pretrain_reports_model_flops_and_utilisation(tmp_path, prepared):
     from coordformer.config import TrainConfig
     from coordformer.train.run import pretrain
 
-    tc = TrainConfig(max_steps=3, warmup_steps=1, tokens_per_batch=512, crop_length=64, val_every_steps=1000,
-                     accelerator="cpu", threads=1)
-    s = pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m", recipe="fast"), tc, progress=False)
+    tc = TrainConfig(
+        max_steps=3,
+        warmup_steps=1,
+        tokens_per_batch=512,
+        crop_length=64,
+        val_every_steps=1000,
+        accelerator="cpu",
+        threads=1,
+    )
+    s = pretrain(
+        prepared.path, tmp_path / "run", preset("tiny-0.1m", recipe="fast"), tc, progress=False
+    )
     assert s["model_tflops_per_s"] > 0 and s["matmul_tflops_per_s"] > 0 and 0 < s["mfu"] < 2
     ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     flops = ck["coordformer"]["model_flops"]

@@ -57,8 +57,14 @@ def write(tmp_path: Path, name: str, text: str, crlf: bool = False) -> Path:
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("12AS-A", "12AS.A"), ("12AS.A", "12AS.A"), ("12as_A", "12AS.A"), ("12as-a", "12AS.a"),
-     ("6UE0-AAA", "6UE0.AAA"), (" 1abc-aL\r", "1ABC.aL")],
+    [
+        ("12AS-A", "12AS.A"),
+        ("12AS.A", "12AS.A"),
+        ("12as_A", "12AS.A"),
+        ("12as-a", "12AS.a"),
+        ("6UE0-AAA", "6UE0.AAA"),
+        (" 1abc-aL\r", "1ABC.aL"),
+    ],
 )
 def test_normalise_chain_id(raw, expected):
     assert normalise_chain_id(raw) == expected
@@ -127,8 +133,16 @@ def test_wrong_task_or_file_kind(tmp_path):
         ("### EC-numbers\n1.1.1.1\t1.1.1.1\n### PDB-chain\tEC-numbers\n", 2, "listed twice"),
         ("### EC-numbers\n1.1.1.1\t\t2.2.2.2\n### PDB-chain\tEC-numbers\n", 2, "empty entry"),
         ("### EC-numbers\n### PDB-chain\tEC-numbers\n", 1, "not followed"),
-        ("### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n1ABC-A\t1.1.1.1\n1abc_A\t1.1.1.1\n", 5, "already listed"),
-        ("### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n1ABC-A\t1.1.1.1\tx\n", 4, "header has 2"),
+        (
+            "### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n1ABC-A\t1.1.1.1\n1abc_A\t1.1.1.1\n",
+            5,
+            "already listed",
+        ),
+        (
+            "### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n1ABC-A\t1.1.1.1\tx\n",
+            4,
+            "header has 2",
+        ),
         ("### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n\n1ABC\t1.1.1.1\n", 5, "chain id"),
     ],
 )
@@ -164,7 +178,13 @@ def test_read_identity_bins(tmp_path):
     text = "PDB-chain,<30%,<40%,<50%,<70%,<95%\n2FOR-A,0,0,1,1,1\n1nw6-A,1,1,1,1,1\n"
     bins = read_identity_bins(write(tmp_path, "x_test.csv", text, crlf=True))
     assert list(bins) == ["2FOR.A", "1NW6.A"]
-    assert bins["2FOR.A"] == {"<30%": False, "<40%": False, "<50%": True, "<70%": True, "<95%": True}
+    assert bins["2FOR.A"] == {
+        "<30%": False,
+        "<40%": False,
+        "<50%": True,
+        "<70%": True,
+        "<95%": True,
+    }
     assert all(bins["1NW6.A"].values())
     with pytest.raises(FunctionDataError, match="line 2: identity flags must be 0 or 1, got '2'"):
         read_identity_bins(write(tmp_path, "bad.csv", "PDB-chain,<30%\n2FOR-A,2\n"))
@@ -176,7 +196,14 @@ def test_read_identity_bins(tmp_path):
 
 def test_function_dataset(tmp_path):
     ls = read_annotations(write(tmp_path, "a.tsv", EC_ANNOT), "ec")
-    split = ["6UE0-AAA", "2XYZ-B", "9ZZZ-A", "12AS-A", "1ABC-aL", "6ue0.AAA"]  # last one repeats the first
+    split = [
+        "6UE0-AAA",
+        "2XYZ-B",
+        "9ZZZ-A",
+        "12AS-A",
+        "1ABC-aL",
+        "6ue0.AAA",
+    ]  # last one repeats the first
     available = ["12as_A", "6UE0.AAA", "9ZZZ.A", "not-a-pdb-name"]
     ids, y, report = function_dataset(ls, split, available)
     assert ids == ["6UE0.AAA", "12AS.A"]  # split order
@@ -194,9 +221,15 @@ def test_missing_structure_hint_names_per_chain_file_ids(tmp_path):
     ls = read_annotations(write(tmp_path, "a.tsv", EC_ANNOT), "ec")
     split = ["6UE0-AAA", "12AS-A", "1ABC-aL"]
     assert missing_structure_hint(ls, split, ["6UE0.AAA", "12AS.A", "1ABC.aL"]) is None
-    hint = missing_structure_hint(ls, split, ["6UE0.AAA", "12AS-A.A"])  # 12as-A.pdb read by an earlier version
-    assert hint.startswith("2 labelled chains have no structure in the dataset (e.g. 12AS.A, 1ABC.aL)")
-    assert "1 of them are there under ids made from per-chain file names (12AS-A.A for 12AS.A)" in hint
+    hint = missing_structure_hint(
+        ls, split, ["6UE0.AAA", "12AS-A.A"]
+    )  # 12as-A.pdb read by an earlier version
+    assert hint.startswith(
+        "2 labelled chains have no structure in the dataset (e.g. 12AS.A, 1ABC.aL)"
+    )
+    assert (
+        "1 of them are there under ids made from per-chain file names (12AS-A.A for 12AS.A)" in hint
+    )
 
 
 def test_label_set_is_a_plain_dataclass():
@@ -209,8 +242,14 @@ def test_label_set_is_a_plain_dataclass():
 def test_real_deepfri_ec_files():
     ls = read_annotations(DEEPFRI / "nrPDB-EC_2020.04_annot.tsv", "ec")
     assert ls.n_classes == 538
-    splits = {s: read_split(DEEPFRI / f"nrPDB-EC_2020.04_{s}.txt") for s in ("train", "valid", "test")}
-    assert {s: len(v) for s, v in splits.items()} == {"train": 15_551, "valid": 1_729, "test": 1_919}
+    splits = {
+        s: read_split(DEEPFRI / f"nrPDB-EC_2020.04_{s}.txt") for s in ("train", "valid", "test")
+    }
+    assert {s: len(v) for s, v in splits.items()} == {
+        "train": 15_551,
+        "valid": 1_729,
+        "test": 1_919,
+    }
     assert all(cid in ls.labels for ids in splits.values() for cid in ids)
     ids, y, report = function_dataset(ls, splits["test"], splits["test"])
     assert report["kept"] == 1_919 and y.shape == (1_919, 538) and (y.sum(1) >= 1).all()

@@ -105,8 +105,11 @@ def test_breakdown_by_identity_hand_computed():
     ids = ["1AAA.A", "1BBB.B", "1CCC.C"]
     y = np.array([[1, 0], [0, 1], [1, 1]])
     s = np.array([[0.9, 0.1], [0.8, 0.3], [0.6, 0.6]])
-    bins = {"1AAA.A": {"<30%": True, "<50%": True}, "1BBB.B": {"<30%": False, "<50%": True},
-            "1CCC.C": {"<30%": False, "<50%": False}}
+    bins = {
+        "1AAA.A": {"<30%": True, "<50%": True},
+        "1BBB.B": {"<30%": False, "<50%": True},
+        "1CCC.C": {"<30%": False, "<50%": False},
+    }
     out = breakdown_by_identity(ids, y, s, bins)
     assert list(out) == ["<30%", "<50%"]
     # <30% = {A}: A is ranked perfectly -> Fmax 1, AUPR 1.
@@ -120,7 +123,11 @@ def test_breakdown_by_identity_hand_computed():
 def test_breakdown_empty_bin_and_id_mismatch():
     y, s = np.array([[1, 0]]), np.array([[0.9, 0.1]])
     out = breakdown_by_identity(["1AAA.A"], y, s, {"1AAA.A": {"<30%": False}})
-    assert out["<30%"]["n"] == 0 and math.isnan(out["<30%"]["fmax"]) and math.isnan(out["<30%"]["aupr"])
+    assert (
+        out["<30%"]["n"] == 0
+        and math.isnan(out["<30%"]["fmax"])
+        and math.isnan(out["<30%"]["aupr"])
+    )
     with pytest.raises(ValueError, match="conventions"):
         breakdown_by_identity(["1AAA-A"], y, s, {"1AAA.A": {"<30%": True}})
     with pytest.raises(ValueError, match="2 ids"):
@@ -152,8 +159,10 @@ def test_input_validation():
         fmax(np.array([[1, 0]]), np.array([[0.5, 0.5]]), thresholds=[])
 
 
-@pytest.mark.parametrize("metric", [micro_aupr, flattened_max_f1, lambda y, s: fmax(y, s)[0],
-                                    lambda y, s: fmax(y, s, None)[0]])
+@pytest.mark.parametrize(
+    "metric",
+    [micro_aupr, flattened_max_f1, lambda y, s: fmax(y, s)[0], lambda y, s: fmax(y, s, None)[0]],
+)
 def test_perfect_scores_give_one_and_random_scores_less(metric):
     y, s = random_case(0)
     assert metric(y, y) == pytest.approx(1.0)
@@ -161,7 +170,9 @@ def test_perfect_scores_give_one_and_random_scores_less(metric):
     assert metric(y, s) < metric(y, y) - 0.1
 
 
-@pytest.mark.parametrize("metric", [micro_aupr, flattened_max_f1, fmax, lambda y, s: fmax(y, s, None)])
+@pytest.mark.parametrize(
+    "metric", [micro_aupr, flattened_max_f1, fmax, lambda y, s: fmax(y, s, None)]
+)
 @pytest.mark.parametrize("ties", [False, True])
 def test_permuting_proteins_or_classes_changes_nothing(metric, ties):
     y, s = random_case(1, ties=ties)
@@ -197,4 +208,6 @@ def test_fmax_blocks_do_not_change_the_result(monkeypatch):
 def test_micro_aupr_matches_sklearn(ties):
     sk_metrics = pytest.importorskip("sklearn.metrics")
     y, s = random_case(5, ties=ties)
-    assert micro_aupr(y, s) == pytest.approx(sk_metrics.average_precision_score(y.ravel(), s.ravel()), abs=1e-12)
+    assert micro_aupr(y, s) == pytest.approx(
+        sk_metrics.average_precision_score(y.ravel(), s.ravel()), abs=1e-12
+    )

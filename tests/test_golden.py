@@ -19,5 +19,7 @@ def test_pipeline_outputs_match_the_recorded_ones(tmp_path):
 
 def test_compare_reports_what_differs():
     assert golden_pipeline.compare({"a": [1.0, "x"]}, {"a": [1.0, "x"]}) == []
-    assert golden_pipeline.compare({"a": [1.001, "x"]}, {"a": [1.0, "x"]}) == [".a[0]: 1.001 != 1.0"]
+    assert golden_pipeline.compare({"a": [1.001, "x"]}, {"a": [1.0, "x"]}) == [
+        ".a[0]: 1.001 != 1.0"
+    ]
     assert golden_pipeline.compare({"a": 1}, {"b": 1}) == [": keys ['a'] != ['b']"]

@@ -6,7 +6,9 @@ import itertools
 import pytest
 import torch
 
-pytest.importorskip("transformers")  # an optional extra ("coordformer[hf]"); `make test` installs it
+pytest.importorskip(
+    "transformers"
+)  # an optional extra ("coordformer[hf]"); `make test` installs it
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM  # noqa: E402
 
@@ -27,13 +29,17 @@ def native():
 
 @pytest.fixture(scope="module")
 def folder(native, tmp_path_factory):
-    return save_pretrained(native, tmp_path_factory.mktemp("hf") / "small-coords", meta={"name": "small-coords"})
+    return save_pretrained(
+        native, tmp_path_factory.mktemp("hf") / "small-coords", meta={"name": "small-coords"}
+    )
 
 
 @pytest.fixture(scope="module")
 def batch():
     """Three real chains of different lengths, padded: tokens, coords [3, L, 4, 3], mask [3, L]."""
-    chains = [c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")][:3]
+    chains = [
+        c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")
+    ][:3]
     return chains_to_batch(chains)
 
 
@@ -46,9 +52,17 @@ def test_auto_classes_load_the_exported_folder_with_native_outputs(native, folde
     assert isinstance(mlm, hf.CoordFormerForMaskedLM) and mlm.coordformer.config == native.config
     # the non-persistent position table is rebuilt, not left as from_pretrained's empty buffer
     assert torch.equal(mlm.coordformer.positions, native.positions)
-    out = mlm(input_ids=tokens, coords=coords, attention_mask=mask.long(), output_hidden_states=True, output_attentions=True)
+    out = mlm(
+        input_ids=tokens,
+        coords=coords,
+        attention_mask=mask.long(),
+        output_hidden_states=True,
+        output_attentions=True,
+    )
     assert torch.allclose(out.logits, ref.logits, atol=1e-5)
-    assert len(out.hidden_states) == 5 and torch.allclose(out.hidden_states[2], ref.representations[2], atol=1e-5)
+    assert len(out.hidden_states) == 5 and torch.allclose(
+        out.hidden_states[2], ref.representations[2], atol=1e-5
+    )
     assert len(out.attentions) == 4 and out.attentions[0].shape == ref.attentions[0].shape
     enc = AutoModel.from_pretrained(folder)
     assert isinstance(enc, hf.CoordFormerModel)
@@ -63,7 +77,9 @@ def test_masked_lm_loss_ignores_minus_100(folder, batch):
     labels[:, 3:9] = tokens[:, 3:9]
     out = mlm(tokens, coords, mask, labels=labels)
     picked = out.logits[:, 3:9].reshape(-1, out.logits.shape[-1])
-    assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(picked, tokens[:, 3:9].reshape(-1)), atol=1e-6)
+    assert torch.allclose(
+        out.loss, torch.nn.functional.cross_entropy(picked, tokens[:, 3:9].reshape(-1)), atol=1e-6
+    )
 
 
 @torch.no_grad()
@@ -71,7 +87,9 @@ def test_folder_saved_by_transformers_loads_back_into_coordformer(native, folder
     mlm = AutoModelForMaskedLM.from_pretrained(folder)
     mlm.save_pretrained(tmp_path / "resaved")
     assert AutoConfig.from_pretrained(tmp_path / "resaved").model_type == "coordformer"
-    back = CoordFormer.from_pretrained(tmp_path / "resaved")  # "coordformer." prefix and HF config keys handled
+    back = CoordFormer.from_pretrained(
+        tmp_path / "resaved"
+    )  # "coordformer." prefix and HF config keys handled
     assert back.config == native.config
     assert torch.equal(back(*batch).logits, native(*batch).logits)
 
@@ -88,7 +106,9 @@ def test_config_values_are_validated():
 def test_activation_checkpointing_enable_reaches_the_model(folder, batch):
     tokens, coords, mask = batch
     mlm = AutoModelForMaskedLM.from_pretrained(folder)
-    enable = getattr(mlm, "activation_checkpointing_enable", None) or mlm.gradient_checkpointing_enable  # renamed in 5.x
+    enable = (
+        getattr(mlm, "activation_checkpointing_enable", None) or mlm.gradient_checkpointing_enable
+    )  # renamed in 5.x
     enable()
     assert mlm.coordformer.gradient_checkpointing
     mlm.train()

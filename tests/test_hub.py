@@ -35,7 +35,9 @@ def native():
 @pytest.fixture(scope="module")
 def batch():
     """Four real chains from the bundled held-out set, padded: tokens [4, L], coords [4, L, 4, 3]."""
-    chains = [c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")][:4]
+    chains = [
+        c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")
+    ][:4]
     assert len(chains) == 4
     tokens, coords, _ = chains_to_batch(chains)
     return tokens, coords
@@ -43,7 +45,9 @@ def batch():
 
 @pytest.fixture(scope="module")
 def hf_folder(native, tmp_path_factory):
-    return save_pretrained(native, tmp_path_factory.mktemp("hf") / "small-coords", meta={"name": "small-coords"})
+    return save_pretrained(
+        native, tmp_path_factory.mktemp("hf") / "small-coords", meta={"name": "small-coords"}
+    )
 
 
 @torch.no_grad()
@@ -61,7 +65,12 @@ def test_half_folder_agrees_within_tolerance(native, batch, tmp_path):
     folder = native.save_pretrained(tmp_path / "half", half=True)
     assert {v.dtype for v in load_file(folder / "model.safetensors").values()} == {torch.float16}
     assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float16"
-    diff = (native(*batch).logits - CoordFormer.from_pretrained(folder)(*batch).logits).abs().max().item()
+    diff = (
+        (native(*batch).logits - CoordFormer.from_pretrained(folder)(*batch).logits)
+        .abs()
+        .max()
+        .item()
+    )
     assert diff < HALF_LOGIT_ATOL
 
 
@@ -106,7 +115,21 @@ def test_folder_loads_through_load_model_and_cli(hf_folder, prepared, tmp_path, 
     model, meta = load_model(hf_folder)
     assert meta["name"] == str(hf_folder) and meta["format"] == "coordformer-hf"
     js = tmp_path / "e.json"
-    assert run("evaluate", "-c", hf_folder, "--data", prepared.path, "--json", js, "--quiet", "--device", "cpu") == 0
+    assert (
+        run(
+            "evaluate",
+            "-c",
+            hf_folder,
+            "--data",
+            prepared.path,
+            "--json",
+            js,
+            "--quiet",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     assert json.loads(js.read_text())["n_masked"] > 0
 
 
@@ -129,10 +152,26 @@ def test_cli_export_max_file_mb_shards_and_the_result_loads(tmp_path, capsys):
     pt = tmp_path / "s.pt"
     assert run("export", "-c", "small-nocoords", "--out", pt, "--max-file-mb", "3") == 0
     assert "shard(s) beside it" in capsys.readouterr().out
-    assert all(f.stat().st_size <= 3e6 for f in tmp_path.iterdir()) and (tmp_path / "s.pt.shard1").exists()
+    assert (
+        all(f.stat().st_size <= 3e6 for f in tmp_path.iterdir())
+        and (tmp_path / "s.pt.shard1").exists()
+    )
     a, b = load_model("small-nocoords")[0], load_model(pt)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert run("export", "-c", "small-nocoords", "--out", tmp_path / "h", "--format", "hf", "--max-file-mb", "3") == 2
+    assert (
+        run(
+            "export",
+            "-c",
+            "small-nocoords",
+            "--out",
+            tmp_path / "h",
+            "--format",
+            "hf",
+            "--max-file-mb",
+            "3",
+        )
+        == 2
+    )
     assert run("export", "-c", "small-nocoords", "--out", pt, "--max-file-mb", "0.5") == 2
     assert "--max-file-mb must be above 1" in capsys.readouterr().err
 
@@ -178,7 +217,9 @@ def test_refusals_are_usage_errors(hf_folder, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UsageError, match="is a file"):
-        save_pretrained(CoordFormer(ModelConfig(d_model=64, n_layers=1, n_heads=4, d_ff=128)), a_file)
+        save_pretrained(
+            CoordFormer(ModelConfig(d_model=64, n_layers=1, n_heads=4, d_ff=128)), a_file
+        )
 
 
 def test_resolve_checkpoint_returns_the_folder_itself(hf_folder):
@@ -195,4 +236,8 @@ def test_exported_weights_get_the_umask_permissions(native, tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
-    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}  # was 0600 for the weights
+    assert modes == {
+        "config.json": 0o644,
+        "model.safetensors": 0o644,
+        "README.md": 0o644,
+    }  # was 0600 for the weights

@@ -21,14 +21,24 @@ from coordformer.cli import main
 
 def _env() -> dict:
     """This environment without SLURM / torch.distributed variables: a plain run."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE"))
+    }
 
 
 def _start(args, **kw) -> subprocess.Popen:
     # SIGINT as in a terminal, even when pytest itself runs with it ignored (a background job)
-    return subprocess.Popen([sys.executable, "-m", "coordformer", *map(str, args)], env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordformer", *map(str, args)],
+        env=_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kw,
+    )
 
 
 def _resume_command(stderr: str) -> list[str]:
@@ -46,14 +56,41 @@ def _step(ckpt: Path) -> int:
 
 
 def _pretrain_args(data, out, steps=300):
-    return ["pretrain", "--data", data, "--out", out, "--preset", "tiny-0.1m", "--max-steps", steps, "--val-every", "1000",
-            "--checkpoint-every", "100000", "--warmup-steps", "2", "--tokens-per-batch", "512", "--crop-length", "64",
-            "--threads", "1", "--accelerator", "cpu", "--quiet"]
+    return [
+        "pretrain",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--preset",
+        "tiny-0.1m",
+        "--max-steps",
+        steps,
+        "--val-every",
+        "1000",
+        "--checkpoint-every",
+        "100000",
+        "--warmup-steps",
+        "2",
+        "--tokens-per-batch",
+        "512",
+        "--crop-length",
+        "64",
+        "--threads",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--quiet",
+    ]
 
 
 def _logged_steps(metrics_csv: Path) -> list[int]:
     try:
-        return [int(r["step"]) for r in csv.DictReader(open(metrics_csv)) if r.get("train/loss") or r.get("train_loss")]
+        return [
+            int(r["step"])
+            for r in csv.DictReader(open(metrics_csv))
+            if r.get("train/loss") or r.get("train_loss")
+        ]
     except (OSError, ValueError, KeyError):  # not there yet, or caught part-way through a write
         return []
 
@@ -71,13 +108,22 @@ def _signal_after_progress(proc: subprocess.Popen, run_dir: Path, signum: int) -
 
 
 @pytest.mark.slow
-def test_sigterm_and_sigint_stop_pretrain_at_a_step_boundary_and_the_printed_command_resumes(tmp_path, prepared):
+def test_sigterm_and_sigint_stop_pretrain_at_a_step_boundary_and_the_printed_command_resumes(
+    tmp_path, prepared
+):
     """SIGTERM used to exit 0 saving nothing, Ctrl-C exit 1 saving nothing (Lightning's handlers).
     Now: last.ckpt at the step it stopped, summary.json says so, one line with the command that
     resumes, 143 / 130; resumed, the SIGTERM run ends with the weights of an uninterrupted one."""
     whole = tmp_path / "whole"
-    assert subprocess.run([sys.executable, "-m", "coordformer", *map(str, _pretrain_args(prepared.path, whole))],
-                          env=_env(), capture_output=True, timeout=600).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "coordformer", *map(str, _pretrain_args(prepared.path, whole))],
+            env=_env(),
+            capture_output=True,
+            timeout=600,
+        ).returncode
+        == 0
+    )
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         name = signal.Signals(signum).name
         run_dir = tmp_path / name
@@ -86,17 +132,29 @@ def test_sigterm_and_sigint_stop_pretrain_at_a_step_boundary_and_the_printed_com
         assert proc.returncode == code, (name, proc.returncode, err[-3000:])
         step = _step(run_dir / "checkpoints" / "last.ckpt")
         assert 25 <= step < 300
-        assert err.startswith(f"stopped by {name}: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step {step}; "), err
+        assert err.startswith(
+            f"stopped by {name}: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step {step}; "
+        ), err
         command = _resume_command(err)
         assert command[:1] == ["pretrain"] and str(run_dir) in command
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["interrupted"] == {"signal": name, "step": step} and summary["global_step"] == step
+        assert (
+            summary["interrupted"] == {"signal": name, "step": step}
+            and summary["global_step"] == step
+        )
         assert summary["model_tflops_per_s"] > 0 and "mfu" not in summary
-        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt beside it
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+            "last.ckpt"
+        ]  # no last-v1.ckpt beside it
 
         # the printed command, run as printed, continues from that step and finishes
-        res = subprocess.run([sys.executable, "-m", "coordformer", *command], env=_env(), capture_output=True, text=True,
-                             timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-m", "coordformer", *command],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         logs = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
         assert len(logs) == 2
@@ -117,7 +175,9 @@ def test_ctrl_c_to_the_whole_process_group_with_dataloader_workers_still_saves(t
     was saved; workers now leave it to the main process."""
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         run_dir = tmp_path / signal.Signals(signum).name
-        proc = _start([*_pretrain_args(prepared.path, run_dir), "--workers", "2"], start_new_session=True)
+        proc = _start(
+            [*_pretrain_args(prepared.path, run_dir), "--workers", "2"], start_new_session=True
+        )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if _logged_steps(run_dir / "logs" / "version_0" / "metrics.csv"):
@@ -127,7 +187,10 @@ def test_ctrl_c_to_the_whole_process_group_with_dataloader_workers_still_saves(t
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == code, err[-3000:]
         step = _step(run_dir / "checkpoints" / "last.ckpt")
-        assert err.startswith(f"stopped by {signal.Signals(signum).name}: saved ") and f"at step {step};" in err, err
+        assert (
+            err.startswith(f"stopped by {signal.Signals(signum).name}: saved ")
+            and f"at step {step};" in err
+        ), err
         _resume_command(err)  # one line, no traceback
 
 
@@ -141,7 +204,10 @@ def test_ctrl_c_while_starting_up_is_one_line_not_a_traceback(tmp_path, prepared
         out, err = proc.communicate(timeout=120)
         lines = [line for line in err.splitlines() if line.strip()]
         assert proc.returncode == 130, (delay, proc.returncode, err[-3000:])
-        assert len(lines) == 1 and "Traceback" not in err and "error" not in err, (delay, err[-3000:])
+        assert len(lines) == 1 and "Traceback" not in err and "error" not in err, (
+            delay,
+            err[-3000:],
+        )
         assert lines[0] == "interrupted" or lines[0].startswith("stopped by SIGINT"), (delay, err)
 
 
@@ -174,6 +240,7 @@ class _Poke:
 @pytest.fixture
 def sigterm_guard():
     """If a SIGTERM sent by a test were not handled by the run, fail the test instead of killing pytest."""
+
     def stray(signum, frame):
         raise AssertionError("SIGTERM reached the test: the run did not handle it")
 
@@ -189,23 +256,43 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
     import subprocess
     import sys
 
-    inherited = {"SIGINT": str(signal.getsignal(signal.SIGINT)), "blocked": sorted(map(int, signal.pthread_sigmask(
-        signal.SIG_BLOCK, [])))}
+    inherited = {
+        "SIGINT": str(signal.getsignal(signal.SIGINT)),
+        "blocked": sorted(map(int, signal.pthread_sigmask(signal.SIG_BLOCK, []))),
+    }
 
     def default_signals():  # in the child before exec: the signal state a shell gives a new command
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_DFL)
 
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-l", "-p", "no:cacheprovider",
-                        f"{__file__}::test_signals_outside_training_steps_in_process"], preexec_fn=default_signals,
-                       env={**os.environ, "COORDFORMER_SIGNAL_TEST": "1"}, capture_output=True, text=True, timeout=600)
-    Path("/tmp/coordformer_inner_signal_test.txt").write_text(json.dumps(inherited) + "\n" + r.stdout[-4000:])
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-l",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_signals_outside_training_steps_in_process",
+        ],
+        preexec_fn=default_signals,
+        env={**os.environ, "COORDFORMER_SIGNAL_TEST": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    Path("/tmp/coordformer_inner_signal_test.txt").write_text(
+        json.dumps(inherited) + "\n" + r.stdout[-4000:]
+    )
     assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
-@pytest.mark.skipif(os.environ.get("COORDFORMER_SIGNAL_TEST") != "1",
-                    reason="run in its own interpreter by test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved")
+@pytest.mark.skipif(
+    os.environ.get("COORDFORMER_SIGNAL_TEST") != "1",
+    reason="run in its own interpreter by test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved",
+)
 def test_signals_outside_training_steps_in_process(tmp_path, prepared, sigterm_guard):
     """Setting up: nothing to save (at once, not after a step). A second Ctrl-C in a step: stop
     without waiting. The final validation (training complete): last.ckpt at the final step, and a
@@ -214,23 +301,47 @@ def test_signals_outside_training_steps_in_process(tmp_path, prepared, sigterm_g
     from coordformer.errors import TrainingInterrupted
     from coordformer.train.run import pretrain
 
-    tc = TrainConfig(max_steps=8, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2,
-                     checkpoint_every_steps=100)
+    tc = TrainConfig(
+        max_steps=8,
+        val_every_steps=100,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        checkpoint_every_steps=100,
+    )
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-    cases = [("setup", signal.SIGTERM, 1, None, "before training started: nothing to save"),
-             ("step", signal.SIGINT, 2, None, "a second SIGINT part-way through a step: nothing saved"),
-             ("step", signal.SIGTERM, 2, 4, "stopped by SIGTERM: saved"),  # a second SIGTERM does not hurry it
-             ("final", signal.SIGINT, 1, 8, "stopped by SIGINT: saved")]
+    cases = [
+        ("setup", signal.SIGTERM, 1, None, "before training started: nothing to save"),
+        ("step", signal.SIGINT, 2, None, "a second SIGINT part-way through a step: nothing saved"),
+        (
+            "step",
+            signal.SIGTERM,
+            2,
+            4,
+            "stopped by SIGTERM: saved",
+        ),  # a second SIGTERM does not hurry it
+        ("final", signal.SIGINT, 1, 8, "stopped by SIGINT: saved"),
+    ]
     for k, (where, signum, times, step, message) in enumerate(cases):
         out = tmp_path / f"run{k}"
         with pytest.raises(TrainingInterrupted, match=message) as e:
-            pretrain(prepared.path, out, preset("tiny-0.1m"), tc, progress=False, callbacks=[_Poke(where, signum, times)])
+            pretrain(
+                prepared.path,
+                out,
+                preset("tiny-0.1m"),
+                tc,
+                progress=False,
+                callbacks=[_Poke(where, signum, times)],
+            )
         assert e.value.exit_code == 128 + signum and e.value.step == step, (where, e.value)
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
         last = out / "checkpoints" / "last.ckpt"
         assert (_step(last) if last.exists() else None) == step, where
         if where == "final":
-            assert json.loads((out / "summary.json").read_text())["interrupted"] == {"signal": "SIGINT", "step": 8}
+            assert json.loads((out / "summary.json").read_text())["interrupted"] == {
+                "signal": "SIGINT",
+                "step": 8,
+            }
             s = pretrain(prepared.path, out, preset("tiny-0.1m"), tc, progress=False)
             assert s["global_step"] == 8 and s["final_val"] and _step(last) == 8
 
@@ -270,11 +381,52 @@ def test_sigterm_stops_finetune_at_a_step_boundary_and_the_same_command_resumes(
     labels = tmp_path / "deepfri"
     _write_deepfri(labels, prepared)
     pre = tmp_path / "pre"
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(pre), "--preset", "tiny-0.1m", "--max-steps", "4",
-                 "--val-every", "4", "--warmup-steps", "2", "--tokens-per-batch", "1024", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(pre),
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "4",
+                "--val-every",
+                "4",
+                "--warmup-steps",
+                "2",
+                "--tokens-per-batch",
+                "1024",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     run_dir = tmp_path / "ft"
-    args = ["finetune", "-c", pre, "--labels", labels, "--data", prepared.path, "--out", run_dir, "--head", "mlp",
-            "--max-epochs", "10", "--patience", "10", "--batch-size", "1", "--device", "cpu", "--quiet"]
+    args = [
+        "finetune",
+        "-c",
+        pre,
+        "--labels",
+        labels,
+        "--data",
+        prepared.path,
+        "--out",
+        run_dir,
+        "--head",
+        "mlp",
+        "--max-epochs",
+        "10",
+        "--patience",
+        "10",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     proc = _start(args)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -290,12 +442,19 @@ def test_sigterm_stops_finetune_at_a_step_boundary_and_the_same_command_resumes(
     assert _resume_command(err) == [str(a) for a in args]
     assert not (run_dir / "metrics.json").exists()
 
-    res = subprocess.run([sys.executable, "-m", "coordformer", *map(str, args)], env=_env(), capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "coordformer", *map(str, args)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming the interrupted run" in res.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["test"]["n"] > 0
     logs = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
     resumed = _logged_steps(logs[-1])
     assert len(logs) == 2 and min(resumed) >= step
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt"]  # resume state cleaned up
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "best.ckpt"
+    ]  # resume state cleaned up

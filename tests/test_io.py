@@ -59,7 +59,9 @@ def pdb_atoms(text: str, chain: str, atom: str, model: int = 1) -> dict[str, np.
         elif line.startswith(("ATOM  ", "HETATM")) and current == model:
             if line[21] == chain and line[12:16].strip() == atom:
                 rid = line[22:27].strip()
-                out.setdefault(rid, np.array([float(line[30:38]), float(line[38:46]), float(line[46:54])]))
+                out.setdefault(
+                    rid, np.array([float(line[30:38]), float(line[38:46]), float(line[46:54])])
+                )
     return out
 
 
@@ -268,7 +270,9 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     assert " 19.594 " in first
     files["nonnumeric.cif"] = cif.replace(first, first.replace(" 19.594 ", " abc "), 1).encode()
     assert " 1.00 18.03 " in first
-    files["nonnumeric_occ.cif"] = cif.replace(first, first.replace(" 1.00 18.03 ", " x 18.03 "), 1).encode()
+    files["nonnumeric_occ.cif"] = cif.replace(
+        first, first.replace(" 1.00 18.03 ", " x 18.03 "), 1
+    ).encode()
     # found by tests/test_fuzz.py: a valid mmCIF number beyond float32 became inf in the coords
     files["overflow.cif"] = cif.replace(first, first.replace(" 19.594 ", " 1e40 "), 1).encode()
     files["hetatm_only.pdb"] = (DATA / "ions.pdb").read_bytes()
@@ -276,7 +280,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         l for l in pdb.splitlines(True) if l.startswith("HETATM") and "HOH" in l
     ).encode()
     files["dna_only.pdb"] = "".join(
-        l for l in (DATA / "1LCD.pdb").read_text().splitlines(True)
+        l
+        for l in (DATA / "1LCD.pdb").read_text().splitlines(True)
         if not (l.startswith(("ATOM", "HETATM")) and l[21] == "A")
     ).encode()
     files["no_atom_site.cif"] = b"data_x\n_cell.length_a 10.0\n_cell.length_b 10.0\n"
@@ -329,7 +334,11 @@ def test_bad_input_raises_structure_read_error(tmp_path, name):
 def test_structure_read_error_pickles():
     err = StructureReadError("a/b.pdb", "no protein chain")
     back = pickle.loads(pickle.dumps(err))
-    assert (back.source, back.reason, str(back)) == ("a/b.pdb", "no protein chain", "a/b.pdb: no protein chain")
+    assert (back.source, back.reason, str(back)) == (
+        "a/b.pdb",
+        "no protein chain",
+        "a/b.pdb: no protein chain",
+    )
 
 
 def test_structure_suffixes():
@@ -359,7 +368,11 @@ def _io_imports(name: str) -> list[tuple[str, list[str]]]:
     """(module, imported names) of every ``from coordformer.X import ...`` in io/``name``."""
     out = []
     for node in ast.walk(ast.parse((IO_SRC / name).read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("coordformer"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("coordformer")
+        ):
             out.append((node.module, [a.name for a in node.names]))
         elif isinstance(node, ast.ImportFrom) and node.level:
             out.append(("coordformer.io." + (node.module or ""), [a.name for a in node.names]))
@@ -543,7 +556,11 @@ def test_chain_set_unreadable_files(tmp_path):
     assert info.value.source == str(bad)
     # truncated gzip: the records before the damage, then one error record
     full = tmp_path / "full.jsonl.gz"
-    chains = [c for f in ("1A8O.pdb", "1orc.pdb", "1lzh.pdb.gz", "5i55.cif") for c in read_structure(DATA / f)]
+    chains = [
+        c
+        for f in ("1A8O.pdb", "1orc.pdb", "1lzh.pdb.gz", "5i55.cif")
+        for c in read_structure(DATA / f)
+    ]
     write_chain_set(chains, full)
     data = full.read_bytes()
     trunc = tmp_path / "trunc.jsonl.gz"
@@ -596,7 +613,9 @@ def test_normalize_chain_id(raw, expected):
 
 def test_read_id_list(tmp_path):
     path = tmp_path / "ids.txt"
-    path.write_text("# excluded chains\n\n12as-A\t1.1.1.1\n1abc_B,GO:0003674\n  2XYZ.c  # comment\n12AS.A\n")
+    path.write_text(
+        "# excluded chains\n\n12as-A\t1.1.1.1\n1abc_B,GO:0003674\n  2XYZ.c  # comment\n12AS.A\n"
+    )
     assert read_id_list(path) == ["12AS.A", "1ABC.B", "2XYZ.c"]
     with pytest.raises(StructureReadError):
         read_id_list(tmp_path / "missing.txt")
@@ -628,8 +647,13 @@ def test_find_sources_recursion(tmp_path):
         sniffable,
     ]
     # every entry not read is named with its reason (hidden ones are listed, not searched)
-    assert [p for p, _ in problems] == [str(root / ".hidden"), str(root / "meta.json"), str(root / "notes.txt"),
-                                        str(tmp_path / "nope"), str(readme)]
+    assert [p for p, _ in problems] == [
+        str(root / ".hidden"),
+        str(root / "meta.json"),
+        str(root / "notes.txt"),
+        str(tmp_path / "nope"),
+        str(readme),
+    ]
     reasons = dict(problems)
     assert "hidden" in reasons[str(root / ".hidden")]
     assert "not chain_set" in reasons[str(root / "meta.json")]
@@ -645,9 +669,18 @@ def test_per_chain_file_names_give_the_entry_and_chain(tmp_path):
     use, not 1PAA-K.K (issue 20); only when the file holds that chain."""
     from coordformer.io import read_structure
 
-    text = "".join(l for l in (DATA / "1orc.pdb").read_text().splitlines(keepends=True) if not l.startswith("HEADER"))
-    for name, expected in (("1PAA-A.pdb", "1PAA.A"), ("1paa_A.pdb.gz", "1PAA.A"), ("1paa.A.ent", "1PAA.A"),
-                           ("1PAA-K.pdb", "1PAA-K.A"), ("model-A.pdb", "model-A.A")):
+    text = "".join(
+        l
+        for l in (DATA / "1orc.pdb").read_text().splitlines(keepends=True)
+        if not l.startswith("HEADER")
+    )
+    for name, expected in (
+        ("1PAA-A.pdb", "1PAA.A"),
+        ("1paa_A.pdb.gz", "1PAA.A"),
+        ("1paa.A.ent", "1PAA.A"),
+        ("1PAA-K.pdb", "1PAA-K.A"),
+        ("model-A.pdb", "model-A.A"),
+    ):
         path = tmp_path / name
         path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
         assert [c.id for c in read_structure(path)] == [expected], name
@@ -660,6 +693,8 @@ def test_pdb_archive_file_names_give_the_entry_id(tmp_path):
     target = tmp_path / "pdb1abc.ent"
     src = DATA / "1orc.pdb"
     # Drop the HEADER so the id must come from the file name, as for many archive mirrors.
-    target.write_text("".join(l for l in src.read_text().splitlines(keepends=True) if not l.startswith("HEADER")))
+    target.write_text(
+        "".join(l for l in src.read_text().splitlines(keepends=True) if not l.startswith("HEADER"))
+    )
     chains = read_structure(target)
     assert chains[0].id.startswith("1ABC.")

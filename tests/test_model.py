@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -102,7 +101,9 @@ def test_coords_switch_removes_coordinate_information():
     tok, xyz = _random_structure(30)
     moved = xyz + torch.randn_like(xyz) * 5
     with_c = _model(use_coords=True)
-    assert not torch.allclose(with_c(tok[None], xyz[None]).logits, with_c(tok[None], moved[None]).logits, atol=1e-4)
+    assert not torch.allclose(
+        with_c(tok[None], xyz[None]).logits, with_c(tok[None], moved[None]).logits, atol=1e-4
+    )
     no_c = _model(use_coords=False)
     assert no_c.coord_embed is None
     assert torch.equal(no_c(tok[None], xyz[None]).logits, no_c(tok[None], moved[None]).logits)
@@ -126,7 +127,9 @@ def test_coordinate_features_layout():
     assert f.shape == (1, 10, 4)
     assert f[0, 3].tolist() == [0, 0, 0, 1]
     assert torch.allclose(f[0, 0, :3], xyz[0, 1] / 16.0)
-    fb = coordinate_features(xyz[None], ModelConfig(**TINY, coord_mode="backbone", coord_norm_feature=True))
+    fb = coordinate_features(
+        xyz[None], ModelConfig(**TINY, coord_mode="backbone", coord_norm_feature=True)
+    )
     assert fb.shape == (1, 10, 17)
     assert torch.allclose(fb[0, 0, -1], (xyz[0, 1] / 16.0).pow(2).sum())
 
@@ -134,8 +137,16 @@ def test_coordinate_features_layout():
 @pytest.mark.parametrize("mode", ["ca", "backbone"])
 def test_gaussian_init_heads_attend_by_distance(mode):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=128, n_layers=1, n_heads=4, d_ff=256, coord_norm_feature=True, gaussian_init_heads=2,
-                      gaussian_init_sigmas=(6.0, 10.0), coord_mode=mode)
+    cfg = ModelConfig(
+        d_model=128,
+        n_layers=1,
+        n_heads=4,
+        d_ff=256,
+        coord_norm_feature=True,
+        gaussian_init_heads=2,
+        gaussian_init_sigmas=(6.0, 10.0),
+        coord_mode=mode,
+    )
     m = CoordFormer(cfg).eval()
     tok, xyz = _random_structure(120, seed=5)
     xyz = xyz - xyz[:, 1].mean(0)
@@ -144,13 +155,13 @@ def test_gaussian_init_heads_attend_by_distance(mode):
     d = torch.cdist(xyz[:, 1], xyz[:, 1])
     d[:, 40:45] = float("inf")
     for h, sigma in enumerate((6.0, 10.0)):
-        target = torch.softmax(-d.nan_to_num(float("inf")) ** 2 / (2 * sigma**2), -1)
+        target = torch.softmax(-(d.nan_to_num(float("inf")) ** 2) / (2 * sigma**2), -1)
         rows = [i for i in range(120) if not 40 <= i < 45]
         l1 = (att[h][rows] - target[rows]).abs().sum(-1).mean()
         assert l1 < 0.3, (h, l1)
         assert att[h][:, 40:45].max() < 1e-6  # keys without coordinates are ignored
     # An ordinary head is not distance-shaped.
-    target = torch.softmax(-d.nan_to_num(float("inf")) ** 2 / (2 * 6.0**2), -1)
+    target = torch.softmax(-(d.nan_to_num(float("inf")) ** 2) / (2 * 6.0**2), -1)
     assert (att[3][rows] - target[rows]).abs().sum(-1).mean() > 1.0
 
 
@@ -173,11 +184,23 @@ def test_paper_preset_is_the_papers_model_and_recipes_set_the_coordinate_switche
     assert (c.d_model, c.n_layers, c.n_heads, c.d_ff) == (768, 6, 12, ref.linear1.out_features)
     assert 33e6 < CoordFormer(c).num_parameters() < 34e6
     fast, paper = preset("paper-33m", recipe="fast"), preset("paper-33m", recipe="paper")
-    assert (fast.coord_norm_feature, fast.gaussian_init_heads, fast.gaussian_init_values) == (True, 4, True)
-    assert (paper.coord_norm_feature, paper.gaussian_init_heads, paper.gaussian_init_values) == (False, 0, False)
+    assert (fast.coord_norm_feature, fast.gaussian_init_heads, fast.gaussian_init_values) == (
+        True,
+        4,
+        True,
+    )
+    assert (paper.coord_norm_feature, paper.gaussian_init_heads, paper.gaussian_init_values) == (
+        False,
+        0,
+        False,
+    )
     assert preset("tiny-0.1m", recipe="fast").gaussian_init_heads == 2  # half of 4 heads at most
-    assert preset("small-3m", recipe="fast", use_coords=False).gaussian_init_heads == 0  # no coordinates, no recipe
-    assert preset("small-3m", recipe="fast", gaussian_init_heads=1).gaussian_init_heads == 1  # explicit wins
+    assert (
+        preset("small-3m", recipe="fast", use_coords=False).gaussian_init_heads == 0
+    )  # no coordinates, no recipe
+    assert (
+        preset("small-3m", recipe="fast", gaussian_init_heads=1).gaussian_init_heads == 1
+    )  # explicit wins
 
 
 def test_lr_schedule_warmup_cosine_and_time_budget():
@@ -196,7 +219,9 @@ def test_masked_batches_deterministic_resumable_and_sharded(prepared):
     b = MaskedBatches(prepared, idx, s, seed=7, epochs=2, start_batch=3)
     for k in range(3):
         x, y = a[k + 3], b[k]
-        assert all(torch.equal(getattr(x, key), getattr(y, key)) for key in ("tokens", "targets", "index"))
+        assert all(
+            torch.equal(getattr(x, key), getattr(y, key)) for key in ("tokens", "targets", "index")
+        )
         assert torch.allclose(x.coords.nan_to_num(), y.coords.nan_to_num())
     assert a[0].tokens.shape[1] <= 50
     r0 = MaskedBatches(prepared, idx, s, seed=7, rank=0, world_size=2)
@@ -218,13 +243,17 @@ def test_export_and_load_half_precision(tmp_path):
     tok, xyz = _random_structure(20)
     assert meta["note"] == "x"
     assert m2.config == m.config
-    assert torch.allclose(m(tok[None], xyz[None]).logits, m2(tok[None], xyz[None]).logits, atol=5e-2)
+    assert torch.allclose(
+        m(tok[None], xyz[None]).logits, m2(tok[None], xyz[None]).logits, atol=5e-2
+    )
 
 
 def test_int8_export_quarters_the_file_and_stays_close(tmp_path):
     from coordformer.model.checkpoints import INT8_MIN_NUMEL, dequantize_int8, quantize_int8
 
-    w = torch.randn(6, 50) * torch.tensor([0.01, 0.1, 1, 10, 100, 1000])[:, None]  # rows of very different range
+    w = (
+        torch.randn(6, 50) * torch.tensor([0.01, 0.1, 1, 10, 100, 1000])[:, None]
+    )  # rows of very different range
     q, scale = quantize_int8(w)
     assert q.dtype == torch.int8 and scale.shape == (6,)
     # per-row: every row's error is within half a step of its own scale
@@ -234,12 +263,18 @@ def test_int8_export_quarters_the_file_and_stays_close(tmp_path):
     small = export_model(m, tmp_path / "q.pt", int8=True)
     obj = torch.load(small, weights_only=False)
     assert obj["format_version"] == 2 and obj["int8"]
-    assert all(v["q"].dtype == torch.int8 and v["q"].numel() >= INT8_MIN_NUMEL for v in obj["int8"].values())
+    assert all(
+        v["q"].dtype == torch.int8 and v["q"].numel() >= INT8_MIN_NUMEL
+        for v in obj["int8"].values()
+    )
     assert small.stat().st_size < 0.6 * half.stat().st_size
     m2, _ = load_model(small)
     assert m2.config == m.config and all(p.dtype == torch.float32 for p in m2.parameters())
     tok, xyz = _random_structure(40)
-    a, b = m(tok[None], xyz[None]).logits.log_softmax(-1), m2(tok[None], xyz[None]).logits.log_softmax(-1)
+    a, b = (
+        m(tok[None], xyz[None]).logits.log_softmax(-1),
+        m2(tok[None], xyz[None]).logits.log_softmax(-1),
+    )
     assert (a - b).abs().max() < 0.05
     assert not torch.equal(a, b)  # it is quantised
 
@@ -253,19 +288,31 @@ def test_sharded_export_keeps_every_file_under_the_limit_and_loads_the_same_weig
     m = CoordFormer(preset("small-3m", recipe="fast")).eval()
     whole = export_model(m, tmp_path / "whole" / "m.pt")
     limit = 2_500_000
-    main = export_model(m, tmp_path / "sharded" / "m.pt", meta={"global_step": 7}, max_file_bytes=limit)
+    main = export_model(
+        m, tmp_path / "sharded" / "m.pt", meta={"global_step": 7}, max_file_bytes=limit
+    )
     files = sorted((tmp_path / "sharded").iterdir())
-    assert [f.name for f in files] == ["m.pt", *(f"m.pt.shard{i}" for i in range(1, len(files)))] and len(files) >= 3
+    assert [f.name for f in files] == [
+        "m.pt",
+        *(f"m.pt.shard{i}" for i in range(1, len(files))),
+    ] and len(files) >= 3
     assert all(f.stat().st_size <= limit for f in files)
     a, meta = load_model(whole)
     b, meta_b = load_model(main)
-    assert meta_b["global_step"] == 7 and torch.load(main, weights_only=False)["format_version"] == 3
+    assert (
+        meta_b["global_step"] == 7 and torch.load(main, weights_only=False)["format_version"] == 3
+    )
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     # int8 entries shard too
     q = export_model(m, tmp_path / "q" / "m.pt", int8=True, max_file_bytes=1_500_000)
     assert len(list((tmp_path / "q").iterdir())) >= 2
-    assert all(torch.equal(x, y) for x, y in zip(load_model(export_model(m, tmp_path / "q1.pt", int8=True))[0].state_dict().values(),
-                                                 load_model(q)[0].state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(
+            load_model(export_model(m, tmp_path / "q1.pt", int8=True))[0].state_dict().values(),
+            load_model(q)[0].state_dict().values(),
+        )
+    )
     # re-exporting with fewer shards removes the stale ones
     export_model(m, tmp_path / "sharded" / "m.pt")
     assert [f.name for f in (tmp_path / "sharded").iterdir()] == ["m.pt"]
@@ -285,7 +332,10 @@ class _FakeDataset:
     def __init__(self, n=400, seed=0):
         rng = np.random.default_rng(seed)
         self.lengths = rng.integers(20, 200, size=n)
-        self._seqs = [rng.choice(np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", np.uint8), size=l) for l in self.lengths]
+        self._seqs = [
+            rng.choice(np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", np.uint8), size=l)
+            for l in self.lengths
+        ]
         self._xyz = [rng.normal(scale=10, size=(l, 4, 3)).astype(np.float32) for l in self.lengths]
 
     def seq_bytes(self, i):
@@ -297,10 +347,18 @@ class _FakeDataset:
 
 def test_epoch_boundaries_survive_varying_batch_counts():
     ds = _FakeDataset()
-    mb = MaskedBatches(ds, np.arange(len(ds.lengths)), BatchSettings(crop_length=150, tokens_per_batch=600), seed=3, epochs=6)
+    mb = MaskedBatches(
+        ds,
+        np.arange(len(ds.lengths)),
+        BatchSettings(crop_length=150, tokens_per_batch=600),
+        seed=3,
+        epochs=6,
+    )
     counts = {len(mb._plan(e)) for e in range(6)}
     assert len(counts) > 1, "test needs epochs that pack into different batch counts"
-    for k in range(len(mb)):  # every item of every epoch is reachable (this raised IndexError before)
+    for k in range(
+        len(mb)
+    ):  # every item of every epoch is reachable (this raised IndexError before)
         assert mb[k].tokens.shape[0] >= 1
 
 
@@ -316,10 +374,30 @@ def test_eval_masks_do_not_depend_on_batch_composition():
                 out[ci] = (b.targets[i] != -100).nonzero().flatten().tolist()
         return out
 
-    small = masks(MaskedBatches(ds, idx, BatchSettings(tokens_per_batch=500, random_crop=False), seed=9, train=False))
-    big = masks(MaskedBatches(ds, idx[:25], BatchSettings(tokens_per_batch=50_000, random_crop=False), seed=9, train=False))
+    small = masks(
+        MaskedBatches(
+            ds, idx, BatchSettings(tokens_per_batch=500, random_crop=False), seed=9, train=False
+        )
+    )
+    big = masks(
+        MaskedBatches(
+            ds,
+            idx[:25],
+            BatchSettings(tokens_per_batch=50_000, random_crop=False),
+            seed=9,
+            train=False,
+        )
+    )
     assert all(small[c] == big[c] for c in big)
-    other = masks(MaskedBatches(ds, idx[:25], BatchSettings(tokens_per_batch=500, random_crop=False), seed=10, train=False))
+    other = masks(
+        MaskedBatches(
+            ds,
+            idx[:25],
+            BatchSettings(tokens_per_batch=500, random_crop=False),
+            seed=10,
+            train=False,
+        )
+    )
     assert any(other[c] != big[c] for c in big)
 
 
@@ -328,7 +406,9 @@ def test_model_is_invariant_to_translation_and_rotation_of_distances():
     tok, xyz = _random_structure(30)
     shifted = xyz + torch.tensor([100.0, -50.0, 7.0])
     a = m(tok[None], xyz[None]).logits
-    assert torch.allclose(a, m(tok[None], shifted[None]).logits, atol=1e-4)  # centred inside the model
+    assert torch.allclose(
+        a, m(tok[None], shifted[None]).logits, atol=1e-4
+    )  # centred inside the model
     with_missing = xyz.clone()
     with_missing[3] = float("nan")
     assert torch.isfinite(m(tok[None], with_missing[None]).logits).all()
@@ -376,4 +456,6 @@ def test_activation_checkpointing_gives_the_same_gradients():
     # checkpointing is a training-time device only: eval and attention maps take the plain path
     ckpt.eval()
     with torch.no_grad():
-        assert torch.equal(ckpt(tokens, coords, mask).logits, plain.eval()(tokens, coords, mask).logits)
+        assert torch.equal(
+            ckpt(tokens, coords, mask).logits, plain.eval()(tokens, coords, mask).logits
+        )

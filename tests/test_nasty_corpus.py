@@ -44,7 +44,9 @@ SIX = ["ALA", "GLY", "SER", "THR", "VAL", "LEU"]  # -> AGSTVL
 # ----------------------------------------------------------------------------------------------
 
 
-def atom_line(serial, name, resn, chain, num, xyz, het=False, icode=" ", alt=" ", occ=1.0, b=20.0) -> str:
+def atom_line(
+    serial, name, resn, chain, num, xyz, het=False, icode=" ", alt=" ", occ=1.0, b=20.0
+) -> str:
     rec = "HETATM" if het else "ATOM  "
     x, y, z = xyz
     return (
@@ -58,7 +60,9 @@ def xyz_of(i: int, k: int, offset: float = 0.0) -> tuple[float, float, float]:
     return (3.8 * i + 0.5 * k + offset, 1.0 * k + 0.1 * i, 0.25 * i)
 
 
-def pdb_chain(chain, resns, nums=None, het=False, start=1, offset=0.0, occ=None, alts=None) -> list[str]:
+def pdb_chain(
+    chain, resns, nums=None, het=False, start=1, offset=0.0, occ=None, alts=None
+) -> list[str]:
     """ATOM lines for N, CA, C, O of each residue; ``occ[i]`` may be a float or a 4-tuple."""
     nums = list(nums) if nums is not None else list(range(1, len(resns) + 1))
     out, serial = [], start
@@ -67,7 +71,11 @@ def pdb_chain(chain, resns, nums=None, het=False, start=1, offset=0.0, occ=None,
         for k, a in enumerate(BACKBONE):
             ok = o[k] if isinstance(o, tuple) else o
             alt = alts[i] if alts is not None else " "
-            out.append(atom_line(serial, a, resn, chain, num, xyz_of(i, k, offset), het=het, alt=alt, occ=ok))
+            out.append(
+                atom_line(
+                    serial, a, resn, chain, num, xyz_of(i, k, offset), het=het, alt=alt, occ=ok
+                )
+            )
             serial += 1
     return out
 
@@ -121,7 +129,9 @@ GOOD: dict[str, dict[str, tuple[int, str | None]]] = {
     # 1A8O (MSE as HETATM in the chain) with CRLF line endings
     "crlf_1a8o.pdb": {"1A8O.A": (70, None)},
     # synthetic cases
-    "zero_occ.pdb": {"zero_occ.A": (6, "AGSTVL")},  # HEADER id 'ZERO' is not a PDB id: the file stem
+    "zero_occ.pdb": {
+        "zero_occ.A": (6, "AGSTVL")
+    },  # HEADER id 'ZERO' is not a PDB id: the file stem
     "gap.pdb": {"gap.A": (10, "AGSTVAGSTV")},
     "dup_numbers.pdb": {"dup_numbers.A": (6, "AGSTVL")},
     "nonstd.pdb": {"nonstd.A": (8, "AXASXCKM")},
@@ -129,11 +139,17 @@ GOOD: dict[str, dict[str, tuple[int, str | None]]] = {
     "hetatm_peptide.cif": {"9HPC.A": (6, "AGSTVL")},  # block name data_9hpc (a PDB id)
     "waters_in_chain.pdb": {"waters_in_chain.A": (6, "AGSTVL")},
     "lower_ids.pdb": {"lower_ids.A": (6, "AGSTVL"), "lower_ids.a": (5, "GSTVL")},
-    "odd_ids.cif": {"odd_ids.A": (6, "AGSTVL"), "odd_ids.a": (5, "AGSTV"), "odd_ids.AA": (7, "AGSTVLA"),
-                    "odd_ids.x1": (8, "AGSTVLAG")},  # block name data_odd is not a PDB id: the file stem
+    "odd_ids.cif": {
+        "odd_ids.A": (6, "AGSTVL"),
+        "odd_ids.a": (5, "AGSTV"),
+        "odd_ids.AA": (7, "AGSTVLA"),
+        "odd_ids.x1": (8, "AGSTVLAG"),
+    },  # block name data_odd is not a PDB id: the file stem
     "crlf.pdb": {"crlf.A": (6, "AGSTVL")},
     "cr_only.pdb": {"cr_only.A": (6, "AGSTVL")},
-    "crlf.cif": {"crlf.B": (6, "AGSTVL")},  # block data_crlf_cif ignored; crlf.pdb has chain A, so no clash
+    "crlf.cif": {
+        "crlf.B": (6, "AGSTVL")
+    },  # block data_crlf_cif ignored; crlf.pdb has chain A, so no clash
     "mixed.pdb": {"mixed.A": (6, "AGSTVL")},  # chain B is too short: filtered, see FILTERED
     # sub-folders (recursion), including a chain_set JSONL file
     "sub/set.jsonl": {"1A2X.B": (31, None), "1AIE.A": (31, None), "1AJJ.A": (37, None)},
@@ -163,7 +179,11 @@ BAD = {
 }
 
 #: not sources: not read, but each named in skipped.tsv with the reason (issue 20, item 8)
-IGNORED = {"README.txt": "neither PDB nor mmCIF", ".hidden.pdb": "hidden", "sub/notes.md": "neither PDB nor mmCIF"}
+IGNORED = {
+    "README.txt": "neither PDB nor mmCIF",
+    ".hidden.pdb": "hidden",
+    "sub/notes.md": "neither PDB nor mmCIF",
+}
 
 
 def build_corpus(root: Path) -> Path:
@@ -178,7 +198,9 @@ def build_corpus(root: Path) -> Path:
     files["icode_1orc.pdb"] = (DATA / "1orc.pdb").read_bytes()
     files["ca_only_1lzh.pdb.gz"] = (DATA / "1lzh.pdb.gz").read_bytes()
     files["mse_5i55.cif"] = (DATA / "5i55.cif").read_bytes()
-    files["crlf_1a8o.pdb"] = (DATA / "1A8O.pdb").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    files["crlf_1a8o.pdb"] = (
+        (DATA / "1A8O.pdb").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    )
     files["sub/1a8o_copy.cif"] = (DATA / "1A8O.cif").read_bytes()
     files["sub/set.jsonl"] = (DATA / "chain_set_small.jsonl").read_bytes()
 
@@ -187,27 +209,38 @@ def build_corpus(root: Path) -> Path:
     files["zero_occ.pdb"] = pdb_text(pdb_chain("A", SIX, occ=occ), header="ZERO")
     files["all_zero_occ.pdb"] = pdb_text(pdb_chain("A", SIX, occ=[0.0] * 6))
     # residues 6-14 missing in the middle (no SEQRES)
-    files["gap.pdb"] = pdb_text(pdb_chain("A", SIX[:5] * 2, nums=[1, 2, 3, 4, 5, 15, 16, 17, 18, 19]))
+    files["gap.pdb"] = pdb_text(
+        pdb_chain("A", SIX[:5] * 2, nums=[1, 2, 3, 4, 5, 15, 16, 17, 18, 19])
+    )
     # duplicate residue number 3 (SER 3, THR 3), no alternate locations: a numbering error
     files["dup_numbers.pdb"] = pdb_text(pdb_chain("A", SIX, nums=[1, 2, 3, 3, 4, 5]))
-    files["nonstd.pdb"] = pdb_text(pdb_chain("A", ["ALA", "UNK", "DAL", "SEP", "ZZZ", "SEC", "PYL", "MSE"]))
+    files["nonstd.pdb"] = pdb_text(
+        pdb_chain("A", ["ALA", "UNK", "DAL", "SEP", "ZZZ", "SEC", "PYL", "MSE"])
+    )
     files["hetatm_peptide.pdb"] = pdb_text(pdb_chain("A", SIX, het=True))
     files["hetatm_peptide.cif"] = cif_text("9hpc", [("A", SIX)], het=True)
-    waters = [atom_line(900 + i, "O", "HOH", "A", 101 + i, (0.0, 5.0 * i, 9.0), het=True) for i in range(3)]
+    waters = [
+        atom_line(900 + i, "O", "HOH", "A", 101 + i, (0.0, 5.0 * i, 9.0), het=True)
+        for i in range(3)
+    ]
     heme = [
         atom_line(950, "FE", "HEM", "C", 1, (9.0, 9.0, 9.0), het=True),
         atom_line(951, "NA", "HEM", "C", 1, (9.0, 8.0, 9.0), het=True),
     ]
     free_ala = pdb_chain("B", ["ALA"], het=True, start=960, offset=30.0)  # a lone HETATM amino acid
     files["waters_in_chain.pdb"] = pdb_text(pdb_chain("A", SIX) + waters, free_ala, heme)
-    files["lower_ids.pdb"] = pdb_text(pdb_chain("A", SIX), pdb_chain("a", SIX[1:], start=100, offset=40.0))
+    files["lower_ids.pdb"] = pdb_text(
+        pdb_chain("A", SIX), pdb_chain("a", SIX[1:], start=100, offset=40.0)
+    )
     odd = [("A", SIX), ("a", SIX[:5]), ("AA", SIX + ["ALA"]), ("x1", SIX + ["ALA", "GLY"])]
     files["odd_ids.cif"] = cif_text("odd", odd)
     lf = pdb_text(pdb_chain("A", SIX))
     files["crlf.pdb"] = lf.replace("\n", "\r\n")
     files["cr_only.pdb"] = lf.replace("\n", "\r")
     files["crlf.cif"] = cif_text("crlf_cif", [("B", SIX)]).replace("\n", "\r\n")
-    files["mixed.pdb"] = pdb_text(pdb_chain("A", SIX), pdb_chain("B", ["GLY", "ALA", "SER"], start=100, offset=40.0))
+    files["mixed.pdb"] = pdb_text(
+        pdb_chain("A", SIX), pdb_chain("B", ["GLY", "ALA", "SER"], start=100, offset=40.0)
+    )
     files["sub/deeper/blank_chain.pdb"] = pdb_text(pdb_chain(" ", SIX))
 
     # plainly bad files
@@ -221,7 +254,9 @@ def build_corpus(root: Path) -> Path:
     files["waters_ligands.pdb"] = "\n".join(waters + heme) + "\nEND\n"
     files["ions.pdb"] = (DATA / "ions.pdb").read_bytes()
     files["dna_only.pdb"] = "".join(
-        ln for ln in (DATA / "1LCD.pdb").read_text().splitlines(True) if not (ln.startswith(("ATOM", "HETATM")) and ln[21] == "A")
+        ln
+        for ln in (DATA / "1LCD.pdb").read_text().splitlines(True)
+        if not (ln.startswith(("ATOM", "HETATM")) and ln[21] == "A")
     )
     row = cif.index("\nATOM ", cif.index("\nATOM ") + 3000) + 1
     files["sub/truncated.cif"] = cif[: row + 20]  # cut inside an _atom_site row
@@ -234,7 +269,9 @@ def build_corpus(root: Path) -> Path:
     files["sub/notes.md"] = "# notes\n"
 
     tables = [set(GOOD), set(BAD), set(FILTERED_FILES), set(IGNORED)]
-    assert set(files) == set().union(*tables) and sum(map(len, tables)) == len(files)  # each file in one table
+    assert set(files) == set().union(*tables) and sum(map(len, tables)) == len(
+        files
+    )  # each file in one table
     for rel, content in files.items():
         p = d / rel
         if isinstance(content, str):
@@ -258,13 +295,21 @@ def read_tsv_rows(path: Path, header: str) -> list[list[str]]:
 def test_nasty_corpus_prepares_in_one_run(tmp_path):
     corpus = build_corpus(tmp_path)
     out = tmp_path / "ds"
-    summary = prepare([corpus], out, PrepareConfig(min_length=5, split="random", seed=0), workers=1, progress=False)
+    summary = prepare(
+        [corpus],
+        out,
+        PrepareConfig(min_length=5, split="random", seed=0),
+        workers=1,
+        progress=False,
+    )
 
     res = {rel: str((corpus / rel).resolve()) for rel in [*GOOD, *BAD, *FILTERED_FILES]}
     ds = PreparedDataset(out)
 
     # -- every good chain is in the dataset, with the documented length / sequence, and nothing else
-    expected = {cid: (rel, L, seq) for rel, chains in GOOD.items() for cid, (L, seq) in chains.items()}
+    expected = {
+        cid: (rel, L, seq) for rel, chains in GOOD.items() for cid, (L, seq) in chains.items()
+    }
     assert sorted(ds.ids) == sorted(expected)
     assert len(ds.ids) == len(set(ds.ids))
     for cid, (rel, L, seq) in expected.items():
@@ -283,7 +328,9 @@ def test_nasty_corpus_prepares_in_one_run(tmp_path):
     assert str(Path(ds.source(ds.ids.index("1A8O.A"))).resolve()) == res["crlf_1a8o.pdb"]
     # 'A' and 'a' are two chains with different coordinates
     xa, xl = ds.coords(ds.ids.index("lower_ids.A")), ds.coords(ds.ids.index("lower_ids.a"))
-    np.testing.assert_allclose(xl, xa[:5] + np.array([40.0, 0.0, 0.0], dtype=np.float32), atol=1e-3)  # 'a' written 40 A away
+    np.testing.assert_allclose(
+        xl, xa[:5] + np.array([40.0, 0.0, 0.0], dtype=np.float32), atol=1e-3
+    )  # 'a' written 40 A away
 
     # -- CA-only chains: CA present, N / C / O missing
     for cid in ("1LZH.A", "1LZH.B"):
@@ -310,7 +357,9 @@ def test_nasty_corpus_prepares_in_one_run(tmp_path):
     # -- CRLF / CR-only / LF files give the same coordinates
     for cid in ("crlf.A", "cr_only.A", "hetatm_peptide.A", "mixed.A"):
         np.testing.assert_allclose(
-            ds.coords(ds.ids.index(cid)), np.array([[xyz_of(i, k) for k in range(4)] for i in range(6)]), atol=1e-3
+            ds.coords(ds.ids.index(cid)),
+            np.array([[xyz_of(i, k) for k in range(4)] for i in range(6)]),
+            atol=1e-3,
         )
 
     # -- skipped.tsv: every bad input with its reason, every filtered chain with its category
@@ -320,11 +369,21 @@ def test_nasty_corpus_prepares_in_one_run(tmp_path):
     for inp, reason in rows:
         by_input.setdefault(inp, []).append(reason)
     for rel, why in BAD.items():
-        hits = [reason for inp, reasons in by_input.items() for reason in reasons if str(Path(inp).resolve()) == res[rel]]
+        hits = [
+            reason
+            for inp, reasons in by_input.items()
+            for reason in reasons
+            if str(Path(inp).resolve()) == res[rel]
+        ]
         assert len(hits) == 1, (rel, by_input)
         assert why in hits[0], (rel, hits[0])
     for cid, category in FILTERED.items():
-        hits = [(inp, r) for inp, reasons in by_input.items() for r in reasons if inp.startswith(f"{cid} [")]
+        hits = [
+            (inp, r)
+            for inp, reasons in by_input.items()
+            for r in reasons
+            if inp.startswith(f"{cid} [")
+        ]
         assert len(hits) == 1, (cid, hits)
         assert hits[0][1].startswith(f"{category}:"), hits
     for rel, cids in FILTERED_FILES.items():
@@ -360,7 +419,11 @@ def test_nasty_corpus_prepares_in_one_run(tmp_path):
     chains_tsv = read_tsv_rows(out / "chains.tsv", "id\tlength\tsource")
     assert [r[0] for r in chains_tsv] == ds.ids
     assert sorted(r[0] for r in chains_tsv) == sorted(expected)
-    split_ids = [cid for name in ("train", "valid", "test") for cid in (out / "splits" / f"{name}.txt").read_text().split()]
+    split_ids = [
+        cid
+        for name in ("train", "valid", "test")
+        for cid in (out / "splits" / f"{name}.txt").read_text().split()
+    ]
     assert sorted(split_ids) == sorted(expected)
 
 
@@ -377,35 +440,62 @@ def _same_chain(a, b) -> None:
 
 def test_duplicate_numbers_lowercase_ids_and_line_endings(tmp_path):
     # duplicate residue numbers without alternate locations: a numbering error, both residues kept
-    (c,) = read_structure(_write(tmp_path / "dup.pdb", pdb_text(pdb_chain("A", SIX, nums=[1, 2, 3, 3, 4, 5]))))
+    (c,) = read_structure(
+        _write(tmp_path / "dup.pdb", pdb_text(pdb_chain("A", SIX, nums=[1, 2, 3, 3, 4, 5])))
+    )
     assert c.sequence == "AGSTVL"
     assert c.residue_ids == ["1", "2", "3", "3", "4", "5"]
     np.testing.assert_allclose(c.coords[3, 1], xyz_of(3, 1), atol=1e-3)
     # the same with alternate locations (B 0.6 > A 0.4) is point-mutation microheterogeneity: one residue
     occ = [1.0, 1.0, 0.4, 0.6, 1.0, 1.0]
     alts = [" ", " ", "A", "B", " ", " "]
-    (m,) = read_structure(_write(tmp_path / "mh.pdb", pdb_text(pdb_chain("A", SIX, nums=[1, 2, 3, 3, 4, 5], occ=occ, alts=alts))))
+    (m,) = read_structure(
+        _write(
+            tmp_path / "mh.pdb",
+            pdb_text(pdb_chain("A", SIX, nums=[1, 2, 3, 3, 4, 5], occ=occ, alts=alts)),
+        )
+    )
     assert m.sequence == "AGTVL" and m.residue_ids == ["1", "2", "3", "4", "5"]
     np.testing.assert_allclose(m.coords[2, 1], xyz_of(3, 1), atol=1e-3)
     # numbering that restarts within a chain (non-consecutive duplicates): every residue kept
     (r,) = read_structure(
-        _write(tmp_path / "restart.pdb", pdb_text(pdb_chain("A", SIX + SIX[:2], nums=[1, 2, 3, 4, 1, 2, 3, 4])))
+        _write(
+            tmp_path / "restart.pdb",
+            pdb_text(pdb_chain("A", SIX + SIX[:2], nums=[1, 2, 3, 4, 1, 2, 3, 4])),
+        )
     )
     assert r.sequence == "AGSTVLAG" and r.residue_ids == ["1", "2", "3", "4"] * 2
 
     # lowercase / multi-character chain ids stay distinct, case-sensitively
     chains = read_structure(
-        _write(tmp_path / "ids.pdb", pdb_text(pdb_chain("a", SIX), pdb_chain("A", SIX[:5], start=50, offset=40.0)))
+        _write(
+            tmp_path / "ids.pdb",
+            pdb_text(pdb_chain("a", SIX), pdb_chain("A", SIX[:5], start=50, offset=40.0)),
+        )
     )
     assert [(x.id, x.sequence) for x in chains] == [("ids.a", "AGSTVL"), ("ids.A", "AGSTV")]
     np.testing.assert_allclose(chains[1].coords[0, 1], xyz_of(0, 1, 40.0), atol=1e-3)
     assert [x.id for x in read_structure(tmp_path / "ids.pdb", chains=["a"])] == ["ids.a"]
-    chains = read_structure(_write(tmp_path / "ids.cif", cif_text("ids2", [("A", SIX), ("a", SIX), ("aA", SIX), ("1", SIX)])))
-    assert [x.id for x in chains] == ["ids.A", "ids.a", "ids.aA", "ids.1"]  # data_ids2 is not a PDB id: file stem
+    chains = read_structure(
+        _write(
+            tmp_path / "ids.cif",
+            cif_text("ids2", [("A", SIX), ("a", SIX), ("aA", SIX), ("1", SIX)]),
+        )
+    )
+    assert [x.id for x in chains] == [
+        "ids.A",
+        "ids.a",
+        "ids.aA",
+        "ids.1",
+    ]  # data_ids2 is not a PDB id: file stem
     assert chains[0].ignored_entry == "ids2"
 
     # CRLF (and CR-only) line endings give exactly the chain of the LF file
-    for src, name in ((DATA / "1A8O.pdb", "1a8o"), (DATA / "4hhh_frag.pdb", "4hhh"), (DATA / "1A8O.cif", "1a8o_cif")):
+    for src, name in (
+        (DATA / "1A8O.pdb", "1a8o"),
+        (DATA / "4hhh_frag.pdb", "4hhh"),
+        (DATA / "1A8O.cif", "1a8o_cif"),
+    ):
         suffix = src.suffix
         lf = src.read_bytes().replace(b"\r\n", b"\n")
         ref = read_structure(_write(tmp_path / f"{name}_lf{suffix}", lf.decode()))

@@ -38,7 +38,9 @@ def test_masked_attention_excludes_the_cudnn_kernel_and_unmasked_keeps_the_defau
     unmasked = [cudnn for has_mask, cudnn in seen if not has_mask]
     assert len(masked) == len(unmasked) == len(model.layers)
     assert not any(masked), "cuDNN attention was allowed for a masked call"
-    assert all(unmasked) and torch.backends.cuda.cudnn_sdp_enabled()  # default restored after each call
+    assert (
+        all(unmasked) and torch.backends.cuda.cudnn_sdp_enabled()
+    )  # default restored after each call
 
 
 def test_attention_matches_the_explicit_softmax_with_padding():
@@ -48,7 +50,9 @@ def test_attention_matches_the_explicit_softmax_with_padding():
     mask[1, ..., 50:] = False
     ref = ((q @ k.transpose(-1, -2)) / 4.0).masked_fill(~mask, -math.inf).softmax(-1) @ v
     torch.testing.assert_close(attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(attention(q, k, v), (q @ k.transpose(-1, -2) / 4.0).softmax(-1) @ v, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v), (q @ k.transpose(-1, -2) / 4.0).softmax(-1) @ v, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuDNN kernel exists on CUDA only")
@@ -72,9 +76,28 @@ def test_replay_script_scans_a_fresh_model_on_cpu(tmp_path, prepared):
     import sys
 
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, "benchmarks/nonfinite_replay.py", "--data", str(prepared.path), "--preset",
-                    "tiny-0.1m", "--batches", "3", "--tokens", "1024", "--device", "cpu", "--json", str(out)],
-                   check=True, capture_output=True, text=True, cwd=core.__file__.rsplit("/src/", 1)[0])
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/nonfinite_replay.py",
+            "--data",
+            str(prepared.path),
+            "--preset",
+            "tiny-0.1m",
+            "--batches",
+            "3",
+            "--tokens",
+            "1024",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=core.__file__.rsplit("/src/", 1)[0],
+    )
     scan = json.loads(out.read_text())["scan"]
     assert scan["batches"] == 3 and len(scan["real_min"]) == 2
     # a query row with coordinates sees itself: its log-sum-exp is never far below zero at init

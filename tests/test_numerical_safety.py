@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_chains, write_jsonl
 
+from conftest import synthetic_chains, write_jsonl
 from coordformer.config import PrepareConfig, TrainConfig, preset
 from coordformer.data.prepare import prepare
 from coordformer.data.sanitize import MAX_ABS_COORD, OUT_OF_RANGE, sanitize_coords
@@ -33,13 +33,17 @@ def _special(name: str, seed: int, edit) -> dict:
     if name not in INJECTED:
         edit(xyz)
     rec["name"] = name
-    rec["coords"] = {a: [None if np.isnan(r).all() else r.tolist() for r in xyz[:, i]] for i, a in enumerate(ATOMS)}
+    rec["coords"] = {
+        a: [None if np.isnan(r).all() else r.tolist() for r in xyz[:, i]]
+        for i, a in enumerate(ATOMS)
+    }
     return rec
 
 
 def _set(i: int, atom: int, k: int, value: float):
     def edit(xyz):
         xyz[i, atom, k] = value
+
     return edit
 
 
@@ -144,24 +148,43 @@ def test_sanitize_coords_rule():
     edge = xyz.copy()
     edge[0, 1] = [MAX_ABS_COORD, -MAX_ABS_COORD, 9999.999]  # the PDB limit itself is allowed
     assert sanitize_coords(edge)[1] is None
-    for big in (1.0001e4, 1e6, 1e30, 1e39):  # 1e39: beyond float32, must be rejected, not masked as Inf
+    for big in (
+        1.0001e4,
+        1e6,
+        1e30,
+        1e39,
+    ):  # 1e39: beyond float32, must be rejected, not masked as Inf
         bad = xyz.copy()
         bad[4, 3, 0] = -big
         _, why = sanitize_coords(bad)
-        assert why is not None and why.startswith(OUT_OF_RANGE) and OUT_OF_RANGE == "coordinates beyond ±10000 Å"
-    assert sanitize_coords(np.full((3, 4, 3), np.nan))[1] is None  # nothing present: the CA filter decides
+        assert (
+            why is not None
+            and why.startswith(OUT_OF_RANGE)
+            and OUT_OF_RANGE == "coordinates beyond ±10000 Å"
+        )
+    assert (
+        sanitize_coords(np.full((3, 4, 3), np.nan))[1] is None
+    )  # nothing present: the CA filter decides
 
 
 def test_prepare_masks_non_finite_atoms_and_rejects_out_of_range_chains(bad_prepared):
     summary, ds = bad_prepared
     ids = set(ds.ids)
-    assert ids == {f"S{i:03d}.A" for i in range(GOOD)} | {"INF.A", "NAN.A", "SAME.A", "FAR.A", "SPAN.A"}
+    assert ids == {f"S{i:03d}.A" for i in range(GOOD)} | {
+        "INF.A",
+        "NAN.A",
+        "SAME.A",
+        "FAR.A",
+        "SPAN.A",
+    }
     inf = ds.coords(ds.ids.index("INF.A"))
     missing = np.isnan(inf).any(-1)
     assert np.isnan(inf[3, 2]).all() and np.isnan(inf[5, 1]).all() and missing.sum() == 2
     assert np.isfinite(inf[~missing]).all()
     nan = ds.coords(ds.ids.index("NAN.A"))
-    assert np.isnan(nan[4, 1]).all() and np.isnan(nan[2, 0]).all() and np.isnan(nan).any(-1).sum() == 2
+    assert (
+        np.isnan(nan[4, 1]).all() and np.isnan(nan[2, 0]).all() and np.isnan(nan).any(-1).sum() == 2
+    )
 
     skipped = _skipped(ds.path / "skipped.tsv")
     assert set(skipped) == OUT_OF_RANGE_IDS | {"INFCA.A", "ALLNANCA.A"}
@@ -169,7 +192,9 @@ def test_prepare_masks_non_finite_atoms_and_rejects_out_of_range_chains(bad_prep
         assert skipped[cid].startswith("bad coordinates: coordinates beyond ±10000 Å")
     assert "1e+06" in skipped["E6.A"] and "1e+30" in skipped["E30.A"]
     # Inf CAs become missing, so the existing filter rejects a chain left with too few CAs
-    assert skipped["INFCA.A"].startswith("missing CA: 58%") and skipped["ALLNANCA.A"].startswith("missing CA: 100%")
+    assert skipped["INFCA.A"].startswith("missing CA: 58%") and skipped["ALLNANCA.A"].startswith(
+        "missing CA: 100%"
+    )
     expected = {"bad coordinates": 2, "missing CA": 2}
     assert summary.chains_filtered == expected and summary.inputs_skipped == 0
     manifest = json.loads((ds.path / "manifest.json").read_text())
@@ -192,7 +217,14 @@ def test_pretrain_and_evaluate_give_finite_losses(bad_prepared, tmp_path):
 
     # backbone mode with |x|^2: every coordinate feature sees the extreme (but legal) chains
     mc = preset("tiny-0.1m", use_coords=True, coord_mode="backbone", coord_norm_feature=True)
-    tc = TrainConfig(max_steps=3, val_every_steps=3, tokens_per_batch=1024, crop_length=64, warmup_steps=2, log_every_steps=1)
+    tc = TrainConfig(
+        max_steps=3,
+        val_every_steps=3,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        log_every_steps=1,
+    )
     s = pretrain(ds.path, tmp_path / "run", mc, tc, progress=False, callbacks=[Record()])
     assert s["global_step"] == 3 and s["skipped_steps"] == 0
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
@@ -205,7 +237,9 @@ def test_pretrain_and_evaluate_give_finite_losses(bad_prepared, tmp_path):
         assert math.isfinite(res["loss"]) and math.isfinite(res["perplexity"])
         per_chain.update(res["per_chain"])
     # every kept chain was evaluated, INF.A included: its Inf atoms were masked, not the chain dropped
-    assert set(per_chain) == set(ds.ids) and {"INF.A", "SPAN.A", "FAR.A", "SAME.A"} <= set(per_chain)
+    assert set(per_chain) == set(ds.ids) and {"INF.A", "SPAN.A", "FAR.A", "SAME.A"} <= set(
+        per_chain
+    )
     assert all(math.isfinite(nll) for _, nll, _ in per_chain.values())
 
 
@@ -217,14 +251,18 @@ def test_embed_direct_input_skips_and_reports_out_of_range_chains(bad_jsonl, tmp
     said = []
     # progress=True: the summary of the inputs (with its skip counts) is echoed only then; quiet runs name
     # the skipped list in the CLI's result line instead
-    res = embed("small-coords", [str(bad_jsonl)], out, EmbedConfig(), progress=True, echo=said.append)
+    res = embed(
+        "small-coords", [str(bad_jsonl)], out, EmbedConfig(), progress=True, echo=said.append
+    )
     ids, mean = read_embeddings(out)
     # embed keeps chains however many CAs are missing (max_missing_ca=1), so INFCA/ALLNANCA stay
     assert set(ids) == {f"S{i:03d}.A" for i in range(GOOD)} | (set(SPECIALS) - OUT_OF_RANGE_IDS)
     assert res["chains"] == len(ids) and np.isfinite(mean).all()
     skipped = _skipped(tmp_path / "e.npz.skipped.tsv")
     assert set(skipped) == OUT_OF_RANGE_IDS
-    assert all(r.startswith("bad coordinates: coordinates beyond ±10000 Å") for r in skipped.values())
+    assert all(
+        r.startswith("bad coordinates: coordinates beyond ±10000 Å") for r in skipped.values()
+    )
     assert "bad coordinates: 2" in "\n".join(said)
 
 
@@ -265,7 +303,9 @@ def test_model_is_finite_on_sanitised_extreme_inputs(mode, norm):
     for i, c in enumerate(chains.values()):
         tokens[i, : len(c)] = torch.randint(4, 24, (len(c),))
         coords[i, : len(c)] = torch.from_numpy(c)
-    model = CoordFormer(preset("tiny-0.1m", use_coords=True, coord_mode=mode, coord_norm_feature=norm))
+    model = CoordFormer(
+        preset("tiny-0.1m", use_coords=True, coord_mode=mode, coord_norm_feature=norm)
+    )
     out = model(tokens, coords)
     pad = tokens != 0
     assert torch.isfinite(out.logits[pad]).all() and torch.isfinite(out.hidden[pad]).all()

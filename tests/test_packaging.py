@@ -20,12 +20,16 @@ def test_pyproject_license_gives_no_deprecation_warning(monkeypatch):
 
         meta = tomllib.loads((REPO / "pyproject.toml").read_text())
         assert meta["project"]["license"] == "MIT"
-        assert "setuptools>=77" in meta["build-system"]["requires"]  # the first to read SPDX strings
+        assert (
+            "setuptools>=77" in meta["build-system"]["requires"]
+        )  # the first to read SPDX strings
     if int(setuptools.__version__.split(".")[0]) < 77:
         pytest.skip("this setuptools predates SPDX license strings")
     monkeypatch.chdir(REPO)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dist = pyprojecttoml.apply_configuration(Distribution(), "pyproject.toml")
-    assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message)[:200] for w in caught]
+    assert not [w for w in caught if "license" in str(w.message).lower()], [
+        str(w.message)[:200] for w in caught
+    ]
     assert dist.metadata.license_expression == "MIT"

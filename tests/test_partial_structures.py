@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
 
+from conftest import DATA
 from coordformer.config import PrepareConfig
 from coordformer.data.batching import chains_to_batch
 from coordformer.data.prepare import prepare
@@ -67,14 +67,23 @@ def test_fasta_records_lowercase_gzip_and_ids(tmp_path):
         assert [c.id for c in chains] == ["1ABC.A", "sp|P1|X_HUMAN", "seq3"]
         assert [c.sequence for c in chains] == ["MKVLAC", "ACDEFXX", "WWW"]
         for c in chains:
-            assert c.coords.shape == (len(c), 4, 3) and c.coords.dtype == np.float32 and np.isnan(c.coords).all()
+            assert (
+                c.coords.shape == (len(c), 4, 3)
+                and c.coords.dtype == np.float32
+                and np.isnan(c.coords).all()
+            )
         assert chains[1].source == f"{path}:5"
 
 
 @pytest.mark.parametrize(
     "content, reason",
-    [(b"", "empty file"), (b"  \n\n", "empty file"), (b"MKVL\n>x\nAC\n", "no '>' header"),
-     (b">x\n\x00\x01\x02", "binary"), (b"\x1f\x8b\x08junk", "gzip")],
+    [
+        (b"", "empty file"),
+        (b"  \n\n", "empty file"),
+        (b"MKVL\n>x\nAC\n", "no '>' header"),
+        (b">x\n\x00\x01\x02", "binary"),
+        (b"\x1f\x8b\x08junk", "gzip"),
+    ],
 )
 def test_bad_fasta_files_raise_naming_the_file(tmp_path, content, reason):
     path = tmp_path / "bad.fasta"
@@ -110,7 +119,12 @@ def test_prepare_keeps_fasta_chains_in_a_mixed_folder(tmp_path, chain):
     mostly_missing.id = "HALF.A"
     write_chain_set([mostly_missing], d / "half.jsonl")
     out = tmp_path / "ds"
-    s = prepare([str(d)], out, PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0), progress=False)
+    s = prepare(
+        [str(d)],
+        out,
+        PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0),
+        progress=False,
+    )
     ds = PreparedDataset(out)
     assert sorted(ds.ids) == ["1ORC.A", "only_seq", "short"]
     assert s.chains_filtered == {"missing CA": 1} and s.inputs_skipped == 1
@@ -131,7 +145,11 @@ def _pdb_without_loop_backbone(src, dst, chain: Chain) -> None:
     loop_ids = set(chain.residue_ids[LOOP])
     lines = []
     for line in src.read_text().splitlines(keepends=True):
-        if line.startswith(("ATOM  ", "HETATM")) and line[22:27].strip() in loop_ids and line[12:16].strip() in BACKBONE:
+        if (
+            line.startswith(("ATOM  ", "HETATM"))
+            and line[22:27].strip() in loop_ids
+            and line[12:16].strip() in BACKBONE
+        ):
             continue
         lines.append(line)
     dst.write_text("".join(lines))
@@ -151,7 +169,9 @@ def test_masked_loop_in_the_file_equals_masking_in_memory(tmp_path, model, chain
     ref_logits, ref_hidden = _run(model, in_memory)
     for c in (from_pdb, from_jsonl):
         logits, hidden = _run(model, c)
-        assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(hidden, ref_hidden, atol=1e-5)
+        assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(
+            hidden, ref_hidden, atol=1e-5
+        )
     # the missing flag matters: the run with the loop present differs
     assert not torch.allclose(_run(model, chain)[1], ref_hidden, atol=1e-3)
 
@@ -161,7 +181,9 @@ def test_fasta_chain_equals_structure_with_all_coordinates_missing(tmp_path, mod
     fasta = read_fasta(tmp_path / "a.fasta")[0]
     logits, hidden = _run(model, fasta)
     ref_logits, ref_hidden = _run(model, _masked(chain, slice(None)))
-    assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(hidden, ref_hidden, atol=1e-5)
+    assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(
+        hidden, ref_hidden, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------ (d)
@@ -171,7 +193,9 @@ def test_embed_a_fasta_file_end_to_end(tmp_path, model, chain):
     path = tmp_path / "seqs.fasta"
     path.write_text(f">1orc_A\n{chain.sequence}\n>tiny\nMK\n>other\nMKTAYIAKQRQISFVKSHFSRQ\n")
     out = tmp_path / "e.npz"
-    res = embed("small-coords", [str(path)], out, EmbedConfig(), progress=False, echo=lambda s: None)
+    res = embed(
+        "small-coords", [str(path)], out, EmbedConfig(), progress=False, echo=lambda s: None
+    )
     ids, mean = read_embeddings(out)
     assert res["chains"] == 3 and sorted(ids) == ["1ORC.A", "other", "tiny"]
     assert mean.shape == (3, model.config.d_model) and np.isfinite(mean).all()
@@ -184,10 +208,17 @@ def test_evaluate_runs_on_a_dataset_prepared_from_fasta(tmp_path, model):
     from coordformer.eval.mlm import evaluate_mlm
 
     rng = np.random.default_rng(0)
-    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), int(n))) for n in rng.integers(30, 80, 12)]
+    seqs = [
+        "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), int(n))) for n in rng.integers(30, 80, 12)
+    ]
     path = tmp_path / "seqs.fa"
     path.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
-    prepare([str(path)], tmp_path / "ds", PrepareConfig(valid_fraction=0.0, test_fraction=0.0), progress=False)
+    prepare(
+        [str(path)],
+        tmp_path / "ds",
+        PrepareConfig(valid_fraction=0.0, test_fraction=0.0),
+        progress=False,
+    )
     ds = PreparedDataset(tmp_path / "ds")
     assert len(ds) == 12
     m = evaluate_mlm(model, ds, "train", progress=False)
@@ -201,8 +232,11 @@ def test_evaluate_runs_on_a_dataset_prepared_from_fasta(tmp_path, model):
 
 def _pdb_without_residues(src, dst, ids: set[str]) -> None:
     """Copy a PDB file, dropping every atom record of the residues ``ids`` (SEQRES stays)."""
-    lines = [line for line in src.read_text().splitlines(keepends=True)
-             if not (line.startswith(("ATOM  ", "HETATM", "ANISOU")) and line[22:27].strip() in ids)]
+    lines = [
+        line
+        for line in src.read_text().splitlines(keepends=True)
+        if not (line.startswith(("ATOM  ", "HETATM", "ANISOU")) and line[22:27].strip() in ids)
+    ]
     dst.write_text("".join(lines))
 
 
@@ -233,13 +267,19 @@ def test_seqres_puts_back_a_loop_missing_from_a_pdb_file(tmp_path, model, chain)
     expected = np.ones(len(chain), bool)
     expected[LOOP] = False
     assert np.array_equal(gaps.observed, expected)
-    assert np.isnan(gaps.coords[LOOP]).all() and np.array_equal(gaps.coords[expected], chain.coords[expected], equal_nan=True)
+    assert np.isnan(gaps.coords[LOOP]).all() and np.array_equal(
+        gaps.coords[expected], chain.coords[expected], equal_nan=True
+    )
     assert gaps.residue_ids[LOOP] == [""] * 8 and gaps.residue_ids[:3] == ["3", "4", "5"]
-    assert np.isnan(gaps.b_factors[LOOP]).all() and np.array_equal(gaps.b_factors[expected], chain.b_factors[expected])
+    assert np.isnan(gaps.b_factors[LOOP]).all() and np.array_equal(
+        gaps.b_factors[expected], chain.b_factors[expected]
+    )
 
     ref_logits, ref_hidden = _run(model, _masked(chain, LOOP))
     logits, hidden = _run(model, gaps)
-    assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(hidden, ref_hidden, atol=1e-5)
+    assert torch.allclose(logits, ref_logits, atol=1e-5) and torch.allclose(
+        hidden, ref_hidden, atol=1e-5
+    )
 
 
 def test_seqres_all_adds_the_unmodelled_termini(chain):
@@ -250,7 +290,10 @@ def test_seqres_all_adds_the_unmodelled_termini(chain):
     full = read_structure(DATA / "1orc.pdb", seqres="all")[0]
     assert full.sequence == "ME" + chain.sequence + "KKTTA"
     assert np.array_equal(np.flatnonzero(~full.observed), [0, 1, 66, 67, 68, 69, 70])
-    assert np.isnan(full.coords[~full.observed]).all() and not np.isnan(full.coords[full.observed][:, 1]).any()
+    assert (
+        np.isnan(full.coords[~full.observed]).all()
+        and not np.isnan(full.coords[full.observed][:, 1]).any()
+    )
 
 
 def test_seqres_all_stops_at_terminal_caps(tmp_path, chain):
@@ -259,8 +302,12 @@ def test_seqres_all_stops_at_terminal_caps(tmp_path, chain):
     lines = (DATA / "1orc.pdb").read_text().splitlines(keepends=True)
     names = [n for ln in lines if ln.startswith("SEQRES") for n in ln[19:].split()]
     names = ["ACE", *names, "NH2"]
-    seqres = [f"SEQRES {i // 13 + 1:3d} A {len(names):4d}  " + " ".join(names[i:i + 13]).ljust(51) + "\n"
-              for i in range(0, len(names), 13)]
+    seqres = [
+        f"SEQRES {i // 13 + 1:3d} A {len(names):4d}  "
+        + " ".join(names[i : i + 13]).ljust(51)
+        + "\n"
+        for i in range(0, len(names), 13)
+    ]
     first = next(i for i, ln in enumerate(lines) if ln.startswith("SEQRES"))
     rest = [ln for ln in lines if not ln.startswith("SEQRES")]
     (tmp_path / "capped.pdb").write_text("".join(rest[:first] + seqres + rest[first:]))
@@ -282,7 +329,9 @@ def test_seqres_from_mmcif_entity_sequence(tmp_path):
     assert np.array_equal(gaps.coords[keep], whole.coords[keep], equal_nan=True)
     # the PDB-format file of the same entry, cut the same way, agrees (gemmi aligns it to SEQRES)
     pdb_whole = read_structure(DATA / "1A8O.pdb")[0]
-    _pdb_without_residues(DATA / "1A8O.pdb", tmp_path / "cut.pdb", set(pdb_whole.residue_ids[32:38]))
+    _pdb_without_residues(
+        DATA / "1A8O.pdb", tmp_path / "cut.pdb", set(pdb_whole.residue_ids[32:38])
+    )
     pdb_gaps = read_structure(tmp_path / "cut.pdb", seqres="gaps")[0]
     assert pdb_gaps.sequence == gaps.sequence and np.array_equal(pdb_gaps.observed, gaps.observed)
 
@@ -330,12 +379,22 @@ def test_prepare_and_embed_with_seqres(tmp_path, chain):
     assert s.n_residues == len(chain) - 8 + 13 and "seqres" not in s.format()
     s = prepare([str(src)], tmp_path / "gaps", PrepareConfig(**cfg, seqres="gaps"), progress=False)
     assert s.n_residues == len(chain) + 13
-    assert (s.seqres_residues_inserted, s.seqres_chains_filled, len(s.seqres_unavailable)) == (8, 1, 2)
-    assert "8 unobserved residues put back in 1 chains; 2 chains without a usable deposited sequence" in s.format()
+    assert (s.seqres_residues_inserted, s.seqres_chains_filled, len(s.seqres_unavailable)) == (
+        8,
+        1,
+        2,
+    )
+    assert (
+        "8 unobserved residues put back in 1 chains; 2 chains without a usable deposited sequence"
+        in s.format()
+    )
     ds = PreparedDataset(tmp_path / "gaps")
     i = ds.index_of("1ORC.A")
     assert ds.sequence(i) == chain.sequence and np.isnan(ds.coords(i)[LOOP]).all()
-    assert ds.manifest["config"]["seqres"] == "gaps" and ds.manifest["counts"]["seqres_residues_inserted"] == 8
+    assert (
+        ds.manifest["config"]["seqres"] == "gaps"
+        and ds.manifest["counts"]["seqres_residues_inserted"] == 8
+    )
     # an interrupted run cannot be resumed with another seqres mode
     from coordformer.data.prepare import PrepareError
 
@@ -345,8 +404,14 @@ def test_prepare_and_embed_with_seqres(tmp_path, chain):
         prepare([str(src)], tmp_path / "gaps2", PrepareConfig(**cfg, seqres="all"), progress=False)
 
     out = tmp_path / "e.h5"
-    embed("small-coords-sd", [str(src / "cut.pdb")], out, EmbedConfig(per_residue=True, seqres="gaps"),
-          progress=False, echo=lambda s: None)
+    embed(
+        "small-coords-sd",
+        [str(src / "cut.pdb")],
+        out,
+        EmbedConfig(per_residue=True, seqres="gaps"),
+        progress=False,
+        echo=lambda s: None,
+    )
     import h5py
 
     with h5py.File(out) as f:

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from coordformer.cli import main
 from coordformer.config import ConfigError, PrepareConfig
 from coordformer.data.prepare import low_plddt, prepare
@@ -24,7 +24,12 @@ PLDDT[10] = 65.0
 PLDDT[11] = 70.0
 PLDDT[24:] = [55.0, 48.2, 40.0, 35.5, 30.1, 28.0]
 LOW = PLDDT < 70
-OFFSETS = {"N": (-1.2, 0.5, 0.3), "CA": (0.0, 0.0, 0.0), "C": (1.3, 0.4, -0.2), "O": (2.0, 1.2, 0.1)}
+OFFSETS = {
+    "N": (-1.2, 0.5, 0.3),
+    "CA": (0.0, 0.0, 0.0),
+    "C": (1.3, 0.4, -0.2),
+    "O": (2.0, 1.2, 0.1),
+}
 
 
 def _ca(i: int) -> np.ndarray:
@@ -38,8 +43,10 @@ def write_model(path, plddt=PLDDT, scale=1.0):
     for i, aa in enumerate(SEQ):
         for name, off in OFFSETS.items():
             x, y, z = _ca(i) + np.array(off)
-            lines.append(f"ATOM  {serial:5d}  {name:<3s} {THREE[aa]} A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}"
-                         f"{1.0:6.2f}{plddt[i] * scale:6.2f}           {name[0]}")
+            lines.append(
+                f"ATOM  {serial:5d}  {name:<3s} {THREE[aa]} A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}"
+                f"{1.0:6.2f}{plddt[i] * scale:6.2f}           {name[0]}"
+            )
             serial += 1
     path.write_text("\n".join([*lines, "TER", "END"]) + "\n")
     return path
@@ -60,7 +67,9 @@ def model_pdb(tmp_path):
     return write_model(tmp_path / "AF-TEST-F1-model_v4.pdb")
 
 
-def test_default_leaves_a_model_untouched_and_plddt_min_masks_exactly_the_low_residues(tmp_path, model_pdb):
+def test_default_leaves_a_model_untouched_and_plddt_min_masks_exactly_the_low_residues(
+    tmp_path, model_pdb
+):
     ref = read_structure(model_pdb)[0].coords
     assert np.isfinite(ref).all()
     prepare([str(model_pdb)], tmp_path / "off", _cfg(), progress=False)
@@ -77,8 +86,19 @@ def test_default_leaves_a_model_untouched_and_plddt_min_masks_exactly_the_low_re
 
 
 def test_cli_prepare_plddt_min(tmp_path, model_pdb):
-    args = ["prepare", str(model_pdb), "--min-length", "1", "--valid-fraction", "0", "--test-fraction", "0",
-            "--workers", "1", "--quiet"]
+    args = [
+        "prepare",
+        str(model_pdb),
+        "--min-length",
+        "1",
+        "--valid-fraction",
+        "0",
+        "--test-fraction",
+        "0",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     assert main([*args, "-o", str(tmp_path / "off")]) == 0
     assert main([*args, "-o", str(tmp_path / "on"), "--plddt-min", "70"]) == 0
     assert np.isfinite(_only_chain(tmp_path / "off")[2]).all()
@@ -93,7 +113,10 @@ def test_mostly_low_confidence_model_is_filtered_as_missing_ca(tmp_path):
     s = prepare([str(pdb)], tmp_path / "on", _cfg(plddt_min=70), progress=False)
     assert s.chains_kept == 0 and s.chains_filtered == {"missing CA": 1}
     skipped = (tmp_path / "on" / "skipped.tsv").read_text()
-    assert "missing CA: 67% of residues lack CA > max_missing_ca 50% (20 residues below plddt_min 70)" in skipped
+    assert (
+        "missing CA: 67% of residues lack CA > max_missing_ca 50% (20 residues below plddt_min 70)"
+        in skipped
+    )
     manifest = json.loads((tmp_path / "on" / "manifest.json").read_text())
     assert manifest["counts"]["chains_filtered"].get("missing CA") == 1
     # without the option the same file is a complete chain and is kept
@@ -107,7 +130,11 @@ def test_pLDDT_stored_as_0_to_1_is_scaled(tmp_path, model_pdb):
     prepare([str(model_pdb)], tmp_path / "a", _cfg(plddt_min=70), progress=False)
     prepare([str(esm)], tmp_path / "b", _cfg(plddt_min=70), progress=False)
     a, b = _only_chain(tmp_path / "a")[2], _only_chain(tmp_path / "b")[2]
-    assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(b[LOW]).all() and np.isfinite(b[~LOW]).all()
+    assert (
+        np.array_equal(np.isnan(a), np.isnan(b))
+        and np.isnan(b[LOW]).all()
+        and np.isfinite(b[~LOW]).all()
+    )
     # the rule itself: 0-1 values scaled only for a threshold above 1; NaN (no CA) never flagged
     assert low_plddt(np.array([0.9, 0.5, np.nan]), 70).tolist() == [False, True, False]
     assert low_plddt(np.array([0.9, 0.5]), 0.7).tolist() == [False, True]
@@ -118,7 +145,12 @@ def test_pLDDT_stored_as_0_to_1_is_scaled(tmp_path, model_pdb):
 @pytest.mark.parametrize("value", ["150", "-1"])
 def test_out_of_range_is_a_one_line_usage_error(tmp_path, model_pdb, capsys, value):
     capsys.readouterr()
-    assert main(["prepare", str(model_pdb), "-o", str(tmp_path / "x"), "--plddt-min", value, "--quiet"]) == 2
+    assert (
+        main(
+            ["prepare", str(model_pdb), "-o", str(tmp_path / "x"), "--plddt-min", value, "--quiet"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--plddt-min" in err and len(err.splitlines()) == 1
     with pytest.raises(ConfigError, match="plddt_min must be in"):
@@ -127,7 +159,10 @@ def test_out_of_range_is_a_one_line_usage_error(tmp_path, model_pdb, capsys, val
 
 def test_chain_set_records_with_and_without_b_factors(tmp_path):
     chain = read_structure(write_model(tmp_path / "m.pdb"))[0]
-    coords = {a: [None if np.isnan(r[k]).any() else r[k].tolist() for r in chain.coords] for k, a in enumerate(OFFSETS)}
+    coords = {
+        a: [None if np.isnan(r[k]).any() else r[k].tolist() for r in chain.coords]
+        for k, a in enumerate(OFFSETS)
+    }
     rec = {"name": "WITH.A", "seq": SEQ, "coords": coords, "b_factors": PLDDT.tolist()}
     bare = {"name": "BARE.A", "seq": SEQ, "coords": coords}
     path = write_jsonl([rec, bare], tmp_path / "set.jsonl")
@@ -148,20 +183,63 @@ def test_manifest_without_plddt_min_still_loads(tmp_path, model_pdb):
 
 def test_embed_plddt_min(tmp_path, model_pdb):
     out_on, out_off = tmp_path / "on.npz", tmp_path / "off.npz"
-    assert main(["embed", str(model_pdb), "-c", "small-coords", "-o", str(out_on), "--plddt-min", "70",
-                 "--device", "cpu", "--quiet"]) == 0
-    embed("small-coords", [str(model_pdb)], out_off, EmbedConfig(), progress=False, echo=lambda s: None)
+    assert (
+        main(
+            [
+                "embed",
+                str(model_pdb),
+                "-c",
+                "small-coords",
+                "-o",
+                str(out_on),
+                "--plddt-min",
+                "70",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    embed(
+        "small-coords",
+        [str(model_pdb)],
+        out_off,
+        EmbedConfig(),
+        progress=False,
+        echo=lambda s: None,
+    )
     ids, on = read_embeddings(out_on)
     assert read_embeddings(out_off)[0] == ids and not np.allclose(on, read_embeddings(out_off)[1])
     # the same numbers as a chain_set record with those residues' coordinates absent
     chain = read_structure(model_pdb)[0]
-    coords = {a: [None if LOW[i] else r[k].tolist() for i, r in enumerate(chain.coords)] for k, a in enumerate(OFFSETS)}
-    masked = write_jsonl([{"name": ids[0], "seq": SEQ, "coords": coords}], tmp_path / "masked.jsonl")
-    embed("small-coords", [str(masked)], tmp_path / "m.npz", EmbedConfig(), progress=False, echo=lambda s: None)
+    coords = {
+        a: [None if LOW[i] else r[k].tolist() for i, r in enumerate(chain.coords)]
+        for k, a in enumerate(OFFSETS)
+    }
+    masked = write_jsonl(
+        [{"name": ids[0], "seq": SEQ, "coords": coords}], tmp_path / "masked.jsonl"
+    )
+    embed(
+        "small-coords",
+        [str(masked)],
+        tmp_path / "m.npz",
+        EmbedConfig(),
+        progress=False,
+        echo=lambda s: None,
+    )
     assert np.allclose(on, read_embeddings(tmp_path / "m.npz")[1], atol=1e-5)
     # a prepared dataset has no B-factors left to apply the threshold to
     prepare([str(model_pdb)], tmp_path / "ds", _cfg(), progress=False)
     with pytest.raises(OptionError, match="applies to structure inputs") as err:
-        embed("small-coords", [str(tmp_path / "ds")], tmp_path / "x.npz", EmbedConfig(plddt_min=70), progress=False,
-              echo=lambda s: None)
-    assert err.value.flag_message().startswith("--plddt-min 70: applies to structure inputs")  # what the CLI prints
+        embed(
+            "small-coords",
+            [str(tmp_path / "ds")],
+            tmp_path / "x.npz",
+            EmbedConfig(plddt_min=70),
+            progress=False,
+            echo=lambda s: None,
+        )
+    assert err.value.flag_message().startswith(
+        "--plddt-min 70: applies to structure inputs"
+    )  # what the CLI prints

@@ -41,7 +41,9 @@ def af_dir(tmp_path):
 
 def test_prepare_stores_plddt_only_when_asked(tmp_path, af_dir):
     cfg = PrepareConfig(min_length=1, valid_fraction=0, test_fraction=0)
-    prepare([str(af_dir)], tmp_path / "with", cfg.replace(store_plddt=True), workers=1, progress=False)
+    prepare(
+        [str(af_dir)], tmp_path / "with", cfg.replace(store_plddt=True), workers=1, progress=False
+    )
     prepare([str(af_dir)], tmp_path / "without", cfg, workers=1, progress=False)
     ds = PreparedDataset(tmp_path / "with")
     assert ds.has_plddt and not PreparedDataset(tmp_path / "without").has_plddt
@@ -77,22 +79,65 @@ def test_feature_values_and_model_switch():
         unknown = model(tokens, xyz, plddt=torch.full((2, 10), float("nan"))).logits
         confident = model(tokens, xyz, plddt=torch.full((2, 10), 100.0)).logits
         low = model(tokens, xyz, plddt=torch.full((2, 10), 20.0)).logits
-    assert torch.equal(none, unknown) and torch.equal(none, confident)  # unknown = certain = feature 0
+    assert torch.equal(none, unknown) and torch.equal(
+        none, confident
+    )  # unknown = certain = feature 0
     assert (none - low).abs().max() > 1e-4
     # a model without the switch ignores pLDDT
     plain = CoordFormer(ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64)).eval()
     with torch.no_grad():
-        assert torch.equal(plain(tokens, xyz).logits, plain(tokens, xyz, plddt=torch.full((2, 10), 20.0)).logits)
+        assert torch.equal(
+            plain(tokens, xyz).logits, plain(tokens, xyz, plddt=torch.full((2, 10), 20.0)).logits
+        )
 
 
 @pytest.mark.slow
 def test_pretrain_with_plddt_feature_and_embed_reads_it(tmp_path, af_dir):
     ds = tmp_path / "ds"
-    assert main(["prepare", str(af_dir), "-o", str(ds), "--store-plddt", "--min-length", "10", "--valid-fraction", "0",
-                 "--test-fraction", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(af_dir),
+                "-o",
+                str(ds),
+                "--store-plddt",
+                "--min-length",
+                "10",
+                "--valid-fraction",
+                "0",
+                "--test-fraction",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "run"
-    assert main(["pretrain", "--data", str(ds), "--out", str(run), "--preset", "tiny-0.1m", "--plddt-feature", "--max-steps", "3",
-                 "--warmup-steps", "1", "--tokens-per-batch", "256", "--crop-length", "64", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(ds),
+                "--out",
+                str(run),
+                "--preset",
+                "tiny-0.1m",
+                "--plddt-feature",
+                "--max-steps",
+                "3",
+                "--warmup-steps",
+                "1",
+                "--tokens-per-batch",
+                "256",
+                "--crop-length",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "config.json").read_text())["model_config"]["plddt_feature"] is True
     # embed prepares raw inputs with pLDDT for such a model: the same structure with other pLDDT
     # values embeds differently
@@ -102,7 +147,20 @@ def test_pretrain_with_plddt_feature_and_embed_reads_it(tmp_path, af_dir):
     means = []
     for d in (af_dir, other):
         out = tmp_path / f"{d.name}.h5"
-        assert main(["embed", str(d), "-c", str(run / "checkpoints" / "last.ckpt"), "-o", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "embed",
+                    str(d),
+                    "-c",
+                    str(run / "checkpoints" / "last.ckpt"),
+                    "-o",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         with h5py.File(out, "r") as f:
             means.append(f["mean"][0])
     assert np.abs(means[0] - means[1]).max() > 1e-4

@@ -23,7 +23,12 @@ from coordformer.data.prepare import PrepareError, check_chain, prepare
 from coordformer.data.store import DatasetFormatError, PreparedDataset
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
-THREE = dict(zip(AA, "ALA CYS ASP GLU PHE GLY HIS ILE LYS LEU MET ASN PRO GLN ARG SER THR VAL TRP TYR".split()))
+THREE = dict(
+    zip(
+        AA,
+        "ALA CYS ASP GLU PHE GLY HIS ILE LYS LEU MET ASN PRO GLN ARG SER THR VAL TRP TYR".split(),
+    )
+)
 ATOMS = ("N", "CA", "C", "O")
 
 
@@ -65,7 +70,9 @@ def write_jsonl(path: Path, lines: list) -> Path:
     return path
 
 
-def make_records(n: int, seed: int = 0, lmin: int = 25, lmax: int = 60, prefix: str = "S") -> list[dict]:
+def make_records(
+    n: int, seed: int = 0, lmin: int = 25, lmax: int = 60, prefix: str = "S"
+) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -95,7 +102,11 @@ def expected_chains(paths) -> list:
     out = []
     for p in sorted((Path(p).resolve() for p in paths), key=str):
         if cio.is_chain_set(p):
-            out += [c for c in cio.iter_chain_set_lines(p, 0, cio.count_lines(p)) if not isinstance(c, Exception)]
+            out += [
+                c
+                for c in cio.iter_chain_set_lines(p, 0, cio.count_lines(p))
+                if not isinstance(c, Exception)
+            ]
         else:
             out += list(cio.read_structure(p))
     return out
@@ -135,7 +146,13 @@ def test_round_trip(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     js = write_jsonl(src / "a_set.jsonl", recs)
-    pdb = write_pdb(src / "b1xyz.pdb", {"A": (random_seq(30, rng), backbone(30, rng)), "B": (random_seq(35, rng), backbone(35, rng))})
+    pdb = write_pdb(
+        src / "b1xyz.pdb",
+        {
+            "A": (random_seq(30, rng), backbone(30, rng)),
+            "B": (random_seq(35, rng), backbone(35, rng)),
+        },
+    )
     out = tmp_path / "ds"
     summary = prepare([src], out, PrepareConfig(min_length=10), **QUIET)
 
@@ -152,7 +169,11 @@ def test_round_trip(tmp_path):
         assert ds.index_of(c.id) == i
     # NaN preserved
     j = ds.index_of(next(c.id for c in chains if c.id.startswith("MISS")))
-    assert np.isnan(ds.coords(j)[5]).all() and np.isnan(ds.coords(j)[7, 3]).all() and np.isfinite(ds.coords(j)[7, :3]).all()
+    assert (
+        np.isnan(ds.coords(j)[5]).all()
+        and np.isnan(ds.coords(j)[7, 3]).all()
+        and np.isfinite(ds.coords(j)[7, :3]).all()
+    )
     # arrays are memory-mapped views
     assert isinstance(ds._coords, np.memmap) and np.shares_memory(ds.coords(1), ds._coords)
     m = ds.manifest
@@ -162,7 +183,9 @@ def test_round_trip(tmp_path):
     assert m["counts"]["sources"] == 2 and m["counts"]["chains_kept"] == 9
     assert ds.config == PrepareConfig(min_length=10)
     assert sum(m["splits"].values()) == 9
-    assert sorted(np.concatenate([ds.split_indices(n) for n in ("train", "valid", "test")]).tolist()) == list(range(9))
+    assert sorted(
+        np.concatenate([ds.split_indices(n) for n in ("train", "valid", "test")]).tolist()
+    ) == list(range(9))
     rows = (out / "chains.tsv").read_text().splitlines()
     assert rows[0] == "id\tlength\tsource" and len(rows) == 10
     assert (out / "prepare.log").read_text().count("chains read") == 1
@@ -180,7 +203,13 @@ def test_determinism_across_workers(tmp_path):
     a, b = dataset_arrays(tmp_path / "d1"), dataset_arrays(tmp_path / "d2")
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    for f in ("chains.tsv", "skipped.tsv", "splits/train.txt", "splits/valid.txt", "splits/test.txt"):
+    for f in (
+        "chains.tsv",
+        "skipped.tsv",
+        "splits/train.txt",
+        "splits/valid.txt",
+        "splits/test.txt",
+    ):
         assert (tmp_path / "d1" / f).read_text() == (tmp_path / "d2" / f).read_text(), f
     ids = PreparedDataset(tmp_path / "d1").ids
     assert ids[0].startswith("T")  # w.jsonl sorts before x.jsonl
@@ -202,7 +231,12 @@ def test_skip_log_and_counts(tmp_path):
     garbage.write_text("this is not a structure file\n\x00\x01binary")
     missing = tmp_path / "does_not_exist.pdb"
     out = tmp_path / "ds"
-    s = prepare([js, garbage, missing], out, PrepareConfig(min_length=10, max_length=80, max_missing_ca=0.5), **QUIET)
+    s = prepare(
+        [js, garbage, missing],
+        out,
+        PrepareConfig(min_length=10, max_length=80, max_missing_ca=0.5),
+        **QUIET,
+    )
 
     assert s.chains_kept == 5
     assert s.chains_filtered == {"duplicate id": 1, "missing CA": 1, "too long": 1, "too short": 1}
@@ -226,8 +260,8 @@ def test_skip_log_and_counts(tmp_path):
 
 def test_unexpected_reader_exception_is_skipped(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
-    a = write_pdb(tmp_path / "a1aaa.pdb", {"A": (random_seq(30, rng), backbone(30, rng))})
-    b = write_pdb(tmp_path / "b1bbb.pdb", {"A": (random_seq(30, rng), backbone(30, rng))})
+    write_pdb(tmp_path / "a1aaa.pdb", {"A": (random_seq(30, rng), backbone(30, rng))})
+    write_pdb(tmp_path / "b1bbb.pdb", {"A": (random_seq(30, rng), backbone(30, rng))})
     real = cio.read_structure
 
     def flaky(path, chains=None, **kw):
@@ -278,7 +312,9 @@ def test_check_chain_filters():
 
 def test_filters_end_to_end(tmp_path):
     rng = np.random.default_rng(7)
-    recs = [record(f"L{n}.A", random_seq(n, rng), backbone(n, rng)) for n in (10, 19, 20, 30, 40, 41)]
+    recs = [
+        record(f"L{n}.A", random_seq(n, rng), backbone(n, rng)) for n in (10, 19, 20, 30, 40, 41)
+    ]
     inf = backbone(30, rng).astype(np.float64)
     inf[2, 1, 0] = 5e4
     recs.append(record("HUGE.A", random_seq(30, rng), inf))
@@ -331,7 +367,12 @@ def test_exclude_list_never_in_train(tmp_path):
     assert ds.manifest["counts"]["excluded_ids_found"] == 2
     assert ds.config.exclude_files == (str(ex1), str(ex2))
     with pytest.raises(PrepareError, match="does not exist"):
-        prepare([js], tmp_path / "ds2", cfg.replace(exclude_files=(str(tmp_path / "nope.txt"),)), **QUIET)
+        prepare(
+            [js],
+            tmp_path / "ds2",
+            cfg.replace(exclude_files=(str(tmp_path / "nope.txt"),)),
+            **QUIET,
+        )
 
 
 def mutate(seq: str, n: int, rng) -> str:
@@ -356,7 +397,9 @@ def test_identity_split_keeps_families_together(tmp_path):
         recs.append(record(f"U{u:02d}.A", random_seq(80, rng), backbone(80, rng)))
     order = rng.permutation(len(recs))
     js = write_jsonl(tmp_path / "id.jsonl", [recs[i] for i in order])
-    cfg = PrepareConfig(split="identity", split_identity=0.5, valid_fraction=0.3, test_fraction=0.3, seed=1)
+    cfg = PrepareConfig(
+        split="identity", split_identity=0.5, valid_fraction=0.3, test_fraction=0.3, seed=1
+    )
     s = prepare([js], tmp_path / "ds", cfg, workers=1, **QUIET)
     assert 24 <= s.n_clusters <= 40  # 4 families + ~20 singletons
     ds = PreparedDataset(tmp_path / "ds")
@@ -369,7 +412,9 @@ def test_identity_split_keeps_families_together(tmp_path):
     for name, f in family.items():
         by_family.setdefault(f, set()).add(where[cio.normalize_chain_id(name)])
     assert all(len(v) == 1 for v in by_family.values()), by_family
-    assert len(set(where.values())) >= 2  # the test would be vacuous if everything landed in one split
+    assert (
+        len(set(where.values())) >= 2
+    )  # the test would be vacuous if everything landed in one split
     assert ds.manifest["n_clusters"] == s.n_clusters
 
 
@@ -383,8 +428,14 @@ def test_identity_exclusion_moves_whole_cluster_out_of_train(tmp_path):
     js = write_jsonl(tmp_path / "fam.jsonl", recs)
     ex = tmp_path / "exclude.txt"
     ex.write_text("1fm0-A\n")  # DeepFRI spelling (and case) of one family member
-    cfg = PrepareConfig(split="identity", split_identity=0.5, valid_fraction=0.0, test_fraction=0.0, seed=0,
-                        exclude_files=(str(ex),))
+    cfg = PrepareConfig(
+        split="identity",
+        split_identity=0.5,
+        valid_fraction=0.0,
+        test_fraction=0.0,
+        seed=0,
+        exclude_files=(str(ex),),
+    )
     s = prepare([js], tmp_path / "ds", cfg, workers=1, **QUIET)
     ds = PreparedDataset(tmp_path / "ds")
     test_ids = {ds.ids[i] for i in ds.split_indices("test")}
@@ -439,7 +490,12 @@ def run_killed(tmp_path, where, n_units, src, out):
     script = tmp_path / "kill_me.py"
     script.write_text(KILL_SCRIPT)
     # worker processes of a killed run must exit on their own (else they would hold the pipes open)
-    proc = subprocess.run([sys.executable, str(script), where, str(n_units), str(src), str(out)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script), where, str(n_units), str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -471,7 +527,13 @@ def test_resume_after_sigkill(tmp_path, where):
     a, b = dataset_arrays(ref), dataset_arrays(out)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    for f in ("chains.tsv", "skipped.tsv", "splits/train.txt", "splits/valid.txt", "splits/test.txt"):
+    for f in (
+        "chains.tsv",
+        "skipped.tsv",
+        "splits/train.txt",
+        "splits/valid.txt",
+        "splits/test.txt",
+    ):
         assert (ref / f).read_text() == (out / f).read_text(), f
     assert not (out / ".work").exists()
 
@@ -521,7 +583,11 @@ def test_dataset_format_checks(tmp_path):
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DatasetFormatError) as e:
         PreparedDataset(out)
-    assert "99" in str(e.value) and str(DATASET_FORMAT_VERSION) in str(e.value) and str(out) in str(e.value)
+    assert (
+        "99" in str(e.value)
+        and str(DATASET_FORMAT_VERSION) in str(e.value)
+        and str(out) in str(e.value)
+    )
 
     m["format_version"] = DATASET_FORMAT_VERSION
     (out / "manifest.json").write_text(json.dumps(m))
@@ -556,13 +622,19 @@ DATA = Path(__file__).parent / "data"
 @pytest.mark.skipif(not (DATA / "1A8O.pdb").exists(), reason="tests/data fixtures missing")
 def test_real_structure_fixtures(tmp_path):
     out = tmp_path / "ds"
-    s = prepare([DATA], out, PrepareConfig(min_length=5, valid_fraction=0.0, test_fraction=0.0), **QUIET)
+    s = prepare(
+        [DATA], out, PrepareConfig(min_length=5, valid_fraction=0.0, test_fraction=0.0), **QUIET
+    )
     ds = PreparedDataset(out)
     rows = read_skipped(out)
     # ions.pdb has no protein chain; 1A8O is there as .cif and .pdb: the .cif (sorted first) wins
     assert any(r[0].endswith("ions.pdb") for r in rows)
     dup = [r for r in rows if r[1].startswith("duplicate id")]
-    assert len(dup) == 1 and "1A8O.pdb" in dup[0][0] and ds.source(ds.index_of("1A8O.A")).endswith("1A8O.cif")
+    assert (
+        len(dup) == 1
+        and "1A8O.pdb" in dup[0][0]
+        and ds.source(ds.index_of("1A8O.A")).endswith("1A8O.cif")
+    )
     assert s.chains_filtered.get("duplicate id") == 1
     assert len(ds.ids) == len(set(ds.ids)) == s.chains_kept >= 10
     assert {"1A8O.A", "1LZH.A", "1LZH.B", "1A2X.B"} <= set(ds.ids)

@@ -33,9 +33,16 @@ QUIET = dict(progress=False, log=lambda m: None)
 def chain(n: int, seed: int = 0, b_factors=None, seq: str | None = None):
     rng = np.random.default_rng(seed)
     ca = np.cumsum(rng.normal(size=(n, 3)) * 2.2, axis=0)
-    coords = ca[:, None, :] + np.array([[-1.2, 0.6, 0.3], [0, 0, 0], [1.3, 0.5, -0.2], [1.9, 1.5, 0.4]])
-    return SimpleNamespace(id="X.A", sequence=seq or "ACDEFGHIKL" * (n // 10) + "A" * (n % 10),
-                           coords=coords.astype(np.float32), source="x", b_factors=b_factors)
+    coords = ca[:, None, :] + np.array(
+        [[-1.2, 0.6, 0.3], [0, 0, 0], [1.3, 0.5, -0.2], [1.9, 1.5, 0.4]]
+    )
+    return SimpleNamespace(
+        id="X.A",
+        sequence=seq or "ACDEFGHIKL" * (n // 10) + "A" * (n % 10),
+        coords=coords.astype(np.float32),
+        source="x",
+        b_factors=b_factors,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +58,11 @@ def test_kept_chain_is_typed():
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.seq = None  # type: ignore[misc]
     assert v.seq.dtype == np.uint8 and v.sequence == "ACDEFGHIKL" * 3 and len(v) == 30
-    assert v.coords.dtype == np.float32 and v.coords.shape == (30, 4, 3) and np.isfinite(v.coords).all()
+    assert (
+        v.coords.dtype == np.float32
+        and v.coords.shape == (30, 4, 3)
+        and np.isfinite(v.coords).all()
+    )
     assert v.plddt.dtype == np.float32 and np.allclose(v.plddt, 90.0)
     assert v.n_low_plddt == 0 and not v.zero_coords
 
@@ -66,8 +77,10 @@ def test_rejected_chain_has_reason_and_detail():
     v = policy.check(c)
     assert isinstance(v, Rejected) and v.reason == MISSING_CA and "33%" in v.detail
     # the dict interface other code used keeps giving the same answers as tuples
-    assert check_chain(chain(12), dict(min_length=20, max_length=50, max_missing_ca=0.25)) == \
-        ("too short", "12 residues < min_length 20")
+    assert check_chain(chain(12), dict(min_length=20, max_length=50, max_missing_ca=0.25)) == (
+        "too short",
+        "12 residues < min_length 20",
+    )
 
 
 def test_plddt_min_masks_residues_before_missing_ca():
@@ -93,9 +106,13 @@ def test_policy_from_config_and_defaults():
 
 
 def test_prepare_and_io_do_not_import_torch():
-    code = ("import sys, coordformer.data.prepare, coordformer.data.prepare.pool; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, coordformer.data.prepare, coordformer.data.prepare.pool; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 
@@ -106,9 +123,18 @@ def test_prepare_and_io_do_not_import_torch():
 
 def test_every_config_field_is_in_the_fingerprint_or_consolidation_only():
     cfg = PrepareConfig()
-    changed = {"min_length": 5, "max_length": 7, "max_missing_ca": 0.1, "plddt_min": 50.0, "chains": ("A",),
-               "store_plddt": True, "seqres": "gaps"}
-    assert set(changed) | set(PrepareConfig.CONSOLIDATION_FIELDS) == {f.name for f in dataclasses.fields(cfg)}
+    changed = {
+        "min_length": 5,
+        "max_length": 7,
+        "max_missing_ca": 0.1,
+        "plddt_min": 50.0,
+        "chains": ("A",),
+        "store_plddt": True,
+        "seqres": "gaps",
+    }
+    assert set(changed) | set(PrepareConfig.CONSOLIDATION_FIELDS) == {
+        f.name for f in dataclasses.fields(cfg)
+    }
     for name, value in changed.items():  # a new field must be put in one of the two lists
         assert cfg.replace(**{name: value}).unit_fingerprint() != cfg.unit_fingerprint(), name
 
@@ -120,25 +146,35 @@ def test_resume_decision():
     cfg = PrepareConfig(min_length=10)
     fp = run_fingerprint(cfg, 500, SRC, [])
     # the layout older versions wrote: defaults of later options are left out, so their states match
-    assert fp == {"format_version": fp["format_version"], "chunk_lines": 500, "sources": SRC, "bad_paths": [],
-                  "filters": {"min_length": 10, "max_length": 100_000, "max_missing_ca": 0.5}}
+    assert fp == {
+        "format_version": fp["format_version"],
+        "chunk_lines": 500,
+        "sources": SRC,
+        "bad_paths": [],
+        "filters": {"min_length": 10, "max_length": 100_000, "max_missing_ca": 0.5},
+    }
     assert resume_mismatch(json.loads(json.dumps(fp)), fp) is None
     # splits and exclusions are applied when the dataset is assembled: changing them still resumes
     other = cfg.replace(seed=3, valid_fraction=0.2, split_identity=0.5, exclude_files=("ex.txt",))
     assert resume_mismatch(fp, run_fingerprint(other, 500, SRC, [])) is None
+
     def changed(**kw):
         return resume_mismatch(fp, run_fingerprint(cfg.replace(**kw), 500, SRC, []))
 
     assert changed(min_length=15) == "min_length: 10 -> 15"
     assert changed(plddt_min=70) == "plddt_min: None -> 70"
-    assert resume_mismatch(fp, run_fingerprint(cfg, 500, [["/x/a.pdb", 11, 2]], [])) == \
-        "sources: 1 modified since (e.g. /x/a.pdb)"
+    assert (
+        resume_mismatch(fp, run_fingerprint(cfg, 500, [["/x/a.pdb", 11, 2]], []))
+        == "sources: 1 modified since (e.g. /x/a.pdb)"
+    )
     assert resume_mismatch(None, fp) == resume_mismatch([], fp) == "unreadable state.json"
 
 
 def test_interrupted_run_resumes_with_other_splits_not_other_filters(tmp_path, monkeypatch):
     fasta = tmp_path / "s.fasta"
-    fasta.write_text("".join(f">C{i}.A\n{'ACDEFGHIKLMNPQRSTVWY'[i:] + 'A' * i}\n" for i in range(8)))
+    fasta.write_text(
+        "".join(f">C{i}.A\n{'ACDEFGHIKLMNPQRSTVWY'[i:] + 'A' * i}\n" for i in range(8))
+    )
     out = tmp_path / "ds"
 
     def interrupted(run, summary, log):

@@ -12,38 +12,102 @@ from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
 
 
-def test_prepare_and_embed_print_plain_lines_when_output_is_not_a_terminal(tmp_path, synthetic_jsonl, capsys, monkeypatch):
+def test_prepare_and_embed_print_plain_lines_when_output_is_not_a_terminal(
+    tmp_path, synthetic_jsonl, capsys, monkeypatch
+):
     monkeypatch.setattr(coordformer.progress, "PLAIN_EVERY_S", 0.0)
-    prepare([str(synthetic_jsonl)], tmp_path / "ds", PrepareConfig(min_length=10), workers=1, progress=True)
+    prepare(
+        [str(synthetic_jsonl)],
+        tmp_path / "ds",
+        PrepareConfig(min_length=10),
+        workers=1,
+        progress=True,
+    )
     out = capsys.readouterr().out
     assert "\r" not in out
     lines = [line for line in out.splitlines() if line.startswith("prepare: ")]
     assert lines and "(100%)" in lines[-1] and "kept 60" in lines[-1], out
-    assert main(["embed", str(tmp_path / "ds"), "-c", "small-coords", "-o", str(tmp_path / "e.h5")]) == 0
+    assert (
+        main(["embed", str(tmp_path / "ds"), "-c", "small-coords", "-o", str(tmp_path / "e.h5")])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "\r" not in out and any(line.startswith("embed: 60/60 (100%)") for line in out.splitlines()), out
+    assert "\r" not in out and any(
+        line.startswith("embed: 60/60 (100%)") for line in out.splitlines()
+    ), out
 
 
 @pytest.mark.slow
 def test_pretrain_prints_plain_lines_to_a_log_file(tmp_path, prepared, capsys, monkeypatch):
     monkeypatch.setattr(coordformer.train.progress, "PLAIN_EVERY_S", 0.0)
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(tmp_path / "run"), "--preset", "tiny-0.1m",
-                 "--max-steps", "4", "--val-every", "2", "--warmup-steps", "1", "--tokens-per-batch", "1024",
-                 "--max-minutes", "5"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(tmp_path / "run"),
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "4",
+                "--val-every",
+                "2",
+                "--warmup-steps",
+                "1",
+                "--tokens-per-batch",
+                "1024",
+                "--max-minutes",
+                "5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "\r" not in out
     lines = out.splitlines()
-    assert any(line.startswith("step 1/4, ") and "/5 min" in line and "train/loss" in line for line in lines), out
+    assert any(
+        line.startswith("step 1/4, ") and "/5 min" in line and "train/loss" in line
+        for line in lines
+    ), out
     assert any(line.startswith("validation at step 2: val/loss") for line in lines), out
     assert any(line.startswith("step 4/4, ") for line in lines), out
 
 
 @pytest.mark.slow
-def test_pretrain_bar_with_a_time_budget_counts_minutes_not_steps(tmp_path, prepared, capsys, monkeypatch):
+def test_pretrain_bar_with_a_time_budget_counts_minutes_not_steps(
+    tmp_path, prepared, capsys, monkeypatch
+):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # as on a terminal: the tqdm bar
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(tmp_path / "run"), "--preset", "tiny-0.1m",
-                 "--max-minutes", "0.1", "--val-every", "1000", "--warmup-steps", "1", "--tokens-per-batch", "512",
-                 "--crop-length", "64", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(tmp_path / "run"),
+                "--preset",
+                "tiny-0.1m",
+                "--max-minutes",
+                "0.1",
+                "--val-every",
+                "1000",
+                "--warmup-steps",
+                "1",
+                "--tokens-per-batch",
+                "512",
+                "--crop-length",
+                "64",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    bar = out.split("\n{")[0]  # the progress output, not the JSON summary after it (its floats may hold any digits)
+    bar = out.split("\n{")[
+        0
+    ]  # the progress output, not the JSON summary after it (its floats may hold any digits)
     assert "/0.1 min" in bar and "100000" not in bar, out[-2000:]

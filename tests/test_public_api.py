@@ -12,8 +12,12 @@ from conftest import DATA
 
 
 def _imports_torch(code: str) -> bool:
-    out = subprocess.run([sys.executable, "-c", f"{code}; import sys; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}; import sys; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.strip() == "True"
 
 
@@ -23,9 +27,20 @@ def test_top_level_names_are_the_modules_own():
     from coordformer.model.checkpoints import load_model
     from coordformer.model.core import CoordFormer
 
-    top = (coordformer.load_model, coordformer.read_structure, coordformer.Batch, coordformer.CoordFormer)
+    top = (
+        coordformer.load_model,
+        coordformer.read_structure,
+        coordformer.Batch,
+        coordformer.CoordFormer,
+    )
     assert top == (load_model, read_structure, Batch, CoordFormer)
-    assert set(coordformer.__all__) == {"load_model", "read_structure", "Batch", "CoordFormer", "__version__"}
+    assert set(coordformer.__all__) == {
+        "load_model",
+        "read_structure",
+        "Batch",
+        "CoordFormer",
+        "__version__",
+    }
     assert set(coordformer.__all__) <= set(dir(coordformer))
     assert isinstance(coordformer.__version__, str)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):

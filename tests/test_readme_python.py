@@ -47,7 +47,14 @@ def test_native_quick_start_runs_as_written(monkeypatch, tmp_path):
     from coordformer.embed import EmbedConfig, embed
 
     out = tmp_path / "e.npz"
-    embed("small-coords", ["tests/data/1orc.pdb"], out, EmbedConfig(), progress=False, echo=lambda s: None)
+    embed(
+        "small-coords",
+        ["tests/data/1orc.pdb"],
+        out,
+        EmbedConfig(),
+        progress=False,
+        echo=lambda s: None,
+    )
     np.testing.assert_allclose(np.load(out)["mean"][0], ns["embedding"].numpy(), atol=1e-4)
 
 
@@ -56,7 +63,9 @@ def test_from_pretrained_takes_shipped_names_and_folders(tmp_path):
     assert not model.training
     folder = model.save_pretrained(tmp_path / "m")
     again = CoordFormer.from_pretrained(folder)  # folders load as before
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
+    )
     with pytest.raises(UsageError, match="shipped model name: .*small-coords"):
         CoordFormer.from_pretrained("no-such-model")
 
@@ -65,7 +74,9 @@ def test_transformers_example_runs_after_the_export(monkeypatch, tmp_path):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    os.symlink(REPO / "tests", tmp_path / "tests")  # the example's structure path, from a fresh folder
+    os.symlink(
+        REPO / "tests", tmp_path / "tests"
+    )  # the example's structure path, from a fresh folder
     monkeypatch.chdir(tmp_path)
     for line in _block("hf-export", "bash").strip().splitlines():
         words = shlex.split(line)

@@ -8,9 +8,9 @@ import types
 
 import pytest
 import torch
-from conftest import synthetic_chains, write_jsonl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from conftest import synthetic_chains, write_jsonl
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
@@ -24,15 +24,36 @@ def run(*args) -> int:
 
 
 def _common(out, steps):
-    return ["pretrain", "--out", out, "--preset", "tiny-0.1m", "--warmup-steps", "2", "--tokens-per-batch", "1024",
-            "--lr", "3e-3", "--quiet", "--max-steps", steps]
+    return [
+        "pretrain",
+        "--out",
+        out,
+        "--preset",
+        "tiny-0.1m",
+        "--warmup-steps",
+        "2",
+        "--tokens-per-batch",
+        "1024",
+        "--lr",
+        "3e-3",
+        "--quiet",
+        "--max-steps",
+        steps,
+    ]
 
 
 @pytest.mark.slow
-def test_resume_refuses_another_dataset_unless_allowed_and_always_says_where_it_resumes(tmp_path, prepared, capsys):
+def test_resume_refuses_another_dataset_unless_allowed_and_always_says_where_it_resumes(
+    tmp_path, prepared, capsys
+):
     other = tmp_path / "other"
-    prepare([str(write_jsonl(synthetic_chains(40, seed=7), tmp_path / "other.jsonl"))], other,
-            PrepareConfig(min_length=10, valid_fraction=0.15, test_fraction=0.15), workers=1, progress=False)
+    prepare(
+        [str(write_jsonl(synthetic_chains(40, seed=7), tmp_path / "other.jsonl"))],
+        other,
+        PrepareConfig(min_length=10, valid_fraction=0.15, test_fraction=0.15),
+        workers=1,
+        progress=False,
+    )
     assert PreparedDataset(other).fingerprint != prepared.fingerprint
     out = tmp_path / "run"
     assert run(*_common(out, 2), "--data", prepared.path, "--val-every", "100") == 0
@@ -42,23 +63,34 @@ def test_resume_refuses_another_dataset_unless_allowed_and_always_says_where_it_
 
     assert run(*_common(out, 3), "--data", other, "--val-every", "100") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "--allow-new-data" in err and prepared.fingerprint in err
+    assert (
+        err.startswith("error:")
+        and "\n" not in err
+        and "--allow-new-data" in err
+        and prepared.fingerprint in err
+    )
     assert (out / "config.json").read_text() == config  # nothing touched
 
     moved = tmp_path / "moved"  # the same data elsewhere is the same dataset
     shutil.copytree(prepared.path, moved)
     assert run(*_common(out, 3), "--data", moved, "--val-every", "100") == 0
-    assert capsys.readouterr().err.strip() == f"resuming {out} from step 2"  # with --quiet too, one line
+    assert (
+        capsys.readouterr().err.strip() == f"resuming {out} from step 2"
+    )  # with --quiet too, one line
 
     assert run(*_common(out, 4), "--data", other, "--val-every", "100", "--allow-new-data") == 0
     assert f"resuming {out} from step 3" in capsys.readouterr().err
     data = json.loads((out / "config.json").read_text())["data"]
-    assert data["fingerprint"] == PreparedDataset(other).fingerprint and data["path"] == str(other.resolve())
+    assert data["fingerprint"] == PreparedDataset(other).fingerprint and data["path"] == str(
+        other.resolve()
+    )
     assert [d["path"] for d in data["previous"]] == [str(moved.resolve())]
     assert data["previous"][0]["fingerprint"] == prepared.fingerprint
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["coordformer"]
     assert saved["data_fingerprint"] == data["fingerprint"]
-    assert run(*_common(out, 5), "--data", other, "--val-every", "100") == 0  # now the run's dataset
+    assert (
+        run(*_common(out, 5), "--data", other, "--val-every", "100") == 0
+    )  # now the run's dataset
 
 
 def _val_losses(out):
@@ -69,7 +101,9 @@ def _val_losses(out):
 
 
 @pytest.mark.slow
-def test_best_checkpoint_takes_the_final_validation_and_the_summary_names_its_step(tmp_path, prepared):
+def test_best_checkpoint_takes_the_final_validation_and_the_summary_names_its_step(
+    tmp_path, prepared
+):
     out = tmp_path / "run"
     # 5 steps, validation every 2: in the loop at 2 and 4, the final one at 5
     assert run(*_common(out, 5), "--data", prepared.path, "--val-every", "2") == 0
@@ -97,17 +131,34 @@ def test_best_checkpoint_takes_the_final_validation_and_the_summary_names_its_st
 def test_a_worse_final_validation_leaves_best_ckpt_alone(tmp_path):
     best = _BestCheckpoint(tmp_path)
     # the same key as a plain ModelCheckpoint: runs from before keep their best score on resume
-    assert best.state_key == ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min").state_key
-    best.best_model_score, best.best_model_path, best.best_step = torch.tensor(1.0), str(tmp_path / "best.ckpt"), 4
+    assert (
+        best.state_key
+        == ModelCheckpoint(
+            dirpath=tmp_path, filename="best", monitor="val/loss", mode="min"
+        ).state_key
+    )
+    best.best_model_score, best.best_model_path, best.best_step = (
+        torch.tensor(1.0),
+        str(tmp_path / "best.ckpt"),
+        4,
+    )
     saved = []
-    trainer = types.SimpleNamespace(global_step=5, save_checkpoint=lambda path, *a: saved.append(path), is_global_zero=True,
-                                    loggers=[])
+    trainer = types.SimpleNamespace(
+        global_step=5,
+        save_checkpoint=lambda path, *a: saved.append(path),
+        is_global_zero=True,
+        loggers=[],
+    )
     best.consider_final(trainer, 1.5)  # worse: kept
     assert saved == [] and best.best_step == 4
     best.consider_final(trainer, float("nan"))
     assert saved == []
     best.consider_final(trainer, 1.0)  # as good: the final model, the one summary.json describes
-    assert saved == [str(tmp_path / "best.ckpt")] and best.best_step == 5 and float(best.best_model_score) == 1.0
+    assert (
+        saved == [str(tmp_path / "best.ckpt")]
+        and best.best_step == 5
+        and float(best.best_model_score) == 1.0
+    )
     assert best.state_dict()["best_step"] == 5
 
 
@@ -115,9 +166,16 @@ def test_summary_says_tensorboard_logs_are_off_without_tensorboard(tmp_path, pre
     from coordformer.config import TrainConfig, preset
     from coordformer.train import run as run_module
 
-    tc = TrainConfig(max_steps=1, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=1)
+    tc = TrainConfig(
+        max_steps=1, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=1
+    )
     monkeypatch.setattr(run_module, "cfg_tensorboard_available", lambda: False)
-    summary = run_module.pretrain(prepared.path, tmp_path / "off", preset("tiny-0.1m"), tc, progress=False)
+    summary = run_module.pretrain(
+        prepared.path, tmp_path / "off", preset("tiny-0.1m"), tc, progress=False
+    )
     assert summary["tensorboard"].startswith("off: the tensorboard package is not installed")
     assert not (tmp_path / "off" / "tensorboard").exists()
-    assert json.loads((tmp_path / "off" / "summary.json").read_text())["tensorboard"] == summary["tensorboard"]
+    assert (
+        json.loads((tmp_path / "off" / "summary.json").read_text())["tensorboard"]
+        == summary["tensorboard"]
+    )

@@ -10,11 +10,15 @@ from flat_memory import stream_once, write_synthetic_dataset  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RssAnon is read from /proc (Linux)")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="RssAnon is read from /proc (Linux)"
+)
 def test_200k_chain_dataset_iterates_in_flat_memory(tmp_path):
     path = write_synthetic_dataset(tmp_path / "flat", n_chains=200_000, length=32)
     res = stream_once(path, tokens_per_batch=16384)
-    assert res["chains"] == 200_000 and res["tokens"] == res["train_chains"] * 32  # every chain, once
+    assert (
+        res["chains"] == 200_000 and res["tokens"] == res["train_chains"] * 32
+    )  # every chain, once
     # the arrays are 300 MB on disk; what the process itself holds must not grow with the pass
     assert res["growth_after_first_tenth_mb"] < 32, res["trace"]
     # opening holds the chain ids and their index (O(chains) strings, ~450 bytes a chain measured)
@@ -57,7 +61,13 @@ def test_gemmi_written_cif_gz_round_trips_through_prepare(tmp_path):
 
     chains = [c for c, _ in zip(iter_chain_set(bundled_chains()), range(5))]
     write_cif_gz(chains, tmp_path / "cif")
-    summary = prepare([tmp_path / "cif"], tmp_path / "ds", PrepareConfig(split="random"), workers=1, progress=False)
+    summary = prepare(
+        [tmp_path / "cif"],
+        tmp_path / "ds",
+        PrepareConfig(split="random"),
+        workers=1,
+        progress=False,
+    )
     assert summary.chains_kept == 5 and summary.inputs_skipped == 0
     ds = PreparedDataset(tmp_path / "ds")
     got = {ds.sequence(i): ds.coords(i) for i in range(len(ds))}

@@ -6,8 +6,8 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, synthetic_chains
 
+from conftest import DATA, synthetic_chains
 from coordformer.cli import main
 from coordformer.config import preset
 from coordformer.constants import AA_OFFSET, AMINO_ACIDS, MASK
@@ -39,7 +39,9 @@ def tiny():
 def _chains(n=3, seed=0, min_len=30, max_len=70):
     out = []
     for r in synthetic_chains(n, seed=seed, min_len=min_len, max_len=max_len):
-        coords = np.stack([np.asarray(r["coords"][a], dtype=np.float32) for a in ("N", "CA", "C", "O")], axis=1)
+        coords = np.stack(
+            [np.asarray(r["coords"][a], dtype=np.float32) for a in ("N", "CA", "C", "O")], axis=1
+        )
         out.append(Chain(id=r["name"], sequence=r["seq"], coords=coords, source="synthetic"))
     return out
 
@@ -54,7 +56,9 @@ def _direct(model, chain, masked, start=0, span=None):
         tok[i - start] = MASK
     coords = torch.from_numpy(chain.coords[start : start + span].copy())
     logits = model(tok[None], coords[None]).logits[0]
-    return torch.log_softmax(logits[[i - start for i in masked]][:, AA_OFFSET : AA_OFFSET + 20], -1).numpy()
+    return torch.log_softmax(
+        logits[[i - start for i in masked]][:, AA_OFFSET : AA_OFFSET + 20], -1
+    ).numpy()
 
 
 def test_masked_marginals_match_a_direct_forward_pass(tiny):
@@ -64,7 +68,9 @@ def test_masked_marginals_match_a_direct_forward_pass(tiny):
         assert s.log_probs.shape == (len(c.sequence), 20)
         for i in (0, 7, len(c.sequence) - 1):
             np.testing.assert_allclose(s.log_probs[i], _direct(tiny, c, [i])[0], atol=1e-5)
-        lp_wt = np.array([_direct(tiny, c, [i])[0][AA[c.sequence[i]]] for i in range(len(c.sequence))])
+        lp_wt = np.array(
+            [_direct(tiny, c, [i])[0][AA[c.sequence[i]]] for i in range(len(c.sequence))]
+        )
         np.testing.assert_allclose(s.log_p_wt, lp_wt, atol=1e-5)
         assert s.pseudo_perplexity == pytest.approx(float(np.exp(-lp_wt.mean())), rel=1e-5)
         p = np.exp(s.log_probs.astype(np.float64))
@@ -87,7 +93,9 @@ def test_mutation_scores_by_hand(tiny):
     joint = both[0][AA["A"]] - both[0][AA[seq[4]]] + both[1][AA["W"]] - both[1][AA[seq[20]]]
     res = score_mutations(tiny, [c], [f"{m1}:{m2}", m1], multi="joint", strict=True)
     assert res.scored[0].score == pytest.approx(joint, abs=1e-5)
-    assert res.scored[1].score == pytest.approx(s1, abs=1e-5)  # a single mutant is the same in both modes
+    assert res.scored[1].score == pytest.approx(
+        s1, abs=1e-5
+    )  # a single mutant is the same in both modes
     assert abs(joint - (s1 + s2)) > 1e-7  # the modes really differ
 
 
@@ -107,12 +115,28 @@ def test_invariants_wild_type_zero_and_additivity(tiny):
     assert mat[11, AA[singles[1][-1]]] == pytest.approx(res.scored[1].score, abs=1e-6)
     assert np.allclose(mat[np.arange(len(a.sequence)), [AA[x] for x in a.sequence]], 0)
     # two chains: qualified mutants, summed across chains
-    res = score_mutations(tiny, chains, [f"S000.A:{singles[0]}", f"{b.id}:{b.sequence[3]}4C",
-                                         f"A:{singles[0]}:S001.A:{b.sequence[3]}4C"])
-    assert res.skipped == [(2, f"A:{singles[0]}:S001.A:{b.sequence[3]}4C",
-                            "chain 'A' is ambiguous: several inputs have it; use the full id (ENTRY.CHAIN)")]
-    res2 = score_mutations(tiny, chains, [f"S000.A:{singles[0]}:S001.A:{b.sequence[3]}4C"], strict=True)
-    assert res2.scored[0].score == pytest.approx(res.scored[0].score + res.scored[1].score, abs=1e-6)
+    res = score_mutations(
+        tiny,
+        chains,
+        [
+            f"S000.A:{singles[0]}",
+            f"{b.id}:{b.sequence[3]}4C",
+            f"A:{singles[0]}:S001.A:{b.sequence[3]}4C",
+        ],
+    )
+    assert res.skipped == [
+        (
+            2,
+            f"A:{singles[0]}:S001.A:{b.sequence[3]}4C",
+            "chain 'A' is ambiguous: several inputs have it; use the full id (ENTRY.CHAIN)",
+        )
+    ]
+    res2 = score_mutations(
+        tiny, chains, [f"S000.A:{singles[0]}:S001.A:{b.sequence[3]}4C"], strict=True
+    )
+    assert res2.scored[0].score == pytest.approx(
+        res.scored[0].score + res.scored[1].score, abs=1e-6
+    )
 
 
 def test_batch_invariance(tiny):
@@ -124,8 +148,16 @@ def test_batch_invariance(tiny):
     # and mutation scores do not depend on the other chains scored with them
     m = f"{chains[3].sequence[5]}6A"
     alone = score_mutations(tiny, [chains[3]], [m], strict=True).scored[0].score
-    mixed = score_mutations(tiny, chains, [f"{chains[3].id}:{m}", f"{chains[0].id}:{chains[0].sequence[0]}1A"],
-                            strict=True).scored[0].score
+    mixed = (
+        score_mutations(
+            tiny,
+            chains,
+            [f"{chains[3].id}:{m}", f"{chains[0].id}:{chains[0].sequence[0]}1A"],
+            strict=True,
+        )
+        .scored[0]
+        .score
+    )
     assert mixed == pytest.approx(alone, abs=2e-5)
 
 
@@ -155,9 +187,16 @@ def test_fast_mode_plan_and_exact_agreement(tiny):
                 d = np.linalg.norm(ca[g[x]] - ca[g[y]])
                 assert not d < 12.0
     assert [g.tolist() for g in masking_plan([5, 3, 3], None, "exact")] == [[3], [5]]
-    assert [g.tolist() for g in masking_plan(range(20), None, "fast", 8, 12.0)] == [[0, 8, 16], [1, 9, 17], [2, 10, 18],
-                                                                                  [3, 11, 19], [4, 12], [5, 13], [6, 14],
-                                                                                  [7, 15]]
+    assert [g.tolist() for g in masking_plan(range(20), None, "fast", 8, 12.0)] == [
+        [0, 8, 16],
+        [1, 9, 17],
+        [2, 10, 18],
+        [3, 11, 19],
+        [4, 12],
+        [5, 13],
+        [6, 14],
+        [7, 15],
+    ]
 
 
 def test_long_chains_are_scored_in_the_window_they_are_most_central_in(tiny):
@@ -173,7 +212,9 @@ def test_long_chains_are_scored_in_the_window_they_are_most_central_in(tiny):
         np.testing.assert_allclose(s.log_probs[i], _direct(tiny, c, [i], start, 40)[0], atol=1e-5)
     # joint masking needs one window holding every mutated position
     far = f"{c.sequence[0]}1A:{c.sequence[95]}96A"
-    res = score_mutations(tiny, [c], [far, f"{c.sequence[30]}31A:{c.sequence[40]}41A"], cfg, multi="joint")
+    res = score_mutations(
+        tiny, [c], [far, f"{c.sequence[30]}31A:{c.sequence[40]}41A"], cfg, multi="joint"
+    )
     assert len(res.scored) == 1 and res.skipped[0][0] == 0 and "one window" in res.skipped[0][2]
 
 
@@ -219,7 +260,12 @@ def test_numbering_and_errors_on_a_real_structure(tiny):
     # a batch: bad mutants skipped with reasons, the others scored
     res = score_mutations(tiny, chains, ["T6A", "A6G", "T99A", "Z:T6A", "I5V:L7A", "nonsense"])
     assert [r.mutant for r in res.scored] == ["T6A", "I5V:L7A"]
-    assert [(r, m) for r, m, _ in res.skipped] == [(1, "A6G"), (2, "T99A"), (3, "Z:T6A"), (5, "nonsense")]
+    assert [(r, m) for r, m, _ in res.skipped] == [
+        (1, "A6G"),
+        (2, "T99A"),
+        (3, "Z:T6A"),
+        (5, "nonsense"),
+    ]
 
 
 def test_missing_structure_warning_follows_the_models_record(tiny):
@@ -228,9 +274,14 @@ def test_missing_structure_warning_follows_the_models_record(tiny):
     gap.coords[5:9] = np.nan
     never = {"learnt_missing_flag": False, "name": "small-coords"}
     note = missing_structure_warning(never, tiny, [gap])
-    assert note.startswith(f"4 of {len(c.sequence)} residues have no coordinates") and "-c small-coords-sd" in note
+    assert (
+        note.startswith(f"4 of {len(c.sequence)} residues have no coordinates")
+        and "-c small-coords-sd" in note
+    )
     assert missing_structure_warning(never, tiny, [c]) is None  # full coordinates
-    assert missing_structure_warning(never, tiny, [gap], use_coords=False) is None  # coordinates withheld anyway
+    assert (
+        missing_structure_warning(never, tiny, [gap], use_coords=False) is None
+    )  # coordinates withheld anyway
     assert missing_structure_warning({"learnt_missing_flag": True}, tiny, [gap]) is None
     assert missing_structure_warning({}, tiny, [gap]) is None  # unknown: no claim
 
@@ -256,10 +307,28 @@ def _read(path, delim="\t"):
 def test_cli_end_to_end_with_the_shipped_model(tmp_path, capsys):
     pdb = DATA / "1orc.pdb"
     out = tmp_path / "res.tsv"
-    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(out), "--plot", str(tmp_path / "res.png"),
-                 "--per-aa", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(pdb),
+                "-c",
+                "small-coords",
+                "-o",
+                str(out),
+                "--plot",
+                str(tmp_path / "res.png"),
+                "--per-aa",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = _read(out)
-    assert rows[0][:7] == ["chain", "index", "residue", "wt", "has_ca", "logp_wt", "entropy"] and len(rows[0]) == 27
+    assert (
+        rows[0][:7] == ["chain", "index", "residue", "wt", "has_ca", "logp_wt", "entropy"]
+        and len(rows[0]) == 27
+    )
     assert len(rows) == 65 and rows[1][:5] == ["1ORC.A", "1", "3", "Q", "1"]
     lp = np.array([float(r[5]) for r in rows[1:]])
     per_aa = np.array([[float(x) for x in r[7:]] for r in rows[1:]])
@@ -271,10 +340,28 @@ def test_cli_end_to_end_with_the_shipped_model(tmp_path, capsys):
     assert "pseudo-perplexity" in capsys.readouterr().out
 
     table = tmp_path / "dms.csv"
-    table.write_text("mutant,DMS_score\nT6A,0.1\nA6G,2\nT6T,0.3\nT99A,1\nQ3A:R4G,-1\nI5V,0.5\nL7A,-0.2\n")
+    table.write_text(
+        "mutant,DMS_score\nT6A,0.1\nA6G,2\nT6T,0.3\nT99A,1\nQ3A:R4G,-1\nI5V,0.5\nL7A,-0.2\n"
+    )
     mout = tmp_path / "mut.csv"
-    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(mout), "--mutations", str(table), "--quiet",
-                 "--plot", str(tmp_path / "mut.png")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(pdb),
+                "-c",
+                "small-coords",
+                "-o",
+                str(mout),
+                "--mutations",
+                str(table),
+                "--quiet",
+                "--plot",
+                str(tmp_path / "mut.png"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "scored 5 of 7 mutants" in text and "skipped 2" in text and "Spearman" in text
     rows = _read(mout, ",")
@@ -288,14 +375,50 @@ def test_cli_end_to_end_with_the_shipped_model(tmp_path, capsys):
     assert "wild type mismatch" in skipped[1][3] and "not in chain" in skipped[2][3]
     # a single-mutant score is the difference of two masked-marginal log-probabilities
     [s] = masked_marginals(load_model("small-coords")[0], read_structure(pdb), positions=[[3]])
-    assert got["T6A"] == pytest.approx(float(s.log_probs[3, AA["A"]] - s.log_probs[3, AA["T"]]), abs=1e-4)
+    assert got["T6A"] == pytest.approx(
+        float(s.log_probs[3, AA["A"]] - s.log_probs[3, AA["T"]]), abs=1e-4
+    )
 
     # strict single mutants: one line naming the mutation, exit 2
-    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(tmp_path / "x.tsv"), "-m", "A6G", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(pdb),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.tsv"),
+                "-m",
+                "A6G",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert err == "error: mutation 'A6G': wild type mismatch: chain 1ORC.A has T at author number 6 (index 4), not A"
-    assert main(["score", str(pdb), "-c", "small-coords", "-o", str(tmp_path / "x.tsv"), "-m", "T4A", "--numbering",
-                 "index", "--quiet"]) == 0
+    assert (
+        err
+        == "error: mutation 'A6G': wild type mismatch: chain 1ORC.A has T at author number 6 (index 4), not A"
+    )
+    assert (
+        main(
+            [
+                "score",
+                str(pdb),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.tsv"),
+                "-m",
+                "T4A",
+                "--numbering",
+                "index",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert _read(tmp_path / "x.tsv")[1][0] == "T4A"
 
 
@@ -303,9 +426,15 @@ def test_cli_fasta_warns_for_a_model_without_the_missing_flag(tmp_path, capsys):
     [c] = read_structure(DATA / "1orc.pdb")
     fa = tmp_path / "cro.fasta"
     fa.write_text(f">cro\n{c.sequence}\n")
-    assert main(["score", str(fa), "-c", "small-coords", "-o", str(tmp_path / "a.tsv"), "--quiet"]) == 0
+    assert (
+        main(["score", str(fa), "-c", "small-coords", "-o", str(tmp_path / "a.tsv"), "--quiet"])
+        == 0
+    )
     assert "never learnt the missing flag" in capsys.readouterr().err
-    assert main(["score", str(fa), "-c", "small-coords-sd", "-o", str(tmp_path / "b.tsv"), "--quiet"]) == 0
+    assert (
+        main(["score", str(fa), "-c", "small-coords-sd", "-o", str(tmp_path / "b.tsv"), "--quiet"])
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err
     rows = _read(tmp_path / "b.tsv")
     assert rows[1][2] == "" and rows[1][4] == "0"  # no author numbers, no CA given
@@ -314,7 +443,9 @@ def test_cli_fasta_warns_for_a_model_without_the_missing_flag(tmp_path, capsys):
 def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsys):
     chains = read_structure(DATA / "1orc.pdb")
     base = score_mutations(tiny, chains, ["T4A"], numbering="index", strict=True).scored[0]
-    shifted = score_mutations(tiny, chains, ["T14A"], numbering="index", offset=10, strict=True).scored[0]
+    shifted = score_mutations(
+        tiny, chains, ["T14A"], numbering="index", offset=10, strict=True
+    ).scored[0]
     assert shifted.substitutions == base.substitutions and shifted.score == base.score
     with pytest.raises(MutationError, match=r"index 4 \(position 14 - offset 10\), not A"):
         score_mutations(tiny, chains, ["A14G"], numbering="index", offset=10, strict=True)
@@ -323,14 +454,49 @@ def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsy
     table = tmp_path / "all_bad.csv"
     table.write_text("mutant\nA6G\nT99A\n")
     out = tmp_path / "o.tsv"
-    assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "--mutations", str(table),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(DATA / "1orc.pdb"),
+                "-c",
+                "small-coords",
+                "-o",
+                str(out),
+                "--mutations",
+                str(table),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.startswith("error: none of the 2 mutants could be scored (first: row 1 A6G: wild type mismatch")
+    assert err.startswith(
+        "error: none of the 2 mutants could be scored (first: row 1 A6G: wild type mismatch"
+    )
     assert len(_read(str(out) + ".skipped.tsv")) == 3
-    assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "-m", "T4A", "--offset", "1",
-                 "--quiet"]) == 2
-    assert capsys.readouterr().err == "error: --offset 1: applies to 1-based index numbering; add --numbering index\n"
+    assert (
+        main(
+            [
+                "score",
+                str(DATA / "1orc.pdb"),
+                "-c",
+                "small-coords",
+                "-o",
+                str(out),
+                "-m",
+                "T4A",
+                "--offset",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert (
+        capsys.readouterr().err
+        == "error: --offset 1: applies to 1-based index numbering; add --numbering index\n"
+    )
 
 
 def test_readme_python_example_runs_as_written(monkeypatch):
@@ -340,7 +506,9 @@ def test_readme_python_example_runs_as_written(monkeypatch):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    m = re.search(r"<!-- python-score -->\s*```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    m = re.search(
+        r"<!-- python-score -->\s*```python\n(.*?)```", (repo / "README.md").read_text(), re.S
+    )
     assert m, "README.md has no python block after <!-- python-score -->"
     monkeypatch.chdir(repo)
     ns, buf = {"__name__": "__readme__"}, io.StringIO()
@@ -348,12 +516,16 @@ def test_readme_python_example_runs_as_written(monkeypatch):
         exec(compile(m.group(1), "README.md", "exec"), ns)
     lines = buf.getvalue().splitlines()
     assert re.fullmatch(r"1ORC\.A: pseudo-perplexity \d+\.\d\d", lines[0]), lines
-    assert re.fullmatch(r"T6A -?\d+\.\d+", lines[1]) and re.fullmatch(r"I5V:L7A -?\d+\.\d+", lines[2])
+    assert re.fullmatch(r"T6A -?\d+\.\d+", lines[1]) and re.fullmatch(
+        r"I5V:L7A -?\d+\.\d+", lines[2]
+    )
     assert lines[3] == "skipped Q99A position 99 is not in chain 1ORC.A (author numbers 3-61)"
     assert ns["dms"].shape == (64, 20)
 
 
-def test_inputs_prepared_dataset_chain_set_and_unreadable_files(tiny, tmp_path, prepared, synthetic_jsonl):
+def test_inputs_prepared_dataset_chain_set_and_unreadable_files(
+    tiny, tmp_path, prepared, synthetic_jsonl
+):
     from coordformer.score import read_chains
 
     test_ids = [prepared.ids[i] for i in prepared.split_indices("test")]
@@ -361,11 +533,15 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(tiny, tmp_path, 
     assert [c.id for c in chains] == test_ids and skipped == []
     assert all(c.residue_ids is None for c in chains)
     k = prepared.index_of(chains[0].id)
-    assert chains[0].sequence == prepared.sequence(k) and np.array_equal(chains[0].coords, prepared.coords(k), equal_nan=True)
+    assert chains[0].sequence == prepared.sequence(k) and np.array_equal(
+        chains[0].coords, prepared.coords(k), equal_nan=True
+    )
     direct, _ = read_chains([str(synthetic_jsonl)])
     same = next(c for c in direct if c.id == chains[0].id)
     a, b = masked_marginals(tiny, [chains[0], same])
-    np.testing.assert_allclose(a.log_probs, b.log_probs, atol=2e-5)  # a chain scores the same from either input
+    np.testing.assert_allclose(
+        a.log_probs, b.log_probs, atol=2e-5
+    )  # a chain scores the same from either input
     bad = tmp_path / "broken.pdb"
     bad.write_text("ATOM  garbage\n")
     chains, skipped = read_chains([str(DATA / "1orc.pdb"), str(bad)])
@@ -386,8 +562,22 @@ def test_plddt_min_makes_low_confidence_residues_missing(tmp_path, capsys):
     low = np.round(raw.b_factors, 4) < cut
     assert low.any() and np.array_equal(np.isnan(c.coords[:, 1, 0]), low)
     out = tmp_path / "p.tsv"
-    assert main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "--plddt-min", str(cut),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(DATA / "1orc.pdb"),
+                "-c",
+                "small-coords",
+                "-o",
+                str(out),
+                "--plddt-min",
+                str(cut),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"{int(low.sum())} of 64 residues have no coordinates" in capsys.readouterr().err
     has_ca = [r[4] for r in _read(out)[1:]]
     assert has_ca == ["0" if x else "1" for x in low]

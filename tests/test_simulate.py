@@ -11,7 +11,14 @@ from coordformer.cli import main
 from coordformer.config import ConfigError, SimConfig
 from coordformer.geometry import random_rotation
 from coordformer.sim import studies
-from coordformer.sim.studies import PRESETS, SimPreset, build_jobs, drop_dimension, simulate, summarise_headdim
+from coordformer.sim.studies import (
+    PRESETS,
+    SimPreset,
+    build_jobs,
+    drop_dimension,
+    simulate,
+    summarise_headdim,
+)
 from coordformer.sim.synthetic import (
     PointCloudAttention,
     distance_targets,
@@ -22,7 +29,9 @@ from coordformer.sim.synthetic import (
     train_stack,
 )
 
-SMALL = dict(d_model=16, n_heads=2, d_ff=32, n_train=256, n_valid=64, n_test=64, steps=30, eval_every=10)
+SMALL = dict(
+    d_model=16, n_heads=2, d_ff=32, n_train=256, n_valid=64, n_test=64, steps=30, eval_every=10
+)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 4])
@@ -44,19 +53,27 @@ def test_point_clouds_are_seeded_uniform_and_targets_follow_the_kernel():
     x = a["train"].coords
     assert 0 <= x.min() and x.max() <= 200 and x.max() > 150
     d = torch.linalg.norm(x[0, 1] - x[0, 3])
-    assert math.isclose(a["train"].targets[0, 1, 3].item(), math.exp(-((d / 200) ** 1.5)), rel_tol=1e-5)
+    assert math.isclose(
+        a["train"].targets[0, 1, 3].item(), math.exp(-((d / 200) ** 1.5)), rel_tol=1e-5
+    )
     assert torch.allclose(torch.diagonal(a["train"].targets, dim1=-2, dim2=-1), torch.ones(256, 5))
     # a different model seed keeps the data; a different data seed changes it
     assert torch.equal(make_point_clouds(cfg.replace(seed=7))["valid"].coords, a["valid"].coords)
-    assert not torch.equal(make_point_clouds(cfg.replace(data_seed=7))["valid"].coords, a["valid"].coords)
+    assert not torch.equal(
+        make_point_clouds(cfg.replace(data_seed=7))["valid"].coords, a["valid"].coords
+    )
     # the validation set does not depend on the training-set size
-    assert torch.equal(make_point_clouds(cfg.replace(n_train=10))["valid"].coords, a["valid"].coords)
+    assert torch.equal(
+        make_point_clouds(cfg.replace(n_train=10))["valid"].coords, a["valid"].coords
+    )
 
 
 def test_targets_are_rotation_invariant():
     x = torch.rand(10, 5, 3) * 200
     r = random_rotation(10, torch.Generator().manual_seed(0))
-    assert torch.allclose(distance_targets(x, 200, 2), distance_targets(x @ r.transpose(-1, -2), 200, 2), atol=1e-5)
+    assert torch.allclose(
+        distance_targets(x, 200, 2), distance_targets(x @ r.transpose(-1, -2), 200, 2), atol=1e-5
+    )
 
 
 def test_row_output_is_one_at_each_rows_maximum_and_raw_is_exp_of_logits():
@@ -95,7 +112,11 @@ def test_stack_refuses_configs_that_cannot_share_an_optimiser():
 
 def test_schedules():
     assert noam_rate(4000, 256, 0.4, 4000) == pytest.approx(0.4 / 16 / math.sqrt(4000))
-    assert noam_rate(2000, 256, 0.4, 4000) < noam_rate(4000, 256, 0.4, 4000) > noam_rate(8000, 256, 0.4, 4000)
+    assert (
+        noam_rate(2000, 256, 0.4, 4000)
+        < noam_rate(4000, 256, 0.4, 4000)
+        > noam_rate(8000, 256, 0.4, 4000)
+    )
     rates = learning_rates(SimConfig(steps=1000, lr=2e-3))
     assert len(rates) == 1000 and rates[0] == pytest.approx(2e-3 / 25)
     assert max(rates) == pytest.approx(2e-3) and rates[-1] < 1e-6
@@ -111,10 +132,13 @@ def test_config_rejects_bad_values():
 def test_drop_dimension():
     assert drop_dimension({1: 0.1, 2: 0.05, 3: 0.004, 4: 0.003}) == 3
     assert drop_dimension({1: 0.1, 2: 0.05, 3: 0.02}) is None
-    recs = summarise_headdim([
-        {"regime": "modern", "output": "row", "n": 2, "d_out": h, "seed": s, "test_l1": v}
-        for h, v3 in ((2, 0.05), (3, 0.001), (4, 0.001)) for s, v in ((0, v3), (1, v3 * 2), (2, math.inf))
-    ])
+    recs = summarise_headdim(
+        [
+            {"regime": "modern", "output": "row", "n": 2, "d_out": h, "seed": s, "test_l1": v}
+            for h, v3 in ((2, 0.05), (3, 0.001), (4, 0.001))
+            for s, v in ((0, v3), (1, v3 * 2), (2, math.inf))
+        ]
+    )
     assert recs[0]["drop_at"] == 3 and recs[0]["theory"] == 3 and recs[0]["seeds"] == 3
     assert recs[0]["floor_at"] == 3
 
@@ -137,9 +161,19 @@ def test_quick_preset_covers_the_three_effects():
 
 @pytest.fixture
 def tiny_preset(monkeypatch):
-    p = SimPreset(name="tiny", base=SMALL, exponents=(1.0, 2.0), dims=(1, 2), head_dims=(1, 2, 3), seeds=(0,),
-                  regimes={"modern": {}, "paper": dict(regime="paper", batch_size=8, warmup=10)},
-                  width_dims=(2,), width_xs=(1, 2), augment_n_train=20, augment_overrides=dict(steps=40))
+    p = SimPreset(
+        name="tiny",
+        base=SMALL,
+        exponents=(1.0, 2.0),
+        dims=(1, 2),
+        head_dims=(1, 2, 3),
+        seeds=(0,),
+        regimes={"modern": {}, "paper": dict(regime="paper", batch_size=8, warmup=10)},
+        width_dims=(2,),
+        width_xs=(1, 2),
+        augment_n_train=20,
+        augment_overrides=dict(steps=40),
+    )
     monkeypatch.setitem(PRESETS, "tiny", p)
     return p
 
@@ -154,7 +188,11 @@ def test_simulate_writes_every_output_and_resumes(tmp_path, tiny_preset):
     rows = list(csv.DictReader(open(out / "headdim.csv")))
     # modern: row + raw for n = 1, 2; paper: row only -> 3 x 2 x 3 head dims
     assert len(rows) == 18 and {r["output"] for r in rows} == {"row", "raw"}
-    assert {s["study"] for s in summary} >= {"exponent", "headdim modern row n=2", "headdim paper row n=1"}
+    assert {s["study"] for s in summary} >= {
+        "exponent",
+        "headdim modern row n=2",
+        "headdim paper row n=1",
+    }
     md = (out / "summary.md").read_text()
     assert md.count("\n| ") == len(summary) + 1  # header + one line per summary entry
     assert json.loads((out / "simulate.json").read_text())["preset_settings"]["name"] == "tiny"
@@ -167,16 +205,25 @@ def test_simulate_writes_every_output_and_resumes(tmp_path, tiny_preset):
 
 @pytest.mark.slow
 def test_simulate_in_worker_processes_matches_in_process(tmp_path, tiny_preset):
-    a = simulate(tmp_path / "a", preset="tiny", studies=("exponent", "augment"), workers=1, progress=False)
-    b = simulate(tmp_path / "b", preset="tiny", studies=("exponent", "augment"), workers=2, progress=False)
-    assert len(list((tmp_path / "b" / "runs").rglob("*.json"))) == 2  # two stacks, so two processes ran
+    a = simulate(
+        tmp_path / "a", preset="tiny", studies=("exponent", "augment"), workers=1, progress=False
+    )
+    b = simulate(
+        tmp_path / "b", preset="tiny", studies=("exponent", "augment"), workers=2, progress=False
+    )
+    assert (
+        len(list((tmp_path / "b" / "runs").rglob("*.json"))) == 2
+    )  # two stacks, so two processes ran
     assert a == b
 
 
 @pytest.mark.slow
 def test_head_dimension_n_plus_1_learns_the_gaussian_and_n_does_not():
     """The core effect at small scale: for n = 2, head dim 3 reaches a loss several times lower than 2."""
-    cfgs = [SimConfig(n_dims=2, d_out=h, d_model=32, n_heads=4, d_ff=128, steps=600, eval_every=100) for h in (2, 3)]
+    cfgs = [
+        SimConfig(n_dims=2, d_out=h, d_model=32, n_heads=4, d_ff=128, steps=600, eval_every=100)
+        for h in (2, 3)
+    ]
     low, high = train_stack(cfgs)
     assert high["test_l1"] * 4 < low["test_l1"]
 
@@ -202,6 +249,13 @@ def test_a_failing_stack_is_reported_and_the_others_are_kept(tmp_path, tiny_pres
     monkeypatch.setattr(studies, "_run_job", flaky)
     messages = []
     with pytest.raises(CoordformerError, match="1 of 2 stacks failed"):
-        simulate(tmp_path, preset="tiny", studies=("exponent", "augment"), workers=1, progress=False, echo=messages.append)
+        simulate(
+            tmp_path,
+            preset="tiny",
+            studies=("exponent", "augment"),
+            workers=1,
+            progress=False,
+            echo=messages.append,
+        )
     assert any("failed: RuntimeError: boom" in m for m in messages)
     assert len(list((tmp_path / "runs" / "exponent").glob("*.json"))) == 1

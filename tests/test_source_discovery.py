@@ -7,15 +7,12 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
-import io
 import json
 import os
 import shutil
 import tarfile
 import zipfile
 from pathlib import Path
-
-import pytest
 
 from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
@@ -40,7 +37,9 @@ def _messy_folder(tmp_path: Path) -> Path:
     dompdb = root / "dompdb"  # CATH: PDB files without a name ending
     dompdb.mkdir()
     shutil.copy(DATA / "1orc.pdb", dompdb / "1orcA00")
-    (dompdb / "1lcdA01").write_bytes(gzip.compress((DATA / "1LCD.pdb").read_bytes()))  # gzipped, no ending
+    (dompdb / "1lcdA01").write_bytes(
+        gzip.compress((DATA / "1LCD.pdb").read_bytes())
+    )  # gzipped, no ending
     (root / "x.pdb.bz2").write_bytes(bz2.compress((DATA / "1A8O.pdb").read_bytes()))
     with zipfile.ZipFile(root / "models.zip", "w") as z:
         z.write(DATA / "1A8O.pdb", "1A8O.pdb")
@@ -125,8 +124,12 @@ def test_explicit_dangling_link_is_named(tmp_path):
 
 def test_all_zero_coordinates_chain_is_counted(tmp_path):
     lines = (DATA / "1orc.pdb").read_text().splitlines(keepends=True)
-    zeroed = [l[:30] + f"{0.0:8.3f}{0.0:8.3f}{0.0:8.3f}" + l[54:] if l.startswith(("ATOM", "HETATM")) else l
-              for l in lines]
+    zeroed = [
+        l[:30] + f"{0.0:8.3f}{0.0:8.3f}{0.0:8.3f}" + l[54:]
+        if l.startswith(("ATOM", "HETATM"))
+        else l
+        for l in lines
+    ]
     src = tmp_path / "in"
     src.mkdir()
     (src / "zero.pdb").write_text("".join(l for l in zeroed if not l.startswith("HEADER")))

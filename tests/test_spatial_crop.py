@@ -11,8 +11,14 @@ import torch
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.constants import CA_INDEX
-from coordformer.data.batching import (ASCII_TO_TOKEN, MAX_CROP_JUMP, BatchSettings, MaskedBatches, crop_positions,
-                                       spatial_crop)
+from coordformer.data.batching import (
+    ASCII_TO_TOKEN,
+    MAX_CROP_JUMP,
+    BatchSettings,
+    MaskedBatches,
+    crop_positions,
+    spatial_crop,
+)
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.errors import UsageError
@@ -35,16 +41,31 @@ def test_spatial_crop_takes_the_nearest_residues_in_sequence_order():
 
 def test_crop_positions_keep_gaps_capped():
     kept = np.array([5, 6, 7, 20, 21, 400, 401])
-    assert crop_positions(kept, 4096).tolist() == [0, 1, 2, 15, 16, 16 + MAX_CROP_JUMP, 17 + MAX_CROP_JUMP]
-    assert crop_positions(kept, 50).tolist() == list(range(7))  # would not fit: consecutive positions
+    assert crop_positions(kept, 4096).tolist() == [
+        0,
+        1,
+        2,
+        15,
+        16,
+        16 + MAX_CROP_JUMP,
+        17 + MAX_CROP_JUMP,
+    ]
+    assert crop_positions(kept, 50).tolist() == list(
+        range(7)
+    )  # would not fit: consecutive positions
     with pytest.raises(UsageError, match="crop_mode must be one of"):
         BatchSettings(crop_mode="random")
 
 
 @pytest.fixture
 def lysozyme(tmp_path):
-    prepare([str(DATA / "1lzh.pdb.gz"), str(DATA / "1orc.pdb")], tmp_path / "ds",
-            PrepareConfig(min_length=1, valid_fraction=0, test_fraction=0), workers=1, progress=False)
+    prepare(
+        [str(DATA / "1lzh.pdb.gz"), str(DATA / "1orc.pdb")],
+        tmp_path / "ds",
+        PrepareConfig(min_length=1, valid_fraction=0, test_fraction=0),
+        workers=1,
+        progress=False,
+    )
     return PreparedDataset(tmp_path / "ds")
 
 
@@ -70,21 +91,50 @@ def test_batches_hold_3d_neighbourhoods_with_positions(lysozyme):
         hits = []
         for c in np.flatnonzero(~np.isnan(full[:, 0])):
             k = spatial_crop(full, 40, int(c))
-            if np.allclose(np.linalg.norm(full[k][:, None] - full[k][None], axis=-1), dm, atol=1e-3):
+            if np.allclose(
+                np.linalg.norm(full[k][:, None] - full[k][None], axis=-1), dm, atol=1e-3
+            ):
                 hits.append(k)
         assert hits, "the batch is not a 3D neighbourhood of any residue"
         kept = hits[0]
         seq = np.frombuffer(lysozyme.sequence(int(ci)).encode(), dtype=np.uint8)
         assert np.array_equal(batch.clean[row, :n].numpy(), ASCII_TO_TOKEN[seq[kept]])
-        assert len(seq) > n and batch.positions[row, :n].tolist() == crop_positions(kept, 4096).tolist()
+        assert (
+            len(seq) > n
+            and batch.positions[row, :n].tolist() == crop_positions(kept, 4096).tolist()
+        )
         assert (np.diff(kept) > 1).any()  # a neighbourhood in a folded chain skips stretches
     assert cropped == 3  # both lysozyme chains (129) and 1ORC (64) exceed 40
 
 
 def test_pretrain_with_spatial_crop_runs_and_records_it(tmp_path, prepared):
     out = tmp_path / "run"
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(out), "--preset", "tiny-0.1m", "--max-steps", "3",
-                 "--val-every", "3", "--warmup-steps", "1", "--tokens-per-batch", "1024", "--crop-length", "40",
-                 "--crop", "spatial", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "3",
+                "--val-every",
+                "3",
+                "--warmup-steps",
+                "1",
+                "--tokens-per-batch",
+                "1024",
+                "--crop-length",
+                "40",
+                "--crop",
+                "spatial",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train_config"]["crop_mode"] == "spatial"

@@ -22,7 +22,9 @@ def _batch(prepared, **kw):
 
 def _fields(batch) -> dict:
     """The tensors a Batch holds, by field name."""
-    return {f.name: v for f in dataclasses.fields(batch) if (v := getattr(batch, f.name)) is not None}
+    return {
+        f.name: v for f in dataclasses.fields(batch) if (v := getattr(batch, f.name)) is not None
+    }
 
 
 def test_off_changes_nothing_and_chain_dropout_removes_all(prepared):
@@ -53,9 +55,33 @@ def test_span_dropout_removes_one_contiguous_stretch(prepared):
 
 def test_pretrain_records_it_and_only_dropout_trains_the_missing_flag(tmp_path, prepared):
     out = tmp_path / "run"
-    assert main(["pretrain", "--data", str(prepared.path), "--out", str(out), "--preset", "tiny-0.1m", "--max-steps", "2",
-                 "--val-every", "2", "--warmup-steps", "1", "--tokens-per-batch", "1024", "--drop-chain-coords", "0.5",
-                 "--drop-span-coords", "0.5", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(prepared.path),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny-0.1m",
+                "--max-steps",
+                "2",
+                "--val-every",
+                "2",
+                "--warmup-steps",
+                "1",
+                "--tokens-per-batch",
+                "1024",
+                "--drop-chain-coords",
+                "0.5",
+                "--drop-span-coords",
+                "0.5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())["train_config"]
     assert cfg["drop_chain_coords"] == 0.5 and cfg["drop_span_coords"] == 0.5
     # fully resolved training chains give the missing-flag column of the coordinate embedding no
@@ -75,7 +101,9 @@ def test_pretrain_records_it_and_only_dropout_trains_the_missing_flag(tmp_path, 
     assert grads[0] == 0.0 and grads[1] > 0.0
 
 
-def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residues(prepared, tmp_path, capsys):
+def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residues(
+    prepared, tmp_path, capsys
+):
     """evaluate --hide-coords: the masked residues are those of the plain evaluation; `hidden` scores
     the ones fed without coordinates (all of them with "all", some with "span", none with "none");
     a sequence-only model is unaffected, a structure model is not."""
@@ -86,24 +114,50 @@ def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residue
     torch.manual_seed(0)
     cfg = preset("tiny-0.1m")
     structure, sequence = CoordFormer(cfg).eval(), CoordFormer(cfg.replace(use_coords=False)).eval()
-    res = {(name, h): evaluate_mlm(m, prepared, "test", crop_length=512, progress=False, hide_coords=h)
-           for name, m in (("structure", structure), ("sequence", sequence)) for h in ("none", "all", "span")}
+    res = {
+        (name, h): evaluate_mlm(m, prepared, "test", crop_length=512, progress=False, hide_coords=h)
+        for name, m in (("structure", structure), ("sequence", sequence))
+        for h in ("none", "all", "span")
+    }
     n = res["structure", "none"]["n_masked"]
     assert n > 0 and all(r["n_masked"] == n for r in res.values())
     assert res["structure", "none"]["hidden"] is None
     assert res["structure", "all"]["hidden"]["n_masked"] == n
     assert 0 < res["structure", "span"]["hidden"]["n_masked"] < n
-    assert res["sequence", "all"]["perplexity"] == pytest.approx(res["sequence", "none"]["perplexity"], rel=1e-6)
-    assert res["structure", "all"]["perplexity"] != pytest.approx(res["structure", "none"]["perplexity"], rel=1e-4)
-    assert res["structure", "all"]["hidden"]["perplexity"] == pytest.approx(res["structure", "all"]["perplexity"], rel=1e-6)
+    assert res["sequence", "all"]["perplexity"] == pytest.approx(
+        res["sequence", "none"]["perplexity"], rel=1e-6
+    )
+    assert res["structure", "all"]["perplexity"] != pytest.approx(
+        res["structure", "none"]["perplexity"], rel=1e-4
+    )
+    assert res["structure", "all"]["hidden"]["perplexity"] == pytest.approx(
+        res["structure", "all"]["perplexity"], rel=1e-6
+    )
     with pytest.raises(UsageError, match="hide_coords"):
         evaluate_mlm(structure, prepared, "test", progress=False, hide_coords="some")
 
     from coordformer.model.checkpoints import export_model
 
     export_model(structure, tmp_path / "s.pt")
-    assert main(["evaluate", "-c", str(tmp_path / "s.pt"), "--data", str(prepared.path), "--hide-coords", "span",
-                 "--crop-length", "512", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "-c",
+                str(tmp_path / "s.pt"),
+                "--data",
+                str(prepared.path),
+                "--hide-coords",
+                "span",
+                "--crop-length",
+                "512",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "perplexity, no coords" in capsys.readouterr().out
 
 
@@ -125,10 +179,19 @@ def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(pr
 
     ds = OneHole(prepared)
     idx = prepared.split_indices("train")[:12]
-    plain = MaskedBatches(ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096), seed=5).collate(idx)
+    plain = MaskedBatches(
+        ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096), seed=5
+    ).collate(idx)
     assert plain.withheld is None and plain.stretch is None
-    for kw in ({"drop_chain_coords": 1.0}, {"drop_span_coords": 1.0}, {"withhold": "chain"}, {"withhold": "span"}):
-        b = MaskedBatches(ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096, **kw), seed=5).collate(idx)
+    for kw in (
+        {"drop_chain_coords": 1.0},
+        {"drop_span_coords": 1.0},
+        {"withhold": "chain"},
+        {"withhold": "span"},
+    ):
+        b = MaskedBatches(
+            ds, idx, BatchSettings(crop_length=512, tokens_per_batch=4096, **kw), seed=5
+        ).collate(idx)
         had = ~torch.isnan(plain.coords[:, :, CA_INDEX]).any(-1) & plain.padding_mask
         lost = torch.isnan(b.coords[:, :, CA_INDEX]).any(-1) & had
         assert torch.equal(b.withheld, lost) and lost.any()
@@ -149,7 +212,10 @@ def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
         assert torch.equal(torch.nan_to_num(getattr(mark, k)), torch.nan_to_num(v)), k
     assert torch.equal(mark.stretch, hide.stretch) and not mark.withheld.any()
     assert not cut.stretch.any() and not cut.withheld.any()
-    for kw, cond in (({"drop_span_coords": 1.0}, hide), ({"drop_chain_coords": 1.0}, _batch(prepared, withhold="chain")[0])):
+    for kw, cond in (
+        ({"drop_span_coords": 1.0}, hide),
+        ({"drop_chain_coords": 1.0}, _batch(prepared, withhold="chain")[0]),
+    ):
         dropout, _ = _batch(prepared, **kw)
         assert _fields(dropout).keys() == _fields(cond).keys()
         for k, v in _fields(dropout).items():
@@ -161,7 +227,9 @@ def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
         assert int(cut.padding_mask[row].sum()) == n
         for k in ("tokens", "targets", "clean"):
             assert torch.equal(getattr(cut, k)[row, :n], getattr(hide, k)[row][keep]), k
-        assert torch.equal(torch.nan_to_num(cut.coords[row, :n]), torch.nan_to_num(hide.coords[row][keep]))
+        assert torch.equal(
+            torch.nan_to_num(cut.coords[row, :n]), torch.nan_to_num(hide.coords[row][keep])
+        )
         assert (cut.targets[row, n:] == -100).all() and not cut.padding_mask[row, n:].any()
     with pytest.raises(UsageError, match="withhold must be one of"):
         BatchSettings(withhold="drop")
@@ -171,7 +239,9 @@ def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
         BatchSettings(withhold="cut", crop_mode="spatial")
 
 
-def test_evaluate_scores_the_same_residues_outside_the_stretch_in_every_condition(prepared, capsys, tmp_path):
+def test_evaluate_scores_the_same_residues_outside_the_stretch_in_every_condition(
+    prepared, capsys, tmp_path
+):
     """hide_coords none / span / cut score the same masked residues outside the stretch (`outside`);
     "none" also scores the stretch with its coordinates given (`stretch`), which "span" withholds. A
     sequence-only model sees identical inputs outside the stretch in none and span, but not in cut,
@@ -183,22 +253,46 @@ def test_evaluate_scores_the_same_residues_outside_the_stretch_in_every_conditio
     torch.manual_seed(0)
     cfg = preset("tiny-0.1m")
     structure, sequence = CoordFormer(cfg).eval(), CoordFormer(cfg.replace(use_coords=False)).eval()
-    res = {(name, h): evaluate_mlm(m, prepared, "test", crop_length=512, progress=False, hide_coords=h)
-           for name, m in (("structure", structure), ("sequence", sequence)) for h in ("none", "span", "cut")}
+    res = {
+        (name, h): evaluate_mlm(m, prepared, "test", crop_length=512, progress=False, hide_coords=h)
+        for name, m in (("structure", structure), ("sequence", sequence))
+        for h in ("none", "span", "cut")
+    }
     none, span, cut = (res["structure", h] for h in ("none", "span", "cut"))
     out_n = none["outside"]["n_masked"]
     assert 0 < out_n < none["n_masked"] and span["outside"]["n_masked"] == out_n == cut["n_masked"]
-    assert none["stretch"]["n_masked"] + out_n == none["n_masked"]  # every residue of these chains has a CA
+    assert (
+        none["stretch"]["n_masked"] + out_n == none["n_masked"]
+    )  # every residue of these chains has a CA
     assert span["stretch"]["n_masked"] == span["hidden"]["n_masked"] == none["stretch"]["n_masked"]
     assert none["hidden"] is None and cut["hidden"] is None and cut["stretch"] is None
     assert cut["outside"]["perplexity"] == pytest.approx(cut["perplexity"], rel=1e-9)
     seq = {h: res["sequence", h]["outside"]["perplexity"] for h in ("none", "span", "cut")}
-    assert seq["span"] == pytest.approx(seq["none"], rel=1e-6) and seq["cut"] != pytest.approx(seq["none"], rel=1e-4)
+    assert seq["span"] == pytest.approx(seq["none"], rel=1e-6) and seq["cut"] != pytest.approx(
+        seq["none"], rel=1e-4
+    )
     assert none["outside"]["perplexity"] != pytest.approx(span["outside"]["perplexity"], rel=1e-6)
 
     from coordformer.model.checkpoints import export_model
 
     export_model(structure, tmp_path / "s.pt")
-    assert main(["evaluate", "-c", str(tmp_path / "s.pt"), "--data", str(prepared.path), "--hide-coords", "cut",
-                 "--crop-length", "512", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "-c",
+                str(tmp_path / "s.pt"),
+                "--data",
+                str(prepared.path),
+                "--hide-coords",
+                "cut",
+                "--crop-length",
+                "512",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "perplexity, outside the stretch" in capsys.readouterr().out

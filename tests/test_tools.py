@@ -21,7 +21,9 @@ def test_transport_dataset_round_trips_ca_bit_exactly(tmp_path, prepared):
     assert a.ids == b.ids and list(a.split_indices("train")) == list(b.split_indices("train"))
     ca_a = np.asarray(a._coords[:, 1])
     ca_b = np.asarray(b._coords[:, 1])
-    assert np.array_equal(np.isnan(ca_a), np.isnan(ca_b)) and np.array_equal(np.nan_to_num(ca_a), np.nan_to_num(ca_b))
+    assert np.array_equal(np.isnan(ca_a), np.isnan(ca_b)) and np.array_equal(
+        np.nan_to_num(ca_a), np.nan_to_num(ca_b)
+    )
     assert np.isnan(b._coords[:, [0, 2, 3]]).all()  # only CA travels, and the manifest says so
     assert b.manifest["transport"]["atoms_exact"] == ["CA"]
 

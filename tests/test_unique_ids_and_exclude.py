@@ -65,8 +65,20 @@ def _skipped(out: Path) -> list[list[str]]:
 
 @pytest.mark.parametrize(
     "name, ok",
-    [("1abc", True), ("1ABC", True), ("pdb_00001abc", True), ("AF-P69905-F1", True), ("AF-P69905-F1-model_v4", True),
-     ("model", False), ("s", False), ("0000", False), ("ZERO", False), ("abcd", False), ("1abcd", False), ("", False)],
+    [
+        ("1abc", True),
+        ("1ABC", True),
+        ("pdb_00001abc", True),
+        ("AF-P69905-F1", True),
+        ("AF-P69905-F1-model_v4", True),
+        ("model", False),
+        ("s", False),
+        ("0000", False),
+        ("ZERO", False),
+        ("abcd", False),
+        ("1abcd", False),
+        ("", False),
+    ],
 )
 def test_archive_ids(name, ok):
     assert is_archive_id(name) is ok
@@ -125,8 +137,12 @@ def test_decoys_sharing_a_header_are_renamed_and_a_real_copy_is_dropped_naming_b
     assert s.files_renamed == 2 and s.chains_filtered == {"duplicate id": 1}
     assert ds.manifest["counts"]["files_renamed"] == 2
     (row,) = _skipped(tmp_path / "ds")
-    assert row[0].startswith("1ORC.A [") and row[0].endswith("orig_copy.pdb]")  # the dropped copy ...
-    assert str(d / "1orc.pdb") in row[1] and "same sequence and coordinates" in row[1]  # ... and the one kept
+    assert row[0].startswith("1ORC.A [") and row[0].endswith(
+        "orig_copy.pdb]"
+    )  # the dropped copy ...
+    assert (
+        str(d / "1orc.pdb") in row[1] and "same sequence and coordinates" in row[1]
+    )  # ... and the one kept
     assert any("decoy_1.pdb: 1ORC -> decoy_1" in m for m in messages)
 
 
@@ -157,7 +173,9 @@ def test_embed_keeps_three_proteins_named_data_model(tmp_path):
     for name, ref in (("alpha", "1A8O.cif"), ("beta", "3JQH.cif"), ("gamma", "5i55.cif")):
         _rename_block(DATA / ref, src / f"{name}.cif", "model")
     out = tmp_path / "e.npz"
-    res = embed("small-nocoords", [str(src)], out, EmbedConfig(), progress=False, echo=lambda s: None)
+    res = embed(
+        "small-nocoords", [str(src)], out, EmbedConfig(), progress=False, echo=lambda s: None
+    )
     ids, mean = read_embeddings(out)
     assert sorted(ids) == ["alpha.A", "beta.A", "gamma.A"] and res["chains"] == 3
     assert res["prepare"]["files_generic_entry"] == 3
@@ -202,13 +220,26 @@ def test_every_text_reader_strips_a_byte_order_mark(tmp_path):
 
 def _record(name: str, n: int, rng) -> dict:
     xyz = rng.normal(scale=10.0, size=(n, 4, 3)).round(3)
-    return {"name": name, "seq": "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)),
-            "coords": {a: xyz[:, k].tolist() for k, a in enumerate(("N", "CA", "C", "O"))}}
+    return {
+        "name": name,
+        "seq": "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)),
+        "coords": {a: xyz[:, k].tolist() for k, a in enumerate(("N", "CA", "C", "O"))},
+    }
 
 
 def test_exclude_list_with_bom_lowercase_chains_and_unmatched_ids(tmp_path):
     rng = np.random.default_rng(0)
-    names = ["12AS.A", "1ZFD.N", "2XYZ.c", "2XYZ.C", "1ABC.AA", "1ABC.Aa", "model.B", "3DEF.A", "4GHI.A"]
+    names = [
+        "12AS.A",
+        "1ZFD.N",
+        "2XYZ.c",
+        "2XYZ.C",
+        "1ABC.AA",
+        "1ABC.Aa",
+        "model.B",
+        "3DEF.A",
+        "4GHI.A",
+    ]
     js = tmp_path / "set.jsonl"
     js.write_text("".join(json.dumps(_record(n, 30, rng)) + "\n" for n in names))
     ex = tmp_path / "exclude.txt"
@@ -217,27 +248,60 @@ def test_exclude_list_with_bom_lowercase_chains_and_unmatched_ids(tmp_path):
     ex.write_bytes(BOM + b"12AS-A\n1zfd_n\n2xyz-c\n1abc_aa\nmodel_B\n99ZZ.Q\n")
     messages: list[str] = []
     out = tmp_path / "ds"
-    s = prepare([js], out, PrepareConfig(min_length=5, valid_fraction=0.0, test_fraction=0.0, exclude_files=(str(ex),)),
-                log=messages.append, **QUIET)
+    s = prepare(
+        [js],
+        out,
+        PrepareConfig(
+            min_length=5, valid_fraction=0.0, test_fraction=0.0, exclude_files=(str(ex),)
+        ),
+        log=messages.append,
+        **QUIET,
+    )
     ds = PreparedDataset(out)
     test = {ds.ids[i] for i in ds.split_indices("test")}
     train = {ds.ids[i] for i in ds.split_indices("train")}
-    assert test == {"12AS.A", "1ZFD.N", "2XYZ.c", "model.B"}  # BOM stripped; near misses excluded too
-    assert {"2XYZ.C", "1ABC.AA", "1ABC.Aa"} <= train  # exact match wins; an ambiguous near miss excludes nothing
-    assert s.excluded_ids_found == 4 and s.excluded_ids_listed == 6 and s.excluded_ids_unmatched == 4
-    assert s.excluded_near_misses == ["1ZFD.n -> 1ZFD.N (differs in case)", "model_B -> model.B (differs in separator)"]
+    assert test == {
+        "12AS.A",
+        "1ZFD.N",
+        "2XYZ.c",
+        "model.B",
+    }  # BOM stripped; near misses excluded too
+    assert {
+        "2XYZ.C",
+        "1ABC.AA",
+        "1ABC.Aa",
+    } <= train  # exact match wins; an ambiguous near miss excludes nothing
+    assert (
+        s.excluded_ids_found == 4 and s.excluded_ids_listed == 6 and s.excluded_ids_unmatched == 4
+    )
+    assert s.excluded_near_misses == [
+        "1ZFD.n -> 1ZFD.N (differs in case)",
+        "model_B -> model.B (differs in separator)",
+    ]
     counts = ds.manifest["counts"]
     assert counts["excluded_ids_unmatched"] == 4 and counts["excluded_near_misses"] == 2
     # the log names them, and the file lists every id without an exact match with what became of it
     log = "\n".join(messages)
-    assert "exclude: 1ZFD.n matches no chain exactly; excluded 1ZFD.N instead (differs in case" in log
-    assert "1ABC.aa matches no chain exactly and several loosely (1ABC.AA, 1ABC.Aa); none excluded" in log
+    assert (
+        "exclude: 1ZFD.n matches no chain exactly; excluded 1ZFD.N instead (differs in case" in log
+    )
+    assert (
+        "1ABC.aa matches no chain exactly and several loosely (1ABC.AA, 1ABC.Aa); none excluded"
+        in log
+    )
     assert "not in the dataset" in log and "99ZZ.Q" in log and "exclude_unmatched.txt" in log
     unmatched = (out / "exclude_unmatched.txt").read_text()
-    assert read_id_list(out / "exclude_unmatched.txt") == ["1ZFD.n", "1ABC.aa", "model_B", "99ZZ.Q"]  # list order
+    assert read_id_list(out / "exclude_unmatched.txt") == [
+        "1ZFD.n",
+        "1ABC.aa",
+        "model_B",
+        "99ZZ.Q",
+    ]  # list order
     assert "excluded 1ZFD.N instead" in unmatched and "not in the dataset" in unmatched
     assert "exclude_unmatched.txt" in s.format()
     # a later run whose ids all match leaves no stale file behind
     ex.write_text("12AS.A\n")
-    prepare([js], out, PrepareConfig(min_length=5, exclude_files=(str(ex),)), overwrite=True, **QUIET)
+    prepare(
+        [js], out, PrepareConfig(min_length=5, exclude_files=(str(ex),)), overwrite=True, **QUIET
+    )
     assert not (out / "exclude_unmatched.txt").exists()

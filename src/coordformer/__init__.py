@@ -32,6 +32,7 @@ _LAZY = {
 
 __all__ = ["Batch", "CoordFormer", "__version__", "load_model", "read_structure"]
 
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)

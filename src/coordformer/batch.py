@@ -63,7 +63,9 @@ class Batch:
     chain: torch.Tensor | None = None
 
     @classmethod
-    def from_tokens(cls, tokens: torch.Tensor, coords: torch.Tensor | None = None, **optional) -> Batch:
+    def from_tokens(
+        cls, tokens: torch.Tensor, coords: torch.Tensor | None = None, **optional
+    ) -> Batch:
         """A batch whose padding mask is ``tokens != PAD``."""
         return cls(tokens=tokens, coords=coords, padding_mask=tokens != PAD, **optional)
 
@@ -81,8 +83,14 @@ class Batch:
         return dataclasses.replace(self, **changes)
 
     def _map(self, fn) -> Batch:
-        return dataclasses.replace(self, **{f.name: fn(v) for f in dataclasses.fields(self)
-                                            if (v := getattr(self, f.name)) is not None})
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: fn(v)
+                for f in dataclasses.fields(self)
+                if (v := getattr(self, f.name)) is not None
+            },
+        )
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
         """Every tensor moved to ``device`` (Lightning's ``move_data_to_device`` calls this)."""
@@ -95,8 +103,11 @@ class Batch:
     def inputs(self, use_coords: bool = True) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless ``use_coords``),
         padding_mask, and positions / plddt where the batch holds them."""
-        out = {"tokens": self.tokens, "coords": self.coords if use_coords else None,
-               "padding_mask": self.padding_mask}
+        out = {
+            "tokens": self.tokens,
+            "coords": self.coords if use_coords else None,
+            "padding_mask": self.padding_mask,
+        }
         for name in _OPTIONAL_INPUTS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)

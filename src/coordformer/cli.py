@@ -35,10 +35,16 @@ def _model(name: str):
     """ModelConfig's default for ``name``."""
     return default_of(ModelConfig, name)
 
+
 # rich_markup_mode=None: click's plain help, which keeps whole option names and wraps at 80 columns (the
 # rich panels cut names short there and showed a <bool> column for every flag)
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="coordformer: structure-aware protein Transformers via linear coordinate embeddings.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="coordformer: structure-aware protein Transformers via linear coordinate embeddings.",
+)
 _DEBUG = {"on": False}
 
 
@@ -77,11 +83,21 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-          version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                       help="Print the version and exit.")):
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+):
     _DEBUG["on"] = debug
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _command_line() -> str:
@@ -89,9 +105,11 @@ def _command_line() -> str:
 
 
 _CHAINS_HELP = "Author chain ids to keep, comma-separated (e.g. A,B); default: every protein chain."
-_SEQRES_HELP = ("Residues of the deposited sequence (SEQRES / entity_poly_seq) the file has no coordinates for: off = left out; "
-                "gaps = put back inside the chain (unresolved loops) as missing-coordinate residues; all = termini too. "
-                "Pair with a model trained with structure dropout (small-coords-sd).")
+_SEQRES_HELP = (
+    "Residues of the deposited sequence (SEQRES / entity_poly_seq) the file has no coordinates for: off = left out; "
+    "gaps = put back inside the chain (unresolved loops) as missing-coordinate residues; all = termini too. "
+    "Pair with a model trained with structure dropout (small-coords-sd)."
+)
 
 
 def _chain_list(value: Optional[str]) -> tuple[str, ...]:
@@ -99,31 +117,56 @@ def _chain_list(value: Optional[str]) -> tuple[str, ...]:
         return ()
     chains = tuple(c.strip() for c in value.split(",") if c.strip())
     if not chains:
-        raise UsageError(f"--chains {value!r}: give author chain ids separated by commas, e.g. --chains A,B")
+        raise UsageError(
+            f"--chains {value!r}: give author chain ids separated by commas, e.g. --chains A,B"
+        )
     return chains
 
 
-_PLDDT_HELP = ("Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are scaled) "
-               "is below this become missing coordinates. Default: off.")
+_PLDDT_HELP = (
+    "Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are scaled) "
+    "is below this become missing coordinates. Default: off."
+)
 
 
 @app.command()
 def prepare(
-    sources: List[Path] = typer.Argument(..., help="PDB/mmCIF files (.gz ok), folders (recursive), chain_set JSONL or FASTA files."),
+    sources: List[Path] = typer.Argument(
+        ..., help="PDB/mmCIF files (.gz ok), folders (recursive), chain_set JSONL or FASTA files."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the prepared dataset."),
-    split: SplitMode = typer.Option(SplitMode(_prep("split")), help="random: seeded hash of chain id; identity: MMseqs2 clusters never cross splits."),
-    identity: float = typer.Option(_prep("split_identity"), min=0.0, max=1.0, help="Sequence identity for --split identity."),
+    split: SplitMode = typer.Option(
+        SplitMode(_prep("split")),
+        help="random: seeded hash of chain id; identity: MMseqs2 clusters never cross splits.",
+    ),
+    identity: float = typer.Option(
+        _prep("split_identity"), min=0.0, max=1.0, help="Sequence identity for --split identity."
+    ),
     valid_fraction: float = typer.Option(_prep("valid_fraction"), min=0.0, max=0.9),
     test_fraction: float = typer.Option(_prep("test_fraction"), min=0.0, max=0.9),
-    exclude: List[Path] = typer.Option([], help="File(s) of chain ids (12AS-A or 12AS.A) kept out of train (put in test)."),
+    exclude: List[Path] = typer.Option(
+        [], help="File(s) of chain ids (12AS-A or 12AS.A) kept out of train (put in test)."
+    ),
     min_length: int = typer.Option(_prep("min_length"), min=1),
     max_length: int = typer.Option(_prep("max_length"), min=1),
-    max_missing_ca: float = typer.Option(_prep("max_missing_ca"), min=0.0, max=1.0, help="Drop chains with a larger fraction of residues lacking CA."),
+    max_missing_ca: float = typer.Option(
+        _prep("max_missing_ca"),
+        min=0.0,
+        max=1.0,
+        help="Drop chains with a larger fraction of residues lacking CA.",
+    ),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
-    store_plddt: bool = typer.Option(False, "--store-plddt", help="Keep each residue's pLDDT (B-factor column) for models "
-                                     "trained with --plddt-feature (predicted models only)."),
-    seqres: SeqresMode = typer.Option(SeqresMode(_prep("seqres")), help=_SEQRES_HELP + " Inserted residues count as lacking CA for --max-missing-ca."),
+    store_plddt: bool = typer.Option(
+        False,
+        "--store-plddt",
+        help="Keep each residue's pLDDT (B-factor column) for models "
+        "trained with --plddt-feature (predicted models only).",
+    ),
+    seqres: SeqresMode = typer.Option(
+        SeqresMode(_prep("seqres")),
+        help=_SEQRES_HELP + " Inserted residues count as lacking CA for --max-missing-ca.",
+    ),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
     seed: int = typer.Option(_prep("seed")),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
@@ -135,27 +178,60 @@ def prepare(
     for f in exclude:
         if not f.is_file():
             raise UsageError(f"--exclude file {f} does not exist")
-    cfg = PrepareConfig(min_length=min_length, max_length=max_length, max_missing_ca=max_missing_ca, split=split.value,
-                        split_identity=identity, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
-                        exclude_files=tuple(str(f) for f in exclude), plddt_min=plddt_min, chains=_chain_list(chains),
-                        store_plddt=store_plddt, seqres=seqres.value)
-    summary = run_prepare([str(s) for s in sources], out, cfg, workers=workers, progress=not quiet, overwrite=overwrite)
+    cfg = PrepareConfig(
+        min_length=min_length,
+        max_length=max_length,
+        max_missing_ca=max_missing_ca,
+        split=split.value,
+        split_identity=identity,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        exclude_files=tuple(str(f) for f in exclude),
+        plddt_min=plddt_min,
+        chains=_chain_list(chains),
+        store_plddt=store_plddt,
+        seqres=seqres.value,
+    )
+    summary = run_prepare(
+        [str(s) for s in sources],
+        out,
+        cfg,
+        workers=workers,
+        progress=not quiet,
+        overwrite=overwrite,
+    )
     typer.echo(summary.format())
 
 
 @app.command()
 def fetch(
-    ids: List[str] = typer.Argument(None, help="PDB ids (1abc; 1abc_A fetches the whole entry) and UniProt accessions / "
-                                    "AlphaFold DB ids (P69905, AF-P69905-F1)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the files (then: coordformer prepare FOLDER)."),
-    ids_file: Optional[Path] = typer.Option(None, "--ids", help="File of ids, one per line or separated by spaces/commas (# comments)."),
-    pdb_url: str = typer.Option(None, help="PDB file URL template with {id} (upper case) or {id_lower}; default RCSB "
-                                "(https://files.rcsb.org/download/{id}.cif.gz). A mirror, e.g. PDBe, goes here."),
-    afdb_api: str = typer.Option(None, help="AlphaFold DB prediction API template with {accession}; default "
-                                 "https://alphafold.ebi.ac.uk/api/prediction/{accession}."),
+    ids: List[str] = typer.Argument(
+        None,
+        help="PDB ids (1abc; 1abc_A fetches the whole entry) and UniProt accessions / "
+        "AlphaFold DB ids (P69905, AF-P69905-F1).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for the files (then: coordformer prepare FOLDER)."
+    ),
+    ids_file: Optional[Path] = typer.Option(
+        None, "--ids", help="File of ids, one per line or separated by spaces/commas (# comments)."
+    ),
+    pdb_url: str = typer.Option(
+        None,
+        help="PDB file URL template with {id} (upper case) or {id_lower}; default RCSB "
+        "(https://files.rcsb.org/download/{id}.cif.gz). A mirror, e.g. PDBe, goes here.",
+    ),
+    afdb_api: str = typer.Option(
+        None,
+        help="AlphaFold DB prediction API template with {accession}; default "
+        "https://alphafold.ebi.ac.uk/api/prediction/{accession}.",
+    ),
     workers: int = typer.Option(4, min=1, help="Parallel downloads."),
     timeout: float = typer.Option(60.0, min=1.0, help="Seconds per request."),
-    retries: int = typer.Option(3, min=0, help="Retries after a network error, HTTP 429 or 5xx (not after 404)."),
+    retries: int = typer.Option(
+        3, min=0, help="Retries after a network error, HTTP 429 or 5xx (not after 404)."
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Download PDB entries (mmCIF) and AlphaFold DB models; needs a network, unlike every other command."""
@@ -167,8 +243,16 @@ def fetch(
         if not ids_file.is_file():
             raise UsageError(f"--ids {ids_file}: no such file")
         tokens += read_id_tokens(ids_file)
-    summary = run(tokens, out, pdb_url=pdb_url or PDB_URL, afdb_api=afdb_api or AFDB_API, workers=workers,
-                  timeout=timeout, retries=retries, progress=not quiet)
+    summary = run(
+        tokens,
+        out,
+        pdb_url=pdb_url or PDB_URL,
+        afdb_api=afdb_api or AFDB_API,
+        workers=workers,
+        timeout=timeout,
+        retries=retries,
+        progress=not quiet,
+    )
     typer.echo(summary.format())
     if summary.failed and not (summary.downloaded or summary.present):
         raise typer.Exit(1)
@@ -176,66 +260,154 @@ def fetch(
 
 @app.command()
 def pretrain(
-    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (from `coordformer prepare`)."),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Prepared dataset folder (from `coordformer prepare`)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, logs, config)."),
-    coords: bool = typer.Option(True, "--coords/--no-coords", help="Feed coordinates (the structure model) or not (sequence-only)."),
-    size: Optional[str] = typer.Option(None, "--preset", help="Model size preset: tiny-0.1m, small-3m (default), base-13m, "
-                                       "paper-33m (the paper's 6 x 768 x 12, d_ff 2048), large-43m (d_ff 3072)."),
-    recipe: Optional[Recipe] = typer.Option(None, help="Structure model recipe: fast (default: |x|^2 feature and Gaussian-"
-                                            "initialised first-layer heads, coordinates help from the first hundreds of "
-                                            "steps) or paper (the paper's plain linear embedding). Ignored with --no-coords."),
-    init: Optional[str] = typer.Option(None, "--init", help="Start from these weights (a shipped model name, checkpoint or run "
-                                       "folder) instead of random ones: continued pretraining. The model's architecture "
-                                       "comes with them; the optimizer and schedule start afresh."),
-    coord_mode: CoordMode = typer.Option(CoordMode(_model("coord_mode")), help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O."),
-    norm_feature: Optional[bool] = typer.Option(None, "--norm-feature/--no-norm-feature", help="Also feed |x|^2 of CA as an "
-                                                "input feature (default: as the recipe says)."),
-    gaussian_heads: Optional[int] = typer.Option(None, min=0, help="First-layer heads initialised to attend by a Gaussian of 3D "
-                                                 "distance (needs the |x|^2 feature; default: as the recipe says)."),
-    gaussian_values: Optional[bool] = typer.Option(None, "--gaussian-values/--no-gaussian-values", help="Give those heads "
-                                                   "unit-scale value/output projections (default: as the recipe says)."),
-    plddt_feature: bool = typer.Option(False, "--plddt-feature", help="Also feed (100 - pLDDT)/100 per residue (from a dataset "
-                                       "prepared with --store-plddt; 0 where unknown) through the coordinate embedding."),
-    condition_on: Optional[str] = typer.Option(None, "--condition-on", help="Condition on an ESM-2 language model (a local "
-                                               "folder, or a Hub name where there is network): its frozen last-layer "
-                                               "representation, through a linear connector, replaces the token and position "
-                                               "embedding (the paper's ESM hybrid; recipe paper). Its weights are not saved: "
-                                               "loading re-reads it (or $COORDFORMER_LM)."),
-    unfreeze_lm: bool = typer.Option(False, "--unfreeze-lm", help="With --condition-on: train the language model too (its "
-                                     "weights are then saved with the model)."),
+    coords: bool = typer.Option(
+        True,
+        "--coords/--no-coords",
+        help="Feed coordinates (the structure model) or not (sequence-only).",
+    ),
+    size: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        help="Model size preset: tiny-0.1m, small-3m (default), base-13m, "
+        "paper-33m (the paper's 6 x 768 x 12, d_ff 2048), large-43m (d_ff 3072).",
+    ),
+    recipe: Optional[Recipe] = typer.Option(
+        None,
+        help="Structure model recipe: fast (default: |x|^2 feature and Gaussian-"
+        "initialised first-layer heads, coordinates help from the first hundreds of "
+        "steps) or paper (the paper's plain linear embedding). Ignored with --no-coords.",
+    ),
+    init: Optional[str] = typer.Option(
+        None,
+        "--init",
+        help="Start from these weights (a shipped model name, checkpoint or run "
+        "folder) instead of random ones: continued pretraining. The model's architecture "
+        "comes with them; the optimizer and schedule start afresh.",
+    ),
+    coord_mode: CoordMode = typer.Option(
+        CoordMode(_model("coord_mode")),
+        help="ca: CA xyz + missing flag (paper); backbone: N, CA, C, O.",
+    ),
+    norm_feature: Optional[bool] = typer.Option(
+        None,
+        "--norm-feature/--no-norm-feature",
+        help="Also feed |x|^2 of CA as an input feature (default: as the recipe says).",
+    ),
+    gaussian_heads: Optional[int] = typer.Option(
+        None,
+        min=0,
+        help="First-layer heads initialised to attend by a Gaussian of 3D "
+        "distance (needs the |x|^2 feature; default: as the recipe says).",
+    ),
+    gaussian_values: Optional[bool] = typer.Option(
+        None,
+        "--gaussian-values/--no-gaussian-values",
+        help="Give those heads unit-scale value/output projections (default: as the recipe says).",
+    ),
+    plddt_feature: bool = typer.Option(
+        False,
+        "--plddt-feature",
+        help="Also feed (100 - pLDDT)/100 per residue (from a dataset "
+        "prepared with --store-plddt; 0 where unknown) through the coordinate embedding.",
+    ),
+    condition_on: Optional[str] = typer.Option(
+        None,
+        "--condition-on",
+        help="Condition on an ESM-2 language model (a local "
+        "folder, or a Hub name where there is network): its frozen last-layer "
+        "representation, through a linear connector, replaces the token and position "
+        "embedding (the paper's ESM hybrid; recipe paper). Its weights are not saved: "
+        "loading re-reads it (or $COORDFORMER_LM).",
+    ),
+    unfreeze_lm: bool = typer.Option(
+        False,
+        "--unfreeze-lm",
+        help="With --condition-on: train the language model too (its "
+        "weights are then saved with the model).",
+    ),
     max_steps: int = typer.Option(_train("max_steps"), min=1),
-    max_minutes: Optional[float] = typer.Option(None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."),
+    max_minutes: Optional[float] = typer.Option(
+        None, min=0.1, help="Stop after this much training time; the cosine schedule follows it."
+    ),
     lr: float = typer.Option(_train("lr"), min=0.0),
     warmup_steps: int = typer.Option(_train("warmup_steps"), min=0),
     schedule: str = typer.Option(_train("schedule"), help="cosine | constant | noam"),
-    tokens_per_batch: int = typer.Option(_train("tokens_per_batch"), min=16, help="Token budget per batch (padded size)."),
-    crop_length: int = typer.Option(_train("crop_length"), min=8, help="Chains longer than this are randomly cropped to a window."),
-    crop: CropMode = typer.Option(CropMode(_train("crop_mode")), help="sequence: a random contiguous window; spatial: the crop-length "
-                                  "residues nearest (CA-CA) a random centre residue, gaps kept in the positions."),
+    tokens_per_batch: int = typer.Option(
+        _train("tokens_per_batch"), min=16, help="Token budget per batch (padded size)."
+    ),
+    crop_length: int = typer.Option(
+        _train("crop_length"),
+        min=8,
+        help="Chains longer than this are randomly cropped to a window.",
+    ),
+    crop: CropMode = typer.Option(
+        CropMode(_train("crop_mode")),
+        help="sequence: a random contiguous window; spatial: the crop-length "
+        "residues nearest (CA-CA) a random centre residue, gaps kept in the positions.",
+    ),
     dropout: float = typer.Option(_model("dropout"), min=0.0, max=0.9),
     seed: int = typer.Option(_train("seed")),
     val_every: int = typer.Option(_train("val_every_steps"), min=1, help="Validate every N steps."),
-    val_max_chains: int = typer.Option(_train("val_max_chains"), min=1, help="Validate on at most this many chains of the valid split."),
-    checkpoint_every: int = typer.Option(_train("checkpoint_every_steps"), min=1, help="Write checkpoints/last.ckpt every N steps."),
+    val_max_chains: int = typer.Option(
+        _train("val_max_chains"),
+        min=1,
+        help="Validate on at most this many chains of the valid split.",
+    ),
+    checkpoint_every: int = typer.Option(
+        _train("checkpoint_every_steps"), min=1, help="Write checkpoints/last.ckpt every N steps."
+    ),
     accelerator: str = typer.Option(_train("accelerator"), help="auto | cpu | gpu | mps"),
-    devices: str = typer.Option(_train("devices"), help="Number of devices (or 'auto'); >1 uses DDP."),
+    devices: str = typer.Option(
+        _train("devices"), help="Number of devices (or 'auto'); >1 uses DDP."
+    ),
     num_nodes: int = typer.Option(_train("num_nodes"), min=1),
-    strategy: str = typer.Option(_train("strategy"), help="Lightning strategy: auto | ddp | fsdp | ..."),
-    precision: str = typer.Option(_train("precision"), help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."),
+    strategy: str = typer.Option(
+        _train("strategy"), help="Lightning strategy: auto | ddp | fsdp | ..."
+    ),
+    precision: str = typer.Option(
+        _train("precision"), help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."
+    ),
     workers: int = typer.Option(_train("num_workers"), min=0, help="DataLoader worker processes."),
-    accumulate: int = typer.Option(_train("accumulate_grad_batches"), min=1, help="Micro-batches per optimizer step (a larger global batch on fewer GPUs)."),
+    accumulate: int = typer.Option(
+        _train("accumulate_grad_batches"),
+        min=1,
+        help="Micro-batches per optimizer step (a larger global batch on fewer GPUs).",
+    ),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    drop_chain_coords: float = typer.Option(_train("drop_chain_coords"), min=0.0, max=1.0, help="Structure dropout: probability that a training chain "
-                                            "is fed with no coordinates (teaches the model sequence-only inputs)."),
-    drop_span_coords: float = typer.Option(_train("drop_span_coords"), min=0.0, max=1.0, help="Probability that one contiguous 5-30% stretch of a "
-                                           "training chain is fed without coordinates (teaches unresolved loops)."),
-    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing",
-                                                  help="Recompute layer activations in the backward pass: activation memory "
-                                                  "stops growing with depth, for ~1/3 more compute (long chains, big models)."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."),
-    allow_new_data: bool = typer.Option(False, "--allow-new-data", help="Let a resumed run continue on another dataset "
-                                        "than it was trained on (refused otherwise); config.json keeps the earlier ones."),
+    drop_chain_coords: float = typer.Option(
+        _train("drop_chain_coords"),
+        min=0.0,
+        max=1.0,
+        help="Structure dropout: probability that a training chain "
+        "is fed with no coordinates (teaches the model sequence-only inputs).",
+    ),
+    drop_span_coords: float = typer.Option(
+        _train("drop_span_coords"),
+        min=0.0,
+        max=1.0,
+        help="Probability that one contiguous 5-30% stretch of a "
+        "training chain is fed without coordinates (teaches unresolved loops).",
+    ),
+    activation_checkpointing: bool = typer.Option(
+        False,
+        "--activation-checkpointing",
+        help="Recompute layer activations in the backward pass: activation memory "
+        "stops growing with depth, for ~1/3 more compute (long chains, big models).",
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."
+    ),
+    allow_new_data: bool = typer.Option(
+        False,
+        "--allow-new-data",
+        help="Let a resumed run continue on another dataset "
+        "than it was trained on (refused otherwise); config.json keeps the earlier ones.",
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Masked-language-model pretraining (BERT masking 15%, 80/10/10)."""
@@ -248,61 +420,137 @@ def pretrain(
     if init is not None:
         from .model.checkpoints import load_model
 
-        architecture = {"--preset": size is not None, "--recipe": recipe is not None, "--no-coords": not coords,
-                        "--coord-mode": coord_mode != CoordMode(_model("coord_mode")), "--norm-feature": norm_feature is not None,
-                        "--gaussian-heads": gaussian_heads is not None, "--gaussian-values": gaussian_values is not None,
-                        "--plddt-feature": plddt_feature, "--condition-on": condition_on is not None,
-                        "--unfreeze-lm": unfreeze_lm}
+        architecture = {
+            "--preset": size is not None,
+            "--recipe": recipe is not None,
+            "--no-coords": not coords,
+            "--coord-mode": coord_mode != CoordMode(_model("coord_mode")),
+            "--norm-feature": norm_feature is not None,
+            "--gaussian-heads": gaussian_heads is not None,
+            "--gaussian-values": gaussian_values is not None,
+            "--plddt-feature": plddt_feature,
+            "--condition-on": condition_on is not None,
+            "--unfreeze-lm": unfreeze_lm,
+        }
         given = [k for k, v in architecture.items() if v]
         if given:
-            raise UsageError(f"{', '.join(given)} set the architecture, which --init takes from {init}; drop "
-                             f"{'it' if len(given) == 1 else 'them'}")
+            raise UsageError(
+                f"{', '.join(given)} set the architecture, which --init takes from {init}; drop "
+                f"{'it' if len(given) == 1 else 'them'}"
+            )
         init_model, _ = load_model(init)
         mc = init_model.config.replace(dropout=dropout)
         init_state = init_model.state_dict()
     else:
-        explicit = {k: v for k, v in (("coord_norm_feature", norm_feature), ("gaussian_init_heads", gaussian_heads),
-                                      ("gaussian_init_values", gaussian_values)) if v is not None}
+        explicit = {
+            k: v
+            for k, v in (
+                ("coord_norm_feature", norm_feature),
+                ("gaussian_init_heads", gaussian_heads),
+                ("gaussian_init_values", gaussian_values),
+            )
+            if v is not None
+        }
         if unfreeze_lm and condition_on is None:
             raise UsageError("--unfreeze-lm needs --condition-on (the language model to train)")
         # The Gaussian heads of the fast recipe need the token embedding, which conditioning replaces.
         default_recipe = "paper" if condition_on is not None else DEFAULT_RECIPE
-        mc = preset(size or "small-3m", recipe=(recipe.value if recipe else default_recipe) if coords else None,
-                    use_coords=coords, coord_mode=coord_mode.value, plddt_feature=plddt_feature, dropout=dropout, **explicit)
+        mc = preset(
+            size or "small-3m",
+            recipe=(recipe.value if recipe else default_recipe) if coords else None,
+            use_coords=coords,
+            coord_mode=coord_mode.value,
+            plddt_feature=plddt_feature,
+            dropout=dropout,
+            **explicit,
+        )
         if condition_on is not None:
             from .model.lm import conditioned_config
 
             mc = conditioned_config(mc, condition_on, unfreeze=unfreeze_lm)
-    tc = TrainConfig(seed=seed, crop_length=crop_length, crop_mode=crop.value, tokens_per_batch=tokens_per_batch, lr=lr, warmup_steps=warmup_steps,
-                     schedule=schedule, max_steps=max_steps, max_minutes=max_minutes, val_every_steps=val_every,
-                     val_max_chains=val_max_chains, checkpoint_every_steps=checkpoint_every,
-                     precision=precision, accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                     num_workers=workers, compile=compile, threads=threads, accumulate_grad_batches=accumulate,
-                     activation_checkpointing=activation_checkpointing, drop_chain_coords=drop_chain_coords,
-                     drop_span_coords=drop_span_coords, init=init)
-    summary = run_pretrain(data, out, mc, tc, resume=resume, progress=not quiet, extra_meta={"command": _command_line()},
-                           init_state=init_state, allow_new_data=allow_new_data)
+    tc = TrainConfig(
+        seed=seed,
+        crop_length=crop_length,
+        crop_mode=crop.value,
+        tokens_per_batch=tokens_per_batch,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        schedule=schedule,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        val_every_steps=val_every,
+        val_max_chains=val_max_chains,
+        checkpoint_every_steps=checkpoint_every,
+        precision=precision,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        num_workers=workers,
+        compile=compile,
+        threads=threads,
+        accumulate_grad_batches=accumulate,
+        activation_checkpointing=activation_checkpointing,
+        drop_chain_coords=drop_chain_coords,
+        drop_span_coords=drop_span_coords,
+        init=init,
+    )
+    summary = run_pretrain(
+        data,
+        out,
+        mc,
+        tc,
+        resume=resume,
+        progress=not quiet,
+        extra_meta={"command": _command_line()},
+        init_state=init_state,
+        allow_new_data=allow_new_data,
+    )
     if summary.pop("is_global_zero", True):  # one summary, not one per DDP process
         typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
 def evaluate(
-    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Checkpoint path, run folder or shipped model name; repeat to compare."),
+    checkpoint: List[str] = typer.Option(
+        ...,
+        "--checkpoint",
+        "-c",
+        help="Checkpoint path, run folder or shipped model name; repeat to compare.",
+    ),
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
     split: str = typer.Option("test"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics JSON here."),
-    report: Optional[Path] = typer.Option(None, help="Write a Markdown report (and a PNG figure beside it)."),
+    report: Optional[Path] = typer.Option(
+        None, help="Write a Markdown report (and a PNG figure beside it)."
+    ),
     seed: int = typer.Option(12345, help="Masking seed; identical masks for every model."),
     max_chains: Optional[int] = typer.Option(None, min=1),
-    crop_length: int = typer.Option(1024, min=8, help="Chains longer than this are evaluated on their first N residues (or in windows of N with --windows)."),
-    windows: bool = typer.Option(False, "--windows", help="Evaluate long chains over their whole length in overlapping windows of --crop-length."),
-    overlap: int = typer.Option(256, min=0, help="With --windows: least overlap between consecutive windows."),
-    masking: str = typer.Option("mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."),
-    hide_coords: str = typer.Option("none", help="none; all: no chain gets coordinates (as FASTA); span: one 5-30% "
-                                    "stretch per chain gets none (an unresolved loop put back with --seqres); cut: that "
-                                    "stretch is deleted (a loop the file omits). Same masked residues in each case."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    crop_length: int = typer.Option(
+        1024,
+        min=8,
+        help="Chains longer than this are evaluated on their first N residues (or in windows of N with --windows).",
+    ),
+    windows: bool = typer.Option(
+        False,
+        "--windows",
+        help="Evaluate long chains over their whole length in overlapping windows of --crop-length.",
+    ),
+    overlap: int = typer.Option(
+        256, min=0, help="With --windows: least overlap between consecutive windows."
+    ),
+    masking: str = typer.Option(
+        "mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."
+    ),
+    hide_coords: str = typer.Option(
+        "none",
+        help="none; all: no chain gets coordinates (as FASTA); span: one 5-30% "
+        "stretch per chain gets none (an unresolved loop put back with --seqres); cut: that "
+        "stretch is deleted (a loop the file omits). Same masked residues in each case.",
+    ),
+    device: str = typer.Option(
+        "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Perplexity and sequence recovery on masked residues of a dataset split."""
@@ -316,18 +564,38 @@ def evaluate(
     results = {}
     for ck in checkpoint:
         model, meta = load_model(ck)
-        warning = missing_coords_warning(model, meta, ds, ds.split_indices(split)[:max_chains],
-                                         fraction=1.0 if hide_coords == "all" else None,
-                                         hidden=SPAN_SHARE if hide_coords == "span" else 0.0)
-        if warning:  # the model never learnt the missing flag, and most residues come without coordinates
+        warning = missing_coords_warning(
+            model,
+            meta,
+            ds,
+            ds.split_indices(split)[:max_chains],
+            fraction=1.0 if hide_coords == "all" else None,
+            hidden=SPAN_SHARE if hide_coords == "span" else 0.0,
+        )
+        if (
+            warning
+        ):  # the model never learnt the missing flag, and most residues come without coordinates
             typer.echo(warning, err=True)
         label = _checkpoint_label(ck)
         while label in results:
             label += "'"
-        results[label] = {**evaluate_mlm(model, ds, split, seed=seed, crop_length=crop_length, max_chains=max_chains,
-                                         device=device, progress=not quiet, masking=masking, windows=windows, overlap=overlap,
-                                         hide_coords=hide_coords),
-                          "checkpoint": meta["path"]}
+        results[label] = {
+            **evaluate_mlm(
+                model,
+                ds,
+                split,
+                seed=seed,
+                crop_length=crop_length,
+                max_chains=max_chains,
+                device=device,
+                progress=not quiet,
+                masking=masking,
+                windows=windows,
+                overlap=overlap,
+                hide_coords=hide_coords,
+            ),
+            "checkpoint": meta["path"],
+        }
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))
     payload = results[next(iter(results))] if len(results) == 1 else {"models": results}
@@ -342,7 +610,9 @@ def evaluate(
         fig = report.with_suffix(".png")
         per_residue_recovery_figure(results, fig, title=f"{data.name} / {split}")
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(markdown_report(results, fig.name, f"{data} split {split}", _command_line()))
+        report.write_text(
+            markdown_report(results, fig.name, f"{data} split {split}", _command_line())
+        )
         typer.echo(f"report: {report}")
 
 
@@ -355,9 +625,13 @@ def _device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} was given but no CUDA GPU is visible; use --device cpu (or auto)")
+        raise UsageError(
+            f"--device {device} was given but no CUDA GPU is visible; use --device cpu (or auto)"
+        )
     if device == "mps" and not mps:
-        raise UsageError("--device mps was given but Apple MPS is not available; use --device cpu (or auto)")
+        raise UsageError(
+            "--device mps was given but Apple MPS is not available; use --device cpu (or auto)"
+        )
     return device
 
 
@@ -373,15 +647,25 @@ def _checkpoint_label(ck: str) -> str:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the report, figure and JSON."),
-    train_minutes: float = typer.Option(0.0, min=0.0, help="Also pretrain both models from scratch on the bundled data for N minutes each."),
-    max_chains: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many bundled chains."),
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", "-o", help="Folder for the report, figure and JSON."
+    ),
+    train_minutes: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Also pretrain both models from scratch on the bundled data for N minutes each.",
+    ),
+    max_chains: Optional[int] = typer.Option(
+        None, min=1, help="Evaluate on at most this many bundled chains."
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Evaluate the shipped coords and no-coords models on bundled held-out chains; print a table."""
     from .demo import run_demo
 
-    run_demo(out, train_minutes=train_minutes, max_chains=max_chains, progress=not quiet, echo=typer.echo)
+    run_demo(
+        out, train_minutes=train_minutes, max_chains=max_chains, progress=not quiet, echo=typer.echo
+    )
 
 
 @app.command()
@@ -395,16 +679,29 @@ def construct(
 
     res = construction_report(out, sigma=sigma, seed=seed)
     for r in res["attention"]:
-        typer.echo(f"n={r['n']} d_head={r['d_head']} {r['method']:>16}: mean |error| {r['mean_abs_error']:.2e}")
-    typer.echo(f"wrote {out / 'construction.png'}, construction_attention.csv, construction_ffn.csv")
+        typer.echo(
+            f"n={r['n']} d_head={r['d_head']} {r['method']:>16}: mean |error| {r['mean_abs_error']:.2e}"
+        )
+    typer.echo(
+        f"wrote {out / 'construction.png'}, construction_attention.csv, construction_ffn.csv"
+    )
 
 
 @app.command()
 def simulate(
-    out: Path = typer.Option(Path("simulate_out"), "--out", "-o", help="Output folder (re-running it resumes)."),
-    quick: bool = typer.Option(False, "--quick", help="Shorthand for --preset quick (under 10 minutes on 2 CPU cores)."),
-    preset: str = typer.Option("standard", help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the paper's sizes; GPU)."),
-    study: List[str] = typer.Option([], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."),
+    out: Path = typer.Option(
+        Path("simulate_out"), "--out", "-o", help="Output folder (re-running it resumes)."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Shorthand for --preset quick (under 10 minutes on 2 CPU cores)."
+    ),
+    preset: str = typer.Option(
+        "standard",
+        help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the paper's sizes; GPU).",
+    ),
+    study: List[str] = typer.Option(
+        [], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."
+    ),
     workers: int = typer.Option(2, min=1, help="Parallel worker processes (one CPU thread each)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA if there is one)."),
     seed: int = typer.Option(0, help="Added to every model and data seed."),
@@ -421,27 +718,56 @@ def simulate(
     if bad:
         raise UsageError(f"unknown --study {bad[0]!r}; choose from {', '.join(STUDIES)}")
     device = _device(device)
-    summary = run_simulate(out, preset=name, studies=tuple(study) or STUDIES, workers=workers, device=device,
-                           seed=seed, echo=typer.echo, progress=not quiet)
+    summary = run_simulate(
+        out,
+        preset=name,
+        studies=tuple(study) or STUDIES,
+        workers=workers,
+        device=device,
+        seed=seed,
+        echo=typer.echo,
+        progress=not quiet,
+    )
     for line in summary:
-        typer.echo(f"{line['study']}: {line['finding']} [paper: {line['paper']}; reproduced: {line['reproduced']}]")
+        typer.echo(
+            f"{line['study']}: {line['finding']} [paper: {line['paper']}; reproduced: {line['reproduced']}]"
+        )
     typer.echo(f"wrote {out / 'summary.md'} and a CSV + PNG per study")
 
 
 @app.command("analyze-attention")
 def analyze_attention(
-    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name; give two to compare (e.g. coords, then no-coords)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder (coordformer prepare)."),
+    checkpoint: List[str] = typer.Option(
+        ...,
+        "--checkpoint",
+        "-c",
+        help="Checkpoint, exported model or shipped name; give two to compare (e.g. coords, then no-coords).",
+    ),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Prepared dataset folder (coordformer prepare)."
+    ),
     out: Path = typer.Option(Path("attention_out"), "--out", "-o"),
     split: str = typer.Option("test"),
-    max_chains: int = typer.Option(200, min=1, help="Analyse at most this many chains of the split."),
+    max_chains: int = typer.Option(
+        200, min=1, help="Analyse at most this many chains of the split."
+    ),
     max_distance: float = typer.Option(32.0, min=2.0, help="Distance cut-off (Angstrom)."),
     bin_width: float = typer.Option(1.0, min=0.05, help="Distance bin width (Angstrom)."),
-    max_separation: int = typer.Option(32, min=1, help="Sequence separations up to +/- this many residues."),
+    max_separation: int = typer.Option(
+        32, min=1, help="Sequence separations up to +/- this many residues."
+    ),
     crop_length: int = typer.Option(512, min=2, help="Use the first N residues of each chain."),
-    tokens_per_batch: int = typer.Option(4096, min=2, help="Bounds memory: attention maps are [H, L, L] per chain."),
-    ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="Also zero the coordinate input and the positional encoding."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    tokens_per_batch: int = typer.Option(
+        4096, min=2, help="Bounds memory: attention maps are [H, L, L] per chain."
+    ),
+    ablations: bool = typer.Option(
+        True,
+        "--ablations/--no-ablations",
+        help="Also zero the coordinate input and the positional encoding.",
+    ),
+    device: str = typer.Option(
+        "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Attention vs 3D distance and sequence separation per layer and head, Gaussian fits, ablations, report."""
@@ -451,37 +777,94 @@ def analyze_attention(
     device = _device(device)
     if not data.is_dir():
         raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
-    cfg = AttentionAnalysisConfig(split=split, max_chains=max_chains, max_distance=max_distance, bin_width=bin_width,
-                                  max_separation=max_separation, crop_length=crop_length,
-                                  tokens_per_batch=max(tokens_per_batch, crop_length))
-    res = run(checkpoint, str(data), str(out), cfg, ablations=tuple(ABLATIONS) if ablations else ("none",),
-              device=device, progress=not quiet, echo=typer.echo, command=_command_line())
+    cfg = AttentionAnalysisConfig(
+        split=split,
+        max_chains=max_chains,
+        max_distance=max_distance,
+        bin_width=bin_width,
+        max_separation=max_separation,
+        crop_length=crop_length,
+        tokens_per_batch=max(tokens_per_batch, crop_length),
+    )
+    res = run(
+        checkpoint,
+        str(data),
+        str(out),
+        cfg,
+        ablations=tuple(ABLATIONS) if ablations else ("none",),
+        device=device,
+        progress=not quiet,
+        echo=typer.echo,
+        command=_command_line(),
+    )
     for label, hs in res["heads"].items():
-        local = [f"L{h['layer']}H{h['head']} ({h['sigma_3d_only']:.1f} A)" for h in hs if h.get("local_3d")]
-        typer.echo(f"{label}: {len(local)} 3D-local heads: " + ", ".join(local) if local else f"{label}: no 3D-local heads")
+        local = [
+            f"L{h['layer']}H{h['head']} ({h['sigma_3d_only']:.1f} A)"
+            for h in hs
+            if h.get("local_3d")
+        ]
+        typer.echo(
+            f"{label}: {len(local)} 3D-local heads: " + ", ".join(local)
+            if local
+            else f"{label}: no 3D-local heads"
+        )
     typer.echo(f"wrote {out / 'report.md'}, fits.csv, heads.csv, binned.csv and figures")
 
 
 @app.command()
 def embed(
-    inputs: List[str] = typer.Argument(..., help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder."),
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file: .h5 (HDF5, streamed) or .npz (mean-pooled only)."),
-    layer: Optional[int] = typer.Option(None, help="Layer whose states to use (0 = embeddings); default: final, after the last LayerNorm."),
-    per_residue: bool = typer.Option(False, "--per-residue", help="Also store per-residue embeddings (HDF5 only, float16)."),
-    window: Optional[int] = typer.Option(None, min=8, help="Residues per model pass (default: 1024 or the model's max_len if smaller); longer chains are embedded in overlapping windows stitched back to full length."),
-    overlap: int = typer.Option(256, min=0, help="Least overlap between consecutive windows; each residue is taken from the window it is most central in."),
-    max_length: Optional[int] = typer.Option(None, min=1, help="Embed only the first N residues of longer chains (default: whole chains)."),
+    inputs: List[str] = typer.Argument(
+        ...,
+        help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder.",
+    ),
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output file: .h5 (HDF5, streamed) or .npz (mean-pooled only)."
+    ),
+    layer: Optional[int] = typer.Option(
+        None,
+        help="Layer whose states to use (0 = embeddings); default: final, after the last LayerNorm.",
+    ),
+    per_residue: bool = typer.Option(
+        False, "--per-residue", help="Also store per-residue embeddings (HDF5 only, float16)."
+    ),
+    window: Optional[int] = typer.Option(
+        None,
+        min=8,
+        help="Residues per model pass (default: 1024 or the model's max_len if smaller); longer chains are embedded in overlapping windows stitched back to full length.",
+    ),
+    overlap: int = typer.Option(
+        256,
+        min=0,
+        help="Least overlap between consecutive windows; each residue is taken from the window it is most central in.",
+    ),
+    max_length: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="Embed only the first N residues of longer chains (default: whole chains).",
+    ),
     tokens_per_batch: int = typer.Option(8192, min=1),
     split: Optional[str] = typer.Option(None, help="For a prepared dataset: embed one split only."),
-    no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    no_coords: bool = typer.Option(
+        False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."
+    ),
+    device: str = typer.Option(
+        "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
     workers: int = typer.Option(1, min=1, help="Processes for reading structure files."),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
-    complexes: bool = typer.Option(False, "--complexes", help="Embed the chains of each file together (one frame, a position gap "
-                                   "between chains); adds one mean-pooled row per complex."),
-    chain_gap: int = typer.Option(64, min=0, help="With --complexes: residue positions between consecutive chains."),
+    complexes: bool = typer.Option(
+        False,
+        "--complexes",
+        help="Embed the chains of each file together (one frame, a position gap "
+        "between chains); adds one mean-pooled row per complex.",
+    ),
+    chain_gap: int = typer.Option(
+        64, min=0, help="With --complexes: residue positions between consecutive chains."
+    ),
     seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP),
     quiet: bool = typer.Option(False),
 ):
@@ -490,19 +873,58 @@ def embed(
     from .embed import embed as run
 
     device = _device(device)
-    cfg = EmbedConfig(layer=layer, per_residue=per_residue, window=window, overlap=overlap, max_length=max_length,
-                      tokens_per_batch=tokens_per_batch,
-                      use_coords=False if no_coords else None, split=split, plddt_min=plddt_min,
-                      chains=_chain_list(chains), complexes=complexes, chain_gap=chain_gap, seqres=seqres.value)
-    res = run(checkpoint, inputs, out, cfg, device=device, workers=workers, progress=not quiet, echo=typer.echo,
-              command=_command_line())
-    notes = ([f"{res['windowed']} longer than {res['window']} in overlapping windows"] if res["windowed"] else []) + \
-        ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else []) + \
-        ([f"{n} inputs unreadable, see {out}.skipped.tsv"] if (n := res.get("prepare", {}).get("inputs_skipped")) else [])
+    cfg = EmbedConfig(
+        layer=layer,
+        per_residue=per_residue,
+        window=window,
+        overlap=overlap,
+        max_length=max_length,
+        tokens_per_batch=tokens_per_batch,
+        use_coords=False if no_coords else None,
+        split=split,
+        plddt_min=plddt_min,
+        chains=_chain_list(chains),
+        complexes=complexes,
+        chain_gap=chain_gap,
+        seqres=seqres.value,
+    )
+    res = run(
+        checkpoint,
+        inputs,
+        out,
+        cfg,
+        device=device,
+        workers=workers,
+        progress=not quiet,
+        echo=typer.echo,
+        command=_command_line(),
+    )
+    notes = (
+        (
+            [f"{res['windowed']} longer than {res['window']} in overlapping windows"]
+            if res["windowed"]
+            else []
+        )
+        + ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else [])
+        + (
+            [f"{n} inputs unreadable, see {out}.skipped.tsv"]
+            if (n := res.get("prepare", {}).get("inputs_skipped"))
+            else []
+        )
+    )
     if complexes:
-        notes.append(f"{res['complexes']} complexes" + (f", {res['complexes_skipped']} too long, skipped (see {out}.skipped.tsv)"
-                                                       if res["complexes_skipped"] else ""))
-    typer.echo(f"wrote {res['chains']} chains x {res['dim']} to {out}" + (f" ({'; '.join(notes)})" if notes else ""))
+        notes.append(
+            f"{res['complexes']} complexes"
+            + (
+                f", {res['complexes_skipped']} too long, skipped (see {out}.skipped.tsv)"
+                if res["complexes_skipped"]
+                else ""
+            )
+        )
+    typer.echo(
+        f"wrote {res['chains']} chains x {res['dim']} to {out}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+    )
 
 
 class ScoreMode(str, Enum):
@@ -523,39 +945,90 @@ class Numbering(str, Enum):
 
 @app.command()
 def score(
-    inputs: List[str] = typer.Argument(..., help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder."),
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output table: tab-separated, or comma-separated for a .csv name."),
-    mutations: Optional[Path] = typer.Option(None, "--mutations", help="CSV (or .tsv) of mutants, e.g. a ProteinGym DMS file; "
-                                             "rows that cannot be scored are skipped and listed in OUT.skipped.tsv."),
-    mutant: List[str] = typer.Option([], "--mutant", "-m", help="A mutant to score (repeatable): A23G, A23G:K45R, A:A23G. "
-                                     "A bad one is an error."),
+    inputs: List[str] = typer.Argument(
+        ...,
+        help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder.",
+    ),
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output table: tab-separated, or comma-separated for a .csv name."
+    ),
+    mutations: Optional[Path] = typer.Option(
+        None,
+        "--mutations",
+        help="CSV (or .tsv) of mutants, e.g. a ProteinGym DMS file; "
+        "rows that cannot be scored are skipped and listed in OUT.skipped.tsv.",
+    ),
+    mutant: List[str] = typer.Option(
+        [],
+        "--mutant",
+        "-m",
+        help="A mutant to score (repeatable): A23G, A23G:K45R, A:A23G. A bad one is an error.",
+    ),
     mutant_column: str = typer.Option("mutant", help="Column of --mutations holding the mutants."),
-    mode: ScoreMode = typer.Option(ScoreMode.exact, help="exact: one masked position per forward pass; fast: several per "
-                                   "pass, each pair at least --min-sep residues and --min-dist A (CA-CA) apart."),
-    min_sep: int = typer.Option(8, min=1, help="fast: least sequence separation of positions masked together."),
-    min_dist: float = typer.Option(12.0, min=0.0, help="fast: least CA-CA distance (A) of positions masked together; 0 = off."),
-    multi: MultiMode = typer.Option(MultiMode.additive, help="Multi-mutants: additive = sum of single-position masked "
-                                    "marginals; joint = the mutated positions of a chain masked together in one pass."),
-    numbering: Numbering = typer.Option(Numbering.auto, help="Mutant positions: author = residue numbers of the structure "
-                                        "file (insertion code after the number); index = 1-based index in the chain's "
-                                        "sequence as read (ProteinGym); auto = author where the input has them, else index."),
-    offset: int = typer.Option(0, help="With --numbering index: mutant position p is residue p - OFFSET of the chain (a "
-                               "structure covering positions OFFSET+1... of the sequence the mutants are numbered on)."),
-    chain: Optional[str] = typer.Option(None, "--chain", help="Chain of mutants written without one (author id A or full id "
-                                        "1ABC.A); needed when several chains are scored."),
+    mode: ScoreMode = typer.Option(
+        ScoreMode.exact,
+        help="exact: one masked position per forward pass; fast: several per "
+        "pass, each pair at least --min-sep residues and --min-dist A (CA-CA) apart.",
+    ),
+    min_sep: int = typer.Option(
+        8, min=1, help="fast: least sequence separation of positions masked together."
+    ),
+    min_dist: float = typer.Option(
+        12.0, min=0.0, help="fast: least CA-CA distance (A) of positions masked together; 0 = off."
+    ),
+    multi: MultiMode = typer.Option(
+        MultiMode.additive,
+        help="Multi-mutants: additive = sum of single-position masked "
+        "marginals; joint = the mutated positions of a chain masked together in one pass.",
+    ),
+    numbering: Numbering = typer.Option(
+        Numbering.auto,
+        help="Mutant positions: author = residue numbers of the structure "
+        "file (insertion code after the number); index = 1-based index in the chain's "
+        "sequence as read (ProteinGym); auto = author where the input has them, else index.",
+    ),
+    offset: int = typer.Option(
+        0,
+        help="With --numbering index: mutant position p is residue p - OFFSET of the chain (a "
+        "structure covering positions OFFSET+1... of the sequence the mutants are numbered on).",
+    ),
+    chain: Optional[str] = typer.Option(
+        None,
+        "--chain",
+        help="Chain of mutants written without one (author id A or full id "
+        "1ABC.A); needed when several chains are scored.",
+    ),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
-    per_aa: bool = typer.Option(False, "--per-aa", help="Per-residue table: also log p of each of the 20 amino acids."),
-    plot: Optional[Path] = typer.Option(None, help="Write a per-position PNG (log p(native) and entropy, or substitution scores)."),
-    no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."),
+    per_aa: bool = typer.Option(
+        False, "--per-aa", help="Per-residue table: also log p of each of the 20 amino acids."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, help="Write a per-position PNG (log p(native) and entropy, or substitution scores)."
+    ),
+    no_coords: bool = typer.Option(
+        False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."
+    ),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP),
     split: Optional[str] = typer.Option(None, help="For a prepared dataset: score one split only."),
-    window: Optional[int] = typer.Option(None, min=8, help="Residues per model pass (default: 1024 or the model's max_len); "
-                                         "longer chains are scored in overlapping windows."),
-    overlap: int = typer.Option(256, min=0, help="Least overlap between windows; each position is scored where it is most central."),
+    window: Optional[int] = typer.Option(
+        None,
+        min=8,
+        help="Residues per model pass (default: 1024 or the model's max_len); "
+        "longer chains are scored in overlapping windows.",
+    ),
+    overlap: int = typer.Option(
+        256,
+        min=0,
+        help="Least overlap between windows; each position is scored where it is most central.",
+    ),
     tokens_per_batch: int = typer.Option(8192, min=1),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option(
+        "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Log-likelihoods of the native sequence given its structure (masked marginals, pseudo-perplexity), or mutant scores."""
@@ -563,21 +1036,55 @@ def score(
     from .score.run import run_score
 
     device = _device(device)
-    cfg = ScoreConfig(mode=mode.value, min_sep=min_sep, min_dist=min_dist, window=window, overlap=overlap,
-                      tokens_per_batch=tokens_per_batch, use_coords=False if no_coords else None)
-    res = run_score(checkpoint, inputs, out, cfg, mutations=mutations, mutants=mutant, mutant_column=mutant_column,
-                    multi=multi.value, numbering=numbering.value, offset=offset, chain=chain, chains=_chain_list(chains),
-                    plddt_min=plddt_min, seqres=seqres.value, split=split, per_aa=per_aa, plot=plot, device=device,
-                    progress=not quiet, echo=typer.echo, warn=lambda m: typer.echo(m, err=True))
-    extra = f"; {res['inputs_skipped']} inputs unreadable (see {out}.skipped.tsv)" if res["inputs_skipped"] else ""
+    cfg = ScoreConfig(
+        mode=mode.value,
+        min_sep=min_sep,
+        min_dist=min_dist,
+        window=window,
+        overlap=overlap,
+        tokens_per_batch=tokens_per_batch,
+        use_coords=False if no_coords else None,
+    )
+    res = run_score(
+        checkpoint,
+        inputs,
+        out,
+        cfg,
+        mutations=mutations,
+        mutants=mutant,
+        mutant_column=mutant_column,
+        multi=multi.value,
+        numbering=numbering.value,
+        offset=offset,
+        chain=chain,
+        chains=_chain_list(chains),
+        plddt_min=plddt_min,
+        seqres=seqres.value,
+        split=split,
+        per_aa=per_aa,
+        plot=plot,
+        device=device,
+        progress=not quiet,
+        echo=typer.echo,
+        warn=lambda m: typer.echo(m, err=True),
+    )
+    extra = (
+        f"; {res['inputs_skipped']} inputs unreadable (see {out}.skipped.tsv)"
+        if res["inputs_skipped"]
+        else ""
+    )
     if "residues" in res:
         for cid, n, ppl in res["per_chain"][:10]:
             typer.echo(f"{cid}\t{n} residues\tpseudo-perplexity {ppl:.3f}")
         if len(res["per_chain"]) > 10:
             typer.echo(f"... {len(res['per_chain']) - 10} more chains in {res['chains_file']}")
         ppl = res["pseudo_perplexity"]
-        typer.echo(f"wrote {res['residues']} residues of {res['chains']} chains to {out} ({res['mode']}, {res['passes']} passes; "
-                   f"overall pseudo-perplexity {ppl:.3f})" + extra if ppl is not None else f"wrote {out}" + extra)
+        typer.echo(
+            f"wrote {res['residues']} residues of {res['chains']} chains to {out} ({res['mode']}, {res['passes']} passes; "
+            f"overall pseudo-perplexity {ppl:.3f})" + extra
+            if ppl is not None
+            else f"wrote {out}" + extra
+        )
     else:
         line = f"scored {res['scored']} of {res['mutants']} mutants ({res['multi']}, {res['mode']}, {res['passes']} passes) to {out}"
         if res["skipped"]:
@@ -585,7 +1092,9 @@ def score(
             line += f"; skipped {res['skipped']} (see {out}.skipped.tsv; first: row {row + 1} {m}: {why})"
         typer.echo(line + extra)
         if res.get("spearman_dms") is not None:
-            typer.echo(f"Spearman rho with DMS_score: {res['spearman_dms']:.3f} (n = {res['spearman_n']})")
+            typer.echo(
+                f"Spearman rho with DMS_score: {res['spearman_dms']:.3f} (n = {res['spearman_n']})"
+            )
     if res.get("plot"):
         typer.echo(f"plot: {res['plot']}")
 
@@ -604,28 +1113,61 @@ class FunctionHead(str, Enum):
 
 @app.command()
 def finetune(
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Pretrained checkpoint, exported model or shipped name."),
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", "-c", help="Pretrained checkpoint, exported model or shipped name."
+    ),
     task: FunctionTask = typer.Option(FunctionTask.ec, help="ec, go-mf, go-bp or go-cc."),
-    labels: Path = typer.Option(..., help="Folder with the DeepFRI nrPDB annot/train/valid/test files."),
-    data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset holding the structures (chain ids as in the label files)."),
+    labels: Path = typer.Option(
+        ..., help="Folder with the DeepFRI nrPDB annot/train/valid/test files."
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Prepared dataset holding the structures (chain ids as in the label files).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
-    head: FunctionHead = typer.Option(FunctionHead.mlp, help="mlp: residual MLP on frozen pooled embeddings; linear: fine-tune the whole encoder with a linear head."),
-    random_init: bool = typer.Option(False, "--random-init", help="Use the checkpoint's architecture with fresh weights (no-pretraining baseline)."),
-    no_coords: bool = typer.Option(False, "--no-coords", help="Withhold coordinates from a coordinate model."),
+    head: FunctionHead = typer.Option(
+        FunctionHead.mlp,
+        help="mlp: residual MLP on frozen pooled embeddings; linear: fine-tune the whole encoder with a linear head.",
+    ),
+    random_init: bool = typer.Option(
+        False,
+        "--random-init",
+        help="Use the checkpoint's architecture with fresh weights (no-pretraining baseline).",
+    ),
+    no_coords: bool = typer.Option(
+        False, "--no-coords", help="Withhold coordinates from a coordinate model."
+    ),
     max_epochs: int = typer.Option(100, min=1),
-    patience: int = typer.Option(10, min=1, help="Stop after this many epochs without a better validation Fmax."),
-    lr: float = typer.Option(1e-3, help="Head learning rate (the encoder gets lr x --encoder-lr-scale)."),
+    patience: int = typer.Option(
+        10, min=1, help="Stop after this many epochs without a better validation Fmax."
+    ),
+    lr: float = typer.Option(
+        1e-3, help="Head learning rate (the encoder gets lr x --encoder-lr-scale)."
+    ),
     encoder_lr_scale: float = typer.Option(0.1),
     batch_size: int = typer.Option(64, min=1, help="mlp head: chains per batch."),
     tokens_per_batch: int = typer.Option(8192, min=1, help="linear head: padded tokens per batch."),
     max_length: int = typer.Option(1024, min=1),
-    probe_epochs: int = typer.Option(50, min=0, help="linear head: first fit the linear layer on frozen embeddings for up to this many "
-                                     "epochs (early-stopped), then fine-tune the encoder (LP-FT); 0 = start from a fresh head."),
-    probe_patience: int = typer.Option(10, min=1, help="linear head: early-stopping patience of the probe stage."),
-    prior_bias: bool = typer.Option(True, "--prior-bias/--zero-bias",
-                                    help="Start the output bias at each class's training log-odds (default) or at 0."),
+    probe_epochs: int = typer.Option(
+        50,
+        min=0,
+        help="linear head: first fit the linear layer on frozen embeddings for up to this many "
+        "epochs (early-stopped), then fine-tune the encoder (LP-FT); 0 = start from a fresh head.",
+    ),
+    probe_patience: int = typer.Option(
+        10, min=1, help="linear head: early-stopping patience of the probe stage."
+    ),
+    prior_bias: bool = typer.Option(
+        True,
+        "--prior-bias/--zero-bias",
+        help="Start the output bias at each class's training log-odds (default) or at 0.",
+    ),
     seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option(
+        "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
     quiet: bool = typer.Option(False),
 ):
     """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early stopping on validation Fmax."""
@@ -633,30 +1175,62 @@ def finetune(
     from .function.finetune import finetune as run
 
     device = _device(device)
-    cfg = FinetuneConfig(task=task.value, head=head.value, random_init=random_init, use_coords=False if no_coords else None,
-                         max_epochs=max_epochs, patience=patience, lr=lr, encoder_lr_scale=encoder_lr_scale,
-                         batch_size=batch_size, tokens_per_batch=tokens_per_batch, max_length=max_length, seed=seed,
-                         prior_bias=prior_bias, probe_epochs=probe_epochs,
-                         probe_patience=probe_patience)
-    m = run(checkpoint, labels, data, out, cfg, device=device, progress=not quiet, echo=typer.echo, command=_command_line())
+    cfg = FinetuneConfig(
+        task=task.value,
+        head=head.value,
+        random_init=random_init,
+        use_coords=False if no_coords else None,
+        max_epochs=max_epochs,
+        patience=patience,
+        lr=lr,
+        encoder_lr_scale=encoder_lr_scale,
+        batch_size=batch_size,
+        tokens_per_batch=tokens_per_batch,
+        max_length=max_length,
+        seed=seed,
+        prior_bias=prior_bias,
+        probe_epochs=probe_epochs,
+        probe_patience=probe_patience,
+    )
+    m = run(
+        checkpoint,
+        labels,
+        data,
+        out,
+        cfg,
+        device=device,
+        progress=not quiet,
+        echo=typer.echo,
+        command=_command_line(),
+    )
     t = m["test"]
-    typer.echo(f"test: Fmax {t['fmax']:.3f}, micro-AUPR {t['micro_aupr']:.3f}, flattened max-F1 {t['flattened_max_f1']:.3f} "
-               f"({t['n']} chains); wrote {out / 'metrics.json'}")
+    typer.echo(
+        f"test: Fmax {t['fmax']:.3f}, micro-AUPR {t['micro_aupr']:.3f}, flattened max-F1 {t['flattened_max_f1']:.3f} "
+        f"({t['n']} chains); wrote {out / 'metrics.json'}"
+    )
 
 
 @app.command("evaluate-function")
 def evaluate_function(
-    runs: List[Path] = typer.Argument(..., help="finetune run folders (or predictions_*.npz files)."),
+    runs: List[Path] = typer.Argument(
+        ..., help="finetune run folders (or predictions_*.npz files)."
+    ),
     split: str = typer.Option("test", help="valid or test predictions of a run folder."),
-    identity: Optional[Path] = typer.Option(None, help="DeepFRI *_test.csv for a breakdown by sequence identity to train."),
+    identity: Optional[Path] = typer.Option(
+        None, help="DeepFRI *_test.csv for a breakdown by sequence identity to train."
+    ),
     report: Optional[Path] = typer.Option(None, help="Also write a Markdown table here."),
-    bootstrap: int = typer.Option(0, min=0, help="Resamples for a 95% interval of each run's Fmax minus the first run's."),
+    bootstrap: int = typer.Option(
+        0, min=0, help="Resamples for a 95% interval of each run's Fmax minus the first run's."
+    ),
     seed: int = typer.Option(0),
 ):
     """Fmax, micro-AUPR and flattened max-F1 of saved predictions, side by side (and by identity bin)."""
     from .function.finetune import evaluate_predictions
 
-    text = evaluate_predictions(runs, split=split, identity=identity, bootstrap=bootstrap, seed=seed)
+    text = evaluate_predictions(
+        runs, split=split, identity=identity, bootstrap=bootstrap, seed=seed
+    )
     typer.echo(text)
     if report:
         report.write_text(text + "\n")
@@ -691,21 +1265,39 @@ def _provenance(checkpoint: str) -> dict:
             card = json.loads((Path(checkpoint) / "config.json").read_text())
         except (OSError, ValueError):
             card = {}
-    return {k: card[k] for k in ("description", "command", "trained_on") if isinstance(card, dict) and k in card}
+    return {
+        k: card[k]
+        for k in ("description", "command", "trained_on")
+        if isinstance(card, dict) and k in card
+    }
 
 
 @app.command()
 def export(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c"),
-    out: Path = typer.Option(..., "--out", "-o", help="Model file (.pt) to write, or folder for --format hf."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Model file (.pt) to write, or folder for --format hf."
+    ),
     half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size)."),
-    int8: bool = typer.Option(False, "--int8", help="Store the large matrices as int8 with a scale per row, the rest "
-                              "float16 (a quarter of float32; check its cost with `coordformer evaluate`). pt only."),
-    fmt: ExportFormat = typer.Option(ExportFormat.pt, "--format", help="pt: one torch file; hf: Hugging Face-style "
-                                     "folder (config.json + model.safetensors + README.md) for sharing on a model hub."),
-    max_file_mb: Optional[float] = typer.Option(None, "--max-file-mb", help="No file over this many MB: the weights "
-                                                "that do not fit go to OUT.shard1, OUT.shard2, ... beside it (keep them "
-                                                "together; load OUT). pt only."),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="Store the large matrices as int8 with a scale per row, the rest "
+        "float16 (a quarter of float32; check its cost with `coordformer evaluate`). pt only.",
+    ),
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.pt,
+        "--format",
+        help="pt: one torch file; hf: Hugging Face-style "
+        "folder (config.json + model.safetensors + README.md) for sharing on a model hub.",
+    ),
+    max_file_mb: Optional[float] = typer.Option(
+        None,
+        "--max-file-mb",
+        help="No file over this many MB: the weights "
+        "that do not fit go to OUT.shard1, OUT.shard2, ... beside it (keep them "
+        "together; load OUT). pt only.",
+    ),
 ):
     """Write an inference-only model file (or Hub-style folder) from a training checkpoint."""
     from .model.checkpoints import export_model, load_model
@@ -714,28 +1306,58 @@ def export(
         raise UsageError(f"--max-file-mb must be above 1 (got {max_file_mb})")
     model, meta = load_model(checkpoint)
     if (int8 or max_file_mb) and fmt == ExportFormat.hf:
-        raise UsageError("--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a Hub-style folder")
+        raise UsageError(
+            "--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a Hub-style folder"
+        )
     if fmt == ExportFormat.hf:
         from .model.hub import WEIGHTS_NAME, save_pretrained
 
-        meta = {**_provenance(checkpoint), **{k: v for k, v in meta.items() if k not in ("format", "torch_dtype")}}
+        meta = {
+            **_provenance(checkpoint),
+            **{k: v for k, v in meta.items() if k not in ("format", "torch_dtype")},
+        }
         save_pretrained(model, out, meta=meta, half=half)
-        typer.echo(f"wrote {out}/ (config.json, {WEIGHTS_NAME} {(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)")
+        typer.echo(
+            f"wrote {out}/ (config.json, {WEIGHTS_NAME} {(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)"
+        )
         return
-    export_model(model, out, meta=meta, half=half, int8=int8,
-                 max_file_bytes=int(max_file_mb * 1e6) if max_file_mb else None)
+    export_model(
+        model,
+        out,
+        meta=meta,
+        half=half,
+        int8=int8,
+        max_file_bytes=int(max_file_mb * 1e6) if max_file_mb else None,
+    )
     shards = sorted(out.parent.glob(f"{out.name}.shard*"))
-    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"
-               + (f" and {len(shards)} shard(s) beside it ({sum(f.stat().st_size for f in shards) / 1e6:.1f} MB)" if shards else ""))
+    typer.echo(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"
+        + (
+            f" and {len(shards)} shard(s) beside it ({sum(f.stat().st_size for f in shards) / 1e6:.1f} MB)"
+            if shards
+            else ""
+        )
+    )
 
 
 #: Library parameter names whose flag is not the name with dashes (or that no command's parameter has).
-_API_FLAGS = {"out_dir": "--out", "data_dir": "--data", "labels_dir": "--labels", "crop_mode": "--crop",
-              "accumulate_grad_batches": "--accumulate", "val_every_steps": "--val-every",
-              "checkpoint_every_steps": "--checkpoint-every", "num_workers": "--workers", "mutants": "--mutant",
-              "default_chain": "--chain", "split_identity": "--identity", "exclude_files": "--exclude",
-              "gaussian_init_heads": "--gaussian-heads", "coord_norm_feature": "--norm-feature",
-              "gaussian_init_values": "--gaussian-values"}
+_API_FLAGS = {
+    "out_dir": "--out",
+    "data_dir": "--data",
+    "labels_dir": "--labels",
+    "crop_mode": "--crop",
+    "accumulate_grad_batches": "--accumulate",
+    "val_every_steps": "--val-every",
+    "checkpoint_every_steps": "--checkpoint-every",
+    "num_workers": "--workers",
+    "mutants": "--mutant",
+    "default_chain": "--chain",
+    "split_identity": "--identity",
+    "exclude_files": "--exclude",
+    "gaussian_init_heads": "--gaussian-heads",
+    "coord_norm_feature": "--norm-feature",
+    "gaussian_init_values": "--gaussian-values",
+}
 
 
 def _flags() -> dict[str, str]:
@@ -768,14 +1390,20 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:  # a global option, accepted anywhere on the line (people add it at the end)
         args = ["--debug", *(a for a in args if a != "--debug")]
-    previous_sigint = interrupts.install()  # Ctrl-C while importing torch & co: one line, no traceback
+    previous_sigint = (
+        interrupts.install()
+    )  # Ctrl-C while importing torch & co: one line, no traceback
     try:
         rc = app(args=args, standalone_mode=False)
         if rc == 130:  # typer turns a KeyboardInterrupt into exit status 130, silently
             typer.echo(interrupts.MESSAGE, err=True)
-        if isinstance(rc, int) and not isinstance(rc, bool):  # click hands back typer.Exit's code here
+        if isinstance(rc, int) and not isinstance(
+            rc, bool
+        ):  # click hands back typer.Exit's code here
             return rc
-    except TrainingInterrupted as e:  # pretrain / finetune saved what there was to save, and say where
+    except (
+        TrainingInterrupted
+    ) as e:  # pretrain / finetune saved what there was to save, and say where
         if e.report:
             typer.echo(f"{e}{_resume_hint(args, e)}", err=True)
         return e.exit_code
@@ -791,7 +1419,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(getattr(e, "exit_code", 0))
         if name == "Abort":
             return 1
-        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click usage errors, as one line
+        if hasattr(e, "format_message") and hasattr(
+            e, "exit_code"
+        ):  # click usage errors, as one line
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             typer.echo(f"error: {e.format_message().strip().splitlines()[0]}{hint}", err=True)
@@ -799,11 +1429,18 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         known = isinstance(e, (CoordformerError, FileNotFoundError, PermissionError))
-        if isinstance(e, CoordformerError):  # the library names parameters as Python does; here, as flags
+        if isinstance(
+            e, CoordformerError
+        ):  # the library names parameters as Python does; here, as flags
             msg = e.flag_message(_flags())
         else:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        typer.echo(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
+        typer.echo(
+            f"error: {msg}"
+            if known
+            else f"error: {type(e).__name__}: {msg} (run with --debug for the traceback)",
+            err=True,
+        )
         return 2
     finally:
         interrupts.restore(previous_sigint)

@@ -26,7 +26,9 @@ def _from_dict(cls: type[T], d: dict[str, Any]) -> T:
     d = {k: v for k, v in d.items() if k not in getattr(cls, "_obsolete_keys", ())}
     unknown = set(d) - names
     if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)} (written by a different coordformer version?)")
+        raise ConfigError(
+            f"{cls.__name__}: unknown keys {sorted(unknown)} (written by a different coordformer version?)"
+        )
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in d:
@@ -68,7 +70,11 @@ class Record:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2)
+        text = (
+            yaml.safe_dump(self.to_dict(), sort_keys=False)
+            if path.suffix in (".yaml", ".yml")
+            else json.dumps(self.to_dict(), indent=2)
+        )
         path.write_text(text)
 
     @classmethod
@@ -115,23 +121,35 @@ class ModelConfig(Record):
     def __post_init__(self):
         if self.condition_on is None:
             if self.lm_dim or self.lm_fingerprint or self.unfreeze_lm:
-                raise ConfigError("lm_dim, lm_fingerprint and unfreeze_lm need condition_on (a language model)")
+                raise ConfigError(
+                    "lm_dim, lm_fingerprint and unfreeze_lm need condition_on (a language model)"
+                )
         elif self.gaussian_init_heads:
-            raise ConfigError("gaussian_init_heads needs the token embedding, which language-model conditioning "
-                              "(`condition_on`) replaces; use the recipe paper (`recipe=paper`) with it")
+            raise ConfigError(
+                "gaussian_init_heads needs the token embedding, which language-model conditioning "
+                "(`condition_on`) replaces; use the recipe paper (`recipe=paper`) with it"
+            )
         if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ConfigError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
         if self.coord_mode not in COORD_MODES:
             raise ConfigError(f"coord_mode must be one of {COORD_MODES}, got {self.coord_mode!r}")
         if self.plddt_feature and not self.use_coords:
-            raise ConfigError("plddt_feature goes through the coordinate embedding: it needs use_coords=True")
+            raise ConfigError(
+                "plddt_feature goes through the coordinate embedding: it needs use_coords=True"
+            )
         if not 0 <= self.gaussian_init_heads <= self.n_heads:
             raise ConfigError(f"gaussian_init_heads must be in 0..n_heads ({self.n_heads})")
         if self.gaussian_init_heads:
             if self.d_model // self.n_heads < 4:
-                raise ConfigError("gaussian_init_heads needs a head dimension of at least 4 (n + 1 for 3D)")
+                raise ConfigError(
+                    "gaussian_init_heads needs a head dimension of at least 4 (n + 1 for 3D)"
+                )
             if not (self.use_coords and self.coord_norm_feature):
-                raise ConfigError("gaussian_init_heads needs use_coords=True and coord_norm_feature=True (|x|^2 input)")
+                raise ConfigError(
+                    "gaussian_init_heads needs use_coords=True and coord_norm_feature=True (|x|^2 input)"
+                )
 
     @property
     def d_head(self) -> int:
@@ -171,7 +189,11 @@ def recipe_settings(recipe: str, n_heads: int) -> dict:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if recipe == "paper":
         return dict(coord_norm_feature=False, gaussian_init_heads=0, gaussian_init_values=False)
-    return dict(coord_norm_feature=True, gaussian_init_heads=max(min(4, n_heads // 2), 1), gaussian_init_values=True)
+    return dict(
+        coord_norm_feature=True,
+        gaussian_init_heads=max(min(4, n_heads // 2), 1),
+        gaussian_init_values=True,
+    )
 
 
 def preset(name: str, recipe: str | None = None, **overrides) -> ModelConfig:
@@ -218,14 +240,24 @@ class PrepareConfig(Record):
 
     #: Fields applied only when the dataset is assembled (always redone), so an interrupted prepare
     #: run resumes when they change; every other field is in :meth:`unit_fingerprint`.
-    CONSOLIDATION_FIELDS = ("split", "split_identity", "valid_fraction", "test_fraction", "seed", "exclude_files")
+    CONSOLIDATION_FIELDS = (
+        "split",
+        "split_identity",
+        "valid_fraction",
+        "test_fraction",
+        "seed",
+        "exclude_files",
+    )
 
     def unit_fingerprint(self) -> dict[str, Any]:
         """The fields a prepare work unit's output depends on (JSON-able): an interrupted run resumes
         only when they are unchanged. Options are left out at their default, so that a run
         interrupted before an option existed still resumes (and its state file still matches)."""
-        d: dict[str, Any] = {"min_length": self.min_length, "max_length": self.max_length,
-                             "max_missing_ca": self.max_missing_ca}
+        d: dict[str, Any] = {
+            "min_length": self.min_length,
+            "max_length": self.max_length,
+            "max_missing_ca": self.max_missing_ca,
+        }
         if self.plddt_min is not None:
             d["plddt_min"] = self.plddt_min
         if self.chains:
@@ -249,26 +281,38 @@ class BatchConfig(Record):
     optimizer step) these fix the training data stream, which a resumed run must keep."""
 
     crop_length: int = 512  # residues; longer chains are cropped (crop_mode)
-    crop_mode: str = "sequence"  # longer chains: a "sequence" window or a "spatial" 3D neighbourhood
+    crop_mode: str = (
+        "sequence"  # longer chains: a "sequence" window or a "spatial" 3D neighbourhood
+    )
     tokens_per_batch: int = 8192  # padded tokens (rows x longest row) per batch
     mask_prob: float = 0.15
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
     rotate: bool = True  # a fresh uniform random rotation per chain
-    drop_chain_coords: float = 0.0  # structure dropout: P(a training chain is fed with no coordinates)
-    drop_span_coords: float = 0.0  # P(one 5-30% stretch of a training chain is fed without coordinates)
+    drop_chain_coords: float = (
+        0.0  # structure dropout: P(a training chain is fed with no coordinates)
+    )
+    drop_span_coords: float = (
+        0.0  # P(one 5-30% stretch of a training chain is fed without coordinates)
+    )
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
-            raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
+            raise ConfigError(
+                f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}"
+            )
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         fracs = (self.mask_token_frac, self.random_token_frac)
         if min(fracs) < 0 or sum(fracs) > 1:
-            raise ConfigError("mask_token_frac and random_token_frac must be >= 0 and sum to at most 1")
+            raise ConfigError(
+                "mask_token_frac and random_token_frac must be >= 0 and sum to at most 1"
+            )
         if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
-            raise ConfigError("coordinate dropout probabilities (drop_chain_coords, drop_span_coords) "
-                              "must lie in [0, 1]")
+            raise ConfigError(
+                "coordinate dropout probabilities (drop_chain_coords, drop_span_coords) "
+                "must lie in [0, 1]"
+            )
 
     @property
     def batch(self) -> BatchConfig:
@@ -296,14 +340,18 @@ class TrainConfig(BatchConfig):
     grad_clip: float = 1.0
     val_every_steps: int = 500
     val_max_chains: int = 512
-    precision: str = "auto"  # "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
+    precision: str = (
+        "auto"  # "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
+    )
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
     num_workers: int = 0
     compile: bool = False
-    activation_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
+    activation_checkpointing: bool = (
+        False  # recompute layer activations in backward (less memory, ~1/3 more compute)
+    )
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500
@@ -318,9 +366,13 @@ class TrainConfig(BatchConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.accumulate_grad_batches < 1:
-            raise ConfigError(f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}")
+            raise ConfigError(
+                f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}"
+            )
         if self.crop_length > self.tokens_per_batch:
-            raise ConfigError(f"crop_length ({self.crop_length}) must not exceed tokens_per_batch ({self.tokens_per_batch})")
+            raise ConfigError(
+                f"crop_length ({self.crop_length}) must not exceed tokens_per_batch ({self.tokens_per_batch})"
+            )
         if self.schedule not in ("cosine", "constant", "noam"):
             raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
         if self.max_steps < 1 or self.checkpoint_every_steps < 1 or self.val_every_steps < 1:
@@ -386,8 +438,24 @@ class SimConfig(Record):
         if self.regime not in SIM_REGIMES:
             raise ConfigError(f"regime must be one of {SIM_REGIMES}, got {self.regime!r}")
         if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if min(self.n_dims, self.n_points, self.n_train, self.n_valid, self.n_test, self.d_out, self.steps, self.batch_size) < 1:
-            raise ConfigError("n_dims, n_points, n_train, n_valid, n_test, d_out, steps and batch_size must be >= 1")
+            raise ConfigError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if (
+            min(
+                self.n_dims,
+                self.n_points,
+                self.n_train,
+                self.n_valid,
+                self.n_test,
+                self.d_out,
+                self.steps,
+                self.batch_size,
+            )
+            < 1
+        ):
+            raise ConfigError(
+                "n_dims, n_points, n_train, n_valid, n_test, d_out, steps and batch_size must be >= 1"
+            )
         if self.n_points < 2:
             raise ConfigError("n_points must be at least 2")

@@ -58,9 +58,13 @@ def run_demo(
     src = bundled_chains()
     data_dir = out / "bundled_dataset"
     # Everything in the bundle is held out from the shipped models, so all of it is "test".
-    cfg = PrepareConfig(min_length=1, split="random", valid_fraction=0.0, test_fraction=1.0, seed=seed)
+    cfg = PrepareConfig(
+        min_length=1, split="random", valid_fraction=0.0, test_fraction=1.0, seed=seed
+    )
     summary = prepare([str(src)], data_dir, cfg, workers=1, progress=progress, overwrite=True)
-    echo(f"prepared {summary.chains_kept} bundled held-out chains ({summary.n_residues} residues) from {src.name}")
+    echo(
+        f"prepared {summary.chains_kept} bundled held-out chains ({summary.n_residues} residues) from {src.name}"
+    )
     ds = PreparedDataset(data_dir)
     results: dict[str, dict] = {}
     shown = (*MODELS, *(m for m in OPTIONAL_MODELS if m in shipped_models()))
@@ -70,13 +74,24 @@ def run_demo(
 
     # the chains evaluated (--max-chains may take fewer than were prepared)
     n_eval = results[MODELS[0]]["n_chains"]
-    sections = [(f"Shipped models on {n_eval} bundled held-out chains"
-                 + (f" (the first {n_eval} of {summary.chains_kept})" if n_eval < summary.chains_kept else ""), dict(results))]
+    sections = [
+        (
+            f"Shipped models on {n_eval} bundled held-out chains"
+            + (
+                f" (the first {n_eval} of {summary.chains_kept})"
+                if n_eval < summary.chains_kept
+                else ""
+            ),
+            dict(results),
+        )
+    ]
     if train_minutes > 0:
         from .train.run import pretrain
 
         tdir = out / "train_from_scratch"
-        tcfg = PrepareConfig(min_length=1, split="random", valid_fraction=0.1, test_fraction=0.2, seed=seed)
+        tcfg = PrepareConfig(
+            min_length=1, split="random", valid_fraction=0.1, test_fraction=0.2, seed=seed
+        )
         prepare([str(src)], tdir / "dataset", tcfg, workers=1, progress=progress, overwrite=True)
         tds = PreparedDataset(tdir / "dataset")
         # Scratch models can only be scored on the part of the bundle they did not train on; the
@@ -87,26 +102,46 @@ def run_demo(
             if run.exists():
                 shutil.rmtree(run)  # a fresh run each time: --train-minutes may have changed
             mc = preset("small-3m", recipe=DEFAULT_RECIPE, use_coords=use)  # what `pretrain` builds
-            tc = TrainConfig(seed=seed, max_minutes=train_minutes, warmup_steps=50, val_every_steps=200,
-                             tokens_per_batch=2048, crop_length=512)
+            tc = TrainConfig(
+                seed=seed,
+                max_minutes=train_minutes,
+                warmup_steps=50,
+                val_every_steps=200,
+                tokens_per_batch=2048,
+                crop_length=512,
+            )
             pretrain(tdir / "dataset", run, mc, tc, resume=False, progress=progress)
             model, _ = load_model(run)
-            scratch[label] = evaluate_mlm(model, tds, "test", max_chains=max_chains, progress=progress)
+            scratch[label] = evaluate_mlm(
+                model, tds, "test", max_chains=max_chains, progress=progress
+            )
         for name in MODELS:
             model, _ = load_model(name)
-            scratch[name] = evaluate_mlm(model, tds, "test", max_chains=max_chains, progress=progress)
+            scratch[name] = evaluate_mlm(
+                model, tds, "test", max_chains=max_chains, progress=progress
+            )
         results.update({k: v for k, v in scratch.items() if k.startswith("scratch")})
         n_test = scratch[MODELS[0]]["n_chains"]
-        sections.append((f"Trained from scratch for {train_minutes:g} min each, on {n_test} bundled chains held out "
-                         "from that training", scratch))
+        sections.append(
+            (
+                f"Trained from scratch for {train_minutes:g} min each, on {n_test} bundled chains held out "
+                "from that training",
+                scratch,
+            )
+        )
 
-    cmd = "coordformer demo" + (f" --train-minutes {train_minutes:g}" if train_minutes else "") + \
-        (f" --max-chains {max_chains}" if max_chains else "")
+    cmd = (
+        "coordformer demo"
+        + (f" --train-minutes {train_minutes:g}" if train_minutes else "")
+        + (f" --max-chains {max_chains}" if max_chains else "")
+    )
     report = [f"# coordformer demo\n\nCommand: `{cmd}`\n"]
     for k, (title, res) in enumerate(sections):
         header, rows = comparison_rows(res)
         table = markdown_table(header, rows)
-        fig = per_residue_recovery_figure(res, out / f"per_residue_recovery{'' if k == 0 else f'_{k}'}.png", title=title)
+        fig = per_residue_recovery_figure(
+            res, out / f"per_residue_recovery{'' if k == 0 else f'_{k}'}.png", title=title
+        )
         echo("")
         echo(title + ":")
         echo(table)

@@ -60,11 +60,17 @@ ChainData = Union[PreparedDataset, MemoryDataset]
 class EmbedConfig(Record):
     """Settings of one ``coordformer embed`` run (stored in the output file's attributes)."""
 
-    layer: int | None = None  # None = final layer after the final LayerNorm; k = residual stream after layer k
+    layer: int | None = (
+        None  # None = final layer after the final LayerNorm; k = residual stream after layer k
+    )
     per_residue: bool = False
-    window: int | None = None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    window: int | None = (
+        None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    )
     overlap: int = 256  # least overlap between consecutive windows (each residue is taken from the window it is most central in)
-    max_length: int | None = None  # None = whole chains; N = embed only the first N residues (counted as cropped)
+    max_length: int | None = (
+        None  # None = whole chains; N = embed only the first N residues (counted as cropped)
+    )
     tokens_per_batch: int = 8192
     use_coords: bool | None = None  # None = as the model was trained
     split: str | None = None  # for a prepared dataset: one split only
@@ -79,8 +85,15 @@ def _is_prepared(inputs: list[str]) -> bool:
     return len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0])
 
 
-def open_inputs(inputs: list[str], cfg: EmbedConfig, workers: int = 1, progress: bool = True, echo=print,
-                store_plddt: bool = False, skipped_path: str | Path | None = None) -> tuple[ChainData, dict]:
+def open_inputs(
+    inputs: list[str],
+    cfg: EmbedConfig,
+    workers: int = 1,
+    progress: bool = True,
+    echo=print,
+    store_plddt: bool = False,
+    skipped_path: str | Path | None = None,
+) -> tuple[ChainData, dict]:
     """The chains to embed and where they came from: one prepared dataset folder as it is
     (``{"prepared": folder}``), else every readable chain of the inputs read in memory with
     ``cfg``'s chain selection, ``seqres`` and ``plddt_min`` (``{"prepare": summary of the read}``;
@@ -88,29 +101,59 @@ def open_inputs(inputs: list[str], cfg: EmbedConfig, workers: int = 1, progress:
     per-residue pLDDT (for models that read it)."""
     if _is_prepared(inputs):
         if cfg.plddt_min is not None:  # a prepared dataset keeps no B-factors to apply it to
-            raise OptionError("plddt_min", cfg.plddt_min, "applies to structure inputs; pass it to "
-                              "`coordformer prepare` for a prepared dataset")
+            raise OptionError(
+                "plddt_min",
+                cfg.plddt_min,
+                "applies to structure inputs; pass it to "
+                "`coordformer prepare` for a prepared dataset",
+            )
         if cfg.seqres != "off":  # the dataset holds the chains as they were prepared
-            raise OptionError("seqres", cfg.seqres, "applies to structure inputs; pass it to "
-                              "`coordformer prepare` for a prepared dataset")
+            raise OptionError(
+                "seqres",
+                cfg.seqres,
+                "applies to structure inputs; pass it to "
+                "`coordformer prepare` for a prepared dataset",
+            )
         return PreparedDataset(inputs[0]), {"prepared": inputs[0]}
     if cfg.split is not None:  # raw inputs have no splits
-        raise OptionError("split", cfg.split, "applies to a prepared dataset folder, not to structure inputs")
+        raise OptionError(
+            "split", cfg.split, "applies to a prepared dataset folder, not to structure inputs"
+        )
     from .config import PrepareConfig
     from .data.prepare import read_in_memory
 
     # No length or missing-coordinate filter: embedding wants every readable chain.
-    prep = PrepareConfig(min_length=1, valid_fraction=0.0, test_fraction=0.0, max_missing_ca=1.0,
-                         plddt_min=cfg.plddt_min, chains=tuple(cfg.chains), store_plddt=store_plddt, seqres=cfg.seqres)
-    data, summary = read_in_memory(inputs, prep, workers=workers, progress=progress, skipped_path=skipped_path)
+    prep = PrepareConfig(
+        min_length=1,
+        valid_fraction=0.0,
+        test_fraction=0.0,
+        max_missing_ca=1.0,
+        plddt_min=cfg.plddt_min,
+        chains=tuple(cfg.chains),
+        store_plddt=store_plddt,
+        seqres=cfg.seqres,
+    )
+    data, summary = read_in_memory(
+        inputs, prep, workers=workers, progress=progress, skipped_path=skipped_path
+    )
     if progress:  # quiet: the caller's one line names the unreadable inputs (summary["prepare"]["inputs_skipped"])
         echo(summary.format())
     return data, {"prepare": summary.to_dict()}
 
 
 @torch.no_grad()
-def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig = EmbedConfig(), device: str = "cpu",
-          workers: int = 1, progress: bool = True, echo=print, command: str = "", warn=None) -> dict:
+def embed(
+    checkpoint: str,
+    inputs: list[str],
+    out: str | Path,
+    cfg: EmbedConfig = EmbedConfig(),
+    device: str = "cpu",
+    workers: int = 1,
+    progress: bool = True,
+    echo=print,
+    command: str = "",
+    warn=None,
+) -> dict:
     """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn`` (default:
     print to stderr) gets a one-line warning when the model never learnt inputs without coordinates
     and most residues have none."""
@@ -125,12 +168,16 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     if fmt is None:
         raise OptionError("out", out, "use a .h5/.hdf5 (HDF5) or .npz file name")
     if fmt == "npz" and cfg.per_residue:
-        raise UsageError("per-residue embeddings need an HDF5 output (.h5); .npz holds mean-pooled ones only")
+        raise UsageError(
+            "per-residue embeddings need an HDF5 output (.h5); .npz holds mean-pooled ones only"
+        )
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
     n_layers = model.config.n_layers
     if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
-        raise OptionError("layer", cfg.layer, f"this model has layers 0..{n_layers} (0 = embeddings)")
+        raise OptionError(
+            "layer", cfg.layer, f"this model has layers 0..{n_layers} (0 = embeddings)"
+        )
     window = cfg.window or min(1024, model.config.max_len)
     if window > model.config.max_len:
         raise OptionError("window", window, f"exceeds the model's max_len {model.config.max_len}")
@@ -139,53 +186,111 @@ def embed(checkpoint: str, inputs: list[str], out: str | Path, cfg: EmbedConfig 
     use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out.with_name(out.name + ".skipped.tsv")
-    data, provenance = open_inputs(inputs, cfg, workers, progress, echo, store_plddt=model.config.plddt_feature,
-                                   skipped_path=skipped_path)
+    data, provenance = open_inputs(
+        inputs,
+        cfg,
+        workers,
+        progress,
+        echo,
+        store_plddt=model.config.plddt_feature,
+        skipped_path=skipped_path,
+    )
     idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
     if cfg.chains:  # a prepared dataset was not filtered when it was made
         from .data.prepare import selected_chain
 
         idx = np.array([i for i in idx if selected_chain(data.ids[i], cfg.chains)], dtype=np.int64)
     if len(idx) == 0:
-        raise UsageError("no readable chains in the inputs (see the skipped list)" +
-                         (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else ""))
+        raise UsageError(
+            "no readable chains in the inputs (see the skipped list)"
+            + (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else "")
+        )
     warning = missing_coords_warning(model, meta, data, idx, fraction=None if use_coords else 1.0)
     if warning:  # a model that never learnt the missing flag, on mostly coordinate-less inputs
         warn(warning)
-    attrs = {"checkpoint": str(checkpoint), "config": json.dumps(cfg.to_dict()),
-             "model_config": json.dumps(model.config.to_dict()),
-             "layer": "final (after final LayerNorm)" if cfg.layer is None else f"residual stream after layer {cfg.layer}",
-             "use_coords": use_coords, "command": command}
+    attrs = {
+        "checkpoint": str(checkpoint),
+        "config": json.dumps(cfg.to_dict()),
+        "model_config": json.dumps(model.config.to_dict()),
+        "layer": "final (after final LayerNorm)"
+        if cfg.layer is None
+        else f"residual stream after layer {cfg.layer}",
+        "use_coords": use_coords,
+        "command": command,
+    }
     tmp_out = out.with_name(out.name + ".tmp")
-    writer = _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue) if fmt == "h5" else _NpzWriter()
+    writer = (
+        _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue)
+        if fmt == "h5"
+        else _NpzWriter()
+    )
     cropped = windowed = 0
     complex_summary = {}
     if cfg.complexes:
-        complex_summary = _embed_complexes(model, data, idx, cfg, window, use_coords, device, writer, skipped_path,
-                                           progress)
+        complex_summary = _embed_complexes(
+            model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress
+        )
         idx = np.array([], dtype=np.int64)  # every chain was written with its complex
-    with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("embed", total=len(idx))
-        for chain_idx, lengths, mean, hidden in iter_windowed(model, data, idx, cfg.layer, use_coords, window,
-                                                              cfg.overlap, cfg.tokens_per_batch, device, cfg.max_length):
+        for chain_idx, lengths, mean, hidden in iter_windowed(
+            model,
+            data,
+            idx,
+            cfg.layer,
+            use_coords,
+            window,
+            cfg.overlap,
+            cfg.tokens_per_batch,
+            device,
+            cfg.max_length,
+        ):
             for r, ci in enumerate(chain_idx):
                 n = int(lengths[r])
                 cropped += int(data.lengths[ci] > n)
                 windowed += int(n > window)
-                writer.add(data.ids[ci], n, mean[r], hidden[r, :n].numpy() if cfg.per_residue else None,
-                           *_residue_info(data, ci, n, cfg.per_residue))
+                writer.add(
+                    data.ids[ci],
+                    n,
+                    mean[r],
+                    hidden[r, :n].numpy() if cfg.per_residue else None,
+                    *_residue_info(data, ci, n, cfg.per_residue),
+                )
             bar.advance(task, len(chain_idx))
     writer.close(tmp_out)
     os.replace(tmp_out, out)
     n_chains = complex_summary.get("chains", int(len(idx)))
-    summary = {"out": str(out), "chains": n_chains, "cropped": cropped, "windowed": windowed, "window": window,
-               "dim": model.config.d_model, **complex_summary, **provenance}
+    summary = {
+        "out": str(out),
+        "chains": n_chains,
+        "cropped": cropped,
+        "windowed": windowed,
+        "window": window,
+        "dim": model.config.d_model,
+        **complex_summary,
+        **provenance,
+    }
     return summary
 
 
-def _embed_complexes(model, data: ChainData, idx: np.ndarray, cfg: EmbedConfig, window: int, use_coords: bool,
-                     device: str, writer, skipped_path: Path, progress: bool) -> dict:
+def _embed_complexes(
+    model,
+    data: ChainData,
+    idx: np.ndarray,
+    cfg: EmbedConfig,
+    window: int,
+    use_coords: bool,
+    device: str,
+    writer,
+    skipped_path: Path,
+    progress: bool,
+) -> dict:
     """Embed the chains of ``idx`` grouped into complexes (token-budget batches of whole complexes);
     writes per-chain and per-complex rows; complexes whose position span exceeds ``window`` are
     skipped and appended to ``skipped_path``. Returns counts."""
@@ -194,8 +299,11 @@ def _embed_complexes(model, data: ChainData, idx: np.ndarray, cfg: EmbedConfig, 
     from .progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
     if cfg.max_length is not None:
-        raise OptionError("max_length", cfg.max_length, "crops single chains; with `complexes` select chains with "
-                          "`chains` instead")
+        raise OptionError(
+            "max_length",
+            cfg.max_length,
+            "crops single chains; with `complexes` select chains with `chains` instead",
+        )
     groups = group_complexes(data, idx)
     spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])
     fits = spans <= window
@@ -206,13 +314,20 @@ def _embed_complexes(model, data: ChainData, idx: np.ndarray, cfg: EmbedConfig, 
                 f.write("input\treason\n")
             for (name, members), span in zip(groups, spans):
                 if span > window:
-                    f.write(f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, gap {cfg.chain_gap}) > "
-                            f"window {window}: select fewer chains with --chains or raise --window\n")
+                    f.write(
+                        f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, gap {cfg.chain_gap}) > "
+                        f"window {window}: select fewer chains with --chains or raise --window\n"
+                    )
     kept = [g for g, ok in zip(groups, fits) if ok]
     sizes = np.array([int(data.lengths[m].sum()) for _, m in kept], dtype=np.int64)
     n_chains = 0
-    with Progress(TextColumn("embedding complexes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("embedding complexes"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("embed", total=len(kept))
         for batch_rows in token_budget_batches(sizes, max(cfg.tokens_per_batch, window), None):
             b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
@@ -223,18 +338,42 @@ def _embed_complexes(model, data: ChainData, idx: np.ndarray, cfg: EmbedConfig, 
                 chain_of = b.chain[r]
                 for k, ci in enumerate(members):
                     hk = h[r][chain_of == k]
-                    mean = masked_mean(h[r : r + 1], (chain_of == k)[None])[0]  # over chain k's residues only
-                    writer.add(data.ids[ci], len(hk), mean.numpy(), hk.numpy() if cfg.per_residue else None,
-                               *_residue_info(data, ci, len(hk), cfg.per_residue))
-                writer.add_complex(name, ",".join(data.ids[ci] for ci in members), int(b.lengths[r]),
-                                   pooled[r].numpy())
+                    mean = masked_mean(h[r : r + 1], (chain_of == k)[None])[
+                        0
+                    ]  # over chain k's residues only
+                    writer.add(
+                        data.ids[ci],
+                        len(hk),
+                        mean.numpy(),
+                        hk.numpy() if cfg.per_residue else None,
+                        *_residue_info(data, ci, len(hk), cfg.per_residue),
+                    )
+                writer.add_complex(
+                    name,
+                    ",".join(data.ids[ci] for ci in members),
+                    int(b.lengths[r]),
+                    pooled[r].numpy(),
+                )
                 n_chains += len(members)
             bar.advance(task, len(batch_rows))
-    return {"chains": n_chains, "complexes": len(kept), "complexes_skipped": int((~fits).sum()), "chain_gap": cfg.chain_gap}
+    return {
+        "chains": n_chains,
+        "complexes": len(kept),
+        "complexes_skipped": int((~fits).sum()),
+        "chain_gap": cfg.chain_gap,
+    }
 
 
-def iter_pooled(model, data: ChainData, idx: np.ndarray, layer: int | None, use_coords: bool, max_length: int,
-                tokens_per_batch: int, device: str = "cpu"):
+def iter_pooled(
+    model,
+    data: ChainData,
+    idx: np.ndarray,
+    layer: int | None,
+    use_coords: bool,
+    max_length: int,
+    tokens_per_batch: int,
+    device: str = "cpu",
+):
     """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
     for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
     residues of each chain; clean, centred, unrotated inputs)."""
@@ -245,8 +384,18 @@ def iter_pooled(model, data: ChainData, idx: np.ndarray, layer: int | None, use_
         yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
 
 
-def iter_windowed(model, data: ChainData, idx: np.ndarray, layer: int | None, use_coords: bool, window: int,
-                  overlap: int, tokens_per_batch: int, device: str = "cpu", max_length: int | None = None):
+def iter_windowed(
+    model,
+    data: ChainData,
+    idx: np.ndarray,
+    layer: int | None,
+    use_coords: bool,
+    window: int,
+    overlap: int,
+    tokens_per_batch: int,
+    device: str = "cpu",
+    max_length: int | None = None,
+):
     """As :func:`iter_pooled` (same tuples, same order: by length), over whole chains (or their first
     ``max_length`` residues): chains of at most ``window`` residues go through :func:`iter_pooled`
     unchanged; longer ones through overlapping windows (``coordformer.data.windows``), each residue's
@@ -255,21 +404,32 @@ def iter_windowed(model, data: ChainData, idx: np.ndarray, layer: int | None, us
 
     lengths = data.lengths[idx] if max_length is None else np.minimum(data.lengths[idx], max_length)
     fits = lengths <= window
-    if fits.any():  # cropped to max_length where that is shorter than the window (not to the window)
+    if (
+        fits.any()
+    ):  # cropped to max_length where that is shorter than the window (not to the window)
         crop = window if max_length is None else min(window, max_length)
-        yield from iter_pooled(model, data, idx[fits], layer, use_coords, crop, tokens_per_batch, device)
+        yield from iter_pooled(
+            model, data, idx[fits], layer, use_coords, crop, tokens_per_batch, device
+        )
     if fits.all():
         return
     for b in unmasked_batches(data, idx[~fits], int(lengths[~fits].max()), tokens_per_batch):
         on = b.to(device)
         with torch.no_grad():
-            h = windowed_forward(lambda w: encode(model, w, layer, use_coords)[0], on, window, overlap,
-                                 max(tokens_per_batch, window))
+            h = windowed_forward(
+                lambda w: encode(model, w, layer, use_coords)[0],
+                on,
+                window,
+                overlap,
+                max(tokens_per_batch, window),
+            )
         mean = masked_mean(h, on.padding_mask)
         yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
 
 
-def _residue_info(data: ChainData, ci: int, n: int, per_residue: bool) -> tuple[str, np.ndarray | None]:
+def _residue_info(
+    data: ChainData, ci: int, n: int, per_residue: bool
+) -> tuple[str, np.ndarray | None]:
     """The sequence embedded for chain ``ci`` (its first ``n`` residues) and, for per-residue output
     only (else None: no coordinate read for mean-only runs), which of them had a CA in the input
     ([n] bool): rows without one were embedded from sequence alone (unresolved, put back by --seqres,
@@ -293,19 +453,39 @@ class _H5Writer:
         self.f = h5py.File(path, "w")
         for k, v in attrs.items():
             self.f.attrs[k] = v
-        self.ids = self.f.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
-        self.lengths = self.f.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True)
-        self.mean = self.f.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))
-        self.seqs = self.f.create_dataset("sequences", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
+        self.ids = self.f.create_dataset(
+            "ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True
+        )
+        self.lengths = self.f.create_dataset(
+            "lengths", (0,), maxshape=(None,), dtype="int64", chunks=True
+        )
+        self.mean = self.f.create_dataset(
+            "mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim)
+        )
+        self.seqs = self.f.create_dataset(
+            "sequences", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True
+        )
         self.res = self.f.create_group("residues") if per_residue else None
         self.has_ca = self.f.create_group("residue_has_ca") if per_residue else None
-        self.keys = self.f.create_dataset("residue_keys", (0,), maxshape=(None,), dtype=h5py.string_dtype(),
-                                          chunks=True) if per_residue else None
+        self.keys = (
+            self.f.create_dataset(
+                "residue_keys", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True
+            )
+            if per_residue
+            else None
+        )
         self.n = 0
         self.cx = None
 
-    def add(self, chain_id: str, length: int, mean: np.ndarray, residues: np.ndarray | None, sequence: str = "",
-            has_ca: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        chain_id: str,
+        length: int,
+        mean: np.ndarray,
+        residues: np.ndarray | None,
+        sequence: str = "",
+        has_ca: np.ndarray | None = None,
+    ) -> None:
         k = self.n
         for ds in (self.ids, self.lengths, self.mean, self.seqs):
             ds.resize(k + 1, axis=0)
@@ -316,7 +496,9 @@ class _H5Writer:
             self.keys[k] = key
             self.res.create_dataset(key, data=residues.astype(np.float16), compression="gzip")
             if has_ca is not None:
-                self.has_ca.create_dataset(key, data=np.asarray(has_ca, dtype=bool), compression="gzip")
+                self.has_ca.create_dataset(
+                    key, data=np.asarray(has_ca, dtype=bool), compression="gzip"
+                )
         self.n += 1
 
     def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
@@ -325,10 +507,18 @@ class _H5Writer:
         if self.cx is None:
             g = self.f.create_group("complexes")
             dim = self.mean.shape[1]
-            self.cx = [g.create_dataset("ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
-                       g.create_dataset("chains", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
-                       g.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True),
-                       g.create_dataset("mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim))]
+            self.cx = [
+                g.create_dataset(
+                    "ids", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True
+                ),
+                g.create_dataset(
+                    "chains", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True
+                ),
+                g.create_dataset("lengths", (0,), maxshape=(None,), dtype="int64", chunks=True),
+                g.create_dataset(
+                    "mean", (0, dim), maxshape=(None, dim), dtype="float32", chunks=(256, dim)
+                ),
+            ]
         k = self.cx[0].shape[0]
         for ds, v in zip(self.cx, (complex_id, members, length, mean)):
             ds.resize(k + 1, axis=0)
@@ -343,7 +533,15 @@ class _NpzWriter:
         self.ids, self.lengths, self.means, self.seqs = [], [], [], []
         self.complexes: list[tuple] = []
 
-    def add(self, chain_id: str, length: int, mean: np.ndarray, residues, sequence: str = "", has_ca=None) -> None:
+    def add(
+        self,
+        chain_id: str,
+        length: int,
+        mean: np.ndarray,
+        residues,
+        sequence: str = "",
+        has_ca=None,
+    ) -> None:
         self.ids.append(chain_id)
         self.lengths.append(length)
         self.means.append(mean)
@@ -356,11 +554,23 @@ class _NpzWriter:
         extra = {}
         if self.complexes:
             ids, members, lengths, means = zip(*self.complexes)
-            extra = {"complex_ids": np.array(ids), "complex_chains": np.array(members),
-                     "complex_lengths": np.array(lengths, dtype=np.int64), "complex_mean": np.stack(means)}
-        with open(path, "wb") as fh:  # a file object: np.savez would otherwise append ".npz" to the name
-            np.savez(fh, ids=np.array(self.ids), lengths=np.array(self.lengths, dtype=np.int64), mean=np.stack(self.means),
-                     sequences=np.array(self.seqs), **extra)
+            extra = {
+                "complex_ids": np.array(ids),
+                "complex_chains": np.array(members),
+                "complex_lengths": np.array(lengths, dtype=np.int64),
+                "complex_mean": np.stack(means),
+            }
+        with open(
+            path, "wb"
+        ) as fh:  # a file object: np.savez would otherwise append ".npz" to the name
+            np.savez(
+                fh,
+                ids=np.array(self.ids),
+                lengths=np.array(self.lengths, dtype=np.int64),
+                mean=np.stack(self.means),
+                sequences=np.array(self.seqs),
+                **extra,
+            )
 
 
 def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -372,4 +582,6 @@ def read_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     import h5py
 
     with h5py.File(path, "r") as f:
-        return [x.decode() if isinstance(x, bytes) else str(x) for x in f["ids"][:]], f["mean"][:].astype(np.float32)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in f["ids"][:]], f["mean"][
+            :
+        ].astype(np.float32)

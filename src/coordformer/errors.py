@@ -76,7 +76,9 @@ class OptionError(ConfigError):
         return flag_of(self.option)
 
     def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
-        if flags is not None and self.option not in flags:  # a parameter the command line does not have
+        if (
+            flags is not None and self.option not in flags
+        ):  # a parameter the command line does not have
             return f"{self.option}={self.value}: {with_flags(self.reason, flags)}"
         return f"{flag_of(self.option, flags)} {self.value}: {with_flags(self.reason, flags)}"
 
@@ -87,17 +89,33 @@ class SequenceTooLong(UsageError, ValueError):
     model (``crop_length`` or ``window``) if the caller has one, ``alternative`` a switch that lifts
     the bound instead (``windows``). The CLI names their flags (:meth:`flag_message`)."""
 
-    def __init__(self, length: int, max_len: int, chain_id: str | None = None,
-                 option: str | None = "crop_length", alternative: str | None = None):
-        self.length, self.max_len, self.chain_id, self.option = int(length), int(max_len), chain_id, option
+    def __init__(
+        self,
+        length: int,
+        max_len: int,
+        chain_id: str | None = None,
+        option: str | None = "crop_length",
+        alternative: str | None = None,
+    ):
+        self.length, self.max_len, self.chain_id, self.option = (
+            int(length),
+            int(max_len),
+            chain_id,
+            option,
+        )
         self.alternative = alternative
         fix = [f"lower `{option}` to {self.max_len} or less"] if option else []
         fix += [f"set `{alternative}=True`"] if alternative else []
-        super().__init__(f"{self._what()} exceeds the model's max_len {self.max_len}"
-                         + ("; " + " or ".join(fix) if fix else ""))
+        super().__init__(
+            f"{self._what()} exceeds the model's max_len {self.max_len}"
+            + ("; " + " or ".join(fix) if fix else "")
+        )
 
     def __reduce__(self):
-        return (type(self), (self.length, self.max_len, self.chain_id, self.option, self.alternative))
+        return (
+            type(self),
+            (self.length, self.max_len, self.chain_id, self.option, self.alternative),
+        )
 
     def _what(self) -> str:
         what = f"chain {self.chain_id}" if self.chain_id else "sequence"
@@ -106,8 +124,9 @@ class SequenceTooLong(UsageError, ValueError):
     def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
         fix = [f"use {flag_of(self.option, flags)} {self.max_len} or less"] if self.option else []
         fix += [flag_of(self.alternative, flags)] if self.alternative else []
-        return (f"{self._what()} exceeds the model's max_len {self.max_len}"
-                + ("; " + ", or ".join(fix) if fix else ""))
+        return f"{self._what()} exceeds the model's max_len {self.max_len}" + (
+            "; " + ", or ".join(fix) if fix else ""
+        )
 
 
 class TrainingDivergedError(CoordformerError):
@@ -125,10 +144,23 @@ class TrainingInterrupted(BaseException):
     128 + signal number (130 for SIGINT, 143 for SIGTERM).
     """
 
-    def __init__(self, message: str, signum: int, step: int | None = None, checkpoint: str | None = None,
-                 resumable: bool = False, report: bool = True):
+    def __init__(
+        self,
+        message: str,
+        signum: int,
+        step: int | None = None,
+        checkpoint: str | None = None,
+        resumable: bool = False,
+        report: bool = True,
+    ):
         super().__init__(message)
-        self.signum, self.step, self.checkpoint, self.resumable, self.report = signum, step, checkpoint, resumable, report
+        self.signum, self.step, self.checkpoint, self.resumable, self.report = (
+            signum,
+            step,
+            checkpoint,
+            resumable,
+            report,
+        )
 
     @property
     def exit_code(self) -> int:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import torch
 
 
-def random_rotation(n: int, generator: torch.Generator | None = None, dtype=torch.float32, dim: int = 3) -> torch.Tensor:
+def random_rotation(
+    n: int, generator: torch.Generator | None = None, dtype=torch.float32, dim: int = 3
+) -> torch.Tensor:
     """Uniformly distributed proper rotations (Haar measure on SO(dim)).
 
     Returns: [n, dim, dim] rotation matrices (det = +1), from ``rotation_from_gaussian`` of an
     [n, dim, dim] float64 standard normal draw.
     """
-    return rotation_from_gaussian(torch.randn(n, dim, dim, generator=generator, dtype=torch.float64), dtype)
+    return rotation_from_gaussian(
+        torch.randn(n, dim, dim, generator=generator, dtype=torch.float64), dtype
+    )
 
 
 def rotation_from_gaussian(g: torch.Tensor, dtype=torch.float32) -> torch.Tensor:

@@ -29,7 +29,9 @@ class Progress(_RichProgress):
     def __init__(self, *columns, disable: bool = False, **kwargs):
         super().__init__(*columns, disable=disable, **kwargs)
         self._plain = not disable and not self.console.is_terminal
-        if self._plain:  # rich keeps counting tasks but draws nothing; the lines below say where it is
+        if (
+            self._plain
+        ):  # rich keeps counting tasks but draws nothing; the lines below say where it is
             self.disable = True
         self._last_line = time.monotonic()
         self._ended = False
@@ -62,10 +64,15 @@ class Progress(_RichProgress):
         self._last_line = time.monotonic()
         self._shown = tuple(task.completed for task in self.tasks)
         for task in self.tasks:
-            done = f"{task.completed:g}" + (f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
-                                            if task.total else "")
+            done = f"{task.completed:g}" + (
+                f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)" if task.total else ""
+            )
             parts = [f"{task.description}: {done}", f"{_clock(task.elapsed)} elapsed"]
             if task.total and task.completed < task.total:
                 parts.append(f"ETA {_clock(task.time_remaining)}")
-            parts += [f"{k} {v}" if k in ("kept", "skipped") else str(v) for k, v in task.fields.items() if v != ""]
+            parts += [
+                f"{k} {v}" if k in ("kept", "skipped") else str(v)
+                for k, v in task.fields.items()
+                if v != ""
+            ]
             print(", ".join(parts), file=self.console.file, flush=True)

@@ -50,9 +50,14 @@ class AttentionAnalysisConfig(Record):
     def __post_init__(self):
         if self.bin_width <= 0 or self.max_distance <= self.bin_width:
             raise ConfigError("need 0 < bin_width < max_distance")
-        if self.max_separation < 1 or self.crop_length < 2 or self.tokens_per_batch < self.crop_length:
-            raise ConfigError("need max_separation >= 1, crop_length >= 2 and "
-                              "tokens_per_batch >= crop_length")
+        if (
+            self.max_separation < 1
+            or self.crop_length < 2
+            or self.tokens_per_batch < self.crop_length
+        ):
+            raise ConfigError(
+                "need max_separation >= 1, crop_length >= 2 and tokens_per_batch >= crop_length"
+            )
 
     @property
     def n_distance_bins(self) -> int:
@@ -77,7 +82,9 @@ class AttentionStats:
         nd, ns, nv = cfg.n_distance_bins, 2 * cfg.max_separation + 1, len(VALUE_EDGES)
         self.sum_dist = torch.zeros(n_layers, n_heads, nd, dtype=torch.float64)
         self.count_dist = torch.zeros(nd, dtype=torch.int64)
-        self.sum_d = torch.zeros(nd, dtype=torch.float64)  # fits use each bin's mean distance, not its centre
+        self.sum_d = torch.zeros(
+            nd, dtype=torch.float64
+        )  # fits use each bin's mean distance, not its centre
         self.hist_dist = torch.zeros(n_layers, n_heads, nd * nv, dtype=torch.int64)
         self.sum_sep = torch.zeros(n_layers, n_heads, ns, dtype=torch.float64)
         # "relative": each weight divided by its query's largest weight (scale-free, as in simulate)
@@ -87,7 +94,9 @@ class AttentionStats:
         self.hist_sep = torch.zeros(n_layers, n_heads, ns * nv, dtype=torch.int64)
         self.n_chains = 0
 
-    def add(self, attentions: list[torch.Tensor], ca: torch.Tensor, padding_mask: torch.Tensor) -> None:
+    def add(
+        self, attentions: list[torch.Tensor], ca: torch.Tensor, padding_mask: torch.Tensor
+    ) -> None:
         """attentions: per layer [B, H, L, L]; ca: [B, L, 3] Angstrom (NaN = missing); padding_mask [B, L]."""
         cfg = self.cfg
         nv = len(VALUE_EDGES)
@@ -107,8 +116,10 @@ class AttentionStats:
         for layer, a in enumerate(attentions):
             a = a.float().cpu().permute(1, 0, 2, 3)  # [H, B, L, L]
             rel = a / a.amax(-1, keepdim=True).clamp_min(1e-30)
-            for ok, bins, total, total_rel, hist in ((dist_ok, dist_bin, self.sum_dist, self.sum_dist_rel, self.hist_dist),
-                                                     (sep_ok, sep_bin, self.sum_sep, self.sum_sep_rel, self.hist_sep)):
+            for ok, bins, total, total_rel, hist in (
+                (dist_ok, dist_bin, self.sum_dist, self.sum_dist_rel, self.hist_dist),
+                (sep_ok, sep_bin, self.sum_sep, self.sum_sep_rel, self.hist_sep),
+            ):
                 vals = a[:, ok]  # [H, N]
                 total[layer].index_add_(1, bins, vals.double())
                 total_rel[layer].index_add_(1, bins, rel[:, ok].double())
@@ -153,13 +164,25 @@ class AttentionStats:
 
 
 @torch.no_grad()
-def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig, ablate: tuple[str, ...] = (),
-                      device: str = "cpu", progress: bool = True) -> AttentionStats:
+def collect_attention(
+    model,
+    data: PreparedDataset,
+    cfg: AttentionAnalysisConfig,
+    ablate: tuple[str, ...] = (),
+    device: str = "cpu",
+    progress: bool = True,
+) -> AttentionStats:
     """One pass over ``cfg.split`` (first ``cfg.max_chains`` chains, each cropped to its first
     ``cfg.crop_length`` residues) with clean, unmasked inputs. ``model`` is a CoordFormer or anything
     with the same ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions
     and plddt are passed only where the batch holds them, see ``Batch.inputs``)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     idx = data.split_indices(cfg.split)
     if cfg.max_chains:
@@ -170,8 +193,13 @@ def collect_attention(model, data: PreparedDataset, cfg: AttentionAnalysisConfig
         check_fits(data, idx, cfg.crop_length, model.config.max_len)
     model = model.to(device).eval()
     stats = None
-    with Progress(TextColumn("attention"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("attention"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("attention", total=len(idx))
         for b in unmasked_batches(data, idx, cfg.crop_length, cfg.tokens_per_batch, rotate=True):
             out = model(**b.to(device).inputs(), need_attention=True, ablate=ablate)
@@ -197,7 +225,12 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool) -> dict:
 
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
-    fail = {"amplitude": math.nan, "mean": 0.0 if zero_mean else math.nan, "sigma": math.nan, "r2": math.nan}
+    fail = {
+        "amplitude": math.nan,
+        "mean": 0.0 if zero_mean else math.nan,
+        "sigma": math.nan,
+        "r2": math.nan,
+    }
     if len(x) < 3 or not np.any(y > 0):
         return fail
     span = float(x.max() - x.min()) or 1.0
@@ -205,12 +238,24 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool) -> dict:
         if zero_mean:
             # start from the half-height crossing, a robust guess for sigma
             half = x[np.argmax(y < y.max() / 2)] if np.any(y < y.max() / 2) else span
-            p, _ = curve_fit(_gauss0, x, y, p0=(y.max(), max(half / 1.18, 1e-3)),
-                             bounds=([0.0, 1e-3], [np.inf, 1e3 * span]), maxfev=20000)
+            p, _ = curve_fit(
+                _gauss0,
+                x,
+                y,
+                p0=(y.max(), max(half / 1.18, 1e-3)),
+                bounds=([0.0, 1e-3], [np.inf, 1e3 * span]),
+                maxfev=20000,
+            )
             pred, res = _gauss0(x, *p), {"amplitude": p[0], "mean": 0.0, "sigma": p[1]}
         else:
-            p, _ = curve_fit(_gauss, x, y, p0=(y.max(), x[np.argmax(y)], span / 8),
-                             bounds=([0.0, x.min() - span, 1e-3], [np.inf, x.max() + span, 1e3 * span]), maxfev=20000)
+            p, _ = curve_fit(
+                _gauss,
+                x,
+                y,
+                p0=(y.max(), x[np.argmax(y)], span / 8),
+                bounds=([0.0, x.min() - span, 1e-3], [np.inf, x.max() + span, 1e3 * span]),
+                maxfev=20000,
+            )
             pred, res = _gauss(x, *p), {"amplitude": p[0], "mean": p[1], "sigma": p[2]}
     except (RuntimeError, ValueError):
         return fail
@@ -233,8 +278,16 @@ def fit_all(stats: AttentionStats) -> list[dict]:
             for layer in range(mean.shape[0]):
                 for head in range(mean.shape[1]):
                     f = fit_gaussian(xs, mean[layer, head], zero_mean=zero)
-                    rows.append({"layer": layer + 1, "head": head, "kind": kind, "quantity": quantity, **f,
-                                 "n_pairs": n_pairs})
+                    rows.append(
+                        {
+                            "layer": layer + 1,
+                            "head": head,
+                            "kind": kind,
+                            "quantity": quantity,
+                            **f,
+                            "n_pairs": n_pairs,
+                        }
+                    )
     return rows
 
 
@@ -248,9 +301,18 @@ ABLATIONS = {"none": (), "no-coords": ("coords",), "no-positions": ("positions",
 LOCAL_R2, LOCAL_SIGMA, LOCAL_SEQ_SIGMA = 0.8, 12.0, 4.0
 
 
-def _fit(fits: list[dict], layer: int, head: int, kind: str, ablation: str, quantity: str = "attention") -> dict:
-    return next(f for f in fits if f["layer"] == layer and f["head"] == head and f["kind"] == kind
-                and f["ablation"] == ablation and f["quantity"] == quantity)
+def _fit(
+    fits: list[dict], layer: int, head: int, kind: str, ablation: str, quantity: str = "attention"
+) -> dict:
+    return next(
+        f
+        for f in fits
+        if f["layer"] == layer
+        and f["head"] == head
+        and f["kind"] == kind
+        and f["ablation"] == ablation
+        and f["quantity"] == quantity
+    )
 
 
 def classify_heads(fits: list[dict]) -> list[dict]:
@@ -258,17 +320,33 @@ def classify_heads(fits: list[dict]) -> list[dict]:
     out = []
     ablations = {f["ablation"] for f in fits}
     for layer, head in sorted({(f["layer"], f["head"]) for f in fits}):
-        full_d, full_s = _fit(fits, layer, head, "distance", "none"), _fit(fits, layer, head, "separation", "none")
-        rec = {"layer": layer, "head": head, "sigma_3d": full_d["sigma"], "r2_3d": full_d["r2"],
-               "sigma_seq": full_s["sigma"], "mu_seq": full_s["mean"], "r2_seq": full_s["r2"]}
+        full_d, full_s = (
+            _fit(fits, layer, head, "distance", "none"),
+            _fit(fits, layer, head, "separation", "none"),
+        )
+        rec = {
+            "layer": layer,
+            "head": head,
+            "sigma_3d": full_d["sigma"],
+            "r2_3d": full_d["r2"],
+            "sigma_seq": full_s["sigma"],
+            "mu_seq": full_s["mean"],
+            "r2_seq": full_s["r2"],
+        }
         if "no-positions" in ablations:
             d = _fit(fits, layer, head, "distance", "no-positions")
-            rec.update(sigma_3d_only=d["sigma"], r2_3d_only=d["r2"],
-                       local_3d=bool(d["r2"] >= LOCAL_R2 and d["sigma"] <= LOCAL_SIGMA))
+            rec.update(
+                sigma_3d_only=d["sigma"],
+                r2_3d_only=d["r2"],
+                local_3d=bool(d["r2"] >= LOCAL_R2 and d["sigma"] <= LOCAL_SIGMA),
+            )
         if "no-coords" in ablations:
             s = _fit(fits, layer, head, "separation", "no-coords")
-            rec.update(sigma_seq_only=s["sigma"], r2_seq_only=s["r2"],
-                       local_seq=bool(s["r2"] >= LOCAL_R2 and s["sigma"] <= LOCAL_SEQ_SIGMA))
+            rec.update(
+                sigma_seq_only=s["sigma"],
+                r2_seq_only=s["r2"],
+                local_seq=bool(s["r2"] >= LOCAL_R2 and s["sigma"] <= LOCAL_SEQ_SIGMA),
+            )
         out.append(rec)
     return out
 
@@ -277,9 +355,17 @@ def _fmt(v: float, digits: int = 1) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: AttentionAnalysisConfig,
-                      ablations: tuple[str, ...] = tuple(ABLATIONS), device: str = "cpu", progress: bool = True,
-                      echo=print, command: str = "") -> dict:
+def analyze_attention(
+    checkpoints: list[str],
+    data_dir: str,
+    out: str,
+    cfg: AttentionAnalysisConfig,
+    ablations: tuple[str, ...] = tuple(ABLATIONS),
+    device: str = "cpu",
+    progress: bool = True,
+    echo=print,
+    command: str = "",
+) -> dict:
     """Attention-versus-distance analysis of one or more checkpoints on one prepared dataset.
 
     Writes to ``out``: fits.csv (every layer/head/kind/quantity/ablation/model), binned.csv (the
@@ -297,7 +383,9 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
 
     bad = [a for a in ablations if a not in ABLATIONS]
     if bad or "none" not in ablations:
-        raise OptionError("ablations", ablations, f"must include 'none' and be among {', '.join(ABLATIONS)}")
+        raise OptionError(
+            "ablations", ablations, f"must include 'none' and be among {', '.join(ABLATIONS)}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = PreparedDataset(data_dir)
@@ -318,7 +406,9 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
                 st = done["none"]
             else:
                 echo(f"{label}: attention pass, ablation {ab}")
-                st = collect_attention(model, data, cfg, ablate=ABLATIONS[ab], device=device, progress=progress)
+                st = collect_attention(
+                    model, data, cfg, ablate=ABLATIONS[ab], device=device, progress=progress
+                )
             done[ab] = st
             rows = [{"model": label, "ablation": ab, **r} for r in fit_all(st)]
             fits += rows
@@ -329,84 +419,161 @@ def analyze_attention(checkpoints: list[str], data_dir: str, out: str, cfg: Atte
                     for layer in range(mean.shape[0]):
                         for h in range(mean.shape[1]):
                             for x, m, c in zip(xs, mean[layer, h], counts):
-                                binned.append({"model": label, "ablation": ab, "quantity": quantity, "kind": kind,
-                                               "layer": layer + 1, "head": h, "x": float(x), "mean": float(m), "pairs": int(c)})
+                                binned.append(
+                                    {
+                                        "model": label,
+                                        "ablation": ab,
+                                        "quantity": quantity,
+                                        "kind": kind,
+                                        "layer": layer + 1,
+                                        "head": h,
+                                        "x": float(x),
+                                        "mean": float(m),
+                                        "pairs": int(c),
+                                    }
+                                )
             if ab == "none":
                 stats_none[label] = st
                 for layer in range(1, st.sum_dist.shape[0] + 1):
-                    plots.attention_layer_figure(st, rows, layer, out / f"{label}_layer{layer}.png",
-                                                 title=f"{label}, layer {layer} ({st.n_chains} chains, split {cfg.split})")
+                    plots.attention_layer_figure(
+                        st,
+                        rows,
+                        layer,
+                        out / f"{label}_layer{layer}.png",
+                        title=f"{label}, layer {layer} ({st.n_chains} chains, split {cfg.split})",
+                    )
         all_fits += fits
         heads[label] = classify_heads(fits)
-    for name, rows in (("fits.csv", all_fits), ("binned.csv", binned),
-                       ("heads.csv", [{"model": m, **r} for m, rs in heads.items() for r in rs])):
+    for name, rows in (
+        ("fits.csv", all_fits),
+        ("binned.csv", binned),
+        ("heads.csv", [{"model": m, **r} for m, rs in heads.items() for r in rs]),
+    ):
         with open(out / name, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    plots.attention_summary_figure({m: [f for f in all_fits if f["model"] == m and f["ablation"] == "none"] for m in labels},
-                                   out / "summary.png", min_r2=LOCAL_R2)
+    plots.attention_summary_figure(
+        {m: [f for f in all_fits if f["model"] == m and f["ablation"] == "none"] for m in labels},
+        out / "summary.png",
+        min_r2=LOCAL_R2,
+    )
     recovery = None
     if len(models) >= 2:
         from ..eval.mlm import evaluate_mlm
 
-        res = [evaluate_mlm(m, data, split=cfg.split, max_chains=cfg.max_chains, device=device, progress=progress)
-               for m in models[:2]]
-        diff = {a: (None if res[0]["per_residue_recovery"][a] is None else
-                    res[0]["per_residue_recovery"][a] - res[1]["per_residue_recovery"][a])
-                for a in res[0]["per_residue_recovery"]}
-        recovery = {"models": labels[:2], "recovery": [r["recovery"] for r in res],
-                    "perplexity": [r["perplexity"] for r in res], "difference": diff,
-                    "n_masked": res[0]["n_masked"]}
-        plots.recovery_difference_figure(diff, out / "recovery.png",
-                                         f"per-residue recovery, {labels[0]} minus {labels[1]} ({res[0]['n_masked']} masked residues)")
+        res = [
+            evaluate_mlm(
+                m,
+                data,
+                split=cfg.split,
+                max_chains=cfg.max_chains,
+                device=device,
+                progress=progress,
+            )
+            for m in models[:2]
+        ]
+        diff = {
+            a: (
+                None
+                if res[0]["per_residue_recovery"][a] is None
+                else res[0]["per_residue_recovery"][a] - res[1]["per_residue_recovery"][a]
+            )
+            for a in res[0]["per_residue_recovery"]
+        }
+        recovery = {
+            "models": labels[:2],
+            "recovery": [r["recovery"] for r in res],
+            "perplexity": [r["perplexity"] for r in res],
+            "difference": diff,
+            "n_masked": res[0]["n_masked"],
+        }
+        plots.recovery_difference_figure(
+            diff,
+            out / "recovery.png",
+            f"per-residue recovery, {labels[0]} minus {labels[1]} ({res[0]['n_masked']} masked residues)",
+        )
     pairs_3d = {m: int(st.count_dist.sum()) for m, st in stats_none.items()}
-    _write_report(out / "report.md", labels, heads, recovery, cfg, data, command, ablations, pairs_3d)
-    (out / "analysis.json").write_text(json.dumps({"config": cfg.to_dict(), "checkpoints": list(map(str, checkpoints)),
-                                                   "labels": labels, "data": str(data_dir), "ablations": list(ablations),
-                                                   "command": command, "recovery": recovery}, indent=2))
+    _write_report(
+        out / "report.md", labels, heads, recovery, cfg, data, command, ablations, pairs_3d
+    )
+    (out / "analysis.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "checkpoints": list(map(str, checkpoints)),
+                "labels": labels,
+                "data": str(data_dir),
+                "ablations": list(ablations),
+                "command": command,
+                "recovery": recovery,
+            },
+            indent=2,
+        )
+    )
     return {"fits": all_fits, "heads": heads, "recovery": recovery}
 
 
-def _write_report(path, labels, heads, recovery, cfg, data, command, ablations, pairs_3d=None) -> None:
+def _write_report(
+    path, labels, heads, recovery, cfg, data, command, ablations, pairs_3d=None
+) -> None:
     n_chains = min(len(data.split_indices(cfg.split)), cfg.max_chains or 10**9)
-    lines = ["# Attention versus distance", "",
-             f"Data: `{data.path}`, split `{cfg.split}`, {n_chains} chains (first {cfg.crop_length} residues each), "
-             f"distance bins {cfg.bin_width:g} Å up to {cfg.max_distance:g} Å, separations ±{cfg.max_separation}.",
-             f"Command: `{command}`" if command else "", "",
-             "Fits are on the mean attention weight per bin: zero-mean Gaussian of CA-CA distance (σ in Å) and a "
-             "free-mean Gaussian of sequence separation j - i (σ and μ in residues).",
-             f"A head is called **3D-local** when, with the positional encoding zeroed (3D signal only), its distance "
-             f"fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SIGMA:g} Å; **sequence-local** when, with the coordinates zeroed, "
-             f"its separation fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SEQ_SIGMA:g} residues. These thresholds are a "
-             "heuristic; fits.csv holds every number.", ""]
+    lines = [
+        "# Attention versus distance",
+        "",
+        f"Data: `{data.path}`, split `{cfg.split}`, {n_chains} chains (first {cfg.crop_length} residues each), "
+        f"distance bins {cfg.bin_width:g} Å up to {cfg.max_distance:g} Å, separations ±{cfg.max_separation}.",
+        f"Command: `{command}`" if command else "",
+        "",
+        "Fits are on the mean attention weight per bin: zero-mean Gaussian of CA-CA distance (σ in Å) and a "
+        "free-mean Gaussian of sequence separation j - i (σ and μ in residues).",
+        f"A head is called **3D-local** when, with the positional encoding zeroed (3D signal only), its distance "
+        f"fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SIGMA:g} Å; **sequence-local** when, with the coordinates zeroed, "
+        f"its separation fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SEQ_SIGMA:g} residues. These thresholds are a "
+        "heuristic; fits.csv holds every number.",
+        "",
+    ]
     for label in labels:
         hs = heads[label]
         n3 = sum(h.get("local_3d", False) for h in hs)
         ns = sum(h.get("local_seq", False) for h in hs)
         lines += [f"## {label}", "", f"{n3} of {len(hs)} heads 3D-local, {ns} sequence-local.", ""]
         if not n3:  # a result, not a failure: say why it may be so
-            why = ("the data hold no CA-CA distances within the cut-off (no coordinates)"
-                   if pairs_3d is not None and not pairs_3d.get(label) else
-                   "the 3D-only ablation (no-positions) was not run" if "no-positions" not in ablations else
-                   "no head's attention falls off with 3D distance like a Gaussian (an untrained or weakly trained "
-                   "model, a sequence-only model, or too few chains)")
+            why = (
+                "the data hold no CA-CA distances within the cut-off (no coordinates)"
+                if pairs_3d is not None and not pairs_3d.get(label)
+                else "the 3D-only ablation (no-positions) was not run"
+                if "no-positions" not in ablations
+                else "no head's attention falls off with 3D distance like a Gaussian (an untrained or weakly trained "
+                "model, a sequence-only model, or too few chains)"
+            )
             lines += [f"**No 3D-local heads**: {why}.", ""]
-        lines += ["| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for h in hs:
-            lines.append(f"| {h['layer']} | {h['head']} | {_fmt(h['sigma_3d'])} | {_fmt(h['r2_3d'], 2)} | "
-                         f"{_fmt(h.get('sigma_3d_only', math.nan))} | {_fmt(h.get('r2_3d_only', math.nan), 2)} | "
-                         f"{_fmt(h['sigma_seq'])} | {_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
-                         f"{'yes' if h.get('local_3d') else ''} | {'yes' if h.get('local_seq') else ''} |")
+            lines.append(
+                f"| {h['layer']} | {h['head']} | {_fmt(h['sigma_3d'])} | {_fmt(h['r2_3d'], 2)} | "
+                f"{_fmt(h.get('sigma_3d_only', math.nan))} | {_fmt(h.get('r2_3d_only', math.nan), 2)} | "
+                f"{_fmt(h['sigma_seq'])} | {_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
+                f"{'yes' if h.get('local_3d') else ''} | {'yes' if h.get('local_seq') else ''} |"
+            )
         lines.append("")
     if recovery:
         a, b = recovery["models"]
-        lines += [f"## Recovery: {a} vs {b}", "",
-                  f"Masked-residue recovery {100 * recovery['recovery'][0]:.1f}% vs {100 * recovery['recovery'][1]:.1f}%, "
-                  f"perplexity {recovery['perplexity'][0]:.2f} vs {recovery['perplexity'][1]:.2f} "
-                  f"({recovery['n_masked']} masked residues, same masks).", "", "![recovery](recovery.png)", "",
-                  "| residue | difference (pt) |", "|---|---|"]
+        lines += [
+            f"## Recovery: {a} vs {b}",
+            "",
+            f"Masked-residue recovery {100 * recovery['recovery'][0]:.1f}% vs {100 * recovery['recovery'][1]:.1f}%, "
+            f"perplexity {recovery['perplexity'][0]:.2f} vs {recovery['perplexity'][1]:.2f} "
+            f"({recovery['n_masked']} masked residues, same masks).",
+            "",
+            "![recovery](recovery.png)",
+            "",
+            "| residue | difference (pt) |",
+            "|---|---|",
+        ]
         for aa, v in sorted(recovery["difference"].items(), key=lambda t: -(t[1] or -1e9)):
             lines.append(f"| {aa} | {_fmt(None if v is None else 100 * v)} |")
         lines.append("")

@@ -22,7 +22,9 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def per_residue_recovery_figure(results: dict[str, dict], path: str | Path, title: str = "") -> Path:
+def per_residue_recovery_figure(
+    results: dict[str, dict], path: str | Path, title: str = ""
+) -> Path:
     """Grouped bars of per-amino-acid recovery, one group per residue, one bar per model.
 
     results: {model label: evaluate_mlm() output}.
@@ -34,7 +36,12 @@ def per_residue_recovery_figure(results: dict[str, dict], path: str | Path, titl
     for k, lab in enumerate(labels):
         per = results[lab]["per_residue_recovery"]
         vals = [per.get(a) if per.get(a) is not None else np.nan for a in AMINO_ACIDS]
-        ax.bar(x + (k - (len(labels) - 1) / 2) * width, vals, width, label=f"{lab} (overall {results[lab]['recovery']:.1%})")
+        ax.bar(
+            x + (k - (len(labels) - 1) / 2) * width,
+            vals,
+            width,
+            label=f"{lab} (overall {results[lab]['recovery']:.1%})",
+        )
     ax.set_xticks(x, list(AMINO_ACIDS))
     ax.set_ylabel("recovery of masked residues")
     ax.set_xlabel("true amino acid")
@@ -49,10 +56,26 @@ def construction_figure(attn_rows: list[dict], ffn_rows: list[dict], path: str |
     """Left: attention error vs head dimension (relative to n); right: |x|^2 FFN error vs width."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for n in sorted({r["n"] for r in attn_rows}):
-        fit = sorted((r["d_head"] - n, r["mean_abs_error"]) for r in attn_rows if r["n"] == n and r["method"] != "constructed")
-        a1.plot([f[0] for f in fit], [max(f[1], 1e-17) for f in fit], "o-", label=f"best fit, n = {n}")
-        con = sorted((r["d_head"] - n, r["mean_abs_error"]) for r in attn_rows if r["n"] == n and r["method"] == "constructed")
-        a1.plot([c[0] for c in con], [max(c[1], 1e-17) for c in con], "k*", ms=10, label="constructed" if n == 1 else None)
+        fit = sorted(
+            (r["d_head"] - n, r["mean_abs_error"])
+            for r in attn_rows
+            if r["n"] == n and r["method"] != "constructed"
+        )
+        a1.plot(
+            [f[0] for f in fit], [max(f[1], 1e-17) for f in fit], "o-", label=f"best fit, n = {n}"
+        )
+        con = sorted(
+            (r["d_head"] - n, r["mean_abs_error"])
+            for r in attn_rows
+            if r["n"] == n and r["method"] == "constructed"
+        )
+        a1.plot(
+            [c[0] for c in con],
+            [max(c[1], 1e-17) for c in con],
+            "k*",
+            ms=10,
+            label="constructed" if n == 1 else None,
+        )
     a1.set_yscale("log")
     a1.set_xticks([0, 1, 2], ["n", "n + 1", "n + 2"])
     a1.set_xlabel("head dimension")
@@ -76,8 +99,12 @@ def _median_band(rows: list[dict], x: str, y: str = "test_l1"):
         if np.isfinite(r[y]):
             by.setdefault(r[x], []).append(r[y])
     xs = sorted(by)
-    return (np.array(xs, dtype=float), np.array([np.median(by[v]) for v in xs]),
-            np.array([min(by[v]) for v in xs]), np.array([max(by[v]) for v in xs]))
+    return (
+        np.array(xs, dtype=float),
+        np.array([np.median(by[v]) for v in xs]),
+        np.array([min(by[v]) for v in xs]),
+        np.array([max(by[v]) for v in xs]),
+    )
 
 
 def _lines_per_n(ax, rows: list[dict], x: str) -> list[int]:
@@ -108,14 +135,19 @@ def headdim_figure(rows: list[dict], path: str | Path) -> Path:
     one line per spatial dimension n (median over seeds, band = range); dotted lines mark the
     theoretical requirement (n + 1 for per-query-normalised output, n + 2 for raw)."""
     panels = sorted({(r["regime"], r["output"]) for r in rows}, key=lambda t: (t[1] != "row", t[0]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False, sharey=True
+    )
     for ax, (regime, output) in zip(axes[0], panels):
         sub = [r for r in rows if r["regime"] == regime and r["output"] == output]
         for i, n in enumerate(_lines_per_n(ax, sub, "d_out")):
             ax.axvline(n + (1 if output == "row" else 2), color=f"C{i}", ls=":", lw=1)
         ax.set_yscale("log")
         ax.set_xlabel("per-head dimension of the output attention")
-        ax.set_title(f"{regime} optimisation, {'exp(l - max_j l)' if output == 'row' else 'exp(l) (raw)'}", fontsize=9)
+        ax.set_title(
+            f"{regime} optimisation, {'exp(l - max_j l)' if output == 'row' else 'exp(l) (raw)'}",
+            fontsize=9,
+        )
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test L1 (best validation weights)")
     return _save(fig, path)
@@ -141,8 +173,22 @@ def augment_figure(rows: list[dict], path: str | Path) -> Path:
         color = "C1" if r["augment"] else "C0"
         name = "rotations" if r["augment"] else "no rotations"
         first = r["seed"] == min(q["seed"] for q in rows)
-        ax.plot(c["step"], c["train_l1"], "--", color=color, alpha=0.8, label=f"{name}: train" if first else None)
-        ax.plot(c["step"], c["valid_l1"], "-", color=color, alpha=0.8, label=f"{name}: validation" if first else None)
+        ax.plot(
+            c["step"],
+            c["train_l1"],
+            "--",
+            color=color,
+            alpha=0.8,
+            label=f"{name}: train" if first else None,
+        )
+        ax.plot(
+            c["step"],
+            c["valid_l1"],
+            "-",
+            color=color,
+            alpha=0.8,
+            label=f"{name}: validation" if first else None,
+        )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("L1")
@@ -151,7 +197,9 @@ def augment_figure(rows: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def attention_layer_figure(stats, fits: list[dict], layer: int, path: str | Path, title: str = "") -> Path:
+def attention_layer_figure(
+    stats, fits: list[dict], layer: int, path: str | Path, title: str = ""
+) -> Path:
     """One layer: per head, attention against CA-CA distance (top) and sequence separation (bottom):
     10-90 and 25-75 percentile bands, median, mean and the fitted Gaussian (from ``fit_all`` rows,
     quantity "attention"). ``layer`` counts from 1."""
@@ -167,13 +215,24 @@ def attention_layer_figure(stats, fits: list[dict], layer: int, path: str | Path
             ax.fill_between(xs, p25[h], p75[h], color="C0", alpha=0.3, lw=0)
             ax.plot(xs, p50[h], color="C0", lw=0.8)
             ax.plot(xs, mean[h], "k.", ms=3)
-            fit = next((f for f in fits if f["layer"] == layer and f["head"] == h and f["kind"] == kind
-                        and f.get("quantity", "attention") == "attention"), None)
+            fit = next(
+                (
+                    f
+                    for f in fits
+                    if f["layer"] == layer
+                    and f["head"] == h
+                    and f["kind"] == kind
+                    and f.get("quantity", "attention") == "attention"
+                ),
+                None,
+            )
             shown = np.concatenate([p10[h], mean[h]])
             shown = shown[np.isfinite(shown) & (shown > 0)]
             if fit and np.isfinite(fit["sigma"]):
                 grid = np.linspace(xs.min(), xs.max(), 200)
-                curve = fit["amplitude"] * np.exp(-((grid - fit["mean"]) ** 2) / (2 * fit["sigma"] ** 2))
+                curve = fit["amplitude"] * np.exp(
+                    -((grid - fit["mean"]) ** 2) / (2 * fit["sigma"] ** 2)
+                )
                 ax.plot(grid, curve, "C3", lw=1)
                 unit = "Å" if kind == "distance" else "res"
                 ax.set_title(f"h{h}: σ={fit['sigma']:.1f} {unit}, R²={fit['r2']:.2f}", fontsize=7)
@@ -193,18 +252,36 @@ def attention_layer_figure(stats, fits: list[dict], layer: int, path: str | Path
     return _save(fig, path)
 
 
-def attention_summary_figure(fits_by_model: dict[str, list[dict]], path: str | Path, min_r2: float = 0.8) -> Path:
+def attention_summary_figure(
+    fits_by_model: dict[str, list[dict]], path: str | Path, min_r2: float = 0.8
+) -> Path:
     """Fitted sigma and amplitude per layer, 3D distance vs sequence separation, one colour per model.
     Only heads whose fit reaches R² >= min_r2 are drawn (others are not Gaussian-like)."""
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
     for i, (label, fits) in enumerate(fits_by_model.items()):
         for col, kind in enumerate(("distance", "separation")):
-            sub = [f for f in fits if f["kind"] == kind and f.get("quantity", "attention") == "attention"
-                   and np.isfinite(f["r2"]) and f["r2"] >= min_r2]
+            sub = [
+                f
+                for f in fits
+                if f["kind"] == kind
+                and f.get("quantity", "attention") == "attention"
+                and np.isfinite(f["r2"])
+                and f["r2"] >= min_r2
+            ]
             jitter = (i - (len(fits_by_model) - 1) / 2) * 0.12
-            axes[0][col].scatter([f["layer"] + jitter for f in sub], [f["sigma"] for f in sub], s=14, color=f"C{i}",
-                                 label=label)
-            axes[1][col].scatter([f["layer"] + jitter for f in sub], [f["amplitude"] for f in sub], s=14, color=f"C{i}")
+            axes[0][col].scatter(
+                [f["layer"] + jitter for f in sub],
+                [f["sigma"] for f in sub],
+                s=14,
+                color=f"C{i}",
+                label=label,
+            )
+            axes[1][col].scatter(
+                [f["layer"] + jitter for f in sub],
+                [f["amplitude"] for f in sub],
+                s=14,
+                color=f"C{i}",
+            )
     axes[0][0].set_ylabel("σ (Å)")
     axes[0][1].set_ylabel("σ (residues)")
     axes[0][0].set_title(f"3D distance (heads with R² ≥ {min_r2})", fontsize=9)
@@ -226,11 +303,17 @@ def attention_summary_figure(fits_by_model: dict[str, list[dict]], path: str | P
 
 
 def _has_positive(ax) -> bool:
-    return any(np.any(np.asarray(c.get_offsets())[:, 1] > 0) for c in ax.collections if len(c.get_offsets()))
+    return any(
+        np.any(np.asarray(c.get_offsets())[:, 1] > 0)
+        for c in ax.collections
+        if len(c.get_offsets())
+    )
 
 
 def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")
+    ax.text(
+        0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4"
+    )
     ax.set_yticks([])
 
 
@@ -238,15 +321,23 @@ def recovery_difference_figure(diff: dict[str, float], path: str | Path, title: 
     """Bars of per-amino-acid recovery difference (percentage points), sorted."""
     items = sorted(((a, v) for a, v in diff.items() if v is not None), key=lambda t: -t[1])
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar([a for a, _ in items], [100 * v for _, v in items], color=["C2" if v >= 0 else "C3" for _, v in items])
+    ax.bar(
+        [a for a, _ in items],
+        [100 * v for _, v in items],
+        color=["C2" if v >= 0 else "C3" for _, v in items],
+    )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("recovery difference (pt)")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
-def per_position_score_figure(chains: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "",
-                              max_chains: int = 12) -> Path:
+def per_position_score_figure(
+    chains: list[tuple[str, np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str = "",
+    max_chains: int = 12,
+) -> Path:
     """``coordformer score``: per chain (one panel each, the first ``max_chains``), log p(native) with
     the residue masked and the entropy of that masked marginal, against the 1-based residue index.
 
@@ -256,7 +347,9 @@ def per_position_score_figure(chains: list[tuple[str, np.ndarray, np.ndarray]], 
     for ax, (cid, lp, ent) in zip(axes[:, 0], shown):
         x = np.arange(1, len(lp) + 1)
         ax.plot(x, lp, lw=0.9, color="tab:blue", label="log p(native | masked)")
-        ax.plot(x, -np.asarray(ent), lw=0.8, color="tab:orange", alpha=0.7, label="- entropy (nats)")
+        ax.plot(
+            x, -np.asarray(ent), lw=0.8, color="tab:orange", alpha=0.7, label="- entropy (nats)"
+        )
         ax.axhline(-np.log(20), color="grey", lw=0.6, ls="--", label="uniform over 20")
         ax.set_xlim(0.5, len(lp) + 0.5)
         ok = np.isfinite(lp)
@@ -266,15 +359,21 @@ def per_position_score_figure(chains: list[tuple[str, np.ndarray, np.ndarray]], 
     axes[0, 0].legend(fontsize=7, loc="lower right", ncol=3)
     axes[-1, 0].set_xlabel("residue (1-based index)")
     if len(chains) > len(shown):
-        axes[-1, 0].annotate(f"{len(chains) - len(shown)} more chains not shown", (0.99, 0.02), xycoords="axes fraction",
-                             ha="right", fontsize=7)
+        axes[-1, 0].annotate(
+            f"{len(chains) - len(shown)} more chains not shown",
+            (0.99, 0.02),
+            xycoords="axes fraction",
+            ha="right",
+            fontsize=7,
+        )
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def mutation_score_figure(points: list[tuple[str, int, float]], path: str | Path, title: str = "",
-                          max_chains: int = 6) -> Path:
+def mutation_score_figure(
+    points: list[tuple[str, int, float]], path: str | Path, title: str = "", max_chains: int = 6
+) -> Path:
     """``coordformer score --mutations``: single-substitution scores against the 1-based residue
     index, one panel per chain (the first ``max_chains``), with the per-position mean.
 
@@ -287,7 +386,9 @@ def mutation_score_figure(points: list[tuple[str, int, float]], path: str | Path
     for ax, cid in zip(axes[:, 0], names):
         pts = np.asarray(by.get(cid, []), dtype=np.float64).reshape(-1, 2)
         if len(pts):
-            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.35, color="tab:blue", label="substitution")
+            ax.scatter(
+                pts[:, 0], pts[:, 1], s=4, alpha=0.35, color="tab:blue", label="substitution"
+            )
             pos = np.unique(pts[:, 0])
             mean = np.array([pts[pts[:, 0] == p, 1].mean() for p in pos])
             ax.plot(pos, mean, lw=0.9, color="tab:red", label="mean per position")

@@ -41,7 +41,10 @@ def seed_for(*parts: int | str) -> int:
 
 
 def token_budget_batches(
-    lengths: np.ndarray, tokens_per_batch: int, rng: np.random.Generator | None, pool_batches: int = 50
+    lengths: np.ndarray,
+    tokens_per_batch: int,
+    rng: np.random.Generator | None,
+    pool_batches: int = 50,
 ) -> list[np.ndarray]:
     """Group chain indices into batches whose padded size (n * max length) fits a token budget.
 
@@ -59,7 +62,11 @@ def token_budget_batches(
         mean_len = max(float(np.mean(lengths)), 1.0)
         pool = max(int(pool_batches * tokens_per_batch / mean_len), 1)
         chunks = [order[i : i + pool] for i in range(0, n, pool)]
-        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks]) if chunks else order
+        order = (
+            np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+            if chunks
+            else order
+        )
     else:
         order = order[np.argsort(lengths[order], kind="stable")]
     batches, cur, cur_max = [], [], 0
@@ -100,11 +107,17 @@ class BatchSettings(BatchConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.withhold is not None and self.withhold not in WITHHOLD:
-            raise ConfigError(f"withhold must be one of {', '.join(WITHHOLD)}, not {self.withhold!r}")
+            raise ConfigError(
+                f"withhold must be one of {', '.join(WITHHOLD)}, not {self.withhold!r}"
+            )
         if self.withhold is not None and (self.drop_chain_coords or self.drop_span_coords):
-            raise ConfigError("an evaluation condition (withhold) replaces structure dropout: "
-                              "leave drop_*_coords at 0")
-        if self.withhold == "cut" and self.crop_mode == "spatial":  # explicit positions would not close up
+            raise ConfigError(
+                "an evaluation condition (withhold) replaces structure dropout: "
+                "leave drop_*_coords at 0"
+            )
+        if (
+            self.withhold == "cut" and self.crop_mode == "spatial"
+        ):  # explicit positions would not close up
             raise ConfigError("withhold 'cut' works with sequence crops only")
 
     @classmethod
@@ -151,7 +164,9 @@ def spatial_crop(ca: np.ndarray, k: int, centre: int) -> np.ndarray:
     d = np.linalg.norm(ca - ca[centre], axis=-1)
     missing = np.isnan(d)
     key = np.where(missing, np.inf, d)
-    order = np.lexsort((np.abs(np.arange(len(ca)) - centre), key))  # distance first, then sequence distance
+    order = np.lexsort(
+        (np.abs(np.arange(len(ca)) - centre), key)
+    )  # distance first, then sequence distance
     return np.sort(order[:k])
 
 
@@ -217,8 +232,14 @@ class MaskedBatches(torch.utils.data.Dataset):
         return collate_chains(self.ds, chain_indices, self.s, self.seed, epoch, masked=True)
 
 
-def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, seed: int, epoch: int = 0,
-                   masked: bool = True) -> Batch:
+def collate_chains(
+    dataset,
+    chain_indices: np.ndarray,
+    settings: BatchSettings,
+    seed: int,
+    epoch: int = 0,
+    masked: bool = True,
+) -> Batch:
     """Crop, centre and rotate the chains ``chain_indices`` of ``dataset`` into one :class:`Batch`;
     with ``masked``, corrupt them for the masked-LM loss; withhold coordinates as ``settings`` say.
 
@@ -238,7 +259,10 @@ def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, 
     """
     s = settings
     b = len(chain_indices)
-    gens = [torch.Generator().manual_seed(seed_for(seed, "chain", epoch, int(ci))) for ci in chain_indices]
+    gens = [
+        torch.Generator().manual_seed(seed_for(seed, "chain", epoch, int(ci)))
+        for ci in chain_indices
+    ]
     seqs, xyzs, crop_pos, plddts = [], [], [], []
     spatial = s.crop_mode == "spatial"
     with_plddt = getattr(dataset, "has_plddt", False)
@@ -247,14 +271,25 @@ def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, 
         xyz = dataset.coords(int(ci))
         n = len(seq)
         at = np.arange(n)
-        with_ca = np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0])) if spatial and n > s.crop_length else None
+        with_ca = (
+            np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0]))
+            if spatial and n > s.crop_length
+            else None
+        )
         if with_ca is not None and len(with_ca):
-            pick = (int(torch.randint(0, len(with_ca), (1,), generator=gen)) if s.random_crop
-                    else len(with_ca) // 2)
+            pick = (
+                int(torch.randint(0, len(with_ca), (1,), generator=gen))
+                if s.random_crop
+                else len(with_ca) // 2
+            )
             at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
             seq, xyz = seq[at], xyz[at]
         elif n > s.crop_length:
-            start = int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen)) if s.random_crop else 0
+            start = (
+                int(torch.randint(0, n - s.crop_length + 1, (1,), generator=gen))
+                if s.random_crop
+                else 0
+            )
             window = slice(start, start + s.crop_length)
             seq, xyz, at = seq[window], xyz[window], at[window]
         seqs.append(np.asarray(seq))
@@ -284,9 +319,12 @@ def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, 
         for i, (n, gen) in enumerate(zip(lengths, gens)):
             scores[i, :n] = torch.rand(n, generator=gen)
             action[i, :n] = torch.rand(n, generator=gen)
-            random_aa[i, :n] = torch.randint(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (n,), generator=gen)
-        inputs, targets = bert_mask_from_draws(tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac,
-                                               s.random_token_frac)
+            random_aa[i, :n] = torch.randint(
+                AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (n,), generator=gen
+            )
+        inputs, targets = bert_mask_from_draws(
+            tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac, s.random_token_frac
+        )
     withheld = stretch = None
     if s.draws_stretch:  # draw 4, last, so every other draw is as without it
         withheld, stretch = _withhold(coords, lengths, gens, s)
@@ -296,20 +334,25 @@ def collate_chains(dataset, chain_indices: np.ndarray, settings: BatchSettings, 
     if s.rotate:
         coords = torch.einsum("blac,bdc->blad", coords, rotation_from_gaussian(gauss))
     out = Batch(
-        tokens=inputs, coords=coords, padding_mask=pad,
+        tokens=inputs,
+        coords=coords,
+        padding_mask=pad,
         positions=_pad_rows(crop_pos, l, 0, torch.long) if spatial else None,
         plddt=_pad_rows(plddts, l, float("nan"), torch.float32) if with_plddt else None,
-        targets=targets, clean=tokens if masked else None,
+        targets=targets,
+        clean=tokens if masked else None,
         index=torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
-        withheld=withheld, stretch=stretch,
+        withheld=withheld,
+        stretch=stretch,
     )
     if s.withhold == "cut":
         out = _cut(out, stretch)
     return out
 
 
-def _withhold(coords: torch.Tensor, lengths: list[int], gens: list[torch.Generator],
-              s: BatchSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def _withhold(
+    coords: torch.Tensor, lengths: list[int], gens: list[torch.Generator], s: BatchSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw each chain's stretch (or whole chain) and set the coordinates withheld there to NaN in
     ``coords`` [b, l, 4, 3] (in place). Returns (withheld, stretch), [b, l] bool each: the residues
     that had coordinates and lost them here, and the drawn stretch."""
@@ -336,8 +379,14 @@ def _withhold(coords: torch.Tensor, lengths: list[int], gens: list[torch.Generat
 
 
 #: What a row is padded with, per Batch field (others: 0 / False).
-_FILL = {"tokens": PAD, "clean": PAD, "targets": -100, "coords": float("nan"), "plddt": float("nan"),
-         "chain": -1}
+_FILL = {
+    "tokens": PAD,
+    "clean": PAD,
+    "targets": -100,
+    "coords": float("nan"),
+    "plddt": float("nan"),
+    "chain": -1,
+}
 
 
 def _cut(batch: Batch, drop: torch.Tensor) -> Batch:
@@ -368,8 +417,14 @@ def _pad_rows(rows: list[np.ndarray], length: int, fill, dtype) -> torch.Tensor:
     return out
 
 
-def check_fits(data, idx: np.ndarray, crop_length: int, max_len: int, option: str | None = "crop_length",
-               alternative: str | None = None) -> None:
+def check_fits(
+    data,
+    idx: np.ndarray,
+    crop_length: int,
+    max_len: int,
+    option: str | None = "crop_length",
+    alternative: str | None = None,
+) -> None:
     """Raise :class:`SequenceTooLong` before any model call if a chain of ``idx``, cropped to
     ``crop_length`` residues, is still longer than the model's ``max_len`` (the model would fail
     mid-run on that batch). The error names the longest such chain, ``option`` (the parameter that
@@ -396,26 +451,42 @@ def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     coords = torch.full((len(chains), length, 4, 3), float("nan"))
     for i, c in enumerate(chains):
         n = len(c.sequence)
-        tokens[i, :n] = torch.from_numpy(ASCII_TO_TOKEN[np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8)])
+        tokens[i, :n] = torch.from_numpy(
+            ASCII_TO_TOKEN[np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8)]
+        )
         coords[i, :n] = torch.from_numpy(np.asarray(c.coords, dtype=np.float32))
     return tokens, coords, tokens != PAD
 
 
-def inference_plan(lengths: np.ndarray, crop_length: int, tokens_per_batch: int) -> list[np.ndarray]:
+def inference_plan(
+    lengths: np.ndarray, crop_length: int, tokens_per_batch: int
+) -> list[np.ndarray]:
     """Which chains go together for an inference pass: index arrays into ``lengths`` [N] (residues),
     length-sorted token-budget batches of the chains cropped to ``crop_length``; the budget is at
     least one crop, so every chain fits a batch."""
-    return token_budget_batches(np.minimum(lengths, crop_length), max(tokens_per_batch, crop_length), None)
+    return token_budget_batches(
+        np.minimum(lengths, crop_length), max(tokens_per_batch, crop_length), None
+    )
 
 
-def unmasked_batches(data, idx: np.ndarray, crop_length: int, tokens_per_batch: int, rotate: bool = False,
-                     seed: int = 0) -> Iterator[Batch]:
+def unmasked_batches(
+    data,
+    idx: np.ndarray,
+    crop_length: int,
+    tokens_per_batch: int,
+    rotate: bool = False,
+    seed: int = 0,
+) -> Iterator[Batch]:
     """Every chain of ``idx`` exactly once, in the batches of :func:`inference_plan`: clean (unmasked)
     tokens, centred coordinates, each chain cropped to its first ``crop_length`` residues; rotated
     with per-chain seeded generators when ``rotate``. ``Batch.index`` gives each row's chain index.
     For inference passes (embedding, attention analysis)."""
     idx = np.asarray(idx, dtype=np.int64)
-    settings = BatchSettings(crop_length=crop_length, tokens_per_batch=max(tokens_per_batch, crop_length),
-                             rotate=rotate, random_crop=False)
+    settings = BatchSettings(
+        crop_length=crop_length,
+        tokens_per_batch=max(tokens_per_batch, crop_length),
+        rotate=rotate,
+        random_crop=False,
+    )
     for members in inference_plan(data.lengths[idx], crop_length, tokens_per_batch):
         yield collate_chains(data, idx[members], settings, seed, masked=False)

@@ -78,11 +78,21 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
         for k, ci in enumerate(members):
             n = int(data.lengths[ci])
             tokens[r, at : at + n] = torch.from_numpy(ASCII_TO_TOKEN[data.seq_bytes(int(ci))])
-            coords[r, at : at + n] = torch.from_numpy(np.array(data.coords(int(ci)), dtype=np.float32))  # a copy: the store is read-only
+            coords[r, at : at + n] = torch.from_numpy(
+                np.array(data.coords(int(ci)), dtype=np.float32)
+            )  # a copy: the store is read-only
             positions[r, at : at + n] = torch.arange(pos, pos + n)
             chain[r, at : at + n] = k
             if plddt is not None:
-                plddt[r, at : at + n] = torch.from_numpy(np.array(data.plddt(int(ci)), dtype=np.float32))
+                plddt[r, at : at + n] = torch.from_numpy(
+                    np.array(data.plddt(int(ci)), dtype=np.float32)
+                )
             at, pos = at + n, pos + n + gap
-    return Batch(tokens=tokens, coords=coords, padding_mask=chain >= 0, positions=positions, plddt=plddt,
-                 chain=chain)
+    return Batch(
+        tokens=tokens,
+        coords=coords,
+        padding_mask=chain >= 0,
+        positions=positions,
+        plddt=plddt,
+        chain=chain,
+    )

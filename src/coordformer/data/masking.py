@@ -30,7 +30,9 @@ def bert_mask(
     scores = torch.rand(b, l, generator=generator)
     action = torch.rand(b, l, generator=generator)
     random_aa = torch.randint(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS), (b, l), generator=generator)
-    return bert_mask_from_draws(tokens, scores, action, random_aa, mask_prob, mask_token_frac, random_token_frac)
+    return bert_mask_from_draws(
+        tokens, scores, action, random_aa, mask_prob, mask_token_frac, random_token_frac
+    )
 
 
 def bert_mask_from_draws(
@@ -54,7 +56,9 @@ def bert_mask_from_draws(
     selected = rank < n_select.unsqueeze(1)
     targets = torch.where(selected, tokens, torch.full_like(tokens, -100))
     to_mask = selected & (action < mask_token_frac)
-    to_random = selected & (action >= mask_token_frac) & (action < mask_token_frac + random_token_frac)
+    to_random = (
+        selected & (action >= mask_token_frac) & (action < mask_token_frac + random_token_frac)
+    )
     inputs = torch.where(to_mask, torch.full_like(tokens, MASK), tokens)
     inputs = torch.where(to_random, random_aa, inputs)
     return inputs, targets

@@ -26,8 +26,15 @@ class MemoryDataset:
     copied, and made read-only.
     """
 
-    def __init__(self, ids: Sequence[str], seq: np.ndarray, coords: np.ndarray, lengths: np.ndarray,
-                 sources: Sequence[str], plddt: np.ndarray | None = None):
+    def __init__(
+        self,
+        ids: Sequence[str],
+        seq: np.ndarray,
+        coords: np.ndarray,
+        lengths: np.ndarray,
+        sources: Sequence[str],
+        plddt: np.ndarray | None = None,
+    ):
         self.ids: list[str] = list(ids)
         self.lengths: np.ndarray = np.asarray(lengths, dtype=np.int64)
         self._offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
@@ -38,11 +45,14 @@ class MemoryDataset:
         self._plddt = None if plddt is None else np.asarray(plddt, dtype=np.float32)
         self._sources = list(sources)
         if not (len(self.ids) == len(self.lengths) == len(self._sources)):
-            raise ValueError(f"{len(self.ids)} ids, {len(self.lengths)} lengths and "
-                             f"{len(self._sources)} sources")
+            raise ValueError(
+                f"{len(self.ids)} ids, {len(self.lengths)} lengths and {len(self._sources)} sources"
+            )
         if self._seq.shape != (n_res,) or self._coords.shape != (n_res, len(BACKBONE_ATOMS), 3):
-            raise ValueError(f"seq {self._seq.shape} and coords {self._coords.shape} do not hold "
-                             f"{n_res} residues")
+            raise ValueError(
+                f"seq {self._seq.shape} and coords {self._coords.shape} do not hold "
+                f"{n_res} residues"
+            )
         if self._plddt is not None and self._plddt.shape != (n_res,):
             raise ValueError(f"plddt {self._plddt.shape} does not hold {n_res} residues")
         for a in (self._seq, self._coords, self._plddt, self.lengths):
@@ -50,8 +60,14 @@ class MemoryDataset:
                 a.flags.writeable = False
 
     @classmethod
-    def from_chains(cls, ids: Sequence[str], seqs: Sequence[np.ndarray], coords: Sequence[np.ndarray],
-                    sources: Sequence[str], plddt: Sequence[np.ndarray] | None = None) -> MemoryDataset:
+    def from_chains(
+        cls,
+        ids: Sequence[str],
+        seqs: Sequence[np.ndarray],
+        coords: Sequence[np.ndarray],
+        sources: Sequence[str],
+        plddt: Sequence[np.ndarray] | None = None,
+    ) -> MemoryDataset:
         """From per-chain arrays: ``seqs[i]`` uint8 [L_i], ``coords[i]`` float32 [L_i, 4, 3],
         ``plddt[i]`` float32 [L_i]."""
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
@@ -106,4 +122,8 @@ class MemoryDataset:
 
 
 def _concat(parts: Sequence[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype, copy=False) if len(parts) else np.zeros(empty_shape, dtype)
+    return (
+        np.concatenate(parts).astype(dtype, copy=False)
+        if len(parts)
+        else np.zeros(empty_shape, dtype)
+    )

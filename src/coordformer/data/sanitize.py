@@ -36,7 +36,9 @@ def sanitize_coords(coords) -> tuple[np.ndarray, str | None]:
     raw = np.asarray(coords, dtype=np.float64)
     missing = ~np.isfinite(raw).all(axis=-1)  # [L, A]
     biggest = float(np.abs(raw[~missing]).max(initial=0.0))
-    with np.errstate(over="ignore"):  # values beyond float32 overflow to Inf; the bound rejects them below
+    with np.errstate(
+        over="ignore"
+    ):  # values beyond float32 overflow to Inf; the bound rejects them below
         out = raw.astype(np.float32)
     out[missing] = np.nan
     if biggest > MAX_ABS_COORD:

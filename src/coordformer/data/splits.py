@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import CoordformerError
 from ..config import ConfigError, PrepareConfig
+from ..errors import CoordformerError
 from .store import SPLIT_NAMES  # noqa: F401 - re-exported for prepare
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -57,7 +57,9 @@ def check_split_config(config: PrepareConfig) -> None:
         raise ConfigError(f"split must be one of {SPLIT_METHODS}, got {config.split!r}")
     v, t = config.valid_fraction, config.test_fraction
     if not (0 <= v <= 1 and 0 <= t <= 1 and v + t <= 1):
-        raise ConfigError(f"valid_fraction ({v}) and test_fraction ({t}) must be in [0, 1] and sum to at most 1")
+        raise ConfigError(
+            f"valid_fraction ({v}) and test_fraction ({t}) must be in [0, 1] and sum to at most 1"
+        )
     if config.split == "identity" and not 0 < config.split_identity <= 1:
         raise ConfigError(f"split_identity must be in (0, 1], got {config.split_identity}")
 
@@ -103,12 +105,28 @@ def mmseqs_cluster(
             for i, s in enumerate(sequences):
                 f.write(f">{i}\n{s or 'X'}\n")
         cmd = [
-            exe, "easy-cluster", str(fasta), str(tmp / "res"), str(tmp / "work"),
-            "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
-            "--threads", str(max(1, int(threads))), "-v", "1",
+            exe,
+            "easy-cluster",
+            str(fasta),
+            str(tmp / "res"),
+            str(tmp / "work"),
+            "--min-seq-id",
+            str(min_seq_id),
+            "-c",
+            str(coverage),
+            "--cov-mode",
+            str(cov_mode),
+            "--threads",
+            str(max(1, int(threads))),
+            "-v",
+            "1",
         ]
         if log:
-            log("running " + " ".join(cmd[1:2]) + f" on {n} sequences (--min-seq-id {min_seq_id}, -c {coverage})")
+            log(
+                "running "
+                + " ".join(cmd[1:2])
+                + f" on {n} sequences (--min-seq-id {min_seq_id}, -c {coverage})"
+            )
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
         except OSError as e:
@@ -136,12 +154,16 @@ def identity_split(
     """Split codes per chain with whole MMseqs2 clusters per split.
 
     Returns (codes, n_clusters, representative index per chain)."""
-    rep = mmseqs_cluster(sequences, config.split_identity, threads=threads, log=log, tmp_root=tmp_root)
+    rep = mmseqs_cluster(
+        sequences, config.split_identity, threads=threads, log=log, tmp_root=tmp_root
+    )
     codes = np.empty(len(ids), dtype=np.int8)
     cache: dict[int, int] = {}
     for i, r in enumerate(rep.tolist()):
         if r not in cache:
-            cache[r] = split_of_key(config.seed, ids[r], config.valid_fraction, config.test_fraction)
+            cache[r] = split_of_key(
+                config.seed, ids[r], config.valid_fraction, config.test_fraction
+            )
         codes[i] = cache[r]
     return codes, len(cache), rep
 
@@ -183,7 +205,9 @@ class ExclusionMatch:
         return int(self.hit.sum())
 
 
-def match_exclusions(ids: Sequence[str], excluded: Iterable[str], normalize: Callable[[str], str]) -> ExclusionMatch:
+def match_exclusions(
+    ids: Sequence[str], excluded: Iterable[str], normalize: Callable[[str], str]
+) -> ExclusionMatch:
     """Which chains the listed ids ``excluded`` (already normalised; pass them in list order, not as a
     set, for a reproducible report) name: exactly (``normalize(id)``
     or the id itself is listed), else, for an id matching nothing exactly, the one chain whose

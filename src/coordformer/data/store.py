@@ -24,9 +24,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import CoordformerError
 from ..config import ConfigError, PrepareConfig
 from ..constants import BACKBONE_ATOMS, DATASET_FORMAT_VERSION
+from ..errors import CoordformerError
 from ..io import normalize_chain_id
 
 MANIFEST = "manifest.json"
@@ -46,8 +46,16 @@ SKIPPED_HEADER = ("input", "reason")
 PLDDT_FILE = "plddt.npy"
 ARRAY_FILES = (SEQ_FILE, COORDS_FILE, OFFSETS_FILE)
 #: Every file/folder a finished dataset consists of (what ``overwrite`` removes).
-DATASET_ENTRIES = (MANIFEST, *ARRAY_FILES, PLDDT_FILE, CHAINS_FILE, SKIPPED_FILE, LOG_FILE, SPLITS_DIR,
-                   EXCLUDE_UNMATCHED_FILE)
+DATASET_ENTRIES = (
+    MANIFEST,
+    *ARRAY_FILES,
+    PLDDT_FILE,
+    CHAINS_FILE,
+    SKIPPED_FILE,
+    LOG_FILE,
+    SPLITS_DIR,
+    EXCLUDE_UNMATCHED_FILE,
+)
 
 
 class UnknownSplitError(CoordformerError, KeyError):
@@ -88,7 +96,9 @@ def write_tsv(path: str | Path, header: Iterable[str], rows: Iterable[Iterable[A
 
 
 def read_tsv(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a file saved by a Windows editor starts with a BOM
+    with open(
+        path, encoding="utf-8-sig"
+    ) as f:  # -sig: a file saved by a Windows editor starts with a BOM
         lines = f.read().splitlines()
     if not lines:
         return [], []
@@ -116,7 +126,9 @@ def manifest_fingerprint(manifest: dict[str, Any]) -> str:
     import hashlib
 
     content = {k: v for k, v in manifest.items() if k not in _NOT_CONTENT}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def is_finished_dataset(directory: str | Path) -> bool:
@@ -139,10 +151,16 @@ class PreparedDataset:
         self.path = Path(path)
         d = self.path
         if not d.is_dir():
-            raise DatasetFormatError(f"{d}: not a folder (expected a dataset made by `coordformer prepare`)")
+            raise DatasetFormatError(
+                f"{d}: not a folder (expected a dataset made by `coordformer prepare`)"
+            )
         mpath = d / MANIFEST
         if not mpath.is_file():
-            hint = " (an unfinished run? re-run prepare with the same arguments to finish it)" if (d / WORK_DIR).exists() else ""
+            hint = (
+                " (an unfinished run? re-run prepare with the same arguments to finish it)"
+                if (d / WORK_DIR).exists()
+                else ""
+            )
             raise DatasetFormatError(f"{d}: no {MANIFEST}; not a finished prepared dataset{hint}")
         try:
             self.manifest: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8-sig"))
@@ -166,12 +184,16 @@ class PreparedDataset:
             self._seq = np.load(d / SEQ_FILE, mmap_mode="r")
             self._coords = np.load(d / COORDS_FILE, mmap_mode="r")
             self._offsets = np.load(d / OFFSETS_FILE, mmap_mode="r")
-            self._plddt = np.load(d / PLDDT_FILE, mmap_mode="r") if (d / PLDDT_FILE).is_file() else None
+            self._plddt = (
+                np.load(d / PLDDT_FILE, mmap_mode="r") if (d / PLDDT_FILE).is_file() else None
+            )
         except (OSError, ValueError) as e:
             raise DatasetFormatError(f"{d}: unreadable array file ({e})") from e
         header, rows = read_tsv(d / CHAINS_FILE)
         if tuple(header) != CHAINS_HEADER:
-            raise DatasetFormatError(f"{d / CHAINS_FILE}: header {header}, expected {list(CHAINS_HEADER)}")
+            raise DatasetFormatError(
+                f"{d / CHAINS_FILE}: header {header}, expected {list(CHAINS_HEADER)}"
+            )
         self.ids: list[str] = [r[0] for r in rows]
         self._sources = None
         n = len(self.ids)
@@ -190,7 +212,9 @@ class PreparedDataset:
                 f"seq {self._seq.shape} {self._seq.dtype}, coords {self._coords.shape} {self._coords.dtype})"
             )
         if self._plddt is not None and self._plddt.shape != (n_res,):
-            raise DatasetFormatError(f"{d}: {PLDDT_FILE} has shape {self._plddt.shape}, expected ({n_res},)")
+            raise DatasetFormatError(
+                f"{d}: {PLDDT_FILE} has shape {self._plddt.shape}, expected ({n_res},)"
+            )
         self.lengths: np.ndarray = np.diff(off).astype(np.int64)
         if (self.lengths < 0).any():
             raise DatasetFormatError(f"{d}: offsets are not increasing")
@@ -271,8 +295,12 @@ class PreparedDataset:
         if name not in self._splits:
             f = self.path / SPLITS_DIR / f"{name}.txt"
             if not f.is_file():
-                raise UnknownSplitError(f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}")
-            ids = [ln.strip() for ln in f.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+                raise UnknownSplitError(
+                    f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}"
+                )
+            ids = [
+                ln.strip() for ln in f.read_text(encoding="utf-8-sig").splitlines() if ln.strip()
+            ]
             try:
                 idx = [self.index_of(c) for c in ids]
             except KeyError as e:

@@ -52,7 +52,9 @@ def plan_windows(length: int, window: int, overlap: int) -> WindowPlan:
     A chain that fits gets one window, [0, length). Raises ValueError unless 0 <= overlap < window.
     """
     if window < 1 or not 0 <= overlap < window:
-        raise ValueError(f"need window >= 1 and 0 <= overlap < window, got window {window}, overlap {overlap}")
+        raise ValueError(
+            f"need window >= 1 and 0 <= overlap < window, got window {window}, overlap {overlap}"
+        )
     if length <= window:
         one = np.zeros(1, dtype=np.int64)
         return WindowPlan(length, window, one, one, np.array([length], dtype=np.int64))
@@ -66,8 +68,13 @@ def plan_windows(length: int, window: int, overlap: int) -> WindowPlan:
     return WindowPlan(length, window, starts, lo, hi)
 
 
-def windowed_forward(run: Callable[[Batch], torch.Tensor], batch: Batch, window: int, overlap: int,
-                     tokens_per_pass: int) -> torch.Tensor:
+def windowed_forward(
+    run: Callable[[Batch], torch.Tensor],
+    batch: Batch,
+    window: int,
+    overlap: int,
+    tokens_per_pass: int,
+) -> torch.Tensor:
     """Run ``run(window_batch) -> [b, l, ...]`` over ``batch``, whose chains may exceed ``window``.
 
     Every chain is cut into the windows of :func:`plan_windows` (a chain that fits is one window: its
@@ -85,27 +92,42 @@ def windowed_forward(run: Callable[[Batch], torch.Tensor], batch: Batch, window:
     Returns: [B, L, ...] on ``run``'s device, zeros at padding.
     """
     if batch.positions is not None:
-        raise ValueError("windowed_forward: batches with explicit positions (spatial crops, complexes) "
-                         "are not windowed")
+        raise ValueError(
+            "windowed_forward: batches with explicit positions (spatial crops, complexes) "
+            "are not windowed"
+        )
     tokens, coords, mask, plddt = batch.tokens, batch.coords, batch.padding_mask, batch.plddt
     dev = tokens.device
     lengths = mask.sum(1).tolist()
     plans = [plan_windows(int(n), window, overlap) for n in lengths]
     # (row, window start, window span, first and last+1 residue it supplies)
-    pieces = [(r, s, p.span, lo, hi) for r, p in enumerate(plans)
-              for s, lo, hi in zip(p.starts.tolist(), p.lo.tolist(), p.hi.tolist())]
+    pieces = [
+        (r, s, p.span, lo, hi)
+        for r, p in enumerate(plans)
+        for s, lo, hi in zip(p.starts.tolist(), p.lo.tolist(), p.hi.tolist())
+    ]
     per_pass = max(1, tokens_per_pass // min(window, max(lengths)))
     full = None
     for i in range(0, len(pieces), per_pass):
         chunk = pieces[i : i + per_pass]
         w = max(c[2] for c in chunk)
         rows = torch.tensor([c[0] for c in chunk], device=dev).unsqueeze(1)
-        keep = torch.arange(w, device=dev) < torch.tensor([c[2] for c in chunk], device=dev).unsqueeze(1)
-        pos = torch.where(keep, torch.tensor([c[1] for c in chunk], device=dev).unsqueeze(1) + torch.arange(w, device=dev), 0)
+        keep = torch.arange(w, device=dev) < torch.tensor(
+            [c[2] for c in chunk], device=dev
+        ).unsqueeze(1)
+        pos = torch.where(
+            keep,
+            torch.tensor([c[1] for c in chunk], device=dev).unsqueeze(1)
+            + torch.arange(w, device=dev),
+            0,
+        )
         sub = Batch(
             tokens=torch.where(keep, tokens[rows, pos], PAD),
-            coords=(None if coords is None
-                    else torch.where(keep[:, :, None, None], coords[rows, pos], float("nan"))),
+            coords=(
+                None
+                if coords is None
+                else torch.where(keep[:, :, None, None], coords[rows, pos], float("nan"))
+            ),
             padding_mask=keep.to(mask.device),
             plddt=None if plddt is None else torch.where(keep, plddt[rows, pos], float("nan")),
         )

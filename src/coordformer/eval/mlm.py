@@ -80,10 +80,15 @@ def evaluate_mlm(
     if masking not in ("mask", "bert"):
         raise OptionError("masking", masking, "must be 'mask' or 'bert'")
     if windows and crop_length > model.config.max_len:
-        raise OptionError("crop_length", crop_length,
-                          f"the window exceeds the model's max_len {model.config.max_len}")
+        raise OptionError(
+            "crop_length",
+            crop_length,
+            f"the window exceeds the model's max_len {model.config.max_len}",
+        )
     if not windows:
-        check_fits(data, idx, crop_length, model.config.max_len, "crop_length", alternative="windows")
+        check_fits(
+            data, idx, crop_length, model.config.max_len, "crop_length", alternative="windows"
+        )
     if windows and not 0 <= overlap < crop_length:
         raise OptionError("overlap", overlap, f"need 0 <= overlap < `crop_length` ({crop_length})")
     if hide_coords not in HIDE_COORDS:
@@ -93,27 +98,45 @@ def evaluate_mlm(
         # "none" draws the stretch too (after every other draw, so nothing else changes) to score it
         withhold=WITHHOLD_OF_HIDE_COORDS[hide_coords],
         # windows: no crop (masks drawn over whole chains); the windowing happens at the model call
-        crop_length=int(data.lengths[idx].max()) if windows else crop_length, tokens_per_batch=tokens_per_batch, mask_prob=mask_prob,
-        mask_token_frac=fracs[0], random_token_frac=fracs[1], rotate=True, random_crop=False,
+        crop_length=int(data.lengths[idx].max()) if windows else crop_length,
+        tokens_per_batch=tokens_per_batch,
+        mask_prob=mask_prob,
+        mask_token_frac=fracs[0],
+        random_token_frac=fracs[1],
+        rotate=True,
+        random_crop=False,
     )
     batches = MaskedBatches(data, idx, settings, seed=seed, train=False)
     model = model.to(device).eval()
     feed_coords = model.config.use_coords if use_coords is None else use_coords
     nll, n = 0.0, 0
-    subsets = {k: [0.0, 0, 0] for k in ("hidden", "stretch", "outside")}  # summed nats, n_masked, n_correct
+    subsets = {
+        k: [0.0, 0, 0] for k in ("hidden", "stretch", "outside")
+    }  # summed nats, n_masked, n_correct
     per_chain: dict[str, list] = {}  # id -> [n_masked, nll_sum, n_correct], for paired statistics
     per_chain_outside: dict[str, list] = {}  # the same over the masked residues outside the stretch
     correct = np.zeros(20, dtype=np.int64)
     count = np.zeros(20, dtype=np.int64)
     aa = slice(AA_OFFSET, AA_OFFSET + 20)
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress) as bar:
+    with Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("eval", total=len(batches))
         for i in range(len(batches)):
             b = batches[i]
             on = b.to(device)
             if on.tokens.shape[1] > crop_length:
-                full = windowed_forward(lambda w: model(**w.inputs(feed_coords)).logits, on, crop_length,
-                                        overlap, tokens_per_batch)
+                full = windowed_forward(
+                    lambda w: model(**w.inputs(feed_coords)).logits,
+                    on,
+                    crop_length,
+                    overlap,
+                    tokens_per_batch,
+                )
             else:
                 full = model(**on.inputs(feed_coords)).logits
             sel = b.targets != -100
@@ -127,8 +150,11 @@ def evaluate_mlm(
             # every condition draws a stretch (settings above), so the batch always reports it;
             # withheld: had coordinates, dropped here (not those the structure itself lacks)
             has_ca = ~torch.isnan(b.coords[:, :, CA_INDEX]).any(-1)
-            parts = {"hidden": b.withheld, "stretch": b.stretch & (b.withheld | has_ca),
-                     "outside": ~b.stretch}
+            parts = {
+                "hidden": b.withheld,
+                "stretch": b.stretch & (b.withheld | has_ca),
+                "outside": ~b.stretch,
+            }
             for k, m in parts.items():
                 m = m[sel]
                 acc = subsets[k]
@@ -141,12 +167,18 @@ def evaluate_mlm(
                 m = row == r
                 per_chain[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
                 m = m & outside
-                per_chain_outside[data.ids[ci]] = [int(m.sum()), float(tok_nll[m].sum()), int(hit[m].sum())]
+                per_chain_outside[data.ids[ci]] = [
+                    int(m.sum()),
+                    float(tok_nll[m].sum()),
+                    int(hit[m].sum()),
+                ]
             t = (tgt - AA_OFFSET).numpy()
             np.add.at(count, t, 1)
             np.add.at(correct, t, (pred == tgt).numpy().astype(np.int64))
             bar.advance(task)
-    per = {a: (float(correct[i] / count[i]) if count[i] else None) for i, a in enumerate(AMINO_ACIDS)}
+    per = {
+        a: (float(correct[i] / count[i]) if count[i] else None) for i, a in enumerate(AMINO_ACIDS)
+    }
     return {
         "split": split,
         "n_chains": int(len(idx)),
@@ -158,9 +190,23 @@ def evaluate_mlm(
         "per_residue_count": {a: int(count[i]) for i, a in enumerate(AMINO_ACIDS)},
         "per_chain": per_chain,
         "per_chain_outside": per_chain_outside,
-        **{k: ({"n_masked": c, "loss": s / c, "perplexity": math.exp(s / c), "recovery": r / c} if c else None)
-           for k, (s, c, r) in subsets.items()},
-        "settings": {"hide_coords": hide_coords, "seed": seed, "mask_prob": mask_prob, "crop_length": crop_length,
-                     "windows": {"overlap": overlap} if windows else None, "masking": "all <mask>" if masking == "mask" else "bert 80/10/10",
-                     "tokens_per_batch": tokens_per_batch, "max_chains": max_chains, "use_coords": feed_coords},
+        **{
+            k: (
+                {"n_masked": c, "loss": s / c, "perplexity": math.exp(s / c), "recovery": r / c}
+                if c
+                else None
+            )
+            for k, (s, c, r) in subsets.items()
+        },
+        "settings": {
+            "hide_coords": hide_coords,
+            "seed": seed,
+            "mask_prob": mask_prob,
+            "crop_length": crop_length,
+            "windows": {"overlap": overlap} if windows else None,
+            "masking": "all <mask>" if masking == "mask" else "bert 80/10/10",
+            "tokens_per_batch": tokens_per_batch,
+            "max_chains": max_chains,
+            "use_coords": feed_coords,
+        },
     }

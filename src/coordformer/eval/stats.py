@@ -20,7 +20,9 @@ def paired_bootstrap(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dic
     A = np.array([a["per_chain"][i] for i in ids], dtype=float)  # [C, 3]: n, nll, correct
     B = np.array([b["per_chain"][i] for i in ids], dtype=float)
     if not np.array_equal(A[:, 0], B[:, 0]):
-        raise ValueError("masked-residue counts differ per chain: evaluations did not use identical masks")
+        raise ValueError(
+            "masked-residue counts differ per chain: evaluations did not use identical masks"
+        )
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(ids), size=(n_boot, len(ids)))
     n = A[draws, 0].sum(1)
@@ -30,7 +32,13 @@ def paired_bootstrap(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dic
     return {
         "n_chains": len(ids),
         "perplexity_ratio": math.exp((A[:, 1].sum() - B[:, 1].sum()) / tot),
-        "perplexity_ratio_ci95": [float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5))],
+        "perplexity_ratio_ci95": [
+            float(np.percentile(ratio, 2.5)),
+            float(np.percentile(ratio, 97.5)),
+        ],
         "recovery_diff_pt": float((A[:, 2].sum() - B[:, 2].sum()) / tot * 100),
-        "recovery_diff_pt_ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+        "recovery_diff_pt_ci95": [
+            float(np.percentile(diff, 2.5)),
+            float(np.percentile(diff, 97.5)),
+        ],
     }

@@ -38,8 +38,21 @@ from ..data.batching import BatchSettings, collate_chains, token_budget_batches
 from ..data.store import PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.encode import encode
-from ..train.lifecycle import Interrupted, StopOnSignal, quiet_lightning, resolve_precision, signal_name
-from .labels import TASKS, function_dataset, missing_structure_hint, read_annotations, read_identity_bins, read_split
+from ..train.lifecycle import (
+    Interrupted,
+    StopOnSignal,
+    quiet_lightning,
+    resolve_precision,
+    signal_name,
+)
+from .labels import (
+    TASKS,
+    function_dataset,
+    missing_structure_hint,
+    read_annotations,
+    read_identity_bins,
+    read_split,
+)
 from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
 
 HEADS = ("linear", "mlp")
@@ -71,7 +84,9 @@ class FinetuneConfig(Record):
     # linear head: epochs of fitting the linear layer alone on frozen embeddings before the encoder
     # is unfrozen (0 = fine-tune from a fresh head); early-stopped on validation Fmax like the rest.
     probe_epochs: int = 50
-    probe_patience: int = 10  # probe epochs take seconds and its validation Fmax is noisy: be patient
+    probe_patience: int = (
+        10  # probe epochs take seconds and its validation Fmax is noisy: be patient
+    )
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -89,15 +104,24 @@ def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
     d = Path(labels_dir)
     prefix = "nrPDB-EC_" if task == "ec" else "nrPDB-GO_"
     found = {}
-    for key, pattern in (("annot", "*_annot.tsv"), ("train", "*_train.txt"), ("valid", "*_valid.txt"),
-                         ("test", "*_test.txt"), ("identity", "*_test.csv")):
+    for key, pattern in (
+        ("annot", "*_annot.tsv"),
+        ("train", "*_train.txt"),
+        ("valid", "*_valid.txt"),
+        ("test", "*_test.txt"),
+        ("identity", "*_test.csv"),
+    ):
         hits = sorted(d.glob(prefix + pattern))
         if hits:
             found[key] = hits[0]
     missing = [k for k in ("annot", "train", "valid", "test") if k not in found]
     if missing:
-        raise OptionError("labels_dir", d, f"no {prefix}{'/'.join(missing)} file(s) for task {task}; "
-                          "point it at a folder with the DeepFRI nrPDB files")
+        raise OptionError(
+            "labels_dir",
+            d,
+            f"no {prefix}{'/'.join(missing)} file(s) for task {task}; "
+            "point it at a folder with the DeepFRI nrPDB files",
+        )
     return found
 
 
@@ -108,8 +132,14 @@ class ResidualMLP(nn.Module):
         super().__init__()
         self.inp = nn.Linear(d_in, hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout)) for _ in range(blocks))
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+            nn.Sequential(
+                nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout)
+            )
+            for _ in range(blocks)
+        )
+        self.out = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
+        )
 
     def forward(self, x):
         h = self.inp(x)
@@ -123,12 +153,21 @@ class FunctionModule(L.LightningModule):
     ``Batch``, "labels", "rows"}) and the encoder is trained too; without, it is {"features", "labels",
     "rows"}."""
 
-    def __init__(self, cfg: FinetuneConfig, n_classes: int, d_in: int, encoder: nn.Module | None = None,
-                 use_coords: bool = True):
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        n_classes: int,
+        d_in: int,
+        encoder: nn.Module | None = None,
+        use_coords: bool = True,
+    ):
         super().__init__()
         self.cfg, self.encoder, self.use_coords = cfg, encoder, use_coords
-        self.head = nn.Linear(d_in, n_classes) if cfg.head == "linear" else ResidualMLP(
-            d_in, n_classes, cfg.hidden, cfg.blocks, cfg.dropout)
+        self.head = (
+            nn.Linear(d_in, n_classes)
+            if cfg.head == "linear"
+            else ResidualMLP(d_in, n_classes, cfg.hidden, cfg.blocks, cfg.dropout)
+        )
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.best_fmax = -1.0
 
@@ -166,7 +205,9 @@ class FunctionModule(L.LightningModule):
     def configure_optimizers(self):
         groups = [{"params": self.head.parameters(), "lr": self.cfg.lr}]
         if self.encoder is not None:
-            groups.append({"params": self.encoder.parameters(), "lr": self.cfg.lr * self.cfg.encoder_lr_scale})
+            groups.append(
+                {"params": self.encoder.parameters(), "lr": self.cfg.lr * self.cfg.encoder_lr_scale}
+            )
         return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
 
@@ -175,11 +216,27 @@ class _StructureBatches(torch.utils.data.Dataset):
     re-rotated) per epoch when training. Items: {"batch": Batch, "labels": [B, C] float, "rows": [B]
     long (positions in the split)}."""
 
-    def __init__(self, data: PreparedDataset, idx: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, train: bool):
-        self.data, self.idx, self.y, self.cfg, self.train = data, idx, torch.from_numpy(y), cfg, train
-        self.settings = BatchSettings(crop_length=cfg.max_length,
-                                      tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
-                                      rotate=train, random_crop=train)
+    def __init__(
+        self,
+        data: PreparedDataset,
+        idx: np.ndarray,
+        y: np.ndarray,
+        cfg: FinetuneConfig,
+        train: bool,
+    ):
+        self.data, self.idx, self.y, self.cfg, self.train = (
+            data,
+            idx,
+            torch.from_numpy(y),
+            cfg,
+            train,
+        )
+        self.settings = BatchSettings(
+            crop_length=cfg.max_length,
+            tokens_per_batch=max(cfg.tokens_per_batch, cfg.max_length),
+            rotate=train,
+            random_crop=train,
+        )
         self.lengths = np.minimum(data.lengths[idx], cfg.max_length)
         self.epoch = 0
         self._plan = token_budget_batches(self.lengths, self.settings.tokens_per_batch, None)
@@ -195,9 +252,14 @@ class _StructureBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         members = self._plan[k]
-        b = collate_chains(self.data, self.idx[members], self.settings, self.cfg.seed, self.epoch,
-                           masked=False)
-        return {"batch": b, "labels": self.y[members], "rows": torch.from_numpy(np.asarray(members))}
+        b = collate_chains(
+            self.data, self.idx[members], self.settings, self.cfg.seed, self.epoch, masked=False
+        )
+        return {
+            "batch": b,
+            "labels": self.y[members],
+            "rows": torch.from_numpy(np.asarray(members)),
+        }
 
 
 class _EpochSetter(L.Callback):
@@ -209,13 +271,29 @@ class _EpochSetter(L.Callback):
 
 
 def _feature_loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
-    ds = [{"features": torch.from_numpy(x[i]), "labels": torch.from_numpy(y[i]), "rows": torch.tensor(i)} for i in range(len(x))]
+    ds = [
+        {
+            "features": torch.from_numpy(x[i]),
+            "labels": torch.from_numpy(y[i]),
+            "rows": torch.tensor(i),
+        }
+        for i in range(len(x))
+    ]
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
-def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig,
-             device: str = "cpu", progress: bool = True, echo=print, command: str = "") -> dict:
+def finetune(
+    checkpoint: str,
+    labels_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FinetuneConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    echo=print,
+    command: str = "",
+) -> dict:
     """Train a function head; returns metrics (also written to ``out_dir``/metrics.json).
 
     Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: checkpoints/last.ckpt is written at
@@ -229,11 +307,15 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
         stop = StopOnSignal(Path(out_dir) / "checkpoints" / "last.ckpt")
         stop.install()
     try:
-        return _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg, device, progress, echo, command, stop)
+        return _finetune(
+            checkpoint, labels_dir, data_dir, out_dir, cfg, device, progress, echo, command, stop
+        )
     except Interrupted as e:  # outside a training step: nothing new to save
-        raise TrainingInterrupted(f"stopped by {signal_name(e.signum)} outside a training step: nothing new "
-                                  "to save",
-                                  e.signum, resumable=(Path(out_dir) / "checkpoints" / _RESUME).exists()) from None
+        raise TrainingInterrupted(
+            f"stopped by {signal_name(e.signum)} outside a training step: nothing new to save",
+            e.signum,
+            resumable=(Path(out_dir) / "checkpoints" / _RESUME).exists(),
+        ) from None
     finally:
         if stop is not None:
             stop.uninstall()
@@ -243,34 +325,63 @@ def finetune(checkpoint: str, labels_dir: str | Path, data_dir: str | Path, out_
 _RESUME = "resume.json"
 
 
-def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, device, progress, echo, command, stop) -> dict:
+def _finetune(
+    checkpoint,
+    labels_dir,
+    data_dir,
+    out_dir,
+    cfg: FinetuneConfig,
+    device,
+    progress,
+    echo,
+    command,
+    stop,
+) -> dict:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from ..embed import iter_pooled
     from ..model import CoordFormer
     from ..model.checkpoints import load_model, missing_coords_warning
-    from ..embed import iter_pooled
 
     quiet_lightning()
     out = Path(out_dir)
     if (out / "metrics.json").exists():
-        raise OptionError("out_dir", out, "already holds a finished fine-tuning run; "
-                          "choose another `out_dir`")
+        raise OptionError(
+            "out_dir", out, "already holds a finished fine-tuning run; choose another `out_dir`"
+        )
     out.mkdir(parents=True, exist_ok=True)
     last, state_file = out / "checkpoints" / "last.ckpt", out / "checkpoints" / _RESUME
-    state = {"config": cfg.to_dict(), "checkpoint": str(checkpoint), "running": None, "finished": {}}
+    state = {
+        "config": cfg.to_dict(),
+        "checkpoint": str(checkpoint),
+        "running": None,
+        "finished": {},
+    }
     if state_file.exists():  # an interrupted run: same settings, then go on from where it stopped
         old = json.loads(state_file.read_text())
         changed = [k for k, v in state["config"].items() if old.get("config", {}).get(k) != v]
         changed += ["checkpoint"] if old.get("checkpoint") != state["checkpoint"] else []
         if changed:
-            raise OptionError("out_dir", out, "holds an interrupted fine-tuning run with different "
-                              f"{', '.join(changed)}; "
-                              "re-run its own command to resume it, or choose another `out_dir`")
+            raise OptionError(
+                "out_dir",
+                out,
+                "holds an interrupted fine-tuning run with different "
+                f"{', '.join(changed)}; "
+                "re-run its own command to resume it, or choose another `out_dir`",
+            )
         state = old
-        echo(f"resuming the interrupted run in {out}: " + ", ".join(
-            [f"{n} finished" for n in state["finished"]] +
-            ([f"{state['running']} from {last}"] if state["running"] and last.exists() else [])))
+        echo(
+            f"resuming the interrupted run in {out}: "
+            + ", ".join(
+                [f"{n} finished" for n in state["finished"]]
+                + (
+                    [f"{state['running']} from {last}"]
+                    if state["running"] and last.exists()
+                    else []
+                )
+            )
+        )
     L.seed_everything(cfg.seed, verbose=False)
     files = deepfri_files(labels_dir, cfg.task)
     labels = read_annotations(files["annot"], cfg.task)
@@ -280,23 +391,38 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
     for name in ("train", "valid", "test"):
         split_ids = read_split(files[name])
         ids, y, rep = function_dataset(labels, split_ids, available)
-        hint = missing_structure_hint(labels, split_ids, data.ids) if rep["without_structure"] else None
+        hint = (
+            missing_structure_hint(labels, split_ids, data.ids)
+            if rep["without_structure"]
+            else None
+        )
         if not ids:
-            raise UsageError(f"no {name} chain of {files[name].name} has both labels and a structure in {data_dir}"
-                             + (f": {hint}" if hint else ""))
+            raise UsageError(
+                f"no {name} chain of {files[name].name} has both labels and a structure in {data_dir}"
+                + (f": {hint}" if hint else "")
+            )
         splits[name] = (ids, np.array([data.index_of(i) for i in ids]), y)
         report[name] = rep
-        echo(f"{name}: {rep['kept']} chains kept of {rep['in_split']} ({rep['without_structure']} without structure, "
-             f"{rep['without_labels']} without labels)" + (f"; {hint}" if hint else ""))
+        echo(
+            f"{name}: {rep['kept']} chains kept of {rep['in_split']} ({rep['without_structure']} without structure, "
+            f"{rep['without_labels']} without labels)" + (f"; {hint}" if hint else "")
+        )
     model, meta = load_model(checkpoint, map_location="cpu")
     model = model.float()
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
         model = CoordFormer(model.config)  # same architecture, no pretraining
     use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
-    if not cfg.random_init:  # a model that never learnt the missing flag, on mostly coordinate-less chains
-        warning = missing_coords_warning(model, meta, data, np.concatenate([s[1] for s in splits.values()]),
-                                         fraction=None if use_coords else 1.0)
+    if (
+        not cfg.random_init
+    ):  # a model that never learnt the missing flag, on mostly coordinate-less chains
+        warning = missing_coords_warning(
+            model,
+            meta,
+            data,
+            np.concatenate([s[1] for s in splits.values()]),
+            fraction=None if use_coords else 1.0,
+        )
         if warning:
             echo(warning)
     n_classes = labels.n_classes
@@ -310,24 +436,40 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state, indent=2))
 
-    def fit(module: FunctionModule, loaders: dict, max_epochs: int, name: str, patience: int, extra=()) -> tuple[int, str]:
+    def fit(
+        module: FunctionModule, loaders: dict, max_epochs: int, name: str, patience: int, extra=()
+    ) -> tuple[int, str]:
         """Train with early stopping on validation Fmax; leaves ``module`` holding its best epoch's
         weights. Returns (epochs run, path of checkpoints/<name>.ckpt)."""
         if name in state["finished"]:  # finished before the run was interrupted
             done = state["finished"][name]
-            module.load_state_dict(torch.load(done["best"], map_location="cpu", weights_only=False)["state_dict"])
+            module.load_state_dict(
+                torch.load(done["best"], map_location="cpu", weights_only=False)["state_dict"]
+            )
             module.best_fmax = done["best_fmax"]
             return done["epochs_run"], done["best"]
         ckpt_path = str(last) if state["running"] == name and last.exists() else None
         save_state(running=name)
-        callbacks = [EarlyStopping("valid_fmax", mode="max", patience=patience),
-                     ModelCheckpoint(out / "checkpoints", filename=name, monitor="valid_fmax", mode="max", save_top_k=1),
-                     *extra, *([stop] if stop is not None else [])]
-        trainer = L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1,
-                            precision=precision, callbacks=callbacks,
-                            logger=CSVLogger(out, name="logs" if name == "best" else f"logs_{name}"),
-                            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                            log_every_n_steps=1)
+        callbacks = [
+            EarlyStopping("valid_fmax", mode="max", patience=patience),
+            ModelCheckpoint(
+                out / "checkpoints", filename=name, monitor="valid_fmax", mode="max", save_top_k=1
+            ),
+            *extra,
+            *([stop] if stop is not None else []),
+        ]
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=1,
+            precision=precision,
+            callbacks=callbacks,
+            logger=CSVLogger(out, name="logs" if name == "best" else f"logs_{name}"),
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
         try:
             trainer.fit(module, loaders["train"], loaders["valid"], ckpt_path=ckpt_path)
         except Interrupted:
@@ -336,17 +478,37 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         if stop is not None:
             stop.wrap_up()
             if stop.stopped_at is not None:
-                raise TrainingInterrupted(f"stopped by {signal_name(stop.stopped_by)}: saved {last} at step "
-                                          f"{stop.stopped_at} ({name} stage)", stop.stopped_by, step=stop.stopped_at,
-                                          checkpoint=str(last), resumable=True)
+                raise TrainingInterrupted(
+                    f"stopped by {signal_name(stop.stopped_by)}: saved {last} at step "
+                    f"{stop.stopped_at} ({name} stage)",
+                    stop.stopped_by,
+                    step=stop.stopped_at,
+                    checkpoint=str(last),
+                    resumable=True,
+                )
         best_path = callbacks[1].best_model_path
-        module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
-        if ckpt_path is not None and callbacks[1].best_model_score is not None:  # validations before the resume count
+        module.load_state_dict(
+            torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+        )
+        if (
+            ckpt_path is not None and callbacks[1].best_model_score is not None
+        ):  # validations before the resume count
             module.best_fmax = max(module.best_fmax, float(callbacks[1].best_model_score))
-        save_state(running=None, finished={**state["finished"], name: {
-            "epochs_run": trainer.current_epoch, "best": best_path, "best_fmax": module.best_fmax}})
+        save_state(
+            running=None,
+            finished={
+                **state["finished"],
+                name: {
+                    "epochs_run": trainer.current_epoch,
+                    "best": best_path,
+                    "best_fmax": module.best_fmax,
+                },
+            },
+        )
         last.unlink(missing_ok=True)  # this stage's resume point, spent
-        if stop is not None and stop.received:  # came during the stage's last step; the stage is kept
+        if (
+            stop is not None and stop.received
+        ):  # came during the stage's last step; the stage is kept
             raise Interrupted(stop.received)
         return trainer.current_epoch, best_path
 
@@ -357,12 +519,16 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         for name, (ids, idx, y) in splits.items():
             x = np.zeros((len(idx), d_model), dtype=np.float32)
             pos = {ci: k for k, ci in enumerate(idx)}
-            for chain_idx, _, mean, _ in iter_pooled(model, data, idx, None, use_coords, cfg.max_length,
-                                                     cfg.tokens_per_batch, device):
+            for chain_idx, _, mean, _ in iter_pooled(
+                model, data, idx, None, use_coords, cfg.max_length, cfg.tokens_per_batch, device
+            ):
                 for r, ci in enumerate(chain_idx):
                     x[pos[ci]] = mean[r]
             feats[name] = x
-        return {n: _feature_loader(feats[n], splits[n][2], cfg.batch_size, n == "train", cfg.seed) for n in splits}
+        return {
+            n: _feature_loader(feats[n], splits[n][2], cfg.batch_size, n == "train", cfg.seed)
+            for n in splits
+        }
 
     run_info: dict = {}
     if cfg.head == "mlp":
@@ -379,16 +545,30 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
                 probe.init_output_bias(train_y)
             epochs, _ = fit(probe, frozen_features(), cfg.probe_epochs, "probe", cfg.probe_patience)
             run_info["probe"] = {"epochs_run": epochs, "best_valid_fmax": probe.best_fmax}
-            echo(f"linear probe: best validation Fmax {probe.best_fmax:.3f} after {epochs} epochs; now fine-tuning the encoder")
+            echo(
+                f"linear probe: best validation Fmax {probe.best_fmax:.3f} after {epochs} epochs; now fine-tuning the encoder"
+            )
         model.to("cpu").train()  # load_model hands back an inference-mode model
         module = FunctionModule(cfg, n_classes, d_model, encoder=model, use_coords=use_coords)
         if probe is not None:
             module.head.load_state_dict(probe.head.state_dict())
         elif cfg.prior_bias:
             module.init_output_bias(train_y)
-        sets = {n: _StructureBatches(data, splits[n][1], splits[n][2], cfg, train=n == "train") for n in splits}
-        loaders = {n: torch.utils.data.DataLoader(sets[n], batch_size=None, shuffle=False) for n in sets}
-        run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best", cfg.patience, extra=(_EpochSetter(sets["train"]),))
+        sets = {
+            n: _StructureBatches(data, splits[n][1], splits[n][2], cfg, train=n == "train")
+            for n in splits
+        }
+        loaders = {
+            n: torch.utils.data.DataLoader(sets[n], batch_size=None, shuffle=False) for n in sets
+        }
+        run_info["epochs_run"], best = fit(
+            module,
+            loaders,
+            cfg.max_epochs,
+            "best",
+            cfg.patience,
+            extra=(_EpochSetter(sets["train"]),),
+        )
     module = module.to(device).eval()
     metrics = {**run_info, "best_checkpoint": str(best)}
     identity = read_identity_bins(files["identity"]) if "identity" in files else None
@@ -396,26 +576,56 @@ def _finetune(checkpoint, labels_dir, data_dir, out_dir, cfg: FinetuneConfig, de
         ids, _, y = splits[name]
         s = np.zeros_like(y)
         with torch.no_grad():
-            for batch in loaders[name]:  # structure batches come length-sorted: put rows back in split order
+            for batch in loaders[
+                name
+            ]:  # structure batches come length-sorted: put rows back in split order
                 batch = {k: v.to(device) for k, v in batch.items()}
                 s[batch["rows"].cpu().numpy()] = torch.sigmoid(module(batch).float()).cpu().numpy()
-        np.savez(out / f"predictions_{name}.npz", ids=np.array(ids), y_true=y, y_score=s, classes=np.array(labels.classes))
+        np.savez(
+            out / f"predictions_{name}.npz",
+            ids=np.array(ids),
+            y_true=y,
+            y_score=s,
+            classes=np.array(labels.classes),
+        )
         f, t = fmax(y, s)
-        metrics[name] = {"n": len(ids), "fmax": f, "fmax_threshold": t, "micro_aupr": micro_aupr(y, s),
-                         "flattened_max_f1": flattened_max_f1(y, s)}
+        metrics[name] = {
+            "n": len(ids),
+            "fmax": f,
+            "fmax_threshold": t,
+            "micro_aupr": micro_aupr(y, s),
+            "flattened_max_f1": flattened_max_f1(y, s),
+        }
         if name == "test" and identity:
             metrics["test_by_identity"] = breakdown_by_identity(ids, y, s, identity)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "config.json").write_text(json.dumps({
-        "finetune": cfg.to_dict(), "checkpoint": str(checkpoint), "model": model.config.to_dict(), "use_coords": use_coords,
-        "labels": {k: str(v) for k, v in files.items()}, "data": str(data_dir), "data_report": report,
-        "n_classes": n_classes, "command": command}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "finetune": cfg.to_dict(),
+                "checkpoint": str(checkpoint),
+                "model": model.config.to_dict(),
+                "use_coords": use_coords,
+                "labels": {k: str(v) for k, v in files.items()},
+                "data": str(data_dir),
+                "data_report": report,
+                "n_classes": n_classes,
+                "command": command,
+            },
+            indent=2,
+        )
+    )
     state_file.unlink(missing_ok=True)  # finished: nothing to resume
     return metrics
 
 
-def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: str | Path | None = None,
-                         bootstrap: int = 0, seed: int = 0) -> str:
+def evaluate_predictions(
+    runs: list[str | Path],
+    split: str = "test",
+    identity: str | Path | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> str:
     """A Markdown table of the metrics of saved predictions (run folders or .npz files), one row per run;
     with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin; with
     ``bootstrap`` > 0 the Fmax difference of each run from the first, with a 95% interval from
@@ -431,7 +641,13 @@ def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: 
         ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
         fm, _ = fmax(y, s)
         loaded.append((ids, y, s))
-        row = [p.name if p.is_dir() else p.stem, str(len(ids)), f"{fm:.3f}", f"{micro_aupr(y, s):.3f}", f"{flattened_max_f1(y, s):.3f}"]
+        row = [
+            p.name if p.is_dir() else p.stem,
+            str(len(ids)),
+            f"{fm:.3f}",
+            f"{micro_aupr(y, s):.3f}",
+            f"{flattened_max_f1(y, s):.3f}",
+        ]
         if bins:
             for b, m in breakdown_by_identity(ids, y, s, bins).items():
                 row.append(f"{m['fmax']:.3f} / {m['aupr']:.3f} (n={m['n']})")
@@ -447,7 +663,9 @@ def evaluate_predictions(runs: list[str | Path], split: str = "test", identity: 
         rows[0].append("")
         for row, (ids, y, s) in zip(rows[1:], loaded[1:]):
             if ids != ids0:
-                raise OptionError("bootstrap", bootstrap, "needs runs with the same chains in the same order")
+                raise OptionError(
+                    "bootstrap", bootstrap, "needs runs with the same chains in the same order"
+                )
             d = [fmax(y[i], s[i])[0] - fmax(y0[i], s0[i])[0] for i in draws]
             point = fmax(y, s)[0] - fmax(y0, s0)[0]
             lo, hi = np.nanpercentile(d, [2.5, 97.5])

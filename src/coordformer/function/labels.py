@@ -104,7 +104,9 @@ def _new_chain_id(path: str | Path, lineno: int, raw: str, first_seen: dict[str,
 
 def _read_lines(path: str | Path) -> list[str]:
     try:
-        return Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark would hide the first id
+        return (
+            Path(path).read_text(encoding="utf-8-sig").splitlines()
+        )  # -sig: a byte-order mark would hide the first id
     except FileNotFoundError:
         raise FunctionDataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -118,7 +120,9 @@ def _tab_fields(line: str) -> list[str]:
     return fields
 
 
-def _parse_header(path: str | Path, lines: list[str]) -> tuple[dict[str, tuple[int, list[str]]], list[str], int]:
+def _parse_header(
+    path: str | Path, lines: list[str]
+) -> tuple[dict[str, tuple[int, list[str]]], list[str], int]:
     """Sections {name: (line number of the content line, fields)}, the chain-table columns and its first line index."""
     sections: dict[str, tuple[int, list[str]]] = {}
     i = 0
@@ -136,20 +140,26 @@ def _parse_header(path: str | Path, lines: list[str]) -> tuple[dict[str, tuple[i
             raise _error(path, i + 1, f"section {name!r} is not followed by its tab-separated line")
         sections[name] = (i + 2, _tab_fields(lines[i + 1]))
         i += 2
-    raise FunctionDataError(f"{path}: no '### PDB-chain' header line (not a DeepFRI annotation file?)")
+    raise FunctionDataError(
+        f"{path}: no '### PDB-chain' header line (not a DeepFRI annotation file?)"
+    )
 
 
 def read_annotations(path: str | Path, task: str) -> LabelSet:
     """Labels of ``task`` ('ec', 'go-mf', 'go-bp' or 'go-cc') from a DeepFRI ``*_annot.tsv`` file."""
     if task not in _SECTIONS:
-        raise FunctionDataError(f"unknown function task {task!r}; expected one of {', '.join(TASKS)}")
+        raise FunctionDataError(
+            f"unknown function task {task!r}; expected one of {', '.join(TASKS)}"
+        )
     key, names_key = _SECTIONS[task]
     lines = _read_lines(path)
     sections, columns, start = _parse_header(path, lines)
     if key not in sections:
         kind = "an EC" if task == "ec" else "a GO"
-        raise FunctionDataError(f"{path}: no '### {key}' section (found: {', '.join(sections) or 'none'}); "
-                                f"task {task!r} needs {kind} annotation file")
+        raise FunctionDataError(
+            f"{path}: no '### {key}' section (found: {', '.join(sections) or 'none'}); "
+            f"task {task!r} needs {kind} annotation file"
+        )
     class_line, classes = sections[key]
     if not classes or any(not c for c in classes):
         raise _error(path, class_line, f"the {key} list is empty or has an empty entry")
@@ -161,11 +171,15 @@ def read_annotations(path: str | Path, task: str) -> LabelSet:
     names: list[str] = []
     if names_key is not None and names_key in sections:
         names_line, names = sections[names_key]
-        names += [""] * (len(classes) - len(names))  # trailing empty names were dropped with the trailing tabs
+        names += [""] * (
+            len(classes) - len(names)
+        )  # trailing empty names were dropped with the trailing tabs
         if len(names) != len(classes):
             raise _error(path, names_line, f"{len(names)} names for {len(classes)} classes")
     if key not in columns:
-        raise _error(path, start, f"the '### PDB-chain' header has no {key!r} column (columns: {columns})")
+        raise _error(
+            path, start, f"the '### PDB-chain' header has no {key!r} column (columns: {columns})"
+        )
     col = columns.index(key)
 
     labels: dict[str, np.ndarray] = {}
@@ -176,7 +190,11 @@ def read_annotations(path: str | Path, task: str) -> LabelSet:
             continue
         fields = _tab_fields(line)
         if len(fields) > len(columns):
-            raise _error(path, lineno, f"{len(fields)} tab-separated fields but the header has {len(columns)} columns")
+            raise _error(
+                path,
+                lineno,
+                f"{len(fields)} tab-separated fields but the header has {len(columns)} columns",
+            )
         cid = _new_chain_id(path, lineno, fields[0], first_seen)
         # Trailing empty columns may be missing altogether (editors strip trailing tabs).
         cell = fields[col] if col < len(fields) else ""
@@ -219,15 +237,24 @@ def read_identity_bins(path: str | Path) -> dict[str, dict[str, bool]]:
         raise FunctionDataError(f"{path}: empty file")
     header_line, header = rows[0]
     cols = [c.strip() for c in header.split(",")]
-    if cols[0] != "PDB-chain" or len(cols) < 2 or any(not c for c in cols) or len(set(cols)) != len(cols):
-        raise _error(path, header_line, f"expected a header 'PDB-chain,<30%,...', got {header[:80]!r}")
+    if (
+        cols[0] != "PDB-chain"
+        or len(cols) < 2
+        or any(not c for c in cols)
+        or len(set(cols)) != len(cols)
+    ):
+        raise _error(
+            path, header_line, f"expected a header 'PDB-chain,<30%,...', got {header[:80]!r}"
+        )
     bins = cols[1:]
     out: dict[str, dict[str, bool]] = {}
     first_seen: dict[str, int] = {}
     for lineno, line in rows[1:]:
         fields = [f.strip() for f in line.split(",")]
         if len(fields) != len(cols):
-            raise _error(path, lineno, f"{len(fields)} comma-separated fields, the header has {len(cols)}")
+            raise _error(
+                path, lineno, f"{len(fields)} comma-separated fields, the header has {len(cols)}"
+            )
         bad = [f for f in fields[1:] if f not in ("0", "1")]
         if bad:
             raise _error(path, lineno, f"identity flags must be 0 or 1, got {bad[0]!r}")
@@ -261,7 +288,12 @@ def function_dataset(
             no_structure += 1
         else:
             ids.append(cid)
-    report = {"in_split": len(seen), "without_labels": no_labels, "without_structure": no_structure, "kept": len(ids)}
+    report = {
+        "in_split": len(seen),
+        "without_labels": no_labels,
+        "without_structure": no_structure,
+        "kept": len(ids),
+    }
     return ids, labels.dense(ids), report
 
 
@@ -269,13 +301,19 @@ def function_dataset(
 _PER_CHAIN_FILE_ID = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_]([A-Za-z0-9]{1,4})\.\2$")
 
 
-def missing_structure_hint(labels: LabelSet, split_ids: Iterable[str], available_ids: Iterable[str]) -> str | None:
+def missing_structure_hint(
+    labels: LabelSet, split_ids: Iterable[str], available_ids: Iterable[str]
+) -> str | None:
     """Why labelled chains of a split found no structure: how many, examples, and whether the dataset
     holds them under ids made from per-chain file names (``1PAA-K.K`` for 1PAA.K, written by versions
     before ``read_structure`` recognised such names). None when every labelled chain has one."""
     available_ids = list(available_ids)
     available = {_canonical(s) for s in available_ids}
-    missing = [c for c in dict.fromkeys(_canonical(s) for s in split_ids) if c in labels.labels and c not in available]
+    missing = [
+        c
+        for c in dict.fromkeys(_canonical(s) for s in split_ids)
+        if c in labels.labels and c not in available
+    ]
     if not missing:
         return None
     per_chain = {}
@@ -286,6 +324,8 @@ def missing_structure_hint(labels: LabelSet, split_ids: Iterable[str], available
     text = f"{len(missing)} labelled chains have no structure in the dataset (e.g. {', '.join(missing[:3])})"
     renamed = [c for c in missing if c in per_chain]
     if renamed:
-        text += (f"; {len(renamed)} of them are there under ids made from per-chain file names ({per_chain[renamed[0]]} "
-                 f"for {renamed[0]}): prepare the structures again, which now names them {renamed[0]}")
+        text += (
+            f"; {len(renamed)} of them are there under ids made from per-chain file names ({per_chain[renamed[0]]} "
+            f"for {renamed[0]}): prepare the structures again, which now names them {renamed[0]}"
+        )
     return text

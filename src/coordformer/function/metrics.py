@@ -23,7 +23,9 @@ def _check(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
     yt = np.asarray(y_true)
     ys = np.asarray(y_score, dtype=np.float64)
     if yt.ndim != 2 or yt.shape != ys.shape:
-        raise ValueError(f"y_true and y_score must both be [N, C] arrays, got shapes {yt.shape} and {ys.shape}")
+        raise ValueError(
+            f"y_true and y_score must both be [N, C] arrays, got shapes {yt.shape} and {ys.shape}"
+        )
     if yt.dtype != bool:
         if np.any((yt != 0) & (yt != 1)):
             raise ValueError("y_true must contain only 0 and 1")
@@ -33,7 +35,9 @@ def _check(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
     return yt, ys
 
 
-def fmax(y_true, y_score, thresholds: Iterable[float] | None = CAFA_THRESHOLDS) -> tuple[float, float]:
+def fmax(
+    y_true, y_score, thresholds: Iterable[float] | None = CAFA_THRESHOLDS
+) -> tuple[float, float]:
     """Protein-centric maximum F-measure (CAFA; Radivojac et al. 2013) and the threshold that attains it.
 
     Proteins with no true label are dropped first. For each threshold t, precision is the mean of TP/(TP+FP) over the
@@ -68,7 +72,7 @@ def fmax(y_true, y_score, thresholds: Iterable[float] | None = CAFA_THRESHOLDS) 
     n_pred = np.zeros(grid.size)
     block = max(1, _BLOCK_ELEMENTS // max(c, 1))
     for lo in range(0, n, block):
-        t_blk, s_blk = yt[lo:lo + block], ys[lo:lo + block]
+        t_blk, s_blk = yt[lo : lo + block], ys[lo : lo + block]
         order = np.argsort(-s_blk, axis=1, kind="stable")
         s = np.take_along_axis(s_blk, order, axis=1)
         tp = np.cumsum(np.take_along_axis(t_blk, order, axis=1), axis=1)
@@ -165,7 +169,9 @@ def breakdown_by_identity(
     if len(ids) != yt.shape[0]:
         raise ValueError(f"{len(ids)} ids for {yt.shape[0]} rows of y_true")
     if ids and bins and not any(i in bins for i in ids):
-        raise ValueError("none of the ids is in the identity-bin table (different chain-id conventions?)")
+        raise ValueError(
+            "none of the ids is in the identity-bin table (different chain-id conventions?)"
+        )
     names: dict[str, None] = {}
     for flags in bins.values():
         names.update(dict.fromkeys(flags))

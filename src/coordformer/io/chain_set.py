@@ -64,7 +64,9 @@ def _atom_array_unchecked(value, n: int, atom: str) -> np.ndarray:
     if not isinstance(value, list):
         raise ValueError(f"coords.{atom} is not a list")
     if len(value) != n:
-        raise ValueError(f"length mismatch: seq has {n} residues but coords.{atom} has {len(value)}")
+        raise ValueError(
+            f"length mismatch: seq has {n} residues but coords.{atom} has {len(value)}"
+        )
     try:
         arr = np.array(value)
     except (ValueError, TypeError):
@@ -110,7 +112,8 @@ def _record_to_chain(rec, source: str) -> Chain:
         try:
             with np.errstate(over="ignore"):  # beyond float32 becomes inf, rejected below
                 xyz = np.array(
-                    [[[math.nan] * 3 if a is None else a for a in r] for r in coords], dtype=np.float32
+                    [[[math.nan] * 3 if a is None else a for a in r] for r in coords],
+                    dtype=np.float32,
                 )
         except (ValueError, TypeError):
             raise ValueError("'coords' list is not an [L, 4, 3] array of numbers") from None
@@ -161,7 +164,9 @@ def _parse_line(line: bytes, source: str) -> Chain | StructureReadError:
         return StructureReadError(source, f"unexpected {type(e).__name__}: {short_reason(e)}")
 
 
-def _iter_lines(path: str | Path, start: int, stop: int | None) -> Iterator[Chain | StructureReadError]:
+def _iter_lines(
+    path: str | Path, start: int, stop: int | None
+) -> Iterator[Chain | StructureReadError]:
     src = str(path)
     lines = text_lines(path)
     try:  # eager: a file that cannot be opened or decompressed at all raises now
@@ -203,7 +208,9 @@ def iter_chain_set(path: str | Path) -> Iterator[Chain | StructureReadError]:
     return _iter_lines(path, 0, None)
 
 
-def iter_chain_set_lines(path: str | Path, start: int, stop: int) -> Iterator[Chain | StructureReadError]:
+def iter_chain_set_lines(
+    path: str | Path, start: int, stop: int
+) -> Iterator[Chain | StructureReadError]:
     """Like :func:`iter_chain_set`, restricted to lines with 0-based index in [start, stop)
     (blank lines count as lines; see :func:`count_lines`)."""
     if start < 0 or stop < start:
@@ -262,7 +269,9 @@ def write_chain_set(chains: Iterable[Chain], path: str | Path, decimals: int = 3
                 fh = raw
             try:
                 for chain in chains:
-                    line = json.dumps(_chain_record(chain, decimals), separators=(",", ":"), allow_nan=False)
+                    line = json.dumps(
+                        _chain_record(chain, decimals), separators=(",", ":"), allow_nan=False
+                    )
                     fh.write(line.encode("utf-8"))
                     fh.write(b"\n")
                     n += 1

@@ -35,7 +35,9 @@ def _record(src: str, lineno: int, header: str, parts: list[str]) -> Chain | Str
     if seq.endswith("*"):
         seq = seq[:-1]
     if not seq:
-        return StructureReadError(where, f"FASTA record {short_reason(words[0], 80)!r} has an empty sequence")
+        return StructureReadError(
+            where, f"FASTA record {short_reason(words[0], 80)!r} has an empty sequence"
+        )
     try:
         seq = normalize_sequence(seq)
         return Chain(
@@ -69,7 +71,9 @@ def iter_fasta(path: str | Path) -> Iterator[Chain | StructureReadError]:
     lines = text.splitlines()
     first = next((i for i, ln in enumerate(lines) if ln.strip() and not ln.startswith(";")), None)
     if first is None or not lines[first].startswith(">"):
-        raise StructureReadError(src, "not a FASTA file: no '>' header line before the first sequence line")
+        raise StructureReadError(
+            src, "not a FASTA file: no '>' header line before the first sequence line"
+        )
     return _records(src, lines, first)
 
 

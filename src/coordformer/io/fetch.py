@@ -46,11 +46,15 @@ _SUFFIXES = tuple(sorted(STRUCTURE_SUFFIXES, key=len, reverse=True))
 _PDB_ID = re.compile(r"^([0-9][A-Za-z0-9]{3})(?:[._:-][A-Za-z0-9]{1,4})?$")  # 1abc, 1ABC.A, 1abc_A
 _AF_ID = re.compile(r"^AF-([A-Z0-9]{6,10})-F1(?:-model_v\d+)?$", re.IGNORECASE)
 # UniProt accession format (uniprot.org/help/accession_numbers)
-_UNIPROT = re.compile(r"^(?:[OPQ][0-9][A-Z0-9]{3}[0-9]|[A-NR-Z][0-9](?:[A-Z][A-Z0-9]{2}[0-9]){1,2})$", re.IGNORECASE)
+_UNIPROT = re.compile(
+    r"^(?:[OPQ][0-9][A-Z0-9]{3}[0-9]|[A-NR-Z][0-9](?:[A-Z][A-Z0-9]{2}[0-9]){1,2})$", re.IGNORECASE
+)
 _USER_AGENT = "coordformer (https://github.com/; structure download)"
 
 
-_ID_FORMS = "neither a PDB id (1abc) nor a UniProt accession / AlphaFold DB id (P69905, AF-P69905-F1)"
+_ID_FORMS = (
+    "neither a PDB id (1abc) nor a UniProt accession / AlphaFold DB id (P69905, AF-P69905-F1)"
+)
 
 
 def parse_fetch_id(token: str) -> tuple[str, str]:
@@ -77,7 +81,11 @@ def read_id_tokens(path: str | os.PathLike) -> list[str]:
         data = Path(path).read_bytes()
     except OSError as e:
         raise UsageError(f"--ids {path}: cannot read it ({e.strerror or e})") from None
-    text = data.decode("utf-16") if data.startswith((b"\xff\xfe", b"\xfe\xff")) else data.decode("utf-8-sig", "replace")
+    text = (
+        data.decode("utf-16")
+        if data.startswith((b"\xff\xfe", b"\xfe\xff"))
+        else data.decode("utf-8-sig", "replace")
+    )
     tokens: list[str] = []
     for line in text.splitlines():
         tokens += line.split("#", 1)[0].replace(",", " ").split()
@@ -91,15 +99,22 @@ class FetchSummary:
     downloaded: int = 0
     present: int = 0  # already in out_dir from an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
-    files: list[str] = field(default_factory=list)  # every file for the ids that succeeded (new or present)
+    files: list[str] = field(
+        default_factory=list
+    )  # every file for the ids that succeeded (new or present)
     elapsed_s: float = 0.0
 
     def format(self) -> str:
-        lines = [f"fetched into {self.out_dir}: {self.downloaded} downloaded, {self.present} already there, "
-                 f"{len(self.failed)} failed, of {self.requested} ids ({self.elapsed_s:.1f} s)"]
+        lines = [
+            f"fetched into {self.out_dir}: {self.downloaded} downloaded, {self.present} already there, "
+            f"{len(self.failed)} failed, of {self.requested} ids ({self.elapsed_s:.1f} s)"
+        ]
         if self.failed:
-            lines.append(f"  failed (see {Path(self.out_dir) / FAILED_FILE}): "
-                         + "; ".join(f"{i}: {r}" for i, r in self.failed[:3]) + (" ..." if len(self.failed) > 3 else ""))
+            lines.append(
+                f"  failed (see {Path(self.out_dir) / FAILED_FILE}): "
+                + "; ".join(f"{i}: {r}" for i, r in self.failed[:3])
+                + (" ..." if len(self.failed) > 3 else "")
+            )
         return "\n".join(lines)
 
 
@@ -117,12 +132,16 @@ def _get(url: str, timeout: float) -> bytes:
     except urllib.error.HTTPError as e:
         # 404/410: the entry does not exist (or is obsolete); 408, 429 and 5xx are worth another try
         retry = e.code in (408, 429) or e.code >= 500
-        what = "not found" if e.code in (404, 410) else "refused" if e.code < 500 else "server error"
+        what = (
+            "not found" if e.code in (404, 410) else "refused" if e.code < 500 else "server error"
+        )
         raise _FetchError(f"{what} (HTTP {e.code}) at {url}", retry=retry) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise _FetchError(f"cannot reach {url}: {reason}", retry=True) from None
-    except http.client.HTTPException as e:  # a transfer cut off part-way (IncompleteRead), a garbled reply
+    except (
+        http.client.HTTPException
+    ) as e:  # a transfer cut off part-way (IncompleteRead), a garbled reply
         raise _FetchError(f"broken reply from {url}: {type(e).__name__}", retry=True) from None
 
 
@@ -142,16 +161,32 @@ def _url(template: str, **kw) -> str:
 
 def _existing(out: Path, kind: str, key: str) -> Path | None:
     if kind == "pdb":
-        hits = [out / f"{key}{suffix}" for suffix in _SUFFIXES if (out / f"{key}{suffix}").is_file()]
+        hits = [
+            out / f"{key}{suffix}" for suffix in _SUFFIXES if (out / f"{key}{suffix}").is_file()
+        ]
         return hits[0] if hits else None
     hits = list(out.glob(f"AF-{key}-F1*.cif*"))
     # several model versions from earlier runs: the newest (v10 after v9, not by name)
-    return max(hits, key=lambda p: (int(m.group(1)) if (m := re.search(r"model_v(\d+)", p.name)) else -1, p.name),
-               default=None)
+    return max(
+        hits,
+        key=lambda p: (
+            int(m.group(1)) if (m := re.search(r"model_v(\d+)", p.name)) else -1,
+            p.name,
+        ),
+        default=None,
+    )
 
 
-def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, timeout: float, retries: int,
-               backoff: float) -> tuple[Path, bool]:
+def _fetch_one(
+    kind: str,
+    key: str,
+    out: Path,
+    pdb_url: str,
+    afdb_api: str,
+    timeout: float,
+    retries: int,
+    backoff: float,
+) -> tuple[Path, bool]:
     """(file, downloaded?) for one id; raises _FetchError with the reason."""
     from coordformer.io.chains import StructureReadError
     from coordformer.io.structures import read_structure
@@ -172,7 +207,9 @@ def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, time
             ours = [e for e in entries if str(e.get("entryId", "")).upper() == f"AF-{key}-F1"]
             url = str((ours or entries)[0]["cifUrl"])
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            raise _FetchError(f"AlphaFold DB answered without a model file for {key} at {api}") from None
+            raise _FetchError(
+                f"AlphaFold DB answered without a model file for {key} at {api}"
+            ) from None
         name = Path(urllib.parse.urlparse(url).path).name or f"AF-{key}-F1.cif"
         if not name.upper().startswith(f"AF-{key}-F1"):  # keep the resume check (_existing) valid
             name = f"AF-{key}-F1-{name}"
@@ -184,7 +221,9 @@ def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, time
         try:
             read_structure(tmp)
         except StructureReadError as e:
-            raise _FetchError(f"downloaded {url} but it is not a usable structure: {e.reason}") from None
+            raise _FetchError(
+                f"downloaded {url} but it is not a usable structure: {e.reason}"
+            ) from None
         final = out / name
         os.replace(tmp, final)
         return final, True
@@ -192,14 +231,29 @@ def _fetch_one(kind: str, key: str, out: Path, pdb_url: str, afdb_api: str, time
         tmp.unlink(missing_ok=True)
 
 
-def fetch(ids: Iterable[str], out_dir: str | os.PathLike, pdb_url: str = PDB_URL, afdb_api: str = AFDB_API,
-          workers: int = 4, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
-          progress: bool = True) -> FetchSummary:
+def fetch(
+    ids: Iterable[str],
+    out_dir: str | os.PathLike,
+    pdb_url: str = PDB_URL,
+    afdb_api: str = AFDB_API,
+    workers: int = 4,
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff: float = 1.0,
+    progress: bool = True,
+) -> FetchSummary:
     """Download every id of ``ids`` (PDB ids, UniProt accessions, AlphaFold DB ids; see
     :func:`parse_fetch_id`) into ``out_dir``; returns a summary. A malformed id is not fetched but
     listed with the reason among the failures (``fetch_failed.tsv``), like an id that fails to
     download; only when no id is well-formed is it a UsageError. Duplicates are fetched once."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     t0 = time.monotonic()
     parsed: dict[tuple[str, str], str] = {}
@@ -212,21 +266,37 @@ def fetch(ids: Iterable[str], out_dir: str | os.PathLike, pdb_url: str = PDB_URL
             first_error = first_error or e
             malformed.setdefault(token, f"malformed id: {_ID_FORMS}")
     if not parsed:
-        raise first_error or UsageError("no ids to fetch: give PDB ids or UniProt accessions, or --ids FILE")
+        raise first_error or UsageError(
+            "no ids to fetch: give PDB ids or UniProt accessions, or --ids FILE"
+        )
     for template, needed in ((pdb_url, "{id"), (afdb_api, "{accession")):
         if needed not in template:
             raise UsageError(f"URL template {template!r} lacks {needed}}}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = FetchSummary(out_dir=str(out), requested=len(parsed) + len(malformed), failed=list(malformed.items()))
-    with Progress(TextColumn("[bold]fetching"), BarColumn(), MofNCompleteColumn(), TextColumn("ids"),
-                  TextColumn("failed [yellow]{task.fields[failed]}[/]"), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), disable=not progress) as bar:
+    summary = FetchSummary(
+        out_dir=str(out), requested=len(parsed) + len(malformed), failed=list(malformed.items())
+    )
+    with Progress(
+        TextColumn("[bold]fetching"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ids"),
+        TextColumn("failed [yellow]{task.fields[failed]}[/]"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("fetch", total=len(parsed), failed=len(summary.failed))
         pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
         try:
-            futures = {pool.submit(_fetch_one, kind, key, out, pdb_url, afdb_api, timeout, retries, backoff): token
-                       for (kind, key), token in parsed.items()}
+            futures = {
+                pool.submit(
+                    _fetch_one, kind, key, out, pdb_url, afdb_api, timeout, retries, backoff
+                ): token
+                for (kind, key), token in parsed.items()
+            }
             for fut in as_completed(futures):
                 token = futures[fut]
                 try:
@@ -250,7 +320,9 @@ def fetch(ids: Iterable[str], out_dir: str | os.PathLike, pdb_url: str = PDB_URL
     failed_path = out / FAILED_FILE
     if summary.failed:
         tmp = failed_path.with_name(f".{FAILED_FILE}.{os.getpid()}.tmp")
-        tmp.write_text("id\treason\n" + "".join(f"{i}\t{' '.join(r.split())}\n" for i, r in summary.failed))
+        tmp.write_text(
+            "id\treason\n" + "".join(f"{i}\t{' '.join(r.split())}\n" for i, r in summary.failed)
+        )
         os.replace(tmp, failed_path)
     else:
         failed_path.unlink(missing_ok=True)  # a resumed run that now has everything

@@ -249,7 +249,9 @@ def count_lines(path: str | Path) -> int:
 def detect_format(name: str, data: bytes) -> str | None:
     """'pdb' or 'cif' from the file name, overridden by unambiguous content; None if unknown."""
     base = _strip_gz(name)
-    by_suffix = "pdb" if base.endswith(_PDB_SUFFIXES) else "cif" if base.endswith(_CIF_SUFFIXES) else None
+    by_suffix = (
+        "pdb" if base.endswith(_PDB_SUFFIXES) else "cif" if base.endswith(_CIF_SUFFIXES) else None
+    )
     if _CIF_START_RE.match(data):
         return "cif"
     if by_suffix == "pdb":
@@ -281,15 +283,28 @@ def is_chain_set(path: str | Path) -> bool:
 
 #: Name endings of archives and compressions that are not read (only gzip is), with what they are.
 _ARCHIVE_SUFFIXES = (
-    (".tar.gz", "a tar archive"), (".tgz", "a tar archive"), (".tar.bz2", "a tar archive"),
-    (".tar.xz", "a tar archive"), (".tar", "a tar archive"), (".zip", "a zip archive"), (".7z", "a 7-Zip archive"),
-    (".rar", "a RAR archive"), (".bz2", "a bzip2-compressed file"), (".xz", "an xz-compressed file"),
-    (".zst", "a zstd-compressed file"), (".lz4", "an lz4-compressed file"), (".z", "a compress (.Z) file"),
+    (".tar.gz", "a tar archive"),
+    (".tgz", "a tar archive"),
+    (".tar.bz2", "a tar archive"),
+    (".tar.xz", "a tar archive"),
+    (".tar", "a tar archive"),
+    (".zip", "a zip archive"),
+    (".7z", "a 7-Zip archive"),
+    (".rar", "a RAR archive"),
+    (".bz2", "a bzip2-compressed file"),
+    (".xz", "an xz-compressed file"),
+    (".zst", "a zstd-compressed file"),
+    (".lz4", "an lz4-compressed file"),
+    (".z", "a compress (.Z) file"),
 )
 #: Leading bytes of the same, for files whose name does not say.
 _ARCHIVE_MAGIC = (
-    (b"PK\x03\x04", "a zip archive"), (b"BZh", "a bzip2-compressed file"), (b"\xfd7zXZ\x00", "an xz-compressed file"),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"Rar!", "a RAR archive"), (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
 )
 _NOT_READ = "not read: only plain and gzip-compressed files are; unpack it first"
 
@@ -321,8 +336,10 @@ def _sniff(path: Path) -> str | None:
     if b"\x00" in head:
         return "binary data, not a PDB/mmCIF structure, chain_set JSONL or FASTA file"
     if detect_format(path.name, head) is None:
-        return ("not a PDB/mmCIF structure, chain_set JSONL or FASTA file (its name has no known ending and its "
-                "content is neither PDB nor mmCIF)")
+        return (
+            "not a PDB/mmCIF structure, chain_set JSONL or FASTA file (its name has no known ending and its "
+            "content is neither PDB nor mmCIF)"
+        )
     return None
 
 
@@ -336,6 +353,12 @@ def unreadable_reason(path: Path) -> str | None:
         if name.endswith(suffix):
             return f"{what}, {_NOT_READ}"
     why = _sniff(path)
-    if why is not None and name.endswith(CHAIN_SET_SUFFIXES) and not why.startswith(("cannot", "empty", "corrupt")):
-        return "a JSON file that is not chain_set JSONL (its first record has no 'seq' and 'coords')"
+    if (
+        why is not None
+        and name.endswith(CHAIN_SET_SUFFIXES)
+        and not why.startswith(("cannot", "empty", "corrupt"))
+    ):
+        return (
+            "a JSON file that is not chain_set JSONL (its first record has no 'seq' and 'coords')"
+        )
     return why

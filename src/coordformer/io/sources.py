@@ -22,11 +22,14 @@ def _broken_link(path: Path) -> str:
         target = os.readlink(path)
     except OSError:
         target = "?"
-    return f"broken symbolic link: its target {target} does not exist (or the link points to itself)"
+    return (
+        f"broken symbolic link: its target {target} does not exist (or the link points to itself)"
+    )
 
 
-def _enter(folder: Path, linked: bool, problems: list[tuple[str, str]], visited: set[str],
-           quiet: set[str]) -> bool:
+def _enter(
+    folder: Path, linked: bool, problems: list[tuple[str, str]], visited: set[str], quiet: set[str]
+) -> bool:
     """Whether to search ``folder``: not when its real path is in ``quiet`` (passed over without a
     word) or in ``visited`` (searched already, said in ``problems``); else it is marked visited."""
     real = os.path.realpath(folder)
@@ -40,7 +43,9 @@ def _enter(folder: Path, linked: bool, problems: list[tuple[str, str]], visited:
     return True
 
 
-def _walk(root: Path, found: list, problems: list[tuple[str, str]], visited: set[str], quiet: set[str]) -> None:
+def _walk(
+    root: Path, found: list, problems: list[tuple[str, str]], visited: set[str], quiet: set[str]
+) -> None:
     """Search ``root`` recursively (sorted): readable sources into ``found`` as (relative parts,
     path); every entry that is not read into ``problems`` with the reason. Folders behind symbolic
     links are searched after the real ones and each folder once (``visited`` holds real paths), so a
@@ -92,7 +97,9 @@ def _walk(root: Path, found: list, problems: list[tuple[str, str]], visited: set
         queue.extend(reversed(subfolders))
 
 
-def find_sources(paths: Sequence[str | Path], skip: Sequence[str | Path] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_sources(
+    paths: Sequence[str | Path], skip: Sequence[str | Path] = ()
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files and folders into structure files, chain_set files and FASTA files.
 
     Folders are searched recursively in sorted (deterministic) order for files with a
@@ -124,7 +131,9 @@ def find_sources(paths: Sequence[str | Path], skip: Sequence[str | Path] = ()) -
             found: list = []
             _walk(p, found, problems, {os.path.realpath(p)}, {os.path.realpath(d) for d in skip})
             if not found:
-                problems.append((str(given), "folder contains no structure, chain_set or FASTA files"))
+                problems.append(
+                    (str(given), "folder contains no structure, chain_set or FASTA files")
+                )
             for _, q in sorted(found):
                 add(q)
         elif p.is_file():
@@ -158,7 +167,11 @@ def read_id_list(path: str | Path) -> list[str]:
     src = str(path)
     try:
         data = read_bytes(path)
-        text = data.decode("utf-16") if data.startswith(UTF16_BOMS) else data.decode("utf-8", "replace")
+        text = (
+            data.decode("utf-16")
+            if data.startswith(UTF16_BOMS)
+            else data.decode("utf-8", "replace")
+        )
     except StructureReadError:
         raise
     except Exception as e:

@@ -200,7 +200,8 @@ def _chain_from_span(
                 occ = atom.occ
             if occ != occ:  # gemmi reads '?' as 1.0 but junk as NaN
                 raise StructureReadError(
-                    src, f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: non-numeric occupancy"
+                    src,
+                    f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: non-numeric occupancy",
                 )
             if not occ > 0.0:  # zero occupancy = missing
                 continue
@@ -251,8 +252,13 @@ def _seqres_positions(residues: list[gemmi.Residue], full_len: int) -> np.ndarra
     return pos
 
 
-def _insert_unobserved(chain: Chain, residues: list[gemmi.Residue], full_sequence: Sequence[str],
-                       parents: dict[str, str], mode: str) -> Chain | None:
+def _insert_unobserved(
+    chain: Chain,
+    residues: list[gemmi.Residue],
+    full_sequence: Sequence[str],
+    parents: dict[str, str],
+    mode: str,
+) -> Chain | None:
     """``chain`` lengthened to its deposited sequence: the residues the file has no coordinates for
     are put back in place, with NaN coordinates and B-factors, residue id "" and ``observed`` False.
     ``mode`` "gaps": only between the first and last observed residue; "all": the termini too, up to
@@ -274,7 +280,9 @@ def _insert_unobserved(chain: Chain, residues: list[gemmi.Residue], full_sequenc
             last += 1
     n = last - first + 1
     # an entry like "PRO,SER" is point-mutation microheterogeneity: the first is the main one
-    letters = [_residue_letter(full_sequence[k].split(",")[0], parents) for k in range(first, last + 1)]
+    letters = [
+        _residue_letter(full_sequence[k].split(",")[0], parents) for k in range(first, last + 1)
+    ]
     idx = pos - first
     for i, j in enumerate(idx.tolist()):
         letters[j] = chain.sequence[i]  # the residue actually modelled wins over the deposited one
@@ -288,11 +296,20 @@ def _insert_unobserved(chain: Chain, residues: list[gemmi.Residue], full_sequenc
         ids[j] = chain.residue_ids[i] if chain.residue_ids is not None else ""
     observed = np.zeros(n, dtype=bool)
     observed[idx] = True
-    return Chain(id=chain.id, sequence="".join(letters), coords=coords, source=chain.source, b_factors=bfac,
-                 residue_ids=ids, observed=observed)
+    return Chain(
+        id=chain.id,
+        sequence="".join(letters),
+        coords=coords,
+        source=chain.source,
+        b_factors=bfac,
+        residue_ids=ids,
+        observed=observed,
+    )
 
 
-def read_structure(path: str | Path, chains: Sequence[str] | None = None, seqres: str = "off") -> list[Chain]:
+def read_structure(
+    path: str | Path, chains: Sequence[str] | None = None, seqres: str = "off"
+) -> list[Chain]:
     """Protein chains of the first model of a PDB or mmCIF file (plain or gzipped).
 
     Per protein polymer chain (in file order): one-letter sequence (modified residues as
@@ -334,7 +351,9 @@ def read_structure(path: str | Path, chains: Sequence[str] | None = None, seqres
         raise StructureReadError(src, f"unexpected {type(e).__name__}: {short_reason(e)}") from None
 
 
-def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, seqres: str = "off") -> list[Chain]:
+def _read_structure(
+    src: str, path: str | Path, chains: Sequence[str] | None, seqres: str = "off"
+) -> list[Chain]:
     data = read_bytes(path)
     if not data or data.isspace():
         raise StructureReadError(src, "empty file")
@@ -359,7 +378,9 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
         entry = normalize_entry(stem)
         per_chain = _STEM_CHAIN_RE.match(stem)
         if per_chain and len(st) and any(ch.name == per_chain.group(2) for ch in st[0]):
-            entry = per_chain.group(1).upper()  # 1PAA-K.pdb holding chain K: 1PAA.K, as label files name it
+            entry = per_chain.group(
+                1
+            ).upper()  # 1PAA-K.pdb holding chain K: 1PAA.K, as label files name it
         if named and not is_placeholder_id(named) and named.lower() != entry.lower():
             ignored = named
 
@@ -396,7 +417,9 @@ def _read_structure(src: str, path: str | Path, chains: Sequence[str] | None, se
             try:
                 entity = st.get_entity_of(span)
                 full = list(entity.full_sequence) if entity is not None else []
-                chain = (_insert_unobserved(chain, residues, full, parents, seqres) if full else None) or chain
+                chain = (
+                    _insert_unobserved(chain, residues, full, parents, seqres) if full else None
+                ) or chain
             except Exception:  # noqa: BLE001 - an odd deposited sequence must not lose the modelled chain
                 pass  # kept as modelled (observed None), counted as without a usable deposited sequence
         chain.ignored_entry = ignored

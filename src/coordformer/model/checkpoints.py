@@ -48,7 +48,9 @@ def model_from_state(config: ModelConfig, state: dict, source) -> CoordFormer:
     return ModelWeights(config, state, source=source).build(CoordFormer)
 
 
-def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CoordFormer, dict]:
+def load_model(
+    name_or_path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[CoordFormer, dict]:
     """Load a model for inference. Returns (model in eval mode, float32; meta dict).
 
     ``meta["learnt_missing_flag"]``: whether the model learnt inputs without coordinates (see
@@ -62,8 +64,14 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
 _SHARD_OVERHEAD = 1_000_000
 
 
-def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None, half: bool = True,
-                 int8: bool = False, max_file_bytes: int | None = None) -> Path:
+def export_model(
+    model: CoordFormer,
+    path: str | Path,
+    meta: dict | None = None,
+    half: bool = True,
+    int8: bool = False,
+    max_file_bytes: int | None = None,
+) -> Path:
     """Write an inference-only model file: float32, float16 (``half``: half the size) or, with
     ``int8``, matrices of at least INT8_MIN_NUMEL entries as per-row int8 (``quantize_int8``) and the
     rest float16 (about a quarter of float32). ``load_model`` returns float32 weights for all three.
@@ -80,13 +88,21 @@ def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None,
             state[k] = v.half() if (half or int8) and v.is_floating_point() else v
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = _shard({**{("state_dict", k): v for k, v in state.items()}, **{("int8", k): v for k, v in packed.items()}},
-                   max_file_bytes)
+    parts = _shard(
+        {
+            **{("state_dict", k): v for k, v in state.items()},
+            **{("int8", k): v for k, v in packed.items()},
+        },
+        max_file_bytes,
+    )
     names = [f"{path.name}.shard{i}" for i in range(1, len(parts))]
     version = 3 if names else 2 if packed else 1
     for i, part in enumerate(parts):
-        obj = {"format": MODEL_FORMAT, "format_version": version,
-               "state_dict": {k: v for (kind, k), v in part.items() if kind == "state_dict"}}
+        obj = {
+            "format": MODEL_FORMAT,
+            "format_version": version,
+            "state_dict": {k: v for (kind, k), v in part.items() if kind == "state_dict"},
+        }
         int8_part = {k: v for (kind, k), v in part.items() if kind == "int8"}
         if int8_part:
             obj["int8"] = int8_part
@@ -107,7 +123,9 @@ def export_model(model: CoordFormer, path: str | Path, meta: dict | None = None,
 
 
 def _nbytes(v) -> int:
-    return sum(_nbytes(x) for x in v.values()) if isinstance(v, dict) else v.numel() * v.element_size()
+    return (
+        sum(_nbytes(x) for x in v.values()) if isinstance(v, dict) else v.numel() * v.element_size()
+    )
 
 
 def _shard(entries: dict, max_file_bytes: int | None) -> list[dict]:
@@ -120,7 +138,9 @@ def _shard(entries: dict, max_file_bytes: int | None) -> list[dict]:
     for key, v in entries.items():
         n = _nbytes(v)
         if n > budget:
-            raise ValueError(f"tensor {key[1]} takes {n:,} bytes, more than a {max_file_bytes:,}-byte file can hold")
+            raise ValueError(
+                f"tensor {key[1]} takes {n:,} bytes, more than a {max_file_bytes:,}-byte file can hold"
+            )
         if size + n > budget and parts[-1]:
             parts.append({})
             size = 0
@@ -156,8 +176,14 @@ def missing_ca_fraction(data, idx=None, max_chains: int = 5000) -> float:
 SPAN_SHARE = 0.175
 
 
-def missing_coords_warning(model: CoordFormer, meta: dict, data=None, idx=None, fraction: float | None = None,
-                           hidden: float = 0.0) -> str | None:
+def missing_coords_warning(
+    model: CoordFormer,
+    meta: dict,
+    data=None,
+    idx=None,
+    fraction: float | None = None,
+    hidden: float = 0.0,
+) -> str | None:
     """One line when ``model`` reads coordinates but never learnt the missing flag (its card, or
     ``meta["learnt_missing_flag"]`` from :func:`load_model`, says so) and more than
     MISSING_WARN_FRACTION of its input residues come without coordinates; else None.
@@ -174,6 +200,8 @@ def missing_coords_warning(model: CoordFormer, meta: dict, data=None, idx=None, 
         return None
     name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
     instead = meta.get("without_coords_use") or "small-coords-sd"
-    return (f"warning: {fraction:.0%} of the residues have no coordinates, and {name} never learnt inputs without "
-            f"them (trained without structure dropout), so its outputs there are unreliable; use -c {instead} for such "
-            "inputs")
+    return (
+        f"warning: {fraction:.0%} of the residues have no coordinates, and {name} never learnt inputs without "
+        f"them (trained without structure dropout), so its outputs there are unreliable; use -c {instead} for such "
+        "inputs"
+    )

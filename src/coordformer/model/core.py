@@ -67,7 +67,9 @@ def plddt_uncertainty(plddt: torch.Tensor | None, like: torch.Tensor) -> torch.T
     return torch.nan_to_num(u, nan=0.0).unsqueeze(-1)
 
 
-def coordinate_features(coords: torch.Tensor, config: ModelConfig, plddt: torch.Tensor | None = None) -> torch.Tensor:
+def coordinate_features(
+    coords: torch.Tensor, config: ModelConfig, plddt: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-residue input features for the linear coordinate embedding.
 
     Args:
@@ -95,8 +97,13 @@ def coordinate_features(coords: torch.Tensor, config: ModelConfig, plddt: torch.
     return torch.cat(feats, dim=-1)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-              dropout_p: float = 0.0) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
     """Fused softmax(q k^T / sqrt(d)) v. q, k, v: [B, H, L, d]; mask: [B, 1, 1, L] bool (True = key
     attended) or None. Returns [B, H, L, d]. With a mask, cuDNN's kernel is excluded (see
     ``MASKED_SDPA_BACKENDS``)."""
@@ -140,7 +147,9 @@ class EncoderLayer(nn.Module):
         self.attn = SelfAttention(config)
         self.ln2 = nn.LayerNorm(config.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(config.d_model, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, config.d_model)
+            nn.Linear(config.d_model, config.d_ff),
+            nn.GELU(),
+            nn.Linear(config.d_ff, config.d_model),
         )
         self.drop = nn.Dropout(config.dropout)
 
@@ -166,7 +175,11 @@ def _drop_frozen_lm_state(module, state_dict, prefix, local_metadata) -> None:
 
 def _ignore_missing_lm_state(module, incompatible_keys) -> None:
     """load_state_dict post hook: a frozen LM's weights are not expected in the state loaded."""
-    keep = [k for k in incompatible_keys.missing_keys if not (k.startswith(_LM_PREFIX) or "." + _LM_PREFIX in k)]
+    keep = [
+        k
+        for k in incompatible_keys.missing_keys
+        if not (k.startswith(_LM_PREFIX) or "." + _LM_PREFIX in k)
+    ]
     incompatible_keys.missing_keys[:] = keep
 
 
@@ -198,7 +211,9 @@ class CoordFormer(nn.Module):
         self.coord_embed = nn.Linear(config.n_coord_features, d) if config.use_coords else None
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
         self.final_ln = nn.LayerNorm(d)
-        self.lm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size))
+        self.lm_head = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size)
+        )
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("attn.out.weight") or name.endswith("ff.2.weight"):
@@ -234,7 +249,9 @@ class CoordFormer(nn.Module):
             nn.init.normal_(m.weight, std=1.0)
 
     @torch.no_grad()
-    def _init_gaussian_heads(self, coord_amplitude: float = 0.5, missing_penalty: float = 30.0) -> None:
+    def _init_gaussian_heads(
+        self, coord_amplitude: float = 0.5, missing_penalty: float = 30.0
+    ) -> None:
         """Make the first ``gaussian_init_heads`` heads of layer 0 attend by a Gaussian of 3D distance.
 
         The coordinate embedding writes a*f and -a*f, for f = (x, y, z, |x|^2, missing), into the last
@@ -293,7 +310,9 @@ class CoordFormer(nn.Module):
                 vo = 2 * d + h * dh
                 nn.init.normal_(qkv.weight[vo : vo + dh], std=1.0 / math.sqrt(d))
                 out_w = self.layers[0].attn.out.weight
-                nn.init.normal_(out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads))
+                nn.init.normal_(
+                    out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads)
+                )
 
     def _token_and_position(self, tokens, ablate, positions):
         """Token embedding + sinusoidal positions (the unconditioned model's input), see ``embed``."""
@@ -305,14 +324,22 @@ class CoordFormer(nn.Module):
             else:
                 top = int(positions.max()) if positions.numel() else 0
                 if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
-                    raise UsageError(f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
-                                     f"got up to {top}: use a smaller `chain_gap` or crop")
+                    raise UsageError(
+                        f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
+                        f"got up to {top}: use a smaller `chain_gap` or crop"
+                    )
                 x = x + self.positions[positions].to(self.tokens.weight.dtype)
         return x
 
-    def embed(self, tokens: torch.Tensor, coords: torch.Tensor | None, padding_mask: torch.Tensor | None = None,
-              ablate: tuple[str, ...] = (), positions: torch.Tensor | None = None,
-              plddt: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        tokens: torch.Tensor,
+        coords: torch.Tensor | None,
+        padding_mask: torch.Tensor | None = None,
+        ablate: tuple[str, ...] = (),
+        positions: torch.Tensor | None = None,
+        plddt: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
         them in any frame (the batching pipeline already centres; centring twice is harmless).
@@ -327,8 +354,11 @@ class CoordFormer(nn.Module):
         Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
-            raise OptionError("ablate", tuple(ablate),
-                              f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'")
+            raise OptionError(
+                "ablate",
+                tuple(ablate),
+                f"unknown ablation {sorted(unknown)}; use 'coords' and/or 'positions'",
+            )
         l = tokens.shape[1]
         if l > self.config.max_len:
             raise SequenceTooLong(l, self.config.max_len)
@@ -357,8 +387,9 @@ class CoordFormer(nn.Module):
                 present = ~torch.isnan(ref).any(-1)
                 if padding_mask is not None:
                     present = present & padding_mask
-                feats = coordinate_features(centre(coords, present), self.config,
-                                            None if plddt is None else plddt.float())
+                feats = coordinate_features(
+                    centre(coords, present), self.config, None if plddt is None else plddt.float()
+                )
                 if "coords" in ablate:
                     feats = torch.zeros_like(feats)
                 # (a model cast to half stays half: features follow the weights' dtype)
@@ -398,10 +429,17 @@ class CoordFormer(nn.Module):
         key_mask = None if bool(padding_mask.all()) else padding_mask
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not need_attention
+        ckpt = (
+            self.gradient_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and not need_attention
+        )
         for i, layer in enumerate(self.layers, start=1):
             if ckpt:
-                x, a = torch.utils.checkpoint.checkpoint(layer, x, key_mask, False, use_reentrant=False)
+                x, a = torch.utils.checkpoint.checkpoint(
+                    layer, x, key_mask, False, use_reentrant=False
+                )
             else:
                 x, a = layer(x, key_mask, need_attention)
             if need_attention:
@@ -409,11 +447,17 @@ class CoordFormer(nn.Module):
             if i in repr_layers:
                 reps[i] = x
         h = self.final_ln(x)
-        return CoordFormerOutput(logits=self.lm_head(h), hidden=h, representations=reps, attentions=attns)
+        return CoordFormerOutput(
+            logits=self.lm_head(h), hidden=h, representations=reps, attentions=attns
+        )
 
     def num_parameters(self) -> int:
         """Parameters of the model's own state (a frozen conditioning LM is not counted)."""
-        return sum(p.numel() for n, p in self.named_parameters() if not (_is_lm_key(n) and not self.config.unfreeze_lm))
+        return sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if not (_is_lm_key(n) and not self.config.unfreeze_lm)
+        )
 
     def save_pretrained(self, folder, meta: dict | None = None, half: bool = False):
         """Write a Hugging Face-style folder (config.json, model.safetensors, README.md); see ``hub``."""

@@ -16,8 +16,9 @@ def masked_mean(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-def encode(model, batch: Batch, layer: int | None = None,
-           use_coords: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    model, batch: Batch, layer: int | None = None, use_coords: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` (a CoordFormer) on ``batch`` (already on the model's device).
 
     Returns (hidden [B, L, D], pooled [B, D]): ``hidden`` the final states after the last LayerNorm

@@ -30,7 +30,10 @@ def training_flops(config: ModelConfig, lengths) -> float:
     """FLOPs of one forward + backward over sequences of the given lengths (residues, no padding):
     sum over sequences of 6 N n + 12 n_layers d_model n^2."""
     n = np.asarray(lengths, dtype=np.float64)
-    return float(6.0 * matrix_params(config) * n.sum() + 12.0 * config.n_layers * config.d_model * (n * n).sum())
+    return float(
+        6.0 * matrix_params(config) * n.sum()
+        + 12.0 * config.n_layers * config.d_model * (n * n).sum()
+    )
 
 
 def flops_per_token(config: ModelConfig, length: int) -> float:
@@ -38,7 +41,9 @@ def flops_per_token(config: ModelConfig, length: int) -> float:
     return training_flops(config, [length]) / max(length, 1)
 
 
-def measured_matmul_rate(device: str = "cpu", dtype=None, n: int = 4096, repeats: int = 10) -> float:
+def measured_matmul_rate(
+    device: str = "cpu", dtype=None, n: int = 4096, repeats: int = 10
+) -> float:
     """FLOP/s of an n x n x n matrix product on ``device`` (bf16 on CUDA by default, float32 on CPU):
     the denominator of a utilisation that this machine can actually reach, measured not quoted."""
     import torch

@@ -33,11 +33,19 @@ from .core import CoordFormer, position_table
 from .hub import MODEL_TYPE
 
 try:
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForMaskedLM,
+        PretrainedConfig,
+        PreTrainedModel,
+    )
     from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 except ImportError as e:  # pragma: no cover - exercised only where transformers is absent
-    raise UsageError("coordformer.model.hf_model needs transformers: pip install 'coordformer[hf]' "
-                     "(or load folders without it: CoordFormer.from_pretrained)") from e
+    raise UsageError(
+        "coordformer.model.hf_model needs transformers: pip install 'coordformer[hf]' "
+        "(or load folders without it: CoordFormer.from_pretrained)"
+    ) from e
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
@@ -78,14 +86,31 @@ class CoordFormerPreTrainedModel(PreTrainedModel):
         if isinstance(module, CoordFormer):
             module.positions.copy_(position_table(module.config).to(module.positions.device))
 
-    def _encode(self, input_ids, coords, attention_mask, position_ids, output_attentions, output_hidden_states, plddt=None):
+    def _encode(
+        self,
+        input_ids,
+        coords,
+        attention_mask,
+        position_ids,
+        output_attentions,
+        output_hidden_states,
+        plddt=None,
+    ):
         n = self.coordformer.config.n_layers
         optional = {"positions": position_ids, "plddt": plddt}
-        batch = (Batch.from_tokens(input_ids, coords, **optional) if attention_mask is None
-                 else Batch(input_ids, coords, attention_mask.bool(), **optional))
-        out = self.coordformer(**batch.inputs(), need_attention=bool(output_attentions),
-                               repr_layers=tuple(range(n + 1)) if output_hidden_states else ())
-        hidden = tuple(out.representations[i] for i in range(n + 1)) if output_hidden_states else None
+        batch = (
+            Batch.from_tokens(input_ids, coords, **optional)
+            if attention_mask is None
+            else Batch(input_ids, coords, attention_mask.bool(), **optional)
+        )
+        out = self.coordformer(
+            **batch.inputs(),
+            need_attention=bool(output_attentions),
+            repr_layers=tuple(range(n + 1)) if output_hidden_states else (),
+        )
+        hidden = (
+            tuple(out.representations[i] for i in range(n + 1)) if output_hidden_states else None
+        )
         attentions = tuple(out.attentions) if output_attentions else None
         return out, hidden, attentions
 
@@ -94,29 +119,66 @@ class CoordFormerModel(CoordFormerPreTrainedModel):
     """Encoder outputs: ``last_hidden_state`` [B, L, D] (after the final LayerNorm, what
     ``coordformer embed`` pools); ``hidden_states`` = embeddings + each layer's residual stream."""
 
-    def forward(self, input_ids: torch.Tensor, coords: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None, plddt: torch.Tensor | None = None,
-                **kwargs) -> BaseModelOutput:
-        out, hidden, attentions = self._encode(input_ids, coords, attention_mask, position_ids, output_attentions,
-                                               output_hidden_states, plddt)
-        return BaseModelOutput(last_hidden_state=out.hidden, hidden_states=hidden, attentions=attentions)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        plddt: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        out, hidden, attentions = self._encode(
+            input_ids,
+            coords,
+            attention_mask,
+            position_ids,
+            output_attentions,
+            output_hidden_states,
+            plddt,
+        )
+        return BaseModelOutput(
+            last_hidden_state=out.hidden, hidden_states=hidden, attentions=attentions
+        )
 
 
 class CoordFormerForMaskedLM(CoordFormerPreTrainedModel):
     """Masked-LM logits [B, L, V]; with ``labels`` [B, L] (-100 = not scored) also the mean
     cross-entropy, as transformers' masked-LM models compute it."""
 
-    def forward(self, input_ids: torch.Tensor, coords: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, plddt: torch.Tensor | None = None, **kwargs) -> MaskedLMOutput:
-        out, hidden, attentions = self._encode(input_ids, coords, attention_mask, position_ids, output_attentions,
-                                               output_hidden_states, plddt)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        plddt: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        out, hidden, attentions = self._encode(
+            input_ids,
+            coords,
+            attention_mask,
+            position_ids,
+            output_attentions,
+            output_hidden_states,
+            plddt,
+        )
         loss = None
         if labels is not None:
-            loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=out.logits, hidden_states=hidden, attentions=attentions)
+            loss = torch.nn.functional.cross_entropy(
+                out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
+            )
+        return MaskedLMOutput(
+            loss=loss, logits=out.logits, hidden_states=hidden, attentions=attentions
+        )
 
 
 AutoConfig.register(MODEL_TYPE, CoordFormerConfig, exist_ok=True)

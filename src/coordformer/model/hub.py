@@ -39,12 +39,34 @@ HF_FORMAT_VERSION = 1
 # Keys of config.json that are not ModelConfig fields. Hub tooling adds the generic ones
 # (transformers_version, _name_or_path) when a folder passes through it; anything else unknown is
 # handed to ModelConfig.from_dict so that a field added by a newer coordformer fails loudly.
-_WRAPPER_KEYS = {"model_type", "architectures", "format", "format_version", "coordformer_version", "torch_dtype",
-                 "coordformer_meta", "transformers_version", "_name_or_path",
-                 # generic PretrainedConfig settings transformers writes when they differ from its defaults
-                 "dtype", "output_attentions", "output_hidden_states", "return_dict", "use_cache", "id2label",
-                 "label2id", "problem_type", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-                 "is_encoder_decoder", "chunk_size_feed_forward", "tokenizer_class", "auto_map"}
+_WRAPPER_KEYS = {
+    "model_type",
+    "architectures",
+    "format",
+    "format_version",
+    "coordformer_version",
+    "torch_dtype",
+    "coordformer_meta",
+    "transformers_version",
+    "_name_or_path",
+    # generic PretrainedConfig settings transformers writes when they differ from its defaults
+    "dtype",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "use_cache",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "tie_word_embeddings",
+    "is_encoder_decoder",
+    "chunk_size_feed_forward",
+    "tokenizer_class",
+    "auto_map",
+}
 #: Prefix of the weights in folders saved by the transformers wrapper (``hf_model``).
 HF_WRAPPER_PREFIX = "coordformer."
 # Local to the machine that exported the folder: meaningless (and leaky) once shared.
@@ -67,7 +89,9 @@ def is_pretrained_folder(path: str | Path) -> bool:
 
 def _jsonable(meta: dict) -> dict:
     # Round-trip through JSON so a Path or numpy scalar in meta cannot break writing config.json.
-    return json.loads(json.dumps({k: v for k, v in meta.items() if k not in _LOCAL_META_KEYS}, default=str))
+    return json.loads(
+        json.dumps({k: v for k, v in meta.items() if k not in _LOCAL_META_KEYS}, default=str)
+    )
 
 
 def _untied_state(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
@@ -94,7 +118,9 @@ def _untied_state(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
 
 
 def _model_card(config: dict, meta: dict) -> str:
-    title = Path(str(meta["name"])).name if meta.get("name") else "CoordFormer model"  # a run folder's name, not its path
+    title = (
+        Path(str(meta["name"])).name if meta.get("name") else "CoordFormer model"
+    )  # a run folder's name, not its path
     lines = [
         "---",
         "library_name: coordformer",
@@ -106,7 +132,10 @@ def _model_card(config: dict, meta: dict) -> str:
     ]
     if meta.get("description"):
         lines += [str(meta["description"]), ""]
-    dims = ", ".join(f"{k}={config[k]}" for k in ("d_model", "n_layers", "n_heads", "d_ff", "use_coords", "coord_mode"))
+    dims = ", ".join(
+        f"{k}={config[k]}"
+        for k in ("d_model", "n_layers", "n_heads", "d_ff", "use_coords", "coord_mode")
+    )
     lines += [
         f"CoordFormer masked-language model ({dims}), weights stored as {config['torch_dtype']}.",
         "",
@@ -114,7 +143,7 @@ def _model_card(config: dict, meta: dict) -> str:
         "",
         "```python",
         "from coordformer.model import CoordFormer",
-        "model = CoordFormer.from_pretrained(\"path/to/this/folder\")",
+        'model = CoordFormer.from_pretrained("path/to/this/folder")',
         "```",
         "",
         "or with transformers (`pip install 'coordformer[hf]'`):",
@@ -122,7 +151,7 @@ def _model_card(config: dict, meta: dict) -> str:
         "```python",
         "import coordformer.model.hf_model  # registers the coordformer model type",
         "from transformers import AutoModelForMaskedLM",
-        "model = AutoModelForMaskedLM.from_pretrained(\"path/to/this/folder\")",
+        'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
         "```",
         "",
         "or give the folder to any command: `coordformer evaluate -c path/to/this/folder --data DATA`.",
@@ -133,7 +162,9 @@ def _model_card(config: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def save_pretrained(model: nn.Module, folder: str | Path, meta: dict | None = None, half: bool = False) -> Path:
+def save_pretrained(
+    model: nn.Module, folder: str | Path, meta: dict | None = None, half: bool = False
+) -> Path:
     """Write ``folder/{config.json, model.safetensors, README.md}`` for ``model`` (a CoordFormer: its
     ``config`` and ``state_dict()``); ``half`` stores float16 weights.
 
@@ -159,7 +190,9 @@ def save_pretrained(model: nn.Module, folder: str | Path, meta: dict | None = No
     }
     state = _untied_state(model, half)
     tmp_w, tmp_c, tmp_r = (folder / f".{n}.tmp" for n in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))
-    save_file(state, str(tmp_w), metadata={"format": "pt"})  # "pt": what Hub tooling expects from torch writers
+    save_file(
+        state, str(tmp_w), metadata={"format": "pt"}
+    )  # "pt": what Hub tooling expects from torch writers
     tmp_c.write_text(json.dumps(config, indent=2) + "\n")
     tmp_r.write_text(_model_card(config, meta))
     # safetensors creates its file 0600; give it the permissions of the files beside it (the umask's)
@@ -175,11 +208,15 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     version can read."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: not a folder (a pretrained model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise UsageError(
+            f"{folder}: not a folder (a pretrained model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).exists()]
     if missing:
-        raise UsageError(f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} and "
-                         f"{WEIGHTS_NAME} (write one with `coordformer export --format hf`)")
+        raise UsageError(
+            f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} and "
+            f"{WEIGHTS_NAME} (write one with `coordformer export --format hf`)"
+        )
     try:
         cfg = json.loads((folder / CONFIG_NAME).read_text())
     except (OSError, ValueError) as e:
@@ -187,18 +224,23 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     if not isinstance(cfg, dict):
         raise UsageError(f"{folder / CONFIG_NAME}: not a model config (a JSON object is expected)")
     if cfg.get("model_type") != MODEL_TYPE:
-        raise UsageError(f"{folder}: model_type is {cfg.get('model_type')!r}, not {MODEL_TYPE!r}; "
-                         "this folder holds another library's model")
+        raise UsageError(
+            f"{folder}: model_type is {cfg.get('model_type')!r}, not {MODEL_TYPE!r}; "
+            "this folder holds another library's model"
+        )
     version = cfg.get("format_version", HF_FORMAT_VERSION)
     if not isinstance(version, int) or version > HF_FORMAT_VERSION:
-        raise UsageError(f"{folder}: model format v{version} is newer than this coordformer "
-                         f"({__version__}, reads v{HF_FORMAT_VERSION}); upgrade")
+        raise UsageError(
+            f"{folder}: model format v{version} is newer than this coordformer "
+            f"({__version__}, reads v{HF_FORMAT_VERSION}); upgrade"
+        )
     fields = {k: v for k, v in cfg.items() if k not in _WRAPPER_KEYS}
     return ModelConfig.from_dict(fields), cfg
 
 
-def read_pretrained_state(folder: str | Path, map_location: str | torch.device = "cpu"
-                          ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+def read_pretrained_state(
+    folder: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """(ModelConfig, state dict as stored (float32 or float16 tensors on ``map_location``), meta
     dict) of a pretrained folder; UsageError if it is not one this version can read."""
     from safetensors import SafetensorError
@@ -209,14 +251,26 @@ def read_pretrained_state(folder: str | Path, map_location: str | torch.device =
     try:
         state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
     except (SafetensorError, OSError) as e:
-        raise UsageError(f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})") from None
+        raise UsageError(
+            f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})"
+        ) from None
     if state and all(k.startswith(HF_WRAPPER_PREFIX) for k in state):
-        state = {k[len(HF_WRAPPER_PREFIX):]: v for k, v in state.items()}
+        state = {k[len(HF_WRAPPER_PREFIX) :]: v for k, v in state.items()}
     stored = cfg.get("coordformer_meta")
-    meta = {**(stored if isinstance(stored, dict) else {}), "path": str(folder), "format": HF_FORMAT,
-            "torch_dtype": cfg.get("torch_dtype", "float32")}
+    meta = {
+        **(stored if isinstance(stored, dict) else {}),
+        "path": str(folder),
+        "format": HF_FORMAT,
+        "torch_dtype": cfg.get("torch_dtype", "float32"),
+    }
     return config, state, meta
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "is_pretrained_folder", "save_pretrained", "read_pretrained_state",
-           "read_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "is_pretrained_folder",
+    "save_pretrained",
+    "read_pretrained_state",
+    "read_config",
+]

@@ -56,13 +56,19 @@ def load_esm(source: str):
     try:
         from transformers import EsmModel, EsmTokenizer
     except ImportError:  # pragma: no cover - transformers is an optional dependency
-        raise UsageError("conditioning on a language model needs transformers: pip install 'coordformer[hf]'") from None
+        raise UsageError(
+            "conditioning on a language model needs transformers: pip install 'coordformer[hf]'"
+        ) from None
     p = Path(source).expanduser()
     if not p.exists() and _looks_like_path(source):
-        raise UsageError(f"language model {source!r}: no such folder (set {LM_ENV}=FOLDER to the ESM-2 folder the model "
-                         "was trained with)")
+        raise UsageError(
+            f"language model {source!r}: no such folder (set {LM_ENV}=FOLDER to the ESM-2 folder the model "
+            "was trained with)"
+        )
     if p.exists() and not p.is_dir():
-        raise UsageError(f"language model {source!r}: a folder with config.json, the weights and vocab.txt is expected")
+        raise UsageError(
+            f"language model {source!r}: a folder with config.json, the weights and vocab.txt is expected"
+        )
     from transformers.utils import logging as hf_logging
 
     where = str(p) if p.is_dir() else source
@@ -72,15 +78,23 @@ def load_esm(source: str):
         tokenizer = EsmTokenizer.from_pretrained(where)
         model = EsmModel.from_pretrained(where, add_pooling_layer=False, dtype=torch.float32)
     except Exception as e:
-        hint = ("" if p.is_dir() else " A Hub name needs network access (or the Hugging Face cache): download it where "
-                "there is network, e.g. `hf download facebook/esm2_t6_8M_UR50D --local-dir esm2_t6`, and give the folder.")
+        hint = (
+            ""
+            if p.is_dir()
+            else " A Hub name needs network access (or the Hugging Face cache): download it where "
+            "there is network, e.g. `hf download facebook/esm2_t6_8M_UR50D --local-dir esm2_t6`, and give the folder."
+        )
         first = (str(e).splitlines() or [""])[0][:160]
-        raise UsageError(f"cannot load the ESM-2 language model {source!r} ({type(e).__name__}: {first}).{hint}") from None
+        raise UsageError(
+            f"cannot load the ESM-2 language model {source!r} ({type(e).__name__}: {first}).{hint}"
+        ) from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()
     if getattr(model.config, "model_type", "") != "esm":
-        raise UsageError(f"language model {source!r} is a {model.config.model_type!r} model, not ESM (esm)")
+        raise UsageError(
+            f"language model {source!r} is a {model.config.model_type!r} model, not ESM (esm)"
+        )
     return model, tokenizer
 
 
@@ -99,11 +113,17 @@ def fingerprint(model) -> str:
 def token_map(tokenizer) -> list[int]:
     """ESM token id of each coordformer token id (constants.VOCAB)."""
     vocab = tokenizer.get_vocab()
-    specials = {"<pad>": tokenizer.pad_token_id, "<mask>": tokenizer.mask_token_id, "<cls>": tokenizer.cls_token_id,
-                "<eos>": tokenizer.eos_token_id}
+    specials = {
+        "<pad>": tokenizer.pad_token_id,
+        "<mask>": tokenizer.mask_token_id,
+        "<cls>": tokenizer.cls_token_id,
+        "<eos>": tokenizer.eos_token_id,
+    }
     missing = [k for k, v in specials.items() if v is None]
     if missing:
-        raise UsageError(f"the language model's tokenizer has no {', '.join(missing)} token; an ESM-2 tokenizer is expected")
+        raise UsageError(
+            f"the language model's tokenizer has no {', '.join(missing)} token; an ESM-2 tokenizer is expected"
+        )
     unk = tokenizer.unk_token_id
     out = []
     for tok in VOCAB:
@@ -123,17 +143,27 @@ class EsmConditioner(nn.Module):
         super().__init__()
         self.model = model
         self.trainable = trainable
-        self.register_buffer("token_map", torch.tensor(token_map(tokenizer), dtype=torch.long), persistent=False)
-        self.cls_id, self.eos_id, self.pad_id = tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.register_buffer(
+            "token_map", torch.tensor(token_map(tokenizer), dtype=torch.long), persistent=False
+        )
+        self.cls_id, self.eos_id, self.pad_id = (
+            tokenizer.cls_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+        )
         self.max_residues = int(model.config.max_position_embeddings) - 2
         self.hidden_size = int(model.config.hidden_size)
         head = getattr(model, "contact_head", None)
-        if head is not None:  # not on the path to last_hidden_state: unused parameters would upset DDP
+        if (
+            head is not None
+        ):  # not on the path to last_hidden_state: unused parameters would upset DDP
             head.requires_grad_(False)
         if not trainable:
             model.requires_grad_(False)
             # Lightning warns about modules in eval mode when training starts; a frozen LM is meant to be.
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+            warnings.filterwarnings(
+                "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
+            )
         self.train(False)
 
     def train(self, mode: bool = True):
@@ -150,9 +180,11 @@ class EsmConditioner(nn.Module):
             raise UsageError("language-model conditioning needs the padding at the end of each row")
         longest = int(lengths.max()) if b else 0
         if longest > self.max_residues:
-            raise UsageError(f"a chain of {longest} residues exceeds the {self.max_residues} residues the conditioning "
-                             f"language model covers (max_position_embeddings {self.max_residues + 2}); crop chains to at "
-                             f"most {self.max_residues} (`crop_length`)")
+            raise UsageError(
+                f"a chain of {longest} residues exceeds the {self.max_residues} residues the conditioning "
+                f"language model covers (max_position_embeddings {self.max_residues + 2}); crop chains to at "
+                f"most {self.max_residues} (`crop_length`)"
+            )
         dev = tokens.device
         ids = torch.full((b, l + 2), self.pad_id, dtype=torch.long, device=dev)
         ids[:, 0] = self.cls_id
@@ -172,11 +204,15 @@ def load_conditioner(config) -> tuple[EsmConditioner, str]:
     model, tokenizer = load_esm(source)
     fp = fingerprint(model)
     if config.lm_fingerprint and fp != config.lm_fingerprint:
-        raise UsageError(f"language model {source!r} (fingerprint {fp}) is not the one this model was trained with "
-                         f"({config.condition_on!r}, fingerprint {config.lm_fingerprint}); set {LM_ENV}=FOLDER to that one")
+        raise UsageError(
+            f"language model {source!r} (fingerprint {fp}) is not the one this model was trained with "
+            f"({config.condition_on!r}, fingerprint {config.lm_fingerprint}); set {LM_ENV}=FOLDER to that one"
+        )
     if config.lm_dim and model.config.hidden_size != config.lm_dim:
-        raise UsageError(f"language model {source!r} has hidden size {model.config.hidden_size}, the model expects "
-                         f"{config.lm_dim}; set {LM_ENV}=FOLDER to the ESM-2 model it was trained with")
+        raise UsageError(
+            f"language model {source!r} has hidden size {model.config.hidden_size}, the model expects "
+            f"{config.lm_dim}; set {LM_ENV}=FOLDER to the ESM-2 model it was trained with"
+        )
     return EsmConditioner(model, tokenizer, trainable=config.unfreeze_lm), fp
 
 
@@ -184,5 +220,9 @@ def conditioned_config(config, condition_on: str, unfreeze: bool = False):
     """``config`` conditioned on the ESM-2 model at ``condition_on``, with its hidden size and
     fingerprint filled in (the LM is loaded once to read them)."""
     model, _ = load_esm(condition_on)
-    return config.replace(condition_on=condition_on, lm_dim=int(model.config.hidden_size), lm_fingerprint=fingerprint(model),
-                          unfreeze_lm=unfreeze)
+    return config.replace(
+        condition_on=condition_on,
+        lm_dim=int(model.config.hidden_size),
+        lm_fingerprint=fingerprint(model),
+        unfreeze_lm=unfreeze,
+    )

@@ -61,12 +61,17 @@ class ModelWeights:
         # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
         expected = model.state_dict()
         state = self.state
-        shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
-                  if k in expected and v.shape != expected[k].shape]
+        shapes = [
+            f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+            for k, v in state.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected or shapes:
-            raise UsageError(f"{self.source}: weights do not match its config (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}, shapes {shapes[:2]})")
+            raise UsageError(
+                f"{self.source}: weights do not match its config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, shapes {shapes[:2]})"
+            )
         model.load_state_dict({k: v.float() for k, v in state.items()})
         model = model.eval()
         return model if self.device is None else model.to(self.device)
@@ -117,11 +122,17 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     if hub.is_pretrained_folder(p):
         return p
     if p.is_dir() and _is_finetune_run(p):
-        raise UsageError(f"{p} is a `coordformer finetune` run (a function-prediction head), not a "
-                         "pretrained model; give the checkpoint it was fine-tuned from, or use "
-                         "`coordformer evaluate-function` on it")
+        raise UsageError(
+            f"{p} is a `coordformer finetune` run (a function-prediction head), not a "
+            "pretrained model; give the checkpoint it was fine-tuned from, or use "
+            "`coordformer evaluate-function` on it"
+        )
     if p.is_dir():
-        for cand in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt", p / "model.pt"):
+        for cand in (
+            p / "checkpoints" / "best.ckpt",
+            p / "checkpoints" / "last.ckpt",
+            p / "model.pt",
+        ):
             if cand.exists():
                 return cand
         raise UsageError(f"{p}: no checkpoints/best.ckpt, checkpoints/last.ckpt or model.pt inside")
@@ -131,7 +142,9 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     if str(name_or_path) in ship:
         return ship[str(name_or_path)]
     names = ", ".join(ship) or "none installed"
-    raise UsageError(f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})")
+    raise UsageError(
+        f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})"
+    )
 
 
 def _is_finetune_run(folder: Path) -> bool:
@@ -148,13 +161,17 @@ def read_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         return read_checkpoint(str(folder), map_location)
     if not Path(folder).is_dir():
         names = ", ".join(shipped_models()) or "none installed"
-        raise UsageError(f"{folder}: not a folder (from_pretrained takes a local folder with "
-                         f"{hub.CONFIG_NAME} and {hub.WEIGHTS_NAME}, or a shipped model name: {names})")
+        raise UsageError(
+            f"{folder}: not a folder (from_pretrained takes a local folder with "
+            f"{hub.CONFIG_NAME} and {hub.WEIGHTS_NAME}, or a shipped model name: {names})"
+        )
     config, state, meta = hub.read_pretrained_state(folder, map_location)
     return ModelWeights(config, state, meta, folder, device=map_location)
 
 
-def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> ModelWeights:
+def read_checkpoint(
+    name_or_path: str | Path, map_location: str | torch.device = "cpu"
+) -> ModelWeights:
     """Whatever ``load_model`` reads, not yet built. ``meta["learnt_missing_flag"]``: whether the
     model learnt inputs without coordinates (see :func:`missing_flag_learnt`; None where not
     applicable or unknown), read from a shipped model's card, kept in exported files, or True for
@@ -162,29 +179,39 @@ def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device =
     path = resolve_checkpoint(name_or_path)
     if path.is_dir():
         w = read_pretrained(path, map_location)
-        return ModelWeights(w.config, w.state, {**w.meta, "name": str(name_or_path)}, w.source, w.device)
+        return ModelWeights(
+            w.config, w.state, {**w.meta, "name": str(name_or_path)}, w.source, w.device
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # corrupted / not a torch file
         # torch's own texts run to paragraphs
         first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""
-        raise UsageError(f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or "
-                         f"not a checkpoint ({type(e).__name__}: {first})") from None
+        raise UsageError(
+            f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or "
+            f"not a checkpoint ({type(e).__name__}: {first})"
+        ) from None
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: not a coordformer checkpoint")
     if obj.get("format") == MODEL_FORMAT:
         if obj.get("format_version", 0) > MODEL_FORMAT_VERSION:
-            raise UsageError(f"{path}: model format v{obj['format_version']} is newer than this coordformer "
-                             "supports; upgrade")
+            raise UsageError(
+                f"{path}: model format v{obj['format_version']} is newer than this coordformer "
+                "supports; upgrade"
+            )
         if "shard_of" in obj:
-            raise UsageError(f"{path}: one shard of the model file {obj['shard_of']}; load that file instead")
+            raise UsageError(
+                f"{path}: one shard of the model file {obj['shard_of']}; load that file instead"
+            )
         cfg, state, meta = obj["model_config"], dict(obj["state_dict"]), obj.get("meta", {})
         int8_state = dict(obj.get("int8", {}))
         for name in obj.get("shards", []):
             shard = path.with_name(name)
             if not shard.exists():
-                raise UsageError(f"{path}: its weights continue in {name}, which is not beside it; copy "
-                                 f"every {path.name}.shard* file with it")
+                raise UsageError(
+                    f"{path}: its weights continue in {name}, which is not beside it; copy "
+                    f"every {path.name}.shard* file with it"
+                )
             part = torch.load(shard, map_location=map_location, weights_only=False)
             state.update(part["state_dict"])
             int8_state.update(part.get("int8", {}))
@@ -192,19 +219,32 @@ def read_checkpoint(name_or_path: str | Path, map_location: str | torch.device =
             state[name] = dequantize_int8(packed["q"], packed["scale"])
     elif "coordformer" in obj and "state_dict" in obj:  # Lightning checkpoint from `pretrain`
         cfg = obj["coordformer"]["model_config"]
-        state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in obj["state_dict"].items()
-                 if k.startswith("model.")}
-        meta = {"global_step": obj.get("global_step"),
-                "train_seconds": obj["coordformer"].get("train_seconds")}
+        state = {
+            k.removeprefix("model.").replace("_orig_mod.", ""): v
+            for k, v in obj["state_dict"].items()
+            if k.startswith("model.")
+        }
+        meta = {
+            "global_step": obj.get("global_step"),
+            "train_seconds": obj["coordformer"].get("train_seconds"),
+        }
         # structure dropout teaches the flag; without it, whether the data had gaps is not known here
-        if missing_flag_learnt({"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}):
+        if missing_flag_learnt(
+            {"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}
+        ):
             meta["learnt_missing_flag"] = True
     else:
         raise UsageError(f"{path}: not a coordformer checkpoint (no model config inside)")
     if path.parent == shipped_models_dir() and path.suffix == ".pt":
         card = model_card(path.stem)
-        meta = {**meta, "learnt_missing_flag": missing_flag_learnt(card),
-                **({"without_coords_use": card["without_coords_use"]} if card.get("without_coords_use")
-                   else {})}
+        meta = {
+            **meta,
+            "learnt_missing_flag": missing_flag_learnt(card),
+            **(
+                {"without_coords_use": card["without_coords_use"]}
+                if card.get("without_coords_use")
+                else {}
+            ),
+        }
     meta = {**meta, "path": str(path), "name": str(name_or_path)}
     return ModelWeights(ModelConfig.from_dict(cfg), state, meta, path)

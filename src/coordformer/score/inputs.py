@@ -21,15 +21,29 @@ from ..errors import OptionError, UsageError
 log = logging.getLogger(__name__)
 
 
-def read_chains(inputs: Sequence[str | Path], chains: Sequence[str] = (), plddt_min: float | None = None,
-                seqres: str = "off", split: str | None = None) -> tuple[list, list[tuple[str, str]]]:
+def read_chains(
+    inputs: Sequence[str | Path],
+    chains: Sequence[str] = (),
+    plddt_min: float | None = None,
+    seqres: str = "off",
+    split: str | None = None,
+) -> tuple[list, list[tuple[str, str]]]:
     """(``Chain`` objects, skipped (source, reason) rows) from ``inputs``: structure files, folders,
     chain_set JSONL and FASTA files, or one prepared dataset folder (``split`` picks one split).
     ``chains``: author chain ids to keep (empty = all). Chain ids are made unique (``#2``, ``#3``
     appended to repeats, logged)."""
     from ..data.prepare import check_chain, selected_chain
     from ..data.store import PreparedDataset, is_finished_dataset
-    from ..io import Chain, StructureReadError, find_sources, is_chain_set, is_fasta, iter_chain_set, iter_fasta, read_structure
+    from ..io import (
+        Chain,
+        StructureReadError,
+        find_sources,
+        is_chain_set,
+        is_fasta,
+        iter_chain_set,
+        iter_fasta,
+        read_structure,
+    )
 
     if not inputs:
         raise UsageError("no inputs given")
@@ -37,19 +51,34 @@ def read_chains(inputs: Sequence[str | Path], chains: Sequence[str] = (), plddt_
     raw: list = []
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):
         if plddt_min is not None:
-            raise OptionError("plddt_min", plddt_min, "applies to structure inputs; pass it to "
-                              "`coordformer prepare` for a prepared dataset")
+            raise OptionError(
+                "plddt_min",
+                plddt_min,
+                "applies to structure inputs; pass it to "
+                "`coordformer prepare` for a prepared dataset",
+            )
         if seqres != "off":
-            raise OptionError("seqres", seqres, "applies to structure inputs; pass it to "
-                              "`coordformer prepare` for a prepared dataset")
+            raise OptionError(
+                "seqres",
+                seqres,
+                "applies to structure inputs; pass it to "
+                "`coordformer prepare` for a prepared dataset",
+            )
         data = PreparedDataset(inputs[0])
         idx = data.split_indices(split) if split else np.arange(len(data))
         for i in idx.tolist():
             if chains and not selected_chain(data.ids[i], chains):
                 continue
             pl = data.plddt(i)
-            raw.append(Chain(id=data.ids[i], sequence=data.sequence(i), coords=np.array(data.coords(i)),
-                             source=str(data.path), b_factors=None if pl is None else np.array(pl)))
+            raw.append(
+                Chain(
+                    id=data.ids[i],
+                    sequence=data.sequence(i),
+                    coords=np.array(data.coords(i)),
+                    source=str(data.path),
+                    b_factors=None if pl is None else np.array(pl),
+                )
+            )
         return _unique(raw), skipped
     if split:
         raise OptionError("split", split, "applies to a prepared dataset folder")
@@ -79,8 +108,17 @@ def read_chains(inputs: Sequence[str | Path], chains: Sequence[str] = (), plddt_
             skipped.append((c.id, f"{checked[0]}: {checked[1]}"))
             continue
         seq, coords = checked
-        kept.append(Chain(id=c.id, sequence=seq.tobytes().decode("ascii"), coords=coords, source=c.source,
-                          b_factors=c.b_factors, residue_ids=c.residue_ids, observed=c.observed))
+        kept.append(
+            Chain(
+                id=c.id,
+                sequence=seq.tobytes().decode("ascii"),
+                coords=coords,
+                source=c.source,
+                b_factors=c.b_factors,
+                residue_ids=c.residue_ids,
+                observed=c.observed,
+            )
+        )
     return _unique(kept), skipped
 
 
@@ -96,13 +134,19 @@ def _unique(chains: list) -> list:
     return chains
 
 
-def missing_structure_warning(meta: dict, model, chains, use_coords: bool | None = None) -> str | None:
+def missing_structure_warning(
+    meta: dict, model, chains, use_coords: bool | None = None
+) -> str | None:
     """A one-line warning when a structure model that never learnt the missing flag
     (``meta["learnt_missing_flag"]`` False, from ``load_model``: the shipped card, or an exported
     file's record) is asked to score chains with residues lacking coordinates (FASTA, unresolved
     residues, --seqres, --plddt-min); else None. Any such residue counts, not only a majority (as
     for ``embed``): its own scores are the ones that suffer."""
-    if not model.config.use_coords or use_coords is False or meta.get("learnt_missing_flag") is not False:
+    if (
+        not model.config.use_coords
+        or use_coords is False
+        or meta.get("learnt_missing_flag") is not False
+    ):
         return None
     n_missing = sum(int(np.isnan(np.asarray(c.coords)[:, CA_INDEX]).any(-1).sum()) for c in chains)
     if n_missing == 0:
@@ -110,7 +154,9 @@ def missing_structure_warning(meta: dict, model, chains, use_coords: bool | None
     n_total = sum(len(c.sequence) for c in chains)
     name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
     instead = meta.get("without_coords_use") or "small-coords-sd"
-    return (f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or --plddt-min), but "
-            f"{name} was trained without structure dropout and never learnt the missing flag, so scores there are "
-            f"unreliable (small-coords given no coordinates: perplexity 71 against 17 for small-nocoords); use -c "
-            f"{instead} for such inputs")
+    return (
+        f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or --plddt-min), but "
+        f"{name} was trained without structure dropout and never learnt the missing flag, so scores there are "
+        f"unreliable (small-coords given no coordinates: perplexity 71 against 17 for small-nocoords); use -c "
+        f"{instead} for such inputs"
+    )

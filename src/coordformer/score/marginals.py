@@ -46,16 +46,26 @@ class ScoreConfig(Record):
     """How masked marginals are computed (``coordformer score``)."""
 
     mode: str = "exact"  # "exact": one masked position per pass; "fast": several far-apart positions per pass
-    min_sep: int = 8  # fast: least sequence separation (residues) between positions masked in one pass
-    min_dist: float = 12.0  # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
-    window: int | None = None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    min_sep: int = (
+        8  # fast: least sequence separation (residues) between positions masked in one pass
+    )
+    min_dist: float = (
+        12.0  # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
+    )
+    window: int | None = (
+        None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    )
     overlap: int = 256  # least overlap between consecutive windows (each position is scored where it is most central)
     tokens_per_batch: int = 8192  # padded tokens per forward pass
-    use_coords: bool | None = None  # None = as the model was trained; False withholds coordinates from a structure model
+    use_coords: bool | None = (
+        None  # None = as the model was trained; False withholds coordinates from a structure model
+    )
 
     def __post_init__(self):
         if self.mode not in SCORE_MODES:
-            raise OptionError("mode", self.mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}")
+            raise OptionError(
+                "mode", self.mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}"
+            )
         if self.min_sep < 1:
             raise OptionError("min_sep", self.min_sep, "must be at least 1")
         if not self.min_dist >= 0:
@@ -72,8 +82,9 @@ class ScoreConfig(Record):
         return window
 
 
-def masking_plan(positions, ca: np.ndarray | None, mode: str = "exact", min_sep: int = 8,
-                 min_dist: float = 12.0) -> list[np.ndarray]:
+def masking_plan(
+    positions, ca: np.ndarray | None, mode: str = "exact", min_sep: int = 8, min_dist: float = 12.0
+) -> list[np.ndarray]:
     """Group ``positions`` (0-based residue indices) into passes, each an ascending int64 array of
     the positions masked together.
 
@@ -95,7 +106,9 @@ def masking_plan(positions, ca: np.ndarray | None, mode: str = "exact", min_sep:
             if (np.abs(members - p) < min_sep).any():
                 continue
             if use_dist:
-                d = np.linalg.norm(ca[members] - ca[p], axis=-1)  # NaN where either CA is missing: no conflict
+                d = np.linalg.norm(
+                    ca[members] - ca[p], axis=-1
+                )  # NaN where either CA is missing: no conflict
                 if (d < min_dist).any():
                     continue
             g.append(p)
@@ -126,7 +139,9 @@ def aa_index(sequence: str) -> np.ndarray:
     return chain_tokens(sequence) - AA_OFFSET if sequence else np.zeros(0, dtype=np.int64)
 
 
-def windowed_passes(chain_index: int, length: int, groups: list[np.ndarray], window: int, overlap: int) -> list[Pass]:
+def windowed_passes(
+    chain_index: int, length: int, groups: list[np.ndarray], window: int, overlap: int
+) -> list[Pass]:
     """Passes for ``groups`` of positions of one chain: whole-chain passes when it fits in
     ``window``, else each group split by owner window (the window each position is most central in)."""
     plan = plan_windows(length, window, overlap)
@@ -156,9 +171,16 @@ def joint_window(length: int, positions: np.ndarray, window: int, overlap: int) 
 
 
 @torch.no_grad()
-def run_passes(model, tokens: list[np.ndarray], coords: list[np.ndarray | None], plddt: list[np.ndarray | None],
-               passes: list[Pass], tokens_per_batch: int = 8192, device: str | torch.device = "cpu",
-               progress=None) -> list[np.ndarray]:
+def run_passes(
+    model,
+    tokens: list[np.ndarray],
+    coords: list[np.ndarray | None],
+    plddt: list[np.ndarray | None],
+    passes: list[Pass],
+    tokens_per_batch: int = 8192,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> list[np.ndarray]:
     """Run ``passes`` through ``model`` and return, per pass, float32 [len(masked), 20]: the
     log-probabilities over the 20 amino acids (normalised over them) at its masked positions, in
     the order of ``masked``.
@@ -188,9 +210,13 @@ def run_passes(model, tokens: list[np.ndarray], coords: list[np.ndarray | None],
             row[torch.from_numpy(p.masked - s)] = MASK
             tok[r, :n] = row
             if co is not None and coords[p.chain] is not None:
-                co[r, :n] = torch.from_numpy(np.ascontiguousarray(coords[p.chain][s : s + n], dtype=np.float32))
+                co[r, :n] = torch.from_numpy(
+                    np.ascontiguousarray(coords[p.chain][s : s + n], dtype=np.float32)
+                )
             if pl is not None and plddt[p.chain] is not None:
-                pl[r, :n] = torch.from_numpy(np.asarray(plddt[p.chain][s : s + n], dtype=np.float32))
+                pl[r, :n] = torch.from_numpy(
+                    np.asarray(plddt[p.chain][s : s + n], dtype=np.float32)
+                )
         out = model(**Batch.from_tokens(tok, co, plddt=pl).to(device).inputs())
         logits = out.logits.float()
         for r, i in enumerate(members):
@@ -263,7 +289,9 @@ def model_inputs(model, chains, use_coords: bool | None = None):
     :func:`run_passes` takes them, from ``Chain`` objects (``io`` readers)."""
     from ..data.prepare import plddt_values
 
-    feed = model.config.use_coords if use_coords is None else (use_coords and model.config.use_coords)
+    feed = (
+        model.config.use_coords if use_coords is None else (use_coords and model.config.use_coords)
+    )
     read_plddt = bool(model.config.plddt_feature)
     toks, cos, pls = [], [], []
     for c in chains:
@@ -284,8 +312,14 @@ def ca_of(chain) -> np.ndarray:
     return np.asarray(chain.coords, dtype=np.float32)[:, CA_INDEX]
 
 
-def masked_marginals(model, chains, cfg: ScoreConfig = ScoreConfig(), positions: list | None = None,
-                     device: str | torch.device = "cpu", progress: bool = False) -> list[ChainScores]:
+def masked_marginals(
+    model,
+    chains,
+    cfg: ScoreConfig = ScoreConfig(),
+    positions: list | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[ChainScores]:
     """Masked marginals for ``chains`` (``Chain`` objects as the ``io`` readers return them).
 
     ``positions``: per chain, the 0-based positions to score (None = every position of every chain;
@@ -301,7 +335,11 @@ def masked_marginals(model, chains, cfg: ScoreConfig = ScoreConfig(), positions:
     per_chain_passes = []
     for ci, c in enumerate(chains):
         n = len(c.sequence)
-        want = np.arange(n) if positions is None or positions[ci] is None else np.asarray(positions[ci], dtype=np.int64)
+        want = (
+            np.arange(n)
+            if positions is None or positions[ci] is None
+            else np.asarray(positions[ci], dtype=np.int64)
+        )
         if len(want) and (want.min() < 0 or want.max() >= n):
             raise UsageError(f"chain {c.id}: positions must lie in 0..{n - 1}")
         groups = masking_plan(want, ca_of(c), cfg.mode, cfg.min_sep, cfg.min_dist)
@@ -310,17 +348,35 @@ def masked_marginals(model, chains, cfg: ScoreConfig = ScoreConfig(), positions:
         passes.extend(mine)
     bar = _progress_bar(len(passes), progress)
     try:
-        res = run_passes(model, toks, cos, pls, passes, cfg.tokens_per_batch, device, bar.advance if bar else None)
+        res = run_passes(
+            model,
+            toks,
+            cos,
+            pls,
+            passes,
+            cfg.tokens_per_batch,
+            device,
+            bar.advance if bar else None,
+        )
     finally:
         if bar:
             bar.close()
     out = []
     for ci, c in enumerate(chains):
         lp = np.full((len(c.sequence), len(AMINO_ACIDS)), np.nan, dtype=np.float32)
-        out.append(ChainScores(chain_id=c.id, sequence=c.sequence, log_probs=lp,
-                               has_ca=~np.isnan(ca_of(c)).any(-1) if cos[ci] is not None else np.zeros(len(c.sequence), bool),
-                               residue_ids=getattr(c, "residue_ids", None), source=getattr(c, "source", ""),
-                               n_passes=per_chain_passes[ci]))
+        out.append(
+            ChainScores(
+                chain_id=c.id,
+                sequence=c.sequence,
+                log_probs=lp,
+                has_ca=~np.isnan(ca_of(c)).any(-1)
+                if cos[ci] is not None
+                else np.zeros(len(c.sequence), bool),
+                residue_ids=getattr(c, "residue_ids", None),
+                source=getattr(c, "source", ""),
+                n_passes=per_chain_passes[ci],
+            )
+        )
     for p, r in zip(passes, res):
         out[p.chain].log_probs[p.masked] = r
     return out
@@ -335,9 +391,20 @@ class _progress_bar:
         return super().__new__(cls)
 
     def __init__(self, total: int, enabled: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        self.p = Progress(TextColumn("scoring (masked passes)"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self.p = Progress(
+            TextColumn("scoring (masked passes)"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
         self.p.start()
         self.task = self.p.add_task("score", total=total)
 

@@ -42,7 +42,15 @@ import torch
 from ..constants import AMINO_ACIDS
 from ..errors import OptionError, UsageError
 from ..io.structures import normalize_chain_id
-from .marginals import Pass, ScoreConfig, aa_index, joint_window, masked_marginals, model_inputs, run_passes
+from .marginals import (
+    Pass,
+    ScoreConfig,
+    aa_index,
+    joint_window,
+    masked_marginals,
+    model_inputs,
+    run_passes,
+)
 
 #: numbering= values.
 NUMBERINGS = ("auto", "author", "index")
@@ -58,8 +66,15 @@ class MutationError(UsageError):
     """A mutant that cannot be scored. ``mutant``: the text as given; ``reason``: why, one line;
     ``chain``: the chain id when known; ``position``: the position as written when known."""
 
-    def __init__(self, mutant: str, reason: str, chain: str | None = None, position: str | None = None):
-        self.mutant, self.reason, self.chain, self.position = str(mutant), str(reason), chain, position
+    def __init__(
+        self, mutant: str, reason: str, chain: str | None = None, position: str | None = None
+    ):
+        self.mutant, self.reason, self.chain, self.position = (
+            str(mutant),
+            str(reason),
+            chain,
+            position,
+        )
         super().__init__(f"mutation {self.mutant!r}: {self.reason}")
 
     def __reduce__(self):
@@ -103,18 +118,32 @@ def parse_mutant(text: str) -> list[Substitution]:
             wt, num, icode, mut = m.groups()
             wt, mut = wt.upper(), mut.upper()
             if wt not in AMINO_ACIDS:
-                raise MutationError(raw, f"wild type {wt!r} in {tok} is not one of the 20 amino acids", chain, f"{num}{icode}")
+                raise MutationError(
+                    raw,
+                    f"wild type {wt!r} in {tok} is not one of the 20 amino acids",
+                    chain,
+                    f"{num}{icode}",
+                )
             if mut not in AMINO_ACIDS:
-                raise MutationError(raw, f"{mut!r} in {tok} is not one of the 20 amino acids ({AMINO_ACIDS})", chain,
-                                    f"{num}{icode}")
+                raise MutationError(
+                    raw,
+                    f"{mut!r} in {tok} is not one of the 20 amino acids ({AMINO_ACIDS})",
+                    chain,
+                    f"{num}{icode}",
+                )
             subs.append(Substitution(wt, int(num), icode, mut, chain))
             pending_chain = False
         elif tok and _CHAIN_RE.match(tok) and not pending_chain:
             chain, pending_chain = tok, True
         else:
-            raise MutationError(raw, f"{tok!r} is not a substitution like A23G (forms: A23G, A23G:K45R, A:A23G)")
+            raise MutationError(
+                raw, f"{tok!r} is not a substitution like A23G (forms: A23G, A23G:K45R, A:A23G)"
+            )
     if pending_chain:
-        raise MutationError(raw, f"chain prefix {chain!r} is not followed by a substitution (forms: A23G, A23G:K45R, A:A23G)")
+        raise MutationError(
+            raw,
+            f"chain prefix {chain!r} is not followed by a substitution (forms: A23G, A23G:K45R, A:A23G)",
+        )
     return subs
 
 
@@ -137,7 +166,9 @@ def author_chain(chain_id: str) -> str:
 class ChainIndex:
     """Looks up chains by qualifier and positions by numbering, for mutants against ``chains``."""
 
-    def __init__(self, chains, numbering: str = "auto", default_chain: str | None = None, offset: int = 0):
+    def __init__(
+        self, chains, numbering: str = "auto", default_chain: str | None = None, offset: int = 0
+    ):
         if numbering not in NUMBERINGS:
             raise UsageError(f"numbering must be one of {', '.join(NUMBERINGS)}, not {numbering!r}")
         self.chains = list(chains)
@@ -158,7 +189,9 @@ class ChainIndex:
         if default_chain is not None:
             k = self.find(default_chain)
             if k is None:
-                raise OptionError("chain", default_chain, f"is not among the scored chains ({self.names()})")
+                raise OptionError(
+                    "chain", default_chain, f"is not among the scored chains ({self.names()})"
+                )
             self.default = k
 
     def names(self, n: int = 8) -> str:
@@ -184,19 +217,35 @@ class ChainIndex:
                 return self.default
             if len(self.chains) == 1:
                 return 0
-            raise MutationError(mutant, f"{sub} names no chain and {len(self.chains)} chains are scored ({self.names()}); "
-                                "qualify it (A:A23G) or give a default chain (`chain`)", None, sub.position)
+            raise MutationError(
+                mutant,
+                f"{sub} names no chain and {len(self.chains)} chains are scored ({self.names()}); "
+                "qualify it (A:A23G) or give a default chain (`chain`)",
+                None,
+                sub.position,
+            )
         k = self.find(sub.chain)
         if k is None:
-            raise MutationError(mutant, f"chain {sub.chain!r} is not among the scored chains ({self.names()})", sub.chain,
-                                sub.position)
+            raise MutationError(
+                mutant,
+                f"chain {sub.chain!r} is not among the scored chains ({self.names()})",
+                sub.chain,
+                sub.position,
+            )
         if k == -1:
-            raise MutationError(mutant, f"chain {sub.chain!r} is ambiguous: several inputs have it; use the full id "
-                                "(ENTRY.CHAIN)", sub.chain, sub.position)
+            raise MutationError(
+                mutant,
+                f"chain {sub.chain!r} is ambiguous: several inputs have it; use the full id "
+                "(ENTRY.CHAIN)",
+                sub.chain,
+                sub.position,
+            )
         return k
 
     def uses_author(self, k: int) -> bool:
-        return self.numbering == "author" or (self.numbering == "auto" and self._author[k] is not None)
+        return self.numbering == "author" or (
+            self.numbering == "auto" and self._author[k] is not None
+        )
 
     def describe(self, k: int) -> str:
         c = self.chains[k]
@@ -204,8 +253,10 @@ class ChainIndex:
             ids = [r for r in c.residue_ids if r]
             return f"author numbers {ids[0]}-{ids[-1]}" if ids else "no author numbers"
         if self.offset:
-            return f"1-based index 1-{len(c.sequence)}, so mutant positions {1 + self.offset}-{len(c.sequence) + self.offset} " \
-                   f"with offset {self.offset}"
+            return (
+                f"1-based index 1-{len(c.sequence)}, so mutant positions {1 + self.offset}-{len(c.sequence) + self.offset} "
+                f"with offset {self.offset}"
+            )
         return f"1-based index 1-{len(c.sequence)}"
 
     def index_of(self, mutant: str, k: int, sub: Substitution) -> int:
@@ -213,20 +264,38 @@ class ChainIndex:
         if self.uses_author(k):
             table = self._author[k]
             if table is None:
-                raise MutationError(mutant, f"chain {c.id} has no author residue numbers (FASTA, chain_set or prepared "
-                                    "input); use 1-based indices (`numbering=index`)", c.id, sub.position)
+                raise MutationError(
+                    mutant,
+                    f"chain {c.id} has no author residue numbers (FASTA, chain_set or prepared "
+                    "input); use 1-based indices (`numbering=index`)",
+                    c.id,
+                    sub.position,
+                )
             i = table.get(sub.position)
             if i is None:
-                raise MutationError(mutant, f"position {sub.position} is not in chain {c.id} ({self.describe(k)})", c.id,
-                                    sub.position)
+                raise MutationError(
+                    mutant,
+                    f"position {sub.position} is not in chain {c.id} ({self.describe(k)})",
+                    c.id,
+                    sub.position,
+                )
             return i
         if sub.icode:
-            raise MutationError(mutant, f"position {sub.position} has an insertion code, which 1-based indices do not "
-                                "have; use `numbering=author`", c.id, sub.position)
+            raise MutationError(
+                mutant,
+                f"position {sub.position} has an insertion code, which 1-based indices do not "
+                "have; use `numbering=author`",
+                c.id,
+                sub.position,
+            )
         i = sub.number - self.offset
         if not 1 <= i <= len(c.sequence):
-            raise MutationError(mutant, f"position {sub.number} is outside chain {c.id} ({self.describe(k)})", c.id,
-                                sub.position)
+            raise MutationError(
+                mutant,
+                f"position {sub.number} is outside chain {c.id} ({self.describe(k)})",
+                c.id,
+                sub.position,
+            )
         return i - 1
 
     def resolve(self, mutant: str) -> list[ResolvedSubstitution]:
@@ -240,14 +309,29 @@ class ChainIndex:
             c = self.chains[k]
             have = c.sequence[i]
             if have != sub.wt:
-                where = (f"author number {sub.position} (index {i + 1})" if self.uses_author(k) else
-                         f"index {i + 1}" + (f" (position {sub.number} - offset {self.offset})" if self.offset else ""))
-                raise MutationError(mutant, f"wild type mismatch: chain {c.id} has {have} at {where}, not {sub.wt}", c.id,
-                                    sub.position)
+                where = (
+                    f"author number {sub.position} (index {i + 1})"
+                    if self.uses_author(k)
+                    else f"index {i + 1}"
+                    + (f" (position {sub.number} - offset {self.offset})" if self.offset else "")
+                )
+                raise MutationError(
+                    mutant,
+                    f"wild type mismatch: chain {c.id} has {have} at {where}, not {sub.wt}",
+                    c.id,
+                    sub.position,
+                )
             if (k, i) in seen:
-                raise MutationError(mutant, f"position {sub.position} of chain {c.id} is mutated twice", c.id, sub.position)
+                raise MutationError(
+                    mutant,
+                    f"position {sub.position} of chain {c.id} is mutated twice",
+                    c.id,
+                    sub.position,
+                )
             seen.add((k, i))
-            out.append(ResolvedSubstitution(k, i, AMINO_ACIDS.index(sub.wt), AMINO_ACIDS.index(sub.mut)))
+            out.append(
+                ResolvedSubstitution(k, i, AMINO_ACIDS.index(sub.wt), AMINO_ACIDS.index(sub.mut))
+            )
         return out
 
 
@@ -273,9 +357,19 @@ class MutationResults:
     n_passes: int = 0
 
 
-def score_mutations(model, chains, mutants: Sequence[str], cfg: ScoreConfig = ScoreConfig(), multi: str = "additive",
-                    numbering: str = "auto", default_chain: str | None = None, strict: bool = False,
-                    device: str | torch.device = "cpu", progress: bool = False, offset: int = 0) -> MutationResults:
+def score_mutations(
+    model,
+    chains,
+    mutants: Sequence[str],
+    cfg: ScoreConfig = ScoreConfig(),
+    multi: str = "additive",
+    numbering: str = "auto",
+    default_chain: str | None = None,
+    strict: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    offset: int = 0,
+) -> MutationResults:
     """Score ``mutants`` (strings, see the module docstring) against the wild-type ``chains``
     (``Chain`` objects: sequence, structure, author numbers). Bad mutants are skipped with their
     reason (or, with ``strict``, the first raises MutationError); the others are scored.
@@ -331,7 +425,9 @@ def score_mutations(model, chains, mutants: Sequence[str], cfg: ScoreConfig = Sc
     marg = None
     if any(single):
         need = [sorted(s) if s else [] for s in single]
-        marg = masked_marginals(model, chains, cfg, positions=need, device=device, progress=progress)
+        marg = masked_marginals(
+            model, chains, cfg, positions=need, device=device, progress=progress
+        )
         res.n_passes += sum(m.n_passes for m in marg)
     joint_lp: list[np.ndarray] = []
     if joint_passes:
@@ -345,13 +441,17 @@ def score_mutations(model, chains, mutants: Sequence[str], cfg: ScoreConfig = Sc
             if multi == "joint" and len(ss) > 1:
                 key = (k, tuple(sorted(s.index for s in ss)))
                 if key in bad_joint:
-                    failed = (f"positions {', '.join(str(i + 1) for i in key[1])} of chain {chains[k].id} do not fit in one "
-                              f"window of {window} residues; score them with multi='additive'")
+                    failed = (
+                        f"positions {', '.join(str(i + 1) for i in key[1])} of chain {chains[k].id} do not fit in one "
+                        f"window of {window} residues; score them with multi='additive'"
+                    )
                     break
                 lp = joint_lp[joint[key]]
                 where = {i: r for r, i in enumerate(key[1])}
                 for s in ss:
-                    terms[(k, s.index)] = float(lp[where[s.index], s.mut]) - float(lp[where[s.index], s.wt])
+                    terms[(k, s.index)] = float(lp[where[s.index], s.mut]) - float(
+                        lp[where[s.index], s.wt]
+                    )
             else:
                 for s in ss:
                     lp = marg[k].log_probs[s.index]

@@ -39,7 +39,9 @@ def _delimiter(path: Path) -> str:
     return "," if path.suffix.lower() == ".csv" else "\t"
 
 
-def read_mutant_table(path: str | Path, column: str = "mutant") -> tuple[list[str], list[list[str]], int]:
+def read_mutant_table(
+    path: str | Path, column: str = "mutant"
+) -> tuple[list[str], list[list[str]], int]:
     """(header, rows, index of ``column``) of a CSV (comma) or ``.tsv``/``.txt`` (tab) mutation file."""
     path = Path(path)
     if not path.is_file():
@@ -52,8 +54,12 @@ def read_mutant_table(path: str | Path, column: str = "mutant") -> tuple[list[st
         raise OptionError("mutations", path, "empty file")
     header, body = rows[0], rows[1:]
     if column not in header:
-        raise OptionError("mutations", path, f"no column {column!r} (columns: {', '.join(header[:12])}); "
-                          "name the mutant column with `mutant_column`")
+        raise OptionError(
+            "mutations",
+            path,
+            f"no column {column!r} (columns: {', '.join(header[:12])}); "
+            "name the mutant column with `mutant_column`",
+        )
     return header, body, header.index(column)
 
 
@@ -80,13 +86,29 @@ def _spearman(a: list[float], b: list[float]) -> float | None:
     return None if rho != rho else float(rho)
 
 
-def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: ScoreConfig = ScoreConfig(),
-              mutations: str | Path | None = None, mutants: Sequence[str] = (), mutant_column: str = "mutant",
-              multi: str = "additive", numbering: str = "auto", offset: int = 0, chain: str | None = None,
-              chains: Sequence[str] = (),
-              plddt_min: float | None = None, seqres: str = "off", split: str | None = None, per_aa: bool = False,
-              plot: str | Path | None = None, device: str = "cpu", progress: bool = True,
-              echo: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> dict:
+def run_score(
+    checkpoint: str,
+    inputs: Sequence[str],
+    out: str | Path,
+    cfg: ScoreConfig = ScoreConfig(),
+    mutations: str | Path | None = None,
+    mutants: Sequence[str] = (),
+    mutant_column: str = "mutant",
+    multi: str = "additive",
+    numbering: str = "auto",
+    offset: int = 0,
+    chain: str | None = None,
+    chains: Sequence[str] = (),
+    plddt_min: float | None = None,
+    seqres: str = "off",
+    split: str | None = None,
+    per_aa: bool = False,
+    plot: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
+) -> dict:
     """Score ``inputs`` with ``checkpoint`` and write the tables above; returns a summary dict.
 
     With neither ``mutations`` (a table file) nor ``mutants`` (strings), per-residue masked
@@ -99,13 +121,17 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     warn = warn or echo
     out = Path(out)
     if mutations is not None and mutants:
-        raise UsageError("give mutants either in a file (`mutations`) or as a list (`mutants`), not both")
+        raise UsageError(
+            "give mutants either in a file (`mutations`) or as a list (`mutants`), not both"
+        )
     if multi not in MULTI_MODES:
         raise OptionError("multi", multi, f"must be one of {', '.join(MULTI_MODES)}")
     if numbering not in NUMBERINGS:
         raise OptionError("numbering", numbering, f"must be one of {', '.join(NUMBERINGS)}")
     if offset and numbering != "index":
-        raise OptionError("offset", offset, "applies to 1-based index numbering; add `numbering=index`")
+        raise OptionError(
+            "offset", offset, "applies to 1-based index numbering; add `numbering=index`"
+        )
     table = read_mutant_table(mutations, mutant_column) if mutations is not None else None
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
@@ -113,43 +139,80 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     chain_list, skipped_inputs = read_chains(inputs, chains, plddt_min, seqres, split)
     if not chain_list:
         why = "; ".join(f"{s}: {r}" for s, r in skipped_inputs[:3])
-        raise UsageError("no readable chains in the inputs" + (f" ({why})" if why else "") +
-                         (f"; none is one of `chains` {','.join(chains)}" if chains else ""))
+        raise UsageError(
+            "no readable chains in the inputs"
+            + (f" ({why})" if why else "")
+            + (f"; none is one of `chains` {','.join(chains)}" if chains else "")
+        )
     note = missing_structure_warning(meta, model, chain_list, cfg.use_coords)
     if note:
         warn(f"warning: {note}")
     skipped_path = out.with_name(out.name + ".skipped.tsv")
-    summary: dict = {"out": str(out), "chains": len(chain_list), "inputs_skipped": len(skipped_inputs),
-                     "mode": cfg.mode, "checkpoint": str(checkpoint)}
+    summary: dict = {
+        "out": str(out),
+        "chains": len(chain_list),
+        "inputs_skipped": len(skipped_inputs),
+        "mode": cfg.mode,
+        "checkpoint": str(checkpoint),
+    }
     if table is None and not mutants:
         scores = masked_marginals(model, chain_list, cfg, device=device, progress=progress)
-        header = ["chain", "index", "residue", "wt", "has_ca", "logp_wt", "entropy"] + \
-            ([f"logp_{a}" for a in AMINO_ACIDS] if per_aa else [])
+        header = ["chain", "index", "residue", "wt", "has_ca", "logp_wt", "entropy"] + (
+            [f"logp_{a}" for a in AMINO_ACIDS] if per_aa else []
+        )
         rows = []
         for s in scores:
             lpw, ent = s.log_p_wt, s.entropy
             for i, aa in enumerate(s.sequence):
                 rid = s.residue_ids[i] if s.residue_ids is not None else ""
-                row = [s.chain_id, i + 1, rid, aa, int(bool(s.has_ca[i])), _fmt(float(lpw[i])), _fmt(float(ent[i]))]
+                row = [
+                    s.chain_id,
+                    i + 1,
+                    rid,
+                    aa,
+                    int(bool(s.has_ca[i])),
+                    _fmt(float(lpw[i])),
+                    _fmt(float(ent[i])),
+                ]
                 if per_aa:
                     row += [_fmt(float(x)) for x in s.log_probs[i]]
                 rows.append(row)
         _write_table(out, header, rows)
         chains_path = out.with_name(out.name + ".chains.tsv")
-        _write_table(chains_path, ["chain", "length", "scored", "mean_logp_wt", "pseudo_perplexity", "passes", "source"],
-                     [[s.chain_id, len(s.sequence), int(s.scored.sum()), _fmt(s.mean_log_p), _fmt(s.pseudo_perplexity),
-                       s.n_passes, s.source] for s in scores])
+        _write_table(
+            chains_path,
+            ["chain", "length", "scored", "mean_logp_wt", "pseudo_perplexity", "passes", "source"],
+            [
+                [
+                    s.chain_id,
+                    len(s.sequence),
+                    int(s.scored.sum()),
+                    _fmt(s.mean_log_p),
+                    _fmt(s.pseudo_perplexity),
+                    s.n_passes,
+                    s.source,
+                ]
+                for s in scores
+            ],
+        )
         _write_skipped(skipped_path, skipped_inputs, [])
         all_lp = np.concatenate([s.log_p_wt[s.scored] for s in scores]) if scores else np.zeros(0)
-        summary.update(residues=int(len(all_lp)), passes=sum(s.n_passes for s in scores), chains_file=str(chains_path),
-                       mean_logp_wt=float(all_lp.mean()) if len(all_lp) else None,
-                       pseudo_perplexity=float(np.exp(-all_lp.mean())) if len(all_lp) else None,
-                       per_chain=[(s.chain_id, len(s.sequence), s.pseudo_perplexity) for s in scores])
+        summary.update(
+            residues=int(len(all_lp)),
+            passes=sum(s.n_passes for s in scores),
+            chains_file=str(chains_path),
+            mean_logp_wt=float(all_lp.mean()) if len(all_lp) else None,
+            pseudo_perplexity=float(np.exp(-all_lp.mean())) if len(all_lp) else None,
+            per_chain=[(s.chain_id, len(s.sequence), s.pseudo_perplexity) for s in scores],
+        )
         if plot:
             from ..analysis.plots import per_position_score_figure
 
-            per_position_score_figure([(s.chain_id, s.log_p_wt, s.entropy) for s in scores], plot,
-                                      title=f"{checkpoint}, {cfg.mode} masked marginals")
+            per_position_score_figure(
+                [(s.chain_id, s.log_p_wt, s.entropy) for s in scores],
+                plot,
+                title=f"{checkpoint}, {cfg.mode} masked marginals",
+            )
             summary["plot"] = str(plot)
         return summary
 
@@ -161,27 +224,52 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
         texts = list(mutants)
     for name in (SCORE_COLUMN, SITES_COLUMN):
         if name in header:
-            raise OptionError("mutations", mutations,
-                              f"already has a column {name!r}; rename it or score a copy without it")
-    res = score_mutations(model, chain_list, texts, cfg, multi=multi, numbering=numbering, default_chain=chain,
-                          strict=table is None, device=device, progress=progress, offset=offset)
+            raise OptionError(
+                "mutations",
+                mutations,
+                f"already has a column {name!r}; rename it or score a copy without it",
+            )
+    res = score_mutations(
+        model,
+        chain_list,
+        texts,
+        cfg,
+        multi=multi,
+        numbering=numbering,
+        default_chain=chain,
+        strict=table is None,
+        device=device,
+        progress=progress,
+        offset=offset,
+    )
     rows = []
     for r in res.scored:
         sites = ";".join(f"{chain_list[s.chain].id}/{s.index + 1}" for s in r.substitutions)
         rows.append(list(body[r.row]) + [_fmt(r.score) if r.substitutions else "0.00000", sites])
     _write_table(out, list(header) + [SCORE_COLUMN, SITES_COLUMN], rows)
     _write_skipped(skipped_path, skipped_inputs, res.skipped)
-    summary.update(mutants=len(texts), scored=len(res.scored), skipped=len(res.skipped), passes=res.n_passes,
-                   multi=multi, numbering=numbering, skipped_file=str(skipped_path) if res.skipped or skipped_inputs else None,
-                   first_skipped=res.skipped[0] if res.skipped else None)
+    summary.update(
+        mutants=len(texts),
+        scored=len(res.scored),
+        skipped=len(res.skipped),
+        passes=res.n_passes,
+        multi=multi,
+        numbering=numbering,
+        skipped_file=str(skipped_path) if res.skipped or skipped_inputs else None,
+        first_skipped=res.skipped[0] if res.skipped else None,
+    )
     mismatched = sum(1 for _, _, why in res.skipped if why.startswith("wild type mismatch"))
     if texts and not res.scored:
         row, m, why = res.skipped[0]
-        raise UsageError(f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); check "
-                         f"`numbering`, `offset` and `chain`; all are listed in {skipped_path}")
+        raise UsageError(
+            f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); check "
+            f"`numbering`, `offset` and `chain`; all are listed in {skipped_path}"
+        )
     if mismatched > len(texts) / 2:
-        warn(f"warning: {mismatched} of {len(texts)} mutants have a wild-type mismatch: are the positions numbered as "
-             f"--numbering {numbering} assumes (author numbers vs 1-based index, --offset)?")
+        warn(
+            f"warning: {mismatched} of {len(texts)} mutants have a wild-type mismatch: are the positions numbered as "
+            f"--numbering {numbering} assumes (author numbers vs 1-based index, --offset)?"
+        )
     if table is not None and "DMS_score" in header:
         k = header.index("DMS_score")
         a, b = [], []
@@ -198,18 +286,27 @@ def run_score(checkpoint: str, inputs: Sequence[str], out: str | Path, cfg: Scor
     if plot:
         from ..analysis.plots import mutation_score_figure
 
-        points = [(chain_list[r.substitutions[0].chain].id, r.substitutions[0].index + 1, r.score)
-                  for r in res.scored if len(r.substitutions) == 1]
-        mutation_score_figure(points, plot, title=f"{checkpoint}: single substitutions, log p(mut) - log p(wt)")
+        points = [
+            (chain_list[r.substitutions[0].chain].id, r.substitutions[0].index + 1, r.score)
+            for r in res.scored
+            if len(r.substitutions) == 1
+        ]
+        mutation_score_figure(
+            points, plot, title=f"{checkpoint}: single substitutions, log p(mut) - log p(wt)"
+        )
         summary["plot"] = str(plot)
     return summary
 
 
-def _write_skipped(path: Path, inputs: list[tuple[str, str]], mutants: list[tuple[int, str, str]]) -> None:
+def _write_skipped(
+    path: Path, inputs: list[tuple[str, str]], mutants: list[tuple[int, str, str]]
+) -> None:
     """``kind, row, item, reason`` for unreadable inputs and skipped mutants; no file (and a stale
     one removed) when nothing was skipped. ``row`` is the 1-based data row of the mutation table."""
     if not inputs and not mutants:
         path.unlink(missing_ok=True)
         return
-    rows = [["input", "", s, r] for s, r in inputs] + [["mutant", row + 1, m, why] for row, m, why in mutants]
+    rows = [["input", "", s, r] for s, r in inputs] + [
+        ["mutant", row + 1, m, why] for row, m, why in mutants
+    ]
     _write_table(path, ["kind", "row", "item", "reason"], rows)

@@ -52,7 +52,11 @@ def hbond_map(coords: np.ndarray, sequence: str | None = None, cutoff: float = -
         return np.linalg.norm(a[:, None] - b[None], axis=-1)
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        e = 0.084 * 332.0 * (1 / dist(o_at, n_at) + 1 / dist(c_at, h) - 1 / dist(o_at, h) - 1 / dist(c_at, n_at))
+        e = (
+            0.084
+            * 332.0
+            * (1 / dist(o_at, n_at) + 1 / dist(c_at, h) - 1 / dist(o_at, h) - 1 / dist(c_at, n_at))
+        )
         hb = e < cutoff
     i, j = np.indices((L, L))
     hb &= np.abs(i - j) >= 3

@@ -89,7 +89,13 @@ def unnormalised_head(n: int, sigma: float) -> Head:
 
 
 def best_fit_attention(
-    n: int, d_head: int, sigma: float, n_points: int = 5, steps: int = 3000, restarts: int = 3, seed: int = 0
+    n: int,
+    d_head: int,
+    sigma: float,
+    n_points: int = 5,
+    steps: int = 3000,
+    restarts: int = 3,
+    seed: int = 0,
 ) -> tuple[Head, float]:
     """Best head of dimension ``d_head`` found by Adam for the normalised kernel on random clouds.
 
@@ -108,7 +114,11 @@ def best_fit_attention(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         for _ in range(steps):
             x = torch.rand(64, n_points, n, generator=g, dtype=torch.float64) * 2 - 1
-            loss = (Head(w_q, w_k).attention(features(x)) - gaussian_kernel(x, sigma, True)).abs().mean()
+            loss = (
+                (Head(w_q, w_k).attention(features(x)) - gaussian_kernel(x, sigma, True))
+                .abs()
+                .mean()
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -152,8 +162,14 @@ class ApproxSquareFFN:
         half = per_axis // 2
         knots = torch.linspace(0, radius, half + 1, dtype=torch.float64)[:-1]
         grid = torch.linspace(-radius, radius, 4001, dtype=torch.float64)
-        a = torch.cat([cls._act(activation, grid[:, None] - knots), cls._act(activation, -grid[:, None] - knots),
-                       torch.ones(len(grid), 1, dtype=torch.float64)], dim=1)
+        a = torch.cat(
+            [
+                cls._act(activation, grid[:, None] - knots),
+                cls._act(activation, -grid[:, None] - knots),
+                torch.ones(len(grid), 1, dtype=torch.float64),
+            ],
+            dim=1,
+        )
         sol = torch.linalg.lstsq(a, (grid**2)[:, None]).solution[:, 0]
         return cls(activation, 2 * half * n, n, radius, knots, sol[:-1], float(sol[-1]))
 
@@ -169,11 +185,19 @@ class ApproxSquareFFN:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., n] -> [...] approximate |x|^2 (valid for |x_d| <= radius)."""
         t = x.unsqueeze(-1)
-        h = torch.cat([self._act(self.activation, t - self.knots), self._act(self.activation, -t - self.knots)], dim=-1)
+        h = torch.cat(
+            [
+                self._act(self.activation, t - self.knots),
+                self._act(self.activation, -t - self.knots),
+            ],
+            dim=-1,
+        )
         return (h @ self.c).sum(-1) + self.n * self.bias
 
 
-def one_layer_attention(x: torch.Tensor, head: Head, square: str | ApproxSquareFFN = "exact") -> torch.Tensor:
+def one_layer_attention(
+    x: torch.Tensor, head: Head, square: str | ApproxSquareFFN = "exact"
+) -> torch.Tensor:
     """The whole one-layer model: linear coordinate embedding -> FFN adds |x|^2 -> attention head.
 
     x: [..., L, n] coordinates (already divided by the embedding scale). Returns [..., L, L] softmax
@@ -202,19 +226,40 @@ def construction_report(out_dir, sigma: float = 0.5, seed: int = 0, steps: int =
         x = torch.rand(512, 5, n, generator=g, dtype=torch.float64) * 2 - 1
         target = gaussian_kernel(x, sigma, normalised=True)
         exact = float((one_layer_attention(x, normalised_head(n, sigma)) - target).abs().mean())
-        attn_rows.append({"n": n, "d_head": n + 1, "method": "constructed", "mean_abs_error": exact})
-        attn_rows.append({"n": n, "d_head": n + 2, "method": "constructed",
-                          "mean_abs_error": float((one_layer_attention(x, unnormalised_head(n, sigma)) - target).abs().mean())})
+        attn_rows.append(
+            {"n": n, "d_head": n + 1, "method": "constructed", "mean_abs_error": exact}
+        )
+        attn_rows.append(
+            {
+                "n": n,
+                "d_head": n + 2,
+                "method": "constructed",
+                "mean_abs_error": float(
+                    (one_layer_attention(x, unnormalised_head(n, sigma)) - target).abs().mean()
+                ),
+            }
+        )
         for d in (n, n + 1):
             _, err = best_fit_attention(n, d, sigma, steps=steps, restarts=2, seed=seed)
-            attn_rows.append({"n": n, "d_head": d, "method": "best fit (Adam)", "mean_abs_error": err})
+            attn_rows.append(
+                {"n": n, "d_head": d, "method": "best fit (Adam)", "mean_abs_error": err}
+            )
     x = torch.rand(4000, 3, generator=g, dtype=torch.float64) * 2 - 1
     truth = (x * x).sum(-1)
     for act in ("relu", "gelu"):
         for w in (6, 12, 24, 48, 96, 192, 384):
             f = ApproxSquareFFN.fit(act, w, 3)
-            ffn_rows.append({"activation": act, "width": f.width, "max_abs_error": float((f(x) - truth).abs().max())})
-    for name, rows in (("construction_attention.csv", attn_rows), ("construction_ffn.csv", ffn_rows)):
+            ffn_rows.append(
+                {
+                    "activation": act,
+                    "width": f.width,
+                    "max_abs_error": float((f(x) - truth).abs().max()),
+                }
+            )
+    for name, rows in (
+        ("construction_attention.csv", attn_rows),
+        ("construction_ffn.csv", ffn_rows),
+    ):
         with open(out / name, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()

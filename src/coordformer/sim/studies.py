@@ -66,9 +66,13 @@ PRESETS: dict[str, SimPreset] = {
     "quick": SimPreset(
         name="quick",
         base=dict(d_model=32, n_heads=4, d_ff=128, steps=1500, eval_every=250),
-        dims=(1, 2, 3), head_dims=tuple(range(1, 7)), seeds=(0,),
-        regimes={"modern": {}}, raw_seeds=(0,),
-        width_dims=(), augment_seeds=(0,),
+        dims=(1, 2, 3),
+        head_dims=tuple(range(1, 7)),
+        seeds=(0,),
+        regimes={"modern": {}},
+        raw_seeds=(0,),
+        width_dims=(),
+        augment_seeds=(0,),
         augment_overrides=dict(steps=3000),
     ),
     # What this project ran on 2 CPU cores (about 35 minutes): every study, 3 seeds for headdim; the
@@ -79,17 +83,26 @@ PRESETS: dict[str, SimPreset] = {
         exponent_seeds=(0, 1),
         regimes={"modern": {}, "paper": dict(_PAPER_OPT, steps=12600, eval_every=630)},
         width_overrides=dict(_PAPER_OPT, steps=12600, eval_every=630, d_ff=128),
-        augment_seeds=(0, 1, 2), augment_overrides=dict(steps=6000),
+        augment_seeds=(0, 1, 2),
+        augment_overrides=dict(steps=6000),
     ),
     # The paper's sizes (d_model 256, 8 heads, d_ff 1024, batch 16, Noam; 12,600 steps = its 200
     # epochs of 63 batches). Meant for a GPU.
     "paper": SimPreset(
         name="paper",
         base=dict(d_model=256, n_heads=8, d_ff=1024, **_PAPER_OPT, steps=12600, eval_every=630),
-        exponent_d_out=32, exponent_seeds=(0, 1, 2),
-        regimes={"paper": {}, "modern": dict(regime="modern", batch_size=64, steps=4000, eval_every=250)},
-        raw_seeds=(0, 1, 2), width_dims=(1, 2, 3, 4), width_seeds=(0, 1, 2),
-        width_overrides=dict(d_ff=1024), augment_seeds=(0, 1, 2), augment_overrides=dict(steps=12600),
+        exponent_d_out=32,
+        exponent_seeds=(0, 1, 2),
+        regimes={
+            "paper": {},
+            "modern": dict(regime="modern", batch_size=64, steps=4000, eval_every=250),
+        },
+        raw_seeds=(0, 1, 2),
+        width_dims=(1, 2, 3, 4),
+        width_seeds=(0, 1, 2),
+        width_overrides=dict(d_ff=1024),
+        augment_seeds=(0, 1, 2),
+        augment_overrides=dict(steps=12600),
     ),
 }
 
@@ -112,7 +125,13 @@ class Job:
     def cost(self) -> float:
         """Relative compute: model-steps weighted by batch size and width."""
         c = self.configs[0]
-        return len(self.configs) * c.steps * c.batch_size * (c.d_model * (4 * c.d_model + 2 * c.d_ff)) * c.n_layers
+        return (
+            len(self.configs)
+            * c.steps
+            * c.batch_size
+            * (c.d_model * (4 * c.d_model + 2 * c.d_ff))
+            * c.n_layers
+        )
 
 
 def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0) -> list[Job]:
@@ -128,31 +147,72 @@ def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0
 
     if "exponent" in studies:
         for s in preset.exponent_seeds:
-            cs = tuple(cfg(n_dims=3, exponent=p, d_out=preset.exponent_d_out, seed=s) for p in preset.exponents)
-            jobs.append(Job("exponent", cs, tuple({"exponent": p, "seed": s} for p in preset.exponents)))
+            cs = tuple(
+                cfg(n_dims=3, exponent=p, d_out=preset.exponent_d_out, seed=s)
+                for p in preset.exponents
+            )
+            jobs.append(
+                Job("exponent", cs, tuple({"exponent": p, "seed": s} for p in preset.exponents))
+            )
     if "headdim" in studies:
         for regime, over in preset.regimes.items():
             for n in preset.dims:
                 for s in preset.seeds:
-                    outputs = ("row", "raw") if regime == "modern" and s in preset.raw_seeds else ("row",)
+                    outputs = (
+                        ("row", "raw") if regime == "modern" and s in preset.raw_seeds else ("row",)
+                    )
                     cs, ls = [], []
                     for out in outputs:
                         for h in preset.head_dims:
                             cs.append(cfg(**over, n_dims=n, d_out=h, output=out, seed=s))
-                            ls.append({"regime": regime, "output": out, "n": n, "d_out": h, "seed": s})
+                            ls.append(
+                                {"regime": regime, "output": out, "n": n, "d_out": h, "seed": s}
+                            )
                     jobs.append(Job("headdim", tuple(cs), tuple(ls)))
     if "width" in studies:
         for n in preset.width_dims:
             for x in preset.width_xs:  # seeds share a width, so they share a stack
-                cs = tuple(cfg(**preset.width_overrides, n_dims=n, d_model=8 * x, n_heads=1, d_out=8 * x, seed=s)
-                           for s in preset.width_seeds)
-                jobs.append(Job("width", cs, tuple({"n": n, "x": x, "d_model": 8 * x, "d_out": 8 * x, "seed": s}
-                                                  for s in preset.width_seeds)))
+                cs = tuple(
+                    cfg(
+                        **preset.width_overrides,
+                        n_dims=n,
+                        d_model=8 * x,
+                        n_heads=1,
+                        d_out=8 * x,
+                        seed=s,
+                    )
+                    for s in preset.width_seeds
+                )
+                jobs.append(
+                    Job(
+                        "width",
+                        cs,
+                        tuple(
+                            {"n": n, "x": x, "d_model": 8 * x, "d_out": 8 * x, "seed": s}
+                            for s in preset.width_seeds
+                        ),
+                    )
+                )
     if "augment" in studies:
         for s in preset.augment_seeds:
-            cs = tuple(cfg(**preset.augment_overrides, n_dims=3, n_train=preset.augment_n_train, augment=a, seed=s)
-                       for a in (False, True))
-            jobs.append(Job("augment", cs, tuple({"augment": a, "seed": s} for a in (False, True)), curve=True))
+            cs = tuple(
+                cfg(
+                    **preset.augment_overrides,
+                    n_dims=3,
+                    n_train=preset.augment_n_train,
+                    augment=a,
+                    seed=s,
+                )
+                for a in (False, True)
+            )
+            jobs.append(
+                Job(
+                    "augment",
+                    cs,
+                    tuple({"augment": a, "seed": s} for a in (False, True)),
+                    curve=True,
+                )
+            )
     return jobs
 
 
@@ -169,20 +229,40 @@ def _job_path(out: Path, job: Job) -> Path:
     return out / "runs" / job.study / f"{job.key}.json"
 
 
-def run_jobs(jobs: list[Job], out: Path, workers: int, device: str = "cpu",
-             echo: Callable[[str], None] = print, progress: bool = True) -> dict[str, list[dict]]:
+def run_jobs(
+    jobs: list[Job],
+    out: Path,
+    workers: int,
+    device: str = "cpu",
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, list[dict]]:
     """Run (or reuse) every job; returns {study: [label + result rows]}."""
     todo = [j for j in jobs if not _job_path(out, j).exists()]
     if len(todo) < len(jobs):
         echo(f"reusing {len(jobs) - len(todo)} finished stacks from {out / 'runs'}")
     total = sum(j.cost for j in todo) or 1.0
     if todo:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(),
-                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TimeRemainingColumn()]
+        columns = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
         with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task(f"simulate: {len(todo)} stacks, {sum(len(j.configs) for j in todo)} models", total=total)
+            task = bar.add_task(
+                f"simulate: {len(todo)} stacks, {sum(len(j.configs) for j in todo)} models",
+                total=total,
+            )
 
             done = {"cost": 0.0, "n": 0}
             t_start = time.perf_counter()
@@ -191,8 +271,15 @@ def run_jobs(jobs: list[Job], out: Path, workers: int, device: str = "cpu",
                 path = _job_path(out, job)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"configs": [c.to_dict() for c in job.configs], "labels": list(job.labels),
-                                           "results": results}))
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "configs": [c.to_dict() for c in job.configs],
+                            "labels": list(job.labels),
+                            "results": results,
+                        }
+                    )
+                )
                 os.replace(tmp, path)
                 bar.advance(task, job.cost)
                 done["cost"] += job.cost
@@ -200,8 +287,10 @@ def run_jobs(jobs: list[Job], out: Path, workers: int, device: str = "cpu",
                 if not progress:  # logs get one line per stack instead of a bar
                     el = time.perf_counter() - t_start
                     eta = el * (total - done["cost"]) / done["cost"]
-                    echo(f"stack {done['n']}/{len(todo)} ({job.study}, {len(job.configs)} models) done; "
-                         f"elapsed {el / 60:.1f} min, about {eta / 60:.1f} min left")
+                    echo(
+                        f"stack {done['n']}/{len(todo)} ({job.study}, {len(job.configs)} models) done; "
+                        f"elapsed {el / 60:.1f} min, about {eta / 60:.1f} min left"
+                    )
 
             # Biggest stacks first so the last minutes are not one long job on one core.
             todo.sort(key=lambda j: -j.cost)
@@ -215,7 +304,9 @@ def run_jobs(jobs: list[Job], out: Path, workers: int, device: str = "cpu",
             else:
                 import multiprocessing as mp
 
-                with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                with ProcessPoolExecutor(
+                    max_workers=workers, mp_context=mp.get_context("spawn")
+                ) as pool:
                     futures = {pool.submit(_run_job, job, device): job for job in todo}
                     for fut in as_completed(futures):
                         try:
@@ -223,10 +314,14 @@ def run_jobs(jobs: list[Job], out: Path, workers: int, device: str = "cpu",
                         except Exception as e:  # noqa: BLE001 - keep the other stacks going
                             failed.append((futures[fut], e))
             for job, e in failed:
-                echo(f"stack {job.key} ({job.study}, {len(job.configs)} models) failed: {type(e).__name__}: {e}")
+                echo(
+                    f"stack {job.key} ({job.study}, {len(job.configs)} models) failed: {type(e).__name__}: {e}"
+                )
             if failed:
-                raise CoordformerError(f"{len(failed)} of {len(todo)} stacks failed (see above); the others are saved "
-                                       f"in {out / 'runs'} and a re-run resumes")
+                raise CoordformerError(
+                    f"{len(failed)} of {len(todo)} stacks failed (see above); the others are saved "
+                    f"in {out / 'runs'} and a re-run resumes"
+                )
     rows: dict[str, list[dict]] = {}
     for job in jobs:
         rec = json.loads(_job_path(out, job).read_text())
@@ -265,15 +360,26 @@ def summarise_headdim(rows: list[dict]) -> list[dict]:
     """One record per (regime, output, n): median test L1 per head dim over seeds, and the drop."""
     groups: dict[tuple, dict[int, list[float]]] = {}
     for r in rows:
-        groups.setdefault((r["regime"], r["output"], r["n"]), {}).setdefault(r["d_out"], []).append(r["test_l1"])
+        groups.setdefault((r["regime"], r["output"], r["n"]), {}).setdefault(r["d_out"], []).append(
+            r["test_l1"]
+        )
     out = []
     for (regime, output, n), by_dim in sorted(groups.items()):
         med = {h: _median(v) for h, v in by_dim.items()}
-        out.append({"regime": regime, "output": output, "n": n, "drop_at": drop_dimension(med), "floor_at": floor_dimension(med),
-                    # The per-point construction (docs/theory.md). With k points a head of dim >= k could in
-                    # principle fit any k x k logits from cloud-dependent q/k; training does not find that.
-                    "theory": n + (1 if output == "row" else 2),
-                    "median_test_l1": med, "seeds": max(len(v) for v in by_dim.values())})
+        out.append(
+            {
+                "regime": regime,
+                "output": output,
+                "n": n,
+                "drop_at": drop_dimension(med),
+                "floor_at": floor_dimension(med),
+                # The per-point construction (docs/theory.md). With k points a head of dim >= k could in
+                # principle fit any k x k logits from cloud-dependent q/k; training does not find that.
+                "theory": n + (1 if output == "row" else 2),
+                "median_test_l1": med,
+                "seeds": max(len(v) for v in by_dim.values()),
+            }
+        )
     return out
 
 
@@ -281,9 +387,15 @@ def summarise_width(rows: list[dict]) -> list[dict]:
     groups: dict[int, dict[int, list[float]]] = {}
     for r in rows:
         groups.setdefault(r["n"], {}).setdefault(r["x"], []).append(r["test_l1"])
-    return [{"n": n, "drop_at": drop_dimension({x: _median(v) for x, v in by_x.items()}),
-             "floor_at": floor_dimension({x: _median(v) for x, v in by_x.items()}),
-             "median_test_l1": {x: _median(v) for x, v in by_x.items()}} for n, by_x in sorted(groups.items())]
+    return [
+        {
+            "n": n,
+            "drop_at": drop_dimension({x: _median(v) for x, v in by_x.items()}),
+            "floor_at": floor_dimension({x: _median(v) for x, v in by_x.items()}),
+            "median_test_l1": {x: _median(v) for x, v in by_x.items()},
+        }
+        for n, by_x in sorted(groups.items())
+    ]
 
 
 def summarise_augment(rows: list[dict]) -> dict[bool, dict]:
@@ -291,8 +403,12 @@ def summarise_augment(rows: list[dict]) -> dict[bool, dict]:
     for a in (False, True):
         rs = [r for r in rows if r["augment"] == a]
         if rs:
-            out[a] = {"train_l1": _median([r["train_l1"] for r in rs]), "valid_l1": _median([r["valid_l1"] for r in rs]),
-                      "test_l1": _median([r["test_l1"] for r in rs]), "seeds": len(rs)}
+            out[a] = {
+                "train_l1": _median([r["train_l1"] for r in rs]),
+                "valid_l1": _median([r["valid_l1"] for r in rs]),
+                "test_l1": _median([r["test_l1"] for r in rs]),
+                "seeds": len(rs),
+            }
             out[a]["gap"] = out[a]["test_l1"] - out[a]["train_l1"]
     return out
 
@@ -322,57 +438,107 @@ def write_outputs(rows: dict[str, list[dict]], out: Path, preset: SimPreset) -> 
         med = summarise_exponent(rows["exponent"])
         plots.exponent_figure(rows["exponent"], out / "exponent.png")
         best = min(med, key=med.get)
-        summary.append({"study": "exponent", "finding": f"lowest test L1 at p = {best:g} ({med[best]:.4f}); "
-                        + ", ".join(f"p={p:g}: {v:.4f}" for p, v in med.items()),
-                        "paper": "minimum at p = 2", "reproduced": "yes" if best == 2.0 else "no"})
+        summary.append(
+            {
+                "study": "exponent",
+                "finding": f"lowest test L1 at p = {best:g} ({med[best]:.4f}); "
+                + ", ".join(f"p={p:g}: {v:.4f}" for p, v in med.items()),
+                "paper": "minimum at p = 2",
+                "reproduced": "yes" if best == 2.0 else "no",
+            }
+        )
     if "headdim" in rows:
         _write_csv(out / "headdim.csv", rows["headdim"])
         recs = summarise_headdim(rows["headdim"])
         plots.headdim_figure(rows["headdim"], out / "headdim.png")
         for r in recs:
             curve = ", ".join(f"{h}: {v:.4f}" for h, v in sorted(r["median_test_l1"].items()))
-            paper = f"drop at n + 2 = {r['n'] + 2}" if r["output"] == "row" else "(not in the paper)"
-            summary.append({"study": f"headdim {r['regime']} {r['output']} n={r['n']}",
-                            "finding": f"10x drop at head dim {r['drop_at']}, floor (within 1.5x of best) from {r['floor_at']} (theory {r['theory']}); median test L1 by head dim over {r['seeds']} seed(s): {curve}",
-                            "paper": paper,
-                            "reproduced": "-" if r["output"] == "raw" else ("yes" if r["drop_at"] == r["n"] + 2 else "no")})
+            paper = (
+                f"drop at n + 2 = {r['n'] + 2}" if r["output"] == "row" else "(not in the paper)"
+            )
+            summary.append(
+                {
+                    "study": f"headdim {r['regime']} {r['output']} n={r['n']}",
+                    "finding": f"10x drop at head dim {r['drop_at']}, floor (within 1.5x of best) from {r['floor_at']} (theory {r['theory']}); median test L1 by head dim over {r['seeds']} seed(s): {curve}",
+                    "paper": paper,
+                    "reproduced": "-"
+                    if r["output"] == "raw"
+                    else ("yes" if r["drop_at"] == r["n"] + 2 else "no"),
+                }
+            )
     if "width" in rows:
         _write_csv(out / "width.csv", rows["width"])
         plots.width_figure(rows["width"], out / "width.png")
         for r in summarise_width(rows["width"]):
             curve = ", ".join(f"{x}: {v:.4f}" for x, v in sorted(r["median_test_l1"].items()))
-            summary.append({"study": f"width (paper's x = d_model/8, 1 head, d_out = 8x) n={r['n']}",
-                             "finding": f"10x drop at x = {r['drop_at']}, floor from {r['floor_at']}; median test L1 by x: {curve}",
-                             "paper": f"drop at x = n + 2 = {r['n'] + 2}",
-                             "reproduced": "yes" if r["drop_at"] == r["n"] + 2 else "no"})
+            summary.append(
+                {
+                    "study": f"width (paper's x = d_model/8, 1 head, d_out = 8x) n={r['n']}",
+                    "finding": f"10x drop at x = {r['drop_at']}, floor from {r['floor_at']}; median test L1 by x: {curve}",
+                    "paper": f"drop at x = n + 2 = {r['n'] + 2}",
+                    "reproduced": "yes" if r["drop_at"] == r["n"] + 2 else "no",
+                }
+            )
     if "augment" in rows:
         flat = []
         for r in rows["augment"]:
-            for step, tr, va in zip(r["curve"]["step"], r["curve"]["train_l1"], r["curve"]["valid_l1"]):
-                flat.append({"augment": r["augment"], "seed": r["seed"], "step": step, "train_l1": tr, "valid_l1": va})
+            for step, tr, va in zip(
+                r["curve"]["step"], r["curve"]["train_l1"], r["curve"]["valid_l1"]
+            ):
+                flat.append(
+                    {
+                        "augment": r["augment"],
+                        "seed": r["seed"],
+                        "step": step,
+                        "train_l1": tr,
+                        "valid_l1": va,
+                    }
+                )
         _write_csv(out / "augment.csv", flat)
         _write_csv(out / "augment_final.csv", rows["augment"])
         plots.augment_figure(rows["augment"], out / "augment.png")
         s = summarise_augment(rows["augment"])
         if False in s and True in s:
-            summary.append({"study": f"augment ({preset.augment_n_train} training structures)",
-                            "finding": (f"without rotations train {s[False]['train_l1']:.4f} / test {s[False]['test_l1']:.4f} (gap {s[False]['gap']:.4f}); "
-                                        f"with rotations train {s[True]['train_l1']:.4f} / test {s[True]['test_l1']:.4f} (gap {s[True]['gap']:.4f})"),
-                            "paper": "rotations close the train/validation gap",
-                            "reproduced": "yes" if s[True]["gap"] < s[False]["gap"] and s[True]["test_l1"] < s[False]["test_l1"] else "no"})
+            summary.append(
+                {
+                    "study": f"augment ({preset.augment_n_train} training structures)",
+                    "finding": (
+                        f"without rotations train {s[False]['train_l1']:.4f} / test {s[False]['test_l1']:.4f} (gap {s[False]['gap']:.4f}); "
+                        f"with rotations train {s[True]['train_l1']:.4f} / test {s[True]['test_l1']:.4f} (gap {s[True]['gap']:.4f})"
+                    ),
+                    "paper": "rotations close the train/validation gap",
+                    "reproduced": "yes"
+                    if s[True]["gap"] < s[False]["gap"] and s[True]["test_l1"] < s[False]["test_l1"]
+                    else "no",
+                }
+            )
     with open(out / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["study", "finding", "paper", "reproduced"])
         w.writeheader()
         w.writerows(summary)
-    lines = [f"# coordformer simulate: preset {preset.name}", "", "| study | finding | paper | reproduced |",
-             "|---|---|---|---|"]
-    lines += [f"| {s['study']} | {s['finding']} | {s['paper']} | {s['reproduced']} |" for s in summary]
+    lines = [
+        f"# coordformer simulate: preset {preset.name}",
+        "",
+        "| study | finding | paper | reproduced |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['study']} | {s['finding']} | {s['paper']} | {s['reproduced']} |" for s in summary
+    ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
 
 
-def simulate(out: str | Path, preset: str = "quick", studies: tuple[str, ...] = STUDIES, workers: int = 2,
-             device: str = "cpu", seed: int = 0, echo: Callable[[str], None] = print, progress: bool = True) -> list[dict]:
+def simulate(
+    out: str | Path,
+    preset: str = "quick",
+    studies: tuple[str, ...] = STUDIES,
+    workers: int = 2,
+    device: str = "cpu",
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> list[dict]:
     """Run the chosen studies of a preset into ``out``; returns the summary lines."""
     if preset not in PRESETS:
         raise UsageError(f"unknown simulate preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -387,11 +553,23 @@ def simulate(out: str | Path, preset: str = "quick", studies: tuple[str, ...] = 
     reused = sum(_job_path(out, j).exists() for j in jobs)
     rows = run_jobs(jobs, out, workers=workers, device=device, echo=echo, progress=progress)
     summary = write_outputs(rows, out, p)
-    (out / "simulate.json").write_text(json.dumps({
-        "preset": p.name, "studies": list(studies), "seed": seed, "workers": workers, "device": device,
-        "base_config": SimConfig(**p.base).to_dict(), "preset_settings": _preset_dict(p),
-        "stacks": len(jobs), "stacks_reused": reused,  # seconds below cover only the stacks run this time
-        "seconds": time.perf_counter() - t0}, indent=2))
+    (out / "simulate.json").write_text(
+        json.dumps(
+            {
+                "preset": p.name,
+                "studies": list(studies),
+                "seed": seed,
+                "workers": workers,
+                "device": device,
+                "base_config": SimConfig(**p.base).to_dict(),
+                "preset_settings": _preset_dict(p),
+                "stacks": len(jobs),
+                "stacks_reused": reused,  # seconds below cover only the stacks run this time
+                "seconds": time.perf_counter() - t0,
+            },
+            indent=2,
+        )
+    )
     return summary
 
 

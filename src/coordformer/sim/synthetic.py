@@ -46,7 +46,7 @@ class PointClouds:
 def distance_targets(coords: torch.Tensor, length_scale: float, exponent: float) -> torch.Tensor:
     """exp(-(d_ij / length_scale)^exponent). coords: [..., k, n] -> [..., k, k] float32."""
     d = pairwise_distances(coords.double())
-    return torch.exp(-(d / length_scale) ** exponent).float()
+    return torch.exp(-((d / length_scale) ** exponent)).float()
 
 
 def make_point_clouds(cfg: SimConfig) -> dict[str, PointClouds]:
@@ -55,7 +55,9 @@ def make_point_clouds(cfg: SimConfig) -> dict[str, PointClouds]:
     out = {}
     # Fixed order and separate draws: the valid/test sets do not change when n_train does.
     for split, n in (("valid", cfg.n_valid), ("test", cfg.n_test), ("train", cfg.n_train)):
-        x = torch.from_numpy(rng.uniform(0.0, cfg.box, size=(n, cfg.n_points, cfg.n_dims)).astype(np.float32))
+        x = torch.from_numpy(
+            rng.uniform(0.0, cfg.box, size=(n, cfg.n_points, cfg.n_dims)).astype(np.float32)
+        )
         out[split] = PointClouds(x, distance_targets(x, cfg.length_scale, cfg.exponent))
     return out
 
@@ -75,8 +77,14 @@ class PointCloudAttention(nn.Module):
     def __init__(self, cfg: SimConfig):
         super().__init__()
         self.cfg = cfg
-        enc = ModelConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
-                          dropout=0.0, use_coords=False)
+        enc = ModelConfig(
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            d_ff=cfg.d_ff,
+            dropout=0.0,
+            use_coords=False,
+        )
         self.embed = nn.Linear(cfg.n_dims, cfg.d_model)
         self.layers = nn.ModuleList(EncoderLayer(enc) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.output_norm else nn.Identity()
@@ -129,7 +137,9 @@ def noam_rate(step: int, d_model: int, factor: float, warmup: int) -> float:
 def learning_rates(cfg: SimConfig) -> list[float]:
     """Learning rate for steps 1..cfg.steps under the config's regime."""
     if cfg.regime == "paper":
-        return [noam_rate(s, cfg.d_model, cfg.noam_factor, cfg.warmup) for s in range(1, cfg.steps + 1)]
+        return [
+            noam_rate(s, cfg.d_model, cfg.noam_factor, cfg.warmup) for s in range(1, cfg.steps + 1)
+        ]
     # OneCycleLR's own curve (warm up from lr/25 over 30% of steps, cosine down to lr/2.5e5), read
     # off a throwaway optimiser.
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
@@ -144,7 +154,16 @@ def learning_rates(cfg: SimConfig) -> list[float]:
 
 #: SimConfig fields that may differ between models trained together in one stack; all others
 #: (architecture apart from d_out, optimiser, schedule, steps, data sizes) must match.
-STACKABLE_FIELDS = ("d_out", "output", "seed", "data_seed", "exponent", "augment", "box", "length_scale")
+STACKABLE_FIELDS = (
+    "d_out",
+    "output",
+    "seed",
+    "data_seed",
+    "exponent",
+    "augment",
+    "box",
+    "length_scale",
+)
 
 
 def stack_key(cfg: SimConfig) -> tuple:
@@ -152,7 +171,9 @@ def stack_key(cfg: SimConfig) -> tuple:
     return tuple(v for k, v in sorted(cfg.to_dict().items()) if k not in STACKABLE_FIELDS)
 
 
-def _stacked_l1(fn, params, buffers, coords: torch.Tensor, targets: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+def _stacked_l1(
+    fn, params, buffers, coords: torch.Tensor, targets: torch.Tensor, chunk: int = 500
+) -> torch.Tensor:
     """Mean L1 per model. coords: [M, N, k, n]; targets: [M, N, k, k] -> [M]."""
     total = torch.zeros(coords.shape[0], dtype=torch.float64, device=coords.device)
     with torch.no_grad():
@@ -181,7 +202,9 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, device: str = "cpu")
     from torch.func import functional_call, stack_module_state
 
     if len({stack_key(c) for c in cfgs}) != 1:
-        raise ValueError("train_stack needs configs that differ only in " + ", ".join(STACKABLE_FIELDS))
+        raise ValueError(
+            "train_stack needs configs that differ only in " + ", ".join(STACKABLE_FIELDS)
+        )
     base_cfg = cfgs[0]
     slots = max(c.d_out for c in cfgs)
     models, gens, data = [], [], []
@@ -190,8 +213,13 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, device: str = "cpu")
         models.append(PointCloudAttention(c).pad_head(slots))
         gens.append(torch.Generator().manual_seed(c.seed))
         data.append(make_point_clouds(c))
-    splits = {s: (torch.stack([d[s].coords for d in data]).to(device), torch.stack([d[s].targets for d in data]).to(device))
-              for s in ("train", "valid", "test")}
+    splits = {
+        s: (
+            torch.stack([d[s].coords for d in data]).to(device),
+            torch.stack([d[s].targets for d in data]).to(device),
+        )
+        for s in ("train", "valid", "test")
+    }
     params, buffers = stack_module_state([mod.to(device) for mod in models])
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     template = copy.deepcopy(models[0]).to("meta")
@@ -217,10 +245,18 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, device: str = "cpu")
     models_dim = torch.arange(m, device=device)[:, None]
     t0 = time.perf_counter()
     for step in range(1, base_cfg.steps + 1):
-        idx = torch.stack([torch.randint(n_train, (base_cfg.batch_size,), generator=g) for g in gens]).to(device)
+        idx = torch.stack(
+            [torch.randint(n_train, (base_cfg.batch_size,), generator=g) for g in gens]
+        ).to(device)
         x, y = (t[models_dim, idx] for t in splits["train"])  # [M, B, k, n], [M, B, k, k]
-        rots = torch.stack([random_rotation(base_cfg.batch_size, g, dim=base_cfg.n_dims) if a
-                            else eye.expand(base_cfg.batch_size, -1, -1) for g, a in zip(gens, augment)]).to(device)
+        rots = torch.stack(
+            [
+                random_rotation(base_cfg.batch_size, g, dim=base_cfg.n_dims)
+                if a
+                else eye.expand(base_cfg.batch_size, -1, -1)
+                for g, a in zip(gens, augment)
+            ]
+        ).to(device)
         x = x @ rots.transpose(-1, -2)
         for g in opt.param_groups:
             g["lr"] = rates[step - 1]
@@ -258,7 +294,8 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, device: str = "cpu")
             "best_step": int(best_step[i]),
             "diverged": bool(diverged[i]),
             "seconds": seconds / m,
-            "parameters": sum(p.numel() for p in models[i].parameters()) - 2 * (slots - c.d_out) * (c.d_model + 1),
+            "parameters": sum(p.numel() for p in models[i].parameters())
+            - 2 * (slots - c.d_out) * (c.d_model + 1),
         }
         if curve:
             r["curve"] = history[i]

@@ -29,9 +29,13 @@ def quiet_lightning() -> None:
     """Lightning prints advertising tips and deprecation chatter that hide our progress output."""
     import warnings
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.checkpoint_connector",
-                 "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": we say what we did
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+        "lightning.pytorch.trainer.connectors.signal_connector",
+    ):  # "Received SIGTERM": we say what we did
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*weights_only.*")
@@ -120,7 +124,10 @@ class StopOnSignal(Callback):
 
         # Lightning's fit put its own SIGTERM handler in place after install() (and puts ours back
         # when it ends)
-        if signal.SIGTERM in self._previous and threading.current_thread() is threading.main_thread():
+        if (
+            signal.SIGTERM in self._previous
+            and threading.current_thread() is threading.main_thread()
+        ):
             signal.signal(signal.SIGTERM, self._on_signal)
         self.started, self.wrapped_up = True, False
         # the step the run (re)starts at is not a boundary reached by training: with gradient
@@ -172,9 +179,15 @@ def scontrol_requeue() -> bool:
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     try:
-        rc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60).returncode
+        rc = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        ).returncode
     except (OSError, subprocess.SubprocessError) as e:
         rc = f"{type(e).__name__}: {e}"
     if rc != 0:
-        log.warning("scontrol requeue %s failed (%s); resubmit the same command to continue from last.ckpt", job, rc)
+        log.warning(
+            "scontrol requeue %s failed (%s); resubmit the same command to continue from last.ckpt",
+            job,
+            rc,
+        )
     return rc == 0

@@ -36,7 +36,9 @@ def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def masked_lm_loss(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean cross-entropy over positions with a target. Returns (loss, n_correct, n_targets)."""
     sel = targets != -100
     n = int(sel.sum())
@@ -54,20 +56,28 @@ class MaskedLMModule(L.LightningModule):
         self.model_config = ModelConfig.from_dict(model_config)
         self.train_config = TrainConfig.from_dict(train_config)
         self.model = CoordFormer(self.model_config)
-        self.model_config = self.model.config  # a conditioned model records its language model's size and fingerprint
+        self.model_config = (
+            self.model.config
+        )  # a conditioned model records its language model's size and fingerprint
         self.model.gradient_checkpointing = self.train_config.activation_checkpointing
         self._t_last = None
         self._tokens_since = 0
         self._sec_at_log = 0.0
         self.train_seconds = 0.0  # wall clock spent in training steps, saved with checkpoints
-        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, saved with checkpoints
+        self.skipped_steps = (
+            0  # optimizer steps skipped for non-finite gradients, saved with checkpoints
+        )
         self.model_flops = 0.0  # training FLOPs of the residues seen (coordformer.model.flops), saved with checkpoints
         self._flops_since = 0.0
         self._skips_in_a_row = 0
-        self.data_fingerprint: str | None = None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
+        self.data_fingerprint: str | None = (
+            None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
+        )
 
     def forward(self, batch: Batch, need_attention=False):
-        return self.model(**batch.inputs(self.model_config.use_coords), need_attention=need_attention)
+        return self.model(
+            **batch.inputs(self.model_config.use_coords), need_attention=need_attention
+        )
 
     def _time_fraction(self) -> float:
         mm = self.train_config.max_minutes
@@ -91,16 +101,27 @@ class MaskedLMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-        if self.global_step % max(self.train_config.log_every_steps, 1) == 0 and self.train_seconds > 0:
+        if (
+            self.global_step % max(self.train_config.log_every_steps, 1) == 0
+            and self.train_seconds > 0
+        ):
             rate = self._tokens_since / max(self.train_seconds - self._sec_at_log, 1e-9)
             self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bs)
-            self.log("train/model_tflops", self._flops_since / max(self.train_seconds - self._sec_at_log, 1e-9) / 1e12,
-                     batch_size=bs)
+            self.log(
+                "train/model_tflops",
+                self._flops_since / max(self.train_seconds - self._sec_at_log, 1e-9) / 1e12,
+                batch_size=bs,
+            )
             self._tokens_since = 0
             self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
         # With a time budget the step-based ETA means little; show the training minutes spent instead.
-        self.log("train/minutes", self.train_seconds / 60.0, batch_size=bs, prog_bar=bool(self.train_config.max_minutes))
+        self.log(
+            "train/minutes",
+            self.train_seconds / 60.0,
+            batch_size=bs,
+            prog_bar=bool(self.train_config.max_minutes),
+        )
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -176,7 +197,10 @@ class MaskedLMModule(L.LightningModule):
                 continue
             (no_decay if p.ndim < 2 or "tokens" in name else decay).append(p)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=cfg.lr * lr_factor(0, cfg),
             betas=tuple(cfg.betas),
         )

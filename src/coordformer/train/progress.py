@@ -32,7 +32,9 @@ def _fmt(v) -> str:
 
 
 class TrainProgressBar(TQDMProgressBar):
-    def __init__(self, max_minutes: float | None = None, plain: bool | None = None, refresh_rate: int = 10):
+    def __init__(
+        self, max_minutes: float | None = None, plain: bool | None = None, refresh_rate: int = 10
+    ):
         super().__init__(refresh_rate=refresh_rate)
         self.max_minutes = max_minutes
         self.plain = (not sys.stdout.isatty()) if plain is None else plain
@@ -77,11 +79,20 @@ class TrainProgressBar(TQDMProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
         if self.plain and not trainer.sanity_checking:
-            metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("val/")}
+            metrics = {
+                k: v
+                for k, v in self.get_metrics(trainer, pl_module).items()
+                if k.startswith("val/")
+            }
             if metrics:
-                what = "final validation" if trainer.state.fn == "validate" else "validation"  # after fit
-                print(f"{what} at step {trainer.global_step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()),
-                      flush=True)
+                what = (
+                    "final validation" if trainer.state.fn == "validate" else "validation"
+                )  # after fit
+                print(
+                    f"{what} at step {trainer.global_step}: "
+                    + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()),
+                    flush=True,
+                )
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
@@ -91,8 +102,13 @@ class TrainProgressBar(TQDMProgressBar):
     def _line(self, trainer, pl_module) -> None:
         self._last_line = time.monotonic()
         minutes = pl_module.train_seconds / 60.0
-        parts = [f"step {trainer.global_step}/{trainer.max_steps}",
-                 f"{minutes:.1f}/{self.max_minutes:g} min" if self.max_minutes else f"{minutes:.1f} min"]
-        parts += [f"{k} {_fmt(v)}" for k, v in self.get_metrics(trainer, pl_module).items()
-                  if k != "v_num" and not k.startswith("val/") and k != "train/minutes"]
+        parts = [
+            f"step {trainer.global_step}/{trainer.max_steps}",
+            f"{minutes:.1f}/{self.max_minutes:g} min" if self.max_minutes else f"{minutes:.1f} min",
+        ]
+        parts += [
+            f"{k} {_fmt(v)}"
+            for k, v in self.get_metrics(trainer, pl_module).items()
+            if k != "v_num" and not k.startswith("val/") and k != "train/minutes"
+        ]
         print(", ".join(parts), flush=True)

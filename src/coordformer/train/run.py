@@ -34,7 +34,9 @@ def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
     first residues, always rotated, every coordinate given)."""
     if train:
         return BatchSettings.of(cfg, random_crop=True)
-    return BatchSettings.of(cfg, random_crop=False, rotate=True, drop_chain_coords=0.0, drop_span_coords=0.0)
+    return BatchSettings.of(
+        cfg, random_crop=False, rotate=True, drop_chain_coords=0.0, drop_span_coords=0.0
+    )
 
 
 class _DataModule(L.LightningDataModule):
@@ -50,9 +52,15 @@ class _DataModule(L.LightningDataModule):
         if len(idx) == 0:
             raise UsageError(f"{self.data.path}: the train split is empty")
         ds = MaskedBatches(
-            self.data, idx, batch_settings(self.cfg, True), seed=self.cfg.seed, train=True,
-            epochs=10_000, start_batch=tr.global_step * self.cfg.accumulate_grad_batches,
-            rank=tr.global_rank, world_size=tr.world_size,
+            self.data,
+            idx,
+            batch_settings(self.cfg, True),
+            seed=self.cfg.seed,
+            train=True,
+            epochs=10_000,
+            start_batch=tr.global_step * self.cfg.accumulate_grad_batches,
+            rank=tr.global_rank,
+            world_size=tr.world_size,
         )
         return self._loader(ds)
 
@@ -61,7 +69,9 @@ class _DataModule(L.LightningDataModule):
         if len(idx) == 0:
             return []
         idx = idx[: self.cfg.val_max_chains]
-        ds = MaskedBatches(self.data, idx, batch_settings(self.cfg, False), seed=self.cfg.seed + 1, train=False)
+        ds = MaskedBatches(
+            self.data, idx, batch_settings(self.cfg, False), seed=self.cfg.seed + 1, train=False
+        )
         return self._loader(ds)
 
     def _loader(self, ds):
@@ -69,8 +79,13 @@ class _DataModule(L.LightningDataModule):
         # to the device with Batch.to (move_data_to_device takes any object with a ``to``).
         w = self.cfg.num_workers
         return torch.utils.data.DataLoader(
-            ds, batch_size=None, shuffle=False, num_workers=w, pin_memory=torch.cuda.is_available(),
-            persistent_workers=w > 0, worker_init_fn=_worker_init if w > 0 else None,
+            ds,
+            batch_size=None,
+            shuffle=False,
+            num_workers=w,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=w > 0,
+            worker_init_fn=_worker_init if w > 0 else None,
         )
 
 
@@ -109,11 +124,19 @@ class _BestCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: Path):
         # no version counter: a best.ckpt this callback does not know of (state lost) is replaced, not
         # joined by best-v1.ckpt, which resolve_checkpoint would never pick
-        super().__init__(dirpath=dirpath, filename="best", monitor="val/loss", mode="min", enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            enable_version_counter=False,
+        )
         self.best_step: int | None = None
 
     @property
-    def state_key(self) -> str:  # ModelCheckpoint's own, so runs from before this class restore into it
+    def state_key(
+        self,
+    ) -> str:  # ModelCheckpoint's own, so runs from before this class restore into it
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def state_dict(self) -> dict:
@@ -147,7 +170,9 @@ class _BestCheckpoint(ModelCheckpoint):
             return None
         step = self.best_step
         if step is None:  # saved by a run from before best_step was kept: read it from the file
-            step = torch.load(self.best_model_path, map_location="cpu", weights_only=False, mmap=True).get("global_step")
+            step = torch.load(
+                self.best_model_path, map_location="cpu", weights_only=False, mmap=True
+            ).get("global_step")
         score = None if self.best_model_score is None else float(self.best_model_score)
         return {"path": str(self.best_model_path), "step": step, "val_loss": score}
 
@@ -197,20 +222,50 @@ def pretrain(
         stop = StopOnSignal(last, requeue=slurm)
         stop.install()
     elif slurm:
-        log.warning("pretrain runs outside the main thread: the SLURM requeue signal is not handled")
+        log.warning(
+            "pretrain runs outside the main thread: the SLURM requeue signal is not handled"
+        )
     try:
-        return _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks,
-                         init_state, stop, slurm, allow_new_data)
+        return _pretrain(
+            data_dir,
+            out_dir,
+            model_config,
+            train_config,
+            resume,
+            progress,
+            extra_meta,
+            callbacks,
+            init_state,
+            stop,
+            slurm,
+            allow_new_data,
+        )
     except Interrupted as e:  # came while loading the data or setting up: nothing to save
-        raise TrainingInterrupted(f"stopped by {signal_name(e.signum)} before training started: nothing to save",
-                                  e.signum, resumable=last.exists(), report=getattr(rank_zero_only, "rank", 0) == 0) from None
+        raise TrainingInterrupted(
+            f"stopped by {signal_name(e.signum)} before training started: nothing to save",
+            e.signum,
+            resumable=last.exists(),
+            report=getattr(rank_zero_only, "rank", 0) == 0,
+        ) from None
     finally:
         if stop is not None:
             stop.uninstall()
 
 
-def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, extra_meta, callbacks, init_state,
-              stop: StopOnSignal | None, slurm: bool, allow_new_data: bool = False) -> dict:
+def _pretrain(
+    data_dir,
+    out_dir,
+    model_config,
+    train_config,
+    resume,
+    progress,
+    extra_meta,
+    callbacks,
+    init_state,
+    stop: StopOnSignal | None,
+    slurm: bool,
+    allow_new_data: bool = False,
+) -> dict:
     import signal
     import sys
 
@@ -227,37 +282,62 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise OptionError("accelerator", cfg.accelerator, "no CUDA GPU is visible; use `accelerator=cpu`")
+        raise OptionError(
+            "accelerator", cfg.accelerator, "no CUDA GPU is visible; use `accelerator=cpu`"
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = None
-    data_record = {"path": str(Path(data_dir).resolve()), "fingerprint": data.fingerprint, "manifest": data.manifest}
+    data_record = {
+        "path": str(Path(data_dir).resolve()),
+        "fingerprint": data.fingerprint,
+        "manifest": data.manifest,
+    }
     if last.exists():
         if not resume:
-            raise OptionError("out_dir", out, "already holds a run; pass `resume=True` to continue it or "
-                              "choose a new `out_dir`")
+            raise OptionError(
+                "out_dir",
+                out,
+                "already holds a run; pass `resume=True` to continue it or choose a new `out_dir`",
+            )
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
         saved = ckpt.get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
-            raise OptionError("out_dir", out, f"{last.relative_to(out)} was trained with a different model "
-                              "config; use a new `out_dir` to start afresh")
+            raise OptionError(
+                "out_dir",
+                out,
+                f"{last.relative_to(out)} was trained with a different model "
+                "config; use a new `out_dir` to start afresh",
+            )
         old = saved.get("train_config", {})
         changed = [k for k in DATA_STREAM_FIELDS if k in old and old[k] != cfg.to_dict()[k]]
         if changed:
-            raise OptionError("out_dir", out, f"{last.relative_to(out)} was trained with different "
-                              f"{', '.join(f'`{k}`' for k in changed)}; "
-                              "resuming would change the data stream. Use the original values or a new "
-                              "`out_dir`")
+            raise OptionError(
+                "out_dir",
+                out,
+                f"{last.relative_to(out)} was trained with different "
+                f"{', '.join(f'`{k}`' for k in changed)}; "
+                "resuming would change the data stream. Use the original values or a new "
+                "`out_dir`",
+            )
         before = _previous_data(out, saved)
         if before and before.get("fingerprint") != data.fingerprint:
             if not allow_new_data:
-                raise OptionError("data_dir", data_dir, f"another dataset (fingerprint {data.fingerprint}) "
-                                  f"than {out} was trained on ({before.get('path', 'another dataset')}, "
-                                  f"dataset fingerprint {before['fingerprint']}): pass `allow_new_data=True` "
-                                  "to continue on it, or choose a new `out_dir`")
+                raise OptionError(
+                    "data_dir",
+                    data_dir,
+                    f"another dataset (fingerprint {data.fingerprint}) "
+                    f"than {out} was trained on ({before.get('path', 'another dataset')}, "
+                    f"dataset fingerprint {before['fingerprint']}): pass `allow_new_data=True` "
+                    "to continue on it, or choose a new `out_dir`",
+                )
             data_record["previous"] = [*before.pop("previous", []), before]
         ckpt_path = str(last)
         if getattr(rank_zero_only, "rank", 0) == 0:
-            print(f"resuming {out} from step {ckpt.get('global_step', '?')}", file=sys.stderr, flush=True)
+            print(
+                f"resuming {out} from step {ckpt.get('global_step', '?')}",
+                file=sys.stderr,
+                flush=True,
+            )
         del ckpt
     module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
     module.data_fingerprint = data.fingerprint
@@ -276,8 +356,14 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses little.
         # No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal, the segment before
         # a resume) instead of adding last-v1.ckpt, last-v2.ckpt, ... beside it at the end of training.
-        ModelCheckpoint(dirpath=ckpt_dir, filename="periodic", every_n_train_steps=cfg.checkpoint_every_steps,
-                        save_top_k=0, save_last=True, enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="periodic",
+            every_n_train_steps=cfg.checkpoint_every_steps,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=False,
+        ),
         _ConfigWriter(out, payload),
     ]
     best = _BestCheckpoint(ckpt_dir) if val_batches is None else None
@@ -337,12 +423,19 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
             stop.wrap_up()
             if stop.stopped_by == signal.SIGUSR1:
                 # not finished: the requeued job (the same command) resumes from last.ckpt
-                return {"is_global_zero": trainer.is_global_zero, "global_step": trainer.global_step,
-                        "stopped_for_requeue": True, "requeued": stop.requeue_ok, "checkpoint": str(last)}
+                return {
+                    "is_global_zero": trainer.is_global_zero,
+                    "global_step": trainer.global_step,
+                    "stopped_for_requeue": True,
+                    "requeued": stop.requeue_ok,
+                    "checkpoint": str(last),
+                }
             received = stop.received if stop.received != signal.SIGUSR1 else 0
             if trainer.world_size > 1:
                 received = int(trainer.strategy.broadcast(received, 0))
-            if received and stop.stopped_at is None:  # came during the last step: training is complete
+            if (
+                received and stop.stopped_at is None
+            ):  # came during the last step: training is complete
                 stop.save(trainer)
                 stop.stopped_by, stop.stopped_at = received, trainer.global_step
         if stop is None or stop.stopped_at is None:
@@ -350,31 +443,54 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
             if val_batches is None:
                 res = trainer.validate(module, datamodule=_DataModule(data, cfg), verbose=False)
                 metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
-                if "val/loss" in metrics:  # Lightning saves nothing in validate(): the final model may be the best
+                if (
+                    "val/loss" in metrics
+                ):  # Lightning saves nothing in validate(): the final model may be the best
                     best.consider_final(trainer, metrics["val/loss"])
             trainer.save_checkpoint(last)
     except Interrupted as e:
-        if stop.stopped_at is None and not stop.wrapped_up:  # setting up, or a second Ctrl-C part-way through a step
-            what = (f"a second {signal_name(e.signum)} part-way through a step: nothing saved"
-                    + (" since the last periodic checkpoint" if last.exists() else "")) if stop.started else \
-                f"{signal_name(e.signum)} before training started: nothing to save"
-            raise TrainingInterrupted(f"stopped by {what}", e.signum, resumable=last.exists(),
-                                      report=trainer.is_global_zero) from None
+        if (
+            stop.stopped_at is None and not stop.wrapped_up
+        ):  # setting up, or a second Ctrl-C part-way through a step
+            what = (
+                (
+                    f"a second {signal_name(e.signum)} part-way through a step: nothing saved"
+                    + (" since the last periodic checkpoint" if last.exists() else "")
+                )
+                if stop.started
+                else f"{signal_name(e.signum)} before training started: nothing to save"
+            )
+            raise TrainingInterrupted(
+                f"stopped by {what}",
+                e.signum,
+                resumable=last.exists(),
+                report=trainer.is_global_zero,
+            ) from None
         if stop.stopped_at is None:  # the final validation: training is complete
             stop.save(trainer)
             stop.stopped_by, stop.stopped_at = e.signum, trainer.global_step
     if stop is not None and stop.stopped_at is not None:
         name = signal_name(stop.stopped_by)
-        summary = {"global_step": stop.stopped_at, "interrupted": {"signal": name, "step": stop.stopped_at},
-                   "train_minutes": module.train_seconds / 60.0, "skipped_steps": module.skipped_steps,
-                   # the rate alone: measuring the device's matrix rate would delay a stop that may be on a deadline
-                   **_utilisation(module, trainer, measure_peak=False),
-                   "checkpoint": str(last), **_best_summary(best)}
+        summary = {
+            "global_step": stop.stopped_at,
+            "interrupted": {"signal": name, "step": stop.stopped_at},
+            "train_minutes": module.train_seconds / 60.0,
+            "skipped_steps": module.skipped_steps,
+            # the rate alone: measuring the device's matrix rate would delay a stop that may be on a deadline
+            **_utilisation(module, trainer, measure_peak=False),
+            "checkpoint": str(last),
+            **_best_summary(best),
+        }
         if trainer.is_global_zero:
             (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
-        raise TrainingInterrupted(f"stopped by {name}: saved {last} at step {stop.stopped_at}", stop.stopped_by,
-                                  step=stop.stopped_at, checkpoint=str(last), resumable=True,
-                                  report=trainer.is_global_zero)
+        raise TrainingInterrupted(
+            f"stopped by {name}: saved {last} at step {stop.stopped_at}",
+            stop.stopped_by,
+            step=stop.stopped_at,
+            checkpoint=str(last),
+            resumable=True,
+            report=trainer.is_global_zero,
+        )
     summary = {
         "is_global_zero": trainer.is_global_zero,
         "global_step": trainer.global_step,
@@ -384,8 +500,9 @@ def _pretrain(data_dir, out_dir, model_config, train_config, resume, progress, e
         "final_val": metrics,
         "checkpoint": str(last),
         **_best_summary(best),
-        "tensorboard": str(out / "tensorboard") if tensorboard else
-        "off: the tensorboard package is not installed (pip install tensorboard); metrics are in logs/version_N/metrics.csv",
+        "tensorboard": str(out / "tensorboard")
+        if tensorboard
+        else "off: the tensorboard package is not installed (pip install tensorboard); metrics are in logs/version_N/metrics.csv",
     }
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
@@ -407,7 +524,9 @@ def _previous_data(out: Path, saved: dict) -> dict | None:
         record = dict(json.loads((out / "config.json").read_text()).get("data") or {})
     except (OSError, ValueError):
         pass
-    if "fingerprint" not in record and isinstance(record.get("manifest"), dict):  # a run from before fingerprints
+    if "fingerprint" not in record and isinstance(
+        record.get("manifest"), dict
+    ):  # a run from before fingerprints
         record["fingerprint"] = manifest_fingerprint(record["manifest"])
     fp = saved.get("data_fingerprint") or record.get("fingerprint")
     if not fp:
@@ -433,7 +552,11 @@ def _utilisation(module, trainer, measure_peak: bool = True) -> dict:
         peak = measured_matmul_rate(device) * trainer.world_size
     except RuntimeError:  # an accelerator without the matmul dtype: report the rate alone
         return {"model_tflops_per_s": rate / 1e12}
-    return {"model_tflops_per_s": rate / 1e12, "matmul_tflops_per_s": peak / 1e12, "mfu": rate / peak}
+    return {
+        "model_tflops_per_s": rate / 1e12,
+        "matmul_tflops_per_s": peak / 1e12,
+        "mfu": rate / peak,
+    }
 
 
 def _uses_cuda(accelerator: str) -> bool:

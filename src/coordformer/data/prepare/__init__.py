@@ -30,7 +30,6 @@ FASTA input is sequence-only by the user's choice. Structure and chain_set input
 (a chain_set record with every coordinate null is filtered like a structure with none resolved).
 """
 
-
 from __future__ import annotations
 
 # Submodules are reached as coordformer.data.prepare.<module>; no name below shadows one.
@@ -57,9 +56,30 @@ from .summary import PrepareSummary
 from .units import DEFAULT_CHUNK_LINES, GZIP_MAX_UNITS, PartMeta, WorkUnit, plan_units, process_unit
 
 __all__ = [
-    "BAD_COORDS", "DEFAULT_CHUNK_LINES", "DUPLICATE", "GZIP_MAX_UNITS", "MISSING_CA", "NO_ID", "TOO_LONG",
+    "BAD_COORDS",
+    "DEFAULT_CHUNK_LINES",
+    "DUPLICATE",
+    "GZIP_MAX_UNITS",
+    "MISSING_CA",
+    "NO_ID",
+    "TOO_LONG",
     "TOO_SHORT",
-    "ChainPolicy", "Kept", "PartMeta", "PrepareError", "PrepareSummary", "Rejected", "WorkUnit",
-    "chain_id", "check_chain", "low_plddt", "plan_units", "plddt_values", "prepare", "process_unit", "read_in_memory",
-    "resume_mismatch", "run_fingerprint", "selected_chain",
+    "ChainPolicy",
+    "Kept",
+    "PartMeta",
+    "PrepareError",
+    "PrepareSummary",
+    "Rejected",
+    "WorkUnit",
+    "chain_id",
+    "check_chain",
+    "low_plddt",
+    "plan_units",
+    "plddt_values",
+    "prepare",
+    "process_unit",
+    "read_in_memory",
+    "resume_mismatch",
+    "run_fingerprint",
+    "selected_chain",
 ]

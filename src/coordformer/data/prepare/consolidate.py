@@ -36,7 +36,6 @@ _PROTEIN_CHAINS_RE = re.compile(r"\(protein chains: ([^)]*)\)")
 _MAX_LOGGED = 20
 
 
-
 @dataclass(frozen=True)
 class FinishedRun:
     """A run whose units are all done: what consolidation assembles."""
@@ -96,22 +95,32 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
     codes, match = assign_splits(run, sel, tmp[store.SEQ_FILE], offsets, summary, log, norm)
     split_counts = {name: int((codes == k).sum()) for k, name in enumerate(_splits.SPLIT_NAMES)}
     fractions = (("valid", config.valid_fraction), ("test", config.test_fraction))
-    summary.empty_splits = [name for name, frac in fractions if frac > 0 and sel.ids and not split_counts[name]]
+    summary.empty_splits = [
+        name for name, frac in fractions if frac > 0 and sel.ids and not split_counts[name]
+    ]
 
     for name in tmp:
         os.replace(tmp[name], out / name)
-    store.write_tsv(out / store.CHAINS_FILE, store.CHAINS_HEADER,
-                    zip(sel.ids, sel.lengths.tolist(), sel.sources))
+    store.write_tsv(
+        out / store.CHAINS_FILE,
+        store.CHAINS_HEADER,
+        zip(sel.ids, sel.lengths.tolist(), sel.sources),
+    )
     (out / store.SPLITS_DIR).mkdir(exist_ok=True)
     for k, name in enumerate(_splits.SPLIT_NAMES):
-        store.write_id_list(out / store.SPLITS_DIR / f"{name}.txt",
-                            (c for c, s in zip(sel.ids, codes) if s == k))
+        store.write_id_list(
+            out / store.SPLITS_DIR / f"{name}.txt", (c for c, s in zip(sel.ids, codes) if s == k)
+        )
     store.write_tsv(out / store.SKIPPED_FILE, store.SKIPPED_HEADER, sel.skipped_rows)
     if match.unmatched:  # an id list (read_id_list reads it back), each id with what became of it
         notes = {e: f"excluded {c} instead ({how})" for e, c, how in match.near}
-        notes.update({e: f"ambiguous, nothing excluded: {', '.join(cs)}" for e, cs in match.ambiguous})
-        store.atomic_write_text(out / store.EXCLUDE_UNMATCHED_FILE, "".join(
-            f"{e}\t# {notes.get(e, 'not in the dataset')}\n" for e in match.unmatched))
+        notes.update(
+            {e: f"ambiguous, nothing excluded: {', '.join(cs)}" for e, cs in match.ambiguous}
+        )
+        store.atomic_write_text(
+            out / store.EXCLUDE_UNMATCHED_FILE,
+            "".join(f"{e}\t# {notes.get(e, 'not in the dataset')}\n" for e in match.unmatched),
+        )
 
     summary.chains_read = sel.chains_read
     summary.seqres_mode = config.seqres
@@ -146,8 +155,14 @@ def _before_manifest(out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def select_chains(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], bad_paths: Sequence[tuple[str, str]],
-                  summary: PrepareSummary, log: RunLog, norm: Callable[[str], str]) -> Selection:
+def select_chains(
+    units: Sequence[WorkUnit],
+    metas: Mapping[str, PartMeta],
+    bad_paths: Sequence[tuple[str, str]],
+    summary: PrepareSummary,
+    log: RunLog,
+    norm: Callable[[str], str],
+) -> Selection:
     """Every unit's kept chains in unit order, less duplicates (ids made unique first); counts the
     zero-coordinate and seqres chains into ``summary``. ``metas``: unit key -> its part's meta, for
     every unit; ``bad_paths``: (path, reason) of inputs that could not be used at all."""
@@ -156,16 +171,24 @@ def select_chains(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], bad_
     inputs_skipped = len(bad_paths)
     chains_read = 0
     renamed, copies, renames = unique_structure_ids(units, metas, norm)
-    generic = [(u.path, metas[u.key].ignored_entry) for u in units
-               if u.kind == "file" and metas[u.key].ignored_entry and metas[u.key].ids]
+    generic = [
+        (u.path, metas[u.key].ignored_entry)
+        for u in units
+        if u.kind == "file" and metas[u.key].ignored_entry and metas[u.key].ids
+    ]
     if generic:
-        log(f"ids: {len(generic)} structure files name themselves with a generic or non-archive entry name (mmCIF "
+        log(
+            f"ids: {len(generic)} structure files name themselves with a generic or non-archive entry name (mmCIF "
             f"block name / PDB HEADER id, not a PDB or AlphaFold DB id); their chains are named after the file instead: "
-            + _examples([f"{Path(p).name} ({name!r})" for p, name in generic]))
+            + _examples([f"{Path(p).name} ({name!r})" for p, name in generic])
+        )
     if renames:
-        log(f"ids: {len(renames)} structure files use an entry id that another input file uses for a different chain "
+        log(
+            f"ids: {len(renames)} structure files use an entry id that another input file uses for a different chain "
             f"(decoys or models sharing a HEADER / block name, or files of the same name); renamed after the file: "
-            + _examples([f"{Path(p).name}: {old} -> {new}" for p, old, new in renames]), logging.WARNING)
+            + _examples([f"{Path(p).name}: {old} -> {new}" for p, old, new in renames]),
+            logging.WARNING,
+        )
     seen: dict[str, tuple[str, Any]] = {}
     ids: list[str] = []
     sources: list[str] = []
@@ -189,16 +212,34 @@ def select_chains(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], bad_
                 keep[j] = False
                 filtered[DUPLICATE] = filtered.get(DUPLICATE, 0) + 1
                 old = meta.ids[j]
-                skipped_rows.append((f"{old} [{src}]", f"{DUPLICATE}: {old} already read from {copies[(ui, j)]} "
-                                                       "(the same sequence and coordinates; kept the first)"))
+                skipped_rows.append(
+                    (
+                        f"{old} [{src}]",
+                        f"{DUPLICATE}: {old} already read from {copies[(ui, j)]} "
+                        "(the same sequence and coordinates; kept the first)",
+                    )
+                )
                 continue
             if key in seen:
                 keep[j] = False
                 filtered[DUPLICATE] = filtered.get(DUPLICATE, 0) + 1
                 first_src, first_digest = seen[key]
-                same = None if first_digest is None or digests[j] is None else first_digest == digests[j]
-                what = {True: "the same sequence and coordinates", False: "a different chain", None: "not compared"}[same]
-                skipped_rows.append((f"{cid} [{src}]", f"{DUPLICATE}: {cid} already read from {first_src} ({what}; kept the first)"))
+                same = (
+                    None
+                    if first_digest is None or digests[j] is None
+                    else first_digest == digests[j]
+                )
+                what = {
+                    True: "the same sequence and coordinates",
+                    False: "a different chain",
+                    None: "not compared",
+                }[same]
+                skipped_rows.append(
+                    (
+                        f"{cid} [{src}]",
+                        f"{DUPLICATE}: {cid} already read from {first_src} ({what}; kept the first)",
+                    )
+                )
                 continue
             seen[key] = (src, digests[j])
             if j in zero_coords:
@@ -218,9 +259,18 @@ def select_chains(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], bad_
         lengths_list.append(np.asarray(meta.lengths, dtype=np.int64)[keep])
     lengths = np.concatenate(lengths_list) if lengths_list else np.zeros(0, np.int64)
     assert len(lengths) == len(ids)
-    return Selection(ids=ids, sources=sources, lengths=lengths, keep_masks=keep_masks, skipped_rows=skipped_rows,
-                     filtered=filtered, inputs_skipped=inputs_skipped, chains_read=chains_read,
-                     n_generic=len(generic), n_renamed=len(renames))
+    return Selection(
+        ids=ids,
+        sources=sources,
+        lengths=lengths,
+        keep_masks=keep_masks,
+        skipped_rows=skipped_rows,
+        filtered=filtered,
+        inputs_skipped=inputs_skipped,
+        chains_read=chains_read,
+        n_generic=len(generic),
+        n_renamed=len(renames),
+    )
 
 
 def _check_chains_found(run: FinishedRun, sel: Selection, summary: PrepareSummary) -> None:
@@ -233,8 +283,13 @@ def _check_chains_found(run: FinishedRun, sel: Selection, summary: PrepareSummar
         raise error
 
 
-def check_chains_found(config: PrepareConfig, units: Sequence[WorkUnit], metas: Mapping[str, PartMeta],
-                       sel: Selection, summary: PrepareSummary) -> PrepareError | None:
+def check_chains_found(
+    config: PrepareConfig,
+    units: Sequence[WorkUnit],
+    metas: Mapping[str, PartMeta],
+    sel: Selection,
+    summary: PrepareSummary,
+) -> PrepareError | None:
     """With ``config.chains``: note in ``summary`` the requested ids no input has; when no input has
     any, the error to raise (after writing the skip log, which names each input's chains)."""
     if not (config.chains and all(metas[u.key].chains_found is not None for u in units)):
@@ -243,10 +298,20 @@ def check_chains_found(config: PrepareConfig, units: Sequence[WorkUnit], metas: 
     summary.chains_not_found = [c for c in config.chains if c not in found]
     if found:
         return None
-    have = sorted({c for _, r in sel.skipped_rows for m in [_PROTEIN_CHAINS_RE.search(r)] if m for c in m.group(1).split(", ")})
-    return PrepareError(f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
-                        + (f" (their chains: {_examples(have, 20)})" if have else "")
-                        + "; nothing was prepared (skipped.tsv names each input's chains)")
+    have = sorted(
+        {
+            c
+            for _, r in sel.skipped_rows
+            for m in [_PROTEIN_CHAINS_RE.search(r)]
+            if m
+            for c in m.group(1).split(", ")
+        }
+    )
+    return PrepareError(
+        f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
+        + (f" (their chains: {_examples(have, 20)})" if have else "")
+        + "; nothing was prepared (skipped.tsv names each input's chains)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,13 +329,18 @@ def write_arrays(run: FinishedRun, sel: Selection) -> tuple[dict[str, Path], np.
     np.cumsum(sel.lengths, out=offsets[1:])
     n_res = int(offsets[-1])
     tmp = {name: out / f".{name}.tmp" for name in store.ARRAY_FILES}
-    seq_mm = np.lib.format.open_memmap(tmp[store.SEQ_FILE], mode="w+", dtype=np.uint8, shape=(n_res,))
-    crd_mm = np.lib.format.open_memmap(tmp[store.COORDS_FILE], mode="w+", dtype=np.float32,
-                                       shape=(n_res, len(BACKBONE_ATOMS), 3))
+    seq_mm = np.lib.format.open_memmap(
+        tmp[store.SEQ_FILE], mode="w+", dtype=np.uint8, shape=(n_res,)
+    )
+    crd_mm = np.lib.format.open_memmap(
+        tmp[store.COORDS_FILE], mode="w+", dtype=np.float32, shape=(n_res, len(BACKBONE_ATOMS), 3)
+    )
     pl_mm = None
     if store_plddt:
         tmp[store.PLDDT_FILE] = out / f".{store.PLDDT_FILE}.tmp"
-        pl_mm = np.lib.format.open_memmap(tmp[store.PLDDT_FILE], mode="w+", dtype=np.float32, shape=(n_res,))
+        pl_mm = np.lib.format.open_memmap(
+            tmp[store.PLDDT_FILE], mode="w+", dtype=np.float32, shape=(n_res,)
+        )
     pos = 0
     for u, keep in zip(run.units, sel.keep_masks):
         if not keep.any():
@@ -293,9 +363,15 @@ def write_arrays(run: FinishedRun, sel: Selection) -> tuple[dict[str, Path], np.
     return tmp, offsets
 
 
-def assign_splits(run: FinishedRun, sel: Selection, seq_path: Path, offsets: np.ndarray,
-                  summary: PrepareSummary, log: RunLog, norm: Callable[[str], str]
-                  ) -> tuple[np.ndarray, _splits.ExclusionMatch]:
+def assign_splits(
+    run: FinishedRun,
+    sel: Selection,
+    seq_path: Path,
+    offsets: np.ndarray,
+    summary: PrepareSummary,
+    log: RunLog,
+    norm: Callable[[str], str],
+) -> tuple[np.ndarray, _splits.ExclusionMatch]:
     """int8 split code per kept chain (random, or by MMseqs2 cluster), with the --exclude ids
     (and, for an identity split, their clusters) forced into test; and how those ids matched."""
     config, ids = run.config, sel.ids
@@ -303,10 +379,13 @@ def assign_splits(run: FinishedRun, sel: Selection, seq_path: Path, offsets: np.
         seq = np.load(seq_path, mmap_mode="r")
         seqs = [bytes(seq[offsets[i] : offsets[i + 1]]).decode("ascii") for i in range(len(ids))]
         del seq
-        codes, n_clusters, clusters = _splits.identity_split(ids, seqs, config, threads=run.workers, log=log,
-                                                              tmp_root=run.out / store.WORK_DIR)
+        codes, n_clusters, clusters = _splits.identity_split(
+            ids, seqs, config, threads=run.workers, log=log, tmp_root=run.out / store.WORK_DIR
+        )
         summary.n_clusters = n_clusters
-        log(f"MMseqs2 found {n_clusters} clusters at {config.split_identity:.0%} identity among {len(ids)} chains")
+        log(
+            f"MMseqs2 found {n_clusters} clusters at {config.split_identity:.0%} identity among {len(ids)} chains"
+        )
     else:
         codes, clusters = _splits.random_split(ids, config), None
     match = _splits.apply_exclusions(ids, codes, list(run.excluded), norm, clusters)
@@ -321,22 +400,37 @@ def assign_splits(run: FinishedRun, sel: Selection, seq_path: Path, offsets: np.
 def _log_exclusions(run: FinishedRun, match: _splits.ExclusionMatch, log: RunLog) -> None:
     if not match.unmatched:
         return
-    log(f"exclude: {len(match.unmatched)} of {len(run.excluded)} listed ids match no chain exactly; all are in "
-        f"{run.out / store.EXCLUDE_UNMATCHED_FILE} with what became of each", logging.WARNING)
+    log(
+        f"exclude: {len(match.unmatched)} of {len(run.excluded)} listed ids match no chain exactly; all are in "
+        f"{run.out / store.EXCLUDE_UNMATCHED_FILE} with what became of each",
+        logging.WARNING,
+    )
     for e, c, how in match.near[:_MAX_LOGGED]:
-        log(f"exclude: {e} matches no chain exactly; excluded {c} instead ({how}, the only near match)", logging.WARNING)
+        log(
+            f"exclude: {e} matches no chain exactly; excluded {c} instead ({how}, the only near match)",
+            logging.WARNING,
+        )
     for e, cs in match.ambiguous[:_MAX_LOGGED]:
-        log(f"exclude: {e} matches no chain exactly and several loosely ({', '.join(cs)}); none excluded", logging.WARNING)
+        log(
+            f"exclude: {e} matches no chain exactly and several loosely ({', '.join(cs)}); none excluded",
+            logging.WARNING,
+        )
     n_more = max(0, len(match.near) - _MAX_LOGGED) + max(0, len(match.ambiguous) - _MAX_LOGGED)
     if n_more:
-        log(f"exclude: {n_more} more near misses (see {store.EXCLUDE_UNMATCHED_FILE})", logging.WARNING)
+        log(
+            f"exclude: {n_more} more near misses (see {store.EXCLUDE_UNMATCHED_FILE})",
+            logging.WARNING,
+        )
     if match.missing:
-        log(f"exclude: {len(match.missing)} listed ids are not in the dataset (nothing to exclude for them): "
-            + _examples(match.missing, 20))
+        log(
+            f"exclude: {len(match.missing)} listed ids are not in the dataset (nothing to exclude for them): "
+            + _examples(match.missing, 20)
+        )
 
 
-def build_manifest(config: PrepareConfig, summary: PrepareSummary,
-                   match: _splits.ExclusionMatch) -> dict[str, Any]:
+def build_manifest(
+    config: PrepareConfig, summary: PrepareSummary, match: _splits.ExclusionMatch
+) -> dict[str, Any]:
     """manifest.json of a dataset whose ``summary`` is filled in (all but the elapsed time)."""
     return {
         "format_version": DATASET_FORMAT_VERSION,
@@ -360,9 +454,15 @@ def build_manifest(config: PrepareConfig, summary: PrepareSummary,
             "chains_zero_coords": summary.chains_zero_coords,
             **({"chains_not_found": summary.chains_not_found} if config.chains else {}),
             "empty_splits": summary.empty_splits,
-            **({"seqres_residues_inserted": summary.seqres_residues_inserted,
-                "seqres_chains_filled": summary.seqres_chains_filled,
-                "seqres_unavailable": len(summary.seqres_unavailable)} if config.seqres != "off" else {}),
+            **(
+                {
+                    "seqres_residues_inserted": summary.seqres_residues_inserted,
+                    "seqres_chains_filled": summary.seqres_chains_filled,
+                    "seqres_unavailable": len(summary.seqres_unavailable),
+                }
+                if config.seqres != "off"
+                else {}
+            ),
         },
         "splits": summary.splits,
         "n_clusters": summary.n_clusters,
@@ -389,8 +489,9 @@ def _entry_names(path: str) -> list[str]:
     return names
 
 
-def unique_structure_ids(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], norm: Callable[[str], str]
-                         ) -> tuple[dict[int, list[str]], dict[tuple[int, int], str], list[tuple[str, str, str]]]:
+def unique_structure_ids(
+    units: Sequence[WorkUnit], metas: Mapping[str, PartMeta], norm: Callable[[str], str]
+) -> tuple[dict[int, list[str]], dict[tuple[int, int], str], list[tuple[str, str, str]]]:
     """Chain ids unique per input file, and the real duplicates.
 
     A chain with the same (normalised) id and the same ``chain_digest`` as an earlier one is a
@@ -439,7 +540,9 @@ def unique_structure_ids(units: Sequence[WorkUnit], metas: Mapping[str, PartMeta
             tried[i] = t + 1
             if t < len(names):
                 new = names[t]
-                if new == old:  # already on this name (e.g. the file holding the real 1ABC): others move
+                if (
+                    new == old
+                ):  # already on this name (e.g. the file holding the real 1ABC): others move
                     stayed = True
                     continue
             elif n == 0 and owners <= set(movers):  # names exhausted; the first file keeps the name

@@ -86,7 +86,9 @@ def prepare(
     with _Lock(out / ".prepare.lock"):
         if store.is_finished_dataset(out):
             if not overwrite:
-                raise PrepareError(f"{out} already holds a prepared dataset; choose another folder or pass --overwrite to replace it")
+                raise PrepareError(
+                    f"{out} already holds a prepared dataset; choose another folder or pass --overwrite to replace it"
+                )
             logger(f"overwrite: removing the existing dataset in {out}")
             _remove_dataset(out)
         elif overwrite:
@@ -106,7 +108,9 @@ def prepare(
                 except Exception:  # noqa: BLE001 - corrupt part: redo the unit
                     p.unlink(missing_ok=True)
         pending = [u for u in units if u.key not in metas]
-        summary = PrepareSummary(out_dir=str(out), n_sources=len(srcs), n_units=len(units), units_resumed=len(metas))
+        summary = PrepareSummary(
+            out_dir=str(out), n_sources=len(srcs), n_units=len(units), units_resumed=len(metas)
+        )
         n_cs = len({u.path for u in units if u.kind == "chain_set"})
         logger(
             f"prepare {out}: {len(srcs)} sources ({n_cs} chain_set files), {len(bad_paths)} bad paths, "
@@ -115,8 +119,13 @@ def prepare(
         if metas:
             logger(f"resuming an interrupted run: {len(metas)} of {len(units)} units already done")
 
-        bar = _Progress(progress, len(units), len(metas), sum(m.n_kept for m in metas.values()),
-                        sum(len(m.skipped) for m in metas.values()))
+        bar = _Progress(
+            progress,
+            len(units),
+            len(metas),
+            sum(m.n_kept for m in metas.values()),
+            sum(len(m.skipped) for m in metas.values()),
+        )
 
         def on_done(meta: PartMeta) -> None:
             metas[meta.key] = meta
@@ -130,8 +139,16 @@ def prepare(
                 run_parallel(pending, config, parts_dir, workers, on_done, logger)
         finally:
             bar.close()
-        run = FinishedRun(out=out, units=tuple(units), metas=metas, bad_paths=tuple(bad_paths),
-                          config=config, excluded=tuple(excluded), workers=workers, t0=t0)
+        run = FinishedRun(
+            out=out,
+            units=tuple(units),
+            metas=metas,
+            bad_paths=tuple(bad_paths),
+            config=config,
+            excluded=tuple(excluded),
+            workers=workers,
+            t0=t0,
+        )
         consolidate(run, summary, logger)
     return summary
 
@@ -160,7 +177,9 @@ def read_in_memory(
     config = config or PrepareConfig()
     _check_config(config)
     if config.exclude_files:
-        raise ConfigError("exclude_files applies to prepared datasets, not to chains read in memory")
+        raise ConfigError(
+            "exclude_files applies to prepared datasets, not to chains read in memory"
+        )
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     workers = max(1, int(workers or 1))
@@ -181,8 +200,14 @@ def read_in_memory(
             for u in units:
                 on_done(safe_process_unit(u, config))
         else:
-            map_units(units, functools.partial(safe_process_unit, config=config), workers, on_done, empty_result,
-                      logger)
+            map_units(
+                units,
+                functools.partial(safe_process_unit, config=config),
+                workers,
+                on_done,
+                empty_result,
+                logger,
+            )
     finally:
         bar.close()
     metas = {key: r.meta for key, r in results.items()}
@@ -199,10 +224,17 @@ def read_in_memory(
         seqs.append(r.seq[res_keep])
         coords.append(r.coords[res_keep])
         # parts without pLDDT (no B-factors) read as unknown, as write_arrays stores them
-        plddts.append(r.plddt[res_keep] if len(r.plddt) else np.full(int(res_keep.sum()), np.nan, np.float32))
-    data = MemoryDataset(sel.ids, _concat(seqs, (0,), np.uint8),
-                         _concat(coords, (0, len(BACKBONE_ATOMS), 3), np.float32), sel.lengths, sel.sources,
-                         _concat(plddts, (0,), np.float32) if config.store_plddt else None)
+        plddts.append(
+            r.plddt[res_keep] if len(r.plddt) else np.full(int(res_keep.sum()), np.nan, np.float32)
+        )
+    data = MemoryDataset(
+        sel.ids,
+        _concat(seqs, (0,), np.uint8),
+        _concat(coords, (0, len(BACKBONE_ATOMS), 3), np.float32),
+        sel.lengths,
+        sel.sources,
+        _concat(plddts, (0,), np.float32) if config.store_plddt else None,
+    )
     summary.chains_read = sel.chains_read
     summary.seqres_mode = config.seqres
     summary.chains_kept = len(sel.ids)
@@ -217,10 +249,14 @@ def read_in_memory(
 
 
 def _concat(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype)
+    return (
+        np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype)
+    )
 
 
-def _find_sources(sources: list[Path], skip: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+def _find_sources(
+    sources: list[Path], skip: list[Path]
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """The input files under ``sources`` and the (path, reason) of those that cannot be used;
     PrepareError when there is no input file at all."""
     from ...io import find_sources
@@ -230,14 +266,19 @@ def _find_sources(sources: list[Path], skip: list[Path]) -> tuple[list[Path], li
     bad_paths = [(str(p), str(r)) for p, r in bad]
     if not srcs:
         detail = "; ".join(f"{p}: {r}" for p, r in bad_paths[:5])
-        raise PrepareError(f"no structure files found in {', '.join(map(str, sources))}" + (f" ({detail})" if detail else ""))
+        raise PrepareError(
+            f"no structure files found in {', '.join(map(str, sources))}"
+            + (f" ({detail})" if detail else "")
+        )
     return srcs, bad_paths
 
 
 def _check_config(config: PrepareConfig) -> None:
     _splits.check_split_config(config)
     if config.min_length < 0 or config.max_length < config.min_length:
-        raise ConfigError(f"need 0 <= min_length <= max_length, got {config.min_length}, {config.max_length}")
+        raise ConfigError(
+            f"need 0 <= min_length <= max_length, got {config.min_length}, {config.max_length}"
+        )
     if not 0 <= config.max_missing_ca <= 1:
         raise ConfigError(f"max_missing_ca must be in [0, 1], got {config.max_missing_ca}")
     if config.plddt_min is not None and not 0 <= config.plddt_min <= 100:
@@ -317,7 +358,9 @@ class _Lock:
         except OSError:
             os.close(self.fd)
             self.fd = None
-            raise PrepareError(f"another `prepare` is writing to {self.path.parent} right now (lock {self.path} is held)") from None
+            raise PrepareError(
+                f"another `prepare` is writing to {self.path.parent} right now (lock {self.path} is held)"
+            ) from None
         return self
 
     def __exit__(self, *exc):
@@ -335,16 +378,26 @@ class _Progress:
         self.t0 = time.monotonic()
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            from ...progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
+            from ...progress import (
+                Progress,
+            )  # rich's bar on a terminal, plain periodic lines in a log file
 
             self.bar = Progress(
                 TextColumn("[bold]preparing"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("units"),
-                TextColumn("kept [green]{task.fields[kept]}[/] skipped [yellow]{task.fields[skipped]}[/]"),
+                TextColumn(
+                    "kept [green]{task.fields[kept]}[/] skipped [yellow]{task.fields[skipped]}[/]"
+                ),
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
@@ -352,7 +405,9 @@ class _Progress:
                 transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task("prepare", total=total, completed=done, kept=kept, skipped=skipped, rate="")
+            self.task = self.bar.add_task(
+                "prepare", total=total, completed=done, kept=kept, skipped=skipped, rate=""
+            )
 
     def advance(self, meta: PartMeta) -> None:
         self.kept += meta.n_kept
@@ -361,7 +416,13 @@ class _Progress:
             t = self.bar.tasks[0]
             n_new = t.completed + 1 - self.done0
             rate = n_new / max(time.monotonic() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=1, kept=self.kept, skipped=self.skipped, rate=f"{rate:.1f} units/s")
+            self.bar.update(
+                self.task,
+                advance=1,
+                kept=self.kept,
+                skipped=self.skipped,
+                rate=f"{rate:.1f} units/s",
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -93,8 +93,12 @@ class ChainPolicy:
     @classmethod
     def from_config(cls, config: Any) -> ChainPolicy:
         """The policy of a ``PrepareConfig``."""
-        return cls(min_length=config.min_length, max_length=config.max_length,
-                   max_missing_ca=config.max_missing_ca, plddt_min=config.plddt_min)
+        return cls(
+            min_length=config.min_length,
+            max_length=config.max_length,
+            max_missing_ca=config.max_missing_ca,
+            plddt_min=config.plddt_min,
+        )
 
     def sequence_only(self) -> ChainPolicy:
         """The policy for FASTA records: sequence-only by the user's choice, so no missing-CA filter."""
@@ -115,8 +119,10 @@ class ChainPolicy:
             return Rejected(BAD_COORDS, f"coordinates are not numeric ({e})")
         shape = (n, len(BACKBONE_ATOMS), 3)
         if raw.shape != shape:
-            return Rejected(BAD_COORDS,
-                            f"coordinate array shape {raw.shape} does not match sequence length ({shape})")
+            return Rejected(
+                BAD_COORDS,
+                f"coordinate array shape {raw.shape} does not match sequence length ({shape})",
+            )
         if n < self.min_length:
             return Rejected(TOO_SHORT, f"{n} residues < min_length {self.min_length}")
         if self.max_length is not None and n > self.max_length:
@@ -134,8 +140,10 @@ class ChainPolicy:
                 except (TypeError, ValueError) as e:
                     return Rejected(BAD_COORDS, f"b_factors are not numeric ({e})")
                 if b.shape != (n,):
-                    return Rejected(BAD_COORDS,
-                                    f"b_factors shape {b.shape} does not match sequence length ({n},)")
+                    return Rejected(
+                        BAD_COORDS,
+                        f"b_factors shape {b.shape} does not match sequence length ({n},)",
+                    )
                 low = low_plddt(b, self.plddt_min)
                 if low.any():
                     coords[low] = np.nan
@@ -144,18 +152,30 @@ class ChainPolicy:
         # after sanitising and pLDDT masking: atoms made missing either way count against max_missing_ca too
         frac = float(np.isnan(coords[:, CA_INDEX, 0]).mean()) if n else 1.0
         if frac > self.max_missing_ca:
-            return Rejected(MISSING_CA,
-                            f"{frac:.0%} of residues lack CA > max_missing_ca {self.max_missing_ca:.0%}{note}")
-        return Kept(seq=seq_to_bytes(seq), coords=coords,
-                    plddt=_plddt_of(getattr(chain, "b_factors", None), n), n_low_plddt=n_low)
+            return Rejected(
+                MISSING_CA,
+                f"{frac:.0%} of residues lack CA > max_missing_ca {self.max_missing_ca:.0%}{note}",
+            )
+        return Kept(
+            seq=seq_to_bytes(seq),
+            coords=coords,
+            plddt=_plddt_of(getattr(chain, "b_factors", None), n),
+            n_low_plddt=n_low,
+        )
 
 
-def check_chain(chain: Any, filters: Mapping[str, Any]) -> tuple[str, str] | tuple[np.ndarray, np.ndarray]:
+def check_chain(
+    chain: Any, filters: Mapping[str, Any]
+) -> tuple[str, str] | tuple[np.ndarray, np.ndarray]:
     """The earlier interface of :meth:`ChainPolicy.check`: ``(category, detail)`` if rejected, else
     ``(seq uint8 [L], coords float32 [L, 4, 3])``. ``filters`` holds min_length, max_length,
     max_missing_ca and optionally plddt_min."""
-    policy = ChainPolicy(min_length=filters["min_length"], max_length=filters["max_length"],
-                         max_missing_ca=filters["max_missing_ca"], plddt_min=filters.get("plddt_min"))
+    policy = ChainPolicy(
+        min_length=filters["min_length"],
+        max_length=filters["max_length"],
+        max_missing_ca=filters["max_missing_ca"],
+        plddt_min=filters.get("plddt_min"),
+    )
     v = policy.check(chain)
     return (v.reason, v.detail) if isinstance(v, Rejected) else (v.seq, v.coords)
 
@@ -205,7 +225,11 @@ def plddt_values(chain: Any) -> np.ndarray:
 def _plddt_of(b: Any, n: int) -> np.ndarray:
     try:
         b = np.asarray(b, dtype=np.float64) if b is not None else None
-    except (TypeError, ValueError, OverflowError):  # unusable B-factors mean unknown pLDDT, not a bad chain
+    except (
+        TypeError,
+        ValueError,
+        OverflowError,
+    ):  # unusable B-factors mean unknown pLDDT, not a bad chain
         b = None
     if b is None or b.shape != (n,):
         return np.full(n, np.nan, dtype=np.float32)

@@ -58,12 +58,19 @@ def _mp_context():
 
 
 def _pool(ctx, workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+    )
 
 
-def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path, workers: int,
-                 on_done: Callable[[PartMeta], None], log: Callable[..., None]) -> None:
+def run_parallel(
+    pending: list[WorkUnit],
+    config: PrepareConfig,
+    parts_dir: Path,
+    workers: int,
+    on_done: Callable[[PartMeta], None],
+    log: Callable[..., None],
+) -> None:
     """Run ``pending`` units (each writes its part) in ``workers`` processes; ``on_done`` gets each
     finished unit's meta in the main process. A unit that kills its process twice gets a part
     recording it as skipped. See :func:`map_units`."""
@@ -73,12 +80,24 @@ def run_parallel(pending: list[WorkUnit], config: PrepareConfig, parts_dir: Path
         write_part(parts_dir, unit.key, result)
         return result.meta
 
-    map_units(pending, functools.partial(run_unit, config=config, parts_dir=str(parts_dir)), workers, on_done,
-              crashed, log)
+    map_units(
+        pending,
+        functools.partial(run_unit, config=config, parts_dir=str(parts_dir)),
+        workers,
+        on_done,
+        crashed,
+        log,
+    )
 
 
-def map_units(pending: list[WorkUnit], task: Callable[[WorkUnit], R], workers: int, on_done: Callable[[R], None],
-              crashed: Callable[[WorkUnit, str], R], log: Callable[..., None]) -> None:
+def map_units(
+    pending: list[WorkUnit],
+    task: Callable[[WorkUnit], R],
+    workers: int,
+    on_done: Callable[[R], None],
+    crashed: Callable[[WorkUnit, str], R],
+    log: Callable[..., None],
+) -> None:
     """Run ``task(unit)`` for every unit of ``pending`` in ``workers`` processes, with a bounded
     number in flight; ``on_done`` gets each result in the main process (in completion order).
     ``task`` must pickle (a module-level function or a ``functools.partial`` of one).
@@ -91,7 +110,9 @@ def map_units(pending: list[WorkUnit], task: Callable[[WorkUnit], R], workers: i
     queue = list(reversed(pending))
     max_in_flight = 2 * workers
     suspects: list[WorkUnit] = []
-    n_ok = [0]  # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot run")
+    n_ok = [
+        0
+    ]  # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot run")
 
     def done_ok(result: R) -> None:
         n_ok[0] += 1
@@ -137,14 +158,23 @@ def map_units(pending: list[WorkUnit], task: Callable[[WorkUnit], R], workers: i
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         if broken:
-            log(f"a worker process died; retrying {len(suspects)} unit(s) one at a time", logging.WARNING)
+            log(
+                f"a worker process died; retrying {len(suspects)} unit(s) one at a time",
+                logging.WARNING,
+            )
             for u in suspects:
                 on_done(_retry_alone(ctx, u, task, crashed, n_ok, log))
             suspects = []
 
 
-def _retry_alone(ctx, unit: WorkUnit, task: Callable[[WorkUnit], R], crashed: Callable[[WorkUnit, str], R],
-                 n_ok: list[int], log: Callable[..., None]) -> R:
+def _retry_alone(
+    ctx,
+    unit: WorkUnit,
+    task: Callable[[WorkUnit], R],
+    crashed: Callable[[WorkUnit, str], R],
+    n_ok: list[int],
+    log: Callable[..., None],
+) -> R:
     """Run one suspect unit in a process of its own; a second crash records it as skipped."""
     with _pool(ctx, 1) as solo:
         try:
@@ -158,4 +188,7 @@ def _retry_alone(ctx, unit: WorkUnit, task: Callable[[WorkUnit], R], crashed: Ca
                     "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` guard)"
                 ) from None
             log(f"{unit.label}: worker crashed on this input twice; skipped", logging.WARNING)
-            return crashed(unit, "worker process crashed while reading this input (killed by a signal or out of memory)")
+            return crashed(
+                unit,
+                "worker process crashed while reading this input (killed by a signal or out of memory)",
+            )

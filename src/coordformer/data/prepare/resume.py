@@ -16,8 +16,12 @@ from ...config import PrepareConfig
 from ...constants import DATASET_FORMAT_VERSION
 
 
-def run_fingerprint(config: PrepareConfig, chunk_lines: int, fp_sources: Sequence[Sequence[Any]],
-                    bad_paths: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def run_fingerprint(
+    config: PrepareConfig,
+    chunk_lines: int,
+    fp_sources: Sequence[Sequence[Any]],
+    bad_paths: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
     """The state.json content of a run (as JSON reads it back, so that it compares equal)."""
     fingerprint = {
         "format_version": DATASET_FORMAT_VERSION,
@@ -57,7 +61,11 @@ def describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
             diffs.append("sources: " + ", ".join(parts))
         elif k == "filters":
             o, n = old.get(k) or {}, new.get(k) or {}
-            diffs.extend(f"{f}: {o.get(f)!r} -> {n.get(f)!r}" for f in sorted(set(o) | set(n)) if o.get(f) != n.get(f))
+            diffs.extend(
+                f"{f}: {o.get(f)!r} -> {n.get(f)!r}"
+                for f in sorted(set(o) | set(n))
+                if o.get(f) != n.get(f)
+            )
         else:
             diffs.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
     return "; ".join(diffs)

@@ -83,9 +83,15 @@ class PartMeta:
     seqres_inserted: tuple[int, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"key": self.key, "label": self.label, "ids": list(self.ids),
-                             "sources": list(self.sources), "lengths": list(self.lengths),
-                             "skipped": [list(r) for r in self.skipped], "chains_read": self.chains_read}
+        d: dict[str, Any] = {
+            "key": self.key,
+            "label": self.label,
+            "ids": list(self.ids),
+            "sources": list(self.sources),
+            "lengths": list(self.lengths),
+            "skipped": [list(r) for r in self.skipped],
+            "chains_read": self.chains_read,
+        }
         if self.digests is not None:
             d["digests"] = list(self.digests)
         if self.zero_coords:
@@ -104,11 +110,20 @@ class PartMeta:
             v = d.get(name)
             return None if v is None else conv(v)
 
-        return cls(key=d["key"], label=d["label"], ids=tuple(d["ids"]), sources=tuple(d["sources"]),
-                   lengths=tuple(int(n) for n in d["lengths"]), skipped=tuple(tuple(r) for r in d["skipped"]),
-                   chains_read=int(d["chains_read"]), digests=opt("digests") or None,
-                   zero_coords=tuple(d.get("zero_coords") or ()), chains_found=opt("chains_found"),
-                   ignored_entry=d.get("ignored_entry"), seqres_inserted=opt("seqres_inserted"))
+        return cls(
+            key=d["key"],
+            label=d["label"],
+            ids=tuple(d["ids"]),
+            sources=tuple(d["sources"]),
+            lengths=tuple(int(n) for n in d["lengths"]),
+            skipped=tuple(tuple(r) for r in d["skipped"]),
+            chains_read=int(d["chains_read"]),
+            digests=opt("digests") or None,
+            zero_coords=tuple(d.get("zero_coords") or ()),
+            chains_found=opt("chains_found"),
+            ignored_entry=d.get("ignored_entry"),
+            seqres_inserted=opt("seqres_inserted"),
+        )
 
     @property
     def n_kept(self) -> int:
@@ -164,7 +179,9 @@ def plan_units(sources: Sequence[Path], chunk_lines: int) -> tuple[list[WorkUnit
             step = chunk_lines
             if _is_gzip(src):
                 step = max(chunk_lines, -(-n // GZIP_MAX_UNITS))
-            units.extend(WorkUnit("chain_set", p, start, min(start + step, n)) for start in range(0, n, step))
+            units.extend(
+                WorkUnit("chain_set", p, start, min(start + step, n)) for start in range(0, n, step)
+            )
         else:
             units.append(WorkUnit("file", p))
     return units, fp_sources
@@ -185,18 +202,27 @@ def _is_gzip(path: Path) -> bool:
 
 def _input_row(error: BaseException, path: str) -> list[str]:
     """A skip-log row for an unreadable input: the error's own source (file or file:line) and reason."""
-    return ["input", str(getattr(error, "source", None) or path), str(getattr(error, "reason", None) or error)]
+    return [
+        "input",
+        str(getattr(error, "source", None) or path),
+        str(getattr(error, "reason", None) or error),
+    ]
 
 
-def read_unit_chains(unit: WorkUnit, skipped: list[list[str]], wanted: Sequence[str] = (),
-                     seqres: str = "off") -> list[Any]:
+def read_unit_chains(
+    unit: WorkUnit, skipped: list[list[str]], wanted: Sequence[str] = (), seqres: str = "off"
+) -> list[Any]:
     """Read a unit's chains (only the author chain ids ``wanted`` when given; structure files with
     ``read_structure``'s ``seqres`` mode); unreadable files and records, and structure files without
     any of ``wanted``, are appended to ``skipped`` as input rows."""
     from ...io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
 
     if wanted and unit.kind != "file":
-        return [c for c in read_unit_chains(unit, skipped) if selected_chain(getattr(c, "id", ""), wanted)]
+        return [
+            c
+            for c in read_unit_chains(unit, skipped)
+            if selected_chain(getattr(c, "id", ""), wanted)
+        ]
     path = unit.path
     if unit.kind in ("file", "fasta"):  # one whole file; a FASTA file may also yield bad records
         try:
@@ -225,7 +251,9 @@ def read_unit_chains(unit: WorkUnit, skipped: list[list[str]], wanted: Sequence[
             if isinstance(item, StructureReadError):
                 out_skipped.append(_input_row(item, path))
             elif isinstance(item, BaseException):
-                out_skipped.append(["input", path, f"unexpected error: {type(item).__name__}: {item}"])
+                out_skipped.append(
+                    ["input", path, f"unexpected error: {type(item).__name__}: {item}"]
+                )
             else:
                 out_chains.append(item)
 
@@ -245,9 +273,13 @@ def read_unit_chains(unit: WorkUnit, skipped: list[list[str]], wanted: Sequence[
                 read_range(line, line + 1, c1, s1)
             except Exception as e:  # noqa: BLE001
                 if isinstance(e, StructureReadError):
-                    local_skipped.append(["input", f"{path}:{line + 1}", str(getattr(e, "reason", None) or e)])
+                    local_skipped.append(
+                        ["input", f"{path}:{line + 1}", str(getattr(e, "reason", None) or e)]
+                    )
                     continue
-                local_skipped.append(["input", f"{path}:{line + 1}", f"unexpected error: {type(e).__name__}: {e}"])
+                local_skipped.append(
+                    ["input", f"{path}:{line + 1}", f"unexpected error: {type(e).__name__}: {e}"]
+                )
             chains.extend(c1)
             local_skipped.extend(s1)
     skipped.extend(local_skipped)
@@ -262,8 +294,12 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
     if unit.kind == "fasta":  # sequence-only by choice: see the package docstring
         policy = policy.sequence_only()
     seqs, coords, lengths, ids, sources, plddts, digests = [], [], [], [], [], [], []
-    inserted: list[int] = []  # per kept chain: unobserved residues put back; -1 = no usable deposited sequence
-    zero: list[int] = []  # indices (among kept chains) of chains whose every present coordinate is 0
+    inserted: list[
+        int
+    ] = []  # per kept chain: unobserved residues put back; -1 = no usable deposited sequence
+    zero: list[
+        int
+    ] = []  # indices (among kept chains) of chains whose every present coordinate is 0
     for chain in chains:
         try:
             cid = chain_id(chain)
@@ -277,7 +313,13 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
                 skipped.append([kept.reason, label, kept.message])
                 continue
         except Exception as e:  # noqa: BLE001
-            skipped.append([BAD_COORDS, f"? [{unit.path}]", f"{BAD_COORDS}: unexpected error: {type(e).__name__}: {e}"])
+            skipped.append(
+                [
+                    BAD_COORDS,
+                    f"? [{unit.path}]",
+                    f"{BAD_COORDS}: unexpected error: {type(e).__name__}: {e}",
+                ]
+            )
             continue
         if kept.zero_coords:
             zero.append(len(ids))
@@ -292,20 +334,34 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
         if config.seqres != "off":
             observed = getattr(chain, "observed", None)
             # FASTA / chain_set inputs are whole sequences already: nothing to put back
-            inserted.append(int((~observed).sum()) if observed is not None else -1 if unit.kind == "file" else 0)
+            inserted.append(
+                int((~observed).sum()) if observed is not None else -1 if unit.kind == "file" else 0
+            )
     meta = PartMeta(
-        key=unit.key, label=unit.label, ids=tuple(ids), sources=tuple(sources), lengths=tuple(lengths),
-        skipped=tuple(tuple(r) for r in skipped), chains_read=len(chains), digests=tuple(digests),
+        key=unit.key,
+        label=unit.label,
+        ids=tuple(ids),
+        sources=tuple(sources),
+        lengths=tuple(lengths),
+        skipped=tuple(tuple(r) for r in skipped),
+        chains_read=len(chains),
+        digests=tuple(digests),
         zero_coords=tuple(zero),
         chains_found=tuple(sorted({str(getattr(c, "id", "")).rsplit(".", 1)[-1] for c in chains}))
-        if config.chains else None,
-        ignored_entry=next((c.ignored_entry for c in chains if getattr(c, "ignored_entry", None)), None)
-        if unit.kind == "file" else None,
+        if config.chains
+        else None,
+        ignored_entry=next(
+            (c.ignored_entry for c in chains if getattr(c, "ignored_entry", None)), None
+        )
+        if unit.kind == "file"
+        else None,
         seqres_inserted=tuple(inserted) if config.seqres != "off" else None,
     )
     return UnitResult(
         seq=np.concatenate(seqs) if seqs else np.zeros(0, np.uint8),
-        coords=np.concatenate(coords) if coords else np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
+        coords=np.concatenate(coords)
+        if coords
+        else np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
         lengths=np.asarray(lengths, dtype=np.int64),
         plddt=np.concatenate(plddts) if plddts else np.zeros(0, np.float32),
         meta=meta,
@@ -324,10 +380,21 @@ def chain_digest(seq: np.ndarray, coords: np.ndarray) -> str:
 
 def empty_result(unit: WorkUnit, reason: str) -> UnitResult:
     """A unit's result when the whole unit failed: no chains, one skipped-input row."""
-    meta = PartMeta(key=unit.key, label=unit.label, ids=(), sources=(), lengths=(),
-                    skipped=(("input", unit.label, reason),), chains_read=0)
-    return UnitResult(seq=np.zeros(0, np.uint8), coords=np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
-                      lengths=np.zeros(0, np.int64), meta=meta)
+    meta = PartMeta(
+        key=unit.key,
+        label=unit.label,
+        ids=(),
+        sources=(),
+        lengths=(),
+        skipped=(("input", unit.label, reason),),
+        chains_read=0,
+    )
+    return UnitResult(
+        seq=np.zeros(0, np.uint8),
+        coords=np.zeros((0, len(BACKBONE_ATOMS), 3), np.float32),
+        lengths=np.zeros(0, np.int64),
+        meta=meta,
+    )
 
 
 def safe_process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
@@ -360,8 +427,14 @@ def write_part(parts_dir: Path, key: str, result: UnitResult) -> None:
     tmp = parts_dir / f".{key}.tmp.{os.getpid()}"
     meta = np.frombuffer(json.dumps(result.meta.to_json()).encode(), dtype=np.uint8)
     with open(tmp, "wb") as f:
-        np.savez(f, seq=result.seq, coords=result.coords, lengths=result.lengths, meta=meta,
-                 **({"plddt": result.plddt} if len(result.plddt) else {}))
+        np.savez(
+            f,
+            seq=result.seq,
+            coords=result.coords,
+            lengths=result.lengths,
+            meta=meta,
+            **({"plddt": result.plddt} if len(result.plddt) else {}),
+        )
     os.replace(tmp, final)
 
 
