@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Turn what `scripts/gpu_session.sh issue16` brought back into the Markdown tables of docs/RESULTS.md.
+"""Turn what `scripts/gpu_session.sh issue16` brought back into the Markdown tables of
+docs/RESULTS.md.
 
     tar -xzf issue16.tar.gz -C work/issue16      # gives work/issue16/eval/
     python scripts/issue16_report.py work/issue16/eval > work/issue16/report.md
 
 Reads the two runs' summary.json and metrics.csv, the four evaluations (test/valid x all-mask/BERT),
-the int8/float16 exports' test scores, analyze-attention's heads.csv and the non-finite replay. Prints
-only what it finds; a part that is missing is named as missing.
+the int8/float16 exports' test scores, analyze-attention's heads.csv and the non-finite replay.
+Prints only what it finds; a part that is missing is named as missing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _json(path: Path):
 
 def training(e: Path) -> list[str]:
     out = [
-        "| run | steps | training minutes | skipped steps | median tokens/s | validation perplexity at 500 / 1k / 2k / 4k / end |",
+        "| run | steps | training minutes | skipped steps | median tokens/s "
+        "| validation perplexity at 500 / 1k / 2k / 4k / end |",
         "|---|---|---|---|---|---|",
     ]
     for n in RUNS:
@@ -44,7 +46,8 @@ def training(e: Path) -> list[str]:
         }
         rates = sorted(float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s"))
         at = " / ".join(f"{val[k]:.2f}" if k in val else "-" for k in (500, 1000, 2000, 4000))
-        # a run stopped by the stage's deadline (SIGTERM) has no final validation: its last periodic one stands
+        # a run stopped by the stage's deadline (SIGTERM) has no final validation: its last
+        # periodic one stands
         end = (s or {}).get("final_val", {}).get("val/perplexity")
         end_txt = (
             f"{end:.2f}" if end else (f"{val[max(val)]:.2f} (step {max(val)})" if val else "-")
@@ -52,7 +55,8 @@ def training(e: Path) -> list[str]:
         minutes = (s or {}).get("train_minutes")
         median = f"{rates[len(rates) // 2]:,.0f}" if rates else "-"
         out.append(
-            f"| {n} | {(s or {}).get('global_step', '-')} | {f'{minutes:.1f}' if minutes else '-'} | "
+            f"| {n} | {(s or {}).get('global_step', '-')} | "
+            f"{f'{minutes:.1f}' if minutes else '-'} | "
             f"{(s or {}).get('skipped_steps', '-')} | {median} | {at} / {end_txt} |"
         )
     return out
@@ -60,7 +64,8 @@ def training(e: Path) -> list[str]:
 
 def evaluations(e: Path) -> list[str]:
     out = [
-        "| split, masking | coords perplexity / recovery | no-coords perplexity / recovery | perplexity ratio | masked residues |",
+        "| split, masking | coords perplexity / recovery | no-coords perplexity / recovery "
+        "| perplexity ratio | masked residues |",
         "|---|---|---|---|---|",
     ]
     for split in ("test", "valid"):
@@ -75,8 +80,9 @@ def evaluations(e: Path) -> list[str]:
                 out.append(f"| {split}, {masking} | models {sorted(m)} | | | |")
                 continue
             out.append(
-                f"| {split}, {'all <mask>' if masking == 'mask' else 'BERT 80/10/10'} | {c['perplexity']:.2f} / "
-                f"{100 * c['recovery']:.1f}% | {n['perplexity']:.2f} / {100 * n['recovery']:.1f}% | "
+                f"| {split}, {'all <mask>' if masking == 'mask' else 'BERT 80/10/10'} | "
+                f"{c['perplexity']:.2f} / {100 * c['recovery']:.1f}% | "
+                f"{n['perplexity']:.2f} / {100 * n['recovery']:.1f}% | "
                 f"{c['perplexity'] / n['perplexity']:.3f} | {c['n_masked']:,} |"
             )
     return out
@@ -110,7 +116,8 @@ def quantisation(e: Path) -> list[str]:
     for k in ("paper-coords", "paper-coords.fp16", "paper-coords.int8"):
         if k in m:
             out.append(
-                f"| {k} | {m[k]['perplexity']:.4f} | {100 * (m[k]['perplexity'] / ref['perplexity'] - 1):+.3f}% |"
+                f"| {k} | {m[k]['perplexity']:.4f} | "
+                f"{100 * (m[k]['perplexity'] / ref['perplexity'] - 1):+.3f}% |"
             )
     return out
 
@@ -147,7 +154,8 @@ def replay(e: Path) -> list[str]:
     out = [f"device {d.get('device')}, torch {d.get('torch')}, model {d.get('model')}"]
     for length, r in (d.get("kernel") or {}).items():
         out.append(
-            f"- kernel, L = {length}: non-finite dQ entries, default kernels {r['default']['nonfinite_dq']}, "
+            f"- kernel, L = {length}: non-finite dQ entries, "
+            f"default kernels {r['default']['nonfinite_dq']}, "
             f"coordformer.attention {r['coordformer']['nonfinite_dq']}"
         )
     s = d.get("scan", {})
@@ -156,8 +164,8 @@ def replay(e: Path) -> list[str]:
             zip(s["real_min"], s["pad_min"], s["real_below"], s["pad_below"]), 1
         ):
             out.append(
-                f"- layer {i}: lowest log-sum-exp, real rows {rm:.1f} ({rb} below -88.7), padding rows "
-                f"{pm if math.isfinite(pm) else float('nan'):.1f} ({pb} below)"
+                f"- layer {i}: lowest log-sum-exp, real rows {rm:.1f} ({rb} below -88.7), "
+                f"padding rows {pm if math.isfinite(pm) else float('nan'):.1f} ({pb} below)"
             )
         out.append(
             f"- {s['batches_len_mod128_eq64']} of {s['batches']} batches have L % 128 == 64; "
@@ -165,7 +173,8 @@ def replay(e: Path) -> list[str]:
         )
     for name, r in (d.get("steps") or {}).items():
         out.append(
-            f"- steps padded to L % 128 == 64, {name} kernels: {r['nonfinite_steps']} of {r['steps']} non-finite"
+            f"- steps padded to L % 128 == 64, {name} kernels: "
+            f"{r['nonfinite_steps']} of {r['steps']} non-finite"
         )
     return out
 

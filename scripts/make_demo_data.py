@@ -74,13 +74,18 @@ def main() -> int:
 - Origin: `../shared/data/pdb_chains/chains.jsonl.gz` of the coordformer development machines, which
   is ProMod3's structure database (Debian `promod3-data` 3.2.1), derived from the Protein Data Bank.
   PDB data is CC0; ProMod3 is Apache-2.0 (Studer et al., PLoS Comput Biol 2021).
-- Selection: `python scripts/make_demo_data.py --data {args.data} --n {args.n} --min-length {args.min_length} --max-length {args.max_length} --seed {args.seed}`:
-  a seeded random sample of chains of length {args.min_length}-{args.max_length} from the **test** split of
-  the dataset prepared with the command in `../models/README.md` (MMseqs2 clusters at 30% identity never
-  cross splits; DeepFRI EC/GO valid+test chains are forced into test). The shipped models were trained
+- Selection: `python scripts/make_demo_data.py --data {args.data} --n {args.n} \
+--min-length {args.min_length} --max-length {args.max_length} --seed {args.seed}`:
+  a seeded random sample of chains of length {args.min_length}-{args.max_length} \
+from the **test** split of
+  the dataset prepared with the command in `../models/README.md` \
+(MMseqs2 clusters at 30% identity never
+  cross splits; DeepFRI EC/GO valid+test chains are forced into test). \
+The shipped models were trained
   on that dataset's train split only, so they have seen neither these chains nor their 30%-identity
   cluster members.
-- Dataset manifest at selection time: {ds.manifest.get("n_chains")} chains, splits {json.dumps(ds.manifest.get("splits"))},
+- Dataset manifest at selection time: {ds.manifest.get("n_chains")} chains, \
+splits {json.dumps(ds.manifest.get("splits"))},
   created {ds.manifest.get("created")}.
 - SHA-256 of this file: {sha256(out)}
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Package trained runs as the shipped models: half-precision weights + a record of how they were made.
+"""Package trained runs as the shipped models: half-precision weights + a record of how they were
+made.
 
 For each NAME=RUN_DIR pair: exports RUN_DIR's last checkpoint (checkpoints/last.ckpt, or
 export/last.pt for a run brought back from another machine by scripts/gpu_session.sh) to
-src/coordformer/resources/models/NAME.pt (float16, split into NAME.pt.shardN files where one file would exceed MAX_MB;
-int8 for the names given with --int8, only when the --eval files show its cost under MAX_INT8_COST), writes NAME.json (description, the exact
-`coordformer pretrain` command, the data manifest, training summary, where it ran, held-out
-metrics if given) and copies the training log to NAME.train_log.csv.
+src/coordformer/resources/models/NAME.pt (float16, split into NAME.pt.shardN files where one file
+would exceed MAX_MB; int8 for the names given with --int8, only when the --eval files show its cost
+under MAX_INT8_COST), writes NAME.json (description, the exact `coordformer pretrain` command, the
+data manifest, training summary, where it ran, held-out metrics if given) and copies the training
+log to NAME.train_log.csv.
 
-    python scripts/ship_models.py small-coords=work/gpu_runs/coords small-nocoords=work/gpu_runs/nocoords \
+    python scripts/ship_models.py \
+        small-coords=work/gpu_runs/coords small-nocoords=work/gpu_runs/nocoords \
         --eval work/ship/eval_test.json --eval-key small-coords=small-coords \
         --trained-on "one NVIDIA H100 80GB, 2026-11-22, three runs sharing it"
 
@@ -40,9 +43,9 @@ DESCRIPTIONS = {
     ),
     "small-nocoords": "small-3m masked-LM, sequence only (same size, data, schedule and budget)",
     "paper-coords": (
-        "paper-33m masked-LM (the paper's 6 x 768 x 12, d_ff 2048) with the fast recipe: CA coordinates "
-        "and |x|^2 through the linear embedding, four Gaussian-initialised first-layer heads (structure model; "
-        "weights int8 per row, the rest float16)"
+        "paper-33m masked-LM (the paper's 6 x 768 x 12, d_ff 2048) with the fast recipe: "
+        "CA coordinates and |x|^2 through the linear embedding, four Gaussian-initialised "
+        "first-layer heads (structure model; weights int8 per row, the rest float16)"
     ),
     "small-coords-sd": (
         "small-coords continued with structure dropout (sd): some training chains fed without "
@@ -50,19 +53,21 @@ DESCRIPTIONS = {
         "inputs with missing or no structure"
     ),
 }
-#: shipped model for inputs without coordinates, named by the warning of models that never learnt them
+#: shipped model for inputs without coordinates, named by the warning of models that never learnt
+#: them
 WITHOUT_COORDS_USE = "small-coords-sd"
 #: order of the models in the README (others follow by name)
 ORDER = ("small-coords", "small-nocoords", "small-coords-sd", "paper-coords")
 #: the most a shipped weights file may take (MB); larger float16 models ship in shards
 MAX_MB = 48
-#: the largest relative test-perplexity cost of int8 weights (measured: --eval with both models) that may ship
+#: the largest relative test-perplexity cost of int8 weights (measured: --eval with both models)
+#: that may ship
 MAX_INT8_COST = 0.005
 
 
 def final_val(summary: dict, logs: list[Path]) -> dict:
-    """The run's final validation metrics; for a run stopped before its end (SIGTERM at a deadline: no
-    final validation) the last periodic one from its metrics.csv, with its step."""
+    """The run's final validation metrics; for a run stopped before its end (SIGTERM at a deadline:
+    no final validation) the last periodic one from its metrics.csv, with its step."""
     if summary.get("final_val"):
         return summary["final_val"]
     last: dict = {}
@@ -88,15 +93,16 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME",
-        help="an already shipped model: add the --hide-coords evaluations of the --eval files to its card "
-        "(weights and the rest of the card untouched)",
+        help="an already shipped model: add the --hide-coords evaluations of the --eval files to "
+        "its card (weights and the rest of the card untouched)",
     )
     ap.add_argument(
         "--eval",
         type=Path,
         action="append",
         default=[],
-        help="`coordformer evaluate --json` output with several models; repeat for runs with --hide-coords",
+        help="`coordformer evaluate --json` output with several models; "
+        "repeat for runs with --hide-coords",
     )
     ap.add_argument(
         "--eval-key",
@@ -110,7 +116,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME",
-        help=f"ship NAME with int8 matrices; refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}",
+        help="ship NAME with int8 matrices; "
+        f"refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}",
     )
     ap.add_argument(
         "--trained-on", default=None, help="machine and date the runs trained on, for the record"
@@ -135,7 +142,8 @@ def main() -> int:
     cards = []
     for name in args.annotate:
         card = json.loads((out / f"{name}.json").read_text())
-        # the card's own held-out evaluation stays; a plain (--hide-coords none) one given here is kept beside it
+        # the card's own held-out evaluation stays; a plain (--hide-coords none) one given here is
+        # kept beside it
         card.update(
             {
                 ("heldout_eval_hide_none" if k == "heldout_eval" else k): v
@@ -183,7 +191,8 @@ def main() -> int:
             },
             "trained_on": args.trained_on,
             **eval_fields(evals, key),
-            # the same evaluation of the unquantised checkpoint, when the --eval file has it too: the int8 cost
+            # the same evaluation of the unquantised checkpoint, when the --eval file has it too:
+            # the int8 cost
             **(
                 {"heldout_eval_unquantised": eval_fields(evals, run.name)["heldout_eval"]}
                 if name in args.int8
@@ -199,8 +208,11 @@ def main() -> int:
             cost = int8_cost(card)
             if cost is None or cost > MAX_INT8_COST:
                 print(
-                    f"{name}: int8 costs {'an unmeasured amount' if cost is None else f'{cost:.2%}'} of test perplexity "
-                    f"(give --eval with the int8 and the unquantised model, --eval-key {name}=INT8KEY; at most "
+                    f"{name}: int8 costs "
+                    f"{'an unmeasured amount' if cost is None else f'{cost:.2%}'} "
+                    "of test perplexity "
+                    "(give --eval with the int8 and the unquantised model, "
+                    f"--eval-key {name}=INT8KEY; at most "
                     f"{MAX_INT8_COST:.1%} ships); ship it in float16 instead (no --int8)",
                     file=sys.stderr,
                 )
@@ -232,7 +244,8 @@ def main() -> int:
             )
             return 1
         cards.append(card)
-    # the README covers every shipped model, including those packaged by an earlier run of this script
+    # the README covers every shipped model, including those packaged by an earlier run of this
+    # script
     shipped = {c["name"]: c for c in (json.loads(p.read_text()) for p in out.glob("*.json"))}
     shipped.update({c["name"]: c for c in cards})
     rank = {n: i for i, n in enumerate(ORDER)}
@@ -258,13 +271,16 @@ def missing_flag_fields(card: dict) -> dict:
     if learnt is None:
         return {
             "learnt_missing_flag": None,
-            "missing_flag_note": "not applicable: a sequence-only model, which reads no coordinates",
+            "missing_flag_note": (
+                "not applicable: a sequence-only model, which reads no coordinates"
+            ),
         }
     if learnt:
         return {
             "learnt_missing_flag": True,
             "missing_flag_note": (
-                f"trained with structure dropout (--drop-chain-coords {tc.get('drop_chain_coords', 0)} --drop-span-coords "
+                "trained with structure dropout "
+                f"(--drop-chain-coords {tc.get('drop_chain_coords', 0)} --drop-span-coords "
                 f"{tc.get('drop_span_coords', 0)}): learnt chains and stretches without coordinates"
             ),
         }
@@ -272,8 +288,9 @@ def missing_flag_fields(card: dict) -> dict:
         "learnt_missing_flag": False,
         "without_coords_use": WITHOUT_COORDS_USE,
         "missing_flag_note": (
-            "trained without structure dropout: if its training chains had a CA for every residue, the missing-coordinate "
-            f"flag never occurred in training, so inputs without coordinates get poor outputs; use {WITHOUT_COORDS_USE}"
+            "trained without structure dropout: if its training chains had a CA for every residue, "
+            "the missing-coordinate flag never occurred in training, so inputs without coordinates "
+            f"get poor outputs; use {WITHOUT_COORDS_USE}"
         ),
     }
 
@@ -296,7 +313,8 @@ def readme(cards: list[dict]) -> str:
     lines = [
         "# Shipped models",
         "",
-        "Made by `coordformer pretrain`; packaged by `scripts/ship_models.py` (the command is given per model).",
+        "Made by `coordformer pretrain`; packaged by `scripts/ship_models.py` "
+        "(the command is given per model).",
         "",
     ]
     for c in cards:
@@ -314,11 +332,15 @@ def readme(cards: list[dict]) -> str:
             )
             + ")",
             f"- Command: `{c['command']}`",
-            f"- Data: prepared dataset with {d['n_chains']:,} chains / {d['n_residues']:,} residues, splits {d['splits']} "
-            f"(prepare config: split {d['config']['split']} at {d['config']['split_identity']} identity, "
-            f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); trained on train only"
+            f"- Data: prepared dataset with {d['n_chains']:,} chains / "
+            f"{d['n_residues']:,} residues, splits {d['splits']} "
+            f"(prepare config: split {d['config']['split']} at "
+            f"{d['config']['split_identity']} identity, "
+            f"exclusions {len(d['config']['exclude_files'])} DeepFRI id files); "
+            "trained on train only"
             + (
-                "; carried to the training machine CA-only and bit-exact by scripts/transport_dataset.py"
+                "; carried to the training machine CA-only and bit-exact by "
+                "scripts/transport_dataset.py"
                 if d.get("transport")
                 else ""
             ),
@@ -326,8 +348,8 @@ def readme(cards: list[dict]) -> str:
             f"{' on ' + c['trained_on'] if c.get('trained_on') else ''}; "
             f"final validation {json.dumps({k: round(v, 4) for k, v in t['final_val'].items()})}"
             + (
-                f" (the run was stopped by {t['interrupted']['signal']} at step {t['interrupted']['step']}: the last "
-                "periodic validation)"
+                f" (the run was stopped by {t['interrupted']['signal']} at step "
+                f"{t['interrupted']['step']}: the last periodic validation)"
                 if t.get("interrupted") and "step" in t["final_val"]
                 else ""
             ),
@@ -338,33 +360,37 @@ def readme(cards: list[dict]) -> str:
             lines.append(f"- Missing coordinates: {c['missing_flag_note']}")
         if ev:
             lines.append(
-                f"- Held-out test split: perplexity {ev['perplexity']:.2f}, recovery {ev['recovery']:.1%} "
+                f"- Held-out test split: perplexity {ev['perplexity']:.2f}, "
+                f"recovery {ev['recovery']:.1%} "
                 f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)"
             )
         if c.get("heldout_eval_unquantised"):
             u = c["heldout_eval_unquantised"]
             lines.append(
-                f"- Cost of the int8 weights, same masks: the unquantised checkpoint has perplexity {u['perplexity']:.2f}, "
-                f"recovery {u['recovery']:.1%}"
+                "- Cost of the int8 weights, same masks: the unquantised checkpoint has "
+                f"perplexity {u['perplexity']:.2f}, recovery {u['recovery']:.1%}"
             )
         for cond, what in (("span", "one 5-30% stretch per chain"), ("all", "every chain")):
             h = c.get(f"heldout_eval_hide_{cond}") or {}
             if h.get("hidden"):
                 lines.append(
-                    f"- Same masks, coordinates withheld from {what} (`evaluate --hide-coords {cond}`): "
+                    f"- Same masks, coordinates withheld from {what} "
+                    f"(`evaluate --hide-coords {cond}`): "
                     f"perplexity {h['perplexity']:.2f}, recovery {h['recovery']:.1%}; on the "
-                    f"{h['hidden']['n_masked']:,} masked residues without coordinates {h['hidden']['perplexity']:.2f}, "
-                    f"{h['hidden']['recovery']:.1%}"
+                    f"{h['hidden']['n_masked']:,} masked residues without coordinates "
+                    f"{h['hidden']['perplexity']:.2f}, {h['hidden']['recovery']:.1%}"
                 )
         cut = (c.get("heldout_eval_hide_cut") or {}).get("outside")
         span = (c.get("heldout_eval_hide_span") or {}).get("outside")
         given = (c.get("heldout_eval_hide_none") or ev).get("outside")
         if cut and span and given:
             lines.append(
-                f"- Same masks, that stretch deleted instead (`evaluate --hide-coords cut`, a loop the file omits): on "
-                f"the {cut['n_masked']:,} masked residues outside it perplexity {cut['perplexity']:.2f}, against "
-                f"{span['perplexity']:.2f} with the stretch present without coordinates and {given['perplexity']:.2f} "
-                "with its coordinates"
+                "- Same masks, that stretch deleted instead "
+                "(`evaluate --hide-coords cut`, a loop the file omits): on "
+                f"the {cut['n_masked']:,} masked residues outside it "
+                f"perplexity {cut['perplexity']:.2f}, against "
+                f"{span['perplexity']:.2f} with the stretch present without coordinates and "
+                f"{given['perplexity']:.2f} with its coordinates"
             )
         lines.append("")
     return "\n".join(lines)

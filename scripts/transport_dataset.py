@@ -31,7 +31,8 @@ ATOMS = ("N", "CA", "C", "O")
 
 
 def _encode(coords: np.ndarray, atom: int) -> tuple[bytes, str]:
-    """coords [N, 4, 3] float32 Angstrom -> LZMA of int32 milli-Angstrom row differences of one atom."""
+    """coords [N, 4, 3] float32 Angstrom -> LZMA of int32 milli-Angstrom row differences of one
+    atom."""
     x = np.asarray(coords[:, atom], dtype=np.float32)
     missing = np.isnan(x).any(-1)
     milli = np.round(np.nan_to_num(x).astype(np.float64) * 1000.0)

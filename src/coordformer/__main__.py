@@ -1,4 +1,5 @@
-"""`python -m coordformer ...` is the `coordformer` command (for environments without the console script)."""
+"""`python -m coordformer ...` is the `coordformer` command (for environments without the console
+script)."""
 
 import sys
 

@@ -1,7 +1,8 @@
 """Constants shared by every module: the alphabet (defined in :mod:`coordformer.alphabet`,
 re-exported here, where most code and users import it from) and the physical / format constants.
 
-Imports nothing from the package but :mod:`coordformer.alphabet` (see the design rules in the README).
+Imports nothing from the package but :mod:`coordformer.alphabet` (see the design rules in the
+README).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ def _on_sigint(signum, frame) -> None:
 
 
 def install():
-    """Take over SIGINT; returns the handler it replaced (to restore), or None when it left it alone:
-    not the main thread, or SIGINT ignored (``nohup``, a background job of a script)."""
+    """Take over SIGINT; returns the handler it replaced (to restore), or None when it left it
+    alone: not the main thread, or SIGINT ignored (``nohup``, a background job of a script)."""
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = signal.getsignal(signal.SIGINT)

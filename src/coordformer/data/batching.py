@@ -29,8 +29,8 @@ from ..errors import ConfigError, SequenceTooLong
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
 
-#: Token id of each ASCII byte ([256] int64, ``coordformer.alphabet.ascii_to_token_table``): a chain's
-#: sequence bytes index it to give its tokens.
+#: Token id of each ASCII byte ([256] int64, ``coordformer.alphabet.ascii_to_token_table``): a
+#: chain's sequence bytes index it to give its tokens.
 ASCII_TO_TOKEN = np.asarray(ascii_to_token_table(), dtype=np.int64)
 
 
@@ -86,16 +86,17 @@ def token_budget_batches(
 
 @dataclass(frozen=True)
 class BatchSettings(BatchConfig):
-    """A :class:`coordformer.config.BatchConfig` (crop, rotation, masking, structure dropout) plus how
-    this pass uses it: ``random_crop`` (training) or the first residues, the model's ``max_position``,
-    and an evaluation condition (``withhold``). ``BatchSettings.of(config, ...)`` builds one from a
-    config record."""
+    """A :class:`coordformer.config.BatchConfig` (crop, rotation, masking, structure dropout) plus
+    how this pass uses it: ``random_crop`` (training) or the first residues, the model's
+    ``max_position``, and an evaluation condition (``withhold``). ``BatchSettings.of(config, ...)``
+    builds one from a config record."""
 
     random_crop: bool = True
     max_position: int = 4096  # the model's max_len: spatial-crop positions must stay below it
     # Structure dropout (BatchConfig.drop_*_coords) feeds a training chain without coordinates, as a
-    # FASTA input is, or one SPAN_DROP_FRACTION stretch of it, as an unresolved loop is: without it the
-    # missing flag never occurs in fully resolved training data, and its embedding is never learnt.
+    # FASTA input is, or one SPAN_DROP_FRACTION stretch of it, as an unresolved loop is: without it
+    # the missing flag never occurs in fully resolved training data, and its embedding is never
+    # learnt.
     #: Evaluation condition (None when training: structure dropout by drop_*_coords).
     #: Every chain gets one stretch drawn exactly as structure dropout draws it, so each condition
     #: sees the same stretch and the same masks: "none" only reports it (``Batch.stretch``, the
@@ -128,14 +129,16 @@ class BatchSettings(BatchConfig):
 
     @property
     def draws_stretch(self) -> bool:
-        """Whether each chain draws a stretch to withhold (structure dropout or an evaluation condition)."""
+        """Whether each chain draws a stretch to withhold (structure dropout or an evaluation
+        condition)."""
         return bool(self.drop_chain_coords or self.drop_span_coords) or self.withhold is not None
 
 
-#: Length of a dropped stretch (drop_span_coords), as a fraction of the chain: uniform in this range.
+#: Length of a dropped stretch (drop_span_coords), as a fraction of the chain: uniform in this
+#: range.
 SPAN_DROP_FRACTION = (0.05, 0.3)
-#: BatchSettings.withhold values (evaluation conditions; ``coordformer evaluate --hide-coords`` calls
-#: "chain" "all").
+#: BatchSettings.withhold values (evaluation conditions; ``coordformer evaluate --hide-coords``
+#: calls "chain" "all").
 WITHHOLD = ("none", "chain", "span", "cut")
 
 #: How chains longer than the crop length are cut (defined with BatchConfig, re-exported here).
@@ -221,9 +224,10 @@ class MaskedBatches(torch.utils.data.Dataset):
         k = k + self.start_batch
         epoch, b = divmod(k, self.batches_per_epoch)
         plan = self._plan(epoch)
-        # Every epoch has exactly batches_per_epoch batches per rank, so item k always maps to the same
-        # batch. A reshuffled epoch may pack into a batch or two more or fewer than epoch 0: surplus
-        # batches are skipped and a short plan wraps around (a fraction of a percent of an epoch).
+        # Every epoch has exactly batches_per_epoch batches per rank, so item k always maps to the
+        # same batch. A reshuffled epoch may pack into a batch or two more or fewer than epoch 0:
+        # surplus batches are skipped and a short plan wraps around (a fraction of a percent of an
+        # epoch).
         members = plan[(b * self.world + self.rank) % len(plan)]
         return self.collate(self.indices[members], epoch)
 
@@ -243,11 +247,11 @@ def collate_chains(
     """Crop, centre and rotate the chains ``chain_indices`` of ``dataset`` into one :class:`Batch`;
     with ``masked``, corrupt them for the masked-LM loss; withhold coordinates as ``settings`` say.
 
-    Each chain has its own generator, seeded by (seed, epoch, chain index), which draws in this order:
-    its crop, its rotation, its masking, its stretch to withhold. A chain's crop, rotation and mask
-    therefore do not depend on which chains share its batch (evaluations with the same seed and crop
-    see identical masks whatever the batching), and an unmasked batch (``masked`` False: tokens are
-    the clean ones, no targets) crops and rotates exactly as the masked one.
+    Each chain has its own generator, seeded by (seed, epoch, chain index), which draws in this
+    order: its crop, its rotation, its masking, its stretch to withhold. A chain's crop, rotation
+    and mask therefore do not depend on which chains share its batch (evaluations with the same seed
+    and crop see identical masks whatever the batching), and an unmasked batch (``masked`` False:
+    tokens are the clean ones, no targets) crops and rotates exactly as the masked one.
 
     Returns tokens [b, l] long (corrupted when ``masked``), targets [b, l] long (-100 = no loss;
     None unless ``masked``), clean [b, l] long (None unless ``masked``), coords [b, l, 4, 3] float32
@@ -477,10 +481,10 @@ def unmasked_batches(
     rotate: bool = False,
     seed: int = 0,
 ) -> Iterator[Batch]:
-    """Every chain of ``idx`` exactly once, in the batches of :func:`inference_plan`: clean (unmasked)
-    tokens, centred coordinates, each chain cropped to its first ``crop_length`` residues; rotated
-    with per-chain seeded generators when ``rotate``. ``Batch.index`` gives each row's chain index.
-    For inference passes (embedding, attention analysis)."""
+    """Every chain of ``idx`` exactly once, in the batches of :func:`inference_plan`: clean
+    (unmasked) tokens, centred coordinates, each chain cropped to its first ``crop_length``
+    residues; rotated with per-chain seeded generators when ``rotate``. ``Batch.index`` gives each
+    row's chain index. For inference passes (embedding, attention analysis)."""
     idx = np.asarray(idx, dtype=np.int64)
     settings = BatchSettings(
         crop_length=crop_length,

@@ -53,7 +53,8 @@ def group_complexes(data, idx: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def complex_span(lengths: np.ndarray, gap: int) -> int:
-    """Position-table span [residues] of chains of ``lengths`` laid out with ``gap``: last index + 1."""
+    """Position-table span [residues] of chains of ``lengths`` laid out with ``gap``:
+    last index + 1."""
     return int(np.sum(lengths) + gap * (len(lengths) - 1))
 
 
@@ -61,10 +62,10 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
     """One padded model input holding whole complexes (no crop, no rotation; the model centres).
 
     Returns a :class:`Batch` with tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN
-    missing/padding), padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts ``gap`` after
-    chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the complex,
-    -1 at padding); with a dataset that stores pLDDT also plddt [B, L] (NaN unknown/padding).
-    L = the most residues of any complex in the batch.
+    missing/padding), padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts
+    ``gap`` after chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the
+    complex, -1 at padding); with a dataset that stores pLDDT also plddt [B, L] (NaN
+    unknown/padding). L = the most residues of any complex in the batch.
     """
     sizes = [int(data.lengths[m].sum()) for m in complexes]
     b, length = len(complexes), max(sizes)

@@ -44,8 +44,8 @@ def bert_mask_from_draws(
     mask_token_frac: float = 0.8,
     random_token_frac: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``bert_mask`` given its random draws, all [B, L]: ``scores`` and ``action`` uniform in [0, 1),
-    ``random_aa`` replacement token ids. Lets a batch whose rows were drawn from per-chain
+    """``bert_mask`` given its random draws, all [B, L]: ``scores`` and ``action`` uniform in
+    [0, 1), ``random_aa`` replacement token ids. Lets a batch whose rows were drawn from per-chain
     generators be masked in one vectorised call (padding is never selected)."""
     eligible = (tokens != PAD) & (tokens != UNK) & (tokens >= AA_OFFSET)
     scores = scores.masked_fill(~eligible, 2.0)  # ineligible sort last

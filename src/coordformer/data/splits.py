@@ -7,9 +7,9 @@
 
 Chains named in exclusion lists are forced into ``test`` (they must never reach train). Ids are
 matched exactly first (after ``normalize_chain_id``: chain ids are case-sensitive, as in the PDB); a
-listed id that matches no chain exactly but exactly one chain when case and the separators ``_ - . :``
-are ignored (``1zfd_n`` vs ``1ZFD.N``) excludes that chain too: missing a leak is worse than sending
-one chain too many to test. The caller logs such near misses by name.
+listed id that matches no chain exactly but exactly one chain when case and the separators
+``_ - . :`` are ignored (``1zfd_n`` vs ``1ZFD.N``) excludes that chain too: missing a leak is worse
+than sending one chain too many to test. The caller logs such near misses by name.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def mmseqs_cluster(
     if exe is None:
         raise SplitError(
             f"split='identity' needs MMseqs2, but `{executable}` is not on PATH; install it "
-            "(e.g. `apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) or use `--split random`"
+            "(e.g. `apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) "
+            "or use `--split random`"
         )
     with tempfile.TemporaryDirectory(prefix="coordformer-mmseqs-", dir=tmp_root) as tmp:
         tmp = Path(tmp)
@@ -190,9 +191,11 @@ class ExclusionMatch:
 
     #: [N] bool: chains forced into test by the lists (exact and near matches; not their clusters)
     hit: np.ndarray
-    #: listed ids matching no chain exactly but exactly one loosely: (listed, chain id excluded, how)
+    #: listed ids matching no chain exactly but exactly one loosely: (listed, chain id excluded,
+    #: how)
     near: list[tuple[str, str, str]] = field(default_factory=list)
-    #: listed ids matching no chain exactly and several loosely: (listed, [chain ids]); none excluded
+    #: listed ids matching no chain exactly and several loosely: (listed, [chain ids]); none
+    #: excluded
     ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)
     #: listed ids matching no chain at all
     missing: list[str] = field(default_factory=list)
@@ -208,10 +211,10 @@ class ExclusionMatch:
 def match_exclusions(
     ids: Sequence[str], excluded: Iterable[str], normalize: Callable[[str], str]
 ) -> ExclusionMatch:
-    """Which chains the listed ids ``excluded`` (already normalised; pass them in list order, not as a
-    set, for a reproducible report) name: exactly (``normalize(id)``
-    or the id itself is listed), else, for an id matching nothing exactly, the one chain whose
-    :func:`loose_id` is the same (several: ambiguous, none excluded)."""
+    """Which chains the listed ids ``excluded`` (already normalised; pass them in list order, not as
+    a set, for a reproducible report) name: exactly (``normalize(id)`` or the id itself is listed),
+    else, for an id matching nothing exactly, the one chain whose :func:`loose_id` is the same
+    (several: ambiguous, none excluded)."""
     listed = list(dict.fromkeys(excluded))
     wanted = set(listed)
     hit = np.zeros(len(ids), dtype=bool)

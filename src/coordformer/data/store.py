@@ -6,7 +6,8 @@ Layout of a prepared dataset folder (format version ``constants.DATASET_FORMAT_V
     seq.npy         uint8   [N_res]          ASCII one-letter codes
     coords.npy      float32 [N_res, 4, 3]    Angstrom, N/CA/C/O, NaN = missing
     offsets.npy     int64   [n_chains + 1]   chain i = rows offsets[i]:offsets[i+1]
-    plddt.npy       float32 [N_res]          optional (prepare --store-plddt): pLDDT 0-100, NaN unknown
+    plddt.npy       float32 [N_res]          optional (prepare --store-plddt): pLDDT 0-100,
+                                             NaN unknown
     chains.tsv      "id<TAB>length<TAB>source", one row per chain, in index order
     splits/{train,valid,test}.txt             chain ids, one per line
     skipped.tsv     "input<TAB>reason", every skipped input / record / filtered chain
@@ -66,7 +67,8 @@ class UnknownSplitError(CoordformerError, KeyError):
 
 
 class DatasetFormatError(CoordformerError):
-    """A folder is not a readable prepared dataset (missing files, wrong format version, corrupt)."""
+    """A folder is not a readable prepared dataset (missing files, wrong format version,
+    corrupt)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,9 +122,10 @@ _NOT_CONTENT = ("created", "coordformer_version")
 
 
 def manifest_fingerprint(manifest: dict[str, Any]) -> str:
-    """A short hash of what a dataset holds: its manifest (settings, counts, split sizes) without the
-    creation time and writer version, so the same inputs prepared again, or the folder moved, give
-    the same fingerprint. ``pretrain`` refuses to resume a run on a dataset with another one."""
+    """A short hash of what a dataset holds: its manifest (settings, counts, split sizes) without
+    the creation time and writer version, so the same inputs prepared again, or the folder moved,
+    give the same fingerprint. ``pretrain`` refuses to resume a run on a dataset with another
+    one."""
     import hashlib
 
     content = {k: v for k, v in manifest.items() if k not in _NOT_CONTENT}
@@ -208,8 +211,9 @@ class PreparedDataset:
             or off[0] != 0
         ):
             raise DatasetFormatError(
-                f"{d}: inconsistent arrays (chains.tsv has {n} chains, offsets {self._offsets.shape}, "
-                f"seq {self._seq.shape} {self._seq.dtype}, coords {self._coords.shape} {self._coords.dtype})"
+                f"{d}: inconsistent arrays (chains.tsv has {n} chains, "
+                f"offsets {self._offsets.shape}, seq {self._seq.shape} {self._seq.dtype}, "
+                f"coords {self._coords.shape} {self._coords.dtype})"
             )
         if self._plddt is not None and self._plddt.shape != (n_res,):
             raise DatasetFormatError(
@@ -225,7 +229,10 @@ class PreparedDataset:
         return len(self.ids)
 
     def __repr__(self) -> str:
-        return f"PreparedDataset({str(self.path)!r}, chains={len(self)}, residues={int(self.lengths.sum())})"
+        return (
+            f"PreparedDataset({str(self.path)!r}, chains={len(self)}, "
+            f"residues={int(self.lengths.sum())})"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -296,7 +303,8 @@ class PreparedDataset:
             f = self.path / SPLITS_DIR / f"{name}.txt"
             if not f.is_file():
                 raise UnknownSplitError(
-                    f"unknown split {name!r} in {self.path}; available: {', '.join(self.split_names) or 'none'}"
+                    f"unknown split {name!r} in {self.path}; "
+                    f"available: {', '.join(self.split_names) or 'none'}"
                 )
             ids = [
                 ln.strip() for ln in f.read_text(encoding="utf-8-sig").splitlines() if ln.strip()

@@ -26,8 +26,8 @@ class WindowPlan:
     """Windows over one chain of ``length`` residues.
 
     ``starts`` [W]: first residue of each window (each spans ``min(window, length)`` residues);
-    ``lo``/``hi`` [W]: window k supplies residues ``lo[k]:hi[k]`` of the stitched output (contiguous,
-    in order, covering 0..length exactly once).
+    ``lo``/``hi`` [W]: window k supplies residues ``lo[k]:hi[k]`` of the stitched output
+    (contiguous, in order, covering 0..length exactly once).
     """
 
     length: int
@@ -47,7 +47,8 @@ class WindowPlan:
 
 
 def plan_windows(length: int, window: int, overlap: int) -> WindowPlan:
-    """Plan windows of ``window`` residues overlapping by at least ``overlap`` over a chain of ``length``.
+    """Plan windows of ``window`` residues overlapping by at least ``overlap`` over a chain of
+    ``length``.
 
     A chain that fits gets one window, [0, length). Raises ValueError unless 0 <= overlap < window.
     """
@@ -61,7 +62,8 @@ def plan_windows(length: int, window: int, overlap: int) -> WindowPlan:
     stride = window - overlap
     n = -(-(length - window) // stride) + 1  # enough windows that the last one reaches the end
     starts = np.minimum(np.arange(n, dtype=np.int64) * stride, length - window)
-    # Nearest centre wins: residue i leaves window k for k+1 once it is past the midpoint of their centres.
+    # Nearest centre wins: residue i leaves window k for k+1 once it is past the midpoint of their
+    # centres.
     cuts = (starts[:-1] + starts[1:] + window) // 2
     lo = np.concatenate([[0], cuts]).astype(np.int64)
     hi = np.concatenate([cuts, [length]]).astype(np.int64)
@@ -77,8 +79,8 @@ def windowed_forward(
 ) -> torch.Tensor:
     """Run ``run(window_batch) -> [b, l, ...]`` over ``batch``, whose chains may exceed ``window``.
 
-    Every chain is cut into the windows of :func:`plan_windows` (a chain that fits is one window: its
-    output is that of running it alone), windows go through ``run`` in passes of at most
+    Every chain is cut into the windows of :func:`plan_windows` (a chain that fits is one window:
+    its output is that of running it alone), windows go through ``run`` in passes of at most
     ``tokens_per_pass`` padded tokens, each pass as one :class:`Batch` of windows (tokens,
     padding_mask, and coords / plddt where ``batch`` has them, cut to the same windows), and each
     window's share (``lo:hi`` of its plan) is written into the full-length output, so only one
@@ -87,8 +89,8 @@ def windowed_forward(
     with explicit ``positions`` is refused.
 
     Args:
-        batch: tokens [B, L] long, coords [B, L, 4, 3] Angstrom (NaN = missing) or None, padding_mask
-            [B, L] bool (a prefix of each row), plddt [B, L] or None.
+        batch: tokens [B, L] long, coords [B, L, 4, 3] Angstrom (NaN = missing) or None,
+            padding_mask [B, L] bool (a prefix of each row), plddt [B, L] or None.
     Returns: [B, L, ...] on ``run``'s device, zeros at padding.
     """
     if batch.positions is not None:

@@ -31,7 +31,8 @@ _PLACEHOLDER_IDS = {"", "0000", "XXXX", "NONE", "NULL"}
 _PDB_ID_RE = re.compile(r"^[0-9][A-Za-z0-9]{3}$")
 #: Entry names a file may give itself (PDB HEADER id code, mmCIF data block name) that identify one
 #: structure: a PDB id (1ABC), an extended PDB id (pdb_00001abc), an AlphaFold DB id (AF-P69905-F1,
-#: optionally -model_v4). Anything else (data_model, data_s, a decoy's made-up HEADER) is not trusted.
+#: optionally -model_v4). Anything else (data_model, data_s, a decoy's made-up HEADER) is not
+#: trusted.
 _ARCHIVE_ID_RE = re.compile(
     r"^(?:[0-9][A-Za-z0-9]{3}|pdb_[0-9]{5}[A-Za-z0-9]{3}|AF-[A-Za-z0-9]{6,10}-F[0-9]+(?:-model_v[0-9]+)?)$",
     re.IGNORECASE,
@@ -52,7 +53,8 @@ class StructureReadError(CoordformerError):
 
 
 def short_reason(e: BaseException | str, n: int = 300) -> str:
-    """An exception's message on one line, cut to ``n`` characters (for StructureReadError reasons)."""
+    """An exception's message on one line, cut to ``n`` characters (for StructureReadError
+    reasons)."""
     msg = " ".join(str(e).split())
     return msg if len(msg) <= n else msg[: n - 3] + "..."
 

@@ -56,10 +56,11 @@ def iter_fasta(path: str | Path) -> Iterator[Chain | StructureReadError]:
     The id is the header's first word, normalised with :func:`normalize_chain_id` ('1abc_A' ->
     '1ABC.A'); the sequence is cleaned like chain_set sequences
     (:func:`coordformer.alphabet.normalize_sequence`: upper-cased, U->C, O->K, anything else X;
-    whitespace dropped). Each chain's coords are [L, 4, 3] float32, all NaN, and its source is ``path:line`` of the header. A record without id or sequence yields a
-    ``StructureReadError("path:line", reason)`` and iteration continues. A file that cannot be
-    read, is empty, binary or does not start with a ``>`` header raises StructureReadError at
-    call time. The whole (decompressed) file is read into memory.
+    whitespace dropped). Each chain's coords are [L, 4, 3] float32, all NaN, and its source is
+    ``path:line`` of the header. A record without id or sequence yields a
+    ``StructureReadError("path:line", reason)`` and iteration continues. A file that cannot be read,
+    is empty, binary or does not start with a ``>`` header raises StructureReadError at call time.
+    The whole (decompressed) file is read into memory.
     """
     src = str(path)
     data = read_bytes(path)

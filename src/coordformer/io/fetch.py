@@ -106,7 +106,8 @@ class FetchSummary:
 
     def format(self) -> str:
         lines = [
-            f"fetched into {self.out_dir}: {self.downloaded} downloaded, {self.present} already there, "
+            f"fetched into {self.out_dir}: {self.downloaded} downloaded, "
+            f"{self.present} already there, "
             f"{len(self.failed)} failed, of {self.requested} ids ({self.elapsed_s:.1f} s)"
         ]
         if self.failed:
@@ -310,8 +311,8 @@ def fetch(
                     summary.failed.append((token, f"unexpected {type(e).__name__}: {e}"))
                 bar.update(task, advance=1, failed=len(summary.failed))
         except BaseException:
-            # Ctrl-C: drop the queued ids instead of downloading them all first (what `with` would do);
-            # files already written are complete, so a re-run resumes from them
+            # Ctrl-C: drop the queued ids instead of downloading them all first (what `with` would
+            # do); files already written are complete, so a re-run resumes from them
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()

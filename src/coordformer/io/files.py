@@ -37,7 +37,8 @@ __all__ = [
     "unreadable_reason",
 ]
 
-#: File name endings read by :func:`~coordformer.io.read_structure` (also used when expanding folders).
+#: File name endings read by :func:`~coordformer.io.read_structure` (also used when expanding
+#: folders).
 STRUCTURE_SUFFIXES = (
     ".pdb",
     ".ent",
@@ -186,7 +187,8 @@ def gunzip_blocks(raw) -> Iterator[bytes]:
 def text_lines(path: str | Path) -> Iterator[bytes]:
     """Lines (with their newline) of a plain or gzipped file, the first without a UTF-8 byte-order
     mark. Opening errors raise StructureReadError; a truncated / corrupt gzip stream yields every
-    complete line that precedes the damage, then raises CorruptData (the partial line is dropped)."""
+    complete line that precedes the damage, then raises CorruptData (the partial line is
+    dropped)."""
     lines = _raw_lines(path)
     try:
         first = next(lines, None)
@@ -337,8 +339,8 @@ def _sniff(path: Path) -> str | None:
         return "binary data, not a PDB/mmCIF structure, chain_set JSONL or FASTA file"
     if detect_format(path.name, head) is None:
         return (
-            "not a PDB/mmCIF structure, chain_set JSONL or FASTA file (its name has no known ending and its "
-            "content is neither PDB nor mmCIF)"
+            "not a PDB/mmCIF structure, chain_set JSONL or FASTA file "
+            "(its name has no known ending and its content is neither PDB nor mmCIF)"
         )
     return None
 

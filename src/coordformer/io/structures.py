@@ -103,7 +103,8 @@ def _parse_cif(src: str, data: bytes) -> tuple[gemmi.Structure, str]:
 
 @lru_cache(maxsize=4096)
 def _tabulated_letter(name: str) -> str:
-    """One-letter code (20-letter alphabet or X) from gemmi's residue table; '' if not an amino acid.
+    """One-letter code (20-letter alphabet or X) from gemmi's residue table; '' if not an amino
+    acid.
 
     Modified residues give their parent (gemmi writes them lower-case: MSE->m, SEP->s);
     selenocysteine and pyrrolysine map to their parents C and K; UNK/ASX/GLX give X.
@@ -201,7 +202,8 @@ def _chain_from_span(
             if occ != occ:  # gemmi reads '?' as 1.0 but junk as NaN
                 raise StructureReadError(
                     src,
-                    f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: non-numeric occupancy",
+                    f"chain {chain_id} residue {res.name} {ids[-1]} atom {name}: "
+                    "non-numeric occupancy",
                 )
             if not occ > 0.0:  # zero occupancy = missing
                 continue
@@ -262,8 +264,8 @@ def _insert_unobserved(
     """``chain`` lengthened to its deposited sequence: the residues the file has no coordinates for
     are put back in place, with NaN coordinates and B-factors, residue id "" and ``observed`` False.
     ``mode`` "gaps": only between the first and last observed residue; "all": the termini too, up to
-    the first non-amino-acid entry (a cap such as ACE or NH2). None when the observed residues cannot
-    be placed in the sequence."""
+    the first non-amino-acid entry (a cap such as ACE or NH2). None when the observed residues
+    cannot be placed in the sequence."""
     pos = _seqres_positions(residues, len(full_sequence))
     if pos is None:
         return None
@@ -421,7 +423,8 @@ def _read_structure(
                     _insert_unobserved(chain, residues, full, parents, seqres) if full else None
                 ) or chain
             except Exception:  # noqa: BLE001 - an odd deposited sequence must not lose the modelled chain
-                pass  # kept as modelled (observed None), counted as without a usable deposited sequence
+                # kept as modelled (observed None), counted as without a usable deposited sequence
+                pass
         chain.ignored_entry = ignored
         out.append(chain)
     if not protein_names:

@@ -1,4 +1,5 @@
-"""Turn structure files / chain_set JSONL files / FASTA files into a prepared, memory-mappable dataset.
+"""Turn structure files / chain_set JSONL files / FASTA files into a prepared, memory-mappable
+dataset.
 
 Modules, one job each: ``policy`` (which chains pass, as typed results; no files), ``units`` (work
 units and their part files), ``pool`` (the crash-tolerant process pool), ``resume`` (whether an

@@ -178,14 +178,16 @@ def select_chains(
     ]
     if generic:
         log(
-            f"ids: {len(generic)} structure files name themselves with a generic or non-archive entry name (mmCIF "
-            f"block name / PDB HEADER id, not a PDB or AlphaFold DB id); their chains are named after the file instead: "
+            f"ids: {len(generic)} structure files name themselves with a generic or non-archive "
+            "entry name (mmCIF block name / PDB HEADER id, not a PDB or AlphaFold DB id); "
+            "their chains are named after the file instead: "
             + _examples([f"{Path(p).name} ({name!r})" for p, name in generic])
         )
     if renames:
         log(
-            f"ids: {len(renames)} structure files use an entry id that another input file uses for a different chain "
-            f"(decoys or models sharing a HEADER / block name, or files of the same name); renamed after the file: "
+            f"ids: {len(renames)} structure files use an entry id that another input file uses "
+            "for a different chain (decoys or models sharing a HEADER / block name, "
+            "or files of the same name); renamed after the file: "
             + _examples([f"{Path(p).name}: {old} -> {new}" for p, old, new in renames]),
             logging.WARNING,
         )
@@ -237,7 +239,8 @@ def select_chains(
                 skipped_rows.append(
                     (
                         f"{cid} [{src}]",
-                        f"{DUPLICATE}: {cid} already read from {first_src} ({what}; kept the first)",
+                        f"{DUPLICATE}: {cid} already read from {first_src} "
+                        f"({what}; kept the first)",
                     )
                 )
                 continue
@@ -384,7 +387,8 @@ def assign_splits(
         )
         summary.n_clusters = n_clusters
         log(
-            f"MMseqs2 found {n_clusters} clusters at {config.split_identity:.0%} identity among {len(ids)} chains"
+            f"MMseqs2 found {n_clusters} clusters at {config.split_identity:.0%} identity "
+            f"among {len(ids)} chains"
         )
     else:
         codes, clusters = _splits.random_split(ids, config), None
@@ -401,18 +405,21 @@ def _log_exclusions(run: FinishedRun, match: _splits.ExclusionMatch, log: RunLog
     if not match.unmatched:
         return
     log(
-        f"exclude: {len(match.unmatched)} of {len(run.excluded)} listed ids match no chain exactly; all are in "
+        f"exclude: {len(match.unmatched)} of {len(run.excluded)} listed ids match no chain "
+        "exactly; all are in "
         f"{run.out / store.EXCLUDE_UNMATCHED_FILE} with what became of each",
         logging.WARNING,
     )
     for e, c, how in match.near[:_MAX_LOGGED]:
         log(
-            f"exclude: {e} matches no chain exactly; excluded {c} instead ({how}, the only near match)",
+            f"exclude: {e} matches no chain exactly; "
+            f"excluded {c} instead ({how}, the only near match)",
             logging.WARNING,
         )
     for e, cs in match.ambiguous[:_MAX_LOGGED]:
         log(
-            f"exclude: {e} matches no chain exactly and several loosely ({', '.join(cs)}); none excluded",
+            f"exclude: {e} matches no chain exactly and several loosely ({', '.join(cs)}); "
+            "none excluded",
             logging.WARNING,
         )
     n_more = max(0, len(match.near) - _MAX_LOGGED) + max(0, len(match.ambiguous) - _MAX_LOGGED)
@@ -423,8 +430,8 @@ def _log_exclusions(run: FinishedRun, match: _splits.ExclusionMatch, log: RunLog
         )
     if match.missing:
         log(
-            f"exclude: {len(match.missing)} listed ids are not in the dataset (nothing to exclude for them): "
-            + _examples(match.missing, 20)
+            f"exclude: {len(match.missing)} listed ids are not in the dataset "
+            "(nothing to exclude for them): " + _examples(match.missing, 20)
         )
 
 

@@ -53,7 +53,8 @@ def prepare(
     overwrite: bool = False,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
 ) -> PrepareSummary:
-    """Prepare a dataset in ``out_dir`` from structure files, folders, chain_set JSONL and FASTA files.
+    """Prepare a dataset in ``out_dir`` from structure files, folders, chain_set JSONL and FASTA
+    files.
 
     FASTA records become chains with every coordinate missing (NaN) and are exempt from
     ``config.max_missing_ca``; structure and chain_set inputs are filtered by it.
@@ -79,7 +80,8 @@ def prepare(
     if config.split == "identity" and not _splits.mmseqs_available():
         raise PrepareError(
             "split='identity' needs MMseqs2 (`mmseqs` not found on PATH): install it "
-            "(`apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) or use `--split random`"
+            "(`apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) "
+            "or use `--split random`"
         )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,8 @@ def prepare(
         if store.is_finished_dataset(out):
             if not overwrite:
                 raise PrepareError(
-                    f"{out} already holds a prepared dataset; choose another folder or pass --overwrite to replace it"
+                    f"{out} already holds a prepared dataset; "
+                    "choose another folder or pass --overwrite to replace it"
                 )
             logger(f"overwrite: removing the existing dataset in {out}")
             _remove_dataset(out)
@@ -113,7 +116,8 @@ def prepare(
         )
         n_cs = len({u.path for u in units if u.kind == "chain_set"})
         logger(
-            f"prepare {out}: {len(srcs)} sources ({n_cs} chain_set files), {len(bad_paths)} bad paths, "
+            f"prepare {out}: {len(srcs)} sources ({n_cs} chain_set files), "
+            f"{len(bad_paths)} bad paths, "
             f"{len(units)} work units, workers={workers}"
         )
         if metas:
@@ -305,7 +309,8 @@ def _read_exclusions(config: PrepareConfig) -> list[str]:
 
 def _open_work_dir(out: Path, fingerprint: dict[str, Any]) -> Path:
     """``DIR/.work/parts``, ready for this run: an interrupted run's parts are kept when its
-    fingerprint matches (PrepareError when it does not); a work folder without state is discarded."""
+    fingerprint matches (PrepareError when it does not); a work folder without state is
+    discarded."""
     work = out / store.WORK_DIR
     parts_dir = work / "parts"
     state_path = work / "state.json"
@@ -318,7 +323,8 @@ def _open_work_dir(out: Path, fingerprint: dict[str, Any]) -> Path:
         if why is not None:
             raise PrepareError(
                 f"{out} holds an interrupted prepare run with different inputs or filters ({why}); "
-                "re-run with the original sources and settings to resume it, or pass --overwrite to start over"
+                "re-run with the original sources and settings to resume it, "
+                "or pass --overwrite to start over"
             )
     elif work.exists():
         shutil.rmtree(work)
@@ -359,7 +365,8 @@ class _Lock:
             os.close(self.fd)
             self.fd = None
             raise PrepareError(
-                f"another `prepare` is writing to {self.path.parent} right now (lock {self.path} is held)"
+                f"another `prepare` is writing to {self.path.parent} right now "
+                f"(lock {self.path} is held)"
             ) from None
         return self
 

@@ -101,7 +101,8 @@ class ChainPolicy:
         )
 
     def sequence_only(self) -> ChainPolicy:
-        """The policy for FASTA records: sequence-only by the user's choice, so no missing-CA filter."""
+        """The policy for FASTA records: sequence-only by the user's choice, so no missing-CA
+        filter."""
         return replace(self, max_missing_ca=1.0)
 
     def check(self, chain: Any) -> Verdict:
@@ -149,7 +150,8 @@ class ChainPolicy:
                     coords[low] = np.nan
                     n_low = int(low.sum())
                     note = f" ({n_low} residues below plddt_min {self.plddt_min:g})"
-        # after sanitising and pLDDT masking: atoms made missing either way count against max_missing_ca too
+        # after sanitising and pLDDT masking: atoms made missing either way count against
+        # max_missing_ca too
         frac = float(np.isnan(coords[:, CA_INDEX, 0]).mean()) if n else 1.0
         if frac > self.max_missing_ca:
             return Rejected(
@@ -186,7 +188,8 @@ def chain_id(chain: Any) -> str:
 
 
 def selected_chain(chain_id: str, chains: Sequence[str]) -> bool:
-    """Whether a chain id ``ENTRY.CHAIN`` (or a bare id) names one of the author chain ids ``chains``."""
+    """Whether a chain id ``ENTRY.CHAIN`` (or a bare id) names one of the author chain ids
+    ``chains``."""
     return str(chain_id).rsplit(".", 1)[-1] in chains
 
 
@@ -211,8 +214,8 @@ def low_plddt(b_factors: np.ndarray, plddt_min: float) -> np.ndarray:
     finite = np.isfinite(b)
     if plddt_min > 1:
         b = _plddt_percent(b)
-    # B-factors arrive as float32 (0.7 -> 0.69999999): rounding back to the file's few decimals keeps a
-    # value written exactly at the threshold from counting as below it
+    # B-factors arrive as float32 (0.7 -> 0.69999999): rounding back to the file's few decimals
+    # keeps a value written exactly at the threshold from counting as below it
     return finite & (np.round(b, 4) < plddt_min)
 
 

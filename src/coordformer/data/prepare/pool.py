@@ -110,9 +110,9 @@ def map_units(
     queue = list(reversed(pending))
     max_in_flight = 2 * workers
     suspects: list[WorkUnit] = []
-    n_ok = [
-        0
-    ]  # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot run")
+    # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot
+    # run")
+    n_ok = [0]
 
     def done_ok(result: R) -> None:
         n_ok[0] += 1
@@ -184,11 +184,14 @@ def _retry_alone(
         except BrokenProcessPool:
             if n_ok[0] == 0:
                 raise PrepareError(
-                    "worker processes die before finishing any input; run with workers=1 to see why "
-                    "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` guard)"
+                    "worker processes die before finishing any input; "
+                    "run with workers=1 to see why "
+                    "(scripts that call prepare() with workers > 1 need an "
+                    "`if __name__ == '__main__':` guard)"
                 ) from None
             log(f"{unit.label}: worker crashed on this input twice; skipped", logging.WARNING)
             return crashed(
                 unit,
-                "worker process crashed while reading this input (killed by a signal or out of memory)",
+                "worker process crashed while reading this input "
+                "(killed by a signal or out of memory)",
             )

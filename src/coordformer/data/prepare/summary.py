@@ -53,7 +53,8 @@ class PrepareSummary:
 
     @property
     def in_memory(self) -> bool:
-        """A read that kept its chains in memory (``read_in_memory``): no folder, splits or exclusions."""
+        """A read that kept its chains in memory (``read_in_memory``): no folder, splits or
+        exclusions."""
         return not self.out_dir
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,8 +72,10 @@ class PrepareSummary:
             f"prepared dataset: {self.out_dir}"
             if not self.in_memory
             else "inputs read in memory (no dataset written)",
-            f"  sources: {self.n_sources} ({self.n_units} work units, {self.units_resumed} resumed from an interrupted run)",
-            f"  chains read: {self.chains_read}; kept: {self.chains_kept} ({self.n_residues} residues)",
+            f"  sources: {self.n_sources} ({self.n_units} work units, "
+            f"{self.units_resumed} resumed from an interrupted run)",
+            f"  chains read: {self.chains_read}; kept: {self.chains_kept} "
+            f"({self.n_residues} residues)",
             f"  inputs skipped (unreadable files/records): {self.inputs_skipped}",
             f"  chains filtered: {filt}",
         ]
@@ -82,9 +85,11 @@ class PrepareSummary:
                 + (
                     f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""
                 ),
-                f"  excluded ids found (forced to test): {self.excluded_ids_found} of {self.excluded_ids_listed} listed"
+                f"  excluded ids found (forced to test): {self.excluded_ids_found} "
+                f"of {self.excluded_ids_listed} listed"
                 + (
-                    f"; {self.excluded_ids_unmatched} match no chain exactly (see {store.EXCLUDE_UNMATCHED_FILE}), "
+                    f"; {self.excluded_ids_unmatched} match no chain exactly "
+                    f"(see {store.EXCLUDE_UNMATCHED_FILE}), "
                     f"{len(self.excluded_near_misses)} of them excluded as near misses"
                     if self.excluded_ids_unmatched
                     else ""
@@ -92,39 +97,47 @@ class PrepareSummary:
             ]
         if self.files_generic_entry or self.files_renamed:
             lines.append(
-                f"  ids from file names: {self.files_generic_entry} files with a generic block name / HEADER id, "
+                f"  ids from file names: {self.files_generic_entry} files with a generic "
+                "block name / HEADER id, "
                 f"{self.files_renamed} files whose entry id another file uses for a different chain"
             )
         if self.seqres_mode != "off":
             n_un = len(self.seqres_unavailable)
             eg = f" (e.g. {', '.join(self.seqres_unavailable[:3])})" if n_un else ""
             lines.append(
-                f"  seqres ({self.seqres_mode}): {self.seqres_residues_inserted} unobserved residues put back in "
-                f"{self.seqres_chains_filled} chains; {n_un} chains without a usable deposited sequence, "
+                f"  seqres ({self.seqres_mode}): {self.seqres_residues_inserted} unobserved "
+                f"residues put back in {self.seqres_chains_filled} chains; "
+                f"{n_un} chains without a usable deposited sequence, "
                 f"kept as modelled{eg}"
             )
         if self.chains_not_found:
             lines.append(
-                f"  WARNING: --chains {', '.join(self.chains_not_found)}: no input has a protein chain with "
+                f"  WARNING: --chains {', '.join(self.chains_not_found)}: "
+                "no input has a protein chain with "
                 f"{'this author id' if len(self.chains_not_found) == 1 else 'these author ids'}"
             )
         if not self.chains_kept:
             lines.append(
-                "  WARNING: no chain passed, so the dataset is empty (skipped.tsv says why each input was dropped)"
+                "  WARNING: no chain passed, so the dataset is empty "
+                "(skipped.tsv says why each input was dropped)"
                 if not self.in_memory
                 else "  WARNING: no chain passed (the skip log says why each input was dropped)"
             )
         elif self.empty_splits:
             lines.append(
-                f"  WARNING: the {' and '.join(self.empty_splits)} split{'s are' if len(self.empty_splits) > 1 else ' is'} "
-                f"empty: {self.chains_kept} chains are too few for the fractions asked; commands that use "
-                f"{'them' if len(self.empty_splits) > 1 else 'it'} (pretrain validation, evaluate --split) get no chains"
+                f"  WARNING: the {' and '.join(self.empty_splits)} "
+                f"split{'s are' if len(self.empty_splits) > 1 else ' is'} "
+                f"empty: {self.chains_kept} chains are too few for the fractions asked; "
+                "commands that use "
+                f"{'them' if len(self.empty_splits) > 1 else 'it'} "
+                "(pretrain validation, evaluate --split) get no chains"
             )
         if self.chains_zero_coords:
             lines.append(
-                f"  WARNING: {self.chains_zero_coords} kept chains have every coordinate at (0, 0, 0), a placeholder "
-                f"rather than a structure (e.g. {', '.join(self.zero_coords_examples[:3])}); a coordinate model "
-                "sees them as one point"
+                f"  WARNING: {self.chains_zero_coords} kept chains have every coordinate at "
+                "(0, 0, 0), a placeholder rather than a structure "
+                f"(e.g. {', '.join(self.zero_coords_examples[:3])}); "
+                "a coordinate model sees them as one point"
             )
         lines += [
             f"  elapsed: {self.elapsed_s:.1f} s",

@@ -34,7 +34,8 @@ UnitKind = Literal["file", "chain_set", "fasta"]
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """One input file, or lines ``[start, stop)`` (0-based) of a chain_set file; ``path`` is absolute."""
+    """One input file, or lines ``[start, stop)`` (0-based) of a chain_set file; ``path`` is
+    absolute."""
 
     kind: UnitKind
     path: str
@@ -73,8 +74,8 @@ class PartMeta:
     digests: tuple[str, ...] | None = None
     #: indices (among kept chains) of chains whose every present coordinate is 0
     zero_coords: tuple[int, ...] = ()
-    #: with PrepareConfig.chains: the author chain ids the unit has (before the length filters); None
-    #: when not known (no --chains, or the unit failed)
+    #: with PrepareConfig.chains: the author chain ids the unit has (before the length filters);
+    #: None when not known (no --chains, or the unit failed)
     chains_found: tuple[str, ...] | None = None
     #: structure files: the generic entry name the reader ignored (chains named after the file)
     ignored_entry: str | None = None
@@ -201,7 +202,8 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _input_row(error: BaseException, path: str) -> list[str]:
-    """A skip-log row for an unreadable input: the error's own source (file or file:line) and reason."""
+    """A skip-log row for an unreadable input: the error's own source (file or file:line) and
+    reason."""
     return [
         "input",
         str(getattr(error, "source", None) or path),
@@ -422,7 +424,8 @@ def part_path(parts_dir: Path, key: str) -> Path:
 
 
 def write_part(parts_dir: Path, key: str, result: UnitResult) -> None:
-    """Write a part atomically (temporary name, then ``os.replace``): it exists only when complete."""
+    """Write a part atomically (temporary name, then ``os.replace``): it exists only when
+    complete."""
     final = part_path(parts_dir, key)
     tmp = parts_dir / f".{key}.tmp.{os.getpid()}"
     meta = np.frombuffer(json.dumps(result.meta.to_json()).encode(), dtype=np.uint8)
