@@ -116,8 +116,9 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME",
+        # argparse formats help with %: the percent sign is written %%
         help="ship NAME with int8 matrices; "
-        f"refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}",
+        f"refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}%",
     )
     ap.add_argument(
         "--trained-on", default=None, help="machine and date the runs trained on, for the record"
