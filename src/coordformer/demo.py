@@ -16,7 +16,8 @@ from typing import Callable
 from .errors import UsageError
 
 MODELS = ("small-coords", "small-nocoords")
-#: Shown beside MODELS when installed: the paper-size structure model once a GPU session has shipped it.
+#: Shown beside MODELS when installed: the paper-size structure model once a GPU session has shipped
+#: it.
 OPTIONAL_MODELS = ("paper-coords",)
 
 
@@ -63,7 +64,8 @@ def run_demo(
     )
     summary = prepare([str(src)], data_dir, cfg, workers=1, progress=progress, overwrite=True)
     echo(
-        f"prepared {summary.chains_kept} bundled held-out chains ({summary.n_residues} residues) from {src.name}"
+        f"prepared {summary.chains_kept} bundled held-out chains ({summary.n_residues} residues) "
+        f"from {src.name}"
     )
     ds = PreparedDataset(data_dir)
     results: dict[str, dict] = {}
@@ -124,8 +126,8 @@ def run_demo(
         n_test = scratch[MODELS[0]]["n_chains"]
         sections.append(
             (
-                f"Trained from scratch for {train_minutes:g} min each, on {n_test} bundled chains held out "
-                "from that training",
+                f"Trained from scratch for {train_minutes:g} min each, on {n_test} bundled chains "
+                "held out from that training",
                 scratch,
             )
         )
@@ -145,7 +147,10 @@ def run_demo(
         echo("")
         echo(title + ":")
         echo(table)
-        desc = "the bundled held-out chains (coordformer/resources/demo, provenance in PROVENANCE.md there)"
+        desc = (
+            "the bundled held-out chains (coordformer/resources/demo, provenance in "
+            "PROVENANCE.md there)"
+        )
         report.append(markdown_report(res, fig.name, desc, None, title=f"## {title}"))
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     (out / "report.md").write_text("\n".join(report))

@@ -12,9 +12,9 @@ Output (readable with h5py / numpy alone):
   ``sequences`` [N] strings (the residues embedded, one letter per row) and, with ``per_residue``,
   ``residues/<key>`` [L, D] float16 plus ``residue_has_ca/<key>`` [L] bool (False: embedded
   without coordinates), where ``<key>`` is the chain id with ``%`` written ``%25`` and ``/`` written
-  ``%2F`` (:func:`residue_key`; a ``/`` would make nested groups) and ``residue_keys`` [N] gives each
-  row's key beside ``ids``; the settings in the file's attributes. Rows are appended batch by batch, so
-  memory stays bounded by one batch.
+  ``%2F`` (:func:`residue_key`; a ``/`` would make nested groups) and ``residue_keys`` [N] gives
+  each row's key beside ``ids``; the settings in the file's attributes. Rows are appended batch by
+  batch, so memory stays bounded by one batch.
 * ``.npz``: ``ids``, ``lengths``, ``mean``, ``sequences`` (mean-pooled only; the whole array is kept
   in memory).
 
@@ -64,10 +64,11 @@ class EmbedConfig(Record):
         None  # None = final layer after the final LayerNorm; k = residual stream after layer k
     )
     per_residue: bool = False
-    window: int | None = (
-        None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
-    )
-    overlap: int = 256  # least overlap between consecutive windows (each residue is taken from the window it is most central in)
+    # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    window: int | None = None
+    # least overlap between consecutive windows (each residue is taken from the window it is most
+    # central in)
+    overlap: int = 256
     max_length: int | None = (
         None  # None = whole chains; N = embed only the first N residues (counted as cropped)
     )
@@ -78,7 +79,8 @@ class EmbedConfig(Record):
     chains: tuple[str, ...] = ()  # author chain ids to keep (empty = all)
     complexes: bool = False  # embed the chains of each file together (see the module docstring)
     chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
-    seqres: str = "off"  # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
+    # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
+    seqres: str = "off"
 
 
 def _is_prepared(inputs: list[str]) -> bool:
@@ -136,7 +138,9 @@ def open_inputs(
     data, summary = read_in_memory(
         inputs, prep, workers=workers, progress=progress, skipped_path=skipped_path
     )
-    if progress:  # quiet: the caller's one line names the unreadable inputs (summary["prepare"]["inputs_skipped"])
+    # quiet: the caller's one line names the unreadable inputs
+    # (summary["prepare"]["inputs_skipped"])
+    if progress:
         echo(summary.format())
     return data, {"prepare": summary.to_dict()}
 
@@ -154,9 +158,9 @@ def embed(
     command: str = "",
     warn=None,
 ) -> dict:
-    """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn`` (default:
-    print to stderr) gets a one-line warning when the model never learnt inputs without coordinates
-    and most residues have none."""
+    """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn``
+    (default: print to stderr) gets a one-line warning when the model never learnt inputs without
+    coordinates and most residues have none."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from .model.checkpoints import load_model, missing_coords_warning
@@ -315,8 +319,9 @@ def _embed_complexes(
             for (name, members), span in zip(groups, spans):
                 if span > window:
                     f.write(
-                        f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, gap {cfg.chain_gap}) > "
-                        f"window {window}: select fewer chains with --chains or raise --window\n"
+                        f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, "
+                        f"gap {cfg.chain_gap}) > window {window}: select fewer chains with "
+                        "--chains or raise --window\n"
                     )
     kept = [g for g, ok in zip(groups, fits) if ok]
     sizes = np.array([int(data.lengths[m].sum()) for _, m in kept], dtype=np.int64)
@@ -374,9 +379,9 @@ def iter_pooled(
     tokens_per_batch: int,
     device: str = "cpu",
 ):
-    """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu tensor)
-    for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first ``max_length``
-    residues of each chain; clean, centred, unrotated inputs)."""
+    """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu
+    tensor) for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first
+    ``max_length`` residues of each chain; clean, centred, unrotated inputs)."""
     check_fits(data, idx, max_length, model.config.max_len, "max_length")
     for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
         with torch.no_grad():
@@ -396,10 +401,11 @@ def iter_windowed(
     device: str = "cpu",
     max_length: int | None = None,
 ):
-    """As :func:`iter_pooled` (same tuples, same order: by length), over whole chains (or their first
-    ``max_length`` residues): chains of at most ``window`` residues go through :func:`iter_pooled`
-    unchanged; longer ones through overlapping windows (``coordformer.data.windows``), each residue's
-    hidden state from the window it is most central in, and the mean over all their residues."""
+    """As :func:`iter_pooled` (same tuples, same order: by length), over whole chains (or their
+    first ``max_length`` residues): chains of at most ``window`` residues go through
+    :func:`iter_pooled` unchanged; longer ones through overlapping windows
+    (``coordformer.data.windows``), each residue's hidden state from the window it is most central
+    in, and the mean over all their residues."""
     from .data.windows import windowed_forward
 
     lengths = data.lengths[idx] if max_length is None else np.minimum(data.lengths[idx], max_length)
@@ -432,8 +438,8 @@ def _residue_info(
 ) -> tuple[str, np.ndarray | None]:
     """The sequence embedded for chain ``ci`` (its first ``n`` residues) and, for per-residue output
     only (else None: no coordinate read for mean-only runs), which of them had a CA in the input
-    ([n] bool): rows without one were embedded from sequence alone (unresolved, put back by --seqres,
-    below --plddt-min, FASTA)."""
+    ([n] bool): rows without one were embedded from sequence alone (unresolved, put back by
+    --seqres, below --plddt-min, FASTA)."""
     has_ca = ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1) if per_residue else None
     return data.sequence(ci)[:n], has_ca
 

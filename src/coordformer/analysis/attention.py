@@ -97,7 +97,8 @@ class AttentionStats:
     def add(
         self, attentions: list[torch.Tensor], ca: torch.Tensor, padding_mask: torch.Tensor
     ) -> None:
-        """attentions: per layer [B, H, L, L]; ca: [B, L, 3] Angstrom (NaN = missing); padding_mask [B, L]."""
+        """attentions: per layer [B, H, L, L]; ca: [B, L, 3] Angstrom (NaN = missing);
+        padding_mask [B, L]."""
         cfg = self.cfg
         nv = len(VALUE_EDGES)
         edges = torch.as_tensor(VALUE_EDGES, dtype=torch.float32)
@@ -138,8 +139,8 @@ class AttentionStats:
         return np.where(c.numpy() > 0, (self.sum_d / c.clamp_min(1)).numpy(), centres)
 
     def mean(self, kind: str, quantity: str = "attention") -> np.ndarray:
-        """Mean per bin of the attention weight (``quantity="attention"``) or of the weight divided by
-        its query's largest weight ("relative"), [layers, heads, bins] (NaN for empty bins)."""
+        """Mean per bin of the attention weight (``quantity="attention"``) or of the weight divided
+        by its query's largest weight ("relative"), [layers, heads, bins] (NaN for empty bins)."""
         rel = quantity == "relative"
         if kind == "distance":
             s, c = (self.sum_dist_rel if rel else self.sum_dist), self.count_dist
@@ -149,8 +150,8 @@ class AttentionStats:
             return (s / c.double()).numpy()
 
     def percentiles(self, kind: str, qs=(10, 25, 50, 75, 90)) -> np.ndarray:
-        """Approximate percentiles of attention values per bin from the histograms (to the resolution
-        of VALUE_EDGES): [len(qs), layers, heads, bins], NaN for empty bins."""
+        """Approximate percentiles of attention values per bin from the histograms (to the
+        resolution of VALUE_EDGES): [len(qs), layers, heads, bins], NaN for empty bins."""
         hist = self.hist_dist if kind == "distance" else self.hist_sep
         empty = ((self.count_dist if kind == "distance" else self.count_sep) == 0).numpy()
         nl, nh, _ = hist.shape
@@ -173,9 +174,10 @@ def collect_attention(
     progress: bool = True,
 ) -> AttentionStats:
     """One pass over ``cfg.split`` (first ``cfg.max_chains`` chains, each cropped to its first
-    ``cfg.crop_length`` residues) with clean, unmasked inputs. ``model`` is a CoordFormer or anything
-    with the same ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions
-    and plddt are passed only where the batch holds them, see ``Batch.inputs``)."""
+    ``cfg.crop_length`` residues) with clean, unmasked inputs. ``model`` is a CoordFormer or
+    anything with the same
+    ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions and plddt
+    are passed only where the batch holds them, see ``Batch.inputs``)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -295,9 +297,9 @@ def fit_all(stats: AttentionStats) -> list[dict]:
 ABLATIONS = {"none": (), "no-coords": ("coords",), "no-positions": ("positions",)}
 
 #: A head is called 3D-local when, with the positional encoding zeroed (3D signal only), its mean
-#: attention against distance fits a zero-mean Gaussian with R^2 >= LOCAL_R2 and sigma <= LOCAL_SIGMA
-#: Angstrom; sequence-local when, with coordinates zeroed, its separation fit has R^2 >= LOCAL_R2 and
-#: sigma <= LOCAL_SEQ_SIGMA residues. A heuristic, stated in every report.
+#: attention against distance fits a zero-mean Gaussian with R^2 >= LOCAL_R2 and sigma <=
+#: LOCAL_SIGMA Angstrom; sequence-local when, with coordinates zeroed, its separation fit has R^2 >=
+#: LOCAL_R2 and sigma <= LOCAL_SEQ_SIGMA residues. A heuristic, stated in every report.
 LOCAL_R2, LOCAL_SIGMA, LOCAL_SEQ_SIGMA = 0.8, 12.0, 4.0
 
 
@@ -316,7 +318,8 @@ def _fit(
 
 
 def classify_heads(fits: list[dict]) -> list[dict]:
-    """Per (layer, head) of one model: sigmas under each ablation and the 3D-/sequence-local calls."""
+    """Per (layer, head) of one model: sigmas under each ablation and the
+    3D-/sequence-local calls."""
     out = []
     ablations = {f["ablation"] for f in fits}
     for layer, head in sorted({(f["layer"], f["head"]) for f in fits}):
@@ -491,7 +494,8 @@ def analyze_attention(
         plots.recovery_difference_figure(
             diff,
             out / "recovery.png",
-            f"per-residue recovery, {labels[0]} minus {labels[1]} ({res[0]['n_masked']} masked residues)",
+            f"per-residue recovery, {labels[0]} minus {labels[1]} ({res[0]['n_masked']} masked "
+            "residues)",
         )
     pairs_3d = {m: int(st.count_dist.sum()) for m, st in stats_none.items()}
     _write_report(
@@ -521,16 +525,18 @@ def _write_report(
     lines = [
         "# Attention versus distance",
         "",
-        f"Data: `{data.path}`, split `{cfg.split}`, {n_chains} chains (first {cfg.crop_length} residues each), "
-        f"distance bins {cfg.bin_width:g} Å up to {cfg.max_distance:g} Å, separations ±{cfg.max_separation}.",
+        f"Data: `{data.path}`, split `{cfg.split}`, {n_chains} chains (first {cfg.crop_length} "
+        f"residues each), distance bins {cfg.bin_width:g} Å up to {cfg.max_distance:g} Å, "
+        f"separations ±{cfg.max_separation}.",
         f"Command: `{command}`" if command else "",
         "",
-        "Fits are on the mean attention weight per bin: zero-mean Gaussian of CA-CA distance (σ in Å) and a "
-        "free-mean Gaussian of sequence separation j - i (σ and μ in residues).",
-        f"A head is called **3D-local** when, with the positional encoding zeroed (3D signal only), its distance "
-        f"fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SIGMA:g} Å; **sequence-local** when, with the coordinates zeroed, "
-        f"its separation fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SEQ_SIGMA:g} residues. These thresholds are a "
-        "heuristic; fits.csv holds every number.",
+        "Fits are on the mean attention weight per bin: zero-mean Gaussian of CA-CA distance (σ "
+        "in Å) and a free-mean Gaussian of sequence separation j - i (σ and μ in residues).",
+        "A head is called **3D-local** when, with the positional encoding zeroed (3D signal "
+        f"only), its distance fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SIGMA:g} Å; "
+        "**sequence-local** when, with the coordinates zeroed, its separation fit has R² ≥ "
+        f"{LOCAL_R2} and σ ≤ {LOCAL_SEQ_SIGMA:g} residues. These thresholds are a heuristic; "
+        "fits.csv holds every number.",
         "",
     ]
     for label in labels:
@@ -544,19 +550,22 @@ def _write_report(
                 if pairs_3d is not None and not pairs_3d.get(label)
                 else "the 3D-only ablation (no-positions) was not run"
                 if "no-positions" not in ablations
-                else "no head's attention falls off with 3D distance like a Gaussian (an untrained or weakly trained "
+                else "no head's attention falls off with 3D distance like a Gaussian (an "
+                "untrained or weakly trained "
                 "model, a sequence-only model, or too few chains)"
             )
             lines += [f"**No 3D-local heads**: {why}.", ""]
         lines += [
-            "| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
+            "| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq "
+            "| R² | 3D-local | seq-local |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for h in hs:
             lines.append(
                 f"| {h['layer']} | {h['head']} | {_fmt(h['sigma_3d'])} | {_fmt(h['r2_3d'], 2)} | "
-                f"{_fmt(h.get('sigma_3d_only', math.nan))} | {_fmt(h.get('r2_3d_only', math.nan), 2)} | "
-                f"{_fmt(h['sigma_seq'])} | {_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
+                f"{_fmt(h.get('sigma_3d_only', math.nan))} | "
+                f"{_fmt(h.get('r2_3d_only', math.nan), 2)} | {_fmt(h['sigma_seq'])} | "
+                f"{_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
                 f"{'yes' if h.get('local_3d') else ''} | {'yes' if h.get('local_seq') else ''} |"
             )
         lines.append("")
@@ -565,9 +574,10 @@ def _write_report(
         lines += [
             f"## Recovery: {a} vs {b}",
             "",
-            f"Masked-residue recovery {100 * recovery['recovery'][0]:.1f}% vs {100 * recovery['recovery'][1]:.1f}%, "
-            f"perplexity {recovery['perplexity'][0]:.2f} vs {recovery['perplexity'][1]:.2f} "
-            f"({recovery['n_masked']} masked residues, same masks).",
+            f"Masked-residue recovery {100 * recovery['recovery'][0]:.1f}% vs "
+            f"{100 * recovery['recovery'][1]:.1f}%, perplexity {recovery['perplexity'][0]:.2f} vs "
+            f"{recovery['perplexity'][1]:.2f} ({recovery['n_masked']} masked residues, same "
+            "masks).",
             "",
             "![recovery](recovery.png)",
             "",

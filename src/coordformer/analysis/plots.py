@@ -108,7 +108,8 @@ def _median_band(rows: list[dict], x: str, y: str = "test_l1"):
 
 
 def _lines_per_n(ax, rows: list[dict], x: str) -> list[int]:
-    """One median line with a min-max band of test L1 against ``x`` per spatial dimension n; returns the ns."""
+    """One median line with a min-max band of test L1 against ``x`` per spatial dimension n; returns
+    the ns."""
     ns = sorted({r["n"] for r in rows})
     for i, n in enumerate(ns):
         xs, med, lo, hi = _median_band([r for r in rows if r["n"] == n], x)
@@ -166,7 +167,8 @@ def width_figure(rows: list[dict], path: str | Path) -> Path:
 
 
 def augment_figure(rows: list[dict], path: str | Path) -> Path:
-    """Learning curves (train L1 in the canonical frame, validation L1) with and without rotations."""
+    """Learning curves (train L1 in the canonical frame, validation L1) with and without
+    rotations."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in rows:
         c = r["curve"]
@@ -239,7 +241,9 @@ def attention_layer_figure(
             if len(shown):  # keep the axis on the data; a narrow fitted Gaussian falls off it
                 ax.set_yscale("log")
                 ax.set_ylim(shown.min() / 3, max(np.nanmax(p90[h]), shown.max()) * 3)
-            else:  # nothing to draw (no coordinates: no distances); a log axis of nothing cannot be drawn
+            else:
+                # nothing to draw (no coordinates: no distances);
+                # a log axis of nothing cannot be drawn
                 _note(ax, "no pairs" + (" with coordinates" if kind == "distance" else ""))
                 ax.set_xticks([])
             ax.tick_params(labelsize=6)
@@ -255,8 +259,8 @@ def attention_layer_figure(
 def attention_summary_figure(
     fits_by_model: dict[str, list[dict]], path: str | Path, min_r2: float = 0.8
 ) -> Path:
-    """Fitted sigma and amplitude per layer, 3D distance vs sequence separation, one colour per model.
-    Only heads whose fit reaches R² >= min_r2 are drawn (others are not Gaussian-like)."""
+    """Fitted sigma and amplitude per layer, 3D distance vs sequence separation, one colour per
+    model. Only heads whose fit reaches R² >= min_r2 are drawn (others are not Gaussian-like)."""
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
     for i, (label, fits) in enumerate(fits_by_model.items()):
         for col, kind in enumerate(("distance", "separation")):
@@ -294,7 +298,9 @@ def attention_summary_figure(
     for ax in axes.flat:
         if _has_positive(ax):
             ax.set_yscale("log")
-        else:  # no Gaussian-like head (an untrained model; no coordinates): say so, not a log axis of nothing
+        else:
+            # no Gaussian-like head (an untrained model; no coordinates):
+            # say so, not a log axis of nothing
             _note(ax, f"no head with R² ≥ {min_r2}")
     shown = [ax for ax in axes[0] if _has_positive(ax)]
     if shown:
@@ -338,8 +344,9 @@ def per_position_score_figure(
     title: str = "",
     max_chains: int = 12,
 ) -> Path:
-    """``coordformer score``: per chain (one panel each, the first ``max_chains``), log p(native) with
-    the residue masked and the entropy of that masked marginal, against the 1-based residue index.
+    """``coordformer score``: per chain (one panel each, the first ``max_chains``), log p(native)
+    with the residue masked and the entropy of that masked marginal, against the 1-based residue
+    index.
 
     chains: [(chain id, log p(native) [L], entropy [L])]."""
     shown = chains[:max_chains]

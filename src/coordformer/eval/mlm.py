@@ -48,29 +48,28 @@ def evaluate_mlm(
     10% random, 10% unchanged), which gives lower perplexities because a tenth of the targets are
     visible: that is how validation during pretraining (and many published figures) are computed.
 
-    Chains longer than ``crop_length`` are evaluated on their first ``crop_length`` residues, or with
-    ``windows`` over their whole length: masks are drawn over the whole chain, the chain is run in
-    windows of ``crop_length`` overlapping by at least ``overlap`` (``coordformer.data.windows``), and
-    each masked residue is scored in the window it is most central in. Chains that fit get the same
-    masks either way.
+    Chains longer than ``crop_length`` are evaluated on their first ``crop_length`` residues, or
+    with ``windows`` over their whole length: masks are drawn over the whole chain, the chain is run
+    in windows of ``crop_length`` overlapping by at least ``overlap``
+    (``coordformer.data.windows``), and each masked residue is scored in the window it is most
+    central in. Chains that fit get the same masks either way.
 
     ``hide_coords`` tests inputs with missing structure: ``"all"`` feeds every chain without
     coordinates (as a FASTA input), ``"span"`` hides one contiguous 5-30% stretch per chain (as an
-    unresolved loop put back from the deposited sequence, ``--seqres gaps``; the stretch is drawn per
-    chain from the seed, the same for every model), ``"cut"`` deletes that stretch after masking (as a
-    loop the file omits, read as modelled: its neighbours close up). The masked residues are the same
-    as with ``"none"`` (less the cut ones), so the conditions pair up. Each result also scores subsets,
-    each {n_masked, loss, perplexity, recovery} or None when empty: ``hidden``, the masked residues
-    whose coordinates were withheld (residues the structure itself lacks are not counted there);
-    ``stretch``, the masked residues of the stretch that have coordinates in the data ("none": given,
-    "span": withheld); ``outside``, the masked residues outside the stretch ("none", "span", "cut"),
-    also per chain in ``per_chain_outside`` (laid out as ``per_chain``) to pair the conditions.
-    Returns a JSON-ready dict with
-    ``perplexity``, ``recovery``, ``per_residue_recovery`` ({aa: fraction}),
-    ``per_residue_count``, ``n_masked``, ``n_chains``, ``loss`` (mean nats), and ``per_chain``
-    ({chain id: [n_masked, summed nats, n_correct]}) for paired comparisons between models.
-    Perplexity is over the model's whole output vocabulary (special tokens included, as in ESM);
-    recovery is the argmax over the 20 amino acids.
+    unresolved loop put back from the deposited sequence, ``--seqres gaps``; the stretch is drawn
+    per chain from the seed, the same for every model), ``"cut"`` deletes that stretch after masking
+    (as a loop the file omits, read as modelled: its neighbours close up). The masked residues are
+    the same as with ``"none"`` (less the cut ones), so the conditions pair up. Each result also
+    scores subsets, each {n_masked, loss, perplexity, recovery} or None when empty: ``hidden``, the
+    masked residues whose coordinates were withheld (residues the structure itself lacks are not
+    counted there); ``stretch``, the masked residues of the stretch that have coordinates in the
+    data ("none": given, "span": withheld); ``outside``, the masked residues outside the stretch
+    ("none", "span", "cut"), also per chain in ``per_chain_outside`` (laid out as ``per_chain``) to
+    pair the conditions. Returns a JSON-ready dict with ``perplexity``, ``recovery``,
+    ``per_residue_recovery`` ({aa: fraction}), ``per_residue_count``, ``n_masked``, ``n_chains``,
+    ``loss`` (mean nats), and ``per_chain`` ({chain id: [n_masked, summed nats, n_correct]}) for
+    paired comparisons between models. Perplexity is over the model's whole output vocabulary
+    (special tokens included, as in ESM); recovery is the argmax over the 20 amino acids.
     """
     idx = data.split_indices(split)
     if max_chains:

@@ -42,7 +42,9 @@ def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], 
         ]
     hidden_mode = {results[m].get("settings", {}).get("hide_coords", "none") for m in labels}
     if hidden_mode <= {"span", "cut"} and all(results[m].get("outside") for m in labels):
-        rows += [  # the same residues in --hide-coords none / span / cut: what the stretch's fate does to the rest
+        # the same residues in --hide-coords none / span / cut:
+        # what the stretch's fate does to the rest
+        rows += [
             [
                 "perplexity, outside the stretch",
                 *[f"{results[m]['outside']['perplexity']:.2f}" for m in labels],
@@ -76,7 +78,8 @@ def markdown_report(
     command: str | None,
     title: str | None = "# coordformer masked-LM evaluation",
 ) -> str:
-    """A Markdown section: (title, data, command,) the comparison table, per-residue gains, figure."""
+    """A Markdown section: (title, data, command,) the comparison table, per-residue gains,
+    figure."""
     header, rows = comparison_rows(results)
     labels = list(results)
     parts = [title, ""] if title else []
@@ -109,8 +112,9 @@ def markdown_report(
     parts += [
         f"Masking: {s['mask_prob']:.0%} of residues per chain ({s['masking']}), seed {s['seed']}; "
         + (
-            f"whole chains in windows of {s['crop_length']} overlapping by at least {s['windows']['overlap']}, each masked residue "
-            "scored in the window it is most central in. "
+            f"whole chains in windows of {s['crop_length']} overlapping by at least "
+            f"{s['windows']['overlap']}, each masked residue scored in the window it is most "
+            "central in. "
             if s.get("windows")
             else f"chains cropped to their first {s['crop_length']} residues. "
         )

@@ -12,7 +12,8 @@ def paired_bootstrap(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dic
 
     a, b: evaluate_mlm() outputs with ``per_chain`` on the same dataset split and masking seed.
     Returns the perplexity ratio a/b and recovery difference a - b (percentage points) with 95%
-    intervals. Captures variation due to which chains and residues are evaluated, not training seeds.
+    intervals. Captures variation due to which chains and residues are evaluated, not training
+    seeds.
     """
     ids = sorted(set(a["per_chain"]) & set(b["per_chain"]))
     if not ids:

@@ -100,7 +100,8 @@ class FinetuneConfig(Record):
 
 
 def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
-    """Locate annot/train/valid/test(/identity csv) files of a DeepFRI benchmark folder for ``task``."""
+    """Locate annot/train/valid/test(/identity csv) files of a DeepFRI benchmark folder for
+    ``task``."""
     d = Path(labels_dir)
     prefix = "nrPDB-EC_" if task == "ec" else "nrPDB-GO_"
     found = {}
@@ -126,7 +127,8 @@ def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
 
 
 class ResidualMLP(nn.Module):
-    """x [B, D] -> logits [B, C]: Linear(D, hidden), then ``blocks`` x (x + Linear(GELU(LN(x)))), LN, Linear."""
+    """x [B, D] -> logits [B, C]: Linear(D, hidden), then ``blocks`` x (x + Linear(GELU(LN(x)))),
+    LN, Linear."""
 
     def __init__(self, d_in: int, n_classes: int, hidden: int, blocks: int, dropout: float):
         super().__init__()
@@ -150,8 +152,8 @@ class ResidualMLP(nn.Module):
 
 class FunctionModule(L.LightningModule):
     """BCE multi-label classifier. With ``encoder`` the batch is a structure batch ({"batch": a
-    ``Batch``, "labels", "rows"}) and the encoder is trained too; without, it is {"features", "labels",
-    "rows"}."""
+    ``Batch``, "labels", "rows"}) and the encoder is trained too; without, it is {"features",
+    "labels", "rows"}."""
 
     def __init__(
         self,
@@ -172,8 +174,8 @@ class FunctionModule(L.LightningModule):
         self.best_fmax = -1.0
 
     def init_output_bias(self, y: np.ndarray) -> None:
-        """Set the last layer's bias to the log-odds of each class in the training labels ``y`` [N, C]
-        (additive smoothing keeps classes without positives finite)."""
+        """Set the last layer's bias to the log-odds of each class in the training labels
+        ``y`` [N, C] (additive smoothing keeps classes without positives finite)."""
         p = (y.sum(0) + 0.5) / (len(y) + 1.0)
         last = self.head if isinstance(self.head, nn.Linear) else self.head.out[-1]
         with torch.no_grad():
@@ -296,9 +298,9 @@ def finetune(
 ) -> dict:
     """Train a function head; returns metrics (also written to ``out_dir``/metrics.json).
 
-    Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: checkpoints/last.ckpt is written at
-    the next step boundary and ``TrainingInterrupted`` is raised (outside training steps: at once).
-    The same call then resumes: stages that finished (the linear probe, a head) are kept, the
+    Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: checkpoints/last.ckpt is written
+    at the next step boundary and ``TrainingInterrupted`` is raised (outside training steps: at
+    once). The same call then resumes: stages that finished (the linear probe, a head) are kept, the
     interrupted one continues from last.ckpt (its epoch's batches are drawn afresh, so not bit for
     bit the uninterrupted run).
     """
@@ -398,14 +400,15 @@ def _finetune(
         )
         if not ids:
             raise UsageError(
-                f"no {name} chain of {files[name].name} has both labels and a structure in {data_dir}"
-                + (f": {hint}" if hint else "")
+                f"no {name} chain of {files[name].name} has both labels and a structure in "
+                f"{data_dir}" + (f": {hint}" if hint else "")
             )
         splits[name] = (ids, np.array([data.index_of(i) for i in ids]), y)
         report[name] = rep
         echo(
-            f"{name}: {rep['kept']} chains kept of {rep['in_split']} ({rep['without_structure']} without structure, "
-            f"{rep['without_labels']} without labels)" + (f"; {hint}" if hint else "")
+            f"{name}: {rep['kept']} chains kept of {rep['in_split']} ({rep['without_structure']} "
+            f"without structure, {rep['without_labels']} without labels)"
+            + (f"; {hint}" if hint else "")
         )
     model, meta = load_model(checkpoint, map_location="cpu")
     model = model.float()
@@ -513,7 +516,8 @@ def _finetune(
         return trainer.current_epoch, best_path
 
     def frozen_features() -> dict:
-        """Mean-pooled final states of every split's chains, computed once (eval mode, unrotated)."""
+        """Mean-pooled final states of every split's chains, computed once (eval mode,
+        unrotated)."""
         model.to(device).eval()
         feats = {}
         for name, (ids, idx, y) in splits.items():
@@ -546,7 +550,8 @@ def _finetune(
             epochs, _ = fit(probe, frozen_features(), cfg.probe_epochs, "probe", cfg.probe_patience)
             run_info["probe"] = {"epochs_run": epochs, "best_valid_fmax": probe.best_fmax}
             echo(
-                f"linear probe: best validation Fmax {probe.best_fmax:.3f} after {epochs} epochs; now fine-tuning the encoder"
+                f"linear probe: best validation Fmax {probe.best_fmax:.3f} after {epochs} epochs; "
+                "now fine-tuning the encoder"
             )
         model.to("cpu").train()  # load_model hands back an inference-mode model
         module = FunctionModule(cfg, n_classes, d_model, encoder=model, use_coords=use_coords)
@@ -626,8 +631,8 @@ def evaluate_predictions(
     bootstrap: int = 0,
     seed: int = 0,
 ) -> str:
-    """A Markdown table of the metrics of saved predictions (run folders or .npz files), one row per run;
-    with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin; with
+    """A Markdown table of the metrics of saved predictions (run folders or .npz files), one row per
+    run; with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin; with
     ``bootstrap`` > 0 the Fmax difference of each run from the first, with a 95% interval from
     resampling proteins (the same resamples for both runs; the runs must cover the same chains)."""
     bins = read_identity_bins(identity) if identity else None

@@ -1,19 +1,23 @@
-"""Readers for the DeepFRI nrPDB benchmark files: EC / GO annotations, train/valid/test splits, test identity bins.
+"""Readers for the DeepFRI nrPDB benchmark files: EC / GO annotations, train/valid/test splits, test
+identity bins.
 
-Formats (as distributed with DeepFRI; the real files have CRLF line ends, every reader accepts either):
+Formats (as distributed with DeepFRI; the real files have CRLF line ends, every reader accepts
+either):
 
-* ``nrPDB-EC_*_annot.tsv``: ``### EC-numbers``, one tab-separated line with all classes, ``### PDB-chain<TAB>EC-numbers``,
-  then ``12AS-A<TAB>6.3.1.1,6.3.1.-`` per chain.
-* ``nrPDB-GO_*_annot.tsv``: for each ontology (molecular_function, biological_process, cellular_component) a
-  ``### GO-terms (<ontology>)`` and a ``### GO-names (<ontology>)`` header, each followed by one tab-separated line;
-  then ``### PDB-chain<TAB>GO-terms (molecular_function)<TAB>...`` and per chain one comma-separated column per
-  ontology (a column may be empty).
+* ``nrPDB-EC_*_annot.tsv``: ``### EC-numbers``, one tab-separated line with all classes,
+  ``### PDB-chain<TAB>EC-numbers``, then ``12AS-A<TAB>6.3.1.1,6.3.1.-`` per chain.
+* ``nrPDB-GO_*_annot.tsv``: for each ontology (molecular_function, biological_process,
+  cellular_component) a ``### GO-terms (<ontology>)`` and a ``### GO-names (<ontology>)`` header,
+  each followed by one tab-separated line; then
+  ``### PDB-chain<TAB>GO-terms (molecular_function)<TAB>...`` and per chain one comma-separated
+  column per ontology (a column may be empty).
 * ``*_{train,valid,test}.txt``: one chain id per line.
-* ``*_test.csv``: ``PDB-chain,<30%,<40%,<50%,<70%,<95%`` then 0/1 flags; 1 means the chain's sequence identity to
-  the training set is below that cut-off.
+* ``*_test.csv``: ``PDB-chain,<30%,<40%,<50%,<70%,<95%`` then 0/1 flags; 1 means the chain's
+  sequence identity to the training set is below that cut-off.
 
-Class order is kept as in the file, so class index ``k`` here is column ``k`` of DeepFRI's outputs. Chain ids are
-normalised to the project convention ``PDBID.CHAIN`` so that they match the names of prepared structures.
+Class order is kept as in the file, so class index ``k`` here is column ``k`` of DeepFRI's outputs.
+Chain ids are normalised to the project convention ``PDBID.CHAIN`` so that they match the names of
+prepared structures.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ class FunctionDataError(CoordformerError, ValueError):
 class LabelSet:
     """Labels of one task.
 
-    ``labels`` maps a normalised chain id to a sorted int64 array of class indices into ``classes``; only chains
-    with at least one known class are present. ``class_names`` is parallel to ``classes`` (GO names; empty for EC).
-    ``n_unknown`` counts annotations naming a class that is not in the class list (ignored, as DeepFRI's class list
-    is the label space); ``n_unlabelled`` counts chains listed in the file with no known class for this task.
+    ``labels`` maps a normalised chain id to a sorted int64 array of class indices into ``classes``;
+    only chains with at least one known class are present. ``class_names`` is parallel to
+    ``classes`` (GO names; empty for EC). ``n_unknown`` counts annotations naming a class that is
+    not in the class list (ignored, as DeepFRI's class list is the label space); ``n_unlabelled``
+    counts chains listed in the file with no known class for this task.
     """
 
     task: str
@@ -74,10 +79,12 @@ class LabelSet:
 
 
 def normalise_chain_id(s: str) -> str:
-    """'12AS-A', '12AS.A', '12as_A' -> '12AS.A': PDB id upper-cased, chain id case kept (chain ids are case-sensitive).
+    """'12AS-A', '12AS.A', '12as_A' -> '12AS.A': PDB id upper-cased, chain id case kept (chain ids
+    are case-sensitive).
 
-    Delegates to the project's :func:`coordformer.io.normalize_chain_id` so that ids read here always match the names
-    of prepared structures, and raises ValueError when ``s`` has no chain part.
+    Delegates to the project's :func:`coordformer.io.normalize_chain_id` so that ids read here
+    always match the names of prepared structures, and raises ValueError when ``s`` has no chain
+    part.
     """
     out = _canonical(s)
     entry, _, chain = out.rpartition(".")
@@ -91,7 +98,8 @@ def _error(path: str | Path, lineno: int, msg: str) -> FunctionDataError:
 
 
 def _new_chain_id(path: str | Path, lineno: int, raw: str, first_seen: dict[str, int]) -> str:
-    """Normalised id of a chain listed on ``lineno``; an error if malformed or listed before (recorded in ``first_seen``)."""
+    """Normalised id of a chain listed on ``lineno``; an error if malformed or listed before
+    (recorded in ``first_seen``)."""
     try:
         cid = normalise_chain_id(raw)
     except ValueError as e:
@@ -123,7 +131,8 @@ def _tab_fields(line: str) -> list[str]:
 def _parse_header(
     path: str | Path, lines: list[str]
 ) -> tuple[dict[str, tuple[int, list[str]]], list[str], int]:
-    """Sections {name: (line number of the content line, fields)}, the chain-table columns and its first line index."""
+    """Sections {name: (line number of the content line, fields)}, the chain-table columns and its
+    first line index."""
     sections: dict[str, tuple[int, list[str]]] = {}
     i = 0
     while i < len(lines):
@@ -146,7 +155,8 @@ def _parse_header(
 
 
 def read_annotations(path: str | Path, task: str) -> LabelSet:
-    """Labels of ``task`` ('ec', 'go-mf', 'go-bp' or 'go-cc') from a DeepFRI ``*_annot.tsv`` file."""
+    """Labels of ``task`` ('ec', 'go-mf', 'go-bp' or 'go-cc') from a DeepFRI ``*_annot.tsv``
+    file."""
     if task not in _SECTIONS:
         raise FunctionDataError(
             f"unknown function task {task!r}; expected one of {', '.join(TASKS)}"
@@ -230,7 +240,8 @@ def read_split(path: str | Path) -> list[str]:
 
 
 def read_identity_bins(path: str | Path) -> dict[str, dict[str, bool]]:
-    """{chain id: {bin name: flag}} from a DeepFRI ``*_test.csv`` file; bin names come from its header ('<30%', ...)."""
+    """{chain id: {bin name: flag}} from a DeepFRI ``*_test.csv`` file; bin names come from its
+    header ('<30%', ...)."""
     lines = _read_lines(path)
     rows = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not rows:
@@ -268,11 +279,13 @@ def function_dataset(
 ) -> tuple[list[str], np.ndarray, dict[str, int]]:
     """The chains of a split that have labels and a structure, with their label matrix.
 
-    Returns ``(ids, Y, report)``: ids in split order (duplicates dropped), ``Y`` float32 0/1 [len(ids), n_classes],
-    and counts ``in_split`` = ``without_labels`` + ``without_structure`` + ``kept`` (a chain with neither labels nor
-    structure counts as without labels). Ids are compared after normalisation, so either convention may be passed.
+    Returns ``(ids, Y, report)``: ids in split order (duplicates dropped), ``Y`` float32 0/1
+    [len(ids), n_classes], and counts ``in_split`` = ``without_labels`` + ``without_structure`` +
+    ``kept`` (a chain with neither labels nor structure counts as without labels). Ids are compared
+    after normalisation, so either convention may be passed.
     """
-    # The lenient project normaliser: an odd name in available_ids (a non-PDB structure) simply never matches.
+    # The lenient project normaliser: an odd name in available_ids (a non-PDB structure) simply
+    # never matches.
     available = {_canonical(s) for s in available_ids}
     ids: list[str] = []
     seen: set[str] = set()
@@ -304,9 +317,10 @@ _PER_CHAIN_FILE_ID = re.compile(r"^([0-9][A-Za-z0-9]{3})[-_]([A-Za-z0-9]{1,4})\.
 def missing_structure_hint(
     labels: LabelSet, split_ids: Iterable[str], available_ids: Iterable[str]
 ) -> str | None:
-    """Why labelled chains of a split found no structure: how many, examples, and whether the dataset
-    holds them under ids made from per-chain file names (``1PAA-K.K`` for 1PAA.K, written by versions
-    before ``read_structure`` recognised such names). None when every labelled chain has one."""
+    """Why labelled chains of a split found no structure: how many, examples, and whether the
+    dataset holds them under ids made from per-chain file names (``1PAA-K.K`` for 1PAA.K, written by
+    versions before ``read_structure`` recognised such names). None when every labelled chain has
+    one."""
     available_ids = list(available_ids)
     available = {_canonical(s) for s in available_ids}
     missing = [
@@ -321,11 +335,15 @@ def missing_structure_hint(
         m = _PER_CHAIN_FILE_ID.match(a)
         if m:
             per_chain.setdefault(f"{m.group(1).upper()}.{m.group(2)}", a)
-    text = f"{len(missing)} labelled chains have no structure in the dataset (e.g. {', '.join(missing[:3])})"
+    text = (
+        f"{len(missing)} labelled chains have no structure in the dataset (e.g. "
+        f"{', '.join(missing[:3])})"
+    )
     renamed = [c for c in missing if c in per_chain]
     if renamed:
         text += (
-            f"; {len(renamed)} of them are there under ids made from per-chain file names ({per_chain[renamed[0]]} "
-            f"for {renamed[0]}): prepare the structures again, which now names them {renamed[0]}"
+            f"; {len(renamed)} of them are there under ids made from per-chain file names "
+            f"({per_chain[renamed[0]]} for {renamed[0]}): prepare the structures again, which now "
+            f"names them {renamed[0]}"
         )
     return text

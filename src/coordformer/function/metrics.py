@@ -1,9 +1,11 @@
-"""Multi-label function-prediction metrics: protein-centric Fmax, micro-averaged AUPR, flattened max F1.
+"""Multi-label function-prediction metrics: protein-centric Fmax, micro-averaged AUPR, flattened max
+F1.
 
-Every metric takes ``y_true`` [N, C] (0/1 or bool; N proteins, C classes) and ``y_score`` [N, C] (scores in [0, 1],
-e.g. sigmoid outputs) and returns a Python float, NaN when it is undefined (no positive label at all). A threshold
-``t`` predicts every (protein, class) pair with ``score >= t``; tied scores are always predicted together, so the
-results do not depend on the order of proteins or classes (up to floating-point rounding).
+Every metric takes ``y_true`` [N, C] (0/1 or bool; N proteins, C classes) and ``y_score`` [N, C]
+(scores in [0, 1], e.g. sigmoid outputs) and returns a Python float, NaN when it is undefined (no
+positive label at all). A threshold ``t`` predicts every (protein, class) pair with ``score >= t``;
+tied scores are always predicted together, so the results do not depend on the order of proteins or
+classes (up to floating-point rounding).
 """
 
 from __future__ import annotations
@@ -38,18 +40,21 @@ def _check(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
 def fmax(
     y_true, y_score, thresholds: Iterable[float] | None = CAFA_THRESHOLDS
 ) -> tuple[float, float]:
-    """Protein-centric maximum F-measure (CAFA; Radivojac et al. 2013) and the threshold that attains it.
+    """Protein-centric maximum F-measure (CAFA; Radivojac et al. 2013) and the threshold that
+    attains it.
 
-    Proteins with no true label are dropped first. For each threshold t, precision is the mean of TP/(TP+FP) over the
-    proteins with at least one score >= t, recall the mean of TP/(TP+FN) over all remaining proteins, and
-    F(t) = 2PR/(P+R); thresholds at which no protein has a prediction are skipped. Returns ``(max F, t)``, the
-    smallest such t on ties, or ``(nan, nan)`` when no protein has a label.
+    Proteins with no true label are dropped first. For each threshold t, precision is the mean of
+    TP/(TP+FP) over the proteins with at least one score >= t, recall the mean of TP/(TP+FN) over
+    all remaining proteins, and F(t) = 2PR/(P+R); thresholds at which no protein has a prediction
+    are skipped. Returns ``(max F, t)``, the smallest such t on ties, or ``(nan, nan)`` when no
+    protein has a label.
 
-    ``thresholds``: the default is CAFA's grid 0.00..1.00 in steps of 0.01 (so scores should lie in [0, 1]);
-    ``None`` uses every distinct score, i.e. the exact maximum over all thresholds. The latter is what torchdrug's
-    ``f1_max`` (used by ProteinWorkshop) computes, with two differences: torchdrug walks the score-sorted pairs one at
-    a time, so it splits ties in sort order, and it divides the recall sum by all N proteins, so proteins without a
-    label count as recall 0 instead of being excluded. Without ties and unlabelled proteins the two agree.
+    ``thresholds``: the default is CAFA's grid 0.00..1.00 in steps of 0.01 (so scores should lie in
+    [0, 1]); ``None`` uses every distinct score, i.e. the exact maximum over all thresholds. The
+    latter is what torchdrug's ``f1_max`` (used by ProteinWorkshop) computes, with two differences:
+    torchdrug walks the score-sorted pairs one at a time, so it splits ties in sort order, and it
+    divides the recall sum by all N proteins, so proteins without a label count as recall 0 instead
+    of being excluded. Without ties and unlabelled proteins the two agree.
     """
     yt, ys = _check(y_true, y_score)
     labelled = yt.any(axis=1)
@@ -64,9 +69,10 @@ def fmax(
         if grid.size == 0 or not np.isfinite(grid).all():
             raise ValueError("thresholds must be a non-empty sequence of finite numbers")
 
-    # Per-protein precision and recall are step functions of t that change only at that protein's own scores.
-    # Adding each step's change into the bucket of the largest grid threshold <= its score, then summing the
-    # buckets from the top, gives the sums over proteins at every grid threshold in O(N C log C) time.
+    # Per-protein precision and recall are step functions of t that change only at that protein's
+    # own scores. Adding each step's change into the bucket of the largest grid threshold <= its
+    # score, then summing the buckets from the top, gives the sums over proteins at every grid
+    # threshold in O(N C log C) time.
     prec_sum = np.zeros(grid.size)
     rec_sum = np.zeros(grid.size)
     n_pred = np.zeros(grid.size)
@@ -76,7 +82,8 @@ def fmax(
         order = np.argsort(-s_blk, axis=1, kind="stable")
         s = np.take_along_axis(s_blk, order, axis=1)
         tp = np.cumsum(np.take_along_axis(t_blk, order, axis=1), axis=1)
-        # A threshold equal to a score predicts the whole tie run, so only the last pair of each run is a step.
+        # A threshold equal to a score predicts the whole tie run, so only the last pair of each run
+        # is a step.
         run_end = np.ones_like(s, dtype=bool)
         run_end[:, :-1] = s[:, :-1] != s[:, 1:]
         rows, cols = np.nonzero(run_end)  # row-major: each protein's steps in decreasing score
@@ -107,7 +114,8 @@ def fmax(
 
 
 def _flat_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray] | None:
-    """Precision and recall [K] at each distinct score (decreasing) over all flattened pairs; None if no positive."""
+    """Precision and recall [K] at each distinct score (decreasing) over all flattened pairs; None
+    if no positive."""
     yt, ys = _check(y_true, y_score)
     t = yt.ravel()
     if not t.any():
@@ -123,11 +131,13 @@ def _flat_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def micro_aupr(y_true, y_score) -> float:
-    """Micro-averaged area under the precision-recall curve, as average precision over all flattened pairs.
+    """Micro-averaged area under the precision-recall curve, as average precision over all flattened
+    pairs.
 
-    AP = sum_k (R_k - R_{k-1}) P_k over distinct score thresholds in decreasing order (R_0 = 0): the step-wise sum
-    with no interpolation, equal to ``sklearn.metrics.average_precision_score(y_true.ravel(), y_score.ravel())``.
-    NaN when there is no positive label.
+    AP = sum_k (R_k - R_{k-1}) P_k over distinct score thresholds in decreasing order (R_0 = 0): the
+    step-wise sum with no interpolation, equal to
+    ``sklearn.metrics.average_precision_score(y_true.ravel(), y_score.ravel())``. NaN when there is
+    no positive label.
     """
     curve = _flat_curve(y_true, y_score)
     if curve is None:
@@ -137,10 +147,11 @@ def micro_aupr(y_true, y_score) -> float:
 
 
 def flattened_max_f1(y_true, y_score) -> float:
-    """Maximum F1 over all distinct score thresholds, with all (protein, class) pairs flattened into one binary task.
+    """Maximum F1 over all distinct score thresholds, with all (protein, class) pairs flattened into
+    one binary task.
 
-    The metric of Ellmen et al.; unlike :func:`fmax` it weights proteins by their number of labels. NaN when there
-    is no positive label.
+    The metric of Ellmen et al.; unlike :func:`fmax` it weights proteins by their number of labels.
+    NaN when there is no positive label.
     """
     curve = _flat_curve(y_true, y_score)
     if curve is None:
@@ -159,10 +170,11 @@ def breakdown_by_identity(
 ) -> dict[str, dict[str, float]]:
     """Metrics on the test chains in each sequence-identity bin.
 
-    ``ids`` [N] names the rows of ``y_true`` / ``y_score`` [N, C]; ``bins`` is :func:`read_identity_bins` output
-    (chain id -> bin name -> flag). A chain belongs to bin '<30%' when its '<30%' flag is set, so bins are nested.
-    Returns {bin name: {"n": chains in the bin, "fmax": ..., "aupr": micro AUPR}} in the table's bin order; chains
-    absent from the table are in no bin. Ids must use the table's convention (both readers normalise them).
+    ``ids`` [N] names the rows of ``y_true`` / ``y_score`` [N, C]; ``bins`` is
+    :func:`read_identity_bins` output (chain id -> bin name -> flag). A chain belongs to bin '<30%'
+    when its '<30%' flag is set, so bins are nested. Returns {bin name: {"n": chains in the bin,
+    "fmax": ..., "aupr": micro AUPR}} in the table's bin order; chains absent from the table are in
+    no bin. Ids must use the table's convention (both readers normalise them).
     """
     ids = list(ids)
     yt, ys = _check(y_true, y_score)

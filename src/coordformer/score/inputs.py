@@ -2,9 +2,10 @@
 numbers, which a prepared dataset does not store) or taken from a prepared dataset.
 
 Every chain passes the same coordinate rule as ``prepare`` (``data.prepare.check_chain`` with no
-length or missing-CA filter: non-finite atoms become missing, a chain beyond +/-10,000 A is skipped),
-and ``plddt_min`` makes low-confidence residues of predicted models missing, as in ``prepare`` and
-``embed``. Unreadable inputs and rejected chains are returned as (source, reason) rows.
+length or missing-CA filter: non-finite atoms become missing, a chain beyond +/-10,000 A is
+skipped), and ``plddt_min`` makes low-confidence residues of predicted models missing, as in
+``prepare`` and ``embed``. Unreadable inputs and rejected chains are returned as (source, reason)
+rows.
 """
 
 from __future__ import annotations
@@ -155,8 +156,8 @@ def missing_structure_warning(
     name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
     instead = meta.get("without_coords_use") or "small-coords-sd"
     return (
-        f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or --plddt-min), but "
-        f"{name} was trained without structure dropout and never learnt the missing flag, so scores there are "
-        f"unreliable (small-coords given no coordinates: perplexity 71 against 17 for small-nocoords); use -c "
-        f"{instead} for such inputs"
+        f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or "
+        f"--plddt-min), but {name} was trained without structure dropout and never learnt the "
+        "missing flag, so scores there are unreliable (small-coords given no coordinates: "
+        f"perplexity 71 against 17 for small-nocoords); use -c {instead} for such inputs"
     )

@@ -45,17 +45,18 @@ _AA = slice(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS))
 class ScoreConfig(Record):
     """How masked marginals are computed (``coordformer score``)."""
 
-    mode: str = "exact"  # "exact": one masked position per pass; "fast": several far-apart positions per pass
+    # "exact": one masked position per pass; "fast": several far-apart positions per pass
+    mode: str = "exact"
     min_sep: int = (
         8  # fast: least sequence separation (residues) between positions masked in one pass
     )
     min_dist: float = (
         12.0  # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
     )
-    window: int | None = (
-        None  # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
-    )
-    overlap: int = 256  # least overlap between consecutive windows (each position is scored where it is most central)
+    # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    window: int | None = None
+    # least overlap between consecutive windows (each position is scored where it is most central)
+    overlap: int = 256
     tokens_per_batch: int = 8192  # padded tokens per forward pass
     use_coords: bool | None = (
         None  # None = as the model was trained; False withholds coordinates from a structure model
@@ -121,7 +122,8 @@ def masking_plan(
 @dataclass(frozen=True)
 class Pass:
     """One forward pass: residues ``start:start+span`` of chain ``chain`` (an index into the chain
-    list) with the residues ``masked`` (0-based chain indices, inside that range) replaced by <mask>."""
+    list) with the residues ``masked`` (0-based chain indices, inside that range) replaced by
+    <mask>."""
 
     chain: int
     start: int
@@ -143,7 +145,8 @@ def windowed_passes(
     chain_index: int, length: int, groups: list[np.ndarray], window: int, overlap: int
 ) -> list[Pass]:
     """Passes for ``groups`` of positions of one chain: whole-chain passes when it fits in
-    ``window``, else each group split by owner window (the window each position is most central in)."""
+    ``window``, else each group split by owner window (the window each position is most central
+    in)."""
     plan = plan_windows(length, window, overlap)
     if len(plan.starts) == 1:
         return [Pass(chain_index, 0, length, g) for g in groups]
@@ -323,9 +326,9 @@ def masked_marginals(
     """Masked marginals for ``chains`` (``Chain`` objects as the ``io`` readers return them).
 
     ``positions``: per chain, the 0-based positions to score (None = every position of every chain;
-    an entry None = every position of that chain). Unscored rows of ``log_probs`` are NaN. The masking
-    plan (``cfg.mode``, ``min_sep``, ``min_dist``) uses each chain's own CA coordinates, also for a
-    sequence-only model, so that both kinds of model are scored on the same passes.
+    an entry None = every position of that chain). Unscored rows of ``log_probs`` are NaN. The
+    masking plan (``cfg.mode``, ``min_sep``, ``min_dist``) uses each chain's own CA coordinates,
+    also for a sequence-only model, so that both kinds of model are scored on the same passes.
     """
     model.eval()
     window = cfg.window_for(model.config.max_len)

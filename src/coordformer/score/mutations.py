@@ -84,7 +84,8 @@ class MutationError(UsageError):
 @dataclass(frozen=True)
 class Substitution:
     """One substitution as written: ``wt``/``mut`` one-letter codes (upper case), ``number`` the
-    position as an int, ``icode`` an insertion code ("" if none), ``chain`` the qualifier or None."""
+    position as an int, ``icode`` an insertion code ("" if none), ``chain`` the qualifier or
+    None."""
 
     wt: str
     number: int
@@ -142,7 +143,8 @@ def parse_mutant(text: str) -> list[Substitution]:
     if pending_chain:
         raise MutationError(
             raw,
-            f"chain prefix {chain!r} is not followed by a substitution (forms: A23G, A23G:K45R, A:A23G)",
+            f"chain prefix {chain!r} is not followed by a substitution (forms: A23G, A23G:K45R, "
+            "A:A23G)",
         )
     return subs
 
@@ -199,8 +201,8 @@ class ChainIndex:
         return ", ".join(ids[:n]) + (f", ... ({len(ids)} chains)" if len(ids) > n else "")
 
     def find(self, q: str) -> int | None:
-        """Index of the chain named ``q`` (full id, normalised id, or author chain id); None if there
-        is none, -1 if several chains have that author chain id (several input files)."""
+        """Index of the chain named ``q`` (full id, normalised id, or author chain id); None if
+        there is none, -1 if several chains have that author chain id (several input files)."""
         for k, c in enumerate(self.chains):
             if c.id == q:
                 return k
@@ -254,8 +256,8 @@ class ChainIndex:
             return f"author numbers {ids[0]}-{ids[-1]}" if ids else "no author numbers"
         if self.offset:
             return (
-                f"1-based index 1-{len(c.sequence)}, so mutant positions {1 + self.offset}-{len(c.sequence) + self.offset} "
-                f"with offset {self.offset}"
+                f"1-based index 1-{len(c.sequence)}, so mutant positions "
+                f"{1 + self.offset}-{len(c.sequence) + self.offset} with offset {self.offset}"
             )
         return f"1-based index 1-{len(c.sequence)}"
 
@@ -442,8 +444,9 @@ def score_mutations(
                 key = (k, tuple(sorted(s.index for s in ss)))
                 if key in bad_joint:
                     failed = (
-                        f"positions {', '.join(str(i + 1) for i in key[1])} of chain {chains[k].id} do not fit in one "
-                        f"window of {window} residues; score them with multi='additive'"
+                        f"positions {', '.join(str(i + 1) for i in key[1])} of chain "
+                        f"{chains[k].id} do not fit in one window of {window} residues; score "
+                        "them with multi='additive'"
                     )
                     break
                 lp = joint_lp[joint[key]]
@@ -470,7 +473,8 @@ def score_mutations(
 
 def substitution_matrix(scores) -> np.ndarray:
     """[L, 20] float64 single-substitution scores log p(aa) - log p(wt) from one chain's
-    ``ChainScores`` (a full deep-mutational scan from L passes; NaN rows where the native residue is X)."""
+    ``ChainScores`` (a full deep-mutational scan from L passes; NaN rows where the native residue is
+    X)."""
     lp = scores.log_probs.astype(np.float64)
     wt = aa_index(scores.sequence)
     out = np.full(lp.shape, np.nan)

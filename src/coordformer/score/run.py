@@ -42,7 +42,8 @@ def _delimiter(path: Path) -> str:
 def read_mutant_table(
     path: str | Path, column: str = "mutant"
 ) -> tuple[list[str], list[list[str]], int]:
-    """(header, rows, index of ``column``) of a CSV (comma) or ``.tsv``/``.txt`` (tab) mutation file."""
+    """(header, rows, index of ``column``) of a CSV (comma) or ``.tsv``/``.txt`` (tab) mutation
+    file."""
     path = Path(path)
     if not path.is_file():
         raise OptionError("mutations", path, "no such file")
@@ -262,13 +263,14 @@ def run_score(
     if texts and not res.scored:
         row, m, why = res.skipped[0]
         raise UsageError(
-            f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); check "
-            f"`numbering`, `offset` and `chain`; all are listed in {skipped_path}"
+            f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); "
+            f"check `numbering`, `offset` and `chain`; all are listed in {skipped_path}"
         )
     if mismatched > len(texts) / 2:
         warn(
-            f"warning: {mismatched} of {len(texts)} mutants have a wild-type mismatch: are the positions numbered as "
-            f"--numbering {numbering} assumes (author numbers vs 1-based index, --offset)?"
+            f"warning: {mismatched} of {len(texts)} mutants have a wild-type mismatch: are the "
+            f"positions numbered as --numbering {numbering} assumes (author numbers vs 1-based "
+            "index, --offset)?"
         )
     if table is not None and "DMS_score" in header:
         k = header.index("DMS_score")

@@ -5,8 +5,8 @@ with a feed-forward block, and has one attention head whose weights are written 
 
 * head dimension n + 1: softmax attention equals the *normalised* Gaussian kernel
   exp(-|x_i - x_j|^2 / (2 sigma^2)) / sum_j (...), because q_i = [x_i / sigma^2, 1] and
-  k_j = [x_j, -|x_j|^2 / 2] give logits -|x_i - x_j|^2 / (2 sigma^2) + |x_i|^2 / (2 sigma^2), and the
-  second term is the same for every key j of query i, which softmax cancels;
+  k_j = [x_j, -|x_j|^2 / 2] give logits -|x_i - x_j|^2 / (2 sigma^2) + |x_i|^2 / (2 sigma^2), and
+  the second term is the same for every key j of query i, which softmax cancels;
 * head dimension n + 2: the raw logits equal -|x_i - x_j|^2 / (2 sigma^2) exactly
   (q_i = [x_i, |x_i|^2, 1], k_j = [2 x_j, -1, -|x_j|^2], scaled by 1 / (2 sigma^2)), so exp(logit)
   is the unnormalised kernel;
@@ -33,7 +33,8 @@ def features(x: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tenso
 
 
 def gaussian_kernel(x: torch.Tensor, sigma: float, normalised: bool) -> torch.Tensor:
-    """exp(-|x_i - x_j|^2 / (2 sigma^2)), optionally divided by its row sum. x: [..., L, n] -> [..., L, L]."""
+    """exp(-|x_i - x_j|^2 / (2 sigma^2)), optionally divided by its row sum.
+    x: [..., L, n] -> [..., L, L]."""
     d2 = (x.unsqueeze(-2) - x.unsqueeze(-3)).pow(2).sum(-1)
     k = torch.exp(-d2 / (2 * sigma**2))
     return k / k.sum(-1, keepdim=True) if normalised else k

@@ -288,8 +288,8 @@ def run_jobs(
                     el = time.perf_counter() - t_start
                     eta = el * (total - done["cost"]) / done["cost"]
                     echo(
-                        f"stack {done['n']}/{len(todo)} ({job.study}, {len(job.configs)} models) done; "
-                        f"elapsed {el / 60:.1f} min, about {eta / 60:.1f} min left"
+                        f"stack {done['n']}/{len(todo)} ({job.study}, {len(job.configs)} models) "
+                        f"done; elapsed {el / 60:.1f} min, about {eta / 60:.1f} min left"
                     )
 
             # Biggest stacks first so the last minutes are not one long job on one core.
@@ -315,7 +315,8 @@ def run_jobs(
                             failed.append((futures[fut], e))
             for job, e in failed:
                 echo(
-                    f"stack {job.key} ({job.study}, {len(job.configs)} models) failed: {type(e).__name__}: {e}"
+                    f"stack {job.key} ({job.study}, {len(job.configs)} models) failed: "
+                    f"{type(e).__name__}: {e}"
                 )
             if failed:
                 raise CoordformerError(
@@ -373,8 +374,9 @@ def summarise_headdim(rows: list[dict]) -> list[dict]:
                 "n": n,
                 "drop_at": drop_dimension(med),
                 "floor_at": floor_dimension(med),
-                # The per-point construction (docs/theory.md). With k points a head of dim >= k could in
-                # principle fit any k x k logits from cloud-dependent q/k; training does not find that.
+                # The per-point construction (docs/theory.md). With k points a head of dim >= k
+                # could in principle fit any k x k logits from cloud-dependent q/k; training does
+                # not find that.
                 "theory": n + (1 if output == "row" else 2),
                 "median_test_l1": med,
                 "seeds": max(len(v) for v in by_dim.values()),
@@ -459,7 +461,9 @@ def write_outputs(rows: dict[str, list[dict]], out: Path, preset: SimPreset) -> 
             summary.append(
                 {
                     "study": f"headdim {r['regime']} {r['output']} n={r['n']}",
-                    "finding": f"10x drop at head dim {r['drop_at']}, floor (within 1.5x of best) from {r['floor_at']} (theory {r['theory']}); median test L1 by head dim over {r['seeds']} seed(s): {curve}",
+                    "finding": f"10x drop at head dim {r['drop_at']}, floor (within 1.5x of "
+                    f"best) from {r['floor_at']} (theory {r['theory']}); median test L1 by head "
+                    f"dim over {r['seeds']} seed(s): {curve}",
                     "paper": paper,
                     "reproduced": "-"
                     if r["output"] == "raw"
@@ -474,7 +478,8 @@ def write_outputs(rows: dict[str, list[dict]], out: Path, preset: SimPreset) -> 
             summary.append(
                 {
                     "study": f"width (paper's x = d_model/8, 1 head, d_out = 8x) n={r['n']}",
-                    "finding": f"10x drop at x = {r['drop_at']}, floor from {r['floor_at']}; median test L1 by x: {curve}",
+                    "finding": f"10x drop at x = {r['drop_at']}, floor from {r['floor_at']}; "
+                    f"median test L1 by x: {curve}",
                     "paper": f"drop at x = n + 2 = {r['n'] + 2}",
                     "reproduced": "yes" if r["drop_at"] == r["n"] + 2 else "no",
                 }
@@ -503,8 +508,10 @@ def write_outputs(rows: dict[str, list[dict]], out: Path, preset: SimPreset) -> 
                 {
                     "study": f"augment ({preset.augment_n_train} training structures)",
                     "finding": (
-                        f"without rotations train {s[False]['train_l1']:.4f} / test {s[False]['test_l1']:.4f} (gap {s[False]['gap']:.4f}); "
-                        f"with rotations train {s[True]['train_l1']:.4f} / test {s[True]['test_l1']:.4f} (gap {s[True]['gap']:.4f})"
+                        f"without rotations train {s[False]['train_l1']:.4f} / test "
+                        f"{s[False]['test_l1']:.4f} (gap {s[False]['gap']:.4f}); with rotations "
+                        f"train {s[True]['train_l1']:.4f} / test {s[True]['test_l1']:.4f} (gap "
+                        f"{s[True]['gap']:.4f})"
                     ),
                     "paper": "rotations close the train/validation gap",
                     "reproduced": "yes"

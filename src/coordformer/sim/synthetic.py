@@ -1,4 +1,5 @@
-"""Synthetic point clouds: can a Transformer fed linear coordinate embeddings learn distance attention?
+"""Synthetic point clouds: can a Transformer fed linear coordinate embeddings learn distance
+attention?
 
 A structure is ``n_points`` points uniform in [0, box]^n. The model embeds (x - mean) / input_scale
 with one ``nn.Linear`` (the paper's coordinate embedding, without tokens or positions), runs the
@@ -130,7 +131,8 @@ class PointCloudAttention(nn.Module):
 
 
 def noam_rate(step: int, d_model: int, factor: float, warmup: int) -> float:
-    """Vaswani et al. schedule: factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5); step >= 1."""
+    """Vaswani et al. schedule: factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5);
+    step >= 1."""
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
 
 
@@ -196,8 +198,8 @@ def train_stack(cfgs: list[SimConfig], curve: bool = False, device: str = "cpu")
     Each result reports ``test_l1`` and ``train_l1`` of the weights with the best validation L1
     (checked every ``eval_every`` steps and at the end), so models are chosen on validation and
     measured on held-out test structures. With ``curve=True`` a result also holds its learning
-    curve (step, train L1 in the canonical frame, validation L1). Random numbers are drawn on the CPU, so results do not depend on
-    the device beyond floating-point differences.
+    curve (step, train L1 in the canonical frame, validation L1). Random numbers are drawn on the
+    CPU, so results do not depend on the device beyond floating-point differences.
     """
     from torch.func import functional_call, stack_module_state
 
