@@ -33,7 +33,8 @@ class Batch:
       re-centres on present CAs anyway. None: no structure at all.
     - ``padding_mask`` [B, L] bool: True = real residue.
     - ``positions`` [B, L] long or None: residue indices for the position table (default 0..L-1);
-      jumps mark chain breaks (spatial crops, the gap between the chains of a complex), 0 at padding.
+      jumps mark chain breaks (spatial crops, the gap between the chains of a complex), 0 at
+      padding.
     - ``plddt`` [B, L] float32 or None: pLDDT 0-100, NaN where unknown and at padding (read only by
       models with ``plddt_feature``).
 
@@ -97,12 +98,13 @@ class Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
-        """Every tensor in page-locked memory (the DataLoader calls this with ``pin_memory=True``)."""
+        """Every tensor in page-locked memory (the
+        DataLoader calls this with ``pin_memory=True``)."""
         return self._map(lambda t: t.pin_memory())
 
     def inputs(self, use_coords: bool = True) -> dict[str, torch.Tensor | None]:
-        """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless ``use_coords``),
-        padding_mask, and positions / plddt where the batch holds them."""
+        """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless
+        ``use_coords``), padding_mask, and positions / plddt where the batch holds them."""
         out = {
             "tokens": self.tokens,
             "coords": self.coords if use_coords else None,

@@ -36,8 +36,8 @@ def _model(name: str):
     return default_of(ModelConfig, name)
 
 
-# rich_markup_mode=None: click's plain help, which keeps whole option names and wraps at 80 columns (the
-# rich panels cut names short there and showed a <bool> column for every flag)
+# rich_markup_mode=None: click's plain help, which keeps whole option names and wraps at 80 columns
+# (the rich panels cut names short there and showed a <bool> column for every flag)
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -106,9 +106,10 @@ def _command_line() -> str:
 
 _CHAINS_HELP = "Author chain ids to keep, comma-separated (e.g. A,B); default: every protein chain."
 _SEQRES_HELP = (
-    "Residues of the deposited sequence (SEQRES / entity_poly_seq) the file has no coordinates for: off = left out; "
-    "gaps = put back inside the chain (unresolved loops) as missing-coordinate residues; all = termini too. "
-    "Pair with a model trained with structure dropout (small-coords-sd)."
+    "Residues of the deposited sequence (SEQRES / entity_poly_seq) the file has no coordinates "
+    "for: off = left out; gaps = put back inside the chain (unresolved loops) as "
+    "missing-coordinate residues; all = termini too. Pair with a model trained with structure "
+    "dropout (small-coords-sd)."
 )
 
 
@@ -124,8 +125,8 @@ def _chain_list(value: Optional[str]) -> tuple[str, ...]:
 
 
 _PLDDT_HELP = (
-    "Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are scaled) "
-    "is below this become missing coordinates. Default: off."
+    "Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are "
+    "scaled) is below this become missing coordinates. Default: off."
 )
 
 
@@ -234,7 +235,8 @@ def fetch(
     ),
     quiet: bool = typer.Option(False),
 ):
-    """Download PDB entries (mmCIF) and AlphaFold DB models; needs a network, unlike every other command."""
+    """Download PDB entries (mmCIF) and AlphaFold DB
+    models; needs a network, unlike every other command."""
     from .io.fetch import AFDB_API, PDB_URL, read_id_tokens
     from .io.fetch import fetch as run
 
@@ -453,7 +455,8 @@ def pretrain(
         }
         if unfreeze_lm and condition_on is None:
             raise UsageError("--unfreeze-lm needs --condition-on (the language model to train)")
-        # The Gaussian heads of the fast recipe need the token embedding, which conditioning replaces.
+        # The Gaussian heads of the fast recipe need the
+        # token embedding, which conditioning replaces.
         default_recipe = "paper" if condition_on is not None else DEFAULT_RECIPE
         mc = preset(
             size or "small-3m",
@@ -529,12 +532,14 @@ def evaluate(
     crop_length: int = typer.Option(
         1024,
         min=8,
-        help="Chains longer than this are evaluated on their first N residues (or in windows of N with --windows).",
+        help="Chains longer than this are evaluated on their first N residues (or in windows of N "
+        "with --windows).",
     ),
     windows: bool = typer.Option(
         False,
         "--windows",
-        help="Evaluate long chains over their whole length in overlapping windows of --crop-length.",
+        help="Evaluate long chains over their whole length in overlapping windows of "
+        "--crop-length.",
     ),
     overlap: int = typer.Option(
         256, min=0, help="With --windows: least overlap between consecutive windows."
@@ -636,7 +641,8 @@ def _device(device: str) -> str:
 
 
 def _checkpoint_label(ck: str) -> str:
-    """Run-folder name for run/checkpoints/{last,best}.ckpt, file stem for other files, else as given."""
+    """Run-folder name for run/checkpoints/{last,best}.ckpt,
+    file stem for other files, else as given."""
     p = Path(ck)
     if p.is_file():
         if p.stem in ("last", "best") and p.parent.name == "checkpoints":
@@ -660,7 +666,8 @@ def demo(
     ),
     quiet: bool = typer.Option(False),
 ):
-    """Evaluate the shipped coords and no-coords models on bundled held-out chains; print a table."""
+    """Evaluate the shipped coords and no-coords models
+    on bundled held-out chains; print a table."""
     from .demo import run_demo
 
     run_demo(
@@ -674,13 +681,15 @@ def construct(
     sigma: float = typer.Option(0.5, min=1e-3, help="Kernel width in coordinate units."),
     seed: int = typer.Option(0),
 ):
-    """Hand-built Gaussian-attention weights: measure n, n+1, n+2 head dims and FFN |x|^2 (CSV + PNG)."""
+    """Hand-built Gaussian-attention weights: measure
+    n, n+1, n+2 head dims and FFN |x|^2 (CSV + PNG)."""
     from .sim.construct import construction_report
 
     res = construction_report(out, sigma=sigma, seed=seed)
     for r in res["attention"]:
         typer.echo(
-            f"n={r['n']} d_head={r['d_head']} {r['method']:>16}: mean |error| {r['mean_abs_error']:.2e}"
+            f"n={r['n']} d_head={r['d_head']} {r['method']:>16}: mean |error| "
+            f"{r['mean_abs_error']:.2e}"
         )
     typer.echo(
         f"wrote {out / 'construction.png'}, construction_attention.csv, construction_ffn.csv"
@@ -697,7 +706,8 @@ def simulate(
     ),
     preset: str = typer.Option(
         "standard",
-        help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the paper's sizes; GPU).",
+        help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the "
+        "paper's sizes; GPU).",
     ),
     study: List[str] = typer.Option(
         [], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."
@@ -707,7 +717,8 @@ def simulate(
     seed: int = typer.Option(0, help="Added to every model and data seed."),
     quiet: bool = typer.Option(False),
 ):
-    """Synthetic point clouds: exponent, head-dimension, width and augmentation studies (CSV + PNG + summary)."""
+    """Synthetic point clouds: exponent, head-dimension,
+    width and augmentation studies (CSV + PNG + summary)."""
     from .sim.studies import PRESETS, STUDIES
     from .sim.studies import simulate as run_simulate
 
@@ -730,7 +741,8 @@ def simulate(
     )
     for line in summary:
         typer.echo(
-            f"{line['study']}: {line['finding']} [paper: {line['paper']}; reproduced: {line['reproduced']}]"
+            f"{line['study']}: {line['finding']} [paper: {line['paper']}; reproduced: "
+            f"{line['reproduced']}]"
         )
     typer.echo(f"wrote {out / 'summary.md'} and a CSV + PNG per study")
 
@@ -741,7 +753,8 @@ def analyze_attention(
         ...,
         "--checkpoint",
         "-c",
-        help="Checkpoint, exported model or shipped name; give two to compare (e.g. coords, then no-coords).",
+        help="Checkpoint, exported model or shipped name; give two to compare (e.g. coords, then "
+        "no-coords).",
     ),
     data: Path = typer.Option(
         ..., "--data", "-d", help="Prepared dataset folder (coordformer prepare)."
@@ -770,7 +783,8 @@ def analyze_attention(
     ),
     quiet: bool = typer.Option(False),
 ):
-    """Attention vs 3D distance and sequence separation per layer and head, Gaussian fits, ablations, report."""
+    """Attention vs 3D distance and sequence separation per
+    layer and head, Gaussian fits, ablations, report."""
     from .analysis.attention import ABLATIONS, AttentionAnalysisConfig
     from .analysis.attention import analyze_attention as run
 
@@ -815,7 +829,8 @@ def analyze_attention(
 def embed(
     inputs: List[str] = typer.Argument(
         ...,
-        help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder.",
+        help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset "
+        "folder.",
     ),
     checkpoint: str = typer.Option(
         ..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."
@@ -825,7 +840,8 @@ def embed(
     ),
     layer: Optional[int] = typer.Option(
         None,
-        help="Layer whose states to use (0 = embeddings); default: final, after the last LayerNorm.",
+        help="Layer whose states to use (0 = embeddings); default: final, after the last "
+        "LayerNorm.",
     ),
     per_residue: bool = typer.Option(
         False, "--per-residue", help="Also store per-residue embeddings (HDF5 only, float16)."
@@ -833,12 +849,14 @@ def embed(
     window: Optional[int] = typer.Option(
         None,
         min=8,
-        help="Residues per model pass (default: 1024 or the model's max_len if smaller); longer chains are embedded in overlapping windows stitched back to full length.",
+        help="Residues per model pass (default: 1024 or the model's max_len if smaller); longer "
+        "chains are embedded in overlapping windows stitched back to full length.",
     ),
     overlap: int = typer.Option(
         256,
         min=0,
-        help="Least overlap between consecutive windows; each residue is taken from the window it is most central in.",
+        help="Least overlap between consecutive windows; each residue is taken from the window it "
+        "is most central in.",
     ),
     max_length: Optional[int] = typer.Option(
         None,
@@ -947,7 +965,8 @@ class Numbering(str, Enum):
 def score(
     inputs: List[str] = typer.Argument(
         ...,
-        help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset folder.",
+        help="PDB/mmCIF files, folders, chain_set JSONL or FASTA files, or one prepared dataset "
+        "folder.",
     ),
     checkpoint: str = typer.Option(
         ..., "--checkpoint", "-c", help="Checkpoint, exported model or shipped name."
@@ -1031,7 +1050,8 @@ def score(
     ),
     quiet: bool = typer.Option(False),
 ):
-    """Log-likelihoods of the native sequence given its structure (masked marginals, pseudo-perplexity), or mutant scores."""
+    """Log-likelihoods of the native sequence given its structure (masked marginals,
+    pseudo-perplexity), or mutant scores."""
     from .score.marginals import ScoreConfig
     from .score.run import run_score
 
@@ -1080,16 +1100,22 @@ def score(
             typer.echo(f"... {len(res['per_chain']) - 10} more chains in {res['chains_file']}")
         ppl = res["pseudo_perplexity"]
         typer.echo(
-            f"wrote {res['residues']} residues of {res['chains']} chains to {out} ({res['mode']}, {res['passes']} passes; "
-            f"overall pseudo-perplexity {ppl:.3f})" + extra
+            f"wrote {res['residues']} residues of {res['chains']} chains to {out} ({res['mode']}, "
+            f"{res['passes']} passes; overall pseudo-perplexity {ppl:.3f})" + extra
             if ppl is not None
             else f"wrote {out}" + extra
         )
     else:
-        line = f"scored {res['scored']} of {res['mutants']} mutants ({res['multi']}, {res['mode']}, {res['passes']} passes) to {out}"
+        line = (
+            f"scored {res['scored']} of {res['mutants']} mutants ({res['multi']}, {res['mode']}, "
+            f"{res['passes']} passes) to {out}"
+        )
         if res["skipped"]:
             row, m, why = res["first_skipped"]
-            line += f"; skipped {res['skipped']} (see {out}.skipped.tsv; first: row {row + 1} {m}: {why})"
+            line += (
+                f"; skipped {res['skipped']} (see {out}.skipped.tsv; first: row {row + 1} {m}: "
+                f"{why})"
+            )
         typer.echo(line + extra)
         if res.get("spearman_dms") is not None:
             typer.echo(
@@ -1129,7 +1155,8 @@ def finetune(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder."),
     head: FunctionHead = typer.Option(
         FunctionHead.mlp,
-        help="mlp: residual MLP on frozen pooled embeddings; linear: fine-tune the whole encoder with a linear head.",
+        help="mlp: residual MLP on frozen pooled embeddings; linear: fine-tune the whole encoder "
+        "with a linear head.",
     ),
     random_init: bool = typer.Option(
         False,
@@ -1170,7 +1197,8 @@ def finetune(
     ),
     quiet: bool = typer.Option(False),
 ):
-    """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early stopping on validation Fmax."""
+    """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early
+    stopping on validation Fmax."""
     from .function.finetune import FinetuneConfig
     from .function.finetune import finetune as run
 
@@ -1205,8 +1233,8 @@ def finetune(
     )
     t = m["test"]
     typer.echo(
-        f"test: Fmax {t['fmax']:.3f}, micro-AUPR {t['micro_aupr']:.3f}, flattened max-F1 {t['flattened_max_f1']:.3f} "
-        f"({t['n']} chains); wrote {out / 'metrics.json'}"
+        f"test: Fmax {t['fmax']:.3f}, micro-AUPR {t['micro_aupr']:.3f}, flattened max-F1 "
+        f"{t['flattened_max_f1']:.3f} ({t['n']} chains); wrote {out / 'metrics.json'}"
     )
 
 
@@ -1225,7 +1253,8 @@ def evaluate_function(
     ),
     seed: int = typer.Option(0),
 ):
-    """Fmax, micro-AUPR and flattened max-F1 of saved predictions, side by side (and by identity bin)."""
+    """Fmax, micro-AUPR and flattened max-F1 of saved
+    predictions, side by side (and by identity bin)."""
     from .function.finetune import evaluate_predictions
 
     text = evaluate_predictions(
@@ -1255,7 +1284,8 @@ class ExportFormat(str, Enum):
 
 
 def _provenance(checkpoint: str) -> dict:
-    """Description and training command of a shipped model or run folder, for a shared model card."""
+    """Description and training command of a shipped
+    model or run folder, for a shared model card."""
     from .model.checkpoints import model_card, shipped_models
 
     if checkpoint in shipped_models() and not Path(checkpoint).exists():
@@ -1307,7 +1337,8 @@ def export(
     model, meta = load_model(checkpoint)
     if (int8 or max_file_mb) and fmt == ExportFormat.hf:
         raise UsageError(
-            "--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a Hub-style folder"
+            "--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a "
+            "Hub-style folder"
         )
     if fmt == ExportFormat.hf:
         from .model.hub import WEIGHTS_NAME, save_pretrained
@@ -1318,7 +1349,8 @@ def export(
         }
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(
-            f"wrote {out}/ (config.json, {WEIGHTS_NAME} {(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)"
+            f"wrote {out}/ (config.json, {WEIGHTS_NAME} "
+            f"{(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)"
         )
         return
     export_model(
@@ -1333,14 +1365,16 @@ def export(
     typer.echo(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"
         + (
-            f" and {len(shards)} shard(s) beside it ({sum(f.stat().st_size for f in shards) / 1e6:.1f} MB)"
+            f" and {len(shards)} shard(s) beside it "
+            f"({sum(f.stat().st_size for f in shards) / 1e6:.1f} MB)"
             if shards
             else ""
         )
     )
 
 
-#: Library parameter names whose flag is not the name with dashes (or that no command's parameter has).
+#: Library parameter names whose flag is not the name
+#: with dashes (or that no command's parameter has).
 _API_FLAGS = {
     "out_dir": "--out",
     "data_dir": "--data",
@@ -1361,8 +1395,9 @@ _API_FLAGS = {
 
 
 def _flags() -> dict[str, str]:
-    """Python name -> long flag of every command's options, and the library names of _API_FLAGS: what
-    an error's :meth:`~coordformer.errors.CoordformerError.flag_message` writes parameters as."""
+    """Python name -> long flag of every command's options, and the library names of _API_FLAGS:
+    what an error's :meth:`~coordformer.errors.CoordformerError.flag_message` writes parameters
+    as."""
     import typer.main
 
     flags: dict[str, str] = {}
@@ -1385,7 +1420,8 @@ def _resume_hint(args: list[str], e: TrainingInterrupted) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors for user-fixable problems, tracebacks only with --debug."""
+    """Console entry point: one-line errors for
+    user-fixable problems, tracebacks only with --debug."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     if debug:  # a global option, accepted anywhere on the line (people add it at the end)

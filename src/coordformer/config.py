@@ -27,7 +27,8 @@ def _from_dict(cls: type[T], d: dict[str, Any]) -> T:
     unknown = set(d) - names
     if unknown:
         raise ConfigError(
-            f"{cls.__name__}: unknown keys {sorted(unknown)} (written by a different coordformer version?)"
+            f"{cls.__name__}: unknown keys {sorted(unknown)} (written by a different coordformer "
+            "version?)"
         )
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -104,15 +105,17 @@ class ModelConfig(Record):
     use_coords: bool = True
     coord_mode: str = "ca"
     coord_norm_feature: bool = False  # also feed |x|^2 (scaled) as an input feature
-    plddt_feature: bool = False  # also feed (100 - pLDDT) / 100 per residue (0 where unknown), see coordinate_features
+    # also feed (100 - pLDDT) / 100 per residue (0 where unknown), see coordinate_features
+    plddt_feature: bool = False
     coord_scale: float = 16.0  # Angstrom per unit of coordinate input
     gaussian_init_heads: int = 0  # first-layer heads initialised to attend by 3D distance
     gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
     gaussian_init_values: bool = False  # also give those heads unit-scale value/output projections
     vocab_size: int = VOCAB_SIZE
-    #: Language-model conditioning (coordformer.model.lm; the paper's ESM hybrid): a local folder or Hub
-    #: name of an ESM-2 model whose last hidden state, through a Linear(lm_dim, d_model) connector,
-    #: replaces the token embedding and the sinusoidal positions. None = a plain CoordFormer.
+    #: Language-model conditioning (coordformer.model.lm; the paper's ESM hybrid): a local folder or
+    #: Hub name of an ESM-2 model whose last hidden state, through a Linear(lm_dim, d_model)
+    #: connector, replaces the token embedding and the sinusoidal positions. None = a plain
+    #: CoordFormer.
     condition_on: str | None = None
     lm_dim: int = 0  # the LM's hidden size (recorded when conditioned)
     lm_fingerprint: str = ""  # sizes + hash of a few LM weights; loading refuses another LM
@@ -148,7 +151,8 @@ class ModelConfig(Record):
                 )
             if not (self.use_coords and self.coord_norm_feature):
                 raise ConfigError(
-                    "gaussian_init_heads needs use_coords=True and coord_norm_feature=True (|x|^2 input)"
+                    "gaussian_init_heads needs use_coords=True and coord_norm_feature=True (|x|^2 "
+                    "input)"
                 )
 
     @property
@@ -176,8 +180,9 @@ _RENAMED_PRESETS = {"paper-43m": "large-43m (d_ff 3072; the paper's model is pap
 #: How a structure model is initialised and fed (``pretrain --recipe``). "paper": the paper's linear
 #: embedding of CA (x, y, z) / 16 A and a missing flag, default initialisation. "fast": also |x|^2
 #: as a feature, and the first ``min(4, n_heads // 2)`` heads of layer 1 initialised to attend by a
-#: Gaussian of 3D distance with unit-scale values (``CoordFormer._init_gaussian_heads``): coordinates
-#: help from the first hundreds of steps (docs/RESULTS.md, "Structure learning at the paper's size").
+#: Gaussian of 3D distance with unit-scale values (``CoordFormer._init_gaussian_heads``):
+#: coordinates help from the first hundreds of steps (docs/RESULTS.md, "Structure learning at the
+#: paper's size").
 RECIPES = ("fast", "paper")
 #: What ``pretrain`` uses for a structure model when no --recipe is given.
 DEFAULT_RECIPE = "fast"
@@ -229,13 +234,14 @@ class PrepareConfig(Record):
     #: Author chain ids to keep (e.g. ("A", "B")); empty = every protein chain. A structure file
     #: with none of them is skipped and logged; other inputs' chains are kept by their id's suffix.
     chains: tuple[str, ...] = ()
-    #: Keep each residue's pLDDT (the CA B-factor, 0-1 files scaled to 0-100) in plddt.npy, for models
-    #: with ``plddt_feature``. Only meaningful for predicted models; experimental B-factors are not pLDDT.
+    #: Keep each residue's pLDDT (the CA B-factor, 0-1 files scaled to 0-100) in plddt.npy, for
+    #: models with ``plddt_feature``. Only meaningful for predicted models; experimental B-factors
+    #: are not pLDDT.
     store_plddt: bool = False
     #: Residues of the deposited sequence (mmCIF entity_poly_seq / PDB SEQRES) that a structure file
     #: has no coordinates for: "off" = left out (the chain is what was modelled); "gaps" = put back
-    #: between the first and last modelled residue as missing-coordinate residues; "all" = termini too.
-    #: They count as lacking CA for max_missing_ca.
+    #: between the first and last modelled residue as missing-coordinate residues; "all" = termini
+    #: too. They count as lacking CA for max_missing_ca.
     seqres: str = "off"
 
     #: Fields applied only when the dataset is assembled (always redone), so an interrupted prepare
@@ -250,8 +256,8 @@ class PrepareConfig(Record):
     )
 
     def unit_fingerprint(self) -> dict[str, Any]:
-        """The fields a prepare work unit's output depends on (JSON-able): an interrupted run resumes
-        only when they are unchanged. Options are left out at their default, so that a run
+        """The fields a prepare work unit's output depends on (JSON-able): an interrupted run
+        resumes only when they are unchanged. Options are left out at their default, so that a run
         interrupted before an option existed still resumes (and its state file still matches)."""
         d: dict[str, Any] = {
             "min_length": self.min_length,
@@ -277,8 +283,8 @@ CROP_MODES = ("sequence", "spatial")
 @dataclass(frozen=True)
 class BatchConfig(Record):
     """What the model is fed, chain by chain: the crop, the rotation, the masking and structure
-    dropout (``coordformer.data.batching``). Independent of the seed; with it (and the batch count per
-    optimizer step) these fix the training data stream, which a resumed run must keep."""
+    dropout (``coordformer.data.batching``). Independent of the seed; with it (and the batch count
+    per optimizer step) these fix the training data stream, which a resumed run must keep."""
 
     crop_length: int = 512  # residues; longer chains are cropped (crop_mode)
     crop_mode: str = (
@@ -357,10 +363,12 @@ class TrainConfig(BatchConfig):
     checkpoint_every_steps: int = 500
     #: micro-batches per optimizer step (global batch = tokens_per_batch x this x processes)
     accumulate_grad_batches: int = 1
-    #: weights the run started from (pretrain --init: a shipped model name or a checkpoint), None = random
+    #: weights the run started from (pretrain --init: a
+    #: shipped model name or a checkpoint), None = random
     init: str | None = None
 
-    #: Settings that determine which residues the model sees in which order; a resume must keep them.
+    #: Settings that determine which residues the model
+    #: sees in which order; a resume must keep them.
     DATA_STREAM_FIELDS = ("seed", *field_names(BatchConfig), "accumulate_grad_batches")
 
     def __post_init__(self):
@@ -371,7 +379,8 @@ class TrainConfig(BatchConfig):
             )
         if self.crop_length > self.tokens_per_batch:
             raise ConfigError(
-                f"crop_length ({self.crop_length}) must not exceed tokens_per_batch ({self.tokens_per_batch})"
+                f"crop_length ({self.crop_length}) must not exceed tokens_per_batch "
+                f"({self.tokens_per_batch})"
             )
         if self.schedule not in ("cosine", "constant", "noam"):
             raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
@@ -385,8 +394,9 @@ class TrainConfig(BatchConfig):
         return _from_dict(cls, d)
 
 
-#: Output of the synthetic model's final head: "row" = exp(logit - max over keys) per query (what the
-#: paper computes; unchanged by a per-query constant, like softmax); "raw" = exp(logit) (unnormalised).
+#: Output of the synthetic model's final head: "row" = exp(logit - max over keys) per query (what
+#: the paper computes; unchanged by a per-query constant, like softmax); "raw" = exp(logit)
+#: (unnormalised).
 SIM_OUTPUTS = ("row", "raw")
 #: Optimisation regimes: "paper" = Adam(0.9, 0.98) with the Noam schedule (factor, warmup, d_model);
 #: "modern" = AdamW with a one-cycle schedule peaking at ``lr``.
@@ -455,7 +465,8 @@ class SimConfig(Record):
             < 1
         ):
             raise ConfigError(
-                "n_dims, n_points, n_train, n_valid, n_test, d_out, steps and batch_size must be >= 1"
+                "n_dims, n_points, n_train, n_valid, n_test, d_out, steps and batch_size must be "
+                ">= 1"
             )
         if self.n_points < 2:
             raise ConfigError("n_points must be at least 2")

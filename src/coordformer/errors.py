@@ -42,13 +42,15 @@ class CoordformerError(Exception):
     """Base class: the message is complete and actionable on its own."""
 
     def flag_message(self, flags: Mapping[str, str] | None = None) -> str:
-        """The first line of the message as the CLI prints it: parameters as flags (:func:`with_flags`)."""
+        """The first line of the message as the CLI prints
+        it: parameters as flags (:func:`with_flags`)."""
         text = str(self).splitlines()[0] if str(self) else type(self).__name__
         return with_flags(text, flags)
 
 
 class UsageError(CoordformerError):
-    """A bad argument, a missing file, or a combination that cannot work; the message says what to do."""
+    """A bad argument, a missing file, or a combination
+    that cannot work; the message says what to do."""
 
 
 class ConfigError(UsageError, ValueError):
@@ -59,10 +61,10 @@ class ConfigError(UsageError, ValueError):
 class OptionError(ConfigError):
     """A parameter whose value cannot work, named as the Python API names it.
 
-    ``option``: the keyword / config field (``"crop_length"``); ``value``: what was given; ``reason``:
-    why it cannot work, in terms that hold for the API and the CLI alike (other parameters in
-    backticks). ``str()`` reads ``crop_length=2000: exceeds the model's max_len 1024``; the CLI
-    prints the flag instead (``--crop-length 2000: ...``, :meth:`flag_message`)."""
+    ``option``: the keyword / config field (``"crop_length"``); ``value``: what was given;
+    ``reason``: why it cannot work, in terms that hold for the API and the CLI alike (other
+    parameters in backticks). ``str()`` reads ``crop_length=2000: exceeds the model's max_len
+    1024``; the CLI prints the flag instead (``--crop-length 2000: ...``, :meth:`flag_message`)."""
 
     def __init__(self, option: str, value, reason: str):
         self.option, self.value, self.reason = option, value, reason
@@ -84,10 +86,10 @@ class OptionError(ConfigError):
 
 
 class SequenceTooLong(UsageError, ValueError):
-    """A chain (or batch row) longer than the model can take: ``length`` residues against the model's
-    ``max_len``; ``chain_id`` when known, ``option`` the setting that bounds the length fed to the
-    model (``crop_length`` or ``window``) if the caller has one, ``alternative`` a switch that lifts
-    the bound instead (``windows``). The CLI names their flags (:meth:`flag_message`)."""
+    """A chain (or batch row) longer than the model can take: ``length`` residues against the
+    model's ``max_len``; ``chain_id`` when known, ``option`` the setting that bounds the length fed
+    to the model (``crop_length`` or ``window``) if the caller has one, ``alternative`` a switch
+    that lifts the bound instead (``windows``). The CLI names their flags (:meth:`flag_message`)."""
 
     def __init__(
         self,

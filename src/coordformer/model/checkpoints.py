@@ -1,4 +1,5 @@
-"""Loading and exporting models: Lightning checkpoints, exported model files, shipped models by name.
+"""Loading and exporting models: Lightning checkpoints, exported model files, shipped models by
+name.
 
 Reading the files is ``weights``' job (:func:`weights.read_checkpoint`, which also resolves names
 and documents the exported file's layout); this module builds the ``CoordFormer`` from what it
@@ -28,14 +29,16 @@ from .weights import (  # noqa: F401 - read here before the weights module exist
     shipped_models_dir,
 )
 
-#: Matrices with at least this many entries are stored as int8 by ``export_model(int8=True)``; smaller
-#: tensors (biases, LayerNorms, the coordinate embedding, the 25-token output layer) stay float16.
+#: Matrices with at least this many entries are stored as int8 by ``export_model(int8=True)``;
+#: smaller tensors (biases, LayerNorms, the coordinate embedding, the 25-token output layer) stay
+#: float16.
 INT8_MIN_NUMEL = 65_536
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: w [R, C] float -> (q [R, C] int8, scale [R] float32), w ~ q * scale[:, None].
-    Each output row keeps its own range, so one large row does not cost the others their precision."""
+    """Symmetric per-row int8: w [R, C] float -> (q [R, C] int8, scale [R] float32), w ~ q *
+    scale[:, None]. Each output row keeps its own range, so one large row does not cost the others
+    their precision."""
     w = w.detach().float()
     scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
@@ -73,8 +76,9 @@ def export_model(
     max_file_bytes: int | None = None,
 ) -> Path:
     """Write an inference-only model file: float32, float16 (``half``: half the size) or, with
-    ``int8``, matrices of at least INT8_MIN_NUMEL entries as per-row int8 (``quantize_int8``) and the
-    rest float16 (about a quarter of float32). ``load_model`` returns float32 weights for all three.
+    ``int8``, matrices of at least INT8_MIN_NUMEL entries as per-row int8 (``quantize_int8``) and
+    the rest float16 (about a quarter of float32). ``load_model`` returns float32 weights for all
+    three.
 
     ``max_file_bytes``: no file over this size; the weights that do not fit go to
     ``<path>.shard1``, ``<path>.shard2``, ... beside it (named in the main file, loaded with it), so
@@ -139,7 +143,8 @@ def _shard(entries: dict, max_file_bytes: int | None) -> list[dict]:
         n = _nbytes(v)
         if n > budget:
             raise ValueError(
-                f"tensor {key[1]} takes {n:,} bytes, more than a {max_file_bytes:,}-byte file can hold"
+                f"tensor {key[1]} takes {n:,} bytes, more than a {max_file_bytes:,}-byte file can "
+                "hold"
             )
         if size + n > budget and parts[-1]:
             parts.append({})
@@ -201,7 +206,7 @@ def missing_coords_warning(
     name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
     instead = meta.get("without_coords_use") or "small-coords-sd"
     return (
-        f"warning: {fraction:.0%} of the residues have no coordinates, and {name} never learnt inputs without "
-        f"them (trained without structure dropout), so its outputs there are unreliable; use -c {instead} for such "
-        "inputs"
+        f"warning: {fraction:.0%} of the residues have no coordinates, and {name} never learnt "
+        "inputs without them (trained without structure dropout), so its outputs there are "
+        f"unreliable; use -c {instead} for such inputs"
     )

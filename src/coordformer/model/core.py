@@ -25,11 +25,12 @@ from ..geometry import centre
 
 #: SDPA kernels allowed when a padding mask is passed. cuDNN's fused attention is left out: its
 #: backward returns NaN in dQ when an explicit mask is given, L % 128 == 64 and some query row's
-#: log-sum-exp is below ln(FLT_MAX) ~ -88.7 (pytorch/pytorch#196678; H100/H200 from torch 2.11). Padding
-#: query rows are never scored, so nothing keeps their logits from drifting that low; one such row in
-#: one batch of the right length NaNs the whole step. That was the Gaussian-recipe divergence at step
-#: 10,600 and the skipped steps at paper size (docs/RESULTS.md, "Non-finite steps"). Flash takes no
-#: mask, so on CUDA the memory-efficient kernel runs; unmasked batches keep the default choice.
+#: log-sum-exp is below ln(FLT_MAX) ~ -88.7 (pytorch/pytorch#196678; H100/H200 from torch 2.11).
+#: Padding query rows are never scored, so nothing keeps their logits from drifting that low; one
+#: such row in one batch of the right length NaNs the whole step. That was the Gaussian-recipe
+#: divergence at step 10,600 and the skipped steps at paper size (docs/RESULTS.md, "Non-finite
+#: steps"). Flash takes no mask, so on CUDA the memory-efficient kernel runs; unmasked batches keep
+#: the default choice.
 MASKED_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 #: Channels reserved for the coordinate features when first-layer Gaussian heads are initialised:
@@ -122,7 +123,8 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, need_attention: bool = False):
-        """x: [B, L, D]; key_mask: [B, L] bool (True = real token). Returns ([B, L, D], [B, H, L, L] | None)."""
+        """x: [B, L, D]; key_mask: [B, L] bool (True = real
+        token). Returns ([B, L, D], [B, H, L, L] | None)."""
         b, l, _ = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -168,7 +170,8 @@ def _is_lm_key(name: str, prefix: str = "") -> bool:
 
 
 def _drop_frozen_lm_state(module, state_dict, prefix, local_metadata) -> None:
-    """state_dict post hook: leave a frozen conditioning LM's weights out (see coordformer.model.lm)."""
+    """state_dict post hook: leave a frozen conditioning
+    LM's weights out (see coordformer.model.lm)."""
     for k in [k for k in state_dict if _is_lm_key(k, prefix)]:
         del state_dict[k]
 
@@ -196,7 +199,8 @@ class CoordFormerOutput:
 
 
 class CoordFormer(nn.Module):
-    """Token + position (+ linear coordinate) embedding -> pre-LN Transformer encoder -> MLM head."""
+    """Token + position (+ linear coordinate) embedding
+    -> pre-LN Transformer encoder -> MLM head."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -231,8 +235,8 @@ class CoordFormer(nn.Module):
                 self.connector = nn.Linear(config.lm_dim, d)
                 self._init_weights(self.connector)
             if not config.unfreeze_lm:
-                # A frozen LM is not part of the model's state: checkpoints and exports leave it out,
-                # loading re-reads it from config.condition_on (or $COORDFORMER_LM).
+                # A frozen LM is not part of the model's state: checkpoints and exports leave it
+                # out, loading re-reads it from config.condition_on (or $COORDFORMER_LM).
                 self.register_state_dict_post_hook(_drop_frozen_lm_state)
                 self.register_load_state_dict_post_hook(_ignore_missing_lm_state)
         # Activation checkpointing (training only): each layer's activations are recomputed in the
@@ -252,14 +256,15 @@ class CoordFormer(nn.Module):
     def _init_gaussian_heads(
         self, coord_amplitude: float = 0.5, missing_penalty: float = 30.0
     ) -> None:
-        """Make the first ``gaussian_init_heads`` heads of layer 0 attend by a Gaussian of 3D distance.
+        """Make the first ``gaussian_init_heads`` heads of layer 0 attend by a Gaussian of 3D
+        distance.
 
-        The coordinate embedding writes a*f and -a*f, for f = (x, y, z, |x|^2, missing), into the last
-        ten channels, which token and position embeddings leave empty. Reading the difference of each
-        pair after the first LayerNorm cancels its mean subtraction exactly and leaves 2*a*f/s, with
-        s the LayerNorm scale, nearly token-independent because token and position embeddings
-        dominate the norm. Queries [x_i, 1] and keys [x_j, -|x_j|^2/2] (scaled) then give logits
-        x_i.x_j/sigma^2 - |x_j|^2/(2 sigma^2), which equal -|x_i - x_j|^2/(2 sigma^2) up to a
+        The coordinate embedding writes a*f and -a*f, for f = (x, y, z, |x|^2, missing), into the
+        last ten channels, which token and position embeddings leave empty. Reading the difference
+        of each pair after the first LayerNorm cancels its mean subtraction exactly and leaves
+        2*a*f/s, with s the LayerNorm scale, nearly token-independent because token and position
+        embeddings dominate the norm. Queries [x_i, 1] and keys [x_j, -|x_j|^2/2] (scaled) then give
+        logits x_i.x_j/sigma^2 - |x_j|^2/(2 sigma^2), which equal -|x_i - x_j|^2/(2 sigma^2) up to a
         per-query constant that softmax ignores: head dimension n + 1 suffices. Keys with missing
         coordinates get a large negative logit.
         """
@@ -303,10 +308,10 @@ class CoordFormer(nn.Module):
             read(ko + 3, 3, -math.sqrt(dh) * s / (2 * sigma**2 * a2))
             read(ko + 3, 4, -math.sqrt(dh) * s * missing_penalty / a2)
             if c.gaussian_init_values:
-                # Default init scales residual writes down (std 0.02/sqrt(2 n_layers)), so what these
-                # heads gather from spatial neighbours would barely reach the stream at first. Unit-scale
-                # V (on LayerNorm output, ~unit per channel) and O make the neighbourhood summary as
-                # large as a token embedding from step one.
+                # Default init scales residual writes down (std 0.02/sqrt(2 n_layers)), so what
+                # these heads gather from spatial neighbours would barely reach the stream at first.
+                # Unit-scale V (on LayerNorm output, ~unit per channel) and O make the neighbourhood
+                # summary as large as a token embedding from step one.
                 vo = 2 * d + h * dh
                 nn.init.normal_(qkv.weight[vo : vo + dh], std=1.0 / math.sqrt(d))
                 out_w = self.layers[0].attn.out.weight
@@ -315,7 +320,8 @@ class CoordFormer(nn.Module):
                 )
 
     def _token_and_position(self, tokens, ablate, positions):
-        """Token embedding + sinusoidal positions (the unconditioned model's input), see ``embed``."""
+        """Token embedding + sinusoidal positions (the
+        unconditioned model's input), see ``embed``."""
         l = tokens.shape[1]
         x = self.tokens(tokens)
         if "positions" not in ablate:
@@ -325,8 +331,8 @@ class CoordFormer(nn.Module):
                 top = int(positions.max()) if positions.numel() else 0
                 if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
                     raise UsageError(
-                        f"residue positions must lie in 0..{self.config.max_len - 1} (the model's max_len); "
-                        f"got up to {top}: use a smaller `chain_gap` or crop"
+                        f"residue positions must lie in 0..{self.config.max_len - 1} (the model's "
+                        f"max_len); got up to {top}: use a smaller `chain_gap` or crop"
                     )
                 x = x + self.positions[positions].to(self.tokens.weight.dtype)
         return x
@@ -375,7 +381,8 @@ class CoordFormer(nn.Module):
             x = self._token_and_position(tokens, ablate, positions)
         if self.coord_embed is not None:
             if coords is None:
-                # Structure unknown: every residue carries the missing flag (same path as a FASTA input).
+                # Structure unknown: every residue carries the
+                # missing flag (same path as a FASTA input).
                 coords = torch.full((*tokens.shape, 4, 3), float("nan"), device=tokens.device)
             if self.config.coord_mode != "backbone":  # only CA is read: centre 1 atom, not 4
                 coords = coords[:, :, CA_INDEX : CA_INDEX + 1]
@@ -419,13 +426,14 @@ class CoordFormer(nn.Module):
             positions: [B, L] long residue indices (default 0..L-1), see ``embed``.
             plddt: [B, L] pLDDT 0-100 (NaN unknown) for models with ``config.plddt_feature``.
 
-        A :class:`coordformer.batch.Batch` gives these inputs as ``model(**batch.inputs(use_coords))``.
+        A :class:`coordformer.batch.Batch` gives these inputs as
+        ``model(**batch.inputs(use_coords))``.
         """
         if padding_mask is None:
             padding_mask = tokens != PAD
         x = self.embed(tokens, coords, padding_mask, ablate, positions, plddt)
-        # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash takes
-        # no arbitrary mask); one host sync per forward buys that.
+        # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash
+        # takes no arbitrary mask); one host sync per forward buys that.
         key_mask = None if bool(padding_mask.all()) else padding_mask
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
@@ -460,7 +468,8 @@ class CoordFormer(nn.Module):
         )
 
     def save_pretrained(self, folder, meta: dict | None = None, half: bool = False):
-        """Write a Hugging Face-style folder (config.json, model.safetensors, README.md); see ``hub``."""
+        """Write a Hugging Face-style folder (config.json,
+        model.safetensors, README.md); see ``hub``."""
         from .hub import save_pretrained  # file formats only; hub never imports this module
 
         return save_pretrained(self, folder, meta=meta, half=half)

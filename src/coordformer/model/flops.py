@@ -1,6 +1,6 @@
-"""Model FLOPs and utilisation (MFU): what a training step of a CoordFormer costs in matrix arithmetic,
-counted the way PaLM's appendix B does (Chowdhery et al. 2022): 6 FLOPs per matrix parameter per
-token for forward + backward, plus the attention products.
+"""Model FLOPs and utilisation (MFU): what a training step of a CoordFormer costs in matrix
+arithmetic, counted the way PaLM's appendix B does (Chowdhery et al. 2022): 6 FLOPs per matrix
+parameter per token for forward + backward, plus the attention products.
 
 Per token of a sequence of length L, per layer, the forward pass multiplies q k^T (L x d_model
 multiply-adds) and attn v (the same): 4 L d_model FLOPs; backward doubles it, so training costs
@@ -19,7 +19,8 @@ from ..config import ModelConfig
 
 def matrix_params(config: ModelConfig) -> int:
     """Weights that multiply activations per token: the encoder's q/k/v/out and feed-forward
-    matrices, the coordinate embedding, and the MLM head (its d x d transform and d x vocab output)."""
+    matrices, the coordinate embedding, and the MLM head (its d x d transform and d x vocab
+    output)."""
     d = config.d_model
     per_layer = 4 * d * d + 2 * d * config.d_ff
     coords = config.n_coord_features * d if config.use_coords else 0
@@ -44,8 +45,9 @@ def flops_per_token(config: ModelConfig, length: int) -> float:
 def measured_matmul_rate(
     device: str = "cpu", dtype=None, n: int = 4096, repeats: int = 10
 ) -> float:
-    """FLOP/s of an n x n x n matrix product on ``device`` (bf16 on CUDA by default, float32 on CPU):
-    the denominator of a utilisation that this machine can actually reach, measured not quoted."""
+    """FLOP/s of an n x n x n matrix product on ``device`` (bf16 on CUDA by default, float32 on
+    CPU): the denominator of a utilisation that this machine can actually reach, measured not
+    quoted."""
     import torch
 
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)

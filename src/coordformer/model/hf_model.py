@@ -71,7 +71,8 @@ class CoordFormerPreTrainedModel(PreTrainedModel):
     config_class = CoordFormerConfig
     base_model_prefix = "coordformer"
     main_input_name = "input_ids"
-    # activation_checkpointing_enable() (gradient_checkpointing_enable() before 5.x) sets CoordFormer.gradient_checkpointing
+    # activation_checkpointing_enable() (gradient_checkpointing_enable()
+    # before 5.x) sets CoordFormer.gradient_checkpointing
     supports_gradient_checkpointing = True
 
     def __init__(self, config: CoordFormerConfig):

@@ -3,9 +3,9 @@
 The layout follows the Hub convention, so a folder can be uploaded as a model repository and a
 downloaded snapshot loads offline from disk. This module only reads and writes the files (a
 config and a state dict); it never imports the model's class: ``weights.read_pretrained`` turns a
-folder into a buildable record, and ``CoordFormer.from_pretrained`` builds it. It loads with coordformer
-(``CoordFormer.from_pretrained(folder)``, or ``-c FOLDER`` on any command) and, where transformers
-is installed, with ``transformers.AutoModel`` / ``AutoModelForMaskedLM`` after
+folder into a buildable record, and ``CoordFormer.from_pretrained`` builds it. It loads with
+coordformer (``CoordFormer.from_pretrained(folder)``, or ``-c FOLDER`` on any command) and, where
+transformers is installed, with ``transformers.AutoModel`` / ``AutoModelForMaskedLM`` after
 ``import coordformer.model.hf_model`` (see there). Folders that transformers saves (weights under a
 ``coordformer.`` prefix, its own config keys) load back here.
 
@@ -154,7 +154,8 @@ def _model_card(config: dict, meta: dict) -> str:
         'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
         "```",
         "",
-        "or give the folder to any command: `coordformer evaluate -c path/to/this/folder --data DATA`.",
+        "or give the folder to any command: `coordformer evaluate -c path/to/this/folder --data "
+        "DATA`.",
         "",
     ]
     if meta.get("command"):
@@ -165,8 +166,8 @@ def _model_card(config: dict, meta: dict) -> str:
 def save_pretrained(
     model: nn.Module, folder: str | Path, meta: dict | None = None, half: bool = False
 ) -> Path:
-    """Write ``folder/{config.json, model.safetensors, README.md}`` for ``model`` (a CoordFormer: its
-    ``config`` and ``state_dict()``); ``half`` stores float16 weights.
+    """Write ``folder/{config.json, model.safetensors, README.md}`` for ``model`` (a CoordFormer:
+    its ``config`` and ``state_dict()``); ``half`` stores float16 weights.
 
     Files are written under temporary names and renamed, so an interrupted save never leaves a
     config beside weights it does not describe. Returns the folder.
@@ -195,7 +196,8 @@ def save_pretrained(
     )  # "pt": what Hub tooling expects from torch writers
     tmp_c.write_text(json.dumps(config, indent=2) + "\n")
     tmp_r.write_text(_model_card(config, meta))
-    # safetensors creates its file 0600; give it the permissions of the files beside it (the umask's)
+    # safetensors creates its file 0600; give it the
+    # permissions of the files beside it (the umask's)
     tmp_w.chmod(tmp_c.stat().st_mode & 0o777)
     tmp_w.replace(folder / WEIGHTS_NAME)
     tmp_c.replace(folder / CONFIG_NAME)
@@ -209,13 +211,14 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(
-            f"{folder}: not a folder (a pretrained model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME})"
+            f"{folder}: not a folder (a pretrained model is a folder with {CONFIG_NAME} and "
+            f"{WEIGHTS_NAME})"
         )
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).exists()]
     if missing:
         raise UsageError(
-            f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} and "
-            f"{WEIGHTS_NAME} (write one with `coordformer export --format hf`)"
+            f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} "
+            f"and {WEIGHTS_NAME} (write one with `coordformer export --format hf`)"
         )
     try:
         cfg = json.loads((folder / CONFIG_NAME).read_text())
@@ -252,7 +255,8 @@ def read_pretrained_state(
         state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise UsageError(
-            f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors ({e})"
+            f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors "
+            f"({e})"
         ) from None
     if state and all(k.startswith(HF_WRAPPER_PREFIX) for k in state):
         state = {k[len(HF_WRAPPER_PREFIX) :]: v for k, v in state.items()}

@@ -46,7 +46,8 @@ def lm_source(recorded: str) -> str:
 
 
 def _looks_like_path(source: str) -> bool:
-    # Hub names are "name" or "org/name"; anything else with a slash, or starting like a path, is a path.
+    # Hub names are "name" or "org/name"; anything else
+    # with a slash, or starting like a path, is a path.
     return source.startswith((".", "/", "~")) or source.count("/") > 1
 
 
@@ -62,12 +63,13 @@ def load_esm(source: str):
     p = Path(source).expanduser()
     if not p.exists() and _looks_like_path(source):
         raise UsageError(
-            f"language model {source!r}: no such folder (set {LM_ENV}=FOLDER to the ESM-2 folder the model "
-            "was trained with)"
+            f"language model {source!r}: no such folder (set {LM_ENV}=FOLDER to the ESM-2 folder "
+            "the model was trained with)"
         )
     if p.exists() and not p.is_dir():
         raise UsageError(
-            f"language model {source!r}: a folder with config.json, the weights and vocab.txt is expected"
+            f"language model {source!r}: a folder with config.json, the weights and vocab.txt is "
+            "expected"
         )
     from transformers.utils import logging as hf_logging
 
@@ -82,7 +84,8 @@ def load_esm(source: str):
             ""
             if p.is_dir()
             else " A Hub name needs network access (or the Hugging Face cache): download it where "
-            "there is network, e.g. `hf download facebook/esm2_t6_8M_UR50D --local-dir esm2_t6`, and give the folder."
+            "there is network, e.g. `hf download facebook/esm2_t6_8M_UR50D --local-dir esm2_t6`, "
+            "and give the folder."
         )
         first = (str(e).splitlines() or [""])[0][:160]
         raise UsageError(
@@ -107,7 +110,10 @@ def fingerprint(model) -> str:
         if "word_embeddings" in name or "emb_layer_norm_after" in name:
             h.update(name.encode())
             h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-    return f"esm-h{c.hidden_size}-l{c.num_hidden_layers}-a{c.num_attention_heads}-v{c.vocab_size}-{h.hexdigest()[:16]}"
+    return (
+        f"esm-h{c.hidden_size}-l{c.num_hidden_layers}-a{c.num_attention_heads}"
+        f"-v{c.vocab_size}-{h.hexdigest()[:16]}"
+    )
 
 
 def token_map(tokenizer) -> list[int]:
@@ -122,7 +128,8 @@ def token_map(tokenizer) -> list[int]:
     missing = [k for k, v in specials.items() if v is None]
     if missing:
         raise UsageError(
-            f"the language model's tokenizer has no {', '.join(missing)} token; an ESM-2 tokenizer is expected"
+            f"the language model's tokenizer has no {', '.join(missing)} token; an ESM-2 tokenizer "
+            "is expected"
         )
     unk = tokenizer.unk_token_id
     out = []
@@ -160,7 +167,8 @@ class EsmConditioner(nn.Module):
             head.requires_grad_(False)
         if not trainable:
             model.requires_grad_(False)
-            # Lightning warns about modules in eval mode when training starts; a frozen LM is meant to be.
+            # Lightning warns about modules in eval mode when
+            # training starts; a frozen LM is meant to be.
             warnings.filterwarnings(
                 "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
             )
@@ -181,9 +189,10 @@ class EsmConditioner(nn.Module):
         longest = int(lengths.max()) if b else 0
         if longest > self.max_residues:
             raise UsageError(
-                f"a chain of {longest} residues exceeds the {self.max_residues} residues the conditioning "
-                f"language model covers (max_position_embeddings {self.max_residues + 2}); crop chains to at "
-                f"most {self.max_residues} (`crop_length`)"
+                f"a chain of {longest} residues exceeds the {self.max_residues} residues the "
+                "conditioning language model covers (max_position_embeddings "
+                f"{self.max_residues + 2}); crop chains to at most {self.max_residues} "
+                "(`crop_length`)"
             )
         dev = tokens.device
         ids = torch.full((b, l + 2), self.pad_id, dtype=torch.long, device=dev)
@@ -205,13 +214,14 @@ def load_conditioner(config) -> tuple[EsmConditioner, str]:
     fp = fingerprint(model)
     if config.lm_fingerprint and fp != config.lm_fingerprint:
         raise UsageError(
-            f"language model {source!r} (fingerprint {fp}) is not the one this model was trained with "
-            f"({config.condition_on!r}, fingerprint {config.lm_fingerprint}); set {LM_ENV}=FOLDER to that one"
+            f"language model {source!r} (fingerprint {fp}) is not the one this model was trained "
+            f"with ({config.condition_on!r}, fingerprint {config.lm_fingerprint}); set "
+            f"{LM_ENV}=FOLDER to that one"
         )
     if config.lm_dim and model.config.hidden_size != config.lm_dim:
         raise UsageError(
-            f"language model {source!r} has hidden size {model.config.hidden_size}, the model expects "
-            f"{config.lm_dim}; set {LM_ENV}=FOLDER to the ESM-2 model it was trained with"
+            f"language model {source!r} has hidden size {model.config.hidden_size}, the model "
+            f"expects {config.lm_dim}; set {LM_ENV}=FOLDER to the ESM-2 model it was trained with"
         )
     return EsmConditioner(model, tokenizer, trainable=config.unfreeze_lm), fp
 

@@ -33,9 +33,10 @@ from ..errors import UsageError
 from . import hub
 
 MODEL_FORMAT = "coordformer-model"
-#: 1: float32 or float16 weights; 2: also int8 matrices (``"int8": {name: {"q", "scale"}}``), written
-#: only by ``export_model(int8=True)`` so that float files stay readable by older versions; 3: weights
-#: split over the main file and ``"shards"`` beside it (``export_model(max_file_bytes=...)``).
+#: 1: float32 or float16 weights; 2: also int8 matrices (``"int8": {name: {"q", "scale"}}``),
+#: written only by ``export_model(int8=True)`` so that float files stay readable by older versions;
+#: 3: weights split over the main file and ``"shards"`` beside it
+#: (``export_model(max_file_bytes=...)``).
 MODEL_FORMAT_VERSION = 3
 
 M = TypeVar("M", bound=nn.Module)
@@ -58,7 +59,8 @@ class ModelWeights:
         """``cls(config)`` with these weights, float32, in eval mode; a one-line UsageError naming
         the source when the weights do not fit the config."""
         model = cls(self.config)
-        # load_state_dict raises a many-line RuntimeError on shape mismatches even with strict=False.
+        # load_state_dict raises a many-line RuntimeError
+        # on shape mismatches even with strict=False.
         expected = model.state_dict()
         state = self.state
         shapes = [
@@ -228,7 +230,8 @@ def read_checkpoint(
             "global_step": obj.get("global_step"),
             "train_seconds": obj["coordformer"].get("train_seconds"),
         }
-        # structure dropout teaches the flag; without it, whether the data had gaps is not known here
+        # structure dropout teaches the flag; without it,
+        # whether the data had gaps is not known here
         if missing_flag_learnt(
             {"model_config": cfg, "train_config": obj["coordformer"].get("train_config")}
         ):

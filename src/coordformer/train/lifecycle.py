@@ -62,12 +62,13 @@ class StopOnSignal(Callback):
     and stop; after SIGUSR1 also ``scontrol requeue`` the job.
 
     Lightning's own handlers act inside the step: its SLURM handler saves from inside the signal
-    handler, wherever the step happens to be (e.g. after the weights moved but before the step counter
-    did), so a run resumed from it is not the run that would have been (measured: weights 6e-3 off
-    after 150 steps); its SIGTERM handler raises SystemExit at the next batch, saving nothing, with
-    exit status 0; Ctrl-C ends in exit status 1, saving nothing. Here, during training, the handler
-    only sets a flag; rank 0's flag is broadcast so every rank saves at the same step, and ``last.ckpt``
-    is written so a re-run resumes from it like any other restart, exactly.
+    handler, wherever the step happens to be (e.g. after the weights moved but before the step
+    counter did), so a run resumed from it is not the run that would have been (measured: weights
+    6e-3 off after 150 steps); its SIGTERM handler raises SystemExit at the next batch, saving
+    nothing, with exit status 0; Ctrl-C ends in exit status 1, saving nothing. Here, during
+    training, the handler only sets a flag; rank 0's flag is broadcast so every rank saves at the
+    same step, and ``last.ckpt`` is written so a re-run resumes from it like any other restart,
+    exactly.
 
     Outside the training loop (loading, setting up; the final validation) SIGINT and SIGTERM raise
     ``Interrupted`` at once: nothing done there is lost that a re-run does not redo. A second Ctrl-C

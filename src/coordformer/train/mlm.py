@@ -67,7 +67,8 @@ class MaskedLMModule(L.LightningModule):
         self.skipped_steps = (
             0  # optimizer steps skipped for non-finite gradients, saved with checkpoints
         )
-        self.model_flops = 0.0  # training FLOPs of the residues seen (coordformer.model.flops), saved with checkpoints
+        # training FLOPs of the residues seen (coordformer.model.flops), saved with checkpoints
+        self.model_flops = 0.0
         self._flops_since = 0.0
         self._skips_in_a_row = 0
         self.data_fingerprint: str | None = (
@@ -115,7 +116,8 @@ class MaskedLMModule(L.LightningModule):
             self._tokens_since = 0
             self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
-        # With a time budget the step-based ETA means little; show the training minutes spent instead.
+        # With a time budget the step-based ETA means
+        # little; show the training minutes spent instead.
         self.log(
             "train/minutes",
             self.train_seconds / 60.0,
@@ -139,16 +141,19 @@ class MaskedLMModule(L.LightningModule):
         mm = self.train_config.max_minutes
         if mm:
             over = self.train_seconds >= mm * 60.0
-            # Lightning does not synchronise should_stop across ranks; a rank leaving alone would hang.
-            # Rank 0's clock decides (as for the learning rate): another rank's copy has its own step
-            # time added since the last broadcast and could stop the run just before the budget.
+            # Lightning does not synchronise should_stop across ranks; a rank leaving alone would
+            # hang. Rank 0's clock decides (as for the learning rate): another rank's copy has its
+            # own step time added since the last broadcast and could stop the run just before the
+            # budget.
             if self.trainer.world_size > 1:
                 over = bool(self.trainer.strategy.broadcast(over, 0))
-            # `or`: a callback (the SLURM requeue, which runs before this hook) may have asked to stop
+            # `or`: a callback (the SLURM requeue, which
+            # runs before this hook) may have asked to stop
             self.trainer.should_stop = self.trainer.should_stop or over
 
     def on_before_optimizer_step(self, optimizer):
-        """Skip the update when any gradient is NaN/Inf (one rare bad step must not poison the weights).
+        """Skip the update when any gradient is NaN/Inf (one rare bad step must not poison the
+        weights).
 
         A bf16 small-3m run with Gaussian-initialised heads went NaN after 10,600 good steps and
         never recovered (docs/RESULTS.md). Dropping the gradients makes AdamW leave every parameter
@@ -169,9 +174,9 @@ class MaskedLMModule(L.LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
         if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
             raise TrainingDivergedError(
-                f"training diverged: {self._skips_in_a_row} steps in a row with non-finite gradients (step "
-                f"{self.global_step}); re-run from the last checkpoint with a lower `lr` or "
-                "`precision=32-true`"
+                f"training diverged: {self._skips_in_a_row} steps in a row with non-finite "
+                f"gradients (step {self.global_step}); re-run from the last checkpoint with a "
+                "lower `lr` or `precision=32-true`"
             )
 
     def on_validation_start(self):
@@ -186,7 +191,8 @@ class MaskedLMModule(L.LightningModule):
     def on_validation_epoch_end(self):
         m = self.trainer.callback_metrics
         if "val/loss" in m:
-            # identical on every rank (val/loss is already synced); sync_dist only keeps Lightning from warning
+            # identical on every rank (val/loss is already
+            # synced); sync_dist only keeps Lightning from warning
             self.log("val/perplexity", torch.exp(m["val/loss"]), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
@@ -218,8 +224,8 @@ class MaskedLMModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint):
-        # Runs from before `--compile` compiled in place saved torch.compile's wrapper prefix; drop it so
-        # such a run resumes with or without --compile.
+        # Runs from before `--compile` compiled in place saved torch.compile's wrapper prefix; drop
+        # it so such a run resumes with or without --compile.
         state = checkpoint.get("state_dict", {})
         if any("._orig_mod." in k for k in state):
             checkpoint["state_dict"] = {k.replace("._orig_mod.", "."): v for k, v in state.items()}

@@ -90,10 +90,10 @@ class _DataModule(L.LightningDataModule):
 
 
 def _worker_init(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which checkpoints at the next
-    step (StopOnSignal). A terminal sends Ctrl-C to every process of the job: a worker that died of
-    it ended the run ("DataLoader worker exited unexpectedly") before anything was saved. Then
-    Lightning's worker seeding, which a worker_init_fn of our own replaces."""
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which checkpoints at the
+    next step (StopOnSignal). A terminal sends Ctrl-C to every process of the job: a worker that
+    died of it ended the run ("DataLoader worker exited unexpectedly") before anything was saved.
+    Then Lightning's worker seeding, which a worker_init_fn of our own replaces."""
     import os
     import signal
 
@@ -117,13 +117,14 @@ class _ConfigWriter(Callback):
 
 
 class _BestCheckpoint(ModelCheckpoint):
-    """checkpoints/best.ckpt: the lowest val/loss so far, and the step it was saved at (``best_step``,
-    kept in the callback state so a resumed run knows it too). ``consider_final`` lets the final
-    validation (``trainer.validate`` after fit, where Lightning saves nothing) replace it."""
+    """checkpoints/best.ckpt: the lowest val/loss so far, and the step it was saved at
+    (``best_step``, kept in the callback state so a resumed run knows it too). ``consider_final``
+    lets the final validation (``trainer.validate`` after fit, where Lightning saves nothing)
+    replace it."""
 
     def __init__(self, dirpath: Path):
-        # no version counter: a best.ckpt this callback does not know of (state lost) is replaced, not
-        # joined by best-v1.ckpt, which resolve_checkpoint would never pick
+        # no version counter: a best.ckpt this callback does not know of (state lost) is replaced,
+        # not joined by best-v1.ckpt, which resolve_checkpoint would never pick
         super().__init__(
             dirpath=dirpath,
             filename="best",
@@ -152,8 +153,8 @@ class _BestCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
     def consider_final(self, trainer, val_loss: float) -> None:
-        """After the final validation (every rank, same value): save the final model as best.ckpt when
-        its val/loss is at most the best so far."""
+        """After the final validation (every rank, same value): save the final model as best.ckpt
+        when its val/loss is at most the best so far."""
         if not math.isfinite(val_loss) or self.best_step == trainer.global_step:
             return
         if self.best_model_score is not None and val_loss > float(self.best_model_score):
@@ -189,7 +190,8 @@ def pretrain(
     init_state: dict | None = None,
     allow_new_data: bool = False,
 ) -> dict:
-    """Pretrain a CoordFormer with masked-LM on ``data_dir``'s train split; validate on its valid split.
+    """Pretrain a CoordFormer with masked-LM on ``data_dir``'s train split; validate on its valid
+    split.
 
     Writes to ``out_dir``: checkpoints/last.ckpt and best.ckpt (each carries both configs),
     config.json, logs/version_N/metrics.csv (one per start; TensorBoard under tensorboard/ when
@@ -214,7 +216,8 @@ def pretrain(
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    # torchrun inside a SLURM job: Lightning then (rightly) takes ranks from torchrun, so leave it be
+    # torchrun inside a SLURM job: Lightning then
+    # (rightly) takes ranks from torchrun, so leave it be
     slurm = SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     stop = None
@@ -353,9 +356,10 @@ def _pretrain(
     extra_callbacks = callbacks
     val_batches = None if len(data.split_indices("valid")) else 0
     callbacks = [
-        # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses little.
-        # No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal, the segment before
-        # a resume) instead of adding last-v1.ckpt, last-v2.ckpt, ... beside it at the end of training.
+        # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses
+        # little. No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal,
+        # the segment before a resume) instead of adding last-v1.ckpt, last-v2.ckpt, ... beside it
+        # at the end of training.
         ModelCheckpoint(
             dirpath=ckpt_dir,
             filename="periodic",
@@ -374,7 +378,8 @@ def _pretrain(
         # a bar of the time budget with --max-minutes; plain lines when the output is not a terminal
         callbacks.append(TrainProgressBar(cfg.max_minutes))
     # One version folder per (re)start so a resumed run never overwrites earlier log segments.
-    # flushed each time it logs (Lightning flushes every 100 steps by default), so a killed run keeps its log
+    # flushed each time it logs (Lightning flushes every 100 steps by default), so a killed run
+    # keeps its log
     loggers = [CSVLogger(out, name="logs", flush_logs_every_n_steps=max(cfg.log_every_steps, 1))]
     tensorboard = cfg_tensorboard_available()
     if tensorboard:
@@ -413,8 +418,8 @@ def _pretrain(
         deterministic=False,
     )
     if cfg.compile:
-        # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain keys, so
-        # a checkpoint resumes, exports and loads the same with or without --compile.
+        # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain
+        # keys, so a checkpoint resumes, exports and loads the same with or without --compile.
         module.model.compile()
     metrics = {}
     try:
@@ -476,7 +481,8 @@ def _pretrain(
             "interrupted": {"signal": name, "step": stop.stopped_at},
             "train_minutes": module.train_seconds / 60.0,
             "skipped_steps": module.skipped_steps,
-            # the rate alone: measuring the device's matrix rate would delay a stop that may be on a deadline
+            # the rate alone: measuring the device's matrix
+            # rate would delay a stop that may be on a deadline
             **_utilisation(module, trainer, measure_peak=False),
             "checkpoint": str(last),
             **_best_summary(best),
@@ -502,7 +508,8 @@ def _pretrain(
         **_best_summary(best),
         "tensorboard": str(out / "tensorboard")
         if tensorboard
-        else "off: the tensorboard package is not installed (pip install tensorboard); metrics are in logs/version_N/metrics.csv",
+        else "off: the tensorboard package is not installed (pip install tensorboard); metrics are "
+        "in logs/version_N/metrics.csv",
     }
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
@@ -515,8 +522,9 @@ def _best_summary(best: _BestCheckpoint | None) -> dict:
 
 
 def _previous_data(out: Path, saved: dict) -> dict | None:
-    """The dataset a run was trained on: {"fingerprint", "path", "previous": [...]} from config.json (or
-    only the fingerprint, from the checkpoint, when config.json is missing); None when unknown."""
+    """The dataset a run was trained on: {"fingerprint", "path", "previous": [...]} from config.json
+    (or only the fingerprint, from the checkpoint, when config.json is missing); None when
+    unknown."""
     from ..data.store import manifest_fingerprint
 
     record = {}
@@ -560,7 +568,8 @@ def _utilisation(module, trainer, measure_peak: bool = True) -> dict:
 
 
 def _uses_cuda(accelerator: str) -> bool:
-    """Whether Lightning will train on a CUDA GPU for ``accelerator`` ("auto" takes one when there is one)."""
+    """Whether Lightning will train on a CUDA GPU for
+    ``accelerator`` ("auto" takes one when there is one)."""
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
