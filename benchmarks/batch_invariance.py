@@ -1,4 +1,5 @@
-"""Does a chain's output depend on what else is in its batch? float32 vs bf16 autocast, side by side.
+"""Does a chain's output depend on what else is in its batch? float32 vs bf16 autocast, side
+by side.
 
     python benchmarks/batch_invariance.py --model small-coords --chains 8 [--device cuda]
 

@@ -102,7 +102,8 @@ def main(argv=None):
             got += int(next(it).padding_mask.sum())
         rate = got / (time.perf_counter() - t0)
         print(
-            f"DataLoader, {w:2d} workers: {rate:10.0f} tokens/s = {rate / model_rate:.1f}x the model"
+            f"DataLoader, {w:2d} workers: {rate:10.0f} tokens/s = "
+            f"{rate / model_rate:.1f}x the model"
         )
         del it, loader
     return 0

@@ -36,8 +36,8 @@ def rss_anon_mb() -> float:
 def write_synthetic_dataset(
     out: Path, n_chains: int, length: int, seed: int = 0, block: int = 20_000
 ) -> Path:
-    """A prepared dataset (store.py layout) of ``n_chains`` chains of ``length`` residues, all in train
-    except 1% valid. Written block by block through memory maps (constant memory)."""
+    """A prepared dataset (store.py layout) of ``n_chains`` chains of ``length`` residues, all in
+    train except 1% valid. Written block by block through memory maps (constant memory)."""
     from coordformer import __version__
     from coordformer.config import PrepareConfig
     from coordformer.constants import DATASET_FORMAT_VERSION
@@ -151,13 +151,15 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         write_synthetic_dataset(path, a.chains, a.length)
         print(
-            f"wrote {a.chains:,} chains x {a.length} residues to {path} in {time.perf_counter() - t0:.0f} s"
+            f"wrote {a.chains:,} chains x {a.length} residues to {path} in "
+            f"{time.perf_counter() - t0:.0f} s"
         )
         res = stream_once(path, a.tokens)
     for s in res["trace"]:
         print(f"batch {s['batch']:>6}/{res['batches']}: RssAnon {s['rss_anon_mb']:8.1f} MB")
     print(
-        f"{res['tokens']:,} tokens in {res['seconds']} s; RssAnon {res['rss_anon_before_open_mb']} MB before opening, "
+        f"{res['tokens']:,} tokens in {res['seconds']} s; "
+        f"RssAnon {res['rss_anon_before_open_mb']} MB before opening, "
         f"{res['rss_anon_after_open_mb']} MB after; growth from the first tenth to the end: "
         f"{res['growth_after_first_tenth_mb']} MB"
     )

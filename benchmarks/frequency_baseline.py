@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The no-context baseline: perplexity and recovery of predicting train-split amino-acid frequencies.
+"""The no-context baseline: perplexity and recovery of predicting train-split
+amino-acid frequencies.
 
 A masked-LM that has learned nothing beyond residue frequencies scores exactly this, so it is the
 floor every model's evaluation should be read against.

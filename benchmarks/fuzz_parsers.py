@@ -63,11 +63,12 @@ SEQUENCE_LETTERS = frozenset(AMINO_ACIDS + "X")
 # values that overflow float32, CIF / PDB / JSON structural keywords, control and non-ASCII bytes.
 JUNK_TOKENS = (
     b"abc", b"nan", b"NaN", b"inf", b"-inf", b"Infinity", b"-Infinity", b"1e40", b"-1e39", b"1e400",
-    b"1e308", b"99999999", b"-99999999", b"3.5e38", b"?", b".", b"", b"-", b"+", b"--1", b"1.2.3", b"0x1F",
-    b"-0", b"1e", b"e5", b"null", b"true", b'"1.0"', b"[]", b"{}", b"[", b"]", b"{", b"}", b",", b":", b"\x00",
-    b"\xff\xfe", "\u00e9\u00df\u2603".encode(), b"\r", b"\n", b"\t", b"'", b'"', b";", b"#", b"loop_", b"data_",
-    b"_atom_site.Cartn_x", b"_atom_site.occupancy", b"ATOM  ", b"HETATM", b"MODEL     2", b"ENDMDL", b"END",
-    b"TER", b"SEQRES", b"MODRES", b"HEADER", b"ALTLOC", b"MSE", b"UNK", b"HOH", b"DA ",
+    b"1e308", b"99999999", b"-99999999", b"3.5e38", b"?", b".", b"", b"-", b"+", b"--1", b"1.2.3",
+    b"0x1F", b"-0", b"1e", b"e5", b"null", b"true", b'"1.0"', b"[]", b"{}", b"[", b"]", b"{", b"}",
+    b",", b":", b"\x00", b"\xff\xfe", "\u00e9\u00df\u2603".encode(), b"\r", b"\n", b"\t", b"'",
+    b'"', b";", b"#", b"loop_", b"data_", b"_atom_site.Cartn_x", b"_atom_site.occupancy", b"ATOM  ",
+    b"HETATM", b"MODEL     2", b"ENDMDL", b"END", b"TER", b"SEQRES", b"MODRES", b"HEADER",
+    b"ALTLOC", b"MSE", b"UNK", b"HOH", b"DA ",
 )  # fmt: skip
 _NUMBER_RE = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -102,8 +103,8 @@ def _line_end(data: bytes, start: int, count: int) -> int:
 # what a number field gets replaced with: half the time something number-like that a lenient
 # parser may accept (overflowing float32, NaN / Infinity spellings, half-numbers)
 NUMBER_TOKENS = (
-    b"nan", b"NaN", b"inf", b"-inf", b"Infinity", b"1e40", b"-1e39", b"3.5e38", b"1e400", b"1e308", b"99999999",
-    b"-0", b"1e", b"--1", b"1.2.3", b"0x1F", b"?", b".", b"", b"null", b"abc",
+    b"nan", b"NaN", b"inf", b"-inf", b"Infinity", b"1e40", b"-1e39", b"3.5e38", b"1e400", b"1e308",
+    b"99999999", b"-0", b"1e", b"--1", b"1.2.3", b"0x1F", b"?", b".", b"", b"null", b"abc",
 )  # fmt: skip
 junk_bytes = st.one_of(
     st.sampled_from(JUNK_TOKENS), st.binary(max_size=24), st.text(max_size=8).map(str.encode)
@@ -173,7 +174,8 @@ def _crlf(draw, pos, data: bytes) -> bytes:
 
 MUTATIONS: tuple[Callable, ...] = (
     _flip, _truncate, _delete_lines, _duplicate_lines, _insert_junk, _crlf,
-    # weighted up: the other mutations mostly stop the parser early, this one reaches the deep checks
+    # weighted up: the other mutations mostly stop the parser early, this one reaches the
+    # deep checks
     _replace_number, _replace_number, _replace_atom_field, _replace_atom_field,
 )  # fmt: skip
 
@@ -393,7 +395,8 @@ def check_chain(chain, where: str) -> None:
         bad("empty chain")
     if not set(chain.sequence) <= SEQUENCE_LETTERS:
         bad(
-            f"sequence letters outside the alphabet: {sorted(set(chain.sequence) - SEQUENCE_LETTERS)}"
+            "sequence letters outside the alphabet: "
+            f"{sorted(set(chain.sequence) - SEQUENCE_LETTERS)}"
         )
     coords = chain.coords
     if (
@@ -402,7 +405,8 @@ def check_chain(chain, where: str) -> None:
         or coords.shape != (n, 4, 3)
     ):
         bad(
-            f"coords {type(coords).__name__} {getattr(coords, 'dtype', None)} {getattr(coords, 'shape', None)}"
+            f"coords {type(coords).__name__} {getattr(coords, 'dtype', None)} "
+            f"{getattr(coords, 'shape', None)}"
         )
     if np.isinf(coords).any():
         bad("infinite coordinate")
@@ -579,7 +583,8 @@ def campaign(
                 saved.write_bytes(data)
                 with open(crash_dir / "tracebacks.txt", "a") as fh:
                     fh.write(
-                        f"=== {name} #{counts['crash']}: input saved as {saved}\n{traceback.format_exc()}\n"
+                        f"=== {name} #{counts['crash']}: input saved as {saved}\n"
+                        f"{traceback.format_exc()}\n"
                     )
 
     run()

@@ -165,7 +165,8 @@ def main() -> int:
         results[arm] = _row(evals[arm], args.out / arm, cmds[arm])
     base = "nocoords" if "nocoords" in results else None
     lines = [
-        "| arm | steps | train min | perplexity | recovery | ppl ratio vs nocoords (95% CI) | recovery diff (95% CI) |",
+        "| arm | steps | train min | perplexity | recovery | ppl ratio vs nocoords (95% CI) "
+        "| recovery diff (95% CI) |",
         "|---|---|---|---|---|---|---|",
     ]
     for arm, r in results.items():
@@ -178,7 +179,8 @@ def main() -> int:
             lo, hi = bs["recovery_diff_pt_ci95"]
             diff = f"{bs['recovery_diff_pt']:+.1f} pt ({lo:+.1f} to {hi:+.1f})"
         lines.append(
-            f"| {arm} | {r['steps']} | {r['train_minutes']:.1f} | {r['perplexity']:.2f} | {r['recovery']:.1%} | {ratio} | {diff} |"
+            f"| {arm} | {r['steps']} | {r['train_minutes']:.1f} | {r['perplexity']:.2f} "
+            f"| {r['recovery']:.1%} | {ratio} | {diff} |"
         )
     table = "\n".join(lines)
     if args.report_only and (args.out / "results.json").exists():

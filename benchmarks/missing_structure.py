@@ -1,8 +1,8 @@
-"""Masked-LM quality when coordinates are missing: every model on the same masked residues of a split,
-with all coordinates given, with one 5-30% stretch per chain withheld (an unresolved loop put back
-from the deposited sequence, `--seqres gaps`), with that stretch deleted (a loop the file omits, read
-as modelled: `--seqres off`), and with none given (a FASTA input); `coordformer evaluate --hide-coords`
-for each condition.
+"""Masked-LM quality when coordinates are missing: every model on the same masked residues of a
+split, with all coordinates given, with one 5-30% stretch per chain withheld (an unresolved loop put
+back from the deposited sequence, `--seqres gaps`), with that stretch deleted (a loop the file
+omits, read as modelled: `--seqres off`), and with none given (a FASTA input); `coordformer evaluate
+--hide-coords` for each condition.
 
     python benchmarks/missing_structure.py -c small-coords -c small-coords-sd -c small-nocoords \
         --data work/pdb_chains_x --split test --json work/sd/missing_structure.json
@@ -12,8 +12,8 @@ without coordinates, and paired-bootstrap intervals (over chains) of each model 
 given (the reference, e.g. the sequence-only model). A sequence-only model reads no coordinates: its
 overall figures are the same in every condition but "cut", and its figures on the withheld residues
 are the reference for the structure models there. The residues outside the stretch are the same in
-"none", "span" and "cut": their figures ("outside") say whether putting an omitted loop back helps the
-rest of the chain.
+"none", "span" and "cut": their figures ("outside") say whether putting an omitted loop back helps
+the rest of the chain.
 """
 
 from __future__ import annotations
@@ -76,14 +76,17 @@ def main(argv=None) -> int:
             results[cond][ck] = r
             h, o = r["hidden"], r["outside"]
             print(
-                f"{ck:>20} {cond:>5}: perplexity {r['perplexity']:6.2f}, recovery {r['recovery']:6.1%}"
+                f"{ck:>20} {cond:>5}: perplexity {r['perplexity']:6.2f}, "
+                f"recovery {r['recovery']:6.1%}"
                 + (
-                    f"; without coordinates ({h['n_masked']:,}) {h['perplexity']:6.2f}, {h['recovery']:6.1%}"
+                    f"; without coordinates ({h['n_masked']:,}) {h['perplexity']:6.2f}, "
+                    f"{h['recovery']:6.1%}"
                     if h
                     else ""
                 )
                 + (
-                    f"; outside the stretch ({o['n_masked']:,}) {o['perplexity']:6.2f}, {o['recovery']:6.1%}"
+                    f"; outside the stretch ({o['n_masked']:,}) {o['perplexity']:6.2f}, "
+                    f"{o['recovery']:6.1%}"
                     if o
                     else ""
                 )
@@ -93,8 +96,9 @@ def main(argv=None) -> int:
 
     ref = a.checkpoint[-1]
     print(
-        f"\n| condition | model | perplexity | recovery | perplexity / {ref} (95% CI) | perplexity, residues without "
-        "coordinates | recovery, residues without coordinates | perplexity, outside the stretch | recovery, outside the stretch |"
+        f"\n| condition | model | perplexity | recovery | perplexity / {ref} (95% CI) "
+        "| perplexity, residues without coordinates | recovery, residues without coordinates "
+        "| perplexity, outside the stretch | recovery, outside the stretch |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     summary = []
@@ -115,7 +119,8 @@ def main(argv=None) -> int:
             }
             summary.append(row)
             ci = (
-                f"{bs['perplexity_ratio']:.3f} ({bs['perplexity_ratio_ci95'][0]:.3f}-{bs['perplexity_ratio_ci95'][1]:.3f})"
+                f"{bs['perplexity_ratio']:.3f} ({bs['perplexity_ratio_ci95'][0]:.3f}-"
+                f"{bs['perplexity_ratio_ci95'][1]:.3f})"
                 if bs
                 else ""
             )
@@ -125,16 +130,19 @@ def main(argv=None) -> int:
                 + (f" {o['perplexity']:.2f} | {o['recovery']:.1%} |" if o else " | |")
             )
 
-    # the residues outside the stretch, paired across conditions: does putting a loop back (span) help
-    # the rest of the chain more than leaving it out (cut)? (--seqres gaps vs --seqres off)
+    # the residues outside the stretch, paired across conditions: does putting a loop back (span)
+    # help the rest of the chain more than leaving it out (cut)? (--seqres gaps vs --seqres off)
     print(
-        "\n| model | outside the stretch: perplexity none / span / cut | span / none (95% CI) | cut / none (95% CI) "
-        "| span / cut (95% CI) | recovery span - cut, points (95% CI) |"
+        "\n| model | outside the stretch: perplexity none / span / cut | span / none (95% CI) "
+        "| cut / none (95% CI) | span / cut (95% CI) | recovery span - cut, points (95% CI) |"
     )
     print("|---|---|---|---|---|---|")
 
     def ci(p):
-        return f"{p['perplexity_ratio']:.4f} ({p['perplexity_ratio_ci95'][0]:.4f}-{p['perplexity_ratio_ci95'][1]:.4f})"
+        return (
+            f"{p['perplexity_ratio']:.4f} ({p['perplexity_ratio_ci95'][0]:.4f}-"
+            f"{p['perplexity_ratio_ci95'][1]:.4f})"
+        )
 
     outside = []
     for ck in a.checkpoint:
@@ -156,7 +164,8 @@ def main(argv=None) -> int:
             + " / ".join(
                 f"{results[c][ck]['outside']['perplexity']:.2f}" for c in ("none", "span", "cut")
             )
-            + f" | {ci(pairs['span/none'])} | {ci(pairs['cut/none'])} | {ci(sc)} | {sc['recovery_diff_pt']:+.2f} "
+            + f" | {ci(pairs['span/none'])} | {ci(pairs['cut/none'])} | {ci(sc)} | "
+            f"{sc['recovery_diff_pt']:+.2f} "
             f"({sc['recovery_diff_pt_ci95'][0]:+.2f} to {sc['recovery_diff_pt_ci95'][1]:+.2f}) |"
         )
     if a.json:
@@ -180,7 +189,8 @@ def main(argv=None) -> int:
                 indent=2,
             )
         )
-        # per-condition files in the `coordformer evaluate --json` layout, for scripts/ship_models.py --eval
+        # per-condition files in the `coordformer evaluate --json` layout, for
+        # scripts/ship_models.py --eval
         for cond, rs in results.items():
             out = a.json.with_name(f"{a.json.stem}_{cond}.json")
             out.write_text(

@@ -7,14 +7,15 @@ Three parts, each printed and written to --json:
    ln(FLT_MAX) ~ -88.7), at L = 640, 704, 768; non-finite dQ from plain SDPA (the default kernel
    choice: cuDNN on H100/H200) against ``coordformer.model.core.attention``. CUDA only.
 2. scan: real training batches (the run's data stream, bf16 autocast on CUDA) through a model (a
-   checkpoint, or a fresh one of --preset/--recipe). For each layer: the lowest log-sum-exp over real
-   query rows and over padding rows, and how many rows fall below -88.7; how many batches have
+   checkpoint, or a fresh one of --preset/--recipe). For each layer: the lowest log-sum-exp over
+   real query rows and over padding rows, and how many rows fall below -88.7; how many batches have
    L % 128 == 64. A batch with both is one the cuDNN bug NaNs.
-3. steps: forward + backward of those batches padded to L % 128 == 64, with the default kernel choice
-   and with the model's; steps with a non-finite gradient in each. CUDA only.
+3. steps: forward + backward of those batches padded to L % 128 == 64, with the default kernel
+   choice and with the model's; steps with a non-finite gradient in each. CUDA only.
 
     python benchmarks/nonfinite_replay.py --data work/pdb_chains_x --checkpoint RUN --device cuda
-    python benchmarks/nonfinite_replay.py --data work/pdb_chains_x --preset paper-33m --batches 20  # CPU scan
+    python benchmarks/nonfinite_replay.py --data work/pdb_chains_x --preset paper-33m \\
+        --batches 20  # CPU scan
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def _batches(data: PreparedDataset, n: int, tokens: int, seed: int):
 
 
 def scan_part(model, data, n_batches, tokens, device, autocast_dtype) -> dict:
-    """Per-layer log-sum-exp of every query row (fp32 from the layer's q, k), real vs padding rows."""
+    """Per-layer log-sum-exp of every query row (fp32 from the layer's q, k), real vs padding
+    rows."""
     caught = {}
 
     def hook(i):
@@ -136,17 +138,20 @@ def scan_part(model, data, n_batches, tokens, device, autocast_dtype) -> dict:
     stats.update(batches=n_batches, batches_len_mod128_eq64=n_mod64, batches_that_trip_cudnn=n_trip)
     for i in range(n_layers):
         print(
-            f"layer {i + 1}: min log-sum-exp real rows {stats['real_min'][i]:9.1f} ({stats['real_below'][i]} below "
-            f"-88.7), padding rows {stats['pad_min'][i]:9.1f} ({stats['pad_below'][i]} below)"
+            f"layer {i + 1}: min log-sum-exp real rows {stats['real_min'][i]:9.1f} "
+            f"({stats['real_below'][i]} below -88.7), padding rows {stats['pad_min'][i]:9.1f} "
+            f"({stats['pad_below'][i]} below)"
         )
     print(
-        f"{n_mod64} of {n_batches} batches have L % 128 == 64; {n_trip} of those also have a row below -88.7"
+        f"{n_mod64} of {n_batches} batches have L % 128 == 64; "
+        f"{n_trip} of those also have a row below -88.7"
     )
     return stats
 
 
 def steps_part(model, data, n_batches, tokens, device) -> dict:
-    """Backward through the model on batches right-padded to L % 128 == 64, default kernels vs ours."""
+    """Backward through the model on batches right-padded to L % 128 == 64, default kernels vs
+    ours."""
     plain = lambda q, k, v, mask=None, dropout_p=0.0: F.scaled_dot_product_attention(  # noqa: E731
         q, k, v, attn_mask=mask, dropout_p=dropout_p
     )
@@ -177,7 +182,8 @@ def steps_part(model, data, n_batches, tokens, device) -> dict:
             core.attention = ours
         res[name] = {"steps": n_batches, "nonfinite_steps": bad}
         print(
-            f"steps ({name} kernels): {bad} of {n_batches} backward passes with a non-finite gradient"
+            f"steps ({name} kernels): {bad} of {n_batches} backward passes "
+            "with a non-finite gradient"
         )
     model.eval()
     return res

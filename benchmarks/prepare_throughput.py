@@ -1,4 +1,4 @@
-"""`prepare` throughput on gzipped mmCIF files, in structures/s, for 1..N worker processes.
+r"""`prepare` throughput on gzipped mmCIF files, in structures/s, for 1..N worker processes.
 
     python benchmarks/prepare_throughput.py --structures 400 --workers 1 2
 
@@ -12,10 +12,11 @@ waters and ligands as well, so they parse slower per residue than these backbone
     python benchmarks/prepare_throughput.py --deposited --structures 400 --workers 1 2
 
 reads whole deposited entries instead: the mmCIF files of tests/data (PDB 1A8O, 3JQH, 5I55, as
-distributed by the PDB, with side chains, alternate locations, waters and ligands), copied round-robin
-under new entry ids (gemmi, every other line untouched) and gzipped.
+distributed by the PDB, with side chains, alternate locations, waters and ligands), copied
+round-robin under new entry ids (gemmi, every other line untouched) and gzipped.
 
-    python benchmarks/prepare_throughput.py --deposited --structures 400 --workers 1 --seqres off gaps
+    python benchmarks/prepare_throughput.py --deposited --structures 400 --workers 1 \
+        --seqres off gaps
 
 times each `--seqres` mode side by side (same files, same run) and prints its throughput relative
 to the first mode given.
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
             n_files, n_res = len(chains), write_cif_gz(chains, src)
         size = sum(p.stat().st_size for p in src.iterdir())
         print(
-            f"wrote {n_files} .cif.gz files ({n_res:,} protein residues, {size / 1e6:.1f} MB) to {src}"
+            f"wrote {n_files} .cif.gz files ({n_res:,} protein residues, {size / 1e6:.1f} MB) "
+            f"to {src}"
         )
         for w in a.workers:
             first = None
@@ -178,8 +180,9 @@ def main(argv=None) -> int:
                     }
                 )
                 print(
-                    f"{w} worker(s), seqres {mode}: {n_files} files in {dt:.1f} s = {n_files / dt:.1f} structures/s, "
-                    f"{n_res / dt:,.0f} residues/s ({kept} chains, {summary.n_residues:,} residues kept)"
+                    f"{w} worker(s), seqres {mode}: {n_files} files in {dt:.1f} s = "
+                    f"{n_files / dt:.1f} structures/s, {n_res / dt:,.0f} residues/s "
+                    f"({kept} chains, {summary.n_residues:,} residues kept)"
                     + (
                         f"; throughput {first / dt:.2f}x that of the first ({a.seqres[0]})"
                         if k

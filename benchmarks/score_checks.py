@@ -18,9 +18,9 @@
 
 Chains: the bundled held-out demo chains by default (400 test-split chains neither model saw), or
 ``--data DIR --split test`` (a prepared dataset). Masked marginals are cached per model and mode in
-OUT/marginals_<model>_<mode>_n<chains>.npz (the agreement's exact and fast runs on the first N chains
-too), so a re-run only redoes the analysis, and ``--max-chains N --mode exact`` after ``--agreement N``
-reuses the exact marginals.
+OUT/marginals_<model>_<mode>_n<chains>.npz (the agreement's exact and fast runs on the first N
+chains too), so a re-run only redoes the analysis, and ``--max-chains N --mode exact`` after
+``--agreement N`` reuses the exact marginals.
 """
 
 from __future__ import annotations

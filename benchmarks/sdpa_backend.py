@@ -1,14 +1,15 @@
-"""Which scaled_dot_product_attention kernel does a CoordFormer training step actually run?
+r"""Which scaled_dot_product_attention kernel does a CoordFormer training step actually run?
 
-    python benchmarks/sdpa_backend.py --device cuda --preset large-43m --json work/perf/sdpa_cuda.json
+    python benchmarks/sdpa_backend.py --device cuda --preset large-43m \
+        --json work/perf/sdpa_cuda.json
 
 Profiles one forward + backward (bf16 autocast on CUDA) of the coords model for a batch without
 padding and one with padding, and reports the aten SDPA ops that ran: on GPU the flash kernel
 (``_scaled_dot_product_flash_attention``) needs no mask, the memory-efficient one
 (``_scaled_dot_product_efficient_attention``) or cuDNN takes the padding mask; the unfused math
-fallback (``_scaled_dot_product_attention_math``, O(L^2) memory) must not appear. A second check runs
-the same step with the math backend disabled (``torch.nn.attention.sdpa_kernel``), which raises if
-no fused kernel accepts the inputs. Exit status 1 when the math fallback ran.
+fallback (``_scaled_dot_product_attention_math``, O(L^2) memory) must not appear. A second check
+runs the same step with the math backend disabled (``torch.nn.attention.sdpa_kernel``), which raises
+if no fused kernel accepts the inputs. Exit status 1 when the math fallback ran.
 """
 
 from __future__ import annotations

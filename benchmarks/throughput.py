@@ -238,7 +238,8 @@ def main(argv=None):
                 m = json.loads(p.stdout.strip().splitlines()[-1])
                 results.setdefault((arm, length), []).append(m)
                 print(
-                    f"round {r + 1} {arm:>13} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, peak {m['peak_mb']:8.1f} MB",
+                    f"round {r + 1} {arm:>13} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, "
+                    f"peak {m['peak_mb']:8.1f} MB",
                     flush=True,
                 )
 
@@ -298,10 +299,12 @@ def main(argv=None):
                 f"{row[f'{arm}_tokens_per_s']:>15.0f} {row[f'{arm}_peak_mb']:>12.1f}"
                 for arm in a.arms
             )
-            + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}   {row['pairbias_over_coords_memory']:>22.2f}"
+            + f"   {row['coords_over_nocoords']:>21.3f}   {row['coords_over_pairbias']:>21.3f}"
+            f"   {row['pairbias_over_coords_memory']:>22.2f}"
         )
     print(
-        "\nmodel FLOPs utilisation (PaLM-style count, coordformer.model.flops) against the measured rate:"
+        "\nmodel FLOPs utilisation (PaLM-style count, coordformer.model.flops) "
+        "against the measured rate:"
     )
     for row in rows:
         print(
@@ -312,13 +315,14 @@ def main(argv=None):
         )
     if "coords-ckpt" in a.arms:
         print(
-            "\nwith activation checkpointing:   pairbias-ckpt/coords-ckpt memory   pairbias/coords-ckpt memory   "
-            "coords-ckpt/coords tok/s"
+            "\nwith activation checkpointing:   pairbias-ckpt/coords-ckpt memory   "
+            "pairbias/coords-ckpt memory   coords-ckpt/coords tok/s"
         )
         for row in rows:
             print(
                 f"{row['length']:>5} {row['pairbias_ckpt_over_coords_ckpt_memory']:>45.2f} "
-                f"{row['pairbias_over_coords_ckpt_memory']:>29.2f} {row['coords_ckpt_over_coords_tok_s']:>26.3f}"
+                f"{row['pairbias_over_coords_ckpt_memory']:>29.2f} "
+                f"{row['coords_ckpt_over_coords_tok_s']:>26.3f}"
             )
     if "coords-compile" in a.arms:
         print("\ntorch.compile:   coords-compile/coords tok/s")

@@ -9,7 +9,8 @@ DATA = Path(__file__).parent / "data"
 
 
 def synthetic_chains(n: int, seed: int = 0, min_len: int = 30, max_len: int = 120):
-    """Random-walk CA traces (3.8 A steps) with plausible N/C/O offsets; returns chain_set records."""
+    """Random-walk CA traces (3.8 A steps) with plausible N/C/O offsets; returns chain_set
+    records."""
     rng = np.random.default_rng(seed)
     recs = []
     for i in range(n):
@@ -63,8 +64,8 @@ def prepared(tmp_path, synthetic_jsonl):
 @pytest.fixture(autouse=True)
 def _signal_dispositions_restored(request):
     """Every test leaves SIGINT/SIGTERM as it found them. A disposition left behind (SIG_IGN above
-    all: children inherit it, and `pretrain` keeps an ignored signal ignored, as for a background job)
-    changes what later tests see; it is put back here and the test named in the log."""
+    all: children inherit it, and `pretrain` keeps an ignored signal ignored, as for a background
+    job) changes what later tests see; it is put back here and the test named in the log."""
     import signal
     import warnings
 

@@ -2,10 +2,10 @@
 
 `prepare` (synthetic chains + real structures) -> `pretrain` (tiny, CPU, fixed seed) -> `evaluate`
 (plain, BERT masking, withheld spans) -> `embed` (plain, windows, complexes, per residue) -> `score`
-(exact and fast). `run(workdir)` returns a JSON-able dict of what those commands wrote; the values in
-tests/data/golden.json were recorded with the code before the issue-17 redesign:
+(exact and fast). `run(workdir)` returns a JSON-able dict of what those commands wrote; the values
+in tests/data/golden.json were recorded with the code before the issue-17 redesign:
 
-    python tests/golden_pipeline.py            # re-record (only when a change of outputs is intended)
+    python tests/golden_pipeline.py  # re-record (only when a change of outputs is intended)
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The alphabet: one letter-normalisation rule and one letter -> token mapping (coordformer.alphabet),
-re-exported by coordformer.constants and used by every reader."""
+"""The alphabet: one letter-normalisation rule and one letter -> token mapping
+(coordformer.alphabet), re-exported by coordformer.constants and used by every reader."""
 
 from __future__ import annotations
 
@@ -128,7 +128,8 @@ def test_constants_reexports_the_alphabet():
 
 
 def _package_imports(path: Path) -> set[str]:
-    """Modules of coordformer a source file imports (relative imports resolved from the package root)."""
+    """Modules of coordformer a source file imports (relative imports resolved from the package
+    root)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):

@@ -60,7 +60,8 @@ def _dataset(tmp_path, records, name="ds"):
 
 def _ring(i, length=60, radius=40.0):
     """CA atoms evenly on a circle: every residue sees the same distances, so the softmax
-    normaliser is the same for every query and the mean weight is exactly proportional to the kernel."""
+    normaliser is the same for every query and the mean weight is exactly proportional to the
+    kernel."""
     t = np.arange(length) * 2 * np.pi / length
     ca = np.stack([radius * np.cos(t), radius * np.sin(t), np.zeros(length)], 1) + i
     coords = {

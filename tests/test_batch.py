@@ -1,6 +1,6 @@
-"""The typed seam between data and model: every batcher hands out a frozen ``Batch``, the model takes
-it as ``model(**batch.inputs(use_coords))``, ``encode`` pools it, and Lightning / the DataLoader move
-it like any batch."""
+"""The typed seam between data and model: every batcher hands out a frozen ``Batch``, the model
+takes it as ``model(**batch.inputs(use_coords))``, ``encode`` pools it, and Lightning / the
+DataLoader move it like any batch."""
 
 import dataclasses
 import inspect

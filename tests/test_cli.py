@@ -1,4 +1,5 @@
-"""End-to-end through the command-line entry point, on committed real fixtures plus synthetic chains."""
+"""End-to-end through the command-line entry point, on committed real fixtures plus synthetic
+chains."""
 
 import json
 import math
@@ -229,7 +230,8 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
 
 @pytest.mark.slow
 def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
-    """Stopping part-way and resuming gives the same weights as an uninterrupted run (CPU, same seed)."""
+    """Stopping part-way and resuming gives the same weights as an uninterrupted run (CPU, same
+    seed)."""
     from lightning.pytorch.callbacks import Callback
 
     from coordformer.config import TrainConfig, preset
@@ -255,7 +257,8 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
 
 
 class _PoisonGrads:
-    """Lightning callback factory: NaN into one gradient on the listed steps (before the module's check)."""
+    """Lightning callback factory: NaN into one gradient on the listed steps (before the module's
+    check)."""
 
     def __new__(cls, steps):
         from lightning.pytorch.callbacks import Callback
@@ -364,7 +367,8 @@ def test_pretrain_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, prep
         max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
         < 1e-6
     )
-    # the loss log survives the kill and the resumed segment continues it (flushed each time it logs)
+    # the loss log survives the kill and the resumed segment continues it (flushed each time it
+    # logs)
     import csv
 
     logs = sorted((tmp_path / "killed" / "logs").glob("version_*/metrics.csv"))
@@ -382,7 +386,8 @@ def _free_port() -> int:
 
 
 def _launch_env(**extra) -> dict:
-    """This process's environment without any SLURM / torch.distributed variables, plus ``extra``."""
+    """This process's environment without any SLURM / torch.distributed variables, plus
+    ``extra``."""
     import os
 
     base = {
@@ -394,9 +399,9 @@ def _launch_env(**extra) -> dict:
 
 
 def _slurm_task_env(rank: int, ntasks: int, job_id: str, **extra) -> dict:
-    """The environment `srun` gives task ``rank`` of ``ntasks`` (one task per node, all on localhost).
-    With several tasks pass MASTER_PORT: otherwise Lightning derives it from the job id, which could be
-    taken here."""
+    """The environment `srun` gives task ``rank`` of ``ntasks`` (one task per node, all on
+    localhost). With several tasks pass MASTER_PORT: otherwise Lightning derives it from the job id,
+    which could be taken here."""
     return _launch_env(
         SLURM_NTASKS=str(ntasks),
         SLURM_NTASKS_PER_NODE="1",
@@ -411,7 +416,8 @@ def _slurm_task_env(rank: int, ntasks: int, job_id: str, **extra) -> dict:
 
 
 def _fake_scontrol(tmp_path):
-    """A stand-in `scontrol` that appends its arguments to a file: (PATH entry to prepend, that file)."""
+    """A stand-in `scontrol` that appends its arguments to a file: (PATH entry to prepend, that
+    file)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol_calls"
@@ -440,8 +446,9 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
 ):
     """Under SLURM the warning signal (SIGUSR1, `#SBATCH --signal=SIGUSR1@90`) makes the run write
     last.ckpt at the next step boundary, call `scontrol requeue` (a stand-in here) and stop; the
-    requeued job (the same command) continues from there and ends with the weights of an uninterrupted
-    run. (Lightning's own handler checkpoints mid-step and this comparison failed by 6e-3.)"""
+    requeued job (the same command) continues from there and ends with the weights of an
+    uninterrupted run. (Lightning's own handler checkpoints mid-step and this comparison failed by
+    6e-3.)"""
     import csv
     import os
     import signal
@@ -526,8 +533,8 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
 @pytest.mark.slow
 def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_path, prepared):
     """Two SLURM tasks (gloo); the signal reaches rank 0 only. Rank 0's flag is broadcast, so both
-    ranks checkpoint at the same step and stop: the job ends (no rank left waiting for the other) and
-    the stand-in `scontrol` is called once."""
+    ranks checkpoint at the same step and stop: the job ends (no rank left waiting for the other)
+    and the stand-in `scontrol` is called once."""
     import os
     import signal
     import subprocess
@@ -634,7 +641,8 @@ def test_same_seed_and_config_give_identical_losses(tmp_path, prepared):
 
 
 def test_misuse_gives_one_line_errors(tmp_path, capsys, prepared):
-    """Wrong kind of checkpoint, corrupt checkpoint, dataset of another format version, bad values."""
+    """Wrong kind of checkpoint, corrupt checkpoint, dataset of another format version, bad
+    values."""
     ft = tmp_path / "ft"
     ft.mkdir()
     (ft / "config.json").write_text(json.dumps({"finetune": {"task": "ec"}}))
@@ -708,7 +716,8 @@ def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(
 
 @pytest.mark.slow
 def test_ddp_on_cpu_with_time_budget_stops_all_ranks_together(tmp_path, prepared):
-    """Two gloo processes: the budget is rank 0's clock, so both ranks stop on the same step (no hang)."""
+    """Two gloo processes: the budget is rank 0's clock, so both ranks stop on the same step (no
+    hang)."""
     import subprocess
     import sys
 
@@ -826,10 +835,10 @@ def test_ddp_gradients_match_single_process_on_the_same_global_batch(tmp_path, p
 
 @pytest.mark.slow
 def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_path, prepared):
-    """The README's multi-node recipes, run as two single-process "nodes" on this machine (gloo): two
-    `torchrun --nnodes 2 --node-rank r` launches, and two processes with the environment `srun` gives
-    its tasks. Each must form one 2-process job and end with the weights of `--devices 2 --strategy ddp`
-    launched by Lightning itself."""
+    """The README's multi-node recipes, run as two single-process "nodes" on this machine (gloo):
+    two `torchrun --nnodes 2 --node-rank r` launches, and two processes with the environment `srun`
+    gives its tasks. Each must form one 2-process job and end with the weights of
+    `--devices 2 --strategy ddp` launched by Lightning itself."""
     import subprocess
     import sys
 
@@ -858,8 +867,8 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
         "3e-3",
         "--strategy",
         "ddp",
-        # the paper recipe: the fast one's Gaussian logits (|x|^2 / sigma^2, hundreds) lift float32 rounding
-        # differences between launches to ~1e-4 in three steps, above this test's 1e-6
+        # the paper recipe: the fast one's Gaussian logits (|x|^2 / sigma^2, hundreds) lift float32
+        # rounding differences between launches to ~1e-4 in three steps, above this test's 1e-6
         "--recipe",
         "paper",
     ]
@@ -970,9 +979,10 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
 
 @pytest.mark.slow
 def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_path, prepared):
-    """`--compile` compiles the model in place: the same seed gives the same weights as eager training (to
-    kernel rounding), and the checkpoint has plain keys, so it resumes without --compile and loads for
-    inference. (torch.compile(model) would prefix every key with `_orig_mod.` and break both.)"""
+    """`--compile` compiles the model in place: the same seed gives the same weights as eager
+    training (to kernel rounding), and the checkpoint has plain keys, so it resumes without
+    --compile and loads for inference. (torch.compile(model) would prefix every key with
+    `_orig_mod.` and break both.)"""
     common = [
         "--data",
         str(prepared.path),
@@ -991,8 +1001,9 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
         "--threads",
         "1",
         "--quiet",
-        # the paper recipe: the fast one's Gaussian heads compute logits of |x|^2 / sigma^2 (hundreds), which
-        # lifts float32 rounding between compiled and eager kernels to ~2e-4 after two steps
+        # the paper recipe: the fast one's Gaussian heads compute logits of |x|^2 / sigma^2
+        # (hundreds), which lifts float32 rounding between compiled and eager kernels to ~2e-4 after
+        # two steps
         "--recipe",
         "paper",
     ]
@@ -1072,8 +1083,9 @@ def test_export_writes_a_half_precision_model_that_evaluates(tmp_path, prepared,
 def test_pretrain_init_continues_from_given_weights_with_their_architecture(
     tmp_path, prepared, capsys
 ):
-    """--init: the run starts from another model's weights (here a 1-step tiny run, read from its run
-    folder), takes its architecture, records where it came from, and refuses architecture options."""
+    """--init: the run starts from another model's weights (here a 1-step tiny run, read from its
+    run folder), takes its architecture, records where it came from, and refuses architecture
+    options."""
     common = [
         "--data",
         prepared.path,

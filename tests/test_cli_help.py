@@ -1,4 +1,5 @@
-"""CLI help reads at 80 columns: whole option names, no <bool> column for flags; --version (issue 20)."""
+"""CLI help reads at 80 columns: whole option names, no <bool> column for flags; --version
+(issue 20)."""
 
 import typer
 

@@ -64,7 +64,8 @@ def test_complexes_pool_per_chain_and_per_complex(tmp_path, inputs):
         "1ORC.A",
         64,
     )
-    # the complex row is the mean over all its residues = the length-weighted mean of its chains' rows
+    # the complex row is the mean over all its residues = the length-weighted mean of its chains'
+    # rows
     a, b = chains["1LZH.A"], chains["1LZH.B"]
     np.testing.assert_allclose(
         complexes["1LZH"][2], (a[0] * a[1] + b[0] * b[1]) / (a[0] + b[0]), atol=1e-5

@@ -1,6 +1,6 @@
-"""Each setting defined once (issue 17): BatchConfig inside TrainConfig, batching and the resume check;
-saved flat TrainConfig dicts still load; the CLI's defaults are the records'; one precision rule; library
-errors carry data (Python names) and the CLI phrases them as flags."""
+"""Each setting defined once (issue 17): BatchConfig inside TrainConfig, batching and the resume
+check; saved flat TrainConfig dicts still load; the CLI's defaults are the records'; one precision
+rule; library errors carry data (Python names) and the CLI phrases them as flags."""
 
 import dataclasses
 import json
@@ -32,7 +32,8 @@ from coordformer.function.finetune import FinetuneConfig
 from coordformer.train import run as train_run
 from coordformer.train.lifecycle import resolve_precision
 
-#: TrainConfig.to_dict() as the runs before BatchConfig stored it (checkpoints, config.json, summary.json).
+#: TrainConfig.to_dict() as the runs before BatchConfig stored it (checkpoints, config.json,
+#: summary.json).
 OLD_FLAT = {
     "seed": 3,
     "mask_prob": 0.15,

@@ -42,7 +42,8 @@ def test_head_dim_n_plus_2_gives_exact_logits_and_the_unnormalised_kernel(n):
 
 
 def test_normalised_head_is_not_an_unnormalised_kernel():
-    # The n + 1 head's raw logits carry the per-query term |x_i|^2/(2 sigma^2): only softmax removes it.
+    # The n + 1 head's raw logits carry the per-query term |x_i|^2/(2 sigma^2): only softmax removes
+    # it.
     x, sigma = _clouds(3), 0.5
     logits = normalised_head(3, sigma).logits(features(x))
     assert (logits.exp() - gaussian_kernel(x, sigma, normalised=False)).abs().max() > 1e-3

@@ -39,14 +39,15 @@ def test_shipped_models_load_by_name_offline():
 
 def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_record():
     """paper-coords: the paper's 6 x 768 x 12 (d_ff 2048) with the fast recipe; every file under the
-    48 MB a shipped file may take (float16 shards, or int8 whose measured cost is under 0.5%); it beats
-    small-coords on the same test masks, and it reads coordinates."""
+    48 MB a shipped file may take (float16 shards, or int8 whose measured cost is under 0.5%); it
+    beats small-coords on the same test masks, and it reads coordinates."""
     from coordformer.config import preset
 
     ship = shipped_models()
     if "paper-coords" not in ship:
         pytest.skip(
-            "paper-coords not shipped in this checkout: no GPU lease has produced weights that pass the bar"
+            "paper-coords not shipped in this checkout: "
+            "no GPU lease has produced weights that pass the bar"
         )
     card = model_card("paper-coords")
     assert all((ship["paper-coords"].parent / f).stat().st_size < 48e6 for f in card["files"])
@@ -102,8 +103,8 @@ def test_shipped_coords_model_uses_coordinates():
 
 def test_shipped_structure_dropout_model_handles_missing_coordinates(tmp_path):
     """small-coords-sd is small-coords continued with structure dropout: same architecture, its card
-    says so, and on bundled held-out chains fed without coordinates it is far better than small-coords
-    (which never learnt the missing flag) and close to the sequence-only model."""
+    says so, and on bundled held-out chains fed without coordinates it is far better than
+    small-coords (which never learnt the missing flag) and close to the sequence-only model."""
     from coordformer.config import PrepareConfig
     from coordformer.data.prepare import prepare
     from coordformer.data.store import PreparedDataset
@@ -179,8 +180,8 @@ def test_demo_trains_from_scratch_when_asked(tmp_path, capsys):
 def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shipped(
     tmp_path, capsys, monkeypatch
 ):
-    """A `paper-coords` file among the shipped models (here a tiny stand-in, int8 as it will ship) is
-    evaluated on the same masks and shown in the same table; without it the demo is unchanged."""
+    """A `paper-coords` file among the shipped models (here a tiny stand-in, int8 as it will ship)
+    is evaluated on the same masks and shown in the same table; without it the demo is unchanged."""
     import coordformer.model.checkpoints as ck
     import coordformer.model.weights as weights
     from coordformer.config import preset

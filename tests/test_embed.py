@@ -45,7 +45,8 @@ def test_embed_writes_hdf5_keyed_by_chain_and_matches_the_model(tmp_path, struct
         assert "final" in f.attrs["layer"]
     skipped = (tmp_path / "e.h5.skipped.tsv").read_text()
     assert "junk.pdb" in skipped  # the bad file is logged, not fatal
-    # same numbers as calling the model directly on that chain (sequence-only model: no coords needed)
+    # same numbers as calling the model directly on that chain (sequence-only model: no coords
+    # needed)
     from coordformer.io import read_structure
 
     chain = [c for c in read_structure(DATA / "1A8O.cif") if c.id == "1A8O.A"][0]
@@ -120,7 +121,8 @@ def test_embed_npz_layers_and_errors(tmp_path, structures, capsys):
 
 
 def test_embed_quiet_prints_one_line(tmp_path, structures, capsys):
-    """--quiet: no summary of the temporary dataset, only the result line (which names unreadable inputs)."""
+    """--quiet: no summary of the temporary dataset, only the result line (which names unreadable
+    inputs)."""
     out = tmp_path / "q.h5"
     assert main(["embed", str(structures), "-c", "small-coords", "-o", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()

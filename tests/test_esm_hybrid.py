@@ -216,7 +216,8 @@ def test_pretrain_reduces_the_loss_keeps_the_lm_and_checkpoints_without_it(esm, 
     # the frozen LM is the one on disk, untouched by training
     for k, v in model.lm.model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    # masked-LM loss on the training chains went down against the untrained model (same seed, same init)
+    # masked-LM loss on the training chains went down against the untrained model (same seed, same
+    # init)
     from coordformer.eval.mlm import evaluate_mlm
 
     torch.manual_seed(0)

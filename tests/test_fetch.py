@@ -219,7 +219,8 @@ def test_fetch_cli_then_prepare(server, tmp_path, capsys):
     assert "no ids" in capsys.readouterr().err
     assert main(["fetch", "1a8o", "--out", str(out), "--pdb-url", "http://127.0.0.1/x.cif"]) == 2
     assert "lacks {id}" in capsys.readouterr().err
-    # an --ids file with a byte-order mark (UTF-8, or UTF-16 from Windows tools): the first id stays an id
+    # an --ids file with a byte-order mark (UTF-8, or UTF-16 from Windows tools): the first id stays
+    # an id
     for name, data in (
         ("bom8.txt", "\ufeff5i55\n".encode("utf-8")),
         ("bom16.txt", "\ufeff5i55\r\n".encode("utf-16-le")),

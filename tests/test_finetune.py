@@ -34,7 +34,8 @@ def _write_deepfri(folder, prepared, go=False):
                 "\t".join(f"n{t}" for t in terms),
             ]
         lines.append(
-            "### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\tGO-terms (cellular_component)"
+            "### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\t"
+            "GO-terms (cellular_component)"
         )
         for c in every:
             mf = ",".join(t for t in GO_MF if rng.random() < 0.4) or GO_MF[0]

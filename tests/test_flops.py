@@ -39,8 +39,9 @@ def test_training_flops_count_matrices_and_attention_per_sequence():
 
 
 def test_a_forward_backward_costs_about_what_the_count_says():
-    """torch's own FLOP counter on one training step of the tiny model agrees within 2%. (The explicit
-    softmax path, need_attention=True: the counter does not see CPU's fused SDPA kernel.)"""
+    """torch's own FLOP counter on one training step of the tiny model agrees within 2%. (The
+    explicit softmax path, need_attention=True: the counter does not see CPU's fused SDPA
+    kernel.)"""
     from torch.utils.flop_counter import FlopCounterMode
 
     c = preset("tiny-0.1m", recipe="paper")

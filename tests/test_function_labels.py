@@ -42,7 +42,8 @@ GO_ANNOT = (
     "GO:0000020\n"
     "### GO-names (cellular_component)\n"
     "membrane\n"
-    "### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\tGO-terms (cellular_component)\n"
+    "### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\t"
+    "GO-terms (cellular_component)\n"
     "1AAA-A\tGO:0000002,GO:0000001\t\tGO:0000020\n"
     "1BBB-B\t\tGO:0000012\t\n"
     "1CCC-C\tGO:0000001\n"  # trailing empty columns missing altogether
@@ -134,7 +135,8 @@ def test_wrong_task_or_file_kind(tmp_path):
         ("### EC-numbers\n1.1.1.1\t\t2.2.2.2\n### PDB-chain\tEC-numbers\n", 2, "empty entry"),
         ("### EC-numbers\n### PDB-chain\tEC-numbers\n", 1, "not followed"),
         (
-            "### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n1ABC-A\t1.1.1.1\n1abc_A\t1.1.1.1\n",
+            "### EC-numbers\n1.1.1.1\n### PDB-chain\tEC-numbers\n"
+            "1ABC-A\t1.1.1.1\n1abc_A\t1.1.1.1\n",
             5,
             "already listed",
         ),

@@ -17,7 +17,8 @@ from coordformer.function.metrics import (
 FMAX_TRUE = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
 FMAX_SCORE = np.array([[0.9, 0.6, 0.2], [0.3, 0.8, 0.1], [0.7, 0.7, 0.7]])
 
-# Flattened pairs in decreasing score: 0.9(+) 0.8(-) 0.8(+) 0.4(-) 0.3(+) 0.1(-); the two 0.8 form a tie.
+# Flattened pairs in decreasing score: 0.9(+) 0.8(-) 0.8(+) 0.4(-) 0.3(+) 0.1(-); the two 0.8
+# form a tie.
 FLAT_TRUE = np.array([[1, 0, 0], [1, 0, 1]])
 FLAT_SCORE = np.array([[0.9, 0.8, 0.1], [0.8, 0.4, 0.3]])
 
@@ -51,18 +52,21 @@ def random_case(seed: int, n: int = 40, c: int = 25, ties: bool = False):
 
 def test_fmax_hand_computed():
     # Protein 3 (no label) is dropped. With thresholds 0.25, 0.5, 0.85:
-    # t=0.85: P1 predicts {c0}: prec 1, rec 1/2; P2 predicts nothing (not averaged into precision), rec 0.
+    # t=0.85: P1 predicts {c0}: prec 1, rec 1/2; P2 predicts nothing (not averaged into
+    #         precision), rec 0.
     #         P = 1, R = (1/2 + 0)/2 = 1/4, F = 2*1*(1/4)/(5/4) = 0.4
     # t=0.5:  P1 {c0,c1}: prec 1/2, rec 1/2; P2 {c1}: prec 1, rec 1. P = 3/4, R = 3/4, F = 0.75
-    # t=0.25: P1 {c0,c1}: prec 1/2, rec 1/2; P2 {c0,c1}: prec 1/2, rec 1. P = 1/2, R = 3/4, F = 2*(3/8)/(5/4) = 0.6
+    # t=0.25: P1 {c0,c1}: prec 1/2, rec 1/2; P2 {c0,c1}: prec 1/2, rec 1.
+    #         P = 1/2, R = 3/4, F = 2*(3/8)/(5/4) = 0.6
     f, t = fmax(FMAX_TRUE, FMAX_SCORE, thresholds=[0.25, 0.5, 0.85])
     assert f == pytest.approx(0.75) and t == 0.5
 
 
 def test_fmax_hand_computed_default_grid_and_exact():
-    # Any t in (0.6, 0.8]: P1 {c0}: prec 1, rec 1/2; P2 {c1}: prec 1, rec 1. P = 1, R = 3/4, F = 1.5/1.75 = 6/7,
-    # higher than t in (0.8, 0.9] (F = 0.4) or t in (0.3, 0.6] (F = 0.75). The grid returns the smallest such t,
-    # 0.61; the exact mode returns the smallest distinct score in the interval, 0.8.
+    # Any t in (0.6, 0.8]: P1 {c0}: prec 1, rec 1/2; P2 {c1}: prec 1, rec 1.
+    # P = 1, R = 3/4, F = 1.5/1.75 = 6/7, higher than t in (0.8, 0.9] (F = 0.4) or t in (0.3, 0.6]
+    # (F = 0.75). The grid returns the smallest such t, 0.61; the exact mode returns the smallest
+    # distinct score in the interval, 0.8.
     f, t = fmax(FMAX_TRUE, FMAX_SCORE)
     assert f == pytest.approx(6 / 7) and t == pytest.approx(0.61)
     f, t = fmax(FMAX_TRUE, FMAX_SCORE, thresholds=None)
@@ -87,13 +91,14 @@ def test_micro_aupr_hand_computed():
 
 def test_flattened_max_f1_hand_computed():
     # Same curve as above; F1 = 2PR/(P+R):
-    #   0.9: 2*(1)(1/3)/(4/3) = 1/2;  0.8: 2/3;  0.4: 2*(1/2)(2/3)/(7/6) = 4/7;  0.3: 2*(3/5)(1)/(8/5) = 3/4;  0.1: 2/3
+    #   0.9: 2*(1)(1/3)/(4/3) = 1/2;  0.8: 2/3;  0.4: 2*(1/2)(2/3)/(7/6) = 4/7;
+    #   0.3: 2*(3/5)(1)/(8/5) = 3/4;  0.1: 2/3
     assert flattened_max_f1(FLAT_TRUE, FLAT_SCORE) == pytest.approx(0.75)
 
 
 def test_ties_are_one_threshold():
-    # Swapping which of the two tied 0.8 pairs comes first must not matter (a sort-order tie-break would give
-    # P 1 at R 2/3 when the positive happens to come first).
+    # Swapping which of the two tied 0.8 pairs comes first must not matter (a sort-order tie-break
+    # would give P 1 at R 2/3 when the positive happens to come first).
     swapped_true, swapped_score = FLAT_TRUE[::-1], FLAT_SCORE[::-1]
     assert micro_aupr(swapped_true, swapped_score) == pytest.approx(34 / 45)
     assert flattened_max_f1(swapped_true, swapped_score) == pytest.approx(0.75)
@@ -115,7 +120,8 @@ def test_breakdown_by_identity_hand_computed():
     # <30% = {A}: A is ranked perfectly -> Fmax 1, AUPR 1.
     assert out["<30%"] == {"n": 1, "fmax": pytest.approx(1.0), "aupr": pytest.approx(1.0)}
     # <50% = {A, B}. Fmax: t in (0.1, 0.3]: A {c0}: prec 1, rec 1; B {c0, c1}: prec 1/2, rec 1
-    #   -> P 3/4, R 1, F = 1.5/1.75 = 6/7 (t in (0.3, 0.8]: P 1/2, R 1/2; (0.8, 0.9]: P 1, R 1/2 -> 2/3).
+    #   -> P 3/4, R 1, F = 1.5/1.75 = 6/7
+    #   (t in (0.3, 0.8]: P 1/2, R 1/2; (0.8, 0.9]: P 1, R 1/2 -> 2/3).
     # AUPR: 0.9(+) P 1 R 1/2; 0.8(-); 0.3(+) P 2/3 R 1; 0.1(-) -> 1/2*1 + 1/2*2/3 = 5/6.
     assert out["<50%"] == {"n": 2, "fmax": pytest.approx(6 / 7), "aupr": pytest.approx(5 / 6)}
 

@@ -1,6 +1,7 @@
 """Issue 17's safety net: the redesign must not change what the commands write. One small pipeline
 (prepare -> pretrain -> evaluate -> embed -> score, tests/golden_pipeline.py) against the values
-recorded before it (tests/data/golden.json): dataset arrays bit for bit, weights and metrics to 1e-4."""
+recorded before it (tests/data/golden.json): dataset arrays bit for bit, weights and metrics to
+1e-4."""
 
 import json
 

@@ -1,5 +1,5 @@
-"""The optional transformers wrapper: an exported folder loads through the Auto classes and gives the
-native model's outputs; a folder saved by transformers loads back into coordformer."""
+"""The optional transformers wrapper: an exported folder loads through the Auto classes and gives
+the native model's outputs; a folder saved by transformers loads back into coordformer."""
 
 import itertools
 

@@ -1,5 +1,5 @@
-"""Hugging Face-style folders (config.json + model.safetensors): parity with the native model, loading
-through load_model and the CLI, shared weights, and the refusals."""
+"""Hugging Face-style folders (config.json + model.safetensors): parity with the native model,
+loading through load_model and the CLI, shared weights, and the refusals."""
 
 import itertools
 import json
@@ -34,7 +34,8 @@ def native():
 
 @pytest.fixture(scope="module")
 def batch():
-    """Four real chains from the bundled held-out set, padded: tokens [4, L], coords [4, L, 4, 3]."""
+    """Four real chains from the bundled held-out set, padded: tokens [4, L], coords
+    [4, L, 4, 3]."""
     chains = [
         c for c in itertools.islice(iter_chain_set(bundled_chains()), 10) if hasattr(c, "sequence")
     ][:4]

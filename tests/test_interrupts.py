@@ -239,7 +239,8 @@ class _Poke:
 
 @pytest.fixture
 def sigterm_guard():
-    """If a SIGTERM sent by a test were not handled by the run, fail the test instead of killing pytest."""
+    """If a SIGTERM sent by a test were not handled by the run, fail the test instead of killing
+    pytest."""
 
     def stray(signum, frame):
         raise AssertionError("SIGTERM reached the test: the run did not handle it")
@@ -250,9 +251,10 @@ def sigterm_guard():
 
 
 def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
-    """The in-process check below, in a fresh interpreter: it sends real signals to this process, and
-    in the full suite (never alone or with any subset tried) an earlier test's leftover process state
-    made one case finish without the stop. A fresh process gives it the state a user's process has."""
+    """The in-process check below, in a fresh interpreter: it sends real signals to this process,
+    and in the full suite (never alone or with any subset tried) an earlier test's leftover process
+    state made one case finish without the stop. A fresh process gives it the state a user's process
+    has."""
     import subprocess
     import sys
 
@@ -291,7 +293,8 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
 
 @pytest.mark.skipif(
     os.environ.get("COORDFORMER_SIGNAL_TEST") != "1",
-    reason="run in its own interpreter by test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved",
+    reason="run in its own interpreter by "
+    "test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved",
 )
 def test_signals_outside_training_steps_in_process(tmp_path, prepared, sigterm_guard):
     """Setting up: nothing to save (at once, not after a step). A second Ctrl-C in a step: stop
@@ -348,7 +351,8 @@ def test_signals_outside_training_steps_in_process(tmp_path, prepared, sigterm_g
 
 def test_embed_does_not_swallow_ctrl_c(tmp_path, capsys, monkeypatch):
     """A KeyboardInterrupt while reading inputs is not one bad input to skip: the command stops
-    (no further file read, no output), exit status 130, one line (typer used to return 130 silently)."""
+    (no further file read, no output), exit status 130, one line (typer used to return 130
+    silently)."""
     import shutil
 
     import coordformer.io

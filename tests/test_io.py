@@ -665,8 +665,8 @@ def test_find_sources_recursion(tmp_path):
 
 
 def test_per_chain_file_names_give_the_entry_and_chain(tmp_path):
-    """1PAA-K.pdb (one file per chain, no HEADER, as split by chain) gives 1PAA.K, the id label files
-    use, not 1PAA-K.K (issue 20); only when the file holds that chain."""
+    """1PAA-K.pdb (one file per chain, no HEADER, as split by chain) gives 1PAA.K, the id label
+    files use, not 1PAA-K.K (issue 20); only when the file holds that chain."""
     from coordformer.io import read_structure
 
     text = "".join(

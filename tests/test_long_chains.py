@@ -1,4 +1,5 @@
-"""Chains longer than the model's context: window planning, stitching, embed and evaluate over windows."""
+"""Chains longer than the model's context: window planning, stitching, embed and evaluate over
+windows."""
 
 import h5py
 import numpy as np
@@ -162,7 +163,8 @@ def test_embed_writes_full_length_per_residue_embeddings_for_a_long_chain(tmp_pa
         assert np.allclose(
             per.mean(0), f["mean"][i], atol=1e-2
         )  # mean over the full length (float16 storage)
-    # the first window's share equals that window embedded alone (chain cropped to 512 by the old path)
+    # the first window's share equals that window embedded alone (chain cropped to 512 by the old
+    # path)
     plan = plan_windows(LONG, 512, 128)
     with h5py.File(out) as f:
         first = f["residues"]["LONG.A"][: plan.hi[0]].astype(np.float32)
@@ -272,8 +274,8 @@ def test_evaluate_cli_names_the_flags_of_a_too_long_chain_in_one_line(tmp_path, 
     assert main([*args, "--crop-length", "1024"]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "error: chain LONG.A of length 2500 exceeds the model's max_len 512; use --crop-length 512 or less, "
-        "or --windows\n"
+        "error: chain LONG.A of length 2500 exceeds the model's max_len 512; "
+        "use --crop-length 512 or less, or --windows\n"
     )
     assert main([*args, "--crop-length", "600", "--windows"]) == 2
     assert (

@@ -281,7 +281,8 @@ def test_int8_export_quarters_the_file_and_stays_close(tmp_path):
 
 def test_sharded_export_keeps_every_file_under_the_limit_and_loads_the_same_weights(tmp_path):
     """A model larger than a file-size limit ships in float16 split over shards (no quantisation
-    cost): every file under the limit, the same weights as one file, errors naming what is missing."""
+    cost): every file under the limit, the same weights as one file, errors naming what is
+    missing."""
     from coordformer.errors import UsageError
     from coordformer.model.checkpoints import export_model, load_model
 
@@ -327,7 +328,8 @@ def test_sharded_export_keeps_every_file_under_the_limit_and_loads_the_same_weig
 
 
 class _FakeDataset:
-    """Just enough of PreparedDataset for MaskedBatches: many chains, so packing varies per epoch."""
+    """Just enough of PreparedDataset for MaskedBatches: many chains, so packing varies per
+    epoch."""
 
     def __init__(self, n=400, seed=0):
         rng = np.random.default_rng(seed)
@@ -426,7 +428,8 @@ def test_configs_from_older_versions_and_invalid_train_configs():
 
 
 def test_coordinate_embedding_stays_float32_under_bf16_autocast():
-    """bf16 would round coordinates to ~0.25 A; the embedding must be the float32 one, bit for bit."""
+    """bf16 would round coordinates to ~0.25 A; the embedding must be the float32 one, bit for
+    bit."""
     torch.manual_seed(0)
     model = CoordFormer(ModelConfig(**TINY, coord_norm_feature=True))
     tokens = torch.randint(5, 25, (2, 12))

@@ -89,9 +89,9 @@ def pdb_text(*blocks: list[str], header: str | None = None) -> str:
 
 def cif_text(block: str, chains: list[tuple[str, list[str]]], het: bool = False) -> str:
     cols = (
-        "group_PDB id type_symbol label_atom_id label_alt_id label_comp_id label_asym_id label_entity_id "
-        "label_seq_id pdbx_PDB_ins_code Cartn_x Cartn_y Cartn_z occupancy B_iso_or_equiv auth_seq_id "
-        "auth_asym_id pdbx_PDB_model_num"
+        "group_PDB id type_symbol label_atom_id label_alt_id label_comp_id label_asym_id "
+        "label_entity_id label_seq_id pdbx_PDB_ins_code Cartn_x Cartn_y Cartn_z occupancy "
+        "B_iso_or_equiv auth_seq_id auth_asym_id pdbx_PDB_model_num"
     ).split()
     lines = [f"data_{block}", "loop_"] + [f"_atom_site.{c}" for c in cols]
     serial = 1
@@ -102,7 +102,8 @@ def cif_text(block: str, chains: list[tuple[str, list[str]]], het: bool = False)
                 x, y, z = xyz_of(i, k, 50.0 * n)
                 rec = "HETATM" if het else "ATOM"
                 lines.append(
-                    f"{rec} {serial} {a[0]} {a} . {resn} {label} {n + 1} {i + 1} ? {x:.3f} {y:.3f} {z:.3f} 1.00 20.00 {i + 1} {auth} 1"
+                    f"{rec} {serial} {a[0]} {a} . {resn} {label} {n + 1} {i + 1} ? "
+                    f"{x:.3f} {y:.3f} {z:.3f} 1.00 20.00 {i + 1} {auth} 1"
                 )
                 serial += 1
     return "\n".join(lines + ["#"]) + "\n"
@@ -446,7 +447,8 @@ def test_duplicate_numbers_lowercase_ids_and_line_endings(tmp_path):
     assert c.sequence == "AGSTVL"
     assert c.residue_ids == ["1", "2", "3", "3", "4", "5"]
     np.testing.assert_allclose(c.coords[3, 1], xyz_of(3, 1), atol=1e-3)
-    # the same with alternate locations (B 0.6 > A 0.4) is point-mutation microheterogeneity: one residue
+    # the same with alternate locations (B 0.6 > A 0.4) is point-mutation microheterogeneity: one
+    # residue
     occ = [1.0, 1.0, 0.4, 0.6, 1.0, 1.0]
     alts = [" ", " ", "A", "B", " ", " "]
     (m,) = read_structure(

@@ -1,7 +1,7 @@
-"""Non-finite training steps (issue 16): the model's masked attention never runs cuDNN's fused kernel,
-whose backward returns NaN dQ on H100/H200 when a mask is given, L % 128 == 64 and a query row's
-log-sum-exp is below -88.7 (pytorch/pytorch#196678). That caused the Gaussian-recipe divergence and the
-skipped steps at paper size; docs/RESULTS.md has the replay."""
+"""Non-finite training steps (issue 16): the model's masked attention never runs cuDNN's fused
+kernel, whose backward returns NaN dQ on H100/H200 when a mask is given, L % 128 == 64 and a query
+row's log-sum-exp is below -88.7 (pytorch/pytorch#196678). That caused the Gaussian-recipe
+divergence and the skipped steps at paper size; docs/RESULTS.md has the replay."""
 
 import math
 

@@ -1,5 +1,6 @@
-"""Numerical safety: non-finite coordinates become missing atoms, chains beyond +/-10,000 A are rejected
-with a logged reason, and nothing legal makes the model, training, evaluation or `embed` produce NaN."""
+"""Numerical safety: non-finite coordinates become missing atoms, chains beyond +/-10,000 A are
+rejected with a logged reason, and nothing legal makes the model, training, evaluation or `embed`
+produce NaN."""
 
 import csv
 import json
@@ -93,8 +94,8 @@ SPECIALS = {
 }
 OUT_OF_RANGE_IDS = {"E6.A", "E30.A"}
 #: JSON cannot carry Inf portably and the chain_set reader refuses a record holding one, so these
-#: chains are written finite and get their Inf values as they are read (see ``_inf_passing_reader``):
-#: prepare's rule must hold for whatever a reader hands it.
+#: chains are written finite and get their Inf values as they are read (see
+#: ``_inf_passing_reader``): prepare's rule must hold for whatever a reader hands it.
 INJECTED = {"INF.A", "INFCA.A"}
 
 
@@ -236,7 +237,8 @@ def test_pretrain_and_evaluate_give_finite_losses(bad_prepared, tmp_path):
         res = evaluate_mlm(model, ds, split, crop_length=64, progress=False)
         assert math.isfinite(res["loss"]) and math.isfinite(res["perplexity"])
         per_chain.update(res["per_chain"])
-    # every kept chain was evaluated, INF.A included: its Inf atoms were masked, not the chain dropped
+    # every kept chain was evaluated, INF.A included: its Inf atoms were masked, not the chain
+    # dropped
     assert set(per_chain) == set(ds.ids) and {"INF.A", "SPAN.A", "FAR.A", "SAME.A"} <= set(
         per_chain
     )
@@ -249,8 +251,8 @@ def test_embed_direct_input_skips_and_reports_out_of_range_chains(bad_jsonl, tmp
     _inf_passing_reader(monkeypatch)
     out = tmp_path / "e.npz"
     said = []
-    # progress=True: the summary of the inputs (with its skip counts) is echoed only then; quiet runs name
-    # the skipped list in the CLI's result line instead
+    # progress=True: the summary of the inputs (with its skip counts) is echoed only then; quiet
+    # runs name the skipped list in the CLI's result line instead
     res = embed(
         "small-coords", [str(bad_jsonl)], out, EmbedConfig(), progress=True, echo=said.append
     )

@@ -1,5 +1,6 @@
 """Partial structures: FASTA (sequence-only) inputs and unresolved loops go through the same model
-with the missing flag set; a loop absent from the file gives the same output as one masked in memory."""
+with the missing flag set; a loop absent from the file gives the same output as one masked in
+memory."""
 
 import gzip
 import shutil
@@ -57,7 +58,10 @@ def _masked(c: Chain, rows) -> Chain:
 
 
 def test_fasta_records_lowercase_gzip_and_ids(tmp_path):
-    text = ">1abc_A some protein\nmkv\nLAU*\n;comment\n>sp|P1|X_HUMAN\r\nAC DE\r\nFXB\r\n\n>seq3\nWWW\n"
+    text = (
+        ">1abc_A some protein\nmkv\nLAU*\n;comment\n"
+        ">sp|P1|X_HUMAN\r\nAC DE\r\nFXB\r\n\n>seq3\nWWW\n"
+    )
     plain = tmp_path / "s.fasta"
     plain.write_text(text)
     gz = tmp_path / "s.fa.gz"
@@ -241,7 +245,8 @@ def _pdb_without_residues(src, dst, ids: set[str]) -> None:
 
 
 def _cif_without_residues(src, dst, label_seq_ids: set[str]) -> None:
-    """Copy an mmCIF file, dropping the _atom_site rows of polymer residues with these label_seq_id."""
+    """Copy an mmCIF file, dropping the _atom_site rows of polymer residues with these
+    label_seq_id."""
     lines, cols, in_loop = [], [], False
     for line in src.read_text().splitlines(keepends=True):
         if line.startswith("_atom_site."):
@@ -258,7 +263,8 @@ def _cif_without_residues(src, dst, label_seq_ids: set[str]) -> None:
 
 def test_seqres_puts_back_a_loop_missing_from_a_pdb_file(tmp_path, model, chain):
     """1ORC.A with residues 16-23 deleted from the file: seqres="gaps" restores the full chain,
-    with exactly those residues missing, and the model sees what it sees for the loop masked in memory."""
+    with exactly those residues missing, and the model sees what it sees for the loop masked in
+    memory."""
     _pdb_without_residues(DATA / "1orc.pdb", tmp_path / "cut.pdb", set(chain.residue_ids[LOOP]))
     cut = read_structure(tmp_path / "cut.pdb")[0]
     assert len(cut) == len(chain) - 8 and cut.observed is None
@@ -283,8 +289,8 @@ def test_seqres_puts_back_a_loop_missing_from_a_pdb_file(tmp_path, model, chain)
 
 
 def test_seqres_all_adds_the_unmodelled_termini(chain):
-    """1ORC's SEQRES has 71 residues; the file models 3-61 (with the 56A-E insertion): "gaps" changes
-    nothing, "all" adds ME at the N terminus and KKTTA at the C terminus."""
+    """1ORC's SEQRES has 71 residues; the file models 3-61 (with the 56A-E insertion): "gaps"
+    changes nothing, "all" adds ME at the N terminus and KKTTA at the C terminus."""
     gaps = read_structure(DATA / "1orc.pdb", seqres="gaps")[0]
     assert gaps.sequence == chain.sequence and gaps.observed.all()
     full = read_structure(DATA / "1orc.pdb", seqres="all")[0]
@@ -297,8 +303,8 @@ def test_seqres_all_adds_the_unmodelled_termini(chain):
 
 
 def test_seqres_all_stops_at_terminal_caps(tmp_path, chain):
-    """Entity sequences list caps (ACE, NH2) as residues; "all" adds the unmodelled amino acids of the
-    termini, not the caps (they would become X)."""
+    """Entity sequences list caps (ACE, NH2) as residues; "all" adds the unmodelled amino acids of
+    the termini, not the caps (they would become X)."""
     lines = (DATA / "1orc.pdb").read_text().splitlines(keepends=True)
     names = [n for ln in lines if ln.startswith("SEQRES") for n in ln[19:].split()]
     names = ["ACE", *names, "NH2"]

@@ -1,4 +1,5 @@
-"""prepare/embed --plddt-min: predicted models' low-confidence residues become missing coordinates."""
+"""prepare/embed --plddt-min: predicted models' low-confidence residues become missing
+coordinates."""
 
 import json
 
@@ -38,7 +39,8 @@ def _ca(i: int) -> np.ndarray:
 
 
 def write_model(path, plddt=PLDDT, scale=1.0):
-    """An AlphaFold-DB-style PDB: every atom of a residue carries the residue's pLDDT as B-factor."""
+    """An AlphaFold-DB-style PDB: every atom of a residue carries the residue's pLDDT as
+    B-factor."""
     lines, serial = [], 1
     for i, aa in enumerate(SEQ):
         for name, off in OFFSETS.items():

@@ -38,7 +38,8 @@ ATOMS = ("N", "CA", "C", "O")
 
 
 def backbone(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Plausible-ish backbone [n, 4, 3]: a CA random walk with 3.8 A steps, atoms offset around CA."""
+    """Plausible-ish backbone [n, 4, 3]: a CA random walk with 3.8 A steps, atoms offset around
+    CA."""
     steps = rng.normal(size=(n, 3))
     steps *= 3.8 / np.linalg.norm(steps, axis=1, keepdims=True)
     ca = np.cumsum(steps, axis=0)
@@ -88,7 +89,8 @@ def write_pdb(path: Path, chains: dict[str, tuple[str, np.ndarray]]) -> Path:
             for k, a in enumerate(ATOMS):
                 x, y, z = (float(v) for v in xyz[r, k])
                 lines.append(
-                    f"ATOM  {serial:5d}  {a:<3} {THREE[aa]} {cid}{r + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{20.0:6.2f}           {a[0]}"
+                    f"ATOM  {serial:5d}  {a:<3} {THREE[aa]} {cid}{r + 1:4d}    "
+                    f"{x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{20.0:6.2f}           {a[0]}"
                 )
                 serial += 1
         lines.append("TER")
@@ -481,7 +483,14 @@ KILL_SCRIPT = textwrap.dedent(
         C._before_manifest = lambda out: os.kill(os.getpid(), signal.SIGKILL)
     workers = 2 if where == "parallel" else 1
     if __name__ == "__main__":
-        P.prepare([src], out, PrepareConfig(min_length=10, valid_fraction=0.2, test_fraction=0.2), workers=workers, progress=False, chunk_lines=5)
+        P.prepare(
+            [src],
+            out,
+            PrepareConfig(min_length=10, valid_fraction=0.2, test_fraction=0.2),
+            workers=workers,
+            progress=False,
+            chunk_lines=5,
+        )
     """
 )
 

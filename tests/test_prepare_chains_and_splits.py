@@ -1,5 +1,6 @@
 """prepare says plainly when --chains matches nothing (exit 2, nothing prepared), names requested
-chains no input has, and warns when the dataset or the valid/test splits come out empty (issue 20)."""
+chains no input has, and warns when the dataset or the valid/test splits come out empty
+(issue 20)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """pretrain resumes: refused on another dataset unless --allow-new-data, always announced; best.ckpt
-takes the final validation into account and the summary says which step it holds (issue 20, items 3, 7)."""
+takes the final validation into account and the summary says which step it holds (issue 20,
+items 3, 7)."""
 
 import csv
 import json

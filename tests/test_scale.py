@@ -26,8 +26,8 @@ def test_200k_chain_dataset_iterates_in_flat_memory(tmp_path):
 
 
 def test_deposited_copies_read_like_their_originals_under_distinct_ids(tmp_path):
-    """--deposited: 6 gzipped copies of the tests/data mmCIF entries, renamed by gemmi, are 6 distinct
-    entries whose chains equal those prepare reads from the untouched files."""
+    """--deposited: 6 gzipped copies of the tests/data mmCIF entries, renamed by gemmi, are 6
+    distinct entries whose chains equal those prepare reads from the untouched files."""
     import numpy as np
     from prepare_throughput import DEPOSITED, write_deposited_gz
 
@@ -49,7 +49,8 @@ def test_deposited_copies_read_like_their_originals_under_distinct_ids(tmp_path)
 
 
 def test_gemmi_written_cif_gz_round_trips_through_prepare(tmp_path):
-    """The prepare-throughput benchmark's inputs: backbone .cif.gz written by gemmi read back exactly."""
+    """The prepare-throughput benchmark's inputs: backbone .cif.gz written by gemmi read back
+    exactly."""
     import numpy as np
     from prepare_throughput import write_cif_gz
 

@@ -398,8 +398,8 @@ def test_cli_end_to_end_with_the_shipped_model(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert (
-        err
-        == "error: mutation 'A6G': wild type mismatch: chain 1ORC.A has T at author number 6 (index 4), not A"
+        err == "error: mutation 'A6G': wild type mismatch: "
+        "chain 1ORC.A has T at author number 6 (index 4), not A"
     )
     assert (
         main(

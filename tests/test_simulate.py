@@ -219,7 +219,8 @@ def test_simulate_in_worker_processes_matches_in_process(tmp_path, tiny_preset):
 
 @pytest.mark.slow
 def test_head_dimension_n_plus_1_learns_the_gaussian_and_n_does_not():
-    """The core effect at small scale: for n = 2, head dim 3 reaches a loss several times lower than 2."""
+    """The core effect at small scale: for n = 2, head dim 3 reaches a loss several times lower
+    than 2."""
     cfgs = [
         SimConfig(n_dims=2, d_out=h, d_model=32, n_heads=4, d_ff=128, steps=600, eval_every=100)
         for h in (2, 3)

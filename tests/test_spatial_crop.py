@@ -84,8 +84,8 @@ def test_batches_hold_3d_neighbourhoods_with_positions(lysozyme):
             assert batch.positions[row, :n].tolist() == list(range(n))
             continue
         cropped += 1
-        # the crop is spatial_crop around one of the chain's residues: find it by the (translation-free)
-        # CA distance matrix, then check tokens and positions against it
+        # the crop is spatial_crop around one of the chain's residues: find it by the
+        # (translation-free) CA distance matrix, then check tokens and positions against it
         ca = batch.coords[row, :n, CA_INDEX].double().numpy()
         dm = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
         hits = []

@@ -104,9 +104,9 @@ def test_pretrain_records_it_and_only_dropout_trains_the_missing_flag(tmp_path, 
 def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residues(
     prepared, tmp_path, capsys
 ):
-    """evaluate --hide-coords: the masked residues are those of the plain evaluation; `hidden` scores
-    the ones fed without coordinates (all of them with "all", some with "span", none with "none");
-    a sequence-only model is unaffected, a structure model is not."""
+    """evaluate --hide-coords: the masked residues are those of the plain evaluation; `hidden`
+    scores the ones fed without coordinates (all of them with "all", some with "span", none with
+    "none"); a sequence-only model is unaffected, a structure model is not."""
     from coordformer.config import preset
     from coordformer.eval.mlm import evaluate_mlm
     from coordformer.model import CoordFormer
@@ -163,7 +163,8 @@ def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residue
 
 def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(prepared):
     """The batch's `withheld` mask (what evaluate --hide-coords scores as "without coordinates") is
-    exactly the residues that had a CA and lost it to dropout; residues already without one are not in it."""
+    exactly the residues that had a CA and lost it to dropout; residues already without one are not
+    in it."""
 
     class OneHole:
         def __init__(self, ds):
@@ -200,8 +201,8 @@ def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(pr
 
 def test_cut_deletes_the_stretch_that_hide_withholds(prepared):
     """withhold "cut": the drawn stretch is removed after masking, so each row is the hidden-stretch
-    row ("span") with those residues gone (tokens, targets, coordinates in the same frame); "none" only
-    reports the stretch. Every row keeps its chain's other residues in order. The evaluation
+    row ("span") with those residues gone (tokens, targets, coordinates in the same frame); "none"
+    only reports the stretch. Every row keeps its chain's other residues in order. The evaluation
     conditions draw exactly what structure dropout at probability 1 draws (the masks stay those that
     were pinned when conditions were set as dropout probabilities)."""
     hide, idx = _batch(prepared, withhold="span")

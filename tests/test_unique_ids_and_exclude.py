@@ -3,12 +3,13 @@
 Item 1: different proteins must not get the same id. A structure file's entry id is its PDB /
 AlphaFold DB id only when it is one (structure predictors write ``data_model`` into every file); a
 different chain under an id another file uses (decoys sharing a HEADER, ``ranked_0.pdb`` in several
-folders) renames the files involved after their file names; the same chain twice is a real duplicate,
-dropped with both files named in skipped.tsv.
+folders) renames the files involved after their file names; the same chain twice is a real
+duplicate, dropped with both files named in skipped.tsv.
 
 Item 4: ``--exclude`` must not leak chains into train: byte-order marks are stripped by every text
-reader, a listed id that matches no chain exactly but one chain up to case / separator is excluded and
-named in the log, and every id that matches no chain exactly is written to exclude_unmatched.txt.
+reader, a listed id that matches no chain exactly but one chain up to case / separator is excluded
+and named in the log, and every id that matches no chain exactly is written to
+exclude_unmatched.txt.
 """
 
 from __future__ import annotations
@@ -243,8 +244,9 @@ def test_exclude_list_with_bom_lowercase_chains_and_unmatched_ids(tmp_path):
     js = tmp_path / "set.jsonl"
     js.write_text("".join(json.dumps(_record(n, 30, rng)) + "\n" for n in names))
     ex = tmp_path / "exclude.txt"
-    # a BOM before the first id; '1zfd_n' as DeepFRI lists write it; '2xyz-c' exact (case-sensitive);
-    # '1abc_aa' ambiguous (AA and Aa); 'model_B' differs by separator only; 99ZZ.Q is not there
+    # a BOM before the first id; '1zfd_n' as DeepFRI lists write it; '2xyz-c' exact
+    # (case-sensitive); '1abc_aa' ambiguous (AA and Aa); 'model_B' differs by separator only; 99ZZ.Q
+    # is not there
     ex.write_bytes(BOM + b"12AS-A\n1zfd_n\n2xyz-c\n1abc_aa\nmodel_B\n99ZZ.Q\n")
     messages: list[str] = []
     out = tmp_path / "ds"
