@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,12 +46,19 @@ def run(work: Path) -> dict:
         assert code == 0, f"coordformer {' '.join(map(str, args))} exited {code}"
 
     out: dict = {}
-    jsonl = write_jsonl(synthetic_chains(60, seed=3), work / "synthetic.jsonl")
+    # every input in one folder of the work directory: prepare and embed order their sources by
+    # absolute path, so inputs split between the repository and a temporary folder would come in
+    # an order that depends on where the repository was cloned
+    inputs = work / "inputs"
+    inputs.mkdir()
+    jsonl = write_jsonl(synthetic_chains(60, seed=3), inputs / "synthetic.jsonl")
+    for s in STRUCTURES:
+        shutil.copyfile(DATA / s, inputs / s)
     ds = work / "ds"
     cf(
         "prepare",
         jsonl,
-        *(DATA / s for s in STRUCTURES),
+        *(inputs / s for s in STRUCTURES),
         "--out",
         ds,
         "--split",
@@ -145,7 +153,7 @@ def run(work: Path) -> dict:
         }
 
     out["embed"] = {}
-    structs = [DATA / s for s in STRUCTURES]
+    structs = [inputs / s for s in STRUCTURES]
     for name, extra in (
         ("plain", ()),
         ("window", ("--window", 40, "--overlap", 10)),
@@ -178,7 +186,7 @@ def run(work: Path) -> dict:
         tsv = work / f"score_{mode}.tsv"
         cf(
             "score",
-            DATA / "1orc.pdb",
+            inputs / "1orc.pdb",
             "-c",
             ck,
             "-o",
