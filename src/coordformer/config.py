@@ -287,20 +287,17 @@ class BatchConfig(Record):
     per optimizer step) these fix the training data stream, which a resumed run must keep."""
 
     crop_length: int = 512  # residues; longer chains are cropped (crop_mode)
-    crop_mode: str = (
-        "sequence"  # longer chains: a "sequence" window or a "spatial" 3D neighbourhood
-    )
+    # longer chains: a "sequence" window or a "spatial" 3D neighbourhood
+    crop_mode: str = "sequence"
     tokens_per_batch: int = 8192  # padded tokens (rows x longest row) per batch
     mask_prob: float = 0.15
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
     rotate: bool = True  # a fresh uniform random rotation per chain
-    drop_chain_coords: float = (
-        0.0  # structure dropout: P(a training chain is fed with no coordinates)
-    )
-    drop_span_coords: float = (
-        0.0  # P(one 5-30% stretch of a training chain is fed without coordinates)
-    )
+    # structure dropout: P(a training chain is fed with no coordinates)
+    drop_chain_coords: float = 0.0
+    # P(one 5-30% stretch of a training chain is fed without coordinates)
+    drop_span_coords: float = 0.0
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
@@ -346,18 +343,16 @@ class TrainConfig(BatchConfig):
     grad_clip: float = 1.0
     val_every_steps: int = 500
     val_max_chains: int = 512
-    precision: str = (
-        "auto"  # "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
-    )
+    # "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
+    precision: str = "auto"
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
     num_workers: int = 0
     compile: bool = False
-    activation_checkpointing: bool = (
-        False  # recompute layer activations in backward (less memory, ~1/3 more compute)
-    )
+    # recompute layer activations in backward (less memory, ~1/3 more compute)
+    activation_checkpointing: bool = False
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500

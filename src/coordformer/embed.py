@@ -60,18 +60,16 @@ ChainData = Union[PreparedDataset, MemoryDataset]
 class EmbedConfig(Record):
     """Settings of one ``coordformer embed`` run (stored in the output file's attributes)."""
 
-    layer: int | None = (
-        None  # None = final layer after the final LayerNorm; k = residual stream after layer k
-    )
+    # None = final layer after the final LayerNorm; k = residual stream after layer k
+    layer: int | None = None
     per_residue: bool = False
     # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
     window: int | None = None
     # least overlap between consecutive windows (each residue is taken from the window it is most
     # central in)
     overlap: int = 256
-    max_length: int | None = (
-        None  # None = whole chains; N = embed only the first N residues (counted as cropped)
-    )
+    # None = whole chains; N = embed only the first N residues (counted as cropped)
+    max_length: int | None = None
     tokens_per_batch: int = 8192
     use_coords: bool | None = None  # None = as the model was trained
     split: str | None = None  # for a prepared dataset: one split only

@@ -84,9 +84,8 @@ class FinetuneConfig(Record):
     # linear head: epochs of fitting the linear layer alone on frozen embeddings before the encoder
     # is unfrozen (0 = fine-tune from a fresh head); early-stopped on validation Fmax like the rest.
     probe_epochs: int = 50
-    probe_patience: int = (
-        10  # probe epochs take seconds and its validation Fmax is noisy: be patient
-    )
+    # probe epochs take seconds and its validation Fmax is noisy: be patient
+    probe_patience: int = 10
 
     def __post_init__(self):
         if self.task not in TASKS:

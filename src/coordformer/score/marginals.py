@@ -47,20 +47,17 @@ class ScoreConfig(Record):
 
     # "exact": one masked position per pass; "fast": several far-apart positions per pass
     mode: str = "exact"
-    min_sep: int = (
-        8  # fast: least sequence separation (residues) between positions masked in one pass
-    )
-    min_dist: float = (
-        12.0  # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
-    )
+    # fast: least sequence separation (residues) between positions masked in one pass
+    min_sep: int = 8
+    # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
+    min_dist: float = 12.0
     # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
     window: int | None = None
     # least overlap between consecutive windows (each position is scored where it is most central)
     overlap: int = 256
     tokens_per_batch: int = 8192  # padded tokens per forward pass
-    use_coords: bool | None = (
-        None  # None = as the model was trained; False withholds coordinates from a structure model
-    )
+    # None = as the model was trained; False withholds coordinates from a structure model
+    use_coords: bool | None = None
 
     def __post_init__(self):
         if self.mode not in SCORE_MODES:
