@@ -11,10 +11,14 @@ import typer.main
 
 from coordformer.cli import _flags, app, main
 from coordformer.config import (
+    AttentionAnalysisConfig,
     BatchConfig,
+    EmbedConfig,
+    FinetuneConfig,
     ModelConfig,
     PrepareConfig,
     Record,
+    ScoreConfig,
     TrainConfig,
     default_of,
     field_names,
@@ -28,7 +32,6 @@ from coordformer.errors import (
     flag_of,
     with_flags,
 )
-from coordformer.function.finetune import FinetuneConfig
 from coordformer.train import run as train_run
 from coordformer.train.lifecycle import resolve_precision
 
@@ -168,6 +171,46 @@ def _cli_defaults(command: str) -> dict:
                 "max_missing_ca": "max_missing_ca",
                 "split": "split",
                 "seqres": "seqres",
+            },
+        ),
+        ("embed", EmbedConfig, {k: k for k in ("overlap", "tokens_per_batch", "chain_gap")}),
+        (
+            "analyze-attention",
+            AttentionAnalysisConfig,
+            {
+                k: k
+                for k in (
+                    "split",
+                    "max_chains",
+                    "max_distance",
+                    "bin_width",
+                    "max_separation",
+                    "crop_length",
+                    "tokens_per_batch",
+                )
+            },
+        ),
+        (
+            "score",
+            ScoreConfig,
+            {k: k for k in ("min_sep", "min_dist", "overlap", "tokens_per_batch")},
+        ),
+        (
+            "finetune",
+            FinetuneConfig,
+            {
+                k: k
+                for k in (
+                    "max_epochs",
+                    "patience",
+                    "lr",
+                    "batch_size",
+                    "tokens_per_batch",
+                    "max_length",
+                    "probe_epochs",
+                    "probe_patience",
+                    "seed",
+                )
             },
         ),
     ],

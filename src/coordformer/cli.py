@@ -17,7 +17,16 @@ from typing import List, Optional
 import typer
 
 from . import interrupts
-from .config import ModelConfig, PrepareConfig, TrainConfig, default_of
+from .config import (
+    AttentionAnalysisConfig,
+    EmbedConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PrepareConfig,
+    ScoreConfig,
+    TrainConfig,
+    default_of,
+)
 from .errors import CoordformerError, TrainingInterrupted, UsageError
 
 
@@ -760,18 +769,36 @@ def analyze_attention(
         ..., "--data", "-d", help="Prepared dataset folder (coordformer prepare)."
     ),
     out: Path = typer.Option(Path("attention_out"), "--out", "-o"),
-    split: str = typer.Option("test"),
+    split: str = typer.Option(default_of(AttentionAnalysisConfig, "split")),
     max_chains: int = typer.Option(
-        200, min=1, help="Analyse at most this many chains of the split."
+        default_of(AttentionAnalysisConfig, "max_chains"),
+        min=1,
+        help="Analyse at most this many chains of the split.",
     ),
-    max_distance: float = typer.Option(32.0, min=2.0, help="Distance cut-off (Angstrom)."),
-    bin_width: float = typer.Option(1.0, min=0.05, help="Distance bin width (Angstrom)."),
+    max_distance: float = typer.Option(
+        default_of(AttentionAnalysisConfig, "max_distance"),
+        min=2.0,
+        help="Distance cut-off (Angstrom).",
+    ),
+    bin_width: float = typer.Option(
+        default_of(AttentionAnalysisConfig, "bin_width"),
+        min=0.05,
+        help="Distance bin width (Angstrom).",
+    ),
     max_separation: int = typer.Option(
-        32, min=1, help="Sequence separations up to +/- this many residues."
+        default_of(AttentionAnalysisConfig, "max_separation"),
+        min=1,
+        help="Sequence separations up to +/- this many residues.",
     ),
-    crop_length: int = typer.Option(512, min=2, help="Use the first N residues of each chain."),
+    crop_length: int = typer.Option(
+        default_of(AttentionAnalysisConfig, "crop_length"),
+        min=2,
+        help="Use the first N residues of each chain.",
+    ),
     tokens_per_batch: int = typer.Option(
-        4096, min=2, help="Bounds memory: attention maps are [H, L, L] per chain."
+        default_of(AttentionAnalysisConfig, "tokens_per_batch"),
+        min=2,
+        help="Bounds memory: attention maps are [H, L, L] per chain.",
     ),
     ablations: bool = typer.Option(
         True,
@@ -785,7 +812,7 @@ def analyze_attention(
 ):
     """Attention vs 3D distance and sequence separation per
     layer and head, Gaussian fits, ablations, report."""
-    from .analysis.attention import ABLATIONS, AttentionAnalysisConfig
+    from .analysis.attention import ABLATIONS
     from .analysis.attention import analyze_attention as run
 
     device = _device(device)
@@ -853,7 +880,7 @@ def embed(
         "chains are embedded in overlapping windows stitched back to full length.",
     ),
     overlap: int = typer.Option(
-        256,
+        default_of(EmbedConfig, "overlap"),
         min=0,
         help="Least overlap between consecutive windows; each residue is taken from the window it "
         "is most central in.",
@@ -863,7 +890,7 @@ def embed(
         min=1,
         help="Embed only the first N residues of longer chains (default: whole chains).",
     ),
-    tokens_per_batch: int = typer.Option(8192, min=1),
+    tokens_per_batch: int = typer.Option(default_of(EmbedConfig, "tokens_per_batch"), min=1),
     split: Optional[str] = typer.Option(None, help="For a prepared dataset: embed one split only."),
     no_coords: bool = typer.Option(
         False, "--no-coords", help="Withhold coordinates (sequence only) from a coordinate model."
@@ -881,13 +908,14 @@ def embed(
         "between chains); adds one mean-pooled row per complex.",
     ),
     chain_gap: int = typer.Option(
-        64, min=0, help="With --complexes: residue positions between consecutive chains."
+        default_of(EmbedConfig, "chain_gap"),
+        min=0,
+        help="With --complexes: residue positions between consecutive chains.",
     ),
     seqres: SeqresMode = typer.Option(SeqresMode.off, help=_SEQRES_HELP),
     quiet: bool = typer.Option(False),
 ):
     """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
-    from .embed import EmbedConfig
     from .embed import embed as run
 
     device = _device(device)
@@ -993,10 +1021,14 @@ def score(
         "pass, each pair at least --min-sep residues and --min-dist A (CA-CA) apart.",
     ),
     min_sep: int = typer.Option(
-        8, min=1, help="fast: least sequence separation of positions masked together."
+        default_of(ScoreConfig, "min_sep"),
+        min=1,
+        help="fast: least sequence separation of positions masked together.",
     ),
     min_dist: float = typer.Option(
-        12.0, min=0.0, help="fast: least CA-CA distance (A) of positions masked together; 0 = off."
+        default_of(ScoreConfig, "min_dist"),
+        min=0.0,
+        help="fast: least CA-CA distance (A) of positions masked together; 0 = off.",
     ),
     multi: MultiMode = typer.Option(
         MultiMode.additive,
@@ -1040,11 +1072,11 @@ def score(
         "longer chains are scored in overlapping windows.",
     ),
     overlap: int = typer.Option(
-        256,
+        default_of(ScoreConfig, "overlap"),
         min=0,
         help="Least overlap between windows; each position is scored where it is most central.",
     ),
-    tokens_per_batch: int = typer.Option(8192, min=1),
+    tokens_per_batch: int = typer.Option(default_of(ScoreConfig, "tokens_per_batch"), min=1),
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
@@ -1052,7 +1084,6 @@ def score(
 ):
     """Log-likelihoods of the native sequence given its structure (masked marginals,
     pseudo-perplexity), or mutant scores."""
-    from .score.marginals import ScoreConfig
     from .score.run import run_score
 
     device = _device(device)
@@ -1166,32 +1197,43 @@ def finetune(
     no_coords: bool = typer.Option(
         False, "--no-coords", help="Withhold coordinates from a coordinate model."
     ),
-    max_epochs: int = typer.Option(100, min=1),
+    max_epochs: int = typer.Option(default_of(FinetuneConfig, "max_epochs"), min=1),
     patience: int = typer.Option(
-        10, min=1, help="Stop after this many epochs without a better validation Fmax."
+        default_of(FinetuneConfig, "patience"),
+        min=1,
+        help="Stop after this many epochs without a better validation Fmax.",
     ),
     lr: float = typer.Option(
-        1e-3, help="Head learning rate (the encoder gets lr x --encoder-lr-scale)."
+        default_of(FinetuneConfig, "lr"),
+        help="Head learning rate (the encoder gets lr x --encoder-lr-scale).",
     ),
-    encoder_lr_scale: float = typer.Option(0.1),
-    batch_size: int = typer.Option(64, min=1, help="mlp head: chains per batch."),
-    tokens_per_batch: int = typer.Option(8192, min=1, help="linear head: padded tokens per batch."),
-    max_length: int = typer.Option(1024, min=1),
+    encoder_lr_scale: float = typer.Option(default_of(FinetuneConfig, "encoder_lr_scale")),
+    batch_size: int = typer.Option(
+        default_of(FinetuneConfig, "batch_size"), min=1, help="mlp head: chains per batch."
+    ),
+    tokens_per_batch: int = typer.Option(
+        default_of(FinetuneConfig, "tokens_per_batch"),
+        min=1,
+        help="linear head: padded tokens per batch.",
+    ),
+    max_length: int = typer.Option(default_of(FinetuneConfig, "max_length"), min=1),
     probe_epochs: int = typer.Option(
-        50,
+        default_of(FinetuneConfig, "probe_epochs"),
         min=0,
         help="linear head: first fit the linear layer on frozen embeddings for up to this many "
         "epochs (early-stopped), then fine-tune the encoder (LP-FT); 0 = start from a fresh head.",
     ),
     probe_patience: int = typer.Option(
-        10, min=1, help="linear head: early-stopping patience of the probe stage."
+        default_of(FinetuneConfig, "probe_patience"),
+        min=1,
+        help="linear head: early-stopping patience of the probe stage.",
     ),
     prior_bias: bool = typer.Option(
         True,
         "--prior-bias/--zero-bias",
         help="Start the output bias at each class's training log-odds (default) or at 0.",
     ),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(default_of(FinetuneConfig, "seed")),
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
@@ -1199,7 +1241,6 @@ def finetune(
 ):
     """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early
     stopping on validation Fmax."""
-    from .function.finetune import FinetuneConfig
     from .function.finetune import finetune as run
 
     device = _device(device)

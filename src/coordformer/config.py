@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
 
 from .constants import VOCAB_SIZE
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 
 T = TypeVar("T")
 
@@ -465,3 +467,157 @@ class SimConfig(Record):
             )
         if self.n_points < 2:
             raise ConfigError("n_points must be at least 2")
+
+
+# Settings of the commands that use a trained model. They live here, beside the training records,
+# so that the CLI reads their defaults without importing torch (each default is written once).
+
+#: FinetuneConfig.task values (the DeepFRI benchmarks, ``function.labels``).
+TASKS = ("ec", "go-mf", "go-bp", "go-cc")
+#: FinetuneConfig.head values.
+HEADS = ("linear", "mlp")
+#: ScoreConfig.mode values.
+SCORE_MODES = ("exact", "fast")
+#: Residue positions between consecutive chains of a complex (``data.complexes``). A chain break
+#: in a single structure is a jump of at least a few residues; 64 separates chains clearly while
+#: keeping a complex of a few thousand residues inside the position table (max_len 4096).
+DEFAULT_CHAIN_GAP = 64
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Record):
+    task: str = "ec"
+    head: str = "mlp"
+    random_init: bool = False
+    use_coords: bool | None = None  # None = as the checkpoint was trained
+    max_epochs: int = 100
+    patience: int = 10  # epochs without a better validation Fmax before stopping
+    lr: float = 1e-3  # head (and, for "linear", encoder lr = lr * encoder_lr_scale)
+    encoder_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    batch_size: int = 64  # mlp: chains per batch
+    tokens_per_batch: int = 8192  # linear: padded tokens per batch
+    max_length: int = 1024
+    hidden: int = 512  # mlp width
+    blocks: int = 2  # residual MLP blocks
+    dropout: float = 0.2
+    seed: int = 0
+    precision: str = "auto"
+    # Start the output bias at each class's training-set log-odds. With hundreds of rare classes
+    # (median EC prior 0.1%) logits starting at 0 spend thousands of steps learning the priors
+    # before any feature matters, which is what a short encoder fine-tune otherwise measures.
+    prior_bias: bool = True
+    # linear head: epochs of fitting the linear layer alone on frozen embeddings before the encoder
+    # is unfrozen (0 = fine-tune from a fresh head); early-stopped on validation Fmax like the rest.
+    probe_epochs: int = 50
+    # probe epochs take seconds and its validation Fmax is noisy: be patient
+    probe_patience: int = 10
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise OptionError("task", self.task, f"must be one of {', '.join(TASKS)}")
+        if self.head not in HEADS:
+            raise OptionError("head", self.head, f"must be one of {', '.join(HEADS)}")
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ConfigError("max_epochs and patience must be >= 1")
+        if self.probe_epochs < 0 or self.probe_patience < 1:
+            raise ConfigError("probe_epochs must be >= 0 and probe_patience >= 1")
+
+
+@dataclass(frozen=True)
+class ScoreConfig(Record):
+    """How masked marginals are computed (``coordformer score``)."""
+
+    # "exact": one masked position per pass; "fast": several far-apart positions per pass
+    mode: str = "exact"
+    # fast: least sequence separation (residues) between positions masked in one pass
+    min_sep: int = 8
+    # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
+    min_dist: float = 12.0
+    # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    window: int | None = None
+    # least overlap between consecutive windows (each position is scored where it is most central)
+    overlap: int = 256
+    tokens_per_batch: int = 8192  # padded tokens per forward pass
+    # None = as the model was trained; False withholds coordinates from a structure model
+    use_coords: bool | None = None
+
+    def __post_init__(self):
+        if self.mode not in SCORE_MODES:
+            raise OptionError(
+                "mode", self.mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}"
+            )
+        if self.min_sep < 1:
+            raise OptionError("min_sep", self.min_sep, "must be at least 1")
+        if not self.min_dist >= 0:
+            raise OptionError("min_dist", self.min_dist, "must be >= 0 Angstrom")
+        if self.tokens_per_batch < 1:
+            raise OptionError("tokens_per_batch", self.tokens_per_batch, "must be positive")
+
+    def window_for(self, max_len: int) -> int:
+        window = self.window or min(1024, max_len)
+        if window > max_len:
+            raise OptionError("window", window, f"exceeds the model's max_len {max_len}")
+        if not 0 <= self.overlap < window:
+            raise OptionError("overlap", self.overlap, f"need 0 <= overlap < `window` ({window})")
+        return window
+
+
+@dataclass(frozen=True)
+class EmbedConfig(Record):
+    """Settings of one ``coordformer embed`` run (stored in the output file's attributes)."""
+
+    # None = final layer after the final LayerNorm; k = residual stream after layer k
+    layer: int | None = None
+    per_residue: bool = False
+    # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
+    window: int | None = None
+    # least overlap between consecutive windows (each residue is taken from the window it is most
+    # central in)
+    overlap: int = 256
+    # None = whole chains; N = embed only the first N residues (counted as cropped)
+    max_length: int | None = None
+    tokens_per_batch: int = 8192
+    use_coords: bool | None = None  # None = as the model was trained
+    split: str | None = None  # for a prepared dataset: one split only
+    plddt_min: float | None = None  # raw inputs only: passed to prepare (PrepareConfig.plddt_min)
+    chains: tuple[str, ...] = ()  # author chain ids to keep (empty = all)
+    complexes: bool = False  # embed the chains of each file together (see the module docstring)
+    chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
+    # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
+    seqres: str = "off"
+
+
+@dataclass(frozen=True)
+class AttentionAnalysisConfig(Record):
+    """Settings of one ``analyze-attention`` pass (saved beside its outputs)."""
+
+    split: str = "test"
+    max_chains: int | None = 200
+    max_distance: float = 32.0  # Angstrom; pairs farther apart are not binned by distance
+    bin_width: float = 1.0  # Angstrom
+    max_separation: int = 32  # residues, either side
+    crop_length: int = 512
+    tokens_per_batch: int = 4096
+
+    def __post_init__(self):
+        if self.bin_width <= 0 or self.max_distance <= self.bin_width:
+            raise ConfigError("need 0 < bin_width < max_distance")
+        if (
+            self.max_separation < 1
+            or self.crop_length < 2
+            or self.tokens_per_batch < self.crop_length
+        ):
+            raise ConfigError(
+                "need max_separation >= 1, crop_length >= 2 and tokens_per_batch >= crop_length"
+            )
+
+    @property
+    def n_distance_bins(self) -> int:
+        return int(math.ceil(self.max_distance / self.bin_width))
+
+    def distance_centres(self) -> np.ndarray:
+        return (np.arange(self.n_distance_bins) + 0.5) * self.bin_width
+
+    def separations(self) -> np.ndarray:
+        return np.arange(-self.max_separation, self.max_separation + 1)

@@ -36,17 +36,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 
-from .config import Record
+from .config import EmbedConfig
 from .constants import CA_INDEX
 from .data.batching import check_fits, token_budget_batches, unmasked_batches
-from .data.complexes import DEFAULT_CHAIN_GAP, complex_batch, complex_span, group_complexes
+from .data.complexes import complex_batch, complex_span, group_complexes
 from .data.memory import MemoryDataset
 from .data.store import PreparedDataset, is_finished_dataset
 from .errors import OptionError, UsageError
@@ -54,31 +53,6 @@ from .model.encode import encode, masked_mean
 
 #: What embed batches from: a prepared dataset folder, or raw inputs read in memory.
 ChainData = Union[PreparedDataset, MemoryDataset]
-
-
-@dataclass(frozen=True)
-class EmbedConfig(Record):
-    """Settings of one ``coordformer embed`` run (stored in the output file's attributes)."""
-
-    # None = final layer after the final LayerNorm; k = residual stream after layer k
-    layer: int | None = None
-    per_residue: bool = False
-    # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
-    window: int | None = None
-    # least overlap between consecutive windows (each residue is taken from the window it is most
-    # central in)
-    overlap: int = 256
-    # None = whole chains; N = embed only the first N residues (counted as cropped)
-    max_length: int | None = None
-    tokens_per_batch: int = 8192
-    use_coords: bool | None = None  # None = as the model was trained
-    split: str | None = None  # for a prepared dataset: one split only
-    plddt_min: float | None = None  # raw inputs only: passed to prepare (PrepareConfig.plddt_min)
-    chains: tuple[str, ...] = ()  # author chain ids to keep (empty = all)
-    complexes: bool = False  # embed the chains of each file together (see the module docstring)
-    chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
-    # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
-    seqres: str = "off"
 
 
 def _is_prepared(inputs: list[str]) -> bool:

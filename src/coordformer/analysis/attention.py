@@ -19,55 +19,19 @@ encoding (3D signal only).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..config import Record
+from ..config import AttentionAnalysisConfig
 from ..constants import CA_INDEX
 from ..data.batching import check_fits, unmasked_batches
 from ..data.store import PreparedDataset
-from ..errors import ConfigError, OptionError, UsageError
+from ..errors import OptionError, UsageError
 
 #: log10 edges for the histogram of attention values (percentile bands); values below 1e-6 go to
 #: the first bin.
 VALUE_EDGES = np.linspace(-6.0, 0.0, 61)
-
-
-@dataclass(frozen=True)
-class AttentionAnalysisConfig(Record):
-    """Settings of one ``analyze-attention`` pass (saved beside its outputs)."""
-
-    split: str = "test"
-    max_chains: int | None = 200
-    max_distance: float = 32.0  # Angstrom; pairs farther apart are not binned by distance
-    bin_width: float = 1.0  # Angstrom
-    max_separation: int = 32  # residues, either side
-    crop_length: int = 512
-    tokens_per_batch: int = 4096
-
-    def __post_init__(self):
-        if self.bin_width <= 0 or self.max_distance <= self.bin_width:
-            raise ConfigError("need 0 < bin_width < max_distance")
-        if (
-            self.max_separation < 1
-            or self.crop_length < 2
-            or self.tokens_per_batch < self.crop_length
-        ):
-            raise ConfigError(
-                "need max_separation >= 1, crop_length >= 2 and tokens_per_batch >= crop_length"
-            )
-
-    @property
-    def n_distance_bins(self) -> int:
-        return int(math.ceil(self.max_distance / self.bin_width))
-
-    def distance_centres(self) -> np.ndarray:
-        return (np.arange(self.n_distance_bins) + 0.5) * self.bin_width
-
-    def separations(self) -> np.ndarray:
-        return np.arange(-self.max_separation, self.max_separation + 1)
 
 
 class AttentionStats:

@@ -24,12 +24,6 @@ from ..batch import Batch
 from ..constants import PAD
 from .batching import ASCII_TO_TOKEN
 
-#: Default gap, in residue positions, between consecutive chains of a complex. Sequence-local
-#: attention in the shipped models decays within a few residues (analysis in docs/RESULTS.md), so
-#: 64 separates chains clearly while keeping a complex of a few thousand residues inside the
-#: position table (max_len 4096).
-DEFAULT_CHAIN_GAP = 64
-
 
 def group_complexes(data, idx: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """Group the chains ``idx`` of a prepared dataset into complexes.

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -33,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Record
+from ..config import HEADS, FinetuneConfig  # noqa: F401 - HEADS re-exported
 from ..data.batching import BatchSettings, collate_chains, token_budget_batches
 from ..data.store import PreparedDataset
-from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
+from ..errors import OptionError, TrainingInterrupted, UsageError
 from ..model.encode import encode
 from ..train.lifecycle import (
     Interrupted,
@@ -46,7 +45,6 @@ from ..train.lifecycle import (
     signal_name,
 )
 from .labels import (
-    TASKS,
     function_dataset,
     missing_structure_hint,
     read_annotations,
@@ -54,48 +52,6 @@ from .labels import (
     read_split,
 )
 from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
-
-HEADS = ("linear", "mlp")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(Record):
-    task: str = "ec"
-    head: str = "mlp"
-    random_init: bool = False
-    use_coords: bool | None = None  # None = as the checkpoint was trained
-    max_epochs: int = 100
-    patience: int = 10  # epochs without a better validation Fmax before stopping
-    lr: float = 1e-3  # head (and, for "linear", encoder lr = lr * encoder_lr_scale)
-    encoder_lr_scale: float = 0.1
-    weight_decay: float = 0.01
-    batch_size: int = 64  # mlp: chains per batch
-    tokens_per_batch: int = 8192  # linear: padded tokens per batch
-    max_length: int = 1024
-    hidden: int = 512  # mlp width
-    blocks: int = 2  # residual MLP blocks
-    dropout: float = 0.2
-    seed: int = 0
-    precision: str = "auto"
-    # Start the output bias at each class's training-set log-odds. With hundreds of rare classes
-    # (median EC prior 0.1%) logits starting at 0 spend thousands of steps learning the priors
-    # before any feature matters, which is what a short encoder fine-tune otherwise measures.
-    prior_bias: bool = True
-    # linear head: epochs of fitting the linear layer alone on frozen embeddings before the encoder
-    # is unfrozen (0 = fine-tune from a fresh head); early-stopped on validation Fmax like the rest.
-    probe_epochs: int = 50
-    # probe epochs take seconds and its validation Fmax is noisy: be patient
-    probe_patience: int = 10
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise OptionError("task", self.task, f"must be one of {', '.join(TASKS)}")
-        if self.head not in HEADS:
-            raise OptionError("head", self.head, f"must be one of {', '.join(HEADS)}")
-        if self.max_epochs < 1 or self.patience < 1:
-            raise ConfigError("max_epochs and patience must be >= 1")
-        if self.probe_epochs < 0 or self.probe_patience < 1:
-            raise ConfigError("probe_epochs must be >= 0 and probe_patience >= 1")
 
 
 def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:

@@ -29,10 +29,9 @@ from typing import Iterable
 
 import numpy as np
 
+from ..config import TASKS  # defined beside FinetuneConfig
 from ..errors import CoordformerError
 from ..io.structures import normalize_chain_id as _canonical
-
-TASKS = ("ec", "go-mf", "go-bp", "go-cc")
 
 # task -> (class-list section, which is also the label column's header; names section or None)
 _SECTIONS: dict[str, tuple[str, str | None]] = {

@@ -30,54 +30,13 @@ import numpy as np
 import torch
 
 from ..batch import Batch
-from ..config import Record
+from ..config import SCORE_MODES, ScoreConfig  # noqa: F401 - SCORE_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
 from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
 from ..errors import OptionError, UsageError
 
-#: ScoreConfig.mode values.
-SCORE_MODES = ("exact", "fast")
 _AA = slice(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS))
-
-
-@dataclass(frozen=True)
-class ScoreConfig(Record):
-    """How masked marginals are computed (``coordformer score``)."""
-
-    # "exact": one masked position per pass; "fast": several far-apart positions per pass
-    mode: str = "exact"
-    # fast: least sequence separation (residues) between positions masked in one pass
-    min_sep: int = 8
-    # fast: least CA-CA distance (Angstrom) between them; 0 = sequence separation only
-    min_dist: float = 12.0
-    # residues per model pass; None = min(1024, the model's max_len); longer chains are windowed
-    window: int | None = None
-    # least overlap between consecutive windows (each position is scored where it is most central)
-    overlap: int = 256
-    tokens_per_batch: int = 8192  # padded tokens per forward pass
-    # None = as the model was trained; False withholds coordinates from a structure model
-    use_coords: bool | None = None
-
-    def __post_init__(self):
-        if self.mode not in SCORE_MODES:
-            raise OptionError(
-                "mode", self.mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}"
-            )
-        if self.min_sep < 1:
-            raise OptionError("min_sep", self.min_sep, "must be at least 1")
-        if not self.min_dist >= 0:
-            raise OptionError("min_dist", self.min_dist, "must be >= 0 Angstrom")
-        if self.tokens_per_batch < 1:
-            raise OptionError("tokens_per_batch", self.tokens_per_batch, "must be positive")
-
-    def window_for(self, max_len: int) -> int:
-        window = self.window or min(1024, max_len)
-        if window > max_len:
-            raise OptionError("window", window, f"exceeds the model's max_len {max_len}")
-        if not 0 <= self.overlap < window:
-            raise OptionError("overlap", self.overlap, f"need 0 <= overlap < `window` ({window})")
-        return window
 
 
 def masking_plan(
