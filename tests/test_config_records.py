@@ -14,6 +14,7 @@ from coordformer.config import (
     AttentionAnalysisConfig,
     BatchConfig,
     EmbedConfig,
+    EvalConfig,
     FinetuneConfig,
     ModelConfig,
     PrepareConfig,
@@ -175,6 +176,11 @@ def _cli_defaults(command: str) -> dict:
         ),
         ("embed", EmbedConfig, {k: k for k in ("overlap", "tokens_per_batch", "chain_gap")}),
         (
+            "evaluate",
+            EvalConfig,
+            {k: k for k in ("split", "seed", "crop_length", "overlap", "masking", "hide_coords")},
+        ),
+        (
             "analyze-attention",
             AttentionAnalysisConfig,
             {
@@ -279,3 +285,13 @@ def test_cli_prints_option_errors_as_one_flag_line(tmp_path, capsys):
     assert main([*base, "--mutant", "A1G", "--offset", "3"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --offset 3: applies to 1-based index numbering; add --numbering index\n"
+
+
+def test_evaluate_mlm_keyword_defaults_are_the_eval_record():
+    import inspect
+
+    from coordformer.eval.mlm import evaluate_mlm
+
+    params = inspect.signature(evaluate_mlm).parameters
+    for name in field_names(EvalConfig):
+        assert params[name].default == default_of(EvalConfig, name), name

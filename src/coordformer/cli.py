@@ -20,6 +20,7 @@ from . import interrupts
 from .config import (
     AttentionAnalysisConfig,
     EmbedConfig,
+    EvalConfig,
     FinetuneConfig,
     ModelConfig,
     PrepareConfig,
@@ -531,15 +532,17 @@ def evaluate(
         help="Checkpoint path, run folder or shipped model name; repeat to compare.",
     ),
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
-    split: str = typer.Option("test"),
+    split: str = typer.Option(default_of(EvalConfig, "split")),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics JSON here."),
     report: Optional[Path] = typer.Option(
         None, help="Write a Markdown report (and a PNG figure beside it)."
     ),
-    seed: int = typer.Option(12345, help="Masking seed; identical masks for every model."),
+    seed: int = typer.Option(
+        default_of(EvalConfig, "seed"), help="Masking seed; identical masks for every model."
+    ),
     max_chains: Optional[int] = typer.Option(None, min=1),
     crop_length: int = typer.Option(
-        1024,
+        default_of(EvalConfig, "crop_length"),
         min=8,
         help="Chains longer than this are evaluated on their first N residues (or in windows of N "
         "with --windows).",
@@ -551,13 +554,16 @@ def evaluate(
         "--crop-length.",
     ),
     overlap: int = typer.Option(
-        256, min=0, help="With --windows: least overlap between consecutive windows."
+        default_of(EvalConfig, "overlap"),
+        min=0,
+        help="With --windows: least overlap between consecutive windows.",
     ),
     masking: str = typer.Option(
-        "mask", help="mask: all selected residues become <mask>; bert: 80/10/10 as in training."
+        default_of(EvalConfig, "masking"),
+        help="mask: all selected residues become <mask>; bert: 80/10/10 as in training.",
     ),
     hide_coords: str = typer.Option(
-        "none",
+        default_of(EvalConfig, "hide_coords"),
         help="none; all: no chain gets coordinates (as FASTA); span: one 5-30% "
         "stretch per chain gets none (an unresolved loop put back with --seqres); cut: that "
         "stretch is deleted (a loop the file omits). Same masked residues in each case.",

@@ -621,3 +621,25 @@ class AttentionAnalysisConfig(Record):
 
     def separations(self) -> np.ndarray:
         return np.arange(-self.max_separation, self.max_separation + 1)
+
+
+@dataclass(frozen=True)
+class EvalConfig(Record):
+    """Settings of a masked-LM evaluation (``coordformer evaluate``, ``eval.mlm.evaluate_mlm``,
+    whose keyword defaults are these)."""
+
+    split: str = "test"
+    # masking seed: the same masks for every model evaluated with it
+    seed: int = 12345
+    mask_prob: float = 0.15
+    # longer chains are evaluated on their first N residues, or in windows of N (windows)
+    crop_length: int = 1024
+    tokens_per_batch: int = 16384
+    max_chains: int | None = None
+    # "mask": every selected residue becomes <mask>; "bert": 80/10/10 as in training
+    masking: str = "mask"
+    windows: bool = False
+    # least overlap between consecutive windows
+    overlap: int = 256
+    # "none" | "all" | "span" | "cut": which coordinates the model is not given
+    hide_coords: str = "none"

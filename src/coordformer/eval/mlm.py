@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..config import EvalConfig
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
@@ -29,19 +30,19 @@ HIDE_COORDS = tuple(WITHHOLD_OF_HIDE_COORDS)
 def evaluate_mlm(
     model: CoordFormer,
     data: PreparedDataset,
-    split: str = "test",
-    seed: int = 12345,
-    mask_prob: float = 0.15,
-    crop_length: int = 1024,
-    tokens_per_batch: int = 16384,
-    max_chains: int | None = None,
+    split: str = EvalConfig.split,
+    seed: int = EvalConfig.seed,
+    mask_prob: float = EvalConfig.mask_prob,
+    crop_length: int = EvalConfig.crop_length,
+    tokens_per_batch: int = EvalConfig.tokens_per_batch,
+    max_chains: int | None = EvalConfig.max_chains,
     device: str | torch.device = "cpu",
     use_coords: bool | None = None,
     progress: bool = True,
-    masking: str = "mask",
-    windows: bool = False,
-    overlap: int = 256,
-    hide_coords: str = "none",
+    masking: str = EvalConfig.masking,
+    windows: bool = EvalConfig.windows,
+    overlap: int = EvalConfig.overlap,
+    hide_coords: str = EvalConfig.hide_coords,
 ) -> dict:
     """Evaluate on ``split``: 15% of each chain's residues are selected and, with ``masking="mask"``
     (default), all replaced by <mask>; ``masking="bert"`` corrupts them as in training (80% <mask>,
