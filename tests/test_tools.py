@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -49,3 +50,23 @@ def test_sdpa_runs_a_fused_kernel_with_and_without_padding():
         alone = model(t, c, m).logits
         padded = model(t3, c3, t3 != 0).logits[:2]
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+SCRIPTS = sorted(
+    p.relative_to(ROOT).as_posix()
+    for p in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*.py")]
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help(script):
+    """Each benchmark and script starts and prints its usage (an argparse help text with a bare %
+    once crashed ship_models.py --help)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()
