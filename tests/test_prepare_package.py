@@ -20,7 +20,6 @@ from coordformer.data.prepare import (
     Kept,
     PrepareError,
     Rejected,
-    check_chain,
     pipeline,
     prepare,
     resume_mismatch,
@@ -76,11 +75,6 @@ def test_rejected_chain_has_reason_and_detail():
     c.coords[:10, 1] = np.nan
     v = policy.check(c)
     assert isinstance(v, Rejected) and v.reason == MISSING_CA and "33%" in v.detail
-    # the dict interface other code used keeps giving the same answers as tuples
-    assert check_chain(chain(12), dict(min_length=20, max_length=50, max_missing_ca=0.25)) == (
-        "too short",
-        "12 residues < min_length 20",
-    )
 
 
 def test_plddt_min_masks_residues_before_missing_ca():

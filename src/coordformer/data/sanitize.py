@@ -1,8 +1,8 @@
 """The one rule for numerically unsafe coordinates, applied where chains enter a dataset.
 
-``prepare`` calls it on every chain (``check_chain``), and the direct-input commands (``embed``)
-read files through ``prepare``, so no other code path needs to repeat it. The model may then rely
-on coordinates being finite (or NaN = missing) and bounded.
+``prepare`` calls it on every chain (``ChainPolicy.check``), and the direct-input commands
+(``embed``, ``score``) apply the same policy, so no other code path needs to repeat it. The model
+may then rely on coordinates being finite (or NaN = missing) and bounded.
 """
 
 from __future__ import annotations

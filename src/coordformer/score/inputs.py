@@ -1,7 +1,7 @@
 """Chains to score: read straight from structure / chain_set / FASTA files (keeping author residue
 numbers, which a prepared dataset does not store) or taken from a prepared dataset.
 
-Every chain passes the same coordinate rule as ``prepare`` (``data.prepare.check_chain`` with no
+Every chain passes the same coordinate rule as ``prepare`` (``data.prepare.ChainPolicy`` with no
 length or missing-CA filter: non-finite atoms become missing, a chain beyond +/-10,000 A is
 skipped), and ``plddt_min`` makes low-confidence residues of predicted models missing, as in
 ``prepare`` and ``embed``. Unreadable inputs and rejected chains are returned as (source, reason)
@@ -33,7 +33,7 @@ def read_chains(
     chain_set JSONL and FASTA files, or one prepared dataset folder (``split`` picks one split).
     ``chains``: author chain ids to keep (empty = all). Chain ids are made unique (``#2``, ``#3``
     appended to repeats, logged)."""
-    from ..data.prepare import check_chain, selected_chain
+    from ..data.prepare import ChainPolicy, Rejected, selected_chain
     from ..data.store import PreparedDataset, is_finished_dataset
     from ..io import (
         Chain,
@@ -101,19 +101,19 @@ def read_chains(
                 skipped.append((str(getattr(it, "source", src)), str(getattr(it, "reason", it))))
             elif not chains or selected_chain(it.id, chains):
                 raw.append(it)
-    filters = {"min_length": 1, "max_length": 10**12, "max_missing_ca": 1.0, "plddt_min": plddt_min}
+    # the coordinate rule alone (no length or missing-CA filter), plus pLDDT masking if asked
+    policy = ChainPolicy(plddt_min=plddt_min)
     kept = []
     for c in raw:
-        checked = check_chain(c, filters)
-        if isinstance(checked[0], str):
-            skipped.append((c.id, f"{checked[0]}: {checked[1]}"))
+        verdict = policy.check(c)
+        if isinstance(verdict, Rejected):
+            skipped.append((c.id, f"{verdict.reason}: {verdict.detail}"))
             continue
-        seq, coords = checked
         kept.append(
             Chain(
                 id=c.id,
-                sequence=seq.tobytes().decode("ascii"),
-                coords=coords,
+                sequence=verdict.seq.tobytes().decode("ascii"),
+                coords=verdict.coords,
                 source=c.source,
                 b_factors=c.b_factors,
                 residue_ids=c.residue_ids,

@@ -11,7 +11,7 @@ commands that take structure files directly can apply the same rule in memory as
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -164,22 +164,6 @@ class ChainPolicy:
             plddt=_plddt_of(getattr(chain, "b_factors", None), n),
             n_low_plddt=n_low,
         )
-
-
-def check_chain(
-    chain: Any, filters: Mapping[str, Any]
-) -> tuple[str, str] | tuple[np.ndarray, np.ndarray]:
-    """The earlier interface of :meth:`ChainPolicy.check`: ``(category, detail)`` if rejected, else
-    ``(seq uint8 [L], coords float32 [L, 4, 3])``. ``filters`` holds min_length, max_length,
-    max_missing_ca and optionally plddt_min."""
-    policy = ChainPolicy(
-        min_length=filters["min_length"],
-        max_length=filters["max_length"],
-        max_missing_ca=filters["max_missing_ca"],
-        plddt_min=filters.get("plddt_min"),
-    )
-    v = policy.check(chain)
-    return (v.reason, v.detail) if isinstance(v, Rejected) else (v.seq, v.coords)
 
 
 def chain_id(chain: Any) -> str:
