@@ -17,7 +17,7 @@ from .constants import PAD
 
 #: Optional model inputs: passed to ``CoordFormer.forward`` only when the batch holds them, so a
 #: stand-in model without these keywords (attention analysis accepts any) still takes the batch.
-_OPTIONAL_INPUTS = ("positions", "plddt")
+_OPTIONAL_INPUTS = ("positions", "plddt", "segments")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class Batch:
       or not its coordinates were given (evaluation condition ``none`` only reports it).
     - ``chain`` [B, L] long or None: member number of each residue within its complex (0, 1, ...),
       -1 at padding (``data.complexes``).
+    - ``segments`` [B, L] long or None: packed rows (``data.batching.pack_batch``): which chain of
+      the row (0, 1, ...) each position belongs to, -1 at padding. A model input: attention stays
+      within a chain and each chain is centred on its own CAs.
     """
 
     tokens: torch.Tensor
@@ -62,6 +65,7 @@ class Batch:
     withheld: torch.Tensor | None = None
     stretch: torch.Tensor | None = None
     chain: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
 
     @classmethod
     def from_tokens(

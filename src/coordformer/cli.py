@@ -411,6 +411,12 @@ def pretrain(
         help="Recompute layer activations in the backward pass: activation memory "
         "stops growing with depth, for ~1/3 more compute (long chains, big models).",
     ),
+    pack: bool = typer.Option(
+        default_of(TrainConfig, "pack_sequences"),
+        "--pack/--no-pack",
+        help="Pack several chains per row (attention stays within each chain; the same loss as "
+        "padded rows, with fewer padding positions).",
+    ),
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."
     ),
@@ -504,6 +510,7 @@ def pretrain(
         threads=threads,
         accumulate_grad_batches=accumulate,
         activation_checkpointing=activation_checkpointing,
+        pack_sequences=pack,
         drop_chain_coords=drop_chain_coords,
         drop_span_coords=drop_span_coords,
         init=init,

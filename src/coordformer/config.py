@@ -355,6 +355,9 @@ class TrainConfig(BatchConfig):
     compile: bool = False
     # recompute layer activations in backward (less memory, ~1/3 more compute)
     activation_checkpointing: bool = False
+    # several chains per row (data.batching.pack_batch): the same chains and masks per step in
+    # fewer, fuller rows; attention stays within each chain, so the loss is the same as padded
+    pack_sequences: bool = False
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500

@@ -53,6 +53,30 @@ def centre(coords: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return coords - mean.unsqueeze(-2)
 
 
+def centre_segments(
+    coords: torch.Tensor, present: torch.Tensor, segments: torch.Tensor
+) -> torch.Tensor:
+    """``centre`` for packed rows: each segment (chain) of a row on the mean of its own present
+    reference points, so a packed chain gets the coordinates it would get alone.
+
+    Args:
+        coords: [B, L, A, 3] Angstrom (NaN allowed where missing).
+        present: [B, L] bool, True where the reference atom exists.
+        segments: [B, L] long, the segment of each position (0, 1, ...), -1 at padding.
+    Returns:
+        [B, L, A, 3] centred coordinates (NaN preserved; padding unchanged but for its mean).
+    """
+    ref = coords[..., 1, :] if coords.shape[-2] > 1 else coords[..., 0, :]
+    n_seg = int(segments.max()) + 1 if segments.numel() else 0
+    seg = segments.clamp(min=0)
+    one_hot = torch.nn.functional.one_hot(seg, max(n_seg, 1)).to(coords.dtype)  # [B, L, S]
+    w = one_hot * (present & (segments >= 0)).to(coords.dtype).unsqueeze(-1)
+    sums = torch.einsum("bls,blc->bsc", w, torch.nan_to_num(ref))  # [B, S, 3]
+    mean = sums / w.sum(1).clamp(min=1.0).unsqueeze(-1)
+    per_pos = torch.gather(mean, 1, seg.unsqueeze(-1).expand(-1, -1, 3))  # [B, L, 3]
+    return coords - per_pos.unsqueeze(-2)
+
+
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix. x: [..., L, 3] -> [..., L, L] (same unit as x)."""
     # The matmul shortcut loses precision for near-identical points (self-distances ~1e-3 A).

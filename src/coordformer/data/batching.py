@@ -92,6 +92,8 @@ class BatchSettings(BatchConfig):
     builds one from a config record."""
 
     random_crop: bool = True
+    # training batches packed several chains per row (``pack_batch``; TrainConfig.pack_sequences)
+    pack: bool = False
     max_position: int = 4096  # the model's max_len: spatial-crop positions must stay below it
     # Structure dropout (BatchConfig.drop_*_coords) feeds a training chain without coordinates, as a
     # FASTA input is, or one SPAN_DROP_FRACTION stretch of it, as an unresolved loop is: without it
@@ -229,7 +231,8 @@ class MaskedBatches(torch.utils.data.Dataset):
         # surplus batches are skipped and a short plan wraps around (a fraction of a percent of an
         # epoch).
         members = plan[(b * self.world + self.rank) % len(plan)]
-        return self.collate(self.indices[members], epoch)
+        batch = self.collate(self.indices[members], epoch)
+        return pack_batch(batch) if self.s.pack else batch
 
     def collate(self, chain_indices: np.ndarray, epoch: int = 0) -> Batch:
         """The masked batch of ``chain_indices`` (see :func:`collate_chains`)."""
@@ -494,3 +497,73 @@ def unmasked_batches(
     )
     for members in inference_plan(data.lengths[idx], crop_length, tokens_per_batch):
         yield collate_chains(data, idx[members], settings, seed, masked=False)
+
+
+def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
+    """First-fit decreasing: the items (by index into ``lengths``) of each row, no row longer than
+    ``row_length`` residues. Deterministic: ties go by index."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[i] > row_length:
+            raise ValueError(f"item {i} has {lengths[i]} residues, more than a row of {row_length}")
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(row_length - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def pack_batch(batch: Batch, row_length: int | None = None) -> Batch:
+    """The chains of a padded batch (one per row) packed several per row (``pack_rows``; rows of
+    ``row_length`` residues, default the longest chain), so that fewer positions are padding.
+
+    Each chain keeps what the batcher gave it alone: its crop, centring, rotation, masks and
+    positions (0..n-1 unless the batch has ``positions``); ``segments`` [B', L'] says which chain of
+    the row each position is (-1 at padding), and the model keeps attention within a chain and
+    centres each chain on its own CAs, so per-chain logits and the loss equal the padded batch's.
+    ``index`` and ``chain`` are per row and are dropped (training batches do not need them)."""
+    if batch.chain is not None or batch.segments is not None:
+        raise ValueError("pack_batch takes a padded batch of single chains")
+    lengths = batch.lengths.tolist()
+    rows = pack_rows(lengths, row_length or max(lengths))
+    width = max(sum(lengths[i] for i in r) for r in rows)
+    n_rows = len(rows)
+    pos = batch.positions
+    if pos is None:
+        pos = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
+
+    def packed(t: torch.Tensor | None, fill) -> torch.Tensor | None:
+        if t is None:
+            return None
+        out = torch.full((n_rows, width, *t.shape[2:]), fill, dtype=t.dtype)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                n = lengths[i]
+                out[r, at : at + n] = t[i, :n]
+                at += n
+        return out
+
+    segments = torch.full((n_rows, width), -1, dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for s, i in enumerate(members):
+            segments[r, at : at + lengths[i]] = s
+            at += lengths[i]
+    return Batch(
+        tokens=packed(batch.tokens, PAD),
+        coords=packed(batch.coords, float("nan")),
+        padding_mask=packed(batch.padding_mask, False),
+        positions=packed(pos, 0),
+        plddt=packed(batch.plddt, float("nan")),
+        targets=packed(batch.targets, -100),
+        clean=packed(batch.clean, PAD),
+        withheld=packed(batch.withheld, False),
+        stretch=packed(batch.stretch, False),
+        segments=segments,
+    )

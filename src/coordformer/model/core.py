@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..config import ModelConfig
 from ..constants import AA_OFFSET, CA_INDEX, PAD
 from ..errors import OptionError, SequenceTooLong, UsageError
-from ..geometry import centre
+from ..geometry import centre, centre_segments
 
 #: SDPA kernels allowed when a padding mask is passed. cuDNN's fused attention is left out: its
 #: backward returns NaN in dQ when an explicit mask is given, L % 128 == 64 and some query row's
@@ -127,7 +127,10 @@ class SelfAttention(nn.Module):
         token). Returns ([B, L, D], [B, H, L, L] | None)."""
         b, l, _ = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+        # [B, L] key mask, or an already built [B, 1, L, L] mask (packed rows: block-diagonal)
+        mask = (
+            key_mask[:, None, None, :] if key_mask is not None and key_mask.dim() == 2 else key_mask
+        )
         if need_attention:
             logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
             if mask is not None:
@@ -345,6 +348,7 @@ class CoordFormer(nn.Module):
         ablate: tuple[str, ...] = (),
         positions: torch.Tensor | None = None,
         plddt: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
@@ -357,7 +361,8 @@ class CoordFormer(nn.Module):
         in them mark chain breaks: unresolved residues that are not in the input, the gap between
         the chains of a complex, or residues left out by a 3D crop. ``plddt``: [B, L] (0-100, NaN
         unknown), read by models with ``config.plddt_feature`` and ignored by others.
-        Returns [B, L, D]."""
+        ``segments``: [B, L] long for packed rows (several chains per row, ``Batch.segments``):
+        each segment is centred on its own CAs. Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
             raise OptionError(
@@ -369,6 +374,13 @@ class CoordFormer(nn.Module):
         if l > self.config.max_len:
             raise SequenceTooLong(l, self.config.max_len)
         if self.lm is not None:
+            if segments is not None:
+                raise OptionError(
+                    "segments",
+                    "given",
+                    "packed rows are not supported with language-model conditioning (the LM "
+                    "reads each row as one chain)",
+                )
             # The LM representation carries sequence and position; ablating "positions" drops it
             # (only the 3D signal is left). ``positions`` (chain breaks) is not read: the LM sees
             # the residues as one contiguous sequence.
@@ -394,8 +406,13 @@ class CoordFormer(nn.Module):
                 present = ~torch.isnan(ref).any(-1)
                 if padding_mask is not None:
                     present = present & padding_mask
+                centred = (
+                    centre(coords, present)
+                    if segments is None
+                    else centre_segments(coords, present, segments)
+                )
                 feats = coordinate_features(
-                    centre(coords, present), self.config, None if plddt is None else plddt.float()
+                    centred, self.config, None if plddt is None else plddt.float()
                 )
                 if "coords" in ablate:
                     feats = torch.zeros_like(feats)
@@ -413,6 +430,7 @@ class CoordFormer(nn.Module):
         ablate: tuple[str, ...] = (),
         positions: torch.Tensor | None = None,
         plddt: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -425,16 +443,24 @@ class CoordFormer(nn.Module):
             ablate: inputs to zero for attention analysis, see ``embed``.
             positions: [B, L] long residue indices (default 0..L-1), see ``embed``.
             plddt: [B, L] pLDDT 0-100 (NaN unknown) for models with ``config.plddt_feature``.
+            segments: [B, L] long, packed rows only: the chain (0, 1, ...) of each position, -1 at
+                padding. Attention is block-diagonal (no position sees another chain) and each
+                chain is centred on its own CAs; pass per-chain ``positions`` with it.
 
         A :class:`coordformer.batch.Batch` gives these inputs as
         ``model(**batch.inputs(use_coords))``.
         """
         if padding_mask is None:
             padding_mask = tokens != PAD
-        x = self.embed(tokens, coords, padding_mask, ablate, positions, plddt)
-        # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU (flash
-        # takes no arbitrary mask); one host sync per forward buys that.
-        key_mask = None if bool(padding_mask.all()) else padding_mask
+        x = self.embed(tokens, coords, padding_mask, ablate, positions, plddt, segments)
+        if segments is not None:
+            # packed rows: a position attends to its own chain only (padding to padding, so that
+            # no softmax row is empty)
+            key_mask = (segments[:, :, None] == segments[:, None, :])[:, None]
+        else:
+            # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU
+            # (flash takes no arbitrary mask); one host sync per forward buys that.
+            key_mask = None if bool(padding_mask.all()) else padding_mask
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         ckpt = (

@@ -33,7 +33,7 @@ def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
     """The run's batch settings for training (random crops, structure dropout) or validation (the
     first residues, always rotated, every coordinate given)."""
     if train:
-        return BatchSettings.of(cfg, random_crop=True)
+        return BatchSettings.of(cfg, random_crop=True, pack=cfg.pack_sequences)
     return BatchSettings.of(
         cfg, random_crop=False, rotate=True, drop_chain_coords=0.0, drop_span_coords=0.0
     )

@@ -1,0 +1,125 @@
+"""Sequence packing (issue 18): several chains per row, attention within each chain, each chain
+centred on its own CAs, so packed and padded batches give the same per-chain logits and loss."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from coordformer.batch import Batch
+from coordformer.config import preset
+from coordformer.data.batching import BatchSettings, MaskedBatches, pack_batch, pack_rows
+from coordformer.model.core import CoordFormer
+from coordformer.train.mlm import masked_lm_loss
+from test_model import _FakeDataset
+
+
+def _padded_and_packed(seed=3, crop=150, tokens=2048):
+    ds = _FakeDataset(n=60, seed=1)
+    settings = BatchSettings(tokens_per_batch=tokens, crop_length=crop)
+    b = MaskedBatches(ds, np.arange(60), settings, seed=seed)[0]
+    return b, pack_batch(b)
+
+
+def _per_chain(padded: Batch, packed_logits: torch.Tensor) -> list[torch.Tensor]:
+    """Packed logits cut back into the padded batch's chains, in its row order."""
+    lengths = padded.lengths.tolist()
+    rows = pack_rows(lengths, max(lengths))
+    out: dict[int, torch.Tensor] = {}
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            out[i] = packed_logits[r, at : at + lengths[i]]
+            at += lengths[i]
+    return [out[i] for i in range(len(lengths))]
+
+
+@pytest.mark.parametrize("recipe", ["fast", "paper"])
+def test_packed_rows_give_the_padded_logits_and_loss(recipe):
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", recipe=recipe)).eval()
+    padded, packed = _padded_and_packed()
+    assert packed.tokens.shape[0] < padded.tokens.shape[0]  # fewer rows
+    assert (~packed.padding_mask).float().mean() < (~padded.padding_mask).float().mean()
+    with torch.no_grad():
+        a = model(**padded.inputs()).logits
+        c = model(**packed.inputs()).logits
+    for i, chunk in enumerate(_per_chain(padded, c)):
+        n = int(padded.lengths[i])
+        torch.testing.assert_close(chunk, a[i, :n], rtol=1e-5, atol=1e-5)
+    la, _, na = masked_lm_loss(a, padded.targets)
+    lc, _, nc = masked_lm_loss(c, packed.targets)
+    assert na == nc and torch.allclose(la, lc, rtol=1e-5, atol=1e-6)
+
+
+def test_no_chain_sees_another_and_each_is_centred_alone():
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", recipe="fast")).eval()
+    _, packed = _padded_and_packed()
+    r = int(torch.argmax(packed.segments.max(1).values))  # a row with several chains
+    seg = packed.segments[r]
+    first, other = seg == 0, seg == 1
+    assert first.any() and other.any()
+    tokens = packed.tokens.clone()
+    tokens[r, first] = torch.randint(5, 25, (int(first.sum()),))  # another sequence for chain 0
+    coords = packed.coords.clone()
+    coords[r, first] += 100.0  # and another place: the others are centred on their own CAs
+    with torch.no_grad():
+        before = model(**packed.inputs()).logits[r, other]
+        after = model(**packed.replace(tokens=tokens, coords=coords).inputs()).logits[r, other]
+    torch.testing.assert_close(before, after, rtol=1e-5, atol=1e-5)
+    # positions restart at 0 in every chain of the row
+    assert packed.positions[r, other][0] == 0
+
+
+def test_pack_rows_places_every_item_once_within_the_row_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=200).tolist()
+    rows = pack_rows(lengths, 128)
+    assert sorted(i for r in rows for i in r) == list(range(200))
+    assert all(sum(lengths[i] for i in r) <= 128 for r in rows)
+    assert rows == pack_rows(lengths, 128)  # deterministic
+    assert len(rows) < 200 and len(rows) >= sum(lengths) / 128
+    with pytest.raises(ValueError, match="more than a row of 50"):
+        pack_rows([60], 50)
+
+
+@pytest.mark.slow
+def test_pretrain_with_packing_trains_the_same_weights(prepared, tmp_path):
+    """The same chains and masks per step, fewer padded positions: --pack changes the layout, not
+    the training (weights after a few steps agree to float tolerance)."""
+    from coordformer.cli import main
+
+    weights = {}
+    for name, flag in (("padded", "--no-pack"), ("packed", "--pack")):
+        out = tmp_path / name
+        args = [
+            "pretrain",
+            "--data",
+            str(prepared.path),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny-0.1m",
+        ]
+        args += [
+            "--max-steps",
+            "4",
+            "--val-every",
+            "4",
+            "--tokens-per-batch",
+            "2048",
+            "--seed",
+            "0",
+        ]
+        args += ["--accelerator", "cpu", "--threads", "1", "--workers", "0", "--quiet", flag]
+        assert main(args) == 0
+        state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        weights[name] = state
+        assert json.loads((out / "config.json").read_text())["train_config"]["pack_sequences"] == (
+            name == "packed"
+        )
+    for k, v in weights["padded"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(weights["packed"][k], v, rtol=1e-4, atol=1e-5)
