@@ -19,7 +19,7 @@ from coordformer.config import PrepareConfig
 from coordformer.constants import DATASET_FORMAT_VERSION
 from coordformer.data import prepare as P
 from coordformer.data import splits as S
-from coordformer.data.prepare import PrepareError, check_chain, prepare
+from coordformer.data.prepare import ChainPolicy, Kept, PrepareError, Rejected, prepare
 from coordformer.data.store import DatasetFormatError, PreparedDataset
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -278,38 +278,39 @@ def test_unexpected_reader_exception_is_skipped(tmp_path, monkeypatch):
     assert row[0].endswith("b1bbb.pdb") and "RuntimeError" in row[1] and "boom" in row[1]
 
 
-def test_check_chain_filters():
+def test_chain_policy_filters():
     rng = np.random.default_rng(6)
-    f = dict(min_length=10, max_length=50, max_missing_ca=0.25)
+    policy = ChainPolicy(min_length=10, max_length=50, max_missing_ca=0.25)
 
-    def ch(seq, xyz):
-        return SimpleNamespace(id="Q.A", sequence=seq, coords=xyz, source="q")
+    def check(seq, xyz):
+        return policy.check(SimpleNamespace(id="Q.A", sequence=seq, coords=xyz, source="q"))
 
     seq = random_seq(20, rng)
     ok = backbone(20, rng)
-    s, c = check_chain(ch(seq.lower(), ok), f)
-    assert s.tobytes().decode() == seq and c.dtype == np.float32 and c.shape == (20, 4, 3)
-    assert check_chain(ch(seq[:9], ok[:9]), f)[0] == "too short"
-    assert check_chain(ch(random_seq(51, rng), backbone(51, rng)), f)[0] == "too long"
+    v = check(seq.lower(), ok)
+    assert isinstance(v, Kept) and v.seq.tobytes().decode() == seq
+    assert v.coords.dtype == np.float32 and v.coords.shape == (20, 4, 3)
+    assert check(seq[:9], ok[:9]).reason == "too short"
+    assert check(random_seq(51, rng), backbone(51, rng)).reason == "too long"
     inf = ok.copy()
     inf[3, 2, 1] = np.inf  # a non-finite value makes its atom missing; the chain stays
-    _, c = check_chain(ch(seq, inf), f)
+    c = check(seq, inf).coords
     assert np.isnan(c[3, 2]).all() and np.isfinite(c[3, [0, 1, 3]]).all()
     big = ok.copy()
     big[4, 0, 0] = 2e4
-    cat, why = check_chain(ch(seq, big), f)
-    assert cat == "bad coordinates" and "2e+04" in why
-    assert check_chain(ch(seq, ok[:19]), f)[0] == "bad coordinates"  # shape mismatch
+    v = check(seq, big)
+    assert isinstance(v, Rejected) and v.reason == "bad coordinates" and "2e+04" in v.detail
+    assert check(seq, ok[:19]).reason == "bad coordinates"  # shape mismatch
     miss = ok.copy()
     miss[:5, 1] = np.nan  # 25 % missing CA: allowed (not > 0.25)
-    assert not isinstance(check_chain(ch(seq, miss), f)[0], str)
+    assert isinstance(check(seq, miss), Kept)
     miss[5, 1, 2] = np.nan  # 30 %, and a partially-NaN atom counts as missing
-    assert check_chain(ch(seq, miss), f)[0] == "missing CA"
+    assert check(seq, miss).reason == "missing CA"
     part = ok.copy()
     part[2, 3, 0] = np.nan
-    _, c = check_chain(ch(seq, part), f)
+    c = check(seq, part).coords
     assert np.isnan(c[2, 3]).all() and np.isfinite(c[2, :3]).all()
-    assert check_chain(ch("AXZ*b" * 4, ok), f)[0].tobytes() == b"AXXXX" * 4
+    assert check("AXZ*b" * 4, ok).seq.tobytes() == b"AXXXX" * 4
 
 
 def test_filters_end_to_end(tmp_path):
