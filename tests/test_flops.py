@@ -26,6 +26,12 @@ def test_matrix_params_are_the_models_weight_matrices():
             assert matrix_params(c) == mats
 
 
+def test_a_conditioned_model_counts_its_language_model_connector():
+    c = preset("tiny-0.1m", recipe="paper")
+    conditioned = c.replace(condition_on="esm2_t6_8M", lm_dim=320)
+    assert matrix_params(conditioned) - matrix_params(c) == 320 * c.d_model
+
+
 def test_training_flops_count_matrices_and_attention_per_sequence():
     c = preset("paper-33m")
     n = matrix_params(c)
