@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from coordformer.model.checkpoints import (
+    WITHOUT_COORDS_USE,
     export_model,
     load_model,
     missing_flag_learnt,
@@ -53,9 +54,6 @@ DESCRIPTIONS = {
         "inputs with missing or no structure"
     ),
 }
-#: shipped model for inputs without coordinates, named by the warning of models that never learnt
-#: them
-WITHOUT_COORDS_USE = "small-coords-sd"
 #: order of the models in the README (others follow by name)
 ORDER = ("small-coords", "small-nocoords", "small-coords-sd", "paper-coords")
 #: the most a shipped weights file may take (MB); larger float16 models ship in shards

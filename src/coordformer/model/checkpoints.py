@@ -181,6 +181,23 @@ def missing_ca_fraction(data, idx=None, max_chains: int = 5000) -> float:
 SPAN_SHARE = 0.175
 
 
+#: The shipped model for inputs without coordinates, named by the warnings of models that never
+#: learnt the missing flag (a card's ``without_coords_use`` overrides it).
+WITHOUT_COORDS_USE = "small-coords-sd"
+
+
+def unlearnt_missing_flag(model: CoordFormer, meta: dict) -> tuple[str, str] | None:
+    """(the model's name, the model to use instead) when ``model`` reads coordinates but never
+    learnt the missing flag (``meta["learnt_missing_flag"]`` False: its card, or an exported
+    file's record); else None. The shared test of ``missing_coords_warning`` and
+    ``score.inputs.missing_structure_warning``, which differ in when they speak (a majority of
+    residues here, any residue there)."""
+    if not model.config.use_coords or meta.get("learnt_missing_flag") is not False:
+        return None
+    name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
+    return name, meta.get("without_coords_use") or WITHOUT_COORDS_USE
+
+
 def missing_coords_warning(
     model: CoordFormer,
     meta: dict,
@@ -196,15 +213,15 @@ def missing_coords_warning(
     ``fraction``: that share, if known (1.0 when coordinates are withheld altogether); else it is
     measured on dataset ``data`` (chains ``idx``), with a further share ``hidden`` of the residues
     that have coordinates withheld. Nothing is read for models that learnt the flag."""
-    if not model.config.use_coords or meta.get("learnt_missing_flag") is not False:
+    unlearnt = unlearnt_missing_flag(model, meta)
+    if unlearnt is None:
         return None
     if fraction is None:
         missing = missing_ca_fraction(data, idx)
         fraction = missing + (1.0 - missing) * hidden
     if fraction <= MISSING_WARN_FRACTION:
         return None
-    name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
-    instead = meta.get("without_coords_use") or "small-coords-sd"
+    name, instead = unlearnt
     return (
         f"warning: {fraction:.0%} of the residues have no coordinates, and {name} never learnt "
         "inputs without them (trained without structure dropout), so its outputs there are "

@@ -143,18 +143,16 @@ def missing_structure_warning(
     file's record) is asked to score chains with residues lacking coordinates (FASTA, unresolved
     residues, --seqres, --plddt-min); else None. Any such residue counts, not only a majority (as
     for ``embed``): its own scores are the ones that suffer."""
-    if (
-        not model.config.use_coords
-        or use_coords is False
-        or meta.get("learnt_missing_flag") is not False
-    ):
+    from ..model.checkpoints import unlearnt_missing_flag
+
+    unlearnt = None if use_coords is False else unlearnt_missing_flag(model, meta)
+    if unlearnt is None:
         return None
     n_missing = sum(int(np.isnan(np.asarray(c.coords)[:, CA_INDEX]).any(-1).sum()) for c in chains)
     if n_missing == 0:
         return None
     n_total = sum(len(c.sequence) for c in chains)
-    name = Path(str(meta.get("name") or meta.get("path") or "this model")).name
-    instead = meta.get("without_coords_use") or "small-coords-sd"
+    name, instead = unlearnt
     return (
         f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or "
         f"--plddt-min), but {name} was trained without structure dropout and never learnt the "
