@@ -123,3 +123,22 @@ def test_pretrain_with_packing_trains_the_same_weights(prepared, tmp_path):
     for k, v in weights["padded"].items():
         if v.is_floating_point():
             torch.testing.assert_close(weights["packed"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_flop_count_of_packed_rows_is_per_chain():
+    """The attention term of the FLOP count is per chain: packed rows count what padded rows do."""
+    from coordformer.train.mlm import _chain_lengths
+
+    padded, packed = _padded_and_packed()
+    assert sorted(_chain_lengths(packed)) == sorted(padded.lengths.tolist())
+
+
+def test_packing_with_language_model_conditioning_is_refused_up_front(prepared, tmp_path):
+    from coordformer.config import TrainConfig
+    from coordformer.errors import OptionError
+    from coordformer.train.run import pretrain
+
+    conditioned = preset("tiny-0.1m", recipe="paper").replace(condition_on="esm", lm_dim=8)
+    with pytest.raises(OptionError, match="pack_sequences=True: packed rows") as e:
+        pretrain(prepared.path, tmp_path / "r", conditioned, TrainConfig(pack_sequences=True))
+    assert e.value.flag_message({"pack_sequences": "--pack"}).startswith("--pack True:")

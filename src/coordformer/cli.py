@@ -1445,6 +1445,7 @@ _API_FLAGS = {
     "gaussian_init_heads": "--gaussian-heads",
     "coord_norm_feature": "--norm-feature",
     "gaussian_init_values": "--gaussian-values",
+    "pack_sequences": "--pack",
 }
 
 

@@ -49,6 +49,17 @@ def masked_lm_loss(
     return loss, correct, n
 
 
+def _chain_lengths(batch: Batch) -> list[int]:
+    """Residues of each chain of the batch: one per row, or per segment of packed rows (attention
+    is per chain, so the FLOP count's n^2 term must be too)."""
+    if batch.segments is None:
+        return batch.lengths.tolist()
+    seg = batch.segments[batch.segments >= 0]
+    rows = torch.arange(batch.segments.shape[0]).unsqueeze(1).expand_as(batch.segments)
+    key = rows[batch.segments >= 0] * (int(seg.max()) + 1 if seg.numel() else 1) + seg
+    return torch.unique(key, return_counts=True)[1].tolist()
+
+
 class MaskedLMModule(L.LightningModule):
     def __init__(self, model_config: dict, train_config: dict):
         super().__init__()
@@ -91,7 +102,7 @@ class MaskedLMModule(L.LightningModule):
         self._t_last = now
         out = self(batch)
         loss, correct, n = masked_lm_loss(out.logits, batch.targets)
-        lengths = batch.lengths.tolist()
+        lengths = _chain_lengths(batch)
         ntok = int(sum(lengths))
         self._tokens_since += ntok
         # useful work only: padding and recomputation (activation checkpointing) are not model FLOPs

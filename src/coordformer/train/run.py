@@ -275,6 +275,13 @@ def _pretrain(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     quiet_lightning()
+    if train_config.pack_sequences and model_config.condition_on:
+        # refused before any model or data loads: the LM reads each row as one chain
+        raise OptionError(
+            "pack_sequences",
+            True,
+            "packed rows are not supported with language-model conditioning (`condition_on`)",
+        )
     data = PreparedDataset(data_dir)
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
