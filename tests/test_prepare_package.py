@@ -183,3 +183,50 @@ def test_interrupted_run_resumes_with_other_splits_not_other_filters(tmp_path, m
         prepare([fasta], out, PrepareConfig(min_length=12), **QUIET)
     s = prepare([fasta], out, PrepareConfig(min_length=10, seed=5, valid_fraction=0.25), **QUIET)
     assert s.units_resumed == 1 and s.chains_kept == 8
+
+
+def _crash_on_bad(unit):
+    """A pool task: kills its own process on the unit named 'bad', returns the path otherwise."""
+    import os
+    import time
+
+    if unit.path.rsplit("/", 1)[-1].startswith("bad"):
+        os._exit(3)
+    time.sleep(0.3)  # the bad unit kills the pool while these are still in flight
+    return unit.path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad_first", [True, False])
+def test_a_unit_that_kills_its_worker_is_skipped_whatever_order_it_is_retried_in(bad_first):
+    """A bad input retried before any good one finished must not fail the run (the retry order
+    follows future completion, which varies); only when nothing at all finishes do the workers
+    look unable to run."""
+    from coordformer.data.prepare.errors import PrepareError
+    from coordformer.data.prepare.pool import map_units
+    from coordformer.data.prepare.units import WorkUnit
+
+    names = ["bad.pdb", *(f"good{i}.pdb" for i in range(3))]
+    units = [WorkUnit("file", f"/x/{n}") for n in (names if bad_first else names[::-1])]
+    done, logged = [], []
+    map_units(
+        units,
+        _crash_on_bad,
+        2,
+        done.append,
+        lambda u, why: ("skipped", u.path, why),
+        lambda msg, *a: logged.append(msg),
+    )
+    assert sorted(d for d in done if isinstance(d, str)) == [f"/x/good{i}.pdb" for i in range(3)]
+    skipped = [d for d in done if isinstance(d, tuple)]
+    assert [s[1] for s in skipped] == ["/x/bad.pdb"] and "crashed" in skipped[0][2]
+    assert any("bad.pdb: worker crashed on this input twice; skipped" in m for m in logged)
+    with pytest.raises(PrepareError, match="die before finishing any input"):
+        map_units(
+            [WorkUnit("file", "/x/bad1.pdb"), WorkUnit("file", "/x/bad2.pdb")],
+            _crash_on_bad,
+            2,
+            done.append,
+            lambda u, why: None,
+            lambda *a: None,
+        )

@@ -110,6 +110,7 @@ def map_units(
     queue = list(reversed(pending))
     max_in_flight = 2 * workers
     suspects: list[WorkUnit] = []
+    twice: list[WorkUnit] = []  # units that killed their process again when run alone
     # units finished by a worker process (to tell "worker crashed on an input" from "workers cannot
     # run")
     n_ok = [0]
@@ -163,35 +164,40 @@ def map_units(
                 logging.WARNING,
             )
             for u in suspects:
-                on_done(_retry_alone(ctx, u, task, crashed, n_ok, log))
+                result = _retry_alone(ctx, u, task)
+                if result is _CRASHED:
+                    twice.append(u)
+                else:
+                    done_ok(result)
             suspects = []
-
-
-def _retry_alone(
-    ctx,
-    unit: WorkUnit,
-    task: Callable[[WorkUnit], R],
-    crashed: Callable[[WorkUnit, str], R],
-    n_ok: list[int],
-    log: Callable[..., None],
-) -> R:
-    """Run one suspect unit in a process of its own; a second crash records it as skipped."""
-    with _pool(ctx, 1) as solo:
-        try:
-            result = solo.submit(task, unit).result()
-            n_ok[0] += 1
-            return result
-        except BrokenProcessPool:
-            if n_ok[0] == 0:
-                raise PrepareError(
-                    "worker processes die before finishing any input; "
-                    "run with workers=1 to see why "
-                    "(scripts that call prepare() with workers > 1 need an "
-                    "`if __name__ == '__main__':` guard)"
-                ) from None
-            log(f"{unit.label}: worker crashed on this input twice; skipped", logging.WARNING)
-            return crashed(
-                unit,
+    # Decided at the end, not at the first repeated crash: which unit is retried first depends on
+    # the order futures completed, and a bad input retried before any good one must not fail the
+    # run. Only when nothing at all finished do the workers look unable to run.
+    if twice and n_ok[0] == 0:
+        raise PrepareError(
+            "worker processes die before finishing any input; run with workers=1 to see why "
+            "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` "
+            "guard)"
+        )
+    for u in twice:
+        log(f"{u.label}: worker crashed on this input twice; skipped", logging.WARNING)
+        on_done(
+            crashed(
+                u,
                 "worker process crashed while reading this input "
                 "(killed by a signal or out of memory)",
             )
+        )
+
+
+#: what ``_retry_alone`` returns for a unit that killed its process again
+_CRASHED = object()
+
+
+def _retry_alone(ctx, unit: WorkUnit, task: Callable[[WorkUnit], R]) -> R | object:
+    """Run one suspect unit in a process of its own: its result, or ``_CRASHED``."""
+    with _pool(ctx, 1) as solo:
+        try:
+            return solo.submit(task, unit).result()
+        except BrokenProcessPool:
+            return _CRASHED
