@@ -14,9 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from ..constants import BACKBONE_ATOMS
+from .store import ChainArrays
 
 
-class MemoryDataset:
+class MemoryDataset(ChainArrays):
     """Chains concatenated as a prepared dataset stores them.
 
     ``ids`` [n] chain ids; ``seq`` uint8 [N_res] ASCII one-letter codes; ``coords`` float32
@@ -75,47 +76,8 @@ class MemoryDataset:
         pl = None if plddt is None else _concat(plddt, (0,), np.float32)
         return cls(ids, _concat(seqs, (0,), np.uint8), xyz, lengths, sources, pl)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def __repr__(self) -> str:
         return f"MemoryDataset(chains={len(self)}, residues={self.n_residues})"
-
-    @property
-    def n_residues(self) -> int:
-        return int(self._offsets[-1])
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """int64 [n + 1]: chain i is residues offsets[i]:offsets[i + 1]."""
-        return self._offsets
-
-    def _span(self, i: int) -> slice:
-        n = len(self.ids)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"chain index {i} out of range for {n} chains")
-        return slice(int(self._offsets[i]), int(self._offsets[i + 1]))
-
-    def seq_bytes(self, i: int) -> np.ndarray:
-        """uint8 [L] view of chain ``i``'s ASCII one-letter codes."""
-        return self._seq[self._span(i)]
-
-    def sequence(self, i: int) -> str:
-        return self.seq_bytes(i).tobytes().decode("ascii")
-
-    def coords(self, i: int) -> np.ndarray:
-        """float32 [L, 4, 3] view (Angstrom, N/CA/C/O, NaN missing) of chain ``i``."""
-        return self._coords[self._span(i)]
-
-    @property
-    def has_plddt(self) -> bool:
-        return self._plddt is not None
-
-    def plddt(self, i: int) -> np.ndarray | None:
-        """float32 [L] view of chain ``i``'s pLDDT (0-100, NaN unknown), or None if not kept."""
-        return None if self._plddt is None else self._plddt[self._span(i)]
 
     def source(self, i: int) -> str:
         return self._sources[i]

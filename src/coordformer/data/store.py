@@ -143,7 +143,63 @@ def is_finished_dataset(directory: str | Path) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-class PreparedDataset:
+class ChainArrays:
+    """Per-chain access to chains stored concatenated residue by residue, shared by
+    :class:`PreparedDataset` (memory maps) and ``data.memory.MemoryDataset`` (arrays in memory).
+
+    Subclasses set ``ids`` [n]; ``_offsets`` int64 [n + 1] (chain i is residues
+    offsets[i]:offsets[i + 1]); ``_seq`` uint8 [N_res]; ``_coords`` float32 [N_res, 4, 3];
+    ``_plddt`` float32 [N_res] or None. Every accessor returns a view.
+    """
+
+    ids: list[str]
+    _offsets: np.ndarray
+    _seq: np.ndarray
+    _coords: np.ndarray
+    _plddt: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_residues(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64 [n + 1]: chain i is residues offsets[i]:offsets[i + 1]."""
+        return self._offsets
+
+    def _span(self, i: int) -> slice:
+        n = len(self.ids)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"chain index {i} out of range for dataset of {n} chains")
+        return slice(int(self._offsets[i]), int(self._offsets[i + 1]))
+
+    def seq_bytes(self, i: int) -> np.ndarray:
+        """uint8 [L] view of chain ``i``'s ASCII one-letter codes."""
+        return self._seq[self._span(i)]
+
+    def sequence(self, i: int) -> str:
+        return self.seq_bytes(i).tobytes().decode("ascii")
+
+    def coords(self, i: int) -> np.ndarray:
+        """float32 [L, 4, 3] view (Angstrom, N/CA/C/O, NaN missing) of chain ``i``."""
+        return self._coords[self._span(i)]
+
+    @property
+    def has_plddt(self) -> bool:
+        """Whether per-residue pLDDT is held (``prepare --store-plddt``, or kept on reading)."""
+        return self._plddt is not None
+
+    def plddt(self, i: int) -> np.ndarray | None:
+        """float32 [L] view of chain ``i``'s pLDDT (0-100, NaN unknown), or None if not held."""
+        return None if self._plddt is None else self._plddt[self._span(i)]
+
+
+class PreparedDataset(ChainArrays):
     """Read-only, memory-mapped view of a prepared dataset folder.
 
     Arrays are memory-mapped, so opening is cheap and per-chain access returns views; the only
@@ -225,9 +281,6 @@ class PreparedDataset:
         self._index: dict[str, int] | None = None
         self._splits: dict[str, np.ndarray] = {}
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def __repr__(self) -> str:
         return (
             f"PreparedDataset({str(self.path)!r}, chains={len(self)}, "
@@ -238,42 +291,6 @@ class PreparedDataset:
     def fingerprint(self) -> str:
         """See :func:`manifest_fingerprint`."""
         return manifest_fingerprint(self.manifest)
-
-    @property
-    def n_residues(self) -> int:
-        return int(self._offsets[-1])
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return self._offsets
-
-    def _span(self, i: int) -> slice:
-        n = len(self.ids)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"chain index {i} out of range for dataset of {n} chains")
-        return slice(int(self._offsets[i]), int(self._offsets[i + 1]))
-
-    def seq_bytes(self, i: int) -> np.ndarray:
-        """uint8 [L] view of chain ``i``'s ASCII one-letter codes."""
-        return self._seq[self._span(i)]
-
-    def sequence(self, i: int) -> str:
-        return self.seq_bytes(i).tobytes().decode("ascii")
-
-    def coords(self, i: int) -> np.ndarray:
-        """float32 [L, 4, 3] view (Angstrom, N/CA/C/O, NaN missing) of chain ``i``."""
-        return self._coords[self._span(i)]
-
-    @property
-    def has_plddt(self) -> bool:
-        """Whether per-residue pLDDT was stored (``prepare --store-plddt``)."""
-        return self._plddt is not None
-
-    def plddt(self, i: int) -> np.ndarray | None:
-        """float32 [L] view of chain ``i``'s pLDDT (0-100, NaN unknown), or None if not stored."""
-        return None if self._plddt is None else self._plddt[self._span(i)]
 
     def source(self, i: int) -> str:
         if self._sources is None:
