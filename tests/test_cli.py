@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from coordformer.cli import main
+from poison import PoisonGrads
 
 DATA = Path(__file__).parent / "data"
 
@@ -256,23 +257,6 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
-class _PoisonGrads:
-    """Lightning callback factory: NaN into one gradient on the listed steps (before the module's
-    check)."""
-
-    def __new__(cls, steps):
-        from lightning.pytorch.callbacks import Callback
-
-        class Poison(Callback):
-            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-                if steps == "all" or trainer.global_step in steps:
-                    next(p for p in pl_module.parameters() if p.grad is not None).grad[0] = float(
-                        "nan"
-                    )
-
-        return Poison()
-
-
 def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
     tmp_path, prepared, monkeypatch
 ):
@@ -286,7 +270,7 @@ def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
         max_steps=5, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2
     )
     s = pretrain(
-        prepared.path, tmp_path / "a", mc, tc, progress=False, callbacks=[_PoisonGrads({1, 3})]
+        prepared.path, tmp_path / "a", mc, tc, progress=False, callbacks=[PoisonGrads({1, 3})]
     )
     assert s["global_step"] == 5 and s["skipped_steps"] == 2
     state = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)[
@@ -298,7 +282,7 @@ def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
     monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
     with pytest.raises(TrainingDivergedError, match="3 steps in a row"):
         pretrain(
-            prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[_PoisonGrads("all")]
+            prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[PoisonGrads("all")]
         )
 
 

@@ -82,11 +82,12 @@ def test_train_config_is_batch_config_plus_the_rest_and_stays_flat_both_ways():
     )
     assert isinstance(tc, BatchConfig) and tc.seed == 3 and tc.betas == (0.9, 0.98)
     d = tc.to_dict()
-    # fields added since that run (pack_sequences) take their defaults
-    assert set(d) == set(OLD_FLAT) | {"pack_sequences"} and json.loads(json.dumps(d)) == {
+    # fields added since that run take their defaults
+    added = {"pack_sequences": False, "fused_adamw": False, "logits_at_targets": True}
+    assert set(d) == set(OLD_FLAT) | set(added) and json.loads(json.dumps(d)) == {
         **OLD_FLAT,
         "betas": [0.9, 0.98],
-        "pack_sequences": False,
+        **added,
     }
     assert TrainConfig.from_dict(d) == tc
     # a nested layout (the batch part under "batch") reads the same

@@ -17,7 +17,10 @@ from .constants import PAD
 
 #: Optional model inputs: passed to ``CoordFormer.forward`` only when the batch holds them, so a
 #: stand-in model without these keywords (attention analysis accepts any) still takes the batch.
-_OPTIONAL_INPUTS = ("positions", "plddt", "segments")
+_OPTIONAL_INPUTS = ("positions", "plddt", "segments", "padded")
+
+#: Fields read on the host by :meth:`Batch.indexed`.
+_HOST_FIELDS = ("target_index", "chain_lengths", "padded")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ class Batch:
     - ``segments`` [B, L] long or None: packed rows (``data.batching.pack_batch``): which chain of
       the row (0, 1, ...) each position belongs to, -1 at padding. A model input: attention stays
       within a chain and each chain is centred on its own CAs.
+
+    Read on the host before the batch moves to an accelerator (:meth:`indexed` fills them from the
+    CPU tensors), so that a training step never waits for the device to learn a shape or a count:
+
+    - ``target_index`` [N] long or None: flat positions (row * L + column) of the N targets, in
+      row-major order; moves with the batch (the model gathers the LM head's inputs with it).
+    - ``chain_lengths`` tuple of int or None: residues of each chain (one per row, or one per
+      segment of a packed row). Stays on the host.
+    - ``padded`` bool or None: whether any row has padding. Stays on the host; a model input (False
+      lets attention run without a mask, and the model need not ask the device).
     """
 
     tokens: torch.Tensor
@@ -66,6 +79,9 @@ class Batch:
     stretch: torch.Tensor | None = None
     chain: torch.Tensor | None = None
     segments: torch.Tensor | None = None
+    target_index: torch.Tensor | None = None
+    chain_lengths: tuple[int, ...] | None = None
+    padded: bool | None = None
 
     @classmethod
     def from_tokens(
@@ -84,16 +100,39 @@ class Batch:
         return self.padding_mask.sum(1)
 
     def replace(self, **changes) -> Batch:
-        """A copy with ``changes`` (field name -> tensor or None)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (field name -> tensor or None). The host fields describe the
+        tensors :meth:`indexed` read them from, so the copy drops those not given in ``changes``
+        (a stale ``padded=False`` would unmask padding)."""
+        stale = {name: None for name in _HOST_FIELDS if name not in changes}
+        return dataclasses.replace(self, **{**stale, **changes})
+
+    def indexed(self) -> Batch:
+        """A copy with ``target_index``, ``chain_lengths`` and ``padded`` computed from this batch's
+        tensors. Call it while they are on the CPU (``MaskedLMModule.on_before_batch_transfer``
+        does): there it costs no device synchronisation."""
+        if self.segments is None:
+            chains = tuple(self.lengths.tolist())
+        else:
+            real = self.segments >= 0
+            seg = self.segments[real]
+            rows = torch.arange(self.segments.shape[0]).unsqueeze(1).expand_as(self.segments)
+            key = rows[real] * (int(seg.max()) + 1 if seg.numel() else 1) + seg
+            chains = tuple(torch.unique(key, return_counts=True)[1].tolist())
+        index = None
+        if self.targets is not None:
+            index = torch.nonzero(self.targets.reshape(-1) != -100).squeeze(1)
+        return self.replace(
+            target_index=index, chain_lengths=chains, padded=not bool(self.padding_mask.all())
+        )
 
     def _map(self, fn) -> Batch:
+        """A copy with ``fn`` applied to every tensor field (host fields are left as they are)."""
         return dataclasses.replace(
             self,
             **{
                 f.name: fn(v)
                 for f in dataclasses.fields(self)
-                if (v := getattr(self, f.name)) is not None
+                if isinstance(v := getattr(self, f.name), torch.Tensor)
             },
         )
 
@@ -108,7 +147,8 @@ class Batch:
 
     def inputs(self, use_coords: bool = True) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless
-        ``use_coords``), padding_mask, and positions / plddt where the batch holds them."""
+        ``use_coords``), padding_mask, and positions / plddt / segments / padded where the batch
+        holds them."""
         out = {
             "tokens": self.tokens,
             "coords": self.coords if use_coords else None,

@@ -417,6 +417,12 @@ def pretrain(
         help="Pack several chains per row (attention stays within each chain; the same loss as "
         "padded rows, with fewer padding positions).",
     ),
+    fused_adamw: bool = typer.Option(
+        default_of(TrainConfig, "fused_adamw"),
+        "--fused-adamw/--no-fused-adamw",
+        help="AdamW's fused kernel: one kernel per update, and no host sync to skip a step with "
+        "non-finite gradients.",
+    ),
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Continue from OUT/checkpoints/last.ckpt if present."
     ),
@@ -511,6 +517,7 @@ def pretrain(
         accumulate_grad_batches=accumulate,
         activation_checkpointing=activation_checkpointing,
         pack_sequences=pack,
+        fused_adamw=fused_adamw,
         drop_chain_coords=drop_chain_coords,
         drop_span_coords=drop_span_coords,
         init=init,

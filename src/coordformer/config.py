@@ -358,6 +358,12 @@ class TrainConfig(BatchConfig):
     # several chains per row (data.batching.pack_batch): the same chains and masks per step in
     # fewer, fuller rows; attention stays within each chain, so the loss is the same as padded
     pack_sequences: bool = False
+    #: torch.optim.AdamW(fused=True): one kernel for the whole update, and the non-finite-step skip
+    #: is then decided on the device (no host sync per step)
+    fused_adamw: bool = False
+    #: the LM head runs on the masked (target) positions only, not on every residue; the loss is the
+    #: same (benchmarks/training_ablations.py measures what it saves)
+    logits_at_targets: bool = True
     log_every_steps: int = 25
     threads: int | None = None  # torch CPU threads; None = torch default
     checkpoint_every_steps: int = 500

@@ -67,13 +67,15 @@ def centre_segments(
         [B, L, A, 3] centred coordinates (NaN preserved; padding unchanged but for its mean).
     """
     ref = coords[..., 1, :] if coords.shape[-2] > 1 else coords[..., 0, :]
-    n_seg = int(segments.max()) + 1 if segments.numel() else 0
+    # A row of L positions holds at most L segments, so sums over L slots need no count of the
+    # segments (reading one would wait for the device).
     seg = segments.clamp(min=0)
-    one_hot = torch.nn.functional.one_hot(seg, max(n_seg, 1)).to(coords.dtype)  # [B, L, S]
-    w = one_hot * (present & (segments >= 0)).to(coords.dtype).unsqueeze(-1)
-    sums = torch.einsum("bls,blc->bsc", w, torch.nan_to_num(ref))  # [B, S, 3]
-    mean = sums / w.sum(1).clamp(min=1.0).unsqueeze(-1)
-    per_pos = torch.gather(mean, 1, seg.unsqueeze(-1).expand(-1, -1, 3))  # [B, L, 3]
+    w = (present & (segments >= 0)).to(coords.dtype)  # [B, L]
+    slots = seg.unsqueeze(-1).expand(-1, -1, 3)
+    sums = torch.zeros_like(ref).scatter_add_(1, slots, torch.nan_to_num(ref) * w.unsqueeze(-1))
+    counts = torch.zeros_like(w).scatter_add_(1, seg, w)  # [B, L]: present points per segment
+    mean = sums / counts.clamp(min=1.0).unsqueeze(-1)
+    per_pos = torch.gather(mean, 1, slots)  # [B, L, 3]
     return coords - per_pos.unsqueeze(-2)
 
 

@@ -183,7 +183,8 @@ class MaskedBatches(torch.utils.data.Dataset):
 
     Each item (see :func:`collate_chains`) holds tokens (corrupted input), targets, clean, coords
     (centred, rotated), padding_mask and index; plddt when the dataset stores pLDDT; positions with
-    ``crop_mode="spatial"``; withheld and stretch with structure dropout or an evaluation condition.
+    ``crop_mode="spatial"``; withheld and stretch with structure dropout or an evaluation condition;
+    and the host fields of :meth:`Batch.indexed`.
     """
 
     def __init__(
@@ -232,7 +233,9 @@ class MaskedBatches(torch.utils.data.Dataset):
         # epoch).
         members = plan[(b * self.world + self.rank) % len(plan)]
         batch = self.collate(self.indices[members], epoch)
-        return pack_batch(batch) if self.s.pack else batch
+        # indexed here, on the CPU (in a loader worker when there are workers): the training step
+        # then reads its counts and the LM head's positions without asking the device
+        return (pack_batch(batch) if self.s.pack else batch).indexed()
 
     def collate(self, chain_indices: np.ndarray, epoch: int = 0) -> Batch:
         """The masked batch of ``chain_indices`` (see :func:`collate_chains`)."""

@@ -191,7 +191,8 @@ def _ignore_missing_lm_state(module, incompatible_keys) -> None:
 
 @dataclass
 class CoordFormerOutput:
-    """logits: [B, L, V]; hidden: final hidden states [B, L, D] (after the last LayerNorm);
+    """logits: [B, L, V] ([N, V] when the forward got ``logits_at``); hidden: final hidden states
+    [B, L, D] (after the last LayerNorm);
     representations: {layer: [B, L, D]} for requested layers (0 = embeddings);
     attentions: list of [B, H, L, L] per layer when requested, else None."""
 
@@ -322,7 +323,7 @@ class CoordFormer(nn.Module):
                     out_w[:, h * dh : (h + 1) * dh], std=1.0 / math.sqrt(dh * c.gaussian_init_heads)
                 )
 
-    def _token_and_position(self, tokens, ablate, positions):
+    def _token_and_position(self, tokens, ablate, positions, check_positions=True):
         """Token embedding + sinusoidal positions (the
         unconditioned model's input), see ``embed``."""
         l = tokens.shape[1]
@@ -330,13 +331,15 @@ class CoordFormer(nn.Module):
         if "positions" not in ablate:
             if positions is None:
                 x = x + self.positions[:l].to(self.tokens.weight.dtype)
-            else:
+            elif check_positions:
                 top = int(positions.max()) if positions.numel() else 0
                 if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
                     raise UsageError(
                         f"residue positions must lie in 0..{self.config.max_len - 1} (the model's "
                         f"max_len); got up to {top}: use a smaller `chain_gap` or crop"
                     )
+                x = x + self.positions[positions].to(self.tokens.weight.dtype)
+            else:
                 x = x + self.positions[positions].to(self.tokens.weight.dtype)
         return x
 
@@ -349,6 +352,7 @@ class CoordFormer(nn.Module):
         positions: torch.Tensor | None = None,
         plddt: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        check_positions: bool = True,
     ) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
@@ -362,7 +366,9 @@ class CoordFormer(nn.Module):
         the chains of a complex, or residues left out by a 3D crop. ``plddt``: [B, L] (0-100, NaN
         unknown), read by models with ``config.plddt_feature`` and ignored by others.
         ``segments``: [B, L] long for packed rows (several chains per row, ``Batch.segments``):
-        each segment is centred on its own CAs. Returns [B, L, D]."""
+        each segment is centred on its own CAs. ``check_positions``: refuse positions outside
+        0..max_len-1 with a UsageError (reads them: a host sync on an accelerator). Returns
+        [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
             raise OptionError(
@@ -390,7 +396,7 @@ class CoordFormer(nn.Module):
             if "positions" in ablate:
                 x = torch.zeros_like(x)
         else:
-            x = self._token_and_position(tokens, ablate, positions)
+            x = self._token_and_position(tokens, ablate, positions, check_positions)
         if self.coord_embed is not None:
             if coords is None:
                 # Structure unknown: every residue carries the
@@ -431,6 +437,8 @@ class CoordFormer(nn.Module):
         positions: torch.Tensor | None = None,
         plddt: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        padded: bool | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -446,21 +454,34 @@ class CoordFormer(nn.Module):
             segments: [B, L] long, packed rows only: the chain (0, 1, ...) of each position, -1 at
                 padding. Attention is block-diagonal (no position sees another chain) and each
                 chain is centred on its own CAs; pass per-chain ``positions`` with it.
+            padded: whether any row has padding, when the caller knows it (``Batch.padded``). None:
+                the model checks ``padding_mask`` (and the range of ``positions``) itself, which
+                waits for the device on GPU; a caller that gives it vouches for its positions.
+            logits_at: [N] long flat positions (row * L + column): the LM head runs on these only
+                and ``logits`` is [N, V] (masked-LM training scores the masked positions only).
 
         A :class:`coordformer.batch.Batch` gives these inputs as
         ``model(**batch.inputs(use_coords))``.
         """
         if padding_mask is None:
             padding_mask = tokens != PAD
-        x = self.embed(tokens, coords, padding_mask, ablate, positions, plddt, segments)
+        # The positions' range check reads their values, which on an accelerator waits for the
+        # device. A caller that read its batch on the host (``padded`` given: Batch.indexed of a
+        # batch whose positions coordformer's batchers made) is spared it.
+        x = self.embed(
+            tokens, coords, padding_mask, ablate, positions, plddt, segments, padded is None
+        )
         if segments is not None:
             # packed rows: a position attends to its own chain only (padding to padding, so that
             # no softmax row is empty)
             key_mask = (segments[:, :, None] == segments[:, None, :])[:, None]
         else:
             # Without padding, SDPA gets no mask, which lets it pick the flash kernel on GPU
-            # (flash takes no arbitrary mask); one host sync per forward buys that.
-            key_mask = None if bool(padding_mask.all()) else padding_mask
+            # (flash takes no arbitrary mask). Asking the device costs a host sync per forward, so a
+            # caller that knows (Batch.padded, read on the CPU) says so.
+            if padded is None:
+                padded = not bool(padding_mask.all())
+            key_mask = padding_mask if padded else None
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         ckpt = (
@@ -481,8 +502,9 @@ class CoordFormer(nn.Module):
             if i in repr_layers:
                 reps[i] = x
         h = self.final_ln(x)
+        at = h if logits_at is None else h.flatten(0, 1).index_select(0, logits_at)
         return CoordFormerOutput(
-            logits=self.lm_head(h), hidden=h, representations=reps, attentions=attns
+            logits=self.lm_head(at), hidden=h, representations=reps, attentions=attns
         )
 
     def num_parameters(self) -> int:

@@ -36,28 +36,33 @@ def lr_factor(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def target_loss(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean cross-entropy (float32) of ``logits`` [N, V] against ``targets`` [N] (every one a real
+    target). Returns (loss, n_correct as a 0-dim tensor, N); N is read from the shape, so nothing
+    waits for the device."""
+    n = int(targets.shape[0])
+    lg = logits.float()
+    loss = F.cross_entropy(lg, targets) if n else logits.sum() * 0.0
+    correct = (lg.argmax(-1) == targets).sum()
+    return loss, correct, n
+
+
 def masked_lm_loss(
     logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean cross-entropy over positions with a target. Returns (loss, n_correct, n_targets)."""
+    """Mean cross-entropy over positions with a target: ``logits`` [B, L, V], ``targets`` [B, L]
+    (-100 = no target). Returns (loss, n_correct, n_targets)."""
     sel = targets != -100
-    n = int(sel.sum())
-    lg = logits[sel].float()
-    tg = targets[sel]
-    loss = F.cross_entropy(lg, tg) if n else logits.sum() * 0.0
-    correct = (lg.argmax(-1) == tg).sum()
-    return loss, correct, n
+    return target_loss(logits[sel], targets[sel])
 
 
 def _chain_lengths(batch: Batch) -> list[int]:
     """Residues of each chain of the batch: one per row, or per segment of packed rows (attention
-    is per chain, so the FLOP count's n^2 term must be too)."""
-    if batch.segments is None:
-        return batch.lengths.tolist()
-    seg = batch.segments[batch.segments >= 0]
-    rows = torch.arange(batch.segments.shape[0]).unsqueeze(1).expand_as(batch.segments)
-    key = rows[batch.segments >= 0] * (int(seg.max()) + 1 if seg.numel() else 1) + seg
-    return torch.unique(key, return_counts=True)[1].tolist()
+    is per chain, so the FLOP count's n^2 term must be too). Read on the host when the batch was
+    ``indexed`` before its transfer."""
+    return list((batch if batch.chain_lengths is not None else batch.indexed()).chain_lengths)
 
 
 class MaskedLMModule(L.LightningModule):
@@ -82,14 +87,29 @@ class MaskedLMModule(L.LightningModule):
         self.model_flops = 0.0
         self._flops_since = 0.0
         self._skips_in_a_row = 0
+        self.residues_seen = 0  # training residues since this process started (not checkpointed)
+        # fused AdamW's device-side skip counters (on_before_optimizer_step)
+        self._skips_pending: torch.Tensor | None = None
+        self._skip_streak: torch.Tensor | None = None
         self.data_fingerprint: str | None = (
             None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
         )
 
-    def forward(self, batch: Batch, need_attention=False):
+    def forward(self, batch: Batch, need_attention=False, logits_at=None):
         return self.model(
-            **batch.inputs(self.model_config.use_coords), need_attention=need_attention
+            **batch.inputs(self.model_config.use_coords),
+            need_attention=need_attention,
+            logits_at=logits_at,
         )
+
+    def _step_loss(self, batch: Batch):
+        """(loss, n_correct, n_targets) of a masked-LM batch; the LM head runs on the targets only
+        when ``logits_at_targets`` is set and the batch was indexed (``MaskedBatches`` items are,
+        on the CPU before their transfer)."""
+        idx = batch.target_index
+        if not self.train_config.logits_at_targets or idx is None:
+            return masked_lm_loss(self(batch).logits, batch.targets)
+        return target_loss(self(batch, logits_at=idx).logits, batch.targets.flatten()[idx])
 
     def _time_fraction(self) -> float:
         mm = self.train_config.max_minutes
@@ -100,11 +120,11 @@ class MaskedLMModule(L.LightningModule):
         if self._t_last is not None:
             self.train_seconds += now - self._t_last
         self._t_last = now
-        out = self(batch)
-        loss, correct, n = masked_lm_loss(out.logits, batch.targets)
+        loss, correct, n = self._step_loss(batch)
         lengths = _chain_lengths(batch)
         ntok = int(sum(lengths))
         self._tokens_since += ntok
+        self.residues_seen += ntok
         # useful work only: padding and recomputation (activation checkpointing) are not model FLOPs
         flops = training_flops(self.model_config, lengths)
         self.model_flops += flops
@@ -127,6 +147,7 @@ class MaskedLMModule(L.LightningModule):
             self._tokens_since = 0
             self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
+            self._collect_skips()
         # With a time budget the step-based ETA means
         # little; show the training minutes spent instead.
         self.log(
@@ -176,7 +197,20 @@ class MaskedLMModule(L.LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
-        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+        finite = torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+        if self.train_config.fused_adamw:
+            # Decided on the device: fused AdamW leaves every parameter, moment and step count as
+            # it was where found_inf is 1 (as it does for GradScaler), the same as the skip below.
+            # The count reaches the host every log_every_steps (_collect_skips).
+            found = (~finite).float()
+            optimizer.found_inf = found
+            if self._skips_pending is None:
+                self._skips_pending = torch.zeros((), device=found.device)
+                self._skip_streak = torch.zeros((), device=found.device)
+            self._skips_pending += found
+            self._skip_streak.mul_(found).add_(found)
+            return
+        if bool(finite):
             self._skips_in_a_row = 0
             return
         optimizer.zero_grad(set_to_none=True)
@@ -190,12 +224,32 @@ class MaskedLMModule(L.LightningModule):
                 "lower `lr` or `precision=32-true`"
             )
 
+    def _collect_skips(self, check: bool = True) -> None:
+        """Add the skips fused AdamW decided on the device to ``skipped_steps`` (one host sync) and
+        stop a diverged run, as the step-by-step check does, at most ``log_every_steps`` later."""
+        if self._skips_pending is None:
+            return
+        new, streak = (int(v) for v in torch.stack([self._skips_pending, self._skip_streak]))
+        self._skips_pending.zero_()
+        if new:
+            self.skipped_steps += new
+            if check:
+                self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+        if check and streak >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingDivergedError(
+                f"training diverged: {streak} steps in a row with non-finite gradients (by step "
+                f"{self.global_step}); re-run from the last checkpoint with a lower `lr` or "
+                "`precision=32-true`"
+            )
+
+    def on_train_end(self):
+        self._collect_skips(check=False)
+
     def on_validation_start(self):
         self._t_last = None  # validation time is not training time
 
     def validation_step(self, batch, batch_idx):
-        out = self(batch)
-        loss, correct, n = masked_lm_loss(out.logits, batch.targets)
+        loss, correct, n = self._step_loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=max(n, 1), sync_dist=True)
         self.log("val/acc", correct.float() / max(n, 1), batch_size=max(n, 1), sync_dist=True)
 
@@ -220,10 +274,12 @@ class MaskedLMModule(L.LightningModule):
             ],
             lr=cfg.lr * lr_factor(0, cfg),
             betas=tuple(cfg.betas),
+            fused=cfg.fused_adamw or None,
         )
         return opt
 
     def on_save_checkpoint(self, checkpoint):
+        self._collect_skips(check=False)
         checkpoint["coordformer"] = {
             "model_config": self.model_config.to_dict(),
             "train_config": self.train_config.to_dict(),

@@ -1,0 +1,207 @@
+"""The training step's fast paths (issue 18 item 3): counts read on the host before the transfer
+(``Batch.indexed``), the LM head on the masked positions only, and fused AdamW with its
+device-side skip of non-finite steps. Each must leave the numbers as they were."""
+
+import math
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from coordformer.batch import Batch
+from coordformer.config import preset
+from coordformer.data.batching import pack_batch
+from coordformer.model.core import CoordFormer
+from coordformer.train.mlm import masked_lm_loss, target_loss
+from poison import PoisonGrads
+
+
+def _batch(seed: int = 0, pad: bool = True) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    b, length = 3, 40
+    tokens = torch.randint(5, 25, (b, length), generator=g)
+    if pad:
+        tokens[1, 30:] = 0
+        tokens[2, 17:] = 0
+    coords = torch.randn(b, length, 4, 3, generator=g) * 8.0
+    targets = torch.full((b, length), -100)
+    pick = (torch.rand(b, length, generator=g) < 0.2) & (tokens != 0)
+    targets[pick] = tokens[pick]
+    return Batch.from_tokens(tokens, coords, targets=targets, clean=tokens.clone())
+
+
+def test_indexed_reads_counts_and_target_positions_on_the_host():
+    b = _batch().indexed()
+    assert b.chain_lengths == (40, 30, 17) and b.padded is True
+    flat = b.targets.flatten()
+    assert torch.equal(b.target_index, torch.nonzero(flat != -100).squeeze(1))
+    assert _batch(pad=False).indexed().padded is False
+    packed = pack_batch(_batch()).indexed()
+    assert sorted(packed.chain_lengths) == [17, 30, 40]
+    # host fields stay on the host when the batch moves; tensors move
+    moved = b.to("cpu")
+    assert moved.chain_lengths == b.chain_lengths and moved.padded is True
+    # a changed batch drops them: they described the old tensors
+    changed = b.replace(padding_mask=torch.ones_like(b.padding_mask))
+    assert changed.padded is None and changed.target_index is None
+    assert changed.chain_lengths is None
+
+
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("packed", [False, True])
+def test_training_forward_and_loss_never_wait_for_the_device(pad, packed):
+    """Under FakeTensorMode any read of a tensor's value (.item(), bool(), nonzero, a boolean
+    index) raises; that is exactly what would make the host wait for a GPU. The forward, the loss
+    on the targets and the backward of an indexed batch read none; the old path (the model asking
+    ``padding_mask.all()``) does."""
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", recipe="fast")).train()
+    batch = _batch(pad=pad)
+    batch = (pack_batch(batch) if packed else batch).indexed()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake = batch._map(mode.from_tensor)
+    with mode:
+        out = model(**fake.inputs(), logits_at=fake.target_index)
+        loss, _, n = target_loss(out.logits, fake.targets.flatten()[fake.target_index])
+        loss.backward()
+        assert n == int(batch.target_index.numel())
+        if not packed:
+            with pytest.raises(Exception, match="local_scalar_dense|data-dependent|DataDependent"):
+                model(**fake.replace(padded=None).inputs())
+
+
+@pytest.mark.parametrize("recipe", ["fast", "paper"])
+def test_head_on_targets_only_gives_the_loss_and_gradients_of_the_full_head(recipe):
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", recipe=recipe)).train()
+    batch = _batch().indexed()
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, c_full, n_full = masked_lm_loss(model(**batch.inputs()).logits, batch.targets)
+    g_full = grads(full)
+    out = model(**batch.inputs(), logits_at=batch.target_index)
+    assert out.logits.shape == (n_full, model.config.vocab_size)
+    part, c_part, n_part = target_loss(out.logits, batch.targets.flatten()[batch.target_index])
+    g_part = grads(part)
+    assert n_part == n_full and int(c_part) == int(c_full)
+    torch.testing.assert_close(part, full, rtol=1e-6, atol=1e-6)
+    assert g_part.keys() == g_full.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_part[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_adamw_skips_non_finite_steps_like_the_host_check(tmp_path, prepared):
+    """The device-side skip (fused AdamW's found_inf) leaves the same weights as dropping the
+    gradients on the host, and counts the same skipped steps."""
+    from coordformer.config import TrainConfig
+    from coordformer.train.run import pretrain
+
+    mc = preset("tiny-0.1m")
+    states, summaries = {}, {}
+    for fused in (False, True):
+        tc = TrainConfig(
+            max_steps=6,
+            val_every_steps=100,
+            tokens_per_batch=1024,
+            crop_length=64,
+            warmup_steps=2,
+            fused_adamw=fused,
+            log_every_steps=2,
+        )
+        out = tmp_path / f"fused{fused}"
+        summaries[fused] = pretrain(
+            prepared.path, out, mc, tc, progress=False, callbacks=[PoisonGrads({1, 2, 4})]
+        )
+        states[fused] = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert summaries[True]["skipped_steps"] == summaries[False]["skipped_steps"] == 3
+    assert summaries[True]["global_step"] == 6
+    a, b = states[False]["state_dict"], states[True]["state_dict"]
+    assert all(torch.isfinite(v).all() for v in b.values())
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+    # AdamW's step counts: 3 real updates of 6 in both
+    steps = [s["step"] for s in states[True]["optimizer_states"][0]["state"].values()]
+    assert all(float(s) == 3.0 for s in steps)
+    assert math.isfinite(summaries[True]["final_val"]["val/loss"])
+
+
+def test_fused_adamw_stops_a_diverged_run(tmp_path, prepared, monkeypatch):
+    from coordformer.config import TrainConfig
+    from coordformer.errors import TrainingDivergedError
+    from coordformer.train import mlm
+    from coordformer.train.run import pretrain
+
+    monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
+    tc = TrainConfig(
+        max_steps=12,
+        val_every_steps=100,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        fused_adamw=True,
+        log_every_steps=2,
+    )
+    with pytest.raises(TrainingDivergedError, match="steps in a row"):
+        pretrain(
+            prepared.path,
+            tmp_path / "d",
+            preset("tiny-0.1m"),
+            tc,
+            progress=False,
+            callbacks=[PoisonGrads("all")],
+        )
+
+
+@pytest.mark.slow
+def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
+    """benchmarks/training_ablations.py (the GPU session's issue18 stage) on a CPU, tiny preset:
+    every requested arm trains and is reported with its ratio to the default and the old step."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "abl.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/training_ablations.py",
+            "--data",
+            str(prepared.path),
+            "--preset",
+            "tiny-0.1m",
+            "--tokens",
+            "1024",
+            "--crop-length",
+            "64",
+            "--steps",
+            "3",
+            "--warmup",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--arms",
+            "default",
+            "old",
+            "fused",
+            "pack",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"default", "old", "fused", "pack"}
+    assert all(s["residues_per_s"] > 0 and 0 < s["mfu"] for s in summary.values())
+    assert summary["default"]["ratio_to_default"] == 1.0
+    assert summary["old"]["ratio_to_old"] == 1.0 and summary["old"]["syncs_per_step"] is None
