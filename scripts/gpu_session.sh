@@ -20,6 +20,10 @@
 #                                    then every evaluation (int8 and float16 weights too), the non-finite-step
 #                                    replay, and the float16 weights gzipped in 15 MB parts -> $OUT
 #                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU)
+#   scripts/gpu_session.sh issue18 S training-throughput ablations of real pretraining (issue 18 item 3: host syncs,
+#                                    LM head on targets, fused AdamW, compile, packing, token budget, workers,
+#                                    coordinates' cost) within S seconds -> $OUT/issue18 (PRESET=tiny-0.1m
+#                                    DEVICE=cpu rehearse it)
 #   scripts/gpu_session.sh ec E      start the four whole-encoder EC fine-tunes (up to E epochs), detached;
 #                                    labels from $LABELS (copy ../shared/data/deepfri to work/gpu/deepfri
 #                                    and carry it); `collect-ec` brings back metrics and predictions
@@ -168,6 +172,20 @@ issue16)
   tar -C $RUNS -czf "$OUT/issue16.tar.gz" --exclude='*.pt' eval
   ls -la "$OUT"; echo "returning $(du -cb "$OUT"/* | tail -1 | cut -f1) bytes (64 MiB = 67108864 per call); stage took $((SECONDS - t0)) s"
   ;;
+issue18)
+  # Training-throughput ablations (benchmarks/training_ablations.py) within S seconds; each arm's line is
+  # printed and the JSON rewritten as it finishes, so a cut-short run still brings back what it measured.
+  budget=${2:?seconds}; DEV=${DEVICE:-cuda}
+  if [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { [ ! -d $DATA ] || ! python3 -c "import gemmi" 2>/dev/null; }; then
+    $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
+  fi
+  mkdir -p "$OUT/issue18"
+  timeout "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
+    --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV \
+    $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \
+    2>&1 | grep -v "Warning\|warn(" | tee "$OUT/issue18/ablations.log"
+  ls -la "$OUT/issue18"
+  ;;
 ec)
   epochs=${2:?epochs}
   LABELS=${LABELS:-work/gpu/deepfri}
@@ -199,5 +217,5 @@ collect)
   ls -la "$OUT"
   ;;
 *)
-  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|sd MINUTES|issue16 MINUTES|ec EPOCHS|collect-ec" >&2; exit 2 ;;
+  echo "usage: $0 setup|smoke|bench|train MINUTES|watch SECONDS|collect|open6|sd MINUTES|issue16 MINUTES|issue18 SECONDS|ec EPOCHS|collect-ec" >&2; exit 2 ;;
 esac

@@ -3,8 +3,9 @@
 # gemmi wheel) and rehearse the issue16 stage from inside it on this CPU, so that a lease never meets
 # code that differs from what was tested (uncommitted edits in the working tree do not travel here).
 #
-#   scripts/gpu_snapshot.sh            build + rehearse (tiny preset, ~3 min on 2 cores)
+#   scripts/gpu_snapshot.sh            build + rehearse the issue16 and issue18 stages (tiny preset, ~4 min on 2 cores)
 #   then:  run(command="cd work/gpu16 && bash scripts/gpu_session.sh issue16 6", carry=["work/gpu16"], timeout_s=600)
+#   and, with the time left:  run(command="cd work/gpu16 && bash scripts/gpu_session.sh issue18 150", carry=["work/gpu16"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=work/gpu16
@@ -22,4 +23,9 @@ R=$(mktemp -d)
 tail -5 $R/log
 for f in issue16_train.tar.gz issue16.tar.gz paper-coords.fp16.pt.gz.part00; do [ -s $R/out/$f ] || { echo "rehearsal FAILED: no $f (log: $R/log)"; exit 1; }; done
 tar -tzf $R/out/issue16.tar.gz > $R/listing; grep -q test_mask.json $R/listing || { echo "rehearsal FAILED: no test evaluation (log: $R/log)"; exit 1; }
+( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu TOKENS=2048 STEPS=5 WARMUP=2 \
+  ARMS="old default fused nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1
+tail -8 $R/log18
+python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','fused','nocoords'}, s" \
+  $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
 echo "rehearsal passed ($R)"

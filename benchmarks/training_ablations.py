@@ -1,0 +1,280 @@
+"""Real-training throughput ablations (issue 18 item 3), side by side in one process.
+
+Each arm runs `coordformer pretrain` itself (``coordformer.train.run.pretrain``: the Lightning loop,
+the length-bucketed masked batches of a prepared dataset, logging, gradient clipping and the
+non-finite check) for ``--warmup`` untimed steps and then ``--steps`` timed ones, and reports
+residues/s, model TFLOP/s and MFU against the device's measured matrix-product rate. Arms are
+interleaved round by round, so drift in the machine hits them alike; medians over rounds.
+
+    python benchmarks/training_ablations.py --data work/pdb_chains_x --preset paper-33m \
+        --tokens 16384 --device cuda --json work/issue18/ablations.json
+
+Arms (each a change of the training settings; ``default`` is what `pretrain` does today):
+
+  old         as before issue 18 item 3: the LM head on every residue, and the step asks the device
+              for its counts (padding_mask.all(), the number of targets, the chain lengths: a host
+              sync each)
+  indexed     counts read on the host before the transfer (Batch.indexed); the head on every residue
+  default     indexed + the LM head on the masked positions only
+  fused       default + fused AdamW (its skip of non-finite steps decided on the device)
+  compile     fused + torch.compile (compilation falls in the untimed warm-up)
+  pack        fused + sequence packing
+  compile-pack  fused + torch.compile + sequence packing
+  tokens2x    fused + twice the token budget per step
+  workers     fused + 4 DataLoader worker processes
+  nocoords    fused, without coordinates (coordinates' cost = nocoords / fused)
+
+On CUDA, ``--sync-debug`` also counts the host syncs PyTorch reports in the timed steps
+(torch.cuda.set_sync_debug_mode), per step. Ratios are printed against ``default`` and ``old``.
+Timings are noisy on shared machines: read the ratios, and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+#: In the order they run: the most wanted first, so that a run cut short by its time limit has them.
+ARMS = (
+    "default",
+    "old",
+    "fused",
+    "compile",
+    "tokens2x",
+    "nocoords",
+    "pack",
+    "compile-pack",
+    "indexed",
+    "workers",
+)
+
+
+def arm_settings(arm: str, tokens: int) -> tuple[dict, dict]:
+    """(model overrides, TrainConfig overrides) of an arm."""
+    fused = {"fused_adamw": True}
+    train = {
+        "old": {"logits_at_targets": False},
+        "indexed": {"logits_at_targets": False},
+        "default": {},
+        "fused": fused,
+        "compile": {**fused, "compile": True},
+        "pack": {**fused, "pack_sequences": True},
+        "compile-pack": {**fused, "compile": True, "pack_sequences": True},
+        "tokens2x": {**fused, "tokens_per_batch": 2 * tokens},
+        "workers": {**fused, "num_workers": 4},
+        "nocoords": fused,
+    }[arm]
+    model = {"use_coords": False} if arm == "nocoords" else {}
+    return model, train
+
+
+@contextlib.contextmanager
+def unindexed_batches():
+    """Training batches as they were before Batch.indexed: no host fields, so the step asks the
+    device for its counts (the ``old`` arm)."""
+    from coordformer.data.batching import MaskedBatches
+
+    real = MaskedBatches.__getitem__
+    MaskedBatches.__getitem__ = lambda self, k: real(self, k).replace()
+    try:
+        yield
+    finally:
+        MaskedBatches.__getitem__ = real
+
+
+def _timer(warmup: int, last: int, device: str, sync_debug: bool):
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    class Timer(Callback):
+        """Times the steps after ``warmup`` (one device sync at each end), counting residues and
+        model FLOPs; with ``sync_debug`` PyTorch warns at every host sync in between."""
+
+        def __init__(self):
+            self.t0 = self.t1 = None
+            self.residues0 = self.residues1 = 0
+            self.flops0 = self.flops1 = 0.0
+
+        def _sync(self):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == warmup and self.t0 is None:
+                self._sync()
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                    if sync_debug:
+                        torch.cuda.set_sync_debug_mode("warn")
+                self.t0 = time.perf_counter()
+                self.flops0, self.residues0 = pl_module.model_flops, pl_module.residues_seen
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.t0 is not None and self.t1 is None and trainer.global_step >= last:
+                if device.startswith("cuda"):
+                    torch.cuda.set_sync_debug_mode(0)
+                self._sync()
+                self.t1 = time.perf_counter()
+                self.flops1, self.residues1 = pl_module.model_flops, pl_module.residues_seen
+
+    return Timer()
+
+
+def run_arm(arm: str, args, out: Path) -> dict:
+    """One arm, once: residues/s, model TFLOP/s, peak memory and host syncs of the timed steps."""
+    import torch
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train.run import pretrain
+
+    model_over, train_over = arm_settings(arm, args.tokens)
+    mc = preset(args.preset, recipe="fast", **model_over)
+    settings = {
+        "max_steps": args.warmup + args.steps,
+        "tokens_per_batch": args.tokens,
+        "crop_length": args.crop_length,
+        "val_every_steps": 10**9,
+        "val_max_chains": 8,
+        "warmup_steps": min(100, args.warmup),
+        "lr": 5e-4,
+        "seed": args.seed,
+        "accelerator": "gpu" if args.device.startswith("cuda") else "cpu",
+        "threads": args.threads or None,
+        "checkpoint_every_steps": 10**9,
+    }
+    tc = TrainConfig(**{**settings, **train_over})
+    timer = _timer(args.warmup, args.warmup + args.steps, args.device, args.sync_debug)
+    patch = unindexed_batches() if arm == "old" else contextlib.nullcontext()
+    with patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pretrain(args.data, out, mc, tc, resume=False, progress=False, callbacks=[timer])
+    seconds = timer.t1 - timer.t0
+    syncs = sum("synchronizing" in str(w.message).lower() for w in caught)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
+    return {
+        "residues_per_s": (timer.residues1 - timer.residues0) / seconds,
+        "model_tflops_per_s": (timer.flops1 - timer.flops0) / seconds / 1e12,
+        "seconds": seconds,
+        "peak_gib": peak,
+        "syncs_per_step": syncs / args.steps if args.sync_debug else None,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", required=True, help="a prepared dataset (coordformer prepare)")
+    ap.add_argument("--preset", default="paper-33m")
+    ap.add_argument("--tokens", type=int, default=16384, help="tokens per step (padded size)")
+    ap.add_argument("--crop-length", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per arm and round")
+    ap.add_argument("--warmup", type=int, default=30, help="untimed steps first (compile, caches)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sync-debug", action="store_true", help="count host syncs (CUDA)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from coordformer.model.flops import measured_matmul_rate
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = measured_matmul_rate(args.device)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
+    results: dict[str, list[dict]] = {a: [] for a in args.arms}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for arm in args.arms:
+                res = run_arm(arm, args, Path(tmp) / f"{arm}-{r}")
+                results[arm].append(res)
+                print(
+                    f"round {r + 1} {arm:>12}: {res['residues_per_s']:10.0f} residues/s, "
+                    f"{res['model_tflops_per_s']:7.2f} TFLOP/s, MFU "
+                    f"{res['model_tflops_per_s'] * 1e12 / peak:.1%}",
+                    flush=True,
+                )
+                if args.json:  # after every arm: a run cut short keeps what it measured
+                    write_json(args, peak, device, results, summarise(results, peak))
+    summary = summarise(results, peak)
+    print(
+        f"\n{args.preset}, {args.tokens} tokens per step, {args.steps} timed steps after "
+        f"{args.warmup}, median of {args.rounds} round(s); matrix-product rate "
+        f"{peak / 1e12:.3g} TFLOP/s on {device}"
+    )
+    print(
+        f"{'arm':>12} {'residues/s':>11} {'MFU':>6} {'/default':>9} {'/old':>6} {'GiB':>6} "
+        f"{'syncs/step':>10}"
+    )
+
+    def cell(v, fmt, width):
+        return format(v, fmt) if v is not None else "-".rjust(width)
+
+    for arm, s in summary.items():
+        print(
+            f"{arm:>12} {s['residues_per_s']:11.0f} {s['mfu']:6.1%} "
+            f"{cell(s['ratio_to_default'], '9.3f', 9)} {cell(s['ratio_to_old'], '6.3f', 6)} "
+            f"{cell(s['peak_gib'], '6.2f', 6)} {cell(s['syncs_per_step'], '10.1f', 10)}"
+        )
+    if "nocoords" in summary and "fused" in summary:
+        print(
+            "coordinates' throughput ratio (fused / nocoords): "
+            f"{summary['fused']['residues_per_s'] / summary['nocoords']['residues_per_s']:.3f}"
+        )
+    if args.json:
+        write_json(args, peak, device, results, summary)
+
+
+def summarise(results: dict[str, list[dict]], peak: float) -> dict[str, dict]:
+    """Medians over rounds of each measured arm, its MFU and its ratios to ``default``/``old``."""
+    keys = ("residues_per_s", "model_tflops_per_s", "peak_gib", "syncs_per_step")
+    summary = {}
+    for arm, runs in results.items():
+        if not runs:
+            continue
+        s = {}
+        for k in keys:
+            vals = [x[k] for x in runs if x[k] is not None]
+            s[k] = statistics.median(vals) if vals else None
+        s["mfu"] = s["model_tflops_per_s"] * 1e12 / peak
+        summary[arm] = s
+    for s in summary.values():
+        for ref in ("default", "old"):
+            base = summary.get(ref)
+            s[f"ratio_to_{ref}"] = s["residues_per_s"] / base["residues_per_s"] if base else None
+    return summary
+
+
+def write_json(args, peak: float, device: str, results: dict, summary: dict) -> None:
+    import torch
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "args": vars(args),
+        "matmul_tflops_per_s": peak / 1e12,
+        "summary": summary,
+        "rounds": results,
+        "machine": platform.platform(),
+        "device": device,
+        "torch": torch.__version__,
+    }
+    Path(args.json).write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
