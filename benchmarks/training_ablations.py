@@ -11,9 +11,9 @@ interleaved round by round, so drift in the machine hits them alike; medians ove
 
 Arms (each a change of the training settings; ``default`` is what `pretrain` does today):
 
-  old         as before issue 18 item 3: the LM head on every residue, and the step asks the device
-              for its counts (padding_mask.all(), the number of targets, the chain lengths: a host
-              sync each)
+  old         as before issue 18 item 3: the LM head on every residue, the step asks the device
+              for its counts (padding_mask.all(), the targets, the chain lengths: a host sync each)
+              and each batch field is copied with a blocking copy
   indexed     counts read on the host before the transfer (Batch.indexed); the head on every residue
   default     indexed + the LM head on the masked positions only
   fused       default + fused AdamW (its skip of non-finite steps decided on the device)
@@ -77,17 +77,23 @@ def arm_settings(arm: str, tokens: int) -> tuple[dict, dict]:
 
 
 @contextlib.contextmanager
-def unindexed_batches():
-    """Training batches as they were before Batch.indexed: no host fields, so the step asks the
-    device for its counts (the ``old`` arm)."""
+def old_step():
+    """The step as it was before issue 18 item 3 (the ``old`` arm): batches without host fields,
+    so the step asks the device for the padding, the targets and the chain lengths, and copied to
+    the device with a blocking copy per field. (The old step also read the number of targets with
+    one more sync; this one reads it from the boolean-indexed logits' shape.)"""
     from coordformer.data.batching import MaskedBatches
+    from coordformer.train import run
 
-    real = MaskedBatches.__getitem__
-    MaskedBatches.__getitem__ = lambda self, k: real(self, k).replace()
+    real_item = MaskedBatches.__getitem__
+    real_transfer = run._DataModule.transfer_batch_to_device
+    MaskedBatches.__getitem__ = lambda self, k: real_item(self, k).replace()
+    run._DataModule.transfer_batch_to_device = lambda self, batch, device, i: batch.to(device)
     try:
         yield
     finally:
-        MaskedBatches.__getitem__ = real
+        MaskedBatches.__getitem__ = real_item
+        run._DataModule.transfer_batch_to_device = real_transfer
 
 
 def _timer(warmup: int, last: int, device: str, sync_debug: bool):
@@ -130,10 +136,16 @@ def _timer(warmup: int, last: int, device: str, sync_debug: bool):
 
 def run_arm(arm: str, args, out: Path) -> dict:
     """One arm, once: residues/s, model TFLOP/s, peak memory and host syncs of the timed steps."""
+    import gc
+
     import torch
 
     from coordformer.config import TrainConfig, preset
     from coordformer.train.run import pretrain
+
+    gc.collect()  # the previous arm's model and optimizer must not count in this arm's peak memory
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
     model_over, train_over = arm_settings(arm, args.tokens)
     mc = preset(args.preset, recipe="fast", **model_over)
@@ -152,7 +164,7 @@ def run_arm(arm: str, args, out: Path) -> dict:
     }
     tc = TrainConfig(**{**settings, **train_over})
     timer = _timer(args.warmup, args.warmup + args.steps, args.device, args.sync_debug)
-    patch = unindexed_batches() if arm == "old" else contextlib.nullcontext()
+    patch = old_step() if arm == "old" else contextlib.nullcontext()
     with patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pretrain(args.data, out, mc, tc, resume=False, progress=False, callbacks=[timer])

@@ -205,3 +205,72 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
     assert all(s["residues_per_s"] > 0 and 0 < s["mfu"] for s in summary.values())
     assert summary["default"]["ratio_to_default"] == 1.0
     assert summary["old"]["ratio_to_old"] == 1.0 and summary["old"]["syncs_per_step"] is None
+
+
+@pytest.mark.parametrize("first,then", [(False, True), (True, False)])
+def test_a_resume_may_switch_fused_adamw(tmp_path, prepared, first, then):
+    """The optimizer state of a checkpoint carries its ``fused`` switch; a resume follows the
+    current setting (before, resuming a plain run with --fused-adamw failed in AdamW's step)."""
+    from coordformer.config import TrainConfig
+    from coordformer.train.run import pretrain
+
+    def tc(fused, steps):
+        return TrainConfig(
+            max_steps=steps,
+            val_every_steps=100,
+            tokens_per_batch=1024,
+            crop_length=64,
+            warmup_steps=2,
+            fused_adamw=fused,
+            log_every_steps=1,
+        )
+
+    mc = preset("tiny-0.1m")
+    pretrain(prepared.path, tmp_path / "r", mc, tc(first, 3), progress=False)
+    s = pretrain(
+        prepared.path, tmp_path / "r", mc, tc(then, 6), progress=False, callbacks=[PoisonGrads({4})]
+    )
+    assert s["global_step"] == 6 and s["skipped_steps"] == 1
+    ck = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck["optimizer_states"][0]["param_groups"][0]["fused"] == (then or None)
+    assert all(float(v["step"]) == 5.0 for v in ck["optimizer_states"][0]["state"].values())
+
+
+def test_fused_adamw_stops_a_run_that_diverges_in_its_last_steps(tmp_path, prepared, monkeypatch):
+    """The device-side streak is checked at the end of training too, not only every
+    log_every_steps."""
+    from coordformer.config import TrainConfig
+    from coordformer.errors import TrainingDivergedError
+    from coordformer.train import mlm
+    from coordformer.train.run import pretrain
+
+    monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
+    tc = TrainConfig(
+        max_steps=4,
+        val_every_steps=100,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        fused_adamw=True,
+        log_every_steps=25,
+    )
+    with pytest.raises(TrainingDivergedError, match="steps in a row"):
+        pretrain(
+            prepared.path,
+            tmp_path / "e",
+            preset("tiny-0.1m"),
+            tc,
+            progress=False,
+            callbacks=[PoisonGrads("all")],
+        )
+
+
+def test_training_batches_carry_the_models_position_limit():
+    """Spatial crops keep positions below the model's max_len: the model no longer checks the
+    positions of indexed batches, so the batch settings must."""
+    from coordformer.config import TrainConfig
+    from coordformer.train.run import batch_settings
+
+    cfg = TrainConfig(crop_mode="spatial")
+    assert batch_settings(cfg, True, 300).max_position == 300
+    assert batch_settings(cfg, False, 300).max_position == 300

@@ -19,8 +19,8 @@ from .constants import PAD
 #: stand-in model without these keywords (attention analysis accepts any) still takes the batch.
 _OPTIONAL_INPUTS = ("positions", "plddt", "segments", "padded")
 
-#: Fields read on the host by :meth:`Batch.indexed`.
-_HOST_FIELDS = ("target_index", "chain_lengths", "padded")
+#: Fields read on the host by :meth:`Batch.indexed`; they describe the other fields as they were.
+HOST_FIELDS = ("target_index", "chain_lengths", "padded")
 
 
 @dataclass(frozen=True)
@@ -103,21 +103,26 @@ class Batch:
         """A copy with ``changes`` (field name -> tensor or None). The host fields describe the
         tensors :meth:`indexed` read them from, so the copy drops those not given in ``changes``
         (a stale ``padded=False`` would unmask padding)."""
-        stale = {name: None for name in _HOST_FIELDS if name not in changes}
+        stale = {name: None for name in HOST_FIELDS if name not in changes}
         return dataclasses.replace(self, **{**stale, **changes})
+
+    def residues_per_chain(self) -> tuple[int, ...]:
+        """Residues of each chain: one per row, or one per segment of a packed row (reads the
+        tensors: on an accelerator, a host sync)."""
+        if self.segments is None:
+            return tuple(self.lengths.tolist())
+        real = self.segments >= 0
+        seg = self.segments[real]
+        rows = torch.arange(self.segments.shape[0], device=seg.device)
+        rows = rows.unsqueeze(1).expand_as(self.segments)
+        key = rows[real] * (int(seg.max()) + 1 if seg.numel() else 1) + seg
+        return tuple(torch.unique(key, return_counts=True)[1].tolist())
 
     def indexed(self) -> Batch:
         """A copy with ``target_index``, ``chain_lengths`` and ``padded`` computed from this batch's
-        tensors. Call it while they are on the CPU (``MaskedLMModule.on_before_batch_transfer``
-        does): there it costs no device synchronisation."""
-        if self.segments is None:
-            chains = tuple(self.lengths.tolist())
-        else:
-            real = self.segments >= 0
-            seg = self.segments[real]
-            rows = torch.arange(self.segments.shape[0]).unsqueeze(1).expand_as(self.segments)
-            key = rows[real] * (int(seg.max()) + 1 if seg.numel() else 1) + seg
-            chains = tuple(torch.unique(key, return_counts=True)[1].tolist())
+        tensors. Call it while they are on the CPU (``MaskedBatches`` items are indexed as they
+        are built, in the loader worker): there it costs no device synchronisation."""
+        chains = self.residues_per_chain()
         index = None
         if self.targets is not None:
             index = torch.nonzero(self.targets.reshape(-1) != -100).squeeze(1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..batch import Batch
+from ..batch import HOST_FIELDS, Batch
 from ..config import CROP_MODES, BatchConfig  # noqa: F401 - CROP_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_table
 from ..errors import ConfigError, SequenceTooLong
@@ -411,8 +411,8 @@ def _cut(batch: Batch, drop: torch.Tensor) -> Batch:
     changes = {}
     for f in dataclasses.fields(batch):
         v = getattr(batch, f.name)
-        if v is None or f.name == "index":
-            continue
+        if v is None or f.name == "index" or f.name in HOST_FIELDS:
+            continue  # replace() below drops the host fields: they described the uncut batch
         new = torch.full((v.shape[0], width, *v.shape[2:]), _FILL.get(f.name, 0), dtype=v.dtype)
         new[dest] = v[keep]
         changes[f.name] = new

@@ -62,7 +62,8 @@ def _chain_lengths(batch: Batch) -> list[int]:
     """Residues of each chain of the batch: one per row, or per segment of packed rows (attention
     is per chain, so the FLOP count's n^2 term must be too). Read on the host when the batch was
     ``indexed`` before its transfer."""
-    return list((batch if batch.chain_lengths is not None else batch.indexed()).chain_lengths)
+    lengths = batch.chain_lengths
+    return list(lengths if lengths is not None else batch.residues_per_chain())
 
 
 class MaskedLMModule(L.LightningModule):
@@ -198,7 +199,7 @@ class MaskedLMModule(L.LightningModule):
         if not grads:
             return
         finite = torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
-        if self.train_config.fused_adamw:
+        if optimizer.param_groups[0].get("fused"):
             # Decided on the device: fused AdamW leaves every parameter, moment and step count as
             # it was where found_inf is 1 (as it does for GradScaler), the same as the skip below.
             # The count reaches the host every log_every_steps (_collect_skips).
@@ -224,16 +225,17 @@ class MaskedLMModule(L.LightningModule):
                 "lower `lr` or `precision=32-true`"
             )
 
-    def _collect_skips(self, check: bool = True) -> None:
+    def _collect_skips(self, check: bool = True, log: bool = True) -> None:
         """Add the skips fused AdamW decided on the device to ``skipped_steps`` (one host sync) and
-        stop a diverged run, as the step-by-step check does, at most ``log_every_steps`` later."""
+        stop a diverged run, as the step-by-step check does, at most ``log_every_steps`` later (or
+        at the end of training)."""
         if self._skips_pending is None:
             return
         new, streak = (int(v) for v in torch.stack([self._skips_pending, self._skip_streak]))
         self._skips_pending.zero_()
         if new:
             self.skipped_steps += new
-            if check:
+            if log:
                 self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
         if check and streak >= MAX_CONSECUTIVE_SKIPS:
             raise TrainingDivergedError(
@@ -243,7 +245,7 @@ class MaskedLMModule(L.LightningModule):
             )
 
     def on_train_end(self):
-        self._collect_skips(check=False)
+        self._collect_skips(log=False)
 
     def on_validation_start(self):
         self._t_last = None  # validation time is not training time
@@ -279,7 +281,7 @@ class MaskedLMModule(L.LightningModule):
         return opt
 
     def on_save_checkpoint(self, checkpoint):
-        self._collect_skips(check=False)
+        self._collect_skips(check=False, log=False)
         checkpoint["coordformer"] = {
             "model_config": self.model_config.to_dict(),
             "train_config": self.train_config.to_dict(),
@@ -296,6 +298,11 @@ class MaskedLMModule(L.LightningModule):
         state = checkpoint.get("state_dict", {})
         if any("._orig_mod." in k for k in state):
             checkpoint["state_dict"] = {k.replace("._orig_mod.", "."): v for k, v in state.items()}
+        # Loading an optimizer's state brings back its saved ``fused`` switch; a resume follows the
+        # current config instead (torch moves the step counts to where fused AdamW wants them).
+        for opt in checkpoint.get("optimizer_states", []):
+            for group in opt.get("param_groups", []):
+                group["fused"] = self.train_config.fused_adamw or None
         saved = checkpoint.get("coordformer", {})
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.skipped_steps = saved.get("skipped_steps", 0)

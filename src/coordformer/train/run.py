@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from ..batch import Batch
 from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
@@ -29,22 +30,25 @@ log = logging.getLogger(__name__)
 DATA_STREAM_FIELDS = TrainConfig.DATA_STREAM_FIELDS
 
 
-def batch_settings(cfg: TrainConfig, train: bool) -> BatchSettings:
+def batch_settings(cfg: TrainConfig, train: bool, max_position: int | None = None) -> BatchSettings:
     """The run's batch settings for training (random crops, structure dropout) or validation (the
-    first residues, always rotated, every coordinate given)."""
+    first residues, always rotated, every coordinate given). ``max_position``: the model's max_len,
+    which spatial-crop positions must stay below (the model does not check the positions of the
+    batches it gets from here)."""
+    limit = {} if max_position is None else {"max_position": max_position}
     if train:
-        return BatchSettings.of(cfg, random_crop=True, pack=cfg.pack_sequences)
+        return BatchSettings.of(cfg, random_crop=True, pack=cfg.pack_sequences, **limit)
     return BatchSettings.of(
-        cfg, random_crop=False, rotate=True, drop_chain_coords=0.0, drop_span_coords=0.0
+        cfg, random_crop=False, rotate=True, drop_chain_coords=0.0, drop_span_coords=0.0, **limit
     )
 
 
 class _DataModule(L.LightningDataModule):
     """Builds loaders lazily so the resumed global step is known when the train loader is made."""
 
-    def __init__(self, data: PreparedDataset, cfg: TrainConfig):
+    def __init__(self, data: PreparedDataset, cfg: TrainConfig, max_position: int):
         super().__init__()
-        self.data, self.cfg = data, cfg
+        self.data, self.cfg, self.max_position = data, cfg, max_position
 
     def train_dataloader(self):
         tr = self.trainer
@@ -54,7 +58,7 @@ class _DataModule(L.LightningDataModule):
         ds = MaskedBatches(
             self.data,
             idx,
-            batch_settings(self.cfg, True),
+            batch_settings(self.cfg, True, self.max_position),
             seed=self.cfg.seed,
             train=True,
             epochs=10_000,
@@ -70,9 +74,20 @@ class _DataModule(L.LightningDataModule):
             return []
         idx = idx[: self.cfg.val_max_chains]
         ds = MaskedBatches(
-            self.data, idx, batch_settings(self.cfg, False), seed=self.cfg.seed + 1, train=False
+            self.data,
+            idx,
+            batch_settings(self.cfg, False, self.max_position),
+            seed=self.cfg.seed + 1,
+            train=False,
         )
         return self._loader(ds)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Lightning copies a non-tensor batch with a blocking .to(): a host wait per field. The
+        # loader pins batches on CUDA, so the copies can overlap the previous step instead.
+        if isinstance(batch, Batch):
+            return batch.to(device, non_blocking=device.type == "cuda")
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _loader(self, ds):
         # Items are ``Batch``es: the loader pins them with Batch.pin_memory and Lightning moves them
@@ -424,13 +439,14 @@ def _pretrain(
         use_distributed_sampler=False,  # MaskedBatches shards itself, deterministically
         deterministic=False,
     )
+    max_pos = module.model_config.max_len
     if cfg.compile:
         # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain
         # keys, so a checkpoint resumes, exports and loads the same with or without --compile.
         module.model.compile()
     metrics = {}
     try:
-        trainer.fit(module, datamodule=_DataModule(data, cfg), ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=_DataModule(data, cfg, max_pos), ckpt_path=ckpt_path)
         if stop is not None:
             stop.wrap_up()
             if stop.stopped_by == signal.SIGUSR1:
@@ -453,7 +469,9 @@ def _pretrain(
         if stop is None or stop.stopped_at is None:
             # A final validation so the summary reports the model as it ended.
             if val_batches is None:
-                res = trainer.validate(module, datamodule=_DataModule(data, cfg), verbose=False)
+                res = trainer.validate(
+                    module, datamodule=_DataModule(data, cfg, max_pos), verbose=False
+                )
                 metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
                 if (
                     "val/loss" in metrics
