@@ -24,8 +24,8 @@ tail -5 $R/log
 for f in issue16_train.tar.gz issue16.tar.gz paper-coords.fp16.pt.gz.part00; do [ -s $R/out/$f ] || { echo "rehearsal FAILED: no $f (log: $R/log)"; exit 1; }; done
 tar -tzf $R/out/issue16.tar.gz > $R/listing; grep -q test_mask.json $R/listing || { echo "rehearsal FAILED: no test evaluation (log: $R/log)"; exit 1; }
 ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu TOKENS=2048 STEPS=5 WARMUP=2 \
-  ARMS="old default fused nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1
+  ARMS="old default head nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1
 tail -8 $R/log18
-python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','fused','nocoords'}, s" \
+python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \
   $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
 echo "rehearsal passed ($R)"

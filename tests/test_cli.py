@@ -266,8 +266,14 @@ def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
     from coordformer.train.run import pretrain
 
     mc = preset("tiny-0.1m")
+    # the host-side skip of plain AdamW (the fused one: tests/test_training_step.py)
     tc = TrainConfig(
-        max_steps=5, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2
+        max_steps=5,
+        val_every_steps=100,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        fused_adamw=False,
     )
     s = pretrain(
         prepared.path, tmp_path / "a", mc, tc, progress=False, callbacks=[PoisonGrads({1, 3})]

@@ -190,7 +190,7 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
             "--arms",
             "default",
             "old",
-            "fused",
+            "head",
             "pack",
             "--json",
             str(out),
@@ -201,7 +201,7 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
         cwd=root,
     )
     summary = json.loads(out.read_text())["summary"]
-    assert set(summary) == {"default", "old", "fused", "pack"}
+    assert set(summary) == {"default", "old", "head", "pack"}
     assert all(s["residues_per_s"] > 0 and 0 < s["mfu"] for s in summary.values())
     assert summary["default"]["ratio_to_default"] == 1.0
     assert summary["old"]["ratio_to_old"] == 1.0 and summary["old"]["syncs_per_step"] is None

@@ -359,8 +359,9 @@ class TrainConfig(BatchConfig):
     # fewer, fuller rows; attention stays within each chain, so the loss is the same as padded
     pack_sequences: bool = False
     #: torch.optim.AdamW(fused=True): one kernel for the whole update, and the non-finite-step skip
-    #: is then decided on the device (no host sync per step)
-    fused_adamw: bool = False
+    #: is then decided on the device (no host sync per step); never slower on the CPU
+    #: (docs/RESULTS.md), PyTorch's fastest AdamW on CUDA
+    fused_adamw: bool = True
     #: the LM head runs on the masked (target) positions only, not on every residue; the loss is the
     #: same (benchmarks/training_ablations.py measures what it saves)
     logits_at_targets: bool = True

@@ -198,12 +198,15 @@ class MaskedLMModule(L.LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
-        finite = torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+        found = (~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under DDP every rank holds the same all-reduced gradients, but a sharded strategy
+            # (FSDP) holds only its shard: the ranks must agree, or their weights part ways.
+            torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
         if optimizer.param_groups[0].get("fused"):
             # Decided on the device: fused AdamW leaves every parameter, moment and step count as
             # it was where found_inf is 1 (as it does for GradScaler), the same as the skip below.
             # The count reaches the host every log_every_steps (_collect_skips).
-            found = (~finite).float()
             optimizer.found_inf = found
             if self._skips_pending is None:
                 self._skips_pending = torch.zeros((), device=found.device)
@@ -211,7 +214,7 @@ class MaskedLMModule(L.LightningModule):
             self._skips_pending += found
             self._skip_streak.mul_(found).add_(found)
             return
-        if bool(finite):
+        if not bool(found):
             self._skips_in_a_row = 0
             return
         optimizer.zero_grad(set_to_none=True)
