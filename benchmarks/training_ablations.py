@@ -164,6 +164,7 @@ def run_arm(arm: str, args, out: Path) -> dict:
         "accelerator": "gpu" if args.device.startswith("cuda") else "cpu",
         "threads": args.threads or None,
         "checkpoint_every_steps": 10**9,
+        "precision": args.precision,
     }
     tc = TrainConfig(**{**settings, **train_over})
     timer = _timer(args.warmup, args.warmup + args.steps, args.device, args.sync_debug)
@@ -198,6 +199,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="auto", help="as pretrain's (auto: bf16-mixed on CUDA)")
     ap.add_argument("--sync-debug", action="store_true", help="count host syncs (CUDA)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

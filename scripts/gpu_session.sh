@@ -130,6 +130,8 @@ issue16)
   C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
+  # the rehearsal passes PRECISION=bf16-mixed: the device's default, which a CPU run would otherwise not take
+  [ -n "${PRECISION:-}" ] && C16="$C16 --precision $PRECISION"
   pids=""
   for n in paper-coords paper-nocoords; do
     flags=$([ $n = paper-nocoords ] && echo "--no-coords" || echo "--recipe fast")
@@ -181,7 +183,7 @@ issue18)
   fi
   mkdir -p "$OUT/issue18"
   timeout "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
-    --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV \
+    --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV ${PRECISION:+--precision $PRECISION} \
     $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \
     2>&1 | grep -v "Warning\|warn(" | tee "$OUT/issue18/ablations.log"
   ls -la "$OUT/issue18"

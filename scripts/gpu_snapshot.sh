@@ -18,12 +18,12 @@ cp work/gpu/pdb_chains_ca.tar $S/work/gpu/; cp .whl/gemmi-*cp312*.whl $S/.whl/
 echo "snapshot of $(git rev-parse --short HEAD): $(du -sh $S | cut -f1)"
 [ "${REHEARSE:-1}" = 1 ] || exit 0
 R=$(mktemp -d)
-( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu WORKERS=1 TOKENS=4096 REPLAY_BATCHES=3 \
+( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 REPLAY_BATCHES=3 \
   DEADLINE=420 EVAL_LIMIT=180 EVAL_MAX_CHAINS=100 DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs OUT=$R/out bash scripts/gpu_session.sh issue16 0.5 ) > $R/log 2>&1
 tail -5 $R/log
 for f in issue16_train.tar.gz issue16.tar.gz paper-coords.fp16.pt.gz.part00; do [ -s $R/out/$f ] || { echo "rehearsal FAILED: no $f (log: $R/log)"; exit 1; }; done
 tar -tzf $R/out/issue16.tar.gz > $R/listing; grep -q test_mask.json $R/listing || { echo "rehearsal FAILED: no test evaluation (log: $R/log)"; exit 1; }
-( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu TOKENS=2048 STEPS=5 WARMUP=2 \
+( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed TOKENS=2048 STEPS=5 WARMUP=2 \
   ARMS="old default head nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1
 tail -8 $R/log18
 python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \

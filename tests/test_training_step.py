@@ -274,3 +274,42 @@ def test_training_batches_carry_the_models_position_limit():
     cfg = TrainConfig(crop_mode="spatial")
     assert batch_settings(cfg, True, 300).max_position == 300
     assert batch_settings(cfg, False, 300).max_position == 300
+
+
+def test_fused_adamw_trains_under_bf16_mixed_precision_with_clipping(tmp_path, prepared):
+    """GPU training's default (bf16-mixed, gradient clipping at 1.0, fused AdamW), on the CPU:
+    Lightning's mixed-precision plugin refuses to clip for a fused optimizer, so the module clips
+    itself (before, every GPU run stopped at its first step)."""
+    from coordformer.config import TrainConfig
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(
+        max_steps=3,
+        val_every_steps=100,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        precision="bf16-mixed",
+        accelerator="cpu",
+    )
+    assert tc.fused_adamw and tc.grad_clip == 1.0
+    s = pretrain(prepared.path, tmp_path / "b", preset("tiny-0.1m"), tc, progress=False)
+    assert s["global_step"] == 3 and s["skipped_steps"] == 0
+    ck = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values())
+
+
+def test_fp16_mixed_precision_keeps_plain_adamw():
+    """Under fp16, Lightning's GradScaler unscales before clipping, which a fused optimizer would
+    skip: AdamW is not fused there whatever the setting."""
+    from types import SimpleNamespace
+
+    from coordformer.config import TrainConfig
+    from coordformer.train.mlm import MaskedLMModule
+
+    module = MaskedLMModule(preset("tiny-0.1m").to_dict(), TrainConfig().to_dict())
+    module._trainer = SimpleNamespace(precision="16-mixed")
+    assert module._fused() is False
+    module._trainer = SimpleNamespace(precision="bf16-mixed")
+    assert module._fused() is True

@@ -131,7 +131,9 @@ class MaskedLMModule(L.LightningModule):
         self.model_flops += flops
         self._flops_since += flops
         bs = len(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # A progress-bar metric is read (.item(), a host sync) every step; without a bar, the loss
+        # reaches the host only when the logger writes, every log_every_steps.
+        self.log("train/loss", loss, prog_bar=self._has_bar(), batch_size=bs)
         self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         if (
@@ -196,10 +198,11 @@ class MaskedLMModule(L.LightningModule):
         if self.trainer.precision == "16-mixed":
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
-            return
-        found = (~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if grads:
+            found = (~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())).float()
+        else:  # a rank may hold no gradient at all (a sharded strategy); it must still take part
+            found = torch.zeros((), device=self.device)
+        if self.trainer.world_size > 1:
             # Under DDP every rank holds the same all-reduced gradients, but a sharded strategy
             # (FSDP) holds only its shard: the ranks must agree, or their weights part ways.
             torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
@@ -279,9 +282,34 @@ class MaskedLMModule(L.LightningModule):
             ],
             lr=cfg.lr * lr_factor(0, cfg),
             betas=tuple(cfg.betas),
-            fused=cfg.fused_adamw or None,
+            fused=self._fused() or None,
         )
         return opt
+
+    def _fused(self) -> bool:
+        """Whether AdamW runs fused: as configured, except under fp16 mixed precision, where
+        Lightning's GradScaler must unscale the gradients before they are clipped."""
+        trainer = self._trainer
+        return self.train_config.fused_adamw and getattr(trainer, "precision", None) != "16-mixed"
+
+    def _has_bar(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.progress_bar_callback is not None
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        """Clip as Lightning would. Its mixed-precision plugin refuses to clip for an optimizer that
+        unscales gradients itself (fused AdamW) even under bf16, which has no scaler; fused AdamW
+        is never used with fp16 (``_fused``), so here the gradients are always unscaled."""
+        if gradient_clip_val and optimizer.param_groups[0].get("fused"):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if gradient_clip_algorithm is None or gradient_clip_algorithm == "norm":
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint):
         self._collect_skips(check=False, log=False)
@@ -305,7 +333,7 @@ class MaskedLMModule(L.LightningModule):
         # current config instead (torch moves the step counts to where fused AdamW wants them).
         for opt in checkpoint.get("optimizer_states", []):
             for group in opt.get("param_groups", []):
-                group["fused"] = self.train_config.fused_adamw or None
+                group["fused"] = self._fused() or None
         saved = checkpoint.get("coordformer", {})
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.skipped_steps = saved.get("skipped_steps", 0)
