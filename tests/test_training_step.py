@@ -9,7 +9,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from coordformer.batch import Batch
-from coordformer.config import preset
+from coordformer.config import TrainConfig, preset
 from coordformer.data.batching import pack_batch
 from coordformer.model.core import CoordFormer
 from coordformer.train.mlm import masked_lm_loss, target_loss
@@ -28,6 +28,13 @@ def _batch(seed: int = 0, pad: bool = True) -> Batch:
     pick = (torch.rand(b, length, generator=g) < 0.2) & (tokens != 0)
     targets[pick] = tokens[pick]
     return Batch.from_tokens(tokens, coords, targets=targets, clean=tokens.clone())
+
+
+def _train_config(**changes):
+    """The tiny run these tests train: crops of 64, 1,024 tokens per step, no validation until
+    the end; ``changes`` on top."""
+    base = {"val_every_steps": 100, "tokens_per_batch": 1024, "crop_length": 64, "warmup_steps": 2}
+    return TrainConfig(**{**base, **changes})
 
 
 def test_indexed_reads_counts_and_target_positions_on_the_host():
@@ -97,21 +104,12 @@ def test_head_on_targets_only_gives_the_loss_and_gradients_of_the_full_head(reci
 def test_fused_adamw_skips_non_finite_steps_like_the_host_check(tmp_path, prepared):
     """The device-side skip (fused AdamW's found_inf) leaves the same weights as dropping the
     gradients on the host, and counts the same skipped steps."""
-    from coordformer.config import TrainConfig
     from coordformer.train.run import pretrain
 
     mc = preset("tiny-0.1m")
     states, summaries = {}, {}
     for fused in (False, True):
-        tc = TrainConfig(
-            max_steps=6,
-            val_every_steps=100,
-            tokens_per_batch=1024,
-            crop_length=64,
-            warmup_steps=2,
-            fused_adamw=fused,
-            log_every_steps=2,
-        )
+        tc = _train_config(max_steps=6, fused_adamw=fused, log_every_steps=2)
         out = tmp_path / f"fused{fused}"
         summaries[fused] = pretrain(
             prepared.path, out, mc, tc, progress=False, callbacks=[PoisonGrads({1, 2, 4})]
@@ -127,33 +125,6 @@ def test_fused_adamw_skips_non_finite_steps_like_the_host_check(tmp_path, prepar
     steps = [s["step"] for s in states[True]["optimizer_states"][0]["state"].values()]
     assert all(float(s) == 3.0 for s in steps)
     assert math.isfinite(summaries[True]["final_val"]["val/loss"])
-
-
-def test_fused_adamw_stops_a_diverged_run(tmp_path, prepared, monkeypatch):
-    from coordformer.config import TrainConfig
-    from coordformer.errors import TrainingDivergedError
-    from coordformer.train import mlm
-    from coordformer.train.run import pretrain
-
-    monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
-    tc = TrainConfig(
-        max_steps=12,
-        val_every_steps=100,
-        tokens_per_batch=1024,
-        crop_length=64,
-        warmup_steps=2,
-        fused_adamw=True,
-        log_every_steps=2,
-    )
-    with pytest.raises(TrainingDivergedError, match="steps in a row"):
-        pretrain(
-            prepared.path,
-            tmp_path / "d",
-            preset("tiny-0.1m"),
-            tc,
-            progress=False,
-            callbacks=[PoisonGrads("all")],
-        )
 
 
 @pytest.mark.slow
@@ -211,19 +182,10 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
 def test_a_resume_may_switch_fused_adamw(tmp_path, prepared, first, then):
     """The optimizer state of a checkpoint carries its ``fused`` switch; a resume follows the
     current setting (before, resuming a plain run with --fused-adamw failed in AdamW's step)."""
-    from coordformer.config import TrainConfig
     from coordformer.train.run import pretrain
 
     def tc(fused, steps):
-        return TrainConfig(
-            max_steps=steps,
-            val_every_steps=100,
-            tokens_per_batch=1024,
-            crop_length=64,
-            warmup_steps=2,
-            fused_adamw=fused,
-            log_every_steps=1,
-        )
+        return _train_config(max_steps=steps, fused_adamw=fused, log_every_steps=1)
 
     mc = preset("tiny-0.1m")
     pretrain(prepared.path, tmp_path / "r", mc, tc(first, 3), progress=False)
@@ -236,28 +198,22 @@ def test_a_resume_may_switch_fused_adamw(tmp_path, prepared, first, then):
     assert all(float(v["step"]) == 5.0 for v in ck["optimizer_states"][0]["state"].values())
 
 
-def test_fused_adamw_stops_a_run_that_diverges_in_its_last_steps(tmp_path, prepared, monkeypatch):
-    """The device-side streak is checked at the end of training too, not only every
-    log_every_steps."""
-    from coordformer.config import TrainConfig
+@pytest.mark.parametrize(
+    "max_steps,log_every", [(12, 2), (4, 25)], ids=["at-a-log-step", "in-the-last-steps"]
+)
+def test_fused_adamw_stops_a_diverged_run(tmp_path, prepared, monkeypatch, max_steps, log_every):
+    """The device-side streak of skipped steps is checked every log_every_steps and at the end of
+    training (a run that diverges after its last log step is caught too)."""
     from coordformer.errors import TrainingDivergedError
     from coordformer.train import mlm
     from coordformer.train.run import pretrain
 
     monkeypatch.setattr(mlm, "MAX_CONSECUTIVE_SKIPS", 3)
-    tc = TrainConfig(
-        max_steps=4,
-        val_every_steps=100,
-        tokens_per_batch=1024,
-        crop_length=64,
-        warmup_steps=2,
-        fused_adamw=True,
-        log_every_steps=25,
-    )
+    tc = _train_config(max_steps=max_steps, fused_adamw=True, log_every_steps=log_every)
     with pytest.raises(TrainingDivergedError, match="steps in a row"):
         pretrain(
             prepared.path,
-            tmp_path / "e",
+            tmp_path / "d",
             preset("tiny-0.1m"),
             tc,
             progress=False,
@@ -268,7 +224,6 @@ def test_fused_adamw_stops_a_run_that_diverges_in_its_last_steps(tmp_path, prepa
 def test_training_batches_carry_the_models_position_limit():
     """Spatial crops keep positions below the model's max_len: the model no longer checks the
     positions of indexed batches, so the batch settings must."""
-    from coordformer.config import TrainConfig
     from coordformer.train.run import batch_settings
 
     cfg = TrainConfig(crop_mode="spatial")
@@ -280,18 +235,9 @@ def test_fused_adamw_trains_under_bf16_mixed_precision_with_clipping(tmp_path, p
     """GPU training's default (bf16-mixed, gradient clipping at 1.0, fused AdamW), on the CPU:
     Lightning's mixed-precision plugin refuses to clip for a fused optimizer, so the module clips
     itself (before, every GPU run stopped at its first step)."""
-    from coordformer.config import TrainConfig
     from coordformer.train.run import pretrain
 
-    tc = TrainConfig(
-        max_steps=3,
-        val_every_steps=100,
-        tokens_per_batch=1024,
-        crop_length=64,
-        warmup_steps=2,
-        precision="bf16-mixed",
-        accelerator="cpu",
-    )
+    tc = _train_config(max_steps=3, precision="bf16-mixed", accelerator="cpu")
     assert tc.fused_adamw and tc.grad_clip == 1.0
     s = pretrain(prepared.path, tmp_path / "b", preset("tiny-0.1m"), tc, progress=False)
     assert s["global_step"] == 3 and s["skipped_steps"] == 0
@@ -305,7 +251,6 @@ def test_fp16_mixed_precision_keeps_plain_adamw():
     skip: AdamW is not fused there whatever the setting."""
     from types import SimpleNamespace
 
-    from coordformer.config import TrainConfig
     from coordformer.train.mlm import MaskedLMModule
 
     module = MaskedLMModule(preset("tiny-0.1m").to_dict(), TrainConfig().to_dict())

@@ -331,15 +331,16 @@ class CoordFormer(nn.Module):
         if "positions" not in ablate:
             if positions is None:
                 x = x + self.positions[:l].to(self.tokens.weight.dtype)
-            elif check_positions:
-                top = int(positions.max()) if positions.numel() else 0
-                if top >= self.config.max_len or (positions.numel() and int(positions.min()) < 0):
-                    raise UsageError(
-                        f"residue positions must lie in 0..{self.config.max_len - 1} (the model's "
-                        f"max_len); got up to {top}: use a smaller `chain_gap` or crop"
-                    )
-                x = x + self.positions[positions].to(self.tokens.weight.dtype)
             else:
+                if check_positions:
+                    top = int(positions.max()) if positions.numel() else 0
+                    if top >= self.config.max_len or (
+                        positions.numel() and int(positions.min()) < 0
+                    ):
+                        raise UsageError(
+                            f"residue positions must lie in 0..{self.config.max_len - 1} (the "
+                            f"model's max_len); got up to {top}: use a smaller `chain_gap` or crop"
+                        )
                 x = x + self.positions[positions].to(self.tokens.weight.dtype)
         return x
 
