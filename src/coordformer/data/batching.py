@@ -540,24 +540,25 @@ def pack_batch(batch: Batch, row_length: int | None = None) -> Batch:
     if pos is None:
         pos = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
 
+    # (row, first column, chain of the padded batch, its segment number in the row)
+    slots = []
+    for r, members in enumerate(rows):
+        at = 0
+        for s, i in enumerate(members):
+            slots.append((r, at, i, s))
+            at += lengths[i]
+
     def packed(t: torch.Tensor | None, fill) -> torch.Tensor | None:
         if t is None:
             return None
         out = torch.full((n_rows, width, *t.shape[2:]), fill, dtype=t.dtype)
-        for r, members in enumerate(rows):
-            at = 0
-            for i in members:
-                n = lengths[i]
-                out[r, at : at + n] = t[i, :n]
-                at += n
+        for r, at, i, _ in slots:
+            out[r, at : at + lengths[i]] = t[i, : lengths[i]]
         return out
 
     segments = torch.full((n_rows, width), -1, dtype=torch.long)
-    for r, members in enumerate(rows):
-        at = 0
-        for s, i in enumerate(members):
-            segments[r, at : at + lengths[i]] = s
-            at += lengths[i]
+    for r, at, i, s in slots:
+        segments[r, at : at + lengths[i]] = s
     return Batch(
         tokens=packed(batch.tokens, PAD),
         coords=packed(batch.coords, float("nan")),
