@@ -35,7 +35,7 @@ if [ "${REHEARSE_INIT:-0}" = 1 ]; then
   ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 \
     REPLAY_BATCHES=3 DEADLINE=420 EVAL_LIMIT=180 EVAL_MAX_CHAINS=100 INIT=$R/init.pt INIT_TWIN=$R/init.pt \
     DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs OUT=$R/out2 bash scripts/gpu_session.sh issue16 0.3 ) > $R/log_init 2>&1
-  grep -q "\"init\": \"$R/init.pt\"" $R/runs/paper-nocoords/config.json && [ -s $R/out2/issue16.tar.gz ] \
+  grep -q "from $R/init.pt" $R/runs/paper-nocoords.log && [ -s $R/out2/issue16.tar.gz ] \
     || { echo "rehearsal FAILED: INIT (log: $R/log_init)"; exit 1; }
 fi
 echo "rehearsal passed ($R)"
