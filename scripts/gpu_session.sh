@@ -19,8 +19,7 @@
 #                                    fast recipe) and its no-coordinates twin trained side by side for M minutes,
 #                                    then every evaluation (int8 and float16 weights too), the non-finite-step
 #                                    replay, and the float16 weights gzipped in 15 MB parts -> $OUT
-#                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU; INIT=weights and
-#                                    INIT_TWIN=weights continue the two runs from an earlier lease's exports)
+#                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU)
 #   scripts/gpu_session.sh issue18 S training-throughput ablations of real pretraining (issue 18 item 3: host syncs,
 #                                    LM head on targets, fused AdamW, compile, packing, token budget, workers,
 #                                    coordinates' cost) within S seconds -> $OUT/issue18 (PRESET=tiny-0.1m
@@ -128,18 +127,14 @@ issue16)
   python3 -c "import coordformer.cli, coordformer.train.run, coordformer.eval.mlm, coordformer.analysis.attention" \
     || { echo "preflight: coordformer does not import; nothing started"; exit 3; }
   [ -f $DATA/manifest.json ] || { echo "preflight: no dataset at $DATA"; exit 3; }
-  C16="--lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
+  C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
   # the rehearsal passes PRECISION=bf16-mixed: the device's default, which a CPU run would otherwise not take
   [ -n "${PRECISION:-}" ] && C16="$C16 --precision $PRECISION"
   pids=""
   for n in paper-coords paper-nocoords; do
-    # INIT / INIT_TWIN (carried weights, e.g. the int8 file of an earlier lease) continue a run across leases:
-    # the architecture comes with the weights, the optimizer and schedule start afresh
-    if [ $n = paper-nocoords ]; then init=${INIT_TWIN:-}; flags="--preset $P --no-coords"
-    else init=${INIT:-}; flags="--preset $P --recipe fast"; fi
-    [ -n "$init" ] && flags="--init $init"
+    flags=$([ $n = paper-nocoords ] && echo "--no-coords" || echo "--recipe fast")
     setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n $flags $C16 > $RUNS/$n.log 2>&1 < /dev/null &
     pids="$pids $!"
   done

@@ -4,7 +4,6 @@
 # code that differs from what was tested (uncommitted edits in the working tree do not travel here).
 #
 #   scripts/gpu_snapshot.sh            build + rehearse the issue16 and issue18 stages (tiny preset, ~4 min on 2 cores)
-#   REHEARSE_INIT=1 scripts/gpu_snapshot.sh   also the issue16 stage continuing from carried weights (INIT=...)
 #   then:  run(command="cd work/gpu16 && bash scripts/gpu_session.sh issue16 6", carry=["work/gpu16"], timeout_s=600)
 #   and, with the time left:  run(command="cd work/gpu16 && bash scripts/gpu_session.sh issue18 150", carry=["work/gpu16"])
 set -euo pipefail
@@ -29,13 +28,4 @@ tar -tzf $R/out/issue16.tar.gz > $R/listing; grep -q test_mask.json $R/listing |
 tail -8 $R/log18
 python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \
   $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
-if [ "${REHEARSE_INIT:-0}" = 1 ]; then
-  # continuing across leases (INIT / INIT_TWIN): both runs start from the rehearsal's own float16 export
-  cat $R/out/paper-coords.fp16.pt.gz.part* | gunzip > $R/init.pt; rm -rf $R/runs $R/out2
-  ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 \
-    REPLAY_BATCHES=3 DEADLINE=420 EVAL_LIMIT=180 EVAL_MAX_CHAINS=100 INIT=$R/init.pt INIT_TWIN=$R/init.pt \
-    DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs OUT=$R/out2 bash scripts/gpu_session.sh issue16 0.3 ) > $R/log_init 2>&1
-  grep -q "from $R/init.pt" $R/runs/paper-nocoords.log && [ -s $R/out2/issue16.tar.gz ] \
-    || { echo "rehearsal FAILED: INIT (log: $R/log_init)"; exit 1; }
-fi
 echo "rehearsal passed ($R)"
