@@ -24,6 +24,7 @@ Arms (each a change of the training settings; ``default`` is what `pretrain` doe
   pack        default + sequence packing
   compile-pack  default + torch.compile + sequence packing
   tokens2x    default with twice the token budget per step
+  tokens4x    default with four times the token budget per step (fixed costs amortised further)
   workers     default + 4 DataLoader worker processes
   nocoords    default without coordinates (coordinates' cost = default / nocoords)
 
@@ -57,6 +58,7 @@ ARMS = (
     "compile-pack",
     "indexed",
     "workers",
+    "tokens4x",
 )
 
 
@@ -72,6 +74,7 @@ def arm_settings(arm: str, tokens: int) -> tuple[dict, dict]:
         "pack": {"pack_sequences": True},
         "compile-pack": {"compile": True, "pack_sequences": True},
         "tokens2x": {"tokens_per_batch": 2 * tokens},
+        "tokens4x": {"tokens_per_batch": 4 * tokens},
         "workers": {"num_workers": 4},
         "nocoords": {},
     }[arm]
