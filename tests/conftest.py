@@ -38,6 +38,22 @@ def write_jsonl(records, path: Path) -> Path:
     return path
 
 
+def pretrain_args(data, out, *extra, preset: str | None = "tiny-0.1m", **flags) -> list[str]:
+    """The argument list of a `coordformer pretrain` run, all strings, without the program name:
+    `pretrain --data DATA --out OUT --preset PRESET`, then one option per keyword in the order
+    given (`max_steps=4` -> `--max-steps 4`; True -> the bare flag, `quiet=True` -> `--quiet`;
+    None or False -> left out), then `extra` word for word (`--no-coords`, `--pack`). `data`, `out`
+    or `preset` None leaves that option out: a list to complete later, or `--init`, which refuses
+    `--preset`."""
+    args = ["pretrain"]
+    for name, value in (("data", data), ("out", out), ("preset", preset), *flags.items()):
+        if value is True:
+            args.append("--" + name.replace("_", "-"))
+        elif value is not None and value is not False:
+            args += ["--" + name.replace("_", "-"), str(value)]
+    return args + [str(word) for word in extra]
+
+
 @pytest.fixture
 def synthetic_jsonl(tmp_path) -> Path:
     return write_jsonl(synthetic_chains(60), tmp_path / "synthetic.jsonl")

@@ -41,7 +41,7 @@ def _floats(a) -> list[float]:
 
 def run(work: Path) -> dict:
     sys.path.insert(0, str(HERE))
-    from conftest import synthetic_chains, write_jsonl
+    from conftest import pretrain_args, synthetic_chains, write_jsonl
     from coordformer.cli import main
 
     def cf(*args) -> None:
@@ -91,32 +91,20 @@ def run(work: Path) -> dict:
 
     run_dir = work / "run"
     cf(
-        "pretrain",
-        "--data",
-        ds,
-        "--out",
-        run_dir,
-        "--preset",
-        "tiny-0.1m",
-        "--max-steps",
-        12,
-        "--val-every",
-        6,
-        "--tokens-per-batch",
-        2048,
-        "--warmup-steps",
-        4,
-        "--lr",
-        "3e-3",
-        "--seed",
-        0,
-        "--accelerator",
-        "cpu",
-        "--threads",
-        1,
-        "--workers",
-        0,
-        "--quiet",
+        *pretrain_args(
+            ds,
+            run_dir,
+            max_steps=12,
+            val_every=6,
+            tokens_per_batch=2048,
+            warmup_steps=4,
+            lr="3e-3",
+            seed=0,
+            accelerator="cpu",
+            threads=1,
+            workers=0,
+            quiet=True,
+        )
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     state = torch.load(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import pretrain_args, write_jsonl
 from coordformer.analysis.attention import (
     AttentionAnalysisConfig,
     AttentionStats,
@@ -194,25 +194,16 @@ def test_analyze_attention_end_to_end_on_tiny_trained_models(tmp_path, prepared,
     runs = {}
     for flag in ("--coords", "--no-coords"):
         out = tmp_path / flag.strip("-")
-        args = [
-            "pretrain",
-            "--data",
-            str(prepared.path),
-            "--out",
-            str(out),
-            "--preset",
-            "tiny-0.1m",
-            "--max-steps",
-            "6",
-            "--val-every",
-            "6",
-            "--warmup-steps",
-            "2",
-            "--tokens-per-batch",
-            "1024",
-            "--quiet",
+        args = pretrain_args(
+            prepared.path,
+            out,
             flag,
-        ]
+            max_steps=6,
+            val_every=6,
+            warmup_steps=2,
+            tokens_per_batch=1024,
+            quiet=True,
+        )
         assert main(args) == 0
         runs[flag] = out
     out = tmp_path / "attn"

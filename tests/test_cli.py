@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import pretrain_args
 from coordformer.cli import main
 from poison import PoisonGrads
 
@@ -62,28 +63,17 @@ def test_prepare_pretrain_evaluate_end_to_end(tmp_path, mixed_inputs, capsys):
     for coords in (True, False):
         flag = "--coords" if coords else "--no-coords"
         out = tmp_path / f"run_{coords}"
-        assert (
-            run(
-                "pretrain",
-                "--data",
-                ds,
-                "--out",
-                out,
-                flag,
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "6",
-                "--val-every",
-                "3",
-                "--warmup-steps",
-                "2",
-                "--tokens-per-batch",
-                "1024",
-                "--quiet",
-            )
-            == 0
+        args = pretrain_args(
+            ds,
+            out,
+            flag,
+            max_steps=6,
+            val_every=3,
+            warmup_steps=2,
+            tokens_per_batch=1024,
+            quiet=True,
         )
+        assert run(*args) == 0
         assert (out / "checkpoints" / "last.ckpt").exists()
         assert json.loads((out / "summary.json").read_text())["global_step"] == 6
         ck = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
@@ -123,22 +113,9 @@ def test_prepare_pretrain_evaluate_end_to_end(tmp_path, mixed_inputs, capsys):
 @pytest.mark.slow
 def test_pretrain_resumes_from_last_checkpoint(tmp_path, prepared):
     out = tmp_path / "run"
-    common = [
-        "pretrain",
-        "--data",
-        prepared.path,
-        "--out",
-        out,
-        "--preset",
-        "tiny-0.1m",
-        "--val-every",
-        "4",
-        "--warmup-steps",
-        "2",
-        "--tokens-per-batch",
-        "1024",
-        "--quiet",
-    ]
+    common = pretrain_args(
+        prepared.path, out, val_every=4, warmup_steps=2, tokens_per_batch=1024, quiet=True
+    )
     assert run(*common, "--max-steps", "4") == 0
     assert run(*common, "--max-steps", "8") == 0
     assert json.loads((out / "summary.json").read_text())["global_step"] == 8
@@ -303,33 +280,19 @@ def test_pretrain_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, prep
     import time
 
     def cmd(out):
-        return [
-            sys.executable,
-            "-m",
-            "coordformer",
-            "pretrain",
-            "--data",
-            str(prepared.path),
-            "--out",
-            str(out),
-            "--preset",
-            "tiny-0.1m",
-            "--max-steps",
-            "100",
-            "--val-every",
-            "1000",
-            "--checkpoint-every",
-            "2",
-            "--warmup-steps",
-            "2",
-            "--tokens-per-batch",
-            "512",
-            "--crop-length",
-            "64",
-            "--threads",
-            "1",
-            "--quiet",
-        ]
+        args = pretrain_args(
+            prepared.path,
+            out,
+            max_steps=100,
+            val_every=1000,
+            checkpoint_every=2,
+            warmup_steps=2,
+            tokens_per_batch=512,
+            crop_length=64,
+            threads=1,
+            quiet=True,
+        )
+        return [sys.executable, "-m", "coordformer", *args]
 
     assert subprocess.run(cmd(tmp_path / "whole"), capture_output=True, timeout=600).returncode == 0
     proc = subprocess.Popen(
@@ -450,35 +413,20 @@ def test_slurm_requeue_signal_checkpoints_at_a_step_boundary_and_resumes_exactly
     env = _slurm_task_env(0, 1, "4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
 
     def cmd(out):
-        return [
-            sys.executable,
-            "-m",
-            "coordformer",
-            "pretrain",
-            "--data",
-            str(prepared.path),
-            "--out",
-            str(out),
-            "--preset",
-            "tiny-0.1m",
-            "--max-steps",
-            "150",
-            "--val-every",
-            "1000",
-            "--checkpoint-every",
-            "100000",
-            "--warmup-steps",
-            "2",
-            "--tokens-per-batch",
-            "512",
-            "--crop-length",
-            "64",
-            "--threads",
-            "1",
-            "--accelerator",
-            "cpu",
-            "--quiet",
-        ]
+        args = pretrain_args(
+            prepared.path,
+            out,
+            max_steps=150,
+            val_every=1000,
+            checkpoint_every=100000,
+            warmup_steps=2,
+            tokens_per_batch=512,
+            crop_length=64,
+            threads=1,
+            accelerator="cpu",
+            quiet=True,
+        )
+        return [sys.executable, "-m", "coordformer", *args]
 
     assert (
         subprocess.run(
@@ -538,43 +486,24 @@ def test_slurm_requeue_signal_to_rank_0_stops_both_ranks_at_the_same_step(tmp_pa
         for r in (0, 1)
     ]
     run_dir = tmp_path / "job"
-    cmd = [
-        sys.executable,
-        "-m",
-        "coordformer",
-        "pretrain",
-        "--data",
-        str(prepared.path),
-        "--out",
-        str(run_dir),
-        "--preset",
-        "tiny-0.1m",
-        "--max-steps",
-        "400",
-        "--val-every",
-        "1000",
-        "--checkpoint-every",
-        "100000",
-        "--warmup-steps",
-        "2",
-        "--tokens-per-batch",
-        "256",
-        "--crop-length",
-        "64",
-        "--threads",
-        "1",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "1",
-        "--num-nodes",
-        "2",
-        "--strategy",
-        "ddp",
-        "--quiet",
-        "--max-minutes",
-        "30",
-    ]  # a time budget must not undo the stop (its hook runs after the callback's)
+    args = pretrain_args(
+        prepared.path,
+        run_dir,
+        max_steps=400,
+        val_every=1000,
+        checkpoint_every=100000,
+        warmup_steps=2,
+        tokens_per_batch=256,
+        crop_length=64,
+        threads=1,
+        accelerator="cpu",
+        devices=1,
+        num_nodes=2,
+        strategy="ddp",
+        quiet=True,
+        max_minutes=30,  # a time budget must not undo the stop (its hook runs after the callback's)
+    )
+    cmd = [sys.executable, "-m", "coordformer", *args]
     procs = [
         subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for e in envs
@@ -672,24 +601,15 @@ def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(
     tmp_path, prepared, capsys
 ):
     out = tmp_path / "run"
-    common = [
-        "pretrain",
-        "--data",
+    common = pretrain_args(
         prepared.path,
-        "--out",
         out,
-        "--preset",
-        "tiny-0.1m",
-        "--val-every",
-        "100",
-        "--warmup-steps",
-        "2",
-        "--crop-length",
-        "256",
-        "--quiet",
-        "--max-steps",
-        "3",
-    ]
+        val_every=100,
+        warmup_steps=2,
+        crop_length=256,
+        quiet=True,
+        max_steps=3,
+    )
     assert run(*common, "--tokens-per-batch", "1024") == 0
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert run(*common, "--tokens-per-batch", "2048") == 2
@@ -712,37 +632,21 @@ def test_ddp_on_cpu_with_time_budget_stops_all_ranks_together(tmp_path, prepared
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "coordformer.cli",
-        "pretrain",
-        "--data",
-        str(prepared.path),
-        "--out",
-        str(out),
-        "--preset",
-        "tiny-0.1m",
-        "--max-minutes",
-        "0.1",
-        "--val-every",
-        "1000",
-        "--warmup-steps",
-        "2",
-        "--tokens-per-batch",
-        "512",
-        "--crop-length",
-        "64",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--threads",
-        "1",
-        "--quiet",
-    ]
+    args = pretrain_args(
+        prepared.path,
+        out,
+        max_minutes=0.1,
+        val_every=1000,
+        warmup_steps=2,
+        tokens_per_batch=512,
+        crop_length=64,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        threads=1,
+        quiet=True,
+    )
+    cmd = [sys.executable, "-m", "coordformer.cli", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count('"global_step"') == 1, proc.stdout[-2000:]  # only rank 0 reports
@@ -762,35 +666,24 @@ def test_ddp_gradients_match_single_process_on_the_same_global_batch(tmp_path, p
     import subprocess
     import sys
 
-    common = [
-        "--data",
-        str(prepared.path),
-        "--preset",
-        "tiny-0.1m",
-        "--max-steps",
-        "3",
-        "--val-every",
-        "1000",
-        "--warmup-steps",
-        "1",
-        "--tokens-per-batch",
-        "128",
-        "--crop-length",
-        "64",
-        "--accelerator",
-        "cpu",
-        "--threads",
-        "1",
-        "--quiet",
-        "--lr",
-        "3e-3",
-    ]
+    common = pretrain_args(
+        prepared.path,
+        out=None,  # each run names its own
+        max_steps=3,
+        val_every=1000,
+        warmup_steps=1,
+        tokens_per_batch=128,
+        crop_length=64,
+        accelerator="cpu",
+        threads=1,
+        quiet=True,
+        lr="3e-3",
+    )
     ddp = subprocess.run(
         [
             sys.executable,
             "-m",
             "coordformer.cli",
-            "pretrain",
             *common,
             "--out",
             str(tmp_path / "ddp"),
@@ -804,13 +697,8 @@ def test_ddp_gradients_match_single_process_on_the_same_global_batch(tmp_path, p
         timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    assert (
-        run("pretrain", *common, "--out", tmp_path / "one", "--devices", "1", "--accumulate", "2")
-        == 0
-    )
-    assert (
-        run("pretrain", *common, "--out", tmp_path / "half", "--devices", "1") == 0
-    )  # one micro-batch a step
+    assert run(*common, "--out", tmp_path / "one", "--devices", "1", "--accumulate", "2") == 0
+    assert run(*common, "--out", tmp_path / "half", "--devices", "1") == 0  # one micro-batch a step
 
     def weights(name):
         return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)[
@@ -832,36 +720,23 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
     import subprocess
     import sys
 
-    args = [
-        "pretrain",
-        "--data",
-        str(prepared.path),
-        "--preset",
-        "tiny-0.1m",
-        "--max-steps",
-        "3",
-        "--val-every",
-        "1000",
-        "--warmup-steps",
-        "1",
-        "--tokens-per-batch",
-        "128",
-        "--crop-length",
-        "64",
-        "--accelerator",
-        "cpu",
-        "--threads",
-        "1",
-        "--quiet",
-        "--lr",
-        "3e-3",
-        "--strategy",
-        "ddp",
+    args = pretrain_args(
+        prepared.path,
+        out=None,  # each launch names its own
+        max_steps=3,
+        val_every=1000,
+        warmup_steps=1,
+        tokens_per_batch=128,
+        crop_length=64,
+        accelerator="cpu",
+        threads=1,
+        quiet=True,
+        lr="3e-3",
+        strategy="ddp",
         # the paper recipe: the fast one's Gaussian logits (|x|^2 / sigma^2, hundreds) lift float32
         # rounding differences between launches to ~1e-4 in three steps, above this test's 1e-6
-        "--recipe",
-        "paper",
-    ]
+        recipe="paper",
+    )
     base = _launch_env()
 
     def launch(cmds_envs):
@@ -973,39 +848,27 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
     training (to kernel rounding), and the checkpoint has plain keys, so it resumes without
     --compile and loads for inference. (torch.compile(model) would prefix every key with
     `_orig_mod.` and break both.)"""
-    common = [
-        "--data",
-        str(prepared.path),
-        "--preset",
-        "tiny-0.1m",
-        "--val-every",
-        "1000",
-        "--warmup-steps",
-        "1",
-        "--tokens-per-batch",
-        "256",
-        "--crop-length",
-        "64",
-        "--accelerator",
-        "cpu",
-        "--threads",
-        "1",
-        "--quiet",
+    common = pretrain_args(
+        prepared.path,
+        out=None,  # each run names its own, and its --max-steps
+        val_every=1000,
+        warmup_steps=1,
+        tokens_per_batch=256,
+        crop_length=64,
+        accelerator="cpu",
+        threads=1,
+        quiet=True,
         # the paper recipe: the fast one's Gaussian heads compute logits of |x|^2 / sigma^2
         # (hundreds), which lifts float32 rounding between compiled and eager kernels to ~2e-4 after
         # two steps
-        "--recipe",
-        "paper",
-    ]
+        recipe="paper",
+    )
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    assert (
-        run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "compiled", "--compile")
-        == 0
-    )
+    assert run(*common, "--max-steps", "2", "--out", tmp_path / "compiled", "--compile") == 0
     assert counters["stats"]["unique_graphs"] > graphs  # it did compile
-    assert run("pretrain", *common, "--max-steps", "2", "--out", tmp_path / "eager") == 0
+    assert run(*common, "--max-steps", "2", "--out", tmp_path / "eager") == 0
 
     def weights(name):
         return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)[
@@ -1016,12 +879,10 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
     assert sorted(a) == sorted(b) and not any("_orig_mod" in k for k in a)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     # the compiled run goes on without --compile, the eager one with it, then load as plain models
-    assert run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "compiled") == 0
+    assert run(*common, "--max-steps", "3", "--out", tmp_path / "compiled") == 0
     c = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=False)
     assert c["global_step"] == 3
-    assert (
-        run("pretrain", *common, "--max-steps", "3", "--out", tmp_path / "eager", "--compile") == 0
-    )
+    assert run(*common, "--max-steps", "3", "--out", tmp_path / "eager", "--compile") == 0
     assert (
         torch.load(tmp_path / "eager" / "checkpoints" / "last.ckpt", weights_only=False)[
             "global_step"
@@ -1037,27 +898,16 @@ def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_pat
 @pytest.mark.slow
 def test_export_writes_a_half_precision_model_that_evaluates(tmp_path, prepared, capsys):
     run_dir = tmp_path / "run"
-    assert (
-        run(
-            "pretrain",
-            "--data",
-            prepared.path,
-            "--out",
-            run_dir,
-            "--preset",
-            "tiny-0.1m",
-            "--max-steps",
-            "2",
-            "--warmup-steps",
-            "1",
-            "--tokens-per-batch",
-            "1024",
-            "--crop-length",
-            "256",
-            "--quiet",
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        run_dir,
+        max_steps=2,
+        warmup_steps=1,
+        tokens_per_batch=1024,
+        crop_length=256,
+        quiet=True,
     )
+    assert run(*args) == 0
     pt = tmp_path / "model.pt"
     assert run("export", "-c", run_dir, "--out", pt) == 0
     obj = torch.load(pt, weights_only=False)
@@ -1076,24 +926,19 @@ def test_pretrain_init_continues_from_given_weights_with_their_architecture(
     """--init: the run starts from another model's weights (here a 1-step tiny run, read from its
     run folder), takes its architecture, records where it came from, and refuses architecture
     options."""
-    common = [
-        "--data",
+    common = pretrain_args(
         prepared.path,
-        "--warmup-steps",
-        "1",
-        "--tokens-per-batch",
-        "512",
-        "--crop-length",
-        "64",
-        "--val-every",
-        "1000",
-        "--threads",
-        "1",
-        "--quiet",
-    ]
+        out=None,  # each run names its own
+        preset=None,  # the first run names one; an --init run takes its checkpoint's
+        warmup_steps=1,
+        tokens_per_batch=512,
+        crop_length=64,
+        val_every=1000,
+        threads=1,
+        quiet=True,
+    )
     assert (
         run(
-            "pretrain",
             *common,
             "--out",
             tmp_path / "base",
@@ -1108,7 +953,6 @@ def test_pretrain_init_continues_from_given_weights_with_their_architecture(
     # lr 0: the continued run must hold exactly the weights it was given
     assert (
         run(
-            "pretrain",
             *common,
             "--out",
             tmp_path / "cont",
@@ -1128,7 +972,6 @@ def test_pretrain_init_continues_from_given_weights_with_their_architecture(
     # with learning it moves away from them (so the check above could fail)
     assert (
         run(
-            "pretrain",
             *common,
             "--out",
             tmp_path / "moved",
@@ -1144,7 +987,6 @@ def test_pretrain_init_continues_from_given_weights_with_their_architecture(
     capsys.readouterr()
     assert (
         run(
-            "pretrain",
             *common,
             "--out",
             tmp_path / "bad",

@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from conftest import pretrain_args  # noqa: E402
 from coordformer.config import ConfigError, ModelConfig, TrainConfig  # noqa: E402
 from coordformer.constants import VOCAB  # noqa: E402
 from coordformer.errors import UsageError  # noqa: E402
@@ -248,83 +249,28 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
 
     data = str(prepared.path)
     run = tmp_path / "run"
-    r = CliRunner().invoke(
-        app,
-        [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            str(run),
-            "--condition-on",
-            str(esm),
-            "--preset",
-            "tiny-0.1m",
-            "--max-steps",
-            "3",
-            "--tokens-per-batch",
-            "1024",
-            "--crop-length",
-            "100",
-            "--accelerator",
-            "cpu",
-            "--val-every",
-            "3",
-            "--quiet",
-        ],
+    common = dict(
+        condition_on=esm, tokens_per_batch=1024, crop_length=100, accelerator="cpu", quiet=True
     )
+    r = CliRunner().invoke(app, pretrain_args(data, run, max_steps=3, val_every=3, **common))
     assert r.exit_code == 0, r.output
     # resumed (the config, LM fingerprint included, is the same), and continued with --init
-    r = CliRunner().invoke(
-        app,
-        [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            str(run),
-            "--condition-on",
-            str(esm),
-            "--preset",
-            "tiny-0.1m",
-            "--max-steps",
-            "4",
-            "--tokens-per-batch",
-            "1024",
-            "--crop-length",
-            "100",
-            "--accelerator",
-            "cpu",
-            "--val-every",
-            "4",
-            "--quiet",
-        ],
-    )
+    r = CliRunner().invoke(app, pretrain_args(data, run, max_steps=4, val_every=4, **common))
     assert r.exit_code == 0, r.output
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-    r = CliRunner().invoke(
-        app,
-        [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            str(tmp_path / "cont"),
-            "--init",
-            str(run),
-            "--max-steps",
-            "2",
-            "--tokens-per-batch",
-            "1024",
-            "--crop-length",
-            "100",
-            "--accelerator",
-            "cpu",
-            "--val-every",
-            "2",
-            "--quiet",
-        ],
+    args = pretrain_args(
+        data,
+        tmp_path / "cont",
+        preset=None,  # --init: the architecture is the checkpoint's
+        init=run,
+        max_steps=2,
+        tokens_per_batch=1024,
+        crop_length=100,
+        accelerator="cpu",
+        val_every=2,
+        quiet=True,
     )
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(
         app,
@@ -418,33 +364,18 @@ def test_finetune_and_analyze_attention_accept_a_conditioned_model(esm, prepared
     from test_finetune import _write_deepfri
 
     run = tmp_path / "pre"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(run),
-                "--condition-on",
-                str(esm),
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "3",
-                "--val-every",
-                "3",
-                "--tokens-per-batch",
-                "1024",
-                "--crop-length",
-                "100",
-                "--accelerator",
-                "cpu",
-                "--quiet",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        run,
+        condition_on=esm,
+        max_steps=3,
+        val_every=3,
+        tokens_per_batch=1024,
+        crop_length=100,
+        accelerator="cpu",
+        quiet=True,
     )
+    assert main(args) == 0
     labels = tmp_path / "deepfri"
     _write_deepfri(labels, prepared)
     out = tmp_path / "ft"

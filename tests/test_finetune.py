@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import pretrain_args
 from coordformer.cli import main
 
 EC_CLASSES = ["1.1.1.1", "2.7.11.1", "3.4.21.-"]
@@ -61,29 +62,16 @@ def _write_deepfri(folder, prepared, go=False):
 @pytest.fixture
 def tiny_checkpoint(tmp_path, prepared):
     out = tmp_path / "pre"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(out),
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "4",
-                "--val-every",
-                "4",
-                "--warmup-steps",
-                "2",
-                "--tokens-per-batch",
-                "1024",
-                "--quiet",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        out,
+        max_steps=4,
+        val_every=4,
+        warmup_steps=2,
+        tokens_per_batch=1024,
+        quiet=True,
     )
+    assert main(args) == 0
     return out
 
 

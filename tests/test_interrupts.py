@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import pretrain_args
 from coordformer.cli import main
 
 
@@ -56,32 +57,19 @@ def _step(ckpt: Path) -> int:
 
 
 def _pretrain_args(data, out, steps=300):
-    return [
-        "pretrain",
-        "--data",
+    return pretrain_args(
         data,
-        "--out",
         out,
-        "--preset",
-        "tiny-0.1m",
-        "--max-steps",
-        steps,
-        "--val-every",
-        "1000",
-        "--checkpoint-every",
-        "100000",
-        "--warmup-steps",
-        "2",
-        "--tokens-per-batch",
-        "512",
-        "--crop-length",
-        "64",
-        "--threads",
-        "1",
-        "--accelerator",
-        "cpu",
-        "--quiet",
-    ]
+        max_steps=steps,
+        val_every=1000,
+        checkpoint_every=100000,
+        warmup_steps=2,
+        tokens_per_batch=512,
+        crop_length=64,
+        threads=1,
+        accelerator="cpu",
+        quiet=True,
+    )
 
 
 def _logged_steps(metrics_csv: Path) -> list[int]:
@@ -385,29 +373,16 @@ def test_sigterm_stops_finetune_at_a_step_boundary_and_the_same_command_resumes(
     labels = tmp_path / "deepfri"
     _write_deepfri(labels, prepared)
     pre = tmp_path / "pre"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(pre),
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "4",
-                "--val-every",
-                "4",
-                "--warmup-steps",
-                "2",
-                "--tokens-per-batch",
-                "1024",
-                "--quiet",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        pre,
+        max_steps=4,
+        val_every=4,
+        warmup_steps=2,
+        tokens_per_batch=1024,
+        quiet=True,
     )
+    assert main(args) == 0
     run_dir = tmp_path / "ft"
     args = [
         "finetune",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pretrain_args
 from coordformer.batch import Batch
 from coordformer.config import preset
 from coordformer.data.batching import BatchSettings, MaskedBatches, pack_batch, pack_rows
@@ -94,26 +95,19 @@ def test_pretrain_with_packing_trains_the_same_weights(prepared, tmp_path):
     weights = {}
     for name, flag in (("padded", "--no-pack"), ("packed", "--pack")):
         out = tmp_path / name
-        args = [
-            "pretrain",
-            "--data",
-            str(prepared.path),
-            "--out",
-            str(out),
-            "--preset",
-            "tiny-0.1m",
-        ]
-        args += [
-            "--max-steps",
-            "4",
-            "--val-every",
-            "4",
-            "--tokens-per-batch",
-            "2048",
-            "--seed",
-            "0",
-        ]
-        args += ["--accelerator", "cpu", "--threads", "1", "--workers", "0", "--quiet", flag]
+        args = pretrain_args(
+            prepared.path,
+            out,
+            flag,
+            max_steps=4,
+            val_every=4,
+            tokens_per_batch=2048,
+            seed=0,
+            accelerator="cpu",
+            threads=1,
+            workers=0,
+            quiet=True,
+        )
         assert main(args) == 0
         state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
         weights[name] = state

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pretrain_args
 from coordformer.cli import main
 from coordformer.config import ConfigError, ModelConfig, PrepareConfig
 from coordformer.constants import CA_INDEX
@@ -114,30 +115,17 @@ def test_pretrain_with_plddt_feature_and_embed_reads_it(tmp_path, af_dir):
         == 0
     )
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(ds),
-                "--out",
-                str(run),
-                "--preset",
-                "tiny-0.1m",
-                "--plddt-feature",
-                "--max-steps",
-                "3",
-                "--warmup-steps",
-                "1",
-                "--tokens-per-batch",
-                "256",
-                "--crop-length",
-                "64",
-                "--quiet",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        ds,
+        run,
+        plddt_feature=True,
+        max_steps=3,
+        warmup_steps=1,
+        tokens_per_batch=256,
+        crop_length=64,
+        quiet=True,
     )
+    assert main(args) == 0
     assert json.loads((run / "config.json").read_text())["model_config"]["plddt_feature"] is True
     # embed prepares raw inputs with pLDDT for such a model: the same structure with other pLDDT
     # values embeds differently

@@ -7,6 +7,7 @@ import pytest
 
 import coordformer.progress
 import coordformer.train.progress
+from conftest import pretrain_args
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
@@ -40,30 +41,16 @@ def test_prepare_and_embed_print_plain_lines_when_output_is_not_a_terminal(
 @pytest.mark.slow
 def test_pretrain_prints_plain_lines_to_a_log_file(tmp_path, prepared, capsys, monkeypatch):
     monkeypatch.setattr(coordformer.train.progress, "PLAIN_EVERY_S", 0.0)
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(tmp_path / "run"),
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "4",
-                "--val-every",
-                "2",
-                "--warmup-steps",
-                "1",
-                "--tokens-per-batch",
-                "1024",
-                "--max-minutes",
-                "5",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        tmp_path / "run",
+        max_steps=4,
+        val_every=2,
+        warmup_steps=1,
+        tokens_per_batch=1024,
+        max_minutes=5,
     )
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "\r" not in out
     lines = out.splitlines()
@@ -80,32 +67,17 @@ def test_pretrain_bar_with_a_time_budget_counts_minutes_not_steps(
     tmp_path, prepared, capsys, monkeypatch
 ):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # as on a terminal: the tqdm bar
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(tmp_path / "run"),
-                "--preset",
-                "tiny-0.1m",
-                "--max-minutes",
-                "0.1",
-                "--val-every",
-                "1000",
-                "--warmup-steps",
-                "1",
-                "--tokens-per-batch",
-                "512",
-                "--crop-length",
-                "64",
-                "--threads",
-                "1",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        tmp_path / "run",
+        max_minutes=0.1,
+        val_every=1000,
+        warmup_steps=1,
+        tokens_per_batch=512,
+        crop_length=64,
+        threads=1,
     )
+    assert main(args) == 0
     out = capsys.readouterr().out
     bar = out.split("\n{")[
         0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import synthetic_chains, write_jsonl
+from conftest import pretrain_args, synthetic_chains, write_jsonl
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
@@ -25,22 +25,10 @@ def run(*args) -> int:
 
 
 def _common(out, steps):
-    return [
-        "pretrain",
-        "--out",
-        out,
-        "--preset",
-        "tiny-0.1m",
-        "--warmup-steps",
-        "2",
-        "--tokens-per-batch",
-        "1024",
-        "--lr",
-        "3e-3",
-        "--quiet",
-        "--max-steps",
-        steps,
-    ]
+    """Without --data: each call names its own."""
+    return pretrain_args(
+        None, out, warmup_steps=2, tokens_per_batch=1024, lr="3e-3", quiet=True, max_steps=steps
+    )
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pretrain_args
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.constants import CA_INDEX
@@ -109,32 +110,17 @@ def test_batches_hold_3d_neighbourhoods_with_positions(lysozyme):
 
 def test_pretrain_with_spatial_crop_runs_and_records_it(tmp_path, prepared):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(out),
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "3",
-                "--val-every",
-                "3",
-                "--warmup-steps",
-                "1",
-                "--tokens-per-batch",
-                "1024",
-                "--crop-length",
-                "40",
-                "--crop",
-                "spatial",
-                "--quiet",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        out,
+        max_steps=3,
+        val_every=3,
+        warmup_steps=1,
+        tokens_per_batch=1024,
+        crop_length=40,
+        crop="spatial",
+        quiet=True,
     )
+    assert main(args) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train_config"]["crop_mode"] == "spatial"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pretrain_args
 from coordformer.cli import main
 from coordformer.constants import CA_INDEX
 from coordformer.data.batching import SPAN_DROP_FRACTION, BatchSettings, MaskedBatches
@@ -55,33 +56,18 @@ def test_span_dropout_removes_one_contiguous_stretch(prepared):
 
 def test_pretrain_records_it_and_only_dropout_trains_the_missing_flag(tmp_path, prepared):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                str(prepared.path),
-                "--out",
-                str(out),
-                "--preset",
-                "tiny-0.1m",
-                "--max-steps",
-                "2",
-                "--val-every",
-                "2",
-                "--warmup-steps",
-                "1",
-                "--tokens-per-batch",
-                "1024",
-                "--drop-chain-coords",
-                "0.5",
-                "--drop-span-coords",
-                "0.5",
-                "--quiet",
-            ]
-        )
-        == 0
+    args = pretrain_args(
+        prepared.path,
+        out,
+        max_steps=2,
+        val_every=2,
+        warmup_steps=1,
+        tokens_per_batch=1024,
+        drop_chain_coords=0.5,
+        drop_span_coords=0.5,
+        quiet=True,
     )
+    assert main(args) == 0
     cfg = json.loads((out / "config.json").read_text())["train_config"]
     assert cfg["drop_chain_coords"] == 0.5 and cfg["drop_span_coords"] == 0.5
     # fully resolved training chains give the missing-flag column of the coordinate embedding no
