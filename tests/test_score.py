@@ -254,6 +254,20 @@ def test_numbering_and_errors_on_a_real_structure(tiny):
         assert str(e.value) == f"mutation {m!r}: {why}"
     with pytest.raises(MutationError, match="outside chain 1ORC.A"):
         score_mutations(tiny, chains, ["T99A"], numbering="index", strict=True)
+    # residues put back from the deposited sequence (seqres gaps) carry no author number: a
+    # position inside the numbered range can be missing, and the error says how to reach it
+    put_back = Chain(
+        id=c.id, sequence=c.sequence, coords=c.coords, source="x",
+        residue_ids=[r if not 10 <= i < 16 else "" for i, r in enumerate(c.residue_ids)],
+    )  # fmt: skip
+    with pytest.raises(MutationError) as e:
+        score_mutations(tiny, [put_back], [f"{c.sequence[12]}15A"], strict=True)
+    assert e.value.reason == (
+        "position 15 is not in chain 1ORC.A (author numbers 3-61); its 6 residues put back from "
+        "the deposited sequence have no author number: use 1-based indices (`numbering=index`) "
+        "to reach them"
+    )
+    assert "(--numbering index)" in e.value.flag_message()
     fasta_like = Chain(id="X.A", sequence=c.sequence, coords=c.coords, source="x")
     with pytest.raises(MutationError, match="no author residue numbers"):
         score_mutations(tiny, [fasta_like], ["T4A"], numbering="author", strict=True)

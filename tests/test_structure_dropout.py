@@ -144,7 +144,7 @@ def test_evaluate_hide_coords_pairs_the_same_masks_and_scores_the_hidden_residue
         )
         == 0
     )
-    assert "perplexity, no coords" in capsys.readouterr().out
+    assert "perplexity, coords withheld" in capsys.readouterr().out
 
 
 def test_withheld_marks_dropped_coordinates_but_not_those_the_structure_lacks(prepared):

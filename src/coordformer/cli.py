@@ -547,7 +547,12 @@ def evaluate(
     ),
     data: Path = typer.Option(..., "--data", "-d", help="Prepared dataset folder."),
     split: str = typer.Option(default_of(EvalConfig, "split")),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write metrics JSON here."),
+    json_out: Optional[Path] = typer.Option(
+        None,
+        "--json",
+        help="Write metrics JSON here: one model's at the top level, several as "
+        '{"models": {label: metrics}}, with the comparison report beside it (OUT.md, OUT.png).',
+    ),
     report: Optional[Path] = typer.Option(
         None, help="Write a Markdown report (and a PNG figure beside it)."
     ),

@@ -26,17 +26,20 @@ def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], 
         ["recovery", *[f"{results[m]['recovery']:.1%}" for m in labels]],
         ["masked residues", *[str(results[m]["n_masked"]) for m in labels]],
     ]
-    if all(
-        results[m].get("hidden") for m in labels
-    ):  # evaluate --hide-coords: the residues fed without coordinates
+    # evaluate --hide-coords: the residues whose coordinates were withheld (a residue the structure
+    # never had is not counted: its input is the same in every condition)
+    if all(results[m].get("hidden") for m in labels):
         rows += [
             [
-                "perplexity, no coords",
+                "perplexity, coords withheld",
                 *[f"{results[m]['hidden']['perplexity']:.2f}" for m in labels],
             ],
-            ["recovery, no coords", *[f"{results[m]['hidden']['recovery']:.1%}" for m in labels]],
             [
-                "masked residues, no coords",
+                "recovery, coords withheld",
+                *[f"{results[m]['hidden']['recovery']:.1%}" for m in labels],
+            ],
+            [
+                "masked residues, coords withheld",
                 *[str(results[m]["hidden"]["n_masked"]) for m in labels],
             ],
         ]

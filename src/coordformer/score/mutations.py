@@ -275,9 +275,18 @@ class ChainIndex:
                 )
             i = table.get(sub.position)
             if i is None:
+                unnumbered = sum(not r for r in c.residue_ids)
+                # residues put back from the deposited sequence (seqres gaps/all) have no author
+                # number, so a position inside the numbered range can still be missing here
+                hint = (
+                    f"; its {unnumbered} residues put back from the deposited sequence have no "
+                    "author number: use 1-based indices (`numbering=index`) to reach them"
+                    if unnumbered
+                    else ""
+                )
                 raise MutationError(
                     mutant,
-                    f"position {sub.position} is not in chain {c.id} ({self.describe(k)})",
+                    f"position {sub.position} is not in chain {c.id} ({self.describe(k)}){hint}",
                     c.id,
                     sub.position,
                 )
