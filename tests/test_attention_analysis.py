@@ -241,7 +241,9 @@ def test_analyze_attention_end_to_end_on_tiny_trained_models(tmp_path, prepared,
     assert (out / "summary.png").exists() and (out / "recovery.png").exists()
     report = (out / "report.md").read_text()
     assert all(f"## {label}" in report for label in labels) and "Recovery:" in report
-    assert "3D-local heads" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3D-local heads" in printed
+    assert "attention pass" not in printed  # --quiet: results only, no progress lines
 
 
 def test_analyze_attention_bad_arguments(tmp_path, capsys):

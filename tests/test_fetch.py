@@ -189,7 +189,6 @@ def test_fetch_cli_then_prepare(server, tmp_path, capsys):
                 "not-an-id",
                 "--out",
                 str(out),
-                "--quiet",
                 "--pdb-url",
                 urls["pdb_url"],
                 "--afdb-api",
@@ -198,7 +197,10 @@ def test_fetch_cli_then_prepare(server, tmp_path, capsys):
         )
         == 0
     )
-    assert "0 downloaded, 1 already there, 1 failed, of 2 ids" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "0 downloaded, 1 already there, 1 failed, of 2 ids" in text
+    # the progress line (plain: the output is not a terminal) counts the malformed id too
+    assert "fetch: 2/2 (100%)" in text and "failed 1" in text
     assert (
         (out / FAILED_FILE)
         .read_text()

@@ -7,7 +7,7 @@ import pytest
 
 import coordformer.progress
 import coordformer.train.progress
-from conftest import pretrain_args
+from conftest import DATA, pretrain_args
 from coordformer.cli import main
 from coordformer.config import PrepareConfig
 from coordformer.data.prepare import prepare
@@ -36,6 +36,17 @@ def test_prepare_and_embed_print_plain_lines_when_output_is_not_a_terminal(
     assert "\r" not in out and any(
         line.startswith("embed: 60/60 (100%)") for line in out.splitlines()
     ), out
+    # evaluate and score too (they drew rich's last bar frame into logs)
+    ds = str(tmp_path / "ds")
+    assert main(["evaluate", "-c", "small-coords", "--data", ds, "--split", "train"]) == 0
+    assert (
+        main(["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(tmp_path / "s.tsv")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "━" not in out and "\r" not in out, out
+    assert any(line.startswith("eval: ") and "(100%)" in line for line in out.splitlines()), out
+    assert any(line.startswith("score: ") and "(100%)" in line for line in out.splitlines()), out
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ class Progress(_RichProgress):
             if task.total and task.completed < task.total:
                 parts.append(f"ETA {_clock(task.time_remaining)}")
             parts += [
-                f"{k} {v}" if k in ("kept", "skipped") else str(v)
+                f"{k} {v}" if k in ("kept", "skipped", "failed") else str(v)
                 for k, v in task.fields.items()
                 if v != ""
             ]

@@ -142,13 +142,9 @@ def collect_attention(
     anything with the same
     ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions and plddt
     are passed only where the batch holds them, see ``Batch.inputs``)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from ..progress import Progress  # plain periodic lines when the output is not a terminal
 
     idx = data.split_indices(cfg.split)
     if cfg.max_chains:
@@ -372,7 +368,8 @@ def analyze_attention(
                 echo(f"{label}: no coordinate input to zero; 'no-coords' reuses the 'none' pass")
                 st = done["none"]
             else:
-                echo(f"{label}: attention pass, ablation {ab}")
+                if progress:  # a progress line: --quiet leaves only the results
+                    echo(f"{label}: attention pass, ablation {ab}")
                 st = collect_attention(
                     model, data, cfg, ablate=ABLATIONS[ab], device=device, progress=progress
                 )

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from ..config import EvalConfig
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX
@@ -19,6 +19,7 @@ from ..data.store import PreparedDataset
 from ..data.windows import windowed_forward
 from ..errors import OptionError, UsageError
 from ..model import CoordFormer
+from ..progress import Progress  # plain periodic lines when the output is not a terminal
 
 #: evaluate_mlm(hide_coords=...) (and ``--hide-coords``): which coordinates the model is not given,
 #: as the evaluation condition ``BatchSettings.withhold`` it sets.

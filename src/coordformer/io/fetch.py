@@ -250,11 +250,12 @@ def fetch(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from ..progress import Progress  # plain periodic lines when the output is not a terminal
 
     t0 = time.monotonic()
     parsed: dict[tuple[str, str], str] = {}
@@ -289,7 +290,10 @@ def fetch(
         TimeRemainingColumn(),
         disable=not progress,
     ) as bar:
-        task = bar.add_task("fetch", total=len(parsed), failed=len(summary.failed))
+        # malformed ids count as done (and failed) from the start, so the counts add up
+        task = bar.add_task(
+            "fetch", total=summary.requested, completed=len(malformed), failed=len(summary.failed)
+        )
         pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
         try:
             futures = {

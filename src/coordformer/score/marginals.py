@@ -350,13 +350,9 @@ class _progress_bar:
         return super().__new__(cls)
 
     def __init__(self, total: int, enabled: bool):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        from ..progress import Progress  # plain periodic lines when the output is not a terminal
 
         self.p = Progress(
             TextColumn("scoring (masked passes)"),

@@ -243,13 +243,9 @@ def run_jobs(
         echo(f"reusing {len(jobs) - len(todo)} finished stacks from {out / 'runs'}")
     total = sum(j.cost for j in todo) or 1.0
     if todo:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from ..progress import Progress  # plain periodic lines when the output is not a terminal
 
         columns = [
             TextColumn("[progress.description]{task.description}"),
