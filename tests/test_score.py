@@ -511,6 +511,13 @@ def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsy
         capsys.readouterr().err
         == "error: --offset 1: applies to 1-based index numbering; add --numbering index\n"
     )
+    # --per-aa has no place in a mutant table: refused, not silently ignored
+    argv = ["score", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(out), "-m", "T6A"]
+    assert main([*argv, "--per-aa", "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --per-aa adds columns to per-residue scores, and mutants are scored instead of "
+        "those: drop --per-aa, or score the chains without mutants\n"
+    )
 
 
 def test_readme_python_example_runs_as_written(monkeypatch):

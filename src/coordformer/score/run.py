@@ -125,6 +125,12 @@ def run_score(
         raise UsageError(
             "give mutants either in a file (`mutations`) or as a list (`mutants`), not both"
         )
+    if per_aa and (mutations is not None or mutants):
+        # the per-amino-acid columns belong to the per-residue table, which mutants replace
+        raise UsageError(
+            "`per_aa` adds columns to per-residue scores, and mutants are scored instead of "
+            "those: drop `per_aa`, or score the chains without mutants"
+        )
     if multi not in MULTI_MODES:
         raise OptionError("multi", multi, f"must be one of {', '.join(MULTI_MODES)}")
     if numbering not in NUMBERINGS:
