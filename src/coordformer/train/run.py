@@ -327,11 +327,17 @@ def _pretrain(
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
         saved = ckpt.get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
+            was, now = saved.get("model_config") or {}, model_config.to_dict()
+            diff = ", ".join(
+                f"{k} {was.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(set(was) | set(now))
+                if was.get(k) != now.get(k)
+            )
             raise OptionError(
                 "out_dir",
                 out,
-                f"{last.relative_to(out)} was trained with a different model "
-                "config; use a new `out_dir` to start afresh",
+                f"{last.relative_to(out)} was trained with a different model config ({diff}); "
+                "use the original settings to resume, or a new `out_dir` to start afresh",
             )
         old = saved.get("train_config", {})
         changed = [k for k in DATA_STREAM_FIELDS if k in old and old[k] != cfg.to_dict()[k]]
