@@ -137,6 +137,10 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
         == 2
     )
     assert "preset" in capsys.readouterr().err
+    assert run("prepare", prepared.path, "--out", tmp_path / "p", "--split", "foo") == 2
+    assert capsys.readouterr().err.startswith(
+        "error: Invalid value for '--split': 'foo' is not one of 'random', 'identity'."
+    )
     assert (
         run(
             "pretrain",

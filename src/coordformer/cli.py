@@ -1527,7 +1527,9 @@ def main(argv: list[str] | None = None) -> int:
         ):  # click usage errors, as one line
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            typer.echo(f"error: {e.format_message().strip().splitlines()[0]}{hint}", err=True)
+            # typer words a bad choice "Value error, 'x' is not one of ..."; the prefix says nothing
+            first = e.format_message().strip().splitlines()[0].replace(": Value error, ", ": ")
+            typer.echo(f"error: {first}{hint}", err=True)
             return int(e.exit_code)
         if debug:
             raise
