@@ -1029,3 +1029,41 @@ def test_device_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
     assert _device("auto") == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert _device("auto") == "cuda" and _device("cuda:1") == "cuda:1"
+
+
+_FOLDER_OUT = {
+    "prepare": [DATA / "1orc.pdb"],
+    "fetch": ["1abc"],
+    "pretrain": ["--data", DATA],
+    "finetune": ["-c", "small-coords", "--labels", DATA, "--data", DATA],
+    "analyze-attention": ["-c", "small-coords", "--data", DATA],
+    "demo": [],
+    "construct": [],
+    "simulate": [],
+}
+
+
+@pytest.mark.parametrize("command", sorted(_FOLDER_OUT))
+def test_a_file_given_for_an_output_folder_is_a_one_line_error(command, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("kept")
+    assert run(command, *_FOLDER_OUT[command], "--out", a_file) == 2
+    assert capsys.readouterr().err == f"error: --out {a_file} is a file; give a folder\n"
+    assert a_file.read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["embed", DATA / "1orc.pdb", "-c", "small-coords", "--out"],
+        ["score", DATA / "1orc.pdb", "-c", "small-coords", "--out"],
+        ["evaluate", "-c", "small-coords", "--data", DATA, "--json"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_a_folder_given_for_an_output_file_is_a_one_line_error(args, tmp_path, capsys):
+    folder = tmp_path / "out.tsv"
+    folder.mkdir()
+    assert run(*args, folder) == 2
+    assert capsys.readouterr().err == f"error: {args[-1]} {folder} is a folder; give a file name\n"
+    assert list(tmp_path.iterdir()) == [folder]  # nothing written beside it (no out.tsv.tmp)

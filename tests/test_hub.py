@@ -3,6 +3,7 @@ loading through load_model and the CLI, shared weights, and the refusals."""
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +66,9 @@ def test_float32_folder_gives_identical_logits(native, batch, hf_folder):
 def test_half_folder_agrees_within_tolerance(native, batch, tmp_path):
     folder = native.save_pretrained(tmp_path / "half", half=True)
     assert {v.dtype for v in load_file(folder / "model.safetensors").values()} == {torch.float16}
-    assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float16"
+    # config.json names the compute dtype, which transformers builds the model in
+    assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float32"
+    assert load_model(folder)[1]["weights_dtype"] == "float16"
     diff = (
         (native(*batch).logits - CoordFormer.from_pretrained(folder)(*batch).logits)
         .abs()
@@ -242,3 +245,62 @@ def test_exported_weights_get_the_umask_permissions(native, tmp_path):
         "model.safetensors": 0o644,
         "README.md": 0o644,
     }  # was 0600 for the weights
+
+
+def test_cli_export_refuses_a_folder_for_a_file_and_a_file_for_a_folder(tmp_path, capsys):
+    earlier_hf = tmp_path / "m-hf"
+    assert run("export", "-c", "small-nocoords", "--out", earlier_hf, "--format", "hf") == 0
+    capsys.readouterr()
+    before = {f.name: f.read_bytes() for f in earlier_hf.iterdir()}
+    assert run("export", "-c", "small-nocoords", "--out", earlier_hf) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {earlier_hf} is a folder; give a file name")
+    assert err.count("\n") == 1 and "--format hf" in err
+    assert {f.name: f.read_bytes() for f in earlier_hf.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-hf"]  # no m-hf.tmp
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(b"not a model")
+    assert run("export", "-c", "small-nocoords", "--out", pt, "--format", "hf") == 2
+    assert capsys.readouterr().err == f"error: --out {pt} is a file; give a folder\n"
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "config.json").write_text('{"model_config": {}}')
+    assert run("export", "-c", "small-nocoords", "--out", run_folder, "--format", "hf") == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert (run_folder / "config.json").read_text() == '{"model_config": {}}'
+
+
+def test_cli_export_replaces_an_earlier_export(tmp_path, capsys):
+    # as embed and score replace their output files; prepare's --overwrite guards a dataset
+    pt, folder = tmp_path / "m.pt", tmp_path / "hf"
+    for half in ("--full", "--half"):
+        assert run("export", "-c", "small-nocoords", "--out", pt, half) == 0
+        assert run("export", "-c", "small-nocoords", "--out", folder, "--format", "hf", half) == 0
+    weights = torch.load(pt, weights_only=False)["state_dict"]
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    assert {v.dtype for v in load_file(folder / "model.safetensors").values()} == {torch.float16}
+
+
+def test_a_failed_write_leaves_no_temporary_file(native, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from coordformer.model.checkpoints import export_model
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a fi")
+        raise OSError(28, "No space left on device")
+
+    pt = export_model(native, tmp_path / "m.pt")
+    folder = save_pretrained(native, tmp_path / "hf")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        export_model(native, pt)
+    with pytest.raises(OSError, match="No space"):
+        save_pretrained(native, folder)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    monkeypatch.undo()
+    assert load_model(pt)[0].config == load_model(folder)[0].config == native.config
+    with pytest.raises(UsageError, match="is a folder"):
+        export_model(native, folder)

@@ -134,6 +134,22 @@ def _chain_list(value: Optional[str]) -> tuple[str, ...]:
     return chains
 
 
+def _out_folder(path: Path, flag: str = "--out") -> Path:
+    """``path`` for an option naming a folder to write into; a one-line error where it is a file
+    (mkdir would fail with a bare FileExistsError)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file; give a folder")
+    return path
+
+
+def _out_file(path: Path, flag: str = "--out", hint: str = "") -> Path:
+    """``path`` for an option naming a file to write; a one-line error where it is a folder (the
+    finished file is renamed onto it, which fails once all the work is done)."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name{hint}")
+    return path
+
+
 _PLDDT_HELP = (
     "Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are "
     "scaled) is below this become missing coordinates. Default: off."
@@ -186,6 +202,7 @@ def prepare(
     """Turn structure files into a memory-mapped dataset with train/valid/test splits."""
     from .data.prepare import prepare as run_prepare
 
+    _out_folder(out)
     for f in exclude:
         if not f.is_file():
             raise UsageError(f"--exclude file {f} does not exist")
@@ -250,6 +267,7 @@ def fetch(
     from .io.fetch import AFDB_API, PDB_URL, read_id_tokens
     from .io.fetch import fetch as run
 
+    _out_folder(out)
     tokens = list(ids or [])
     if ids_file is not None:
         if not ids_file.is_file():
@@ -438,6 +456,7 @@ def pretrain(
     from .config import DEFAULT_RECIPE, preset
     from .train.run import pretrain as run_pretrain
 
+    _out_folder(out)
     if schedule not in ("cosine", "constant", "noam"):
         raise UsageError(f"--schedule must be cosine, constant or noam, not {schedule!r}")
     init_state = None
@@ -598,6 +617,10 @@ def evaluate(
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import SPAN_SHARE, load_model, missing_coords_warning
 
+    if json_out is not None:
+        _out_file(json_out, "--json")
+    if report is not None:
+        _out_file(report, "--report")
     device = _device(device)
     ds = PreparedDataset(data)
     results = {}
@@ -704,6 +727,7 @@ def demo(
     on bundled held-out chains; print a table."""
     from .demo import run_demo
 
+    _out_folder(out)
     run_demo(
         out, train_minutes=train_minutes, max_chains=max_chains, progress=not quiet, echo=typer.echo
     )
@@ -719,6 +743,7 @@ def construct(
     n, n+1, n+2 head dims and FFN |x|^2 (CSV + PNG)."""
     from .sim.construct import construction_report
 
+    _out_folder(out)
     res = construction_report(out, sigma=sigma, seed=seed)
     for r in res["attention"]:
         typer.echo(
@@ -756,6 +781,7 @@ def simulate(
     from .sim.studies import PRESETS, STUDIES
     from .sim.studies import simulate as run_simulate
 
+    _out_folder(out)
     name = "quick" if quick else preset
     if name not in PRESETS:
         raise UsageError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -840,6 +866,7 @@ def analyze_attention(
     from .analysis.attention import ABLATIONS
     from .analysis.attention import analyze_attention as run
 
+    _out_folder(out)
     device = _device(device)
     if not data.is_dir():
         raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
@@ -943,6 +970,7 @@ def embed(
     """Per-chain mean-pooled (and optionally per-residue) embeddings keyed by chain id."""
     from .embed import embed as run
 
+    _out_file(out)
     device = _device(device)
     cfg = EmbedConfig(
         layer=layer,
@@ -1111,6 +1139,9 @@ def score(
     pseudo-perplexity), or mutant scores."""
     from .score.run import run_score
 
+    _out_file(out)
+    if plot is not None:
+        _out_file(plot, "--plot")
     device = _device(device)
     cfg = ScoreConfig(
         mode=mode.value,
@@ -1268,6 +1299,7 @@ def finetune(
     stopping on validation Fmax."""
     from .function.finetune import finetune as run
 
+    _out_folder(out)
     device = _device(device)
     cfg = FinetuneConfig(
         task=task.value,
@@ -1372,7 +1404,11 @@ def _provenance(checkpoint: str) -> dict:
 def export(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c"),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Model file (.pt) to write, or folder for --format hf."
+        ...,
+        "--out",
+        "-o",
+        help="Model file (.pt) to write, or folder for --format hf; an earlier export there is "
+        "replaced.",
     ),
     half: bool = typer.Option(True, "--half/--full", help="Store float16 weights (half the size)."),
     int8: bool = typer.Option(
@@ -1400,18 +1436,33 @@ def export(
 
     if max_file_mb is not None and max_file_mb <= 1:
         raise UsageError(f"--max-file-mb must be above 1 (got {max_file_mb})")
-    model, meta = load_model(checkpoint)
     if (int8 or max_file_mb) and fmt == ExportFormat.hf:
         raise UsageError(
             "--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a "
             "Hub-style folder"
         )
     if fmt == ExportFormat.hf:
+        from .model.hub import is_pretrained_folder
+
+        _out_folder(out)
+        # An earlier export is replaced, as embed and score replace their files; any other folder
+        # with files in it (a run folder has its own config.json) is not written into.
+        if out.is_dir() and any(out.iterdir()) and not is_pretrained_folder(out):
+            raise UsageError(
+                f"--out {out} holds other files; give a new folder for --format hf (or an "
+                "earlier export to replace)"
+            )
+    else:
+        _out_file(out, hint=" (--format hf writes a folder)")
+    model, meta = load_model(checkpoint)
+    if fmt == ExportFormat.hf:
         from .model.hub import WEIGHTS_NAME, save_pretrained
 
+        # torch_dtype: what older versions called the stored dtype
+        dropped = ("format", "weights_dtype", "torch_dtype")
         meta = {
             **_provenance(checkpoint),
-            **{k: v for k, v in meta.items() if k not in ("format", "torch_dtype")},
+            **{k: v for k, v in meta.items() if k not in dropped},
         }
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(

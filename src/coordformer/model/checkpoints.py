@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..errors import OptionError
 from .core import CoordFormer
 from .weights import (  # noqa: F401 - read here before the weights module existed
     MODEL_FORMAT,
@@ -91,6 +92,10 @@ def export_model(
         else:
             state[k] = v.half() if (half or int8) and v.is_floating_point() else v
     path = Path(path)
+    if path.is_dir():
+        raise OptionError(
+            "path", path, "is a folder; give a file name (a Hub-style folder: `save_pretrained`)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = _shard(
         {
@@ -118,8 +123,11 @@ def export_model(
             obj["shard_of"] = path.name
         target = path if i == 0 else path.with_name(names[i - 1])
         tmp = target.with_name(target.name + ".tmp")
-        torch.save(obj, tmp)
-        tmp.replace(target)
+        try:
+            torch.save(obj, tmp)
+            tmp.replace(target)
+        finally:  # after a failure (a full disk, Ctrl-C) no half-written file stays behind
+            tmp.unlink(missing_ok=True)
     for stale in path.parent.glob(f"{path.name}.shard*"):  # from an earlier export with more shards
         if stale.name not in names:
             stale.unlink()

@@ -12,8 +12,14 @@ transformers is installed, with ``transformers.AutoModel`` / ``AutoModelForMaske
 ``config.json`` holds the ModelConfig fields at top level, as Hugging Face configs do, plus::
 
     {"model_type": "coordformer", "architectures": ["CoordFormer"], "format": "coordformer-hf",
-     "format_version": 1, "coordformer_version": "...", "torch_dtype": "float32" | "float16",
+     "format_version": 1, "coordformer_version": "...", "torch_dtype": "float32",
      "coordformer_meta": {...}}
+
+``torch_dtype`` is the dtype to compute in, always float32, whatever ``model.safetensors`` stores
+(float16 for a half-precision export): transformers 5.x builds the model in the config's dtype when
+``from_pretrained`` gets no ``dtype``, and a float16 model would give outputs 1e-2 away from the
+native model's. A float16 file loads upcast, exactly. Older exports say "float16" there; they
+still load here (always float32), and in transformers with ``dtype=torch.float32``.
 """
 
 from __future__ import annotations
@@ -117,7 +123,7 @@ def _untied_state(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
     return state
 
 
-def _model_card(config: dict, meta: dict) -> str:
+def _model_card(config: dict, meta: dict, weights_dtype: str) -> str:
     title = (
         Path(str(meta["name"])).name if meta.get("name") else "CoordFormer model"
     )  # a run folder's name, not its path
@@ -137,7 +143,8 @@ def _model_card(config: dict, meta: dict) -> str:
         for k in ("d_model", "n_layers", "n_heads", "d_ff", "use_coords", "coord_mode")
     )
     lines += [
-        f"CoordFormer masked-language model ({dims}), weights stored as {config['torch_dtype']}.",
+        f"CoordFormer masked-language model ({dims}), weights stored as {weights_dtype} and "
+        "loaded as float32.",
         "",
         "Load it offline from this folder with coordformer:",
         "",
@@ -185,23 +192,27 @@ def save_pretrained(
         "format": HF_FORMAT,
         "format_version": HF_FORMAT_VERSION,
         "coordformer_version": __version__,
-        "torch_dtype": "float16" if half else "float32",
+        "torch_dtype": "float32",
         **model.config.to_dict(),
         "coordformer_meta": meta,
     }
     state = _untied_state(model, half)
     tmp_w, tmp_c, tmp_r = (folder / f".{n}.tmp" for n in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))
-    save_file(
-        state, str(tmp_w), metadata={"format": "pt"}
-    )  # "pt": what Hub tooling expects from torch writers
-    tmp_c.write_text(json.dumps(config, indent=2) + "\n")
-    tmp_r.write_text(_model_card(config, meta))
-    # safetensors creates its file 0600; give it the
-    # permissions of the files beside it (the umask's)
-    tmp_w.chmod(tmp_c.stat().st_mode & 0o777)
-    tmp_w.replace(folder / WEIGHTS_NAME)
-    tmp_c.replace(folder / CONFIG_NAME)
-    tmp_r.replace(folder / CARD_NAME)
+    try:
+        save_file(
+            state, str(tmp_w), metadata={"format": "pt"}
+        )  # "pt": what Hub tooling expects from torch writers
+        tmp_c.write_text(json.dumps(config, indent=2) + "\n")
+        tmp_r.write_text(_model_card(config, meta, "float16" if half else "float32"))
+        # safetensors creates its file 0600; give it the
+        # permissions of the files beside it (the umask's)
+        tmp_w.chmod(tmp_c.stat().st_mode & 0o777)
+        tmp_w.replace(folder / WEIGHTS_NAME)
+        tmp_c.replace(folder / CONFIG_NAME)
+        tmp_r.replace(folder / CARD_NAME)
+    finally:  # after a failure (or Ctrl-C) no half-written file stays behind
+        for tmp in (tmp_w, tmp_c, tmp_r):
+            tmp.unlink(missing_ok=True)
     return folder
 
 
@@ -245,7 +256,8 @@ def read_pretrained_state(
     folder: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """(ModelConfig, state dict as stored (float32 or float16 tensors on ``map_location``), meta
-    dict) of a pretrained folder; UsageError if it is not one this version can read."""
+    dict, whose ``weights_dtype`` is the stored dtype) of a pretrained folder; UsageError if it is
+    not one this version can read."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -265,7 +277,11 @@ def read_pretrained_state(
         **(stored if isinstance(stored, dict) else {}),
         "path": str(folder),
         "format": HF_FORMAT,
-        "torch_dtype": cfg.get("torch_dtype", "float32"),
+        # from the file: config.json's torch_dtype is the compute dtype (float32), not the stored
+        "weights_dtype": next(
+            (str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()),
+            "float32",
+        ),
     }
     return config, state, meta
 
