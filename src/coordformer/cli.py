@@ -1010,6 +1010,11 @@ def embed(
             if (n := res.get("prepare", {}).get("inputs_skipped"))
             else []
         )
+        + (
+            [f"{n} chains not in --chains {','.join(cfg.chains)}, see {out}.skipped.tsv"]
+            if (n := res["not_selected"])
+            else []
+        )
     )
     if complexes:
         notes.append(

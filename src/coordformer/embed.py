@@ -47,6 +47,7 @@ from .constants import CA_INDEX
 from .data.batching import check_fits, token_budget_batches, unmasked_batches
 from .data.complexes import complex_batch, complex_span, group_complexes
 from .data.memory import MemoryDataset
+from .data.prepare.policy import NOT_SELECTED, not_selected_reason, selected_chain
 from .data.store import PreparedDataset, is_finished_dataset
 from .errors import OptionError, UsageError
 from .model.encode import encode, masked_mean
@@ -56,7 +57,15 @@ ChainData = Union[PreparedDataset, MemoryDataset]
 
 
 def _is_prepared(inputs: list[str]) -> bool:
-    return len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0])
+    """Whether ``inputs`` is one prepared dataset folder; UsageError for a dataset folder among
+    other inputs, whose array and table files would otherwise be read as unreadable inputs."""
+    datasets = [p for p in inputs if Path(p).is_dir() and is_finished_dataset(p)]
+    if datasets and len(inputs) > 1:
+        raise UsageError(
+            f"{datasets[0]} is a prepared dataset: give it on its own (one prepared dataset "
+            "folder), or give the files it was prepared from together with the other inputs"
+        )
+    return bool(datasets)
 
 
 def open_inputs(
@@ -88,6 +97,10 @@ def open_inputs(
                 "applies to structure inputs; pass it to "
                 "`coordformer prepare` for a prepared dataset",
             )
+        if skipped_path is not None:  # a skip log from an earlier run must not stay behind
+            from .data import store
+
+            store.write_tsv(skipped_path, store.SKIPPED_HEADER, [])
         return PreparedDataset(inputs[0]), {"prepared": inputs[0]}
     if cfg.split is not None:  # raw inputs have no splits
         raise OptionError(
@@ -172,14 +185,22 @@ def embed(
         skipped_path=skipped_path,
     )
     idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
-    if cfg.chains:  # a prepared dataset was not filtered when it was made
-        from .data.prepare import selected_chain
-
-        idx = np.array([i for i in idx if selected_chain(data.ids[i], cfg.chains)], dtype=np.int64)
+    not_selected = (
+        provenance["prepare"]["chains_filtered"].get(NOT_SELECTED, 0)
+        if "prepare" in provenance
+        else 0
+    )
+    if cfg.chains and "prepared" in provenance:  # raw inputs were filtered as they were read
+        idx, not_selected = _select_prepared_chains(data, idx, cfg.chains, skipped_path)
     if len(idx) == 0:
         raise UsageError(
-            "no readable chains in the inputs (see the skipped list)"
-            + (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else "")
+            (
+                f"no chains to embed in {provenance['prepared']}"
+                + (f" (split {cfg.split})" if cfg.split else "")
+                + (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else "")
+            )
+            if "prepared" in provenance
+            else f"no readable chains in the inputs (see {skipped_path})"
         )
     warning = missing_coords_warning(model, meta, data, idx, fraction=None if use_coords else 1.0)
     if warning:  # a model that never learnt the missing flag, on mostly coordinate-less inputs
@@ -249,10 +270,30 @@ def embed(
         "windowed": windowed,
         "window": window,
         "dim": model.config.d_model,
+        "not_selected": not_selected,
         **complex_summary,
         **provenance,
     }
     return summary
+
+
+def _select_prepared_chains(
+    data: ChainData, idx: np.ndarray, chains: tuple[str, ...], skipped_path: Path
+) -> tuple[np.ndarray, int]:
+    """The chains of ``idx`` that ``--chains`` keeps, and how many it left out, each listed in
+    ``skipped_path`` as ``prepare`` lists them."""
+    from .data import store
+
+    keep = np.array([selected_chain(data.ids[i], chains) for i in idx], dtype=bool)
+    store.write_tsv(
+        skipped_path,
+        store.SKIPPED_HEADER,
+        (
+            (f"{data.ids[i]} [{data.path}]", not_selected_reason(data.ids[i], chains))
+            for i in idx[~keep]
+        ),
+    )
+    return idx[keep].astype(np.int64), int((~keep).sum())
 
 
 def _embed_complexes(

@@ -45,7 +45,7 @@ class Progress(_RichProgress):
         super().stop()
         if self._plain and not self._ended:
             self._ended = True
-            if self._shown != tuple(task.completed for task in self.tasks):
+            if self._shown != self._counts():
                 self._line()
 
     def update(self, task_id, *args, **kwargs) -> None:
@@ -60,9 +60,13 @@ class Progress(_RichProgress):
         if self._plain and time.monotonic() - self._last_line >= PLAIN_EVERY_S:
             self._line()
 
+    def _counts(self) -> tuple:
+        """What a line shows, less the clock: a final line is due when it differs."""
+        return tuple((task.completed, tuple(task.fields.items())) for task in self.tasks)
+
     def _line(self) -> None:
         self._last_line = time.monotonic()
-        self._shown = tuple(task.completed for task in self.tasks)
+        self._shown = self._counts()
         for task in self.tasks:
             done = f"{task.completed:g}" + (
                 f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)" if task.total else ""

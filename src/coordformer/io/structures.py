@@ -310,7 +310,10 @@ def _insert_unobserved(
 
 
 def read_structure(
-    path: str | Path, chains: Sequence[str] | None = None, seqres: str = "off"
+    path: str | Path,
+    chains: Sequence[str] | None = None,
+    seqres: str = "off",
+    left_out: list[str] | None = None,
 ) -> list[Chain]:
     """Protein chains of the first model of a PDB or mmCIF file (plain or gzipped).
 
@@ -326,7 +329,9 @@ def read_structure(
     -> 1abc); an ignored name is kept in ``Chain.ignored_entry``. PDB ids are upper-cased.
 
     ``chains`` selects author chain ids (case-sensitive); requested chains that are absent
-    are ignored, but an error is raised if none of them is a protein chain of the file.
+    are ignored, but an error is raised if none of them is a protein chain of the file. When the
+    file is read, the author ids of its protein chains that ``chains`` leaves out are appended to
+    ``left_out`` (if given), so that callers can account for them.
 
     ``seqres``: "off" (default) gives the residues that have coordinates in the file. "gaps"
     puts back the residues of the deposited sequence (mmCIF ``entity_poly_seq``, PDB
@@ -344,18 +349,22 @@ def read_structure(
     if seqres not in SEQRES_MODES:
         raise ValueError(f"seqres must be one of {', '.join(SEQRES_MODES)}, not {seqres!r}")
     try:
-        return _read_structure(src, path, chains, seqres)
+        out, unselected = _read_structure(src, path, chains, seqres)
     except StructureReadError:
         raise
     except MemoryError:
         raise StructureReadError(src, "out of memory while reading") from None
     except Exception as e:  # never let anything else escape (gemmi / numpy surprises)
         raise StructureReadError(src, f"unexpected {type(e).__name__}: {short_reason(e)}") from None
+    if left_out is not None:
+        left_out.extend(unselected)
+    return out
 
 
 def _read_structure(
     src: str, path: str | Path, chains: Sequence[str] | None, seqres: str = "off"
-) -> list[Chain]:
+) -> tuple[list[Chain], list[str]]:
+    """(the chains read, the protein chains ``chains`` left out)."""
     data = read_bytes(path)
     if not data or data.isspace():
         raise StructureReadError(src, "empty file")
@@ -406,12 +415,14 @@ def _read_structure(
     wanted = set(chains) if chains is not None else None
     out: list[Chain] = []
     protein_names: list[str] = []
+    unselected: list[str] = []
     for ch in st[0]:
         span = ch.get_polymer()
         if len(span) == 0 or span.check_polymer_type() not in _PROTEIN_TYPES:
             continue
         protein_names.append(ch.name)
         if wanted is not None and ch.name not in wanted:
+            unselected.append(ch.name)
             continue
         residues = _pick_microheterogeneity(span)
         chain = _chain_from_span(src, f"{entry}.{ch.name}", residues, parents)
@@ -435,4 +446,4 @@ def _read_structure(
             f"none of the requested chains {sorted(wanted or ())} is a protein chain "
             f"(protein chains: {', '.join(protein_names)})",
         )
-    return out
+    return out, unselected

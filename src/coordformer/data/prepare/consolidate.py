@@ -26,12 +26,14 @@ from ...constants import BACKBONE_ATOMS, DATASET_FORMAT_VERSION
 from .. import splits as _splits
 from .. import store
 from .errors import PrepareError
-from .policy import DUPLICATE
+from .policy import DUPLICATE, NOT_SELECTED
 from .summary import PrepareSummary, RunLog
 from .units import PartMeta, WorkUnit, part_path
 
 #: The protein chains read_structure names when none of the requested ones is there.
 _PROTEIN_CHAINS_RE = re.compile(r"\(protein chains: ([^)]*)\)")
+#: The author chain of a chain that --chains left out (``policy.not_selected_reason``).
+_NOT_SELECTED_RE = re.compile(rf"^{re.escape(NOT_SELECTED)}: chain (\S+) ")
 #: Near misses of --exclude ids logged one per line (the rest: exclude_unmatched.txt).
 _MAX_LOGGED = 20
 
@@ -81,6 +83,8 @@ class Selection:
     #: structure files named after the file (generic entry name), and files renamed by a clash
     n_generic: int
     n_renamed: int
+    #: with --chains: chains read whose id names no chain, which --chains does not filter
+    no_chain_ids: int = 0
 
 
 def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
@@ -134,6 +138,7 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
     summary.excluded_near_misses = [f"{e} -> {c} ({how})" for e, c, how in match.near]
     summary.files_generic_entry = sel.n_generic
     summary.files_renamed = sel.n_renamed
+    summary.chains_without_chain_id = sel.no_chain_ids
     summary.splits = split_counts
     _log_exclusions(run, match, log)
 
@@ -273,6 +278,7 @@ def select_chains(
         chains_read=chains_read,
         n_generic=len(generic),
         n_renamed=len(renames),
+        no_chain_ids=sum(metas[u.key].no_chain_ids or 0 for u in units),
     )
 
 
@@ -292,28 +298,27 @@ def check_chains_found(
     metas: Mapping[str, PartMeta],
     sel: Selection,
     summary: PrepareSummary,
+    outcome: str = "nothing was prepared (skipped.tsv names each input's chains)",
 ) -> PrepareError | None:
     """With ``config.chains``: note in ``summary`` the requested ids no input has; when no input has
-    any, the error to raise (after writing the skip log, which names each input's chains)."""
+    any, and no chain escaped the selection by naming no chain, the error to raise (after writing
+    the skip log, which names each input's chains), ending with ``outcome``."""
     if not (config.chains and all(metas[u.key].chains_found is not None for u in units)):
         return None
     found = {c for u in units for c in metas[u.key].chains_found or ()}
     summary.chains_not_found = [c for c in config.chains if c not in found]
-    if found:
+    if found or sel.no_chain_ids:
         return None
-    have = sorted(
-        {
-            c
-            for _, r in sel.skipped_rows
-            for m in [_PROTEIN_CHAINS_RE.search(r)]
-            if m
-            for c in m.group(1).split(", ")
-        }
-    )
+    have = set()
+    for _, r in sel.skipped_rows:
+        if m := _PROTEIN_CHAINS_RE.search(r):
+            have.update(m.group(1).split(", "))
+        elif m := _NOT_SELECTED_RE.match(r):
+            have.add(m.group(1))
     return PrepareError(
         f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
-        + (f" (their chains: {_examples(have, 20)})" if have else "")
-        + "; nothing was prepared (skipped.tsv names each input's chains)"
+        + (f" (their chains: {_examples(sorted(have), 20)})" if have else "")
+        + f"; {outcome}"
     )
 
 
@@ -430,8 +435,10 @@ def _log_exclusions(run: FinishedRun, match: _splits.ExclusionMatch, log: RunLog
         )
     if match.missing:
         log(
-            f"exclude: {len(match.missing)} listed ids are not in the dataset "
-            "(nothing to exclude for them): " + _examples(match.missing, 20)
+            f"exclude: {len(match.missing)} listed ids are not in the dataset, nothing excluded "
+            f"for them (all in {run.out / store.EXCLUDE_UNMATCHED_FILE}): "
+            + _examples(match.missing, 20),
+            logging.WARNING,
         )
 
 
@@ -459,7 +466,14 @@ def build_manifest(
             "files_generic_entry": summary.files_generic_entry,
             "files_renamed": summary.files_renamed,
             "chains_zero_coords": summary.chains_zero_coords,
-            **({"chains_not_found": summary.chains_not_found} if config.chains else {}),
+            **(
+                {
+                    "chains_not_found": summary.chains_not_found,
+                    "chains_without_chain_id": summary.chains_without_chain_id,
+                }
+                if config.chains
+                else {}
+            ),
             "empty_splits": summary.empty_splits,
             **(
                 {

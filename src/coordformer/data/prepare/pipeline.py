@@ -128,7 +128,7 @@ def prepare(
             len(units),
             len(metas),
             sum(m.n_kept for m in metas.values()),
-            sum(len(m.skipped) for m in metas.values()),
+            len(bad_paths) + sum(len(m.skipped) for m in metas.values()),
         )
 
         def on_done(meta: PartMeta) -> None:
@@ -141,19 +141,20 @@ def prepare(
                     on_done(run_unit(u, config, str(parts_dir)))
             else:
                 run_parallel(pending, config, parts_dir, workers, on_done, logger)
+            run = FinishedRun(
+                out=out,
+                units=tuple(units),
+                metas=metas,
+                bad_paths=tuple(bad_paths),
+                config=config,
+                excluded=tuple(excluded),
+                workers=workers,
+                t0=t0,
+            )
+            consolidate(run, summary, logger)
+            bar.finish(summary.chains_kept, summary.n_skipped)
         finally:
             bar.close()
-        run = FinishedRun(
-            out=out,
-            units=tuple(units),
-            metas=metas,
-            bad_paths=tuple(bad_paths),
-            config=config,
-            excluded=tuple(excluded),
-            workers=workers,
-            t0=t0,
-        )
-        consolidate(run, summary, logger)
     return summary
 
 
@@ -193,7 +194,7 @@ def read_in_memory(
     summary = PrepareSummary(out_dir="", n_sources=len(srcs), n_units=len(units))
     logger(f"read {len(srcs)} sources in memory: {len(units)} work units, workers={workers}")
     results: dict[str, UnitResult] = {}
-    bar = _Progress(progress, len(units), 0, 0, 0)
+    bar = _Progress(progress, len(units), 0, 0, len(bad_paths))
 
     def on_done(result: UnitResult) -> None:
         results[result.meta.key] = result
@@ -212,11 +213,20 @@ def read_in_memory(
                 empty_result,
                 logger,
             )
+        metas = {key: r.meta for key, r in results.items()}
+        sel = select_chains(units, metas, bad_paths, summary, logger, norm)
+        bar.finish(len(sel.ids), len(sel.skipped_rows))
     finally:
         bar.close()
-    metas = {key: r.meta for key, r in results.items()}
-    sel = select_chains(units, metas, bad_paths, summary, logger, norm)
-    error = check_chains_found(config, units, metas, sel, summary)
+    error = check_chains_found(
+        config,
+        units,
+        metas,
+        sel,
+        summary,
+        "no chain was kept"
+        + (f" ({skipped_path} names each input's chains)" if skipped_path is not None else ""),
+    )
     if skipped_path is not None:
         store.write_tsv(skipped_path, store.SKIPPED_HEADER, sel.skipped_rows)
     if error is not None:
@@ -247,6 +257,7 @@ def read_in_memory(
     summary.chains_filtered = dict(sorted(sel.filtered.items()))
     summary.files_generic_entry = sel.n_generic
     summary.files_renamed = sel.n_renamed
+    summary.chains_without_chain_id = sel.no_chain_ids
     summary.elapsed_s = time.monotonic() - t0
     logger(summary.format())
     return data, summary
@@ -430,6 +441,12 @@ class _Progress:
                 skipped=self.skipped,
                 rate=f"{rate:.1f} units/s",
             )
+
+    def finish(self, kept: int, skipped: int) -> None:
+        """Show the final counts: duplicates are only found once every unit is done."""
+        self.kept, self.skipped = kept, skipped
+        if self.bar is not None:
+            self.bar.update(self.task, kept=kept, skipped=skipped)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -28,6 +28,8 @@ BAD_COORDS = "bad coordinates"
 NO_ID = "missing id"
 #: Decided across inputs at consolidation, not per chain; listed here with the other categories.
 DUPLICATE = "duplicate id"
+#: Chains whose author chain id is not one of PrepareConfig.chains (``--chains``).
+NOT_SELECTED = "not in --chains"
 
 
 @dataclass(frozen=True)
@@ -171,10 +173,24 @@ def chain_id(chain: Any) -> str:
     return "_".join(str(chain.id or "").split())
 
 
+def author_chain(chain_id: str) -> str | None:
+    """The author chain id that a chain id ``ENTRY.CHAIN`` names; None for an id that names no
+    chain, such as the FASTA header ``>seq2`` (readers normalise ids, so ``1abc_A`` is
+    ``1ABC.A``)."""
+    _, dot, chain = str(chain_id).rpartition(".")
+    return chain if dot else None
+
+
 def selected_chain(chain_id: str, chains: Sequence[str]) -> bool:
-    """Whether a chain id ``ENTRY.CHAIN`` (or a bare id) names one of the author chain ids
-    ``chains``."""
-    return str(chain_id).rsplit(".", 1)[-1] in chains
+    """Whether ``--chains`` ``chains`` keeps the chain ``chain_id``: its author chain is one of
+    them, or its id names no chain (:func:`author_chain`), since ``--chains`` cannot name it."""
+    author = author_chain(chain_id)
+    return author is None or author in chains
+
+
+def not_selected_reason(chain_id: str, chains: Sequence[str]) -> str:
+    """The skip-log reason of a chain that ``--chains`` ``chains`` leaves out."""
+    return f"{NOT_SELECTED}: chain {author_chain(chain_id)} (--chains {','.join(chains)})"
 
 
 _ASCII_TABLE = np.frombuffer(ascii_to_letter_table(), dtype=np.uint8)

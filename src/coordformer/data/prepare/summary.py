@@ -47,6 +47,9 @@ class PrepareSummary:
     zero_coords_examples: list[str] = field(default_factory=list)
     #: with PrepareConfig.chains: the requested author chain ids that no input has
     chains_not_found: list[str] = field(default_factory=list)
+    #: with PrepareConfig.chains: chains whose id names no chain (FASTA ``>seq2``), which
+    #: --chains cannot select and so does not filter
+    chains_without_chain_id: int = 0
     #: splits that came out empty although their fraction is above 0
     empty_splits: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -115,6 +118,11 @@ class PrepareSummary:
                 f"  WARNING: --chains {', '.join(self.chains_not_found)}: "
                 "no input has a protein chain with "
                 f"{'this author id' if len(self.chains_not_found) == 1 else 'these author ids'}"
+            )
+        if self.chains_without_chain_id:
+            lines.append(
+                f"  --chains: {self.chains_without_chain_id} chains have an id that names no "
+                "chain (not ENTRY.CHAIN, e.g. FASTA >seq2), so --chains did not filter them"
             )
         if not self.chains_kept:
             lines.append(

@@ -18,7 +18,17 @@ import numpy as np
 
 from ...config import PrepareConfig
 from ...constants import BACKBONE_ATOMS
-from .policy import BAD_COORDS, NO_ID, ChainPolicy, Rejected, chain_id, selected_chain
+from .policy import (
+    BAD_COORDS,
+    NO_ID,
+    NOT_SELECTED,
+    ChainPolicy,
+    Rejected,
+    author_chain,
+    chain_id,
+    not_selected_reason,
+    selected_chain,
+)
 
 #: Records per work unit for chain_set JSONL files.
 DEFAULT_CHUNK_LINES = 500
@@ -74,9 +84,12 @@ class PartMeta:
     digests: tuple[str, ...] | None = None
     #: indices (among kept chains) of chains whose every present coordinate is 0
     zero_coords: tuple[int, ...] = ()
-    #: with PrepareConfig.chains: the author chain ids the unit has (before the length filters);
-    #: None when not known (no --chains, or the unit failed)
+    #: with PrepareConfig.chains: the requested author chain ids the unit has (before the length
+    #: filters); None when not known (no --chains, or the unit failed)
     chains_found: tuple[str, ...] | None = None
+    #: with PrepareConfig.chains: chains read whose id names no chain (FASTA ``>seq2``), which
+    #: --chains does not filter; None in parts of versions that dropped them unlogged
+    no_chain_ids: int | None = None
     #: structure files: the generic entry name the reader ignored (chains named after the file)
     ignored_entry: str | None = None
     #: with PrepareConfig.seqres: per kept chain, unobserved residues put back (-1 = no usable
@@ -99,6 +112,8 @@ class PartMeta:
             d["zero_coords"] = list(self.zero_coords)
         if self.chains_found is not None:
             d["chains_found"] = list(self.chains_found)
+        if self.no_chain_ids is not None:
+            d["no_chain_ids"] = self.no_chain_ids
         if self.ignored_entry is not None:
             d["ignored_entry"] = self.ignored_entry
         if self.seqres_inserted is not None:
@@ -122,6 +137,7 @@ class PartMeta:
             digests=opt("digests") or None,
             zero_coords=tuple(d.get("zero_coords") or ()),
             chains_found=opt("chains_found"),
+            no_chain_ids=opt("no_chain_ids", int),
             ignored_entry=d.get("ignored_entry"),
             seqres_inserted=opt("seqres_inserted"),
         )
@@ -214,22 +230,30 @@ def _input_row(error: BaseException, path: str) -> list[str]:
 def read_unit_chains(
     unit: WorkUnit, skipped: list[list[str]], wanted: Sequence[str] = (), seqres: str = "off"
 ) -> list[Any]:
-    """Read a unit's chains (only the author chain ids ``wanted`` when given; structure files with
-    ``read_structure``'s ``seqres`` mode); unreadable files and records, and structure files without
-    any of ``wanted``, are appended to ``skipped`` as input rows."""
+    """Read a unit's chains (only those :func:`selected_chain` keeps for the author chain ids
+    ``wanted``, when given; structure files with ``read_structure``'s ``seqres`` mode); unreadable
+    files and records, and structure files without any of ``wanted``, are appended to ``skipped``
+    as input rows, and the chains ``wanted`` leaves out as ``NOT_SELECTED`` rows."""
     from ...io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
 
     if wanted and unit.kind != "file":
-        return [
-            c
-            for c in read_unit_chains(unit, skipped)
-            if selected_chain(getattr(c, "id", ""), wanted)
-        ]
+        chains = []
+        for c in read_unit_chains(unit, skipped):
+            cid = chain_id(c)
+            if selected_chain(cid, wanted):
+                chains.append(c)
+            else:
+                src = getattr(c, "source", None) or unit.path
+                skipped.append([NOT_SELECTED, f"{cid} [{src}]", not_selected_reason(cid, wanted)])
+        return chains
     path = unit.path
     if unit.kind in ("file", "fasta"):  # one whole file; a FASTA file may also yield bad records
+        left_out: list[str] = []
         try:
             if unit.kind == "file":
-                items = read_structure(path, chains=list(wanted) or None, seqres=seqres)
+                items = read_structure(
+                    path, chains=list(wanted) or None, seqres=seqres, left_out=left_out
+                )
             else:
                 items = list(iter_fasta(path))
         except StructureReadError as e:
@@ -246,6 +270,11 @@ def read_unit_chains(
                 chains.append(item)
         if not chains and unit.kind == "file":
             skipped.append(["input", path, "no protein chains found"])
+        elif left_out:
+            entry = chain_id(chains[0]).rpartition(".")[0]
+            for name in left_out:
+                cid = f"{entry}.{name}"
+                skipped.append([NOT_SELECTED, f"{cid} [{path}]", not_selected_reason(cid, wanted)])
         return chains
 
     def read_range(start: int, stop: int, out_chains: list, out_skipped: list) -> None:
@@ -346,10 +375,13 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
         sources=tuple(sources),
         lengths=tuple(lengths),
         skipped=tuple(tuple(r) for r in skipped),
-        chains_read=len(chains),
+        chains_read=len(chains) + sum(r[0] == NOT_SELECTED for r in skipped),
         digests=tuple(digests),
         zero_coords=tuple(zero),
-        chains_found=tuple(sorted({str(getattr(c, "id", "")).rsplit(".", 1)[-1] for c in chains}))
+        chains_found=tuple(sorted({author_chain(chain_id(c)) for c in chains} - {None}))
+        if config.chains
+        else None,
+        no_chain_ids=sum(bool(cid) and author_chain(cid) is None for cid in map(chain_id, chains))
         if config.chains
         else None,
         ignored_entry=next(
@@ -448,4 +480,6 @@ def read_part_meta(path: Path) -> PartMeta:
         n = int(z["lengths"].shape[0])
     if not (len(meta.ids) == len(meta.lengths) == len(meta.sources) == n):
         raise ValueError("part is inconsistent")
+    if meta.chains_found is not None and meta.no_chain_ids is None:
+        raise ValueError("part of an older version, which did not log what --chains left out")
     return meta
