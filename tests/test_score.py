@@ -557,6 +557,14 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(
     assert chains[0].sequence == prepared.sequence(k) and np.array_equal(
         chains[0].coords, prepared.coords(k), equal_nan=True
     )
+    # chains that `chains` leaves out are handed back, by id, from every kind of input
+    left_out: list[str] = []
+    picked, _ = read_chains([str(DATA / "chain_set_small.jsonl")], chains=["A"], left_out=left_out)
+    assert [c.id for c in picked] == ["1AIE.A", "1AJJ.A"] and left_out == ["1A2X.B"]
+    # a structure file with none of them is an input skipped with its reason, as in prepare
+    left_out.clear()
+    none, why = read_chains([str(DATA / "1orc.pdb")], chains=["B"], left_out=left_out)
+    assert none == [] and left_out == [] and len(why) == 1 and "B" in why[0][1]
     direct, _ = read_chains([str(synthetic_jsonl)])
     same = next(c for c in direct if c.id == chains[0].id)
     a, b = masked_marginals(tiny, [chains[0], same])
@@ -602,3 +610,14 @@ def test_plddt_min_makes_low_confidence_residues_missing(tmp_path, capsys):
     assert f"{int(low.sum())} of 64 residues have no coordinates" in capsys.readouterr().err
     has_ca = [r[4] for r in _read(out)[1:]]
     assert has_ca == ["0" if x else "1" for x in low]
+
+
+def test_cli_lists_the_chains_that_chains_leaves_out(tmp_path, capsys):
+    out = tmp_path / "s.tsv"
+    argv = ["score", str(DATA / "chain_set_small.jsonl"), "-c", "small-coords", "-o", str(out)]
+    assert main([*argv, "--chains", "A", "--mode", "fast", "--quiet"]) == 0
+    assert "1 chains not in --chains A" in capsys.readouterr().out
+    rows = list(csv.reader(open(out.with_name(out.name + ".skipped.tsv")), delimiter="\t"))
+    assert rows[1][:3] == ["chain", "", "1A2X.B"] and "--chains A" in rows[1][3]
+    with open(out) as f:
+        assert {r["chain"] for r in csv.DictReader(f, delimiter="\t")} == {"1AIE.A", "1AJJ.A"}

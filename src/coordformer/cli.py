@@ -1180,10 +1180,13 @@ def score(
         echo=typer.echo,
         warn=lambda m: typer.echo(m, err=True),
     )
-    extra = (
-        f"; {res['inputs_skipped']} inputs unreadable (see {out}.skipped.tsv)"
-        if res["inputs_skipped"]
-        else ""
+    extra = "".join(
+        f"; {n} {what} (see {out}.skipped.tsv)"
+        for n, what in (
+            (res["inputs_skipped"], "inputs unreadable"),
+            (res["chains_not_selected"], f"chains not in --chains {chains}"),
+        )
+        if n
     )
     if "residues" in res:
         for cid, n, ppl in res["per_chain"][:10]:

@@ -28,12 +28,16 @@ def read_chains(
     plddt_min: float | None = None,
     seqres: str = "off",
     split: str | None = None,
+    left_out: list[str] | None = None,
 ) -> tuple[list, list[tuple[str, str]]]:
     """(``Chain`` objects, skipped (source, reason) rows) from ``inputs``: structure files, folders,
     chain_set JSONL and FASTA files, or one prepared dataset folder (``split`` picks one split).
     ``chains``: author chain ids to keep (empty = all). Chain ids are made unique (``#2``, ``#3``
-    appended to repeats, logged)."""
+    appended to repeats, logged). The ids of chains that ``chains`` leaves out are appended to
+    ``left_out`` (if given), so that callers can account for them."""
     from ..data.prepare import ChainPolicy, Rejected, selected_chain
+
+    unselected: list[str] = [] if left_out is None else left_out
     from ..data.store import PreparedDataset, is_finished_dataset
     from ..io import (
         Chain,
@@ -69,6 +73,7 @@ def read_chains(
         idx = data.split_indices(split) if split else np.arange(len(data))
         for i in idx.tolist():
             if chains and not selected_chain(data.ids[i], chains):
+                unselected.append(data.ids[i])
                 continue
             pl = data.plddt(i)
             raw.append(
@@ -92,7 +97,9 @@ def read_chains(
             elif is_chain_set(src):
                 items = list(iter_chain_set(src))
             else:
-                items = read_structure(src, chains=list(chains) or None, seqres=seqres)
+                items = read_structure(
+                    src, chains=list(chains) or None, seqres=seqres, left_out=unselected
+                )
         except StructureReadError as e:
             skipped.append((str(e.source), e.reason))
             continue
@@ -101,6 +108,8 @@ def read_chains(
                 skipped.append((str(getattr(it, "source", src)), str(getattr(it, "reason", it))))
             elif not chains or selected_chain(it.id, chains):
                 raw.append(it)
+            else:
+                unselected.append(it.id)
     # the coordinate rule alone (no length or missing-CA filter), plus pLDDT masking if asked
     policy = ChainPolicy(plddt_min=plddt_min)
     kept = []

@@ -143,7 +143,8 @@ def run_score(
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
     cfg.window_for(model.config.max_len)  # a bad window / overlap fails before reading anything
-    chain_list, skipped_inputs = read_chains(inputs, chains, plddt_min, seqres, split)
+    left_out: list[str] = []
+    chain_list, skipped_inputs = read_chains(inputs, chains, plddt_min, seqres, split, left_out)
     if not chain_list:
         why = "; ".join(f"{s}: {r}" for s, r in skipped_inputs[:3])
         raise UsageError(
@@ -159,6 +160,7 @@ def run_score(
         "out": str(out),
         "chains": len(chain_list),
         "inputs_skipped": len(skipped_inputs),
+        "chains_not_selected": len(left_out),
         "mode": cfg.mode,
         "checkpoint": str(checkpoint),
     }
@@ -202,7 +204,7 @@ def run_score(
                 for s in scores
             ],
         )
-        _write_skipped(skipped_path, skipped_inputs, [])
+        _write_skipped(skipped_path, skipped_inputs, [], left_out, chains)
         all_lp = np.concatenate([s.log_p_wt[s.scored] for s in scores]) if scores else np.zeros(0)
         summary.update(
             residues=int(len(all_lp)),
@@ -254,7 +256,7 @@ def run_score(
         sites = ";".join(f"{chain_list[s.chain].id}/{s.index + 1}" for s in r.substitutions)
         rows.append(list(body[r.row]) + [_fmt(r.score) if r.substitutions else "0.00000", sites])
     _write_table(out, list(header) + [SCORE_COLUMN, SITES_COLUMN], rows)
-    _write_skipped(skipped_path, skipped_inputs, res.skipped)
+    _write_skipped(skipped_path, skipped_inputs, res.skipped, left_out, chains)
     summary.update(
         mutants=len(texts),
         scored=len(res.scored),
@@ -262,7 +264,7 @@ def run_score(
         passes=res.n_passes,
         multi=multi,
         numbering=numbering,
-        skipped_file=str(skipped_path) if res.skipped or skipped_inputs else None,
+        skipped_file=str(skipped_path) if res.skipped or skipped_inputs or left_out else None,
         first_skipped=res.skipped[0] if res.skipped else None,
     )
     mismatched = sum(1 for _, _, why in res.skipped if why.startswith("wild type mismatch"))
@@ -307,14 +309,23 @@ def run_score(
 
 
 def _write_skipped(
-    path: Path, inputs: list[tuple[str, str]], mutants: list[tuple[int, str, str]]
+    path: Path,
+    inputs: list[tuple[str, str]],
+    mutants: list[tuple[int, str, str]],
+    left_out: Sequence[str] = (),
+    chains: Sequence[str] = (),
 ) -> None:
-    """``kind, row, item, reason`` for unreadable inputs and skipped mutants; no file (and a stale
-    one removed) when nothing was skipped. ``row`` is the 1-based data row of the mutation table."""
-    if not inputs and not mutants:
+    """``kind, row, item, reason`` for unreadable inputs, chains that ``chains`` left out and
+    skipped mutants; no file (and a stale one removed) when nothing was skipped. ``row`` is the
+    1-based data row of the mutation table."""
+    from ..data.prepare.policy import not_selected_reason
+
+    if not inputs and not mutants and not left_out:
         path.unlink(missing_ok=True)
         return
-    rows = [["input", "", s, r] for s, r in inputs] + [
-        ["mutant", row + 1, m, why] for row, m, why in mutants
-    ]
+    rows = (
+        [["input", "", s, r] for s, r in inputs]
+        + [["chain", "", c, not_selected_reason(c, chains)] for c in left_out]
+        + [["mutant", row + 1, m, why] for row, m, why in mutants]
+    )
     _write_table(path, ["kind", "row", "item", "reason"], rows)
