@@ -1067,3 +1067,53 @@ def test_a_folder_given_for_an_output_file_is_a_one_line_error(args, tmp_path, c
     assert run(*args, folder) == 2
     assert capsys.readouterr().err == f"error: {args[-1]} {folder} is a folder; give a file name\n"
     assert list(tmp_path.iterdir()) == [folder]  # nothing written beside it (no out.tsv.tmp)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "64", "foo"])
+def test_pretrain_refuses_an_unsupported_precision_before_the_run_folder(
+    tmp_path, prepared, capsys, precision
+):
+    """Weights in half or double precision crashed at the first batch (Lightning cannot cast the
+    frozen Batch) and an unknown value printed Lightning's raw error; both left a run folder."""
+    out = tmp_path / "run"
+    args = pretrain_args(
+        prepared.path, out, precision=precision, max_steps=1, tokens_per_batch=1024, quiet=True
+    )
+    assert run(*args, "--accelerator", "cpu", "--threads", "1") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --precision {precision}: ") and err.count("\n") == 1, err
+    assert "auto, 32-true, 32, bf16-mixed, 16-mixed" in err
+    assert ("use bf16-mixed" in err) == (precision != "foo")
+    assert not out.exists()
+
+
+def test_pretrain_on_an_empty_valid_split_says_there_is_no_best_checkpoint(
+    tmp_path, prepared, capsys, caplog
+):
+    (prepared.path / "splits" / "valid.txt").write_text("")
+    out = tmp_path / "run"
+    args = pretrain_args(
+        prepared.path,
+        out,
+        max_steps=2,
+        warmup_steps=1,
+        tokens_per_batch=1024,
+        accelerator="cpu",
+        threads=1,
+        quiet=True,
+    )
+    with caplog.at_level("WARNING", logger="coordformer.train.run"):
+        assert run(*args) == 0
+    said = [r.getMessage() for r in caplog.records if "valid split is empty" in r.getMessage()]
+    assert len(said) == 1
+    assert f"`coordformer evaluate -c {out}` will use checkpoints/last.ckpt" in said[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "valid split" in summary["no_validation"] and "best_checkpoint" not in summary
+    assert not (out / "checkpoints" / "best.ckpt").exists()
+    capsys.readouterr()
+    js = tmp_path / "eval.json"
+    evaluate = ("evaluate", "-c", out, "--data", prepared.path, "--max-chains", "2")
+    assert run(*evaluate, "--device", "cpu", "--json", js, "--quiet") == 0
+    err = capsys.readouterr().err
+    assert f"warning: {out} has no checkpoints/best.ckpt" in err and err.count("\n") == 1, err
+    assert json.loads(js.read_text())["checkpoint"] == str(out / "checkpoints" / "last.ckpt")

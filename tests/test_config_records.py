@@ -290,6 +290,47 @@ def test_cli_prints_option_errors_as_one_flag_line(tmp_path, capsys):
     assert err == "error: --offset 3: applies to 1-based index numbering; add --numbering index\n"
 
 
+def test_config_errors_of_pretrain_and_prepare_name_flags(tmp_path, capsys, synthetic_jsonl):
+    """Errors raised by the records and split settings: Python names for the library, the flags
+    the user typed on the command line, and what to do."""
+    with pytest.raises(OptionError) as e:
+        TrainConfig(tokens_per_batch=100)
+    assert (e.value.option, e.value.value) == ("tokens_per_batch", 100)
+    assert "`crop_length` (512, its default)" in str(e.value)
+    data = tmp_path / "no-such-dataset"  # refused before the dataset is read
+    assert (
+        main(["pretrain", "-d", str(data), "-o", str(tmp_path / "r"), "--tokens-per-batch", "100"])
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        "error: --tokens-per-batch 100: a batch must hold at least one crop of --crop-length "
+        "(512, its default); raise --tokens-per-batch to 512 or more, or lower --crop-length\n"
+    )
+    prep = ["prepare", str(synthetic_jsonl), "--out", str(tmp_path / "ds"), "--quiet"]
+    assert main([*prep, "--valid-fraction", "0.7", "--test-fraction", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --valid-fraction 0.7: with --test-fraction 0.5 the two sum to 1.2, but at most 1 "
+        "can be held out (the rest is the train split); lower one of them\n"
+    )
+    assert not (tmp_path / "ds").exists()
+    assert main([*prep, "--split", "identity", "--identity", "0"]) == 2
+    assert capsys.readouterr().err == "error: --identity 0.0: must be in (0, 1]\n"
+
+
+def test_precision_values_that_work_and_those_refused():
+    from coordformer.config import PRECISIONS
+
+    for ok in (*PRECISIONS, "16", "bf16"):  # the older aliases: earlier runs recorded them
+        assert TrainConfig(precision=ok).precision == ok
+        assert FinetuneConfig(precision=ok).precision == ok
+    for record in (TrainConfig, FinetuneConfig):
+        with pytest.raises(OptionError, match="not supported; use bf16-mixed") as e:
+            record(precision="bf16-true")
+        assert (e.value.option, e.value.value) == ("precision", "bf16-true")
+        with pytest.raises(OptionError, match="must be one of auto, 32-true"):
+            record(precision="foo")
+
+
 def test_evaluate_mlm_keyword_defaults_are_the_eval_record():
     import inspect
 

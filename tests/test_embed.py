@@ -295,3 +295,15 @@ def test_embed_raw_input_errors_carry_the_option(tmp_path, structures):
             progress=False,
         )
     assert "1LCD" in (tmp_path / "c.npz.skipped.tsv").read_text()
+
+
+def test_cli_names_the_window_flags_when_the_overlap_is_too_large(tmp_path, capsys):
+    from coordformer.cli import main
+
+    fasta = tmp_path / "x.fasta"
+    fasta.write_text(">x\nACDEFGHIKLMNPQRSTVWY\n")
+    args = ["embed", str(fasta), "-c", "small-coords", "-o", str(tmp_path / "e.h5")]
+    assert main([*args, "--window", "32", "--overlap", "40", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --overlap 40: must be less than --window (32); lower --overlap or raise --window\n"
+    )

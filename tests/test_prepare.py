@@ -447,12 +447,20 @@ def test_identity_exclusion_moves_whole_cluster_out_of_train(tmp_path):
     assert len(ds.split_indices("train")) == 10
 
 
-def test_identity_split_without_mmseqs(tmp_path, monkeypatch):
+def test_identity_split_without_mmseqs(tmp_path, monkeypatch, capsys):
+    from coordformer.cli import main
+
     js = write_jsonl(tmp_path / "m.jsonl", make_records(3))
     monkeypatch.setattr(S.shutil, "which", lambda *a, **k: None)
-    with pytest.raises(PrepareError, match=r"apt-get install mmseqs2.*--split random"):
+    with pytest.raises(PrepareError, match=r"apt-get install mmseqs2.*`split='random'`") as e:
         prepare([js], tmp_path / "ds", PrepareConfig(split="identity"), **QUIET)
+    assert (e.value.option, e.value.value) == ("split", "identity")
     assert not (tmp_path / "ds" / "manifest.json").exists()
+    # the command line names the flags the user typed, not the Python parameter
+    assert main(["prepare", str(js), "--out", str(tmp_path / "c"), "--split", "identity"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --split identity: needs MMseqs2") and err.count("\n") == 1
+    assert err.endswith("or use --split random\n") and "split=" not in err
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -18,6 +18,7 @@ import typer
 
 from . import interrupts
 from .config import (
+    PRECISIONS,
     AttentionAnalysisConfig,
     EmbedConfig,
     EvalConfig,
@@ -399,7 +400,10 @@ def pretrain(
         _train("strategy"), help="Lightning strategy: auto | ddp | fsdp | ..."
     ),
     precision: str = typer.Option(
-        _train("precision"), help="auto (bf16-mixed on GPU, 32 on CPU) or a Lightning precision."
+        _train("precision"),
+        help=f"{', '.join(PRECISIONS)}. auto: bf16-mixed on a GPU (16-mixed on one without "
+        "bfloat16), 32-true on the CPU. Half-precision weights (bf16-true, 16-true) are not "
+        "supported: use bf16-mixed.",
     ),
     workers: int = typer.Option(_train("num_workers"), min=0, help="DataLoader worker processes."),
     accumulate: int = typer.Option(
@@ -626,6 +630,13 @@ def evaluate(
     results = {}
     for ck in checkpoint:
         model, meta = load_model(ck)
+        if Path(ck).is_dir() and Path(meta["path"]).name == "last.ckpt":
+            # a run folder is read for its best.ckpt; say when the final state stands in for it
+            typer.echo(
+                f"warning: {ck} has no checkpoints/best.ckpt (it never validated: an empty valid "
+                "split, or stopped before the first validation); evaluating checkpoints/last.ckpt",
+                err=True,
+            )
         warning = missing_coords_warning(
             model,
             meta,

@@ -277,6 +277,30 @@ class PrepareConfig(Record):
         return d
 
 
+#: What ``precision`` may be (Lightning's names; "auto" is resolved by
+#: ``train.lifecycle.resolve_precision``). The "-true" half and double precisions are left out:
+#: Lightning casts each batch with ``apply_to_collection``, which cannot rebuild the frozen
+#: ``Batch``, and weights kept in bfloat16 or float16 lose AdamW's small updates, which bf16-mixed
+#: keeps in float32.
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
+#: Lightning's older names for the mixed precisions, which earlier runs may have recorded.
+_PRECISION_ALIASES = ("16", "bf16")
+
+
+def check_precision(precision) -> None:
+    """An OptionError unless ``precision`` is one of :data:`PRECISIONS` (or an older alias)."""
+    if str(precision) in PRECISIONS + _PRECISION_ALIASES:
+        return
+    if str(precision).endswith("-true") or str(precision) == "64":
+        raise OptionError(
+            "precision",
+            precision,
+            "weights in that precision are not supported; use bf16-mixed (bfloat16 compute, "
+            f"float32 weights) or one of {', '.join(PRECISIONS)}",
+        )
+    raise OptionError("precision", precision, f"must be one of {', '.join(PRECISIONS)}")
+
+
 #: How chains longer than the crop length are cut: a contiguous window, or a 3D neighbourhood
 #: (``coordformer.data.batching.spatial_crop``).
 CROP_MODES = ("sequence", "spatial")
@@ -345,7 +369,7 @@ class TrainConfig(BatchConfig):
     grad_clip: float = 1.0
     val_every_steps: int = 500
     val_max_chains: int = 512
-    # "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
+    # one of PRECISIONS; "auto" -> bf16-mixed on GPU, 32-true on CPU (coordformer.train.lifecycle)
     precision: str = "auto"
     accelerator: str = "auto"
     devices: str = "auto"
@@ -385,10 +409,15 @@ class TrainConfig(BatchConfig):
                 f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}"
             )
         if self.crop_length > self.tokens_per_batch:
-            raise ConfigError(
-                f"crop_length ({self.crop_length}) must not exceed tokens_per_batch "
-                f"({self.tokens_per_batch})"
+            default = default_of(BatchConfig, "crop_length")
+            raise OptionError(
+                "tokens_per_batch",
+                self.tokens_per_batch,
+                f"a batch must hold at least one crop of `crop_length` ({self.crop_length}"
+                f"{', its default' if self.crop_length == default else ''}); raise "
+                f"`tokens_per_batch` to {self.crop_length} or more, or lower `crop_length`",
             )
+        check_precision(self.precision)
         if self.schedule not in ("cosine", "constant", "noam"):
             raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
         if self.max_steps < 1 or self.checkpoint_every_steps < 1 or self.val_every_steps < 1:
@@ -532,6 +561,7 @@ class FinetuneConfig(Record):
             raise ConfigError("max_epochs and patience must be >= 1")
         if self.probe_epochs < 0 or self.probe_patience < 1:
             raise ConfigError("probe_epochs must be >= 0 and probe_patience >= 1")
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -568,9 +598,21 @@ class ScoreConfig(Record):
         window = self.window or min(1024, max_len)
         if window > max_len:
             raise OptionError("window", window, f"exceeds the model's max_len {max_len}")
-        if not 0 <= self.overlap < window:
-            raise OptionError("overlap", self.overlap, f"need 0 <= overlap < `window` ({window})")
+        check_overlap(self.overlap, window)
         return window
+
+
+def check_overlap(overlap: int, window: int) -> None:
+    """An OptionError unless consecutive windows of ``window`` residues can overlap by
+    ``overlap``."""
+    if overlap < 0:
+        raise OptionError("overlap", overlap, "must be >= 0")
+    if overlap >= window:
+        raise OptionError(
+            "overlap",
+            overlap,
+            f"must be less than `window` ({window}); lower `overlap` or raise `window`",
+        )
 
 
 @dataclass(frozen=True)

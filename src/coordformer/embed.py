@@ -42,7 +42,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from .config import EmbedConfig
+from .config import EmbedConfig, check_overlap
 from .constants import CA_INDEX
 from .data.batching import check_fits, token_budget_batches, unmasked_batches
 from .data.complexes import complex_batch, complex_span, group_complexes
@@ -170,8 +170,7 @@ def embed(
     window = cfg.window or min(1024, model.config.max_len)
     if window > model.config.max_len:
         raise OptionError("window", window, f"exceeds the model's max_len {model.config.max_len}")
-    if not 0 <= cfg.overlap < window:
-        raise OptionError("overlap", cfg.overlap, f"need 0 <= overlap < window ({window})")
+    check_overlap(cfg.overlap, window)
     use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out.with_name(out.name + ".skipped.tsv")

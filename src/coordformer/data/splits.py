@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..config import ConfigError, PrepareConfig
-from ..errors import CoordformerError
+from ..config import PrepareConfig
+from ..errors import CoordformerError, OptionError
 from .store import SPLIT_NAMES  # noqa: F401 - re-exported for prepare
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -54,14 +54,20 @@ def split_of_key(seed: int, key: str, valid_fraction: float, test_fraction: floa
 
 def check_split_config(config: PrepareConfig) -> None:
     if config.split not in SPLIT_METHODS:
-        raise ConfigError(f"split must be one of {SPLIT_METHODS}, got {config.split!r}")
+        raise OptionError("split", config.split, f"must be one of {', '.join(SPLIT_METHODS)}")
     v, t = config.valid_fraction, config.test_fraction
-    if not (0 <= v <= 1 and 0 <= t <= 1 and v + t <= 1):
-        raise ConfigError(
-            f"valid_fraction ({v}) and test_fraction ({t}) must be in [0, 1] and sum to at most 1"
+    for name, value in (("valid_fraction", v), ("test_fraction", t)):
+        if not 0 <= value <= 1:
+            raise OptionError(name, value, "must be in [0, 1]")
+    if v + t > 1:
+        raise OptionError(
+            "valid_fraction",
+            v,
+            f"with `test_fraction` {t} the two sum to {v + t:g}, but at most 1 can be held out "
+            "(the rest is the train split); lower one of them",
         )
     if config.split == "identity" and not 0 < config.split_identity <= 1:
-        raise ConfigError(f"split_identity must be in (0, 1], got {config.split_identity}")
+        raise OptionError("split_identity", config.split_identity, "must be in (0, 1]")
 
 
 def random_split(ids: Sequence[str], config: PrepareConfig) -> np.ndarray:

@@ -221,7 +221,9 @@ def pretrain(
     earlier datasets under ``data.previous``.
 
     After the final validation, ``best.ckpt`` is replaced by the final model when that is at least
-    as good by val/loss; the summary's ``best_checkpoint`` says which step it holds.
+    as good by val/loss; the summary's ``best_checkpoint`` says which step it holds. With an empty
+    valid split there is no validation and no best.ckpt: a warning says so at the start, and the
+    summary's ``no_validation``.
 
     Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: last.ckpt is written at the next
     optimizer-step boundary, summary.json says ``interrupted`` (signal and step), and
@@ -383,6 +385,20 @@ def _pretrain(
     }
     extra_callbacks = callbacks
     val_batches = None if len(data.split_indices("valid")) else 0
+    no_validation = {}
+    if val_batches == 0:
+        # README promises best.ckpt for `evaluate -c RUN`; say up front why there will be none
+        no_validation = {
+            "no_validation": f"the valid split of {data.path} is empty: no validation, no "
+            f"checkpoints/best.ckpt; `evaluate -c {out}` uses checkpoints/last.ckpt"
+        }
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            log.warning(
+                "%s: the valid split is empty, so there is no validation and no checkpoints/"
+                "best.ckpt; `coordformer evaluate -c %s` will use checkpoints/last.ckpt",
+                data.path,
+                out,
+            )
     callbacks = [
         # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses
         # little. No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal,
@@ -517,6 +533,7 @@ def _pretrain(
             **_utilisation(module, trainer, measure_peak=False),
             "checkpoint": str(last),
             **_best_summary(best),
+            **no_validation,
         }
         if trainer.is_global_zero:
             (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
@@ -537,6 +554,7 @@ def _pretrain(
         "final_val": metrics,
         "checkpoint": str(last),
         **_best_summary(best),
+        **no_validation,
         "tensorboard": str(out / "tensorboard")
         if tensorboard
         else "off: the tensorboard package is not installed (pip install tensorboard); metrics are "

@@ -26,7 +26,7 @@ from .. import splits as _splits
 from .. import store
 from ..memory import MemoryDataset
 from .consolidate import FinishedRun, check_chains_found, consolidate, select_chains
-from .errors import PrepareError
+from .errors import PrepareError, PrepareOptionError
 from .pool import map_units, run_parallel
 from .resume import resume_mismatch, run_fingerprint
 from .summary import PrepareSummary, RunLog
@@ -78,10 +78,12 @@ def prepare(
     # fail fast on things that would only break at the end
     excluded = _read_exclusions(config)
     if config.split == "identity" and not _splits.mmseqs_available():
-        raise PrepareError(
-            "split='identity' needs MMseqs2 (`mmseqs` not found on PATH): install it "
+        raise PrepareOptionError(
+            "split",
+            config.split,
+            "needs MMseqs2 (`mmseqs` not found on PATH): install it "
             "(`apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) "
-            "or use `--split random`"
+            "or use `split='random'`",
         )
 
     out.mkdir(parents=True, exist_ok=True)
