@@ -304,3 +304,27 @@ def test_a_failed_write_leaves_no_temporary_file(native, tmp_path, monkeypatch):
     assert load_model(pt)[0].config == load_model(folder)[0].config == native.config
     with pytest.raises(UsageError, match="is a folder"):
         export_model(native, folder)
+
+
+def test_map_location_places_the_model_from_every_kind_of_source(
+    native, hf_folder, tmp_path, monkeypatch
+):
+    """``load_model(..., map_location=dev)`` builds on the CPU and moves the model to ``dev`` for
+    shipped names, exported files and checkpoints alike (it used to move only Hub-style folders, so
+    `embed` and `score` on a GPU would have fed CUDA batches to a CPU model)."""
+    from coordformer.model.checkpoints import export_model
+
+    pt = export_model(native, tmp_path / "m.pt")
+    moved = []
+    real_to = CoordFormer.to
+
+    def to(self, *args, **kwargs):
+        moved.append(str(args[0]) if args else str(kwargs.get("device")))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoordFormer, "to", to)
+    for source in ("small-coords", pt, hf_folder):
+        moved.clear()
+        model, _ = load_model(source, map_location="cpu")
+        assert moved == ["cpu"], source
+        assert not model.training

@@ -250,4 +250,6 @@ def read_checkpoint(
             ),
         }
     meta = {**meta, "path": str(path), "name": str(name_or_path)}
-    return ModelWeights(ModelConfig.from_dict(cfg), state, meta, path)
+    # the model is built on the CPU and moved: loading the state onto map_location alone would
+    # leave the parameters on the CPU (embed and score ask for the device this way)
+    return ModelWeights(ModelConfig.from_dict(cfg), state, meta, path, device=map_location)
