@@ -1006,6 +1006,21 @@ def test_pretrain_init_continues_from_given_weights_with_their_architecture(
     )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--preset, --no-coords set the architecture" in err
+    # from Python, TrainConfig(init=...) alone loads those weights (it was recorded, not loaded)
+    from coordformer.config import ModelConfig, TrainConfig, preset
+    from coordformer.errors import OptionError
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(
+        max_steps=1, lr=0.0, warmup_steps=1, tokens_per_batch=512, crop_length=64,
+        val_every_steps=1000, threads=1, accelerator="cpu", init=str(tmp_path / "base"),
+    )  # fmt: skip
+    mc = ModelConfig.from_dict(base["coordformer"]["model_config"])
+    pretrain(prepared.path, tmp_path / "py", mc, tc, progress=False)
+    py = torch.load(tmp_path / "py" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(torch.equal(py["state_dict"][k], v) for k, v in base["state_dict"].items())
+    with pytest.raises(OptionError, match="another architecture than `model_config`"):
+        pretrain(prepared.path, tmp_path / "py2", preset("small-3m"), tc, progress=False)
 
 
 def test_models_lists_shipped_models(capsys):

@@ -213,7 +213,9 @@ def pretrain(
     installed), summary.json. Re-running with the same ``out_dir``
     resumes from checkpoints/last.ckpt (same data order given the seed). Returns the summary dict.
     ``init_state``: a CoordFormer state dict for ``model_config`` to start from (continued
-    pretraining); ignored when resuming, since the checkpoint holds the weights then.
+    pretraining); without it, the weights ``train_config.init`` names are loaded (their
+    architecture must be ``model_config``'s). Both are ignored when resuming, since the checkpoint
+    holds the weights then.
 
     A resume says so (one line on stderr: ``resuming OUT from step N``) and is refused when the
     dataset differs from the one the run was trained on (``PreparedDataset.fingerprint``; the same
@@ -270,6 +272,25 @@ def pretrain(
     finally:
         if stop is not None:
             stop.uninstall()
+
+
+def _init_state(init: str, model_config: ModelConfig) -> dict:
+    """The weights ``TrainConfig.init`` names (a shipped model, checkpoint or export), for a caller
+    that gave no ``init_state``; an OptionError when they are of another architecture than
+    ``model_config`` (dropout aside, which is a training setting)."""
+    from ..model.checkpoints import load_model
+
+    model, _ = load_model(init)
+    if model.config.replace(dropout=model_config.dropout) != model_config:
+        was, now = model.config.to_dict(), model_config.to_dict()
+        diff = ", ".join(f"{k} {was[k]!r} vs {now[k]!r}" for k in was if was[k] != now.get(k))
+        raise OptionError(
+            "init",
+            init,
+            f"its weights are of another architecture than `model_config` ({diff}); build the "
+            "config from them: `load_model(init)[0].config`",
+        )
+    return model.state_dict()
 
 
 def _pretrain(
@@ -374,6 +395,8 @@ def _pretrain(
         del ckpt
     module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
     module.data_fingerprint = data.fingerprint
+    if init_state is None and cfg.init is not None and ckpt_path is None:
+        init_state = _init_state(cfg.init, model_config)
     if init_state is not None and ckpt_path is None:
         module.model.load_state_dict(init_state)
     payload = {
