@@ -621,3 +621,18 @@ def test_cli_lists_the_chains_that_chains_leaves_out(tmp_path, capsys):
     assert rows[1][:3] == ["chain", "", "1A2X.B"] and "--chains A" in rows[1][3]
     with open(out) as f:
         assert {r["chain"] for r in csv.DictReader(f, delimiter="\t")} == {"1AIE.A", "1AJJ.A"}
+
+
+def test_scoring_runs_a_training_mode_model_in_eval_mode_and_leaves_its_mode(tiny):
+    """Dropout made joint scores of a model in training mode change from call to call (only the
+    additive path switched to eval, and then left the caller's model switched)."""
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", dropout=0.3))  # training mode, as nn.Module starts
+    [a] = _chains(1)
+    pair = f"{a.sequence[4]}5A:{a.sequence[6]}7A"
+    runs = [score_mutations(model, [a], [pair], multi="joint").scored[0].score for _ in range(2)]
+    additive = score_mutations(model, [a], [pair]).scored[0].score
+    assert model.training  # left as it came
+    model.eval()
+    assert runs == [score_mutations(model, [a], [pair], multi="joint").scored[0].score] * 2
+    assert additive == score_mutations(model, [a], [pair]).scored[0].score

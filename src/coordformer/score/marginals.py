@@ -148,12 +148,23 @@ def run_passes(
     missing) or None (no coordinates given); ``plddt[c]``: [L] or None (read only by models with
     ``plddt_feature``). Passes are length-sorted into batches of at most ``tokens_per_batch``
     padded tokens (at least one pass each). ``progress``: called with the number of passes done.
+    The model runs in eval mode (no dropout: scores are deterministic) and is left in the mode it
+    came in.
     """
+    if not passes:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        return _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress)
+    finally:
+        model.train(was_training)
+
+
+def _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress):
     from ..data.batching import token_budget_batches
 
     results: list[np.ndarray | None] = [None] * len(passes)
-    if not passes:
-        return []
     spans = np.array([p.span for p in passes], dtype=np.int64)
     read_plddt = bool(getattr(model.config, "plddt_feature", False))
     for members in token_budget_batches(spans, max(tokens_per_batch, int(spans.max())), None):
@@ -285,8 +296,8 @@ def masked_marginals(
     an entry None = every position of that chain). Unscored rows of ``log_probs`` are NaN. The
     masking plan (``cfg.mode``, ``min_sep``, ``min_dist``) uses each chain's own CA coordinates,
     also for a sequence-only model, so that both kinds of model are scored on the same passes.
+    The model runs in eval mode and is left in the mode it came in (:func:`run_passes`).
     """
-    model.eval()
     window = cfg.window_for(model.config.max_len)
     _check_nonempty(chains)
     toks, cos, pls = model_inputs(model, chains, cfg.use_coords)
