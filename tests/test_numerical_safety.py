@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_chains, write_jsonl
+from conftest import DATA, synthetic_chains, write_jsonl
 from coordformer.config import PrepareConfig, TrainConfig, preset
 from coordformer.data.prepare import prepare
 from coordformer.data.sanitize import MAX_ABS_COORD, OUT_OF_RANGE, sanitize_coords
@@ -315,3 +315,29 @@ def test_model_is_finite_on_sanitised_extreme_inputs(mode, norm):
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@torch.no_grad()
+def test_the_model_reads_an_infinite_coordinate_as_missing_and_checks_the_shape():
+    """A chain handed to the model directly (not through prepare) with one +Inf coordinate gave
+    NaN everywhere; it now equals the same atom missing (NaN). CA-only coordinates [B, L, 1, 3]
+    work as documented, and a wrong shape is a UsageError naming both shapes."""
+    from coordformer.data.batching import chains_to_batch
+    from coordformer.errors import UsageError
+    from coordformer.io import read_structure
+
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m")).eval()
+    tokens, coords, mask = chains_to_batch(read_structure(DATA / "1orc.pdb"))
+    ref = model(tokens, coords, padding_mask=mask).logits
+    inf, nan = coords.clone(), coords.clone()
+    inf[0, 3, 1, 0], nan[0, 3, 1] = float("inf"), float("nan")
+    got = model(tokens, inf, padding_mask=mask).logits
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, model(tokens, nan, padding_mask=mask).logits)
+    assert not torch.allclose(got, ref)  # the atom really went missing
+    ca_only = model(tokens, coords[:, :, 1:2], padding_mask=mask).logits
+    assert torch.allclose(ca_only, ref, atol=1e-6)
+    for bad in (coords[..., :2], coords[:, :10], coords[0]):
+        with pytest.raises(UsageError, match=r"need \[B, L, atoms, 3\] Angstrom"):
+            model(tokens, bad, padding_mask=mask)

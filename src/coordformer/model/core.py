@@ -403,12 +403,28 @@ class CoordFormer(nn.Module):
                 # Structure unknown: every residue carries the
                 # missing flag (same path as a FASTA input).
                 coords = torch.full((*tokens.shape, 4, 3), float("nan"), device=tokens.device)
-            if self.config.coord_mode != "backbone":  # only CA is read: centre 1 atom, not 4
+            backbone = self.config.coord_mode == "backbone"
+            if (
+                coords.dim() != 4
+                or coords.shape[:2] != tokens.shape
+                or coords.shape[3] != 3
+                or coords.shape[2] not in ((4,) if backbone else (1, 4))
+            ):
+                atoms = "4 (N, CA, C, O)" if backbone else "4 (N, CA, C, O) or 1 (CA)"
+                raise UsageError(
+                    f"coords of shape {tuple(coords.shape)} for tokens {tuple(tokens.shape)}: "
+                    f"need [B, L, atoms, 3] Angstrom with atoms {atoms}"
+                )
+            if not backbone and coords.shape[2] == 4:  # only CA is read: centre 1 atom, not 4
                 coords = coords[:, :, CA_INDEX : CA_INDEX + 1]
             # float32 even under bf16 autocast: bf16 keeps ~3 significant digits, which would round
             # coordinates to ~0.25 A and |x|^2 far worse; the K = 4..17 product is cheap.
             with torch.autocast(device_type=x.device.type, enabled=False):
+                # a non-finite value (+/-Inf) makes its atom missing, as NaN does (the rule
+                # prepare applies, data.sanitize), instead of turning every output of the chain
+                # into NaN through the centring
                 coords = coords.float()
+                coords = torch.where(torch.isinf(coords), float("nan"), coords)
                 ref = coords[:, :, 1] if coords.shape[2] > 1 else coords[:, :, 0]
                 present = ~torch.isnan(ref).any(-1)
                 if padding_mask is not None:
