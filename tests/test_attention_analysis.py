@@ -90,6 +90,9 @@ def test_fit_recovers_the_sigma_of_constructed_gaussian_heads(tmp_path, syntheti
     fits = fit_all(collect_attention(model, ring, cfg, progress=False))
     d = next(r for r in fits if r["kind"] == "distance" and r["quantity"] == "attention")
     assert d["sigma"] == pytest.approx(sigma, rel=0.05) and d["r2"] > 0.99
+    # fit_all of one pass (no ablation recorded) goes straight into classify_heads
+    calls = {(h["layer"], h["head"]): h for h in classify_heads(fits)}
+    assert calls[(d["layer"], d["head"])]["sigma_3d"] == d["sigma"]
 
 
 def test_fit_gaussian_on_known_curves():

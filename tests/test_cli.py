@@ -1016,7 +1016,9 @@ def test_pretrain_init_continues_from_given_weights_with_their_architecture(
         val_every_steps=1000, threads=1, accelerator="cpu", init=str(tmp_path / "base"),
     )  # fmt: skip
     mc = ModelConfig.from_dict(base["coordformer"]["model_config"])
+    torch.set_num_threads(2)
     pretrain(prepared.path, tmp_path / "py", mc, tc, progress=False)
+    assert torch.get_num_threads() == 2  # threads=1 held for the run only
     py = torch.load(tmp_path / "py" / "checkpoints" / "last.ckpt", weights_only=False)
     assert all(torch.equal(py["state_dict"][k], v) for k, v in base["state_dict"].items())
     with pytest.raises(OptionError, match="another architecture than `model_config`"):

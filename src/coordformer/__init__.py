@@ -8,9 +8,10 @@ The public API at the top level::
     chains = coordformer.read_structure("1orc.pdb")        # io.Chain per protein chain
     model = coordformer.CoordFormer.from_pretrained("small-coords")
 
-``Batch`` is the typed batch the model's ``encode`` takes. The names load their modules on first
-use, so ``import coordformer`` (and ``coordformer.io``, which reads files without torch) stays
-light; everything else lives in the subpackages (``io``, ``data``, ``model``, ``embed`` ...).
+``Batch`` is the typed batch the model takes (``model(**batch.inputs())``). The names load their
+modules on first use, so ``import coordformer`` (and ``coordformer.io``, which reads files without
+torch) stays light; everything else lives in the subpackages (``io``, ``data``, ``model``,
+``embed`` ...).
 """
 
 from __future__ import annotations

@@ -279,8 +279,10 @@ def _fit(
 
 def classify_heads(fits: list[dict]) -> list[dict]:
     """Per (layer, head) of one model: sigmas under each ablation and the
-    3D-/sequence-local calls."""
+    3D-/sequence-local calls. ``fits``: rows of :func:`fit_all`, each with its ``ablation``
+    ("none" where a row has none, as ``fit_all`` of one pass gives)."""
     out = []
+    fits = [{"ablation": "none", **f} for f in fits]
     ablations = {f["ablation"] for f in fits}
     for layer, head in sorted({(f["layer"], f["head"]) for f in fits}):
         full_d, full_s = (

@@ -379,7 +379,8 @@ class CoordFormer(nn.Module):
             )
         l = tokens.shape[1]
         if l > self.config.max_len:
-            raise SequenceTooLong(l, self.config.max_len)
+            # forward has no length setting to name: its callers (batchers, windows) have theirs
+            raise SequenceTooLong(l, self.config.max_len, option=None)
         if self.lm is not None:
             if segments is not None:
                 raise OptionError(

@@ -231,6 +231,10 @@ def pretrain(
     optimizer-step boundary, summary.json says ``interrupted`` (signal and step), and
     ``TrainingInterrupted`` is raised (before training starts: at once, nothing to save). Under
     SLURM, SIGUSR1 checkpoints, requeues the job and returns ``stopped_for_requeue``.
+
+    Process-wide state: ``train_config.seed`` seeds Python's, NumPy's and torch's global generators
+    (Lightning's ``seed_everything``, which also sets ``PL_GLOBAL_SEED``), so that a run is
+    reproducible; torch's thread count (``threads``) is restored when the run ends.
     """
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
     from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -247,6 +251,7 @@ def pretrain(
         log.warning(
             "pretrain runs outside the main thread: the SLURM requeue signal is not handled"
         )
+    threads = torch.get_num_threads()  # `threads` sets it for the run only
     try:
         return _pretrain(
             data_dir,
@@ -270,6 +275,7 @@ def pretrain(
             report=getattr(rank_zero_only, "rank", 0) == 0,
         ) from None
     finally:
+        torch.set_num_threads(threads)
         if stop is not None:
             stop.uninstall()
 
