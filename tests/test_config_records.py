@@ -135,6 +135,16 @@ def test_record_validation_raises_config_errors():
     assert e.value.flag_message().startswith("--task pfam: ")
     assert issubclass(OptionError, ConfigError) and issubclass(ConfigError, UsageError)
     assert issubclass(FinetuneConfig, Record)
+    # a tuple of names may be given as one string, split at commas (not into letters)
+    assert PrepareConfig(chains="A,BB").chains == ("A", "BB")
+    assert EmbedConfig(chains="AB").chains == ("AB",)
+    assert PrepareConfig(exclude_files="ids.txt").exclude_files == ("ids.txt",)
+    # model sizes are checked where they are set, not at build time (or never: coord_scale 0 gave
+    # NaN outputs)
+    for name, value in (("n_heads", 0), ("d_model", -8), ("dropout", 2.0), ("coord_scale", 0.0)):
+        with pytest.raises(OptionError) as e:
+            ModelConfig(**{name: value})
+        assert (e.value.option, e.value.value) == (name, value)
 
 
 def _cli_defaults(command: str) -> dict:

@@ -238,6 +238,7 @@ def test_numbering_and_errors_on_a_real_structure(tiny):
     c = chains[0]
     assert c.residue_ids[:3] == ["3", "4", "5"] and c.sequence[3] == "T"
     auto = score_mutations(tiny, chains, ["T6A"], strict=True).scored[0]
+    assert score_mutations(tiny, chains, "T6A", strict=True).scored[0].score == auto.score
     idx = score_mutations(tiny, chains, ["T4A"], numbering="index", strict=True).scored[0]
     assert auto.substitutions == idx.substitutions and auto.substitutions[0].index == 3
     assert auto.score == idx.score
@@ -561,6 +562,11 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(
     left_out: list[str] = []
     picked, _ = read_chains([str(DATA / "chain_set_small.jsonl")], chains=["A"], left_out=left_out)
     assert [c.id for c in picked] == ["1AIE.A", "1AJJ.A"] and left_out == ["1A2X.B"]
+    # a string names chains as the CLI does ("A,B"), not by its letters
+    assert [c.id for c in read_chains([str(DATA / "chain_set_small.jsonl")], chains="A")[0]] == [
+        "1AIE.A",
+        "1AJJ.A",
+    ]
     # a structure file with none of them is an input skipped with its reason, as in prepare
     left_out.clear()
     none, why = read_chains([str(DATA / "1orc.pdb")], chains=["B"], left_out=left_out)

@@ -86,6 +86,17 @@ class Record:
         return cls.from_dict(yaml.safe_load(text))
 
 
+def _names(record, *fields: str) -> None:
+    """Let a tuple-of-names field of a frozen record be given as one string: "A,B" -> ("A", "B")
+    (a bare string would otherwise be iterated letter by letter: "AB" -> "A", "B")."""
+    for name in fields:
+        value = getattr(record, name)
+        if isinstance(value, str):
+            object.__setattr__(
+                record, name, tuple(v.strip() for v in value.split(",") if v.strip())
+            )
+
+
 #: Coordinate input modes: what per-residue features the linear coordinate embedding sees.
 #: "ca": (x, y, z)/16 of CA + missing flag -> 4 features (the paper).
 #: "backbone": (x, y, z)/16 of N, CA, C, O + one missing flag per atom -> 16 features.
@@ -134,6 +145,15 @@ class ModelConfig(Record):
                 "gaussian_init_heads needs the token embedding, which language-model conditioning "
                 "(`condition_on`) replaces; use the recipe paper (`recipe=paper`) with it"
             )
+        # sizes first: a bad one otherwise surfaces as a ZeroDivisionError, a torch error at
+        # build time, or (coord_scale 0) silent NaN outputs
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_len", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, getattr(self, name), "must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise OptionError("dropout", self.dropout, "must be in [0, 1)")
+        if not self.coord_scale > 0:
+            raise OptionError("coord_scale", self.coord_scale, "must be > 0 (Angstrom)")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -245,6 +265,9 @@ class PrepareConfig(Record):
     #: between the first and last modelled residue as missing-coordinate residues; "all" = termini
     #: too. They count as lacking CA for max_missing_ca.
     seqres: str = "off"
+
+    def __post_init__(self):
+        _names(self, "chains", "exclude_files")
 
     #: Fields applied only when the dataset is assembled (always redone), so an interrupted prepare
     #: run resumes when they change; every other field is in :meth:`unit_fingerprint`.
@@ -638,6 +661,9 @@ class EmbedConfig(Record):
     chain_gap: int = DEFAULT_CHAIN_GAP  # residue positions between consecutive chains of a complex
     # put back unobserved residues of structure files: "off" | "gaps" | "all" (PrepareConfig.seqres)
     seqres: str = "off"
+
+    def __post_init__(self):
+        _names(self, "chains")
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,9 @@ def export_model(
 
     ``max_file_bytes``: no file over this size; the weights that do not fit go to
     ``<path>.shard1``, ``<path>.shard2``, ... beside it (named in the main file, loaded with it), so
-    a model larger than a size limit ships without quantisation. Returns ``path``."""
+    a model larger than a size limit ships without quantisation. ``meta``: the record stored with
+    the weights; pass the one ``load_model`` returned so that, e.g., ``learnt_missing_flag`` (which
+    the missing-coordinates warnings read) travels with the copy. Returns ``path``."""
     state, packed = {}, {}
     for k, v in model.state_dict().items():
         if int8 and v.is_floating_point() and v.ndim == 2 and v.numel() >= INT8_MIN_NUMEL:

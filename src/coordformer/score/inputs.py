@@ -52,6 +52,8 @@ def read_chains(
 
     if not inputs:
         raise UsageError("no inputs given")
+    if isinstance(chains, str):  # "A,B", as the CLI takes it (not the letters of "AB")
+        chains = tuple(c.strip() for c in chains.split(",") if c.strip())
     skipped: list[tuple[str, str]] = []
     raw: list = []
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):

@@ -393,6 +393,8 @@ def score_mutations(
     """
     if multi not in MULTI_MODES:
         raise UsageError(f"multi must be one of {', '.join(MULTI_MODES)}, not {multi!r}")
+    if isinstance(mutants, str):  # one mutant, not its letters
+        mutants = [mutants]
     index = ChainIndex(chains, numbering, default_chain, offset)
     res = MutationResults()
     placed: list[tuple[int, str, list[ResolvedSubstitution]]] = []
