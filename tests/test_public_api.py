@@ -42,6 +42,8 @@ def test_top_level_names_are_the_modules_own():
         "__version__",
     }
     assert set(coordformer.__all__) <= set(dir(coordformer))
+    # tab completion shows the API, not the module's own helpers
+    assert not {"Any", "annotations", "importlib", "_LAZY"} & set(dir(coordformer))
     assert isinstance(coordformer.__version__, str)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         coordformer.nope  # noqa: B018

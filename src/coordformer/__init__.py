@@ -43,4 +43,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # the public names and the subpackages imported so far, not this module's own helpers
+    loaded = {
+        k for k, v in globals().items() if getattr(v, "__name__", "").startswith(__name__ + ".")
+    }
+    return sorted({*__all__, *(k for k in loaded if not k.startswith("_"))})
