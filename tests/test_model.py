@@ -462,3 +462,20 @@ def test_activation_checkpointing_gives_the_same_gradients():
         assert torch.equal(
             ckpt(tokens, coords, mask).logits, plain.eval()(tokens, coords, mask).logits
         )
+
+
+def test_misused_inputs_are_clear_errors():
+    """repr_layers outside 0..n_layers were silently ignored (ESM users write -1 for the last), and
+    an empty chain list failed inside max()."""
+    from coordformer.data.batching import chains_to_batch
+    from coordformer.errors import OptionError, UsageError
+
+    model = CoordFormer(preset("tiny-0.1m")).eval()
+    tokens = torch.randint(4, 24, (1, 12))
+    n = model.config.n_layers
+    assert set(model(tokens, repr_layers=(0, n)).representations) == {0, n}
+    for bad in ((n + 1,), (-1,)):
+        with pytest.raises(OptionError, match=f"layers are 0 \\(the embeddings\\) to {n}"):
+            model(tokens, repr_layers=bad)
+    with pytest.raises(UsageError, match="no chains"):
+        chains_to_batch([])

@@ -25,7 +25,7 @@ import torch
 from ..batch import HOST_FIELDS, Batch
 from ..config import CROP_MODES, BatchConfig  # noqa: F401 - CROP_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_table
-from ..errors import ConfigError, SequenceTooLong
+from ..errors import ConfigError, SequenceTooLong, UsageError
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
 
@@ -456,6 +456,8 @@ def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     missing or padding) and padding_mask [B, L] bool (True = residue), L = the longest chain.
     ``Batch(*chains_to_batch(chains))`` makes it a :class:`Batch`.
     """
+    if not chains:
+        raise UsageError("chains_to_batch got no chains")
     length = max(len(c.sequence) for c in chains)
     tokens = torch.full((len(chains), length), PAD, dtype=torch.long)
     coords = torch.full((len(chains), length, 4, 3), float("nan"))

@@ -500,6 +500,12 @@ class CoordFormer(nn.Module):
             if padded is None:
                 padded = not bool(padding_mask.all())
             key_mask = padding_mask if padded else None
+        if any(not 0 <= k <= len(self.layers) for k in repr_layers):
+            raise OptionError(
+                "repr_layers",
+                tuple(repr_layers),
+                f"layers are 0 (the embeddings) to {len(self.layers)} for this model",
+            )
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         ckpt = (
