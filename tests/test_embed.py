@@ -307,3 +307,40 @@ def test_cli_names_the_window_flags_when_the_overlap_is_too_large(tmp_path, caps
     assert capsys.readouterr().err == (
         "error: --overlap 40: must be less than --window (32); lower --overlap or raise --window\n"
     )
+
+
+def test_embed_chains_in_memory_equals_the_file_output(tmp_path):
+    """embed_chains gives, in input order, what `embed` writes for the same chains (means and
+    per-residue rows), keeps the caller's model mode, and reads an infinite coordinate as a
+    missing atom."""
+    import h5py
+
+    from coordformer.config import EmbedConfig
+    from coordformer.embed import embed, embed_chains
+    from coordformer.io import iter_chain_set, read_structure
+    from coordformer.model.checkpoints import load_model
+
+    chains = [*iter_chain_set(DATA / "chain_set_small.jsonl"), *read_structure(DATA / "1orc.pdb")]
+    cfg = EmbedConfig(per_residue=True, window=32, overlap=8)  # 1ORC.A (64) is windowed
+    model, _ = load_model("small-coords")
+    model.train()
+    got = embed_chains(model, chains, cfg)
+    assert model.training and [e.id for e in got] == [c.id for c in chains]
+    inputs = [str(DATA / "chain_set_small.jsonl"), str(DATA / "1orc.pdb")]
+    embed("small-coords", inputs, tmp_path / "e.h5", cfg, progress=False)
+    with h5py.File(tmp_path / "e.h5") as f:
+        ids = [i.decode() for i in f["ids"][:]]
+        for e in got:
+            k = ids.index(e.id)
+            assert e.sequence == f["sequences"][k].decode()
+            assert np.allclose(e.mean, f["mean"][k], atol=1e-5)
+            assert np.allclose(e.residues, f["residues"][e.id][:], atol=2e-3)  # file: float16
+            assert np.array_equal(e.has_ca, f["residue_has_ca"][e.id][:])
+    c = chains[-1]
+    inf, nan = c.coords.copy(), c.coords.copy()
+    inf[5, 1, 0], nan[5, 1] = np.inf, np.nan
+    a, b = (
+        embed_chains(model, [type(c)(id=c.id, sequence=c.sequence, coords=x, source="")])[0]
+        for x in (inf, nan)
+    )
+    assert np.isfinite(a.mean).all() and np.array_equal(a.mean, b.mean) and not a.has_ca[5]

@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -162,16 +163,7 @@ def embed(
         )
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
-    n_layers = model.config.n_layers
-    if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
-        raise OptionError(
-            "layer", cfg.layer, f"this model has layers 0..{n_layers} (0 = embeddings)"
-        )
-    window = cfg.window or min(1024, model.config.max_len)
-    if window > model.config.max_len:
-        raise OptionError("window", window, f"exceeds the model's max_len {model.config.max_len}")
-    check_overlap(cfg.overlap, window)
-    use_coords = model.config.use_coords if cfg.use_coords is None else cfg.use_coords
+    window, use_coords = _model_settings(model, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out.with_name(out.name + ".skipped.tsv")
     data, provenance = open_inputs(
@@ -274,6 +266,92 @@ def embed(
         **provenance,
     }
     return summary
+
+
+def _model_settings(model, cfg: EmbedConfig) -> tuple[int, bool]:
+    """(window, use_coords) of ``cfg`` for ``model``; OptionError for a layer, window or overlap
+    the model cannot take."""
+    n_layers = model.config.n_layers
+    if cfg.layer is not None and not 0 <= cfg.layer <= n_layers:
+        raise OptionError(
+            "layer", cfg.layer, f"this model has layers 0..{n_layers} (0 = embeddings)"
+        )
+    window = cfg.window or min(1024, model.config.max_len)
+    if window > model.config.max_len:
+        raise OptionError("window", window, f"exceeds the model's max_len {model.config.max_len}")
+    check_overlap(cfg.overlap, window)
+    return window, model.config.use_coords if cfg.use_coords is None else cfg.use_coords
+
+
+@dataclass(frozen=True)
+class ChainEmbedding:
+    """One chain's embedding from :func:`embed_chains`: ``mean`` [D] float32 (over the residues
+    embedded), ``residues`` [L, D] float32 with ``per_residue`` (else None), ``has_ca`` [L] bool
+    (False: that residue went in without coordinates), ``sequence`` the L residues embedded (the
+    first ``max_length`` when set)."""
+
+    id: str
+    sequence: str
+    mean: np.ndarray
+    residues: np.ndarray | None
+    has_ca: np.ndarray
+
+
+def embed_chains(
+    model, chains: Sequence, cfg: EmbedConfig = EmbedConfig(), device: str = "cpu"
+) -> list[ChainEmbedding]:
+    """Embeddings of ``chains`` (``io.Chain`` objects: ``read_structure``, ``iter_chain_set``,
+    ``iter_fasta``) in memory, one per chain in the order given, computed as ``embed`` computes
+    them for a file: batched by length, chains longer than the window in overlapping windows,
+    coordinates centred and not rotated (deterministic), ``cfg``'s ``layer``, ``window``,
+    ``overlap``, ``max_length``, ``tokens_per_batch``, ``use_coords`` and ``per_residue``.
+    Coordinates are [L, 4, 3] Angstrom, NaN where missing; a non-finite value makes its atom
+    missing. The model runs in eval mode on ``device`` and is left in the mode it came in."""
+    chains = list(chains)
+    if not chains:
+        raise UsageError("embed_chains got no chains")
+    window, use_coords = _model_settings(model, cfg)
+    data = MemoryDataset.from_chains(
+        [c.id for c in chains],
+        [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],
+        # +/-Inf becomes NaN before the batcher centres the chain (an infinite mean would make
+        # every atom of it missing)
+        [_finite_or_nan(np.asarray(c.coords, dtype=np.float32)) for c in chains],
+        [str(getattr(c, "source", "") or "") for c in chains],
+    )
+    out: list[ChainEmbedding | None] = [None] * len(chains)
+    was_training = model.training
+    model.eval()
+    try:
+        for chain_idx, lengths, mean, hidden in iter_windowed(
+            model,
+            data,
+            np.arange(len(chains)),
+            cfg.layer,
+            use_coords,
+            window,
+            cfg.overlap,
+            cfg.tokens_per_batch,
+            device,
+            cfg.max_length,
+        ):
+            for r, ci in enumerate(chain_idx.tolist()):
+                n = int(lengths[r])
+                sequence, has_ca = _residue_info(data, ci, n, True)
+                out[ci] = ChainEmbedding(
+                    id=chains[ci].id,
+                    sequence=sequence,
+                    mean=mean[r],
+                    residues=hidden[r, :n].float().numpy() if cfg.per_residue else None,
+                    has_ca=has_ca,
+                )
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def _finite_or_nan(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), x, np.float32("nan"))
 
 
 def _select_prepared_chains(
