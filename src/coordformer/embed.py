@@ -38,7 +38,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ from .data.prepare.policy import NOT_SELECTED, not_selected_reason, selected_cha
 from .data.store import PreparedDataset, is_finished_dataset
 from .errors import OptionError, UsageError
 from .model.encode import encode, masked_mean
+
+if TYPE_CHECKING:
+    from .io import Chain
+    from .model.core import CoordFormer
 
 #: What embed batches from: a prepared dataset folder, or raw inputs read in memory.
 ChainData = Union[PreparedDataset, MemoryDataset]
@@ -298,7 +302,10 @@ class ChainEmbedding:
 
 
 def embed_chains(
-    model, chains: Sequence, cfg: EmbedConfig = EmbedConfig(), device: str = "cpu"
+    model: CoordFormer,
+    chains: Sequence[Chain],
+    cfg: EmbedConfig = EmbedConfig(),
+    device: str = "cpu",
 ) -> list[ChainEmbedding]:
     """Embeddings of ``chains`` (``io.Chain`` objects: ``read_structure``, ``iter_chain_set``,
     ``iter_fasta``) in memory, one per chain in the order given, computed as ``embed`` computes
@@ -460,7 +467,7 @@ def _embed_complexes(
 
 
 def iter_pooled(
-    model,
+    model: CoordFormer,
     data: ChainData,
     idx: np.ndarray,
     layer: int | None,
@@ -480,7 +487,7 @@ def iter_pooled(
 
 
 def iter_windowed(
-    model,
+    model: CoordFormer,
     data: ChainData,
     idx: np.ndarray,
     layer: int | None,

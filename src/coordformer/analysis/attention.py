@@ -19,6 +19,7 @@ encoding (3D signal only).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from ..constants import CA_INDEX
 from ..data.batching import check_fits, unmasked_batches
 from ..data.store import PreparedDataset
 from ..errors import OptionError, UsageError
+
+if TYPE_CHECKING:
+    from ..model.core import CoordFormer
 
 #: log10 edges for the histogram of attention values (percentile bands); values below 1e-6 go to
 #: the first bin.
@@ -130,7 +134,7 @@ class AttentionStats:
 
 @torch.no_grad()
 def collect_attention(
-    model,
+    model: CoordFormer,
     data: PreparedDataset,
     cfg: AttentionAnalysisConfig,
     ablate: tuple[str, ...] = (),

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_ta
 from ..errors import ConfigError, SequenceTooLong, UsageError
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
+
+if TYPE_CHECKING:
+    from ..io import Chain
 
 #: Token id of each ASCII byte ([256] int64, ``coordformer.alphabet.ascii_to_token_table``): a
 #: chain's sequence bytes index it to give its tokens.
@@ -448,7 +452,7 @@ def check_fits(
     raise SequenceTooLong(int(data.lengths[ci]), max_len, data.ids[ci], option, alternative)
 
 
-def chains_to_batch(chains) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def chains_to_batch(chains: Sequence[Chain]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad ``Chain`` objects (as the readers return them) into one model input, as stored: no crop,
     centring or rotation (the model centres on present CAs itself).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -539,7 +540,9 @@ class CoordFormer(nn.Module):
             if not (_is_lm_key(n) and not self.config.unfreeze_lm)
         )
 
-    def save_pretrained(self, folder, meta: dict | None = None, half: bool = False):
+    def save_pretrained(
+        self, folder: str | Path, meta: dict | None = None, half: bool = False
+    ) -> Path:
         """Write a Hugging Face-style folder (config.json,
         model.safetensors, README.md); see ``hub``."""
         from .hub import save_pretrained  # file formats only; hub never imports this module
@@ -547,7 +550,9 @@ class CoordFormer(nn.Module):
         return save_pretrained(self, folder, meta=meta, half=half)
 
     @classmethod
-    def from_pretrained(cls, folder, map_location: str | torch.device = "cpu") -> CoordFormer:
+    def from_pretrained(
+        cls, folder: str | Path, map_location: str | torch.device = "cpu"
+    ) -> CoordFormer:
         """Load a folder written by ``save_pretrained`` (local, offline) or a shipped model by name
         (``CoordFormer.from_pretrained("small-coords")``); eval mode, float32."""
         from .weights import read_pretrained  # reads files only; weights never imports this module

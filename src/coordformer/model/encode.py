@@ -4,9 +4,14 @@ lives here and takes a batch whatever built it)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..batch import Batch
+
+if TYPE_CHECKING:
+    from .core import CoordFormer
 
 
 def masked_mean(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
@@ -17,7 +22,7 @@ def masked_mean(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tenso
 
 
 def encode(
-    model, batch: Batch, layer: int | None = None, use_coords: bool = True
+    model: CoordFormer, batch: Batch, layer: int | None = None, use_coords: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` (a CoordFormer) on ``batch`` (already on the model's device).
 

@@ -24,7 +24,9 @@ number, though close for a trained model.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +37,10 @@ from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
 from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
 from ..errors import OptionError, UsageError
+
+if TYPE_CHECKING:
+    from ..io import Chain
+    from ..model.core import CoordFormer
 
 _AA = slice(AA_OFFSET, AA_OFFSET + len(AMINO_ACIDS))
 
@@ -131,7 +137,7 @@ def joint_window(length: int, positions: np.ndarray, window: int, overlap: int) 
 
 @torch.no_grad()
 def run_passes(
-    model,
+    model: CoordFormer,
     tokens: list[np.ndarray],
     coords: list[np.ndarray | None],
     plddt: list[np.ndarray | None],
@@ -283,8 +289,8 @@ def ca_of(chain) -> np.ndarray:
 
 
 def masked_marginals(
-    model,
-    chains,
+    model: CoordFormer,
+    chains: Sequence[Chain],
     cfg: ScoreConfig = ScoreConfig(),
     positions: list | None = None,
     device: str | torch.device = "cpu",

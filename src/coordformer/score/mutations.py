@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ from .marginals import (
     model_inputs,
     run_passes,
 )
+
+if TYPE_CHECKING:
+    from ..io import Chain
+    from ..model.core import CoordFormer
+    from .marginals import ChainScores
 
 #: numbering= values.
 NUMBERINGS = ("auto", "author", "index")
@@ -369,8 +374,8 @@ class MutationResults:
 
 
 def score_mutations(
-    model,
-    chains,
+    model: CoordFormer,
+    chains: Sequence[Chain],
     mutants: Sequence[str],
     cfg: ScoreConfig = ScoreConfig(),
     multi: str = "additive",
@@ -482,7 +487,7 @@ def score_mutations(
     return res
 
 
-def substitution_matrix(scores) -> np.ndarray:
+def substitution_matrix(scores: ChainScores) -> np.ndarray:
     """[L, 20] float64 single-substitution scores log p(aa) - log p(wt) from one chain's
     ``ChainScores`` (a full deep-mutational scan from L passes; NaN rows where the native residue is
     X)."""
