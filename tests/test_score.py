@@ -581,9 +581,27 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(
     bad.write_text("ATOM  garbage\n")
     chains, skipped = read_chains([str(DATA / "1orc.pdb"), str(bad)])
     assert [c.id for c in chains] == ["1ORC.A"] and skipped and skipped[0][0] == str(bad)
-    # two files giving the same chain id: the second is renamed, not lost
+    # the same chain in two files is scored once, and the copy is listed (as prepare does) ...
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "1orc.pdb").write_bytes((DATA / "1orc.pdb").read_bytes())
+    chains, skipped = read_chains([str(DATA / "1orc.pdb"), str(tmp_path / "copy" / "1orc.pdb")])
+    assert [c.id for c in chains] == ["1ORC.A"]
+    assert skipped == [
+        (
+            str(tmp_path / "copy" / "1orc.pdb"),
+            f"duplicate of 1ORC.A in {DATA / '1orc.pdb'} (same sequence and coordinates): "
+            "scored once",
+        )
+    ]
+    # ... while another chain under the same id is renamed, not lost
+    text = (DATA / "1orc.pdb").read_text().splitlines(keepends=True)
+    moved = [
+        line[:30] + f"{float(line[30:38]) + 1.0:8.3f}" + line[38:]
+        if line.startswith(("ATOM", "HETATM"))
+        else line
+        for line in text
+    ]
+    (tmp_path / "copy" / "1orc.pdb").write_text("".join(moved))
     chains, _ = read_chains([str(DATA / "1orc.pdb"), str(tmp_path / "copy" / "1orc.pdb")])
     assert [c.id for c in chains] == ["1ORC.A", "1ORC.A#2"]
 

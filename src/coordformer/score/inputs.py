@@ -87,7 +87,7 @@ def read_chains(
                     b_factors=None if pl is None else np.array(pl),
                 )
             )
-        return _unique(raw), skipped
+        return _unique(raw, skipped), skipped
     if split:
         raise OptionError("split", split, "applies to a prepared dataset folder")
     sources, problems = find_sources([str(p) for p in inputs])
@@ -131,19 +131,40 @@ def read_chains(
                 observed=c.observed,
             )
         )
-    return _unique(kept), skipped
+    return _unique(kept, skipped), skipped
 
 
-def _unique(chains: list) -> list:
-    seen: dict[str, int] = {}
+def _unique(chains: list, skipped: list[tuple[str, str]]) -> list:
+    """``chains`` with unique ids: a chain identical to an earlier one of the same id (same
+    sequence and coordinates: a PDB and an mmCIF copy of one entry) is dropped and listed in
+    ``skipped``, as ``prepare`` does; a different chain that repeats an id is renamed ``#2``,
+    ``#3`` (logged)."""
+    first: dict[str, list] = {}
+    out = []
     for c in chains:
-        n = seen.get(c.id, 0) + 1
-        seen[c.id] = n
-        if n > 1:
-            new = f"{c.id}#{n}"
+        same_id = first.setdefault(c.id, [])
+        twin = next(
+            (
+                o
+                for o in same_id
+                if o.sequence == c.sequence
+                and np.array_equal(np.asarray(o.coords), np.asarray(c.coords), equal_nan=True)
+            ),
+            None,
+        )
+        if twin is not None:
+            skipped.append(
+                (str(c.source), f"duplicate of {twin.id} in {twin.source} (same sequence and "
+                 "coordinates): scored once")
+            )  # fmt: skip
+            continue
+        same_id.append(c)
+        if len(same_id) > 1:
+            new = f"{c.id}#{len(same_id)}"
             log.warning("chain id %s appears again in %s; scored as %s", c.id, c.source, new)
             c.id = new
-    return chains
+        out.append(c)
+    return out
 
 
 def missing_structure_warning(
