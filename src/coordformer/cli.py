@@ -1194,7 +1194,7 @@ def score(
     extra = "".join(
         f"; {n} {what} (see {out}.skipped.tsv)"
         for n, what in (
-            (res["inputs_skipped"], "inputs unreadable"),
+            (res["inputs_skipped"], "inputs skipped (unreadable or duplicate)"),
             (res["chains_not_selected"], f"chains not in --chains {chains}"),
         )
         if n
