@@ -145,7 +145,8 @@ def collect_attention(
     ``cfg.crop_length`` residues) with clean, unmasked inputs. ``model`` is a CoordFormer or
     anything with the same
     ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions and plddt
-    are passed only where the batch holds them, see ``Batch.inputs``)."""
+    are passed only where the batch holds them, see ``Batch.inputs``); it is moved to ``device``
+    and put in eval mode, in place."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from ..progress import Progress  # plain periodic lines when the output is not a terminal

@@ -45,7 +45,8 @@ def evaluate_mlm(
     overlap: int = EvalConfig.overlap,
     hide_coords: str = EvalConfig.hide_coords,
 ) -> dict:
-    """Evaluate on ``split``: 15% of each chain's residues are selected and, with ``masking="mask"``
+    """Evaluate on ``split`` (``model`` is moved to ``device`` and put in eval mode, in place):
+    15% of each chain's residues are selected and, with ``masking="mask"``
     (default), all replaced by <mask>; ``masking="bert"`` corrupts them as in training (80% <mask>,
     10% random, 10% unchanged), which gives lower perplexities because a tenth of the targets are
     visible: that is how validation during pretraining (and many published figures) are computed.
