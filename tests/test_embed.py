@@ -344,3 +344,30 @@ def test_embed_chains_in_memory_equals_the_file_output(tmp_path):
         for x in (inf, nan)
     )
     assert np.isfinite(a.mean).all() and np.array_equal(a.mean, b.mean) and not a.has_ca[5]
+
+
+def test_embed_chains_reads_plddt_like_embed_and_refuses_what_is_not_a_chain(tmp_path):
+    import h5py
+
+    from coordformer.config import EmbedConfig, preset
+    from coordformer.embed import embed, embed_chains
+    from coordformer.errors import UsageError
+    from coordformer.io import Chain, StructureReadError, read_structure
+    from coordformer.model import CoordFormer
+    from coordformer.model.checkpoints import export_model
+
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", plddt_feature=True)).eval()
+    pt = export_model(model, tmp_path / "p.pt", half=False)
+    chains = read_structure(DATA / "1lzh.pdb.gz")
+    got = embed_chains(model, chains)
+    embed(str(pt), [str(DATA / "1lzh.pdb.gz")], tmp_path / "e.h5", EmbedConfig(), progress=False)
+    with h5py.File(tmp_path / "e.h5") as f:
+        ids = [i.decode() for i in f["ids"][:]]
+        for e in got:
+            assert np.allclose(e.mean, f["mean"][ids.index(e.id)], atol=1e-5)
+    with pytest.raises(UsageError, match="unreadable entry"):
+        embed_chains(model, [chains[0], StructureReadError("x.fasta", "empty record")])
+    empty = Chain(id="E.A", sequence="", coords=np.zeros((0, 4, 3), np.float32), source="")
+    with pytest.raises(UsageError, match="chain E.A has no residues"):
+        embed_chains(model, [empty])

@@ -562,6 +562,11 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(
     left_out: list[str] = []
     picked, _ = read_chains([str(DATA / "chain_set_small.jsonl")], chains=["A"], left_out=left_out)
     assert [c.id for c in picked] == ["1AIE.A", "1AJJ.A"] and left_out == ["1A2X.B"]
+    left_out.clear()  # a structure file's other chains, by their full ids
+    assert [
+        c.id for c in read_chains([str(DATA / "1lzh.pdb.gz")], chains=["A"], left_out=left_out)[0]
+    ] == ["1LZH.A"]
+    assert left_out == ["1LZH.B"]
     # a string names chains as the CLI does ("A,B"), not by its letters
     assert [c.id for c in read_chains([str(DATA / "chain_set_small.jsonl")], chains="A")[0]] == [
         "1AIE.A",
@@ -645,6 +650,16 @@ def test_cli_lists_the_chains_that_chains_leaves_out(tmp_path, capsys):
     assert rows[1][:3] == ["chain", "", "1A2X.B"] and "--chains A" in rows[1][3]
     with open(out) as f:
         assert {r["chain"] for r in csv.DictReader(f, delimiter="\t")} == {"1AIE.A", "1AJJ.A"}
+    # from Python, strings are a chain list and one mutant, not letters
+    from coordformer.score.run import run_score
+
+    res = run_score(
+        "small-coords", [str(DATA / "chain_set_small.jsonl")], tmp_path / "m.tsv", chains="A,C",
+        mutants="E1A", chain="1AIE.A", numbering="index", progress=False, echo=lambda _: None,
+    )  # fmt: skip
+    assert res["chains_not_selected"] == 1 and res["mutants"] == 1
+    rows = list(csv.reader(open(tmp_path / "m.tsv.skipped.tsv"), delimiter="\t"))
+    assert rows[1][3] == "not in --chains: chain B (--chains A,C)"
 
 
 def test_scoring_runs_a_training_mode_model_in_eval_mode_and_leaves_its_mode(tiny):

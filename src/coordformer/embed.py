@@ -305,19 +305,30 @@ def embed_chains(
     model: CoordFormer,
     chains: Sequence[Chain],
     cfg: EmbedConfig = EmbedConfig(),
-    device: str = "cpu",
+    device: str | torch.device | None = None,
 ) -> list[ChainEmbedding]:
     """Embeddings of ``chains`` (``io.Chain`` objects: ``read_structure``, ``iter_chain_set``,
     ``iter_fasta``) in memory, one per chain in the order given, computed as ``embed`` computes
     them for a file: batched by length, chains longer than the window in overlapping windows,
     coordinates centred and not rotated (deterministic), ``cfg``'s ``layer``, ``window``,
-    ``overlap``, ``max_length``, ``tokens_per_batch``, ``use_coords`` and ``per_residue``.
-    Coordinates are [L, 4, 3] Angstrom, NaN where missing; a non-finite value makes its atom
-    missing. The model runs in eval mode on ``device`` and is left in the mode it came in."""
+    ``overlap``, ``max_length``, ``tokens_per_batch``, ``use_coords`` and ``per_residue``, and
+    pLDDT from the B-factors for a model that reads it. Coordinates are [L, 4, 3] Angstrom, NaN
+    where missing; a non-finite value makes its atom missing. The model runs in eval mode on
+    ``device`` (None: where its weights are) and is left in the mode it came in. A reader's error
+    record (an unreadable entry) or an empty chain is a UsageError naming it."""
+    from .data.prepare.policy import plddt_values
+
     chains = list(chains)
     if not chains:
         raise UsageError("embed_chains got no chains")
+    for c in chains:
+        if isinstance(c, BaseException):
+            raise UsageError(f"embed_chains got an unreadable entry, not a chain: {c}")
+        if not len(c.sequence):
+            raise UsageError(f"chain {c.id} has no residues")
     window, use_coords = _model_settings(model, cfg)
+    if device is None:
+        device = next(model.parameters()).device
     data = MemoryDataset.from_chains(
         [c.id for c in chains],
         [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],
@@ -325,6 +336,7 @@ def embed_chains(
         # every atom of it missing)
         [_finite_or_nan(np.asarray(c.coords, dtype=np.float32)) for c in chains],
         [str(getattr(c, "source", "") or "") for c in chains],
+        [plddt_values(c) for c in chains] if model.config.plddt_feature else None,
     )
     out: list[ChainEmbedding | None] = [None] * len(chains)
     was_training = model.training

@@ -330,8 +330,8 @@ def read_structure(
 
     ``chains`` selects author chain ids (case-sensitive); requested chains that are absent
     are ignored, but an error is raised if none of them is a protein chain of the file. When the
-    file is read, the author ids of its protein chains that ``chains`` leaves out are appended to
-    ``left_out`` (if given), so that callers can account for them.
+    file is read, the ids (``ENTRY.CHAIN``) of its protein chains that ``chains`` leaves out are
+    appended to ``left_out`` (if given), so that callers can account for them.
 
     ``seqres``: "off" (default) gives the residues that have coordinates in the file. "gaps"
     puts back the residues of the deposited sequence (mmCIF ``entity_poly_seq``, PDB
@@ -422,7 +422,7 @@ def _read_structure(
             continue
         protein_names.append(ch.name)
         if wanted is not None and ch.name not in wanted:
-            unselected.append(ch.name)
+            unselected.append(f"{entry}.{ch.name}")
             continue
         residues = _pick_microheterogeneity(span)
         chain = _chain_from_span(src, f"{entry}.{ch.name}", residues, parents)

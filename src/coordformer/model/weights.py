@@ -167,7 +167,7 @@ def read_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
             f"{folder}: not a folder (from_pretrained takes a local folder with "
             f"{hub.CONFIG_NAME} and {hub.WEIGHTS_NAME}, or a shipped model name: {names})"
         )
-    config, state, meta = hub.read_pretrained_state(folder, map_location)
+    config, state, meta = hub.read_pretrained_state(folder, "cpu")  # build() moves the model
     return ModelWeights(config, state, meta, folder, device=map_location)
 
 
@@ -185,7 +185,9 @@ def read_checkpoint(
             w.config, w.state, {**w.meta, "name": str(name_or_path)}, w.source, w.device
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        # on the CPU, where build() makes the model before moving it: loading onto the device
+        # would hold the weights there twice for a moment
+        obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # corrupted / not a torch file
         # torch's own texts run to paragraphs
         first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""
@@ -214,7 +216,7 @@ def read_checkpoint(
                     f"{path}: its weights continue in {name}, which is not beside it; copy "
                     f"every {path.name}.shard* file with it"
                 )
-            part = torch.load(shard, map_location=map_location, weights_only=False)
+            part = torch.load(shard, map_location="cpu", weights_only=False)
             state.update(part["state_dict"])
             int8_state.update(part.get("int8", {}))
         for name, packed in int8_state.items():
@@ -250,6 +252,6 @@ def read_checkpoint(
             ),
         }
     meta = {**meta, "path": str(path), "name": str(name_or_path)}
-    # the model is built on the CPU and moved: loading the state onto map_location alone would
-    # leave the parameters on the CPU (embed and score ask for the device this way)
+    # the model is built on the CPU and moved to map_location (embed and score ask for the
+    # device this way)
     return ModelWeights(ModelConfig.from_dict(cfg), state, meta, path, device=map_location)

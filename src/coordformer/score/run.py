@@ -121,6 +121,10 @@ def run_score(
 
     warn = warn or echo
     out = Path(out)
+    if isinstance(mutants, str):  # one mutant, not its letters
+        mutants = [mutants]
+    if isinstance(chains, str):  # "A,B", as the CLI takes it
+        chains = tuple(c.strip() for c in chains.split(",") if c.strip())
     if mutations is not None and mutants:
         raise UsageError(
             "give mutants either in a file (`mutations`) or as a list (`mutants`), not both"

@@ -286,7 +286,10 @@ def _init_state(init: str, model_config: ModelConfig) -> dict:
     ``model_config`` (dropout aside, which is a training setting)."""
     from ..model.checkpoints import load_model
 
-    model, _ = load_model(init)
+    # building the model draws from torch's global generator, which the run has just seeded: keep
+    # it as it was, so that a run with init= sees the same random stream as `pretrain --init`
+    with torch.random.fork_rng(devices=[]):
+        model, _ = load_model(init)
     if model.config.replace(dropout=model_config.dropout) != model_config:
         was, now = model.config.to_dict(), model_config.to_dict()
         diff = ", ".join(f"{k} {was[k]!r} vs {now[k]!r}" for k in was if was[k] != now.get(k))

@@ -270,10 +270,8 @@ def read_unit_chains(
                 chains.append(item)
         if not chains and unit.kind == "file":
             skipped.append(["input", path, "no protein chains found"])
-        elif left_out:
-            entry = chain_id(chains[0]).rpartition(".")[0]
-            for name in left_out:
-                cid = f"{entry}.{name}"
+        else:
+            for cid in left_out:
                 skipped.append([NOT_SELECTED, f"{cid} [{path}]", not_selected_reason(cid, wanted)])
         return chains
 
