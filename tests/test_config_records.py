@@ -139,6 +139,15 @@ def test_record_validation_raises_config_errors():
     assert PrepareConfig(chains="A,BB").chains == ("A", "BB")
     assert EmbedConfig(chains="AB").chains == ("AB",)
     assert PrepareConfig(exclude_files="ids.txt").exclude_files == ("ids.txt",)
+    for record, name, value in (
+        (TrainConfig, "lr", -1.0),
+        (TrainConfig, "warmup_steps", -5),
+        (BatchConfig, "tokens_per_batch", 0),
+        (BatchConfig, "crop_length", 0),
+    ):
+        with pytest.raises(OptionError) as e:
+            record(**{name: value})
+        assert (e.value.option, e.value.value) == (name, value)
     # model sizes are checked where they are set, not at build time (or never: coord_scale 0 gave
     # NaN outputs)
     for name, value in (("n_heads", 0), ("d_model", -8), ("dropout", 2.0), ("coord_scale", 0.0)):

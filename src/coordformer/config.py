@@ -353,6 +353,9 @@ class BatchConfig(Record):
             raise ConfigError(
                 f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}"
             )
+        for name in ("crop_length", "tokens_per_batch"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, getattr(self, name), "must be at least 1")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         fracs = (self.mask_token_frac, self.random_token_frac)
@@ -431,6 +434,10 @@ class TrainConfig(BatchConfig):
             raise ConfigError(
                 f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}"
             )
+        # lr 0 is allowed: a run that must hold its initial weights (tests, --init checks)
+        for name in ("lr", "warmup_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise OptionError(name, getattr(self, name), "must be >= 0")
         if self.crop_length > self.tokens_per_batch:
             default = default_of(BatchConfig, "crop_length")
             raise OptionError(
