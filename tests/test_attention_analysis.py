@@ -13,6 +13,7 @@ from conftest import pretrain_args, write_jsonl
 from coordformer.analysis.attention import (
     AttentionAnalysisConfig,
     AttentionStats,
+    chains_attention,
     classify_heads,
     collect_attention,
     fit_all,
@@ -23,6 +24,7 @@ from coordformer.config import ModelConfig, PrepareConfig
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.errors import UsageError
+from coordformer.io import iter_chain_set
 from coordformer.model import CoordFormer
 from coordformer.sim.construct import features, normalised_head
 
@@ -93,6 +95,12 @@ def test_fit_recovers_the_sigma_of_constructed_gaussian_heads(tmp_path, syntheti
     # fit_all of one pass (no ablation recorded) goes straight into classify_heads
     calls = {(h["layer"], h["head"]): h for h in classify_heads(fits)}
     assert calls[(d["layer"], d["head"])]["sigma_3d"] == d["sigma"]
+    # the same from Chain objects in memory (no prepared dataset)
+    chains = list(iter_chain_set(write_jsonl([_ring(i) for i in range(8)], tmp_path / "r.jsonl")))
+    mem_fits, heads = chains_attention(model, chains, cfg, ablations=("none",))
+    m = next(r for r in mem_fits if r["kind"] == "distance" and r["quantity"] == "attention")
+    assert m["ablation"] == "none" and m["sigma"] == pytest.approx(d["sigma"], rel=1e-6)
+    assert heads[0]["sigma_3d"] == m["sigma"]
 
 
 def test_fit_gaussian_on_known_curves():

@@ -19,6 +19,7 @@ encoding (3D signal only).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..data.store import PreparedDataset
 from ..errors import OptionError, UsageError
 
 if TYPE_CHECKING:
+    from ..io import Chain
     from ..model.core import CoordFormer
 
 #: log10 edges for the histogram of attention values (percentile bands); values below 1e-6 go to
@@ -147,15 +149,21 @@ def collect_attention(
     ``forward(tokens, coords, padding_mask, need_attention=True, ablate=...)`` (positions and plddt
     are passed only where the batch holds them, see ``Batch.inputs``); it is moved to ``device``
     and put in eval mode, in place."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from ..progress import Progress  # plain periodic lines when the output is not a terminal
-
     idx = data.split_indices(cfg.split)
     if cfg.max_chains:
         idx = idx[: cfg.max_chains]
     if len(idx) == 0:
         raise UsageError(f"{data.path}: split {cfg.split!r} is empty")
+    return _collect(model, data, idx, cfg, ablate, device, progress)
+
+
+def _collect(model, data, idx, cfg, ablate, device, progress) -> AttentionStats:
+    """:func:`collect_attention` over the chains ``idx`` of ``data`` (a prepared dataset or a
+    ``data.memory.MemoryDataset``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from ..progress import Progress  # plain periodic lines when the output is not a terminal
+
     if hasattr(model, "config"):
         check_fits(data, idx, cfg.crop_length, model.config.max_len)
     model = model.to(device).eval()
@@ -169,7 +177,8 @@ def collect_attention(
     ) as bar:
         task = bar.add_task("attention", total=len(idx))
         for b in unmasked_batches(data, idx, cfg.crop_length, cfg.tokens_per_batch, rotate=True):
-            out = model(**b.to(device).inputs(), need_attention=True, ablate=ablate)
+            with torch.no_grad():
+                out = model(**b.to(device).inputs(), need_attention=True, ablate=ablate)
             if stats is None:
                 stats = AttentionStats(len(out.attentions), out.attentions[0].shape[1], cfg)
             stats.add(out.attentions, b.coords[:, :, CA_INDEX], b.padding_mask)
@@ -319,6 +328,47 @@ def classify_heads(fits: list[dict]) -> list[dict]:
             )
         out.append(rec)
     return out
+
+
+def chains_attention(
+    model: CoordFormer,
+    chains: Sequence[Chain],
+    cfg: AttentionAnalysisConfig = AttentionAnalysisConfig(),
+    ablations: tuple[str, ...] = tuple(ABLATIONS),
+    device: str | torch.device | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """What ``analyze-attention`` measures, for ``chains`` in memory (``io.Chain`` objects, e.g.
+    one ``read_structure`` file): (fits, heads). ``fits``: per layer, head, kind ("distance": CA
+    distance in Angstrom, "separation": residues), quantity and ablation, the Gaussian fit
+    (``sigma``, ``r2``, ...) of mean attention against that kind (:func:`fit_all`); ``heads``: per
+    layer and head, :func:`classify_heads` (``sigma_3d``, ``local_3d`` with ``"no-positions"``
+    among ``ablations``, ...). Each chain is cropped to its first ``cfg.crop_length`` residues;
+    ``device`` None: where the model's weights are (it is put in eval mode, in place)."""
+    from ..data.memory import MemoryDataset
+
+    chains = list(chains)
+    if not chains:
+        raise UsageError("chains_attention got no chains")
+    unknown = set(ablations) - set(ABLATIONS)
+    if unknown:
+        raise OptionError(
+            "ablations", tuple(ablations), f"unknown {sorted(unknown)}; use {', '.join(ABLATIONS)}"
+        )
+    if device is None:
+        weight = next(iter(model.parameters()), None)
+        device = "cpu" if weight is None else weight.device
+    data = MemoryDataset.from_chains(
+        [c.id for c in chains],
+        [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],
+        [np.asarray(c.coords, dtype=np.float32) for c in chains],
+        [str(getattr(c, "source", "") or "") for c in chains],
+    )
+    idx = np.arange(len(chains))
+    fits = []
+    for ab in ablations:
+        stats = _collect(model, data, idx, cfg, ABLATIONS[ab], device, progress=False)
+        fits += [{"ablation": ab, **row} for row in fit_all(stats)]
+    return fits, classify_heads(fits)
 
 
 def _fmt(v: float, digits: int = 1) -> str:
