@@ -15,6 +15,7 @@ from coordformer.data.batching import chains_to_batch
 from coordformer.data.prepare import prepare
 from coordformer.data.store import PreparedDataset
 from coordformer.embed import EmbedConfig, embed, read_embeddings
+from coordformer.errors import OptionError
 from coordformer.io import (
     Chain,
     StructureReadError,
@@ -357,8 +358,8 @@ def test_seqres_without_a_deposited_sequence_keeps_the_chain_as_modelled(tmp_pat
     prepare counts them in its summary instead of failing."""
     for c in read_structure(DATA / "4hhh_frag.pdb", seqres="all"):
         assert c.observed is None and c.sequence in ("GTCEEM", "AGTCEEM")
-    with pytest.raises(ValueError, match="seqres must be one of"):
-        read_structure(DATA / "1orc.pdb", seqres="yes")
+    with pytest.raises(OptionError, match="seqres=yes: must be one of off, gaps, all"):
+        read_structure(DATA / "1orc.pdb", seqres="yes")  # still a ValueError too
 
 
 def test_seqres_failure_keeps_the_modelled_chain(monkeypatch, chain):

@@ -18,6 +18,7 @@ import numpy as np
 
 from coordformer.alphabet import UNKNOWN_LETTER, normalize_letter
 from coordformer.constants import BACKBONE_ATOMS, SEQRES_MODES
+from coordformer.errors import OptionError
 from coordformer.io.chains import (
     Chain,
     StructureReadError,
@@ -347,7 +348,7 @@ def read_structure(
     if isinstance(chains, str):
         chains = [chains]
     if seqres not in SEQRES_MODES:
-        raise ValueError(f"seqres must be one of {', '.join(SEQRES_MODES)}, not {seqres!r}")
+        raise OptionError("seqres", seqres, f"must be one of {', '.join(SEQRES_MODES)}")
     try:
         out, unselected = _read_structure(src, path, chains, seqres)
     except StructureReadError:
