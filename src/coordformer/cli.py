@@ -28,6 +28,7 @@ from .config import (
     ScoreConfig,
     TrainConfig,
     default_of,
+    name_list,
 )
 from .errors import CoordformerError, TrainingInterrupted, UsageError
 
@@ -127,7 +128,7 @@ _SEQRES_HELP = (
 def _chain_list(value: Optional[str]) -> tuple[str, ...]:
     if value is None:
         return ()
-    chains = tuple(c.strip() for c in value.split(",") if c.strip())
+    chains = name_list(value)
     if not chains:
         raise UsageError(
             f"--chains {value!r}: give author chain ids separated by commas, e.g. --chains A,B"

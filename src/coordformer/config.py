@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,15 +87,19 @@ class Record:
         return cls.from_dict(yaml.safe_load(text))
 
 
+def name_list(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Names given as one string, "A,B" -> ("A", "B") (as the CLI takes them; a bare string would
+    otherwise be iterated letter by letter: "AB" -> "A", "B"), or as a sequence of names."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
 def _names(record, *fields: str) -> None:
-    """Let a tuple-of-names field of a frozen record be given as one string: "A,B" -> ("A", "B")
-    (a bare string would otherwise be iterated letter by letter: "AB" -> "A", "B")."""
+    """Let a tuple-of-names field of a frozen record be given as one string (:func:`name_list`)."""
     for name in fields:
-        value = getattr(record, name)
-        if isinstance(value, str):
-            object.__setattr__(
-                record, name, tuple(v.strip() for v in value.split(",") if v.strip())
-            )
+        if isinstance(getattr(record, name), str):
+            object.__setattr__(record, name, name_list(getattr(record, name)))
 
 
 #: Coordinate input modes: what per-residue features the linear coordinate embedding sees.

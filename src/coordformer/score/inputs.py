@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import name_list
 from ..constants import CA_INDEX
 from ..errors import OptionError, UsageError
 
@@ -36,8 +37,6 @@ def read_chains(
     appended to repeats, logged). The ids of chains that ``chains`` leaves out are appended to
     ``left_out`` (if given), so that callers can account for them."""
     from ..data.prepare import ChainPolicy, Rejected, selected_chain
-
-    unselected: list[str] = [] if left_out is None else left_out
     from ..data.store import PreparedDataset, is_finished_dataset
     from ..io import (
         Chain,
@@ -52,8 +51,8 @@ def read_chains(
 
     if not inputs:
         raise UsageError("no inputs given")
-    if isinstance(chains, str):  # "A,B", as the CLI takes it (not the letters of "AB")
-        chains = tuple(c.strip() for c in chains.split(",") if c.strip())
+    chains = name_list(chains)
+    unselected: list[str] = [] if left_out is None else left_out
     skipped: list[tuple[str, str]] = []
     raw: list = []
     if len(inputs) == 1 and Path(inputs[0]).is_dir() and is_finished_dataset(inputs[0]):

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..config import name_list
 from ..constants import AMINO_ACIDS
 from ..errors import OptionError, UsageError
 from .inputs import missing_structure_warning, read_chains
@@ -123,8 +124,7 @@ def run_score(
     out = Path(out)
     if isinstance(mutants, str):  # one mutant, not its letters
         mutants = [mutants]
-    if isinstance(chains, str):  # "A,B", as the CLI takes it
-        chains = tuple(c.strip() for c in chains.split(",") if c.strip())
+    chains = name_list(chains)
     if mutations is not None and mutants:
         raise UsageError(
             "give mutants either in a file (`mutations`) or as a list (`mutants`), not both"
