@@ -51,7 +51,7 @@ from .data.memory import MemoryDataset
 from .data.prepare.policy import NOT_SELECTED, not_selected_reason, selected_chain
 from .data.store import PreparedDataset, is_finished_dataset
 from .errors import OptionError, UsageError
-from .model.encode import encode, masked_mean
+from .model.encode import encode, eval_mode, masked_mean, model_device
 
 if TYPE_CHECKING:
     from .io import Chain
@@ -328,7 +328,7 @@ def embed_chains(
             raise UsageError(f"chain {c.id} has no residues")
     window, use_coords = _model_settings(model, cfg)
     if device is None:
-        device = next(model.parameters()).device
+        device = model_device(model)
     data = MemoryDataset.from_chains(
         [c.id for c in chains],
         [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],
@@ -339,9 +339,7 @@ def embed_chains(
         [plddt_values(c) for c in chains] if model.config.plddt_feature else None,
     )
     out: list[ChainEmbedding | None] = [None] * len(chains)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for chain_idx, lengths, mean, hidden in iter_windowed(
             model,
             data,
@@ -364,8 +362,6 @@ def embed_chains(
                     residues=hidden[r, :n].float().numpy() if cfg.per_residue else None,
                     has_ca=has_ca,
                 )
-    finally:
-        model.train(was_training)
     return out  # type: ignore[return-value]
 
 

@@ -30,6 +30,7 @@ from ..constants import CA_INDEX
 from ..data.batching import check_fits, unmasked_batches
 from ..data.store import PreparedDataset
 from ..errors import OptionError, UsageError
+from ..model.encode import model_device
 
 if TYPE_CHECKING:
     from ..io import Chain
@@ -355,8 +356,7 @@ def chains_attention(
             "ablations", tuple(ablations), f"unknown {sorted(unknown)}; use {', '.join(ABLATIONS)}"
         )
     if device is None:
-        weight = next(iter(model.parameters()), None)
-        device = "cpu" if weight is None else weight.device
+        device = model_device(model)
     data = MemoryDataset.from_chains(
         [c.id for c in chains],
         [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],

@@ -4,6 +4,8 @@ lives here and takes a batch whatever built it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +14,23 @@ from ..batch import Batch
 
 if TYPE_CHECKING:
     from .core import CoordFormer
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are (the CPU for a module without parameters)."""
+    weight = next(iter(model.parameters()), None)
+    return torch.device("cpu") if weight is None else weight.device
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, then back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def masked_mean(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
 from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
 from ..errors import OptionError, UsageError
+from ..model.encode import eval_mode
 
 if TYPE_CHECKING:
     from ..io import Chain
@@ -159,12 +160,8 @@ def run_passes(
     """
     if not passes:
         return []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress)
-    finally:
-        model.train(was_training)
 
 
 def _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress):
