@@ -313,31 +313,19 @@ def embed_chains(
     coordinates centred and not rotated (deterministic), ``cfg``'s ``layer``, ``window``,
     ``overlap``, ``max_length``, ``tokens_per_batch``, ``use_coords`` and ``per_residue``, and
     pLDDT from the B-factors for a model that reads it. Coordinates are [L, 4, 3] Angstrom, NaN
-    where missing; a non-finite value makes its atom missing. The model runs in eval mode on
+    where missing; they pass ``prepare``'s coordinate rule (a non-finite value makes its atom
+    missing; a chain beyond +/-10,000 Angstrom is refused). The model runs in eval mode on
     ``device`` (None: where its weights are) and is left in the mode it came in. A reader's error
     record (an unreadable entry) or an empty chain is a UsageError naming it."""
-    from .data.prepare.policy import plddt_values
+    from .data.prepare import chains_in_memory
 
     chains = list(chains)
-    if not chains:
-        raise UsageError("embed_chains got no chains")
-    for c in chains:
-        if isinstance(c, BaseException):
-            raise UsageError(f"embed_chains got an unreadable entry, not a chain: {c}")
-        if not len(c.sequence):
-            raise UsageError(f"chain {c.id} has no residues")
+    # the coordinate rule before the batcher centres a chain: an infinite mean would make every
+    # atom of it missing
+    data = chains_in_memory(chains, store_plddt=model.config.plddt_feature)
     window, use_coords = _model_settings(model, cfg)
     if device is None:
         device = model_device(model)
-    data = MemoryDataset.from_chains(
-        [c.id for c in chains],
-        [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],
-        # +/-Inf becomes NaN before the batcher centres the chain (an infinite mean would make
-        # every atom of it missing)
-        [_finite_or_nan(np.asarray(c.coords, dtype=np.float32)) for c in chains],
-        [str(getattr(c, "source", "") or "") for c in chains],
-        [plddt_values(c) for c in chains] if model.config.plddt_feature else None,
-    )
     out: list[ChainEmbedding | None] = [None] * len(chains)
     with eval_mode(model):
         for chain_idx, lengths, mean, hidden in iter_windowed(
@@ -363,10 +351,6 @@ def embed_chains(
                     has_ca=has_ca,
                 )
     return out  # type: ignore[return-value]
-
-
-def _finite_or_nan(x: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(x), x, np.float32("nan"))
 
 
 def _select_prepared_chains(

@@ -345,11 +345,8 @@ def chains_attention(
     layer and head, :func:`classify_heads` (``sigma_3d``, ``local_3d`` with ``"no-positions"``
     among ``ablations``, ...). Each chain is cropped to its first ``cfg.crop_length`` residues;
     ``device`` None: where the model's weights are (it is put in eval mode, in place)."""
-    from ..data.memory import MemoryDataset
+    from ..data.prepare import chains_in_memory
 
-    chains = list(chains)
-    if not chains:
-        raise UsageError("chains_attention got no chains")
     unknown = set(ablations) - set(ABLATIONS)
     if unknown:
         raise OptionError(
@@ -357,13 +354,8 @@ def chains_attention(
         )
     if device is None:
         device = model_device(model)
-    data = MemoryDataset.from_chains(
-        [c.id for c in chains],
-        [np.frombuffer(c.sequence.encode("ascii"), dtype=np.uint8) for c in chains],
-        [np.asarray(c.coords, dtype=np.float32) for c in chains],
-        [str(getattr(c, "source", "") or "") for c in chains],
-    )
-    idx = np.arange(len(chains))
+    data = chains_in_memory(chains)
+    idx = np.arange(len(data))
     fits = []
     for ab in ablations:
         stats = _collect(model, data, idx, cfg, ABLATIONS[ab], device, progress=False)

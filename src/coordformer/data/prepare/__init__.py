@@ -35,7 +35,7 @@ from __future__ import annotations
 
 # Submodules are reached as coordformer.data.prepare.<module>; no name below shadows one.
 from .errors import PrepareError
-from .pipeline import prepare, read_in_memory
+from .pipeline import chains_in_memory, prepare, read_in_memory
 from .policy import (
     BAD_COORDS,
     DUPLICATE,
@@ -58,6 +58,7 @@ from .summary import PrepareSummary
 from .units import DEFAULT_CHUNK_LINES, GZIP_MAX_UNITS, PartMeta, WorkUnit, plan_units, process_unit
 
 __all__ = [
+    "chains_in_memory",
     "BAD_COORDS",
     "DEFAULT_CHUNK_LINES",
     "DUPLICATE",

@@ -160,6 +160,39 @@ def prepare(
     return summary
 
 
+def chains_in_memory(chains: Iterable[Any], store_plddt: bool = False) -> MemoryDataset:
+    """``Chain`` objects (the ``io`` readers' records) as a :class:`MemoryDataset`, in the order
+    given, through the coordinate rule that ``prepare`` applies (``ChainPolicy``: a non-finite
+    value makes its atom missing; a chain beyond +/-10,000 Angstrom is refused) and, with
+    ``store_plddt``, each residue's pLDDT from its B-factors. For callers that hold chains rather
+    than files; a reader's error record, an empty chain or a refused one is a UsageError naming it
+    (nothing is skipped quietly)."""
+    from ...errors import UsageError
+    from .policy import ChainPolicy, Rejected
+
+    chains = list(chains)
+    if not chains:
+        raise UsageError("no chains given")
+    policy = ChainPolicy()
+    verdicts = []
+    for c in chains:
+        if isinstance(c, BaseException):
+            raise UsageError(f"an unreadable entry, not a chain: {c}")
+        if not len(c.sequence):
+            raise UsageError(f"chain {c.id} has no residues")
+        verdict = policy.check(c)
+        if isinstance(verdict, Rejected):
+            raise UsageError(f"chain {c.id}: {verdict.message}")
+        verdicts.append(verdict)
+    return MemoryDataset.from_chains(
+        [c.id for c in chains],
+        [v.seq for v in verdicts],
+        [v.coords for v in verdicts],
+        [str(getattr(c, "source", "") or "") for c in chains],
+        [v.plddt for v in verdicts] if store_plddt else None,
+    )
+
+
 def read_in_memory(
     sources: Iterable[str | os.PathLike] | str | os.PathLike,
     config: PrepareConfig | None = None,
