@@ -291,8 +291,7 @@ def _init_state(init: str, model_config: ModelConfig) -> dict:
     with torch.random.fork_rng(devices=[]):
         model, _ = load_model(init)
     if model.config.replace(dropout=model_config.dropout) != model_config:
-        was, now = model.config.to_dict(), model_config.to_dict()
-        diff = ", ".join(f"{k} {was[k]!r} vs {now[k]!r}" for k in was if was[k] != now.get(k))
+        diff = _config_diff(model.config.to_dict(), model_config.to_dict())
         raise OptionError(
             "init",
             init,
@@ -300,6 +299,15 @@ def _init_state(init: str, model_config: ModelConfig) -> dict:
             "config from them: `load_model(init)[0].config`",
         )
     return model.state_dict()
+
+
+def _config_diff(was: dict, now: dict) -> str:
+    """``key was -> now`` for each field in which two config dicts differ, in key order."""
+    return ", ".join(
+        f"{k} {was.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(was) | set(now))
+        if was.get(k) != now.get(k)
+    )
 
 
 def _pretrain(
@@ -359,12 +367,7 @@ def _pretrain(
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
         saved = ckpt.get("coordformer", {})
         if saved.get("model_config") != model_config.to_dict():
-            was, now = saved.get("model_config") or {}, model_config.to_dict()
-            diff = ", ".join(
-                f"{k} {was.get(k)!r} -> {now.get(k)!r}"
-                for k in sorted(set(was) | set(now))
-                if was.get(k) != now.get(k)
-            )
+            diff = _config_diff(saved.get("model_config") or {}, model_config.to_dict())
             raise OptionError(
                 "out_dir",
                 out,
@@ -421,16 +424,12 @@ def _pretrain(
     if val_batches == 0:
         # README promises best.ckpt for `evaluate -c RUN`; say up front why there will be none
         no_validation = {
-            "no_validation": f"the valid split of {data.path} is empty: no validation, no "
-            f"checkpoints/best.ckpt; `evaluate -c {out}` uses checkpoints/last.ckpt"
+            "no_validation": f"{data.path}: the valid split is empty, so there is no validation "
+            "and no checkpoints/best.ckpt; `coordformer evaluate -c "
+            f"{out}` will use checkpoints/last.ckpt"
         }
         if getattr(rank_zero_only, "rank", 0) == 0:
-            log.warning(
-                "%s: the valid split is empty, so there is no validation and no checkpoints/"
-                "best.ckpt; `coordformer evaluate -c %s` will use checkpoints/last.ckpt",
-                data.path,
-                out,
-            )
+            log.warning("%s", no_validation["no_validation"])
     callbacks = [
         # last.ckpt every checkpoint_every_steps (independent of validation) so a crash loses
         # little. No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal,
