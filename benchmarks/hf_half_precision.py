@@ -5,7 +5,7 @@ native float32 model, on 1ORC (tests/data): what README says about `dtype=torch.
     python benchmarks/hf_half_precision.py /tmp/small-coords-hf
 """
 
-import sys
+import argparse
 
 import torch
 from transformers import AutoModel, AutoModelForMaskedLM
@@ -14,7 +14,11 @@ import coordformer.model.hf_model  # noqa: F401 - registers model_type "coordfor
 from coordformer import CoordFormer, read_structure
 from coordformer.data.batching import chains_to_batch
 
-folder = sys.argv[1]
+ap = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+)
+ap.add_argument("folder", help="a folder written by `coordformer export --format hf`")
+folder = ap.parse_args().folder
 native = CoordFormer.from_pretrained(folder)
 tokens, coords, mask = chains_to_batch(read_structure("tests/data/1orc.pdb"))
 with torch.no_grad():
