@@ -82,7 +82,7 @@ def unpack(prefix: Path, dst: Path) -> None:
     try:
         data = unshuffle(zlib.decompress(blob))
     except zlib.error as e:
-        raise SystemExit(f"{prefix}: the parts do not inflate ({e}); a part is cut short?") from None
+        raise SystemExit(f"{prefix}: the parts do not inflate ({e}); is one cut short?") from None
     if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
         raise SystemExit(f"{prefix}: checksum mismatch after unpacking; a part is damaged")
     dst.parent.mkdir(parents=True, exist_ok=True)
