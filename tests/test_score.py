@@ -199,6 +199,34 @@ def test_fast_mode_plan_and_exact_agreement(tiny):
     ]
 
 
+def test_fast_mode_scores_a_position_the_same_whatever_else_is_asked_for():
+    """In fast mode a position is masked together with the others of its pass of the whole chain's
+    plan, so a mutant's score cannot change with the other rows of its table (it once did: the plan
+    was made over the asked-for positions only)."""
+    model = load_model("small-coords")[0]
+    chain = read_structure(DATA / "1orc.pdb")[0]
+    cfg = ScoreConfig(mode="fast")
+    full = masked_marginals(model, [chain], cfg)[0]
+    alone = masked_marginals(model, [chain], cfg, positions=[[10]])[0]
+    with_other = masked_marginals(model, [chain], cfg, positions=[[10, 40]])[0]
+    assert np.isfinite(alone.log_probs[10]).all() and np.isnan(alone.log_probs[11]).all()
+    assert np.isnan(with_other.log_probs[np.r_[0:10, 11:40, 41:64]]).all()  # only what was asked
+    np.testing.assert_allclose(alone.log_probs[10], full.log_probs[10], atol=1e-5)
+    np.testing.assert_allclose(with_other.log_probs[10], full.log_probs[10], atol=1e-5)
+    np.testing.assert_allclose(with_other.log_probs[40], full.log_probs[40], atol=1e-5)
+    assert alone.n_passes == 1 and with_other.n_passes <= 2
+    # and the pass is the plan's: position 10 masked with its whole group, not alone
+    group = next(
+        g
+        for g in masking_plan(np.arange(len(chain.sequence)), chain.coords[:, 1], "fast", 8, 12.0)
+        if 10 in g
+    )
+    assert len(group) > 1
+    by_group = _direct(model, chain, group.tolist())[group.tolist().index(10)]
+    np.testing.assert_allclose(alone.log_probs[10], by_group, atol=1e-5)
+    assert np.abs(_direct(model, chain, [10])[0] - by_group).max() > 1e-3  # the test can tell
+
+
 def test_long_chains_are_scored_in_the_window_they_are_most_central_in(tiny):
     [c] = _chains(1, seed=7, min_len=100, max_len=101)
     cfg = ScoreConfig(window=40, overlap=16)

@@ -298,7 +298,10 @@ def masked_marginals(
     ``positions``: per chain, the 0-based positions to score (None = every position of every chain;
     an entry None = every position of that chain). Unscored rows of ``log_probs`` are NaN. The
     masking plan (``cfg.mode``, ``min_sep``, ``min_dist``) uses each chain's own CA coordinates,
-    also for a sequence-only model, so that both kinds of model are scored on the same passes.
+    also for a sequence-only model, so that both kinds of model are scored on the same passes. In
+    fast mode the plan is made over the whole chain and only its passes holding a wanted position
+    run, so a position's number is the same whichever other positions are asked for (and equals
+    its row of the full table).
     The model runs in eval mode and is left in the mode it came in (:func:`run_passes`).
     """
     window = cfg.window_for(model.config.max_len)
@@ -306,6 +309,7 @@ def masked_marginals(
     toks, cos, pls = model_inputs(model, chains, cfg.use_coords)
     passes: list[Pass] = []
     per_chain_passes = []
+    wanted: list[np.ndarray] = []
     for ci, c in enumerate(chains):
         n = len(c.sequence)
         want = (
@@ -315,8 +319,19 @@ def masked_marginals(
         )
         if len(want) and (want.min() < 0 or want.max() >= n):
             raise UsageError(f"chain {c.id}: positions must lie in 0..{n - 1}")
-        groups = masking_plan(want, ca_of(c), cfg.mode, cfg.min_sep, cfg.min_dist)
-        mine = windowed_passes(ci, n, groups, window, cfg.overlap)
+        if cfg.mode == "fast":
+            # Plan the whole chain and run the passes holding a wanted position, so that a
+            # position's context (what else is masked with it) does not depend on which other
+            # positions were asked for: a mutant scores the same alone or in any table.
+            groups = masking_plan(np.arange(n), ca_of(c), cfg.mode, cfg.min_sep, cfg.min_dist)
+            mine = [
+                p
+                for p in windowed_passes(ci, n, groups, window, cfg.overlap)
+                if np.isin(p.masked, want).any()
+            ]
+        else:
+            mine = windowed_passes(ci, n, masking_plan(want, None), window, cfg.overlap)
+        wanted.append(want)
         per_chain_passes.append(len(mine))
         passes.extend(mine)
     bar = _progress_bar(len(passes), progress)
@@ -351,7 +366,8 @@ def masked_marginals(
             )
         )
     for p, r in zip(passes, res):
-        out[p.chain].log_probs[p.masked] = r
+        keep = np.isin(p.masked, wanted[p.chain])  # fast passes also mask positions not asked for
+        out[p.chain].log_probs[p.masked[keep]] = r[keep]
     return out
 
 
