@@ -371,3 +371,32 @@ def test_embed_chains_reads_plddt_like_embed_and_refuses_what_is_not_a_chain(tmp
     empty = Chain(id="E.A", sequence="", coords=np.zeros((0, 4, 3), np.float32), source="")
     with pytest.raises(UsageError, match="chain E.A has no residues"):
         embed_chains(model, [empty])
+
+
+def _moved(chain, seed):
+    """``chain`` rotated by a seeded uniform rotation and translated: the same structure in
+    another frame."""
+    from coordformer.geometry import random_rotation
+
+    rot = random_rotation(1, torch.Generator().manual_seed(seed), dtype=torch.float64)[0].numpy()
+    coords = (chain.coords.astype(np.float64) @ rot.T + [31.0, -7.0, 12.0]).astype(np.float32)
+    return type(chain)(id=chain.id, sequence=chain.sequence, coords=coords, source="")
+
+
+def test_embeddings_do_not_depend_on_the_frame_of_the_file():
+    """A structure and the same structure rotated and moved embed the same (each chain, and each
+    window of a windowed chain, goes in the principal frame of its CAs); before, embeddings were
+    computed in the file's frame."""
+    from coordformer.config import EmbedConfig
+    from coordformer.embed import embed_chains
+    from coordformer.io import read_structure
+
+    model, _ = load_model("small-coords")
+    chain = read_structure(DATA / "1orc.pdb")[0]
+    for cfg in (EmbedConfig(per_residue=True), EmbedConfig(per_residue=True, window=32, overlap=8)):
+        a, b = (embed_chains(model, [c], cfg)[0] for c in (chain, _moved(chain, 3)))
+        assert np.abs(a.residues - b.residues).max() < 1e-3
+        assert np.abs(a.mean - b.mean).max() < 1e-4
+    # the frame still matters to the model: withholding it changes the embedding
+    plain = embed_chains(model, [chain], EmbedConfig(use_coords=False))[0]
+    assert np.abs(plain.mean - a.mean).max() > 1e-2

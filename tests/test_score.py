@@ -11,6 +11,7 @@ from conftest import DATA, synthetic_chains
 from coordformer.cli import main
 from coordformer.config import preset
 from coordformer.constants import AA_OFFSET, AMINO_ACIDS, MASK
+from coordformer.geometry import principal_frame
 from coordformer.io import Chain, read_structure
 from coordformer.model import CoordFormer
 from coordformer.model.checkpoints import load_model
@@ -49,13 +50,14 @@ def _chains(n=3, seed=0, min_len=30, max_len=70):
 @torch.no_grad()
 def _direct(model, chain, masked, start=0, span=None):
     """log p over the 20 amino acids at ``masked`` (0-based chain indices), all masked in one pass
-    over residues start:start+span, computed here from the model's forward alone."""
+    over residues start:start+span, computed here from the model's forward alone (in the principal
+    frame of the span's CAs, as scoring feeds it)."""
     span = len(chain.sequence) if span is None else span
     tok = torch.from_numpy(chain_tokens(chain.sequence)[start : start + span].copy())
     for i in masked:
         tok[i - start] = MASK
     coords = torch.from_numpy(chain.coords[start : start + span].copy())
-    logits = model(tok[None], coords[None]).logits[0]
+    logits = model(tok[None], principal_frame(coords[None])).logits[0]
     return torch.log_softmax(
         logits[[i - start for i in masked]][:, AA_OFFSET : AA_OFFSET + 20], -1
     ).numpy()
@@ -225,6 +227,27 @@ def test_fast_mode_scores_a_position_the_same_whatever_else_is_asked_for():
     by_group = _direct(model, chain, group.tolist())[group.tolist().index(10)]
     np.testing.assert_allclose(alone.log_probs[10], by_group, atol=1e-5)
     assert np.abs(_direct(model, chain, [10])[0] - by_group).max() > 1e-3  # the test can tell
+
+
+def test_scores_do_not_depend_on_the_frame_of_the_file():
+    """The same structure rotated and moved scores the same: passes go in the principal frame of
+    their CAs. In the file's own frame one rotation moved small-coords' log p by up to 0.9 nats."""
+    from coordformer.geometry import random_rotation
+
+    model = load_model("small-coords")[0]
+    chain = read_structure(DATA / "1orc.pdb")[0]
+    rot = random_rotation(1, torch.Generator().manual_seed(0), dtype=torch.float64)[0].numpy()
+    coords = (chain.coords.astype(np.float64) @ rot.T + [40.0, 2.0, -9.0]).astype(np.float32)
+    moved = Chain(id="moved", sequence=chain.sequence, coords=coords, source="")
+    for cfg in (ScoreConfig(), ScoreConfig(mode="fast"), ScoreConfig(window=32, overlap=8)):
+        a, b = masked_marginals(model, [chain, moved], cfg)
+        assert np.abs(a.log_probs - b.log_probs).max() < 1e-4
+    unframed = _direct(model, chain, [5])[0]  # principal frame, as scoring feeds it
+    raw = torch.from_numpy(chain_tokens(chain.sequence).copy())
+    raw[5] = MASK
+    with torch.no_grad():
+        logits = model(raw[None], torch.from_numpy(coords)[None]).logits[0, 5, AA_OFFSET:][:20]
+    assert np.abs(torch.log_softmax(logits, -1).numpy() - unframed).max() > 1e-3  # it mattered
 
 
 def test_long_chains_are_scored_in_the_window_they_are_most_central_in(tiny):

@@ -26,7 +26,9 @@ mean}`` (``chains`` = the member chain ids joined by ",", in pass order), ``.npz
 ``complex_chains``, ``complex_lengths``, ``complex_mean``. Complexes longer than the window are
 skipped and listed in ``<out>.skipped.tsv`` (select fewer chains with ``chains``).
 
-Coordinates are centred but not rotated, so an embedding is a deterministic function of the input.
+Each chain (each window, each complex) goes in the principal frame of its CAs
+(``model.encode.in_principal_frame``), so an embedding is a deterministic function of the structure,
+whatever frame its file uses.
 Chains longer than the window are embedded in overlapping windows stitched back to full length
 (``coordformer.data.windows``: each residue from the window it is most central in).
 """
@@ -51,7 +53,7 @@ from .data.memory import MemoryDataset
 from .data.prepare.policy import NOT_SELECTED, not_selected_reason, selected_chain
 from .data.store import PreparedDataset, is_finished_dataset
 from .errors import OptionError, UsageError
-from .model.encode import encode, eval_mode, masked_mean, model_device
+from .model.encode import encode, eval_mode, in_principal_frame, masked_mean, model_device
 
 if TYPE_CHECKING:
     from .io import Chain
@@ -310,7 +312,7 @@ def embed_chains(
     """Embeddings of ``chains`` (``io.Chain`` objects: ``read_structure``, ``iter_chain_set``,
     ``iter_fasta``) in memory, one per chain in the order given, computed as ``embed`` computes
     them for a file: batched by length, chains longer than the window in overlapping windows,
-    coordinates centred and not rotated (deterministic), ``cfg``'s ``layer``, ``window``,
+    coordinates in the principal frame of their CAs, ``cfg``'s ``layer``, ``window``,
     ``overlap``, ``max_length``, ``tokens_per_batch``, ``use_coords`` and ``per_residue``, and
     pLDDT from the B-factors for a model that reads it. Coordinates are [L, 4, 3] Angstrom, NaN
     where missing; they pass ``prepare``'s coordinate rule (a non-finite value makes its atom
@@ -425,7 +427,7 @@ def _embed_complexes(
         task = bar.add_task("embed", total=len(kept))
         for batch_rows in token_budget_batches(sizes, max(cfg.tokens_per_batch, window), None):
             b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
-            h, pooled = encode(model, b.to(device), cfg.layer, use_coords)
+            h, pooled = encode(model, in_principal_frame(b.to(device)), cfg.layer, use_coords)
             h, pooled = h.float().cpu(), pooled.float().cpu()
             for r, row in enumerate(batch_rows):
                 name, members = kept[row]
@@ -470,11 +472,11 @@ def iter_pooled(
 ):
     """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu
     tensor) for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first
-    ``max_length`` residues of each chain; clean, centred, unrotated inputs)."""
+    ``max_length`` residues of each chain; clean inputs in their principal frames)."""
     check_fits(data, idx, max_length, model.config.max_len, "max_length")
     for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
         with torch.no_grad():
-            h, mean = encode(model, b.to(device), layer, use_coords)
+            h, mean = encode(model, in_principal_frame(b.to(device)), layer, use_coords)
         yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
 
 
@@ -512,7 +514,7 @@ def iter_windowed(
         on = b.to(device)
         with torch.no_grad():
             h = windowed_forward(
-                lambda w: encode(model, w, layer, use_coords)[0],
+                lambda w: encode(model, in_principal_frame(w), layer, use_coords)[0],
                 on,
                 window,
                 overlap,

@@ -12,7 +12,8 @@ Passes of all chains are batched together (length-sorted token-budget batches, p
 attention), so a chain's numbers do not depend on which other chains are scored with it (to float32
 rounding, ~1e-6). Chains longer than the window go through the overlapping windows of
 ``coordformer.data.windows``: each position is scored in the window it is most central in, which
-holds the model's context around it; the model centres coordinates on each window's CAs itself.
+holds the model's context around it. Each pass's residues go in the principal frame of their CAs
+(``geometry.principal_frame``), so scores do not depend on the frame of the input file.
 
 Log-probabilities are normalised over the 20 standard amino acids (the special tokens' share is
 dropped), so that ``exp`` of a row sums to 1 and entropies are over amino acids. ``evaluate``'s
@@ -37,6 +38,7 @@ from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
 from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
 from ..errors import OptionError, UsageError
+from ..geometry import principal_frame
 from ..model.encode import eval_mode
 
 if TYPE_CHECKING:
@@ -190,6 +192,8 @@ def _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, 
                 pl[r, :n] = torch.from_numpy(
                     np.asarray(plddt[p.chain][s : s + n], dtype=np.float32)
                 )
+        if co is not None:  # scores must not depend on the frame the file came in
+            co = principal_frame(co)
         out = model(**Batch.from_tokens(tok, co, plddt=pl).to(device).inputs())
         logits = out.logits.float()
         for r, i in enumerate(members):
