@@ -50,9 +50,9 @@ from pathlib import Path
 ARMS = (
     "default",
     "old",
-    "compile",
-    "tokens2x",
     "nocoords",
+    "tokens2x",
+    "compile",  # after the quick ones: a cold compile may take most of a short budget
     "head",
     "pack",
     "compile-pack",
@@ -218,10 +218,21 @@ def main(argv=None):
     peak = measured_matmul_rate(args.device)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
     results: dict[str, list[dict]] = {a: [] for a in args.arms}
+    errors: dict[str, str] = {}  # arm -> its first failure
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for arm in args.arms:
-                res = run_arm(arm, args, Path(tmp) / f"{arm}-{r}")
+                try:
+                    res = run_arm(arm, args, Path(tmp) / f"{arm}-{r}")
+                except (
+                    Exception
+                ) as e:  # one failing arm (compile on a new device) must not end the rest
+                    msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                    print(f"round {r + 1} {arm:>12}: FAILED ({msg})", flush=True)
+                    errors.setdefault(arm, msg)
+                    if args.json:
+                        write_json(args, peak, device, results, summarise(results, peak), errors)
+                    continue
                 results[arm].append(res)
                 print(
                     f"round {r + 1} {arm:>12}: {res['residues_per_s']:10.0f} residues/s, "
@@ -230,7 +241,7 @@ def main(argv=None):
                     flush=True,
                 )
                 if args.json:  # after every arm: a run cut short keeps what it measured
-                    write_json(args, peak, device, results, summarise(results, peak))
+                    write_json(args, peak, device, results, summarise(results, peak), errors)
     summary = summarise(results, peak)
     print(
         f"\n{args.preset}, {args.tokens} tokens per step, {args.steps} timed steps after "
@@ -256,8 +267,10 @@ def main(argv=None):
             "coordinates' throughput ratio (default / nocoords): "
             f"{summary['default']['residues_per_s'] / summary['nocoords']['residues_per_s']:.3f}"
         )
+    for arm, msg in errors.items():
+        print(f"{arm:>12} failed: {msg}")
     if args.json:
-        write_json(args, peak, device, results, summary)
+        write_json(args, peak, device, results, summary, errors)
 
 
 def summarise(results: dict[str, list[dict]], peak: float) -> dict[str, dict]:
@@ -280,7 +293,9 @@ def summarise(results: dict[str, list[dict]], peak: float) -> dict[str, dict]:
     return summary
 
 
-def write_json(args, peak: float, device: str, results: dict, summary: dict) -> None:
+def write_json(
+    args, peak: float, device: str, results: dict, summary: dict, errors: dict | None = None
+) -> None:
     import torch
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +304,7 @@ def write_json(args, peak: float, device: str, results: dict, summary: dict) -> 
         "matmul_tflops_per_s": peak / 1e12,
         "summary": summary,
         "rounds": results,
+        "errors": errors or {},
         "machine": platform.platform(),
         "device": device,
         "torch": torch.__version__,

@@ -18,7 +18,7 @@
 #   scripts/gpu_session.sh issue16 M the whole issue-16 lease in one command: the paper-size model (paper-33m,
 #                                    fast recipe) and its no-coordinates twin trained side by side for M minutes,
 #                                    then every evaluation (int8 and float16 weights too), the non-finite-step
-#                                    replay, and the float16 weights gzipped in 15 MB parts -> $OUT
+#                                    replay, and the float16 weights in 15 MiB parts (transport_weights.py) -> $OUT
 #                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU)
 #   scripts/gpu_session.sh issue18 S training-throughput ablations of real pretraining (issue 18 item 3: host syncs,
 #                                    LM head on targets, fused AdamW, compile, packing, token budget, workers,
@@ -127,11 +127,16 @@ issue16)
   python3 -c "import coordformer.cli, coordformer.train.run, coordformer.eval.mlm, coordformer.analysis.attention" \
     || { echo "preflight: coordformer does not import; nothing started"; exit 3; }
   [ -f $DATA/manifest.json ] || { echo "preflight: no dataset at $DATA"; exit 3; }
+  # a retry on the same warm machine must not resume the last try's runs (it would train seconds) or
+  # bring back its evaluations as new
+  rm -rf $RUNS/paper-coords $RUNS/paper-nocoords $RUNS/eval
   C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
   # the rehearsal passes PRECISION=bf16-mixed: the device's default, which a CPU run would otherwise not take
   [ -n "${PRECISION:-}" ] && C16="$C16 --precision $PRECISION"
+  # EXTRA16 adds pretrain flags to both runs without a new snapshot (a retry with --no-fused-adamw, say)
+  C16="$C16 ${EXTRA16:-}"
   pids=""
   for n in paper-coords paper-nocoords; do
     flags=$([ $n = paper-nocoords ] && echo "--no-coords" || echo "--recipe fast")
@@ -141,12 +146,16 @@ issue16)
   E=$RUNS/eval; mkdir -p $E
   # evaluation needs EVAL_LIMIT seconds; whatever still trains then gets SIGTERM (last.ckpt at a step boundary)
   EL=${EVAL_LIMIT:-120}
+  alive() { for p in $pids; do kill -0 $p 2>/dev/null && return 0; done; return 1; }
   while [ $((SECONDS - t0)) -lt $((deadline - EL - 40)) ]; do
-    [ -f $RUNS/paper-coords/summary.json ] && [ -f $RUNS/paper-nocoords/summary.json ] && break
-    sleep 10
+    alive || break  # both finished, or crashed (a crash writes no summary.json: its log says why)
+    sleep 5
   done
-  # only this stage's runs; SIGTERM makes pretrain write last.ckpt at the next step boundary and exit
-  kill -TERM $pids 2>/dev/null && sleep 15
+  # only this stage's runs; SIGTERM makes pretrain write last.ckpt at the next step boundary and exit.
+  # Wait until both are gone (at most 30 s): their summary.json and last.ckpt are written on the way out.
+  kill -TERM $pids 2>/dev/null
+  for _ in $(seq 30); do alive || break; sleep 1; done
+  alive && echo "a run is still alive 30 s after SIGTERM; going on with what it wrote"
   tail -n 2 $RUNS/paper-*.log
   for n in paper-coords paper-nocoords; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
     cp $RUNS/$n/logs/version_0/metrics.csv $E/$n.metrics.csv; done
@@ -163,14 +172,20 @@ issue16)
   ev() { $T evaluate -c $CK -c $NK --data $DATA --device $DEV --quiet ${EVAL_MAX_CHAINS:+--max-chains $EVAL_MAX_CHAINS} "$@"; }
   # every evaluation at once: each is small next to the GPU, and they are mostly data work
   ev --split test --json $E/test_mask.json -c $E/paper-coords.int8.pt -c $E/paper-coords.fp16.pt > $E/test_mask.log 2>&1 &
+  evpids=$!
   ev --split test --masking bert --json $E/test_bert.json > $E/test_bert.log 2>&1 &
+  evpids="$evpids $!"
   ev --split valid --json $E/valid_mask.json > $E/valid_mask.log 2>&1 &
+  evpids="$evpids $!"
   ev --split valid --masking bert --json $E/valid_bert.json > $E/valid_bert.log 2>&1 &
+  evpids="$evpids $!"
   # analyze-attention runs on the CPU afterwards, from the weights that come back: on the GPU it did not
   # finish two layers in the time left (2026-11-26)
   timeout $left python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $CK --batches ${REPLAY_BATCHES:-50} \
     --tokens ${TOKENS:-16384} --device $DEV --json $E/replay.json > $E/replay.log 2>&1 &
-  wait
+  evpids="$evpids $!"
+  # these only: a bare `wait` would also wait for a training run that outlived its SIGTERM
+  wait $evpids
   tail -n 3 $E/*.log
   tar -C $RUNS -czf "$OUT/issue16.tar.gz" --exclude='*.pt' eval
   ls -la "$OUT"; echo "returning $(du -cb "$OUT"/* | tail -1 | cut -f1) bytes (64 MiB = 67108864 per call); stage took $((SECONDS - t0)) s"
@@ -183,7 +198,8 @@ issue18)
     $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
   fi
   mkdir -p "$OUT/issue18"
-  timeout "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
+  # -k: a run stops at its next step boundary on SIGTERM, which a compiling arm may not reach soon
+  timeout -k 15 "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
     --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV ${PRECISION:+--precision $PRECISION} \
     $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \
     2>&1 | grep -v "Warning\|warn(" | tee "$OUT/issue18/ablations.log"

@@ -102,3 +102,45 @@ def test_every_script_answers_help(script):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip()
+
+
+def test_training_ablations_go_on_past_a_failing_arm(tmp_path, monkeypatch, capsys):
+    """A failing arm (compile on a new device, say) is reported and recorded, and the arms after it
+    still run: on a lease, one crash must not cost the rest of the measurement."""
+    import json
+
+    import training_ablations
+
+    def fake(arm, args, out):
+        if arm == "compile":
+            raise RuntimeError("inductor failed\nlong traceback")
+        return {
+            "residues_per_s": 100.0,
+            "model_tflops_per_s": 1.0,
+            "seconds": 1.0,
+            "peak_gib": None,
+            "syncs_per_step": None,
+        }
+
+    monkeypatch.setattr(training_ablations, "run_arm", fake)
+    out = tmp_path / "a.json"
+    training_ablations.main(
+        [
+            "--data",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--arms",
+            "default",
+            "compile",
+            "nocoords",
+            "--json",
+            str(out),
+        ]
+    )
+    rec = json.loads(out.read_text())
+    assert set(rec["summary"]) == {"default", "nocoords"}
+    assert rec["errors"] == {"compile": "RuntimeError: inductor failed"}
+    assert "compile: FAILED (RuntimeError: inductor failed)" in capsys.readouterr().out
