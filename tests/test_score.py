@@ -726,3 +726,85 @@ def test_scoring_runs_a_training_mode_model_in_eval_mode_and_leaves_its_mode(tin
     model.eval()
     assert runs == [score_mutations(model, [a], [pair], multi="joint").scored[0].score] * 2
     assert additive == score_mutations(model, [a], [pair]).scored[0].score
+
+
+def test_ambiguous_author_numbers_chains_and_insertion_code_case(tiny):
+    """An author number that names two residues, or an author chain that two inputs have (`#2`
+    copies included), is an error rather than a silent pick of the first; an insertion code
+    matches whatever its case."""
+    from coordformer.score.mutations import ChainIndex, author_chain
+
+    base = _chains(1, seed=2, min_len=40, max_len=41)[0]
+    seq = "ACDG" + base.sequence[4:]
+    ids = ["1", "2", "2", "3"] + [str(i) for i in range(4, len(seq))]
+    dup = Chain(id="X.A", sequence=seq, coords=base.coords, source="", residue_ids=ids)
+    with pytest.raises(MutationError, match=r"author number 2 names several residues .* 2, 3"):
+        score_mutations(tiny, [dup], ["D2G"], numbering="author", strict=True)
+    assert score_mutations(tiny, [dup], ["G3A"], numbering="author", strict=True).scored
+
+    ins = ["99", "100", "100A", "101"] + [str(i) for i in range(102, len(seq) + 98)]
+    c_ins = Chain(id="X.A", sequence=seq, coords=base.coords, source="", residue_ids=ins)
+    [r] = score_mutations(tiny, [c_ins], ["D100aY"], numbering="author", strict=True).scored
+    [lower] = score_mutations(tiny, [c_ins], ["D100AY"], numbering="author", strict=True).scored
+    assert r.substitutions[0].index == 2 and r.score == lower.score
+
+    assert author_chain("1ABC.A#2") == "A" and author_chain("1ABC.A") == "A"
+    twins = [
+        Chain(id=i, sequence=seq, coords=base.coords, source="") for i in ("1ABC.A", "1ABC.A#2")
+    ]
+    index = ChainIndex(twins)
+    assert index.find("A") == -1 and index.find("1ABC.A#2") == 1
+    with pytest.raises(MutationError, match="chain 'A' is ambiguous"):
+        score_mutations(tiny, twins, ["A:A1G"], strict=True)
+
+
+def test_index_numbering_warns_past_a_gap_in_the_structure(tmp_path):
+    """A structure that omits residues shifts 1-based indices past the gap; when a mutant's letters
+    happen to agree the wild-type check cannot see it, so score warns: against ProteinGym's
+    mutated_sequence column where the table has it, else from the chain's breaks."""
+    import json
+
+    from coordformer.score.run import run_score
+
+    full = read_structure(DATA / "1orc.pdb")[0]
+    keep = np.r_[0:20, 30 : len(full.sequence)]  # residues 21-30 unobserved
+    seq = "".join(full.sequence[i] for i in keep)
+    rec = {
+        "name": "gap.A",
+        "seq": seq,
+        "coords": {a: full.coords[keep, k].tolist() for k, a in enumerate(("N", "CA", "C", "O"))},
+    }
+    (tmp_path / "gap.jsonl").write_text(json.dumps(rec) + "\n")
+    whole = {
+        **rec,
+        "name": "whole.A",
+        "seq": full.sequence,
+        "coords": {a: full.coords[:, k].tolist() for k, a in enumerate(("N", "CA", "C", "O"))},
+    }
+    (tmp_path / "whole.jsonl").write_text(json.dumps(whole) + "\n")
+    wt5 = full.sequence[4]
+    mut5 = "A" if wt5 != "A" else "G"
+    mutated = full.sequence[:4] + mut5 + full.sequence[5:]
+    table = tmp_path / "dms.csv"
+    table.write_text(f"mutant,mutated_sequence,DMS_score\n{wt5}5{mut5},{mutated},0.1\n")
+    warned = []
+
+    def run(inp, **kw):
+        return run_score(
+            "small-coords",
+            [str(tmp_path / inp)],
+            tmp_path / "o.tsv",
+            progress=False,
+            echo=lambda s: None,
+            warn=warned.append,
+            **kw,
+        )
+
+    s = run("gap.jsonl", mutations=table)
+    assert len(s["numbering_warnings"]) == 1
+    assert "matches the table's mutated_sequence (offset 0) at only" in warned[-1]
+    assert "first mismatch at index 21" in warned[-1]
+    assert run("whole.jsonl", mutations=table)["numbering_warnings"] == []
+    s = run("gap.jsonl", mutants=[f"{wt5}5{mut5}"])  # no mutated_sequence: the break tells
+    assert "1 chain break(s) (first after index 20" in s["numbering_warnings"][0]
+    assert run("whole.jsonl", mutants=[f"{wt5}5{mut5}"])["numbering_warnings"] == []

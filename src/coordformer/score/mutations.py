@@ -15,12 +15,14 @@ chains carry author numbers. ``"auto"`` (default): author numbers where the chai
 1-based indices. With index numbering, ``offset`` K makes mutant position p name residue p - K:
 for a structure that covers the mutants' sequence from position K + 1 on (ProteinGym's
 ``pdb_range``). A wild-type letter that does not match is reported per mutant, which catches a
-wrong numbering.
+wrong numbering; :func:`index_numbering_note` catches the shift past residues a structure omits,
+which a row whose letters happen to agree would not show.
 
 **Score.** The wild-type structure and sequence are the input. For one substitution at position i,
 score = log p(mut | x with i masked) - log p(wt | x with i masked): the masked marginal. For a
-multi-mutant, ``multi="additive"`` (default) sums the single-substitution scores, each from a pass
-with only its own position masked; ``multi="joint"`` masks all mutated positions of a chain together
+multi-mutant, ``multi="additive"`` (default) sums the single-substitution scores, each its
+position's masked marginal (exact mode: a pass with only that position masked; fast mode: its pass
+of the whole chain's plan, the same whatever else is scored); ``multi="joint"`` masks all mutated positions of a chain together
 in one pass and sums log p(mut_i) - log p(wt_i) over them (the mutated positions then do not see
 each other's wild type). Mutations in different chains are summed either way (chains are scored as
 separate inputs).
@@ -166,8 +168,9 @@ class ResolvedSubstitution:
 
 
 def author_chain(chain_id: str) -> str:
-    """The author chain part of an ``ENTRY.CHAIN`` id."""
-    return str(chain_id).rsplit(".", 1)[-1]
+    """The author chain part of an ``ENTRY.CHAIN`` id (``ENTRY.CHAIN#2``, a second chain under an id
+    already seen, has the author chain ``CHAIN`` too)."""
+    return str(chain_id).rsplit(".", 1)[-1].split("#", 1)[0]
 
 
 class ChainIndex:
@@ -182,14 +185,22 @@ class ChainIndex:
         self.numbering = numbering
         self.offset = int(offset)
         self._author: list[dict[str, int] | None] = []
+        # author numbers that name several residues of a chain: a mutant there is ambiguous
+        self._repeated: list[dict[str, list[int]]] = []
         for c in self.chains:
             ids = getattr(c, "residue_ids", None)
+            repeated: dict[str, list[int]] = {}
+            self._repeated.append(repeated)
             if ids is None:
                 self._author.append(None)
                 continue
             table: dict[str, int] = {}
             for i, rid in enumerate(ids):
-                if rid and rid not in table:  # "" = put back from SEQRES: no author number
+                if not rid:  # "" = put back from SEQRES: no author number
+                    continue
+                if rid in table:
+                    repeated.setdefault(rid, [table[rid]]).append(i)
+                else:
                     table[rid] = i
             self._author.append(table)
         self.default = None
@@ -278,7 +289,19 @@ class ChainIndex:
                     c.id,
                     sub.position,
                 )
-            i = table.get(sub.position)
+            rid = sub.position
+            if rid not in table and sub.icode:  # insertion codes are upper case in PDB files
+                rid = f"{sub.number}{sub.icode.swapcase()}"
+            i = table.get(rid)
+            if i is not None and rid in self._repeated[k]:
+                at = ", ".join(str(j + 1) for j in self._repeated[k][rid])
+                raise MutationError(
+                    mutant,
+                    f"author number {rid} names several residues of chain {c.id} (indices {at}); "
+                    "use 1-based indices (`numbering=index`)",
+                    c.id,
+                    sub.position,
+                )
             if i is None:
                 unnumbered = sum(not r for r in c.residue_ids)
                 # residues put back from the deposited sequence (seqres gaps/all) have no author
@@ -485,6 +508,73 @@ def score_mutations(
     res.scored.sort(key=lambda r: r.row)
     res.skipped.sort(key=lambda r: r[0])
     return res
+
+
+#: Consecutive CAs farther apart than this (Angstrom) are a chain break: residues the file omits.
+BREAK_DISTANCE = 4.2
+
+
+def chain_breaks(chain) -> np.ndarray:
+    """0-based indices i where residues i and i + 1 of ``chain`` both have a CA more than
+    :data:`BREAK_DISTANCE` apart: the file omits residues there, so 1-based indices past i count
+    fewer residues than the full sequence does."""
+    ca = np.asarray(chain.coords, dtype=np.float64)[:, 1 if np.shape(chain.coords)[1] > 1 else 0]
+    if len(ca) < 2:
+        return np.zeros(0, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        d = np.linalg.norm(ca[1:] - ca[:-1], axis=-1)
+    return np.flatnonzero(d > BREAK_DISTANCE)  # NaN (a missing CA) is no break
+
+
+def wild_type_target(mutant: str, mutated_sequence: str) -> str | None:
+    """The wild-type sequence a ``mutated_sequence`` (ProteinGym's column: the whole mutated target
+    sequence, positions 1-based) was made from, by reverting ``mutant``'s substitutions; None when
+    the two do not agree."""
+    try:
+        subs = parse_mutant(mutant)
+    except MutationError:
+        return None
+    seq = list(str(mutated_sequence).strip().upper())
+    for sub in subs:
+        if sub.icode or not 1 <= sub.number <= len(seq) or seq[sub.number - 1] != sub.mut:
+            return None
+        seq[sub.number - 1] = sub.wt
+    return "".join(seq)
+
+
+def index_numbering_note(chain, offset: int = 0, target: str | None = None) -> str | None:
+    """A warning for mutants numbered by 1-based index on ``chain`` (mutant position p = residue
+    p - ``offset``), or None. With ``target`` (the DMS target's wild-type sequence, from
+    :func:`wild_type_target`): the chain must match it at that offset, which a structure that omits
+    residues does not (only from its first gap on). Without: the chain's breaks
+    (:func:`chain_breaks`), after which indices count fewer residues than the full sequence."""
+    seq = chain.sequence
+    if target is not None:
+        j = np.arange(len(seq))
+        ok = (j + offset >= 0) & (j + offset < len(target))
+        if not ok.any():
+            return (
+                f"chain {chain.id} lies outside the table's mutated_sequence with offset {offset}"
+            )
+        same = np.array([seq[a] == target[a + offset] for a in j[ok]])
+        if same.mean() >= 0.9:
+            return None
+        first = int(j[ok][np.flatnonzero(~same)[0]])
+        return (
+            f"chain {chain.id} matches the table's mutated_sequence (offset {offset}) at only "
+            f"{same.mean():.0%} of its residues, the first mismatch at index {first + 1}: if the "
+            "structure omits residues there, indices past the gap name the wrong residues; score "
+            "with `seqres='gaps'` (--seqres gaps) or a structure of the whole sequence"
+        )
+    breaks = chain_breaks(chain)
+    if not len(breaks):
+        return None
+    return (
+        f"chain {chain.id} has {len(breaks)} chain break(s) (first after index {breaks[0] + 1}: "
+        f"consecutive CAs more than {BREAK_DISTANCE} A apart), so 1-based indices past a break "
+        "count fewer residues than the full sequence; if the mutants are numbered on the full "
+        "sequence, score with `seqres='gaps'` (--seqres gaps) or use author numbers"
+    )
 
 
 def substitution_matrix(scores: ChainScores) -> np.ndarray:

@@ -29,7 +29,13 @@ from ..constants import AMINO_ACIDS
 from ..errors import OptionError, UsageError
 from .inputs import missing_structure_warning, read_chains
 from .marginals import ScoreConfig, masked_marginals
-from .mutations import MULTI_MODES, NUMBERINGS, score_mutations
+from .mutations import (
+    MULTI_MODES,
+    NUMBERINGS,
+    index_numbering_note,
+    score_mutations,
+    wild_type_target,
+)
 
 #: Column appended to a mutation table.
 SCORE_COLUMN = "coordformer_score"
@@ -271,6 +277,9 @@ def run_score(
         skipped_file=str(skipped_path) if res.skipped or skipped_inputs or left_out else None,
         first_skipped=res.skipped[0] if res.skipped else None,
     )
+    summary["numbering_warnings"] = _index_numbering_warnings(
+        chain_list, res, numbering, offset, table, warn
+    )
     mismatched = sum(1 for _, _, why in res.skipped if why.startswith("wild type mismatch"))
     if texts and not res.scored:
         row, m, why = res.skipped[0]
@@ -333,3 +342,40 @@ def _write_skipped(
         + [["mutant", row + 1, m, why] for row, m, why in mutants]
     )
     _write_table(path, ["kind", "row", "item", "reason"], rows)
+
+
+def _index_numbering_warnings(chain_list, res, numbering, offset, table, warn) -> list[str]:
+    """Warn (and return the notes) for each chain whose mutants were numbered by 1-based index
+    where that numbering is likely off: the chain does not match the table's ``mutated_sequence``
+    (ProteinGym's column) at ``offset``, or, without that column, the chain has breaks (residues the
+    file omits), past which indices count fewer residues than the full sequence. The wild-type check
+    catches most such shifts, but not a row whose letters happen to agree."""
+    used = sorted({s.chain for r in res.scored for s in r.substitutions})
+    col = None
+    if table is not None and len(used) == 1 and "mutated_sequence" in table[0]:
+        col = table[0].index("mutated_sequence")
+    notes = []
+    for k in used:
+        c = chain_list[k]
+        if numbering == "author" or (
+            numbering == "auto" and getattr(c, "residue_ids", None) is not None
+        ):
+            continue
+        target = None
+        if col is not None:
+            body = table[1]
+            target = next(
+                (
+                    t
+                    for r in res.scored
+                    if r.substitutions and col < len(body[r.row])
+                    for t in [wild_type_target(r.mutant, body[r.row][col])]
+                    if t is not None
+                ),
+                None,
+            )
+        note = index_numbering_note(c, offset, target)
+        if note:
+            warn(f"warning: {note}")
+            notes.append(note)
+    return notes
