@@ -22,10 +22,10 @@ which a row whose letters happen to agree would not show.
 score = log p(mut | x with i masked) - log p(wt | x with i masked): the masked marginal. For a
 multi-mutant, ``multi="additive"`` (default) sums the single-substitution scores, each its
 position's masked marginal (exact mode: a pass with only that position masked; fast mode: its pass
-of the whole chain's plan, the same whatever else is scored); ``multi="joint"`` masks all
-mutated positions of a chain together in one pass and sums log p(mut_i) - log p(wt_i) over them
-(the mutated positions then do not see each other's wild type). Mutations in different chains are summed either way (chains are scored as
-separate inputs).
+of the whole chain's plan, the same whatever else is scored); ``multi="joint"`` masks all mutated
+positions of a chain together in one pass and sums log p(mut_i) - log p(wt_i) over them (the mutated
+positions then do not see each other's wild type). Mutations in different chains are summed either
+way (chains are scored as separate inputs).
 
 Errors are :class:`MutationError` (a ``UsageError``), with the mutant, the reason, and where known
 the chain and position. :func:`score_mutations` collects them for a batch (skipped, with the reason)
