@@ -84,3 +84,9 @@ print(
     f"average of principal + {a.rotations} rotations (probabilities): "
     f"pseudo-ppl {np.exp(-lp_wt(mix).mean()):.3f}"
 )
+opt = masked_marginals(model, chains, ScoreConfig(mode=a.mode, rotations=a.rotations + 1))
+lp = np.concatenate([s.log_probs for s in opt])
+print(
+    f"score --rotations {a.rotations + 1} (the principal frame and {a.rotations} fixed rotations, "
+    f"SCORE_ROTATION_SEED): pseudo-ppl {np.exp(-lp_wt(lp).mean()):.3f}"
+)

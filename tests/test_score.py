@@ -11,6 +11,7 @@ from conftest import DATA, synthetic_chains
 from coordformer.cli import main
 from coordformer.config import preset
 from coordformer.constants import AA_OFFSET, AMINO_ACIDS, MASK
+from coordformer.errors import OptionError
 from coordformer.geometry import principal_frame
 from coordformer.io import Chain, read_structure
 from coordformer.model import CoordFormer
@@ -248,6 +249,61 @@ def test_scores_do_not_depend_on_the_frame_of_the_file():
     with torch.no_grad():
         logits = model(raw[None], torch.from_numpy(coords)[None]).logits[0, 5, AA_OFFSET:][:20]
     assert np.abs(torch.log_softmax(logits, -1).numpy() - unframed).max() > 1e-3  # it mattered
+
+
+def test_rotations_average_the_probabilities_of_fixed_frames():
+    """``rotations=K`` runs each pass in the principal frame and K - 1 fixed rotations of it and
+    averages the probabilities: checked against direct forward passes in those frames; still
+    independent of the file's frame; K times the passes; a sequence-only input is not rotated."""
+    from coordformer.score.marginals import score_frames
+
+    model = load_model("small-coords")[0]
+    chain = read_structure(DATA / "1orc.pdb")[0]
+    one = masked_marginals(model, [chain], ScoreConfig(), positions=[[5, 30]])[0]
+    three = masked_marginals(model, [chain], ScoreConfig(rotations=3), positions=[[5, 30]])[0]
+    assert three.n_passes == 3 * one.n_passes == 6
+    frames = score_frames(3)
+    assert frames[0] is None and len(frames) == 3
+    assert all(torch.allclose(f @ f.T, torch.eye(3), atol=1e-5) for f in frames[1:])
+    coords = torch.from_numpy(chain.coords)[None]
+    tok = torch.from_numpy(chain_tokens(chain.sequence).copy())
+    tok[5] = MASK
+    per_frame = []
+    with torch.no_grad():
+        for f in frames:
+            x = principal_frame(coords)
+            x = x if f is None else torch.einsum("blac,dc->blad", x, f)
+            logits = model(tok[None], x).logits[0, 5, AA_OFFSET : AA_OFFSET + 20]
+            per_frame.append(torch.log_softmax(logits, -1))
+    want = torch.logsumexp(torch.stack(per_frame), 0) - np.log(3)
+    np.testing.assert_allclose(three.log_probs[5], want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(one.log_probs[5], per_frame[0].numpy(), atol=1e-5)
+    assert np.abs(three.log_probs[5] - one.log_probs[5]).max() > 1e-3
+    rot = score_frames(2)[1].double().numpy()
+    moved = Chain(
+        id="m",
+        sequence=chain.sequence,
+        source="",
+        coords=(chain.coords.astype(np.float64) @ rot.T + 5.0).astype(np.float32),
+    )
+    a, b = masked_marginals(model, [chain, moved], ScoreConfig(rotations=3), positions=[[5], [5]])
+    assert np.abs(a.log_probs[5] - b.log_probs[5]).max() < 1e-4
+    m = f"{chain.sequence[4]}5A:{chain.sequence[29]}30A"
+    for multi in ("additive", "joint"):
+        r = score_mutations(
+            model,
+            [chain],
+            [m],
+            ScoreConfig(rotations=3),
+            multi=multi,
+            numbering="index",
+            strict=True,
+        )
+        assert r.n_passes == 6 if multi == "additive" else r.n_passes == 3
+    seq_only = masked_marginals(model, [chain], ScoreConfig(rotations=3, use_coords=False))[0]
+    assert seq_only.n_passes == len(chain.sequence)
+    with pytest.raises(OptionError, match="rotations"):
+        ScoreConfig(rotations=0)
 
 
 def test_long_chains_are_scored_in_the_window_they_are_most_central_in(tiny):

@@ -1100,6 +1100,12 @@ def score(
         min=0.0,
         help="fast: least CA-CA distance (A) of positions masked together; 0 = off.",
     ),
+    rotations: int = typer.Option(
+        default_of(ScoreConfig, "rotations"),
+        min=1,
+        help="Frames per pass, probabilities averaged: the principal frame of the CAs, then fixed "
+        "rotations of it (the model is not rotation-invariant); K times the passes.",
+    ),
     multi: MultiMode = typer.Option(
         MultiMode.additive,
         help="Multi-mutants: additive = sum of single-position masked "
@@ -1168,6 +1174,7 @@ def score(
         overlap=overlap,
         tokens_per_batch=tokens_per_batch,
         use_coords=False if no_coords else None,
+        rotations=rotations,
     )
     res = run_score(
         checkpoint,

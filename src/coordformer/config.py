@@ -552,6 +552,9 @@ TASKS = ("ec", "go-mf", "go-bp", "go-cc")
 HEADS = ("linear", "mlp")
 #: ScoreConfig.mode values.
 SCORE_MODES = ("exact", "fast")
+#: Seed of the fixed rotations ``ScoreConfig.rotations`` adds to the principal frame: the same
+#: frames for every chain and every run.
+SCORE_ROTATION_SEED = 20250203
 #: Residue positions between consecutive chains of a complex (``data.complexes``). A chain break
 #: in a single structure is a jump of at least a few residues; 64 separates chains clearly while
 #: keeping a complex of a few thousand residues inside the position table (max_len 4096).
@@ -616,8 +619,13 @@ class ScoreConfig(Record):
     tokens_per_batch: int = 8192  # padded tokens per forward pass
     # None = as the model was trained; False withholds coordinates from a structure model
     use_coords: bool | None = None
+    # frames each pass is run in, probabilities averaged: the principal frame of the CAs, then
+    # rotations of it fixed by SCORE_ROTATION_SEED (the models are not rotation-invariant)
+    rotations: int = 1
 
     def __post_init__(self):
+        if self.rotations < 1:
+            raise OptionError("rotations", self.rotations, "must be at least 1")
         if self.mode not in SCORE_MODES:
             raise OptionError(
                 "mode", self.mode, f"scoring mode must be one of {', '.join(SCORE_MODES)}"

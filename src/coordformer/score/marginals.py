@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from ..batch import Batch
-from ..config import SCORE_MODES, ScoreConfig  # noqa: F401 - SCORE_MODES re-exported
+from ..config import SCORE_MODES, SCORE_ROTATION_SEED, ScoreConfig  # noqa: F401 - SCORE_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
 from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
 from ..errors import OptionError, UsageError
-from ..geometry import principal_frame
+from ..geometry import principal_frame, random_rotation
 from ..model.encode import eval_mode
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ def run_passes(
     tokens_per_batch: int = 8192,
     device: str | torch.device = "cpu",
     progress=None,
+    rotations: int = 1,
 ) -> list[np.ndarray]:
     """Run ``passes`` through ``model`` and return, per pass, float32 [len(masked), 20]: the
     log-probabilities over the 20 amino acids (normalised over them) at its masked positions, in
@@ -156,17 +157,41 @@ def run_passes(
     ``tokens[c]``: int64 [L] token ids of chain c; ``coords[c]``: float32 [L, 4, 3] Angstrom (NaN
     missing) or None (no coordinates given); ``plddt[c]``: [L] or None (read only by models with
     ``plddt_feature``). Passes are length-sorted into batches of at most ``tokens_per_batch``
-    padded tokens (at least one pass each). ``progress``: called with the number of passes done.
+    padded tokens (at least one pass each). ``progress``: called with the number of passes done
+    (each pass counts once per frame). ``rotations`` > 1 runs every pass in that many frames
+    (:func:`score_frames`) and returns the log of the mean probability over them.
     The model runs in eval mode (no dropout: scores are deterministic) and is left in the mode it
     came in.
     """
     if not passes:
         return []
+    frames = score_frames(rotations)
     with eval_mode(model):
-        return _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress)
+        runs = [
+            _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress, f)
+            for f in frames
+        ]
+    if len(runs) == 1:
+        return runs[0]
+    # the mixture over frames: log of the mean probability
+    return [
+        (torch.logsumexp(torch.from_numpy(np.stack(r)), 0) - math.log(len(r))).numpy()
+        for r in zip(*runs)
+    ]
 
 
-def _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress):
+def score_frames(rotations: int = 1) -> list[torch.Tensor | None]:
+    """The frames of ``ScoreConfig.rotations``: None (the principal frame itself), then
+    ``rotations - 1`` fixed rotations of it ([3, 3], seeded by ``SCORE_ROTATION_SEED``)."""
+    if rotations < 1:
+        raise OptionError("rotations", rotations, "must be at least 1")
+    extra = random_rotation(rotations - 1, torch.Generator().manual_seed(SCORE_ROTATION_SEED))
+    return [None, *extra]
+
+
+def _run_passes(
+    model, tokens, coords, plddt, passes, tokens_per_batch, device, progress, frame=None
+):
     from ..data.batching import token_budget_batches
 
     results: list[np.ndarray | None] = [None] * len(passes)
@@ -194,6 +219,8 @@ def _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, 
                 )
         if co is not None:  # scores must not depend on the frame the file came in
             co = principal_frame(co)
+            if frame is not None:
+                co = torch.einsum("blac,dc->blad", co, frame)
         out = model(**Batch.from_tokens(tok, co, plddt=pl).to(device).inputs())
         logits = out.logits.float()
         for r, i in enumerate(members):
@@ -338,7 +365,9 @@ def masked_marginals(
         wanted.append(want)
         per_chain_passes.append(len(mine))
         passes.extend(mine)
-    bar = _progress_bar(len(passes), progress)
+    # frames per pass: rotating matters only where coordinates are fed
+    n_frames = cfg.rotations if any(c is not None for c in cos) else 1
+    bar = _progress_bar(len(passes) * n_frames, progress)
     try:
         res = run_passes(
             model,
@@ -349,6 +378,7 @@ def masked_marginals(
             cfg.tokens_per_batch,
             device,
             bar.advance if bar else None,
+            n_frames,
         )
     finally:
         if bar:
@@ -366,7 +396,7 @@ def masked_marginals(
                 else np.zeros(len(c.sequence), bool),
                 residue_ids=getattr(c, "residue_ids", None),
                 source=getattr(c, "source", ""),
-                n_passes=per_chain_passes[ci],
+                n_passes=per_chain_passes[ci] * n_frames,
             )
         )
     for p, r in zip(passes, res):

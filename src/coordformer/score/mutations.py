@@ -473,8 +473,11 @@ def score_mutations(
     joint_lp: list[np.ndarray] = []
     if joint_passes:
         toks, cos, pls = model_inputs(model, chains, cfg.use_coords)
-        joint_lp = run_passes(model, toks, cos, pls, joint_passes, cfg.tokens_per_batch, device)
-        res.n_passes += len(joint_passes)
+        n_frames = cfg.rotations if any(c is not None for c in cos) else 1
+        joint_lp = run_passes(
+            model, toks, cos, pls, joint_passes, cfg.tokens_per_batch, device, None, n_frames
+        )
+        res.n_passes += len(joint_passes) * n_frames
     for row, m, subs in placed:
         terms: dict[tuple[int, int], float] = {}
         failed = None

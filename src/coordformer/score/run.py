@@ -172,6 +172,7 @@ def run_score(
         "inputs_skipped": len(skipped_inputs),
         "chains_not_selected": len(left_out),
         "mode": cfg.mode,
+        "rotations": cfg.rotations,
         "checkpoint": str(checkpoint),
     }
     if table is None and not mutants:
