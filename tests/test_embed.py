@@ -385,7 +385,7 @@ def _moved(chain, seed):
 
 def test_embeddings_do_not_depend_on_the_frame_of_the_file():
     """A structure and the same structure rotated and moved embed the same (each chain, and each
-    window of a windowed chain, goes in the principal frame of its CAs); before, embeddings were
+    window of a windowed chain, goes in the canonical frame of its CAs); before, embeddings were
     computed in the file's frame."""
     from coordformer.config import EmbedConfig
     from coordformer.embed import embed_chains
@@ -400,3 +400,28 @@ def test_embeddings_do_not_depend_on_the_frame_of_the_file():
     # the frame still matters to the model: withholding it changes the embedding
     plain = embed_chains(model, [chain], EmbedConfig(use_coords=False))[0]
     assert np.abs(plain.mean - a.mean).max() > 1e-2
+
+
+def test_embed_edge_cases_found_by_review(tmp_path):
+    """residue_has_ca is False for every row embedded without coordinates; an .npz run whose
+    complexes are all skipped writes an empty table instead of crashing; embed_chains refuses the
+    settings of embed's reading step instead of ignoring them."""
+    from coordformer.config import EmbedConfig
+    from coordformer.embed import embed, embed_chains
+    from coordformer.errors import OptionError
+    from coordformer.io import read_structure
+
+    model, _ = load_model("small-coords")
+    chain = read_structure(DATA / "1orc.pdb")[0]
+    [e] = embed_chains(model, [chain], EmbedConfig(per_residue=True, use_coords=False))
+    assert e.has_ca.shape == (64,) and not e.has_ca.any()
+    [e] = embed_chains(model, [chain], EmbedConfig(per_residue=True))
+    assert e.has_ca.all()
+    for bad in (dict(complexes=True), dict(chains=("A",)), dict(seqres="gaps"), dict(split="test")):
+        with pytest.raises(OptionError, match="embed_chains takes the chains as given"):
+            embed_chains(model, [chain], EmbedConfig(**bad))
+    out = tmp_path / "c.npz"
+    cfg = EmbedConfig(complexes=True, window=32, overlap=8)  # 1ORC (64) does not fit: skipped
+    embed("small-coords", [str(DATA / "1orc.pdb")], out, cfg, progress=False, echo=lambda s: None)
+    z = np.load(out)
+    assert len(z["ids"]) == 0 and z["mean"].shape[0] == 0

@@ -479,3 +479,37 @@ def test_misused_inputs_are_clear_errors():
             model(tokens, repr_layers=bad)
     with pytest.raises(UsageError, match="no chains"):
         chains_to_batch([])
+
+
+def test_canonical_frame_is_the_same_for_any_rigid_motion_even_for_a_symmetric_dimer():
+    """canonical_frame gives the same coordinates whatever rotation and translation the input came
+    with: for a chain, for an exactly C2-symmetric homodimer (where principal axes and third
+    moments are ambiguous: they changed a complex's embeddings by up to 3.4), with missing CAs and
+    padding, and for CA-only input. Distances are kept; a row with under three CAs stays usable."""
+    from conftest import DATA
+    from coordformer.geometry import canonical_frame, random_rotation
+    from coordformer.io import read_structure
+
+    a = torch.from_numpy(read_structure(DATA / "1orc.pdb")[0].coords).double()
+    a = a - a[:, 1].mean(0)
+    flip = torch.tensor([[-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]], dtype=torch.float64)
+    shift = torch.tensor([12.0, 0.0, 0.0], dtype=torch.float64)
+    dimer = torch.cat([a + shift, (a + shift) @ flip.T])  # B is A turned 180 degrees about z
+    rows = torch.full((3, len(dimer), 4, 3), float("nan"), dtype=torch.float64)
+    rows[0, : len(a)] = a
+    rows[1] = dimer
+    rows[2, :2] = a[:2]  # two residues: no frame to fix, must not break
+    rows[0, 7, 1] = float("nan")  # a missing CA
+    ref = canonical_frame(rows)
+    for seed in range(3):
+        r = random_rotation(1, torch.Generator().manual_seed(seed), dtype=torch.float64)[0]
+        moved = rows @ r.T + torch.tensor([5.0, -30.0, 8.0], dtype=torch.float64)
+        got = canonical_frame(moved)
+        assert torch.allclose(got[:2].nan_to_num(), ref[:2].nan_to_num(), atol=1e-6)
+        ca_only = canonical_frame(moved[:, :, 1:2])
+        assert torch.allclose(ca_only[:2].nan_to_num(), ref[:2, :, 1:2].nan_to_num(), atol=1e-6)
+    assert torch.isnan(ref[0, 7, 1]).all() and torch.isnan(ref[0, len(a) :]).all()
+    d = torch.cdist(rows[1, :, 1], rows[1, :, 1])
+    assert torch.allclose(torch.cdist(ref[1, :, 1], ref[1, :, 1]), d, atol=1e-6)
+    assert torch.isfinite(ref[2, :2]).all()
+    assert canonical_frame(rows.float()).dtype == torch.float32

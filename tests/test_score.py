@@ -12,7 +12,7 @@ from coordformer.cli import main
 from coordformer.config import preset
 from coordformer.constants import AA_OFFSET, AMINO_ACIDS, MASK
 from coordformer.errors import OptionError
-from coordformer.geometry import principal_frame
+from coordformer.geometry import canonical_frame
 from coordformer.io import Chain, read_structure
 from coordformer.model import CoordFormer
 from coordformer.model.checkpoints import load_model
@@ -51,14 +51,14 @@ def _chains(n=3, seed=0, min_len=30, max_len=70):
 @torch.no_grad()
 def _direct(model, chain, masked, start=0, span=None):
     """log p over the 20 amino acids at ``masked`` (0-based chain indices), all masked in one pass
-    over residues start:start+span, computed here from the model's forward alone (in the principal
+    over residues start:start+span, computed here from the model's forward alone (in the canonical
     frame of the span's CAs, as scoring feeds it)."""
     span = len(chain.sequence) if span is None else span
     tok = torch.from_numpy(chain_tokens(chain.sequence)[start : start + span].copy())
     for i in masked:
         tok[i - start] = MASK
     coords = torch.from_numpy(chain.coords[start : start + span].copy())
-    logits = model(tok[None], principal_frame(coords[None])).logits[0]
+    logits = model(tok[None], canonical_frame(coords[None])).logits[0]
     return torch.log_softmax(
         logits[[i - start for i in masked]][:, AA_OFFSET : AA_OFFSET + 20], -1
     ).numpy()
@@ -231,7 +231,7 @@ def test_fast_mode_scores_a_position_the_same_whatever_else_is_asked_for():
 
 
 def test_scores_do_not_depend_on_the_frame_of_the_file():
-    """The same structure rotated and moved scores the same: passes go in the principal frame of
+    """The same structure rotated and moved scores the same: passes go in the canonical frame of
     their CAs. In the file's own frame one rotation moved small-coords' log p by up to 0.9 nats."""
     from coordformer.geometry import random_rotation
 
@@ -243,7 +243,7 @@ def test_scores_do_not_depend_on_the_frame_of_the_file():
     for cfg in (ScoreConfig(), ScoreConfig(mode="fast"), ScoreConfig(window=32, overlap=8)):
         a, b = masked_marginals(model, [chain, moved], cfg)
         assert np.abs(a.log_probs - b.log_probs).max() < 1e-4
-    unframed = _direct(model, chain, [5])[0]  # principal frame, as scoring feeds it
+    unframed = _direct(model, chain, [5])[0]  # canonical frame, as scoring feeds it
     raw = torch.from_numpy(chain_tokens(chain.sequence).copy())
     raw[5] = MASK
     with torch.no_grad():
@@ -252,7 +252,7 @@ def test_scores_do_not_depend_on_the_frame_of_the_file():
 
 
 def test_rotations_average_the_probabilities_of_fixed_frames():
-    """``rotations=K`` runs each pass in the principal frame and K - 1 fixed rotations of it and
+    """``rotations=K`` runs each pass in the canonical frame and K - 1 fixed rotations of it and
     averages the probabilities: checked against direct forward passes in those frames; still
     independent of the file's frame; K times the passes; a sequence-only input is not rotated."""
     from coordformer.score.marginals import score_frames
@@ -271,7 +271,7 @@ def test_rotations_average_the_probabilities_of_fixed_frames():
     per_frame = []
     with torch.no_grad():
         for f in frames:
-            x = principal_frame(coords)
+            x = canonical_frame(coords)
             x = x if f is None else torch.einsum("blac,dc->blad", x, f)
             logits = model(tok[None], x).logits[0, 5, AA_OFFSET : AA_OFFSET + 20]
             per_frame.append(torch.log_softmax(logits, -1))

@@ -1103,7 +1103,7 @@ def score(
     rotations: int = typer.Option(
         default_of(ScoreConfig, "rotations"),
         min=1,
-        help="Frames per pass, probabilities averaged: the principal frame of the CAs, then fixed "
+        help="Frames per pass, probabilities averaged: the canonical frame of the CAs, then fixed "
         "rotations of it (the model is not rotation-invariant); K times the passes.",
     ),
     multi: MultiMode = typer.Option(

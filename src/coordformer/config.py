@@ -552,7 +552,7 @@ TASKS = ("ec", "go-mf", "go-bp", "go-cc")
 HEADS = ("linear", "mlp")
 #: ScoreConfig.mode values.
 SCORE_MODES = ("exact", "fast")
-#: Seed of the fixed rotations ``ScoreConfig.rotations`` adds to the principal frame: the same
+#: Seed of the fixed rotations ``ScoreConfig.rotations`` adds to the canonical frame: the same
 #: frames for every chain and every run.
 SCORE_ROTATION_SEED = 20250203
 #: Residue positions between consecutive chains of a complex (``data.complexes``). A chain break
@@ -619,7 +619,7 @@ class ScoreConfig(Record):
     tokens_per_batch: int = 8192  # padded tokens per forward pass
     # None = as the model was trained; False withholds coordinates from a structure model
     use_coords: bool | None = None
-    # frames each pass is run in, probabilities averaged: the principal frame of the CAs, then
+    # frames each pass is run in, probabilities averaged: the canonical frame of the CAs, then
     # rotations of it fixed by SCORE_ROTATION_SEED (the models are not rotation-invariant)
     rotations: int = 1
 

@@ -26,8 +26,8 @@ mean}`` (``chains`` = the member chain ids joined by ",", in pass order), ``.npz
 ``complex_chains``, ``complex_lengths``, ``complex_mean``. Complexes longer than the window are
 skipped and listed in ``<out>.skipped.tsv`` (select fewer chains with ``chains``).
 
-Each chain (each window, each complex) goes in the principal frame of its CAs
-(``model.encode.in_principal_frame``), so an embedding is a deterministic function of the structure,
+Each chain (each window, each complex) goes in the canonical frame of its CAs
+(``model.encode.in_canonical_frame``), so an embedding is a deterministic function of the structure,
 whatever frame its file uses.
 Chains longer than the window are embedded in overlapping windows stitched back to full length
 (``coordformer.data.windows``: each residue from the window it is most central in).
@@ -53,7 +53,7 @@ from .data.memory import MemoryDataset
 from .data.prepare.policy import NOT_SELECTED, not_selected_reason, selected_chain
 from .data.store import PreparedDataset, is_finished_dataset
 from .errors import OptionError, UsageError
-from .model.encode import encode, eval_mode, in_principal_frame, masked_mean, model_device
+from .model.encode import encode, eval_mode, in_canonical_frame, masked_mean, model_device
 
 if TYPE_CHECKING:
     from .io import Chain
@@ -254,7 +254,7 @@ def embed(
                     n,
                     mean[r],
                     hidden[r, :n].numpy() if cfg.per_residue else None,
-                    *_residue_info(data, ci, n, cfg.per_residue),
+                    *_residue_info(data, ci, n, cfg.per_residue, use_coords),
                 )
             bar.advance(task, len(chain_idx))
     writer.close(tmp_out)
@@ -312,7 +312,7 @@ def embed_chains(
     """Embeddings of ``chains`` (``io.Chain`` objects: ``read_structure``, ``iter_chain_set``,
     ``iter_fasta``) in memory, one per chain in the order given, computed as ``embed`` computes
     them for a file: batched by length, chains longer than the window in overlapping windows,
-    coordinates in the principal frame of their CAs, ``cfg``'s ``layer``, ``window``,
+    coordinates in the canonical frame of their CAs, ``cfg``'s ``layer``, ``window``,
     ``overlap``, ``max_length``, ``tokens_per_batch``, ``use_coords`` and ``per_residue``, and
     pLDDT from the B-factors for a model that reads it. Coordinates are [L, 4, 3] Angstrom, NaN
     where missing; they pass ``prepare``'s coordinate rule (a non-finite value makes its atom
@@ -321,6 +321,21 @@ def embed_chains(
     record (an unreadable entry) or an empty chain is a UsageError naming it."""
     from .data.prepare import chains_in_memory
 
+    # settings of `embed`'s reading step, which in-memory chains skip: refused, not ignored
+    for name, off in (
+        ("complexes", False),
+        ("chains", ()),
+        ("seqres", "off"),
+        ("plddt_min", None),
+        ("split", None),
+    ):
+        if getattr(cfg, name) != off:
+            raise OptionError(
+                name,
+                getattr(cfg, name),
+                "applies to `embed` reading files; embed_chains takes "
+                "the chains as given (select or edit them first)",
+            )
     chains = list(chains)
     # the coordinate rule before the batcher centres a chain: an infinite mean would make every
     # atom of it missing
@@ -344,7 +359,7 @@ def embed_chains(
         ):
             for r, ci in enumerate(chain_idx.tolist()):
                 n = int(lengths[r])
-                sequence, has_ca = _residue_info(data, ci, n, True)
+                sequence, has_ca = _residue_info(data, ci, n, True, use_coords)
                 out[ci] = ChainEmbedding(
                     id=chains[ci].id,
                     sequence=sequence,
@@ -427,7 +442,7 @@ def _embed_complexes(
         task = bar.add_task("embed", total=len(kept))
         for batch_rows in token_budget_batches(sizes, max(cfg.tokens_per_batch, window), None):
             b = complex_batch(data, [kept[r][1] for r in batch_rows], cfg.chain_gap)
-            h, pooled = encode(model, in_principal_frame(b.to(device)), cfg.layer, use_coords)
+            h, pooled = encode(model, in_canonical_frame(b.to(device)), cfg.layer, use_coords)
             h, pooled = h.float().cpu(), pooled.float().cpu()
             for r, row in enumerate(batch_rows):
                 name, members = kept[row]
@@ -442,7 +457,7 @@ def _embed_complexes(
                         len(hk),
                         mean.numpy(),
                         hk.numpy() if cfg.per_residue else None,
-                        *_residue_info(data, ci, len(hk), cfg.per_residue),
+                        *_residue_info(data, ci, len(hk), cfg.per_residue, use_coords),
                     )
                 writer.add_complex(
                     name,
@@ -472,11 +487,11 @@ def iter_pooled(
 ):
     """Yield (chain indices [B], lengths [B], mean-pooled [B, D] float32 numpy, hidden [B, L, D] cpu
     tensor) for the chains ``idx`` of ``data`` in length-sorted token-budget batches (first
-    ``max_length`` residues of each chain; clean inputs in their principal frames)."""
+    ``max_length`` residues of each chain; clean inputs in their canonical frames)."""
     check_fits(data, idx, max_length, model.config.max_len, "max_length")
     for b in unmasked_batches(data, idx, max_length, tokens_per_batch):
         with torch.no_grad():
-            h, mean = encode(model, in_principal_frame(b.to(device)), layer, use_coords)
+            h, mean = encode(model, in_canonical_frame(b.to(device)), layer, use_coords)
         yield b.index.numpy(), b.lengths.numpy(), mean.cpu().numpy().astype(np.float32), h.cpu()
 
 
@@ -514,7 +529,7 @@ def iter_windowed(
         on = b.to(device)
         with torch.no_grad():
             h = windowed_forward(
-                lambda w: encode(model, in_principal_frame(w), layer, use_coords)[0],
+                lambda w: encode(model, in_canonical_frame(w), layer, use_coords)[0],
                 on,
                 window,
                 overlap,
@@ -525,13 +540,17 @@ def iter_windowed(
 
 
 def _residue_info(
-    data: ChainData, ci: int, n: int, per_residue: bool
+    data: ChainData, ci: int, n: int, per_residue: bool, use_coords: bool = True
 ) -> tuple[str, np.ndarray | None]:
     """The sequence embedded for chain ``ci`` (its first ``n`` residues) and, for per-residue output
-    only (else None: no coordinate read for mean-only runs), which of them had a CA in the input
-    ([n] bool): rows without one were embedded from sequence alone (unresolved, put back by
-    --seqres, below --plddt-min, FASTA)."""
-    has_ca = ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1) if per_residue else None
+    only (else None: no coordinate read for mean-only runs), which of them were given a CA ([n]
+    bool): rows without one were embedded from sequence alone (unresolved, put back by --seqres,
+    below --plddt-min, FASTA; every row when ``use_coords`` is False)."""
+    if not per_residue:
+        return data.sequence(ci)[:n], None
+    if not use_coords:
+        return data.sequence(ci)[:n], np.zeros(n, dtype=bool)
+    has_ca = ~np.isnan(np.asarray(data.coords(ci)[:n, CA_INDEX])).any(-1)
     return data.sequence(ci)[:n], has_ca
 
 
@@ -657,6 +676,8 @@ class _NpzWriter:
                 "complex_lengths": np.array(lengths, dtype=np.int64),
                 "complex_mean": np.stack(means),
             }
+        # every chain skipped (complexes over the window): an empty table, not np.stack([])
+        means = np.stack(self.means) if self.means else np.zeros((0, 0), dtype=np.float32)
         with open(
             path, "wb"
         ) as fh:  # a file object: np.savez would otherwise append ".npz" to the name
@@ -664,7 +685,7 @@ class _NpzWriter:
                 fh,
                 ids=np.array(self.ids),
                 lengths=np.array(self.lengths, dtype=np.int64),
-                mean=np.stack(self.means),
+                mean=means,
                 sequences=np.array(self.seqs),
                 **extra,
             )

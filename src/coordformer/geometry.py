@@ -79,41 +79,56 @@ def centre_segments(
     return coords - per_pos.unsqueeze(-2)
 
 
-def principal_frame(coords: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-    """Each row centred on its present reference points (CA) and turned onto their principal axes,
-    so that the result does not depend on the frame the coordinates came in (a PDB entry and the
-    same structure superposed elsewhere give the same numbers).
+def canonical_frame(coords: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row centred on its present reference points (CA) and turned into a frame fixed by the
+    structure and its residue order, so that the result does not depend on the frame the
+    coordinates came in (a PDB entry and the same structure superposed elsewhere give the same
+    numbers).
 
     A model trained on randomly rotated inputs is not rotation-invariant, so inference in the
     input's own frame gives numbers that change with an arbitrary choice of the file's author
-    (a rotation moved small-coords' per-residue log-probabilities by up to 0.9 nats). The principal
-    frame is a deterministic function of the structure alone: axes by decreasing variance of the
-    reference points, the first two signed so that the third moment of the points along them is
-    positive, the third their cross product (a proper rotation). Rows whose points are (nearly)
-    symmetric along an axis, or have fewer than three points, get a valid but not an invariant
-    frame.
+    (a rotation moved small-coords' per-residue log-probabilities by up to 0.9 nats). The axes come
+    from two moments of the centred points x_i over their row positions t_i (present points only):
+    the first along u1 = sum (t_i - mean t) x_i (the N-to-C direction), the second along
+    u2 = sum (s_i - mean s) x_i with s_i = (t_i - mean t)^2, made orthogonal to the first, the third
+    their cross product (a proper rotation). Unlike principal axes, these need no sign rule and
+    no distinct eigenvalues: a symmetric homodimer (its chains one after another in the row) gets an
+    invariant frame too. A row whose two moments vanish or are parallel (fewer than three points)
+    keeps its own orientation, centred.
+
+    The frame is computed on the CPU in float64 (MPS has neither) and applied where ``coords`` are.
 
     Args:
         coords: [B, L, A, 3] Angstrom (NaN where missing); A = 4 (N, CA, C, O) or 1 (CA).
         present: [B, L] bool, True where the reference atom exists (and the residue is real);
             None = where it is not NaN (padding must then be NaN).
     Returns:
-        [B, L, A, 3] of ``coords``' dtype, NaN preserved.
+        [B, L, A, 3] of ``coords``' dtype and device, NaN preserved.
     """
-    ref = (coords[..., 1, :] if coords.shape[-2] > 1 else coords[..., 0, :]).double()
+    ref = (coords[..., 1, :] if coords.shape[-2] > 1 else coords[..., 0, :]).detach()
+    ref = ref.to("cpu", torch.float64)
     if present is None:
         present = ~torch.isnan(ref).any(-1)
-    w = present.double().unsqueeze(-1)  # [B, L, 1]
-    n = w.sum(1, keepdim=True).clamp(min=1.0)
-    mean = (torch.nan_to_num(ref) * w).sum(1, keepdim=True) / n  # [B, 1, 3]
-    x = (torch.nan_to_num(ref) - mean) * w
-    axes = torch.linalg.eigh(x.transpose(1, 2) @ x / n).eigenvectors.flip(-1)  # [B, 3, 3] columns
-    skew = ((x @ axes) ** 3).sum(1)  # [B, 3]
-    sign = torch.where(skew[:, :2] < 0, -1.0, 1.0).to(axes.dtype)
-    first, second = axes[:, :, 0] * sign[:, :1], axes[:, :, 1] * sign[:, 1:]
-    rot = torch.stack([first, second, torch.linalg.cross(first, second)], dim=-1)
-    out = torch.einsum("blac,bck->blak", coords.double() - mean.unsqueeze(-2), rot)
-    return out.to(coords.dtype)
+    w = present.detach().to("cpu", torch.float64)  # [B, L]
+    n = w.sum(1, keepdim=True).clamp(min=1.0)  # [B, 1]
+    mean = (torch.nan_to_num(ref) * w.unsqueeze(-1)).sum(1) / n  # [B, 3]
+    x = (torch.nan_to_num(ref) - mean.unsqueeze(1)) * w.unsqueeze(-1)  # [B, L, 3], 0 if absent
+    t = torch.arange(ref.shape[1], dtype=torch.float64)
+    t = (t - (t * w).sum(1, keepdim=True) / n) * w  # [B, L] centred positions
+    sq = t * t
+    sq = (sq - (sq * w).sum(1, keepdim=True) / n) * w
+    u1 = (t.unsqueeze(-1) * x).sum(1)  # [B, 3]
+    u2 = (sq.unsqueeze(-1) * x).sum(1)
+    e1 = u1 / u1.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    u2 = u2 - (u2 * e1).sum(-1, keepdim=True) * e1
+    e2 = u2 / u2.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    rot = torch.stack([e1, e2, torch.linalg.cross(e1, e2)], dim=-1)  # [B, 3, 3] columns
+    # degenerate rows (moments of ~0 Angstrom * residues, or parallel): keep their orientation
+    scale = (x.norm(dim=-1) * t.abs()).sum(1).clamp(min=1e-12)  # [B]
+    bad = (u1.norm(dim=-1) < 1e-6 * scale) | (u2.norm(dim=-1) < 1e-6 * scale) | (n[:, 0] < 3)
+    rot[bad] = torch.eye(3, dtype=torch.float64)
+    dev, dt = coords.device, coords.dtype
+    return torch.einsum("blac,bck->blak", coords - mean.to(dev, dt)[:, None, None], rot.to(dev, dt))
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:

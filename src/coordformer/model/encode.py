@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..batch import Batch
-from ..geometry import principal_frame
+from ..geometry import canonical_frame
 
 if TYPE_CHECKING:
     from .core import CoordFormer
@@ -41,14 +41,14 @@ def masked_mean(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-def in_principal_frame(batch: Batch) -> Batch:
-    """``batch`` with each row's coordinates in the principal frame of its present CAs
-    (:func:`coordformer.geometry.principal_frame`): embeddings and scores then do not depend on the
+def in_canonical_frame(batch: Batch) -> Batch:
+    """``batch`` with each row's coordinates in the canonical frame of its present CAs
+    (:func:`coordformer.geometry.canonical_frame`): embeddings and scores then do not depend on the
     frame the structure file came in. Unchanged without coordinates."""
     if batch.coords is None:
         return batch
     present = ~torch.isnan(batch.coords[..., 1 if batch.coords.shape[-2] > 1 else 0, :]).any(-1)
-    return batch.replace(coords=principal_frame(batch.coords, present & batch.padding_mask))
+    return batch.replace(coords=canonical_frame(batch.coords, present & batch.padding_mask))
 
 
 def encode(

@@ -17,7 +17,9 @@ any folder loads into either, and a folder saved from them loads back into coord
 (``coordformer.constants.VOCAB``; ``coordformer.data.batching.chains_to_batch`` builds them from
 chains), ``coords`` [B, L, 4, 3] in Angstrom with NaN where missing, ``attention_mask`` [B, L]
 (1 = residue), optional ``position_ids`` [B, L] (residue indices, see ``CoordFormer.embed``) and
-``plddt`` [B, L] (for models trained with ``plddt_feature``).
+``plddt`` [B, L] (for models trained with ``plddt_feature``). The model is not rotation-invariant:
+``coords`` are used in the frame given, so pass ``coordformer.geometry.canonical_frame(coords)`` to
+get what ``coordformer embed`` and ``score`` compute.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ class CoordFormerPreTrainedModel(PreTrainedModel):
 
 class CoordFormerModel(CoordFormerPreTrainedModel):
     """Encoder outputs: ``last_hidden_state`` [B, L, D] (after the final LayerNorm, what
-    ``coordformer embed`` pools); ``hidden_states`` = embeddings + each layer's residual stream."""
+    ``coordformer embed`` pools); ``hidden_states`` = embeddings + each layer's residual stream.
+    ``coords`` are used in the frame given: ``coordformer embed`` first applies
+    ``coordformer.geometry.canonical_frame``, and only then are the numbers the same."""
 
     def forward(
         self,

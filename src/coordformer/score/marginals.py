@@ -12,8 +12,8 @@ Passes of all chains are batched together (length-sorted token-budget batches, p
 attention), so a chain's numbers do not depend on which other chains are scored with it (to float32
 rounding, ~1e-6). Chains longer than the window go through the overlapping windows of
 ``coordformer.data.windows``: each position is scored in the window it is most central in, which
-holds the model's context around it. Each pass's residues go in the principal frame of their CAs
-(``geometry.principal_frame``), so scores do not depend on the frame of the input file.
+holds the model's context around it. Each pass's residues go in the canonical frame of their CAs
+(``geometry.canonical_frame``), so scores do not depend on the frame of the input file.
 
 Log-probabilities are normalised over the 20 standard amino acids (the special tokens' share is
 dropped), so that ``exp`` of a row sums to 1 and entropies are over amino acids. ``evaluate``'s
@@ -38,7 +38,7 @@ from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, MASK, PAD
 from ..data.batching import ASCII_TO_TOKEN
 from ..data.windows import plan_windows
 from ..errors import OptionError, UsageError
-from ..geometry import principal_frame, random_rotation
+from ..geometry import canonical_frame, random_rotation
 from ..model.encode import eval_mode
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def run_passes(
 
 
 def score_frames(rotations: int = 1) -> list[torch.Tensor | None]:
-    """The frames of ``ScoreConfig.rotations``: None (the principal frame itself), then
+    """The frames of ``ScoreConfig.rotations``: None (the canonical frame itself), then
     ``rotations - 1`` fixed rotations of it ([3, 3], seeded by ``SCORE_ROTATION_SEED``)."""
     if rotations < 1:
         raise OptionError("rotations", rotations, "must be at least 1")
@@ -218,7 +218,7 @@ def _run_passes(
                     np.asarray(plddt[p.chain][s : s + n], dtype=np.float32)
                 )
         if co is not None:  # scores must not depend on the frame the file came in
-            co = principal_frame(co)
+            co = canonical_frame(co)
             if frame is not None:
                 co = torch.einsum("blac,dc->blad", co, frame)
         out = model(**Batch.from_tokens(tok, co, plddt=pl).to(device).inputs())
