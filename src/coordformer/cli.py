@@ -309,9 +309,10 @@ def pretrain(
     ),
     recipe: Optional[Recipe] = typer.Option(
         None,
-        help="Structure model recipe: fast (default: |x|^2 feature and Gaussian-"
+        help="Model recipe: fast (default with coordinates: |x|^2 feature and Gaussian-"
         "initialised first-layer heads, coordinates help from the first hundreds of "
-        "steps) or paper (the paper's plain linear embedding). Ignored with --no-coords.",
+        "steps) or paper (the paper's model: plain linear coordinate embedding, PyTorch's "
+        "default initialisation, linear LM head; with --no-coords, its initialisation and head).",
     ),
     init: Optional[str] = typer.Option(
         None,
@@ -339,6 +340,14 @@ def pretrain(
         None,
         "--gaussian-values/--no-gaussian-values",
         help="Give those heads unit-scale value/output projections (default: as the recipe says).",
+    ),
+    weight_init: Optional[str] = typer.Option(
+        None,
+        help="normal (N(0, 0.02) Linear layers, as ESM) or pytorch (PyTorch's defaults, as the "
+        "paper's code); default: as the recipe says.",
+    ),
+    lm_head: Optional[str] = typer.Option(
+        None, help="mlp (as ESM) or linear (as the paper); default: as the recipe says."
     ),
     plddt_feature: bool = typer.Option(
         False,
@@ -368,6 +377,14 @@ def pretrain(
     lr: float = typer.Option(_train("lr"), min=0.0),
     warmup_steps: int = typer.Option(_train("warmup_steps"), min=0),
     schedule: str = typer.Option(_train("schedule"), help="cosine | constant | noam"),
+    weight_decay: float = typer.Option(
+        _train("weight_decay"),
+        min=0.0,
+        help="AdamW weight decay (not on biases, LayerNorm or embeddings); 0 = Adam, as the paper.",
+    ),
+    grad_clip: float = typer.Option(
+        _train("grad_clip"), min=0.0, help="Gradient-norm clipping; 0 = none, as the paper."
+    ),
     tokens_per_batch: int = typer.Option(
         _train("tokens_per_batch"), min=16, help="Token budget per batch (padded size)."
     ),
@@ -476,6 +493,8 @@ def pretrain(
             "--norm-feature": norm_feature is not None,
             "--gaussian-heads": gaussian_heads is not None,
             "--gaussian-values": gaussian_values is not None,
+            "--weight-init": weight_init is not None,
+            "--lm-head": lm_head is not None,
             "--plddt-feature": plddt_feature,
             "--condition-on": condition_on is not None,
             "--unfreeze-lm": unfreeze_lm,
@@ -496,6 +515,8 @@ def pretrain(
                 ("coord_norm_feature", norm_feature),
                 ("gaussian_init_heads", gaussian_heads),
                 ("gaussian_init_values", gaussian_values),
+                ("weight_init", weight_init),
+                ("lm_head", lm_head),
             )
             if v is not None
         }
@@ -506,7 +527,8 @@ def pretrain(
         default_recipe = "paper" if condition_on is not None else DEFAULT_RECIPE
         mc = preset(
             size or "small-3m",
-            recipe=(recipe.value if recipe else default_recipe) if coords else None,
+            # a sequence-only model takes only --recipe paper's initialisation and head, if given
+            recipe=recipe.value if recipe else (default_recipe if coords else None),
             use_coords=coords,
             coord_mode=coord_mode.value,
             plddt_feature=plddt_feature,
@@ -525,6 +547,8 @@ def pretrain(
         lr=lr,
         warmup_steps=warmup_steps,
         schedule=schedule,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
         max_steps=max_steps,
         max_minutes=max_minutes,
         val_every_steps=val_every,

@@ -106,6 +106,9 @@ def _names(record, *fields: str) -> None:
 #: "ca": (x, y, z)/16 of CA + missing flag -> 4 features (the paper).
 #: "backbone": (x, y, z)/16 of N, CA, C, O + one missing flag per atom -> 16 features.
 COORD_MODES = ("ca", "backbone")
+#: ModelConfig.weight_init and ModelConfig.lm_head values.
+WEIGHT_INITS = ("normal", "pytorch")
+LM_HEADS = ("mlp", "linear")
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,15 @@ class ModelConfig(Record):
     gaussian_init_sigmas: tuple[float, ...] = (4.0, 6.0, 8.0, 12.0)  # Angstrom, cycled over heads
     gaussian_init_values: bool = False  # also give those heads unit-scale value/output projections
     vocab_size: int = VOCAB_SIZE
+    #: "normal": every Linear N(0, 0.02), residual output projections N(0, 0.02 / sqrt(2 n_layers))
+    #: (GPT-2 / ESM style). "pytorch": PyTorch's own defaults, as the paper's nn.TransformerEncoder
+    #: and nn.Linear have them (Kaiming-uniform Linear layers, Xavier-uniform attention input
+    #: projection with zero bias); the coordinate embedding then starts about 14x larger. Token
+    #: embeddings are N(0, 1) either way.
+    weight_init: str = "normal"
+    #: "mlp": Linear, GELU, LayerNorm, Linear (ESM's head); "linear": one Linear after the final
+    #: LayerNorm (the paper's).
+    lm_head: str = "mlp"
     #: Language-model conditioning (coordformer.model.lm; the paper's ESM hybrid): a local folder or
     #: Hub name of an ESM-2 model whose last hidden state, through a Linear(lm_dim, d_model)
     #: connector, replaces the token embedding and the sinusoidal positions. None = a plain
@@ -163,6 +175,10 @@ class ModelConfig(Record):
             raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
+        if self.weight_init not in WEIGHT_INITS:
+            raise OptionError("weight_init", self.weight_init, f"must be one of {WEIGHT_INITS}")
+        if self.lm_head not in LM_HEADS:
+            raise OptionError("lm_head", self.lm_head, f"must be one of {LM_HEADS}")
         if self.coord_mode not in COORD_MODES:
             raise ConfigError(f"coord_mode must be one of {COORD_MODES}, got {self.coord_mode!r}")
         if self.plddt_feature and not self.use_coords:
@@ -193,7 +209,8 @@ class ModelConfig(Record):
 
 
 #: Size presets, named by approximate parameter count. "paper-33m" is the paper's model: 6 layers x
-#: 768 x 12 heads with nn.TransformerEncoderLayer's default d_ff of 2048 (33.2 M parameters).
+#: 768 x 12 heads with nn.TransformerEncoderLayer's default d_ff of 2048 (33.1 M parameters with
+#: the paper's linear LM head, 33.7 M with the MLP head of the fast recipe).
 #: "large-43m" is the same with d_ff 3072 (it was called "paper-43m" before it was found not to be).
 PRESETS: dict[str, dict[str, int]] = {
     "tiny-0.1m": dict(d_model=64, n_layers=2, n_heads=4, d_ff=128),
@@ -204,23 +221,32 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 _RENAMED_PRESETS = {"paper-43m": "large-43m (d_ff 3072; the paper's model is paper-33m)"}
 
-#: How a structure model is initialised and fed (``pretrain --recipe``). "paper": the paper's linear
-#: embedding of CA (x, y, z) / 16 A and a missing flag, default initialisation. "fast": also |x|^2
-#: as a feature, and the first ``min(4, n_heads // 2)`` heads of layer 1 initialised to attend by a
-#: Gaussian of 3D distance with unit-scale values (``CoordFormer._init_gaussian_heads``):
-#: coordinates help from the first hundreds of steps (docs/RESULTS.md, "Structure learning at the
-#: paper's size").
+#: How a model is initialised and fed (``pretrain --recipe``). "paper": the paper's model: a linear
+#: embedding of CA (x, y, z) / 16 A and a missing flag, PyTorch's default initialisation and a
+#: linear LM head (as the paper's code; its training settings are pretrain options, see README).
+#: "fast": also |x|^2 as a feature, and the first ``min(4, n_heads // 2)`` heads of layer 1
+#: initialised to attend by a Gaussian of 3D distance with unit-scale values
+#: (``CoordFormer._init_gaussian_heads``): coordinates help from the first hundreds of steps
+#: (docs/RESULTS.md, "Structure learning at the paper's size").
 RECIPES = ("fast", "paper")
 #: What ``pretrain`` uses for a structure model when no --recipe is given.
 DEFAULT_RECIPE = "fast"
 
 
-def recipe_settings(recipe: str, n_heads: int) -> dict:
-    """ModelConfig fields a recipe sets for a structure model with ``n_heads`` heads."""
+def recipe_settings(recipe: str, n_heads: int, use_coords: bool = True) -> dict:
+    """ModelConfig fields a recipe sets for a model with ``n_heads`` heads. Without coordinates
+    only the paper recipe sets anything (its initialisation and head, for a sequence-only twin)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if recipe == "paper":
-        return dict(coord_norm_feature=False, gaussian_init_heads=0, gaussian_init_values=False)
+        paper = dict(weight_init="pytorch", lm_head="linear")
+        if not use_coords:
+            return paper
+        return dict(
+            paper, coord_norm_feature=False, gaussian_init_heads=0, gaussian_init_values=False
+        )
+    if not use_coords:
+        return {}
     return dict(
         coord_norm_feature=True,
         gaussian_init_heads=max(min(4, n_heads // 2), 1),
@@ -230,15 +256,16 @@ def recipe_settings(recipe: str, n_heads: int) -> dict:
 
 def preset(name: str, recipe: str | None = None, **overrides) -> ModelConfig:
     """The ModelConfig of a size preset. ``recipe`` ("fast" or "paper", see RECIPES) sets the
-    coordinate switches of a structure model (ignored with use_coords=False); None leaves them at
-    ModelConfig's defaults. ``overrides`` win over both."""
+    coordinate switches of a structure model, and "paper" also the paper's initialisation and LM
+    head (for a sequence-only model too); None leaves them at ModelConfig's defaults.
+    ``overrides`` win over both."""
     if name in _RENAMED_PRESETS:
         raise ConfigError(f"size preset {name!r} was renamed {_RENAMED_PRESETS[name]}")
     if name not in PRESETS:
         raise ConfigError(f"unknown size preset {name!r}; choose one of {', '.join(PRESETS)}")
     fields = dict(PRESETS[name])
-    if recipe is not None and overrides.get("use_coords", True):
-        fields.update(recipe_settings(recipe, fields["n_heads"]))
+    if recipe is not None:
+        fields.update(recipe_settings(recipe, fields["n_heads"], overrides.get("use_coords", True)))
     return ModelConfig(**{**fields, **overrides})
 
 

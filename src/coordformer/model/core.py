@@ -220,13 +220,20 @@ class CoordFormer(nn.Module):
         self.coord_embed = nn.Linear(config.n_coord_features, d) if config.use_coords else None
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
         self.final_ln = nn.LayerNorm(d)
-        self.lm_head = nn.Sequential(
-            nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size)
+        self.lm_head = (
+            nn.Sequential(nn.Linear(d, config.vocab_size))
+            if config.lm_head == "linear"
+            else nn.Sequential(
+                nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, config.vocab_size)
+            )
         )
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("attn.out.weight") or name.endswith("ff.2.weight"):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.weight_init == "pytorch":
+            self._init_as_pytorch()
+        else:
+            self.apply(self._init_weights)
+            for name, p in self.named_parameters():
+                if name.endswith("attn.out.weight") or name.endswith("ff.2.weight"):
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
         if config.gaussian_init_heads:
             self._init_gaussian_heads()
         # Attached after the initialisation above so that it keeps its pretrained weights.
@@ -248,6 +255,19 @@ class CoordFormer(nn.Module):
         # backward pass instead of stored, so activation memory no longer grows with depth, for
         # ~1/3 more compute. A run setting (TrainConfig.activation_checkpointing), not architecture.
         self.gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_as_pytorch(self) -> None:
+        """PyTorch's own initialisation, as the paper's model had it: nn.Linear's default for
+        every Linear (the modules are built with it), nn.MultiheadAttention's for the attention
+        input projection (Xavier-uniform weight, zero bias) and output bias (zero), N(0, 1) token
+        embeddings (nn.Embedding's default)."""
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.attn.qkv.weight)
+            nn.init.zeros_(layer.attn.qkv.bias)
+            nn.init.zeros_(layer.attn.out.bias)
+        if self.tokens is not None:
+            nn.init.normal_(self.tokens.weight, std=1.0)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

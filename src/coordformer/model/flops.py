@@ -20,14 +20,16 @@ from ..config import ModelConfig
 def matrix_params(config: ModelConfig) -> int:
     """Weights that multiply activations per token: the encoder's q/k/v/out and feed-forward
     matrices, the coordinate embedding, the language-model connector of a conditioned model
-    (lm_dim x d), and the MLM head (its d x d transform and d x vocab output). A conditioning
+    (lm_dim x d), and the MLM head (its d x d transform, unless the head is linear, and d x vocab
+    output). A conditioning
     language model's own forward pass is not counted: it is frozen, and its size is not in the
     config."""
     d = config.d_model
     per_layer = 4 * d * d + 2 * d * config.d_ff
     coords = config.n_coord_features * d if config.use_coords else 0
     connector = config.lm_dim * d if config.condition_on else 0
-    return config.n_layers * per_layer + coords + connector + d * d + d * config.vocab_size
+    head = (0 if config.lm_head == "linear" else d * d) + d * config.vocab_size
+    return config.n_layers * per_layer + coords + connector + head
 
 
 def training_flops(config: ModelConfig, lengths) -> float:
