@@ -245,7 +245,8 @@ class CoordFormer(nn.Module):
             if not config.lm_dim:  # a config written by hand: record the LM it got
                 self.config = config = config.replace(lm_dim=self.lm.hidden_size, lm_fingerprint=fp)
                 self.connector = nn.Linear(config.lm_dim, d)
-                self._init_weights(self.connector)
+                if config.weight_init != "pytorch":  # else it keeps nn.Linear's own
+                    self._init_weights(self.connector)
             if not config.unfreeze_lm:
                 # A frozen LM is not part of the model's state: checkpoints and exports leave it
                 # out, loading re-reads it from config.condition_on (or $COORDFORMER_LM).
