@@ -142,6 +142,8 @@ def test_chains_that_fit_give_exactly_the_old_output(long_ds):
 
 
 def test_embed_writes_full_length_per_residue_embeddings_for_a_long_chain(tmp_path, long_jsonl):
+    from coordformer.model.encode import in_canonical_frame
+
     model = _tiny()
     ckpt = export_model(model, tmp_path / "tiny.pt", half=False)
     out = tmp_path / "e.h5"
@@ -178,8 +180,8 @@ def test_embed_writes_full_length_per_residue_embeddings_for_a_long_chain(tmp_pa
     pds = PreparedDataset(tmp_path / "p")
     ci = pds.ids.index("LONG.A")
     b = next(unmasked_batches(pds, np.array([ci]), 512, 4096))
-    with torch.no_grad():
-        alone = model(**b.inputs()).hidden[0, : plan.hi[0]].numpy()
+    with torch.no_grad():  # in the window's canonical frame, as embed feeds each window
+        alone = model(**in_canonical_frame(b).inputs()).hidden[0, : plan.hi[0]].numpy()
     assert np.allclose(first, alone, atol=1e-2)
 
 
