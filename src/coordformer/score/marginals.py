@@ -167,17 +167,15 @@ def run_passes(
         return []
     frames = score_frames(rotations)
     with eval_mode(model):
-        runs = [
-            _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress, f)
-            for f in frames
-        ]
-    if len(runs) == 1:
-        return runs[0]
-    # the mixture over frames: log of the mean probability
-    return [
-        (torch.logsumexp(torch.from_numpy(np.stack(r)), 0) - math.log(len(r))).numpy()
-        for r in zip(*runs)
-    ]
+        return _run_passes(
+            model, tokens, coords, plddt, passes, tokens_per_batch, device, progress, frames
+        )
+
+
+def frames_run(rotations: int, coords: list[np.ndarray | None]) -> int:
+    """How many frames ``run_passes(rotations=...)`` is worth running: ``rotations`` where any
+    chain is fed coordinates, else 1 (rotating nothing changes nothing)."""
+    return rotations if any(c is not None for c in coords) else 1
 
 
 def score_frames(rotations: int = 1) -> list[torch.Tensor | None]:
@@ -189,9 +187,7 @@ def score_frames(rotations: int = 1) -> list[torch.Tensor | None]:
     return [None, *extra]
 
 
-def _run_passes(
-    model, tokens, coords, plddt, passes, tokens_per_batch, device, progress, frame=None
-):
+def _run_passes(model, tokens, coords, plddt, passes, tokens_per_batch, device, progress, frames):
     from ..data.batching import token_budget_batches
 
     results: list[np.ndarray | None] = [None] * len(passes)
@@ -219,16 +215,29 @@ def _run_passes(
                 )
         if co is not None:  # scores must not depend on the frame the file came in
             co = canonical_frame(co)
-            if frame is not None:
-                co = torch.einsum("blac,dc->blad", co, frame)
-        out = model(**Batch.from_tokens(tok, co, plddt=pl).to(device).inputs())
-        logits = out.logits.float()
+        per_frame = []  # the batch is built once and run in each frame
+        for frame in frames:
+            x = co if co is None or frame is None else torch.einsum("blac,dc->blad", co, frame)
+            logits = model(**Batch.from_tokens(tok, x, plddt=pl).to(device).inputs()).logits
+            logits = logits.float()
+            per_frame.append(
+                [
+                    torch.log_softmax(
+                        logits[
+                            r,
+                            torch.from_numpy(passes[i].masked - passes[i].start).to(logits.device),
+                        ][:, _AA],
+                        dim=-1,
+                    ).cpu()
+                    for r, i in enumerate(members)
+                ]
+            )
+            if progress is not None:
+                progress(len(members))
         for r, i in enumerate(members):
-            p = passes[i]
-            rows = torch.from_numpy(p.masked - p.start).to(logits.device)
-            results[i] = torch.log_softmax(logits[r, rows][:, _AA], dim=-1).cpu().numpy()
-        if progress is not None:
-            progress(len(members))
+            lps = torch.stack([f[r] for f in per_frame])
+            # the mixture over frames: log of the mean probability (one frame: itself)
+            results[i] = (torch.logsumexp(lps, 0) - math.log(len(per_frame))).numpy()
     return results  # type: ignore[return-value]
 
 
@@ -366,7 +375,7 @@ def masked_marginals(
         per_chain_passes.append(len(mine))
         passes.extend(mine)
     # frames per pass: rotating matters only where coordinates are fed
-    n_frames = cfg.rotations if any(c is not None for c in cos) else 1
+    n_frames = frames_run(cfg.rotations, cos)
     bar = _progress_bar(len(passes) * n_frames, progress)
     try:
         res = run_passes(

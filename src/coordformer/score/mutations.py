@@ -48,6 +48,8 @@ from .marginals import (
     Pass,
     ScoreConfig,
     aa_index,
+    ca_of,
+    frames_run,
     joint_window,
     masked_marginals,
     model_inputs,
@@ -473,7 +475,7 @@ def score_mutations(
     joint_lp: list[np.ndarray] = []
     if joint_passes:
         toks, cos, pls = model_inputs(model, chains, cfg.use_coords)
-        n_frames = cfg.rotations if any(c is not None for c in cos) else 1
+        n_frames = frames_run(cfg.rotations, cos)
         joint_lp = run_passes(
             model, toks, cos, pls, joint_passes, cfg.tokens_per_batch, device, None, n_frames
         )
@@ -521,7 +523,7 @@ def chain_breaks(chain) -> np.ndarray:
     """0-based indices i where residues i and i + 1 of ``chain`` both have a CA more than
     :data:`BREAK_DISTANCE` apart: the file omits residues there, so 1-based indices past i count
     fewer residues than the full sequence does."""
-    ca = np.asarray(chain.coords, dtype=np.float64)[:, 1 if np.shape(chain.coords)[1] > 1 else 0]
+    ca = ca_of(chain).astype(np.float64)
     if len(ca) < 2:
         return np.zeros(0, dtype=np.int64)
     with np.errstate(invalid="ignore"):
