@@ -164,7 +164,7 @@ issue16)
   cf export -c $CK --out $E/paper-coords.int8.pt --int8
   cf export -c $CK --out $E/paper-coords.fp16.pt
   # the float16 weights come back (8 files of 16 MiB, 64 MiB per call): byte-shuffled and deflated, 67.5 MB
-  # become about 59 if they compress like small-coords (plain gzip: about 62.8, too close to the limit with the
+  # become about 59 if they compress like small-coords (plain gzip: about 62.6, too close to the limit with the
   # record beside them); 4 parts + manifest
   python3 scripts/transport_weights.py pack $E/paper-coords.fp16.pt "$OUT/paper-coords.fp16"
   left=$((deadline - (SECONDS - t0) - 15)); [ $left -lt 20 ] && left=20

@@ -5,11 +5,11 @@
     python scripts/transport_weights.py unpack $OUT/paper-coords.fp16 work/issue16/paper-coords.pt
 
 A device call returns at most 8 files of 16 MiB and 64 MiB in all. `paper-33m` in float16 is
-67.5 MB; gzip alone takes it to about 62.8 MB (93%), which leaves about 4 MiB for the rest of the
+67.5 MB; gzip -1 alone takes it to about 62.6 MB (92.7%), leaving about 4 MiB for the rest of the
 stage's record. Trained float16 weights compress badly because the low byte of each value is
 nearly random, while the high byte (sign, exponent, top mantissa bits) is not. Storing all even
 bytes first and all odd bytes after ("byte shuffle", as Blosc and HDF5 do) lets zlib find the
-high bytes' redundancy: 87.6% instead of 93.0% on `small-coords.pt` (level 1). The transform is a
+high bytes' redundancy: 87.4% instead of 92.7% on `small-coords.pt` (level 1). The transform is a
 permutation of the file's bytes, so it needs to know nothing about the file's format.
 
 ``pack`` writes ``PREFIX.partNN`` (each at most ``--part-mb`` MiB) and ``PREFIX.json`` (the

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import numpy as np
 import torch
 
-from .config import EmbedConfig, check_overlap
+from .config import EmbedConfig, check_overlap, default_of
 from .constants import CA_INDEX
 from .data.batching import check_fits, token_budget_batches, unmasked_batches
 from .data.complexes import complex_batch, complex_span, group_complexes
@@ -322,14 +322,8 @@ def embed_chains(
     from .data.prepare import chains_in_memory
 
     # settings of `embed`'s reading step, which in-memory chains skip: refused, not ignored
-    for name, off in (
-        ("complexes", False),
-        ("chains", ()),
-        ("seqres", "off"),
-        ("plddt_min", None),
-        ("split", None),
-    ):
-        if getattr(cfg, name) != off:
+    for name in ("complexes", "chains", "seqres", "plddt_min", "split"):
+        if getattr(cfg, name) != default_of(EmbedConfig, name):
             raise OptionError(
                 name,
                 getattr(cfg, name),

@@ -87,7 +87,8 @@ def canonical_frame(coords: torch.Tensor, present: torch.Tensor | None = None) -
 
     A model trained on randomly rotated inputs is not rotation-invariant, so inference in the
     input's own frame gives numbers that change with an arbitrary choice of the file's author
-    (a rotation moved small-coords' per-residue log-probabilities by up to 0.9 nats). The axes come
+    (another frame moved small-coords' per-residue log-probabilities by 0.13 nats on average, up to
+    1.9: benchmarks/score_frame.py). The axes come
     from two moments of the centred points x_i over their row positions t_i (present points only):
     the first along u1 = sum (t_i - mean t) x_i (the N-to-C direction), the second along
     u2 = sum (s_i - mean s) x_i with s_i = (t_i - mean t)^2, made orthogonal to the first, the third
