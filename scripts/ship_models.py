@@ -46,7 +46,7 @@ DESCRIPTIONS = {
     "paper-coords": (
         "paper-33m masked-LM (the paper's 6 x 768 x 12, d_ff 2048) with the fast recipe: "
         "CA coordinates and |x|^2 through the linear embedding, four Gaussian-initialised "
-        "first-layer heads (structure model; weights int8 per row, the rest float16)"
+        "first-layer heads (structure model; float16 weights in two files)"
     ),
     "small-coords-sd": (
         "small-coords continued with structure dropout (sd): some training chains fed without "
@@ -119,12 +119,21 @@ def main() -> int:
         f"refused unless the --eval files show a cost under {MAX_INT8_COST:.1%}%",
     )
     ap.add_argument(
+        "--twin",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="the no-coordinates twin of shipped model NAME (not shipped): its command, training "
+        "and its model of the --eval files (key: RUN_DIR's name) go into NAME's card",
+    )
+    ap.add_argument(
         "--trained-on", default=None, help="machine and date the runs trained on, for the record"
     )
     args = ap.parse_args()
     if not args.pairs and not args.annotate:
         ap.error("give NAME=RUN_DIR pairs to ship, or --annotate NAME")
     eval_keys = dict(pair.split("=", 1) for pair in args.eval_key)
+    twins = {name: Path(run) for name, run in (pair.split("=", 1) for pair in args.twin)}
     out = shipped_models_dir()
     out.mkdir(parents=True, exist_ok=True)
     # hide_coords condition -> {model key: metrics}
@@ -203,6 +212,8 @@ def main() -> int:
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
         card.update(missing_flag_fields(card))
+        if name in twins:
+            card["twin"] = twin_fields(twins[name], evals, card.get("heldout_eval"))
         if name in args.int8:
             cost = int8_cost(card)
             if cost is None or cost > MAX_INT8_COST:
@@ -252,6 +263,44 @@ def main() -> int:
         readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"])))
     )
     return 0
+
+
+def twin_fields(run: Path, evals: dict[str, dict], shipped_eval: dict | None) -> dict:
+    """The no-coordinates twin's record for the shipped model's card: how it was trained (its
+    summary.json and metrics.csv in ``run``) and its plain held-out evaluation on the same masks
+    (model ``run.name`` of the --eval files), with the coordinates / no-coordinates perplexity
+    ratio."""
+    summary = json.loads((run / "summary.json").read_text())
+    logs = sorted((run / "logs").glob("version_*/metrics.csv"))
+    ev = eval_fields(evals, run.name).get("heldout_eval")
+    twin = {
+        "run": run.name,
+        "command": summary.get("command"),
+        "n_parameters": summary.get("n_parameters"),
+        "training": {
+            "global_step": summary["global_step"],
+            "train_minutes": summary["train_minutes"],
+            "final_val": final_val(summary, logs),
+            "skipped_steps": summary.get("skipped_steps", 0),
+        },
+    }
+    if ev:
+        twin["heldout_eval"] = {
+            k: ev[k]
+            for k in (
+                "split",
+                "n_chains",
+                "n_masked",
+                "perplexity",
+                "recovery",
+                "per_residue_recovery",
+                "settings",
+            )
+            if k in ev
+        }
+        if shipped_eval:
+            twin["perplexity_ratio"] = shipped_eval["perplexity"] / ev["perplexity"]
+    return twin
 
 
 def int8_cost(card: dict) -> float | None:
@@ -362,6 +411,22 @@ def readme(cards: list[dict]) -> str:
                 f"- Held-out test split: perplexity {ev['perplexity']:.2f}, "
                 f"recovery {ev['recovery']:.1%} "
                 f"({ev['n_masked']:,} masked residues of {ev['n_chains']:,} chains)"
+            )
+        tw = c.get("twin") or {}
+        if tw:
+            te = tw.get("heldout_eval") or {}
+            lines.append(
+                f"- No-coordinates twin (`{tw['run']}`, not shipped; same data, seed and budget): "
+                f"{tw['training']['global_step']} steps, final validation perplexity "
+                f"{tw['training']['final_val'].get('val/perplexity', float('nan')):.2f}"
+                + (
+                    f"; same test masks: perplexity {te['perplexity']:.2f}, recovery "
+                    f"{te['recovery']:.1%} (coordinates / no-coordinates perplexity ratio "
+                    f"{tw['perplexity_ratio']:.3f})"
+                    if te and "perplexity_ratio" in tw
+                    else ""
+                )
+                + f"; command `{tw['command']}`"
             )
         if c.get("heldout_eval_unquantised"):
             u = c["heldout_eval_unquantised"]

@@ -37,7 +37,7 @@ def test_shipped_models_load_by_name_offline():
         assert card["training"]["global_step"] > 0
 
 
-def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_record():
+def test_shipped_paper_size_model_is_the_papers_architecture_with_its_record_and_twin():
     """paper-coords: the paper's 6 x 768 x 12 (d_ff 2048) with the fast recipe; every file under the
     48 MB a shipped file may take (float16 shards, or int8 whose measured cost is under 0.5%); it
     beats small-coords on the same test masks, and it reads coordinates."""
@@ -62,6 +62,16 @@ def test_shipped_paper_size_model_is_the_papers_architecture_in_int8_with_its_re
             card["heldout_eval"]["perplexity"]
             <= 1.005 * card["heldout_eval_unquantised"]["perplexity"]
         )
+    # the no-coordinates twin's figures are on the card, measured on the same masks
+    twin = card["twin"]
+    assert "--no-coords" in twin["command"] and twin["training"]["skipped_steps"] == 0
+    assert twin["heldout_eval"]["settings"] == card["heldout_eval"]["settings"] | {
+        "use_coords": False
+    }
+    assert twin["perplexity_ratio"] == pytest.approx(
+        card["heldout_eval"]["perplexity"] / twin["heldout_eval"]["perplexity"]
+    )
+    assert twin["perplexity_ratio"] < 1
     small = model_card("small-coords")["heldout_eval"]
     assert card["heldout_eval"]["n_masked"] == small["n_masked"]
     assert card["heldout_eval"]["perplexity"] < small["perplexity"]

@@ -144,3 +144,71 @@ def test_training_ablations_go_on_past_a_failing_arm(tmp_path, monkeypatch, caps
     assert set(rec["summary"]) == {"default", "nocoords"}
     assert rec["errors"] == {"compile": "RuntimeError: inductor failed"}
     assert "compile: FAILED (RuntimeError: inductor failed)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ship_models_records_the_no_coordinates_twin_on_the_card(tmp_path, prepared, monkeypatch):
+    """`ship_models.py NAME=RUN --twin NAME=TWIN_RUN`: the shipped model's card carries the twin's
+    command, training and held-out figures on the same masks, and the models README says them; the
+    twin itself is not shipped."""
+    import json
+
+    import ship_models
+    from tests.conftest import pretrain_args
+
+    from coordformer.cli import main as cli
+
+    runs = {}
+    for name, extra in (("coords", []), ("nocoords", ["--no-coords"])):
+        runs[name] = tmp_path / name
+        flags = dict(max_steps=3, val_every=3, tokens_per_batch=512, seed=0, quiet=True)
+        assert cli(pretrain_args(prepared.path, runs[name], *extra, **flags)) == 0
+    ev = tmp_path / "eval.json"
+    assert (
+        cli(
+            [
+                "evaluate",
+                "-c",
+                str(runs["coords"]),
+                "-c",
+                str(runs["nocoords"]),
+                "--data",
+                str(prepared.path),
+                "--split",
+                "test",
+                "--quiet",
+                "--json",
+                str(ev),
+            ]
+        )
+        == 0
+    )
+    shipped = tmp_path / "models"
+    monkeypatch.setattr(ship_models, "shipped_models_dir", lambda: shipped)
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "ship_models.py",
+            f"tiny-coords={runs['coords']}",
+            "--twin",
+            f"tiny-coords={runs['nocoords']}",
+            "--eval",
+            str(ev),
+        ],
+    )
+    assert ship_models.main() == 0
+    card = json.loads((shipped / "tiny-coords.json").read_text())
+    models = json.loads(ev.read_text())["models"]
+    twin = card["twin"]
+    summary = json.loads((runs["nocoords"] / "summary.json").read_text())
+    assert twin["run"] == "nocoords" and twin["command"] == summary["command"]
+    assert twin["n_parameters"] == summary["n_parameters"] != card["n_parameters"]
+    assert twin["heldout_eval"]["perplexity"] == models["nocoords"]["perplexity"]
+    assert (
+        twin["perplexity_ratio"]
+        == models["coords"]["perplexity"] / models["nocoords"]["perplexity"]
+    )
+    assert twin["training"]["global_step"] == 3
+    assert "No-coordinates twin (`nocoords`, not shipped" in (shipped / "README.md").read_text()
+    assert sorted(p.name for p in shipped.glob("*.pt")) == ["tiny-coords.pt"]
