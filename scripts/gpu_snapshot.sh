@@ -13,10 +13,10 @@ S=work/gpu16
 ls .whl/gemmi-*cp312*.whl >/dev/null || { echo "download the device's gemmi wheel into .whl/ (pip download gemmi --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .whl)"; exit 2; }
 rm -rf $S; mkdir -p $S/work/gpu $S/.whl
 git archive HEAD src benchmarks scripts pyproject.toml | tar -x -C $S
-rm -rf $S/src/coordformer/resources/models/*.pt $S/src/coordformer/resources/demo   # not needed there; keeps the upload small
+rm -rf $S/src/coordformer/resources/models/*.pt $S/src/coordformer/resources/models/*.pt.shard* $S/src/coordformer/resources/demo   # not needed there; keeps the upload small
 cp work/gpu/pdb_chains_ca.tar $S/work/gpu/; cp .whl/gemmi-*cp312*.whl $S/.whl/
 echo "snapshot of $(git rev-parse --short HEAD): $(du -sh $S | cut -f1)"
-[ "${REHEARSE:-1}" = 1 ] || exit 0
+[ "${REHEARSE:-1}" = 1 ] || { scripts/lease_tree.sh size || true; exit 0; }
 R=$(mktemp -d)
 ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 REPLAY_BATCHES=3 \
   DEADLINE=420 EVAL_LIMIT=180 EVAL_MAX_CHAINS=100 DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs OUT=$R/out bash scripts/gpu_session.sh issue16 0.5 ) > $R/log 2>&1
@@ -31,3 +31,5 @@ tail -8 $R/log18
 python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \
   $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
 echo "rehearsal passed ($R)"
+# the device copies the whole working tree too: with the paper-size weights tracked it is over 64 MiB
+scripts/lease_tree.sh size || echo "before the device calls: scripts/lease_tree.sh hide; after them: scripts/lease_tree.sh restore"

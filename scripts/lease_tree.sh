@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The device tool copies the working tree to the device machine (tracked files and untracked files
+# git does not ignore, 64 MiB in all, carried paths included). With the paper-size weights shipped
+# (67.5 MB in two files) the tracked tree alone is over that, so for a lease the large shipped
+# weights are taken out of the index and ignored locally, then put back:
+#
+#   scripts/lease_tree.sh size      what would travel now (bytes), with work/gpu16 carried
+#   scripts/lease_tree.sh hide      untrack + ignore the shipped weights over 16 MB (before the device calls)
+#   scripts/lease_tree.sh restore   track them again and drop the ignore lines (right after the calls)
+#
+# The files stay on disk throughout; only the index and .git/info/exclude change. Never commit while
+# they are hidden: the commit would delete them. `restore` is safe to run twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODELS=src/coordformer/resources/models
+EXCLUDE=.git/info/exclude
+MARK="# lease_tree.sh hide"
+big() { find $MODELS -name '*.pt*' -size +16M | sort; }
+
+case ${1:-} in
+size)
+  { git ls-files -z; git ls-files -z -o --exclude-standard; } | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1 \
+    | { read -r tree; carry=$(du -sb work/gpu16 2>/dev/null | cut -f1 || echo 0)
+        echo "tree $tree + carried work/gpu16 ${carry:-0} = $((tree + ${carry:-0})) bytes (limit 67108864)"
+        [ $((tree + ${carry:-0})) -le 67108864 ] || { echo "over the limit: run scripts/lease_tree.sh hide"; exit 1; }; }
+  ;;
+hide)
+  mapfile -t files < <(big)
+  [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over 16 MB"; exit 0; }
+  git rm -q --cached -- "${files[@]}"
+  { echo "$MARK"; printf '/%s\n' "${files[@]}"; } >> $EXCLUDE   # gitignore has no trailing comments
+  echo "hidden from the device copy: ${files[*]}"; echo "run scripts/lease_tree.sh restore after the device calls"
+  ;;
+restore)
+  mapfile -t files < <(big)
+  [ ${#files[@]} -gt 0 ] && git reset -q -- "${files[@]}"
+  if [ -f $EXCLUDE ]; then
+    grep -vxF -e "$MARK" $(printf -- '-e /%s ' "${files[@]}") $EXCLUDE > $EXCLUDE.tmp || true
+    mv $EXCLUDE.tmp $EXCLUDE
+  fi
+  git status --short -- $MODELS
+  echo "restored: ${files[*]}"
+  ;;
+*)
+  echo "usage: $0 size|hide|restore" >&2; exit 2 ;;
+esac
