@@ -259,6 +259,28 @@ def test_one_precision_rule(monkeypatch):
     assert resolve_precision("auto", cuda=True) == "bf16-mixed"
 
 
+def test_workers_default_to_four_per_gpu_within_the_cpus_and_none_on_the_cpu(monkeypatch):
+    """On one H100 four DataLoader workers trained paper-33m about 1.4x faster than none, so a
+    GPU run gets them unless asked otherwise; each GPU's launching process keeps a CPU; the CPU
+    gets none."""
+    import os
+
+    from coordformer.train.lifecycle import AUTO_WORKERS, resolve_workers
+
+    assert resolve_workers(None, cuda=False) == 0
+    assert resolve_workers(2, cuda=True) == 2 and resolve_workers(0, cuda=True) == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    for cpus, devices, want in (
+        (16, "1", AUTO_WORKERS),
+        (16, "auto", 1),  # 8 GPUs: 2 CPUs each, one of them for the launching process
+        (16, "0,1", AUTO_WORKERS),
+        (2, "1", 1),
+        (1, "1", 0),
+    ):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        assert resolve_workers(None, cuda=True, devices=devices) == want, (cpus, devices)
+
+
 def test_errors_name_python_parameters_and_the_cli_their_flags():
     e = OptionError(
         "out_dir", "runs/a", "already holds a run; pass `resume=True` or choose a new `out_dir`"

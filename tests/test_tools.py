@@ -212,3 +212,40 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(tmp_path, prepa
     assert twin["training"]["global_step"] == 3
     assert "No-coordinates twin (`nocoords`, not shipped" in (shipped / "README.md").read_text()
     assert sorted(p.name for p in shipped.glob("*.pt")) == ["tiny-coords.pt"]
+
+
+def test_training_ablations_keep_an_arm_timed_before_the_budgets_sigterm(tmp_path, monkeypatch):
+    """The lease's `timeout` stopped the compile arm after its timed steps, in its final validation,
+    and the measurement was lost (2026-11-26). A SIGTERM after the timed steps keeps the arm's
+    figures and ends the benchmark; one before them still stops it with nothing invented."""
+    import json
+    from types import SimpleNamespace
+
+    import training_ablations
+
+    import coordformer.train.run as run
+    from coordformer.errors import TrainingInterrupted
+
+    calls = []
+
+    def fake_pretrain(data, out, mc, tc, resume, progress, callbacks):
+        (timer,) = callbacks
+        calls.append(out.name)
+        module = SimpleNamespace(model_flops=0.0, residues_seen=0)
+        timer.on_train_batch_start(SimpleNamespace(global_step=2), module, None, 0)
+        module.model_flops, module.residues_seen = 3e12, 3000
+        if "nocoords" in out.name:  # this arm is stopped before its timed steps end
+            raise TrainingInterrupted("stopped by SIGTERM: saved last.ckpt at step 3", 15)
+        timer.on_train_batch_end(SimpleNamespace(global_step=5), module, None, None, 0)
+        raise TrainingInterrupted("stopped by SIGTERM: saved last.ckpt at step 5", 15)
+
+    monkeypatch.setattr(run, "pretrain", fake_pretrain)
+    out = tmp_path / "a.json"
+    argv = ["--data", str(tmp_path), "--device", "cpu", "--threads", "1", "--steps", "3",
+            "--warmup", "2", "--json", str(out), "--arms"]  # fmt: skip
+    training_ablations.main([*argv, "compile", "default"])
+    rec = json.loads(out.read_text())
+    assert calls == ["compile-0"]  # the signal ended the benchmark: `default` never started
+    assert set(rec["summary"]) == {"compile"} and rec["summary"]["compile"]["residues_per_s"] > 0
+    with pytest.raises(TrainingInterrupted):
+        training_ablations.main([*argv, "nocoords"])

@@ -423,7 +423,12 @@ def pretrain(
         "bfloat16), 32-true on the CPU. Half-precision weights (bf16-true, 16-true) are not "
         "supported: use bf16-mixed.",
     ),
-    workers: int = typer.Option(_train("num_workers"), min=0, help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(
+        _train("num_workers"),
+        min=0,
+        help="DataLoader worker processes. Default: 4 on a CUDA GPU (fewer when the CPUs per GPU "
+        "are fewer than 5), 0 on the CPU.",
+    ),
     accumulate: int = typer.Option(
         _train("accumulate_grad_batches"),
         min=1,

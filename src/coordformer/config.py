@@ -433,7 +433,11 @@ class TrainConfig(BatchConfig):
     devices: str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    num_workers: int = 0
+    # DataLoader worker processes; None: AUTO_WORKERS on a CUDA GPU (at most the CPUs per device
+    # less one), 0 elsewhere (coordformer.train.lifecycle.resolve_workers). On one H100 at
+    # paper-33m, 4 workers trained about 1.4x faster than none (docs/RESULTS.md, issue 18); on the
+    # CPU workers take cores from the model.
+    num_workers: int | None = None
     compile: bool = False
     # recompute layer activations in backward (less memory, ~1/3 more compute)
     activation_checkpointing: bool = False

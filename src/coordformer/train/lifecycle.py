@@ -25,6 +25,31 @@ def resolve_precision(precision: str, cuda: bool) -> str:
     return "32-true"
 
 
+#: DataLoader workers per GPU when ``num_workers`` is None (TrainConfig)
+AUTO_WORKERS = 4
+
+
+def resolve_workers(num_workers: int | None, cuda: bool, devices: str = "auto") -> int:
+    """DataLoader worker processes for a run: ``num_workers`` when given; else, on a CUDA GPU,
+    AUTO_WORKERS, capped so that the workers of every local device leave each one a CPU (the
+    process that launches kernels); 0 off the GPU, where the batch is built between steps anyway
+    and workers would take cores from the model."""
+    if num_workers is not None:
+        return num_workers
+    if not cuda:
+        return 0
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if devices == "auto" or devices == "-1":
+        local = torch.cuda.device_count()
+    elif "," in devices or devices.startswith("["):
+        local = len([d for d in devices.strip("[]").split(",") if d.strip()])
+    else:
+        local = int(devices)
+    return max(0, min(AUTO_WORKERS, (cpus or 1) // max(1, local) - 1))
+
+
 def quiet_lightning() -> None:
     """Lightning prints advertising tips and deprecation chatter that hide our progress output."""
     import warnings

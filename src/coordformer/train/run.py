@@ -19,7 +19,14 @@ from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
 from ..errors import OptionError, TrainingInterrupted, UsageError
-from .lifecycle import Interrupted, StopOnSignal, quiet_lightning, resolve_precision, signal_name
+from .lifecycle import (
+    Interrupted,
+    StopOnSignal,
+    quiet_lightning,
+    resolve_precision,
+    resolve_workers,
+    signal_name,
+)
 from .mlm import MaskedLMModule
 from .progress import TrainProgressBar
 
@@ -350,6 +357,10 @@ def _pretrain(
         raise OptionError(
             "accelerator", cfg.accelerator, "no CUDA GPU is visible; use `accelerator=cpu`"
         )
+    # the record says how many workers ran, not "auto"
+    cfg = cfg.replace(
+        num_workers=resolve_workers(cfg.num_workers, _uses_cuda(cfg.accelerator), cfg.devices)
+    )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = None
     data_record = {
