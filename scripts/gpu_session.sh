@@ -127,9 +127,15 @@ issue16)
   python3 -c "import coordformer.cli, coordformer.train.run, coordformer.eval.mlm, coordformer.analysis.attention" \
     || { echo "preflight: coordformer does not import; nothing started"; exit 3; }
   [ -f $DATA/manifest.json ] || { echo "preflight: no dataset at $DATA"; exit 3; }
+  # RUN16: the runs trained side by side (default: the model and its twin). paper-recipe is
+  # `--recipe paper` (the paper's features, initialisation and LM head) with the same schedule: the
+  # fast-vs-paper-recipe curve at paper size (issue 16 item 3). The first run is exported and replayed.
+  read -ra R16 <<< "${RUN16:-paper-coords paper-nocoords}"
+  declare -A F16=([paper-coords]="--recipe fast" [paper-nocoords]="--no-coords" [paper-recipe]="--recipe paper")
+  for n in "${R16[@]}"; do [ -n "${F16[$n]:-}" ] || { echo "preflight: unknown run $n in RUN16"; exit 3; }; done
   # a retry on the same warm machine must not resume the last try's runs (it would train seconds) or
   # bring back its evaluations as new
-  rm -rf $RUNS/paper-coords $RUNS/paper-nocoords $RUNS/eval
+  rm -rf $RUNS/paper-coords $RUNS/paper-nocoords $RUNS/paper-recipe $RUNS/eval
   C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
@@ -138,9 +144,8 @@ issue16)
   # EXTRA16 adds pretrain flags to both runs without a new snapshot (a retry with --no-fused-adamw, say)
   C16="$C16 ${EXTRA16:-}"
   pids=""
-  for n in paper-coords paper-nocoords; do
-    flags=$([ $n = paper-nocoords ] && echo "--no-coords" || echo "--recipe fast")
-    setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n $flags $C16 > $RUNS/$n.log 2>&1 < /dev/null &
+  for n in "${R16[@]}"; do
+    setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n ${F16[$n]} $C16 > $RUNS/$n.log 2>&1 < /dev/null &
     pids="$pids $!"
   done
   E=$RUNS/eval; mkdir -p $E
@@ -157,21 +162,22 @@ issue16)
   for _ in $(seq 30); do alive || break; sleep 1; done
   alive && echo "a run is still alive 30 s after SIGTERM; going on with what it wrote"
   tail -n 2 $RUNS/paper-*.log
-  for n in paper-coords paper-nocoords; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
+  for n in "${R16[@]}"; do cp $RUNS/$n/summary.json $E/$n.summary.json; cp $RUNS/$n.log $E/; \
     cp $RUNS/$n/logs/version_0/metrics.csv $E/$n.metrics.csv; done
   tar -C $RUNS -czf "$OUT/issue16_train.tar.gz" eval   # the training record comes back even if evaluation fails
-  CK=$RUNS/paper-coords/checkpoints/last.ckpt; NK=$RUNS/paper-nocoords/checkpoints/last.ckpt
-  cf export -c $CK --out $E/paper-coords.int8.pt --int8
-  cf export -c $CK --out $E/paper-coords.fp16.pt
+  CK=$RUNS/${R16[0]}/checkpoints/last.ckpt; CKS=""
+  for n in "${R16[@]}"; do CKS="$CKS -c $RUNS/$n/checkpoints/last.ckpt"; done
+  cf export -c $CK --out $E/${R16[0]}.int8.pt --int8
+  cf export -c $CK --out $E/${R16[0]}.fp16.pt
   # the float16 weights come back (8 files of 16 MiB, 64 MiB per call): byte-shuffled and deflated, 67.5 MB
   # become about 59 if they compress like small-coords (plain gzip: about 62.6, too close to the limit with the
   # record beside them); 4 parts + manifest
-  python3 scripts/transport_weights.py pack $E/paper-coords.fp16.pt "$OUT/paper-coords.fp16"
+  python3 scripts/transport_weights.py pack $E/${R16[0]}.fp16.pt "$OUT/${R16[0]}.fp16"
   left=$((deadline - (SECONDS - t0) - 15)); [ $left -lt 20 ] && left=20
   T="timeout $left python3 -m coordformer"  # a slow evaluation must not cost the lease its results
-  ev() { $T evaluate -c $CK -c $NK --data $DATA --device $DEV --quiet ${EVAL_MAX_CHAINS:+--max-chains $EVAL_MAX_CHAINS} "$@"; }
+  ev() { $T evaluate $CKS --data $DATA --device $DEV --quiet ${EVAL_MAX_CHAINS:+--max-chains $EVAL_MAX_CHAINS} "$@"; }
   # every evaluation at once: each is small next to the GPU, and they are mostly data work
-  ev --split test --json $E/test_mask.json -c $E/paper-coords.int8.pt -c $E/paper-coords.fp16.pt > $E/test_mask.log 2>&1 &
+  ev --split test --json $E/test_mask.json -c $E/${R16[0]}.int8.pt -c $E/${R16[0]}.fp16.pt > $E/test_mask.log 2>&1 &
   evpids=$!
   ev --split test --masking bert --json $E/test_bert.json > $E/test_bert.log 2>&1 &
   evpids="$evpids $!"

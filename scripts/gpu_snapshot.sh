@@ -19,12 +19,17 @@ echo "snapshot of $(git rev-parse --short HEAD): $(du -sh $S | cut -f1)"
 [ "${REHEARSE:-1}" = 1 ] || { scripts/lease_tree.sh size || true; exit 0; }
 R=$(mktemp -d)
 ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 REPLAY_BATCHES=3 \
+  RUN16="paper-coords paper-nocoords paper-recipe" \
   DEADLINE=420 EVAL_LIMIT=180 EVAL_MAX_CHAINS=100 DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs OUT=$R/out bash scripts/gpu_session.sh issue16 0.5 ) > $R/log 2>&1
 tail -5 $R/log
 for f in issue16_train.tar.gz issue16.tar.gz paper-coords.fp16.part00 paper-coords.fp16.json; do [ -s $R/out/$f ] || { echo "rehearsal FAILED: no $f (log: $R/log)"; exit 1; }; done
 python3 $S/scripts/transport_weights.py unpack $R/out/paper-coords.fp16 $R/back.pt && cmp -s $R/back.pt $R/runs/eval/paper-coords.fp16.pt \
   || { echo "rehearsal FAILED: the float16 weights do not come back exactly (log: $R/log)"; exit 1; }
 tar -tzf $R/out/issue16.tar.gz > $R/listing; grep -q test_mask.json $R/listing || { echo "rehearsal FAILED: no test evaluation (log: $R/log)"; exit 1; }
+# every run of RUN16 trained and was evaluated (the rehearsal trains all three the stage knows)
+mkdir -p $R/back && tar -xzf $R/out/issue16.tar.gz -C $R/back && python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['models']; \
+assert {'paper-coords','paper-nocoords','paper-recipe'} <= set(m), sorted(m)" $R/back/eval/test_mask.json \
+  || { echo "rehearsal FAILED: a run of RUN16 missing from the evaluation (log: $R/log)"; exit 1; }
 ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed TOKENS=2048 STEPS=5 WARMUP=2 \
   ARMS="old default head nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1
 tail -8 $R/log18

@@ -18,7 +18,8 @@ import math
 import sys
 from pathlib import Path
 
-RUNS = ("paper-coords", "paper-nocoords")
+#: the stage's runs (RUN16 picks which trained); each table shows those that came back
+RUNS = ("paper-coords", "paper-nocoords", "paper-recipe")
 
 
 def _json(path: Path):
@@ -39,7 +40,8 @@ def training(e: Path) -> list[str]:
             else []
         )
         if s is None and not rows:
-            out.append(f"| {n} | missing | | | | |")
+            if n != "paper-recipe":  # trained only when RUN16 names it
+                out.append(f"| {n} | missing | | | | |")
             continue
         val = {
             int(r["step"]) + 1: float(r["val/perplexity"]) for r in rows if r.get("val/perplexity")
@@ -63,27 +65,41 @@ def training(e: Path) -> list[str]:
 
 
 def evaluations(e: Path) -> list[str]:
+    """One row per split and masking, one perplexity / recovery cell per run that was evaluated,
+    and each coordinates run's perplexity over the twin's."""
+    found = [
+        n for n in RUNS if any(n in (_json(p) or {}).get("models", {}) for p in e.glob("*_*.json"))
+    ]
+    ratios = [n for n in found if n != "paper-nocoords"] if "paper-nocoords" in found else []
     out = [
-        "| split, masking | coords perplexity / recovery | no-coords perplexity / recovery "
-        "| perplexity ratio | masked residues |",
-        "|---|---|---|---|---|",
+        "| split, masking | "
+        + " | ".join(f"{n} perplexity / recovery" for n in found)
+        + "".join(f" | {n} / twin perplexity" for n in ratios)
+        + " | masked residues |",
+        "|---" * (2 + len(found) + len(ratios)) + "|",
     ]
     for split in ("test", "valid"):
         for masking in ("mask", "bert"):
             d = _json(e / f"{split}_{masking}.json")
             if d is None:
-                out.append(f"| {split}, {masking} | missing | | | |")
+                out.append(f"| {split}, {masking} | missing |")
                 continue
             m = d["models"]
-            c, n = m.get("paper-coords"), m.get("paper-nocoords")
-            if not (c and n):
-                out.append(f"| {split}, {masking} | models {sorted(m)} | | | |")
-                continue
+            cells = [
+                f"{m[n]['perplexity']:.2f} / {100 * m[n]['recovery']:.1f}%" if n in m else "-"
+                for n in found
+            ]
+            cells += [
+                f"{m[n]['perplexity'] / m['paper-nocoords']['perplexity']:.3f}"
+                if n in m and "paper-nocoords" in m
+                else "-"
+                for n in ratios
+            ]
+            n_masked = next(iter(m.values()))["n_masked"]
             out.append(
                 f"| {split}, {'all <mask>' if masking == 'mask' else 'BERT 80/10/10'} | "
-                f"{c['perplexity']:.2f} / {100 * c['recovery']:.1f}% | "
-                f"{n['perplexity']:.2f} / {100 * n['recovery']:.1f}% | "
-                f"{c['perplexity'] / n['perplexity']:.3f} | {c['n_masked']:,} |"
+                + " | ".join(cells)
+                + f" | {n_masked:,} |"
             )
     return out
 
@@ -92,13 +108,16 @@ def per_aa(e: Path) -> list[str]:
     d = _json(e / "test_mask.json")
     if d is None or "paper-coords" not in d["models"]:
         return ["(test evaluation missing)"]
-    c, n = d["models"]["paper-coords"], d["models"]["paper-nocoords"]
+    other = next((k for k in ("paper-nocoords", "paper-recipe") if k in d["models"]), None)
+    if other is None:
+        return ["(no second run to compare with)"]
+    c, n = d["models"]["paper-coords"], d["models"][other]
     aas = sorted(
         c["per_residue_recovery"],
         key=lambda a: c["per_residue_recovery"][a] - n["per_residue_recovery"][a],
         reverse=True,
     )
-    out = ["| residue | coords | no coords | difference (pt) |", "|---|---|---|---|"]
+    out = [f"| residue | paper-coords | {other} | difference (pt) |", "|---|---|---|---|"]
     for a in aas:
         x, y = c["per_residue_recovery"][a], n["per_residue_recovery"][a]
         bold = "**" if a in "GP" else ""
