@@ -39,6 +39,7 @@ Timings are noisy on shared machines: read the ratios, and rerun.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import platform
@@ -189,7 +190,11 @@ def run_arm(arm: str, args, out: Path) -> dict:
                 raise
             stopped = str(e).splitlines()[0]
     seconds = timer.t1 - timer.t0
-    syncs = sum("synchronizing" in str(w.message).lower() for w in caught)
+    sync_warnings = [w for w in caught if "synchronizing" in str(w.message).lower()]
+    syncs = len(sync_warnings)
+    # where they come from: PyTorch attributes each warning to the Python line that caused it, so
+    # the next lease can name the syncs that are left, not just count them
+    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in sync_warnings)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     return {
         "residues_per_s": (timer.residues1 - timer.residues0) / seconds,
@@ -197,6 +202,7 @@ def run_arm(arm: str, args, out: Path) -> dict:
         "seconds": seconds,
         "peak_gib": peak,
         "syncs_per_step": syncs / args.steps if args.sync_debug else None,
+        "sync_sites": dict(sites.most_common(12)) if args.sync_debug else None,
         **({"stopped_after_timing": stopped} if stopped else {}),
     }
 
@@ -287,6 +293,10 @@ def main(argv=None):
             "coordinates' throughput ratio (default / nocoords): "
             f"{summary['default']['residues_per_s'] / summary['nocoords']['residues_per_s']:.3f}"
         )
+    for arm, runs in results.items():
+        if arm == "default" and runs and runs[0].get("sync_sites"):
+            sites = ", ".join(f"{k} x{v}" for k, v in runs[0]["sync_sites"].items())
+            print(f"host syncs of default's timed steps, by line: {sites}")
     for arm, msg in errors.items():
         print(f"{arm:>12} failed: {msg}")
     if args.json:

@@ -249,3 +249,32 @@ def test_training_ablations_keep_an_arm_timed_before_the_budgets_sigterm(tmp_pat
     assert set(rec["summary"]) == {"compile"} and rec["summary"]["compile"]["residues_per_s"] > 0
     with pytest.raises(TrainingInterrupted):
         training_ablations.main([*argv, "nocoords"])
+
+
+def test_training_ablations_name_the_lines_that_sync(tmp_path, monkeypatch):
+    """With --sync-debug each arm records where its host syncs came from (PyTorch attributes the
+    warning to the Python line), so a lease can name the syncs left, not only count them."""
+    import warnings
+    from types import SimpleNamespace
+
+    import training_ablations
+
+    import coordformer.train.run as run
+
+    def fake_pretrain(data, out, mc, tc, resume, progress, callbacks):
+        (timer,) = callbacks
+        module = SimpleNamespace(model_flops=0.0, residues_seen=0)
+        timer.on_train_batch_start(SimpleNamespace(global_step=2), module, None, 0)
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")  # the line recorded
+        module.model_flops, module.residues_seen = 3e12, 3000
+        timer.on_train_batch_end(SimpleNamespace(global_step=5), module, None, None, 0)
+
+    monkeypatch.setattr(run, "pretrain", fake_pretrain)
+    args = SimpleNamespace(preset="tiny-0.1m", tokens=512, crop_length=64, steps=3, warmup=2,
+                           seed=0, device="cpu", threads=1, precision="auto", sync_debug=True,
+                           data=str(tmp_path))  # fmt: skip
+    res = training_ablations.run_arm("default", args, tmp_path / "default-0")
+    assert res["syncs_per_step"] == 1.0
+    ((site, n),) = res["sync_sites"].items()
+    assert site.startswith("test_tools.py:") and n == 3
