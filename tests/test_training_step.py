@@ -258,3 +258,34 @@ def test_fp16_mixed_precision_keeps_plain_adamw():
     assert module._fused() is False
     module._trainer = SimpleNamespace(precision="bf16-mixed")
     assert module._fused() is True
+
+
+def test_numbers_are_logged_only_for_the_steps_the_logger_writes(tmp_path, prepared, monkeypatch):
+    """A Python number given to ``self.log`` becomes a device tensor (a host-to-device copy, which
+    waits for the GPU). The learning rate and the minutes were logged every step; they are now
+    logged for the steps whose row the logger writes, and every written row still has them,
+    current (tokens/s too: it used to reach the row 24 steps late)."""
+    import csv
+    import numbers
+
+    from coordformer.train.mlm import MaskedLMModule
+    from coordformer.train.run import pretrain
+
+    logged = []
+    real_log = MaskedLMModule.log
+
+    def spy(self, name, value, *args, **kwargs):
+        if isinstance(value, numbers.Number) and name.startswith("train/"):
+            logged.append((self.global_step, name))
+        return real_log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(MaskedLMModule, "log", spy)
+    tc = _train_config(max_steps=20, log_every_steps=5, val_every_steps=1000)
+    pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
+    assert logged and {step % 5 for step, _ in logged} == {4}
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv")))
+    written = [r for r in rows if r.get("train/loss")]
+    assert [int(r["step"]) for r in written] == [4, 9, 14, 19]
+    assert all(r["train/lr"] and r["train/minutes"] for r in written)
+    # from the first written row on, the rate of the steps just before it
+    assert all(float(r["train/tokens_per_s"]) > 0 for r in written)

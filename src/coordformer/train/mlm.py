@@ -135,11 +135,22 @@ class MaskedLMModule(L.LightningModule):
         # reaches the host only when the logger writes, every log_every_steps.
         self.log("train/loss", loss, prog_bar=self._has_bar(), batch_size=bs)
         self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-        if (
-            self.global_step % max(self.train_config.log_every_steps, 1) == 0
-            and self.train_seconds > 0
-        ):
+        # Lightning writes the logger's row after the step whose global_step + 1 is a multiple of
+        # log_every_steps, with the values logged last. A Python number logged becomes a tensor on
+        # the device: a host-to-device copy, which waits for the GPU. So numbers are logged only
+        # for the steps that are written (every step while a progress bar shows them).
+        written = (self.global_step + 1) % max(self.train_config.log_every_steps, 1) == 0
+        if written or self._has_bar():
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+            # With a time budget the step-based ETA means
+            # little; show the training minutes spent instead.
+            self.log(
+                "train/minutes",
+                self.train_seconds / 60.0,
+                batch_size=bs,
+                prog_bar=bool(self.train_config.max_minutes),
+            )
+        if written and self.train_seconds > 0:
             rate = self._tokens_since / max(self.train_seconds - self._sec_at_log, 1e-9)
             self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bs)
             self.log(
@@ -151,14 +162,6 @@ class MaskedLMModule(L.LightningModule):
             self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
             self._collect_skips()
-        # With a time budget the step-based ETA means
-        # little; show the training minutes spent instead.
-        self.log(
-            "train/minutes",
-            self.train_seconds / 60.0,
-            batch_size=bs,
-            prog_bar=bool(self.train_config.max_minutes),
-        )
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
