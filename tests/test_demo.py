@@ -37,7 +37,7 @@ def test_shipped_models_load_by_name_offline():
         assert card["training"]["global_step"] > 0
 
 
-def test_shipped_paper_size_model_is_the_papers_architecture_with_its_record_and_twin():
+def test_shipped_paper_size_model_is_the_papers_architecture_with_its_record_and_twin(capsys):
     """paper-coords: the paper's 6 x 768 x 12 (d_ff 2048) with the fast recipe; every file under the
     48 MB a shipped file may take (float16 shards, or int8 whose measured cost is under 0.5%); it
     beats small-coords on the same test masks, and it reads coordinates."""
@@ -50,7 +50,12 @@ def test_shipped_paper_size_model_is_the_papers_architecture_with_its_record_and
             "no GPU lease has produced weights that pass the bar"
         )
     card = model_card("paper-coords")
-    assert all((ship["paper-coords"].parent / f).stat().st_size < 48e6 for f in card["files"])
+    sizes = [(ship["paper-coords"].parent / f).stat().st_size for f in card["files"]]
+    assert all(s < 48e6 for s in sizes)
+    # `coordformer models` gives the size of all its files, not of the first
+    assert main(["models"]) == 0
+    parts = f" in {len(sizes)} files" if len(sizes) > 1 else ""
+    assert f"paper-coords\t{sum(sizes) / 1e6:.1f} MB{parts}\t" in capsys.readouterr().out
     model, _ = load_model("paper-coords")
     assert model.config == preset("paper-33m", recipe="fast")
     assert card["training"]["skipped_steps"] == 0

@@ -1429,7 +1429,11 @@ def models():
         typer.echo("no shipped models installed")
     for name, path in ship.items():
         card = model_card(name)
-        typer.echo(f"{name}\t{path.stat().st_size / 1e6:.1f} MB\t{card.get('description', '')}")
+        # a sharded model's size is that of all its files (the card lists them)
+        files = [path.parent / f for f in card.get("files", [])] or [path]
+        size = sum(f.stat().st_size for f in files if f.exists())
+        parts = f" in {len(files)} files" if len(files) > 1 else ""
+        typer.echo(f"{name}\t{size / 1e6:.1f} MB{parts}\t{card.get('description', '')}")
 
 
 class ExportFormat(str, Enum):
