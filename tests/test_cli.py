@@ -630,6 +630,28 @@ def test_resume_refuses_changed_data_stream_and_checkpoints_periodically(
     assert "different model config (" in err and "use_coords True -> False" in err
 
 
+def test_a_run_recorded_before_a_model_field_existed_still_resumes(tmp_path, prepared, capsys):
+    """`weight_init` and `lm_head` were added to ModelConfig with the old behaviour as defaults; a
+    checkpoint recorded before them (no such keys) must resume, not be refused as "a different
+    model config" (the 50k-step stability run was, 2026-11-26). A real difference is still
+    refused."""
+    import torch
+
+    out = tmp_path / "run"
+    common = pretrain_args(prepared.path, out, val_every=100, warmup_steps=2, crop_length=256,
+                           tokens_per_batch=1024, quiet=True)  # fmt: skip
+    assert run(*common, "--max-steps", "2") == 0
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    for key in ("weight_init", "lm_head"):  # as an older coordformer wrote it
+        del ckpt["coordformer"]["model_config"][key]
+    torch.save(ckpt, last)
+    assert run(*common, "--max-steps", "4") == 0
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    assert run(*common, "--max-steps", "6", "--lm-head", "linear") == 2
+    assert "lm_head 'mlp' -> 'linear'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_ddp_on_cpu_with_time_budget_stops_all_ranks_together(tmp_path, prepared):
     """Two gloo processes: the budget is rank 0's clock, so both ranks stop on the same step (no

@@ -18,7 +18,7 @@ from ..batch import Batch
 from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
-from ..errors import OptionError, TrainingInterrupted, UsageError
+from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from .lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -287,6 +287,16 @@ def pretrain(
             stop.uninstall()
 
 
+def _as_current(saved: dict) -> dict:
+    """A model config as a checkpoint recorded it, in today's form: a field added since then takes
+    its default, which is what the model did before the field existed (a field is only ever added
+    with the old behaviour as its default). A record that does not parse is compared as it is."""
+    try:
+        return ModelConfig.from_dict(saved).to_dict()
+    except (ConfigError, OptionError, TypeError):
+        return saved
+
+
 def _init_state(init: str, model_config: ModelConfig) -> dict:
     """The weights ``TrainConfig.init`` names (a shipped model, checkpoint or export), for a caller
     that gave no ``init_state``; an OptionError when they are of another architecture than
@@ -377,8 +387,9 @@ def _pretrain(
             )
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
         saved = ckpt.get("coordformer", {})
-        if saved.get("model_config") != model_config.to_dict():
-            diff = _config_diff(saved.get("model_config") or {}, model_config.to_dict())
+        saved_mc = _as_current(saved.get("model_config") or {})
+        if saved_mc != model_config.to_dict():
+            diff = _config_diff(saved_mc, model_config.to_dict())
             raise OptionError(
                 "out_dir",
                 out,
