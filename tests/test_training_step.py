@@ -289,3 +289,53 @@ def test_numbers_are_logged_only_for_the_steps_the_logger_writes(tmp_path, prepa
     assert all(r["train/lr"] and r["train/minutes"] for r in written)
     # from the first written row on, the rate of the steps just before it
     assert all(float(r["train/tokens_per_s"]) > 0 for r in written)
+
+
+def test_accumulated_micro_batches_weigh_each_target_alike(tmp_path, prepared):
+    """Two accumulated micro-batches give the gradient of the mean loss over all their targets,
+    not the mean of their two mean losses (which weighs a target of the smaller micro-batch
+    more). Checked against that loss computed directly, from the same weights and batches."""
+    import copy
+
+    from lightning.pytorch.callbacks import Callback
+
+    from coordformer.train.run import pretrain
+
+    class Capture(Callback):
+        def __init__(self):
+            self.batches, self.state, self.grads = [], None, None
+
+        def on_train_start(self, trainer, module):
+            self.state = copy.deepcopy(module.model.state_dict())
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.batches.append(batch)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx == 1:  # the step's gradient, after the optimizer step (no clipping)
+                self.grads = {k: p.grad.clone() for k, p in module.model.named_parameters()}
+
+    mc = preset("tiny-0.1m", recipe="fast")
+    cap = Capture()
+    tc = _train_config(max_steps=1, accumulate_grad_batches=2, grad_clip=0.0, tokens_per_batch=512)
+    pretrain(prepared.path, tmp_path / "run", mc, tc, progress=False, callbacks=[cap])
+    a, b = cap.batches
+    n_a, n_b = (int((x.targets != -100).sum()) for x in (a, b))
+    assert n_a != n_b  # otherwise both rules agree and the test shows nothing
+    model = CoordFormer(mc)
+    model.load_state_dict(cap.state)
+    model.train()
+    total = sum(
+        torch.nn.functional.cross_entropy(
+            model(**x.inputs(True)).logits.float().flatten(0, 1), x.targets.flatten(),
+            ignore_index=-100, reduction="sum",
+        )
+        for x in (a, b)
+    ) / (n_a + n_b)  # fmt: skip
+    total.backward()
+    worst = max(
+        ((p.grad - cap.grads[k]).abs().max() / p.grad.abs().max().clamp_min(1e-12)).item()
+        for k, p in model.named_parameters()
+        if p.grad is not None
+    )
+    assert worst < 1e-4, worst

@@ -432,7 +432,8 @@ def pretrain(
     accumulate: int = typer.Option(
         _train("accumulate_grad_batches"),
         min=1,
-        help="Micro-batches per optimizer step (a larger global batch on fewer GPUs).",
+        help="Micro-batches per optimizer step (a larger global batch on fewer GPUs); the loss is "
+        "the mean over all the step's masked residues.",
     ),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),

@@ -6,6 +6,7 @@ import math
 import time
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +93,8 @@ class MaskedLMModule(L.LightningModule):
         # fused AdamW's device-side skip counters (on_before_optimizer_step)
         self._skips_pending: torch.Tensor | None = None
         self._skip_streak: torch.Tensor | None = None
+        # targets of the optimizer step's micro-batches so far (token-weighted accumulation)
+        self._step_targets = 0
         self.data_fingerprint: str | None = (
             None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
         )
@@ -122,6 +125,14 @@ class MaskedLMModule(L.LightningModule):
             self.train_seconds += now - self._t_last
         self._t_last = now
         loss, correct, n = self._step_loss(batch)
+        objective = loss
+        if self._token_weighted():
+            # Each micro-batch's mean loss would weigh its targets by 1/n, so a step's target in a
+            # small micro-batch (or on a rank with few targets) would count more than one in a
+            # large one. The sum over targets counts each alike; on_before_optimizer_step divides
+            # by the step's total. The constant keeps the backward pass at the mean's magnitude.
+            objective = loss * (n / self._targets_per_micro_batch())
+            self._step_targets += n
         lengths = _chain_lengths(batch)
         ntok = int(sum(lengths))
         self._tokens_since += ntok
@@ -162,7 +173,7 @@ class MaskedLMModule(L.LightningModule):
             self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
             self._collect_skips()
-        return loss
+        return objective
 
     def on_train_batch_start(self, batch, batch_idx):
         if self.trainer.world_size > 1:
@@ -198,6 +209,8 @@ class MaskedLMModule(L.LightningModule):
         and its moments untouched. Under DDP the gradients are already all-reduced here, so every
         rank takes the same decision. fp16 runs leave this to Lightning's GradScaler.
         """
+        if self._token_weighted():
+            self._divide_by_step_targets()
         if self.trainer.precision == "16-mixed":
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -233,6 +246,41 @@ class MaskedLMModule(L.LightningModule):
                 f"gradients (step {self.global_step}); re-run from the last checkpoint with a "
                 "lower `lr` or `precision=32-true`"
             )
+
+    def _token_weighted(self) -> bool:
+        """Whether one optimizer step's gradient is made of several micro-batch losses (gradient
+        accumulation, or several data-parallel ranks): then each counts by its targets. With one
+        micro-batch the mean loss is the same thing, and stays bit-identical."""
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        return self.train_config.accumulate_grad_batches > 1 or world > 1
+
+    def _targets_per_micro_batch(self) -> float:
+        """About how many targets a micro-batch has (its token budget times the masking rate): a
+        constant divisor that keeps the summed loss near the mean loss's scale (fp16's range)."""
+        return max(1.0, self.train_config.tokens_per_batch * self.train_config.mask_prob)
+
+    def _divide_by_step_targets(self) -> None:
+        """Turn the accumulated gradient of sum(loss_i * n_i / c) / A (Lightning divides by the
+        A micro-batches; DDP averages over the W ranks) into that of the token-weighted mean:
+        sum(loss_i * n_i) / N, N the targets of the step on every rank."""
+        n, self._step_targets = self._step_targets, 0
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        world = self.trainer.world_size
+        # one float32 division either way, so that W ranks and W accumulated micro-batches of the
+        # same data give bit-identical weights (tests/test_cli.py)
+        num = self._targets_per_micro_batch() * self.train_config.accumulate_grad_batches * world
+        if world > 1:
+            # on the device: the ranks' counts are summed without a host sync
+            total = torch.full((), float(n), dtype=torch.float32, device=self.device)
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+            scale = torch.full((), num, dtype=torch.float32, device=self.device) / total.clamp_min(
+                1.0
+            )
+            if grads:
+                torch._foreach_mul_(grads, scale)
+        elif grads and n:
+            torch._foreach_mul_(grads, float(np.float32(num) / np.float32(n)))
 
     def _collect_skips(self, check: bool = True, log: bool = True) -> None:
         """Add the skips fused AdamW decided on the device to ``skipped_steps`` (one host sync) and
