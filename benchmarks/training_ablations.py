@@ -144,6 +144,16 @@ def _timer(warmup: int, last: int, device: str, sync_debug: bool):
     return Timer()
 
 
+def _short_path(filename: str) -> str:
+    """A source file named from its package (``lightning/pytorch/loops/...``, ``coordformer/...``):
+    a bare file name such as ``__init__.py`` would not say which."""
+    parts = Path(filename).parts
+    for anchor in ("site-packages", "src"):
+        if anchor in parts:
+            return "/".join(parts[len(parts) - parts[::-1].index(anchor) :])
+    return Path(filename).name
+
+
 def run_arm(arm: str, args, out: Path) -> dict:
     """One arm, once: residues/s, model TFLOP/s, peak memory and host syncs of the timed steps."""
     import gc
@@ -194,7 +204,7 @@ def run_arm(arm: str, args, out: Path) -> dict:
     syncs = len(sync_warnings)
     # where they come from: PyTorch attributes each warning to the Python line that caused it, so
     # the next lease can name the syncs that are left, not just count them
-    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in sync_warnings)
+    sites = collections.Counter(f"{_short_path(w.filename)}:{w.lineno}" for w in sync_warnings)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     return {
         "residues_per_s": (timer.residues1 - timer.residues0) / seconds,

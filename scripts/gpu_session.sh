@@ -132,6 +132,7 @@ issue16)
   # fast-vs-paper-recipe curve at paper size (issue 16 item 3). The first run is exported and replayed.
   read -ra R16 <<< "${RUN16:-paper-coords paper-nocoords}"
   declare -A F16=([paper-coords]="--recipe fast" [paper-nocoords]="--no-coords" [paper-recipe]="--recipe paper")
+  [ ${#R16[@]} -gt 0 ] || { echo "preflight: RUN16 names no run"; exit 3; }
   for n in "${R16[@]}"; do [ -n "${F16[$n]:-}" ] || { echo "preflight: unknown run $n in RUN16"; exit 3; }; done
   # a retry on the same warm machine must not resume the last try's runs (it would train seconds) or
   # bring back its evaluations as new

@@ -8,14 +8,16 @@
 #   scripts/lease_tree.sh hide      untrack + ignore the shipped weights over 16 MB (before the device calls)
 #   scripts/lease_tree.sh restore   track them again and drop the ignore lines (right after the calls)
 #
-# The files stay on disk throughout; only the index and .git/info/exclude change. Never commit while
-# they are hidden: the commit would delete them. `restore` is safe to run twice.
+# The files stay on disk throughout; only the index and .git/info/exclude change. `hide` writes the
+# paths it hid after a marker line in the exclude file, and `restore` puts back exactly those. Never
+# commit while they are hidden: the commit would delete them (`hide` refuses to run twice, and
+# `restore` is safe to run at any time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=src/coordformer/resources/models
-EXCLUDE=.git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude)
 MARK="# lease_tree.sh hide"
-big() { find $MODELS -name '*.pt*' -size +16M | sort; }
+hidden() { [ -f "$EXCLUDE" ] && sed -n "/^$MARK\$/,\$p" "$EXCLUDE" | sed -n 's|^/||p' || true; }
 
 case ${1:-} in
 size)
@@ -25,21 +27,23 @@ size)
         [ $((tree + ${carry:-0})) -le 67108864 ] || { echo "over the limit: run scripts/lease_tree.sh hide"; exit 1; }; }
   ;;
 hide)
-  mapfile -t files < <(big)
+  [ -z "$(hidden)" ] || { echo "already hidden: $(hidden | tr '\n' ' ')(scripts/lease_tree.sh restore first)"; exit 1; }
+  # tracked weights over 16 MB; an untracked one is only ignored
+  mapfile -t files < <(find $MODELS -name '*.pt*' -size +16M | sort)
   [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over 16 MB"; exit 0; }
-  git rm -q --cached -- "${files[@]}"
-  { echo "$MARK"; printf '/%s\n' "${files[@]}"; } >> $EXCLUDE   # gitignore has no trailing comments
+  git rm -q --cached --ignore-unmatch -- "${files[@]}"
+  { echo "$MARK"; printf '/%s\n' "${files[@]}"; } >> "$EXCLUDE"   # gitignore has no trailing comments
   echo "hidden from the device copy: ${files[*]}"; echo "run scripts/lease_tree.sh restore after the device calls"
   ;;
 restore)
-  mapfile -t files < <(big)
-  [ ${#files[@]} -gt 0 ] && git reset -q -- "${files[@]}"
-  if [ -f $EXCLUDE ]; then
-    grep -vxF -e "$MARK" $(printf -- '-e /%s ' "${files[@]}") $EXCLUDE > $EXCLUDE.tmp || true
-    mv $EXCLUDE.tmp $EXCLUDE
+  mapfile -t files < <(hidden | grep -v "^$MARK\$" || true)
+  # back into the index as HEAD has them (a path HEAD lacks was untracked before `hide`)
+  for f in "${files[@]}"; do git cat-file -e "HEAD:$f" 2>/dev/null && git reset -q -- "$f"; done
+  if [ -f "$EXCLUDE" ]; then
+    sed "/^$MARK\$/,\$d" "$EXCLUDE" > "$EXCLUDE.tmp" && mv "$EXCLUDE.tmp" "$EXCLUDE"
   fi
   git status --short -- $MODELS
-  echo "restored: ${files[*]}"
+  echo "restored: ${files[*]:-nothing was hidden}"
   ;;
 *)
   echo "usage: $0 size|hide|restore" >&2; exit 2 ;;

@@ -260,11 +260,15 @@ def test_fp16_mixed_precision_keeps_plain_adamw():
     assert module._fused() is True
 
 
-def test_numbers_are_logged_only_for_the_steps_the_logger_writes(tmp_path, prepared, monkeypatch):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_numbers_are_logged_only_for_the_steps_the_logger_writes(
+    tmp_path, prepared, monkeypatch, accumulate
+):
     """A Python number given to ``self.log`` becomes a device tensor (a host-to-device copy, which
     waits for the GPU). The learning rate and the minutes were logged every step; they are now
     logged for the steps whose row the logger writes, and every written row still has them,
-    current (tokens/s too: it used to reach the row 24 steps late)."""
+    current (tokens/s too: it used to reach the row 24 steps late). With accumulation, once per
+    step: on its last micro-batch."""
     import csv
     import numbers
 
@@ -280,9 +284,12 @@ def test_numbers_are_logged_only_for_the_steps_the_logger_writes(tmp_path, prepa
         return real_log(self, name, value, *args, **kwargs)
 
     monkeypatch.setattr(MaskedLMModule, "log", spy)
-    tc = _train_config(max_steps=20, log_every_steps=5, val_every_steps=1000)
+    tc = _train_config(
+        max_steps=20, log_every_steps=5, val_every_steps=1000, accumulate_grad_batches=accumulate
+    )
     pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
     assert logged and {step % 5 for step, _ in logged} == {4}
+    assert len(logged) == len(set(logged))  # each number once per written step
     rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv")))
     written = [r for r in rows if r.get("train/loss")]
     assert [int(r["step"]) for r in written] == [4, 9, 14, 19]

@@ -46,7 +46,10 @@ def resolve_workers(num_workers: int | None, cuda: bool, devices: str = "auto") 
     elif "," in devices or devices.startswith("["):
         local = len([d for d in devices.strip("[]").split(",") if d.strip()])
     else:
-        local = int(devices)
+        try:
+            local = int(devices)
+        except ValueError:  # a form Lightning may still accept (or refuse, with its own message)
+            local = 1
     return max(0, min(AUTO_WORKERS, (cpus or 1) // max(1, local) - 1))
 
 

@@ -150,7 +150,11 @@ class MaskedLMModule(L.LightningModule):
         # log_every_steps, with the values logged last. A Python number logged becomes a tensor on
         # the device: a host-to-device copy, which waits for the GPU. So numbers are logged only
         # for the steps that are written (every step while a progress bar shows them).
-        written = (self.global_step + 1) % max(self.train_config.log_every_steps, 1) == 0
+        # With accumulation, only the step's last micro-batch: it closes the interval the rates
+        # cover (and the skip count is read once per step, not once per micro-batch).
+        every = max(self.train_config.log_every_steps, 1)
+        last_micro_batch = not self.trainer.fit_loop._should_accumulate()
+        written = (self.global_step + 1) % every == 0 and last_micro_batch
         if written or self._has_bar():
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
             # With a time budget the step-based ETA means
