@@ -137,7 +137,15 @@ issue16)
   # a retry on the same warm machine must not resume the last try's runs (it would train seconds) or
   # bring back its evaluations as new
   rm -rf $RUNS/paper-coords $RUNS/paper-nocoords $RUNS/paper-recipe $RUNS/eval
-  C16="--preset $P --lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
+  # INIT16: weights packed by transport_weights.py (gpu_snapshot.sh with INIT16=NAME carries a shipped model
+  # as int8) that the first run continues from (`--init`: architecture from the weights, fresh optimizer and
+  # schedule); training across leases without carrying a 400 MB checkpoint
+  INITF=""
+  if [ -n "${INIT16:-}" ]; then
+    python3 scripts/transport_weights.py unpack "$INIT16" /tmp/init16.pt || { echo "preflight: cannot unpack $INIT16"; exit 3; }
+    INITF="--init /tmp/init16.pt"
+  fi
+  C16="--lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
 --val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
   # the rehearsal passes PRECISION=bf16-mixed: the device's default, which a CPU run would otherwise not take
@@ -146,7 +154,9 @@ issue16)
   C16="$C16 ${EXTRA16:-}"
   pids=""
   for n in "${R16[@]}"; do
-    setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n ${F16[$n]} $C16 > $RUNS/$n.log 2>&1 < /dev/null &
+    arch="--preset $P ${F16[$n]}"
+    [ -n "$INITF" ] && [ $n = "${R16[0]}" ] && arch=$INITF
+    setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n $arch $C16 > $RUNS/$n.log 2>&1 < /dev/null &
     pids="$pids $!"
   done
   E=$RUNS/eval; mkdir -p $E

@@ -15,6 +15,13 @@ rm -rf $S; mkdir -p $S/work/gpu $S/.whl
 git archive HEAD src benchmarks scripts pyproject.toml | tar -x -C $S
 rm -rf $S/src/coordformer/resources/models/*.pt $S/src/coordformer/resources/models/*.pt.shard* $S/src/coordformer/resources/demo   # not needed there; keeps the upload small
 cp work/gpu/pdb_chains_ca.tar $S/work/gpu/; cp .whl/gemmi-*cp312*.whl $S/.whl/
+if [ -n "${INIT16:-}" ]; then
+  # a shipped model for the stage to continue from (there: INIT16=work/init/$INIT16.int8), in int8: its float16
+  # file does not fit one call beside the snapshot; training absorbs the rounding (int8 costs 1.5% before it)
+  T=$(mktemp -d); mkdir -p $S/work/init
+  .venv/bin/coordformer export -c "$INIT16" --int8 --out $T/init.pt
+  python3 scripts/transport_weights.py pack $T/init.pt $S/work/init/$INIT16.int8; rm -rf $T
+fi
 echo "snapshot of $(git rev-parse --short HEAD): $(du -sh $S | cut -f1)"
 [ "${REHEARSE:-1}" = 1 ] || { scripts/lease_tree.sh size || true; exit 0; }
 R=$(mktemp -d)
@@ -33,6 +40,19 @@ assert {'paper-coords','paper-nocoords','paper-recipe'} <= set(m), sorted(m)" $R
 ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed TOKENS=2048 STEPS=5 WARMUP=2 \
   ARMS="old default head nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1
 tail -8 $R/log18
+if [ -n "${INIT16:-}" ]; then
+  # the continuation path: a tiny int8 model packed as the real one is, continued by the first run
+  PATH=$PWD/.venv/bin:$PATH PYTHONPATH=src python3 -c "import sys; from coordformer.config import preset; \
+from coordformer.model.core import CoordFormer; from coordformer.model.checkpoints import export_model; \
+export_model(CoordFormer(preset('tiny-0.1m', recipe='fast')), sys.argv[1], int8=True)" $R/tiny.pt
+  python3 scripts/transport_weights.py pack $R/tiny.pt $R/tiny.int8 > /dev/null
+  ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 \
+    REPLAY_BATCHES=3 RUN16="paper-coords paper-nocoords" INIT16=$R/tiny.int8 DEADLINE=300 EVAL_LIMIT=150 EVAL_MAX_CHAINS=50 \
+    DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs_init OUT=$R/out_init bash scripts/gpu_session.sh issue16 0.3 ) > $R/log_init 2>&1
+  mkdir -p $R/back_init && tar -xzf $R/out_init/issue16_train.tar.gz -C $R/back_init && python3 -c "import json,sys; \
+s=json.load(open(sys.argv[1])); assert s['train_config']['init'] and s['global_step'] > 0, s['train_config']" \
+    $R/back_init/eval/paper-coords.summary.json || { echo "rehearsal FAILED: INIT16 continuation (log: $R/log_init)"; exit 1; }
+fi
 python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \
   $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
 echo "rehearsal passed ($R)"

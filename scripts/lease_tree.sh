@@ -5,7 +5,9 @@
 # weights are taken out of the index and ignored locally, then put back:
 #
 #   scripts/lease_tree.sh size      what would travel now (bytes), with work/gpu16 carried
-#   scripts/lease_tree.sh hide      untrack + ignore the shipped weights over 16 MB (before the device calls)
+#   scripts/lease_tree.sh hide      untrack + ignore the shipped weights over 16 MB (before the device calls;
+#                                   HIDE_OVER_MB=1 hides the small models too, for a snapshot that carries
+#                                   INIT16 weights)
 #   scripts/lease_tree.sh restore   track them again and drop the ignore lines (right after the calls)
 #
 # The files stay on disk throughout; only the index and .git/info/exclude change. `hide` writes the
@@ -28,9 +30,10 @@ size)
   ;;
 hide)
   [ -z "$(hidden)" ] || { echo "already hidden: $(hidden | tr '\n' ' ')(scripts/lease_tree.sh restore first)"; exit 1; }
-  # tracked weights over 16 MB; an untracked one is only ignored
-  mapfile -t files < <(find $MODELS -name '*.pt*' -size +16M | sort)
-  [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over 16 MB"; exit 0; }
+  # tracked weights over HIDE_OVER_MB; an untracked one is only ignored
+  mb=${HIDE_OVER_MB:-16}
+  mapfile -t files < <(find $MODELS -name '*.pt*' -size +${mb}M | sort)
+  [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over $mb MB"; exit 0; }
   git rm -q --cached --ignore-unmatch -- "${files[@]}"
   { echo "$MARK"; printf '/%s\n' "${files[@]}"; } >> "$EXCLUDE"   # gitignore has no trailing comments
   echo "hidden from the device copy: ${files[*]}"; echo "run scripts/lease_tree.sh restore after the device calls"
