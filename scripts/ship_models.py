@@ -282,6 +282,7 @@ def twin_fields(run: Path, evals: dict[str, dict], shipped_eval: dict | None) ->
             "train_minutes": summary["train_minutes"],
             "final_val": final_val(summary, logs),
             "skipped_steps": summary.get("skipped_steps", 0),
+            **({"interrupted": summary["interrupted"]} if summary.get("interrupted") else {}),
         },
     }
     if ev:
