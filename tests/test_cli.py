@@ -874,6 +874,24 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
 
 
 @pytest.mark.slow
+def test_compile_compiles_the_training_step_at_most_twice(tmp_path, prepared):
+    """A cold compile of paper-33m takes minutes on a GPU (the lease's compile arm ran out of time
+    in them), so `--compile` makes as few as it can: dynamic sizes from the start (length buckets
+    change the shape every step; the default compiled the first shape, then again dynamic), one
+    graph with padding and one without, and validation eager (no no-grad graph)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    args = pretrain_args(prepared.path, tmp_path / "run", "--compile", max_steps=8, val_every=4,
+                         tokens_per_batch=512, crop_length=64, accelerator="cpu", threads=1,
+                         quiet=True)  # fmt: skip
+    assert run(*args) == 0
+    assert 1 <= counters["stats"]["unique_graphs"] - graphs <= 2
+
+
+@pytest.mark.slow
 def test_compile_trains_like_eager_and_its_checkpoints_resume_either_way(tmp_path, prepared):
     """`--compile` compiles the model in place: the same seed gives the same weights as eager
     training (to kernel rounding), and the checkpoint has plain keys, so it resumes without

@@ -312,7 +312,10 @@ class MaskedLMModule(L.LightningModule):
         self._t_last = None  # validation time is not training time
 
     def validation_step(self, batch, batch_idx):
-        loss, correct, n = self._step_loss(batch)
+        # eager under --compile: a no-grad graph would be one more cold compile (minutes on a GPU
+        # at paper size) for a few batches every val_every_steps
+        with torch.compiler.set_stance("force_eager"):
+            loss, correct, n = self._step_loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=max(n, 1), sync_dist=True)
         self.log("val/acc", correct.float() / max(n, 1), batch_size=max(n, 1), sync_dist=True)
 

@@ -518,7 +518,9 @@ def _pretrain(
     if cfg.compile:
         # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain
         # keys, so a checkpoint resumes, exports and loads the same with or without --compile.
-        module.model.compile()
+        # dynamic=True: batches change shape every step (length buckets), and the default first
+        # compiles for the first shape, then again with dynamic sizes: one cold compile fewer
+        module.model.compile(dynamic=True)
     metrics = {}
     try:
         trainer.fit(module, datamodule=_DataModule(data, cfg, max_pos), ckpt_path=ckpt_path)
