@@ -876,9 +876,9 @@ def test_torchrun_and_slurm_launch_recipes_train_like_lightnings_own_ddp(tmp_pat
 @pytest.mark.slow
 def test_compile_compiles_the_training_step_at_most_twice(tmp_path, prepared):
     """Cold compiles are slow (the lease's compile arm at paper-33m ran out of time in its final
-    validation's), so `--compile` makes as few as it can: dynamic sizes from the start (length buckets
-    change the shape every step; the default compiled the first shape, then again dynamic), one
-    graph with padding and one without, and validation eager (no no-grad graph)."""
+    validation's), so `--compile` makes as few as it can: dynamic sizes from the start (length
+    buckets change the shape every step; the default compiled the first shape, then again
+    dynamic), one graph with padding and one without, and validation eager (no no-grad graph)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
