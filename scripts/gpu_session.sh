@@ -137,11 +137,14 @@ issue16)
   # a retry on the same warm machine must not resume the last try's runs (it would train seconds) or
   # bring back its evaluations as new
   rm -rf $RUNS/paper-coords $RUNS/paper-nocoords $RUNS/paper-recipe $RUNS/eval
-  # INIT16: weights packed by transport_weights.py (gpu_snapshot.sh with INIT16=NAME carries a shipped model
-  # as int8) that the first run continues from (`--init`: architecture from the weights, fresh optimizer and
+  # INIT16: weights packed by transport_weights.py (gpu_snapshot.sh with CONTINUE16=NAME carries a shipped
+  # model as int8) that the first run, paper-coords, continues from (`--init`: architecture from the weights, fresh optimizer and
   # schedule); training across leases without carrying a 400 MB checkpoint
   INITF=""
   if [ -n "${INIT16:-}" ]; then
+    # the weights are a coordinates model's: continuing them under another run's name would mislabel it;
+    # and EXTRA16 must not set the architecture, which --init takes from the weights (the run would refuse)
+    [ "${R16[0]}" = paper-coords ] || { echo "preflight: INIT16 continues paper-coords: list it first in RUN16"; exit 3; }
     python3 scripts/transport_weights.py unpack "$INIT16" /tmp/init16.pt || { echo "preflight: cannot unpack $INIT16"; exit 3; }
     INITF="--init /tmp/init16.pt"
   fi

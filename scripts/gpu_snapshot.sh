@@ -21,7 +21,7 @@ rm -rf $S/src/coordformer/resources/models/*.pt $S/src/coordformer/resources/mod
 cp work/gpu/pdb_chains_ca.tar $S/work/gpu/; cp .whl/gemmi-*cp312*.whl $S/.whl/
 # CONTINUE16=NAME: a shipped model for the stage to continue from (there: INIT16=work/init/NAME.int8). Its own
 # name: INIT16 is the stage's variable (a path), and the rehearsals below must not inherit it.
-unset INIT16
+[ -z "${INIT16:-}" ] || { echo "INIT16 is the stage's variable (a path on the device); to carry a shipped model use CONTINUE16=NAME"; exit 2; }
 if [ -n "${CONTINUE16:-}" ]; then
   # in int8: its float16
   # file does not fit one call beside the snapshot; training absorbs the rounding (int8 costs 1.5% before it)
@@ -60,8 +60,9 @@ export_model(CoordFormer(preset('tiny-0.1m', recipe='fast')), sys.argv[1], int8=
     DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs_init OUT=$R/out_init bash scripts/gpu_session.sh issue16 0.3 ) > $R/log_init 2>&1 \
     || echo "the continuing issue16 stage exited $? (log: $R/log_init)"
   mkdir -p $R/back_init && tar -xzf $R/out_init/issue16_train.tar.gz -C $R/back_init && python3 -c "import json,sys; \
-s=json.load(open(sys.argv[1])); assert s['train_config']['init'] and s['global_step'] > 0, s['train_config']" \
-    $R/back_init/eval/paper-coords.summary.json || { echo "rehearsal FAILED: INIT16 continuation (log: $R/log_init)"; exit 1; }
+s=json.load(open(sys.argv[1])); t=json.load(open(sys.argv[2])); \
+assert s['train_config']['init'] and s['global_step'] > 0 and not t['train_config']['init'], s['train_config']" \
+    $R/back_init/eval/paper-coords.summary.json $R/back_init/eval/paper-nocoords.summary.json || { echo "rehearsal FAILED: INIT16 continuation (log: $R/log_init)"; exit 1; }
 fi
 python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \
   $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }

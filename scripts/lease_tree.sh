@@ -6,12 +6,13 @@
 #
 #   scripts/lease_tree.sh size      what would travel now (bytes), with work/gpu16 carried
 #   scripts/lease_tree.sh hide      untrack + ignore the shipped weights over 16 MB (before the device calls;
-#                                   HIDE_OVER_MB=1 hides the small models too, for a snapshot that carries
-#                                   INIT16 weights)
+#                                   HIDE_OVER_MB=1 hides the small models too, for a snapshot made with
+#                                   CONTINUE16, which carries weights)
 #   scripts/lease_tree.sh restore   track them again and drop the ignore lines (right after the calls)
 #
 # The files stay on disk throughout; only the index and .git/info/exclude change. `hide` writes the
-# paths it hid after a marker line in the exclude file, and `restore` puts back exactly those. Never
+# paths it hid after a marker line at the end of the exclude file, and `restore` puts back exactly
+# those and removes everything from the marker on (add no lines of your own in between). Never
 # commit while they are hidden: the commit would delete them (`hide` refuses to run twice, and
 # `restore` is safe to run at any time).
 set -euo pipefail
@@ -32,6 +33,7 @@ hide)
   [ -z "$(hidden)" ] || { echo "already hidden: $(hidden | tr '\n' ' ')(scripts/lease_tree.sh restore first)"; exit 1; }
   # tracked weights over HIDE_OVER_MB; an untracked one is only ignored
   mb=${HIDE_OVER_MB:-16}
+  [[ $mb =~ ^[0-9]+$ ]] || { echo "HIDE_OVER_MB must be a whole number of MB, not $mb"; exit 2; }
   mapfile -t files < <(find $MODELS -name '*.pt*' -size +${mb}M | sort)
   [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over $mb MB"; exit 0; }
   git rm -q --cached --ignore-unmatch -- "${files[@]}"
