@@ -12,13 +12,15 @@
 #
 # The files stay on disk throughout; only the index and .git/info/exclude change. `hide` writes the
 # paths it hid after a marker line at the end of the exclude file, and `restore` puts back exactly
-# those and removes everything from the marker on (add no lines of your own in between). Never
-# commit while they are hidden: the commit would delete them (`hide` refuses to run twice, and
-# `restore` is safe to run at any time).
+# those and removes everything from the marker on (add no lines of your own in between). A commit
+# while they are hidden would delete them: `hide` installs a pre-commit hook that refuses one (where
+# the repository has no hook of its own), `restore` removes it; `hide` refuses to run twice, and
+# `restore` is safe to run at any time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=src/coordformer/resources/models
 EXCLUDE=$(git rev-parse --git-path info/exclude)
+HOOK=$(git rev-parse --git-path hooks/pre-commit)
 MARK="# lease_tree.sh hide"
 hidden() { [ -f "$EXCLUDE" ] && sed -n "/^$MARK\$/,\$p" "$EXCLUDE" | sed -n 's|^/||p' || true; }
 
@@ -38,6 +40,11 @@ hide)
   [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over $mb MB"; exit 0; }
   git rm -q --cached --ignore-unmatch -- "${files[@]}"
   { echo "$MARK"; printf '/%s\n' "${files[@]}"; } >> "$EXCLUDE"   # gitignore has no trailing comments
+  # a commit now would delete the weights: a pre-commit hook refuses one until `restore` (if no hook is there)
+  if [ ! -e "$HOOK" ]; then
+    printf '#!/bin/sh\n%s\necho "shipped weights are hidden for a device lease: scripts/lease_tree.sh restore first" >&2\nexit 1\n' "$MARK" > "$HOOK"
+    chmod +x "$HOOK"
+  fi
   echo "hidden from the device copy: ${files[*]}"; echo "run scripts/lease_tree.sh restore after the device calls"
   ;;
 restore)
@@ -47,6 +54,7 @@ restore)
   if [ -f "$EXCLUDE" ]; then
     sed "/^$MARK\$/,\$d" "$EXCLUDE" > "$EXCLUDE.tmp" && mv "$EXCLUDE.tmp" "$EXCLUDE"
   fi
+  grep -qxF "$MARK" "$HOOK" 2>/dev/null && rm -f "$HOOK"
   git status --short -- $MODELS
   echo "restored: ${files[*]:-nothing was hidden}"
   ;;
