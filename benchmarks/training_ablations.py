@@ -32,8 +32,13 @@ Arms (each a change of the training settings; ``default`` is what `pretrain` doe
   nocoords    default without coordinates (coordinates' cost = default / nocoords)
 
 On CUDA, ``--sync-debug`` also counts the host syncs PyTorch reports in the timed steps
-(torch.cuda.set_sync_debug_mode), per step. Ratios are printed against ``default`` and ``old``.
-Timings are noisy on shared machines: read the ratios, and rerun.
+(torch.cuda.set_sync_debug_mode), per step. ``--profile N`` runs the first ``default`` arm N steps
+longer under ``torch.profiler``, after its timed steps (so the profiler's cost stays out of the
+ratios): how much of each step the device is busy (the union of its kernels' intervals), the
+kernel time by kind (matrix products, attention, optimizer and gradient norms, copies, the rest:
+elementwise, norms, reductions), and the top kernels and host operators. A device busy most of the
+step is bound by its kernels; one idle most of it waits for the host. Ratios are printed against
+``default`` and ``old``. Timings are noisy on shared machines: read the ratios, and rerun.
 """
 
 from __future__ import annotations
@@ -144,6 +149,129 @@ def _timer(warmup: int, last: int, device: str, sync_debug: bool):
     return Timer()
 
 
+#: Kernel kinds of the profile, by the first pattern found in a lower-cased kernel name. cuBLAS,
+#: cuBLASLt and CUTLASS name their matrix products gemm / nvjet / xmma / wgmma / cutlass; SDPA's
+#: kernels name themselves flash / fmha / attention; fused and foreach AdamW, clipping and the
+#: non-finite check are multi_tensor_apply kernels.
+KERNEL_KINDS = (
+    # attention first: the memory-efficient kernel is a CUTLASS one (fmha_cutlassF_...)
+    ("attention", ("flash", "fmha", "attention", "attn", "mem_eff")),
+    ("matmul", ("gemm", "nvjet", "xmma", "wgmma", "cutlass", "cublas", "gemv")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("copy", ("memcpy", "memset")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, patterns in KERNEL_KINDS:
+        if any(p in low for p in patterns):
+            return kind
+    return "other"
+
+
+def profile_summary(
+    kernels: list[tuple[str, float, float]],
+    host_ops: list[tuple[str, float]],
+    steps: int,
+    wall_s: float,
+    top: int = 12,
+) -> dict:
+    """What bounds a training step, from a profile of ``steps`` steps taking ``wall_s`` seconds.
+
+    Args:
+        kernels: device activity, one (name, start_us, end_us) per kernel launch or copy.
+        host_ops: (operator name, self CPU microseconds) per host operator call.
+    Returns milliseconds per step: wall clock, device busy (the union of the kernels' intervals,
+    so overlapping streams count once) and its fraction of the wall clock (None without device
+    activity), kernel time by kind (``KERNEL_KINDS``), and the ``top`` kernels and host operators
+    by total time, each with its calls per step.
+    """
+    per_step = 1e-3 / max(steps, 1)  # microseconds in all -> milliseconds per step
+    busy, end = 0.0, float("-inf")
+    for _, t0, t1 in sorted(kernels, key=lambda k: k[1]):
+        if t1 > end:
+            busy += t1 - max(t0, end)
+            end = t1
+    wall_ms = wall_s * 1e3 / max(steps, 1)
+
+    def ranked(items: list[tuple[str, float]]) -> list[dict]:
+        total: dict[str, float] = collections.defaultdict(float)
+        calls: collections.Counter = collections.Counter()
+        for name, us in items:
+            total[name] += us
+            calls[name] += 1
+        order = sorted(total, key=total.get, reverse=True)[:top]
+        return [
+            {
+                "name": n[:120],
+                "ms_per_step": total[n] * per_step,
+                "calls_per_step": calls[n] / steps,
+            }
+            for n in order
+        ]
+
+    by_kind: dict[str, float] = {kind: 0.0 for kind, _ in KERNEL_KINDS}
+    by_kind["other"] = 0.0
+    for name, t0, t1 in kernels:
+        by_kind[kernel_kind(name)] += (t1 - t0) * per_step
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall_ms,
+        "device_busy_ms_per_step": busy * per_step if kernels else None,
+        "device_busy_fraction": busy * per_step / wall_ms if kernels and wall_ms > 0 else None,
+        "kernel_ms_per_step_by_kind": by_kind if kernels else {},
+        "top_kernels": ranked([(n, t1 - t0) for n, t0, t1 in kernels]),
+        "top_host_ops": ranked(host_ops),
+    }
+
+
+def _profiler(start: int, steps: int, device: str, trace: str | None):
+    """A callback that profiles the steps from global step ``start`` for ``steps`` steps and keeps
+    their ``profile_summary`` (and, with ``trace``, a Chrome trace there)."""
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+
+    class Profiler(Callback):
+        def __init__(self):
+            self.prof = None
+            self.t0 = None
+            self.summary = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == start and self.prof is None:
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                if cuda:
+                    torch.cuda.synchronize()
+                self.prof = profile(activities=acts)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.prof is None or self.summary is not None or trainer.global_step < start + steps:
+                return
+            if cuda:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            events = self.prof.events()
+            on_device = [e for e in events if e.device_type != DeviceType.CPU]
+            kernels = [(e.name, e.time_range.start, e.time_range.end) for e in on_device]
+            host = [
+                (e.name, e.self_cpu_time_total) for e in events if e.device_type == DeviceType.CPU
+            ]
+            self.summary = profile_summary(kernels, host, steps, wall)
+            if trace:
+                Path(trace).parent.mkdir(parents=True, exist_ok=True)
+                self.prof.export_chrome_trace(trace)
+
+    return Profiler()
+
+
 def _short_path(filename: str) -> str:
     """A source file named from its package (``lightning/pytorch/loops/...``, ``coordformer/...``):
     a bare file name such as ``__init__.py`` would not say which."""
@@ -154,8 +282,9 @@ def _short_path(filename: str) -> str:
     return Path(filename).name
 
 
-def run_arm(arm: str, args, out: Path) -> dict:
-    """One arm, once: residues/s, model TFLOP/s, peak memory and host syncs of the timed steps."""
+def run_arm(arm: str, args, out: Path, profile: bool = False) -> dict:
+    """One arm, once: residues/s, model TFLOP/s, peak memory and host syncs of the timed steps;
+    with ``profile``, ``args.profile`` more steps under the profiler (``profile_summary``)."""
     import gc
 
     import torch
@@ -169,8 +298,9 @@ def run_arm(arm: str, args, out: Path) -> dict:
 
     model_over, train_over = arm_settings(arm, args.tokens)
     mc = preset(args.preset, recipe="fast", **model_over)
+    n_profile = getattr(args, "profile", 0) if profile else 0
     settings = {
-        "max_steps": args.warmup + args.steps,
+        "max_steps": args.warmup + args.steps + n_profile,
         "tokens_per_batch": args.tokens,
         "crop_length": args.crop_length,
         "val_every_steps": 10**9,
@@ -185,6 +315,10 @@ def run_arm(arm: str, args, out: Path) -> dict:
     }
     tc = TrainConfig(**{**settings, **train_over})
     timer = _timer(args.warmup, args.warmup + args.steps, args.device, args.sync_debug)
+    callbacks = [timer]
+    if n_profile:
+        trace = getattr(args, "profile_trace", None)
+        callbacks.append(_profiler(args.warmup + args.steps, n_profile, args.device, trace))
     patch = old_step() if arm == "old" else contextlib.nullcontext()
     from coordformer.errors import TrainingInterrupted
 
@@ -192,7 +326,7 @@ def run_arm(arm: str, args, out: Path) -> dict:
     with patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            pretrain(args.data, out, mc, tc, resume=False, progress=False, callbacks=[timer])
+            pretrain(args.data, out, mc, tc, resume=False, progress=False, callbacks=callbacks)
         except TrainingInterrupted as e:
             # the budget's SIGTERM (gpu_session.sh: timeout) may land after the timed steps, in
             # the run's final validation or checkpoint: their measurement stands
@@ -214,6 +348,7 @@ def run_arm(arm: str, args, out: Path) -> dict:
         "syncs_per_step": syncs / args.steps if args.sync_debug else None,
         "sync_sites": dict(sites.most_common(12)) if args.sync_debug else None,
         **({"stopped_after_timing": stopped} if stopped else {}),
+        **({"profile": callbacks[1].summary} if n_profile and callbacks[1].summary else {}),
     }
 
 
@@ -234,6 +369,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto", help="as pretrain's (auto: bf16-mixed on CUDA)")
     ap.add_argument("--sync-debug", action="store_true", help="count host syncs (CUDA)")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N more steps of the first default arm, after its timed ones (0: none)",
+    )
+    ap.add_argument("--profile-trace", default=None, help="also write that profile's Chrome trace")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -253,7 +396,8 @@ def main(argv=None):
         for r in range(args.rounds):
             for arm in args.arms:
                 try:
-                    res = run_arm(arm, args, Path(tmp) / f"{arm}-{r}")
+                    first_default = arm == "default" and r == 0
+                    res = run_arm(arm, args, Path(tmp) / f"{arm}-{r}", profile=first_default)
                 except (
                     Exception
                 ) as e:  # one failing arm (compile on a new device) must not end the rest
@@ -309,8 +453,28 @@ def main(argv=None):
             print(f"host syncs of default's timed steps, by line: {sites}")
     for arm, msg in errors.items():
         print(f"{arm:>12} failed: {msg}")
+    prof = next(
+        (runs[0]["profile"] for a, runs in results.items() if runs and "profile" in runs[0]), None
+    )
+    if prof:
+        print_profile(prof)
     if args.json:
         write_json(args, peak, device, results, summary, errors)
+
+
+def print_profile(prof: dict) -> None:
+    busy = prof["device_busy_ms_per_step"]
+    line = f"\nprofile of {prof['steps']} default steps: {prof['wall_ms_per_step']:.1f} ms per step"
+    if busy is not None:
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in prof["kernel_ms_per_step_by_kind"].items())
+        frac = prof["device_busy_fraction"]
+        line += f", device busy {busy:.1f} ms ({frac:.0%}); kernel ms by kind: {kinds}"
+    print(line)
+    for title, key in (("kernels", "top_kernels"), ("host operators (self CPU)", "top_host_ops")):
+        if prof[key]:
+            print(f"top {title}, ms per step (calls per step):")
+            for row in prof[key]:
+                print(f"  {row['ms_per_step']:8.2f} ({row['calls_per_step']:6.1f})  {row['name']}")
 
 
 def summarise(results: dict[str, list[dict]], peak: float) -> dict[str, dict]:

@@ -213,6 +213,8 @@ issue16)
 issue18)
   # Training-throughput ablations (benchmarks/training_ablations.py) within S seconds; each arm's line is
   # printed and the JSON rewritten as it finishes, so a cut-short run still brings back what it measured.
+  # The first default arm then runs PROFILE (5) more steps under torch.profiler: device-busy fraction, kernel
+  # time by kind, top kernels (in the JSON and the log), and a gzipped Chrome trace beside them.
   budget=${2:?seconds}; DEV=${DEVICE:-cuda}
   if [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { [ ! -d $DATA ] || ! python3 -c "import gemmi" 2>/dev/null; }; then
     $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
@@ -222,6 +224,7 @@ issue18)
   timeout -k 15 "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
     --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV ${PRECISION:+--precision $PRECISION} \
     $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \
+    --profile ${PROFILE:-5} --profile-trace "$OUT/issue18/trace.json.gz" \
     2>&1 | grep -v "Warning\|warn(" | tee "$OUT/issue18/ablations.log"
   ls -la "$OUT/issue18"
   ;;

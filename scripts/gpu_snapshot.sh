@@ -64,8 +64,9 @@ s=json.load(open(sys.argv[1])); t=json.load(open(sys.argv[2])); \
 assert s['train_config']['init'] and s['global_step'] > 0 and not t['train_config']['init'], s['train_config']" \
     $R/back_init/eval/paper-coords.summary.json $R/back_init/eval/paper-nocoords.summary.json || { echo "rehearsal FAILED: INIT16 continuation (log: $R/log_init)"; exit 1; }
 fi
-python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; assert set(s) == {'old','default','head','nocoords'}, s" \
-  $R/out/issue18/ablations.json || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r['summary']; assert set(s) == {'old','default','head','nocoords'}, s; \
+assert r['rounds']['default'][0]['profile']['top_host_ops'], 'no profile'" \
+  $R/out/issue18/ablations.json && [ -s $R/out/issue18/trace.json.gz ] || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
 echo "rehearsal passed ($R)"
 # the device copies the whole working tree too: with the paper-size weights tracked it is over 64 MiB
 scripts/lease_tree.sh size || echo "before the device calls: scripts/lease_tree.sh hide; after them: scripts/lease_tree.sh restore"

@@ -111,7 +111,7 @@ def test_training_ablations_go_on_past_a_failing_arm(tmp_path, monkeypatch, caps
 
     import training_ablations
 
-    def fake(arm, args, out):
+    def fake(arm, args, out, profile=False):
         if arm == "compile":
             raise RuntimeError("inductor failed\nlong traceback")
         return {
@@ -278,3 +278,37 @@ def test_training_ablations_name_the_lines_that_sync(tmp_path, monkeypatch):
     assert res["syncs_per_step"] == 1.0
     ((site, n),) = res["sync_sites"].items()
     assert site.startswith("test_tools.py:") and n == 3
+
+
+def test_profile_summary_says_how_much_of_a_step_the_device_is_busy():
+    """The lease's profile must tell a device-bound step from a host-bound one: kernels on two
+    streams that overlap count once in the busy time, every kernel counts in its kind, and the
+    host operators are ranked by their total self time."""
+    import training_ablations
+
+    kernels = [
+        ("sm90_xmma_gemm_bf16bf16_bf16f32", 0.0, 400.0),
+        ("ampere_bf16_s16816gemm", 300.0, 600.0),  # overlaps the first: busy 0-600 once
+        ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", 1000.0, 1200.0),
+        ("multi_tensor_apply_kernel<FusedAdamMathFunctor>", 1500.0, 1600.0),
+        ("Memcpy HtoD (Pinned -> Device)", 1700.0, 1750.0),
+        ("vectorized_elementwise_kernel<GeluCUDAKernelImpl>", 1800.0, 2000.0),
+    ]
+    host = [("aten::mm", 30.0), ("aten::copy_", 50.0), ("aten::mm", 30.0)]
+    s = training_ablations.profile_summary(kernels, host, steps=2, wall_s=0.004)
+    assert s["wall_ms_per_step"] == pytest.approx(2.0)
+    # busy 600 + 200 + 100 + 50 + 200 = 1150 us over 2 steps
+    assert s["device_busy_ms_per_step"] == pytest.approx(0.575)
+    assert s["device_busy_fraction"] == pytest.approx(0.575 / 2.0)
+    kinds = s["kernel_ms_per_step_by_kind"]
+    assert kinds["matmul"] == pytest.approx(0.35)  # 700 us of kernel time, overlap included
+    assert kinds["attention"] == pytest.approx(0.1)
+    assert kinds["optimizer"] == pytest.approx(0.05)
+    assert kinds["copy"] == pytest.approx(0.025)
+    assert kinds["other"] == pytest.approx(0.1)
+    assert s["top_kernels"][0]["name"].startswith("sm90_xmma_gemm")
+    assert [r["name"] for r in s["top_host_ops"]] == ["aten::mm", "aten::copy_"]
+    assert s["top_host_ops"][0]["calls_per_step"] == 1.0
+    # a CPU profile has no device activity: nothing is claimed about it
+    cpu = training_ablations.profile_summary([], host, steps=2, wall_s=0.004)
+    assert cpu["device_busy_fraction"] is None and cpu["kernel_ms_per_step_by_kind"] == {}

@@ -163,6 +163,10 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
             "old",
             "head",
             "pack",
+            "--profile",
+            "2",
+            "--profile-trace",
+            str(tmp_path / "trace.json.gz"),
             "--json",
             str(out),
         ],
@@ -171,7 +175,14 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
         text=True,
         cwd=root,
     )
-    summary = json.loads(out.read_text())["summary"]
+    record = json.loads(out.read_text())
+    summary = record["summary"]
+    # the profile follows the default arm's timed steps; on a CPU it ranks host operators only
+    (prof,) = [r["profile"] for r in record["rounds"]["default"]]
+    assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0
+    assert prof["device_busy_fraction"] is None and prof["top_host_ops"]
+    assert all("profile" not in r for a in ("old", "head", "pack") for r in record["rounds"][a])
+    assert (tmp_path / "trace.json.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
     assert set(summary) == {"default", "old", "head", "pack"}
     assert all(s["residues_per_s"] > 0 and 0 < s["mfu"] for s in summary.values())
     assert summary["default"]["ratio_to_default"] == 1.0
