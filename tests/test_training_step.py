@@ -278,20 +278,23 @@ def test_numbers_are_logged_only_for_the_steps_the_logger_writes(
     """A Python number given to ``self.log`` becomes a device tensor (a host-to-device copy, which
     waits for the GPU). The learning rate and the minutes were logged every step; they are now
     logged for the steps whose row the logger writes, and every written row still has them,
-    current (tokens/s too: it used to reach the row 24 steps late). With accumulation, once per
-    step: on its last micro-batch."""
+    current (tokens/s too: it used to reach the row 24 steps late). The loss and accuracy, logged
+    as tensors every step before, follow the same rule without a progress bar. With accumulation,
+    once per step: on its last micro-batch."""
     import csv
     import numbers
 
     from coordformer.train.mlm import MaskedLMModule
     from coordformer.train.run import pretrain
 
-    logged = []
+    logged, every_value = [], []
     real_log = MaskedLMModule.log
 
     def spy(self, name, value, *args, **kwargs):
         if isinstance(value, numbers.Number) and name.startswith("train/"):
             logged.append((self.global_step, name))
+        if name.startswith("train/"):
+            every_value.append((self.global_step, name))
         return real_log(self, name, value, *args, **kwargs)
 
     monkeypatch.setattr(MaskedLMModule, "log", spy)
@@ -301,6 +304,11 @@ def test_numbers_are_logged_only_for_the_steps_the_logger_writes(
     pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
     assert logged and {step % 5 for step, _ in logged} == {4}
     assert len(logged) == len(set(logged))  # each number once per written step
+    # the loss and accuracy tensors too: each self.log costs host time (no bar shows them here)
+    assert {step % 5 for step, _ in every_value} == {4}
+    assert ("train/loss" in {n for _, n in every_value}) and len(every_value) == len(
+        set(every_value)
+    )
     rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv")))
     written = [r for r in rows if r.get("train/loss")]
     assert [int(r["step"]) for r in written] == [4, 9, 14, 19]
