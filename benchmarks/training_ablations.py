@@ -23,6 +23,9 @@ Arms (each a change of the training settings; ``default`` is what `pretrain` doe
   head        indexed + the LM head on the masked positions only (default without fused AdamW)
   compile     default + torch.compile (compilation falls in the untimed warm-up)
   pack        default + sequence packing
+  varlen      default + the layers on the real residues only (FlashAttention's variable-length
+              kernel: no padding, no mask)
+  varlen-tokens4x, compile-varlen   varlen with four times the token budget, or compiled
   compile-pack  default + torch.compile + sequence packing
   tokens2x    default with twice the token budget per step
   tokens4x    default with four times the token budget per step (fixed costs amortised further)
@@ -58,6 +61,7 @@ from pathlib import Path
 #: In the order they run: the most wanted first, so that a run cut short by its time limit has them.
 ARMS = (
     "default",
+    "varlen",
     "old",
     "nocoords",
     "tokens2x",
@@ -68,6 +72,8 @@ ARMS = (
     "indexed",
     "noworkers",
     "tokens4x",
+    "varlen-tokens4x",
+    "compile-varlen",
 )
 
 
@@ -81,6 +87,9 @@ def arm_settings(arm: str, tokens: int) -> tuple[dict, dict]:
         "head": plain,
         "compile": {"compile": True},
         "pack": {"pack_sequences": True},
+        "varlen": {"varlen_attention": True},
+        "varlen-tokens4x": {"varlen_attention": True, "tokens_per_batch": 4 * tokens},
+        "compile-varlen": {"compile": True, "varlen_attention": True},
         "compile-pack": {"compile": True, "pack_sequences": True},
         "tokens2x": {"tokens_per_batch": 2 * tokens},
         "tokens4x": {"tokens_per_batch": 4 * tokens},

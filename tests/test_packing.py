@@ -136,3 +136,95 @@ def test_packing_with_language_model_conditioning_is_refused_up_front(prepared, 
     with pytest.raises(OptionError, match="pack_sequences=True: packed rows") as e:
         pretrain(prepared.path, tmp_path / "r", conditioned, TrainConfig(pack_sequences=True))
     assert e.value.flag_message({"pack_sequences": "--pack"}).startswith("--pack True:")
+
+
+def test_indexed_batches_locate_their_chains_without_padding():
+    """``Batch.indexed`` lists the real residues row-major and where each chain starts among them,
+    for padded rows and for packed ones (segment by segment); ``replace`` drops them as stale."""
+    padded, packed = _padded_and_packed()
+    for b in (padded, packed.indexed()):
+        v = b.varlen()
+        assert v.token_index.tolist() == torch.nonzero(b.padding_mask.reshape(-1))[:, 0].tolist()
+        assert v.cu_seqlens.dtype == torch.int32 and v.cu_seqlens[0] == 0
+        assert torch.diff(v.cu_seqlens).tolist() == list(b.chain_lengths)
+        assert v.cu_seqlens[-1] == b.padding_mask.sum() and v.max_seqlen == max(b.chain_lengths)
+    row0 = int(padded.lengths[0])
+    assert padded.cu_seqlens[1] == row0  # a padded batch: one chain per row
+    assert padded.replace(tokens=padded.tokens).varlen() is None
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_varlen_layers_give_the_padded_logits_loss_and_gradients(layout):
+    """Without its padding (``varlen``) a batch gives the same logits at every real residue, the
+    same loss and the same gradients as the padded forward; padding positions come back as zeros
+    (on the CPU the chains go through SDPA one by one)."""
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", recipe="fast")).train()  # dropout 0: training mode
+    padded, packed = _padded_and_packed()
+    b = padded if layout == "padded" else packed.indexed()
+    results = []
+    for varlen in (None, b.varlen()):
+        model.zero_grad()
+        out = model(**b.inputs(), varlen=varlen, repr_layers=(1,))
+        loss, _, n = masked_lm_loss(out.logits, b.targets)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((out, loss, grads))
+    (ref, ref_loss, ref_grads), (var, var_loss, var_grads) = results
+    real = b.padding_mask
+    torch.testing.assert_close(var.logits[real], ref.logits[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.representations[1][real], ref.representations[1][real])
+    assert (var.hidden[~real] == 0).all()
+    torch.testing.assert_close(var_loss, ref_loss, rtol=1e-6, atol=1e-6)
+    assert var_grads.keys() == ref_grads.keys()
+    for k, g in ref_grads.items():
+        torch.testing.assert_close(var_grads[k], g, rtol=1e-4, atol=1e-6, msg=k)
+    # the LM head on the targets only, as training runs it
+    idx = b.target_index
+    at = model(**b.inputs(), varlen=b.varlen(), logits_at=idx).logits
+    torch.testing.assert_close(at, ref.logits.flatten(0, 1)[idx], rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_refuses_attention_maps_and_attention_dropout(prepared, tmp_path):
+    from coordformer.config import TrainConfig
+    from coordformer.errors import OptionError
+    from coordformer.train.run import pretrain
+
+    padded, _ = _padded_and_packed()
+    model = CoordFormer(preset("tiny-0.1m")).eval()
+    with pytest.raises(OptionError, match="attention maps need the padded path"):
+        model(**padded.inputs(), varlen=padded.varlen(), need_attention=True)
+    mc = preset("tiny-0.1m", dropout=0.1)
+    tc = TrainConfig(varlen_attention=True, max_steps=1, tokens_per_batch=1024, crop_length=64)
+    with pytest.raises(OptionError, match="has no dropout; the model has dropout 0.1"):
+        pretrain(prepared.path, tmp_path / "run", mc, tc, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_pretrain_with_varlen_trains_the_same_weights(prepared, tmp_path, monkeypatch):
+    """--varlen changes where the layers run, not the training: the weights after a few steps
+    agree with padded rows' to float tolerance, and the run's config records the switch."""
+    import coordformer.model.core as core
+    from coordformer.cli import main
+
+    calls = []
+    real = core.varlen_attention
+    monkeypatch.setattr(core, "varlen_attention", lambda *a: calls.append(1) or real(*a))
+    weights = {}
+    for name, flag in (("padded", "--no-varlen"), ("varlen", "--varlen")):
+        out = tmp_path / name
+        args = pretrain_args(prepared.path, out, flag, max_steps=4, val_every=4,
+                             tokens_per_batch=2048, seed=0, accelerator="cpu", threads=1,
+                             workers=0, quiet=True)  # fmt: skip
+        assert main(args) == 0
+        assert bool(calls) == (name == "varlen")  # only the --varlen run takes that path
+        weights[name] = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)[
+            "state_dict"
+        ]
+        cfg = json.loads((out / "config.json").read_text())["train_config"]
+        assert cfg["varlen_attention"] == (name == "varlen")
+    assert len(calls) >= 4 * 2  # every training step, every layer of tiny-0.1m
+    for k, v in weights["padded"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(weights["varlen"][k], v, rtol=1e-4, atol=1e-5)

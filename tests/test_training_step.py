@@ -163,6 +163,7 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
             "old",
             "head",
             "pack",
+            "varlen",
             "--profile",
             "2",
             "--profile-trace",
@@ -181,9 +182,11 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
     (prof,) = [r["profile"] for r in record["rounds"]["default"]]
     assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0
     assert prof["device_busy_fraction"] is None and prof["top_host_ops"]
-    assert all("profile" not in r for a in ("old", "head", "pack") for r in record["rounds"][a])
+    assert all(
+        "profile" not in r for a in ("old", "head", "pack", "varlen") for r in record["rounds"][a]
+    )
     assert (tmp_path / "trace.json.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
-    assert set(summary) == {"default", "old", "head", "pack"}
+    assert set(summary) == {"default", "old", "head", "pack", "varlen"}
     assert all(s["residues_per_s"] > 0 and 0 < s["mfu"] for s in summary.values())
     assert summary["default"]["ratio_to_default"] == 1.0
     assert summary["old"]["ratio_to_old"] == 1.0 and summary["old"]["syncs_per_step"] is None

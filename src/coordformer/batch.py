@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -20,7 +21,21 @@ from .constants import PAD
 _OPTIONAL_INPUTS = ("positions", "plddt", "segments", "padded")
 
 #: Fields read on the host by :meth:`Batch.indexed`; they describe the other fields as they were.
-HOST_FIELDS = ("target_index", "chain_lengths", "padded")
+HOST_FIELDS = ("target_index", "chain_lengths", "padded", "token_index", "cu_seqlens")
+
+
+class Varlen(NamedTuple):
+    """Where the chains of a batch lie once its padding is dropped (``Batch.varlen``): the model
+    then runs its layers on the T real residues only, each chain attending to itself.
+
+    - ``token_index`` [T] long: flat positions (row * L + column) of the real residues, row-major.
+    - ``cu_seqlens`` [N + 1] int32: where each of the N chains starts in those T, then T.
+    - ``max_seqlen``: residues of the longest chain (a host int: kernels size their grid by it).
+    """
+
+    token_index: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,9 @@ class Batch:
       segment of a packed row). Stays on the host.
     - ``padded`` bool or None: whether any row has padding. Stays on the host; a model input (False
       lets attention run without a mask, and the model need not ask the device).
+    - ``token_index`` [T] long and ``cu_seqlens`` [N + 1] int32 or None: the real residues' flat
+      positions, row-major, and where each chain starts among them (``varlen``); they move with
+      the batch.
     """
 
     tokens: torch.Tensor
@@ -82,6 +100,8 @@ class Batch:
     target_index: torch.Tensor | None = None
     chain_lengths: tuple[int, ...] | None = None
     padded: bool | None = None
+    token_index: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
 
     @classmethod
     def from_tokens(
@@ -119,16 +139,33 @@ class Batch:
         return tuple(torch.unique(key, return_counts=True)[1].tolist())
 
     def indexed(self) -> Batch:
-        """A copy with ``target_index``, ``chain_lengths`` and ``padded`` computed from this batch's
-        tensors. Call it while they are on the CPU (``MaskedBatches`` items are indexed as they
-        are built, in the loader worker): there it costs no device synchronisation."""
+        """A copy with ``target_index``, ``chain_lengths``, ``padded``, ``token_index`` and
+        ``cu_seqlens`` computed from this batch's tensors. Call it while they are on the CPU
+        (``MaskedBatches`` items are indexed as they are built, in the loader worker): there it
+        costs no device synchronisation."""
         chains = self.residues_per_chain()
         index = None
         if self.targets is not None:
             index = torch.nonzero(self.targets.reshape(-1) != -100).squeeze(1)
+        # real residues in row-major order: row by row, and within a packed row segment by segment
+        # (pack_batch lays them out in order), the order of ``chains``
+        tokens = torch.nonzero(self.padding_mask.reshape(-1)).squeeze(1)
+        cu = torch.zeros(len(chains) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(chains, dtype=torch.int64).cumsum(0).to(torch.int32)
         return self.replace(
-            target_index=index, chain_lengths=chains, padded=not bool(self.padding_mask.all())
+            target_index=index,
+            chain_lengths=chains,
+            padded=not bool(self.padding_mask.all()),
+            token_index=tokens,
+            cu_seqlens=cu,
         )
+
+    def varlen(self) -> Varlen | None:
+        """The batch without its padding (:class:`Varlen`), from the fields :meth:`indexed` filled;
+        None for a batch that was not indexed."""
+        if self.token_index is None or self.cu_seqlens is None or not self.chain_lengths:
+            return None
+        return Varlen(self.token_index, self.cu_seqlens, max(self.chain_lengths))
 
     def _map(self, fn) -> Batch:
         """A copy with ``fn`` applied to every tensor field (host fields are left as they are)."""

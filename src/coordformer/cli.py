@@ -463,6 +463,13 @@ def pretrain(
         help="Pack several chains per row (attention stays within each chain; the same loss as "
         "padded rows, with fewer padding positions).",
     ),
+    varlen: bool = typer.Option(
+        default_of(TrainConfig, "varlen_attention"),
+        "--varlen/--no-varlen",
+        help="Run the layers on the real residues only, each chain attending to itself "
+        "(FlashAttention's variable-length kernel on a GPU, bf16/fp16): no FLOP goes to padding. "
+        "Needs dropout 0 (the default). On the CPU it is slower than padded rows.",
+    ),
     fused_adamw: bool = typer.Option(
         default_of(TrainConfig, "fused_adamw"),
         "--fused-adamw/--no-fused-adamw",
@@ -571,6 +578,7 @@ def pretrain(
         accumulate_grad_batches=accumulate,
         activation_checkpointing=activation_checkpointing,
         pack_sequences=pack,
+        varlen_attention=varlen,
         fused_adamw=fused_adamw,
         drop_chain_coords=drop_chain_coords,
         drop_span_coords=drop_span_coords,
@@ -1570,6 +1578,7 @@ _API_FLAGS = {
     "coord_norm_feature": "--norm-feature",
     "gaussian_init_values": "--gaussian-values",
     "pack_sequences": "--pack",
+    "varlen_attention": "--varlen",
 }
 
 

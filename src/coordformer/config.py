@@ -444,6 +444,10 @@ class TrainConfig(BatchConfig):
     # several chains per row (data.batching.pack_batch): the same chains and masks per step in
     # fewer, fuller rows; attention stays within each chain, so the loss is the same as padded
     pack_sequences: bool = False
+    #: the layers run on the real residues only (Batch.varlen), with FlashAttention's
+    #: variable-length kernel on a GPU: no padding and no attention mask in any layer (packing's
+    #: aim, without its [L, L] masks). On the CPU it loops over chains (slower; for tests).
+    varlen_attention: bool = False
     #: torch.optim.AdamW(fused=True): one kernel for the whole update, and the non-finite-step skip
     #: is then decided on the device (no host sync per step); never slower on the CPU
     #: (docs/RESULTS.md), PyTorch's fastest AdamW on CUDA

@@ -19,6 +19,7 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..batch import Varlen
 from ..config import ModelConfig
 from ..constants import AA_OFFSET, CA_INDEX, PAD
 from ..errors import OptionError, SequenceTooLong, UsageError
@@ -115,6 +116,29 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, varlen: Varlen
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v within each chain of a batch without padding. q, k, v: [T, H, d],
+    the chains one after another as ``varlen.cu_seqlens`` says. Returns [T, H, d].
+
+    On a CUDA device in half precision (bf16 / fp16 autocast) this is FlashAttention's
+    variable-length kernel (``torch.nn.attention.varlen.varlen_attn``): no mask, no padding, and
+    no host sync. Elsewhere (the CPU, float32) each chain goes through SDPA in turn, which reads the
+    chain boundaries on the host: the same result, for tests and small runs."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from torch.nn.attention.varlen import varlen_attn
+
+        cu, n = varlen.cu_seqlens, varlen.max_seqlen
+        return varlen_attn(q, k, v, cu, cu, n, n)
+    bounds = varlen.cu_seqlens.tolist()
+    out = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [H, n, d]
+        out.append(F.scaled_dot_product_attention(qi, ki, vi).transpose(0, 1))
+    return torch.cat(out) if out else q.new_zeros(q.shape)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -123,10 +147,20 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, need_attention: bool = False):
-        """x: [B, L, D]; key_mask: [B, L] bool (True = real
-        token). Returns ([B, L, D], [B, H, L, L] | None)."""
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | Varlen | None, need_attention: bool = False
+    ):
+        """x: [B, L, D]; key_mask: [B, L] bool (True = real token), [B, 1, L, L] bool (packed rows),
+        or a :class:`Varlen` when x is [1, T, D], the real residues of a batch without its padding.
+        Returns ([B, L, D], [B, H, L, L] | None)."""
         b, l, _ = x.shape
+        if isinstance(key_mask, Varlen):
+            if self.dropout and self.training:
+                raise UsageError("varlen attention has no attention dropout: set dropout to 0")
+            qkv = self.qkv(x[0]).view(l, 3, self.n_heads, self.d_head)
+            q, k, v = qkv.permute(1, 0, 2, 3).contiguous().unbind(0)  # [T, H, d] each
+            y = varlen_attention(q, k, v, key_mask)
+            return self.out(y.reshape(1, l, -1)), None
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         # [B, L] key mask, or an already built [B, 1, L, L] mask (packed rows: block-diagonal)
         mask = (
@@ -479,6 +513,7 @@ class CoordFormer(nn.Module):
         segments: torch.Tensor | None = None,
         padded: bool | None = None,
         logits_at: torch.Tensor | None = None,
+        varlen: Varlen | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -499,6 +534,10 @@ class CoordFormer(nn.Module):
                 waits for the device on GPU; a caller that gives it vouches for its positions.
             logits_at: [N] long flat positions (row * L + column): the LM head runs on these only
                 and ``logits`` is [N, V] (masked-LM training scores the masked positions only).
+            varlen: the batch's real residues (``Batch.varlen``): the layers then run on those T
+                residues only, as one row of chains attending each to itself (FlashAttention's
+                variable-length kernel on a GPU), so no FLOP goes to padding. Outputs keep their
+                [B, L, ...] shapes, with zeros at padding. Not with ``need_attention``.
 
         A :class:`coordformer.batch.Batch` gives these inputs as
         ``model(**batch.inputs(use_coords))``.
@@ -530,6 +569,20 @@ class CoordFormer(nn.Module):
             )
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
+        shape = x.shape
+        if varlen is not None:
+            if need_attention:
+                raise OptionError("varlen", "given", "attention maps need the padded path")
+            # [B, L, D] -> [1, T, D]: the real residues, chain after chain
+            x = x.flatten(0, 1).index_select(0, varlen.token_index).unsqueeze(0)
+            key_mask = varlen
+
+        def padded_again(t: torch.Tensor) -> torch.Tensor:
+            if varlen is None:
+                return t
+            full = t.new_zeros(shape[0] * shape[1], t.shape[-1])
+            return full.index_copy(0, varlen.token_index, t[0]).view(*shape[:2], -1)
+
         ckpt = (
             self.gradient_checkpointing
             and self.training
@@ -546,8 +599,8 @@ class CoordFormer(nn.Module):
             if need_attention:
                 attns.append(a)
             if i in repr_layers:
-                reps[i] = x
-        h = self.final_ln(x)
+                reps[i] = padded_again(x)
+        h = padded_again(self.final_ln(x))
         at = h if logits_at is None else h.flatten(0, 1).index_select(0, logits_at)
         return CoordFormerOutput(
             logits=self.lm_head(at), hidden=h, representations=reps, attentions=attns

@@ -100,10 +100,12 @@ class MaskedLMModule(L.LightningModule):
         )
 
     def forward(self, batch: Batch, need_attention=False, logits_at=None):
+        varlen = batch.varlen() if self.train_config.varlen_attention else None
         return self.model(
             **batch.inputs(self.model_config.use_coords),
             need_attention=need_attention,
             logits_at=logits_at,
+            varlen=varlen,
         )
 
     def _step_loss(self, batch: Batch):

@@ -354,6 +354,13 @@ def _pretrain(
             True,
             "packed rows are not supported with language-model conditioning (`condition_on`)",
         )
+    if train_config.varlen_attention and model_config.dropout:
+        raise OptionError(
+            "varlen_attention",
+            True,
+            f"the variable-length attention kernel has no dropout; the model has dropout "
+            f"{model_config.dropout}: set it to 0 or train without `varlen_attention`",
+        )
     data = PreparedDataset(data_dir)
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
