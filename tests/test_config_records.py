@@ -83,7 +83,12 @@ def test_train_config_is_batch_config_plus_the_rest_and_stays_flat_both_ways():
     assert isinstance(tc, BatchConfig) and tc.seed == 3 and tc.betas == (0.9, 0.98)
     d = tc.to_dict()
     # fields added since that run take their defaults
-    added = {"pack_sequences": False, "fused_adamw": True, "logits_at_targets": True}
+    added = {
+        "pack_sequences": False,
+        "fused_adamw": True,
+        "logits_at_targets": True,
+        "varlen_attention": False,
+    }
     assert set(d) == set(OLD_FLAT) | set(added) and json.loads(json.dumps(d)) == {
         **OLD_FLAT,
         "betas": [0.9, 0.98],
