@@ -20,6 +20,8 @@
 #                                    then every evaluation (int8 and float16 weights too), the non-finite-step
 #                                    replay, and the float16 weights in 15 MiB parts (transport_weights.py) -> $OUT
 #                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU)
+#                                    PICK16=S first times --varlen against the default step (S seconds) and
+#                                    trains with the faster (eval/pick16.json)
 #   scripts/gpu_session.sh issue18 S training-throughput ablations of real pretraining (issue 18 item 3: host syncs,
 #                                    LM head on targets, fused AdamW, compile, packing, token budget, workers,
 #                                    coordinates' cost) within S seconds -> $OUT/issue18 (PRESET=tiny-0.1m
@@ -155,6 +157,21 @@ issue16)
   [ -n "${PRECISION:-}" ] && C16="$C16 --precision $PRECISION"
   # EXTRA16 adds pretrain flags to both runs without a new snapshot (a retry with --no-fused-adamw, say)
   C16="$C16 ${EXTRA16:-}"
+  E=$RUNS/eval; mkdir -p $E
+  # PICK16=S: first, within S seconds, time the default step against --varlen (same loss and weights, tested)
+  # on this device with training_ablations.py, and train with --varlen if it is at least PICK_MIN (1.03)
+  # times as fast; the measurement comes back in the training record (eval/pick16.json)
+  if [ -n "${PICK16:-}" ]; then
+    timeout -k 10 "$PICK16" python3 benchmarks/training_ablations.py --data $DATA --preset $P --tokens ${TOKENS:-16384} \
+      --steps ${PICK_STEPS:-60} --warmup ${PICK_WARMUP:-30} --device $DEV ${PRECISION:+--precision $PRECISION} \
+      --arms default varlen --json $E/pick16.json 2>&1 | grep -v "Warning\|warn(" | tail -4
+    if python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; \
+sys.exit(0 if s['varlen']['ratio_to_default'] >= float(sys.argv[2]) else 1)" $E/pick16.json ${PICK_MIN:-1.03} 2>/dev/null; then
+      C16="$C16 --varlen"; echo "pick16: training with --varlen"
+    else
+      echo "pick16: training with padded rows (--varlen not measured at least ${PICK_MIN:-1.03}x as fast)"
+    fi
+  fi
   pids=""
   for n in "${R16[@]}"; do
     arch="--preset $P ${F16[$n]}"
@@ -162,7 +179,6 @@ issue16)
     setsid nohup python3 -m coordformer pretrain --data $DATA --out $RUNS/$n $arch $C16 > $RUNS/$n.log 2>&1 < /dev/null &
     pids="$pids $!"
   done
-  E=$RUNS/eval; mkdir -p $E
   # evaluation needs EVAL_LIMIT seconds; whatever still trains then gets SIGTERM (last.ckpt at a step boundary)
   EL=${EVAL_LIMIT:-120}
   alive() { for p in $pids; do kill -0 $p 2>/dev/null && return 0; done; return 1; }
