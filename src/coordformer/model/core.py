@@ -134,8 +134,9 @@ def varlen_attention(
     bounds = varlen.cu_seqlens.tolist()
     out = []
     for start, end in zip(bounds[:-1], bounds[1:]):
-        qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [H, n, d]
-        out.append(F.scaled_dot_product_attention(qi, ki, vi).transpose(0, 1))
+        # [1, H, n, d]: SDPA's fused CPU kernel takes four dimensions (three go to its math path)
+        qi, ki, vi = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        out.append(F.scaled_dot_product_attention(qi, ki, vi)[0].transpose(0, 1))
     return torch.cat(out) if out else q.new_zeros(q.shape)
 
 
