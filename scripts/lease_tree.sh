@@ -39,9 +39,11 @@ hide)
   mapfile -t files < <(find $MODELS -name '*.pt*' -size +${mb}M | sort)
   [ ${#files[@]} -gt 0 ] || { echo "no shipped weights over $mb MB"; exit 0; }
   git rm -q --cached --ignore-unmatch -- "${files[@]}"
+  mkdir -p "$(dirname "$EXCLUDE")"
   { echo "$MARK"; printf '/%s\n' "${files[@]}"; } >> "$EXCLUDE"   # gitignore has no trailing comments
   # a commit now would delete the weights: a pre-commit hook refuses one until `restore` (if no hook is there)
   if [ ! -e "$HOOK" ]; then
+    mkdir -p "$(dirname "$HOOK")"   # a fresh clone may have no hooks folder
     printf '#!/bin/sh\n%s\necho "shipped weights are hidden for a device lease: scripts/lease_tree.sh restore first" >&2\nexit 1\n' "$MARK" > "$HOOK"
     chmod +x "$HOOK"
   fi

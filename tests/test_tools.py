@@ -1,5 +1,7 @@
 """The repository's scripts and benchmark helpers that results depend on."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -312,3 +314,48 @@ def test_profile_summary_says_how_much_of_a_step_the_device_is_busy():
     # a CPU profile has no device activity: nothing is claimed about it
     cpu = training_ablations.profile_summary([], host, steps=2, wall_s=0.004)
     assert cpu["device_busy_fraction"] is None and cpu["kernel_ms_per_step_by_kind"] == {}
+
+
+def test_lease_tree_hides_the_shipped_weights_from_the_device_copy_and_puts_them_back(tmp_path):
+    """scripts/lease_tree.sh on a fresh clone (no .git/hooks folder, which broke `hide` on
+    2026-11-27): `hide` takes the weights out of the index and ignores them, so they neither
+    travel nor show as untracked; a commit meanwhile is refused (it would delete them); `restore`
+    tracks them again exactly as before and removes the hook."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "lease_tree.sh", repo / "scripts")
+    models = repo / "src" / "coordformer" / "resources" / "models"
+    models.mkdir(parents=True)
+    (models / "big.pt").write_bytes(b"\0" * (2 * 2**20 + 1))
+    (models / "small.json").write_text("{}")
+
+    def git(*args, check=True):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=check)
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    shutil.rmtree(repo / ".git" / "hooks", ignore_errors=True)
+    env = {**os.environ, "HIDE_OVER_MB": "1"}
+    hide = subprocess.run(["bash", "scripts/lease_tree.sh", "hide"], cwd=repo, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert hide.returncode == 0, hide.stderr
+    tracked = git("ls-files").stdout.split()
+    assert "src/coordformer/resources/models/big.pt" not in tracked
+    assert "src/coordformer/resources/models/small.json" in tracked
+    assert (
+        "??" not in git("status", "--short", "--untracked-files=all").stdout
+    )  # ignored, not untracked
+    assert (models / "big.pt").exists()  # only the index changed
+    commit = git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", check=False)
+    assert commit.returncode != 0 and "restore first" in commit.stderr
+    again = subprocess.run(["bash", "scripts/lease_tree.sh", "hide"], cwd=repo, env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 1 and "already hidden" in again.stdout
+    subprocess.run(["bash", "scripts/lease_tree.sh", "restore"], cwd=repo, check=True,
+                   capture_output=True)  # fmt: skip
+    assert git("status", "--short").stdout == ""  # the index is as HEAD has it
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    assert "lease_tree" not in (repo / ".git" / "info" / "exclude").read_text()
