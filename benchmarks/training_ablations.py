@@ -26,6 +26,9 @@ Arms (each a change of the training settings; ``default`` is what `pretrain` doe
   varlen      default + the layers on the real residues only (FlashAttention's variable-length
               kernel: no padding, no mask)
   varlen-tokens4x, compile-varlen   varlen with four times the token budget, or compiled
+  graphs      default + --cuda-graphs: varlen rows of one shape, each layer compiled with
+              mode="reduce-overhead" (CUDA graphs on a GPU; recording falls in the warm-up)
+  graphs-tokens4x   graphs with four times the token budget
   compile-pack  default + torch.compile + sequence packing
   tokens2x    default with twice the token budget per step
   tokens4x    default with four times the token budget per step (fixed costs amortised further)
@@ -74,6 +77,8 @@ ARMS = (
     "tokens4x",
     "varlen-tokens4x",
     "compile-varlen",
+    "graphs",
+    "graphs-tokens4x",
 )
 
 
@@ -90,6 +95,8 @@ def arm_settings(arm: str, tokens: int) -> tuple[dict, dict]:
         "varlen": {"varlen_attention": True},
         "varlen-tokens4x": {"varlen_attention": True, "tokens_per_batch": 4 * tokens},
         "compile-varlen": {"compile": True, "varlen_attention": True},
+        "graphs": {"cuda_graphs": True},
+        "graphs-tokens4x": {"cuda_graphs": True, "tokens_per_batch": 4 * tokens},
         "compile-pack": {"compile": True, "pack_sequences": True},
         "tokens2x": {"tokens_per_batch": 2 * tokens},
         "tokens4x": {"tokens_per_batch": 4 * tokens},

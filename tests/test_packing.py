@@ -228,3 +228,108 @@ def test_pretrain_with_varlen_trains_the_same_weights(prepared, tmp_path, monkey
     for k, v in weights["padded"].items():
         if v.is_floating_point():
             torch.testing.assert_close(weights["varlen"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_static_rows_give_one_shape_and_the_padded_results():
+    """Under --cuda-graphs the layers see one shape every step: the real residues padded to the
+    token budget with zero rows that form chains of their own, and a fixed number of chain starts
+    (zero-length chains at the end). The logits, loss and gradients stay the padded forward's."""
+    from coordformer.model.core import StaticRows
+    from coordformer.train.mlm import target_loss
+
+    torch.manual_seed(0)
+    model = CoordFormer(preset("tiny-0.1m", recipe="fast")).train()
+    padded, _ = _padded_and_packed(tokens=2048, crop=150)
+    rows = StaticRows.for_budget(2048, 150)
+    v = padded.varlen()
+    fixed = rows.pad(v, fill_row=padded.tokens.numel())
+    assert fixed.token_index.shape == (2048,) and fixed.cu_seqlens.shape == (rows.chains + 1,)
+    assert fixed.max_seqlen == 150 and fixed.cu_seqlens[-1] == 2048
+    starts = fixed.cu_seqlens
+    assert (torch.diff(starts) >= 0).all() and (torch.diff(starts) <= 150).all()
+    assert torch.equal(starts[: len(v.cu_seqlens)], v.cu_seqlens)
+    # the same shape for another batch of other lengths
+    other = _padded_and_packed(seed=9, tokens=2048, crop=150)[0]
+    again = rows.pad(other.varlen(), fill_row=other.tokens.numel())
+    assert again.token_index.shape == fixed.token_index.shape
+    assert again.cu_seqlens.shape == fixed.cu_seqlens.shape
+
+    results = []
+    for static in (None, rows):
+        model.static_rows = static
+        model.zero_grad()
+        out = model(**padded.inputs(), varlen=v, logits_at=padded.target_index)
+        loss, _, _ = target_loss(out.logits, padded.targets.flatten()[padded.target_index])
+        loss.backward()
+        results.append((out.logits, loss, {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (a, la, ga), (b, lb, gb) = results
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lb, la)
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_a_batch_that_does_not_fit_the_static_rows_runs_as_it_is():
+    from coordformer.model.core import StaticRows
+
+    padded, _ = _padded_and_packed(tokens=2048, crop=150)
+    v = padded.varlen()
+    n = len(v.token_index)
+    assert StaticRows(n - 1, 150, 1000).pad(v, 0) is None  # more residues than the budget
+    assert StaticRows(2048, v.max_seqlen - 1, 1000).pad(v, 0) is None  # a longer chain
+    assert StaticRows(2048, 150, len(padded)).pad(v, 0) is None  # no room for the filler's chains
+    exact = StaticRows(n, 150, len(padded)).pad(v, 0)  # nothing to fill
+    assert torch.equal(exact.token_index, v.token_index) and torch.equal(
+        exact.cu_seqlens, v.cu_seqlens
+    )
+
+
+def test_cuda_graphs_refuse_activation_checkpointing(prepared, tmp_path):
+    from coordformer.config import TrainConfig
+    from coordformer.errors import OptionError
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(cuda_graphs=True, activation_checkpointing=True, max_steps=1,
+                     tokens_per_batch=1024, crop_length=64)  # fmt: skip
+    with pytest.raises(OptionError, match="do not take activation checkpointing"):
+        pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
+
+
+@pytest.mark.slow
+def test_pretrain_with_cuda_graphs_compiles_each_layer_and_trains_the_same_weights(
+    prepared, tmp_path, monkeypatch
+):
+    """On the CPU --cuda-graphs compiles each layer (no graphs there) and feeds it one shape:
+    nothing recompiles over steps whose batches differ in size (without the static rows they do),
+    and the weights agree with the padded eager run's."""
+    import torch._dynamo
+
+    from coordformer.cli import main
+    from coordformer.model.core import StaticRows
+
+    def run(name, flag):
+        out = tmp_path / name
+        args = pretrain_args(prepared.path, out, flag, max_steps=3, val_every=3,
+                             tokens_per_batch=2048, crop_length=512, seed=0, accelerator="cpu",
+                             threads=1, workers=0, quiet=True)  # fmt: skip
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            rc = main(args)
+        return rc, out
+
+    weights = {}
+    for name, flag in (("padded", "--no-cuda-graphs"), ("graphs", "--cuda-graphs")):
+        rc, out = run(name, flag)
+        assert rc == 0
+        weights[name] = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)[
+            "state_dict"
+        ]
+        cfg = json.loads((out / "config.json").read_text())["train_config"]
+        assert cfg["cuda_graphs"] == (name == "graphs")
+    assert not any("_orig_mod" in k for k in weights["graphs"])  # compiled in place: plain keys
+    for k, v in weights["padded"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(weights["graphs"][k], v, rtol=1e-3, atol=1e-5)
+    # the same run with batches left at their own sizes recompiles: the check above has teeth
+    monkeypatch.setattr(StaticRows, "pad", lambda self, varlen, fill_row: None)
+    assert run("unpadded", "--cuda-graphs")[0] != 0

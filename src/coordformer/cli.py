@@ -470,6 +470,14 @@ def pretrain(
         "(FlashAttention's variable-length kernel on a GPU, bf16/fp16): no FLOP goes to padding. "
         "Needs dropout 0 (the default). On the CPU it is slower than padded rows.",
     ),
+    cuda_graphs: bool = typer.Option(
+        default_of(TrainConfig, "cuda_graphs"),
+        "--cuda-graphs/--no-cuda-graphs",
+        help="--varlen with one shape for the layers (the real residues padded to "
+        "--tokens-per-batch), each layer compiled with torch.compile(mode='reduce-overhead'): on a "
+        "GPU its kernels replay as CUDA graphs, with no launch cost on the host. Not with "
+        "--activation-checkpointing.",
+    ),
     fused_adamw: bool = typer.Option(
         default_of(TrainConfig, "fused_adamw"),
         "--fused-adamw/--no-fused-adamw",
@@ -579,6 +587,7 @@ def pretrain(
         activation_checkpointing=activation_checkpointing,
         pack_sequences=pack,
         varlen_attention=varlen,
+        cuda_graphs=cuda_graphs,
         fused_adamw=fused_adamw,
         drop_chain_coords=drop_chain_coords,
         drop_span_coords=drop_span_coords,
@@ -1579,6 +1588,7 @@ _API_FLAGS = {
     "gaussian_init_values": "--gaussian-values",
     "pack_sequences": "--pack",
     "varlen_attention": "--varlen",
+    "cuda_graphs": "--cuda-graphs",
 }
 
 

@@ -448,6 +448,11 @@ class TrainConfig(BatchConfig):
     #: variable-length kernel on a GPU: no padding and no attention mask in any layer (packing's
     #: aim, without its [L, L] masks). On the CPU it loops over chains (slower; for tests).
     varlen_attention: bool = False
+    #: varlen rows padded to ``tokens_per_batch`` residues (model.core.StaticRows), and each layer
+    #: compiled in place with torch.compile(mode="reduce-overhead"): the layers then see one shape
+    #: every step, and on a GPU each layer's forward and backward replay as CUDA graphs (no kernel
+    #: launches from the host). Implies varlen_attention; without a GPU it only compiles.
+    cuda_graphs: bool = False
     #: torch.optim.AdamW(fused=True): one kernel for the whole update, and the non-finite-step skip
     #: is then decided on the device (no host sync per step); never slower on the CPU
     #: (docs/RESULTS.md), PyTorch's fastest AdamW on CUDA

@@ -116,6 +116,51 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+@dataclass(frozen=True)
+class StaticRows:
+    """The fixed shape that training batches without padding take under CUDA graphs
+    (``CoordFormer.static_rows``): every step's real residues, padded to ``tokens`` with rows of
+    zeros that form their own chains of at most ``max_seqlen``, and ``chains`` entries of
+    ``cu_seqlens`` (zero-length chains at the end). ``max_seqlen`` bounds every chain (the crop
+    length)."""
+
+    tokens: int
+    max_seqlen: int
+    chains: int
+
+    @classmethod
+    def for_budget(cls, tokens: int, max_seqlen: int) -> StaticRows:
+        # room for chains of 8 residues on average (prepare keeps 20 or more by default), plus
+        # the filler's chains
+        return cls(tokens, max_seqlen, tokens // 8 + -(-tokens // max_seqlen) + 1)
+
+    def pad(self, varlen: Varlen, fill_row: int) -> Varlen | None:
+        """``varlen`` padded to this shape; the filler reads row ``fill_row`` (zeros). None when
+        the batch does not fit (more residues or chains, or a longer chain): it then runs as it
+        is. Shapes are read on the host and the padding is built on the device: no sync."""
+        n_tok = varlen.token_index.shape[0]
+        n_chains = varlen.cu_seqlens.shape[0] - 1
+        pad = self.tokens - n_tok
+        tail = -(-pad // self.max_seqlen) if pad > 0 else 0
+        if pad < 0 or varlen.max_seqlen > self.max_seqlen or n_chains + tail > self.chains:
+            return None
+        dev = varlen.token_index.device
+        index = torch.cat(
+            [varlen.token_index, torch.full((pad,), fill_row, dtype=torch.long, device=dev)]
+        )
+        ends = torch.arange(1, tail + 1, device=dev) * self.max_seqlen + n_tok
+        cu = torch.cat(
+            [
+                varlen.cu_seqlens,
+                ends.clamp(max=self.tokens).to(torch.int32),
+                torch.full(
+                    (self.chains - n_chains - tail,), self.tokens, dtype=torch.int32, device=dev
+                ),
+            ]
+        )
+        return Varlen(index, cu, self.max_seqlen)
+
+
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, varlen: Varlen
 ) -> torch.Tensor:
@@ -131,9 +176,21 @@ def varlen_attention(
 
         cu, n = varlen.cu_seqlens, varlen.max_seqlen
         return varlen_attn(q, k, v, cu, cu, n, n)
-    bounds = varlen.cu_seqlens.tolist()
+    return _varlen_reference(q, k, v, varlen.cu_seqlens)
+
+
+@torch.compiler.disable
+def _varlen_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor
+) -> torch.Tensor:
+    """``varlen_attention`` chain by chain through SDPA. It reads the chain starts on the host;
+    compilation leaves it alone (it is no part of a GPU graph), so a compiled layer does not
+    guard on them."""
+    bounds = cu_seqlens.tolist()
     out = []
     for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:  # the zero-length chains that pad StaticRows
+            continue
         # [1, H, n, d]: SDPA's fused CPU kernel takes four dimensions (three go to its math path)
         qi, ki, vi = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
         out.append(F.scaled_dot_product_attention(qi, ki, vi)[0].transpose(0, 1))
@@ -291,6 +348,9 @@ class CoordFormer(nn.Module):
         # backward pass instead of stored, so activation memory no longer grows with depth, for
         # ~1/3 more compute. A run setting (TrainConfig.activation_checkpointing), not architecture.
         self.gradient_checkpointing = False
+        # Training batches without padding take this one shape (TrainConfig.cuda_graphs); a run
+        # setting like gradient_checkpointing, read in training mode only.
+        self.static_rows: StaticRows | None = None
 
     @torch.no_grad()
     def _init_as_pytorch(self) -> None:
@@ -574,15 +634,25 @@ class CoordFormer(nn.Module):
         if varlen is not None:
             if need_attention:
                 raise OptionError("varlen", "given", "attention maps need the padded path")
-            # [B, L, D] -> [1, T, D]: the real residues, chain after chain
-            x = x.flatten(0, 1).index_select(0, varlen.token_index).unsqueeze(0)
+            real = varlen.token_index
+            flat = x.flatten(0, 1)
+            rows = (
+                self.static_rows.pad(varlen, len(flat))
+                if self.static_rows and self.training
+                else None
+            )
+            if rows is not None:
+                flat = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])  # the filler's zero row
+                varlen = rows
+            # [B, L, D] -> [1, T, D]: the real residues, chain after chain (then the filler)
+            x = flat.index_select(0, varlen.token_index).unsqueeze(0)
             key_mask = varlen
 
         def padded_again(t: torch.Tensor) -> torch.Tensor:
             if varlen is None:
                 return t
             full = t.new_zeros(shape[0] * shape[1], t.shape[-1])
-            return full.index_copy(0, varlen.token_index, t[0]).view(*shape[:2], -1)
+            return full.index_copy(0, real, t[0, : len(real)]).view(*shape[:2], -1)
 
         ckpt = (
             self.gradient_checkpointing

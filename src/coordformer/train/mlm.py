@@ -100,7 +100,8 @@ class MaskedLMModule(L.LightningModule):
         )
 
     def forward(self, batch: Batch, need_attention=False, logits_at=None):
-        varlen = batch.varlen() if self.train_config.varlen_attention else None
+        cfg = self.train_config
+        varlen = batch.varlen() if cfg.varlen_attention or cfg.cuda_graphs else None
         return self.model(
             **batch.inputs(self.model_config.use_coords),
             need_attention=need_attention,
@@ -182,6 +183,9 @@ class MaskedLMModule(L.LightningModule):
         return objective
 
     def on_train_batch_start(self, batch, batch_idx):
+        if self.train_config.cuda_graphs:
+            # a new step: the layers' CUDA graphs may reuse the memory of the last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         if self.trainer.world_size > 1:
             # Each rank times itself; rank 0's clock decides so every replica uses the same learning
             # rate (DDP averages gradients, not parameters) and all stop on the same step.

@@ -19,6 +19,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits
 from ..data.store import PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
+from ..model.core import StaticRows
 from .lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -354,12 +355,20 @@ def _pretrain(
             True,
             "packed rows are not supported with language-model conditioning (`condition_on`)",
         )
-    if train_config.varlen_attention and model_config.dropout:
+    varlen = "cuda_graphs" if train_config.cuda_graphs else "varlen_attention"
+    if getattr(train_config, varlen) and model_config.dropout:
         raise OptionError(
-            "varlen_attention",
+            varlen,
             True,
             f"the variable-length attention kernel has no dropout; the model has dropout "
-            f"{model_config.dropout}: set it to 0 or train without `varlen_attention`",
+            f"{model_config.dropout}: set it to 0 or train without `{varlen}`",
+        )
+    if train_config.cuda_graphs and train_config.activation_checkpointing:
+        raise OptionError(
+            "cuda_graphs",
+            True,
+            "CUDA graphs do not take activation checkpointing (its recomputation runs outside "
+            "the recorded graphs): use one or the other",
         )
     data = PreparedDataset(data_dir)
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
@@ -522,7 +531,14 @@ def _pretrain(
         deterministic=False,
     )
     max_pos = module.model_config.max_len
-    if cfg.compile:
+    if cfg.cuda_graphs:
+        # One shape for the layers (StaticRows), each compiled on its own: the embedding and the
+        # LM head before and after them change shape every step and stay eager. mode
+        # "reduce-overhead" records each layer's kernels as CUDA graphs on a GPU.
+        module.model.static_rows = StaticRows.for_budget(cfg.tokens_per_batch, cfg.crop_length)
+        for layer in module.model.layers:
+            layer.compile(mode="reduce-overhead", dynamic=False)
+    elif cfg.compile:
         # In place (nn.Module.compile), not torch.compile(model): the state dict keeps its plain
         # keys, so a checkpoint resumes, exports and loads the same with or without --compile.
         # dynamic=True: batches change shape every step (length buckets), and the default first
