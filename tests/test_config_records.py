@@ -88,6 +88,7 @@ def test_train_config_is_batch_config_plus_the_rest_and_stays_flat_both_ways():
         "fused_adamw": True,
         "logits_at_targets": True,
         "varlen_attention": False,
+        "cuda_graphs": False,
     }
     assert set(d) == set(OLD_FLAT) | set(added) and json.loads(json.dumps(d)) == {
         **OLD_FLAT,
