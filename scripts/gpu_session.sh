@@ -20,8 +20,9 @@
 #                                    then every evaluation (int8 and float16 weights too), the non-finite-step
 #                                    replay, and the float16 weights in 15 MiB parts (transport_weights.py) -> $OUT
 #                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU)
-#                                    PICK16=S first times --varlen against the default step (S seconds) and
-#                                    trains with the faster (eval/pick16.json)
+#                                    PICK16=auto trains with the fastest equivalent step the issue18 stage measured
+#                                    before it on this machine (--varlen, --cuda-graphs or neither; PICK16=S
+#                                    measures it here first, in S seconds)
 #   scripts/gpu_session.sh issue18 S training-throughput ablations of real pretraining (issue 18 item 3: host syncs,
 #                                    LM head on targets, fused AdamW, compile, packing, token budget, workers,
 #                                    coordinates' cost) within S seconds -> $OUT/issue18 (PRESET=tiny-0.1m
@@ -158,19 +159,22 @@ issue16)
   # EXTRA16 adds pretrain flags to both runs without a new snapshot (a retry with --no-fused-adamw, say)
   C16="$C16 ${EXTRA16:-}"
   E=$RUNS/eval; mkdir -p $E
-  # PICK16=S: first, within S seconds, time the default step against --varlen (same loss and weights, tested)
-  # on this device with training_ablations.py, and train with --varlen if it is at least PICK_MIN (1.03)
-  # times as fast; the measurement comes back in the training record (eval/pick16.json)
+  # PICK16 trains with the fastest of the steps that give the same weights (tested): padded rows, --varlen,
+  # --cuda-graphs, by a ratio to the default step of at least PICK_MIN (1.03). PICK16=auto reads the issue18
+  # stage's measurement on this machine (PICK_FROM, default $RUNS/issue18.json: run issue18 first, same preset
+  # and tokens); PICK16=S measures default against PICK_ARMS (varlen) here within S seconds. The measurement
+  # comes back in the training record (eval/pick16.json).
   if [ -n "${PICK16:-}" ]; then
-    timeout -k 10 "$PICK16" python3 benchmarks/training_ablations.py --data $DATA --preset $P --tokens ${TOKENS:-16384} \
-      --steps ${PICK_STEPS:-60} --warmup ${PICK_WARMUP:-30} --device $DEV ${PRECISION:+--precision $PRECISION} \
-      --arms default varlen --json $E/pick16.json 2>&1 | grep -v "Warning\|warn(" | tail -4
-    if python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; \
-sys.exit(0 if s['varlen']['ratio_to_default'] >= float(sys.argv[2]) else 1)" $E/pick16.json ${PICK_MIN:-1.03} 2>/dev/null; then
-      C16="$C16 --varlen"; echo "pick16: training with --varlen"
+    if [ "$PICK16" = auto ]; then
+      src=${PICK_FROM:-$RUNS/issue18.json}
+      if [ -s "$src" ]; then cp "$src" $E/pick16.json; else echo "pick16: no $src"; fi
     else
-      echo "pick16: training with padded rows (--varlen not measured at least ${PICK_MIN:-1.03}x as fast)"
+      timeout -k 10 "$PICK16" python3 benchmarks/training_ablations.py --data $DATA --preset $P --tokens ${TOKENS:-16384} \
+        --steps ${PICK_STEPS:-60} --warmup ${PICK_WARMUP:-30} --device $DEV ${PRECISION:+--precision $PRECISION} \
+        --arms default ${PICK_ARMS:-varlen} --json $E/pick16.json 2>&1 | grep -v "Warning\|warn(" | tail -4
     fi
+    pick=$(python3 scripts/pick_step.py $E/pick16.json ${PICK_MIN:-1.03})
+    C16="$C16 $pick"; echo "pick16: training with ${pick:-padded rows (nothing measured at least ${PICK_MIN:-1.03}x as fast)}"
   fi
   pids=""
   for n in "${R16[@]}"; do
@@ -242,6 +246,8 @@ issue18)
     $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \
     --profile ${PROFILE:-5} --profile-trace "$OUT/issue18/trace.json.gz" \
     2>&1 | grep -v "Warning\|warn(" | tee "$OUT/issue18/ablations.log"
+  # for a later issue16 stage on this machine (PICK16=auto): $OUT is emptied before each call, $RUNS is not
+  cp "$OUT/issue18/ablations.json" $RUNS/issue18.json 2>/dev/null
   ls -la "$OUT/issue18"
   ;;
 ec)

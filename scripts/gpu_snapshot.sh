@@ -46,7 +46,8 @@ mkdir -p $R/back && tar -xzf $R/out/issue16.tar.gz -C $R/back && python3 -c "imp
 assert {'paper-coords','paper-nocoords','paper-recipe'} <= set(m), sorted(m)" $R/back/eval/test_mask.json \
   || { echo "rehearsal FAILED: a run of RUN16 missing from the evaluation (log: $R/log)"; exit 1; }
 ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed TOKENS=2048 STEPS=5 WARMUP=2 \
-  ARMS="old default varlen head nocoords" DATA=$OLDPWD/work/pdb_chains_x OUT=$R/out bash scripts/gpu_session.sh issue18 300 ) > $R/log18 2>&1 \
+  ARMS="old default varlen graphs head nocoords" DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs18 OUT=$R/out \
+  bash scripts/gpu_session.sh issue18 400 ) > $R/log18 2>&1 \
   || echo "the issue18 stage exited $? (log: $R/log18)"
 tail -8 $R/log18
 if [ -n "${CONTINUE16:-}" ]; then
@@ -57,18 +58,19 @@ export_model(CoordFormer(preset('tiny-0.1m', recipe='fast')), sys.argv[1], int8=
   python3 scripts/transport_weights.py pack $R/tiny.pt $R/tiny.int8 > /dev/null
   ( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed WORKERS=1 TOKENS=4096 \
     REPLAY_BATCHES=3 RUN16="paper-coords paper-nocoords" INIT16=$R/tiny.int8 DEADLINE=400 EVAL_LIMIT=150 EVAL_MAX_CHAINS=50 \
-    PICK16=100 PICK_STEPS=5 PICK_WARMUP=2 \
+    PICK16=auto PICK_FROM=$R/runs18/issue18.json \
     DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs_init OUT=$R/out_init bash scripts/gpu_session.sh issue16 0.3 ) > $R/log_init 2>&1 \
     || echo "the continuing issue16 stage exited $? (log: $R/log_init)"
   mkdir -p $R/back_init && tar -xzf $R/out_init/issue16_train.tar.gz -C $R/back_init && python3 -c "import json,sys; \
 s=json.load(open(sys.argv[1])); t=json.load(open(sys.argv[2])); \
 assert s['train_config']['init'] and s['global_step'] > 0 and not t['train_config']['init'], s['train_config']; \
-p=json.load(open(sys.argv[3]))['summary']; assert set(p) == {'default', 'varlen'}, p; \
-assert s['train_config']['varlen_attention'] == (p['varlen']['ratio_to_default'] >= 1.03), (p, s['train_config'])" \
+sys.path.insert(0, 'scripts'); import pick_step; p=json.load(open(sys.argv[3])); assert 'graphs' in p['summary'], p; \
+flag=pick_step.pick(p, 1.03); tc=s['train_config']; \
+assert (tc['varlen_attention'], tc['cuda_graphs']) == (flag == '--varlen', flag == '--cuda-graphs'), (flag, tc)" \
     $R/back_init/eval/paper-coords.summary.json $R/back_init/eval/paper-nocoords.summary.json $R/back_init/eval/pick16.json \
     || { echo "rehearsal FAILED: INIT16 continuation or PICK16 (log: $R/log_init)"; exit 1; }
 fi
-python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r['summary']; assert set(s) == {'old','default','varlen','head','nocoords'}, s; \
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r['summary']; assert set(s) == {'old','default','varlen','graphs','head','nocoords'}, s; \
 assert r['rounds']['default'][0]['profile']['top_host_ops'], 'no profile'" \
   $R/out/issue18/ablations.json && [ -s $R/out/issue18/trace.json.gz ] || { echo "rehearsal FAILED: issue18 (log: $R/log18)"; exit 1; }
 echo "rehearsal passed ($R)"

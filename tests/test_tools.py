@@ -359,3 +359,32 @@ def test_lease_tree_hides_the_shipped_weights_from_the_device_copy_and_puts_them
     assert git("status", "--short").stdout == ""  # the index is as HEAD has it
     assert not (repo / ".git" / "hooks" / "pre-commit").exists()
     assert "lease_tree" not in (repo / ".git" / "info" / "exclude").read_text()
+
+
+def test_pick_step_trains_with_the_fastest_step_that_keeps_the_weights(tmp_path):
+    """PICK16 (the issue16 stage) takes --varlen or --cuda-graphs only where the ablation measured
+    it at least the given ratio faster than the default step; other arms (a larger batch changes
+    the training) and failed or missing records pick nothing."""
+    import json
+
+    import pick_step
+
+    def record(**ratios):
+        summary = {"default": {"ratio_to_default": 1.0}}
+        summary.update({a: {"ratio_to_default": r} for a, r in ratios.items()})
+        return {"summary": summary}
+
+    assert pick_step.pick(record(varlen=1.10, graphs=1.60, tokens4x=2.0), 1.03) == "--cuda-graphs"
+    assert pick_step.pick(record(varlen=1.10, graphs=0.90), 1.03) == "--varlen"
+    assert pick_step.pick(record(varlen=1.02), 1.03) == ""
+    assert pick_step.pick(record(tokens4x=1.5), 1.03) == ""
+    assert pick_step.pick({"summary": {"graphs": {"ratio_to_default": None}}}, 1.03) == ""
+    assert pick_step.pick({}, 1.03) == ""
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(record(graphs=1.2)))
+    out = subprocess.run([sys.executable, "scripts/pick_step.py", str(path), "1.03"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "--cuda-graphs"
+    argv = [sys.executable, "scripts/pick_step.py", str(tmp_path / "no.json"), "1.03"]
+    missing = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert missing.stdout.strip() == ""
