@@ -388,3 +388,28 @@ def test_pick_step_trains_with_the_fastest_step_that_keeps_the_weights(tmp_path)
     argv = [sys.executable, "scripts/pick_step.py", str(tmp_path / "no.json"), "1.03"]
     missing = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
     assert missing.stdout.strip() == ""
+
+
+def test_profile_counts_kernels_not_the_annotations_around_them():
+    """On a GPU, Kineto puts record_function ranges on the device timeline too; Lightning's
+    ``Optimizer.step#AdamW.step`` spans forward and backward, idle gaps included. Counted as a
+    kernel it made every step look busy (review, 2026-11-27); only kernels and copies count."""
+    from types import SimpleNamespace
+
+    import training_ablations
+
+    def ev(name, device, t0, t1, annotation=False):
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=t0, end=t1))  # fmt: skip
+
+    events = [
+        ev("Optimizer.step#AdamW.step", "cuda", 0.0, 1000.0, annotation=True),
+        ev("sm90_xmma_gemm_bf16", "cuda", 100.0, 300.0),
+        ev("Memcpy HtoD (Pinned -> Device)", "cuda", 400.0, 450.0),
+        ev("aten::mm", "cpu", 0.0, 50.0),
+    ]
+    kernels = training_ablations.device_activity(events, "cpu")
+    assert [k[0] for k in kernels] == ["sm90_xmma_gemm_bf16", "Memcpy HtoD (Pinned -> Device)"]
+    s = training_ablations.profile_summary(kernels, [], steps=1, wall_s=0.001)
+    assert s["device_busy_fraction"] == pytest.approx(0.25)
+    assert s["kernel_ms_per_step_by_kind"]["optimizer"] == 0.0

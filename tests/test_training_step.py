@@ -320,6 +320,37 @@ def test_numbers_are_logged_only_for_the_steps_the_logger_writes(
     assert all(float(r["train/tokens_per_s"]) > 0 for r in written)
 
 
+def test_the_row_of_the_stopping_step_has_that_steps_values(tmp_path, prepared):
+    """Lightning also writes a row on the step where training stops (time budget, signal), off the
+    log_every_steps grid. Its loss, accuracy and rate must be that step's, not those of the last
+    written step (review, 2026-11-27: they were up to log_every_steps - 1 steps old)."""
+    import csv
+
+    from lightning.pytorch.callbacks import Callback
+
+    from coordformer.train.run import pretrain
+
+    class StopAt(Callback):
+        def __init__(self):
+            self.losses = {}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses[batch_idx] = float(outputs["loss"])
+            if batch_idx == 6:
+                trainer.should_stop = True
+
+    stop = StopAt()
+    tc = _train_config(max_steps=20, log_every_steps=5, val_every_steps=1000)
+    pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False,
+             callbacks=[stop])  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv")))
+    written = {int(r["step"]): r for r in rows if r.get("train/loss")}
+    assert sorted(written) == [4, 6]
+    assert float(written[6]["train/loss"]) == pytest.approx(stop.losses[6], rel=1e-6)
+    assert float(written[6]["train/loss"]) != pytest.approx(stop.losses[4], rel=1e-6)
+    assert float(written[6]["train/tokens_per_s"]) > 0 and written[6]["train/lr"]
+
+
 def test_accumulated_micro_batches_weigh_each_target_alike(tmp_path, prepared):
     """Two accumulated micro-batches give the gradient of the mean loss over all their targets,
     not the mean of their two mean losses (which weighs a target of the smaller micro-batch

@@ -10,6 +10,7 @@ taken only when attention maps are asked for.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,12 @@ def varlen_attention(
 
         cu, n = varlen.cu_seqlens, varlen.max_seqlen
         return varlen_attn(q, k, v, cu, cu, n, n)
+    if q.is_cuda:
+        warnings.warn(
+            f"varlen attention in {q.dtype} on a GPU runs chain by chain (the flash kernel takes "
+            "bf16 or fp16): train with --precision bf16-mixed, or without --varlen",
+            stacklevel=2,
+        )
     return _varlen_reference(q, k, v, varlen.cu_seqlens)
 
 
@@ -611,7 +618,9 @@ class CoordFormer(nn.Module):
         x = self.embed(
             tokens, coords, padding_mask, ablate, positions, plddt, segments, padded is None
         )
-        if segments is not None:
+        if varlen is not None:
+            key_mask = None  # the layers take the varlen rows below instead of a mask
+        elif segments is not None:
             # packed rows: a position attends to its own chain only (padding to padding, so that
             # no softmax row is empty)
             key_mask = (segments[:, :, None] == segments[:, None, :])[:, None]

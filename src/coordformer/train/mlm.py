@@ -89,6 +89,8 @@ class MaskedLMModule(L.LightningModule):
         self.model_flops = 0.0
         self._flops_since = 0.0
         self._skips_in_a_row = 0
+        # (loss, accuracy, rows) of a step whose values were not logged: the stopping step's row
+        self._unlogged: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.residues_seen = 0  # training residues since this process started (not checkpointed)
         # fused AdamW's device-side skip counters (on_before_optimizer_step)
         self._skips_pending: torch.Tensor | None = None
@@ -155,20 +157,31 @@ class MaskedLMModule(L.LightningModule):
         every = max(self.train_config.log_every_steps, 1)
         last_micro_batch = not self.trainer.fit_loop._should_accumulate()
         written = (self.global_step + 1) % every == 0 and last_micro_batch
+        acc = correct.float() / max(n, 1)
         if written or self._has_bar():
-            # a progress-bar metric is read (.item(), a host sync) every step it is logged
-            self.log("train/loss", loss, prog_bar=self._has_bar(), batch_size=bs)
-            self.log("train/acc", correct.float() / max(n, 1), batch_size=bs)
-            self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-            # With a time budget the step-based ETA means
-            # little; show the training minutes spent instead.
-            self.log(
-                "train/minutes",
-                self.train_seconds / 60.0,
-                batch_size=bs,
-                prog_bar=bool(self.train_config.max_minutes),
-            )
-        if written and self.train_seconds > 0:
+            self._log_step(loss, acc, bs, rates=written)
+        elif last_micro_batch:
+            # Lightning also writes a row on the step that stops training (should_stop: the time
+            # budget, a signal), whatever log_every_steps says; on_train_batch_end logs this
+            # step's values then, so that row does not carry an earlier step's
+            self._unlogged = (loss.detach(), acc.detach(), bs)
+        return objective
+
+    def _log_step(self, loss: torch.Tensor, acc: torch.Tensor, bs: int, rates: bool) -> None:
+        """Log a step's values: loss, accuracy, learning rate, training minutes, and with ``rates``
+        the tokens/s and model TFLOP/s since the last such row (then the skips found meanwhile)."""
+        # a progress-bar metric is read (.item(), a host sync) every step it is logged
+        self.log("train/loss", loss, prog_bar=self._has_bar(), batch_size=bs)
+        self.log("train/acc", acc, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        # With a time budget the step-based ETA means little; show the training minutes instead.
+        self.log(
+            "train/minutes",
+            self.train_seconds / 60.0,
+            batch_size=bs,
+            prog_bar=bool(self.train_config.max_minutes),
+        )
+        if rates and self.train_seconds > 0:
             rate = self._tokens_since / max(self.train_seconds - self._sec_at_log, 1e-9)
             self.log("train/tokens_per_s", rate, prog_bar=True, batch_size=bs)
             self.log(
@@ -180,7 +193,6 @@ class MaskedLMModule(L.LightningModule):
             self._flops_since = 0.0
             self._sec_at_log = self.train_seconds
             self._collect_skips()
-        return objective
 
     def on_train_batch_start(self, batch, batch_idx):
         if self.train_config.cuda_graphs:
@@ -209,6 +221,9 @@ class MaskedLMModule(L.LightningModule):
             # `or`: a callback (the SLURM requeue, which
             # runs before this hook) may have asked to stop
             self.trainer.should_stop = self.trainer.should_stop or over
+        pending, self._unlogged = self._unlogged, None
+        if pending is not None and self.trainer.should_stop:
+            self._log_step(*pending, rates=True)
 
     def on_before_optimizer_step(self, optimizer):
         """Skip the update when any gradient is NaN/Inf (one rare bad step must not poison the
