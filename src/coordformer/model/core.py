@@ -640,10 +640,11 @@ class CoordFormer(nn.Module):
         reps = {0: x} if 0 in repr_layers else {}
         attns = [] if need_attention else None
         shape = x.shape
+        # bound on both paths: a closure cell read before it is set breaks torch.compile's graph
+        real = varlen.token_index if varlen is not None else None
         if varlen is not None:
             if need_attention:
                 raise OptionError("varlen", "given", "attention maps need the padded path")
-            real = varlen.token_index
             flat = x.flatten(0, 1)
             rows = (
                 self.static_rows.pad(varlen, len(flat))
@@ -658,7 +659,7 @@ class CoordFormer(nn.Module):
             key_mask = varlen
 
         def padded_again(t: torch.Tensor) -> torch.Tensor:
-            if varlen is None:
+            if real is None:
                 return t
             full = t.new_zeros(shape[0] * shape[1], t.shape[-1])
             return full.index_copy(0, real, t[0, : len(real)]).view(*shape[:2], -1)
