@@ -293,6 +293,10 @@ def test_cuda_graphs_refuse_activation_checkpointing(prepared, tmp_path):
                      tokens_per_batch=1024, crop_length=64)  # fmt: skip
     with pytest.raises(OptionError, match="do not take activation checkpointing"):
         pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
+    tc = TrainConfig(cuda_graphs=True, accumulate_grad_batches=2, max_steps=1,
+                     tokens_per_batch=1024, crop_length=64)  # fmt: skip
+    with pytest.raises(OptionError, match="do not take gradient accumulation"):
+        pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
 
 
 @pytest.mark.slow

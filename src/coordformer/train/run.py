@@ -363,6 +363,13 @@ def _pretrain(
             f"the variable-length attention kernel has no dropout; the model has dropout "
             f"{model_config.dropout}: set it to 0 or train without `{varlen}`",
         )
+    if train_config.cuda_graphs and train_config.accumulate_grad_batches > 1:
+        raise OptionError(
+            "cuda_graphs",
+            True,
+            "CUDA graphs do not take gradient accumulation (the next micro-batch's replay frees "
+            "the gradients the last one left in graph memory): use one or the other",
+        )
     if train_config.cuda_graphs and train_config.activation_checkpointing:
         raise OptionError(
             "cuda_graphs",
