@@ -240,7 +240,7 @@ def test_static_rows_give_one_shape_and_the_padded_results():
     torch.manual_seed(0)
     model = CoordFormer(preset("tiny-0.1m", recipe="fast")).train()
     padded, _ = _padded_and_packed(tokens=2048, crop=150)
-    rows = StaticRows.for_budget(2048, 150)
+    rows = StaticRows.for_budget(2048, 150, shortest=10)
     v = padded.varlen()
     fixed = rows.pad(v, fill_row=padded.tokens.numel())
     assert fixed.token_index.shape == (2048,) and fixed.cu_seqlens.shape == (rows.chains + 1,)
@@ -269,6 +269,31 @@ def test_static_rows_give_one_shape_and_the_padded_results():
         torch.testing.assert_close(gb[k], ga[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+def test_static_rows_from_the_data_hold_every_training_batch(prepared):
+    """pretrain sizes StaticRows from the train split's shortest (cropped) chain: every batch of
+    every epoch fits it, so none falls back to its own shape (a recompile and a new graph), and it
+    holds fewer chain slots than a fixed guess of 8 residues a chain (each slot costs the flash
+    kernel scratch and thread blocks)."""
+    from coordformer.model.core import StaticRows
+    from coordformer.train.run import _shortest_train_chain
+
+    tokens, crop = 1024, 48
+    idx = prepared.split_indices("train")
+    shortest = _shortest_train_chain(prepared, crop)
+    assert shortest == min(int(n) for n in np.minimum(prepared.lengths[idx], crop)) >= 10
+    rows = StaticRows.for_budget(tokens, crop, shortest)
+    assert rows.chains < StaticRows(tokens, crop, tokens // 8 + -(-tokens // crop) + 1).chains
+    batches = MaskedBatches(prepared, idx, BatchSettings(tokens_per_batch=tokens, crop_length=crop),
+                            seed=0, epochs=3)  # fmt: skip
+    most = 0
+    for k in range(len(batches)):
+        b = batches[k]
+        v = b.varlen()
+        most = max(most, len(v.cu_seqlens) - 1)
+        assert rows.pad(v, fill_row=b.tokens.numel()) is not None, len(v.cu_seqlens)
+    assert most > 1  # batches of several chains were checked
+
+
 def test_a_batch_that_does_not_fit_the_static_rows_runs_as_it_is():
     from coordformer.model.core import StaticRows
 
@@ -293,15 +318,36 @@ def test_cuda_graphs_refuse_activation_checkpointing(prepared, tmp_path):
                      tokens_per_batch=1024, crop_length=64)  # fmt: skip
     with pytest.raises(OptionError, match="do not take activation checkpointing"):
         pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
+    tc = TrainConfig(cuda_graphs=True, compile=True, max_steps=1,
+                     tokens_per_batch=1024, crop_length=64)  # fmt: skip
+    with pytest.raises(OptionError, match="compiles each layer itself"):
+        pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
     tc = TrainConfig(cuda_graphs=True, accumulate_grad_batches=2, max_steps=1,
                      tokens_per_batch=1024, crop_length=64)  # fmt: skip
     with pytest.raises(OptionError, match="do not take gradient accumulation"):
         pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
 
 
+@pytest.mark.parametrize("flag", ["varlen_attention", "cuda_graphs"])
+def test_varlen_on_a_gpu_refuses_float32(prepared, tmp_path, monkeypatch, flag):
+    """In float32 the variable-length attention falls back to its chain-by-chain reference,
+    which syncs with the host in every layer: on a GPU that is refused before any model loads."""
+    from coordformer.config import TrainConfig
+    from coordformer.errors import OptionError
+    from coordformer.train import run as run_mod
+
+    monkeypatch.setattr(run_mod, "_uses_cuda", lambda accelerator: True)
+    tc = TrainConfig(max_steps=1, tokens_per_batch=1024, crop_length=64, precision="32-true",
+                     **{flag: True})  # fmt: skip
+    with pytest.raises(OptionError, match="takes bf16 or fp16, not precision '32-true'"):
+        run_mod.pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m", dropout=0.0), tc,
+                         progress=False)  # fmt: skip
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_pretrain_with_cuda_graphs_compiles_each_layer_and_trains_the_same_weights(
-    prepared, tmp_path, monkeypatch
+    prepared, tmp_path, monkeypatch, capsys
 ):
     """On the CPU --cuda-graphs compiles each layer (no graphs there) and feeds it one shape:
     nothing recompiles over steps whose batches differ in size (without the static rows they do),
@@ -336,4 +382,6 @@ def test_pretrain_with_cuda_graphs_compiles_each_layer_and_trains_the_same_weigh
             torch.testing.assert_close(weights["graphs"][k], v, rtol=1e-3, atol=1e-5)
     # the same run with batches left at their own sizes recompiles: the check above has teeth
     monkeypatch.setattr(StaticRows, "pad", lambda self, varlen, fill_row: None)
+    capsys.readouterr()
     assert run("unpadded", "--cuda-graphs")[0] != 0
+    assert "RecompileError" in capsys.readouterr().err  # failed for that reason, not another

@@ -390,6 +390,41 @@ def test_pick_step_trains_with_the_fastest_step_that_keeps_the_weights(tmp_path)
     assert missing.stdout.strip() == ""
 
 
+def test_pick_step_charges_compile_time_and_refuses_another_measurement(tmp_path):
+    """A step that compiles pays its extra start-up out of the training's minutes, and a record
+    measured at another preset, token budget or precision than the training's picks nothing."""
+    import json
+
+    import pick_step
+
+    rec = {
+        "args": {"preset": "paper-33m", "tokens": 16384, "precision": "auto"},
+        "summary": {
+            "default": {"ratio_to_default": 1.0, "startup_seconds": 20.0},
+            "varlen": {"ratio_to_default": 1.10, "startup_seconds": 20.0},
+            "graphs": {"ratio_to_default": 1.30, "startup_seconds": 140.0},
+        },
+    }
+    assert pick_step.pick(rec, 1.03) == "--cuda-graphs"  # per step
+    assert pick_step.pick(rec, 1.03, minutes=20) == "--cuda-graphs"  # 1.3 x 18/20 = 1.17
+    assert pick_step.pick(rec, 1.03, minutes=5) == "--varlen"  # 1.3 x 3/5 = 0.78
+    graphs = rec["summary"]["graphs"]
+    assert pick_step.effective_ratio(graphs, rec["summary"]["default"], 300) == pytest.approx(0.78)
+    assert pick_step.effective_ratio(graphs, {}, 60) == 0.0  # all of it spent compiling
+    assert pick_step.mismatch(rec, preset="paper-33m", tokens=16384, precision="auto") == ""
+    assert "tokens 16384, not 65536" in pick_step.mismatch(rec, preset="paper-33m", tokens=65536)
+    assert pick_step.mismatch(rec, preset=None, tokens=None, precision=None) == ""
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(rec))
+    base = [sys.executable, "scripts/pick_step.py", str(path), "1.03", "--minutes", "5"]
+    ok = subprocess.run(base + ["--preset", "paper-33m", "--tokens", "16384"], cwd=ROOT,
+                        capture_output=True, text=True, check=True)  # fmt: skip
+    assert ok.stdout.strip() == "--varlen"
+    other = subprocess.run(base + ["--preset", "small-3m", "--precision", "auto"], cwd=ROOT,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert other.stdout.strip() == "" and "preset 'paper-33m', not 'small-3m'" in other.stderr
+
+
 def test_profile_counts_kernels_not_the_annotations_around_them():
     """On a GPU, Kineto puts record_function ranges on the device timeline too; Lightning's
     ``Optimizer.step#AdamW.step`` spans forward and backward, idle gaps included. Counted as a

@@ -128,7 +128,7 @@ def test_fused_adamw_skips_non_finite_steps_like_the_host_check(tmp_path, prepar
 
 
 @pytest.mark.slow
-def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
+def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared, monkeypatch):
     """benchmarks/training_ablations.py (the GPU session's issue18 stage) on a CPU, tiny preset:
     every requested arm trains and is reported with its ratio to the default and the old step."""
     import json
@@ -190,6 +190,13 @@ def test_ablation_benchmark_runs_real_training_arms_on_cpu(tmp_path, prepared):
     assert all(s["residues_per_s"] > 0 and 0 < s["mfu"] for s in summary.values())
     assert summary["default"]["ratio_to_default"] == 1.0
     assert summary["old"]["ratio_to_old"] == 1.0 and summary["old"]["syncs_per_step"] is None
+    # what the issue16 stage's PICK16 reads: start-up time per arm, and the settings it measured at
+    assert all(s["startup_seconds"] > 0 for s in summary.values())
+    monkeypatch.syspath_prepend(str(root / "scripts"))
+    import pick_step
+
+    assert pick_step.mismatch(record, preset="tiny-0.1m", tokens=1024, precision="auto") == ""
+    assert pick_step.mismatch(record, preset="paper-33m") != ""
 
 
 @pytest.mark.parametrize("first,then", [(False, True), (True, False)])

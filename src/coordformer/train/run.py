@@ -370,6 +370,13 @@ def _pretrain(
             "CUDA graphs do not take gradient accumulation (the next micro-batch's replay frees "
             "the gradients the last one left in graph memory): use one or the other",
         )
+    if train_config.cuda_graphs and train_config.compile:
+        raise OptionError(
+            "compile",
+            True,
+            "`cuda_graphs` compiles each layer itself (the embedding and LM head stay eager, as "
+            "their shapes change every step): drop `compile`",
+        )
     if train_config.cuda_graphs and train_config.activation_checkpointing:
         raise OptionError(
             "cuda_graphs",
@@ -390,6 +397,17 @@ def _pretrain(
         raise OptionError(
             "accelerator", cfg.accelerator, "no CUDA GPU is visible; use `accelerator=cpu`"
         )
+    if getattr(cfg, varlen) and _uses_cuda(cfg.accelerator):
+        precision = resolve_precision(cfg.precision, True)
+        if not precision.startswith(("bf16", "16")):
+            # float32 would take the chain-by-chain reference path, which reads the chain starts
+            # on the host every layer: a sync per layer, and no CUDA graph can hold it
+            raise OptionError(
+                varlen,
+                True,
+                f"the variable-length flash kernel takes bf16 or fp16, not precision "
+                f"{precision!r}: train with precision `bf16-mixed`, or without `{varlen}`",
+            )
     # the record says how many workers ran, not "auto"
     cfg = cfg.replace(
         num_workers=resolve_workers(cfg.num_workers, _uses_cuda(cfg.accelerator), cfg.devices)
@@ -542,7 +560,9 @@ def _pretrain(
         # One shape for the layers (StaticRows), each compiled on its own: the embedding and the
         # LM head before and after them change shape every step and stay eager. mode
         # "reduce-overhead" records each layer's kernels as CUDA graphs on a GPU.
-        module.model.static_rows = StaticRows.for_budget(cfg.tokens_per_batch, cfg.crop_length)
+        module.model.static_rows = StaticRows.for_budget(
+            cfg.tokens_per_batch, cfg.crop_length, _shortest_train_chain(data, cfg.crop_length)
+        )
         for layer in module.model.layers:
             layer.compile(mode="reduce-overhead", dynamic=False)
     elif cfg.compile:
@@ -699,6 +719,13 @@ def _utilisation(module, trainer, measure_peak: bool = True) -> dict:
         "matmul_tflops_per_s": peak / 1e12,
         "mfu": rate / peak,
     }
+
+
+def _shortest_train_chain(data: PreparedDataset, crop_length: int) -> int:
+    """The fewest residues a training chain brings to a batch (after cropping): it bounds how
+    many chains one token budget can hold, and so the StaticRows shape."""
+    idx = data.split_indices("train")
+    return int(np.minimum(data.lengths[idx], crop_length).min()) if len(idx) else crop_length
 
 
 def _uses_cuda(accelerator: str) -> bool:
