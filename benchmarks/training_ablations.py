@@ -320,6 +320,9 @@ def run_arm(arm: str, args, out: Path, profile: bool = False) -> dict:
     from coordformer.config import TrainConfig, preset
     from coordformer.train.run import pretrain
 
+    # a fresh compiler for each arm, as in a process of its own: the previous arm's compiled code
+    # and its CUDA graphs' memory pool (cudagraph trees) go, and a compiling arm pays its compile
+    torch._dynamo.reset()
     gc.collect()  # the previous arm's model and optimizer must not count in this arm's peak memory
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -351,6 +354,7 @@ def run_arm(arm: str, args, out: Path, profile: bool = False) -> dict:
     from coordformer.errors import TrainingInterrupted
 
     stopped = None
+    called = time.perf_counter()
     with patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -372,6 +376,8 @@ def run_arm(arm: str, args, out: Path, profile: bool = False) -> dict:
         "residues_per_s": (timer.residues1 - timer.residues0) / seconds,
         "model_tflops_per_s": (timer.flops1 - timer.flops0) / seconds / 1e12,
         "seconds": seconds,
+        # data, model, compilation and the warm-up steps: what a training pays before this rate
+        "startup_seconds": timer.t0 - called,
         "peak_gib": peak,
         "syncs_per_step": syncs / args.steps if args.sync_debug else None,
         "sync_sites": dict(sites.most_common(12)) if args.sync_debug else None,
@@ -458,7 +464,7 @@ def main(argv=None):
     )
     print(
         f"{'arm':>12} {'residues/s':>11} {'MFU':>6} {'/default':>9} {'/old':>6} {'GiB':>6} "
-        f"{'syncs/step':>10}"
+        f"{'syncs/step':>10} {'start s':>7}"
     )
 
     def cell(v, fmt, width):
@@ -468,7 +474,8 @@ def main(argv=None):
         print(
             f"{arm:>12} {s['residues_per_s']:11.0f} {s['mfu']:6.1%} "
             f"{cell(s['ratio_to_default'], '9.3f', 9)} {cell(s['ratio_to_old'], '6.3f', 6)} "
-            f"{cell(s['peak_gib'], '6.2f', 6)} {cell(s['syncs_per_step'], '10.1f', 10)}"
+            f"{cell(s['peak_gib'], '6.2f', 6)} {cell(s['syncs_per_step'], '10.1f', 10)} "
+            f"{cell(s['startup_seconds'], '7.1f', 7)}"
         )
     if "nocoords" in summary and "default" in summary:
         print(
@@ -507,14 +514,14 @@ def print_profile(prof: dict) -> None:
 
 def summarise(results: dict[str, list[dict]], peak: float) -> dict[str, dict]:
     """Medians over rounds of each measured arm, its MFU and its ratios to ``default``/``old``."""
-    keys = ("residues_per_s", "model_tflops_per_s", "peak_gib", "syncs_per_step")
+    keys = ("residues_per_s", "model_tflops_per_s", "peak_gib", "syncs_per_step", "startup_seconds")
     summary = {}
     for arm, runs in results.items():
         if not runs:
             continue
         s = {}
         for k in keys:
-            vals = [x[k] for x in runs if x[k] is not None]
+            vals = [x[k] for x in runs if x.get(k) is not None]
             s[k] = statistics.median(vals) if vals else None
         s["mfu"] = s["model_tflops_per_s"] * 1e12 / peak
         summary[arm] = s

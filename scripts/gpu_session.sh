@@ -173,7 +173,10 @@ issue16)
         --steps ${PICK_STEPS:-60} --warmup ${PICK_WARMUP:-30} --device $DEV ${PRECISION:+--precision $PRECISION} \
         --arms default ${PICK_ARMS:-varlen} --json $E/pick16.json 2>&1 | grep -v "Warning\|warn(" | tail -4
     fi
-    pick=$(python3 scripts/pick_step.py $E/pick16.json ${PICK_MIN:-1.03})
+    # the record must be of this training's preset, tokens and precision; a step's compile time is charged
+    # to the minutes it trains
+    pick=$(python3 scripts/pick_step.py $E/pick16.json ${PICK_MIN:-1.03} --preset $P --tokens ${TOKENS:-16384} \
+      --precision ${PRECISION:-auto} --minutes $minutes)
     C16="$C16 $pick"; echo "pick16: training with ${pick:-padded rows (nothing measured at least ${PICK_MIN:-1.03}x as fast)}"
   fi
   pids=""
@@ -240,6 +243,7 @@ issue18)
     $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
   fi
   mkdir -p "$OUT/issue18"
+  rm -f $RUNS/issue18.json  # a later PICK16=auto must not read an earlier try's measurement
   # -k: a run stops at its next step boundary on SIGTERM, which a compiling arm may not reach soon
   timeout -k 15 "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
     --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV ${PRECISION:+--precision $PRECISION} \
