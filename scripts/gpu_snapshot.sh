@@ -45,7 +45,7 @@ tar -tzf $R/out/issue16.tar.gz > $R/listing; grep -q test_mask.json $R/listing |
 mkdir -p $R/back && tar -xzf $R/out/issue16.tar.gz -C $R/back && python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['models']; \
 assert {'paper-coords','paper-nocoords','paper-recipe'} <= set(m), sorted(m)" $R/back/eval/test_mask.json \
   || { echo "rehearsal FAILED: a run of RUN16 missing from the evaluation (log: $R/log)"; exit 1; }
-( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed TOKENS=2048 STEPS=5 WARMUP=2 \
+( cd $S && PATH=$OLDPWD/.venv/bin:$PATH PYTHONPATH=src PRESET=tiny-0.1m DEVICE=cpu PRECISION=bf16-mixed TOKENS=4096 STEPS=5 WARMUP=2 \
   ARMS="old default varlen graphs head nocoords" DATA=$OLDPWD/work/pdb_chains_x RUNS=$R/runs18 OUT=$R/out \
   bash scripts/gpu_session.sh issue18 400 ) > $R/log18 2>&1 \
   || echo "the issue18 stage exited $? (log: $R/log18)"
@@ -67,7 +67,7 @@ export_model(CoordFormer(preset('tiny-0.1m', recipe='fast')), sys.argv[1], int8=
 s=json.load(open(sys.argv[1])); t=json.load(open(sys.argv[2])); \
 assert s['train_config']['init'] and s['global_step'] > 0 and not t['train_config']['init'], s['train_config']; \
 sys.path.insert(0, 'scripts'); import pick_step; p=json.load(open(sys.argv[3])); assert 'graphs' in p['summary'], p; \
-flag=pick_step.pick(p, 0.0); assert flag, p; tc=s['train_config']; \
+flag=pick_step.pick(p, 0.0, minutes=0.3); assert flag, p; tc=s['train_config']; \
 assert (tc['varlen_attention'], tc['cuda_graphs']) == (flag == '--varlen', flag == '--cuda-graphs'), (flag, tc)" \
     $R/back_init/eval/paper-coords.summary.json $R/back_init/eval/paper-nocoords.summary.json $R/back_init/eval/pick16.json \
     || { echo "rehearsal FAILED: INIT16 continuation or PICK16 (log: $R/log_init)"; exit 1; }
