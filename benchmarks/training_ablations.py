@@ -376,8 +376,9 @@ def run_arm(arm: str, args, out: Path, profile: bool = False) -> dict:
         "residues_per_s": (timer.residues1 - timer.residues0) / seconds,
         "model_tflops_per_s": (timer.flops1 - timer.flops0) / seconds / 1e12,
         "seconds": seconds,
-        # data, model, compilation and the warm-up steps: what a training pays before this rate
-        "startup_seconds": timer.t0 - called,
+        # the fixed cost before training at this rate (data, model, compilation): the time to the
+        # first timed step less the warm-up steps at the timed rate, since those steps train too
+        "startup_seconds": max(0.0, timer.t0 - called - args.warmup * seconds / args.steps),
         "peak_gib": peak,
         "syncs_per_step": syncs / args.steps if args.sync_debug else None,
         "sync_sites": dict(sites.most_common(12)) if args.sync_debug else None,

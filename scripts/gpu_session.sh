@@ -174,9 +174,11 @@ issue16)
         --arms default ${PICK_ARMS:-varlen} --json $E/pick16.json 2>&1 | grep -v "Warning\|warn(" | tail -4
     fi
     # the record must be of this training's preset, tokens and precision; a step's compile time is charged
-    # to the minutes it trains (--max-minutes, or less where the deadline's SIGTERM comes first)
+    # to the minutes it trains (--max-minutes, or less where the deadline's SIGTERM comes first; the deadline
+    # counts from the stage's start, and setup and a PICK16=S measurement have used some of it)
+    train_s=$((deadline - ${EVAL_LIMIT:-120} - 40 - (SECONDS - t0)))
     pick=$(python3 scripts/pick_step.py $E/pick16.json ${PICK_MIN:-1.03} --preset $P --tokens ${TOKENS:-16384} \
-      --precision ${PRECISION:-auto} --minutes $(python3 -c "print(min($minutes, ($deadline - ${EVAL_LIMIT:-120} - 40) / 60))"))
+      --precision ${PRECISION:-auto} --device $DEV --minutes $(python3 -c "print(max(0, min($minutes, $train_s / 60)))"))
     C16="$C16 $pick"; echo "pick16: training with ${pick:-padded rows (nothing measured at least ${PICK_MIN:-1.03}x as fast)}"
   fi
   pids=""

@@ -328,8 +328,11 @@ def test_cuda_graphs_refuse_activation_checkpointing(prepared, tmp_path):
         pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
 
 
-@pytest.mark.parametrize("flag", ["varlen_attention", "cuda_graphs"])
-def test_varlen_on_a_gpu_refuses_float32(prepared, tmp_path, monkeypatch, flag):
+@pytest.mark.parametrize(
+    "flag,precision",
+    [("varlen_attention", "32-true"), ("cuda_graphs", "32-true"), ("varlen_attention", 32)],
+)
+def test_varlen_on_a_gpu_refuses_float32(prepared, tmp_path, monkeypatch, flag, precision):
     """In float32 the variable-length attention falls back to its chain-by-chain reference,
     which syncs with the host in every layer: on a GPU that is refused before any model loads."""
     from coordformer.config import TrainConfig
@@ -337,12 +340,12 @@ def test_varlen_on_a_gpu_refuses_float32(prepared, tmp_path, monkeypatch, flag):
     from coordformer.train import run as run_mod
 
     monkeypatch.setattr(run_mod, "_uses_cuda", lambda accelerator: True)
-    tc = TrainConfig(max_steps=1, tokens_per_batch=1024, crop_length=64, precision="32-true",
+    tc = TrainConfig(max_steps=1, tokens_per_batch=1024, crop_length=64, precision=precision,
                      **{flag: True})  # fmt: skip
-    with pytest.raises(OptionError, match="takes bf16 or fp16, not precision '32-true'"):
+    with pytest.raises(OptionError, match=f"takes bf16 or fp16, not precision '{precision}'"):
         run_mod.pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m", dropout=0.0), tc,
                          progress=False)  # fmt: skip
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 @pytest.mark.slow

@@ -406,14 +406,18 @@ def test_pick_step_charges_compile_time_and_refuses_another_measurement(tmp_path
         },
     }
     assert pick_step.pick(rec, 1.03) == "--cuda-graphs"  # per step
-    assert pick_step.pick(rec, 1.03, minutes=20) == "--cuda-graphs"  # 1.3 x 18/20 = 1.17
-    assert pick_step.pick(rec, 1.03, minutes=5) == "--varlen"  # 1.3 x 3/5 = 0.78
-    graphs = rec["summary"]["graphs"]
-    assert pick_step.effective_ratio(graphs, rec["summary"]["default"], 300) == pytest.approx(0.78)
+    assert pick_step.pick(rec, 1.03, minutes=20) == "--cuda-graphs"  # 1.3 x 1060/1180 = 1.17
+    assert pick_step.pick(rec, 1.03, minutes=5) == "--varlen"  # 1.3 x 160/280 = 0.74
+    graphs, default = rec["summary"]["graphs"], rec["summary"]["default"]
+    assert pick_step.effective_ratio(graphs, default, 300) == pytest.approx(1.3 * 160 / 280)
     assert pick_step.effective_ratio(graphs, {}, 60) == 0.0  # all of it spent compiling
+    assert pick_step.pick(rec, 0.5, minutes=0) == ""  # no time to train: nothing pays
     assert pick_step.mismatch(rec, preset="paper-33m", tokens=16384, precision="auto") == ""
     assert "tokens 16384, not 65536" in pick_step.mismatch(rec, preset="paper-33m", tokens=65536)
     assert pick_step.mismatch(rec, preset=None, tokens=None, precision=None) == ""
+    assert pick_step.mismatch({}, preset="paper-33m") == ""  # no record: picks nothing anyway
+    rec["args"]["device"] = "cpu"
+    assert "device 'cpu', not 'cuda'" in pick_step.mismatch(rec, device="cuda")
     path = tmp_path / "a.json"
     path.write_text(json.dumps(rec))
     base = [sys.executable, "scripts/pick_step.py", str(path), "1.03", "--minutes", "5"]

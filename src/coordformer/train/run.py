@@ -384,6 +384,17 @@ def _pretrain(
             "CUDA graphs do not take activation checkpointing (its recomputation runs outside "
             "the recorded graphs): use one or the other",
         )
+    if getattr(train_config, varlen) and _uses_cuda(train_config.accelerator):
+        precision = str(resolve_precision(train_config.precision, True))
+        if not precision.startswith(("bf16", "16")):
+            # float32 would take the chain-by-chain reference path, which reads the chain starts
+            # on the host every layer: a sync per layer, and no CUDA graph can hold it
+            raise OptionError(
+                varlen,
+                True,
+                f"the variable-length flash kernel takes bf16 or fp16, not precision "
+                f"{precision!r}: train with precision `bf16-mixed`, or without `{varlen}`",
+            )
     data = PreparedDataset(data_dir)
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
@@ -397,17 +408,6 @@ def _pretrain(
         raise OptionError(
             "accelerator", cfg.accelerator, "no CUDA GPU is visible; use `accelerator=cpu`"
         )
-    if getattr(cfg, varlen) and _uses_cuda(cfg.accelerator):
-        precision = resolve_precision(cfg.precision, True)
-        if not precision.startswith(("bf16", "16")):
-            # float32 would take the chain-by-chain reference path, which reads the chain starts
-            # on the host every layer: a sync per layer, and no CUDA graph can hold it
-            raise OptionError(
-                varlen,
-                True,
-                f"the variable-length flash kernel takes bf16 or fp16, not precision "
-                f"{precision!r}: train with precision `bf16-mixed`, or without `{varlen}`",
-            )
     # the record says how many workers ran, not "auto"
     cfg = cfg.replace(
         num_workers=resolve_workers(cfg.num_workers, _uses_cuda(cfg.accelerator), cfg.devices)
