@@ -44,6 +44,12 @@ def seed_for(*parts: int | str) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+def cropped_lengths(dataset, indices: np.ndarray, crop_length: int) -> np.ndarray:
+    """[len(indices)] residues each chain of ``indices`` brings to a batch: its length, cropped
+    to ``crop_length``."""
+    return np.minimum(dataset.lengths[indices], crop_length)
+
+
 def token_budget_batches(
     lengths: np.ndarray,
     tokens_per_batch: int,
@@ -209,7 +215,7 @@ class MaskedBatches(torch.utils.data.Dataset):
         self.seed = seed
         self.train = train
         self.rank, self.world = rank, world_size
-        self.lengths = np.minimum(dataset.lengths[self.indices], settings.crop_length)
+        self.lengths = cropped_lengths(dataset, self.indices, settings.crop_length)
         self._plans: dict[int, list[np.ndarray]] = {}
         n0 = len(self._plan(0))
         self.batches_per_epoch = n0 // world_size if world_size > 1 else n0
@@ -443,7 +449,7 @@ def check_fits(
     ``crop_length`` residues, is still longer than the model's ``max_len`` (the model would fail
     mid-run on that batch). The error names the longest such chain, ``option`` (the parameter that
     bounds the length, by its Python name; a leading ``--`` is dropped) and ``alternative``."""
-    eff = np.minimum(data.lengths[idx], crop_length)
+    eff = cropped_lengths(data, idx, crop_length)
     if len(idx) == 0 or int(eff.max()) <= max_len:
         return
     ci = int(idx[int(np.argmax(eff))])

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ..batch import Batch
 from ..config import ModelConfig, TrainConfig
-from ..data.batching import BatchSettings, MaskedBatches, check_fits
+from ..data.batching import BatchSettings, MaskedBatches, check_fits, cropped_lengths
 from ..data.store import PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.core import StaticRows
@@ -722,10 +722,10 @@ def _utilisation(module, trainer, measure_peak: bool = True) -> dict:
 
 
 def _shortest_train_chain(data: PreparedDataset, crop_length: int) -> int:
-    """The fewest residues a training chain brings to a batch (after cropping): it bounds how
-    many chains one token budget can hold, and so the StaticRows shape."""
+    """The fewest residues a training chain brings to a batch (as MaskedBatches crops them): it
+    bounds how many chains one token budget can hold, and so the StaticRows shape."""
     idx = data.split_indices("train")
-    return int(np.minimum(data.lengths[idx], crop_length).min()) if len(idx) else crop_length
+    return int(cropped_lengths(data, idx, crop_length).min()) if len(idx) else crop_length
 
 
 def _uses_cuda(accelerator: str) -> bool:
