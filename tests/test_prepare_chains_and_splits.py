@@ -245,3 +245,25 @@ def test_chains_parts_of_older_versions_are_redone_on_resume(mixed, tmp_path):
     units.write_part(tmp_path, unit.key, dataclasses.replace(result, meta=old))
     with pytest.raises(ValueError, match="older version"):
         units.read_part_meta(units.part_path(tmp_path, unit.key))
+
+
+def test_chains_not_found_carries_the_file_chains_as_data(tmp_path):
+    """The error names the chains as data (the prepare workers pickle it), and the part metadata
+    keeps every author chain a unit has, so the 'their chains' message parses no text."""
+    import pickle
+
+    from coordformer.config import PrepareConfig
+    from coordformer.data.prepare.units import PartMeta, WorkUnit, process_unit
+    from coordformer.io import ChainsNotFoundError, read_structure
+
+    with pytest.raises(ChainsNotFoundError) as info:
+        read_structure(DATA / "1orc.pdb", chains=["Z", "Y"])
+    assert info.value.protein_chains == ("A",) and info.value.requested == ("Y", "Z")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.protein_chains, str(again)) == (("A",), str(info.value))
+
+    unit = WorkUnit("file", str(DATA / "1orc.pdb"))
+    meta = process_unit(unit, PrepareConfig(chains=("Z",))).meta
+    assert meta.chains_seen == ("A",) and meta.chains_found == ()
+    assert PartMeta.from_json(json.loads(json.dumps(meta.to_json()))).chains_seen == ("A",)
+    assert process_unit(unit, PrepareConfig()).meta.chains_seen is None

@@ -15,6 +15,7 @@ Everything here is torch-free so that data-preparation workers stay light.
 from coordformer.io.chain_set import iter_chain_set, iter_chain_set_lines, write_chain_set
 from coordformer.io.chains import (
     Chain,
+    ChainsNotFoundError,
     StructureReadError,
     is_archive_id,
     normalize_chain_id,
@@ -40,6 +41,7 @@ __all__ = [
     "SEQRES_MODES",
     "STRUCTURE_SUFFIXES",
     "Chain",
+    "ChainsNotFoundError",
     "StructureReadError",
     "count_lines",
     "file_stem",

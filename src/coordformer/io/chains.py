@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -50,6 +51,25 @@ class StructureReadError(CoordformerError):
 
     def __reduce__(self):  # keep picklable across multiprocessing workers
         return (type(self), (self.source, self.reason))
+
+
+class ChainsNotFoundError(StructureReadError):
+    """A structure file has protein chains, but none of the author chain ids it was asked for.
+
+    ``protein_chains``: the author chain ids of its protein chains, so callers can name them
+    without parsing the message."""
+
+    def __init__(self, source: str, requested: Sequence[str], protein_chains: Sequence[str]):
+        self.requested = tuple(requested)
+        self.protein_chains = tuple(protein_chains)
+        super().__init__(
+            source,
+            f"none of the requested chains {sorted(self.requested)} is a protein chain "
+            f"(protein chains: {', '.join(self.protein_chains)})",
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.source, self.requested, self.protein_chains))
 
 
 def short_reason(e: BaseException | str, n: int = 300) -> str:

@@ -21,6 +21,7 @@ from coordformer.constants import BACKBONE_ATOMS, SEQRES_MODES
 from coordformer.errors import OptionError
 from coordformer.io.chains import (
     Chain,
+    ChainsNotFoundError,
     StructureReadError,
     is_archive_id,
     is_placeholder_id,
@@ -442,9 +443,5 @@ def _read_structure(
     if not protein_names:
         raise StructureReadError(src, "no protein chain")
     if not out:
-        raise StructureReadError(
-            src,
-            f"none of the requested chains {sorted(wanted or ())} is a protein chain "
-            f"(protein chains: {', '.join(protein_names)})",
-        )
+        raise ChainsNotFoundError(src, sorted(wanted or ()), protein_names)
     return out, unselected

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,14 +25,10 @@ from ...constants import BACKBONE_ATOMS, DATASET_FORMAT_VERSION
 from .. import splits as _splits
 from .. import store
 from .errors import PrepareError
-from .policy import DUPLICATE, NOT_SELECTED
+from .policy import DUPLICATE
 from .summary import PrepareSummary, RunLog
 from .units import PartMeta, WorkUnit, part_path
 
-#: The protein chains read_structure names when none of the requested ones is there.
-_PROTEIN_CHAINS_RE = re.compile(r"\(protein chains: ([^)]*)\)")
-#: The author chain of a chain that --chains left out (``policy.not_selected_reason``).
-_NOT_SELECTED_RE = re.compile(rf"^{re.escape(NOT_SELECTED)}: chain (\S+) ")
 #: Near misses of --exclude ids logged one per line (the rest: exclude_unmatched.txt).
 _MAX_LOGGED = 20
 
@@ -309,12 +304,7 @@ def check_chains_found(
     summary.chains_not_found = [c for c in config.chains if c not in found]
     if found or sel.no_chain_ids:
         return None
-    have = set()
-    for _, r in sel.skipped_rows:
-        if m := _PROTEIN_CHAINS_RE.search(r):
-            have.update(m.group(1).split(", "))
-        elif m := _NOT_SELECTED_RE.match(r):
-            have.add(m.group(1))
+    have = {c for u in units for c in metas[u.key].chains_seen or ()}
     return PrepareError(
         f"--chains {','.join(config.chains)} matched no protein chain of the inputs"
         + (f" (their chains: {_examples(sorted(have), 20)})" if have else "")

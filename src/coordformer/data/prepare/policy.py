@@ -193,6 +193,12 @@ def not_selected_reason(chain_id: str, chains: Sequence[str]) -> str:
     return f"{NOT_SELECTED}: chain {author_chain(chain_id)} (--chains {','.join(chains)})"
 
 
+def not_selected_row(chain_id: str, source: str, chains: Sequence[str]) -> list[str]:
+    """The skip-log row (category, input, reason) of a chain that ``--chains`` ``chains`` leaves
+    out; ``source`` is the file it came from."""
+    return [NOT_SELECTED, f"{chain_id} [{source}]", not_selected_reason(chain_id, chains)]
+
+
 _ASCII_TABLE = np.frombuffer(ascii_to_letter_table(), dtype=np.uint8)
 
 

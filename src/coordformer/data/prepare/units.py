@@ -26,7 +26,7 @@ from .policy import (
     Rejected,
     author_chain,
     chain_id,
-    not_selected_reason,
+    not_selected_row,
     selected_chain,
 )
 
@@ -87,6 +87,9 @@ class PartMeta:
     #: with PrepareConfig.chains: the requested author chain ids the unit has (before the length
     #: filters); None when not known (no --chains, or the unit failed)
     chains_found: tuple[str, ...] | None = None
+    #: with PrepareConfig.chains: every author chain id the unit's input has, requested or not
+    #: (to name them when no input has a requested one); None when not known
+    chains_seen: tuple[str, ...] | None = None
     #: with PrepareConfig.chains: chains read whose id names no chain (FASTA ``>seq2``), which
     #: --chains does not filter; None in parts of versions that dropped them unlogged
     no_chain_ids: int | None = None
@@ -112,6 +115,8 @@ class PartMeta:
             d["zero_coords"] = list(self.zero_coords)
         if self.chains_found is not None:
             d["chains_found"] = list(self.chains_found)
+        if self.chains_seen is not None:
+            d["chains_seen"] = list(self.chains_seen)
         if self.no_chain_ids is not None:
             d["no_chain_ids"] = self.no_chain_ids
         if self.ignored_entry is not None:
@@ -137,6 +142,7 @@ class PartMeta:
             digests=opt("digests") or None,
             zero_coords=tuple(d.get("zero_coords") or ()),
             chains_found=opt("chains_found"),
+            chains_seen=opt("chains_seen"),
             no_chain_ids=opt("no_chain_ids", int),
             ignored_entry=d.get("ignored_entry"),
             seqres_inserted=opt("seqres_inserted"),
@@ -228,23 +234,37 @@ def _input_row(error: BaseException, path: str) -> list[str]:
 
 
 def read_unit_chains(
-    unit: WorkUnit, skipped: list[list[str]], wanted: Sequence[str] = (), seqres: str = "off"
+    unit: WorkUnit,
+    skipped: list[list[str]],
+    wanted: Sequence[str] = (),
+    seqres: str = "off",
+    seen: set[str] | None = None,
 ) -> list[Any]:
     """Read a unit's chains (only those :func:`selected_chain` keeps for the author chain ids
     ``wanted``, when given; structure files with ``read_structure``'s ``seqres`` mode); unreadable
     files and records, and structure files without any of ``wanted``, are appended to ``skipped``
-    as input rows, and the chains ``wanted`` leaves out as ``NOT_SELECTED`` rows."""
-    from ...io import StructureReadError, iter_chain_set_lines, iter_fasta, read_structure
+    as input rows, and the chains ``wanted`` leaves out as ``NOT_SELECTED`` rows. With ``wanted``,
+    ``seen`` (if given) gets every author chain id the input has, kept or left out."""
+    from ...io import (
+        ChainsNotFoundError,
+        StructureReadError,
+        iter_chain_set_lines,
+        iter_fasta,
+        read_structure,
+    )
 
+    seen = set() if seen is None else seen
     if wanted and unit.kind != "file":
         chains = []
         for c in read_unit_chains(unit, skipped):
             cid = chain_id(c)
+            if (author := author_chain(cid)) is not None:
+                seen.add(author)
             if selected_chain(cid, wanted):
                 chains.append(c)
             else:
                 src = getattr(c, "source", None) or unit.path
-                skipped.append([NOT_SELECTED, f"{cid} [{src}]", not_selected_reason(cid, wanted)])
+                skipped.append(not_selected_row(cid, src, wanted))
         return chains
     path = unit.path
     if unit.kind in ("file", "fasta"):  # one whole file; a FASTA file may also yield bad records
@@ -257,6 +277,8 @@ def read_unit_chains(
             else:
                 items = list(iter_fasta(path))
         except StructureReadError as e:
+            if isinstance(e, ChainsNotFoundError):
+                seen.update(e.protein_chains)
             skipped.append(_input_row(e, path))
             return []
         except Exception as e:  # noqa: BLE001 - bad input must never stop the run
@@ -272,7 +294,9 @@ def read_unit_chains(
             skipped.append(["input", path, "no protein chains found"])
         else:
             for cid in left_out:
-                skipped.append([NOT_SELECTED, f"{cid} [{path}]", not_selected_reason(cid, wanted)])
+                skipped.append(not_selected_row(cid, path, wanted))
+        seen.update(a for a in map(author_chain, map(chain_id, chains)) if a is not None)
+        seen.update(a for a in map(author_chain, left_out) if a is not None)
         return chains
 
     def read_range(start: int, stop: int, out_chains: list, out_skipped: list) -> None:
@@ -318,7 +342,8 @@ def read_unit_chains(
 def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
     """Read one unit and apply the chain policy of ``config`` to each chain."""
     skipped: list[list[str]] = []  # [kind ("input" | filter category), input, reason]
-    chains = read_unit_chains(unit, skipped, config.chains, config.seqres)
+    seen: set[str] = set()  # with --chains: every author chain id the input has
+    chains = read_unit_chains(unit, skipped, config.chains, config.seqres, seen)
     policy = ChainPolicy.from_config(config)
     if unit.kind == "fasta":  # sequence-only by choice: see the package docstring
         policy = policy.sequence_only()
@@ -379,6 +404,7 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
         chains_found=tuple(sorted({author_chain(chain_id(c)) for c in chains} - {None}))
         if config.chains
         else None,
+        chains_seen=tuple(sorted(seen)) if config.chains else None,
         no_chain_ids=sum(bool(cid) and author_chain(cid) is None for cid in map(chain_id, chains))
         if config.chains
         else None,
