@@ -4,6 +4,7 @@ items 3, 7)."""
 
 import csv
 import json
+import math
 import shutil
 import types
 
@@ -168,3 +169,48 @@ def test_summary_says_tensorboard_logs_are_off_without_tensorboard(tmp_path, pre
         json.loads((tmp_path / "off" / "summary.json").read_text())["tensorboard"]
         == summary["tensorboard"]
     )
+
+
+@pytest.mark.slow
+def test_a_run_that_validated_on_its_last_step_does_not_validate_again(tmp_path, prepared):
+    out = tmp_path / "run"
+    # 4 steps, validation every 2: the loop validates at 2 and 4, and 4 is the final model
+    assert run(*_common(out, 4), "--data", prepared.path, "--val-every", "2") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    losses = _val_losses(out)
+    assert len(losses) == 2, "the final validation repeated the loop's validation at step 4"
+    assert summary["final_val"]["val/loss"] == pytest.approx(losses[-1])
+    assert summary["final_val"]["val/perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-5)
+    assert set(summary["final_val"]) == {"val/loss", "val/acc", "val/perplexity"}
+    assert summary["best_checkpoint"]["step"] in (2, 4)
+
+
+@pytest.mark.slow
+def test_resuming_past_max_steps_is_refused_and_touches_nothing(tmp_path, prepared, capsys):
+    out = tmp_path / "run"
+    assert run(*_common(out, 3), "--data", prepared.path, "--val-every", "100") == 0
+    config = (out / "config.json").read_text()
+    logs = sorted((out / "logs").iterdir())
+    capsys.readouterr()
+    assert run(*_common(out, 2), "--data", prepared.path, "--val-every", "100") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --max-steps 2:") and "already at step 3" in err
+    assert "\n" not in err
+    assert (out / "config.json").read_text() == config
+    assert sorted((out / "logs").iterdir()) == logs
+
+
+def test_an_empty_train_split_is_refused_before_the_run_folder_is_made(tmp_path, capsys):
+    data = tmp_path / "ds"
+    prepare(
+        [str(write_jsonl(synthetic_chains(4, seed=3), tmp_path / "few.jsonl"))],
+        data,
+        PrepareConfig(min_length=100_000),  # every chain is too short: an empty dataset
+        workers=1,
+        progress=False,
+    )
+    out = tmp_path / "run"
+    assert run(*_common(out, 2), "--data", data) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the train split is empty" in err and "skipped.tsv" in err and "\n" not in err
+    assert not out.exists()

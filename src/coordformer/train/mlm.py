@@ -92,6 +92,9 @@ class MaskedLMModule(L.LightningModule):
         # (loss, accuracy, rows) of a step whose values were not logged: the stopping step's row
         self._unlogged: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.residues_seen = 0  # training residues since this process started (not checkpointed)
+        # (global step, val metrics) of the last validation inside fit: when it ran at the step
+        # training ended on, the run's final validation is that one, not a second pass
+        self.fit_validation: tuple[int, dict[str, float]] | None = None
         # fused AdamW's device-side skip counters (on_before_optimizer_step)
         self._skips_pending: torch.Tensor | None = None
         self._skip_streak: torch.Tensor | None = None
@@ -345,7 +348,11 @@ class MaskedLMModule(L.LightningModule):
         if "val/loss" in m:
             # identical on every rank (val/loss is already
             # synced); sync_dist only keeps Lightning from warning
-            self.log("val/perplexity", torch.exp(m["val/loss"]), prog_bar=True, sync_dist=True)
+            ppl = torch.exp(m["val/loss"])
+            self.log("val/perplexity", ppl, prog_bar=True, sync_dist=True)
+            if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+                vals = {k: float(v) for k, v in m.items() if k.startswith("val/")}
+                self.fit_validation = (self.global_step, {**vals, "val/perplexity": float(ppl)})
 
     def configure_optimizers(self):
         cfg = self.train_config

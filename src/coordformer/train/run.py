@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ..batch import Batch
 from ..config import ModelConfig, TrainConfig
 from ..data.batching import BatchSettings, MaskedBatches, check_fits, cropped_lengths
-from ..data.store import PreparedDataset
+from ..data.store import SKIPPED_FILE, PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.core import StaticRows
 from .lifecycle import (
@@ -396,6 +396,12 @@ def _pretrain(
                 f"{precision!r}: train with precision `bf16-mixed`, or without `{varlen}`",
             )
     data = PreparedDataset(data_dir)
+    if len(data.split_indices("train")) == 0:  # before the run folder is made
+        raise UsageError(
+            f"{data.path}: the train split is empty ({len(data)} chains in the dataset; its "
+            f"{SKIPPED_FILE} lists the chains prepare left out, and why): prepare it again from "
+            "more inputs, or with smaller valid and test fractions"
+        )
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -447,6 +453,16 @@ def _pretrain(
                 f"{', '.join(f'`{k}`' for k in changed)}; "
                 "resuming would change the data stream. Use the original values or a new "
                 "`out_dir`",
+            )
+        done = ckpt.get("global_step")
+        if isinstance(done, int) and done > cfg.max_steps:
+            # Lightning would train nothing, validate, and leave a config.json whose max_steps
+            # the checkpoint has already passed
+            raise OptionError(
+                "max_steps",
+                cfg.max_steps,
+                f"{last.relative_to(out)} is already at step {done}: nothing to train. Raise "
+                "`max_steps` above it to continue the run, or choose a new `out_dir`",
             )
         before = _previous_data(out, saved)
         if before and before.get("fingerprint") != data.fingerprint:
@@ -594,8 +610,12 @@ def _pretrain(
                 stop.save(trainer)
                 stop.stopped_by, stop.stopped_at = received, trainer.global_step
         if stop is None or stop.stopped_at is None:
-            # A final validation so the summary reports the model as it ended.
-            if val_batches is None:
+            # A final validation so the summary reports the model as it ended; fit's own, when
+            # it validated on its last step (the checkpoint callback has seen that one already)
+            done = module.fit_validation
+            if val_batches is None and done is not None and done[0] == trainer.global_step:
+                metrics = dict(done[1])
+            elif val_batches is None:
                 res = trainer.validate(
                     module, datamodule=_DataModule(data, cfg, max_pos), verbose=False
                 )
