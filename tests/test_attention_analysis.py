@@ -289,10 +289,10 @@ def test_a_model_without_3d_local_heads_is_reported_not_a_crash(tmp_path, prepar
         progress=False,
     )
     cases = (
-        (prepared.path, (), "no head's attention falls off with 3D distance"),
-        (tmp_path / "seqonly", ("--no-ablations",), "no coordinates"),
+        (prepared.path, (), "no head's attention falls off with 3D distance", "no 3D-local heads"),
+        (tmp_path / "seqonly", ("--no-ablations",), "no coordinates", "heads not classified"),
     )
-    for i, (data, extra, why) in enumerate(cases):
+    for i, (data, extra, why, said) in enumerate(cases):
         out = tmp_path / f"attn{i}"
         assert (
             main(
@@ -316,4 +316,22 @@ def test_a_model_without_3d_local_heads_is_reported_not_a_crash(tmp_path, prepar
         assert "**No 3D-local heads**" in report and why in report, report
         for name in ("untrained_layer1.png", "untrained_layer2.png", "summary.png"):
             assert (out / name).stat().st_size > 5000, name
-        assert "untrained: no 3D-local heads" in capsys.readouterr().out
+        assert f"untrained: {said}" in capsys.readouterr().out
+
+
+def test_without_ablations_heads_are_not_counted_as_not_local(tmp_path, prepared, capsys):
+    """--no-ablations skips the runs that decide 3D- and sequence-locality: the report and the
+    printed line say the heads are not classified, not that none is 3D-local."""
+    from coordformer.config import preset
+    from coordformer.model.checkpoints import export_model
+
+    torch.manual_seed(0)
+    model = export_model(CoordFormer(preset("tiny-0.1m")), tmp_path / "m.pt")
+    out = tmp_path / "attn"
+    args = ["-c", str(model), "--data", str(prepared.path), "--max-chains", "4", "--out", str(out)]
+    assert main(["analyze-attention", *args, "--quiet", "--no-ablations"]) == 0
+    assert "m: heads not classified" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "3D-local: not classified (the no-positions ablation was not run)" in report
+    assert "heads 3D-local" not in report and "No 3D-local heads" not in report
+    assert "| n/a | n/a |" in report

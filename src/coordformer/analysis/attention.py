@@ -331,6 +331,11 @@ def classify_heads(fits: list[dict]) -> list[dict]:
     return out
 
 
+def _yes(head: dict, key: str) -> str:
+    """A report cell: yes / blank, or n/a when the ablation that decides it was not run."""
+    return "n/a" if key not in head else "yes" if head[key] else ""
+
+
 def chains_attention(
     model: CoordFormer,
     chains: Sequence[Chain],
@@ -525,7 +530,7 @@ def analyze_attention(
             indent=2,
         )
     )
-    return {"fits": all_fits, "heads": heads, "recovery": recovery}
+    return {"fits": all_fits, "heads": heads, "recovery": recovery, "ablations": list(ablations)}
 
 
 def _write_report(
@@ -551,15 +556,23 @@ def _write_report(
     ]
     for label in labels:
         hs = heads[label]
-        n3 = sum(h.get("local_3d", False) for h in hs)
-        ns = sum(h.get("local_seq", False) for h in hs)
-        lines += [f"## {label}", "", f"{n3} of {len(hs)} heads 3D-local, {ns} sequence-local.", ""]
-        if not n3:  # a result, not a failure: say why it may be so
+        # A class needs its ablation: without it the count would read as "none found"
+        counts = [
+            f"{sum(h.get(key, False) for h in hs)} of {len(hs)} heads {name}"
+            if ablation in ablations
+            else f"{name}: not classified (the {ablation} ablation was not run)"
+            for key, name, ablation in (
+                ("local_3d", "3D-local", "no-positions"),
+                ("local_seq", "sequence-local", "no-coords"),
+            )
+        ]
+        lines += [f"## {label}", "", "; ".join(counts) + ".", ""]
+        no_distances = pairs_3d is not None and not pairs_3d.get(label)
+        if no_distances or ("no-positions" in ablations and not any(h.get("local_3d") for h in hs)):
+            # a result, not a failure: say why it may be so
             why = (
                 "the data hold no CA-CA distances within the cut-off (no coordinates)"
-                if pairs_3d is not None and not pairs_3d.get(label)
-                else "the 3D-only ablation (no-positions) was not run"
-                if "no-positions" not in ablations
+                if no_distances
                 else "no head's attention falls off with 3D distance like a Gaussian (an "
                 "untrained or weakly trained "
                 "model, a sequence-only model, or too few chains)"
@@ -576,7 +589,7 @@ def _write_report(
                 f"{_fmt(h.get('sigma_3d_only', math.nan))} | "
                 f"{_fmt(h.get('r2_3d_only', math.nan), 2)} | {_fmt(h['sigma_seq'])} | "
                 f"{_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
-                f"{'yes' if h.get('local_3d') else ''} | {'yes' if h.get('local_seq') else ''} |"
+                f"{_yes(h, 'local_3d')} | {_yes(h, 'local_seq')} |"
             )
         lines.append("")
     if recovery:
