@@ -1,5 +1,5 @@
-"""CLI help reads at 80 columns: whole option names, no <bool> column for flags; --version
-(issue 20)."""
+"""CLI help reads at 80 columns: whole option names, no <bool> column for flags; --version; a
+bare `coordformer` prints the help (issue 20)."""
 
 import typer
 
@@ -24,3 +24,10 @@ def test_help_shows_whole_option_names_at_80_columns(capsys, monkeypatch):
             for opt in (*param.opts, *param.secondary_opts):
                 if opt.startswith("--"):
                     assert opt in text, (name, opt)
+
+
+def test_no_arguments_prints_the_help_not_an_error(capsys):
+    assert main([]) == 2  # click's status for a bare group
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Usage: coordformer") and "Commands:" in captured.out
+    assert "pretrain" in captured.out and "error" not in captured.err

@@ -362,6 +362,13 @@ def test_config_errors_of_pretrain_and_prepare_name_flags(tmp_path, capsys, synt
     assert not (tmp_path / "ds").exists()
     assert main([*prep, "--split", "identity", "--identity", "0"]) == 2
     assert capsys.readouterr().err == "error: --identity 0.0: must be in (0, 1]\n"
+    # --identity alone would be ignored by the random split, yet recorded in the manifest
+    assert main([*prep, "--identity", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --identity 0.5 sets the clustering of --split identity only; add --split "
+        "identity, or drop --identity for a random split\n"
+    )
+    assert not (tmp_path / "ds").exists()
 
 
 def test_precision_values_that_work_and_those_refused():

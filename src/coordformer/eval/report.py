@@ -17,8 +17,8 @@ def gains(results: dict[str, dict], a: str, b: str) -> list[tuple[str, float, fl
 
 
 def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: overall perplexity/recovery per model, then the residues that gain most
-    (first model vs second) when there are at least two models."""
+    """Header and rows: overall perplexity/recovery per model, then (with two models or more) up to
+    ``top`` residues whose recovery the first model raises most over the second, gains > 0 only."""
     labels = list(results)
     header = ["", *labels]
     rows = [
@@ -58,10 +58,16 @@ def comparison_rows(results: dict[str, dict], top: int = 5) -> tuple[list[str], 
             ],
         ]
     if len(labels) >= 2:
-        for aa, _, _, _ in gains(results, labels[0], labels[1])[:top]:
+        # only real gains, under a row that says whose over whose (the order of the models)
+        best = [g for g in gains(results, labels[0], labels[1])[:top] if g[3] > 0]
+        if best:
+            rows.append(
+                [f"largest recovery gains, {labels[0]} over {labels[1]}:"] + [""] * len(labels)
+            )
+        for aa, _, _, d in best:
             rows.append(
                 [
-                    f"recovery {aa}",
+                    f"recovery {aa} ({100 * d:+.1f} points)",
                     *[f"{results[m]['per_residue_recovery'][aa]:.1%}" for m in labels],
                 ]
             )
