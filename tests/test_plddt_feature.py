@@ -152,3 +152,22 @@ def test_pretrain_with_plddt_feature_and_embed_reads_it(tmp_path, af_dir):
         with h5py.File(out, "r") as f:
             means.append(f["mean"][0])
     assert np.abs(means[0] - means[1]).max() > 1e-4
+
+
+def test_plddt_feature_on_a_dataset_without_plddt_warns(tmp_path, prepared, caplog):
+    """Documented (no pLDDT reads as 100), but a whole dataset without any is almost always one
+    prepared without --store-plddt: pretrain says so (and trains)."""
+    args = pretrain_args(
+        prepared.path,
+        tmp_path / "run",
+        plddt_feature=True,
+        max_steps=1,
+        warmup_steps=1,
+        tokens_per_batch=256,
+        crop_length=64,
+        quiet=True,
+    )
+    with caplog.at_level("WARNING", logger="coordformer.train.run"):
+        assert main(args) == 0
+    said = [r.getMessage() for r in caplog.records if "holds no pLDDT" in r.getMessage()]
+    assert len(said) == 1 and "--store-plddt" in said[0], said

@@ -402,6 +402,19 @@ def _pretrain(
             f"{SKIPPED_FILE} lists the chains prepare left out, and why): prepare it again from "
             "more inputs, or with smaller valid and test fractions"
         )
+    if (
+        model_config.plddt_feature
+        and not data.has_plddt
+        and getattr(rank_zero_only, "rank", 0) == 0
+    ):
+        # documented (no pLDDT reads as 100), but a whole dataset without any is almost always
+        # one prepared without --store-plddt
+        log.warning(
+            "%s holds no pLDDT (prepared without --store-plddt): the pLDDT feature reads 0 "
+            "(pLDDT 100) for every residue and learns nothing; for predicted models prepare it "
+            "again with --store-plddt (store_plddt=True)",
+            data.path,
+        )
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
