@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,8 +173,11 @@ def test_summary_says_tensorboard_logs_are_off_without_tensorboard(tmp_path, pre
 
 
 @pytest.mark.slow
-def test_a_run_that_validated_on_its_last_step_does_not_validate_again(tmp_path, prepared):
-    out = tmp_path / "run"
+def test_a_run_that_validated_on_its_last_step_does_not_validate_again(
+    tmp_path, prepared, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    out = Path("run")  # relative, as typed: summary.json's paths come out absolute all the same
     # 4 steps, validation every 2: the loop validates at 2 and 4, and 4 is the final model
     assert run(*_common(out, 4), "--data", prepared.path, "--val-every", "2") == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -183,6 +187,8 @@ def test_a_run_that_validated_on_its_last_step_does_not_validate_again(tmp_path,
     assert summary["final_val"]["val/perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-5)
     assert set(summary["final_val"]) == {"val/loss", "val/acc", "val/perplexity"}
     assert summary["best_checkpoint"]["step"] in (2, 4)
+    assert summary["checkpoint"] == str((tmp_path / "run/checkpoints/last.ckpt").resolve())
+    assert Path(summary["best_checkpoint"]["path"]).is_absolute()
 
 
 @pytest.mark.slow

@@ -612,7 +612,7 @@ def _pretrain(
                     "global_step": trainer.global_step,
                     "stopped_for_requeue": True,
                     "requeued": stop.requeue_ok,
-                    "checkpoint": str(last),
+                    "checkpoint": str(last.resolve()),  # as best_checkpoint.path
                 }
             received = stop.received if stop.received != signal.SIGUSR1 else 0
             if trainer.world_size > 1:
@@ -669,7 +669,7 @@ def _pretrain(
             # the rate alone: measuring the device's matrix
             # rate would delay a stop that may be on a deadline
             **_utilisation(module, trainer, measure_peak=False),
-            "checkpoint": str(last),
+            "checkpoint": str(last.resolve()),  # as best_checkpoint.path
             **_best_summary(best),
             **no_validation,
         }
@@ -690,7 +690,7 @@ def _pretrain(
         "skipped_steps": module.skipped_steps,
         **_utilisation(module, trainer),
         "final_val": metrics,
-        "checkpoint": str(last),
+        "checkpoint": str(last.resolve()),  # as best_checkpoint.path
         **_best_summary(best),
         **no_validation,
         "tensorboard": str(out / "tensorboard")
