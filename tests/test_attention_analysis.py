@@ -335,3 +335,25 @@ def test_without_ablations_heads_are_not_counted_as_not_local(tmp_path, prepared
     assert "3D-local: not classified (the no-positions ablation was not run)" in report
     assert "heads 3D-local" not in report and "No 3D-local heads" not in report
     assert "| n/a | n/a |" in report
+
+
+def test_a_failed_analysis_leaves_no_out_folder(tmp_path, prepared, capsys):
+    """A checkpoint that does not load, or an empty split: one line, and no empty --out folder."""
+    prep = tmp_path / "novalid"
+    prepare(
+        [str(prepared.path.parent / "synthetic.jsonl")],
+        prep,
+        PrepareConfig(min_length=10, valid_fraction=0.0, test_fraction=0.2),
+        workers=1,
+        progress=False,
+    )
+    cases = (
+        (["-c", "no-such-model", "--data", str(prepared.path)], "no-such-model"),
+        (["-c", "small-coords", "--data", str(prep), "--split", "valid"], "'valid' is empty"),
+    )
+    for i, (args, said) in enumerate(cases):
+        out = tmp_path / f"attn{i}"
+        assert main(["analyze-attention", *args, "--out", str(out), "--quiet"]) == 2
+        captured = capsys.readouterr()
+        assert said in captured.err and captured.err.count("\n") == 1, captured.err
+        assert captured.out == "" and not out.exists()

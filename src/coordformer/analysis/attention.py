@@ -404,8 +404,9 @@ def analyze_attention(
             "ablations", ablations, f"must include 'none' and be among {', '.join(ABLATIONS)}"
         )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = PreparedDataset(data_dir)
+    if len(data.split_indices(cfg.split)) == 0:  # before any model loads or folder is made
+        raise UsageError(f"{data.path}: split {cfg.split!r} is empty; choose another split")
     labels, models = [], []
     for ck in checkpoints:
         model, _ = load_model(ck, map_location=device)
@@ -414,6 +415,7 @@ def analyze_attention(
             label += "'"
         labels.append(label)
         models.append(model.float())
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     all_fits, binned, heads, stats_none = [], [], {}, {}
     for label, model in zip(labels, models):
         fits, done = [], {}
