@@ -170,6 +170,8 @@ def run(work: Path) -> dict:
         out["embed"][name] = {
             k: _floats(z[k]) if z[k].dtype.kind == "f" else [str(x) for x in z[k].ravel()[:50]]
             for k in sorted(z.files)
+            # what produced the file (this run's temporary paths and command line), not a result
+            if k != "provenance"
         }
 
     out["score"] = {}

@@ -3,7 +3,9 @@ chains."""
 
 import json
 import math
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -1091,6 +1093,33 @@ def test_device_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
     assert _device("auto") == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert _device("auto") == "cuda" and _device("cuda:1") == "cuda:1"
+
+
+def test_evaluate_json_records_the_data_split_command_and_version(tmp_path, prepared, monkeypatch):
+    """--json had the metrics and masking settings but not which dataset, split, command line or
+    coordformer version produced them (the --report's "Data:" and "Command:" lines)."""
+    from coordformer import __version__
+
+    data = {"path": str(Path(prepared.path).resolve()), "fingerprint": prepared.fingerprint}
+    common = ["--data", prepared.path, "--split", "train", "--max-chains", "2", "--device", "cpu"]
+    for checkpoints in (["small-coords"], ["small-coords", "small-nocoords"]):
+        js = tmp_path / f"e{len(checkpoints)}.json"
+        argv = [
+            str(a)
+            for a in ["evaluate", *(x for c in checkpoints for x in ("-c", c)), *common]
+            + ["--json", js, "--quiet"]
+        ]
+        monkeypatch.setattr(sys, "argv", ["coordformer", *argv])
+        assert main(argv) == 0
+        res = json.loads(js.read_text())
+        assert res["split"] == "train" and res["data"] == data
+        assert res["command"] == "coordformer " + shlex.join(argv)
+        assert res["coordformer_version"] == __version__
+        models = res["models"] if len(checkpoints) > 1 else {"small-coords": res}
+        assert list(models) == checkpoints
+        assert all(m["split"] == "train" and "seed" in m["settings"] for m in models.values())
+    # the comparison's report beside the JSON names the same command
+    assert f"Command: `{res['command']}`" in js.with_suffix(".md").read_text()
 
 
 _FOLDER_OUT = {

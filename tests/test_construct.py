@@ -80,3 +80,29 @@ def test_standard_ffn_approximates_the_square_better_with_width():
         for w in (12, 192)
     ]
     assert approx[1] < approx[0] / 10
+
+
+def test_construct_saves_its_settings_beside_the_tables(tmp_path, monkeypatch):
+    """`construct --out DIR` wrote CSVs and a figure but no record of --sigma or --seed."""
+    import json
+    import shlex
+    import sys
+
+    import coordformer.sim.construct as construct
+    from coordformer import __version__
+    from coordformer.cli import main
+
+    full = construct.construction_report
+    # the best fits' 1500 Adam steps are the slow part; the record is what is tested here
+    monkeypatch.setattr(
+        construct, "construction_report", lambda *a, **k: full(*a, **{**k, "steps": 3})
+    )
+    argv = ["construct", "--out", str(tmp_path / "c"), "--sigma", "0.7", "--seed", "3"]
+    monkeypatch.setattr(sys, "argv", ["coordformer", *argv])
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text()) == {
+        "construct": {"sigma": 0.7, "seed": 3, "steps": 3},
+        "command": "coordformer " + shlex.join(argv),
+        "coordformer_version": __version__,
+    }
+    assert (tmp_path / "c" / "construction_attention.csv").exists()

@@ -120,6 +120,41 @@ def test_embed_npz_layers_and_errors(tmp_path, structures, capsys):
     )
 
 
+def test_npz_records_what_produced_it_as_the_hdf5_attributes_do(tmp_path, monkeypatch):
+    """The .npz held only ids/lengths/mean/sequences; the .h5 named checkpoint, layer and settings
+    in its attributes. Both now carry one record: the same keys and values, version and command
+    included, and the .npz loads without pickle."""
+    import json
+    import shlex
+    import sys
+
+    from coordformer import __version__
+
+    records = {}
+    for name in ("e.npz", "e.h5"):
+        argv = ["embed", str(DATA / "1orc.pdb"), "-c", "small-coords", "-o", str(tmp_path / name)]
+        argv += ["--layer", "2", "--device", "cpu", "--quiet"]
+        monkeypatch.setattr(sys, "argv", ["coordformer", *argv])
+        assert main(argv) == 0
+        if name.endswith(".npz"):
+            with np.load(tmp_path / name, allow_pickle=False) as z:
+                records[name] = json.loads(str(z["provenance"]))
+        else:
+            with h5py.File(tmp_path / name) as f:
+                records[name] = {
+                    k: v.item() if hasattr(v, "item") else v for k, v in f.attrs.items()
+                }
+        assert records[name].pop("command") == "coordformer " + shlex.join(argv)
+    npz, h5 = records["e.npz"], records["e.h5"]
+    assert npz == h5
+    assert npz["checkpoint"] == "small-coords" and npz["coordformer_version"] == __version__
+    assert json.loads(npz["inputs"]) == [str(DATA / "1orc.pdb")]
+    assert (
+        json.loads(npz["config"])["layer"] == 2 and npz["layer"] == "residual stream after layer 2"
+    )
+    assert json.loads(npz["model_config"])["use_coords"] is True and npz["use_coords"] is True
+
+
 def test_embed_quiet_prints_one_line(tmp_path, structures, capsys):
     """--quiet: no summary of the temporary dataset, only the result line (which names unreadable
     inputs)."""

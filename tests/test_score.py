@@ -2,6 +2,7 @@
 direct forward passes of a tiny model, plus invariants, error handling and the CLI end to end."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -544,6 +545,47 @@ def test_cli_end_to_end_with_the_shipped_model(tmp_path, capsys):
     assert _read(tmp_path / "x.tsv")[1][0] == "T4A"
 
 
+def test_cli_saves_what_produced_the_tables_beside_them(tmp_path, monkeypatch):
+    """The tables did not record the checkpoint, --mode, --rotations, --numbering or --offset; the
+    summary run_score built was only printed. OUT.json now holds it, and the tables stay plain."""
+    import shlex
+    import sys
+
+    from coordformer import __version__
+
+    pdb = str(DATA / "1orc.pdb")
+    out = tmp_path / "res.tsv"
+    argv = ["score", pdb, "-c", "small-coords", "-o", str(out), "--mode", "fast"]
+    argv += ["--rotations", "2", "--device", "cpu", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["coordformer", *argv])
+    assert main(argv) == 0
+    rec = json.loads((tmp_path / "res.tsv.json").read_text())
+    assert rec["checkpoint"] == "small-coords" and rec["inputs"] == [pdb]
+    assert rec["config"] == ScoreConfig(mode="fast", rotations=2).to_dict()
+    assert rec["mode"] == "fast" and rec["rotations"] == 2 and rec["model_config"]["use_coords"]
+    assert rec["command"] == "coordformer " + shlex.join(argv)
+    assert rec["coordformer_version"] == __version__
+    assert rec["chains"] == 1 and rec["chains_file"] == f"{out}.chains.tsv"
+    rows = _read(out)
+    assert rows[0][0] == "chain" and rec["residues"] == len(rows) - 1 == 64
+    assert _read(f"{out}.chains.tsv")[0][0] == "chain"
+
+    mout = tmp_path / "mut.csv"
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant,DMS_score\nT4A,0.1\nA4G,2\n")
+    argv = ["score", pdb, "-c", "small-coords", "-o", str(mout), "--mutations", str(table)]
+    argv += ["--numbering", "index", "--offset", "0", "--device", "cpu", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["coordformer", *argv])
+    assert main(argv) == 0
+    rec = json.loads((tmp_path / "mut.csv.json").read_text())
+    assert rec["settings"]["numbering"] == "index" and rec["settings"]["offset"] == 0
+    assert rec["settings"]["mutations"] == str(table) and rec["settings"]["multi"] == "additive"
+    assert rec["config"]["mode"] == "exact" and rec["config"]["rotations"] == 1
+    assert rec["scored"] == 1 and rec["skipped"] == 1 and rec["command"].endswith("--quiet")
+    assert _read(mout, ",")[0] == ["mutant", "DMS_score", "coordformer_score", "coordformer_sites"]
+    assert _read(f"{mout}.skipped.tsv")[0] == ["kind", "row", "item", "reason"]
+
+
 def test_cli_fasta_warns_for_a_model_without_the_missing_flag(tmp_path, capsys):
     [c] = read_structure(DATA / "1orc.pdb")
     fa = tmp_path / "cro.fasta"
@@ -597,6 +639,8 @@ def test_offset_numbering_and_a_batch_where_nothing_scores(tiny, tmp_path, capsy
         "error: none of the 2 mutants could be scored (first: row 1 A6G: wild type mismatch"
     )
     assert len(_read(str(out) + ".skipped.tsv")) == 3
+    # the tables written before the error come with their record
+    assert json.loads((tmp_path / "o.tsv.json").read_text())["skipped"] == 2
     assert (
         main(
             [

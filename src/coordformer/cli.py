@@ -160,6 +160,7 @@ _PLDDT_HELP = (
 
 @app.command()
 def prepare(
+    ctx: typer.Context,
     sources: List[Path] = typer.Argument(
         ..., help="PDB/mmCIF files (.gz ok), folders (recursive), chain_set JSONL or FASTA files."
     ),
@@ -205,6 +206,13 @@ def prepare(
     from .data.prepare import prepare as run_prepare
 
     _out_folder(out)
+    source = ctx.get_parameter_source("identity")
+    if split is not SplitMode.identity and source is not None and source.name == "COMMANDLINE":
+        # a random split would ignore it, and the manifest would still record it
+        raise UsageError(
+            f"--identity {identity} sets the clustering of --split identity only; add "
+            "--split identity, or drop --identity for a random split"
+        )
     for f in exclude:
         if not f.is_file():
             raise UsageError(f"--exclude file {f} does not exist")
@@ -664,6 +672,7 @@ def evaluate(
     quiet: bool = typer.Option(False),
 ):
     """Perplexity and sequence recovery on masked residues of a dataset split."""
+    from . import __version__
     from .data.store import PreparedDataset
     from .eval.mlm import evaluate_mlm
     from .eval.report import comparison_rows, markdown_report, markdown_table
@@ -719,7 +728,17 @@ def evaluate(
         }
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))
+    command = _command_line()
     payload = results[next(iter(results))] if len(results) == 1 else {"models": results}
+    # what produced the numbers (the report's "Data:" and "Command:" lines), the data as
+    # pretrain's config.json records it; "split" is one model's own already, not a comparison's
+    payload = {
+        **payload,
+        "split": split,
+        "data": {"path": str(data.resolve()), "fingerprint": ds.fingerprint},
+        "command": command,
+        "coordformer_version": __version__,
+    }
     if report is None and json_out and len(results) > 1:
         report = json_out.with_suffix(".md")  # a comparison always gets its summary and figure
     if json_out:
@@ -731,9 +750,7 @@ def evaluate(
         fig = report.with_suffix(".png")
         per_residue_recovery_figure(results, fig, title=f"{data.name} / {split}")
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(
-            markdown_report(results, fig.name, f"{data} split {split}", _command_line())
-        )
+        report.write_text(markdown_report(results, fig.name, f"{data} split {split}", command))
         typer.echo(f"report: {report}")
 
 
@@ -803,14 +820,15 @@ def construct(
     from .sim.construct import construction_report
 
     _out_folder(out)
-    res = construction_report(out, sigma=sigma, seed=seed)
+    res = construction_report(out, sigma=sigma, seed=seed, command=_command_line())
     for r in res["attention"]:
         typer.echo(
             f"n={r['n']} d_head={r['d_head']} {r['method']:>16}: mean |error| "
             f"{r['mean_abs_error']:.2e}"
         )
     typer.echo(
-        f"wrote {out / 'construction.png'}, construction_attention.csv, construction_ffn.csv"
+        f"wrote {out / 'construction.png'}, construction_attention.csv, construction_ffn.csv, "
+        "config.json"
     )
 
 
@@ -956,7 +974,10 @@ def analyze_attention(
             if h.get("local_3d")
         ]
         typer.echo(
-            f"{label}: {len(local)} 3D-local heads: " + ", ".join(local)
+            f"{label}: heads not classified (3D-local needs the no-positions ablation, which "
+            "--no-ablations skips)"
+            if "no-positions" not in res["ablations"]
+            else f"{label}: {len(local)} 3D-local heads: " + ", ".join(local)
             if local
             else f"{label}: no 3D-local heads"
         )
@@ -1245,6 +1266,7 @@ def score(
         progress=not quiet,
         echo=typer.echo,
         warn=lambda m: typer.echo(m, err=True),
+        command=_command_line(),
     )
     extra = "".join(
         f"; {n} {what} (see {out}.skipped.tsv)"
@@ -1628,7 +1650,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupts.install()
     )  # Ctrl-C while importing torch & co: one line, no traceback
     try:
-        rc = app(args=args, standalone_mode=False)
+        rc = app(args=args, prog_name="coordformer", standalone_mode=False)
         if rc == 130:  # typer turns a KeyboardInterrupt into exit status 130, silently
             typer.echo(interrupts.MESSAGE, err=True)
         if isinstance(rc, int) and not isinstance(
@@ -1653,6 +1675,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(getattr(e, "exit_code", 0))
         if name == "Abort":
             return 1
+        if name == "NoArgsIsHelpError":  # a bare `coordformer`: its message is the whole help
+            typer.echo(e.format_message())
+            return int(getattr(e, "exit_code", 2))
         if hasattr(e, "format_message") and hasattr(
             e, "exit_code"
         ):  # click usage errors, as one line

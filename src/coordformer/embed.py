@@ -16,7 +16,13 @@ Output (readable with h5py / numpy alone):
   each row's key beside ``ids``; the settings in the file's attributes. Rows are appended batch by
   batch, so memory stays bounded by one batch.
 * ``.npz``: ``ids``, ``lengths``, ``mean``, ``sequences`` (mean-pooled only; the whole array is kept
-  in memory).
+  in memory), and ``provenance``: the HDF5 file's attributes as one JSON object (a 0-d string
+  array; ``json.loads(str(z["provenance"]))``, no pickle needed).
+
+The attributes (HDF5) and ``provenance`` (npz) hold the same record of what produced the file:
+``checkpoint``, ``inputs`` (JSON list, as given), ``config`` (the EmbedConfig) and ``model_config``
+(JSON objects), ``layer``, ``use_coords``, ``command`` (the command line, "" from Python) and
+``coordformer_version``.
 
 With ``complexes`` the chains of each input file go through the model together
 (``coordformer.data.complexes``: one shared frame, a ``chain_gap`` jump in residue positions between
@@ -45,6 +51,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import numpy as np
 import torch
 
+from . import __version__
 from .config import EmbedConfig, check_overlap, default_of
 from .constants import CA_INDEX
 from .data.batching import check_fits, token_budget_batches, unmasked_batches
@@ -204,6 +211,7 @@ def embed(
         warn(warning)
     attrs = {
         "checkpoint": str(checkpoint),
+        "inputs": json.dumps([str(p) for p in inputs]),
         "config": json.dumps(cfg.to_dict()),
         "model_config": json.dumps(model.config.to_dict()),
         "layer": "final (after final LayerNorm)"
@@ -211,12 +219,13 @@ def embed(
         else f"residual stream after layer {cfg.layer}",
         "use_coords": use_coords,
         "command": command,
+        "coordformer_version": __version__,
     }
     tmp_out = out.with_name(out.name + ".tmp")
     writer = (
         _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue)
         if fmt == "h5"
-        else _NpzWriter()
+        else _NpzWriter(attrs)
     )
     cropped = windowed = 0
     complex_summary = {}
@@ -639,7 +648,8 @@ class _H5Writer:
 
 
 class _NpzWriter:
-    def __init__(self):
+    def __init__(self, attrs: dict):
+        self.attrs = attrs  # what HDF5 keeps as file attributes
         self.ids, self.lengths, self.means, self.seqs = [], [], [], []
         self.complexes: list[tuple] = []
 
@@ -681,6 +691,8 @@ class _NpzWriter:
                 lengths=np.array(self.lengths, dtype=np.int64),
                 mean=means,
                 sequences=np.array(self.seqs),
+                # a str array, not an object one: np.load reads it without allow_pickle
+                provenance=np.array(json.dumps(self.attrs)),
                 **extra,
             )
 

@@ -12,11 +12,17 @@ Mutations (a CSV/TSV with a mutant column, or mutant strings): ``OUT`` holds the
 (or just ``mutant``) plus ``coordformer_score`` and ``coordformer_sites`` (the scored positions as
 ``CHAIN/INDEX`` with 1-based indices, ``;``-separated, to check the numbering) for every scored row;
 ``OUT.skipped.tsv`` lists every mutant not scored, and every unreadable input, with the reason.
+
+Either way ``OUT.json`` (``OUT`` plus ``.json``) holds the summary ``run_score`` returns: what
+produced the tables (``checkpoint``, ``inputs``, ``config`` = the ScoreConfig, ``model_config``,
+``settings`` = the other options, ``command``, ``coordformer_version``) and the totals. The tables
+themselves stay plain: one header row, then data.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -24,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..config import name_list
 from ..constants import AMINO_ACIDS
 from ..errors import OptionError, UsageError
@@ -81,6 +88,12 @@ def _write_table(path: Path, header: list[str], rows) -> None:
     os.replace(tmp, path)
 
 
+def _write_json(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
 def _fmt(x: float) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.5f}"
 
@@ -116,8 +129,10 @@ def run_score(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
+    command: str = "",
 ) -> dict:
-    """Score ``inputs`` with ``checkpoint`` and write the tables above; returns a summary dict.
+    """Score ``inputs`` with ``checkpoint`` and write the tables above; returns the summary dict
+    that ``OUT.json`` holds (``command``: the command line to record there, "" from Python).
 
     With neither ``mutations`` (a table file) nor ``mutants`` (strings), per-residue masked
     marginals of every chain. ``mutants`` are strict: the first bad one raises MutationError (one
@@ -166,6 +181,7 @@ def run_score(
     if note:
         warn(f"warning: {note}")
     skipped_path = out.with_name(out.name + ".skipped.tsv")
+    json_path = out.with_name(out.name + ".json")
     summary: dict = {
         "out": str(out),
         "chains": len(chain_list),
@@ -174,6 +190,26 @@ def run_score(
         "mode": cfg.mode,
         "rotations": cfg.rotations,
         "checkpoint": str(checkpoint),
+        # what produced the tables, saved with them: enough to score the same way again
+        "inputs": [str(p) for p in inputs],
+        "config": cfg.to_dict(),
+        "model_config": model.config.to_dict(),
+        "settings": {
+            "mutations": None if mutations is None else str(mutations),
+            "mutant_column": mutant_column,
+            "mutants": list(mutants),
+            "multi": multi,
+            "numbering": numbering,
+            "offset": offset,
+            "chain": chain,
+            "chains": list(chains),
+            "plddt_min": plddt_min,
+            "seqres": seqres,
+            "split": split,
+            "per_aa": per_aa,
+        },
+        "command": command,
+        "coordformer_version": __version__,
     }
     if table is None and not mutants:
         scores = masked_marginals(model, chain_list, cfg, device=device, progress=progress)
@@ -234,6 +270,7 @@ def run_score(
                 title=f"{checkpoint}, {cfg.mode} masked marginals",
             )
             summary["plot"] = str(plot)
+        _write_json(json_path, summary)
         return summary
 
     if table is not None:
@@ -283,6 +320,7 @@ def run_score(
     )
     mismatched = sum(1 for _, _, why in res.skipped if why.startswith("wild type mismatch"))
     if texts and not res.scored:
+        _write_json(json_path, summary)  # the tables are written: say what made them
         row, m, why = res.skipped[0]
         raise UsageError(
             f"none of the {len(texts)} mutants could be scored (first: row {row + 1} {m}: {why}); "
@@ -319,6 +357,7 @@ def run_score(
             points, plot, title=f"{checkpoint}: single substitutions, log p(mut) - log p(wt)"
         )
         summary["plot"] = str(plot)
+    _write_json(json_path, summary)
     return summary
 
 

@@ -208,15 +208,22 @@ def one_layer_attention(
     return head.attention(features(x, sq))
 
 
-def construction_report(out_dir, sigma: float = 0.5, seed: int = 0, steps: int = 1500) -> dict:
-    """Measure every variant and write construction.csv + construction.png to ``out_dir``.
+def construction_report(
+    out_dir, sigma: float = 0.5, seed: int = 0, steps: int = 1500, command: str = ""
+) -> dict:
+    """Measure every variant and write construction_attention.csv, construction_ffn.csv,
+    construction.png and config.json to ``out_dir``.
 
     Attention errors are mean absolute differences from the normalised kernel on 512 random clouds
     of 5 points in [-1, 1]^n; feed-forward errors are max |error| of |x|^2 over 4,000 random points.
+    config.json records the settings (``sigma`` in coordinate units, ``seed``, ``steps`` of each
+    best fit), ``command`` (the command line; "" from Python) and the coordformer version.
     """
     import csv
+    import json
     from pathlib import Path
 
+    from .. import __version__
     from ..analysis.plots import construction_figure
 
     out = Path(out_dir)
@@ -266,4 +273,14 @@ def construction_report(out_dir, sigma: float = 0.5, seed: int = 0, steps: int =
             w.writeheader()
             w.writerows(rows)
     construction_figure(attn_rows, ffn_rows, out / "construction.png")
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "construct": {"sigma": sigma, "seed": seed, "steps": steps},
+                "command": command,
+                "coordformer_version": __version__,
+            },
+            indent=2,
+        )
+    )
     return {"attention": attn_rows, "ffn": ffn_rows}
