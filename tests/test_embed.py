@@ -183,6 +183,16 @@ def test_embed_reads_a_prepared_dataset_split(tmp_path, prepared):
     assert res["prepared"] == str(prepared.path)
     assert sorted(ids) == sorted(prepared.ids[i] for i in prepared.split_indices("test"))
     assert np.isfinite(mean).all()
+    # nothing was skipped: no skip log (a stale one from an earlier run is removed), as `score`
+    skipped = tmp_path / "p.h5.skipped.tsv"
+    assert not skipped.exists()
+    skipped.write_text("kind\tinput\treason\ninput\told.pdb\tfrom an earlier run\n")
+    embed("small-coords", [str(prepared.path)], out, EmbedConfig(split="test"), progress=False)
+    assert not skipped.exists()
+    # refused after the inputs were opened: no skip log either
+    with pytest.raises(Exception, match="bogus"):
+        embed("small-coords", [str(prepared.path)], tmp_path / "q.h5", EmbedConfig(split="bogus"))
+    assert not (tmp_path / "q.h5.skipped.tsv").exists() and not (tmp_path / "q.h5").exists()
 
 
 def test_hdf5_per_residue_keys_escape_slashes_and_keep_the_original_ids(tmp_path):

@@ -179,108 +179,126 @@ def embed(
     window, use_coords = _model_settings(model, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out.with_name(out.name + ".skipped.tsv")
-    data, provenance = open_inputs(
-        inputs,
-        cfg,
-        workers,
-        progress,
-        echo,
-        store_plddt=model.config.plddt_feature,
-        skipped_path=skipped_path,
-    )
-    idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
-    not_selected = (
-        provenance["prepare"]["chains_filtered"].get(NOT_SELECTED, 0)
-        if "prepare" in provenance
-        else 0
-    )
-    if cfg.chains and "prepared" in provenance:  # raw inputs were filtered as they were read
-        idx, not_selected = _select_prepared_chains(data, idx, cfg.chains, skipped_path)
-    if len(idx) == 0:
-        raise UsageError(
-            (
-                f"no chains to embed in {provenance['prepared']}"
-                + (f" (split {cfg.split})" if cfg.split else "")
-                + (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else "")
-            )
-            if "prepared" in provenance
-            else f"no readable chains in the inputs (see {skipped_path})"
+    try:
+        data, provenance = open_inputs(
+            inputs,
+            cfg,
+            workers,
+            progress,
+            echo,
+            store_plddt=model.config.plddt_feature,
+            skipped_path=skipped_path,
         )
-    warning = missing_coords_warning(model, meta, data, idx, fraction=None if use_coords else 1.0)
-    if warning:  # a model that never learnt the missing flag, on mostly coordinate-less inputs
-        warn(warning)
-    attrs = {
-        "checkpoint": str(checkpoint),
-        "inputs": json.dumps([str(p) for p in inputs]),
-        "config": json.dumps(cfg.to_dict()),
-        "model_config": json.dumps(model.config.to_dict()),
-        "layer": "final (after final LayerNorm)"
-        if cfg.layer is None
-        else f"residual stream after layer {cfg.layer}",
-        "use_coords": use_coords,
-        "command": command,
-        "coordformer_version": __version__,
-    }
-    tmp_out = out.with_name(out.name + ".tmp")
-    writer = (
-        _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue)
-        if fmt == "h5"
-        else _NpzWriter(attrs)
-    )
-    cropped = windowed = 0
-    complex_summary = {}
-    if cfg.complexes:
-        complex_summary = _embed_complexes(
-            model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress
+        idx = data.split_indices(cfg.split) if cfg.split else np.arange(len(data))
+        not_selected = (
+            provenance["prepare"]["chains_filtered"].get(NOT_SELECTED, 0)
+            if "prepare" in provenance
+            else 0
         )
-        idx = np.array([], dtype=np.int64)  # every chain was written with its complex
-    with Progress(
-        TextColumn("embedding"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("embed", total=len(idx))
-        for chain_idx, lengths, mean, hidden in iter_windowed(
-            model,
-            data,
-            idx,
-            cfg.layer,
-            use_coords,
-            window,
-            cfg.overlap,
-            cfg.tokens_per_batch,
-            device,
-            cfg.max_length,
-        ):
-            for r, ci in enumerate(chain_idx):
-                n = int(lengths[r])
-                cropped += int(data.lengths[ci] > n)
-                windowed += int(n > window)
-                writer.add(
-                    data.ids[ci],
-                    n,
-                    mean[r],
-                    hidden[r, :n].numpy() if cfg.per_residue else None,
-                    *_residue_info(data, ci, n, cfg.per_residue, use_coords),
+        if cfg.chains and "prepared" in provenance:  # raw inputs were filtered as they were read
+            idx, not_selected = _select_prepared_chains(data, idx, cfg.chains, skipped_path)
+        if len(idx) == 0:
+            raise UsageError(
+                (
+                    f"no chains to embed in {provenance['prepared']}"
+                    + (f" (split {cfg.split})" if cfg.split else "")
+                    + (f"; none is one of --chains {','.join(cfg.chains)}" if cfg.chains else "")
                 )
-            bar.advance(task, len(chain_idx))
-    writer.close(tmp_out)
-    os.replace(tmp_out, out)
-    n_chains = complex_summary.get("chains", int(len(idx)))
-    summary = {
-        "out": str(out),
-        "chains": n_chains,
-        "cropped": cropped,
-        "windowed": windowed,
-        "window": window,
-        "dim": model.config.d_model,
-        "not_selected": not_selected,
-        **complex_summary,
-        **provenance,
-    }
-    return summary
+                if "prepared" in provenance
+                else f"no readable chains in the inputs (see {skipped_path})"
+            )
+        warning = missing_coords_warning(
+            model, meta, data, idx, fraction=None if use_coords else 1.0
+        )
+        if warning:  # a model that never learnt the missing flag, on mostly coordinate-less inputs
+            warn(warning)
+        attrs = {
+            "checkpoint": str(checkpoint),
+            "inputs": json.dumps([str(p) for p in inputs]),
+            "config": json.dumps(cfg.to_dict()),
+            "model_config": json.dumps(model.config.to_dict()),
+            "layer": "final (after final LayerNorm)"
+            if cfg.layer is None
+            else f"residual stream after layer {cfg.layer}",
+            "use_coords": use_coords,
+            "command": command,
+            "coordformer_version": __version__,
+        }
+        tmp_out = out.with_name(out.name + ".tmp")
+        writer = (
+            _H5Writer(tmp_out, model.config.d_model, attrs, cfg.per_residue)
+            if fmt == "h5"
+            else _NpzWriter(attrs)
+        )
+        cropped = windowed = 0
+        complex_summary = {}
+        if cfg.complexes:
+            complex_summary = _embed_complexes(
+                model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress
+            )
+            idx = np.array([], dtype=np.int64)  # every chain was written with its complex
+        with Progress(
+            TextColumn("embedding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            disable=not progress,
+        ) as bar:
+            task = bar.add_task("embed", total=len(idx))
+            for chain_idx, lengths, mean, hidden in iter_windowed(
+                model,
+                data,
+                idx,
+                cfg.layer,
+                use_coords,
+                window,
+                cfg.overlap,
+                cfg.tokens_per_batch,
+                device,
+                cfg.max_length,
+            ):
+                for r, ci in enumerate(chain_idx):
+                    n = int(lengths[r])
+                    cropped += int(data.lengths[ci] > n)
+                    windowed += int(n > window)
+                    writer.add(
+                        data.ids[ci],
+                        n,
+                        mean[r],
+                        hidden[r, :n].numpy() if cfg.per_residue else None,
+                        *_residue_info(data, ci, n, cfg.per_residue, use_coords),
+                    )
+                bar.advance(task, len(chain_idx))
+        writer.close(tmp_out)
+        os.replace(tmp_out, out)
+        n_chains = complex_summary.get("chains", int(len(idx)))
+        summary = {
+            "out": str(out),
+            "chains": n_chains,
+            "cropped": cropped,
+            "windowed": windowed,
+            "window": window,
+            "dim": model.config.d_model,
+            "not_selected": not_selected,
+            **complex_summary,
+            **provenance,
+        }
+        return summary
+    finally:
+        # a skip log that lists nothing (a clean run, or one refused before reading anything)
+        # is no log: no file, as `score` leaves none
+        _drop_empty_log(skipped_path)
+
+
+def _drop_empty_log(path: Path) -> None:
+    """Remove the TSV at ``path`` when it holds no row below its header."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            empty = sum(1 for line in f if line.strip()) <= 1
+    except FileNotFoundError:
+        return
+    if empty:
+        path.unlink(missing_ok=True)
 
 
 def _model_settings(model, cfg: EmbedConfig) -> tuple[int, bool]:
