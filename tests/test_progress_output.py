@@ -45,7 +45,9 @@ def test_prepare_and_embed_print_plain_lines_when_output_is_not_a_terminal(
     )
     out = capsys.readouterr().out
     assert "━" not in out and "\r" not in out, out
-    assert any(line.startswith("eval: ") and "(100%)" in line for line in out.splitlines()), out
+    assert any(
+        line.startswith("eval batches: ") and "(100%)" in line for line in out.splitlines()
+    ), out
     assert any(line.startswith("score: ") and "(100%)" in line for line in out.splitlines()), out
 
 
@@ -94,3 +96,18 @@ def test_pretrain_bar_with_a_time_budget_counts_minutes_not_steps(
         0
     ]  # the progress output, not the JSON summary after it (its floats may hold any digits)
     assert "/0.1 min" in bar and "100000" not in bar, out[-2000:]
+
+
+def test_a_task_counted_in_cost_units_shows_a_percentage(capsys, monkeypatch):
+    """`simulate` counts its bar in compute-cost units, meaningless to a reader: unit="%" shows
+    the share done only (it printed "1.88744e+10/1.88744e+10 (100%)")."""
+    monkeypatch.setattr(coordformer.progress, "PLAIN_EVERY_S", 0.0)
+    with coordformer.progress.Progress() as bar:
+        task = bar.add_task("simulate: 2 stacks", total=3.2e10, unit="%")
+        bar.advance(task, 0.8e10)
+        other = bar.add_task("items", total=4)
+        bar.advance(other, 1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and lines[-2].startswith("simulate: 2 stacks: 25%, ") and "e+10" not in lines[-2]
+    assert "unit" not in lines[-2] and "%," in lines[-2]
+    assert lines[-1].startswith("items: 1/4 (25%), ")

@@ -242,7 +242,7 @@ def embed(
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            disable=not progress,
+            disable=not progress or len(idx) == 0,  # --complexes wrote every chain already
         ) as bar:
             task = bar.add_task("embed", total=len(idx))
             for chain_idx, lengths, mean, hidden in iter_windowed(

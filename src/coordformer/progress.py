@@ -68,15 +68,20 @@ class Progress(_RichProgress):
         self._last_line = time.monotonic()
         self._shown = self._counts()
         for task in self.tasks:
-            done = f"{task.completed:g}" + (
-                f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)" if task.total else ""
-            )
+            if task.fields.get("unit") == "%" and task.total:  # the counts are arbitrary (costs)
+                done = f"{100 * task.completed / task.total:.0f}%"
+            else:
+                done = f"{task.completed:g}" + (
+                    f"/{task.total:g} ({100 * task.completed / task.total:.0f}%)"
+                    if task.total
+                    else ""
+                )
             parts = [f"{task.description}: {done}", f"{_clock(task.elapsed)} elapsed"]
             if task.total and task.completed < task.total:
                 parts.append(f"ETA {_clock(task.time_remaining)}")
             parts += [
                 f"{k} {v}" if k in ("kept", "skipped", "failed") else str(v)
                 for k, v in task.fields.items()
-                if v != ""
+                if v != "" and k != "unit"
             ]
             print(", ".join(parts), file=self.console.file, flush=True)

@@ -127,7 +127,7 @@ def evaluate_mlm(
         TimeRemainingColumn(),
         disable=not progress,
     ) as bar:
-        task = bar.add_task("eval", total=len(batches))
+        task = bar.add_task("eval batches", total=len(batches))
         for i in range(len(batches)):
             b = batches[i]
             on = b.to(device)

@@ -258,6 +258,7 @@ def run_jobs(
             task = bar.add_task(
                 f"simulate: {len(todo)} stacks, {sum(len(j.configs) for j in todo)} models",
                 total=total,
+                unit="%",  # the total is in cost units (no one's count): show a percentage
             )
 
             done = {"cost": 0.0, "n": 0}
