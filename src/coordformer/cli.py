@@ -838,7 +838,7 @@ def simulate(
         Path("simulate_out"), "--out", "-o", help="Output folder (re-running it resumes)."
     ),
     quick: bool = typer.Option(
-        False, "--quick", help="Shorthand for --preset quick (under 10 minutes on 2 CPU cores)."
+        False, "--quick", help="Shorthand for --preset quick (about 3 minutes on 2 CPU cores)."
     ),
     preset: str = typer.Option(
         "standard",
