@@ -245,6 +245,12 @@ def test_chains_parts_of_older_versions_are_redone_on_resume(mixed, tmp_path):
     units.write_part(tmp_path, unit.key, dataclasses.replace(result, meta=old))
     with pytest.raises(ValueError, match="older version"):
         units.read_part_meta(units.part_path(tmp_path, unit.key))
+    # one without the chains it has: redone, or the error naming the inputs' chains misses them
+    assert result.meta.chains_seen == ("A", "B")
+    old = dataclasses.replace(result.meta, chains_seen=None)
+    units.write_part(tmp_path, unit.key, dataclasses.replace(result, meta=old))
+    with pytest.raises(ValueError, match="did not record the chains"):
+        units.read_part_meta(units.part_path(tmp_path, unit.key))
 
 
 def test_chains_not_found_carries_the_file_chains_as_data(tmp_path):

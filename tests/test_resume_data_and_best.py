@@ -186,9 +186,17 @@ def test_a_run_that_validated_on_its_last_step_does_not_validate_again(
     assert summary["final_val"]["val/loss"] == pytest.approx(losses[-1])
     assert summary["final_val"]["val/perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-5)
     assert set(summary["final_val"]) == {"val/loss", "val/acc", "val/perplexity"}
-    assert summary["best_checkpoint"]["step"] in (2, 4)
+    best = summary["best_checkpoint"]
+    assert best["val_loss"] == pytest.approx(min(losses))
+    assert best["step"] == (2, 4)[losses.index(min(losses))]
     assert summary["checkpoint"] == str((tmp_path / "run/checkpoints/last.ckpt").resolve())
-    assert Path(summary["best_checkpoint"]["path"]).is_absolute()
+    assert Path(best["path"]).is_absolute()
+    # the same command again, at max_steps: a fresh validation of the same model, same numbers
+    assert run(*_common(out, 4), "--data", prepared.path, "--val-every", "2") == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["global_step"] == 4 and len(_val_losses(out)) == 3
+    for k, v in summary["final_val"].items():
+        assert again["final_val"][k] == pytest.approx(v, rel=1e-6), k
 
 
 @pytest.mark.slow

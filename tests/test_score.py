@@ -908,3 +908,17 @@ def test_index_numbering_warns_past_a_gap_in_the_structure(tmp_path):
     s = run("gap.jsonl", mutants=[f"{wt5}5{mut5}"])  # no mutated_sequence: the break tells
     assert "1 chain break(s) (first after index 20" in s["numbering_warnings"][0]
     assert run("whole.jsonl", mutants=[f"{wt5}5{mut5}"])["numbering_warnings"] == []
+
+
+def test_the_sidecar_json_is_strict_json(tmp_path):
+    """A chain with no scored standard residue has pseudo-perplexity NaN: OUT.json writes null
+    (json.dumps would write NaN, which strict JSON readers refuse)."""
+    import json
+
+    from coordformer.score.run import _write_json
+
+    path = tmp_path / "s.tsv.json"
+    _write_json(path, {"per_chain": [("X.A", 3, float("nan"))], "pseudo_perplexity": 9.5})
+    text = path.read_text()
+    assert "NaN" not in text
+    assert json.loads(text) == {"per_chain": [["X.A", 3, None]], "pseudo_perplexity": 9.5}

@@ -389,7 +389,8 @@ def analyze_attention(
     bin means behind the fits), heads.csv (per-head sigmas and local calls), <model>_layer<k>.png
     (no ablation), summary.png, report.md, analysis.json (settings and command); with two or more
     checkpoints also the per-amino-acid recovery difference of the first two (recovery.png).
-    Returns {"fits": rows, "heads": {model: classify_heads rows}, "recovery": ... or None}.
+    Returns {"fits": rows, "heads": {model: classify_heads rows}, "recovery": ... or None,
+    "ablations": the ablations run}.
     """
     import csv
     import json

@@ -89,8 +89,19 @@ def _write_table(path: Path, header: list[str], rows) -> None:
 
 
 def _write_json(path: Path, record: dict) -> None:
+    """``record`` as strict JSON (NaN, e.g. a chain with no scored residue, as null), atomically."""
+
+    def strict(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return v
+
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
+    tmp.write_text(json.dumps(strict(record), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -261,6 +272,7 @@ def run_score(
             pseudo_perplexity=float(np.exp(-all_lp.mean())) if len(all_lp) else None,
             per_chain=[(s.chain_id, len(s.sequence), s.pseudo_perplexity) for s in scores],
         )
+        _write_json(json_path, summary)  # with the tables, should the plot fail
         if plot:
             from ..analysis.plots import per_position_score_figure
 
@@ -345,6 +357,7 @@ def run_score(
                 b.append(v)
         summary["spearman_dms"] = _spearman(a, b)
         summary["spearman_n"] = len(a)
+    _write_json(json_path, summary)  # with the tables, should the plot fail
     if plot:
         from ..analysis.plots import mutation_score_figure
 

@@ -51,6 +51,14 @@ def batch_settings(cfg: TrainConfig, train: bool, max_position: int | None = Non
     )
 
 
+def _empty_train(data: PreparedDataset) -> UsageError:
+    return UsageError(
+        f"{data.path}: the train split is empty ({len(data)} chains in the dataset; its "
+        f"{SKIPPED_FILE} lists the chains prepare left out, and why): prepare it again from "
+        "more inputs, or with smaller valid and test fractions"
+    )
+
+
 class _DataModule(L.LightningDataModule):
     """Builds loaders lazily so the resumed global step is known when the train loader is made."""
 
@@ -61,8 +69,8 @@ class _DataModule(L.LightningDataModule):
     def train_dataloader(self):
         tr = self.trainer
         idx = self.data.split_indices("train")
-        if len(idx) == 0:
-            raise UsageError(f"{self.data.path}: the train split is empty")
+        if len(idx) == 0:  # _pretrain refuses this before anything is made
+            raise _empty_train(self.data)
         ds = MaskedBatches(
             self.data,
             idx,
@@ -397,11 +405,7 @@ def _pretrain(
             )
     data = PreparedDataset(data_dir)
     if len(data.split_indices("train")) == 0:  # before the run folder is made
-        raise UsageError(
-            f"{data.path}: the train split is empty ({len(data)} chains in the dataset; its "
-            f"{SKIPPED_FILE} lists the chains prepare left out, and why): prepare it again from "
-            "more inputs, or with smaller valid and test fractions"
-        )
+        raise _empty_train(data)
     if (
         model_config.plddt_feature
         and not data.has_plddt
@@ -467,14 +471,14 @@ def _pretrain(
                 "resuming would change the data stream. Use the original values or a new "
                 "`out_dir`",
             )
-        done = ckpt.get("global_step")
-        if isinstance(done, int) and done > cfg.max_steps:
+        reached = ckpt.get("global_step")
+        if isinstance(reached, int) and reached > cfg.max_steps:
             # Lightning would train nothing, validate, and leave a config.json whose max_steps
-            # the checkpoint has already passed
+            # the checkpoint has already passed (equal to it: validate again, as documented)
             raise OptionError(
                 "max_steps",
                 cfg.max_steps,
-                f"{last.relative_to(out)} is already at step {done}: nothing to train. Raise "
+                f"{last.relative_to(out)} is already at step {reached}: nothing to train. Set "
                 "`max_steps` above it to continue the run, or choose a new `out_dir`",
             )
         before = _previous_data(out, saved)
@@ -625,18 +629,18 @@ def _pretrain(
         if stop is None or stop.stopped_at is None:
             # A final validation so the summary reports the model as it ended; fit's own, when
             # it validated on its last step (the checkpoint callback has seen that one already)
-            done = module.fit_validation
-            if val_batches is None and done is not None and done[0] == trainer.global_step:
-                metrics = dict(done[1])
+            last_val = module.fit_validation
+            if val_batches is None and last_val is not None and last_val[0] == trainer.global_step:
+                metrics = dict(last_val[1])
             elif val_batches is None:
                 res = trainer.validate(
                     module, datamodule=_DataModule(data, cfg, max_pos), verbose=False
                 )
                 metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
-                if (
-                    "val/loss" in metrics
-                ):  # Lightning saves nothing in validate(): the final model may be the best
-                    best.consider_final(trainer, metrics["val/loss"])
+            if "val/loss" in metrics:
+                # validate() saves nothing, and the loop's checkpoint keeps only a strictly lower
+                # loss: the final model wins ties either way
+                best.consider_final(trainer, metrics["val/loss"])
             trainer.save_checkpoint(last)
     except Interrupted as e:
         if (
@@ -693,7 +697,7 @@ def _pretrain(
         "checkpoint": str(last.resolve()),  # as best_checkpoint.path
         **_best_summary(best),
         **no_validation,
-        "tensorboard": str(out / "tensorboard")
+        "tensorboard": str((out / "tensorboard").resolve())
         if tensorboard
         else "off: the tensorboard package is not installed (pip install tensorboard); metrics are "
         "in logs/version_N/metrics.csv",

@@ -506,4 +506,7 @@ def read_part_meta(path: Path) -> PartMeta:
         raise ValueError("part is inconsistent")
     if meta.chains_found is not None and meta.no_chain_ids is None:
         raise ValueError("part of an older version, which did not log what --chains left out")
+    if meta.chains_found is not None and meta.chains_seen is None:
+        # redone, so that an error naming the inputs' chains names this unit's too
+        raise ValueError("part of an older version, which did not record the chains it has")
     return meta
