@@ -1,5 +1,5 @@
 """CLI help reads at 80 columns: whole option names, no <bool> column for flags; --version; a
-bare `coordformer` prints the help (issue 20)."""
+bare `coordformer` prints the help; --workers 0 means this process everywhere (issue 20)."""
 
 import typer
 
@@ -31,3 +31,18 @@ def test_no_arguments_prints_the_help_not_an_error(capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("Usage: coordformer") and "Commands:" in captured.out
     assert "pretrain" in captured.out and "error" not in captured.err
+
+
+def test_workers_0_reads_in_this_process_as_pretrain_takes_it(tmp_path):
+    """`pretrain --workers 0` loads batches in the main process; prepare and embed take 0 the
+    same way (their library calls always did) instead of refusing it."""
+    from pathlib import Path
+
+    pdb = Path(__file__).parent / "data" / "1orc.pdb"
+    ds = tmp_path / "ds"
+    args = ["--valid-fraction", "0", "--test-fraction", "0", "--quiet"]
+    assert main(["prepare", str(pdb), "-o", str(ds), "--workers", "0", *args]) == 0
+    assert (ds / "manifest.json").exists()
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(pdb), "-c", "small-coords", "-o", str(out), "--workers", "0"]) == 0
+    assert out.exists()

@@ -197,7 +197,9 @@ def prepare(
         SeqresMode(_prep("seqres")),
         help=_SEQRES_HELP + " Inserted residues count as lacking CA for --max-missing-ca.",
     ),
-    workers: int = typer.Option(2, min=1, help="Parallel worker processes."),
+    workers: int = typer.Option(
+        2, min=0, help="Parallel worker processes (0 or 1: read in this process)."
+    ),
     seed: int = typer.Option(_prep("seed")),
     overwrite: bool = typer.Option(False, help="Replace an existing finished dataset in --out."),
     quiet: bool = typer.Option(False, help="No progress bar."),
@@ -1030,7 +1032,9 @@ def embed(
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
-    workers: int = typer.Option(1, min=1, help="Processes for reading structure files."),
+    workers: int = typer.Option(
+        1, min=0, help="Processes for reading structure files (0 or 1: this process)."
+    ),
     plddt_min: Optional[float] = typer.Option(None, min=0.0, max=100.0, help=_PLDDT_HELP),
     chains: Optional[str] = typer.Option(None, help=_CHAINS_HELP),
     complexes: bool = typer.Option(
