@@ -46,3 +46,27 @@ def test_workers_0_reads_in_this_process_as_pretrain_takes_it(tmp_path):
     out = tmp_path / "e.npz"
     assert main(["embed", str(pdb), "-c", "small-coords", "-o", str(out), "--workers", "0"]) == 0
     assert out.exists()
+
+
+def test_threads_holds_for_the_command_only(tmp_path, monkeypatch):
+    """evaluate, embed, score, analyze-attention and finetune take --threads like pretrain; the
+    count is put back when the command returns (main runs in-process in tests and notebooks)."""
+    from pathlib import Path
+
+    import torch
+
+    pdb = Path(__file__).parent / "data" / "1orc.pdb"
+    ds = tmp_path / "ds"
+    args = ["--valid-fraction", "0", "--test-fraction", "0", "--quiet"]
+    assert main(["prepare", str(pdb), "-o", str(ds), *args]) == 0
+    before = torch.get_num_threads()
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+    evaluate = ["evaluate", "-c", "small-coords", "--data", str(ds), "--split", "train"]
+    assert main([*evaluate, "--device", "cpu", "--quiet", "--threads", "1"]) == 0
+    assert seen[0] == 1 and torch.get_num_threads() == before
+    group = typer.main.get_command(app)
+    for name in ("evaluate", "embed", "score", "analyze-attention", "finetune", "pretrain"):
+        opts = {o for p in group.commands[name].params for o in p.opts}
+        assert "--threads" in opts, name

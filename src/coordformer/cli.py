@@ -158,6 +158,11 @@ _PLDDT_HELP = (
 )
 
 
+_THREADS = typer.Option(
+    None, min=1, help="torch CPU threads (default: torch's, one per core; OMP_NUM_THREADS)."
+)
+
+
 @app.command()
 def prepare(
     ctx: typer.Context,
@@ -671,6 +676,7 @@ def evaluate(
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
+    threads: Optional[int] = _THREADS,
     quiet: bool = typer.Option(False),
 ):
     """Perplexity and sequence recovery on masked residues of a dataset split."""
@@ -685,6 +691,7 @@ def evaluate(
     if report is not None:
         _out_file(report, "--report")
     device = _device(device)
+    _torch_threads(threads)
     ds = PreparedDataset(data)
     results = {}
     for ck in checkpoint:
@@ -754,6 +761,14 @@ def evaluate(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown_report(results, fig.name, f"{data} split {split}", command))
         typer.echo(f"report: {report}")
+
+
+def _torch_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads for this command (``main`` puts the count back after)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _device(device: str) -> str:
@@ -938,6 +953,7 @@ def analyze_attention(
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
+    threads: Optional[int] = _THREADS,
     quiet: bool = typer.Option(False),
 ):
     """Attention vs 3D distance and sequence separation per
@@ -947,6 +963,7 @@ def analyze_attention(
 
     _out_folder(out)
     device = _device(device)
+    _torch_threads(threads)
     if not data.is_dir():
         raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
     cfg = AttentionAnalysisConfig(
@@ -1032,6 +1049,7 @@ def embed(
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
+    threads: Optional[int] = _THREADS,
     workers: int = typer.Option(
         1, min=0, help="Processes for reading structure files (0 or 1: this process)."
     ),
@@ -1056,6 +1074,7 @@ def embed(
 
     _out_file(out)
     device = _device(device)
+    _torch_threads(threads)
     cfg = EmbedConfig(
         layer=layer,
         per_residue=per_residue,
@@ -1228,6 +1247,7 @@ def score(
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
+    threads: Optional[int] = _THREADS,
     quiet: bool = typer.Option(False),
 ):
     """Log-likelihoods of the native sequence given its structure (masked marginals,
@@ -1238,6 +1258,7 @@ def score(
     if plot is not None:
         _out_file(plot, "--plot")
     device = _device(device)
+    _torch_threads(threads)
     cfg = ScoreConfig(
         mode=mode.value,
         min_sep=min_sep,
@@ -1393,6 +1414,7 @@ def finetune(
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
+    threads: Optional[int] = _THREADS,
     quiet: bool = typer.Option(False),
 ):
     """Train an EC/GO function head on a pretrained (or randomly initialised) encoder; early
@@ -1401,6 +1423,7 @@ def finetune(
 
     _out_folder(out)
     device = _device(device)
+    _torch_threads(threads)
     cfg = FinetuneConfig(
         task=task.value,
         head=head.value,
@@ -1653,6 +1676,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_sigint = (
         interrupts.install()
     )  # Ctrl-C while importing torch & co: one line, no traceback
+    # a command's --threads holds for that command only (tests and notebooks call main in-process)
+    threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
         rc = app(args=args, prog_name="coordformer", standalone_mode=False)
         if rc == 130:  # typer turns a KeyboardInterrupt into exit status 130, silently
@@ -1709,6 +1734,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         interrupts.restore(previous_sigint)
+        if threads_before is not None:
+            sys.modules["torch"].set_num_threads(threads_before)
     return 0
 
 
