@@ -51,14 +51,6 @@ def batch_settings(cfg: TrainConfig, train: bool, max_position: int | None = Non
     )
 
 
-def _empty_train(data: PreparedDataset) -> UsageError:
-    return UsageError(
-        f"{data.path}: the train split is empty ({len(data)} chains in the dataset; its "
-        f"{SKIPPED_FILE} lists the chains prepare left out, and why): prepare it again from "
-        "more inputs, or with smaller valid and test fractions"
-    )
-
-
 class _DataModule(L.LightningDataModule):
     """Builds loaders lazily so the resumed global step is known when the train loader is made."""
 
@@ -68,9 +60,7 @@ class _DataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         tr = self.trainer
-        idx = self.data.split_indices("train")
-        if len(idx) == 0:  # _pretrain refuses this before anything is made
-            raise _empty_train(self.data)
+        idx = self.data.split_indices("train")  # not empty: _pretrain refused that
         ds = MaskedBatches(
             self.data,
             idx,
@@ -405,7 +395,11 @@ def _pretrain(
             )
     data = PreparedDataset(data_dir)
     if len(data.split_indices("train")) == 0:  # before the run folder is made
-        raise _empty_train(data)
+        raise UsageError(
+            f"{data.path}: the train split is empty ({len(data)} chains in the dataset; its "
+            f"{SKIPPED_FILE} lists the chains prepare left out, and why): prepare it again from "
+            "more inputs, or with smaller valid and test fractions"
+        )
     if (
         model_config.plddt_feature
         and not data.has_plddt
