@@ -292,13 +292,10 @@ def embed(
 
 def _drop_empty_log(path: Path) -> None:
     """Remove the TSV at ``path`` when it holds no row below its header."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            empty = sum(1 for line in f if line.strip()) <= 1
-    except FileNotFoundError:
-        return
-    if empty:
-        path.unlink(missing_ok=True)
+    from .data import store
+
+    if path.exists() and not store.read_tsv(path)[1]:
+        path.unlink()
 
 
 def _model_settings(model, cfg: EmbedConfig) -> tuple[int, bool]:
