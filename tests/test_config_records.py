@@ -393,3 +393,25 @@ def test_evaluate_mlm_keyword_defaults_are_the_eval_record():
     params = inspect.signature(evaluate_mlm).parameters
     for name in field_names(EvalConfig):
         assert params[name].default == default_of(EvalConfig, name), name
+
+
+@pytest.mark.parametrize(
+    "command, module, function, names",
+    [
+        ("construct", "coordformer.sim.construct", "construction_report", ("sigma", "seed")),
+        ("fetch", "coordformer.io.fetch", "fetch", ("workers", "timeout", "retries")),
+        ("simulate", "coordformer.sim.studies", "simulate", ("workers", "device", "seed")),
+    ],
+)
+def test_commands_without_a_record_share_their_library_function_defaults(
+    command, module, function, names
+):
+    # the CLI option and the library signature read one constant (config.py); a literal written
+    # again on either side would drift unnoticed
+    import importlib
+    import inspect
+
+    params = inspect.signature(getattr(importlib.import_module(module), function)).parameters
+    defaults = _cli_defaults(command)
+    for name in names:
+        assert defaults[name] == params[name].default, (command, name)

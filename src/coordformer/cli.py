@@ -18,7 +18,12 @@ import typer
 
 from . import interrupts
 from .config import (
+    CONSTRUCT_SIGMA,
+    FETCH_RETRIES,
+    FETCH_TIMEOUT_S,
+    FETCH_WORKERS,
     PRECISIONS,
+    SIMULATE_WORKERS,
     AttentionAnalysisConfig,
     EmbedConfig,
     EvalConfig,
@@ -272,10 +277,10 @@ def fetch(
         help="AlphaFold DB prediction API template with {accession}; default "
         "https://alphafold.ebi.ac.uk/api/prediction/{accession}.",
     ),
-    workers: int = typer.Option(4, min=1, help="Parallel downloads."),
-    timeout: float = typer.Option(60.0, min=1.0, help="Seconds per request."),
+    workers: int = typer.Option(FETCH_WORKERS, min=1, help="Parallel downloads."),
+    timeout: float = typer.Option(FETCH_TIMEOUT_S, min=1.0, help="Seconds per request."),
     retries: int = typer.Option(
-        3, min=0, help="Retries after a network error, HTTP 429 or 5xx (not after 404)."
+        FETCH_RETRIES, min=0, help="Retries after a network error, HTTP 429 or 5xx (not after 404)."
     ),
     quiet: bool = typer.Option(False),
 ):
@@ -829,7 +834,9 @@ def demo(
 @app.command()
 def construct(
     out: Path = typer.Option(Path("construction_out"), "--out", "-o"),
-    sigma: float = typer.Option(0.5, min=1e-3, help="Kernel width in coordinate units."),
+    sigma: float = typer.Option(
+        CONSTRUCT_SIGMA, min=1e-3, help="Kernel width in coordinate units."
+    ),
     seed: int = typer.Option(0),
 ):
     """Hand-built Gaussian-attention weights: measure
@@ -865,7 +872,9 @@ def simulate(
     study: List[str] = typer.Option(
         [], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."
     ),
-    workers: int = typer.Option(2, min=1, help="Parallel worker processes (one CPU thread each)."),
+    workers: int = typer.Option(
+        SIMULATE_WORKERS, min=1, help="Parallel worker processes (one CPU thread each)."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA if there is one)."),
     seed: int = typer.Option(0, help="Added to every model and data seed."),
     quiet: bool = typer.Option(False),

@@ -600,6 +600,17 @@ SCORE_ROTATION_SEED = 20250203
 #: keeping a complex of a few thousand residues inside the position table (max_len 4096).
 DEFAULT_CHAIN_GAP = 64
 
+# Defaults of the commands that have no config record, written once: the library function's
+# signature and the CLI option both read them.
+#: ``construct``: width of the Gaussian kernel, in coordinate units (not Angstrom).
+CONSTRUCT_SIGMA = 0.5
+#: ``fetch``: parallel downloads, seconds per request, retries after a network error / 429 / 5xx.
+FETCH_WORKERS = 4
+FETCH_TIMEOUT_S = 60.0
+FETCH_RETRIES = 3
+#: ``simulate``: worker processes (one CPU thread each).
+SIMULATE_WORKERS = 2
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(Record):

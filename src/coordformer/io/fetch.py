@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from coordformer.config import FETCH_RETRIES, FETCH_TIMEOUT_S, FETCH_WORKERS
 from coordformer.errors import UsageError
 from coordformer.io.files import STRUCTURE_SUFFIXES
 
@@ -237,9 +238,9 @@ def fetch(
     out_dir: str | os.PathLike,
     pdb_url: str = PDB_URL,
     afdb_api: str = AFDB_API,
-    workers: int = 4,
-    timeout: float = 60.0,
-    retries: int = 3,
+    workers: int = FETCH_WORKERS,
+    timeout: float = FETCH_TIMEOUT_S,
+    retries: int = FETCH_RETRIES,
     backoff: float = 1.0,
     progress: bool = True,
 ) -> FetchSummary:

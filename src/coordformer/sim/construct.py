@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import CONSTRUCT_SIGMA
+
 
 def features(x: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tensor:
     """Residual-stream features [x, |x|^2, 1]. x: [..., L, n] -> [..., L, n + 2]."""
@@ -209,7 +211,7 @@ def one_layer_attention(
 
 
 def construction_report(
-    out_dir, sigma: float = 0.5, seed: int = 0, steps: int = 1500, command: str = ""
+    out_dir, sigma: float = CONSTRUCT_SIGMA, seed: int = 0, steps: int = 1500, command: str = ""
 ) -> dict:
     """Measure every variant and write construction_attention.csv, construction_ffn.csv,
     construction.png and config.json to ``out_dir``.

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import SimConfig
+from ..config import SIMULATE_WORKERS, SimConfig
 from ..errors import CoordformerError, UsageError
 
 STUDIES = ("exponent", "headdim", "width", "augment")
@@ -537,7 +537,7 @@ def simulate(
     out: str | Path,
     preset: str = "quick",
     studies: tuple[str, ...] = STUDIES,
-    workers: int = 2,
+    workers: int = SIMULATE_WORKERS,
     device: str = "cpu",
     seed: int = 0,
     echo: Callable[[str], None] = print,
