@@ -71,6 +71,10 @@ def test_pretrain_prints_plain_lines_to_a_log_file(tmp_path, prepared, capsys, m
         line.startswith("step 1/4, ") and "/5 min" in line and "train/loss" in line
         for line in lines
     ), out
+    # from the second line on, the rate of steps is known: an ETA (none on the final line)
+    assert any(line.startswith("step 3/4, ") and ", ETA 0:" in line for line in lines), out
+    steps = [line for line in lines if line.startswith("step ")]
+    assert "ETA" not in steps[0] and "ETA" not in steps[-1], out
     assert any(line.startswith("validation at step 2: val/loss") for line in lines), out
     assert any(line.startswith("step 4/4, ") for line in lines), out
 
@@ -111,3 +115,12 @@ def test_a_task_counted_in_cost_units_shows_a_percentage(capsys, monkeypatch):
     assert lines and lines[-2].startswith("simulate: 2 stacks: 25%, ") and "e+10" not in lines[-2]
     assert "unit" not in lines[-2] and "%," in lines[-2]
     assert lines[-1].startswith("items: 1/4 (25%), ")
+
+
+def test_eta_is_that_of_the_first_limit():
+    from coordformer.train.progress import eta_seconds
+
+    assert eta_seconds(100, 0.5, None) == 50.0  # steps only
+    assert eta_seconds(100, 0.5, 20.0) == 20.0  # the budget ends first
+    assert eta_seconds(100, 0.5, 600.0) == 50.0  # the steps end first
+    assert eta_seconds(100, 0.5, -3.0) == 0.0  # past the budget: never negative

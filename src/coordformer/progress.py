@@ -19,7 +19,8 @@ from rich.progress import Progress as _RichProgress
 PLAIN_EVERY_S = 30.0
 
 
-def _clock(seconds: float | None) -> str:
+def clock(seconds: float | None) -> str:
+    """``seconds`` as H:MM:SS ("?" when unknown), as in every progress line."""
     return "?" if seconds is None else str(timedelta(seconds=int(seconds)))
 
 
@@ -76,9 +77,9 @@ class Progress(_RichProgress):
                     if task.total
                     else ""
                 )
-            parts = [f"{task.description}: {done}", f"{_clock(task.elapsed)} elapsed"]
+            parts = [f"{task.description}: {done}", f"{clock(task.elapsed)} elapsed"]
             if task.total and task.completed < task.total:
-                parts.append(f"ETA {_clock(task.time_remaining)}")
+                parts.append(f"ETA {clock(task.time_remaining)}")
             parts += [
                 f"{k} {v}" if k in ("kept", "skipped", "failed") else str(v)
                 for k, v in task.fields.items()

@@ -6,7 +6,10 @@ training minutes against the budget, so its ETA is the budget's and not that of 
 leaves a carriage-return-separated copy of itself per refresh; there, one plain line every
 ``PLAIN_EVERY_S`` seconds, one per validation and one at the end instead::
 
-    step 1200/100000, 4.1/60 min, train/loss 2.713, train/tokens_per_s 2.1e+04
+    step 1200/100000, 4.1/60 min, ETA 0:55:54, train/loss 2.713, train/tokens_per_s 2.1e+04
+
+The ETA is that of whichever limit comes first, ``--max-steps`` at this process's rate of training
+steps or the rest of ``--max-minutes``; it leaves validation time out, as the budget does.
 """
 
 from __future__ import annotations
@@ -17,10 +20,23 @@ import time
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
+from ..progress import clock
+
 #: Seconds between plain progress lines when the output is not a terminal.
 PLAIN_EVERY_S = 30.0
 
 _MINUTES_FORMAT = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]"
+
+
+def eta_seconds(
+    steps_left: int, seconds_per_step: float, budget_seconds_left: float | None
+) -> float:
+    """Seconds until the first limit stops training: ``steps_left`` at ``seconds_per_step``, or the
+    rest of the time budget, ``budget_seconds_left`` (None: no budget)."""
+    eta = max(steps_left, 0) * seconds_per_step
+    if budget_seconds_left is not None:
+        eta = min(eta, budget_seconds_left)
+    return max(eta, 0.0)
 
 
 def _fmt(v) -> str:
@@ -39,6 +55,7 @@ class TrainProgressBar(TQDMProgressBar):
         self.max_minutes = max_minutes
         self.plain = (not sys.stdout.isatty()) if plain is None else plain
         self._last_line = 0.0
+        self._rate_from: tuple[int, float] | None = None  # (step, train seconds) of the first line
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
@@ -97,15 +114,29 @@ class TrainProgressBar(TQDMProgressBar):
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
         if self.plain:
-            self._line(trainer, pl_module)
+            self._line(trainer, pl_module, final=True)
 
-    def _line(self, trainer, pl_module) -> None:
+    def _eta(self, trainer, pl_module) -> float | None:
+        step, seconds = trainer.global_step, pl_module.train_seconds
+        if self._rate_from is None:
+            # the rate of this process: a resumed run's saved seconds include other machines
+            self._rate_from = (step, seconds)
+        step0, seconds0 = self._rate_from
+        if step <= step0:  # no rate yet (the first line)
+            return None
+        budget = self.max_minutes * 60.0 - seconds if self.max_minutes else None
+        return eta_seconds(trainer.max_steps - step, (seconds - seconds0) / (step - step0), budget)
+
+    def _line(self, trainer, pl_module, final: bool = False) -> None:
         self._last_line = time.monotonic()
         minutes = pl_module.train_seconds / 60.0
         parts = [
             f"step {trainer.global_step}/{trainer.max_steps}",
             f"{minutes:.1f}/{self.max_minutes:g} min" if self.max_minutes else f"{minutes:.1f} min",
         ]
+        eta = self._eta(trainer, pl_module)
+        if not final and eta is not None:
+            parts.append(f"ETA {clock(eta)}")
         parts += [
             f"{k} {_fmt(v)}"
             for k, v in self.get_metrics(trainer, pl_module).items()
