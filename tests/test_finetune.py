@@ -283,3 +283,31 @@ def test_linear_head_without_probe_and_with_zero_bias(tmp_path, prepared, tiny_c
     assert "probe" not in m and not (out / "checkpoints" / "probe.ckpt").exists()
     cfg = json.loads((out / "config.json").read_text())["finetune"]
     assert cfg["probe_epochs"] == 0 and cfg["prior_bias"] is False
+
+
+@pytest.mark.slow
+def test_finetune_progress_off_a_terminal_is_plain_lines_per_stage(
+    tmp_path, prepared, tiny_checkpoint, capsys, monkeypatch
+):
+    import coordformer.train.progress
+
+    monkeypatch.setattr(coordformer.train.progress, "PLAIN_EVERY_S", 0.0)
+    labels = tmp_path / "deepfri"
+    _write_deepfri(labels, prepared)
+    args = ["finetune", "-c", str(tiny_checkpoint), "--labels", str(labels)]
+    args += ["--data", str(prepared.path), "--head", "linear", "--probe-epochs", "2"]
+    args += ["--probe-patience", "5", "--max-epochs", "2", "--patience", "5"]
+    args += ["--tokens-per-batch", "2048", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    # captured output is not a terminal: no tqdm redraws, no logger version number
+    assert "\r" not in out and "v_num" not in out and "Epoch " not in out, out
+    lines = out.splitlines()
+    # epochs counted from 1 against the stage's maximum, with batches, elapsed time and an ETA
+    probe = [line for line in lines if line.startswith("linear probe: epoch 2/2, batch ")]
+    assert probe and " elapsed, ETA <= 0:" in probe[0], out
+    assert any(line.startswith("fine-tune: epoch 1/2, batch ") for line in lines), out
+    done = [line for line in lines if line.startswith("fine-tune: epoch 2/2 done, ")]
+    assert done and "valid_fmax" in done[0], out
+    assert any(line.startswith("fine-tune: ended after 2/2 epochs, ") for line in lines), out
+    assert not any("epoch 3/2" in line for line in lines), out

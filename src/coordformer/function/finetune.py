@@ -44,6 +44,7 @@ from ..train.lifecycle import (
     resolve_precision,
     signal_name,
 )
+from ..train.progress import EpochProgressBar
 from .labels import (
     function_dataset,
     missing_structure_hint,
@@ -416,6 +417,9 @@ def _finetune(
             *extra,
             *([stop] if stop is not None else []),
         ]
+        if progress:
+            stage = "MLP head" if cfg.head == "mlp" else "fine-tune"
+            callbacks.append(EpochProgressBar("linear probe" if name == "probe" else stage))
         trainer = L.Trainer(
             max_epochs=max_epochs,
             accelerator=accelerator,

@@ -1,4 +1,4 @@
-"""``pretrain``'s progress display.
+"""``pretrain``'s and ``finetune``'s progress display.
 
 On a terminal, Lightning's tqdm bar, except that with a time budget (``--max-minutes``) it counts
 training minutes against the budget, so its ETA is the budget's and not that of ``--max-steps``
@@ -47,23 +47,21 @@ def _fmt(v) -> str:
     return f"{v:.4g}"
 
 
-class TrainProgressBar(TQDMProgressBar):
-    def __init__(
-        self, max_minutes: float | None = None, plain: bool | None = None, refresh_rate: int = 10
-    ):
+class _Bar(TQDMProgressBar):
+    """Lightning's tqdm bar on a terminal, without the logger's version number (``v_num``, which
+    means nothing to a user); no tqdm output at all when ``plain`` (subclasses print lines)."""
+
+    def __init__(self, plain: bool | None = None, refresh_rate: int = 10):
         super().__init__(refresh_rate=refresh_rate)
-        self.max_minutes = max_minutes
         self.plain = (not sys.stdout.isatty()) if plain is None else plain
         self._last_line = 0.0
-        self._rate_from: tuple[int, float] | None = None  # (step, train seconds) of the first line
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
-        if self.max_minutes:  # the bar itself counts them
-            items.pop("train/minutes", None)
+        items.pop("v_num", None)
         return items
 
-    # plain: no tqdm output at all (the bars still exist, disabled, for Lightning's bookkeeping)
+    # plain: the bars still exist, disabled, for Lightning's bookkeeping
     def init_sanity_tqdm(self) -> Tqdm:
         return Tqdm(disable=True) if self.plain else super().init_sanity_tqdm()
 
@@ -72,6 +70,99 @@ class TrainProgressBar(TQDMProgressBar):
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True) if self.plain else super().init_validation_tqdm()
+
+
+class EpochProgressBar(_Bar):
+    """``finetune``'s progress, per stage (``stage``: "linear probe", "fine-tune", "MLP head").
+
+    On a terminal the bar reads ``fine-tune: epoch 2/30``, counted from 1 against ``--max-epochs``
+    (Lightning's own counts from 0 and shows no total). Off a terminal, a plain line at most every
+    ``PLAIN_EVERY_S`` seconds (after a validation when one falls due, so that it shows
+    ``valid_fmax``) and one when the stage ends::
+
+        fine-tune: epoch 2/30, batch 40/120, 0:01:10 elapsed, ETA <= 0:16:20, train_loss 0.23
+        fine-tune: epoch 2/30 done, 0:01:40 elapsed, ETA <= 0:23:20, train_loss 0.23, valid_fmax 0.4
+        fine-tune: ended after 12/30 epochs, 0:10:02 elapsed, train_loss 0.18, valid_fmax 0.52
+
+    The ETA runs to the last epoch: early stopping may end the stage sooner, hence "<=".
+    """
+
+    def __init__(self, stage: str, plain: bool | None = None, refresh_rate: int = 10):
+        super().__init__(plain=plain, refresh_rate=refresh_rate)
+        self.stage = stage
+        self._start: tuple[int, float] | None = None  # (epoch, monotonic time) of this process
+
+    def _epoch(self, trainer) -> str:
+        return f"{self.stage}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start = (trainer.current_epoch, time.monotonic())  # a resumed stage starts later
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if not self.plain:
+            self.train_progress_bar.set_description(self._epoch(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.plain:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if time.monotonic() - self._last_line >= PLAIN_EVERY_S:
+            self._line(trainer, pl_module, batch_idx + 1)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if (
+            self.plain
+            and not trainer.sanity_checking
+            and time.monotonic() - self._last_line >= PLAIN_EVERY_S
+        ):
+            self._line(trainer, pl_module, None)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.plain:
+            self._line(trainer, pl_module, None, final=True)
+
+    def _line(self, trainer, pl_module, batch: int | None, final: bool = False) -> None:
+        """``batch``: batches done in this epoch; None after the epoch's validation."""
+        self._last_line = time.monotonic()
+        total = self.total_train_batches
+        known = isinstance(total, int) and total > 0
+        parts = [
+            f"{self.stage}: ended after {trainer.current_epoch}/{trainer.max_epochs} epochs"
+            if final  # Lightning has counted the last epoch by now
+            else self._epoch(trainer) + (" done" if batch is None else "")
+        ]
+        if batch is not None:
+            parts.append(f"batch {batch}/{total}" if known else f"batch {batch}")
+        epoch0, t0 = self._start or (trainer.current_epoch, self._last_line)
+        elapsed = self._last_line - t0
+        parts.append(f"{clock(elapsed)} elapsed")
+        if batch is None:
+            done = trainer.current_epoch + 1 - epoch0
+        else:
+            done = trainer.current_epoch - epoch0 + (batch / total if known else 0.0)
+        if done > 0 and not final:
+            left = trainer.max_epochs - epoch0 - done
+            parts.append(f"ETA <= {clock(left * elapsed / done)}")
+        parts += [f"{k} {_fmt(v)}" for k, v in self.get_metrics(trainer, pl_module).items()]
+        print(", ".join(parts), flush=True)
+
+
+class TrainProgressBar(_Bar):
+    def __init__(
+        self, max_minutes: float | None = None, plain: bool | None = None, refresh_rate: int = 10
+    ):
+        super().__init__(plain=plain, refresh_rate=refresh_rate)
+        self.max_minutes = max_minutes
+        self._rate_from: tuple[int, float] | None = None  # (step, train seconds) of the first line
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        if self.max_minutes:  # the bar itself counts them
+            items.pop("train/minutes", None)
+        return items
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
@@ -140,6 +231,6 @@ class TrainProgressBar(TQDMProgressBar):
         parts += [
             f"{k} {_fmt(v)}"
             for k, v in self.get_metrics(trainer, pl_module).items()
-            if k != "v_num" and not k.startswith("val/") and k != "train/minutes"
+            if not k.startswith("val/") and k != "train/minutes"
         ]
         print(", ".join(parts), flush=True)
