@@ -406,3 +406,17 @@ def test_accumulated_micro_batches_weigh_each_target_alike(tmp_path, prepared):
         if p.grad is not None
     )
     assert worst < 1e-4, worst
+
+
+def test_training_accuracy_is_recovery_over_the_20_amino_acids():
+    # the <mask> column is the largest of the vocabulary, L the largest amino acid: counted as
+    # correct, as evaluate's recovery counts it, not as wrong (a special token never is a target)
+    from coordformer.constants import AA_OFFSET, AMINO_ACIDS, MASK, VOCAB_SIZE, token_of
+
+    logits = torch.zeros(2, VOCAB_SIZE)
+    logits[:, MASK] = 5.0
+    leucine = token_of("L")
+    logits[:, leucine] = 1.0
+    targets = torch.tensor([leucine, AA_OFFSET + AMINO_ACIDS.index("A")])
+    _, correct, n = target_loss(logits, targets)
+    assert (int(correct), n) == (1, 2)

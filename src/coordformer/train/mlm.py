@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..batch import Batch
 from ..config import ModelConfig, TrainConfig
+from ..constants import AA_OFFSET, AMINO_ACIDS
 from ..errors import TrainingDivergedError
 from ..model import CoordFormer
 from ..model.flops import training_flops
@@ -42,11 +43,14 @@ def target_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean cross-entropy (float32) of ``logits`` [N, V] against ``targets`` [N] (every one a real
     target). Returns (loss, n_correct as a 0-dim tensor, N); N is read from the shape, so nothing
-    waits for the device."""
+    waits for the device. A prediction is correct when the target is the most likely of the 20
+    amino acids, as ``evaluate``'s recovery counts it (the loss is over the whole vocabulary)."""
     n = int(targets.shape[0])
     lg = logits.float()
     loss = F.cross_entropy(lg, targets) if n else logits.sum() * 0.0
-    correct = (lg.argmax(-1) == targets).sum()
+    correct = (
+        lg[:, AA_OFFSET : AA_OFFSET + len(AMINO_ACIDS)].argmax(-1) + AA_OFFSET == targets
+    ).sum()
     return loss, correct, n
 
 
