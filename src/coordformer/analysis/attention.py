@@ -489,6 +489,7 @@ def analyze_attention(
                 data,
                 split=cfg.split,
                 max_chains=cfg.max_chains,
+                crop_length=cfg.crop_length,  # the residues the attention passes saw
                 device=device,
                 progress=progress,
             )
