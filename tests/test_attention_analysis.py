@@ -48,6 +48,35 @@ class ConstructedGaussianHeads(torch.nn.Module):
         return types.SimpleNamespace(attentions=[torch.stack(maps, 1).float()])
 
 
+class ArtefactHeads(torch.nn.Module):
+    """One layer of hand-made heads that fooled the first analysis (session 16 audit): a Gaussian
+    head that also prefers the query itself (``self_bonus``: its logit on itself raised by that
+    many nats), a Gaussian head mixed with evenly spread attention (``floor``: that share spread
+    over every residue), a head that attends mostly to itself, and one that ignores distance."""
+
+    def __init__(self, sigma=6.0, self_bonus=math.log(3.0), floor=0.3):
+        super().__init__()
+        self.gauss = normalised_head(3, sigma)
+        self.self_bonus, self.floor = self_bonus, floor
+
+    def forward(self, tokens, coords, padding_mask=None, need_attention=False, ablate=()):
+        ca = coords[:, :, 1].double()
+        ok = ~torch.isnan(ca).any(-1) & padding_mask
+        logits = self.gauss.logits(features(torch.nan_to_num(ca)))
+        logits = logits.masked_fill(~ok[:, None, :], float("-inf"))
+        eye = torch.eye(ca.shape[1], dtype=torch.double)
+        uniform = padding_mask[:, None, :].double().expand_as(logits)
+        uniform = uniform / uniform.sum(-1, keepdim=True)
+        gauss = logits.softmax(-1).nan_to_num()
+        maps = [
+            (logits + self.self_bonus * eye).softmax(-1).nan_to_num(),  # self-preferring
+            (1 - self.floor) * gauss + self.floor * uniform,  # over a floor
+            0.9 * eye + 0.1 * uniform,  # mostly itself
+            uniform,  # ignores distance; 1 / L in chains of 30-120 residues
+        ]
+        return types.SimpleNamespace(attentions=[torch.stack(maps, 1).float()])
+
+
 def _dataset(tmp_path, records, name="ds"):
     src = write_jsonl(records, tmp_path / f"{name}.jsonl")
     prepare(
@@ -92,15 +121,44 @@ def test_fit_recovers_the_sigma_of_constructed_gaussian_heads(tmp_path, syntheti
     fits = fit_all(collect_attention(model, ring, cfg, progress=False))
     d = next(r for r in fits if r["kind"] == "distance" and r["quantity"] == "attention")
     assert d["sigma"] == pytest.approx(sigma, rel=0.05) and d["r2"] > 0.99
-    # fit_all of one pass (no ablation recorded) goes straight into classify_heads
+    # fit_all of one pass (no ablation recorded) goes straight into classify_heads, whose sigma
+    # is of the relative attention (with a floor)
     calls = {(h["layer"], h["head"]): h for h in classify_heads(fits)}
-    assert calls[(d["layer"], d["head"])]["sigma_3d"] == d["sigma"]
+    r = next(r for r in fits if r["kind"] == "distance" and r["quantity"] == "relative")
+    assert (
+        calls[(d["layer"], d["head"])]["sigma_3d"] == r["sigma"] == pytest.approx(sigma, rel=0.01)
+    )
     # the same from Chain objects in memory (no prepared dataset)
     chains = list(iter_chain_set(write_jsonl([_ring(i) for i in range(8)], tmp_path / "r.jsonl")))
     mem_fits, heads = chains_attention(model, chains, cfg, ablations=("none",))
-    m = next(r for r in mem_fits if r["kind"] == "distance" and r["quantity"] == "attention")
-    assert m["ablation"] == "none" and m["sigma"] == pytest.approx(d["sigma"], rel=1e-6)
+    m = next(r for r in mem_fits if r["kind"] == "distance" and r["quantity"] == "relative")
+    assert m["ablation"] == "none" and m["sigma"] == pytest.approx(r["sigma"], rel=1e-6)
     assert heads[0]["sigma_3d"] == m["sigma"]
+
+
+def test_self_attention_floors_and_chain_length_do_not_fake_or_bend_3d_local_heads(
+    synthetic_jsonl,
+):
+    sigma = 6.0
+    chains = list(iter_chain_set(synthetic_jsonl))  # random walks of 30-120 residues
+    cfg = AttentionAnalysisConfig(max_chains=None, max_distance=40.0)
+    fits, heads = chains_attention(
+        ArtefactHeads(sigma), chains, cfg, ablations=("none", "no-positions")
+    )
+    prefers_self, floored, mostly_self, uniform = heads
+    # the query's own weight is apart from the distance bins: it neither narrows sigma ...
+    assert prefers_self["self"] > 0.15 and prefers_self["local_3d"]
+    assert prefers_self["sigma_3d_only"] == pytest.approx(sigma, rel=0.02)
+    # (the paper's quantity keeps the self point at 0 A, and is narrowed by it)
+    assert prefers_self["sigma_3d_paper"] < 0.8 * sigma
+    # ... nor makes a head that attends to itself look like a narrow Gaussian of distance
+    assert mostly_self["self"] == pytest.approx(0.9, abs=0.01) and not mostly_self["local_3d"]
+    # attention spread over every residue is a floor, not a wider Gaussian
+    assert floored["local_3d"] and floored["sigma_3d_only"] == pytest.approx(sigma, rel=0.1)
+    # a head that ignores distance is not 3D-local, however its 1 / L weights pool
+    assert not uniform["local_3d"] and uniform["contrast_3d_only"] < 0.1
+    rel = [f for f in fits if f["quantity"] == "relative" and f["kind"] == "distance"]
+    assert all(f["baseline"] >= 0.0 for f in rel) and len(rel) == 2 * 4
 
 
 def test_fit_gaussian_on_known_curves():
@@ -175,29 +233,35 @@ def test_ablations_zero_exactly_one_signal(prepared):
 
 
 def test_heads_are_classified_from_the_ablation_fits():
-    def row(kind, ab, sigma, r2, mean=0.0):
-        return {
-            "layer": 1,
-            "head": 0,
-            "kind": kind,
-            "ablation": ab,
-            "quantity": "attention",
-            "sigma": sigma,
-            "r2": r2,
-            "mean": mean,
-            "amplitude": 0.1,
-        }
+    def rows(kind, ab, sigma, r2, baseline=0.0):
+        return [
+            {
+                "layer": 1,
+                "head": 0,
+                "kind": kind,
+                "ablation": ab,
+                "quantity": q,
+                "sigma": sigma,
+                "r2": r2,
+                "mean": 0.0,
+                "amplitude": 0.5,
+                "baseline": baseline if q == "relative" else 0.0,
+                "self": 0.2,
+            }
+            for q in ("attention", "paper", "relative")
+        ]
 
     fits = [
-        row("distance", "none", 6, 0.99),
-        row("separation", "none", 3, 0.9),
-        row("distance", "no-positions", 5, 0.95),
-        row("separation", "no-positions", 50, 0.2),
-        row("distance", "no-coords", 30, 0.5),
-        row("separation", "no-coords", 9, 0.7),
+        *rows("distance", "none", 6, 0.99),
+        *rows("separation", "none", 3, 0.9),
+        *rows("distance", "no-positions", 5, 0.95, baseline=0.1),
+        *rows("separation", "no-positions", 50, 0.2),
+        *rows("distance", "no-coords", 30, 0.5),
+        *rows("separation", "no-coords", 2, 0.95, baseline=0.6),  # peak under its floor
     ]
     (h,) = classify_heads(fits)
-    assert h["local_3d"] and not h["local_seq"] and h["sigma_3d_only"] == 5
+    assert h["local_3d"] and h["sigma_3d_only"] == 5 and h["contrast_3d_only"] == 5.0
+    assert not h["local_seq"] and h["self"] == 0.2
 
 
 @pytest.mark.slow
@@ -242,8 +306,12 @@ def test_analyze_attention_end_to_end_on_tiny_trained_models(tmp_path, prepared,
         == 0
     )
     fits = list(csv.DictReader(open(out / "fits.csv")))
-    # 2 models x 3 ablations x 2 quantities x 2 kinds x 2 layers x 4 heads
-    assert len(fits) == 2 * 3 * 2 * 2 * 2 * 4
+    # 2 models x 3 ablations x 3 quantities x 2 kinds x 2 layers x 4 heads
+    assert len(fits) == 2 * 3 * 3 * 2 * 2 * 4
+    binned = list(csv.DictReader(open(out / "binned.csv")))
+    assert {b["quantity"] for b in binned} == {"attention", "paper", "relative"}
+    heads = list(csv.DictReader(open(out / "heads.csv")))
+    assert all(0.0 <= float(h["self"]) <= 1.0 for h in heads) and "sigma_3d_paper" in heads[0]
     assert {f["ablation"] for f in fits} == {"none", "no-coords", "no-positions"}
     labels = json.loads((out / "analysis.json").read_text())["labels"]
     for label in labels:

@@ -6,14 +6,24 @@ attention weights and a histogram of their values in bins of CA-CA distance (``b
 Memory is fixed by the number of bins, not the number of chains: attention maps [B, H, L, L] live
 for one batch only (``tokens_per_batch`` bounds B * L).
 
-Fits (scipy ``curve_fit``) on the mean attention per bin:
+A query's weight on itself is kept apart (``self`` per head): it is not a distance measurement, and
+as the only point at 0 A it would pin a zero-mean fit (a head that attends only to itself fits a
+narrow Gaussian with R^2 near 1). Quantities per bin, each fitted (scipy ``curve_fit``):
 
-* distance: A * exp(-d^2 / (2 sigma^2)), zero mean, sigma in Angstrom;
-* separation: A * exp(-(s - mu)^2 / (2 sigma^2)), free mean, sigma and mu in residues;
+* ``attention``: the mean weight (what the paper plots), A * exp(-d^2 / (2 sigma^2));
+* ``paper``: the same with the query's own point put back at 0 A / separation 0, as the paper's
+  code fits it (its per-layer sigmas are of this kind);
+* ``relative``: the weight divided by its query's largest weight (scale-free, as in simulate).
+  It removes the softmax's per-query normaliser: pooled over chains of different lengths the
+  plain mean falls with distance even for a head that ignores distance (its weights are 1 / L),
+  and for a head whose logits are -d^2 / (2 sigma^2) it is exactly the kernel. Fitted with a
+  floor, A * exp(-d^2 / (2 sigma^2)) + c, so that attention spread evenly beyond the
+  neighbourhood does not widen sigma. The 3D- and sequence-local calls use this fit.
 
-each with R^2 over the non-empty bins. Ablations separate the two signals: ``ablate=("coords",)``
-zeroes the coordinate input (sequence signal only), ``("positions",)`` zeroes the positional
-encoding (3D signal only).
+Distance fits have zero mean (sigma in Angstrom); separation fits a free mean (sigma and mu in
+residues); each with R^2 over the non-empty bins. Ablations separate the two signals:
+``ablate=("coords",)`` zeroes the coordinate input (sequence signal only), ``("positions",)`` zeroes
+the positional encoding (3D signal only).
 """
 
 from __future__ import annotations
@@ -36,16 +46,23 @@ if TYPE_CHECKING:
     from ..io import Chain
     from ..model.core import CoordFormer
 
+#: What is averaged per bin (module docstring); fitted with a floor: ``FLOOR_QUANTITIES``.
+QUANTITIES = ("attention", "paper", "relative")
+FLOOR_QUANTITIES = ("relative",)
+
 #: log10 edges for the histogram of attention values (percentile bands); values below 1e-6 go to
 #: the first bin.
 VALUE_EDGES = np.linspace(-6.0, 0.0, 61)
 
 
 class AttentionStats:
-    """Streaming sums and value histograms of attention per (layer, head, bin).
+    """Streaming sums and value histograms of attention per (layer, head, bin), a query's weight on
+    itself left out of every bin.
 
-    sum_*: [layers, heads, bins] float64; count_*: [bins] int64 (the same pairs for every head);
-    hist_*: [layers, heads, bins, len(VALUE_EDGES)] int64.
+    sum_*: [layers, heads, bins] float64 (``_rel``: weight / its query's largest weight);
+    count_*: [bins] int64 (the same pairs for every head);
+    hist_*: [layers, heads, bins, len(VALUE_EDGES)] int64; sum_self: [layers, heads] float64, the
+    weights queries with a CA give themselves, count_self of them (what ``paper`` puts back).
     """
 
     def __init__(self, n_layers: int, n_heads: int, cfg: AttentionAnalysisConfig):
@@ -58,11 +75,12 @@ class AttentionStats:
         )  # fits use each bin's mean distance, not its centre
         self.hist_dist = torch.zeros(n_layers, n_heads, nd * nv, dtype=torch.int64)
         self.sum_sep = torch.zeros(n_layers, n_heads, ns, dtype=torch.float64)
-        # "relative": each weight divided by its query's largest weight (scale-free, as in simulate)
         self.sum_dist_rel = torch.zeros_like(self.sum_dist)
         self.sum_sep_rel = torch.zeros_like(self.sum_sep)
         self.count_sep = torch.zeros(ns, dtype=torch.int64)
         self.hist_sep = torch.zeros(n_layers, n_heads, ns * nv, dtype=torch.int64)
+        self.sum_self = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        self.count_self = 0
         self.n_chains = 0
 
     def add(
@@ -74,7 +92,8 @@ class AttentionStats:
         nv = len(VALUE_EDGES)
         edges = torch.as_tensor(VALUE_EDGES, dtype=torch.float32)
         l = ca.shape[1]
-        pair = padding_mask[:, :, None] & padding_mask[:, None, :]
+        other = ~torch.eye(l, dtype=torch.bool)[None]  # a query's weight on itself is apart
+        pair = padding_mask[:, :, None] & padding_mask[:, None, :] & other
         present = ~torch.isnan(ca).any(-1) & padding_mask
         d = torch.cdist(torch.nan_to_num(ca).double(), torch.nan_to_num(ca).double()).float()
         dist_ok = pair & present[:, :, None] & present[:, None, :] & (d < cfg.max_distance)
@@ -85,9 +104,11 @@ class AttentionStats:
         self.count_dist += torch.bincount(dist_bin, minlength=cfg.n_distance_bins)
         self.sum_d.index_add_(0, dist_bin, d[dist_ok].double())
         self.count_sep += torch.bincount(sep_bin, minlength=2 * cfg.max_separation + 1)
+        self.count_self += int(present.sum())
         for layer, a in enumerate(attentions):
             a = a.float().cpu().permute(1, 0, 2, 3)  # [H, B, L, L]
             rel = a / a.amax(-1, keepdim=True).clamp_min(1e-30)
+            self.sum_self[layer] += a.diagonal(dim1=-2, dim2=-1)[:, present].double().sum(-1)
             for ok, bins, total, total_rel, hist in (
                 (dist_ok, dist_bin, self.sum_dist, self.sum_dist_rel, self.hist_dist),
                 (sep_ok, sep_bin, self.sum_sep, self.sum_sep_rel, self.hist_sep),
@@ -100,25 +121,49 @@ class AttentionStats:
                 hist[layer].scatter_add_(1, flat, torch.ones_like(flat))
         self.n_chains += int(padding_mask.shape[0])
 
-    def bin_positions(self, kind: str) -> np.ndarray:
+    def self_weight(self) -> np.ndarray:
+        """Mean weight a query (with a CA) gives itself, [layers, heads] (NaN before any)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (
+                (self.sum_self / self.count_self).numpy()
+                if self.count_self
+                else (np.full(tuple(self.sum_self.shape), np.nan))
+            )
+
+    def _zero_bin(self, kind: str) -> int:
+        """Index of the bin where ``paper`` puts a query's own point (0 A; separation 0)."""
+        return 0 if kind == "distance" else self.cfg.max_separation
+
+    def bin_positions(self, kind: str, quantity: str = "attention") -> np.ndarray:
         """x values of the bins: mean CA-CA distance of the pairs in each distance bin (Angstrom;
-        the centre where empty), or the separation itself."""
+        the centre where empty; with ``quantity="paper"`` the self points at 0 A count in the
+        first), or the separation itself."""
         if kind == "separation":
             return self.cfg.separations().astype(float)
         centres = self.cfg.distance_centres()
-        c = self.count_dist.double()
+        c = self.count_dist.double().clone()
+        if quantity == "paper":
+            c[0] += self.count_self
         return np.where(c.numpy() > 0, (self.sum_d / c.clamp_min(1)).numpy(), centres)
 
     def mean(self, kind: str, quantity: str = "attention") -> np.ndarray:
-        """Mean per bin of the attention weight (``quantity="attention"``) or of the weight divided
-        by its query's largest weight ("relative"), [layers, heads, bins] (NaN for empty bins)."""
-        rel = quantity == "relative"
-        if kind == "distance":
-            s, c = (self.sum_dist_rel if rel else self.sum_dist), self.count_dist
-        else:
-            s, c = (self.sum_sep_rel if rel else self.sum_sep), self.count_sep
+        """Mean per bin of ``quantity`` (see the module docstring: "attention", "paper",
+        "relative"), [layers, heads, bins] (NaN for empty bins)."""
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity {quantity!r}; one of {', '.join(QUANTITIES)}")
+        dist = kind == "distance"
+        s = {
+            "attention": self.sum_dist if dist else self.sum_sep,
+            "paper": self.sum_dist if dist else self.sum_sep,
+            "relative": self.sum_dist_rel if dist else self.sum_sep_rel,
+        }[quantity].clone()
+        c = (self.count_dist if dist else self.count_sep).double().clone()
+        if quantity == "paper":
+            z = self._zero_bin(kind)
+            s[:, :, z] += self.sum_self
+            c[z] += self.count_self
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (s / c.double()).numpy()
+            return (s / c).numpy()
 
     def percentiles(self, kind: str, qs=(10, 25, 50, 75, 90)) -> np.ndarray:
         """Approximate percentiles of attention values per bin from the histograms (to the
@@ -187,17 +232,19 @@ def _collect(model, data, idx, cfg, ablate, device, progress) -> AttentionStats:
     return stats
 
 
-def _gauss0(d, a, sigma):
-    return a * np.exp(-(d**2) / (2 * sigma**2))
+def _gauss0(d, a, sigma, c=0.0):
+    return a * np.exp(-(d**2) / (2 * sigma**2)) + c
 
 
-def _gauss(s, a, mu, sigma):
-    return a * np.exp(-((s - mu) ** 2) / (2 * sigma**2))
+def _gauss(s, a, mu, sigma, c=0.0):
+    return a * np.exp(-((s - mu) ** 2) / (2 * sigma**2)) + c
 
 
-def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool) -> dict:
-    """Least-squares Gaussian through (x, y), NaNs ignored. Returns amplitude, mean, sigma, r2
-    (all NaN when the fit fails)."""
+def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool, floor: bool = False) -> dict:
+    """Least-squares Gaussian through (x, y), NaNs ignored: amplitude * exp(-(x - mean)^2 /
+    (2 sigma^2)) + baseline, the mean 0 with ``zero_mean``, the baseline (>= 0) fitted with
+    ``floor`` and 0 otherwise. Returns amplitude, mean, sigma, baseline, r2 (NaN when the fit
+    fails)."""
     from scipy.optimize import curve_fit
 
     ok = np.isfinite(y)
@@ -206,36 +253,36 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool) -> dict:
         "amplitude": math.nan,
         "mean": 0.0 if zero_mean else math.nan,
         "sigma": math.nan,
+        "baseline": math.nan if floor else 0.0,
         "r2": math.nan,
     }
-    if len(x) < 3 or not np.any(y > 0):
+    if len(x) < 3 + int(floor) or not np.any(y > 0):
         return fail
     span = float(x.max() - x.min()) or 1.0
+    c0 = float(max(y.min(), 0.0)) if floor else 0.0
+    top = float(y.max())
+    # start from the half-height crossing above the floor, a robust guess for sigma
+    low = y < c0 + (top - c0) / 2
     try:
         if zero_mean:
-            # start from the half-height crossing, a robust guess for sigma
-            half = x[np.argmax(y < y.max() / 2)] if np.any(y < y.max() / 2) else span
-            p, _ = curve_fit(
-                _gauss0,
-                x,
-                y,
-                p0=(y.max(), max(half / 1.18, 1e-3)),
-                bounds=([0.0, 1e-3], [np.inf, 1e3 * span]),
-                maxfev=20000,
-            )
-            pred, res = _gauss0(x, *p), {"amplitude": p[0], "mean": 0.0, "sigma": p[1]}
+            half = x[np.argmax(low)] if np.any(low) else span
+            p0, lo, hi = [top - c0, max(half / 1.18, 1e-3)], [0.0, 1e-3], [np.inf, 1e3 * span]
+            fn = _gauss0
         else:
-            p, _ = curve_fit(
-                _gauss,
-                x,
-                y,
-                p0=(y.max(), x[np.argmax(y)], span / 8),
-                bounds=([0.0, x.min() - span, 1e-3], [np.inf, x.max() + span, 1e3 * span]),
-                maxfev=20000,
-            )
-            pred, res = _gauss(x, *p), {"amplitude": p[0], "mean": p[1], "sigma": p[2]}
+            p0 = [top - c0, x[np.argmax(y)], span / 8]
+            lo, hi = [0.0, x.min() - span, 1e-3], [np.inf, x.max() + span, 1e3 * span]
+            fn = _gauss
+        if floor:
+            p0, lo, hi = p0 + [c0], lo + [0.0], hi + [np.inf]
+        p, _ = curve_fit(fn, x, y, p0=p0, bounds=(lo, hi), maxfev=20000)
     except (RuntimeError, ValueError):
         return fail
+    pred = fn(x, *p)
+    p = list(p) + ([] if floor else [0.0])
+    if zero_mean:
+        res = {"amplitude": p[0], "mean": 0.0, "sigma": p[1], "baseline": p[2]}
+    else:
+        res = {"amplitude": p[0], "mean": p[1], "sigma": p[2], "baseline": p[3]}
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     res["r2"] = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
@@ -243,18 +290,23 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool) -> dict:
 
 
 def fit_all(stats: AttentionStats) -> list[dict]:
-    """One row per (layer, head, kind, quantity) with the Gaussian fit of the bin means. Layers are
-    numbered from 1. quantity "attention" is the mean weight (what the paper plots); "relative"
-    divides each weight by its query's largest weight first, which removes the per-query softmax
-    normaliser: for a head whose logits are exactly -d^2 / (2 sigma^2) it is exactly the kernel."""
+    """One row per (layer, head, kind, quantity) with the Gaussian fit of the bin means (with a
+    floor for ``FLOOR_QUANTITIES``) and ``self``, the head's mean weight on the query itself.
+    Layers are numbered from 1. For a head whose logits are exactly -d^2 / (2 sigma^2),
+    "relative" is exactly the kernel; it is what the local calls use (module docstring)."""
     rows = []
-    for quantity in ("attention", "relative"):
+    self_w = stats.self_weight()
+    for quantity in QUANTITIES:
         for kind, zero in (("distance", True), ("separation", False)):
-            xs, mean = stats.bin_positions(kind), stats.mean(kind, quantity)
+            xs, mean = stats.bin_positions(kind, quantity), stats.mean(kind, quantity)
             n_pairs = int((stats.count_dist if kind == "distance" else stats.count_sep).sum())
+            if quantity == "paper":
+                n_pairs += stats.count_self
             for layer in range(mean.shape[0]):
                 for head in range(mean.shape[1]):
-                    f = fit_gaussian(xs, mean[layer, head], zero_mean=zero)
+                    f = fit_gaussian(
+                        xs, mean[layer, head], zero_mean=zero, floor=quantity in FLOOR_QUANTITIES
+                    )
                     rows.append(
                         {
                             "layer": layer + 1,
@@ -262,6 +314,7 @@ def fit_all(stats: AttentionStats) -> list[dict]:
                             "kind": kind,
                             "quantity": quantity,
                             **f,
+                            "self": float(self_w[layer, head]),
                             "n_pairs": n_pairs,
                         }
                     )
@@ -271,16 +324,18 @@ def fit_all(stats: AttentionStats) -> list[dict]:
 #: Ablations run by ``analyze_attention``: name -> inputs zeroed.
 ABLATIONS = {"none": (), "no-coords": ("coords",), "no-positions": ("positions",)}
 
-#: A head is called 3D-local when, with the positional encoding zeroed (3D signal only), its mean
-#: attention against distance fits a zero-mean Gaussian with R^2 >= LOCAL_R2 and sigma <=
-#: LOCAL_SIGMA Angstrom; sequence-local when, with coordinates zeroed, its separation fit has R^2 >=
-#: LOCAL_R2 and sigma <= LOCAL_SEQ_SIGMA residues. A heuristic, stated in every report.
-LOCAL_R2, LOCAL_SIGMA, LOCAL_SEQ_SIGMA = 0.8, 12.0, 4.0
+#: A head is called 3D-local when, with the positional encoding zeroed (3D signal only), its
+#: relative attention against distance fits a zero-mean Gaussian over a floor with
+#: R^2 >= LOCAL_R2, sigma <= LOCAL_SIGMA Angstrom and a peak at least LOCAL_CONTRAST times the
+#: floor (near the query attention at least doubles over what it is far away); sequence-local
+#: when, with coordinates zeroed, its separation fit passes the same tests with
+#: sigma <= LOCAL_SEQ_SIGMA residues. A heuristic, stated in every report.
+LOCAL_R2, LOCAL_SIGMA, LOCAL_SEQ_SIGMA, LOCAL_CONTRAST = 0.8, 12.0, 4.0, 1.0
+#: The quantity whose fits decide the local calls and give their sigmas.
+CALL_QUANTITY = "relative"
 
 
-def _fit(
-    fits: list[dict], layer: int, head: int, kind: str, ablation: str, quantity: str = "attention"
-) -> dict:
+def _fit(fits: list[dict], layer: int, head: int, kind: str, ablation: str, quantity: str) -> dict:
     return next(
         f
         for f in fits
@@ -292,40 +347,62 @@ def _fit(
     )
 
 
+def contrast(fit: dict) -> float:
+    """Peak over floor of a fit with a baseline (inf on a zero floor; NaN for a failed fit)."""
+    a, c = fit["amplitude"], fit.get("baseline", 0.0)
+    if not (math.isfinite(a) and math.isfinite(c)):
+        return math.nan
+    return a / c if c > 0 else (math.inf if a > 0 else 0.0)
+
+
+def _local(fit: dict, max_sigma: float) -> bool:
+    return bool(
+        fit["r2"] >= LOCAL_R2 and fit["sigma"] <= max_sigma and contrast(fit) >= LOCAL_CONTRAST
+    )
+
+
 def classify_heads(fits: list[dict]) -> list[dict]:
     """Per (layer, head) of one model: sigmas under each ablation and the
     3D-/sequence-local calls. ``fits``: rows of :func:`fit_all`, each with its ``ablation``
-    ("none" where a row has none, as ``fit_all`` of one pass gives)."""
+    ("none" where a row has none, as ``fit_all`` of one pass gives). ``sigma_3d`` and
+    ``sigma_seq`` are of the relative-attention fits (as the calls); ``sigma_3d_paper`` is the
+    paper's quantity (mean weight, the query's own point at 0 A, no floor), for comparison with its
+    figures; ``self`` the mean weight a query gives itself."""
     out = []
     fits = [{"ablation": "none", **f} for f in fits]
     ablations = {f["ablation"] for f in fits}
+    q = CALL_QUANTITY
     for layer, head in sorted({(f["layer"], f["head"]) for f in fits}):
-        full_d, full_s = (
-            _fit(fits, layer, head, "distance", "none"),
-            _fit(fits, layer, head, "separation", "none"),
-        )
+        full_d = _fit(fits, layer, head, "distance", "none", q)
+        full_s = _fit(fits, layer, head, "separation", "none", q)
+        paper = _fit(fits, layer, head, "distance", "none", "paper")
         rec = {
             "layer": layer,
             "head": head,
+            "self": full_d.get("self", math.nan),
             "sigma_3d": full_d["sigma"],
             "r2_3d": full_d["r2"],
+            "contrast_3d": contrast(full_d),
+            "sigma_3d_paper": paper["sigma"],
+            "r2_3d_paper": paper["r2"],
             "sigma_seq": full_s["sigma"],
             "mu_seq": full_s["mean"],
             "r2_seq": full_s["r2"],
         }
         if "no-positions" in ablations:
-            d = _fit(fits, layer, head, "distance", "no-positions")
+            d = _fit(fits, layer, head, "distance", "no-positions", q)
             rec.update(
                 sigma_3d_only=d["sigma"],
                 r2_3d_only=d["r2"],
-                local_3d=bool(d["r2"] >= LOCAL_R2 and d["sigma"] <= LOCAL_SIGMA),
+                contrast_3d_only=contrast(d),
+                local_3d=_local(d, LOCAL_SIGMA),
             )
         if "no-coords" in ablations:
-            s = _fit(fits, layer, head, "separation", "no-coords")
+            s_ = _fit(fits, layer, head, "separation", "no-coords", q)
             rec.update(
-                sigma_seq_only=s["sigma"],
-                r2_seq_only=s["r2"],
-                local_seq=bool(s["r2"] >= LOCAL_R2 and s["sigma"] <= LOCAL_SEQ_SIGMA),
+                sigma_seq_only=s_["sigma"],
+                r2_seq_only=s_["r2"],
+                local_seq=_local(s_, LOCAL_SEQ_SIGMA),
             )
         out.append(rec)
     return out
@@ -369,6 +446,8 @@ def chains_attention(
 
 
 def _fmt(v: float, digits: int = 1) -> str:
+    if v == math.inf:  # a peak over a zero floor
+        return "∞"
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
@@ -433,10 +512,12 @@ def analyze_attention(
             done[ab] = st
             rows = [{"model": label, "ablation": ab, **r} for r in fit_all(st)]
             fits += rows
-            for quantity in ("attention", "relative"):
+            for quantity in QUANTITIES:
                 for kind in ("distance", "separation"):
-                    xs, mean = st.bin_positions(kind), st.mean(kind, quantity)
-                    counts = (st.count_dist if kind == "distance" else st.count_sep).numpy()
+                    xs, mean = st.bin_positions(kind, quantity), st.mean(kind, quantity)
+                    counts = (st.count_dist if kind == "distance" else st.count_sep).numpy().copy()
+                    if quantity == "paper":
+                        counts[st._zero_bin(kind)] += st.count_self
                     for layer in range(mean.shape[0]):
                         for h in range(mean.shape[1]):
                             for x, m, c in zip(xs, mean[layer, h], counts):
@@ -549,13 +630,18 @@ def _write_report(
         f"separations ±{cfg.max_separation}.",
         f"Command: `{command}`" if command else "",
         "",
-        "Fits are on the mean attention weight per bin: zero-mean Gaussian of CA-CA distance (σ "
-        "in Å) and a free-mean Gaussian of sequence separation j - i (σ and μ in residues).",
+        "A query's weight on itself is left out of every bin and shown apart (*self*). The σ and "
+        "R² columns fit the *relative* attention per bin (each weight over its query's "
+        "largest, which removes the softmax's per-query normaliser) with a Gaussian over a "
+        "floor: zero-mean against CA-CA distance (σ in Å), free-mean against sequence "
+        "separation j - i (σ and μ in residues). *σ paper's fit* is the paper's code's "
+        "quantity: the mean weight with the query's own point at 0 Å, a zero-mean Gaussian "
+        "without a floor (its per-layer σ are of this kind).",
         "A head is called **3D-local** when, with the positional encoding zeroed (3D signal "
-        f"only), its distance fit has R² ≥ {LOCAL_R2} and σ ≤ {LOCAL_SIGMA:g} Å; "
-        "**sequence-local** when, with the coordinates zeroed, its separation fit has R² ≥ "
-        f"{LOCAL_R2} and σ ≤ {LOCAL_SEQ_SIGMA:g} residues. These thresholds are a heuristic; "
-        "fits.csv holds every number.",
+        f"only), its distance fit has R² ≥ {LOCAL_R2}, σ ≤ {LOCAL_SIGMA:g} Å and a peak at least "
+        f"{LOCAL_CONTRAST:g}× its floor; **sequence-local** when, with the coordinates zeroed, "
+        f"its separation fit passes the same tests with σ ≤ {LOCAL_SEQ_SIGMA:g} residues. These "
+        "thresholds are a heuristic; fits.csv holds every number (binned.csv every bin).",
         "",
     ]
     for label in labels:
@@ -583,16 +669,17 @@ def _write_report(
             )
             lines += [f"**No 3D-local heads**: {why}.", ""]
         lines += [
-            "| layer | head | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | σ seq (res) | μ seq "
-            "| R² | 3D-local | seq-local |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| layer | head | self | σ 3D (Å) | R² | σ 3D, positions zeroed | R² | peak / floor "
+            "| σ paper's fit (Å) | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for h in hs:
             lines.append(
-                f"| {h['layer']} | {h['head']} | {_fmt(h['sigma_3d'])} | {_fmt(h['r2_3d'], 2)} | "
-                f"{_fmt(h.get('sigma_3d_only', math.nan))} | "
-                f"{_fmt(h.get('r2_3d_only', math.nan), 2)} | {_fmt(h['sigma_seq'])} | "
-                f"{_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
+                f"| {h['layer']} | {h['head']} | {_fmt(h['self'], 2)} | {_fmt(h['sigma_3d'])} | "
+                f"{_fmt(h['r2_3d'], 2)} | {_fmt(h.get('sigma_3d_only', math.nan))} | "
+                f"{_fmt(h.get('r2_3d_only', math.nan), 2)} | "
+                f"{_fmt(h.get('contrast_3d_only', math.nan))} | {_fmt(h['sigma_3d_paper'])} | "
+                f"{_fmt(h['sigma_seq'])} | {_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
                 f"{_yes(h, 'local_3d')} | {_yes(h, 'local_seq')} |"
             )
         lines.append("")
