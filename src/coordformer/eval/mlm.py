@@ -1,7 +1,9 @@
 """Masked-LM evaluation: perplexity and sequence recovery on masked positions.
 
-Masks come from a fixed seed through the same deterministic batch plan, so two models evaluated
-with the same seed, crop and token budget see exactly the same masked positions.
+Each chain's mask is drawn from its own generator, seeded by the masking seed and the chain's
+index, so two models evaluated with the same seed, crop (or windows) and masking protocol see
+exactly the same masked positions, however the chains are batched (the token budget does not
+matter).
 """
 
 from __future__ import annotations
