@@ -245,6 +245,7 @@ def test_heads_are_classified_from_the_ablation_fits():
                 "r2": r2,
                 "mean": 0.0,
                 "amplitude": 0.5,
+                "peak": 0.5,
                 "baseline": baseline if q == "relative" else 0.0,
                 "self": 0.2,
             }
@@ -425,3 +426,26 @@ def test_a_failed_analysis_leaves_no_out_folder(tmp_path, prepared, capsys):
         captured = capsys.readouterr()
         assert said in captured.err and captured.err.count("\n") == 1, captured.err
         assert captured.out == "" and not out.exists()
+
+
+@pytest.mark.parametrize("near_pairs", [50, 202])
+def test_one_sparse_near_bin_does_not_make_a_narrow_3d_local_head(near_pairs):
+    # small-nocoords with positions zeroed, as measured: relative attention flat at 0.49 except
+    # 0.58 in the 2-3 A bin, which only cis peptides reach. A narrow Gaussian over the floor
+    # explains that one point (R^2 ~ 1, amplitude extrapolated to 0 A far above the floor); it is
+    # no neighbourhood: a sparse bin is left out, and the peak is read where the data are.
+    cfg = AttentionAnalysisConfig(max_distance=32.0)
+    stats = AttentionStats(1, 1, cfg)
+    counts = torch.full((cfg.n_distance_bins,), 5000, dtype=torch.int64)
+    counts[:2] = 0
+    counts[2] = near_pairs
+    jitter = torch.as_tensor(np.random.default_rng(0).normal(0.0, 0.004, cfg.n_distance_bins))
+    level = 0.49 + jitter
+    level[2] = 0.58
+    stats.count_dist = counts
+    stats.sum_d = torch.as_tensor(cfg.distance_centres()) * counts
+    stats.sum_dist_rel[0, 0] = level * counts
+    stats.sum_dist[0, 0] = level * counts / 200
+    fits = [{**f, "ablation": ab} for f in fit_all(stats) for ab in ("none", "no-positions")]
+    (head,) = classify_heads(fits)
+    assert not head["local_3d"] and head["contrast_3d_only"] < 0.5
