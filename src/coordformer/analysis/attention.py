@@ -13,17 +13,21 @@ narrow Gaussian with R^2 near 1). Quantities per bin, each fitted (scipy ``curve
 * ``attention``: the mean weight (what the paper plots), A * exp(-d^2 / (2 sigma^2));
 * ``paper``: the same with the query's own point put back at 0 A / separation 0, as the paper's
   code fits it (its per-layer sigmas are of this kind);
-* ``relative``: the weight divided by its query's largest weight (scale-free, as in simulate).
+* ``relative``: the weight divided by its query's largest weight on another residue.
   It removes the softmax's per-query normaliser: pooled over chains of different lengths the
   plain mean falls with distance even for a head that ignores distance (its weights are 1 / L),
-  and for a head whose logits are -d^2 / (2 sigma^2) it is exactly the kernel. Fitted with a
+  and for a head whose logits are -d^2 / (2 sigma^2) it is the kernel over its value at the
+  nearest neighbour (3.8 A for nearly every query). It does not remove a length effect that
+  comes through the logits: a head that sinks attention onto one residue type ranks short chains
+  without it differently from long ones (a known limit of every pooled profile). Fitted with a
   floor, A * exp(-d^2 / (2 sigma^2)) + c, so that attention spread evenly beyond the
   neighbourhood does not widen sigma. The 3D- and sequence-local calls use this fit.
 
 Distance fits have zero mean (sigma in Angstrom); separation fits a free mean (sigma and mu in
-residues); each with R^2 over the non-empty bins. Ablations separate the two signals:
-``ablate=("coords",)`` zeroes the coordinate input (sequence signal only), ``("positions",)`` zeroes
-the positional encoding (3D signal only).
+residues); each with R^2 over the bins it uses: those holding at least ``MIN_BIN_SHARE`` of the
+median bin's pairs (below 3.5 A only cis peptides, a bin too sparse to fit). Ablations separate
+the two signals: ``ablate=("coords",)`` zeroes the coordinate input (sequence signal only),
+``("positions",)`` zeroes the positional encoding (3D signal only).
 """
 
 from __future__ import annotations
@@ -79,8 +83,10 @@ class AttentionStats:
         self.sum_sep_rel = torch.zeros_like(self.sum_sep)
         self.count_sep = torch.zeros(ns, dtype=torch.int64)
         self.hist_sep = torch.zeros(n_layers, n_heads, ns * nv, dtype=torch.int64)
-        self.sum_self = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        self.sum_self = torch.zeros(n_layers, n_heads, dtype=torch.float64)  # queries with a CA
         self.count_self = 0
+        self.sum_self_all = torch.zeros_like(self.sum_self)  # every query
+        self.count_self_all = 0
         self.n_chains = 0
 
     def add(
@@ -105,10 +111,15 @@ class AttentionStats:
         self.sum_d.index_add_(0, dist_bin, d[dist_ok].double())
         self.count_sep += torch.bincount(sep_bin, minlength=2 * cfg.max_separation + 1)
         self.count_self += int(present.sum())
+        self.count_self_all += int(padding_mask.sum())
         for layer, a in enumerate(attentions):
             a = a.float().cpu().permute(1, 0, 2, 3)  # [H, B, L, L]
-            rel = a / a.amax(-1, keepdim=True).clamp_min(1e-30)
-            self.sum_self[layer] += a.diagonal(dim1=-2, dim2=-1)[:, present].double().sum(-1)
+            # over the largest weight on another residue: a self weight that varies with the
+            # query (burial, say) would otherwise rescale each query's curve differently
+            rel = a / a.masked_fill(~other, 0.0).amax(-1, keepdim=True).clamp_min(1e-30)
+            diag = a.diagonal(dim1=-2, dim2=-1).double()  # [H, B, L]
+            self.sum_self[layer] += diag[:, present].sum(-1)
+            self.sum_self_all[layer] += diag[:, padding_mask].sum(-1)
             for ok, bins, total, total_rel, hist in (
                 (dist_ok, dist_bin, self.sum_dist, self.sum_dist_rel, self.hist_dist),
                 (sep_ok, sep_bin, self.sum_sep, self.sum_sep_rel, self.hist_sep),
@@ -122,13 +133,10 @@ class AttentionStats:
         self.n_chains += int(padding_mask.shape[0])
 
     def self_weight(self) -> np.ndarray:
-        """Mean weight a query (with a CA) gives itself, [layers, heads] (NaN before any)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (
-                (self.sum_self / self.count_self).numpy()
-                if self.count_self
-                else (np.full(tuple(self.sum_self.shape), np.nan))
-            )
+        """Mean weight a query gives itself, [layers, heads] (NaN before any query)."""
+        if not self.count_self_all:
+            return np.full(tuple(self.sum_self.shape), np.nan)
+        return (self.sum_self_all / self.count_self_all).numpy()
 
     def _zero_bin(self, kind: str) -> int:
         """Index of the bin where ``paper`` puts a query's own point (0 A; separation 0)."""
@@ -267,7 +275,8 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool, floor: bool = Fa
         "r2": math.nan,
         "peak": math.nan,
     }
-    if len(x) < 3 + int(floor) or not np.any(y > 0):
+    # two points more than parameters, or an exact fit would pass for a Gaussian
+    if len(x) < (2 if zero_mean else 3) + int(floor) + 2 or not np.any(y > 0):
         return fail
     span = float(x.max() - x.min()) or 1.0
     c0 = float(max(y.min(), 0.0)) if floor else 0.0
@@ -297,6 +306,9 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool, floor: bool = Fa
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     res["r2"] = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    if not res["r2"] > 0.0 or res["amplitude"] <= 1e-9 * float(np.abs(y).max()):
+        # collapsed onto the floor (or no better than the mean): a sigma here means nothing
+        return {**fail, "r2": res["r2"]}
     near = x[np.argmin(np.abs(x - res["mean"]))]
     res["peak"] = res["amplitude"] * math.exp(
         -((near - res["mean"]) ** 2) / (2 * res["sigma"] ** 2)
@@ -315,7 +327,7 @@ def fit_all(stats: AttentionStats) -> list[dict]:
         for kind, zero in (("distance", True), ("separation", False)):
             xs, mean = stats.bin_positions(kind, quantity), stats.mean(kind, quantity)
             counts = stats.pairs(kind, quantity)
-            mean = np.where(counts >= MIN_BIN_PAIRS, mean, np.nan)
+            mean = np.where(fit_bins(counts), mean, np.nan)
             n_pairs = int(counts.sum())
             for layer in range(mean.shape[0]):
                 for head in range(mean.shape[1]):
@@ -343,13 +355,27 @@ ABLATIONS = {"none": (), "no-coords": ("coords",), "no-positions": ("positions",
 #: relative attention against distance fits a zero-mean Gaussian over a floor with
 #: R^2 >= LOCAL_R2, sigma <= LOCAL_SIGMA Angstrom and a peak at least LOCAL_CONTRAST times the
 #: floor at the nearest distance observed (there attention at least doubles over what it is far
-#: away), bins of fewer than MIN_BIN_PAIRS pairs left out of every fit; sequence-local
+#: away), sparse bins left out of every fit (``fit_bins``); sequence-local
 #: when, with coordinates zeroed, its separation fit passes the same tests with
 #: sigma <= LOCAL_SEQ_SIGMA residues. A heuristic, stated in every report.
 LOCAL_R2, LOCAL_SIGMA, LOCAL_SEQ_SIGMA, LOCAL_CONTRAST = 0.8, 12.0, 4.0, 1.0
-#: Bins with fewer pairs are too noisy to fit (as in the paper's code): below 3.5 A there are only
-#: the rare cis peptides, whose one noisy bin a narrow Gaussian over a floor would explain alone.
-MIN_BIN_PAIRS = 100
+#: Bins with fewer pairs than this share of the median (non-empty) bin's are left out of the fits:
+#: below 3.5 A there are only the rare cis peptides (0.2% of the 3-4 A bin's pairs over 200 test
+#: chains), whose one noisy bin a narrow Gaussian over a floor would explain alone. A share, not a
+#: count (the paper's code drops bins of <= 100 pairs of one batch), so that it holds for one chain
+#: and for thousands.
+MIN_BIN_SHARE = 0.01
+
+
+def fit_bins(counts: np.ndarray) -> np.ndarray:
+    """Which bins the fits use: [bins] bool of those with at least ``MIN_BIN_SHARE`` of the median
+    non-empty bin's pairs."""
+    filled = counts[counts > 0]
+    if not len(filled):
+        return counts > 0
+    return (counts > 0) & (counts >= MIN_BIN_SHARE * float(np.median(filled)))
+
+
 #: The quantity whose fits decide the local calls and give their sigmas.
 CALL_QUANTITY = "relative"
 
@@ -465,10 +491,16 @@ def chains_attention(
     return fits, classify_heads(fits)
 
 
-def _fmt(v: float, digits: int = 1) -> str:
-    if v == math.inf:  # a peak over a zero floor
+def _fmt(v: float, digits: int = 1, cap: float | None = None) -> str:
+    """A report cell: "-" for none, "∞" (a peak over a zero floor), ">cap" above ``cap`` (a sigma
+    wider than the range fitted, or a ratio over a floor of nearly nothing, is only "large")."""
+    if v == math.inf:
         return "∞"
-    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+    if v is None or not math.isfinite(v):
+        return "-"
+    if cap is not None and v > cap:
+        return f">{cap:g}"
+    return f"{v:.{digits}f}"
 
 
 def analyze_attention(
@@ -657,8 +689,9 @@ def _write_report(
         "without a floor (its per-layer σ are of this kind).",
         "A head is called **3D-local** when, with the positional encoding zeroed (3D signal "
         f"only), its distance fit has R² ≥ {LOCAL_R2}, σ ≤ {LOCAL_SIGMA:g} Å and, at the nearest "
-        f"distance observed, a peak at least {LOCAL_CONTRAST:g}× its floor (bins of fewer than "
-        f"{MIN_BIN_PAIRS} pairs are left out of the fits); **sequence-local** when, with the "
+        f"distance observed, a peak at least {LOCAL_CONTRAST:g}× its floor (bins holding under "
+        f"{100 * MIN_BIN_SHARE:g}% of the median bin's pairs are left out of the fits); "
+        "**sequence-local** when, with the "
         "coordinates zeroed, its separation fit passes the same tests with σ ≤ "
         f"{LOCAL_SEQ_SIGMA:g} residues. These "
         "thresholds are a heuristic; fits.csv holds every number (binned.csv every bin).",
@@ -693,13 +726,16 @@ def _write_report(
             "| σ paper's fit (Å) | σ seq (res) | μ seq | R² | 3D-local | seq-local |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        d_span, s_span = cfg.max_distance, float(2 * cfg.max_separation)
         for h in hs:
             lines.append(
-                f"| {h['layer']} | {h['head']} | {_fmt(h['self'], 2)} | {_fmt(h['sigma_3d'])} | "
-                f"{_fmt(h['r2_3d'], 2)} | {_fmt(h.get('sigma_3d_only', math.nan))} | "
+                f"| {h['layer']} | {h['head']} | {_fmt(h['self'], 2)} | "
+                f"{_fmt(h['sigma_3d'], cap=d_span)} | {_fmt(h['r2_3d'], 2)} | "
+                f"{_fmt(h.get('sigma_3d_only', math.nan), cap=d_span)} | "
                 f"{_fmt(h.get('r2_3d_only', math.nan), 2)} | "
-                f"{_fmt(h.get('contrast_3d_only', math.nan))} | {_fmt(h['sigma_3d_paper'])} | "
-                f"{_fmt(h['sigma_seq'])} | {_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
+                f"{_fmt(h.get('contrast_3d_only', math.nan), cap=1000)} | "
+                f"{_fmt(h['sigma_3d_paper'], cap=d_span)} | {_fmt(h['sigma_seq'], cap=s_span)} | "
+                f"{_fmt(h['mu_seq'])} | {_fmt(h['r2_seq'], 2)} | "
                 f"{_yes(h, 'local_3d')} | {_yes(h, 'local_seq')} |"
             )
         lines.append("")
