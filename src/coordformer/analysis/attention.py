@@ -306,13 +306,14 @@ def fit_gaussian(x: np.ndarray, y: np.ndarray, zero_mean: bool, floor: bool = Fa
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     res["r2"] = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    if not res["r2"] > 0.0 or res["amplitude"] <= 1e-9 * float(np.abs(y).max()):
-        # collapsed onto the floor (or no better than the mean): a sigma here means nothing
-        return {**fail, "r2": res["r2"]}
     near = x[np.argmin(np.abs(x - res["mean"]))]
     res["peak"] = res["amplitude"] * math.exp(
         -((near - res["mean"]) ** 2) / (2 * res["sigma"] ** 2)
     )
+    if not res["r2"] > 0.0 or res["peak"] <= 1e-3 * float(y.max() - y.min()):
+        # no better than the mean, or a Gaussian that touches no data point (collapsed onto the
+        # floor, or narrower than the gap to the nearest bin): a sigma here means nothing
+        return {**fail, "r2": res["r2"]}
     return {k: float(v) for k, v in res.items()}
 
 
