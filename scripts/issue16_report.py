@@ -147,12 +147,12 @@ def attention(e: Path) -> list[str]:
         return ["(analyze-attention output missing)"]
     rows = list(csv.DictReader(open(p)))
     out = [
-        "| model | layer | 3D-local heads | their sigma with positions zeroed (A) |",
-        "|---|---|---|---|",
+        "| model | layer | 3D-local heads | their sigma with positions zeroed (A) "
+        "| their sigma by the paper's fit (A) |",
+        "|---|---|---|---|---|",
     ]
-    # the sigma of the test that makes a head 3D-local (positional encoding zeroed): the paper's
-    # per-layer sigma is of that kind too
-    sig_key = "sigma_3d_only"
+    # positions zeroed: the sigma of the test that makes a head 3D-local; the paper's fit (mean
+    # weight, self point at 0 A, full input) is the quantity of the paper's per-layer sigma
     for model in sorted({r["model"] for r in rows}):
         for layer in sorted({int(r["layer"]) for r in rows if r["model"] == model}):
             hs = [
@@ -160,12 +160,11 @@ def attention(e: Path) -> list[str]:
                 for r in rows
                 if r["model"] == model and int(r["layer"]) == layer and r.get("local_3d") == "True"
             ]
-            sig = ", ".join(
-                f"{float(r[sig_key]):.1f}"
-                for r in hs
-                if sig_key and r.get(sig_key) not in ("", None)
-            )
-            out.append(f"| {model} | {layer} | {len(hs)} | {sig} |")
+            cols = [
+                ", ".join(f"{float(r[k]):.1f}" for r in hs if r.get(k) not in ("", None))
+                for k in ("sigma_3d_only", "sigma_3d_paper")
+            ]
+            out.append(f"| {model} | {layer} | {len(hs)} | {cols[0]} | {cols[1]} |")
     return out
 
 
