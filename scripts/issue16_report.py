@@ -161,7 +161,11 @@ def attention(e: Path) -> list[str]:
                 if r["model"] == model and int(r["layer"]) == layer and r.get("local_3d") == "True"
             ]
             cols = [
-                ", ".join(f"{float(r[k]):.1f}" for r in hs if r.get(k) not in ("", None))
+                ", ".join(
+                    f"{float(r[k]):.1f}"
+                    for r in hs
+                    if r.get(k) not in ("", None) and float(r[k]) == float(r[k])  # not NaN
+                )
                 for k in ("sigma_3d_only", "sigma_3d_paper")
             ]
             out.append(f"| {model} | {layer} | {len(hs)} | {cols[0]} | {cols[1]} |")

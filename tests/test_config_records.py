@@ -400,7 +400,12 @@ def test_evaluate_mlm_keyword_defaults_are_the_eval_record():
     [
         ("construct", "coordformer.sim.construct", "construction_report", ("sigma", "seed")),
         ("fetch", "coordformer.io.fetch", "fetch", ("workers", "timeout", "retries")),
-        ("simulate", "coordformer.sim.studies", "simulate", ("workers", "device", "seed")),
+        (
+            "simulate",
+            "coordformer.sim.studies",
+            "simulate",
+            ("workers", "device", "seed", "preset"),
+        ),
     ],
 )
 def test_commands_without_a_record_share_their_library_function_defaults(

@@ -124,3 +124,34 @@ def test_eta_is_that_of_the_first_limit():
     assert eta_seconds(100, 0.5, 20.0) == 20.0  # the budget ends first
     assert eta_seconds(100, 0.5, 600.0) == 50.0  # the steps end first
     assert eta_seconds(100, 0.5, -3.0) == 0.0  # past the budget: never negative
+
+
+def test_finetune_eta_counts_from_a_mid_epoch_resume_and_a_signal_stop_says_so(monkeypatch, capsys):
+    # a stage resumed from last.ckpt goes on at its saved batch (here 3 of 8 in epoch 3 of 4):
+    # the rate is of this process's batches only, and a stop part-way is not "ended after"
+    import types
+
+    from coordformer.train import progress
+
+    clock_s = iter([0.0, 1.0, 1.0, 2.0, 2.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock_s))
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    bar = progress.EpochProgressBar("fine-tune", plain=True)
+    trainer = types.SimpleNamespace(
+        current_epoch=2,
+        max_epochs=4,
+        num_training_batches=8,
+        progress_bar_metrics={"train_loss": 0.5},
+        loggers=[],
+        state=types.SimpleNamespace(fn="fit"),
+        sanity_checking=False,
+    )
+    bar._trainer = trainer
+    bar._t0 = progress.time.monotonic()  # on_train_start, without Lightning's tqdm set-up
+    bar.on_train_batch_end(trainer, None, None, None, batch_idx=3)
+    trainer.current_epoch = 3  # Lightning counts the interrupted epoch as done
+    bar._line(trainer, None, None, final=True)
+    first, last = capsys.readouterr().out.splitlines()
+    # 1/8 epoch in 1 s: 1.5 epochs left is 12 s (counting the batches before the resume: 2.7 s)
+    assert first.startswith("fine-tune: epoch 3/4, batch 4/8, 0:00:01 elapsed, ETA <= 0:00:12")
+    assert last.startswith("fine-tune: stopped in epoch 3/4 at batch 4/8, 0:00:02 elapsed")

@@ -23,6 +23,8 @@ from .config import (
     FETCH_TIMEOUT_S,
     FETCH_WORKERS,
     PRECISIONS,
+    SIMULATE_DEVICE,
+    SIMULATE_PRESET,
     SIMULATE_WORKERS,
     AttentionAnalysisConfig,
     EmbedConfig,
@@ -865,7 +867,7 @@ def simulate(
         False, "--quick", help="Shorthand for --preset quick (about 3 minutes on 2 CPU cores)."
     ),
     preset: str = typer.Option(
-        "standard",
+        SIMULATE_PRESET,
         help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the "
         "paper's sizes; GPU).",
     ),
@@ -875,7 +877,7 @@ def simulate(
     workers: int = typer.Option(
         SIMULATE_WORKERS, min=1, help="Parallel worker processes (one CPU thread each)."
     ),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA if there is one)."),
+    device: str = typer.Option(SIMULATE_DEVICE, help="cpu, cuda or auto (CUDA if there is one)."),
     seed: int = typer.Option(0, help="Added to every model and data seed."),
     quiet: bool = typer.Option(False),
 ):

@@ -608,8 +608,11 @@ CONSTRUCT_SIGMA = 0.5
 FETCH_WORKERS = 4
 FETCH_TIMEOUT_S = 60.0
 FETCH_RETRIES = 3
-#: ``simulate``: worker processes (one CPU thread each).
+#: ``simulate``: worker processes (one CPU thread each), device, and the preset docs/RESULTS.md
+#: reports (``sim.studies.PRESETS``).
 SIMULATE_WORKERS = 2
+SIMULATE_DEVICE = "cpu"
+SIMULATE_PRESET = "standard"
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class AttentionStats:
     """Streaming sums and value histograms of attention per (layer, head, bin), a query's weight on
     itself left out of every bin.
 
-    sum_*: [layers, heads, bins] float64 (``_rel``: weight / its query's largest weight);
+    sum_*: [layers, heads, bins] float64 (``_rel``: weight / its query's largest weight on
+    another residue);
     count_*: [bins] int64 (the same pairs for every head);
     hist_*: [layers, heads, bins, len(VALUE_EDGES)] int64; sum_self: [layers, heads] float64, the
     weights queries with a CA give themselves, count_self of them (what ``paper`` puts back).
@@ -321,7 +322,8 @@ def fit_all(stats: AttentionStats) -> list[dict]:
     """One row per (layer, head, kind, quantity) with the Gaussian fit of the bin means (with a
     floor for ``FLOOR_QUANTITIES``) and ``self``, the head's mean weight on the query itself.
     Layers are numbered from 1. For a head whose logits are exactly -d^2 / (2 sigma^2),
-    "relative" is exactly the kernel; it is what the local calls use (module docstring)."""
+    "relative" is the kernel up to a scale (its value at the nearest other residue), so the fit's
+    sigma is the kernel's; it is what the local calls use (module docstring)."""
     rows = []
     self_w = stats.self_weight()
     for quantity in QUANTITIES:

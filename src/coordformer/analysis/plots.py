@@ -252,7 +252,12 @@ def attention_layer_figure(
             else:
                 ax.set_xlabel("CA-CA distance (Å)" if h == 0 else "", fontsize=7)
         axes[row][0].set_ylabel("attention", fontsize=8)
-    fig.suptitle(title or f"layer {layer}", fontsize=9)
+    # the panels are of the mean weight; report.md's sigma and calls are of the relative fit
+    fig.suptitle(
+        (title or f"layer {layer}") + "; mean weight per bin and its fit without a floor "
+        "(report.md's σ: relative attention with a floor)",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
@@ -288,8 +293,8 @@ def attention_summary_figure(
             )
     axes[0][0].set_ylabel("σ (Å)")
     axes[0][1].set_ylabel("σ (residues)")
-    axes[0][0].set_title(f"3D distance (heads with R² ≥ {min_r2})", fontsize=9)
-    axes[0][1].set_title(f"sequence separation (heads with R² ≥ {min_r2})", fontsize=9)
+    axes[0][0].set_title(f"3D distance (mean-weight fits with R² ≥ {min_r2})", fontsize=9)
+    axes[0][1].set_title(f"sequence separation (mean-weight fits with R² ≥ {min_r2})", fontsize=9)
     layers = sorted({f["layer"] for fits in fits_by_model.values() for f in fits}) or [1]
     for ax in axes[1]:
         ax.set_ylabel("amplitude")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import SIMULATE_WORKERS, SimConfig
+from ..config import SIMULATE_DEVICE, SIMULATE_PRESET, SIMULATE_WORKERS, SimConfig
 from ..errors import CoordformerError, UsageError
 
 STUDIES = ("exponent", "headdim", "width", "augment")
@@ -535,10 +535,10 @@ def write_outputs(rows: dict[str, list[dict]], out: Path, preset: SimPreset) -> 
 
 def simulate(
     out: str | Path,
-    preset: str = "quick",
+    preset: str = SIMULATE_PRESET,
     studies: tuple[str, ...] = STUDIES,
     workers: int = SIMULATE_WORKERS,
-    device: str = "cpu",
+    device: str = SIMULATE_DEVICE,
     seed: int = 0,
     echo: Callable[[str], None] = print,
     progress: bool = True,

@@ -84,20 +84,28 @@ class EpochProgressBar(_Bar):
         fine-tune: epoch 2/30 done, 0:01:40 elapsed, ETA <= 0:23:20, train_loss 0.23, valid_fmax 0.4
         fine-tune: ended after 12/30 epochs, 0:10:02 elapsed, train_loss 0.18, valid_fmax 0.52
 
-    The ETA runs to the last epoch: early stopping may end the stage sooner, hence "<=".
+    The ETA runs to the last epoch at this process's rate (a resumed stage counts from where it
+    resumed, mid-epoch included): early stopping may end the stage sooner, hence "<=". A stage
+    stopped part-way through an epoch (Ctrl-C, SIGTERM) says so instead of "ended after".
     """
 
     def __init__(self, stage: str, plain: bool | None = None, refresh_rate: int = 10):
         super().__init__(plain=plain, refresh_rate=refresh_rate)
         self.stage = stage
-        self._start: tuple[int, float] | None = None  # (epoch, monotonic time) of this process
+        self._t0: float | None = None  # when this process started training
+        self._from: float | None = None  # epochs done (fractional) when its first batch began
+        self._batch = 0  # batches done in the current epoch
 
     def _epoch(self, trainer) -> str:
         return f"{self.stage}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
 
+    def _batches(self) -> int | None:
+        total = self.total_train_batches
+        return total if isinstance(total, int) and total > 0 else None
+
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
-        self._start = (trainer.current_epoch, time.monotonic())  # a resumed stage starts later
+        self._t0 = time.monotonic()
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
@@ -105,15 +113,21 @@ class EpochProgressBar(_Bar):
             self.train_progress_bar.set_description(self._epoch(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._from is None:  # a resume goes on from a saved batch count
+            total = self._batches()
+            self._from = trainer.current_epoch + (batch_idx / total if total else 0.0)
+        self._batch = batch_idx + 1
         if not self.plain:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if time.monotonic() - self._last_line >= PLAIN_EVERY_S:
+        if not self.is_disabled and time.monotonic() - self._last_line >= PLAIN_EVERY_S:
             self._line(trainer, pl_module, batch_idx + 1)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
         if (
             self.plain
+            and not self.is_disabled
+            and trainer.state.fn == "fit"
             and not trainer.sanity_checking
             and time.monotonic() - self._last_line >= PLAIN_EVERY_S
         ):
@@ -121,31 +135,35 @@ class EpochProgressBar(_Bar):
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
-        if self.plain:
+        if self.plain and not self.is_disabled:
             self._line(trainer, pl_module, None, final=True)
 
     def _line(self, trainer, pl_module, batch: int | None, final: bool = False) -> None:
         """``batch``: batches done in this epoch; None after the epoch's validation."""
         self._last_line = time.monotonic()
-        total = self.total_train_batches
-        known = isinstance(total, int) and total > 0
-        parts = [
-            f"{self.stage}: ended after {trainer.current_epoch}/{trainer.max_epochs} epochs"
-            if final  # Lightning has counted the last epoch by now
-            else self._epoch(trainer) + (" done" if batch is None else "")
-        ]
+        total = self._batches()
+        if not final:
+            head = self._epoch(trainer) + (" done" if batch is None else "")
+        elif total and 0 < self._batch < total:  # stopped part-way (Lightning counts it done)
+            head = (
+                f"{self.stage}: stopped in epoch {trainer.current_epoch}/{trainer.max_epochs} "
+                f"at batch {self._batch}/{total}"
+            )
+        else:  # Lightning has counted the last epoch by now
+            head = f"{self.stage}: ended after {trainer.current_epoch}/{trainer.max_epochs} epochs"
+        parts = [head]
         if batch is not None:
-            parts.append(f"batch {batch}/{total}" if known else f"batch {batch}")
-        epoch0, t0 = self._start or (trainer.current_epoch, self._last_line)
-        elapsed = self._last_line - t0
+            parts.append(f"batch {batch}/{total}" if total else f"batch {batch}")
+        elapsed = self._last_line - (self._t0 if self._t0 is not None else self._last_line)
         parts.append(f"{clock(elapsed)} elapsed")
-        if batch is None:
-            done = trainer.current_epoch + 1 - epoch0
-        else:
-            done = trainer.current_epoch - epoch0 + (batch / total if known else 0.0)
-        if done > 0 and not final:
-            left = trainer.max_epochs - epoch0 - done
-            parts.append(f"ETA <= {clock(left * elapsed / done)}")
+        if not final and self._from is not None:
+            if batch is None:
+                at = trainer.current_epoch + 1.0
+            else:
+                at = trainer.current_epoch + (batch / total if total else 0.0)
+            if at > self._from:
+                left = max(trainer.max_epochs - at, 0.0)
+                parts.append(f"ETA <= {clock(left * elapsed / (at - self._from))}")
         parts += [f"{k} {_fmt(v)}" for k, v in self.get_metrics(trainer, pl_module).items()]
         print(", ".join(parts), flush=True)
 
@@ -173,7 +191,8 @@ class TrainProgressBar(_Bar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.plain:
-            if time.monotonic() - self._last_line >= PLAIN_EVERY_S:
+            # Lightning disables the bar on every rank but the first: one line per step, not N
+            if not self.is_disabled and time.monotonic() - self._last_line >= PLAIN_EVERY_S:
                 self._line(trainer, pl_module)
             return
         if not self.max_minutes:
@@ -186,7 +205,7 @@ class TrainProgressBar(_Bar):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        if self.plain and not trainer.sanity_checking:
+        if self.plain and not self.is_disabled and not trainer.sanity_checking:
             metrics = {
                 k: v
                 for k, v in self.get_metrics(trainer, pl_module).items()
@@ -204,7 +223,7 @@ class TrainProgressBar(_Bar):
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
-        if self.plain:
+        if self.plain and not self.is_disabled:
             self._line(trainer, pl_module, final=True)
 
     def _eta(self, trainer, pl_module) -> float | None:
