@@ -158,10 +158,8 @@ class AttentionStats:
         if kind == "separation":
             return self.cfg.separations().astype(float)
         centres = self.cfg.distance_centres()
-        c = self.count_dist.double().clone()
-        if quantity == "paper":
-            c[0] += self.count_self
-        return np.where(c.numpy() > 0, (self.sum_d / c.clamp_min(1)).numpy(), centres)
+        c = self.pairs(kind, quantity).astype(float)
+        return np.where(c > 0, self.sum_d.numpy() / np.maximum(c, 1.0), centres)
 
     def mean(self, kind: str, quantity: str = "attention") -> np.ndarray:
         """Mean per bin of ``quantity`` (see the module docstring: "attention", "paper",
@@ -174,11 +172,9 @@ class AttentionStats:
             "paper": self.sum_dist if dist else self.sum_sep,
             "relative": self.sum_dist_rel if dist else self.sum_sep_rel,
         }[quantity].clone()
-        c = (self.count_dist if dist else self.count_sep).double().clone()
         if quantity == "paper":
-            z = self._zero_bin(kind)
-            s[:, :, z] += self.sum_self
-            c[z] += self.count_self
+            s[:, :, self._zero_bin(kind)] += self.sum_self
+        c = torch.from_numpy(self.pairs(kind, quantity)).double()
         with np.errstate(invalid="ignore", divide="ignore"):
             return (s / c).numpy()
 
