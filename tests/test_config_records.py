@@ -406,6 +406,12 @@ def test_evaluate_mlm_keyword_defaults_are_the_eval_record():
             "simulate",
             ("workers", "device", "seed", "preset"),
         ),
+        (
+            "evaluate-function",
+            "coordformer.function.finetune",
+            "evaluate_predictions",
+            ("split", "bootstrap", "seed"),
+        ),
     ],
 )
 def test_commands_without_a_record_share_their_library_function_defaults(

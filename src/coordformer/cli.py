@@ -23,6 +23,7 @@ from .config import (
     FETCH_TIMEOUT_S,
     FETCH_WORKERS,
     PRECISIONS,
+    SEED,
     SIMULATE_DEVICE,
     SIMULATE_PRESET,
     SIMULATE_WORKERS,
@@ -839,7 +840,7 @@ def construct(
     sigma: float = typer.Option(
         CONSTRUCT_SIGMA, min=1e-3, help="Kernel width in coordinate units."
     ),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(SEED),
 ):
     """Hand-built Gaussian-attention weights: measure
     n, n+1, n+2 head dims and FFN |x|^2 (CSV + PNG)."""
@@ -878,7 +879,7 @@ def simulate(
         SIMULATE_WORKERS, min=1, help="Parallel worker processes (one CPU thread each)."
     ),
     device: str = typer.Option(SIMULATE_DEVICE, help="cpu, cuda or auto (CUDA if there is one)."),
-    seed: int = typer.Option(0, help="Added to every model and data seed."),
+    seed: int = typer.Option(SEED, help="Added to every model and data seed."),
     quiet: bool = typer.Option(False),
 ):
     """Synthetic point clouds: exponent, head-dimension,
@@ -1483,7 +1484,7 @@ def evaluate_function(
     bootstrap: int = typer.Option(
         0, min=0, help="Resamples for a 95% interval of each run's Fmax minus the first run's."
     ),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(SEED),
 ):
     """Fmax, micro-AUPR and flattened max-F1 of saved
     predictions, side by side (and by identity bin)."""

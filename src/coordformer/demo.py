@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from .config import SEED
 from .errors import UsageError
 
 MODELS = ("small-coords", "small-nocoords")
@@ -34,7 +35,7 @@ def run_demo(
     max_chains: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> dict:
     """Prepare the bundled chains, evaluate both shipped models on identical masks, write a report.
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..batch import HOST_FIELDS, Batch
-from ..config import CROP_MODES, BatchConfig  # noqa: F401 - CROP_MODES re-exported
+from ..config import CROP_MODES, SEED, BatchConfig  # noqa: F401 - CROP_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_table
 from ..errors import ConfigError, SequenceTooLong, UsageError
 from ..geometry import centre, rotation_from_gaussian
@@ -497,7 +497,7 @@ def unmasked_batches(
     crop_length: int,
     tokens_per_batch: int,
     rotate: bool = False,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> Iterator[Batch]:
     """Every chain of ``idx`` exactly once, in the batches of :func:`inference_plan`: clean
     (unmasked) tokens, centred coordinates, each chain cropped to its first ``crop_length``

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 
+from ..config import SEED
 
-def paired_bootstrap(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+
+def paired_bootstrap(a: dict, b: dict, n_boot: int = 2000, seed: int = SEED) -> dict:
     """Bootstrap over chains (resampled with replacement, the same draw for both models).
 
     a, b: evaluate_mlm() outputs with ``per_chain`` on the same dataset split and masking seed.

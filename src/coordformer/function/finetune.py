@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import HEADS, FinetuneConfig  # noqa: F401 - HEADS re-exported
+from ..config import HEADS, SEED, FinetuneConfig  # noqa: F401 - HEADS re-exported
 from ..data.batching import BatchSettings, collate_chains, token_budget_batches
 from ..data.store import PreparedDataset
 from ..errors import OptionError, TrainingInterrupted, UsageError
@@ -588,7 +588,7 @@ def evaluate_predictions(
     split: str = "test",
     identity: str | Path | None = None,
     bootstrap: int = 0,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> str:
     """A Markdown table of the metrics of saved predictions (run folders or .npz files), one row per
     run; with ``identity`` (DeepFRI *_test.csv) one Fmax / AUPR column pair per identity bin; with

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import CONSTRUCT_SIGMA
+from ..config import CONSTRUCT_SIGMA, SEED
 
 
 def features(x: torch.Tensor, square: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,7 +98,7 @@ def best_fit_attention(
     n_points: int = 5,
     steps: int = 3000,
     restarts: int = 3,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> tuple[Head, float]:
     """Best head of dimension ``d_head`` found by Adam for the normalised kernel on random clouds.
 
@@ -211,7 +211,7 @@ def one_layer_attention(
 
 
 def construction_report(
-    out_dir, sigma: float = CONSTRUCT_SIGMA, seed: int = 0, steps: int = 1500, command: str = ""
+    out_dir, sigma: float = CONSTRUCT_SIGMA, seed: int = SEED, steps: int = 1500, command: str = ""
 ) -> dict:
     """Measure every variant and write construction_attention.csv, construction_ffn.csv,
     construction.png and config.json to ``out_dir``.

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import SIMULATE_DEVICE, SIMULATE_PRESET, SIMULATE_WORKERS, SimConfig
+from ..config import SEED, SIMULATE_DEVICE, SIMULATE_PRESET, SIMULATE_WORKERS, SimConfig
 from ..errors import CoordformerError, UsageError
 
 STUDIES = ("exponent", "headdim", "width", "augment")
@@ -539,7 +539,7 @@ def simulate(
     studies: tuple[str, ...] = STUDIES,
     workers: int = SIMULATE_WORKERS,
     device: str = SIMULATE_DEVICE,
-    seed: int = 0,
+    seed: int = SEED,
     echo: Callable[[str], None] = print,
     progress: bool = True,
 ) -> list[dict]:
