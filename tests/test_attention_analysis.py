@@ -18,6 +18,7 @@ from coordformer.analysis.attention import (
     collect_attention,
     fit_all,
     fit_gaussian,
+    summary_heads,
 )
 from coordformer.cli import main
 from coordformer.config import ModelConfig, PrepareConfig
@@ -173,6 +174,85 @@ def test_self_attention_floors_and_chain_length_do_not_fake_or_bend_3d_local_hea
     assert not uniform["local_3d"] and not uniform["contrast_3d_only"] >= 0.1  # NaN: no fit
     rel = [f for f in fits if f["quantity"] == "relative" and f["kind"] == "distance"]
     assert not any(f["baseline"] < 0.0 for f in rel) and len(rel) == 2 * 4
+
+
+def _captured(monkeypatch):
+    """Keep the figures the plotting functions save, instead of closing them."""
+    from coordformer.analysis import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    return plots, figs
+
+
+def test_layer_figure_draws_the_relative_fit_the_calls_use(tmp_path, monkeypatch):
+    sigma = 6.0
+    data = _dataset(tmp_path, [_helix(i, 30 + 10 * i) for i in range(10)], "helices")
+    cfg = AttentionAnalysisConfig(max_chains=None, max_distance=40.0)
+    stats = collect_attention(ArtefactHeads(sigma), data, cfg, progress=False)
+    fits = fit_all(stats)
+    # the relative quantity has its own value histograms, of the same pairs, all at most 1
+    assert torch.equal(
+        stats.hist_dist_rel.view(1, 4, -1, 61).sum(-1), stats.hist_dist.view(1, 4, -1, 61).sum(-1)
+    )
+    q = stats.percentiles("distance", quantity="relative")
+    assert np.nanmax(q) <= 1.0 and np.nanmax(q) == pytest.approx(1.0)
+    # the constructed heads ignore positions: the unablated fits stand in for the ablation's
+    heads = classify_heads(
+        fits + [{**f, "ablation": "no-positions"} for f in fits if f["kind"] == "distance"]
+    )
+    plots, figs = _captured(monkeypatch)
+    plots.attention_layer_figure(stats, fits, 1, tmp_path / "l1.png", heads=heads)
+    axes = figs[0].axes
+    rel = [f for f in fits if f["quantity"] == "relative" and f["kind"] == "distance"]
+    for h, ax in enumerate(axes[:4]):
+        title = ax.get_title()
+        if np.isfinite(rel[h]["sigma"]):  # the panel's sigma is the relative fit's (report.md's)
+            assert f"σ={rel[h]['sigma']:.1f} Å" in title
+        assert ("3D-local" in title) == heads[h]["local_3d"]
+    assert "σ=6.0 Å" in axes[1].get_title() and axes[0].get_ylabel() == "relative attention"
+    # the red curve is the Gaussian over its floor, the floor drawn dashed
+    curve = next(line for line in axes[1].lines if len(line.get_xdata()) == 200)
+    assert curve.get_ydata().min() == pytest.approx(rel[1]["baseline"], rel=1e-3)
+    assert any(line.get_linestyle() == "--" for line in axes[1].lines)
+    # the plain weight is still available, labelled as such
+    plots.attention_layer_figure(stats, fits, 1, tmp_path / "w.png", quantity="attention")
+    assert figs[1].axes[0].get_ylabel() == "attention"
+
+
+def test_summary_draws_the_local_heads_and_the_papers_sigmas(tmp_path, monkeypatch):
+    def head(layer, h, local_3d=None, sigma_3d=5.0, r2_3d=0.95, contrast_3d=4.0):
+        row = {
+            "layer": layer,
+            "head": h,
+            "sigma_3d": sigma_3d,
+            "r2_3d": r2_3d,
+            "contrast_3d": contrast_3d,
+            "sigma_3d_paper": 3.0,
+            "sigma_seq": 50.0,
+            "r2_seq": 0.1,
+            "contrast_seq": 0.5,
+        }
+        if local_3d is not None:
+            row.update(local_3d=local_3d, local_seq=False)
+        return row
+
+    called = [head(1, 0, True), head(1, 1, False), head(2, 0, True, sigma_3d=20.0)]
+    sel = summary_heads(called)
+    assert [h["head"] for h in sel["distance"][0]] == [0, 0] and sel["distance"][1]
+    assert sel["separation"] == ([], True)
+    # without the ablation the unablated fit is held to the same tests (sigma <= 12 A)
+    uncalled = summary_heads([head(1, 0), head(1, 1, r2_3d=0.5), head(2, 0, sigma_3d=20.0)])
+    assert [(h["layer"], h["head"]) for h in uncalled["distance"][0]] == [(1, 0)]
+    assert not uncalled["distance"][1]
+    plots, figs = _captured(monkeypatch)
+    plots.attention_summary_figure({"m": sel}, tmp_path / "s.png", paper_sigmas=(4.7, 2.7))
+    ax = figs[0].axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    # two local heads (filled and open markers) and the paper's two layers
+    assert sorted(points[:, 1].tolist()) == [2.7, 3.0, 3.0, 4.7, 5.0, 20.0]
+    assert "3D-local heads" in ax.get_title()
+    assert "no local head" in [t.get_text() for t in figs[0].axes[1].texts]
 
 
 def test_fit_gaussian_on_known_curves():

@@ -66,7 +66,8 @@ class AttentionStats:
     sum_*: [layers, heads, bins] float64 (``_rel``: weight / its query's largest weight on
     another residue);
     count_*: [bins] int64 (the same pairs for every head);
-    hist_*: [layers, heads, bins, len(VALUE_EDGES)] int64; sum_self: [layers, heads] float64, the
+    hist_*: [layers, heads, bins * len(VALUE_EDGES)] int64 of the weights' log10 values
+    (``_rel``: of the relative quantity, in (0, 1]); sum_self: [layers, heads] float64, the
     weights queries with a CA give themselves, count_self of them (what ``paper`` puts back).
     """
 
@@ -82,8 +83,10 @@ class AttentionStats:
         self.sum_sep = torch.zeros(n_layers, n_heads, ns, dtype=torch.float64)
         self.sum_dist_rel = torch.zeros_like(self.sum_dist)
         self.sum_sep_rel = torch.zeros_like(self.sum_sep)
+        self.hist_dist_rel = torch.zeros_like(self.hist_dist)
         self.count_sep = torch.zeros(ns, dtype=torch.int64)
         self.hist_sep = torch.zeros(n_layers, n_heads, ns * nv, dtype=torch.int64)
+        self.hist_sep_rel = torch.zeros_like(self.hist_sep)
         self.sum_self = torch.zeros(n_layers, n_heads, dtype=torch.float64)  # queries with a CA
         self.count_self = 0
         self.sum_self_all = torch.zeros_like(self.sum_self)  # every query
@@ -121,16 +124,25 @@ class AttentionStats:
             diag = a.diagonal(dim1=-2, dim2=-1).double()  # [H, B, L]
             self.sum_self[layer] += diag[:, present].sum(-1)
             self.sum_self_all[layer] += diag[:, padding_mask].sum(-1)
-            for ok, bins, total, total_rel, hist in (
-                (dist_ok, dist_bin, self.sum_dist, self.sum_dist_rel, self.hist_dist),
-                (sep_ok, sep_bin, self.sum_sep, self.sum_sep_rel, self.hist_sep),
+            for ok, bins, total, total_rel, hist, hist_rel in (
+                (
+                    dist_ok,
+                    dist_bin,
+                    self.sum_dist,
+                    self.sum_dist_rel,
+                    self.hist_dist,
+                    self.hist_dist_rel,
+                ),
+                (sep_ok, sep_bin, self.sum_sep, self.sum_sep_rel, self.hist_sep, self.hist_sep_rel),
             ):
-                vals = a[:, ok]  # [H, N]
-                total[layer].index_add_(1, bins, vals.double())
-                total_rel[layer].index_add_(1, bins, rel[:, ok].double())
-                vb = torch.bucketize(torch.log10(vals.clamp_min(1e-12)), edges).clamp(max=nv - 1)
-                flat = bins[None, :] * nv + vb  # [H, N]
-                hist[layer].scatter_add_(1, flat, torch.ones_like(flat))
+                for vals, sums, counts in (
+                    (a[:, ok], total, hist),
+                    (rel[:, ok], total_rel, hist_rel),
+                ):
+                    sums[layer].index_add_(1, bins, vals.double())  # vals: [H, N]
+                    vb = torch.bucketize(torch.log10(vals.clamp_min(1e-12)), edges)
+                    flat = bins[None, :] * nv + vb.clamp(max=nv - 1)  # [H, N]
+                    counts[layer].scatter_add_(1, flat, torch.ones_like(flat))
         self.n_chains += int(padding_mask.shape[0])
 
     def self_weight(self) -> np.ndarray:
@@ -178,10 +190,19 @@ class AttentionStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             return (s / c).numpy()
 
-    def percentiles(self, kind: str, qs=(10, 25, 50, 75, 90)) -> np.ndarray:
-        """Approximate percentiles of attention values per bin from the histograms (to the
-        resolution of VALUE_EDGES): [len(qs), layers, heads, bins], NaN for empty bins."""
-        hist = self.hist_dist if kind == "distance" else self.hist_sep
+    def percentiles(
+        self, kind: str, qs=(10, 25, 50, 75, 90), quantity: str = "attention"
+    ) -> np.ndarray:
+        """Approximate percentiles per bin of the weights (``quantity`` "attention") or of the
+        relative quantity ("relative"), from the histograms (to the resolution of VALUE_EDGES):
+        [len(qs), layers, heads, bins], NaN for empty bins."""
+        if quantity not in ("attention", "relative"):
+            raise ValueError(f"no value histogram of {quantity!r}; 'attention' or 'relative'")
+        rel = quantity == "relative"
+        if kind == "distance":
+            hist = self.hist_dist_rel if rel else self.hist_dist
+        else:
+            hist = self.hist_sep_rel if rel else self.hist_sep
         empty = ((self.count_dist if kind == "distance" else self.count_sep) == 0).numpy()
         nl, nh, _ = hist.shape
         h = hist.view(nl, nh, -1, len(VALUE_EDGES)).double()
@@ -400,10 +421,45 @@ def contrast(fit: dict) -> float:
     return a / c if c > 0 else (math.inf if a > 0 else 0.0)
 
 
+def _passes(r2: float, sigma: float, peak_over_floor: float, max_sigma: float) -> bool:
+    return bool(r2 >= LOCAL_R2 and sigma <= max_sigma and peak_over_floor >= LOCAL_CONTRAST)
+
+
 def _local(fit: dict, max_sigma: float) -> bool:
-    return bool(
-        fit["r2"] >= LOCAL_R2 and fit["sigma"] <= max_sigma and contrast(fit) >= LOCAL_CONTRAST
-    )
+    return _passes(fit["r2"], fit["sigma"], contrast(fit), max_sigma)
+
+
+#: sigma of the Gaussian fitted per layer in the paper (layers 1-4, Angstrom; one head per layer,
+#: the mean weight with the query's own point, no floor): drawn for comparison in summary.png.
+PAPER_LAYER_SIGMAS = (4.7, 2.7, 3.5, 4.7)
+
+
+def summary_heads(heads: list[dict]) -> dict[str, tuple[list[dict], bool]]:
+    """The heads of one model (:func:`classify_heads` rows) that summary.png draws, per kind
+    ("distance", "separation"): (rows, called). ``called`` is True where the ablation that decides
+    the call ran and the rows are the 3D- / sequence-local heads; otherwise the rows are those whose
+    fit on the unablated pass passes the same tests (both signals present)."""
+    out = {}
+    for kind, key, suffix, max_sigma in (
+        ("distance", "local_3d", "3d", LOCAL_SIGMA),
+        ("separation", "local_seq", "seq", LOCAL_SEQ_SIGMA),
+    ):
+        called = bool(heads) and all(key in h for h in heads)
+        out[kind] = (
+            [
+                h
+                for h in heads
+                if (
+                    h[key]
+                    if called
+                    else _passes(
+                        h[f"r2_{suffix}"], h[f"sigma_{suffix}"], h[f"contrast_{suffix}"], max_sigma
+                    )
+                )
+            ],
+            called,
+        )
+    return out
 
 
 def classify_heads(fits: list[dict]) -> list[dict]:
@@ -433,6 +489,7 @@ def classify_heads(fits: list[dict]) -> list[dict]:
             "sigma_seq": full_s["sigma"],
             "mu_seq": full_s["mean"],
             "r2_seq": full_s["r2"],
+            "contrast_seq": contrast(full_s),
         }
         if "no-positions" in ablations:
             d = _fit(fits, layer, head, "distance", "no-positions", q)
@@ -447,6 +504,7 @@ def classify_heads(fits: list[dict]) -> list[dict]:
             rec.update(
                 sigma_seq_only=s_["sigma"],
                 r2_seq_only=s_["r2"],
+                contrast_seq_only=contrast(s_),
                 local_seq=_local(s_, LOCAL_SEQ_SIGMA),
             )
         out.append(rec)
@@ -517,8 +575,10 @@ def analyze_attention(
 
     Writes to ``out``: fits.csv (every layer/head/kind/quantity/ablation/model), binned.csv (the
     bin means behind the fits), heads.csv (per-head sigmas and local calls), <model>_layer<k>.png
-    (no ablation), summary.png, report.md, analysis.json (settings and command); with two or more
-    checkpoints also the per-amino-acid recovery difference of the first two (recovery.png).
+    (relative attention of the unablated pass, local calls marked), summary.png (sigma and peak /
+    floor per layer of the local heads, with the paper's per-layer sigmas), report.md,
+    analysis.json (settings and command); with two or more checkpoints also the per-amino-acid
+    recovery difference of the first two (recovery.png).
     Returns {"fits": rows, "heads": {model: classify_heads rows}, "recovery": ... or None,
     "ablations": the ablations run}.
     """
@@ -585,16 +645,18 @@ def analyze_attention(
                                 )
             if ab == "none":
                 stats_none[label] = st
-                for layer in range(1, st.sum_dist.shape[0] + 1):
-                    plots.attention_layer_figure(
-                        st,
-                        rows,
-                        layer,
-                        out / f"{label}_layer{layer}.png",
-                        title=f"{label}, layer {layer} ({st.n_chains} chains, split {cfg.split})",
-                    )
         all_fits += fits
         heads[label] = classify_heads(fits)
+        st = stats_none[label]
+        for layer in range(1, st.sum_dist.shape[0] + 1):
+            plots.attention_layer_figure(
+                st,
+                [f for f in fits if f["ablation"] == "none"],
+                layer,
+                out / f"{label}_layer{layer}.png",
+                title=f"{label}, layer {layer} ({st.n_chains} chains, split {cfg.split})",
+                heads=heads[label],
+            )
     for name, rows in (
         ("fits.csv", all_fits),
         ("binned.csv", binned),
@@ -605,9 +667,9 @@ def analyze_attention(
             w.writeheader()
             w.writerows(rows)
     plots.attention_summary_figure(
-        {m: [f for f in all_fits if f["model"] == m and f["ablation"] == "none"] for m in labels},
+        {m: summary_heads(heads[m]) for m in labels},
         out / "summary.png",
-        min_r2=LOCAL_R2,
+        paper_sigmas=PAPER_LAYER_SIGMAS,
     )
     recovery = None
     if len(models) >= 2:

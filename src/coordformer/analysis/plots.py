@@ -200,23 +200,38 @@ def augment_figure(rows: list[dict], path: str | Path) -> Path:
 
 
 def attention_layer_figure(
-    stats, fits: list[dict], layer: int, path: str | Path, title: str = ""
+    stats,
+    fits: list[dict],
+    layer: int,
+    path: str | Path,
+    title: str = "",
+    quantity: str = "relative",
+    heads: list[dict] | None = None,
 ) -> Path:
-    """One layer: per head, attention against CA-CA distance (top) and sequence separation (bottom):
-    10-90 and 25-75 percentile bands, median, mean and the fitted Gaussian (from ``fit_all`` rows,
-    quantity "attention"). ``layer`` counts from 1."""
+    """One layer: per head, ``quantity`` ("relative": each weight over its query's largest on
+    another residue, what report.md's sigmas and calls use; or "attention": the weight) against
+    CA-CA distance (top, Angstrom) and sequence separation (bottom, residues): 10-90 and 25-75
+    percentile bands, median, mean per bin (black; grey: bins too sparse to fit) and the fitted
+    Gaussian (red, from ``fit_all`` rows of that quantity; its floor dashed). ``heads``
+    (:func:`classify_heads` rows) marks the 3D- and sequence-local calls in the panel titles.
+    ``layer`` counts from 1."""
+    from .attention import fit_bins
+
     n_heads = stats.sum_dist.shape[1]
+    calls = {h["head"]: h for h in heads or [] if h["layer"] == layer}
     fig, axes = plt.subplots(2, n_heads, figsize=(2.3 * n_heads, 4.8), squeeze=False)
     for row, kind in enumerate(("distance", "separation")):
-        xs = stats.bin_positions(kind)
-        mean = stats.mean(kind)[layer - 1]
-        p10, p25, p50, p75, p90 = stats.percentiles(kind)[:, layer - 1]
+        xs = stats.bin_positions(kind, quantity)
+        mean = stats.mean(kind, quantity)[layer - 1]
+        used = fit_bins(stats.pairs(kind, quantity))
+        p10, p25, p50, p75, p90 = stats.percentiles(kind, quantity=quantity)[:, layer - 1]
         for h in range(n_heads):
             ax = axes[row][h]
             ax.fill_between(xs, p10[h], p90[h], color="C0", alpha=0.15, lw=0)
             ax.fill_between(xs, p25[h], p75[h], color="C0", alpha=0.3, lw=0)
             ax.plot(xs, p50[h], color="C0", lw=0.8)
-            ax.plot(xs, mean[h], "k.", ms=3)
+            ax.plot(xs[used], mean[h][used], "k.", ms=3)
+            ax.plot(xs[~used], mean[h][~used], ".", color="0.6", ms=3)
             fit = next(
                 (
                     f
@@ -224,20 +239,28 @@ def attention_layer_figure(
                     if f["layer"] == layer
                     and f["head"] == h
                     and f["kind"] == kind
-                    and f.get("quantity", "attention") == "attention"
+                    and f.get("quantity", "attention") == quantity
                 ),
                 None,
             )
             shown = np.concatenate([p10[h], mean[h]])
             shown = shown[np.isfinite(shown) & (shown > 0)]
+            unit = "Å" if kind == "distance" else "res"
+            head_title = f"h{h}"
             if fit and np.isfinite(fit["sigma"]):
                 grid = np.linspace(xs.min(), xs.max(), 200)
+                base = fit.get("baseline", 0.0)
                 curve = fit["amplitude"] * np.exp(
                     -((grid - fit["mean"]) ** 2) / (2 * fit["sigma"] ** 2)
                 )
-                ax.plot(grid, curve, "C3", lw=1)
-                unit = "Å" if kind == "distance" else "res"
-                ax.set_title(f"h{h}: σ={fit['sigma']:.1f} {unit}, R²={fit['r2']:.2f}", fontsize=7)
+                ax.plot(grid, curve + base, "C3", lw=1)
+                if base > 0:
+                    ax.axhline(base, color="C3", lw=0.6, ls="--")
+                head_title += f": σ={fit['sigma']:.1f} {unit}, R²={fit['r2']:.2f}"
+            call = calls.get(h, {}).get("local_3d" if kind == "distance" else "local_seq")
+            if call:
+                head_title += "\n3D-local" if kind == "distance" else "\nsequence-local"
+            ax.set_title(head_title, fontsize=7, color="C3" if call else "black")
             if len(shown):  # keep the axis on the data; a narrow fitted Gaussian falls off it
                 ax.set_yscale("log")
                 ax.set_ylim(shown.min() / 3, max(np.nanmax(p90[h]), shown.max()) * 3)
@@ -251,65 +274,95 @@ def attention_layer_figure(
                 ax.set_xlabel("sequence separation j - i" if h == 0 else "", fontsize=7)
             else:
                 ax.set_xlabel("CA-CA distance (Å)" if h == 0 else "", fontsize=7)
-        axes[row][0].set_ylabel("attention", fontsize=8)
-    # the panels are of the mean weight; report.md's sigma and calls are of the relative fit
-    fig.suptitle(
-        (title or f"layer {layer}") + "; mean weight per bin and its fit without a floor "
-        "(report.md's σ: relative attention with a floor)",
-        fontsize=9,
+        axes[row][0].set_ylabel(
+            "relative attention" if quantity == "relative" else "attention", fontsize=8
+        )
+    what = (
+        "relative attention (weight / query's largest on another residue), its Gaussian over a "
+        "floor (report.md's σ)"
+        if quantity == "relative"
+        else "attention weight, its Gaussian fit without a floor"
     )
+    calls_from = " Local calls: from the ablation passes." if calls else ""
+    fig.suptitle(f"{title or f'layer {layer}'}: {what}.{calls_from}", fontsize=9)
     return _save(fig, path)
 
 
 def attention_summary_figure(
-    fits_by_model: dict[str, list[dict]], path: str | Path, min_r2: float = 0.8
+    selected: dict[str, dict[str, tuple[list[dict], bool]]],
+    path: str | Path,
+    paper_sigmas: tuple[float, ...] = (),
 ) -> Path:
-    """Fitted sigma and amplitude per layer, 3D distance vs sequence separation, one colour per
-    model. Only heads whose fit reaches R² >= min_r2 are drawn (others are not Gaussian-like)."""
+    """Per layer, the heads each model has that attend locally: top, sigma of the relative fit
+    (filled; open circles: the paper's quantity's fit of the same 3D heads); bottom, the fit's peak
+    over its floor at the nearest bin. Left against CA-CA distance (Angstrom), right against
+    sequence separation (residues). ``selected``: model -> :func:`summary_heads` of its heads;
+    ``paper_sigmas``: the paper's per-layer sigmas (Angstrom, layers from 1), drawn as crosses."""
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
-    for i, (label, fits) in enumerate(fits_by_model.items()):
+    called = {}
+    for i, (label, kinds) in enumerate(selected.items()):
+        jitter = (i - (len(selected) - 1) / 2) * 0.12
         for col, kind in enumerate(("distance", "separation")):
-            sub = [
-                f
-                for f in fits
-                if f["kind"] == kind
-                and f.get("quantity", "attention") == "attention"
-                and np.isfinite(f["r2"])
-                and f["r2"] >= min_r2
-            ]
-            jitter = (i - (len(fits_by_model) - 1) / 2) * 0.12
+            rows, called[kind] = kinds[kind]
+            suffix = "3d" if kind == "distance" else "seq"
+            x = [h["layer"] + jitter for h in rows]
             axes[0][col].scatter(
-                [f["layer"] + jitter for f in sub],
-                [f["sigma"] for f in sub],
-                s=14,
-                color=f"C{i}",
-                label=label,
+                x, [h[f"sigma_{suffix}"] for h in rows], s=14, color=f"C{i}", label=label
             )
+            if kind == "distance":
+                axes[0][col].scatter(
+                    x,
+                    [h["sigma_3d_paper"] for h in rows],
+                    s=18,
+                    facecolors="none",
+                    edgecolors=f"C{i}",
+                    lw=0.8,
+                )
             axes[1][col].scatter(
-                [f["layer"] + jitter for f in sub],
-                [f["amplitude"] for f in sub],
+                x,
+                [min(h[f"contrast_{suffix}"], 1e3) for h in rows],
                 s=14,
                 color=f"C{i}",
             )
-    axes[0][0].set_ylabel("σ (Å)")
+    if paper_sigmas:
+        axes[0][0].scatter(
+            range(1, len(paper_sigmas) + 1),
+            paper_sigmas,
+            marker="x",
+            color="k",
+            s=30,
+            label="paper (one head per layer, its fit)",
+        )
+    names = {"distance": "3D-local", "separation": "sequence-local"}
+    for col, kind in enumerate(("distance", "separation")):
+        heads_of = (
+            f"{names[kind]} heads"
+            if called.get(kind)
+            else f"heads passing the {names[kind]} tests unablated"
+        )
+        axes[0][col].set_title(heads_of, fontsize=9)
+    axes[0][0].set_ylabel("σ (Å; open: paper's quantity)")
     axes[0][1].set_ylabel("σ (residues)")
-    axes[0][0].set_title(f"3D distance (mean-weight fits with R² ≥ {min_r2})", fontsize=9)
-    axes[0][1].set_title(f"sequence separation (mean-weight fits with R² ≥ {min_r2})", fontsize=9)
-    layers = sorted({f["layer"] for fits in fits_by_model.values() for f in fits}) or [1]
+    layers = sorted(
+        {h["layer"] for kinds in selected.values() for rows, _ in kinds.values() for h in rows}
+        | set(range(1, len(paper_sigmas) + 1))
+    ) or [1]
     for ax in axes[1]:
-        ax.set_ylabel("amplitude")
+        ax.set_ylabel("peak / floor")
         ax.set_xlabel("layer")
         ax.set_xticks(layers)
     for ax in axes.flat:
         if _has_positive(ax):
             ax.set_yscale("log")
         else:
-            # no Gaussian-like head (an untrained model; no coordinates):
-            # say so, not a log axis of nothing
-            _note(ax, f"no head with R² ≥ {min_r2}")
+            # no local head (an untrained model; no coordinates): say so, not a log axis of nothing
+            _note(ax, "no local head")
     shown = [ax for ax in axes[0] if _has_positive(ax)]
     if shown:
         shown[0].legend(fontsize=8)
+    fig.suptitle(
+        "Local attention per layer (relative attention, Gaussian over a floor)", fontsize=9
+    )
     return _save(fig, path)
 
 
