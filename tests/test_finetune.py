@@ -135,6 +135,8 @@ def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_ch
             and 0 <= m["test"]["micro_aupr"] <= 1
         )
         assert set(m["test_by_identity"]) == {"<30%", "<40%", "<50%", "<70%", "<95%"}
+        # scored as DeepFRI does: the partial EC class (3.4.21.-) is trained on, not scored
+        assert m["protocol"].startswith("DeepFRI") and m["test"]["n_classes"] <= 2
         z = np.load(tmp_path / run / "predictions_test.npz")
         # rows are in split order and carry the right labels
         assert [str(x) for x in z["ids"]] == ids["test"]

@@ -8,8 +8,10 @@ import pytest
 from coordformer.function.metrics import (
     CAFA_THRESHOLDS,
     breakdown_by_identity,
+    evaluated_classes,
     flattened_max_f1,
     fmax,
+    function_metrics,
     micro_aupr,
 )
 
@@ -217,3 +219,80 @@ def test_micro_aupr_matches_sklearn(ties):
     assert micro_aupr(y, s) == pytest.approx(
         sk_metrics.average_precision_score(y.ravel(), s.ravel()), abs=1e-12
     )
+
+
+def deepfri_fmax(y_true, y_score, classes):
+    """DeepFRI's EC evaluation written out plainly: partial EC columns dropped, thresholds
+    0.01..0.99 with score > t, precision over proteins with a prediction, recall over all."""
+    keep = np.array(["-" not in c for c in classes])
+    y, s = y_true[:, keep].astype(bool), y_score[:, keep]
+    best = math.nan
+    for t in np.arange(1, 100) / 100:
+        pred = s > t
+        covered = pred.any(1)
+        if not covered.any():
+            continue
+        tp = (pred & y).sum(1)
+        p = (tp[covered] / pred[covered].sum(1)).mean()
+        r = np.where(y.any(1), tp / np.maximum(y.sum(1), 1), 0.0).mean()
+        if p + r > 0:
+            best = max(2 * p * r / (p + r), -1 if math.isnan(best) else best)
+    return best
+
+
+def test_function_metrics_leave_partial_ec_numbers_out():
+    classes = ["3.2.2.9", "3.2.2.1", "3.2.2.-"]
+    # the right first three digits (the partial parent) would earn credit if it were scored
+    y, s = np.array([[1, 0, 1]]), np.array([[0.05, 0.9, 0.9]])
+    assert fmax(y, s)[0] == pytest.approx(0.8)
+    assert function_metrics(y, s, classes)["fmax"] == pytest.approx(2 / 3)
+    assert evaluated_classes(classes).tolist() == [True, True, False]
+    assert evaluated_classes(["GO:0003674", "GO:0005488"]).all()  # GO ids have no '-'
+
+
+def test_a_chain_left_without_labels_counts_in_recall():
+    classes = ["1.1.1.1", "1.1.1.2", "1.1.1.-"]
+    # the second chain's only label is partial: dropped from the columns, kept in the recall mean
+    y = np.array([[1, 0, 1], [0, 0, 1]])
+    s = np.array([[0.9, 0.1, 0.9], [0.1, 0.1, 0.9]])
+    m = function_metrics(y, s, classes)
+    assert m["fmax"] == pytest.approx(2 / 3) and m["n"] == 2  # P 1 (one chain predicts), R 1/2
+    keep = evaluated_classes(classes)
+    assert fmax(y[:, keep], s[:, keep])[0] == pytest.approx(1.0)  # dropping the chain instead
+
+
+def test_function_aupr_scores_only_classes_present():
+    y = np.array([[1, 0], [0, 0], [1, 0]])
+    s = np.array([[0.6, 0.9], [0.2, 0.8], [0.5, 0.7]])
+    assert micro_aupr(y, s) == pytest.approx(0.325)  # the absent class adds only negatives
+    m = function_metrics(y, s)
+    assert m["micro_aupr"] == pytest.approx(1.0) and m["n_classes"] == 1
+    assert m["flattened_max_f1"] == pytest.approx(1.0)
+
+
+def test_function_fmax_uses_deepfris_strict_grid():
+    # a sigmoid saturates to exactly 1.0 in float32; t = 1.00 with >= would pick it out alone
+    y, s = np.array([[1, 0]]), np.array([[1.0, 0.995]])
+    assert fmax(y, s)[0] == pytest.approx(1.0)
+    m = function_metrics(y, s)
+    assert m["fmax"] == pytest.approx(2 / 3) and m["fmax_threshold"] == pytest.approx(0.01)
+    # strict: a score equal to a threshold is not predicted there
+    y, s = np.array([[1, 0]]), np.array([[0.5, 0.5]])
+    assert fmax(y, s, [0.5], strict=True)[0] != fmax(y, s, [0.5])[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_function_fmax_matches_deepfris_loop(seed):
+    rng = np.random.default_rng(seed)
+    classes = [f"1.{i // 4}.1.{i % 4 + 1}" if i % 5 else f"1.{i}.1.-" for i in range(30)]
+    y = (rng.random((50, 30)) < 0.1).astype(np.float32)
+    y[y.sum(1) == 0, 0] = 1.0  # every chain labelled in the full label space, as loaded
+    s = np.round(rng.random((50, 30)), 2 if seed % 2 else 6)  # ties with the grid, or none
+    assert function_metrics(y, s, classes)["fmax"] == pytest.approx(
+        deepfri_fmax(y, s, classes), abs=1e-12
+    )
+
+
+def test_function_metrics_refuses_a_wrong_class_list():
+    with pytest.raises(ValueError, match="class names"):
+        function_metrics(np.ones((2, 3)), np.ones((2, 3)), ["1.1.1.1"])

@@ -16,15 +16,16 @@ architecture with fresh weights, i.e. no pretraining).
 
 Outputs in the run folder: config.json (FinetuneConfig + model config + data report + command),
 checkpoints/best.ckpt, predictions_{valid,test}.npz (ids, y_true, y_score, classes), metrics.json
-(Fmax, micro-AUPR, flattened max-F1 on valid and test; test broken down by identity bin) and the
-Lightning CSV log.
-"""
+(Fmax, micro-AUPR, flattened max-F1 on valid and test under DeepFRI's protocol, ``protocol``; test
+broken down by identity bin) and the Lightning CSV log. Validation Fmax, for early stopping, follows
+the same protocol (``metrics.function_metrics``)."""
 
 from __future__ import annotations
 
 import json
 import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -52,7 +53,7 @@ from .labels import (
     read_identity_bins,
     read_split,
 )
-from .metrics import breakdown_by_identity, flattened_max_f1, fmax, micro_aupr
+from .metrics import METRICS_PROTOCOL, breakdown_by_identity, function_metrics
 
 
 def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
@@ -109,7 +110,8 @@ class ResidualMLP(nn.Module):
 class FunctionModule(L.LightningModule):
     """BCE multi-label classifier. With ``encoder`` the batch is a structure batch ({"batch": a
     ``Batch``, "labels", "rows"}) and the encoder is trained too; without, it is {"features",
-    "labels", "rows"}."""
+    "labels", "rows"}. ``classes`` (names, [n_classes]) makes validation Fmax follow the test
+    protocol (:func:`function_metrics`: partial EC numbers left out)."""
 
     def __init__(
         self,
@@ -118,9 +120,11 @@ class FunctionModule(L.LightningModule):
         d_in: int,
         encoder: nn.Module | None = None,
         use_coords: bool = True,
+        classes: Sequence[str] | None = None,
     ):
         super().__init__()
         self.cfg, self.encoder, self.use_coords = cfg, encoder, use_coords
+        self.classes = classes
         self.head = (
             nn.Linear(d_in, n_classes)
             if cfg.head == "linear"
@@ -155,7 +159,7 @@ class FunctionModule(L.LightningModule):
         scores = torch.cat([s for s, _ in self._val]).numpy()
         labels = torch.cat([y for _, y in self._val]).numpy()
         self._val.clear()
-        f, _ = fmax(labels, scores)
+        f = function_metrics(labels, scores, self.classes)["fmax"]
         f = 0.0 if not math.isfinite(f) else f
         self.best_fmax = max(self.best_fmax, f)
         self.log("valid_fmax", f, prog_bar=True)
@@ -496,14 +500,15 @@ def _finetune(
     run_info: dict = {}
     if cfg.head == "mlp":
         loaders = frozen_features()
-        module = FunctionModule(cfg, n_classes, d_model)
+        module = FunctionModule(cfg, n_classes, d_model, classes=labels.classes)
         if cfg.prior_bias:
             module.init_output_bias(train_y)
         run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best", cfg.patience)
     else:
         probe = None
         if cfg.probe_epochs:
-            probe = FunctionModule(cfg, n_classes, d_model)  # linear layer on frozen features
+            # a linear layer on frozen features
+            probe = FunctionModule(cfg, n_classes, d_model, classes=labels.classes)
             if cfg.prior_bias:
                 probe.init_output_bias(train_y)
             epochs, _ = fit(probe, frozen_features(), cfg.probe_epochs, "probe", cfg.probe_patience)
@@ -513,7 +518,9 @@ def _finetune(
                 "now fine-tuning the encoder"
             )
         model.to("cpu").train()  # load_model hands back an inference-mode model
-        module = FunctionModule(cfg, n_classes, d_model, encoder=model, use_coords=use_coords)
+        module = FunctionModule(
+            cfg, n_classes, d_model, encoder=model, use_coords=use_coords, classes=labels.classes
+        )
         if probe is not None:
             module.head.load_state_dict(probe.head.state_dict())
         elif cfg.prior_bias:
@@ -552,16 +559,10 @@ def _finetune(
             y_score=s,
             classes=np.array(labels.classes),
         )
-        f, t = fmax(y, s)
-        metrics[name] = {
-            "n": len(ids),
-            "fmax": f,
-            "fmax_threshold": t,
-            "micro_aupr": micro_aupr(y, s),
-            "flattened_max_f1": flattened_max_f1(y, s),
-        }
+        metrics[name] = function_metrics(y, s, labels.classes)
         if name == "test" and identity:
-            metrics["test_by_identity"] = breakdown_by_identity(ids, y, s, identity)
+            metrics["test_by_identity"] = breakdown_by_identity(ids, y, s, identity, labels.classes)
+    metrics["protocol"] = METRICS_PROTOCOL
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "config.json").write_text(
         json.dumps(
@@ -603,17 +604,18 @@ def evaluate_predictions(
             raise UsageError(f"{f}: no predictions file (run `coordformer finetune` first)")
         z = np.load(f)
         ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
-        fm, _ = fmax(y, s)
-        loaded.append((ids, y, s))
+        classes = [str(c) for c in z["classes"]] if "classes" in z else None
+        m = function_metrics(y, s, classes)
+        loaded.append((ids, y, s, classes))
         row = [
             p.name if p.is_dir() else p.stem,
             str(len(ids)),
-            f"{fm:.3f}",
-            f"{micro_aupr(y, s):.3f}",
-            f"{flattened_max_f1(y, s):.3f}",
+            f"{m['fmax']:.3f}",
+            f"{m['micro_aupr']:.3f}",
+            f"{m['flattened_max_f1']:.3f}",
         ]
         if bins:
-            for b, m in breakdown_by_identity(ids, y, s, bins).items():
+            for b, m in breakdown_by_identity(ids, y, s, bins, classes).items():
                 row.append(f"{m['fmax']:.3f} / {m['aupr']:.3f} (n={m['n']})")
         rows.append(row)
     head = ["run", "chains", "Fmax", "micro-AUPR", "flattened max-F1"]
@@ -621,17 +623,21 @@ def evaluate_predictions(
         head += [f"{b} Fmax / AUPR" for b in next(iter(bins.values()))]
     if bootstrap and len(loaded) > 1:
         head.append(f"Fmax - first run (95% CI, {bootstrap} protein resamples)")
-        ids0, y0, s0 = loaded[0]
+        ids0, y0, s0, c0 = loaded[0]
         rng = np.random.default_rng(seed)
         draws = [rng.integers(0, len(ids0), len(ids0)) for _ in range(bootstrap)]
         rows[0].append("")
-        for row, (ids, y, s) in zip(rows[1:], loaded[1:]):
+
+        def fmax_of(y, s, classes) -> float:
+            return function_metrics(y, s, classes)["fmax"]
+
+        for row, (ids, y, s, c) in zip(rows[1:], loaded[1:]):
             if ids != ids0:
                 raise OptionError(
                     "bootstrap", bootstrap, "needs runs with the same chains in the same order"
                 )
-            d = [fmax(y[i], s[i])[0] - fmax(y0[i], s0[i])[0] for i in draws]
-            point = fmax(y, s)[0] - fmax(y0, s0)[0]
+            d = [fmax_of(y[i], s[i], c) - fmax_of(y0[i], s0[i], c0) for i in draws]
+            point = fmax_of(y, s, c) - fmax_of(y0, s0, c0)
             lo, hi = np.nanpercentile(d, [2.5, 97.5])
             row.append(f"{point:+.3f} ({lo:+.3f} to {hi:+.3f})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

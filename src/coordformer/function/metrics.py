@@ -16,6 +16,9 @@ import numpy as np
 
 # CAFA's grid: thresholds 0.00, 0.01, ..., 1.00.
 CAFA_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+#: DeepFRI's evaluation grid (Gligorijevic et al. 2021): 0.01, ..., 0.99, a pair predicted when its
+#: score is strictly above the threshold.
+DEEPFRI_THRESHOLDS = np.arange(1, 100) / 100.0
 
 # Rows per block in fmax, so that the sorted copies of a block stay around 16 MB whatever N is.
 _BLOCK_ELEMENTS = 2_000_000
@@ -38,7 +41,11 @@ def _check(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fmax(
-    y_true, y_score, thresholds: Iterable[float] | None = CAFA_THRESHOLDS
+    y_true,
+    y_score,
+    thresholds: Iterable[float] | None = CAFA_THRESHOLDS,
+    strict: bool = False,
+    keep_unlabelled: bool = False,
 ) -> tuple[float, float]:
     """Protein-centric maximum F-measure (CAFA; Radivojac et al. 2013) and the threshold that
     attains it.
@@ -55,13 +62,19 @@ def fmax(
     torchdrug walks the score-sorted pairs one at a time, so it splits ties in sort order, and it
     divides the recall sum by all N proteins, so proteins without a label count as recall 0 instead
     of being excluded. Without ties and unlabelled proteins the two agree.
+
+    ``strict``: predict pairs with ``score > t`` (DeepFRI's rule) instead of ``>= t``.
+    ``keep_unlabelled``: proteins without a true label stay in the recall average with recall 0 (and
+    in precision where they have predictions), as DeepFRI counts EC test chains whose every label is
+    a partial EC number once those columns are left out (:func:`function_metrics`).
     """
     yt, ys = _check(y_true, y_score)
     labelled = yt.any(axis=1)
-    yt, ys = yt[labelled], ys[labelled]
-    n, c = yt.shape
-    if n == 0:
+    if not labelled.any():
         return float("nan"), float("nan")
+    if not keep_unlabelled:
+        yt, ys = yt[labelled], ys[labelled]
+    n, c = yt.shape
     if thresholds is None:
         grid = np.unique(ys)
     else:
@@ -88,14 +101,15 @@ def fmax(
         run_end[:, :-1] = s[:, :-1] != s[:, 1:]
         rows, cols = np.nonzero(run_end)  # row-major: each protein's steps in decreasing score
         prec = tp[rows, cols] / (cols + 1)
-        rec = tp[rows, cols] / tp[rows, -1]
+        rec = tp[rows, cols] / np.maximum(tp[rows, -1], 1)  # a protein without labels: recall 0
         first = np.ones(rows.size, dtype=bool)
         first[1:] = rows[1:] != rows[:-1]
         d_prec = np.diff(prec, prepend=0.0)
         d_rec = np.diff(rec, prepend=0.0)
         d_prec[first] = prec[first]
         d_rec[first] = rec[first]
-        k = np.searchsorted(grid, s[rows, cols], side="right") - 1
+        # the largest grid threshold that predicts the step: <= its score, or < it when strict
+        k = np.searchsorted(grid, s[rows, cols], side="left" if strict else "right") - 1
         ok = k >= 0  # steps below the lowest threshold never apply
         prec_sum += np.bincount(k[ok], weights=d_prec[ok], minlength=grid.size)
         rec_sum += np.bincount(k[ok], weights=d_rec[ok], minlength=grid.size)
@@ -161,20 +175,70 @@ def flattened_max_f1(y_true, y_score) -> float:
     return float(f.max())
 
 
+#: How :func:`function_metrics` scores, recorded in every metrics.json.
+METRICS_PROTOCOL = (
+    "DeepFRI's evaluation: partial EC classes (x.x.x.-) left out; Fmax over every chain on "
+    "thresholds 0.01-0.99 (score > t); micro-AUPR and flattened max-F1 over the classes with a "
+    "positive in the set scored"
+)
+
+
+def evaluated_classes(classes: Iterable[str]) -> np.ndarray:
+    """Which classes the function metrics score, [C] bool: all but partial EC numbers ("3.2.2.-").
+    DeepFRI trains on them but leaves them out of evaluation, so that a right first three digits
+    earn no credit (every EC chain is labelled with the partial parent of its full number too)."""
+    return np.array(["-" not in str(c) for c in classes], dtype=bool)
+
+
+def function_metrics(y_true, y_score, classes: Iterable[str] | None = None) -> dict[str, float]:
+    """The function-prediction metrics under DeepFRI's evaluation protocol (its ``evaluation.py``),
+    for ``y_true`` / ``y_score`` [N, C] with class names ``classes`` [C]:
+
+    * the columns of partial EC numbers are left out (:func:`evaluated_classes`; all columns
+      without ``classes``);
+    * Fmax over every given protein (one left with no label counts with recall 0) on DeepFRI's grid
+      0.01..0.99, a pair predicted when its score is strictly above the threshold;
+    * micro-AUPR and flattened max-F1 over the classes with at least one positive among these
+      proteins (recomputed per subset: a class absent from it would only add negatives).
+
+    GO terms are scored as given: DeepFRI also extends true and predicted GO terms to their
+    ancestors (go-basic.obo), which is not done here. Returns {"n", "n_classes" (scored by the
+    AUPR), "fmax", "fmax_threshold", "micro_aupr", "flattened_max_f1"}.
+    """
+    yt, ys = _check(y_true, y_score)
+    if classes is not None:
+        keep = evaluated_classes(classes)
+        if keep.size != yt.shape[1]:
+            raise ValueError(f"{keep.size} class names for {yt.shape[1]} columns")
+        yt, ys = yt[:, keep], ys[:, keep]
+    f, t = fmax(yt, ys, DEEPFRI_THRESHOLDS, strict=True, keep_unlabelled=True)
+    present = yt.any(axis=0)
+    yp, sp = yt[:, present], ys[:, present]
+    return {
+        "n": int(yt.shape[0]),
+        "n_classes": int(present.sum()),
+        "fmax": f,
+        "fmax_threshold": t,
+        "micro_aupr": micro_aupr(yp, sp),
+        "flattened_max_f1": flattened_max_f1(yp, sp),
+    }
+
+
 def breakdown_by_identity(
     ids: Iterable[str],
     y_true,
     y_score,
     bins: Mapping[str, Mapping[str, bool]],
-    thresholds: Iterable[float] | None = CAFA_THRESHOLDS,
+    classes: Iterable[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics on the test chains in each sequence-identity bin.
+    """:func:`function_metrics` on the test chains in each sequence-identity bin.
 
     ``ids`` [N] names the rows of ``y_true`` / ``y_score`` [N, C]; ``bins`` is
     :func:`read_identity_bins` output (chain id -> bin name -> flag). A chain belongs to bin '<30%'
     when its '<30%' flag is set, so bins are nested. Returns {bin name: {"n": chains in the bin,
-    "fmax": ..., "aupr": micro AUPR}} in the table's bin order; chains absent from the table are in
-    no bin. Ids must use the table's convention (both readers normalise them).
+    "fmax": ..., "aupr": micro AUPR over the classes present in the bin}} in the table's bin order;
+    chains absent from the table are in no bin. Ids must use the table's convention (both readers
+    normalise them).
     """
     ids = list(ids)
     yt, ys = _check(y_true, y_score)
@@ -190,6 +254,6 @@ def breakdown_by_identity(
     out: dict[str, dict[str, float]] = {}
     for name in names:
         mask = np.array([bool(bins.get(i, {}).get(name, False)) for i in ids], dtype=bool)
-        f, _ = fmax(yt[mask], ys[mask], thresholds)
-        out[name] = {"n": int(mask.sum()), "fmax": f, "aupr": micro_aupr(yt[mask], ys[mask])}
+        m = function_metrics(yt[mask], ys[mask], classes)
+        out[name] = {"n": int(mask.sum()), "fmax": m["fmax"], "aupr": m["micro_aupr"]}
     return out
