@@ -133,6 +133,9 @@ GOOD: dict[str, dict[str, tuple[int, str | None]]] = {
     "zero_occ.pdb": {
         "zero_occ.A": (6, "AGSTVL")
     },  # HEADER id 'ZERO' is not a PDB id: the file stem
+    # every atom at occupancy 0 (VMD and other tools write 0.00 when they know none): read as
+    # unknown occupancy, not as nothing observed
+    "all_zero_occ.pdb": {"all_zero_occ.A": (6, "AGSTVL")},
     "gap.pdb": {"gap.A": (10, "AGSTVAGSTV")},
     "dup_numbers.pdb": {"dup_numbers.A": (6, "AGSTVL")},
     "nonstd.pdb": {"nonstd.A": (8, "AXASXCKM")},
@@ -159,11 +162,11 @@ GOOD: dict[str, dict[str, tuple[int, str | None]]] = {
 
 # chains that are read but filtered: chain id -> category (first word(s) of the reason)
 FILTERED = {
+    "no_ca.A": MISSING_CA,  # every CA at occupancy 0 (the other atoms observed) -> all CA missing
     "mixed.B": TOO_SHORT,  # 3 residues < min_length 5
-    "all_zero_occ.A": MISSING_CA,  # every atom has occupancy 0 -> all CA missing
     "1A8O.A": DUPLICATE,  # sub/1a8o_copy.cif repeats crlf_1a8o.pdb (sorted first: kept)
 }
-FILTERED_FILES = {"all_zero_occ.pdb": ["all_zero_occ.A"], "sub/1a8o_copy.cif": ["1A8O.A"]}
+FILTERED_FILES = {"no_ca.pdb": ["no_ca.A"], "sub/1a8o_copy.cif": ["1A8O.A"]}
 
 # bad files: relative path -> substring of the reason in skipped.tsv
 BAD = {
@@ -209,6 +212,7 @@ def build_corpus(root: Path) -> Path:
     occ = [1.0, 1.0, 0.0, (1.0, 0.0, 1.0, 1.0), 1.0, 1.0]
     files["zero_occ.pdb"] = pdb_text(pdb_chain("A", SIX, occ=occ), header="ZERO")
     files["all_zero_occ.pdb"] = pdb_text(pdb_chain("A", SIX, occ=[0.0] * 6))
+    files["no_ca.pdb"] = pdb_text(pdb_chain("A", SIX, occ=[(1.0, 0.0, 1.0, 1.0)] * 6))
     # residues 6-14 missing in the middle (no SEQRES)
     files["gap.pdb"] = pdb_text(
         pdb_chain("A", SIX[:5] * 2, nums=[1, 2, 3, 4, 5, 15, 16, 17, 18, 19])
@@ -459,14 +463,16 @@ def test_duplicate_numbers_lowercase_ids_and_line_endings(tmp_path):
     )
     assert m.sequence == "AGTVL" and m.residue_ids == ["1", "2", "3", "4", "5"]
     np.testing.assert_allclose(m.coords[2, 1], xyz_of(3, 1), atol=1e-3)
-    # numbering that restarts within a chain (non-consecutive duplicates): every residue kept
-    (r,) = read_structure(
+    # numbering that restarts within a chain id with no peptide bond across the restart (these
+    # residues are 3.4 A apart, C to N): two chains written under one id, every residue kept
+    r = read_structure(
         _write(
             tmp_path / "restart.pdb",
             pdb_text(pdb_chain("A", SIX + SIX[:2], nums=[1, 2, 3, 4, 1, 2, 3, 4])),
         )
     )
-    assert r.sequence == "AGSTVLAG" and r.residue_ids == ["1", "2", "3", "4"] * 2
+    assert [(x.id, x.sequence) for x in r] == [("restart.A", "AGST"), ("restart.A2", "VLAG")]
+    assert r[1].residue_ids == ["1", "2", "3", "4"]
 
     # lowercase / multi-character chain ids stay distinct, case-sensitively
     chains = read_structure(

@@ -67,6 +67,21 @@ _BAD_PDB_ATOM_RE = re.compile(
     + rb"(?:[ \d.+-]{12}|[ \d.+-]{0,11}\r?(?:\n|$)))"
 )
 
+#: An ATOM/HETATM record whose occupancy columns (55-60) are blank while the line goes on (a
+#: B-factor or element follows): gemmi would read 0, i.e. "not observed", and drop every atom; a
+#: blank occupancy is unknown, read as 1 (as a line that ends before the column is).
+_BLANK_OCC_RE = re.compile(rb"^((?:ATOM  |HETATM).{48}) {6}(?=[^\r\n])", re.MULTILINE)
+
+#: Residue names of molecular-dynamics force fields (AMBER, CHARMM, GROMACS) for protonation and
+#: disulfide states, absent from the CCD-derived table: their amino acid.
+_FORCE_FIELD_LETTERS = {
+    **dict.fromkeys(("HIE", "HID", "HIP", "HSD", "HSE", "HSP", "HIH"), "H"),
+    **dict.fromkeys(("CYX", "CYM", "CYF"), "C"),
+    "ASH": "D",
+    "GLH": "E",
+    "LYN": "K",
+}
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -78,6 +93,7 @@ def _parse_pdb(src: str, data: bytes) -> gemmi.Structure:
         raise StructureReadError(
             src, f"line {lineno}: truncated or non-numeric coordinate fields in {line[:66]!r}"
         )
+    data = _BLANK_OCC_RE.sub(rb"\1  1.00", data)
     try:
         return gemmi.read_pdb_string(data)
     except Exception as e:  # gemmi raises RuntimeError/ValueError with a line number
@@ -125,7 +141,7 @@ def _residue_letter(name: str, parents: dict[str, str]) -> str:
     parent = parents.get(name)
     if parent:
         return _tabulated_letter(parent) or UNKNOWN_LETTER
-    return UNKNOWN_LETTER
+    return _FORCE_FIELD_LETTERS.get(name, UNKNOWN_LETTER)
 
 
 def _max_occupancy(res: gemmi.Residue) -> float:
@@ -162,10 +178,26 @@ def _pick_microheterogeneity(span: gemmi.ResidueSpan) -> list[gemmi.Residue]:
     return out
 
 
-def _best_conformer(res: gemmi.Residue, name: str) -> tuple[gemmi.Atom | None, float]:
-    """Of the atoms called ``name`` (alternate locations), the one with the highest occupancy
-    (the first on ties); zero-occupancy atoms count as missing. Returns (atom or None, occ);
-    an atom with a non-numeric (NaN) occupancy is returned at once for the caller to report."""
+def _residue_conformer(res: gemmi.Residue) -> str:
+    """The alternate location a residue's backbone is read from: the one with the largest summed
+    occupancy of alternate-location backbone atoms, the first in alphabetical order on ties (A
+    before B, as gemmi and PyMOL); '' when its backbone has none. One per residue, so that N, CA,
+    C and O never come from different conformers."""
+    occ: dict[str, float] = {}
+    for atom in res:
+        if atom.altloc != "\0" and atom.name in BACKBONE_ATOMS:
+            w = atom.occ if atom.occ == atom.occ else 0.0  # NaN: reported when the atom is read
+            occ[atom.altloc] = occ.get(atom.altloc, 0.0) + w
+    if not occ:
+        return ""
+    return max(sorted(occ), key=lambda k: occ[k])  # max keeps the first of equal keys
+
+
+def _best_conformer(res: gemmi.Residue, name: str, altloc: str) -> tuple[gemmi.Atom | None, float]:
+    """Of the atoms called ``name`` (alternate locations), the one of conformer ``altloc`` (or
+    without an altloc); if that conformer lacks the atom, the one with the highest occupancy (the
+    first on ties). Zero-occupancy atoms count as missing. Returns (atom or None, occ); an atom
+    with a non-numeric (NaN) occupancy is returned at once for the caller to report."""
     best, best_occ = None, 0.0
     for atom in res:
         if atom.name != name:
@@ -173,9 +205,78 @@ def _best_conformer(res: gemmi.Residue, name: str) -> tuple[gemmi.Atom | None, f
         occ = atom.occ
         if occ != occ:
             return atom, occ
+        if atom.altloc in ("\0", altloc) and occ > 0.0:
+            return atom, occ
         if occ > best_occ:
             best, best_occ = atom, occ
     return best, best_occ
+
+
+#: A residue-number restart inside a chain id starts a new chain unless the C of the residue before
+#: and the N after it are this close (Angstrom; a peptide bond is 1.33 A).
+CHAIN_BREAK_CN = 2.5
+
+
+def _polymer_residues(
+    ch: gemmi.Chain, span: gemmi.ResidueSpan, parents: dict[str, str]
+) -> list[gemmi.Residue]:
+    """The polymer residues of ``ch``: gemmi's polymer span, which ends at the first non-polymer
+    residue, plus the amino acids with a CA after it up to the chain's last such ATOM record (a
+    water or ligand numbered inside the chain otherwise cuts it short; HETATM modified residues
+    in between are kept). Waters (HOH, SOL), ligands and free amino-acid ligands after the last
+    ATOM record are left out."""
+    residues = list(span)
+    if not residues:
+        return residues
+    every = list(ch)
+    end = residues[-1].seqid
+    last = next(i for i in range(len(every) - 1, -1, -1) if every[i].seqid == end)
+
+    def amino(r: gemmi.Residue) -> bool:
+        named = _tabulated_letter(r.name) or parents.get(r.name) or r.name in _FORCE_FIELD_LETTERS
+        return bool(named or r.het_flag == "A" and r.find_atom("N", "*")) and bool(
+            r.find_atom("CA", "*")
+        )
+
+    rest = [r for r in every[last + 1 :] if amino(r)]
+    stop = max((i for i, r in enumerate(rest) if r.het_flag == "A"), default=-1)
+    return residues + rest[: stop + 1]
+
+
+def _split_chains(residues: list[gemmi.Residue]) -> list[list[gemmi.Residue]]:
+    """``residues`` cut where one chain ends and another begins under the same chain id: at a
+    change of segment id, or where the residue number goes back without a peptide bond
+    (``CHAIN_BREAK_CN``)."""
+    parts = [residues[:1]]
+    for prev, res in zip(residues, residues[1:]):
+        new_segment = prev.segment.strip() != res.segment.strip()
+        restart = res.seqid.num < prev.seqid.num
+        if restart and not new_segment:
+            c, n = prev.find_atom("C", "*"), res.find_atom("N", "*")
+            restart = c is None or n is None or c.pos.dist(n.pos) > CHAIN_BREAK_CN
+        if new_segment or restart:
+            parts.append([])
+        parts[-1].append(res)
+    return parts
+
+
+def _part_names(name: str, parts: list[list[gemmi.Residue]], taken: set[str]) -> list[str]:
+    """A chain id per part of :func:`_split_chains`: the chain id for the first; for the others
+    the segment id when the chain id is blank (CHARMM / GROMACS files), else the chain id and the
+    part's number; never an id another chain of the model has."""
+    if len(parts) == 1:
+        return [name]
+    taken = taken - {name}
+    out = []
+    for k, part in enumerate(parts):
+        seg = part[0].segment.strip()
+        cand = seg if not name.strip() and seg else name if k == 0 else f"{name}{k + 1}"
+        base, j = cand, 1
+        while cand in taken or cand in out:
+            j += 1
+            cand = f"{base}_{j}"
+        out.append(cand)
+    return out
 
 
 def _chain_from_span(
@@ -191,12 +292,15 @@ def _chain_from_span(
         letters.append(_residue_letter(res.name, parents))
         sid = res.seqid
         ids.append(f"{sid.num}{sid.icode}" if sid.icode != " " else str(sid.num))
+        conformer = None
         for k, name in enumerate(BACKBONE_ATOMS):
             atom = res.find_atom(name, "*")  # first atom of that name, any altloc
             if atom is None:
                 continue
-            if atom.altloc != "\0":  # alternate locations: pick by occupancy
-                atom, occ = _best_conformer(res, name)
+            if atom.altloc != "\0":  # alternate locations: the residue's conformer
+                if conformer is None:
+                    conformer = _residue_conformer(res)
+                atom, occ = _best_conformer(res, name, conformer)
                 if atom is None:
                     continue
             else:
@@ -321,9 +425,16 @@ def read_structure(
 
     Per protein polymer chain (in file order): one-letter sequence (modified residues as
     their parent, unknown as X) and N, CA, C, O coordinates, [L, 4, 3] float32, NaN where
-    an atom is missing or has zero occupancy. Alternate locations: per atom the conformer
-    with the highest occupancy (the first on ties); point-mutation alternatives: the residue
-    with the highest occupancy. Waters, ligands and nucleic-acid chains are skipped.
+    an atom is missing or has zero occupancy (a blank PDB occupancy column is 1, and so is every
+    occupancy of a file that sets them all to 0). Alternate locations: one conformer per residue,
+    the one with the highest summed backbone occupancy (A before B on ties); point-mutation
+    alternatives: the residue with the highest occupancy. Force-field names of protonation states
+    (HIE, HSD, CYX, ASH, GLH, LYN, ...) are their amino acid. Waters, ligands and nucleic-acid
+    chains are skipped; polymer residues after a water or ligand numbered inside the chain are
+    kept. Two chains written under one chain id are told apart where the segment id (columns
+    73-76) changes, or where the residue numbering restarts without a peptide bond (C-N over
+    ``CHAIN_BREAK_CN`` A): the later part is named by its segment id where the chain id is blank,
+    else by the chain id and its part number (A, A2, ...).
 
     Chain ids are ``ENTRY.CHAIN`` (author chain id). ENTRY is the file's own entry name (PDB
     HEADER id code, mmCIF data block name) when it is an archive id (:func:`is_archive_id`: a PDB,
@@ -403,6 +514,13 @@ def _read_structure(
         del st[len(st) - 1]
     if st[0].count_atom_sites() == 0:
         raise StructureReadError(src, f"no atoms found (empty or not a {fmt.upper()} file?)")
+    if st[0].count_occupancies() == 0:
+        # every atom at occupancy 0 is a writing tool's placeholder (models, docking poses), not
+        # a structure of which nothing was observed
+        for ch in st[0]:
+            for res in ch:
+                for atom in res:
+                    atom.occ = 1.0
     st.merge_chain_parts()
     st.setup_entities()
     if seqres != "off":
@@ -418,28 +536,31 @@ def _read_structure(
     out: list[Chain] = []
     protein_names: list[str] = []
     unselected: list[str] = []
+    taken = {ch.name for ch in st[0]}
     for ch in st[0]:
         span = ch.get_polymer()
         if len(span) == 0 or span.check_polymer_type() not in _PROTEIN_TYPES:
             continue
-        protein_names.append(ch.name)
-        if wanted is not None and ch.name not in wanted:
-            unselected.append(f"{entry}.{ch.name}")
-            continue
-        residues = _pick_microheterogeneity(span)
-        chain = _chain_from_span(src, f"{entry}.{ch.name}", residues, parents)
-        if seqres != "off":
-            try:
-                entity = st.get_entity_of(span)
-                full = list(entity.full_sequence) if entity is not None else []
-                chain = (
-                    _insert_unobserved(chain, residues, full, parents, seqres) if full else None
-                ) or chain
-            except Exception:  # noqa: BLE001 - an odd deposited sequence must not lose the modelled chain
-                # kept as modelled (observed None), counted as without a usable deposited sequence
-                pass
-        chain.ignored_entry = ignored
-        out.append(chain)
+        parts = _split_chains(_pick_microheterogeneity(_polymer_residues(ch, span, parents)))
+        for name, residues in zip(_part_names(ch.name, parts, taken), parts):
+            protein_names.append(name)
+            if wanted is not None and name not in wanted:
+                unselected.append(f"{entry}.{name}")
+                continue
+            chain = _chain_from_span(src, f"{entry}.{name}", residues, parents)
+            if seqres != "off":
+                try:
+                    entity = st.get_entity_of(span)
+                    full = list(entity.full_sequence) if entity is not None else []
+                    chain = (
+                        _insert_unobserved(chain, residues, full, parents, seqres) if full else None
+                    ) or chain
+                except Exception:  # noqa: BLE001 - an odd deposited sequence must not lose the modelled chain
+                    # kept as modelled (observed None), counted as without a usable deposited
+                    # sequence
+                    pass
+            chain.ignored_entry = ignored
+            out.append(chain)
     if not protein_names:
         raise StructureReadError(src, "no protein chain")
     if not out:
