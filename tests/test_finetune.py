@@ -313,3 +313,31 @@ def test_finetune_progress_off_a_terminal_is_plain_lines_per_stage(
     assert done and "valid_fmax" in done[0], out
     assert any(line.startswith("fine-tune: ended after 2/2 epochs, ") for line in lines), out
     assert not any("epoch 3/2" in line for line in lines), out
+
+
+@pytest.mark.slow
+def test_pretraining_leakage_is_reported(tmp_path, prepared, tiny_checkpoint):
+    from pathlib import Path
+
+    from coordformer.function.finetune import pretraining_leakage
+
+    train, test = prepared.split_indices("train"), prepared.split_indices("test")
+    files = {"valid": Path("x_valid.txt"), "test": Path("x_test.txt")}
+
+    def splits(test_idx):
+        return {"valid": ([], test[:0], None), "test": ([], test_idx, None)}
+
+    # pretrained on this very dataset: its held-out chains are fine, its train chains are not
+    clean = pretraining_leakage(tiny_checkpoint, prepared, files, splits(test))
+    assert clean["in_pretraining_train"] == {"valid": 0, "test": 0} and clean["warning"] is None
+    ckpt = next((tiny_checkpoint / "checkpoints").glob("*.ckpt"))
+    leak = pretraining_leakage(ckpt, prepared, files, splits(train[:3]))
+    assert leak["in_pretraining_train"]["test"] == 3 and "not held out" in leak["warning"]
+    # a shipped model is judged by the --exclude files its dataset recorded
+    ec = {"valid": Path("nrPDB-EC_2020.04_valid.txt"), "test": Path("nrPDB-EC_2020.04_test.txt")}
+    ok = pretraining_leakage("small-coords", prepared, ec, splits(test))
+    assert ok["known"] and ok["excluded_files"] and ok["warning"] is None
+    other = pretraining_leakage("small-coords", prepared, {**ec, "test": Path("y_test.txt")}, {})
+    assert other["excluded_files"] is False and "y_test.txt" in other["warning"]
+    # nothing recorded (an exported file): unknown, no claim either way
+    assert pretraining_leakage(tmp_path / "model.pt", prepared, files, {})["known"] is False

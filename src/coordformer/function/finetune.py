@@ -372,6 +372,9 @@ def _finetune(
         )
     model, meta = load_model(checkpoint, map_location="cpu")
     model = model.float()
+    leakage = None if cfg.random_init else pretraining_leakage(checkpoint, data, files, splits)
+    if leakage and leakage.get("warning"):
+        echo(f"WARNING: {leakage['warning']}")
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
         model = CoordFormer(model.config)  # same architecture, no pretraining
@@ -574,6 +577,7 @@ def _finetune(
                 "labels": {k: str(v) for k, v in files.items()},
                 "data": str(data_dir),
                 "data_report": report,
+                "pretraining_leakage": leakage,
                 "n_classes": n_classes,
                 "command": command,
             },
@@ -582,6 +586,42 @@ def _finetune(
     )
     state_file.unlink(missing_ok=True)  # finished: nothing to resume
     return metrics
+
+
+def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: dict) -> dict:
+    """Could the encoder have seen this task's valid / test chains in pretraining? From what its
+    files record (``model.weights.pretraining_data``): when it was pretrained on ``data`` itself
+    (same fingerprint), the number of valid / test chains in ``data``'s train split; otherwise
+    whether its dataset's ``--exclude`` files include the task's valid and test split files (by
+    name). Returns {"known", "in_pretraining_train", "excluded_files", "warning"} (``warning``
+    None when nothing points to a leak). ``splits``: name -> (ids, dataset indices, labels)."""
+    from ..model.weights import pretraining_data
+
+    record = pretraining_data(checkpoint)
+    out: dict = {"known": record is not None, "in_pretraining_train": None, "excluded_files": None}
+    out["warning"] = None
+    if record is None:
+        return out
+    if record.get("fingerprint") and record["fingerprint"] == data.fingerprint:
+        train = set(data.split_indices("train").tolist())
+        seen = {n: int(sum(int(i) in train for i in splits[n][1])) for n in ("valid", "test")}
+        out["in_pretraining_train"] = seen
+        if any(seen.values()):
+            out["warning"] = (
+                f"{seen['valid']} valid and {seen['test']} test chains of this task are in the "
+                f"train split of {data.path}, which the encoder was pretrained on: its scores are "
+                "not held out (prepare the data with --exclude on the task's valid and test files)"
+            )
+        return out
+    excluded = {Path(f).name for f in record["config"].get("exclude_files") or ()}
+    missing = [files[n].name for n in ("valid", "test") if files[n].name not in excluded]
+    out["excluded_files"] = not missing
+    if missing:
+        out["warning"] = (
+            f"the encoder's pretraining data did not --exclude {', '.join(missing)}: its train "
+            "split may hold these chains or their homologues, so the scores may not be held out"
+        )
+    return out
 
 
 def evaluate_predictions(

@@ -99,6 +99,26 @@ def model_card(name: str) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def pretraining_data(name_or_path: str | Path) -> dict | None:
+    """What a model was pretrained on, as far as its files say: {"config": the PrepareConfig dict
+    of the dataset (``exclude_files`` among it), "fingerprint": the dataset's (when recorded)};
+    from a shipped model's card, or from the config.json of the ``pretrain`` run folder a
+    checkpoint lies in. None when neither records it (an exported file, a Hugging Face folder)."""
+    p = Path(name_or_path)
+    if not p.exists() and str(name_or_path) in shipped_models():
+        data = model_card(str(name_or_path)).get("data") or {}
+        return {"config": data.get("config") or {}, "fingerprint": None} if data else None
+    run = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    try:
+        data = json.loads((run / "config.json").read_text()).get("data") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    manifest = data.get("manifest") if isinstance(data, dict) else None
+    if not isinstance(manifest, dict):
+        return None
+    return {"config": manifest.get("config") or {}, "fingerprint": data.get("fingerprint")}
+
+
 def missing_flag_learnt(card: dict) -> bool | None:
     """Whether a model (its shipped card, or any dict with ``model_config`` / ``train_config``)
     learnt the missing-coordinate flag: the card's ``learnt_missing_flag`` where it has one, else
