@@ -213,9 +213,10 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, prepared):
 
 
 @pytest.mark.slow
-def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared, dropout):
     """Stopping part-way and resuming gives the same weights as an uninterrupted run (CPU, same
-    seed)."""
+    seed), with dropout too (its masks come from the global generator, restored at train start)."""
     from lightning.pytorch.callbacks import Callback
 
     from coordformer.config import TrainConfig, preset
@@ -226,7 +227,7 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared):
             if trainer.global_step >= 3:
                 trainer.should_stop = True
 
-    mc = preset("tiny-0.1m")
+    mc = preset("tiny-0.1m").replace(dropout=dropout)
     tc = TrainConfig(
         max_steps=7, val_every_steps=2, tokens_per_batch=1024, crop_length=64, warmup_steps=2
     )
@@ -1208,3 +1209,24 @@ def test_pretrain_on_an_empty_valid_split_says_there_is_no_best_checkpoint(
     err = capsys.readouterr().err
     assert f"warning: {out} has no checkpoints/best.ckpt" in err and err.count("\n") == 1, err
     assert json.loads(js.read_text())["checkpoint"] == str(out / "checkpoints" / "last.ckpt")
+
+
+def test_validation_every_n_optimizer_steps_with_gradient_accumulation(tmp_path, prepared):
+    """--val-every-steps counts optimizer steps, not the micro-batches Lightning counts."""
+    import csv
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(
+        max_steps=6,
+        val_every_steps=3,
+        tokens_per_batch=512,
+        crop_length=64,
+        warmup_steps=2,
+        accumulate_grad_batches=2,
+    )
+    pretrain(prepared.path, tmp_path / "a", preset("tiny-0.1m"), tc, progress=False)
+    (log,) = (tmp_path / "a" / "logs").glob("*/metrics.csv")
+    steps = [int(r["step"]) for r in csv.DictReader(open(log)) if r.get("val/loss")]
+    assert steps == [2, 5]  # after optimizer steps 3 and 6 (Lightning logs the step index)

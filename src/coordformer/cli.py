@@ -403,7 +403,8 @@ def pretrain(
     weight_decay: float = typer.Option(
         _train("weight_decay"),
         min=0.0,
-        help="AdamW weight decay (not on biases, LayerNorm or embeddings); 0 = Adam, as the paper.",
+        help="AdamW weight decay (on weight matrices, the coordinate embedding included; not "
+        "on biases, LayerNorm or the token embedding); 0 = Adam, as the paper.",
     ),
     grad_clip: float = typer.Option(
         _train("grad_clip"), min=0.0, help="Gradient-norm clipping; 0 = none, as the paper."

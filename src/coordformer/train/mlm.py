@@ -410,6 +410,11 @@ class MaskedLMModule(L.LightningModule):
             "skipped_steps": self.skipped_steps,
             "model_flops": self.model_flops,
             "torch_rng_state": torch.get_rng_state(),  # dropout draws from the global generator
+            **(
+                {"cuda_rng_state": torch.cuda.get_rng_state_all()}
+                if torch.cuda.is_available() and torch.cuda.is_initialized()
+                else {}
+            ),
             **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
         }
 
@@ -428,5 +433,18 @@ class MaskedLMModule(L.LightningModule):
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.skipped_steps = saved.get("skipped_steps", 0)
         self.model_flops = saved.get("model_flops", 0.0)
-        if "torch_rng_state" in saved:
-            torch.set_rng_state(saved["torch_rng_state"])
+        # Set at train start, not here: Lightning builds the training DataLoader's iterator after
+        # loading the checkpoint, and that draws from the global generator (once, at step 0, in an
+        # uninterrupted run), which would shift every later dropout mask of a resumed run.
+        self._resume_rng = {
+            k: saved[k] for k in ("torch_rng_state", "cuda_rng_state") if k in saved
+        }
+
+    def on_train_start(self):
+        rng, self._resume_rng = getattr(self, "_resume_rng", {}), {}
+        if "torch_rng_state" in rng:
+            torch.set_rng_state(rng["torch_rng_state"])
+        if "cuda_rng_state" in rng and torch.cuda.is_available():
+            states = rng["cuda_rng_state"]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)

@@ -72,7 +72,7 @@ class _DataModule(L.LightningDataModule):
             rank=tr.global_rank,
             world_size=tr.world_size,
         )
-        return self._loader(ds)
+        return self._loader(ds, self.cfg.seed)
 
     def val_dataloader(self):
         idx = self.data.split_indices("valid")
@@ -86,7 +86,7 @@ class _DataModule(L.LightningDataModule):
             seed=self.cfg.seed + 1,
             train=False,
         )
-        return self._loader(ds)
+        return self._loader(ds, self.cfg.seed + 1)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Lightning copies a non-tensor batch with a blocking .to(): a host wait per field. The
@@ -95,9 +95,12 @@ class _DataModule(L.LightningDataModule):
             return batch.to(device, non_blocking=device.type == "cuda")
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def _loader(self, ds):
+    def _loader(self, ds, seed: int):
         # Items are ``Batch``es: the loader pins them with Batch.pin_memory and Lightning moves them
         # to the device with Batch.to (move_data_to_device takes any object with a ``to``).
+        # Its own generator: each new iterator (every validation, the train loader after a resume)
+        # would otherwise draw its workers' base seed from the global generator that dropout
+        # uses, and a resumed run would draw different dropout masks from an uninterrupted one.
         w = self.cfg.num_workers
         return torch.utils.data.DataLoader(
             ds,
@@ -107,6 +110,7 @@ class _DataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=w > 0,
             worker_init_fn=_worker_init if w > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
         )
 
 
@@ -568,7 +572,8 @@ def _pretrain(
         precision=resolve_precision(cfg.precision, _uses_cuda(cfg.accelerator)),
         max_steps=cfg.max_steps,
         max_epochs=-1,
-        val_check_interval=cfg.val_every_steps,
+        # Lightning counts batches here, not optimizer steps
+        val_check_interval=cfg.val_every_steps * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=val_batches,
         num_sanity_val_steps=0,
