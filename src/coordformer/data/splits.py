@@ -132,7 +132,10 @@ def mmseqs_cluster(
             log(
                 "running "
                 + " ".join(cmd[1:2])
-                + f" on {n} sequences (--min-seq-id {min_seq_id}, -c {coverage})"
+                + f" on {n} sequences (--min-seq-id {min_seq_id}, -c {coverage}, --cov-mode "
+                f"{cov_mode}: a pair clusters when the alignment covers {coverage:.0%} of "
+                + ("both sequences" if cov_mode == 0 else "one of them")
+                + ")"
             )
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
