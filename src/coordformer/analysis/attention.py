@@ -656,6 +656,7 @@ def analyze_attention(
                 out / f"{label}_layer{layer}.png",
                 title=f"{label}, layer {layer} ({st.n_chains} chains, split {cfg.split})",
                 heads=heads[label],
+                fitted={k: fit_bins(st.pairs(k, "relative")) for k in ("distance", "separation")},
             )
     for name, rows in (
         ("fits.csv", all_fits),

@@ -207,23 +207,23 @@ def attention_layer_figure(
     title: str = "",
     quantity: str = "relative",
     heads: list[dict] | None = None,
+    fitted: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """One layer: per head, ``quantity`` ("relative": each weight over its query's largest on
     another residue, what report.md's sigmas and calls use; or "attention": the weight) against
     CA-CA distance (top, Angstrom) and sequence separation (bottom, residues): 10-90 and 25-75
     percentile bands, median, mean per bin (black; grey: bins too sparse to fit) and the fitted
     Gaussian (red, from ``fit_all`` rows of that quantity; its floor dashed). ``heads``
-    (:func:`classify_heads` rows) marks the 3D- and sequence-local calls in the panel titles.
-    ``layer`` counts from 1."""
-    from .attention import fit_bins
-
+    (:func:`classify_heads` rows) marks the 3D- and sequence-local calls in the panel titles;
+    ``fitted`` ({"distance", "separation"}: [bins] bool, ``attention.fit_bins``) the bins the fits
+    used (default: every non-empty one). ``layer`` counts from 1."""
     n_heads = stats.sum_dist.shape[1]
     calls = {h["head"]: h for h in heads or [] if h["layer"] == layer}
     fig, axes = plt.subplots(2, n_heads, figsize=(2.3 * n_heads, 4.8), squeeze=False)
     for row, kind in enumerate(("distance", "separation")):
         xs = stats.bin_positions(kind, quantity)
         mean = stats.mean(kind, quantity)[layer - 1]
-        used = fit_bins(stats.pairs(kind, quantity))
+        used = (fitted or {}).get(kind, stats.pairs(kind, quantity) > 0)
         p10, p25, p50, p75, p90 = stats.percentiles(kind, quantity=quantity)[:, layer - 1]
         for h in range(n_heads):
             ax = axes[row][h]
