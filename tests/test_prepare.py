@@ -447,6 +447,49 @@ def test_identity_exclusion_moves_whole_cluster_out_of_train(tmp_path):
     assert len(ds.split_indices("train")) == 10
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (MMseqs2) not installed")
+def test_strict_holdout_leaves_no_train_homologue_in_valid_or_test(tmp_path):
+    # families of a 240-residue chain and a 90-residue fragment of it: the fragment covers under
+    # 80% of the long chain, so easy-cluster keeps the two apart and they may land in different
+    # splits; the strict hold-out must not let a held-out one keep its partner in train
+    rng = np.random.default_rng(12)
+    recs = []
+    for f in range(14):
+        full = random_seq(240, rng)
+        recs.append(record(f"F{f:02d}.A", full, backbone(240, rng)))
+        recs.append(record(f"G{f:02d}.A", full[100:190], backbone(90, rng)))
+    js = write_jsonl(tmp_path / "frag.jsonl", recs)
+    ex = tmp_path / "exclude.txt"
+    ex.write_text("G02.A\nG08.A\n")  # under the cluster hold-out F02 and F08 are in train
+
+    def held_out_with_train_homologue(ds):
+        held = [i for s in ("valid", "test") for i in ds.split_indices(s)]
+        train = ds.split_indices("train")
+        return S.find_homologues(
+            [ds.sequence(int(i)) for i in held], [ds.sequence(int(i)) for i in train], 0.3
+        )
+
+    common = dict(split="identity", split_identity=0.3, valid_fraction=0.25, test_fraction=0.25)
+    prepare([js], tmp_path / "c", PrepareConfig(**common, seed=3), workers=1, **QUIET)
+    clusters = PreparedDataset(tmp_path / "c")
+    assert held_out_with_train_homologue(clusters)  # else the test below would be vacuous
+    cfg = PrepareConfig(**common, seed=3, holdout="strict", exclude_files=(str(ex),))
+    s = prepare([js], tmp_path / "s", cfg, workers=1, **QUIET)
+    ds = PreparedDataset(tmp_path / "s")
+    assert held_out_with_train_homologue(ds) == {}
+    test = {ds.ids[i] for i in ds.split_indices("test")}
+    train = {ds.ids[i] for i in ds.split_indices("train")}
+    # an excluded fragment stays in test, and its full-length partner leaves train for test
+    assert {"G02.A", "G08.A", "F02.A", "F08.A"} <= test
+    assert s.holdout_to_train > 0 and s.holdout_to_test >= 2 and s.holdout_leaks_left == 0
+    h = ds.manifest["holdout"]
+    assert h["leaks_left"] == 0 and h["moved_to_train"] == s.holdout_to_train
+    assert ds.manifest["config"]["holdout"] == "strict" and "strict hold-out" in s.format()
+    with pytest.raises(Exception, match="split='identity'"):
+        prepare([js], tmp_path / "r", PrepareConfig(holdout="strict"), workers=1, **QUIET)
+
+
 def test_identity_split_without_mmseqs(tmp_path, monkeypatch, capsys):
     from coordformer.cli import main
 

@@ -73,6 +73,11 @@ class SplitMode(str, Enum):
     identity = "identity"
 
 
+class HoldoutMode(str, Enum):
+    clusters = "clusters"
+    strict = "strict"
+
+
 class SeqresMode(str, Enum):
     off = "off"
     gaps = "gaps"
@@ -190,6 +195,12 @@ def prepare(
     exclude: List[Path] = typer.Option(
         [], help="File(s) of chain ids (12AS-A or 12AS.A) kept out of train (put in test)."
     ),
+    holdout: HoldoutMode = typer.Option(
+        HoldoutMode(_prep("holdout")),
+        help="clusters: valid/test are whole MMseqs2 clusters (80% coverage of both chains); "
+        "strict (--split identity): then no valid/test chain keeps a train homologue at "
+        "--identity over half the shorter chain (MMseqs2 search; leaky ones move into train).",
+    ),
     min_length: int = typer.Option(_prep("min_length"), min=1),
     max_length: int = typer.Option(_prep("max_length"), min=1),
     max_missing_ca: float = typer.Option(
@@ -222,6 +233,10 @@ def prepare(
 
     _out_folder(out)
     source = ctx.get_parameter_source("identity")
+    if holdout is HoldoutMode.strict and split is not SplitMode.identity:
+        raise UsageError(
+            "--holdout strict needs --split identity (its --identity sets the homology)"
+        )
     if split is not SplitMode.identity and source is not None and source.name == "COMMANDLINE":
         # a random split would ignore it, and the manifest would still record it
         raise UsageError(
@@ -241,6 +256,7 @@ def prepare(
         test_fraction=test_fraction,
         seed=seed,
         exclude_files=tuple(str(f) for f in exclude),
+        holdout=holdout.value,
         plddt_min=plddt_min,
         chains=_chain_list(chains),
         store_plddt=store_plddt,

@@ -286,6 +286,10 @@ class PrepareConfig(Record):
     test_fraction: float = 0.05
     seed: int = SEED
     exclude_files: tuple[str, ...] = ()  # chain ids that must never reach train
+    #: "clusters": the held-out splits are whole MMseqs2 clusters (default); "strict" (identity
+    #: split only): then no held-out chain keeps a train homologue at ``split_identity`` over half
+    #: the shorter sequence (``data.splits.strict_holdout``).
+    holdout: str = "clusters"
     #: Predicted models (AlphaFold, ESMFold): residues whose B-factor column (= pLDDT) is below this
     #: become missing (all four atoms NaN) before the max_missing_ca filter. None = off.
     plddt_min: float | None = None
@@ -314,6 +318,7 @@ class PrepareConfig(Record):
         "test_fraction",
         "seed",
         "exclude_files",
+        "holdout",
     )
 
     def unit_fingerprint(self) -> dict[str, Any]:

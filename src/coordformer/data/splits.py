@@ -31,6 +31,12 @@ from .store import SPLIT_NAMES  # noqa: F401 - re-exported for prepare
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_METHODS = ("random", "identity")
+HOLDOUT_MODES = ("clusters", "strict")
+#: Coverage of the shorter sequence above which a hit counts as a homologue for the strict
+#: hold-out (a domain or fragment of a train chain counts).
+STRICT_COVERAGE = 0.5
+#: Search-and-move rounds of the strict hold-out before it reports the leaks left.
+STRICT_ROUNDS = 4
 
 
 class SplitError(CoordformerError, RuntimeError):
@@ -68,6 +74,12 @@ def check_split_config(config: PrepareConfig) -> None:
         )
     if config.split == "identity" and not 0 < config.split_identity <= 1:
         raise OptionError("split_identity", config.split_identity, "must be in (0, 1]")
+    if config.holdout not in HOLDOUT_MODES:
+        raise OptionError("holdout", config.holdout, f"must be one of {', '.join(HOLDOUT_MODES)}")
+    if config.holdout == "strict" and config.split != "identity":
+        raise OptionError(
+            "holdout", config.holdout, "needs split='identity' (its identity sets the homology)"
+        )
 
 
 def random_split(ids: Sequence[str], config: PrepareConfig) -> np.ndarray:
@@ -250,6 +262,81 @@ def identity_split(
             )
         codes[i] = cache[r]
     return codes, len(cache), rep
+
+
+@dataclass
+class StrictHoldout:
+    """What :func:`strict_holdout` moved: held-out chains into train, train chains into test
+    (homologues of chains that must stay out of train), per round; and the held-out chains that
+    still have a train homologue when it stopped (0 unless ``STRICT_ROUNDS`` ran out)."""
+
+    to_train: list[int] = field(default_factory=list)
+    to_test: list[int] = field(default_factory=list)
+    rounds: int = 0
+    leaks_left: int = 0
+
+
+def strict_holdout(
+    sequences: Sequence[str],
+    codes: np.ndarray,
+    clusters: np.ndarray,
+    forced: np.ndarray,
+    min_seq_id: float,
+    threads: int = 1,
+    log: Callable[[str], None] | None = None,
+    tmp_root: str | Path | None = None,
+) -> StrictHoldout:
+    """Make the held-out splits free of train homologues, in place: a held-out chain with a train
+    homologue (:func:`find_homologues` at ``min_seq_id`` over ``STRICT_COVERAGE`` of the shorter
+    sequence, more sensitive than the clustering) moves into train with its whole cluster; a chain
+    that must stay out of train (``forced`` [N] bool: the --exclude chains and their clusters)
+    stays, and its train homologues move into test with their clusters. Repeated (each move can
+    make new pairs) for at most ``STRICT_ROUNDS`` rounds. ``codes`` [N] int8, ``clusters`` [N]
+    representative index per chain."""
+    out = StrictHoldout()
+    for _ in range(STRICT_ROUNDS):
+        held = np.flatnonzero(codes != TRAIN)
+        train = np.flatnonzero(codes == TRAIN)
+        hits = find_homologues(
+            [sequences[i] for i in held],
+            [sequences[i] for i in train],
+            min_seq_id,
+            STRICT_COVERAGE,
+            threads=threads,
+            tmp_root=tmp_root,
+        )
+        if not hits:
+            return out
+        out.rounds += 1
+        leaky = held[list(hits)]
+        free = leaky[~forced[leaky]]
+        partners = train[[h.target for q, h in hits.items() if forced[held[q]]]]
+        to_train = np.isin(clusters, clusters[free]) & ~forced
+        to_test = np.isin(clusters, clusters[partners]) & (codes == TRAIN)
+        codes[to_train] = TRAIN
+        codes[to_test] = TEST
+        forced |= to_test  # moved out of train because of an excluded chain: they stay out
+        out.to_train += np.flatnonzero(to_train).tolist()
+        out.to_test += np.flatnonzero(to_test).tolist()
+        if log:
+            log(
+                f"strict hold-out, round {out.rounds}: {len(hits)} held-out chains had a train "
+                f"homologue; {int(to_train.sum())} chains moved into train, "
+                f"{int(to_test.sum())} (homologues of excluded chains) into test"
+            )
+    held = np.flatnonzero(codes != TRAIN)
+    train = np.flatnonzero(codes == TRAIN)
+    out.leaks_left = len(
+        find_homologues(
+            [sequences[i] for i in held],
+            [sequences[i] for i in train],
+            min_seq_id,
+            STRICT_COVERAGE,
+            threads=threads,
+            tmp_root=tmp_root,
+        )
+    )
+    return out
 
 
 _SEPARATORS = re.compile(r"[-_.:]")

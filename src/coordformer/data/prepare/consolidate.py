@@ -388,6 +388,27 @@ def assign_splits(
     else:
         codes, clusters = _splits.random_split(ids, config), None
     match = _splits.apply_exclusions(ids, codes, list(run.excluded), norm, clusters)
+    if config.holdout == "strict" and clusters is not None:
+        forced = np.isin(clusters, clusters[match.hit]) if match.hit.any() else match.hit.copy()
+        res = _splits.strict_holdout(
+            seqs,
+            codes,
+            clusters,
+            forced,
+            config.split_identity,
+            threads=run.workers,
+            log=log,
+            tmp_root=run.out / store.WORK_DIR,
+        )
+        summary.holdout_to_train = len(res.to_train)
+        summary.holdout_to_test = len(res.to_test)
+        summary.holdout_leaks_left = res.leaks_left
+        log(
+            f"strict hold-out: {len(res.to_train)} chains moved into train, {len(res.to_test)} "
+            f"into test in {res.rounds} rounds; {res.leaks_left} held-out chains still have a "
+            "train homologue",
+            logging.WARNING if res.leaks_left else logging.INFO,
+        )
     return codes, match
 
 
@@ -477,6 +498,18 @@ def build_manifest(
         },
         "splits": summary.splits,
         "n_clusters": summary.n_clusters,
+        **(
+            {
+                "holdout": {
+                    "moved_to_train": summary.holdout_to_train,
+                    "moved_to_test": summary.holdout_to_test,
+                    "leaks_left": summary.holdout_leaks_left,
+                    "min_coverage": _splits.STRICT_COVERAGE,
+                }
+            }
+            if config.holdout == "strict"
+            else {}
+        ),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
