@@ -480,9 +480,12 @@ def test_strict_holdout_leaves_no_train_homologue_in_valid_or_test(tmp_path):
     assert held_out_with_train_homologue(ds) == {}
     test = {ds.ids[i] for i in ds.split_indices("test")}
     train = {ds.ids[i] for i in ds.split_indices("train")}
-    # an excluded fragment stays in test, and its full-length partner leaves train for test
-    assert {"G02.A", "G08.A", "F02.A", "F08.A"} <= test
-    assert s.holdout_to_train > 0 and s.holdout_to_test >= 2 and s.holdout_leaks_left == 0
+    # an excluded fragment stays in test, and its full-length partner leaves train: set aside,
+    # in no split (in test it would be a held-out chain with train homologues of its own)
+    aside = {ds.ids[i] for i in ds.split_indices("aside")}
+    assert {"G02.A", "G08.A"} <= test and {"F02.A", "F08.A"} <= aside
+    assert not aside & (train | test) and len(aside) == s.holdout_aside == s.splits["aside"]
+    assert s.holdout_to_train > 0 and s.holdout_leaks_left == 0
     h = ds.manifest["holdout"]
     assert h["leaks_left"] == 0 and h["moved_to_train"] == s.holdout_to_train
     assert ds.manifest["config"]["holdout"] == "strict" and "strict hold-out" in s.format()

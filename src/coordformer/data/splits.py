@@ -30,6 +30,9 @@ from ..errors import CoordformerError, OptionError
 from .store import SPLIT_NAMES  # noqa: F401 - re-exported for prepare
 
 TRAIN, VALID, TEST = 0, 1, 2
+#: The strict hold-out's code for train homologues of --exclude chains: out of train and out of the
+#: held-out splits (written to splits/aside.txt), so that moving them breaks no other pair.
+ASIDE, ASIDE_NAME = 3, "aside"
 SPLIT_METHODS = ("random", "identity")
 HOLDOUT_MODES = ("clusters", "strict")
 #: Coverage of the shorter sequence above which a hit counts as a homologue for the strict
@@ -266,14 +269,29 @@ def identity_split(
 
 @dataclass
 class StrictHoldout:
-    """What :func:`strict_holdout` moved: held-out chains into train, train chains into test
-    (homologues of chains that must stay out of train), per round; and the held-out chains that
-    still have a train homologue when it stopped (0 unless ``STRICT_ROUNDS`` ran out)."""
+    """What :func:`strict_holdout` moved: held-out chains into train, and train homologues of the
+    chains that must stay out of train set aside (``ASIDE``); the rounds it took, and the held-out
+    chains that still have a train homologue when it stopped (0 unless ``STRICT_ROUNDS`` ran
+    out)."""
 
     to_train: list[int] = field(default_factory=list)
-    to_test: list[int] = field(default_factory=list)
+    aside: list[int] = field(default_factory=list)
     rounds: int = 0
     leaks_left: int = 0
+
+
+def _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root):
+    held = np.flatnonzero((codes == VALID) | (codes == TEST))
+    train = np.flatnonzero(codes == TRAIN)
+    hits = find_homologues(
+        [sequences[i] for i in held],
+        [sequences[i] for i in train],
+        min_seq_id,
+        STRICT_COVERAGE,
+        threads=threads,
+        tmp_root=tmp_root,
+    )
+    return {int(held[q]): int(train[h.target]) for q, h in hits.items()}
 
 
 def strict_holdout(
@@ -290,52 +308,30 @@ def strict_holdout(
     homologue (:func:`find_homologues` at ``min_seq_id`` over ``STRICT_COVERAGE`` of the shorter
     sequence, more sensitive than the clustering) moves into train with its whole cluster; a chain
     that must stay out of train (``forced`` [N] bool: the --exclude chains and their clusters)
-    stays, and its train homologues move into test with their clusters. Repeated (each move can
-    make new pairs) for at most ``STRICT_ROUNDS`` rounds. ``codes`` [N] int8, ``clusters`` [N]
-    representative index per chain."""
+    stays, and its train homologues are set aside (``ASIDE``: in no split, so that no further
+    pair is made). Repeated while chains move into train (each can be a new homologue), for at
+    most ``STRICT_ROUNDS`` rounds. ``codes`` [N] int8, ``clusters`` [N] representative index per
+    chain."""
     out = StrictHoldout()
     for _ in range(STRICT_ROUNDS):
-        held = np.flatnonzero(codes != TRAIN)
-        train = np.flatnonzero(codes == TRAIN)
-        hits = find_homologues(
-            [sequences[i] for i in held],
-            [sequences[i] for i in train],
-            min_seq_id,
-            STRICT_COVERAGE,
-            threads=threads,
-            tmp_root=tmp_root,
-        )
+        hits = _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root)
         if not hits:
             return out
         out.rounds += 1
-        leaky = held[list(hits)]
-        free = leaky[~forced[leaky]]
-        partners = train[[h.target for q, h in hits.items() if forced[held[q]]]]
-        to_train = np.isin(clusters, clusters[free]) & ~forced
-        to_test = np.isin(clusters, clusters[partners]) & (codes == TRAIN)
+        free = np.array([q for q in hits if not forced[q]], dtype=np.int64)
+        aside = np.array(sorted({t for q, t in hits.items() if forced[q]}), dtype=np.int64)
+        to_train = np.isin(clusters, clusters[free]) & ~forced & (codes != ASIDE)
         codes[to_train] = TRAIN
-        codes[to_test] = TEST
-        forced |= to_test  # moved out of train because of an excluded chain: they stay out
+        codes[aside] = ASIDE
         out.to_train += np.flatnonzero(to_train).tolist()
-        out.to_test += np.flatnonzero(to_test).tolist()
+        out.aside += aside.tolist()
         if log:
             log(
                 f"strict hold-out, round {out.rounds}: {len(hits)} held-out chains had a train "
-                f"homologue; {int(to_train.sum())} chains moved into train, "
-                f"{int(to_test.sum())} (homologues of excluded chains) into test"
+                f"homologue; {int(to_train.sum())} chains moved into train, {len(aside)} "
+                "(homologues of excluded chains) set aside"
             )
-    held = np.flatnonzero(codes != TRAIN)
-    train = np.flatnonzero(codes == TRAIN)
-    out.leaks_left = len(
-        find_homologues(
-            [sequences[i] for i in held],
-            [sequences[i] for i in train],
-            min_seq_id,
-            STRICT_COVERAGE,
-            threads=threads,
-            tmp_root=tmp_root,
-        )
-    )
+    out.leaks_left = len(_held_out_hits(sequences, codes, min_seq_id, threads, tmp_root))
     return out
 
 

@@ -92,7 +92,10 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
     tmp, offsets = write_arrays(run, sel)
     n_res = int(offsets[-1])
     codes, match = assign_splits(run, sel, tmp[store.SEQ_FILE], offsets, summary, log, norm)
-    split_counts = {name: int((codes == k).sum()) for k, name in enumerate(_splits.SPLIT_NAMES)}
+    names = _splits.SPLIT_NAMES + (
+        (_splits.ASIDE_NAME,) if (codes == _splits.ASIDE).any() else ()
+    )  # the strict hold-out's set-aside chains, in their own list when there are any
+    split_counts = {name: int((codes == k).sum()) for k, name in enumerate(names)}
     fractions = (("valid", config.valid_fraction), ("test", config.test_fraction))
     summary.empty_splits = [
         name for name, frac in fractions if frac > 0 and sel.ids and not split_counts[name]
@@ -106,7 +109,7 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
         zip(sel.ids, sel.lengths.tolist(), sel.sources),
     )
     (out / store.SPLITS_DIR).mkdir(exist_ok=True)
-    for k, name in enumerate(_splits.SPLIT_NAMES):
+    for k, name in enumerate(names):
         store.write_id_list(
             out / store.SPLITS_DIR / f"{name}.txt", (c for c, s in zip(sel.ids, codes) if s == k)
         )
@@ -401,12 +404,12 @@ def assign_splits(
             tmp_root=run.out / store.WORK_DIR,
         )
         summary.holdout_to_train = len(res.to_train)
-        summary.holdout_to_test = len(res.to_test)
+        summary.holdout_aside = len(res.aside)
         summary.holdout_leaks_left = res.leaks_left
         log(
-            f"strict hold-out: {len(res.to_train)} chains moved into train, {len(res.to_test)} "
-            f"into test in {res.rounds} rounds; {res.leaks_left} held-out chains still have a "
-            "train homologue",
+            f"strict hold-out: {len(res.to_train)} chains moved into train, {len(res.aside)} set "
+            f"aside in {res.rounds} rounds; {res.leaks_left} held-out chains still have a train "
+            "homologue",
             logging.WARNING if res.leaks_left else logging.INFO,
         )
     return codes, match
@@ -502,7 +505,7 @@ def build_manifest(
             {
                 "holdout": {
                     "moved_to_train": summary.holdout_to_train,
-                    "moved_to_test": summary.holdout_to_test,
+                    "set_aside": summary.holdout_aside,
                     "leaks_left": summary.holdout_leaks_left,
                     "min_coverage": _splits.STRICT_COVERAGE,
                 }

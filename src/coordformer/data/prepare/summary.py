@@ -36,10 +36,11 @@ class PrepareSummary:
     files_renamed: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     n_clusters: int | None = None
-    #: strict hold-out (``PrepareConfig.holdout``): chains moved into train / into test, and the
-    #: held-out chains still with a train homologue (None when not asked for)
+    #: strict hold-out (``PrepareConfig.holdout``): chains moved into train / set aside (in
+    #: splits/aside.txt), and the held-out chains still with a train homologue (None when not
+    #: asked for)
     holdout_to_train: int | None = None
-    holdout_to_test: int | None = None
+    holdout_aside: int | None = None
     holdout_leaks_left: int | None = None
     #: With PrepareConfig.seqres: unobserved residues put back, chains that got any, and kept
     #: structure-file chains left as modelled for want of a usable deposited sequence.
@@ -96,8 +97,9 @@ class PrepareSummary:
                 *(
                     [
                         f"  strict hold-out: {self.holdout_to_train} held-out chains with a train "
-                        f"homologue moved into train, {self.holdout_to_test} homologues of "
-                        f"excluded chains into test; {self.holdout_leaks_left} leaks left"
+                        f"homologue moved into train, {self.holdout_aside} train homologues of "
+                        f"excluded chains set aside (splits/aside.txt); "
+                        f"{self.holdout_leaks_left} leaks left"
                     ]
                     if self.holdout_to_train is not None
                     else []
