@@ -493,6 +493,52 @@ def test_strict_holdout_leaves_no_train_homologue_in_valid_or_test(tmp_path):
         prepare([js], tmp_path / "r", PrepareConfig(holdout="strict"), workers=1, **QUIET)
 
 
+@pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (MMseqs2) not installed")
+def test_exclude_sequences_sets_train_homologues_aside(tmp_path, capsys):
+    from coordformer.cli import main
+
+    # sequences the dataset lacks (DeepFRI's test FASTA): a train chain holding one as a domain,
+    # or a close mutant of one, must leave train; unrelated chains stay
+    rng = np.random.default_rng(13)
+    listed = [random_seq(120, rng) for _ in range(2)]
+    recs = [
+        record("H1.A", random_seq(60, rng) + listed[0] + random_seq(60, rng), backbone(240, rng)),
+        record("H2.A", mutate(listed[1], 30, rng), backbone(120, rng)),
+    ]
+    recs += [record(f"U{u:02d}.A", random_seq(100, rng), backbone(100, rng)) for u in range(12)]
+    js = write_jsonl(tmp_path / "x.jsonl", recs)
+    fasta = tmp_path / "held.fasta"
+    fasta.write_text("".join(f">T{k}-A nrPDB_test\n{s}\n" for k, s in enumerate(listed)))
+    cfg = PrepareConfig(valid_fraction=0.0, test_fraction=0.0, exclude_sequences=(str(fasta),))
+    s = prepare([js], tmp_path / "ds", cfg, workers=1, **QUIET)
+    ds = PreparedDataset(tmp_path / "ds")
+    aside = {ds.ids[i] for i in ds.split_indices("aside")}
+    train = {ds.ids[i] for i in ds.split_indices("train")}
+    assert aside == {"H1.A", "H2.A"} and len(train) == 12 and s.excluded_by_sequence == 2
+    assert ds.manifest["excluded_by_sequence"] == 2 and "excluded by sequence: 2" in s.format()
+    # a missing or malformed file is refused before any work
+    bad = tmp_path / "bad.fasta"
+    bad.write_text("no header line\n")
+    for f in (tmp_path / "none.fasta", bad):
+        with pytest.raises(PrepareError, match="exclude-sequences file"):
+            prepare([js], tmp_path / "ds2", cfg.replace(exclude_sequences=(str(f),)), **QUIET)
+        assert not (tmp_path / "ds2").exists()
+    assert (
+        main(
+            [
+                "prepare",
+                str(js),
+                "--out",
+                str(tmp_path / "d3"),
+                "--exclude-sequences",
+                str(tmp_path / "none.fasta"),
+            ]
+        )
+        == 2
+    )
+    assert "--exclude-sequences file" in capsys.readouterr().err
+
+
 def test_identity_split_without_mmseqs(tmp_path, monkeypatch, capsys):
     from coordformer.cli import main
 

@@ -195,6 +195,13 @@ def prepare(
     exclude: List[Path] = typer.Option(
         [], help="File(s) of chain ids (12AS-A or 12AS.A) kept out of train (put in test)."
     ),
+    exclude_sequences: List[Path] = typer.Option(
+        [],
+        "--exclude-sequences",
+        help="FASTA file(s) of sequences with no homologue allowed in train (e.g. DeepFRI's "
+        "*_test_sequences.fasta): train chains with one at --identity over half the shorter "
+        "chain are set aside (splits/aside.txt). Needs MMseqs2.",
+    ),
     holdout: HoldoutMode = typer.Option(
         HoldoutMode(_prep("holdout")),
         help="clusters: valid/test are whole MMseqs2 clusters (80% coverage of both chains); "
@@ -243,9 +250,10 @@ def prepare(
             f"--identity {identity} sets the clustering of --split identity only; add "
             "--split identity, or drop --identity for a random split"
         )
-    for f in exclude:
-        if not f.is_file():
-            raise UsageError(f"--exclude file {f} does not exist")
+    for flag, files in (("--exclude", exclude), ("--exclude-sequences", exclude_sequences)):
+        for f in files:
+            if not f.is_file():
+                raise UsageError(f"{flag} file {f} does not exist")
     cfg = PrepareConfig(
         min_length=min_length,
         max_length=max_length,
@@ -257,6 +265,7 @@ def prepare(
         seed=seed,
         exclude_files=tuple(str(f) for f in exclude),
         holdout=holdout.value,
+        exclude_sequences=tuple(str(f) for f in exclude_sequences),
         plddt_min=plddt_min,
         chains=_chain_list(chains),
         store_plddt=store_plddt,

@@ -290,6 +290,10 @@ class PrepareConfig(Record):
     #: split only): then no held-out chain keeps a train homologue at ``split_identity`` over half
     #: the shorter sequence (``data.splits.strict_holdout``).
     holdout: str = "clusters"
+    #: FASTA files of sequences that must have no homologue in train (e.g. DeepFRI's
+    #: *_test_sequences.fasta, whose chains a dataset may lack): train chains with one at
+    #: ``split_identity`` over half the shorter sequence are set aside (splits/aside.txt).
+    exclude_sequences: tuple[str, ...] = ()
     #: Predicted models (AlphaFold, ESMFold): residues whose B-factor column (= pLDDT) is below this
     #: become missing (all four atoms NaN) before the max_missing_ca filter. None = off.
     plddt_min: float | None = None
@@ -307,7 +311,7 @@ class PrepareConfig(Record):
     seqres: str = "off"
 
     def __post_init__(self):
-        _names(self, "chains", "exclude_files")
+        _names(self, "chains", "exclude_files", "exclude_sequences")
 
     #: Fields applied only when the dataset is assembled (always redone), so an interrupted prepare
     #: run resumes when they change; every other field is in :meth:`unit_fingerprint`.
@@ -319,6 +323,7 @@ class PrepareConfig(Record):
         "seed",
         "exclude_files",
         "holdout",
+        "exclude_sequences",
     )
 
     def unit_fingerprint(self) -> dict[str, Any]:

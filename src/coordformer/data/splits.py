@@ -280,6 +280,31 @@ class StrictHoldout:
     leaks_left: int = 0
 
 
+def set_aside_homologues(
+    sequences: Sequence[str],
+    codes: np.ndarray,
+    listed: Sequence[str],
+    min_seq_id: float,
+    threads: int = 1,
+    tmp_root: str | Path | None = None,
+) -> np.ndarray:
+    """Set aside (``ASIDE``), in place, the train chains with a homologue among the ``listed``
+    sequences (:func:`find_homologues` at ``min_seq_id`` over ``STRICT_COVERAGE`` of the shorter
+    sequence); returns their indices."""
+    train = np.flatnonzero(codes == TRAIN)
+    hits = find_homologues(
+        [sequences[i] for i in train],
+        listed,
+        min_seq_id,
+        STRICT_COVERAGE,
+        threads=threads,
+        tmp_root=tmp_root,
+    )
+    aside = train[sorted(hits)]
+    codes[aside] = ASIDE
+    return aside
+
+
 def _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root):
     held = np.flatnonzero((codes == VALID) | (codes == TEST))
     train = np.flatnonzero(codes == TRAIN)

@@ -364,6 +364,24 @@ def write_arrays(run: FinishedRun, sel: Selection) -> tuple[dict[str, Path], np.
     return tmp, offsets
 
 
+def read_exclusion_sequences(config: PrepareConfig) -> list[str]:
+    """The sequences of config.exclude_sequences (FASTA), in file order; PrepareError naming the
+    file and the first bad record."""
+    from ...io.fasta import read_fasta
+
+    out: list[str] = []
+    for f in config.exclude_sequences:
+        if not Path(f).is_file():
+            raise PrepareError(f"exclude-sequences file {f} does not exist")
+        try:
+            out += [c.sequence for c in read_fasta(f)]
+        except Exception as e:  # noqa: BLE001 - StructureReadError
+            raise PrepareError(
+                f"cannot read exclude-sequences file {f}: {getattr(e, 'reason', e)}"
+            ) from None
+    return out
+
+
 def assign_splits(
     run: FinishedRun,
     sel: Selection,
@@ -376,10 +394,12 @@ def assign_splits(
     """int8 split code per kept chain (random, or by MMseqs2 cluster), with the --exclude ids
     (and, for an identity split, their clusters) forced into test; and how those ids matched."""
     config, ids = run.config, sel.ids
-    if config.split == "identity":
+    seqs: list[str] = []
+    if config.split == "identity" or config.exclude_sequences:
         seq = np.load(seq_path, mmap_mode="r")
         seqs = [bytes(seq[offsets[i] : offsets[i + 1]]).decode("ascii") for i in range(len(ids))]
         del seq
+    if config.split == "identity":
         codes, n_clusters, clusters = _splits.identity_split(
             ids, seqs, config, threads=run.workers, log=log, tmp_root=run.out / store.WORK_DIR
         )
@@ -391,6 +411,22 @@ def assign_splits(
     else:
         codes, clusters = _splits.random_split(ids, config), None
     match = _splits.apply_exclusions(ids, codes, list(run.excluded), norm, clusters)
+    if config.exclude_sequences:
+        listed = read_exclusion_sequences(config)
+        aside = _splits.set_aside_homologues(
+            seqs,
+            codes,
+            listed,
+            config.split_identity,
+            threads=run.workers,
+            tmp_root=run.out / store.WORK_DIR,
+        )
+        summary.excluded_by_sequence = len(aside)
+        log(
+            f"exclude: {len(aside)} train chains have a homologue among the "
+            f"{len(listed)} sequences of {', '.join(config.exclude_sequences)} "
+            f"(>= {config.split_identity:.0%} identity over half the shorter chain): set aside"
+        )
     if config.holdout == "strict" and clusters is not None:
         forced = np.isin(clusters, clusters[match.hit]) if match.hit.any() else match.hit.copy()
         res = _splits.strict_holdout(
@@ -501,6 +537,11 @@ def build_manifest(
         },
         "splits": summary.splits,
         "n_clusters": summary.n_clusters,
+        **(
+            {"excluded_by_sequence": summary.excluded_by_sequence}
+            if config.exclude_sequences
+            else {}
+        ),
         **(
             {
                 "holdout": {

@@ -25,7 +25,13 @@ from ...constants import BACKBONE_ATOMS, SEQRES_MODES
 from .. import splits as _splits
 from .. import store
 from ..memory import MemoryDataset
-from .consolidate import FinishedRun, check_chains_found, consolidate, select_chains
+from .consolidate import (
+    FinishedRun,
+    check_chains_found,
+    consolidate,
+    read_exclusion_sequences,
+    select_chains,
+)
 from .errors import PrepareError, PrepareOptionError
 from .pool import map_units, run_parallel
 from .resume import resume_mismatch, run_fingerprint
@@ -77,7 +83,8 @@ def prepare(
 
     # fail fast on things that would only break at the end
     excluded = _read_exclusions(config)
-    if config.split == "identity" and not _splits.mmseqs_available():
+    read_exclusion_sequences(config)
+    if (config.split == "identity" or config.exclude_sequences) and not _splits.mmseqs_available():
         raise PrepareOptionError(
             "split",
             config.split,

@@ -39,6 +39,8 @@ class PrepareSummary:
     #: strict hold-out (``PrepareConfig.holdout``): chains moved into train / set aside (in
     #: splits/aside.txt), and the held-out chains still with a train homologue (None when not
     #: asked for)
+    #: train chains set aside for a homologue among --exclude-sequences (None when not asked for)
+    excluded_by_sequence: int | None = None
     holdout_to_train: int | None = None
     holdout_aside: int | None = None
     holdout_leaks_left: int | None = None
@@ -93,6 +95,14 @@ class PrepareSummary:
                 f"  splits: {spl}"
                 + (
                     f" ({self.n_clusters} sequence clusters)" if self.n_clusters is not None else ""
+                ),
+                *(
+                    [
+                        f"  excluded by sequence: {self.excluded_by_sequence} train chains with "
+                        "a homologue among --exclude-sequences set aside (splits/aside.txt)"
+                    ]
+                    if self.excluded_by_sequence is not None
+                    else []
                 ),
                 *(
                     [
