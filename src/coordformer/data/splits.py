@@ -193,12 +193,14 @@ def find_homologues(
     sensitivity: float = 7.5,
     executable: str = "mmseqs",
     tmp_root: str | Path | None = None,
-) -> dict[int, Homologue]:
+    every_hit: bool = False,
+) -> dict[int, Homologue] | dict[int, list[Homologue]]:
     """Queries with a homologue among the targets: ``mmseqs easy-search`` (E-value <= 1e-3 at
     ``sensitivity``), a hit counting when its sequence identity (over the alignment) is at least
     ``min_seq_id`` and it covers at least ``min_coverage`` of the shorter of the two sequences (so
     a fragment or single domain of a target counts, unlike under easy-cluster's default coverage of
-    80% of both). Returns {query index: best hit (highest identity, then coverage)}."""
+    80% of both). Returns {query index: best hit (highest identity, then coverage)}, or with
+    ``every_hit`` {query index: every such hit}."""
     if not len(queries) or not len(targets):
         return {}
     exe = shutil.which(executable)
@@ -227,19 +229,21 @@ def find_homologues(
             tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
             raise SplitError(f"mmseqs easy-search failed (exit {proc.returncode}): {tail}")
         best: dict[int, Homologue] = {}
+        every: dict[int, list[Homologue]] = {}
         with open(tmp / "hits.m8") as f:
             for line in f:
                 q, tg, fid, qc, tc = line.split()
                 h = Homologue(int(tg), float(fid), float(qc), float(tc))
                 if h.identity < min_seq_id or h.shorter_coverage < min_coverage:
                     continue
+                every.setdefault(int(q), []).append(h)
                 old = best.get(int(q))
                 if old is None or (h.identity, h.shorter_coverage) > (
                     old.identity,
                     old.shorter_coverage,
                 ):
                     best[int(q)] = h
-    return best
+    return every if every_hit else best
 
 
 def identity_split(
@@ -305,7 +309,8 @@ def set_aside_homologues(
     return aside
 
 
-def _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root):
+def _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root) -> dict[int, list[int]]:
+    """{held-out chain: its train homologues} (chain indices)."""
     held = np.flatnonzero((codes == VALID) | (codes == TEST))
     train = np.flatnonzero(codes == TRAIN)
     hits = find_homologues(
@@ -315,8 +320,9 @@ def _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root):
         STRICT_COVERAGE,
         threads=threads,
         tmp_root=tmp_root,
+        every_hit=True,
     )
-    return {int(held[q]): int(train[h.target]) for q, h in hits.items()}
+    return {int(held[q]): [int(train[h.target]) for h in hs] for q, hs in hits.items()}
 
 
 def strict_holdout(
@@ -344,7 +350,9 @@ def strict_holdout(
             return out
         out.rounds += 1
         free = np.array([q for q in hits if not forced[q]], dtype=np.int64)
-        aside = np.array(sorted({t for q, t in hits.items() if forced[q]}), dtype=np.int64)
+        aside = np.array(
+            sorted({t for q, ts in hits.items() if forced[q] for t in ts}), dtype=np.int64
+        )
         to_train = np.isin(clusters, clusters[free]) & ~forced & (codes != ASIDE)
         codes[to_train] = TRAIN
         codes[aside] = ASIDE
