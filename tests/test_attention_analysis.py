@@ -234,7 +234,7 @@ def test_summary_draws_the_local_heads_and_the_papers_sigmas(tmp_path, monkeypat
             "contrast_seq": 0.5,
         }
         if local_3d is not None:
-            row.update(local_3d=local_3d, local_seq=False)
+            row.update(local_3d=local_3d, local_seq=False, contrast_3d_only=7.0)
         return row
 
     called = [head(1, 0, True), head(1, 1, False), head(2, 0, True, sigma_3d=20.0)]
@@ -252,6 +252,9 @@ def test_summary_draws_the_local_heads_and_the_papers_sigmas(tmp_path, monkeypat
     # two local heads (filled and open markers) and the paper's two layers
     assert sorted(points[:, 1].tolist()) == [2.7, 3.0, 3.0, 4.7, 5.0, 20.0]
     assert "3D-local heads" in ax.get_title()
+    # peak / floor of the pass that made the call, as report.md's column
+    low = np.concatenate([c.get_offsets() for c in figs[0].axes[2].collections])
+    assert low[:, 1].tolist() == [7.0, 7.0]
     assert "no local head" in [t.get_text() for t in figs[0].axes[1].texts]
 
 

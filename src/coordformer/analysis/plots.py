@@ -295,7 +295,8 @@ def attention_summary_figure(
 ) -> Path:
     """Per layer, the heads each model has that attend locally: top, sigma of the relative fit
     (filled; open circles: the paper's quantity's fit of the same 3D heads); bottom, the fit's peak
-    over its floor at the nearest bin. Left against CA-CA distance (Angstrom), right against
+    over its floor at the nearest bin, from the ablation pass that made the call where it ran (as
+    report.md's column). Left against CA-CA distance (Angstrom), right against
     sequence separation (residues). ``selected``: model -> :func:`summary_heads` of its heads;
     ``paper_sigmas``: the paper's per-layer sigmas (Angstrom, layers from 1), drawn as crosses."""
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
@@ -318,9 +319,10 @@ def attention_summary_figure(
                     edgecolors=f"C{i}",
                     lw=0.8,
                 )
+            # peak / floor of the pass that made the call (as report.md's column), where it ran
             axes[1][col].scatter(
                 x,
-                [min(h[f"contrast_{suffix}"], 1e3) for h in rows],
+                [min(h.get(f"contrast_{suffix}_only", h[f"contrast_{suffix}"]), 1e3) for h in rows],
                 s=14,
                 color=f"C{i}",
             )
