@@ -135,3 +135,26 @@ def test_mmcif_polymers_sharing_an_author_chain_id_are_all_kept(tmp_path):
     path.write_text(head + "\n".join(rows) + "\n")
     (chain,) = read_structure(path)
     assert chain.sequence == "AGSKR" and chain.residue_ids[-1] == "102"
+
+
+def test_mmcif_without_occupancy_altloc_or_b_columns_is_read(tmp_path):
+    # a minimal mmCIF (hand-written, or from tools that know no occupancy): gemmi reads no atom
+    # from a loop that lacks these columns
+    cols = (
+        "group_PDB id type_symbol label_atom_id label_comp_id label_asym_id label_entity_id "
+        "label_seq_id Cartn_x Cartn_y Cartn_z auth_seq_id auth_asym_id"
+    ).split()
+    rows = []
+    for i, resn in enumerate(("ALA", "GLY", "SER")):
+        for k, (name, (dx, dy)) in enumerate(_OFFSETS.items()):
+            rows.append(
+                f"ATOM {4 * i + k + 1} {name[0]} {name} {resn} A 1 {i + 1} "
+                f"{3.8 * i + dx:.3f} {dy:.3f} 0.000 {i + 1} A"
+            )
+    path = tmp_path / "model.cif"
+    path.write_text(
+        "data_model\nloop_\n" + "".join(f"_atom_site.{c}\n" for c in cols) + "\n".join(rows) + "\n"
+    )
+    (chain,) = read_structure(path)
+    assert chain.sequence == "AGS" and np.isfinite(chain.coords).all()
+    assert np.isnan(chain.b_factors).all()  # no B-factor column: unknown, not gemmi's default 20

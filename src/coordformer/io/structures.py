@@ -112,11 +112,31 @@ def _parse_cif(src: str, data: bytes) -> tuple[gemmi.Structure, str]:
             break
     if block is None:
         raise StructureReadError(src, "mmCIF has no _atom_site coordinates")
+    # gemmi reads no atom at all from a loop without these columns (files written by hand or by
+    # tools that know no occupancy); '?' (unknown) reads as occupancy 1 and no alternate location
+    table = block.find_mmcif_category("_atom_site.")
+    missing = [
+        f"_atom_site.{tag}"
+        for tag in _OPTIONAL_ATOM_SITE
+        if table.loop is not None and f"_atom_site.{tag}" not in list(table.tags)
+    ]
+    if missing:
+        table.loop.add_columns(missing, "?")
     try:
         st = gemmi.make_structure_from_block(block)
     except Exception as e:
         raise StructureReadError(src, f"mmCIF structure error: {short_reason(e)}") from None
+    if "_atom_site.B_iso_or_equiv" in missing:  # gemmi would put a made-up 20 there
+        for model in st:
+            for ch in model:
+                for res in ch:
+                    for atom in res:
+                        atom.b_iso = float("nan")
     return st, block.name
+
+
+#: _atom_site columns gemmi needs that a minimal mmCIF may lack.
+_OPTIONAL_ATOM_SITE = ("label_alt_id", "occupancy", "B_iso_or_equiv")
 
 
 @lru_cache(maxsize=4096)
