@@ -98,6 +98,38 @@ def mmseqs_available(executable: str = "mmseqs") -> bool:
     return shutil.which(executable) is not None
 
 
+_MMSEQS_INSTALL = "(e.g. `apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`)"
+
+
+def _mmseqs(executable: str, needed_for: str, alternative: str = "") -> str:
+    """The path of the MMseqs2 executable; SplitError saying how to install it when missing."""
+    exe = shutil.which(executable)
+    if exe is None:
+        raise SplitError(
+            f"{needed_for} needs MMseqs2, but `{executable}` is not on PATH; install it "
+            f"{_MMSEQS_INSTALL}{alternative}"
+        )
+    return exe
+
+
+def _write_fasta(path: Path, sequences: Sequence[str]) -> None:
+    """Sequences named by their index (an empty one as X, which MMseqs2 needs)."""
+    with open(path, "w") as f:
+        for i, s in enumerate(sequences):
+            f.write(f">{i}\n{s or 'X'}\n")
+
+
+def _run_mmseqs(cmd: list[str]) -> None:
+    """Run an MMseqs2 workflow (``cmd[1]``); SplitError with the end of its output on failure."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise SplitError(f"could not run {cmd[0]}: {e}") from e
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
+        raise SplitError(f"mmseqs {cmd[1]} failed (exit {proc.returncode}): {tail}")
+
+
 def mmseqs_cluster(
     sequences: Sequence[str],
     min_seq_id: float,
@@ -113,19 +145,11 @@ def mmseqs_cluster(
     n = len(sequences)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    exe = shutil.which(executable)
-    if exe is None:
-        raise SplitError(
-            f"split='identity' needs MMseqs2, but `{executable}` is not on PATH; install it "
-            "(e.g. `apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`) "
-            "or use `--split random`"
-        )
+    exe = _mmseqs(executable, "split='identity'", " or use `--split random`")
     with tempfile.TemporaryDirectory(prefix="coordformer-mmseqs-", dir=tmp_root) as tmp:
         tmp = Path(tmp)
         fasta = tmp / "in.fasta"
-        with open(fasta, "w") as f:
-            for i, s in enumerate(sequences):
-                f.write(f">{i}\n{s or 'X'}\n")
+        _write_fasta(fasta, sequences)
         cmd = [
             exe,
             "easy-cluster",
@@ -152,13 +176,7 @@ def mmseqs_cluster(
                 + ("both sequences" if cov_mode == 0 else "one of them")
                 + ")"
             )
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            raise SplitError(f"could not run {exe}: {e}") from e
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
-            raise SplitError(f"mmseqs easy-cluster failed (exit {proc.returncode}): {tail}")
+        _run_mmseqs(cmd)
         rep = np.arange(n, dtype=np.int64)  # unlisted sequences are their own cluster
         with open(tmp / "res_cluster.tsv") as f:
             for line in f:
@@ -203,31 +221,18 @@ def find_homologues(
     ``every_hit`` {query index: every such hit}."""
     if not len(queries) or not len(targets):
         return {}
-    exe = shutil.which(executable)
-    if exe is None:
-        raise SplitError(
-            f"finding homologues needs MMseqs2, but `{executable}` is not on PATH; install it "
-            "(e.g. `apt-get install mmseqs2` or `conda install -c bioconda mmseqs2`)"
-        )
+    exe = _mmseqs(executable, "finding homologues")
     with tempfile.TemporaryDirectory(prefix="coordformer-mmseqs-", dir=tmp_root) as tmp:
         tmp = Path(tmp)
         for name, seqs in (("q", queries), ("t", targets)):
-            with open(tmp / f"{name}.fasta", "w") as f:
-                for i, s in enumerate(seqs):
-                    f.write(f">{i}\n{s or 'X'}\n")
+            _write_fasta(tmp / f"{name}.fasta", seqs)
         cmd = [
             exe, "easy-search", str(tmp / "q.fasta"), str(tmp / "t.fasta"), str(tmp / "hits.m8"),
             str(tmp / "work"), "--min-seq-id", str(min_seq_id), "-c", "0", "-s", str(sensitivity),
             "--format-output", "query,target,fident,qcov,tcov", "--threads",
             str(max(1, int(threads))), "-v", "1",
         ]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            raise SplitError(f"could not run {exe}: {e}") from e
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
-            raise SplitError(f"mmseqs easy-search failed (exit {proc.returncode}): {tail}")
+        _run_mmseqs(cmd)
         best: dict[int, Homologue] = {}
         every: dict[int, list[Homologue]] = {}
         with open(tmp / "hits.m8") as f:

@@ -428,7 +428,7 @@ def assign_splits(
             f"(>= {config.split_identity:.0%} identity over half the shorter chain): set aside"
         )
     if config.holdout == "strict" and clusters is not None:
-        forced = np.isin(clusters, clusters[match.hit]) if match.hit.any() else match.hit.copy()
+        forced = np.isin(clusters, clusters[match.hit])  # the excluded chains' clusters
         res = _splits.strict_holdout(
             seqs,
             codes,
