@@ -11,6 +11,7 @@ from coordformer.function.metrics import (
     evaluated_classes,
     flattened_max_f1,
     fmax,
+    function_fmax,
     function_metrics,
     micro_aupr,
 )
@@ -291,6 +292,7 @@ def test_function_fmax_matches_deepfris_loop(seed):
     assert function_metrics(y, s, classes)["fmax"] == pytest.approx(
         deepfri_fmax(y, s, classes), abs=1e-12
     )
+    assert function_fmax(y, s, classes) == function_metrics(y, s, classes)["fmax"]
 
 
 def test_function_metrics_refuses_a_wrong_class_list():

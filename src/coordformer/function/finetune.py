@@ -53,7 +53,12 @@ from .labels import (
     read_identity_bins,
     read_split,
 )
-from .metrics import METRICS_PROTOCOL, breakdown_by_identity, function_metrics
+from .metrics import (
+    METRICS_PROTOCOL,
+    breakdown_by_identity,
+    function_fmax,
+    function_metrics,
+)
 
 
 def deepfri_files(labels_dir: str | Path, task: str) -> dict[str, Path]:
@@ -159,7 +164,7 @@ class FunctionModule(L.LightningModule):
         scores = torch.cat([s for s, _ in self._val]).numpy()
         labels = torch.cat([y for _, y in self._val]).numpy()
         self._val.clear()
-        f = function_metrics(labels, scores, self.classes)["fmax"]
+        f = function_fmax(labels, scores, self.classes)
         f = 0.0 if not math.isfinite(f) else f
         self.best_fmax = max(self.best_fmax, f)
         self.log("valid_fmax", f, prog_bar=True)
@@ -646,7 +651,7 @@ def evaluate_predictions(
         ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
         classes = [str(c) for c in z["classes"]] if "classes" in z else None
         m = function_metrics(y, s, classes)
-        loaded.append((ids, y, s, classes))
+        loaded.append((ids, y, s, classes, m["fmax"]))
         row = [
             p.name if p.is_dir() else p.stem,
             str(len(ids)),
@@ -663,21 +668,17 @@ def evaluate_predictions(
         head += [f"{b} Fmax / AUPR" for b in next(iter(bins.values()))]
     if bootstrap and len(loaded) > 1:
         head.append(f"Fmax - first run (95% CI, {bootstrap} protein resamples)")
-        ids0, y0, s0, c0 = loaded[0]
+        ids0, y0, s0, c0, f0 = loaded[0]
         rng = np.random.default_rng(seed)
         draws = [rng.integers(0, len(ids0), len(ids0)) for _ in range(bootstrap)]
         rows[0].append("")
-
-        def fmax_of(y, s, classes) -> float:
-            return function_metrics(y, s, classes)["fmax"]
-
-        for row, (ids, y, s, c) in zip(rows[1:], loaded[1:]):
+        for row, (ids, y, s, c, f) in zip(rows[1:], loaded[1:]):
             if ids != ids0:
                 raise OptionError(
                     "bootstrap", bootstrap, "needs runs with the same chains in the same order"
                 )
-            d = [fmax_of(y[i], s[i], c) - fmax_of(y0[i], s0[i], c0) for i in draws]
-            point = fmax_of(y, s, c) - fmax_of(y0, s0, c0)
+            d = [function_fmax(y[i], s[i], c) - function_fmax(y0[i], s0[i], c0) for i in draws]
+            point = f - f0
             lo, hi = np.nanpercentile(d, [2.5, 97.5])
             row.append(f"{point:+.3f} ({lo:+.3f} to {hi:+.3f})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -190,6 +190,27 @@ def evaluated_classes(classes: Iterable[str]) -> np.ndarray:
     return np.array(["-" not in str(c) for c in classes], dtype=bool)
 
 
+def _scored_columns(y_true, y_score, classes):
+    """``y_true``, ``y_score`` checked, less the columns :func:`function_metrics` does not score."""
+    yt, ys = _check(y_true, y_score)
+    if classes is None:
+        return yt, ys
+    keep = evaluated_classes(classes)
+    if keep.size != yt.shape[1]:
+        raise ValueError(f"{keep.size} class names for {yt.shape[1]} columns")
+    return yt[:, keep], ys[:, keep]
+
+
+def _deepfri_fmax(yt, ys) -> tuple[float, float]:
+    return fmax(yt, ys, DEEPFRI_THRESHOLDS, strict=True, keep_unlabelled=True)
+
+
+def function_fmax(y_true, y_score, classes: Iterable[str] | None = None) -> float:
+    """:func:`function_metrics`'s Fmax alone (validation every epoch, bootstrap resamples: no
+    AUPR to compute)."""
+    return _deepfri_fmax(*_scored_columns(y_true, y_score, classes))[0]
+
+
 def function_metrics(y_true, y_score, classes: Iterable[str] | None = None) -> dict[str, float]:
     """The function-prediction metrics under DeepFRI's evaluation protocol (its ``evaluation.py``),
     for ``y_true`` / ``y_score`` [N, C] with class names ``classes`` [C]:
@@ -205,13 +226,8 @@ def function_metrics(y_true, y_score, classes: Iterable[str] | None = None) -> d
     ancestors (go-basic.obo), which is not done here. Returns {"n", "n_classes" (scored by the
     AUPR), "fmax", "fmax_threshold", "micro_aupr", "flattened_max_f1"}.
     """
-    yt, ys = _check(y_true, y_score)
-    if classes is not None:
-        keep = evaluated_classes(classes)
-        if keep.size != yt.shape[1]:
-            raise ValueError(f"{keep.size} class names for {yt.shape[1]} columns")
-        yt, ys = yt[:, keep], ys[:, keep]
-    f, t = fmax(yt, ys, DEEPFRI_THRESHOLDS, strict=True, keep_unlabelled=True)
+    yt, ys = _scored_columns(y_true, y_score, classes)
+    f, t = _deepfri_fmax(yt, ys)
     present = yt.any(axis=0)
     yp, sp = yt[:, present], ys[:, present]
     return {
