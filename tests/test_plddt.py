@@ -245,3 +245,71 @@ def test_embed_plddt_min(tmp_path, model_pdb):
     assert err.value.flag_message().startswith(
         "--plddt-min 70: applies to structure inputs"
     )  # what the CLI prints
+
+
+def _with_expdta(path, method):
+    """The same model with a PDB EXPDTA record: B-factors of an experiment, not pLDDT."""
+    path.write_text(f"EXPDTA    {method}\n" + path.read_text())
+    return path
+
+
+@pytest.mark.parametrize("method", ["X-RAY DIFFRACTION", "SOLUTION NMR", "ELECTRON MICROSCOPY"])
+def test_experimental_structures_keep_their_residues_and_store_no_plddt(
+    tmp_path, model_pdb, method
+):
+    # An X-ray chain's B-factors run 10-80: read as pLDDT, --plddt-min 70 would have made its
+    # mobile (not uncertain) residues missing, and --store-plddt would have fed them to the model
+    xray = _with_expdta(write_model(tmp_path / "1XYZ.pdb"), method)
+    chain = read_structure(xray)[0]
+    assert chain.experimental_method == method
+    assert read_structure(model_pdb)[0].experimental_method is None
+    s = prepare(
+        [str(xray), str(model_pdb)],
+        tmp_path / "ds",
+        _cfg(plddt_min=70, store_plddt=True),
+        progress=False,
+    )
+    ds = PreparedDataset(tmp_path / "ds")
+    i, j = ds.index_of("1XYZ.A"), ds.index_of("AF-TEST-F1-model_v4.A")
+    assert np.isfinite(ds.coords(i)).all()  # left whole
+    assert np.isnan(ds.coords(j)[LOW]).all()  # the predicted model is still masked
+    assert np.isnan(ds.plddt(i)).all()  # no pLDDT: the feature reads it as certain
+    assert np.allclose(ds.plddt(j), PLDDT)
+    assert s.chains_experimental == 1 and "1XYZ.A" in s.experimental_examples[0]
+    assert "1 kept chains come from experimental structures" in s.format()
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["counts"]["chains_experimental_no_plddt"] == 1
+    # without a pLDDT option nothing is counted
+    s = prepare([str(xray)], tmp_path / "off", _cfg(), progress=False)
+    assert s.chains_experimental == 0
+    counts = json.loads((tmp_path / "off" / "manifest.json").read_text())["counts"]
+    assert "chains_experimental_no_plddt" not in counts
+
+
+def test_theoretical_models_and_mmcif_methods(tmp_path, model_pdb):
+    from coordformer.io.structures import experimental_method
+
+    assert experimental_method("THEORETICAL MODEL") is None
+    assert experimental_method("") is None
+    assert experimental_method("x-ray  diffraction; neutron diffraction") == (
+        "X-RAY DIFFRACTION; NEUTRON DIFFRACTION"
+    )
+    assert experimental_method("EPR") == "EPR" and experimental_method("SOLID-STATE NMR")
+    theo = _with_expdta(write_model(tmp_path / "theo.pdb"), "THEORETICAL MODEL")
+    assert read_structure(theo)[0].experimental_method is None
+    # mmCIF: _exptl.method of a real entry
+    cif = read_structure("tests/data/3JQH.cif")[0]
+    assert cif.experimental_method == "X-RAY DIFFRACTION"
+
+
+def test_chain_set_keeps_the_experimental_method(tmp_path):
+    from coordformer.data.prepare import plddt_values
+    from coordformer.io import iter_chain_set, write_chain_set
+
+    chain = read_structure(_with_expdta(write_model(tmp_path / "1XYZ.pdb"), "X-RAY DIFFRACTION"))[0]
+    assert np.isnan(plddt_values(chain)).all()
+    write_chain_set([chain], tmp_path / "set.jsonl")
+    back = next(iter(iter_chain_set(tmp_path / "set.jsonl")))
+    assert back.experimental_method == "X-RAY DIFFRACTION"
+    assert np.allclose(back.b_factors, PLDDT)  # the B-factors themselves are kept
+    assert np.isnan(plddt_values(back)).all()

@@ -29,6 +29,9 @@ def _predicted_model(path: Path, plddt_of_residue) -> Path:
         for atom in res:
             atom.b_iso = plddt_of_residue(i)
     st.write_pdb(str(path))
+    # a predicted model declares no experiment (its B-factors would not be read as pLDDT)
+    text = path.read_text()
+    path.write_text("".join(ln for ln in text.splitlines(True) if not ln.startswith("EXPDTA")))
     return path
 
 

@@ -763,19 +763,44 @@ def test_inputs_prepared_dataset_chain_set_and_unreadable_files(
 
 
 def test_plddt_min_makes_low_confidence_residues_missing(tmp_path, capsys):
-    [raw] = read_structure(DATA / "1orc.pdb")
+    # 1ORC as a predicted model would be: the same B-factor column, no experiment declared
+    model = tmp_path / "1orc_model.pdb"
+    text = (DATA / "1orc.pdb").read_text()
+    model.write_text("".join(ln for ln in text.splitlines(True) if not ln.startswith("EXPDTA")))
+    [raw] = read_structure(model)
     from coordformer.score import read_chains
 
     cut = float(np.nanmedian(raw.b_factors))
-    [c], _ = read_chains([str(DATA / "1orc.pdb")], plddt_min=cut)
+    [c], _ = read_chains([str(model)], plddt_min=cut)
     low = np.round(raw.b_factors, 4) < cut
     assert low.any() and np.array_equal(np.isnan(c.coords[:, 1, 0]), low)
+    # the X-ray entry itself: B-factors are not pLDDT, so it stays whole
+    [xray], _ = read_chains([str(DATA / "1orc.pdb")], plddt_min=cut)
+    assert xray.experimental_method == "X-RAY DIFFRACTION"
+    assert np.array_equal(np.isnan(xray.coords), np.isnan(raw.coords))
     out = tmp_path / "p.tsv"
     assert (
         main(
             [
                 "score",
                 str(DATA / "1orc.pdb"),
+                "-c",
+                "small-coords",
+                "-o",
+                str(tmp_path / "x.tsv"),
+                "--plddt-min",
+                str(cut),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "left 1 chain of experimental structures whole (1ORC.A)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "score",
+                str(model),
                 "-c",
                 "small-coords",
                 "-o",

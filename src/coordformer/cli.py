@@ -167,7 +167,8 @@ def _out_file(path: Path, flag: str = "--out", hint: str = "") -> Path:
 
 _PLDDT_HELP = (
     "Predicted models (AlphaFold, ESMFold): residues whose B-factor (= pLDDT, 0-100; 0-1 files are "
-    "scaled) is below this become missing coordinates. Default: off."
+    "scaled) is below this become missing coordinates; files that declare an experiment (EXPDTA, "
+    "_exptl.method) are left whole. Default: off."
 )
 
 
@@ -222,7 +223,8 @@ def prepare(
         False,
         "--store-plddt",
         help="Keep each residue's pLDDT (B-factor column) for models "
-        "trained with --plddt-feature (predicted models only).",
+        "trained with --plddt-feature (predicted models only: files that declare an experiment "
+        "store none, read as certain).",
     ),
     seqres: SeqresMode = typer.Option(
         SeqresMode(_prep("seqres")),

@@ -6,7 +6,8 @@ One JSON object per line::
      "coords": {"N": [[x, y, z], ...], "CA": [...], "C": [...], "O": [...]}, ...}
 
 Missing atoms are ``null`` (or ``NaN``) and read as NaN. Extra keys are ignored on reading,
-except the optional ``b_factors`` ([L] numbers / null) and ``residue_ids`` ([L] strings),
+except the optional ``b_factors`` ([L] numbers / null), ``residue_ids`` ([L] strings) and
+``experimental_method`` (a string such as "X-RAY DIFFRACTION": the B-factors are then not pLDDT),
 which this module also writes when a Chain has them. Files may be gzipped (detected from
 the content, so a ``.gz`` suffix is not required).
 
@@ -141,6 +142,9 @@ def _record_to_chain(rec, source: str) -> Chain:
         if not isinstance(r, list) or len(r) != n:
             raise ValueError("'residue_ids' is not a list of one id per residue")
         residue_ids = [str(v) for v in r]
+    method = rec.get("experimental_method")
+    if method is not None and not isinstance(method, str):
+        raise ValueError("'experimental_method' is not a string")
     return Chain(
         id=normalize_chain_id(name),
         sequence=normalize_sequence(seq),
@@ -148,6 +152,7 @@ def _record_to_chain(rec, source: str) -> Chain:
         source=source,
         b_factors=b_factors,
         residue_ids=residue_ids,
+        experimental_method=method or None,
     )
 
 
@@ -247,6 +252,8 @@ def _chain_record(chain: Chain, decimals: int) -> dict:
         rec["b_factors"] = _rows(np.asarray(chain.b_factors, dtype=np.float32), 2)
     if chain.residue_ids is not None:
         rec["residue_ids"] = [str(r) for r in chain.residue_ids]
+    if chain.experimental_method:
+        rec["experimental_method"] = chain.experimental_method
     return rec
 
 
@@ -254,7 +261,8 @@ def write_chain_set(chains: Iterable[Chain], path: str | Path, decimals: int = 3
     """Write chains as chain_set JSONL (gzipped, reproducibly, if ``path`` ends with .gz).
 
     Coordinates are rounded to ``decimals`` (default 3, the precision of PDB files), NaN is
-    written as null, and optional b_factors / residue_ids are included when present. The
+    written as null, and optional b_factors / residue_ids / experimental_method are included when
+    present. The
     file is written to a temporary name and renamed, so a failure leaves no partial file.
     Returns the number of records written.
     """

@@ -97,6 +97,10 @@ class Chain:
     #: does not use it because it is not an archive id (:func:`is_archive_id`): the entry part of
     #: ``id`` is then the file name. None when the file's own name was used, or it had none.
     ignored_entry: str | None = None
+    #: The experimental method the file declares (PDB ``EXPDTA``, mmCIF ``_exptl.method``), e.g.
+    #: "X-RAY DIFFRACTION": its B-factors are then atomic displacement, not pLDDT, and the pLDDT
+    #: options leave them alone. None for predicted or computed models and files that declare none.
+    experimental_method: str | None = None
 
     def __post_init__(self) -> None:
         self.coords = np.asarray(self.coords, dtype=np.float32)

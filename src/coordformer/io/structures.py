@@ -82,6 +82,23 @@ _FORCE_FIELD_LETTERS = {
     "LYN": "K",
 }
 
+#: Words of the wwPDB ``_exptl.method`` values (and PDB ``EXPDTA``) that name an experiment:
+#: X-ray / neutron / fibre / powder diffraction, solution and solid-state NMR, electron
+#: microscopy and crystallography, solution scattering, EPR, fluorescence transfer, infrared
+#: spectroscopy. "THEORETICAL MODEL" and the methods of model archives contain none of them.
+_EXPERIMENTAL_WORDS = re.compile(
+    r"DIFFRACTION|NMR|MICROSCOPY|CRYSTALLOGRAPHY|SCATTERING|\bEPR\b|FLUORESCENCE|SPECTROSCOPY"
+)
+
+
+def experimental_method(declared: str) -> str | None:
+    """The experimental method a file declares (``_exptl.method`` / ``EXPDTA``, several joined by
+    ";" or ","), normalised to single spaces, when it names an experiment; None for "THEORETICAL
+    MODEL", an empty value and anything else (so that predicted models keep their pLDDT)."""
+    text = " ".join(str(declared or "").upper().split())
+    return text if _EXPERIMENTAL_WORDS.search(text) else None
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -514,6 +531,7 @@ def _read_structure(
         st = _parse_pdb(src, data)
         named = st.info["_entry.id"] if "_entry.id" in st.info else ""
     named = named.strip()
+    method = experimental_method(st.info["_exptl.method"] if "_exptl.method" in st.info else "")
     ignored = None
     if is_archive_id(named):
         entry = normalize_entry(named)
@@ -580,6 +598,7 @@ def _read_structure(
                     # sequence
                     pass
             chain.ignored_entry = ignored
+            chain.experimental_method = method
             out.append(chain)
     if not protein_names:
         raise StructureReadError(src, "no protein chain")

@@ -128,9 +128,28 @@ def read_chains(
                 b_factors=c.b_factors,
                 residue_ids=c.residue_ids,
                 observed=c.observed,
+                experimental_method=c.experimental_method,
             )
         )
     return _unique(kept, skipped), skipped
+
+
+def plddt_not_applied(chains: Sequence, plddt_min: float | None) -> str | None:
+    """With ``plddt_min``: a note naming the chains of experimental structures, which it left whole
+    (their B-factors are not pLDDT); None when there are none or no ``plddt_min``."""
+    from ..data.prepare import has_plddt
+
+    if plddt_min is None:
+        return None
+    left = [c.id for c in chains if not has_plddt(c)]
+    if not left:
+        return None
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    return (
+        f"--plddt-min {plddt_min:g} left {len(left)} chain{'s' if len(left) > 1 else ''} of "
+        f"experimental structures whole ({', '.join(left[:3])}{more}): their B-factors are "
+        "atomic displacement, not pLDDT"
+    )
 
 
 def _unique(chains: list, skipped: list[tuple[str, str]]) -> list:

@@ -34,7 +34,7 @@ from .. import __version__
 from ..config import name_list
 from ..constants import AMINO_ACIDS
 from ..errors import OptionError, UsageError
-from .inputs import missing_structure_warning, read_chains
+from .inputs import missing_structure_warning, plddt_not_applied, read_chains
 from .marginals import ScoreConfig, masked_marginals
 from .mutations import (
     MULTI_MODES,
@@ -191,6 +191,9 @@ def run_score(
     note = missing_structure_warning(meta, model, chain_list, cfg.use_coords)
     if note:
         warn(f"warning: {note}")
+    note = plddt_not_applied(chain_list, plddt_min)
+    if note:
+        warn(f"note: {note}")
     skipped_path = out.with_name(out.name + ".skipped.tsv")
     json_path = out.with_name(out.name + ".json")
     summary: dict = {

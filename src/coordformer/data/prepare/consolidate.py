@@ -211,6 +211,7 @@ def select_chains(
                 filtered[kind] = filtered.get(kind, 0) + 1
         keep = np.ones(len(meta.ids), dtype=bool)
         zero_coords = set(meta.zero_coords)
+        experimental = set(meta.experimental)
         for j, (cid, src) in enumerate(zip(renamed.get(ui, meta.ids), meta.sources)):
             key = norm(cid)
             if (ui, j) in copies:  # the same chain as one read before (see unique_structure_ids)
@@ -252,6 +253,10 @@ def select_chains(
                 summary.chains_zero_coords += 1
                 if len(summary.zero_coords_examples) < 10:
                     summary.zero_coords_examples.append(f"{cid} [{src}]")
+            if j in experimental:
+                summary.chains_experimental += 1
+                if len(summary.experimental_examples) < 10:
+                    summary.experimental_examples.append(f"{cid} [{src}]")
             ids.append(cid)
             sources.append(src)
             if meta.seqres_inserted is not None:
@@ -516,6 +521,11 @@ def build_manifest(
             "files_generic_entry": summary.files_generic_entry,
             "files_renamed": summary.files_renamed,
             "chains_zero_coords": summary.chains_zero_coords,
+            **(
+                {"chains_experimental_no_plddt": summary.chains_experimental}
+                if config.plddt_min is not None or config.store_plddt
+                else {}
+            ),
             **(
                 {
                     "chains_not_found": summary.chains_not_found,

@@ -39,13 +39,16 @@ class Kept:
     ``seq``: uint8 [L] one-letter codes (the 20 standard amino acids upper-cased, anything else X);
     ``coords``: float32 [L, 4, 3] backbone N, CA, C, O in Angstrom, NaN where missing (non-finite
     atoms and, with ``plddt_min``, low-confidence residues); ``plddt``: float32 [L] pLDDT 0-100 from
-    the B-factors, NaN where unknown; ``n_low_plddt``: residues made missing by ``plddt_min``.
+    the B-factors, NaN where unknown (every residue of an experimental structure);
+    ``n_low_plddt``: residues made missing by ``plddt_min``; ``experimental``: the chain comes from
+    a file that declares an experimental method, so its B-factors were not read as pLDDT.
     """
 
     seq: np.ndarray
     coords: np.ndarray
     plddt: np.ndarray
     n_low_plddt: int = 0
+    experimental: bool = False
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -84,7 +87,8 @@ class ChainPolicy:
 
     The defaults apply the coordinate rule only. ``max_missing_ca`` is a fraction (0..1) of residues
     without CA; ``plddt_min`` (0..100, None = off) makes residues whose B-factor read as pLDDT is
-    below it missing before that filter; chains without B-factors are left as they are.
+    below it missing before that filter; chains without B-factors, and chains of experimental
+    structures (:func:`has_plddt`), are left as they are.
     """
 
     min_length: int = 1
@@ -135,7 +139,8 @@ class ChainPolicy:
             return Rejected(BAD_COORDS, why)
         note = ""
         n_low = 0
-        if self.plddt_min is not None:
+        experimental = not has_plddt(chain)
+        if self.plddt_min is not None and not experimental:
             b = getattr(chain, "b_factors", None)
             if b is not None:
                 try:
@@ -163,8 +168,9 @@ class ChainPolicy:
         return Kept(
             seq=seq_to_bytes(seq),
             coords=coords,
-            plddt=_plddt_of(getattr(chain, "b_factors", None), n),
+            plddt=plddt_values(chain),
             n_low_plddt=n_low,
+            experimental=experimental,
         )
 
 
@@ -225,10 +231,19 @@ def low_plddt(b_factors: np.ndarray, plddt_min: float) -> np.ndarray:
     return finite & (np.round(b, 4) < plddt_min)
 
 
+def has_plddt(chain: Any) -> bool:
+    """Whether a chain's B-factors may be read as pLDDT: not when its file declares an
+    experimental method (``Chain.experimental_method``: X-ray, NMR, cryo-EM ...), whose B-factors
+    are atomic displacement, where a high value means an uncertain atom."""
+    return not getattr(chain, "experimental_method", None)
+
+
 def plddt_values(chain: Any) -> np.ndarray:
     """float32 [L] pLDDT (0-100) of a chain from its B-factors (0-1 files scaled as in
-    :func:`low_plddt`); NaN where unknown, all NaN for chains without usable B-factors."""
-    return _plddt_of(getattr(chain, "b_factors", None), len(chain.sequence))
+    :func:`low_plddt`); NaN where unknown, all NaN for chains without usable B-factors and for
+    experimental structures (:func:`has_plddt`)."""
+    b = getattr(chain, "b_factors", None) if has_plddt(chain) else None
+    return _plddt_of(b, len(chain.sequence))
 
 
 def _plddt_of(b: Any, n: int) -> np.ndarray:

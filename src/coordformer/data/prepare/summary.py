@@ -53,6 +53,10 @@ class PrepareSummary:
     #: kept chains whose every present coordinate is exactly 0 (a placeholder, not a structure)
     chains_zero_coords: int = 0
     zero_coords_examples: list[str] = field(default_factory=list)
+    #: with PrepareConfig.plddt_min or store_plddt: kept chains of experimental structures (the
+    #: file declares X-ray, NMR, cryo-EM ...), whose B-factors were not read as pLDDT
+    chains_experimental: int = 0
+    experimental_examples: list[str] = field(default_factory=list)
     #: with PrepareConfig.chains: the requested author chain ids that no input has
     chains_not_found: list[str] = field(default_factory=list)
     #: with PrepareConfig.chains: chains whose id names no chain (FASTA ``>seq2``), which
@@ -172,6 +176,13 @@ class PrepareSummary:
                 "(0, 0, 0), a placeholder rather than a structure "
                 f"(e.g. {', '.join(self.zero_coords_examples[:3])}); "
                 "a coordinate model sees them as one point"
+            )
+        if self.chains_experimental:
+            lines.append(
+                f"  pLDDT: {self.chains_experimental} kept chains come from experimental "
+                f"structures (e.g. {', '.join(self.experimental_examples[:3])}); their "
+                "B-factors are not pLDDT, so --plddt-min left them whole and they have no pLDDT "
+                "(read as certain)"
             )
         lines += [
             f"  elapsed: {self.elapsed_s:.1f} s",

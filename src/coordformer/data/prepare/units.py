@@ -84,6 +84,9 @@ class PartMeta:
     digests: tuple[str, ...] | None = None
     #: indices (among kept chains) of chains whose every present coordinate is 0
     zero_coords: tuple[int, ...] = ()
+    #: with PrepareConfig.plddt_min or store_plddt: indices (among kept chains) of chains of
+    #: experimental structures, whose B-factors were not read as pLDDT
+    experimental: tuple[int, ...] = ()
     #: with PrepareConfig.chains: the requested author chain ids the unit has (before the length
     #: filters); None when not known (no --chains, or the unit failed)
     chains_found: tuple[str, ...] | None = None
@@ -113,6 +116,8 @@ class PartMeta:
             d["digests"] = list(self.digests)
         if self.zero_coords:
             d["zero_coords"] = list(self.zero_coords)
+        if self.experimental:
+            d["experimental"] = list(self.experimental)
         if self.chains_found is not None:
             d["chains_found"] = list(self.chains_found)
         if self.chains_seen is not None:
@@ -141,6 +146,7 @@ class PartMeta:
             chains_read=int(d["chains_read"]),
             digests=opt("digests") or None,
             zero_coords=tuple(d.get("zero_coords") or ()),
+            experimental=tuple(d.get("experimental") or ()),
             chains_found=opt("chains_found"),
             chains_seen=opt("chains_seen"),
             no_chain_ids=opt("no_chain_ids", int),
@@ -354,6 +360,8 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
     zero: list[
         int
     ] = []  # indices (among kept chains) of chains whose every present coordinate is 0
+    experimental: list[int] = []  # ... of experimental structures, when pLDDT is asked for
+    reads_plddt = config.plddt_min is not None or config.store_plddt
     for chain in chains:
         try:
             cid = chain_id(chain)
@@ -377,6 +385,8 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
             continue
         if kept.zero_coords:
             zero.append(len(ids))
+        if kept.experimental and reads_plddt:
+            experimental.append(len(ids))
         seqs.append(kept.seq)
         coords.append(kept.coords)
         if config.store_plddt:
@@ -401,6 +411,7 @@ def process_unit(unit: WorkUnit, config: PrepareConfig) -> UnitResult:
         chains_read=len(chains) + sum(r[0] == NOT_SELECTED for r in skipped),
         digests=tuple(digests),
         zero_coords=tuple(zero),
+        experimental=tuple(experimental),
         chains_found=tuple(sorted({author_chain(chain_id(c)) for c in chains} - {None}))
         if config.chains
         else None,
