@@ -241,6 +241,117 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared, dropout):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+class _SavedAtBoundary:
+    """Records, for every checkpoint written, the micro-batches the fit loop had processed."""
+
+    def __init__(self):
+        from lightning.pytorch.callbacks import Callback
+
+        seen = self.seen = []
+
+        class Recorder(Callback):
+            def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+                bp = trainer.fit_loop.epoch_loop.batch_progress.total
+                seen.append((trainer.global_step, bp.processed))
+
+        self.callback = Recorder()
+
+
+@pytest.mark.slow
+def test_accumulated_runs_checkpoint_only_at_step_boundaries_and_resume_exactly(tmp_path, prepared):
+    """With gradient accumulation, the periodic checkpoint was also written after the first
+    micro-batch of a resumed run (Lightning counts the step it restarts at as unsaved), and a
+    --max-minutes stop could come part-way through a step: a later resume from such a last.ckpt
+    grouped micro-batches into steps differently. A crash right after that save, then a resume,
+    must still end with the weights of an uninterrupted run."""
+    from lightning.pytorch.callbacks import Callback
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train.run import pretrain
+
+    class Crash(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:  # after the resumed run's first step, before a save
+                raise RuntimeError("simulated crash")
+
+    mc = preset("tiny-0.1m")
+    tc = TrainConfig(
+        max_steps=6,
+        val_every_steps=100,
+        checkpoint_every_steps=2,
+        tokens_per_batch=512,
+        crop_length=64,
+        warmup_steps=2,
+        accumulate_grad_batches=2,
+    )
+    pretrain(prepared.path, tmp_path / "a", mc, tc, progress=False)
+    pretrain(prepared.path, tmp_path / "b", mc, tc.replace(max_steps=2), progress=False)
+    rec = _SavedAtBoundary()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(
+            prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[rec.callback, Crash()]
+        )
+    assert all(processed % 2 == 0 for _, processed in rec.seen), rec.seen
+    pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+    # a time budget spent in the first micro-batch still ends the step it is in
+    rec = _SavedAtBoundary()
+    s = pretrain(
+        prepared.path,
+        tmp_path / "c",
+        mc,
+        tc.replace(max_minutes=1e-9),
+        progress=False,
+        callbacks=[rec.callback],
+    )
+    assert s["global_step"] == 1 and rec.seen and all(p % 2 == 0 for _, p in rec.seen), rec.seen
+
+
+@pytest.mark.slow
+def test_a_run_resumed_past_half_its_loader_does_not_replay_batches(
+    tmp_path, prepared, monkeypatch
+):
+    """Lightning counts a resumed run's batches from the start of its one long epoch, but the
+    loader of a resumed run was shorter by the batches already trained on: once a run resumed past
+    half of it (50,000 steps on a dataset of 10 batches), Lightning thought the epoch over, started
+    another and the loader began again at the resume point, replaying batches. Loaders are made
+    long enough for the whole run (TRAIN_EPOCHS shrunk here to reach that point in a few steps)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.data.batching import MaskedBatches
+    from coordformer.train import run as run_mod
+    from coordformer.train.run import batch_settings, pretrain
+
+    mc = preset("tiny-0.1m")
+    tc = TrainConfig(
+        max_steps=12, val_every_steps=100, tokens_per_batch=1024, crop_length=64, warmup_steps=2
+    )
+    n = MaskedBatches(
+        prepared, prepared.split_indices("train"), batch_settings(tc, True), seed=tc.seed
+    ).batches_per_epoch
+    epochs = -(-tc.max_steps // n)  # one loader just long enough for the run
+    stop_at = -(-epochs * n // 2) + 1  # past half of it
+    assert stop_at < tc.max_steps
+    monkeypatch.setattr(run_mod, "TRAIN_EPOCHS", epochs)
+
+    class StopAt(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= stop_at:
+                trainer.should_stop = True
+
+    pretrain(prepared.path, tmp_path / "a", mc, tc, progress=False)
+    pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[StopAt()])
+    s = pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False)
+    assert s["global_step"] == tc.max_steps
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
 def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
     tmp_path, prepared, monkeypatch
 ):

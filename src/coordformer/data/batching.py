@@ -189,7 +189,9 @@ class MaskedBatches(torch.utils.data.Dataset):
     """A map-style dataset whose items are whole collated masked-LM batches (:class:`Batch`).
 
     Item k is batch (k mod B) of epoch (start_epoch + k div B), B batches per epoch, sharded over
-    ``world_size`` ranks. Use with ``DataLoader(batch_size=None)``.
+    ``world_size`` ranks. Use with ``DataLoader(batch_size=None)``. ``epochs`` passes, or more
+    where that is fewer than ``min_batches`` batches per rank; the first ``start_batch`` are
+    skipped (a resumed run).
 
     Each item (see :func:`collate_chains`) holds tokens (corrupted input), targets, clean, coords
     (centred, rotated), padding_mask and index; plddt when the dataset stores pLDDT; positions with
@@ -208,6 +210,7 @@ class MaskedBatches(torch.utils.data.Dataset):
         start_batch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        min_batches: int = 0,
     ):
         self.ds = dataset
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -221,7 +224,8 @@ class MaskedBatches(torch.utils.data.Dataset):
         self.batches_per_epoch = n0 // world_size if world_size > 1 else n0
         if self.batches_per_epoch == 0:
             raise ValueError("not enough chains for one batch per process")
-        self.epochs = epochs
+        # at least min_batches items per rank from item 0 (whole epochs), whatever `epochs` says
+        self.epochs = max(epochs, -(-min_batches // self.batches_per_epoch))
         self.start_batch = start_batch
 
     def _plan(self, epoch: int) -> list[np.ndarray]:

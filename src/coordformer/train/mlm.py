@@ -217,7 +217,10 @@ class MaskedLMModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         mm = self.train_config.max_minutes
-        if mm:
+        # with gradient accumulation, only at a step boundary: a run stopped part-way through a
+        # step would save a last.ckpt that counts the step's first micro-batches as done, and the
+        # resumed run would then group its micro-batches into steps differently
+        if mm and not self.trainer.fit_loop._should_accumulate():
             over = self.train_seconds >= mm * 60.0
             # Lightning does not synchronise should_stop across ranks; a rank leaving alone would
             # hang. Rank 0's clock decides (as for the learning rate): another rank's copy has its

@@ -34,6 +34,10 @@ from .progress import TrainProgressBar
 log = logging.getLogger(__name__)
 
 
+#: Passes over the train split that one training loader holds at least (Lightning sees one long
+#: epoch; MaskedBatches reshuffles every pass).
+TRAIN_EPOCHS = 10_000
+
 #: Settings that determine which residues the model sees in which order; a resume must keep them.
 DATA_STREAM_FIELDS = TrainConfig.DATA_STREAM_FIELDS
 
@@ -67,7 +71,12 @@ class _DataModule(L.LightningDataModule):
             batch_settings(self.cfg, True, self.max_position),
             seed=self.cfg.seed,
             train=True,
-            epochs=10_000,
+            epochs=TRAIN_EPOCHS,
+            # Lightning counts a resumed run's batches from the start of its one epoch, whose
+            # length it takes from this shortened loader: the whole run, from either end, must
+            # fit, or Lightning ends the epoch early and iterates the loader again from
+            # start_batch (replaying batches)
+            min_batches=2 * self.cfg.max_steps * self.cfg.accumulate_grad_batches + 1,
             start_batch=tr.global_step * self.cfg.accumulate_grad_batches,
             rank=tr.global_rank,
             world_size=tr.world_size,
@@ -128,6 +137,22 @@ def _worker_init(worker_id: int) -> None:
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id)
+
+
+class _PeriodicCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt every ``every_n_train_steps`` optimizer steps, never at the step a run
+    (re)starts at. Lightning counts that step as not saved yet, so with gradient accumulation it
+    saved again after the first micro-batch of the resumed run: a checkpoint part-way through a
+    step, from which a later resume groups micro-batches into steps differently (the restored batch
+    counter is then not a multiple of the accumulation)."""
+
+    @property
+    def state_key(self) -> str:  # ModelCheckpoint's own, so runs from before this class resume
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
 
 
 class _ConfigWriter(Callback):
@@ -529,7 +554,7 @@ def _pretrain(
         # little. No version counter: it rewrites last.ckpt whoever wrote it (a stop on a signal,
         # the segment before a resume) instead of adding last-v1.ckpt, last-v2.ckpt, ... beside it
         # at the end of training.
-        ModelCheckpoint(
+        _PeriodicCheckpoint(
             dirpath=ckpt_dir,
             filename="periodic",
             every_n_train_steps=cfg.checkpoint_every_steps,
