@@ -158,3 +158,38 @@ def test_mmcif_without_occupancy_altloc_or_b_columns_is_read(tmp_path):
     (chain,) = read_structure(path)
     assert chain.sequence == "AGS" and np.isfinite(chain.coords).all()
     assert np.isnan(chain.b_factors).all()  # no B-factor column: unknown, not gemmi's default 20
+
+
+def _models(*models):
+    lines = []
+    for k, body in enumerate(models, start=1):
+        lines += [f"MODEL     {k:>4}", *body, "ENDMDL"]
+    return lines
+
+
+@pytest.mark.parametrize("name", ["1abc.pdb1", "1abc.pdb2.gz", "1ABC.PDB1"])
+def test_biological_assembly_files_keep_every_copy(tmp_path, name):
+    """RCSB's assembly PDB files hold one copy of the asymmetric unit per MODEL: every copy is a
+    chain of the assembly (named as RCSB's mmCIF assembly files name them), not a dropped model."""
+    import gzip
+
+    copy1 = _residues(["ALA", "GLY", "LEU"], chain="A") + _residues(["SER", "LYS"], chain="B")
+    copy2 = _residues(["ALA", "GLY", "LEU"], chain="A", x0=40.0) + _residues(
+        ["SER", "LYS"], chain="B", x0=40.0
+    )
+    text = "\n".join(_models(copy1, copy2)) + "\nEND\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    chains = read_structure(path)
+    assert [c.id for c in chains] == ["1ABC.A", "1ABC.B", "1ABC.A-2", "1ABC.B-2"]
+    assert chains[2].sequence == "AGL" and chains[3].sequence == "SK"
+    assert np.allclose(chains[2].coords - chains[0].coords, [40.0, 0.0, 0.0])
+    assert [c.id for c in read_structure(path, chains=["A-2"])] == ["1ABC.A-2"]
+
+
+def test_an_nmr_ensemble_keeps_its_first_model(tmp_path):
+    first = _residues(["ALA", "GLY", "LEU"])
+    second = _residues(["ALA", "GLY", "LEU"], x0=0.5)
+    chains = _read(tmp_path, _models(first, second), name="2abc.pdb")
+    assert [c.id for c in chains] == ["2ABC.A"]
+    assert np.isclose(chains[0].coords[0, 1, 0], 1.45)

@@ -92,7 +92,8 @@ def _strip_gz(name: str) -> str:
 
 
 def file_stem(path: str | Path) -> str:
-    """The file name without its structure endings (``.pdb``, ``.cif.gz``, ...); the PDB archive's
+    """The file name without its structure endings (``.pdb``, ``.cif.gz``, assemblies' ``.pdb1``,
+    ...); the PDB archive's
     ``pdb1abc.ent.gz`` gives ``1abc`` (so ``--exclude 1ABC-A`` matches)."""
     name = Path(path).name
     lower = name.lower()
@@ -102,6 +103,10 @@ def file_stem(path: str | Path) -> str:
         if lower.endswith(suffix):
             name = name[: -len(suffix)]
             break
+    else:  # a biological-assembly file: 1abc.pdb1 is entry 1abc
+        assembly = re.search(r"\.pdb\d+$", lower)
+        if assembly:
+            name = name[: assembly.start()]
     if len(name) == 7 and name[:3].lower() == "pdb" and is_pdb_id(name[3:]):
         return name[3:]
     return name

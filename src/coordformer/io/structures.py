@@ -152,6 +152,30 @@ def _parse_cif(src: str, data: bytes) -> tuple[gemmi.Structure, str]:
     return st, block.name
 
 
+#: RCSB's biological-assembly PDB files: ``1abc.pdb1``, ``1abc.pdb2.gz``, ...
+_ASSEMBLY_FILE_RE = re.compile(r"\.pdb\d+(\.gz)?$", re.IGNORECASE)
+
+
+def is_assembly_file(path: str | Path) -> bool:
+    """Whether a file name is that of an RCSB biological-assembly PDB file (``.pdb1``,
+    ``.pdb2.gz``, ...), whose MODEL records are the copies of the assembly, not an ensemble."""
+    return bool(_ASSEMBLY_FILE_RE.search(Path(path).name))
+
+
+def _merge_assembly_copies(st: gemmi.Structure) -> None:
+    """Move the chains of models 2, 3, ... of an assembly file into model 1, each named after its
+    chain and model (``A-2``, as RCSB names the copies in its mmCIF assembly files), so that the
+    copies are chains of one assembly rather than dropped as further models."""
+    first = st[0]
+    for k in range(1, len(st)):
+        for ch in st[k]:
+            copy = ch.clone()
+            copy.name = f"{ch.name}-{st[k].num}" if ch.name.strip() else f"-{st[k].num}"
+            first.add_chain(copy)
+    while len(st) > 1:
+        del st[len(st) - 1]
+
+
 #: _atom_site columns gemmi needs that a minimal mmCIF may lack.
 _OPTIONAL_ATOM_SITE = ("label_alt_id", "occupancy", "B_iso_or_equiv")
 
@@ -458,7 +482,9 @@ def read_structure(
     seqres: str = "off",
     left_out: list[str] | None = None,
 ) -> list[Chain]:
-    """Protein chains of the first model of a PDB or mmCIF file (plain or gzipped).
+    """Protein chains of the first model of a PDB or mmCIF file (plain or gzipped); of every model
+    in an RCSB biological-assembly file (``1abc.pdb1``: :func:`is_assembly_file`), whose models are
+    the assembly's copies, named ``A-2``, ``B-2``, ... after the first.
 
     Per protein polymer chain (in file order): one-letter sequence (modified residues as
     their parent, unknown as X) and N, CA, C, O coordinates, [L, 4, 3] float32, NaN where
@@ -548,7 +574,9 @@ def _read_structure(
 
     if len(st) == 0:
         raise StructureReadError(src, "no models / no atoms found")
-    while len(st) > 1:  # first model only; dropping the rest saves work below
+    if len(st) > 1 and is_assembly_file(src):
+        _merge_assembly_copies(st)
+    while len(st) > 1:  # first model only (an NMR ensemble); dropping the rest saves work below
         del st[len(st) - 1]
     if st[0].count_atom_sites() == 0:
         raise StructureReadError(src, f"no atoms found (empty or not a {fmt.upper()} file?)")
