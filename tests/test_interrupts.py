@@ -266,6 +266,7 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
             "-p",
             "no:cacheprovider",
             f"{__file__}::test_signals_outside_training_steps_in_process",
+            f"{__file__}::test_a_stop_at_a_validation_step_validates_first_in_process",
         ],
         preexec_fn=default_signals,
         env={**os.environ, "COORDFORMER_SIGNAL_TEST": "1"},
@@ -276,7 +277,7 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
     Path("/tmp/coordformer_inner_signal_test.txt").write_text(
         json.dumps(inherited) + "\n" + r.stdout[-4000:]
     )
-    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
 @pytest.mark.skipif(
@@ -335,6 +336,63 @@ def test_signals_outside_training_steps_in_process(tmp_path, prepared, sigterm_g
             }
             s = pretrain(prepared.path, out, preset("tiny-0.1m"), tc, progress=False)
             assert s["global_step"] == 8 and s["final_val"] and _step(last) == 8
+
+
+def _val_rows(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, val/loss) of every validation logged, over all of a run's starts."""
+    rows = []
+    for f in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        rows += [(int(r["step"]), float(r["val/loss"])) for r in csv.DictReader(open(f))]
+        rows = [r for r in rows if r[1] == r[1]]  # NaN: a training row
+    return rows
+
+
+@pytest.mark.skipif(
+    os.environ.get("COORDFORMER_SIGNAL_TEST") != "1",
+    reason="run in its own interpreter by "
+    "test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved",
+)
+def test_a_stop_at_a_validation_step_validates_first_in_process(tmp_path, prepared, sigterm_guard):
+    """A signal that ends a step Lightning validates after: the run validated nothing there (and,
+    resumed, neither did the run), so the curve lost a point and best.ckpt never saw that model.
+    Now it validates, saves last.ckpt after best.ckpt took the validation into account, and a
+    resume neither repeats it nor loses exactness."""
+    from coordformer.config import TrainConfig, preset
+    from coordformer.errors import TrainingInterrupted
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(
+        max_steps=8,
+        val_every_steps=4,
+        tokens_per_batch=1024,
+        crop_length=64,
+        warmup_steps=2,
+        checkpoint_every_steps=100,
+    )
+    mc = preset("tiny-0.1m")
+    whole = tmp_path / "whole"
+    pretrain(prepared.path, whole, mc, tc, progress=False)
+    run_dir = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM: saved") as e:
+        pretrain(
+            prepared.path,
+            run_dir,
+            mc,
+            tc,
+            progress=False,
+            callbacks=[_Poke("step", signal.SIGTERM)],  # during step 4, which validates after
+        )
+    assert e.value.step == 4
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_checkpoint"]["step"] == 4
+    (w_step, w_loss), (s_step, s_loss) = _val_rows(whole)[0], _val_rows(run_dir)[0]
+    assert w_step == s_step and abs(w_loss - s_loss) < 1e-6
+    s = pretrain(prepared.path, run_dir, mc, tc, progress=False)
+    assert s["global_step"] == 8
+    assert [st for st, _ in _val_rows(run_dir)] == [st for st, _ in _val_rows(whole)]
+    a = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
 def test_embed_does_not_swallow_ctrl_c(tmp_path, capsys, monkeypatch):

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class StopOnSignal(Callback):
+class StopOnSignal(Checkpoint):
     """Ctrl-C (SIGINT), SIGTERM (pre-emption, ``kill``, ``scancel``) and, under SLURM, the warning
     signal SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``): checkpoint at the next optimizer-step boundary
     and stop; after SIGUSR1 also ``scontrol requeue`` the job.
@@ -98,15 +98,23 @@ class StopOnSignal(Callback):
     same step, and ``last.ckpt`` is written so a re-run resumes from it like any other restart,
     exactly.
 
+    With ``validate_first``, a stop at a step that Lightning validates after (every
+    ``val_every_steps``) waits for that validation, and saves after it (and after best.ckpt took
+    it into account): otherwise the run would skip it, and so would the resumed one (Lightning does
+    not validate at the step it restarts at). Lightning orders checkpoint callbacks last, in the
+    order given, which is why this is a ``Checkpoint``: give it after the ModelCheckpoints.
+
     Outside the training loop (loading, setting up; the final validation) SIGINT and SIGTERM raise
     ``Interrupted`` at once: nothing done there is lost that a re-run does not redo. A second Ctrl-C
     before the step ends does the same.
     """
 
-    def __init__(self, last: Path, requeue: bool = False):
+    def __init__(self, last: Path, requeue: bool = False, validate_first: bool = False):
         import signal
 
         self.last = last
+        self.validate_first = validate_first
+        self._deferred = 0  # the signal whose stop waits for this step's validation
         self.signals = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR1,) if requeue else ())
         self.received = 0  # the first signal number this process got (0: none)
         self.stopped_by = 0  # the one acted on (rank 0's)
@@ -164,8 +172,6 @@ class StopOnSignal(Callback):
         self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        import signal
-
         if trainer.global_step == self._step_seen:  # mid gradient accumulation: not a step boundary
             return
         self._step_seen = trainer.global_step
@@ -174,12 +180,24 @@ class StopOnSignal(Callback):
             received = int(trainer.strategy.broadcast(received, 0))
         if not received or self.stopped_at is not None:
             return
-        self.save(trainer)
-        self.stopped_by, self.stopped_at = received, trainer.global_step
-        trainer.should_stop = True
+        if self.validate_first and not self._deferred and _validates_now(trainer):
+            self._deferred = received  # on_validation_end stops (a step later if it never came)
+            return
+        self._stop(trainer, received)
         # Lightning validates when asked to stop; not now: time may be short (pre-emption, a
         # requeue), and best.ckpt must not get ahead of the state saved in last.ckpt
         trainer.limit_val_batches = 0
+
+    def on_validation_end(self, trainer, pl_module):
+        if self._deferred and self.stopped_at is None and not trainer.sanity_checking:
+            self._stop(trainer, self._deferred)
+
+    def _stop(self, trainer, received: int) -> None:
+        import signal
+
+        self.save(trainer)
+        self.stopped_by, self.stopped_at = received, trainer.global_step
+        trainer.should_stop = True
         if received == signal.SIGUSR1 and trainer.is_global_zero:
             self.requeue_ok = scontrol_requeue()
 
@@ -189,6 +207,15 @@ class StopOnSignal(Callback):
             trainer.save_checkpoint(self.last)
         finally:
             self._saving = False
+
+
+def _validates_now(trainer) -> bool:
+    """Whether Lightning validates right after this training step (the ``val_check_interval``
+    schedule), with validation on."""
+    if trainer.limit_val_batches == 0:
+        return False
+    loop = trainer.fit_loop
+    return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
 
 
 def signal_name(signum: int) -> str:

@@ -154,6 +154,13 @@ class _PeriodicCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._last_global_step_saved = trainer.global_step
 
+    def on_train_end(self, trainer, pl_module):
+        """Nothing: pretrain writes last.ckpt itself when training ends (after the final
+        validation) or stops (StopOnSignal). Lightning's save here (when this callback has not
+        saved yet) replaced a signal stop's checkpoint with the state after the step's loop
+        bookkeeping, from which a run resumed at a validation step logged every later step one
+        too far."""
+
 
 class _ConfigWriter(Callback):
     """Keeps config.json and the latest checkpoint name in the run folder (for humans and tools)."""
@@ -280,7 +287,7 @@ def pretrain(
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     stop = None
     if threading.current_thread() is threading.main_thread():
-        stop = StopOnSignal(last, requeue=slurm)
+        stop = StopOnSignal(last, requeue=slurm, validate_first=True)
         stop.install()
     elif slurm:
         log.warning(
