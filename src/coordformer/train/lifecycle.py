@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Checkpoint
 
 log = logging.getLogger(__name__)
 
