@@ -402,9 +402,12 @@ def test_missing_structure_warning_follows_the_models_record(tiny):
         and "-c small-coords-sd" in note
     )
     assert missing_structure_warning(never, tiny, [c]) is None  # full coordinates
-    assert (
-        missing_structure_warning(never, tiny, [gap], use_coords=False) is None
-    )  # coordinates withheld anyway
+    # coordinates withheld (--no-coords): every residue reads as missing, as from a FASTA file,
+    # which the model never learnt (embed and evaluate warn here too)
+    for chain in (gap, c):
+        withheld = missing_structure_warning(never, tiny, [chain], use_coords=False)
+        assert withheld.startswith(f"{len(c.sequence)} of {len(c.sequence)} residues have")
+        assert "--no-coords" in withheld
     assert missing_structure_warning({"learnt_missing_flag": True}, tiny, [gap]) is None
     assert missing_structure_warning({}, tiny, [gap]) is None  # unknown: no claim
 
@@ -881,6 +884,16 @@ def test_ambiguous_author_numbers_chains_and_insertion_code_case(tiny):
     assert index.find("A") == -1 and index.find("1ABC.A#2") == 1
     with pytest.raises(MutationError, match="chain 'A' is ambiguous"):
         score_mutations(tiny, twins, ["A:A1G"], strict=True)
+    # the same as the default chain: refused, not the last chain (index -1) picked quietly
+    with pytest.raises(OptionError, match="is ambiguous"):
+        ChainIndex(twins, default_chain="A")
+    # the full id of the renamed copy works as a prefix and as the default chain
+    [by_prefix] = score_mutations(tiny, twins, ["1ABC.A#2:A1G"], strict=True).scored
+    [by_default] = score_mutations(
+        tiny, twins, ["A1G"], default_chain="1ABC.A#2", strict=True
+    ).scored
+    assert by_prefix.substitutions[0].chain == by_default.substitutions[0].chain == 1
+    assert by_prefix.score == by_default.score
 
 
 def test_index_numbering_warns_past_a_gap_in_the_structure(tmp_path):

@@ -191,21 +191,28 @@ def missing_structure_warning(
     """A one-line warning when a structure model that never learnt the missing flag
     (``meta["learnt_missing_flag"]`` False, from ``load_model``: the shipped card, or an exported
     file's record) is asked to score chains with residues lacking coordinates (FASTA, unresolved
-    residues, --seqres, --plddt-min); else None. Any such residue counts, not only a majority (as
+    residues, --seqres, --plddt-min) or with coordinates withheld (``use_coords`` False: every
+    residue then reads as missing); else None. Any such residue counts, not only a majority (as
     for ``embed``): its own scores are the ones that suffer."""
     from ..model.checkpoints import unlearnt_missing_flag
 
-    unlearnt = None if use_coords is False else unlearnt_missing_flag(model, meta)
+    unlearnt = unlearnt_missing_flag(model, meta)
     if unlearnt is None:
         return None
-    n_missing = sum(int(np.isnan(np.asarray(c.coords)[:, CA_INDEX]).any(-1).sum()) for c in chains)
+    n_total = sum(len(c.sequence) for c in chains)
+    if use_coords is False:  # withheld: every residue reads as missing, as from a FASTA file
+        n_missing, why = n_total, "coordinates withheld (`use_coords` off, --no-coords)"
+    else:
+        n_missing = sum(
+            int(np.isnan(np.asarray(c.coords)[:, CA_INDEX]).any(-1).sum()) for c in chains
+        )
+        why = "no coordinates (FASTA, unresolved, --seqres or --plddt-min)"
     if n_missing == 0:
         return None
-    n_total = sum(len(c.sequence) for c in chains)
     name, instead = unlearnt
     return (
-        f"{n_missing} of {n_total} residues have no coordinates (FASTA, unresolved, --seqres or "
-        f"--plddt-min), but {name} was trained without structure dropout and never learnt the "
-        "missing flag, so scores there are unreliable (small-coords given no coordinates: "
-        f"perplexity 71 against 17 for small-nocoords); use -c {instead} for such inputs"
+        f"{n_missing} of {n_total} residues have {why}, but {name} was trained without structure "
+        "dropout and never learnt the missing flag, so scores there are unreliable (small-coords "
+        f"given no coordinates: perplexity 71 against 17 for small-nocoords); use -c {instead} "
+        "for such inputs"
     )

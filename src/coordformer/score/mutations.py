@@ -67,7 +67,8 @@ NUMBERINGS = ("auto", "author", "index")
 MULTI_MODES = ("additive", "joint")
 
 _SUB_RE = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z]?)([A-Za-z])$")
-_CHAIN_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
+#: a chain before ``:``: author chain id, ENTRY.CHAIN, or a renamed repeat's ENTRY.CHAIN#2
+_CHAIN_RE = re.compile(r"^[A-Za-z0-9_.#\-]{1,40}$")
 _WILD_TYPE = ("wt", "_wt", "wildtype", "wild-type", "wild_type")
 
 
@@ -212,6 +213,13 @@ class ChainIndex:
                 raise OptionError(
                     "chain", default_chain, f"is not among the scored chains ({self.names()})"
                 )
+            if k == -1:  # as an index, -1 would quietly pick the last chain
+                raise OptionError(
+                    "chain",
+                    default_chain,
+                    f"is ambiguous: several scored chains have it ({self.names()}); use the full "
+                    "id (ENTRY.CHAIN)",
+                )
             self.default = k
 
     def names(self, n: int = 8) -> str:
@@ -286,8 +294,8 @@ class ChainIndex:
             if table is None:
                 raise MutationError(
                     mutant,
-                    f"chain {c.id} has no author residue numbers (FASTA, chain_set or prepared "
-                    "input); use 1-based indices (`numbering=index`)",
+                    f"chain {c.id} has no author residue numbers (FASTA, chain_set without "
+                    "residue_ids, or prepared input); use 1-based indices (`numbering=index`)",
                     c.id,
                     sub.position,
                 )

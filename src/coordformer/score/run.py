@@ -386,7 +386,7 @@ def _write_skipped(
 ) -> None:
     """``kind, row, item, reason`` for unreadable inputs, chains that ``chains`` left out and
     skipped mutants; no file (and a stale one removed) when nothing was skipped. ``row`` is the
-    1-based data row of the mutation table."""
+    1-based data row of the mutation table, blank lines not counted (the row of OUT)."""
     from ..data.prepare.policy import not_selected_reason
 
     if not inputs and not mutants and not left_out:
