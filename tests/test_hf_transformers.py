@@ -92,6 +92,15 @@ def test_folder_saved_by_transformers_loads_back_into_coordformer(native, folder
     )  # "coordformer." prefix and HF config keys handled
     assert back.config == native.config
     assert torch.equal(back(*batch).logits, native(*batch).logits)
+    # saved in shards (model-0000k-of-0000n.safetensors + model.safetensors.index.json)
+    mlm.save_pretrained(tmp_path / "shards", max_shard_size="5MB")
+    assert not (tmp_path / "shards" / "model.safetensors").exists()
+    assert len(list((tmp_path / "shards").glob("model-*-of-*.safetensors"))) > 1
+    back = CoordFormer.from_pretrained(tmp_path / "shards")
+    assert torch.equal(back(*batch).logits, native(*batch).logits)
+    assert torch.equal(
+        load_model(str(tmp_path / "shards"))[0](*batch).logits, native(*batch).logits
+    )
 
 
 def test_config_values_are_validated():
@@ -114,3 +123,26 @@ def test_activation_checkpointing_enable_reaches_the_model(folder, batch):
     mlm.train()
     mlm(tokens, coords, mask).logits.square().mean().backward()
     assert all(p.grad is not None for p in mlm.coordformer.layers.parameters())
+
+
+@torch.no_grad()
+def test_models_with_gaussian_initialised_heads_load_through_the_auto_classes(batch, tmp_path):
+    """transformers builds the model on the meta device, where the Gaussian-head initialisation
+    (the default `fast` recipe's, and paper-coords') read a LayerNorm scale with .item() and
+    failed; the checkpoint's weights replace it anyway."""
+    from coordformer.config import preset
+
+    torch.manual_seed(0)
+    native = CoordFormer(preset("tiny-0.1m", recipe="fast")).eval()
+    assert native.config.gaussian_init_heads > 0
+    folder = save_pretrained(native, tmp_path / "gauss", meta={"name": "gauss"})
+    tokens, coords, mask = batch
+    ref = native(tokens, coords, mask)
+    mlm = AutoModelForMaskedLM.from_pretrained(folder)
+    assert torch.allclose(
+        mlm(input_ids=tokens, coords=coords, attention_mask=mask.long()).logits,
+        ref.logits,
+        atol=1e-5,
+    )
+    enc = AutoModel.from_pretrained(folder)
+    assert torch.allclose(enc(tokens, coords, mask).last_hidden_state, ref.hidden, atol=1e-5)

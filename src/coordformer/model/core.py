@@ -399,6 +399,10 @@ class CoordFormer(nn.Module):
         per-query constant that softmax ignores: head dimension n + 1 suffices. Keys with missing
         coordinates get a large negative logit.
         """
+        if self.coord_embed.weight.is_meta:
+            # built without storage (transformers' from_pretrained): the weights come from the
+            # checkpoint, and the LayerNorm scale below cannot be read off a meta tensor
+            return
         c = self.config
         d, dh = c.d_model, c.d_head
         r = d - _N_RESERVED

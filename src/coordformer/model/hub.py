@@ -79,13 +79,40 @@ HF_WRAPPER_PREFIX = "coordformer."
 _LOCAL_META_KEYS = {"path"}
 
 
+#: transformers' index of a model saved in several files (``save_pretrained(max_shard_size=...)``)
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+def weight_files(folder: Path) -> list[Path] | None:
+    """The safetensors files that hold a folder's weights: model.safetensors, or the shards that
+    transformers' model.safetensors.index.json lists; None when there is neither. UsageError for
+    an index that cannot be read or names a file that is not there."""
+    if (folder / WEIGHTS_NAME).exists():
+        return [folder / WEIGHTS_NAME]
+    index = folder / WEIGHTS_INDEX_NAME
+    if not index.exists():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing or not names:
+        raise UsageError(
+            f"{index} lists {', '.join(missing) or 'no file'}, which {folder} lacks: copy the "
+            "whole folder"
+        )
+    return [folder / n for n in names]
+
+
 def is_pretrained_folder(path: str | Path) -> bool:
     """A folder that is meant to be one of these: it has model.safetensors, or a config.json naming
     model_type (so a half-copied folder still reaches from_pretrained and its precise message)."""
     p = Path(path)
     if not p.is_dir():
         return False
-    if (p / WEIGHTS_NAME).exists():
+    if (p / WEIGHTS_NAME).exists() or (p / WEIGHTS_INDEX_NAME).exists():
         return True
     try:
         return "model_type" in json.loads((p / CONFIG_NAME).read_text())
@@ -225,7 +252,9 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
             f"{folder}: not a folder (a pretrained model is a folder with {CONFIG_NAME} and "
             f"{WEIGHTS_NAME})"
         )
-    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).exists()]
+    missing = [CONFIG_NAME] if not (folder / CONFIG_NAME).exists() else []
+    if weight_files(folder) is None:
+        missing.append(WEIGHTS_NAME)
     if missing:
         raise UsageError(
             f"{folder}: no {' or '.join(missing)} inside; a pretrained folder holds {CONFIG_NAME} "
@@ -263,13 +292,14 @@ def read_pretrained_state(
 
     folder = Path(folder)
     config, cfg = read_config(folder)
-    try:
-        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
-    except (SafetensorError, OSError) as e:
-        raise UsageError(
-            f"{folder / WEIGHTS_NAME}: cannot be read; the file is truncated or not safetensors "
-            f"({e})"
-        ) from None
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder) or ():  # one file, or transformers' shards
+        try:
+            state.update(load_file(str(path), device=str(map_location)))
+        except (SafetensorError, OSError) as e:
+            raise UsageError(
+                f"{path}: cannot be read; the file is truncated or not safetensors ({e})"
+            ) from None
     if state and all(k.startswith(HF_WRAPPER_PREFIX) for k in state):
         state = {k[len(HF_WRAPPER_PREFIX) :]: v for k, v in state.items()}
     stored = cfg.get("coordformer_meta")
@@ -289,6 +319,8 @@ def read_pretrained_state(
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "WEIGHTS_INDEX_NAME",
+    "weight_files",
     "is_pretrained_folder",
     "save_pretrained",
     "read_pretrained_state",
