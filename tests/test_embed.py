@@ -470,3 +470,37 @@ def test_embed_edge_cases_found_by_review(tmp_path):
     embed("small-coords", [str(DATA / "1orc.pdb")], out, cfg, progress=False, echo=lambda s: None)
     z = np.load(out)
     assert len(z["ids"]) == 0 and z["mean"].shape[0] == 0
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+def test_an_interrupted_embed_leaves_no_partial_file_and_keeps_the_earlier_output(
+    tmp_path, structures, monkeypatch, suffix
+):
+    """Ctrl-C (or a failure) part-way used to leave OUT.tmp behind, an HDF5 file still open."""
+    import coordformer.embed as embed_mod
+
+    out = tmp_path / f"e{suffix}"
+    out.write_bytes(b"an earlier run's output")
+    calls = []
+    real = embed_mod._residue_info
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed_mod, "_residue_info", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embed(
+            "small-nocoords",
+            [str(structures)],
+            out,
+            EmbedConfig(per_residue=suffix == ".h5"),
+            progress=False,
+            echo=lambda s: None,
+        )
+    assert len(calls) == 2
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith("e")]
+    assert sorted(left) == [out.name, f"{out.name}.skipped.tsv"]  # junk.pdb's line is kept
+    assert out.read_bytes() == b"an earlier run's output"

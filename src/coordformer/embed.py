@@ -160,10 +160,7 @@ def embed(
     """Embed every chain of ``inputs`` with ``checkpoint``; returns a summary dict. ``warn``
     (default: print to stderr) gets a one-line warning when the model never learnt inputs without
     coordinates and most residues have none."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
     from .model.checkpoints import load_model, missing_coords_warning
-    from .progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
 
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
@@ -230,47 +227,16 @@ def embed(
             if fmt == "h5"
             else _NpzWriter(attrs)
         )
-        cropped = windowed = 0
-        complex_summary = {}
-        if cfg.complexes:
-            complex_summary = _embed_complexes(
+        try:
+            cropped, windowed, complex_summary = _write_embeddings(
                 model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress
             )
-            idx = np.array([], dtype=np.int64)  # every chain was written with its complex
-        with Progress(
-            TextColumn("embedding"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            disable=not progress or len(idx) == 0,  # --complexes wrote every chain already
-        ) as bar:
-            task = bar.add_task("embed", total=len(idx))
-            for chain_idx, lengths, mean, hidden in iter_windowed(
-                model,
-                data,
-                idx,
-                cfg.layer,
-                use_coords,
-                window,
-                cfg.overlap,
-                cfg.tokens_per_batch,
-                device,
-                cfg.max_length,
-            ):
-                for r, ci in enumerate(chain_idx):
-                    n = int(lengths[r])
-                    cropped += int(data.lengths[ci] > n)
-                    windowed += int(n > window)
-                    writer.add(
-                        data.ids[ci],
-                        n,
-                        mean[r],
-                        hidden[r, :n].numpy() if cfg.per_residue else None,
-                        *_residue_info(data, ci, n, cfg.per_residue, use_coords),
-                    )
-                bar.advance(task, len(chain_idx))
-        writer.close(tmp_out)
-        os.replace(tmp_out, out)
+            writer.close(tmp_out)
+            os.replace(tmp_out, out)
+        except BaseException:  # a failure or Ctrl-C leaves no half-written OUT.tmp behind
+            writer.abort()
+            tmp_out.unlink(missing_ok=True)
+            raise
         n_chains = complex_summary.get("chains", int(len(idx)))
         summary = {
             "out": str(out),
@@ -288,6 +254,57 @@ def embed(
         # a skip log that lists nothing (a clean run, or one refused before reading anything)
         # is no log: no file, as `score` leaves none
         _drop_empty_log(skipped_path)
+
+
+def _write_embeddings(
+    model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress
+) -> tuple[int, int, dict]:
+    """Embed chains ``idx`` of ``data`` (with their complexes under ``cfg.complexes``) into
+    ``writer``: (chains cropped by max_length, chains longer than ``window``, complex summary)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from .progress import Progress  # rich's bar on a terminal, plain periodic lines in a log file
+
+    cropped = windowed = 0
+    complex_summary = {}
+    if cfg.complexes:
+        complex_summary = _embed_complexes(
+            model, data, idx, cfg, window, use_coords, device, writer, skipped_path, progress
+        )
+        idx = np.array([], dtype=np.int64)  # every chain was written with its complex
+    with Progress(
+        TextColumn("embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress or len(idx) == 0,  # --complexes wrote every chain already
+    ) as bar:
+        task = bar.add_task("embed", total=len(idx))
+        for chain_idx, lengths, mean, hidden in iter_windowed(
+            model,
+            data,
+            idx,
+            cfg.layer,
+            use_coords,
+            window,
+            cfg.overlap,
+            cfg.tokens_per_batch,
+            device,
+            cfg.max_length,
+        ):
+            for r, ci in enumerate(chain_idx):
+                n = int(lengths[r])
+                cropped += int(data.lengths[ci] > n)
+                windowed += int(n > window)
+                writer.add(
+                    data.ids[ci],
+                    n,
+                    mean[r],
+                    hidden[r, :n].numpy() if cfg.per_residue else None,
+                    *_residue_info(data, ci, n, cfg.per_residue, use_coords),
+                )
+            bar.advance(task, len(chain_idx))
+    return cropped, windowed, complex_summary
 
 
 def _drop_empty_log(path: Path) -> None:
@@ -661,6 +678,11 @@ class _H5Writer:
     def close(self, path: Path) -> None:
         self.f.close()
 
+    def abort(self) -> None:
+        """Close the file after a failure (the caller removes it)."""
+        if self.f.id.valid:
+            self.f.close()
+
 
 class _NpzWriter:
     def __init__(self, attrs: dict):
@@ -684,6 +706,9 @@ class _NpzWriter:
 
     def add_complex(self, complex_id: str, members: str, length: int, mean: np.ndarray) -> None:
         self.complexes.append((complex_id, members, length, mean))
+
+    def abort(self) -> None:
+        """Nothing to close: the file is written only by close()."""
 
     def close(self, path: Path) -> None:
         extra = {}
