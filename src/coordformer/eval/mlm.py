@@ -77,7 +77,9 @@ def evaluate_mlm(
     (special tokens included, as in ESM); recovery is the argmax over the 20 amino acids.
     """
     idx = data.split_indices(split)
-    if max_chains:
+    if max_chains is not None:
+        if max_chains < 1:
+            raise OptionError("max_chains", max_chains, "must be at least 1 (None: every chain)")
         idx = idx[:max_chains]
     if len(idx) == 0:
         raise UsageError(f"{data.path}: split {split!r} is empty")
