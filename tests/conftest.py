@@ -54,6 +54,18 @@ def pretrain_args(data, out, *extra, preset: str | None = "tiny-0.1m", **flags) 
     return args + [str(word) for word in extra]
 
 
+def weight_gap(run_a: Path, run_b: Path) -> float:
+    """The largest absolute difference between the final weights (checkpoints/last.ckpt) of two
+    pretrain runs: 0 (to float noise) when a stopped and resumed run is the uninterrupted one."""
+    import torch
+
+    a, b = (
+        torch.load(Path(r) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for r in (run_a, run_b)
+    )
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
 @pytest.fixture
 def synthetic_jsonl(tmp_path) -> Path:
     return write_jsonl(synthetic_chains(60), tmp_path / "synthetic.jsonl")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import pretrain_args
+from conftest import pretrain_args, weight_gap
 from coordformer.cli import main
 from poison import PoisonGrads
 
@@ -236,9 +236,7 @@ def test_interrupted_pretrain_resumes_exactly(tmp_path, prepared, dropout):
     assert s1["global_step"] == 3
     s2 = pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False)
     assert s2["global_step"] == 7
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert weight_gap(tmp_path / "a", tmp_path / "b") < 1e-6
 
 
 class _SavedAtBoundary:
@@ -293,9 +291,7 @@ def test_accumulated_runs_checkpoint_only_at_step_boundaries_and_resume_exactly(
         )
     assert all(processed % 2 == 0 for _, processed in rec.seen), rec.seen
     pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False)
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert weight_gap(tmp_path / "a", tmp_path / "b") < 1e-6
 
     # a time budget spent in the first micro-batch still ends the step it is in
     rec = _SavedAtBoundary()
@@ -347,9 +343,7 @@ def test_a_run_resumed_past_half_its_loader_does_not_replay_batches(
     pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False, callbacks=[StopAt()])
     s = pretrain(prepared.path, tmp_path / "b", mc, tc, progress=False)
     assert s["global_step"] == tc.max_steps
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert weight_gap(tmp_path / "a", tmp_path / "b") < 1e-6
 
 
 def test_non_finite_gradients_skip_the_step_and_persistent_ones_stop_training(
