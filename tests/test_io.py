@@ -617,6 +617,19 @@ def test_read_id_list(tmp_path):
         "# excluded chains\n\n12as-A\t1.1.1.1\n1abc_B,GO:0003674\n  2XYZ.c  # comment\n12AS.A\n"
     )
     assert read_id_list(path) == ["12AS.A", "1ABC.B", "2XYZ.c"]
+    # a list written across lines: every id counts (only the first did, and the others, test
+    # chains given to --exclude, stayed in train unlogged)
+    across = tmp_path / "across.txt"
+    across.write_text("1ORC.A, 1LCD.A\n1LZH.A 1LZH.B\nAF-P69905-F1\t3abc_B\nmy.A other.B\n")
+    assert read_id_list(across) == [
+        "1ORC.A",
+        "1LCD.A",
+        "1LZH.A",
+        "1LZH.B",
+        "AF-P69905-F1",
+        "3ABC.B",
+        "my.A",
+    ]
     with pytest.raises(StructureReadError):
         read_id_list(tmp_path / "missing.txt")
 

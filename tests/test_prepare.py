@@ -789,3 +789,52 @@ def test_gzipped_chain_set_units(tmp_path):
     assert a.chains_kept == b.chains_kept == 40
     for k, v in dataset_arrays(tmp_path / "a").items():
         np.testing.assert_array_equal(v, dataset_arrays(tmp_path / "b")[k])
+
+
+def test_a_resumed_finish_leaves_no_list_of_the_interrupted_attempt(tmp_path, monkeypatch):
+    """The interrupted attempt excluded an id the data lacks (exclude_unmatched.txt) with a random
+    split; the resumed one, without exclusions and with other fractions, must not keep that file
+    or a split list it does not write."""
+    from coordformer.data.prepare import consolidate as C
+
+    js = write_jsonl(tmp_path / "k.jsonl", make_records(12, seed=3))
+    ex = tmp_path / "ex.txt"
+    ex.write_text("ZZZZ.Q\n")
+    out = tmp_path / "ds"
+    cfg = PrepareConfig(min_length=10, valid_fraction=0.2, test_fraction=0.2)
+
+    def stop(out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "_before_manifest", stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([js], out, cfg.replace(exclude_files=(str(ex),)), **QUIET)
+    assert (out / "exclude_unmatched.txt").exists() and (out / "splits" / "test.txt").exists()
+    (out / "splits" / "aside.txt").write_text("S000.A\n")  # as a strict hold-out would have
+    monkeypatch.undo()
+    prepare([js], out, cfg, **QUIET)
+    assert not (out / "exclude_unmatched.txt").exists()
+    assert sorted(p.name for p in (out / "splits").iterdir()) == [
+        "test.txt",
+        "train.txt",
+        "valid.txt",
+    ]
+    assert sorted(PreparedDataset(out).split_names) == ["test", "train", "valid"]
+
+
+def test_a_symbolic_link_names_its_chains_by_its_own_name(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "in").mkdir()
+    xyz = np.random.default_rng(0).normal(size=(20, 4, 3)) * 5
+    write_pdb(store / "blob_123.pdb", {"A": ("AGKLESAGKLESAGKLESAG", xyz)})
+    (tmp_path / "in" / "mymodel.pdb").symlink_to(store / "blob_123.pdb")
+    assert [c.id for c in cio.read_structure(tmp_path / "in" / "mymodel.pdb")] == ["mymodel.A"]
+    prepare(
+        [tmp_path / "in"],
+        tmp_path / "ds",
+        PrepareConfig(min_length=10, valid_fraction=0, test_fraction=0),
+        **QUIET,
+    )
+    ds = PreparedDataset(tmp_path / "ds")
+    assert list(ds.ids) == ["mymodel.A"]

@@ -11,7 +11,12 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from coordformer.io.chains import StructureReadError, normalize_chain_id, short_reason
+from coordformer.io.chains import (
+    StructureReadError,
+    is_archive_id,
+    normalize_chain_id,
+    short_reason,
+)
 from coordformer.io.files import UTF16_BOMS, read_bytes, unreadable_reason
 
 __all__ = ["find_sources", "read_id_list"]
@@ -155,9 +160,11 @@ _ID_SPLIT_RE = re.compile(r"[\s,]+")
 
 
 def read_id_list(path: str | Path) -> list[str]:
-    """Chain ids from a text file (plain or gzipped): the first whitespace- or comma-separated
-    field of each line, normalised with :func:`~coordformer.io.normalize_chain_id`. Blank lines
-    and '#' comments are ignored; duplicates are dropped (first occurrence kept).
+    """Chain ids from a text file (plain or gzipped), normalised with
+    :func:`~coordformer.io.normalize_chain_id`: every whitespace- or comma-separated field of a
+    line whose fields are all archive ids (``1ABC.A, 1LZH_B AF-P69905-F1``: a list written across),
+    else the line's first field (a table row: ``1ABC-A<TAB>1.2.3.4``). Blank lines and '#'
+    comments are ignored; duplicates are dropped (first occurrence kept).
 
     A UTF-8 byte-order mark is dropped and a UTF-16 file (with its byte-order mark, as Windows
     tools save "Unicode text") is decoded as such, so neither hides the first id.
@@ -181,7 +188,16 @@ def read_id_list(path: str | Path) -> list[str]:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        field = _ID_SPLIT_RE.split(line, 1)[0]
-        if field:
+        fields = [f for f in _ID_SPLIT_RE.split(line) if f]
+        if not all(_archive_chain_id(f) for f in fields):
+            fields = fields[:1]
+        for field in fields:
             seen.setdefault(normalize_chain_id(field), None)
     return list(seen)
+
+
+def _archive_chain_id(field: str) -> bool:
+    """Whether an id-list field names an archive entry or one of its chains (1ABC, 1abc_A,
+    AF-P69905-F1.A), not another column's value (an EC number, a score)."""
+    norm = normalize_chain_id(field)
+    return is_archive_id(norm) or is_archive_id(norm.rpartition(".")[0])

@@ -109,6 +109,13 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
         zip(sel.ids, sel.lengths.tolist(), sel.sources),
     )
     (out / store.SPLITS_DIR).mkdir(exist_ok=True)
+    # an interrupted attempt with other split or exclusion settings (a resume may change them)
+    # may have written lists this one does not: none may outlive it
+    for old in (out / store.SPLITS_DIR).glob("*.txt"):
+        if old.stem not in names:
+            old.unlink()
+    if not match.unmatched:
+        (out / store.EXCLUDE_UNMATCHED_FILE).unlink(missing_ok=True)
     for k, name in enumerate(names):
         store.write_id_list(
             out / store.SPLITS_DIR / f"{name}.txt", (c for c, s in zip(sel.ids, codes) if s == k)

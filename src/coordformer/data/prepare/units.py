@@ -184,7 +184,9 @@ def plan_units(sources: Sequence[Path], chunk_lines: int) -> tuple[list[WorkUnit
 
     units: list[WorkUnit] = []
     fp_sources: list[list] = []
-    for src in sorted({Path(s).resolve() for s in sources}, key=str):
+    # absolute, not resolved: a symbolic link names its chains (and sorts) by its own name, as
+    # read_structure does, not by its target's (find_sources has dropped links to a file given)
+    for src in sorted({Path(os.path.abspath(s)) for s in sources}, key=str):
         p = str(src)
         try:
             st = src.stat()
