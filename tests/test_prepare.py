@@ -838,3 +838,22 @@ def test_a_symbolic_link_names_its_chains_by_its_own_name(tmp_path):
     )
     ds = PreparedDataset(tmp_path / "ds")
     assert list(ds.ids) == ["mymodel.A"]
+
+
+def test_a_chain_set_whose_first_record_is_broken_keeps_the_others(tmp_path):
+    """The format was decided by the first line alone: a truncated first record made the whole
+    file 'a JSON file that is not chain_set JSONL', and its good records were lost."""
+    recs = make_records(4, seed=5)
+    js = write_jsonl(tmp_path / "a.jsonl", ['{"name": "X.A", "seq": "AC', *recs])
+    assert cio.is_chain_set(js)
+    s = prepare(
+        [js],
+        tmp_path / "ds",
+        PrepareConfig(min_length=10, valid_fraction=0, test_fraction=0),
+        **QUIET,
+    )
+    assert s.chains_kept == 4 and s.inputs_skipped == 1
+    assert f"{js}:1\tinvalid JSON" in (tmp_path / "ds" / "skipped.tsv").read_text()
+    # a JSON file of other records is still not taken for one
+    other = write_jsonl(tmp_path / "b.jsonl", ["not json", {"a": 1}, *recs])
+    assert not cio.is_chain_set(other)

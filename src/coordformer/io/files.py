@@ -269,23 +269,40 @@ def detect_format(name: str, data: bytes) -> str | None:
     return by_suffix
 
 
+#: Non-blank lines is_chain_set reads at most to find a record that parses.
+_CHAIN_SET_PROBE_LINES = 8
+
+
 def is_chain_set(path: str | Path) -> bool:
-    """True for a .jsonl / .jsonl.gz / .json.gz / .json file whose first non-blank line is a
-    chain_set record (a JSON object with 'seq' and 'coords'). Never raises."""
+    """True for a .jsonl / .jsonl.gz / .json.gz / .json file whose first line that parses as JSON
+    (among its first few non-blank lines) is a chain_set record (a JSON object with 'seq' and
+    'coords'): a broken first record is the reader's to log, and must not lose the file's other
+    records. Never raises."""
     p = Path(path)
     if not p.name.lower().endswith(CHAIN_SET_SUFFIXES) or not p.is_file():
         return False
-    lines = text_lines(p)
     try:
-        line = next(lines, b"")
-        while line and not line.strip():
-            line = next(lines, b"")
-        rec = json.loads(line)
+        lines = text_lines(p)
+    except Exception:
+        return False
+    try:
+        probed = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            probed += 1
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                if probed >= _CHAIN_SET_PROBE_LINES:
+                    return False
+                continue
+            return isinstance(rec, dict) and "seq" in rec and "coords" in rec
+        return False
     except Exception:
         return False
     finally:
         lines.close()
-    return isinstance(rec, dict) and "seq" in rec and "coords" in rec
 
 
 #: Name endings of archives and compressions that are not read (only gzip is), with what they are.
