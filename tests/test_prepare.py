@@ -857,3 +857,33 @@ def test_a_chain_set_whose_first_record_is_broken_keeps_the_others(tmp_path):
     # a JSON file of other records is still not taken for one
     other = write_jsonl(tmp_path / "b.jsonl", ["not json", {"a": 1}, *recs])
     assert not cio.is_chain_set(other)
+
+
+def test_the_fingerprint_follows_the_data_not_its_counts_or_paths(tmp_path, monkeypatch):
+    """It hashed the manifest only: two datasets of equal counts shared one (so `pretrain` resumed
+    a run on the other), and the same data with an --exclude file named by another path did not."""
+    from coordformer.data.store import manifest_fingerprint
+
+    cfg = PrepareConfig(min_length=10, valid_fraction=0, test_fraction=0)
+    a = write_jsonl(tmp_path / "a.jsonl", make_records(5, seed=1))
+    b = write_jsonl(tmp_path / "b.jsonl", make_records(5, seed=2))
+    ex = tmp_path / "ex.txt"
+    ex.write_text("NONE.A\n")
+    monkeypatch.chdir(tmp_path)
+    prints = {}
+    for name, src, exclude in (
+        ("a", a, str(ex)),
+        ("b", b, str(ex)),
+        ("a_again", a, "ex.txt"),  # the same file, named relatively
+    ):
+        prepare([src], tmp_path / name, cfg.replace(exclude_files=(exclude,)), **QUIET)
+        ds = PreparedDataset(tmp_path / name)
+        prints[name] = ds.fingerprint
+    assert len(PreparedDataset(tmp_path / "a")) == len(PreparedDataset(tmp_path / "b"))
+    assert prints["a"] != prints["b"]
+    assert prints["a"] == prints["a_again"]
+    # a manifest from before the digest keeps its fingerprint of the manifest itself
+    manifest = dict(PreparedDataset(tmp_path / "a").manifest)
+    old = {k: v for k, v in manifest.items() if k != "content_digest"}
+    assert manifest_fingerprint(old) != prints["a"]
+    assert manifest_fingerprint(old) == manifest_fingerprint({**old, "created": "another day"})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -121,14 +121,41 @@ def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> None:
 _NOT_CONTENT = ("created", "coordformer_version")
 
 
-def manifest_fingerprint(manifest: dict[str, Any]) -> str:
-    """A short hash of what a dataset holds: its manifest (settings, counts, split sizes) without
-    the creation time and writer version, so the same inputs prepared again, or the folder moved,
-    give the same fingerprint. ``pretrain`` refuses to resume a run on a dataset with another
-    one."""
+def content_digest(directory: str | Path, ids: Sequence[str], codes: np.ndarray) -> str:
+    """A hash of what a dataset folder holds: its chain ids in order, their split codes, and the
+    bytes of its arrays (sequences, coordinates, offsets, pLDDT when stored). The manifest keeps
+    it as ``content_digest``, from which :func:`manifest_fingerprint` is made."""
     import hashlib
 
-    content = {k: v for k, v in manifest.items() if k not in _NOT_CONTENT}
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\n".join(ids).encode())
+    h.update(np.ascontiguousarray(codes, dtype=np.int8).tobytes())
+    for name in (*ARRAY_FILES, PLDDT_FILE):
+        path = Path(directory) / name
+        h.update(name.encode())
+        if path.is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def manifest_fingerprint(manifest: dict[str, Any]) -> str:
+    """A short hash of what a dataset holds, so that the same inputs prepared again, or the folder
+    moved, give the same fingerprint, and other data another. ``pretrain`` refuses to resume a run
+    on a dataset with another one.
+
+    From the manifest's ``content_digest`` (the chains' ids, splits and arrays) and format version:
+    settings that do not change what is stored (how an --exclude file's path was written) do not
+    count, and data that differs with equal counts does. Datasets prepared before the digest was
+    recorded keep their fingerprint of the manifest (settings, counts, split sizes), without the
+    creation time and writer version."""
+    import hashlib
+
+    if manifest.get("content_digest"):
+        content = {k: manifest.get(k) for k in ("content_digest", "format_version")}
+    else:
+        content = {k: v for k, v in manifest.items() if k not in _NOT_CONTENT}
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
         :16
     ]

@@ -148,6 +148,7 @@ def consolidate(run: FinishedRun, summary: PrepareSummary, log: RunLog) -> None:
     _log_exclusions(run, match, log)
 
     manifest = build_manifest(config, summary, match)
+    manifest["content_digest"] = store.content_digest(out, sel.ids, codes)
     summary.elapsed_s = time.monotonic() - run.t0
     log(summary.format())
     store.atomic_write_text(out / store.LOG_FILE, "\n".join(log.lines) + "\n")
