@@ -196,13 +196,23 @@ def _crash_on_bad(unit):
     return unit.path
 
 
+def _crash_always():
+    """A worker task that kills its process: a worker that cannot run anything."""
+    import os
+
+    os._exit(3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bad_first", [True, False])
-def test_a_unit_that_kills_its_worker_is_skipped_whatever_order_it_is_retried_in(bad_first):
+def test_a_unit_that_kills_its_worker_is_skipped_whatever_order_it_is_retried_in(
+    bad_first, monkeypatch
+):
     """A bad input retried before any good one finished must not fail the run (the retry order
-    follows future completion, which varies); only when nothing at all finishes do the workers
-    look unable to run."""
+    follows future completion, which varies); when nothing at all finishes, a worker that runs
+    nothing tells bad inputs (skipped) from workers that cannot run (the run fails)."""
     from coordformer.data.prepare.errors import PrepareError
+    from coordformer.data.prepare import pool
     from coordformer.data.prepare.pool import map_units
     from coordformer.data.prepare.units import WorkUnit
 
@@ -221,12 +231,83 @@ def test_a_unit_that_kills_its_worker_is_skipped_whatever_order_it_is_retried_in
     skipped = [d for d in done if isinstance(d, tuple)]
     assert [s[1] for s in skipped] == ["/x/bad.pdb"] and "crashed" in skipped[0][2]
     assert any("bad.pdb: worker crashed on this input twice; skipped" in m for m in logged)
+    # only bad units (a resumed run's last inputs): skipped, since a worker that runs nothing runs
+    only_bad = [WorkUnit("file", "/x/bad1.pdb"), WorkUnit("file", "/x/bad2.pdb")]
+    done = []
+    map_units(
+        only_bad, _crash_on_bad, 2, done.append, lambda u, why: ("skipped", u.path), lambda *a: None
+    )
+    assert sorted(done) == [("skipped", "/x/bad1.pdb"), ("skipped", "/x/bad2.pdb")]
+    # workers that cannot even run that: the run fails, saying so
+    monkeypatch.setattr(pool, "_noop", _crash_always)
     with pytest.raises(PrepareError, match="die before finishing any input"):
-        map_units(
-            [WorkUnit("file", "/x/bad1.pdb"), WorkUnit("file", "/x/bad2.pdb")],
-            _crash_on_bad,
-            2,
-            done.append,
-            lambda u, why: None,
-            lambda *a: None,
-        )
+        map_units(only_bad, _crash_on_bad, 2, done.append, lambda u, why: None, lambda *a: None)
+
+
+CRASH_HOOK = """
+import os, signal
+import coordformer.io.structures as S
+_real = S.read_bytes
+def read_bytes(path):
+    if os.path.basename(str(path)).startswith("zzz_crash"):
+        os.kill(os.getpid(), signal.SIGKILL)  # as a native library's fault would
+    return _real(path)
+S.read_bytes = read_bytes
+"""
+
+
+@pytest.mark.slow
+def test_a_resumed_prepare_whose_last_input_crashes_its_reader_skips_it(tmp_path, monkeypatch):
+    """With workers, a run's last pending unit ran in the main process: an input that kills its
+    reader (segfault, out of memory) then killed the whole resumed run, every time."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import DATA
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(DATA / "1orc.pdb", src / "a.pdb")
+    shutil.copy(DATA / "1A8O.pdb", src / "b.pdb")
+    shutil.copy(DATA / "1orc.pdb", src / "zzz_crash.pdb")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
+    out = tmp_path / "ds"
+    # the interrupted run (Ctrl-C as it reached the bad input): the good inputs done
+    import os
+
+    import coordformer.io.structures as S
+    from coordformer.data.store import PreparedDataset
+
+    real = S.read_bytes
+
+    def interrupted(path):
+        if os.path.basename(str(path)).startswith("zzz_crash"):
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(S, "read_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([src], out, PrepareConfig(min_length=1), **QUIET)
+    monkeypatch.undo()
+    assert len(list((out / ".work" / "parts").glob("*.npz"))) == 2
+
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    args = ["prepare", str(src), "--out", str(out), "--min-length", "1", "--workers", "2"]
+    r = subprocess.run(
+        [sys.executable, "-m", "coordformer", *args, "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (
+        "resuming an interrupted run: 2 of 3 units already done"
+        in (out / "prepare.log").read_text()
+    )
+    skipped = (out / "skipped.tsv").read_text()
+    assert "zzz_crash.pdb" in skipped and "crashed" in skipped
+    assert sorted(PreparedDataset(out).ids) == ["1A8O.A", "1ORC.A"]

@@ -145,7 +145,9 @@ def prepare(
             bar.advance(meta)
 
         try:
-            if workers == 1 or len(pending) <= 1:
+            # with workers, even a last unit runs in one: an input that crashes its process
+            # (a native library's fault, out of memory) must be skipped, not end the run
+            if workers == 1 or not pending:
                 for u in pending:
                     on_done(run_unit(u, config, str(parts_dir)))
             else:

@@ -172,8 +172,9 @@ def map_units(
             suspects = []
     # Decided at the end, not at the first repeated crash: which unit is retried first depends on
     # the order futures completed, and a bad input retried before any good one must not fail the
-    # run. Only when nothing at all finished do the workers look unable to run.
-    if twice and n_ok[0] == 0:
+    # run. When nothing at all finished (every unit left crashed: a resumed run's last inputs),
+    # a worker that runs nothing tells bad inputs from workers that cannot start.
+    if twice and n_ok[0] == 0 and not _workers_can_run(ctx):
         raise PrepareError(
             "worker processes die before finishing any input; run with workers=1 to see why "
             "(scripts that call prepare() with workers > 1 need an `if __name__ == '__main__':` "
@@ -188,6 +189,21 @@ def map_units(
                 "(killed by a signal or out of memory)",
             )
         )
+
+
+def _noop() -> int:
+    return os.getpid()
+
+
+def _workers_can_run(ctx) -> bool:
+    """Whether a worker process of this program starts and returns (a script without a
+    ``__main__`` guard, among others, cannot)."""
+    try:
+        with _pool(ctx, 1) as solo:
+            solo.submit(_noop).result(timeout=120)
+        return True
+    except Exception:  # noqa: BLE001 - BrokenProcessPool, a timeout: either way, it cannot
+        return False
 
 
 #: what ``_retry_alone`` returns for a unit that killed its process again
