@@ -211,8 +211,8 @@ def test_a_unit_that_kills_its_worker_is_skipped_whatever_order_it_is_retried_in
     """A bad input retried before any good one finished must not fail the run (the retry order
     follows future completion, which varies); when nothing at all finishes, a worker that runs
     nothing tells bad inputs (skipped) from workers that cannot run (the run fails)."""
-    from coordformer.data.prepare.errors import PrepareError
     from coordformer.data.prepare import pool
+    from coordformer.data.prepare.errors import PrepareError
     from coordformer.data.prepare.pool import map_units
     from coordformer.data.prepare.units import WorkUnit
 
