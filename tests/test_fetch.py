@@ -24,6 +24,9 @@ class _Server:
         self.requests: list[str] = []
         self.flaky: set[str] = set()
         self.truncate: set[str] = set()  # paths whose next reply stops after 100 bytes
+        # path -> replies left that give no length (HTTP/1.0: the body ends when the connection
+        # closes) and stop at a line end half-way
+        self.unframed_cut: dict[str, int] = {}
         files = {
             "/download/1A8O.cif.gz": gzip.compress((DATA / "1A8O.cif").read_bytes()),
             "/download/5I55.cif.gz": gzip.compress((DATA / "5i55.cif").read_bytes()),
@@ -60,6 +63,14 @@ class _Server:
                     self.wfile.write(
                         body[:100]
                     )  # connection closes: the client sees IncompleteRead
+                    self.close_connection = True
+                    return
+                if self.path in files and server.unframed_cut.get(self.path):
+                    server.unframed_cut[self.path] -= 1
+                    body = files[self.path]
+                    self.send_response(200)
+                    self.end_headers()  # no Content-Length
+                    self.wfile.write(body[: body.index(b"\n", len(body) // 2) + 1])
                     self.close_connection = True
                     return
                 if self.path in files:
@@ -147,6 +158,20 @@ def test_fetch_downloads_checks_logs_and_resumes(server, tmp_path):
     s3 = fetch(["1ORC"], out, pdb_url=server.base + "/pdb/{id_lower}.pdb", progress=False)
     assert s3.downloaded == 1 and s3.files[0].endswith("1ORC.pdb")
     assert read_structure(s3.files[0])[0].sequence == read_structure(DATA / "1orc.pdb")[0].sequence
+
+
+def test_a_reply_without_length_cut_at_a_line_end_is_retried_not_kept(server, tmp_path):
+    """Such a file read as a valid structure (half its residues), was kept as downloaded, and every
+    later run counted it as present."""
+    url = server.base + "/pdb/{id_lower}.pdb"
+    server.unframed_cut["/pdb/1orc.pdb"] = 1  # cut once, then whole
+    s = fetch(["1ORC"], tmp_path / "a", pdb_url=url, backoff=0.01, progress=False)
+    assert s.downloaded == 1 and server.requests.count("/pdb/1orc.pdb") == 2
+    assert len(read_structure(s.files[0])[0].sequence) == 64
+    server.unframed_cut["/pdb/1orc.pdb"] = 10  # always cut: a failure, logged, nothing kept
+    s = fetch(["1ORC"], tmp_path / "b", pdb_url=url, retries=2, backoff=0.01, progress=False)
+    assert s.downloaded == 0 and "cut off in transfer" in dict(s.failed)["1ORC"]
+    assert not list((tmp_path / "b").glob("*.pdb")) and not list((tmp_path / "b").glob(".part*"))
 
 
 def test_fetch_cli_then_prepare(server, tmp_path, capsys):

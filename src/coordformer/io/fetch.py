@@ -30,7 +30,7 @@ from typing import Iterable
 
 from coordformer.config import FETCH_RETRIES, FETCH_TIMEOUT_S, FETCH_WORKERS
 from coordformer.errors import UsageError
-from coordformer.io.files import STRUCTURE_SUFFIXES
+from coordformer.io.files import GZIP_MAGIC, STRUCTURE_SUFFIXES
 
 __all__ = ["PDB_URL", "AFDB_API", "FetchSummary", "parse_fetch_id", "fetch", "FAILED_FILE"]
 
@@ -126,11 +126,26 @@ class _FetchError(Exception):
         self.reason, self.retry = reason, retry
 
 
-def _get(url: str, timeout: float) -> bytes:
+def _get(url: str, timeout: float, whole_file: bool = False) -> bytes:
+    """The body at ``url``. ``whole_file``: a structure file, which a reply that says neither its
+    length nor uses chunks (HTTP/1.0, ending when the connection closes) may bring cut short at a
+    line end with nothing to tell: such a body must end as its format does (:func:`_ends_whole`),
+    else it is retried."""
     req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.read()
+            body = r.read()
+            framed = (
+                r.headers.get("Content-Length") is not None
+                or "chunked" in str(r.headers.get("Transfer-Encoding", "")).lower()
+            )
+        if whole_file and not framed and not _ends_whole(body):
+            raise _FetchError(
+                f"the reply from {url} gave no length and the file does not end as a complete "
+                "one (PDB END, mmCIF '#'): cut off in transfer?",
+                retry=True,
+            )
+        return body
     except urllib.error.HTTPError as e:
         # 404/410: the entry does not exist (or is obsolete); 408, 429 and 5xx are worth another try
         retry = e.code in (408, 429) or e.code >= 500
@@ -145,6 +160,15 @@ def _get(url: str, timeout: float) -> bytes:
         http.client.HTTPException
     ) as e:  # a transfer cut off part-way (IncompleteRead), a garbled reply
         raise _FetchError(f"broken reply from {url}: {type(e).__name__}", retry=True) from None
+
+
+def _ends_whole(body: bytes) -> bool:
+    """Whether a downloaded structure file ends as complete files of its format do: gzip (whose
+    own trailer tells a cut), a PDB file's END record, an mmCIF file's closing '#' line."""
+    if body[:2] == GZIP_MAGIC:
+        return True
+    tail = body[-4096:].rstrip().rsplit(b"\n", 1)[-1].strip()
+    return tail.startswith(b"END") or tail == b"#"
 
 
 def _with_retries(fn, retries: int, backoff: float):
@@ -215,7 +239,7 @@ def _fetch_one(
         name = Path(urllib.parse.urlparse(url).path).name or f"AF-{key}-F1.cif"
         if not name.upper().startswith(f"AF-{key}-F1"):  # keep the resume check (_existing) valid
             name = f"AF-{key}-F1-{name}"
-    data = _with_retries(lambda: _get(url, timeout), retries, backoff)
+    data = _with_retries(lambda: _get(url, timeout, whole_file=True), retries, backoff)
     # hidden while incomplete, and ending like the final name (read_structure goes by the suffix)
     tmp = out / f".part-{os.getpid()}-{threading.get_ident()}-{name}"
     try:
