@@ -45,9 +45,11 @@ def _write_deepfri(folder, prepared, go=False):
     else:
         lines = ["### EC-numbers", "\t".join(EC_CLASSES), "### PDB-chain\tEC-numbers"]
         # learnable: the class follows the chain's length
-        for c in every:
+        for k, c in enumerate(every):
             n = int(prepared.lengths[prepared.index_of(c)])
-            lines.append(f"{dash[c]}\t{EC_CLASSES[0 if n < 60 else 1 if n < 90 else 2]}")
+            ec = EC_CLASSES[0 if n < 60 else 1 if n < 90 else 2]
+            # one annotation outside the class list: left out, and counted
+            lines.append(f"{dash[c]}\t{ec}" + (",9.9.9.9" if k == 0 else ""))
         name = "nrPDB-EC_2020.04"
     (folder / f"{name}_annot.tsv").write_text("\n".join(lines) + "\n")
     for s, cs in ids.items():
@@ -145,6 +147,10 @@ def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_ch
             assert row.argmax() == (0 if n < 60 else 1 if n < 90 else 2) and row.sum() == 1
         cfg = json.loads((tmp_path / run / "config.json").read_text())
         assert cfg["data_report"]["train"]["kept"] == len(ids["train"]) and cfg["n_classes"] == 3
+        assert cfg["data_report"]["annotations"] == {
+            "unknown_classes": 1,
+            "chains_without_known_class": 0,
+        }
         assert (tmp_path / run / "checkpoints" / "best.ckpt").exists()
     # the MLP on frozen embeddings learns the length rule well above chance
     assert json.loads((tmp_path / "mlp" / "metrics.json").read_text())["valid"]["fmax"] > 0.5
@@ -341,3 +347,90 @@ def test_pretraining_leakage_is_reported(tmp_path, prepared, tiny_checkpoint):
     assert other["excluded_files"] is False and "y_test.txt" in other["warning"]
     # nothing recorded (an exported file): unknown, no claim either way
     assert pretraining_leakage(tmp_path / "model.pt", prepared, files, {})["known"] is False
+
+
+def test_fine_tuned_predictions_do_not_depend_on_the_frame_of_the_file():
+    """Evaluation batches were only centred: rotating a test chain's file changed its scores by up
+    to 8% with the linear head (the probe's frozen features were already in the canonical
+    frame)."""
+    import torch
+
+    from conftest import DATA
+    from coordformer.config import FinetuneConfig, preset
+    from coordformer.data.batching import chains_to_batch
+    from coordformer.function.finetune import FunctionModule
+    from coordformer.geometry import random_rotation
+    from coordformer.io import read_structure
+    from coordformer.model import CoordFormer
+
+    torch.manual_seed(0)
+    encoder = CoordFormer(preset("tiny-0.1m"))
+    module = FunctionModule(
+        FinetuneConfig(head="linear"), 7, encoder.config.d_model, encoder=encoder
+    ).eval()
+    chains = [read_structure(DATA / "1orc.pdb")[0], read_structure(DATA / "1A8O.pdb")[0]]
+    tokens, coords, mask = chains_to_batch(chains)
+    from coordformer.batch import Batch
+
+    def scores(c):
+        batch = Batch(tokens=tokens, coords=c, padding_mask=mask)
+        with torch.no_grad():
+            return torch.sigmoid(module({"batch": batch}))
+
+    rot = random_rotation(1, generator=torch.Generator().manual_seed(3))[0]
+    moved = coords @ rot.T + torch.tensor([10.0, -4.0, 7.0])
+    assert torch.allclose(scores(coords), scores(moved), atol=1e-5)
+
+
+def test_validation_scores_in_float32_whatever_the_precision():
+    """Under bf16-mixed (a GPU's default) validation scored in bf16 (a few hundred distinct values),
+    so early stopping ranked epochs by an Fmax that metrics.json's float32 predictions did not
+    reproduce."""
+    import torch
+
+    from coordformer.config import FinetuneConfig
+    from coordformer.function.finetune import FunctionModule
+
+    torch.manual_seed(0)
+    module = FunctionModule(FinetuneConfig(head="mlp"), 50, 32).eval()
+    batch = {"features": torch.randn(64, 32), "labels": torch.zeros(64, 50)}
+    with torch.no_grad():
+        ref = torch.sigmoid(module(batch).float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            module.validation_step(batch, 0)
+    scores, _ = module._val[0]
+    assert torch.equal(scores, ref)
+
+
+def test_a_resumed_epoch_trains_on_the_batches_it_had_left(prepared):
+    """Lightning calls no on_train_epoch_start in the epoch a run resumes in and asks for the
+    batches left from index 0: the structure path then trained on epoch 0's unshuffled plan, and
+    the feature path on epoch 0's first batches again."""
+    import torch
+
+    from coordformer.config import FinetuneConfig
+    from coordformer.function.finetune import _EpochOrder, _StructureBatches
+
+    idx = prepared.split_indices("train")
+    y = np.zeros((len(idx), 3), dtype=np.float32)
+    ds = _StructureBatches(prepared, idx, y, FinetuneConfig(tokens_per_batch=512), train=True)
+    ds.set_epoch(2)
+    full = [ds[k]["rows"].tolist() for k in range(len(ds))]
+    ds.set_epoch(2, 3)  # resumed after 3 of epoch 2's batches
+    assert len(ds) == len(full) - 3
+    assert [ds[k]["rows"].tolist() for k in range(len(ds))] == full[3:]
+
+    order = _EpochOrder(10, seed=4, batch_size=2)
+    # the loader it replaces (one long-lived shuffling DataLoader): the same order every epoch
+    old = torch.utils.data.DataLoader(
+        list(range(10)), batch_size=1, shuffle=True, generator=torch.Generator().manual_seed(4)
+    )
+    passes = [[int(x) for x in old] for _ in range(3)]
+    for epoch in range(3):
+        order.set_epoch(epoch)
+        assert list(order) == passes[epoch]
+    order.set_epoch(2, 2)  # resumed after 2 batches of epoch 2
+    order.set_epoch(2)  # Lightning's own call at the epoch's start keeps the skip
+    assert list(order) == passes[2][4:] and len(order) == 6
+    order.set_epoch(3)
+    assert len(order) == 10

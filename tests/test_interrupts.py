@@ -265,6 +265,7 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
             "no:cacheprovider",
             f"{__file__}::test_signals_outside_training_steps_in_process",
             f"{__file__}::test_a_stop_at_a_validation_step_validates_first_in_process",
+            f"{__file__}::test_a_stop_in_finetunes_first_epoch_saves_in_process",
         ],
         preexec_fn=default_signals,
         env={**os.environ, "COORDFORMER_SIGNAL_TEST": "1"},
@@ -275,7 +276,7 @@ def test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved():
     Path("/tmp/coordformer_inner_signal_test.txt").write_text(
         json.dumps(inherited) + "\n" + r.stdout[-4000:]
     )
-    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0 and "3 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
 
 
 @pytest.mark.skipif(
@@ -389,6 +390,45 @@ def test_a_stop_at_a_validation_step_validates_first_in_process(tmp_path, prepar
     assert s["global_step"] == 8
     assert [st for st, _ in _val_rows(run_dir)] == [st for st, _ in _val_rows(whole)]
     assert weight_gap(whole, run_dir) < 1e-6
+
+
+@pytest.mark.skipif(
+    os.environ.get("COORDFORMER_SIGNAL_TEST") != "1",
+    reason="run in its own interpreter by "
+    "test_signals_outside_training_steps_stop_at_once_and_say_what_was_saved",
+)
+def test_a_stop_in_finetunes_first_epoch_saves_in_process(
+    tmp_path, prepared, sigterm_guard, monkeypatch
+):
+    """A signal before a stage's first validation: EarlyStopping found no valid_fmax and raised
+    (exit status 2, 'Early stopping conditioned on metric valid_fmax which is not available')
+    instead of the stop saving last.ckpt and saying how to resume."""
+    from coordformer.config import FinetuneConfig
+    from coordformer.errors import TrainingInterrupted
+    from coordformer.function import finetune as ft
+    from test_finetune import _write_deepfri
+
+    labels = tmp_path / "deepfri"
+    _write_deepfri(labels, prepared)
+    pre = tmp_path / "pre"
+    args = pretrain_args(
+        prepared.path, pre, max_steps=4, val_every=4, warmup_steps=2, tokens_per_batch=1024
+    )
+    assert main([*map(str, args), "--quiet"]) == 0
+    real = ft.FunctionModule.training_step
+    sent = []
+
+    def poke(self, batch, i):
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        return real(self, batch, i)
+
+    monkeypatch.setattr(ft.FunctionModule, "training_step", poke)
+    cfg = FinetuneConfig(head="linear", probe_epochs=0, max_epochs=3, batch_size=1)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM: saved") as e:
+        ft.finetune(str(pre), labels, prepared.path, tmp_path / "ft", cfg, progress=False)
+    assert e.value.exit_code == 143
+    assert (tmp_path / "ft" / "checkpoints" / "last.ckpt").exists()
 
 
 def test_embed_does_not_swallow_ctrl_c(tmp_path, capsys, monkeypatch):

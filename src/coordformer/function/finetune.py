@@ -37,7 +37,7 @@ from ..config import HEADS, SEED, FinetuneConfig  # noqa: F401 - HEADS re-export
 from ..data.batching import BatchSettings, collate_chains, token_budget_batches
 from ..data.store import PreparedDataset
 from ..errors import OptionError, TrainingInterrupted, UsageError
-from ..model.encode import encode
+from ..model.encode import encode, in_canonical_frame
 from ..train.lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -149,7 +149,12 @@ class FunctionModule(L.LightningModule):
     def forward(self, batch) -> torch.Tensor:
         if self.encoder is None:
             return self.head(batch["features"])
-        _, pooled = encode(self.encoder, batch["batch"], None, self.use_coords)
+        b = batch["batch"]
+        if not self.training:
+            # unrotated evaluation batches come in their files' frames: the canonical frame makes
+            # predictions independent of it, as the probe's frozen features (iter_pooled) are
+            b = in_canonical_frame(b)
+        _, pooled = encode(self.encoder, b, None, self.use_coords)
         return self.head(pooled)
 
     def training_step(self, batch, _):
@@ -158,7 +163,12 @@ class FunctionModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, _):
-        self._val.append((torch.sigmoid(self(batch).float()).cpu(), batch["labels"].cpu()))
+        # in float32 whatever the run's precision: under bf16-mixed the scores came out in 277
+        # distinct values, and early stopping ranked epochs by an Fmax the float32 predictions
+        # written after training (metrics.json) did not reproduce
+        with torch.autocast(self.device.type, enabled=False):
+            scores = torch.sigmoid(self(batch).float())
+        self._val.append((scores.cpu(), batch["labels"].cpu()))
 
     def on_validation_epoch_end(self):
         scores = torch.cat([s for s, _ in self._val]).numpy()
@@ -206,19 +216,22 @@ class _StructureBatches(torch.utils.data.Dataset):
         )
         self.lengths = np.minimum(data.lengths[idx], cfg.max_length)
         self.epoch = 0
+        self.skip = 0  # batches of this epoch trained before a resume
         self._plan = token_budget_batches(self.lengths, self.settings.tokens_per_batch, None)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int | None = 0) -> None:
+        """Epoch ``epoch``'s batches, its first ``skip`` left out (done before a resume: Lightning
+        then asks for the rest, from index 0)."""
+        self.epoch, self.skip = epoch, skip or 0
         if self.train:
             rng = np.random.default_rng([self.cfg.seed, epoch])
             self._plan = token_budget_batches(self.lengths, self.settings.tokens_per_batch, rng)
 
     def __len__(self):
-        return len(self._plan)
+        return len(self._plan) - self.skip
 
     def __getitem__(self, k):
-        members = self._plan[k]
+        members = self._plan[k + self.skip]
         b = collate_chains(
             self.data, self.idx[members], self.settings, self.cfg.seed, self.epoch, masked=False
         )
@@ -230,11 +243,54 @@ class _StructureBatches(torch.utils.data.Dataset):
 
 
 class _EpochSetter(L.Callback):
-    def __init__(self, ds: _StructureBatches):
+    """Each epoch's batches (``set_epoch``); in the epoch a run resumes in, Lightning calls no
+    ``on_train_epoch_start`` and asks for the batches left from index 0: that epoch's batches
+    then, without the ones trained before the stop."""
+
+    def __init__(self, ds):
         self.ds = ds
 
+    def on_train_start(self, trainer, module):
+        self.ds.set_epoch(trainer.current_epoch, _batches_done(trainer))
+
     def on_train_epoch_start(self, trainer, module):
-        self.ds.set_epoch(trainer.current_epoch)
+        self.ds.set_epoch(trainer.current_epoch, 0)
+
+
+def _batches_done(trainer) -> int:
+    """Batches of the current epoch that the (restored) run has trained on."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """The train order of frozen features: epoch e's is the one a shuffling DataLoader with a
+    generator seeded ``seed`` gave in its (e+1)-th pass (what this loader was), so that a resumed
+    epoch can be drawn again, less its first ``skip`` items."""
+
+    def __init__(self, n: int, seed: int, batch_size: int):
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.epoch = self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int | None = None) -> None:
+        """Epoch ``epoch``'s order, less its first ``skip_batches`` batches when given; Lightning's
+        own call at each epoch's start (epoch only) keeps a resumed epoch's skip."""
+        if skip_batches is not None:
+            self.skip = skip_batches * self.batch_size
+        elif epoch != self.epoch:
+            self.skip = 0
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = torch.utils.data.RandomSampler(range(self.n), generator=generator)
+        for _ in range(self.epoch + 1):  # the earlier epochs' passes, to reach this one's draw
+            # a loader with this generator drew its workers' base seed from it before each pass
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = list(sampler)
+        return iter(order[self.skip :])
+
+    def __len__(self) -> int:
+        return self.n - self.skip
 
 
 def _feature_loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
@@ -246,8 +302,10 @@ def _feature_loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool
         }
         for i in range(len(x))
     ]
+    order = _EpochOrder(len(ds), seed, batch_size) if shuffle else None
+    # its own generator (the base seed each pass draws), not the global one dropout uses
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=order, generator=g)
 
 
 def finetune(
@@ -266,8 +324,7 @@ def finetune(
     Ctrl-C (SIGINT) or SIGTERM, when called from the main thread: checkpoints/last.ckpt is written
     at the next step boundary and ``TrainingInterrupted`` is raised (outside training steps: at
     once). The same call then resumes: stages that finished (the linear probe, a head) are kept, the
-    interrupted one continues from last.ckpt (its epoch's batches are drawn afresh, so not bit for
-    bit the uninterrupted run).
+    interrupted one continues from last.ckpt with the batches of its epoch not yet trained on.
     """
     stop = None
     if threading.current_thread() is threading.main_thread():
@@ -355,6 +412,17 @@ def _finetune(
     data = PreparedDataset(data_dir)
     available = set(data.ids)
     splits, report = {}, {}
+    report["annotations"] = {
+        "unknown_classes": labels.n_unknown,
+        "chains_without_known_class": labels.n_unlabelled,
+    }
+    if labels.n_unknown:
+        # DeepFRI's class list is the label space: an annotation outside it is left out, but said
+        echo(
+            f"{files['annot'].name}: {labels.n_unknown} annotations name a class outside its "
+            f"{cfg.task} class list and were left out ({labels.n_unlabelled} chains keep no "
+            "known class)"
+        )
     for name in ("train", "valid", "test"):
         split_ids = read_split(files[name])
         ids, y, rep = function_dataset(labels, split_ids, available)
@@ -422,7 +490,9 @@ def _finetune(
         ckpt_path = str(last) if state["running"] == name and last.exists() else None
         save_state(running=name)
         callbacks = [
-            EarlyStopping("valid_fmax", mode="max", patience=patience),
+            # not strict: a signal in a stage's first epoch stops it before any validation, and
+            # a strict EarlyStopping then raised instead of letting the stop save and resume
+            EarlyStopping("valid_fmax", mode="max", patience=patience, strict=False),
             ModelCheckpoint(
                 out / "checkpoints", filename=name, monitor="valid_fmax", mode="max", save_top_k=1
             ),
@@ -511,7 +581,14 @@ def _finetune(
         module = FunctionModule(cfg, n_classes, d_model, classes=labels.classes)
         if cfg.prior_bias:
             module.init_output_bias(train_y)
-        run_info["epochs_run"], best = fit(module, loaders, cfg.max_epochs, "best", cfg.patience)
+        run_info["epochs_run"], best = fit(
+            module,
+            loaders,
+            cfg.max_epochs,
+            "best",
+            cfg.patience,
+            extra=(_EpochSetter(loaders["train"].sampler),),
+        )
     else:
         probe = None
         if cfg.probe_epochs:
@@ -519,7 +596,15 @@ def _finetune(
             probe = FunctionModule(cfg, n_classes, d_model, classes=labels.classes)
             if cfg.prior_bias:
                 probe.init_output_bias(train_y)
-            epochs, _ = fit(probe, frozen_features(), cfg.probe_epochs, "probe", cfg.probe_patience)
+            feature_loaders = frozen_features()
+            epochs, _ = fit(
+                probe,
+                feature_loaders,
+                cfg.probe_epochs,
+                "probe",
+                cfg.probe_patience,
+                extra=(_EpochSetter(feature_loaders["train"].sampler),),
+            )
             run_info["probe"] = {"epochs_run": epochs, "best_valid_fmax": probe.best_fmax}
             echo(
                 f"linear probe: best validation Fmax {probe.best_fmax:.3f} after {epochs} epochs; "
