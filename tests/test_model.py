@@ -523,3 +523,17 @@ def test_canonical_frame_is_the_same_for_any_rigid_motion_even_for_a_symmetric_d
     assert torch.allclose(torch.cdist(ref[1, :, 1], ref[1, :, 1]), d, atol=1e-6)
     assert torch.isfinite(ref[2, :2]).all()
     assert canonical_frame(rows.float()).dtype == torch.float32
+
+
+def test_positions_outside_the_table_are_refused_with_their_range():
+    """A negative position indexed the table from its end (the last row) with no error when
+    checked, and the message named the maximum only."""
+    from coordformer.config import preset
+    from coordformer.errors import UsageError
+
+    m = CoordFormer(preset("tiny-0.1m").replace(max_len=64)).eval()
+    tokens = torch.randint(5, 25, (1, 10))
+    with pytest.raises(UsageError, match=r"got -1\.\.8: positions count from 0"):
+        m(tokens, None, positions=torch.arange(10)[None] - 1)
+    with pytest.raises(UsageError, match=r"got 0\.\.81: use a smaller `chain_gap` or crop"):
+        m(tokens, None, positions=torch.arange(10)[None] * 9)

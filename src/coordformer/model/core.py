@@ -393,11 +393,13 @@ class CoordFormer(nn.Module):
         The coordinate embedding writes a*f and -a*f, for f = (x, y, z, |x|^2, missing), into the
         last ten channels, which token and position embeddings leave empty. Reading the difference
         of each pair after the first LayerNorm cancels its mean subtraction exactly and leaves
-        2*a*f/s, with s the LayerNorm scale, nearly token-independent because token and position
-        embeddings dominate the norm. Queries [x_i, 1] and keys [x_j, -|x_j|^2/2] (scaled) then give
-        logits x_i.x_j/sigma^2 - |x_j|^2/(2 sigma^2), which equal -|x_i - x_j|^2/(2 sigma^2) up to a
-        per-query constant that softmax ignores: head dimension n + 1 suffices. Keys with missing
-        coordinates get a large negative logit.
+        2*a*f/s_i, with s_i the residue's LayerNorm scale, which the construction takes as one
+        typical s: it varies by up to ~20% between residues, so the heads are Gaussian only
+        approximately (worse for residues far from the centroid and small sigma; README,
+        "Gaussian first-layer initialisation", has the measured sizes). Queries [x_i, 1] and keys
+        [x_j, -|x_j|^2/2] (scaled) then give logits x_i.x_j/sigma^2 - |x_j|^2/(2 sigma^2), which
+        equal -|x_i - x_j|^2/(2 sigma^2) up to a per-query constant that softmax ignores: head
+        dimension n + 1 suffices. Keys with missing coordinates get a large negative logit.
         """
         if self.coord_embed.weight.is_meta:
             # built without storage (transformers' from_pretrained): the weights come from the
@@ -463,14 +465,17 @@ class CoordFormer(nn.Module):
             if positions is None:
                 x = x + self.positions[:l].to(self.tokens.weight.dtype)
             else:
-                if check_positions:
-                    top = int(positions.max()) if positions.numel() else 0
-                    if top >= self.config.max_len or (
-                        positions.numel() and int(positions.min()) < 0
-                    ):
+                if check_positions and positions.numel():
+                    low, top = int(positions.min()), int(positions.max())
+                    if top >= self.config.max_len or low < 0:
                         raise UsageError(
                             f"residue positions must lie in 0..{self.config.max_len - 1} (the "
-                            f"model's max_len); got up to {top}: use a smaller `chain_gap` or crop"
+                            f"model's max_len); got {low}..{top}: "
+                            + (
+                                "positions count from 0"
+                                if low < 0
+                                else "use a smaller `chain_gap` or crop"
+                            )
                         )
                 x = x + self.positions[positions].to(self.tokens.weight.dtype)
         return x

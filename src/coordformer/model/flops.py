@@ -28,18 +28,28 @@ def matrix_params(config: ModelConfig) -> int:
     per_layer = 4 * d * d + 2 * d * config.d_ff
     coords = config.n_coord_features * d if config.use_coords else 0
     connector = config.lm_dim * d if config.condition_on else 0
-    head = (0 if config.lm_head == "linear" else d * d) + d * config.vocab_size
-    return config.n_layers * per_layer + coords + connector + head
+    return config.n_layers * per_layer + coords + connector + head_params(config)
 
 
-def training_flops(config: ModelConfig, lengths) -> float:
+def head_params(config: ModelConfig) -> int:
+    """The MLM head's matrix weights: its d x d transform (unless linear) and d x vocab output."""
+    d = config.d_model
+    return (0 if config.lm_head == "linear" else d * d) + d * config.vocab_size
+
+
+def training_flops(config: ModelConfig, lengths, head_positions: int | None = None) -> float:
     """FLOPs of one forward + backward over sequences of the given lengths (residues, no padding):
-    sum over sequences of 6 N n + 12 n_layers d_model n^2."""
+    sum over sequences of 6 N n + 12 n_layers d_model n^2. ``head_positions``: the positions the
+    MLM head runs on when that is fewer than every residue (the masked targets, with
+    ``logits_at_targets``), which then alone pay for its matrices."""
     n = np.asarray(lengths, dtype=np.float64)
-    return float(
+    total = float(
         6.0 * matrix_params(config) * n.sum()
         + 12.0 * config.n_layers * config.d_model * (n * n).sum()
     )
+    if head_positions is not None:
+        total -= 6.0 * head_params(config) * (n.sum() - head_positions)
+    return total
 
 
 def flops_per_token(config: ModelConfig, length: int) -> float:

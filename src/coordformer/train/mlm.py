@@ -150,7 +150,11 @@ class MaskedLMModule(L.LightningModule):
         self._tokens_since += ntok
         self.residues_seen += ntok
         # useful work only: padding and recomputation (activation checkpointing) are not model FLOPs
-        flops = training_flops(self.model_config, lengths)
+        # the head runs on the targets alone when they were indexed (a shape: no host sync)
+        idx = batch.target_index if self.train_config.logits_at_targets else None
+        flops = training_flops(
+            self.model_config, lengths, None if idx is None else int(idx.numel())
+        )
         self.model_flops += flops
         self._flops_since += flops
         bs = len(batch)
