@@ -48,8 +48,8 @@ def training_flops(config: ModelConfig, lengths, head_positions: int | None = No
         + 12.0 * config.n_layers * config.d_model * (n * n).sum()
     )
     if head_positions is not None:
-        total -= 6.0 * head_params(config) * (n.sum() - head_positions)
-    return total
+        total -= 6.0 * head_params(config) * float(n.sum() - head_positions)
+    return total  # a Python float: it is summed into checkpoints, which load weights-only
 
 
 def flops_per_token(config: ModelConfig, length: int) -> float:

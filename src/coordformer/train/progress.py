@@ -176,6 +176,14 @@ class TrainProgressBar(_Bar):
         self.max_minutes = max_minutes
         self._rate_from: tuple[int, float] | None = None  # (step, train seconds) of the first line
 
+    @property
+    def total_train_batches(self):
+        # with a time budget the bar's total is minutes, from its first draw (Lightning draws the
+        # epoch's bar with this total before on_train_epoch_start below can set it)
+        if self.max_minutes and not self.plain:
+            return self.max_minutes
+        return super().total_train_batches
+
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
         if self.max_minutes:  # the bar itself counts them
