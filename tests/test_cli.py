@@ -1335,3 +1335,20 @@ def test_validation_every_n_optimizer_steps_with_gradient_accumulation(tmp_path,
     (log,) = (tmp_path / "a" / "logs").glob("*/metrics.csv")
     steps = [int(r["step"]) for r in csv.DictReader(open(log)) if r.get("val/loss")]
     assert steps == [2, 5]  # after optimizer steps 3 and 6 (Lightning logs the step index)
+
+
+def test_an_empty_array_file_is_a_one_line_error_not_a_silent_exit(tmp_path, prepared, capsys):
+    """np.load raises EOFError on an empty file, which click turned into a bare Abort: exit 1 and
+    nothing printed but a blank line (evaluate, pretrain, embed, evaluate-function)."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared.path, broken)
+    (broken / "seq.npy").write_bytes(b"")
+    capsys.readouterr()
+    assert run("evaluate", "-c", "small-coords", "-d", broken) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "unreadable array file" in err and "\n" not in err
+    (tmp_path / "p.npz").write_bytes(b"")
+    assert run("evaluate-function", tmp_path / "p.npz") == 2
+    assert "not a predictions file" in capsys.readouterr().err

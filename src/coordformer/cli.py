@@ -1743,6 +1743,16 @@ def main(argv: list[str] | None = None) -> int:
         if name == "Exit":
             return int(getattr(e, "exit_code", 0))
         if name == "Abort":
+            cause = e.__context__
+            if isinstance(cause, EOFError):
+                # click turns any EOFError (np.load of an empty file, among others) into a bare
+                # Abort, which said nothing at all
+                typer.echo(
+                    f"error: a file ended before its data did ({cause or 'EOFError'}): an empty "
+                    "or truncated file; run with --debug for the traceback",
+                    err=True,
+                )
+                return 2
             return 1
         if name == "NoArgsIsHelpError":  # a bare `coordformer`: its message is the whole help
             typer.echo(e.format_message())

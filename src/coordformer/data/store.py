@@ -273,8 +273,11 @@ class PreparedDataset(ChainArrays):
             self._plddt = (
                 np.load(d / PLDDT_FILE, mmap_mode="r") if (d / PLDDT_FILE).is_file() else None
             )
-        except (OSError, ValueError) as e:
-            raise DatasetFormatError(f"{d}: unreadable array file ({e})") from e
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty .npy
+            raise DatasetFormatError(
+                f"{d}: unreadable array file ({type(e).__name__}: {e or 'empty file'}); prepare "
+                "the dataset again"
+            ) from e
         header, rows = read_tsv(d / CHAINS_FILE)
         if tuple(header) != CHAINS_HEADER:
             raise DatasetFormatError(

@@ -732,8 +732,14 @@ def evaluate_predictions(
         f = p / f"predictions_{split}.npz" if p.is_dir() else p
         if not f.exists():
             raise UsageError(f"{f}: no predictions file (run `coordformer finetune` first)")
-        z = np.load(f)
-        ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
+        try:
+            z = np.load(f)
+            ids, y, s = [str(x) for x in z["ids"]], z["y_true"], z["y_score"]
+        except (OSError, ValueError, EOFError, KeyError) as e:
+            raise UsageError(
+                f"{f}: not a predictions file of `coordformer finetune` ({type(e).__name__}: "
+                f"{e or 'empty file'})"
+            ) from None
         classes = [str(c) for c in z["classes"]] if "classes" in z else None
         m = function_metrics(y, s, classes)
         loaded.append((ids, y, s, classes, m["fmax"]))
