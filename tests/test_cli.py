@@ -1352,3 +1352,24 @@ def test_an_empty_array_file_is_a_one_line_error_not_a_silent_exit(tmp_path, pre
     (tmp_path / "p.npz").write_bytes(b"")
     assert run("evaluate-function", tmp_path / "p.npz") == 2
     assert "not a predictions file" in capsys.readouterr().err
+
+
+def test_a_run_that_diverged_says_so(tmp_path, prepared, caplog):
+    """`--lr 1e30` exited 0 with val/loss NaN in summary.json and no word; evaluate then warned it
+    never validated and embed wrote NaN embeddings."""
+    import json
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.train.run import pretrain
+
+    tc = TrainConfig(
+        max_steps=2, val_every_steps=100, tokens_per_batch=1024, crop_length=64, lr=1e30
+    )
+    s = pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
+    assert "the run diverged" in s["diverged"] and "lower --lr" in s["diverged"]
+    assert "the run diverged" in caplog.text
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["diverged"]
+    ok = pretrain(
+        prepared.path, tmp_path / "ok", preset("tiny-0.1m"), tc.replace(lr=1e-3), progress=False
+    )
+    assert "diverged" not in ok

@@ -434,3 +434,16 @@ def test_a_resumed_epoch_trains_on_the_batches_it_had_left(prepared):
     assert list(order) == passes[2][4:] and len(order) == 6
     order.set_epoch(3)
     assert len(order) == 10
+
+
+@pytest.mark.parametrize(
+    "bad", [{"lr": -1.0}, {"lr": float("nan")}, {"lr": 0.0}, {"encoder_lr_scale": -0.1}]
+)
+def test_learning_rates_are_checked_before_training(bad):
+    """`--lr -1` trained (the loss climbing) and exited 0; `--lr nan` failed only after training,
+    and the folder then refused the corrected command."""
+    from coordformer.config import FinetuneConfig
+    from coordformer.errors import OptionError
+
+    with pytest.raises(OptionError):
+        FinetuneConfig(**bad)

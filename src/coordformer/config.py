@@ -667,6 +667,16 @@ class FinetuneConfig(Record):
             raise ConfigError("max_epochs and patience must be >= 1")
         if self.probe_epochs < 0 or self.probe_patience < 1:
             raise ConfigError("probe_epochs must be >= 0 and probe_patience >= 1")
+        for name in ("lr", "encoder_lr_scale", "weight_decay"):
+            value = getattr(self, name)
+            # refused up front: a NaN rate failed only after training (NaN scores), a negative one
+            # climbed the loss and exited 0
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise OptionError(
+                    name,
+                    value,
+                    "must be a finite number" + (" above 0" if name == "lr" else " >= 0"),
+                )
         check_precision(self.precision)
 
 

@@ -733,9 +733,29 @@ def _pretrain(
         else "off: the tensorboard package is not installed (pip install tensorboard); metrics are "
         "in logs/version_N/metrics.csv",
     }
+    diverged = _diverged(module, metrics)
+    if diverged:
+        # it ended, so it exits 0, but its model is no model: say so where a user looks
+        summary["diverged"] = diverged
+        if trainer.is_global_zero:
+            log.warning("%s", diverged)
     if trainer.is_global_zero:
         (out / "summary.json").write_text(json.dumps({**payload, **summary}, indent=2))
     return summary
+
+
+def _diverged(module, metrics: dict) -> str | None:
+    """A sentence when the run ended with non-finite weights or a non-finite validation loss
+    (a learning rate far too high, say); else None."""
+    bad = sum(not bool(torch.isfinite(p).all()) for p in module.model.parameters())
+    loss = metrics.get("val/loss")
+    if not bad and (loss is None or math.isfinite(loss)):
+        return None
+    what = f"{bad} weight tensors hold non-finite values" if bad else "the weights are finite"
+    return (
+        f"the run diverged: final validation loss {loss}, {what}; its checkpoints are unusable. "
+        "Train again with a lower --lr (or --grad-clip), from a new --out"
+    )
 
 
 def _best_summary(best: _BestCheckpoint | None) -> dict:
