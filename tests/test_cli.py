@@ -1373,3 +1373,18 @@ def test_a_run_that_diverged_says_so(tmp_path, prepared, caplog):
         prepared.path, tmp_path / "ok", preset("tiny-0.1m"), tc.replace(lr=1e-3), progress=False
     )
     assert "diverged" not in ok
+
+
+def test_bad_devices_and_trainer_settings_are_one_line_errors(tmp_path, prepared, capsys):
+    """torch's and Lightning's own exceptions came through raw ('RuntimeError: Expected one of
+    cpu, cuda, ...', MisconfigurationException)."""
+    for device in ("gpu", "CPU", "bogus"):
+        capsys.readouterr()
+        assert run("evaluate", "-c", "small-coords", "-d", prepared.path, "--device", device) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --device '{device}' is not a device") and "\n" not in err
+    for flag, value in (("--accelerator", "bogus"), ("--devices", "0"), ("--strategy", "bogus")):
+        args = pretrain_args(prepared.path, tmp_path / value, max_steps=1, quiet=True)
+        assert run(*args, flag, value) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: the trainer refused") and "\n" not in err, err

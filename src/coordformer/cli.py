@@ -815,6 +815,15 @@ def _device(device: str) -> str:
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        hint = " (a GPU is --device cuda)" if device.lower() in ("gpu", "cuda") else ""
+        raise UsageError(
+            f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps{hint}"
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(
             f"--device {device} was given but no CUDA GPU is visible; use --device cpu (or auto)"

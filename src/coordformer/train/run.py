@@ -595,30 +595,39 @@ def _pretrain(
         plugins.append(SLURMEnvironment(auto_requeue=False))
     if stop is not None:
         callbacks.append(stop)
-    trainer = L.Trainer(
-        plugins=plugins or None,
-        accelerator=cfg.accelerator,
-        devices=_parse_devices(cfg.devices),
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=resolve_precision(cfg.precision, _uses_cuda(cfg.accelerator)),
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        # Lightning counts batches here, not optimizer steps
-        val_check_interval=cfg.val_every_steps * cfg.accumulate_grad_batches,
-        check_val_every_n_epoch=None,
-        limit_val_batches=val_batches,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.grad_clip or None,
-        accumulate_grad_batches=cfg.accumulate_grad_batches,
-        log_every_n_steps=cfg.log_every_steps,
-        callbacks=callbacks,
-        logger=loggers,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # MaskedBatches shards itself, deterministically
-        deterministic=False,
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = L.Trainer(
+            plugins=plugins or None,
+            accelerator=cfg.accelerator,
+            devices=_parse_devices(cfg.devices),
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            precision=resolve_precision(cfg.precision, _uses_cuda(cfg.accelerator)),
+            max_steps=cfg.max_steps,
+            max_epochs=-1,
+            # Lightning counts batches here, not optimizer steps
+            val_check_interval=cfg.val_every_steps * cfg.accumulate_grad_batches,
+            check_val_every_n_epoch=None,
+            limit_val_batches=val_batches,
+            num_sanity_val_steps=0,
+            gradient_clip_val=cfg.grad_clip or None,
+            accumulate_grad_batches=cfg.accumulate_grad_batches,
+            log_every_n_steps=cfg.log_every_steps,
+            callbacks=callbacks,
+            logger=loggers,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # MaskedBatches shards itself, deterministically
+            deterministic=False,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as e:
+        # a bad accelerator / devices / strategy value: Lightning's own words, as a one-line error
+        raise UsageError(
+            f"the trainer refused accelerator={cfg.accelerator!r} devices={cfg.devices!r} "
+            f"strategy={cfg.strategy!r}: {' '.join(str(e).split())}"
+        ) from None
     max_pos = module.model_config.max_len
     if cfg.cuda_graphs:
         # One shape for the layers (StaticRows), each compiled on its own: the embedding and the
