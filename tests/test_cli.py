@@ -1388,3 +1388,54 @@ def test_bad_devices_and_trainer_settings_are_one_line_errors(tmp_path, prepared
         assert run(*args, flag, value) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: the trainer refused") and "\n" not in err, err
+
+
+def test_two_outputs_on_one_file_are_refused_before_any_work(tmp_path, prepared, capsys):
+    """`evaluate --report r.png` wrote the figure, then the Markdown over it; `--json x.md` with two
+    models lost the JSON to the report; `score -o s.png --plot s.png` lost the table: exit 0."""
+    from conftest import DATA
+
+    cases = [
+        ["evaluate", "-c", "small-coords", "-d", prepared.path, "--report", tmp_path / "r.png"],
+        [
+            "evaluate",
+            "-c",
+            "small-coords",
+            "-c",
+            "small-nocoords",
+            "-d",
+            prepared.path,
+            "--json",
+            tmp_path / "res.md",
+        ],
+        [
+            "score",
+            DATA / "1orc.pdb",
+            "-c",
+            "small-coords",
+            "-o",
+            tmp_path / "s.png",
+            "--plot",
+            tmp_path / "s.png",
+        ],
+    ]
+    for args in cases:
+        capsys.readouterr()
+        assert run(*args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "would both write" in err and "\n" not in err, err
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.md"))  # nothing written
+    assert (
+        run(
+            "score",
+            DATA / "1orc.pdb",
+            "-c",
+            "small-coords",
+            "-o",
+            tmp_path / "t.tsv",
+            "--plot",
+            tmp_path / "noext",
+        )
+        == 2
+    )
+    assert "a figure file ends in .png" in capsys.readouterr().err

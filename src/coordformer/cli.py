@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from enum import Enum
@@ -162,6 +163,36 @@ def _out_file(path: Path, flag: str = "--out", hint: str = "") -> Path:
     finished file is renamed onto it, which fails once all the work is done)."""
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name{hint}")
+    return path
+
+
+def _distinct_outputs(**files: Path | None) -> None:
+    """A one-line error, before any work, when two of a command's output files (given or derived,
+    as flag -> path) are one file: the later write replaced the earlier, and exited 0."""
+    seen: dict[Path, str] = {}
+    for flag, path in files.items():
+        if path is None:
+            continue
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {flag} would both write {path}: give them different names"
+            )
+        seen[key] = flag
+
+
+#: File endings a figure may be written with (matplotlib's common formats).
+_FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _figure_file(path: Path, flag: str) -> Path:
+    """``path`` for an option naming a figure: a one-line error, before any work, for an ending
+    matplotlib would refuse (or add) after it."""
+    _out_file(path, flag)
+    if path.suffix.lower() not in _FIGURE_SUFFIXES:
+        raise UsageError(
+            f"{flag} {path}: a figure file ends in {', '.join(_FIGURE_SUFFIXES)}; add one"
+        )
     return path
 
 
@@ -726,6 +757,18 @@ def evaluate(
         _out_file(json_out, "--json")
     if report is not None:
         _out_file(report, "--report")
+    # the comparison report of several models goes beside --json when --report is not given
+    beside = (
+        json_out.with_suffix(".md") if report is None and json_out and len(checkpoint) > 1 else None
+    )
+    md = report or beside
+    _distinct_outputs(
+        **{
+            "--json": json_out,
+            "--report": md,
+            "the report's figure": None if md is None else md.with_suffix(".png"),
+        }
+    )
     device = _device(device)
     _torch_threads(threads)
     ds = PreparedDataset(data)
@@ -1305,7 +1348,16 @@ def score(
 
     _out_file(out)
     if plot is not None:
-        _out_file(plot, "--plot")
+        _figure_file(plot, "--plot")
+    _distinct_outputs(
+        **{
+            "--out": out,
+            "--plot": plot,
+            "OUT.json": out.with_name(out.name + ".json"),
+            "OUT.chains.tsv": out.with_name(out.name + ".chains.tsv"),
+            "OUT.skipped.tsv": out.with_name(out.name + ".skipped.tsv"),
+        }
+    )
     device = _device(device)
     _torch_threads(threads)
     cfg = ScoreConfig(
