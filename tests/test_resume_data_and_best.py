@@ -228,3 +228,21 @@ def test_an_empty_train_split_is_refused_before_the_run_folder_is_made(tmp_path,
     err = capsys.readouterr().err.strip()
     assert "the train split is empty" in err and "skipped.tsv" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_a_truncated_last_checkpoint_is_a_one_line_error_that_says_what_to_do(
+    tmp_path, prepared, capsys
+):
+    """It was a raw 'OSError: [Errno 22] Invalid argument' naming no file, and --no-resume refused
+    the folder: no way forward was given."""
+    out = tmp_path / "run"
+    assert run(*_common(out, 2), "--data", prepared.path, "--val-every", "100") == 0
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:5000])
+    capsys.readouterr()
+    assert run(*_common(out, 3), "--data", prepared.path, "--val-every", "100") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert "checkpoints/last.ckpt cannot be read" in err and "Delete it" in err
+    last.unlink()  # as the message says: the run starts again in the same folder
+    assert run(*_common(out, 3), "--data", prepared.path, "--val-every", "100") == 0

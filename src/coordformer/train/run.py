@@ -479,8 +479,18 @@ def _pretrain(
                 out,
                 "already holds a run; pass `resume=True` to continue it or choose a new `out_dir`",
             )
-        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-        saved = ckpt.get("coordformer", {})
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as e:  # noqa: BLE001 - truncated, empty, not a checkpoint: all one answer
+            raise OptionError(
+                "out_dir",
+                out,
+                f"its {last.relative_to(out)} cannot be read ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:160]}); a copy cut short? Delete it to start the run again "
+                "from step 0 in this folder (the periodic checkpoint is this same file), or choose a "
+                "new `out_dir`",
+            ) from None
+        saved = ckpt.get("coordformer", {}) if isinstance(ckpt, dict) else {}
         saved_mc = _as_current(saved.get("model_config") or {})
         if saved_mc != model_config.to_dict():
             diff = _config_diff(saved_mc, model_config.to_dict())
