@@ -486,9 +486,9 @@ def _pretrain(
                 "out_dir",
                 out,
                 f"its {last.relative_to(out)} cannot be read ({type(e).__name__}: "
-                f"{' '.join(str(e).split())[:160]}); a copy cut short? Delete it to start the run again "
-                "from step 0 in this folder (the periodic checkpoint is this same file), or choose a "
-                "new `out_dir`",
+                f"{' '.join(str(e).split())[:160]}); a copy cut short? Delete it to start the "
+                "run again from step 0 in this folder (the periodic checkpoint is this same "
+                "file), or choose a new `out_dir`",
             ) from None
         saved = ckpt.get("coordformer", {}) if isinstance(ckpt, dict) else {}
         saved_mc = _as_current(saved.get("model_config") or {})
