@@ -37,9 +37,8 @@ c = model.config
 sigmas = [
     c.gaussian_init_sigmas[h % len(c.gaussian_init_sigmas)] for h in range(c.gaussian_init_heads)
 ]
-print(
-    f"{a.preset}, recipe fast, seed {a.seed}: {c.gaussian_init_heads} Gaussian heads, sigma {sigmas} A"
-)
+heads = f"{c.gaussian_init_heads} Gaussian heads, sigma {sigmas} A"
+print(f"{a.preset}, recipe fast, seed {a.seed}: {heads}")
 print(
     "| chain | residues | Rg (A) | "
     + " | ".join(f"sigma {s:g} A: max / mean TV" for s in sigmas)
