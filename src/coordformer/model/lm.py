@@ -51,6 +51,23 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``$HF_ENDPOINT``) takes a TCP connection within ``timeout``
+    seconds; False under ``HF_HUB_OFFLINE``."""
+    import socket
+    import urllib.parse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_esm(source: str):
     """(EsmModel float32 without pooler, EsmTokenizer) from a local folder or Hub name; a one-line
     UsageError when that fails."""
@@ -76,9 +93,14 @@ def load_esm(source: str):
     where = str(p) if p.is_dir() else source
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # its "Loading weights" bar on every model load
+    # a Hub name: the local cache first, and the network only when the Hub answers at all
+    # (offline, huggingface_hub retried for minutes before failing)
+    cached = {"local_files_only": not p.is_dir() and not _hub_reachable()}
     try:
-        tokenizer = EsmTokenizer.from_pretrained(where)
-        model = EsmModel.from_pretrained(where, add_pooling_layer=False, dtype=torch.float32)
+        tokenizer = EsmTokenizer.from_pretrained(where, **cached)
+        model = EsmModel.from_pretrained(
+            where, add_pooling_layer=False, dtype=torch.float32, **cached
+        )
     except Exception as e:
         hint = (
             ""
@@ -88,8 +110,13 @@ def load_esm(source: str):
             "and give the folder."
         )
         first = (str(e).splitlines() or [""])[0][:160]
+        why = (
+            "no such folder, not in the Hugging Face cache, and the Hub cannot be reached"
+            if cached["local_files_only"]
+            else f"{type(e).__name__}: {first}"
+        )
         raise UsageError(
-            f"cannot load the ESM-2 language model {source!r} ({type(e).__name__}: {first}).{hint}"
+            f"cannot load the ESM-2 language model {source!r} ({why}).{hint}"
         ) from None
     finally:
         if bar:
