@@ -169,6 +169,15 @@ def test_finetune_both_heads_end_to_end_and_evaluate(tmp_path, prepared, tiny_ch
     )
     table = capsys.readouterr().out
     assert "| mlp |" in table and "| lin |" in table and "<30% Fmax / AUPR" in table
+    # --report into a folder not made yet is made (it failed after the table); a folder is refused
+    # before the work
+    report = tmp_path / "new" / "r.md"
+    assert main(["evaluate-function", str(tmp_path / "mlp"), "--report", str(report)]) == 0
+    assert "| mlp |" in report.read_text()
+    capsys.readouterr()
+    assert main(["evaluate-function", str(tmp_path / "mlp"), "--report", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "is a folder" in out.err and "| mlp |" not in out.out
     assert (
         main(
             ["evaluate-function", str(tmp_path / "mlp"), str(tmp_path / "lin"), "--bootstrap", "50"]

@@ -1579,11 +1579,14 @@ def evaluate_function(
     predictions, side by side (and by identity bin)."""
     from .function.finetune import evaluate_predictions
 
+    if report is not None:
+        _out_file(report, "--report")  # before the work, not after the table is printed
     text = evaluate_predictions(
         runs, split=split, identity=identity, bootstrap=bootstrap, seed=seed
     )
     typer.echo(text)
     if report:
+        report.parent.mkdir(parents=True, exist_ok=True)  # as the other commands' outputs
         report.write_text(text + "\n")
 
 
