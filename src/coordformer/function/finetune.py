@@ -257,6 +257,12 @@ class _EpochSetter(L.Callback):
         self.ds.set_epoch(trainer.current_epoch, 0)
 
 
+def _epoch_order_of(loader):
+    """What decides a train loader's epoch order: its sampler (frozen features, ``_EpochOrder``)
+    or its dataset (structure batches, ``_StructureBatches``)."""
+    return loader.sampler if isinstance(loader.sampler, _EpochOrder) else loader.dataset
+
+
 def _batches_done(trainer) -> int:
     """Batches of the current epoch that the (restored) run has trained on."""
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
@@ -476,7 +482,7 @@ def _finetune(
         state_file.write_text(json.dumps(state, indent=2))
 
     def fit(
-        module: FunctionModule, loaders: dict, max_epochs: int, name: str, patience: int, extra=()
+        module: FunctionModule, loaders: dict, max_epochs: int, name: str, patience: int
     ) -> tuple[int, str]:
         """Train with early stopping on validation Fmax; leaves ``module`` holding its best epoch's
         weights. Returns (epochs run, path of checkpoints/<name>.ckpt)."""
@@ -496,7 +502,7 @@ def _finetune(
             ModelCheckpoint(
                 out / "checkpoints", filename=name, monitor="valid_fmax", mode="max", save_top_k=1
             ),
-            *extra,
+            _EpochSetter(_epoch_order_of(loaders["train"])),
             *([stop] if stop is not None else []),
         ]
         if progress:
@@ -587,7 +593,6 @@ def _finetune(
             cfg.max_epochs,
             "best",
             cfg.patience,
-            extra=(_EpochSetter(loaders["train"].sampler),),
         )
     else:
         probe = None
@@ -603,7 +608,6 @@ def _finetune(
                 cfg.probe_epochs,
                 "probe",
                 cfg.probe_patience,
-                extra=(_EpochSetter(feature_loaders["train"].sampler),),
             )
             run_info["probe"] = {"epochs_run": epochs, "best_valid_fmax": probe.best_fmax}
             echo(
@@ -631,7 +635,6 @@ def _finetune(
             cfg.max_epochs,
             "best",
             cfg.patience,
-            extra=(_EpochSetter(sets["train"]),),
         )
     module = module.to(device).eval()
     metrics = {**run_info, "best_checkpoint": str(best)}
