@@ -153,6 +153,14 @@ def test_chain_selection_and_too_long_complexes(tmp_path, inputs, capsys):
         "1LZH\tcomplex spans 322 residue positions (2 chains, gap 64) > window 200"
         in (tmp_path / "w.h5.skipped.tsv").read_text()
     )
+    # no complex fits: a one-line error and no output, not an empty file and exit 0
+    capsys.readouterr()
+    out = tmp_path / "none.h5"
+    assert _embed(inputs, "-o", out, "--complexes", "--window", "50", "--overlap", "10") == 2
+    err = capsys.readouterr().err
+    assert "every one of the 2 complexes" in err and "raise --window" in err
+    assert not out.exists() and not (tmp_path / "none.h5.tmp").exists()
+    assert (tmp_path / "none.h5.skipped.tsv").read_text().count("> window 50") == 2
     # prepare takes --chains too
     assert (
         main(

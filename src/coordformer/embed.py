@@ -464,6 +464,12 @@ def _embed_complexes(
                         f"gap {cfg.chain_gap}) > window {window}: select fewer chains with "
                         "--chains or raise --window\n"
                     )
+    if not fits.any():  # an output holding no row would pass for a finished run
+        raise UsageError(
+            f"every one of the {len(groups)} complexes spans more residue positions than the "
+            f"window {window} (the longest spans {int(spans.max())}; see {skipped_path}): "
+            "select fewer chains with --chains or raise --window"
+        )
     kept = [g for g, ok in zip(groups, fits) if ok]
     sizes = np.array([int(data.lengths[m].sum()) for _, m in kept], dtype=np.int64)
     n_chains = 0
