@@ -177,7 +177,20 @@ def test_cli_export_max_file_mb_shards_and_the_result_loads(tmp_path, capsys):
         == 2
     )
     assert run("export", "-c", "small-nocoords", "--out", pt, "--max-file-mb", "0.5") == 2
-    assert "--max-file-mb must be above 1" in capsys.readouterr().err
+    assert "--max-file-mb must be a number above 1" in capsys.readouterr().err
+    # a value that is not a number, or too small for the largest tensor: one line, no file
+    assert (
+        run("export", "-c", "small-nocoords", "--out", tmp_path / "n.pt", "--max-file-mb", "nan")
+        == 2
+    )
+    assert "must be a number above 1 (got nan)" in capsys.readouterr().err
+    assert (
+        run("export", "-c", "small-nocoords", "--out", tmp_path / "t.pt", "--max-file-mb", "1.0001")
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-file-mb 1.0001: below the") and "largest tensor" in err
+    assert not (tmp_path / "n.pt").exists() and not (tmp_path / "t.pt").exists()
 
 
 def _copy(src, dst):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from coordformer.config import ConfigError, ModelConfig, TrainConfig, preset
+from coordformer.errors import OptionError
 from coordformer.constants import AA_OFFSET, MASK, PAD, UNK
 from coordformer.data.batching import BatchSettings, MaskedBatches, token_budget_batches
 from coordformer.data.masking import bert_mask
@@ -329,12 +330,21 @@ def test_sharded_export_keeps_every_file_under_the_limit_and_loads_the_same_weig
     assert [f.name for f in (tmp_path / "sharded").iterdir()] == ["m.pt"]
     export_model(m, main, max_file_bytes=limit)
     (tmp_path / "sharded" / "m.pt.shard2").unlink()
-    with pytest.raises(UsageError, match="m.pt.shard2, which is not beside it"):
+    with pytest.raises(UsageError, match="m.pt.shard2, which is not beside it") as e:
         load_model(main)
+    assert "under those names" in str(e.value)  # a renamed copy still needs the exported names
+    export_model(m, main, max_file_bytes=limit)
+    shard = tmp_path / "sharded" / "m.pt.shard1"
+    shard.write_bytes(shard.read_bytes()[:1000])  # a transfer cut short
+    with pytest.raises(UsageError, match=r"m.pt.shard1 \(a shard of m.pt\): cannot be read"):
+        load_model(main)
+    export_model(m, main, max_file_bytes=limit)
+    (tmp_path / "sharded" / "m.pt.shard2").unlink()
     with pytest.raises(UsageError, match="one shard of the model file m.pt"):
         load_model(tmp_path / "sharded" / "m.pt.shard1")
-    with pytest.raises(ValueError, match="more than a"):
+    with pytest.raises(OptionError, match="the largest tensor") as e:
         export_model(m, tmp_path / "tiny.pt", max_file_bytes=1_100_000)
+    assert e.value.option == "max_file_bytes" and not (tmp_path / "tiny.pt").exists()
 
 
 class _FakeDataset:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -39,7 +40,7 @@ from .config import (
     default_of,
     name_list,
 )
-from .errors import CoordformerError, TrainingInterrupted, UsageError
+from .errors import CoordformerError, OptionError, TrainingInterrupted, UsageError
 
 
 def _prep(name: str):
@@ -1665,8 +1666,8 @@ def export(
     """Write an inference-only model file (or Hub-style folder) from a training checkpoint."""
     from .model.checkpoints import export_model, load_model
 
-    if max_file_mb is not None and max_file_mb <= 1:
-        raise UsageError(f"--max-file-mb must be above 1 (got {max_file_mb})")
+    if max_file_mb is not None and not (math.isfinite(max_file_mb) and max_file_mb > 1):
+        raise UsageError(f"--max-file-mb must be a number above 1 (got {max_file_mb})")
     if (int8 or max_file_mb) and fmt == ExportFormat.hf:
         raise UsageError(
             "--int8 and --max-file-mb write .pt model files; use --format pt, or --half for a "
@@ -1701,14 +1702,19 @@ def export(
             f"{(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)"
         )
         return
-    export_model(
-        model,
-        out,
-        meta=meta,
-        half=half,
-        int8=int8,
-        max_file_bytes=int(max_file_mb * 1e6) if max_file_mb else None,
-    )
+    try:
+        export_model(
+            model,
+            out,
+            meta=meta,
+            half=half,
+            int8=int8,
+            max_file_bytes=int(max_file_mb * 1e6) if max_file_mb else None,
+        )
+    except OptionError as e:
+        if e.option != "max_file_bytes":
+            raise
+        raise UsageError(f"--max-file-mb {max_file_mb}: {e.reason}") from e
     shards = sorted(out.parent.glob(f"{out.name}.shard*"))
     typer.echo(
         f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)"

@@ -148,14 +148,19 @@ def _shard(entries: dict, max_file_bytes: int | None) -> list[dict]:
     if max_file_bytes is None:
         return [entries]
     budget = max_file_bytes - _SHARD_OVERHEAD
+    largest = max(entries, key=lambda k: _nbytes(entries[k]), default=None)
+    if largest is not None and _nbytes(entries[largest]) > budget:
+        need = _nbytes(entries[largest]) + _SHARD_OVERHEAD
+        raise OptionError(
+            "max_file_bytes",
+            max_file_bytes,
+            f"below the {need:,} bytes the largest tensor, {largest[1]}, needs in one file (its "
+            f"{_nbytes(entries[largest]):,} bytes and {_SHARD_OVERHEAD:,} kept for torch.save's "
+            "records)",
+        )
     parts, size = [{}], 0
     for key, v in entries.items():
         n = _nbytes(v)
-        if n > budget:
-            raise ValueError(
-                f"tensor {key[1]} takes {n:,} bytes, more than a {max_file_bytes:,}-byte file can "
-                "hold"
-            )
         if size + n > budget and parts[-1]:
             parts.append({})
             size = 0

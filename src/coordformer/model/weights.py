@@ -191,6 +191,21 @@ def read_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     return ModelWeights(config, state, meta, folder, device=map_location)
 
 
+def _torch_load(path: Path, role: str = "") -> object:
+    """``torch.load`` onto the CPU (where build() makes the model before moving it: loading onto
+    the device would hold the weights there twice for a moment); a truncated or foreign file is a
+    one-line UsageError naming ``path`` (and its ``role``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # corrupted / not a torch file
+        # torch's own texts run to paragraphs
+        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""
+        raise UsageError(
+            f"{path}{role}: cannot be read as a coordformer checkpoint; the file is truncated or "
+            f"not a checkpoint ({type(e).__name__}: {first})"
+        ) from None
+
+
 def read_checkpoint(
     name_or_path: str | Path, map_location: str | torch.device = "cpu"
 ) -> ModelWeights:
@@ -204,17 +219,7 @@ def read_checkpoint(
         return ModelWeights(
             w.config, w.state, {**w.meta, "name": str(name_or_path)}, w.source, w.device
         )
-    try:
-        # on the CPU, where build() makes the model before moving it: loading onto the device
-        # would hold the weights there twice for a moment
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # corrupted / not a torch file
-        # torch's own texts run to paragraphs
-        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else ""
-        raise UsageError(
-            f"{path}: cannot be read as a coordformer checkpoint; the file is truncated or "
-            f"not a checkpoint ({type(e).__name__}: {first})"
-        ) from None
+    obj = _torch_load(path)
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: not a coordformer checkpoint")
     if obj.get("format") == MODEL_FORMAT:
@@ -234,9 +239,9 @@ def read_checkpoint(
             if not shard.exists():
                 raise UsageError(
                     f"{path}: its weights continue in {name}, which is not beside it; copy "
-                    f"every {path.name}.shard* file with it"
+                    f"its shard files ({', '.join(obj['shards'])}) with it, under those names"
                 )
-            part = torch.load(shard, map_location="cpu", weights_only=False)
+            part = _torch_load(shard, f" (a shard of {path.name})")
             state.update(part["state_dict"])
             int8_state.update(part.get("int8", {}))
         for name, packed in int8_state.items():
