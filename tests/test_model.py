@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from coordformer.config import ConfigError, ModelConfig, TrainConfig, preset
-from coordformer.errors import OptionError
 from coordformer.constants import AA_OFFSET, MASK, PAD, UNK
 from coordformer.data.batching import BatchSettings, MaskedBatches, token_budget_batches
 from coordformer.data.masking import bert_mask
+from coordformer.errors import OptionError
 from coordformer.geometry import centre, pairwise_distances, random_rotation
 from coordformer.model import CoordFormer, coordinate_features
 from coordformer.model.checkpoints import export_model, load_model
