@@ -427,6 +427,16 @@ def test_analyze_attention_bad_arguments(tmp_path, capsys):
     assert main(["analyze-attention", "-c", "small-coords", "--data", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --data") and err.count("\n") == 1
+    # a distance range that would make millions of bins: a one-line error before any work
+    args = ["analyze-attention", "-c", "small-coords", "--data", str(tmp_path / "nope")]
+    assert main([*args, "--max-distance", "1e12"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: --max-distance 1000000000000.0: makes")
+        and "raise --bin-width" in err
+    )
+    assert main([*args, "--max-distance", "inf"]) == 2
+    assert "--max-distance inf: must be a number" in capsys.readouterr().err
 
 
 def test_config_validation():

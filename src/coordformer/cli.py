@@ -1057,8 +1057,6 @@ def analyze_attention(
     _out_folder(out)
     device = _device(device)
     _torch_threads(threads)
-    if not data.is_dir():
-        raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
     cfg = AttentionAnalysisConfig(
         split=split,
         max_chains=max_chains,
@@ -1068,6 +1066,8 @@ def analyze_attention(
         crop_length=crop_length,
         tokens_per_batch=max(tokens_per_batch, crop_length),
     )
+    if not data.is_dir():
+        raise UsageError(f"--data {data}: not a folder; make one with `coordformer prepare`")
     res = run(
         checkpoint,
         str(data),

@@ -764,6 +764,11 @@ class EmbedConfig(Record):
         _names(self, "chains")
 
 
+#: Most distance bins of one attention analysis: its histograms are dense (layers x heads x bins)
+#: arrays, and proteins span at most a few hundred Angstrom.
+MAX_DISTANCE_BINS = 10_000
+
+
 @dataclass(frozen=True)
 class AttentionAnalysisConfig(Record):
     """Settings of one ``analyze-attention`` pass (saved beside its outputs)."""
@@ -777,8 +782,19 @@ class AttentionAnalysisConfig(Record):
     tokens_per_batch: int = 4096
 
     def __post_init__(self):
-        if self.bin_width <= 0 or self.max_distance <= self.bin_width:
-            raise ConfigError("need 0 < bin_width < max_distance")
+        if not (math.isfinite(self.bin_width) and self.bin_width > 0):
+            raise OptionError("bin_width", self.bin_width, "must be a positive number of Angstrom")
+        if not (math.isfinite(self.max_distance) and self.max_distance > self.bin_width):
+            raise OptionError(
+                "max_distance", self.max_distance, "must be a number of Angstrom above `bin_width`"
+            )
+        if self.n_distance_bins > MAX_DISTANCE_BINS:  # the histograms are dense arrays
+            raise OptionError(
+                "max_distance",
+                self.max_distance,
+                f"makes {self.n_distance_bins:,} distance bins of `bin_width` {self.bin_width:g}; "
+                f"at most {MAX_DISTANCE_BINS:,} (raise `bin_width`)",
+            )
         if (
             self.max_separation < 1
             or self.crop_length < 2
