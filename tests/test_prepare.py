@@ -493,6 +493,47 @@ def test_strict_holdout_leaves_no_train_homologue_in_valid_or_test(tmp_path):
         prepare([js], tmp_path / "r", PrepareConfig(holdout="strict"), workers=1, **QUIET)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (MMseqs2) not installed")
+def test_strict_holdout_moves_no_homologue_of_excluded_sequences_into_train(tmp_path):
+    # a held-out full-length chain F whose fragment G is in train: the strict hold-out moves F
+    # into train. When F also holds an excluded sequence (its first 100 residues, which G lacks),
+    # F must stay out of train; G, its train homologue, is set aside instead
+    rng = np.random.default_rng(12)
+    full = {f"F{f:02d}.A": random_seq(240, rng) for f in range(14)}
+    recs = []
+    for fid, seq in full.items():
+        recs.append(record(fid, seq, backbone(240, rng)))
+        recs.append(record("G" + fid[1:], seq[100:190], backbone(90, rng)))
+    js = write_jsonl(tmp_path / "frag.jsonl", recs)
+    common = dict(split="identity", split_identity=0.3, valid_fraction=0.25, test_fraction=0.25)
+    prepare([js], tmp_path / "c", PrepareConfig(**common, seed=3), workers=1, **QUIET)
+    c = PreparedDataset(tmp_path / "c")
+    held = {c.ids[i] for s in ("valid", "test") for i in c.split_indices(s)}
+    train = {c.ids[i] for i in c.split_indices("train")}
+    leaky = sorted(f for f in full if f in held and "G" + f[1:] in train)
+    assert leaky  # else the test below would be vacuous
+    fasta = tmp_path / "excluded.fasta"
+    fasta.write_text("".join(f">{f}-head\n{full[f][:100]}\n" for f in leaky))
+    cfg = PrepareConfig(**common, seed=3, holdout="strict", exclude_sequences=(str(fasta),))
+    s = prepare([js], tmp_path / "s", cfg, workers=1, **QUIET)
+    ds = PreparedDataset(tmp_path / "s")
+    train = ds.split_indices("train")
+    assert (
+        S.find_homologues(
+            [ds.sequence(int(i)) for i in train],
+            [full[f][:100] for f in leaky],
+            0.3,
+            S.STRICT_COVERAGE,
+        )
+        == {}
+    )
+    held = {ds.ids[i] for s in ("valid", "test") for i in ds.split_indices(s)}
+    aside = {ds.ids[i] for i in ds.split_indices("aside")}
+    assert set(leaky) <= held and {"G" + f[1:] for f in leaky} <= aside
+    assert s.holdout_leaks_left == 0
+
+
 @pytest.mark.skipif(shutil.which("mmseqs") is None, reason="mmseqs (MMseqs2) not installed")
 def test_exclude_sequences_sets_train_homologues_aside(tmp_path, capsys):
     from coordformer.cli import main

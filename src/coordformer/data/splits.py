@@ -298,20 +298,36 @@ def set_aside_homologues(
     tmp_root: str | Path | None = None,
 ) -> np.ndarray:
     """Set aside (``ASIDE``), in place, the train chains with a homologue among the ``listed``
-    sequences (:func:`find_homologues` at ``min_seq_id`` over ``STRICT_COVERAGE`` of the shorter
-    sequence); returns their indices."""
-    train = np.flatnonzero(codes == TRAIN)
+    sequences (:func:`homologues_of_listed`); returns their indices."""
+    aside = homologues_of_listed(
+        sequences, np.flatnonzero(codes == TRAIN), listed, min_seq_id, threads, tmp_root
+    )
+    codes[aside] = ASIDE
+    return aside
+
+
+def homologues_of_listed(
+    sequences: Sequence[str],
+    among: np.ndarray,
+    listed: Sequence[str],
+    min_seq_id: float,
+    threads: int = 1,
+    tmp_root: str | Path | None = None,
+) -> np.ndarray:
+    """The chains of ``among`` (indices into ``sequences``) with a homologue among the ``listed``
+    sequences: :func:`find_homologues` at ``min_seq_id`` over ``STRICT_COVERAGE`` of the shorter
+    sequence. Sorted indices into ``sequences``."""
+    if len(among) == 0 or not listed:
+        return np.array([], dtype=np.int64)
     hits = find_homologues(
-        [sequences[i] for i in train],
+        [sequences[i] for i in among],
         listed,
         min_seq_id,
         STRICT_COVERAGE,
         threads=threads,
         tmp_root=tmp_root,
     )
-    aside = train[sorted(hits)]
-    codes[aside] = ASIDE
-    return aside
+    return np.asarray(among, dtype=np.int64)[sorted(hits)]
 
 
 def _held_out_hits(sequences, codes, min_seq_id, threads, tmp_root) -> dict[int, list[int]]:

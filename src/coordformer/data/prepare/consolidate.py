@@ -442,6 +442,20 @@ def assign_splits(
         )
     if config.holdout == "strict" and clusters is not None:
         forced = np.isin(clusters, clusters[match.hit])  # the excluded chains' clusters
+        if config.exclude_sequences:
+            # a held-out homologue of a listed sequence must stay out of train too: the hold-out
+            # would otherwise move it (with its cluster) into train, past the set-aside above
+            held = np.flatnonzero((codes == _splits.VALID) | (codes == _splits.TEST))
+            forced[
+                _splits.homologues_of_listed(
+                    seqs,
+                    held,
+                    listed,
+                    config.split_identity,
+                    threads=run.workers,
+                    tmp_root=run.out / store.WORK_DIR,
+                )
+            ] = True
         res = _splits.strict_holdout(
             seqs,
             codes,
@@ -461,6 +475,23 @@ def assign_splits(
             "homologue",
             logging.WARNING if res.leaks_left else logging.INFO,
         )
+        if config.exclude_sequences and len(res.to_train):
+            # the chains moved into train share clusters with held-out chains, not a sequence
+            # with the listed ones, as far as the search above saw; check what train holds now
+            late = _splits.set_aside_homologues(
+                seqs,
+                codes,
+                listed,
+                config.split_identity,
+                threads=run.workers,
+                tmp_root=run.out / store.WORK_DIR,
+            )
+            if len(late):
+                summary.excluded_by_sequence += len(late)
+                log(
+                    f"exclude: {len(late)} chains the strict hold-out moved into train have a "
+                    "homologue among the excluded sequences: set aside"
+                )
     return codes, match
 
 
