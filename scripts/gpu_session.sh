@@ -151,8 +151,10 @@ issue16)
     python3 scripts/transport_weights.py unpack "$INIT16" /tmp/init16.pt || { echo "preflight: cannot unpack $INIT16"; exit 3; }
     INITF="--init /tmp/init16.pt"
   fi
+  # --checkpoint-every 3000: each pair of checkpoints is about 0.8 GB at paper size, written in the training's
+  # time; the deadline's SIGTERM writes last.ckpt anyway
   C16="--lr ${LR:-5e-4} --warmup-steps 500 --tokens-per-batch ${TOKENS:-16384} --val-every 1000 \
---val-max-chains 542 --checkpoint-every 1000 --workers $W --seed 0 --quiet --max-minutes $minutes"
+--val-max-chains 542 --checkpoint-every ${CKPT16:-3000} --workers $W --seed 0 --quiet"
   [ "$DEV" = cpu ] && C16="$C16 --accelerator cpu --threads 1"
   # the rehearsal passes PRECISION=bf16-mixed: the device's default, which a CPU run would otherwise not take
   [ -n "${PRECISION:-}" ] && C16="$C16 --precision $PRECISION"
@@ -173,12 +175,20 @@ issue16)
         --steps ${PICK_STEPS:-60} --warmup ${PICK_WARMUP:-30} --device $DEV ${PRECISION:+--precision $PRECISION} \
         --arms default ${PICK_ARMS:-varlen} --json $E/pick16.json 2>&1 | grep -v "Warning\|warn(" | tail -4
     fi
+  fi
+  # The schedule's length (--max-minutes) counts the seconds spent in training steps only, so it must be what
+  # the runs can train before the deadline's SIGTERM: the window (deadline less evaluation, less what setup
+  # and a PICK16=S measurement used), less the runs' start-up (STARTUP16 s: imports, data, compilation), with
+  # TRAIN_SHARE of the rest in steps (validation and checkpoints take the others). A schedule longer than
+  # the window ends un-annealed: the learning rate at SIGTERM would be a quarter of its peak, not ~0.
+  train_s=$((deadline - ${EVAL_LIMIT:-120} - 40 - (SECONDS - t0)))
+  run_min=$(python3 -c "print(round(max(0.5, min($minutes, ($train_s - ${STARTUP16:-45}) * ${TRAIN_SHARE:-0.85} / 60)), 2))")
+  C16="$C16 --max-minutes $run_min"; echo "schedule: $run_min min of training steps (window $train_s s)"
+  if [ -n "${PICK16:-}" ]; then
     # the record must be of this training's preset, tokens and precision; a step's compile time is charged
-    # to the minutes it trains (--max-minutes, or less where the deadline's SIGTERM comes first; the deadline
-    # counts from the stage's start, and setup and a PICK16=S measurement have used some of it)
-    train_s=$((deadline - ${EVAL_LIMIT:-120} - 40 - (SECONDS - t0)))
+    # to the minutes it trains
     pick=$(python3 scripts/pick_step.py $E/pick16.json ${PICK_MIN:-1.03} --preset $P --tokens ${TOKENS:-16384} \
-      --precision ${PRECISION:-auto} --device $DEV --minutes $(python3 -c "print(max(0, min($minutes, $train_s / 60)))"))
+      --precision ${PRECISION:-auto} --device $DEV --minutes $run_min)
     C16="$C16 $pick"; echo "pick16: training with ${pick:-padded rows (nothing measured at least ${PICK_MIN:-1.03}x as fast)}"
   fi
   pids=""
@@ -213,7 +223,7 @@ issue16)
   # record beside them); 4 parts + manifest
   python3 scripts/transport_weights.py pack $E/${R16[0]}.fp16.pt "$OUT/${R16[0]}.fp16"
   left=$((deadline - (SECONDS - t0) - 15)); [ $left -lt 20 ] && left=20
-  T="timeout $left python3 -m coordformer"  # a slow evaluation must not cost the lease its results
+  T="timeout -k 10 $left python3 -m coordformer"  # a slow evaluation must not cost the lease its results
   ev() { $T evaluate $CKS --data $DATA --device $DEV --quiet ${EVAL_MAX_CHAINS:+--max-chains $EVAL_MAX_CHAINS} "$@"; }
   # every evaluation at once: each is small next to the GPU, and they are mostly data work
   ev --split test --json $E/test_mask.json -c $E/${R16[0]}.int8.pt -c $E/${R16[0]}.fp16.pt > $E/test_mask.log 2>&1 &
@@ -226,7 +236,7 @@ issue16)
   evpids="$evpids $!"
   # analyze-attention runs on the CPU afterwards, from the weights that come back: on the GPU it did not
   # finish two layers in the time left (2026-11-26)
-  timeout $left python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $CK --batches ${REPLAY_BATCHES:-50} \
+  timeout -k 10 $left python3 benchmarks/nonfinite_replay.py --data $DATA --checkpoint $CK --batches ${REPLAY_BATCHES:-50} \
     --tokens ${TOKENS:-16384} --device $DEV --json $E/replay.json > $E/replay.log 2>&1 &
   evpids="$evpids $!"
   # these only: a bare `wait` would also wait for a training run that outlived its SIGTERM
@@ -240,14 +250,16 @@ issue18)
   # printed and the JSON rewritten as it finishes, so a cut-short run still brings back what it measured.
   # The first default arm then runs PROFILE (5) more steps under torch.profiler: device-busy fraction, kernel
   # time by kind, top kernels (in the JSON and the log), and a gzipped Chrome trace beside them.
-  budget=${2:?seconds}; DEV=${DEVICE:-cuda}
+  # the budget counts from the stage's start, setup included, and -k's 15 s of grace come after it
+  budget=${2:?seconds}; DEV=${DEVICE:-cuda}; t0=$SECONDS
   if [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { [ ! -d $DATA ] || ! python3 -c "import gemmi" 2>/dev/null; }; then
     $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
   fi
   mkdir -p "$OUT/issue18"
   rm -f $RUNS/issue18.json  # a later PICK16=auto must not read an earlier try's measurement
   # -k: a run stops at its next step boundary on SIGTERM, which a compiling arm may not reach soon
-  timeout -k 15 "$budget" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
+  left=$((budget - (SECONDS - t0))); [ $left -lt 30 ] && left=30
+  timeout -k 15 "$left" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
     --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV ${PRECISION:+--precision $PRECISION} \
     $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \
     --profile ${PROFILE:-5} --profile-trace "$OUT/issue18/trace.json.gz" \

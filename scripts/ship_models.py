@@ -129,6 +129,20 @@ def main() -> int:
     ap.add_argument(
         "--trained-on", default=None, help="machine and date the runs trained on, for the record"
     )
+    ap.add_argument(
+        "--continued-from",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="NAME=RUN_DIR continued the shipped NAME (`pretrain --init`): its card records the "
+        "shipped model it started from and keeps that model's twin",
+    )
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="ship over an already shipped model even where the new one does not beat its "
+        "held-out perplexity on the same masks (a re-packaging of the same run, say)",
+    )
     args = ap.parse_args()
     if not args.pairs and not args.annotate:
         ap.error("give NAME=RUN_DIR pairs to ship, or --annotate NAME")
@@ -163,6 +177,8 @@ def main() -> int:
     for pair in args.pairs:
         name, run = pair.split("=", 1)
         run = Path(run)
+        old_path = out / f"{name}.json"
+        old = json.loads(old_path.read_text()) if old_path.exists() else None
         ckpt = run / "checkpoints" / "last.ckpt"
         model, meta = load_model(ckpt if ckpt.exists() else run / "export" / "last.pt")
         summary = json.loads((run / "summary.json").read_text())
@@ -214,6 +230,22 @@ def main() -> int:
         card.update(missing_flag_fields(card))
         if name in twins:
             card["twin"] = twin_fields(twins[name], evals, card.get("heldout_eval"))
+        if name in args.continued_from:
+            if old is None:
+                print(
+                    f"{name}: --continued-from names a model that is not shipped", file=sys.stderr
+                )
+                return 1
+            card.update(continuation_fields(old, card))
+        if old is not None and not args.replace:
+            why = not_better(card.get("heldout_eval"), old.get("heldout_eval"))
+            if why:
+                print(
+                    f"{name}: not shipped over the shipped {name}: {why} (--replace ships it "
+                    "anyway)",
+                    file=sys.stderr,
+                )
+                return 1
         if name in args.int8:
             cost = int8_cost(card)
             if cost is None or cost > MAX_INT8_COST:
@@ -263,6 +295,65 @@ def main() -> int:
         readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"])))
     )
     return 0
+
+
+#: what two held-out evaluations must share for their perplexities to be compared: the same
+#: split, chains and masks (the masks are drawn per chain from the evaluation's seed)
+SAME_MASKS = ("split", "n_chains", "n_masked", "settings")
+
+
+def not_better(new: dict | None, old: dict | None) -> str:
+    """Why a model with held-out evaluation ``new`` must not replace a shipped one with ``old``
+    (the cards' ``heldout_eval``), or "" when it beats it on the same masks."""
+    if not old:
+        return ""  # nothing measured to beat
+    if not new:
+        return "the new model has no held-out evaluation (give --eval) to compare"
+    diff = [k for k in SAME_MASKS if new.get(k) != old.get(k)]
+    if diff:
+        return (
+            "its held-out evaluation is not on the same masks as the shipped one's (differs in "
+            f"{', '.join(diff)})"
+        )
+    if not new["perplexity"] < old["perplexity"]:
+        return (
+            f"held-out perplexity {new['perplexity']:.3f} does not beat the shipped "
+            f"{old['perplexity']:.3f}"
+        )
+    return ""
+
+
+def continuation_fields(old: dict, card: dict) -> dict:
+    """Card fields of a model trained from the shipped model ``old``'s weights (`pretrain --init`):
+    what it started from, the steps in all, and ``old``'s twin (trained against ``old``, the only
+    twin there is), unless ``card`` has its own."""
+    ev = old.get("heldout_eval") or {}
+    fields = {
+        "continued_from": {
+            "name": old["name"],
+            "weights": old.get("weights"),
+            "command": old.get("command"),
+            "global_step": old["training"]["global_step"],
+            "train_minutes": old["training"]["train_minutes"],
+            "heldout_perplexity": ev.get("perplexity"),
+            "heldout_recovery": ev.get("recovery"),
+            "note": "this card's `command` and `training` are the continuation's alone; its "
+            "--init file held the weights named here",
+        },
+        "total_global_step": old["training"]["global_step"] + card["training"]["global_step"],
+    }
+    if "twin" not in card and "twin" in old:
+        twin = dict(old["twin"])
+        twin["note"] = (
+            f"the no-coordinates twin of the {old['name']} this model continued from, trained for "
+            "that model's budget, not this continuation's"
+        )
+        if card.get("heldout_eval") and twin.get("heldout_eval"):
+            twin["perplexity_ratio"] = (
+                card["heldout_eval"]["perplexity"] / twin["heldout_eval"]["perplexity"]
+            )
+        fields["twin"] = twin
+    return fields
 
 
 def twin_fields(run: Path, evals: dict[str, dict], shipped_eval: dict | None) -> dict:

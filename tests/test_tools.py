@@ -149,7 +149,9 @@ def test_training_ablations_go_on_past_a_failing_arm(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.slow
-def test_ship_models_records_the_no_coordinates_twin_on_the_card(tmp_path, prepared, monkeypatch):
+def test_ship_models_records_the_no_coordinates_twin_on_the_card(
+    tmp_path, prepared, monkeypatch, capsys
+):
     """`ship_models.py NAME=RUN --twin NAME=TWIN_RUN`: the shipped model's card carries the twin's
     command, training and held-out figures on the same masks, and the models README says them; the
     twin itself is not shipped."""
@@ -214,6 +216,26 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(tmp_path, prepa
     assert twin["training"]["global_step"] == 3
     assert "No-coordinates twin (`nocoords`, not shipped" in (shipped / "README.md").read_text()
     assert sorted(p.name for p in shipped.glob("*.pt")) == ["tiny-coords.pt"]
+
+    # shipping over it: refused unless the new model beats it on the same masks (the same run
+    # and evaluation do not), and the card and weights stay as they were
+    before = (shipped / "tiny-coords.json").read_text()
+    again = ["ship_models.py", f"tiny-coords={runs['coords']}", "--eval", str(ev)]
+    monkeypatch.setattr(sys, "argv", [*again, "--continued-from", "tiny-coords"])
+    assert ship_models.main() == 1
+    assert "does not beat the shipped" in capsys.readouterr().err
+    assert (shipped / "tiny-coords.json").read_text() == before
+    # --replace ships it; a continuation records what it started from and keeps the old twin
+    monkeypatch.setattr(sys, "argv", [*again, "--continued-from", "tiny-coords", "--replace"])
+    assert ship_models.main() == 0
+    card = json.loads((shipped / "tiny-coords.json").read_text())
+    assert card["continued_from"]["global_step"] == 3 and card["total_global_step"] == 6
+    assert card["continued_from"]["heldout_perplexity"] == models["coords"]["perplexity"]
+    assert card["twin"]["run"] == "nocoords" and "continued from" in card["twin"]["note"]
+    ok = models["coords"]
+    assert ship_models.not_better({**ok, "perplexity": ok["perplexity"] - 0.1}, ok) == ""
+    assert "n_masked" in ship_models.not_better({**ok, "n_masked": 1, "perplexity": 1.0}, ok)
+    assert "no held-out evaluation" in ship_models.not_better(None, ok)
 
 
 def test_training_ablations_keep_an_arm_timed_before_the_budgets_sigterm(tmp_path, monkeypatch):
