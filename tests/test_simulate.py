@@ -132,6 +132,9 @@ def test_config_rejects_bad_values():
 def test_drop_dimension():
     assert drop_dimension({1: 0.1, 2: 0.05, 3: 0.004, 4: 0.003}) == 3
     assert drop_dimension({1: 0.1, 2: 0.05, 3: 0.02}) is None
+    # a dimension whose runs all diverged drops to nothing and from nothing: the drop is at 3
+    assert drop_dimension({1: math.inf, 2: 0.05, 3: 0.004}) == 3
+    assert drop_dimension({1: 0.1, 2: math.inf, 3: 0.001}) is None
     recs = summarise_headdim(
         [
             {"regime": "modern", "output": "row", "n": 2, "d_out": h, "seed": s, "test_l1": v}
@@ -139,7 +142,8 @@ def test_drop_dimension():
             for s, v in ((0, v3), (1, v3 * 2), (2, math.inf))
         ]
     )
-    assert recs[0]["drop_at"] == 3 and recs[0]["theory"] == 3 and recs[0]["seeds"] == 3
+    # the median is over the finished seeds, and so is the count (seed 2 diverged)
+    assert recs[0]["drop_at"] == 3 and recs[0]["theory"] == 3 and recs[0]["seeds"] == 2
     assert recs[0]["floor_at"] == 3
 
 
@@ -229,12 +233,23 @@ def test_head_dimension_n_plus_1_learns_the_gaussian_and_n_does_not():
     assert high["test_l1"] * 4 < low["test_l1"]
 
 
-def test_cli_simulate_rejects_bad_arguments_in_one_line(capsys):
+def test_cli_simulate_rejects_bad_arguments_in_one_line(tmp_path, capsys):
     assert main(["simulate", "--preset", "huge"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown --preset 'huge'") and "\n" not in err
     assert main(["simulate", "--study", "exponents"]) == 2
     assert "choose from exponent, headdim, width, augment" in capsys.readouterr().err
+    # a negative seed would fail inside every stack after minutes of work; --quick is a preset
+    assert main(["simulate", "--quick", "--seed", "-1", "-o", str(tmp_path / "s")]) == 2
+    assert "--seed -1: must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    assert main(["simulate", "--quick", "--preset", "paper"]) == 2
+    assert "give one of --quick and --preset paper" in capsys.readouterr().err
+
+
+def test_labels_give_the_seeds_the_models_trained_with():
+    for job in build_jobs(PRESETS["quick"], studies.STUDIES, seed_offset=5):
+        assert [lab["seed"] for lab in job.labels] == [c.seed for c in job.configs]
 
 
 def test_a_failing_stack_is_reported_and_the_others_are_kept(tmp_path, tiny_preset, monkeypatch):

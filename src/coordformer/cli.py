@@ -948,10 +948,11 @@ def simulate(
     quick: bool = typer.Option(
         False, "--quick", help="Shorthand for --preset quick (about 3 minutes on 2 CPU cores)."
     ),
-    preset: str = typer.Option(
-        SIMULATE_PRESET,
+    preset: Optional[str] = typer.Option(
+        None,
         help="quick | standard (what docs/RESULTS.md reports, ~35 min on 2 CPU cores) | paper (the "
-        "paper's sizes; GPU).",
+        f"paper's sizes; GPU). Default: {SIMULATE_PRESET}.",
+        show_default=False,
     ),
     study: List[str] = typer.Option(
         [], "--study", help="exponent, headdim, width or augment (repeatable; default: all)."
@@ -968,8 +969,10 @@ def simulate(
     from .sim.studies import PRESETS, STUDIES
     from .sim.studies import simulate as run_simulate
 
+    if quick and preset not in (None, "quick"):
+        raise UsageError(f"--quick is --preset quick: give one of --quick and --preset {preset}")
     _out_folder(out)
-    name = "quick" if quick else preset
+    name = "quick" if quick else preset or SIMULATE_PRESET
     if name not in PRESETS:
         raise UsageError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
     bad = [s for s in study if s not in STUDIES]

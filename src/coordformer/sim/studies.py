@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import SEED, SIMULATE_DEVICE, SIMULATE_PRESET, SIMULATE_WORKERS, SimConfig
-from ..errors import CoordformerError, UsageError
+from ..errors import CoordformerError, OptionError, UsageError
 
 STUDIES = ("exponent", "headdim", "width", "augment")
 
@@ -135,7 +135,10 @@ class Job:
 
 
 def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0) -> list[Job]:
-    """All stacks of the chosen studies. ``seed_offset`` shifts every model and data seed."""
+    """All stacks of the chosen studies. ``seed_offset`` (0 or more: NumPy seeds are
+    non-negative) shifts every model and data seed, and the seeds the labels (CSV rows) give."""
+    if seed_offset < 0:
+        raise OptionError("seed", seed_offset, "must be 0 or more (it is added to every seed)")
     base = SimConfig(**preset.base)
     jobs: list[Job] = []
 
@@ -152,7 +155,11 @@ def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0
                 for p in preset.exponents
             )
             jobs.append(
-                Job("exponent", cs, tuple({"exponent": p, "seed": s} for p in preset.exponents))
+                Job(
+                    "exponent",
+                    cs,
+                    tuple({"exponent": p, "seed": s + seed_offset} for p in preset.exponents),
+                )
             )
     if "headdim" in studies:
         for regime, over in preset.regimes.items():
@@ -166,7 +173,13 @@ def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0
                         for h in preset.head_dims:
                             cs.append(cfg(**over, n_dims=n, d_out=h, output=out, seed=s))
                             ls.append(
-                                {"regime": regime, "output": out, "n": n, "d_out": h, "seed": s}
+                                {
+                                    "regime": regime,
+                                    "output": out,
+                                    "n": n,
+                                    "d_out": h,
+                                    "seed": s + seed_offset,
+                                }
                             )
                     jobs.append(Job("headdim", tuple(cs), tuple(ls)))
     if "width" in studies:
@@ -188,7 +201,13 @@ def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0
                         "width",
                         cs,
                         tuple(
-                            {"n": n, "x": x, "d_model": 8 * x, "d_out": 8 * x, "seed": s}
+                            {
+                                "n": n,
+                                "x": x,
+                                "d_model": 8 * x,
+                                "d_out": 8 * x,
+                                "seed": s + seed_offset,
+                            }
                             for s in preset.width_seeds
                         ),
                     )
@@ -209,7 +228,7 @@ def build_jobs(preset: SimPreset, studies: tuple[str, ...], seed_offset: int = 0
                 Job(
                     "augment",
                     cs,
-                    tuple({"augment": a, "seed": s} for a in (False, True)),
+                    tuple({"augment": a, "seed": s + seed_offset} for a in (False, True)),
                     curve=True,
                 )
             )
@@ -337,10 +356,13 @@ def _median(xs):
 
 
 def drop_dimension(loss_by_dim: dict[int, float], factor: float = 10.0) -> int | None:
-    """Smallest head dimension whose loss is at least ``factor`` times below the previous one's."""
+    """Smallest head dimension whose loss is at least ``factor`` times below the previous one's;
+    a dimension whose every run diverged (infinite median) is no reference: nothing drops from
+    it, and it drops from nothing."""
     dims = sorted(loss_by_dim)
     for a, b in zip(dims, dims[1:]):
-        if loss_by_dim[b] * factor <= loss_by_dim[a]:
+        la, lb = loss_by_dim[a], loss_by_dim[b]
+        if math.isfinite(la) and math.isfinite(lb) and lb * factor <= la:
             return b
     return None
 
@@ -376,7 +398,8 @@ def summarise_headdim(rows: list[dict]) -> list[dict]:
                 # not find that.
                 "theory": n + (1 if output == "row" else 2),
                 "median_test_l1": med,
-                "seeds": max(len(v) for v in by_dim.values()),
+                # seeds whose run finished (a diverged run's loss is not finite)
+                "seeds": max(sum(math.isfinite(x) for x in v) for v in by_dim.values()),
             }
         )
     return out
@@ -550,9 +573,9 @@ def simulate(
     if bad:
         raise UsageError(f"unknown studies {bad}; choose from {', '.join(STUDIES)}")
     p = PRESETS[preset]
+    jobs = build_jobs(p, tuple(studies), seed_offset=seed)  # refuses a bad seed before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = build_jobs(p, tuple(studies), seed_offset=seed)
     t0 = time.perf_counter()
     reused = sum(_job_path(out, j).exists() for j in jobs)
     rows = run_jobs(jobs, out, workers=workers, device=device, echo=echo, progress=progress)
