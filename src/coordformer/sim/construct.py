@@ -5,8 +5,9 @@ with a feed-forward block, and has one attention head whose weights are written 
 
 * head dimension n + 1: softmax attention equals the *normalised* Gaussian kernel
   exp(-|x_i - x_j|^2 / (2 sigma^2)) / sum_j (...), because q_i = [x_i / sigma^2, 1] and
-  k_j = [x_j, -|x_j|^2 / (2 sigma^2)] give logits -|x_i - x_j|^2 / (2 sigma^2) + |x_i|^2 / (2 sigma^2), and
-  the second term is the same for every key j of query i, which softmax cancels;
+  k_j = [x_j, -|x_j|^2 / (2 sigma^2)] give logits
+  -|x_i - x_j|^2 / (2 sigma^2) + |x_i|^2 / (2 sigma^2), and the second term is the same for every
+  key j of query i, which softmax cancels;
 * head dimension n + 2: the raw logits equal -|x_i - x_j|^2 / (2 sigma^2) exactly
   (q_i = [x_i, |x_i|^2, 1], k_j = [2 x_j, -1, -|x_j|^2], scaled by 1 / (2 sigma^2)), so exp(logit)
   is the unnormalised kernel;
