@@ -10,8 +10,9 @@ exp(-(d_ij / length_scale)^exponent).
 
 Why the head dimension matters (see docs/theory.md): with "row" output a per-query constant is free,
 so q_i = [x_i / s^2, 1], k_j = [x_j, -|x_j|^2 / (2 s^2)] (head dim n + 1) reproduce a Gaussian
-exactly; with "raw" output the logits themselves must equal -|x_i - x_j|^2 / (2 s^2), which needs n + 2. With
-k points the logit matrix has rank at most k, so nothing beyond head dim k can help.
+exactly; with "raw" output the logits themselves must equal -|x_i - x_j|^2 / (2 s^2), which
+needs n + 2. With k points the logit matrix has rank at most k, so nothing beyond head dim k can
+help.
 
 Runs are tiny (5 tokens), so the training loop is plain PyTorch: Lightning's per-step hooks would
 cost more than the model. Everything that is random takes an explicit seeded generator.
