@@ -165,6 +165,11 @@ def test_demo_runs_and_writes_report(tmp_path, capsys):
     assert metrics["small-coords"]["n_chains"] == 40
     assert "Shipped models on 40 bundled held-out chains (the first 40 of" in out
     assert "on 40 bundled held-out chains" in (tmp_path / "report.md").read_text()
+    # the report's command is the one run, every option included (not the host's sys.argv)
+    assert (
+        f"Command: `coordformer demo --out {tmp_path} --max-chains 40 --quiet`"
+        in (tmp_path / "report.md").read_text()
+    )
 
 
 @pytest.mark.slow

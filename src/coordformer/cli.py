@@ -127,8 +127,14 @@ def _main(
     )
 
 
+#: the arguments of the command `main` runs (None outside it): what a run records as its command,
+#: also when a test or notebook calls ``main([...])``, whose sys.argv is the host's
+_ARGS: list[str] | None = None
+
+
 def _command_line() -> str:
-    return "coordformer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args = sys.argv[1:] if _ARGS is None else _ARGS
+    return "coordformer " + " ".join(shlex.quote(a) for a in args)
 
 
 _CHAINS_HELP = "Author chain ids to keep, comma-separated (e.g. A,B); default: every protein chain."
@@ -911,7 +917,12 @@ def demo(
 
     _out_folder(out)
     run_demo(
-        out, train_minutes=train_minutes, max_chains=max_chains, progress=not quiet, echo=typer.echo
+        out,
+        train_minutes=train_minutes,
+        max_chains=max_chains,
+        progress=not quiet,
+        echo=typer.echo,
+        command=_command_line(),
     )
 
 
@@ -1782,7 +1793,9 @@ def _resume_hint(args: list[str], e: TrainingInterrupted) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors for
     user-fixable problems, tracebacks only with --debug."""
+    global _ARGS
     args = sys.argv[1:] if argv is None else argv
+    _ARGS = [str(a) for a in args]
     debug = "--debug" in args
     if debug:  # a global option, accepted anywhere on the line (people add it at the end)
         args = ["--debug", *(a for a in args if a != "--debug")]
@@ -1859,6 +1872,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupts.restore(previous_sigint)
         if threads_before is not None:
             sys.modules["torch"].set_num_threads(threads_before)
+        _ARGS = None
     return 0
 
 

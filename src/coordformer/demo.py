@@ -7,6 +7,7 @@ the shipped models were trained on, so neither model has seen them (see PROVENAN
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from importlib import resources
@@ -36,6 +37,7 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     seed: int = SEED,
+    command: str | None = None,
 ) -> dict:
     """Prepare the bundled chains, evaluate both shipped models on identical masks, write a report.
 
@@ -133,8 +135,10 @@ def run_demo(
             )
         )
 
-    cmd = (
+    # ``command``: the command line as typed (the CLI's); from Python, what it amounts to
+    cmd = command or (
         "coordformer demo"
+        + f" --out {shlex.quote(str(out))}"
         + (f" --train-minutes {train_minutes:g}" if train_minutes else "")
         + (f" --max-chains {max_chains}" if max_chains else "")
     )
