@@ -82,7 +82,7 @@ def test_standard_ffn_approximates_the_square_better_with_width():
     assert approx[1] < approx[0] / 10
 
 
-def test_construct_saves_its_settings_beside_the_tables(tmp_path, monkeypatch):
+def test_construct_saves_its_settings_beside_the_tables(tmp_path, monkeypatch, capsys):
     """`construct --out DIR` wrote CSVs and a figure but no record of --sigma or --seed."""
     import json
     import shlex
@@ -106,3 +106,12 @@ def test_construct_saves_its_settings_beside_the_tables(tmp_path, monkeypatch):
         "coordformer_version": __version__,
     }
     assert (tmp_path / "c" / "construction_attention.csv").exists()
+    # its own folder again: fine; a training run's folder: refused, its config.json left whole
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    record = json.dumps({"train_config": {}, "command": "coordformer pretrain --data d --out run"})
+    (run / "config.json").write_text(record)
+    assert main(["construct", "--out", str(run)]) == 2
+    assert "holds the output of `coordformer pretrain`" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == record

@@ -222,3 +222,14 @@ def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shippe
         metrics["paper-coords"]["per_residue_count"] == metrics["small-coords"]["per_residue_count"]
     )
     assert "paper-coords" in capsys.readouterr().out
+
+
+def test_demo_does_not_write_into_a_fine_tuning_run(tmp_path, capsys):
+    """`demo -o RUN` replaced a fine-tuning run's metrics.json with the demo's, exit 0."""
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"command": "coordformer finetune -c x"}))
+    (run / "metrics.json").write_text('{"fmax": 0.5}')
+    assert main(["demo", "-o", str(run), "--quiet"]) == 2
+    assert "holds the output of `coordformer finetune`" in capsys.readouterr().err
+    assert (run / "metrics.json").read_text() == '{"fmax": 0.5}'

@@ -157,12 +157,34 @@ def _chain_list(value: Optional[str]) -> tuple[str, ...]:
     return chains
 
 
-def _out_folder(path: Path, flag: str = "--out") -> Path:
+def _out_folder(
+    path: Path, flag: str = "--out", command: str | None = None, writes: tuple[str, ...] = ()
+) -> Path:
     """``path`` for an option naming a folder to write into; a one-line error where it is a file
-    (mkdir would fail with a bare FileExistsError)."""
+    (mkdir would fail with a bare FileExistsError), or where ``command`` would overwrite one of the
+    files (``writes``) of another command's folder, such as a training run's config.json, which
+    its resume reads."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file; give a folder")
+    owner = _folder_owner(path)
+    clash = [f for f in writes if (path / f).exists()]
+    if command and owner and owner != command and clash:
+        raise UsageError(
+            f"{flag} {path} holds the output of `coordformer {owner}`, whose {clash[0]} "
+            f"`coordformer {command}` would overwrite; give another folder"
+        )
     return path
+
+
+def _folder_owner(path: Path) -> str | None:
+    """The coordformer command whose config.json ``path`` holds (its recorded ``command``), or
+    None."""
+    try:
+        recorded = json.loads((path / "config.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    words = recorded.split() if isinstance(recorded, str) else []
+    return words[1] if len(words) > 1 and words[0] == "coordformer" else None
 
 
 def _out_file(path: Path, flag: str = "--out", hint: str = "") -> Path:
@@ -915,7 +937,9 @@ def demo(
     on bundled held-out chains; print a table."""
     from .demo import run_demo
 
-    _out_folder(out)
+    _out_folder(
+        out, command="demo", writes=("metrics.json", "report.md", "per_residue_recovery.png")
+    )
     run_demo(
         out,
         train_minutes=train_minutes,
@@ -938,7 +962,16 @@ def construct(
     n, n+1, n+2 head dims and FFN |x|^2 (CSV + PNG)."""
     from .sim.construct import construction_report
 
-    _out_folder(out)
+    _out_folder(
+        out,
+        command="construct",
+        writes=(
+            "config.json",
+            "construction.png",
+            "construction_attention.csv",
+            "construction_ffn.csv",
+        ),
+    )
     res = construction_report(out, sigma=sigma, seed=seed, command=_command_line())
     for r in res["attention"]:
         typer.echo(
