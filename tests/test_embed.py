@@ -504,3 +504,19 @@ def test_an_interrupted_embed_leaves_no_partial_file_and_keeps_the_earlier_outpu
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith("e")]
     assert sorted(left) == [out.name, f"{out.name}.skipped.tsv"]  # junk.pdb's line is kept
     assert out.read_bytes() == b"an earlier run's output"
+
+
+def test_an_unfinished_prepared_dataset_is_named_as_such(tmp_path, capsys):
+    """embed / score on a dataset folder whose `prepare` was interrupted listed each of its hidden
+    array files as skipped and said nothing of why."""
+    d = tmp_path / "ds"
+    (d / ".work").mkdir(parents=True)
+    (d / ".seq.npy.tmp").write_bytes(b"\0" * 8)
+    for argv in (
+        ["embed", str(d), "-c", "small-coords", "-o", str(tmp_path / "e.h5"), "--quiet"],
+        ["score", str(d), "-c", "small-coords", "-o", str(tmp_path / "s.tsv"), "--quiet"],
+    ):
+        assert main(argv) != 0
+        err = capsys.readouterr().err
+        assert "an unfinished prepared dataset" in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("e.h5*")) and not list(tmp_path.glob("s.tsv*"))

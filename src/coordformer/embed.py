@@ -58,7 +58,7 @@ from .data.batching import check_fits, token_budget_batches, unmasked_batches
 from .data.complexes import complex_batch, complex_span, group_complexes
 from .data.memory import MemoryDataset
 from .data.prepare.policy import NOT_SELECTED, not_selected_reason, selected_chain
-from .data.store import PreparedDataset, is_finished_dataset
+from .data.store import PreparedDataset, is_finished_dataset, refuse_unfinished_datasets
 from .errors import OptionError, UsageError
 from .model.encode import encode, eval_mode, in_canonical_frame, masked_mean, model_device
 
@@ -73,6 +73,7 @@ ChainData = Union[PreparedDataset, MemoryDataset]
 def _is_prepared(inputs: list[str]) -> bool:
     """Whether ``inputs`` is one prepared dataset folder; UsageError for a dataset folder among
     other inputs, whose array and table files would otherwise be read as unreadable inputs."""
+    refuse_unfinished_datasets(inputs)
     datasets = [p for p in inputs if Path(p).is_dir() and is_finished_dataset(p)]
     if datasets and len(inputs) > 1:
         raise UsageError(

@@ -165,6 +165,22 @@ def is_finished_dataset(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
+def refuse_unfinished_datasets(inputs) -> None:
+    """DatasetFormatError for the first of ``inputs`` that is a prepared dataset folder a `prepare`
+    run has not finished (its work folder or lock, no manifest): read as structure inputs, its
+    array files would each be listed as skipped, and nothing would say why."""
+    for p in map(Path, inputs):
+        if (
+            p.is_dir()
+            and not is_finished_dataset(p)
+            and ((p / WORK_DIR).exists() or (p / ".prepare.lock").exists())
+        ):
+            raise DatasetFormatError(
+                f"{p}: an unfinished prepared dataset (no {MANIFEST}: `coordformer prepare` was "
+                "interrupted or still runs); re-run prepare with the same arguments to finish it"
+            )
+
+
 # ----------------------------------------------------------------------------------------------
 # reader
 # ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def read_chains(
     appended to repeats, logged). The ids of chains that ``chains`` leaves out are appended to
     ``left_out`` (if given), so that callers can account for them."""
     from ..data.prepare import ChainPolicy, Rejected, selected_chain
-    from ..data.store import PreparedDataset, is_finished_dataset
+    from ..data.store import PreparedDataset, is_finished_dataset, refuse_unfinished_datasets
     from ..io import (
         Chain,
         StructureReadError,
@@ -51,6 +51,7 @@ def read_chains(
 
     if not inputs:
         raise UsageError("no inputs given")
+    refuse_unfinished_datasets(inputs)
     chains = name_list(chains)
     unselected: list[str] = [] if left_out is None else left_out
     skipped: list[tuple[str, str]] = []
