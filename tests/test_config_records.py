@@ -305,6 +305,21 @@ def test_errors_name_python_parameters_and_the_cli_their_flags():
         == "use --numbering index and `mmseqs`"
     )
     assert flag_of("crop_length") == "--crop-length" and flag_of("crop_mode", _flags()) == "--crop"
+    # a switch turned off reads as its --no- form; the model's settings read as the flags
+    assert with_flags("not `use_coords=False`", flags) == "not --no-coords"
+    for bad, said in (
+        (dict(use_coords=False, plddt_feature=True), "--plddt-feature goes through"),
+        (dict(n_heads=8, gaussian_init_heads=20), "--gaussian-heads 20: must be in 0..8"),
+        (
+            dict(use_coords=False, coord_norm_feature=False, gaussian_init_heads=2),
+            "(not --no-coords)",
+        ),
+    ):
+        with pytest.raises(ConfigError) as e:
+            ModelConfig(**bad)
+        assert said in e.value.flag_message(flags) and "use_coords" not in e.value.flag_message(
+            flags
+        )
     too_long = SequenceTooLong(700, 512, "1ABC.A", "window")
     head = "chain 1ABC.A of length 700 exceeds the model's max_len 512"
     assert str(too_long) == head + "; lower `window` to 512 or less"
@@ -404,7 +419,8 @@ def test_evaluate_mlm_keyword_defaults_are_the_eval_record():
             "simulate",
             "coordformer.sim.studies",
             "simulate",
-            ("workers", "device", "seed", "preset"),
+            # --preset defaults to None (so that --quick with it can be refused): SIMULATE_PRESET
+            ("workers", "device", "seed"),
         ),
         (
             "evaluate-function",

@@ -54,7 +54,7 @@ def test_crop_positions_keep_gaps_capped():
     assert crop_positions(kept, 50).tolist() == list(
         range(7)
     )  # would not fit: consecutive positions
-    with pytest.raises(UsageError, match="crop_mode must be one of"):
+    with pytest.raises(UsageError, match="crop_mode=.*must be one of"):
         BatchSettings(crop_mode="random")
 
 

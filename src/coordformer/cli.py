@@ -1795,6 +1795,7 @@ _API_FLAGS = {
     "pack_sequences": "--pack",
     "varlen_attention": "--varlen",
     "cuda_graphs": "--cuda-graphs",
+    "use_coords": "--coords",  # `use_coords=False` reads --no-coords
 }
 
 

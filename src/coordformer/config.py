@@ -159,11 +159,12 @@ class ModelConfig(Record):
         if self.condition_on is None:
             if self.lm_dim or self.lm_fingerprint or self.unfreeze_lm:
                 raise ConfigError(
-                    "lm_dim, lm_fingerprint and unfreeze_lm need condition_on (a language model)"
+                    "`lm_dim`, `lm_fingerprint` and `unfreeze_lm` need `condition_on` (a language "
+                    "model)"
                 )
         elif self.gaussian_init_heads:
             raise ConfigError(
-                "gaussian_init_heads needs the token embedding, which language-model conditioning "
+                "`gaussian_init_heads` needs the token embedding, which language-model conditioning "
                 "(`condition_on`) replaces; use the recipe paper (`recipe=paper`) with it"
             )
         # sizes first: a bad one otherwise surfaces as a ZeroDivisionError, a torch error at
@@ -177,29 +178,34 @@ class ModelConfig(Record):
             raise OptionError("coord_scale", self.coord_scale, "must be > 0 (Angstrom)")
         if self.d_model % self.n_heads:
             raise ConfigError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+                f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads})"
             )
         if self.weight_init not in WEIGHT_INITS:
             raise OptionError("weight_init", self.weight_init, f"must be one of {WEIGHT_INITS}")
         if self.lm_head not in LM_HEADS:
             raise OptionError("lm_head", self.lm_head, f"must be one of {LM_HEADS}")
         if self.coord_mode not in COORD_MODES:
-            raise ConfigError(f"coord_mode must be one of {COORD_MODES}, got {self.coord_mode!r}")
+            raise OptionError("coord_mode", self.coord_mode, f"must be one of {COORD_MODES}")
         if self.plddt_feature and not self.use_coords:
             raise ConfigError(
-                "plddt_feature goes through the coordinate embedding: it needs use_coords=True"
+                "`plddt_feature` goes through the coordinate embedding, which a sequence-only "
+                "model (`use_coords=False`) lacks"
             )
         if not 0 <= self.gaussian_init_heads <= self.n_heads:
-            raise ConfigError(f"gaussian_init_heads must be in 0..n_heads ({self.n_heads})")
+            raise OptionError(
+                "gaussian_init_heads",
+                self.gaussian_init_heads,
+                f"must be in 0..{self.n_heads}, the model's number of heads",
+            )
         if self.gaussian_init_heads:
             if self.d_model // self.n_heads < 4:
                 raise ConfigError(
-                    "gaussian_init_heads needs a head dimension of at least 4 (n + 1 for 3D)"
+                    "`gaussian_init_heads` needs a head dimension of at least 4 (n + 1 for 3D)"
                 )
             if not (self.use_coords and self.coord_norm_feature):
                 raise ConfigError(
-                    "gaussian_init_heads needs use_coords=True and coord_norm_feature=True (|x|^2 "
-                    "input)"
+                    "`gaussian_init_heads` needs coordinates (not `use_coords=False`) and their "
+                    "|x|^2 input (`coord_norm_feature`)"
                 )
 
     @property
@@ -396,22 +402,22 @@ class BatchConfig(Record):
 
     def __post_init__(self):
         if self.crop_mode not in CROP_MODES:
-            raise ConfigError(
-                f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}"
+            raise OptionError(
+                "crop_mode", self.crop_mode, f"must be one of {', '.join(CROP_MODES)}"
             )
         for name in ("crop_length", "tokens_per_batch"):
             if getattr(self, name) < 1:
                 raise OptionError(name, getattr(self, name), "must be at least 1")
         if not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+            raise OptionError("mask_prob", self.mask_prob, "must be in (0, 1)")
         fracs = (self.mask_token_frac, self.random_token_frac)
         if min(fracs) < 0 or sum(fracs) > 1:
             raise ConfigError(
-                "mask_token_frac and random_token_frac must be >= 0 and sum to at most 1"
+                "`mask_token_frac` and `random_token_frac` must be >= 0 and sum to at most 1"
             )
         if not (0.0 <= self.drop_chain_coords <= 1.0 and 0.0 <= self.drop_span_coords <= 1.0):
             raise ConfigError(
-                "coordinate dropout probabilities (drop_chain_coords, drop_span_coords) "
+                "coordinate dropout probabilities (`drop_chain_coords`, `drop_span_coords`) "
                 "must lie in [0, 1]"
             )
 
@@ -490,8 +496,8 @@ class TrainConfig(BatchConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.accumulate_grad_batches < 1:
-            raise ConfigError(
-                f"accumulate_grad_batches must be >= 1, got {self.accumulate_grad_batches}"
+            raise OptionError(
+                "accumulate_grad_batches", self.accumulate_grad_batches, "must be >= 1"
             )
         # lr 0 is allowed: a run that must hold its initial weights (tests, --init checks)
         for name in ("lr", "warmup_steps", "weight_decay"):
@@ -508,9 +514,11 @@ class TrainConfig(BatchConfig):
             )
         check_precision(self.precision)
         if self.schedule not in ("cosine", "constant", "noam"):
-            raise ConfigError(f"schedule must be cosine, constant or noam, not {self.schedule!r}")
+            raise OptionError("schedule", self.schedule, "must be cosine, constant or noam")
         if self.max_steps < 1 or self.checkpoint_every_steps < 1 or self.val_every_steps < 1:
-            raise ConfigError("max_steps, checkpoint_every_steps and val_every_steps must be >= 1")
+            raise ConfigError(
+                "`max_steps`, `checkpoint_every_steps` and `val_every_steps` must be >= 1"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):

@@ -23,8 +23,8 @@ def flag_of(option: str, flags: Mapping[str, str] | None = None) -> str:
 
 def with_flags(text: str, flags: Mapping[str, str] | None = None) -> str:
     """``text`` with each backticked parameter that ``flags`` knows written as its flag: `name` ->
-    ``--name``, `name=value` -> ``--name value`` (quotes dropped; ``=True`` -> the flag alone).
-    Without ``flags`` every backticked lower-case name counts as a parameter."""
+    ``--name``, `name=value` -> ``--name value`` (quotes dropped; ``=True`` -> the flag alone;
+    ``=False`` -> its ``--no-`` form). Without ``flags`` every backticked lower-case name counts as a parameter."""
 
     def one(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
@@ -33,6 +33,8 @@ def with_flags(text: str, flags: Mapping[str, str] | None = None) -> str:
         flag = flag_of(name, flags)
         if value is None or value == "True":
             return flag
+        if value == "False":  # a switch turned off: its --no- form
+            return "--no-" + flag.removeprefix("--")
         return f"{flag} {value.strip(chr(39) + chr(34))}"
 
     return _NAMED.sub(one, text)
