@@ -164,8 +164,9 @@ class ModelConfig(Record):
                 )
         elif self.gaussian_init_heads:
             raise ConfigError(
-                "`gaussian_init_heads` needs the token embedding, which language-model conditioning "
-                "(`condition_on`) replaces; use the recipe paper (`recipe=paper`) with it"
+                "`gaussian_init_heads` needs the token embedding, which language-model "
+                "conditioning (`condition_on`) replaces; use the recipe paper (`recipe=paper`) "
+                "with it"
             )
         # sizes first: a bad one otherwise surfaces as a ZeroDivisionError, a torch error at
         # build time, or (coord_scale 0) silent NaN outputs

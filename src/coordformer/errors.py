@@ -24,7 +24,8 @@ def flag_of(option: str, flags: Mapping[str, str] | None = None) -> str:
 def with_flags(text: str, flags: Mapping[str, str] | None = None) -> str:
     """``text`` with each backticked parameter that ``flags`` knows written as its flag: `name` ->
     ``--name``, `name=value` -> ``--name value`` (quotes dropped; ``=True`` -> the flag alone;
-    ``=False`` -> its ``--no-`` form). Without ``flags`` every backticked lower-case name counts as a parameter."""
+    ``=False`` -> its ``--no-`` form). Without ``flags`` every backticked lower-case name counts
+    as a parameter."""
 
     def one(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
