@@ -28,10 +28,14 @@ from coordformer.train.mlm import masked_lm_loss
 
 
 def step_time(model, opt, batches, device) -> float:
+    # bf16 on a GPU, as training runs there (float32 matmuls would set another ratio)
+    cuda = device.startswith("cuda")
     t0 = time.perf_counter()
     for b in batches:
         b = b.to(device)
-        loss, _, _ = masked_lm_loss(model(**b.inputs()).logits, b.targets)
+        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+            logits = model(**b.inputs()).logits
+        loss, _, _ = masked_lm_loss(logits.float(), b.targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -58,7 +62,9 @@ def main() -> None:
     settings = BatchSettings(tokens_per_batch=args.tokens, crop_length=args.crop)
     stream = MaskedBatches(data, data.split_indices("train"), settings, seed=0)
     padded = [stream[i] for i in range(min(args.batches, len(stream)))]
-    packed = [pack_batch(b) for b in padded]
+    # indexed, as training's packed batches are: without the host fields the model reads the
+    # positions' range from the device, a wait the padded arm does not have
+    packed = [pack_batch(b).indexed() for b in padded]
     residues = sum(int(b.padding_mask.sum()) for b in padded)
     share = {
         name: 1 - residues / sum(b.tokens.numel() for b in bs)

@@ -131,7 +131,11 @@ def measure(
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out = model(tok, coords, mask)
+            # padded=False: every row is full, said without the model's device-side check (a
+            # host sync per step that the pair-bias baseline does not have)
+            out = model(
+                tok, coords, mask, **({} if arm.startswith("pairbias") else {"padded": False})
+            )
             logits = out if torch.is_tensor(out) else out.logits
             loss = torch.nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100

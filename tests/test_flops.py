@@ -77,8 +77,15 @@ def test_a_head_run_on_the_targets_alone_is_charged_for_them_alone():
     assert training_flops(c, [64, 64]) - counted == 6 * head_params(c) * (128 - len(at))
 
 
-def test_matmul_rate_is_positive_on_cpu():
-    assert measured_matmul_rate("cpu", n=256, repeats=2) > 1e6
+def test_matmul_rate_is_positive_on_cpu_and_timed_long_enough():
+    import time
+
+    assert measured_matmul_rate("cpu", n=256, trials=2) > 1e6
+    # each trial runs at least min_seconds: a few milliseconds of products measured a GPU still
+    # raising its clocks, and made every utilisation divided by it too high
+    t0 = time.perf_counter()
+    measured_matmul_rate("cpu", n=128, trials=3, min_seconds=0.05, warmup_seconds=0.02)
+    assert time.perf_counter() - t0 >= 3 * 0.05 + 0.02
 
 
 def test_pretrain_reports_model_flops_and_utilisation(tmp_path, prepared):
@@ -106,3 +113,29 @@ def test_pretrain_reports_model_flops_and_utilisation(tmp_path, prepared):
     c = preset("tiny-0.1m", recipe="fast")
     assert training_flops(c, [1, 1, 1]) < flops <= 3 * training_flops(c, [64] * 8)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["mfu"] == s["mfu"]
+
+
+def test_pretrain_rates_divide_the_work_of_n_steps_by_the_time_of_the_same_n(
+    tmp_path, prepared, monkeypatch
+):
+    """A step's time runs from its start to the next one's, but its FLOPs and residues were
+    counted at once: every rate counted one step too many (the summary's MFU +1/N, the first
+    logged tokens/s +4% at 25 steps a row). Now a step counts when its interval closes."""
+    from coordformer.config import TrainConfig
+    from coordformer.train import mlm
+    from coordformer.train.run import pretrain
+
+    monkeypatch.setattr(mlm, "training_flops", lambda *a, **k: 1.0)  # one "FLOP" per step
+    tc = TrainConfig(
+        max_steps=4,
+        warmup_steps=1,
+        tokens_per_batch=512,
+        crop_length=64,
+        val_every_steps=1000,
+        accelerator="cpu",
+        threads=1,
+    )
+    pretrain(prepared.path, tmp_path / "run", preset("tiny-0.1m"), tc, progress=False)
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    # steps 0-2 closed by their successors' starts; step 3's interval was never timed
+    assert ck["coordformer"]["model_flops"] == 3.0

@@ -58,25 +58,43 @@ def flops_per_token(config: ModelConfig, length: int) -> float:
 
 
 def measured_matmul_rate(
-    device: str = "cpu", dtype=None, n: int = 4096, repeats: int = 10
+    device: str = "cpu",
+    dtype=None,
+    n: int = 4096,
+    trials: int = 5,
+    min_seconds: float | None = None,
+    warmup_seconds: float | None = None,
 ) -> float:
     """FLOP/s of an n x n x n matrix product on ``device`` (bf16 on CUDA by default, float32 on
     CPU): the denominator of a utilisation that this machine can actually reach, measured not
-    quoted."""
+    quoted. The best of ``trials`` timings of at least ``min_seconds`` each (CUDA 0.2 s, CPU
+    0.05 s), after ``warmup_seconds`` of products (CUDA 0.5 s, CPU 0.05 s): a GPU still raising
+    its clocks, or a single few-millisecond timing, gives a low rate and every utilisation
+    divided by it too high."""
     import torch
 
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    if not device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    if not cuda:
         n = min(n, 1024)
+    min_seconds = (0.2 if cuda else 0.05) if min_seconds is None else min_seconds
+    warmup_seconds = (0.5 if cuda else 0.05) if warmup_seconds is None else warmup_seconds
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return 2.0 * n**3 * repeats / (time.perf_counter() - t0)
+
+    def timed(repeats: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    # products per timing: enough for min_seconds at the rate of a first, short one
+    per = max(timed(2) / 2, 1e-9)
+    timed(max(1, int(warmup_seconds / per)))
+    repeats = max(2, int(min_seconds / per) + 1)
+    best = min(timed(repeats) for _ in range(max(1, trials)))
+    return 2.0 * n**3 * repeats / best

@@ -89,9 +89,13 @@ class MaskedLMModule(L.LightningModule):
         self.skipped_steps = (
             0  # optimizer steps skipped for non-finite gradients, saved with checkpoints
         )
-        # training FLOPs of the residues seen (coordformer.model.flops), saved with checkpoints
+        # training FLOPs (coordformer.model.flops) of the steps train_seconds timed, saved with
+        # checkpoints
         self.model_flops = 0.0
         self._flops_since = 0.0
+        # (residues, FLOPs) of the last step, counted in the rates when its time is: at the next
+        # step's start, which closes its interval
+        self._pending: tuple[int, float] = (0, 0.0)
         self._skips_in_a_row = 0
         # (loss, accuracy, rows) of a step whose values were not logged: the stopping step's row
         self._unlogged: tuple[torch.Tensor, torch.Tensor, int] | None = None
@@ -134,7 +138,15 @@ class MaskedLMModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         now = time.perf_counter()
         if self._t_last is not None:
+            # a step's time is from its start to the next one's; its work is counted with it (a
+            # step whose interval a validation or the end cut off counts in neither), so that the
+            # rates divide the work of N steps by the time of the same N
             self.train_seconds += now - self._t_last
+            ntok, flops = self._pending
+            self._tokens_since += ntok
+            self.model_flops += flops
+            self._flops_since += flops
+        self._pending = (0, 0.0)
         self._t_last = now
         loss, correct, n = self._step_loss(batch)
         objective = loss
@@ -147,7 +159,6 @@ class MaskedLMModule(L.LightningModule):
             self._step_targets += n
         lengths = _chain_lengths(batch)
         ntok = int(sum(lengths))
-        self._tokens_since += ntok
         self.residues_seen += ntok
         # useful work only: padding and recomputation (activation checkpointing) are not model FLOPs
         # the head runs on the targets alone when they were indexed (a shape: no host sync)
@@ -155,8 +166,7 @@ class MaskedLMModule(L.LightningModule):
         flops = training_flops(
             self.model_config, lengths, None if idx is None else int(idx.numel())
         )
-        self.model_flops += flops
-        self._flops_since += flops
+        self._pending = (ntok, flops)  # each micro-batch is a training_step, timed alike
         bs = len(batch)
         # Lightning writes the logger's row after the step whose global_step + 1 is a multiple of
         # log_every_steps, with the values logged last. A Python number logged becomes a tensor on
