@@ -4,13 +4,18 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+# PyTorch's CPU wheels: PyPI's Linux torch depends on GBs of CUDA wheels. Used where it answers; a
+# machine without it (an offline mirror, CI) installs the pin from its configured index.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test lint venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) $$($(PY) -c "import urllib.request as u; \
+		u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=10); print('--index-url $(TORCH_CPU_INDEX)')" \
+		2>/dev/null)
 	$(BIN)/pip install -q -e ".[dev,tensorboard,hf]"
 	touch $@
 

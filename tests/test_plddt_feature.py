@@ -174,3 +174,44 @@ def test_plddt_feature_on_a_dataset_without_plddt_warns(tmp_path, prepared, capl
         assert main(args) == 0
     said = [r.getMessage() for r in caplog.records if "holds no pLDDT" in r.getMessage()]
     assert len(said) == 1 and "--store-plddt" in said[0], said
+
+
+def test_plddt_feature_on_experimental_structures_only_warns(tmp_path, caplog):
+    """A dataset of X-ray structures prepared with --store-plddt holds a pLDDT array, all unknown
+    (their B-factors are no pLDDT): the feature learns nothing there either, and pretrain said
+    nothing."""
+    from conftest import DATA
+
+    ds = tmp_path / "xray"
+    assert (
+        main(
+            [
+                "prepare",
+                str(DATA / "1lzh.pdb.gz"),
+                str(DATA / "1orc.pdb"),
+                "--out",
+                str(ds),
+                "--store-plddt",
+                "--valid-fraction",
+                "0",
+                "--test-fraction",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    args = pretrain_args(
+        ds,
+        tmp_path / "run",
+        plddt_feature=True,
+        max_steps=1,
+        warmup_steps=1,
+        tokens_per_batch=256,
+        crop_length=64,
+        quiet=True,
+    )
+    with caplog.at_level("WARNING", logger="coordformer.train.run"):
+        assert main(args) == 0
+    said = [r.getMessage() for r in caplog.records if "holds no pLDDT" in r.getMessage()]
+    assert len(said) == 1 and "only experimental structures" in said[0], said

@@ -241,6 +241,12 @@ class ChainArrays:
         """float32 [L] view of chain ``i``'s pLDDT (0-100, NaN unknown), or None if not held."""
         return None if self._plddt is None else self._plddt[self._span(i)]
 
+    @property
+    def has_known_plddt(self) -> bool:
+        """Whether any residue's pLDDT is known: a dataset of experimental structures prepared
+        with ``--store-plddt`` holds the array, all NaN (their B-factors are no pLDDT)."""
+        return self._plddt is not None and bool(np.isfinite(self._plddt).any())
+
 
 class PreparedDataset(ChainArrays):
     """Read-only, memory-mapped view of a prepared dataset folder.

@@ -438,16 +438,19 @@ def _pretrain(
         )
     if (
         model_config.plddt_feature
-        and not data.has_plddt
+        and not data.has_known_plddt
         and getattr(rank_zero_only, "rank", 0) == 0
     ):
         # documented (no pLDDT reads as 100), but a whole dataset without any is almost always
-        # one prepared without --store-plddt
+        # one prepared without --store-plddt, or of experimental structures only
         log.warning(
-            "%s holds no pLDDT (prepared without --store-plddt): the pLDDT feature reads 0 "
-            "(pLDDT 100) for every residue and learns nothing; for predicted models prepare it "
-            "again with --store-plddt (store_plddt=True)",
+            "%s holds no pLDDT (%s): the pLDDT feature reads 0 (pLDDT 100) for every residue and "
+            "learns nothing; for predicted models prepare it again with --store-plddt "
+            "(store_plddt=True)",
             data.path,
+            "only experimental structures, which have none"
+            if data.has_plddt
+            else "prepared without --store-plddt",
         )
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
