@@ -182,7 +182,7 @@ issue16)
   # TRAIN_SHARE of the rest in steps (validation and checkpoints take the others). A schedule longer than
   # the window ends un-annealed: the learning rate at SIGTERM would be a quarter of its peak, not ~0.
   train_s=$((deadline - ${EVAL_LIMIT:-120} - 40 - (SECONDS - t0)))
-  run_min=$(python3 -c "print(round(max(0.5, min($minutes, ($train_s - ${STARTUP16:-45}) * ${TRAIN_SHARE:-0.85} / 60)), 2))")
+  run_min=$(python3 -c "print(round(min($minutes, max(0.5, ($train_s - ${STARTUP16:-45}) * ${TRAIN_SHARE:-0.85} / 60)), 2))")
   C16="$C16 --max-minutes $run_min"; echo "schedule: $run_min min of training steps (window $train_s s)"
   if [ -n "${PICK16:-}" ]; then
     # the record must be of this training's preset, tokens and precision; a step's compile time is charged
