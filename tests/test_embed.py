@@ -449,11 +449,11 @@ def test_embeddings_do_not_depend_on_the_frame_of_the_file():
 
 def test_embed_edge_cases_found_by_review(tmp_path):
     """residue_has_ca is False for every row embedded without coordinates; an .npz run whose
-    complexes are all skipped writes an empty table instead of crashing; embed_chains refuses the
-    settings of embed's reading step instead of ignoring them."""
+    complexes are all skipped is refused (it once crashed, then wrote an empty table);
+    embed_chains refuses the settings of embed's reading step instead of ignoring them."""
     from coordformer.config import EmbedConfig
     from coordformer.embed import embed, embed_chains
-    from coordformer.errors import OptionError
+    from coordformer.errors import OptionError, UsageError
     from coordformer.io import read_structure
 
     model, _ = load_model("small-coords")
@@ -467,9 +467,10 @@ def test_embed_edge_cases_found_by_review(tmp_path):
             embed_chains(model, [chain], EmbedConfig(**bad))
     out = tmp_path / "c.npz"
     cfg = EmbedConfig(complexes=True, window=32, overlap=8)  # 1ORC (64) does not fit: skipped
-    embed("small-coords", [str(DATA / "1orc.pdb")], out, cfg, progress=False, echo=lambda s: None)
-    z = np.load(out)
-    assert len(z["ids"]) == 0 and z["mean"].shape[0] == 0
+    # no complex left: refused (an empty table with exit 0 passed for a finished run), no file
+    with pytest.raises(UsageError, match="every one of the 1 complexes"):
+        embed("small-coords", [str(DATA / "1orc.pdb")], out, cfg, progress=False, echo=print)
+    assert not out.exists() and not (tmp_path / "c.npz.tmp").exists()
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".npz"])
