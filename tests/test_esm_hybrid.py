@@ -98,7 +98,7 @@ def test_config_records_the_lm_and_defaults_are_unchanged(esm):
     assert ModelConfig.from_dict(mc.to_dict()) == mc
     with pytest.raises(ConfigError, match="recipe paper"):
         mc.replace(coord_norm_feature=True, gaussian_init_heads=2)
-    with pytest.raises(ConfigError, match="need condition_on"):
+    with pytest.raises(ConfigError, match="need `condition_on`"):
         ModelConfig(unfreeze_lm=True)
     # the unconditioned model has no new parameters
     assert "connector.weight" not in CoordFormer(plain).state_dict()

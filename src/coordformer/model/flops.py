@@ -92,9 +92,13 @@ def measured_matmul_rate(
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    # products per timing: enough for min_seconds at the rate of a first, short one
-    per = max(timed(2) / 2, 1e-9)
-    timed(max(1, int(warmup_seconds / per)))
-    repeats = max(2, int(min_seconds / per) + 1)
+    end = time.perf_counter() + warmup_seconds
+    while time.perf_counter() < end:
+        timed(1)
+    # products per timing: doubled until one timing lasts min_seconds (an estimate from a first,
+    # cold product would be too few)
+    repeats = 1
+    while timed(repeats) < min_seconds:
+        repeats *= 2
     best = min(timed(repeats) for _ in range(max(1, trials)))
     return 2.0 * n**3 * repeats / best
