@@ -241,6 +241,22 @@ def main(argv=None):
                     continue
                 m = json.loads(p.stdout.strip().splitlines()[-1])
                 results.setdefault((arm, length), []).append(m)
+                if a.json:  # what a cut-short run (a lease's timeout) measured, kept as it goes
+                    with open(a.json, "w") as fh:
+                        json.dump(
+                            {
+                                "complete": False,
+                                "args": vars(a),
+                                "measurements": [
+                                    {"arm": k[0], "length": k[1], "round": i + 1, **x}
+                                    for k, xs in results.items()
+                                    for i, x in enumerate(xs)
+                                    if x
+                                ],
+                            },
+                            fh,
+                            indent=2,
+                        )
                 print(
                     f"round {r + 1} {arm:>13} L={length:>5}: {m['tokens_per_s']:9.0f} tok/s, "
                     f"peak {m['peak_mb']:8.1f} MB",
@@ -352,7 +368,7 @@ def main(argv=None):
             else None,
         }
         with open(a.json, "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+            json.dump({"complete": True, "meta": meta, "rows": rows}, fh, indent=2)
     return 0
 
 
