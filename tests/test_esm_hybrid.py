@@ -186,6 +186,34 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
     monkeypatch.setenv(LM_ENV, str(tiny_esm(tmp_path / "other", seed=1)))
     with pytest.raises(UsageError, match="not the one this model was trained with"):
         load_model(path)
+    # the same embeddings with other transformer layers (a LoRA merge, a fine-tune with the
+    # embeddings frozen): the first fingerprint hashed the embeddings alone and let it through
+    from transformers import EsmModel
+
+    from coordformer.model.lm import fingerprint
+
+    other = EsmModel.from_pretrained(moved, add_pooling_layer=False)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if ".layer." in name:
+                p.add_(0.5 * torch.randn_like(p))
+    other.save_pretrained(tmp_path / "layers")
+    for f in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (moved / f).exists():
+            (tmp_path / "layers" / f).write_bytes((moved / f).read_bytes())
+    monkeypatch.setenv(LM_ENV, str(tmp_path / "layers"))
+    with pytest.raises(UsageError, match="not the one this model was trained with"):
+        load_model(path)
+    # a model recorded with the first fingerprint is still checked the first way
+    original = EsmModel.from_pretrained(moved, add_pooling_layer=False)
+    assert fingerprint(other, version=1) == fingerprint(original, version=1)
+    monkeypatch.setenv(LM_ENV, str(moved))
+    old = CoordFormer(model.config.replace(lm_fingerprint=fingerprint(original, version=1)))
+    export_model(old, tmp_path / "v1.pt")
+    v1 = fingerprint(original, version=1)
+    assert (
+        load_model(tmp_path / "v1.pt")[0].config.lm_fingerprint == v1 != model.config.lm_fingerprint
+    )
 
 
 def test_pretrain_reduces_the_loss_keeps_the_lm_and_checkpoints_without_it(esm, prepared, tmp_path):

@@ -10,7 +10,7 @@ frozen (no gradients, eval mode, so no dropout) unless ``unfreeze_lm`` is set.
 Its weights are not part of a CoordFormer's saved state (checkpoints, exported files and folders
 hold only what coordformer trains; with ``unfreeze_lm`` they are kept, as they are trained). The
 model config records where the LM came from (``condition_on``), its hidden size (``lm_dim``) and a
-fingerprint (sizes and a hash of a few weight tensors, ``lm_fingerprint``). Loading such a model
+fingerprint (sizes and a hash of a sample of every weight tensor, ``lm_fingerprint``). Loading such a model
 loads the LM again from ``condition_on``, or from the folder in the environment variable
 ``COORDFORMER_LM`` where set (the model moved to a machine where the LM sits elsewhere), and
 refuses with a one-line error when it is missing or its fingerprint differs.
@@ -128,18 +128,34 @@ def load_esm(source: str):
     return model, tokenizer
 
 
-def fingerprint(model) -> str:
-    """Sizes and a SHA-256 of the token embedding and final LayerNorm of an EsmModel: tells a
-    different model (or different weights of the same size) apart without hashing gigabytes."""
+#: marks a fingerprint of every tensor (:func:`fingerprint` version 2); older records hashed the
+#: token embedding and final LayerNorm only, and are still checked that way
+FINGERPRINT_V2 = "-s2-"
+#: entries of each tensor a version-2 fingerprint hashes (evenly strided; all of a smaller one)
+FINGERPRINT_SAMPLE = 4096
+
+
+def fingerprint(model, version: int = 2) -> str:
+    """Sizes and a SHA-256 of an EsmModel's weights: tells a different model (or different
+    weights of the same size) apart without hashing gigabytes. Version 2 hashes every tensor's
+    name, shape and ``FINGERPRINT_SAMPLE`` evenly strided entries, so that a model whose
+    transformer layers alone changed (a LoRA merge, a fine-tune with the embeddings frozen) is
+    told apart too; version 1 (older records) hashed the token embedding and final LayerNorm."""
     c = model.config
     h = hashlib.sha256()
     for name, v in sorted(model.state_dict().items()):
-        if "word_embeddings" in name or "emb_layer_norm_after" in name:
+        if version == 1 and not ("word_embeddings" in name or "emb_layer_norm_after" in name):
+            continue
+        x = v.detach().float().cpu().contiguous().flatten()
+        if version != 1:
+            h.update(f"{name}{tuple(v.shape)}".encode())
+            x = x[:: max(1, x.numel() // FINGERPRINT_SAMPLE)]
+        else:
             h.update(name.encode())
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(x.numpy().tobytes())
     return (
         f"esm-h{c.hidden_size}-l{c.num_hidden_layers}-a{c.num_attention_heads}"
-        f"-v{c.vocab_size}-{h.hexdigest()[:16]}"
+        f"-v{c.vocab_size}{FINGERPRINT_V2 if version != 1 else '-'}{h.hexdigest()[:16]}"
     )
 
 
@@ -238,7 +254,9 @@ def load_conditioner(config) -> tuple[EsmConditioner, str]:
     ``lm_dim`` / ``lm_fingerprint`` (when set). Returns (conditioner, fingerprint)."""
     source = lm_source(config.condition_on)
     model, tokenizer = load_esm(source)
-    fp = fingerprint(model)
+    # a model trained before version 2 recorded a version-1 fingerprint: checked as it was made
+    legacy = bool(config.lm_fingerprint) and FINGERPRINT_V2 not in config.lm_fingerprint
+    fp = fingerprint(model, version=1 if legacy else 2)
     if config.lm_fingerprint and fp != config.lm_fingerprint:
         raise UsageError(
             f"language model {source!r} (fingerprint {fp}) is not the one this model was trained "
