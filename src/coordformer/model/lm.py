@@ -10,8 +10,8 @@ frozen (no gradients, eval mode, so no dropout) unless ``unfreeze_lm`` is set.
 Its weights are not part of a CoordFormer's saved state (checkpoints, exported files and folders
 hold only what coordformer trains; with ``unfreeze_lm`` they are kept, as they are trained). The
 model config records where the LM came from (``condition_on``), its hidden size (``lm_dim``) and a
-fingerprint (sizes and a hash of a sample of every weight tensor, ``lm_fingerprint``). Loading such a model
-loads the LM again from ``condition_on``, or from the folder in the environment variable
+fingerprint (sizes and a hash of a sample of every weight tensor, ``lm_fingerprint``). Loading such
+a model loads the LM again from ``condition_on``, or from the folder in the environment variable
 ``COORDFORMER_LM`` where set (the model moved to a machine where the LM sits elsewhere), and
 refuses with a one-line error when it is missing or its fingerprint differs.
 
