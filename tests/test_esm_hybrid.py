@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from conftest import pretrain_args  # noqa: E402
+from conftest import DATA, pretrain_args  # noqa: E402
 from coordformer.config import ConfigError, ModelConfig, TrainConfig  # noqa: E402
 from coordformer.constants import VOCAB  # noqa: E402
 from coordformer.errors import UsageError  # noqa: E402
@@ -270,7 +270,7 @@ def test_lm_gets_no_gradients_and_unfreeze_trains_it(esm):
     assert any(k.startswith("lm.model.") for k in free.state_dict())  # trained, so saved
 
 
-def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp_path):
+def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp_path, capsys):
     from typer.testing import CliRunner
 
     from coordformer.cli import app
@@ -341,6 +341,30 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
 
     with np.load(tmp_path / "e.npz") as z:
         assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
+    # a row is one chain to the LM (one <cls> ... <eos>): complexes and spatial crops, which
+    # join chains or fragments, are refused rather than fed to it as one made-up sequence
+    from coordformer.cli import main
+
+    import gemmi
+
+    st = gemmi.read_structure(
+        str(DATA / "1LCD.pdb")
+    )  # a dimer of 51-residue chains: it fits the LM
+    st.setup_entities()
+    b = st[0][0].clone()
+    b.name = "B"
+    for res in b:
+        for atom in res:
+            atom.pos = gemmi.Position(atom.pos.x + 30, atom.pos.y, atom.pos.z)
+    st[0].add_chain(b)
+    st.write_pdb(str(tmp_path / "dimer.pdb"))
+    complexes = ["embed", str(tmp_path / "dimer.pdb"), "-c", str(run), "--complexes"]
+    assert main([*complexes, "--chain-gap", "1", "--out", str(tmp_path / "x.npz"), "--quiet"]) == 2
+    assert "--complexes is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+    spatial = pretrain_args(data, tmp_path / "sp", max_steps=1, crop="spatial", **common)
+    assert main(spatial) == 2
+    assert "--crop spatial: joins fragments" in capsys.readouterr().err
     # score: per-residue masked marginals and a mutant, through the LM
     r = CliRunner().invoke(
         app,

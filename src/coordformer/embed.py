@@ -450,6 +450,14 @@ def _embed_complexes(
             cfg.max_length,
             "crops single chains; with `complexes` select chains with `chains` instead",
         )
+    if model.config.condition_on:
+        # the LM reads a row as one chain (one <cls> ... <eos>): the chains of a complex would
+        # reach it joined, each one's embedding shaped by its partners through the LM
+        raise UsageError(
+            "`complexes` is not supported with a language-model-conditioned model "
+            "(`condition_on`), which reads each row as one chain; embed the chains one by one "
+            "(without `complexes`)"
+        )
     groups = group_complexes(data, idx)
     spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])
     fits = spans <= window
