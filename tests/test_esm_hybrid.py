@@ -343,9 +343,9 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
         assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
     # a row is one chain to the LM (one <cls> ... <eos>): complexes and spatial crops, which
     # join chains or fragments, are refused rather than fed to it as one made-up sequence
-    from coordformer.cli import main
-
     import gemmi
+
+    from coordformer.cli import main
 
     st = gemmi.read_structure(
         str(DATA / "1LCD.pdb")
