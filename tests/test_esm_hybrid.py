@@ -175,6 +175,15 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
         CoordFormer.from_pretrained(folder)(tokens, coords, mask).logits,
         model(tokens, coords, mask).logits,
     )
+    # not through the transformers Auto classes (its LM cannot load inside theirs): said so,
+    # rather than an error blaming the LM's folder
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForMaskedLM
+
+    import coordformer.model.hf_model  # noqa: F401  (registers "coordformer")
+
+    with pytest.raises(UsageError, match="does not load through the transformers Auto classes"):
+        AutoModelForMaskedLM.from_pretrained(folder)
     # LM moved: refused, then found through $COORDFORMER_LM
     moved = tmp_path / "moved"
     esm.rename(moved)

@@ -12,7 +12,9 @@ with the usual calls, offline, without ``trust_remote_code``::
     enc = AutoModel.from_pretrained("path/to/folder")              # last_hidden_state [B, L, D]
 
 Both classes hold the same weights (a whole ``CoordFormer`` under the ``coordformer.`` prefix), so
-any folder loads into either, and a folder saved from them loads back into coordformer
+any folder loads into either (except a language-model-conditioned model's, ``condition_on``: its
+ESM-2 loads through ``CoordFormer.from_pretrained`` / ``load_model`` only), and a folder saved
+from them loads back into coordformer
 (``-c FOLDER`` or ``CoordFormer.from_pretrained``). Inputs are coordformer's: token ids
 (``coordformer.constants.VOCAB``; ``coordformer.data.batching.chains_to_batch`` builds them from
 chains), ``coords`` [B, L, 4, 3] in Angstrom with NaN where missing, ``attention_mask`` [B, L]
@@ -79,7 +81,17 @@ class CoordFormerPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: CoordFormerConfig):
         super().__init__(config)
-        self.coordformer = CoordFormer(config.to_model_config())
+        mc = config.to_model_config()
+        if mc.condition_on:
+            # its ESM-2 is loaded with from_pretrained, which transformers refuses inside its own
+            # (meta-device) from_pretrained: the error would blame the LM's folder
+            raise UsageError(
+                f"a language-model-conditioned model (`condition_on` {mc.condition_on!r}) does "
+                "not load through the transformers Auto classes; use "
+                "coordformer.model.CoordFormer.from_pretrained(folder) or "
+                "coordformer.load_model(folder)"
+            )
+        self.coordformer = CoordFormer(mc)
         self.post_init()
 
     @torch.no_grad()
