@@ -174,6 +174,15 @@ def embed(
         )
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
+    if cfg.complexes and model.config.condition_on:
+        # the LM reads a row as one chain (one <cls> ... <eos>): the chains of a complex would
+        # reach it joined, each one's embedding shaped by its partners through the LM; refused
+        # before any input is read
+        raise UsageError(
+            "`complexes` is not supported with a language-model-conditioned model "
+            "(`condition_on`), which reads each row as one chain; embed the chains one by one "
+            "(without `complexes`)"
+        )
     window, use_coords = _model_settings(model, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out.with_name(out.name + ".skipped.tsv")
@@ -449,14 +458,6 @@ def _embed_complexes(
             "max_length",
             cfg.max_length,
             "crops single chains; with `complexes` select chains with `chains` instead",
-        )
-    if model.config.condition_on:
-        # the LM reads a row as one chain (one <cls> ... <eos>): the chains of a complex would
-        # reach it joined, each one's embedding shaped by its partners through the LM
-        raise UsageError(
-            "`complexes` is not supported with a language-model-conditioned model "
-            "(`condition_on`), which reads each row as one chain; embed the chains one by one "
-            "(without `complexes`)"
         )
     groups = group_complexes(data, idx)
     spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])

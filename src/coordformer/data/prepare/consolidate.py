@@ -424,16 +424,10 @@ def assign_splits(
     else:
         codes, clusters = _splits.random_split(ids, config), None
     match = _splits.apply_exclusions(ids, codes, list(run.excluded), norm, clusters)
+    search = dict(threads=run.workers, tmp_root=run.out / store.WORK_DIR)  # every MMseqs2 search
     if config.exclude_sequences:
         listed = read_exclusion_sequences(config)
-        aside = _splits.set_aside_homologues(
-            seqs,
-            codes,
-            listed,
-            config.split_identity,
-            threads=run.workers,
-            tmp_root=run.out / store.WORK_DIR,
-        )
+        aside = _splits.set_aside_homologues(seqs, codes, listed, config.split_identity, **search)
         summary.excluded_by_sequence = len(aside)
         log(
             f"exclude: {len(aside)} train chains have a homologue among the "
@@ -447,24 +441,10 @@ def assign_splits(
             # would otherwise move it (with its cluster) into train, past the set-aside above
             held = np.flatnonzero((codes == _splits.VALID) | (codes == _splits.TEST))
             forced[
-                _splits.homologues_of_listed(
-                    seqs,
-                    held,
-                    listed,
-                    config.split_identity,
-                    threads=run.workers,
-                    tmp_root=run.out / store.WORK_DIR,
-                )
+                _splits.homologues_of_listed(seqs, held, listed, config.split_identity, **search)
             ] = True
         res = _splits.strict_holdout(
-            seqs,
-            codes,
-            clusters,
-            forced,
-            config.split_identity,
-            threads=run.workers,
-            log=log,
-            tmp_root=run.out / store.WORK_DIR,
+            seqs, codes, clusters, forced, config.split_identity, log=log, **search
         )
         summary.holdout_to_train = len(res.to_train)
         summary.holdout_aside = len(res.aside)
@@ -479,12 +459,7 @@ def assign_splits(
             # the chains moved into train share clusters with held-out chains, not a sequence
             # with the listed ones, as far as the search above saw; check what train holds now
             late = _splits.set_aside_homologues(
-                seqs,
-                codes,
-                listed,
-                config.split_identity,
-                threads=run.workers,
-                tmp_root=run.out / store.WORK_DIR,
+                seqs, codes, listed, config.split_identity, **search
             )
             if len(late):
                 summary.excluded_by_sequence += len(late)
