@@ -1,6 +1,7 @@
 """Language-model conditioning (ModelConfig.condition_on, coordformer.model.lm): a tiny randomly
 initialised ESM-2 written to tmp_path stands in for a real one (nothing is downloaded)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,86 @@ def test_residue_alignment_matches_esm_on_each_sequence(esm):
             ref = ref_model(input_ids=ids).last_hidden_state[0, 1 : n + 1]
         torch.testing.assert_close(h[b, :n], ref, atol=1e-5, rtol=1e-4)
         assert torch.all(h[b, n:] == 0)
+
+
+def test_each_piece_of_a_row_is_read_by_the_lm_as_its_own_sequence(esm):
+    """``pieces`` (the chains of a packed row or complex, the fragments of a crop): the LM's
+    representation of each piece is the one it gives that piece alone in a row of its own."""
+    model = CoordFormer(_config(esm)).eval()
+    tokens, _, mask = _batch()
+    alone = model.lm(tokens, mask)  # row b: one sequence, checked against ESM above
+    # row 0 holds rows 1 and 2 side by side; row 1 holds row 0 cut into 3 pieces after
+    # residues 6 and 13 (a spatial crop's fragments); the pieces are numbered as batchers do
+    n1, n2 = int(mask[1].sum()), int(mask[2].sum())
+    joined = torch.zeros(2, 20, dtype=torch.long)
+    joined[0, :n1], joined[0, n1 : n1 + n2] = tokens[1, :n1], tokens[2, :n2]
+    joined[1] = tokens[0]
+    jmask = torch.zeros(2, 20, dtype=torch.bool)
+    jmask[0, : n1 + n2], jmask[1] = True, True
+    pieces = torch.full((2, 20), -1)
+    pieces[0, :n1], pieces[0, n1 : n1 + n2] = 0, 1
+    pieces[1, :7], pieces[1, 7:14], pieces[1, 14:] = 0, 1, 2
+    h = model.lm(joined, jmask, pieces)
+    assert h.shape == (2, 20, 16) and torch.all(h[0, n1 + n2 :] == 0)
+    torch.testing.assert_close(h[0, :n1], alone[1, :n1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h[0, n1 : n1 + n2], alone[2, :n2], atol=1e-5, rtol=1e-4)
+    for lo, hi in ((0, 7), (7, 14), (14, 20)):
+        piece = model.lm(tokens[:1, lo:hi], mask[:1, lo:hi])[0]
+        torch.testing.assert_close(h[1, lo:hi], piece, atol=1e-5, rtol=1e-4)
+    # not what reading the row whole gives (the test would pass vacuously otherwise)
+    assert not torch.allclose(model.lm(joined, jmask)[0, n1 : n1 + n2], h[0, n1 : n1 + n2])
+    # the LM's residue limit holds per piece: 2 x 100 residues in one row of 200 are read
+    long = torch.randint(5, 25, (1, 200))
+    two = torch.zeros(1, 200, dtype=torch.long)
+    two[0, 100:] = 1
+    assert model.lm(long, torch.ones(1, 200, dtype=torch.bool), two).shape == (1, 200, 16)
+    with pytest.raises(UsageError, match="200 residues"):
+        model.lm(long, torch.ones(1, 200, dtype=torch.bool))
+
+
+def test_packed_complex_and_cropped_rows_of_a_conditioned_model(esm, prepared):
+    """Batchers number the pieces: a packed conditioned batch gives each chain the logits and loss
+    of the padded batch; a spatial crop's fragments and a complex's chains are pieces."""
+    import numpy as np
+
+    from coordformer.data.batching import BatchSettings, collate_chains, pack_batch
+    from coordformer.data.complexes import complex_batch
+
+    model = CoordFormer(_config(esm, max_len=512)).eval()
+    data = prepared
+    idx = np.argsort(data.lengths)[:6]  # short chains: several fit a packed row
+    crop = int(data.lengths[idx].max())
+    for spatial in (False, True):
+        settings = BatchSettings(
+            crop_length=crop // 2 if spatial else crop,
+            tokens_per_batch=10**6,
+            crop_mode="spatial" if spatial else "sequence",
+        )
+        padded = collate_chains(data, idx, settings, seed=3, masked=True)
+        if spatial:  # a new fragment wherever the kept residues skip ahead
+            steps = torch.diff(padded.positions, dim=1) != 1
+            first = padded.pieces[:, 1:] != padded.pieces[:, :-1]
+            real = padded.padding_mask[:, 1:]
+            assert torch.equal(first[real], steps[real]) and bool(first[real].any())
+        else:
+            assert padded.pieces is None
+        packed = pack_batch(padded, row_length=3 * int(padded.lengths.max()))
+        assert packed.tokens.shape[0] < len(idx)  # really packed
+        ref = model(**padded.inputs()).logits
+        got = model(**packed.inputs()).logits
+        for i in range(len(idx)):  # find chain i in the packed rows by its tokens and targets
+            n = int(padded.lengths[i])
+            hits = [
+                (r, c)
+                for r in range(packed.tokens.shape[0])
+                for c in range(packed.tokens.shape[1] - n + 1)
+                if torch.equal(packed.tokens[r, c : c + n], padded.tokens[i, :n])
+                and torch.equal(packed.targets[r, c : c + n], padded.targets[i, :n])
+            ]
+            r, c = hits[0]
+            torch.testing.assert_close(got[r, c : c + n], ref[i, :n], atol=2e-4, rtol=1e-4)
+    two = complex_batch(data, [np.asarray(idx[:2])], gap=8)
+    assert torch.equal(two.pieces, two.chain)
 
 
 def test_long_chains_are_refused_with_the_limit(esm):
@@ -350,30 +431,35 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
 
     with np.load(tmp_path / "e.npz") as z:
         assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
-    # a row is one chain to the LM (one <cls> ... <eos>): complexes and spatial crops, which
-    # join chains or fragments, are refused rather than fed to it as one made-up sequence
+    # complexes and spatial crops: the LM reads each chain (fragment) of a row as its own
+    # sequence (unit tests below check the representations), so both run
     import gemmi
 
     from coordformer.cli import main
 
-    st = gemmi.read_structure(
-        str(DATA / "1LCD.pdb")
-    )  # a dimer of 51-residue chains: it fits the LM
+    # 1LCD's protein chain (51 residues; B and C are DNA) and two shifted copies, D and E: each
+    # fits the LM's 128 residues, the three read as one sequence would not
+    st = gemmi.read_structure(str(DATA / "1LCD.pdb"))
     st.setup_entities()
-    b = st[0][0].clone()
-    b.name = "B"
-    for res in b:
-        for atom in res:
-            atom.pos = gemmi.Position(atom.pos.x + 30, atom.pos.y, atom.pos.z)
-    st[0].add_chain(b)
+    for name, shift in (("D", 30.0), ("E", -30.0)):
+        b = st[0]["A"].clone()
+        b.name = name
+        for res in b:
+            for atom in res:
+                atom.pos = gemmi.Position(atom.pos.x + shift, atom.pos.y, atom.pos.z)
+        st[0].add_chain(b)
     st.write_pdb(str(tmp_path / "dimer.pdb"))
     complexes = ["embed", str(tmp_path / "dimer.pdb"), "-c", str(run), "--complexes"]
-    assert main([*complexes, "--chain-gap", "1", "--out", str(tmp_path / "x.npz"), "--quiet"]) == 2
-    assert "--complexes is not supported" in capsys.readouterr().err
-    assert not (tmp_path / "x.npz").exists()
-    spatial = pretrain_args(data, tmp_path / "sp", max_steps=1, crop="spatial", **common)
-    assert main(spatial) == 2
-    assert "--crop spatial: joins fragments" in capsys.readouterr().err
+    assert main([*complexes, "--chain-gap", "1", "--out", str(tmp_path / "x.npz"), "--quiet"]) == 0
+    with np.load(tmp_path / "x.npz") as z:
+        assert len(z["ids"]) == 3 and z["mean"].shape == (3, 64)
+        assert z["lengths"].sum() > 128  # the LM read the chains one by one
+        assert np.isfinite(z["mean"]).all()
+    spatial = pretrain_args(
+        data, tmp_path / "sp", max_steps=2, crop="spatial", **{**common, "crop_length": 40}
+    )
+    assert main(spatial) == 0
+    assert json.loads((tmp_path / "sp" / "summary.json").read_text())["global_step"] == 2
     # score: per-residue masked marginals and a mutant, through the LM
     r = CliRunner().invoke(
         app,

@@ -127,17 +127,6 @@ def test_flop_count_of_packed_rows_is_per_chain():
     assert sorted(_chain_lengths(packed)) == sorted(padded.lengths.tolist())
 
 
-def test_packing_with_language_model_conditioning_is_refused_up_front(prepared, tmp_path):
-    from coordformer.config import TrainConfig
-    from coordformer.errors import OptionError
-    from coordformer.train.run import pretrain
-
-    conditioned = preset("tiny-0.1m", recipe="paper").replace(condition_on="esm", lm_dim=8)
-    with pytest.raises(OptionError, match="pack_sequences=True: packed rows") as e:
-        pretrain(prepared.path, tmp_path / "r", conditioned, TrainConfig(pack_sequences=True))
-    assert e.value.flag_message({"pack_sequences": "--pack"}).startswith("--pack True:")
-
-
 def test_indexed_batches_locate_their_chains_without_padding():
     """``Batch.indexed`` lists the real residues row-major and where each chain starts among them,
     for padded rows and for packed ones (segment by segment); ``replace`` drops them as stale."""

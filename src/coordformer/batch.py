@@ -18,7 +18,7 @@ from .constants import PAD
 
 #: Optional model inputs: passed to ``CoordFormer.forward`` only when the batch holds them, so a
 #: stand-in model without these keywords (attention analysis accepts any) still takes the batch.
-_OPTIONAL_INPUTS = ("positions", "plddt", "segments", "padded")
+_OPTIONAL_INPUTS = ("positions", "plddt", "segments", "pieces", "padded")
 
 #: Fields read on the host by :meth:`Batch.indexed`; they describe the other fields as they were.
 HOST_FIELDS = ("target_index", "chain_lengths", "padded", "token_index", "cu_seqlens")
@@ -70,6 +70,11 @@ class Batch:
     - ``segments`` [B, L] long or None: packed rows (``data.batching.pack_batch``): which chain of
       the row (0, 1, ...) each position belongs to, -1 at padding. A model input: attention stays
       within a chain and each chain is centred on its own CAs.
+    - ``pieces`` [B, L] long or None: the runs of each row that a model conditioned on a language
+      model reads as sequences of their own, numbered 0, 1, ... along the row, -1 at padding: each
+      chain of a complex (``data.complexes``), each contiguous fragment of a spatial crop, each
+      chain (or fragment) of a packed row. A model input, read by conditioned models only; None:
+      one per row (or per segment of a packed row).
 
     Read on the host before the batch moves to an accelerator (:meth:`indexed` fills them from the
     CPU tensors), so that a training step never waits for the device to learn a shape or a count:
@@ -97,6 +102,7 @@ class Batch:
     stretch: torch.Tensor | None = None
     chain: torch.Tensor | None = None
     segments: torch.Tensor | None = None
+    pieces: torch.Tensor | None = None
     target_index: torch.Tensor | None = None
     chain_lengths: tuple[int, ...] | None = None
     padded: bool | None = None
@@ -189,8 +195,8 @@ class Batch:
 
     def inputs(self, use_coords: bool = True) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless
-        ``use_coords``), padding_mask, and positions / plddt / segments / padded where the batch
-        holds them."""
+        ``use_coords``), padding_mask, and positions / plddt / segments / pieces / padded where the
+        batch holds them."""
         out = {
             "tokens": self.tokens,
             "coords": self.coords if use_coords else None,

@@ -174,15 +174,6 @@ def embed(
         )
     model, meta = load_model(checkpoint, map_location=device)
     model = model.float().eval()
-    if cfg.complexes and model.config.condition_on:
-        # the LM reads a row as one chain (one <cls> ... <eos>): the chains of a complex would
-        # reach it joined, each one's embedding shaped by its partners through the LM; refused
-        # before any input is read
-        raise UsageError(
-            "`complexes` is not supported with a language-model-conditioned model "
-            "(`condition_on`), which reads each row as one chain; embed the chains one by one "
-            "(without `complexes`)"
-        )
     window, use_coords = _model_settings(model, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out.with_name(out.name + ".skipped.tsv")

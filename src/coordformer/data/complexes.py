@@ -58,8 +58,8 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
     Returns a :class:`Batch` with tokens [B, L] long, coords [B, L, 4, 3] float32 Angstrom (NaN
     missing/padding), padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts
     ``gap`` after chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the
-    complex, -1 at padding); with a dataset that stores pLDDT also plddt [B, L] (NaN
-    unknown/padding). L = the most residues of any complex in the batch.
+    complex, -1 at padding; also ``pieces``, for a language model); with a dataset that stores
+    pLDDT also plddt [B, L] (NaN unknown/padding). L = the most residues of any complex in the batch.
     """
     sizes = [int(data.lengths[m].sum()) for m in complexes]
     b, length = len(complexes), max(sizes)
@@ -90,4 +90,5 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
         positions=positions,
         plddt=plddt,
         chain=chain,
+        pieces=chain,  # a language model reads each chain as a sequence of its own
     )

@@ -490,6 +490,7 @@ class CoordFormer(nn.Module):
         plddt: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         check_positions: bool = True,
+        pieces: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
@@ -504,8 +505,11 @@ class CoordFormer(nn.Module):
         unknown), read by models with ``config.plddt_feature`` and ignored by others.
         ``segments``: [B, L] long for packed rows (several chains per row, ``Batch.segments``):
         each segment is centred on its own CAs. ``check_positions``: refuse positions outside
-        0..max_len-1 with a UsageError (reads them: a host sync on an accelerator). Returns
-        [B, L, D]."""
+        0..max_len-1 with a UsageError (reads them: a host sync on an accelerator). ``pieces``:
+        [B, L] long (``Batch.pieces``), read only by a model conditioned on a language model: the
+        runs of a row that the LM reads as sequences of their own (the chains of a complex, the
+        fragments of a spatial crop), -1 at padding; default one per segment of a packed row, else
+        one per row. Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
             raise OptionError(
@@ -518,18 +522,12 @@ class CoordFormer(nn.Module):
             # forward has no length setting to name: its callers (batchers, windows) have theirs
             raise SequenceTooLong(l, self.config.max_len, option=None)
         if self.lm is not None:
-            if segments is not None:
-                raise OptionError(
-                    "segments",
-                    "given",
-                    "packed rows are not supported with language-model conditioning (the LM "
-                    "reads each row as one chain)",
-                )
             # The LM representation carries sequence and position; ablating "positions" drops it
-            # (only the 3D signal is left). ``positions`` (chain breaks) is not read: the LM sees
-            # the residues as one contiguous sequence.
+            # (only the 3D signal is left). ``positions`` is not read: the LM reads each piece (a
+            # chain, or a fragment of a crop) as one contiguous sequence, <cls> ... <eos>, so an
+            # unresolved stretch inside a chain is skipped over as the chain's sequence has it.
             mask = tokens != PAD if padding_mask is None else padding_mask
-            h = self.lm(tokens, mask)
+            h = self.lm(tokens, mask, segments if pieces is None else pieces)
             x = self.connector(h.to(self.connector.weight.dtype))
             if "positions" in ablate:
                 x = torch.zeros_like(x)
@@ -594,6 +592,7 @@ class CoordFormer(nn.Module):
         padded: bool | None = None,
         logits_at: torch.Tensor | None = None,
         varlen: Varlen | None = None,
+        pieces: torch.Tensor | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -618,6 +617,8 @@ class CoordFormer(nn.Module):
                 residues only, as one row of chains attending each to itself (FlashAttention's
                 variable-length kernel on a GPU), so no FLOP goes to padding. Outputs keep their
                 [B, L, ...] shapes, with zeros at padding. Not with ``need_attention``.
+            pieces: [B, L] long, for a model conditioned on a language model: the runs its LM
+                reads as separate sequences, see ``embed``. Ignored by other models.
 
         A :class:`coordformer.batch.Batch` gives these inputs as
         ``model(**batch.inputs(use_coords))``.
@@ -628,7 +629,15 @@ class CoordFormer(nn.Module):
         # device. A caller that read its batch on the host (``padded`` given: Batch.indexed of a
         # batch whose positions coordformer's batchers made) is spared it.
         x = self.embed(
-            tokens, coords, padding_mask, ablate, positions, plddt, segments, padded is None
+            tokens,
+            coords,
+            padding_mask,
+            ablate,
+            positions,
+            plddt,
+            segments,
+            padded is None,
+            pieces=pieces,
         )
         if varlen is not None:
             key_mask = None  # the layers take the varlen rows below instead of a mask

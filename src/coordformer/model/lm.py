@@ -19,8 +19,11 @@ Token alignment: coordformer tokens map to ESM tokens by letter (``<pad>``, ``<m
 ``<cls>``, ``<eos>``, ``X`` and the 20 amino acids; a letter the ESM vocabulary lacks becomes its
 ``<unk>``); every chain gets ``<cls>`` in front and ``<eos>`` after its last residue, with
 ``<pad>`` and attention mask 0 beyond, and the representation is read back at the residues only.
-ESM-2 covers ``max_position_embeddings - 2`` residues (1024 for the released models); longer
-chains are refused with a message naming the limit (crop them, e.g. ``--crop-length 1024``).
+A row holding several sequences (``pieces``: the chains of a packed row or a complex, the fragments
+of a spatial crop) is read as that many LM rows, so that no chain's representation depends on the
+others in its row. ESM-2 covers ``max_position_embeddings - 2`` residues (1024 for the released
+models); a longer chain (or piece) is refused with a message naming the limit (crop it, e.g.
+``--crop-length 1024``).
 """
 
 from __future__ import annotations
@@ -222,14 +225,39 @@ class EsmConditioner(nn.Module):
         self.model.train(mode and self.trainable)
         return self
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        padding_mask: torch.Tensor,
+        pieces: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """tokens: [B, L] coordformer ids; padding_mask: [B, L] bool, True = residue (a prefix of
-        each row). Returns [B, L, H] (zeros at padding)."""
+        each row). ``pieces``: [B, L] long or None: the runs of each row that the LM reads as
+        sequences of their own (a piece is a run of equal values among a row's residues: a chain of
+        a complex or of a packed row, a fragment of a spatial crop; -1 at padding). None: each row
+        is one sequence. Returns [B, L, H] (zeros at padding)."""
         b, l = tokens.shape
-        lengths = padding_mask.sum(1)
         if l and bool((padding_mask[:, 1:] & ~padding_mask[:, :-1]).any()):
             raise UsageError("language-model conditioning needs the padding at the end of each row")
-        longest = int(lengths.max()) if b else 0
+        dev = tokens.device
+        # one LM row per piece: where each residue goes (LM row, column) and how long each row is
+        if pieces is None:
+            lengths = padding_mask.sum(1)
+            row, col = None, None
+        else:
+            real = padding_mask.reshape(-1)
+            flat = torch.arange(b * l, device=dev)[real]
+            p = pieces.reshape(-1)[real]
+            first = torch.ones_like(p, dtype=torch.bool)
+            if len(p) > 1:
+                # a new piece where the piece number changes or a new row starts
+                first[1:] = (p[1:] != p[:-1]) | (flat[1:] // max(l, 1) != flat[:-1] // max(l, 1))
+            row = torch.cumsum(first.long(), 0) - 1  # [T] the LM row of each residue
+            n_rows = int(row[-1]) + 1 if len(row) else 0
+            lengths = torch.bincount(row, minlength=n_rows)
+            starts = torch.cumsum(lengths, 0) - lengths
+            col = torch.arange(len(row), device=dev) - starts[row]
+        longest = int(lengths.max()) if len(lengths) else 0
         if longest > self.max_residues:
             raise UsageError(
                 f"a chain of {longest} residues exceeds the {self.max_residues} residues the "
@@ -237,16 +265,23 @@ class EsmConditioner(nn.Module):
                 f"{self.max_residues + 2}); crop chains to at most {self.max_residues} "
                 "(`crop_length`)"
             )
-        dev = tokens.device
-        ids = torch.full((b, l + 2), self.pad_id, dtype=torch.long, device=dev)
+        n, width = len(lengths), (l if pieces is None else longest)
+        ids = torch.full((n, width + 2), self.pad_id, dtype=torch.long, device=dev)
         ids[:, 0] = self.cls_id
-        ids[:, 1 : l + 1] = torch.where(padding_mask, self.token_map[tokens], self.pad_id)
-        ids[torch.arange(b, device=dev), lengths + 1] = self.eos_id
-        attention = (torch.arange(l + 2, device=dev)[None, :] < (lengths + 2)[:, None]).long()
+        if pieces is None:
+            ids[:, 1 : width + 1] = torch.where(padding_mask, self.token_map[tokens], self.pad_id)
+        else:
+            ids[row, col + 1] = self.token_map[tokens.reshape(-1)[real]]
+        ids[torch.arange(n, device=dev), lengths + 1] = self.eos_id
+        attention = (torch.arange(width + 2, device=dev)[None, :] < (lengths + 2)[:, None]).long()
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
             h = self.model(input_ids=ids, attention_mask=attention).last_hidden_state
-        h = h[:, 1 : l + 1]
-        return h * padding_mask[..., None].to(h.dtype)
+        if pieces is None:
+            h = h[:, 1 : l + 1]
+            return h * padding_mask[..., None].to(h.dtype)
+        out = h.new_zeros(b * l, h.shape[-1])
+        out = out.index_copy(0, flat, h[row, col + 1])
+        return out.view(b, l, -1)
 
 
 def load_conditioner(config) -> tuple[EsmConditioner, str]:

@@ -382,22 +382,6 @@ def _pretrain(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     quiet_lightning()
-    if train_config.pack_sequences and model_config.condition_on:
-        # refused before any model or data loads: the LM reads each row as one chain
-        raise OptionError(
-            "pack_sequences",
-            True,
-            "packed rows are not supported with language-model conditioning (`condition_on`)",
-        )
-    if train_config.crop_mode == "spatial" and model_config.condition_on:
-        # the LM reads a row as one contiguous chain (one <cls> ... <eos>): a spatial crop's
-        # fragments would reach it joined, as a sequence that does not exist
-        raise OptionError(
-            "crop_mode",
-            "spatial",
-            "joins fragments of a chain, which a language model (`condition_on`) would read as "
-            "one contiguous sequence; use `crop_mode=sequence` with it",
-        )
     varlen = "cuda_graphs" if train_config.cuda_graphs else "varlen_attention"
     if getattr(train_config, varlen) and model_config.dropout:
         raise OptionError(
