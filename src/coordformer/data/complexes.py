@@ -59,7 +59,8 @@ def complex_batch(data, complexes: list[np.ndarray], gap: int) -> Batch:
     missing/padding), padding_mask [B, L] bool, positions [B, L] long (chain k of a complex starts
     ``gap`` after chain k - 1 ends; 0 at padding) and chain [B, L] long (member number within the
     complex, -1 at padding; also ``pieces``, for a language model); with a dataset that stores
-    pLDDT also plddt [B, L] (NaN unknown/padding). L = the most residues of any complex in the batch.
+    pLDDT also plddt [B, L] (NaN unknown/padding).
+    L = the most residues of any complex in the batch.
     """
     sizes = [int(data.lengths[m].sum()) for m in complexes]
     b, length = len(complexes), max(sizes)
