@@ -457,7 +457,12 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
         assert np.isfinite(z["mean"]).all()
     # spatial crops' fragments, packed several chains per row: pieces of pieces
     spatial = pretrain_args(
-        data, tmp_path / "sp", "--pack", max_steps=2, crop="spatial", **{**common, "crop_length": 40}
+        data,
+        tmp_path / "sp",
+        "--pack",
+        max_steps=2,
+        crop="spatial",
+        **{**common, "crop_length": 40},
     )
     assert main(spatial) == 0
     assert json.loads((tmp_path / "sp" / "summary.json").read_text())["global_step"] == 2
