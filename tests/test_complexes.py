@@ -158,7 +158,7 @@ def test_chain_selection_and_too_long_complexes(tmp_path, inputs, capsys):
     out = tmp_path / "none.h5"
     assert _embed(inputs, "-o", out, "--complexes", "--window", "50", "--overlap", "10") == 2
     err = capsys.readouterr().err
-    assert "every one of the 2 complexes" in err and "raise --window" in err
+    assert "none of the 2 complexes fits" in err and "raise --window" in err
     assert not out.exists() and not (tmp_path / "none.h5.tmp").exists()
     assert (tmp_path / "none.h5.skipped.tsv").read_text().count("> window 50") == 2
     # prepare takes --chains too

@@ -468,7 +468,7 @@ def test_embed_edge_cases_found_by_review(tmp_path):
     out = tmp_path / "c.npz"
     cfg = EmbedConfig(complexes=True, window=32, overlap=8)  # 1ORC (64) does not fit: skipped
     # no complex left: refused (an empty table with exit 0 passed for a finished run), no file
-    with pytest.raises(UsageError, match="every one of the 1 complexes"):
+    with pytest.raises(UsageError, match="none of the 1 complexes fits"):
         embed("small-coords", [str(DATA / "1orc.pdb")], out, cfg, progress=False, echo=print)
     assert not out.exists() and not (tmp_path / "c.npz.tmp").exists()
 

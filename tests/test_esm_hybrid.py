@@ -183,9 +183,9 @@ def test_each_piece_of_a_row_is_read_by_the_lm_as_its_own_sequence(esm):
         model.lm(long, torch.ones(1, 200, dtype=torch.bool))
 
 
-def test_packed_complex_and_cropped_rows_of_a_conditioned_model(esm, prepared):
-    """Batchers number the pieces: a packed conditioned batch gives each chain the logits and loss
-    of the padded batch; a spatial crop's fragments and a complex's chains are pieces."""
+def test_packed_and_complex_rows_of_a_conditioned_model(esm, prepared):
+    """A packed conditioned batch gives each chain the logits of the padded batch (its LM reads each
+    chain alone); a complex's chains are its pieces; a row of padding only reads as zeros."""
     import numpy as np
 
     from coordformer.data.batching import BatchSettings, collate_chains, pack_batch
@@ -194,38 +194,29 @@ def test_packed_complex_and_cropped_rows_of_a_conditioned_model(esm, prepared):
     model = CoordFormer(_config(esm, max_len=512)).eval()
     data = prepared
     idx = np.argsort(data.lengths)[:6]  # short chains: several fit a packed row
-    crop = int(data.lengths[idx].max())
-    for spatial in (False, True):
-        settings = BatchSettings(
-            crop_length=crop // 2 if spatial else crop,
-            tokens_per_batch=10**6,
-            crop_mode="spatial" if spatial else "sequence",
-        )
-        padded = collate_chains(data, idx, settings, seed=3, masked=True)
-        if spatial:  # a new fragment wherever the kept residues skip ahead
-            steps = torch.diff(padded.positions, dim=1) != 1
-            first = padded.pieces[:, 1:] != padded.pieces[:, :-1]
-            real = padded.padding_mask[:, 1:]
-            assert torch.equal(first[real], steps[real]) and bool(first[real].any())
-        else:
-            assert padded.pieces is None
-        packed = pack_batch(padded, row_length=3 * int(padded.lengths.max()))
-        assert packed.tokens.shape[0] < len(idx)  # really packed
-        ref = model(**padded.inputs()).logits
-        got = model(**packed.inputs()).logits
-        for i in range(len(idx)):  # find chain i in the packed rows by its tokens and targets
-            n = int(padded.lengths[i])
-            hits = [
-                (r, c)
-                for r in range(packed.tokens.shape[0])
-                for c in range(packed.tokens.shape[1] - n + 1)
-                if torch.equal(packed.tokens[r, c : c + n], padded.tokens[i, :n])
-                and torch.equal(packed.targets[r, c : c + n], padded.targets[i, :n])
-            ]
-            r, c = hits[0]
-            torch.testing.assert_close(got[r, c : c + n], ref[i, :n], atol=2e-4, rtol=1e-4)
+    settings = BatchSettings(crop_length=int(data.lengths[idx].max()), tokens_per_batch=10**6)
+    padded = collate_chains(data, idx, settings, seed=3, masked=True)
+    packed = pack_batch(padded, row_length=3 * int(padded.lengths.max()))
+    assert packed.tokens.shape[0] < len(idx) and packed.pieces is None  # really packed
+    ref = model(**padded.inputs()).logits
+    got = model(**packed.inputs()).logits
+    for i in range(len(idx)):  # find chain i in the packed rows by its tokens and targets
+        n = int(padded.lengths[i])
+        hits = [
+            (r, c)
+            for r in range(packed.tokens.shape[0])
+            for c in range(packed.tokens.shape[1] - n + 1)
+            if torch.equal(packed.tokens[r, c : c + n], padded.tokens[i, :n])
+            and torch.equal(packed.targets[r, c : c + n], padded.targets[i, :n])
+        ]
+        r, c = hits[0]
+        torch.testing.assert_close(got[r, c : c + n], ref[i, :n], atol=2e-4, rtol=1e-4)
     two = complex_batch(data, [np.asarray(idx[:2])], gap=8)
     assert torch.equal(two.pieces, two.chain)
+    empty = torch.zeros(2, 5, dtype=torch.long)
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    for pieces in (None, torch.full((2, 5), -1)):
+        assert torch.all(model.lm(empty, none, pieces) == 0)
 
 
 def test_long_chains_are_refused_with_the_limit(esm):
@@ -431,8 +422,8 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
 
     with np.load(tmp_path / "e.npz") as z:
         assert any(v.ndim == 2 and v.shape[1] == 64 for v in z.values())
-    # complexes and spatial crops: the LM reads each chain (fragment) of a row as its own
-    # sequence (unit tests below check the representations), so both run
+    # complexes: the LM reads each chain of a row as its own sequence (the unit tests check the
+    # representations)
     import gemmi
 
     from coordformer.cli import main
@@ -455,17 +446,39 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
         assert len(z["ids"]) == 3 and z["mean"].shape == (3, 64)
         assert z["lengths"].sum() > 128  # the LM read the chains one by one
         assert np.isfinite(z["mean"]).all()
-    # spatial crops' fragments, packed several chains per row: pieces of pieces
-    spatial = pretrain_args(
-        data,
-        tmp_path / "sp",
-        "--pack",
-        max_steps=2,
-        crop="spatial",
-        **{**common, "crop_length": 40},
+        first = z["mean"]
+    # the model reads no positions, so the gap between chains takes no room in its window
+    far = [
+        "--chain-gap",
+        "500",
+        "--window",
+        "160",
+        "--overlap",
+        "32",
+        "--out",
+        str(tmp_path / "y.npz"),
+        "--quiet",
+    ]
+    assert main([*complexes, *far]) == 0
+    with np.load(tmp_path / "y.npz") as z:
+        np.testing.assert_allclose(z["mean"], first, atol=1e-5)
+    # a chain beyond the LM's 128 residues (1LZH's are 129) skips its complex, with the reason
+    lzh = ["embed", str(DATA / "1lzh.pdb.gz"), "-c", str(run), "--complexes", "--quiet"]
+    assert main([*lzh, "--out", str(tmp_path / "z.npz")]) == 2
+    assert "none of the 1 complexes fits" in capsys.readouterr().err
+    assert (
+        "a chain of 129 residues exceeds the 128 residues"
+        in (tmp_path / "z.npz.skipped.tsv").read_text()
     )
-    assert main(spatial) == 0
-    assert json.loads((tmp_path / "sp" / "summary.json").read_text())["global_step"] == 2
+    # packed rows: the LM reads each chain of a row alone
+    packed = pretrain_args(data, tmp_path / "pk", "--pack", max_steps=2, **common)
+    assert main(packed) == 0
+    assert json.loads((tmp_path / "pk" / "summary.json").read_text())["global_step"] == 2
+    # a spatial crop's fragments would reach the LM without the rest of their chain: refused
+    spatial = pretrain_args(data, tmp_path / "sp", max_steps=1, crop="spatial", **common)
+    assert main(spatial) == 2
+    assert "--crop spatial: a language model" in capsys.readouterr().err
+
     # score: per-residue masked marginals and a mutant, through the LM
     r = CliRunner().invoke(
         app,

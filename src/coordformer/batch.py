@@ -72,9 +72,8 @@ class Batch:
       within a chain and each chain is centred on its own CAs.
     - ``pieces`` [B, L] long or None: the runs of each row that a model conditioned on a language
       model reads as sequences of their own, numbered 0, 1, ... along the row, -1 at padding: each
-      chain of a complex (``data.complexes``), each contiguous fragment of a spatial crop, each
-      chain (or fragment) of a packed row. A model input, read by conditioned models only; None:
-      one per row (or per segment of a packed row).
+      chain of a complex (``data.complexes``). A model input, read by conditioned models only;
+      None: one per row, or one per segment of a packed row.
 
     Read on the host before the batch moves to an accelerator (:meth:`indexed` fills them from the
     CPU tensors), so that a training step never waits for the device to learn a shape or a count:

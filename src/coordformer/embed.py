@@ -451,25 +451,35 @@ def _embed_complexes(
             "crops single chains; with `complexes` select chains with `chains` instead",
         )
     groups = group_complexes(data, idx)
-    spans = np.array([complex_span(data.lengths[m], cfg.chain_gap) for _, m in groups])
-    fits = spans <= window
+    # A model conditioned on a language model reads no positions (the gap is not laid out in its
+    # rows) and its LM reads each chain alone, up to the LM's residue limit.
+    lm_limit = model.lm.max_residues if getattr(model, "lm", None) is not None else None
+    gap = 0 if lm_limit is not None else cfg.chain_gap
+    spans = np.array([complex_span(data.lengths[m], gap) for _, m in groups])
+    longest = np.array([int(data.lengths[m].max()) for _, m in groups])
+    reasons = [
+        f"complex spans {span} residue positions ({len(members)} chains, gap {gap}) > window "
+        f"{window}: select fewer chains with --chains or raise --window"
+        if span > window
+        else f"a chain of {top} residues exceeds the {lm_limit} residues the conditioning "
+        "language model reads: select chains with --chains"
+        if lm_limit is not None and top > lm_limit
+        else None
+        for (_, members), span, top in zip(groups, spans, longest)
+    ]
+    fits = np.array([r is None for r in reasons], dtype=bool)
     if (~fits).any():
         new = not skipped_path.exists()
         with open(skipped_path, "a", encoding="utf-8") as f:
             if new:
                 f.write("input\treason\n")
-            for (name, members), span in zip(groups, spans):
-                if span > window:
-                    f.write(
-                        f"{name}\tcomplex spans {span} residue positions ({len(members)} chains, "
-                        f"gap {cfg.chain_gap}) > window {window}: select fewer chains with "
-                        "--chains or raise --window\n"
-                    )
+            for (name, _), reason in zip(groups, reasons):
+                if reason is not None:
+                    f.write(f"{name}\t{reason}\n")
     if not fits.any():  # an output holding no row would pass for a finished run
         raise UsageError(
-            f"every one of the {len(groups)} complexes spans more residue positions than the "
-            f"window {window} (the longest spans {int(spans.max())}; see {skipped_path}): "
-            "select fewer chains with --chains or raise --window"
+            f"none of the {len(groups)} complexes fits; the first: {reasons[0]} (every reason is "
+            f"in {skipped_path})"
         )
     kept = [g for g, ok in zip(groups, fits) if ok]
     sizes = np.array([int(data.lengths[m].sum()) for _, m in kept], dtype=np.int64)

@@ -171,15 +171,6 @@ def crop_positions(kept: np.ndarray, max_position: int) -> np.ndarray:
     return pos if pos[-1] < max_position else np.arange(len(kept), dtype=np.int64)
 
 
-def crop_fragments(kept: np.ndarray) -> np.ndarray:
-    """Fragment number [k] (0, 1, ...) of each of the ascending residue indices ``kept`` of a
-    crop: a new fragment wherever the crop skips residues (``Batch.pieces``: a language model
-    reads each fragment as a sequence of its own)."""
-    if len(kept) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([[0], np.cumsum(np.diff(kept) != 1)]).astype(np.int64)
-
-
 def spatial_crop(ca: np.ndarray, k: int, centre: int) -> np.ndarray:
     """Indices [k] (ascending) of the ``k`` residues whose CA lies nearest the CA of residue
     ``centre`` (AlphaFold-style spatial crop). ca: [L, 3] Angstrom, NaN where missing; residues
@@ -296,7 +287,7 @@ def collate_chains(
         torch.Generator().manual_seed(seed_for(seed, "chain", epoch, int(ci)))
         for ci in chain_indices
     ]
-    seqs, xyzs, crop_pos, crop_pieces, plddts = [], [], [], [], []
+    seqs, xyzs, crop_pos, plddts = [], [], [], []
     spatial = s.crop_mode == "spatial"
     with_plddt = getattr(dataset, "has_plddt", False)
     for ci, gen in zip(chain_indices, gens):  # draw 1: the crop
@@ -331,7 +322,6 @@ def collate_chains(
             plddts.append(np.array(dataset.plddt(int(ci))[at], dtype=np.float32))
         if spatial:
             crop_pos.append(crop_positions(at, s.max_position))
-            crop_pieces.append(crop_fragments(at))
     l = max(len(q) for q in seqs)
     tokens = torch.full((b, l), PAD, dtype=torch.long)
     coords = torch.full((b, l, 4, 3), float("nan"))
@@ -372,7 +362,6 @@ def collate_chains(
         coords=coords,
         padding_mask=pad,
         positions=_pad_rows(crop_pos, l, 0, torch.long) if spatial else None,
-        pieces=_pad_rows(crop_pieces, l, -1, torch.long) if spatial else None,
         plddt=_pad_rows(plddts, l, float("nan"), torch.float32) if with_plddt else None,
         targets=targets,
         clean=tokens if masked else None,
@@ -421,6 +410,8 @@ _FILL = {
     "coords": float("nan"),
     "plddt": float("nan"),
     "chain": -1,
+    "segments": -1,
+    "pieces": -1,
 }
 
 
@@ -554,11 +545,11 @@ def pack_batch(batch: Batch, row_length: int | None = None) -> Batch:
 
     Each chain keeps what the batcher gave it alone: its crop, centring, rotation, masks and
     positions (0..n-1 unless the batch has ``positions``); ``segments`` [B', L'] says which chain of
-    the row each position is (-1 at padding), ``pieces`` [B', L'] which chain or crop fragment (a
-    language model reads each as its own sequence), and the model keeps attention within a chain and
+    the row each position is (-1 at padding; a conditioning language model reads each chain as a
+    sequence of its own), and the model keeps attention within a chain and
     centres each chain on its own CAs, so per-chain logits and the loss equal the padded batch's.
     ``index`` and ``chain`` are per row and are dropped (training batches do not need them)."""
-    if batch.chain is not None or batch.segments is not None:
+    if batch.chain is not None or batch.segments is not None or batch.pieces is not None:
         raise ValueError("pack_batch takes a padded batch of single chains")
     lengths = batch.lengths.tolist()
     rows = pack_rows(lengths, row_length or max(lengths))
@@ -587,16 +578,6 @@ def pack_batch(batch: Batch, row_length: int | None = None) -> Batch:
     segments = torch.full((n_rows, width), -1, dtype=torch.long)
     for r, at, i, s in slots:
         segments[r, at : at + lengths[i]] = s
-    # a language model's pieces: one per chain, or per fragment of a chain's spatial crop,
-    # numbered along the row
-    pieces = torch.full((n_rows, width), -1, dtype=torch.long)
-    after = [0] * n_rows  # pieces numbered so far in each row
-    for r, at, i, _ in slots:
-        own = torch.zeros(lengths[i], dtype=torch.long)
-        if batch.pieces is not None and lengths[i]:
-            own = batch.pieces[i, : lengths[i]] - batch.pieces[i, 0]
-        pieces[r, at : at + lengths[i]] = own + after[r]
-        after[r] += int(own.max()) + 1 if lengths[i] else 0
     return Batch(
         tokens=packed(batch.tokens, PAD),
         coords=packed(batch.coords, float("nan")),
@@ -608,5 +589,4 @@ def pack_batch(batch: Batch, row_length: int | None = None) -> Batch:
         withheld=packed(batch.withheld, False),
         stretch=packed(batch.stretch, False),
         segments=segments,
-        pieces=pieces,
     )

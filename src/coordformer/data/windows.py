@@ -93,10 +93,10 @@ def windowed_forward(
             padding_mask [B, L] bool (a prefix of each row), plddt [B, L] or None.
     Returns: [B, L, ...] on ``run``'s device, zeros at padding.
     """
-    if batch.positions is not None:
+    if batch.positions is not None or batch.segments is not None or batch.pieces is not None:
         raise ValueError(
-            "windowed_forward: batches with explicit positions (spatial crops, complexes) "
-            "are not windowed"
+            "windowed_forward: batches with explicit positions, segments or pieces (spatial "
+            "crops, complexes, packed rows) are not windowed"
         )
     tokens, coords, mask, plddt = batch.tokens, batch.coords, batch.padding_mask, batch.plddt
     dev = tokens.device

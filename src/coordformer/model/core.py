@@ -507,9 +507,8 @@ class CoordFormer(nn.Module):
         each segment is centred on its own CAs. ``check_positions``: refuse positions outside
         0..max_len-1 with a UsageError (reads them: a host sync on an accelerator). ``pieces``:
         [B, L] long (``Batch.pieces``), read only by a model conditioned on a language model: the
-        runs of a row that the LM reads as sequences of their own (the chains of a complex, the
-        fragments of a spatial crop), -1 at padding; default one per segment of a packed row, else
-        one per row. Returns [B, L, D]."""
+        runs of a row that the LM reads as sequences of their own (the chains of a complex), -1 at
+        padding; default one per segment of a packed row, else one per row. Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
             raise OptionError(
@@ -524,7 +523,7 @@ class CoordFormer(nn.Module):
         if self.lm is not None:
             # The LM representation carries sequence and position; ablating "positions" drops it
             # (only the 3D signal is left). ``positions`` is not read: the LM reads each piece (a
-            # chain, or a fragment of a crop) as one contiguous sequence, <cls> ... <eos>, so an
+            # chain) as one contiguous sequence, <cls> ... <eos>, so an
             # unresolved stretch inside a chain is skipped over as the chain's sequence has it.
             mask = tokens != PAD if padding_mask is None else padding_mask
             h = self.lm(tokens, mask, segments if pieces is None else pieces)

@@ -19,8 +19,8 @@ Token alignment: coordformer tokens map to ESM tokens by letter (``<pad>``, ``<m
 ``<cls>``, ``<eos>``, ``X`` and the 20 amino acids; a letter the ESM vocabulary lacks becomes its
 ``<unk>``); every chain gets ``<cls>`` in front and ``<eos>`` after its last residue, with
 ``<pad>`` and attention mask 0 beyond, and the representation is read back at the residues only.
-A row holding several sequences (``pieces``: the chains of a packed row or a complex, the fragments
-of a spatial crop) is read as that many LM rows, so that no chain's representation depends on the
+A row holding several sequences (``pieces``: the chains of a packed row or a complex) is read as
+that many LM rows, so that no chain's representation depends on the
 others in its row. ESM-2 covers ``max_position_embeddings - 2`` residues (1024 for the released
 models); a longer chain (or piece) is refused with a message naming the limit (crop it, e.g.
 ``--crop-length 1024``).
@@ -234,7 +234,7 @@ class EsmConditioner(nn.Module):
         """tokens: [B, L] coordformer ids; padding_mask: [B, L] bool, True = residue (a prefix of
         each row). ``pieces``: [B, L] long or None: the runs of each row that the LM reads as
         sequences of their own (a piece is a run of equal values among a row's residues: a chain of
-        a complex or of a packed row, a fragment of a spatial crop; -1 at padding). None: each row
+        a complex or of a packed row; -1 at padding). None: each row
         is one sequence. Returns [B, L, H] (zeros at padding)."""
         b, l = tokens.shape
         if l and bool((padding_mask[:, 1:] & ~padding_mask[:, :-1]).any()):
@@ -266,6 +266,8 @@ class EsmConditioner(nn.Module):
                 "(`crop_length`)"
             )
         n, width = len(lengths), (l if pieces is None else longest)
+        if n == 0:  # no residue at all: nothing for the LM to read
+            return torch.zeros(b, l, self.hidden_size, device=dev)
         ids = torch.full((n, width + 2), self.pad_id, dtype=torch.long, device=dev)
         ids[:, 0] = self.cls_id
         if pieces is None:
@@ -281,7 +283,7 @@ class EsmConditioner(nn.Module):
             return h * padding_mask[..., None].to(h.dtype)
         out = h.new_zeros(b * l, h.shape[-1])
         out = out.index_copy(0, flat, h[row, col + 1])
-        return out.view(b, l, -1)
+        return out.view(b, l, h.shape[-1])
 
 
 def load_conditioner(config) -> tuple[EsmConditioner, str]:

@@ -382,6 +382,17 @@ def _pretrain(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     quiet_lightning()
+    if train_config.crop_mode == "spatial" and model_config.condition_on:
+        # refused before any model or data loads. A spatial crop keeps scattered fragments (the
+        # median one a few residues long); the LM would read them without their context, unlike
+        # the whole chains it reads in evaluation. Reading the uncropped chain and keeping the
+        # crop's residues is the fix, not made yet.
+        raise OptionError(
+            "crop_mode",
+            "spatial",
+            "a language model (`condition_on`) would read each fragment of a spatial crop without "
+            "the rest of its chain; use `crop_mode=sequence` with it",
+        )
     varlen = "cuda_graphs" if train_config.cuda_graphs else "varlen_attention"
     if getattr(train_config, varlen) and model_config.dropout:
         raise OptionError(
