@@ -115,3 +115,17 @@ def test_construct_saves_its_settings_beside_the_tables(tmp_path, monkeypatch, c
     assert main(["construct", "--out", str(run)]) == 2
     assert "holds the output of `coordformer pretrain`" in capsys.readouterr().err
     assert (run / "config.json").read_text() == record
+    # a folder whose config.json records no command (an exported model, a run started from Python,
+    # anything else) is not construct's either; a global option before the command is skipped
+    for other, who in (
+        ({"model_type": "coordformer", "coordformer_meta": {}}, "`coordformer export`"),
+        ({"model_config": {}, "train_config": {}}, "`coordformer pretrain`"),
+        ({"model_type": "bert"}, "another program"),
+    ):
+        (run / "config.json").write_text(json.dumps(other))
+        assert main(["construct", "--out", str(run)]) == 2
+        assert f"holds the output of {who}" in capsys.readouterr().err
+        assert json.loads((run / "config.json").read_text()) == other
+    mine = {"construct": {}, "command": "coordformer --debug construct -o c"}
+    (run / "config.json").write_text(json.dumps(mine))
+    assert main(argv[:1] + ["--out", str(run), "--sigma", "0.7"]) == 0

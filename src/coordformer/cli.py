@@ -169,22 +169,39 @@ def _out_folder(
     owner = _folder_owner(path)
     clash = [f for f in writes if (path / f).exists()]
     if command and owner and owner != command and clash:
+        who = owner if owner == "another program" else f"`coordformer {owner}`"
         raise UsageError(
-            f"{flag} {path} holds the output of `coordformer {owner}`, whose {clash[0]} "
+            f"{flag} {path} holds the output of {who}, whose {clash[0]} "
             f"`coordformer {command}` would overwrite; give another folder"
         )
     return path
 
 
 def _folder_owner(path: Path) -> str | None:
-    """The coordformer command whose config.json ``path`` holds (its recorded ``command``), or
-    None."""
+    """Who wrote the config.json in ``path``: the coordformer command it records (``command``,
+    global options such as ``--debug`` skipped), "construct" or "export" (a model folder: an
+    ``export --format hf`` or ``save_pretrained``), "pretrain" for a run folder written through the
+    Python API (no command recorded), "another program" for any other config.json; None where
+    there is none (or it cannot be read as JSON)."""
     try:
-        recorded = json.loads((path / "config.json").read_text()).get("command")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        return "another program"
+    recorded = record.get("command")
     words = recorded.split() if isinstance(recorded, str) else []
-    return words[1] if len(words) > 1 and words[0] == "coordformer" else None
+    if words and words[0] == "coordformer":
+        command = next((w for w in words[1:] if not w.startswith("-")), None)
+        if command:
+            return command
+    if "construct" in record:
+        return "construct"
+    if "coordformer_meta" in record or record.get("model_type") == "coordformer":
+        return "export"
+    if "train_config" in record or "model_config" in record:
+        return "pretrain"
+    return "another program"
 
 
 def _out_file(path: Path, flag: str = "--out", hint: str = "") -> Path:
