@@ -295,6 +295,24 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
     assert (
         load_model(tmp_path / "v1.pt")[0].config.lm_fingerprint == v1 != model.config.lm_fingerprint
     )
+    # version 3 (new records) hashes neither buffers nor the unused contact head: a transformers
+    # version that drops or renames the rotary buffer, or a folder saved without the head (given
+    # random weights on each load), is the same LM; version-2 records are checked as made
+    from coordformer.model.lm import fingerprint_version
+
+    assert fingerprint_version(model.config.lm_fingerprint) == 3
+    headless = EsmModel.from_pretrained(moved, add_pooling_layer=False)
+    for m in headless.modules():
+        for key in list(m._buffers):
+            m._non_persistent_buffers_set.add(key)  # as a library that stops saving its buffers
+    with torch.no_grad():
+        for p in headless.contact_head.parameters():
+            p.add_(torch.randn_like(p))
+    assert fingerprint(headless) == fingerprint(original)
+    assert fingerprint(headless, version=2) != fingerprint(original, version=2)
+    v2 = CoordFormer(model.config.replace(lm_fingerprint=fingerprint(original, version=2)))
+    export_model(v2, tmp_path / "v2.pt")
+    assert load_model(tmp_path / "v2.pt")[0].config.lm_fingerprint.count("-s2-") == 1
 
 
 def test_pretrain_reduces_the_loss_keeps_the_lm_and_checkpoints_without_it(esm, prepared, tmp_path):

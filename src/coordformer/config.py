@@ -152,7 +152,7 @@ class ModelConfig(Record):
     #: CoordFormer.
     condition_on: str | None = None
     lm_dim: int = 0  # the LM's hidden size (recorded when conditioned)
-    lm_fingerprint: str = ""  # sizes + hash of a few LM weights; loading refuses another LM
+    lm_fingerprint: str = ""  # sizes + hash of sampled LM weights; loading refuses another LM
     unfreeze_lm: bool = False  # train the LM too (its weights are then saved with the model)
 
     def __post_init__(self):

@@ -131,24 +131,49 @@ def load_esm(source: str):
     return model, tokenizer
 
 
-#: marks a fingerprint of every tensor (:func:`fingerprint` version 2); older records hashed the
-#: token embedding and final LayerNorm only, and are still checked that way
-FINGERPRINT_V2 = "-s2-"
-#: entries of each tensor a version-2 fingerprint hashes (evenly strided; all of a smaller one)
+#: marks of the fingerprint versions after the first, as recorded (:func:`fingerprint`); a record
+#: with neither is version 1
+FINGERPRINT_MARKS = {2: "-s2-", 3: "-s3-"}
+#: the version new models record
+FINGERPRINT_VERSION = 3
+#: entries of each tensor a version-2 or -3 fingerprint hashes (evenly strided; all of a smaller
+#: one)
 FINGERPRINT_SAMPLE = 4096
 
 
-def fingerprint(model, version: int = 2) -> str:
+def fingerprint_version(recorded: str) -> int:
+    """The version of a recorded fingerprint (1 for one written before versions were marked)."""
+    return next((v for v, mark in FINGERPRINT_MARKS.items() if mark in recorded), 1)
+
+
+def _fingerprinted(model, version: int) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs a fingerprint of ``version`` hashes, sorted by name."""
+    if version == 1:  # the token embedding and final LayerNorm
+        items = model.state_dict().items()
+        items = [(n, v) for n, v in items if "word_embeddings" in n or "emb_layer_norm_after" in n]
+    elif version == 2:  # every tensor of the state, buffers and the contact head included
+        items = list(model.state_dict().items())
+    else:
+        # The weights on the path to the last hidden state only: not the buffers (the rotary
+        # table is computed, and whether transformers saves it, and under which name, changes
+        # between its versions) nor the contact head, which the conditioner never runs and which
+        # transformers initialises at random on each load of a folder saved without it.
+        items = [(n, v) for n, v in model.named_parameters() if not n.startswith("contact_head")]
+    return sorted(items, key=lambda item: item[0])
+
+
+def fingerprint(model, version: int = FINGERPRINT_VERSION) -> str:
     """Sizes and a SHA-256 of an EsmModel's weights: tells a different model (or different
-    weights of the same size) apart without hashing gigabytes. Version 2 hashes every tensor's
-    name, shape and ``FINGERPRINT_SAMPLE`` evenly strided entries, so that a model whose
-    transformer layers alone changed (a LoRA merge, a fine-tune with the embeddings frozen) is
-    told apart too; version 1 (older records) hashed the token embedding and final LayerNorm."""
+    weights of the same size) apart without hashing gigabytes. Version 3 hashes the name, shape
+    and ``FINGERPRINT_SAMPLE`` evenly strided entries of every parameter on the path to the last
+    hidden state, so that a model whose transformer layers alone changed (a LoRA merge, a
+    fine-tune with the embeddings frozen) is told apart too. Older records are checked the way
+    they were made: version 2 hashed every tensor of the state (buffers and the unused contact
+    head too, which a transformers upgrade or a folder without the head could change), version 1
+    the token embedding and final LayerNorm only."""
     c = model.config
     h = hashlib.sha256()
-    for name, v in sorted(model.state_dict().items()):
-        if version == 1 and not ("word_embeddings" in name or "emb_layer_norm_after" in name):
-            continue
+    for name, v in _fingerprinted(model, version):
         x = v.detach().float().cpu().contiguous().flatten()
         if version != 1:
             h.update(f"{name}{tuple(v.shape)}".encode())
@@ -158,7 +183,7 @@ def fingerprint(model, version: int = 2) -> str:
         h.update(x.numpy().tobytes())
     return (
         f"esm-h{c.hidden_size}-l{c.num_hidden_layers}-a{c.num_attention_heads}"
-        f"-v{c.vocab_size}{FINGERPRINT_V2 if version != 1 else '-'}{h.hexdigest()[:16]}"
+        f"-v{c.vocab_size}{FINGERPRINT_MARKS.get(version, '-')}{h.hexdigest()[:16]}"
     )
 
 
@@ -291,9 +316,11 @@ def load_conditioner(config) -> tuple[EsmConditioner, str]:
     ``lm_dim`` / ``lm_fingerprint`` (when set). Returns (conditioner, fingerprint)."""
     source = lm_source(config.condition_on)
     model, tokenizer = load_esm(source)
-    # a model trained before version 2 recorded a version-1 fingerprint: checked as it was made
-    legacy = bool(config.lm_fingerprint) and FINGERPRINT_V2 not in config.lm_fingerprint
-    fp = fingerprint(model, version=1 if legacy else 2)
+    # a model trained with an older version of the fingerprint is checked as it was made
+    version = (
+        fingerprint_version(config.lm_fingerprint) if config.lm_fingerprint else FINGERPRINT_VERSION
+    )
+    fp = fingerprint(model, version=version)
     if config.lm_fingerprint and fp != config.lm_fingerprint:
         raise UsageError(
             f"language model {source!r} (fingerprint {fp}) is not the one this model was trained "
