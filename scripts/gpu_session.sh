@@ -16,7 +16,8 @@
 #                                    counterpart of continuing small-coords with structure dropout on a CPU
 #                                    (docs/RESULTS.md); shipping it needs its own description in ship_models.py
 #   scripts/gpu_session.sh issue16 M the whole issue-16 lease in one command: the paper-size model (paper-33m,
-#                                    fast recipe) and its no-coordinates twin trained side by side for M minutes,
+#                                    fast recipe) and its no-coordinates twin trained side by side for at most M
+#                                    minutes (less where DEADLINE leaves less, see the stage),
 #                                    then every evaluation (int8 and float16 weights too), the non-finite-step
 #                                    replay, and the float16 weights in 15 MiB parts (transport_weights.py) -> $OUT
 #                                    (PRESET=tiny-0.1m and DEVICE=cpu rehearse it on a CPU)
@@ -251,14 +252,15 @@ issue18)
   # The first default arm then runs PROFILE (5) more steps under torch.profiler: device-busy fraction, kernel
   # time by kind, top kernels (in the JSON and the log), and a gzipped Chrome trace beside them.
   # the budget counts from the stage's start, setup included, and -k's 15 s of grace come after it
-  budget=${2:?seconds}; DEV=${DEVICE:-cuda}; t0=$SECONDS
+  budget=${2:?seconds}; budget=${budget%.*}; DEV=${DEVICE:-cuda}; t0=$SECONDS  # whole seconds for $(( ))
   if [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { [ ! -d $DATA ] || ! python3 -c "import gemmi" 2>/dev/null; }; then
     $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
   fi
   mkdir -p "$OUT/issue18"
   rm -f $RUNS/issue18.json  # a later PICK16=auto must not read an earlier try's measurement
   # -k: a run stops at its next step boundary on SIGTERM, which a compiling arm may not reach soon
-  left=$((budget - (SECONDS - t0))); [ $left -lt 30 ] && left=30
+  # at least 30 s for the benchmark's first arm, but never more than the whole budget
+  left=$((budget - (SECONDS - t0))); floor=$((budget < 30 ? budget : 30)); [ $left -lt $floor ] && left=$floor
   timeout -k 15 "$left" python3 benchmarks/training_ablations.py --data $DATA --preset ${PRESET:-paper-33m} \
     --tokens ${TOKENS:-16384} --steps ${STEPS:-100} --warmup ${WARMUP:-40} --device $DEV ${PRECISION:+--precision $PRECISION} \
     $([ "$DEV" = cuda ] && echo --sync-debug) ${ARMS:+--arms $ARMS} --json "$OUT/issue18/ablations.json" \

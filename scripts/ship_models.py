@@ -340,7 +340,9 @@ def continuation_fields(old: dict, card: dict) -> dict:
             "note": "this card's `command` and `training` are the continuation's alone; its "
             "--init file held the weights named here",
         },
-        "total_global_step": old["training"]["global_step"] + card["training"]["global_step"],
+        # a continued model's own card holds its total: a continuation of a continuation adds to it
+        "total_global_step": old.get("total_global_step", old["training"]["global_step"])
+        + card["training"]["global_step"],
     }
     if "twin" not in card and "twin" in old:
         twin = dict(old["twin"])

@@ -442,6 +442,9 @@ def test_analyze_attention_bad_arguments(tmp_path, capsys):
 def test_config_validation():
     with pytest.raises(UsageError):
         AttentionAnalysisConfig(bin_width=0)
+    # a bin width so small that the bin count is infinite: the same one-line error, not overflow
+    with pytest.raises(UsageError, match="distance bins"):
+        AttentionAnalysisConfig(bin_width=1e-320)
     stats = AttentionStats(2, 3, AttentionAnalysisConfig(max_distance=10, bin_width=2.5))
     assert stats.sum_dist.shape == (2, 3, 4)
 

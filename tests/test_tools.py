@@ -232,6 +232,10 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
     assert card["continued_from"]["global_step"] == 3 and card["total_global_step"] == 6
     assert card["continued_from"]["heldout_perplexity"] == models["coords"]["perplexity"]
     assert card["twin"]["run"] == "nocoords" and "continued from" in card["twin"]["note"]
+    # continued again: the total counts every segment, not the last two
+    assert ship_models.main() == 0
+    card = json.loads((shipped / "tiny-coords.json").read_text())
+    assert card["continued_from"]["global_step"] == 3 and card["total_global_step"] == 9
     ok = models["coords"]
     assert ship_models.not_better({**ok, "perplexity": ok["perplexity"] - 0.1}, ok) == ""
     assert "n_masked" in ship_models.not_better({**ok, "n_masked": 1, "perplexity": 1.0}, ok)

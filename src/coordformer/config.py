@@ -797,11 +797,12 @@ class AttentionAnalysisConfig(Record):
             raise OptionError(
                 "max_distance", self.max_distance, "must be a number of Angstrom above `bin_width`"
             )
-        if self.n_distance_bins > MAX_DISTANCE_BINS:  # the histograms are dense arrays
+        bins = self.max_distance / self.bin_width  # infinite for a tiny enough bin_width
+        if not bins <= MAX_DISTANCE_BINS:  # the histograms are dense arrays
             raise OptionError(
                 "max_distance",
                 self.max_distance,
-                f"makes {self.n_distance_bins:,} distance bins of `bin_width` {self.bin_width:g}; "
+                f"makes {bins:,.0f} distance bins of `bin_width` {self.bin_width:g}; "
                 f"at most {MAX_DISTANCE_BINS:,} (raise `bin_width`)",
             )
         if (
