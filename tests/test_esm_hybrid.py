@@ -256,6 +256,8 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
 
     with pytest.raises(UsageError, match="does not load through the transformers Auto classes"):
         AutoModelForMaskedLM.from_pretrained(folder)
+    card = (folder / "README.md").read_text()  # and its model card does not tell users to
+    assert "AutoModelForMaskedLM" not in card and "does not load through the transformers" in card
     # LM moved: refused, then found through $COORDFORMER_LM
     moved = tmp_path / "moved"
     esm.rename(moved)

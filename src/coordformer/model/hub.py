@@ -180,16 +180,29 @@ def _model_card(config: dict, meta: dict, weights_dtype: str) -> str:
         'model = CoordFormer.from_pretrained("path/to/this/folder")',
         "```",
         "",
-        "or with transformers (`pip install 'coordformer[hf]'`):",
-        "",
-        "```python",
-        "import coordformer.model.hf_model  # registers the coordformer model type",
-        "from transformers import AutoModelForMaskedLM",
-        'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
-        "```",
-        "",
-        "or give the folder to any command: `coordformer evaluate -c path/to/this/folder --data "
-        "DATA`.",
+    ]
+    if config.get("condition_on"):
+        # its ESM-2 cannot load inside the Auto classes' from_pretrained (hf_model refuses it)
+        lines += [
+            f"It is conditioned on the ESM-2 language model `{config['condition_on']}`, which is "
+            "loaded again from there (or from the folder in `$COORDFORMER_LM`); it does not load "
+            "through the transformers Auto classes.",
+            "",
+        ]
+    else:
+        lines += [
+            "or with transformers (`pip install 'coordformer[hf]'`):",
+            "",
+            "```python",
+            "import coordformer.model.hf_model  # registers the coordformer model type",
+            "from transformers import AutoModelForMaskedLM",
+            'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+        ]
+    lines += [
+        "Every coordformer command takes the folder: `coordformer evaluate -c "
+        "path/to/this/folder --data DATA`.",
         "",
     ]
     if meta.get("command"):

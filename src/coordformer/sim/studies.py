@@ -342,7 +342,9 @@ def run_jobs(
     rows: dict[str, list[dict]] = {}
     for job in jobs:
         rec = json.loads(_job_path(out, job).read_text())
-        for label, res in zip(rec["labels"], rec["results"]):
+        # the labels of this run's jobs (seeds shifted by --seed); a record cached by an older
+        # version may hold unshifted ones
+        for label, res in zip(job.labels, rec["results"]):
             rows.setdefault(job.study, []).append({**label, **res})
     return rows
 
