@@ -253,6 +253,8 @@ issue18)
   # time by kind, top kernels (in the JSON and the log), and a gzipped Chrome trace beside them.
   # the budget counts from the stage's start, setup included, and -k's 15 s of grace come after it
   budget=${2:?seconds}; budget=${budget%.*}; DEV=${DEVICE:-cuda}; t0=$SECONDS  # whole seconds for $(( ))
+  # `timeout 0` would mean no limit at all
+  [ "${budget:-0}" -ge 1 ] 2>/dev/null || { echo "issue18: the budget must be at least 1 second, not '$2'"; exit 2; }
   if [ "${SETUP:-1}" = 1 ] && [ "$DEV" = cuda ] && { [ ! -d $DATA ] || ! python3 -c "import gemmi" 2>/dev/null; }; then
     $0 setup || { echo "preflight: setup failed; nothing started"; exit 3; }
   fi

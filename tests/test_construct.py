@@ -120,6 +120,7 @@ def test_construct_saves_its_settings_beside_the_tables(tmp_path, monkeypatch, c
     for other, who in (
         ({"model_type": "coordformer", "coordformer_meta": {}}, "`coordformer export`"),
         ({"model_config": {}, "train_config": {}}, "`coordformer pretrain`"),
+        ({"finetune": {}, "model": {}, "command": ""}, "`coordformer finetune`"),
         ({"model_type": "bert"}, "another program"),
     ):
         (run / "config.json").write_text(json.dumps(other))

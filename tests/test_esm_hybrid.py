@@ -317,6 +317,36 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
     assert load_model(tmp_path / "v2.pt")[0].config.lm_fingerprint.count("-s2-") == 1
 
 
+def test_a_run_recorded_with_an_older_fingerprint_resumes_and_continues(
+    esm, prepared, tmp_path, monkeypatch
+):
+    """A run whose config records a version-2 LM fingerprint (written before version 3) resumes
+    with today's config of the same LM, and its weights start another run (init=)."""
+    from transformers import EsmModel
+
+    from coordformer.model.lm import fingerprint, fingerprint_version
+    from coordformer.train.run import pretrain
+
+    mc = _config(esm)
+    lm = EsmModel.from_pretrained(esm, add_pooling_layer=False)
+    old = mc.replace(lm_fingerprint=fingerprint(lm, version=2))
+    tc = TrainConfig(
+        max_steps=2, tokens_per_batch=1024, crop_length=100, val_every_steps=2, accelerator="cpu"
+    )
+    out = tmp_path / "run"
+    pretrain(prepared.path, out, old, tc, progress=False)
+    summary = pretrain(prepared.path, out, mc, tc.replace(max_steps=3), progress=False)
+    assert summary["global_step"] == 3
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert fingerprint_version(ckpt["coordformer"]["model_config"]["lm_fingerprint"]) == 2
+    cont = tc.replace(init=str(out))
+    assert pretrain(prepared.path, tmp_path / "cont", mc, cont, progress=False)["global_step"] == 2
+    # another LM (of the same size) is still refused
+    monkeypatch.setenv(LM_ENV, str(tiny_esm(tmp_path / "other", seed=1)))
+    with pytest.raises(UsageError, match="not the one this model was trained with"):
+        pretrain(prepared.path, out, mc, tc.replace(max_steps=4), progress=False)
+
+
 def test_pretrain_reduces_the_loss_keeps_the_lm_and_checkpoints_without_it(esm, prepared, tmp_path):
     from coordformer.model.checkpoints import load_model
     from coordformer.train.run import pretrain

@@ -197,6 +197,8 @@ def _folder_owner(path: Path) -> str | None:
             return command
     if "construct" in record:
         return "construct"
+    if "finetune" in record:  # started from Python: no command recorded
+        return "finetune"
     if "coordformer_meta" in record or record.get("model_type") == "coordformer":
         return "export"
     if "train_config" in record or "model_config" in record:

@@ -799,10 +799,11 @@ class AttentionAnalysisConfig(Record):
             )
         bins = self.max_distance / self.bin_width  # infinite for a tiny enough bin_width
         if not bins <= MAX_DISTANCE_BINS:  # the histograms are dense arrays
+            count = f"{math.ceil(bins):,}" if math.isfinite(bins) else "too many"
             raise OptionError(
                 "max_distance",
                 self.max_distance,
-                f"makes {bins:,.0f} distance bins of `bin_width` {self.bin_width:g}; "
+                f"makes {count} distance bins of `bin_width` {self.bin_width:g}; "
                 f"at most {MAX_DISTANCE_BINS:,} (raise `bin_width`)",
             )
         if (

@@ -451,8 +451,8 @@ def _embed_complexes(
             "crops single chains; with `complexes` select chains with `chains` instead",
         )
     groups = group_complexes(data, idx)
-    # A model conditioned on a language model reads no positions (the gap is not laid out in its
-    # rows) and its LM reads each chain alone, up to the LM's residue limit.
+    # A model conditioned on a language model reads no positions (the gap is laid out in them but
+    # takes no room in its rows) and its LM reads each chain alone, up to the LM's residue limit.
     lm_limit = model.lm.max_residues if getattr(model, "lm", None) is not None else None
     gap = 0 if lm_limit is not None else cfg.chain_gap
     spans = np.array([complex_span(data.lengths[m], gap) for _, m in groups])
@@ -523,7 +523,7 @@ def _embed_complexes(
         "chains": n_chains,
         "complexes": len(kept),
         "complexes_skipped": int((~fits).sum()),
-        "chain_gap": cfg.chain_gap,
+        "chain_gap": gap,  # 0 for a conditioned model, which reads no positions
     }
 
 

@@ -173,7 +173,8 @@ def _model_card(config: dict, meta: dict, weights_dtype: str) -> str:
         f"CoordFormer masked-language model ({dims}), weights stored as {weights_dtype} and "
         "loaded as float32.",
         "",
-        "Load it offline from this folder with coordformer:",
+        "Load it from this folder with coordformer"
+        + (" (and its language model, below):" if config.get("condition_on") else ", offline:"),
         "",
         "```python",
         "from coordformer.model import CoordFormer",
@@ -183,10 +184,15 @@ def _model_card(config: dict, meta: dict, weights_dtype: str) -> str:
     ]
     if config.get("condition_on"):
         # its ESM-2 cannot load inside the Auto classes' from_pretrained (hf_model refuses it)
+        where = (
+            "its trained weights are in this folder, its config and tokenizer are read"
+            if config.get("unfreeze_lm")
+            else "it is loaded"
+        )
         lines += [
-            f"It is conditioned on the ESM-2 language model `{config['condition_on']}`, which is "
-            "loaded again from there (or from the folder in `$COORDFORMER_LM`); it does not load "
-            "through the transformers Auto classes.",
+            f"It is conditioned on the ESM-2 language model `{config['condition_on']}`: {where} "
+            "from there, or from the folder in `$COORDFORMER_LM` (a Hub name needs the network "
+            "or the Hugging Face cache). It does not load through the transformers Auto classes.",
             "",
         ]
     else:

@@ -146,6 +146,21 @@ def fingerprint_version(recorded: str) -> int:
     return next((v for v, mark in FINGERPRINT_MARKS.items() if mark in recorded), 1)
 
 
+def with_recorded_fingerprint(config, recorded: str):
+    """``config`` (a conditioned ModelConfig) with the LM fingerprint ``recorded`` by an earlier
+    run or model when that was made by an older fingerprint version, so that resuming or
+    continuing it compares like with like (loading checks the LM against the recorded one, the way
+    it was made); ``config`` as it is otherwise."""
+    if (
+        config.condition_on
+        and recorded
+        and config.lm_fingerprint
+        and fingerprint_version(recorded) != fingerprint_version(config.lm_fingerprint)
+    ):
+        return config.replace(lm_fingerprint=recorded)
+    return config
+
+
 def _fingerprinted(model, version: int) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs a fingerprint of ``version`` hashes, sorted by name."""
     if version == 1:  # the token embedding and final LayerNorm

@@ -20,6 +20,7 @@ from ..data.batching import BatchSettings, MaskedBatches, check_fits, cropped_le
 from ..data.store import SKIPPED_FILE, PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.core import StaticRows
+from ..model.lm import with_recorded_fingerprint
 from .lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -342,7 +343,9 @@ def _init_state(init: str, model_config: ModelConfig) -> dict:
     # it as it was, so that a run with init= sees the same random stream as `pretrain --init`
     with torch.random.fork_rng(devices=[]):
         model, _ = load_model(init)
-    if model.config.replace(dropout=model_config.dropout) != model_config:
+    # the loaded model checked its LM against its own record (an older fingerprint version, maybe)
+    mine = with_recorded_fingerprint(model_config, model.config.lm_fingerprint)
+    if model.config.replace(dropout=model_config.dropout) != mine:
         diff = _config_diff(model.config.to_dict(), model_config.to_dict())
         raise OptionError(
             "init",
@@ -499,6 +502,8 @@ def _pretrain(
             ) from None
         saved = ckpt.get("coordformer", {}) if isinstance(ckpt, dict) else {}
         saved_mc = _as_current(saved.get("model_config") or {})
+        # a run recorded with an older LM fingerprint version resumes with its own record
+        model_config = with_recorded_fingerprint(model_config, saved_mc.get("lm_fingerprint", ""))
         if saved_mc != model_config.to_dict():
             diff = _config_diff(saved_mc, model_config.to_dict())
             raise OptionError(
