@@ -80,7 +80,7 @@ def _batch(seed=0):
     return tokens, coords, mask
 
 
-def test_config_records_the_lm_and_defaults_are_unchanged(esm):
+def test_config_records_the_lm_and_defaults_are_unchanged(esm, monkeypatch):
     mc = _config(esm)
     assert (
         mc.condition_on == str(esm)
@@ -97,6 +97,13 @@ def test_config_records_the_lm_and_defaults_are_unchanged(esm):
     }
     assert ModelConfig.from_dict(old) == plain
     assert ModelConfig.from_dict(mc.to_dict()) == mc
+    # a relative folder is recorded absolute: the model then loads from any working directory
+    monkeypatch.chdir(esm.parent)
+    assert conditioned_config(ModelConfig(**SMALL), esm.name).condition_on == str(esm.resolve())
+    # a model whose LM is not where it was recorded: the message says how to point at it
+    bare = ModelConfig(**SMALL).replace(condition_on="esm2_elsewhere", lm_dim=16)
+    with pytest.raises(UsageError, match="set COORDFORMER_LM=FOLDER"):
+        CoordFormer(bare)
     with pytest.raises(ConfigError, match="recipe paper"):
         mc.replace(coord_norm_feature=True, gaussian_init_heads=2)
     with pytest.raises(ConfigError, match="need `condition_on`"):

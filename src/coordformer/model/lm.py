@@ -330,7 +330,16 @@ def load_conditioner(config) -> tuple[EsmConditioner, str]:
     """The EsmConditioner a ModelConfig with ``condition_on`` needs, checked against its recorded
     ``lm_dim`` / ``lm_fingerprint`` (when set). Returns (conditioner, fingerprint)."""
     source = lm_source(config.condition_on)
-    model, tokenizer = load_esm(source)
+    try:
+        model, tokenizer = load_esm(source)
+    except UsageError as e:
+        if os.environ.get(LM_ENV):
+            raise
+        # loading a trained model: its recorded LM is not where it was (another folder, another
+        # machine); the one remedy a command that only loads the model has
+        raise UsageError(
+            f"{e} To load a model trained with it, set {LM_ENV}=FOLDER to that ESM-2 folder."
+        ) from None
     # a model trained with an older version of the fingerprint is checked as it was made
     version = (
         fingerprint_version(config.lm_fingerprint) if config.lm_fingerprint else FINGERPRINT_VERSION
@@ -354,6 +363,11 @@ def conditioned_config(config, condition_on: str, unfreeze: bool = False):
     """``config`` conditioned on the ESM-2 model at ``condition_on``, with its hidden size and
     fingerprint filled in (the LM is loaded once to read them)."""
     model, _ = load_esm(condition_on)
+    # a local folder is recorded by its absolute path, so that the model loads from any working
+    # directory (a relative one resolved only where training ran)
+    folder = Path(condition_on).expanduser()
+    if folder.is_dir():
+        condition_on = str(folder.resolve())
     return config.replace(
         condition_on=condition_on,
         lm_dim=int(model.config.hidden_size),
