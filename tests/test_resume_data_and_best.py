@@ -79,6 +79,13 @@ def test_resume_refuses_another_dataset_unless_allowed_and_always_says_where_it_
     assert data["previous"][0]["fingerprint"] == prepared.fingerprint
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["coordformer"]
     assert saved["data_fingerprint"] == data["fingerprint"]
+    # best.ckpt of the earlier dataset (chosen on its valid split) is kept aside under its
+    # fingerprint; the new best is judged on the new valid split alone (here: the final model)
+    ckpts = out / "checkpoints"
+    kept = ckpts / f"best_{prepared.fingerprint}.ckpt"
+    assert kept.exists() and torch.load(kept, weights_only=False)["global_step"] == 3
+    assert torch.load(ckpts / "best.ckpt", weights_only=False)["global_step"] == 4
+    assert json.loads((out / "summary.json").read_text())["best_checkpoint"]["step"] == 4
     assert (
         run(*_common(out, 5), "--data", other, "--val-every", "100") == 0
     )  # now the run's dataset

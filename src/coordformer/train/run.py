@@ -180,7 +180,7 @@ class _BestCheckpoint(ModelCheckpoint):
     lets the final validation (``trainer.validate`` after fit, where Lightning saves nothing)
     replace it."""
 
-    def __init__(self, dirpath: Path):
+    def __init__(self, dirpath: Path, forget_restored: bool = False):
         # no version counter: a best.ckpt this callback does not know of (state lost) is replaced,
         # not joined by best-v1.ckpt, which resolve_checkpoint would never pick
         super().__init__(
@@ -191,6 +191,8 @@ class _BestCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
         self.best_step: int | None = None
+        # a run resumed on another dataset: the best so far was judged on another valid split
+        self.forget_restored = forget_restored
 
     @property
     def state_key(
@@ -202,6 +204,8 @@ class _BestCheckpoint(ModelCheckpoint):
         return {**super().state_dict(), "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self.forget_restored:
+            return
         super().load_state_dict(state_dict)
         self.best_step = state_dict.get("best_step")
 
@@ -263,7 +267,8 @@ def pretrain(
     A resume says so (one line on stderr: ``resuming OUT from step N``) and is refused when the
     dataset differs from the one the run was trained on (``PreparedDataset.fingerprint``; the same
     data moved or prepared again is the same), unless ``allow_new_data``: config.json then lists the
-    earlier datasets under ``data.previous``.
+    earlier datasets under ``data.previous``, and an earlier best.ckpt (chosen on the other
+    dataset's valid split) is renamed ``best_<its dataset fingerprint>.ckpt``.
 
     After the final validation, ``best.ckpt`` is replaced by the final model when that is at least
     as good by val/loss; the summary's ``best_checkpoint`` says which step it holds. With an empty
@@ -477,6 +482,7 @@ def _pretrain(
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = None
+    new_data = False  # resumed on another dataset (allow_new_data)
     data_record = {
         "path": str(Path(data_dir).resolve()),
         "fingerprint": data.fingerprint,
@@ -545,6 +551,19 @@ def _pretrain(
                     "to continue on it, or choose a new `out_dir`",
                 )
             data_record["previous"] = [*before.pop("previous", []), before]
+            new_data = True
+            # best.ckpt was chosen on the earlier dataset's valid split: kept under another name,
+            # so that neither `evaluate -c RUN` nor this run's own choice of a best takes it
+            old_best = ckpt_dir / "best.ckpt"
+            if old_best.exists() and getattr(rank_zero_only, "rank", 0) == 0:
+                kept = ckpt_dir / f"best_{before['fingerprint']}.ckpt"
+                old_best.replace(kept)
+                print(
+                    f"another dataset: {old_best} (chosen on the earlier one's valid split) is "
+                    f"now {kept.name}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         ckpt_path = str(last)
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(
@@ -593,7 +612,7 @@ def _pretrain(
         ),
         _ConfigWriter(out, payload),
     ]
-    best = _BestCheckpoint(ckpt_dir) if val_batches is None else None
+    best = _BestCheckpoint(ckpt_dir, forget_restored=new_data) if val_batches is None else None
     if best is not None:
         callbacks.append(best)
     callbacks = [*callbacks, *(extra_callbacks or [])]
