@@ -164,7 +164,8 @@ def test_embed_quiet_prints_one_line(tmp_path, structures, capsys):
     assert captured.out.strip().splitlines() == [captured.out.strip()], captured.out
     assert (
         captured.out.startswith("wrote ")
-        and f"1 inputs unreadable, see {out}.skipped.tsv" in captured.out
+        and f"1 inputs skipped (unreadable, or no chain to keep), see {out}.skipped.tsv"
+        in captured.out
     )
     assert "prepared dataset" not in captured.out + captured.err
 

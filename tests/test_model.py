@@ -240,6 +240,12 @@ def test_masked_batches_deterministic_resumable_and_sharded(prepared):
     i0 = torch.cat([r0[k].index for k in range(len(r0))])
     i1 = torch.cat([r1[k].index for k in range(len(r1))])
     assert not set(i0.tolist()) & set(i1.tolist())
+    # more processes than batches: an error that names the setting to change, not a bare ValueError
+    from coordformer.errors import OptionError
+
+    with pytest.raises(OptionError, match="fewer than one for each of the 10000 processes") as e:
+        MaskedBatches(prepared, idx, s, seed=7, rank=0, world_size=10_000)
+    assert e.value.flag_message().startswith("--tokens-per-batch")
     # Coordinates arrive centred: the mean present CA is at the origin.
     bt = a[0]
     ca = bt.coords[0, :, 1]

@@ -1268,7 +1268,7 @@ def embed(
         )
         + ([f"{res['cropped']} cropped to {max_length}"] if res["cropped"] else [])
         + (
-            [f"{n} inputs unreadable, see {out}.skipped.tsv"]
+            [f"{n} inputs skipped (unreadable, or no chain to keep), see {out}.skipped.tsv"]
             if (n := res.get("prepare", {}).get("inputs_skipped"))
             else []
         )

@@ -26,7 +26,7 @@ import torch
 from ..batch import HOST_FIELDS, Batch
 from ..config import CROP_MODES, SEED, BatchConfig  # noqa: F401 - CROP_MODES re-exported
 from ..constants import AA_OFFSET, AMINO_ACIDS, CA_INDEX, PAD, ascii_to_token_table
-from ..errors import ConfigError, SequenceTooLong, UsageError
+from ..errors import ConfigError, OptionError, SequenceTooLong, UsageError
 from ..geometry import centre, rotation_from_gaussian
 from .masking import bert_mask_from_draws
 
@@ -223,7 +223,12 @@ class MaskedBatches(torch.utils.data.Dataset):
         n0 = len(self._plan(0))
         self.batches_per_epoch = n0 // world_size if world_size > 1 else n0
         if self.batches_per_epoch == 0:
-            raise ValueError("not enough chains for one batch per process")
+            raise OptionError(
+                "tokens_per_batch",
+                settings.tokens_per_batch,
+                f"the {len(self.indices)} chains make {n0} batches, fewer than one for each of "
+                f"the {world_size} processes: lower `tokens_per_batch` or use fewer `devices`",
+            )
         # at least min_batches items per rank from item 0 (whole epochs), whatever `epochs` says
         self.epochs = max(epochs, -(-min_batches // self.batches_per_epoch))
         self.start_batch = start_batch

@@ -91,7 +91,7 @@ class PrepareSummary:
             f"{self.units_resumed} resumed from an interrupted run)",
             f"  chains read: {self.chains_read}; kept: {self.chains_kept} "
             f"({self.n_residues} residues)",
-            f"  inputs skipped (unreadable files/records): {self.inputs_skipped}",
+            f"  inputs skipped (unreadable, or no chain to keep): {self.inputs_skipped}",
             f"  chains filtered: {filt}",
         ]
         if not self.in_memory:  # splits and exclusions are made for datasets only
@@ -103,7 +103,8 @@ class PrepareSummary:
                 *(
                     [
                         f"  excluded by sequence: {self.excluded_by_sequence} train chains with "
-                        "a homologue among --exclude-sequences set aside (splits/aside.txt)"
+                        "a homologue among --exclude-sequences set aside"
+                        + (" (splits/aside.txt)" if self.excluded_by_sequence else "")
                     ]
                     if self.excluded_by_sequence is not None
                     else []
@@ -112,7 +113,9 @@ class PrepareSummary:
                     [
                         f"  strict hold-out: {self.holdout_to_train} held-out chains with a train "
                         f"homologue moved into train, {self.holdout_aside} train homologues of "
-                        f"excluded chains set aside (splits/aside.txt); "
+                        "excluded chains set aside"
+                        + (" (splits/aside.txt)" if self.holdout_aside else "")
+                        + "; "
                         f"{self.holdout_leaks_left} leaks left"
                     ]
                     if self.holdout_to_train is not None
