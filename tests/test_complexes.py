@@ -156,7 +156,8 @@ def test_chain_selection_and_too_long_complexes(tmp_path, inputs, capsys):
     # no complex fits: a one-line error and no output, not an empty file and exit 0
     capsys.readouterr()
     out = tmp_path / "none.h5"
-    assert _embed(inputs, "-o", out, "--complexes", "--window", "50", "--overlap", "10") == 2
+    # (complexes are never windowed: the default --overlap 256 above --window 50 is not refused)
+    assert _embed(inputs, "-o", out, "--complexes", "--window", "50") == 2
     err = capsys.readouterr().err
     assert "none of the 2 complexes fits" in err and "raise --window" in err
     assert not out.exists() and not (tmp_path / "none.h5.tmp").exists()
