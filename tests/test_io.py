@@ -630,6 +630,14 @@ def test_read_id_list(tmp_path):
         "3ABC.B",
         "my.A",
     ]
+    # a table's header row is not an id (DeepFRI's nrPDB-EC_2020.04_test.csv starts this way);
+    # a list of ids that are not archive ids keeps its first
+    table = tmp_path / "test.csv"
+    table.write_text("PDB-chain,<30%,<40%,<50%,<70%,<95%\n2FOR-A,0,0,1,1,1\n5U4N-A,0,0,0,0,1\n")
+    assert read_id_list(table) == ["2FOR.A", "5U4N.A"]
+    names = tmp_path / "names.txt"
+    names.write_text("seq_one x\nseq_two y\n")
+    assert read_id_list(names) == ["seq_one", "seq_two"]
     with pytest.raises(StructureReadError):
         read_id_list(tmp_path / "missing.txt")
 
