@@ -352,6 +352,7 @@ def test_pretraining_leakage_is_reported(tmp_path, prepared, tiny_checkpoint):
     ec = {"valid": Path("nrPDB-EC_2020.04_valid.txt"), "test": Path("nrPDB-EC_2020.04_test.txt")}
     ok = pretraining_leakage("small-coords", prepared, ec, splits(test))
     assert ok["known"] and ok["excluded_files"] and ok["warning"] is None
+    assert ok["excluded_by"] == "file name"  # what the record allows, said
     other = pretraining_leakage("small-coords", prepared, {**ec, "test": Path("y_test.txt")}, {})
     assert other["excluded_files"] is False and "y_test.txt" in other["warning"]
     # nothing recorded (an exported file): unknown, no claim either way

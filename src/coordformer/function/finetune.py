@@ -709,6 +709,9 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
     excluded = {Path(f).name for f in record["config"].get("exclude_files") or ()}
     missing = [files[n].name for n in ("valid", "test") if files[n].name not in excluded]
     out["excluded_files"] = not missing
+    # the dataset records its --exclude files' paths only: files named alike pass, whatever
+    # chains they list
+    out["excluded_by"] = "file name"
     if missing:
         out["warning"] = (
             f"the encoder's pretraining data did not --exclude {', '.join(missing)}: its train "
