@@ -329,6 +329,12 @@ def test_errors_name_python_parameters_and_the_cli_their_flags():
     assert (
         OptionError("ablate", ("x",), "unknown").flag_message(_flags()) == "ablate=('x',): unknown"
     )
+    # a switch reads as typed, not `--varlen True` / `--coords False`
+    assert (
+        OptionError("cuda_graphs", True, "no dropout").flag_message() == "--cuda-graphs: no dropout"
+    )
+    flags = {"use_coords": "--coords"}
+    assert OptionError("use_coords", False, "x").flag_message(flags) == "--no-coords: x"
     assert dataclasses.is_dataclass(BatchConfig)
 
 

@@ -85,7 +85,13 @@ class OptionError(ConfigError):
             flags is not None and self.option not in flags
         ):  # a parameter the command line does not have
             return f"{self.option}={self.value}: {with_flags(self.reason, flags)}"
-        return f"{flag_of(self.option, flags)} {self.value}: {with_flags(self.reason, flags)}"
+        flag = flag_of(self.option, flags)
+        # a switch reads as it is typed: `--varlen: ...`, `--no-coords: ...`, not `--varlen True`
+        if self.value is True:
+            return f"{flag}: {with_flags(self.reason, flags)}"
+        if self.value is False and flag.startswith("--"):
+            return f"--no-{flag[2:]}: {with_flags(self.reason, flags)}"
+        return f"{flag} {self.value}: {with_flags(self.reason, flags)}"
 
 
 class SequenceTooLong(UsageError, ValueError):
