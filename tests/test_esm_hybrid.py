@@ -327,8 +327,9 @@ def test_checkpoint_loading_needs_the_same_lm(esm, tmp_path, monkeypatch):
 def test_a_run_recorded_with_an_older_fingerprint_resumes_and_continues(
     esm, prepared, tmp_path, monkeypatch
 ):
-    """A run whose config records a version-2 LM fingerprint (written before version 3) resumes
-    with today's config of the same LM, and its weights start another run (init=)."""
+    """A run whose config records a version-2 LM fingerprint (written before version 3) and its LM
+    folder relative resumes with today's config of the same LM (fingerprint version 3, the folder
+    absolute), and its weights start another run (init=)."""
     from transformers import EsmModel
 
     from coordformer.model.lm import fingerprint, fingerprint_version
@@ -336,7 +337,9 @@ def test_a_run_recorded_with_an_older_fingerprint_resumes_and_continues(
 
     mc = _config(esm)
     lm = EsmModel.from_pretrained(esm, add_pooling_layer=False)
-    old = mc.replace(lm_fingerprint=fingerprint(lm, version=2))
+    # recorded as yesterday's code did: a version-2 fingerprint, and the folder as typed (relative)
+    monkeypatch.chdir(esm.parent)
+    old = mc.replace(lm_fingerprint=fingerprint(lm, version=2), condition_on=esm.name)
     tc = TrainConfig(
         max_steps=2, tokens_per_batch=1024, crop_length=100, val_every_steps=2, accelerator="cpu"
     )

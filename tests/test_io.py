@@ -638,6 +638,13 @@ def test_read_id_list(tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("seq_one x\nseq_two y\n")
     assert read_id_list(names) == ["seq_one", "seq_two"]
+    # a real id of one's own above archive ids is never taken for a header
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("my_model.B\t1.1.1.1\n1ABC_A\t2.7.7.7\n")
+    assert read_id_list(mixed) == ["my_model.B", "1ABC.A"]
+    across2 = tmp_path / "across2.txt"
+    across2.write_text("my.A other.B\n1ORC.A 1LCD.A\n")
+    assert read_id_list(across2) == ["my.A", "1ORC.A", "1LCD.A"]
     with pytest.raises(StructureReadError):
         read_id_list(tmp_path / "missing.txt")
 

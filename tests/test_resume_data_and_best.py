@@ -82,10 +82,18 @@ def test_resume_refuses_another_dataset_unless_allowed_and_always_says_where_it_
     # best.ckpt of the earlier dataset (chosen on its valid split) is kept aside under its
     # fingerprint; the new best is judged on the new valid split alone (here: the final model)
     ckpts = out / "checkpoints"
-    kept = ckpts / f"best_{prepared.fingerprint}.ckpt"
+    kept = ckpts / f"best_{prepared.fingerprint}_step3.ckpt"
     assert kept.exists() and torch.load(kept, weights_only=False)["global_step"] == 3
     assert torch.load(ckpts / "best.ckpt", weights_only=False)["global_step"] == 4
     assert json.loads((out / "summary.json").read_text())["best_checkpoint"]["step"] == 4
+    # a run resumed on other data that has not validated since: evaluate takes last.ckpt, not the
+    # other dataset's best; a failed attempt on other data moves nothing
+    back = tmp_path / "back"
+    shutil.copytree(out, back)
+    (back / "checkpoints" / "best.ckpt").unlink()
+    shutil.copy(kept, back / "checkpoints" / "best.ckpt")
+    assert resolve_checkpoint(back).name == "last.ckpt"
+    assert resolve_checkpoint(out).name == "best.ckpt"
     assert (
         run(*_common(out, 5), "--data", other, "--val-every", "100") == 0
     )  # now the run's dataset

@@ -327,8 +327,8 @@ def _model_settings(model, cfg: EmbedConfig) -> tuple[int, bool]:
     window = cfg.window or min(1024, model.config.max_len)
     if window > model.config.max_len:
         raise OptionError("window", window, f"exceeds the model's max_len {model.config.max_len}")
-    if not cfg.complexes:  # complexes are embedded whole, never in windows
-        check_overlap(cfg.overlap, window)
+    # complexes are embedded whole, never in windows: only a negative overlap is refused there
+    check_overlap(cfg.overlap, window if not cfg.complexes else max(window, cfg.overlap + 1))
     return window, model.config.use_coords if cfg.use_coords is None else cfg.use_coords
 
 

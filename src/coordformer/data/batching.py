@@ -227,7 +227,8 @@ class MaskedBatches(torch.utils.data.Dataset):
                 "tokens_per_batch",
                 settings.tokens_per_batch,
                 f"the {len(self.indices)} chains make {n0} batches, fewer than one for each of "
-                f"the {world_size} processes: lower `tokens_per_batch` or use fewer `devices`",
+                f"the {world_size} processes: use fewer processes (`devices`, `num_nodes`), or, "
+                "for a new run, lower `tokens_per_batch`",
             )
         # at least min_batches items per rank from item 0 (whole epochs), whatever `epochs` says
         self.epochs = max(epochs, -(-min_batches // self.batches_per_epoch))

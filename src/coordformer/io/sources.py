@@ -164,9 +164,9 @@ def read_id_list(path: str | Path) -> list[str]:
     :func:`~coordformer.io.normalize_chain_id`: every whitespace- or comma-separated field of a
     line whose fields are all archive ids (``1ABC.A, 1LZH_B AF-P69905-F1``: a list written across),
     else the line's first field (a table row: ``1ABC-A<TAB>1.2.3.4``). A table's header row (the
-    first row, of several fields, whose first is no archive id while a later row's is) is
-    skipped. Blank lines and '#' comments are ignored; duplicates are dropped (first occurrence
-    kept).
+    first row, of several fields, whose first is a column name, with no digit, '.' or '_', above
+    rows that all start with archive ids) is skipped. Blank lines and '#' comments are ignored;
+    duplicates are dropped (first occurrence kept).
 
     A UTF-8 byte-order mark is dropped and a UTF-16 file (with its byte-order mark, as Windows
     tools save "Unicode text") is decoded as such, so neither hides the first id.
@@ -187,13 +187,14 @@ def read_id_list(path: str | Path) -> list[str]:
         raise StructureReadError(src, f"cannot read id list: {short_reason(e)}") from None
     rows = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     rows = [[f for f in _ID_SPLIT_RE.split(line) if f] for line in rows if line]
-    # a table's header row (DeepFRI's "PDB-chain,<30%,..."): several fields, the first no
-    # archive id, above rows whose first field is one; without this it was read as an id
+    # a table's header row (DeepFRI's "PDB-chain,<30%,..."), which was read as an id: several
+    # fields, the first a column name (no digit, no '.' or '_' as chain ids have), above rows
+    # whose first fields are all archive ids. A real id (my_model.B) is never taken for one.
     if (
-        rows
+        len(rows) > 1
         and len(rows[0]) > 1
-        and not _archive_chain_id(rows[0][0])
-        and any(_archive_chain_id(r[0]) for r in rows[1:])
+        and not re.search(r"[\d._]", rows[0][0])
+        and all(_archive_chain_id(r[0]) for r in rows[1:])
     ):
         rows = rows[1:]
     seen: dict[str, None] = {}

@@ -146,18 +146,32 @@ def fingerprint_version(recorded: str) -> int:
     return next((v for v, mark in FINGERPRINT_MARKS.items() if mark in recorded), 1)
 
 
-def with_recorded_fingerprint(config, recorded: str):
-    """``config`` (a conditioned ModelConfig) with the LM fingerprint ``recorded`` by an earlier
-    run or model when that was made by an older fingerprint version, so that resuming or
-    continuing it compares like with like (loading checks the LM against the recorded one, the way
-    it was made); ``config`` as it is otherwise."""
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+    except OSError:
+        return False
+
+
+def with_recorded_lm(config, recorded: dict):
+    """``config`` (a conditioned ModelConfig) with the LM as an earlier run or model recorded it
+    (``recorded``: its model config dict), where only the spelling differs, so that resuming or
+    continuing it compares like with like: its ``condition_on`` when both name the same folder
+    (recorded relative, or through a link, before folders were recorded absolute), and its
+    ``lm_fingerprint`` when that was made by an older fingerprint version (loading then checks the
+    LM against the recorded one, the way it was made). ``config`` as it is otherwise."""
+    if not config.condition_on:
+        return config
+    was_on, was_fp = recorded.get("condition_on"), recorded.get("lm_fingerprint") or ""
+    if was_on and was_on != config.condition_on and _same_folder(was_on, config.condition_on):
+        config = config.replace(condition_on=was_on)
     if (
-        config.condition_on
-        and recorded
+        was_fp
         and config.lm_fingerprint
-        and fingerprint_version(recorded) != fingerprint_version(config.lm_fingerprint)
+        and fingerprint_version(was_fp) != fingerprint_version(config.lm_fingerprint)
     ):
-        return config.replace(lm_fingerprint=recorded)
+        config = config.replace(lm_fingerprint=was_fp)
     return config
 
 
@@ -333,7 +347,7 @@ def load_conditioner(config) -> tuple[EsmConditioner, str]:
     try:
         model, tokenizer = load_esm(source)
     except UsageError as e:
-        if os.environ.get(LM_ENV):
+        if os.environ.get(LM_ENV) or LM_ENV in str(e):  # set, or already said
             raise
         # loading a trained model: its recorded LM is not where it was (another folder, another
         # machine); the one remedy a command that only loads the model has

@@ -155,7 +155,7 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
             p / "checkpoints" / "last.ckpt",
             p / "model.pt",
         ):
-            if cand.exists():
+            if cand.exists() and not (cand.name == "best.ckpt" and _best_of_other_data(p, cand)):
                 return cand
         raise UsageError(f"{p}: no checkpoints/best.ckpt, checkpoints/last.ckpt or model.pt inside")
     if p.exists():
@@ -167,6 +167,19 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     raise UsageError(
         f"checkpoint {name_or_path!r} is neither a file nor a shipped model name ({names})"
     )
+
+
+def _best_of_other_data(run: Path, best: Path) -> bool:
+    """Whether a run folder's best.ckpt was chosen on another dataset than the run's current one
+    (resumed with ``--allow-new-data`` and not validated since): its last.ckpt is the run's
+    model."""
+    try:
+        now = (json.loads((run / "config.json").read_text()).get("data") or {}).get("fingerprint")
+        ckpt = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
+        was = (ckpt.get("coordformer") or {}).get("data_fingerprint")
+    except Exception:  # noqa: BLE001 - nothing to compare: take best.ckpt, as always
+        return False
+    return bool(now and was and now != was and (run / "checkpoints" / "last.ckpt").exists())
 
 
 def _is_finetune_run(folder: Path) -> bool:

@@ -20,7 +20,7 @@ from ..data.batching import BatchSettings, MaskedBatches, check_fits, cropped_le
 from ..data.store import SKIPPED_FILE, PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.core import StaticRows
-from ..model.lm import with_recorded_fingerprint
+from ..model.lm import with_recorded_lm
 from .lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -180,7 +180,9 @@ class _BestCheckpoint(ModelCheckpoint):
     lets the final validation (``trainer.validate`` after fit, where Lightning saves nothing)
     replace it."""
 
-    def __init__(self, dirpath: Path, forget_restored: bool = False):
+    def __init__(
+        self, dirpath: Path, forget_restored: bool = False, data_fingerprint: str | None = None
+    ):
         # no version counter: a best.ckpt this callback does not know of (state lost) is replaced,
         # not joined by best-v1.ckpt, which resolve_checkpoint would never pick
         super().__init__(
@@ -193,6 +195,7 @@ class _BestCheckpoint(ModelCheckpoint):
         self.best_step: int | None = None
         # a run resumed on another dataset: the best so far was judged on another valid split
         self.forget_restored = forget_restored
+        self.data_fingerprint = data_fingerprint
 
     @property
     def state_key(
@@ -212,7 +215,31 @@ class _BestCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         if filepath == self.best_model_path:
             self.best_step = trainer.global_step
+        if trainer.is_global_zero:
+            self._keep_other_datasets_best(Path(filepath))
         super()._save_checkpoint(trainer, filepath)
+
+    def _keep_other_datasets_best(self, path: Path) -> None:
+        """A best.ckpt about to be replaced that was chosen on another dataset (a run resumed with
+        ``allow_new_data``) is moved to ``best_<its fingerprint>_step<N>.ckpt`` (never over an
+        existing file), not overwritten: it is that dataset's best model."""
+        if not (path.exists() and self.data_fingerprint):
+            return
+        try:
+            old = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            fp = (old.get("coordformer") or {}).get("data_fingerprint")
+            step = old.get("global_step")
+        except Exception:  # noqa: BLE001 - unreadable: replaced, as before
+            return
+        if not fp or fp == self.data_fingerprint:
+            return
+        kept = path.with_name(f"best_{fp}_step{step}{self.FILE_EXTENSION}")
+        n = 1
+        while kept.exists():
+            n += 1
+            kept = path.with_name(f"best_{fp}_step{step}_{n}{self.FILE_EXTENSION}")
+        path.replace(kept)
+        log.warning("%s was chosen on another dataset (%s): kept as %s", path, fp, kept.name)
 
     def consider_final(self, trainer, val_loss: float) -> None:
         """After the final validation (every rank, same value): save the final model as best.ckpt
@@ -267,8 +294,9 @@ def pretrain(
     A resume says so (one line on stderr: ``resuming OUT from step N``) and is refused when the
     dataset differs from the one the run was trained on (``PreparedDataset.fingerprint``; the same
     data moved or prepared again is the same), unless ``allow_new_data``: config.json then lists the
-    earlier datasets under ``data.previous``, and an earlier best.ckpt (chosen on the other
-    dataset's valid split) is renamed ``best_<its dataset fingerprint>.ckpt``.
+    earlier datasets under ``data.previous``; the best so far (judged on the other dataset's valid
+    split) is not carried over, and its best.ckpt is kept as ``best_<fingerprint>_step<N>.ckpt``
+    when this run saves a best of its own.
 
     After the final validation, ``best.ckpt`` is replaced by the final model when that is at least
     as good by val/loss; the summary's ``best_checkpoint`` says which step it holds. With an empty
@@ -349,7 +377,7 @@ def _init_state(init: str, model_config: ModelConfig) -> dict:
     with torch.random.fork_rng(devices=[]):
         model, _ = load_model(init)
     # the loaded model checked its LM against its own record (an older fingerprint version, maybe)
-    mine = with_recorded_fingerprint(model_config, model.config.lm_fingerprint)
+    mine = with_recorded_lm(model_config, model.config.to_dict())
     if model.config.replace(dropout=model_config.dropout) != mine:
         diff = _config_diff(model.config.to_dict(), model_config.to_dict())
         raise OptionError(
@@ -508,8 +536,9 @@ def _pretrain(
             ) from None
         saved = ckpt.get("coordformer", {}) if isinstance(ckpt, dict) else {}
         saved_mc = _as_current(saved.get("model_config") or {})
-        # a run recorded with an older LM fingerprint version resumes with its own record
-        model_config = with_recorded_fingerprint(model_config, saved_mc.get("lm_fingerprint", ""))
+        # a run recorded with an older LM fingerprint version, or its LM folder spelt otherwise,
+        # resumes with its own record
+        model_config = with_recorded_lm(model_config, saved_mc)
         if saved_mc != model_config.to_dict():
             diff = _config_diff(saved_mc, model_config.to_dict())
             raise OptionError(
@@ -551,19 +580,10 @@ def _pretrain(
                     "to continue on it, or choose a new `out_dir`",
                 )
             data_record["previous"] = [*before.pop("previous", []), before]
+            # the best so far was judged on the other dataset's valid split: not restored (the
+            # file stays until this run saves a best of its own, then is kept aside, see
+            # _BestCheckpoint; `evaluate -c RUN` skips a best.ckpt of another dataset)
             new_data = True
-            # best.ckpt was chosen on the earlier dataset's valid split: kept under another name,
-            # so that neither `evaluate -c RUN` nor this run's own choice of a best takes it
-            old_best = ckpt_dir / "best.ckpt"
-            if old_best.exists() and getattr(rank_zero_only, "rank", 0) == 0:
-                kept = ckpt_dir / f"best_{before['fingerprint']}.ckpt"
-                old_best.replace(kept)
-                print(
-                    f"another dataset: {old_best} (chosen on the earlier one's valid split) is "
-                    f"now {kept.name}",
-                    file=sys.stderr,
-                    flush=True,
-                )
         ckpt_path = str(last)
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(
@@ -612,7 +632,11 @@ def _pretrain(
         ),
         _ConfigWriter(out, payload),
     ]
-    best = _BestCheckpoint(ckpt_dir, forget_restored=new_data) if val_batches is None else None
+    best = (
+        _BestCheckpoint(ckpt_dir, forget_restored=new_data, data_fingerprint=data.fingerprint)
+        if val_batches is None
+        else None
+    )
     if best is not None:
         callbacks.append(best)
     callbacks = [*callbacks, *(extra_callbacks or [])]
