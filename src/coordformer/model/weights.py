@@ -169,16 +169,25 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     )
 
 
+def checkpoint_data(path: Path) -> tuple[str | None, int | None]:
+    """(dataset fingerprint, global step) a training checkpoint records, (None, None) where it
+    cannot be read (memory-mapped: the weights are not read)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return (ckpt.get("coordformer") or {}).get("data_fingerprint"), ckpt.get("global_step")
+    except Exception:  # noqa: BLE001 - truncated, not a checkpoint: nothing recorded
+        return None, None
+
+
 def _best_of_other_data(run: Path, best: Path) -> bool:
     """Whether a run folder's best.ckpt was chosen on another dataset than the run's current one
     (resumed with ``--allow-new-data`` and not validated since): its last.ckpt is the run's
     model."""
     try:
         now = (json.loads((run / "config.json").read_text()).get("data") or {}).get("fingerprint")
-        ckpt = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
-        was = (ckpt.get("coordformer") or {}).get("data_fingerprint")
-    except Exception:  # noqa: BLE001 - nothing to compare: take best.ckpt, as always
+    except (OSError, ValueError, AttributeError):  # nothing to compare: take best.ckpt, as always
         return False
+    was = checkpoint_data(best)[0]
     return bool(now and was and now != was and (run / "checkpoints" / "last.ckpt").exists())
 
 

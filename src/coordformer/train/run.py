@@ -21,6 +21,7 @@ from ..data.store import SKIPPED_FILE, PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.core import StaticRows
 from ..model.lm import with_recorded_lm
+from ..model.weights import checkpoint_data
 from .lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -196,6 +197,7 @@ class _BestCheckpoint(ModelCheckpoint):
         # a run resumed on another dataset: the best so far was judged on another valid split
         self.forget_restored = forget_restored
         self.data_fingerprint = data_fingerprint
+        self._own_file = False  # whether this process saved best.ckpt yet
 
     @property
     def state_key(
@@ -215,8 +217,9 @@ class _BestCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         if filepath == self.best_model_path:
             self.best_step = trainer.global_step
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not self._own_file:
             self._keep_other_datasets_best(Path(filepath))
+        self._own_file = True  # from now on best.ckpt is this run's: not read again
         super()._save_checkpoint(trainer, filepath)
 
     def _keep_other_datasets_best(self, path: Path) -> None:
@@ -225,12 +228,7 @@ class _BestCheckpoint(ModelCheckpoint):
         existing file), not overwritten: it is that dataset's best model."""
         if not (path.exists() and self.data_fingerprint):
             return
-        try:
-            old = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-            fp = (old.get("coordformer") or {}).get("data_fingerprint")
-            step = old.get("global_step")
-        except Exception:  # noqa: BLE001 - unreadable: replaced, as before
-            return
+        fp, step = checkpoint_data(path)  # unreadable: replaced, as before
         if not fp or fp == self.data_fingerprint:
             return
         kept = path.with_name(f"best_{fp}_step{step}{self.FILE_EXTENSION}")
