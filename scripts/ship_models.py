@@ -29,6 +29,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from coordformer.data.store import PreparedDataset
+from coordformer.eval.leakage import dataset_rows, read_rows, write_training_chains
 from coordformer.model.checkpoints import (
     WITHOUT_COORDS_USE,
     export_model,
@@ -127,6 +129,15 @@ def main() -> int:
         "and its model of the --eval files (key: RUN_DIR's name) go into NAME's card",
     )
     ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the prepared dataset the runs (or the --annotate models) trained on, where the "
+        "folder a run's summary names is not on this machine (a run brought back from a GPU): its "
+        "split sizes must be the run's; its train and valid chains are listed beside the cards",
+    )
+    ap.add_argument(
         "--trained-on", default=None, help="machine and date the runs trained on, for the record"
     )
     ap.add_argument(
@@ -172,6 +183,8 @@ def main() -> int:
                 for k, v in eval_fields(evals, eval_keys.get(name, name)).items()
             }
         )
+        if args.data is not None:
+            card["training_chains"] = chains_field(out, card["data"], args.data)
         card.setdefault("annotated_with", []).append(f"python {shlex.join(sys.argv)}")
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     for pair in args.pairs:
@@ -228,6 +241,7 @@ def main() -> int:
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
         card.update(missing_flag_fields(card))
+        card["training_chains"] = chains_field(out, summary["data"], args.data, old)
         if name in twins:
             card["twin"] = twin_fields(twins[name], evals, card.get("heldout_eval"))
         if name in args.continued_from:
@@ -290,11 +304,53 @@ def main() -> int:
     # script
     shipped = {c["name"]: c for c in (json.loads(p.read_text()) for p in out.glob("*.json"))}
     shipped.update({c["name"]: c for c in cards})
+    listed = {(c.get("training_chains") or {}).get("file") for c in shipped.values()}
+    for table in out.glob("chains-*.tsv.gz"):
+        if table.name not in listed:  # no card names it any more
+            table.unlink()
     rank = {n: i for i, n in enumerate(ORDER)}
     (out / "README.md").write_text(
         readme(sorted(shipped.values(), key=lambda c: (rank.get(c["name"], len(ORDER)), c["name"])))
     )
     return 0
+
+
+def chains_field(out: Path, recorded: dict, data_dir: Path | None, old: dict | None = None) -> dict:
+    """The card's ``training_chains`` record, writing the table it names into ``out``: the train
+    and valid chains of the dataset a run trained on (``recorded``: its summary's ``data``, with
+    ``path`` and ``fingerprint``; or a shipped card's ``data``, split sizes only). Read from the
+    run's own dataset folder where it is here with the same fingerprint, else from ``data_dir``
+    when its split sizes are the run's. A continuation (``old``: the card of the model it
+    continued) also lists the chains of that model's table. SystemExit when neither is at hand."""
+    ds, origin = None, None
+    own = Path(recorded["path"]) if recorded.get("path") else None
+    if own is not None and own.is_dir():
+        d = PreparedDataset(own)
+        if d.fingerprint == recorded.get("fingerprint"):
+            ds, origin = d, "the run's own dataset folder"
+    if ds is None and data_dir is not None:
+        d = PreparedDataset(data_dir)
+        want = (recorded.get("manifest") or recorded).get("splits")
+        if d.manifest.get("splits") != want:
+            raise SystemExit(
+                f"--data {data_dir}: splits {d.manifest.get('splits')}, but the run's were {want}: "
+                "not the dataset it trained on"
+            )
+        ds = d
+        sizes = " / ".join(f"{n:,} {s}" for s, n in want.items())
+        origin = f"{data_dir.name}, given with --data (not the run's own folder; the run's splits: {sizes})"
+    if ds is None:
+        raise SystemExit(
+            f"the dataset a run trained on ({own or 'not recorded'}) is not here with its "
+            "fingerprint: give the prepared dataset with --data DIR, so that its training chains "
+            "are listed"
+        )
+    rows = dataset_rows(ds)
+    earlier = (old or {}).get("training_chains") or {}
+    if earlier.get("file") and (out / earlier["file"]).exists():
+        have = set(rows)
+        rows = [r for r in read_rows(out / earlier["file"]) if r not in have] + rows
+    return {**write_training_chains(rows, out), "from": origin}
 
 
 #: what two held-out evaluations must share for their perplexities to be compared: the same
@@ -500,6 +556,15 @@ def readme(cards: list[dict]) -> str:
         ]
         if "missing_flag_note" in c:
             lines.append(f"- Missing coordinates: {c['missing_flag_note']}")
+        tc = c.get("training_chains") or {}
+        if tc:
+            lines.append(
+                f"- Chains it saw: `{tc['file']}` lists the "
+                + " and ".join(f"{n:,} {s}" for s, n in tc["splits"].items())
+                + " chains (id, split, SHA-256 of the sequence; read from "
+                f"{tc.get('from', 'its dataset')}); `coordformer evaluate` counts the chains "
+                "it scores that are among them"
+            )
         if ev:
             lines.append(
                 f"- Held-out test split: perplexity {ev['perplexity']:.2f}, "

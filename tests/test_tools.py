@@ -154,7 +154,8 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
 ):
     """`ship_models.py NAME=RUN --twin NAME=TWIN_RUN`: the shipped model's card carries the twin's
     command, training and held-out figures on the same masks, and the models README says them; the
-    twin itself is not shipped."""
+    twin itself is not shipped; the chains it saw are listed beside the card."""
+    import gzip
     import json
 
     import ship_models
@@ -216,6 +217,22 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
     assert twin["training"]["global_step"] == 3
     assert "No-coordinates twin (`nocoords`, not shipped" in (shipped / "README.md").read_text()
     assert sorted(p.name for p in shipped.glob("*.pt")) == ["tiny-coords.pt"]
+    # the chains it saw are listed beside the card, from the run's own dataset folder
+    tc = card["training_chains"]
+    assert tc["from"] == "the run's own dataset folder"
+    rows = gzip.decompress((shipped / tc["file"]).read_bytes()).decode().splitlines()[1:]
+    saw = [prepared.ids[i] for s in ("train", "valid") for i in prepared.split_indices(s)]
+    assert [r.split("\t")[0] for r in rows] == saw and "Chains it saw" in (
+        shipped / "README.md"
+    ).read_text()
+    # that folder elsewhere (a run brought back from a GPU): --data names it, checked by split sizes
+    gone = {"path": str(tmp_path / "gone"), "fingerprint": "x", "manifest": prepared.manifest}
+    assert ship_models.chains_field(shipped, gone, prepared.path)["file"] == tc["file"]
+    with pytest.raises(SystemExit, match="give the prepared dataset with --data"):
+        ship_models.chains_field(shipped, gone, None)
+    other = {**gone, "manifest": {"splits": {"train": 1, "valid": 0, "test": 0}}}
+    with pytest.raises(SystemExit, match="not the dataset it trained on"):
+        ship_models.chains_field(shipped, other, prepared.path)
 
     # shipping over it: refused unless the new model beats it on the same masks (the same run
     # and evaluation do not), and the card and weights stay as they were

@@ -788,6 +788,13 @@ def evaluate(
         "stretch per chain gets none (an unresolved loop put back with --seqres); cut: that "
         "stretch is deleted (a loop the file omits). Same masked residues in each case.",
     ),
+    unseen_only: bool = typer.Option(
+        False,
+        "--unseen-only",
+        help="Score only chains that no model given was trained on (by chain id or identical "
+        "sequence; see the models' training_chains); without it such chains are counted and "
+        "warned about.",
+    ),
     device: str = typer.Option(
         "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
     ),
@@ -797,6 +804,7 @@ def evaluate(
     """Perplexity and sequence recovery on masked residues of a dataset split."""
     from . import __version__
     from .data.store import PreparedDataset
+    from .eval.leakage import seen_in_training, seen_summary, training_chains
     from .eval.mlm import evaluate_mlm
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import SPAN_SHARE, load_model, missing_coords_warning
@@ -820,8 +828,36 @@ def evaluate(
     device = _device(device)
     _torch_threads(threads)
     ds = PreparedDataset(data)
+    scored = ds.split_indices(split)[:max_chains]
+    seen = {
+        ck: seen_in_training(tc, ds, scored) for ck in checkpoint if (tc := training_chains(ck))
+    }
+    if unseen_only:
+        unknown = [ck for ck in checkpoint if ck not in seen]
+        if unknown:
+            raise OptionError(
+                "unseen_only",
+                True,
+                f"{', '.join(unknown)} does not list the chains it was trained on (an exported "
+                "file or Hugging Face folder, or a run whose dataset folder moved or changed): "
+                "give its run folder, or drop --unseen-only",
+            )
+        skip = sorted({i for s in seen.values() for i in s["seen_indices"]})
+        if len(skip) == len(scored):
+            raise OptionError(
+                "unseen_only",
+                True,
+                f"every chain of split {split!r} was in a model's training data",
+            )
+        typer.echo(
+            f"--unseen-only: {len(skip)} of the {len(scored)} chains of split {split!r} were in a "
+            f"model's training data; scoring the other {len(scored) - len(skip)}",
+            err=True,
+        )
     results = {}
     for ck in checkpoint:
+        if ck in seen and seen[ck]["seen"] and not unseen_only:
+            typer.echo(f"warning: {seen_summary(ck, seen[ck], split)}", err=True)
         model, meta = load_model(ck)
         if Path(ck).is_dir() and Path(meta["path"]).name == "last.ckpt":
             # a run folder is read for its best.ckpt; say when the final state stands in for it
@@ -859,8 +895,12 @@ def evaluate(
                 windows=windows,
                 overlap=overlap,
                 hide_coords=hide_coords,
+                skip=skip if unseen_only else (),
             ),
             "checkpoint": meta["path"],
+            # which scored chains it was trained on (before --unseen-only left them out); absent
+            # where its files do not say
+            **({"seen_in_training": _seen_record(seen[ck])} if ck in seen else {}),
         }
     header, rows = comparison_rows(results)
     typer.echo(markdown_table(header, rows))
@@ -888,6 +928,12 @@ def evaluate(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown_report(results, fig.name, f"{data} split {split}", command))
         typer.echo(f"report: {report}")
+
+
+def _seen_record(seen: dict) -> dict:
+    """evaluate --json's ``seen_in_training``: the check's counts and ids (dataset indices are
+    internal)."""
+    return {k: v for k, v in seen.items() if k != "seen_indices"}
 
 
 def _torch_threads(threads: int | None) -> None:
@@ -1658,11 +1704,33 @@ def evaluate_function(
 
 
 @app.command()
-def models():
+def models(
+    chains: Optional[str] = typer.Option(
+        None,
+        "--chains",
+        metavar="NAME",
+        help="Print the chains shipped model NAME saw (its train and valid splits) as a table: "
+        "id, split, SHA-256 of the sequence (first 16 hex digits).",
+    ),
+):
     """List the shipped pretrained models."""
     from .model.checkpoints import model_card, shipped_models
 
     ship = shipped_models()
+    if chains is not None:
+        import gzip
+
+        from .model.weights import pretraining_data
+
+        if chains not in ship:
+            raise OptionError(
+                "chains", chains, f"not a shipped model (shipped: {', '.join(ship) or 'none'})"
+            )
+        table = (pretraining_data(chains) or {}).get("chains")
+        if table is None or not table.is_file():
+            raise OptionError("chains", chains, "its card lists no training chains")
+        typer.echo(gzip.decompress(table.read_bytes()).decode("ascii"), nl=False)
+        return
     if not ship:
         typer.echo("no shipped models installed")
     for name, path in ship.items():

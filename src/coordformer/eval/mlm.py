@@ -9,6 +9,7 @@ matter).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ def evaluate_mlm(
     windows: bool = EvalConfig.windows,
     overlap: int = EvalConfig.overlap,
     hide_coords: str = EvalConfig.hide_coords,
+    skip: Collection[int] = (),
 ) -> dict:
     """Evaluate on ``split`` (``model`` is moved to ``device`` and put in eval mode, in place):
     15% of each chain's residues are selected and, with ``masking="mask"``
@@ -70,7 +72,9 @@ def evaluate_mlm(
     counted there); ``stretch``, the masked residues of the stretch that have coordinates in the
     data ("none": given, "span": withheld); ``outside``, the masked residues outside the stretch
     ("none", "span", "cut"), also per chain in ``per_chain_outside`` (laid out as ``per_chain``) to
-    pair the conditions. Returns a JSON-ready dict with ``perplexity``, ``recovery``,
+    pair the conditions. ``skip``: dataset indices of chains of the split to leave out (those the
+    model was trained on, ``evaluate --unseen-only``); the others keep their masks. Returns a
+    JSON-ready dict with ``perplexity``, ``recovery``,
     ``per_residue_recovery`` ({aa: fraction}), ``per_residue_count``, ``n_masked``, ``n_chains``,
     ``loss`` (mean nats), and ``per_chain`` ({chain id: [n_masked, summed nats, n_correct]}) for
     paired comparisons between models. Perplexity is over the model's whole output vocabulary
@@ -81,6 +85,9 @@ def evaluate_mlm(
         if max_chains < 1:
             raise OptionError("max_chains", max_chains, "must be at least 1 (None: every chain)")
         idx = idx[:max_chains]
+    n_split = len(idx)
+    if len(skip):
+        idx = idx[~np.isin(idx, np.asarray(list(skip), dtype=np.int64))]
     if len(idx) == 0:
         raise UsageError(f"{data.path}: split {split!r} is empty")
     if masking not in ("mask", "bert"):
@@ -214,5 +221,7 @@ def evaluate_mlm(
             "tokens_per_batch": tokens_per_batch,
             "max_chains": max_chains,
             "use_coords": feed_coords,
+            # chains of the split left out (evaluate --unseen-only): other chains, not other masks
+            **({"skipped_chains": n_split - len(idx)} if len(skip) else {}),
         },
     }

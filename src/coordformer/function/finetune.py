@@ -686,8 +686,11 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
     files record (``model.weights.pretraining_data``): when it was pretrained on ``data`` itself
     (same fingerprint), the number of valid / test chains in ``data``'s train split; otherwise
     whether its dataset's ``--exclude`` files include the task's valid and test split files (by
-    name). Returns {"known", "in_pretraining_train", "excluded_files", "warning"} (``warning``
-    None when nothing points to a leak). ``splits``: name -> (ids, dataset indices, labels)."""
+    name), and where the encoder lists the chains it saw (``eval.leakage``), how many valid /
+    test chains are among them by id or identical sequence (``seen_in_pretraining``). Returns
+    {"known", "in_pretraining_train", "excluded_files", "warning", ...} (``warning`` None when
+    nothing points to a leak). ``splits``: name -> (ids, dataset indices, labels)."""
+    from ..eval.leakage import METHOD, seen_in_training, training_chains
     from ..model.weights import pretraining_data
 
     record = pretraining_data(checkpoint)
@@ -712,11 +715,31 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
     # the dataset records its --exclude files' paths only: files named alike pass, whatever
     # chains they list
     out["excluded_by"] = "file name"
+    warnings = []
     if missing:
-        out["warning"] = (
+        warnings.append(
             f"the encoder's pretraining data did not --exclude {', '.join(missing)}: its train "
             "split may hold these chains or their homologues, so the scores may not be held out"
         )
+    chains = training_chains(checkpoint)
+    if chains is not None:  # the chains it saw, where listed: a check by id and sequence
+        found = {
+            n: seen_in_training(chains, data, splits[n][1])
+            for n in ("valid", "test")
+            if n in splits
+        }
+        out["seen_in_pretraining"] = {
+            **{n: found[n]["seen"] for n in found},
+            "ids": sorted({i for f in found.values() for i in f["seen_ids"]}),
+            "matched_by": METHOD,
+        }
+        if any(f["seen"] for f in found.values()):
+            counts = " and ".join(f"{f['seen']} {n}" for n, f in found.items())
+            warnings.append(
+                f"{counts} chains of this task were in the encoder's pretraining data (same chain "
+                "id or identical sequence): its scores on them are not held out"
+            )
+    out["warning"] = "; ".join(warnings) or None
     return out
 
 

@@ -101,13 +101,22 @@ def model_card(name: str) -> dict:
 
 def pretraining_data(name_or_path: str | Path) -> dict | None:
     """What a model was pretrained on, as far as its files say: {"config": the PrepareConfig dict
-    of the dataset (``exclude_files`` among it), "fingerprint": the dataset's (when recorded)};
-    from a shipped model's card, or from the config.json of the ``pretrain`` run folder a
-    checkpoint lies in. None when neither records it (an exported file, a Hugging Face folder)."""
+    of the dataset (``exclude_files`` among it), "fingerprint": the dataset's (when recorded),
+    "chains": where its training chains are listed (a shipped model's ``training_chains`` file,
+    or the run's dataset folder as recorded; None when neither)}; from a shipped model's card, or
+    from the config.json of the ``pretrain`` run folder a checkpoint lies in. None when neither
+    records it (an exported file, a Hugging Face folder)."""
     p = Path(name_or_path)
     if not p.exists() and str(name_or_path) in shipped_models():
-        data = model_card(str(name_or_path)).get("data") or {}
-        return {"config": data.get("config") or {}, "fingerprint": None} if data else None
+        card = model_card(str(name_or_path))
+        data = card.get("data") or {}
+        listed = (card.get("training_chains") or {}).get("file")
+        chains = shipped_models_dir() / listed if listed else None
+        return (
+            {"config": data.get("config") or {}, "fingerprint": None, "chains": chains}
+            if data
+            else None
+        )
     run = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
     try:
         data = json.loads((run / "config.json").read_text()).get("data") or {}
@@ -116,7 +125,11 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     manifest = data.get("manifest") if isinstance(data, dict) else None
     if not isinstance(manifest, dict):
         return None
-    return {"config": manifest.get("config") or {}, "fingerprint": data.get("fingerprint")}
+    return {
+        "config": manifest.get("config") or {},
+        "fingerprint": data.get("fingerprint"),
+        "chains": Path(data["path"]) if isinstance(data.get("path"), str) else None,
+    }
 
 
 def missing_flag_learnt(card: dict) -> bool | None:

@@ -1,0 +1,150 @@
+"""Which scored chains a model was trained on: the shipped tables, the check by id and sequence,
+`evaluate`'s warning and --unseen-only, and finetune's leakage record."""
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from tests.conftest import pretrain_args, synthetic_chains, write_jsonl
+
+from coordformer.cli import main
+from coordformer.config import PrepareConfig
+from coordformer.data.prepare import prepare
+from coordformer.data.store import PreparedDataset
+from coordformer.eval.leakage import (
+    HEADER,
+    TrainingChains,
+    dataset_rows,
+    seen_in_training,
+    seen_summary,
+    sequence_digest,
+    training_chains,
+    write_training_chains,
+)
+from coordformer.model.weights import model_card, shipped_models, shipped_models_dir
+
+DEMO = Path(__file__).parents[1] / "src/coordformer/resources/demo/heldout_chains.jsonl.gz"
+
+
+def _prepare(records, folder: Path, **fractions) -> PreparedDataset:
+    src = write_jsonl(records, folder.parent / f"{folder.name}.jsonl")
+    cfg = PrepareConfig(min_length=10, **fractions)
+    prepare([str(src)], folder, cfg, workers=1, progress=False)
+    return PreparedDataset(folder)
+
+
+def test_every_shipped_model_lists_the_chains_it_saw():
+    """Each card names a table of its train and valid chains that is there, holds what the card
+    says (counts, SHA-256 of the text) and reads back with those counts."""
+    assert shipped_models()
+    for name in shipped_models():
+        card = model_card(name)
+        record = card["training_chains"]
+        text = gzip.decompress((shipped_models_dir() / record["file"]).read_bytes()).decode()
+        assert hashlib.sha256(text.encode()).hexdigest() == record["sha256"]
+        assert text.splitlines()[0].split("\t") == list(HEADER)
+        want = {s: card["data"]["splits"][s] for s in ("train", "valid")}
+        assert record["splits"] == want
+        assert training_chains(name).counts == want
+
+
+@pytest.mark.slow
+def test_the_bundled_held_out_chains_are_not_among_the_shipped_models_training_chains(tmp_path):
+    """The demo's real PDB chains were held out: none matches a shipped model's training chain by
+    id or sequence, so the demo's figures are held-out figures."""
+    records = [json.loads(line) for line in gzip.open(DEMO, "rt")]
+    ds = _prepare(records, tmp_path / "demo", valid_fraction=0.0, test_fraction=0.0)
+    for name in shipped_models():
+        seen = seen_in_training(training_chains(name), ds, range(len(ds)))
+        assert seen["n_chains"] == len(ds) > 10 and seen["seen"] == 0, (name, seen["seen_ids"])
+
+
+def test_a_chain_counts_as_seen_by_its_id_in_any_spelling_or_by_an_identical_sequence(
+    tmp_path, prepared
+):
+    """An id matches with case and separators ignored (12as_A for 12AS.A); another id with the
+    sequence of a training chain matches by sequence; neither counts twice; other chains do not
+    match."""
+    ids = list(prepared.ids[:4])
+    rows = [
+        (ids[0].lower().replace(".", "_"), "train", "0" * 16),  # by id only
+        ("ZZZZ.Q", "valid", sequence_digest(prepared.sequence(1))),  # by sequence only
+        (ids[2], "train", sequence_digest(prepared.sequence(2))),  # both
+    ]
+    chains = TrainingChains.from_rows(tmp_path / "t.tsv.gz", rows)
+    seen = seen_in_training(chains, prepared, [0, 1, 2, 3])
+    assert seen["seen"] == 3 and seen["seen_ids"] == ids[:3]
+    assert seen["same_id"] == {"train": 2} and seen["same_sequence"] == {"valid": 1, "train": 1}
+    line = seen_summary("m", seen, "test")
+    assert line.startswith("3 of the 4 chains of split 'test' were in m's training data")
+    assert "2 by chain id, 2 by identical sequence" in line
+
+
+def test_the_table_is_named_by_its_content_and_written_the_same_every_time(tmp_path, prepared):
+    a = write_training_chains(dataset_rows(prepared), tmp_path)
+    first = (tmp_path / a["file"]).read_bytes()
+    b = write_training_chains(dataset_rows(prepared), tmp_path)
+    assert a == b and (tmp_path / a["file"]).read_bytes() == first
+    assert a["splits"] == {s: len(prepared.split_indices(s)) for s in ("train", "valid")}
+    c = write_training_chains(dataset_rows(prepared)[1:], tmp_path)
+    assert c["file"] != a["file"]
+
+
+@pytest.mark.slow
+def test_evaluate_warns_of_chains_a_model_saw_and_unseen_only_leaves_them_out(
+    tmp_path, prepared, capsys
+):
+    """A run trained on one dataset, scored on another that holds some of its chains (renamed:
+    found by sequence; one under its own id: found by id) and new ones: `evaluate` warns and
+    records the count; --unseen-only scores the others; a model that does not list its chains
+    is refused with --unseen-only; a run whose dataset changed lists none."""
+    run = tmp_path / "run"
+    assert (
+        main(pretrain_args(prepared.path, run, max_steps=2, tokens_per_batch=1024, quiet=True)) == 0
+    )
+    seen_ids = {prepared.ids[i] for s in ("train", "valid") for i in prepared.split_indices(s)}
+    old = synthetic_chains(60)  # the chains `prepared` was made from
+    mixed = [dict(r, name=f"X{i:03d}.B") for i, r in enumerate(old[:12])]
+    mixed[0]["name"] = old[0]["name"].lower().replace(".", "_")  # the same id, spelt otherwise
+    mixed += [dict(r, name=f"N{i:03d}.A") for i, r in enumerate(synthetic_chains(8, seed=7))]
+    ds = _prepare(mixed, tmp_path / "other", valid_fraction=0.0, test_fraction=0.0)
+    expected = sum(r["name"] in seen_ids for r in old[:12])
+    assert 0 < expected < 12
+
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "-c", str(run), "--data", str(ds.path), "--split", "train", "--quiet"]
+    assert main([*args, "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["n_chains"] == 20 and rec["seen_in_training"]["seen"] == expected
+    assert (
+        f"warning: {expected} of the 20 chains of split 'train' were in" in capsys.readouterr().err
+    )
+    assert main([*args, "--json", str(out), "--unseen-only"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["n_chains"] == 20 - expected and rec["settings"]["skipped_chains"] == expected
+    assert not set(rec["per_chain"]) & set(rec["seen_in_training"]["seen_ids"])
+
+    pt = tmp_path / "model.pt"
+    assert main(["export", "-c", str(run), "--out", str(pt)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "-c", str(pt), *args[3:], "--unseen-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not list the chains it was trained on" in err and len(err.splitlines()) == 1
+
+    # finetune's leakage record counts the task's held-out chains the encoder saw
+    from coordformer.function.finetune import pretraining_leakage
+
+    files = {"valid": Path("v.txt"), "test": Path("t.txt")}
+    idx = ds.split_indices("train")
+    leak = pretraining_leakage(
+        run, ds, files, {"valid": ([], idx[:0], None), "test": ([], idx, None)}
+    )
+    assert leak["seen_in_pretraining"]["test"] == expected and "not held out" in leak["warning"]
+
+    # the run's dataset rewritten: its chains are no longer known
+    manifest = prepared.path / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "content_digest": "0" * 32}))
+    assert training_chains(run) is None
