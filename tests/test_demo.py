@@ -184,6 +184,10 @@ def test_demo_trains_from_scratch_when_asked(tmp_path, capsys):
                 "20",
                 "--train-minutes",
                 "0.05",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
                 "--quiet",
             ]
         )
@@ -191,9 +195,24 @@ def test_demo_trains_from_scratch_when_asked(tmp_path, capsys):
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"scratch-coords", "scratch-nocoords"} <= set(metrics)
-    assert (
-        tmp_path / "train_from_scratch" / "scratch-coords" / "checkpoints" / "last.ckpt"
-    ).exists()
+    run = tmp_path / "train_from_scratch" / "scratch-coords"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    # --device reaches the scratch training too
+    assert json.loads((run / "config.json").read_text())["train_config"]["accelerator"] == "cpu"
+    assert "--device cpu --threads 1 --quiet`" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_device_and_threads(tmp_path, capsys):
+    """demo takes --device and --threads as evaluate does: a device that is not one is a one-line
+    error before any work; a CUDA index reaches Lightning as that GPU."""
+    from coordformer.demo import _trainer_device
+
+    assert main(["demo", "--out", str(tmp_path / "o"), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device 'gpu' is not a device" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o" / "bundled_dataset").exists()
+    assert _trainer_device("cuda:1") == {"accelerator": "gpu", "devices": "1,"}
+    assert _trainer_device("cpu") == {"accelerator": "cpu", "devices": "1"}
 
 
 @pytest.mark.slow

@@ -996,6 +996,10 @@ def demo(
     max_chains: Optional[int] = typer.Option(
         None, min=1, help="Evaluate on at most this many bundled chains."
     ),
+    device: str = typer.Option(
+        "auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
+    threads: Optional[int] = _THREADS,
     quiet: bool = typer.Option(False),
 ):
     """Evaluate the shipped coords and no-coords models
@@ -1005,6 +1009,8 @@ def demo(
     _out_folder(
         out, command="demo", writes=("metrics.json", "report.md", "per_residue_recovery.png")
     )
+    device = _device(device)
+    _torch_threads(threads)
     run_demo(
         out,
         train_minutes=train_minutes,
@@ -1012,6 +1018,7 @@ def demo(
         progress=not quiet,
         echo=typer.echo,
         command=_command_line(),
+        device=device,
     )
 
 

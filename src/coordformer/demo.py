@@ -30,6 +30,14 @@ def bundled_chains() -> Path:
     return p
 
 
+def _trainer_device(device: str) -> dict:
+    """TrainConfig's accelerator and devices for one torch device ("cuda:1" -> gpu, "1,": the GPU
+    of index 1, in Lightning's spelling)."""
+    kind, _, index = device.partition(":")
+    accelerator = {"cuda": "gpu"}.get(kind, kind)
+    return {"accelerator": accelerator, "devices": f"{index}," if index else "1"}
+
+
 def run_demo(
     out: str | Path,
     train_minutes: float = 0.0,
@@ -38,11 +46,13 @@ def run_demo(
     echo: Callable[[str], None] = print,
     seed: int = SEED,
     command: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Prepare the bundled chains, evaluate both shipped models on identical masks, write a report.
 
     With ``train_minutes`` > 0 also pretrain a coords and a no-coords model from scratch (small
     preset) on a random split of the bundled chains and evaluate them on its test part.
+    ``device``: a torch device ("cpu", "cuda", "cuda:1", "mps") for evaluation and that training.
     Returns {label: metrics}.
     """
     from .analysis.plots import per_residue_recovery_figure
@@ -75,7 +85,9 @@ def run_demo(
     shown = (*MODELS, *(m for m in OPTIONAL_MODELS if m in shipped_models()))
     for name in shown:
         model, _ = load_model(name)
-        results[name] = evaluate_mlm(model, ds, "test", max_chains=max_chains, progress=progress)
+        results[name] = evaluate_mlm(
+            model, ds, "test", max_chains=max_chains, progress=progress, device=device
+        )
 
     # the chains evaluated (--max-chains may take fewer than were prepared)
     n_eval = results[MODELS[0]]["n_chains"]
@@ -114,16 +126,17 @@ def run_demo(
                 val_every_steps=200,
                 tokens_per_batch=2048,
                 crop_length=512,
+                **_trainer_device(device),
             )
             pretrain(tdir / "dataset", run, mc, tc, resume=False, progress=progress)
             model, _ = load_model(run)
             scratch[label] = evaluate_mlm(
-                model, tds, "test", max_chains=max_chains, progress=progress
+                model, tds, "test", max_chains=max_chains, progress=progress, device=device
             )
         for name in MODELS:
             model, _ = load_model(name)
             scratch[name] = evaluate_mlm(
-                model, tds, "test", max_chains=max_chains, progress=progress
+                model, tds, "test", max_chains=max_chains, progress=progress, device=device
             )
         results.update({k: v for k, v in scratch.items() if k.startswith("scratch")})
         n_test = scratch[MODELS[0]]["n_chains"]
@@ -141,6 +154,7 @@ def run_demo(
         + f" --out {shlex.quote(str(out))}"
         + (f" --train-minutes {train_minutes:g}" if train_minutes else "")
         + (f" --max-chains {max_chains}" if max_chains else "")
+        + (f" --device {device}" if device != "cpu" else "")
     )
     report = [f"# coordformer demo\n\nCommand: `{cmd}`\n"]
     for k, (title, res) in enumerate(sections):
