@@ -164,7 +164,13 @@ def main() -> int:
     # hide_coords condition -> {model key: metrics}
     evals: dict[str, dict] = {}
     for path in args.eval:
-        models = json.loads(path.read_text()).get("models", {})
+        payload = json.loads(path.read_text())
+        models = payload.get("models", {})
+        # the dataset the masks were drawn on, with each model's figures (evaluate records it
+        # once, at the top level): two evaluations compare only on the same data
+        fingerprint = (payload.get("data") or {}).get("fingerprint")
+        if fingerprint:
+            models = {k: {**m, "data_fingerprint": fingerprint} for k, m in models.items()}
         cond = next(iter(models.values()), {}).get("settings", {}).get("hide_coords", "none")
         for key in set(models) & set(evals.get(cond, {})):
             print(
@@ -338,7 +344,10 @@ def chains_field(out: Path, recorded: dict, data_dir: Path | None, old: dict | N
             )
         ds = d
         sizes = " / ".join(f"{n:,} {s}" for s, n in want.items())
-        origin = f"{data_dir.name}, given with --data (not the run's own folder; the run's splits: {sizes})"
+        origin = (
+            f"{data_dir.name}, given with --data (not the run's own folder; the run's splits: "
+            f"{sizes})"
+        )
     if ds is None:
         raise SystemExit(
             f"the dataset a run trained on ({own or 'not recorded'}) is not here with its "
@@ -365,7 +374,12 @@ def not_better(new: dict | None, old: dict | None) -> str:
         return ""  # nothing measured to beat
     if not new:
         return "the new model has no held-out evaluation (give --eval) to compare"
-    diff = [k for k in SAME_MASKS if new.get(k) != old.get(k)]
+    # the dataset, where both evaluations record it (cards shipped before 2026-11-28 do not)
+    keys = (
+        *SAME_MASKS,
+        *(("data_fingerprint",) if "data_fingerprint" in new.keys() & old.keys() else ()),
+    )
+    diff = [k for k in keys if new.get(k) != old.get(k)]
     if diff:
         return (
             "its held-out evaluation is not on the same masks as the shipped one's (differs in "
@@ -498,7 +512,12 @@ def eval_fields(evals: dict[str, dict], key: str) -> dict:
     ``heldout_eval_hide_<condition>`` (evaluate --hide-coords), without the per-chain tables."""
     return {
         ("heldout_eval" if cond == "none" else f"heldout_eval_hide_{cond}"): {
-            k: v
+            # the ids of scored chains the model was trained on stay in the evaluation's JSON
+            k: (
+                {kk: vv for kk, vv in v.items() if kk != "seen_ids"}
+                if k == "seen_in_training"
+                else v
+            )
             for k, v in models[key].items()
             if k != "checkpoint" and not k.startswith("per_chain")
         }

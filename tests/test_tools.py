@@ -257,6 +257,11 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
     assert ship_models.not_better({**ok, "perplexity": ok["perplexity"] - 0.1}, ok) == ""
     assert "n_masked" in ship_models.not_better({**ok, "n_masked": 1, "perplexity": 1.0}, ok)
     assert "no held-out evaluation" in ship_models.not_better(None, ok)
+    # evaluations on different datasets do not compare, where both cards record theirs
+    assert card["heldout_eval"]["data_fingerprint"] == prepared.fingerprint
+    a, b = ({**ok, "data_fingerprint": f} for f in ("a", "b"))
+    assert "data_fingerprint" in ship_models.not_better({**a, "perplexity": 1.0}, b)
+    assert ship_models.not_better({**a, "perplexity": ok["perplexity"] - 0.1}, ok) == ""
 
 
 def test_training_ablations_keep_an_arm_timed_before_the_budgets_sigterm(tmp_path, monkeypatch):
