@@ -247,7 +247,6 @@ def main() -> int:
             "ship_command": f"python {shlex.join(sys.argv)}",
         }
         card.update(missing_flag_fields(card))
-        card["training_chains"] = chains_field(out, summary["data"], args.data, old)
         if name in twins:
             card["twin"] = twin_fields(twins[name], evals, card.get("heldout_eval"))
         if name in args.continued_from:
@@ -279,6 +278,11 @@ def main() -> int:
                     file=sys.stderr,
                 )
                 return 1
+        # written once nothing refuses it (a refused ship leaves no table behind); a continuation
+        # also lists what the model it continued saw
+        card["training_chains"] = chains_field(
+            out, summary["data"], args.data, old if name in args.continued_from else None
+        )
         export_model(
             model,
             out / f"{name}.pt",

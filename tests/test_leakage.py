@@ -148,3 +148,60 @@ def test_evaluate_warns_of_chains_a_model_saw_and_unseen_only_leaves_them_out(
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**m, "content_digest": "0" * 32}))
     assert training_chains(run) is None
+
+
+@pytest.mark.slow
+def test_a_run_lists_what_its_init_weights_and_its_earlier_datasets_saw(tmp_path, prepared, capsys):
+    """`pretrain --init small-coords` saw small-coords' chains too; a run resumed on other data
+    (--allow-new-data) saw both datasets; a misspelt model is said as such with --unseen-only; an
+    empty split is said as such; finetune's record counts the chains of the encoder's own valid
+    split."""
+    first = tmp_path / "first"
+    assert (
+        main(pretrain_args(prepared.path, first, max_steps=2, tokens_per_batch=1024, quiet=True))
+        == 0
+    )
+    own = {s: len(prepared.split_indices(s)) for s in ("train", "valid")}
+    assert training_chains(first).counts == own
+
+    cont = tmp_path / "cont"
+    flags = dict(max_steps=1, tokens_per_batch=1024, quiet=True, init="small-coords")
+    assert main(pretrain_args(prepared.path, cont, preset=None, **flags)) == 0
+    shipped = training_chains("small-coords")
+    got = training_chains(cont)
+    assert (
+        got.by_id.keys() >= shipped.by_id.keys()
+        and got.counts["train"] == shipped.counts["train"] + own["train"]
+    )
+
+    fresh = [dict(r, name=f"M{i:03d}.A") for i, r in enumerate(synthetic_chains(20, seed=9))]
+    other = _prepare(fresh, tmp_path / "other", valid_fraction=0.0, test_fraction=0.0)
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first, resumed)
+    args = pretrain_args(
+        other.path, resumed, "--allow-new-data", max_steps=4, tokens_per_batch=1024, quiet=True
+    )
+    assert main(args) == 0
+    both = training_chains(resumed)
+    assert len(both.sources) == 2 and both.counts["train"] == own["train"] + len(other)
+    capsys.readouterr()
+
+    ev = ["evaluate", "--data", str(other.path), "--split", "train", "--quiet", "--unseen-only"]
+    assert main([*ev, "-c", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "does not list the chains" not in err
+    (other.path / "splits" / "valid.txt").write_text("")
+    assert main([*ev[:4], "valid", "--quiet", "--unseen-only", "-c", str(first)]) == 2
+    assert "split 'valid' is empty" in capsys.readouterr().err
+
+    from coordformer.function.finetune import pretraining_leakage
+
+    files = {"valid": Path("v.txt"), "test": Path("t.txt")}
+    valid = prepared.split_indices("valid")
+    leak = pretraining_leakage(
+        first, prepared, files, {"valid": ([], valid[:0], None), "test": ([], valid, None)}
+    )
+    assert leak["in_pretraining_train"] == {"valid": 0, "test": 0}  # not in its train split
+    assert leak["seen_in_pretraining"]["test"] == len(valid) and "valid split" in leak["warning"]

@@ -234,25 +234,46 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
     with pytest.raises(SystemExit, match="not the dataset it trained on"):
         ship_models.chains_field(shipped, other, prepared.path)
 
+    # the shipped card's table names one more chain (as if it had trained on more), so that a
+    # continuation's table can be told to add it and a fresh model's not to
+    from coordformer.eval.leakage import read_rows, write_training_chains
+
+    fake = write_training_chains(
+        [*read_rows(shipped / tc["file"]), ("FAKE.Z", "train", "f" * 16)], shipped
+    )
+    card_file = shipped / "tiny-coords.json"
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()), "training_chains": fake}))
+    tables = sorted(p.name for p in shipped.glob("chains-*"))
+
     # shipping over it: refused unless the new model beats it on the same masks (the same run
-    # and evaluation do not), and the card and weights stay as they were
+    # and evaluation do not), and the card and weights stay as they were, and no table is left
     before = (shipped / "tiny-coords.json").read_text()
     again = ["ship_models.py", f"tiny-coords={runs['coords']}", "--eval", str(ev)]
     monkeypatch.setattr(sys, "argv", [*again, "--continued-from", "tiny-coords"])
     assert ship_models.main() == 1
     assert "does not beat the shipped" in capsys.readouterr().err
     assert (shipped / "tiny-coords.json").read_text() == before
+    assert sorted(p.name for p in shipped.glob("chains-*")) == tables
     # --replace ships it; a continuation records what it started from and keeps the old twin
     monkeypatch.setattr(sys, "argv", [*again, "--continued-from", "tiny-coords", "--replace"])
     assert ship_models.main() == 0
     card = json.loads((shipped / "tiny-coords.json").read_text())
     assert card["continued_from"]["global_step"] == 3 and card["total_global_step"] == 6
     assert card["continued_from"]["heldout_perplexity"] == models["coords"]["perplexity"]
+    # the continuation saw what the model it continued saw, and its own chains
+    assert card["training_chains"]["splits"]["train"] == len(prepared.split_indices("train")) + 1
+    assert not (shipped / fake["file"]).exists()  # no card names it any more
     assert card["twin"]["run"] == "nocoords" and "continued from" in card["twin"]["note"]
     # continued again: the total counts every segment, not the last two
     assert ship_models.main() == 0
     card = json.loads((shipped / "tiny-coords.json").read_text())
     assert card["continued_from"]["global_step"] == 3 and card["total_global_step"] == 9
+    # shipped over without --continued-from: a fresh model lists its own chains only
+    monkeypatch.setattr(sys, "argv", [*again, "--replace"])
+    assert ship_models.main() == 0
+    card = json.loads((shipped / "tiny-coords.json").read_text())
+    assert card["training_chains"]["file"] == tc["file"]
+    assert sorted(p.name for p in shipped.glob("chains-*")) == [tc["file"]]
     ok = models["coords"]
     assert ship_models.not_better({**ok, "perplexity": ok["perplexity"] - 0.1}, ok) == ""
     assert "n_masked" in ship_models.not_better({**ok, "n_masked": 1, "perplexity": 1.0}, ok)

@@ -808,6 +808,7 @@ def evaluate(
     from .eval.mlm import evaluate_mlm
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import SPAN_SHARE, load_model, missing_coords_warning
+    from .model.weights import resolve_checkpoint
 
     if json_out is not None:
         _out_file(json_out, "--json")
@@ -829,6 +830,10 @@ def evaluate(
     _torch_threads(threads)
     ds = PreparedDataset(data)
     scored = ds.split_indices(split)[:max_chains]
+    if len(scored) == 0:
+        raise UsageError(f"{data}: split {split!r} is empty")
+    for ck in checkpoint:  # a misspelt name is said as such, not as a model without a chain list
+        resolve_checkpoint(ck)
     seen = {
         ck: seen_in_training(tc, ds, scored) for ck in checkpoint if (tc := training_chains(ck))
     }

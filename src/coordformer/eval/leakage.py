@@ -48,25 +48,44 @@ def sequence_digest(sequence: str) -> str:
 @dataclass(frozen=True)
 class TrainingChains:
     """The chains a model saw. ``by_id``: loose id -> split; ``by_sequence``: sequence digest ->
-    split (``train`` where a sequence is in both); ``counts``: split -> number of chains;
-    ``source``: the file or dataset folder they were read from."""
+    split (``train`` where one is in both); ``sources``: the files or dataset folders they were
+    read from (a run's datasets, and what its ``--init`` weights saw)."""
 
-    source: Path
+    sources: tuple[Path, ...]
     by_id: dict[str, str]
     by_sequence: dict[str, str]
-    counts: dict[str, int]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """split -> number of distinct chain ids (case and separators ignored)."""
+        out: dict[str, int] = {}
+        for split in self.by_id.values():
+            out[split] = out.get(split, 0) + 1
+        return out
 
     @classmethod
     def from_rows(cls, source: Path, rows: Iterable[tuple[str, str, str]]) -> TrainingChains:
         by_id: dict[str, str] = {}
         by_sequence: dict[str, str] = {}
-        counts: dict[str, int] = {}
         for chain_id, split, digest in rows:
-            by_id[loose_id(chain_id)] = split
-            if by_sequence.get(digest) != SEEN_SPLITS[0]:
-                by_sequence[digest] = split
-            counts[split] = counts.get(split, 0) + 1
-        return cls(source, by_id, by_sequence, counts)
+            _note(by_id, loose_id(chain_id), split)
+            _note(by_sequence, digest, split)
+        return cls((source,), by_id, by_sequence)
+
+    def merged(self, other: TrainingChains) -> TrainingChains:
+        """The chains either saw (a chain in train in one and valid in the other counts as
+        train)."""
+        by_id, by_sequence = dict(self.by_id), dict(self.by_sequence)
+        for key, split in other.by_id.items():
+            _note(by_id, key, split)
+        for key, split in other.by_sequence.items():
+            _note(by_sequence, key, split)
+        return TrainingChains((*self.sources, *other.sources), by_id, by_sequence)
+
+
+def _note(table: dict[str, str], key: str, split: str) -> None:
+    if table.get(key) != SEEN_SPLITS[0]:  # train stands over valid
+        table[key] = split
 
 
 def dataset_rows(data: PreparedDataset, splits: Sequence[str] = SEEN_SPLITS) -> list[tuple]:
@@ -122,23 +141,42 @@ def read_rows(path: str | Path) -> list[tuple[str, str, str]]:
     return rows  # type: ignore[return-value]
 
 
-def training_chains(name_or_path: str | Path) -> TrainingChains | None:
-    """The chains a shipped model (by name) or a ``pretrain`` run (folder or checkpoint in it) saw;
-    None when its files do not say: an exported file or Hugging Face folder, a shipped model whose
-    card lists none, or a run whose dataset folder is gone or now holds other data."""
+def training_chains(name_or_path: str | Path, _depth: int = 0) -> TrainingChains | None:
+    """The chains a shipped model (by name) or a ``pretrain`` run (folder or checkpoint in it) saw:
+    a run's dataset, the datasets it trained on before (``--allow-new-data``) and what the weights
+    it started from saw (``--init``). None when its files do not say, or not for all of these: an
+    exported file or Hugging Face folder outside a run folder, a shipped model whose card lists
+    none, a run one of whose dataset folders is gone or now holds other data."""
     record = pretraining_data(name_or_path)
-    source = record.get("chains") if record else None
-    if source is None:
+    if record is None or record.get("chains") is None:
         return None
-    if source.is_file():
+    source = record["chains"]
+    if source.is_file():  # a shipped model's table: it covers what the model continued from
         return TrainingChains.from_rows(source, read_rows(source))
-    try:
-        data = PreparedDataset(source)
-    except DatasetFormatError:  # moved, deleted or rewritten since: the run's chains are unknown
-        return None
-    if record.get("fingerprint") and data.fingerprint != record["fingerprint"]:
-        return None
-    return TrainingChains.from_rows(source, dataset_rows(data))
+    out = None
+    folders = [(source, record.get("fingerprint"))]
+    folders += [(p.get("path"), p.get("fingerprint")) for p in record.get("previous") or ()]
+    for folder, fingerprint in folders:
+        if not isinstance(folder, (str, Path)):
+            return None
+        try:
+            data = PreparedDataset(folder)
+        except (
+            DatasetFormatError
+        ):  # moved, deleted or rewritten since: the run's chains are unknown
+            return None
+        if fingerprint and data.fingerprint != fingerprint:
+            return None
+        part = TrainingChains.from_rows(Path(folder), dataset_rows(data))
+        out = part if out is None else out.merged(part)
+    if record.get("init"):
+        # a chain of --init runs ends at a shipped model or a random start; the depth bounds a
+        # cycle of run folders that name each other
+        earlier = training_chains(record["init"], _depth + 1) if _depth < 16 else None
+        if earlier is None:
+            return None
+        out = out.merged(earlier)
+    return out
 
 
 def seen_in_training(
@@ -166,7 +204,7 @@ def seen_in_training(
         "same_sequence": same_sequence,
         "seen_ids": [data.ids[i] for i in seen],
         "seen_indices": seen,
-        "source": str(chains.source),
+        "source": " + ".join(str(p) for p in chains.sources),
         "matched_by": METHOD,
     }
 

@@ -686,8 +686,9 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
     files record (``model.weights.pretraining_data``): when it was pretrained on ``data`` itself
     (same fingerprint), the number of valid / test chains in ``data``'s train split; otherwise
     whether its dataset's ``--exclude`` files include the task's valid and test split files (by
-    name), and where the encoder lists the chains it saw (``eval.leakage``), how many valid /
-    test chains are among them by id or identical sequence (``seen_in_pretraining``). Returns
+    name); and in either case, where the encoder lists the chains it saw (``eval.leakage``: its
+    train and valid splits, earlier datasets and ``--init`` weights), how many valid / test chains
+    are among them by id or identical sequence (``seen_in_pretraining``). Returns
     {"known", "in_pretraining_train", "excluded_files", "warning", ...} (``warning`` None when
     nothing points to a leak). ``splits``: name -> (ids, dataset indices, labels)."""
     from ..eval.leakage import METHOD, seen_in_training, training_chains
@@ -698,29 +699,31 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
     out["warning"] = None
     if record is None:
         return out
-    if record.get("fingerprint") and record["fingerprint"] == data.fingerprint:
+    warnings = []
+    same = bool(record.get("fingerprint")) and record["fingerprint"] == data.fingerprint
+    if same:
         train = set(data.split_indices("train").tolist())
         seen = {n: int(sum(int(i) in train for i in splits[n][1])) for n in ("valid", "test")}
         out["in_pretraining_train"] = seen
         if any(seen.values()):
-            out["warning"] = (
+            warnings.append(
                 f"{seen['valid']} valid and {seen['test']} test chains of this task are in the "
                 f"train split of {data.path}, which the encoder was pretrained on: its scores are "
                 "not held out (prepare the data with --exclude on the task's valid and test files)"
             )
-        return out
-    excluded = {Path(f).name for f in record["config"].get("exclude_files") or ()}
-    missing = [files[n].name for n in ("valid", "test") if files[n].name not in excluded]
-    out["excluded_files"] = not missing
-    # the dataset records its --exclude files' paths only: files named alike pass, whatever
-    # chains they list
-    out["excluded_by"] = "file name"
-    warnings = []
-    if missing:
-        warnings.append(
-            f"the encoder's pretraining data did not --exclude {', '.join(missing)}: its train "
-            "split may hold these chains or their homologues, so the scores may not be held out"
-        )
+    else:
+        excluded = {Path(f).name for f in record["config"].get("exclude_files") or ()}
+        missing = [files[n].name for n in ("valid", "test") if files[n].name not in excluded]
+        out["excluded_files"] = not missing
+        # the dataset records its --exclude files' paths only: files named alike pass, whatever
+        # chains they list
+        out["excluded_by"] = "file name"
+        if missing:
+            warnings.append(
+                f"the encoder's pretraining data did not --exclude {', '.join(missing)}: its "
+                "train split may hold these chains or their homologues, so the scores may not be "
+                "held out"
+            )
     chains = training_chains(checkpoint)
     if chains is not None:  # the chains it saw, where listed: a check by id and sequence
         found = {
@@ -728,16 +731,19 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
             for n in ("valid", "test")
             if n in splits
         }
+        counts = {n: f["seen"] for n, f in found.items()}
         out["seen_in_pretraining"] = {
-            **{n: found[n]["seen"] for n in found},
+            **counts,
             "ids": sorted({i for f in found.values() for i in f["seen_ids"]}),
             "matched_by": METHOD,
         }
-        if any(f["seen"] for f in found.values()):
-            counts = " and ".join(f"{f['seen']} {n}" for n, f in found.items())
+        # on its own dataset, said already unless its valid split or copies elsewhere add some
+        if any(counts.values()) and counts != out["in_pretraining_train"]:
+            said = " and ".join(f"{c} {n}" for n, c in counts.items())
             warnings.append(
-                f"{counts} chains of this task were in the encoder's pretraining data (same chain "
-                "id or identical sequence): its scores on them are not held out"
+                f"{said} chains of this task were in the encoder's pretraining data (its train or "
+                "valid split, by chain id or identical sequence): its scores on them are not "
+                "held out"
             )
     out["warning"] = "; ".join(warnings) or None
     return out

@@ -103,9 +103,11 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     """What a model was pretrained on, as far as its files say: {"config": the PrepareConfig dict
     of the dataset (``exclude_files`` among it), "fingerprint": the dataset's (when recorded),
     "chains": where its training chains are listed (a shipped model's ``training_chains`` file,
-    or the run's dataset folder as recorded; None when neither)}; from a shipped model's card, or
-    from the config.json of the ``pretrain`` run folder a checkpoint lies in. None when neither
-    records it (an exported file, a Hugging Face folder)."""
+    or the run's dataset folder as recorded; None when neither), "previous": the datasets a run
+    trained on before (``--allow-new-data``), each {"path", "fingerprint"}, "init": the weights a
+    run started from (``--init``, as given), None}; from a shipped model's card (whose table
+    covers what it continued from), or from the config.json of the ``pretrain`` run folder a
+    checkpoint lies in. None when neither records it (an exported file, a Hugging Face folder)."""
     p = Path(name_or_path)
     if not p.exists() and str(name_or_path) in shipped_models():
         card = model_card(str(name_or_path))
@@ -113,22 +115,35 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
         listed = (card.get("training_chains") or {}).get("file")
         chains = shipped_models_dir() / listed if listed else None
         return (
-            {"config": data.get("config") or {}, "fingerprint": None, "chains": chains}
+            {
+                "config": data.get("config") or {},
+                "fingerprint": None,
+                "chains": chains,
+                "previous": [],
+                "init": None,
+            }
             if data
             else None
         )
     run = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
     try:
-        data = json.loads((run / "config.json").read_text()).get("data") or {}
+        saved = json.loads((run / "config.json").read_text())
+        data = saved.get("data") or {}
+        init = (saved.get("train_config") or {}).get("init")
     except (OSError, ValueError, AttributeError):
         return None
     manifest = data.get("manifest") if isinstance(data, dict) else None
     if not isinstance(manifest, dict):
         return None
+    previous = data.get("previous")
     return {
         "config": manifest.get("config") or {},
         "fingerprint": data.get("fingerprint"),
         "chains": Path(data["path"]) if isinstance(data.get("path"), str) else None,
+        "previous": [p for p in previous if isinstance(p, dict)]
+        if isinstance(previous, list)
+        else [],
+        "init": init if isinstance(init, str) else None,
     }
 
 
