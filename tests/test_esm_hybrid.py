@@ -534,10 +534,19 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
     packed = pretrain_args(data, tmp_path / "pk", "--pack", max_steps=2, **common)
     assert main(packed) == 0
     assert json.loads((tmp_path / "pk" / "summary.json").read_text())["global_step"] == 2
-    # a spatial crop's fragments would reach the LM without the rest of their chain: refused
-    spatial = pretrain_args(data, tmp_path / "sp", max_steps=1, crop="spatial", **common)
-    assert main(spatial) == 2
-    assert "--crop spatial: a language model" in capsys.readouterr().err
+    # spatial crops: the LM reads each crop's chain (the unit test checks what it reads); packed,
+    # they are refused, as the packed rows do not carry the chains
+    spatial = pretrain_args(data, tmp_path / "sp", max_steps=2, crop="spatial", **common)
+    assert main(spatial) == 0
+    assert json.loads((tmp_path / "sp" / "summary.json").read_text())["global_step"] == 2
+    capsys.readouterr()
+    packed_spatial = pretrain_args(
+        data, tmp_path / "sp2", "--pack", max_steps=1, crop="spatial", **common
+    )
+    assert main(packed_spatial) == 2
+    assert "spatial crops for a model conditioned on a language model are not packed" in (
+        capsys.readouterr().err
+    )
 
     # score: per-residue masked marginals and a mutant, through the LM
     r = CliRunner().invoke(
@@ -666,3 +675,59 @@ def test_a_hub_name_offline_fails_at_once_with_what_to_do(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert lm._hub_reachable() is False
+
+
+def test_a_spatial_crop_is_read_by_the_language_model_within_its_chain(esm, prepared):
+    """With ``lm_window`` a spatial crop carries its chain for the LM: the window of ``lm_window``
+    residues around the crop (a longer chain) or the whole chain, clean, with the crop's corrupted
+    inputs in their columns; a chain that needs no crop is read as it is, and the model's output
+    for it equals the plain path's. The crop lies inside the window, and the stream of draws is
+    that of a crop without it (same masks for a chain that fits the window)."""
+    import numpy as np
+
+    from coordformer.alphabet import PAD
+    from coordformer.data.batching import ASCII_TO_TOKEN, BatchSettings, collate_chains
+
+    lengths = prepared.lengths
+    long_ = int(np.flatnonzero(lengths > 90)[0])
+    mid = int(np.flatnonzero((lengths > 40) & (lengths <= 60))[0])
+    short = int(np.flatnonzero(lengths <= 30)[0])
+    common = dict(crop_length=30, tokens_per_batch=4096, crop_mode="spatial")
+    idx = np.array([long_, mid, short])
+    b = collate_chains(prepared, idx, BatchSettings(**common, lm_window=64), seed=3)
+    plain = collate_chains(prepared, idx, BatchSettings(**common), seed=3)
+    assert b.lm_context.shape[1] == 64 and b.lm_columns.shape == b.tokens.shape
+    for row, ci in enumerate(idx):
+        n = int(b.padding_mask[row].sum())
+        col = b.lm_columns[row, :n]
+        assert (b.lm_columns[row, n:] == -1).all() and (col[1:] > col[:-1]).all()
+        # the crop's inputs in their columns (masked residues stay masked for the LM)
+        assert torch.equal(b.lm_context[row, col], b.tokens[row, :n])
+        # the rest of the context is the chain itself, clean: a window of it
+        seq = torch.from_numpy(ASCII_TO_TOKEN[prepared.seq_bytes(int(ci))])
+        width = int((b.lm_context[row] != PAD).sum())
+        assert width == min(64, len(seq))
+        clean = b.lm_context[row, :width].clone()
+        clean[col] = b.clean[row, :n]
+        assert any(torch.equal(clean, seq[w : w + width]) for w in range(len(seq) - width + 1))
+    # a chain within the window keeps the crop and masks it has without lm_window
+    for row in (1, 2):
+        assert torch.equal(b.tokens[row], plain.tokens[row])
+        assert torch.equal(b.targets[row], plain.targets[row])
+    # a chain that needs no crop: the context is its own inputs, and the model reads it as before
+    n2 = int(b.padding_mask[2].sum())
+    assert torch.equal(b.lm_columns[2, :n2], torch.arange(n2))
+    model = CoordFormer(_config(esm)).eval()
+    with torch.no_grad():
+        x = model.embed(b.tokens, b.coords, b.padding_mask, positions=b.positions)
+        y = model.embed(
+            b.tokens,
+            b.coords,
+            b.padding_mask,
+            positions=b.positions,
+            lm_context=b.lm_context,
+            lm_columns=b.lm_columns,
+        )
+    torch.testing.assert_close(y[2, :n2], x[2, :n2], atol=1e-5, rtol=1e-5)
+    # a cropped chain is read in its context, not as its fragments
+    assert not torch.allclose(y[0], x[0], atol=1e-3)

@@ -18,7 +18,15 @@ from .constants import PAD
 
 #: Optional model inputs: passed to ``CoordFormer.forward`` only when the batch holds them, so a
 #: stand-in model without these keywords (attention analysis accepts any) still takes the batch.
-_OPTIONAL_INPUTS = ("positions", "plddt", "segments", "pieces", "padded")
+_OPTIONAL_INPUTS = (
+    "positions",
+    "plddt",
+    "segments",
+    "pieces",
+    "lm_context",
+    "lm_columns",
+    "padded",
+)
 
 #: Fields read on the host by :meth:`Batch.indexed`; they describe the other fields as they were.
 HOST_FIELDS = ("target_index", "chain_lengths", "padded", "token_index", "cu_seqlens")
@@ -74,6 +82,12 @@ class Batch:
       model reads as sequences of their own, numbered 0, 1, ... along the row, -1 at padding: each
       chain of a complex (``data.complexes``). A model input, read by conditioned models only;
       None: one per row, or one per segment of a packed row.
+    - ``lm_context`` [B, W] long and ``lm_columns`` [B, L] long, or None: what a model conditioned
+      on a language model reads for spatial crops (``BatchSettings.lm_window``): each row's chain,
+      or its window of W residues around the crop, as token ids (``PAD`` after it) with the
+      crop's (corrupted) inputs in their places, and the column of that row where each residue
+      of the crop sits (-1 at padding). The LM reads the context and each residue takes its
+      representation from its column. Read by conditioned models only.
 
     Read on the host before the batch moves to an accelerator (:meth:`indexed` fills them from the
     CPU tensors), so that a training step never waits for the device to learn a shape or a count:
@@ -102,6 +116,8 @@ class Batch:
     chain: torch.Tensor | None = None
     segments: torch.Tensor | None = None
     pieces: torch.Tensor | None = None
+    lm_context: torch.Tensor | None = None
+    lm_columns: torch.Tensor | None = None
     target_index: torch.Tensor | None = None
     chain_lengths: tuple[int, ...] | None = None
     padded: bool | None = None
@@ -194,8 +210,8 @@ class Batch:
 
     def inputs(self, use_coords: bool = True) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of ``CoordFormer.forward``: tokens, coords (None unless
-        ``use_coords``), padding_mask, and positions / plddt / segments / pieces / padded where the
-        batch holds them."""
+        ``use_coords``), padding_mask, and positions / plddt / segments / pieces / lm_context /
+        lm_columns / padded where the batch holds them."""
         out = {
             "tokens": self.tokens,
             "coords": self.coords if use_coords else None,

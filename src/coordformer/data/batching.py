@@ -105,6 +105,12 @@ class BatchSettings(BatchConfig):
     # training batches packed several chains per row (``pack_batch``; TrainConfig.pack_sequences)
     pack: bool = False
     max_position: int = 4096  # the model's max_len: spatial-crop positions must stay below it
+    # A spatial crop for a model conditioned on a language model that reads at most this many
+    # residues: the LM reads the crop's chain (the window of this many residues around the crop's
+    # centre, for a longer chain, inside which the crop is taken) with the crop's residues as
+    # masked, and each residue of the crop takes its representation there (Batch.lm_context /
+    # lm_columns). None: no such model, or a sequence crop.
+    lm_window: int | None = None
     # Structure dropout (BatchConfig.drop_*_coords) feeds a training chain without coordinates, as a
     # FASTA input is, or one SPAN_DROP_FRACTION stretch of it, as an unresolved loop is: without it
     # the missing flag never occurs in fully resolved training data, and its embedding is never
@@ -132,6 +138,15 @@ class BatchSettings(BatchConfig):
             self.withhold == "cut" and self.crop_mode == "spatial"
         ):  # explicit positions would not close up
             raise ConfigError("withhold 'cut' works with sequence crops only")
+        if self.lm_window is not None and (self.crop_mode != "spatial" or self.pack):
+            raise ConfigError(
+                "lm_window is for unpacked spatial crops (a sequence crop is read as it is)"
+            )
+        if self.lm_window is not None and self.lm_window < self.crop_length:
+            raise ConfigError(
+                f"the crop ({self.crop_length} residues) must fit the language model's "
+                f"{self.lm_window}: lower crop_length"
+            )
 
     @classmethod
     def of(cls, config: BatchConfig, **use) -> BatchSettings:
@@ -293,7 +308,7 @@ def collate_chains(
         torch.Generator().manual_seed(seed_for(seed, "chain", epoch, int(ci)))
         for ci in chain_indices
     ]
-    seqs, xyzs, crop_pos, plddts = [], [], [], []
+    seqs, xyzs, crop_pos, plddts, contexts, columns = [], [], [], [], [], []
     spatial = s.crop_mode == "spatial"
     with_plddt = getattr(dataset, "has_plddt", False)
     for ci, gen in zip(chain_indices, gens):  # draw 1: the crop
@@ -301,6 +316,7 @@ def collate_chains(
         xyz = dataset.coords(int(ci))
         n = len(seq)
         at = np.arange(n)
+        context = None  # (the LM's window of the chain, the crop's columns in it)
         with_ca = (
             np.flatnonzero(~np.isnan(xyz[:, CA_INDEX, 0]))
             if spatial and n > s.crop_length
@@ -312,7 +328,15 @@ def collate_chains(
                 if s.random_crop
                 else len(with_ca) // 2
             )
-            at = spatial_crop(xyz[:, CA_INDEX], s.crop_length, int(with_ca[pick]))
+            mid = int(with_ca[pick])
+            # the language model's window: the crop is taken inside it, so that the LM reads
+            # every residue of the crop in the context of its chain
+            w0 = 0
+            if s.lm_window is not None and n > s.lm_window:
+                w0 = min(max(mid - s.lm_window // 2, 0), n - s.lm_window)
+            window = slice(w0, w0 + (s.lm_window or n))
+            at = spatial_crop(xyz[window, CA_INDEX], s.crop_length, mid - w0) + w0
+            context = (seq[window], at - w0)
             seq, xyz = seq[at], xyz[at]
         elif n > s.crop_length:
             start = (
@@ -322,6 +346,10 @@ def collate_chains(
             )
             window = slice(start, start + s.crop_length)
             seq, xyz, at = seq[window], xyz[window], at[window]
+        if s.lm_window is not None:  # a chain not cropped in space is read as it is
+            c, col = context if context is not None else (seq, np.arange(len(seq)))
+            contexts.append(np.asarray(c))
+            columns.append(col)
         seqs.append(np.asarray(seq))
         xyzs.append(np.array(xyz, dtype=np.float32))  # copy: memory-mapped views are read-only
         if with_plddt:
@@ -355,6 +383,16 @@ def collate_chains(
         inputs, targets = bert_mask_from_draws(
             tokens, scores, action, random_aa, s.mask_prob, s.mask_token_frac, s.random_token_frac
         )
+    lm_context = lm_columns = None
+    if s.lm_window is not None:
+        # the LM's rows: each chain's window, clean, with the crop's (corrupted) inputs in place
+        lm_context = torch.full((b, max(len(c) for c in contexts)), PAD, dtype=torch.long)
+        lm_columns = torch.full((b, l), -1, dtype=torch.long)
+        for i, (c, col) in enumerate(zip(contexts, columns)):
+            lm_context[i, : len(c)] = torch.from_numpy(ASCII_TO_TOKEN[c])
+            col = torch.from_numpy(np.asarray(col, dtype=np.int64))
+            lm_context[i, col] = inputs[i, : len(col)]
+            lm_columns[i, : len(col)] = col
     withheld = stretch = None
     if s.draws_stretch:  # draw 4, last, so every other draw is as without it
         withheld, stretch = _withhold(coords, lengths, gens, s)
@@ -374,6 +412,8 @@ def collate_chains(
         index=torch.from_numpy(np.asarray(chain_indices, dtype=np.int64)),
         withheld=withheld,
         stretch=stretch,
+        lm_context=lm_context,
+        lm_columns=lm_columns,
     )
     if s.withhold == "cut":
         out = _cut(out, stretch)

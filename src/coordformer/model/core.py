@@ -491,6 +491,8 @@ class CoordFormer(nn.Module):
         segments: torch.Tensor | None = None,
         check_positions: bool = True,
         pieces: torch.Tensor | None = None,
+        lm_context: torch.Tensor | None = None,
+        lm_columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens: [B, L] long; coords: [B, L, 4, 3] Angstrom or None; padding_mask: [B, L] bool
         (True = real). Coordinates are centred on the mean present CA here, so callers may pass
@@ -508,7 +510,10 @@ class CoordFormer(nn.Module):
         0..max_len-1 with a UsageError (reads them: a host sync on an accelerator). ``pieces``:
         [B, L] long (``Batch.pieces``), read only by a model conditioned on a language model: the
         runs of a row that the LM reads as sequences of their own (the chains of a complex), -1 at
-        padding; default one per segment of a packed row, else one per row. Returns [B, L, D]."""
+        padding; default one per segment of a packed row, else one per row. ``lm_context`` [B, W]
+        long and ``lm_columns`` [B, L] long (``Batch.lm_context``), read only by a conditioned
+        model: the LM reads each row's context instead of its tokens, and each residue takes the
+        representation at its column (spatial crops). Returns [B, L, D]."""
         unknown = set(ablate) - {"coords", "positions"}
         if unknown:
             raise OptionError(
@@ -526,7 +531,12 @@ class CoordFormer(nn.Module):
             # chain) as one contiguous sequence, <cls> ... <eos>, so an
             # unresolved stretch inside a chain is skipped over as the chain's sequence has it.
             mask = tokens != PAD if padding_mask is None else padding_mask
-            h = self.lm(tokens, mask, segments if pieces is None else pieces)
+            if lm_context is not None:
+                if lm_columns is None or lm_columns.shape != tokens.shape:
+                    raise UsageError("lm_context needs lm_columns, one column per residue [B, L]")
+                h = self.lm.read_context(lm_context, lm_columns)
+            else:
+                h = self.lm(tokens, mask, segments if pieces is None else pieces)
             x = self.connector(h.to(self.connector.weight.dtype))
             if "positions" in ablate:
                 x = torch.zeros_like(x)
@@ -592,6 +602,8 @@ class CoordFormer(nn.Module):
         logits_at: torch.Tensor | None = None,
         varlen: Varlen | None = None,
         pieces: torch.Tensor | None = None,
+        lm_context: torch.Tensor | None = None,
+        lm_columns: torch.Tensor | None = None,
     ) -> CoordFormerOutput:
         """
         Args:
@@ -618,6 +630,8 @@ class CoordFormer(nn.Module):
                 [B, L, ...] shapes, with zeros at padding. Not with ``need_attention``.
             pieces: [B, L] long, for a model conditioned on a language model: the runs its LM
                 reads as separate sequences, see ``embed``. Ignored by other models.
+            lm_context, lm_columns: for a conditioned model, what its LM reads instead of
+                ``tokens`` and where each residue sits in it (spatial crops), see ``embed``.
 
         A :class:`coordformer.batch.Batch` gives these inputs as
         ``model(**batch.inputs(use_coords))``.
@@ -637,6 +651,8 @@ class CoordFormer(nn.Module):
             segments,
             padded is None,
             pieces=pieces,
+            lm_context=lm_context,
+            lm_columns=lm_columns,
         )
         if varlen is not None:
             key_mask = None  # the layers take the varlen rows below instead of a mask

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..constants import VOCAB
+from ..constants import PAD, VOCAB
 from ..errors import UsageError
 
 #: Environment variable naming the ESM-2 folder (or Hub name) to load instead of the recorded one.
@@ -338,6 +338,15 @@ class EsmConditioner(nn.Module):
         out = h.new_zeros(b * l, h.shape[-1])
         out = out.index_copy(0, flat, h[row, col + 1])
         return out.view(b, l, h.shape[-1])
+
+    def read_context(self, context: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """The LM reads ``context`` [B, W] (coordformer ids, ``PAD`` after each row's sequence)
+        and each residue takes the representation at its column: ``columns`` [B, L] long (-1 at
+        padding). For a spatial crop: the context is the crop's chain with the crop's inputs in
+        place (``Batch.lm_context``). Returns [B, L, H] (zeros at padding)."""
+        h = self.forward(context, context != PAD)
+        at = columns.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1])
+        return torch.gather(h, 1, at) * (columns >= 0)[..., None].to(h.dtype)
 
 
 def load_conditioner(config) -> tuple[EsmConditioner, str]:

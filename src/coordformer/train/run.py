@@ -44,12 +44,20 @@ TRAIN_EPOCHS = 10_000
 DATA_STREAM_FIELDS = TrainConfig.DATA_STREAM_FIELDS
 
 
-def batch_settings(cfg: TrainConfig, train: bool, max_position: int | None = None) -> BatchSettings:
+def batch_settings(
+    cfg: TrainConfig,
+    train: bool,
+    max_position: int | None = None,
+    lm_window: int | None = None,
+) -> BatchSettings:
     """The run's batch settings for training (random crops, structure dropout) or validation (the
     first residues, always rotated, every coordinate given). ``max_position``: the model's max_len,
     which spatial-crop positions must stay below (the model does not check the positions of the
-    batches it gets from here)."""
+    batches it gets from here). ``lm_window``: the residues a conditioning language model reads,
+    for spatial crops (``BatchSettings.lm_window``); ignored with sequence crops."""
     limit = {} if max_position is None else {"max_position": max_position}
+    if lm_window is not None and cfg.crop_mode == "spatial":
+        limit["lm_window"] = lm_window
     if train:
         return BatchSettings.of(cfg, random_crop=True, pack=cfg.pack_sequences, **limit)
     return BatchSettings.of(
@@ -60,9 +68,16 @@ def batch_settings(cfg: TrainConfig, train: bool, max_position: int | None = Non
 class _DataModule(L.LightningDataModule):
     """Builds loaders lazily so the resumed global step is known when the train loader is made."""
 
-    def __init__(self, data: PreparedDataset, cfg: TrainConfig, max_position: int):
+    def __init__(
+        self,
+        data: PreparedDataset,
+        cfg: TrainConfig,
+        max_position: int,
+        lm_window: int | None = None,
+    ):
         super().__init__()
         self.data, self.cfg, self.max_position = data, cfg, max_position
+        self.lm_window = lm_window
 
     def train_dataloader(self):
         tr = self.trainer
@@ -70,7 +85,7 @@ class _DataModule(L.LightningDataModule):
         ds = MaskedBatches(
             self.data,
             idx,
-            batch_settings(self.cfg, True, self.max_position),
+            batch_settings(self.cfg, True, self.max_position, self.lm_window),
             seed=self.cfg.seed,
             train=True,
             epochs=TRAIN_EPOCHS,
@@ -93,7 +108,7 @@ class _DataModule(L.LightningDataModule):
         ds = MaskedBatches(
             self.data,
             idx,
-            batch_settings(self.cfg, False, self.max_position),
+            batch_settings(self.cfg, False, self.max_position, self.lm_window),
             seed=self.cfg.seed + 1,
             train=False,
         )
@@ -416,16 +431,18 @@ def _pretrain(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     quiet_lightning()
-    if train_config.crop_mode == "spatial" and model_config.condition_on:
-        # refused before any model or data loads. A spatial crop keeps scattered fragments (the
-        # median one a few residues long); the LM would read them without their context, unlike
-        # the whole chains it reads in evaluation. Reading the uncropped chain and keeping the
-        # crop's residues is the fix, not made yet.
+    if (
+        train_config.crop_mode == "spatial"
+        and model_config.condition_on
+        and train_config.pack_sequences
+    ):
+        # refused before any model or data loads: the language model reads each crop's chain
+        # (Batch.lm_context), which packed rows do not carry
         raise OptionError(
-            "crop_mode",
-            "spatial",
-            "a language model (`condition_on`) would read each fragment of a spatial crop without "
-            "the rest of its chain; use `crop_mode=sequence` with it",
+            "pack_sequences",
+            True,
+            "spatial crops for a model conditioned on a language model are not packed; drop "
+            "`pack_sequences` or use `crop_mode=sequence`",
         )
     varlen = "cuda_graphs" if train_config.cuda_graphs else "varlen_attention"
     if getattr(train_config, varlen) and model_config.dropout:
@@ -692,6 +709,8 @@ def _pretrain(
             f"strategy={cfg.strategy!r}: {' '.join(str(e).split())}"
         ) from None
     max_pos = module.model_config.max_len
+    lm = getattr(module.model, "lm", None)
+    lm_window = lm.max_residues if lm is not None else None
     if cfg.cuda_graphs:
         # One shape for the layers (StaticRows), each compiled on its own: the embedding and the
         # LM head before and after them change shape every step and stay eager. mode
@@ -709,7 +728,9 @@ def _pretrain(
         module.model.compile(dynamic=True)
     metrics = {}
     try:
-        trainer.fit(module, datamodule=_DataModule(data, cfg, max_pos), ckpt_path=ckpt_path)
+        trainer.fit(
+            module, datamodule=_DataModule(data, cfg, max_pos, lm_window), ckpt_path=ckpt_path
+        )
         if stop is not None:
             stop.wrap_up()
             if stop.stopped_by == signal.SIGUSR1:
@@ -737,7 +758,7 @@ def _pretrain(
                 metrics = dict(last_val[1])
             elif val_batches is None:
                 res = trainer.validate(
-                    module, datamodule=_DataModule(data, cfg, max_pos), verbose=False
+                    module, datamodule=_DataModule(data, cfg, max_pos, lm_window), verbose=False
                 )
                 metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
             if "val/loss" in metrics:
