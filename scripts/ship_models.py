@@ -29,8 +29,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from coordformer.data.store import PreparedDataset
-from coordformer.eval.leakage import dataset_rows, read_rows, write_training_chains
+from coordformer.data.store import DatasetFormatError, PreparedDataset
+from coordformer.eval.leakage import (
+    dataset_rows,
+    read_rows,
+    training_chains,
+    write_training_chains,
+)
 from coordformer.model.checkpoints import (
     WITHOUT_COORDS_USE,
     export_model,
@@ -281,7 +286,12 @@ def main() -> int:
         # written once nothing refuses it (a refused ship leaves no table behind); a continuation
         # also lists what the model it continued saw
         card["training_chains"] = chains_field(
-            out, summary["data"], args.data, old if name in args.continued_from else None
+            out,
+            summary["data"],
+            args.data,
+            old if name in args.continued_from else None,
+            run=run,
+            init=summary["train_config"].get("init"),
         )
         export_model(
             model,
@@ -325,45 +335,91 @@ def main() -> int:
     return 0
 
 
-def chains_field(out: Path, recorded: dict, data_dir: Path | None, old: dict | None = None) -> dict:
+def chains_field(
+    out: Path,
+    recorded: dict,
+    data_dir: Path | None,
+    old: dict | None = None,
+    run: Path | None = None,
+    init: str | None = None,
+) -> dict:
     """The card's ``training_chains`` record, writing the table it names into ``out``: the train
-    and valid chains of the dataset a run trained on (``recorded``: its summary's ``data``, with
-    ``path`` and ``fingerprint``; or a shipped card's ``data``, split sizes only). Read from the
-    run's own dataset folder where it is here with the same fingerprint, else from ``data_dir``
-    when its split sizes are the run's. A continuation (``old``: the card of the model it
-    continued) also lists the chains of that model's table. SystemExit when neither is at hand."""
-    ds, origin = None, None
-    own = Path(recorded["path"]) if recorded.get("path") else None
-    if own is not None and own.is_dir():
-        d = PreparedDataset(own)
-        if d.fingerprint == recorded.get("fingerprint"):
-            ds, origin = d, "the run's own dataset folder"
-    if ds is None and data_dir is not None:
-        d = PreparedDataset(data_dir)
-        want = (recorded.get("manifest") or recorded).get("splits")
-        if d.manifest.get("splits") != want:
-            raise SystemExit(
-                f"--data {data_dir}: splits {d.manifest.get('splits')}, but the run's were {want}: "
-                "not the dataset it trained on"
+    and valid chains of the datasets a run trained on and of what its ``--init`` weights saw.
+    From the run folder ``run`` where all of that is here (``eval.leakage.training_chains``).
+    Else piece by piece: the run's dataset (``recorded``: its summary's ``data``, with ``path``,
+    ``fingerprint`` and any ``previous`` datasets; or a shipped card's ``data``, split sizes only)
+    from its own folder or from ``data_dir`` when its split sizes are the run's; its earlier
+    datasets from their folders; its ``init`` weights from ``old``, the card of the shipped model
+    it continued (``--continued-from``), or from what ``init`` lists. SystemExit when a part is
+    not at hand."""
+    tc = training_chains(run) if run is not None else None
+    if tc is not None and tc.complete:
+        rows = list(tc.rows)
+        origin = "the run's dataset folders" + (" and its --init weights' list" if init else "")
+    else:
+        ds, origin = None, None
+        own = Path(recorded["path"]) if recorded.get("path") else None
+        if own is not None and own.is_dir():
+            d = PreparedDataset(own)
+            if d.fingerprint == recorded.get("fingerprint"):
+                ds, origin = d, "the run's own dataset folder"
+        if ds is None and data_dir is not None:
+            d = PreparedDataset(data_dir)
+            want = (recorded.get("manifest") or recorded).get("splits")
+            if d.manifest.get("splits") != want:
+                raise SystemExit(
+                    f"--data {data_dir}: splits {d.manifest.get('splits')}, but the run's were "
+                    f"{want}: not the dataset it trained on"
+                )
+            ds = d
+            sizes = " / ".join(f"{n:,} {s}" for s, n in want.items())
+            origin = (
+                f"{data_dir.name}, given with --data (not the run's own folder; the run's "
+                f"splits: {sizes})"
             )
-        ds = d
-        sizes = " / ".join(f"{n:,} {s}" for s, n in want.items())
-        origin = (
-            f"{data_dir.name}, given with --data (not the run's own folder; the run's splits: "
-            f"{sizes})"
-        )
-    if ds is None:
-        raise SystemExit(
-            f"the dataset a run trained on ({own or 'not recorded'}) is not here with its "
-            "fingerprint: give the prepared dataset with --data DIR, so that its training chains "
-            "are listed"
-        )
-    rows = dataset_rows(ds)
+        if ds is None:
+            raise SystemExit(
+                f"the dataset a run trained on ({own or 'not recorded'}) is not here with its "
+                "fingerprint: give the prepared dataset with --data DIR, so that its training "
+                "chains are listed"
+            )
+        rows = dataset_rows(ds)
+        for p in recorded.get("previous") or ():
+            earlier = training_chains_of_folder(p)
+            if earlier is None:
+                raise SystemExit(
+                    f"the run also trained on {p.get('path') or 'a dataset not recorded'} "
+                    "(--allow-new-data), which is not here with its fingerprint: its chains "
+                    "cannot be listed"
+                )
+            have = set(rows)
+            rows += [r for r in earlier if r not in have]
+        if init and old is None:
+            earlier_model = training_chains(init)
+            if earlier_model is None or not earlier_model.complete:
+                raise SystemExit(
+                    f"the run started from --init {init}, whose chains are not listed here: "
+                    "ship it with --continued-from NAME if it continued the shipped NAME"
+                )
+            have = set(rows)
+            rows += [r for r in earlier_model.rows if r not in have]
     earlier = (old or {}).get("training_chains") or {}
     if earlier.get("file") and (out / earlier["file"]).exists():
         have = set(rows)
         rows = [r for r in read_rows(out / earlier["file"]) if r not in have] + rows
     return {**write_training_chains(rows, out), "from": origin}
+
+
+def training_chains_of_folder(record: dict) -> list | None:
+    """The (id, split, digest) rows of a dataset a run trained on before ({"path",
+    "fingerprint"}), None when it is not here with that fingerprint."""
+    try:
+        d = PreparedDataset(record.get("path") or "")
+    except DatasetFormatError:
+        return None
+    if record.get("fingerprint") and d.fingerprint != record["fingerprint"]:
+        return None
+    return dataset_rows(d)
 
 
 #: what two held-out evaluations must share for their perplexities to be compared: the same

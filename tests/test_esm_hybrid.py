@@ -411,7 +411,9 @@ def test_lm_gets_no_gradients_and_unfreeze_trains_it(esm):
     assert any(k.startswith("lm.model.") for k in free.state_dict())  # trained, so saved
 
 
-def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp_path, capsys):
+def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(
+    esm, prepared, tmp_path, capsys, monkeypatch
+):
     from typer.testing import CliRunner
 
     from coordformer.cli import app
@@ -536,8 +538,27 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(esm, prepared, tmp
     assert json.loads((tmp_path / "pk" / "summary.json").read_text())["global_step"] == 2
     # spatial crops: the LM reads each crop's chain (the unit test checks what it reads); packed,
     # they are refused, as the packed rows do not carry the chains
+    from coordformer.model.lm import EsmConditioner
+
+    reads = []
+    read_context = EsmConditioner.read_context
+
+    def counted(self, context, columns):
+        reads.append(context.shape)
+        return read_context(self, context, columns)
+
+    monkeypatch.setattr(EsmConditioner, "read_context", counted)
     spatial = pretrain_args(data, tmp_path / "sp", max_steps=2, crop="spatial", **common)
     assert main(spatial) == 0
+    assert reads  # the training steps read the crops' chains
+    too_long = pretrain_args(
+        data, tmp_path / "sp3", max_steps=1, crop="spatial", **{**common, "crop_length": 200}
+    )
+    capsys.readouterr()
+    assert main(too_long) == 2
+    assert "--crop-length 200: a spatial crop must lie within the 128 residues" in (
+        capsys.readouterr().err
+    )
     assert json.loads((tmp_path / "sp" / "summary.json").read_text())["global_step"] == 2
     capsys.readouterr()
     packed_spatial = pretrain_args(

@@ -4,6 +4,7 @@
 import gzip
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,55 @@ def test_a_run_lists_what_its_init_weights_and_its_earlier_datasets_saw(tmp_path
     assert main(args) == 0
     both = training_chains(resumed)
     assert len(both.sources) == 2 and both.counts["train"] == own["train"] + len(other)
+    assert both.complete
+    # shipped, its table lists both datasets: read through the run folder, or piece by piece
+    # (a run brought back from a GPU: no config.json, its dataset given with --data)
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import ship_models
+
+    summary = json.loads((resumed / "summary.json").read_text())
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    whole = ship_models.chains_field(shelf, summary["data"], None, run=resumed)
+    assert whole["splits"] == both.counts
+    gone = {**summary["data"], "path": str(tmp_path / "gone")}
+    pieces = ship_models.chains_field(shelf, gone, other.path)
+    assert pieces["file"] == whole["file"]
+
+    # --init weights that are not there any more: the run's own chains are still checked, the
+    # list says it is partial, evaluate warns, --unseen-only refuses, shipping needs
+    # --continued-from
+    base = tmp_path / "base.pt"
+    assert main(["export", "-c", str(first), "--out", str(base)]) == 0
+    late = tmp_path / "late"
+    flags = dict(max_steps=1, tokens_per_batch=1024, quiet=True, init=base)
+    assert main(pretrain_args(prepared.path, late, preset=None, **flags)) == 0
+    base.unlink()
+    part = training_chains(late)
+    assert part.counts == own and not part.complete and str(base) in part.unknown[0]
+    summary = json.loads((late / "summary.json").read_text())
+    with pytest.raises(SystemExit, match="--continued-from"):
+        ship_models.chains_field(
+            shelf, summary["data"], None, run=late, init=summary["train_config"]["init"]
+        )
     capsys.readouterr()
+    capsys.readouterr()
+
+    warn = [
+        "evaluate",
+        "-c",
+        str(late),
+        "--data",
+        str(prepared.path),
+        "--split",
+        "valid",
+        "--quiet",
+    ]
+    assert main(warn) == 0
+    err = capsys.readouterr().err
+    assert f"at least {own['valid']} of the {own['valid']} chains" in err and "only in part" in err
+    assert main([*warn, "--unseen-only"]) == 2
+    assert "lists only part of the chains" in capsys.readouterr().err
 
     ev = ["evaluate", "--data", str(other.path), "--split", "train", "--quiet", "--unseen-only"]
     assert main([*ev, "-c", "no-such-model"]) == 2

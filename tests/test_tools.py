@@ -219,7 +219,7 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
     assert sorted(p.name for p in shipped.glob("*.pt")) == ["tiny-coords.pt"]
     # the chains it saw are listed beside the card, from the run's own dataset folder
     tc = card["training_chains"]
-    assert tc["from"] == "the run's own dataset folder"
+    assert tc["from"] == "the run's dataset folders"
     rows = gzip.decompress((shipped / tc["file"]).read_bytes()).decode().splitlines()[1:]
     saw = [prepared.ids[i] for s in ("train", "valid") for i in prepared.split_indices(s)]
     assert [r.split("\t")[0] for r in rows] == saw and "Chains it saw" in (

@@ -636,6 +636,9 @@ def pretrain(
     if init is not None:
         from .model.checkpoints import load_model
 
+        if Path(init).exists():  # recorded absolute: read again from elsewhere (evaluate's check)
+            init = str(Path(init).resolve())
+
         architecture = {
             "--preset": size is not None,
             "--recipe": recipe is not None,
@@ -831,7 +834,10 @@ def evaluate(
     ds = PreparedDataset(data)
     scored = ds.split_indices(split)[:max_chains]
     if len(scored) == 0:
-        raise UsageError(f"{data}: split {split!r} is empty")
+        raise UsageError(
+            f"{data}: split {split!r} is empty; choose another --split "
+            f"({', '.join(ds.split_names) or 'it has none'})"
+        )
     for ck in checkpoint:  # a misspelt name is said as such, not as a model without a chain list
         resolve_checkpoint(ck)
     seen = {
@@ -844,8 +850,18 @@ def evaluate(
                 "unseen_only",
                 True,
                 f"{', '.join(unknown)} does not list the chains it was trained on (an exported "
-                "file or Hugging Face folder, or a run whose dataset folder moved or changed): "
-                "give its run folder, or drop --unseen-only",
+                "file or Hugging Face folder outside its run folder, or a run whose dataset "
+                "folder moved or changed): give its run folder, or drop --unseen-only",
+            )
+        part = {ck: s["unknown"] for ck, s in seen.items() if s.get("unknown")}
+        if part:
+            ck, lacks = next(iter(part.items()))
+            raise OptionError(
+                "unseen_only",
+                True,
+                f"{ck} lists only part of the chains it was trained on (not listed: "
+                f"{'; '.join(lacks)}): put them back where its config.json says, or drop "
+                "--unseen-only",
             )
         skip = sorted({i for s in seen.values() for i in s["seen_indices"]})
         if len(skip) == len(scored):
@@ -861,7 +877,7 @@ def evaluate(
         )
     results = {}
     for ck in checkpoint:
-        if ck in seen and seen[ck]["seen"] and not unseen_only:
+        if ck in seen and (seen[ck]["seen"] or seen[ck].get("unknown")) and not unseen_only:
             typer.echo(f"warning: {seen_summary(ck, seen[ck], split)}", err=True)
         model, meta = load_model(ck)
         if Path(ck).is_dir() and Path(meta["path"]).name == "last.ckpt":

@@ -16,11 +16,13 @@ model's training data (``prepare --split identity`` does this within one dataset
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +49,28 @@ def sequence_digest(sequence: str) -> str:
 
 @dataclass(frozen=True)
 class TrainingChains:
-    """The chains a model saw. ``by_id``: loose id -> split; ``by_sequence``: sequence digest ->
-    split (``train`` where one is in both); ``sources``: the files or dataset folders they were
-    read from (a run's datasets, and what its ``--init`` weights saw)."""
+    """The chains a model saw: ``rows`` (id, split, sequence digest); ``sources``: the files or
+    dataset folders they were read from (a run's datasets, and what its ``--init`` weights saw);
+    ``unknown``: what it also saw that its files do not list (say, ``--init`` weights that are no
+    longer there), empty when the list is complete."""
 
     sources: tuple[Path, ...]
-    by_id: dict[str, str]
-    by_sequence: dict[str, str]
+    rows: tuple[tuple[str, str, str], ...]
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.unknown
+
+    @cached_property
+    def by_id(self) -> dict[str, str]:
+        """loose id -> split (``train`` where one is in both)."""
+        return _by(self.rows, lambda r: loose_id(r[0]))
+
+    @cached_property
+    def by_sequence(self) -> dict[str, str]:
+        """sequence digest -> split (``train`` where one is in both)."""
+        return _by(self.rows, lambda r: r[2])
 
     @property
     def counts(self) -> dict[str, int]:
@@ -65,27 +82,28 @@ class TrainingChains:
 
     @classmethod
     def from_rows(cls, source: Path, rows: Iterable[tuple[str, str, str]]) -> TrainingChains:
-        by_id: dict[str, str] = {}
-        by_sequence: dict[str, str] = {}
-        for chain_id, split, digest in rows:
-            _note(by_id, loose_id(chain_id), split)
-            _note(by_sequence, digest, split)
-        return cls((source,), by_id, by_sequence)
+        return cls((source,), tuple(tuple(r) for r in rows))  # type: ignore[misc]
 
     def merged(self, other: TrainingChains) -> TrainingChains:
-        """The chains either saw (a chain in train in one and valid in the other counts as
-        train)."""
-        by_id, by_sequence = dict(self.by_id), dict(self.by_sequence)
-        for key, split in other.by_id.items():
-            _note(by_id, key, split)
-        for key, split in other.by_sequence.items():
-            _note(by_sequence, key, split)
-        return TrainingChains((*self.sources, *other.sources), by_id, by_sequence)
+        """The chains either saw (rows in both listed once)."""
+        have = set(self.rows)
+        rows = self.rows + tuple(r for r in other.rows if r not in have)
+        return TrainingChains(
+            (*self.sources, *other.sources), rows, (*self.unknown, *other.unknown)
+        )
+
+    def missing(self, what: str) -> TrainingChains:
+        """The same list, known to lack ``what``."""
+        return dataclasses.replace(self, unknown=(*self.unknown, what))
 
 
-def _note(table: dict[str, str], key: str, split: str) -> None:
-    if table.get(key) != SEEN_SPLITS[0]:  # train stands over valid
-        table[key] = split
+def _by(rows, key) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for r in rows:
+        k = key(r)
+        if table.get(k) != SEEN_SPLITS[0]:  # train stands over valid
+            table[k] = r[1]
+    return table
 
 
 def dataset_rows(data: PreparedDataset, splits: Sequence[str] = SEEN_SPLITS) -> list[tuple]:
@@ -144,39 +162,45 @@ def read_rows(path: str | Path) -> list[tuple[str, str, str]]:
 def training_chains(name_or_path: str | Path, _depth: int = 0) -> TrainingChains | None:
     """The chains a shipped model (by name) or a ``pretrain`` run (folder or checkpoint in it) saw:
     a run's dataset, the datasets it trained on before (``--allow-new-data``) and what the weights
-    it started from saw (``--init``). None when its files do not say, or not for all of these: an
-    exported file or Hugging Face folder outside a run folder, a shipped model whose card lists
-    none, a run one of whose dataset folders is gone or now holds other data."""
+    it started from saw (``--init``). None when its files do not say: an exported file or Hugging
+    Face folder outside a run folder, a shipped model whose card lists none, a run whose dataset
+    folder is gone or now holds other data. A run's earlier dataset or ``--init`` weights that
+    cannot be read leave the list incomplete (``unknown`` says what is missing)."""
     record = pretraining_data(name_or_path)
     if record is None or record.get("chains") is None:
         return None
     source = record["chains"]
     if source.is_file():  # a shipped model's table: it covers what the model continued from
         return TrainingChains.from_rows(source, read_rows(source))
-    out = None
-    folders = [(source, record.get("fingerprint"))]
-    folders += [(p.get("path"), p.get("fingerprint")) for p in record.get("previous") or ()]
-    for folder, fingerprint in folders:
-        if not isinstance(folder, (str, Path)):
-            return None
-        try:
-            data = PreparedDataset(folder)
-        except (
-            DatasetFormatError
-        ):  # moved, deleted or rewritten since: the run's chains are unknown
-            return None
-        if fingerprint and data.fingerprint != fingerprint:
-            return None
-        part = TrainingChains.from_rows(Path(folder), dataset_rows(data))
-        out = part if out is None else out.merged(part)
-    if record.get("init"):
+    out = _dataset_chains(source, record.get("fingerprint"))
+    if out is None:
+        return None
+    for p in record.get("previous") or ():
+        earlier = _dataset_chains(p.get("path"), p.get("fingerprint"))
+        what = f"an earlier dataset ({p.get('path') or 'not recorded'})"
+        out = out.missing(what) if earlier is None else out.merged(earlier)
+    init = record.get("init")
+    if init:
         # a chain of --init runs ends at a shipped model or a random start; the depth bounds a
         # cycle of run folders that name each other
-        earlier = training_chains(record["init"], _depth + 1) if _depth < 16 else None
-        if earlier is None:
-            return None
-        out = out.merged(earlier)
+        earlier = training_chains(init, _depth + 1) if _depth < 16 else None
+        what = f"its --init weights ({init})"
+        out = out.missing(what) if earlier is None else out.merged(earlier)
     return out
+
+
+def _dataset_chains(folder, fingerprint: str | None) -> TrainingChains | None:
+    """The train and valid chains of a dataset folder that still holds the data recorded (same
+    fingerprint); None when it is gone, unreadable or changed."""
+    if not isinstance(folder, (str, Path)):
+        return None
+    try:
+        data = PreparedDataset(folder)
+    except DatasetFormatError:  # moved, deleted or rewritten since
+        return None
+    if fingerprint and data.fingerprint != fingerprint:
+        return None
+    return TrainingChains.from_rows(Path(folder), dataset_rows(data))
 
 
 def seen_in_training(
@@ -206,6 +230,8 @@ def seen_in_training(
         "seen_indices": seen,
         "source": " + ".join(str(p) for p in chains.sources),
         "matched_by": METHOD,
+        # what the model also saw that is not listed: a count that is a lower bound
+        **({"unknown": list(chains.unknown)} if chains.unknown else {}),
     }
 
 
@@ -216,7 +242,12 @@ def seen_summary(label: str, seen: dict, split: str) -> str:
         for k, what in (("same_id", "chain id"), ("same_sequence", "identical sequence"))
         if seen[k]
     ]
-    return (
-        f"{seen['seen']} of the {seen['n_chains']} chains of split {split!r} were in {label}'s "
-        f"training data ({', '.join(how)}): its figures on them are not held out"
+    unknown = seen.get("unknown")
+    line = (
+        f"{'at least ' if unknown else ''}{seen['seen']} of the {seen['n_chains']} chains of "
+        f"split {split!r} were in {label}'s training data"
+        + (f" ({', '.join(how)}): its figures on them are not held out" if how else "")
     )
+    if unknown:
+        line += f"; its chains are listed only in part (not listed: {'; '.join(unknown)})"
+    return line

@@ -736,7 +736,13 @@ def pretraining_leakage(checkpoint, data: PreparedDataset, files: dict, splits: 
             **counts,
             "ids": sorted({i for f in found.values() for i in f["seen_ids"]}),
             "matched_by": METHOD,
+            **({"unknown": list(chains.unknown)} if chains.unknown else {}),
         }
+        if chains.unknown:  # the counts are a lower bound
+            warnings.append(
+                "the encoder's pretraining chains are listed only in part (not listed: "
+                f"{'; '.join(chains.unknown)}): chains of this task may be among those"
+            )
         # on its own dataset, said already unless its valid split or copies elsewhere add some
         if any(counts.values()) and counts != out["in_pretraining_train"]:
             said = " and ".join(f"{c} {n}" for n, c in counts.items())

@@ -711,6 +711,13 @@ def _pretrain(
     max_pos = module.model_config.max_len
     lm = getattr(module.model, "lm", None)
     lm_window = lm.max_residues if lm is not None else None
+    if lm_window is not None and cfg.crop_mode == "spatial" and cfg.crop_length > lm_window:
+        raise OptionError(
+            "crop_length",
+            cfg.crop_length,
+            f"a spatial crop must lie within the {lm_window} residues the language model reads: "
+            f"at most {lm_window}",
+        )
     if cfg.cuda_graphs:
         # One shape for the layers (StaticRows), each compiled on its own: the embedding and the
         # LM head before and after them change shape every step and stay eager. mode
