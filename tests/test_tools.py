@@ -521,3 +521,26 @@ def test_profile_counts_kernels_not_the_annotations_around_them():
     s = training_ablations.profile_summary(kernels, [], steps=1, wall_s=0.001)
     assert s["device_busy_fraction"] == pytest.approx(0.25)
     assert s["kernel_ms_per_step_by_kind"]["optimizer"] == 0.0
+
+
+def test_holdout_homologues_counts_identical_close_and_unrelated_chains():
+    """benchmarks/holdout_homologues.py: of three held-out chains (a copy of a train chain, one at
+    about 90% identity to another, one unrelated) it counts 1 identical, 2 with a hit at >= 30%
+    identity and 1 at >= 95%."""
+    from holdout_homologues import homologue_shares
+
+    from coordformer.data.splits import mmseqs_available
+
+    if not mmseqs_available():
+        pytest.skip("MMseqs2 is not installed")
+    rng = np.random.default_rng(0)
+    train = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 150)) for _ in range(5)]
+    close = list(train[1])
+    for i in range(0, len(close), 10):
+        close[i] = "W" if close[i] != "W" else "A"
+    unrelated = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 150))
+    codes = np.array([0] * 5 + [1] * 3, dtype=np.int8)
+    r = homologue_shares([*train, train[0], "".join(close), unrelated], codes, 1, [0.3, 0.95], 1)
+    assert r["n_held_out"] == 3 and r["n_train"] == 5
+    assert r["identical"] == pytest.approx(1 / 3)
+    assert r["at_least"] == {"0.3": pytest.approx(2 / 3), "0.95": pytest.approx(1 / 3)}
