@@ -195,7 +195,8 @@ def main() -> int:
             }
         )
         if args.data is not None:
-            card["training_chains"] = chains_field(out, card["data"], args.data)
+            # a table the card names already stays in (a continuation's lists what it continued)
+            card["training_chains"] = chains_field(out, card["data"], args.data, old=card)
         card.setdefault("annotated_with", []).append(f"python {shlex.join(sys.argv)}")
         (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     for pair in args.pairs:
@@ -406,7 +407,12 @@ def chains_field(
     earlier = (old or {}).get("training_chains") or {}
     if earlier.get("file") and (out / earlier["file"]).exists():
         have = set(rows)
-        rows = [r for r in read_rows(out / earlier["file"]) if r not in have] + rows
+        added = [r for r in read_rows(out / earlier["file"]) if r not in have]
+        rows = added + rows
+        if added:
+            origin += (
+                f"; with the {len(added):,} more chains of the earlier table {earlier['file']}"
+            )
     return {**write_training_chains(rows, out), "from": origin}
 
 

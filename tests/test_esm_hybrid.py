@@ -544,13 +544,13 @@ def test_cli_pretrain_evaluate_embed_with_a_conditioned_model(
     read_context = EsmConditioner.read_context
 
     def counted(self, context, columns):
-        reads.append(context.shape)
+        reads.append(torch.is_grad_enabled())  # True: a training step (validation reads too)
         return read_context(self, context, columns)
 
     monkeypatch.setattr(EsmConditioner, "read_context", counted)
     spatial = pretrain_args(data, tmp_path / "sp", max_steps=2, crop="spatial", **common)
     assert main(spatial) == 0
-    assert reads  # the training steps read the crops' chains
+    assert True in reads  # the training steps read the crops' chains
     too_long = pretrain_args(
         data, tmp_path / "sp3", max_steps=1, crop="spatial", **{**common, "crop_length": 200}
     )

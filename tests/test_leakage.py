@@ -47,8 +47,12 @@ def test_every_shipped_model_lists_the_chains_it_saw():
         assert hashlib.sha256(text.encode()).hexdigest() == record["sha256"]
         assert text.splitlines()[0].split("\t") == list(HEADER)
         want = {s: card["data"]["splits"][s] for s in ("train", "valid")}
-        assert record["splits"] == want
-        assert training_chains(name).counts == want
+        got = training_chains(name).counts
+        assert record["splits"] == got
+        if card.get("continued_from"):  # it also saw what the model it continued saw
+            assert all(got[s] >= n for s, n in want.items())
+        else:
+            assert got == want
 
 
 @pytest.mark.slow
@@ -254,3 +258,45 @@ def test_a_run_lists_what_its_init_weights_and_its_earlier_datasets_saw(tmp_path
     )
     assert leak["in_pretraining_train"] == {"valid": 0, "test": 0}  # not in its train split
     assert leak["seen_in_pretraining"]["test"] == len(valid) and "valid split" in leak["warning"]
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_the_init_on_record_and_an_export_in_its_run_lists_the_runs_chains(
+    tmp_path, prepared, monkeypatch, capsys
+):
+    """--init is recorded absolute; a resume without it keeps it (its chains stay listed), one
+    with other weights is refused; a model exported into its run's export/ folder lists the run's
+    chains."""
+    monkeypatch.chdir(tmp_path)
+    flags = dict(tokens_per_batch=1024, quiet=True)
+    assert main(pretrain_args(prepared.path, "first", max_steps=2, **flags)) == 0
+    assert main(["export", "-c", "first", "--out", "first/export/last.pt"]) == 0
+    assert training_chains(tmp_path / "first" / "export" / "last.pt").counts == (
+        training_chains(tmp_path / "first").counts
+    )
+    other = _prepare(
+        [dict(r, name=f"M{i:03d}.A") for i, r in enumerate(synthetic_chains(20, seed=9))],
+        tmp_path / "other",
+        valid_fraction=0.0,
+        test_fraction=0.0,
+    )
+    run = tmp_path / "second"
+    assert (
+        main(pretrain_args(other.path, run, preset=None, init="first", max_steps=1, **flags)) == 0
+    )
+    recorded = json.loads((run / "config.json").read_text())["train_config"]["init"]
+    assert recorded == str(tmp_path / "first")
+    full = training_chains(run).counts
+    assert full["train"] == 20 + len(prepared.split_indices("train"))
+    # resumed without --init (the architecture named instead): the record and the list stay
+    assert main(pretrain_args(other.path, run, max_steps=2, **flags)) == 0
+    assert json.loads((run / "config.json").read_text())["train_config"]["init"] == recorded
+    assert training_chains(run).counts == full
+    capsys.readouterr()
+    # resumed with other weights: refused, in one line
+    args = pretrain_args(
+        other.path, run, preset=None, init="first/export/last.pt", max_steps=3, **flags
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "started from" in err and len(err.splitlines()) == 1

@@ -268,6 +268,13 @@ def test_ship_models_records_the_no_coordinates_twin_on_the_card(
     assert ship_models.main() == 0
     card = json.loads((shipped / "tiny-coords.json").read_text())
     assert card["continued_from"]["global_step"] == 3 and card["total_global_step"] == 9
+    # annotated with --data: the table keeps what the continuation inherited
+    monkeypatch.setattr(
+        sys, "argv", ["ship_models.py", "--annotate", "tiny-coords", "--data", str(prepared.path)]
+    )
+    assert ship_models.main() == 0
+    card = json.loads((shipped / "tiny-coords.json").read_text())
+    assert card["training_chains"]["splits"]["train"] == len(prepared.split_indices("train")) + 1
     # shipped over without --continued-from: a fresh model lists its own chains only
     monkeypatch.setattr(sys, "argv", [*again, "--replace"])
     assert ship_models.main() == 0

@@ -125,7 +125,9 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
             if data
             else None
         )
-    run = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    # a checkpoint, or an export `gpu_session.sh collect` and `export` write in the run folder
+    in_run = p.parent.name in ("checkpoints", "export")
+    run = p if p.is_dir() else p.parent.parent if in_run else p.parent
     try:
         saved = json.loads((run / "config.json").read_text())
         data = saved.get("data") or {}

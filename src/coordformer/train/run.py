@@ -573,6 +573,17 @@ def _pretrain(
                 "resuming would change the data stream. Use the original values or a new "
                 "`out_dir`",
             )
+        # the weights a run started from are part of what it saw (eval.leakage lists their
+        # chains): a resume keeps them on record, given again or not
+        if old.get("init") and cfg.init is None:
+            cfg = cfg.replace(init=old["init"])
+        elif old.get("init") and not _same_weights(cfg.init, old["init"]):
+            raise OptionError(
+                "init",
+                cfg.init,
+                f"{out} started from {old['init']}; a resume keeps those weights on record: give "
+                "the same `init` or none",
+            )
         reached = ckpt.get("global_step")
         if isinstance(reached, int) and reached > cfg.max_steps:
             # Lightning would train nothing, validate, and leave a config.json whose max_steps
@@ -861,6 +872,17 @@ def _diverged(module, metrics: dict) -> str | None:
 def _best_summary(best: _BestCheckpoint | None) -> dict:
     info = best.summary() if best is not None else None
     return {"best_checkpoint": info} if info else {}
+
+
+def _same_weights(a: str | None, b: str) -> bool:
+    """Whether two ``init`` values name the same weights: equal, or the same file or folder (one
+    recorded relative, before ``pretrain`` recorded paths absolute)."""
+    if a == b:
+        return True
+    if a is None:
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def _previous_data(out: Path, saved: dict) -> dict | None:
