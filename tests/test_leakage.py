@@ -300,3 +300,26 @@ def test_a_resume_keeps_the_init_on_record_and_an_export_in_its_run_lists_the_ru
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "started from" in err and len(err.splitlines()) == 1
+
+
+def test_a_hugging_face_export_carries_the_chains_its_model_saw(tmp_path):
+    """`export --format hf` of a shipped model writes its table into the folder and records it, so
+    that the check (and finetune's exclude-file record) works on the folder as on the name."""
+    from coordformer.model.weights import pretraining_data
+
+    out = tmp_path / "hf"
+    assert main(["export", "-c", "small-coords", "--format", "hf", "--out", str(out)]) == 0
+    tables = sorted(p.name for p in out.glob("chains-*.tsv.gz"))
+    assert tables == [model_card("small-coords")["training_chains"]["file"]]
+    assert training_chains(out).counts == training_chains("small-coords").counts
+    assert pretraining_data(out)["config"] == model_card("small-coords")["data"]["config"]
+    assert tables[0] in (out / "README.md").read_text()
+    # the table gone (only the weights uploaded): the list is unknown, not empty
+    (out / tables[0]).unlink()
+    assert training_chains(out) is None
+    # exported again over it from a model without a list: no stale table, no record
+    assert main(["export", "-c", "small-coords", "--format", "hf", "--out", str(out)]) == 0
+    pt = tmp_path / "m.pt"
+    assert main(["export", "-c", "small-coords", "--out", str(pt)]) == 0
+    assert main(["export", "-c", str(pt), "--format", "hf", "--out", str(out)]) == 0
+    assert not list(out.glob("chains-*")) and pretraining_data(out) is None

@@ -1858,6 +1858,9 @@ def export(
             **_provenance(checkpoint),
             **{k: v for k, v in meta.items() if k not in dropped},
         }
+        listed = _export_training_chains(checkpoint, out)
+        if listed:  # the chains the model saw travel with it (evaluate checks scored chains)
+            meta["pretraining_data"] = listed
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(
             f"wrote {out}/ (config.json, {WEIGHTS_NAME} "
@@ -1887,6 +1890,27 @@ def export(
             else ""
         )
     )
+
+
+def _export_training_chains(checkpoint: str, folder: Path) -> dict | None:
+    """Write the table of the chains ``checkpoint`` saw into an export folder (replacing an
+    earlier export's); returns the record for its config ({"config": the pretraining dataset's
+    prepare config, "training_chains": the file's name}), None when its list is unknown or partial
+    (then no table is written)."""
+    from .eval.leakage import training_chains, write_training_chains
+    from .model.weights import pretraining_data
+
+    chains = training_chains(checkpoint)
+    for old in folder.glob("chains-*.tsv.gz") if folder.is_dir() else ():
+        old.unlink()
+    if chains is None or not chains.complete:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    name = write_training_chains(chains.rows, folder)["file"]
+    return {
+        "config": (pretraining_data(checkpoint) or {}).get("config") or {},
+        "training_chains": name,
+    }
 
 
 #: Library parameter names whose flag is not the name

@@ -213,6 +213,14 @@ def _model_card(config: dict, meta: dict, weights_dtype: str) -> str:
     ]
     if meta.get("command"):
         lines += ["Trained with:", "", "```", str(meta["command"]), "```", ""]
+    listed = (meta.get("pretraining_data") or {}).get("training_chains")
+    if listed:
+        lines += [
+            f"`{listed}` lists the chains it was trained on (id, split, SHA-256 of the sequence); "
+            "`coordformer evaluate` warns when you score one of them, and `--unseen-only` leaves "
+            "them out. Keep it in the folder.",
+            "",
+        ]
     return "\n".join(lines)
 
 

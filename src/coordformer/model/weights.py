@@ -132,8 +132,18 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
         saved = json.loads((run / "config.json").read_text())
         data = saved.get("data") or {}
         init = (saved.get("train_config") or {}).get("init")
+        # an `export --format hf` folder: what its source recorded, and the table beside it
+        exported = (saved.get("coordformer_meta") or {}).get("pretraining_data")
     except (OSError, ValueError, AttributeError):
         return None
+    if isinstance(exported, dict) and isinstance(exported.get("training_chains"), str):
+        return {
+            "config": exported.get("config") or {},
+            "fingerprint": None,
+            "chains": run / exported["training_chains"],
+            "previous": [],
+            "init": None,
+        }
     manifest = data.get("manifest") if isinstance(data, dict) else None
     if not isinstance(manifest, dict):
         return None
