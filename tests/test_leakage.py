@@ -217,6 +217,13 @@ def test_a_run_lists_what_its_init_weights_and_its_earlier_datasets_saw(tmp_path
     base.unlink()
     part = training_chains(late)
     assert part.counts == own and not part.complete and str(base) in part.unknown[0]
+    # a Hugging Face export of it writes no partial table, and says why
+    capsys.readouterr()
+    hf = tmp_path / "late-hf"
+    assert main(["export", "-c", str(late), "--format", "hf", "--out", str(hf)]) == 0
+    err = capsys.readouterr().err
+    assert "no table of training chains written" in err and str(base) in err
+    assert not list(hf.glob("chains-*"))
     summary = json.loads((late / "summary.json").read_text())
     with pytest.raises(SystemExit, match="--continued-from"):
         ship_models.chains_field(
@@ -302,6 +309,60 @@ def test_a_resume_keeps_the_init_on_record_and_an_export_in_its_run_lists_the_ru
     assert "started from" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_the_library_records_init_absolute_and_a_resume_takes_a_relative_record_it_cannot_find(
+    tmp_path, prepared, monkeypatch, caplog
+):
+    """`pretrain()` (not only the CLI) records `init` absolute; a run recorded with a relative
+    `init` by an older version, resumed from another working directory with the weights given
+    again, keeps the given weights on record (a warning says so) instead of refusing them; a
+    shipped model's name is still held to."""
+    import torch
+
+    from coordformer.config import TrainConfig, preset
+    from coordformer.errors import OptionError
+    from coordformer.train.run import pretrain
+
+    monkeypatch.chdir(tmp_path)
+    mc = preset("tiny-0.1m")
+    tc = TrainConfig(max_steps=1, tokens_per_batch=1024, crop_length=64, warmup_steps=1)
+    pretrain(prepared.path, "first", mc, tc, progress=False)
+    pretrain(prepared.path, "second", mc, tc.replace(init="first"), progress=False)
+    record = json.loads((tmp_path / "second" / "config.json").read_text())["train_config"]
+    assert record["init"] == str(tmp_path / "first")
+
+    # as an older version left it: relative to a working directory that is not this one
+    last = tmp_path / "second" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["coordformer"]["train_config"]["init"] = "runs/first"
+    torch.save(ckpt, last)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="coordformer.train.run"):
+        pretrain(
+            prepared.path,
+            "second",
+            mc,
+            tc.replace(init=str(tmp_path / "first"), max_steps=2),
+            progress=False,
+        )
+    assert "runs/first" in caplog.text and "not there from here" in caplog.text
+    record = json.loads((tmp_path / "second" / "config.json").read_text())["train_config"]
+    assert record["init"] == str(tmp_path / "first")
+    assert training_chains(tmp_path / "second").complete
+
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["coordformer"]["train_config"]["init"] = "small-coords"
+    torch.save(ckpt, last)
+    with pytest.raises(OptionError, match="started from small-coords"):
+        pretrain(
+            prepared.path,
+            "second",
+            mc,
+            tc.replace(init=str(tmp_path / "first"), max_steps=3),
+            progress=False,
+        )
+
+
 def test_a_hugging_face_export_carries_the_chains_its_model_saw(tmp_path):
     """`export --format hf` of a shipped model writes its table into the folder and records it, so
     that the check (and finetune's exclude-file record) works on the folder as on the name."""
@@ -323,3 +384,40 @@ def test_a_hugging_face_export_carries_the_chains_its_model_saw(tmp_path):
     assert main(["export", "-c", "small-coords", "--out", str(pt)]) == 0
     assert main(["export", "-c", str(pt), "--format", "hf", "--out", str(out)]) == 0
     assert not list(out.glob("chains-*")) and pretraining_data(out) is None
+
+    # folder -> file -> folder: the record read from the first folder names a table that the
+    # file does not carry, so neither copy keeps it
+    import torch
+
+    assert main(["export", "-c", "small-coords", "--format", "hf", "--out", str(out)]) == 0
+    assert main(["export", "-c", str(out), "--out", str(pt)]) == 0
+    assert "pretraining_data" not in torch.load(pt, weights_only=False)["meta"]
+    again = tmp_path / "hf2"
+    assert main(["export", "-c", str(pt), "--format", "hf", "--out", str(again)]) == 0
+    assert pretraining_data(again) is None and training_chains(again) is None
+
+
+def test_a_corrupt_table_in_an_exported_folder_leaves_its_chains_unchecked(
+    tmp_path, prepared, capsys, caplog
+):
+    """A table cut short in a downloaded folder is not the package's fault: evaluate warns that
+    the chains are not checked and scores the split; --unseen-only refuses, as for a folder
+    without a table. A shipped table that does not read still says to reinstall."""
+    from coordformer.eval.leakage import read_rows
+
+    out = tmp_path / "hf"
+    assert main(["export", "-c", "small-coords", "--format", "hf", "--out", str(out)]) == 0
+    table = next(out.glob("chains-*.tsv.gz"))
+    table.write_bytes(table.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="coordformer.eval.leakage"):
+        assert training_chains(out) is None
+    assert "download or export the folder again" in caplog.text
+    assert "reinstall" not in caplog.text
+
+    ev = ["evaluate", "-c", str(out), "--data", str(prepared.path), "--split", "test"]
+    assert main([*ev, "--quiet"]) == 0
+    assert main([*ev, "--quiet", "--unseen-only"]) == 2
+    assert "does not list the chains" in capsys.readouterr().err
+
+    with pytest.raises(Exception, match="reinstall coordformer"):
+        read_rows(table)

@@ -1849,6 +1849,9 @@ def export(
     else:
         _out_file(out, hint=" (--format hf writes a folder)")
     model, meta = load_model(checkpoint)
+    # a record read from a Hugging Face folder names a table beside it, which a copy elsewhere
+    # lacks: only _export_training_chains (hf) writes one, from what the source's files say
+    meta = {k: v for k, v in meta.items() if k != "pretraining_data"}
     if fmt == ExportFormat.hf:
         from .model.hub import WEIGHTS_NAME, save_pretrained
 
@@ -1858,9 +1861,11 @@ def export(
             **_provenance(checkpoint),
             **{k: v for k, v in meta.items() if k not in dropped},
         }
-        listed = _export_training_chains(checkpoint, out)
+        listed, why_not = _export_training_chains(checkpoint, out)
         if listed:  # the chains the model saw travel with it (evaluate checks scored chains)
             meta["pretraining_data"] = listed
+        if why_not:
+            typer.echo(f"{checkpoint}: no table of training chains written ({why_not})", err=True)
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(
             f"wrote {out}/ (config.json, {WEIGHTS_NAME} "
@@ -1892,25 +1897,28 @@ def export(
     )
 
 
-def _export_training_chains(checkpoint: str, folder: Path) -> dict | None:
+def _export_training_chains(checkpoint: str, folder: Path) -> tuple[dict | None, str | None]:
     """Write the table of the chains ``checkpoint`` saw into an export folder (replacing an
-    earlier export's); returns the record for its config ({"config": the pretraining dataset's
-    prepare config, "training_chains": the file's name}), None when its list is unknown or partial
-    (then no table is written)."""
+    earlier export's). Returns (the record for its config: {"config": the pretraining dataset's
+    prepare config, "training_chains": the file's name}, None) or, when no table is written, (None,
+    why: for a list known only in part; None when the files list none at all)."""
     from .eval.leakage import training_chains, write_training_chains
     from .model.weights import pretraining_data
 
     chains = training_chains(checkpoint)
     for old in folder.glob("chains-*.tsv.gz") if folder.is_dir() else ():
         old.unlink()
-    if chains is None or not chains.complete:
-        return None
+    if chains is None:
+        return None, None
+    if not chains.complete:
+        # a partial table would read as "unseen" for chains the model did see
+        return None, f"the list is incomplete: {'; '.join(chains.unknown)} cannot be read"
     folder.mkdir(parents=True, exist_ok=True)
     name = write_training_chains(chains.rows, folder)["file"]
     return {
         "config": (pretraining_data(checkpoint) or {}).get("config") or {},
         "training_chains": name,
-    }
+    }, None
 
 
 #: Library parameter names whose flag is not the name

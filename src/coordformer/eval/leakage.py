@@ -20,6 +20,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,7 +31,9 @@ import numpy as np
 from ..data.splits import loose_id
 from ..data.store import DatasetFormatError, PreparedDataset
 from ..errors import UsageError
-from ..model.weights import pretraining_data
+from ..model.weights import pretraining_data, shipped_models_dir
+
+log = logging.getLogger(__name__)
 
 #: The splits a model saw: ``train`` trained it, ``valid`` chose its best checkpoint.
 SEEN_SPLITS = ("train", "valid")
@@ -141,9 +144,11 @@ def write_training_chains(rows: Sequence[tuple[str, str, str]], folder: str | Pa
     return {"file": name, "splits": counts, "sha256": sha, "matched_by": METHOD}
 
 
-def read_rows(path: str | Path) -> list[tuple[str, str, str]]:
+def read_rows(
+    path: str | Path, remedy: str = "reinstall coordformer"
+) -> list[tuple[str, str, str]]:
     """The rows of a table written by :func:`write_training_chains`. UsageError for a file that is
-    not one."""
+    not one, ending with ``remedy``."""
     p = Path(path)
     try:
         lines = gzip.decompress(p.read_bytes()).decode("ascii").splitlines()
@@ -154,7 +159,7 @@ def read_rows(path: str | Path) -> list[tuple[str, str, str]]:
             raise ValueError(f"a row without {len(HEADER)} fields")
     except (OSError, ValueError, EOFError) as e:
         raise UsageError(
-            f"{p}: not a training-chains table ({type(e).__name__}: {e}); reinstall coordformer"
+            f"{p}: not a training-chains table ({type(e).__name__}: {e}); {remedy}"
         ) from None
     return rows  # type: ignore[return-value]
 
@@ -164,14 +169,24 @@ def training_chains(name_or_path: str | Path, _depth: int = 0) -> TrainingChains
     a run's dataset, the datasets it trained on before (``--allow-new-data``) and what the weights
     it started from saw (``--init``). None when its files do not say: an exported file or Hugging
     Face folder outside a run folder, a shipped model whose card lists none, a run whose dataset
-    folder is gone or now holds other data. A run's earlier dataset or ``--init`` weights that
+    folder is gone or now holds other data, an exported folder whose table cannot be read (a
+    warning names it). A run's earlier dataset or ``--init`` weights that
     cannot be read leave the list incomplete (``unknown`` says what is missing)."""
     record = pretraining_data(name_or_path)
     if record is None or record.get("chains") is None:
         return None
     source = record["chains"]
     if source.is_file():  # a shipped model's table: it covers what the model continued from
-        return TrainingChains.from_rows(source, read_rows(source))
+        if source.parent == shipped_models_dir():
+            return TrainingChains.from_rows(source, read_rows(source))
+        # an exported folder's table (downloaded or copied, perhaps cut short): not the
+        # package's fault, and the model still runs; its list is unknown, as with no table
+        try:
+            rows = read_rows(source, "download or export the folder again")
+        except UsageError as e:
+            log.warning("%s; its training chains are not checked", e)
+            return None
+        return TrainingChains.from_rows(source, rows)
     out = _dataset_chains(source, record.get("fingerprint"))
     if out is None:
         return None

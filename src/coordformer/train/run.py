@@ -21,7 +21,7 @@ from ..data.store import SKIPPED_FILE, PreparedDataset
 from ..errors import ConfigError, OptionError, TrainingInterrupted, UsageError
 from ..model.core import StaticRows
 from ..model.lm import with_recorded_lm
-from ..model.weights import checkpoint_data
+from ..model.weights import checkpoint_data, shipped_models
 from .lifecycle import (
     Interrupted,
     StopOnSignal,
@@ -513,6 +513,10 @@ def _pretrain(
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     cfg = train_config
+    if cfg.init is not None and Path(cfg.init).exists():
+        # recorded absolute: evaluate's leakage check reads the weights' chains again from
+        # another working directory
+        cfg = cfg.replace(init=str(Path(cfg.init).resolve()))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -575,13 +579,30 @@ def _pretrain(
             )
         # the weights a run started from are part of what it saw (eval.leakage lists their
         # chains): a resume keeps them on record, given again or not
-        if old.get("init") and cfg.init is None:
-            cfg = cfg.replace(init=old["init"])
-        elif old.get("init") and not _same_weights(cfg.init, old["init"]):
+        was = old.get("init")
+        if was and cfg.init is None:
+            # a relative record (older runs) made absolute where it can be found from here
+            cfg = cfg.replace(init=str(Path(was).resolve()) if Path(was).exists() else was)
+        elif (
+            was
+            and not Path(was).exists()
+            and was not in shipped_models()
+            and cfg.init
+            and Path(cfg.init).exists()
+        ):
+            # recorded relative to another working directory, or moved since: what the user
+            # gives now cannot be compared with it, and is what can be read from here
+            log.warning(
+                "%s started from %s, which is not there from here; keeping %s on record instead",
+                out,
+                was,
+                cfg.init,
+            )
+        elif was and not _same_weights(cfg.init, was):
             raise OptionError(
                 "init",
                 cfg.init,
-                f"{out} started from {old['init']}; a resume keeps those weights on record: give "
+                f"{out} started from {was}; a resume keeps those weights on record: give "
                 "the same `init` or none",
             )
         reached = ckpt.get("global_step")
