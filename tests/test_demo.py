@@ -215,6 +215,21 @@ def test_demo_device_and_threads(tmp_path, capsys):
     assert _trainer_device("cpu") == {"accelerator": "cpu", "devices": "1"}
 
 
+def test_run_demo_uses_a_gpu_where_there_is_one(monkeypatch):
+    """From Python, as from the command line, the demo's device is "auto": a GPU where there is
+    one (the scratch training ran on it before --device existed)."""
+    import inspect
+
+    import torch
+
+    from coordformer.demo import run_demo
+    from coordformer.model.encode import auto_device
+
+    assert inspect.signature(run_demo).parameters["device"].default == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_device() == "cuda"
+
+
 @pytest.mark.slow
 def test_demo_shows_the_paper_size_model_beside_the_small_ones_once_it_is_shipped(
     tmp_path, capsys, monkeypatch

@@ -17,6 +17,7 @@ from coordformer.data.store import PreparedDataset
 from coordformer.eval.leakage import (
     HEADER,
     TrainingChains,
+    chain_listing,
     dataset_rows,
     seen_in_training,
     seen_summary,
@@ -148,11 +149,36 @@ def test_evaluate_warns_of_chains_a_model_saw_and_unseen_only_leaves_them_out(
     )
     assert leak["seen_in_pretraining"]["test"] == expected and "not held out" in leak["warning"]
 
-    # the run's dataset rewritten: its chains are no longer known
+    # the run's dataset moved: scored where it lies now (same fingerprint), it stands in
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.move(prepared.path, moved)
+    assert training_chains(run) is None
+    capsys.readouterr()
+    on_moved = ["evaluate", "-c", str(run), "--data", str(moved), "--split", "valid", "--quiet"]
+    assert main([*on_moved, "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert json.loads(out.read_text())["seen_in_training"]["seen"] == len(
+        prepared.split_indices("valid")
+    )
+    assert "not checked" not in err
+    # scored on another dataset, the check says it could not be made, and why
+    assert main([*args, "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run}: its training chains are not checked" in err and "is gone" in err
+    assert "seen_in_training" not in json.loads(out.read_text())
+    assert main([*args, "--unseen-only"]) == 2
+    err = capsys.readouterr().err
+    assert "is gone; put it back, or score that dataset" in err and len(err.splitlines()) == 1
+    shutil.move(moved, prepared.path)
+
+    # the run's dataset rewritten: its chains are no longer known, and evaluate says why
     manifest = prepared.path / "manifest.json"
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**m, "content_digest": "0" * 32}))
     assert training_chains(run) is None
+    assert "holds other data since" in chain_listing(run)[1]
 
 
 @pytest.mark.slow
@@ -398,26 +424,85 @@ def test_a_hugging_face_export_carries_the_chains_its_model_saw(tmp_path):
 
 
 def test_a_corrupt_table_in_an_exported_folder_leaves_its_chains_unchecked(
-    tmp_path, prepared, capsys, caplog
+    tmp_path, prepared, capsys
 ):
-    """A table cut short in a downloaded folder is not the package's fault: evaluate warns that
-    the chains are not checked and scores the split; --unseen-only refuses, as for a folder
-    without a table. A shipped table that does not read still says to reinstall."""
+    """A table cut short in a downloaded folder, or left out of it, is not the package's fault:
+    evaluate warns that the chains are not checked and scores the split; --unseen-only refuses,
+    as for a folder without a table. A shipped table that does not read still says to
+    reinstall. The export names the table among the files it wrote."""
     from coordformer.eval.leakage import read_rows
 
     out = tmp_path / "hf"
     assert main(["export", "-c", "small-coords", "--format", "hf", "--out", str(out)]) == 0
     table = next(out.glob("chains-*.tsv.gz"))
-    table.write_bytes(table.read_bytes()[:100])
-    with caplog.at_level("WARNING", logger="coordformer.eval.leakage"):
-        assert training_chains(out) is None
-    assert "download or export the folder again" in caplog.text
-    assert "reinstall" not in caplog.text
+    assert table.name in capsys.readouterr().out
+    blob = table.read_bytes()
+    table.write_bytes(blob[:100])
+    assert training_chains(out) is None
+    why = chain_listing(out)[1]
+    assert "download or export the folder again" in why and "reinstall" not in why
 
-    ev = ["evaluate", "-c", str(out), "--data", str(prepared.path), "--split", "test"]
-    assert main([*ev, "--quiet"]) == 0
-    assert main([*ev, "--quiet", "--unseen-only"]) == 2
+    ev = ["evaluate", "-c", str(out), "--data", str(prepared.path), "--split", "test", "--quiet"]
+    assert main(ev) == 0
+    err = capsys.readouterr().err
+    assert "its training chains are not checked" in err and "download or export" in err
+    assert main([*ev, "--unseen-only"]) == 2
     assert "does not list the chains" in capsys.readouterr().err
 
     with pytest.raises(Exception, match="reinstall coordformer"):
         read_rows(table)
+
+    table.unlink()  # only the weights and config.json downloaded
+    assert main(ev) == 0
+    err = capsys.readouterr().err
+    assert f"{table.name}, named in its config.json, is not in the folder" in err
+
+
+def test_weights_put_in_another_models_folder_do_not_take_its_list(tmp_path, prepared):
+    """A copy of small-coords exported into a run's export/ folder, or into another model's
+    Hugging Face folder, lists no chains (it is not that run's or folder's model); the run's own
+    export does."""
+    run = tmp_path / "run"
+    assert (
+        main(pretrain_args(prepared.path, run, max_steps=1, tokens_per_batch=1024, quiet=True)) == 0
+    )
+    own = training_chains(run).counts
+    assert main(["export", "-c", str(run), "--out", str(run / "export" / "own.pt")]) == 0
+    assert training_chains(run / "export" / "own.pt").counts == own
+    copy = run / "export" / "own2.pt"
+    assert main(["export", "-c", str(run / "export" / "own.pt"), "--out", str(copy)]) == 0
+    assert training_chains(copy).counts == own  # an export of its export
+    assert main(["export", "-c", "small-coords", "--out", str(run / "export" / "sc.pt")]) == 0
+    assert training_chains(run / "export" / "sc.pt") is None
+    hf = tmp_path / "hf"
+    assert main(["export", "-c", str(run), "--format", "hf", "--out", str(hf)]) == 0
+    assert training_chains(hf).counts == own
+    assert main(["export", "-c", "small-coords", "--out", str(hf / "sc.pt")]) == 0
+    assert training_chains(hf / "sc.pt") is None
+
+
+@pytest.mark.slow
+def test_init_cannot_name_the_runs_own_folder_and_a_gone_absolute_init_stays_on_record(
+    tmp_path, prepared, monkeypatch, capsys
+):
+    """`--out small-coords --init small-coords` is refused in one line (it recorded the run as its
+    own start); a resume of a run whose absolute --init is gone, given other weights, is refused
+    (its list stays partial rather than claiming another model's chains)."""
+    monkeypatch.chdir(tmp_path)
+    flags = dict(tokens_per_batch=1024, quiet=True, max_steps=1)
+    args = pretrain_args(prepared.path, "small-coords", preset=None, init="small-coords", **flags)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "names the run's own folder" in err and len(err.splitlines()) == 1
+    assert main(pretrain_args(prepared.path, "a", **flags)) == 0
+    assert main(pretrain_args(prepared.path, "b", **flags)) == 0
+    assert main(pretrain_args(prepared.path, "c", preset=None, init="a", **flags)) == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "a")
+    assert not training_chains(tmp_path / "c").complete
+    capsys.readouterr()
+    args = pretrain_args(prepared.path, "c", preset=None, init="b", **{**flags, "max_steps": 2})
+    assert main(args) == 2
+    assert "started from" in capsys.readouterr().err
+    assert not training_chains(tmp_path / "c").complete

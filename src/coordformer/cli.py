@@ -807,7 +807,7 @@ def evaluate(
     """Perplexity and sequence recovery on masked residues of a dataset split."""
     from . import __version__
     from .data.store import PreparedDataset
-    from .eval.leakage import seen_in_training, seen_summary, training_chains
+    from .eval.leakage import chain_listing, seen_in_training, seen_summary
     from .eval.mlm import evaluate_mlm
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import SPAN_SHARE, load_model, missing_coords_warning
@@ -840,18 +840,27 @@ def evaluate(
         )
     for ck in checkpoint:  # a misspelt name is said as such, not as a model without a chain list
         resolve_checkpoint(ck)
-    seen = {
-        ck: seen_in_training(tc, ds, scored) for ck in checkpoint if (tc := training_chains(ck))
-    }
+    # the scored dataset stands in for a run's own dataset moved elsewhere (same fingerprint)
+    listings = {ck: chain_listing(ck, [ds]) for ck in checkpoint}
+    seen = {ck: seen_in_training(tc, ds, scored) for ck, (tc, _) in listings.items() if tc}
+    unlisted = {ck: why for ck, (tc, why) in listings.items() if tc is None and why}
+    for ck, why in unlisted.items():
+        if not unseen_only:  # (--unseen-only refuses it below)
+            typer.echo(f"warning: {ck}: its training chains are not checked ({why})", err=True)
     if unseen_only:
         unknown = [ck for ck in checkpoint if ck not in seen]
         if unknown:
+            ck = unknown[0]
             raise OptionError(
                 "unseen_only",
                 True,
-                f"{', '.join(unknown)} does not list the chains it was trained on (an exported "
-                "file or Hugging Face folder outside its run folder, or a run whose dataset "
-                "folder moved or changed): give its run folder, or drop --unseen-only",
+                f"{ck} does not list the chains it was trained on ("
+                + (
+                    unlisted[ck]
+                    if ck in unlisted
+                    else "an exported file outside its run folder: give the run folder it came from"
+                )
+                + "), or drop --unseen-only",
             )
         part = {ck: s["unknown"] for ck, s in seen.items() if s.get("unknown")}
         if part:
@@ -970,9 +979,11 @@ def _device(device: str) -> str:
     device that is not there is a one-line error."""
     import torch
 
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    from .model.encode import auto_device, mps_available
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+        return auto_device()
+    mps = mps_available()
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
@@ -1869,7 +1880,10 @@ def export(
         save_pretrained(model, out, meta=meta, half=half)
         typer.echo(
             f"wrote {out}/ (config.json, {WEIGHTS_NAME} "
-            f"{(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md)"
+            f"{(out / WEIGHTS_NAME).stat().st_size / 1e6:.1f} MB, README.md"
+            # the table is one of the files to upload: evaluate's check needs it beside them
+            + (f", {listed['training_chains']}" if listed else "")
+            + ")"
         )
         return
     try:

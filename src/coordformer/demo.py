@@ -46,13 +46,14 @@ def run_demo(
     echo: Callable[[str], None] = print,
     seed: int = SEED,
     command: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> dict:
     """Prepare the bundled chains, evaluate both shipped models on identical masks, write a report.
 
     With ``train_minutes`` > 0 also pretrain a coords and a no-coords model from scratch (small
     preset) on a random split of the bundled chains and evaluate them on its test part.
-    ``device``: a torch device ("cpu", "cuda", "cuda:1", "mps") for evaluation and that training.
+    ``device``: a torch device ("cpu", "cuda", "cuda:1", "mps") for evaluation and that training;
+    "auto": CUDA, then MPS, then the CPU.
     Returns {label: metrics}.
     """
     from .analysis.plots import per_residue_recovery_figure
@@ -62,7 +63,9 @@ def run_demo(
     from .eval.mlm import evaluate_mlm
     from .eval.report import comparison_rows, markdown_report, markdown_table
     from .model.checkpoints import load_model, shipped_models
+    from .model.encode import auto_device
 
+    device = auto_device() if device == "auto" else device
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     missing = [m for m in MODELS if m not in shipped_models()]

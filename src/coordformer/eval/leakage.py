@@ -20,7 +20,6 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,8 +31,6 @@ from ..data.splits import loose_id
 from ..data.store import DatasetFormatError, PreparedDataset
 from ..errors import UsageError
 from ..model.weights import pretraining_data, shipped_models_dir
-
-log = logging.getLogger(__name__)
 
 #: The splits a model saw: ``train`` trained it, ``valid`` chose its best checkpoint.
 SEEN_SPLITS = ("train", "valid")
@@ -164,58 +161,87 @@ def read_rows(
     return rows  # type: ignore[return-value]
 
 
-def training_chains(name_or_path: str | Path, _depth: int = 0) -> TrainingChains | None:
+def training_chains(
+    name_or_path: str | Path, datasets: Sequence[PreparedDataset] = ()
+) -> TrainingChains | None:
     """The chains a shipped model (by name) or a ``pretrain`` run (folder or checkpoint in it) saw:
     a run's dataset, the datasets it trained on before (``--allow-new-data``) and what the weights
-    it started from saw (``--init``). None when its files do not say: an exported file or Hugging
-    Face folder outside a run folder, a shipped model whose card lists none, a run whose dataset
-    folder is gone or now holds other data, an exported folder whose table cannot be read (a
-    warning names it). A run's earlier dataset or ``--init`` weights that
-    cannot be read leave the list incomplete (``unknown`` says what is missing)."""
+    it started from saw (``--init``). None when its files do not say (:func:`chain_listing` says
+    why). A run's earlier dataset or ``--init`` weights that cannot be read leave the list
+    incomplete (``unknown`` says what is missing). ``datasets``: prepared datasets that stand in for
+    a recorded one that moved, when their fingerprint is the one recorded."""
+    return chain_listing(name_or_path, datasets)[0]
+
+
+def chain_listing(
+    name_or_path: str | Path, datasets: Sequence[PreparedDataset] = (), _depth: int = 0
+) -> tuple[TrainingChains | None, str | None]:
+    """(:func:`training_chains`, why there is no list where the model's files promise one: a run
+    whose dataset folder is gone or now holds other data, an exported folder whose table is
+    missing or does not read). The reason is None when there is a list, or when the files never
+    promised one (an exported file outside its run folder, a shipped model whose card lists
+    none)."""
     record = pretraining_data(name_or_path)
     if record is None or record.get("chains") is None:
-        return None
+        return None, None
     source = record["chains"]
-    if source.is_file():  # a shipped model's table: it covers what the model continued from
+    if record.get("table"):  # a shipped or exported table: it covers what the model continued from
         if source.parent == shipped_models_dir():
-            return TrainingChains.from_rows(source, read_rows(source))
-        # an exported folder's table (downloaded or copied, perhaps cut short): not the
-        # package's fault, and the model still runs; its list is unknown, as with no table
+            return TrainingChains.from_rows(source, read_rows(source)), None
+        # a downloaded or copied folder (perhaps without its table, or cut short): not the
+        # package's fault, and the model still runs; its list is unknown
+        if not source.is_file():
+            return None, (
+                f"{source.name}, named in its config.json, is not in the folder; download or "
+                "export the folder again"
+            )
         try:
             rows = read_rows(source, "download or export the folder again")
         except UsageError as e:
-            log.warning("%s; its training chains are not checked", e)
-            return None
-        return TrainingChains.from_rows(source, rows)
-    out = _dataset_chains(source, record.get("fingerprint"))
+            return None, str(e)
+        return TrainingChains.from_rows(source, rows), None
+    out, why = _dataset_chains(source, record.get("fingerprint"), datasets)
     if out is None:
-        return None
+        return None, why
     for p in record.get("previous") or ():
-        earlier = _dataset_chains(p.get("path"), p.get("fingerprint"))
+        earlier, _ = _dataset_chains(p.get("path"), p.get("fingerprint"), datasets)
         what = f"an earlier dataset ({p.get('path') or 'not recorded'})"
         out = out.missing(what) if earlier is None else out.merged(earlier)
     init = record.get("init")
     if init:
         # a chain of --init runs ends at a shipped model or a random start; the depth bounds a
         # cycle of run folders that name each other
-        earlier = training_chains(init, _depth + 1) if _depth < 16 else None
+        earlier = chain_listing(init, datasets, _depth + 1)[0] if _depth < 16 else None
         what = f"its --init weights ({init})"
         out = out.missing(what) if earlier is None else out.merged(earlier)
-    return out
+    return out, None
 
 
-def _dataset_chains(folder, fingerprint: str | None) -> TrainingChains | None:
-    """The train and valid chains of a dataset folder that still holds the data recorded (same
-    fingerprint); None when it is gone, unreadable or changed."""
+def _dataset_chains(
+    folder, fingerprint: str | None, datasets: Sequence[PreparedDataset] = ()
+) -> tuple[TrainingChains | None, str | None]:
+    """(The train and valid chains of a dataset folder that still holds the data recorded (same
+    fingerprint), or of one of ``datasets`` with that fingerprint; None and why when neither.)"""
     if not isinstance(folder, (str, Path)):
-        return None
+        return None, "its dataset is not recorded"
     try:
         data = PreparedDataset(folder)
     except DatasetFormatError:  # moved, deleted or rewritten since
-        return None
-    if fingerprint and data.fingerprint != fingerprint:
-        return None
-    return TrainingChains.from_rows(Path(folder), dataset_rows(data))
+        data, why = None, f"the dataset it trained on ({folder}) is gone"
+    else:
+        if fingerprint and data.fingerprint != fingerprint:
+            data, why = (
+                None,
+                (
+                    f"the dataset it trained on ({folder}) holds other data since (fingerprint "
+                    f"{data.fingerprint}, not {fingerprint})"
+                ),
+            )
+    if data is None:
+        data = next((d for d in datasets if fingerprint and d.fingerprint == fingerprint), None)
+        if data is None:
+            return None, f"{why}; put it back, or score that dataset where it lies now"
+    return TrainingChains.from_rows(data.path, dataset_rows(data)), None
 
 
 def seen_in_training(

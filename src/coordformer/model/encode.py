@@ -23,6 +23,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if weight is None else weight.device
 
 
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def auto_device() -> str:
+    """The device "auto" means everywhere: CUDA, then Apple MPS, then the CPU."""
+    return "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """``model`` in eval mode (no dropout) for the block, then back in the mode it came in."""

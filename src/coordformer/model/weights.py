@@ -103,7 +103,8 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     """What a model was pretrained on, as far as its files say: {"config": the PrepareConfig dict
     of the dataset (``exclude_files`` among it), "fingerprint": the dataset's (when recorded),
     "chains": where its training chains are listed (a shipped model's ``training_chains`` file,
-    or the run's dataset folder as recorded; None when neither), "previous": the datasets a run
+    or the run's dataset folder as recorded; None when neither), "table": whether "chains" is a
+    table file (a shipped model's, or one beside an exported folder), "previous": the datasets a run
     trained on before (``--allow-new-data``), each {"path", "fingerprint"}, "init": the weights a
     run started from (``--init``, as given), None}; from a shipped model's card (whose table
     covers what it continued from), or from the config.json of the ``pretrain`` run folder a
@@ -119,6 +120,7 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
                 "config": data.get("config") or {},
                 "fingerprint": None,
                 "chains": chains,
+                "table": True,
                 "previous": [],
                 "init": None,
             }
@@ -128,6 +130,8 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     # a checkpoint, or an export `gpu_session.sh collect` and `export` write in the run folder
     in_run = p.parent.name in ("checkpoints", "export")
     run = p if p.is_dir() else p.parent.parent if in_run else p.parent
+    if p.is_file() and p.parent.name != "checkpoints" and not _exported_from(p, run):
+        return None  # another model's weights put in the folder: its record is not theirs
     try:
         saved = json.loads((run / "config.json").read_text())
         data = saved.get("data") or {}
@@ -137,10 +141,13 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     except (OSError, ValueError, AttributeError):
         return None
     if isinstance(exported, dict) and isinstance(exported.get("training_chains"), str):
+        if not p.is_dir():  # a .pt put in a Hugging Face folder is not the folder's model
+            return None
         return {
             "config": exported.get("config") or {},
             "fingerprint": None,
             "chains": run / exported["training_chains"],
+            "table": True,
             "previous": [],
             "init": None,
         }
@@ -152,11 +159,31 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
         "config": manifest.get("config") or {},
         "fingerprint": data.get("fingerprint"),
         "chains": Path(data["path"]) if isinstance(data.get("path"), str) else None,
+        "table": False,
         "previous": [p for p in previous if isinstance(p, dict)]
         if isinstance(previous, list)
         else [],
         "init": init if isinstance(init, str) else None,
     }
+
+
+def _exported_from(path: Path, run: Path, _depth: int = 0) -> bool:
+    """Whether the exported file ``path`` holds weights of the run folder ``run``: the source its
+    meta records is one of that run's checkpoints (or, in turn, an export of one). Matched by the
+    run folder's name, since a run brought back from a GPU machine lies elsewhere than where it
+    was exported."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        source = Path(str((obj.get("meta") or {}).get("path", "")))
+    except Exception:  # noqa: BLE001 - not an export (a checkpoint elsewhere, unreadable)
+        return False
+    if source.parent.parent.name != run.name or source.parent.name not in ("checkpoints", "export"):
+        return False
+    if source.parent.name == "checkpoints":
+        return True
+    # an export of an export: follow it where it still lies in this run
+    mine = run / "export" / source.name
+    return _depth < 8 and mine.is_file() and _exported_from(mine, run, _depth + 1)
 
 
 def missing_flag_learnt(card: dict) -> bool | None:

@@ -509,6 +509,17 @@ def _pretrain(
         )
     check_fits(data, np.arange(len(data)), train_config.crop_length, model_config.max_len)
     out = Path(out_dir)
+    if train_config.init is not None:
+        # (before the folder is made: `--out small-coords --init small-coords` would otherwise
+        # read the new, empty run folder as the weights)
+        at = Path(train_config.init).resolve()
+        if at == out.resolve() or out.resolve() in at.parents:
+            raise OptionError(
+                "init",
+                train_config.init,
+                f"names the run's own folder {out} (or a file in it), which `init` cannot start "
+                "from: choose another `out_dir` (a resume needs no `init`)",
+            )
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -585,13 +596,15 @@ def _pretrain(
             cfg = cfg.replace(init=str(Path(was).resolve()) if Path(was).exists() else was)
         elif (
             was
+            and not Path(was).is_absolute()
             and not Path(was).exists()
             and was not in shipped_models()
             and cfg.init
             and Path(cfg.init).exists()
         ):
-            # recorded relative to another working directory, or moved since: what the user
-            # gives now cannot be compared with it, and is what can be read from here
+            # recorded relative to another working directory by an older version: what the user
+            # gives now cannot be compared with it, and is what can be read from here (an
+            # absolute record that is gone stays: the run's list of chains is then partial)
             log.warning(
                 "%s started from %s, which is not there from here; keeping %s on record instead",
                 out,
