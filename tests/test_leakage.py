@@ -218,6 +218,10 @@ def test_a_run_lists_what_its_init_weights_and_its_earlier_datasets_saw(tmp_path
     both = training_chains(resumed)
     assert len(both.sources) == 2 and both.counts["train"] == own["train"] + len(other)
     assert both.complete
+    # resumed once more on the new data: the first dataset stays on record
+    args = pretrain_args(other.path, resumed, max_steps=5, tokens_per_batch=1024, quiet=True)
+    assert main(args) == 0
+    assert training_chains(resumed).counts == both.counts
     # shipped, its table lists both datasets: read through the run folder, or piece by piece
     # (a run brought back from a GPU: no config.json, its dataset given with --data)
     sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
@@ -458,27 +462,60 @@ def test_a_corrupt_table_in_an_exported_folder_leaves_its_chains_unchecked(
     assert f"{table.name}, named in its config.json, is not in the folder" in err
 
 
-def test_weights_put_in_another_models_folder_do_not_take_its_list(tmp_path, prepared):
-    """A copy of small-coords exported into a run's export/ folder, or into another model's
-    Hugging Face folder, lists no chains (it is not that run's or folder's model); the run's own
-    export does."""
+def test_weights_put_in_another_models_folder_do_not_take_its_list(
+    tmp_path, prepared, monkeypatch, capsys
+):
+    """A run's list goes with weights that saw what the run saw (same dataset, earlier datasets
+    and --init, recorded in the export), wherever they lie in it and whatever the folder is
+    called: exported from inside the run by relative paths, into its root, a copy of the run under
+    another name, a checkpoint copied out of checkpoints/. Weights that saw something else do not
+    take it: small-coords exported into the run, another run's export put in a folder of the same
+    name, a .pt put in a Hugging Face folder."""
+    import shutil
+
     run = tmp_path / "run"
-    assert (
-        main(pretrain_args(prepared.path, run, max_steps=1, tokens_per_batch=1024, quiet=True)) == 0
-    )
+    flags = dict(max_steps=1, tokens_per_batch=1024, quiet=True)
+    assert main(pretrain_args(prepared.path, run, **flags)) == 0
     own = training_chains(run).counts
-    assert main(["export", "-c", str(run), "--out", str(run / "export" / "own.pt")]) == 0
-    assert training_chains(run / "export" / "own.pt").counts == own
-    copy = run / "export" / "own2.pt"
-    assert main(["export", "-c", str(run / "export" / "own.pt"), "--out", str(copy)]) == 0
-    assert training_chains(copy).counts == own  # an export of its export
+    monkeypatch.chdir(run)
+    assert main(["export", "-c", "checkpoints/last.ckpt", "--out", "export/b.pt"]) == 0
+    assert main(["export", "-c", ".", "--out", "model.pt"]) == 0
+    assert main(["export", "-c", "export/b.pt", "--out", "export/b2.pt"]) == 0  # export of export
+    monkeypatch.chdir(tmp_path)
+    for f in ("export/b.pt", "model.pt", "export/b2.pt"):
+        assert training_chains(run / f).counts == own, f
+    shutil.copy(run / "checkpoints" / "last.ckpt", run / "last.ckpt")
+    assert training_chains(run / "last.ckpt").counts == own
+    shutil.copytree(run, tmp_path / "run-copy")
+    assert training_chains(tmp_path / "run-copy" / "export" / "b.pt").counts == own
+
     assert main(["export", "-c", "small-coords", "--out", str(run / "export" / "sc.pt")]) == 0
     assert training_chains(run / "export" / "sc.pt") is None
+    other = _prepare(
+        [dict(r, name=f"M{i:03d}.A") for i, r in enumerate(synthetic_chains(20, seed=9))],
+        tmp_path / "other",
+        valid_fraction=0.0,
+        test_fraction=0.0,
+    )
+    exp2 = tmp_path / "exp2" / "run"
+    assert main(pretrain_args(other.path, exp2, **flags)) == 0
+    (exp2 / "export").mkdir()
+    shutil.copy(run / "export" / "b.pt", exp2 / "export" / "from_exp1.pt")
+    assert training_chains(exp2 / "export" / "from_exp1.pt") is None
+
     hf = tmp_path / "hf"
     assert main(["export", "-c", str(run), "--format", "hf", "--out", str(hf)]) == 0
     assert training_chains(hf).counts == own
     assert main(["export", "-c", "small-coords", "--out", str(hf / "sc.pt")]) == 0
     assert training_chains(hf / "sc.pt") is None
+
+    # the run's dataset moved away: an export to a folder writes no table, and says why
+    shutil.move(prepared.path, tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["export", "-c", str(run), "--format", "hf", "--out", str(tmp_path / "hf2")]) == 0
+    err = capsys.readouterr().err
+    assert "no table of training chains written" in err and "is gone" in err
+    assert not list((tmp_path / "hf2").glob("chains-*"))
 
 
 @pytest.mark.slow
@@ -504,5 +541,7 @@ def test_init_cannot_name_the_runs_own_folder_and_a_gone_absolute_init_stays_on_
     capsys.readouterr()
     args = pretrain_args(prepared.path, "c", preset=None, init="b", **{**flags, "max_steps": 2})
     assert main(args) == 2
-    assert "started from" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "which is no longer there" in err and "resume without --init" in err
+    assert len(err.splitlines()) == 1
     assert not training_chains(tmp_path / "c").complete

@@ -858,7 +858,11 @@ def evaluate(
                 + (
                     unlisted[ck]
                     if ck in unlisted
-                    else "an exported file outside its run folder: give the run folder it came from"
+                    else "a Hugging Face folder without its table: export it again from the "
+                    "run folder it came from"
+                    if Path(ck).is_dir()
+                    else "an exported file outside its run folder, or in another model's: give "
+                    "the run folder it came from"
                 )
                 + "), or drop --unseen-only",
             )
@@ -1915,15 +1919,16 @@ def _export_training_chains(checkpoint: str, folder: Path) -> tuple[dict | None,
     """Write the table of the chains ``checkpoint`` saw into an export folder (replacing an
     earlier export's). Returns (the record for its config: {"config": the pretraining dataset's
     prepare config, "training_chains": the file's name}, None) or, when no table is written, (None,
-    why: for a list known only in part; None when the files list none at all)."""
-    from .eval.leakage import training_chains, write_training_chains
+    why: a list known only in part, or one the files promise that cannot be read; None when the
+    files list none at all)."""
+    from .eval.leakage import chain_listing, write_training_chains
     from .model.weights import pretraining_data
 
-    chains = training_chains(checkpoint)
+    chains, why = chain_listing(checkpoint)
     for old in folder.glob("chains-*.tsv.gz") if folder.is_dir() else ():
         old.unlink()
     if chains is None:
-        return None, None
+        return None, why
     if not chains.complete:
         # a partial table would read as "unseen" for chains the model did see
         return None, f"the list is incomplete: {'; '.join(chains.unknown)} cannot be read"

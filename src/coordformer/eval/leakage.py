@@ -224,23 +224,28 @@ def _dataset_chains(
     fingerprint), or of one of ``datasets`` with that fingerprint; None and why when neither.)"""
     if not isinstance(folder, (str, Path)):
         return None, "its dataset is not recorded"
+    # what could bring the list back: only the same data, found by its fingerprint
+    again = "prepare it again as it was (same inputs and settings) to check against it"
+    why = ""
     try:
         data = PreparedDataset(folder)
     except DatasetFormatError:  # moved, deleted or rewritten since
-        data, why = None, f"the dataset it trained on ({folder}) is gone"
-    else:
-        if fingerprint and data.fingerprint != fingerprint:
-            data, why = (
-                None,
-                (
-                    f"the dataset it trained on ({folder}) holds other data since (fingerprint "
-                    f"{data.fingerprint}, not {fingerprint})"
-                ),
-            )
+        data = None
+        why = f"the dataset it trained on ({folder}) is gone; " + (
+            "put it back, or score that dataset where it lies now"
+            if fingerprint
+            else f"its fingerprint was not recorded, so no copy can stand in: {again}"
+        )
+    if data is not None and fingerprint and data.fingerprint != fingerprint:
+        why = (
+            f"the dataset it trained on ({folder}) holds other data since (fingerprint "
+            f"{data.fingerprint}, not {fingerprint}); {again}"
+        )
+        data = None
     if data is None:
         data = next((d for d in datasets if fingerprint and d.fingerprint == fingerprint), None)
         if data is None:
-            return None, f"{why}; put it back, or score that dataset where it lies now"
+            return None, why
     return TrainingChains.from_rows(data.path, dataset_rows(data)), None
 
 

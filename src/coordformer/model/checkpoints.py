@@ -118,7 +118,10 @@ def export_model(
         if int8_part:
             obj["int8"] = int8_part
         if i == 0:
-            obj.update({"model_config": model.config.to_dict(), "meta": meta or {}})
+            # "trained_on" always present: a file without it is from before exports recorded what
+            # their weights saw (weights.pretraining_data then trusts the folder it lies in)
+            record = {"trained_on": None, **(meta or {})}
+            obj.update({"model_config": model.config.to_dict(), "meta": record})
             if names:
                 obj["shards"] = names
         else:

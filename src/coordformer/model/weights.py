@@ -130,8 +130,6 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     # a checkpoint, or an export `gpu_session.sh collect` and `export` write in the run folder
     in_run = p.parent.name in ("checkpoints", "export")
     run = p if p.is_dir() else p.parent.parent if in_run else p.parent
-    if p.is_file() and p.parent.name != "checkpoints" and not _exported_from(p, run):
-        return None  # another model's weights put in the folder: its record is not theirs
     try:
         saved = json.loads((run / "config.json").read_text())
         data = saved.get("data") or {}
@@ -140,6 +138,8 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
         exported = (saved.get("coordformer_meta") or {}).get("pretraining_data")
     except (OSError, ValueError, AttributeError):
         return None
+    if p.is_file() and p.parent.name != "checkpoints" and not _saw_what_run_saw(p, saved):
+        return None  # another model's weights put in the folder: its record is not theirs
     if isinstance(exported, dict) and isinstance(exported.get("training_chains"), str):
         if not p.is_dir():  # a .pt put in a Hugging Face folder is not the folder's model
             return None
@@ -167,23 +167,50 @@ def pretraining_data(name_or_path: str | Path) -> dict | None:
     }
 
 
-def _exported_from(path: Path, run: Path, _depth: int = 0) -> bool:
-    """Whether the exported file ``path`` holds weights of the run folder ``run``: the source its
-    meta records is one of that run's checkpoints (or, in turn, an export of one). Matched by the
-    run folder's name, since a run brought back from a GPU machine lies elsewhere than where it
-    was exported."""
+def trained_on(checkpoint: dict) -> dict | None:
+    """What the chains a ``pretrain`` checkpoint's weights saw depend on: {"fingerprint" (of its
+    dataset), "previous" (fingerprints of the datasets before it, ``--allow-new-data``; None where
+    the checkpoint predates that record), "init" (``--init`` as recorded)}; None when the
+    checkpoint records no dataset. Exports carry it in their meta (``meta["trained_on"]``)."""
+    cf = checkpoint.get("coordformer") if isinstance(checkpoint, dict) else None
+    if not isinstance(cf, dict) or not cf.get("data_fingerprint"):
+        return None
+    return {
+        "fingerprint": cf["data_fingerprint"],
+        "previous": cf.get("previous_fingerprints"),
+        "init": (cf.get("train_config") or {}).get("init"),
+    }
+
+
+def _saw_what_run_saw(path: Path, saved: dict) -> bool:
+    """Whether the weights in ``path`` (an export, or a training checkpoint outside checkpoints/)
+    were trained on what the run folder's config.json ``saved`` records: the same dataset, earlier
+    datasets and ``--init``, so that the run's list of chains is theirs whatever the folder is
+    called or where it was moved. An export from before exports recorded it (no ``trained_on``
+    key) is taken for the run's, as it always was."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        source = Path(str((obj.get("meta") or {}).get("path", "")))
-    except Exception:  # noqa: BLE001 - not an export (a checkpoint elsewhere, unreadable)
+    except Exception:  # noqa: BLE001 - unreadable, not a checkpoint: nothing to say it is the run's
         return False
-    if source.parent.parent.name != run.name or source.parent.name not in ("checkpoints", "export"):
+    if not isinstance(obj, dict):
         return False
-    if source.parent.name == "checkpoints":
-        return True
-    # an export of an export: follow it where it still lies in this run
-    mine = run / "export" / source.name
-    return _depth < 8 and mine.is_file() and _exported_from(mine, run, _depth + 1)
+    if obj.get("format") == MODEL_FORMAT:
+        meta = obj.get("meta") or {}
+        if "trained_on" not in meta:
+            return True
+        mine = meta["trained_on"]
+    else:
+        mine = trained_on(obj)
+    if not isinstance(mine, dict):
+        return False
+    data = saved.get("data") or {}
+    before = [p.get("fingerprint") for p in data.get("previous") or () if isinstance(p, dict)]
+    return (
+        mine.get("fingerprint") == data.get("fingerprint")
+        and (mine.get("previous") or []) == before
+        and (mine.get("previous") is not None or not before)
+        and mine.get("init") == (saved.get("train_config") or {}).get("init")
+    )
 
 
 def missing_flag_learnt(card: dict) -> bool | None:
@@ -345,6 +372,7 @@ def read_checkpoint(
         meta = {
             "global_step": obj.get("global_step"),
             "train_seconds": obj["coordformer"].get("train_seconds"),
+            "trained_on": trained_on(obj),
         }
         # structure dropout teaches the flag; without it,
         # whether the data had gaps is not known here

@@ -111,6 +111,9 @@ class MaskedLMModule(L.LightningModule):
         self.data_fingerprint: str | None = (
             None  # the training dataset's (PreparedDataset.fingerprint), saved with checkpoints
         )
+        # those of the datasets trained on before it (allow_new_data), saved with checkpoints so
+        # that an export says what its weights saw (model.weights.trained_on)
+        self.previous_fingerprints: list[str] = []
 
     def forward(self, batch: Batch, need_attention=False, logits_at=None):
         cfg = self.train_config
@@ -433,6 +436,7 @@ class MaskedLMModule(L.LightningModule):
                 else {}
             ),
             **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
+            "previous_fingerprints": list(self.previous_fingerprints),
         }
 
     def on_load_checkpoint(self, checkpoint):

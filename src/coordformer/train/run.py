@@ -612,11 +612,18 @@ def _pretrain(
                 cfg.init,
             )
         elif was and not _same_weights(cfg.init, was):
+            gone = not Path(was).exists() and was not in shipped_models()
             raise OptionError(
                 "init",
                 cfg.init,
-                f"{out} started from {was}; a resume keeps those weights on record: give "
-                "the same `init` or none",
+                f"{out} started from {was}"
+                + (
+                    ", which is no longer there; a resume reads the run's own weights: resume "
+                    "without `init`, with the architecture the run records (model_config in "
+                    f"{out / 'config.json'})"
+                    if gone
+                    else "; a resume keeps those weights on record: give the same `init` or none"
+                ),
             )
         reached = ckpt.get("global_step")
         if isinstance(reached, int) and reached > cfg.max_steps:
@@ -644,6 +651,9 @@ def _pretrain(
             # file stays until this run saves a best of its own, then is kept aside, see
             # _BestCheckpoint; `evaluate -c RUN` skips a best.ckpt of another dataset)
             new_data = True
+        elif before and before.get("previous"):
+            # resumed on the same data again: the datasets before it stay on record
+            data_record["previous"] = before["previous"]
         ckpt_path = str(last)
         if getattr(rank_zero_only, "rank", 0) == 0:
             print(
@@ -654,6 +664,7 @@ def _pretrain(
         del ckpt
     module = MaskedLMModule(model_config.to_dict(), cfg.to_dict())
     module.data_fingerprint = data.fingerprint
+    module.previous_fingerprints = [p.get("fingerprint") for p in data_record.get("previous", [])]
     if init_state is None and cfg.init is not None and ckpt_path is None:
         init_state = _init_state(cfg.init, model_config)
     if init_state is not None and ckpt_path is None:
