@@ -361,36 +361,29 @@ def test_the_library_records_init_absolute_and_a_resume_takes_a_relative_record_
     record = json.loads((tmp_path / "second" / "config.json").read_text())["train_config"]
     assert record["init"] == str(tmp_path / "first")
 
-    # as an older version left it: relative to a working directory that is not this one
     last = tmp_path / "second" / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, weights_only=False)
-    ckpt["coordformer"]["train_config"]["init"] = "runs/first"
-    torch.save(ckpt, last)
+
+    def resume_recorded_as(init: str, steps: int) -> None:
+        """Resume "second" with init=first, its checkpoint rewritten to record ``init``."""
+        ckpt = torch.load(last, weights_only=False)
+        ckpt["coordformer"]["train_config"]["init"] = init
+        torch.save(ckpt, last)
+        first = str(tmp_path / "first")
+        pretrain(
+            prepared.path, "second", mc, tc.replace(init=first, max_steps=steps), progress=False
+        )
+
+    # as an older version left it: relative to a working directory that is not this one
     caplog.clear()
     with caplog.at_level("WARNING", logger="coordformer.train.run"):
-        pretrain(
-            prepared.path,
-            "second",
-            mc,
-            tc.replace(init=str(tmp_path / "first"), max_steps=2),
-            progress=False,
-        )
+        resume_recorded_as("runs/first", 2)
     assert "runs/first" in caplog.text and "not there from here" in caplog.text
     record = json.loads((tmp_path / "second" / "config.json").read_text())["train_config"]
     assert record["init"] == str(tmp_path / "first")
     assert training_chains(tmp_path / "second").complete
 
-    ckpt = torch.load(last, weights_only=False)
-    ckpt["coordformer"]["train_config"]["init"] = "small-coords"
-    torch.save(ckpt, last)
     with pytest.raises(OptionError, match="started from small-coords"):
-        pretrain(
-            prepared.path,
-            "second",
-            mc,
-            tc.replace(init=str(tmp_path / "first"), max_steps=3),
-            progress=False,
-        )
+        resume_recorded_as("small-coords", 3)
 
 
 def test_a_hugging_face_export_carries_the_chains_its_model_saw(tmp_path):
