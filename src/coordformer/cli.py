@@ -636,9 +636,6 @@ def pretrain(
     if init is not None:
         from .model.checkpoints import load_model
 
-        if Path(init).exists():  # recorded absolute: read again from elsewhere (evaluate's check)
-            init = str(Path(init).resolve())
-
         architecture = {
             "--preset": size is not None,
             "--recipe": recipe is not None,
